@@ -1,0 +1,48 @@
+// Fused knowledge-distillation loss over rows of logits (torch-free).
+//
+// For each row i with target y_i != ignore_index:
+//   loss_i = alpha T^2 KL(p_t || softmax(s_i / T)) + (1 - alpha) CE(softmax(s_i), y_i)
+// where p_t = sum_k w_k softmax(t_{k,i} / T) (one teacher: w = 1). Ignored rows give loss 0 and
+// gradient 0. Optionally writes d loss_i / d s_i, times a per-row scale, into `grad`; `grad` may
+// alias `student` (the fused-linear path overwrites its logits chunk in place).
+// No [rows, vocab] intermediate is allocated: each row is swept three times (max, sums, gradient).
+#pragma once
+#include <cstdint>
+
+#include "../dtypes.h"
+
+namespace edgegen::kernels {
+
+constexpr int kKDMaxTeachers = 8;
+
+struct KDLossProblem {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  DType dtype = DType::F32;  // of student, teachers and grad alike
+  const void* student = nullptr;
+  int64_t student_row_stride = 0;  // elements; the vocabulary dimension is contiguous
+  int num_teachers = 0;            // 1 .. kKDMaxTeachers
+  const void* const* teachers = nullptr;
+  const int64_t* teacher_row_strides = nullptr;
+  const float* teacher_weights = nullptr;  // >= 0, summing to 1
+  const int64_t* target = nullptr;         // [rows], each in [0, vocab) or == ignore_index
+  int64_t ignore_index = -100;
+  float temperature = 2.0f;  // > 0
+  float alpha = 0.5f;        // in [0, 1]; a term whose weight is 0 is skipped, not multiplied
+  float* row_loss = nullptr;  // [rows], out
+  void* grad = nullptr;       // [rows, vocab] out or nullptr
+  int64_t grad_row_stride = 0;
+  const float* grad_row_scale = nullptr;  // [rows] or nullptr: then every row uses grad_scale
+  float grad_scale = 1.0f;
+  int num_threads = 1;
+};
+
+// Runs the widest kernel this CPU supports. Preconditions are the caller's (the ATen glue checks
+// them); the kernel itself never allocates.
+void kd_loss_rows(const KDLossProblem& p);
+
+// Per-ISA entry points, for tests that compare them.
+void kd_loss_rows_scalar(const KDLossProblem& p);
+void kd_loss_rows_avx2(const KDLossProblem& p);  // only if the CPU supports AVX2+FMA+F16C
+
+}  // namespace edgegen::kernels

@@ -1,0 +1,16 @@
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include "../parallel.h"
+#include "kd_loss.h"
+
+namespace edgegen::kernels {
+namespace isa_scalar {
+#include "../simd_scalar.h"
+#include "kd_loss_impl.h"
+}  // namespace isa_scalar
+
+void kd_loss_rows_scalar(const KDLossProblem& p) { isa_scalar::kd_loss_rows_impl<isa_scalar::Scalar>(p); }
+
+}  // namespace edgegen::kernels

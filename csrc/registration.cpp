@@ -1,0 +1,34 @@
+// The one TORCH_LIBRARY(edgegen, m): every schema lives here. Device files only add
+// implementations (TORCH_LIBRARY_IMPL). Fake (meta) kernels and autograd are registered from
+// Python, in edgegen/ops/.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "kernels/cpu_features.h"
+
+TORCH_LIBRARY(edgegen, m) {
+  // Returns (loss, d_loss/d_student). The loss is float32 (fp32 accumulation): a scalar for
+  // 'mean'/'sum', shape student_logits.shape[:-1] for 'none'. The gradient is that of the reduced
+  // loss with an upstream gradient of 1 (of each row's loss for 'none'), in the student's dtype,
+  // computed in the same sweep as the loss when with_grad is true; otherwise an empty tensor.
+  m.def(
+      "kd_loss(Tensor student_logits, Tensor[] teacher_logits, float[] teacher_weights, "
+      "Tensor target, float temperature, float alpha, int ignore_index, str reduction, "
+      "bool with_grad) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // The same loss from hidden states and output-head weights, in row chunks, never holding the
+  // [N, V] logits. Returns (loss, d_student_hidden, d_student_weight, d_student_bias); the
+  // gradients are scaled per row by grad_row_scale when given (used for reduction='none').
+  m.def(
+      "fused_linear_kd_loss(Tensor student_hidden, Tensor student_weight, Tensor? student_bias, "
+      "Tensor teacher_hidden, Tensor teacher_weight, Tensor? teacher_bias, Tensor target, "
+      "float temperature, float alpha, int ignore_index, str reduction, int chunk_size, "
+      "Tensor? grad_row_scale, bool with_grad) -> (Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "edgegen C++ ops; importing this module registers torch.ops.edgegen.*";
+  m.def("cpu_isa", [] { return std::string(edgegen::kernels::isa_name(edgegen::kernels::best_isa())); },
+        "The instruction set the CPU kernels dispatch to ('avx2' or 'scalar').");
+}

@@ -1,0 +1,22 @@
+"""edgegen: make generative models small and fast enough for edge devices.
+
+Importing edgegen loads the C++ extension (which registers ``torch.ops.edgegen.*``) and the
+Python registrations of those ops. It never imports mlflow, matplotlib or transformers.
+"""
+
+from edgegen._extension import load as _load
+
+_C = _load()
+
+from edgegen import ops  # noqa: E402  (registers fake/autograd kernels)
+from edgegen import distill  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def cpu_isa() -> str:
+    """The instruction set edgegen's CPU kernels dispatch to on this machine."""
+    return _C.cpu_isa()
+
+
+__all__ = ["distill", "ops", "cpu_isa", "__version__"]
