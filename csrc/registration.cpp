@@ -7,7 +7,8 @@
 #include "kernels/cpu_features.h"
 
 TORCH_LIBRARY(edgegen, m) {
-  // Returns (loss, d_loss/d_student). The loss is float32 (fp32 accumulation): a scalar for
+  // Returns (loss, d_loss/d_student). The loss is float32 (fp32 accumulation; float64 for float64
+  // inputs): a scalar for
   // 'mean'/'sum', shape student_logits.shape[:-1] for 'none'. The gradient is that of the reduced
   // loss with an upstream gradient of 1 (of each row's loss for 'none'), in the student's dtype,
   // computed in the same sweep as the loss when with_grad is true; otherwise an empty tensor.
@@ -17,8 +18,9 @@ TORCH_LIBRARY(edgegen, m) {
       "bool with_grad) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   // The same loss from hidden states and output-head weights, in row chunks, never holding the
-  // [N, V] logits. Returns (loss, d_student_hidden, d_student_weight, d_student_bias); the
-  // gradients are scaled per row by grad_row_scale when given (used for reduction='none').
+  // [N, V] logits. Returns (loss, d_student_hidden, d_student_weight, d_student_bias): the
+  // gradients of the reduced loss, each row's contribution further multiplied by grad_row_scale
+  // when given (the upstream gradient, for reduction='none'); empty tensors unless with_grad.
   m.def(
       "fused_linear_kd_loss(Tensor student_hidden, Tensor student_weight, Tensor? student_bias, "
       "Tensor teacher_hidden, Tensor teacher_weight, Tensor? teacher_bias, Tensor target, "

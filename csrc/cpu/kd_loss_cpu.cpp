@@ -35,8 +35,9 @@ K::DType kernel_dtype(const at::Tensor& t, const char* name) {
     case at::kFloat: return K::DType::F32;
     case at::kBFloat16: return K::DType::BF16;
     case at::kHalf: return K::DType::F16;
+    case at::kDouble: return K::DType::F64;
     default:
-      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16 or float16 tensor, got ",
+      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16, float16 or float64 tensor, got ",
                        t.scalar_type());
   }
 }
@@ -76,8 +77,8 @@ int64_t check_target(const at::Tensor& target, at::IntArrayRef lead, int64_t voc
 }
 
 // Normalised mixture weights: empty means uniform.
-std::vector<float> mixture_weights(at::ArrayRef<double> w, size_t k) {
-  std::vector<float> out(k, 1.0f / float(k));
+std::vector<double> mixture_weights(at::ArrayRef<double> w, size_t k) {
+  std::vector<double> out(k, 1.0 / double(k));
   if (w.empty()) return out;
   TORCH_CHECK_VALUE(w.size() == k, "teacher_weights: expected ", k,
                     " weights (one per teacher) or none, got ", w.size());
@@ -88,25 +89,31 @@ std::vector<float> mixture_weights(at::ArrayRef<double> w, size_t k) {
     total += w[i];
   }
   TORCH_CHECK_VALUE(total > 0.0, "teacher_weights: expected a positive sum, got ", total);
-  for (size_t i = 0; i < k; ++i) out[i] = float(w[i] / total);
+  for (size_t i = 0; i < k; ++i) out[i] = w[i] / total;
   return out;
 }
 
+// The loss is float32 for 16/32-bit inputs (fp32 accumulation) and float64 for float64 ones.
+at::ScalarType loss_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Row losses are kept in double by the kernel; reduced here in a fixed order (deterministic).
 at::Tensor reduce_rows(const at::Tensor& row_loss, Reduction red, int64_t valid,
-                       at::IntArrayRef lead) {
-  if (red == Reduction::None) return row_loss.reshape(lead);
-  // Fixed-order double sum: deterministic and exact enough for any batch.
-  const float* r = row_loss.const_data_ptr<float>();
+                       at::IntArrayRef lead, at::ScalarType out_dtype) {
+  if (red == Reduction::None) return row_loss.to(out_dtype).reshape(lead);
+  const double* r = row_loss.const_data_ptr<double>();
   double total = 0.0;
   for (int64_t i = 0; i < row_loss.numel(); ++i) total += r[i];
   if (red == Reduction::Mean) total = valid > 0 ? total / double(valid) : 0.0;
-  at::Tensor out = at::empty({}, row_loss.options());
-  *out.mutable_data_ptr<float>() = float(total);
+  at::Tensor out = at::empty({}, row_loss.options().dtype(out_dtype));
+  if (out_dtype == at::kDouble) *out.mutable_data_ptr<double>() = total;
+  else *out.mutable_data_ptr<float>() = float(total);
   return out;
 }
 
-float grad_scale_for(Reduction red, int64_t valid) {
-  return red == Reduction::Mean ? (valid > 0 ? float(1.0 / double(valid)) : 0.0f) : 1.0f;
+double grad_scale_for(Reduction red, int64_t valid) {
+  return red == Reduction::Mean ? (valid > 0 ? 1.0 / double(valid) : 0.0) : 1.0;
 }
 
 }  // namespace
@@ -140,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
                       teacher_logits[k].sizes());
     teachers.push_back(teacher_logits[k].contiguous());
   }
-  const std::vector<float> w = mixture_weights(teacher_weights, nt);
+  const std::vector<double> w = mixture_weights(teacher_weights, nt);
   const int64_t vocab = student_logits.size(-1);
   const at::IntArrayRef lead = student_logits.sizes().slice(0, student_logits.dim() - 1);
   const int64_t valid = check_target(target, lead, vocab, ignore_index);
@@ -148,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
   const at::Tensor y = target.contiguous();
   const int64_t rows = s.numel() / vocab;
 
-  at::Tensor row_loss = at::empty({rows}, s.options().dtype(at::kFloat));
+  at::Tensor row_loss = at::empty({rows}, s.options().dtype(at::kDouble));
   at::Tensor grad = with_grad ? at::empty(s.sizes(), s.options()) : at::empty({0}, s.options());
   std::vector<const void*> tptr(nt);
   std::vector<int64_t> tstride(nt, vocab);
@@ -166,15 +173,15 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
   p.teacher_weights = w.data();
   p.target = y.const_data_ptr<int64_t>();
   p.ignore_index = ignore_index;
-  p.temperature = float(temperature);
-  p.alpha = float(alpha);
-  p.row_loss = row_loss.mutable_data_ptr<float>();
+  p.temperature = temperature;
+  p.alpha = alpha;
+  p.row_loss = row_loss.mutable_data_ptr<double>();
   p.grad = with_grad ? grad.mutable_data_ptr() : nullptr;
   p.grad_row_stride = vocab;
   p.grad_scale = grad_scale_for(red, valid);
   p.num_threads = at::get_num_threads();
   K::kd_loss_rows(p);
-  return {reduce_rows(row_loss, red, valid, lead), grad};
+  return {reduce_rows(row_loss, red, valid, lead, loss_dtype(s)), grad};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_cpu(
@@ -227,10 +234,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
   const int64_t rows = c10::multiply_integers(lead);
   if (grad_row_scale) {
     check_cpu(*grad_row_scale, "grad_row_scale");
-    TORCH_CHECK_VALUE(grad_row_scale->scalar_type() == at::kFloat &&
-                          grad_row_scale->numel() == rows,
-                      "grad_row_scale: expected a float32 tensor of ", rows, " elements, got ",
-                      grad_row_scale->scalar_type(), " ", grad_row_scale->sizes());
+    TORCH_CHECK_VALUE(grad_row_scale->is_floating_point() && grad_row_scale->numel() == rows,
+                      "grad_row_scale: expected a floating-point tensor of ", rows,
+                      " elements, got ", grad_row_scale->scalar_type(), " ",
+                      grad_row_scale->sizes());
   }
 
   const at::Tensor hs = student_hidden.reshape({rows, H}).contiguous();
@@ -238,27 +245,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
   const at::Tensor ws = student_weight.contiguous();
   const at::Tensor wt = teacher_weight.contiguous();
   const at::Tensor y = target.contiguous();
-  const at::Tensor rs = grad_row_scale ? grad_row_scale->contiguous() : at::Tensor();
+  const at::Tensor rs =
+      grad_row_scale ? grad_row_scale->to(at::kDouble).contiguous() : at::Tensor();
   const auto opts = hs.options();
   const auto f32 = opts.dtype(at::kFloat);
+  const bool f64 = dt == K::DType::F64;
+  // 16-bit head gradients are accumulated over chunks in fp32; fp32/fp64 ones in their own dtype.
+  const auto acc_opts = (dt == K::DType::F32 || f64) ? opts : f32;
 
   // Default chunk: about 16M logits per buffer (64 MB in fp32), at least 32 rows.
   int64_t chunk = chunk_size > 0 ? chunk_size : std::max<int64_t>(32, (int64_t(1) << 24) / vocab);
   chunk = std::max<int64_t>(1, std::min(chunk, rows));
 
-  at::Tensor row_loss = at::empty({rows}, f32);
+  at::Tensor row_loss = at::empty({rows}, opts.dtype(at::kDouble));
   at::Tensor d_hidden = with_grad ? at::empty({rows, H}, opts) : at::empty({0}, opts);
-  at::Tensor dw_acc = with_grad ? at::zeros({vocab, H}, f32) : at::Tensor();
+  at::Tensor dw_acc = with_grad ? at::zeros({vocab, H}, acc_opts) : at::Tensor();
   const bool want_db = with_grad && student_bias.has_value();
-  at::Tensor db_acc = want_db ? at::zeros({vocab}, f32) : at::Tensor();
+  at::Tensor db_acc = want_db ? at::zeros({vocab}, acc_opts) : at::Tensor();
   at::Tensor s_buf = at::empty({chunk, vocab}, opts);
   at::Tensor t_buf = at::empty({chunk, vocab}, opts);
 
   const int64_t* yp = y.const_data_ptr<int64_t>();
-  float* lp = row_loss.mutable_data_ptr<float>();
-  const float scale = grad_scale_for(red, valid);
+  double* lp = row_loss.mutable_data_ptr<double>();
+  const double scale = grad_scale_for(red, valid);
   const int64_t stride = vocab;
-  const float one = 1.0f;
+  const double one = 1.0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t c = std::min(chunk, rows - r0);
     at::Tensor s_log = s_buf.narrow(0, 0, c);
@@ -282,12 +293,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
     p.teacher_weights = &one;
     p.target = yp + r0;
     p.ignore_index = ignore_index;
-    p.temperature = float(temperature);
-    p.alpha = float(alpha);
+    p.temperature = temperature;
+    p.alpha = alpha;
     p.row_loss = lp + r0;
     p.grad = with_grad ? s_log.mutable_data_ptr() : nullptr;  // in place over the logits
     p.grad_row_stride = stride;
-    p.grad_row_scale = grad_row_scale ? rs.const_data_ptr<float>() + r0 : nullptr;
+    p.grad_row_scale = grad_row_scale ? rs.const_data_ptr<double>() + r0 : nullptr;  // x scale
     p.grad_scale = scale;
     p.num_threads = at::get_num_threads();
     K::kd_loss_rows(p);
@@ -295,19 +306,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
 
     at::Tensor d_h = d_hidden.narrow(0, r0, c);
     at::mm_out(d_h, s_log, ws);  // [c, V] x [V, H]
-    if (dt == K::DType::F32) dw_acc.addmm_(s_log.t(), hs_c);
-    else dw_acc.add_(at::mm(s_log.t(), hs_c));  // mm keeps the 16-bit dtype; accumulate in fp32
-    if (want_db) db_acc.add_(at::sum(s_log, {0}, false, at::kFloat));
+    if (dw_acc.scalar_type() == s_log.scalar_type()) dw_acc.addmm_(s_log.t(), hs_c);
+    else dw_acc.add_(at::mm(s_log.t(), hs_c));  // 16-bit mm result, accumulated in fp32
+    if (want_db) db_acc.add_(at::sum(s_log, {0}, false, dw_acc.scalar_type()));
   }
 
-  at::Tensor loss = reduce_rows(row_loss, red, valid, lead);
-  if (!with_grad) {
-    at::Tensor none = at::empty({0}, opts);
-    return {loss, none, none, none};
-  }
-  at::Tensor d_weight = dt == K::DType::F32 ? dw_acc : dw_acc.to(opts.dtype());
-  at::Tensor d_bias = want_db ? (dt == K::DType::F32 ? db_acc : db_acc.to(opts.dtype()))
-                              : at::empty({0}, opts);
+  at::Tensor loss = reduce_rows(row_loss, red, valid, lead, loss_dtype(hs));
+  if (!with_grad) return {loss, at::empty({0}, opts), at::empty({0}, opts), at::empty({0}, opts)};
+  at::Tensor d_weight = dw_acc.to(opts.dtype());
+  at::Tensor d_bias = want_db ? db_acc.to(opts.dtype()) : at::empty({0}, opts);
   return {loss, d_hidden.reshape(student_hidden.sizes()), d_weight, d_bias};
 }
 

@@ -11,12 +11,13 @@ namespace edgegen::kernels {
 struct bf16_t { uint16_t bits; };
 struct fp16_t { uint16_t bits; };
 
-enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, F64 = 3 };
 
 static inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
 static inline float to_float(float x) { return x; }
+static inline double to_float(double x) { return x; }
 static inline float to_float(bf16_t x) { return bits_to_float(uint32_t(x.bits) << 16); }
 
 // IEEE binary16 -> binary32, exact (normals, subnormals, inf, nan).
@@ -65,6 +66,7 @@ static inline fp16_t to_fp16(float f) {
 }
 
 static inline void store_float(float* p, float f) { *p = f; }
+static inline void store_float(double* p, double f) { *p = f; }
 static inline void store_float(bf16_t* p, float f) { *p = to_bf16(f); }
 static inline void store_float(fp16_t* p, float f) { *p = to_fp16(f); }
 

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 struct Avx2 {
+  using R = float;
   using F = __m256;
   static constexpr int W = 8;
   static F set1(float v) { return _mm256_set1_ps(v); }

@@ -18,22 +18,22 @@ constexpr int kKDMaxTeachers = 8;
 struct KDLossProblem {
   int64_t rows = 0;
   int64_t vocab = 0;
-  DType dtype = DType::F32;  // of student, teachers and grad alike
+  DType dtype = DType::F32;  // of student, teachers and grad alike (F64: scalar path only)
   const void* student = nullptr;
   int64_t student_row_stride = 0;  // elements; the vocabulary dimension is contiguous
   int num_teachers = 0;            // 1 .. kKDMaxTeachers
   const void* const* teachers = nullptr;
   const int64_t* teacher_row_strides = nullptr;
-  const float* teacher_weights = nullptr;  // >= 0, summing to 1
+  const double* teacher_weights = nullptr;  // >= 0, summing to 1
   const int64_t* target = nullptr;         // [rows], each in [0, vocab) or == ignore_index
   int64_t ignore_index = -100;
-  float temperature = 2.0f;  // > 0
-  float alpha = 0.5f;        // in [0, 1]; a term whose weight is 0 is skipped, not multiplied
-  float* row_loss = nullptr;  // [rows], out
+  double temperature = 2.0;  // > 0
+  double alpha = 0.5;        // in [0, 1]; a term whose weight is 0 is skipped, not multiplied
+  double* row_loss = nullptr;  // [rows], out
   void* grad = nullptr;       // [rows, vocab] out or nullptr
   int64_t grad_row_stride = 0;
-  const float* grad_row_scale = nullptr;  // [rows] or nullptr: then every row uses grad_scale
-  float grad_scale = 1.0f;
+  double grad_scale = 1.0;                 // every row's gradient is multiplied by this ...
+  const double* grad_row_scale = nullptr;  // ... and by this row's entry, when not nullptr
   int num_threads = 1;
 };
 

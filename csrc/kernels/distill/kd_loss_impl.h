@@ -21,60 +21,62 @@ static std::array<double, N> sum_sweep(int64_t n, const Step& step) {
     const int64_t b1 = std::min(n, b0 + kBlock);
     std::array<typename V::F, N> acc;
     acc.fill(V::zero());
-    std::array<float, N> tail{};
+    std::array<typename V::R, N> tail{};
     int64_t v = b0;
     for (; v + V::W <= b1; v += V::W) step(V{}, v, acc);
-    for (; v < b1; ++v) step(Scalar{}, v, tail);
+    for (; v < b1; ++v) step(ScalarOf<typename V::R>{}, v, tail);
     for (int k = 0; k < N; ++k) total[k] += double(V::hsum(acc[k])) + double(tail[k]);
   }
   return total;
 }
 
 template <class V, class T>
-static float max_sweep(const T* x, int64_t n) {
+static typename V::R max_sweep(const T* x, int64_t n) {
+  using S = ScalarOf<typename V::R>;
   typename V::F m = V::set1(-INFINITY);
-  float mt = -INFINITY;
+  typename V::R mt = -INFINITY;
   int64_t v = 0;
   for (; v + V::W <= n; v += V::W) m = V::max(m, V::load(x + v));
-  for (; v < n; ++v) mt = Scalar::max(mt, Scalar::load(x + v));
-  return Scalar::max(V::hmax(m), mt);
+  for (; v < n; ++v) mt = S::max(mt, S::load(x + v));
+  return S::max(V::hmax(m), mt);
 }
 
 template <class V, class T, class Step>
 static void write_sweep(int64_t n, const Step& step) {
   int64_t v = 0;
   for (; v + V::W <= n; v += V::W) step(V{}, v);
-  for (; v < n; ++v) step(Scalar{}, v);
+  for (; v < n; ++v) step(ScalarOf<typename V::R>{}, v);
 }
 
 template <class V, class T>
 static void kd_row(const KDLossProblem& p, int64_t i) {
+  using R = typename V::R;
   const int64_t n = p.vocab;
   const T* s = static_cast<const T*>(p.student) + i * p.student_row_stride;
   T* g = p.grad ? static_cast<T*>(p.grad) + i * p.grad_row_stride : nullptr;
   const int64_t y = p.target[i];
   if (y == p.ignore_index) {
-    p.row_loss[i] = 0.0f;
+    p.row_loss[i] = 0.0;
     if (g) write_sweep<V, T>(n, [&](auto P, int64_t v) {
         using P_ = decltype(P);
         P_::store(g + v, P_::zero());
       });
     return;
   }
-  const bool use_kl = p.alpha > 0.0f;
-  const bool use_ce = p.alpha < 1.0f;
+  const bool use_kl = p.alpha > 0.0;
+  const bool use_ce = p.alpha < 1.0;
   const int K = use_kl ? p.num_teachers : 0;
   const T* t[kKDMaxTeachers];
-  float mt[kKDMaxTeachers];
+  R mt[kKDMaxTeachers];
   for (int k = 0; k < K; ++k) {
     t[k] = static_cast<const T*>(p.teachers[k]) + i * p.teacher_row_strides[k];
     mt[k] = max_sweep<V>(t[k], n);
   }
-  const float ms = max_sweep<V>(s, n);
-  const float T_ = p.temperature;
-  const float invT = 1.0f / T_;
+  const R ms = max_sweep<V>(s, n);
+  const double T_ = p.temperature;
+  const R invT = R(1.0 / T_);
   // e^ds from e^(ds/T) for free at the two temperatures people use most.
-  const int tmode = T_ == 1.0f ? 1 : (T_ == 2.0f ? 2 : 0);
+  const int tmode = T_ == 1.0 ? 1 : (T_ == 2.0 ? 2 : 0);
 
   auto exp_full = [&](auto P, typename decltype(P)::F ds, typename decltype(P)::F esT) {
     using P_ = decltype(P);
@@ -87,7 +89,7 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   double Zt[kKDMaxTeachers];
   if (K <= 1) {
     const T* t0 = K == 1 ? t[0] : nullptr;
-    const float mt0 = K == 1 ? mt[0] : 0.0f;
+    const R mt0 = K == 1 ? mt[0] : R(0);
     auto sums = sum_sweep<V, 4>(n, [&](auto P, int64_t v, auto& acc) {
       using P_ = decltype(P);
       const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
@@ -120,8 +122,8 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   const double lnZsT = std::log(ZsT);
 
   // Mixture coefficients: p_t(v) = sum_k c_k e^(dt_k/T).
-  float c[kKDMaxTeachers];
-  for (int k = 0; k < K; ++k) c[k] = float(double(p.teacher_weights[k]) / Zt[k]);
+  R c[kKDMaxTeachers];
+  for (int k = 0; k < K; ++k) c[k] = R(p.teacher_weights[k] / Zt[k]);
   auto mixture = [&](auto P, int64_t v) {
     using P_ = decltype(P);
     auto pt = P_::zero();
@@ -134,9 +136,9 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
 
   double loss = 0.0;
   if (K == 1) {
-    double kl = A * double(invT) / Zt0 + lnZsT - std::log(Zt0);
+    double kl = A / (T_ * Zt0) + lnZsT - std::log(Zt0);
     kl = kl < 0.0 ? 0.0 : kl;  // rounding only: KL >= 0
-    loss += double(p.alpha) * double(T_) * double(T_) * kl;
+    loss += p.alpha * T_ * T_ * kl;
   } else if (K > 1) {
     auto kls = sum_sweep<V, 2>(n, [&](auto P, int64_t v, auto& acc) {
       using P_ = decltype(P);
@@ -148,23 +150,23 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
     });
     double kl = kls[0] + kls[1] * lnZsT;
     kl = kl < 0.0 ? 0.0 : kl;
-    loss += double(p.alpha) * double(T_) * double(T_) * kl;
+    loss += p.alpha * T_ * T_ * kl;
   }
   if (use_ce) {
-    const double ce = std::log(Zs1) - double(Scalar::load(s + y) - ms);
-    loss += double(1.0f - p.alpha) * ce;
+    const double ce = std::log(Zs1) - double(ScalarOf<R>::load(s + y) - ms);
+    loss += (1.0 - p.alpha) * ce;
   }
-  p.row_loss[i] = float(loss);
+  p.row_loss[i] = loss;
   if (!g) return;
 
-  const float scale = p.grad_row_scale ? p.grad_row_scale[i] : p.grad_scale;
-  const float a = scale * p.alpha * T_;  // d(alpha T^2 KL)/ds = alpha T (p_sT - p_t)
-  const float b = scale * (1.0f - p.alpha);
-  const float invZsT = float(1.0 / ZsT);
-  const float invZs1 = float(1.0 / Zs1);
-  const float invZt0 = float(1.0 / Zt0);
+  const double scale = p.grad_row_scale ? p.grad_scale * p.grad_row_scale[i] : p.grad_scale;
+  const R a = R(scale * p.alpha * T_);  // d(alpha T^2 KL)/ds = alpha T (p_sT - p_t)
+  const R b = R(scale * (1.0 - p.alpha));
+  const R invZsT = R(1.0 / ZsT);
+  const R invZs1 = R(1.0 / Zs1);
+  const R invZt0 = R(1.0 / Zt0);
   const T* t0 = K == 1 ? t[0] : nullptr;
-  const float mt0 = K == 1 ? mt[0] : 0.0f;
+  const R mt0 = K == 1 ? mt[0] : R(0);
   write_sweep<V, T>(n, [&](auto P, int64_t v) {
     using P_ = decltype(P);
     const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
@@ -190,13 +192,15 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
 
 template <class V>
 static void kd_loss_rows_impl(const KDLossProblem& p) {
-  auto run = [&](auto tag) {
+  auto run = [&](auto policy, auto tag) {
+    using P = decltype(policy);
     using T = decltype(tag);
-    parallel_for(p.rows, p.num_threads, [&](int64_t i) { kd_row<V, T>(p, i); });
+    parallel_for(p.rows, p.num_threads, [&](int64_t i) { kd_row<P, T>(p, i); });
   };
   switch (p.dtype) {
-    case DType::F32: run(float{}); break;
-    case DType::BF16: run(bf16_t{}); break;
-    case DType::F16: run(fp16_t{}); break;
+    case DType::F32: run(V{}, float{}); break;
+    case DType::BF16: run(V{}, bf16_t{}); break;
+    case DType::F16: run(V{}, fp16_t{}); break;
+    case DType::F64: run(ScalarOf<double>{}, double{}); break;  // exactness, not speed
   }
 }

@@ -1,0 +1,405 @@
+// GoogleTest of the torch-free KD-loss kernel against a double-precision scalar reference.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/distill/kd_loss.h"
+
+namespace K = edgegen::kernels;
+
+namespace {
+
+// Straightforward per-row formula in double: log-softmax, mixture, KL, CE, gradient.
+struct RefRow {
+  double loss;
+  std::vector<double> grad;
+};
+
+RefRow reference_row(const std::vector<double>& s, const std::vector<std::vector<double>>& ts,
+                     const std::vector<double>& w, int64_t y, double T, double alpha,
+                     double scale) {
+  const size_t V = s.size();
+  auto log_softmax = [&](const std::vector<double>& x, double temp) {
+    double m = -INFINITY;
+    for (double v : x) m = std::max(m, v / temp);
+    double z = 0;
+    for (double v : x) z += std::exp(v / temp - m);
+    std::vector<double> out(V);
+    for (size_t i = 0; i < V; ++i) out[i] = x[i] / temp - m - std::log(z);
+    return out;
+  };
+  const auto lps = log_softmax(s, T), lps1 = log_softmax(s, 1.0);
+  std::vector<double> pt(V, 0.0);
+  for (size_t k = 0; k < ts.size(); ++k) {
+    const auto lpt = log_softmax(ts[k], T);
+    for (size_t i = 0; i < V; ++i) pt[i] += w[k] * std::exp(lpt[i]);
+  }
+  double kl = 0;
+  for (size_t i = 0; i < V; ++i)
+    if (pt[i] > 0) kl += pt[i] * (std::log(pt[i]) - lps[i]);
+  RefRow r;
+  r.loss = 0;
+  if (alpha > 0) r.loss += alpha * T * T * kl;
+  if (alpha < 1) r.loss += (1 - alpha) * (-lps1[y]);
+  r.grad.resize(V);
+  for (size_t i = 0; i < V; ++i) {
+    double g = 0;
+    if (alpha > 0) g += alpha * T * (std::exp(lps[i]) - pt[i]);
+    if (alpha < 1) g += (1 - alpha) * (std::exp(lps1[i]) - (int64_t(i) == y ? 1.0 : 0.0));
+    r.grad[i] = scale * g;
+  }
+  return r;
+}
+
+template <typename T> T encode(double v);
+template <> float encode<float>(double v) { return float(v); }
+template <> double encode<double>(double v) { return v; }
+template <> K::bf16_t encode<K::bf16_t>(double v) { return K::to_bf16(float(v)); }
+template <> K::fp16_t encode<K::fp16_t>(double v) { return K::to_fp16(float(v)); }
+
+template <typename T> K::DType dtype_of();
+template <> K::DType dtype_of<float>() { return K::DType::F32; }
+template <> K::DType dtype_of<double>() { return K::DType::F64; }
+template <> K::DType dtype_of<K::bf16_t>() { return K::DType::BF16; }
+template <> K::DType dtype_of<K::fp16_t>() { return K::DType::F16; }
+
+template <typename T> double tol_of();
+template <> double tol_of<float>() { return 2e-5; }
+template <> double tol_of<double>() { return 1e-11; }
+template <> double tol_of<K::bf16_t>() { return 1e-2; }  // gradient rounded to 8 mantissa bits
+template <> double tol_of<K::fp16_t>() { return 2e-3; }
+
+using Runner = void (*)(const K::KDLossProblem&);
+
+std::vector<Runner> runners() {
+  std::vector<Runner> r{&K::kd_loss_rows_scalar};
+#ifdef EDGEGEN_HAVE_AVX2
+  if (K::best_isa() == K::Isa::Avx2) r.push_back(&K::kd_loss_rows_avx2);
+#endif
+  return r;
+}
+
+// Random problem, run through `run`, checked row by row against the reference on the decoded
+// (already rounded) inputs.
+template <typename T>
+void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, double alpha,
+                  uint32_t seed, double spread = 3.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> nd(0.0, spread);
+  std::vector<T> s(rows * V);
+  std::vector<std::vector<T>> t(nteach, std::vector<T>(rows * V));
+  for (auto& x : s) x = encode<T>(nd(gen));
+  for (auto& tk : t)
+    for (auto& x : tk) x = encode<T>(nd(gen));
+  std::vector<int64_t> y(rows);
+  for (int64_t i = 0; i < rows; ++i) y[i] = (i % 5 == 3) ? -100 : int64_t(gen() % V);
+  std::vector<double> w(nteach);
+  double wsum = 0;
+  for (int k = 0; k < nteach; ++k) wsum += (w[k] = 1.0 + k);
+  for (auto& x : w) x /= wsum;
+  std::vector<const void*> tp(nteach);
+  std::vector<int64_t> ts(nteach, V);
+  for (int k = 0; k < nteach; ++k) tp[k] = t[k].data();
+  std::vector<double> loss(rows, -1.0);
+  std::vector<T> grad(rows * V);
+
+  K::KDLossProblem p;
+  p.rows = rows;
+  p.vocab = V;
+  p.dtype = dtype_of<T>();
+  p.student = s.data();
+  p.student_row_stride = V;
+  p.num_teachers = nteach;
+  p.teachers = tp.data();
+  p.teacher_row_strides = ts.data();
+  p.teacher_weights = w.data();
+  p.target = y.data();
+  p.temperature = temp;
+  p.alpha = alpha;
+  p.row_loss = loss.data();
+  p.grad = grad.data();
+  p.grad_row_stride = V;
+  p.grad_scale = 0.5;
+  p.num_threads = 2;
+  run(p);
+
+  const double tol = tol_of<T>();
+  for (int64_t i = 0; i < rows; ++i) {
+    if (y[i] == -100) {
+      EXPECT_EQ(loss[i], 0.0);
+      for (int64_t v = 0; v < V; ++v) EXPECT_EQ(K::to_float(grad[i * V + v]), 0.0f);
+      continue;
+    }
+    std::vector<double> sd(V);
+    std::vector<std::vector<double>> td(nteach, std::vector<double>(V));
+    for (int64_t v = 0; v < V; ++v) {
+      sd[v] = K::to_float(s[i * V + v]);
+      for (int k = 0; k < nteach; ++k) td[k][v] = K::to_float(t[k][i * V + v]);
+    }
+    const RefRow r = reference_row(sd, td, w, y[i], temp, alpha, 0.5);
+    // fp32 accumulation inside the kernel bounds the loss error whatever the input dtype.
+    const double loss_tol = std::is_same<T, double>::value ? 1e-10 : 2e-5;
+    EXPECT_NEAR(loss[i], r.loss, loss_tol * (1.0 + std::abs(r.loss))) << "row " << i;
+    double gmax = 0;
+    for (double g : r.grad) gmax = std::max(gmax, std::abs(g));
+    for (int64_t v = 0; v < V; ++v)
+      ASSERT_NEAR(K::to_float(grad[i * V + v]), r.grad[v], tol * gmax + 1e-30)
+          << "row " << i << " v " << v;
+  }
+}
+
+}  // namespace
+
+TEST(KDLoss, HandWorkedTwoClassCase) {
+  // s = [0, 0], t = [0, ln 3] at T = 1: p_s = [1/2, 1/2], p_t = [1/4, 3/4].
+  const float s[2] = {0.0f, 0.0f};
+  const float t[2] = {0.0f, float(std::log(3.0))};
+  const void* tp[1] = {t};
+  const int64_t ts[1] = {2};
+  const double w[1] = {1.0};
+  const int64_t y[1] = {0};
+  for (Runner run : runners()) {
+    double loss = 0;
+    float grad[2];
+    K::KDLossProblem p;
+    p.rows = 1;
+    p.vocab = 2;
+    p.student = s;
+    p.student_row_stride = 2;
+    p.num_teachers = 1;
+    p.teachers = tp;
+    p.teacher_row_strides = ts;
+    p.teacher_weights = w;
+    p.target = y;
+    p.temperature = 1.0;
+    p.alpha = 1.0;  // KL only: 1/4 ln(1/2) + 3/4 ln(3/2)
+    p.row_loss = &loss;
+    run(p);
+    EXPECT_NEAR(loss, 0.25 * std::log(0.5) + 0.75 * std::log(1.5), 1e-7);
+    p.alpha = 0.0;  // CE only: ln 2
+    run(p);
+    EXPECT_NEAR(loss, std::log(2.0), 1e-7);
+    // alpha = 1/2: 0.5 (p_s - p_t) + 0.5 (p_s - e_0) = [-0.125, 0.125]; loss the average.
+    p.alpha = 0.5;
+    p.grad = grad;
+    p.grad_row_stride = 2;
+    run(p);
+    EXPECT_NEAR(loss, 0.5 * (0.25 * std::log(0.5) + 0.75 * std::log(1.5)) + 0.5 * std::log(2.0),
+                1e-7);
+    EXPECT_NEAR(grad[0], -0.125f, 1e-7);
+    EXPECT_NEAR(grad[1], 0.125f, 1e-7);
+    // Temperature 2 doubles into T^2 KL: s/2 = [0,0], t/2 = [0, ln 3 / 2].
+    p.alpha = 1.0;
+    p.temperature = 2.0;
+    p.grad = nullptr;
+    run(p);
+    const double q = 1.0 / (1.0 + std::sqrt(3.0));  // p_t(0) at T = 2
+    const double kl = q * std::log(2 * q) + (1 - q) * std::log(2 * (1 - q));
+    EXPECT_NEAR(loss, 4.0 * kl, 1e-6);
+  }
+}
+
+TEST(KDLoss, RandomAgainstReferenceAllDtypesAndIsas) {
+  uint32_t seed = 1;
+  for (Runner run : runners()) {
+    for (int64_t V : {1, 7, 8, 9, 33, 4099}) {
+      for (double temp : {1.0, 2.0, 0.7}) {
+        for (double alpha : {0.0, 0.3, 1.0}) {
+          for (int nt : {1, 3}) {
+            SCOPED_TRACE(testing::Message() << "V=" << V << " T=" << temp << " alpha=" << alpha
+                                            << " teachers=" << nt);
+            check_random<float>(run, 6, V, nt, temp, alpha, seed++);
+            check_random<K::bf16_t>(run, 6, V, nt, temp, alpha, seed++);
+            check_random<K::fp16_t>(run, 6, V, nt, temp, alpha, seed++);
+          }
+        }
+      }
+    }
+  }
+  // float64 always runs the scalar policy.
+  check_random<double>(&K::kd_loss_rows, 5, 300, 1, 2.0, 0.5, 99);
+  check_random<double>(&K::kd_loss_rows, 5, 300, 2, 1.5, 0.25, 98);
+}
+
+TEST(KDLoss, LargeLogitsStayAccurate) {
+  for (Runner run : runners()) {
+    check_random<float>(run, 4, 1000, 1, 2.0, 0.5, 7, /*spread=*/1e4);
+    check_random<float>(run, 4, 1000, 2, 2.0, 0.5, 8, /*spread=*/1e4);
+  }
+}
+
+TEST(KDLoss, GradientMayOverwriteStudent) {
+  std::mt19937 gen(3);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  const int64_t rows = 4, V = 37;
+  std::vector<float> s(rows * V), t(rows * V);
+  for (auto& x : s) x = nd(gen);
+  for (auto& x : t) x = nd(gen);
+  const void* tp[1] = {t.data()};
+  const int64_t ts[1] = {V};
+  const double w[1] = {1.0};
+  std::vector<int64_t> y = {0, 5, 36, 2};
+  for (Runner run : runners()) {
+    std::vector<double> l1(rows), l2(rows);
+    std::vector<float> g(rows * V), inplace = s;
+    K::KDLossProblem p;
+    p.rows = rows;
+    p.vocab = V;
+    p.student = s.data();
+    p.student_row_stride = V;
+    p.num_teachers = 1;
+    p.teachers = tp;
+    p.teacher_row_strides = ts;
+    p.teacher_weights = w;
+    p.target = y.data();
+    p.row_loss = l1.data();
+    p.grad = g.data();
+    p.grad_row_stride = V;
+    run(p);
+    p.student = inplace.data();
+    p.grad = inplace.data();
+    p.row_loss = l2.data();
+    run(p);
+    EXPECT_EQ(l1, l2);
+    EXPECT_EQ(0, std::memcmp(g.data(), inplace.data(), g.size() * sizeof(float)));
+  }
+}
+
+TEST(KDLoss, NegativeInfinityEntries) {
+  // Entries 0..2 are -inf in both models (a masked vocabulary); entry 3 only in the teacher.
+  const int64_t V = 11;
+  std::vector<float> s(V), t(V);
+  for (int64_t v = 0; v < V; ++v) s[v] = 0.3f * float(v), t[v] = 0.2f * float(V - v);
+  for (int v = 0; v < 3; ++v) s[v] = t[v] = -INFINITY;
+  t[3] = -INFINITY;
+  const void* tp[1] = {t.data()};
+  const int64_t ts[1] = {V};
+  const double w[1] = {1.0};
+  const int64_t y[1] = {5};
+  std::vector<double> sd(s.begin() + 3, s.end()), td(t.begin() + 3, t.end());
+  td[0] = -INFINITY;
+  const RefRow r = reference_row(sd, {td}, {1.0}, 5 - 3, 2.0, 0.5, 1.0);
+  for (Runner run : runners()) {
+    double loss;
+    std::vector<float> g(V);
+    K::KDLossProblem p;
+    p.rows = 1;
+    p.vocab = V;
+    p.student = s.data();
+    p.student_row_stride = V;
+    p.num_teachers = 1;
+    p.teachers = tp;
+    p.teacher_row_strides = ts;
+    p.teacher_weights = w;
+    p.target = y;
+    p.row_loss = &loss;
+    p.grad = g.data();
+    p.grad_row_stride = V;
+    run(p);
+    ASSERT_TRUE(std::isfinite(loss));
+    EXPECT_NEAR(loss, r.loss, 1e-6);
+    for (int v = 0; v < 3; ++v) EXPECT_EQ(g[v], 0.0f);
+    for (int64_t v = 3; v < V; ++v) EXPECT_NEAR(g[v], r.grad[v - 3], 1e-6);
+    // The student -inf where the teacher has mass: KL is +inf, honestly.
+    std::vector<float> s2 = s;
+    s2[4] = -INFINITY;
+    p.student = s2.data();
+    p.grad = nullptr;
+    run(p);
+    EXPECT_TRUE(std::isinf(loss) && loss > 0);
+    // ... unless the KL term has weight 0: then it is skipped, not 0 * inf = NaN.
+    p.alpha = 0.0;
+    run(p);
+    EXPECT_TRUE(std::isfinite(loss));
+  }
+}
+
+TEST(KDLoss, ResultDoesNotDependOnThreadCount) {
+  std::mt19937 gen(5);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  const int64_t rows = 9, V = 1001;
+  std::vector<float> s(rows * V), t(rows * V);
+  for (auto& x : s) x = nd(gen);
+  for (auto& x : t) x = nd(gen);
+  const void* tp[1] = {t.data()};
+  const int64_t ts[1] = {V};
+  const double w[1] = {1.0};
+  std::vector<int64_t> y(rows, 3);
+  std::vector<double> l1(rows), l2(rows);
+  std::vector<float> g1(rows * V), g2(rows * V);
+  K::KDLossProblem p;
+  p.rows = rows;
+  p.vocab = V;
+  p.student = s.data();
+  p.student_row_stride = V;
+  p.num_teachers = 1;
+  p.teachers = tp;
+  p.teacher_row_strides = ts;
+  p.teacher_weights = w;
+  p.target = y.data();
+  p.grad_row_stride = V;
+  p.row_loss = l1.data();
+  p.grad = g1.data();
+  p.num_threads = 1;
+  K::kd_loss_rows(p);
+  p.row_loss = l2.data();
+  p.grad = g2.data();
+  p.num_threads = 2;
+  K::kd_loss_rows(p);
+  EXPECT_EQ(l1, l2);
+  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)));
+}
+
+TEST(KDLoss, RowsBeyondTwoToThe31Elements) {
+  // Row 1 starts past element 2^31: only 64-bit offsets reach it. The mapping is sparse, so only
+  // the pages actually touched are ever backed by memory.
+  const int64_t V = 64;
+  const int64_t stride = (int64_t(1) << 31) + 128;
+  const size_t bytes = size_t(stride + V) * sizeof(K::bf16_t);
+  void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (mem == MAP_FAILED) GTEST_SKIP() << "cannot reserve " << bytes << " bytes of address space";
+  auto* base = static_cast<K::bf16_t*>(mem);
+  for (int64_t v = 0; v < V; ++v) {
+    base[v] = K::to_bf16(0.1f * float(v));           // row 0
+    base[stride + v] = K::to_bf16(-0.05f * float(v));  // row 1
+  }
+  std::vector<K::bf16_t> t(2 * V);
+  for (int64_t v = 0; v < 2 * V; ++v) t[v] = K::to_bf16(0.01f * float(v % 13));
+  const void* tp[1] = {t.data()};
+  const int64_t ts[1] = {V};
+  const double w[1] = {1.0};
+  const int64_t y[2] = {1, 2};
+  double loss[2];
+  K::KDLossProblem p;
+  p.rows = 2;
+  p.vocab = V;
+  p.dtype = K::DType::BF16;
+  p.student = base;
+  p.student_row_stride = stride;
+  p.num_teachers = 1;
+  p.teachers = tp;
+  p.teacher_row_strides = ts;
+  p.teacher_weights = w;
+  p.target = y;
+  p.row_loss = loss;
+  p.grad = base;  // in place, at the same far offsets
+  p.grad_row_stride = stride;
+  K::kd_loss_rows(p);
+  for (int i = 0; i < 2; ++i) {
+    std::vector<double> sd(V), td(V);
+    for (int64_t v = 0; v < V; ++v) {
+      sd[v] = i == 0 ? K::to_float(K::to_bf16(0.1f * float(v))) : K::to_float(K::to_bf16(-0.05f * float(v)));
+      td[v] = K::to_float(t[i * V + v]);
+    }
+    const RefRow r = reference_row(sd, {td}, {1.0}, y[i], 2.0, 0.5, 1.0);
+    EXPECT_NEAR(loss[i], r.loss, 1e-5);
+    EXPECT_NEAR(K::to_float(base[i * stride + 5]), r.grad[5], 1e-2 * std::abs(r.grad[5]) + 1e-6);
+  }
+  munmap(mem, bytes);
+}

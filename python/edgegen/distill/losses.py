@@ -1,0 +1,252 @@
+"""Knowledge-distillation losses (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network").
+
+    loss = alpha * T^2 * KL(p_teacher || softmax(student / T)) + (1 - alpha) * CE(student, target)
+
+On CPU these run the fused C++ kernels (``torch.ops.edgegen.kd_loss`` and
+``torch.ops.edgegen.fused_linear_kd_loss``); on other devices, until their kernels exist, the
+pure-PyTorch reference in ``edgegen.ops`` (same semantics, materialised intermediates).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from edgegen.ops._reference import fused_linear_kd_loss_reference, kd_loss_reference
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass
+class KDConfig:
+    """The distillation loss's settings; round-trips through dict/JSON/YAML as is."""
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+    ignore_index: int = -100
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        _check_settings(self.temperature, self.alpha, self.ignore_index, self.reduction)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KDConfig":
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"KDConfig: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _check_settings(temperature, alpha, ignore_index, reduction) -> None:
+    def real(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not real(temperature) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if not real(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_tensors(named: Sequence[tuple[str, Tensor | None]]) -> torch.device:
+    device = None
+    first = None
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if device is None:
+            device, first = t.device, name
+        elif t.device != device:
+            raise ValueError(
+                f"{name}: expected a tensor on {device} (the device of {first}), got {t.device}"
+            )
+    return device
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | Sequence[Tensor],
+    target: Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    teacher_weights: Sequence[float] | None = None,
+    grad_in_forward: bool = True,
+) -> Tensor:
+    """Fused distillation loss on logits.
+
+    Args:
+        student_logits: [N, V] or [B, T, V], float32/bfloat16/float16 (float64 also accepted).
+        teacher_logits: a tensor of the same shape and dtype, or a list of them (a weighted
+            mixture of the teachers' distributions at temperature T). Never receives a gradient.
+        target: int64 class indices, shape ``student_logits.shape[:-1]``; rows equal to
+            ``ignore_index`` contribute nothing and get zero gradient.
+        temperature: T > 0, applied to student and teacher for the KL term; CE uses T = 1.
+        alpha: weight of the KL term in [0, 1]; a term whose weight is 0 is skipped.
+        reduction: 'mean' (over non-ignored rows, for both terms; 0 when all are ignored),
+            'sum' or 'none' (shape ``student_logits.shape[:-1]``).
+        teacher_weights: mixture weights for several teachers (normalised; default uniform).
+        grad_in_forward: compute the student gradient in the same sweep as the loss (fastest;
+            one backward per forward). False recomputes it in backward, which allows backward
+            through the same graph more than once (retain_graph, gradcheck) and keeps the
+            inputs alive until then.
+
+    Returns the loss in float32 (float64 for float64 inputs), accumulated in fp32.
+    """
+    _check_settings(temperature, alpha, ignore_index, reduction)
+    teachers = [teacher_logits] if isinstance(teacher_logits, Tensor) else list(teacher_logits)
+    device = _check_tensors(
+        [("student_logits", student_logits)]
+        + [(f"teacher_logits[{k}]", t) for k, t in enumerate(teachers)]
+        + [("target", target)]
+    )
+    weights = [] if teacher_weights is None else [float(w) for w in teacher_weights]
+    if device.type != "cpu":
+        return kd_loss_reference(
+            student_logits, [t.detach() for t in teachers], target, temperature, alpha,
+            ignore_index, reduction, weights or None,
+        )
+    loss, _ = torch.ops.edgegen.kd_loss(
+        student_logits, teachers, weights, target, float(temperature), float(alpha),
+        ignore_index, reduction, grad_in_forward and _needs_grad(student_logits),
+    )
+    return loss
+
+
+def fused_linear_kd_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    target: Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    chunk_size: int = 0,
+    grad_in_forward: bool = True,
+) -> Tensor:
+    """The distillation loss computed from hidden states and output-head weights.
+
+    Equals ``kd_loss(student_hidden @ student_weight.T (+ bias), teacher_hidden @
+    teacher_weight.T (+ bias), target, ...)`` but works through the rows ``chunk_size`` at a
+    time (0 picks about 16M logits per chunk), so neither model's [N, V] logits ever exist.
+    Gradients flow to ``student_hidden``, ``student_weight`` and ``student_bias``; the teacher
+    tensors get none. With 'mean' and 'sum' the gradients are computed with the loss
+    (``grad_in_forward``, as in :func:`kd_loss`); with 'none', or grad_in_forward=False,
+    backward recomputes the chunks (per-row upstream gradients are only known then).
+    """
+    _check_settings(temperature, alpha, ignore_index, reduction)
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 0:
+        raise ValueError(f"chunk_size: expected an int >= 0 (0 picks one), got {chunk_size!r}")
+    device = _check_tensors(
+        [
+            ("student_hidden", student_hidden), ("student_weight", student_weight),
+            ("student_bias", student_bias), ("teacher_hidden", teacher_hidden),
+            ("teacher_weight", teacher_weight), ("teacher_bias", teacher_bias),
+            ("target", target),
+        ]
+    )
+    if device.type != "cpu":
+        return fused_linear_kd_loss_reference(
+            student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+            target, temperature, alpha, ignore_index, reduction, student_bias,
+            None if teacher_bias is None else teacher_bias.detach(),
+        )
+    with_grad = (
+        grad_in_forward
+        and reduction != "none"
+        and _needs_grad(student_hidden, student_weight, student_bias)
+    )
+    loss, _, _, _ = torch.ops.edgegen.fused_linear_kd_loss(
+        student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
+        teacher_bias, target, float(temperature), float(alpha), ignore_index, reduction,
+        chunk_size, None, with_grad,
+    )
+    return loss
+
+
+class KDLoss(nn.Module):
+    """Module form of :func:`kd_loss`; ``forward(student_logits, teacher_logits, target)``."""
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        teacher_weights: Sequence[float] | None = None,
+    ):
+        super().__init__()
+        self.config = KDConfig(temperature, alpha, ignore_index, reduction)
+        self.teacher_weights = None if teacher_weights is None else list(teacher_weights)
+
+    def forward(self, student_logits, teacher_logits, target):
+        c = self.config
+        return kd_loss(
+            student_logits, teacher_logits, target, c.temperature, c.alpha, c.ignore_index,
+            c.reduction, self.teacher_weights,
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+
+
+class FusedLinearKDLoss(nn.Module):
+    """Module form of :func:`fused_linear_kd_loss`.
+
+    ``forward(student_hidden, student_head, teacher_hidden, teacher_head, target)`` where the
+    heads are ``nn.Linear`` modules (or weight tensors of shape [V, H]).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        chunk_size: int = 0,
+    ):
+        super().__init__()
+        self.config = KDConfig(temperature, alpha, ignore_index, reduction)
+        self.chunk_size = chunk_size
+
+    @staticmethod
+    def _head(head, name):
+        if isinstance(head, nn.Linear):
+            return head.weight, head.bias
+        if isinstance(head, Tensor):
+            return head, None
+        raise TypeError(f"{name}: expected an nn.Linear or a [V, H] weight tensor, got {type(head).__name__}")
+
+    def forward(self, student_hidden, student_head, teacher_hidden, teacher_head, target):
+        ws, bs = self._head(student_head, "student_head")
+        wt, bt = self._head(teacher_head, "teacher_head")
+        c = self.config
+        return fused_linear_kd_loss(
+            student_hidden, ws, teacher_hidden, wt, target, c.temperature, c.alpha,
+            c.ignore_index, c.reduction, bs, bt, self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        d = self.config.to_dict() | {"chunk_size": self.chunk_size}
+        return ", ".join(f"{k}={v!r}" for k, v in d.items())

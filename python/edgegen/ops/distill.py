@@ -1,0 +1,157 @@
+"""Fake (meta) kernels and autograd for torch.ops.edgegen.kd_loss / fused_linear_kd_loss.
+
+Two modes, chosen by the ops' ``with_grad`` argument:
+
+* ``with_grad=True`` (what edgegen.distill uses by default): the gradient of the reduced loss is
+  computed in the same sweep as the loss, with an upstream gradient of 1, and returned as an extra
+  output; backward only scales it by the real upstream gradient, in place, and not at all when
+  that is exactly 1 (the usual ``loss.backward()``). The saved gradient therefore serves one
+  backward pass: a second one through the same graph (retain_graph=True) raises a clear error
+  rather than return a wrong answer.
+* ``with_grad=False``: the forward computes the loss only and keeps its inputs; every backward
+  recomputes the gradient. Repeated backward (gradcheck, jacobians) works; it costs a second
+  sweep and keeps the inputs alive until backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_SECOND_BACKWARD = (
+    "{op}: backward ran a second time through the same graph (retain_graph=True). The gradient "
+    "was computed together with the loss and has been handed out already. Recompute the loss for "
+    "each backward pass, or pass grad_in_forward=False to edgegen.distill (with_grad=False to the "
+    "op), which recomputes the gradient in every backward."
+)
+
+
+def _scale_saved_grads(ctx, grads, upstream: Tensor, op: str, per_row: bool):
+    """Each saved gradient times the upstream gradient: in place when eager, skipped when the
+    upstream gradient is exactly 1."""
+    if torch.compiler.is_compiling():
+        return tuple(g * upstream.to(g.dtype) for g in grads)
+    if ctx.consumed:
+        raise RuntimeError(_SECOND_BACKWARD.format(op=op))
+    ctx.consumed = True
+    if not per_row and bool(upstream == 1):
+        return tuple(grads)
+    return tuple(g.mul_(upstream) for g in grads)
+
+
+# --------------------------------------------------------------------------------- kd_loss
+
+
+@torch.library.register_fake("edgegen::kd_loss")
+def _kd_loss_fake(
+    student_logits, teacher_logits, teacher_weights, target, temperature, alpha, ignore_index,
+    reduction, with_grad,
+):
+    ldtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    lead = student_logits.shape[:-1]
+    loss = student_logits.new_empty(lead if reduction == "none" else (), dtype=ldtype)
+    if with_grad:
+        grad = student_logits.new_empty(student_logits.shape)
+    else:
+        grad = student_logits.new_empty((0,))
+    return loss, grad
+
+
+def _kd_loss_setup(ctx, inputs, output):
+    student, teachers, weights, target, temperature, alpha, ignore_index, reduction, with_grad = inputs
+    ctx.n_teachers = len(teachers)
+    ctx.weights_empty = len(weights) == 0
+    ctx.reduction = reduction
+    ctx.with_grad = with_grad
+    ctx.consumed = False
+    if with_grad:
+        ctx.save_for_backward(output[1])
+    else:
+        ctx.save_for_backward(student, target, *teachers)
+        ctx.recompute_args = (list(weights), temperature, alpha, ignore_index, reduction)
+
+
+def _kd_loss_backward(ctx, grad_loss, _grad_of_grad):
+    per_row = ctx.reduction == "none"
+    upstream = grad_loss.unsqueeze(-1) if per_row else grad_loss
+    if ctx.with_grad:
+        (d,) = _scale_saved_grads(ctx, ctx.saved_tensors, upstream, "edgegen::kd_loss", per_row)
+    else:
+        student, target, *teachers = ctx.saved_tensors
+        weights, temperature, alpha, ignore_index, reduction = ctx.recompute_args
+        _, d = torch.ops.edgegen.kd_loss(
+            student, teachers, weights, target, temperature, alpha, ignore_index, reduction, True
+        )
+        d = d * upstream.to(d.dtype)
+    # Gradient flows to the student only. torch.library's pytree treats a non-empty float[] as
+    # one leaf (one None) and an empty one as an empty list.
+    weights_grad = [] if ctx.weights_empty else None
+    return d, [None] * ctx.n_teachers, weights_grad, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "edgegen::kd_loss", _kd_loss_backward, setup_context=_kd_loss_setup
+)
+
+
+# ---------------------------------------------------------------------- fused_linear_kd_loss
+
+
+@torch.library.register_fake("edgegen::fused_linear_kd_loss")
+def _fused_linear_kd_loss_fake(
+    student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
+    target, temperature, alpha, ignore_index, reduction, chunk_size, grad_row_scale, with_grad,
+):
+    ldtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
+    lead = student_hidden.shape[:-1]
+    loss = student_hidden.new_empty(lead if reduction == "none" else (), dtype=ldtype)
+    if not with_grad:
+        return loss, *(student_hidden.new_empty((0,)) for _ in range(3))
+    d_bias = (
+        student_bias.new_empty(student_bias.shape)
+        if student_bias is not None
+        else student_hidden.new_empty((0,))
+    )
+    return (
+        loss,
+        student_hidden.new_empty(student_hidden.shape),
+        student_weight.new_empty(student_weight.shape),
+        d_bias,
+    )
+
+
+def _fused_setup(ctx, inputs, output):
+    (hs, ws, bs, ht, wt, bt, target, temperature, alpha, ignore_index, reduction, chunk_size,
+     _grad_row_scale, with_grad) = inputs
+    # 'none' always recomputes: per-row upstream gradients are unknown until backward.
+    ctx.recompute = reduction == "none" or not with_grad
+    ctx.has_bias = bs is not None
+    ctx.consumed = False
+    if ctx.recompute:
+        ctx.save_for_backward(hs, ws, bs, ht, wt, bt, target)
+        ctx.recompute_args = (temperature, alpha, ignore_index, reduction, chunk_size)
+    else:
+        ctx.save_for_backward(output[1], output[2], output[3])
+
+
+def _fused_backward(ctx, grad_loss, *_grads_of_grads):
+    op = "edgegen::fused_linear_kd_loss"
+    if ctx.recompute:
+        hs, ws, bs, ht, wt, bt, target = ctx.saved_tensors
+        temperature, alpha, ignore_index, reduction, chunk_size = ctx.recompute_args
+        row_scale = grad_loss.reshape(-1) if reduction == "none" else grad_loss.expand(target.shape).reshape(-1)
+        _, d_h, d_w, d_b = torch.ops.edgegen.fused_linear_kd_loss(
+            hs, ws, bs, ht, wt, bt, target, temperature, alpha, ignore_index, reduction,
+            chunk_size, row_scale, True,
+        )
+    else:
+        d_h, d_w, d_b = _scale_saved_grads(ctx, ctx.saved_tensors, grad_loss, op, per_row=False)
+    return (
+        d_h, d_w, d_b if ctx.has_bias else None,
+        None, None, None, None, None, None, None, None, None, None, None,
+    )
+
+
+torch.library.register_autograd(
+    "edgegen::fused_linear_kd_loss", _fused_backward, setup_context=_fused_setup
+)
