@@ -26,10 +26,25 @@ _SECOND_BACKWARD = (
 )
 
 
+def _plain_eager(*tensors: Tensor) -> bool:
+    """True outside every tracer: no dynamo, no fake/proxy/functional mode, no tensor subclass.
+    Only then may backward look at data (upstream == 1) or mutate a saved tensor."""
+    if torch.compiler.is_compiling():
+        return False
+    if any(type(t) is not torch.Tensor for t in tensors):
+        return False
+    keys = torch._C._TorchDispatchModeKey
+    if any(torch._C._get_dispatch_mode(k) is not None for k in (keys.FAKE, keys.PROXY, keys.FUNCTIONAL)):
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is None
+
+
 def _scale_saved_grads(ctx, grads, upstream: Tensor, op: str, per_row: bool):
     """Each saved gradient times the upstream gradient: in place when eager, skipped when the
-    upstream gradient is exactly 1."""
-    if torch.compiler.is_compiling():
+    upstream gradient is exactly 1; out of place under any tracer."""
+    if not _plain_eager(upstream, *grads):
         return tuple(g * upstream.to(g.dtype) for g in grads)
     if ctx.consumed:
         raise RuntimeError(_SECOND_BACKWARD.format(op=op))
@@ -37,6 +52,20 @@ def _scale_saved_grads(ctx, grads, upstream: Tensor, op: str, per_row: bool):
     if not per_row and bool(upstream == 1):
         return tuple(grads)
     return tuple(g.mul_(upstream) for g in grads)
+
+
+def _check_meta(named, floating=True):
+    """The metadata checks the C++ kernels make, for the fake kernels (devices, dtypes)."""
+    device = named[0][1].device
+    dtype = named[0][1].dtype
+    for name, t in named:
+        if t is None:
+            continue
+        if t.device != device:
+            raise RuntimeError(f"{name}: expected a tensor on {device}, got one on {t.device} "
+                               "(all inputs must be on the same device)")
+        if floating and t.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
 
 
 # --------------------------------------------------------------------------------- kd_loss
@@ -47,6 +76,13 @@ def _kd_loss_fake(
     student_logits, teacher_logits, teacher_weights, target, temperature, alpha, ignore_index,
     reduction, with_grad,
 ):
+    _check_meta([("student_logits", student_logits)]
+                + [(f"teacher_logits[{k}]", t) for k, t in enumerate(teacher_logits)])
+    _check_meta([("student_logits", student_logits), ("target", target)], floating=False)
+    for k, t in enumerate(teacher_logits):
+        if t.shape != student_logits.shape:
+            raise ValueError(f"teacher_logits[{k}]: expected the student's shape "
+                             f"{tuple(student_logits.shape)}, got {tuple(t.shape)}")
     ldtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
     lead = student_logits.shape[:-1]
     loss = student_logits.new_empty(lead if reduction == "none" else (), dtype=ldtype)
@@ -102,6 +138,10 @@ def _fused_linear_kd_loss_fake(
     student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
     target, temperature, alpha, ignore_index, reduction, chunk_size, grad_row_scale, with_grad,
 ):
+    _check_meta([("student_hidden", student_hidden), ("student_weight", student_weight),
+                 ("student_bias", student_bias), ("teacher_hidden", teacher_hidden),
+                 ("teacher_weight", teacher_weight), ("teacher_bias", teacher_bias)])
+    _check_meta([("student_hidden", student_hidden), ("target", target)], floating=False)
     ldtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
     lead = student_hidden.shape[:-1]
     loss = student_hidden.new_empty(lead if reduction == "none" else (), dtype=ldtype)

@@ -1,0 +1,273 @@
+"""edgegen.distill.kd_loss against the float64 PyTorch reference (F.kl_div + F.cross_entropy)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgegen.distill import KDConfig, KDLoss, kd_loss
+from edgegen.ops import kd_loss_reference
+from tests.helpers import assert_grad_close, assert_loss_close, make_target
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def run_both(s, teachers, y, **kw):
+    """(loss, grad) from edgegen and from the float64 reference on the same inputs."""
+    s1 = s.detach().clone().requires_grad_()
+    loss = kd_loss(s1, teachers, y, **kw)
+    loss.sum().backward()
+    s64 = s.detach().double().requires_grad_()
+    t64 = [t.double() for t in teachers] if isinstance(teachers, list) else teachers.double()
+    ref = kd_loss_reference(s64, t64, y, **kw)
+    ref.sum().backward()
+    return loss, s1.grad, ref, s64.grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 7), (5, 257), (2, 3, 1031)], ids=str)
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 3.7])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore", ["none", "some", "all"])
+def test_matches_reference(dtype, shape, temperature, alpha, reduction, ignore):
+    s = (torch.randn(shape) * 3).to(dtype)
+    t = (torch.randn(shape) * 3).to(dtype)
+    y = make_target(shape[:-1], shape[-1], ignore)
+    kw = dict(temperature=temperature, alpha=alpha, reduction=reduction)
+    loss, grad, ref, ref_grad = run_both(s, t, y, **kw)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert grad.dtype == dtype
+    assert_loss_close(loss, ref, dtype)
+    assert_grad_close(grad, ref_grad, dtype)
+    if ignore == "all":
+        assert torch.all(loss == 0) and not torch.isnan(loss).any()
+        assert torch.all(grad == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1, 3])
+def test_gpt2_vocabulary(dtype, n):
+    V = 50257
+    s = (torch.randn(n, V) * 4).to(dtype)
+    t = (torch.randn(n, V) * 4).to(dtype)
+    y = make_target((n,), V, "none")
+    loss, grad, ref, ref_grad = run_both(s, t, y)
+    assert_loss_close(loss, ref, dtype)
+    assert_grad_close(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_multi_teacher_mixture(reduction):
+    shape = (6, 301)
+    s = torch.randn(shape) * 2
+    teachers = [torch.randn(shape) * 2 for _ in range(3)]
+    y = make_target(shape[:-1], shape[-1], "some")
+    loss, grad, ref, ref_grad = run_both(
+        s, teachers, y, teacher_weights=[0.2, 0.5, 0.3], reduction=reduction
+    )
+    assert_loss_close(loss, ref, torch.float32)
+    assert_grad_close(grad, ref_grad, torch.float32)
+    # Weights are normalised, and a zero weight drops that teacher.
+    a = kd_loss(s, teachers, y, teacher_weights=[2.0, 5.0, 3.0])
+    b = kd_loss(s, teachers, y, teacher_weights=[0.2, 0.5, 0.3])
+    torch.testing.assert_close(a, b)
+    c = kd_loss(s, teachers, y, teacher_weights=[0.0, 1.0, 0.0])
+    d = kd_loss(s, teachers[1], y)
+    torch.testing.assert_close(c, d, rtol=1e-5, atol=1e-6)
+
+
+def test_kl_is_zero_for_identical_models_and_never_negative():
+    s = torch.randn(64, 999) * 5
+    y = make_target((64,), 999, "none")
+    loss = kd_loss(s, s.clone(), y, alpha=1.0, reduction="none")
+    assert torch.all(loss == 0)
+    t = s + 0.01 * torch.randn_like(s)  # nearly identical: KL tiny but must stay >= 0
+    assert torch.all(kd_loss(s, t, y, alpha=1.0, reduction="none") >= 0)
+    assert torch.all(kd_loss(s, torch.randn_like(s), y, alpha=1.0, reduction="none") >= 0)
+
+
+def test_temperature_squared_scaling_and_ce_at_unit_temperature():
+    s = torch.randn(10, 77, dtype=torch.float64)
+    t = torch.randn(10, 77, dtype=torch.float64)
+    y = make_target((10,), 77, "none")
+    T = 3.0
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+                  reduction="sum") / 10
+    got = kd_loss(s, t, y, temperature=T, alpha=1.0)
+    torch.testing.assert_close(got, T * T * kl, rtol=1e-12, atol=0)
+    # alpha = 0 is plain cross-entropy at T = 1, whatever the distillation temperature.
+    for T in (0.5, 2.0, 8.0):
+        got = kd_loss(s, t, y, temperature=T, alpha=0.0)
+        torch.testing.assert_close(got, F.cross_entropy(s, y), rtol=1e-12, atol=0)
+
+
+def test_logits_of_magnitude_1e4():
+    s = torch.randn(16, 2000, dtype=torch.float64) * 1e4
+    t = torch.randn(16, 2000, dtype=torch.float64) * 1e4
+    y = make_target((16,), 2000, "some")
+    loss, grad, ref, ref_grad = run_both(s.float(), t.float(), y)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert_loss_close(loss, ref, torch.float32)
+    assert_grad_close(grad, ref_grad, torch.float32)
+
+
+def test_negative_infinity_logits():
+    V = 40
+    s = torch.randn(4, V)
+    t = torch.randn(4, V)
+    masked = torch.zeros(V, dtype=torch.bool)
+    masked[[0, 5, 6, 39]] = True  # a vocabulary mask shared by both models
+    s[:, masked] = -math.inf
+    t[:, masked] = -math.inf
+    t[:, 10] = -math.inf  # the teacher alone rules out token 10
+    y = torch.tensor([1, 2, 3, 4])
+    s1 = s.clone().requires_grad_()
+    loss = kd_loss(s1, t, y, reduction="none")
+    loss.sum().backward()
+    # Reference on the unmasked columns only: the same distributions.
+    keep = ~masked
+    s2 = s[:, keep].double().requires_grad_()
+    ref = kd_loss_reference(s2, t[:, keep].double(), y - 1, reduction="none")
+    ref.sum().backward()
+    assert_loss_close(loss, ref, torch.float32)
+    assert torch.all(s1.grad[:, masked] == 0)
+    assert_grad_close(s1.grad[:, keep], s2.grad, torch.float32)
+    # Student -inf where the teacher has mass: the KL is +inf, not NaN ...
+    s3 = s.clone()
+    s3[:, 20] = -math.inf
+    assert torch.all(torch.isposinf(kd_loss(s3, t, y, reduction="none")))
+    # ... and with the KL weighted 0 the loss is the (finite) cross-entropy.
+    assert torch.isfinite(kd_loss(s3, t, y, alpha=0.0))
+
+
+def test_ignore_index_inside_vocabulary_and_custom():
+    s = torch.randn(6, 10, dtype=torch.float64)
+    t = torch.randn(6, 10, dtype=torch.float64)
+    y = torch.tensor([0, 3, 3, 9, 3, 1])
+    got = kd_loss(s, t, y, ignore_index=3)
+    ref = kd_loss_reference(s, t, y, ignore_index=3)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+
+
+def test_ignored_rows_get_zero_gradient_and_do_not_count():
+    s = torch.randn(6, 50, requires_grad=True)
+    t = torch.randn(6, 50)
+    y = torch.tensor([1, -100, 2, -100, 3, 4])
+    kd_loss(s, t, y).backward()
+    assert torch.all(s.grad[[1, 3]] == 0)
+    keep = y != -100
+    torch.testing.assert_close(kd_loss(s, t, y), kd_loss(s[keep], t[keep], y[keep]))
+
+
+def test_gradient_flows_to_student_only():
+    s = torch.randn(3, 20, requires_grad=True)
+    t = torch.randn(3, 20, requires_grad=True)
+    kd_loss(s, t, torch.tensor([0, 1, 2])).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_upstream_gradient_scales_result():
+    s = torch.randn(5, 30, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, 30, dtype=torch.float64)
+    y = make_target((5,), 30, "some")
+    (3.5 * kd_loss(s, t, y)).backward()
+    g = s.grad.clone()
+    s.grad = None
+    (3.5 * kd_loss_reference(s, t, y)).backward()
+    torch.testing.assert_close(g, s.grad, rtol=1e-11, atol=1e-14)
+    # 'none' with per-row upstream weights.
+    s.grad = None
+    w = torch.rand(5, dtype=torch.float64)
+    (kd_loss(s, t, y, reduction="none") * w).sum().backward()
+    g = s.grad.clone()
+    s.grad = None
+    (kd_loss_reference(s, t, y, reduction="none") * w).sum().backward()
+    torch.testing.assert_close(g, s.grad, rtol=1e-11, atol=1e-14)
+
+
+def test_second_backward_through_same_graph():
+    s = torch.randn(4, 16, requires_grad=True)
+    t = torch.randn(4, 16)
+    y = torch.tensor([0, 1, 2, 3])
+    loss = kd_loss(s, t, y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second time through the same graph"):
+        loss.backward()
+    # The recompute mode supports it, and accumulates correctly.
+    s.grad = None
+    loss = kd_loss(s, t, y, grad_in_forward=False)
+    loss.backward(retain_graph=True)
+    g1 = s.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(s.grad, 2 * g1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck_float64(reduction):
+    s = torch.randn(3, 2, 11, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 2, 11, dtype=torch.float64)
+    t2 = torch.randn(3, 2, 11, dtype=torch.float64)
+    y = make_target((3, 2), 11, "some")
+    for teachers, w in [(t, None), ([t, t2], [0.3, 0.7])]:
+        assert torch.autograd.gradcheck(
+            lambda x: kd_loss(x, teachers, y, temperature=1.7, alpha=0.4, reduction=reduction,
+                              teacher_weights=w, grad_in_forward=False),
+            (s,),
+        )
+
+
+def test_deterministic_and_thread_count_independent():
+    s = torch.randn(33, 3001)
+    t = torch.randn(33, 3001)
+    y = make_target((33,), 3001, "some")
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = torch.ops.edgegen.kd_loss(s, [t], [], y, 2.0, 0.5, -100, "none", True)
+        torch.set_num_threads(2)
+        b = torch.ops.edgegen.kd_loss(s, [t], [], y, 2.0, 0.5, -100, "none", True)
+        c = torch.ops.edgegen.kd_loss(s, [t], [], y, 2.0, 0.5, -100, "none", True)
+    finally:
+        torch.set_num_threads(old)
+    for x, z in itertools.chain(zip(a, b), zip(b, c)):
+        assert torch.equal(x, z)
+
+
+def test_non_contiguous_inputs():
+    base = torch.randn(7, 64)
+    s = base[:, ::2]  # stride 2 on the vocabulary dimension
+    t = torch.randn(64, 7).t()[:, :32]
+    y = make_target((7,), 32, "none")
+    torch.testing.assert_close(kd_loss(s, t, y), kd_loss(s.contiguous(), t.contiguous(), y))
+
+
+def test_module_and_config():
+    cfg = KDConfig(temperature=3.0, alpha=0.25, reduction="sum")
+    assert KDConfig.from_dict(cfg.to_dict()) == cfg
+    m = KDLoss(**cfg.to_dict())
+    s, t = torch.randn(4, 9), torch.randn(4, 9)
+    y = torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(m(s, t, y), kd_loss(s, t, y, temperature=3.0, alpha=0.25, reduction="sum"))
+    assert "temperature=3.0" in repr(m)
+    with pytest.raises(ValueError, match="unknown keys"):
+        KDConfig.from_dict({"temperature": 2.0, "beta": 1})
+
+
+def test_empty_batch():
+    s = torch.randn(0, 10, requires_grad=True)
+    loss = kd_loss(s, torch.randn(0, 10), torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and s.grad.shape == (0, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for the fallback path")
+def test_cuda_falls_back_to_reference():
+    s = torch.randn(8, 100)
+    t = torch.randn(8, 100)
+    y = make_target((8,), 100, "some")
+    cpu = kd_loss(s, t, y)
+    gpu = kd_loss(s.cuda(), t.cuda(), y.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)

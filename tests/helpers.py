@@ -1,0 +1,44 @@
+"""Input builders and tolerances shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+# Max |grad - ref| relative to max |ref|: the gradient is stored in the input dtype.
+GRAD_RTOL = {
+    torch.float32: 2e-5,
+    torch.float64: 1e-11,
+    torch.bfloat16: 1e-2,
+    torch.float16: 2e-3,
+}
+# The loss is accumulated in fp32 (fp64 for fp64 inputs) from the inputs as given.
+LOSS_RTOL = {torch.float32: 2e-5, torch.float64: 1e-11, torch.bfloat16: 2e-5, torch.float16: 2e-5}
+
+
+def make_target(lead, vocab, pattern: str, ignore_index: int = -100, generator=None):
+    y = torch.randint(0, vocab, lead, generator=generator)
+    if pattern == "some":
+        flat = y.view(-1)
+        flat[::3] = ignore_index
+    elif pattern == "all":
+        y.fill_(ignore_index)
+    elif pattern != "none":
+        raise ValueError(pattern)
+    return y
+
+
+def assert_grad_close(actual: torch.Tensor, expected: torch.Tensor, dtype) -> None:
+    actual = actual.double()
+    expected = expected.double()
+    scale = expected.abs().max().item()
+    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    assert err <= GRAD_RTOL[dtype] * scale + 1e-30, f"max grad error {err:.3e} vs scale {scale:.3e}"
+
+
+def assert_loss_close(actual: torch.Tensor, expected: torch.Tensor, dtype) -> None:
+    actual = actual.double()
+    expected = expected.double()
+    assert actual.shape == expected.shape
+    tol = LOSS_RTOL[dtype] * (1.0 + expected.abs())
+    err = (actual - expected).abs()
+    assert bool((err <= tol).all()), f"max loss error {err.max().item():.3e}"

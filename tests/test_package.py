@@ -1,0 +1,82 @@
+"""Packaging promises: cheap import, one OpenMP runtime, a clear error when _C is missing."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+import edgegen
+
+
+def run_py(code: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_import_is_cheap():
+    r = run_py("""
+        import sys, edgegen
+        heavy = [m for m in ("mlflow", "matplotlib", "transformers") if m in sys.modules]
+        print(heavy)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_ops_registered_and_isa_reported():
+    assert hasattr(torch.ops.edgegen, "kd_loss")
+    assert hasattr(torch.ops.edgegen, "fused_linear_kd_loss")
+    assert edgegen.cpu_isa() in ("avx2", "scalar")
+
+
+def test_single_openmp_runtime_in_process():
+    maps = open("/proc/self/maps").read().splitlines()
+    gomp = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line or "libomp" in line}
+    assert len(gomp) <= 1, gomp
+
+
+def test_kernel_threads_follow_torch():
+    # With torch limited to one thread the op must still run and agree with two threads.
+    r = run_py("""
+        import torch, edgegen
+        torch.manual_seed(0)
+        s, t = torch.randn(64, 5000), torch.randn(64, 5000)
+        y = torch.randint(0, 5000, (64,))
+        torch.set_num_threads(1)
+        a = edgegen.distill.kd_loss(s, t, y)
+        torch.set_num_threads(2)
+        b = edgegen.distill.kd_loss(s, t, y)
+        print(bool(a == b))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True"
+
+
+def test_scalar_path_matches_reference():
+    r = run_py("""
+        import torch, edgegen
+        from edgegen.ops import kd_loss_reference
+        assert edgegen.cpu_isa() == "scalar", edgegen.cpu_isa()
+        torch.manual_seed(0)
+        s, t = torch.randn(8, 1001), torch.randn(8, 1001)
+        y = torch.randint(0, 1001, (8,))
+        got = edgegen.distill.kd_loss(s, t, y, reduction="none")
+        ref = kd_loss_reference(s.double(), t.double(), y, reduction="none")
+        print((got.double() - ref).abs().max().item())
+    """, env={"EDGEGEN_FORCE_ISA": "scalar"})
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.strip()) < 1e-4
+
+
+def test_missing_extension_gives_rebuild_instructions():
+    # Block the compiled module the way a failed or missing build would leave it.
+    r = run_py("""
+        import sys
+        sys.modules["edgegen._C"] = None
+        import edgegen
+    """)
+    assert r.returncode != 0
+    assert "edgegen._C could not be loaded" in r.stderr
+    assert "pip install --no-build-isolation -e ." in r.stderr
