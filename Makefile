@@ -1,0 +1,41 @@
+# edgegen developer commands. On a fresh machine `make test` and `make bench` set everything up
+# first (Debian packages, a virtualenv with pinned packages, the C++ extension).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+CPP_BUILD ?= build/cpp-tests
+
+.PHONY: setup build test test-cpp test-py bench clean
+
+$(VENV)/.ready: requirements-dev.txt
+	bash scripts/install-system-deps.sh
+	python3 -m venv $(VENV)
+	# torch first and pinned, and pinned again in every later step: nothing may resolve it from
+	# the registry (that would pull a multi-GB CUDA build).
+	$(PYTHON) -m pip install -q torch==$(TORCH_VERSION)
+	$(PYTHON) -m pip install -q -r requirements-dev.txt torch==$(TORCH_VERSION)
+	touch $@
+
+setup: $(VENV)/.ready
+
+# Incremental (scikit-build-core build dir + ccache): a no-op rebuild takes seconds.
+build: setup
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+
+# Both suites: GoogleTest (through CTest) on the torch-free kernels, pytest on the Python API.
+test: test-cpp test-py
+
+test-cpp: setup
+	cmake -S . -B $(CPP_BUILD) -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_BUILD_TESTS=ON
+	cmake --build $(CPP_BUILD)
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
+
+test-py: build
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+# The main job until the experiment CLI exists: the distillation-loss benchmark.
+bench: build
+	$(PYTHON) benchmarks/bench_kd_loss.py
+
+clean:
+	rm -rf build dist *.egg-info
