@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/memory.h"
 #include "kernels/distill/kd_loss.h"
 
 namespace edgegen {
@@ -156,7 +157,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
   const int64_t rows = s.numel() / vocab;
 
   at::Tensor row_loss = at::empty({rows}, s.options().dtype(at::kDouble));
-  at::Tensor grad = with_grad ? at::empty(s.sizes(), s.options()) : at::empty({0}, s.options());
+  at::Tensor grad = with_grad ? empty_for_streaming_write(s.sizes(), s.options())
+                              : at::empty({0}, s.options());
   std::vector<const void*> tptr(nt);
   std::vector<int64_t> tstride(nt, vocab);
   for (size_t k = 0; k < nt; ++k) tptr[k] = teachers[k].const_data_ptr();
@@ -262,8 +264,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
   at::Tensor dw_acc = with_grad ? at::zeros({vocab, H}, acc_opts) : at::Tensor();
   const bool want_db = with_grad && student_bias.has_value();
   at::Tensor db_acc = want_db ? at::zeros({vocab}, acc_opts) : at::Tensor();
-  at::Tensor s_buf = at::empty({chunk, vocab}, opts);
-  at::Tensor t_buf = at::empty({chunk, vocab}, opts);
+  at::Tensor s_buf = empty_for_streaming_write({chunk, vocab}, opts);
+  at::Tensor t_buf = empty_for_streaming_write({chunk, vocab}, opts);
 
   const int64_t* yp = y.const_data_ptr<int64_t>();
   double* lp = row_loss.mutable_data_ptr<double>();

@@ -1,0 +1,209 @@
+"""Distillation loss on CPU: edgegen vs PyTorch eager vs torch.compile, and fused-linear vs
+materialise-then-loss for the GPT-2 student head (6L/384) against the teacher head (12L/768).
+
+    python benchmarks/bench_kd_loss.py            # full run (several minutes)
+    python benchmarks/bench_kd_loss.py --quick    # N=512 and 2048 only
+
+Every number is forward + backward (the student gradient), median of repeats after warm-up, at
+the machine's full thread count. GB/s counts the minimum traffic of the op (read student and
+teacher logits once, write the gradient once), the same bytes for every provider, against the
+machine's measured copy bandwidth. Results go to benchmarks/results/kd_loss.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+V = 50257
+T, ALPHA = 2.0, 0.5
+HS, HT = 384, 768  # student 6L/384 and teacher 12L/768 hidden sizes
+
+
+# ----------------------------------------------------------------------------- providers
+def composite(s, t, y):
+    """The loss as a user writes it in PyTorch: fp32 math, log-softmax both models, KL + CE."""
+    import torch
+    import torch.nn.functional as F
+
+    s32, t32 = s.float(), t.float()
+    kl = F.kl_div(F.log_softmax(s32 / T, -1), F.log_softmax(t32 / T, -1), log_target=True,
+                  reduction="none").sum(-1)
+    ce = F.cross_entropy(s32, y, reduction="none")
+    valid = y != -100
+    return ((ALPHA * T * T * kl + (1 - ALPHA) * ce) * valid).sum() / valid.sum().clamp(min=1)
+
+
+def logits_step(provider):
+    import torch
+
+    from edgegen.distill import kd_loss
+
+    if provider == "edgegen":
+        return lambda s, t, y: kd_loss(s, t, y, temperature=T, alpha=ALPHA)
+    if provider == "eager":
+        return composite
+    if provider == "compile":
+        return torch.compile(composite, dynamic=False)
+    raise ValueError(provider)
+
+
+def linear_step(provider, chunk):
+    import torch.nn.functional as F
+
+    from edgegen.distill import fused_linear_kd_loss, kd_loss
+
+    if provider == "edgegen-fused":
+        return lambda hs, ws, ht, wt, y: fused_linear_kd_loss(
+            hs, ws, ht, wt, y, temperature=T, alpha=ALPHA, chunk_size=chunk)
+    if provider == "materialise+edgegen":
+        return lambda hs, ws, ht, wt, y: kd_loss(F.linear(hs, ws), F.linear(ht, wt), y,
+                                                 temperature=T, alpha=ALPHA)
+    if provider == "materialise+eager":
+        return lambda hs, ws, ht, wt, y: composite(F.linear(hs, ws), F.linear(ht, wt), y)
+    raise ValueError(provider)
+
+
+# ------------------------------------------------------------------------------- worker
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    dtype = getattr(torch, spec["dtype"])
+    n = spec["n"]
+    y = torch.randint(0, V, (n,))
+    y[::10] = -100
+    if spec["op"] == "kd_loss":
+        s = (torch.randn(n, V) * 2).to(dtype).requires_grad_()
+        t = (torch.randn(n, V) * 2).to(dtype)
+        step = logits_step(spec["provider"])
+
+        def clear():
+            s.grad = None
+
+        def run():
+            loss = step(s, t, y)
+            loss.backward()
+            return loss
+    else:
+        hs = torch.randn(n, HS).to(dtype).requires_grad_()
+        ws = (torch.randn(V, HS) * HS**-0.5).to(dtype).requires_grad_()
+        ht = torch.randn(n, HT).to(dtype)
+        wt = (torch.randn(V, HT) * HT**-0.5).to(dtype)
+        step = linear_step(spec["provider"], spec.get("chunk", 0))
+
+        def clear():
+            hs.grad = ws.grad = None
+
+        def run():
+            loss = step(hs, ws, ht, wt, y)
+            loss.backward()
+            return loss
+
+    run()  # warm-up (and compile)
+    clear()  # the peak counts the new gradients, not the previous iteration's
+    peak = harness.peak_extra_mb(run)
+
+    def iteration():
+        clear()
+        run()
+
+    p20, p50, p80 = harness.time_ms(iteration, repeats=spec["repeats"], warmup=0)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "peak_mb": peak}
+
+
+# --------------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="N in {512, 2048} only")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--thp", action="store_true",
+                    help="give every provider transparent huge pages (THP_MEM_ALLOC_ENABLE=1)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kd_loss.csv"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    ns = [512, 2048] if args.quick else [512, 2048, 8192]
+    if args.thp:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # inherited by every worker
+    mode = "fwd+bwd" + (",THP" if args.thp else "")
+    machine, versions = harness.machine(), harness.versions()
+    ceiling = harness.copy_bandwidth_gbps(args.threads)
+    print(f"# {machine}; {versions}; {args.threads} threads; mode {mode}")
+    print(f"# memory copy bandwidth (ceiling): {ceiling:.1f} GB/s")
+    rows = []
+
+    def record(op, provider, n, dtype, extra_shape, res, nbytes=None, flops=None):
+        row = dict(op=op, provider=provider, shape=f"N={n},V={V}{extra_shape}", dtype=dtype,
+                   mode=mode, threads=args.threads, machine=machine, versions=versions)
+        if "error" in res:
+            print(f"{op:22s} {provider:22s} N={n:5d} {dtype:8s} ERROR {res['error']}")
+            return None
+        row.update({k: round(v, 3) for k, v in res.items()})
+        if nbytes:
+            row["gbps"] = round(nbytes / (res["p50_ms"] * 1e-3) / 1e9, 2)
+        if flops:
+            row["gflops"] = round(flops / (res["p50_ms"] * 1e-3) / 1e9, 2)
+        rows.append(row)
+        return row
+
+    print("\n## kd_loss on logits (forward + backward)")
+    print(f"{'N':>5s} {'dtype':8s} {'provider':10s} {'p50 ms':>9s} {'peak MB':>9s} {'GB/s':>7s} "
+          f"{'% ceil':>6s} {'speed-up':>9s}")
+    for dtype in ("float32", "bfloat16"):
+        elt = 4 if dtype == "float32" else 2
+        for n in ns:
+            res = {}
+            for provider in ("edgegen", "eager", "compile"):
+                spec = dict(op="kd_loss", provider=provider, n=n, dtype=dtype, threads=args.threads,
+                            repeats=3 if n >= 8192 else 7)
+                row = record("kd_loss", provider, n, dtype, "", harness.run_worker(__file__, spec),
+                             nbytes=3 * n * V * elt)
+                if row:
+                    res[provider] = row
+            if "edgegen" not in res:
+                continue
+            base = res["edgegen"]["p50_ms"]
+            for provider, row in res.items():
+                ratio = row["p50_ms"] / base
+                print(f"{n:5d} {dtype:8s} {provider:10s} {row['p50_ms']:9.1f} {row['peak_mb']:9.0f} "
+                      f"{row['gbps']:7.1f} {100 * row['gbps'] / ceiling:5.0f}% "
+                      f"{'' if provider == 'edgegen' else f'{ratio:8.2f}x'}")
+
+    print("\n## fused-linear vs materialise-then-loss, student 384 -> V, teacher 768 -> V")
+    print(f"{'N':>5s} {'provider':22s} {'p50 ms':>9s} {'peak MB':>9s} {'GFLOP/s':>8s} "
+          f"{'time vs fused':>13s} {'memory vs fused':>15s}")
+    for n in [n for n in ns if n >= 2048]:
+        # GEMMs: two forward logits products, two student backward products.
+        flops = 2 * n * V * (HS + HT) + 2 * 2 * n * V * HS
+        res = {}
+        for provider in ("edgegen-fused", "materialise+edgegen", "materialise+eager"):
+            spec = dict(op="linear_kd_loss", provider=provider, n=n, dtype="float32",
+                        threads=args.threads, repeats=3)
+            row = record("fused_linear_kd_loss", provider, n, "float32", f",Hs={HS},Ht={HT}",
+                         harness.run_worker(__file__, spec), flops=flops)
+            if row:
+                res[provider] = row
+        if "edgegen-fused" not in res:
+            continue
+        f = res["edgegen-fused"]
+        for provider, row in res.items():
+            print(f"{n:5d} {provider:22s} {row['p50_ms']:9.1f} {row['peak_mb']:9.0f} "
+                  f"{row['gflops']:8.1f} {row['p50_ms'] / f['p50_ms']:12.2f}x "
+                  f"{row['peak_mb'] / f['peak_mb']:14.2f}x")
+    harness.write_csv(rows, Path(args.out))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Shared benchmark harness: timing, CPU peak memory, machine ceilings, one fixed-schema CSV.
+
+Every measurement of a (provider, case) pair runs in its own subprocess, so one provider's
+allocations, compiled code and allocator caches never colour another's numbers. Inside it:
+  * allocations above 64 KiB are served by mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave
+    the resident set at once and RSS tracks live memory;
+  * peak memory is the kernel's resettable high-water mark: write 5 to /proc/self/clear_refs,
+    run once, read VmHWM; reported as the increase over the resident set before the run;
+  * times are p20/p50/p80 of repeated runs after warm-up, at a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+CSV_FIELDS = [
+    "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "peak_mb",
+    "gbps", "gflops", "threads", "machine", "versions",
+]
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def peak_extra_mb(fn: Callable[[], object]) -> float:
+    """Peak resident memory above the current level while fn() runs, in MB (1e6 bytes)."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kb("VmRSS")
+    out = fn()
+    del out
+    peak = _status_kb("VmHWM")
+    return (peak - base) * 1024 / 1e6
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+
+    def q(p):
+        return samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]
+
+    return q(0.2), q(0.5), q(0.8)
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def versions() -> str:
+    import torch
+
+    import edgegen
+
+    return f"torch {torch.__version__}; edgegen {edgegen.__version__} ({edgegen.cpu_isa()})"
+
+
+def copy_bandwidth_gbps(threads: int, mbytes: int = 512) -> float:
+    """Achieved memory bandwidth of a large tensor copy (read + write bytes / time): the ceiling
+    that memory-bound kernels are compared against."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = mbytes * 2**20 // 4
+    a = torch.ones(n)
+    b = torch.empty(n)
+    _, p50, _ = time_ms(lambda: b.copy_(a), repeats=10, warmup=2)
+    return 2 * n * 4 / (p50 * 1e-3) / 1e9
+
+
+def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
+    """Run `script --worker '<json spec>'` in a fresh process; it prints one JSON line."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run(
+        [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
+        env=env, timeout=timeout,
+    )
+    if r.returncode != 0:
+        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
