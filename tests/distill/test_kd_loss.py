@@ -271,3 +271,35 @@ def test_cuda_falls_back_to_reference():
     cpu = kd_loss(s, t, y)
     gpu = kd_loss(s.cuda(), t.cuda(), y.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_peak_memory_is_one_gradient():
+    """Forward + backward holds nothing of size [N, V] beyond the gradient itself: no clone when
+    autograd adopts it as .grad, no zero tensor materialised for the op's gradient output."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import gc, torch, edgegen
+        from edgegen.distill import kd_loss
+        def kb(key):
+            for line in open('/proc/self/status'):
+                if line.startswith(key):
+                    return int(line.split()[1])
+        s = torch.randn(256, 50257).requires_grad_()
+        t = torch.randn(256, 50257)
+        y = torch.randint(0, 50257, (256,))
+        kd_loss(s, t, y).backward()
+        s.grad = None
+        gc.collect()
+        open('/proc/self/clear_refs', 'w').write('5')
+        base = kb('VmRSS')
+        kd_loss(s, t, y).backward()
+        print((kb('VmHWM') - base) * 1024 / (s.numel() * 4))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert r.returncode == 0, r.stderr
+    ratio = float(r.stdout.strip())
+    assert 0.9 < ratio < 1.15, f"peak memory is {ratio:.2f} gradients"

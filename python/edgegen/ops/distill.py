@@ -6,8 +6,9 @@ Two modes, chosen by the ops' ``with_grad`` argument:
   computed in the same sweep as the loss, with an upstream gradient of 1, and returned as an extra
   output; backward only scales it by the real upstream gradient, in place, and not at all when
   that is exactly 1 (the usual ``loss.backward()``). The saved gradient therefore serves one
-  backward pass: a second one through the same graph (retain_graph=True) raises a clear error
-  rather than return a wrong answer.
+  backward pass, and is handed to autograd as the ``.grad`` itself (no copy): a second backward
+  through the same graph (retain_graph=True) raises a clear error rather than return a wrong
+  answer.
 * ``with_grad=False``: the forward computes the loss only and keeps its inputs; every backward
   recomputes the gradient. Repeated backward (gradcheck, jacobians) works; it costs a second
   sweep and keeps the inputs alive until backward.
@@ -41,16 +42,30 @@ def _plain_eager(*tensors: Tensor) -> bool:
     return _get_current_dispatch_mode() is None
 
 
-def _scale_saved_grads(ctx, grads, upstream: Tensor, op: str, per_row: bool):
-    """Each saved gradient times the upstream gradient: in place when eager, skipped when the
-    upstream gradient is exactly 1; out of place under any tracer."""
-    if not _plain_eager(upstream, *grads):
-        return tuple(g * upstream.to(g.dtype) for g in grads)
-    if ctx.consumed:
+def _keep_grads(ctx, grads) -> None:
+    """Keep the gradients computed by the forward call for backward.
+
+    Eager: as detached aliases on ctx, which backward takes and drops, so the tensor it returns
+    has no other owner and autograd adopts it as ``.grad`` instead of cloning it (a clone would
+    double the memory of an [N, V] gradient). Under a tracer: through save_for_backward.
+    """
+    ctx.eager = _plain_eager(*grads)
+    if ctx.eager:
+        ctx.kept = tuple(g.detach() for g in grads)
+    else:
+        ctx.save_for_backward(*grads)
+
+
+def _scaled_kept_grads(ctx, upstream: Tensor, op: str, per_row: bool):
+    """The kept gradients times the upstream gradient: in place and handed over when eager
+    (untouched when the upstream gradient is exactly 1), out of place under a tracer."""
+    if not ctx.eager or not _plain_eager(upstream):
+        return tuple(g * upstream.to(g.dtype) for g in ctx.saved_tensors)
+    if ctx.kept is None:
         raise RuntimeError(_SECOND_BACKWARD.format(op=op))
-    ctx.consumed = True
+    grads, ctx.kept = ctx.kept, None
     if not per_row and bool(upstream == 1):
-        return tuple(grads)
+        return grads
     return tuple(g.mul_(upstream) for g in grads)
 
 
@@ -95,23 +110,28 @@ def _kd_loss_fake(
 
 def _kd_loss_setup(ctx, inputs, output):
     student, teachers, weights, target, temperature, alpha, ignore_index, reduction, with_grad = inputs
+    # The gradient output is data, not a function of the inputs to differentiate. Without these
+    # two calls autograd would build an [N, V] zero "gradient" for it in every backward.
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
     ctx.n_teachers = len(teachers)
     ctx.weights_empty = len(weights) == 0
     ctx.reduction = reduction
     ctx.with_grad = with_grad
-    ctx.consumed = False
     if with_grad:
-        ctx.save_for_backward(output[1])
+        _keep_grads(ctx, (output[1],))
     else:
         ctx.save_for_backward(student, target, *teachers)
         ctx.recompute_args = (list(weights), temperature, alpha, ignore_index, reduction)
 
 
 def _kd_loss_backward(ctx, grad_loss, _grad_of_grad):
+    if grad_loss is None:  # the loss did not reach whatever was differentiated
+        return None, [None] * ctx.n_teachers, [] if ctx.weights_empty else None, *[None] * 6
     per_row = ctx.reduction == "none"
     upstream = grad_loss.unsqueeze(-1) if per_row else grad_loss
     if ctx.with_grad:
-        (d,) = _scale_saved_grads(ctx, ctx.saved_tensors, upstream, "edgegen::kd_loss", per_row)
+        (d,) = _scaled_kept_grads(ctx, upstream, "edgegen::kd_loss", per_row)
     else:
         student, target, *teachers = ctx.saved_tensors
         weights, temperature, alpha, ignore_index, reduction = ctx.recompute_args
@@ -163,19 +183,22 @@ def _fused_linear_kd_loss_fake(
 def _fused_setup(ctx, inputs, output):
     (hs, ws, bs, ht, wt, bt, target, temperature, alpha, ignore_index, reduction, chunk_size,
      _grad_row_scale, with_grad) = inputs
+    ctx.mark_non_differentiable(output[1], output[2], output[3])
+    ctx.set_materialize_grads(False)
     # 'none' always recomputes: per-row upstream gradients are unknown until backward.
     ctx.recompute = reduction == "none" or not with_grad
     ctx.has_bias = bs is not None
-    ctx.consumed = False
     if ctx.recompute:
         ctx.save_for_backward(hs, ws, bs, ht, wt, bt, target)
         ctx.recompute_args = (temperature, alpha, ignore_index, reduction, chunk_size)
     else:
-        ctx.save_for_backward(output[1], output[2], output[3])
+        _keep_grads(ctx, (output[1], output[2], output[3]))
 
 
 def _fused_backward(ctx, grad_loss, *_grads_of_grads):
     op = "edgegen::fused_linear_kd_loss"
+    if grad_loss is None:
+        return (None,) * 14
     if ctx.recompute:
         hs, ws, bs, ht, wt, bt, target = ctx.saved_tensors
         temperature, alpha, ignore_index, reduction, chunk_size = ctx.recompute_args
@@ -185,7 +208,7 @@ def _fused_backward(ctx, grad_loss, *_grads_of_grads):
             chunk_size, row_scale, True,
         )
     else:
-        d_h, d_w, d_b = _scale_saved_grads(ctx, ctx.saved_tensors, grad_loss, op, per_row=False)
+        d_h, d_w, d_b = _scaled_kept_grads(ctx, grad_loss, op, per_row=False)
     return (
         d_h, d_w, d_b if ctx.has_bias else None,
         None, None, None, None, None, None, None, None, None, None, None,
