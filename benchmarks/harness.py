@@ -1,12 +1,14 @@
 """Shared benchmark harness: timing, CPU peak memory, machine ceilings, one fixed-schema CSV.
 
-Every measurement of a (provider, case) pair runs in its own subprocess, so one provider's
-allocations, compiled code and allocator caches never colour another's numbers. Inside it:
-  * allocations above 64 KiB are served by mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave
-    the resident set at once and RSS tracks live memory;
-  * peak memory is the kernel's resettable high-water mark: write 5 to /proc/self/clear_refs,
-    run once, read VmHWM; reported as the increase over the resident set before the run;
-  * times are p20/p50/p80 of repeated runs after warm-up, at a fixed thread count.
+Every (provider, case) pair is measured in fresh subprocesses, so one provider's allocations,
+compiled code and allocator caches never colour another's numbers:
+  * times come from a process with the default allocator settings: p20/p50/p80 of repeated runs
+    after warm-up, at a fixed thread count;
+  * peak memory comes from a second process in which allocations above 64 KiB are served by mmap
+    (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set at once and RSS tracks live
+    memory. The peak is the kernel's resettable high-water mark (write 5 to
+    /proc/self/clear_refs, run once, read VmHWM), reported as the increase over the resident set
+    before the run.
 """
 
 from __future__ import annotations
@@ -99,16 +101,25 @@ def copy_bandwidth_gbps(threads: int, mbytes: int = 512) -> float:
     return 2 * n * 4 / (p50 * 1e-3) / 1e9
 
 
-def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
-    """Run `script --worker '<json spec>'` in a fresh process; it prints one JSON line."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONUNBUFFERED": "1"}
+def _worker(script: str, spec: dict, env: dict, timeout: int) -> dict:
     r = subprocess.run(
         [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
-        env=env, timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, timeout=timeout,
     )
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
+    """Time, then measure peak memory, each in a fresh `script --worker '<json spec>'` process
+    (spec["measure"] tells the worker which); each prints one JSON line."""
+    res = _worker(script, {**spec, "measure": "time"}, {}, timeout)
+    if "error" in res:
+        return res
+    mem = _worker(script, {**spec, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
+                  timeout)
+    return mem if "error" in mem else {**res, **mem}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
