@@ -87,11 +87,25 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
 
   double ZsT, Zs1 = 1.0, Zt0 = 1.0, A = 0.0;
   double Zt[kKDMaxTeachers];
+  // During this row's last sweep, fetch the next one (this thread's next row under the static
+  // schedule) towards the cache: its max sweep is the only one that would meet DRAM. Earlier
+  // would evict the lines the gradient sweep still reads.
+  const bool has_next = i + 1 < p.rows;
+  const T* s_next = has_next ? s + p.student_row_stride : nullptr;
+  const T* t_next = has_next && K >= 1 ? t[0] + p.teacher_row_strides[0] : nullptr;
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+  auto prefetch_next = [&](int64_t v) {
+    if (v % kLine != 0) return;
+    if (s_next) __builtin_prefetch(s_next + v, 0, 1);
+    if (t_next) __builtin_prefetch(t_next + v, 0, 1);
+  };
   if (K <= 1) {
     const T* t0 = K == 1 ? t[0] : nullptr;
     const R mt0 = K == 1 ? mt[0] : R(0);
     auto sums = sum_sweep<V, 4>(n, [&](auto P, int64_t v, auto& acc) {
       using P_ = decltype(P);
+      if constexpr (P_::W > 1)
+        if (!g) prefetch_next(v);
       const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
       const auto esT = P_::exp(P_::mul(ds, P_::set1(invT)));
       acc[0] = P_::add(acc[0], esT);
@@ -169,6 +183,7 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   const R mt0 = K == 1 ? mt[0] : R(0);
   write_sweep<V, T>(n, [&](auto P, int64_t v) {
     using P_ = decltype(P);
+    if constexpr (P_::W > 1) prefetch_next(v);
     const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
     const auto esT = P_::exp(P_::mul(ds, P_::set1(invT)));
     auto gv = P_::zero();
