@@ -117,6 +117,20 @@ double grad_scale_for(Reduction red, int64_t valid) {
   return red == Reduction::Mean ? (valid > 0 ? 1.0 / double(valid) : 0.0) : 1.0;
 }
 
+// The settings both ops share; the caller fills in rows, pointers and outputs.
+K::KDLossProblem base_problem(int64_t vocab, K::DType dt, double temperature, double alpha,
+                              int64_t ignore_index, Reduction red, int64_t valid) {
+  K::KDLossProblem p;
+  p.vocab = vocab;
+  p.dtype = dt;
+  p.ignore_index = ignore_index;
+  p.temperature = temperature;
+  p.alpha = alpha;
+  p.grad_scale = grad_scale_for(red, valid);
+  p.num_threads = at::get_num_threads();
+  return p;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
@@ -163,10 +177,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
   std::vector<int64_t> tstride(nt, vocab);
   for (size_t k = 0; k < nt; ++k) tptr[k] = teachers[k].const_data_ptr();
 
-  K::KDLossProblem p;
+  K::KDLossProblem p = base_problem(vocab, dt, temperature, alpha, ignore_index, red, valid);
   p.rows = rows;
-  p.vocab = vocab;
-  p.dtype = dt;
   p.student = s.const_data_ptr();
   p.student_row_stride = vocab;
   p.num_teachers = int(nt);
@@ -174,14 +186,9 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
   p.teacher_row_strides = tstride.data();
   p.teacher_weights = w.data();
   p.target = y.const_data_ptr<int64_t>();
-  p.ignore_index = ignore_index;
-  p.temperature = temperature;
-  p.alpha = alpha;
   p.row_loss = row_loss.mutable_data_ptr<double>();
   p.grad = with_grad ? grad.mutable_data_ptr() : nullptr;
   p.grad_row_stride = vocab;
-  p.grad_scale = grad_scale_for(red, valid);
-  p.num_threads = at::get_num_threads();
   K::kd_loss_rows(p);
   return {reduce_rows(row_loss, red, valid, lead, loss_dtype(s)), grad};
 }
@@ -269,9 +276,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
 
   const int64_t* yp = y.const_data_ptr<int64_t>();
   double* lp = row_loss.mutable_data_ptr<double>();
-  const double scale = grad_scale_for(red, valid);
   const int64_t stride = vocab;
   const double one = 1.0;
+  const void* tptr = t_buf.const_data_ptr();
+  K::KDLossProblem p = base_problem(vocab, dt, temperature, alpha, ignore_index, red, valid);
+  p.student = s_buf.const_data_ptr();
+  p.student_row_stride = stride;
+  p.num_teachers = 1;
+  p.teachers = &tptr;
+  p.teacher_row_strides = &stride;
+  p.teacher_weights = &one;
+  p.grad = with_grad ? s_buf.mutable_data_ptr() : nullptr;  // in place over the student logits
+  p.grad_row_stride = stride;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t c = std::min(chunk, rows - r0);
     at::Tensor s_log = s_buf.narrow(0, 0, c);
@@ -282,27 +298,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
     if (teacher_bias) at::addmm_out(t_log, *teacher_bias, ht.narrow(0, r0, c), wt.t());
     else at::mm_out(t_log, ht.narrow(0, r0, c), wt.t());
 
-    const void* tptr = t_log.const_data_ptr();
-    K::KDLossProblem p;
     p.rows = c;
-    p.vocab = vocab;
-    p.dtype = dt;
-    p.student = s_log.const_data_ptr();
-    p.student_row_stride = stride;
-    p.num_teachers = 1;
-    p.teachers = &tptr;
-    p.teacher_row_strides = &stride;
-    p.teacher_weights = &one;
     p.target = yp + r0;
-    p.ignore_index = ignore_index;
-    p.temperature = temperature;
-    p.alpha = alpha;
     p.row_loss = lp + r0;
-    p.grad = with_grad ? s_log.mutable_data_ptr() : nullptr;  // in place over the logits
-    p.grad_row_stride = stride;
-    p.grad_row_scale = grad_row_scale ? rs.const_data_ptr<double>() + r0 : nullptr;  // x scale
-    p.grad_scale = scale;
-    p.num_threads = at::get_num_threads();
+    p.grad_row_scale = grad_row_scale ? rs.const_data_ptr<double>() + r0 : nullptr;
     K::kd_loss_rows(p);
     if (!with_grad) continue;
 

@@ -74,6 +74,41 @@ template <> double tol_of<double>() { return 1e-11; }
 template <> double tol_of<K::bf16_t>() { return 1e-2; }  // gradient rounded to 8 mantissa bits
 template <> double tol_of<K::fp16_t>() { return 2e-3; }
 
+// A one-teacher problem; owns the pointer arrays the problem refers to, hence not copyable.
+struct OneTeacher {
+  const void* tp[1];
+  int64_t ts[1];
+  double w[1] = {1.0};
+  K::KDLossProblem p;
+  OneTeacher(const void* student, const void* teacher, int64_t rows, int64_t V, const int64_t* y,
+             double* loss, K::DType dt = K::DType::F32, int64_t student_stride = 0) {
+    tp[0] = teacher;
+    ts[0] = V;
+    p.rows = rows;
+    p.vocab = V;
+    p.dtype = dt;
+    p.student = student;
+    p.student_row_stride = student_stride ? student_stride : V;
+    p.num_teachers = 1;
+    p.teachers = tp;
+    p.teacher_row_strides = ts;
+    p.teacher_weights = w;
+    p.target = y;
+    p.row_loss = loss;
+    p.grad_row_stride = p.student_row_stride;
+  }
+  OneTeacher(const OneTeacher&) = delete;
+  OneTeacher& operator=(const OneTeacher&) = delete;
+};
+
+std::vector<float> randn(size_t n, uint32_t seed, float spread = 2.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> nd(0.f, spread);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(gen);
+  return v;
+}
+
 using Runner = void (*)(const K::KDLossProblem&);
 
 std::vector<Runner> runners() {
@@ -159,26 +194,14 @@ TEST(KDLoss, HandWorkedTwoClassCase) {
   // s = [0, 0], t = [0, ln 3] at T = 1: p_s = [1/2, 1/2], p_t = [1/4, 3/4].
   const float s[2] = {0.0f, 0.0f};
   const float t[2] = {0.0f, float(std::log(3.0))};
-  const void* tp[1] = {t};
-  const int64_t ts[1] = {2};
-  const double w[1] = {1.0};
   const int64_t y[1] = {0};
   for (Runner run : runners()) {
     double loss = 0;
     float grad[2];
-    K::KDLossProblem p;
-    p.rows = 1;
-    p.vocab = 2;
-    p.student = s;
-    p.student_row_stride = 2;
-    p.num_teachers = 1;
-    p.teachers = tp;
-    p.teacher_row_strides = ts;
-    p.teacher_weights = w;
-    p.target = y;
+    OneTeacher prob(s, t, 1, 2, y, &loss);
+    K::KDLossProblem& p = prob.p;
     p.temperature = 1.0;
     p.alpha = 1.0;  // KL only: 1/4 ln(1/2) + 3/4 ln(3/2)
-    p.row_loss = &loss;
     run(p);
     EXPECT_NEAR(loss, 0.25 * std::log(0.5) + 0.75 * std::log(1.5), 1e-7);
     p.alpha = 0.0;  // CE only: ln 2
@@ -187,7 +210,6 @@ TEST(KDLoss, HandWorkedTwoClassCase) {
     // alpha = 1/2: 0.5 (p_s - p_t) + 0.5 (p_s - e_0) = [-0.125, 0.125]; loss the average.
     p.alpha = 0.5;
     p.grad = grad;
-    p.grad_row_stride = 2;
     run(p);
     EXPECT_NEAR(loss, 0.5 * (0.25 * std::log(0.5) + 0.75 * std::log(1.5)) + 0.5 * std::log(2.0),
                 1e-7);
@@ -234,37 +256,18 @@ TEST(KDLoss, LargeLogitsStayAccurate) {
 }
 
 TEST(KDLoss, GradientMayOverwriteStudent) {
-  std::mt19937 gen(3);
-  std::normal_distribution<float> nd(0.f, 2.f);
   const int64_t rows = 4, V = 37;
-  std::vector<float> s(rows * V), t(rows * V);
-  for (auto& x : s) x = nd(gen);
-  for (auto& x : t) x = nd(gen);
-  const void* tp[1] = {t.data()};
-  const int64_t ts[1] = {V};
-  const double w[1] = {1.0};
-  std::vector<int64_t> y = {0, 5, 36, 2};
+  const std::vector<float> s = randn(rows * V, 3), t = randn(rows * V, 4);
+  const std::vector<int64_t> y = {0, 5, 36, 2};
   for (Runner run : runners()) {
     std::vector<double> l1(rows), l2(rows);
     std::vector<float> g(rows * V), inplace = s;
-    K::KDLossProblem p;
-    p.rows = rows;
-    p.vocab = V;
-    p.student = s.data();
-    p.student_row_stride = V;
-    p.num_teachers = 1;
-    p.teachers = tp;
-    p.teacher_row_strides = ts;
-    p.teacher_weights = w;
-    p.target = y.data();
-    p.row_loss = l1.data();
-    p.grad = g.data();
-    p.grad_row_stride = V;
-    run(p);
-    p.student = inplace.data();
-    p.grad = inplace.data();
-    p.row_loss = l2.data();
-    run(p);
+    OneTeacher out_of_place(s.data(), t.data(), rows, V, y.data(), l1.data());
+    out_of_place.p.grad = g.data();
+    run(out_of_place.p);
+    OneTeacher in_place(inplace.data(), t.data(), rows, V, y.data(), l2.data());
+    in_place.p.grad = inplace.data();
+    run(in_place.p);
     EXPECT_EQ(l1, l2);
     EXPECT_EQ(0, std::memcmp(g.data(), inplace.data(), g.size() * sizeof(float)));
   }
@@ -277,9 +280,6 @@ TEST(KDLoss, NegativeInfinityEntries) {
   for (int64_t v = 0; v < V; ++v) s[v] = 0.3f * float(v), t[v] = 0.2f * float(V - v);
   for (int v = 0; v < 3; ++v) s[v] = t[v] = -INFINITY;
   t[3] = -INFINITY;
-  const void* tp[1] = {t.data()};
-  const int64_t ts[1] = {V};
-  const double w[1] = {1.0};
   const int64_t y[1] = {5};
   std::vector<double> sd(s.begin() + 3, s.end()), td(t.begin() + 3, t.end());
   td[0] = -INFINITY;
@@ -287,19 +287,9 @@ TEST(KDLoss, NegativeInfinityEntries) {
   for (Runner run : runners()) {
     double loss;
     std::vector<float> g(V);
-    K::KDLossProblem p;
-    p.rows = 1;
-    p.vocab = V;
-    p.student = s.data();
-    p.student_row_stride = V;
-    p.num_teachers = 1;
-    p.teachers = tp;
-    p.teacher_row_strides = ts;
-    p.teacher_weights = w;
-    p.target = y;
-    p.row_loss = &loss;
+    OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
+    K::KDLossProblem& p = prob.p;
     p.grad = g.data();
-    p.grad_row_stride = V;
     run(p);
     ASSERT_TRUE(std::isfinite(loss));
     EXPECT_NEAR(loss, r.loss, 1e-6);
@@ -320,37 +310,19 @@ TEST(KDLoss, NegativeInfinityEntries) {
 }
 
 TEST(KDLoss, ResultDoesNotDependOnThreadCount) {
-  std::mt19937 gen(5);
-  std::normal_distribution<float> nd(0.f, 2.f);
   const int64_t rows = 9, V = 1001;
-  std::vector<float> s(rows * V), t(rows * V);
-  for (auto& x : s) x = nd(gen);
-  for (auto& x : t) x = nd(gen);
-  const void* tp[1] = {t.data()};
-  const int64_t ts[1] = {V};
-  const double w[1] = {1.0};
-  std::vector<int64_t> y(rows, 3);
+  const std::vector<float> s = randn(rows * V, 5), t = randn(rows * V, 6);
+  const std::vector<int64_t> y(rows, 3);
   std::vector<double> l1(rows), l2(rows);
   std::vector<float> g1(rows * V), g2(rows * V);
-  K::KDLossProblem p;
-  p.rows = rows;
-  p.vocab = V;
-  p.student = s.data();
-  p.student_row_stride = V;
-  p.num_teachers = 1;
-  p.teachers = tp;
-  p.teacher_row_strides = ts;
-  p.teacher_weights = w;
-  p.target = y.data();
-  p.grad_row_stride = V;
-  p.row_loss = l1.data();
-  p.grad = g1.data();
-  p.num_threads = 1;
-  K::kd_loss_rows(p);
-  p.row_loss = l2.data();
-  p.grad = g2.data();
-  p.num_threads = 2;
-  K::kd_loss_rows(p);
+  OneTeacher one(s.data(), t.data(), rows, V, y.data(), l1.data());
+  one.p.grad = g1.data();
+  one.p.num_threads = 1;
+  K::kd_loss_rows(one.p);
+  OneTeacher two(s.data(), t.data(), rows, V, y.data(), l2.data());
+  two.p.grad = g2.data();
+  two.p.num_threads = 2;
+  K::kd_loss_rows(two.p);
   EXPECT_EQ(l1, l2);
   EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)));
 }
@@ -371,26 +343,11 @@ TEST(KDLoss, RowsBeyondTwoToThe31Elements) {
   }
   std::vector<K::bf16_t> t(2 * V);
   for (int64_t v = 0; v < 2 * V; ++v) t[v] = K::to_bf16(0.01f * float(v % 13));
-  const void* tp[1] = {t.data()};
-  const int64_t ts[1] = {V};
-  const double w[1] = {1.0};
   const int64_t y[2] = {1, 2};
   double loss[2];
-  K::KDLossProblem p;
-  p.rows = 2;
-  p.vocab = V;
-  p.dtype = K::DType::BF16;
-  p.student = base;
-  p.student_row_stride = stride;
-  p.num_teachers = 1;
-  p.teachers = tp;
-  p.teacher_row_strides = ts;
-  p.teacher_weights = w;
-  p.target = y;
-  p.row_loss = loss;
-  p.grad = base;  // in place, at the same far offsets
-  p.grad_row_stride = stride;
-  K::kd_loss_rows(p);
+  OneTeacher prob(base, t.data(), 2, V, y, loss, K::DType::BF16, stride);
+  prob.p.grad = base;  // in place, at the same far offsets
+  K::kd_loss_rows(prob.p);
   for (int i = 0; i < 2; ++i) {
     std::vector<double> sd(V), td(V);
     for (int64_t v = 0; v < V; ++v) {
