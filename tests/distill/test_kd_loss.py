@@ -303,3 +303,22 @@ def test_peak_memory_is_one_gradient():
     assert r.returncode == 0, r.stderr
     ratio = float(r.stdout.strip())
     assert 0.9 < ratio < 1.15, f"peak memory is {ratio:.2f} gradients"
+
+
+def test_eager_forward_with_traced_backward():
+    # A tracer may take over only the backward (make_fx of autograd.grad here, like compiled
+    # autograd): the gradient kept by the eager forward must still be used, out of place.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    s = torch.randn(3, 17, requires_grad=True)
+    t = torch.randn(3, 17)
+    y = torch.tensor([0, 5, 16])
+    loss = kd_loss(s, t, y)
+    up = torch.tensor(2.0)
+    traced = make_fx(lambda u: torch.autograd.grad(loss, s, u, retain_graph=True)[0])(up)
+    s64 = s.detach().double().requires_grad_()
+    kd_loss_reference(s64, t.double(), y).backward()
+    torch.testing.assert_close(traced(up).double(), 2.0 * s64.grad, rtol=1e-5, atol=1e-7)
+    # The kept gradient is intact for the one eager backward that follows.
+    loss.backward()
+    torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-5, atol=1e-7)

@@ -59,10 +59,12 @@ def _keep_grads(ctx, grads) -> None:
 def _scaled_kept_grads(ctx, upstream: Tensor, op: str, per_row: bool):
     """The kept gradients times the upstream gradient: in place and handed over when eager
     (untouched when the upstream gradient is exactly 1), out of place under a tracer."""
-    if not ctx.eager or not _plain_eager(upstream):
+    if not ctx.eager:
         return tuple(g * upstream.to(g.dtype) for g in ctx.saved_tensors)
     if ctx.kept is None:
         raise RuntimeError(_SECOND_BACKWARD.format(op=op))
+    if not _plain_eager(upstream):  # eager forward, traced backward: leave the kept ones intact
+        return tuple(g * upstream.to(g.dtype) for g in ctx.kept)
     grads, ctx.kept = ctx.kept, None
     if not per_row and bool(upstream == 1):
         return grads
