@@ -4,6 +4,12 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 CPP_BUILD ?= build/cpp-tests
+# Real data for the smoke tests: the staged copy beside the checkout, unless set already.
+ifeq ($(EDGEGEN_DATA_DIR),)
+  ifneq ($(wildcard ../shared/data/README.md),)
+    export EDGEGEN_DATA_DIR := $(abspath ../shared/data)
+  endif
+endif
 
 .PHONY: setup build test test-cpp test-py bench clean
 

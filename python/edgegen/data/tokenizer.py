@@ -1,0 +1,86 @@
+"""GPT-2's byte-level BPE tokenizer, built from the original ``encoder.json`` + ``vocab.bpe``
+(Hugging Face calls them ``vocab.json`` + ``merges.txt``) and run by the ``tokenizers`` library.
+
+Byte-level: every string, any Unicode, encodes losslessly; ids are identical to GPT-2's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+EOT = "<|endoftext|>"
+_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+
+
+def read_merges(path: Path) -> list[tuple[str, str]]:
+    """Merge rules in rank order from a GPT-2 ``vocab.bpe``/``merges.txt`` file."""
+    merges = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line or (lineno == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{lineno}: expected a merge rule 'left right', got {line!r}")
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+class GPT2Tokenizer:
+    """``GPT2Tokenizer.from_dir(path)``; ``encode(text) -> list[int]``, ``decode(ids) -> str``.
+
+    ``<|endoftext|>`` in the text is the end-of-text token (id 50256), as in Hugging Face's
+    GPT-2 tokenizer.
+    """
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+        if EOT not in vocab:
+            raise ValueError(f"vocabulary: the end-of-text token {EOT!r} is missing")
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
+        self._tok = tok
+        self.vocab_size = len(vocab)
+        self.eot_id = vocab[EOT]
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> "GPT2Tokenizer":
+        path = Path(path)
+        for vocab_name, merges_name in _FILE_PAIRS:
+            if (path / vocab_name).is_file() and (path / merges_name).is_file():
+                break
+        else:
+            raise FileNotFoundError(
+                f"{path}: expected GPT-2 tokenizer files encoder.json + vocab.bpe "
+                "(or vocab.json + merges.txt)"
+            )
+        try:
+            with open(path / vocab_name, encoding="utf-8") as f:
+                vocab = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path / vocab_name}: not valid JSON ({exc})") from exc
+        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+            raise ValueError(f"{path / vocab_name}: expected a JSON object of token -> id")
+        return cls(vocab, read_merges(path / merges_name))
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected str, got {type(text).__name__}")
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encodes in parallel (the tokenizers library's threads)."""
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids: {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
+        return self._tok.decode(ids, skip_special_tokens=False)

@@ -1,0 +1,72 @@
+"""WikiText-2 (raw): Merity et al. 2016, "Pointer Sentinel Mixture Models".
+
+Standard folder ``wikitext-2-raw/`` with ``wiki.{train,valid,test}.raw`` (the members of the
+official ``wikitext-2-raw-v1.zip``). The evaluation text joins the file's lines, each with its
+newline, by blank lines: the ``"\\n\\n".join(dataset["text"])`` of the widely used Hugging Face
+perplexity recipe, so token counts and perplexities compare with published ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgegen.data.root import dataset_dir
+
+FOLDER = "wikitext-2-raw"
+SPLITS = ("train", "valid", "test")
+ARCHIVE_URL = "https://wikitext.smerity.com/wikitext-2-raw-v1.zip"
+# Published SHA-256 of the archive and of its members.
+ARCHIVE_SHA256 = "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"
+SHA256 = {
+    "train": "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57",
+    "valid": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+    "test": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+}
+
+
+class WikiText2:
+    """``WikiText2(root=None, split="test")``: the raw text of one split and its GPT-2 tokens."""
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "test"):
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        folder = dataset_dir(
+            FOLDER, root,
+            f"Download and unpack {ARCHIVE_URL} (SHA-256 {ARCHIVE_SHA256}) there.",
+        )
+        self.split = split
+        self.path = folder / f"wiki.{split}.raw"
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: the {split} split is missing from {folder}")
+        with open(self.path, encoding="utf-8", newline="") as f:
+            self.lines = f.read().splitlines(keepends=True)
+
+    def eval_text(self) -> str:
+        """The split as standard perplexity evaluations tokenise it (lines joined by blank lines)."""
+        return "\n\n".join(self.lines)
+
+    def tokens(self, tokenizer, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+        """GPT-2 token ids of :meth:`eval_text` as uint16, tokenised once and cached beside the
+        data (or in ``cache_dir``) under a name that records the text's and vocabulary's hashes."""
+        text = self.eval_text()
+        key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        vocab_key = hashlib.sha256(
+            "".join(tokenizer.decode([i]) for i in range(0, tokenizer.vocab_size, 997)).encode()
+        ).hexdigest()[:8]
+        cache = Path(cache_dir) if cache_dir else self.path.parent / ".edgegen-cache"
+        out = cache / f"wiki.{self.split}.{key}.{vocab_key}.u16.npy"
+        if out.is_file():
+            return np.load(out, mmap_mode="r")
+        ids = np.asarray(tokenizer.encode(text), dtype=np.uint16)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.npy")
+            np.save(tmp, ids)
+            os.replace(tmp, out)  # atomic: a crash never leaves a half-written cache
+        except OSError:
+            pass  # read-only data folder: fine, just not cached
+        return ids
