@@ -26,3 +26,15 @@ def dataset_dir(folder: str, root: str | os.PathLike | None = None, how_to_get: 
             f"else ${ENV_VAR}, else {DEFAULT_ROOT}).{hint}"
         )
     return path
+
+
+def cache_dir_for(folder: Path, override: str | os.PathLike | None = None) -> Path:
+    """Where a reader keeps what it derives once (decoded images, token files): ``override`` if
+    given, else ``<folder>/.edgegen-cache`` when the data folder is writable, else a per-dataset
+    folder under ``~/.cache/edgegen/cache`` (staged data is often read-only)."""
+    if override is not None:
+        return Path(override)
+    local = folder / ".edgegen-cache"
+    if (local.is_dir() and os.access(local, os.W_OK)) or os.access(folder, os.W_OK):
+        return local
+    return Path("~/.cache/edgegen/cache").expanduser() / folder.name

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 
-from edgegen.data.root import dataset_dir
+from edgegen.data.root import cache_dir_for, dataset_dir
 
 FOLDER = "wikitext-2-raw"
 SPLITS = ("train", "valid", "test")
@@ -50,14 +49,14 @@ class WikiText2:
         return "\n\n".join(self.lines)
 
     def tokens(self, tokenizer, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-        """GPT-2 token ids of :meth:`eval_text` as uint16, tokenised once and cached beside the
-        data (or in ``cache_dir``) under a name that records the text's and vocabulary's hashes."""
+        """GPT-2 token ids of :meth:`eval_text` as uint16, tokenised once and cached (see
+        ``cache_dir_for``) under a name that records the text's and vocabulary's hashes."""
         text = self.eval_text()
         key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
         vocab_key = hashlib.sha256(
             "".join(tokenizer.decode([i]) for i in range(0, tokenizer.vocab_size, 997)).encode()
         ).hexdigest()[:8]
-        cache = Path(cache_dir) if cache_dir else self.path.parent / ".edgegen-cache"
+        cache = cache_dir_for(self.path.parent, cache_dir)
         out = cache / f"wiki.{self.split}.{key}.{vocab_key}.u16.npy"
         if out.is_file():
             return np.load(out, mmap_mode="r")
@@ -68,5 +67,5 @@ class WikiText2:
             np.save(tmp, ids)
             os.replace(tmp, out)  # atomic: a crash never leaves a half-written cache
         except OSError:
-            pass  # read-only data folder: fine, just not cached
+            pass  # no writable cache: fine, just not cached
         return ids

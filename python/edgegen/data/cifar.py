@@ -1,0 +1,106 @@
+"""CIFAR-10 (Krizhevsky 2009), the official "python version" (``cifar-10-batches-py/``).
+
+Each batch file is a pickle of ``{b"data": uint8 [n, 3072], b"labels": [n ints]}``, rows holding
+the red, green and blue 32x32 planes in turn; ``batches.meta`` holds ``b"label_names"``. Images
+are resized once (bilinear) to ``image_size`` and cached as uint8; items are float tensors in
+[-1, 1] (the GAN convention) with int labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgegen.data.download import download_and_extract
+from edgegen.data.root import cache_dir_for, data_root, dataset_dir
+
+FOLDER = "cifar-10-batches-py"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [n, 3, 32, 32], labels int64 [n]) from one official batch file."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated or foreign pickles raise many types
+        raise ValueError(f"{path}: not a readable CIFAR-10 batch pickle ({exc})") from exc
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
+    data = np.asarray(d[b"data"])
+    labels = np.asarray(d[b"labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: expected uint8 data of shape [n, 3072], got {data.dtype} {data.shape}")
+    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise ValueError(f"{path}: expected {data.shape[0]} labels in 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+class CIFAR10(torch.utils.data.Dataset):
+    """``CIFAR10(root=None, split="train"|"test", image_size=64, download=False)``."""
+
+    def __init__(self, root=None, split: str = "train", image_size: int = 64,
+                 download: bool = False, cache_dir: str | os.PathLike | None = None):
+        if split not in ("train", "test"):
+            raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+        if download and not (data_root(root) / FOLDER).is_dir():
+            download_and_extract(URL, data_root(root), md5=MD5)
+        folder = dataset_dir(FOLDER, root, f"Download {URL} (MD5 {MD5}) and unpack it there, "
+                             "or pass download=True.")
+        files = [folder / n for n in (TRAIN_FILES if split == "train" else TEST_FILES)]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"CIFAR-10 {split} split incomplete: missing {missing}")
+        meta = folder / "batches.meta"
+        self.classes = [f"class_{i}" for i in range(10)]
+        if meta.is_file():
+            with open(meta, "rb") as f:
+                self.classes = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+        self.split, self.image_size = split, image_size
+        self.images, self.labels = self._load(files, cache_dir_for(folder, cache_dir))
+
+    def _load(self, files, cache: Path):
+        h = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        stem = cache / f"cifar10.{self.split}.{self.image_size}.{h.hexdigest()[:12]}"
+        img_path, lab_path = stem.with_suffix(".images.npy"), stem.with_suffix(".labels.npy")
+        if img_path.is_file() and lab_path.is_file():
+            return np.load(img_path, mmap_mode="r"), np.load(lab_path)
+        parts = [read_batch(f) for f in files]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        if self.image_size != 32:
+            x = torch.from_numpy(images).float()
+            x = torch.nn.functional.interpolate(x, size=self.image_size, mode="bilinear",
+                                                align_corners=False)
+            images = x.round_().clamp_(0, 255).to(torch.uint8).numpy()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            for path, arr in ((img_path, images), (lab_path, labels)):
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, arr)
+                os.replace(tmp, path)  # atomic
+        except OSError:
+            pass  # no writable cache: use the arrays, uncached
+        return images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.images[i], dtype=np.float32))
+        return x.div_(127.5).sub_(1.0), int(self.labels[i])

@@ -1,0 +1,120 @@
+"""CIFAR-10 reader on fixtures in the official pickle format, and on the real files if present."""
+
+import hashlib
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgegen.data.cifar as cifar
+from edgegen.data import CIFAR10
+
+REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
+NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
+def write_batch(path: Path, n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    d = {b"batch_label": b"fixture", b"labels": [int(v) for v in rng.integers(0, 10, n)],
+         b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    return d
+
+
+def make_cifar(root: Path, n: int = 6) -> dict:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {name: write_batch(folder / name, n, i) for i, name in enumerate(cifar.TRAIN_FILES + cifar.TEST_FILES)}
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": NAMES, b"num_cases_per_batch": n, b"num_vis": 3072}, f, protocol=2)
+    return batches
+
+
+def test_reads_official_layout_exactly(tmp_path):
+    batches = make_cifar(tmp_path)
+    ds = CIFAR10(tmp_path, split="test", image_size=32, cache_dir=tmp_path / "c")
+    assert len(ds) == 6 and ds.classes[0] == "airplane" and ds.classes[9] == "truck"
+    row = batches["test_batch"][b"data"][2]
+    x, y = ds[2]
+    assert y == batches["test_batch"][b"labels"][2]
+    # Channel planes: the first 1024 bytes are red, row-major 32x32.
+    expected = torch.from_numpy(row.reshape(3, 32, 32).astype(np.float32)) / 127.5 - 1
+    torch.testing.assert_close(x, expected)
+    train = CIFAR10(tmp_path, split="train", image_size=32, cache_dir=tmp_path / "c")
+    assert len(train) == 30
+
+
+def test_resize_to_64_cached_once(tmp_path):
+    make_cifar(tmp_path)
+    ds = CIFAR10(tmp_path, split="train", cache_dir=tmp_path / "c")
+    x, _ = ds[0]
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    files = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert len(files) == 2 and all(f.startswith("cifar10.train.64.") for f in files)
+    again = CIFAR10(tmp_path, split="train", cache_dir=tmp_path / "c")
+    assert isinstance(again.images, np.memmap)
+    torch.testing.assert_close(again[0][0], x)
+    # A constant image stays constant under bilinear upsampling.
+    folder = tmp_path / "const" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"labels": [3], b"data": np.full((1, 3072), 51, np.uint8)}, f, protocol=2)
+    c = CIFAR10(tmp_path / "const", split="test", cache_dir=tmp_path / "c2")
+    assert torch.all(c[0][0] == 51 / 127.5 - 1) and c.classes[3] == "class_3"
+
+
+def test_bad_files(tmp_path):
+    make_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "test_batch").write_bytes(b"\x80\x02}q\x00(truncated")
+    with pytest.raises(ValueError, match="test_batch: not a readable CIFAR-10 batch pickle"):
+        CIFAR10(tmp_path, split="test", cache_dir=tmp_path / "c")
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"labels": [1], b"data": np.zeros((1, 1024), np.uint8)}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"test_batch: expected uint8 data of shape \[n, 3072\]"):
+        CIFAR10(tmp_path, split="test", cache_dir=tmp_path / "c")
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        CIFAR10(tmp_path, split="train")
+    with pytest.raises(FileNotFoundError, match="expected .*cifar-10-batches-py"):
+        CIFAR10(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="split"):
+        CIFAR10(tmp_path, split="validation")
+    with pytest.raises(ValueError, match="image_size"):
+        CIFAR10(tmp_path, split="test", image_size=4)
+
+
+def test_download_verifies_checksum(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_cifar(src)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar, "URL", archive.as_uri())
+    monkeypatch.setattr(cifar, "MD5", "0" * 32)
+    with pytest.raises(OSError, match="md5 mismatch"):
+        CIFAR10(tmp_path / "dl", split="test", download=True)
+    assert not list((tmp_path / "dl").glob("*.part"))  # nothing left behind
+    monkeypatch.setattr(cifar, "MD5", md5)
+    ds = CIFAR10(tmp_path / "dl", split="test", download=True, cache_dir=tmp_path / "c")
+    assert len(ds) == 6
+
+
+@pytest.mark.skipif(not (REAL / "cifar-10-batches-py" / "test_batch").is_file(),
+                    reason="EDGEGEN_DATA_DIR does not hold cifar-10-batches-py/")
+def test_real_cifar_label_counts(tmp_path):
+    test = CIFAR10(REAL, split="test", cache_dir=tmp_path)
+    # The staged copy holds the first 1,017 images of each batch; counts from its README.
+    assert np.bincount(np.asarray(test.labels), minlength=10).tolist() == [105, 93, 100, 104, 92, 87, 114, 102, 110, 110]
+    assert test.classes[0] == "airplane"
+    train = CIFAR10(REAL, split="train", cache_dir=tmp_path)
+    assert len(train) == 5 * 1017
+    x, y = train[0]
+    assert x.shape == (3, 64, 64) and 0 <= y < 10
