@@ -1,0 +1,95 @@
+"""CelebA reader on JPEG fixtures in the official layout, and on the real subset if present."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgegen.data import CelebA
+
+REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
+NAMES = ["5_o_Clock_Shadow", "Smiling", "Young"]
+
+
+def make_celeba(root: Path, parts=(0, 0, 0, 1, 2), attributes=True) -> Path:
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    rows, attr_rows = [], []
+    for i, part in enumerate(parts, 1):
+        name = f"{i:06d}.jpg"
+        # Green frame around a blue 148x148 center: the default crop keeps only the blue.
+        arr = np.zeros((218, 178, 3), np.uint8)
+        arr[..., 1] = 200
+        arr[35:183, 15:163] = (0, 0, 220)
+        Image.fromarray(arr).save(folder / "img_align_celeba" / name, quality=95)
+        rows.append(f"{name} {part}\r\n")
+        attr_rows.append(f"{name}  {' '.join('1' if (i + k) % 2 else '-1' for k in range(3))}\r\n")
+    (folder / "list_eval_partition.txt").write_bytes("".join(rows).encode())
+    if attributes:
+        text = f"{len(parts)}\r\n{' '.join(NAMES)}\r\n" + "".join(attr_rows)
+        (folder / "list_attr_celeba.txt").write_bytes(text.encode())
+    return folder
+
+
+def test_splits_crop_and_attributes(tmp_path):
+    make_celeba(tmp_path)
+    train = CelebA(tmp_path, split="train", cache_dir=tmp_path / "c")
+    assert len(train) == 3 and len(CelebA(tmp_path, split="valid")) == 1
+    assert len(CelebA(tmp_path, split="all", cache_dir=tmp_path / "c")) == 5
+    x, attrs = train[1]
+    assert x.shape == (3, 64, 64) and -1 <= x.min() and x.max() <= 1
+    mean = x.mean(dim=(1, 2))
+    assert mean[2] > 0.5 and mean[1] < -0.8  # blue center kept, green frame cropped away
+    assert train.attr_names == NAMES
+    assert attrs.tolist() == [0, 1, 0]  # image 2: values -1, 1, -1
+    assert any(p.name.startswith("celeba.train.148.64.") for p in (tmp_path / "c").iterdir())
+    cached = CelebA(tmp_path, split="train", cache_dir=tmp_path / "c")
+    assert isinstance(cached.images, np.memmap)
+    torch.testing.assert_close(cached[1][0], x)
+
+
+def test_without_attributes(tmp_path):
+    make_celeba(tmp_path, attributes=False)
+    ds = CelebA(tmp_path, split="test", cache_dir=tmp_path / "c")
+    assert len(ds) == 1 and ds[0][1].numel() == 0
+
+
+def test_bad_images_and_files(tmp_path):
+    folder = make_celeba(tmp_path)
+    img = folder / "img_align_celeba"
+    Image.new("RGB", (64, 64)).save(img / "000001.jpg")
+    with pytest.raises(ValueError, match=r"000001.jpg: expected 178x218"):
+        CelebA(tmp_path, split="train", cache_dir=tmp_path / "c1").images
+    Image.new("L", (178, 218)).save(img / "000001.jpg")
+    with pytest.raises(ValueError, match=r"000001.jpg: expected an RGB image"):
+        CelebA(tmp_path, split="train", cache_dir=tmp_path / "c2").images
+    (img / "000001.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match=r"000001.jpg: not a readable JPEG"):
+        CelebA(tmp_path, split="train", cache_dir=tmp_path / "c3").images
+    (img / "000002.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="1 images listed .* missing, first .*000002.jpg"):
+        CelebA(tmp_path, split="train")
+    (folder / "list_eval_partition.txt").write_text("000001.jpg 7\n")
+    with pytest.raises(ValueError, match=r"list_eval_partition.txt:1: expected"):
+        CelebA(tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        CelebA(tmp_path, split="val")
+    with pytest.raises(ValueError, match="image_size"):
+        CelebA(tmp_path, image_size=200)
+    with pytest.raises(FileNotFoundError, match="expected .*celeba"):
+        CelebA(tmp_path / "nowhere")
+
+
+@pytest.mark.skipif(not (REAL / "celeba" / "list_eval_partition.txt").is_file(),
+                    reason="EDGEGEN_DATA_DIR does not hold celeba/")
+def test_real_celeba_subset(tmp_path):
+    # The staged subset: 3,000 train, 500 valid, 500 test images (its README).
+    assert [len(CelebA(REAL, split=s)) for s in ("train", "valid", "test")] == [3000, 500, 500]
+    test = CelebA(REAL, split="test", cache_dir=tmp_path)
+    x, attrs = test[0]
+    assert x.shape == (3, 64, 64) and attrs.shape == (40,)
+    assert test.images.shape == (500, 3, 64, 64)
+    assert test.attr_names[:2] == ["5_o_Clock_Shadow", "Arched_Eyebrows"]
