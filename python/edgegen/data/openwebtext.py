@@ -1,0 +1,104 @@
+"""OpenWebText (Gokaslan and Cohen 2019) as a flat stream of GPT-2 tokens.
+
+``openwebtext/`` under the data root holds documents as ``.txt`` files (one document each) and/or
+``.jsonl`` files (one JSON object per line with a ``text`` field). They are tokenised once, in
+sorted file order, into a uint16 token file with ``<|endoftext|>`` after every document; later
+runs memory-map it. Training draws random contiguous blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgegen.data.root import cache_dir_for, data_root, dataset_dir
+from edgegen.data.tokenizer import GPT2Tokenizer
+
+FOLDER = "openwebtext"
+SOURCE = "https://skylion007.github.io/OpenWebTextCorpus/"
+
+
+def iter_documents(files: list[Path]):
+    for path in files:
+        if path.suffix == ".txt":
+            yield path.read_text(encoding="utf-8")
+            continue
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                    raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+                yield obj["text"]
+
+
+class OpenWebText:
+    """``OpenWebText(root=None, tokenizer=None)``: ``.tokens`` (uint16 memmap) and
+    ``get_batch(batch_size, block_size)`` for training."""
+
+    def __init__(self, root=None, tokenizer: GPT2Tokenizer | None = None,
+                 cache_dir: str | os.PathLike | None = None, batch_docs: int = 256):
+        folder = dataset_dir(FOLDER, root, f"Put .txt or .jsonl documents there (source: {SOURCE}).")
+        self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
+        if not self.files:
+            raise ValueError(f"{folder}: no .txt or .jsonl documents found")
+        if tokenizer is None:
+            tokenizer = GPT2Tokenizer.from_dir(data_root(root) / "gpt2")
+        self.tokenizer = tokenizer
+        if tokenizer.vocab_size > 65536:
+            raise ValueError("tokenizer: ids must fit uint16 (vocabulary of at most 65,536)")
+        h = hashlib.sha256()
+        for p in self.files:
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(tokenizer.decode(list(range(0, tokenizer.vocab_size, 997))).encode())
+        path = cache_dir_for(folder, cache_dir) / f"openwebtext.{h.hexdigest()[:16]}.u16.bin"
+        if not path.is_file():
+            self._tokenize(path, batch_docs)
+        self.path = path
+        self.tokens = np.memmap(path, dtype=np.uint16, mode="r")
+
+    def _tokenize(self, path: Path, batch_docs: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        eot = self.tokenizer.eot_id
+        n_docs = 0
+        with open(tmp, "wb") as out:
+            batch: list[str] = []
+
+            def flush():
+                for ids in self.tokenizer.encode_batch(batch):
+                    np.asarray(ids + [eot], dtype=np.uint16).tofile(out)
+                batch.clear()
+
+            for doc in iter_documents(self.files):
+                batch.append(doc)
+                n_docs += 1
+                if len(batch) >= batch_docs:
+                    flush()
+            flush()
+        os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written token file
+        self.num_documents = n_docs
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def get_batch(self, batch_size: int, block_size: int, generator: torch.Generator | None = None):
+        """(x, y) int64 [batch_size, block_size]: random contiguous blocks, y shifted by one."""
+        if not isinstance(block_size, int) or not 1 <= block_size < len(self.tokens):
+            raise ValueError(f"block_size: expected an int in [1, {len(self.tokens) - 1}], got {block_size!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        starts = torch.randint(0, len(self.tokens) - block_size, (batch_size,), generator=generator)
+        rows = np.stack([np.asarray(self.tokens[s:s + block_size + 1], dtype=np.int64) for s in starts.tolist()])
+        t = torch.from_numpy(rows)
+        return t[:, :-1], t[:, 1:]

@@ -1,0 +1,68 @@
+"""OpenWebText token stream from .txt / .jsonl documents."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgegen.data import GPT2Tokenizer, OpenWebText
+from tests.data.test_text import tiny_tokenizer_dir  # noqa: F401  (fixture)
+
+REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
+
+
+def test_token_stream_from_txt_and_jsonl(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    folder = tmp_path / "openwebtext"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("hello world\n\nsecond paragraph", encoding="utf-8")
+    (folder / "sub" / "b.jsonl").write_text(
+        json.dumps({"text": "héllo"}) + "\n\n" + json.dumps({"text": "x y"}) + "\n", encoding="utf-8")
+    ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
+    eot = tok.eot_id
+    expected = (tok.encode("hello world\n\nsecond paragraph") + [eot] + tok.encode("héllo") + [eot]
+                + tok.encode("x y") + [eot])
+    assert ds.num_documents == 3
+    assert ds.tokens.dtype == np.uint16 and ds.tokens.tolist() == expected
+    again = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")  # memory-mapped reuse
+    assert again.path == ds.path and not hasattr(again, "num_documents")
+    g = torch.Generator().manual_seed(0)
+    x, y = ds.get_batch(4, 5, generator=g)
+    assert x.shape == y.shape == (4, 5) and torch.equal(x[:, 1:], y[:, :-1])
+    # Each row is a contiguous slice of the stream.
+    stream = torch.tensor(expected)
+    for row in x:
+        assert any(torch.equal(stream[s:s + 5], row) for s in range(len(expected) - 4))
+
+
+def test_bad_input(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="no .txt or .jsonl documents"):
+        OpenWebText(tmp_path, tokenizer=tok)
+    (folder / "d.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"d.jsonl:2: expected an object with a string 'text'"):
+        OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c").glob("*.bin"))  # no half-written token file
+    (folder / "d.jsonl").write_text("{broken\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"d.jsonl:1: not valid JSON"):
+        OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    (folder / "d.jsonl").write_text('{"text": "hel hel hel"}\n', encoding="utf-8")
+    ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c2")
+    with pytest.raises(ValueError, match="block_size"):
+        ds.get_batch(2, len(ds))
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.get_batch(0, 1)
+
+
+@pytest.mark.skipif(not (REAL / "openwebtext").is_dir() or not (REAL / "gpt2").is_dir(),
+                    reason="EDGEGEN_DATA_DIR does not hold openwebtext/ and gpt2/")
+def test_real_sample(tmp_path):
+    ds = OpenWebText(REAL, cache_dir=tmp_path)
+    assert len(ds) > 100_000
+    assert ds.tokenizer.decode(ds.tokens[:20].tolist()).startswith("Port-au-Prince, Haiti")
+    assert int(ds.tokens[-1]) == ds.tokenizer.eot_id
