@@ -1,0 +1,295 @@
+"""GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm blocks, tanh-GELU MLP, output
+head tied to the token embedding. Loads and saves Hugging Face GPT-2 checkpoint folders
+(``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, their parameter names and
+``Conv1D`` [in, out] weight layout), which doubles as a correctness check.
+
+The attention is a pluggable module (``GPT2.set_attention``): dense scaled-dot-product
+attention by default, so sparse attention can replace it without touching this file.
+``forward(..., return_hidden=True)`` returns the final hidden states before the head, which is
+what ``edgegen.distill.fused_linear_kd_loss`` consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @classmethod
+    def gpt2(cls) -> "GPT2Config":
+        """GPT-2 small, the teacher: 12 layers, 768 hidden, 12 heads (124,439,808 parameters)."""
+        return cls()
+
+    @classmethod
+    def student(cls) -> "GPT2Config":
+        """The distillation student: 6 layers, 384 hidden, 6 heads."""
+        return cls(n_embd=384, n_layer=6, n_head=6)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPT2Config":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    # Hugging Face's config.json uses the same names for all but dropout.
+    def to_hf(self) -> dict:
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                "vocab_size": self.vocab_size, "n_positions": self.n_positions, "n_ctx": self.n_positions,
+                "n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head,
+                "layer_norm_epsilon": self.layer_norm_epsilon, "activation_function": "gelu_new",
+                "resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.dropout,
+                "tie_word_embeddings": True}
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "GPT2Config":
+        act = d.get("activation_function", "gelu_new")
+        if act != "gelu_new":
+            raise ValueError(f"config.json: activation_function {act!r} is not GPT-2's 'gelu_new'")
+        return cls(vocab_size=d["vocab_size"], n_positions=d.get("n_positions", d.get("n_ctx", 1024)),
+                   n_embd=d["n_embd"], n_layer=d["n_layer"], n_head=d["n_head"],
+                   layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5))
+
+
+class DenseAttention(nn.Module):
+    """Causal softmax attention over [B, H, T, D] queries/keys/values via SDPA.
+    ``q_offset`` is the position of the first query (the length of a KV cache before it)."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        if q_offset == 0 and q.shape[-2] == k.shape[-2]:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        tq, tk = q.shape[-2], k.shape[-2]
+        mask = torch.arange(tk, device=q.device)[None, :] <= (q_offset + torch.arange(tq, device=q.device))[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.attention: nn.Module = DenseAttention(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        offset = 0
+        if past is not None:
+            offset = past[0].shape[-2]
+            k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
+        y = self.attention(q, k, v, q_offset=offset)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, past=None):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), present
+
+
+class GPT2(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (the tied head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def set_attention(self, factory) -> None:
+        """Replace every block's attention module: ``factory(layer_index) -> nn.Module`` taking
+        ``(q, k, v, q_offset)`` like :class:`DenseAttention`."""
+        for i, block in enumerate(self.h):
+            block.attn.attention = factory(i)
+
+    def forward(self, idx: Tensor, past_key_values=None, use_cache: bool = False,
+                return_hidden: bool = False):
+        """Logits [B, T, V] (or hidden states [B, T, C] with ``return_hidden``); with
+        ``use_cache`` also the per-layer (key, value) cache to pass back as ``past_key_values``."""
+        if idx.dtype != torch.long or idx.dim() != 2:
+            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} {tuple(idx.shape)}")
+        B, T = idx.shape
+        offset = past_key_values[0][0].shape[-2] if past_key_values else 0
+        if offset + T > self.config.n_positions:
+            raise ValueError(f"idx: {offset + T} positions exceed the context of {self.config.n_positions}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
+        pos = torch.arange(offset, offset + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        presents = []
+        for i, block in enumerate(self.h):
+            x, present = block(x, past_key_values[i] if past_key_values else None)
+            presents.append(present)
+        x = self.ln_f(x)
+        out = x if return_hidden else self.lm_head(x)
+        return (out, presents) if use_cache else out
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+                 use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Append ``max_new_tokens`` tokens: greedy, or sampled at ``temperature`` with optional
+        top-k and nucleus (top-p) filtering. With and without the cache the tokens are the same."""
+        if temperature <= 0 and not greedy:
+            raise ValueError(f"temperature: expected > 0 (or greedy=True), got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
+        past = None
+        for _ in range(max_new_tokens):
+            if use_cache:
+                inp = idx if past is None else idx[:, -1:]
+                logits, past = self(inp, past_key_values=past, use_cache=True)
+            else:
+                logits = self(idx[:, -self.config.n_positions:])
+            logits = logits[:, -1, :].float()
+            if greedy:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if top_p is not None:
+                    srt, order = torch.sort(logits, descending=True)
+                    cum = srt.softmax(-1).cumsum(-1)
+                    drop = cum - srt.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+                    logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
+
+    # ------------------------------------------------------------------ Hugging Face format
+    _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    def _hf_to_local(self, name: str) -> str:
+        return name[len("transformer."):] if name.startswith("transformer.") else name
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "GPT2":
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{cfg_file}: a Hugging Face GPT-2 folder needs config.json")
+        model = cls(GPT2Config.from_hf(json.loads(cfg_file.read_text())))
+        if (path / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / "model.safetensors"))
+        elif (path / "pytorch_model.bin").is_file():
+            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{path}: expected model.safetensors or pytorch_model.bin")
+        model.load_hf_state_dict(state, source=str(path))
+        return model
+
+    def load_hf_state_dict(self, state: dict, source: str = "state dict") -> None:
+        own = dict(self.state_dict())
+        own.pop("lm_head.weight")  # tied to wte
+        converted = {}
+        for name, t in state.items():
+            local = self._hf_to_local(name)
+            if local.endswith((".attn.bias", ".attn.masked_bias")) or local == "lm_head.weight":
+                continue  # causal-mask buffers of older checkpoints; the tied head
+            if local.endswith(self._CONV1D):
+                t = t.t()
+            converted[local] = t
+        missing = sorted(set(own) - set(converted))
+        extra = sorted(set(converted) - set(own))
+        if missing or extra:
+            raise KeyError(f"{source}: checkpoint does not match GPT-2 {self.config.n_layer}L/"
+                           f"{self.config.n_embd}: missing {missing[:5]}, unexpected {extra[:5]}")
+        for name, t in converted.items():
+            if t.shape != own[name].shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(t.shape)}, expected {tuple(own[name].shape)}")
+        self.load_state_dict(converted, strict=False)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors in Hugging Face's GPT2LMHeadModel layout."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {}
+        for name, t in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue  # tied: Hugging Face restores it from wte
+            t = t.t() if name.endswith(self._CONV1D) else t
+            state["transformer." + name] = t.detach().contiguous().cpu()
+        tmp = path / "model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path / "model.safetensors")
+        (path / "config.json").write_text(json.dumps(self.config.to_hf(), indent=2))
