@@ -1,5 +1,9 @@
 """Models: one readable file each, with a dataclass config."""
 
+from edgegen.models.blocks import SqueezeExcite, parameter_count
+from edgegen.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
 from edgegen.models.gpt2 import GPT2, DenseAttention, GPT2Config
+from edgegen.models.vae import BetaVAE, BetaVAEConfig
 
-__all__ = ["GPT2", "GPT2Config", "DenseAttention"]
+__all__ = ["GPT2", "GPT2Config", "DenseAttention", "DCGANConfig", "DCGANGenerator",
+           "DCGANDiscriminator", "BetaVAE", "BetaVAEConfig", "SqueezeExcite", "parameter_count"]

@@ -1,0 +1,93 @@
+"""DCGAN (Radford, Metz and Chintala 2015) for 64x64 images.
+
+Generator: latent [B, nz] -> 4x4 -> ... -> 64x64 through stride-2 transposed convolutions with
+BatchNorm + ReLU, Tanh output in [-1, 1]. Discriminator: stride-2 convolutions with BatchNorm
+(none on the first layer) + LeakyReLU(0.2), one logit per image (use BCE-with-logits). Weights
+follow the paper: N(0, 0.02) for convolutions, N(1, 0.02) for BatchNorm scales, zero shifts.
+``conv`` and ``squeeze_excite`` select the lightweight variants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import Tensor, nn
+
+from edgegen.models.blocks import CONV_KINDS, SqueezeExcite, conv
+
+
+@dataclass
+class DCGANConfig:
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    nc: int = 3
+    conv: str = "standard"
+    squeeze_excite: bool = False
+
+    def __post_init__(self):
+        for name in ("nz", "ngf", "ndf", "nc"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+        if self.conv not in CONV_KINDS:
+            raise ValueError(f"conv: expected one of {CONV_KINDS}, got {self.conv!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dcgan_init_(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _check_images(x: Tensor, nc: int) -> None:
+    if x.dim() != 4 or x.shape[1] != nc or x.shape[2:] != (64, 64):
+        raise ValueError(f"images: expected [B, {nc}, 64, 64], got {tuple(x.shape)}")
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, config: DCGANConfig | None = None):
+        super().__init__()
+        c = self.config = config or DCGANConfig()
+        chans = [c.ngf * 8, c.ngf * 4, c.ngf * 2, c.ngf]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(c.nz, chans[0], 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(chans[0]), nn.ReLU(True)]
+        for cin, cout in zip(chans, chans[1:]):
+            layers += [conv(c.conv, cin, cout, 4, 2, 1, transposed=True), nn.BatchNorm2d(cout), nn.ReLU(True)]
+            if c.squeeze_excite:
+                layers.append(SqueezeExcite(cout))
+        layers += [conv(c.conv, chans[-1], c.nc, 4, 2, 1, transposed=True), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init_(self)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        if z.dim() != 4 or z.shape[1:] != (self.config.nz, 1, 1):
+            raise ValueError(f"z: expected [B, {self.config.nz}] latents, got {tuple(z.shape)}")
+        return self.net(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, config: DCGANConfig | None = None):
+        super().__init__()
+        c = self.config = config or DCGANConfig()
+        chans = [c.ndf, c.ndf * 2, c.ndf * 4, c.ndf * 8]
+        layers: list[nn.Module] = [nn.Conv2d(c.nc, chans[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for cin, cout in zip(chans, chans[1:]):
+            layers += [conv(c.conv, cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+            if c.squeeze_excite:
+                layers.append(SqueezeExcite(cout))
+        layers.append(nn.Conv2d(chans[-1], 1, 4, 1, 0, bias=False))
+        self.net = nn.Sequential(*layers)
+        dcgan_init_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One real/fake logit per image, shape [B]."""
+        _check_images(x, self.config.nc)
+        return self.net(x).flatten()

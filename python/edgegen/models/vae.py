@@ -1,0 +1,97 @@
+"""Beta-VAE (Higgins et al. 2017) for 64x64 images in [-1, 1].
+
+Encoder: four stride-2 4x4 convolutions (32, 32, 64, 64 channels) to 4x4, a 256-unit layer,
+then (mu, logvar). Decoder mirrors it with transposed convolutions and a Tanh output. The loss is
+reconstruction + beta * KL(q(z|x) || N(0, I)); reconstruction is the per-image summed squared
+error (a Gaussian likelihood up to a constant), both terms averaged over the batch and returned
+separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from edgegen.models.blocks import CONV_KINDS, SqueezeExcite, conv
+
+
+@dataclass
+class BetaVAEConfig:
+    latent_dim: int = 32
+    beta: float = 4.0
+    nc: int = 3
+    conv: str = "standard"
+    squeeze_excite: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError(f"latent_dim: expected a positive int, got {self.latent_dim!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta: expected >= 0, got {self.beta!r}")
+        if self.conv not in CONV_KINDS:
+            raise ValueError(f"conv: expected one of {CONV_KINDS}, got {self.conv!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BetaVAE(nn.Module):
+    CHANNELS = (32, 32, 64, 64)
+
+    def __init__(self, config: BetaVAEConfig | None = None):
+        super().__init__()
+        c = self.config = config or BetaVAEConfig()
+        enc: list[nn.Module] = []
+        cin = c.nc
+        for i, cout in enumerate(self.CHANNELS):
+            # The first layer stays a plain convolution: depthwise over 3 channels saves nothing.
+            enc += [conv("standard" if i == 0 else c.conv, cin, cout, 4, 2, 1, bias=True), nn.ReLU(True)]
+            if c.squeeze_excite and i > 0:
+                enc.append(SqueezeExcite(cout, reduction=8))
+            cin = cout
+        self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(64 * 4 * 4, 256), nn.ReLU(True),
+                                     nn.Linear(256, 2 * c.latent_dim))
+        dec: list[nn.Module] = [nn.Linear(c.latent_dim, 256), nn.ReLU(True), nn.Linear(256, 64 * 4 * 4),
+                                nn.ReLU(True), nn.Unflatten(1, (64, 4, 4))]
+        chans = list(reversed(self.CHANNELS)) + [c.nc]
+        for i, (a, b) in enumerate(zip(chans, chans[1:])):
+            last = i == len(chans) - 2
+            dec.append(conv("standard" if last else c.conv, a, b, 4, 2, 1, transposed=True, bias=True))
+            if not last:
+                dec.append(nn.ReLU(True))
+                if c.squeeze_excite:
+                    dec.append(SqueezeExcite(b, reduction=8))
+        self.decoder = nn.Sequential(*dec, nn.Tanh())
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 4 or x.shape[1:] != (self.config.nc, 64, 64):
+            raise ValueError(f"x: expected [B, {self.config.nc}, 64, 64], got {tuple(x.shape)}")
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict:
+        """Returns recon, mu, logvar, and the loss terms: 'reconstruction', 'kl', 'loss'."""
+        mu, logvar = self.encode(x)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * torch.exp(0.5 * logvar)  # reparameterisation
+        recon = self.decode(z)
+        rec = (recon - x).pow(2).flatten(1).sum(1).mean()
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+        return {"recon": recon, "mu": mu, "logvar": logvar, "reconstruction": rec, "kl": kl,
+                "loss": rec + self.config.beta * kl}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, self.config.latent_dim, generator=generator,
+                        device=next(self.parameters()).device)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode the posterior mean."""
+        return self.decode(self.encode(x)[0])

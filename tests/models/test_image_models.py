@@ -1,0 +1,71 @@
+"""DCGAN and Beta-VAE: architecture sizes, init, loss terms, lightweight variants, bad input."""
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from edgegen.models import (BetaVAE, BetaVAEConfig, DCGANConfig, DCGANDiscriminator, DCGANGenerator,
+                            parameter_count)
+
+
+def test_dcgan_sizes_and_paper_init():
+    g, d = DCGANGenerator(), DCGANDiscriminator()
+    # nz=100, ngf=ndf=64: the sums of the paper's layer shapes.
+    assert parameter_count(g) == 3_576_704 and parameter_count(d) == 2_765_568
+    convs = torch.cat([m.weight.flatten() for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    assert abs(convs.std().item() - 0.02) < 0.001 and abs(convs.mean().item()) < 0.001
+    bn = torch.cat([m.weight for m in d.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert abs(bn.mean().item() - 1.0) < 0.01
+
+
+def test_dcgan_train_step():
+    g, d = DCGANGenerator(DCGANConfig(ngf=16, ndf=16)), DCGANDiscriminator(DCGANConfig(ngf=16, ndf=16))
+    fake = g(torch.randn(4, 100))
+    assert fake.shape == (4, 3, 64, 64) and fake.abs().max() <= 1
+    logits = d(fake)
+    assert logits.shape == (4,)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(4)).backward()
+    assert all(p.grad is not None for p in g.parameters())
+
+
+@pytest.mark.parametrize("kind", ["standard", "depthwise_separable"])
+@pytest.mark.parametrize("se", [False, True])
+def test_lightweight_variants_keep_shapes(kind, se):
+    cfg = DCGANConfig(conv=kind, squeeze_excite=se)
+    g, d = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
+    assert g(torch.randn(2, 100)).shape == (2, 3, 64, 64) and d(torch.randn(2, 3, 64, 64)).shape == (2,)
+    v = BetaVAE(BetaVAEConfig(conv=kind, squeeze_excite=se))
+    assert v(torch.rand(2, 3, 64, 64) * 2 - 1)["recon"].shape == (2, 3, 64, 64)
+    if kind == "depthwise_separable" and not se:
+        assert parameter_count(g) < parameter_count(DCGANGenerator()) / 3
+        assert parameter_count(v) < parameter_count(BetaVAE())
+
+
+def test_beta_vae_terms():
+    torch.manual_seed(0)
+    v = BetaVAE(BetaVAEConfig(latent_dim=10, beta=4.0))
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    out = v(x, generator=torch.Generator().manual_seed(0))
+    kl_ref = kl_divergence(Normal(out["mu"], (0.5 * out["logvar"]).exp()), Normal(0.0, 1.0)).sum(1).mean()
+    torch.testing.assert_close(out["kl"], kl_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["reconstruction"], (out["recon"] - x).pow(2).sum((1, 2, 3)).mean())
+    torch.testing.assert_close(out["loss"], out["reconstruction"] + 4.0 * out["kl"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in v.parameters())
+    assert v.sample(5).shape == (5, 3, 64, 64) and v.reconstruct(x).shape == x.shape
+    assert out["mu"].shape == (3, 10)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"images: expected \[B, 3, 64, 64\]"):
+        DCGANDiscriminator()(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"images: expected \[B, 3, 64, 64\]"):
+        DCGANDiscriminator()(torch.randn(2, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"z: expected \[B, 100\]"):
+        DCGANGenerator()(torch.randn(2, 64))
+    with pytest.raises(ValueError, match=r"x: expected \[B, 3, 64, 64\]"):
+        BetaVAE()(torch.randn(2, 3, 48, 48))
+    with pytest.raises(ValueError, match="conv"):
+        DCGANConfig(conv="fancy")
+    with pytest.raises(ValueError, match="beta"):
+        BetaVAEConfig(beta=-1.0)
