@@ -42,7 +42,7 @@ def test_bad_input(tmp_path, tiny_tokenizer_dir):  # noqa: F811
     tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
     folder = tmp_path / "openwebtext"
     folder.mkdir()
-    with pytest.raises(ValueError, match="no .txt or .jsonl documents"):
+    with pytest.raises(ValueError, match="no .txt or .jsonl documents or dataset folders"):
         OpenWebText(tmp_path, tokenizer=tok)
     (folder / "d.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"d.jsonl:2: expected an object with a string 'text'"):

@@ -1,4 +1,4 @@
-"""Fetching an official archive once: checksum verified before use, extracted safely."""
+"""Fetching official files once: checksum verified before use, archives extracted safely."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 
@@ -18,14 +19,12 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def download_and_extract(url: str, dest: Path, *, md5: str | None = None,
-                         sha256: str | None = None) -> None:
-    """Download ``url`` to a temporary file beside ``dest``, verify its checksum, then extract the
-    tar archive into ``dest``. Nothing is left behind on failure; members that would land outside
-    ``dest`` are refused."""
+def fetch(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` through a temporary file in the same folder, verify the
+    checksum, then rename into place: ``dest`` either is the verified file or does not exist."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest, suffix=".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
@@ -35,17 +34,47 @@ def download_and_extract(url: str, dest: Path, *, md5: str | None = None,
             if expected and file_digest(tmp, algorithm) != expected:
                 raise OSError(f"{url}: {algorithm} mismatch (expected {expected}); the download is "
                               "corrupt or not the official file")
-        with tarfile.open(tmp) as tar:
-            root = dest.resolve()
-            for member in tar.getmembers():
-                target = (dest / member.name).resolve()
-                if root not in target.parents and target != root:
-                    raise OSError(f"{url}: archive member {member.name!r} escapes {dest}")
-                if not (member.isfile() or member.isdir()):
-                    raise OSError(f"{url}: archive member {member.name!r} is not a plain file")
-            try:
-                tar.extractall(dest, filter="data")  # Python >= 3.11.4: the safe filter as well
-            except TypeError:
-                tar.extractall(dest)
+        os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _inside(root: Path, name: str) -> bool:
+    target = (root / name).resolve()
+    return target == root or root in target.parents
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Extract a tar or zip archive into ``dest``, refusing members that would land outside it
+    or that are links or devices."""
+    dest = Path(dest)
+    root = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():
+                if not _inside(root, name):
+                    raise OSError(f"{archive}: member {name!r} escapes {dest}")
+            z.extractall(dest)
+        return
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not _inside(root, member.name):
+                raise OSError(f"{archive}: member {member.name!r} escapes {dest}")
+            if not (member.isfile() or member.isdir()):
+                raise OSError(f"{archive}: member {member.name!r} is not a plain file")
+        try:
+            tar.extractall(dest, filter="data")  # Python >= 3.11.4: the safe filter as well
+        except TypeError:
+            tar.extractall(dest)
+
+
+def download_and_extract(url: str, dest: Path, *, md5: str | None = None,
+                         sha256: str | None = None) -> None:
+    """Fetch an archive beside ``dest``, verify it, extract it into ``dest``, delete it."""
+    dest = Path(dest)
+    archive = fetch(url, dest / (url.rsplit("/", 1)[-1] + ".download"), md5=md5, sha256=sha256)
+    try:
+        extract(archive, dest)
+    finally:
+        archive.unlink(missing_ok=True)

@@ -1,8 +1,10 @@
 """OpenWebText (Gokaslan and Cohen 2019) as a flat stream of GPT-2 tokens.
 
-``openwebtext/`` under the data root holds documents as ``.txt`` files (one document each) and/or
-``.jsonl`` files (one JSON object per line with a ``text`` field). They are tokenised once, in
-sorted file order, into a uint16 token file with ``<|endoftext|>`` after every document; later
+``openwebtext/`` under the data root holds documents as ``.txt`` files (one document each),
+``.jsonl`` files (one JSON object per line with a ``text`` field), and/or Hugging Face
+``datasets`` folders written by ``save_to_disk`` (``state.json`` listing Arrow stream files with
+a ``text`` column; read with pyarrow). They are tokenised once, in sorted file order, into a
+uint16 token file with ``<|endoftext|>`` after every document; later
 runs memory-map it. Training draws random contiguous blocks.
 """
 
@@ -23,8 +25,33 @@ FOLDER = "openwebtext"
 SOURCE = "https://skylion007.github.io/OpenWebTextCorpus/"
 
 
+def _arrow_documents(state: Path):
+    try:
+        import pyarrow as pa
+    except ImportError as exc:
+        raise ImportError(f"{state.parent}: reading a Hugging Face dataset folder needs pyarrow "
+                          "(pip install pyarrow)") from exc
+    try:
+        files = [state.parent / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{state}: expected save_to_disk's state.json with '_data_files'") from exc
+    for path in files:
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid as exc:
+                raise ValueError(f"{path}: not an Arrow stream file ({exc})") from exc
+            if "text" not in reader.schema.names:
+                raise ValueError(f"{path}: no 'text' column (columns: {reader.schema.names})")
+            for batch in reader:
+                yield from batch.column(batch.schema.get_field_index("text")).to_pylist()
+
+
 def iter_documents(files: list[Path]):
     for path in files:
+        if path.name == "state.json":
+            yield from _arrow_documents(path)
+            continue
         if path.suffix == ".txt":
             yield path.read_text(encoding="utf-8")
             continue
@@ -48,16 +75,20 @@ class OpenWebText:
     def __init__(self, root=None, tokenizer: GPT2Tokenizer | None = None,
                  cache_dir: str | os.PathLike | None = None, batch_docs: int = 256):
         folder = dataset_dir(FOLDER, root, f"Put .txt or .jsonl documents there (source: {SOURCE}).")
-        self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
+        states = sorted(folder.rglob("state.json"))
+        arrow_dirs = {s.parent for s in states}
+        texts = [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl")
+                 and not any(d in p.parents for d in arrow_dirs)]
+        self.files = sorted(texts + states)
         if not self.files:
-            raise ValueError(f"{folder}: no .txt or .jsonl documents found")
+            raise ValueError(f"{folder}: no .txt or .jsonl documents or dataset folders found")
         if tokenizer is None:
             tokenizer = GPT2Tokenizer.from_dir(data_root(root) / "gpt2")
         self.tokenizer = tokenizer
         if tokenizer.vocab_size > 65536:
             raise ValueError("tokenizer: ids must fit uint16 (vocabulary of at most 65,536)")
         h = hashlib.sha256()
-        for p in self.files:
+        for p in self.files + [a for s in states for a in sorted(s.parent.glob("*.arrow"))]:
             st = p.stat()
             h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         h.update(tokenizer.decode(list(range(0, tokenizer.vocab_size, 997))).encode())

@@ -12,6 +12,25 @@ from pathlib import Path
 
 EOT = "<|endoftext|>"
 _FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+# OpenAI's published files, with the SHA-256 values tiktoken pins for them.
+OFFICIAL_FILES = {
+    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+
+def download_gpt2_tokenizer(root: str | os.PathLike | None = None) -> Path:
+    """Fetch encoder.json and vocab.bpe into ``<data root>/gpt2`` (checksums verified)."""
+    from edgegen.data.download import fetch
+    from edgegen.data.root import data_root
+
+    folder = data_root(root) / "gpt2"
+    for name, (url, sha256) in OFFICIAL_FILES.items():
+        if not (folder / name).is_file():
+            fetch(url, folder / name, sha256=sha256)
+    return folder
 
 
 def read_merges(path: Path) -> list[tuple[str, str]]:

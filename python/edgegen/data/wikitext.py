@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from edgegen.data.root import cache_dir_for, dataset_dir
+from edgegen.data.download import download_and_extract, file_digest
+from edgegen.data.root import cache_dir_for, data_root, dataset_dir
 
 FOLDER = "wikitext-2-raw"
 SPLITS = ("train", "valid", "test")
@@ -30,12 +31,16 @@ SHA256 = {
 class WikiText2:
     """``WikiText2(root=None, split="test")``: the raw text of one split and its GPT-2 tokens."""
 
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "test"):
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "test",
+                 download: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        if download and not (data_root(root) / FOLDER / f"wiki.{split}.raw").is_file():
+            download_and_extract(ARCHIVE_URL, data_root(root), sha256=ARCHIVE_SHA256)
         folder = dataset_dir(
             FOLDER, root,
-            f"Download and unpack {ARCHIVE_URL} (SHA-256 {ARCHIVE_SHA256}) there.",
+            f"Download and unpack {ARCHIVE_URL} (SHA-256 {ARCHIVE_SHA256}) there, or pass "
+            "download=True.",
         )
         self.split = split
         self.path = folder / f"wiki.{split}.raw"
@@ -43,6 +48,13 @@ class WikiText2:
             raise FileNotFoundError(f"{self.path}: the {split} split is missing from {folder}")
         with open(self.path, encoding="utf-8", newline="") as f:
             self.lines = f.read().splitlines(keepends=True)
+
+    def verify(self) -> None:
+        """Raise ValueError unless the split's file has the published SHA-256."""
+        digest = file_digest(self.path, "sha256")
+        if digest != SHA256[self.split]:
+            raise ValueError(f"{self.path}: SHA-256 {digest} differs from the published "
+                             f"{SHA256[self.split]}")
 
     def eval_text(self) -> str:
         """The split as standard perplexity evaluations tokenise it (lines joined by blank lines)."""
