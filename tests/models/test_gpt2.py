@@ -134,3 +134,20 @@ def test_hidden_states_feed_fused_distillation():
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
     fused.backward()
     assert student.wte.weight.grad is not None  # through the tied head and the embedding
+
+
+def test_loads_pytorch_model_bin(tmp_path):
+    # The older Hugging Face format: a torch-pickled state dict, here with the causal-mask
+    # buffers such checkpoints carry, which the loader ignores.
+    m = GPT2(TINY).eval()
+    m.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["transformer.h.0.attn.bias"] = torch.ones(1, 1, 32, 32)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    loaded = GPT2.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 97, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), m(idx))
