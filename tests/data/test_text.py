@@ -160,3 +160,16 @@ def test_import_edgegen_data_is_cheap():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_cache_never_inside_the_data_folder(tmp_path, monkeypatch):
+    from edgegen.data.root import cache_dir_for
+
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    a = cache_dir_for(tmp_path / "root1" / "celeba")
+    b = cache_dir_for(tmp_path / "root2" / "celeba")
+    assert a.parent == b.parent == tmp_path / "cache" and a != b  # one folder per data folder
+    assert a.name.startswith("celeba-")
+    assert cache_dir_for(tmp_path / "x", override=tmp_path / "mine") == tmp_path / "mine"
+    monkeypatch.delenv("EDGEGEN_CACHE_DIR")
+    assert cache_dir_for(tmp_path / "root1" / "celeba").parent == Path("~/.cache/edgegen/cache").expanduser()

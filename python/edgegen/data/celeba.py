@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgegen.data.root import cache_dir_for, dataset_dir
+from edgegen.data.root import cache_dir_for, dataset_dir, save_array_atomic
 
 FOLDER = "celeba"
 SOURCE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
@@ -133,13 +133,7 @@ class CelebA(torch.utils.data.Dataset):
                     decoded = list(pool.map(lambda f: decode(f, self.crop, self.image_size), self.files))
                 arr = (np.stack(decoded) if decoded
                        else np.zeros((0, 3, self.image_size, self.image_size), np.uint8))
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp.npy")
-                    np.save(tmp, arr)
-                    os.replace(tmp, path)
-                except OSError:
-                    pass
+                save_array_atomic(path, arr)
                 self._images = arr
         return self._images
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgegen.data.download import download_and_extract
-from edgegen.data.root import cache_dir_for, data_root, dataset_dir
+from edgegen.data.root import cache_dir_for, data_root, dataset_dir, save_array_atomic
 
 FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -88,14 +88,9 @@ class CIFAR10(torch.utils.data.Dataset):
             x = torch.nn.functional.interpolate(x, size=self.image_size, mode="bilinear",
                                                 align_corners=False)
             images = x.round_().clamp_(0, 255).to(torch.uint8).numpy()
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            for path, arr in ((img_path, images), (lab_path, labels)):
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, arr)
-                os.replace(tmp, path)  # atomic
-        except OSError:
-            pass  # no writable cache: use the arrays, uncached
+        # Labels first: the images file is what marks the cache complete.
+        if save_array_atomic(lab_path, labels):
+            save_array_atomic(img_path, images)
         return images, labels
 
     def __len__(self) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 ENV_VAR = "EDGEGEN_DATA_DIR"
 DEFAULT_ROOT = Path("~/.cache/edgegen/data")
+CACHE_ENV_VAR = "EDGEGEN_CACHE_DIR"
+DEFAULT_CACHE = Path("~/.cache/edgegen/cache")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -30,11 +32,29 @@ def dataset_dir(folder: str, root: str | os.PathLike | None = None, how_to_get: 
 
 def cache_dir_for(folder: Path, override: str | os.PathLike | None = None) -> Path:
     """Where a reader keeps what it derives once (decoded images, token files): ``override`` if
-    given, else ``<folder>/.edgegen-cache`` when the data folder is writable, else a per-dataset
-    folder under ``~/.cache/edgegen/cache`` (staged data is often read-only)."""
+    given, else a folder per dataset folder under ``$EDGEGEN_CACHE_DIR`` (default
+    ``~/.cache/edgegen/cache``). Never inside the data folder itself: data is often shared or
+    read-only, and as root a read-only mode bit would not stop the write."""
     if override is not None:
         return Path(override)
-    local = folder / ".edgegen-cache"
-    if (local.is_dir() and os.access(local, os.W_OK)) or os.access(folder, os.W_OK):
-        return local
-    return Path("~/.cache/edgegen/cache").expanduser() / folder.name
+    import hashlib
+
+    base = Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE).expanduser()
+    tag = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:10]
+    return base / f"{Path(folder).name}-{tag}"
+
+
+def save_array_atomic(path: Path, array) -> bool:
+    """np.save to ``path`` through a temporary file and a rename, so a reader never sees a
+    half-written cache. Returns False (and writes nothing) where the cache is not writable."""
+    import numpy as np
+
+    tmp = path.with_suffix(".tmp.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, array)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False

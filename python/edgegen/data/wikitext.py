@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from edgegen.data.download import download_and_extract, file_digest
-from edgegen.data.root import cache_dir_for, data_root, dataset_dir
+from edgegen.data.root import cache_dir_for, data_root, dataset_dir, save_array_atomic
 
 FOLDER = "wikitext-2-raw"
 SPLITS = ("train", "valid", "test")
@@ -73,11 +73,5 @@ class WikiText2:
         if out.is_file():
             return np.load(out, mmap_mode="r")
         ids = np.asarray(tokenizer.encode(text), dtype=np.uint16)
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp.npy")
-            np.save(tmp, ids)
-            os.replace(tmp, out)  # atomic: a crash never leaves a half-written cache
-        except OSError:
-            pass  # no writable cache: fine, just not cached
+        save_array_atomic(out, ids)
         return ids
