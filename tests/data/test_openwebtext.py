@@ -19,16 +19,19 @@ def test_token_stream_from_txt_and_jsonl(tmp_path, tiny_tokenizer_dir):  # noqa:
     folder = tmp_path / "openwebtext"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("hello world\n\nsecond paragraph", encoding="utf-8")
+    # A page that quotes the end-of-text marker must not gain a document boundary.
+    quoting = "x <|endoftext|> y"
     (folder / "sub" / "b.jsonl").write_text(
-        json.dumps({"text": "héllo"}) + "\n\n" + json.dumps({"text": "x y"}) + "\n", encoding="utf-8")
+        json.dumps({"text": "héllo"}) + "\n\n" + json.dumps({"text": quoting}) + "\n", encoding="utf-8")
     ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
     eot = tok.eot_id
     expected = (tok.encode("hello world\n\nsecond paragraph") + [eot] + tok.encode("héllo") + [eot]
-                + tok.encode("x y") + [eot])
+                + tok.encode(quoting, allowed_special=False) + [eot])
+    assert tok.encode(quoting, allowed_special=False).count(eot) == 0
     assert ds.num_documents == 3
     assert ds.tokens.dtype == np.uint16 and ds.tokens.tolist() == expected
     again = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")  # memory-mapped reuse
-    assert again.path == ds.path and not hasattr(again, "num_documents")
+    assert again.path == ds.path and again.num_documents == 3
     g = torch.Generator().manual_seed(0)
     x, y = ds.get_batch(4, 5, generator=g)
     assert x.shape == y.shape == (4, 5) and torch.equal(x[:, 1:], y[:, :-1])

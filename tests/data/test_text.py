@@ -68,6 +68,8 @@ def test_fixture_encodings(tiny_tokenizer_dir):
     assert tok.encode("help") == [vocab["hel"], vocab["p"]]
     assert tok.encode("hel wo") == [vocab["hel"], vocab["Ġw"], vocab["o"]]
     assert tok.encode("x<|endoftext|>") == [vocab["x"], vocab["<|endoftext|>"]]
+    plain = tok.encode("x<|endoftext|>", allowed_special=False)
+    assert vocab["<|endoftext|>"] not in plain and tok.decode(plain) == "x<|endoftext|>"
     assert tok.decode(tok.encode("hel wo")) == "hel wo"
     assert tok.eot_id == vocab["<|endoftext|>"]
 
@@ -109,6 +111,9 @@ def test_real_gpt2_known_encodings():
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.encode(" Hello world") == [18435, 995]
     assert tok.encode("<|endoftext|>") == [50256]
+    plain = tok.encode("a<|endoftext|>b", allowed_special=False)
+    assert 50256 not in plain and tok.decode(plain) == "a<|endoftext|>b"
+    assert tok.encode_batch(["Hello world", "<|endoftext|>"], allowed_special=False)[0] == [15496, 995]
     s = "naïve café — 世界 🙂 e\u0301 \t\n\x00 end"
     assert tok.decode(tok.encode(s)) == s
 

@@ -91,7 +91,7 @@ class OpenWebText:
         for p in self.files + [a for s in states for a in sorted(s.parent.glob("*.arrow"))]:
             st = p.stat()
             h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        h.update(tokenizer.decode(list(range(0, tokenizer.vocab_size, 997))).encode())
+        h.update(tokenizer.fingerprint().encode())
         path = cache_dir_for(folder, cache_dir) / f"openwebtext.{h.hexdigest()[:16]}.u16.bin"
         if not path.is_file():
             self._tokenize(path, batch_docs)
@@ -102,26 +102,31 @@ class OpenWebText:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         eot = self.tokenizer.eot_id
-        n_docs = 0
         with open(tmp, "wb") as out:
             batch: list[str] = []
 
             def flush():
-                for ids in self.tokenizer.encode_batch(batch):
+                for ids in self.tokenizer.encode_batch(batch, allowed_special=False):
                     np.asarray(ids + [eot], dtype=np.uint16).tofile(out)
                 batch.clear()
 
             for doc in iter_documents(self.files):
                 batch.append(doc)
-                n_docs += 1
                 if len(batch) >= batch_docs:
                     flush()
             flush()
         os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written token file
-        self.num_documents = n_docs
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def num_documents(self) -> int:
+        """Documents in the stream: documents are encoded without special tokens, so every
+        end-of-text id is a boundary the reader wrote."""
+        if not hasattr(self, "_num_documents"):
+            self._num_documents = int(np.count_nonzero(self.tokens == self.tokenizer.eot_id))
+        return self._num_documents
 
     def get_batch(self, batch_size: int, block_size: int, generator: torch.Generator | None = None):
         """(x, y) int64 [batch_size, block_size]: random contiguous blocks, y shifted by one."""

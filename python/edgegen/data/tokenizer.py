@@ -51,8 +51,10 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 class GPT2Tokenizer:
     """``GPT2Tokenizer.from_dir(path)``; ``encode(text) -> list[int]``, ``decode(ids) -> str``.
 
-    ``<|endoftext|>`` in the text is the end-of-text token (id 50256), as in Hugging Face's
-    GPT-2 tokenizer.
+    By default ``<|endoftext|>`` written in the text is the end-of-text token (id 50256), as in
+    Hugging Face's GPT-2 tokenizer. Corpus readers encode with ``allowed_special=False``: the
+    string is then ordinary text, so a web page quoting it cannot forge a document boundary
+    (the ids of real boundaries are inserted by the reader itself).
     """
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
@@ -60,11 +62,16 @@ class GPT2Tokenizer:
 
         if EOT not in vocab:
             raise ValueError(f"vocabulary: the end-of-text token {EOT!r} is missing")
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
-        self._tok = tok
+
+        def build():
+            tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+            tok.decoder = decoders.ByteLevel()
+            return tok
+
+        self._plain = build()
+        self._special = build()
+        self._special.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
         self.vocab_size = len(vocab)
         self.eot_id = vocab[EOT]
 
@@ -88,18 +95,28 @@ class GPT2Tokenizer:
             raise ValueError(f"{path / vocab_name}: expected a JSON object of token -> id")
         return cls(vocab, read_merges(path / merges_name))
 
-    def encode(self, text: str) -> list[int]:
+    def _pick(self, allowed_special: bool):
+        return self._special if allowed_special else self._plain
+
+    def encode(self, text: str, allowed_special: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"text: expected str, got {type(text).__name__}")
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._pick(allowed_special).encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], allowed_special: bool = True) -> list[list[int]]:
         """Encodes in parallel (the tokenizers library's threads)."""
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self._pick(allowed_special).encode_batch(texts, add_special_tokens=False)]
+
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary, for the names of token caches."""
+        import hashlib
+
+        sample = self.decode(list(range(0, self.vocab_size, 997)))
+        return hashlib.sha256(f"{self.vocab_size}:{sample}".encode()).hexdigest()[:8]
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"ids: {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
-        return self._tok.decode(ids, skip_special_tokens=False)
+        return self._special.decode(ids, skip_special_tokens=False)

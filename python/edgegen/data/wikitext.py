@@ -65,13 +65,10 @@ class WikiText2:
         ``cache_dir_for``) under a name that records the text's and vocabulary's hashes."""
         text = self.eval_text()
         key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-        vocab_key = hashlib.sha256(
-            "".join(tokenizer.decode([i]) for i in range(0, tokenizer.vocab_size, 997)).encode()
-        ).hexdigest()[:8]
         cache = cache_dir_for(self.path.parent, cache_dir)
-        out = cache / f"wiki.{self.split}.{key}.{vocab_key}.u16.npy"
+        out = cache / f"wiki.{self.split}.{key}.{tokenizer.fingerprint()}.u16.npy"
         if out.is_file():
             return np.load(out, mmap_mode="r")
-        ids = np.asarray(tokenizer.encode(text), dtype=np.uint16)
+        ids = np.asarray(tokenizer.encode(text, allowed_special=False), dtype=np.uint16)
         save_array_atomic(out, ids)
         return ids
