@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu/memory.h"
@@ -54,9 +55,10 @@ void check_scalars(double temperature, double alpha) {
   TORCH_CHECK_VALUE(alpha >= 0.0 && alpha <= 1.0, "alpha: expected a value in [0, 1], got ", alpha);
 }
 
-// Checks target against the row shape and vocabulary; returns the number of non-ignored rows.
-int64_t check_target(const at::Tensor& target, at::IntArrayRef lead, int64_t vocab,
-                     int64_t ignore_index) {
+// Checks target against the row shape and vocabulary. Returns its contiguous form (what the
+// kernel reads) and the number of non-ignored rows.
+std::pair<at::Tensor, int64_t> check_target(const at::Tensor& target, at::IntArrayRef lead,
+                                            int64_t vocab, int64_t ignore_index) {
   check_cpu(target, "target");
   TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
                    "target: expected an int64 (torch.long) tensor of class indices, got ",
@@ -74,7 +76,7 @@ int64_t check_target(const at::Tensor& target, at::IntArrayRef lead, int64_t voc
                       ignore_index, ")");
     ++valid;
   }
-  return valid;
+  return {tc, valid};
 }
 
 // Normalised mixture weights: empty means uniform.
@@ -165,9 +167,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_logits,
   const std::vector<double> w = mixture_weights(teacher_weights, nt);
   const int64_t vocab = student_logits.size(-1);
   const at::IntArrayRef lead = student_logits.sizes().slice(0, student_logits.dim() - 1);
-  const int64_t valid = check_target(target, lead, vocab, ignore_index);
+  const auto [y, valid] = check_target(target, lead, vocab, ignore_index);
   const at::Tensor s = student_logits.contiguous();
-  const at::Tensor y = target.contiguous();
   const int64_t rows = s.numel() / vocab;
 
   at::Tensor row_loss = at::empty({rows}, s.options().dtype(at::kDouble));
@@ -239,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
   };
   check_bias(student_bias, "student_bias");
   check_bias(teacher_bias, "teacher_bias");
-  const int64_t valid = check_target(target, lead, vocab, ignore_index);
+  const auto [y, valid] = check_target(target, lead, vocab, ignore_index);
   const int64_t rows = c10::multiply_integers(lead);
   if (grad_row_scale) {
     check_cpu(*grad_row_scale, "grad_row_scale");
@@ -253,7 +254,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_kd_loss_
   const at::Tensor ht = teacher_hidden.reshape({rows, Ht}).contiguous();
   const at::Tensor ws = student_weight.contiguous();
   const at::Tensor wt = teacher_weight.contiguous();
-  const at::Tensor y = target.contiguous();
   const at::Tensor rs =
       grad_row_scale ? grad_row_scale->to(at::kDouble).contiguous() : at::Tensor();
   const auto opts = hs.options();

@@ -69,3 +69,7 @@ def test_bad_input():
         DCGANConfig(conv="fancy")
     with pytest.raises(ValueError, match="beta"):
         BetaVAEConfig(beta=-1.0)
+    with pytest.raises(ValueError, match="ngf: expected a positive int"):
+        DCGANConfig(ngf=True)  # a bool is not a width
+    with pytest.raises(ValueError, match="latent_dim: expected a positive int"):
+        BetaVAEConfig(latent_dim=0)

@@ -13,8 +13,7 @@ def conv(kind: str, cin: int, cout: int, k: int, stride: int, pad: int, transpos
          bias: bool = False) -> nn.Module:
     """A (transposed) convolution, plain or depthwise-separable (per-channel spatial filter, then
     a 1x1 channel mix) with the same input/output shapes."""
-    if kind not in CONV_KINDS:
-        raise ValueError(f"conv: expected one of {CONV_KINDS}, got {kind!r}")
+    require_conv_kind(kind)
     layer = nn.ConvTranspose2d if transposed else nn.Conv2d
     if kind == "standard":
         return layer(cin, cout, k, stride, pad, bias=bias)
@@ -33,6 +32,19 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
+
+
+def require_positive_ints(config, *names: str) -> None:
+    """Config validation shared by the models: each named field is an int >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def require_conv_kind(kind: str) -> None:
+    if kind not in CONV_KINDS:
+        raise ValueError(f"conv: expected one of {CONV_KINDS}, got {kind!r}")
 
 
 def parameter_count(module: nn.Module) -> int:

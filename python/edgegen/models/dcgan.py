@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from edgegen.models.blocks import CONV_KINDS, SqueezeExcite, conv
+from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
 
 
 @dataclass
@@ -26,11 +26,8 @@ class DCGANConfig:
     squeeze_excite: bool = False
 
     def __post_init__(self):
-        for name in ("nz", "ngf", "ndf", "nc"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
-        if self.conv not in CONV_KINDS:
-            raise ValueError(f"conv: expected one of {CONV_KINDS}, got {self.conv!r}")
+        require_positive_ints(self, "nz", "ngf", "ndf", "nc")
+        require_conv_kind(self.conv)
 
     def to_dict(self) -> dict:
         return asdict(self)

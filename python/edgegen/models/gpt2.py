@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgegen.models.blocks import require_positive_ints
+
 
 @dataclass
 class GPT2Config:
@@ -33,10 +35,7 @@ class GPT2Config:
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        require_positive_ints(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from edgegen.models.blocks import CONV_KINDS, SqueezeExcite, conv
+from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
 
 
 @dataclass
@@ -26,12 +26,10 @@ class BetaVAEConfig:
     squeeze_excite: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
-            raise ValueError(f"latent_dim: expected a positive int, got {self.latent_dim!r}")
+        require_positive_ints(self, "latent_dim", "nc")
         if not self.beta >= 0:
             raise ValueError(f"beta: expected >= 0, got {self.beta!r}")
-        if self.conv not in CONV_KINDS:
-            raise ValueError(f"conv: expected one of {CONV_KINDS}, got {self.conv!r}")
+        require_conv_kind(self.conv)
 
     def to_dict(self) -> dict:
         return asdict(self)
