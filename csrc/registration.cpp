@@ -27,6 +27,24 @@ TORCH_LIBRARY(edgegen, m) {
       "float temperature, float alpha, int ignore_index, str reduction, int chunk_size, "
       "Tensor? grad_row_scale, bool with_grad) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+
+  // Pruning. A score is |w|, or |w * grad| (first-order Taylor importance) when grads are given,
+  // evaluated in float32. Masks are bool tensors shaped like the weights: true = kept.
+  m.def("magnitude_scores(Tensor weight, Tensor? grad) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // The k-th smallest score (1-based) over all tensors together, as a 0-d float32 tensor.
+  m.def("kth_smallest_score(Tensor[] weights, Tensor[]? grads, int k) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Masks pruning exactly num_prune entries, the smallest scores over all tensors together; ties
+  // at the threshold are pruned in order (list order, then flat index).
+  m.def("magnitude_mask(Tensor[] weights, Tensor[]? grads, int num_prune) -> Tensor[]",
+        {at::Tag::pt2_compliant_tag});
+  // The same masks, and the pruned weights set to zero in place in the same sweep.
+  m.def("magnitude_prune_(Tensor(a!)[] weights, Tensor[]? grads, int num_prune) -> Tensor[]",
+        {at::Tag::pt2_compliant_tag});
+  // N:M mask along `dim`: in every group of m consecutive entries the n largest |w| are kept
+  // (ties keep the lower index).
+  m.def("nm_mask(Tensor weight, int n, int m, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // float32 L1 (p=1) or L2 (p=2) norm of every slice along `dim` (of weight * grad when given).
+  m.def("channel_norms(Tensor weight, int dim, int p, Tensor? grad) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -1,0 +1,209 @@
+// ATen glue for the pruning ops: validate, lay out raw pointers, call the torch-free kernels.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/prune/prune.h"
+
+namespace edgegen {
+namespace {
+
+namespace K = edgegen::kernels;
+namespace KP = edgegen::kernels::prune;
+
+K::DType prune_dtype(const at::Tensor& t, const std::string& name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return K::DType::F32;
+    case at::kBFloat16: return K::DType::BF16;
+    case at::kHalf: return K::DType::F16;
+    default:
+      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16 or float16 tensor, got ", t.scalar_type(),
+                       " (edgegen.ops.prune falls back to the PyTorch reference for other dtypes)");
+  }
+}
+
+void check_cpu(const at::Tensor& t, const std::string& name) {
+  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
+}
+
+std::string item_name(const char* list, size_t i) { return std::string(list) + "[" + std::to_string(i) + "]"; }
+
+// Contiguous views of the inputs (copies only where an input is not contiguous), checked.
+struct Sources {
+  std::vector<at::Tensor> weights, grads;
+  std::vector<KP::ScoreSource> src;
+  int64_t total = 0;
+};
+
+Sources gather(at::TensorList weights, const std::optional<at::TensorList>& grads) {
+  Sources s;
+  if (grads.has_value()) {
+    TORCH_CHECK_VALUE(grads->size() == weights.size(), "grads: expected one gradient per weight (",
+                      weights.size(), "), got ", grads->size());
+  }
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const std::string wn = item_name("weights", i);
+    check_cpu(weights[i], wn);
+    const K::DType dt = prune_dtype(weights[i], wn);
+    s.weights.push_back(weights[i].contiguous());
+    const void* g = nullptr;
+    if (grads.has_value()) {
+      const at::Tensor& gi = (*grads)[i];
+      const std::string gn = item_name("grads", i);
+      check_cpu(gi, gn);
+      TORCH_CHECK_TYPE(gi.scalar_type() == weights[i].scalar_type(), gn, ": expected dtype ",
+                       weights[i].scalar_type(), " (that of ", wn, "), got ", gi.scalar_type());
+      TORCH_CHECK_VALUE(gi.sizes() == weights[i].sizes(), gn, ": expected shape ", weights[i].sizes(),
+                        " (that of ", wn, "), got ", gi.sizes());
+      s.grads.push_back(gi.contiguous());
+      g = s.grads.back().const_data_ptr();
+    }
+    s.src.push_back({s.weights.back().const_data_ptr(), g, s.weights.back().numel(), dt});
+    s.total += s.weights.back().numel();
+  }
+  return s;
+}
+
+void check_nan(int64_t num_nan, const char* what) {
+  TORCH_CHECK_VALUE(num_nan == 0, "weights: ", num_nan, " ", what,
+                    " scores are NaN; magnitude pruning needs finite (or infinite) weights");
+}
+
+at::Tensor magnitude_scores_cpu(const at::Tensor& weight, const std::optional<at::Tensor>& grad) {
+  std::optional<at::TensorList> grads;
+  std::vector<at::Tensor> g;
+  if (grad.has_value()) {
+    g.push_back(*grad);
+    grads = at::TensorList(g);
+  }
+  const std::vector<at::Tensor> w{weight};
+  Sources s = gather(w, grads);
+  at::Tensor out = at::empty_like(s.weights[0]);
+  KP::magnitude_scores(s.src[0], out.mutable_data_ptr(), at::get_num_threads());
+  return out;
+}
+
+at::Tensor kth_smallest_score_cpu(at::TensorList weights, std::optional<at::TensorList> grads, int64_t k) {
+  TORCH_CHECK_VALUE(!weights.empty(), "weights: expected at least one tensor");
+  Sources s = gather(weights, grads);
+  TORCH_CHECK_VALUE(k >= 1 && k <= s.total, "k: expected a value in [1, ", s.total,
+                    "] (the number of scores), got ", k);
+  const KP::Selection sel = KP::kth_smallest_score(s.src.data(), int(s.src.size()), k, at::get_num_threads());
+  check_nan(sel.num_nan, "of the");
+  at::Tensor out = at::empty({}, at::TensorOptions().dtype(at::kFloat));
+  *out.mutable_data_ptr<float>() = sel.threshold;
+  return out;
+}
+
+std::vector<at::Tensor> masks_like(const Sources& s) {
+  std::vector<at::Tensor> masks;
+  for (const at::Tensor& w : s.weights) masks.push_back(at::empty(w.sizes(), w.options().dtype(at::kBool)));
+  return masks;
+}
+
+std::vector<uint8_t*> mask_ptrs(std::vector<at::Tensor>& masks) {
+  std::vector<uint8_t*> p;
+  for (at::Tensor& m : masks) p.push_back(reinterpret_cast<uint8_t*>(m.mutable_data_ptr<bool>()));
+  return p;
+}
+
+void check_num_prune(int64_t num_prune, int64_t total) {
+  TORCH_CHECK_VALUE(num_prune >= 0 && num_prune <= total, "num_prune: expected a value in [0, ", total,
+                    "] (the number of weights), got ", num_prune);
+}
+
+std::vector<at::Tensor> magnitude_mask_cpu(at::TensorList weights, std::optional<at::TensorList> grads,
+                                           int64_t num_prune) {
+  Sources s = gather(weights, grads);
+  check_num_prune(num_prune, s.total);
+  std::vector<at::Tensor> masks = masks_like(s);
+  std::vector<uint8_t*> mp = mask_ptrs(masks);
+  check_nan(KP::magnitude_mask(s.src.data(), int(s.src.size()), num_prune, mp.data(), nullptr,
+                               at::get_num_threads()), "of the");
+  return masks;
+}
+
+std::vector<at::Tensor> magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> grads,
+                                            int64_t num_prune) {
+  for (size_t i = 0; i < weights.size(); ++i) {
+    TORCH_CHECK_VALUE(weights[i].is_contiguous(), item_name("weights", i),
+                      ": expected a contiguous tensor (it is pruned in place)");
+  }
+  Sources s = gather(weights, grads);
+  check_num_prune(num_prune, s.total);
+  std::vector<at::Tensor> masks = masks_like(s);
+  std::vector<uint8_t*> mp = mask_ptrs(masks);
+  std::vector<void*> out;
+  for (const at::Tensor& w : weights) out.push_back(w.mutable_data_ptr());
+  check_nan(KP::magnitude_mask(s.src.data(), int(s.src.size()), num_prune, mp.data(), out.data(),
+                               at::get_num_threads()), "of the");
+  return masks;
+}
+
+at::Tensor nm_mask_cpu(const at::Tensor& weight, int64_t n, int64_t m, int64_t dim) {
+  check_cpu(weight, "weight");
+  const K::DType dt = prune_dtype(weight, "weight");
+  TORCH_CHECK_VALUE(weight.dim() >= 1, "weight: expected at least one dimension");
+  TORCH_CHECK_INDEX(dim >= -weight.dim() && dim < weight.dim(), "dim: expected a value in [",
+                    -weight.dim(), ", ", weight.dim(), "), got ", dim);
+  if (dim < 0) dim += weight.dim();
+  TORCH_CHECK_VALUE(m >= 1 && m <= 64, "m: expected a group size in [1, 64], got ", m);
+  TORCH_CHECK_VALUE(n >= 0 && n <= m, "n: expected 0 <= n <= m (", m, "), got ", n);
+  const int64_t k = weight.size(dim);
+  TORCH_CHECK_VALUE(k % m == 0, "weight: size ", k, " of dim ", dim, " is not a multiple of m (", m, ")");
+  const at::Tensor moved = weight.movedim(dim, -1).contiguous();
+  at::Tensor mask = at::empty(moved.sizes(), moved.options().dtype(at::kBool));
+  const int64_t rows = k == 0 ? 0 : moved.numel() / k;
+  const int64_t nans = KP::nm_mask(moved.const_data_ptr(), dt, rows, k, int(n), int(m),
+                                   reinterpret_cast<uint8_t*>(mask.mutable_data_ptr<bool>()),
+                                   at::get_num_threads());
+  TORCH_CHECK_VALUE(nans == 0, "weight: ", nans, " entries are NaN; N:M pruning needs non-NaN weights");
+  return mask.movedim(-1, dim).contiguous();
+}
+
+at::Tensor channel_norms_cpu(const at::Tensor& weight, int64_t dim, int64_t p, const std::optional<at::Tensor>& grad) {
+  check_cpu(weight, "weight");
+  const K::DType dt = prune_dtype(weight, "weight");
+  TORCH_CHECK_VALUE(weight.dim() >= 1, "weight: expected at least one dimension");
+  TORCH_CHECK_INDEX(dim >= -weight.dim() && dim < weight.dim(), "dim: expected a value in [",
+                    -weight.dim(), ", ", weight.dim(), "), got ", dim);
+  if (dim < 0) dim += weight.dim();
+  TORCH_CHECK_VALUE(p == 1 || p == 2, "p: expected 1 (L1) or 2 (L2), got ", p);
+  const at::Tensor w = weight.contiguous();
+  at::Tensor g;
+  if (grad.has_value()) {
+    check_cpu(*grad, "grad");
+    TORCH_CHECK_TYPE(grad->scalar_type() == weight.scalar_type(), "grad: expected dtype ", weight.scalar_type(),
+                     " (that of weight), got ", grad->scalar_type());
+    TORCH_CHECK_VALUE(grad->sizes() == weight.sizes(), "grad: expected shape ", weight.sizes(),
+                      " (that of weight), got ", grad->sizes());
+    g = grad->contiguous();
+  }
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= w.size(d);
+  for (int64_t d = dim + 1; d < w.dim(); ++d) inner *= w.size(d);
+  const int64_t channels = w.size(dim);
+  at::Tensor out = at::empty({channels}, w.options().dtype(at::kFloat));
+  KP::channel_norms(w.const_data_ptr(), g.defined() ? g.const_data_ptr() : nullptr, dt, outer, channels, inner,
+                    int(p), out.mutable_data_ptr<float>(), at::get_num_threads());
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("magnitude_scores", &magnitude_scores_cpu);
+  m.impl("kth_smallest_score", &kth_smallest_score_cpu);
+  m.impl("magnitude_mask", &magnitude_mask_cpu);
+  m.impl("magnitude_prune_", &magnitude_prune_cpu);
+  m.impl("nm_mask", &nm_mask_cpu);
+  m.impl("channel_norms", &channel_norms_cpu);
+}
+
+}  // namespace edgegen
