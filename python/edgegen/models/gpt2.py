@@ -33,11 +33,24 @@ class GPT2Config:
     n_head: int = 12
     dropout: float = 0.0
     layer_norm_epsilon: float = 1e-5
+    # Heads kept in each layer after head pruning (None: n_head everywhere). The head size stays
+    # n_embd // n_head.
+    head_counts: tuple[int, ...] | None = None
 
     def __post_init__(self):
         require_positive_ints(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_counts is not None:
+            self.head_counts = tuple(self.head_counts)
+            if len(self.head_counts) != self.n_layer or not all(
+                    isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= self.n_head
+                    for h in self.head_counts):
+                raise ValueError(f"head_counts: expected {self.n_layer} ints in [1, {self.n_head}], "
+                                 f"got {self.head_counts!r}")
+
+    def heads(self, layer: int) -> int:
+        return self.n_head if self.head_counts is None else self.head_counts[layer]
 
     @classmethod
     def gpt2(cls) -> "GPT2Config":
@@ -59,6 +72,9 @@ class GPT2Config:
 
     # Hugging Face's config.json uses the same names for all but dropout.
     def to_hf(self) -> dict:
+        if self.head_counts is not None and any(h != self.n_head for h in self.head_counts):
+            raise ValueError("head_counts: a head-pruned GPT-2 has per-layer head counts, which Hugging Face's "
+                             "GPT2LMHeadModel cannot represent; save it with torch.save / a state dict instead")
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
                 "vocab_size": self.vocab_size, "n_positions": self.n_positions, "n_ctx": self.n_positions,
                 "n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head,
@@ -94,24 +110,27 @@ class DenseAttention(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPT2Config):
+    def __init__(self, cfg: GPT2Config, n_head: int | None = None):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.n_head = cfg.n_head if n_head is None else n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        inner = self.n_head * self.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * inner)
+        self.c_proj = nn.Linear(inner, cfg.n_embd)
         self.attention: nn.Module = DenseAttention(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None = None):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        inner = self.n_head * self.head_dim
+        q, k, v = self.c_attn(x).split(inner, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         offset = 0
         if past is not None:
             offset = past[0].shape[-2]
             k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
         y = self.attention(q, k, v, q_offset=offset)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, inner)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
 
@@ -127,10 +146,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPT2Config):
+    def __init__(self, cfg: GPT2Config, layer: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, cfg.heads(layer))
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
@@ -147,7 +166,7 @@ class GPT2(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied

@@ -1,6 +1,17 @@
 """Python side of ``torch.ops.edgegen.*``: fake kernels, autograd, and reference twins."""
 
 from edgegen.ops import distill as _distill_registrations  # noqa: F401
-from edgegen.ops._reference import fused_linear_kd_loss_reference, kd_loss_reference
+from edgegen.ops import prune as _prune_registrations  # noqa: F401
+from edgegen.ops._reference import (
+    channel_norms_reference,
+    fused_linear_kd_loss_reference,
+    kd_loss_reference,
+    kth_smallest_score_reference,
+    magnitude_mask_reference,
+    magnitude_scores_reference,
+    nm_mask_reference,
+)
 
-__all__ = ["kd_loss_reference", "fused_linear_kd_loss_reference"]
+__all__ = ["kd_loss_reference", "fused_linear_kd_loss_reference", "magnitude_scores_reference",
+           "kth_smallest_score_reference", "magnitude_mask_reference", "nm_mask_reference",
+           "channel_norms_reference"]

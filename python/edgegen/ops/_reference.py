@@ -86,3 +86,79 @@ def fused_linear_kd_loss_reference(
     s = F.linear(student_hidden, student_weight, student_bias)
     t = F.linear(teacher_hidden, teacher_weight, teacher_bias)
     return kd_loss_reference(s, t, target, temperature, alpha, ignore_index, reduction)
+
+
+# --- pruning -------------------------------------------------------------------------------------
+
+
+def _scores(weight: Tensor, grad: Tensor | None) -> Tensor:
+    """|w| or |w * g|, evaluated in float32 (float64 for float64 weights), flattened."""
+    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    s = weight.detach().to(dt)
+    if grad is not None:
+        s = s * grad.detach().to(dt)
+    return s.abs().flatten()
+
+
+def _all_scores(weights: Sequence[Tensor], grads: Sequence[Tensor] | None) -> Tensor:
+    if grads is not None and len(grads) != len(weights):
+        raise ValueError(f"grads: expected one gradient per weight ({len(weights)}), got {len(grads)}")
+    parts = [_scores(w, None if grads is None else grads[i]) for i, w in enumerate(weights)]
+    s = torch.cat(parts) if parts else torch.empty(0)
+    if bool(torch.isnan(s).any()):
+        raise ValueError(f"weights: {int(torch.isnan(s).sum())} of the scores are NaN; magnitude pruning "
+                         "needs finite (or infinite) weights")
+    return s
+
+
+def magnitude_scores_reference(weight: Tensor, grad: Tensor | None = None) -> Tensor:
+    return _scores(weight, grad).view(weight.shape).to(weight.dtype)
+
+
+def kth_smallest_score_reference(weights: Sequence[Tensor], grads: Sequence[Tensor] | None, k: int) -> Tensor:
+    s = _all_scores(weights, grads)
+    if not 1 <= k <= s.numel():
+        raise ValueError(f"k: expected a value in [1, {s.numel()}] (the number of scores), got {k}")
+    return torch.sort(s).values[k - 1].float()
+
+
+def magnitude_mask_reference(weights: Sequence[Tensor], grads: Sequence[Tensor] | None,
+                             num_prune: int) -> list[Tensor]:
+    """Stable ascending sort of the concatenated scores; the first ``num_prune`` are pruned, so
+    ties fall in list order, then flat-index order."""
+    s = _all_scores(weights, grads)
+    if not 0 <= num_prune <= s.numel():
+        raise ValueError(f"num_prune: expected a value in [0, {s.numel()}] (the number of weights), got {num_prune}")
+    keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
+    keep[torch.sort(s, stable=True).indices[:num_prune]] = False
+    out, off = [], 0
+    for w in weights:
+        out.append(keep[off:off + w.numel()].view(w.shape))
+        off += w.numel()
+    return out
+
+
+def nm_mask_reference(weight: Tensor, n: int, m: int, dim: int) -> Tensor:
+    if not 1 <= m:
+        raise ValueError(f"m: expected a group size >= 1, got {m}")
+    if not 0 <= n <= m:
+        raise ValueError(f"n: expected 0 <= n <= m ({m}), got {n}")
+    moved = weight.detach().movedim(dim, -1)
+    if moved.shape[-1] % m:
+        raise ValueError(f"weight: size {moved.shape[-1]} of dim {dim} is not a multiple of m ({m})")
+    groups = _scores(moved.contiguous(), None).view(-1, m)
+    # Stable descending order: equal scores keep their index order, so ties keep the lower index.
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, order[:, :n], True)
+    return keep.view(moved.shape).movedim(-1, dim).contiguous()
+
+
+def channel_norms_reference(weight: Tensor, dim: int, p: int, grad: Tensor | None = None) -> Tensor:
+    if p not in (1, 2):
+        raise ValueError(f"p: expected 1 (L1) or 2 (L2), got {p}")
+    x = weight.detach().double()
+    if grad is not None:
+        x = x * grad.detach().double()
+    x = x.movedim(dim, 0).reshape(weight.shape[dim], -1)
+    return x.norm(p=p, dim=1).float()

@@ -1,0 +1,114 @@
+"""Python side of the pruning ops: fake kernels, and wrappers that use the C++ kernels on CPU
+(float32/bfloat16/float16) and the reference twins elsewhere (other devices, float64)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from edgegen.ops import _reference as ref
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@torch.library.register_fake("edgegen::magnitude_scores")
+def _(weight, grad):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("edgegen::kth_smallest_score")
+def _(weights, grads, k):
+    return weights[0].new_empty((), dtype=torch.float32)
+
+
+@torch.library.register_fake("edgegen::magnitude_mask")
+def _(weights, grads, num_prune):
+    return [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
+
+
+@torch.library.register_fake("edgegen::magnitude_prune_")
+def _(weights, grads, num_prune):
+    return [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
+
+
+@torch.library.register_fake("edgegen::nm_mask")
+def _(weight, n, m, dim):
+    return torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+
+
+@torch.library.register_fake("edgegen::channel_norms")
+def _(weight, dim, p, grad):
+    return weight.new_empty((weight.shape[dim],), dtype=torch.float32)
+
+
+def _use_kernel(*tensors: Tensor | None) -> bool:
+    ts = [t for t in tensors if t is not None]
+    return bool(ts) and all(t.device.type == "cpu" and t.dtype in _KERNEL_DTYPES for t in ts)
+
+
+def _detached(ts: Sequence[Tensor] | None) -> list[Tensor] | None:
+    return None if ts is None else [t.detach() for t in ts]
+
+
+def magnitude_scores(weight: Tensor, grad: Tensor | None = None) -> Tensor:
+    """|weight|, or |weight * grad| (first-order Taylor importance), in weight's dtype."""
+    if _use_kernel(weight, grad):
+        return torch.ops.edgegen.magnitude_scores(weight.detach(), None if grad is None else grad.detach())
+    return ref.magnitude_scores_reference(weight, grad)
+
+
+def kth_smallest_score(weights: Sequence[Tensor], k: int, grads: Sequence[Tensor] | None = None) -> Tensor:
+    """The k-th smallest (1-based) score over all ``weights`` together, without concatenating
+    them: equals ``torch.cat([w.abs().flatten() ...]).kthvalue(k)``. 0-d float32 tensor."""
+    weights = list(weights)
+    if not weights:
+        raise ValueError("weights: expected at least one tensor")
+    if _use_kernel(*weights, *(grads or [])):
+        return torch.ops.edgegen.kth_smallest_score(_detached(weights), _detached(grads), int(k))
+    return ref.kth_smallest_score_reference(weights, grads, int(k))
+
+
+def magnitude_mask(weights: Sequence[Tensor], num_prune: int, grads: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """Bool masks (True = kept) pruning exactly ``num_prune`` entries, those with the smallest
+    scores over all tensors together; ties at the threshold are pruned in list order, then
+    flat-index order."""
+    weights = list(weights)
+    if not weights:
+        return []
+    if _use_kernel(*weights, *(grads or [])):
+        return list(torch.ops.edgegen.magnitude_mask(_detached(weights), _detached(grads), int(num_prune)))
+    return ref.magnitude_mask_reference(weights, grads, int(num_prune))
+
+
+@torch.no_grad()
+def magnitude_prune_(weights: Sequence[Tensor], num_prune: int, grads: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """:func:`magnitude_mask`, and the pruned entries of ``weights`` set to zero in place (one fused
+    sweep on CPU). Returns the masks."""
+    weights = list(weights)
+    if not weights:
+        return []
+    if _use_kernel(*weights, *(grads or [])) and all(w.is_contiguous() for w in weights):
+        return list(torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), int(num_prune)))
+    masks = magnitude_mask(weights, num_prune, grads)
+    for w, m in zip(weights, masks):
+        w.masked_fill_(~m, 0)
+    return masks
+
+
+def nm_mask(weight: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
+    """N:M mask: in every group of ``m`` consecutive entries along ``dim`` the ``n`` largest |w|
+    are kept (ties keep the lower index)."""
+    if _use_kernel(weight):
+        return torch.ops.edgegen.nm_mask(weight.detach(), int(n), int(m), int(dim))
+    return ref.nm_mask_reference(weight, int(n), int(m), int(dim))
+
+
+def channel_norms(weight: Tensor, dim: int = 0, p: int = 1, grad: Tensor | None = None) -> Tensor:
+    """float32 Lp norm (p = 1 or 2) of every slice of ``weight`` along ``dim`` (of weight * grad
+    when given): dim 0 for Conv2d (OIHW) and Linear, dim 1 for ConvTranspose2d."""
+    if _use_kernel(weight, grad):
+        return torch.ops.edgegen.channel_norms(weight.detach(), int(dim), int(p),
+                                               None if grad is None else grad.detach())
+    return ref.channel_norms_reference(weight, int(dim), int(p), grad)

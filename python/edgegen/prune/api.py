@@ -1,0 +1,107 @@
+"""``prune_``: one in-place verb for every pruning config."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgegen.ops import prune as ops
+from edgegen.prune.config import ChannelConfig, HeadConfig, MagnitudeConfig, NMConfig, config_from_dict
+from edgegen.prune.masks import apply_mask_, get_mask, prunable_weights, raw_parameter
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def _input_dim(module: nn.Module) -> int:
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return 0
+    return 1
+
+
+def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[str, nn.Module]]:
+    layers = prunable_weights(model, filter_fn)
+    if not layers:
+        raise ValueError("model: nothing to prune (no Linear/Conv/ConvTranspose weight, not shared with another "
+                         "module, was selected by filter_fn)")
+    return layers
+
+
+@torch.no_grad()
+def _prune_magnitude_(model: nn.Module, config: MagnitudeConfig, filter_fn: FilterFn | None) -> None:
+    layers = _selected(model, filter_fn)
+    weights, grads = [], None
+    for name, module in layers:
+        w = raw_parameter(module, "weight")
+        old = get_mask(module, "weight")
+        if old is not None:
+            w.masked_fill_(~old, 0)  # rank what the module really uses: pruned entries score 0
+        weights.append(w)
+    if config.importance == "taylor":
+        grads = []
+        for (name, _), w in zip(layers, weights):
+            if w.grad is None:
+                raise ValueError(f"importance: 'taylor' needs gradients; {name}.weight has no .grad (run a "
+                                 "backward pass before pruning)")
+            grads.append(w.grad)
+    if config.scope == "global":
+        total = sum(w.numel() for w in weights)
+        masks = ops.magnitude_prune_(weights, round(config.amount * total), grads)
+    else:
+        masks = [ops.magnitude_prune_([w], round(config.amount * w.numel()), None if grads is None else [grads[i]])[0]
+                 for i, w in enumerate(weights)]
+    for (_, module), mask in zip(layers, masks):
+        apply_mask_(module, "weight", mask)
+
+
+@torch.no_grad()
+def _prune_nm_(model: nn.Module, config: NMConfig, filter_fn: FilterFn | None) -> None:
+    layers = _selected(model, filter_fn)
+    for name, module in layers:
+        w, dim = module.weight, _input_dim(module)
+        if w.shape[dim] % config.m:
+            raise ValueError(f"{name}: {w.shape[dim]} input channels are not a multiple of m ({config.m}); "
+                             "exclude this layer with filter_fn")
+    for _, module in layers:
+        apply_mask_(module, "weight", ops.nm_mask(module.weight, config.n, config.m, _input_dim(module)))
+
+
+def prune_(model: nn.Module, config, filter_fn: FilterFn | None = None, example_inputs=None) -> nn.Module:
+    """Prune ``model`` in place according to ``config`` (a config object or its ``to_dict()``).
+
+    * :class:`MagnitudeConfig` / :class:`NMConfig`: weights of Linear/Conv/ConvTranspose layers
+      (``filter_fn(module, name)`` selects; weights shared between modules, like a tied output
+      head, are skipped).
+    * :class:`ChannelConfig`: whole channels of coupled layer groups, found by tracing one forward
+      pass of ``example_inputs`` (or ``model.example_inputs()``); ``filter_fn`` selects groups by
+      their producing layers.
+    * :class:`HeadConfig`: attention heads of GPT-2-style attention modules.
+
+    Pruned weights become ``original * mask`` (see :mod:`edgegen.prune.masks`): they stay exactly
+    zero through optimizer steps, are saved with the model, and work under ``torch.compile``.
+    Pruning again only adds to the masks. :func:`finalize_` bakes the masks in; :func:`shrink`
+    removes pruned channels and heads physically. Returns ``model``.
+    """
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn: expected a callable (module, name) -> bool, got {type(filter_fn).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(config, MagnitudeConfig):
+        _prune_magnitude_(model, config, filter_fn)
+    elif isinstance(config, NMConfig):
+        _prune_nm_(model, config, filter_fn)
+    elif isinstance(config, ChannelConfig):
+        from edgegen.prune.structured import prune_channels_
+
+        prune_channels_(model, config, filter_fn, example_inputs)
+    elif isinstance(config, HeadConfig):
+        from edgegen.prune.heads import prune_heads_
+
+        prune_heads_(model, config, filter_fn)
+    else:
+        raise TypeError("config: expected MagnitudeConfig, NMConfig, ChannelConfig or HeadConfig (or a dict from "
+                        f"their to_dict()), got {type(config).__name__}")
+    return model

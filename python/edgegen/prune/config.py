@@ -1,0 +1,123 @@
+"""Pruning configs: dataclasses that validate on construction and round-trip through dicts
+(and so YAML/JSON and MLflow params)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+def _require_amount(amount, upper_inclusive: bool, what: str) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise TypeError(f"amount: expected a number in [0, 1], got {amount!r}")
+    ok = 0.0 <= amount <= 1.0 if upper_inclusive else 0.0 <= amount < 1.0
+    if not ok:
+        bound = "[0, 1]" if upper_inclusive else f"[0, 1) (1 would remove every {what})"
+        raise ValueError(f"amount: expected a fraction in {bound}, got {amount!r}")
+
+
+class _Config:
+    def to_dict(self) -> dict:
+        return {"kind": type(self).__name__, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        kind = d.pop("kind", cls.__name__)
+        if kind != cls.__name__:
+            raise ValueError(f"kind: expected {cls.__name__!r}, got {kind!r}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class MagnitudeConfig(_Config):
+    """Unstructured pruning of the ``amount`` fraction of weights with the smallest scores:
+    |w| (``importance='magnitude'``) or |w * grad| (``'taylor'``, needs ``.grad``). ``scope``
+    'global' ranks all selected weights together; 'layer' prunes each tensor by ``amount``."""
+
+    amount: float
+    scope: str = "global"
+    importance: str = "magnitude"
+
+    def __post_init__(self):
+        _require_amount(self.amount, True, "weight")
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"scope: expected 'global' or 'layer', got {self.scope!r}")
+        if self.importance not in ("magnitude", "taylor"):
+            raise ValueError(f"importance: expected 'magnitude' or 'taylor', got {self.importance!r}")
+
+
+@dataclass
+class NMConfig(_Config):
+    """N:M semi-structured sparsity: ``n`` of every ``m`` consecutive weights along the input
+    dimension are kept (2:4 and 4:8 are the hardware-supported patterns)."""
+
+    n: int
+    m: int
+
+    def __post_init__(self):
+        for name in ("n", "m"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name}: expected an int, got {v!r}")
+        if not 1 <= self.m <= 64:
+            raise ValueError(f"m: expected a group size in [1, 64], got {self.m}")
+        if not 0 <= self.n <= self.m:
+            raise ValueError(f"n: expected 0 <= n <= m ({self.m}), got {self.n}")
+
+
+@dataclass
+class ChannelConfig(_Config):
+    """Structured pruning of whole channels of every coupled group (found from the model):
+    ``amount`` of each group's channels, ranked by the group's summed L1/L2 filter norms or
+    first-order Taylor scores |w * grad|. At least one channel survives, and the number kept is
+    rounded up to a multiple of ``round_to`` (but never above the original count)."""
+
+    amount: float
+    importance: str = "l1"
+    round_to: int = 1
+
+    def __post_init__(self):
+        _require_amount(self.amount, False, "channel of a layer")
+        if self.importance not in ("l1", "l2", "taylor"):
+            raise ValueError(f"importance: expected 'l1', 'l2' or 'taylor', got {self.importance!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to: expected a positive int, got {self.round_to!r}")
+
+    def channels_to_keep(self, channels: int) -> int:
+        keep = channels - round(self.amount * channels)
+        keep = -(-keep // self.round_to) * self.round_to
+        return max(1, min(channels, keep))
+
+
+@dataclass
+class HeadConfig(_Config):
+    """Attention-head pruning: in every attention layer, ``amount`` of the heads with the smallest
+    importance (L2 norm of the head's query/key/value rows and output-projection columns) are
+    removed; at least one head per layer survives. ``scope='global'`` instead removes the least
+    important heads over all layers together, so per-layer head counts differ."""
+
+    amount: float
+    scope: str = "layer"
+
+    def __post_init__(self):
+        _require_amount(self.amount, False, "head of a layer")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope: expected 'layer' or 'global', got {self.scope!r}")
+
+    def heads_to_keep(self, heads: int) -> int:
+        return max(1, heads - round(self.amount * heads))
+
+
+CONFIGS = {c.__name__: c for c in (MagnitudeConfig, NMConfig, ChannelConfig, HeadConfig)}
+
+
+def config_from_dict(d: dict):
+    """Rebuild any pruning config from its ``to_dict()``."""
+    kind = d.get("kind")
+    if kind not in CONFIGS:
+        raise ValueError(f"kind: expected one of {sorted(CONFIGS)}, got {kind!r}")
+    return CONFIGS[kind].from_dict(d)

@@ -1,0 +1,107 @@
+"""On-disk size. A structurally pruned model is a smaller dense model: its ordinary state dict is
+smaller. An unstructured (zeroed) model is not, so :func:`save_sparse` writes a compressed
+safetensors file: each tensor with enough zeros is stored as a bitmask (1 bit per entry) plus its
+non-zero values; the rest are stored as they are."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+_MASK, _VALUES = "::bitmask", "::values"
+
+
+def _state_dict(obj) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        from edgegen.prune.masks import finalize_
+
+        obj = finalize_(copy.deepcopy(obj)).state_dict()
+    if not isinstance(obj, dict):
+        raise TypeError(f"model: expected an nn.Module or a state dict, got {type(obj).__name__}")
+    return {k: v.detach().cpu() for k, v in obj.items()}
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage (tied weights): keep one copy, note the aliases."""
+    seen: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        out[k] = v.contiguous()
+    return out, aliases
+
+
+def save_sparse(model, path: str | os.PathLike, min_sparsity: float = 0.25) -> int:
+    """Write ``model`` (masks baked in) or a state dict to ``path`` (safetensors), storing each
+    floating tensor with at least ``min_sparsity`` zeros as bitmask + non-zeros. Atomic. Returns
+    the file size in bytes."""
+    from safetensors.torch import save_file
+
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity: expected a fraction in [0, 1], got {min_sparsity!r}")
+    state, aliases = _dedupe(_state_dict(model))
+    out, sparse = {}, {}
+    for k, v in state.items():
+        if v.is_floating_point() and v.numel() and float((v == 0).float().mean()) >= min_sparsity:
+            nz = (v != 0).flatten()
+            out[k + _MASK] = torch.from_numpy(np.packbits(nz.numpy()))
+            out[k + _VALUES] = v.flatten()[nz].clone()
+            sparse[k] = list(v.shape)
+        else:
+            out[k] = v
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(out, str(tmp), metadata={"edgegen_sparse": json.dumps(sparse), "edgegen_aliases": json.dumps(aliases)})
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_sparse(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The dense state dict written by :func:`save_sparse`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "edgegen_sparse" not in meta:
+            raise ValueError(f"path: {path} was not written by edgegen.prune.save_sparse")
+        sparse = json.loads(meta["edgegen_sparse"])
+        aliases = json.loads(meta.get("edgegen_aliases", "{}"))
+        raw = {k: f.get_tensor(k) for k in f.keys()}
+    state = {}
+    for k, shape in sparse.items():
+        n = int(np.prod(shape)) if shape else 1
+        nz = torch.from_numpy(np.unpackbits(raw.pop(k + _MASK).numpy(), count=n).astype(bool))
+        values = raw.pop(k + _VALUES)
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[nz] = values
+        state[k] = dense.view(shape)
+    state.update(raw)
+    for alias, target in aliases.items():
+        state[alias] = state[target]
+    return state
+
+
+def saved_bytes(model, sparse: bool = False) -> int:
+    """Size in bytes of ``model`` saved as safetensors: dense (its plain state dict, masks baked
+    in) or with :func:`save_sparse`."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "model.safetensors"
+        if sparse:
+            return save_sparse(model, p)
+        state, _ = _dedupe(_state_dict(model))
+        save_file(state, str(p))
+        return p.stat().st_size

@@ -1,0 +1,74 @@
+"""Lottery-ticket rewinding (Frankle & Carbin 2019; rewinding to an early step as in Frankle et
+al. 2020): record the weights at an early step, train, prune, reset the surviving weights to their
+recorded values, retrain; repeat for iterative rounds."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgegen.prune.config import MagnitudeConfig
+from edgegen.prune.masks import masked_tensors
+
+_ORIGINAL = re.compile(r"\.?parametrizations\.([^.]+)\.original$")
+
+
+def _canonical(name: str) -> str:
+    """'layer.parametrizations.weight.original' -> 'layer.weight' (masking does not rename)."""
+    return _ORIGINAL.sub(lambda m: ("." if name[: m.start()] else "") + m.group(1), name)
+
+
+class LotteryTicket:
+    """``record()`` at the rewind step, then per round ``prune_and_rewind(amount)`` (sparsity over
+    the pruned layers after this round). :meth:`round_sparsity` gives the usual iterative
+    schedule, pruning ``per_round`` of the remaining weights each round."""
+
+    def __init__(self, model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+                 scope: str = "global"):
+        self.model, self.filter_fn = model, filter_fn
+        MagnitudeConfig(0.0, scope)  # validates scope
+        self.scope = scope
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.rounds_done = 0
+
+    @torch.no_grad()
+    def record(self) -> None:
+        self.snapshot = {_canonical(n): p.detach().clone() for n, p in self.model.named_parameters()}
+
+    @staticmethod
+    def round_sparsity(per_round: float, round_index: int) -> float:
+        """Sparsity after ``round_index`` (1-based) rounds of pruning ``per_round`` of what is left."""
+        if not 0.0 <= per_round < 1.0:
+            raise ValueError(f"per_round: expected a fraction in [0, 1), got {per_round!r}")
+        return 1.0 - (1.0 - per_round) ** round_index
+
+    @torch.no_grad()
+    def rewind(self) -> None:
+        """Reset every recorded parameter to its recorded value; pruned entries stay zero."""
+        if self.snapshot is None:
+            raise RuntimeError("rewind: call record() at the rewind step first")
+        for name, p in self.model.named_parameters():
+            saved = self.snapshot.get(_canonical(name))
+            if saved is None or saved.shape != p.shape:
+                raise RuntimeError(f"rewind: no recorded value of shape {tuple(p.shape)} for {_canonical(name)}")
+            p.copy_(saved)
+        for _, module, tname, mask in masked_tensors(self.model):
+            module.parametrizations[tname].original.masked_fill_(~mask, 0)
+
+    def prune_and_rewind(self, amount: float) -> None:
+        from edgegen.prune.api import prune_
+
+        if self.snapshot is None:
+            raise RuntimeError("prune_and_rewind: call record() at the rewind step first")
+        prune_(self.model, MagnitudeConfig(amount, self.scope), self.filter_fn)
+        self.rewind()
+        self.rounds_done += 1
+
+    def state_dict(self) -> dict:
+        return {"snapshot": self.snapshot, "rounds_done": self.rounds_done, "scope": self.scope}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.snapshot, self.rounds_done, self.scope = state["snapshot"], state["rounds_done"], state["scope"]

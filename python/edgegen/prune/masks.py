@@ -1,0 +1,155 @@
+"""Masks that outlive training: a pruned tensor becomes ``original * mask`` through
+``torch.nn.utils.parametrize``. The optimizer keeps updating ``original`` (the same Parameter
+object as before pruning, so existing optimizers stay valid), but the weight the module uses is
+recomputed from the mask on every access, so momentum or weight decay can never revive a pruned
+entry. Masks are buffers: they are saved in the state dict and traced by ``torch.compile``."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+class WeightMask(nn.Module):
+    """Parametrization ``w -> w * mask`` with a bool mask (True = kept) shaped like ``w``."""
+
+    def __init__(self, mask: Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self.mask
+
+
+def _mask_module(module: nn.Module, name: str) -> WeightMask | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    for p in module.parametrizations[name]:
+        if isinstance(p, WeightMask):
+            return p
+    return None
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> Tensor | None:
+    """The bool mask of ``module.<name>``, or None when it is not pruned."""
+    m = _mask_module(module, name)
+    return None if m is None else m.mask
+
+
+def raw_parameter(module: nn.Module, name: str = "weight") -> Tensor:
+    """The Parameter the optimizer sees: ``original`` when masked, else the attribute itself."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)
+
+
+@torch.no_grad()
+def apply_mask_(module: nn.Module, name: str, mask: Tensor) -> None:
+    """Mask ``module.<name>`` (combined with any mask it has: pruned entries stay pruned) and
+    zero the pruned entries of the underlying parameter."""
+    param = raw_parameter(module, name)
+    mask = mask.to(device=param.device, dtype=torch.bool)
+    if mask.shape != param.shape:
+        mask = mask.expand(param.shape)
+    existing = _mask_module(module, name)
+    if existing is None:
+        parametrize.register_parametrization(module, name, WeightMask(mask.contiguous().clone()), unsafe=True)
+    else:
+        existing.mask.logical_and_(mask)
+        mask = existing.mask
+    param.masked_fill_(~mask, 0)
+
+
+def masked_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Tensor]]:
+    """(qualified name, module, tensor name, mask) of every masked tensor."""
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tname in list(module.parametrizations.keys()):
+            m = get_mask(module, tname)
+            if m is not None:
+                yield (f"{mod_name}.{tname}" if mod_name else tname), module, tname, m
+
+
+@torch.no_grad()
+def finalize_(model: nn.Module) -> nn.Module:
+    """Bake every mask into its weight (pruned entries are exact zeros) and remove the masks,
+    leaving plain Parameters (the same objects, so optimizers stay valid). Returns the model.
+
+    Done by hand rather than with ``parametrize.remove_parametrizations``, which deletes the
+    property from the module's injected class: a deep copy shares that class, so removing it
+    from one copy would break the other."""
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        plists = module.parametrizations
+        for tname, plist in plists.items():
+            if len(plist) != 1 or not isinstance(plist[0], WeightMask):
+                raise ValueError(f"{name or 'model'}.{tname}: has parametrizations other than a pruning mask; "
+                                 "remove them first")
+        values = {tname: getattr(module, tname).detach() for tname in plists.keys()}
+        originals = {tname: plist.original for tname, plist in plists.items()}
+        module.__class__ = module.__class__.__bases__[0]
+        del module._modules["parametrizations"]
+        for tname, original in originals.items():
+            original.copy_(values[tname])
+            if isinstance(original, nn.Parameter):
+                module._parameters[tname] = original
+            else:
+                module._buffers[tname] = original
+    return model
+
+
+_MASK_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.0\.mask$")
+
+
+def load_pruned_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
+    """Load a state dict saved from a masked model into a fresh (unmasked) copy of the
+    architecture: the masks it contains are registered first."""
+    for key, mask in state_dict.items():
+        m = _MASK_KEY.match(key)
+        if m is None:
+            continue
+        module = model.get_submodule(m.group(1) or "")
+        if get_mask(module, m.group(2)) is None:
+            apply_mask_(module, m.group(2), mask)
+    return model.load_state_dict(state_dict, strict=strict)
+
+
+def prunable_weights(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None
+                     ) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of the Linear/Conv/ConvTranspose layers whose weight may be pruned:
+    selected by ``filter_fn(module, name)`` when given, and never a weight shared with another
+    module (such as GPT-2's output head, tied to the token embedding)."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE):
+            continue
+        if owners.get(id(raw_parameter(module, "weight")), 0) > 1:
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        out.append((name, module))
+    return out
+
+
+@torch.no_grad()
+def sparsity(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> float:
+    """Fraction of exactly-zero entries over the prunable weights (as the modules see them)."""
+    zeros = total = 0
+    for _, module in prunable_weights(model, filter_fn):
+        w = module.weight
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / total if total else 0.0
