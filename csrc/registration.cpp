@@ -37,8 +37,9 @@ TORCH_LIBRARY(edgegen, m) {
   // at the threshold are pruned in order (list order, then flat index).
   m.def("magnitude_mask(Tensor[] weights, Tensor[]? grads, int num_prune) -> Tensor[]",
         {at::Tag::pt2_compliant_tag});
-  // The same masks, and the pruned weights set to zero in place in the same sweep.
-  m.def("magnitude_prune_(Tensor(a!)[] weights, Tensor[]? grads, int num_prune) -> Tensor[]",
+  // The same masks, written into `masks` (bool, shaped like the weights), and the pruned weights
+  // set to zero in place in the same sweep.
+  m.def("magnitude_prune_(Tensor(a!)[] weights, Tensor[]? grads, int num_prune, Tensor(b!)[] masks) -> ()",
         {at::Tag::pt2_compliant_tag});
   // N:M mask along `dim`: in every group of m consecutive entries the n largest |w| are kept
   // (ties keep the lower index).

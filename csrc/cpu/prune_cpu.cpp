@@ -129,21 +129,28 @@ std::vector<at::Tensor> magnitude_mask_cpu(at::TensorList weights, std::optional
   return masks;
 }
 
-std::vector<at::Tensor> magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> grads,
-                                            int64_t num_prune) {
+void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> grads, int64_t num_prune,
+                         at::TensorList masks) {
+  TORCH_CHECK_VALUE(masks.size() == weights.size(), "masks: expected one mask per weight (", weights.size(),
+                    "), got ", masks.size());
   for (size_t i = 0; i < weights.size(); ++i) {
     TORCH_CHECK_VALUE(weights[i].is_contiguous(), item_name("weights", i),
                       ": expected a contiguous tensor (it is pruned in place)");
+    const std::string mn = item_name("masks", i);
+    check_cpu(masks[i], mn);
+    TORCH_CHECK_TYPE(masks[i].scalar_type() == at::kBool, mn, ": expected a bool tensor, got ",
+                     masks[i].scalar_type());
+    TORCH_CHECK_VALUE(masks[i].sizes() == weights[i].sizes() && masks[i].is_contiguous(), mn,
+                      ": expected a contiguous tensor of shape ", weights[i].sizes(), ", got ", masks[i].sizes());
   }
   Sources s = gather(weights, grads);
   check_num_prune(num_prune, s.total);
-  std::vector<at::Tensor> masks = masks_like(s);
-  std::vector<uint8_t*> mp = mask_ptrs(masks);
+  std::vector<uint8_t*> mp;
+  for (const at::Tensor& m : masks) mp.push_back(reinterpret_cast<uint8_t*>(m.data_ptr<bool>()));
   std::vector<void*> out;
   for (const at::Tensor& w : weights) out.push_back(w.mutable_data_ptr());
   check_nan(KP::magnitude_mask(s.src.data(), int(s.src.size()), num_prune, mp.data(), out.data(),
                                at::get_num_threads()), "of the");
-  return masks;
 }
 
 at::Tensor nm_mask_cpu(const at::Tensor& weight, int64_t n, int64_t m, int64_t dim) {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import Tensor, nn
 
 from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
@@ -62,6 +63,10 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
         dcgan_init_(self)
 
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
+        """Inputs for tracing (e.g. edgegen.prune): latents of shape [batch, nz]."""
+        return (torch.randn(batch, self.config.nz, device=next(self.parameters()).device),)
+
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]
@@ -83,6 +88,10 @@ class DCGANDiscriminator(nn.Module):
         layers.append(nn.Conv2d(chans[-1], 1, 4, 1, 0, bias=False))
         self.net = nn.Sequential(*layers)
         dcgan_init_(self)
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
+        """Inputs for tracing (e.g. edgegen.prune): images of shape [batch, nc, 64, 64]."""
+        return (torch.randn(batch, self.config.nc, 64, 64, device=next(self.parameters()).device),)
 
     def forward(self, x: Tensor) -> Tensor:
         """One real/fake logit per image, shape [B]."""

@@ -63,6 +63,10 @@ class BetaVAE(nn.Module):
                     dec.append(SqueezeExcite(b, reduction=8))
         self.decoder = nn.Sequential(*dec, nn.Tanh())
 
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
+        """Inputs for tracing (e.g. edgegen.prune): images of shape [batch, nc, 64, 64]."""
+        return (torch.rand(batch, self.config.nc, 64, 64, device=next(self.parameters()).device) * 2 - 1,)
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 4 or x.shape[1:] != (self.config.nc, 64, 64):
             raise ValueError(f"x: expected [B, {self.config.nc}, 64, 64], got {tuple(x.shape)}")

@@ -29,8 +29,8 @@ def _(weights, grads, num_prune):
 
 
 @torch.library.register_fake("edgegen::magnitude_prune_")
-def _(weights, grads, num_prune):
-    return [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
+def _(weights, grads, num_prune, masks):
+    return None
 
 
 @torch.library.register_fake("edgegen::nm_mask")
@@ -90,7 +90,9 @@ def magnitude_prune_(weights: Sequence[Tensor], num_prune: int, grads: Sequence[
     if not weights:
         return []
     if _use_kernel(*weights, *(grads or [])) and all(w.is_contiguous() for w in weights):
-        return list(torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), int(num_prune)))
+        masks = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
+        torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), int(num_prune), masks)
+        return masks
     masks = magnitude_mask(weights, num_prune, grads)
     for w, m in zip(weights, masks):
         w.masked_fill_(~m, 0)

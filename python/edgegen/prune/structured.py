@@ -31,13 +31,14 @@ def _groups_on(model: nn.Module, example_inputs) -> list[tuple[ChannelGroup, dic
     own modules: the tracing runs on a finalized copy."""
     shadow = finalize_(copy.deepcopy(model))
     names = {id(m): n for n, m in shadow.named_modules()}
+    real_names = {id(m): n for n, m in model.named_modules()}
     out = []
     for g in find_channel_groups(shadow, example_inputs):
         def remap(slices: list[Slice]) -> list[Slice]:
             return [Slice(model.get_submodule(names[id(s.module)]), s.name, s.dim, s.repeat) for s in slices]
         real = ChannelGroup(g.channels, remap(g.producers), remap(g.members), remap(g.consumers), g.frozen,
                             [model.get_submodule(names[id(m)]) for m in g.unflattens])
-        out.append((real, {id(s.module): names[id(s.module)] for s in g.slices()}))
+        out.append((real, real_names))
     return out
 
 

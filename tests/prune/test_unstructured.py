@@ -1,0 +1,218 @@
+"""prune_ with MagnitudeConfig / NMConfig: equality with torch.nn.utils.prune, exact counts, masks
+that survive optimizers, saving and loading, torch.compile, finalize_, bad input."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.utils.prune as tprune
+from torch import nn
+
+from edgegen.models.gpt2 import GPT2, GPT2Config
+from edgegen.prune import (
+    ChannelConfig,
+    HeadConfig,
+    MagnitudeConfig,
+    NMConfig,
+    config_from_dict,
+    finalize_,
+    get_mask,
+    load_pruned_state_dict,
+    prune_,
+    sparsity,
+)
+from edgegen.prune.masks import raw_parameter
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 4, 2, 1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 16 * 16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+
+
+@pytest.mark.parametrize("amount", [0.1, 0.5, 0.9])
+def test_layer_scope_equals_l1_unstructured(amount):
+    model = small_net()
+    ref = copy.deepcopy(model)
+    prune_(model, MagnitudeConfig(amount, scope="layer"))
+    for mine, theirs in zip([m for m in model.modules() if get_mask(m) is not None],
+                            [m for m in ref.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]):
+        tprune.l1_unstructured(theirs, "weight", amount=amount)
+        assert torch.equal(get_mask(mine), theirs.weight_mask.bool())
+        assert torch.equal(mine.weight, theirs.weight)
+
+
+@pytest.mark.parametrize("amount", [0.2, 0.75])
+def test_global_scope_equals_global_unstructured(amount):
+    model = small_net()
+    ref = copy.deepcopy(model)
+    prune_(model, MagnitudeConfig(amount))
+    params = [(m, "weight") for m in ref.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
+    for w, (m, _) in zip(weights(model), params):
+        assert torch.equal(w, m.weight)
+    total = sum(w.numel() for w in weights(model))
+    assert sum(int((w == 0).sum()) for w in weights(model)) == round(amount * total)
+
+
+def test_exact_count_with_ties():
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10))
+    with torch.no_grad():
+        for m in model:
+            m.weight.fill_(0.5)  # all tied
+    prune_(model, MagnitudeConfig(0.33))
+    assert sum(int((~get_mask(m)).sum()) for m in model) == 66
+    # Ties are pruned in order: all of the first layer's 100 are not needed, its first 66 go.
+    assert int((~get_mask(model[0])).sum()) == 66 and bool(get_mask(model[1]).all())
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+], ids=["sgd-momentum", "adamw"])
+def test_masked_entries_stay_zero_through_optimizer_steps(make_opt):
+    model = small_net()
+    opt = make_opt(model.parameters())  # created before pruning: the parameters stay the same objects
+    x, y = torch.randn(4, 3, 8, 8), torch.randn(4, 4)
+    for _ in range(3):  # momentum / Adam moments built up before pruning
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    prune_(model, MagnitudeConfig(0.6))
+    masks = [get_mask(m).clone() for m in model.modules() if get_mask(m) is not None]
+    before = [w.detach().clone() for w in weights(model)]
+    for _ in range(10):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    for w, m, b in zip(weights(model), masks, before):
+        assert bool((w[~m] == 0).all())
+        assert not torch.equal(w[m], b[m])  # the surviving weights did train
+
+
+def test_pruning_again_only_grows_the_masks():
+    model = small_net()
+    prune_(model, MagnitudeConfig(0.5))
+    first = [get_mask(m).clone() for m in model.modules() if get_mask(m) is not None]
+    prune_(model, MagnitudeConfig(0.7))
+    second = [get_mask(m) for m in model.modules() if get_mask(m) is not None]
+    assert all(bool((~a & b).sum() == 0) for a, b in zip(first, second))  # nothing revived
+    assert sparsity(model) == pytest.approx(0.7, abs=1e-4)
+    prune_(model, MagnitudeConfig(0.3))  # a smaller amount never un-prunes
+    assert sparsity(model) == pytest.approx(0.7, abs=1e-4)
+
+
+def test_taylor_importance_uses_weight_times_grad():
+    model = nn.Sequential(nn.Linear(20, 30), nn.Linear(30, 5))
+    with pytest.raises(ValueError, match="taylor"):
+        prune_(copy.deepcopy(model), MagnitudeConfig(0.5, importance="taylor"))
+    model(torch.randn(8, 20)).pow(2).sum().backward()
+    scores = torch.cat([(m.weight * m.weight.grad).abs().flatten() for m in model])
+    k = round(0.5 * scores.numel())
+    expect = torch.ones_like(scores, dtype=torch.bool)
+    expect[torch.sort(scores, stable=True).indices[:k]] = False
+    prune_(model, MagnitudeConfig(0.5, importance="taylor"))
+    assert torch.equal(torch.cat([get_mask(m).flatten() for m in model]), expect)
+
+
+def test_state_dict_round_trip_and_finalize():
+    model = small_net()
+    prune_(model, MagnitudeConfig(0.5))
+    x = torch.randn(2, 3, 8, 8)
+    state = model.state_dict()
+    assert any(k.endswith("parametrizations.weight.0.mask") for k in state)
+    fresh = small_net()
+    load_pruned_state_dict(fresh, state)
+    assert torch.equal(fresh(x), model(x))
+    params_before = [raw_parameter(m) for m in model.modules() if get_mask(m) is not None]
+    out = model(x)
+    finalize_(model)
+    assert get_mask(model[0]) is None and not any("parametrizations" in k for k in model.state_dict())
+    assert all(a is b for a, b in zip(params_before, weights(model)))  # same Parameter objects
+    assert torch.equal(model(x), out)
+    assert sparsity(model) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_deep_copy_of_a_masked_model_is_independent():
+    model = small_net()
+    prune_(model, MagnitudeConfig(0.5))
+    twin = copy.deepcopy(model)
+    finalize_(twin)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(model(x), twin(x))  # finalizing the copy left the original masked and working
+    assert get_mask(model[0]) is not None
+
+
+def test_torch_compile_of_a_masked_model():
+    model = small_net()
+    prune_(model, MagnitudeConfig(0.5))
+    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        compiled(x).sum().backward()
+        opt.step()
+    assert all(bool((m.weight[~get_mask(m)] == 0).all()) for m in model.modules() if get_mask(m) is not None)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
+def test_nm_every_group_along_the_input_dimension(n, m):
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ConvTranspose2d(16, 8, 2), nn.Flatten(), nn.Linear(8, 16))
+    prune_(model, NMConfig(n, m), filter_fn=lambda mod, name: not isinstance(mod, nn.Linear) or mod.in_features % m == 0)
+    for layer, in_dim in ((model[0], 1), (model[1], 0), (model[3], 1)):
+        w = layer.weight
+        groups = (w != 0).movedim(in_dim, -1).reshape(-1, m)
+        assert bool((groups.sum(1) <= n).all())
+        assert bool((get_mask(layer).movedim(in_dim, -1).reshape(-1, m).sum(1) == n).all())
+
+
+def test_nm_rejects_a_layer_whose_input_is_not_a_multiple_of_m():
+    with pytest.raises(ValueError, match="multiple of m"):
+        prune_(nn.Sequential(nn.Linear(6, 4)), NMConfig(2, 4))
+
+
+def test_gpt2_tied_head_is_not_pruned():
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4))
+    prune_(model, MagnitudeConfig(0.5))
+    assert get_mask(model.lm_head) is None and model.lm_head.weight is model.wte.weight
+    assert get_mask(model.h[0].attn.c_attn) is not None
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: MagnitudeConfig(-0.1), ValueError, "amount"),
+    (lambda: MagnitudeConfig(1.5), ValueError, "amount"),
+    (lambda: MagnitudeConfig(True), TypeError, "amount"),
+    (lambda: MagnitudeConfig(0.5, scope="model"), ValueError, "scope"),
+    (lambda: MagnitudeConfig(0.5, importance="random"), ValueError, "importance"),
+    (lambda: NMConfig(3, 2), ValueError, "n:"),
+    (lambda: NMConfig(2, 0), ValueError, "m:"),
+    (lambda: NMConfig(2.0, 4), TypeError, "n:"),
+    (lambda: ChannelConfig(1.0), ValueError, "every channel"),
+    (lambda: ChannelConfig(0.5, round_to=0), ValueError, "round_to"),
+    (lambda: ChannelConfig(0.5, importance="l3"), ValueError, "importance"),
+    (lambda: HeadConfig(1.0), ValueError, "every head"),
+    (lambda: config_from_dict({"kind": "Nope"}), ValueError, "kind"),
+    (lambda: MagnitudeConfig.from_dict({"amount": 0.5, "extra": 1}), ValueError, "unknown"),
+    (lambda: prune_(nn.Sequential(nn.ReLU()), MagnitudeConfig(0.5)), ValueError, "nothing to prune"),
+    (lambda: prune_(small_net(), MagnitudeConfig(0.5), filter_fn=lambda m, n: False), ValueError, "nothing to prune"),
+    (lambda: prune_(small_net(), "magnitude"), TypeError, "config"),
+    (lambda: prune_(small_net(), MagnitudeConfig(0.5), filter_fn=3), TypeError, "filter_fn"),
+    (lambda: prune_(nn.Sequential(nn.Linear(2, 2)), HeadConfig(0.5)), ValueError, "attention"),
+])
+def test_bad_input(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_configs_round_trip_through_dicts():
+    for cfg in (MagnitudeConfig(0.3, "layer", "taylor"), NMConfig(2, 4), ChannelConfig(0.5, "l2", 8),
+                HeadConfig(0.25, "global")):
+        assert config_from_dict(cfg.to_dict()) == cfg
+    model = small_net()
+    prune_(model, MagnitudeConfig(0.4).to_dict())  # prune_ accepts the dict form too
+    assert sparsity(model) == pytest.approx(0.4, abs=1e-4)
