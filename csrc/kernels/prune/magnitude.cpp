@@ -83,19 +83,25 @@ int find_bin(const std::vector<int64_t>& hist, int64_t k, int64_t* below) {
   return int(hist.size()) - 1;  // unreachable for k <= total
 }
 
-// Pass 1: histogram of the top bits, and the NaN count.
+// Pass 1: histogram of the top bits, and the NaN count. Weights cluster in a few bins, so
+// consecutive elements often hit the same counter; four interleaved sub-histograms keep those
+// increments from serialising on one counter's store-to-load latency. (NaN bit patterns land in
+// bins too; any NaN aborts the selection.)
+constexpr int kSubHists = 4;
+
 std::vector<int64_t> high_histogram(const ScoreSource* src, const std::vector<Chunk>& chunks,
                                     int num_threads, int64_t* num_nan) {
   const Blocks blocks = split(int64_t(chunks.size()), num_threads);
-  std::vector<int64_t> hist(size_t(blocks.count) * kHiBins, 0), nans(blocks.count, 0);
+  const size_t per_block = size_t(kSubHists) * kHiBins;
+  std::vector<int64_t> hist(size_t(blocks.count) * per_block, 0), nans(blocks.count, 0);
   parallel_for(blocks.count, blocks.count, [&](int64_t t) {
-    int64_t* h = hist.data() + t * kHiBins;
+    int64_t* h = hist.data() + t * per_block;
     int64_t nan = 0;
     for (int64_t c = blocks.begin(int(t)); c < blocks.end(int(t)); ++c) {
       const Chunk& ch = chunks[c];
-      for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t) {
-        if (bits > kInfBits) ++nan;
-        else ++h[bits >> 16];
+      for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t i) {
+        ++h[(i & (kSubHists - 1)) * kHiBins + (bits >> 16)];
+        nan += bits > kInfBits;
       });
     }
     nans[t] = nan;
@@ -103,7 +109,8 @@ std::vector<int64_t> high_histogram(const ScoreSource* src, const std::vector<Ch
   std::vector<int64_t> merged(kHiBins, 0);
   *num_nan = 0;
   for (int t = 0; t < blocks.count; ++t) {
-    for (int b = 0; b < kHiBins; ++b) merged[b] += hist[size_t(t) * kHiBins + b];
+    for (int s = 0; s < kSubHists; ++s)
+      for (int b = 0; b < kHiBins; ++b) merged[b] += hist[size_t(t) * per_block + size_t(s) * kHiBins + b];
     *num_nan += nans[t];
   }
   return merged;
@@ -190,6 +197,8 @@ int64_t magnitude_mask(const ScoreSource* src, int num_src, int64_t num_prune, u
   const uint32_t thr = sel.bits;
 
   // Pass 3: prune everything below the threshold, keep ties for now and count them per chunk.
+  // Branch-free: half the entries are pruned in no predictable order, so a branch per entry
+  // would mispredict about every other time; kept weights are rewritten unchanged instead.
   std::vector<int64_t> ties(chunks.size(), 0);
   parallel_for(int64_t(chunks.size()), num_threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
@@ -198,11 +207,21 @@ int64_t magnitude_mask(const ScoreSource* src, int num_src, int64_t num_prune, u
     int64_t eq = 0;
     dispatch(src[ch.src].dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t i) {
-        m[i] = uint8_t(bits >= thr);
-        eq += bits == thr;
-        if (zw && bits < thr) zero_entry<T>(zw, i);
-      });
+      using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
+      if (zw) {
+        U* raw = static_cast<U*>(zw);
+        for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t i) {
+          const uint8_t keep = bits >= thr;
+          m[i] = keep;
+          eq += bits == thr;
+          raw[i] &= U(U(0) - U(keep));
+        });
+      } else {
+        for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t i) {
+          m[i] = uint8_t(bits >= thr);
+          eq += bits == thr;
+        });
+      }
     });
     ties[c] = eq;
   });

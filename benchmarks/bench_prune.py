@@ -1,0 +1,230 @@
+"""Pruning on CPU.
+
+1. Global magnitude pruning of a GPT-2-small-sized parameter set (every distinct GPT-2 small
+   parameter shape, 124,439,808 floats): edgegen (exact radix selection, fused mask + zeroing)
+   vs torch.nn.utils.prune.global_unstructured vs torch.kthvalue on a concatenation followed by
+   masking. Each prunes 50% and leaves the pruned weights zero; the masks are compared.
+2. DCGAN generator and discriminator (64x64, ngf = ndf = 64): dense vs 50% channel-pruned and
+   physically shrunk, eval-mode forward latency at batch 1 and 64, next to FLOPs and on-disk
+   bytes (FLOPs alone say nothing about speed).
+
+    python benchmarks/bench_prune.py            # full run (a few minutes)
+    python benchmarks/bench_prune.py --quick    # a quarter of the GPT-2 parameter set, batch 1 only
+
+Medians of repeats after warm-up, each (provider, case) in its own process, at the machine's full
+thread count. Results: benchmarks/results/prune.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+
+def gpt2_shapes(fraction: float) -> list[tuple[int, ...]]:
+    import torch
+
+    from edgegen.models.gpt2 import GPT2, GPT2Config
+
+    with torch.device("meta"):
+        model = GPT2(GPT2Config.gpt2())
+    shapes = [tuple(p.shape) for p in model.parameters()]  # distinct: the tied head once
+    if fraction < 1:
+        shapes = shapes[: max(1, int(len(shapes) * fraction))]
+    return shapes
+
+
+def mask_worker(spec: dict) -> dict:
+    import torch
+    import torch.nn.utils.prune as tprune
+    from torch import nn
+
+    from edgegen.ops import prune as P
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    shapes = [tuple(s) for s in spec["shapes"]]
+    source = [torch.randn(s) * 0.02 for s in shapes]
+    total = sum(w.numel() for w in source)
+    k = round(0.5 * total)
+    provider = spec["provider"]
+    holder = nn.ModuleList(nn.Module() for _ in source)
+
+    def setup():
+        for m, w in zip(holder, source):
+            if hasattr(m, "weight_orig"):
+                tprune.remove(m, "weight")
+            m.weight = nn.Parameter(w.clone())
+
+    def run():
+        ws = [m.weight for m in holder]
+        if provider == "edgegen":
+            return P.magnitude_prune_(ws, k)
+        if provider == "torch.nn.utils.prune":
+            tprune.global_unstructured([(m, "weight") for m in holder], pruning_method=tprune.L1Unstructured,
+                                       amount=0.5)
+            return [m.weight_mask for m in holder]
+        if provider == "kthvalue(cat)":
+            with torch.no_grad():
+                thr = torch.cat([w.detach().abs().flatten() for w in ws]).kthvalue(k).values
+                masks = [w.detach().abs() > thr for w in ws]
+                for w, m in zip(ws, masks):
+                    w.detach().mul_(m)
+            return masks
+        raise ValueError(provider)
+
+    setup()
+    masks = run()  # warm-up
+    if spec["measure"] == "memory":
+        del masks
+        setup()
+        return {"peak_mb": harness.peak_extra_mb(run)}
+    # Agreement with the exact reference order (stable sort), counted in mismatching entries.
+    ref_keep = None
+    if spec.get("check"):
+        ref_keep = P.magnitude_mask(source, k)
+        mism = sum(int((a.bool() != b).sum()) for a, b in zip(masks, ref_keep))
+        pruned = sum(int((~m.bool()).sum()) for m in masks)
+    del masks
+    samples = []
+    for _ in range(spec["repeats"]):
+        setup()
+        t0 = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    q = lambda p: samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]  # noqa: E731
+    out = {"p20_ms": q(0.2), "p50_ms": q(0.5), "p80_ms": q(0.8)}
+    if ref_keep is not None:
+        out.update(mask_mismatch=mism, pruned=pruned)
+    return out
+
+
+def dcgan_worker(spec: dict) -> dict:
+    import torch
+
+    from edgegen.models.dcgan import DCGANDiscriminator, DCGANGenerator
+    from edgegen.prune import ChannelConfig, prune_, shrink
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = DCGANGenerator() if spec["net"] == "generator" else DCGANDiscriminator()
+    if spec["provider"] != "dense":
+        prune_(model, ChannelConfig(spec["amount"]), example_inputs=model.example_inputs())
+        model = shrink(model, model.example_inputs())
+    model.eval()
+    x = model.example_inputs(spec["batch"])[0]
+
+    def run():
+        with torch.no_grad():
+            return model(x)
+
+    run()
+    if spec["measure"] == "memory":
+        return {"peak_mb": harness.peak_extra_mb(run)}
+    p20, p50, p80 = harness.time_ms(run, repeats=spec["repeats"], warmup=2)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+
+
+def dcgan_static(net: str, provider: str, amount: float) -> dict:
+    """FLOPs (batch 1) and on-disk bytes, measured in this process (no timing involved)."""
+    import torch
+
+    from edgegen.models.dcgan import DCGANDiscriminator, DCGANGenerator
+    from edgegen.prune import ChannelConfig, prune_, saved_bytes, shrink
+    from edgegen.prune.sweep import count_flops
+
+    torch.manual_seed(0)
+    model = DCGANGenerator() if net == "generator" else DCGANDiscriminator()
+    if provider != "dense":
+        prune_(model, ChannelConfig(amount), example_inputs=model.example_inputs())
+        model = shrink(model, model.example_inputs())
+    return {"flops": count_flops(model, model.example_inputs(1)), "bytes": saved_bytes(model),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "prune.csv"))
+    args = ap.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(mask_worker(spec) if spec["op"] == "global_magnitude_prune" else dcgan_worker(spec)))
+        return
+
+    machine, versions = harness.machine(), harness.versions()
+    ceiling = harness.copy_bandwidth_gbps(args.threads)
+    print(f"# {machine}; {versions}; {args.threads} threads")
+    print(f"# memory copy bandwidth (ceiling): {ceiling:.1f} GB/s")
+    rows = []
+
+    shapes = gpt2_shapes(0.25 if args.quick else 1.0)
+    total = sum(int(__import__("math").prod(s)) for s in shapes)
+    print(f"\n## global magnitude pruning, 50% of {total:,} float32 weights in {len(shapes)} tensors")
+    print(f"{'provider':22s} {'p50 ms':>9s} {'peak MB':>9s} {'GB/s':>7s} {'speed-up':>9s} {'mask vs exact':>22s}")
+    res = {}
+    for provider in ("edgegen", "torch.nn.utils.prune", "kthvalue(cat)"):
+        spec = dict(op="global_magnitude_prune", provider=provider, shapes=shapes, threads=args.threads,
+                    repeats=3 if provider != "edgegen" else 5, check=True)
+        r = harness.run_worker(__file__, spec)
+        if "error" in r:
+            print(f"{provider:22s} ERROR {r['error']}")
+            continue
+        res[provider] = r
+        # Minimum traffic: read the weights, write the masks (1 B each) and the pruned half back.
+        r["gbps"] = round((4 * total + total + 2 * total) / (r["p50_ms"] * 1e-3) / 1e9, 2)
+        rows.append(dict(op="global_magnitude_prune", provider=provider, shape=f"{total} floats, {len(shapes)} tensors",
+                         dtype="float32", mode="mask+apply, 50%", threads=args.threads, machine=machine,
+                         versions=versions, **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+    if "edgegen" in res:
+        base = res["edgegen"]["p50_ms"]
+        for provider, r in res.items():
+            agree = f"{r['mask_mismatch']} of {total} differ"
+            speed = "" if provider == "edgegen" else f"{r['p50_ms'] / base:8.2f}x"
+            print(f"{provider:22s} {r['p50_ms']:9.1f} {r['peak_mb']:9.0f} {r['gbps']:7.2f} {speed:>9s} {agree:>22s}")
+
+    print("\n## DCGAN 64x64, dense vs 50% channel-pruned (physically smaller), eval forward")
+    print(f"{'net':10s} {'batch':>5s} {'model':10s} {'params':>10s} {'MB on disk':>10s} {'GFLOP/img':>9s} "
+          f"{'p50 ms':>9s} {'speed-up':>9s} {'size ratio':>10s}")
+    for net in ("generator", "discriminator"):
+        static = {p: dcgan_static(net, p, 0.5) for p in ("dense", "pruned-50%")}
+        for batch in ((1,) if args.quick else (1, 64)):
+            res = {}
+            for provider in ("dense", "pruned-50%"):
+                spec = dict(op="dcgan", net=net, provider=provider, amount=0.5, batch=batch, threads=args.threads,
+                            repeats=20 if batch == 1 else 5)
+                r = harness.run_worker(__file__, spec)
+                if "error" in r:
+                    print(f"{net:10s} {batch:5d} {provider:10s} ERROR {r['error']}")
+                    continue
+                res[provider] = r
+                st = static[provider]
+                rows.append(dict(op=f"dcgan_{net}_forward", provider=provider, shape=f"batch={batch} 64x64",
+                                 dtype="float32", mode=f"eval; {st['params']} params; {st['bytes']} bytes",
+                                 threads=args.threads, machine=machine, versions=versions,
+                                 gflops=round(st["flops"] * batch / (r["p50_ms"] * 1e-3) / 1e9, 2),
+                                 **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+            if len(res) == 2:
+                d, p = res["dense"]["p50_ms"], res["pruned-50%"]["p50_ms"]
+                for provider in ("dense", "pruned-50%"):
+                    st = static[provider]
+                    speed = "" if provider == "dense" else f"{d / p:8.2f}x"
+                    size = "" if provider == "dense" else f"{static['dense']['bytes'] / st['bytes']:9.2f}x"
+                    print(f"{net:10s} {batch:5d} {provider:10s} {st['params']:10,d} {st['bytes'] / 1e6:10.2f} "
+                          f"{st['flops'] / 1e9:9.3f} {res[provider]['p50_ms']:9.2f} {speed:>9s} {size:>10s}")
+    harness.write_csv(rows, Path(args.out))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
