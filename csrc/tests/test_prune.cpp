@@ -204,3 +204,38 @@ TEST(ChannelNorms, MatchDoubleLoops) {
     }
   }
 }
+
+// Inputs of >= 16 * 2^18 scores take the sampled-bracket path; these check it against the sort
+// reference, including the cases where it must hand over to the radix path (a sample that
+// misrepresents the data, massive ties).
+TEST(MagnitudeMask, SampledBracketPathAndItsFallbacks) {
+  const size_t n = 5000000;
+  std::vector<std::vector<float>> cases;
+  cases.push_back(random_weights(n, 21));           // typical
+  cases.push_back(random_weights(n, 22, 7));        // few distinct values: gathers too much
+  std::vector<float> adversarial(n);
+  const size_t step = n / (size_t(1) << 18);
+  for (size_t i = 0; i < n; ++i) adversarial[i] = i % step == 0 ? 1.0f : 2.0f + float(i) * 1e-6f;
+  cases.push_back(adversarial);                     // every sampled entry is the smallest value
+  for (const auto& w : cases) {
+    const std::vector<float> scores = abs_all(w);
+    std::vector<float> sorted = scores;
+    std::sort(sorted.begin(), sorted.end());
+    for (int64_t k : {int64_t(1), int64_t(1000), int64_t(n / 2), int64_t(n - 3)}) {
+      Split s = split(w, {1234567, n - 1234567});
+      ASSERT_EQ(run_mask(s, k, 2, false), reference_mask(scores, k)) << "k=" << k;
+      const KP::Selection sel = KP::kth_smallest_score(s.src.data(), 2, k, 2);
+      ASSERT_EQ(sel.threshold, sorted[size_t(k - 1)]);
+      ASSERT_EQ(sel.num_less, std::lower_bound(sorted.begin(), sorted.end(), sorted[size_t(k - 1)]) - sorted.begin());
+    }
+  }
+  // The fused zeroing on this path, and NaN detection in the gathering sweep.
+  std::vector<float> w = cases[0];
+  Split s = split(w, {n});
+  const std::vector<uint8_t> want = reference_mask(abs_all(w), int64_t(n / 3));
+  ASSERT_EQ(run_mask(s, int64_t(n / 3), 2, true), want);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(s.parts[0][i], want[i] ? w[i] : 0.0f);
+  w[n / 2] = NAN;
+  Split t = split(w, {n});
+  EXPECT_EQ(KP::kth_smallest_score(t.src.data(), 1, int64_t(n / 2), 2).num_nan, 1);
+}

@@ -195,3 +195,16 @@ def test_torch_compile_fullgraph():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_inputs_take_the_sampled_path_exactly(dtype):
+    # >= 4,194,304 scores: selection brackets the threshold from a sample (see docs/prune.md).
+    ws = [torch.randn(3_000_000).to(dtype), torch.randn(1500, 1000).to(dtype)]
+    gs = [torch.randn(w.shape).to(dtype) for w in ws]
+    total = sum(w.numel() for w in ws)
+    for k, grads in ((total // 2, None), (123, None), (total - 5, gs)):
+        for g, r in zip(P.magnitude_mask(ws, k, grads), magnitude_mask_reference(ws, grads, k)):
+            assert torch.equal(g, r)
+    cat = torch.cat([w.float().abs().flatten() for w in ws])
+    assert P.kth_smallest_score(ws, total // 3).item() == cat.kthvalue(total // 3).values.item()
