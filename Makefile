@@ -39,9 +39,10 @@ test-cpp: setup
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
 
-# The main job until the experiment CLI exists: the distillation-loss benchmark.
+# The main job until the experiment CLI exists: the kernel benchmarks.
 bench: build
 	$(PYTHON) benchmarks/bench_kd_loss.py
+	$(PYTHON) benchmarks/bench_prune.py
 
 clean:
 	rm -rf build dist *.egg-info

@@ -216,3 +216,15 @@ def test_configs_round_trip_through_dicts():
     model = small_net()
     prune_(model, MagnitudeConfig(0.4).to_dict())  # prune_ accepts the dict form too
     assert sparsity(model) == pytest.approx(0.4, abs=1e-4)
+
+
+def test_loading_masks_into_a_masked_model_and_changing_dtype():
+    a, b = small_net(), small_net()
+    prune_(a, MagnitudeConfig(0.5))
+    prune_(b, MagnitudeConfig(0.2, scope="layer"))
+    b.load_state_dict(a.state_dict())  # the multipliers follow the loaded masks
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(b(x), a(x))
+    b = b.to(torch.float64)
+    torch.testing.assert_close(b(x.double()), a(x).double(), rtol=1e-5, atol=1e-6)
+    assert bool((b[0].weight[~get_mask(b[0])] == 0).all())

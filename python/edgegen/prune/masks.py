@@ -17,14 +17,29 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.C
 
 
 class WeightMask(nn.Module):
-    """Parametrization ``w -> w * mask`` with a bool mask (True = kept) shaped like ``w``."""
+    """Parametrization ``w -> w * mask`` with a bool mask (True = kept) shaped like ``w``.
 
-    def __init__(self, mask: Tensor):
+    The bool mask is what the state dict stores (one byte per entry). The forward pass multiplies
+    by a non-persistent copy in the weight's dtype: on CPU a float-by-bool multiply goes through
+    type promotion and is several times slower than float-by-float."""
+
+    def __init__(self, mask: Tensor, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
+        self.register_buffer("scale", self.mask.to(dtype), persistent=False)
+
+    def refresh(self) -> None:
+        """Bring the multiplier in line with ``mask`` after the mask changed in place."""
+        with torch.no_grad():
+            self.scale.copy_(self.mask)
 
     def forward(self, w: Tensor) -> Tensor:
-        return w * self.mask
+        s = self.scale
+        return w * (s if s.dtype == w.dtype else s.to(w.dtype))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh()
 
 
 def _mask_module(module: nn.Module, name: str) -> WeightMask | None:
@@ -59,9 +74,11 @@ def apply_mask_(module: nn.Module, name: str, mask: Tensor) -> None:
         mask = mask.expand(param.shape)
     existing = _mask_module(module, name)
     if existing is None:
-        parametrize.register_parametrization(module, name, WeightMask(mask.contiguous().clone()), unsafe=True)
+        parametrize.register_parametrization(module, name, WeightMask(mask.contiguous().clone(), param.dtype),
+                                             unsafe=True)
     else:
         existing.mask.logical_and_(mask)
+        existing.refresh()
         mask = existing.mask
     param.masked_fill_(~mask, 0)
 
