@@ -222,6 +222,26 @@ def main():
                     size = "" if provider == "dense" else f"{static['dense']['bytes'] / st['bytes']:9.2f}x"
                     print(f"{net:10s} {batch:5d} {provider:10s} {st['params']:10,d} {st['bytes'] / 1e6:10.2f} "
                           f"{st['flops'] / 1e9:9.3f} {res[provider]['p50_ms']:9.2f} {speed:>9s} {size:>10s}")
+    print("\n## DCGAN generator, pruning-ratio sweep (channel pruning, shrunk), batch 1, eval forward")
+    print(f"{'ratio':>5s} {'params':>10s} {'MB on disk':>10s} {'GFLOP/img':>9s} {'p50 ms':>9s} {'speed-up':>9s}")
+    dense_ms = None
+    for amount in ((0.0, 0.5, 0.9) if args.quick else (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
+        provider = "dense" if amount == 0 else f"pruned-{round(amount * 100)}%"
+        st = dcgan_static("generator", provider, amount)
+        spec = dict(op="dcgan", net="generator", provider=provider, amount=amount, batch=1, threads=args.threads,
+                    repeats=20)
+        r = harness.run_worker(__file__, spec)
+        if "error" in r:
+            print(f"{amount:5.1f} ERROR {r['error']}")
+            continue
+        dense_ms = dense_ms or r["p50_ms"]
+        rows.append(dict(op="dcgan_generator_sweep", provider=provider, shape="batch=1 64x64", dtype="float32",
+                         mode=f"eval; {st['params']} params; {st['bytes']} bytes", threads=args.threads,
+                         machine=machine, versions=versions,
+                         gflops=round(st["flops"] / (r["p50_ms"] * 1e-3) / 1e9, 2),
+                         **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+        print(f"{amount:5.1f} {st['params']:10,d} {st['bytes'] / 1e6:10.2f} {st['flops'] / 1e9:9.3f} "
+              f"{r['p50_ms']:9.2f} {dense_ms / r['p50_ms']:8.2f}x")
     harness.write_csv(rows, Path(args.out))
     print(f"\nwrote {args.out}")
 
