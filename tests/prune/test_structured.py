@@ -273,3 +273,11 @@ def test_global_head_pruning_gives_different_counts_per_layer():
     assert small.config.head_counts[0] == 1 and sum(small.config.head_counts) == 18 - round(0.3 * 18)
     with pytest.raises(ValueError, match="head_counts"):
         small.config.to_hf()
+
+
+def test_shrink_bad_input():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 1, 1))
+    with pytest.raises(ValueError, match="example_inputs"):
+        shrink(model)
+    with pytest.raises(TypeError, match="example_inputs"):
+        shrink(model, "not a tensor")
