@@ -46,6 +46,24 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("nm_mask(Tensor weight, int n, int m, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
   // float32 L1 (p=1) or L2 (p=2) norm of every slice along `dim` (of weight * grad when given).
   m.def("channel_norms(Tensor weight, int dim, int p, Tensor? grad) -> Tensor", {at::Tag::pt2_compliant_tag});
+
+  // Quantization. axis=None: per tensor (scale/zero_point hold one value); otherwise one value per
+  // index of that dimension. q = clamp(nearbyint(x * (1.0f / scale)) + zero_point, quant_min,
+  // quant_max), round half to even, the zero point added after rounding.
+  m.def("quantize_affine(Tensor input, Tensor scale, Tensor zero_point, int? axis, int quant_min, int quant_max, "
+        "ScalarType dtype) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("dequantize_affine(Tensor input, Tensor scale, Tensor zero_point, int? axis, ScalarType out_dtype) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // Returns (fake-quantized input, mask of the entries inside [quant_min, quant_max] before clamping).
+  m.def("fake_quantize_affine(Tensor input, Tensor scale, Tensor zero_point, int? axis, int quant_min, "
+        "int quant_max) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // Gradients of learnable fake quantization: (d_input, d_scale, d_zero_point), the last two float32
+  // with one value per channel (one for per tensor).
+  m.def("fake_quantize_learnable_backward(Tensor grad, Tensor input, Tensor scale, Tensor zero_point, int? axis, "
+        "int quant_min, int quant_max, float grad_factor) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
 }
 
 PYBIND11_MODULE(_C, m) {
