@@ -110,8 +110,9 @@ void fake_quantize_learnable_backward(const void* x, const void* dy, DType dtype
       double acc_s = 0.0, acc_z = 0.0;
       for (int64_t i = r * l.inner; i < (r + 1) * l.inner; ++i) {
         const float xv = float(to_float(in[i])), gv = float(to_float(g[i]));
-        const int64_t q = std::min<int64_t>(std::max<int64_t>(round_scaled(xv, inv) + zp, qmin), qmax);
-        if (q == qmin || q == qmax) {
+        const int64_t qu = round_scaled(xv, inv) + zp;
+        const int64_t q = std::min<int64_t>(std::max<int64_t>(qu, qmin), qmax);
+        if (qu < qmin || qu > qmax) {
           store_float(o + i, 0.0f);
           acc_s += double(gv) * double(q - zp);
           acc_z += -double(gv) * double(s);

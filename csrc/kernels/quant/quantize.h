@@ -33,9 +33,10 @@ void fake_quantize(const void* x, DType dtype, Layout l, const float* scale, con
                    int32_t qmin, int32_t qmax, void* out, uint8_t* mask, int num_threads);
 
 // Backward of learnable fake-quantization (Esser et al. 2020, as torch's
-// _fake_quantize_learnable_per_*_affine defines it): with q the clamped integer,
-//   q at qmin or qmax: dx = 0, dscale += dy * (q - zp) * g, dzp += -dy * scale * g
-//   otherwise:         dx = dy, dscale += dy * (x_hat - x) / scale * g
+// _fake_quantize_learnable_per_*_affine defines it): with q the rounded value before clamping and
+// q_c the clamped one,
+//   q outside [qmin, qmax]: dx = 0,  dscale += dy * (q_c - zp) * g, dzp += -dy * scale * g
+//   otherwise:              dx = dy, dscale += dy * (x_hat - x) / scale * g
 // where g = grad_factor. dscale / dzero_point are per-channel sums (double accumulation).
 void fake_quantize_learnable_backward(const void* x, const void* dy, DType dtype, Layout l, const float* scale,
                                       const int32_t* zero_point, int32_t qmin, int32_t qmax, double grad_factor,

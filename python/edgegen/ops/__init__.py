@@ -2,6 +2,7 @@
 
 from edgegen.ops import distill as _distill_registrations  # noqa: F401
 from edgegen.ops import prune as _prune_registrations  # noqa: F401
+from edgegen.ops import quant as _quant_registrations  # noqa: F401
 from edgegen.ops._reference import (
     channel_norms_reference,
     fused_linear_kd_loss_reference,

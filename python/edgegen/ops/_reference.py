@@ -162,3 +162,61 @@ def channel_norms_reference(weight: Tensor, dim: int, p: int, grad: Tensor | Non
         x = x * grad.detach().double()
     x = x.movedim(dim, 0).reshape(weight.shape[dim], -1)
     return x.norm(p=p, dim=1).float()
+
+
+# --- quantization --------------------------------------------------------------------------------
+
+
+def _qshape(x: Tensor, axis: int | None) -> list[int]:
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = x.shape[axis]
+    return shape
+
+
+def _qparams(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None):
+    shape = _qshape(x, axis)
+    s = scale.detach().to(torch.float32).reshape(shape)
+    return s, (1.0 / s), zero_point.detach().to(torch.int64).reshape(shape)
+
+
+def quantize_affine_reference(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None, quant_min: int,
+                              quant_max: int, dtype: torch.dtype) -> Tensor:
+    """clamp(round_half_even(x * (1.0f / scale)) + zero_point, quant_min, quant_max), in float32."""
+    _, inv, zp = _qparams(x, scale, zero_point, axis)
+    q = torch.round(x.detach().to(torch.float32) * inv).to(torch.int64) + zp
+    return q.clamp(quant_min, quant_max).to(dtype)
+
+
+def dequantize_affine_reference(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None,
+                                out_dtype: torch.dtype = torch.float32) -> Tensor:
+    s, _, zp = _qparams(q, scale, zero_point, axis)
+    return ((q.to(torch.int64) - zp).to(torch.float32) * s).to(out_dtype)
+
+
+def fake_quantize_affine_reference(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None, quant_min: int,
+                                   quant_max: int) -> tuple[Tensor, Tensor]:
+    s, inv, zp = _qparams(x, scale, zero_point, axis)
+    q = torch.round(x.detach().to(torch.float32) * inv).to(torch.int64) + zp
+    mask = (q >= quant_min) & (q <= quant_max)
+    out = (q.clamp(quant_min, quant_max) - zp).to(torch.float32) * s
+    return out.to(x.dtype), mask
+
+
+def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor,
+                                               axis: int | None, quant_min: int, quant_max: int,
+                                               grad_factor: float) -> tuple[Tensor, Tensor, Tensor]:
+    """LSQ gradients as torch._fake_quantize_learnable_per_*_affine defines them (see the C++ header)."""
+    s, inv, zp = _qparams(x, scale, zero_point, axis)
+    xf = x.detach().to(torch.float32)
+    g = grad.detach().to(torch.float64)
+    qu = torch.round(xf * inv).to(torch.int64) + zp
+    edge = (qu < quant_min) | (qu > quant_max)
+    q = qu.clamp(quant_min, quant_max)
+    xhat = (q - zp).to(torch.float32) * s
+    ds = torch.where(edge, (q - zp).double(), ((xhat - xf) * inv).double()) * g
+    dz = torch.where(edge, -s.double().expand_as(g), torch.zeros((), dtype=torch.float64)) * g
+    dims = [d for d in range(x.dim()) if d != axis] if axis is not None else list(range(x.dim()))
+    red = lambda t: (t.sum(dim=dims) if dims else t).reshape(-1) * grad_factor  # noqa: E731
+    dx = torch.where(edge, torch.zeros((), dtype=grad.dtype), grad.detach()).to(x.dtype)
+    return dx, red(ds).float(), red(dz).float()

@@ -1,0 +1,73 @@
+// GoogleTest of the torch-free quantization kernels against hand-worked values and plain loops.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/quant/quantize.h"
+
+namespace K = edgegen::kernels;
+namespace KQ = edgegen::kernels::quant;
+
+TEST(Quantize, HalfWayRoundsToEvenAndZeroPointIsAddedAfter) {
+  const std::vector<float> x{0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 1000.0f, -1000.0f};
+  const float scale = 1.0f;
+  const int32_t zp = 3;
+  std::vector<int8_t> q(x.size());
+  KQ::quantize(x.data(), K::DType::F32, {1, 1, int64_t(x.size())}, &scale, &zp, -128, 127, false, q.data(), 1);
+  EXPECT_EQ(q, (std::vector<int8_t>{3, 5, 5, 3, 1, 127, -128}));
+  std::vector<uint8_t> u(x.size());
+  const int32_t uzp = 128;
+  KQ::quantize(x.data(), K::DType::F32, {1, 1, int64_t(x.size())}, &scale, &uzp, 0, 255, true, u.data(), 1);
+  EXPECT_EQ(u, (std::vector<uint8_t>{128, 130, 130, 128, 126, 255, 0}));
+}
+
+TEST(Quantize, PerChannelLayoutDequantizeAndFakeQuantizeAgree) {
+  // [outer=2, channels=3, inner=4]
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.0f, 2.0f);
+  std::vector<float> x(24);
+  for (auto& v : x) v = d(rng);
+  const float scale[3] = {0.1f, 0.25f, 0.05f};
+  const int32_t zp[3] = {0, -2, 5};
+  const KQ::Layout l{2, 3, 4};
+  std::vector<int8_t> q(24);
+  std::vector<float> deq(24), fq(24);
+  std::vector<uint8_t> mask(24);
+  KQ::quantize(x.data(), K::DType::F32, l, scale, zp, -20, 20, false, q.data(), 2);
+  KQ::dequantize(q.data(), false, l, scale, zp, K::DType::F32, deq.data(), 2);
+  KQ::fake_quantize(x.data(), K::DType::F32, l, scale, zp, -20, 20, fq.data(), mask.data(), 2);
+  for (int i = 0; i < 24; ++i) {
+    const int c = (i / 4) % 3;
+    const long r = std::lrint(x[i] * (1.0f / scale[c])) + zp[c];
+    EXPECT_EQ(q[i], std::min(20L, std::max(-20L, r))) << i;
+    EXPECT_EQ(deq[i], float(q[i] - zp[c]) * scale[c]);
+    EXPECT_EQ(fq[i], deq[i]);
+    EXPECT_EQ(mask[i], r >= -20 && r <= 20);
+  }
+}
+
+TEST(Quantize, LearnableBackwardMatchesLoop) {
+  std::vector<float> x{-3.0f, -0.31f, 0.0f, 0.2f, 0.7f, 5.0f}, dy{1.0f, 2.0f, -1.0f, 0.5f, 3.0f, -2.0f}, dx(6);
+  const float scale = 0.1f;
+  const int32_t zp = 1;
+  double ds = 0, dz = 0;
+  KQ::fake_quantize_learnable_backward(x.data(), dy.data(), K::DType::F32, {1, 1, 6}, &scale, &zp, -8, 7, 0.5,
+                                       dx.data(), &ds, &dz, 1);
+  double want_s = 0, want_z = 0;
+  for (int i = 0; i < 6; ++i) {
+    const long qu = std::lrint(x[i] * (1.0f / scale)) + zp;
+    const long q = std::min(7L, std::max(-8L, qu));
+    if (qu < -8 || qu > 7) {
+      EXPECT_EQ(dx[i], 0.0f);
+      want_s += dy[i] * double(q - zp);
+      want_z += -dy[i] * double(scale);
+    } else {
+      EXPECT_EQ(dx[i], dy[i]);
+      want_s += dy[i] * double((float(q - zp) * scale - x[i]) * (1.0f / scale));
+    }
+  }
+  EXPECT_NEAR(ds, 0.5 * want_s, 1e-9);
+  EXPECT_NEAR(dz, 0.5 * want_z, 1e-9);
+}

@@ -1,0 +1,92 @@
+"""Python side of the quantization ops: fake kernels, autograd, and wrappers that use the C++
+kernels on CPU and the reference twins elsewhere."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from edgegen.ops import _reference as ref
+
+
+@torch.library.register_fake("edgegen::quantize_affine")
+def _(input, scale, zero_point, axis, quant_min, quant_max, dtype):
+    return torch.empty(input.shape, dtype=dtype, device=input.device)
+
+
+@torch.library.register_fake("edgegen::dequantize_affine")
+def _(input, scale, zero_point, axis, out_dtype):
+    return torch.empty(input.shape, dtype=out_dtype, device=input.device)
+
+
+@torch.library.register_fake("edgegen::fake_quantize_affine")
+def _(input, scale, zero_point, axis, quant_min, quant_max):
+    return torch.empty_like(input, memory_format=torch.contiguous_format), \
+        torch.empty(input.shape, dtype=torch.bool, device=input.device)
+
+
+@torch.library.register_fake("edgegen::fake_quantize_learnable_backward")
+def _(grad, input, scale, zero_point, axis, quant_min, quant_max, grad_factor):
+    c = 1 if axis is None else input.shape[axis]
+    return (torch.empty_like(input, memory_format=torch.contiguous_format),
+            input.new_empty((c,), dtype=torch.float32), input.new_empty((c,), dtype=torch.float32))
+
+
+def _fq_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _fq_backward(ctx, grad_out, grad_mask):
+    (mask,) = ctx.saved_tensors
+    return grad_out * mask, None, None, None, None, None
+
+
+# Straight-through estimator: the gradient passes where the value was not clamped.
+torch.library.register_autograd("edgegen::fake_quantize_affine", _fq_backward, setup_context=_fq_setup)
+
+
+def _cpu(*ts: Tensor) -> bool:
+    return all(t.device.type == "cpu" for t in ts)
+
+
+def quantize_affine(x, scale, zero_point, axis, quant_min, quant_max, dtype):
+    if _cpu(x):
+        return torch.ops.edgegen.quantize_affine(x.detach(), scale, zero_point, axis, quant_min, quant_max, dtype)
+    return ref.quantize_affine_reference(x, scale, zero_point, axis, quant_min, quant_max, dtype)
+
+
+def dequantize_affine(q, scale, zero_point, axis, out_dtype):
+    if _cpu(q):
+        return torch.ops.edgegen.dequantize_affine(q, scale, zero_point, axis, out_dtype)
+    return ref.dequantize_affine_reference(q, scale, zero_point, axis, out_dtype)
+
+
+def fake_quantize_affine(x, scale, zero_point, axis, quant_min, quant_max):
+    if _cpu(x):
+        return torch.ops.edgegen.fake_quantize_affine(x, scale, zero_point, axis, quant_min, quant_max)[0]
+    out, mask = ref.fake_quantize_affine_reference(x, scale, zero_point, axis, quant_min, quant_max)
+    return out.detach() + (x - x.detach()) * mask  # the value of out, the gradient of x times the mask
+
+
+class _LearnableFakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, axis, quant_min, quant_max, grad_factor):
+        zp = zero_point.detach().round().clamp(quant_min, quant_max).to(torch.int32)
+        ctx.save_for_backward(x, scale, zp)
+        ctx.args = (axis, quant_min, quant_max, grad_factor, scale.dtype, zero_point.dtype)
+        return fake_quantize_affine(x.detach(), scale.detach(), zp, axis, quant_min, quant_max)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale, zp = ctx.saved_tensors
+        axis, qmin, qmax, gf, sdt, zdt = ctx.args
+        if _cpu(x, grad):
+            dx, ds, dz = torch.ops.edgegen.fake_quantize_learnable_backward(
+                grad.contiguous(), x.detach(), scale.detach(), zp, axis, qmin, qmax, gf)
+        else:
+            dx, ds, dz = ref.fake_quantize_learnable_backward_reference(grad, x, scale, zp, axis, qmin, qmax, gf)
+        return dx, ds.to(sdt).view(scale.shape), dz.to(zdt).view(ctx.saved_tensors[2].shape), None, None, None, None
+
+
+def fake_quantize_learnable(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
+    return _LearnableFakeQuantize.apply(x, scale, zero_point, axis, quant_min, quant_max, grad_factor)

@@ -1,0 +1,75 @@
+"""Affine quantization as functions on tensors (integer tensors in, integer tensors out).
+
+q = clamp(round_half_even(x * (1.0f / scale)) + zero_point, quant_min, quant_max); the inverse
+scale is taken in float32 and the zero point is added after rounding, as in
+torch.fake_quantize_per_*_affine. (torch.quantize_per_tensor's vectorised CPU path adds the zero
+point before rounding, which differs on exact half-way values when the zero point is odd: see
+docs/quant.md.) x_hat = (q - zero_point) * scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from edgegen.ops import quant as ops
+
+_RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+
+
+def _range(dtype: torch.dtype, quant_min: int | None, quant_max: int | None) -> tuple[int, int]:
+    if dtype not in _RANGES:
+        raise TypeError(f"dtype: expected torch.int8 or torch.uint8, got {dtype}")
+    lo, hi = _RANGES[dtype]
+    qmin = lo if quant_min is None else int(quant_min)
+    qmax = hi if quant_max is None else int(quant_max)
+    return qmin, qmax
+
+
+def _as_tensor(v, dtype: torch.dtype, name: str) -> Tensor:
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
+    return torch.tensor([v], dtype=dtype)
+
+
+def quantize_per_tensor(x: Tensor, scale, zero_point, dtype: torch.dtype = torch.int8,
+                        quant_min: int | None = None, quant_max: int | None = None) -> Tensor:
+    """int8/uint8 tensor of quantized values. ``quant_min``/``quant_max`` default to the dtype's
+    full range; pass -127 for the restricted symmetric convention."""
+    qmin, qmax = _range(dtype, quant_min, quant_max)
+    return ops.quantize_affine(x, _as_tensor(scale, torch.float64, "scale"),
+                               _as_tensor(zero_point, torch.int64, "zero_point"), None, qmin, qmax, dtype)
+
+
+def quantize_per_channel(x: Tensor, scales: Tensor, zero_points: Tensor, axis: int, dtype: torch.dtype = torch.int8,
+                         quant_min: int | None = None, quant_max: int | None = None) -> Tensor:
+    """Per-channel along ``axis`` (ConvTranspose2d weights: axis 1)."""
+    qmin, qmax = _range(dtype, quant_min, quant_max)
+    return ops.quantize_affine(x, scales, zero_points, int(axis), qmin, qmax, dtype)
+
+
+def dequantize(q: Tensor, scale, zero_point, axis: int | None = None, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """(q - zero_point) * scale, per tensor (axis None) or per channel along ``axis``."""
+    return ops.dequantize_affine(q, _as_tensor(scale, torch.float64, "scale"),
+                                 _as_tensor(zero_point, torch.int64, "zero_point"), axis, out_dtype)
+
+
+def fake_quantize(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axis: int | None = None) -> Tensor:
+    """Quantize-dequantize in x's dtype with the straight-through gradient (1 inside
+    [quant_min, quant_max] before clamping, 0 outside)."""
+    return ops.fake_quantize_affine(x, _as_tensor(scale, torch.float32, "scale"),
+                                    _as_tensor(zero_point, torch.int32, "zero_point"), axis, int(quant_min),
+                                    int(quant_max))
+
+
+def fake_quantize_learnable(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+                            axis: int | None = None, grad_factor: float = 1.0) -> Tensor:
+    """Fake quantization with learnable scale and zero point (LSQ, Esser et al. 2020; the
+    gradients of torch._fake_quantize_learnable_per_*_affine). ``grad_factor`` scales the scale
+    and zero-point gradients (LSQ uses 1 / sqrt(numel * quant_max)). The zero point is rounded
+    and clamped to [quant_min, quant_max] in the forward pass."""
+    if not isinstance(scale, Tensor) or not isinstance(zero_point, Tensor):
+        raise TypeError("scale, zero_point: expected tensors (they are learned)")
+    return ops.fake_quantize_learnable(x, scale, zero_point, axis, int(quant_min), int(quant_max), float(grad_factor))
