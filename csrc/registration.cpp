@@ -64,6 +64,18 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("fake_quantize_learnable_backward(Tensor grad, Tensor input, Tensor scale, Tensor zero_point, int? axis, "
         "int quant_min, int quant_max, float grad_factor) -> (Tensor, Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  // INT8 GEMM. Pack int8 weights [N, K] once: (packed panels, per-row sums for the zero-point
+  // compensation).
+  m.def("int8_pack_weight(Tensor weight) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  // Exact int32 [M, N] = (input - a_zero_point) @ weight^T for uint8 input [M, K].
+  m.def("int8_gemm(Tensor input, int a_zero_point, Tensor packed_weight, Tensor weight_row_sum, int n, int k) "
+        "-> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // Dynamically quantized linear: float input [..., K] quantized per tensor to 7-bit unsigned,
+  // integer GEMM against the packed symmetric weights, dequantised with weight_scale [N] (+ bias).
+  m.def("int8_linear_dynamic(Tensor input, Tensor packed_weight, Tensor weight_row_sum, Tensor weight_scale, "
+        "Tensor? bias, int n, int k) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -1,0 +1,123 @@
+// ATen glue for the INT8 GEMM ops.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "kernels/quant/gemm.h"
+
+namespace edgegen {
+namespace {
+
+namespace KQ = edgegen::kernels::quant;
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
+}
+
+// int32 accumulators are exact while K * 255 * 128 < 2^31.
+constexpr int64_t kMaxK = 65000;
+
+std::tuple<at::Tensor, at::Tensor> int8_pack_weight_cpu(const at::Tensor& weight) {
+  check_cpu(weight, "weight");
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, "weight: expected an int8 tensor, got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) > 0 && weight.size(1) > 0,
+                    "weight: expected a non-empty [out_features, in_features] matrix, got shape ", weight.sizes());
+  const int64_t n = weight.size(0), k = weight.size(1);
+  TORCH_CHECK_VALUE(k <= kMaxK, "weight: in_features ", k, " exceeds ", kMaxK,
+                    " (int32 accumulation would no longer be exact)");
+  const at::Tensor w = weight.contiguous();
+  at::Tensor packed = at::empty({KQ::packed_panels(n), KQ::packed_k(k) / 4, KQ::kPanel, 4}, w.options());
+  at::Tensor row_sum = at::empty({n}, w.options().dtype(at::kInt));
+  KQ::pack_weight_s8(w.const_data_ptr<int8_t>(), n, k, packed.mutable_data_ptr<int8_t>(),
+                     row_sum.mutable_data_ptr<int32_t>());
+  return {packed, row_sum};
+}
+
+void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n, int64_t k) {
+  check_cpu(packed, "packed_weight");
+  check_cpu(row_sum, "weight_row_sum");
+  TORCH_CHECK_VALUE(n > 0 && k > 0 && k <= kMaxK, "n, k: expected 0 < n and 0 < k <= ", kMaxK, ", got ", n, ", ", k);
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kChar && packed.is_contiguous(),
+                   "packed_weight: expected the contiguous int8 tensor from int8_pack_weight");
+  TORCH_CHECK_VALUE(packed.numel() == KQ::packed_panels(n) * KQ::packed_k(k) * KQ::kPanel,
+                    "packed_weight: has ", packed.numel(), " bytes, expected ",
+                    KQ::packed_panels(n) * KQ::packed_k(k) * KQ::kPanel, " for n=", n, ", k=", k);
+  TORCH_CHECK_VALUE(row_sum.scalar_type() == at::kInt && row_sum.dim() == 1 && row_sum.size(0) == n &&
+                        row_sum.is_contiguous(),
+                    "weight_row_sum: expected a contiguous int32 tensor of shape [", n, "]");
+}
+
+// A copy of the activations with rows padded to a multiple of 4 bytes (zeros), as the kernel reads.
+at::Tensor padded_rows(const at::Tensor& a2d, int64_t k) {
+  const int64_t lda = KQ::packed_k(k);
+  at::Tensor out = at::zeros({a2d.size(0), lda}, a2d.options());
+  out.narrow(1, 0, k).copy_(a2d);
+  return out;
+}
+
+at::Tensor int8_gemm_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Tensor& packed,
+                         const at::Tensor& row_sum, int64_t n, int64_t k) {
+  check_cpu(a, "input");
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kByte, "input: expected a uint8 tensor, got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(1) == k, "input: expected shape [M, ", k, "], got ", a.sizes());
+  TORCH_CHECK_VALUE(a_zero_point >= 0 && a_zero_point <= 255, "a_zero_point: expected a value in [0, 255], got ",
+                    a_zero_point);
+  check_packed(packed, row_sum, n, k);
+  const at::Tensor ap = padded_rows(a, k);
+  at::Tensor out = at::empty({a.size(0), n}, a.options().dtype(at::kInt));
+  KQ::GemmOutput o{out.mutable_data_ptr<int32_t>(), nullptr, 0.0f, nullptr, nullptr};
+  KQ::gemm_u8s8(ap.const_data_ptr<uint8_t>(), ap.size(1), a.size(0), n, k, int32_t(a_zero_point),
+                packed.const_data_ptr<int8_t>(), row_sum.const_data_ptr<int32_t>(), o, at::get_num_threads());
+  return out;
+}
+
+at::Tensor int8_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,
+                                   const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, int64_t n,
+                                   int64_t k) {
+  check_cpu(input, "input");
+  TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == k, "input: expected [..., ", k, "], got ", input.sizes());
+  check_packed(packed, row_sum, n, k);
+  check_cpu(weight_scale, "weight_scale");
+  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 && weight_scale.size(0) == n,
+                    "weight_scale: expected a float32 tensor of shape [", n, "]");
+  at::Tensor b;
+  if (bias.has_value()) {
+    check_cpu(*bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias: expected shape [", n, "], got ", bias->sizes());
+    b = bias->to(at::kFloat).contiguous();
+  }
+  const at::Tensor x = input.to(at::kFloat).contiguous();
+  const int64_t m = k == 0 ? 0 : x.numel() / k;
+  const int64_t lda = KQ::packed_k(k);
+  at::Tensor a = at::empty({m, lda}, x.options().dtype(at::kByte));
+  const at::Tensor ws = weight_scale.contiguous();
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = n;
+  at::Tensor out = at::empty(shape, x.options());
+  if (m > 0) {
+    const KQ::ActQuant q = KQ::quantize_activations_u7(x.const_data_ptr<float>(), m, k, a.mutable_data_ptr<uint8_t>(),
+                                                       lda, at::get_num_threads());
+    KQ::GemmOutput o{nullptr, out.mutable_data_ptr<float>(), q.scale, ws.const_data_ptr<float>(),
+                     b.defined() ? b.const_data_ptr<float>() : nullptr};
+    KQ::gemm_u8s8(a.const_data_ptr<uint8_t>(), lda, m, n, k, q.zero_point, packed.const_data_ptr<int8_t>(),
+                  row_sum.const_data_ptr<int32_t>(), o, at::get_num_threads());
+  }
+  return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("int8_pack_weight", &int8_pack_weight_cpu);
+  m.impl("int8_gemm", &int8_gemm_cpu);
+  m.impl("int8_linear_dynamic", &int8_linear_dynamic_cpu);
+}
+
+}  // namespace edgegen

@@ -1,0 +1,113 @@
+#include "kernels/quant/gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/parallel.h"
+
+namespace edgegen::kernels::quant {
+
+#if defined(EDGEGEN_HAVE_AVX2)
+// gemm_avx2.cpp: one [rows <= 4, 16] tile over the whole K; u7 selects vpmaddubsw (a <= 127).
+void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, bool u7, int32_t* acc);
+#endif
+
+namespace {
+
+void tile_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc) {
+  for (int r = 0; r < rows; ++r) {
+    int32_t sum[kPanel] = {0};
+    const uint8_t* ar = a + r * lda;
+    for (int64_t q = 0; q < kp / 4; ++q) {
+      const int8_t* blk = panel + q * 4 * kPanel;
+      for (int j = 0; j < kPanel; ++j)
+        for (int t = 0; t < 4; ++t) sum[j] += int32_t(ar[4 * q + t]) * int32_t(blk[4 * j + t]);
+    }
+    std::memcpy(acc + r * kPanel, sum, sizeof(sum));
+  }
+}
+
+}  // namespace
+
+void pack_weight_s8(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* row_sum) {
+  const int64_t kp = packed_k(k), np = packed_panels(n);
+  std::memset(packed, 0, size_t(np * kp * kPanel));
+  for (int64_t j = 0; j < n; ++j) {
+    int32_t s = 0;
+    int8_t* panel = packed + (j / kPanel) * kp * kPanel;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      panel[(kk / 4) * 4 * kPanel + (j % kPanel) * 4 + kk % 4] = w[j * k + kk];
+      s += w[j * k + kk];
+    }
+    row_sum[j] = s;
+  }
+}
+
+void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+               const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
+  const int64_t kp = packed_k(k), np = packed_panels(n);
+  bool u7 = true;
+  for (int64_t i = 0; i < m && u7; ++i)
+    for (int64_t kk = 0; kk < k; ++kk)
+      if (a[i * lda + kk] > 127) {
+        u7 = false;
+        break;
+      }
+  const bool avx2 = best_isa() == Isa::Avx2;
+  (void)u7;
+  // Tasks: blocks of up to 64 rows x one panel; rows inside a block in tiles of 4.
+  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb;
+  parallel_for(row_blocks * np, num_threads, [&](int64_t task) {
+    const int64_t p = task % np, i0 = (task / np) * mb, i1 = std::min(m, i0 + mb);
+    const int8_t* panel = packed + p * kp * kPanel;
+    const int64_t j0 = p * kPanel, cols = std::min<int64_t>(kPanel, n - j0);
+    int32_t acc[4 * kPanel];
+    for (int64_t i = i0; i < i1; i += 4) {
+      const int rows = int(std::min<int64_t>(4, i1 - i));
+#if defined(EDGEGEN_HAVE_AVX2)
+      if (avx2) tile_avx2(a + i * lda, lda, rows, panel, kp, u7, acc);
+      else tile_scalar(a + i * lda, lda, rows, panel, kp, acc);
+#else
+      tile_scalar(a + i * lda, lda, rows, panel, kp, acc);
+#endif
+      for (int r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const int32_t v = acc[r * kPanel + c] - a_zero_point * row_sum[j0 + c];
+          const int64_t o = (i + r) * n + j0 + c;
+          if (out.out_i32) {
+            out.out_i32[o] = v;
+          } else {
+            float f = float(v) * (out.a_scale * out.w_scale[j0 + c]);
+            if (out.bias) f += out.bias[j0 + c];
+            out.out_f32[o] = f;
+          }
+        }
+      }
+    }
+  });
+}
+
+ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads) {
+  float lo = 0.0f, hi = 0.0f;  // the range always includes 0, so that 0 is exact
+  for (int64_t i = 0; i < m * k; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  ActQuant q{hi > lo ? (hi - lo) / 127.0f : 1.0f, 0};
+  q.zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q.scale))));
+  const float inv = 1.0f / q.scale;
+  parallel_for(m, num_threads, [&](int64_t i) {
+    uint8_t* row = a + i * lda;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const float v = std::nearbyint(x[i * k + kk] * inv) + float(q.zero_point);
+      row[kk] = uint8_t(std::min(127.0f, std::max(0.0f, v)));
+    }
+    for (int64_t kk = k; kk < lda; ++kk) row[kk] = 0;
+  });
+  return q;
+}
+
+}  // namespace edgegen::kernels::quant

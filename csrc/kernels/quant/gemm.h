@@ -1,0 +1,50 @@
+// INT8 GEMM for Linear layers: u8 activations x s8 weights -> s32, with zero-point compensation
+// and a fused dequantising epilogue.
+//
+// Weights are packed once: panels of 16 output features, K in groups of 4 (zero-padded):
+//   packed[p][k / 4][j][k % 4] = W[16 p + j][k]      (W is [N, K], nn.Linear's layout)
+// which is what vpmaddubsw consumes (4 consecutive k of one column per 32-bit lane).
+//
+// The AVX2 path multiplies with vpmaddubsw, whose int16 pair sums saturate when an activation
+// exceeds 127 (2 * 255 * 128 > 32767). It is taken only for activations in [0, 127] (7-bit, what
+// edgegen's dynamic quantization produces, like PyTorch's x86 reduce_range); any larger
+// activation sends the call to an exact path that widens to int16 first (vpmaddwd). Results are
+// exact int32 either way.
+#pragma once
+#include <cstdint>
+
+namespace edgegen::kernels::quant {
+
+constexpr int64_t kPanel = 16;  // output features per packed panel
+
+inline int64_t packed_k(int64_t k) { return (k + 3) / 4 * 4; }
+inline int64_t packed_panels(int64_t n) { return (n + kPanel - 1) / kPanel; }
+
+// w: [n, k] int8 row-major. packed: packed_panels(n) * packed_k(k) * 16 bytes. row_sum[n] = sum_k w.
+void pack_weight_s8(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* row_sum);
+
+// a: [m, lda] uint8 with lda >= packed_k(k) and a[i][k..lda) == 0 (padding).
+// Integer result acc[i][j] = sum_k (a[i][k] - a_zero_point) * w[j][k].
+// With out_i32: written as int32 [m, n]. Otherwise out_f32[i][j] = acc * a_scale * w_scale[j]
+// (+ bias[j] when bias is not null), as float32 [m, n].
+struct GemmOutput {
+  int32_t* out_i32;
+  float* out_f32;
+  float a_scale;
+  const float* w_scale;
+  const float* bias;
+};
+
+void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+               const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
+
+// Dynamic per-tensor quantization of float32 activations to [0, 127]: scale = (max - min) / 127
+// over the range extended to include 0, zero point round(-min / scale). Writes a [m, lda] with
+// zero padding; returns (scale, zero_point).
+struct ActQuant {
+  float scale;
+  int32_t zero_point;
+};
+ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads);
+
+}  // namespace edgegen::kernels::quant
