@@ -220,3 +220,30 @@ def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: T
     red = lambda t: (t.sum(dim=dims) if dims else t).reshape(-1) * grad_factor  # noqa: E731
     dx = torch.where(edge, torch.zeros((), dtype=grad.dtype), grad.detach()).to(x.dtype)
     return dx, red(ds).float(), red(dz).float()
+
+
+def int8_gemm_reference(a: Tensor, a_zero_point: int, weight: Tensor) -> Tensor:
+    """(a - a_zero_point) @ weight^T, exact, int32."""
+    return ((a.to(torch.int64) - a_zero_point) @ weight.to(torch.int64).t()).to(torch.int32)
+
+
+def quantize_activations_u7_reference(x: Tensor) -> tuple[Tensor, float, int]:
+    """Dynamic per-tensor 7-bit quantization as the INT8 linear kernel does it (float32 math)."""
+    x = x.detach().to(torch.float32)
+    lo = min(float(x.min()), 0.0) if x.numel() else 0.0
+    hi = max(float(x.max()), 0.0) if x.numel() else 0.0
+    lo32, hi32 = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+    scale = ((hi32 - lo32) / 127.0) if hi > lo else torch.tensor(1.0)
+    zp = int(torch.round(-lo32 / scale).clamp(0, 127))
+    q = (torch.round(x * (1.0 / scale)) + zp).clamp(0, 127).to(torch.uint8)
+    return q, float(scale), zp
+
+
+def int8_linear_dynamic_reference(x: Tensor, weight_int8: Tensor, weight_scale: Tensor,
+                                  bias: Tensor | None) -> Tensor:
+    q, s, zp = quantize_activations_u7_reference(x.reshape(-1, x.shape[-1]))
+    acc = int8_gemm_reference(q, zp, weight_int8).to(torch.float32)
+    out = acc * (torch.tensor(s, dtype=torch.float32) * weight_scale.to(torch.float32))
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.reshape(*x.shape[:-1], weight_int8.shape[0]).to(x.dtype)

@@ -90,3 +90,38 @@ class _LearnableFakeQuantize(torch.autograd.Function):
 
 def fake_quantize_learnable(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
     return _LearnableFakeQuantize.apply(x, scale, zero_point, axis, quant_min, quant_max, grad_factor)
+
+
+# --- INT8 GEMM -----------------------------------------------------------------------------------
+
+_PANEL = 16
+
+
+@torch.library.register_fake("edgegen::int8_pack_weight")
+def _(weight):
+    n, k = weight.shape
+    kp = (k + 3) // 4 * 4
+    return (weight.new_empty(((n + _PANEL - 1) // _PANEL, kp // 4, _PANEL, 4), dtype=torch.int8),
+            weight.new_empty((n,), dtype=torch.int32))
+
+
+@torch.library.register_fake("edgegen::int8_gemm")
+def _(input, a_zero_point, packed_weight, weight_row_sum, n, k):
+    return input.new_empty((input.shape[0], n), dtype=torch.int32)
+
+
+@torch.library.register_fake("edgegen::int8_linear_dynamic")
+def _(input, packed_weight, weight_row_sum, weight_scale, bias, n, k):
+    return input.new_empty((*input.shape[:-1], n))
+
+
+def int8_pack_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.ops.edgegen.int8_pack_weight(weight.cpu())
+
+
+def int8_linear_dynamic(x: Tensor, weight_int8: Tensor, packed: Tensor | None, row_sum: Tensor | None,
+                        weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    n, k = weight_int8.shape
+    if x.device.type == "cpu" and packed is not None:
+        return torch.ops.edgegen.int8_linear_dynamic(x, packed, row_sum, weight_scale, bias, n, k)
+    return ref.int8_linear_dynamic_reference(x, weight_int8, weight_scale, bias)

@@ -1,6 +1,15 @@
 """Quantization: exact affine quantize/dequantize/fake-quantize kernels (per tensor or per channel
-on any axis), learnable fake quantization (LSQ)."""
+on any axis), learnable fake quantization (LSQ), integer Linear layers and ``quantize_``."""
 
+from edgegen.quant.api import LowPrecision, quantize_
+from edgegen.quant.config import (
+    Bf16Config,
+    Fp16Config,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    config_from_dict,
+)
+from edgegen.quant.modules import Int8Linear
 from edgegen.quant.functional import (
     dequantize,
     fake_quantize,
@@ -9,4 +18,6 @@ from edgegen.quant.functional import (
     quantize_per_tensor,
 )
 
-__all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable"]
+__all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable",
+           "quantize_", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
+           "Int8Linear", "LowPrecision"]
