@@ -76,6 +76,15 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("int8_linear_dynamic(Tensor input, Tensor packed_weight, Tensor weight_row_sum, Tensor weight_scale, "
         "Tensor? bias, int n, int k) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // INT4 weight-only: 4-bit values [N, K] (uint8 in [0, 15]) -> packed [N, K / 2]; dequantised
+  // weight (q - zero_point) * scale per group of group_size input features; the linear layer with
+  // the dequantisation inside the dot products (small M) or per block of rows (large M).
+  m.def("int4_pack(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("int4_dequantize(Tensor packed_weight, Tensor scale, Tensor zero_point, int group_size) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("int4_linear(Tensor input, Tensor packed_weight, Tensor scale, Tensor zero_point, Tensor? bias, "
+        "int group_size) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -1,0 +1,122 @@
+// ATen glue for the INT4 weight-only linear ops.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "kernels/quant/int4.h"
+
+namespace edgegen {
+namespace {
+
+namespace KQ = edgegen::kernels::quant;
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
+}
+
+at::Tensor int4_pack_cpu(const at::Tensor& q) {
+  check_cpu(q, "weight");
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kByte, "weight: expected a uint8 tensor of 4-bit values, got ",
+                   q.scalar_type());
+  TORCH_CHECK_VALUE(q.dim() == 2 && q.size(0) > 0 && q.size(1) > 0 && q.size(1) % 32 == 0,
+                    "weight: expected [out_features, in_features] with in_features a multiple of 32, got ",
+                    q.sizes());
+  const at::Tensor qc = q.contiguous();
+  const uint8_t* p = qc.const_data_ptr<uint8_t>();
+  for (int64_t i = 0; i < qc.numel(); ++i)
+    TORCH_CHECK_VALUE(p[i] <= 15, "weight: entry ", i, " is ", int(p[i]), ", expected a 4-bit value in [0, 15]");
+  at::Tensor out = at::empty({q.size(0), q.size(1) / 2}, qc.options());
+  KQ::pack_int4(p, q.size(0), q.size(1), out.mutable_data_ptr<uint8_t>());
+  return out;
+}
+
+struct Int4Args {
+  int64_t n, k, group;
+};
+
+Int4Args check_int4(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero, int64_t group) {
+  check_cpu(packed, "packed_weight");
+  check_cpu(scale, "scale");
+  check_cpu(zero, "zero_point");
+  TORCH_CHECK_VALUE(group == 32 || group == 64 || group == 128, "group_size: expected 32, 64 or 128, got ", group);
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
+                   "packed_weight: expected the contiguous [N, K / 2] uint8 tensor from int4_pack");
+  const int64_t n = packed.size(0), k = packed.size(1) * 2;
+  TORCH_CHECK_VALUE(k % group == 0, "group_size: ", group, " does not divide in_features ", k);
+  TORCH_CHECK_VALUE(scale.scalar_type() == at::kFloat && scale.dim() == 2 && scale.size(0) == n &&
+                        scale.size(1) == k / group && scale.is_contiguous(),
+                    "scale: expected a contiguous float32 tensor of shape [", n, ", ", k / group, "]");
+  TORCH_CHECK_VALUE(zero.scalar_type() == at::kByte && zero.dim() == 2 && zero.size(0) == n &&
+                        zero.size(1) == k / group && zero.is_contiguous(),
+                    "zero_point: expected a contiguous uint8 tensor of shape [", n, ", ", k / group, "]");
+  return {n, k, group};
+}
+
+at::Tensor int4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero,
+                               int64_t group_size) {
+  const Int4Args a = check_int4(packed, scale, zero, group_size);
+  at::Tensor w = at::empty({a.n, a.k}, scale.options());
+  KQ::int4_dequantize_rows(packed.const_data_ptr<uint8_t>(), scale.const_data_ptr<float>(),
+                           zero.const_data_ptr<uint8_t>(), a.k, a.group, 0, a.n, w.mutable_data_ptr<float>(),
+                           at::get_num_threads());
+  return w;
+}
+
+at::Tensor int4_linear_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scale,
+                           const at::Tensor& zero, const std::optional<at::Tensor>& bias, int64_t group_size) {
+  check_cpu(input, "input");
+  TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
+  const Int4Args a = check_int4(packed, scale, zero, group_size);
+  TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == a.k, "input: expected [..., ", a.k, "], got ",
+                    input.sizes());
+  at::Tensor b;
+  if (bias.has_value()) {
+    check_cpu(*bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == a.n, "bias: expected shape [", a.n, "], got ",
+                      bias->sizes());
+    b = bias->to(at::kFloat).contiguous();
+  }
+  const at::Tensor x = input.to(at::kFloat).contiguous().view({-1, a.k});
+  const int64_t m = x.size(0);
+  at::Tensor out = at::empty({m, a.n}, x.options());
+  constexpr int64_t kGemvRows = 8;  // above this, dequantise blocks of rows and use BLAS
+  if (m <= kGemvRows) {
+    KQ::int4_gemv(x.const_data_ptr<float>(), m, a.n, a.k, packed.const_data_ptr<uint8_t>(),
+                  scale.const_data_ptr<float>(), zero.const_data_ptr<uint8_t>(), a.group,
+                  b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
+                  at::get_num_threads());
+  } else {
+    constexpr int64_t kBlock = 256;
+    at::Tensor w = at::empty({std::min(kBlock, a.n), a.k}, x.options());
+    for (int64_t n0 = 0; n0 < a.n; n0 += kBlock) {
+      const int64_t n1 = std::min(a.n, n0 + kBlock);
+      KQ::int4_dequantize_rows(packed.const_data_ptr<uint8_t>(), scale.const_data_ptr<float>(),
+                               zero.const_data_ptr<uint8_t>(), a.k, a.group, n0, n1, w.mutable_data_ptr<float>(),
+                               at::get_num_threads());
+      at::Tensor wb = w.narrow(0, 0, n1 - n0);
+      at::Tensor ob = out.narrow(1, n0, n1 - n0);
+      if (b.defined()) ob.copy_(at::addmm(b.narrow(0, n0, n1 - n0), x, wb.t()));
+      else ob.copy_(at::mm(x, wb.t()));
+    }
+  }
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = a.n;
+  at::Tensor res = out.view(shape);
+  return input.scalar_type() == at::kFloat ? res : res.to(input.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("int4_pack", &int4_pack_cpu);
+  m.impl("int4_dequantize", &int4_dequantize_cpu);
+  m.impl("int4_linear", &int4_linear_cpu);
+}
+
+}  // namespace edgegen
