@@ -24,8 +24,8 @@ at::Tensor int4_pack_cpu(const at::Tensor& q) {
   check_cpu(q, "weight");
   TORCH_CHECK_TYPE(q.scalar_type() == at::kByte, "weight: expected a uint8 tensor of 4-bit values, got ",
                    q.scalar_type());
-  TORCH_CHECK_VALUE(q.dim() == 2 && q.size(0) > 0 && q.size(1) > 0 && q.size(1) % 32 == 0,
-                    "weight: expected [out_features, in_features] with in_features a multiple of 32, got ",
+  TORCH_CHECK_VALUE(q.dim() == 2 && q.size(0) > 0 && q.size(1) > 0 && q.size(1) % 64 == 0,
+                    "weight: expected [out_features, in_features] with in_features a multiple of 64, got ",
                     q.sizes());
   const at::Tensor qc = q.contiguous();
   const uint8_t* p = qc.const_data_ptr<uint8_t>();
@@ -48,7 +48,8 @@ Int4Args check_int4(const at::Tensor& packed, const at::Tensor& scale, const at:
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
                    "packed_weight: expected the contiguous [N, K / 2] uint8 tensor from int4_pack");
   const int64_t n = packed.size(0), k = packed.size(1) * 2;
-  TORCH_CHECK_VALUE(k % group == 0, "group_size: ", group, " does not divide in_features ", k);
+  TORCH_CHECK_VALUE(k % group == 0 && k % 64 == 0, "packed_weight: in_features ", k,
+                    " must be a multiple of 64 and of group_size ", group);
   TORCH_CHECK_VALUE(scale.scalar_type() == at::kFloat && scale.dim() == 2 && scale.size(0) == n &&
                         scale.size(1) == k / group && scale.is_contiguous(),
                     "scale: expected a contiguous float32 tensor of shape [", n, ", ", k / group, "]");

@@ -19,14 +19,21 @@ void int4_dequant_row_avx2(const uint8_t* row, int64_t k, int64_t group, const f
 
 namespace {
 
-float int4_dot_scalar(const uint8_t* packed, const float* x, int64_t len) {
+// Byte offset (within a row) and shift of the nibble holding input feature k.
+inline void nibble_at(int64_t k, int64_t* byte, int* shift) {
+  const int64_t chunk = k / 64, r = k % 64, half = r / 32, t = (r % 32) / 4, lane = r % 4;
+  const int64_t word = half * 4 + lane;
+  *byte = chunk * 32 + word * 4 + t / 2;
+  *shift = int(t % 2) * 4;
+}
+
+float int4_dot_scalar(const uint8_t* row, int64_t k0, const float* x, int64_t len) {
   float acc = 0.0f;
-  for (int64_t b = 0; b < len; b += 32) {
-    const uint8_t* p = packed + b / 2;
-    for (int j = 0; j < 16; ++j) {
-      acc += float(p[j] & 0x0f) * x[b + j];
-      acc += float(p[j] >> 4) * x[b + 16 + j];
-    }
+  for (int64_t kk = k0; kk < k0 + len; ++kk) {
+    int64_t byte;
+    int shift;
+    nibble_at(kk, &byte, &shift);
+    acc += float((row[byte] >> shift) & 0x0f) * x[kk - k0];
   }
   return acc;
 }
@@ -34,20 +41,26 @@ float int4_dot_scalar(const uint8_t* packed, const float* x, int64_t len) {
 }  // namespace
 
 void pack_int4(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed) {
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t b = 0; b < k; b += 32)
-      for (int j = 0; j < 16; ++j)
-        packed[(r * k + b) / 2 + j] = uint8_t((q[r * k + b + j] & 0x0f) | ((q[r * k + b + 16 + j] & 0x0f) << 4));
+  for (int64_t r = 0; r < n; ++r) {
+    uint8_t* row = packed + r * k / 2;
+    for (int64_t i = 0; i < k / 2; ++i) row[i] = 0;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      int64_t byte;
+      int shift;
+      nibble_at(kk, &byte, &shift);
+      row[byte] = uint8_t(row[byte] | ((q[r * k + kk] & 0x0f) << shift));
+    }
+  }
 }
 
 void unpack_int4(const uint8_t* packed, int64_t n, int64_t k, uint8_t* q) {
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t b = 0; b < k; b += 32)
-      for (int j = 0; j < 16; ++j) {
-        const uint8_t v = packed[(r * k + b) / 2 + j];
-        q[r * k + b + j] = v & 0x0f;
-        q[r * k + b + 16 + j] = v >> 4;
-      }
+    for (int64_t kk = 0; kk < k; ++kk) {
+      int64_t byte;
+      int shift;
+      nibble_at(kk, &byte, &shift);
+      q[r * k + kk] = (packed[r * k / 2 + byte] >> shift) & 0x0f;
+    }
 }
 
 void int4_gemv(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed, const float* scale,
@@ -62,7 +75,16 @@ void int4_gemv(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* p
       xsum[size_t(i * groups + g)] = s;
     }
   const bool avx2 = best_isa() == Isa::Avx2;
-  (void)avx2;
+  // The activations in the lane order of the packed words (see int4.h), for the vector path.
+  std::vector<float> xp;
+  if (avx2) {
+    xp.resize(size_t(m * k));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < k; c += 64)
+        for (int t = 0; t < 8; ++t)
+          for (int l = 0; l < 8; ++l)
+            xp[size_t(i * k + c + 8 * t + l)] = x[i * k + c + (l < 4 ? 4 * t + l : 32 + 4 * t + l - 4)];
+  }
   parallel_for(n, num_threads, [&](int64_t r) {
     const uint8_t* row = packed + r * k / 2;
     const float* sc = scale + r * groups;
@@ -72,13 +94,14 @@ void int4_gemv(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* p
       float dots[4];
 #if defined(EDGEGEN_HAVE_AVX2)
       if (avx2) {
-        int4_rows_avx2(row, x + i0 * k, k, rows, k, group, sc, dots);
+        int4_rows_avx2(row, xp.data() + i0 * k, k, rows, k, group, sc, dots);
       } else
 #endif
       {
         for (int i = 0; i < rows; ++i) {
           float acc = 0.0f;
-          for (int64_t g = 0; g < groups; ++g) acc += sc[g] * int4_dot_scalar(row + g * group / 2, x + (i0 + i) * k + g * group, group);
+          for (int64_t g = 0; g < groups; ++g)
+            acc += sc[g] * int4_dot_scalar(row, g * group, x + (i0 + i) * k + g * group, group);
           dots[i] = acc;
         }
       }
@@ -106,13 +129,12 @@ void int4_dequantize_rows(const uint8_t* packed, const float* scale, const uint8
       return;
     }
 #endif
-    for (int64_t b = 0; b < k; b += 32) {
-      for (int j = 0; j < 16; ++j) {
-        const uint8_t v = row[b / 2 + j];
-        const int64_t g0 = r * groups + (b + j) / group, g1 = r * groups + (b + 16 + j) / group;
-        o[b + j] = float(int(v & 0x0f) - int(zero[g0])) * scale[g0];
-        o[b + 16 + j] = float(int(v >> 4) - int(zero[g1])) * scale[g1];
-      }
+    for (int64_t kk = 0; kk < k; ++kk) {
+      int64_t byte;
+      int shift;
+      nibble_at(kk, &byte, &shift);
+      const int64_t g = r * groups + kk / group;
+      o[kk] = float(int((row[byte] >> shift) & 0x0f) - int(zero[g])) * scale[g];
     }
   });
 }

@@ -1,9 +1,10 @@
 // INT4 weight-only linear: 4-bit unsigned weights, two per byte, one float32 scale and one integer
 // zero point per group of G consecutive input features (G in {32, 64, 128}):
 //   w[n][k] = (q[n][k] - zero[n][k / G]) * scale[n][k / G],  q in [0, 15].
-// Packing, in blocks of 32 input features: byte j of a block holds q[k0 + j] in its low nibble
-// and q[k0 + 16 + j] in its high nibble, so each nibble plane is 16 consecutive k (what an
-// 8-lane widening load wants). K must be a multiple of 32 and of G.
+// Packing, in chunks of 64 input features = 32 bytes = 8 little-endian 32-bit words: nibble t
+// (bits 4t..4t+3) of word w holds k = k0 + 32 * (w / 4) + 4 * t + w % 4. Shifting the 8 words right
+// by 4t and masking gives 8 lanes that are k0 + 4t + (0..3) and k0 + 32 + 4t + (0..3): no
+// shuffles, and the activations are permuted to match once per call. K must be a multiple of 64.
 #pragma once
 #include <cstdint>
 
