@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "kernels/quant/quantize.h"
@@ -70,4 +71,61 @@ TEST(Quantize, LearnableBackwardMatchesLoop) {
   }
   EXPECT_NEAR(ds, 0.5 * want_s, 1e-9);
   EXPECT_NEAR(dz, 0.5 * want_z, 1e-9);
+}
+
+#include "kernels/quant/gemm.h"
+#include "kernels/quant/int4.h"
+
+TEST(Int8Gemm, ExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
+  std::mt19937 rng(5);
+  for (auto [m, k, n] : {std::tuple{1, 1, 1}, std::tuple{5, 7, 17}, std::tuple{9, 64, 33}, std::tuple{4, 3072, 16}}) {
+    for (int mode = 0; mode < 3; ++mode) {  // random 7-bit, random 8-bit, all 255 x 127/-128
+      std::vector<int8_t> w(size_t(n * k));
+      for (auto& v : w) v = mode == 2 ? int8_t((rng() & 1) ? 127 : -128) : int8_t(int(rng() % 256) - 128);
+      const int64_t lda = KQ::packed_k(k);
+      std::vector<uint8_t> a(size_t(m * lda), 0);
+      for (int i = 0; i < m; ++i)
+        for (int kk = 0; kk < k; ++kk) a[size_t(i * lda + kk)] = mode == 2 ? 255 : uint8_t(rng() % (mode == 0 ? 128 : 256));
+      std::vector<int8_t> packed(size_t(KQ::packed_panels(n) * lda * KQ::kPanel));
+      std::vector<int32_t> row_sum(static_cast<size_t>(n) + 0), out(static_cast<size_t>(m) * n);
+      KQ::pack_weight_s8(w.data(), n, k, packed.data(), row_sum.data());
+      KQ::GemmOutput o{out.data(), nullptr, 0.0f, nullptr, nullptr};
+      KQ::gemm_u8s8(a.data(), lda, m, n, k, 7, packed.data(), row_sum.data(), o, 2);
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+          int64_t want = 0;
+          for (int kk = 0; kk < k; ++kk) want += (int64_t(a[size_t(i * lda + kk)]) - 7) * w[size_t(j * k + kk)];
+          ASSERT_EQ(out[size_t(i * n + j)], want) << m << "x" << k << "x" << n << " mode " << mode;
+        }
+    }
+  }
+}
+
+TEST(Int4, PackRoundTripAndGemvMatchesDequantizedLoop) {
+  std::mt19937 rng(9);
+  const int64_t n = 19, k = 256, group = 64, groups = k / group;
+  std::vector<uint8_t> q(size_t(n * k)), back(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
+  std::vector<float> scale(size_t(n * groups)), x(size_t(5 * k)), out(size_t(5 * n)), w(size_t(n * k));
+  for (auto& v : q) v = uint8_t(rng() % 16);
+  for (auto& v : zero) v = uint8_t(rng() % 16);
+  for (auto& v : scale) v = 0.01f + float(rng() % 100) / 1000.0f;
+  for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 500.0f;
+  KQ::pack_int4(q.data(), n, k, packed.data());
+  KQ::unpack_int4(packed.data(), n, k, back.data());
+  ASSERT_EQ(back, q);
+  KQ::int4_dequantize_rows(packed.data(), scale.data(), zero.data(), k, group, 0, n, w.data(), 2);
+  for (int64_t m : {1, 3, 5}) {
+    KQ::int4_gemv(x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group, nullptr, out.data(), 2);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t r = 0; r < n; ++r) {
+        double want = 0;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const int64_t g = r * groups + kk / group;
+          const double wv = (double(q[size_t(r * k + kk)]) - zero[size_t(g)]) * scale[size_t(g)];
+          ASSERT_FLOAT_EQ(w[size_t(r * k + kk)], float(wv));
+          want += wv * x[size_t(i * k + kk)];
+        }
+        ASSERT_NEAR(out[size_t(i * n + r)], want, 1e-3 * (1.0 + std::fabs(want)));
+      }
+  }
 }

@@ -247,3 +247,39 @@ def int8_linear_dynamic_reference(x: Tensor, weight_int8: Tensor, weight_scale: 
     if bias is not None:
         out = out + bias.to(torch.float32)
     return out.reshape(*x.shape[:-1], weight_int8.shape[0]).to(x.dtype)
+
+
+def _int4_positions(k: int, device=None) -> tuple[Tensor, Tensor]:
+    """Byte offset and shift of each input feature's nibble in a packed INT4 row (see int4.h)."""
+    kk = torch.arange(k, device=device)
+    chunk, r = kk // 64, kk % 64
+    word = (r // 32) * 4 + r % 4
+    t = (r % 32) // 4
+    return chunk * 32 + word * 4 + t // 2, (t % 2) * 4
+
+
+def int4_pack_reference(q: Tensor) -> Tensor:
+    n, k = q.shape
+    byte, shift = _int4_positions(k, q.device)
+    out = torch.zeros(n, k // 2, dtype=torch.int32, device=q.device)
+    out.index_add_(1, byte, ((q.to(torch.int32) & 15) << shift.to(torch.int32)).to(torch.int32))
+    return out.to(torch.uint8)
+
+
+def int4_unpack_reference(packed: Tensor) -> Tensor:
+    byte, shift = _int4_positions(packed.shape[1] * 2, packed.device)
+    return (packed[:, byte].to(torch.int32) >> shift) & 15
+
+
+def int4_dequantize_reference(packed: Tensor, scale: Tensor, zero_point: Tensor, group_size: int) -> Tensor:
+    q = int4_unpack_reference(packed).to(torch.float32)
+    n, k = q.shape
+    g = q.view(n, k // group_size, group_size)
+    return ((g - zero_point.to(torch.float32)[..., None]) * scale.to(torch.float32)[..., None]).view(n, k)
+
+
+def int4_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bias: Tensor | None,
+                          group_size: int) -> Tensor:
+    w = int4_dequantize_reference(packed, scale, zero_point, group_size)
+    out = torch.nn.functional.linear(x.to(torch.float32), w, None if bias is None else bias.to(torch.float32))
+    return out.to(x.dtype)

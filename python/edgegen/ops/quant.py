@@ -125,3 +125,34 @@ def int8_linear_dynamic(x: Tensor, weight_int8: Tensor, packed: Tensor | None, r
     if x.device.type == "cpu" and packed is not None:
         return torch.ops.edgegen.int8_linear_dynamic(x, packed, row_sum, weight_scale, bias, n, k)
     return ref.int8_linear_dynamic_reference(x, weight_int8, weight_scale, bias)
+
+
+# --- INT4 weight-only ----------------------------------------------------------------------------
+
+
+@torch.library.register_fake("edgegen::int4_pack")
+def _(weight):
+    return weight.new_empty((weight.shape[0], weight.shape[1] // 2), dtype=torch.uint8)
+
+
+@torch.library.register_fake("edgegen::int4_dequantize")
+def _(packed_weight, scale, zero_point, group_size):
+    return scale.new_empty((packed_weight.shape[0], packed_weight.shape[1] * 2), dtype=torch.float32)
+
+
+@torch.library.register_fake("edgegen::int4_linear")
+def _(input, packed_weight, scale, zero_point, bias, group_size):
+    return input.new_empty((*input.shape[:-1], packed_weight.shape[0]))
+
+
+def int4_pack(q: Tensor) -> Tensor:
+    if q.device.type == "cpu":
+        return torch.ops.edgegen.int4_pack(q)
+    return ref.int4_pack_reference(q)
+
+
+def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bias: Tensor | None,
+                group_size: int) -> Tensor:
+    if x.device.type == "cpu" and packed.device.type == "cpu":
+        return torch.ops.edgegen.int4_linear(x, packed, scale, zero_point, bias, group_size)
+    return ref.int4_linear_reference(x, packed, scale, zero_point, bias, group_size)

@@ -9,7 +9,7 @@ from edgegen.quant.config import (
     Int8DynamicConfig,
     config_from_dict,
 )
-from edgegen.quant.modules import Int8Linear
+from edgegen.quant.modules import Int4Linear, Int8Linear
 from edgegen.quant.functional import (
     dequantize,
     fake_quantize,
@@ -20,4 +20,4 @@ from edgegen.quant.functional import (
 
 __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable",
            "quantize_", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
-           "Int8Linear", "LowPrecision"]
+           "Int8Linear", "Int4Linear", "LowPrecision"]

@@ -64,3 +64,54 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int4Linear(nn.Module):
+    """Linear with 4-bit weights (asymmetric, one float32 scale and one 4-bit zero point per
+    ``group_size`` input features, two weights per byte) and floating-point activations; the
+    weights are dequantised inside the dot products (small batches) or block by block (large).
+    ``in_features`` must be a multiple of 64 and of ``group_size``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 64):
+        super().__init__()
+        if group_size not in (32, 64, 128):
+            raise ValueError(f"group_size: expected 32, 64 or 128, got {group_size!r}")
+        if in_features % 64 or in_features % group_size:
+            raise ValueError(f"in_features: {in_features} must be a multiple of 64 and of group_size {group_size}")
+        self.in_features, self.out_features, self.group_size = int(in_features), int(out_features), int(group_size)
+        groups = in_features // group_size
+        self.register_buffer("packed_weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(out_features, groups, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, linear: nn.Linear, group_size: int = 64) -> "Int4Linear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        n, k = linear.out_features, linear.in_features
+        w = linear.weight.detach().float().cpu().reshape(n * (k // group_size), group_size)
+        lo, hi = w.amin(dim=1), w.amax(dim=1)
+        scale = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(hi))
+        zero = torch.round(-lo / scale).clamp(0, 15).to(torch.int64)
+        codes = quantize_per_channel(w, scale, zero, 0, torch.uint8, 0, 15).reshape(n, k)
+        q.packed_weight.copy_(ops.int4_pack(codes))
+        q.scale.copy_(scale.reshape(n, -1))
+        q.zero_point.copy_(zero.reshape(n, -1).to(torch.uint8))
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias.detach().float())
+        return q
+
+    def dequantized_weight(self) -> Tensor:
+        from edgegen.ops._reference import int4_dequantize_reference
+
+        return int4_dequantize_reference(self.packed_weight, self.scale, self.zero_point, self.group_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.int4_linear(x, self.packed_weight, self.scale, self.zero_point, self.bias, self.group_size)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"group_size={self.group_size}")
