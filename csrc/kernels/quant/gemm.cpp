@@ -12,14 +12,19 @@ namespace edgegen::kernels::quant {
 
 #if defined(EDGEGEN_HAVE_AVX2)
 // gemm_avx2.cpp: one [rows <= 4, 16] tile over the whole K; u7 selects vpmaddubsw (a <= 127).
-void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, bool u7, int32_t* acc);
+void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, bool u7, int32_t* acc,
+               bool accumulate);
+void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const int32_t* row_sum, const GemmOutput& out,
+                     int64_t n, int64_t i, int64_t j0);
 #endif
 
 namespace {
 
-void tile_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc) {
+void tile_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc,
+                 bool accumulate) {
   for (int r = 0; r < rows; ++r) {
     int32_t sum[kPanel] = {0};
+    if (accumulate) std::memcpy(sum, acc + r * kPanel, sizeof(sum));
     const uint8_t* ar = a + r * lda;
     for (int64_t q = 0; q < kp / 4; ++q) {
       const int8_t* blk = panel + q * 4 * kPanel;
@@ -58,20 +63,36 @@ void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, i
       }
   const bool avx2 = best_isa() == Isa::Avx2;
   (void)u7;
-  // Tasks: blocks of up to 64 rows x one panel; rows inside a block in tiles of 4.
-  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb;
+  // Tasks: blocks of up to 64 rows x one panel. K is split into blocks of 1024 so that a panel's
+  // slice (16 KB) stays in L1 while every row tile of the block passes over it; the row tiles'
+  // accumulators live in a per-task buffer between K blocks.
+  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = 1024;
   parallel_for(row_blocks * np, num_threads, [&](int64_t task) {
     const int64_t p = task % np, i0 = (task / np) * mb, i1 = std::min(m, i0 + mb);
     const int8_t* panel = packed + p * kp * kPanel;
     const int64_t j0 = p * kPanel, cols = std::min<int64_t>(kPanel, n - j0);
-    int32_t acc[4 * kPanel];
+    int32_t accbuf[64 * kPanel];
+    for (int64_t k0 = 0; k0 < kp; k0 += kb) {
+      const int64_t klen = std::min(kb, kp - k0);
+      for (int64_t i = i0; i < i1; i += 4) {
+        const int rows = int(std::min<int64_t>(4, i1 - i));
+        int32_t* acc = accbuf + (i - i0) * kPanel;
+#if defined(EDGEGEN_HAVE_AVX2)
+        if (avx2) tile_avx2(a + i * lda + k0, lda, rows, panel + k0 * kPanel, klen, u7, acc, k0 > 0);
+        else tile_scalar(a + i * lda + k0, lda, rows, panel + k0 * kPanel, klen, acc, k0 > 0);
+#else
+        tile_scalar(a + i * lda + k0, lda, rows, panel + k0 * kPanel, klen, acc, k0 > 0);
+#endif
+      }
+    }
     for (int64_t i = i0; i < i1; i += 4) {
       const int rows = int(std::min<int64_t>(4, i1 - i));
+      const int32_t* acc = accbuf + (i - i0) * kPanel;
 #if defined(EDGEGEN_HAVE_AVX2)
-      if (avx2) tile_avx2(a + i * lda, lda, rows, panel, kp, u7, acc);
-      else tile_scalar(a + i * lda, lda, rows, panel, kp, acc);
-#else
-      tile_scalar(a + i * lda, lda, rows, panel, kp, acc);
+      if (avx2 && cols == kPanel) {
+        store_tile_avx2(acc, rows, a_zero_point, row_sum, out, n, i, j0);
+        continue;
+      }
 #endif
       for (int r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < cols; ++c) {

@@ -11,36 +11,60 @@ namespace edgegen::kernels::quant {
 namespace {
 
 // u7 activations: vpmaddubsw (u8 x s8 -> pairs in int16, no saturation since a <= 127), then
-// vpmaddwd with ones to int32.
+// vpmaddwd with ones to int32. Named accumulators rather than arrays: with arrays GCC keeps
+// copying (and spilling) them inside the loop.
+#define EDGEGEN_U7_ROW(r, c0, c1)                                                            \
+  if (R > r) {                                                                               \
+    int32_t quad;                                                                            \
+    std::memcpy(&quad, a + r * lda + 4 * q, 4);                                              \
+    const __m256i av = _mm256_set1_epi32(quad);                                              \
+    c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones));        \
+    c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones));        \
+  }
+
+#define EDGEGEN_LOAD_ACC(r, c0, c1)                                                     \
+  if (accumulate && R > r) {                                                          \
+    c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kPanel));      \
+    c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kPanel + 8));  \
+  }
+
 template <int R>
-void tile_u7(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t kp, int32_t* acc) {
-  __m256i c0[R], c1[R];
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_si256();
+void tile_u7(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t kp, int32_t* acc, bool accumulate) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+          c31 = c00;
+  EDGEGEN_LOAD_ACC(0, c00, c01)
+  EDGEGEN_LOAD_ACC(1, c10, c11)
+  EDGEGEN_LOAD_ACC(2, c20, c21)
+  EDGEGEN_LOAD_ACC(3, c30, c31)
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t q = 0; q < kp / 4; ++q) {
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64 + 32));
-    for (int r = 0; r < R; ++r) {
-      int32_t quad;
-      std::memcpy(&quad, a + r * lda + 4 * q, 4);
-      const __m256i av = _mm256_set1_epi32(quad);
-      c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones));
-      c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones));
-    }
+    EDGEGEN_U7_ROW(0, c00, c01)
+    EDGEGEN_U7_ROW(1, c10, c11)
+    EDGEGEN_U7_ROW(2, c20, c21)
+    EDGEGEN_U7_ROW(3, c30, c31)
   }
+  const __m256i out[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
   for (int r = 0; r < R; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kPanel), c0[r]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kPanel + 8), c1[r]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kPanel), out[2 * r]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kPanel + 8), out[2 * r + 1]);
   }
 }
+#undef EDGEGEN_U7_ROW
+#undef EDGEGEN_LOAD_ACC
 
 // Full-range u8 activations: widen both operands to int16 and use vpmaddwd (exact).
 // Per 32-bit lane j the packed weights hold (w0 w1 w2 w3) of column j; the activations' quad is
 // split into the pairs (a0 a1) and (a2 a3) and each pair meets the matching weight pair.
 template <int R>
-void tile_u8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t kp, int32_t* acc) {
+void tile_u8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t kp, int32_t* acc, bool accumulate) {
   __m256i c0[R], c1[R];
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_si256();
+  for (int r = 0; r < R; ++r) {
+    c0[r] = accumulate ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kPanel)) : _mm256_setzero_si256();
+    c1[r] = accumulate ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kPanel + 8))
+                       : _mm256_setzero_si256();
+  }
   for (int64_t q = 0; q < kp / 4; ++q) {
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64 + 32));
@@ -66,12 +90,40 @@ void tile_u8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t kp, int
 
 }  // namespace
 
-void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, bool u7, int32_t* acc) {
+void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, bool u7, int32_t* acc,
+               bool accumulate) {
   switch (rows) {
-    case 4: u7 ? tile_u7<4>(a, lda, panel, kp, acc) : tile_u8<4>(a, lda, panel, kp, acc); break;
-    case 3: u7 ? tile_u7<3>(a, lda, panel, kp, acc) : tile_u8<3>(a, lda, panel, kp, acc); break;
-    case 2: u7 ? tile_u7<2>(a, lda, panel, kp, acc) : tile_u8<2>(a, lda, panel, kp, acc); break;
-    default: u7 ? tile_u7<1>(a, lda, panel, kp, acc) : tile_u8<1>(a, lda, panel, kp, acc); break;
+    case 4: u7 ? tile_u7<4>(a, lda, panel, kp, acc, accumulate) : tile_u8<4>(a, lda, panel, kp, acc, accumulate); break;
+    case 3: u7 ? tile_u7<3>(a, lda, panel, kp, acc, accumulate) : tile_u8<3>(a, lda, panel, kp, acc, accumulate); break;
+    case 2: u7 ? tile_u7<2>(a, lda, panel, kp, acc, accumulate) : tile_u8<2>(a, lda, panel, kp, acc, accumulate); break;
+    default: u7 ? tile_u7<1>(a, lda, panel, kp, acc, accumulate) : tile_u8<1>(a, lda, panel, kp, acc, accumulate);
+  }
+}
+
+}  // namespace edgegen::kernels::quant
+
+namespace edgegen::kernels::quant {
+
+// Epilogue of a full-width tile (16 columns): zero-point compensation, then int32 out, or float
+// out = acc * a_scale * w_scale[j] (+ bias[j]), 8 columns at a time.
+void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const int32_t* row_sum, const GemmOutput& out,
+                     int64_t n, int64_t i, int64_t j0) {
+  const __m256i zp = _mm256_set1_epi32(a_zero_point);
+  for (int h = 0; h < 2; ++h) {
+    const int64_t j = j0 + 8 * h;
+    const __m256i comp = _mm256_mullo_epi32(zp, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_sum + j)));
+    __m256 scale = _mm256_setzero_ps(), bias = _mm256_setzero_ps();
+    if (!out.out_i32) {
+      scale = _mm256_mul_ps(_mm256_set1_ps(out.a_scale), _mm256_loadu_ps(out.w_scale + j));
+      if (out.bias) bias = _mm256_loadu_ps(out.bias + j);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const __m256i v = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kPanel + 8 * h)),
+                                         comp);
+      const int64_t o = (i + r) * n + j;
+      if (out.out_i32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.out_i32 + o), v);
+      else _mm256_storeu_ps(out.out_f32 + o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), scale, bias));
+    }
   }
 }
 

@@ -1,0 +1,236 @@
+"""Quantized linear layers on CPU.
+
+1. INT8 Linear on GPT-2 shapes (M in {1, 8, 64, 512}; K x N in {768x2304, 768x3072, 3072x768}):
+   edgegen Int8Linear (dynamic activation quantization included) vs fp32 nn.Linear, vs PyTorch's
+   own int8 path (torch.ao dynamic quantized Linear, x86/fbgemm engine) and vs ONNX Runtime's
+   integer MatMul (onnxruntime.quantization.quantize_dynamic of the same layer, per-channel int8
+   weights; ORT fuses it into DynamicQuantizeMatMul).
+2. INT4 weight-only GEMV (M = 1) vs fp32, the same shapes plus GPT-2's output head (768 x 50257).
+3. End to end, fp32 vs INT8 (dynamic): the GPT-2 student (6L/384) prefill of 128 tokens and one
+   cached decode step, and the Beta-VAE decoder (batch 64); latency and bytes on disk.
+
+    python benchmarks/bench_quant.py            # full run (several minutes)
+    python benchmarks/bench_quant.py --quick    # M in {1, 64}, one shape
+
+Medians after warm-up, each (provider, case) in its own process, at the machine's full thread
+count (ONNX Runtime gets the same intra-op thread count). Results: benchmarks/results/quant.csv.
+Needs requirements-bench.txt for the ONNX Runtime rows (skipped, with a message, without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+SHAPES = [(768, 2304), (768, 3072), (3072, 768)]
+
+
+def ort_session(lin, threads: int, quantized: bool):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = lin.in_features, lin.out_features
+    w = numpy_helper.from_array(lin.weight.detach().numpy().T.copy(), "W")
+    b = numpy_helper.from_array(lin.bias.detach().numpy().astype(np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["XW"]), helper.make_node("Add", ["XW", "B"], ["Y"])], "linear",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "linear.onnx")
+    onnx.save(model, path)
+    if quantized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        qpath = os.path.join(d, "linear_int8.onnx")
+        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8, per_channel=True)
+        path = qpath
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def linear_worker(spec: dict) -> dict:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    k, n, m = spec["k"], spec["n"], spec["m"]
+    lin = nn.Linear(k, n).eval()
+    x = torch.randn(m, k)
+    p = spec["provider"]
+    if p == "fp32":
+        f = lambda: lin(x)  # noqa: E731
+    elif p == "edgegen-int8":
+        from edgegen.quant import Int8Linear
+
+        q = Int8Linear.from_float(lin)
+        f = lambda: q(x)  # noqa: E731
+    elif p == "edgegen-int4":
+        from edgegen.quant import Int4Linear
+
+        q = Int4Linear.from_float(lin, spec.get("group", 64))
+        f = lambda: q(x)  # noqa: E731
+    elif p == "torch-int8":
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        q = quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
+        f = lambda: q(x)  # noqa: E731
+    elif p in ("onnxruntime-int8", "onnxruntime-fp32"):
+        sess = ort_session(lin, spec["threads"], p == "onnxruntime-int8")
+        xn = x.numpy()
+        f = lambda: sess.run(None, {"X": xn})  # noqa: E731
+    else:
+        raise ValueError(p)
+    with torch.no_grad():
+        f()
+        if spec["measure"] == "memory":
+            return {"peak_mb": harness.peak_extra_mb(f)}
+        p20, p50, p80 = harness.time_ms(f, repeats=spec["repeats"], warmup=3)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+
+
+def e2e_worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    from edgegen.prune import saved_bytes
+    from edgegen.quant import Int8DynamicConfig, quantize_
+
+    if spec["model"] == "gpt2-student":
+        from edgegen.models.gpt2 import GPT2, GPT2Config
+
+        model = GPT2(GPT2Config.student()).eval()
+        idx = torch.randint(0, 50257, (1, 128))
+    else:
+        from edgegen.models.vae import BetaVAE
+
+        model = BetaVAE().eval()
+        z = torch.randn(64, model.config.latent_dim)
+    if spec["provider"] == "int8":
+        quantize_(model, Int8DynamicConfig())
+    size = saved_bytes(model.decoder if spec["model"] == "beta-vae-decoder" else model)
+    with torch.no_grad():
+        if spec["model"] == "gpt2-student":
+            if spec["mode"] == "prefill":
+                f = lambda: model(idx)  # noqa: E731
+            else:
+                _, past = model(idx, use_cache=True)
+                nxt = idx[:, -1:]
+                f = lambda: model(nxt, past_key_values=past, use_cache=True)  # noqa: E731
+        else:
+            f = lambda: model.decode(z)  # noqa: E731
+        f()
+        if spec["measure"] == "memory":
+            return {"peak_mb": harness.peak_extra_mb(f)}
+        p20, p50, p80 = harness.time_ms(f, repeats=spec["repeats"], warmup=2)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "bytes": size}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant.csv"))
+    args = ap.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(e2e_worker(spec) if spec["op"] == "e2e" else linear_worker(spec)))
+        return
+    try:
+        import onnxruntime  # noqa: F401
+        have_ort = True
+    except ImportError:
+        have_ort = False
+        print("# onnxruntime not installed (pip install -r requirements-bench.txt torch==2.13.0): its rows are skipped")
+
+    machine, versions = harness.machine(), harness.versions()
+    print(f"# {machine}; {versions}; {args.threads} threads")
+    rows = []
+
+    def record(op, provider, shape, res, mode="", flops=None):
+        if "error" in res:
+            print(f"{op} {provider} {shape} ERROR {res['error']}")
+            return None
+        row = dict(op=op, provider=provider, shape=shape, dtype="float32 in/out", mode=mode, threads=args.threads,
+                   machine=machine, versions=versions,
+                   **{k: round(v, 4) for k, v in res.items() if k in harness.CSV_FIELDS})
+        if flops:
+            row["gflops"] = round(flops / (res["p50_ms"] * 1e-3) / 1e9, 2)
+        rows.append(row)
+        return row
+
+    ms = (1, 64) if args.quick else (1, 8, 64, 512)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    providers = ["fp32", "edgegen-int8", "torch-int8"] + (["onnxruntime-int8"] if have_ort else [])
+    print("\n## INT8 Linear (forward, dynamic activation quantization included); speed-up = fp32 time / time")
+    print(f"{'M':>4s} {'K x N':>11s} " + " ".join(f"{p:>18s}" for p in providers) + "   edgegen vs fp32 / torch / ORT")
+    for k, n in shapes:
+        for m in ms:
+            res = {}
+            for p in providers:
+                spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, repeats=200 if m <= 8 else 30)
+                r = record("int8_linear", p, f"M={m} K={k} N={n}", harness.run_worker(__file__, spec),
+                           flops=2 * m * k * n)
+                if r:
+                    res[p] = r["p50_ms"]
+            if "edgegen-int8" not in res:
+                continue
+            e = res["edgegen-int8"]
+            cells = " ".join(f"{res.get(p, float('nan')):18.4f}" for p in providers)
+            vs = " / ".join(f"{res[p] / e:.2f}x" if p in res else "-" for p in ("fp32", "torch-int8", "onnxruntime-int8"))
+            print(f"{m:4d} {f'{k}x{n}':>11s} {cells}   {vs}")
+
+    print("\n## INT4 weight-only GEMV (M = 1, group 64) vs fp32")
+    print(f"{'K x N':>11s} {'fp32 ms':>9s} {'int4 ms':>9s} {'speed-up':>9s}")
+    for k, n in shapes + [(768, 50257)]:
+        res = {}
+        for p in ("fp32", "edgegen-int4"):
+            spec = dict(op="linear", provider=p, k=k, n=n, m=1, threads=args.threads, repeats=200 if n < 10000 else 30)
+            r = record("int4_gemv", p, f"M=1 K={k} N={n} group=64", harness.run_worker(__file__, spec),
+                       flops=2 * k * n)
+            if r:
+                res[p] = r["p50_ms"]
+        if len(res) == 2:
+            print(f"{f'{k}x{n}':>11s} {res['fp32']:9.4f} {res['edgegen-int4']:9.4f} "
+                  f"{res['fp32'] / res['edgegen-int4']:8.2f}x")
+
+    print("\n## End to end, fp32 vs INT8 dynamic (Linear layers only; convolutions stay fp32)")
+    print(f"{'model':18s} {'mode':8s} {'fp32 ms':>9s} {'int8 ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} {'int8 MB':>8s}")
+    cases = [("gpt2-student", "prefill"), ("gpt2-student", "decode"), ("beta-vae-decoder", "batch64")]
+    for model, mode in cases:
+        res = {}
+        for p in ("fp32", "int8"):
+            spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
+                        repeats=50 if mode == "decode" else 10)
+            r = harness.run_worker(__file__, spec)
+            row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes")
+            if row:
+                res[p] = r
+        if len(res) == 2:
+            f, q = res["fp32"], res["int8"]
+            print(f"{model:18s} {mode:8s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} {f['p50_ms'] / q['p50_ms']:8.2f}x "
+                  f"{f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
+    harness.write_csv(rows, Path(args.out))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
