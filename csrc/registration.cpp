@@ -64,6 +64,12 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("fake_quantize_learnable_backward(Tensor grad, Tensor input, Tensor scale, Tensor zero_point, int? axis, "
         "int quant_min, int quant_max, float grad_factor) -> (Tensor, Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  // Observer statistics: per-channel (axis) or per-tensor min and max (float32); a histogram of
+  // the values over [lo, hi] (outliers in the end bins); the clipping range [lo, hi] * s / steps,
+  // s = 1..steps, with the smallest fake-quantization squared error.
+  m.def("observe_minmax(Tensor input, int? axis) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  m.def("observe_histogram(Tensor input, int bins, float lo, float hi) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("mse_clip_range(Tensor input, float lo, float hi, int quant_min, int quant_max, int steps) -> (float, float)");
   // INT8 GEMM. Pack int8 weights [N, K] once: (packed panels, per-row sums for the zero-point
   // compensation).
   m.def("int8_pack_weight(Tensor weight) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
@@ -75,6 +81,11 @@ TORCH_LIBRARY(edgegen, m) {
   // integer GEMM against the packed symmetric weights, dequantised with weight_scale [N] (+ bias).
   m.def("int8_linear_dynamic(Tensor input, Tensor packed_weight, Tensor weight_row_sum, Tensor weight_scale, "
         "Tensor? bias, int n, int k) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // The same with calibrated activation parameters: input quantized to [0, 127] with a_scale and
+  // a_zero_point.
+  m.def("int8_linear_static(Tensor input, float a_scale, int a_zero_point, Tensor packed_weight, "
+        "Tensor weight_row_sum, Tensor weight_scale, Tensor? bias, int n, int k) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // INT4 weight-only: 4-bit values [N, K] (uint8 in [0, 15]) -> packed [N, K / 2]; dequantised
   // weight (q - zero_point) * scale per group of group_size input features; the linear layer with

@@ -5,6 +5,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -77,9 +78,10 @@ at::Tensor int8_gemm_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Te
   return out;
 }
 
-at::Tensor int8_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,
-                                   const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, int64_t n,
-                                   int64_t k) {
+// Shared by the dynamic and static linear ops: a_scale <= 0 means "quantize dynamically".
+at::Tensor int8_linear_impl(const at::Tensor& input, double a_scale, int64_t a_zero_point, const at::Tensor& packed,
+                            const at::Tensor& row_sum, const at::Tensor& weight_scale,
+                            const std::optional<at::Tensor>& bias, int64_t n, int64_t k) {
   check_cpu(input, "input");
   TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
   TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == k, "input: expected [..., ", k, "], got ", input.sizes());
@@ -102,8 +104,14 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& pa
   shape.back() = n;
   at::Tensor out = at::empty(shape, x.options());
   if (m > 0) {
-    const KQ::ActQuant q = KQ::quantize_activations_u7(x.const_data_ptr<float>(), m, k, a.mutable_data_ptr<uint8_t>(),
-                                                       lda, at::get_num_threads());
+    KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
+    if (a_scale > 0) {
+      KQ::quantize_activations_static_u7(x.const_data_ptr<float>(), m, k, q, a.mutable_data_ptr<uint8_t>(), lda,
+                                         at::get_num_threads());
+    } else {
+      q = KQ::quantize_activations_u7(x.const_data_ptr<float>(), m, k, a.mutable_data_ptr<uint8_t>(), lda,
+                                      at::get_num_threads());
+    }
     KQ::GemmOutput o{nullptr, out.mutable_data_ptr<float>(), q.scale, ws.const_data_ptr<float>(),
                      b.defined() ? b.const_data_ptr<float>() : nullptr};
     KQ::gemm_u8s8(a.const_data_ptr<uint8_t>(), lda, m, n, k, q.zero_point, packed.const_data_ptr<int8_t>(),
@@ -112,12 +120,28 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& pa
   return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
 }
 
+at::Tensor int8_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,
+                                   const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, int64_t n,
+                                   int64_t k) {
+  return int8_linear_impl(input, 0.0, 0, packed, row_sum, weight_scale, bias, n, k);
+}
+
+at::Tensor int8_linear_static_cpu(const at::Tensor& input, double a_scale, int64_t a_zero_point,
+                                  const at::Tensor& packed, const at::Tensor& row_sum, const at::Tensor& weight_scale,
+                                  const std::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  TORCH_CHECK_VALUE(std::isfinite(a_scale) && a_scale > 0, "a_scale: expected a finite value > 0, got ", a_scale);
+  TORCH_CHECK_VALUE(a_zero_point >= 0 && a_zero_point <= 127, "a_zero_point: expected a value in [0, 127] (7-bit "
+                    "activations), got ", a_zero_point);
+  return int8_linear_impl(input, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
   m.impl("int8_pack_weight", &int8_pack_weight_cpu);
   m.impl("int8_gemm", &int8_gemm_cpu);
   m.impl("int8_linear_dynamic", &int8_linear_dynamic_cpu);
+  m.impl("int8_linear_static", &int8_linear_static_cpu);
 }
 
 }  // namespace edgegen

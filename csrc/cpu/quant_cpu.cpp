@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/quant/observe.h"
 #include "kernels/quant/quantize.h"
 
 namespace edgegen {
@@ -171,9 +172,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   return {dx, dscale, dzp};
 }
 
+KQ::Layout layout_of(const at::Tensor& x, std::optional<int64_t> axis) {
+  if (!axis.has_value()) return {1, 1, x.numel()};
+  const int64_t nd = x.dim();
+  TORCH_CHECK_INDEX(nd >= 1 && *axis >= -nd && *axis < nd, "axis: expected a dimension of the input in [", -nd, ", ",
+                    nd, "), got ", *axis);
+  const int64_t a = *axis < 0 ? *axis + nd : *axis;
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < a; ++d) outer *= x.size(d);
+  for (int64_t d = a + 1; d < nd; ++d) inner *= x.size(d);
+  return {outer, x.size(a), inner};
+}
+
+void check_no_nan(int64_t nan) {
+  TORCH_CHECK_VALUE(nan == 0, "input: ", nan, " values are NaN; observers need NaN-free calibration data");
+}
+
+std::tuple<at::Tensor, at::Tensor> observe_minmax_cpu(const at::Tensor& input, std::optional<int64_t> axis) {
+  check_cpu(input, "input");
+  const K::DType dt = float_dtype(input.scalar_type(), "input");
+  TORCH_CHECK_VALUE(input.numel() > 0, "input: expected a non-empty tensor");
+  const KQ::Layout l = layout_of(input, axis);
+  const at::Tensor x = input.contiguous();
+  at::Tensor lo = at::empty({l.channels}, x.options().dtype(at::kFloat));
+  at::Tensor hi = at::empty({l.channels}, x.options().dtype(at::kFloat));
+  check_no_nan(KQ::observe_minmax(x.const_data_ptr(), dt, l, lo.mutable_data_ptr<float>(), hi.mutable_data_ptr<float>(),
+                                  at::get_num_threads()));
+  return {lo, hi};
+}
+
+at::Tensor observe_histogram_cpu(const at::Tensor& input, int64_t bins, double lo, double hi) {
+  check_cpu(input, "input");
+  const K::DType dt = float_dtype(input.scalar_type(), "input");
+  TORCH_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), "bins: expected a value in [1, 2^24], got ", bins);
+  TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "lo/hi: expected finite lo <= hi, got [", lo,
+                    ", ", hi, "]");
+  const at::Tensor x = input.contiguous();
+  at::Tensor counts = at::empty({bins}, x.options().dtype(at::kLong));
+  check_no_nan(KQ::observe_histogram(x.const_data_ptr(), dt, x.numel(), bins, float(lo), float(hi),
+                                     counts.mutable_data_ptr<int64_t>(), at::get_num_threads()));
+  return counts;
+}
+
+std::tuple<double, double> mse_clip_range_cpu(const at::Tensor& input, double lo, double hi, int64_t quant_min,
+                                              int64_t quant_max, int64_t steps) {
+  check_cpu(input, "input");
+  const K::DType dt = float_dtype(input.scalar_type(), "input");
+  TORCH_CHECK_VALUE(steps >= 1 && steps <= 4096, "steps: expected a value in [1, 4096], got ", steps);
+  TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "lo/hi: expected finite lo <= hi, got [", lo,
+                    ", ", hi, "]");
+  check_range(quant_min, quant_max, INT32_MIN, INT32_MAX, "the quantized range");
+  const at::Tensor x = input.contiguous();
+  float best_lo = 0.0f, best_hi = 0.0f;
+  KQ::mse_clip_range(x.const_data_ptr(), dt, x.numel(), float(lo), float(hi), int32_t(quant_min), int32_t(quant_max),
+                     int(steps), &best_lo, &best_hi, at::get_num_threads());
+  return {double(best_lo), double(best_hi)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("observe_minmax", &observe_minmax_cpu);
+  m.impl("observe_histogram", &observe_histogram_cpu);
+  m.impl("mse_clip_range", &mse_clip_range_cpu);
   m.impl("quantize_affine", &quantize_affine_cpu);
   m.impl("dequantize_affine", &dequantize_affine_cpu);
   m.impl("fake_quantize_affine", &fake_quantize_affine_cpu);

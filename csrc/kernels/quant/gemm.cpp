@@ -119,6 +119,12 @@ ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* 
   }
   ActQuant q{hi > lo ? (hi - lo) / 127.0f : 1.0f, 0};
   q.zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q.scale))));
+  quantize_activations_static_u7(x, m, k, q, a, lda, num_threads);
+  return q;
+}
+
+void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,
+                                    int num_threads) {
   const float inv = 1.0f / q.scale;
   parallel_for(m, num_threads, [&](int64_t i) {
     uint8_t* row = a + i * lda;
@@ -128,7 +134,6 @@ ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* 
     }
     for (int64_t kk = k; kk < lda; ++kk) row[kk] = 0;
   });
-  return q;
 }
 
 }  // namespace edgegen::kernels::quant

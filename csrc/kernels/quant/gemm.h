@@ -47,4 +47,8 @@ struct ActQuant {
 };
 ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads);
 
+// Static (calibrated) quantization of float32 activations to [0, 127] with the given parameters.
+void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,
+                                    int num_threads);
+
 }  // namespace edgegen::kernels::quant
