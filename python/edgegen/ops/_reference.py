@@ -283,3 +283,15 @@ def int4_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, zero_point: 
     w = int4_dequantize_reference(packed, scale, zero_point, group_size)
     out = torch.nn.functional.linear(x.to(torch.float32), w, None if bias is None else bias.to(torch.float32))
     return out.to(x.dtype)
+
+
+def int8_linear_static_reference(x: Tensor, a_scale: float, a_zero_point: int, weight_int8: Tensor,
+                                 weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+    s = torch.tensor(a_scale, dtype=torch.float32)
+    q = (torch.round(x2 * (1.0 / s)) + a_zero_point).clamp(0, 127).to(torch.uint8)
+    acc = int8_gemm_reference(q, a_zero_point, weight_int8).to(torch.float32)
+    out = acc * (s * weight_scale.to(torch.float32))
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.reshape(*x.shape[:-1], weight_int8.shape[0]).to(x.dtype)

@@ -119,6 +119,19 @@ def int8_pack_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.ops.edgegen.int8_pack_weight(weight.cpu())
 
 
+@torch.library.register_fake("edgegen::int8_linear_static")
+def _(input, a_scale, a_zero_point, packed_weight, weight_row_sum, weight_scale, bias, n, k):
+    return input.new_empty((*input.shape[:-1], n))
+
+
+def int8_linear_static(x: Tensor, a_scale: float, a_zero_point: int, weight_int8: Tensor, packed: Tensor | None,
+                       row_sum: Tensor | None, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    n, k = weight_int8.shape
+    if x.device.type == "cpu" and packed is not None:
+        return torch.ops.edgegen.int8_linear_static(x, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k)
+    return ref.int8_linear_static_reference(x, a_scale, a_zero_point, weight_int8, weight_scale, bias)
+
+
 def int8_linear_dynamic(x: Tensor, weight_int8: Tensor, packed: Tensor | None, row_sum: Tensor | None,
                         weight_scale: Tensor, bias: Tensor | None) -> Tensor:
     n, k = weight_int8.shape

@@ -7,9 +7,17 @@ from edgegen.quant.config import (
     Fp16Config,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
+    Int8StaticConfig,
     config_from_dict,
 )
-from edgegen.quant.modules import Int4Linear, Int8Linear
+from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+from edgegen.quant.observers import (
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    qparams_from_range,
+)
 from edgegen.quant.functional import (
     dequantize,
     fake_quantize,
@@ -20,4 +28,5 @@ from edgegen.quant.functional import (
 
 __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable",
            "quantize_", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
-           "Int8Linear", "Int4Linear", "LowPrecision"]
+           "Int8Linear", "Int4Linear", "LowPrecision", "Int8StaticConfig", "Int8Conv2d", "Int8ConvTranspose2d",
+           "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range"]

@@ -7,8 +7,15 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from edgegen.quant.config import Bf16Config, Fp16Config, Int4WeightOnlyConfig, Int8DynamicConfig, config_from_dict
-from edgegen.quant.modules import Int8Linear
+from edgegen.quant.config import (
+    Bf16Config,
+    Fp16Config,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    config_from_dict,
+)
+from edgegen.quant.modules import Int8Conv2d, Int8ConvTranspose2d, Int8Linear
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -36,10 +43,67 @@ def _replace(model: nn.Module, kinds: tuple, make: Callable[[nn.Module], nn.Modu
     return len(targets)
 
 
+_INT8_KINDS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def _int8_module(m: nn.Module, act_qparams=None) -> nn.Module:
+    if isinstance(m, nn.Linear):
+        return Int8Linear.from_float(m, act_qparams)
+    if isinstance(m, nn.Conv2d):
+        return Int8Conv2d.from_float(m, act_qparams)
+    return Int8ConvTranspose2d.from_float(m, act_qparams)
+
+
+def _int8_filter(filter_fn: FilterFn | None) -> FilterFn:
+    """Grouped (depthwise) convolutions stay in floating point: the INT8 GEMM path has no groups."""
+    def keep(m: nn.Module, name: str) -> bool:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.groups != 1:
+            return False
+        return filter_fn is None or filter_fn(m, name)
+    return keep
+
+
+def _calibrate(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | None) -> dict[str, tuple]:
+    from edgegen.quant.observers import OBSERVERS
+
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, _INT8_KINDS) and n and filter_fn(m, n)]
+    observers, hooks = {}, []
+    for name, m in targets:
+        obs = OBSERVERS[config.observer](quant_min=0, quant_max=127)
+        observers[name] = obs
+        def record(mod, args, obs=obs) -> None:  # returns None: the inputs pass unchanged
+            obs(args[0])
+
+        hooks.append(m.register_forward_pre_hook(record))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in config.calibration:
+                if seen >= config.batches:
+                    break
+                model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+                seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("calibration: yielded no batches")
+    out = {}
+    for name, obs in observers.items():
+        scale, zp = obs.calculate_qparams()
+        out[name] = (float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]))
+    return out
+
+
 def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn.Module:
     """Quantize ``model`` in place (``filter_fn(module, name)`` selects layers) and return it.
 
-    * :class:`Int8DynamicConfig`: nn.Linear -> :class:`Int8Linear` (integer GEMM kernels).
+    * :class:`Int8DynamicConfig`: nn.Linear / Conv2d / ConvTranspose2d (groups=1) -> :class:`Int8Linear`,
+      :class:`Int8Conv2d`, :class:`Int8ConvTranspose2d` (integer GEMM kernels; activations per call).
+    * :class:`Int8StaticConfig`: the same with calibrated activation parameters (observers).
     * :class:`Int4WeightOnlyConfig`: nn.Linear -> :class:`Int4Linear`.
     * :class:`Fp16Config` / :class:`Bf16Config`: nn.Linear and convolutions run in 16-bit.
     """
@@ -50,7 +114,12 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn: expected a callable (module, name) -> bool, got {type(filter_fn).__name__}")
     if isinstance(config, Int8DynamicConfig):
-        n = _replace(model, (nn.Linear,), Int8Linear.from_float, filter_fn)
+        n = _replace(model, _INT8_KINDS, _int8_module, _int8_filter(filter_fn))
+    elif isinstance(config, Int8StaticConfig):
+        keep = _int8_filter(filter_fn)
+        qparams = _calibrate(model, config, keep)
+        names = {id(m): n for n, m in model.named_modules()}
+        n = _replace(model, _INT8_KINDS, lambda m: _int8_module(m, qparams[names[id(m)]]), keep)
     elif isinstance(config, Int4WeightOnlyConfig):
         from edgegen.quant.modules import Int4Linear
 
@@ -59,7 +128,8 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn
         dtype = torch.float16 if isinstance(config, Fp16Config) else torch.bfloat16
         n = _replace(model, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d), lambda m: LowPrecision(m, dtype), filter_fn)
     else:
-        raise TypeError("config: expected Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config or Bf16Config (or a "
+        raise TypeError("config: expected Int8DynamicConfig, Int8StaticConfig, Int4WeightOnlyConfig, Fp16Config or "
+                        "Bf16Config (or a "
                         f"dict from their to_dict()), got {type(config).__name__}")
     if n == 0:
         raise ValueError("model: nothing to quantize (no layer of a supported kind was selected by filter_fn)")

@@ -12,8 +12,34 @@ class _Config:
 
 @dataclass
 class Int8DynamicConfig(_Config):
-    """Linear layers -> :class:`Int8Linear`: int8 weights (symmetric, per output feature),
-    activations quantized per call (per tensor, 7-bit)."""
+    """Linear and (groups=1) convolution layers -> integer modules: int8 weights (symmetric, per
+    output feature), activations quantized per call (per tensor, 7-bit)."""
+
+
+@dataclass
+class Int8StaticConfig(_Config):
+    """Linear and (groups=1) convolution layers -> integer modules with calibrated activation
+    parameters: observers on every selected layer's input record ``batches`` batches of
+    ``calibration`` (an iterable of model inputs: a tensor, or a tuple of positional arguments),
+    then activations are quantized with the resulting fixed (scale, zero point) to [0, 127].
+    ``observer``: 'minmax', 'moving_average', 'percentile' or 'mse'. ``calibration`` is not
+    serialised."""
+
+    calibration: object = None
+    batches: int = 8
+    observer: str = "minmax"
+
+    def __post_init__(self):
+        if self.calibration is None:
+            raise ValueError("calibration: Int8StaticConfig needs an iterable of calibration inputs")
+        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
+            raise ValueError(f"batches: expected a positive int, got {self.batches!r}")
+        if self.observer not in ("minmax", "moving_average", "percentile", "mse"):
+            raise ValueError(f"observer: expected 'minmax', 'moving_average', 'percentile' or 'mse', got "
+                             f"{self.observer!r}")
+
+    def to_dict(self) -> dict:
+        return {"kind": "Int8StaticConfig", "batches": self.batches, "observer": self.observer}
 
 
 @dataclass
@@ -39,6 +65,7 @@ class Bf16Config(_Config):
 
 
 CONFIGS = {c.__name__: c for c in (Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config, Bf16Config)}
+# Int8StaticConfig is not rebuilt from a dict: its calibration data is not serialisable.
 
 
 def config_from_dict(d: dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.ops import quant as ops
@@ -27,23 +28,41 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        # Static activation parameters (scale 0: quantize each call's activations dynamically).
+        self.register_buffer("act_scale", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int64))
+        self.static = False
         self.register_buffer("packed_weight", torch.empty(0, dtype=torch.int8), persistent=False)
         self.register_buffer("weight_row_sum", torch.empty(0, dtype=torch.int32), persistent=False)
         self.repack()
 
     @classmethod
     @torch.no_grad()
-    def from_float(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_float(cls, linear: nn.Linear, act_qparams: tuple[float, int] | None = None) -> "Int8Linear":
+        """``act_qparams=(scale, zero_point)`` of a calibrated activation range quantized to
+        [0, 127] makes the layer static; without it activations are quantized per call."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        w = linear.weight.detach().float().cpu()
-        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        return cls._from_weight(linear.weight, linear.bias, act_qparams)
+
+    @classmethod
+    @torch.no_grad()
+    def _from_weight(cls, weight: Tensor, bias: Tensor | None, act_qparams=None) -> "Int8Linear":
+        w = weight.detach().float().cpu()
+        q = cls(w.shape[1], w.shape[0], bias=bias is not None)
+        if act_qparams is not None:
+            scale, zp = float(act_qparams[0]), int(act_qparams[1])
+            if not scale > 0 or not 0 <= zp <= 127:
+                raise ValueError(f"act_qparams: expected scale > 0 and a zero point in [0, 127], got {act_qparams}")
+            q.act_scale.fill_(scale)
+            q.act_zero_point.fill_(zp)
+            q.static = True
         scales = symmetric_weight_scales(w)
         q.weight_int8.copy_(quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.int64), 0,
                                                  torch.int8, -127, 127))
         q.weight_scale.copy_(scales)
-        if linear.bias is not None:
-            q.bias.copy_(linear.bias.detach().float())
+        if bias is not None:
+            q.bias.copy_(bias.detach().float())
         q.repack()
         return q
 
@@ -53,17 +72,97 @@ class Int8Linear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
+        self.static = bool(self.act_scale > 0)
         self.repack()
 
     def dequantized_weight(self) -> Tensor:
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.int8_linear_dynamic(x, self.weight_int8, self.packed_weight if self.packed_weight.numel() else None,
-                                       self.weight_row_sum, self.weight_scale, self.bias)
+        packed = self.packed_weight if self.packed_weight.numel() else None
+        if self.static:
+            return ops.int8_linear_static(x, float(self.act_scale), int(self.act_zero_point), self.weight_int8, packed,
+                                          self.weight_row_sum, self.weight_scale, self.bias)
+        return ops.int8_linear_dynamic(x, self.weight_int8, packed, self.weight_row_sum, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"activations={'static' if self.static else 'dynamic'}")
+
+
+def _check_plain_conv(conv: nn.Module) -> None:
+    if conv.groups != 1:
+        raise ValueError(f"conv: grouped convolutions (groups={conv.groups}) are not supported by the INT8 GEMM path")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"conv: padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
+    if isinstance(conv.padding, str):
+        raise ValueError(f"conv: string padding {conv.padding!r} is not supported; give explicit sizes")
+
+
+class Int8Conv2d(nn.Module):
+    """Conv2d (groups=1) as im2col + the INT8 GEMM: int8 weights per output channel, activations
+    quantized dynamically or with calibrated parameters."""
+
+    def __init__(self, gemm: Int8Linear, in_channels, out_channels, kernel_size, stride, padding, dilation):
+        super().__init__()
+        self.gemm = gemm
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, act_qparams=None) -> "Int8Conv2d":
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        _check_plain_conv(conv)
+        gemm = Int8Linear._from_weight(conv.weight.reshape(conv.out_channels, -1), conv.bias, act_qparams)
+        return cls(gemm, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                   conv.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B, Cin*kh*kw, L]
+        out = self.gemm(cols.transpose(1, 2))                                               # [B, L, Cout]
+        return out.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
+
+
+class Int8ConvTranspose2d(nn.Module):
+    """ConvTranspose2d (groups=1) as the INT8 GEMM + col2im: columns [B*H*W, Cout*kh*kw] from the
+    integer product with the weight viewed as [Cout*kh*kw, Cin] (one scale per output channel and
+    kernel position), folded into the output; bias added after."""
+
+    def __init__(self, gemm: Int8Linear, bias: Tensor | None, in_channels, out_channels, kernel_size, stride,
+                 padding, output_padding, dilation):
+        super().__init__()
+        self.gemm = gemm
+        self.register_buffer("bias", bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.output_padding, self.dilation = output_padding, dilation
+
+    @classmethod
+    def from_float(cls, conv: nn.ConvTranspose2d, act_qparams=None) -> "Int8ConvTranspose2d":
+        if not isinstance(conv, nn.ConvTranspose2d):
+            raise TypeError(f"conv: expected an nn.ConvTranspose2d, got {type(conv).__name__}")
+        _check_plain_conv(conv)
+        w = conv.weight.detach().permute(1, 2, 3, 0).reshape(-1, conv.in_channels)  # [Cout*kh*kw, Cin]
+        gemm = Int8Linear._from_weight(w, None, act_qparams)
+        bias = None if conv.bias is None else conv.bias.detach().float().clone()
+        return cls(gemm, bias, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                   conv.output_padding, conv.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        ho = (h - 1) * self.stride[0] - 2 * self.padding[0] + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
+        wo = (w - 1) * self.stride[1] - 2 * self.padding[1] + self.dilation[1] * (kw - 1) + self.output_padding[1] + 1
+        cols = self.gemm(x.permute(0, 2, 3, 1).reshape(b, h * w, c))        # [B, H*W, Cout*kh*kw]
+        out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)[None, :, None, None]
+        return out
 
 
 class Int4Linear(nn.Module):
