@@ -99,7 +99,7 @@ def test_int8_linear_state_dict_size_and_dtypes():
     fresh.load_state_dict(q.state_dict())  # repacks on load
     x = torch.randn(4, 256)
     assert torch.equal(fresh(x), q(x))
-    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias"}
+    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "act_scale", "act_zero_point"}
     ratio = saved_bytes(lin) / saved_bytes(q)
     assert 3.5 < ratio < 4.1  # int8 weights + fp32 scales and bias vs fp32
     assert q(x.bfloat16()).dtype == torch.bfloat16

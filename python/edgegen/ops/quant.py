@@ -169,3 +169,14 @@ def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bi
     if x.device.type == "cpu" and packed.device.type == "cpu":
         return torch.ops.edgegen.int4_linear(x, packed, scale, zero_point, bias, group_size)
     return ref.int4_linear_reference(x, packed, scale, zero_point, bias, group_size)
+
+
+@torch.library.register_fake("edgegen::observe_minmax")
+def _(input, axis):
+    c = 1 if axis is None else input.shape[axis]
+    return input.new_empty((c,), dtype=torch.float32), input.new_empty((c,), dtype=torch.float32)
+
+
+@torch.library.register_fake("edgegen::observe_histogram")
+def _(input, bins, lo, hi):
+    return input.new_empty((bins,), dtype=torch.int64)

@@ -1,0 +1,188 @@
+"""Observers against plain-PyTorch statistics, INT8 convolutions against fp32 and against their
+dequantized-weight reference, static calibration, DCGAN / Beta-VAE integer end to end."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgegen  # noqa: F401
+from edgegen.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from edgegen.models.vae import BetaVAE
+from edgegen.quant import (
+    Int8Conv2d,
+    Int8ConvTranspose2d,
+    Int8DynamicConfig,
+    Int8Linear,
+    Int8StaticConfig,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    fake_quantize,
+    qparams_from_range,
+    quantize_,
+)
+
+
+def test_minmax_ops_and_observers_match_torch():
+    x = torch.randn(6, 5, 4)
+    lo, hi = torch.ops.edgegen.observe_minmax(x, 1)
+    assert torch.equal(lo, x.amin(dim=(0, 2))) and torch.equal(hi, x.amax(dim=(0, 2)))
+    obs = MinMaxObserver(axis=1)
+    obs(x)
+    obs(x * 2)
+    assert torch.equal(obs.min_val, (2 * x).amin(dim=(0, 2))) and torch.equal(obs.max_val, (2 * x).amax(dim=(0, 2)))
+    ema = MovingAverageMinMaxObserver(averaging_constant=0.5)
+    ema(x)
+    ema(x * 3)
+    assert torch.allclose(ema.max_val, x.max() + 0.5 * (3 * x.max() - x.max()))
+    for dtype in (torch.bfloat16, torch.float64):
+        lo, hi = torch.ops.edgegen.observe_minmax(x.to(dtype), None)
+        assert lo.item() == x.to(dtype).min().float().item() and hi.item() == x.to(dtype).max().float().item()
+
+
+def test_histogram_equals_torch_histc():
+    x = torch.randn(100_000)
+    counts = torch.ops.edgegen.observe_histogram(x, 64, -2.0, 2.0)
+    ref = torch.histc(x.clamp(-2, 2), 64, -2, 2)
+    assert counts.sum() == x.numel() and torch.allclose(counts.float(), ref, atol=2)  # bin-edge rounding
+
+
+def test_qparams_conventions():
+    s, z = qparams_from_range(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 255)
+    assert torch.allclose(s, torch.tensor([4.0 / 255])) and z.item() == 64
+    s, z = qparams_from_range(torch.tensor([-1.0]), torch.tensor([3.0]), -127, 127, symmetric=True)
+    assert torch.allclose(s, torch.tensor([3.0 / 127])) and z.item() == 0
+    s, z = qparams_from_range(torch.tensor([0.5]), torch.tensor([2.0]), 0, 127)  # the range always includes 0
+    assert z.item() == 0 and torch.allclose(s, torch.tensor([2.0 / 127]))
+
+
+def test_percentile_and_mse_observers_clip_outliers():
+    torch.manual_seed(1)
+    x = torch.randn(200_000)
+    x[:10] = 30.0  # a few outliers: clipping them costs less squared error than coarse steps for all
+    mm, pct, mse = MinMaxObserver(), PercentileObserver(percentile=99.9), MSEObserver(steps=200)
+    for obs in (mm, pct, mse):
+        obs(x[:100_000])
+        obs(x[100_000:] * 1.5)  # a wider second batch: the histogram is re-binned
+    s_mm = mm.calculate_qparams()[0].item()
+    s_pct = pct.calculate_qparams()[0].item()
+    s_mse = mse.calculate_qparams()[0].item()
+    data = torch.cat([x[:100_000], x[100_000:] * 1.5])
+    want = (torch.quantile(data, 0.999) - torch.quantile(data, 0.001)).item() / 127
+    assert s_pct == pytest.approx(want, rel=0.05) and s_pct < s_mm / 3 and s_mse < s_mm
+    # The MSE choice has no larger error than min/max's on the data it saw.
+    def err(s, z):
+        return (fake_quantize(x, s, z, 0, 127) - x).pow(2).sum().item()
+    # (both observers saw x and 1.5 x; compare on x alone, which dominates neither)
+    assert err(*[t.item() for t in mse.calculate_qparams()]) <= err(*[t.item() for t in mm.calculate_qparams()]) * 1.01
+
+
+def test_mse_clip_range_is_the_argmin():
+    x = torch.randn(5000)
+    lo, hi = torch.ops.edgegen.mse_clip_range(x, -4.0, 4.0, 0, 127, 20)
+    errs = []
+    for s in range(1, 21):
+        sc, zp = qparams_from_range(torch.tensor([-4.0 * s / 20]), torch.tensor([4.0 * s / 20]), 0, 127)
+        errs.append(((fake_quantize(x, sc, zp.int(), 0, 127) - x).double().pow(2).sum().item(), s))
+    best = min(errs)[1]
+    assert lo == pytest.approx(-4.0 * best / 20) and hi == pytest.approx(4.0 * best / 20)
+
+
+@pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1), dict(k=4, s=2, p=1), dict(k=1, s=1, p=0), dict(k=3, s=2, p=0, d=2)])
+@pytest.mark.parametrize("static", [False, True])
+def test_int8_conv2d_equals_its_integer_reference(cfg, static):
+    conv = nn.Conv2d(5, 7, cfg["k"], cfg["s"], cfg["p"], dilation=cfg.get("d", 1))
+    x = torch.randn(3, 5, 13, 11)
+    q = Int8Conv2d.from_float(conv, (0.05, 60) if static else None)
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).transpose(1, 2)
+    want = q.gemm(cols).transpose(1, 2).reshape(q(x).shape)  # the GEMM itself is tested exactly elsewhere
+    assert torch.equal(q(x), want)
+    ref = conv(x).detach()
+    assert q(x).shape == ref.shape
+    if not static:  # stated tolerance: within 4% of the output range
+        assert (q(x) - ref).abs().max() <= 0.04 * ref.abs().max()
+
+
+@pytest.mark.parametrize("cfg", [dict(k=4, s=2, p=1, op=0), dict(k=4, s=1, p=0, op=0), dict(k=3, s=2, p=1, op=1)])
+def test_int8_conv_transpose2d_matches_fp32(cfg):
+    conv = nn.ConvTranspose2d(6, 4, cfg["k"], cfg["s"], cfg["p"], output_padding=cfg["op"])
+    x = torch.randn(2, 6, 5, 7)
+    q = Int8ConvTranspose2d.from_float(conv)
+    ref = conv(x).detach()
+    out = q(x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 0.04 * ref.abs().max()
+    # With exactly representable weights and inputs the integer path is exact up to float rounding.
+    exact = nn.ConvTranspose2d(6, 4, cfg["k"], cfg["s"], cfg["p"], output_padding=cfg["op"], bias=False)
+    with torch.no_grad():
+        exact.weight.copy_(torch.randint(-127, 128, exact.weight.shape).float() / 127)
+        exact.weight[0] = 1.0  # every (output channel, kernel position) row has max |w| = 1: scale 1/127
+    qe = Int8ConvTranspose2d.from_float(exact)
+    xe = torch.randint(0, 128, x.shape).float() / 127  # 7-bit grid in [0, 1], zero point 0
+    xe.view(-1)[0] = 1.0
+    torch.testing.assert_close(qe(xe), exact(xe).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [DCGANGenerator, DCGANDiscriminator, BetaVAE])
+@pytest.mark.parametrize("observer", [None, "minmax", "percentile", "mse"])
+def test_image_models_run_integer_end_to_end(make, observer):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = model.example_inputs(4)
+    with torch.no_grad():
+        ref = model(*x)
+    ref = ref if isinstance(ref, torch.Tensor) else ref["recon"]
+    cfg = Int8DynamicConfig() if observer is None else Int8StaticConfig(
+        calibration=[model.example_inputs(4) for _ in range(3)], batches=3, observer=observer)
+    quantize_(model, cfg)
+    kinds = {type(m) for m in model.modules()}
+    assert not ({nn.Conv2d, nn.ConvTranspose2d, nn.Linear} & kinds)  # every layer is integer now
+    assert kinds & {Int8Conv2d, Int8ConvTranspose2d, Int8Linear}
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        out = model(*x)
+    out = out if isinstance(out, torch.Tensor) else out["recon"]
+    assert out.shape == ref.shape and bool(torch.isfinite(out).all())
+    # Untrained weights, ten quantized layers, 7-bit activations: within 15% of the output range.
+    assert (out - ref).abs().max() <= 0.15 * ref.abs().max()
+
+
+def test_static_state_dict_round_trip():
+    lin = nn.Linear(16, 8)
+    q = Int8Linear.from_float(lin, (0.02, 64))
+    fresh = Int8Linear(16, 8)
+    fresh.load_state_dict(q.state_dict())
+    x = torch.randn(3, 16)
+    assert fresh.static and torch.equal(fresh(x), q(x))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: Int8StaticConfig(calibration=None), ValueError, "calibration"),
+    (lambda: Int8StaticConfig(calibration=[], batches=0), ValueError, "batches"),
+    (lambda: Int8StaticConfig(calibration=[], observer="kl"), ValueError, "observer"),
+    (lambda: quantize_(nn.Sequential(nn.Linear(2, 2)), Int8StaticConfig(calibration=[])), ValueError, "no batches"),
+    (lambda: Int8Conv2d.from_float(nn.Conv2d(4, 4, 3, groups=2)), ValueError, "grouped"),
+    (lambda: Int8Linear.from_float(nn.Linear(2, 2), (0.0, 3)), ValueError, "act_qparams"),
+    (lambda: Int8Linear.from_float(nn.Linear(2, 2), (0.1, 200)), ValueError, "act_qparams"),
+    (lambda: MinMaxObserver().calculate_qparams(), RuntimeError, "no data"),
+    (lambda: MinMaxObserver(quant_min=5, quant_max=5), ValueError, "quant_min"),
+    (lambda: PercentileObserver(percentile=20), ValueError, "percentile"),
+    (lambda: torch.ops.edgegen.observe_minmax(torch.tensor([1.0, float("nan")]), None), ValueError, "NaN"),
+    (lambda: torch.ops.edgegen.observe_histogram(torch.randn(3), 0, 0.0, 1.0), ValueError, "bins"),
+    (lambda: torch.ops.edgegen.int8_linear_static(torch.randn(2, 4), 0.1, 200,
+                                                  *torch.ops.edgegen.int8_pack_weight(torch.zeros(3, 4, dtype=torch.int8)),
+                                                  torch.ones(3), None, 3, 4), ValueError, "a_zero_point"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_opcheck_observer_ops():
+    torch.library.opcheck(torch.ops.edgegen.observe_minmax, (torch.randn(4, 3), 1))
+    torch.library.opcheck(torch.ops.edgegen.observe_histogram, (torch.randn(40), 8, -1.0, 1.0))
+    torch.library.opcheck(torch.ops.edgegen.int8_linear_static,
+                          (torch.randn(2, 4), 0.1, 3, *torch.ops.edgegen.int8_pack_weight(
+                              torch.randint(-127, 128, (3, 4), dtype=torch.int8)), torch.ones(3), None, 3, 4))
