@@ -11,6 +11,16 @@ from edgegen.quant.config import (
     config_from_dict,
 )
 from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+from edgegen.quant.mixed import (
+    SwitchablePrecision,
+    enable_precision_switch_,
+    layer_sensitivity,
+    load_quantized,
+    quantize_mixed_,
+    save_quantized,
+    set_precision_,
+)
+from edgegen.quant.qat import QATConfig, QATModule, convert_, prepare_qat_
 from edgegen.quant.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -29,4 +39,6 @@ from edgegen.quant.functional import (
 __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable",
            "quantize_", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
            "Int8Linear", "Int4Linear", "LowPrecision", "Int8StaticConfig", "Int8Conv2d", "Int8ConvTranspose2d",
-           "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range"]
+           "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range",
+           "QATConfig", "QATModule", "prepare_qat_", "convert_", "layer_sensitivity", "quantize_mixed_",
+           "SwitchablePrecision", "enable_precision_switch_", "set_precision_", "save_quantized", "load_quantized"]

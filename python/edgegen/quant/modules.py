@@ -47,7 +47,10 @@ class Int8Linear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def _from_weight(cls, weight: Tensor, bias: Tensor | None, act_qparams=None) -> "Int8Linear":
+    def _from_weight(cls, weight: Tensor, bias: Tensor | None, act_qparams=None,
+                     weight_scale: Tensor | None = None) -> "Int8Linear":
+        """``weight_scale`` (one per row) fixes the weight scales (e.g. learned in QAT); by
+        default they are max|w| / 127 per row."""
         w = weight.detach().float().cpu()
         q = cls(w.shape[1], w.shape[0], bias=bias is not None)
         if act_qparams is not None:
@@ -57,7 +60,7 @@ class Int8Linear(nn.Module):
             q.act_scale.fill_(scale)
             q.act_zero_point.fill_(zp)
             q.static = True
-        scales = symmetric_weight_scales(w)
+        scales = symmetric_weight_scales(w) if weight_scale is None else weight_scale.detach().float().cpu().reshape(-1)
         q.weight_int8.copy_(quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.int64), 0,
                                                  torch.int8, -127, 127))
         q.weight_scale.copy_(scales)
@@ -110,11 +113,12 @@ class Int8Conv2d(nn.Module):
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, act_qparams=None) -> "Int8Conv2d":
+    def from_float(cls, conv: nn.Conv2d, act_qparams=None, weight_scale: Tensor | None = None) -> "Int8Conv2d":
+        """Weights symmetric per output channel (``weight_scale`` overrides max|w| / 127)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
         _check_plain_conv(conv)
-        gemm = Int8Linear._from_weight(conv.weight.reshape(conv.out_channels, -1), conv.bias, act_qparams)
+        gemm = Int8Linear._from_weight(conv.weight.reshape(conv.out_channels, -1), conv.bias, act_qparams, weight_scale)
         return cls(gemm, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation)
 
@@ -130,8 +134,8 @@ class Int8Conv2d(nn.Module):
 
 class Int8ConvTranspose2d(nn.Module):
     """ConvTranspose2d (groups=1) as the INT8 GEMM + col2im: columns [B*H*W, Cout*kh*kw] from the
-    integer product with the weight viewed as [Cout*kh*kw, Cin] (one scale per output channel and
-    kernel position), folded into the output; bias added after."""
+    integer product with the weight viewed as [Cout*kh*kw, Cin] (the scale of output channel c on
+    all of its rows), folded into the output; bias added after."""
 
     def __init__(self, gemm: Int8Linear, bias: Tensor | None, in_channels, out_channels, kernel_size, stride,
                  padding, output_padding, dilation):
@@ -143,12 +147,18 @@ class Int8ConvTranspose2d(nn.Module):
         self.output_padding, self.dilation = output_padding, dilation
 
     @classmethod
-    def from_float(cls, conv: nn.ConvTranspose2d, act_qparams=None) -> "Int8ConvTranspose2d":
+    def from_float(cls, conv: nn.ConvTranspose2d, act_qparams=None,
+                   weight_scale: Tensor | None = None) -> "Int8ConvTranspose2d":
+        """Weights symmetric per output channel (axis 1 of the [Cin, Cout, kh, kw] weight;
+        ``weight_scale`` overrides max|w| / 127)."""
         if not isinstance(conv, nn.ConvTranspose2d):
             raise TypeError(f"conv: expected an nn.ConvTranspose2d, got {type(conv).__name__}")
         _check_plain_conv(conv)
+        if weight_scale is None:
+            weight_scale = symmetric_weight_scales(conv.weight.detach().transpose(0, 1))
+        kk = conv.kernel_size[0] * conv.kernel_size[1]
         w = conv.weight.detach().permute(1, 2, 3, 0).reshape(-1, conv.in_channels)  # [Cout*kh*kw, Cin]
-        gemm = Int8Linear._from_weight(w, None, act_qparams)
+        gemm = Int8Linear._from_weight(w, None, act_qparams, weight_scale.reshape(-1).repeat_interleave(kk))
         bias = None if conv.bias is None else conv.bias.detach().float().clone()
         return cls(gemm, bias, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.output_padding, conv.dilation)

@@ -1,0 +1,184 @@
+"""Mixed precision by sensitivity, run-time precision switching, and saving/loading quantized
+models at their real size."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, quantize_
+from edgegen.quant.config import Bf16Config, Fp16Config, Int4WeightOnlyConfig
+from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def _candidates(model: nn.Module, config, filter_fn: FilterFn | None) -> list[str]:
+    if isinstance(config, Int4WeightOnlyConfig):
+        def ok(m, n):
+            return (isinstance(m, nn.Linear) and m.in_features % 64 == 0 and m.in_features % config.group_size == 0
+                    and (filter_fn is None or filter_fn(m, n)))
+    elif isinstance(config, (Fp16Config, Bf16Config)):
+        def ok(m, n):
+            return isinstance(m, _INT8_KINDS) and (filter_fn is None or filter_fn(m, n))
+    else:
+        keep = _int8_filter(filter_fn)
+
+        def ok(m, n):
+            return isinstance(m, _INT8_KINDS) and keep(m, n)
+    return [n for n, m in model.named_modules() if n and ok(m, n)]
+
+
+def layer_sensitivity(model: nn.Module, config, evaluate: Callable[[nn.Module], float],
+                      filter_fn: FilterFn | None = None) -> dict[str, float]:
+    """For every candidate layer: ``evaluate`` (a loss: lower is better) of a copy of the model
+    with only that layer quantized, minus ``evaluate`` of the unquantized model."""
+    base = float(evaluate(model))
+    out = {}
+    for name in _candidates(model, config, filter_fn):
+        m = copy.deepcopy(model)
+        quantize_(m, config, filter_fn=lambda mod, n, name=name: n == name)
+        out[name] = float(evaluate(m)) - base
+    return out
+
+
+def quantize_mixed_(model: nn.Module, config, evaluate: Callable[[nn.Module], float], keep_fraction: float = 0.12,
+                    keep_config=Bf16Config(), filter_fn: FilterFn | None = None) -> dict:
+    """Quantize with ``config`` except the ``keep_fraction`` most sensitive layers (by
+    :func:`layer_sensitivity`), which get ``keep_config`` (16-bit by default, as in the published
+    recipe; None keeps them in fp32). Returns a report: per-layer sensitivity, the kept layers,
+    the baseline and final ``evaluate`` values and the saved size in bytes."""
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction: expected a fraction in [0, 1], got {keep_fraction!r}")
+    from edgegen.prune.export import saved_bytes
+
+    baseline = float(evaluate(model))
+    sens = layer_sensitivity(model, config, evaluate, filter_fn)
+    if not sens:
+        raise ValueError("model: nothing to quantize (no candidate layer)")
+    k = math.ceil(keep_fraction * len(sens)) if keep_fraction > 0 else 0
+    kept = sorted(sens, key=lambda n: sens[n], reverse=True)[:k]
+    rest = set(sens) - set(kept)
+    if rest:
+        quantize_(model, config, filter_fn=lambda m, n: n in rest)
+    if kept and keep_config is not None:
+        quantize_(model, keep_config, filter_fn=lambda m, n: n in kept)
+    return {"baseline": baseline, "metric": float(evaluate(model)), "sensitivity": sens, "kept": kept,
+            "bytes": saved_bytes(model)}
+
+
+class SwitchablePrecision(nn.Module):
+    """Keeps a layer both in full precision and quantized (packed), and runs either: per call
+    (``forward(x, quantized=True/False)``) or by the ``quantized`` attribute
+    (:func:`set_precision_`). For dynamic precision scaling under a latency or energy budget."""
+
+    def __init__(self, module: nn.Module, config):
+        super().__init__()
+        self.full = module
+        holder = nn.Sequential(copy.deepcopy(module))
+        quantize_(holder, config)
+        self.low = holder[0]
+        self.quantized = True
+
+    def forward(self, x: Tensor, quantized: bool | None = None) -> Tensor:
+        use_low = self.quantized if quantized is None else quantized
+        return self.low(x) if use_low else self.full(x)
+
+
+def enable_precision_switch_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn.Module:
+    names = _candidates(model, config, filter_fn)
+    if not names:
+        raise ValueError("model: nothing to quantize (no candidate layer)")
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, SwitchablePrecision(getattr(owner, child), config))
+    return model
+
+
+def set_precision_(model: nn.Module, quantized: bool) -> int:
+    """Switch every :class:`SwitchablePrecision` layer; returns how many were switched."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, SwitchablePrecision):
+            m.quantized = bool(quantized)
+            n += 1
+    return n
+
+
+# --- saving and loading --------------------------------------------------------------------------
+
+def _layout(model: nn.Module) -> dict[str, dict]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Int8Linear) and not any(name.startswith(p + ".") for p in out):
+            out[name] = {"type": "Int8Linear", "static": m.static}
+        elif isinstance(m, (Int8Conv2d, Int8ConvTranspose2d)):
+            out[name] = {"type": type(m).__name__, "static": m.gemm.static}
+        elif isinstance(m, Int4Linear):
+            out[name] = {"type": "Int4Linear", "group_size": m.group_size}
+        elif isinstance(m, LowPrecision):
+            out[name] = {"type": "LowPrecision", "dtype": str(m.dtype).removeprefix("torch.")}
+    # Drop Int8Linear entries that are the GEMM inside a convolution.
+    return {n: v for n, v in out.items() if not any(n.startswith(p + ".") and out[p]["type"].startswith("Int8Conv")
+                                                   for p in out if p != n)}
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike) -> int:
+    """Write the quantized model's state dict (int8/int4 weights, scales) and its layout to a
+    safetensors file, atomically. Returns the file size in bytes."""
+    from safetensors.torch import save_file
+
+    from edgegen.prune.export import _dedupe
+
+    state, aliases = _dedupe({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"edgegen_quant_layout": json.dumps(_layout(model)),
+                                         "edgegen_aliases": json.dumps(aliases)})
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Turn a freshly built float ``model`` of the same architecture into the saved quantized model:
+    the layers listed in the file's layout are replaced, then the state dict is loaded."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "edgegen_quant_layout" not in meta:
+            raise ValueError(f"path: {path} was not written by edgegen.quant.save_quantized")
+        layout = json.loads(meta["edgegen_quant_layout"])
+        aliases = json.loads(meta.get("edgegen_aliases", "{}"))
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    for alias, target in aliases.items():
+        state[alias] = state[target]
+    for name, spec in layout.items():
+        m = model.get_submodule(name)
+        act = (1.0, 0) if spec.get("static") else None  # placeholders; the state dict brings the values
+        kind = spec["type"]
+        if kind == "Int8Linear":
+            q = Int8Linear.from_float(m, act)
+        elif kind == "Int8Conv2d":
+            q = Int8Conv2d.from_float(m, act)
+        elif kind == "Int8ConvTranspose2d":
+            q = Int8ConvTranspose2d.from_float(m, act)
+        elif kind == "Int4Linear":
+            q = Int4Linear.from_float(m, spec["group_size"])
+        elif kind == "LowPrecision":
+            q = LowPrecision(m, getattr(torch, spec["dtype"]))
+        else:
+            raise ValueError(f"path: unknown layer type {kind!r} for {name}")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, q)
+    model.load_state_dict(state)
+    return model
