@@ -1,0 +1,203 @@
+"""QAT gradients against a reference built from torch's fake-quantize ops, QAT -> convert
+equivalence, mixed precision by sensitivity, precision switching, saving and loading."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgegen  # noqa: F401
+from edgegen.models.dcgan import DCGANConfig, DCGANGenerator
+from edgegen.models.gpt2 import GPT2, GPT2Config
+from edgegen.quant import (
+    Bf16Config,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8Linear,
+    Int8StaticConfig,
+    LowPrecision,
+    QATConfig,
+    QATModule,
+    SwitchablePrecision,
+    convert_,
+    enable_precision_switch_,
+    layer_sensitivity,
+    load_quantized,
+    prepare_qat_,
+    quantize_,
+    quantize_mixed_,
+    save_quantized,
+    set_precision_,
+)
+
+
+def test_qat_lsq_gradients_equal_torch_reference():
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 6)
+    q = QATModule(copy.deepcopy(lin), QATConfig("lsq", "lsq"))
+    x = torch.randn(5, 12)
+    out = q(x)  # initialises the activation scale from this batch
+    g = torch.randn_like(out)
+    out.backward(g)
+    # Reference: torch's learnable fake-quant ops with the same parameters and grad factors.
+    w = lin.weight.detach().clone().requires_grad_()
+    b = lin.bias.detach().clone().requires_grad_()
+    ws = q.weight_scale.detach().clone().requires_grad_()
+    wz = torch.zeros(6, requires_grad=False)
+    a_s = q.act_scale.detach().clone().requires_grad_()
+    a_z = q.act_zero_point.detach().clone().requires_grad_()
+    xq = torch._fake_quantize_learnable_per_tensor_affine(x, a_s, a_z, 0, 127, 1.0 / (12 * 127) ** 0.5)
+    wq = torch._fake_quantize_learnable_per_channel_affine(w, ws, wz, 0, -127, 127, 1.0 / (12 * 127) ** 0.5)
+    ref = F.linear(xq, wq, b)
+    ref.backward(g)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(q.module.weight.grad, w.grad)
+    torch.testing.assert_close(q.module.bias.grad, b.grad)
+    torch.testing.assert_close(q.weight_scale.grad, ws.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(q.act_scale.grad, a_s.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(q.act_zero_point.grad, a_z.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_qat_ste_gradients_equal_torch_reference():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    q = QATModule(copy.deepcopy(conv), QATConfig("ste", "ema"))
+    x = torch.randn(2, 3, 6, 6)
+    out = q(x)
+    out.sum().backward()
+    s, z = q.activation_qparams()
+    w = conv.weight.detach().clone().requires_grad_()
+    sc = w.detach().abs().amax(dim=(1, 2, 3)) / 127
+    wq = torch.fake_quantize_per_channel_affine(w, sc, torch.zeros(4, dtype=torch.int32), 0, -127, 127)
+    xr = x.clone().requires_grad_()
+    ref = F.conv2d(torch.fake_quantize_per_tensor_affine(xr, s, z, 0, 127), wq, conv.bias)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(q.module.weight.grad, w.grad)
+
+
+@pytest.mark.parametrize("cfg", [QATConfig("lsq", "lsq"), QATConfig("ste", "ema")])
+def test_qat_trains_and_converts_to_the_same_function(cfg):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    prepare_qat_(model, cfg)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x = torch.randn(256, 16)
+    y = x[:, :4] * 2 + 0.5
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = (model(x) - y).pow(2).mean()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.2 * first
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    convert_(model)
+    assert all(isinstance(m, Int8Linear) for m in (model[0], model[2])) and model[0].static
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_qat_dcgan_generator_round_trip():
+    g = DCGANGenerator(DCGANConfig(ngf=8)).train()
+    prepare_qat_(g)
+    z = g.example_inputs(4)[0]
+    g(z).mean().backward()
+    g.eval()
+    with torch.no_grad():
+        want = g(z)
+    convert_(g)
+    with torch.no_grad():
+        got = g(z)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def small_gpt2():
+    torch.manual_seed(0)
+    return GPT2(GPT2Config(vocab_size=256, n_positions=32, n_embd=128, n_layer=2, n_head=4)).eval()
+
+
+def test_sensitivity_and_mixed_precision():
+    model = small_gpt2()
+    idx = torch.randint(0, 256, (4, 16))
+
+    def loss(m):
+        with torch.no_grad():
+            return F.cross_entropy(m(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()).item()
+
+    sens = layer_sensitivity(model, Int4WeightOnlyConfig(64), loss)
+    assert len(sens) == 9  # 4 linears per block x 2 + the head
+    report = quantize_mixed_(copy.deepcopy(model), Int4WeightOnlyConfig(64), loss, keep_fraction=0.12)
+    top = sorted(sens, key=sens.get, reverse=True)[:2]  # ceil(0.12 * 9) = 2 layers stay in 16-bit
+    assert report["kept"] == top and report["sensitivity"] == pytest.approx(sens)
+    mixed = copy.deepcopy(model)
+    quantize_mixed_(mixed, Int4WeightOnlyConfig(64), loss, keep_fraction=0.12)
+    assert all(isinstance(mixed.get_submodule(n), LowPrecision) for n in top)
+    rest = [n for n in sens if n not in top]
+    from edgegen.quant import Int4Linear
+
+    assert all(isinstance(mixed.get_submodule(n), Int4Linear) for n in rest)
+    assert loss(mixed) == pytest.approx(report["metric"]) and report["bytes"] > 0
+    with pytest.raises(ValueError, match="keep_fraction"):
+        quantize_mixed_(model, Int8DynamicConfig(), loss, keep_fraction=1.5)
+
+
+def test_precision_switch_per_call_and_global():
+    model = small_gpt2()
+    idx = torch.randint(0, 256, (1, 8))
+    with torch.no_grad():
+        full = model(idx)
+    enable_precision_switch_(model, Int8DynamicConfig())
+    assert sum(isinstance(m, SwitchablePrecision) for m in model.modules()) == 9
+    with torch.no_grad():
+        low = model(idx)
+        assert set_precision_(model, False) == 9
+        torch.testing.assert_close(model(idx), full)
+        set_precision_(model, True)
+        torch.testing.assert_close(model(idx), low)
+    layer = model.h[0].mlp.c_fc
+    x = torch.randn(2, 128)
+    torch.testing.assert_close(layer(x, quantized=False), layer.full(x))
+    assert not torch.equal(layer(x, quantized=True), layer.full(x))
+
+
+@pytest.mark.parametrize("cfg", ["int8", "int4", "static", "bf16"])
+def test_save_and_load_quantized_models_at_their_real_size(tmp_path, cfg):
+    model = small_gpt2()
+    idx = torch.randint(0, 256, (2, 8))
+    dense = save_quantized(model, tmp_path / "fp32.safetensors")
+    q = copy.deepcopy(model)
+    config = {"int8": Int8DynamicConfig(), "int4": Int4WeightOnlyConfig(64), "bf16": Bf16Config(),
+              "static": Int8StaticConfig(calibration=[(idx,)], batches=1)}[cfg]
+    quantize_(q, config)
+    size = save_quantized(q, tmp_path / "q.safetensors")
+    fresh = GPT2(model.config).eval()
+    load_quantized(fresh, tmp_path / "q.safetensors")
+    with torch.no_grad():
+        assert torch.equal(fresh(idx), q(idx))
+    # The quantized layers hold 1/4 (int8), ~1/7 (int4) or 1/2 (bf16) of their fp32 bytes; the
+    # fp32 embeddings and layer norms do not change.
+    linear_fp32 = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear)
+                      and m is not model.lm_head) + model.lm_head.weight.numel() * 4
+    assert size < dense - 0.45 * linear_fp32
+    with pytest.raises(ValueError, match="save_quantized"):
+        from edgegen.prune import save_sparse
+
+        save_sparse(model, tmp_path / "other.safetensors")
+        load_quantized(GPT2(model.config), tmp_path / "other.safetensors")
+
+
+def test_bad_qat_input():
+    with pytest.raises(ValueError, match="weight"):
+        QATConfig(weight="pact")
+    with pytest.raises(ValueError, match="activation"):
+        QATConfig(activation="minmax")
+    with pytest.raises(ValueError, match="nothing to prepare"):
+        prepare_qat_(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="no QATModule"):
+        convert_(nn.Sequential(nn.Linear(2, 2)))
