@@ -68,6 +68,8 @@ def linear_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     k, n, m = spec["k"], spec["n"], spec["m"]
+    if spec.get("cold"):
+        return cold_worker(spec)
     lin = nn.Linear(k, n).eval()
     x = torch.randn(m, k)
     p = spec["provider"]
@@ -105,13 +107,48 @@ def linear_worker(spec: dict) -> dict:
     return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
 
 
+def cold_worker(spec: dict) -> dict:
+    """Like a decode step through many layers: enough distinct copies of the layer (>= 256 MB of
+    fp32 weights, far beyond the 32 MB L3) are called in turn, so weights stream from DRAM."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(spec["threads"])
+    k, n = spec["k"], spec["n"]
+    copies = max(2, (256 << 20) // (4 * k * n))
+    layers = []
+    for _ in range(copies):
+        lin = nn.Linear(k, n)
+        if spec["provider"] == "edgegen-int4":
+            from edgegen.quant import Int4Linear
+
+            lin = Int4Linear.from_float(lin, 64)
+        elif spec["provider"] == "edgegen-int8":
+            from edgegen.quant import Int8Linear
+
+            lin = Int8Linear.from_float(lin)
+        layers.append(lin)
+    x = torch.randn(1, k)
+    it = iter(range(1 << 62))
+
+    def f():
+        return layers[next(it) % copies](x)
+
+    with torch.no_grad():
+        for _ in range(copies):
+            f()
+        if spec["measure"] == "memory":
+            return {"peak_mb": harness.peak_extra_mb(f)}
+        p20, p50, p80 = harness.time_ms(f, repeats=max(60, 2 * copies), warmup=copies)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+
+
 def e2e_worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from edgegen.prune import saved_bytes
-    from edgegen.quant import Int8DynamicConfig, quantize_
+    from edgegen.quant import Int4WeightOnlyConfig, Int8DynamicConfig, quantize_, save_quantized
 
     if spec["model"] == "gpt2-student":
         from edgegen.models.gpt2 import GPT2, GPT2Config
@@ -125,7 +162,10 @@ def e2e_worker(spec: dict) -> dict:
         z = torch.randn(64, model.config.latent_dim)
     if spec["provider"] == "int8":
         quantize_(model, Int8DynamicConfig())
-    size = saved_bytes(model.decoder if spec["model"] == "beta-vae-decoder" else model)
+    elif spec["provider"] == "int4":
+        quantize_(model, Int4WeightOnlyConfig(64))
+    with tempfile.TemporaryDirectory() as d:
+        size = save_quantized(model.decoder if spec["model"] == "beta-vae-decoder" else model, Path(d) / "m.st")
     with torch.no_grad():
         if spec["model"] == "gpt2-student":
             if spec["mode"] == "prefill":
@@ -198,36 +238,49 @@ def main():
             vs = " / ".join(f"{res[p] / e:.2f}x" if p in res else "-" for p in ("fp32", "torch-int8", "onnxruntime-int8"))
             print(f"{m:4d} {f'{k}x{n}':>11s} {cells}   {vs}")
 
-    print("\n## INT4 weight-only GEMV (M = 1, group 64) vs fp32")
-    print(f"{'K x N':>11s} {'fp32 ms':>9s} {'int4 ms':>9s} {'speed-up':>9s}")
+    print("\n## INT4 weight-only GEMV (M = 1, group 64) vs fp32 (and INT8); 'hot': the same layer again and again "
+          "(weights in cache); 'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
+    print(f"{'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4 speed-up':>13s}")
     for k, n in shapes + [(768, 50257)]:
-        res = {}
-        for p in ("fp32", "edgegen-int4"):
-            spec = dict(op="linear", provider=p, k=k, n=n, m=1, threads=args.threads, repeats=200 if n < 10000 else 30)
-            r = record("int4_gemv", p, f"M=1 K={k} N={n} group=64", harness.run_worker(__file__, spec),
-                       flops=2 * k * n)
-            if r:
-                res[p] = r["p50_ms"]
-        if len(res) == 2:
-            print(f"{f'{k}x{n}':>11s} {res['fp32']:9.4f} {res['edgegen-int4']:9.4f} "
-                  f"{res['fp32'] / res['edgegen-int4']:8.2f}x")
+        for cold in (False, True):
+            if cold and n > 10000:
+                continue
+            res = {}
+            for p in ("fp32", "edgegen-int8", "edgegen-int4"):
+                spec = dict(op="linear", provider=p, k=k, n=n, m=1, threads=args.threads, cold=cold,
+                            repeats=200 if n < 10000 else 30)
+                r = record("gemv_" + ("cold" if cold else "hot"), p, f"M=1 K={k} N={n} group=64",
+                           harness.run_worker(__file__, spec), flops=2 * k * n)
+                if r:
+                    res[p] = r["p50_ms"]
+            if len(res) == 3:
+                print(f"{f'{k}x{n}':>11s} {'cold' if cold else 'hot':5s} {res['fp32']:9.4f} {res['edgegen-int8']:9.4f} "
+                      f"{res['edgegen-int4']:9.4f} {res['fp32'] / res['edgegen-int4']:12.2f}x")
 
-    print("\n## End to end, fp32 vs INT8 dynamic (Linear layers only; convolutions stay fp32)")
-    print(f"{'model':18s} {'mode':8s} {'fp32 ms':>9s} {'int8 ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} {'int8 MB':>8s}")
-    cases = [("gpt2-student", "prefill"), ("gpt2-student", "decode"), ("beta-vae-decoder", "batch64")]
-    for model, mode in cases:
+    print("\n## End to end, fp32 vs INT8 dynamic (Linear and convolution layers) and INT4 weight-only (Linear)")
+    print(f"{'model':18s} {'mode':8s} {'quant':5s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
+          f"{'q MB':>8s}")
+    cases = [("gpt2-student", "prefill", "int8"), ("gpt2-student", "decode", "int8"), ("gpt2-student", "decode", "int4"),
+             ("beta-vae-decoder", "batch64", "int8")]
+    fp32_cache = {}
+    for model, mode, quant in cases:
         res = {}
-        for p in ("fp32", "int8"):
+        for p in ("fp32", quant):
+            if p == "fp32" and (model, mode) in fp32_cache:
+                res[p] = fp32_cache[(model, mode)]
+                continue
             spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
                         repeats=50 if mode == "decode" else 10)
             r = harness.run_worker(__file__, spec)
             row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes")
             if row:
                 res[p] = r
+                if p == "fp32":
+                    fp32_cache[(model, mode)] = r
         if len(res) == 2:
-            f, q = res["fp32"], res["int8"]
-            print(f"{model:18s} {mode:8s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} {f['p50_ms'] / q['p50_ms']:8.2f}x "
-                  f"{f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
+            f, q = res["fp32"], res[quant]
+            print(f"{model:18s} {mode:8s} {quant:5s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
+                  f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
     harness.write_csv(rows, Path(args.out))
     print(f"\nwrote {args.out}")
 

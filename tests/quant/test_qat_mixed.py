@@ -201,3 +201,25 @@ def test_bad_qat_input():
         prepare_qat_(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="no QATModule"):
         convert_(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_int8_embedding_and_tied_head_share_storage(tmp_path):
+    from edgegen.quant import Int8Embedding
+
+    model = small_gpt2()
+    idx = torch.randint(0, 256, (2, 8))
+    emb = Int8Embedding.from_float(model.wte)
+    want = model.wte(idx)
+    assert (emb(idx) - want).abs().max() <= emb.weight_scale.max() / 2 + 1e-7  # half a step per entry
+    dense = save_quantized(model, tmp_path / "fp32.safetensors")
+    quantize_(model, Int8DynamicConfig())
+    assert isinstance(model.wte, Int8Embedding) and model.lm_head.weight_int8 is model.wte.weight_int8
+    size = save_quantized(model, tmp_path / "int8.safetensors")
+    assert 3.5 < dense / size < 4.1  # every weight matrix in int8, the table stored once
+    fresh = GPT2(model.config).eval()
+    load_quantized(fresh, tmp_path / "int8.safetensors")
+    with torch.no_grad():
+        assert torch.equal(fresh(idx), model(idx))
+    keep = small_gpt2()
+    quantize_(keep, Int8DynamicConfig(embeddings=False))
+    assert isinstance(keep.wte, nn.Embedding)

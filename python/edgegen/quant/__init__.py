@@ -10,7 +10,7 @@ from edgegen.quant.config import (
     Int8StaticConfig,
     config_from_dict,
 )
-from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.quant.mixed import (
     SwitchablePrecision,
     enable_precision_switch_,
@@ -41,4 +41,4 @@ __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_qu
            "Int8Linear", "Int4Linear", "LowPrecision", "Int8StaticConfig", "Int8Conv2d", "Int8ConvTranspose2d",
            "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range",
            "QATConfig", "QATModule", "prepare_qat_", "convert_", "layer_sensitivity", "quantize_mixed_",
-           "SwitchablePrecision", "enable_precision_switch_", "set_precision_", "save_quantized", "load_quantized"]
+           "SwitchablePrecision", "enable_precision_switch_", "set_precision_", "save_quantized", "load_quantized", "Int8Embedding"]

@@ -15,7 +15,7 @@ from edgegen.quant.config import (
     Int8StaticConfig,
     config_from_dict,
 )
-from edgegen.quant.modules import Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+from edgegen.quant.modules import Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -61,6 +61,27 @@ def _int8_filter(filter_fn: FilterFn | None) -> FilterFn:
             return False
         return filter_fn is None or filter_fn(m, name)
     return keep
+
+
+def _tied_heads(model: nn.Module) -> list[tuple[str, str]]:
+    """(embedding name, linear name) pairs whose weights are the same Parameter (GPT-2's head)."""
+    owners = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding):
+            owners[id(m.weight)] = name
+    return [(owners[id(m.weight)], name) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and id(m.weight) in owners]
+
+
+def _retie(model: nn.Module, tied: list[tuple[str, str]]) -> None:
+    """Where both sides of a tie became int8 with identical contents, share the buffers again (the
+    saved file then holds the table once)."""
+    for emb_name, lin_name in tied:
+        emb, lin = model.get_submodule(emb_name), model.get_submodule(lin_name)
+        if isinstance(emb, Int8Embedding) and isinstance(lin, Int8Linear) and torch.equal(
+                emb.weight_int8, lin.weight_int8) and torch.equal(emb.weight_scale, lin.weight_scale):
+            lin.weight_int8, lin.weight_scale = emb.weight_int8, emb.weight_scale
+            lin.repack()
 
 
 def _calibrate(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | None) -> dict[str, tuple]:
@@ -114,7 +135,11 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn: expected a callable (module, name) -> bool, got {type(filter_fn).__name__}")
     if isinstance(config, Int8DynamicConfig):
+        tied = _tied_heads(model)
         n = _replace(model, _INT8_KINDS, _int8_module, _int8_filter(filter_fn))
+        if config.embeddings:
+            n += _replace(model, (nn.Embedding,), Int8Embedding.from_float, filter_fn)
+        _retie(model, tied)
     elif isinstance(config, Int8StaticConfig):
         keep = _int8_filter(filter_fn)
         qparams = _calibrate(model, config, keep)

@@ -13,7 +13,10 @@ class _Config:
 @dataclass
 class Int8DynamicConfig(_Config):
     """Linear and (groups=1) convolution layers -> integer modules: int8 weights (symmetric, per
-    output feature), activations quantized per call (per tensor, 7-bit)."""
+    output feature), activations quantized per call (per tensor, 7-bit). With ``embeddings``,
+    embedding tables are stored as int8 rows too (a tied output head then shares them)."""
+
+    embeddings: bool = True
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, quantize_
 from edgegen.quant.config import Bf16Config, Fp16Config, Int4WeightOnlyConfig
-from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -124,6 +124,8 @@ def _layout(model: nn.Module) -> dict[str, dict]:
             out[name] = {"type": type(m).__name__, "static": m.gemm.static}
         elif isinstance(m, Int4Linear):
             out[name] = {"type": "Int4Linear", "group_size": m.group_size}
+        elif isinstance(m, Int8Embedding):
+            out[name] = {"type": "Int8Embedding"}
         elif isinstance(m, LowPrecision):
             out[name] = {"type": "LowPrecision", "dtype": str(m.dtype).removeprefix("torch.")}
     # Drop Int8Linear entries that are the GEMM inside a convolution.
@@ -174,6 +176,8 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             q = Int8ConvTranspose2d.from_float(m, act)
         elif kind == "Int4Linear":
             q = Int4Linear.from_float(m, spec["group_size"])
+        elif kind == "Int8Embedding":
+            q = Int8Embedding.from_float(m)
         elif kind == "LowPrecision":
             q = LowPrecision(m, getattr(torch, spec["dtype"]))
         else:

@@ -224,3 +224,35 @@ class Int4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"group_size={self.group_size}")
+
+
+class Int8Embedding(nn.Module):
+    """Embedding table stored as int8 rows (symmetric per row, [-127, 127]) with float32 scales;
+    a lookup dequantises only the rows it gathers."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32))
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, emb: nn.Embedding) -> "Int8Embedding":
+        if not isinstance(emb, nn.Embedding):
+            raise TypeError(f"emb: expected an nn.Embedding, got {type(emb).__name__}")
+        if emb.max_norm is not None or emb.sparse:
+            raise ValueError("emb: max_norm and sparse embeddings are not supported")
+        q = cls(emb.num_embeddings, emb.embedding_dim)
+        w = emb.weight.detach().float().cpu()
+        scales = symmetric_weight_scales(w)
+        q.weight_int8.copy_(quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.int64), 0,
+                                                 torch.int8, -127, 127))
+        q.weight_scale.copy_(scales)
+        return q
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.weight_int8[idx].float() * self.weight_scale[idx].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
