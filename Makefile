@@ -24,6 +24,11 @@ $(VENV)/.ready: requirements-dev.txt
 
 setup: $(VENV)/.ready
 
+# Benchmark-only peers (ONNX Runtime), torch pinned as everywhere.
+$(VENV)/.bench-ready: $(VENV)/.ready requirements-bench.txt
+	$(PYTHON) -m pip install -q -r requirements-bench.txt torch==$(TORCH_VERSION)
+	touch $@
+
 # Incremental (scikit-build-core build dir + ccache): a no-op rebuild takes seconds.
 build: setup
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
@@ -40,9 +45,10 @@ test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
 
 # The main job until the experiment CLI exists: the kernel benchmarks.
-bench: build
+bench: build $(VENV)/.bench-ready
 	$(PYTHON) benchmarks/bench_kd_loss.py
 	$(PYTHON) benchmarks/bench_prune.py
+	$(PYTHON) benchmarks/bench_quant.py
 
 clean:
 	rm -rf build dist *.egg-info
