@@ -105,9 +105,14 @@ def test_int8_conv2d_equals_its_integer_reference(cfg, static):
         assert (q(x) - ref).abs().max() <= 0.04 * ref.abs().max()
 
 
-@pytest.mark.parametrize("cfg", [dict(k=4, s=2, p=1, op=0), dict(k=4, s=1, p=0, op=0), dict(k=3, s=2, p=1, op=1)])
+@pytest.mark.parametrize("cfg", [dict(k=4, s=2, p=1, op=0), dict(k=4, s=1, p=0, op=0), dict(k=3, s=2, p=1, op=1),
+                                 dict(k=5, s=3, p=2, op=0), dict(k=2, s=3, p=0, op=2), dict(k=3, s=2, p=0, op=0, d=2),
+                                 dict(k=4, s=2, p=1, op=0, c=3)])
 def test_int8_conv_transpose2d_matches_fp32(cfg):
-    conv = nn.ConvTranspose2d(6, 4, cfg["k"], cfg["s"], cfg["p"], output_padding=cfg["op"])
+    # Phase decomposition for every stride/kernel/padding combination here; dilation and narrow
+    # outputs (c=3) take col2im.
+    conv = nn.ConvTranspose2d(6, cfg.get("c", 16), cfg["k"], cfg["s"], cfg["p"], output_padding=cfg["op"],
+                              dilation=cfg.get("d", 1))
     x = torch.randn(2, 6, 5, 7)
     q = Int8ConvTranspose2d.from_float(conv)
     ref = conv(x).detach()
@@ -115,7 +120,8 @@ def test_int8_conv_transpose2d_matches_fp32(cfg):
     assert out.shape == ref.shape
     assert (out - ref).abs().max() <= 0.04 * ref.abs().max()
     # With exactly representable weights and inputs the integer path is exact up to float rounding.
-    exact = nn.ConvTranspose2d(6, 4, cfg["k"], cfg["s"], cfg["p"], output_padding=cfg["op"], bias=False)
+    exact = nn.ConvTranspose2d(6, cfg.get("c", 16), cfg["k"], cfg["s"], cfg["p"], output_padding=cfg["op"], bias=False,
+                               dilation=cfg.get("d", 1))
     with torch.no_grad():
         exact.weight.copy_(torch.randint(-127, 128, exact.weight.shape).float() / 127)
         exact.weight[0] = 1.0  # every (output channel, kernel position) row has max |w| = 1: scale 1/127

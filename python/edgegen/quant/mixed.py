@@ -120,8 +120,10 @@ def _layout(model: nn.Module) -> dict[str, dict]:
     for name, m in model.named_modules():
         if isinstance(m, Int8Linear) and not any(name.startswith(p + ".") for p in out):
             out[name] = {"type": "Int8Linear", "static": m.static}
-        elif isinstance(m, (Int8Conv2d, Int8ConvTranspose2d)):
-            out[name] = {"type": type(m).__name__, "static": m.gemm.static}
+        elif isinstance(m, Int8Conv2d):
+            out[name] = {"type": "Int8Conv2d", "static": m.gemm.static}
+        elif isinstance(m, Int8ConvTranspose2d):
+            out[name] = {"type": "Int8ConvTranspose2d", "static": m.static}
         elif isinstance(m, Int4Linear):
             out[name] = {"type": "Int4Linear", "group_size": m.group_size}
         elif isinstance(m, Int8Embedding):

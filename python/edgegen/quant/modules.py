@@ -132,47 +132,121 @@ class Int8Conv2d(nn.Module):
         return out.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
 
 
-class Int8ConvTranspose2d(nn.Module):
-    """ConvTranspose2d (groups=1) as the INT8 GEMM + col2im: columns [B*H*W, Cout*kh*kw] from the
-    integer product with the weight viewed as [Cout*kh*kw, Cin] (the scale of output channel c on
-    all of its rows), folded into the output; bias added after."""
+def _dynamic_act_qparams(x: Tensor) -> tuple[float, int]:
+    """The per-tensor 7-bit parameters the INT8 kernels compute for dynamic activations."""
+    lo, hi = x.detach().float().aminmax()
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = (hi - lo) / 127.0 if bool(hi > lo) else torch.tensor(1.0)
+    zp = int(torch.round(-lo / scale).clamp(0, 127))
+    return float(scale), zp
 
-    def __init__(self, gemm: Int8Linear, bias: Tensor | None, in_channels, out_channels, kernel_size, stride,
-                 padding, output_padding, dilation):
+
+class Int8ConvTranspose2d(nn.Module):
+    """ConvTranspose2d (groups=1) on the INT8 GEMM, weights symmetric per output channel (axis 1 of
+    the [Cin, Cout, kh, kw] weight).
+
+    Without dilation the layer is split by output phase (sub-pixel decomposition): the outputs
+    whose (row, column) are congruent to (ry, rx) modulo the stride depend only on the kernel taps
+    ry + stride * t, so each phase is an ordinary small convolution over the input (im2col + GEMM
+    with K = Cin * taps) written to a strided slice of the output. No overlapping col2im is needed.
+    With dilation, or fewer than 16 output channels, it uses one GEMM + ``F.fold`` (col2im)
+    instead. All phases share one activation quantization per call."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, output_padding, dilation,
+                 bias: Tensor | None):
         super().__init__()
-        self.gemm = gemm
-        self.register_buffer("bias", bias)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.output_padding, self.dilation = output_padding, dilation
+        self.register_buffer("bias", bias)
+        self.register_buffer("act_scale", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int64))
+        self.static = False
+        self.phases = nn.ModuleList()
+        self.phase_taps: list[tuple[int, int, int, int]] = []  # (ry, rx, taps_y, taps_x)
+        self.gemm: Int8Linear | None = None
 
     @classmethod
+    @torch.no_grad()
     def from_float(cls, conv: nn.ConvTranspose2d, act_qparams=None,
                    weight_scale: Tensor | None = None) -> "Int8ConvTranspose2d":
-        """Weights symmetric per output channel (axis 1 of the [Cin, Cout, kh, kw] weight;
-        ``weight_scale`` overrides max|w| / 127)."""
+        """``weight_scale`` (per output channel) overrides max|w| / 127."""
         if not isinstance(conv, nn.ConvTranspose2d):
             raise TypeError(f"conv: expected an nn.ConvTranspose2d, got {type(conv).__name__}")
         _check_plain_conv(conv)
+        w = conv.weight.detach().float()
         if weight_scale is None:
-            weight_scale = symmetric_weight_scales(conv.weight.detach().transpose(0, 1))
-        kk = conv.kernel_size[0] * conv.kernel_size[1]
-        w = conv.weight.detach().permute(1, 2, 3, 0).reshape(-1, conv.in_channels)  # [Cout*kh*kw, Cin]
-        gemm = Int8Linear._from_weight(w, None, act_qparams, weight_scale.reshape(-1).repeat_interleave(kk))
+            weight_scale = symmetric_weight_scales(w.transpose(0, 1))
+        weight_scale = weight_scale.detach().float().reshape(-1)
         bias = None if conv.bias is None else conv.bias.detach().float().clone()
-        return cls(gemm, bias, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                   conv.output_padding, conv.dilation)
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.output_padding,
+                conv.dilation, bias)
+        if act_qparams is not None:
+            scale, zp = float(act_qparams[0]), int(act_qparams[1])
+            if not scale > 0 or not 0 <= zp <= 127:
+                raise ValueError(f"act_qparams: expected scale > 0 and a zero point in [0, 127], got {act_qparams}")
+            q.act_scale.fill_(scale)
+            q.act_zero_point.fill_(zp)
+            q.static = True
+        (kh, kw), (sy, sx) = conv.kernel_size, conv.stride
+        # Phases need N = out_channels to fill the GEMM's 16-wide panels; narrower layers (an image
+        # head with 3 channels) are faster as one GEMM with N = Cout * kh * kw, then col2im.
+        if tuple(conv.dilation) == (1, 1) and conv.out_channels >= 16:
+            for ry in range(sy):
+                for rx in range(sx):
+                    ty, tx = len(range(ry, kh, sy)), len(range(rx, kw, sx))
+                    if ty == 0 or tx == 0:
+                        continue
+                    rows = [ry + sy * (ty - 1 - j) for j in range(ty)]  # unfold window j <-> tap t = T-1-j
+                    cols = [rx + sx * (tx - 1 - j) for j in range(tx)]
+                    wsub = w[:, :, rows][:, :, :, cols].permute(1, 0, 2, 3).reshape(conv.out_channels, -1)
+                    q.phases.append(Int8Linear._from_weight(wsub, None, None, weight_scale))
+                    q.phase_taps.append((ry, rx, ty, tx))
+        else:
+            kk = kh * kw
+            wmat = w.permute(1, 2, 3, 0).reshape(-1, conv.in_channels)  # [Cout*kh*kw, Cin]
+            q.gemm = Int8Linear._from_weight(wmat, None, None, weight_scale.repeat_interleave(kk))
+        return q
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.static = bool(self.act_scale > 0)
+
+    def _gemm(self, layer: Int8Linear, x: Tensor, act: tuple[float, int]) -> Tensor:
+        from edgegen.ops import quant as qops
+
+        packed = layer.packed_weight if layer.packed_weight.numel() else None
+        return qops.int8_linear_static(x, act[0], act[1], layer.weight_int8, packed, layer.weight_row_sum,
+                                       layer.weight_scale, None)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        kh, kw = self.kernel_size
-        ho = (h - 1) * self.stride[0] - 2 * self.padding[0] + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
-        wo = (w - 1) * self.stride[1] - 2 * self.padding[1] + self.dilation[1] * (kw - 1) + self.output_padding[1] + 1
-        cols = self.gemm(x.permute(0, 2, 3, 1).reshape(b, h * w, c))        # [B, H*W, Cout*kh*kw]
-        out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
+        (kh, kw), (sy, sx), (py, px) = self.kernel_size, self.stride, self.padding
+        ho = (h - 1) * sy - 2 * py + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
+        wo = (w - 1) * sx - 2 * px + self.dilation[1] * (kw - 1) + self.output_padding[1] + 1
+        act = (float(self.act_scale), int(self.act_zero_point)) if self.static else _dynamic_act_qparams(x)
+        if self.gemm is not None:
+            cols = self._gemm(self.gemm, x.permute(0, 2, 3, 1).reshape(b, h * w, c), act)
+            out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
+        else:
+            out = x.new_zeros((b, self.out_channels, ho, wo), dtype=torch.float32)
+            for layer, (ry, rx, ty, tx) in zip(self.phases, self.phase_taps):
+                qy0, qy1 = -((ry - py) // sy), (ho - 1 + py - ry) // sy
+                qx0, qx1 = -((rx - px) // sx), (wo - 1 + px - rx) // sx
+                if qy1 < qy0 or qx1 < qx0:
+                    continue
+                ny, nx = qy1 - qy0 + 1, qx1 - qx0 + 1
+                top, left = -(qy0 - ty + 1), -(qx0 - tx + 1)
+                bottom, right = qy1 - (h - 1), qx1 - (w - 1)
+                xp = F.pad(x, (max(left, 0), max(right, 0), max(top, 0), max(bottom, 0)))
+                xp = xp[:, :, max(-top, 0):, max(-left, 0):][:, :, :ny + ty - 1, :nx + tx - 1]
+                cols = F.unfold(xp, (ty, tx)).transpose(1, 2)                 # [B, ny*nx, Cin*ty*tx]
+                res = self._gemm(layer, cols, act).transpose(1, 2).reshape(b, self.out_channels, ny, nx)
+                oy0, ox0 = qy0 * sy + ry - py, qx0 * sx + rx - px
+                out[:, :, oy0::sy, ox0::sx][:, :, :ny, :nx] = res
         if self.bias is not None:
-            out = out + self.bias.to(out.dtype)[None, :, None, None]
-        return out
+            out = out + self.bias[None, :, None, None]
+        return out.to(x.dtype)
 
 
 class Int4Linear(nn.Module):
