@@ -16,6 +16,18 @@ def symmetric_weight_scales(w: Tensor, qmax: int = 127) -> Tensor:
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
 
 
+def _set_static_activations(q: nn.Module, act_qparams) -> None:
+    """Fix a module's activation (scale, zero point) for 7-bit quantization; None leaves it dynamic."""
+    if act_qparams is None:
+        return
+    scale, zp = float(act_qparams[0]), int(act_qparams[1])
+    if not scale > 0 or not 0 <= zp <= 127:
+        raise ValueError(f"act_qparams: expected scale > 0 and a zero point in [0, 127], got {act_qparams}")
+    q.act_scale.fill_(scale)
+    q.act_zero_point.fill_(zp)
+    q.static = True
+
+
 class Int8Linear(nn.Module):
     """Linear with int8 weights (symmetric per output feature, range [-127, 127]) and dynamically
     quantized activations (per tensor, per call, 7-bit unsigned: exact on AVX2 without VNNI,
@@ -53,13 +65,7 @@ class Int8Linear(nn.Module):
         default they are max|w| / 127 per row."""
         w = weight.detach().float().cpu()
         q = cls(w.shape[1], w.shape[0], bias=bias is not None)
-        if act_qparams is not None:
-            scale, zp = float(act_qparams[0]), int(act_qparams[1])
-            if not scale > 0 or not 0 <= zp <= 127:
-                raise ValueError(f"act_qparams: expected scale > 0 and a zero point in [0, 127], got {act_qparams}")
-            q.act_scale.fill_(scale)
-            q.act_zero_point.fill_(zp)
-            q.static = True
+        _set_static_activations(q, act_qparams)
         scales = symmetric_weight_scales(w) if weight_scale is None else weight_scale.detach().float().cpu().reshape(-1)
         q.weight_int8.copy_(quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.int64), 0,
                                                  torch.int8, -127, 127))
@@ -181,13 +187,7 @@ class Int8ConvTranspose2d(nn.Module):
         bias = None if conv.bias is None else conv.bias.detach().float().clone()
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.output_padding,
                 conv.dilation, bias)
-        if act_qparams is not None:
-            scale, zp = float(act_qparams[0]), int(act_qparams[1])
-            if not scale > 0 or not 0 <= zp <= 127:
-                raise ValueError(f"act_qparams: expected scale > 0 and a zero point in [0, 127], got {act_qparams}")
-            q.act_scale.fill_(scale)
-            q.act_zero_point.fill_(zp)
-            q.static = True
+        _set_static_activations(q, act_qparams)
         (kh, kw), (sy, sx) = conv.kernel_size, conv.stride
         # Phases need N = out_channels to fill the GEMM's 16-wide panels; narrower layers (an image
         # head with 3 channels) are faster as one GEMM with N = Cout * kh * kw, then col2im.
