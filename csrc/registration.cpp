@@ -87,6 +87,13 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("int8_linear_static(Tensor input, float a_scale, int a_zero_point, Tensor packed_weight, "
         "Tensor weight_row_sum, Tensor weight_scale, Tensor? bias, int n, int k) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // Direct INT8 convolution (groups=1): float input [N, C, H, W] quantized once to 7-bit NHWC,
+  // implicit GEMM against weights packed in [out_channels, kh, kw, ceil4(C)] order; a_scale <= 0
+  // quantizes dynamically.
+  m.def("int8_conv2d(Tensor input, Tensor packed_weight, Tensor weight_row_sum, Tensor weight_scale, Tensor? bias, "
+        "int out_channels, int[] kernel_size, int[] stride, int[] padding, int[] dilation, float a_scale, "
+        "int a_zero_point) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   // INT4 weight-only: 4-bit values [N, K] (uint8 in [0, 15]) -> packed [N, K / 2]; dequantised
   // weight (q - zero_point) * scale per group of group_size input features; the linear layer with
   // the dequantisation inside the dot products (small M) or per block of rows (large M).

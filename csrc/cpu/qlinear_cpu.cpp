@@ -135,9 +135,64 @@ at::Tensor int8_linear_static_cpu(const at::Tensor& input, double a_scale, int64
   return int8_linear_impl(input, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k);
 }
 
+at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, int64_t out_channels,
+                           at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, double a_scale, int64_t a_zero_point) {
+  check_cpu(input, "input");
+  TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() == 4, "input: expected [N, C, H, W], got ", input.sizes());
+  auto pair = [](at::IntArrayRef v, const char* name, int64_t lo) {
+    TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo, name, ": expected two values >= ", lo, ", got ", v);
+  };
+  pair(kernel, "kernel_size", 1);
+  pair(stride, "stride", 1);
+  pair(padding, "padding", 0);
+  pair(dilation, "dilation", 1);
+  const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t cp = (c + 3) / 4 * 4;
+  const int64_t ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
+  const int64_t wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, "input: spatial size ", h, "x", w, " is too small for the kernel");
+  check_packed(packed, row_sum, out_channels, kernel[0] * kernel[1] * cp);
+  check_cpu(weight_scale, "weight_scale");
+  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
+                        weight_scale.size(0) == out_channels,
+                    "weight_scale: expected a float32 tensor of shape [", out_channels, "]");
+  at::Tensor bf;
+  if (bias.has_value()) {
+    check_cpu(*bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_channels, "bias: expected shape [", out_channels,
+                      "], got ", bias->sizes());
+    bf = bias->to(at::kFloat).contiguous();
+  }
+  const at::Tensor x = input.to(at::kFloat).contiguous();
+  KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
+  if (a_scale <= 0) {
+    q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
+  } else {
+    TORCH_CHECK_VALUE(std::isfinite(a_scale) && a_zero_point >= 0 && a_zero_point <= 127,
+                      "a_scale/a_zero_point: expected a finite scale and a zero point in [0, 127], got ", a_scale,
+                      ", ", a_zero_point);
+  }
+  const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
+  at::Tensor a = at::empty({b, hp, wp, cp}, x.options().dtype(at::kByte));
+  KQ::quantize_nchw_to_nhwc_u7(x.const_data_ptr<float>(), b, c, h, w, padding[0], padding[0], padding[1], padding[1],
+                               cp, q, a.mutable_data_ptr<uint8_t>(), at::get_num_threads());
+  at::Tensor out = at::empty({b, out_channels, ho, wo}, x.options());
+  const int64_t strides[4] = {out_channels * ho * wo, ho * wo, wo, 1};
+  KQ::ConvGeometry g{b, hp, wp, cp, kernel[0], kernel[1], stride[0], stride[1], dilation[0], dilation[1], ho, wo};
+  KQ::conv2d_u8s8(a.const_data_ptr<uint8_t>(), g, out_channels, q.zero_point, packed.const_data_ptr<int8_t>(),
+                  row_sum.const_data_ptr<int32_t>(), q.scale, weight_scale.contiguous().const_data_ptr<float>(),
+                  bf.defined() ? bf.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), strides,
+                  at::get_num_threads());
+  return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("int8_conv2d", &int8_conv2d_cpu);
   m.impl("int8_pack_weight", &int8_pack_weight_cpu);
   m.impl("int8_gemm", &int8_gemm_cpu);
   m.impl("int8_linear_dynamic", &int8_linear_dynamic_cpu);

@@ -129,3 +129,38 @@ TEST(Int4, PackRoundTripAndGemvMatchesDequantizedLoop) {
       }
   }
 }
+
+TEST(Int8Conv, DirectConvolutionMatchesIntegerLoops) {
+  std::mt19937 rng(11);
+  // batch 2, 5 input channels (padded to 8), 7x6 input with 1 pixel of padding, 3x3 kernel,
+  // stride 2, 17 output channels (two panels, one partial).
+  const int64_t b = 2, c = 5, cp = 8, h = 7, w = 6, pad = 1, k = 3, s = 2, co = 17;
+  const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = (hp - k) / s + 1, wo = (wp - k) / s + 1;
+  const int32_t zp = 9;
+  std::vector<uint8_t> in(size_t(b * hp * wp * cp));
+  for (auto& v : in) v = uint8_t(rng() % 128);
+  std::vector<int8_t> wt(size_t(co * k * k * cp), 0);
+  for (int64_t o = 0; o < co; ++o)
+    for (int64_t t = 0; t < k * k; ++t)
+      for (int64_t ch = 0; ch < c; ++ch) wt[size_t((o * k * k + t) * cp + ch)] = int8_t(int(rng() % 255) - 127);
+  const int64_t kp = k * k * cp;
+  std::vector<int8_t> packed(size_t(KQ::packed_panels(co) * kp * KQ::kPanel));
+  std::vector<int32_t> row_sum(static_cast<size_t>(co) + 0);
+  KQ::pack_weight_s8(wt.data(), co, kp, packed.data(), row_sum.data());
+  std::vector<float> scale(size_t(co), 1.0f), out(size_t(b * co * ho * wo));
+  const int64_t os[4] = {co * ho * wo, ho * wo, wo, 1};
+  KQ::ConvGeometry g{b, hp, wp, cp, k, k, s, s, 1, 1, ho, wo};
+  KQ::conv2d_u8s8(in.data(), g, co, zp, packed.data(), row_sum.data(), 1.0f, scale.data(), nullptr, out.data(), os, 2);
+  for (int64_t n = 0; n < b; ++n)
+    for (int64_t o = 0; o < co; ++o)
+      for (int64_t y = 0; y < ho; ++y)
+        for (int64_t x = 0; x < wo; ++x) {
+          int64_t want = 0;
+          for (int64_t i = 0; i < k; ++i)
+            for (int64_t j = 0; j < k; ++j)
+              for (int64_t ch = 0; ch < cp; ++ch)
+                want += (int64_t(in[size_t(((n * hp + y * s + i) * wp + x * s + j) * cp + ch)]) - zp) *
+                        wt[size_t((o * k * k + i * k + j) * cp + ch)];
+          ASSERT_EQ(out[size_t(n * os[0] + o * os[1] + y * os[2] + x)], float(want));
+        }
+}

@@ -96,9 +96,14 @@ def test_int8_conv2d_equals_its_integer_reference(cfg, static):
     conv = nn.Conv2d(5, 7, cfg["k"], cfg["s"], cfg["p"], dilation=cfg.get("d", 1))
     x = torch.randn(3, 5, 13, 11)
     q = Int8Conv2d.from_float(conv, (0.05, 60) if static else None)
-    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).transpose(1, 2)
-    want = q.gemm(cols).transpose(1, 2).reshape(q(x).shape)  # the GEMM itself is tested exactly elsewhere
-    assert torch.equal(q(x), want)
+    # Reference: the same arithmetic in PyTorch (fake-quantized input, dequantized weight).
+    from edgegen.ops._reference import quantize_activations_u7_reference
+
+    s_a, z_a = (0.05, 60) if static else quantize_activations_u7_reference(x)[1:]
+    kh, kw = conv.kernel_size
+    w = q.gemm.dequantized_weight().reshape(7, kh, kw, -1)[..., :5].permute(0, 3, 1, 2)
+    want = F.conv2d(fake_quantize(x, s_a, z_a, 0, 127), w, conv.bias, conv.stride, conv.padding, conv.dilation)
+    torch.testing.assert_close(q(x), want.detach(), rtol=1e-5, atol=1e-5)
     ref = conv(x).detach()
     assert q(x).shape == ref.shape
     if not static:  # stated tolerance: within 4% of the output range
@@ -192,3 +197,28 @@ def test_opcheck_observer_ops():
     torch.library.opcheck(torch.ops.edgegen.int8_linear_static,
                           (torch.randn(2, 4), 0.1, 3, *torch.ops.edgegen.int8_pack_weight(
                               torch.randint(-127, 128, (3, 4), dtype=torch.int8)), torch.ones(3), None, 3, 4))
+
+
+def test_opcheck_int8_conv2d():
+    q = Int8Conv2d.from_float(nn.Conv2d(3, 5, 3, 2, 1))
+    g = q.gemm
+    torch.library.opcheck(torch.ops.edgegen.int8_conv2d,
+                          (torch.randn(2, 3, 7, 6), g.packed_weight, g.weight_row_sum, g.weight_scale, g.bias, 5,
+                           [3, 3], [2, 2], [1, 1], [1, 1], 0.0, 0))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda g: torch.ops.edgegen.int8_conv2d(torch.randn(2, 3, 7), g.packed_weight, g.weight_row_sum, g.weight_scale,
+                                             None, 5, [3, 3], [1, 1], [0, 0], [1, 1], 0.0, 0), "input"),
+    (lambda g: torch.ops.edgegen.int8_conv2d(torch.randn(2, 3, 7, 7), g.packed_weight, g.weight_row_sum,
+                                             g.weight_scale, None, 5, [3, 3], [0, 1], [0, 0], [1, 1], 0.0, 0), "stride"),
+    (lambda g: torch.ops.edgegen.int8_conv2d(torch.randn(2, 3, 2, 2), g.packed_weight, g.weight_row_sum,
+                                             g.weight_scale, None, 5, [3, 3], [1, 1], [0, 0], [1, 1], 0.0, 0), "too small"),
+    (lambda g: torch.ops.edgegen.int8_conv2d(torch.randn(2, 4, 7, 7), g.packed_weight, g.weight_row_sum,
+                                             g.weight_scale, None, 5, [5, 5], [1, 1], [0, 0], [1, 1], 0.0, 0),
+     "packed_weight"),
+])
+def test_int8_conv2d_bad_input(call, match):
+    g = Int8Conv2d.from_float(nn.Conv2d(3, 5, 3)).gemm
+    with pytest.raises(ValueError, match=match):
+        call(g)

@@ -111,16 +111,76 @@ void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, i
   });
 }
 
-ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads) {
+ActQuant dynamic_act_params_u7(const float* x, int64_t n) {
   float lo = 0.0f, hi = 0.0f;  // the range always includes 0, so that 0 is exact
-  for (int64_t i = 0; i < m * k; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
   }
   ActQuant q{hi > lo ? (hi - lo) / 127.0f : 1.0f, 0};
   q.zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q.scale))));
+  return q;
+}
+
+ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads) {
+  const ActQuant q = dynamic_act_params_u7(x, m * k);
   quantize_activations_static_u7(x, m, k, q, a, lda, num_threads);
   return q;
+}
+
+void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t h, int64_t w, int64_t pt, int64_t pb,
+                              int64_t pl, int64_t pr, int64_t cp, ActQuant q, uint8_t* out, int num_threads) {
+  const int64_t hp = h + pt + pb, wp = w + pl + pr;
+  const float inv = 1.0f / q.scale;
+  const uint8_t zp = uint8_t(q.zero_point);
+  parallel_for(batch * hp, num_threads, [&](int64_t bh) {
+    const int64_t b = bh / hp, y = bh % hp - pt;
+    uint8_t* row = out + bh * wp * cp;
+    std::memset(row, zp, size_t(wp * cp));
+    if (y < 0 || y >= h) return;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float* src = x + ((b * c + ch) * h + y) * w;
+      for (int64_t xx = 0; xx < w; ++xx) {
+        const float v = std::nearbyint(src[xx] * inv) + float(q.zero_point);
+        row[(xx + pl) * cp + ch] = uint8_t(std::min(127.0f, std::max(0.0f, v)));
+      }
+    }
+  });
+}
+
+void conv2d_u8s8(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point, const int8_t* packed,
+                 const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias, float* out,
+                 const int64_t* os, int num_threads) {
+  const int64_t np = packed_panels(cout), kp = g.kh * g.kw * g.cp, taps = g.kh * g.kw;
+  const bool avx2 = best_isa() == Isa::Avx2;
+  (void)avx2;
+  // Tasks: one output row of one image x one panel of 16 output channels; pixels in tiles of 4.
+  parallel_for(g.batch * g.out_h * np, num_threads, [&](int64_t task) {
+    const int64_t p = task % np, bo = task / np, b = bo / g.out_h, oh = bo % g.out_h;
+    const int8_t* panel = packed + p * kp * kPanel;
+    const int64_t j0 = p * kPanel, cols = std::min<int64_t>(kPanel, cout - j0);
+    int32_t acc[4 * kPanel];
+    for (int64_t ow = 0; ow < g.out_w; ow += 4) {
+      const int rows = int(std::min<int64_t>(4, g.out_w - ow));
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t i = t / g.kw, j = t % g.kw;
+        const uint8_t* a = in + ((b * g.in_h + oh * g.sh + i * g.dh) * g.in_w + ow * g.sw + j * g.dw) * g.cp;
+        const int8_t* slice = panel + t * g.cp * kPanel;
+#if defined(EDGEGEN_HAVE_AVX2)
+        if (avx2) tile_avx2(a, g.sw * g.cp, rows, slice, g.cp, true, acc, t > 0);
+        else tile_scalar(a, g.sw * g.cp, rows, slice, g.cp, acc, t > 0);
+#else
+        tile_scalar(a, g.sw * g.cp, rows, slice, g.cp, acc, t > 0);
+#endif
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        const float s = a_scale * w_scale[j0 + c], bb = bias ? bias[j0 + c] : 0.0f;
+        const int32_t comp = a_zero_point * row_sum[j0 + c];
+        float* o = out + b * os[0] + (j0 + c) * os[1] + oh * os[2] + ow * os[3];
+        for (int r = 0; r < rows; ++r) o[r * os[3]] = float(acc[r * kPanel + c] - comp) * s + bb;
+      }
+    }
+  });
 }
 
 void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,

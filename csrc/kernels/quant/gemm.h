@@ -51,4 +51,25 @@ ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* 
 void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,
                                     int num_threads);
 
+// Direct INT8 convolution (implicit GEMM, no im2col). `in` is uint8 NHWC [batch, in_h, in_w, cp]
+// with the spatial padding already applied (padded entries hold the activation zero point) and
+// cp a multiple of 4; output pixel (oh, ow) reads in[b, oh * sh + i * dh, ow * sw + j * dw, :] for
+// each tap (i, j). `packed` is pack_weight_s8 of the weight laid out [cout, kh, kw, cp], so the
+// taps' slices of a panel are contiguous. out_f32 element (b, co, oh, ow) is written at
+// out + b * os[0] + co * os[1] + oh * os[2] + ow * os[3].
+struct ConvGeometry {
+  int64_t batch, in_h, in_w, cp, kh, kw, sh, sw, dh, dw, out_h, out_w;
+};
+void conv2d_u8s8(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point, const int8_t* packed,
+                 const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias, float* out,
+                 const int64_t* out_strides, int num_threads);
+
+// NCHW float32 [batch, c, h, w] -> padded NHWC uint8 [batch, h + pt + pb, w + pl + pr, cp] with 7-bit
+// values; padding (spatial, and channels c..cp) holds the zero point.
+void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t h, int64_t w, int64_t pt, int64_t pb,
+                              int64_t pl, int64_t pr, int64_t cp, ActQuant q, uint8_t* out, int num_threads);
+
+// (scale, zero point) of the 7-bit dynamic quantization of n values, as quantize_activations_u7.
+ActQuant dynamic_act_params_u7(const float* x, int64_t n);
+
 }  // namespace edgegen::kernels::quant

@@ -180,3 +180,12 @@ def _(input, axis):
 @torch.library.register_fake("edgegen::observe_histogram")
 def _(input, bins, lo, hi):
     return input.new_empty((bins,), dtype=torch.int64)
+
+
+@torch.library.register_fake("edgegen::int8_conv2d")
+def _(input, packed_weight, weight_row_sum, weight_scale, bias, out_channels, kernel_size, stride, padding, dilation,
+      a_scale, a_zero_point):
+    b, _, h, w = input.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    return input.new_empty((b, out_channels, ho, wo))

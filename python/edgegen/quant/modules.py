@@ -108,9 +108,38 @@ def _check_plain_conv(conv: nn.Module) -> None:
         raise ValueError(f"conv: string padding {conv.padding!r} is not supported; give explicit sizes")
 
 
+def _nhwc_weight(w: Tensor) -> Tensor:
+    """[Cout, Cin, kh, kw] -> [Cout, kh * kw * ceil4(Cin)]: the order the direct INT8 convolution
+    reads (tap-major, channels padded to a multiple of 4 with zeros)."""
+    co, ci, kh, kw = w.shape
+    cp = (ci + 3) // 4 * 4
+    out = w.new_zeros(co, kh, kw, cp)
+    out[..., :ci] = w.permute(0, 2, 3, 1)
+    return out.reshape(co, -1)
+
+
+def _int8_conv(x: Tensor, gemm: "Int8Linear", bias: Tensor | None, out_channels: int, in_channels: int, kernel,
+               stride, padding, dilation, act: tuple[float, int] | None) -> Tensor:
+    """The direct INT8 convolution op on CPU; elsewhere the same arithmetic in PyTorch."""
+    a_scale, a_zp = act if act is not None else (0.0, 0)
+    if x.device.type == "cpu" and gemm.packed_weight.numel():
+        return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, gemm.weight_scale, bias,
+                                             out_channels, list(kernel), list(stride), list(padding), list(dilation),
+                                             a_scale, a_zp)
+    from edgegen.ops._reference import quantize_activations_u7_reference
+
+    if act is None:
+        _, a_scale, a_zp = quantize_activations_u7_reference(x)
+    xq = fake_quantize(x.float(), a_scale, a_zp, 0, 127)
+    kh, kw = kernel
+    w = gemm.dequantized_weight().reshape(out_channels, kh, kw, -1)[..., :in_channels].permute(0, 3, 1, 2)
+    return F.conv2d(xq, w, bias, stride, padding, dilation).to(x.dtype)
+
+
 class Int8Conv2d(nn.Module):
-    """Conv2d (groups=1) as im2col + the INT8 GEMM: int8 weights per output channel, activations
-    quantized dynamically or with calibrated parameters."""
+    """Conv2d (groups=1) as a direct INT8 convolution: the input is quantized once to 7-bit NHWC and
+    every output pixel accumulates its taps with the GEMM micro-kernel (implicit GEMM, no im2col);
+    int8 weights per output channel, activations dynamic or calibrated."""
 
     def __init__(self, gemm: Int8Linear, in_channels, out_channels, kernel_size, stride, padding, dilation):
         super().__init__()
@@ -124,18 +153,16 @@ class Int8Conv2d(nn.Module):
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
         _check_plain_conv(conv)
-        gemm = Int8Linear._from_weight(conv.weight.reshape(conv.out_channels, -1), conv.bias, act_qparams, weight_scale)
+        gemm = Int8Linear._from_weight(_nhwc_weight(conv.weight.detach().float()), conv.bias, act_qparams,
+                                       weight_scale)
         return cls(gemm, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B, Cin*kh*kw, L]
-        out = self.gemm(cols.transpose(1, 2))                                               # [B, L, Cout]
-        return out.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
+        g = self.gemm
+        act = (float(g.act_scale), int(g.act_zero_point)) if g.static else None
+        return _int8_conv(x, g, g.bias, self.out_channels, self.in_channels, self.kernel_size, self.stride,
+                          self.padding, self.dilation, act)
 
 
 def _dynamic_act_qparams(x: Tensor) -> tuple[float, int]:
@@ -153,8 +180,8 @@ class Int8ConvTranspose2d(nn.Module):
 
     Without dilation the layer is split by output phase (sub-pixel decomposition): the outputs
     whose (row, column) are congruent to (ry, rx) modulo the stride depend only on the kernel taps
-    ry + stride * t, so each phase is an ordinary small convolution over the input (im2col + GEMM
-    with K = Cin * taps) written to a strided slice of the output. No overlapping col2im is needed.
+    ry + stride * t, so each phase is an ordinary small convolution over the input (the direct
+    INT8 convolution) written to a strided slice of the output. No overlapping col2im is needed.
     With dilation, or fewer than 16 output channels, it uses one GEMM + ``F.fold`` (col2im)
     instead. All phases share one activation quantization per call."""
 
@@ -199,8 +226,8 @@ class Int8ConvTranspose2d(nn.Module):
                         continue
                     rows = [ry + sy * (ty - 1 - j) for j in range(ty)]  # unfold window j <-> tap t = T-1-j
                     cols = [rx + sx * (tx - 1 - j) for j in range(tx)]
-                    wsub = w[:, :, rows][:, :, :, cols].permute(1, 0, 2, 3).reshape(conv.out_channels, -1)
-                    q.phases.append(Int8Linear._from_weight(wsub, None, None, weight_scale))
+                    wsub = w[:, :, rows][:, :, :, cols].permute(1, 0, 2, 3)  # a [Cout, Cin, ty, tx] conv weight
+                    q.phases.append(Int8Linear._from_weight(_nhwc_weight(wsub), None, None, weight_scale))
                     q.phase_taps.append((ry, rx, ty, tx))
         else:
             kk = kh * kw
@@ -240,8 +267,7 @@ class Int8ConvTranspose2d(nn.Module):
                 bottom, right = qy1 - (h - 1), qx1 - (w - 1)
                 xp = F.pad(x, (max(left, 0), max(right, 0), max(top, 0), max(bottom, 0)))
                 xp = xp[:, :, max(-top, 0):, max(-left, 0):][:, :, :ny + ty - 1, :nx + tx - 1]
-                cols = F.unfold(xp, (ty, tx)).transpose(1, 2)                 # [B, ny*nx, Cin*ty*tx]
-                res = self._gemm(layer, cols, act).transpose(1, 2).reshape(b, self.out_channels, ny, nx)
+                res = _int8_conv(xp, layer, None, self.out_channels, c, (ty, tx), (1, 1), (0, 0), (1, 1), act)
                 oy0, ox0 = qy0 * sy + ry - py, qx0 * sx + rx - px
                 out[:, :, oy0::sy, ox0::sx][:, :, :ny, :nx] = res
         if self.bias is not None:
