@@ -94,6 +94,12 @@ TORCH_LIBRARY(edgegen, m) {
         "int out_channels, int[] kernel_size, int[] stride, int[] padding, int[] dilation, float a_scale, "
         "int a_zero_point) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // INT8 transposed convolution by output phase: per phase a packed [out_channels, ty, tx,
+  // ceil4(C)] weight and its row sums; phase_info = (ry, rx, ty, tx) per phase.
+  m.def("int8_conv_transpose2d(Tensor input, Tensor[] packed_weights, Tensor[] weight_row_sums, "
+        "Tensor weight_scale, Tensor? bias, int out_channels, int[] phase_info, int[] stride, int[] padding, "
+        "int[] output_size, float a_scale, int a_zero_point) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   // INT4 weight-only: 4-bit values [N, K] (uint8 in [0, 15]) -> packed [N, K / 2]; dequantised
   // weight (q - zero_point) * scale per group of group_size input features; the linear layer with
   // the dequantisation inside the dot products (small M) or per block of rows (large M).

@@ -5,6 +5,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -189,9 +190,83 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
 }
 
+// Transposed convolution by output phase (see Int8ConvTranspose2d): the input is quantized once,
+// padded by the largest tap count, and each phase's stride-1 convolution writes its strided slice
+// of the output directly. phase_info holds, per phase, (ry, rx, taps_y, taps_x).
+at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList packed, at::TensorList row_sums,
+                                     const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                                     int64_t out_channels, at::IntArrayRef phase_info, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef output_size, double a_scale,
+                                     int64_t a_zero_point) {
+  check_cpu(input, "input");
+  TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() == 4, "input: expected [N, C, H, W], got ", input.sizes());
+  TORCH_CHECK_VALUE(phase_info.size() == 4 * packed.size() && row_sums.size() == packed.size() && !packed.empty(),
+                    "phase_info: expected 4 values per phase and one packed weight and row sum per phase");
+  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && output_size.size() == 2 && stride[0] >= 1 &&
+                        stride[1] >= 1,
+                    "stride/padding/output_size: expected two values each");
+  const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t cp = (c + 3) / 4 * 4, ho = output_size[0], wo = output_size[1];
+  int64_t tmax = 1;
+  for (size_t p = 0; p < packed.size(); ++p) tmax = std::max({tmax, phase_info[4 * p + 2], phase_info[4 * p + 3]});
+  check_cpu(weight_scale, "weight_scale");
+  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.numel() == out_channels,
+                    "weight_scale: expected a float32 tensor of shape [", out_channels, "]");
+  at::Tensor bf;
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->numel() == out_channels, "bias: expected ", out_channels, " values");
+    bf = bias->to(at::kFloat).contiguous();
+  }
+  const at::Tensor x = input.to(at::kFloat).contiguous();
+  KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
+  if (a_scale <= 0) q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
+  // Enough padding for every phase: a phase reads rows qy - t (t < taps) for its output rows qy.
+  const int64_t pad_y = tmax + (ho + padding[0]) / stride[0] + 1 - h, pad_x = tmax + (wo + padding[1]) / stride[1] + 1 - w;
+  const int64_t pt = tmax, pb = std::max<int64_t>(pad_y, 0), pl = tmax, pr = std::max<int64_t>(pad_x, 0);
+  const int64_t hp = h + pt + pb, wp = w + pl + pr;
+  at::Tensor a = at::empty({b, hp, wp, cp}, x.options().dtype(at::kByte));
+  KQ::quantize_nchw_to_nhwc_u7(x.const_data_ptr<float>(), b, c, h, w, pt, pb, pl, pr, cp, q,
+                               a.mutable_data_ptr<uint8_t>(), at::get_num_threads());
+  at::Tensor out = at::empty({b, out_channels, ho, wo}, x.options());
+  // Every output position belongs to exactly one phase; only a stride larger than the kernel leaves
+  // phases without taps, whose positions get the bias alone.
+  if (int64_t(packed.size()) < stride[0] * stride[1]) {
+    if (bf.defined()) out.copy_(bf.view({1, out_channels, 1, 1}).expand_as(out));
+    else out.zero_();
+  }
+  const at::Tensor ws = weight_scale.contiguous();
+  for (size_t p = 0; p < packed.size(); ++p) {
+    const int64_t ry = phase_info[4 * p], rx = phase_info[4 * p + 1], ty = phase_info[4 * p + 2], tx = phase_info[4 * p + 3];
+    // Output o = q * stride + r - padding belongs to phase r; q runs over [ceil((p - r) / s),
+    // floor((size - 1 + p - r) / s)].
+    auto ceil_div = [](int64_t a, int64_t d) { return a >= 0 ? (a + d - 1) / d : -((-a) / d); };
+    auto floor_div = [](int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); };
+    const int64_t qy0 = ceil_div(padding[0] - ry, stride[0]), qy1 = floor_div(ho - 1 + padding[0] - ry, stride[0]);
+    const int64_t qx0 = ceil_div(padding[1] - rx, stride[1]), qx1 = floor_div(wo - 1 + padding[1] - rx, stride[1]);
+    if (qy1 < qy0 || qx1 < qx0) continue;
+    check_packed(packed[p], row_sums[p], out_channels, ty * tx * cp);
+    const int64_t ny = qy1 - qy0 + 1, nx = qx1 - qx0 + 1;
+    // Input row of output q, tap window start: q - ty + 1 (unpadded) -> + pt in the buffer.
+    const int64_t y0 = qy0 - ty + 1 + pt, x0 = qx0 - tx + 1 + pl;
+    TORCH_CHECK(y0 >= 0 && x0 >= 0 && y0 + ny + ty - 1 <= hp && x0 + nx + tx - 1 <= wp,
+                "int8_conv_transpose2d: internal padding error");
+    const int64_t oy0 = qy0 * stride[0] + ry - padding[0], ox0 = qx0 * stride[1] + rx - padding[1];
+    const int64_t os[4] = {out_channels * ho * wo, ho * wo, stride[0] * wo, stride[1]};
+    KQ::ConvGeometry g{b, hp, wp, cp, ty, tx, 1, 1, 1, 1, ny, nx};
+    const uint8_t* base = a.const_data_ptr<uint8_t>() + (y0 * wp + x0) * cp;
+    KQ::conv2d_u8s8(base, g, out_channels, q.zero_point, packed[p].const_data_ptr<int8_t>(),
+                    row_sums[p].const_data_ptr<int32_t>(), q.scale, ws.const_data_ptr<float>(),
+                    bf.defined() ? bf.const_data_ptr<float>() : nullptr,
+                    out.mutable_data_ptr<float>() + oy0 * wo + ox0, os, at::get_num_threads());
+  }
+  return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("int8_conv_transpose2d", &int8_conv_transpose2d_cpu);
   m.impl("int8_conv2d", &int8_conv2d_cpu);
   m.impl("int8_pack_weight", &int8_pack_weight_cpu);
   m.impl("int8_gemm", &int8_gemm_cpu);

@@ -222,3 +222,18 @@ def test_int8_conv2d_bad_input(call, match):
     g = Int8Conv2d.from_float(nn.Conv2d(3, 5, 3)).gemm
     with pytest.raises(ValueError, match=match):
         call(g)
+
+
+def test_int8_conv_transpose2d_op_equals_the_phase_by_phase_reference():
+    conv = nn.ConvTranspose2d(8, 16, 4, 2, 1)
+    x = torch.randn(3, 8, 5, 6)
+    q = Int8ConvTranspose2d.from_float(conv)
+    fused = q(x)  # the C++ op: one quantization, every phase written in place
+    for p in q.phases:  # without packed weights the module runs each phase in PyTorch
+        p.packed_weight = torch.empty(0, dtype=torch.int8)
+    torch.testing.assert_close(fused, q(x), rtol=1e-5, atol=1e-5)
+    q = Int8ConvTranspose2d.from_float(conv)
+    g = q.phases
+    torch.library.opcheck(torch.ops.edgegen.int8_conv_transpose2d,
+                          (x, [p.packed_weight for p in g], [p.weight_row_sum for p in g], g[0].weight_scale, q.bias,
+                           16, [v for t in q.phase_taps for v in t], [2, 2], [1, 1], [10, 12], 0.0, 0))

@@ -189,3 +189,9 @@ def _(input, packed_weight, weight_row_sum, weight_scale, bias, out_channels, ke
     ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
     return input.new_empty((b, out_channels, ho, wo))
+
+
+@torch.library.register_fake("edgegen::int8_conv_transpose2d")
+def _(input, packed_weights, weight_row_sums, weight_scale, bias, out_channels, phase_info, stride, padding,
+      output_size, a_scale, a_zero_point):
+    return input.new_empty((input.shape[0], out_channels, output_size[0], output_size[1]))

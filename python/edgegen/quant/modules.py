@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.ops import quant as ops
-from edgegen.quant.functional import quantize_per_channel
+from edgegen.quant.functional import fake_quantize, quantize_per_channel
 
 
 def symmetric_weight_scales(w: Tensor, qmax: int = 127) -> Tensor:
@@ -255,6 +255,12 @@ class Int8ConvTranspose2d(nn.Module):
         if self.gemm is not None:
             cols = self._gemm(self.gemm, x.permute(0, 2, 3, 1).reshape(b, h * w, c), act)
             out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
+        elif x.device.type == "cpu" and all(p.packed_weight.numel() for p in self.phases):
+            info = [v for t in self.phase_taps for v in t]
+            return torch.ops.edgegen.int8_conv_transpose2d(
+                x, [p.packed_weight for p in self.phases], [p.weight_row_sum for p in self.phases],
+                self.phases[0].weight_scale, self.bias, self.out_channels, info, list(self.stride), list(self.padding),
+                [ho, wo], act[0], act[1])
         else:
             out = x.new_zeros((b, self.out_channels, ho, wo), dtype=torch.float32)
             for layer, (ry, rx, ty, tx) in zip(self.phases, self.phase_taps):
