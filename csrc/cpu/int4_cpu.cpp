@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/checks.h"
 #include "kernels/quant/int4.h"
 
 namespace edgegen {
@@ -16,9 +17,7 @@ namespace {
 
 namespace KQ = edgegen::kernels::quant;
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
-}
+using cpu::check_cpu;
 
 at::Tensor int4_pack_cpu(const at::Tensor& q) {
   check_cpu(q, "weight");
@@ -76,13 +75,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& input, const at::Tensor& packed, co
   const Int4Args a = check_int4(packed, scale, zero, group_size);
   TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == a.k, "input: expected [..., ", a.k, "], got ",
                     input.sizes());
-  at::Tensor b;
-  if (bias.has_value()) {
-    check_cpu(*bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == a.n, "bias: expected shape [", a.n, "], got ",
-                      bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor b = cpu::float_bias(bias, a.n);
   const at::Tensor x = input.to(at::kFloat).contiguous().view({-1, a.k});
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, a.n}, x.options());

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/checks.h"
 #include "cpu/memory.h"
 #include "kernels/distill/kd_loss.h"
 
@@ -32,22 +33,9 @@ Reduction parse_reduction(c10::string_view r) {
   TORCH_CHECK_VALUE(false, "reduction: expected 'mean', 'sum' or 'none', got '", std::string(r), "'");
 }
 
-K::DType kernel_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return K::DType::F32;
-    case at::kBFloat16: return K::DType::BF16;
-    case at::kHalf: return K::DType::F16;
-    case at::kDouble: return K::DType::F64;
-    default:
-      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16, float16 or float64 tensor, got ",
-                       t.scalar_type());
-  }
-}
+K::DType kernel_dtype(const at::Tensor& t, const char* name) { return cpu::float_dtype(t.scalar_type(), name); }
 
-void check_cpu(const at::Tensor& t, const std::string& name) {
-  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device(),
-              " (all inputs must be on the same device)");
-}
+using cpu::check_cpu;
 
 void check_scalars(double temperature, double alpha) {
   TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0,

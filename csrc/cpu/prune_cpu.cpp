@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/checks.h"
 #include "kernels/prune/prune.h"
 
 namespace edgegen {
@@ -18,19 +19,10 @@ namespace K = edgegen::kernels;
 namespace KP = edgegen::kernels::prune;
 
 K::DType prune_dtype(const at::Tensor& t, const std::string& name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return K::DType::F32;
-    case at::kBFloat16: return K::DType::BF16;
-    case at::kHalf: return K::DType::F16;
-    default:
-      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16 or float16 tensor, got ", t.scalar_type(),
-                       " (edgegen.ops.prune falls back to the PyTorch reference for other dtypes)");
-  }
+  return cpu::float_dtype(t.scalar_type(), name, /*allow_f64=*/false);
 }
 
-void check_cpu(const at::Tensor& t, const std::string& name) {
-  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
-}
+using cpu::check_cpu;
 
 std::string item_name(const char* list, size_t i) { return std::string(list) + "[" + std::to_string(i) + "]"; }
 
@@ -156,10 +148,7 @@ void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> g
 at::Tensor nm_mask_cpu(const at::Tensor& weight, int64_t n, int64_t m, int64_t dim) {
   check_cpu(weight, "weight");
   const K::DType dt = prune_dtype(weight, "weight");
-  TORCH_CHECK_VALUE(weight.dim() >= 1, "weight: expected at least one dimension");
-  TORCH_CHECK_INDEX(dim >= -weight.dim() && dim < weight.dim(), "dim: expected a value in [",
-                    -weight.dim(), ", ", weight.dim(), "), got ", dim);
-  if (dim < 0) dim += weight.dim();
+  dim = cpu::normalize_dim(weight, dim, "dim");
   TORCH_CHECK_VALUE(m >= 1 && m <= 64, "m: expected a group size in [1, 64], got ", m);
   TORCH_CHECK_VALUE(n >= 0 && n <= m, "n: expected 0 <= n <= m (", m, "), got ", n);
   const int64_t k = weight.size(dim);
@@ -177,10 +166,7 @@ at::Tensor nm_mask_cpu(const at::Tensor& weight, int64_t n, int64_t m, int64_t d
 at::Tensor channel_norms_cpu(const at::Tensor& weight, int64_t dim, int64_t p, const std::optional<at::Tensor>& grad) {
   check_cpu(weight, "weight");
   const K::DType dt = prune_dtype(weight, "weight");
-  TORCH_CHECK_VALUE(weight.dim() >= 1, "weight: expected at least one dimension");
-  TORCH_CHECK_INDEX(dim >= -weight.dim() && dim < weight.dim(), "dim: expected a value in [",
-                    -weight.dim(), ", ", weight.dim(), "), got ", dim);
-  if (dim < 0) dim += weight.dim();
+  dim = cpu::normalize_dim(weight, dim, "dim");
   TORCH_CHECK_VALUE(p == 1 || p == 2, "p: expected 1 (L1) or 2 (L2), got ", p);
   const at::Tensor w = weight.contiguous();
   at::Tensor g;

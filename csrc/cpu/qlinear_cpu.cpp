@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/checks.h"
 #include "kernels/quant/gemm.h"
 
 namespace edgegen {
@@ -18,9 +19,7 @@ namespace {
 
 namespace KQ = edgegen::kernels::quant;
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
-}
+using cpu::check_cpu;
 
 // int32 accumulators are exact while K * 255 * 128 < 2^31.
 constexpr int64_t kMaxK = 65000;
@@ -87,20 +86,12 @@ at::Tensor int8_linear_impl(const at::Tensor& input, double a_scale, int64_t a_z
   TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
   TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == k, "input: expected [..., ", k, "], got ", input.sizes());
   check_packed(packed, row_sum, n, k);
-  check_cpu(weight_scale, "weight_scale");
-  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 && weight_scale.size(0) == n,
-                    "weight_scale: expected a float32 tensor of shape [", n, "]");
-  at::Tensor b;
-  if (bias.has_value()) {
-    check_cpu(*bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias: expected shape [", n, "], got ", bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor ws = cpu::float_scales(weight_scale, n, "weight_scale");
+  const at::Tensor b = cpu::float_bias(bias, n);
   const at::Tensor x = input.to(at::kFloat).contiguous();
   const int64_t m = k == 0 ? 0 : x.numel() / k;
   const int64_t lda = KQ::packed_k(k);
   at::Tensor a = at::empty({m, lda}, x.options().dtype(at::kByte));
-  const at::Tensor ws = weight_scale.contiguous();
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = n;
   at::Tensor out = at::empty(shape, x.options());
@@ -156,17 +147,8 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   const int64_t wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
   TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, "input: spatial size ", h, "x", w, " is too small for the kernel");
   check_packed(packed, row_sum, out_channels, kernel[0] * kernel[1] * cp);
-  check_cpu(weight_scale, "weight_scale");
-  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
-                        weight_scale.size(0) == out_channels,
-                    "weight_scale: expected a float32 tensor of shape [", out_channels, "]");
-  at::Tensor bf;
-  if (bias.has_value()) {
-    check_cpu(*bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_channels, "bias: expected shape [", out_channels,
-                      "], got ", bias->sizes());
-    bf = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor ws = cpu::float_scales(weight_scale, out_channels, "weight_scale");
+  const at::Tensor bf = cpu::float_bias(bias, out_channels);
   const at::Tensor x = input.to(at::kFloat).contiguous();
   KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
   if (a_scale <= 0) {
@@ -184,7 +166,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   const int64_t strides[4] = {out_channels * ho * wo, ho * wo, wo, 1};
   KQ::ConvGeometry g{b, hp, wp, cp, kernel[0], kernel[1], stride[0], stride[1], dilation[0], dilation[1], ho, wo};
   KQ::conv2d_u8s8(a.const_data_ptr<uint8_t>(), g, out_channels, q.zero_point, packed.const_data_ptr<int8_t>(),
-                  row_sum.const_data_ptr<int32_t>(), q.scale, weight_scale.contiguous().const_data_ptr<float>(),
+                  row_sum.const_data_ptr<int32_t>(), q.scale, ws.const_data_ptr<float>(),
                   bf.defined() ? bf.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), strides,
                   at::get_num_threads());
   return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
@@ -210,14 +192,8 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
   const int64_t cp = (c + 3) / 4 * 4, ho = output_size[0], wo = output_size[1];
   int64_t tmax = 1;
   for (size_t p = 0; p < packed.size(); ++p) tmax = std::max({tmax, phase_info[4 * p + 2], phase_info[4 * p + 3]});
-  check_cpu(weight_scale, "weight_scale");
-  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.numel() == out_channels,
-                    "weight_scale: expected a float32 tensor of shape [", out_channels, "]");
-  at::Tensor bf;
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->numel() == out_channels, "bias: expected ", out_channels, " values");
-    bf = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor ws = cpu::float_scales(weight_scale, out_channels, "weight_scale");
+  const at::Tensor bf = cpu::float_bias(bias, out_channels);
   const at::Tensor x = input.to(at::kFloat).contiguous();
   KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
   if (a_scale <= 0) q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
@@ -235,7 +211,6 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
     if (bf.defined()) out.copy_(bf.view({1, out_channels, 1, 1}).expand_as(out));
     else out.zero_();
   }
-  const at::Tensor ws = weight_scale.contiguous();
   for (size_t p = 0; p < packed.size(); ++p) {
     const int64_t ry = phase_info[4 * p], rx = phase_info[4 * p + 1], ty = phase_info[4 * p + 2], tx = phase_info[4 * p + 3];
     // Output o = q * stride + r - padding belongs to phase r; q runs over [ceil((p - r) / s),

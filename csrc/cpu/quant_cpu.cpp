@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/checks.h"
 #include "kernels/quant/observe.h"
 #include "kernels/quant/quantize.h"
 
@@ -20,19 +21,18 @@ namespace {
 namespace K = edgegen::kernels;
 namespace KQ = edgegen::kernels::quant;
 
-K::DType float_dtype(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kFloat: return K::DType::F32;
-    case at::kBFloat16: return K::DType::BF16;
-    case at::kHalf: return K::DType::F16;
-    case at::kDouble: return K::DType::F64;
-    default:
-      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16, float16 or float64 tensor, got ", t);
-  }
-}
+using cpu::check_cpu;
+using cpu::float_dtype;
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
+// The [outer, channels, inner] view of x for per-channel parameters along axis (per tensor: one
+// channel).
+KQ::Layout layout_of(const at::Tensor& x, std::optional<int64_t> axis) {
+  if (!axis.has_value()) return {1, 1, x.numel()};
+  const int64_t a = cpu::normalize_dim(x, *axis, "axis");
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < a; ++d) outer *= x.size(d);
+  for (int64_t d = a + 1; d < x.dim(); ++d) inner *= x.size(d);
+  return {outer, x.size(a), inner};
 }
 
 // The [outer, channels, inner] view and the per-channel parameters, validated.
@@ -47,18 +47,7 @@ Params params(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& ze
   check_cpu(scale, "scale");
   check_cpu(zero_point, "zero_point");
   Params p;
-  if (axis.has_value()) {
-    const int64_t nd = x.dim();
-    TORCH_CHECK_INDEX(nd >= 1 && *axis >= -nd && *axis < nd, "axis: expected a dimension of the input in [", -nd,
-                      ", ", nd, "), got ", *axis);
-    const int64_t a = *axis < 0 ? *axis + nd : *axis;
-    int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < a; ++d) outer *= x.size(d);
-    for (int64_t d = a + 1; d < nd; ++d) inner *= x.size(d);
-    p.layout = {outer, x.size(a), inner};
-  } else {
-    p.layout = {1, 1, x.numel()};
-  }
+  p.layout = layout_of(x, axis);
   const int64_t c = p.layout.channels;
   TORCH_CHECK_VALUE(scale.dim() <= 1 && scale.numel() == c, "scale: expected ", c,
                     axis.has_value() ? " values (one per channel along axis)" : " value (per-tensor)", ", got shape ",
@@ -170,18 +159,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
     dzp.mutable_data_ptr<float>()[c] = float(dz[size_t(c)]);
   }
   return {dx, dscale, dzp};
-}
-
-KQ::Layout layout_of(const at::Tensor& x, std::optional<int64_t> axis) {
-  if (!axis.has_value()) return {1, 1, x.numel()};
-  const int64_t nd = x.dim();
-  TORCH_CHECK_INDEX(nd >= 1 && *axis >= -nd && *axis < nd, "axis: expected a dimension of the input in [", -nd, ", ",
-                    nd, "), got ", *axis);
-  const int64_t a = *axis < 0 ? *axis + nd : *axis;
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < a; ++d) outer *= x.size(d);
-  for (int64_t d = a + 1; d < nd; ++d) inner *= x.size(d);
-  return {outer, x.size(a), inner};
 }
 
 void check_no_nan(int64_t nan) {

@@ -70,4 +70,22 @@ static inline void store_float(double* p, double f) { *p = f; }
 static inline void store_float(bf16_t* p, float f) { *p = to_bf16(f); }
 static inline void store_float(fp16_t* p, float f) { *p = to_fp16(f); }
 
+// Calls body(T*) with a typed null pointer for dtype's element type: the one place kernels turn a
+// DType into a C++ type. Without WithF64, F64 is not expected (its kernels have no double path)
+// and maps to float like F32.
+template <bool WithF64 = true, class F>
+static inline void dispatch_float(DType dtype, const F& body) {
+  switch (dtype) {
+    case DType::BF16: body(static_cast<bf16_t*>(nullptr)); break;
+    case DType::F16: body(static_cast<fp16_t*>(nullptr)); break;
+    case DType::F64:
+      if constexpr (WithF64) {
+        body(static_cast<double*>(nullptr));
+        break;
+      }
+      [[fallthrough]];
+    default: body(static_cast<float*>(nullptr)); break;
+  }
+}
+
 }  // namespace edgegen::kernels

@@ -36,21 +36,11 @@ std::vector<Chunk> plan_chunks(const ScoreSource* src, int num_src) {
   return chunks;
 }
 
-// Calls body(T*) with the source dtype's element type (a typed null pointer as a tag).
-template <class F>
-void dispatch(DType dtype, const F& body) {
-  switch (dtype) {
-    case DType::BF16: body(static_cast<bf16_t*>(nullptr)); break;
-    case DType::F16: body(static_cast<fp16_t*>(nullptr)); break;
-    default: body(static_cast<float*>(nullptr)); break;
-  }
-}
-
 // Runs f(score_bits, index) over [b, e) of one source, with dtype and grad resolved outside the
 // loop.
 template <class F>
 void for_each_score(const ScoreSource& s, int64_t b, int64_t e, const F& f) {
-  dispatch(s.dtype, [&](auto* tag) {
+  dispatch_float<false>(s.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* w = static_cast<const T*>(s.weight);
     if (s.grad) {
@@ -410,7 +400,7 @@ int64_t magnitude_mask(const ScoreSource* src, int num_src, int64_t num_prune, u
                          static_cast<float*>(zw));
       return;
     }
-    dispatch(src[ch.src].dtype, [&](auto* tag) {
+    dispatch_float<false>(src[ch.src].dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
       if (zw) {
@@ -444,7 +434,7 @@ int64_t magnitude_mask(const ScoreSource* src, int num_src, int64_t num_prune, u
     const Chunk& ch = chunks[c];
     uint8_t* m = masks[ch.src];
     void* zw = zero_out ? zero_out[ch.src] : nullptr;
-    dispatch(src[ch.src].dtype, [&](auto* tag) {
+    dispatch_float<false>(src[ch.src].dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t i) {
         if (left > 0 && bits == thr) {
@@ -460,7 +450,7 @@ int64_t magnitude_mask(const ScoreSource* src, int num_src, int64_t num_prune, u
 
 void magnitude_scores(const ScoreSource& src, void* out, int num_threads) {
   const int64_t num_chunks = (src.n + kChunk - 1) / kChunk;
-  dispatch(src.dtype, [&](auto* tag) {
+  dispatch_float<false>(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     T* o = static_cast<T*>(out);
     parallel_for(num_chunks, num_threads, [&](int64_t c) {

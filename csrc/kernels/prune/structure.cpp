@@ -7,23 +7,10 @@
 #include "kernels/prune/prune.h"
 
 namespace edgegen::kernels::prune {
-namespace {
-
-template <class F>
-void dispatch(DType dtype, const F& body) {
-  switch (dtype) {
-    case DType::BF16: body(static_cast<bf16_t*>(nullptr)); break;
-    case DType::F16: body(static_cast<fp16_t*>(nullptr)); break;
-    default: body(static_cast<float*>(nullptr)); break;
-  }
-}
-
-}  // namespace
-
 int64_t nm_mask(const void* w, DType dtype, int64_t rows, int64_t k, int n, int m, uint8_t* mask,
                 int num_threads) {
   std::vector<int64_t> nan_rows(size_t(rows), 0);
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float<false>(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* x = static_cast<const T*>(w);
     parallel_for(rows, num_threads, [&](int64_t r) {
@@ -50,7 +37,7 @@ int64_t nm_mask(const void* w, DType dtype, int64_t rows, int64_t k, int n, int 
 
 void channel_norms(const void* w, const void* g, DType dtype, int64_t outer, int64_t channels,
                    int64_t inner, int p, float* out, int num_threads) {
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float<false>(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* x = static_cast<const T*>(w);
     const T* y = static_cast<const T*>(g);

@@ -11,16 +11,6 @@
 namespace edgegen::kernels::quant {
 namespace {
 
-template <class F>
-void dispatch(DType dtype, const F& body) {
-  switch (dtype) {
-    case DType::BF16: body(static_cast<bf16_t*>(nullptr)); break;
-    case DType::F16: body(static_cast<fp16_t*>(nullptr)); break;
-    case DType::F64: body(static_cast<double*>(nullptr)); break;
-    default: body(static_cast<float*>(nullptr)); break;
-  }
-}
-
 constexpr int64_t kChunk = 1 << 16;
 
 }  // namespace
@@ -29,7 +19,7 @@ int64_t observe_minmax(const void* x, DType dtype, Layout l, float* lo, float* h
   const int64_t rows = l.outer * l.channels;
   std::vector<float> rlo(static_cast<size_t>(rows)), rhi(static_cast<size_t>(rows));
   std::vector<int64_t> rnan(size_t(rows), 0);
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
     parallel_for(rows, num_threads, [&](int64_t r) {
@@ -64,7 +54,7 @@ int64_t observe_histogram(const void* x, DType dtype, int64_t n, int64_t bins, f
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<int64_t> part(size_t(chunks * bins), 0), nans(size_t(chunks), 0);
   const double width = (double(hi) - double(lo)) / double(bins);
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
     parallel_for(chunks, num_threads, [&](int64_t c) {
@@ -111,7 +101,7 @@ double mse_clip_range(const void* x, DType dtype, int64_t n, float lo, float hi,
   }
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> err(size_t(chunks * steps), 0.0);
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
     parallel_for(chunks, num_threads, [&](int64_t c) {

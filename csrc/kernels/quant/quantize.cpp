@@ -10,16 +10,6 @@
 namespace edgegen::kernels::quant {
 namespace {
 
-template <class F>
-void dispatch(DType dtype, const F& body) {
-  switch (dtype) {
-    case DType::BF16: body(static_cast<bf16_t*>(nullptr)); break;
-    case DType::F16: body(static_cast<fp16_t*>(nullptr)); break;
-    case DType::F64: body(static_cast<double*>(nullptr)); break;
-    default: body(static_cast<float*>(nullptr)); break;
-  }
-}
-
 // Runs body(c, begin, end) over every contiguous [outer, c, :] row, in parallel over rows.
 template <class F>
 void for_rows(Layout l, int num_threads, const F& body) {
@@ -42,7 +32,7 @@ inline int64_t round_scaled(float x, float inv) {
 
 void quantize(const void* x, DType dtype, Layout l, const float* scale, const int32_t* zero_point, int32_t qmin,
               int32_t qmax, bool is_unsigned, void* out, int num_threads) {
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
     for_rows(l, num_threads, [&](int64_t c, int64_t b, int64_t e) {
@@ -59,7 +49,7 @@ void quantize(const void* x, DType dtype, Layout l, const float* scale, const in
 
 void dequantize(const void* q, bool is_unsigned, Layout l, const float* scale, const int32_t* zero_point,
                 DType out_dtype, void* out, int num_threads) {
-  dispatch(out_dtype, [&](auto* tag) {
+  dispatch_float(out_dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     T* o = static_cast<T*>(out);
     for_rows(l, num_threads, [&](int64_t c, int64_t b, int64_t e) {
@@ -75,7 +65,7 @@ void dequantize(const void* q, bool is_unsigned, Layout l, const float* scale, c
 
 void fake_quantize(const void* x, DType dtype, Layout l, const float* scale, const int32_t* zero_point,
                    int32_t qmin, int32_t qmax, void* out, uint8_t* mask, int num_threads) {
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
     T* o = static_cast<T*>(out);
@@ -98,7 +88,7 @@ void fake_quantize_learnable_backward(const void* x, const void* dy, DType dtype
   // Per-row partial sums, reduced in row order afterwards: deterministic for any thread count.
   const int64_t rows = l.outer * l.channels;
   std::vector<double> ds(size_t(rows), 0.0), dz(size_t(rows), 0.0);
-  dispatch(dtype, [&](auto* tag) {
+  dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
     const T* g = static_cast<const T*>(dy);
