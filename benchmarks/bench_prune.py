@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,15 +92,8 @@ def mask_worker(spec: dict) -> dict:
         mism = sum(int((a.bool() != b).sum()) for a, b in zip(masks, ref_keep))
         pruned = sum(int((~m.bool()).sum()) for m in masks)
     del masks
-    samples = []
-    for _ in range(spec["repeats"]):
-        setup()
-        t0 = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
-    q = lambda p: samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]  # noqa: E731
-    out = {"p20_ms": q(0.2), "p50_ms": q(0.5), "p80_ms": q(0.8)}
+    p20, p50, p80 = harness.time_ms(run, repeats=spec["repeats"], warmup=0, setup=setup)
+    out = {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
     if ref_keep is not None:
         out.update(mask_mismatch=mism, pruned=pruned)
     return out

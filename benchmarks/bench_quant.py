@@ -5,9 +5,11 @@
    own int8 path (torch.ao dynamic quantized Linear, x86/fbgemm engine) and vs ONNX Runtime's
    integer MatMul (onnxruntime.quantization.quantize_dynamic of the same layer, per-channel int8
    weights; ORT fuses it into DynamicQuantizeMatMul).
-2. INT4 weight-only GEMV (M = 1) vs fp32, the same shapes plus GPT-2's output head (768 x 50257).
-3. End to end, fp32 vs INT8 (dynamic): the GPT-2 student (6L/384) prefill of 128 tokens and one
-   cached decode step, and the Beta-VAE decoder (batch 64); latency and bytes on disk.
+2. INT4 weight-only GEMV (M = 1) vs fp32 and INT8, the same shapes plus GPT-2's output head
+   (768 x 50257), with weights in cache and streamed from DRAM.
+3. End to end, fp32 vs INT8 dynamic (and INT4 for GPT-2): the GPT-2 student (6L/384) prefill of
+   128 tokens and one cached decode step, the Beta-VAE decoder and the DCGAN generator and
+   discriminator (batch 64); latency and bytes on disk.
 
     python benchmarks/bench_quant.py            # full run (several minutes)
     python benchmarks/bench_quant.py --quick    # M in {1, 64}, one shape
@@ -155,11 +157,16 @@ def e2e_worker(spec: dict) -> dict:
 
         model = GPT2(GPT2Config.student()).eval()
         idx = torch.randint(0, 50257, (1, 128))
-    else:
+    elif spec["model"] == "beta-vae-decoder":
         from edgegen.models.vae import BetaVAE
 
         model = BetaVAE().eval()
         z = torch.randn(64, model.config.latent_dim)
+    else:  # dcgan-generator / dcgan-discriminator
+        from edgegen.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+        model = (DCGANGenerator() if spec["model"] == "dcgan-generator" else DCGANDiscriminator()).eval()
+        inputs = model.example_inputs(64)
     if spec["provider"] == "int8":
         quantize_(model, Int8DynamicConfig())
     elif spec["provider"] == "int4":
@@ -174,8 +181,10 @@ def e2e_worker(spec: dict) -> dict:
                 _, past = model(idx, use_cache=True)
                 nxt = idx[:, -1:]
                 f = lambda: model(nxt, past_key_values=past, use_cache=True)  # noqa: E731
-        else:
+        elif spec["model"] == "beta-vae-decoder":
             f = lambda: model.decode(z)  # noqa: E731
+        else:
+            f = lambda: model(*inputs)  # noqa: E731
         f()
         if spec["measure"] == "memory":
             return {"peak_mb": harness.peak_extra_mb(f)}
@@ -261,7 +270,8 @@ def main():
     print(f"{'model':18s} {'mode':8s} {'quant':5s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
           f"{'q MB':>8s}")
     cases = [("gpt2-student", "prefill", "int8"), ("gpt2-student", "decode", "int8"), ("gpt2-student", "decode", "int4"),
-             ("beta-vae-decoder", "batch64", "int8")]
+             ("beta-vae-decoder", "batch64", "int8"), ("dcgan-generator", "batch64", "int8"),
+             ("dcgan-discriminator", "batch64", "int8")]
     fp32_cache = {}
     for model, mode, quant in cases:
         res = {}

@@ -51,11 +51,18 @@ def peak_extra_mb(fn: Callable[[], object]) -> float:
     return (peak - base) * 1024 / 1e6
 
 
-def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float, float]:
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
+            setup: Callable[[], object] | None = None) -> tuple[float, float, float]:
+    """p20/p50/p80 in ms of ``fn()``; ``setup()`` (untimed) runs before every call, for ops that
+    consume their inputs (in-place pruning, re-parametrisation)."""
     for _ in range(warmup):
+        if setup:
+            setup()
         fn()
     samples = []
     for _ in range(repeats):
+        if setup:
+            setup()
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)

@@ -297,7 +297,7 @@ class GPT2(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json and model.safetensors in Hugging Face's GPT2LMHeadModel layout."""
-        from safetensors.torch import save_file
+        from edgegen.tensor_files import write_safetensors
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,5 @@ class GPT2(nn.Module):
                 continue  # tied: Hugging Face restores it from wte
             t = t.t() if name.endswith(self._CONV1D) else t
             state["transformer." + name] = t.detach().contiguous().cpu()
-        tmp = path / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path / "model.safetensors")
+        write_safetensors(state, path / "model.safetensors", {"format": "pt"})
         (path / "config.json").write_text(json.dumps(self.config.to_hf(), indent=2))

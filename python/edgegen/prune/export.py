@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgegen.tensor_files import dedupe, read_safetensors, restore_aliases, write_safetensors
+
 _MASK, _VALUES = "::bitmask", "::values"
 
 
@@ -28,29 +30,13 @@ def _state_dict(obj) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in obj.items()}
 
 
-def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """safetensors refuses shared storage (tied weights): keep one copy, note the aliases."""
-    seen: dict[tuple, str] = {}
-    out, aliases = {}, {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
-        if v.numel() and key in seen:
-            aliases[k] = seen[key]
-            continue
-        seen[key] = k
-        out[k] = v.contiguous()
-    return out, aliases
-
-
 def save_sparse(model, path: str | os.PathLike, min_sparsity: float = 0.25) -> int:
     """Write ``model`` (masks baked in) or a state dict to ``path`` (safetensors), storing each
     floating tensor with at least ``min_sparsity`` zeros as bitmask + non-zeros. Atomic. Returns
     the file size in bytes."""
-    from safetensors.torch import save_file
-
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity: expected a fraction in [0, 1], got {min_sparsity!r}")
-    state, aliases = _dedupe(_state_dict(model))
+    state, aliases = dedupe(_state_dict(model))  # a tied table is encoded once
     out, sparse = {}, {}
     for k, v in state.items():
         if v.is_floating_point() and v.numel() and float((v == 0).float().mean()) >= min_sparsity:
@@ -60,25 +46,15 @@ def save_sparse(model, path: str | os.PathLike, min_sparsity: float = 0.25) -> i
             sparse[k] = list(v.shape)
         else:
             out[k] = v
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(out, str(tmp), metadata={"edgegen_sparse": json.dumps(sparse), "edgegen_aliases": json.dumps(aliases)})
-    os.replace(tmp, path)
-    return path.stat().st_size
+    return write_safetensors(out, path, {"edgegen_sparse": json.dumps(sparse)}, aliases)
 
 
 def load_sparse(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The dense state dict written by :func:`save_sparse`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "edgegen_sparse" not in meta:
-            raise ValueError(f"path: {path} was not written by edgegen.prune.save_sparse")
-        sparse = json.loads(meta["edgegen_sparse"])
-        aliases = json.loads(meta.get("edgegen_aliases", "{}"))
-        raw = {k: f.get_tensor(k) for k in f.keys()}
+    raw, meta = read_safetensors(path, with_aliases=False)
+    if "edgegen_sparse" not in meta:
+        raise ValueError(f"path: {path} was not written by edgegen.prune.save_sparse")
+    sparse = json.loads(meta["edgegen_sparse"])
     state = {}
     for k, shape in sparse.items():
         n = int(np.prod(shape)) if shape else 1
@@ -88,20 +64,13 @@ def load_sparse(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         dense[nz] = values
         state[k] = dense.view(shape)
     state.update(raw)
-    for alias, target in aliases.items():
-        state[alias] = state[target]
+    restore_aliases(state, meta)  # after decoding: an alias may point at a sparse-coded tensor
     return state
 
 
 def saved_bytes(model, sparse: bool = False) -> int:
     """Size in bytes of ``model`` saved as safetensors: dense (its plain state dict, masks baked
     in) or with :func:`save_sparse`."""
-    from safetensors.torch import save_file
-
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "model.safetensors"
-        if sparse:
-            return save_sparse(model, p)
-        state, _ = _dedupe(_state_dict(model))
-        save_file(state, str(p))
-        return p.stat().st_size
+        return save_sparse(model, p) if sparse else write_safetensors(_state_dict(model), p)

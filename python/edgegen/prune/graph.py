@@ -408,11 +408,4 @@ def find_channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     return roots
 
 
-# Dimension of a layer's weight that indexes its input / output channels.
-def channel_dims(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return 0, 1
-    return 1, 0
-
-
-__all__ = ["ChannelGroup", "Slice", "find_channel_groups", "channel_dims"]
+__all__ = ["ChannelGroup", "Slice", "find_channel_groups"]

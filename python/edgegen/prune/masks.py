@@ -74,8 +74,8 @@ def apply_mask_(module: nn.Module, name: str, mask: Tensor) -> None:
         mask = mask.expand(param.shape)
     existing = _mask_module(module, name)
     if existing is None:
-        parametrize.register_parametrization(module, name, WeightMask(mask.contiguous().clone(), param.dtype),
-                                             unsafe=True)
+        parametrize.register_parametrization(module, name, WeightMask(mask.clone(memory_format=torch.contiguous_format),
+                                                                      param.dtype), unsafe=True)
     else:
         existing.mask.logical_and_(mask)
         existing.refresh()

@@ -69,7 +69,6 @@ class GradualPruner:
             raise TypeError(f"schedule: expected a CubicSchedule, got {type(schedule).__name__}")
         self.model, self.config, self.schedule = model, config, schedule
         self.filter_fn, self.example_inputs = filter_fn, example_inputs
-        self.last_pruned_step: int | None = None
 
     def step(self, step: int) -> float | None:
         """Prune if ``step`` is a pruning step; returns the sparsity applied (None otherwise)."""
@@ -81,5 +80,4 @@ class GradualPruner:
         if amount <= 0.0:
             return 0.0
         prune_(self.model, replace(self.config, amount=amount), self.filter_fn, example_inputs=self.example_inputs)
-        self.last_pruned_step = step
         return amount

@@ -7,12 +7,12 @@ import copy
 import json
 import math
 import os
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from edgegen.tensor_files import read_safetensors, write_safetensors
 from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, quantize_
 from edgegen.quant.config import Bf16Config, Fp16Config, Int4WeightOnlyConfig
 from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
@@ -116,9 +116,13 @@ def set_precision_(model: nn.Module, quantized: bool) -> int:
 # --- saving and loading --------------------------------------------------------------------------
 
 def _layout(model: nn.Module) -> dict[str, dict]:
-    out = {}
+    """Name -> how to rebuild it, for every quantized layer (not the Int8Linear GEMMs that
+    convolutions hold inside: their parent rebuilds them)."""
+    out: dict[str, dict] = {}
     for name, m in model.named_modules():
-        if isinstance(m, Int8Linear) and not any(name.startswith(p + ".") for p in out):
+        if any(name.startswith(p + ".") for p in out):
+            continue
+        if isinstance(m, Int8Linear):
             out[name] = {"type": "Int8Linear", "static": m.static}
         elif isinstance(m, Int8Conv2d):
             out[name] = {"type": "Int8Conv2d", "static": m.gemm.static}
@@ -130,42 +134,22 @@ def _layout(model: nn.Module) -> dict[str, dict]:
             out[name] = {"type": "Int8Embedding"}
         elif isinstance(m, LowPrecision):
             out[name] = {"type": "LowPrecision", "dtype": str(m.dtype).removeprefix("torch.")}
-    # Drop Int8Linear entries that are the GEMM inside a convolution.
-    return {n: v for n, v in out.items() if not any(n.startswith(p + ".") and out[p]["type"].startswith("Int8Conv")
-                                                   for p in out if p != n)}
+    return out
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> int:
     """Write the quantized model's state dict (int8/int4 weights, scales) and its layout to a
     safetensors file, atomically. Returns the file size in bytes."""
-    from safetensors.torch import save_file
-
-    from edgegen.prune.export import _dedupe
-
-    state, aliases = _dedupe({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"edgegen_quant_layout": json.dumps(_layout(model)),
-                                         "edgegen_aliases": json.dumps(aliases)})
-    os.replace(tmp, path)
-    return path.stat().st_size
+    return write_safetensors(model.state_dict(), path, {"edgegen_quant_layout": json.dumps(_layout(model))})
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Turn a freshly built float ``model`` of the same architecture into the saved quantized model:
     the layers listed in the file's layout are replaced, then the state dict is loaded."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "edgegen_quant_layout" not in meta:
-            raise ValueError(f"path: {path} was not written by edgegen.quant.save_quantized")
-        layout = json.loads(meta["edgegen_quant_layout"])
-        aliases = json.loads(meta.get("edgegen_aliases", "{}"))
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    for alias, target in aliases.items():
-        state[alias] = state[target]
+    state, meta = read_safetensors(path)
+    if "edgegen_quant_layout" not in meta:
+        raise ValueError(f"path: {path} was not written by edgegen.quant.save_quantized")
+    layout = json.loads(meta["edgegen_quant_layout"])
     for name, spec in layout.items():
         m = model.get_submodule(name)
         act = (1.0, 0) if spec.get("static") else None  # placeholders; the state dict brings the values

@@ -251,16 +251,19 @@ class Int8ConvTranspose2d(nn.Module):
         (kh, kw), (sy, sx), (py, px) = self.kernel_size, self.stride, self.padding
         ho = (h - 1) * sy - 2 * py + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
         wo = (w - 1) * sx - 2 * px + self.dilation[1] * (kw - 1) + self.output_padding[1] + 1
-        act = (float(self.act_scale), int(self.act_zero_point)) if self.static else _dynamic_act_qparams(x)
-        if self.gemm is not None:
-            cols = self._gemm(self.gemm, x.permute(0, 2, 3, 1).reshape(b, h * w, c), act)
-            out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
-        elif x.device.type == "cpu" and all(p.packed_weight.numel() for p in self.phases):
+        static = (float(self.act_scale), int(self.act_zero_point)) if self.static else None
+        if self.gemm is None and x.device.type == "cpu" and all(p.packed_weight.numel() for p in self.phases):
+            # The op quantizes the input once (dynamically when act is (0, 0)) for every phase.
             info = [v for t in self.phase_taps for v in t]
+            a_scale, a_zp = static or (0.0, 0)
             return torch.ops.edgegen.int8_conv_transpose2d(
                 x, [p.packed_weight for p in self.phases], [p.weight_row_sum for p in self.phases],
                 self.phases[0].weight_scale, self.bias, self.out_channels, info, list(self.stride), list(self.padding),
-                [ho, wo], act[0], act[1])
+                [ho, wo], a_scale, a_zp)
+        act = static or _dynamic_act_qparams(x)  # one activation quantization shared by every GEMM
+        if self.gemm is not None:
+            cols = self._gemm(self.gemm, x.permute(0, 2, 3, 1).reshape(b, h * w, c), act)
+            out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
         else:
             out = x.new_zeros((b, self.out_channels, ho, wo), dtype=torch.float32)
             for layer, (ry, rx, ty, tx) in zip(self.phases, self.phase_taps):

@@ -1,0 +1,66 @@
+"""Writing and reading safetensors files the way every edgegen artefact does: atomically (a
+temporary file, then a rename), and with tensors that share storage (tied weights, which
+safetensors refuses) stored once and recorded as aliases in the metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ALIASES = "edgegen_aliases"
+
+
+def dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors stored once, {alias: name}) for a state dict whose tensors may share storage."""
+    seen: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        out[k] = v.contiguous()
+    return out, aliases
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None, aliases: dict[str, str] | None = None) -> int:
+    """Write ``state`` to ``path`` atomically; returns the file size in bytes. ``aliases`` adds
+    names already folded away by the caller (see :func:`dedupe`)."""
+    from safetensors.torch import save_file
+
+    tensors, found = dedupe(state)
+    aliases = {**(aliases or {}), **found}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={**(metadata or {}), ALIASES: json.dumps(aliases)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+def read_safetensors(path: str | os.PathLike, with_aliases: bool = True
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a file; aliases point at their tensors again unless
+    ``with_aliases`` is False (then call :func:`restore_aliases` once the targets exist)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if with_aliases:
+        restore_aliases(state, metadata)
+    return state, metadata
+
+
+def restore_aliases(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    for alias, target in json.loads(metadata.get(ALIASES, "{}")).items():
+        state[alias] = state[target]
