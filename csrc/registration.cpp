@@ -109,6 +109,22 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("int4_linear(Tensor input, Tensor packed_weight, Tensor scale, Tensor zero_point, Tensor? bias, "
         "int group_size) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+
+  // Sliding-window + global-token attention on [B, H, n, d] q and [B, H, nk, d] k, v (flash style,
+  // never an [n, nk] matrix). Query i sits at position q_offset + i, key j at j. Causal: key j is
+  // visible from position p when j <= p and (p - j < window or j < num_global); non-causal:
+  // |p - j| < window or j < num_global or p < num_global. With a block_layout (int64 [pairs, 2] of
+  // (query block, key block) over blocks of block_size positions) the listed blocks are visible
+  // instead (and only j <= p of them when causal). Returns (out, lse): lse float32 [B, H, n]
+  // (float64 for float64 inputs), -inf where a query sees no key (its output is 0).
+  m.def("sliding_window_attention(Tensor q, Tensor k, Tensor v, int window, int num_global, bool causal, "
+        "float? scale, int q_offset, Tensor? block_layout, int block_size) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // (dq, dk, dv) from the forward's out and lse, recomputing the probabilities tile by tile.
+  m.def("sliding_window_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "int window, int num_global, bool causal, float? scale, int q_offset, Tensor? block_layout, "
+        "int block_size) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -1,5 +1,6 @@
 """Python side of ``torch.ops.edgegen.*``: fake kernels, autograd, and reference twins."""
 
+from edgegen.ops import attention as _attention_registrations  # noqa: F401
 from edgegen.ops import distill as _distill_registrations  # noqa: F401
 from edgegen.ops import prune as _prune_registrations  # noqa: F401
 from edgegen.ops import quant as _quant_registrations  # noqa: F401
@@ -11,8 +12,9 @@ from edgegen.ops._reference import (
     magnitude_mask_reference,
     magnitude_scores_reference,
     nm_mask_reference,
+    sliding_window_attention_reference,
 )
 
 __all__ = ["kd_loss_reference", "fused_linear_kd_loss_reference", "magnitude_scores_reference",
            "kth_smallest_score_reference", "magnitude_mask_reference", "nm_mask_reference",
-           "channel_norms_reference"]
+           "channel_norms_reference", "sliding_window_attention_reference"]

@@ -8,6 +8,7 @@ contribute 0 to the KL (0 log 0 = 0) even where the student is also -inf.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -295,3 +296,60 @@ def int8_linear_static_reference(x: Tensor, a_scale: float, a_zero_point: int, w
     if bias is not None:
         out = out + bias.to(torch.float32)
     return out.reshape(*x.shape[:-1], weight_int8.shape[0]).to(x.dtype)
+
+
+def sliding_window_mask(nq: int, nk: int, window: int, num_global: int = 0, causal: bool = True,
+                        q_offset: int = 0, device=None) -> Tensor:
+    """Bool [nq, nk] mask (True = may attend) of the sliding-window + global-token pattern:
+    query i at position p = q_offset + i, key j at position j. Causal: j <= p and
+    (p - j < window or j < num_global); non-causal: |p - j| < window or j < num_global or
+    p < num_global."""
+    p = torch.arange(q_offset, q_offset + nq, device=device)[:, None]
+    j = torch.arange(nk, device=device)[None, :]
+    glob_key = j < num_global
+    if causal:
+        return (j <= p) & ((p - j < window) | glob_key)
+    return ((p - j).abs() < window) | glob_key | (p < num_global)
+
+
+def block_layout_mask(nq: int, nk: int, block_layout: Tensor, block_size: int, causal: bool,
+                      q_offset: int = 0, device=None) -> Tensor:
+    """Bool [nq, nk] mask of a block-sparse layout: (query block, key block) pairs over blocks of
+    ``block_size`` positions, and only j <= p of them when causal."""
+    nqb = (q_offset + nq + block_size - 1) // block_size
+    nkb = (nk + block_size - 1) // block_size
+    blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=device)
+    if block_layout.numel():
+        blocks[block_layout[:, 0].to(device), block_layout[:, 1].to(device)] = True
+    p = torch.arange(q_offset, q_offset + nq, device=device)
+    j = torch.arange(nk, device=device)
+    mask = blocks[p // block_size][:, j // block_size]
+    if causal:
+        mask &= j[None, :] <= p[:, None]
+    return mask
+
+
+def sliding_window_attention_reference(q: Tensor, k: Tensor, v: Tensor, window: int, num_global: int = 0,
+                                       causal: bool = True, scale: float | None = None, q_offset: int = 0,
+                                       block_layout: Tensor | None = None, block_size: int = 0
+                                       ) -> tuple[Tensor, Tensor]:
+    """(out, lse) of softmax attention restricted to the pattern, materialising the [nq, nk]
+    scores (O(n^2) memory: a test oracle and the fallback on devices without a kernel). Computed
+    in float32 (float64 for float64 inputs); out in the inputs' dtype. A query that sees no key
+    gets output 0 and lse -inf. Differentiable by autograd."""
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if block_layout is not None:
+        mask = block_layout_mask(nq, nk, block_layout, block_size, causal, q_offset, q.device)
+    else:
+        mask = sliding_window_mask(nq, nk, window, num_global, causal, q_offset, q.device)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    s = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * scale
+    # Rows that see no key are scored 0 everywhere (and then masked), so no -inf - (-inf) = NaN
+    # reaches the values or the gradients.
+    empty = ~mask.any(dim=-1, keepdim=True)
+    s = s.masked_fill(~mask & ~empty, float("-inf")).masked_fill(empty, 0.0)
+    lse = torch.logsumexp(s, dim=-1)
+    pr = torch.exp(s - lse[..., None]).masked_fill(~mask, 0.0)
+    out = (pr @ v.to(dtype)).to(q.dtype)
+    return out, lse.masked_fill(empty[..., 0], float("-inf"))

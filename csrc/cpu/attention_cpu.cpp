@@ -1,0 +1,165 @@
+// ATen glue for sliding-window / block-sparse attention: validate, describe the strided inputs,
+// turn a block layout (pairs) into CSR, call the torch-free kernels.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "cpu/checks.h"
+#include "kernels/attention/attention.h"
+
+namespace edgegen {
+namespace {
+
+namespace KA = edgegen::kernels::attention;
+
+using cpu::check_cpu;
+
+KA::Strided strided(const at::Tensor& t) {
+  return KA::Strided{t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+void check_4d(const at::Tensor& t, const char* name) {
+  check_cpu(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D tensor [batch, heads, length, head_dim], got ", t.dim(),
+                    "-D of shape ", t.sizes());
+}
+
+// Everything about a call but the tensors' data, checked. `layout_csr` keeps the CSR alive.
+struct Call {
+  KA::Problem p;
+  std::vector<int64_t> layout_ptr, layout_idx;
+};
+
+Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window, int64_t num_global,
+               bool causal, std::optional<double> scale, int64_t q_offset, const std::optional<at::Tensor>& layout,
+               int64_t block_size) {
+  check_4d(q, "q");
+  check_4d(k, "k");
+  check_4d(v, "v");
+  Call call;
+  KA::Problem& p = call.p;
+  p.dtype = cpu::float_dtype(q.scalar_type(), "q");
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                   "k, v: expected the dtype of q (", q.scalar_type(), "), got ", k.scalar_type(), " and ",
+                   v.scalar_type());
+  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "v: expected the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_VALUE(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+                    "k: expected the batch, heads and head_dim of q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK_VALUE(q.size(3) >= 1, "q: head_dim must be >= 1, got shape ", q.sizes());
+  p.B = q.size(0), p.H = q.size(1), p.nq = q.size(2), p.nk = k.size(2), p.d = q.size(3);
+  TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
+  TORCH_CHECK_VALUE(num_global >= 0 && num_global <= p.nk, "num_global: expected a value in [0, ", p.nk,
+                    "] (the number of keys), got ", num_global);
+  TORCH_CHECK_VALUE(q_offset >= 0, "q_offset: expected >= 0, got ", q_offset);
+  if (scale.has_value()) {
+    TORCH_CHECK_VALUE(std::isfinite(*scale) && *scale > 0, "scale: expected a finite value > 0, got ", *scale);
+    p.scale = *scale;
+  } else {
+    p.scale = 1.0 / std::sqrt(double(p.d));
+  }
+  p.pattern.window = window;
+  p.pattern.num_global = num_global;
+  p.pattern.causal = causal;
+  p.pattern.q_offset = q_offset;
+  if (layout.has_value()) {
+    const at::Tensor& l = *layout;
+    check_cpu(l, "block_layout");
+    TORCH_CHECK_VALUE(block_size >= 1, "block_size: expected >= 1 with a block_layout, got ", block_size);
+    TORCH_CHECK_TYPE(l.scalar_type() == at::kLong, "block_layout: expected an int64 tensor, got ", l.scalar_type());
+    TORCH_CHECK_VALUE(l.dim() == 2 && l.size(1) == 2, "block_layout: expected shape [pairs, 2] of (query block, "
+                      "key block), got ", l.sizes());
+    const int64_t nqb = (q_offset + p.nq + block_size - 1) / block_size;
+    const int64_t nkb = (p.nk + block_size - 1) / block_size;
+    const at::Tensor lc = l.contiguous();
+    const int64_t* e = lc.const_data_ptr<int64_t>();
+    std::vector<std::pair<int64_t, int64_t>> pairs(size_t(l.size(0)));
+    for (int64_t i = 0; i < l.size(0); ++i) {
+      const int64_t qb = e[2 * i], kb = e[2 * i + 1];
+      TORCH_CHECK_INDEX(qb >= 0 && qb < nqb && kb >= 0 && kb < nkb, "block_layout: pair ", i, " is (", qb, ", ", kb,
+                        "), expected query blocks in [0, ", nqb, ") and key blocks in [0, ", nkb, ")");
+      pairs[size_t(i)] = {qb, kb};
+    }
+    std::sort(pairs.begin(), pairs.end());
+    pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
+    call.layout_ptr.assign(size_t(nqb + 1), 0);
+    for (auto& pr : pairs) ++call.layout_ptr[size_t(pr.first + 1)];
+    for (int64_t b = 0; b < nqb; ++b) call.layout_ptr[size_t(b + 1)] += call.layout_ptr[size_t(b)];
+    for (auto& pr : pairs) call.layout_idx.push_back(pr.second);
+    call.layout_idx.push_back(0);  // never read; keeps data() non-null for an empty layout
+    p.pattern.block_size = block_size;
+    p.pattern.num_qblocks = nqb;
+    p.pattern.layout_ptr = call.layout_ptr.data();
+    p.pattern.layout_idx = call.layout_idx.data();
+  } else {
+    TORCH_CHECK_VALUE(block_size == 0, "block_size: only meaningful with a block_layout (pass 0), got ", block_size);
+  }
+  p.q = strided(q);
+  p.k = strided(k);
+  p.v = strided(v);
+  p.num_threads = at::get_num_threads();
+  return call;
+}
+
+at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor> sliding_window_attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                const at::Tensor& v, int64_t window,
+                                                                int64_t num_global, bool causal,
+                                                                std::optional<double> scale, int64_t q_offset,
+                                                                const std::optional<at::Tensor>& block_layout,
+                                                                int64_t block_size) {
+  const Call call = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
+  const auto& p = call.p;
+  at::Tensor out = at::empty({p.B, p.H, p.nq, p.d}, q.options());
+  at::Tensor lse = at::empty({p.B, p.H, p.nq}, q.options().dtype(lse_dtype(q)));
+  if (out.numel() > 0) KA::forward(p, out.mutable_data_ptr(), lse.mutable_data_ptr());
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, int64_t window, int64_t num_global, bool causal, std::optional<double> scale,
+    int64_t q_offset, const std::optional<at::Tensor>& block_layout, int64_t block_size) {
+  const Call call = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
+  const auto& p = call.p;
+  check_4d(grad_out, "grad_out");
+  check_4d(out, "out");
+  check_cpu(lse, "lse");
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+                    "grad_out, out: expected the shape of q ", q.sizes(), ", got ", grad_out.sizes(), " and ",
+                    out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
+                   "grad_out, out: expected the dtype of q (", q.scalar_type(), "), got ", grad_out.scalar_type(),
+                   " and ", out.scalar_type());
+  TORCH_CHECK_VALUE(lse.scalar_type() == lse_dtype(q) && lse.dim() == 3 && lse.size(0) == p.B &&
+                        lse.size(1) == p.H && lse.size(2) == p.nq,
+                    "lse: expected the ", lse_dtype(q), " log-sum-exp of shape [", p.B, ", ", p.H, ", ", p.nq,
+                    "] from the forward op, got ", lse.scalar_type(), " ", lse.sizes());
+  at::Tensor dq = at::empty({p.B, p.H, p.nq, p.d}, q.options());
+  at::Tensor dk = at::empty({p.B, p.H, p.nk, p.d}, q.options());
+  at::Tensor dv = at::empty({p.B, p.H, p.nk, p.d}, q.options());
+  if (p.B * p.H * p.d > 0 && (p.nq > 0 || p.nk > 0)) {
+    const at::Tensor lc = lse.contiguous();
+    KA::backward(p, strided(grad_out), strided(out), lc.const_data_ptr(), dq.mutable_data_ptr(),
+                 dk.mutable_data_ptr(), dv.mutable_data_ptr());
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
+  m.impl("sliding_window_attention", &sliding_window_attention_cpu);
+  m.impl("sliding_window_attention_backward", &sliding_window_attention_backward_cpu);
+}
+
+}  // namespace edgegen

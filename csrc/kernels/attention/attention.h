@@ -1,0 +1,70 @@
+// Sliding-window + global-token attention (and block-sparse layouts), forward and backward,
+// flash style: tiles of queries and keys, online softmax, the log-sum-exp kept for backward,
+// never an [n, n] matrix. Torch-free; the ATen glue is csrc/cpu/attention_cpu.cpp.
+//
+// Positions. Key j sits at position j (0 <= j < nk); query i at position p = q_offset + i (a
+// decode step after a cache of q_offset keys has q_offset = nk - nq).
+// Pattern (window mode), w = window, g = num_global:
+//   causal:     j <= p  and  (p - j < w  or  j < g)
+//   non-causal: |p - j| < w  or  j < g  or  p < g        (global queries see every key)
+// Layout mode (block_size > 0): key j is visible from query position p when the block pair
+// (p / block_size, j / block_size) is listed, and, if causal, j <= p. window and num_global are
+// not used.
+// A query that sees no key gets output 0, log-sum-exp -inf and zero gradients.
+#pragma once
+#include <cstdint>
+
+#include "../dtypes.h"
+
+namespace edgegen::kernels::attention {
+
+// A [B, H, n, d] tensor given by its data pointer and element strides.
+struct Strided {
+  const void* data = nullptr;
+  int64_t sb = 0, sh = 0, sn = 0, sd = 0;
+};
+
+struct Pattern {
+  int64_t window = 1;
+  int64_t num_global = 0;
+  bool causal = true;
+  int64_t q_offset = 0;
+  // Layout mode when block_size > 0: for query block qb, the allowed key blocks are
+  // layout_idx[layout_ptr[qb] .. layout_ptr[qb + 1]) (sorted, distinct); num_qblocks entries + 1
+  // in layout_ptr.
+  int64_t block_size = 0;
+  const int64_t* layout_ptr = nullptr;
+  const int64_t* layout_idx = nullptr;
+  int64_t num_qblocks = 0;
+};
+
+struct Problem {
+  DType dtype = DType::F32;  // of q, k, v, out, dout and the gradients
+  int64_t B = 0, H = 0, nq = 0, nk = 0, d = 0;
+  Pattern pattern;
+  double scale = 1.0;
+  Strided q, k, v;
+  int num_threads = 1;
+};
+
+// out: contiguous [B, H, nq, d] in dtype; lse: contiguous [B, H, nq], double for F64 else float.
+void forward(const Problem& p, void* out, void* lse);
+
+// dout, out: [B, H, nq, d] (strided); lse as written by forward. dq: contiguous [B, H, nq, d],
+// dk, dv: contiguous [B, H, nk, d], all in dtype.
+void backward(const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq, void* dk,
+              void* dv);
+
+// The tiling a call uses, for tests and the cost model: query tiles and key tiles (starts, with
+// the end appended), and for every query tile the key tiles it visits.
+struct PlanSummary {
+  int64_t query_tiles = 0, key_tiles = 0, tile_pairs = 0, partial_pairs = 0;
+  int64_t scored_entries = 0;  // sum over visited tile pairs of (query tile rows x key tile width)
+};
+PlanSummary plan_summary(const Problem& p);
+
+// Tile sizes (rows of queries, keys per tile).
+constexpr int64_t kQueryTile = 64;
+constexpr int64_t kKeyTile = 64;
+
+}  // namespace edgegen::kernels::attention

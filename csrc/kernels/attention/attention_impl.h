@@ -1,0 +1,371 @@
+// The attention algorithm, written once over a SIMD policy V (simd_scalar.h / simd_avx2.h) with
+// compute type R = V::R (float, or double for float64 inputs). Included by one TU per ISA inside
+// namespace edgegen::kernels::attention::isa_*, after the policy headers.
+//
+// Every head's q, k, v (and for backward dout) are first copied into R buffers whose rows are
+// padded to dp = d rounded up to 8, q pre-multiplied by the softmax scale; k (forward) and q, dout
+// (backward) are also stored transposed per tile ([dp][tile] blocks), so every product below is
+// one small GEMM C (+)= A B with B's columns contiguous (gemm()).
+//
+// Forward, per query tile (rows i), over the key tiles it visits (columns j):
+//   S = Qs K^T, masked entries -inf; m_new = max(m, rowmax S); P = e^(S - m_new);
+//   l = l e^(m - m_new) + rowsum P; O = O e^(m - m_new) + P V.
+//   out = O / l, lse = m + ln l (a row that saw no key: out 0, lse -inf).
+// Backward (FlashAttention-2 order), per key tile, over the query tiles that visit it, with
+// D_i = dout_i . out_i:
+//   P^T = e^(K Qs^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
+//   dK += dS^T Qs, dQ += dS K (dQ scaled at the end).
+// Parallel over (head, query tile) forward and (head, key-tile segment) backward; a segment
+// accumulates its own dQ, and the segments are summed in a fixed order, so results do not depend
+// on the thread count's scheduling.
+
+template <class V>
+struct Attn {
+  using R = typename V::R;
+  using F = typename V::F;
+  static constexpr int W = V::W;
+  using S1 = ScalarOf<R>;
+
+  static int64_t pad8(int64_t x) { return (x + 7) / 8 * 8; }
+
+  // C[r][c] (+)= sum_k A[r * ars + k * aks] * B[k * ldb + c] for MR rows; N % W == 0.
+  template <int MR>
+  static void micro(const R* A, int64_t ars, int64_t aks, const R* B, int64_t ldb, R* C, int64_t ldc, int64_t N,
+                    int64_t K, bool accumulate) {
+    int64_t c = 0;
+    for (; c + 2 * W <= N; c += 2 * W) {
+      F c0[MR], c1[MR];
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        c0[r] = accumulate ? V::load(C + r * ldc + c) : V::zero();
+        c1[r] = accumulate ? V::load(C + r * ldc + c + W) : V::zero();
+      }
+      const R* a = A;
+      const R* b = B + c;
+      for (int64_t k = 0; k < K; ++k, a += aks, b += ldb) {
+        const F b0 = V::load(b), b1 = V::load(b + W);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+          const F ar = V::set1(a[r * ars]);
+          c0[r] = V::fmadd(ar, b0, c0[r]);
+          c1[r] = V::fmadd(ar, b1, c1[r]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        V::store(C + r * ldc + c, c0[r]);
+        V::store(C + r * ldc + c + W, c1[r]);
+      }
+    }
+    for (; c + W <= N; c += W) {
+      F c0[MR];
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) c0[r] = accumulate ? V::load(C + r * ldc + c) : V::zero();
+      const R* a = A;
+      const R* b = B + c;
+      for (int64_t k = 0; k < K; ++k, a += aks, b += ldb) {
+        const F b0 = V::load(b);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) c0[r] = V::fmadd(V::set1(a[r * ars]), b0, c0[r]);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) V::store(C + r * ldc + c, c0[r]);
+    }
+  }
+
+  // C[M][N] (+)= A[M][K] B[K][N] with A read through strides (ars, aks); N a multiple of 8.
+  static void gemm(int64_t M, int64_t N, int64_t K, const R* A, int64_t ars, int64_t aks, const R* B, int64_t ldb,
+                   R* C, int64_t ldc, bool accumulate) {
+    int64_t r = 0;
+    for (; r + 6 <= M; r += 6) micro<6>(A + r * ars, ars, aks, B, ldb, C + r * ldc, ldc, N, K, accumulate);
+    const R* a = A + r * ars;
+    R* c = C + r * ldc;
+    switch (M - r) {
+      case 5: micro<5>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
+      case 4: micro<4>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
+      case 3: micro<3>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
+      case 2: micro<2>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
+      case 1: micro<1>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
+      default: break;
+    }
+  }
+
+  static R row_max(const R* s, int64_t n) {
+    F m = V::set1(R(-INFINITY));
+    R mt = R(-INFINITY);
+    int64_t c = 0;
+    for (; c + W <= n; c += W) m = V::max(m, V::load(s + c));
+    for (; c < n; ++c) mt = S1::max(mt, s[c]);
+    return S1::max(V::hmax(m), mt);
+  }
+
+  // s = e^(s - m), returns the sum.
+  static R exp_row(R* s, int64_t n, R m) {
+    const F mv = V::set1(m);
+    F acc = V::zero();
+    R tail = 0;
+    int64_t c = 0;
+    for (; c + W <= n; c += W) {
+      const F e = V::exp(V::sub(V::load(s + c), mv));
+      V::store(s + c, e);
+      acc = V::add(acc, e);
+    }
+    for (; c < n; ++c) {
+      s[c] = S1::exp(s[c] - m);
+      tail += s[c];
+    }
+    return V::hsum(acc) + tail;
+  }
+
+  static void scale_row(R* o, int64_t n, R a) {
+    const F av = V::set1(a);
+    int64_t c = 0;
+    for (; c + W <= n; c += W) V::store(o + c, V::mul(V::load(o + c), av));
+    for (; c < n; ++c) o[c] *= a;
+  }
+
+  // Per-head R buffers (see the file comment). Rows are dp wide.
+  struct Head {
+    std::vector<R> qs, kt, v;             // forward: Qs rows, K^T per key tile, V rows
+    std::vector<R> qst, k, dout, doutt;  // backward: Qs^T per query tile, K rows, dO rows, dO^T
+    std::vector<R> dd, lse;              // backward: D (0 past nq), lse (+inf past nq and for empty rows)
+    std::vector<R> dq;                   // backward: dQ per key-tile segment
+  };
+
+  template <class T>
+  static const T* head_ptr(const Strided& s, int64_t b, int64_t h) {
+    return static_cast<const T*>(s.data) + b * s.sb + h * s.sh;
+  }
+
+  // rows [r0, r1) of a [*, d] strided tensor into dst rows (dp wide, zero padded), times mul.
+  template <class T>
+  static void copy_rows(const T* src, int64_t sn, int64_t sd, int64_t r0, int64_t r1, int64_t d, int64_t dp, R mul,
+                        R* dst) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* s = src + i * sn;
+      R* o = dst + i * dp;
+      for (int64_t c = 0; c < d; ++c) o[c] = R(to_float(s[c * sd])) * mul;
+      for (int64_t c = d; c < dp; ++c) o[c] = 0;
+    }
+  }
+
+  // The rows [r0, r1) of a [*, d] strided tensor as a [dp][tile] block (columns r - r0, zero
+  // padded to the tile width), times mul.
+  template <class T>
+  static void copy_block_t(const T* src, int64_t sn, int64_t sd, int64_t r0, int64_t r1, int64_t d, int64_t dp,
+                           int64_t tile, R mul, R* blk) {
+    std::fill(blk, blk + dp * tile, R(0));
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* s = src + i * sn;
+      for (int64_t c = 0; c < d; ++c) blk[c * tile + (i - r0)] = R(to_float(s[c * sd])) * mul;
+    }
+  }
+
+  // ------------------------------------------------------------------------------ forward
+  template <class T>
+  static void pack_forward(const Problem& p, const Plan& plan, int64_t bh, Head& hd) {
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d);
+    hd.qs.resize(std::max<int64_t>(1, p.nq * dp));
+    hd.kt.resize(std::max<int64_t>(1, plan.nt() * dp * kKeyTile));
+    hd.v.resize(std::max<int64_t>(1, p.nk * dp));
+    copy_rows(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, 0, p.nq, d, dp, R(p.scale), hd.qs.data());
+    for (int64_t t = 0; t < plan.nt(); ++t) {
+      if (!plan.key_needed[t]) continue;
+      const int64_t j0 = plan.ks[t], j1 = plan.ks[t + 1];
+      copy_block_t(head_ptr<T>(p.k, b, h), p.k.sn, p.k.sd, j0, j1, d, dp, kKeyTile, R(1),
+                   hd.kt.data() + t * dp * kKeyTile);
+      copy_rows(head_ptr<T>(p.v, b, h), p.v.sn, p.v.sd, j0, j1, d, dp, R(1), hd.v.data());
+    }
+  }
+
+  template <class T>
+  static void forward_tile(const Problem& p, const Plan& plan, const Head& hd, int64_t bh, int64_t qt, T* out,
+                           R* lse) {
+    const Pattern& pt = p.pattern;
+    const int64_t d = p.d, dp = pad8(d);
+    const int64_t i0 = plan.qs[qt], rows = plan.qs[qt + 1] - i0;
+    std::vector<R> S(kQueryTile * kKeyTile), O(kQueryTile * dp, R(0));
+    R m[kQueryTile], l[kQueryTile];
+    for (int64_t r = 0; r < rows; ++r) m[r] = R(-INFINITY), l[r] = 0;
+    for (int64_t e = plan.fptr[qt]; e < plan.fptr[qt + 1]; ++e) {
+      const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = pad8(tw);
+      gemm(rows, twp, d, hd.qs.data() + i0 * dp, dp, 1, hd.kt.data() + t * dp * kKeyTile, kKeyTile, S.data(),
+           kKeyTile, false);
+      for (int64_t r = 0; r < rows; ++r) {
+        R* s = S.data() + r * kKeyTile;
+        for (int64_t c = tw; c < twp; ++c) s[c] = R(-INFINITY);
+        if (plan.fpartial[e]) {
+          const int64_t qp = pt.q_offset + i0 + r;
+          for (int64_t c = 0; c < tw; ++c)
+            if (!visible(pt, qp, j0 + c)) s[c] = R(-INFINITY);
+        }
+        const R mx = row_max(s, twp);
+        if (mx == R(-INFINITY)) {  // nothing visible in this tile for this row
+          std::fill(s, s + twp, R(0));
+          continue;
+        }
+        const R mnew = std::max(m[r], mx);
+        const R alpha = std::exp(m[r] - mnew);  // 0 while m is -inf
+        const R sum = exp_row(s, twp, mnew);
+        if (alpha != R(1)) scale_row(O.data() + r * dp, dp, alpha);
+        l[r] = l[r] * alpha + sum;
+        m[r] = mnew;
+      }
+      gemm(rows, dp, tw, S.data(), kKeyTile, 1, hd.v.data() + j0 * dp, dp, O.data(), dp, true);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      const R inv = l[r] > 0 ? R(1) / l[r] : R(0);
+      T* o = out + (bh * p.nq + i) * d;
+      const R* src = O.data() + r * dp;
+      for (int64_t c = 0; c < d; ++c) store_float(o + c, src[c] * inv);
+      lse[bh * p.nq + i] = l[r] > 0 ? m[r] + std::log(l[r]) : R(-INFINITY);
+    }
+  }
+
+  template <class T>
+  static void forward_typed(const Problem& p, const Plan& plan, T* out, R* lse) {
+    const int64_t BH = p.B * p.H, mt = plan.mt();
+    const int T_ = std::max(1, p.num_threads);
+    const int64_t G = std::max<int64_t>(1, std::min<int64_t>(BH, T_));
+    std::vector<Head> heads(G);
+    for (int64_t g0 = 0; g0 < BH; g0 += G) {
+      const int64_t gsz = std::min(G, BH - g0);
+      parallel_for(gsz, T_, [&](int64_t x) { pack_forward<T>(p, plan, g0 + x, heads[x]); });
+      parallel_for(gsz * mt, T_, [&](int64_t idx) {
+        const int64_t x = idx / mt, qt = idx % mt;
+        forward_tile<T>(p, plan, heads[x], g0 + x, qt, out, lse);
+      });
+    }
+  }
+
+  // ----------------------------------------------------------------------------- backward
+  template <class T>
+  static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
+                            const R* lse, int64_t bh, int64_t segments, Head& hd) {
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq, nk = p.nk, mt = plan.mt();
+    hd.qs.resize(std::max<int64_t>(1, nq * dp));
+    hd.dout.resize(std::max<int64_t>(1, nq * dp));
+    hd.k.resize(std::max<int64_t>(1, nk * dp));
+    hd.v.resize(std::max<int64_t>(1, nk * dp));
+    hd.qst.resize(std::max<int64_t>(1, mt * dp * kQueryTile));
+    hd.doutt.resize(std::max<int64_t>(1, mt * dp * kQueryTile));
+    const R scale = R(p.scale);
+    copy_rows(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, 0, nq, d, dp, scale, hd.qs.data());
+    copy_rows(head_ptr<T>(dout, b, h), dout.sn, dout.sd, 0, nq, d, dp, R(1), hd.dout.data());
+    copy_rows(head_ptr<T>(p.k, b, h), p.k.sn, p.k.sd, 0, nk, d, dp, R(1), hd.k.data());
+    copy_rows(head_ptr<T>(p.v, b, h), p.v.sn, p.v.sd, 0, nk, d, dp, R(1), hd.v.data());
+    for (int64_t qt = 0; qt < mt; ++qt) {
+      const int64_t i0 = plan.qs[qt], i1 = plan.qs[qt + 1];
+      copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, scale,
+                   hd.qst.data() + qt * dp * kQueryTile);
+      copy_block_t(head_ptr<T>(dout, b, h), dout.sn, dout.sd, i0, i1, d, dp, kQueryTile, R(1),
+                   hd.doutt.data() + qt * dp * kQueryTile);
+    }
+    hd.dd.assign(nq + 8, R(0));
+    hd.lse.assign(nq + 8, R(INFINITY));
+    const T* o = head_ptr<T>(out, b, h);
+    for (int64_t i = 0; i < nq; ++i) {
+      R acc = 0;
+      for (int64_t c = 0; c < d; ++c) acc += hd.dout[i * dp + c] * R(to_float(o[i * out.sn + c * out.sd]));
+      hd.dd[i] = acc;
+      const R ls = lse[bh * nq + i];
+      hd.lse[i] = ls == R(-INFINITY) ? R(INFINITY) : ls;
+    }
+    hd.dq.assign(std::max<int64_t>(1, segments * nq * dp), R(0));
+  }
+
+  // Key tiles [t0, t1) of one head: dK and dV written out, dQ accumulated into dq (rows dp wide).
+  template <class T>
+  static void backward_segment(const Problem& p, const Plan& plan, const Head& hd, int64_t bh, int64_t t0,
+                               int64_t t1, R* dq, T* dk, T* dv) {
+    const Pattern& pt = p.pattern;
+    const int64_t d = p.d, dp = pad8(d);
+    std::vector<R> ST(kKeyTile * kQueryTile), DP(kKeyTile * kQueryTile), dK(kKeyTile * dp), dV(kKeyTile * dp);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
+      std::fill(dK.begin(), dK.end(), R(0));
+      std::fill(dV.begin(), dV.end(), R(0));
+      for (int64_t e = plan.bptr[t]; e < plan.bptr[t + 1]; ++e) {
+        const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = pad8(qw);
+        const R* lse = hd.lse.data() + i0;
+        const R* D = hd.dd.data() + i0;
+        gemm(tw, qwp, d, hd.k.data() + j0 * dp, dp, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile,
+             ST.data(), kQueryTile, false);
+        for (int64_t r = 0; r < tw; ++r) {
+          R* s = ST.data() + r * kQueryTile;
+          int64_t c = 0;
+          for (; c + W <= qwp; c += W) V::store(s + c, V::exp(V::sub(V::load(s + c), V::load(lse + c))));
+          for (; c < qwp; ++c) s[c] = S1::exp(s[c] - lse[c]);
+          if (plan.bpartial[e]) {
+            const int64_t j = j0 + r;
+            for (int64_t cc = 0; cc < qw; ++cc)
+              if (!visible(pt, pt.q_offset + i0 + cc, j)) s[cc] = 0;
+          }
+        }
+        gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.dout.data() + i0 * dp, dp, dV.data(), dp, true);
+        gemm(tw, qwp, d, hd.v.data() + j0 * dp, dp, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile,
+             DP.data(), kQueryTile, false);
+        for (int64_t r = 0; r < tw; ++r) {
+          const R* s = ST.data() + r * kQueryTile;
+          R* g = DP.data() + r * kQueryTile;
+          int64_t c = 0;
+          for (; c + W <= qwp; c += W)
+            V::store(g + c, V::mul(V::load(s + c), V::sub(V::load(g + c), V::load(D + c))));
+          for (; c < qwp; ++c) g[c] = s[c] * (g[c] - D[c]);
+        }
+        gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qs.data() + i0 * dp, dp, dK.data(), dp, true);
+        gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.k.data() + j0 * dp, dp, dq + i0 * dp, dp, true);
+      }
+      for (int64_t r = 0; r < tw; ++r) {
+        T* ok = dk + (bh * p.nk + j0 + r) * d;
+        T* ov = dv + (bh * p.nk + j0 + r) * d;
+        for (int64_t c = 0; c < d; ++c) {
+          store_float(ok + c, dK[r * dp + c]);
+          store_float(ov + c, dV[r * dp + c]);
+        }
+      }
+    }
+  }
+
+  template <class T>
+  static void backward_typed(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
+                             const R* lse, T* dq, T* dk, T* dv) {
+    const int64_t BH = p.B * p.H, nt = plan.nt(), nq = p.nq, d = p.d, dp = pad8(d);
+    const int T_ = std::max(1, p.num_threads);
+    const int64_t G = std::max<int64_t>(1, std::min<int64_t>(BH, T_));
+    // Key-tile segments per head, so that G heads x segments covers the threads; split where
+    // the visited pairs are balanced.
+    const int64_t segs = std::max<int64_t>(1, std::min<int64_t>(nt, (T_ + G - 1) / G));
+    std::vector<int64_t> seg_start(segs + 1, nt);
+    seg_start[0] = 0;
+    {
+      const int64_t pairs = plan.bptr[nt];
+      int64_t s = 1;
+      for (int64_t t = 0; t < nt && s < segs; ++t)
+        if (plan.bptr[t + 1] * segs >= pairs * s) seg_start[s++] = t + 1;
+    }
+    std::vector<Head> heads(G);
+    for (int64_t g0 = 0; g0 < BH; g0 += G) {
+      const int64_t gsz = std::min(G, BH - g0);
+      parallel_for(gsz, T_, [&](int64_t x) { pack_backward<T>(p, plan, dout, out, lse, g0 + x, segs, heads[x]); });
+      parallel_for(gsz * segs, T_, [&](int64_t idx) {
+        const int64_t x = idx / segs, s = idx % segs;
+        backward_segment<T>(p, plan, heads[x], g0 + x, seg_start[s], seg_start[s + 1],
+                            heads[x].dq.data() + s * nq * dp, dk, dv);
+      });
+      parallel_for(gsz, T_, [&](int64_t x) {
+        const R scale = R(p.scale);
+        const R* acc = heads[x].dq.data();
+        for (int64_t i = 0; i < nq; ++i) {
+          T* o = dq + ((g0 + x) * nq + i) * d;
+          for (int64_t c = 0; c < d; ++c) {
+            R sum = acc[i * dp + c];
+            for (int64_t s = 1; s < segs; ++s) sum += acc[(s * nq + i) * dp + c];
+            store_float(o + c, sum * scale);
+          }
+        }
+      });
+    }
+  }
+};

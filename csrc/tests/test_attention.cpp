@@ -1,0 +1,255 @@
+// GoogleTest of the torch-free sliding-window attention against a naive double-precision
+// reference that scores every (query, key) pair and applies the visibility rule directly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "kernels/attention/attention.h"
+
+namespace KA = edgegen::kernels::attention;
+namespace K = edgegen::kernels;
+
+namespace {
+
+struct Case {
+  int64_t B = 1, H = 2, nq = 70, nk = 70, d = 16;
+  int64_t window = 8, num_global = 0, q_offset = 0;
+  bool causal = true;
+  int64_t block_size = 0;
+  std::vector<std::pair<int64_t, int64_t>> layout;  // (query block, key block)
+};
+
+bool ref_visible(const Case& c, int64_t qp, int64_t j) {
+  if (c.block_size > 0) {
+    const bool listed = std::find(c.layout.begin(), c.layout.end(),
+                                  std::make_pair(qp / c.block_size, j / c.block_size)) != c.layout.end();
+    return listed && (!c.causal || j <= qp);
+  }
+  if (c.causal) return j <= qp && (qp - j < c.window || j < c.num_global);
+  return std::llabs(qp - j) < c.window || j < c.num_global || qp < c.num_global;
+}
+
+struct Ref {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+// Dense reference over contiguous [B, H, n, d] double arrays.
+Ref reference(const Case& c, const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
+              const std::vector<double>& dout, double scale) {
+  Ref r;
+  const int64_t d = c.d;
+  r.out.assign(c.B * c.H * c.nq * d, 0.0);
+  r.lse.assign(c.B * c.H * c.nq, -INFINITY);
+  r.dq.assign(r.out.size(), 0.0);
+  r.dk.assign(c.B * c.H * c.nk * d, 0.0);
+  r.dv.assign(r.dk.size(), 0.0);
+  for (int64_t bh = 0; bh < c.B * c.H; ++bh) {
+    for (int64_t i = 0; i < c.nq; ++i) {
+      const double* qi = &q[(bh * c.nq + i) * d];
+      std::vector<double> s(c.nk, -INFINITY);
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < c.nk; ++j) {
+        if (!ref_visible(c, c.q_offset + i, j)) continue;
+        double acc = 0;
+        for (int64_t e = 0; e < d; ++e) acc += qi[e] * k[(bh * c.nk + j) * d + e];
+        s[j] = acc * scale;
+        mx = std::max(mx, s[j]);
+      }
+      if (mx == -INFINITY) continue;
+      double z = 0;
+      for (int64_t j = 0; j < c.nk; ++j) z += s[j] == -INFINITY ? 0.0 : std::exp(s[j] - mx);
+      r.lse[bh * c.nq + i] = mx + std::log(z);
+      std::vector<double> pr(c.nk, 0.0), dp(c.nk, 0.0);
+      double* o = &r.out[(bh * c.nq + i) * d];
+      for (int64_t j = 0; j < c.nk; ++j) {
+        if (s[j] == -INFINITY) continue;
+        pr[j] = std::exp(s[j] - mx) / z;
+        for (int64_t e = 0; e < d; ++e) o[e] += pr[j] * v[(bh * c.nk + j) * d + e];
+      }
+      const double* g = &dout[(bh * c.nq + i) * d];
+      double D = 0;
+      for (int64_t e = 0; e < d; ++e) D += g[e] * o[e];
+      for (int64_t j = 0; j < c.nk; ++j) {
+        if (pr[j] == 0) continue;
+        double dpj = 0;
+        for (int64_t e = 0; e < d; ++e) {
+          dpj += g[e] * v[(bh * c.nk + j) * d + e];
+          r.dv[(bh * c.nk + j) * d + e] += pr[j] * g[e];
+        }
+        const double ds = pr[j] * (dpj - D) * scale;
+        for (int64_t e = 0; e < d; ++e) {
+          r.dq[(bh * c.nq + i) * d + e] += ds * k[(bh * c.nk + j) * d + e];
+          r.dk[(bh * c.nk + j) * d + e] += ds * qi[e];
+        }
+      }
+    }
+  }
+  return r;
+}
+
+template <class T>
+KA::Strided strided(const std::vector<T>& x, const Case& c, int64_t n) {
+  return KA::Strided{x.data(), c.H * n * c.d, n * c.d, c.d, 1};
+}
+
+// Runs the kernel in dtype T (float or double) and compares with the reference.
+template <class T>
+void check_case(const Case& c, int threads, double tol) {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto fill = [&](int64_t n) {
+    std::vector<double> x(n);
+    for (auto& e : x) e = nd(rng);
+    return x;
+  };
+  const int64_t d = c.d;
+  auto q = fill(c.B * c.H * c.nq * d), k = fill(c.B * c.H * c.nk * d), v = fill(c.B * c.H * c.nk * d);
+  auto g = fill(c.B * c.H * c.nq * d);
+  const double scale = 1.0 / std::sqrt(double(d));
+  std::vector<T> qt(q.begin(), q.end()), kt(k.begin(), k.end()), vt(v.begin(), v.end()), gt(g.begin(), g.end());
+  // The reference sees exactly the values the kernel sees.
+  std::vector<double> qd(qt.begin(), qt.end()), kd(kt.begin(), kt.end()), vd(vt.begin(), vt.end()),
+      gd(gt.begin(), gt.end());
+  const Ref ref = reference(c, qd, kd, vd, gd, scale);
+
+  // Layout CSR.
+  std::vector<int64_t> lptr, lidx;
+  KA::Problem p;
+  p.dtype = std::is_same_v<T, double> ? K::DType::F64 : K::DType::F32;
+  p.B = c.B, p.H = c.H, p.nq = c.nq, p.nk = c.nk, p.d = d;
+  p.pattern.window = c.window;
+  p.pattern.num_global = c.num_global;
+  p.pattern.causal = c.causal;
+  p.pattern.q_offset = c.q_offset;
+  if (c.block_size > 0) {
+    std::set<std::pair<int64_t, int64_t>> pairs(c.layout.begin(), c.layout.end());
+    const int64_t nqb = (c.q_offset + c.nq + c.block_size - 1) / c.block_size;
+    lptr.assign(nqb + 1, 0);
+    for (auto& [qb, kb] : pairs) ++lptr[qb + 1];
+    for (int64_t b = 0; b < nqb; ++b) lptr[b + 1] += lptr[b];
+    for (auto& [qb, kb] : pairs) lidx.push_back(kb);  // set order = sorted by (qb, kb)
+    p.pattern.block_size = c.block_size;
+    p.pattern.layout_ptr = lptr.data();
+    p.pattern.layout_idx = lidx.data();
+    p.pattern.num_qblocks = nqb;
+  }
+  p.scale = scale;
+  p.q = strided(qt, c, c.nq);
+  p.k = strided(kt, c, c.nk);
+  p.v = strided(vt, c, c.nk);
+  p.num_threads = threads;
+  std::vector<T> out(qt.size()), lse(c.B * c.H * c.nq), dq(qt.size()), dk(kt.size()), dv(vt.size());
+  KA::forward(p, out.data(), lse.data());
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(double(out[i]), ref.out[i], tol) << "out " << i;
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(ref.lse[i])) {
+      ASSERT_TRUE(std::isinf(double(lse[i])) && lse[i] < 0) << "lse " << i;
+    } else {
+      ASSERT_NEAR(double(lse[i]), ref.lse[i], tol) << "lse " << i;
+    }
+  }
+  KA::backward(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
+  for (size_t i = 0; i < dq.size(); ++i) ASSERT_NEAR(double(dq[i]), ref.dq[i], tol) << "dq " << i;
+  for (size_t i = 0; i < dk.size(); ++i) ASSERT_NEAR(double(dk[i]), ref.dk[i], tol) << "dk " << i;
+  for (size_t i = 0; i < dv.size(); ++i) ASSERT_NEAR(double(dv[i]), ref.dv[i], tol) << "dv " << i;
+}
+
+}  // namespace
+
+TEST(SlidingWindowAttention, CausalWindowsAroundTheTileSize) {
+  for (int64_t w : {1, 63, 64, 65, 150, 200}) {
+    Case c;
+    c.nq = c.nk = 200;
+    c.window = w;
+    check_case<float>(c, 2, 2e-5);
+    check_case<double>(c, 1, 1e-12);
+  }
+}
+
+TEST(SlidingWindowAttention, GlobalTokensCausalAndNot) {
+  for (bool causal : {true, false}) {
+    for (int64_t g : {1, 4, 70}) {
+      Case c;
+      c.nq = c.nk = 150;
+      c.window = 16;
+      c.num_global = g;
+      c.causal = causal;
+      c.d = 24;  // not a multiple of 8
+      check_case<float>(c, 3, 2e-5);
+      check_case<double>(c, 2, 1e-12);
+    }
+  }
+}
+
+TEST(SlidingWindowAttention, DecodeStepsWithAnOffset) {
+  Case c;
+  c.nk = 300;
+  c.nq = 1;
+  c.q_offset = 299;
+  c.window = 40;
+  c.num_global = 4;
+  check_case<float>(c, 2, 2e-5);
+  c.nq = 5;
+  c.q_offset = 295;
+  check_case<double>(c, 1, 1e-12);
+}
+
+TEST(SlidingWindowAttention, RowsWithoutKeysGiveZerosNotNaN) {
+  // Queries beyond the keys (positions 100..) with a causal window of 3 see nothing past key 99.
+  Case c;
+  c.nk = 100;
+  c.nq = 20;
+  c.q_offset = 95;
+  c.window = 3;
+  check_case<float>(c, 2, 2e-5);
+  check_case<double>(c, 1, 1e-12);
+}
+
+TEST(SlidingWindowAttention, BlockSparseLayout) {
+  for (bool causal : {true, false}) {
+    for (int64_t bs : {16, 100}) {
+      Case c;
+      c.nq = c.nk = 230;
+      c.causal = causal;
+      c.block_size = bs;
+      const int64_t nb = (230 + bs - 1) / bs;
+      for (int64_t qb = 0; qb < nb; ++qb) {
+        c.layout.push_back({qb, qb});
+        c.layout.push_back({qb, 0});
+        if (qb >= 2) c.layout.push_back({qb, qb - 2});
+        if (!causal && qb + 1 < nb) c.layout.push_back({qb, qb + 1});
+      }
+      check_case<float>(c, 2, 2e-5);
+      check_case<double>(c, 3, 1e-12);
+    }
+  }
+}
+
+TEST(SlidingWindowAttention, ThreadCountDoesNotChangeResults) {
+  Case c;
+  c.B = 1, c.H = 1, c.nq = c.nk = 400, c.window = 50, c.num_global = 2;
+  check_case<float>(c, 1, 2e-5);
+  check_case<float>(c, 4, 2e-5);
+}
+
+TEST(SlidingWindowAttention, PlanCostIsLinearInLength) {
+  KA::Problem p;
+  p.B = 1, p.H = 1, p.d = 64;
+  p.pattern.window = 256;
+  p.pattern.num_global = 4;
+  int64_t prev = 0;
+  for (int64_t n : {4096, 8192, 16384}) {
+    p.nq = p.nk = n;
+    const auto s = KA::plan_summary(p);
+    // Each query scores at most window + tile + global-tile entries.
+    EXPECT_LE(s.scored_entries, n * (256 + KA::kKeyTile + 4));
+    EXPECT_GE(s.scored_entries, n * 256 - 256 * 256);
+    if (prev) EXPECT_NEAR(double(s.scored_entries) / double(prev), 2.0, 0.05);
+    prev = s.scored_entries;
+  }
+}

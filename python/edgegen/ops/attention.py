@@ -1,0 +1,64 @@
+"""Fake kernels and autograd for torch.ops.edgegen.sliding_window_attention (and its backward).
+
+The forward op returns (out, lse); autograd saves q, k, v, out and lse, and the backward op
+recomputes the probabilities tile by tile (nothing of size [n, n] is ever kept). ``lse`` is an
+auxiliary output: it is not differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_meta(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor [batch, heads, length, head_dim], got {t.dim()}-D")
+        if t.device != q.device:
+            raise RuntimeError(f"{name}: expected a tensor on {q.device}, got one on {t.device}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got {t.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+
+
+def _lse_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("edgegen::sliding_window_attention")
+def _swa_fake(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
+    _check_meta(q, k, v)
+    out = q.new_empty(q.shape)
+    lse = q.new_empty(q.shape[:-1], dtype=_lse_dtype(q))
+    return out, lse
+
+
+@torch.library.register_fake("edgegen::sliding_window_attention_backward")
+def _swa_backward_fake(grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout,
+                       block_size):
+    _check_meta(q, k, v)
+    return (q.new_empty(q.shape),
+            k.new_empty(k.shape),
+            v.new_empty(v.shape))
+
+
+def _swa_setup(ctx, inputs, output):
+    q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse, block_layout)
+    ctx.args = (window, num_global, causal, scale, q_offset, block_size)
+
+
+def _swa_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, block_layout = ctx.saved_tensors
+    window, num_global, causal, scale, q_offset, block_size = ctx.args
+    if grad_out is None:
+        return (None,) * 10
+    dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
+        grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout, block_size)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("edgegen::sliding_window_attention", _swa_backward, setup_context=_swa_setup)

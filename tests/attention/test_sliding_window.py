@@ -1,0 +1,288 @@
+"""edgegen.attention.sliding_window_attention / block_sparse_attention against dense SDPA with an
+explicit boolean mask of the same pattern (float64), forward and every gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import edgegen  # noqa: F401
+from edgegen.attention import (
+    block_layout_mask,
+    block_sparse_attention,
+    sliding_window_attention,
+    sliding_window_mask,
+)
+from edgegen.ops import sliding_window_attention_reference
+
+TILE = 64  # the kernel's tile size (csrc/kernels/attention/attention.h)
+
+
+def qkv(B, H, n, d, dtype=torch.float32, nk=None, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    nk = n if nk is None else nk
+    q = torch.randn(B, H, n, d, generator=g, dtype=torch.float64)
+    k = torch.randn(B, H, nk, d, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, nk, d, generator=g, dtype=torch.float64)
+    return [t.to(dtype).requires_grad_(grad) for t in (q, k, v)]
+
+
+def dense_reference(q, k, v, mask, grad_out):
+    """SDPA in float64 with the boolean mask; rows with no visible key give 0 (SDPA gives NaN)."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    empty = ~mask.any(-1)
+    safe = mask | empty[:, None]
+    out = F.scaled_dot_product_attention(q64, k64, v64, attn_mask=safe)
+    out = out.masked_fill(empty[:, None], 0.0)
+    grads = torch.autograd.grad(out, (q64, k64, v64), grad_out.double())
+    return out, grads
+
+
+def check_against_dense(q, k, v, mask, run, rtol):
+    out = run(q, k, v)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ref_out, ref_grads = dense_reference(q, k, v, mask, grad_out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))
+    for name, a, b in [("out", out, ref_out)] + list(zip(("dq", "dk", "dv"), grads, ref_grads)):
+        err = (a.double() - b).abs().max().item()
+        # Inputs are O(1): errors are measured against max(|ref|, 1), since a gradient can be
+        # exactly 0 in theory (window 1: dq) and only rounding-small in float32.
+        scale = max(b.abs().max().item(), 1.0)
+        assert err <= rtol * scale, f"{name}: max error {err:.3e} vs scale {scale:.3e}"
+
+
+@pytest.mark.parametrize("window", [1, TILE - 1, TILE, TILE + 1, 150])
+@pytest.mark.parametrize("num_global", [0, 1, 4])
+@pytest.mark.parametrize("causal", [True, False])
+def test_equals_masked_sdpa(window, num_global, causal):
+    n = 150  # not a multiple of the tile; window 150 = n (full attention)
+    q, k, v = qkv(2, 3, n, 32)
+    mask = sliding_window_mask(n, n, window, num_global, causal)
+    check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, window, num_global, causal),
+                        2e-5)
+
+
+def test_window_convention_counts_keys():
+    # causal window w: query p sees keys p-w+1 .. p (w keys) and the first g positions.
+    m = sliding_window_mask(10, 10, 3, 2, True)
+    assert m[9].nonzero().flatten().tolist() == [0, 1, 7, 8, 9]
+    assert m[1].nonzero().flatten().tolist() == [0, 1]
+    m = sliding_window_mask(10, 10, 3, 1, False)
+    assert m[5].nonzero().flatten().tolist() == [0, 3, 4, 5, 6, 7]
+    assert m[0].all()  # a global query sees every key
+    # And the kernel follows it: one-hot values read back which keys each query attended.
+    n = 10
+    q = torch.zeros(1, 1, n, n)
+    k = torch.zeros(1, 1, n, n)
+    v = torch.eye(n).reshape(1, 1, n, n)
+    out = sliding_window_attention(q, k, v, 3, 2)
+    seen = out[0, 0] > 0
+    assert torch.equal(seen, sliding_window_mask(n, n, 3, 2, True))
+
+
+def test_non_contiguous_and_large_heads():
+    # [B, n, H, d] storage viewed as [B, H, n, d] (what GPT-2's split heads give), head_dim 80.
+    base = torch.randn(2, 130, 3, 80, dtype=torch.float64)
+    q = base.transpose(1, 2).float().requires_grad_()
+    k = (base * 0.5 + 1).transpose(1, 2).float().requires_grad_()
+    v = torch.randn(2, 3, 80, 130).transpose(-1, -2).requires_grad_()
+    assert not q.is_contiguous() and not v.is_contiguous()
+    mask = sliding_window_mask(130, 130, 40, 4, True)
+    check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, 40, 4), 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_accumulate_in_float32(dtype):
+    q, k, v = qkv(1, 2, 100, 64, dtype=dtype)
+    mask = sliding_window_mask(100, 100, 30, 2, True)
+    check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, 30, 2), 2e-2)
+    out, lse = sliding_window_attention(q, k, v, 30, 2, return_lse=True)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+
+
+def test_lse_matches_reference_and_scale():
+    q, k, v = qkv(1, 2, 90, 16, grad=False)
+    out, lse = sliding_window_attention(q, k, v, 20, 3, scale=0.3, return_lse=True)
+    ref_out, ref_lse = sliding_window_attention_reference(q.double(), k.double(), v.double(), 20, 3, True, 0.3)
+    torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=2e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=0, atol=2e-5)
+
+
+def test_float64_gradcheck_causal_and_not():
+    for causal in (True, False):
+        q, k, v = qkv(1, 2, 19, 5, dtype=torch.float64)
+        torch.autograd.gradcheck(lambda a, b, c: sliding_window_attention(a, b, c, 4, 2, causal), (q, k, v))
+    layout = [[0, 0], [1, 0], [1, 1], [2, 2], [2, 0]]
+    q, k, v = qkv(1, 1, 20, 4, dtype=torch.float64)
+    torch.autograd.gradcheck(lambda a, b, c: block_sparse_attention(a, b, c, layout, 7, causal=True), (q, k, v))
+
+
+def test_causality_by_perturbation():
+    q, k, v = qkv(1, 2, 200, 16, grad=False)
+    t = 120
+    base = sliding_window_attention(q, k, v, 50, 4)
+    for tensor in (q, k, v):
+        tensor[:, :, t] += 3.0
+        moved = sliding_window_attention(q, k, v, 50, 4)
+        tensor[:, :, t] -= 3.0
+        assert torch.equal(moved[:, :, :t], base[:, :, :t])
+        assert not torch.equal(moved[:, :, t], base[:, :, t])
+
+
+def test_decode_steps_equal_the_full_forward():
+    q, k, v = qkv(2, 2, 150, 16, grad=False)
+    full = sliding_window_attention(q, k, v, 33, 4)
+    for i in (0, 3, 64, 149):
+        step = sliding_window_attention(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], 33, min(4, i + 1),
+                                        q_offset=i)
+        torch.testing.assert_close(step, full[:, :, i:i + 1], rtol=0, atol=1e-6)
+    # A chunk of queries after a cache (chunked prefill).
+    chunk = sliding_window_attention(q[:, :, 100:], k, v, 33, 4, q_offset=100)
+    torch.testing.assert_close(chunk, full[:, :, 100:], rtol=0, atol=1e-6)
+
+
+def test_rows_without_keys_give_zero_and_no_nan():
+    q, k, v = qkv(1, 2, 10, 8)
+    # Queries at positions 40..49 with a causal window of 5 see none of the 30 keys.
+    k30 = torch.randn(1, 2, 30, 8, requires_grad=True)
+    v30 = torch.randn(1, 2, 30, 8, requires_grad=True)
+    out, lse = sliding_window_attention(q, k30, v30, 5, q_offset=40, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(out)) and bool(torch.isneginf(lse).all())
+    grads = torch.autograd.grad(out.sum(), (q, k30, v30))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    # Mixed: some rows see keys, some do not.
+    out = sliding_window_attention(q, k30, v30, 5, q_offset=27)
+    assert not torch.isnan(out).any() and torch.equal(out[:, :, 7:], torch.zeros_like(out[:, :, 7:]))
+
+
+def test_thread_count_does_not_change_the_forward():
+    q, k, v = qkv(1, 1, 300, 32, grad=False)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sliding_window_attention(q, k, v, 70, 2)
+        torch.set_num_threads(2)
+        two = sliding_window_attention(q, k, v, 70, 2)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("block_size", [16, 64, 100])
+def test_block_sparse_layout_equals_masked_sdpa(causal, block_size):
+    n = 230
+    nb = -(-n // block_size)
+    pairs = [(i, i) for i in range(nb)] + [(i, 0) for i in range(nb)] + [(i, i - 2) for i in range(2, nb)]
+    if not causal:
+        pairs += [(i, i + 1) for i in range(nb - 1)]
+    pairs += pairs[:3]  # duplicates are ignored
+    layout = torch.tensor(pairs)
+    q, k, v = qkv(1, 2, n, 16)
+    mask = block_layout_mask(n, n, layout, block_size, causal)
+    check_against_dense(q, k, v, mask, lambda a, b, c: block_sparse_attention(a, b, c, layout, block_size, causal),
+                        2e-5)
+
+
+def test_block_sparse_can_express_the_window_pattern():
+    # Local blocks (i, i-1), (i, i) plus block 0 is a block-granular sliding window.
+    n, bs = 256, 32
+    layout = [(i, j) for i in range(n // bs) for j in {0, max(i - 1, 0), i}]
+    q, k, v = qkv(1, 1, n, 16, grad=False)
+    a = block_sparse_attention(q, k, v, layout, bs, causal=True)
+    mask = block_layout_mask(n, n, torch.tensor(layout), bs, True)
+    b = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_input_names_the_argument():
+    q, k, v = qkv(1, 2, 20, 8, grad=False)
+    cases = [
+        (lambda: sliding_window_attention(q, k, v, 0), ValueError, "window"),
+        (lambda: sliding_window_attention(q, k, v, -3), ValueError, "window"),
+        (lambda: sliding_window_attention(q, k, v, 2.5), TypeError, "window"),
+        (lambda: sliding_window_attention(q, k, v, True), TypeError, "window"),
+        (lambda: sliding_window_attention(q, k, v, 4, 21), ValueError, "num_global"),
+        (lambda: sliding_window_attention(q, k, v, 4, -1), ValueError, "num_global"),
+        (lambda: sliding_window_attention(q[0], k[0], v[0], 4), ValueError, "q"),
+        (lambda: sliding_window_attention(q, k[:, :, :10], v, 4), ValueError, "v"),
+        (lambda: sliding_window_attention(q, k[..., :4], v[..., :4], 4), ValueError, "k"),
+        (lambda: sliding_window_attention(q, k[:, :1], v[:, :1], 4), ValueError, "k"),
+        (lambda: sliding_window_attention(q, k.double(), v, 4), TypeError, "k, v"),
+        (lambda: sliding_window_attention(q.long(), k.long(), v.long(), 4), TypeError, "q"),
+        (lambda: sliding_window_attention(q, k, v, 4, scale=0.0), ValueError, "scale"),
+        (lambda: sliding_window_attention(q, k, v, 4, scale=float("nan")), ValueError, "scale"),
+        (lambda: sliding_window_attention(q, k, v, 4, q_offset=-1), ValueError, "q_offset"),
+        (lambda: block_sparse_attention(q, k, v, [(0, 0)], 0), ValueError, "block_size"),
+        (lambda: block_sparse_attention(q, k, v, [(0, 5)], 8), IndexError, "block_layout"),
+        (lambda: block_sparse_attention(q, k, v, [0, 1, 2], 8), ValueError, "block_layout"),
+    ]
+    for fn, exc, name in cases:
+        with pytest.raises(exc, match=name):
+            fn()
+
+
+def test_op_level_checks_name_the_argument():
+    q, k, v = qkv(1, 2, 20, 8, grad=False)
+    op = torch.ops.edgegen.sliding_window_attention
+    with pytest.raises(ValueError, match="window"):
+        op(q, k, v, 0, 0, True, None, 0, None, 0)
+    with pytest.raises(ValueError, match="num_global"):
+        op(q, k, v, 3, 99, True, None, 0, None, 0)
+    with pytest.raises(ValueError, match="block_size"):
+        op(q, k, v, 3, 0, True, None, 0, None, 4)
+    with pytest.raises(IndexError, match="block_layout"):
+        op(q, k, v, 1, 0, True, None, 0, torch.tensor([[0, 9]]), 4)
+    out, lse = op(q, k, v, 3, 0, True, None, 0, None, 0)
+    bwd = torch.ops.edgegen.sliding_window_attention_backward
+    with pytest.raises(ValueError, match="lse"):
+        bwd(out, q, k, v, out, lse[:, :, :5], 3, 0, True, None, 0, None, 0)
+    with pytest.raises(ValueError, match="grad_out"):
+        bwd(out[:, :, :5], q, k, v, out, lse, 3, 0, True, None, 0, None, 0)
+
+
+# --------------------------------------------------------------------- torch.library / compile
+@pytest.mark.parametrize("args", [
+    dict(window=5, num_global=2, causal=True, scale=None, q_offset=0, block_layout=None, block_size=0),
+    dict(window=70, num_global=0, causal=False, scale=0.2, q_offset=0, block_layout=None, block_size=0),
+    dict(window=3, num_global=1, causal=True, scale=None, q_offset=4, block_layout=None, block_size=0),
+    dict(window=1, num_global=0, causal=True, scale=None, q_offset=0,
+         block_layout=torch.tensor([[0, 0], [1, 0], [1, 1]]), block_size=16),
+], ids=["causal", "non-causal", "offset", "layout"])
+def test_opcheck(args):
+    q, k, v = qkv(1, 2, 30, 8)
+    if args["q_offset"]:
+        k, v = (torch.randn(1, 2, 34, 8, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(torch.ops.edgegen.sliding_window_attention, (q, k, v, *args.values()))
+
+
+def test_torch_compile_forward_and_backward():
+    q, k, v = qkv(1, 2, 100, 16)
+
+    def f(a, b, c):
+        return (sliding_window_attention(a, b, c, 20, 2) * 2).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager_grads = torch.autograd.grad(f(q, k, v), (q, k, v))
+    comp_grads = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    for a, b in zip(eager_grads, comp_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reference_fallback_matches_kernel():
+    # What non-CPU devices run: same values and gradients.
+    q, k, v = qkv(1, 2, 70, 8, dtype=torch.float64)
+    out_k = sliding_window_attention(q, k, v, 9, 3, causal=False)
+    out_r, _ = sliding_window_attention_reference(q, k, v, 9, 3, False)
+    torch.testing.assert_close(out_k, out_r, rtol=0, atol=1e-12)
+    gk = torch.autograd.grad(out_k.sum(), (q, k, v))
+    gr = torch.autograd.grad(out_r.sum(), (q, k, v))
+    for a, b in zip(gk, gr):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the reference fallback path)")
+def test_cuda_falls_back_to_the_reference():
+    q, k, v = qkv(1, 2, 50, 8)
+    out = sliding_window_attention(q.cuda(), k.cuda(), v.cuda(), 7, 2)
+    torch.testing.assert_close(out.cpu(), sliding_window_attention(q, k, v, 7, 2), rtol=1e-4, atol=1e-5)
