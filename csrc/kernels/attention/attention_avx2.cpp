@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <type_traits>
 #include <vector>

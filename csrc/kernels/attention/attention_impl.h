@@ -124,13 +124,50 @@ struct Attn {
     for (; c < n; ++c) o[c] *= a;
   }
 
+  // A buffer that is not value-initialised: a decode step packs only the few key tiles it
+  // visits, so the rest of a cache-sized buffer must cost nothing (untouched pages).
+  struct Buf {
+    std::unique_ptr<R[]> p;
+    int64_t n = 0;
+    void resize(int64_t want) {
+      want = std::max<int64_t>(want, 1);
+      if (want > n) p.reset(new R[size_t(want)]), n = want;
+    }
+    R* data() { return p.get(); }
+    const R* data() const { return p.get(); }
+    R& operator[](int64_t i) { return p[size_t(i)]; }
+    const R& operator[](int64_t i) const { return p[size_t(i)]; }
+  };
+
   // Per-head R buffers (see the file comment). Rows are dp wide.
   struct Head {
-    std::vector<R> qs, kt, v;             // forward: Qs rows, K^T per key tile, V rows
-    std::vector<R> qst, k, dout, doutt;  // backward: Qs^T per query tile, K rows, dO rows, dO^T
-    std::vector<R> dd, lse;              // backward: D (0 past nq), lse (+inf past nq and for empty rows)
-    std::vector<R> dq;                   // backward: dQ per key-tile segment
+    Buf qs, kt, v;             // forward: Qs rows, K^T per key tile, V rows
+    Buf qst, k, dout, doutt;   // backward: Qs^T per query tile, K rows, dO rows, dO^T
+    std::vector<R> dd, lse;    // backward: D (0 past nq), lse (+inf past nq and for empty rows)
+    std::vector<R> dq;         // backward: dQ per key-tile segment
+
+    int64_t bytes() const {
+      return int64_t(sizeof(R)) * (qs.n + kt.n + v.n + qst.n + k.n + dout.n + doutt.n + int64_t(dd.capacity()) +
+                                   int64_t(lse.capacity()) + int64_t(dq.capacity()));
+    }
   };
+
+  // Head buffers kept by the calling thread between calls: repeated small calls (decode steps)
+  // would otherwise give their pages back to the system and fault them in again every time.
+  // Whatever exceeds kKeepBytes is released at the end of the call.
+  static constexpr int64_t kKeepBytes = int64_t(16) << 20;
+
+  static std::vector<Head>& head_pool(int64_t count) {
+    static thread_local std::vector<Head> pool;
+    if (int64_t(pool.size()) < count) pool.resize(size_t(count));
+    return pool;
+  }
+
+  static void trim_pool(std::vector<Head>& pool) {
+    int64_t total = 0;
+    for (const Head& h : pool) total += h.bytes();
+    if (total > kKeepBytes) std::vector<Head>().swap(pool);
+  }
 
   template <class T>
   static const T* head_ptr(const Strided& s, int64_t b, int64_t h) {
@@ -162,25 +199,31 @@ struct Attn {
   }
 
   // ------------------------------------------------------------------------------ forward
+  // Only the key tiles some query tile visits are packed, into consecutive slots (a decode step
+  // packs a handful of tiles, not the whole cache): K^T as [dp][kKeyTile] blocks, V as
+  // [kKeyTile][dp] row blocks.
   template <class T>
-  static void pack_forward(const Problem& p, const Plan& plan, int64_t bh, Head& hd) {
+  static void pack_forward(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, int64_t slots,
+                           int64_t bh, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d);
-    hd.qs.resize(std::max<int64_t>(1, p.nq * dp));
-    hd.kt.resize(std::max<int64_t>(1, plan.nt() * dp * kKeyTile));
-    hd.v.resize(std::max<int64_t>(1, p.nk * dp));
+    hd.qs.resize(p.nq * dp);
+    hd.kt.resize(slots * dp * kKeyTile);
+    hd.v.resize(slots * kKeyTile * dp);
     copy_rows(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, 0, p.nq, d, dp, R(p.scale), hd.qs.data());
     for (int64_t t = 0; t < plan.nt(); ++t) {
-      if (!plan.key_needed[t]) continue;
+      if (slot[t] < 0) continue;
       const int64_t j0 = plan.ks[t], j1 = plan.ks[t + 1];
       copy_block_t(head_ptr<T>(p.k, b, h), p.k.sn, p.k.sd, j0, j1, d, dp, kKeyTile, R(1),
-                   hd.kt.data() + t * dp * kKeyTile);
-      copy_rows(head_ptr<T>(p.v, b, h), p.v.sn, p.v.sd, j0, j1, d, dp, R(1), hd.v.data());
+                   hd.kt.data() + slot[t] * dp * kKeyTile);
+      // Rows j0..j1 of V land at rows 0..(j1 - j0) of the slot.
+      copy_rows(head_ptr<T>(p.v, b, h) + j0 * p.v.sn, p.v.sn, p.v.sd, 0, j1 - j0, d, dp, R(1),
+                hd.v.data() + slot[t] * kKeyTile * dp);
     }
   }
 
   template <class T>
-  static void forward_tile(const Problem& p, const Plan& plan, const Head& hd, int64_t bh, int64_t qt, T* out,
-                           R* lse) {
+  static void forward_tile(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, const Head& hd,
+                           int64_t bh, int64_t qt, T* out, R* lse) {
     const Pattern& pt = p.pattern;
     const int64_t d = p.d, dp = pad8(d);
     const int64_t i0 = plan.qs[qt], rows = plan.qs[qt + 1] - i0;
@@ -189,8 +232,8 @@ struct Attn {
     for (int64_t r = 0; r < rows; ++r) m[r] = R(-INFINITY), l[r] = 0;
     for (int64_t e = plan.fptr[qt]; e < plan.fptr[qt + 1]; ++e) {
       const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = pad8(tw);
-      gemm(rows, twp, d, hd.qs.data() + i0 * dp, dp, 1, hd.kt.data() + t * dp * kKeyTile, kKeyTile, S.data(),
-           kKeyTile, false);
+      gemm(rows, twp, d, hd.qs.data() + i0 * dp, dp, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile,
+           S.data(), kKeyTile, false);
       for (int64_t r = 0; r < rows; ++r) {
         R* s = S.data() + r * kKeyTile;
         for (int64_t c = tw; c < twp; ++c) s[c] = R(-INFINITY);
@@ -211,7 +254,7 @@ struct Attn {
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
       }
-      gemm(rows, dp, tw, S.data(), kKeyTile, 1, hd.v.data() + j0 * dp, dp, O.data(), dp, true);
+      gemm(rows, dp, tw, S.data(), kKeyTile, 1, hd.v.data() + slot[t] * kKeyTile * dp, dp, O.data(), dp, true);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
@@ -227,16 +270,25 @@ struct Attn {
   static void forward_typed(const Problem& p, const Plan& plan, T* out, R* lse) {
     const int64_t BH = p.B * p.H, mt = plan.mt();
     const int T_ = std::max(1, p.num_threads);
-    const int64_t G = std::max<int64_t>(1, std::min<int64_t>(BH, T_));
-    std::vector<Head> heads(G);
+    // Heads packed at once: all of them when their packed tiles are small (decode steps, short
+    // sequences: one parallel region instead of BH / threads), else one per thread.
+    std::vector<int64_t> slot(plan.nt(), -1);
+    int64_t needed = 0;
+    for (int64_t t = 0; t < plan.nt(); ++t)
+      if (plan.key_needed[t]) slot[t] = needed++;
+    const int64_t touched = (p.nq + 2 * needed * kKeyTile) * pad8(p.d) * int64_t(sizeof(R));
+    const int64_t G = BH * touched <= (int64_t(32) << 20) ? std::max<int64_t>(BH, 1)
+                                                           : std::max<int64_t>(1, std::min<int64_t>(BH, T_));
+    std::vector<Head>& heads = head_pool(G);
     for (int64_t g0 = 0; g0 < BH; g0 += G) {
       const int64_t gsz = std::min(G, BH - g0);
-      parallel_for(gsz, T_, [&](int64_t x) { pack_forward<T>(p, plan, g0 + x, heads[x]); });
+      parallel_for(gsz, T_, [&](int64_t x) { pack_forward<T>(p, plan, slot, needed, g0 + x, heads[x]); });
       parallel_for(gsz * mt, T_, [&](int64_t idx) {
         const int64_t x = idx / mt, qt = idx % mt;
-        forward_tile<T>(p, plan, heads[x], g0 + x, qt, out, lse);
+        forward_tile<T>(p, plan, slot, heads[x], g0 + x, qt, out, lse);
       });
     }
+    trim_pool(heads);
   }
 
   // ----------------------------------------------------------------------------- backward
@@ -244,12 +296,12 @@ struct Attn {
   static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                             const R* lse, int64_t bh, int64_t segments, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq, nk = p.nk, mt = plan.mt();
-    hd.qs.resize(std::max<int64_t>(1, nq * dp));
-    hd.dout.resize(std::max<int64_t>(1, nq * dp));
-    hd.k.resize(std::max<int64_t>(1, nk * dp));
-    hd.v.resize(std::max<int64_t>(1, nk * dp));
-    hd.qst.resize(std::max<int64_t>(1, mt * dp * kQueryTile));
-    hd.doutt.resize(std::max<int64_t>(1, mt * dp * kQueryTile));
+    hd.qs.resize(nq * dp);
+    hd.dout.resize(nq * dp);
+    hd.k.resize(nk * dp);
+    hd.v.resize(nk * dp);
+    hd.qst.resize(mt * dp * kQueryTile);
+    hd.doutt.resize(mt * dp * kQueryTile);
     const R scale = R(p.scale);
     copy_rows(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, 0, nq, d, dp, scale, hd.qs.data());
     copy_rows(head_ptr<T>(dout, b, h), dout.sn, dout.sd, 0, nq, d, dp, R(1), hd.dout.data());
@@ -345,7 +397,7 @@ struct Attn {
       for (int64_t t = 0; t < nt && s < segs; ++t)
         if (plan.bptr[t + 1] * segs >= pairs * s) seg_start[s++] = t + 1;
     }
-    std::vector<Head> heads(G);
+    std::vector<Head>& heads = head_pool(G);
     for (int64_t g0 = 0; g0 < BH; g0 += G) {
       const int64_t gsz = std::min(G, BH - g0);
       parallel_for(gsz, T_, [&](int64_t x) { pack_backward<T>(p, plan, dout, out, lse, g0 + x, segs, heads[x]); });
@@ -367,5 +419,6 @@ struct Attn {
         }
       });
     }
+    trim_pool(heads);
   }
 };

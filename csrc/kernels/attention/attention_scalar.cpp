@@ -1,5 +1,6 @@
 // The portable path (any CPU; float64 inputs always come here).
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <type_traits>
 #include <vector>

@@ -107,15 +107,14 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
             raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
     if mode not in _MODES:
         raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-    cands = sorted({int(w) for w in windows if w <= seq_len} | ({seq_len} if max(windows) >= seq_len else set()))
+    windows = list(windows)
     if not windows or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in windows):
-        raise ValueError(f"windows: expected ints >= 1, got {list(windows)!r}")
+        raise ValueError(f"windows: expected ints >= 1, got {windows!r}")
+    cands = sorted({w for w in windows if w <= seq_len} | ({seq_len} if max(windows) >= seq_len else set()))
     globals_ = sorted({int(g) for g in num_globals})
     if not globals_ or any(g < 0 for g in globals_):
         raise ValueError(f"num_globals: expected ints >= 0, got {list(num_globals)!r}")
     globals_ = [g for g in globals_ if g <= seq_len] or [0]
-    if not cands:
-        cands = [min(int(w) for w in windows)]
     length = min(seq_len, calibration_length)
     if measure is None:
         gen = torch.Generator().manual_seed(0)

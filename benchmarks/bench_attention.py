@@ -1,0 +1,210 @@
+"""Sliding-window + global-token attention on CPU, forward and forward+backward.
+
+B=1, H=12, head_dim=64, window=256, num_global=4, causal, n in {1024, 4096, 16384}, float32:
+  * edgegen      torch.ops.edgegen.sliding_window_attention (C++ flash-style tiles, its own backward)
+  * sdpa_causal  dense causal F.scaled_dot_product_attention (ATen's CPU flash kernel; what a
+                 model without sparse attention runs; more work, the speed target's baseline)
+  * sdpa_mask    the same SDPA with the explicit [n, n] boolean mask of the sliding pattern
+                 (the obvious way to get this pattern in PyTorch)
+  * flex         torch.nn.attention.flex_attention compiled with a block mask of the pattern
+                 (forward; its CPU backward is attempted and reported if it fails)
+Also: one decode step (1 query, a cache of n keys) for edgegen and SDPA, and edgegen in bfloat16.
+
+    python benchmarks/bench_attention.py            # full run (~15 minutes on 2 cores)
+    python benchmarks/bench_attention.py --quick    # n in {1024, 4096}, fewer repeats, no flex
+
+Each (provider, case) runs in its own process: times are p20/p50/p80 after warm-up at a fixed
+thread count, peak memory is the resident-set high-water mark above the inputs (see harness.py).
+"useful GFLOP/s" counts the pattern's visible (query, key) pairs only, 4*d flops per pair forward
+and 14*d forward+backward, for every provider: dense causal SDPA does more work than that.
+Targets (issue 6): edgegen >= 5x sdpa_causal at n=4096 and >= 15x at n=16384 (forward+backward),
+time from 4096 to 16384 <= 4.5x, memory linear in n. Results: benchmarks/results/attention.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+B, H, D, WINDOW, NUM_GLOBAL = 1, 12, 64, 256, 4
+
+
+def visible_pairs(n: int, window: int, num_global: int) -> int:
+    """(query, key) pairs of the causal sliding-window + global pattern."""
+    total = 0
+    for p in range(n):
+        local = min(p + 1, window)
+        total += local + min(num_global, max(0, p + 1 - window))
+    return total
+
+
+def worker(spec: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import edgegen  # noqa: F401
+    from edgegen.attention import sliding_window_attention, sliding_window_mask
+
+    torch.set_num_threads(spec["threads"])
+    n, provider, mode = spec["n"], spec["provider"], spec["mode"]
+    dtype = getattr(torch, spec["dtype"])
+    g = torch.Generator().manual_seed(0)
+    grad = mode == "fwd+bwd"
+    nq = 1 if mode == "decode" else n
+    q = torch.randn(B, H, nq, D, generator=g).to(dtype).requires_grad_(grad)
+    k = torch.randn(B, H, n, D, generator=g).to(dtype).requires_grad_(grad)
+    v = torch.randn(B, H, n, D, generator=g).to(dtype).requires_grad_(grad)
+    grad_out = torch.randn(B, H, nq, D, generator=g).to(dtype)
+    offset = n - nq
+
+    if provider == "edgegen":
+        def attn():
+            return sliding_window_attention(q, k, v, WINDOW, NUM_GLOBAL, q_offset=offset)
+    elif provider == "sdpa_causal":
+        def attn():
+            if mode == "decode":  # one query sees every cached key: no mask needed
+                return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif provider == "sdpa_mask":
+        mask = sliding_window_mask(nq, n, WINDOW, NUM_GLOBAL, True, offset)
+
+        def attn():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif provider == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        def mask_mod(b, h, qi, kj):
+            return (kj <= qi) & ((qi - kj < WINDOW) | (kj < NUM_GLOBAL))
+
+        block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device="cpu")
+        flex = torch.compile(flex_attention)
+
+        def attn():
+            return flex(q, k, v, block_mask=block_mask)
+    else:
+        raise ValueError(provider)
+
+    if grad:
+        def run():
+            out = attn()
+            return torch.autograd.grad(out, (q, k, v), grad_out)
+    else:
+        def run():
+            with torch.no_grad():
+                return attn()
+
+    if spec.get("check"):
+        with torch.no_grad():
+            ref = F.scaled_dot_product_attention(
+                q.double(), k.double(), v.double(), attn_mask=sliding_window_mask(nq, n, WINDOW, NUM_GLOBAL, True,
+                                                                                 offset))
+            out = attn() if provider != "sdpa_causal" else None
+        if out is not None:
+            err = (out.double() - ref).abs().max().item()
+            return {"max_abs_err": err}
+        return {"max_abs_err": float("nan")}
+    if spec["measure"] == "memory":
+        run()  # compile / warm caches first
+        return {"peak_mb": harness.peak_extra_mb(run)}
+    p20, p50, p80 = harness.time_ms(run, repeats=spec["repeats"], warmup=1)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention.csv"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    machine, versions = harness.machine(), harness.versions()
+    print(f"# {machine}; {versions}; {args.threads} threads")
+    print(f"# B={B} H={H} d={D} window={WINDOW} num_global={NUM_GLOBAL} causal, float32 unless noted")
+    rows = []
+    lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
+
+    print("\n## accuracy vs float64 SDPA with the pattern's mask, n=1024 (forward, max |error|)")
+    for provider in ("edgegen", "sdpa_mask") + (() if args.quick else ("flex",)):
+        r = harness._worker(__file__, dict(n=1024, provider=provider, mode="fwd", dtype="float32",
+                                           threads=args.threads, check=True, measure="check"), {}, 3600)
+        print(f"{provider:12s} {r.get('max_abs_err', r.get('error'))}")
+
+    results: dict[tuple, dict] = {}
+    for mode in ("fwd", "fwd+bwd"):
+        print(f"\n## {mode}")
+        print(f"{'n':>6s} {'provider':12s} {'p50 ms':>10s} {'peak MB':>9s} {'useful GFLOP/s':>14s} "
+              f"{'edgegen speed-up':>16s}")
+        for n in lengths:
+            pairs = visible_pairs(n, WINDOW, NUM_GLOBAL)
+            flops = (4 if mode == "fwd" else 14) * D * pairs * B * H
+            providers = ["edgegen", "sdpa_causal", "sdpa_mask"]
+            if not args.quick:
+                providers.append("flex")
+            for provider in providers:
+                repeats = 5 if (n <= 4096 or provider == "edgegen") else 2
+                if args.quick:
+                    repeats = min(repeats, 3)
+                spec = dict(n=n, provider=provider, mode=mode, dtype="float32", threads=args.threads,
+                            repeats=repeats)
+                r = harness.run_worker(__file__, spec, timeout=1800)
+                if "error" in r:
+                    print(f"{n:6d} {provider:12s} ERROR {r['error']}")
+                    rows.append(dict(op="sliding_window_attention", provider=provider, shape=f"n={n}",
+                                     dtype="float32", mode=f"{mode}; failed: {r['error']}", threads=args.threads,
+                                     machine=machine, versions=versions))
+                    continue
+                results[(mode, n, provider)] = r
+                gflops = flops / (r["p50_ms"] * 1e-3) / 1e9
+                base = results.get((mode, n, "edgegen"))
+                speed = "" if provider == "edgegen" or base is None else f"{r['p50_ms'] / base['p50_ms']:15.2f}x"
+                print(f"{n:6d} {provider:12s} {r['p50_ms']:10.1f} {r['peak_mb']:9.0f} {gflops:14.1f} {speed:>16s}")
+                rows.append(dict(op="sliding_window_attention", provider=provider,
+                                 shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype="float32",
+                                 mode=mode, threads=args.threads, machine=machine, versions=versions,
+                                 gflops=round(gflops, 2),
+                                 **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+
+    print("\n## scaling of edgegen (target: 4096 -> 16384 time <= 4.5x; memory linear)")
+    for mode in ("fwd", "fwd+bwd"):
+        e = [(n, results[(mode, n, "edgegen")]) for n in lengths if (mode, n, "edgegen") in results]
+        for (n0, a), (n1, b) in zip(e, e[1:]):
+            print(f"{mode:8s} n {n0} -> {n1} ({n1 // n0}x): time {b['p50_ms'] / a['p50_ms']:.2f}x, "
+                  f"peak memory {b['peak_mb'] / max(a['peak_mb'], 1e-9):.2f}x")
+
+    print("\n## one decode step (1 new query, cache of n keys) and bfloat16")
+    print(f"{'case':34s} {'provider':12s} {'p50 ms':>10s} {'speed-up':>9s}")
+    extra = [("decode", n, "float32") for n in lengths] + [("fwd+bwd", 4096, "bfloat16")]
+    for mode, n, dtype in extra:
+        res = {}
+        for provider in ("edgegen", "sdpa_causal"):
+            spec = dict(n=n, provider=provider, mode=mode, dtype=dtype, threads=args.threads,
+                        repeats=50 if mode == "decode" else 3)
+            r = harness.run_worker(__file__, spec, timeout=1800)
+            if "error" in r:
+                print(f"{mode} n={n} {dtype:24s} {provider:12s} ERROR {r['error']}")
+                continue
+            res[provider] = r
+            rows.append(dict(op="sliding_window_attention", provider=provider,
+                             shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype=dtype, mode=mode,
+                             threads=args.threads, machine=machine, versions=versions,
+                             **{k: round(v, 4) for k, v in r.items() if k in harness.CSV_FIELDS}))
+        if "edgegen" in res:
+            for provider, r in res.items():
+                speed = "" if provider == "edgegen" else f"{r['p50_ms'] / res['edgegen']['p50_ms']:8.2f}x"
+                print(f"{f'{mode} n={n} {dtype}':34s} {provider:12s} {r['p50_ms']:10.3f} {speed:>9s}")
+    harness.write_csv(rows, Path(args.out))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

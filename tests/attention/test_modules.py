@@ -1,0 +1,156 @@
+"""SparseSelfAttention in GPT-2's attention slot, sparsify_attention_, and choose_window."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+import edgegen  # noqa: F401
+from edgegen.attention import (
+    SparseAttentionConfig,
+    SparseSelfAttention,
+    choose_window,
+    sliding_window_mask,
+    sparsify_attention_,
+)
+from edgegen.models.gpt2 import GPT2, GPT2Config, DenseAttention
+
+CFG = GPT2Config(vocab_size=101, n_positions=160, n_embd=48, n_layer=2, n_head=4)
+
+
+def tokens(B, T, seed=0):
+    return torch.randint(0, CFG.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_window_at_least_the_context_equals_dense_gpt2():
+    dense = GPT2(CFG)
+    sparse = sparsify_attention_(copy.deepcopy(dense), SparseAttentionConfig(window=CFG.n_positions, num_global=0))
+    idx = tokens(2, 150)
+    a, b = dense(idx), sparse(idx)
+    torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
+    ga = torch.autograd.grad(a.logsumexp(-1).sum(), list(dense.parameters()))
+    gb = torch.autograd.grad(b.logsumexp(-1).sum(), list(sparse.parameters()))
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_windowed_gpt2_equals_gpt2_with_the_explicit_mask():
+    torch.manual_seed(0)
+    sparse = sparsify_attention_(GPT2(CFG), {"window": 16, "num_global": 4})
+
+    class MaskedSDPA(torch.nn.Module):
+        def forward(self, q, k, v, q_offset=0):
+            mask = sliding_window_mask(q.shape[-2], k.shape[-2], 16, 4, True, q_offset)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    masked = copy.deepcopy(sparse)
+    masked.set_attention(lambda i: MaskedSDPA())
+    idx = tokens(2, 100, seed=1)
+    torch.testing.assert_close(sparse(idx), masked(idx), rtol=0, atol=2e-5)
+
+
+def test_cached_generation_equals_uncached_and_decode_logits_match():
+    torch.manual_seed(0)
+    model = sparsify_attention_(GPT2(CFG), SparseAttentionConfig(window=8, num_global=2)).eval()
+    prompt = tokens(2, 5, seed=2)
+    a = model.generate(prompt, 30, greedy=True, use_cache=True)
+    b = model.generate(prompt, 30, greedy=True, use_cache=False)
+    assert torch.equal(a, b)
+    # Logits of each cached step equal the full forward's at that position.
+    full = model(a)
+    logits, past = model(a[:, :5], use_cache=True)
+    steps = [logits[:, -1]]
+    for t in range(5, a.shape[1] - 1):
+        logits, past = model(a[:, t:t + 1], past_key_values=past, use_cache=True)
+        steps.append(logits[:, -1])
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:-1], rtol=0, atol=5e-5)
+
+
+def test_training_step_reduces_the_loss():
+    torch.manual_seed(0)
+    model = sparsify_attention_(GPT2(CFG), SparseAttentionConfig(window=12, num_global=1))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    idx = tokens(4, 64, seed=3)
+    losses = []
+    for _ in range(8):
+        logits = model(idx[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, CFG.vocab_size), idx[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_dense_mode_equals_the_default_attention():
+    q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
+    dense = SparseSelfAttention(window=None)
+    torch.testing.assert_close(dense(q, k, v), DenseAttention()(q, k, v), rtol=0, atol=0)
+    torch.testing.assert_close(dense(q[:, :, -2:], k, v, q_offset=7), DenseAttention()(q[:, :, -2:], k, v, 7),
+                               rtol=0, atol=1e-6)
+    assert "dense" in repr(dense) and "window=5" in repr(SparseSelfAttention(5, 1))
+
+
+def test_config_and_transform_validation():
+    with pytest.raises(ValueError, match="window"):
+        SparseAttentionConfig(window=0)
+    with pytest.raises(ValueError, match="num_global"):
+        SparseAttentionConfig(num_global=-1)
+    with pytest.raises(ValueError, match="unknown"):
+        SparseAttentionConfig.from_dict({"window": 4, "stride": 2})
+    cfg = SparseAttentionConfig(window=32, num_global=2)
+    assert SparseAttentionConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="dropout"):
+        SparseSelfAttention(window=8, dropout=0.1)
+    with pytest.raises(TypeError, match="model"):
+        sparsify_attention_(torch.nn.Linear(2, 2), cfg)
+    with pytest.raises(TypeError, match="config"):
+        sparsify_attention_(GPT2(CFG), 256)
+    with pytest.warns(UserWarning, match="dropout"):
+        sparsify_attention_(GPT2(GPT2Config(101, 32, 16, 1, 2, dropout=0.1)), cfg)
+
+
+# ------------------------------------------------------------------------------ chooser
+def test_choose_window_picks_the_largest_window_that_fits():
+    calls = []
+
+    def cost(window, num_global):  # a linear cost model, ms per token per layer
+        calls.append((window, num_global))
+        return 0.001 * window + 0.002 * num_global
+
+    c = choose_window(0.3, 4096, layers=1, windows=(32, 64, 128, 256, 512), num_globals=(0, 4), measure=cost)
+    assert (c.window, c.num_global, c.fits) == (256, 4, True)
+    assert c.ms_per_token == pytest.approx(0.264)
+    # Measuring stops at the first window that no longer fits.
+    assert (512, 0) in calls and max(w for w, _ in calls) == 512
+    # Layers multiply the per-token cost.
+    c = choose_window(0.3, 4096, layers=2, windows=(32, 64, 128, 256, 512), num_globals=(0, 4), measure=cost)
+    assert (c.window, c.num_global) == (128, 4)
+    # Windows above the sequence length collapse to the length itself (dense causal).
+    c = choose_window(10.0, 100, windows=(64, 128, 256), num_globals=(0,), measure=cost)
+    assert c.window == 100
+    # Nothing fits: the smallest candidate, flagged, with a warning.
+    with pytest.warns(UserWarning, match="budget"):
+        c = choose_window(0.001, 4096, windows=(32, 64), num_globals=(0,), measure=cost)
+    assert (c.window, c.fits) == (32, False)
+
+
+@pytest.mark.parametrize("mode", ["forward", "train", "decode"])
+def test_choose_window_measures_the_kernel(mode):
+    c = choose_window(1e6, 256, mode=mode, heads=2, head_dim=16, windows=(16, 64), num_globals=(0, 2),
+                      calibration_length=128, repeats=1)
+    assert c.fits and c.window == 64 and c.num_global == 2 and c.calibration_length == 128
+    assert len(c.measurements) == 4 and all(m["ms_per_token"] > 0 for m in c.measurements)
+
+
+def test_choose_window_bad_input():
+    for kwargs, name in [(dict(latency_budget_ms=0, seq_len=10), "latency_budget_ms"),
+                         (dict(latency_budget_ms=1, seq_len=0), "seq_len"),
+                         (dict(latency_budget_ms=1, seq_len=10, mode="prefill"), "mode"),
+                         (dict(latency_budget_ms=1, seq_len=10, windows=(0,)), "windows"),
+                         (dict(latency_budget_ms=1, seq_len=10, num_globals=(-1,)), "num_globals"),
+                         (dict(latency_budget_ms=1, seq_len=10, layers=0), "layers")]:
+        with pytest.raises(ValueError, match=name):
+            choose_window(**kwargs, measure=lambda w, g: 0.0)
