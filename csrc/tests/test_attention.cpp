@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/attention/attention.h"
+#include "kernels/attention/plan.h"
 
 namespace KA = edgegen::kernels::attention;
 namespace K = edgegen::kernels;
@@ -251,5 +252,29 @@ TEST(SlidingWindowAttention, PlanCostIsLinearInLength) {
     EXPECT_GE(s.scored_entries, n * 256 - 256 * 256);
     if (prev) EXPECT_NEAR(double(s.scored_entries) / double(prev), 2.0, 0.05);
     prev = s.scored_entries;
+  }
+}
+
+TEST(SlidingWindowAttention, RowIntervalsAgreeWithTheRule) {
+  // keys_seen_by / queries_seeing (what the mask loops apply) against visible(), exhaustively.
+  for (bool causal : {true, false}) {
+    for (int64_t w : {1, 3, 7}) {
+      for (int64_t g : {0, 2, 5}) {
+        for (int64_t bs : {0, 4}) {
+          KA::Pattern pt;
+          pt.window = w, pt.num_global = g, pt.causal = causal, pt.block_size = bs;
+          for (int64_t p = 0; p < 30; ++p) {
+            for (int64_t j = 0; j < 30; ++j) {
+              const bool want = KA::visible(pt, p, j);
+              std::vector<float> row(1, 1.0f), col(1, 1.0f);
+              KA::mask_outside(row.data(), 1, j, KA::keys_seen_by(pt, p), 0.0f);
+              KA::mask_outside(col.data(), 1, p, KA::queries_seeing(pt, j), 0.0f);
+              ASSERT_EQ(row[0] == 1.0f, want) << "keys_seen_by p=" << p << " j=" << j << " w=" << w << " g=" << g;
+              ASSERT_EQ(col[0] == 1.0f, want) << "queries_seeing p=" << p << " j=" << j << " w=" << w << " g=" << g;
+            }
+          }
+        }
+      }
+    }
   }
 }

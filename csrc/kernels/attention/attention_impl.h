@@ -139,10 +139,20 @@ struct Attn {
     const R& operator[](int64_t i) const { return p[size_t(i)]; }
   };
 
-  // Per-head R buffers (see the file comment). Rows are dp wide.
+  // Rows of an operand: p + i * ld is row i (its first dp entries are read as a B operand).
+  struct Rows {
+    const R* p = nullptr;
+    int64_t ld = 0;
+    const R* row(int64_t i) const { return p + i * ld; }
+  };
+
+  // Per-head R buffers (see the file comment). Packed rows are dp wide. q, k, v and dout rows
+  // are read in place when they already are float rows of a multiple of 8 (see rows_of).
   struct Head {
-    Buf qs, kt, v;             // forward: Qs rows, K^T per key tile, V rows
-    Buf qst, k, dout, doutt;   // backward: Qs^T per query tile, K rows, dO rows, dO^T
+    Buf qs, kt, v;             // forward: Q rows, K^T per key tile, V rows per key tile
+    Buf qst, k, dout, doutt;   // backward: Q^T per query tile, K rows, dO rows, dO^T per query tile
+    Rows qr, kr, vr, doutr;    // the rows used (in place or in the buffers above)
+    bool v_in_place = false;
     std::vector<R> dd, lse;    // backward: D (0 past nq), lse (+inf past nq and for empty rows)
     std::vector<R> dq;         // backward: dQ per key-tile segment
 
@@ -174,6 +184,20 @@ struct Attn {
     return static_cast<const T*>(s.data) + b * s.sb + h * s.sh;
   }
 
+  // The n rows of one head of a strided tensor: in place when they are float rows with unit
+  // column stride and d a multiple of 8 (no copy; B operands read dp = d columns), else copied
+  // into buf, zero padded to dp.
+  template <class T>
+  static Rows rows_of(const Strided& s, int64_t b, int64_t h, int64_t n, int64_t d, Buf& buf) {
+    if constexpr (std::is_same_v<T, R>) {
+      if (s.sd == 1 && d % 8 == 0) return Rows{head_ptr<T>(s, b, h), s.sn};
+    }
+    const int64_t dp = pad8(d);
+    buf.resize(n * dp);
+    copy_rows(head_ptr<T>(s, b, h), s.sn, s.sd, 0, n, d, dp, R(1), buf.data());
+    return Rows{buf.data(), dp};
+  }
+
   // rows [r0, r1) of a [*, d] strided tensor into dst rows (dp wide, zero padded), times mul.
   template <class T>
   static void copy_rows(const T* src, int64_t sn, int64_t sd, int64_t r0, int64_t r1, int64_t d, int64_t dp, R mul,
@@ -181,7 +205,11 @@ struct Attn {
     for (int64_t i = r0; i < r1; ++i) {
       const T* s = src + i * sn;
       R* o = dst + i * dp;
-      for (int64_t c = 0; c < d; ++c) o[c] = R(to_float(s[c * sd])) * mul;
+      if (sd == 1) {  // the usual case: a contiguous row, a loop the compiler vectorises
+        for (int64_t c = 0; c < d; ++c) o[c] = R(to_float(s[c])) * mul;
+      } else {
+        for (int64_t c = 0; c < d; ++c) o[c] = R(to_float(s[c * sd])) * mul;
+      }
       for (int64_t c = d; c < dp; ++c) o[c] = 0;
     }
   }
@@ -192,7 +220,16 @@ struct Attn {
   static void copy_block_t(const T* src, int64_t sn, int64_t sd, int64_t r0, int64_t r1, int64_t d, int64_t dp,
                            int64_t tile, R mul, R* blk) {
     std::fill(blk, blk + dp * tile, R(0));
-    for (int64_t i = r0; i < r1; ++i) {
+    // Rows in groups of 8 read together, so the strided writes fill 8 consecutive floats.
+    int64_t i = r0;
+    for (; i + 8 <= r1; i += 8) {
+      for (int64_t c = 0; c < d; ++c) {
+        R* o = blk + c * tile + (i - r0);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; ++u) o[u] = R(to_float(src[(i + u) * sn + c * sd])) * mul;
+      }
+    }
+    for (; i < r1; ++i) {
       const T* s = src + i * sn;
       for (int64_t c = 0; c < d; ++c) blk[c * tile + (i - r0)] = R(to_float(s[c * sd])) * mul;
     }
@@ -206,18 +243,23 @@ struct Attn {
   static void pack_forward(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, int64_t slots,
                            int64_t bh, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d);
-    hd.qs.resize(p.nq * dp);
+    hd.qr = rows_of<T>(p.q, b, h, p.nq, d, hd.qs);
+    hd.v_in_place = false;
+    if constexpr (std::is_same_v<T, R>) {
+      hd.v_in_place = p.v.sd == 1 && d % 8 == 0;
+      if (hd.v_in_place) hd.vr = Rows{head_ptr<T>(p.v, b, h), p.v.sn};
+    }
     hd.kt.resize(slots * dp * kKeyTile);
-    hd.v.resize(slots * kKeyTile * dp);
-    copy_rows(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, 0, p.nq, d, dp, R(p.scale), hd.qs.data());
+    if (!hd.v_in_place) hd.v.resize(slots * kKeyTile * dp);
     for (int64_t t = 0; t < plan.nt(); ++t) {
       if (slot[t] < 0) continue;
       const int64_t j0 = plan.ks[t], j1 = plan.ks[t + 1];
       copy_block_t(head_ptr<T>(p.k, b, h), p.k.sn, p.k.sd, j0, j1, d, dp, kKeyTile, R(1),
                    hd.kt.data() + slot[t] * dp * kKeyTile);
       // Rows j0..j1 of V land at rows 0..(j1 - j0) of the slot.
-      copy_rows(head_ptr<T>(p.v, b, h) + j0 * p.v.sn, p.v.sn, p.v.sd, 0, j1 - j0, d, dp, R(1),
-                hd.v.data() + slot[t] * kKeyTile * dp);
+      if (!hd.v_in_place)
+        copy_rows(head_ptr<T>(p.v, b, h) + j0 * p.v.sn, p.v.sn, p.v.sd, 0, j1 - j0, d, dp, R(1),
+                  hd.v.data() + slot[t] * kKeyTile * dp);
     }
   }
 
@@ -227,21 +269,19 @@ struct Attn {
     const Pattern& pt = p.pattern;
     const int64_t d = p.d, dp = pad8(d);
     const int64_t i0 = plan.qs[qt], rows = plan.qs[qt + 1] - i0;
+    const R scale = R(p.scale);
     std::vector<R> S(kQueryTile * kKeyTile), O(kQueryTile * dp, R(0));
     R m[kQueryTile], l[kQueryTile];
     for (int64_t r = 0; r < rows; ++r) m[r] = R(-INFINITY), l[r] = 0;
     for (int64_t e = plan.fptr[qt]; e < plan.fptr[qt + 1]; ++e) {
       const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = pad8(tw);
-      gemm(rows, twp, d, hd.qs.data() + i0 * dp, dp, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile,
-           S.data(), kKeyTile, false);
+      gemm(rows, twp, d, hd.qr.row(i0), hd.qr.ld, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile, S.data(),
+           kKeyTile, false);
       for (int64_t r = 0; r < rows; ++r) {
         R* s = S.data() + r * kKeyTile;
+        scale_row(s, tw, scale);
         for (int64_t c = tw; c < twp; ++c) s[c] = R(-INFINITY);
-        if (plan.fpartial[e]) {
-          const int64_t qp = pt.q_offset + i0 + r;
-          for (int64_t c = 0; c < tw; ++c)
-            if (!visible(pt, qp, j0 + c)) s[c] = R(-INFINITY);
-        }
+        if (plan.fpartial[e]) mask_outside(s, tw, j0, keys_seen_by(pt, pt.q_offset + i0 + r), R(-INFINITY));
         const R mx = row_max(s, twp);
         if (mx == R(-INFINITY)) {  // nothing visible in this tile for this row
           std::fill(s, s + twp, R(0));
@@ -254,7 +294,8 @@ struct Attn {
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
       }
-      gemm(rows, dp, tw, S.data(), kKeyTile, 1, hd.v.data() + slot[t] * kKeyTile * dp, dp, O.data(), dp, true);
+      const R* vt = hd.v_in_place ? hd.vr.row(j0) : hd.v.data() + slot[t] * kKeyTile * dp;
+      gemm(rows, dp, tw, S.data(), kKeyTile, 1, vt, hd.v_in_place ? hd.vr.ld : dp, O.data(), dp, true);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
@@ -296,20 +337,15 @@ struct Attn {
   static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                             const R* lse, int64_t bh, int64_t segments, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq, nk = p.nk, mt = plan.mt();
-    hd.qs.resize(nq * dp);
-    hd.dout.resize(nq * dp);
-    hd.k.resize(nk * dp);
-    hd.v.resize(nk * dp);
+    hd.qr = rows_of<T>(p.q, b, h, nq, d, hd.qs);
+    hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
+    hd.kr = rows_of<T>(p.k, b, h, nk, d, hd.k);
+    hd.vr = rows_of<T>(p.v, b, h, nk, d, hd.v);
     hd.qst.resize(mt * dp * kQueryTile);
     hd.doutt.resize(mt * dp * kQueryTile);
-    const R scale = R(p.scale);
-    copy_rows(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, 0, nq, d, dp, scale, hd.qs.data());
-    copy_rows(head_ptr<T>(dout, b, h), dout.sn, dout.sd, 0, nq, d, dp, R(1), hd.dout.data());
-    copy_rows(head_ptr<T>(p.k, b, h), p.k.sn, p.k.sd, 0, nk, d, dp, R(1), hd.k.data());
-    copy_rows(head_ptr<T>(p.v, b, h), p.v.sn, p.v.sd, 0, nk, d, dp, R(1), hd.v.data());
     for (int64_t qt = 0; qt < mt; ++qt) {
       const int64_t i0 = plan.qs[qt], i1 = plan.qs[qt + 1];
-      copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, scale,
+      copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, R(1),
                    hd.qst.data() + qt * dp * kQueryTile);
       copy_block_t(head_ptr<T>(dout, b, h), dout.sn, dout.sd, i0, i1, d, dp, kQueryTile, R(1),
                    hd.doutt.data() + qt * dp * kQueryTile);
@@ -319,7 +355,8 @@ struct Attn {
     const T* o = head_ptr<T>(out, b, h);
     for (int64_t i = 0; i < nq; ++i) {
       R acc = 0;
-      for (int64_t c = 0; c < d; ++c) acc += hd.dout[i * dp + c] * R(to_float(o[i * out.sn + c * out.sd]));
+      const R* g = hd.doutr.row(i);
+      for (int64_t c = 0; c < d; ++c) acc += g[c] * R(to_float(o[i * out.sn + c * out.sd]));
       hd.dd[i] = acc;
       const R ls = lse[bh * nq + i];
       hd.lse[i] = ls == R(-INFINITY) ? R(INFINITY) : ls;
@@ -333,6 +370,8 @@ struct Attn {
                                int64_t t1, R* dq, T* dk, T* dv) {
     const Pattern& pt = p.pattern;
     const int64_t d = p.d, dp = pad8(d);
+    const R scale = R(p.scale);
+    const F scale_v = V::set1(scale);
     std::vector<R> ST(kKeyTile * kQueryTile), DP(kKeyTile * kQueryTile), dK(kKeyTile * dp), dV(kKeyTile * dp);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
@@ -342,22 +381,19 @@ struct Attn {
         const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = pad8(qw);
         const R* lse = hd.lse.data() + i0;
         const R* D = hd.dd.data() + i0;
-        gemm(tw, qwp, d, hd.k.data() + j0 * dp, dp, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile,
-             ST.data(), kQueryTile, false);
+        gemm(tw, qwp, d, hd.kr.row(j0), hd.kr.ld, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, ST.data(),
+             kQueryTile, false);
         for (int64_t r = 0; r < tw; ++r) {
           R* s = ST.data() + r * kQueryTile;
           int64_t c = 0;
-          for (; c + W <= qwp; c += W) V::store(s + c, V::exp(V::sub(V::load(s + c), V::load(lse + c))));
-          for (; c < qwp; ++c) s[c] = S1::exp(s[c] - lse[c]);
-          if (plan.bpartial[e]) {
-            const int64_t j = j0 + r;
-            for (int64_t cc = 0; cc < qw; ++cc)
-              if (!visible(pt, pt.q_offset + i0 + cc, j)) s[cc] = 0;
-          }
+          for (; c + W <= qwp; c += W)
+            V::store(s + c, V::exp(V::sub(V::mul(scale_v, V::load(s + c)), V::load(lse + c))));
+          for (; c < qwp; ++c) s[c] = S1::exp(scale * s[c] - lse[c]);
+          if (plan.bpartial[e]) mask_outside(s, qw, pt.q_offset + i0, queries_seeing(pt, j0 + r), R(0));
         }
-        gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.dout.data() + i0 * dp, dp, dV.data(), dp, true);
-        gemm(tw, qwp, d, hd.v.data() + j0 * dp, dp, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile,
-             DP.data(), kQueryTile, false);
+        gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.doutr.row(i0), hd.doutr.ld, dV.data(), dp, true);
+        gemm(tw, qwp, d, hd.vr.row(j0), hd.vr.ld, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile, DP.data(),
+             kQueryTile, false);
         for (int64_t r = 0; r < tw; ++r) {
           const R* s = ST.data() + r * kQueryTile;
           R* g = DP.data() + r * kQueryTile;
@@ -366,14 +402,14 @@ struct Attn {
             V::store(g + c, V::mul(V::load(s + c), V::sub(V::load(g + c), V::load(D + c))));
           for (; c < qwp; ++c) g[c] = s[c] * (g[c] - D[c]);
         }
-        gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qs.data() + i0 * dp, dp, dK.data(), dp, true);
-        gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.k.data() + j0 * dp, dp, dq + i0 * dp, dp, true);
+        gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qr.row(i0), hd.qr.ld, dK.data(), dp, true);
+        gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.kr.row(j0), hd.kr.ld, dq + i0 * dp, dp, true);
       }
       for (int64_t r = 0; r < tw; ++r) {
         T* ok = dk + (bh * p.nk + j0 + r) * d;
         T* ov = dv + (bh * p.nk + j0 + r) * d;
         for (int64_t c = 0; c < d; ++c) {
-          store_float(ok + c, dK[r * dp + c]);
+          store_float(ok + c, dK[r * dp + c] * scale);
           store_float(ov + c, dV[r * dp + c]);
         }
       }
