@@ -49,6 +49,7 @@ bench: build $(VENV)/.bench-ready
 	$(PYTHON) benchmarks/bench_kd_loss.py
 	$(PYTHON) benchmarks/bench_prune.py
 	$(PYTHON) benchmarks/bench_quant.py
+	$(PYTHON) benchmarks/bench_attention.py
 
 clean:
 	rm -rf build dist *.egg-info
