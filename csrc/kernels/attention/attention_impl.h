@@ -155,6 +155,7 @@ struct Attn {
     bool v_in_place = false;
     std::vector<R> dd, lse;    // backward: D (0 past nq), lse (+inf past nq and for empty rows)
     std::vector<R> dq;         // backward: dQ per key-tile segment
+    std::vector<uint8_t> ready;  // backward: query tiles packed
 
     int64_t bytes() const {
       return int64_t(sizeof(R)) * (qs.n + kt.n + v.n + qst.n + k.n + dout.n + doutt.n + int64_t(dd.capacity()) +
@@ -333,9 +334,13 @@ struct Attn {
   }
 
   // ----------------------------------------------------------------------------- backward
+  // Backward operands of one head. Rows are read in place where possible (rows_of); the per-query
+  // tile data (Q^T, dO^T blocks, D, lse and the dQ rows' zeroing) is filled by pack_query_tile,
+  // either for all tiles here (lazy = false) or just before a tile is first needed, so that it
+  // is still in cache when used (long sequences no longer fit the last-level cache).
   template <class T>
   static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
-                            const R* lse, int64_t bh, int64_t segments, Head& hd) {
+                            const R* lse, int64_t bh, int64_t segments, bool lazy, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq, nk = p.nk, mt = plan.mt();
     hd.qr = rows_of<T>(p.q, b, h, nq, d, hd.qs);
     hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
@@ -343,17 +348,26 @@ struct Attn {
     hd.vr = rows_of<T>(p.v, b, h, nk, d, hd.v);
     hd.qst.resize(mt * dp * kQueryTile);
     hd.doutt.resize(mt * dp * kQueryTile);
-    for (int64_t qt = 0; qt < mt; ++qt) {
-      const int64_t i0 = plan.qs[qt], i1 = plan.qs[qt + 1];
-      copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, R(1),
-                   hd.qst.data() + qt * dp * kQueryTile);
-      copy_block_t(head_ptr<T>(dout, b, h), dout.sn, dout.sd, i0, i1, d, dp, kQueryTile, R(1),
-                   hd.doutt.data() + qt * dp * kQueryTile);
-    }
     hd.dd.assign(nq + 8, R(0));
     hd.lse.assign(nq + 8, R(INFINITY));
+    hd.dq.resize(size_t(std::max<int64_t>(1, segments * nq * dp)));
+    hd.ready.assign(size_t(mt), 0);
+    if (segments > 1) std::fill(hd.dq.begin(), hd.dq.end(), R(0));
+    if (!lazy)
+      for (int64_t qt = 0; qt < mt; ++qt) pack_query_tile<T>(p, plan, dout, out, lse, bh, qt, segments == 1, hd);
+  }
+
+  template <class T>
+  static void pack_query_tile(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
+                              const R* lse, int64_t bh, int64_t qt, bool zero_dq, Head& hd) {
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq;
+    const int64_t i0 = plan.qs[qt], i1 = plan.qs[qt + 1];
+    copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, R(1),
+                 hd.qst.data() + qt * dp * kQueryTile);
+    copy_block_t(head_ptr<T>(dout, b, h), dout.sn, dout.sd, i0, i1, d, dp, kQueryTile, R(1),
+                 hd.doutt.data() + qt * dp * kQueryTile);
     const T* o = head_ptr<T>(out, b, h);
-    for (int64_t i = 0; i < nq; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       R acc = 0;
       const R* g = hd.doutr.row(i);
       for (int64_t c = 0; c < d; ++c) acc += g[c] * R(to_float(o[i * out.sn + c * out.sd]));
@@ -361,24 +375,34 @@ struct Attn {
       const R ls = lse[bh * nq + i];
       hd.lse[i] = ls == R(-INFINITY) ? R(INFINITY) : ls;
     }
-    hd.dq.assign(std::max<int64_t>(1, segments * nq * dp), R(0));
+    if (zero_dq) std::fill(hd.dq.begin() + i0 * dp, hd.dq.begin() + i1 * dp, R(0));
+    hd.ready[size_t(qt)] = 1;
   }
 
   // Key tiles [t0, t1) of one head: dK and dV written out, dQ accumulated into dq (rows dp wide).
+  // With lazy packing (one segment per head) the global key tiles, which every query tile
+  // visits, go last, so the window tiles meet the query tiles in order and pack them as they go.
   template <class T>
-  static void backward_segment(const Problem& p, const Plan& plan, const Head& hd, int64_t bh, int64_t t0,
-                               int64_t t1, R* dq, T* dk, T* dv) {
+  static void backward_segment(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
+                               const R* lse_in, Head& hd, int64_t bh, int64_t t0, int64_t t1, bool lazy, R* dq,
+                               T* dk, T* dv) {
     const Pattern& pt = p.pattern;
     const int64_t d = p.d, dp = pad8(d);
     const R scale = R(p.scale);
     const F scale_v = V::set1(scale);
     std::vector<R> ST(kKeyTile * kQueryTile), DP(kKeyTile * kQueryTile), dK(kKeyTile * dp), dV(kKeyTile * dp);
-    for (int64_t t = t0; t < t1; ++t) {
+    std::vector<int64_t> order;
+    for (int64_t t = t0; t < t1; ++t)
+      if (!(lazy && pt.block_size == 0 && plan.ks[t + 1] <= pt.num_global)) order.push_back(t);
+    for (int64_t t = t0; t < t1; ++t)
+      if (lazy && pt.block_size == 0 && plan.ks[t + 1] <= pt.num_global) order.push_back(t);
+    for (const int64_t t : order) {
       const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
       std::fill(dK.begin(), dK.end(), R(0));
       std::fill(dV.begin(), dV.end(), R(0));
       for (int64_t e = plan.bptr[t]; e < plan.bptr[t + 1]; ++e) {
         const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = pad8(qw);
+        if (!hd.ready[size_t(qt)]) pack_query_tile<T>(p, plan, dout, out, lse_in, bh, qt, true, hd);
         const R* lse = hd.lse.data() + i0;
         const R* D = hd.dd.data() + i0;
         gemm(tw, qwp, d, hd.kr.row(j0), hd.kr.ld, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, ST.data(),
@@ -414,6 +438,9 @@ struct Attn {
         }
       }
     }
+    if (lazy)  // query tiles no key tile visits (rows that see no key): their dQ is 0
+      for (int64_t qt = 0; qt < plan.mt(); ++qt)
+        if (!hd.ready[size_t(qt)]) std::fill(dq + plan.qs[qt] * dp, dq + plan.qs[qt + 1] * dp, R(0));
   }
 
   template <class T>
@@ -436,10 +463,12 @@ struct Attn {
     std::vector<Head>& heads = head_pool(G);
     for (int64_t g0 = 0; g0 < BH; g0 += G) {
       const int64_t gsz = std::min(G, BH - g0);
-      parallel_for(gsz, T_, [&](int64_t x) { pack_backward<T>(p, plan, dout, out, lse, g0 + x, segs, heads[x]); });
+      const bool lazy = segs == 1;
+      parallel_for(gsz, T_,
+                   [&](int64_t x) { pack_backward<T>(p, plan, dout, out, lse, g0 + x, segs, lazy, heads[x]); });
       parallel_for(gsz * segs, T_, [&](int64_t idx) {
         const int64_t x = idx / segs, s = idx % segs;
-        backward_segment<T>(p, plan, heads[x], g0 + x, seg_start[s], seg_start[s + 1],
+        backward_segment<T>(p, plan, dout, out, lse, heads[x], g0 + x, seg_start[s], seg_start[s + 1], lazy,
                             heads[x].dq.data() + s * nq * dp, dk, dv);
       });
       parallel_for(gsz, T_, [&](int64_t x) {
