@@ -1,0 +1,5 @@
+import sys
+
+from edgegen.cli import main
+
+sys.exit(main())

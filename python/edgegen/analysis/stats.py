@@ -1,0 +1,56 @@
+"""Statistics over seeds: mean +- standard deviation, 95% confidence intervals (Student t), and
+paired t-tests between a baseline and an optimised variant run on the same seeds (scipy)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass
+class SeedSummary:
+    n: int
+    mean: float
+    std: float  # sample standard deviation (ddof=1); 0 for a single value
+    ci_low: float
+    ci_high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} +- {self.std:.2g} (95% CI {self.ci_low:.4g} .. {self.ci_high:.4g}, n={self.n})"
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
+    from scipy import stats
+
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("values: expected at least one value")
+    if any(not math.isfinite(v) for v in vals):
+        raise ValueError(f"values: expected finite numbers, got {vals}")
+    n = len(vals)
+    mean = sum(vals) / n
+    if n == 1:
+        return SeedSummary(1, mean, 0.0, float("nan"), float("nan"))
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return SeedSummary(n, mean, std, mean - half, mean + half)
+
+
+def paired_ttest(baseline: Sequence[float], variant: Sequence[float], alpha: float = 0.05) -> dict:
+    """Paired t-test of variant - baseline (same seeds in the same order): t, two-sided p, the
+    mean difference, and whether it is significant at ``alpha``."""
+    from scipy import stats
+
+    if len(baseline) != len(variant):
+        raise ValueError(f"variant: expected one value per baseline seed ({len(baseline)}), got {len(variant)}")
+    if len(baseline) < 2:
+        raise ValueError("baseline: a paired t-test needs at least 2 seeds")
+    diff = [float(v) - float(b) for b, v in zip(baseline, variant)]
+    if all(d == diff[0] for d in diff):  # zero variance: t undefined
+        p = 1.0 if diff[0] == 0 else 0.0
+        return {"t": float("nan") if diff[0] == 0 else math.copysign(float("inf"), diff[0]), "p": p,
+                "mean_diff": diff[0], "significant": p < alpha}
+    res = stats.ttest_rel(variant, baseline)
+    return {"t": float(res.statistic), "p": float(res.pvalue), "mean_diff": sum(diff) / len(diff),
+            "significant": bool(res.pvalue < alpha)}

@@ -1,0 +1,278 @@
+"""Experiment configs: one dataclass tree per run, built from YAML with every key checked
+(edgegen.config.from_dict), and the presets that scale the published recipe down to a CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from edgegen.config import apply_overrides, from_dict, load_yaml, merge, to_dict
+
+
+def _positive(obj, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if v is not None and v <= 0:
+            raise ValueError(f"{n}: expected a value > 0, got {v!r}")
+
+
+@dataclass
+class DataConfig:
+    """``name``: an image set (cifar10, celeba; 64x64 in [-1, 1]), a token stream (openwebtext,
+    wikitext2; GPT-2 BPE), or ``synthetic-images`` / ``synthetic-tokens`` (random data of the same
+    shapes, for smoke runs and tests). ``root`` defaults to $EDGEGEN_DATA_DIR. ``limit`` caps the
+    training examples (images) or tokens (text) used; ``val_batches`` fixed validation batches."""
+
+    name: Literal["cifar10", "celeba", "openwebtext", "wikitext2", "synthetic-images",
+                  "synthetic-tokens"] = "synthetic-images"
+    root: Optional[str] = None
+    limit: Optional[int] = None
+    seq_len: int = 128
+    val_batches: int = 4
+    synthetic_size: int = 512
+
+    def __post_init__(self):
+        _positive(self, "limit", "seq_len", "val_batches", "synthetic_size")
+
+    @property
+    def is_text(self) -> bool:
+        return self.name in ("openwebtext", "wikitext2", "synthetic-tokens")
+
+
+@dataclass
+class ModelConfig:
+    """The model and its size. ``kind``: dcgan, vae or gpt2. Only the fields of that kind are
+    used (``nz``/``ngf``/``ndf`` for DCGAN, ``latent_dim``/``beta`` for the VAE,
+    ``n_layer``/``n_embd``/``n_head``/``vocab_size``/``n_positions`` for GPT-2)."""
+
+    kind: Literal["dcgan", "vae", "gpt2"] = "dcgan"
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    latent_dim: int = 32
+    beta: float = 4.0
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    dropout: float = 0.0
+    init_from: Optional[str] = None  # a checkpoint file of this model (edgegen or HF folder for GPT-2)
+
+    def __post_init__(self):
+        _positive(self, "nz", "ngf", "ndf", "latent_dim", "n_layer", "n_embd", "n_head", "vocab_size",
+                  "n_positions")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
+
+    def build(self):
+        from edgegen.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+        from edgegen.models.gpt2 import GPT2, GPT2Config
+        from edgegen.models.vae import BetaVAE, BetaVAEConfig
+
+        if self.kind == "dcgan":
+            c = DCGANConfig(nz=self.nz, ngf=self.ngf, ndf=self.ndf)
+            return DCGANGenerator(c), DCGANDiscriminator(c)
+        if self.kind == "vae":
+            return BetaVAE(BetaVAEConfig(latent_dim=self.latent_dim, beta=self.beta))
+        return GPT2(GPT2Config(vocab_size=self.vocab_size, n_positions=self.n_positions, n_embd=self.n_embd,
+                               n_layer=self.n_layer, n_head=self.n_head, dropout=self.dropout))
+
+
+@dataclass
+class OptimConfig:
+    """Adam (images) or AdamW (GPT-2); ``schedule`` constant or warm-up + cosine to
+    ``min_lr_ratio * lr``; gradients clipped to ``grad_clip`` (0: off) and accumulated over
+    ``grad_accum`` micro-batches per optimizer step."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 0.0
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        _positive(self, "lr", "grad_accum")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: expected two values in [0, 1), got {self.betas!r}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps, grad_clip, weight_decay: expected values >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio: expected a value in [0, 1], got {self.min_lr_ratio!r}")
+
+
+@dataclass
+class TrainConfig:
+    """``epochs`` passes over the data (``steps_per_epoch`` optimizer steps each when given,
+    else the whole training set), stopping early at ``max_steps``. Checkpoints: every epoch and
+    every ``checkpoint_every`` steps (0: epochs only), plus ``best.pt`` by validation loss."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    steps_per_epoch: Optional[int] = None
+    max_steps: Optional[int] = None
+    checkpoint_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        _positive(self, "epochs", "batch_size", "steps_per_epoch", "max_steps", "log_every", "threads")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation into the ``model`` (the student) from frozen ``teachers`` (model
+    sections, usually with ``init_from`` a trained checkpoint), mixed with ``teacher_weights``.
+    ``fused``: the loss from hidden states and head weights (never the [N, V] logits).
+    ``feature_weight`` > 0 adds hidden-state matching through a learned projection."""
+
+    teachers: list[ModelConfig] = field(default_factory=list)
+    teacher_weights: list[float] = field(default_factory=list)
+    temperature: float = 2.0
+    alpha: float = 0.5
+    fused: bool = True
+    feature_weight: float = 0.0
+
+    def __post_init__(self):
+        _positive(self, "temperature")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha: expected a value in [0, 1], got {self.alpha!r}")
+        if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
+            raise ValueError(f"teacher_weights: expected one weight per teacher ({len(self.teachers)}), "
+                             f"got {len(self.teacher_weights)}")
+        if self.feature_weight < 0:
+            raise ValueError(f"feature_weight: expected >= 0, got {self.feature_weight!r}")
+
+
+@dataclass
+class CompressConfig:
+    """Compression during training, applied in ``order``: ``prune`` (a pruning config dict for
+    edgegen.prune, e.g. {kind: MagnitudeConfig, amount: 0.5}) ramped along a cubic schedule over
+    ``prune_begin``..``prune_end`` steps; ``qat`` (fake quantization throughout training, LSQ,
+    converted to integer modules at the end); ``ptq`` (post-training quantization of the trained
+    model: a quantization config dict for edgegen.quant, e.g. {kind: Int8DynamicConfig}; static
+    INT8 calibrates on the validation batches). The run's final metrics are those of the
+    quantized model (the float model's are kept as ``final_float``)."""
+
+    prune: Optional[dict[str, Any]] = None
+    prune_begin: int = 0
+    prune_end: int = 100
+    prune_frequency: int = 10
+    qat: bool = False
+    ptq: Optional[dict[str, Any]] = None
+
+    def __post_init__(self):
+        if self.prune is not None:
+            from edgegen.prune.config import config_from_dict
+
+            config_from_dict(self.prune)  # validates the pruning config itself
+        if self.ptq is not None:
+            from edgegen.quant.config import CONFIGS
+
+            kinds = sorted(CONFIGS) + ["Int8StaticConfig"]
+            if self.ptq.get("kind") not in kinds:
+                raise ValueError(f"ptq.kind: expected one of {kinds}, got {self.ptq.get('kind')!r}")
+            if self.qat:
+                raise ValueError("ptq: a QAT run is already converted to integer modules; use qat or ptq, not both")
+        if self.prune_end <= self.prune_begin:
+            raise ValueError(f"prune_end ({self.prune_end}) must be after prune_begin ({self.prune_begin})")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking: ``uri`` (default: $MLFLOW_TRACKING_URI, else SQLite ``mlflow.db`` in the
+    working directory), ``experiment`` name; ``enabled: false`` logs nothing."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: str = "edgegen"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    task: Literal["gan", "vae", "lm", "distill"] = "gan"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: Optional[DistillConfig] = None
+    compress: Optional[CompressConfig] = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = "runs"
+
+    def __post_init__(self):
+        kinds = {"gan": "dcgan", "vae": "vae", "lm": "gpt2", "distill": "gpt2"}
+        if self.model.kind != kinds[self.task]:
+            raise ValueError(f"model.kind: task {self.task!r} trains a {kinds[self.task]!r} model, "
+                             f"got {self.model.kind!r}")
+        text = self.task in ("lm", "distill")
+        if self.data.is_text != text:
+            raise ValueError(f"data.name: task {self.task!r} needs {'a token' if text else 'an image'} dataset, "
+                             f"got {self.data.name!r}")
+        if self.task == "distill" and (self.distill is None or not self.distill.teachers):
+            raise ValueError("distill.teachers: the distill task needs at least one teacher")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+# Presets: overrides applied before the user's --set. 'paper' is the published recipe; the CPU
+# presets shrink widths, data and steps (cpu-smoke: the whole set of runs in minutes).
+PRESETS: dict[str, dict[str, dict]] = {
+    "paper": {
+        "gan": {"train": {"batch_size": 32, "epochs": 100}, "optim": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}},
+        "vae": {"train": {"batch_size": 32, "epochs": 100}, "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999]}},
+        "lm": {"train": {"batch_size": 8, "epochs": 3}, "optim": {"name": "adamw", "lr": 2e-4, "betas": [0.9, 0.95],
+                                                                   "schedule": "cosine", "warmup_steps": 500,
+                                                                   "grad_clip": 1.0, "weight_decay": 0.1}},
+        "distill": {"train": {"batch_size": 8, "epochs": 3}, "optim": {"name": "adamw", "lr": 2e-4,
+                                                                        "betas": [0.9, 0.95], "schedule": "cosine",
+                                                                        "warmup_steps": 500, "grad_clip": 1.0},
+                    "distill": {"temperature": 2.0}},
+    },
+    "cpu-small": {
+        "gan": {"model": {"ngf": 32, "ndf": 32}, "data": {"limit": 4096}, "train": {"batch_size": 32, "epochs": 2}},
+        "vae": {"data": {"limit": 4096}, "train": {"batch_size": 32, "epochs": 2}},
+        "lm": {"model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256},
+               "data": {"seq_len": 128, "limit": 2_000_000}, "train": {"batch_size": 8, "epochs": 1,
+                                                                       "steps_per_epoch": 200}},
+        "distill": {"model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256},
+                    "data": {"seq_len": 128, "limit": 2_000_000}, "train": {"batch_size": 8, "epochs": 1,
+                                                                            "steps_per_epoch": 200}},
+    },
+    "cpu-smoke": {
+        "gan": {"model": {"nz": 16, "ngf": 8, "ndf": 8}, "data": {"limit": 64, "val_batches": 1},
+                "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 4, "log_every": 1}},
+        "vae": {"model": {"latent_dim": 8}, "data": {"limit": 64, "val_batches": 1},
+                "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 4, "log_every": 1}},
+        "lm": {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
+               "data": {"seq_len": 32, "limit": 50_000, "val_batches": 1},
+               "train": {"batch_size": 4, "epochs": 1, "steps_per_epoch": 4, "log_every": 1}},
+        "distill": {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
+                    "data": {"seq_len": 32, "limit": 50_000, "val_batches": 1},
+                    "train": {"batch_size": 4, "epochs": 1, "steps_per_epoch": 4, "log_every": 1}},
+    },
+}
+
+
+def load_experiment(source: str | dict, preset: str | None = None, overrides=()) -> ExperimentConfig:
+    """YAML file (or dict) -> preset -> ``key=value`` overrides -> validated ExperimentConfig."""
+    data = load_yaml(source) if not isinstance(source, dict) else dict(source)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+        # The preset wins over the file (it is asked for on the command line), --set over both.
+        data = merge(data, PRESETS[preset].get(data.get("task", "gan"), {}))
+    data = apply_overrides(data, overrides)
+    return from_dict(ExperimentConfig, data)

@@ -1,0 +1,274 @@
+"""The training loop every task shares: epochs of deterministic batches, checkpoints (atomic,
+every epoch and every K steps, plus the best by validation loss), exact resume, compression
+hooks (gradual pruning, QAT), progress bars, tracking, and data parallelism under torchrun."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from edgegen.train import checkpoint as ckpt
+from edgegen.train.config import ExperimentConfig
+from edgegen.train.data import build_batches, shard, steps_in_epoch
+from edgegen.train.tasks import TASKS
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # next batch of the current epoch
+    best_val: float = float("inf")
+    history: list[dict] = field(default_factory=list)  # per-epoch validation metrics
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"train.device: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name!r} asked for, but no CUDA device is available")
+    return dev
+
+
+class Trainer:
+    """``Trainer(cfg, run_dir=None, tracker=None, callbacks=())``; ``fit(resume=False)``.
+
+    ``run_dir`` defaults to ``<output_dir>/<name>/seed<seed>``; checkpoints go to
+    ``run_dir/checkpoints/{last,best}.pt``. ``callbacks``: ``fn(trainer, metrics)`` after every
+    optimizer step (tests use one to kill the process mid-run). With ``torchrun`` (WORLD_SIZE > 1)
+    every process computes the same global batch and trains on its rows of it through
+    DistributedDataParallel (gloo on CPU, NCCL on GPU); rank 0 writes checkpoints and logs.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike | None = None, tracker=None,
+                 callbacks: tuple[Callable, ...] = (), progress: bool | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name / f"seed{cfg.train.seed}"
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(cfg.train.device)
+        if self.world > 1:
+            self._init_distributed()
+        from edgegen.tracking import NullTracker
+
+        self.tracker = tracker if (tracker is not None and self.rank == 0) else NullTracker()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        ckpt.seed_everything(cfg.train.seed)
+        tc = cfg.train
+        if tc.batch_size % (self.world * cfg.optim.grad_accum):
+            raise ValueError(f"train.batch_size: {tc.batch_size} must divide evenly into {self.world} processes x "
+                             f"{cfg.optim.grad_accum} accumulation steps")
+        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, cfg.model.vocab_size)
+        self.steps_per_epoch = steps_in_epoch(self.batches, tc.steps_per_epoch)
+        total = tc.epochs * self.steps_per_epoch
+        self.total_steps = min(total, tc.max_steps) if tc.max_steps else total
+        self.task = TASKS[cfg.task](cfg, self.device, self.total_steps)
+        self.pruner = None
+        if cfg.compress is not None:
+            self._prepare_compression()
+        self.task.build_optimizers()
+        self.task.wrapped = self._wrap(self.task.modules)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _init_distributed(self):
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+
+    def _wrap(self, modules):
+        if self.world == 1:
+            return dict(modules)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return {k: DDP(m, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                if any(p.requires_grad for p in m.parameters()) else m for k, m in modules.items()}
+
+    def _prepare_compression(self):
+        cc = self.cfg.compress
+        model = self.task.main_model()
+        if cc.qat:
+            from edgegen.quant import prepare_qat_
+
+            prepare_qat_(model)  # before the optimizer exists: LSQ adds scale parameters
+        if cc.prune is not None:
+            from edgegen.prune import CubicSchedule, GradualPruner
+            from edgegen.prune.config import config_from_dict
+
+            pc = config_from_dict(cc.prune)
+            schedule = CubicSchedule(0.0, float(pc.amount), cc.prune_begin, cc.prune_end, cc.prune_frequency)
+            example = model.example_inputs() if hasattr(model, "example_inputs") else None
+            self.pruner = GradualPruner(model, pc, schedule, example_inputs=example)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _snapshot(self) -> dict:
+        t = self.task
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "state": self.state.__dict__.copy(),
+            "modules": {k: m.state_dict() for k, m in t.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in t.schedulers.items()},
+            "rng": ckpt.rng_state(),
+        }
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        if self.rank != 0:
+            return None
+        return ckpt.save_atomic(self._snapshot(), self.checkpoint_dir / name)
+
+    def load(self, path: str | os.PathLike) -> None:
+        snap = ckpt.load(path)
+        if snap.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: checkpoint version {snap.get('version')}, expected {CHECKPOINT_VERSION}")
+        saved, now = dict(snap["config"]), self.cfg.to_dict()
+        for c in (saved, now):  # may differ between the run and its resumption
+            c.pop("tracking", None), c.pop("output_dir", None)
+            c["train"] = {k: v for k, v in c["train"].items() if k not in ("device", "threads", "log_every")}
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(f"{path}: the checkpoint was written by a different config (sections {diff} differ); "
+                             "resume with the same config")
+        from edgegen.prune.masks import load_pruned_state_dict
+
+        for k, m in self.task.modules.items():
+            load_pruned_state_dict(m, snap["modules"][k])
+        for k, o in self.task.optimizers.items():
+            o.load_state_dict(snap["optimizers"][k])
+        for k, s in self.task.schedulers.items():
+            s.load_state_dict(snap["schedulers"][k])
+        self.state = TrainState(**snap["state"])
+        ckpt.set_rng_state(snap["rng"])
+
+    # ------------------------------------------------------------------ the loop
+    def _progress_bar(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        disable = (not sys.stderr.isatty()) if self.progress is None else not self.progress
+        return tqdm(total=total, initial=initial, disable=disable or self.rank != 0, dynamic_ncols=True,
+                    desc=self.cfg.name, unit="step")
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to the end (or resume from ``checkpoints/last.pt`` first); returns the final
+        validation metrics and the paths written."""
+        last = self.checkpoint_dir / "last.pt"
+        if resume and last.is_file():
+            self.load(last)
+        cfg, st = self.cfg, self.state
+        if st.step == 0 and self.rank == 0:
+            self.tracker.log_config(cfg)
+        bar = self._progress_bar(self.total_steps, st.step)
+        t_last, samples = time.perf_counter(), 0
+        val = st.history[-1] if st.history else {}
+        try:
+            while st.epoch < cfg.train.epochs and st.step < self.total_steps:
+                while st.batch_in_epoch < self.steps_per_epoch and st.step < self.total_steps:
+                    batch = self.batches.train_batch(st.epoch, st.batch_in_epoch % self.batches.batches_per_epoch)
+                    local = shard(batch, self.rank, self.world)
+                    metrics = self.task.train_step(local, st.step, rank_rows=self._rank_rows(),
+                                                   global_batch=cfg.train.batch_size)
+                    st.step += 1
+                    st.batch_in_epoch += 1
+                    samples += cfg.train.batch_size
+                    if self.pruner is not None:
+                        sparsity = self.pruner.step(st.step)
+                        if sparsity is not None:
+                            metrics["sparsity"] = sparsity
+                    if st.step % cfg.train.log_every == 0 or st.step == self.total_steps:
+                        now = time.perf_counter()
+                        metrics["samples_per_s"] = samples / max(now - t_last, 1e-9)
+                        t_last, samples = now, 0
+                        self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                    if cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0:
+                        self.save()
+                    for cb in self.callbacks:
+                        cb(self, metrics)
+                if st.batch_in_epoch >= self.steps_per_epoch:  # epoch complete
+                    val = self.task.validate(self.batches.val_batches())
+                    val["epoch"] = st.epoch
+                    st.history.append(val)
+                    self.tracker.log_metrics({k: v for k, v in val.items() if k != "epoch"}, st.step)
+                    st.epoch += 1
+                    st.batch_in_epoch = 0
+                    if val["val_loss"] < st.best_val:
+                        st.best_val = val["val_loss"]
+                        self.save("best.pt")
+                    self.save()
+                else:  # stopped by max_steps inside an epoch
+                    self.save()
+        finally:
+            bar.close()
+        return self._finish(val)
+
+    def _calibration_inputs(self):
+        """Model inputs for static quantization: the validation batches (images, or token ids)."""
+        return [b.to(self.device) if not isinstance(b, tuple) else (b[0].to(self.device),)
+                for b in self.batches.val_batches()]
+
+    def _rank_rows(self):
+        if self.world == 1:
+            return None
+        return slice(self.rank, None, self.world)
+
+    def _finish(self, val: dict) -> dict:
+        out = {"final": val, "best_val_loss": self.state.best_val, "steps": self.state.step,
+               "checkpoint": str(self.checkpoint_dir / "last.pt")}
+        cc = self.cfg.compress
+        if cc is not None and (cc.qat or cc.ptq) and self.rank == 0:
+            from edgegen.quant import convert_, quantize_, save_quantized
+            from edgegen.quant.config import config_from_dict
+
+            model = self.task.main_model().eval()
+            if cc.qat:
+                convert_(model)
+                path = self.run_dir / "model-int8.safetensors"
+            else:
+                spec = dict(cc.ptq)
+                if spec.pop("kind") == "Int8StaticConfig":
+                    from edgegen.quant import Int8StaticConfig
+
+                    calib = self._calibration_inputs()
+                    qcfg = Int8StaticConfig(calibration=calib, **{"batches": len(calib), **spec})
+                else:
+                    qcfg = config_from_dict(cc.ptq)
+                quantize_(model, qcfg)
+                path = self.run_dir / "model-ptq.safetensors"
+            save_quantized(model, path)
+            out["quantized"] = str(path)
+            out["final_float"] = val
+            val = self.task.validate(self.batches.val_batches())
+            out["final"] = val
+        if self.rank == 0:
+            self.tracker.log_metrics({"final/" + k: v for k, v in val.items() if k != "epoch"}, self.state.step)
+            self.tracker.log_artifact(self.checkpoint_dir / "last.pt")
+            if (self.checkpoint_dir / "best.pt").is_file():
+                self.tracker.log_artifact(self.checkpoint_dir / "best.pt")
+            if "quantized" in out:
+                self.tracker.log_artifact(out["quantized"])
+        return out

@@ -1,0 +1,334 @@
+"""What one optimizer step means for each kind of run: DCGAN (BCE-with-logits, alternating D and
+G), Beta-VAE (ELBO with beta), GPT-2 language modelling, and distillation into a GPT-2 student
+with edgegen's fused KD loss. A task owns its modules, optimizers and schedulers (what a
+checkpoint saves) and turns one global batch into one update."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgegen.train.config import ExperimentConfig, ModelConfig, OptimConfig
+
+
+def _gen(*keys: int) -> torch.Generator:
+    from edgegen.train.data import _generator
+
+    return _generator(*keys)
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt, cfg: OptimConfig, total_steps: int):
+    """Constant, or linear warm-up then cosine decay to min_lr_ratio * lr at total_steps."""
+    warm, floor = cfg.warmup_steps, cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0 if step >= warm or warm == 0 else (step + 1) / warm
+        if warm and step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _micro(batch, parts: int):
+    """Split a batch (tensor or tuple of tensors) into ``parts`` micro-batches along dim 0."""
+    if parts == 1:
+        return [batch]
+    if isinstance(batch, tuple):
+        cols = [t.chunk(parts) for t in batch]
+        return list(zip(*cols))
+    return list(batch.chunk(parts))
+
+
+class Task:
+    """Base: ``modules`` (saved), ``trainable`` (wrapped for data parallelism), ``optimizers``
+    and ``schedulers`` by name."""
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device, total_steps: int):
+        self.cfg, self.device, self.total_steps = cfg, device, total_steps
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, object] = {}
+
+    def main_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def train_step(self, batch, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validate(self, batches) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _clip_and_step(self, name: str, params) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        self.optimizers[name].step()
+        if name in self.schedulers:
+            self.schedulers[name].step()
+
+    def to(self, batch):
+        if isinstance(batch, tuple):
+            return tuple(t.to(self.device) for t in batch)
+        return batch.to(self.device)
+
+
+class GANTask(Task):
+    def __init__(self, cfg, device, total_steps):
+        super().__init__(cfg, device, total_steps)
+        g, d = cfg.model.build()
+        self.modules = {"generator": g.to(device), "discriminator": d.to(device)}
+        self.nz = cfg.model.nz
+
+    def main_model(self):
+        return self.modules["generator"]
+
+    def build_optimizers(self):
+        for name in ("generator", "discriminator"):
+            self.optimizers[name] = make_optimizer(self.modules[name].parameters(), self.cfg.optim)
+            self.schedulers[name] = make_scheduler(self.optimizers[name], self.cfg.optim, self.total_steps)
+
+    def noise(self, n: int, step: int, rank_rows=None) -> Tensor:
+        z = torch.randn(n, self.nz, 1, 1, generator=_gen(self.cfg.train.seed, 17, step))
+        return (z if rank_rows is None else z[rank_rows]).to(self.device)
+
+    def train_step(self, batch, step, rank_rows=None, global_batch=None):
+        G, D = self.wrapped["generator"], self.wrapped["discriminator"]
+        real = self.to(batch)
+        n_global = global_batch or real.shape[0]
+        z = self.noise(n_global, step, rank_rows)
+        parts = self.cfg.optim.grad_accum
+        opt_d, opt_g = self.optimizers["discriminator"], self.optimizers["generator"]
+        # Discriminator: real -> 1, fake -> 0.
+        opt_d.zero_grad(set_to_none=True)
+        loss_d_total = 0.0
+        fakes = []
+        for r, zz in zip(_micro(real, parts), _micro(z, parts)):
+            fake = G(zz)
+            fakes.append(fake)
+            lr_, lf_ = D(r), D(fake.detach())
+            loss_d = (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
+                      + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))) / parts
+            loss_d.backward()
+            loss_d_total += loss_d.item()
+        self._clip_and_step("discriminator", self.modules["discriminator"].parameters())
+        # Generator: fool the updated discriminator.
+        opt_g.zero_grad(set_to_none=True)
+        loss_g_total = 0.0
+        for fake in fakes:
+            lg = D(fake)
+            loss_g = F.binary_cross_entropy_with_logits(lg, torch.ones_like(lg)) / parts
+            loss_g.backward()
+            loss_g_total += loss_g.item()
+        self._clip_and_step("generator", self.modules["generator"].parameters())
+        return {"loss": loss_d_total + loss_g_total, "loss_d": loss_d_total, "loss_g": loss_g_total}
+
+    @torch.no_grad()
+    def validate(self, batches):
+        G, D = self.modules["generator"], self.modules["discriminator"]
+        G.eval(), D.eval()
+        total, count = 0.0, 0
+        for i, real in enumerate(batches):
+            real = self.to(real)
+            z = torch.randn(real.shape[0], self.nz, 1, 1, generator=_gen(self.cfg.train.seed, 23, i)).to(self.device)
+            lr_, lf_ = D(real), D(G(z))
+            total += (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
+                      + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))).item()
+            count += 1
+        G.train(), D.train()
+        return {"val_loss": total / max(count, 1)}
+
+
+class VAETask(Task):
+    def __init__(self, cfg, device, total_steps):
+        super().__init__(cfg, device, total_steps)
+        self.modules = {"model": cfg.model.build().to(device)}
+
+    def main_model(self):
+        return self.modules["model"]
+
+    def build_optimizers(self):
+        self.optimizers["model"] = make_optimizer(self.modules["model"].parameters(), self.cfg.optim)
+        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
+
+    def train_step(self, batch, step, rank_rows=None, global_batch=None):
+        model = self.wrapped["model"]
+        x = self.to(batch)
+        parts = self.cfg.optim.grad_accum
+        self.optimizers["model"].zero_grad(set_to_none=True)
+        tot = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
+        g = _gen(self.cfg.train.seed, 29, step)
+        for xx in _micro(x, parts):
+            out = model(xx, generator=g)
+            (out["loss"] / parts).backward()
+            for k in tot:
+                tot[k] += out[k].item() / parts
+        self._clip_and_step("model", self.modules["model"].parameters())
+        return tot
+
+    @torch.no_grad()
+    def validate(self, batches):
+        model = self.modules["model"]
+        model.eval()
+        total, count = 0.0, 0
+        for i, x in enumerate(batches):
+            total += model(self.to(x), generator=_gen(self.cfg.train.seed, 31, i))["loss"].item()
+            count += 1
+        model.train()
+        return {"val_loss": total / max(count, 1)}
+
+
+class LMTask(Task):
+    def __init__(self, cfg, device, total_steps):
+        super().__init__(cfg, device, total_steps)
+        self.modules = {"model": _load_gpt2(cfg.model).to(device)}
+
+    def main_model(self):
+        return self.modules["model"]
+
+    def build_optimizers(self):
+        self.optimizers["model"] = make_optimizer(self.modules["model"].parameters(), self.cfg.optim)
+        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
+
+    def loss(self, model, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def train_step(self, batch, step, rank_rows=None, global_batch=None):
+        model = self.wrapped["model"]
+        x, y = self.to(batch)
+        parts = self.cfg.optim.grad_accum
+        self.optimizers["model"].zero_grad(set_to_none=True)
+        total = 0.0
+        for xx, yy in _micro((x, y), parts):
+            loss = self.loss(model, xx, yy) / parts
+            loss.backward()
+            total += loss.item()
+        self._clip_and_step("model", self.modules["model"].parameters())
+        return {"loss": total, "lr": self.optimizers["model"].param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def validate(self, batches):
+        model = self.modules["model"]
+        model.eval()
+        total, count = 0.0, 0
+        for x, y in batches:  # plain cross-entropy on the data (also for distillation)
+            total += LMTask.loss(self, model, *self.to((x, y))).item()
+            count += 1
+        model.train()
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+
+
+def _load_gpt2(mc: ModelConfig):
+    model = mc.build()
+    if mc.init_from:
+        from pathlib import Path
+
+        from edgegen.models.gpt2 import GPT2
+
+        p = Path(mc.init_from)
+        if p.is_dir():
+            loaded = GPT2.from_pretrained(p)
+            if loaded.config.n_embd != mc.n_embd or loaded.config.n_layer != mc.n_layer:
+                raise ValueError(f"init_from: {p} holds a {loaded.config.n_layer}L/{loaded.config.n_embd} GPT-2, "
+                                 f"the model section says {mc.n_layer}L/{mc.n_embd}")
+            return loaded
+        from edgegen.train.checkpoint import load
+
+        state = load(p)
+        model.load_state_dict(state["modules"]["model"] if "modules" in state else state)
+    return model
+
+
+class DistillTask(LMTask):
+    """The student (``model``) learns from frozen teachers with the fused KD loss at temperature
+    T (plus cross-entropy on the data, weight 1 - alpha); optionally matching the teacher's final
+    hidden states through a learned linear projection (``feature_weight``)."""
+
+    def __init__(self, cfg, device, total_steps):
+        super().__init__(cfg, device, total_steps)
+        dc = cfg.distill
+        self.teachers = []
+        for tc in dc.teachers:
+            t = _load_gpt2(tc).to(device).eval()
+            for p in t.parameters():
+                p.requires_grad_(False)
+            if t.config.vocab_size != cfg.model.vocab_size:
+                raise ValueError(f"distill.teachers: vocabulary {t.config.vocab_size} differs from the student's "
+                                 f"{cfg.model.vocab_size}")
+            self.teachers.append(t)
+        if dc.fused and len(self.teachers) > 1:
+            raise ValueError("distill.fused: the fused hidden-state loss takes one teacher; set fused: false to mix "
+                             f"{len(self.teachers)} teachers")
+        if dc.feature_weight > 0:
+            self.modules["projection"] = nn.Linear(cfg.model.n_embd, self.teachers[0].config.n_embd,
+                                                   bias=False).to(device)
+
+    def build_optimizers(self):
+        params = list(self.modules["model"].parameters())
+        if "projection" in self.modules:
+            params += list(self.modules["projection"].parameters())
+        self.optimizers["model"] = make_optimizer(params, self.cfg.optim)
+        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
+
+    def loss(self, model, x, y):
+        from edgegen.distill import fused_linear_kd_loss, kd_loss
+
+        dc = self.cfg.distill
+        student = self.modules["model"]
+        with torch.no_grad():
+            t_hidden = [t(x, return_hidden=True) for t in self.teachers]
+        s_hidden = model(x, return_hidden=True)
+        if dc.fused:
+            t = self.teachers[0]
+            loss = fused_linear_kd_loss(s_hidden.reshape(-1, s_hidden.shape[-1]), student.lm_head.weight,
+                                        t_hidden[0].reshape(-1, t_hidden[0].shape[-1]), t.lm_head.weight,
+                                        y.reshape(-1), temperature=dc.temperature, alpha=dc.alpha)
+        else:
+            s_logits = student.lm_head(s_hidden)
+            with torch.no_grad():
+                t_logits = [t.lm_head(h) for t, h in zip(self.teachers, t_hidden)]
+            loss = kd_loss(s_logits.reshape(-1, s_logits.shape[-1]), [tl.reshape(-1, tl.shape[-1]) for tl in t_logits],
+                           y.reshape(-1), temperature=dc.temperature, alpha=dc.alpha,
+                           teacher_weights=dc.teacher_weights or None)
+        if dc.feature_weight > 0:
+            loss = loss + dc.feature_weight * F.mse_loss(self.modules["projection"](s_hidden), t_hidden[0])
+        return loss
+
+    @torch.no_grad()
+    def teacher_kl(self, batches) -> float:
+        """Mean KL(teacher || student) at T=1 over the batches (the distance distillation closes)."""
+        student = self.modules["model"]
+        student.eval()
+        total, count = 0.0, 0
+        for x, _ in batches:
+            x = self.to(x)
+            ls = F.log_softmax(student(x), -1)
+            lt = F.log_softmax(self.teachers[0](x), -1)
+            total += F.kl_div(ls, lt, log_target=True, reduction="batchmean").item() / x.shape[1]
+            count += 1
+        student.train()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def validate(self, batches):
+        batches = list(batches)
+        out = super().validate(batches)
+        out["val_teacher_kl"] = self.teacher_kl(batches)
+        return out
+
+
+TASKS = {"gan": GANTask, "vae": VAETask, "lm": LMTask, "distill": DistillTask}

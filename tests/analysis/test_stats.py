@@ -1,0 +1,41 @@
+"""Statistics over seeds against hand-computed values and scipy's own functions."""
+
+import math
+
+import pytest
+
+from edgegen.analysis import paired_ttest, summarize
+
+
+def test_summary_hand_computed():
+    s = summarize([1.0, 2.0, 3.0])
+    assert s.n == 3 and s.mean == 2.0 and s.std == 1.0
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2}
+    assert s.ci_low == pytest.approx(2.0 - half) and s.ci_high == pytest.approx(2.0 + half)
+    one = summarize([5.0])
+    assert one.std == 0.0 and math.isnan(one.ci_low)
+
+
+def test_paired_ttest_matches_the_formula():
+    base = [1.0, 2.0, 3.0, 4.0]
+    var = [1.5, 2.4, 3.7, 4.4]
+    d = [0.5, 0.4, 0.7, 0.4]
+    mean = sum(d) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
+    t = mean / (sd / 2)
+    r = paired_ttest(base, var)
+    assert r["t"] == pytest.approx(t) and r["mean_diff"] == pytest.approx(mean)
+    assert r["significant"] and 0 < r["p"] < 0.01
+    same = paired_ttest(base, base)
+    assert same["p"] == 1.0 and not same["significant"]
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="values"):
+        summarize([])
+    with pytest.raises(ValueError, match="values"):
+        summarize([1.0, float("nan")])
+    with pytest.raises(ValueError, match="variant"):
+        paired_ttest([1, 2], [1])
+    with pytest.raises(ValueError, match="baseline"):
+        paired_ttest([1], [2])

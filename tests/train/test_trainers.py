@@ -1,0 +1,140 @@
+"""Each trainer on synthetic data: the loss falls, distillation closes the gap to the teacher,
+pruned weights stay pruned, QAT ends as integer modules."""
+
+import math
+
+import pytest
+import torch
+
+from edgegen.train import Trainer
+from tests.train.helpers import tiny
+
+
+def run(cfg, tmp_path):
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    losses = []
+    trainer.callbacks.append(lambda t, m: losses.append(m["loss"]))
+    result = trainer.fit()
+    return trainer, result, losses
+
+
+def test_vae_loss_falls(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 40})
+    _, result, losses = run(cfg, tmp_path)
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+    assert math.isfinite(result["final"]["val_loss"]) and result["steps"] == 40
+
+
+def test_gan_trains_both_networks(tmp_path):
+    cfg = tiny("gan", tmp_path, train={"steps_per_epoch": 8})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    g0 = [p.detach().clone() for p in trainer.task.modules["generator"].parameters()]
+    d0 = [p.detach().clone() for p in trainer.task.modules["discriminator"].parameters()]
+    metrics = []
+    trainer.callbacks.append(lambda t, m: metrics.append(m))
+    trainer.fit()
+    assert all(math.isfinite(m["loss_d"]) and math.isfinite(m["loss_g"]) for m in metrics)
+    # The discriminator learns to separate real from fake at first: its loss falls below ln 4.
+    assert min(m["loss_d"] for m in metrics) < 2 * math.log(2)
+    changed = lambda before, mod: any(not torch.equal(a, b) for a, b in zip(before, mod.parameters()))  # noqa: E731
+    assert changed(g0, trainer.task.modules["generator"]) and changed(d0, trainer.task.modules["discriminator"])
+
+
+def test_lm_loss_falls_with_warmup_cosine_and_accumulation(tmp_path):
+    cfg = tiny("lm", tmp_path, train={"steps_per_epoch": 40},
+               optim={"schedule": "cosine", "warmup_steps": 5, "grad_accum": 2})
+    trainer, result, losses = run(cfg, tmp_path)
+    assert losses[0] > math.log(64) - 0.5  # starts near uniform over the 64-token vocabulary
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5
+    lrs = trainer.task.schedulers["model"].get_last_lr()
+    assert lrs[0] < cfg.optim.lr  # decayed by the cosine
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    a = Trainer(tiny("lm", tmp_path, train={"steps_per_epoch": 3}), tmp_path / "a", progress=False)
+    b = Trainer(tiny("lm", tmp_path, train={"steps_per_epoch": 3}, optim={"grad_accum": 4}), tmp_path / "b",
+                progress=False)
+    a.fit(), b.fit()
+    # Same gradients up to float32 summation order; Adam's normalised steps (3e-3 each) turn
+    # that into parameter differences of a few 1e-6 where a gradient is near 0.
+    for p, q in zip(a.task.modules["model"].parameters(), b.task.modules["model"].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5)
+
+
+def test_distillation_moves_the_student_towards_the_teacher(tmp_path):
+    # Teacher: a small LM trained first; student: smaller, distilled from it (fused loss).
+    teacher_cfg = tiny("lm", tmp_path, name="teacher", train={"steps_per_epoch": 40})
+    teacher = Trainer(teacher_cfg, tmp_path / "teacher", progress=False)
+    teacher.fit()
+    ckpt = tmp_path / "teacher" / "checkpoints" / "last.pt"
+    tmodel = {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32,
+              "init_from": str(ckpt)}
+    for fused in (True, False):
+        cfg = tiny("lm", tmp_path, task="distill", name=f"student-{fused}",
+                   model={"n_embd": 16, "n_head": 2}, train={"steps_per_epoch": 30},
+                   distill={"teachers": [tmodel], "temperature": 2.0, "alpha": 0.9, "fused": fused,
+                            "feature_weight": 0.1 if fused else 0.0})
+        student = Trainer(cfg, tmp_path / f"student-{fused}", progress=False)
+        kl0 = student.task.teacher_kl(list(student.batches.val_batches()))
+        result = student.fit()
+        assert result["final"]["val_teacher_kl"] < 0.7 * kl0
+
+
+def test_multi_teacher_distillation_runs(tmp_path):
+    t = {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32}
+    cfg = tiny("lm", tmp_path, task="distill", train={"steps_per_epoch": 3},
+               distill={"teachers": [t, t], "teacher_weights": [0.3, 0.7], "fused": False})
+    result = Trainer(cfg, tmp_path / "mt", progress=False).fit()
+    assert math.isfinite(result["final"]["val_loss"])
+    with pytest.raises(ValueError, match="fused"):
+        Trainer(tiny("lm", tmp_path, task="distill", distill={"teachers": [t, t]}), tmp_path / "x", progress=False)
+
+
+def test_gradual_pruning_masks_hold_through_training(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 12},
+               compress={"prune": {"kind": "MagnitudeConfig", "amount": 0.6}, "prune_begin": 0, "prune_end": 8,
+                         "prune_frequency": 2})
+    trainer, result, _ = run(cfg, tmp_path)
+    from edgegen.prune import sparsity
+
+    model = trainer.task.main_model()
+    s = sparsity(model)
+    assert 0.55 <= s <= 0.65
+    # Training continued after the last pruning step: pruned weights are still exactly zero.
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d,
+                                                                   torch.nn.ConvTranspose2d))]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros / sum(w.numel() for w in weights) >= 0.55
+
+
+def test_qat_converts_to_integer_modules(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 4}, compress={"qat": True})
+    trainer, result, _ = run(cfg, tmp_path)
+    from edgegen.quant import Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+
+    kinds = {type(m) for m in trainer.task.main_model().modules()}
+    assert Int8Linear in kinds and Int8Conv2d in kinds and Int8ConvTranspose2d in kinds
+    assert (tmp_path / "run" / "model-int8.safetensors").is_file()
+
+
+def test_bad_batch_split_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(tiny("lm", tmp_path, optim={"grad_accum": 3}), tmp_path / "r", progress=False)
+
+
+@pytest.mark.parametrize("ptq", [{"kind": "Int8DynamicConfig"}, {"kind": "Int8StaticConfig", "observer": "minmax"},
+                                 {"kind": "Fp16Config"}])
+def test_post_training_quantization_reports_the_quantized_model(tmp_path, ptq):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 4}, compress={"ptq": ptq})
+    trainer, result, _ = run(cfg, tmp_path)
+    assert "final_float" in result and (tmp_path / "run" / "model-ptq.safetensors").is_file()
+    assert math.isfinite(result["final"]["val_loss"])
+    # The quantized model is close to the float one (same data, same noise in validation).
+    assert abs(result["final"]["val_loss"] - result["final_float"]["val_loss"]) < 0.2 * result["final_float"]["val_loss"]
+
+
+def test_ptq_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="ptq.kind"):
+        tiny("vae", tmp_path, compress={"ptq": {"kind": "Int2"}})
+    with pytest.raises(ValueError, match="qat or ptq"):
+        tiny("vae", tmp_path, compress={"ptq": {"kind": "Fp16Config"}, "qat": True})
