@@ -68,7 +68,7 @@ def test_round_trip_through_a_real_server(tmp_path, mlflow_server):
     assert [m.step for m in history] == [1, 2, 3]
     assert "val_loss" in run.data.metrics and "final/val_loss" in run.data.metrics
     names = {a.path for a in client.list_artifacts(tracker.run_id)}
-    assert {"config.yaml", "last.pt", "best.pt"} <= names
+    assert {"config.yaml", "last.pt", "best.pt", "curves.png"} <= names
 
 
 def test_embedded_sqlite_store_and_nested_runs(tmp_path, monkeypatch):

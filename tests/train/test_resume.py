@@ -64,7 +64,7 @@ def test_kill_and_resume_gives_the_uninterrupted_weights(tmp_path, task, extra):
         for i in sa:
             for k in sa[i]:
                 assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k]))
-    assert a["state"]["history"] == b["state"]["history"]
+    assert a["state"]["history"] == b["state"]["history"] and a["state"]["curve"] == b["state"]["curve"]
 
 
 def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -138,3 +138,33 @@ def test_ptq_config_validation(tmp_path):
         tiny("vae", tmp_path, compress={"ptq": {"kind": "Int2"}})
     with pytest.raises(ValueError, match="qat or ptq"):
         tiny("vae", tmp_path, compress={"ptq": {"kind": "Fp16Config"}, "qat": True})
+
+
+def test_progressive_distillation_through_an_intermediate_student(tmp_path):
+    from edgegen.train.loop import train_experiment
+
+    teacher_cfg = tiny("lm", tmp_path, name="teacher", model={"n_layer": 3}, train={"steps_per_epoch": 20})
+    Trainer(teacher_cfg, tmp_path / "teacher", progress=False).fit()
+    gpt = {"kind": "gpt2", "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32}
+    cfg = tiny("lm", tmp_path, task="distill", name="prog", model={"n_layer": 1}, train={"steps_per_epoch": 10},
+               distill={"teachers": [{**gpt, "n_layer": 3,
+                                      "init_from": str(tmp_path / "teacher" / "checkpoints" / "last.pt")}],
+                        "stages": [{**gpt, "n_layer": 2}], "feature_weight": 0.5, "feature_layers": [[0, 1]]})
+    out = train_experiment(cfg, tmp_path / "prog", progress=False)
+    assert [s["n_layer"] for s in out["stages"]] == [2, 1]
+    # Stage 1 (the final 1-layer student) was taught by stage 0's checkpoint.
+    stage1 = torch.load(tmp_path / "prog" / "stage1" / "checkpoints" / "last.pt", weights_only=False)
+    assert stage1["config"]["distill"]["teachers"][0]["init_from"] == out["stages"][0]["checkpoint"]
+    assert stage1["config"]["distill"]["teachers"][0]["n_layer"] == 2
+    assert all(math.isfinite(s["final"]["val_teacher_kl"]) for s in out["stages"])
+    assert (tmp_path / "prog" / "stage1" / "curves.png").is_file()
+
+
+def test_feature_layers_are_checked(tmp_path):
+    t = {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32}
+    cfg = tiny("lm", tmp_path, task="distill", distill={"teachers": [t], "feature_weight": 1.0,
+                                                        "feature_layers": [[0, 5]]})
+    with pytest.raises(ValueError, match="feature_layers"):
+        Trainer(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="feature_layers"):
+        tiny("lm", tmp_path, task="distill", distill={"teachers": [t], "feature_layers": [[0]]})

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args, require_compress: bool) -> int:
     from edgegen.tracking import make_tracker
-    from edgegen.train import Trainer, load_experiment
+    from edgegen.train import load_experiment
+    from edgegen.train.loop import train_experiment
 
     cfg = load_experiment(args.config, args.preset, args.overrides)
     if require_compress and cfg.compress is None:
@@ -54,7 +55,8 @@ def _train(args, require_compress: bool) -> int:
     tracker = make_tracker(cfg.tracking, cfg.name, run_dir)
     status = "FAILED"
     try:
-        result = Trainer(cfg, run_dir, tracker, progress=False if args.no_progress else None).fit(resume=args.resume)
+        result = train_experiment(cfg, run_dir, tracker, resume=args.resume,
+                                  progress=False if args.no_progress else None)
         status = "FINISHED"
     finally:
         tracker.finish(status)

@@ -134,7 +134,12 @@ class DistillConfig:
     """Knowledge distillation into the ``model`` (the student) from frozen ``teachers`` (model
     sections, usually with ``init_from`` a trained checkpoint), mixed with ``teacher_weights``.
     ``fused``: the loss from hidden states and head weights (never the [N, V] logits).
-    ``feature_weight`` > 0 adds hidden-state matching through a learned projection."""
+    ``feature_weight`` > 0 adds hidden-state matching (MSE) through learned linear projections:
+    the final hidden states, or the block outputs listed in ``feature_layers`` as
+    [student_block, teacher_block] pairs. ``stages``: progressive distillation through
+    intermediate students (model sections, e.g. a 9-layer GPT-2 between a 12-layer teacher and a
+    6-layer student): each stage is distilled from the previous one, the final ``model`` from
+    the last stage."""
 
     teachers: list[ModelConfig] = field(default_factory=list)
     teacher_weights: list[float] = field(default_factory=list)
@@ -142,6 +147,8 @@ class DistillConfig:
     alpha: float = 0.5
     fused: bool = True
     feature_weight: float = 0.0
+    feature_layers: list[list[int]] = field(default_factory=list)
+    stages: list[ModelConfig] = field(default_factory=list)
 
     def __post_init__(self):
         _positive(self, "temperature")
@@ -152,6 +159,11 @@ class DistillConfig:
                              f"got {len(self.teacher_weights)}")
         if self.feature_weight < 0:
             raise ValueError(f"feature_weight: expected >= 0, got {self.feature_weight!r}")
+        if any(len(pair) != 2 or min(pair) < 0 for pair in self.feature_layers):
+            raise ValueError(f"feature_layers: expected [student_block, teacher_block] pairs of block indices, got "
+                             f"{self.feature_layers!r}")
+        if self.stages and len(self.teachers) != 1:
+            raise ValueError("stages: progressive distillation starts from exactly one teacher")
 
 
 @dataclass

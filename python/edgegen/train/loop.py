@@ -28,6 +28,7 @@ class TrainState:
     batch_in_epoch: int = 0  # next batch of the current epoch
     best_val: float = float("inf")
     history: list[dict] = field(default_factory=list)  # per-epoch validation metrics
+    curve: list[list[float]] = field(default_factory=list)  # [step, training loss] for the plot
 
 
 def pick_device(name: str) -> torch.device:
@@ -193,6 +194,7 @@ class Trainer:
                                                    global_batch=cfg.train.batch_size)
                     st.step += 1
                     st.batch_in_epoch += 1
+                    st.curve.append([st.step, float(metrics["loss"])])
                     samples += cfg.train.batch_size
                     if self.pruner is not None:
                         sparsity = self.pruner.step(st.step)
@@ -225,6 +227,34 @@ class Trainer:
         finally:
             bar.close()
         return self._finish(val)
+
+    def _plot(self) -> Path | None:
+        """Training loss per step and validation loss per epoch, as ``<run_dir>/curves.png``
+        (skipped, with nothing lost, if matplotlib is missing)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        st = self.state
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if st.curve:
+            steps, losses = zip(*st.curve)
+            ax.plot(steps, losses, lw=0.8, label="train loss")
+        if st.history:
+            ends = [(h["epoch"] + 1) * self.steps_per_epoch for h in st.history]
+            ax.plot(ends, [h["val_loss"] for h in st.history], "o-", label="validation loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(self.cfg.name)
+        ax.legend()
+        fig.tight_layout()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "curves.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
 
     def _calibration_inputs(self):
         """Model inputs for static quantization: the validation batches (images, or token ids)."""
@@ -265,6 +295,10 @@ class Trainer:
             val = self.task.validate(self.batches.val_batches())
             out["final"] = val
         if self.rank == 0:
+            plot = self._plot()
+            if plot is not None:
+                out["plot"] = str(plot)
+                self.tracker.log_artifact(plot)
             self.tracker.log_metrics({"final/" + k: v for k, v in val.items() if k != "epoch"}, self.state.step)
             self.tracker.log_artifact(self.checkpoint_dir / "last.pt")
             if (self.checkpoint_dir / "best.pt").is_file():
@@ -272,3 +306,40 @@ class Trainer:
             if "quantized" in out:
                 self.tracker.log_artifact(out["quantized"])
         return out
+
+
+def train_experiment(cfg: ExperimentConfig, run_dir: str | os.PathLike, tracker=None, resume: bool = False,
+                     progress: bool | None = None, callbacks: tuple[Callable, ...] = ()) -> dict:
+    """Run an experiment: one Trainer, or, for distillation with ``distill.stages``, the chain
+    teacher -> stage 0 -> stage 1 -> ... -> the final student, each stage distilled from the
+    previous one's last checkpoint (``<run_dir>/stage<i>``), each a nested tracking run."""
+    from dataclasses import replace
+
+    run_dir = Path(run_dir)
+    if cfg.task != "distill" or not cfg.distill.stages:
+        return Trainer(cfg, run_dir, tracker, callbacks=callbacks, progress=progress).fit(resume=resume)
+    from edgegen.tracking import NullTracker
+
+    tracker = tracker or NullTracker()
+    dc = cfg.distill
+    teacher = dc.teachers[0]
+    chain = list(dc.stages) + [cfg.model]
+    stages = []
+    for i, student in enumerate(chain):
+        final = i == len(chain) - 1
+        stage_cfg = replace(cfg, name=f"{cfg.name}-stage{i}", model=student,
+                            distill=replace(dc, teachers=[teacher], teacher_weights=[], stages=[]),
+                            compress=cfg.compress if final else None)
+        stage_dir = run_dir / f"stage{i}"
+        child = tracker.child(f"stage{i}-{student.n_layer}L", stage_dir)
+        status = "FAILED"
+        try:
+            res = Trainer(stage_cfg, stage_dir, child, callbacks=callbacks, progress=progress).fit(resume=resume)
+            status = "FINISHED"
+        finally:
+            child.finish(status)
+        stages.append({"stage": i, "n_layer": student.n_layer, "n_embd": student.n_embd, **res})
+        teacher = replace(student, init_from=res["checkpoint"])
+    out = dict(stages[-1])
+    out["stages"] = stages
+    return out

@@ -47,7 +47,7 @@ def _parse(source) -> dict:
 
 def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, progress=None) -> dict:
     from edgegen.tracking import make_tracker
-    from edgegen.train.loop import Trainer
+    from edgegen.train.loop import train_experiment
 
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
@@ -71,7 +71,7 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             child = make_tracker(cfg.tracking, f"{variant}/seed{seed}", run_dir, parent=parent)
             child_status = "FAILED"
             try:
-                res = Trainer(cfg, run_dir, child, progress=progress).fit(resume=resume)
+                res = train_experiment(cfg, run_dir, child, resume=resume, progress=progress)
                 child_status = "FINISHED"
             finally:
                 child.finish(child_status)

@@ -273,9 +273,16 @@ class DistillTask(LMTask):
         if dc.fused and len(self.teachers) > 1:
             raise ValueError("distill.fused: the fused hidden-state loss takes one teacher; set fused: false to mix "
                              f"{len(self.teachers)} teachers")
+        self.feature_pairs = [tuple(p) for p in dc.feature_layers]
         if dc.feature_weight > 0:
-            self.modules["projection"] = nn.Linear(cfg.model.n_embd, self.teachers[0].config.n_embd,
-                                                   bias=False).to(device)
+            student, teacher = self.modules["model"], self.teachers[0]
+            for si, ti in self.feature_pairs:
+                if si >= len(student.h) or ti >= len(teacher.h):
+                    raise ValueError(f"distill.feature_layers: pair [{si}, {ti}] is out of range for a "
+                                     f"{len(student.h)}-block student and a {len(teacher.h)}-block teacher")
+            n = max(1, len(self.feature_pairs))
+            self.modules["projection"] = nn.ModuleList(
+                nn.Linear(cfg.model.n_embd, teacher.config.n_embd, bias=False) for _ in range(n)).to(device)
 
     def build_optimizers(self):
         params = list(self.modules["model"].parameters())
@@ -289,9 +296,11 @@ class DistillTask(LMTask):
 
         dc = self.cfg.distill
         student = self.modules["model"]
-        with torch.no_grad():
+        feats = dc.feature_weight > 0 and bool(self.feature_pairs)
+        with torch.no_grad(), _block_outputs(self.teachers[0], feats) as t_blocks:
             t_hidden = [t(x, return_hidden=True) for t in self.teachers]
-        s_hidden = model(x, return_hidden=True)
+        with _block_outputs(student, feats) as s_blocks:
+            s_hidden = model(x, return_hidden=True)
         if dc.fused:
             t = self.teachers[0]
             loss = fused_linear_kd_loss(s_hidden.reshape(-1, s_hidden.shape[-1]), student.lm_head.weight,
@@ -305,7 +314,12 @@ class DistillTask(LMTask):
                            y.reshape(-1), temperature=dc.temperature, alpha=dc.alpha,
                            teacher_weights=dc.teacher_weights or None)
         if dc.feature_weight > 0:
-            loss = loss + dc.feature_weight * F.mse_loss(self.modules["projection"](s_hidden), t_hidden[0])
+            proj = self.modules["projection"]
+            if feats:
+                terms = [F.mse_loss(proj[k](s_blocks[si]), t_blocks[ti]) for k, (si, ti) in enumerate(self.feature_pairs)]
+                loss = loss + dc.feature_weight * sum(terms) / len(terms)
+            else:
+                loss = loss + dc.feature_weight * F.mse_loss(proj[0](s_hidden), t_hidden[0])
         return loss
 
     @torch.no_grad()
@@ -329,6 +343,26 @@ class DistillTask(LMTask):
         out = super().validate(batches)
         out["val_teacher_kl"] = self.teacher_kl(batches)
         return out
+
+
+class _block_outputs:
+    """Context manager: while active, records the output hidden states of every block of a
+    GPT-2 (``model.h[i]``) in a list, indexed by block."""
+
+    def __init__(self, model, enabled: bool):
+        self.model, self.enabled, self.outputs, self.handles = model, enabled, {}, []
+
+    def __enter__(self):
+        if self.enabled:
+            for i, block in enumerate(self.model.h):
+                self.handles.append(block.register_forward_hook(
+                    lambda mod, inp, out, i=i: self.outputs.__setitem__(i, out[0])))
+        return self.outputs
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
 
 
 TASKS = {"gan": GANTask, "vae": VAETask, "lm": LMTask, "distill": DistillTask}
