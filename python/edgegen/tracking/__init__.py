@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 import warnings
@@ -103,6 +104,12 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_B
 def _bound_http_retries() -> None:
     for k, v in _HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
+
+
+def _metric_name(name: str) -> str:
+    """MLflow accepts alphanumerics, _ - . space : / in names; anything else (a variant called
+    'prune-50+qat') becomes '_'."""
+    return re.sub(r"[^\w\-. :/]", "_", str(name))
 
 
 def _default_uri() -> str:
@@ -206,7 +213,7 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = {_metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self._local_log({"step": step, "time": ts, **clean})
         items = [Metric(k, v, ts, step) for k, v in clean.items()]
         self._call(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics",

@@ -170,7 +170,8 @@ class DistillConfig:
 class CompressConfig:
     """Compression during training, applied in ``order``: ``prune`` (a pruning config dict for
     edgegen.prune, e.g. {kind: MagnitudeConfig, amount: 0.5}) ramped along a cubic schedule over
-    ``prune_begin``..``prune_end`` steps; ``qat`` (fake quantization throughout training, LSQ,
+    ``prune_begin``..``prune_end`` steps (by default the first three quarters of the run, so the
+    schedule scales with the preset); ``qat`` (fake quantization throughout training, LSQ,
     converted to integer modules at the end); ``ptq`` (post-training quantization of the trained
     model: a quantization config dict for edgegen.quant, e.g. {kind: Int8DynamicConfig}; static
     INT8 calibrates on the validation batches). The run's final metrics are those of the
@@ -178,8 +179,8 @@ class CompressConfig:
 
     prune: Optional[dict[str, Any]] = None
     prune_begin: int = 0
-    prune_end: int = 100
-    prune_frequency: int = 10
+    prune_end: Optional[int] = None  # default: 3/4 of the run's optimizer steps
+    prune_frequency: Optional[int] = None  # default: (prune_end - prune_begin) / 20, at least 1
     qat: bool = False
     ptq: Optional[dict[str, Any]] = None
 
@@ -196,8 +197,12 @@ class CompressConfig:
                 raise ValueError(f"ptq.kind: expected one of {kinds}, got {self.ptq.get('kind')!r}")
             if self.qat:
                 raise ValueError("ptq: a QAT run is already converted to integer modules; use qat or ptq, not both")
-        if self.prune_end <= self.prune_begin:
+        if self.prune_begin < 0:
+            raise ValueError(f"prune_begin: expected >= 0, got {self.prune_begin}")
+        if self.prune_end is not None and self.prune_end <= self.prune_begin:
             raise ValueError(f"prune_end ({self.prune_end}) must be after prune_begin ({self.prune_begin})")
+        if self.prune_frequency is not None and self.prune_frequency < 1:
+            raise ValueError(f"prune_frequency: expected >= 1, got {self.prune_frequency}")
 
 
 @dataclass

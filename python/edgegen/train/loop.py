@@ -116,7 +116,9 @@ class Trainer:
             from edgegen.prune.config import config_from_dict
 
             pc = config_from_dict(cc.prune)
-            schedule = CubicSchedule(0.0, float(pc.amount), cc.prune_begin, cc.prune_end, cc.prune_frequency)
+            end = cc.prune_end if cc.prune_end is not None else max(cc.prune_begin + 1, (3 * self.total_steps) // 4)
+            freq = cc.prune_frequency if cc.prune_frequency is not None else max(1, (end - cc.prune_begin) // 20)
+            schedule = CubicSchedule(0.0, float(pc.amount), cc.prune_begin, end, freq)
             example = model.example_inputs() if hasattr(model, "example_inputs") else None
             self.pruner = GradualPruner(model, pc, schedule, example_inputs=example)
 
