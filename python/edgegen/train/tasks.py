@@ -232,24 +232,49 @@ class LMTask(Task):
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
 
 
+_ARCH = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
+
+
 def _load_gpt2(mc: ModelConfig):
-    model = mc.build()
-    if mc.init_from:
-        from pathlib import Path
+    """The GPT-2 of a model section. With ``init_from`` (a Hugging Face GPT-2 folder, an edgegen
+    run checkpoint, or a bare state dict) the architecture is the checkpoint's: a section may name
+    just ``kind`` and ``init_from``; sizes it states explicitly that disagree with the checkpoint
+    get a warning."""
+    if not mc.init_from:
+        return mc.build()
+    import warnings
+    from pathlib import Path
 
-        from edgegen.models.gpt2 import GPT2
+    from edgegen.models.gpt2 import GPT2
 
-        p = Path(mc.init_from)
-        if p.is_dir():
-            loaded = GPT2.from_pretrained(p)
-            if loaded.config.n_embd != mc.n_embd or loaded.config.n_layer != mc.n_layer:
-                raise ValueError(f"init_from: {p} holds a {loaded.config.n_layer}L/{loaded.config.n_embd} GPT-2, "
-                                 f"the model section says {mc.n_layer}L/{mc.n_embd}")
-            return loaded
+    p = Path(mc.init_from)
+    if p.is_dir():
+        model = GPT2.from_pretrained(p)
+    else:
+        from edgegen.config import from_dict
+        from edgegen.prune.masks import load_pruned_state_dict
         from edgegen.train.checkpoint import load
 
-        state = load(p)
-        model.load_state_dict(state["modules"]["model"] if "modules" in state else state)
+        snap = load(p)
+        if "modules" in snap:
+            if "model" not in snap["modules"]:
+                raise ValueError(f"init_from: {p} is a {snap['config'].get('task')!r} run's checkpoint, not a GPT-2's")
+            state = snap["modules"]["model"]
+            model = from_dict(ModelConfig, {**snap["config"]["model"], "init_from": None}).build()
+        else:
+            state, model = snap, mc.build()
+        try:
+            load_pruned_state_dict(model, state)
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"init_from: {p} does not load into a GPT-2 {mc.n_layer}L/{mc.n_embd}: "
+                             f"{str(exc).splitlines()[0]}") from exc
+    defaults = ModelConfig()
+    declared = {k: getattr(mc, k) for k in _ARCH if getattr(mc, k) != getattr(defaults, k)}
+    actual = {k: getattr(model.config, k) for k in _ARCH}
+    conflict = {k: v for k, v in declared.items() if v != actual[k]}
+    if conflict:
+        warnings.warn(f"init_from: {p} holds a GPT-2 with {actual}; the section's {conflict} is ignored",
+                      UserWarning, stacklevel=2)
     return model
 
 
