@@ -237,3 +237,16 @@ def test_torch_compile_quantized_model():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_int4_keeps_layers_it_cannot_pack_in_float():
+    from torch import nn
+
+    from edgegen.quant import Int4Linear, Int4WeightOnlyConfig, quantize_
+
+    model = nn.Sequential(nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 64), nn.Linear(64, 8))
+    with pytest.warns(UserWarning, match="1 of 3 Linear layers"):
+        quantize_(model, Int4WeightOnlyConfig(64))
+    assert [type(m) for m in (model[0], model[2], model[3])] == [Int4Linear, nn.Linear, Int4Linear]
+    with pytest.raises(ValueError, match="nothing to quantize"):
+        quantize_(nn.Sequential(nn.Linear(96, 8)), Int4WeightOnlyConfig(64))

@@ -63,6 +63,24 @@ def _int8_filter(filter_fn: FilterFn | None) -> FilterFn:
     return keep
 
 
+def _int4_filter(filter_fn: FilterFn | None, model: nn.Module, group_size: int) -> FilterFn:
+    """INT4 packs Linear layers whose input width is a multiple of 64 and of the group size; the
+    others stay in floating point, with a warning that says how many."""
+    step = max(64, group_size)
+    chosen = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n))]
+    skipped = [n for n, m in chosen if m.in_features % step]
+    if skipped:
+        import warnings
+
+        warnings.warn(f"quantize_: {len(skipped)} of {len(chosen)} Linear layers have an input width that is not a "
+                      f"multiple of {step} and stay in floating point (e.g. {skipped[0]!r})", UserWarning, stacklevel=3)
+
+    def keep(m: nn.Module, name: str) -> bool:
+        return m.in_features % step == 0 and (filter_fn is None or filter_fn(m, name))
+    return keep
+
+
 def _tied_heads(model: nn.Module) -> list[tuple[str, str]]:
     """(embedding name, linear name) pairs whose weights are the same Parameter (GPT-2's head)."""
     owners = {}
@@ -125,7 +143,8 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn
     * :class:`Int8DynamicConfig`: nn.Linear / Conv2d / ConvTranspose2d (groups=1) -> :class:`Int8Linear`,
       :class:`Int8Conv2d`, :class:`Int8ConvTranspose2d` (integer GEMM kernels; activations per call).
     * :class:`Int8StaticConfig`: the same with calibrated activation parameters (observers).
-    * :class:`Int4WeightOnlyConfig`: nn.Linear -> :class:`Int4Linear`.
+    * :class:`Int4WeightOnlyConfig`: nn.Linear -> :class:`Int4Linear` (layers whose input width is
+      not a multiple of 64 and of the group size stay in floating point, with a warning).
     * :class:`Fp16Config` / :class:`Bf16Config`: nn.Linear and convolutions run in 16-bit.
     """
     if isinstance(config, dict):
@@ -148,7 +167,8 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn
     elif isinstance(config, Int4WeightOnlyConfig):
         from edgegen.quant.modules import Int4Linear
 
-        n = _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size), filter_fn)
+        n = _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size),
+                     _int4_filter(filter_fn, model, config.group_size))
     elif isinstance(config, (Fp16Config, Bf16Config)):
         dtype = torch.float16 if isinstance(config, Fp16Config) else torch.bfloat16
         n = _replace(model, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d), lambda m: LowPrecision(m, dtype), filter_fn)

@@ -258,25 +258,6 @@ class Trainer:
         plt.close(fig)
         return path
 
-    @staticmethod
-    def _ptq_filter(model, qcfg):
-        """INT4 weight-only packs Linear layers whose input width is a multiple of 64 and of the
-        group size; the others stay in float (with a warning saying how many)."""
-        from edgegen.quant import Int4WeightOnlyConfig
-
-        if not isinstance(qcfg, Int4WeightOnlyConfig):
-            return None
-        step = max(64, qcfg.group_size)
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        skipped = [m for m in linears if m.in_features % step]
-        if skipped:
-            import warnings
-
-            warnings.warn(f"compress.ptq: {len(skipped)} of {len(linears)} Linear layers have an input width that is not "
-                          f"a multiple of {step} and stay in float (INT4 packs the other {len(linears) - len(skipped)})",
-                          UserWarning, stacklevel=3)
-        return lambda m, name: m.in_features % step == 0
-
     def _calibration_inputs(self):
         """Model inputs for static quantization: the validation batches (images, or token ids)."""
         return [b.to(self.device) if not isinstance(b, tuple) else (b[0].to(self.device),)
@@ -308,7 +289,7 @@ class Trainer:
                     qcfg = Int8StaticConfig(calibration=calib, **{"batches": len(calib), **spec})
                 else:
                     qcfg = config_from_dict(cc.ptq)
-                quantize_(model, qcfg, self._ptq_filter(model, qcfg))
+                quantize_(model, qcfg)
                 path = self.run_dir / "model-ptq.safetensors"
             save_quantized(model, path)
             out["quantized"] = str(path)
