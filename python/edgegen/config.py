@@ -44,14 +44,11 @@ def _convert(value, tp, path: str):
         real = [a for a in args if a is not type(None)]
         if len(real) == 1:  # Optional[X]: X's own, more precise error
             return _convert(value, real[0], path)
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        for a in real:
             try:
                 return _convert(value, a, path)
-            except (TypeError, ValueError) as exc:
-                errors.append(exc)
+            except (TypeError, ValueError):
+                continue
         raise TypeError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp) or isinstance(value, bool) != any(isinstance(a, bool) for a in get_args(tp)):

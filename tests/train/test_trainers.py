@@ -34,8 +34,10 @@ def test_gan_trains_both_networks(tmp_path):
     trainer.callbacks.append(lambda t, m: metrics.append(m))
     trainer.fit()
     assert all(math.isfinite(m["loss_d"]) and math.isfinite(m["loss_g"]) for m in metrics)
-    # The discriminator learns to separate real from fake at first: its loss falls below ln 4.
-    assert min(m["loss_d"] for m in metrics) < 2 * math.log(2)
+    # The discriminator learns to separate real from fake at first: from about ln 4 (chance) its
+    # loss falls by a quarter within 8 steps (measured: 1.31 -> 0.79, 1.37 -> 0.77 for two seeds).
+    first, last = metrics[0]["loss_d"], sum(m["loss_d"] for m in metrics[-3:]) / 3
+    assert first > 1.2 and last < 0.75 * first
     changed = lambda before, mod: any(not torch.equal(a, b) for a, b in zip(before, mod.parameters()))  # noqa: E731
     assert changed(g0, trainer.task.modules["generator"]) and changed(d0, trainer.task.modules["discriminator"])
 

@@ -114,5 +114,4 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_layout, block_
     if layout.numel() and (int(layout[:, 0].min()) < 0 or int(layout[:, 0].max()) >= nqb
                            or int(layout[:, 1].min()) < 0 or int(layout[:, 1].max()) >= nkb):
         raise IndexError(f"block_layout: expected query blocks in [0, {nqb}) and key blocks in [0, {nkb})")
-    return _run(q, k, v, 1, 0, causal, scale, q_offset, layout.to("cpu") if q.device.type == "cpu" else layout,
-                block_size, return_lse)
+    return _run(q, k, v, 1, 0, causal, scale, q_offset, layout.cpu(), block_size, return_lse)

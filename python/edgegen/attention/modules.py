@@ -5,10 +5,10 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass, fields
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.attention.functional import sliding_window_attention
+from edgegen.models.gpt2 import DenseAttention
 
 
 @dataclass
@@ -62,6 +62,7 @@ class SparseSelfAttention(nn.Module):
             raise ValueError(f"dropout: the sliding-window kernel has no attention-probability dropout; expected 0.0 "
                              f"with window={window}, got {dropout}")
         self.dropout = float(dropout)
+        self._dense = DenseAttention(self.dropout)  # the model's own dense attention (window=None)
 
     @property
     def window(self) -> int | None:
@@ -76,14 +77,7 @@ class SparseSelfAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
         if self.config.dense:
-            p = self.dropout if self.training else 0.0
-            if q_offset == 0 and q.shape[-2] == k.shape[-2]:
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            from edgegen.ops._reference import sliding_window_mask
-
-            mask = sliding_window_mask(q.shape[-2], k.shape[-2], k.shape[-2] + q_offset + q.shape[-2], 0, True,
-                                       q_offset, q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            return self._dense(q, k, v, q_offset)
         return sliding_window_attention(q, k, v, self.window, min(self.num_global, k.shape[-2]), causal=True,
                                         q_offset=int(q_offset))
 

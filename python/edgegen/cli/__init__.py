@@ -45,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args, require_compress: bool) -> int:
     from edgegen.tracking import make_tracker
     from edgegen.train import load_experiment
-    from edgegen.train.loop import train_experiment
+    from edgegen.train.loop import default_run_dir, train_experiment
 
     cfg = load_experiment(args.config, args.preset, args.overrides)
     if require_compress and cfg.compress is None:
         print(f"edgegen compress: {args.config} has no compress section (prune and/or qat)", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / cfg.name / f"seed{cfg.train.seed}"
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     tracker = make_tracker(cfg.tracking, cfg.name, run_dir)
     status = "FAILED"
     try:

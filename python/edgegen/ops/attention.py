@@ -54,8 +54,6 @@ def _swa_setup(ctx, inputs, output):
 def _swa_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, block_layout = ctx.saved_tensors
     window, num_global, causal, scale, q_offset, block_size = ctx.args
-    if grad_out is None:
-        return (None,) * 10
     dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
         grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout, block_size)
     return dq, dk, dv, None, None, None, None, None, None, None

@@ -172,21 +172,30 @@ class MLflowTracker:
             f.write(json.dumps(record) + "\n")
 
     # --------------------------------------------------------------- logging
-    def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
+    # Every record goes through _send, live and when buffered records are replayed at the end.
+    def _send(self, kind: str, rec) -> None:
+        from mlflow.entities import Metric, Param, RunTag
 
-        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-
-        def send():
+        if kind == "params":
+            items = [Param(str(k), str(v)[:6000]) for k, v in rec.items()]
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
-        self._call(send, "log params", ("params", params))
+        elif kind == "tags":
+            self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in rec.items()])
+        elif kind == "metrics":
+            clean, step, ts = rec
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in clean.items()])
+        else:
+            self.client.log_artifact(self.run_id, rec)
+
+    def _record(self, kind: str, rec, what: str) -> None:
+        self._call(lambda: self._send(kind, rec), what, (kind, rec))
+
+    def log_params(self, params: dict) -> None:
+        self._record("params", params, "log params")
 
     def set_tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
-        self._call(lambda: self.client.log_batch(self.run_id, tags=items), "set tags", ("tags", tags))
+        self._record("tags", tags, "set tags")
 
     def log_config(self, cfg) -> None:
         """The resolved config as params (dotted keys) and config.yaml, the system info and seed
@@ -202,48 +211,30 @@ class MLflowTracker:
         if seed is not None:
             tags["seed"] = seed
         self.set_tags(tags)
-        text = yaml.safe_dump(data, sort_keys=False)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "config.yaml"
-            path.write_text(text, encoding="utf-8")
+            path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
             self.log_artifact(path)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
         clean = {_metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self._local_log({"step": step, "time": ts, **clean})
-        items = [Metric(k, v, ts, step) for k, v in clean.items()]
-        self._call(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics",
-                   ("metrics", (clean, step, ts)))
+        self._record("metrics", (clean, step, ts), "log metrics")
 
     def log_artifact(self, path) -> None:
-        path = str(path)
-        self._call(lambda: self.client.log_artifact(self.run_id, path), "log an artifact", ("artifact", path))
+        self._record("artifact", str(path), "log an artifact")
 
     def child(self, name: str, run_dir=None) -> "MLflowTracker":
         return MLflowTracker(self.uri, self.experiment, name, run_dir, parent=self)
 
     # --------------------------------------------------------------- the end
     def _replay(self) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
         if self.run_id is None:
             self._open()
         for kind, rec in self.buffer:
-            if kind == "params":
-                items = [Param(str(k), str(v)[:6000]) for k, v in rec.items()]
-                for i in range(0, len(items), 100):
-                    self.client.log_batch(self.run_id, params=items[i:i + 100])
-            elif kind == "tags":
-                self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in rec.items()])
-            elif kind == "metrics":
-                clean, step, ts = rec
-                self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in clean.items()])
-            elif kind == "artifact":
-                self.client.log_artifact(self.run_id, rec)
+            self._send(kind, rec)
         self.buffer.clear()
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -31,6 +31,10 @@ class TrainState:
     curve: list[list[float]] = field(default_factory=list)  # [step, training loss] for the plot
 
 
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name / f"seed{cfg.train.seed}"
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,7 +60,7 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike | None = None, tracker=None,
                  callbacks: tuple[Callable, ...] = (), progress: bool | None = None):
         self.cfg = cfg
-        self.run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name / f"seed{cfg.train.seed}"
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.world = int(os.environ.get("WORLD_SIZE", "1"))

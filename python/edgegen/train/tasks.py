@@ -12,12 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.train.config import ExperimentConfig, ModelConfig, OptimConfig
-
-
-def _gen(*keys: int) -> torch.Generator:
-    from edgegen.train.data import _generator
-
-    return _generator(*keys)
+from edgegen.train.data import _generator
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -101,7 +96,7 @@ class GANTask(Task):
             self.schedulers[name] = make_scheduler(self.optimizers[name], self.cfg.optim, self.total_steps)
 
     def noise(self, n: int, step: int, rank_rows=None) -> Tensor:
-        z = torch.randn(n, self.nz, 1, 1, generator=_gen(self.cfg.train.seed, 17, step))
+        z = torch.randn(n, self.nz, 1, 1, generator=_generator(self.cfg.train.seed, 17, step))
         return (z if rank_rows is None else z[rank_rows]).to(self.device)
 
     def train_step(self, batch, step, rank_rows=None, global_batch=None):
@@ -142,7 +137,8 @@ class GANTask(Task):
         total, count = 0.0, 0
         for i, real in enumerate(batches):
             real = self.to(real)
-            z = torch.randn(real.shape[0], self.nz, 1, 1, generator=_gen(self.cfg.train.seed, 23, i)).to(self.device)
+            g = _generator(self.cfg.train.seed, 23, i)
+            z = torch.randn(real.shape[0], self.nz, 1, 1, generator=g).to(self.device)
             lr_, lf_ = D(real), D(G(z))
             total += (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
                       + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))).item()
@@ -169,7 +165,7 @@ class VAETask(Task):
         parts = self.cfg.optim.grad_accum
         self.optimizers["model"].zero_grad(set_to_none=True)
         tot = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
-        g = _gen(self.cfg.train.seed, 29, step)
+        g = _generator(self.cfg.train.seed, 29, step)
         for xx in _micro(x, parts):
             out = model(xx, generator=g)
             (out["loss"] / parts).backward()
@@ -184,7 +180,7 @@ class VAETask(Task):
         model.eval()
         total, count = 0.0, 0
         for i, x in enumerate(batches):
-            total += model(self.to(x), generator=_gen(self.cfg.train.seed, 31, i))["loss"].item()
+            total += model(self.to(x), generator=_generator(self.cfg.train.seed, 31, i))["loss"].item()
             count += 1
         model.train()
         return {"val_loss": total / max(count, 1)}
