@@ -1,8 +1,10 @@
 """Sliding-window + global-token attention and block-sparse attention (functional forms).
 
 On CPU (float32, bfloat16, float16, float64) these run edgegen's C++ kernels, forward and
-backward, in O(n * (window + num_global) * head_dim) time and O(n) memory; on other devices they
-fall back to the PyTorch reference (same semantics, O(n^2) memory).
+backward, in O(n * (window + num_global) * head_dim) time and O(n) memory. On CUDA they run
+FlexAttention with a block mask of the same pattern (compiled; float16/bfloat16/float32, head_dim a
+power of two in [16, 256]); anything else falls back to the PyTorch reference (same semantics,
+O(n^2) memory). The dispatcher chooses, from the device of the inputs.
 """
 
 from __future__ import annotations
@@ -12,13 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from edgegen.ops._reference import (
-    block_layout_mask,
-    sliding_window_attention_reference,
-    sliding_window_mask,
-)
-
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+from edgegen.ops._reference import block_layout_mask, sliding_window_mask
 
 __all__ = ["sliding_window_attention", "block_sparse_attention", "sliding_window_mask", "block_layout_mask"]
 
@@ -56,12 +52,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, scale, q_offset) -> None:
 
 def _run(q, k, v, window, num_global, causal, scale, q_offset, layout, block_size, return_lse):
     scale = None if scale is None else float(scale)
-    if q.device.type == "cpu" and q.dtype in _KERNEL_DTYPES:
-        out, lse = torch.ops.edgegen.sliding_window_attention(q, k, v, window, num_global, bool(causal), scale,
-                                                              q_offset, layout, block_size)
-    else:
-        out, lse = sliding_window_attention_reference(q, k, v, window, num_global, bool(causal), scale, q_offset,
-                                                      layout, block_size)
+    # The dispatcher picks the kernel: C++ on CPU, CUDA (native or FlexAttention) on GPUs, the
+    # reference twin elsewhere.
+    out, lse = torch.ops.edgegen.sliding_window_attention(q, k, v, window, num_global, bool(causal), scale,
+                                                          q_offset, layout, block_size)
     return (out, lse) if return_lse else out
 
 

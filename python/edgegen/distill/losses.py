@@ -2,9 +2,11 @@
 
     loss = alpha * T^2 * KL(p_teacher || softmax(student / T)) + (1 - alpha) * CE(student, target)
 
-On CPU these run the fused C++ kernels (``torch.ops.edgegen.kd_loss`` and
-``torch.ops.edgegen.fused_linear_kd_loss``); on other devices, until their kernels exist, the
-pure-PyTorch reference in ``edgegen.ops`` (same semantics, materialised intermediates).
+Both run through ``torch.ops.edgegen.kd_loss`` / ``fused_linear_kd_loss``, and the dispatcher
+picks the kernel from the inputs' device: the fused C++ kernels on CPU, the CUDA row kernel on
+GPUs (when the extension is built with ``EDGEGEN_CUDA``), and elsewhere a PyTorch kernel that
+works through the rows in chunks (same semantics; no [N, V] intermediate beyond the gradient and
+one chunk).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from edgegen.ops._reference import fused_linear_kd_loss_reference, kd_loss_reference
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -112,17 +113,12 @@ def kd_loss(
     """
     _check_settings(temperature, alpha, ignore_index, reduction)
     teachers = [teacher_logits] if isinstance(teacher_logits, Tensor) else list(teacher_logits)
-    device = _check_tensors(
+    _check_tensors(
         [("student_logits", student_logits)]
         + [(f"teacher_logits[{k}]", t) for k, t in enumerate(teachers)]
         + [("target", target)]
     )
     weights = [] if teacher_weights is None else [float(w) for w in teacher_weights]
-    if device.type != "cpu":
-        return kd_loss_reference(
-            student_logits, [t.detach() for t in teachers], target, temperature, alpha,
-            ignore_index, reduction, weights or None,
-        )
     loss, _ = torch.ops.edgegen.kd_loss(
         student_logits, teachers, weights, target, float(temperature), float(alpha),
         ignore_index, reduction, grad_in_forward and _needs_grad(student_logits),
@@ -158,7 +154,7 @@ def fused_linear_kd_loss(
     _check_settings(temperature, alpha, ignore_index, reduction)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 0:
         raise ValueError(f"chunk_size: expected an int >= 0 (0 picks one), got {chunk_size!r}")
-    device = _check_tensors(
+    _check_tensors(
         [
             ("student_hidden", student_hidden), ("student_weight", student_weight),
             ("student_bias", student_bias), ("teacher_hidden", teacher_hidden),
@@ -166,12 +162,6 @@ def fused_linear_kd_loss(
             ("target", target),
         ]
     )
-    if device.type != "cpu":
-        return fused_linear_kd_loss_reference(
-            student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-            target, temperature, alpha, ignore_index, reduction, student_bias,
-            None if teacher_bias is None else teacher_bias.detach(),
-        )
     with_grad = (
         grad_in_forward
         and reduction != "none"
