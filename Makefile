@@ -11,7 +11,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-cpp test-py bench clean
+.PHONY: setup build test test-cpp test-cuda-compile test-py bench bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -33,13 +33,21 @@ $(VENV)/.bench-ready: $(VENV)/.ready requirements-bench.txt
 build: setup
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 
-# Both suites: GoogleTest (through CTest) on the torch-free kernels, pytest on the Python API.
-test: test-cpp test-py
+# Both suites: GoogleTest (through CTest) on the torch-free kernels, pytest on the Python API; and
+# the CUDA kernels compiled (not run) with the machine's nvcc, so they cannot rot without a GPU.
+test: test-cpp test-cuda-compile test-py
 
 test-cpp: setup
 	cmake -S . -B $(CPP_BUILD) -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_BUILD_TESTS=ON
 	cmake --build $(CPP_BUILD)
 	ctest --test-dir $(CPP_BUILD) --output-on-failure
+
+test-cuda-compile:
+	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
+	  cmake -S . -B build/cuda-compile -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_CUDA_COMPILE_ONLY=ON && \
+	  cmake --build build/cuda-compile --target edgegen_cuda_kernels && \
+	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX); they run only on a GPU (scripts/gpu-check.sh)"; \
+	else echo "test-cuda-compile: skipped, no nvcc on this machine"; fi
 
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
@@ -50,6 +58,10 @@ bench: build $(VENV)/.bench-ready
 	$(PYTHON) benchmarks/bench_prune.py
 	$(PYTHON) benchmarks/bench_quant.py
 	$(PYTHON) benchmarks/bench_attention.py
+
+# On a GPU machine: build with the CUDA kernels, run tests/cuda and the GPU benchmark.
+bench-gpu:
+	bash scripts/gpu-check.sh
 
 clean:
 	rm -rf build dist *.egg-info

@@ -148,3 +148,20 @@ def test_fallback_bad_input_names_the_argument():
         fb.swa_fallback(q, q, q, 4, 0, True, None, 0, None, 16)
     with pytest.raises(IndexError, match="block_layout"):
         fb.swa_fallback(q, q, q, 1, 0, True, None, 0, torch.tensor([[0, 0], [2, 0]]), 4)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (5, 13, 9), (40, 64, 24)], ids=["tiny", "ragged", "tiles"])
+@pytest.mark.parametrize("seven_bit", [False, True], ids=["u8", "u7"])
+def test_int8_gemm_through_int_mm_is_exact(shape, seven_bit):
+    """The GPU form of the INT8 GEMM (torch._int_mm, padded, split into 2h + l for full-range
+    uint8) equals the exact int64 product; run here on the CPU's _int_mm."""
+    from edgegen.ops._reference import int8_gemm_int_mm
+
+    m, k, n = shape
+    top = 127 if seven_bit else 255
+    a = torch.randint(0, top + 1, (m, k), dtype=torch.uint8)
+    a[0, 0], a[-1, -1] = 0, top
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    for zp in (0, 1, top // 2, top):
+        expected = ((a.long() - zp) @ w.long().t()).int()
+        assert torch.equal(int8_gemm_int_mm(a, zp, w, seven_bit), expected), zp

@@ -7,10 +7,11 @@ precedence for their devices, and these serve the rest.
 * ``CompositeExplicitAutograd`` (any device without a kernel of its own): the KD losses computed
   in row chunks, the gradient written once into the output and no other [N, V] intermediate; the
   attention ops through the O(n^2) reference (out, lse) and an analytic backward.
-* ``AutogradCUDA`` for the attention op, only when the extension was built without the native CUDA
-  attention kernel: FlexAttention (compiled, block mask cached per pattern) where it applies, so a
-  GPU never runs the O(n^2) twin for the shapes it can handle. Registered at the autograd level
-  because FlexAttention brings its own backward.
+* ``AutogradCUDA`` for the attention ops: the native CUDA kernels (when built) for what they take
+  (bfloat16/float16, head_dim 64 or 128, no block layout), FlexAttention (compiled, block mask
+  cached per pattern) for what it takes, the reference for the rest; so a GPU runs the O(n^2)
+  twin only where nothing else applies. Registered at the autograd level because FlexAttention
+  brings its own backward.
 """
 
 from __future__ import annotations
@@ -337,11 +338,9 @@ def _flex_applies(q, k) -> bool:
             and q.shape[-2] >= 1 and k.shape[-2] >= 1)
 
 
-def swa_flex_autograd_cuda(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
-    """The attention op on CUDA without the native kernel: FlexAttention with a cached block mask,
-    differentiable through FlexAttention's own backward; shapes it cannot take use the reference.
-    lse is returned detached (it is not differentiable, as for the native op)."""
-    _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
+def _flex_or_reference(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
+    """FlexAttention with a cached block mask where it applies, else the reference; both
+    differentiable by their own autograd. lse is returned detached (not differentiable)."""
     if not _flex_applies(q, k):
         out, lse = ref.sliding_window_attention_reference(q, k, v, window, num_global, causal, scale, q_offset,
                                                           block_layout, block_size)
@@ -350,18 +349,59 @@ def swa_flex_autograd_cuda(q, k, v, window, num_global, causal, scale, q_offset,
     bm = _block_mask(q.shape[-2], k.shape[-2], window, num_global, bool(causal), q_offset, layout_key,
                      block_size, q.device)
     out, lse = _compiled_flex()(q, k, v, block_mask=bm, scale=scale, return_lse=True)
-    # A query that sees no key: output 0 and lse -inf, as the other kernels give.
     return out, lse.detach().float()
 
 
-def swa_backward_flex_autograd_cuda(grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset,
-                                    block_layout, block_size):
-    """The backward op on CUDA without the native kernel: the forward recomputed through
-    FlexAttention (or the reference) and differentiated."""
+def _native_applies(q, block_layout) -> bool:
+    """The native CUDA kernels take bfloat16/float16, head_dim 64 or 128, no block layout."""
+    return (_has_kernel("sliding_window_attention", "CUDA") and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] in (64, 128) and block_layout is None)
+
+
+class _NativeAttention(torch.autograd.Function):
+    """The native CUDA forward and backward ops under autograd (called below the autograd key)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window, num_global, causal, scale, q_offset):
+        with torch._C._AutoDispatchBelowAutograd():
+            out, lse = torch.ops.edgegen.sliding_window_attention(q, k, v, window, num_global, causal, scale,
+                                                                  q_offset, None, 0)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (window, num_global, causal, scale, q_offset)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        window, num_global, causal, scale, q_offset = ctx.args
+        with torch._C._AutoDispatchBelowAutograd():
+            dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
+                grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, None, 0)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def swa_autograd_cuda(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
+    """The attention op on CUDA, at the autograd key: the native kernels where they apply, else
+    FlexAttention (compiled, block mask cached per pattern), else the reference."""
+    _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
+    if _native_applies(q, block_layout) and block_size == 0:
+        return _NativeAttention.apply(q, k, v, window, num_global, causal, scale, q_offset)
+    return _flex_or_reference(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size)
+
+
+def swa_backward_autograd_cuda(grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset,
+                               block_layout, block_size):
+    """The backward op on CUDA: the native kernel where it applies, else the forward recomputed
+    through FlexAttention (or the reference) and differentiated."""
+    _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
+    if _native_applies(q, block_layout) and block_size == 0:
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.edgegen.sliding_window_attention_backward(
+                grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, None, 0)
     with torch.enable_grad():
         qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
-        o, _ = swa_flex_autograd_cuda(qq, kk, vv, window, num_global, causal, scale, q_offset, block_layout,
-                                      block_size)
+        o, _ = _flex_or_reference(qq, kk, vv, window, num_global, causal, scale, q_offset, block_layout, block_size)
         return torch.autograd.grad(o, (qq, kk, vv), grad_out)
 
 
@@ -384,6 +424,5 @@ def register() -> None:
     lib.impl("fused_linear_kd_loss", fused_linear_kd_loss_fallback, "CompositeExplicitAutograd")
     lib.impl("sliding_window_attention", swa_fallback, "CompositeExplicitAutograd")
     lib.impl("sliding_window_attention_backward", swa_backward_fallback, "CompositeExplicitAutograd")
-    if not _has_kernel("sliding_window_attention", "CUDA"):
-        lib.impl("sliding_window_attention", swa_flex_autograd_cuda, "AutogradCUDA")
-        lib.impl("sliding_window_attention_backward", swa_backward_flex_autograd_cuda, "AutogradCUDA")
+    lib.impl("sliding_window_attention", swa_autograd_cuda, "AutogradCUDA")
+    lib.impl("sliding_window_attention_backward", swa_backward_autograd_cuda, "AutogradCUDA")

@@ -223,9 +223,36 @@ def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: T
     return dx, red(ds).float(), red(dz).float()
 
 
-def int8_gemm_reference(a: Tensor, a_zero_point: int, weight: Tensor) -> Tensor:
-    """(a - a_zero_point) @ weight^T, exact, int32."""
+def _int_mm_padded(a: Tensor, w: Tensor) -> Tensor:
+    """int32 a @ w^T of int8 a [M, K] and w [N, K] on the GPU's integer tensor cores
+    (torch._int_mm), zero-padded to its shape rules (M > 16, K and N multiples of 8): exact."""
+    m, k = a.shape
+    n = w.shape[0]
+    mp, kp, np_ = max(m, 17), -(-k // 8) * 8, -(-n // 8) * 8
+    if (mp, kp) != (m, k):
+        a = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
+    if (np_, kp) != (n, k):
+        w = torch.nn.functional.pad(w, (0, kp - k, 0, np_ - n))
+    return torch._int_mm(a.contiguous(), w.contiguous().t())[:m, :n]
+
+
+def int8_gemm_reference(a: Tensor, a_zero_point: int, weight: Tensor, seven_bit: bool = False) -> Tensor:
+    """(a - a_zero_point) @ weight^T, exact, int32. On CUDA through torch._int_mm: one product
+    when a and the zero point are 7-bit (a - zp fits int8), else d = 2 h + l with h = d >> 1 and
+    l = d & 1, two products."""
+    if a.is_cuda and weight.is_cuda and a.shape[-1] > 0:
+        return int8_gemm_int_mm(a, a_zero_point, weight, seven_bit)
     return ((a.to(torch.int64) - a_zero_point) @ weight.to(torch.int64).t()).to(torch.int32)
+
+
+def int8_gemm_int_mm(a: Tensor, a_zero_point: int, weight: Tensor, seven_bit: bool = False) -> Tensor:
+    """The torch._int_mm form of int8_gemm_reference (any device that has _int_mm)."""
+    d = a.to(torch.int16) - a_zero_point
+    w = weight.to(torch.int8)
+    if seven_bit:
+        return _int_mm_padded(d.to(torch.int8), w)
+    h, low = (d >> 1).to(torch.int8), (d & 1).to(torch.int8)
+    return _int_mm_padded(h, w) * 2 + _int_mm_padded(low, w)
 
 
 def quantize_activations_u7_reference(x: Tensor) -> tuple[Tensor, float, int]:
@@ -243,7 +270,7 @@ def quantize_activations_u7_reference(x: Tensor) -> tuple[Tensor, float, int]:
 def int8_linear_dynamic_reference(x: Tensor, weight_int8: Tensor, weight_scale: Tensor,
                                   bias: Tensor | None) -> Tensor:
     q, s, zp = quantize_activations_u7_reference(x.reshape(-1, x.shape[-1]))
-    acc = int8_gemm_reference(q, zp, weight_int8).to(torch.float32)
+    acc = int8_gemm_reference(q, zp, weight_int8, seven_bit=True).to(torch.float32)
     out = acc * (torch.tensor(s, dtype=torch.float32) * weight_scale.to(torch.float32))
     if bias is not None:
         out = out + bias.to(torch.float32)
@@ -291,7 +318,7 @@ def int8_linear_static_reference(x: Tensor, a_scale: float, a_zero_point: int, w
     x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
     s = torch.tensor(a_scale, dtype=torch.float32)
     q = (torch.round(x2 * (1.0 / s)) + a_zero_point).clamp(0, 127).to(torch.uint8)
-    acc = int8_gemm_reference(q, a_zero_point, weight_int8).to(torch.float32)
+    acc = int8_gemm_reference(q, a_zero_point, weight_int8, seven_bit=0 <= a_zero_point <= 127).to(torch.float32)
     out = acc * (s * weight_scale.to(torch.float32))
     if bias is not None:
         out = out + bias.to(torch.float32)

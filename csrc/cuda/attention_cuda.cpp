@@ -1,0 +1,167 @@
+// CUDA glue for sliding-window + global-token attention: validate, describe the strided inputs,
+// call the torch-free tensor-core kernels on torch's current stream. The native kernels take
+// bfloat16/float16 with head_dim 64 or 128 and no block layout; edgegen.ops routes every other
+// call on CUDA to FlexAttention or the reference before it gets here (see ops/_fallback.py).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/kd_loss_cuda.h"  // cuda_error_text
+
+namespace edgegen {
+namespace {
+
+namespace KC = edgegen::kernels::cuda;
+
+void check_4d(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.device() == device, name, ": expected a tensor on ", device, ", got one on ", t.device(),
+              " (all inputs must be on the same device)");
+  TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D tensor [batch, heads, length, head_dim], got ", t.dim(),
+                    "-D of shape ", t.sizes());
+}
+
+// The tensor as the kernels read it: head_dim contiguous, other strides multiples of 8 elements,
+// data 16-byte aligned; a contiguous copy otherwise.
+at::Tensor kernel_layout(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  return ok ? t : t.contiguous();
+}
+
+KC::AttnTensor describe(const at::Tensor& t) {
+  return KC::AttnTensor{t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+void* current_stream(const at::Device& device) {
+  return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(device).native_handle();
+}
+
+struct Call {
+  KC::AttnProblem p;
+  at::Tensor q, k, v;  // in kernel layout
+};
+
+Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window, int64_t num_global,
+               bool causal, std::optional<double> scale, int64_t q_offset, const std::optional<at::Tensor>& layout,
+               int64_t block_size) {
+  TORCH_CHECK(q.device().is_cuda(), "q: expected a CUDA tensor, got one on ", q.device());
+  check_4d(q, "q", q.device());
+  check_4d(k, "k", q.device());
+  check_4d(v, "v", q.device());
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                   "k, v: expected the dtype of q (", q.scalar_type(), "), got ", k.scalar_type(), " and ",
+                   v.scalar_type());
+  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "v: expected the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_VALUE(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+                    "k: expected the batch, heads and head_dim of q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
+  TORCH_CHECK_VALUE(num_global >= 0 && num_global <= k.size(2), "num_global: expected a value in [0, ", k.size(2),
+                    "] (the number of keys), got ", num_global);
+  TORCH_CHECK_VALUE(q_offset >= 0 && q_offset <= (int64_t(1) << 62) - q.size(2), "q_offset: expected a value in [0, ",
+                    (int64_t(1) << 62) - q.size(2), "], got ", q_offset);
+  if (scale.has_value())
+    TORCH_CHECK_VALUE(std::isfinite(*scale) && *scale > 0, "scale: expected a finite value > 0, got ", *scale);
+  const bool half = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      half && KC::attention_cuda_supports(int(q.size(3))) && !layout.has_value() && block_size == 0,
+      "edgegen::sliding_window_attention: the native CUDA kernel takes bfloat16/float16 inputs with head_dim 64 "
+      "or 128 and no block layout, got ", q.scalar_type(), " with head_dim ", q.size(3),
+      layout.has_value() ? " and a block layout" : "",
+      "; call it through edgegen.attention (or with autograd), which routes such inputs to FlexAttention or the "
+      "reference");
+  Call c;
+  c.q = kernel_layout(q);
+  c.k = kernel_layout(k);
+  c.v = kernel_layout(v);
+  KC::AttnProblem& p = c.p;
+  p.dtype = q.scalar_type() == at::kBFloat16 ? KC::AttnDType::BF16 : KC::AttnDType::F16;
+  p.B = q.size(0), p.H = q.size(1), p.nq = q.size(2), p.nk = k.size(2), p.d = int(q.size(3));
+  // A window past every key changes nothing; clamping keeps the kernels' index sums in range.
+  p.window = std::min<int64_t>(window, p.nk + q_offset + p.nq + 1);
+  p.num_global = num_global;
+  p.q_offset = q_offset;
+  p.causal = causal;
+  p.scale = float(scale.has_value() ? *scale : 1.0 / std::sqrt(double(p.d)));
+  p.q = describe(c.q);
+  p.k = describe(c.k);
+  p.v = describe(c.v);
+  return c;
+}
+
+void check_launch(int err, const char* what) {
+  TORCH_CHECK(err == 0, "edgegen::", what, ": CUDA kernel launch failed: ", KC::cuda_error_text(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> sliding_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                                 const at::Tensor& v, int64_t window,
+                                                                 int64_t num_global, bool causal,
+                                                                 std::optional<double> scale, int64_t q_offset,
+                                                                 const std::optional<at::Tensor>& block_layout,
+                                                                 int64_t block_size) {
+  const Call c = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
+  const c10::DeviceGuard guard(q.device());
+  at::Tensor out = at::empty({c.p.B, c.p.H, c.p.nq, c.p.d}, q.options());
+  at::Tensor lse = at::empty({c.p.B, c.p.H, c.p.nq}, q.options().dtype(at::kFloat));
+  if (out.numel() > 0)
+    check_launch(KC::attention_forward_cuda(c.p, out.mutable_data_ptr(), lse.mutable_data_ptr<float>(),
+                                            current_stream(q.device())),
+                 "sliding_window_attention");
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, int64_t window, int64_t num_global, bool causal, std::optional<double> scale,
+    int64_t q_offset, const std::optional<at::Tensor>& block_layout, int64_t block_size) {
+  const Call c = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
+  check_4d(grad_out, "grad_out", q.device());
+  check_4d(out, "out", q.device());
+  TORCH_CHECK(lse.device() == q.device(), "lse: expected a tensor on ", q.device(), ", got one on ", lse.device());
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+                    "grad_out, out: expected the shape of q ", q.sizes(), ", got ", grad_out.sizes(), " and ",
+                    out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
+                   "grad_out, out: expected the dtype of q (", q.scalar_type(), "), got ", grad_out.scalar_type(),
+                   " and ", out.scalar_type());
+  const auto& p = c.p;
+  TORCH_CHECK_VALUE(lse.scalar_type() == at::kFloat && lse.dim() == 3 && lse.size(0) == p.B && lse.size(1) == p.H &&
+                        lse.size(2) == p.nq,
+                    "lse: expected the float32 log-sum-exp of shape [", p.B, ", ", p.H, ", ", p.nq,
+                    "] from the forward op, got ", lse.scalar_type(), " ", lse.sizes());
+  const c10::DeviceGuard guard(q.device());
+  at::Tensor dq = at::empty({p.B, p.H, p.nq, p.d}, q.options());
+  at::Tensor dk = at::empty({p.B, p.H, p.nk, p.d}, q.options());
+  at::Tensor dv = at::empty({p.B, p.H, p.nk, p.d}, q.options());
+  if (p.B * p.H == 0) return {dq, dk, dv};
+  if (p.nq == 0) {  // no query: nothing reaches k or v
+    dk.zero_();
+    dv.zero_();
+    return {dq, dk, dv};
+  }
+  const at::Tensor go = kernel_layout(grad_out);
+  const at::Tensor lc = lse.contiguous();
+  const at::Tensor delta = at::sum(go.to(at::kFloat).mul(out.to(at::kFloat)), {3}).contiguous();
+  check_launch(KC::attention_backward_cuda(p, describe(go), lc.const_data_ptr<float>(), delta.const_data_ptr<float>(),
+                                           dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
+                                           current_stream(q.device())),
+               "sliding_window_attention_backward");
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edgegen, CUDA, m) {
+  m.impl("sliding_window_attention", &sliding_window_attention_cuda);
+  m.impl("sliding_window_attention_backward", &sliding_window_attention_backward_cuda);
+}
+
+}  // namespace edgegen

@@ -1,0 +1,534 @@
+// CUDA sliding-window + global-token attention, forward and backward (see attention_cuda.h).
+//
+// Fragment layouts of mma.sync.m16n8k16 (g = lane / 4, t = lane % 4):
+//   A 16x16 (row major): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8 (k x n):      b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8.., n = g)
+//   C 16x8 (float):      c0, c1 (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1)
+// Two neighbouring C tiles (columns 0-7 and 8-15) hold exactly an A tile's worth of values, so
+// probabilities go from one product to the next in registers.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/attention_cuda.h"
+
+namespace edgegen::kernels::cuda {
+namespace {
+
+constexpr int kTile = 64;      // queries per block (forward, dQ) and keys per tile
+constexpr int kWarps = 4;      // each warp owns 16 rows of the block's tile
+constexpr int kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <class T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ __nv_bfloat16 cast(float x) { return __float2bfloat16_rn(x); }
+};
+template <> struct Mma<__half> {
+  static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ __half cast(float x) { return __float2half_rn(x); }
+};
+
+template <class T>
+__device__ __forceinline__ uint32_t ld32(const T* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// Two 16-bit elements from different rows, packed (lo first).
+template <class T>
+__device__ __forceinline__ uint32_t ld_pair(const T* lo, const T* hi) {
+  const uint16_t a = *reinterpret_cast<const uint16_t*>(lo);
+  const uint16_t b = *reinterpret_cast<const uint16_t*>(hi);
+  return uint32_t(a) | (uint32_t(b) << 16);
+}
+
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+struct Pattern {
+  int64_t window, num_global, q_offset, nq, nk;
+  bool causal;
+  __device__ __forceinline__ bool visible(int64_t p, int64_t j) const {
+    if (causal) return j <= p && (p - j < window || j < num_global);
+    const int64_t dist = p >= j ? p - j : j - p;
+    return dist < window || j < num_global || p < num_global;
+  }
+};
+
+// Key index intervals [a0, a1) and [b0, b1) (global, window) a query tile of positions
+// [p0, p1] may see; a1 <= b0 after trimming, so the tiles of the two are visited once each.
+struct TwoRanges {
+  int64_t a0, a1, b0, b1;
+};
+
+__device__ __forceinline__ TwoRanges keys_for_queries(const Pattern& P, int64_t p0, int64_t p1) {
+  TwoRanges r{0, 0, 0, 0};
+  const int64_t nk = P.nk;
+  if (P.causal) {
+    r.a1 = imin(imin(P.num_global, nk), p1 + 1);
+    r.b0 = imax(0, p0 - P.window + 1);
+    r.b1 = imin(nk, p1 + 1);
+  } else if (p0 < P.num_global) {
+    r.b0 = 0;
+    r.b1 = nk;
+  } else {
+    r.a1 = imin(P.num_global, nk);
+    r.b0 = imax(0, p0 - P.window + 1);
+    r.b1 = imin(nk, p1 + P.window);
+  }
+  return r;
+}
+
+// Query index intervals that may see the keys [j0, j1].
+__device__ __forceinline__ TwoRanges queries_for_keys(const Pattern& P, int64_t j0, int64_t j1) {
+  TwoRanges r{0, 0, 0, 0};
+  const int64_t off = P.q_offset, nq = P.nq;
+  auto to_index = [&](int64_t p) { return p - off; };
+  if (j0 < P.num_global) {  // global keys: every query at or after them (all, non-causal)
+    r.b0 = P.causal ? imax(0, to_index(j0)) : 0;
+    r.b1 = nq;
+    return r;
+  }
+  if (P.causal) {
+    r.b0 = imax(0, to_index(j0));
+    r.b1 = imin(nq, to_index(j1) + P.window);
+  } else {
+    r.a1 = imin(nq, imax(0, to_index(P.num_global)));  // global queries see every key
+    r.b0 = imax(0, to_index(j0 - P.window + 1));
+    r.b1 = imin(nq, to_index(j1 + P.window));
+  }
+  return r;
+}
+
+// Calls f(tile_start) for every tile of kTile indices overlapping [a0, a1) or [b0, b1), once.
+template <class F>
+__device__ __forceinline__ void for_tiles(const TwoRanges& r, const F& f) {
+  int64_t next = 0;
+  if (r.a1 > r.a0) {
+    for (int64_t t = (r.a0 / kTile) * kTile; t < r.a1; t += kTile) f(t);
+    next = ((r.a1 + kTile - 1) / kTile) * kTile;
+  }
+  if (r.b1 > r.b0) {
+    int64_t t = (r.b0 / kTile) * kTile;
+    if (t < next) t = next;
+    for (; t < r.b1; t += kTile) f(t);
+  }
+}
+
+// Copies rows [r0, r0 + kTile) of a [n, D] strided matrix into shared memory (row pitch LD),
+// zero-filling rows past n. 16-byte accesses.
+template <class T, int D, int LD>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, int64_t r0, int64_t n) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
+    const int row = c / kChunks, col = (c % kChunks) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r0 + row < n) v = *reinterpret_cast<const uint4*>(src + (r0 + row) * stride + col);
+    *reinterpret_cast<uint4*>(dst + row * LD + col) = v;
+  }
+}
+
+// A fragments of 16 rows x D of a shared-memory tile (row pitch LD) starting at row r.
+template <class T, int D, int LD>
+__device__ __forceinline__ void load_a(uint32_t f[D / 16][4], const T* s, int r, int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const T* base = s + (r + g) * LD + kk * 16 + 2 * t;
+    f[kk][0] = ld32(base);
+    f[kk][1] = ld32(base + 8 * LD);
+    f[kk][2] = ld32(base + 8);
+    f[kk][3] = ld32(base + 8 * LD + 8);
+  }
+}
+
+// c[n] (16 x 64 scores) = A (16 x D, fragments) x rows of `s`^T (64 rows, row pitch LD).
+template <class T, int D, int LD>
+__device__ __forceinline__ void mma_abt(float c[8][4], const uint32_t a[D / 16][4], const T* s, int g, int t) {
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+    c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const T* base = s + (n * 8 + g) * LD + kk * 16 + 2 * t;
+      Mma<T>::run(c[n], a[kk], ld32(base), ld32(base + 8));
+    }
+  }
+}
+
+// acc (16 x D) += P (16 x 64, as C fragments) x `s` (64 rows x D, row pitch LD).
+template <class T, int D, int LD>
+__device__ __forceinline__ void mma_pv(float acc[D / 8][4], const float pc[8][4], const T* s, int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    uint32_t a[4];
+    a[0] = Mma<T>::pack(pc[2 * kk][0], pc[2 * kk][1]);
+    a[1] = Mma<T>::pack(pc[2 * kk][2], pc[2 * kk][3]);
+    a[2] = Mma<T>::pack(pc[2 * kk + 1][0], pc[2 * kk + 1][1]);
+    a[3] = Mma<T>::pack(pc[2 * kk + 1][2], pc[2 * kk + 1][3]);
+    const T* r0 = s + (kk * 16 + 2 * t) * LD;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      const T* c0 = r0 + dn * 8 + g;
+      Mma<T>::run(acc[dn], a, ld_pair(c0, c0 + LD), ld_pair(c0 + 8 * LD, c0 + 9 * LD));
+    }
+  }
+}
+
+struct Args {
+  Pattern pat;
+  int64_t H;
+  float scale_log2;  // scale * log2(e)
+  float scale;
+  AttnTensor q, k, v, dout;
+  void* out;
+  float* lse;
+  const float* delta;
+  void *dq, *dk, *dv;
+};
+
+template <class T>
+__device__ __forceinline__ const T* head_ptr(const AttnTensor& a, int64_t b, int64_t h) {
+  return static_cast<const T*>(a.data) + b * a.sb + h * a.sh;
+}
+
+// ------------------------------------------------------------------------------------- forward
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
+  constexpr int LD = D + 8;  // padded row pitch: conflict-free 32-bit fragment loads
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kTile * LD;
+  T* sV = sK + kTile * LD;
+  const Pattern& P = A.pat;
+  const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
+  const int64_t i0 = int64_t(blockIdx.x) * kTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const T* Q = head_ptr<T>(A.q, b, h);
+  const T* K = head_ptr<T>(A.k, b, h);
+  const T* V = head_ptr<T>(A.v, b, h);
+
+  load_tile<T, D, LD>(sQ, Q, A.q.sn, i0, P.nq);
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  load_a<T, D, LD>(qf, sQ, warp * 16, g, t);
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int64_t pos[2] = {P.q_offset + i0 + warp * 16 + g, P.q_offset + i0 + warp * 16 + g + 8};
+  const int64_t p0 = P.q_offset + i0, p1 = P.q_offset + imin(i0 + kTile, P.nq) - 1;
+
+  for_tiles(keys_for_queries(P, p0, p1), [&](int64_t j0) {
+    __syncthreads();
+    load_tile<T, D, LD>(sK, K, A.k.sn, j0, P.nk);
+    load_tile<T, D, LD>(sV, V, A.v.sn, j0, P.nk);
+    __syncthreads();
+    float s[8][4];
+    mma_abt<T, D, LD>(s, qf, sK, g, t);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
+        s[n][e] = (j < P.nk && P.visible(pos[e >> 1], j)) ? s[n][e] * A.scale_log2 : -INFINITY;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m[r], mx);
+      const float alpha = mn == -INFINITY ? 1.0f : exp2f(m[r] - mn);
+      m[r] = mn;
+      l[r] *= alpha;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][2 * r] *= alpha;
+        o[dn][2 * r + 1] *= alpha;
+      }
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          const float pv = mn == -INFINITY ? 0.0f : exp2f(s[n][e] - mn);
+          s[n][e] = pv;
+          l[r] += pv;
+        }
+    }
+    mma_pv<T, D, LD>(o, s, sV, g, t);
+  });
+
+  T* out = static_cast<T*>(A.out) + (b * A.H + h) * P.nq * D;
+  float* lse = A.lse + (b * A.H + h) * P.nq;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int64_t i = i0 + warp * 16 + g + 8 * r;
+    if (i >= P.nq) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      const uint32_t v = Mma<T>::pack(o[dn][2 * r] * inv, o[dn][2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t*>(out + i * D + dn * 8 + 2 * t) = v;
+    }
+    if (t == 0) lse[i] = l[r] > 0.0f ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
+  }
+}
+
+// ------------------------------------------------------------------------------------ backward
+
+// dQ for 64 queries per block, over the key tiles they see.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A) {
+  constexpr int LD = D + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sO = sQ + kTile * LD;  // dO
+  T* sK = sO + kTile * LD;
+  T* sV = sK + kTile * LD;
+  const Pattern& P = A.pat;
+  const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
+  const int64_t i0 = int64_t(blockIdx.x) * kTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const T* K = head_ptr<T>(A.k, b, h);
+  const T* V = head_ptr<T>(A.v, b, h);
+  load_tile<T, D, LD>(sQ, head_ptr<T>(A.q, b, h), A.q.sn, i0, P.nq);
+  load_tile<T, D, LD>(sO, head_ptr<T>(A.dout, b, h), A.dout.sn, i0, P.nq);
+  __syncthreads();
+  uint32_t qf[D / 16][4], of[D / 16][4];
+  load_a<T, D, LD>(qf, sQ, warp * 16, g, t);
+  load_a<T, D, LD>(of, sO, warp * 16, g, t);
+  float lse2[2], dl[2];
+  int64_t pos[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = i0 + warp * 16 + g + 8 * r;
+    const bool in = i < P.nq;
+    const float ls = in ? A.lse[(b * A.H + h) * P.nq + i] : -INFINITY;
+    lse2[r] = ls * kLog2e;
+    dl[r] = in ? A.delta[(b * A.H + h) * P.nq + i] : 0.0f;
+    pos[r] = P.q_offset + i;
+  }
+  float acc[D / 8][4];
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) acc[dn][0] = acc[dn][1] = acc[dn][2] = acc[dn][3] = 0.0f;
+  const int64_t p0 = P.q_offset + i0, p1 = P.q_offset + imin(i0 + kTile, P.nq) - 1;
+
+  for_tiles(keys_for_queries(P, p0, p1), [&](int64_t j0) {
+    __syncthreads();
+    load_tile<T, D, LD>(sK, K, A.k.sn, j0, P.nk);
+    load_tile<T, D, LD>(sV, V, A.v.sn, j0, P.nk);
+    __syncthreads();
+    float s[8][4], dp[8][4];
+    mma_abt<T, D, LD>(s, qf, sK, g, t);
+    mma_abt<T, D, LD>(dp, of, sV, g, t);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
+        const bool vis = j < P.nk && lse2[r] != -INFINITY && P.visible(pos[r], j);
+        const float pr = vis ? exp2f(s[n][e] * A.scale_log2 - lse2[r]) : 0.0f;
+        s[n][e] = pr * (dp[n][e] - dl[r]);  // dS
+      }
+    mma_pv<T, D, LD>(acc, s, sK, g, t);  // dQ += dS K
+  });
+
+  T* dq = static_cast<T*>(A.dq) + (b * A.H + h) * P.nq * D;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = i0 + warp * 16 + g + 8 * r;
+    if (i >= P.nq) continue;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<uint32_t*>(dq + i * D + dn * 8 + 2 * t) =
+          Mma<T>::pack(acc[dn][2 * r] * A.scale, acc[dn][2 * r + 1] * A.scale);
+  }
+}
+
+// dK and dV for 64 keys per block, over the query tiles that see them.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args A) {
+  constexpr int LD = D + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + kTile * LD;
+  T* sQ = sV + kTile * LD;
+  T* sO = sQ + kTile * LD;  // dO
+  float* sL = reinterpret_cast<float*>(sO + kTile * LD);  // lse * log2(e) of the query tile
+  float* sD = sL + kTile;                                  // delta of the query tile
+  const Pattern& P = A.pat;
+  const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
+  const int64_t j0 = int64_t(blockIdx.x) * kTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const T* Q = head_ptr<T>(A.q, b, h);
+  const T* dO = head_ptr<T>(A.dout, b, h);
+  const float* lse = A.lse + (b * A.H + h) * P.nq;
+  const float* delta = A.delta + (b * A.H + h) * P.nq;
+  load_tile<T, D, LD>(sK, head_ptr<T>(A.k, b, h), A.k.sn, j0, P.nk);
+  load_tile<T, D, LD>(sV, head_ptr<T>(A.v, b, h), A.v.sn, j0, P.nk);
+  __syncthreads();
+  uint32_t kf[D / 16][4], vf[D / 16][4];
+  load_a<T, D, LD>(kf, sK, warp * 16, g, t);
+  load_a<T, D, LD>(vf, sV, warp * 16, g, t);
+  const int64_t key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[dn][e] = dv[dn][e] = 0.0f;
+  const int64_t j1 = imin(j0 + kTile, P.nk) - 1;
+
+  for_tiles(queries_for_keys(P, j0, j1), [&](int64_t i0) {
+    __syncthreads();
+    load_tile<T, D, LD>(sQ, Q, A.q.sn, i0, P.nq);
+    load_tile<T, D, LD>(sO, dO, A.dout.sn, i0, P.nq);
+    for (int c = threadIdx.x; c < kTile; c += kThreads) {
+      const bool in = i0 + c < P.nq;
+      sL[c] = in ? lse[i0 + c] * kLog2e : -INFINITY;
+      sD[c] = in ? delta[i0 + c] : 0.0f;
+    }
+    __syncthreads();
+    float s[8][4], dp[8][4];
+    mma_abt<T, D, LD>(s, kf, sQ, g, t);   // S^T: keys x queries
+    mma_abt<T, D, LD>(dp, vf, sO, g, t);  // dP^T = V dO^T
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = n * 8 + 2 * t + (e & 1);
+        const int64_t i = i0 + c;
+        const float l2 = sL[c];
+        const bool vis = i < P.nq && key[e >> 1] < P.nk && l2 != -INFINITY && P.visible(P.q_offset + i, key[e >> 1]);
+        const float pr = vis ? exp2f(s[n][e] * A.scale_log2 - l2) : 0.0f;
+        s[n][e] = pr;
+        dp[n][e] = pr * (dp[n][e] - sD[c]);  // dS^T
+      }
+    mma_pv<T, D, LD>(dv, s, sO, g, t);   // dV += P^T dO
+    mma_pv<T, D, LD>(dk, dp, sQ, g, t);  // dK += dS^T Q
+  });
+
+  T* dkp = static_cast<T*>(A.dk) + (b * A.H + h) * P.nk * D;
+  T* dvp = static_cast<T*>(A.dv) + (b * A.H + h) * P.nk * D;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= P.nk) continue;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<uint32_t*>(dkp + key[r] * D + dn * 8 + 2 * t) =
+          Mma<T>::pack(dk[dn][2 * r] * A.scale, dk[dn][2 * r + 1] * A.scale);
+      *reinterpret_cast<uint32_t*>(dvp + key[r] * D + dn * 8 + 2 * t) = Mma<T>::pack(dv[dn][2 * r], dv[dn][2 * r + 1]);
+    }
+  }
+}
+
+template <class Kernel>
+int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t stream) {
+  if (grid.x == 0 || grid.y == 0) return 0;
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return int(e);
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(a);
+  return int(cudaGetLastError());
+}
+
+Args make_args(const AttnProblem& p) {
+  Args a{};
+  a.pat = Pattern{p.window, p.num_global, p.q_offset, p.nq, p.nk, p.causal};
+  a.H = p.H;
+  a.scale = p.scale;
+  a.scale_log2 = p.scale * kLog2e;
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  return a;
+}
+
+template <class T, int D>
+int forward_typed(const AttnProblem& p, void* out, float* lse, cudaStream_t stream) {
+  Args a = make_args(p);
+  a.out = out;
+  a.lse = lse;
+  const dim3 grid(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H));
+  return launch(attn_forward_kernel<T, D>, grid, 3 * kTile * (D + 8) * sizeof(T), a, stream);
+}
+
+template <class T, int D>
+int backward_typed(const AttnProblem& p, const AttnTensor& dout, const float* lse, const float* delta, void* dq,
+                   void* dk, void* dv, cudaStream_t stream) {
+  Args a = make_args(p);
+  a.dout = dout;
+  a.lse = const_cast<float*>(lse);
+  a.delta = delta;
+  a.dq = dq;
+  a.dk = dk;
+  a.dv = dv;
+  const size_t tiles = 4 * kTile * (D + 8) * sizeof(T);
+  int e = launch(attn_backward_dkv_kernel<T, D>, dim3(unsigned((p.nk + kTile - 1) / kTile), unsigned(p.B * p.H)),
+                 tiles + 2 * kTile * sizeof(float), a, stream);
+  if (e) return e;
+  return launch(attn_backward_dq_kernel<T, D>, dim3(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H)),
+                tiles, a, stream);
+}
+
+}  // namespace
+
+bool attention_cuda_supports(int d) { return d == 64 || d == 128; }
+
+int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (p.dtype == AttnDType::BF16) {
+    if (p.d == 64) return forward_typed<__nv_bfloat16, 64>(p, out, lse, st);
+    if (p.d == 128) return forward_typed<__nv_bfloat16, 128>(p, out, lse, st);
+  } else {
+    if (p.d == 64) return forward_typed<__half, 64>(p, out, lse, st);
+    if (p.d == 128) return forward_typed<__half, 128>(p, out, lse, st);
+  }
+  return int(cudaErrorInvalidValue);
+}
+
+int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const float* lse, const float* delta,
+                            void* dq, void* dk, void* dv, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (p.dtype == AttnDType::BF16) {
+    if (p.d == 64) return backward_typed<__nv_bfloat16, 64>(p, grad_out, lse, delta, dq, dk, dv, st);
+    if (p.d == 128) return backward_typed<__nv_bfloat16, 128>(p, grad_out, lse, delta, dq, dk, dv, st);
+  } else {
+    if (p.d == 64) return backward_typed<__half, 64>(p, grad_out, lse, delta, dq, dk, dv, st);
+    if (p.d == 128) return backward_typed<__half, 128>(p, grad_out, lse, delta, dq, dk, dv, st);
+  }
+  return int(cudaErrorInvalidValue);
+}
+
+}  // namespace edgegen::kernels::cuda

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Everything a GPU machine needs in one go (target: under 8 minutes on one H100/H200):
+#   1. show the toolchain, and that the machine's default C++ compiler is checked (a library it
+#      builds is refused when it carries its own libstdc++);
+#   2. build edgegen with the CUDA kernels (EDGEGEN_CUDA=ON) against the torch already installed,
+#      with the system compiler, which links libstdc++ dynamically (nothing is downloaded);
+#   3. run tests/cuda (native kernels required) and the op, distillation and attention suites;
+#   4. run the GPU benchmark and print its table.
+# Logs and the CSV go to $OUT when set (the device tool's output folder), else build/gpu-check.
+# Extra wheels (e.g. expecttest, which opcheck needs) are installed from .whl/ when present.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-build/gpu-check}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+status=0
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/edgegen-site \
+    .whl/*.whl && export PYTHONPATH="/tmp/edgegen-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+echo "== toolchain"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+nvcc --version | tail -1
+default_cxx="${CXX:-$(command -v c++ || true)}"
+echo "default C++ compiler: ${default_cxx:-none}"
+if [ -n "$default_cxx" ]; then
+  probe="$(mktemp -d)"
+  printf '#include <sstream>\nextern "C" int probe(long x){std::ostringstream o; o << x; return (int)o.str().size();}\n' \
+    > "$probe/p.cpp"
+  if "$default_cxx" -O1 -fPIC -shared "$probe/p.cpp" -o "$probe/p.so" 2>/dev/null; then
+    if "$PY" scripts/check_cxx_runtime.py "$probe/p.so" --compiler "$default_cxx" 2>"$probe/msg"; then
+      echo "default compiler links libstdc++ dynamically"
+    else
+      echo "default compiler links libstdc++ statically; the build check refuses it:"
+      head -c 400 "$probe/msg"; echo
+    fi
+  fi
+fi
+
+echo "== build (EDGEGEN_CUDA=ON, system compiler)"
+export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+export CUDACXX="${CUDACXX:-$(command -v nvcc)}"
+export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+t0=$(date +%s)
+if ! "$PY" -m pip install --no-build-isolation --no-deps -e . \
+     --config-settings=cmake.define.EDGEGEN_CUDA=ON --config-settings=build-dir=build/gpu >"$OUT/build.log" 2>&1; then
+  echo "build FAILED ($(($(date +%s) - t0)) s):"; tail -40 "$OUT/build.log"; exit 1
+fi
+echo "built in $(($(date +%s) - t0)) s"
+"$PY" -c "import torch, edgegen; print('native CUDA kernels:', {op: torch._C._dispatch_has_kernel_for_dispatch_key('edgegen::' + op, 'CUDA') for op in ('kd_loss', 'fused_linear_kd_loss', 'sliding_window_attention')})"
+
+echo "== tests"
+EDGEGEN_EXPECT_CUDA_KERNELS=1 timeout 300 "$PY" -m pytest tests/cuda tests/test_build.py tests/ops tests/distill \
+  tests/attention -q -p no:cacheprovider -o addopts="" -rfE --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
+rc=$?
+grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
+if [ $rc -ne 0 ]; then
+  status=1
+  grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
+fi
+
+echo "== benchmark"
+timeout 300 "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-} --csv "$OUT/gpu.csv" 2>&1 | tee "$OUT/bench.log" \
+  | grep -vE "^(W|I)[0-9]{4} " || status=1
+exit $status
