@@ -54,8 +54,10 @@ echo "built in $(($(date +%s) - t0)) s"
 "$PY" -c "import torch, edgegen; print('native CUDA kernels:', {op: torch._C._dispatch_has_kernel_for_dispatch_key('edgegen::' + op, 'CUDA') for op in ('kd_loss', 'fused_linear_kd_loss', 'sliding_window_attention')})"
 
 echo "== tests"
-EDGEGEN_EXPECT_CUDA_KERNELS=1 timeout 300 "$PY" -m pytest tests/cuda tests/test_build.py tests/ops tests/distill \
-  tests/attention -q -p no:cacheprovider -o addopts="" -rfE --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
+# GPU_CHECK_TESTS narrows the selection (e.g. "tests/cuda tests/test_build.py" for a quick rerun).
+EDGEGEN_EXPECT_CUDA_KERNELS=1 timeout 300 "$PY" -m pytest ${GPU_CHECK_TESTS:-tests/cuda tests/test_build.py tests/ops \
+  tests/distill tests/attention} -q -p no:cacheprovider -o addopts="" -rfE --junitxml="$OUT/tests.xml" \
+  >"$OUT/tests.log" 2>&1
 rc=$?
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
 if [ $rc -ne 0 ]; then

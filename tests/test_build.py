@@ -74,5 +74,5 @@ def test_runtime_check_on_a_small_library(tmp_path, static):
         return
     assert r.returncode == 1
     assert "test-cxx" in r.stderr and "CXX=/usr/bin/g++" in r.stderr
-    assert "_M_insert" in r.stderr or "__cxa_throw" in r.stderr or "std::locale" in r.stderr
+    assert "of libstdc++'s own symbols" in r.stderr
     assert "libstdc++.so is not among its dynamic dependencies" in r.stderr

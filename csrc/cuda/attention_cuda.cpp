@@ -4,7 +4,6 @@
 // call on CUDA to FlexAttention or the reference before it gets here (see ops/_fallback.py).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
@@ -149,10 +148,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward
   }
   const at::Tensor go = kernel_layout(grad_out);
   const at::Tensor lc = lse.contiguous();
-  const at::Tensor delta = at::sum(go.to(at::kFloat).mul(out.to(at::kFloat)), {3}).contiguous();
-  check_launch(KC::attention_backward_cuda(p, describe(go), lc.const_data_ptr<float>(), delta.const_data_ptr<float>(),
-                                           dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
-                                           current_stream(q.device())),
+  const at::Tensor oc = kernel_layout(out);
+  at::Tensor delta = at::empty({p.B, p.H, p.nq}, q.options().dtype(at::kFloat));
+  check_launch(KC::attention_backward_cuda(p, describe(go), describe(oc), lc.const_data_ptr<float>(),
+                                           delta.mutable_data_ptr<float>(), dq.mutable_data_ptr(),
+                                           dk.mutable_data_ptr(), dv.mutable_data_ptr(), current_stream(q.device())),
                "sliding_window_attention_backward");
   return {dq, dk, dv};
 }

@@ -38,10 +38,10 @@ def _case(rows, vocab, dtype, teachers=1, pattern="some", spread=4.0):
 @pytest.mark.parametrize("vocab", [100, 50257, 70001], ids=["V100", "V50257", "V70001-streamed"])
 def test_kd_loss_matches_reference(dtype, vocab):
     s, ts, y = _case(24, vocab, dtype)
-    sd = s.double().requires_grad_()
+    sd = s.double().clone().requires_grad_()
     ref = kd_loss_reference(sd, [t.double() for t in ts], y)
     ref.backward()
-    sc = s.to(DEV).requires_grad_()
+    sc = s.detach().to(DEV).requires_grad_()
     loss = kd_loss(sc, [t.to(DEV) for t in ts], y.to(DEV))
     loss.backward()
     _close(loss, ref.detach(), LOSS_TOL[dtype])
@@ -56,7 +56,7 @@ def test_kd_loss_settings(reduction, alpha, temperature):
     s, ts, y = _case(16, 1000, torch.float32, teachers=3)
     ts[1][:, :50] = float("-inf")  # a teacher that gives some tokens probability 0
     weights = [0.5, 1.0, 2.5]
-    sd = s.double().requires_grad_()
+    sd = s.double().clone().requires_grad_()
     ref = kd_loss_reference(sd, [t.double() for t in ts], y, temperature, alpha, -100, reduction, weights)
     upstream = torch.rand_like(ref) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64)
     (ref * upstream).sum().backward()
@@ -84,7 +84,7 @@ def test_large_logits_stay_finite():
     sc = s.to(DEV).requires_grad_()
     loss = kd_loss(sc, ts[0].to(DEV), y.to(DEV))
     loss.backward()
-    sd = s.double().requires_grad_()
+    sd = s.double().clone().requires_grad_()
     ref = kd_loss_reference(sd, ts[0].double(), y)
     ref.backward()
     _close(loss, ref.detach(), 1e-5)

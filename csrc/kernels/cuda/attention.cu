@@ -58,12 +58,13 @@ template <class T>
 __device__ __forceinline__ uint32_t ld32(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
-// Two 16-bit elements from different rows, packed (lo first).
+// Four transposed 8x8 blocks of 16-bit values from shared memory (rows 16-byte aligned).
 template <class T>
-__device__ __forceinline__ uint32_t ld_pair(const T* lo, const T* hi) {
-  const uint16_t a = *reinterpret_cast<const uint16_t*>(lo);
-  const uint16_t b = *reinterpret_cast<const uint16_t*>(hi);
-  return uint32_t(a) | (uint32_t(b) << 16);
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const T* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -189,11 +190,16 @@ __device__ __forceinline__ void mma_pv(float acc[D / 8][4], const float pc[8][4]
     a[1] = Mma<T>::pack(pc[2 * kk][2], pc[2 * kk][3]);
     a[2] = Mma<T>::pack(pc[2 * kk + 1][0], pc[2 * kk + 1][1]);
     a[3] = Mma<T>::pack(pc[2 * kk + 1][2], pc[2 * kk + 1][3]);
-    const T* r0 = s + (kk * 16 + 2 * t) * LD;
+    // ldmatrix.trans: lane l addresses row (l % 8) of 8x8 block l / 8 = (keys +0/+8, columns
+    // +0/+8); it receives b0, b1 of two neighbouring column tiles.
+    const int lane = threadIdx.x % 32, blk = lane / 8;
+    const T* row = s + (kk * 16 + (blk & 1) * 8 + lane % 8) * LD + (blk >> 1) * 8;
 #pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      const T* c0 = r0 + dn * 8 + g;
-      Mma<T>::run(acc[dn], a, ld_pair(c0, c0 + LD), ld_pair(c0 + 8 * LD, c0 + 9 * LD));
+    for (int dn = 0; dn < D / 8; dn += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, row + dn * 8);
+      Mma<T>::run(acc[dn], a, b[0], b[1]);
+      Mma<T>::run(acc[dn + 1], a, b[2], b[3]);
     }
   }
 }
@@ -452,6 +458,24 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   }
 }
 
+// delta[b, h, i] = sum_d dO[i, d] O[i, d] in float32: one warp per row.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_delta_kernel(const Args A, AttnTensor out, float* delta) {
+  const Pattern& P = A.pat;
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= A.H * P.nq) return;
+  const int64_t b = blockIdx.y, h = row / P.nq, i = row % P.nq;
+  const T* go = head_ptr<T>(A.dout, b, h) + i * A.dout.sn;
+  const T* o = head_ptr<T>(out, b, h) + i * out.sn;
+  float acc = 0.0f;
+#pragma unroll
+  for (int c = lane; c < D; c += 32) acc += float(go[c]) * float(o[c]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) delta[(b * A.H + h) * P.nq + i] = acc;
+}
+
 template <class Kernel>
 int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t stream) {
   if (grid.x == 0 || grid.y == 0) return 0;
@@ -485,12 +509,20 @@ int forward_typed(const AttnProblem& p, void* out, float* lse, cudaStream_t stre
 }
 
 template <class T, int D>
-int backward_typed(const AttnProblem& p, const AttnTensor& dout, const float* lse, const float* delta, void* dq,
-                   void* dk, void* dv, cudaStream_t stream) {
+int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTensor& out, const float* lse,
+                   float* delta, void* dq, void* dk, void* dv, cudaStream_t stream) {
   Args a = make_args(p);
   a.dout = dout;
   a.lse = const_cast<float*>(lse);
   a.delta = delta;
+  {
+    const dim3 grid(unsigned((p.H * p.nq + kWarps - 1) / kWarps), unsigned(p.B));
+    if (grid.x > 0 && grid.y > 0) {
+      attn_delta_kernel<T, D><<<grid, kThreads, 0, stream>>>(a, out, delta);
+      const int e = int(cudaGetLastError());
+      if (e) return e;
+    }
+  }
   a.dq = dq;
   a.dk = dk;
   a.dv = dv;
@@ -518,15 +550,15 @@ int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* st
   return int(cudaErrorInvalidValue);
 }
 
-int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const float* lse, const float* delta,
-                            void* dq, void* dk, void* dv, void* stream) {
+int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const AttnTensor& out,
+                            const float* lse, float* delta, void* dq, void* dk, void* dv, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (p.dtype == AttnDType::BF16) {
-    if (p.d == 64) return backward_typed<__nv_bfloat16, 64>(p, grad_out, lse, delta, dq, dk, dv, st);
-    if (p.d == 128) return backward_typed<__nv_bfloat16, 128>(p, grad_out, lse, delta, dq, dk, dv, st);
+    if (p.d == 64) return backward_typed<__nv_bfloat16, 64>(p, grad_out, out, lse, delta, dq, dk, dv, st);
+    if (p.d == 128) return backward_typed<__nv_bfloat16, 128>(p, grad_out, out, lse, delta, dq, dk, dv, st);
   } else {
-    if (p.d == 64) return backward_typed<__half, 64>(p, grad_out, lse, delta, dq, dk, dv, st);
-    if (p.d == 128) return backward_typed<__half, 128>(p, grad_out, lse, delta, dq, dk, dv, st);
+    if (p.d == 64) return backward_typed<__half, 64>(p, grad_out, out, lse, delta, dq, dk, dv, st);
+    if (p.d == 128) return backward_typed<__half, 128>(p, grad_out, out, lse, delta, dq, dk, dv, st);
   }
   return int(cudaErrorInvalidValue);
 }

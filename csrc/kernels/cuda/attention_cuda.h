@@ -39,10 +39,10 @@ bool attention_cuda_supports(int d);
 // cudaError_t.
 int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream);
 
-// grad_out and out as AttnTensor (any strides as above); lse and delta float32 [B, H, nq]
-// contiguous (delta = rowsum(grad_out * out) in float32); dq [B, H, nq, d], dk, dv [B, H, nk, d]
-// contiguous. Returns 0 or a cudaError_t.
-int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const float* lse, const float* delta,
-                            void* dq, void* dk, void* dv, void* stream);
+// grad_out and out as AttnTensor (strides as above); lse float32 [B, H, nq] contiguous; delta a
+// float32 [B, H, nq] scratch buffer (filled with rowsum(grad_out * out)); dq [B, H, nq, d], dk, dv
+// [B, H, nk, d] contiguous. Returns 0 or a cudaError_t.
+int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const AttnTensor& out,
+                            const float* lse, float* delta, void* dq, void* dk, void* dv, void* stream);
 
 }  // namespace edgegen::kernels::cuda

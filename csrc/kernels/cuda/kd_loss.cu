@@ -42,6 +42,7 @@ __device__ __forceinline__ double ex(double x) { return exp(x); }
 __device__ __forceinline__ float lg(float x) { return logf(x); }
 __device__ __forceinline__ double lg(double x) { return log(x); }
 template <class T> struct Compute { using type = float; };
+__device__ __forceinline__ int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 template <> struct Compute<double> { using type = double; };
 
 // A running (max, sum of e^((x - max) * c)) pair; -inf max means "nothing finite seen yet".
@@ -121,11 +122,107 @@ __device__ Running<A> block_merge(Running<A> r, A c, A* scratch_m, A* scratch_z)
   return r;
 }
 
+// 16-byte vectors of T.
+template <class T>
+struct Vec {
+  static constexpr int N = 16 / sizeof(T);
+  union {
+    uint4 raw;
+    T x[N];
+  };
+};
+
+template <class T>
+__device__ __forceinline__ int misalign(const void* ptr) {
+  return int((reinterpret_cast<uintptr_t>(ptr) % 16) / sizeof(T));
+}
+
+// Running state of sweep 1 for one thread.
+template <class A>
+struct Sweep1 {
+  Running<A> sT;  // student at T
+  A zs1;          // student at 1, relative to sT.m
+  Running<A> t[kKDMaxTeachers];
+};
+
+template <class A, int N>
+__device__ __forceinline__ void add_student(Sweep1<A>& st, const A (&x)[N], A invT, int use_ce, int tmode) {
+  A mx = x[0];
+#pragma unroll
+  for (int u = 1; u < N; ++u) mx = x[u] > mx ? x[u] : mx;
+  if (mx > st.sT.m) {
+    st.sT.z *= rescale(st.sT.m, mx, invT);
+    st.zs1 *= rescale(st.sT.m, mx, A(1));
+    st.sT.m = mx;
+  }
+  if (st.sT.m == A(-INFINITY)) return;
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    const A ds = x[u] - st.sT.m;
+    const A e = ex(ds * invT);
+    st.sT.z += e;
+    if (use_ce) st.zs1 += tmode == 1 ? e : (tmode == 2 ? e * e : ex(ds));
+  }
+}
+
+template <class A, int N>
+__device__ __forceinline__ void add_teacher(Running<A>& r, const A (&x)[N], A invT) {
+  A mx = x[0];
+#pragma unroll
+  for (int u = 1; u < N; ++u) mx = x[u] > mx ? x[u] : mx;
+  if (mx > r.m) {
+    r.z *= rescale(r.m, mx, invT);
+    r.m = mx;
+  }
+  if (r.m == A(-INFINITY)) return;
+#pragma unroll
+  for (int u = 0; u < N; ++u) r.z += ex((x[u] - r.m) * invT);
+}
+
+// What sweep 2 needs of a row, after the reductions.
+template <class A>
+struct RowStats {
+  A ms, invT, inv_zsT, log_zsT, inv_zs1, log_zt0, inv_zt0;
+  A m_t[kKDMaxTeachers], wz[kKDMaxTeachers];
+  A ca, cc;
+  int K, use_ce, tmode;
+};
+
+// Gradient of one element and its KL term (added to kl); tv[k] are the teachers' values.
+template <class A>
+__device__ __forceinline__ A element_grad(const RowStats<A>& rs, A sv, const A* tv, bool is_target, A& kl) {
+  const A ds = sv - rs.ms;
+  const A eT = ex(ds * rs.invT);
+  A gv = A(0);
+  if (rs.K > 0) {
+    A pt, logpt;
+    if (rs.K == 1) {
+      const A dt = (tv[0] - rs.m_t[0]) * rs.invT;
+      pt = ex(dt) * rs.inv_zt0;
+      logpt = dt - rs.log_zt0;
+    } else {
+      pt = A(0);
+#pragma unroll
+      for (int k = 0; k < kKDMaxTeachers; ++k)
+        if (k < rs.K) pt += rs.wz[k] * ex((tv[k] - rs.m_t[k]) * rs.invT);
+      logpt = lg(pt);
+    }
+    if (pt > A(0)) kl += pt * (logpt - (ds * rs.invT - rs.log_zsT));
+    gv += rs.ca * (eT * rs.inv_zsT - pt);
+  }
+  if (rs.use_ce) {
+    const A e1 = rs.tmode == 1 ? eT : (rs.tmode == 2 ? eT * eT : ex(ds));
+    gv += rs.cc * (e1 * rs.inv_zs1 - (is_target ? A(1) : A(0)));
+  }
+  return gv;
+}
+
 template <class T, bool kCache>
 __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
   using A = typename Compute<T>::type;
+  constexpr int VN = Vec<T>::N;
   constexpr A kNegInf = A(-INFINITY);
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   T* cache = reinterpret_cast<T*>(smem_raw);
   __shared__ A scratch[4][32];
   __shared__ A s_target;
@@ -147,120 +244,132 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
     const T* t[kKDMaxTeachers];
 #pragma unroll
     for (int k = 0; k < kKDMaxTeachers; ++k)
-      t[k] = k < K ? static_cast<const T*>(p.teachers[k]) + row * p.teacher_row_strides[k] : nullptr;
+      t[k] = k < K ? static_cast<const T*>(p.teachers[k]) + row * p.teacher_row_strides[k] : s;
+
+    // Elements [0, head) and [head + nv * VN, n) one at a time; the rest as 16-byte vectors,
+    // when student, teachers and gradient share their alignment (always, for contiguous rows).
+    const int mis = misalign<T>(s);
+    bool vec_ok = !g || misalign<T>(g) == mis;
+#pragma unroll
+    for (int k = 0; k < kKDMaxTeachers; ++k)
+      if (k < K) vec_ok = vec_ok && misalign<T>(t[k]) == mis;
+    const int64_t head = vec_ok ? imin64((VN - mis) % VN, n) : n;
+    const int64_t nv = (n - head) / VN;
+    const int64_t body_end = head + nv * VN;
+    const int pad = int((VN - head % VN) % VN);  // cache index = v + pad: vectors land aligned
 
     // ---- sweep 1: maxima and normalisers
-    Running<A> rsT{kNegInf, A(0)};  // student at T
-    A zs1 = A(0);                   // student at 1, relative to rsT.m
-    Running<A> rt[kKDMaxTeachers];
+    Sweep1<A> st;
+    st.sT = Running<A>{kNegInf, A(0)};
+    st.zs1 = A(0);
 #pragma unroll
-    for (int k = 0; k < kKDMaxTeachers; ++k) rt[k] = Running<A>{kNegInf, A(0)};
-    for (int64_t v0 = tid; v0 < n; v0 += int64_t(blockDim.x) * kUnroll) {
-      A x[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t v = v0 + int64_t(u) * blockDim.x;
-        if (v < n) {
-          const T raw = s[v];
-          if (kCache) cache[v] = raw;
-          x[u] = as_c(raw);
-          if (v == y) s_target = x[u];
-        } else {
-          x[u] = kNegInf;
-        }
-      }
-      A mx = x[0];
-#pragma unroll
-      for (int u = 1; u < kUnroll; ++u) mx = x[u] > mx ? x[u] : mx;
-      if (mx > rsT.m) {
-        rsT.z *= rescale(rsT.m, mx, invT);
-        zs1 *= rescale(rsT.m, mx, A(1));
-        rsT.m = mx;
-      }
-      if (rsT.m != kNegInf) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const A ds = x[u] - rsT.m;
-          const A e = ex(ds * invT);
-          rsT.z += e;
-          if (p.use_ce) zs1 += p.tmode == 1 ? e : (p.tmode == 2 ? e * e : ex(ds));
-        }
-      }
+    for (int k = 0; k < kKDMaxTeachers; ++k) st.t[k] = Running<A>{kNegInf, A(0)};
+    auto scalar1 = [&](int64_t v) {
+      const T raw = s[v];
+      if (kCache) cache[v + pad] = raw;
+      const A x[1] = {as_c(raw)};
+      if (v == y) s_target = x[0];
+      add_student(st, x, invT, p.use_ce, p.tmode);
 #pragma unroll
       for (int k = 0; k < kKDMaxTeachers; ++k) {
         if (k >= K) break;
-        A xt[kUnroll];
+        const A xt[1] = {A(load_c(t[k] + v))};
+        add_teacher(st.t[k], xt, invT);
+      }
+    };
+    for (int64_t v = tid; v < head; v += blockDim.x) scalar1(v);
+    for (int64_t v = body_end + tid; v < n; v += blockDim.x) scalar1(v);
+    for (int64_t c = tid; c < nv; c += blockDim.x) {
+      const int64_t v = head + c * VN;
+      Vec<T> vs;
+      vs.raw = *reinterpret_cast<const uint4*>(s + v);
+      Vec<T> vt;
+      if (K >= 1) vt.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v));  // both loads in flight
+      if (kCache) *reinterpret_cast<uint4*>(cache + v + pad) = vs.raw;
+      A x[VN];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t v = v0 + int64_t(u) * blockDim.x;
-          xt[u] = v < n ? A(load_c(t[k] + v)) : kNegInf;
-        }
-        A mt = xt[0];
+      for (int u = 0; u < VN; ++u) x[u] = as_c(vs.x[u]);
 #pragma unroll
-        for (int u = 1; u < kUnroll; ++u) mt = xt[u] > mt ? xt[u] : mt;
-        if (mt > rt[k].m) {
-          rt[k].z *= rescale(rt[k].m, mt, invT);
-          rt[k].m = mt;
-        }
-        if (rt[k].m != kNegInf) {
+      for (int u = 0; u < VN; ++u)
+        if (v + u == y) s_target = x[u];
+      add_student(st, x, invT, p.use_ce, p.tmode);
 #pragma unroll
-          for (int u = 0; u < kUnroll; ++u) rt[k].z += ex((xt[u] - rt[k].m) * invT);
-        }
+      for (int k = 0; k < kKDMaxTeachers; ++k) {
+        if (k >= K) break;
+        if (k > 0) vt.raw = __ldg(reinterpret_cast<const uint4*>(t[k] + v));
+#pragma unroll
+        for (int u = 0; u < VN; ++u) x[u] = as_c(vt.x[u]);
+        add_teacher(st.t[k], x, invT);
       }
     }
-    // The student's pair at T, then Zs1 rescaled to the common maximum; then every teacher's.
-    const A my_m = rsT.m;
-    const Running<A> sT = block_merge(rsT, invT, scratch[0], scratch[1]);
-    A zs1_total = A(0);
-    if (p.use_ce) zs1_total = block_sum(rescale(my_m, sT.m, A(1)) * zs1, scratch[2]);
-    Running<A> tt[kKDMaxTeachers];
-#pragma unroll
-    for (int k = 0; k < kKDMaxTeachers; ++k)
-      tt[k] = k < K ? block_merge(rt[k], invT, scratch[0], scratch[1]) : Running<A>{A(0), A(1)};
-    __syncthreads();  // s_target and the cache are visible from here on
 
-    const A ms = sT.m;
-    const A inv_zsT = A(1) / sT.z, log_zsT = lg(sT.z);
-    const A inv_zs1 = p.use_ce ? A(1) / zs1_total : A(0);
-    A wz[kKDMaxTeachers];
+    // The student's pair at T, then Zs1 rescaled to the common maximum; then every teacher's.
+    const A my_m = st.sT.m;
+    const Running<A> sT = block_merge(st.sT, invT, scratch[0], scratch[1]);
+    A zs1_total = A(0);
+    if (p.use_ce) zs1_total = block_sum(rescale(my_m, sT.m, A(1)) * st.zs1, scratch[2]);
+    RowStats<A> rs;
 #pragma unroll
-    for (int k = 0; k < kKDMaxTeachers; ++k) wz[k] = k < K ? A(p.teacher_weights[k]) / tt[k].z : A(0);
-    const A inv_zt0 = A(1) / tt[0].z, log_zt0 = lg(tt[0].z);
-    const A rs = A(p.grad_scale) * (p.grad_row_scale ? A(p.grad_row_scale[row]) : A(1));
-    const A ca = rs * A(p.alpha * p.temperature), cc = rs * A(1.0 - p.alpha);
+    for (int k = 0; k < kKDMaxTeachers; ++k) {
+      const Running<A> tk = k < K ? block_merge(st.t[k], invT, scratch[0], scratch[1]) : Running<A>{A(0), A(1)};
+      rs.m_t[k] = tk.m;
+      rs.wz[k] = k < K ? A(p.teacher_weights[k]) / tk.z : A(0);
+      if (k == 0) {
+        rs.inv_zt0 = A(1) / tk.z;
+        rs.log_zt0 = lg(tk.z);
+      }
+    }
+    __syncthreads();  // s_target and the cache are visible from here on
+    rs.ms = sT.m;
+    rs.invT = invT;
+    rs.inv_zsT = A(1) / sT.z;
+    rs.log_zsT = lg(sT.z);
+    rs.inv_zs1 = p.use_ce ? A(1) / zs1_total : A(0);
+    const A scale_row = A(p.grad_scale) * (p.grad_row_scale ? A(p.grad_row_scale[row]) : A(1));
+    rs.ca = scale_row * A(p.alpha * p.temperature);
+    rs.cc = scale_row * A(1.0 - p.alpha);
+    rs.K = K;
+    rs.use_ce = p.use_ce;
+    rs.tmode = p.tmode;
 
     // ---- sweep 2: KL terms and the gradient
     A kl = A(0);
-    for (int64_t v = tid; v < n; v += blockDim.x) {
-      const A sv = kCache ? as_c(cache[v]) : A(load_c(s + v));
-      const A ds = sv - ms;
-      const A eT = ex(ds * invT);
-      A gv = A(0);
-      if (K > 0) {
-        A pt, logpt;
-        if (K == 1) {
-          const A dt = (A(load_c(t[0] + v)) - tt[0].m) * invT;
-          pt = ex(dt) * inv_zt0;
-          logpt = dt - log_zt0;
-        } else {
-          pt = A(0);
+    auto scalar2 = [&](int64_t v) {
+      const A sv = kCache ? as_c(cache[v + pad]) : A(load_c(s + v));
+      A tv[kKDMaxTeachers];
 #pragma unroll
-          for (int k = 0; k < kKDMaxTeachers; ++k)
-            if (k < K) pt += wz[k] * ex((A(load_c(t[k] + v)) - tt[k].m) * invT);
-          logpt = lg(pt);
-        }
-        if (pt > A(0)) kl += pt * (logpt - (ds * invT - log_zsT));
-        gv += ca * (eT * inv_zsT - pt);
-      }
-      if (p.use_ce) {
-        const A e1 = p.tmode == 1 ? eT : (p.tmode == 2 ? eT * eT : ex(ds));
-        gv += cc * (e1 * inv_zs1 - (v == y ? A(1) : A(0)));
-      }
+      for (int k = 0; k < kKDMaxTeachers; ++k) tv[k] = k < K ? A(load_c(t[k] + v)) : A(0);
+      const A gv = element_grad(rs, sv, tv, v == y, kl);
       if (g) g[v] = from_c<T>(gv);
+    };
+    for (int64_t v = tid; v < head; v += blockDim.x) scalar2(v);
+    for (int64_t v = body_end + tid; v < n; v += blockDim.x) scalar2(v);
+    for (int64_t c = tid; c < nv; c += blockDim.x) {
+      const int64_t v = head + c * VN;
+      Vec<T> vs, vg;
+      vs.raw = kCache ? *reinterpret_cast<const uint4*>(cache + v + pad) : *reinterpret_cast<const uint4*>(s + v);
+      if (K == 1) {
+        Vec<T> vt;
+        vt.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v));
+#pragma unroll
+        for (int u = 0; u < VN; ++u) {
+          const A tv[1] = {as_c(vt.x[u])};
+          vg.x[u] = from_c<T>(element_grad(rs, as_c(vs.x[u]), tv, v + u == y, kl));
+        }
+      } else {
+#pragma unroll
+        for (int u = 0; u < VN; ++u) {
+          A tv[kKDMaxTeachers];
+#pragma unroll
+          for (int k = 0; k < kKDMaxTeachers; ++k) tv[k] = k < K ? A(load_c(t[k] + v + u)) : A(0);
+          vg.x[u] = from_c<T>(element_grad(rs, as_c(vs.x[u]), tv, v + u == y, kl));
+        }
+      }
+      if (g) *reinterpret_cast<uint4*>(g + v) = vg.raw;
     }
     A loss = A(0);
     if (K > 0) loss += A(p.alpha * p.temperature * p.temperature) * block_sum(kl, scratch[3]);
-    if (p.use_ce) loss += A(1.0 - p.alpha) * (lg(zs1_total) - (s_target - ms));
+    if (p.use_ce) loss += A(1.0 - p.alpha) * (lg(zs1_total) - (s_target - rs.ms));
     if (tid == 0) p.row_loss[row] = double(loss);
     __syncthreads();  // the cache, s_target and scratch are reused by the next row
   }
@@ -285,7 +394,7 @@ int launch(const Params& prm, cudaStream_t stream) {
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (e != cudaSuccess) return int(e);
   // The static shared memory (reduction scratch) needs about 1 KB of the per-block limit.
-  const size_t row_bytes = size_t(prm.vocab) * sizeof(T);
+  const size_t row_bytes = (size_t(prm.vocab) + 16 / sizeof(T)) * sizeof(T);  // + alignment pad
   const bool cache = row_bytes + 2048 <= size_t(max_smem);
   const int64_t cap = int64_t(sms) * 32;
   const int grid = int(prm.rows < cap ? prm.rows : cap);
