@@ -150,9 +150,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward
   const at::Tensor lc = lse.contiguous();
   const at::Tensor oc = kernel_layout(out);
   at::Tensor delta = at::empty({p.B, p.H, p.nq}, q.options().dtype(at::kFloat));
+  const int64_t ws_bytes = int64_t(KC::attention_backward_workspace_bytes(p));
+  at::Tensor workspace = at::empty({(ws_bytes + 3) / 4}, q.options().dtype(at::kFloat));
   check_launch(KC::attention_backward_cuda(p, describe(go), describe(oc), lc.const_data_ptr<float>(),
                                            delta.mutable_data_ptr<float>(), dq.mutable_data_ptr(),
-                                           dk.mutable_data_ptr(), dv.mutable_data_ptr(), current_stream(q.device())),
+                                           dk.mutable_data_ptr(), dv.mutable_data_ptr(),
+                                           workspace.mutable_data_ptr<float>(), current_stream(q.device())),
                "sliding_window_attention_backward");
   return {dq, dk, dv};
 }

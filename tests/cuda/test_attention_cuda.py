@@ -92,6 +92,15 @@ def test_native_head_dim_128(causal):
     _check(q, k, v, torch.bfloat16, 70, 3, causal)
 
 
+@pytest.mark.parametrize("num_global,causal", [(4, True), (70, True), (3, False)],
+                         ids=["g4-causal", "g70-causal", "g3-bidir"])
+def test_native_split_global_key_tiles(num_global, causal):
+    """Every query sees the global keys, so the backward spreads their key tiles over several
+    blocks (18 query tiles here: 3 splits) and sums the partials; the result must not change."""
+    q, k, v = _qkv(1, 2, 1100, 64, torch.bfloat16, seed=2)
+    _check(q, k, v, torch.bfloat16, 64, num_global, causal)
+
+
 def test_native_decode_and_chunked_prefill():
     q, k, v = _qkv(1, 4, 1, 64, torch.bfloat16, nk=300)
     _check(q, k, v, torch.bfloat16, 64, 4, True, q_offset=299)  # one decode step over a cache of 300

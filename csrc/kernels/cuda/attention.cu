@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -214,7 +215,18 @@ struct Args {
   float* lse;
   const float* delta;
   void *dq, *dk, *dv;
+  float* workspace;          // partial dK, dV of the split key tiles
+  int64_t heavy_tiles = 0;   // key tiles holding global keys (split when splits > 1)
+  int64_t splits = 1;
 };
+
+// Key tiles holding global keys and how many blocks share each (0 and 1 when none is split).
+void split_plan(const AttnProblem& p, int64_t& heavy, int64_t& splits) {
+  const int64_t q_tiles = (p.nq + kTile - 1) / kTile;
+  heavy = (std::min(p.num_global, p.nk) + kTile - 1) / kTile;
+  splits = heavy > 0 ? std::min<int64_t>(64, std::max<int64_t>(1, (q_tiles + 7) / 8)) : 1;
+  if (splits == 1) heavy = 0;
+}
 
 template <class T>
 __device__ __forceinline__ const T* head_ptr(const AttnTensor& a, int64_t b, int64_t h) {
@@ -395,7 +407,17 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   float* sD = sL + kTile;                                  // delta of the query tile
   const Pattern& P = A.pat;
   const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
-  const int64_t j0 = int64_t(blockIdx.x) * kTile;
+  // Blocks [0, key tiles) take one key tile each (split 0); the tiles holding global keys, which
+  // every query sees, are also spread over A.splits blocks that take every splits-th query tile
+  // and leave float32 partial sums for attn_backward_reduce_kernel (a fixed-order sum).
+  const int64_t n_kt = (P.nk + kTile - 1) / kTile;
+  int64_t kt = blockIdx.x, split = 0;
+  if (kt >= n_kt) {
+    kt = (blockIdx.x - n_kt) / (A.splits - 1);
+    split = 1 + (blockIdx.x - n_kt) % (A.splits - 1);
+  }
+  const bool partial = A.splits > 1 && kt < A.heavy_tiles;
+  const int64_t j0 = kt * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const T* Q = head_ptr<T>(A.q, b, h);
   const T* dO = head_ptr<T>(A.dout, b, h);
@@ -415,7 +437,9 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
     for (int e = 0; e < 4; ++e) dk[dn][e] = dv[dn][e] = 0.0f;
   const int64_t j1 = imin(j0 + kTile, P.nk) - 1;
 
+  int64_t count = 0;
   for_tiles(queries_for_keys(P, j0, j1), [&](int64_t i0) {
+    if (partial && (count++ % A.splits) != split) return;  // block-uniform
     __syncthreads();
     load_tile<T, D, LD>(sQ, Q, A.q.sn, i0, P.nq);
     load_tile<T, D, LD>(sO, dO, A.dout.sn, i0, P.nq);
@@ -444,6 +468,20 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
     mma_pv<T, D, LD>(dk, dp, sQ, g, t);  // dK += dS^T Q
   });
 
+  if (partial) {
+    float* ws = A.workspace + ((bh * A.heavy_tiles + kt) * A.splits + split) * 2 * kTile * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp * 16 + g + 8 * r;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<float2*>(ws + row * D + dn * 8 + 2 * t) = make_float2(dk[dn][2 * r], dk[dn][2 * r + 1]);
+        *reinterpret_cast<float2*>(ws + (kTile + row) * D + dn * 8 + 2 * t) =
+            make_float2(dv[dn][2 * r], dv[dn][2 * r + 1]);
+      }
+    }
+    return;
+  }
   T* dkp = static_cast<T*>(A.dk) + (b * A.H + h) * P.nk * D;
   T* dvp = static_cast<T*>(A.dv) + (b * A.H + h) * P.nk * D;
 #pragma unroll
@@ -455,6 +493,26 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
           Mma<T>::pack(dk[dn][2 * r] * A.scale, dk[dn][2 * r + 1] * A.scale);
       *reinterpret_cast<uint32_t*>(dvp + key[r] * D + dn * 8 + 2 * t) = Mma<T>::pack(dv[dn][2 * r], dv[dn][2 * r + 1]);
     }
+  }
+}
+
+// dK, dV of the split key tiles: the float32 partials summed in split order.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_backward_reduce_kernel(const Args A) {
+  const int64_t kt = blockIdx.x, bh = blockIdx.y;
+  const float* ws = A.workspace + (bh * A.heavy_tiles + kt) * A.splits * 2 * kTile * D;
+  T* dk = static_cast<T*>(A.dk) + bh * A.pat.nk * D;
+  T* dv = static_cast<T*>(A.dv) + bh * A.pat.nk * D;
+  for (int idx = threadIdx.x; idx < kTile * D; idx += kThreads) {
+    const int64_t j = kt * kTile + idx / D;
+    if (j >= A.pat.nk) break;
+    float sk = 0.0f, sv = 0.0f;
+    for (int z = 0; z < A.splits; ++z) {
+      sk += ws[z * 2 * kTile * D + idx];
+      sv += ws[(z * 2 + 1) * kTile * D + idx];
+    }
+    dk[j * D + idx % D] = Mma<T>::cast(sk * A.scale);
+    dv[j * D + idx % D] = Mma<T>::cast(sv);
   }
 }
 
@@ -489,6 +547,7 @@ int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t st
 
 Args make_args(const AttnProblem& p) {
   Args a{};
+  a.splits = 1;
   a.pat = Pattern{p.window, p.num_global, p.q_offset, p.nq, p.nk, p.causal};
   a.H = p.H;
   a.scale = p.scale;
@@ -510,7 +569,7 @@ int forward_typed(const AttnProblem& p, void* out, float* lse, cudaStream_t stre
 
 template <class T, int D>
 int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTensor& out, const float* lse,
-                   float* delta, void* dq, void* dk, void* dv, cudaStream_t stream) {
+                   float* delta, void* dq, void* dk, void* dv, void* workspace, cudaStream_t stream) {
   Args a = make_args(p);
   a.dout = dout;
   a.lse = const_cast<float*>(lse);
@@ -526,10 +585,18 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
   a.dq = dq;
   a.dk = dk;
   a.dv = dv;
+  a.workspace = static_cast<float*>(workspace);
+  split_plan(p, a.heavy_tiles, a.splits);
   const size_t tiles = 4 * kTile * (D + 8) * sizeof(T);
-  int e = launch(attn_backward_dkv_kernel<T, D>, dim3(unsigned((p.nk + kTile - 1) / kTile), unsigned(p.B * p.H)),
+  const int64_t n_kt = (p.nk + kTile - 1) / kTile;
+  int e = launch(attn_backward_dkv_kernel<T, D>,
+                 dim3(unsigned(n_kt + a.heavy_tiles * (a.splits - 1)), unsigned(p.B * p.H)),
                  tiles + 2 * kTile * sizeof(float), a, stream);
   if (e) return e;
+  if (a.heavy_tiles > 0) {
+    e = launch(attn_backward_reduce_kernel<T, D>, dim3(unsigned(a.heavy_tiles), unsigned(p.B * p.H)), 0, a, stream);
+    if (e) return e;
+  }
   return launch(attn_backward_dq_kernel<T, D>, dim3(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H)),
                 tiles, a, stream);
 }
@@ -550,15 +617,22 @@ int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* st
   return int(cudaErrorInvalidValue);
 }
 
+size_t attention_backward_workspace_bytes(const AttnProblem& p) {
+  int64_t heavy = 0, splits = 1;
+  split_plan(p, heavy, splits);
+  return size_t(p.B * p.H * heavy * splits) * 2 * kTile * size_t(p.d) * sizeof(float);
+}
+
 int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const AttnTensor& out,
-                            const float* lse, float* delta, void* dq, void* dk, void* dv, void* stream) {
+                            const float* lse, float* delta, void* dq, void* dk, void* dv, void* workspace,
+                            void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (p.dtype == AttnDType::BF16) {
-    if (p.d == 64) return backward_typed<__nv_bfloat16, 64>(p, grad_out, out, lse, delta, dq, dk, dv, st);
-    if (p.d == 128) return backward_typed<__nv_bfloat16, 128>(p, grad_out, out, lse, delta, dq, dk, dv, st);
+    if (p.d == 64) return backward_typed<__nv_bfloat16, 64>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
+    if (p.d == 128) return backward_typed<__nv_bfloat16, 128>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
   } else {
-    if (p.d == 64) return backward_typed<__half, 64>(p, grad_out, out, lse, delta, dq, dk, dv, st);
-    if (p.d == 128) return backward_typed<__half, 128>(p, grad_out, out, lse, delta, dq, dk, dv, st);
+    if (p.d == 64) return backward_typed<__half, 64>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
+    if (p.d == 128) return backward_typed<__half, 128>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
   }
   return int(cudaErrorInvalidValue);
 }

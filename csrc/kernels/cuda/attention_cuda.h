@@ -11,6 +11,7 @@
 // deterministic passes without atomics: dK/dV per key tile (over the query tiles that see it) and
 // dQ per query tile (over the key tiles it sees), from lse and delta = rowsum(dO * O).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace edgegen::kernels::cuda {
@@ -39,10 +40,16 @@ bool attention_cuda_supports(int d);
 // cudaError_t.
 int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream);
 
+// Bytes of device scratch the backward needs (float32 partial sums of the key tiles holding
+// global keys, which every query sees and which are therefore split over several blocks).
+size_t attention_backward_workspace_bytes(const AttnProblem& p);
+
 // grad_out and out as AttnTensor (strides as above); lse float32 [B, H, nq] contiguous; delta a
 // float32 [B, H, nq] scratch buffer (filled with rowsum(grad_out * out)); dq [B, H, nq, d], dk, dv
-// [B, H, nk, d] contiguous. Returns 0 or a cudaError_t.
+// [B, H, nk, d] contiguous; workspace of attention_backward_workspace_bytes(p). Returns 0 or a
+// cudaError_t.
 int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const AttnTensor& out,
-                            const float* lse, float* delta, void* dq, void* dk, void* dv, void* stream);
+                            const float* lse, float* delta, void* dq, void* dk, void* dv, void* workspace,
+                            void* stream);
 
 }  // namespace edgegen::kernels::cuda
