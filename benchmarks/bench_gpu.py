@@ -7,8 +7,9 @@
   FlexAttention with a block mask of the same pattern (compiled) and dense causal SDPA (flash).
 * INT8 linear (torch._int_mm behind Int8Linear) vs the float layer, for the record.
 
-Times are medians of CUDA-event timings after warm-up (rotating among 3 input sets where the
-inputs are small enough to sit in L2); peak = max allocated memory above the inputs. Writes
+Times are medians of CUDA-event timings after warm-up. peak = the most memory allocated during
+one call above what was allocated before it, with the previous call's gradients still held (each
+call releases and replaces them): for fwd+bwd rows, 0 means nothing beyond the new gradients. Writes
 benchmarks/results/gpu.csv (or --csv) in the shared schema and prints a table with ratios.
 Usage: python benchmarks/bench_gpu.py [--quick] [--csv PATH]
 """

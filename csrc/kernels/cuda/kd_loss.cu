@@ -23,6 +23,7 @@ namespace {
 
 constexpr int kThreads = 1024;
 using kernels::kKDMaxTeachers;
+constexpr int kUnroll = 4;
 
 // Element loads/stores and the compute type: float for the 16/32-bit types, double for double.
 __device__ __forceinline__ float as_c(float x) { return x; }
@@ -278,9 +279,12 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
     };
     for (int64_t v = tid; v < head; v += blockDim.x) scalar1(v);
     for (int64_t v = body_end + tid; v < n; v += blockDim.x) scalar1(v);
-    // Two vectors per thread per step, both loaded (student and first teacher) before either is
-    // used: twice the bytes in flight of a plain loop.
-    auto body1 = [&](int64_t v, const Vec<T>& vs, const Vec<T>& vt0) {
+    for (int64_t c = tid; c < nv; c += blockDim.x) {
+      const int64_t v = head + c * VN;
+      Vec<T> vs;
+      vs.raw = *reinterpret_cast<const uint4*>(s + v);
+      Vec<T> vt;
+      if (K >= 1) vt.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v));  // both loads in flight
       if (kCache) *reinterpret_cast<uint4*>(cache + v + pad) = vs.raw;
       A x[VN];
 #pragma unroll
@@ -292,25 +296,11 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
 #pragma unroll
       for (int k = 0; k < kKDMaxTeachers; ++k) {
         if (k >= K) break;
-        Vec<T> vt = vt0;
         if (k > 0) vt.raw = __ldg(reinterpret_cast<const uint4*>(t[k] + v));
 #pragma unroll
         for (int u = 0; u < VN; ++u) x[u] = as_c(vt.x[u]);
         add_teacher(st.t[k], x, invT);
       }
-    };
-    for (int64_t c = tid; c < nv; c += 2 * int64_t(blockDim.x)) {
-      const int64_t v0 = head + c * VN, v1 = v0 + int64_t(blockDim.x) * VN;
-      const bool two = c + blockDim.x < nv;
-      Vec<T> vs0, vs1, vt0, vt1;
-      vs0.raw = *reinterpret_cast<const uint4*>(s + v0);
-      if (two) vs1.raw = *reinterpret_cast<const uint4*>(s + v1);
-      if (K >= 1) {
-        vt0.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v0));
-        if (two) vt1.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v1));
-      }
-      body1(v0, vs0, vt0);
-      if (two) body1(v1, vs1, vt1);
     }
 
     // The student's pair at T, then Zs1 rescaled to the common maximum; then every teacher's.
@@ -354,9 +344,13 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
     };
     for (int64_t v = tid; v < head; v += blockDim.x) scalar2(v);
     for (int64_t v = body_end + tid; v < n; v += blockDim.x) scalar2(v);
-    auto body2 = [&](int64_t v, const Vec<T>& vs, const Vec<T>& vt) {
-      Vec<T> vg;
+    for (int64_t c = tid; c < nv; c += blockDim.x) {
+      const int64_t v = head + c * VN;
+      Vec<T> vs, vg;
+      vs.raw = kCache ? *reinterpret_cast<const uint4*>(cache + v + pad) : *reinterpret_cast<const uint4*>(s + v);
       if (K == 1) {
+        Vec<T> vt;
+        vt.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v));
 #pragma unroll
         for (int u = 0; u < VN; ++u) {
           const A tv[1] = {as_c(vt.x[u])};
@@ -372,22 +366,6 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
         }
       }
       if (g) *reinterpret_cast<uint4*>(g + v) = vg.raw;
-    };
-    auto load_s = [&](int64_t v) {
-      return kCache ? *reinterpret_cast<const uint4*>(cache + v + pad) : *reinterpret_cast<const uint4*>(s + v);
-    };
-    for (int64_t c = tid; c < nv; c += 2 * int64_t(blockDim.x)) {
-      const int64_t v0 = head + c * VN, v1 = v0 + int64_t(blockDim.x) * VN;
-      const bool two = c + blockDim.x < nv;
-      Vec<T> vs0, vs1, vt0, vt1;
-      vs0.raw = load_s(v0);
-      if (two) vs1.raw = load_s(v1);
-      if (K == 1) {
-        vt0.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v0));
-        if (two) vt1.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v1));
-      }
-      body2(v0, vs0, vt0);
-      if (two) body2(v1, vs1, vt1);
     }
     A loss = A(0);
     if (K > 0) loss += A(p.alpha * p.temperature * p.temperature) * block_sum(kl, scratch[3]);
