@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "attention_args.h"
 #include "cpu/checks.h"
 #include "kernels/attention/attention.h"
 
@@ -27,11 +28,6 @@ KA::Strided strided(const at::Tensor& t) {
   return KA::Strided{t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-void check_4d(const at::Tensor& t, const char* name) {
-  check_cpu(t, name);
-  TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D tensor [batch, heads, length, head_dim], got ", t.dim(),
-                    "-D of shape ", t.sizes());
-}
 
 // Everything about a call but the tensors' data, checked. `layout_csr` keeps the CSR alive.
 struct Call {
@@ -42,19 +38,10 @@ struct Call {
 Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window, int64_t num_global,
                bool causal, std::optional<double> scale, int64_t q_offset, const std::optional<at::Tensor>& layout,
                int64_t block_size) {
-  check_4d(q, "q");
-  check_4d(k, "k");
-  check_4d(v, "v");
+  attention_args::check_qkv(q, k, v, check_cpu);
   Call call;
   KA::Problem& p = call.p;
   p.dtype = cpu::float_dtype(q.scalar_type(), "q");
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "k, v: expected the dtype of q (", q.scalar_type(), "), got ", k.scalar_type(), " and ",
-                   v.scalar_type());
-  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "v: expected the shape of k ", k.sizes(), ", got ", v.sizes());
-  TORCH_CHECK_VALUE(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
-                    "k: expected the batch, heads and head_dim of q ", q.sizes(), ", got ", k.sizes());
-  TORCH_CHECK_VALUE(q.size(3) >= 1, "q: head_dim must be >= 1, got shape ", q.sizes());
   p.B = q.size(0), p.H = q.size(1), p.nq = q.size(2), p.nk = k.size(2), p.d = q.size(3);
   TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
   TORCH_CHECK_VALUE(num_global >= 0 && num_global <= p.nk, "num_global: expected a value in [0, ", p.nk,
@@ -131,19 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward
     int64_t q_offset, const std::optional<at::Tensor>& block_layout, int64_t block_size) {
   const Call call = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
   const auto& p = call.p;
-  check_4d(grad_out, "grad_out");
-  check_4d(out, "out");
-  check_cpu(lse, "lse");
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
-                    "grad_out, out: expected the shape of q ", q.sizes(), ", got ", grad_out.sizes(), " and ",
-                    out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
-                   "grad_out, out: expected the dtype of q (", q.scalar_type(), "), got ", grad_out.scalar_type(),
-                   " and ", out.scalar_type());
-  TORCH_CHECK_VALUE(lse.scalar_type() == lse_dtype(q) && lse.dim() == 3 && lse.size(0) == p.B &&
-                        lse.size(1) == p.H && lse.size(2) == p.nq,
-                    "lse: expected the ", lse_dtype(q), " log-sum-exp of shape [", p.B, ", ", p.H, ", ", p.nq,
-                    "] from the forward op, got ", lse.scalar_type(), " ", lse.sizes());
+  attention_args::check_backward_inputs(grad_out, out, lse, q, lse_dtype(q), check_cpu);
   at::Tensor dq = at::empty({p.B, p.H, p.nq, p.d}, q.options());
   at::Tensor dk = at::empty({p.B, p.H, p.nk, p.d}, q.options());
   at::Tensor dv = at::empty({p.B, p.H, p.nk, p.d}, q.options());

@@ -13,6 +13,7 @@
 #include <optional>
 #include <tuple>
 
+#include "attention_args.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/kd_loss_cuda.h"  // cuda_error_text
 
@@ -21,12 +22,14 @@ namespace {
 
 namespace KC = edgegen::kernels::cuda;
 
-void check_4d(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.device() == device, name, ": expected a tensor on ", device, ", got one on ", t.device(),
-              " (all inputs must be on the same device)");
-  TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D tensor [batch, heads, length, head_dim], got ", t.dim(),
-                    "-D of shape ", t.sizes());
-}
+// A check that t is on `device` (all inputs on q's CUDA device).
+struct SameDevice {
+  at::Device device;
+  void operator()(const at::Tensor& t, const char* name) const {
+    TORCH_CHECK(t.device() == device, name, ": expected a tensor on ", device, ", got one on ", t.device(),
+                " (all inputs must be on the same device)");
+  }
+};
 
 // The tensor as the kernels read it: head_dim contiguous, other strides multiples of 8 elements,
 // data 16-byte aligned; a contiguous copy otherwise.
@@ -53,15 +56,7 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
                bool causal, std::optional<double> scale, int64_t q_offset, const std::optional<at::Tensor>& layout,
                int64_t block_size) {
   TORCH_CHECK(q.device().is_cuda(), "q: expected a CUDA tensor, got one on ", q.device());
-  check_4d(q, "q", q.device());
-  check_4d(k, "k", q.device());
-  check_4d(v, "v", q.device());
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "k, v: expected the dtype of q (", q.scalar_type(), "), got ", k.scalar_type(), " and ",
-                   v.scalar_type());
-  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "v: expected the shape of k ", k.sizes(), ", got ", v.sizes());
-  TORCH_CHECK_VALUE(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
-                    "k: expected the batch, heads and head_dim of q ", q.sizes(), ", got ", k.sizes());
+  attention_args::check_qkv(q, k, v, SameDevice{q.device()});
   TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
   TORCH_CHECK_VALUE(num_global >= 0 && num_global <= k.size(2), "num_global: expected a value in [0, ", k.size(2),
                     "] (the number of keys), got ", num_global);
@@ -122,20 +117,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward
     const at::Tensor& lse, int64_t window, int64_t num_global, bool causal, std::optional<double> scale,
     int64_t q_offset, const std::optional<at::Tensor>& block_layout, int64_t block_size) {
   const Call c = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
-  check_4d(grad_out, "grad_out", q.device());
-  check_4d(out, "out", q.device());
-  TORCH_CHECK(lse.device() == q.device(), "lse: expected a tensor on ", q.device(), ", got one on ", lse.device());
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
-                    "grad_out, out: expected the shape of q ", q.sizes(), ", got ", grad_out.sizes(), " and ",
-                    out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
-                   "grad_out, out: expected the dtype of q (", q.scalar_type(), "), got ", grad_out.scalar_type(),
-                   " and ", out.scalar_type());
+  attention_args::check_backward_inputs(grad_out, out, lse, q, at::kFloat, SameDevice{q.device()});
   const auto& p = c.p;
-  TORCH_CHECK_VALUE(lse.scalar_type() == at::kFloat && lse.dim() == 3 && lse.size(0) == p.B && lse.size(1) == p.H &&
-                        lse.size(2) == p.nq,
-                    "lse: expected the float32 log-sum-exp of shape [", p.B, ", ", p.H, ", ", p.nq,
-                    "] from the forward op, got ", lse.scalar_type(), " ", lse.sizes());
   const c10::DeviceGuard guard(q.device());
   at::Tensor dq = at::empty({p.B, p.H, p.nq, p.d}, q.options());
   at::Tensor dk = at::empty({p.B, p.H, p.nk, p.d}, q.options());
