@@ -1,0 +1,109 @@
+"""Speed of the evaluation instruments against the bare model forward, in one run.
+
+* Perplexity (edgegen.eval.perplexity) of the GPT-2 student on WikiText-2 test (the staged file,
+  EDGEGEN_DATA_DIR), context 1024, stride 512: the same windows fed to the bare model forward under
+  no_grad, and the metric's overhead (slicing, float64 log-softmax of the new tokens,
+  bookkeeping) as a share of that forward time. Target: at most 10%.
+* SSIM of 64 reconstructions of 64 x 64 RGB against a Beta-VAE's forward on them (the metric's
+  cost beside the model it scores).
+
+The student is randomly initialised (speed does not depend on the weights; its perplexity is
+therefore near the vocabulary size and is not a quality number). Prints a table, writes
+benchmarks/results/eval.csv. Usage: python benchmarks/bench_eval.py [--max-tokens N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+import edgegen  # noqa: E402,F401
+from edgegen.eval import perplexity, ssim  # noqa: E402
+
+
+def _tokens(max_tokens):
+    from edgegen.data.tokenizer import GPT2Tokenizer
+    from edgegen.data.wikitext import WikiText2
+
+    root = Path(os.environ.get("EDGEGEN_DATA_DIR", "../shared/data"))
+    tok = GPT2Tokenizer.from_dir(root / "gpt2")
+    ids = torch.from_numpy(WikiText2(root, "test").tokens(tok).astype("int64"))
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def bench_perplexity(rows, max_tokens, threads):
+    from edgegen.models.gpt2 import GPT2, GPT2Config
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.student()).eval()
+    ids = _tokens(max_tokens)
+    context, stride = 1024, 512
+    starts = []
+    for b in range(0, ids.numel(), stride):
+        starts.append(b)
+        if b + context >= ids.numel():
+            break
+    with torch.no_grad():
+        model(ids[:context][None])  # warm-up
+        t0 = time.perf_counter()
+        for b in starts:
+            model(ids[b:b + context][None])
+        bare = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = perplexity(model, ids, context, stride)
+    metric = time.perf_counter() - t0
+    overhead = (metric - bare) / bare
+    label = "WikiText-2 test" + ("" if not max_tokens else f", first {max_tokens} tokens")
+    print(f"perplexity, GPT-2 student (random init), {label}: {res.tokens_scored} tokens in {res.windows} windows; "
+          f"bare forward {bare:.1f} s, perplexity() {metric:.1f} s, overhead {100 * overhead:+.1f}% (target <= 10%)")
+    for name, sec in (("bare-forward", bare), ("edgegen.eval.perplexity", metric)):
+        rows.append(dict(op="perplexity", provider=name, shape=f"{res.tokens_scored} tokens ctx{context} s{stride}",
+                         dtype="float32", mode="eval", p50_ms=f"{sec * 1e3:.0f}", threads=threads))
+
+
+def bench_ssim(rows, threads):
+    from edgegen.models.vae import BetaVAE
+
+    torch.manual_seed(0)
+    vae = BetaVAE().eval()
+    x = torch.rand(64, 3, 64, 64) * 2 - 1  # the VAE's [-1, 1] images
+    with torch.no_grad():
+        recon = vae(x)["recon"]
+        _, fwd, _ = harness.time_ms(lambda: vae(x), repeats=5)
+    a, b = (recon + 1) / 2, (x + 1) / 2  # SSIM on [0, 1]
+    _, metric, _ = harness.time_ms(lambda: ssim(a, b), repeats=5)
+    print(f"SSIM of 64 x 3 x 64 x 64: {metric:.1f} ms; the Beta-VAE forward on them {fwd:.1f} ms "
+          f"({100 * metric / fwd:.0f}% of it)")
+    rows.append(dict(op="ssim", provider="edgegen.eval.ssim", shape="64x3x64x64", dtype="float64", mode="eval",
+                     p50_ms=f"{metric:.2f}", threads=threads))
+    rows.append(dict(op="ssim", provider="beta-vae-forward", shape="64x3x64x64", dtype="float32", mode="eval",
+                     p50_ms=f"{fwd:.2f}", threads=threads))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-tokens", type=int, default=0, help="evaluate a prefix (0: the whole split)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results" / "eval.csv"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {harness.machine()}; {harness.versions()}; {args.threads} threads")
+    rows = []
+    bench_perplexity(rows, args.max_tokens, args.threads)
+    bench_ssim(rows, args.threads)
+    for r in rows:
+        r.update(machine=harness.machine(), versions=harness.versions())
+    harness.write_csv(rows, Path(args.csv))
+    print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Efficiency of a model in one record: parameters, FLOPs, size on disk in the format a user would
+ship, peak memory, latency, throughput and energy, each labelled with how it was obtained.
+
+Energy is read from RAPL (Linux powercap) when the machine exposes it; otherwise it is estimated
+as CPU time x a stated power per core and reported only under ``energy_j_estimated`` (with the
+figure in ``energy_method``), never as a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgegen.eval.flops import count_flops
+
+__all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules"]
+
+DEFAULT_WATTS_PER_CORE = 10.0
+_RAPL_ROOT = "/sys/class/powercap"
+
+
+@dataclass
+class ProfileRecord:
+    params: int
+    nonzero_params: int
+    flops: int
+    macs: int
+    bytes_on_disk: int
+    disk_format: str
+    peak_memory_bytes: int | None
+    peak_memory_method: str
+    latency_ms_p50: float
+    latency_ms_p90: float
+    throughput_per_s: float
+    batch_size: int
+    energy_j: float | None = None            # measured (RAPL), per call
+    energy_j_estimated: float | None = None  # estimated, per call
+    energy_method: str = ""
+    threads: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """Flat, MLflow-ready (units in the names; absent values left out)."""
+        d = asdict(self)
+        d["notes"] = "; ".join(self.notes)
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    from edgegen.quant import modules as qm
+
+    kinds = tuple(getattr(qm, n) for n in ("Int8Linear", "Int8Conv2d", "Int8ConvTranspose2d", "Int4Linear",
+                                          "Int8Embedding", "LowPrecision") if hasattr(qm, n))
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
+    """(weights, non-zero weights) of a quantized model from its state dict: int8 weights, INT4
+    nibbles (two per packed byte), and float weights and biases."""
+    total = nonzero = 0
+    for name, t in model.state_dict().items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "weight_int8":
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+        elif leaf == "packed_weight" and t.dtype == torch.uint8:
+            total += 2 * t.numel()
+            nonzero += 2 * t.numel()
+        elif leaf in ("weight", "bias") and t.is_floating_point():
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    return total, nonzero
+
+
+def model_bytes_on_disk(model: nn.Module) -> tuple[int, str]:
+    """(bytes, format) of ``model`` saved the way it would be shipped: quantized models with
+    ``save_quantized`` (int8/int4 weights and scales), others as safetensors, dense or with
+    ``save_sparse`` (bitmask + non-zeros) whichever is smaller."""
+    from edgegen.prune.export import saved_bytes
+
+    if _is_quantized(model):
+        from edgegen.quant import save_quantized
+
+        with tempfile.TemporaryDirectory() as d:
+            return save_quantized(model, Path(d) / "model.safetensors"), "edgegen quantized safetensors"
+    dense = saved_bytes(model, sparse=False)
+    sparse = saved_bytes(model, sparse=True)
+    return (sparse, "edgegen sparse safetensors") if sparse < dense else (dense, "safetensors")
+
+
+def read_rapl_joules(root: str = _RAPL_ROOT) -> tuple[float, float] | None:
+    """(energy in J, counter range in J) summed over the readable top-level RAPL package domains,
+    or None where there are none (no powercap, or not readable)."""
+    base = Path(root)
+    if not base.is_dir():
+        return None
+    total = rng = 0.0
+    found = False
+    for dom in sorted(base.glob("intel-rapl:*")):
+        if dom.name.count(":") != 1:  # sub-domains (core, dram) are inside the package's count
+            continue
+        try:
+            total += int((dom / "energy_uj").read_text()) / 1e6
+            rng += int((dom / "max_energy_range_uj").read_text()) / 1e6
+            found = True
+        except (OSError, ValueError):
+            continue
+    return (total, rng) if found else None
+
+
+def _peak_in_subprocess(model: nn.Module, inputs: tuple, threads: int) -> int | None:
+    """Peak resident memory of one call in a fresh process (the model and inputs pickled over):
+    VmHWM after reset, above the resident set before the call. None when the model cannot be
+    pickled (e.g. parametrized, pruned modules)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "job.pt"
+        try:
+            torch.save({"model": model, "inputs": inputs, "threads": threads}, path)
+        except Exception:  # noqa: BLE001 - any pickling failure means: measure elsewhere
+            return None
+        code = ("import sys, json; from edgegen.eval.profile import _peak_worker; "
+                "print(json.dumps(_peak_worker(sys.argv[1])))")
+        r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+        if r.returncode != 0:
+            return None
+        return int(json.loads(r.stdout.strip().splitlines()[-1])["peak"])
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _peak_worker(path: str) -> dict:
+    import gc
+
+    import edgegen  # noqa: F401  (registers the ops the model uses)
+
+    job = torch.load(path, weights_only=False)
+    torch.set_num_threads(job["threads"])
+    model, inputs = job["model"], job["inputs"]
+    with torch.no_grad():
+        model(*inputs)  # warm: lazy allocations, packed weights
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kb("VmRSS")
+        out = model(*inputs)
+        del out
+        peak = _status_kb("VmHWM")
+    return {"peak": max(0, peak - base) * 1024}
+
+
+def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3, threads: int | None = None,
+            watts_per_core: float = DEFAULT_WATTS_PER_CORE, measure_memory: bool = True,
+            rapl_root: str = _RAPL_ROOT) -> ProfileRecord:
+    """Profile ``model(*example_inputs)`` (inference, no gradients) on this machine.
+
+    Latency: median and p90 of ``repeats`` timed calls after ``warmup``; throughput = batch size
+    (the first input's leading dimension) / median latency. FLOPs: torch's counter with edgegen's
+    ops (see edgegen.eval.flops). Size: :func:`model_bytes_on_disk`. Peak memory: one call in a
+    fresh process (CPU models); ``None`` with the reason in ``peak_memory_method`` where that is not
+    possible. Energy per call: RAPL over the timed calls when readable, else estimated as the
+    process's CPU time x ``watts_per_core``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs:
+        raise ValueError("example_inputs: expected at least one input")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
+    if not (isinstance(watts_per_core, (int, float)) and math.isfinite(watts_per_core) and watts_per_core > 0):
+        raise ValueError(f"watts_per_core: expected a finite value > 0, got {watts_per_core!r}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+    used_threads = torch.get_num_threads()
+    was_training = model.training
+    model.eval()
+    notes = []
+    try:
+        if _is_quantized(model):
+            params, nonzero = _stored_weight_counts(model)
+            notes.append("params counted from the stored weights (integer weights of quantized layers, padding of "
+                         "packed layouts included; INT4 values all counted as non-zero)")
+        else:
+            params = sum(p.numel() for p in model.parameters())
+            nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+        flops = count_flops(model, inputs)
+        size, disk_format = model_bytes_on_disk(model)
+
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(*inputs)
+            samples = []
+            rapl0 = read_rapl_joules(rapl_root)
+            cpu0 = time.process_time()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(*inputs)
+                samples.append((time.perf_counter() - t0) * 1e3)
+            cpu_s = time.process_time() - cpu0
+            rapl1 = read_rapl_joules(rapl_root)
+        samples.sort()
+        p50 = samples[len(samples) // 2] if len(samples) % 2 else 0.5 * (samples[len(samples) // 2 - 1]
+                                                                         + samples[len(samples) // 2])
+        p90 = samples[min(len(samples) - 1, math.ceil(0.9 * len(samples)) - 1)]
+        first = inputs[0]
+        batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+        energy = estimated = None
+        if rapl0 is not None and rapl1 is not None:
+            delta = rapl1[0] - rapl0[0]
+            if delta < 0:  # the counter wrapped once
+                delta += rapl1[1]
+            energy = delta / repeats
+            method = "measured: RAPL package energy over the timed calls (whole package, other load included)"
+        else:
+            estimated = cpu_s * watts_per_core / repeats
+            method = (f"estimated: process CPU time x {watts_per_core:g} W per busy core (a stated figure, no "
+                      "power meter read)")
+
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        if not measure_memory:
+            peak, peak_method = None, "not measured (measure_memory=False)"
+        elif device.type != "cpu":
+            peak, peak_method = None, f"not measured (model on {device}; the subprocess measure is for CPU)"
+        else:
+            peak = _peak_in_subprocess(model, inputs, used_threads)
+            peak_method = "resident-set high-water mark of one call in a fresh process"
+            if peak is None and any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules()):
+                import copy
+
+                from edgegen.prune.masks import finalize_
+
+                peak = _peak_in_subprocess(finalize_(copy.deepcopy(model)), inputs, used_threads)
+                peak_method += " (pruning masks baked in, as the model would be shipped)"
+            if peak is None:
+                peak_method = "not measured (the model could not be pickled to a fresh process)"
+        return ProfileRecord(
+            params=params, nonzero_params=nonzero, flops=flops, macs=flops // 2, bytes_on_disk=size,
+            disk_format=disk_format, peak_memory_bytes=peak, peak_memory_method=peak_method,
+            latency_ms_p50=p50, latency_ms_p90=p90, throughput_per_s=batch / (p50 * 1e-3) if p50 > 0 else math.inf,
+            batch_size=batch, energy_j=energy, energy_j_estimated=estimated, energy_method=method,
+            threads=used_threads, notes=notes)
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(previous_threads)

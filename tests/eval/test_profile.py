@@ -1,0 +1,186 @@
+"""FLOP counts against torch's counter and hand counts (edgegen's INT8 and attention ops
+included), visible pairs against the attention masks, and the profile record: sizes equal the
+save functions, energy measured from RAPL when present and labelled estimated otherwise."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import edgegen  # noqa: F401
+from edgegen.attention import block_sparse_attention, sliding_window_attention
+from edgegen.eval import count_flops, model_bytes_on_disk, profile, visible_pairs
+from edgegen.ops._reference import block_layout_mask, sliding_window_mask
+from edgegen.quant import Int8DynamicConfig, quantize_
+
+
+def _torch_count(model, x):
+    mode = FlopCounterMode(display=False)
+    with mode, torch.no_grad():
+        model(x)
+    return mode.get_total_flops()
+
+
+def _float_models():
+    return {
+        "linear": (nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 16)), torch.randn(5, 64),
+                   2 * 5 * (64 * 48 + 48 * 16)),
+        "conv": (nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, stride=2)),
+                 torch.randn(2, 3, 12, 12), 2 * 2 * (12 * 12 * 16 * 3 * 9 + 5 * 5 * 8 * 16 * 9)),
+        "conv-transpose": (nn.Sequential(nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1)), torch.randn(2, 16, 5, 5),
+                           2 * 2 * 5 * 5 * 16 * 8 * 16),
+    }
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv-transpose"])
+def test_float_flops_equal_torch_and_hand_counts(kind):
+    model, x, hand = _float_models()[kind]
+    assert count_flops(model, x) == _torch_count(model, x) == hand
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv-transpose"])
+def test_int8_models_count_the_float_multiply_adds(kind):
+    """Quantized layers run edgegen's INT8 ops (direct convolution, transposed convolution by
+    phases or through the INT8 GEMM); their formulas give the float layers' counts."""
+    model, x, hand = _float_models()[kind]
+    quantize_(model, Int8DynamicConfig())
+    ops = set()
+
+    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with Seen(), torch.no_grad():
+        model(x)
+    assert any(name.startswith("edgegen::int8_") for name in ops), ops
+    assert count_flops(model, x) == hand
+
+
+def test_zero_flops_warns():
+    class Elementwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.w
+
+    with pytest.warns(RuntimeWarning, match="0 FLOPs"):
+        assert count_flops(Elementwise(), torch.randn(4)) == 0
+
+
+def test_visible_pairs_equal_the_masks():
+    for nq, nk, w, g, causal, off in itertools.product([1, 7, 40], [5, 40], [1, 3, 10, 100], [0, 2, 9],
+                                                       [True, False], [0, 4, 50]):
+        g = min(g, nk)
+        assert visible_pairs(nq, nk, w, g, causal, off) == int(sliding_window_mask(nq, nk, w, g, causal, off).sum()), \
+            (nq, nk, w, g, causal, off)
+    layout = torch.tensor([[0, 0], [1, 0], [1, 1], [2, 2], [3, 0], [3, 3], [3, 3]])
+    for causal, (off, nq) in itertools.product([True, False], [(0, 40), (5, 33), (12, 25)]):
+        assert visible_pairs(nq, 40, 1, 0, causal, off, layout, 10) == int(
+            block_layout_mask(nq, 40, layout, 10, causal, off).sum())
+
+
+def test_attention_flops_count_visible_pairs_only():
+    q, k, v = (torch.randn(2, 3, 100, 16) for _ in range(3))
+
+    class Attn(nn.Module):
+        def forward(self, x):
+            return sliding_window_attention(x, k, v, 20, 4)
+
+    pairs = int(sliding_window_mask(100, 100, 20, 4, True).sum())
+    assert count_flops(Attn(), q) == 4 * 16 * pairs * 2 * 3
+    qg = q.clone().requires_grad_()
+    mode = FlopCounterMode(display=False)
+    with mode:
+        block_sparse_attention(qg, k, v, [[0, 0], [1, 1], [1, 0]], 50, causal=True).sum().backward()
+    pairs = int(block_layout_mask(100, 100, torch.tensor([[0, 0], [1, 1], [1, 0]]), 50, True).sum())
+    assert mode.get_total_flops() == (4 + 10) * 16 * pairs * 2 * 3
+
+
+def test_profile_record_sizes_and_counts():
+    from edgegen.prune.export import saved_bytes
+    from edgegen.quant import save_quantized
+
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64))
+    x = torch.randn(1024, 256)
+    r = profile(model, x, repeats=3, warmup=1)
+    assert r.params == r.nonzero_params == 256 * 256 + 256 + 256 * 64 + 64
+    assert r.flops == 2 * 1024 * (256 * 256 + 256 * 64) and r.macs == r.flops // 2
+    assert (r.bytes_on_disk, r.disk_format) == (saved_bytes(model), "safetensors")
+    assert r.latency_ms_p50 > 0 and r.latency_ms_p90 >= r.latency_ms_p50 and r.batch_size == 1024
+    # The call's fresh activations (1 MB each, allocated outside the heap) show in the resident set.
+    assert r.peak_memory_bytes is not None and r.peak_memory_bytes >= 1024 * 256 * 4
+    quantize_(model, Int8DynamicConfig())
+    q = profile(model, x, repeats=3, warmup=1, measure_memory=False)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        assert q.bytes_on_disk == save_quantized(model, Path(d) / "m.safetensors")
+    assert q.disk_format == "edgegen quantized safetensors" and q.flops == r.flops
+    assert q.params == 256 * 256 + 256 + 256 * 64 + 64 and q.peak_memory_bytes is None
+    assert model_bytes_on_disk(model)[0] == q.bytes_on_disk
+
+
+def _fake_rapl(root, joules):
+    dom = root / "intel-rapl:0"
+    dom.mkdir(parents=True, exist_ok=True)
+    (dom / "energy_uj").write_text(str(int(joules * 1e6)))
+    (dom / "max_energy_range_uj").write_text(str(int(1000 * 1e6)))
+
+
+def test_energy_is_measured_from_rapl_or_labelled_estimated(tmp_path, monkeypatch):
+    model = nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    est = profile(model, x, repeats=4, warmup=0, rapl_root=str(tmp_path / "none"), measure_memory=False,
+                  watts_per_core=7.5)
+    assert est.energy_j is None and est.energy_j_estimated is not None and est.energy_j_estimated >= 0
+    assert est.energy_method.startswith("estimated") and "7.5 W" in est.energy_method
+    d = est.as_dict()
+    assert "energy_j_estimated" in d and "energy_j" not in d
+    # A RAPL counter that advances by 2 J per read, and one that wraps: measured, per call.
+    profile_module = sys.modules["edgegen.eval.profile"]
+
+    reads = iter([10.0, 18.0])
+    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: (next(reads), 1000.0))
+    m = profile(model, x, repeats=4, warmup=0, measure_memory=False)
+    assert m.energy_j == pytest.approx(2.0) and m.energy_j_estimated is None
+    assert m.energy_method.startswith("measured")
+    reads = iter([998.0, 2.0])
+    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: (next(reads), 1000.0))
+    assert profile(model, x, repeats=4, warmup=0, measure_memory=False).energy_j == pytest.approx(1.0)
+
+
+def test_read_rapl_files(tmp_path):
+    from edgegen.eval.profile import read_rapl_joules
+
+    assert read_rapl_joules(str(tmp_path / "absent")) is None
+    _fake_rapl(tmp_path, 12.5)
+    sub = tmp_path / "intel-rapl:0:0"  # a sub-domain is not added twice
+    sub.mkdir()
+    (sub / "energy_uj").write_text("5000000")
+    (sub / "max_energy_range_uj").write_text("1000000000")
+    assert read_rapl_joules(str(tmp_path)) == (pytest.approx(12.5), pytest.approx(1000.0))
+
+
+def test_profile_bad_input():
+    model = nn.Linear(4, 4)
+    with pytest.raises(TypeError, match="model"):
+        profile(lambda x: x, torch.randn(2, 4))
+    with pytest.raises(ValueError, match="repeats"):
+        profile(model, torch.randn(2, 4), repeats=0)
+    with pytest.raises(ValueError, match="watts_per_core"):
+        profile(model, torch.randn(2, 4), watts_per_core=-1)
+    with pytest.raises(ValueError, match="example_inputs"):
+        profile(model, ())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert profile(model, torch.randn(2, 4), repeats=1, measure_memory=False).threads >= 1
