@@ -70,7 +70,8 @@ def test_single_window_is_plain_cross_entropy():
     expected = math.exp(F.cross_entropy(logits[:-1].double(), ids[1:]).item())
     got = perplexity(model, ids, context=128, stride=64)
     assert got.windows == 1 and got.tokens_scored == 99
-    assert got.perplexity == pytest.approx(expected, rel=1e-9)
+    # Per-token NLLs from float32 logits (relative error ~1e-7 each), summed in float64.
+    assert got.perplexity == pytest.approx(expected, rel=2e-6)
     prefix = perplexity(model, ids, context=128, stride=64, max_tokens=40)
     assert prefix.label == "first 40 tokens" and prefix.tokens_scored == 39
 
