@@ -58,6 +58,7 @@ bench: build $(VENV)/.bench-ready
 	$(PYTHON) benchmarks/bench_prune.py
 	$(PYTHON) benchmarks/bench_quant.py
 	$(PYTHON) benchmarks/bench_attention.py
+	$(PYTHON) benchmarks/bench_eval.py
 
 # On a GPU machine: build with the CUDA kernels, run tests/cuda and the GPU benchmark.
 bench-gpu:
