@@ -17,7 +17,7 @@ Each (provider, case) runs in its own process: times are p20/p50/p80 after warm-
 thread count, peak memory is the resident-set high-water mark above the inputs (see harness.py).
 "useful GFLOP/s" counts the pattern's visible (query, key) pairs only, 4*d flops per pair forward
 and 14*d forward+backward, for every provider: dense causal SDPA does more work than that.
-Targets (issue 6): edgegen >= 5x sdpa_causal at n=4096 and >= 15x at n=16384 (forward+backward),
+Targets: edgegen >= 5x sdpa_causal at n=4096 and >= 15x at n=16384 (forward+backward),
 time from 4096 to 16384 <= 4.5x, memory linear in n. Results: benchmarks/results/attention.csv.
 """
 

@@ -30,11 +30,9 @@ CSV_FIELDS = [
 
 
 def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
+    from edgegen.eval.profile import proc_status_kb
+
+    return proc_status_kb(key)
 
 
 def peak_extra_mb(fn: Callable[[], object]) -> float:

@@ -20,15 +20,20 @@ from torch import Tensor
 __all__ = ["GaussianStats", "frechet_distance", "frechet_distance_stats", "kid", "KIDResult"]
 
 
-def _as_float64_matrix(x, name: str) -> np.ndarray:
+def _as_float64(x, name: str, shape_ok, expected: str) -> np.ndarray:
+    """x (tensor or array) as a finite float64 array whose shape passes ``shape_ok``."""
     if isinstance(x, Tensor):
         x = x.detach().cpu().to(torch.float64).numpy()
     a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array [samples, features], got shape {a.shape}")
+    if not shape_ok(a.shape):
+        raise ValueError(f"{name}: expected {expected}, got shape {a.shape}")
     if not np.isfinite(a).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     return a
+
+
+def _as_float64_matrix(x, name: str) -> np.ndarray:
+    return _as_float64(x, name, lambda s: len(s) == 2, "a 2-D array [samples, features]")
 
 
 class GaussianStats:
@@ -170,25 +175,11 @@ def frechet_distance_stats(stats1: GaussianStats, stats2: GaussianStats, eps: fl
 
 
 def _as_vector(x, name: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().to(torch.float64).numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D mean vector, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return a
+    return _as_float64(x, name, lambda s: len(s) == 1, "a 1-D mean vector")
 
 
 def _as_square(x, name: str, d: int) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().to(torch.float64).numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.shape != (d, d):
-        raise ValueError(f"{name}: expected a [{d}, {d}] covariance matrix, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return a
+    return _as_float64(x, name, lambda s: s == (d, d), f"a [{d}, {d}] covariance matrix")
 
 
 @dataclass

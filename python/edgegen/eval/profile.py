@@ -137,7 +137,8 @@ def _peak_in_subprocess(model: nn.Module, inputs: tuple, threads: int) -> int | 
         return int(json.loads(r.stdout.strip().splitlines()[-1])["peak"])
 
 
-def _status_kb(key: str) -> int:
+def proc_status_kb(key: str) -> int:
+    """A kB field of /proc/self/status (VmRSS, VmHWM, ...)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -158,10 +159,10 @@ def _peak_worker(path: str) -> dict:
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = _status_kb("VmRSS")
+        base = proc_status_kb("VmRSS")
         out = model(*inputs)
         del out
-        peak = _status_kb("VmHWM")
+        peak = proc_status_kb("VmHWM")
     return {"peak": max(0, peak - base) * 1024}
 
 
