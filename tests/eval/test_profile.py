@@ -184,3 +184,30 @@ def test_profile_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert profile(model, torch.randn(2, 4), repeats=1, measure_memory=False).threads >= 1
+
+
+def test_generation_profile_runs_the_cache_and_checks_its_arguments(monkeypatch):
+    from edgegen.eval import profile_generation
+    from edgegen.models.gpt2 import GPT2, GPT2Config
+
+    model = GPT2(GPT2Config(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    calls = []
+    forward = model.forward
+
+    def spy(idx, past_key_values=None, use_cache=False, **kw):
+        calls.append((idx.shape[1], 0 if past_key_values is None else past_key_values[0][0].shape[-2]))
+        return forward(idx, past_key_values=past_key_values, use_cache=use_cache, **kw)
+
+    monkeypatch.setattr(model, "forward", spy)
+    r = profile_generation(model, prompt_tokens=10, new_tokens=4, batch_size=2, repeats=2)
+    # Per run: one prefill of 10 tokens, then 4 single-token steps over a growing cache.
+    assert calls[:5] == [(10, 0), (1, 10), (1, 11), (1, 12), (1, 13)] and len(calls) == 3 * 5
+    assert r.prefill_ms_p50 > 0 and r.decode_ms_per_token_p90 >= r.decode_ms_per_token_p50 > 0
+    assert r.decode_tokens_per_s == pytest.approx(2 / (r.decode_ms_per_token_p50 * 1e-3))
+    assert model.training  # restored
+    with pytest.raises(ValueError, match="n_positions"):
+        profile_generation(model, prompt_tokens=60, new_tokens=10)
+    with pytest.raises(ValueError, match="new_tokens"):
+        profile_generation(model, new_tokens=0)
+    with pytest.raises(TypeError, match="causal LM"):
+        profile_generation(nn.Linear(3, 3))

@@ -11,9 +11,9 @@ the functions that need them).
 from edgegen.eval.flops import count_flops, visible_pairs
 from edgegen.eval.frechet import GaussianStats, KIDResult, frechet_distance, frechet_distance_stats, kid
 from edgegen.eval.image import psnr, ssim
-from edgegen.eval.profile import ProfileRecord, model_bytes_on_disk, profile
+from edgegen.eval.profile import GenerationProfile, ProfileRecord, model_bytes_on_disk, profile, profile_generation
 from edgegen.eval.text import PerplexityResult, bleu, distinct_n, perplexity, repetition_rate
 
 __all__ = ["GaussianStats", "KIDResult", "frechet_distance", "frechet_distance_stats", "kid", "ssim", "psnr",
            "PerplexityResult", "perplexity", "bleu", "distinct_n", "repetition_rate", "count_flops", "visible_pairs",
-           "ProfileRecord", "profile", "model_bytes_on_disk"]
+           "ProfileRecord", "profile", "model_bytes_on_disk", "GenerationProfile", "profile_generation"]

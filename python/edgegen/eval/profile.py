@@ -23,7 +23,8 @@ from torch import nn
 
 from edgegen.eval.flops import count_flops
 
-__all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules"]
+__all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules", "GenerationProfile",
+           "profile_generation"]
 
 DEFAULT_WATTS_PER_CORE = 10.0
 _RAPL_ROOT = "/sys/class/powercap"
@@ -266,3 +267,88 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
     finally:
         model.train(was_training)
         torch.set_num_threads(previous_threads)
+
+
+@dataclass
+class GenerationProfile:
+    """Latency of autoregressive generation with the KV cache: the prefill of ``prompt_tokens``
+    and each later one-token step (median and p90 over ``new_tokens`` steps), in ms."""
+
+    prompt_tokens: int
+    new_tokens: int
+    batch_size: int
+    prefill_ms_p50: float
+    decode_ms_per_token_p50: float
+    decode_ms_per_token_p90: float
+    decode_tokens_per_s: float
+    threads: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _quantiles(samples: list[float]) -> tuple[float, float]:
+    s = sorted(samples)
+    n = len(s)
+    p50 = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    return p50, s[min(n - 1, math.ceil(0.9 * n) - 1)]
+
+
+@torch.no_grad()
+def profile_generation(model: nn.Module, prompt_tokens: int = 128, new_tokens: int = 32, batch_size: int = 1,
+                       repeats: int = 3, threads: int | None = None, seed: int = 0) -> GenerationProfile:
+    """Prefill and per-token decode latency of a causal LM with a KV cache: ``model(idx,
+    past_key_values=..., use_cache=True)`` returning (logits, cache), as edgegen's GPT-2 does.
+    Random prompts (latency does not depend on the tokens); greedy next tokens fed back; the
+    prefill is the median of ``repeats`` runs, the decode steps are pooled over them."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    vocab, n_positions = getattr(config, "vocab_size", None), getattr(config, "n_positions", None)
+    if not isinstance(vocab, int) or not isinstance(n_positions, int):
+        raise TypeError("model: expected a causal LM with config.vocab_size and config.n_positions (edgegen GPT-2)")
+    for name, v, lo in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
+                        ("batch_size", batch_size, 1), ("repeats", repeats, 1)):
+        if not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    if prompt_tokens + new_tokens > n_positions:
+        raise ValueError(f"prompt_tokens + new_tokens: expected at most the model's n_positions ({n_positions}), got "
+                         f"{prompt_tokens + new_tokens}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        g = torch.Generator().manual_seed(seed)
+        prefill, steps = [], []
+        for r in range(repeats + 1):  # the first run warms up
+            idx = torch.randint(0, vocab, (batch_size, prompt_tokens), generator=g).to(device)
+            t0 = time.perf_counter()
+            logits, past = model(idx, past_key_values=None, use_cache=True)
+            nxt = logits[:, -1:].argmax(-1)
+            _sync(device)
+            t_prefill = (time.perf_counter() - t0) * 1e3
+            run_steps = []
+            for _ in range(new_tokens):
+                t0 = time.perf_counter()
+                logits, past = model(nxt, past_key_values=past, use_cache=True)
+                nxt = logits[:, -1:].argmax(-1)
+                _sync(device)
+                run_steps.append((time.perf_counter() - t0) * 1e3)
+            if r > 0:
+                prefill.append(t_prefill)
+                steps.extend(run_steps)
+        p50_prefill, _ = _quantiles(prefill)
+        p50, p90 = _quantiles(steps)
+        return GenerationProfile(prompt_tokens, new_tokens, batch_size, p50_prefill, p50, p90,
+                                 batch_size / (p50 * 1e-3), torch.get_num_threads())
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(previous_threads)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
