@@ -42,3 +42,9 @@ def assert_loss_close(actual: torch.Tensor, expected: torch.Tensor, dtype) -> No
     tol = LOSS_RTOL[dtype] * (1.0 + expected.abs())
     err = (actual - expected).abs()
     assert bool((err <= tol).all()), f"max loss error {err.max().item():.3e}"
+
+
+def opcheck_ids(cases) -> list[str]:
+    """Deterministic test ids for (op, args) cases: the op's name and the case's position (the
+    args hold random tensors, whose text changes between collections)."""
+    return [f"{str(op).rsplit('.', 1)[-1]}-{i}" for i, (op, _) in enumerate(cases)]

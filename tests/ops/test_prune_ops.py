@@ -6,6 +6,7 @@ import torch
 import torch.nn.utils.prune as tprune
 
 import edgegen  # noqa: F401
+from tests.helpers import opcheck_ids
 from edgegen.ops import prune as P
 from edgegen.ops._reference import (
     channel_norms_reference,
@@ -153,7 +154,7 @@ OPCHECK_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("op,args", OPCHECK_ARGS, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("op,args", OPCHECK_ARGS, ids=opcheck_ids(OPCHECK_ARGS))
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 

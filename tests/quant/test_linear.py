@@ -31,6 +31,7 @@ from edgegen.quant import (
     quantize_,
 )
 from edgegen.prune import saved_bytes
+from tests.helpers import opcheck_ids
 
 
 def gemm(a, zp, w):
@@ -200,7 +201,7 @@ OPCHECK = [
 ]
 
 
-@pytest.mark.parametrize("op,args", OPCHECK, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("op,args", OPCHECK, ids=opcheck_ids(OPCHECK))
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 

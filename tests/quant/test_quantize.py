@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import edgegen  # noqa: F401
+from tests.helpers import opcheck_ids
 from edgegen.ops._reference import (
     dequantize_affine_reference,
     fake_quantize_affine_reference,
@@ -168,7 +169,7 @@ OPCHECK = [
 ]
 
 
-@pytest.mark.parametrize("op,args", OPCHECK, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("op,args", OPCHECK, ids=opcheck_ids(OPCHECK))
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
