@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_gpu.py [--quick] [--csv PATH]
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

@@ -11,15 +11,15 @@ one chunk).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from edgegen.ops.distill import check_kd_settings
 
-_REDUCTIONS = ("mean", "sum", "none")
+
 
 
 @dataclass
@@ -32,7 +32,7 @@ class KDConfig:
     reduction: str = "mean"
 
     def __post_init__(self):
-        _check_settings(self.temperature, self.alpha, self.ignore_index, self.reduction)
+        check_kd_settings(self.temperature, self.alpha, self.ignore_index, self.reduction)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,20 +43,6 @@ class KDConfig:
         if unknown:
             raise ValueError(f"KDConfig: unknown keys {sorted(unknown)}")
         return cls(**d)
-
-
-def _check_settings(temperature, alpha, ignore_index, reduction) -> None:
-    def real(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if not real(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
-    if not real(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def _check_tensors(named: Sequence[tuple[str, Tensor | None]]) -> torch.device:
@@ -111,7 +97,7 @@ def kd_loss(
 
     Returns the loss in float32 (float64 for float64 inputs), accumulated in fp32.
     """
-    _check_settings(temperature, alpha, ignore_index, reduction)
+    check_kd_settings(temperature, alpha, ignore_index, reduction)
     teachers = [teacher_logits] if isinstance(teacher_logits, Tensor) else list(teacher_logits)
     _check_tensors(
         [("student_logits", student_logits)]
@@ -151,7 +137,7 @@ def fused_linear_kd_loss(
     (``grad_in_forward``, as in :func:`kd_loss`); with 'none', or grad_in_forward=False,
     backward recomputes the chunks (per-row upstream gradients are only known then).
     """
-    _check_settings(temperature, alpha, ignore_index, reduction)
+    check_kd_settings(temperature, alpha, ignore_index, reduction)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 0:
         raise ValueError(f"chunk_size: expected an int >= 0 (0 picks one), got {chunk_size!r}")
     _check_tensors(

@@ -46,15 +46,6 @@ def _normalised_weights(weights, k: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def _check_settings(temperature, alpha, reduction):
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got '{reduction}'")
-
-
 def _check_target(target: Tensor, lead, vocab: int, ignore_index: int) -> int:
     """The number of non-ignored rows; IndexError naming the first bad entry."""
     if target.dtype != torch.long:
@@ -131,9 +122,9 @@ def _reduce(row_loss: Tensor, reduction: str, valid: int, lead) -> Tensor:
 
 def kd_loss_fallback(student_logits, teacher_logits, teacher_weights, target, temperature, alpha, ignore_index,
                      reduction, with_grad):
-    from edgegen.ops.distill import _check_meta
+    from edgegen.ops.distill import _check_meta, check_kd_settings
 
-    _check_settings(temperature, alpha, reduction)
+    check_kd_settings(temperature, alpha, ignore_index, reduction)
     if not 1 <= len(teacher_logits) <= 8:
         raise ValueError(f"teacher_logits: expected 1 to 8 tensors, got {len(teacher_logits)}")
     named = [("student_logits", student_logits)] + [(f"teacher_logits[{k}]", t) for k, t in enumerate(teacher_logits)]
@@ -163,9 +154,9 @@ def kd_loss_fallback(student_logits, teacher_logits, teacher_weights, target, te
 def fused_linear_kd_loss_fallback(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
                                   teacher_bias, target, temperature, alpha, ignore_index, reduction, chunk_size,
                                   grad_row_scale, with_grad):
-    from edgegen.ops.distill import _check_meta
+    from edgegen.ops.distill import _check_meta, check_kd_settings
 
-    _check_settings(temperature, alpha, reduction)
+    check_kd_settings(temperature, alpha, ignore_index, reduction)
     _check_meta([("student_hidden", student_hidden), ("student_weight", student_weight),
                  ("student_bias", student_bias), ("teacher_hidden", teacher_hidden),
                  ("teacher_weight", teacher_weight), ("teacher_bias", teacher_bias)])

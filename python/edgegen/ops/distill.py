@@ -16,8 +16,12 @@ Two modes, chosen by the ops' ``with_grad`` argument:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+_REDUCTIONS = ("mean", "sum", "none")
 
 _SECOND_BACKWARD = (
     "{op}: backward ran a second time through the same graph (retain_graph=True). The gradient "
@@ -69,6 +73,21 @@ def _scaled_kept_grads(ctx, upstream: Tensor, op: str, per_row: bool):
     if not per_row and bool(upstream == 1):
         return grads
     return tuple(g.mul_(upstream) for g in grads)
+
+
+def check_kd_settings(temperature, alpha, ignore_index, reduction) -> None:
+    """The KD losses' scalar settings, as every kernel and the public functions check them."""
+    def real(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not real(temperature) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if not real(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def _check_meta(named, floating=True):
