@@ -167,6 +167,14 @@ def _peak_worker(path: str) -> dict:
     return {"peak": max(0, peak - base) * 1024}
 
 
+def _quantiles(samples: list[float]) -> tuple[float, float]:
+    """Median and p90 (nearest rank) of the timings."""
+    s = sorted(samples)
+    n = len(s)
+    p50 = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    return p50, s[min(n - 1, math.ceil(0.9 * n) - 1)]
+
+
 def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3, threads: int | None = None,
             watts_per_core: float = DEFAULT_WATTS_PER_CORE, measure_memory: bool = True,
             rapl_root: str = _RAPL_ROOT) -> ProfileRecord:
@@ -222,10 +230,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
                 samples.append((time.perf_counter() - t0) * 1e3)
             cpu_s = time.process_time() - cpu0
             rapl1 = read_rapl_joules(rapl_root)
-        samples.sort()
-        p50 = samples[len(samples) // 2] if len(samples) % 2 else 0.5 * (samples[len(samples) // 2 - 1]
-                                                                         + samples[len(samples) // 2])
-        p90 = samples[min(len(samples) - 1, math.ceil(0.9 * len(samples)) - 1)]
+        p50, p90 = _quantiles(samples)
         first = inputs[0]
         batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
 
@@ -285,13 +290,6 @@ class GenerationProfile:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _quantiles(samples: list[float]) -> tuple[float, float]:
-    s = sorted(samples)
-    n = len(s)
-    p50 = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return p50, s[min(n - 1, math.ceil(0.9 * n) - 1)]
 
 
 @torch.no_grad()

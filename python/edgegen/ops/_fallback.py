@@ -214,12 +214,6 @@ def fused_linear_kd_loss_fallback(student_hidden, student_weight, student_bias, 
 # ----------------------------------------------------------------------------------- attention
 
 
-def _pattern_mask(nq, nk, window, num_global, causal, q_offset, block_layout, block_size, device):
-    if block_layout is not None:
-        return ref.block_layout_mask(nq, nk, block_layout, block_size, causal, q_offset, device)
-    return ref.sliding_window_mask(nq, nk, window, num_global, causal, q_offset, device)
-
-
 def _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size):
     from edgegen.ops.attention import _check_meta
 
@@ -262,7 +256,7 @@ def swa_backward_fallback(grad_out, q, k, v, out, lse, window, num_global, causa
     cdt = _compute_dtype(q.dtype)
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    mask = _pattern_mask(nq, nk, window, num_global, causal, q_offset, block_layout, block_size, q.device)
+    mask = ref.pattern_mask(nq, nk, window, num_global, causal, q_offset, block_layout, block_size, q.device)
     qc, kc, vc, do, oc = (t.to(cdt) for t in (q, k, v, grad_out, out))
     s = (qc @ kc.transpose(-1, -2)) * scale
     lse_c = lse.to(cdt)
@@ -376,7 +370,7 @@ def swa_autograd_cuda(q, k, v, window, num_global, causal, scale, q_offset, bloc
     """The attention op on CUDA, at the autograd key: the native kernels where they apply, else
     FlexAttention (compiled, block mask cached per pattern), else the reference."""
     _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
-    if _native_applies(q, block_layout) and block_size == 0:
+    if _native_applies(q, block_layout):
         return _NativeAttention.apply(q, k, v, window, num_global, causal, scale, q_offset)
     return _flex_or_reference(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size)
 
@@ -386,7 +380,7 @@ def swa_backward_autograd_cuda(grad_out, q, k, v, out, lse, window, num_global, 
     """The backward op on CUDA: the native kernel where it applies, else the forward recomputed
     through FlexAttention (or the reference) and differentiated."""
     _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
-    if _native_applies(q, block_layout) and block_size == 0:
+    if _native_applies(q, block_layout):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.edgegen.sliding_window_attention_backward(
                 grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, None, 0)

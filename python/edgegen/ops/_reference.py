@@ -356,6 +356,15 @@ def block_layout_mask(nq: int, nk: int, block_layout: Tensor, block_size: int, c
     return mask
 
 
+def pattern_mask(nq: int, nk: int, window: int, num_global: int, causal: bool, q_offset: int,
+                 block_layout: Tensor | None, block_size: int, device=None) -> Tensor:
+    """The attention op's visibility as a bool [nq, nk] mask: the block layout when given, else the
+    sliding-window + global-token pattern."""
+    if block_layout is not None:
+        return block_layout_mask(nq, nk, block_layout, block_size, causal, q_offset, device)
+    return sliding_window_mask(nq, nk, window, num_global, causal, q_offset, device)
+
+
 def sliding_window_attention_reference(q: Tensor, k: Tensor, v: Tensor, window: int, num_global: int = 0,
                                        causal: bool = True, scale: float | None = None, q_offset: int = 0,
                                        block_layout: Tensor | None = None, block_size: int = 0
@@ -365,10 +374,7 @@ def sliding_window_attention_reference(q: Tensor, k: Tensor, v: Tensor, window: 
     in float32 (float64 for float64 inputs); out in the inputs' dtype. A query that sees no key
     gets output 0 and lse -inf. Differentiable by autograd."""
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
-    if block_layout is not None:
-        mask = block_layout_mask(nq, nk, block_layout, block_size, causal, q_offset, q.device)
-    else:
-        mask = sliding_window_mask(nq, nk, window, num_global, causal, q_offset, q.device)
+    mask = pattern_mask(nq, nk, window, num_global, causal, q_offset, block_layout, block_size, q.device)
     dtype = torch.promote_types(q.dtype, torch.float32)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     s = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * scale
