@@ -15,7 +15,7 @@
 
 #include "attention_args.h"
 #include "kernels/cuda/attention_cuda.h"
-#include "kernels/cuda/kd_loss_cuda.h"  // cuda_error_text
+#include "kernels/cuda/errors.h"
 
 namespace edgegen {
 namespace {

@@ -17,6 +17,7 @@
 
 #include "cpu/checks.h"
 #include "kd_loss_glue.h"
+#include "kernels/cuda/errors.h"
 #include "kernels/cuda/kd_loss_cuda.h"
 
 namespace edgegen {

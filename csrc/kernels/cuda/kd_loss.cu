@@ -440,6 +440,4 @@ int kd_loss_rows_cuda(const KDLossProblem& q, void* stream) {
   return int(cudaErrorInvalidValue);
 }
 
-const char* cuda_error_text(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }
-
 }  // namespace edgegen::kernels::cuda

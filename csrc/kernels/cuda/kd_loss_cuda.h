@@ -14,10 +14,8 @@
 
 namespace edgegen::kernels::cuda {
 
-// Launches on `stream` (a cudaStream_t). Returns 0 or the cudaError_t of the launch.
+// Launches on `stream` (a cudaStream_t). Returns 0 or the cudaError_t of the launch (text:
+// cuda_error_text in errors.h).
 int kd_loss_rows_cuda(const KDLossProblem& p, void* stream);
-
-// The text of a cudaError_t returned above.
-const char* cuda_error_text(int error);
 
 }  // namespace edgegen::kernels::cuda
