@@ -177,10 +177,11 @@ def _quantiles(samples: list[float]) -> tuple[float, float]:
 
 def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3, threads: int | None = None,
             watts_per_core: float = DEFAULT_WATTS_PER_CORE, measure_memory: bool = True,
-            rapl_root: str = _RAPL_ROOT) -> ProfileRecord:
+            rapl_root: str = _RAPL_ROOT, min_time_s: float = 0.0) -> ProfileRecord:
     """Profile ``model(*example_inputs)`` (inference, no gradients) on this machine.
 
-    Latency: median and p90 of ``repeats`` timed calls after ``warmup``; throughput = batch size
+    Latency: median and p90 of ``repeats`` timed calls after ``warmup`` (more calls until
+    ``min_time_s`` seconds have passed, if set); throughput = batch size
     (the first input's leading dimension) / median latency. FLOPs: torch's counter with edgegen's
     ops (see edgegen.eval.flops). Size: :func:`model_bytes_on_disk`. Peak memory: one call in a
     fresh process (CPU models); ``None`` with the reason in ``peak_memory_method`` where that is not
@@ -194,6 +195,8 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
         raise ValueError("example_inputs: expected at least one input")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    if not (isinstance(min_time_s, (int, float)) and math.isfinite(min_time_s) and min_time_s >= 0):
+        raise ValueError(f"min_time_s: expected a finite value >= 0, got {min_time_s!r}")
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
     if not (isinstance(watts_per_core, (int, float)) and math.isfinite(watts_per_core) and watts_per_core > 0):
@@ -224,7 +227,10 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             samples = []
             rapl0 = read_rapl_joules(rapl_root)
             cpu0 = time.process_time()
-            for _ in range(repeats):
+            start = time.perf_counter()
+            # At least ``repeats`` calls and ``min_time_s`` seconds: a window of a few milliseconds
+            # would make the energy figure mostly noise (threads still spinning from earlier work).
+            while len(samples) < repeats or (time.perf_counter() - start < min_time_s and len(samples) < 100_000):
                 t0 = time.perf_counter()
                 model(*inputs)
                 samples.append((time.perf_counter() - t0) * 1e3)
@@ -239,10 +245,10 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             delta = rapl1[0] - rapl0[0]
             if delta < 0:  # the counter wrapped once
                 delta += rapl1[1]
-            energy = delta / repeats
+            energy = delta / len(samples)
             method = "measured: RAPL package energy over the timed calls (whole package, other load included)"
         else:
-            estimated = cpu_s * watts_per_core / repeats
+            estimated = cpu_s * watts_per_core / len(samples)
             method = (f"estimated: process CPU time x {watts_per_core:g} W per busy core (a stated figure, no "
                       "power meter read)")
 

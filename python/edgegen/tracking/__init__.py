@@ -106,6 +106,9 @@ def _bound_http_retries() -> None:
         os.environ.setdefault(k, v)
 
 
+RUN_FILE = "mlflow_run.json"
+
+
 def _metric_name(name: str) -> str:
     """MLflow accepts alphanumerics, _ - . space : / in names; anything else (a variant called
     'prune-50+qat') becomes '_'."""
@@ -148,6 +151,10 @@ class MLflowTracker:
             tags["mlflow.parentRunId"] = self.parent.run_id
         self.client = client
         self.run_id = client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
+        if self.run_dir is not None:  # so that later evaluations log to this run
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_FILE).write_text(json.dumps({"run_id": self.run_id, "uri": self.uri,
+                                                             "experiment": self.experiment}), encoding="utf-8")
 
     def _call(self, fn, what: str, record=None) -> None:
         if self.failed:
@@ -266,6 +273,25 @@ class MLflowTracker:
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"edgegen.tracking: could not close the run at {self.uri} ({exc})", RuntimeWarning,
                           stacklevel=2)
+
+
+def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
+                   run_name: str | None = None) -> "MLflowTracker":
+    """A tracker that logs into the MLflow run a training run opened (its id is in
+    ``<run_dir>/mlflow_run.json``); where there is none, a new run named ``run_name`` tagged with
+    the folder."""
+    path = Path(run_dir) / RUN_FILE
+    if path.is_file():
+        info = json.loads(path.read_text(encoding="utf-8"))
+        tracker = MLflowTracker.__new__(MLflowTracker)
+        tracker.uri, tracker.experiment, tracker.run_name = uri or info["uri"], info.get("experiment", experiment), None
+        tracker.run_dir, tracker.parent, tracker.failed, tracker.buffer = None, None, False, []
+        tracker.run_id = info["run_id"]
+        tracker.client = tracker._client()
+        return tracker
+    tracker = MLflowTracker(uri, experiment, run_name, None)
+    tracker.set_tags({"edgegen.run_dir": str(Path(run_dir).resolve())})
+    return tracker
 
 
 def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None):

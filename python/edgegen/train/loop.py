@@ -262,6 +262,21 @@ class Trainer:
         plt.close(fig)
         return path
 
+    def _save_pruned(self, kind: str) -> Path:
+        """The pruned model as it would be shipped, beside the masked checkpoint: channel/head
+        pruning physically shrunk (``model-shrunk.pt``, the whole module), unstructured or N:M
+        sparsity compressed (``model-sparse.safetensors``, bitmask + non-zeros)."""
+        import copy
+
+        from edgegen.prune import finalize_, save_sparse, shrink
+
+        model = finalize_(copy.deepcopy(self.task.main_model()).eval().cpu())
+        if kind in ("ChannelConfig", "HeadConfig"):
+            return ckpt.save_atomic(shrink(model, model.example_inputs(1)), self.run_dir / "model-shrunk.pt")
+        path = self.run_dir / "model-sparse.safetensors"
+        save_sparse(model, path)
+        return path
+
     def _calibration_inputs(self):
         """Model inputs for static quantization: the validation batches (images, or token ids)."""
         return [b.to(self.device) if not isinstance(b, tuple) else (b[0].to(self.device),)
@@ -300,6 +315,8 @@ class Trainer:
             out["final_float"] = val
             val = self.task.validate(self.batches.val_batches())
             out["final"] = val
+        if cc is not None and cc.prune is not None and not (cc.qat or cc.ptq) and self.rank == 0:
+            out["pruned"] = str(self._save_pruned(cc.prune.get("kind")))
         if self.rank == 0:
             plot = self._plot()
             if plot is not None:
@@ -309,8 +326,9 @@ class Trainer:
             self.tracker.log_artifact(self.checkpoint_dir / "last.pt")
             if (self.checkpoint_dir / "best.pt").is_file():
                 self.tracker.log_artifact(self.checkpoint_dir / "best.pt")
-            if "quantized" in out:
-                self.tracker.log_artifact(out["quantized"])
+            for k in ("quantized", "pruned"):
+                if k in out:
+                    self.tracker.log_artifact(out[k])
         return out
 
 

@@ -1,0 +1,131 @@
+"""Projection of a measured profile onto an edge device by a roofline: latency is the larger of
+the compute time (FLOPs / peak at the precision) and the memory time (bytes / bandwidth), divided
+by an efficiency factor; energy is that latency times the device's typical power.
+
+Device figures are data (``devices.yaml`` beside this file), each with its source and whether it is
+a vendor specification, derived from one, or an assumption. Every projection is labelled
+"projected": it is an estimate from public figures, not a measurement on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["DeviceProfile", "Projection", "device_profiles", "project", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Figure:
+    value: float
+    kind: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    key: str
+    name: str
+    peak_gflops: dict  # precision -> Figure
+    memory_gbps: Figure
+    power_w: Figure
+    efficiency: Figure
+
+
+def _figure(raw, where: str) -> Figure:
+    try:
+        value, kind, source = float(raw["value"]), str(raw["kind"]), str(raw["source"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{where}: expected value, kind and source") from None
+    if kind not in ("spec", "derived", "assumption") or not (math.isfinite(value) and value > 0) or not source:
+        raise ValueError(f"{where}: expected a positive value, kind spec/derived/assumption and a source")
+    return Figure(value, kind, source)
+
+
+@lru_cache(maxsize=None)
+def _load(path: str) -> dict[str, DeviceProfile]:
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    out = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of device keys to profiles")
+    for key, d in raw.items():
+        try:
+            peaks = {p: _figure(d["peak_gflops"][p], f"{path}: {key}.peak_gflops.{p}") for p in PRECISIONS}
+            out[key] = DeviceProfile(key, str(d["name"]), peaks,
+                                     *(_figure(d[f], f"{path}: {key}.{f}")
+                                       for f in ("memory_gbps", "power_w", "efficiency")))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: device {key!r} lacks {exc} (expected name, peak_gflops for "
+                             f"{PRECISIONS}, memory_gbps, power_w, efficiency)") from None
+    return out
+
+
+def device_profiles(path: str | Path | None = None) -> dict[str, DeviceProfile]:
+    """The device profiles shipped with edgegen (or read from ``path``), by key."""
+    return _load(str(path or Path(__file__).with_name("devices.yaml")))
+
+
+@dataclass
+class Projection:
+    """A roofline projection; every field is an estimate (``label`` says so)."""
+
+    device: str
+    precision: str
+    latency_ms_projected: float
+    compute_ms_projected: float
+    memory_ms_projected: float
+    bound: str  # "compute" or "memory"
+    energy_j_projected: float
+    efficiency: float
+    label: str
+
+    def as_dict(self, prefix: str = "") -> dict:
+        return {prefix + k: v for k, v in asdict(self).items()}
+
+
+def _infer_precision(record) -> str:
+    fmt = getattr(record, "disk_format", "") or ""
+    return "int8" if "quantized" in fmt else "fp32"
+
+
+def project(record, device: str, precision: str | None = None, efficiency: float | None = None,
+            bytes_moved: int | None = None) -> Projection:
+    """Project ``record`` (a :class:`~edgegen.eval.ProfileRecord`: its ``flops`` per call and
+    ``bytes_on_disk``) onto ``device`` (a key of :func:`device_profiles`: rpi4, jetson-nano, pixel6).
+
+    ``precision``: fp32, fp16 or int8 (default: int8 for a quantized model's record, else fp32).
+    ``bytes_moved``: memory traffic per call (default: the model's bytes on disk, i.e. every weight
+    read once; activations not counted, so memory-bound layers are projected optimistically).
+    ``efficiency``: the fraction of the roofline reached (default: the device profile's stated one).
+    """
+    profiles = device_profiles()
+    if device not in profiles:
+        raise ValueError(f"device: expected one of {sorted(profiles)}, got {device!r}")
+    dev = profiles[device]
+    precision = precision or _infer_precision(record)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    flops = getattr(record, "flops", None)
+    if not isinstance(flops, int) or flops < 0:
+        raise ValueError(f"record: expected a profile record with integer flops >= 0, got {flops!r}")
+    moved = record.bytes_on_disk if bytes_moved is None else bytes_moved
+    if not isinstance(moved, int) or moved < 0:
+        raise ValueError(f"bytes_moved: expected an int >= 0, got {moved!r}")
+    eff = dev.efficiency.value if efficiency is None else efficiency
+    if not (isinstance(eff, (int, float)) and 0 < eff <= 1):
+        raise ValueError(f"efficiency: expected a value in (0, 1], got {efficiency!r}")
+    compute_ms = flops / (dev.peak_gflops[precision].value * 1e9 * eff) * 1e3
+    memory_ms = moved / (dev.memory_gbps.value * 1e9 * eff) * 1e3
+    latency = max(compute_ms, memory_ms)
+    energy = latency * 1e-3 * dev.power_w.value
+    kinds = sorted({dev.peak_gflops[precision].kind, dev.memory_gbps.kind, dev.power_w.kind})
+    label = (f"projected for {dev.name} ({precision}): roofline at {eff:g} of peak from public figures "
+             f"({', '.join(kinds)}); not measured on the device")
+    return Projection(device, precision, latency, compute_ms, memory_ms,
+                      "compute" if compute_ms >= memory_ms else "memory", energy, float(eff), label)

@@ -1,0 +1,504 @@
+"""Trained runs as models, evaluated and compared: ``load_run`` turns a run folder (or one of its
+checkpoints) into the model a user would ship, ``evaluate_run`` measures its quality and
+efficiency with the instruments of ``edgegen.eval``, ``compare_runs`` puts several runs in one
+table.
+
+A run folder is what ``edgegen train``/``compress``/``sweep`` write: ``checkpoints/{last,best}.pt``
+(config, module states with pruning masks), and the shipped artifacts beside them:
+``model-ptq.safetensors`` / ``model-int8.safetensors`` (quantized, ``save_quantized``),
+``model-shrunk.pt`` (a channel/head-pruned model physically shrunk), ``model-sparse.safetensors``
+(unstructured sparsity, ``save_sparse``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LoadedRun", "load_run", "EvalOptions", "evaluate_run", "compare_runs", "MAIN_MODULE",
+           "QUANTIZED_ARTIFACTS"]
+
+MAIN_MODULE = {"gan": "generator", "vae": "model", "lm": "model", "distill": "model"}
+QUANTIZED_ARTIFACTS = ("model-int8.safetensors", "model-ptq.safetensors")
+SHRUNK_ARTIFACT = "model-shrunk.pt"
+KIND_METRICS = {"dcgan": ("fid",), "vae": ("vae", "fid"), "gpt2": ("ppl", "text")}
+ALL_METRICS = ("fid", "kid", "vae", "ssim", "ppl", "bleu", "text")
+
+
+@dataclass
+class LoadedRun:
+    """``model``: the run's main model in eval mode, in the ``form`` asked for; ``config``: its
+    ExperimentConfig; ``form``: what the model is (float, pruned, shrunk, int8 ...); ``source``: the
+    files it was built from."""
+
+    model: nn.Module
+    config: object
+    run_dir: Path
+    checkpoint: Path
+    form: str
+    source: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.config.model.kind
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def _resolve(path, which: str) -> tuple[Path, Path]:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        ck = p / "checkpoints" / f"{which}.pt"
+        if not ck.is_file():
+            found = sorted(x.name for x in (p / "checkpoints").glob("*.pt")) if (p / "checkpoints").is_dir() else []
+            raise FileNotFoundError(f"run_dir: {p} has no checkpoints/{which}.pt (found {found or 'no checkpoints'}); "
+                                    "expected a folder written by edgegen train/compress")
+        return p, ck
+    if p.is_file():
+        run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return run, p
+    raise FileNotFoundError(f"run_dir: {p} does not exist")
+
+
+def _build_float(cfg, state: dict) -> nn.Module:
+    from edgegen.prune.masks import load_pruned_state_dict
+
+    mc = cfg.model
+    if mc.kind == "dcgan":
+        model = mc.build()[0]
+    elif mc.kind == "vae":
+        model = mc.build()
+    else:
+        from dataclasses import replace
+
+        try:
+            model = replace(mc, init_from=None).build()
+            load_pruned_state_dict(model, state)
+            return model
+        except (RuntimeError, KeyError, ValueError):
+            if not mc.init_from:
+                raise
+            from edgegen.train.tasks import _load_gpt2
+
+            model = _load_gpt2(mc)  # the architecture is the init checkpoint's
+    if cfg.compress is not None and cfg.compress.qat:
+        from edgegen.quant import prepare_qat_
+
+        prepare_qat_(model)
+    load_pruned_state_dict(model, state)
+    return model
+
+
+def load_run(path, which: str = "last", form: str = "shipped", device: str | torch.device = "cpu") -> LoadedRun:
+    """The trained model of a run folder (or a checkpoint file inside one).
+
+    ``which``: "last" or "best" checkpoint. ``form``: "shipped" (the run's quantized artifact if it
+    has one; else a pruned model with its masks baked in and, for channel/head pruning, physically
+    shrunk; else the float model) or "float" (the trained weights before quantization, masks baked
+    in). The model is returned in eval mode on ``device``.
+    """
+    from edgegen.config import from_dict
+    from edgegen.train import checkpoint as ckpt
+    from edgegen.train.config import ExperimentConfig
+
+    if which not in ("last", "best"):
+        raise ValueError(f"which: expected 'last' or 'best', got {which!r}")
+    if form not in ("shipped", "float"):
+        raise ValueError(f"form: expected 'shipped' or 'float', got {form!r}")
+    run_dir, ck = _resolve(path, which)
+    snap = ckpt.load(ck)
+    if not isinstance(snap, dict) or "config" not in snap or "modules" not in snap:
+        raise ValueError(f"run_dir: {ck} is not an edgegen run checkpoint (no config/modules)")
+    cfg = from_dict(ExperimentConfig, dict(snap["config"]))
+    key = MAIN_MODULE[cfg.task]
+    state = snap["modules"].get(key)
+    if state is None:
+        raise ValueError(f"run_dir: {ck} holds no '{key}' module")
+    sources = [str(ck)]
+    if form == "shipped":
+        shipped = run_dir / "model-shipped.pt"  # written by edgegen compress --from
+        if shipped.is_file():
+            model = torch.load(shipped, map_location="cpu", weights_only=False)
+            what = "compressed after training: " + str(snap.get("posthoc_tag", "?"))
+            return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, what, sources + [str(shipped)])
+        for art in QUANTIZED_ARTIFACTS:
+            if (run_dir / art).is_file():
+                from edgegen.quant import load_quantized
+
+                model = load_quantized(_plain_float(cfg, state), run_dir / art)
+                return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, "int8 (" + art.split("-")[1].split(".")[0] +
+                                 ")", sources + [str(run_dir / art)])
+        if (run_dir / SHRUNK_ARTIFACT).is_file():
+            model = torch.load(run_dir / SHRUNK_ARTIFACT, map_location="cpu", weights_only=False)
+            return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, "pruned, shrunk",
+                             sources + [str(run_dir / SHRUNK_ARTIFACT)])
+    model = _build_float(cfg, state)
+    from edgegen.prune.masks import finalize_
+
+    pruned = any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+    finalize_(model)
+    from edgegen.quant import QATModule
+
+    if any(isinstance(m, QATModule) for m in model.modules()):
+        form_name = "float (QAT-trained, fake quantization kept)"
+    else:
+        form_name = "float, pruned (masks baked in)" if pruned else "float"
+    if pruned and form == "shipped" and _structured(cfg):
+        from edgegen.prune import shrink
+
+        model = shrink(model.eval(), model.example_inputs(1))
+        form_name = "pruned, shrunk"
+    return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, form_name, sources)
+
+
+def _plain_float(cfg, state: dict) -> nn.Module:
+    """A fresh float model of the run's architecture (the quantized artifact brings the weights)."""
+    from dataclasses import replace
+
+    mc = cfg.model
+    if mc.kind == "dcgan":
+        return mc.build()[0]
+    if mc.kind == "vae":
+        return mc.build()
+    try:
+        return replace(mc, init_from=None).build()
+    except (RuntimeError, ValueError):
+        return _build_float(cfg, state)
+
+
+def _structured(cfg) -> bool:
+    cc = cfg.compress
+    return bool(cc and cc.prune and cc.prune.get("kind") in ("ChannelConfig", "HeadConfig"))
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@dataclass
+class EvalOptions:
+    """What ``evaluate_run`` measures and how much of it.
+
+    ``metrics``: names from fid, kid, vae (ELBO terms + SSIM/PSNR of reconstructions), ssim (alias
+    of vae), ppl, bleu, text (distinct-n, repetition); empty: the defaults for the model kind.
+    ``samples``: generated images for FID (and real images, capped by the held-out split).
+    ``fid_extractor``: auto / inception / proxy. ``max_tokens``: perplexity on a labelled prefix.
+    ``profile``: efficiency record (+ generation latency for GPT-2); ``device_profiles``: edge
+    projections of that record."""
+
+    metrics: tuple = ()
+    samples: int = 1000
+    batch_size: int = 50
+    fid_extractor: str = "auto"
+    proxy_epochs: int = 20
+    max_tokens: int | None = None
+    context: int | None = None
+    stride: int | None = None
+    text_prompts: int = 8
+    text_new_tokens: int = 32
+    profile: bool = False
+    profile_repeats: int = 10
+    profile_min_time_s: float = 1.0
+    device_profiles: tuple = ()
+    seed: int = 0
+    data_root: str | None = None
+    progress: bool = False
+
+
+def _real_images(cfg, opts: EvalOptions) -> tuple[torch.Tensor, str]:
+    """Held-out real images [N, 3, 64, 64] uint8 and what they are."""
+    name = cfg.data.name
+    root = opts.data_root or cfg.data.root
+    if name == "cifar10":
+        from edgegen.data.cifar import CIFAR10
+
+        imgs = CIFAR10(root, "test", image_size=64).images
+        what = "CIFAR-10 test split"
+    elif name == "celeba":
+        from edgegen.data.celeba import CelebA
+
+        imgs = CelebA(root, "test", image_size=64).images
+        what = "CelebA test split"
+    elif name == "synthetic-images":
+        from edgegen.train.data import SyntheticImages
+
+        x = SyntheticImages(cfg.data.synthetic_size, seed=1234).images[:opts.samples]  # the training distribution
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), f"{len(x)} images of the synthetic set"
+    else:
+        raise ValueError(f"metrics: FID needs an image dataset, the run trained on {name!r}")
+    n = min(opts.samples, len(imgs))
+    return torch.from_numpy(np.array(imgs[:n])), f"{what}, first {n} images"
+
+
+def _generated(model, kind: str, n: int, batch: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters(), torch.zeros(())).device
+    for i in range(0, n, batch):
+        k = min(batch, n - i)
+        with torch.no_grad():
+            if kind == "dcgan":
+                z = torch.randn(k, model.config.nz, generator=g).to(device)
+                yield model(z).float().cpu()
+            else:
+                z = torch.randn(k, model.config.latent_dim, generator=g).to(device)
+                yield model.decode(z).float().cpu()
+
+
+def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, labels: dict) -> None:
+    from edgegen.eval.fid import fid, get_extractor
+
+    proxy_ds = "celeba" if run.config.data.name == "celeba" else "cifar10"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the label carries the same message
+        ext = get_extractor(opts.fid_extractor, proxy_dataset=proxy_ds, root=opts.data_root,
+                            epochs=opts.proxy_epochs)
+    real, what = _real_images(run.config, opts)
+    res = fid(_generated(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
+              batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
+              kid_subset_size=min(1000, opts.samples, len(real)), seed=opts.seed) if len(real) >= 2 else None
+    if res is None:
+        raise ValueError(f"metrics: the held-out split has {len(real)} images; FID needs at least 2")
+    out.update(res.as_metrics())
+    key = "fid" if res.metric == "FID" else "fid_proxy"
+    labels[key] = f"{res.label}; {res.n_generated} generated vs {what}" + ("" if res.reliable else
+                                                                            "; UNRELIABLE: fewer samples than features")
+
+
+def _vae_metrics(run: LoadedRun, opts: EvalOptions, out: dict, labels: dict) -> None:
+    from edgegen.eval.vae import vae_metrics
+
+    real, what = _real_images(run.config, opts)
+    x = real.float() / 127.5 - 1.0
+    m = vae_metrics(run.model, [x[i:i + opts.batch_size] for i in range(0, len(x), opts.batch_size)], seed=opts.seed)
+    n = int(m.pop("images"))
+    out.update({"vae_" + k: v for k, v in m.items()})
+    labels["vae"] = f"{n} held-out images ({what}); ELBO terms with one posterior sample per image (seed {opts.seed})"
+
+
+def _lm_tokens(opts: EvalOptions) -> torch.Tensor:
+    from edgegen.data.tokenizer import GPT2Tokenizer, download_gpt2_tokenizer
+    from edgegen.data.wikitext import WikiText2
+
+    tok = GPT2Tokenizer.from_dir(download_gpt2_tokenizer(opts.data_root))
+    ids = WikiText2(opts.data_root, "test").tokens(tok)
+    return torch.from_numpy(np.array(ids, dtype=np.int64)), tok
+
+
+def _ppl_metrics(run: LoadedRun, opts: EvalOptions, tokens, out: dict, labels: dict) -> None:
+    from edgegen.eval.text import perplexity
+
+    n_pos = run.model.config.n_positions
+    context = opts.context or n_pos
+    stride = opts.stride or max(1, context // 2)
+    res = perplexity(run.model, tokens, context=context, stride=stride, max_tokens=opts.max_tokens,
+                     progress=opts.progress)
+    key = "wikitext2_ppl" if res.label == "full" else "wikitext2_ppl_prefix"
+    out[key] = res.perplexity
+    out[key + "_tokens"] = float(res.tokens_scored)
+    labels[key] = (f"WikiText-2 raw test, sliding window context {context} stride {stride}, "
+                   f"{res.tokens_scored} tokens scored ({res.label})")
+
+
+def _text_metrics(run: LoadedRun, opts: EvalOptions, tokens, tok, want_bleu: bool, out: dict, labels: dict) -> None:
+    from edgegen.eval.text import bleu, distinct_n, repetition_rate
+
+    prompt_len, new = 32, opts.text_new_tokens
+    span = prompt_len + new
+    starts = np.linspace(0, max(0, len(tokens) - span - 1), opts.text_prompts).astype(int)
+    g = torch.Generator().manual_seed(opts.seed)
+    hyps, refs, samples = [], [], []
+    for s in starts:
+        prompt = tokens[s:s + prompt_len].unsqueeze(0)
+        with torch.no_grad():
+            outp = run.model.generate(prompt, new, temperature=1.0, top_k=50, generator=g)
+        cont = outp[0, prompt_len:].tolist()
+        samples.append(cont)
+        hyps.append(tok.decode(cont))
+        refs.append(tok.decode(tokens[s + prompt_len:s + span].tolist()))
+    out["distinct_2"] = distinct_n(samples, 2)
+    out["repetition_rate_4"] = repetition_rate(samples, 4)
+    labels["text"] = (f"{len(samples)} continuations of {new} tokens (top-k 50, T=1, seed {opts.seed}) from "
+                      f"{prompt_len}-token WikiText-2 test prompts")
+    if want_bleu:
+        out["bleu"] = bleu(hyps, refs)
+        labels["bleu"] = "sacreBLEU of the sampled continuations against the true WikiText-2 continuations"
+
+
+def _wanted(run: LoadedRun, metrics) -> list[str]:
+    names = [m.strip() for m in (metrics or ()) if m.strip()] or list(KIND_METRICS[run.kind])
+    bad = [m for m in names if m not in ALL_METRICS]
+    if bad:
+        raise ValueError(f"metrics: unknown {bad}; expected names from {ALL_METRICS}")
+    image = {"fid", "kid", "vae", "ssim"}
+    if run.kind == "gpt2" and image & set(names):
+        raise ValueError(f"metrics: {sorted(image & set(names))} are image metrics; {run.name} is a GPT-2 run")
+    if run.kind != "gpt2" and {"ppl", "bleu", "text"} & set(names):
+        raise ValueError(f"metrics: {sorted({'ppl', 'bleu', 'text'} & set(names))} are text metrics; {run.name} is "
+                         f"a {run.kind} run")
+    if run.kind == "dcgan" and ({"vae", "ssim"} & set(names)):
+        raise ValueError("metrics: vae/ssim measure reconstructions; a DCGAN has no encoder")
+    return names
+
+
+def _example_inputs(run: LoadedRun, batch: int = 1):
+    if run.kind == "gpt2":
+        n = min(128, run.model.config.n_positions)
+        return (torch.randint(0, run.model.config.vocab_size, (batch, n), generator=torch.Generator().manual_seed(0)),)
+    if run.kind == "dcgan":
+        return (torch.randn(batch, run.model.config.nz, generator=torch.Generator().manual_seed(0)),)
+    return (torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1,)
+
+
+def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None = None) -> dict:
+    """Quality (and, with ``options.profile``, efficiency) of one run: a dict with ``run``,
+    ``name``, ``kind``, ``form``, ``metrics`` (flat numbers, units and labels in the names: fid or
+    fid_proxy, wikitext2_ppl or wikitext2_ppl_prefix, *_ms, *_bytes, energy_j or
+    energy_j_estimated, *_projected), ``labels`` (what each number is) and ``seconds``."""
+    opts = options or EvalOptions()
+    if not isinstance(run, LoadedRun):
+        run = load_run(run)
+    names = _wanted(run, opts.metrics)
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    if "fid" in names or "kid" in names:
+        _fid_metrics(run, opts, "kid" in names, metrics, labels)
+    if "vae" in names or "ssim" in names:
+        _vae_metrics(run, opts, metrics, labels)
+    if {"ppl", "bleu", "text"} & set(names):
+        tokens, tok = _lm_tokens(opts)
+        if "ppl" in names:
+            _ppl_metrics(run, opts, tokens, metrics, labels)
+        if "bleu" in names or "text" in names:
+            _text_metrics(run, opts, tokens, tok, "bleu" in names, metrics, labels)
+    if opts.profile or opts.device_profiles:
+        _profile(run, opts, metrics, labels)
+    return {"run": str(run.run_dir), "name": run.name, "kind": run.kind, "form": run.form,
+            "checkpoint": str(run.checkpoint), "metrics": metrics, "labels": labels,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _profile(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict) -> None:
+    from edgegen.eval.edge import project
+    from edgegen.eval.profile import profile, profile_generation
+
+    rec = profile(run.model, _example_inputs(run), repeats=opts.profile_repeats, min_time_s=opts.profile_min_time_s)
+    d = rec.as_dict()
+    keep = ("params", "nonzero_params", "flops", "macs", "bytes_on_disk", "peak_memory_bytes", "latency_ms_p50",
+            "latency_ms_p90", "throughput_per_s", "energy_j", "energy_j_estimated")
+    metrics.update({k: float(d[k]) for k in keep if k in d and d[k] is not None})
+    metrics["sparsity"] = 1.0 - rec.nonzero_params / max(rec.params, 1)
+    labels["profile"] = (f"batch {rec.batch_size}, {rec.threads} threads, >= {opts.profile_repeats} calls over >= "
+                         f"{opts.profile_min_time_s:g} s; disk "
+                         f"format {rec.disk_format}; memory: {rec.peak_memory_method}; energy: {rec.energy_method}")
+    if run.kind == "gpt2":
+        n = run.model.config.n_positions
+        gp = profile_generation(run.model, prompt_tokens=min(64, n // 2), new_tokens=min(16, n // 4), repeats=2)
+        metrics["prefill_ms_p50"] = gp.prefill_ms_p50
+        metrics["decode_ms_per_token_p50"] = gp.decode_ms_per_token_p50
+        metrics["decode_tokens_per_s"] = gp.decode_tokens_per_s
+    for dev in opts.device_profiles:
+        p = project(rec, dev)
+        metrics.update({f"{dev}_latency_ms_projected": p.latency_ms_projected,
+                        f"{dev}_energy_j_projected": p.energy_j_projected})
+        labels[f"{dev}_projected"] = p.label
+
+
+# ------------------------------------------------------------------------------------ comparison
+COLUMNS = ("fid", "fid_proxy", "kid", "kid_proxy", "vae_recon_ssim", "vae_recon_psnr_db", "vae_neg_elbo",
+           "wikitext2_ppl", "wikitext2_ppl_prefix", "bleu", "distinct_2", "bytes_on_disk", "params", "sparsity",
+           "flops", "latency_ms_p50", "peak_memory_bytes", "energy_j", "energy_j_estimated",
+           "decode_ms_per_token_p50")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and abs(v) >= 1e5:
+        return f"{v:.3e}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) -> dict:
+    """One row per evaluated run (``evaluate_run`` results): Markdown and CSV tables of quality,
+    size, parameters, sparsity, FLOPs, latency, memory and energy (columns present in any row), and,
+    with ``out_dir``, ``compare.md``, ``compare.csv`` and ``compare.png`` (quality against latency)
+    written there. Returns {"markdown", "csv", "columns", "paths"}."""
+    import csv
+    import io
+
+    if not results:
+        raise ValueError("results: expected at least one evaluated run")
+    cols = [c for c in COLUMNS if any(c in r["metrics"] for r in results)]
+    header = ["run", "form"] + cols
+    rows = [[r["name"], r["form"]] + [r["metrics"].get(c) for c in cols] for r in results]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    notes = []
+    for k in sorted({k for r in results for k in r["labels"]}):
+        texts = {r["name"]: r["labels"][k] for r in results if k in r["labels"]}
+        if len(set(texts.values())) == 1:
+            notes.append(f"{k}: {next(iter(texts.values()))}")
+        else:
+            notes += [f"{k} ({name}): {text}" for name, text in texts.items()]
+    markdown = "\n".join(md) + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows([["" if v is None else v for v in row] for row in rows])
+    paths = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(markdown, encoding="utf-8")
+        (out / "compare.csv").write_text(buf.getvalue(), encoding="utf-8")
+        paths = {"markdown": str(out / "compare.md"), "csv": str(out / "compare.csv")}
+        plot = _plot(results, out / "compare.png")
+        if plot:
+            paths["plot"] = plot
+    return {"markdown": markdown, "csv": buf.getvalue(), "columns": header, "paths": paths}
+
+
+def _plot(results: list[dict], path: Path) -> str | None:
+    quality = next((q for q in ("fid", "fid_proxy", "wikitext2_ppl", "wikitext2_ppl_prefix", "vae_neg_elbo")
+                    if all(q in r["metrics"] for r in results)), None)
+    if quality is None or not all("latency_ms_p50" in r["metrics"] for r in results):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in results:
+        x, y = r["metrics"]["latency_ms_p50"], r["metrics"][quality]
+        ax.scatter([x], [y])
+        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("latency, median (ms, this machine)")
+    ax.set_ylabel(quality + " (lower is better)")
+    ax.set_title("quality against latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def save_eval(result: dict, run_dir: str | os.PathLike) -> Path:
+    """Write ``eval.json`` into the run folder (atomically) and return its path."""
+    path = Path(run_dir) / "eval.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,119 @@
+"""Compressing a trained run without training it again: one-shot pruning (then the masks baked
+in and, for channel/head pruning, the model physically shrunk) and post-training quantization
+(dynamic or static INT8, INT4 weight-only, fp16/bf16), written as a new run folder that
+``load_run``, ``edgegen eval`` and ``edgegen compare`` read like any other."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from edgegen.train import checkpoint as ckpt
+
+__all__ = ["compress_from", "SHIPPED_MODULE"]
+
+SHIPPED_MODULE = "model-shipped.pt"
+
+
+def _tag(compress) -> str:
+    parts = []
+    if compress.prune:
+        parts.append(f"{compress.prune['kind'].replace('Config', '').lower()}{compress.prune.get('amount', '')}")
+    if compress.ptq:
+        parts.append(compress.ptq["kind"].replace("Config", "").lower())
+    return "-".join(parts) or "none"
+
+
+def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = None, which: str = "last",
+                  tracker=None) -> dict:
+    """Apply the ``compress`` section (``prune`` and/or ``ptq``, as in an experiment config) to the
+    trained model of ``source`` (a run folder or checkpoint). Writes ``run_dir`` (default
+    ``<source>-<tag>``) with ``checkpoints/last.pt`` (the source config with this compress section,
+    the pruned float weights), the shipped model (``model-shipped.pt``) and the standard-format
+    artifact (``model-ptq.safetensors`` from save_quantized, or ``model-sparse.safetensors`` from
+    save_sparse). Returns the paths and what was done."""
+    from edgegen.config import from_dict
+    from edgegen.eval.runs import MAIN_MODULE, load_run
+    from edgegen.train.config import CompressConfig
+
+    if not isinstance(compress, dict) or not compress:
+        raise ValueError("compress: expected a compress section with prune and/or ptq")
+    cc = from_dict(CompressConfig, dict(compress))
+    if cc.qat:
+        raise ValueError("compress.qat: quantization-aware training needs training; run `edgegen compress CONFIG` "
+                         "with qat, or use ptq here")
+    if cc.prune is None and cc.ptq is None:
+        raise ValueError("compress: expected prune and/or ptq")
+    run = load_run(source, which=which, form="float")
+    if run.config.compress is not None and run.config.compress.qat:
+        raise ValueError("source: a QAT run is already quantized at its end; compress its float parent instead")
+    model = copy.deepcopy(run.model).eval()
+    out_dir = Path(run_dir) if run_dir else run.run_dir.with_name(f"{run.run_dir.name}-{_tag(cc)}")
+    done, artifacts = [], {}
+    if cc.prune is not None:
+        from edgegen.prune import config_from_dict, finalize_, prune_, shrink, sparsity
+
+        pc = config_from_dict(cc.prune)
+        prune_(model, pc, example_inputs=model.example_inputs(2))
+        finalize_(model)
+        done.append(f"one-shot {cc.prune['kind']} amount {cc.prune.get('amount')} (sparsity {sparsity(model):.3f})")
+    float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shipped = model
+    if cc.prune is not None and cc.prune["kind"] in ("ChannelConfig", "HeadConfig"):
+        shipped = shrink(model, model.example_inputs(1))
+        n0 = sum(p.numel() for p in model.parameters())
+        n1 = sum(p.numel() for p in shipped.parameters())
+        done.append(f"shrunk {n0} -> {n1} parameters")
+    if cc.ptq is not None:
+        from edgegen.quant import Int8StaticConfig, quantize_, save_quantized
+        from edgegen.quant.config import config_from_dict as quant_config
+
+        spec = dict(cc.ptq)
+        if spec.get("kind") == "Int8StaticConfig":
+            spec.pop("kind")
+            calib = _calibration(run)
+            qcfg = Int8StaticConfig(calibration=calib, **{"batches": len(calib), **spec})
+        else:
+            qcfg = quant_config(spec)
+        quantize_(shipped, qcfg)
+        done.append(f"post-training {cc.ptq['kind']}")
+        if shipped is model:  # the full architecture: the standard format load_quantized reads
+            save_quantized(shipped, out_dir / "model-ptq.safetensors")
+            artifacts["quantized"] = str(out_dir / "model-ptq.safetensors")
+    elif cc.prune is not None:
+        from edgegen.prune import save_sparse
+
+        save_sparse(shipped, out_dir / "model-sparse.safetensors")
+        artifacts["sparse"] = str(out_dir / "model-sparse.safetensors")
+    artifacts["shipped"] = str(ckpt.save_atomic(shipped, out_dir / SHIPPED_MODULE))
+    cfg = replace(run.config, name=f"{run.config.name}-{_tag(cc)}", compress=cc)
+    snap = {"version": 1, "config": cfg.to_dict(), "state": {}, "modules": {MAIN_MODULE[cfg.task]: float_state},
+            "source": str(run.checkpoint), "posthoc": done, "posthoc_tag": _tag(cc)}
+    artifacts["checkpoint"] = str(ckpt.save_atomic(snap, out_dir / "checkpoints" / "last.pt"))
+    if tracker is not None:
+        tracker.log_config(cfg)
+        tracker.set_tags({"edgegen.compressed_from": str(run.checkpoint)})
+        for p in artifacts.values():
+            tracker.log_artifact(p)
+    return {"run_dir": str(out_dir), "source": str(run.checkpoint), "steps": done, "artifacts": artifacts}
+
+
+def _calibration(run) -> list:
+    """Static INT8 calibration inputs: the source run's validation batches (images) or token
+    blocks; latents for a DCGAN generator."""
+    cfg = run.config
+    if cfg.model.kind == "dcgan":
+        g = torch.Generator().manual_seed(0)
+        return [torch.randn(32, cfg.model.nz, generator=g) for _ in range(4)]
+    from edgegen.train.data import build_batches
+
+    batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, cfg.model.vocab_size)
+    out = [b[0] if isinstance(b, tuple) else b for b in batches.val_batches()]
+    if not out:
+        raise ValueError("compress.ptq: static INT8 needs calibration batches; the source run's data has no "
+                         "validation batches")
+    return out

@@ -1,0 +1,68 @@
+"""Edge projection: the device data carries a source for every figure, the roofline matches hand
+arithmetic, and bad input is named."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from edgegen.eval.edge import PRECISIONS, device_profiles, project
+
+
+def _record(flops=0, size=0, fmt="safetensors"):
+    return SimpleNamespace(flops=flops, bytes_on_disk=size, disk_format=fmt)
+
+
+def test_every_figure_has_a_kind_and_a_source():
+    profiles = device_profiles()
+    assert set(profiles) == {"rpi4", "jetson-nano", "pixel6"}
+    for p in profiles.values():
+        figures = [p.memory_gbps, p.power_w, p.efficiency] + [p.peak_gflops[k] for k in PRECISIONS]
+        for f in figures:
+            assert f.value > 0 and f.kind in ("spec", "derived", "assumption") and len(f.source) > 20
+
+
+def test_compute_bound_roofline_matches_hand_arithmetic():
+    # rpi4 fp32: 48 GFLOPS at efficiency 0.3 -> 14.4 GFLOP take one second.
+    p = project(_record(flops=14_400_000_000, size=1000), "rpi4")
+    assert p.compute_ms_projected == pytest.approx(1000.0)
+    assert p.memory_ms_projected == pytest.approx(1000 / (12.8e9 * 0.3) * 1e3)
+    assert p.bound == "compute" and p.latency_ms_projected == pytest.approx(1000.0)
+    assert p.energy_j_projected == pytest.approx(6.4)
+    assert "projected" in p.label and "not measured" in p.label
+    assert set(p.as_dict("edge/")) >= {"edge/latency_ms_projected", "edge/energy_j_projected"}
+
+
+def test_memory_bound_and_precision():
+    # 25.6 GB/s at efficiency 1: 25.6 MB take one millisecond on the Jetson Nano.
+    p = project(_record(flops=1000, size=25_600_000), "jetson-nano", efficiency=1.0)
+    assert p.bound == "memory" and p.latency_ms_projected == pytest.approx(1.0)
+    q = project(_record(flops=472_000_000), "jetson-nano", precision="fp16", efficiency=1.0)
+    assert q.compute_ms_projected == pytest.approx(1.0)
+    # A quantized model's record is projected at int8 unless told otherwise.
+    r = project(_record(flops=10**9, fmt="edgegen quantized safetensors"), "pixel6")
+    assert r.precision == "int8"
+    assert project(_record(flops=10**9), "pixel6").precision == "fp32"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(device="rpi5"), "device: expected one of"),
+    (dict(device="rpi4", precision="int4"), "precision: expected one of"),
+    (dict(device="rpi4", efficiency=0.0), r"efficiency: expected a value in \(0, 1\]"),
+    (dict(device="rpi4", efficiency=1.5), r"efficiency: expected a value in \(0, 1\]"),
+    (dict(device="rpi4", bytes_moved=-1), "bytes_moved: expected an int >= 0"),
+], ids=["device", "precision", "efficiency-0", "efficiency-big", "bytes"])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        project(_record(flops=10), **kwargs)
+
+
+def test_bad_record_and_bad_device_file(tmp_path):
+    with pytest.raises(ValueError, match="record: expected a profile record"):
+        project(SimpleNamespace(flops=None, bytes_on_disk=0), "rpi4")
+    bad = tmp_path / "devices.yaml"
+    bad.write_text("x:\n  name: X\n  peak_gflops: {fp32: {value: 1, kind: guess, source: s}}\n")
+    with pytest.raises(ValueError, match="x.peak_gflops.fp32: expected a positive value, kind spec"):
+        device_profiles(bad)
+    bad.write_text("x:\n  name: X\n  peak_gflops: {fp32: {value: 1, kind: spec, source: s}}\n")
+    with pytest.raises(ValueError, match="device 'x' lacks 'fp16'"):
+        device_profiles(bad)
