@@ -8,6 +8,12 @@
   both alike (each block is scored as its own sequence: the token counts are the blocks' sum).
 * SSIM of 64 reconstructions of 64 x 64 RGB against a Beta-VAE's forward on them (the metric's
   cost beside the model it scores).
+* FID feature extraction (edgegen.eval.image_statistics) of 64 x 64 uint8 images, per 1,000
+  images, against the bare network forward on the same images already resized and normalised:
+  the metric's overhead (range checks, resizing to the network's input, float64 streaming
+  statistics) as a share of the forward. Target: at most 10%. For the FID Inception-v3 network
+  (randomly initialised here: the standard weights are not on this machine, and the compute does
+  not depend on them) and for the FID-proxy CNN. Interleaved per batch of 50.
 
 The student is randomly initialised (speed does not depend on the weights; its perplexity is
 therefore near the vocabulary size and is not a quality number). Prints a table, writes
@@ -104,11 +110,50 @@ def bench_ssim(rows, threads):
                      p50_ms=f"{fwd:.2f}", threads=threads))
 
 
+def bench_fid(rows, n_images, threads):
+    from edgegen.eval.fid import FeatureExtractor, ProxyNet, image_statistics
+    from edgegen.eval.frechet import GaussianStats
+    from edgegen.eval.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (n_images, 3, 64, 64), dtype=torch.uint8)
+    batch = 50
+    for label, net, dim, trunk in (("inception-v3 (random init)", FIDInceptionV3().eval(), 2048, "_trunk"),
+                                   ("fid-proxy cnn", ProxyNet(10).eval(), 256, "features")):
+        ext = FeatureExtractor(net, label, "FID" if dim == 2048 else "FID-proxy", dim)
+        bare_fn = getattr(net, trunk)
+        with torch.no_grad():
+            bare_fn(net.preprocess(images[:batch].float() / 255))  # warm-up
+        bare = metric = 0.0
+        total = GaussianStats(dim)
+        for i in range(0, n_images, batch):
+            chunk = images[i:i + batch]
+            ready = net.preprocess(chunk.float() / 255)  # outside the bare timing: that is the metric's cost
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                bare_fn(ready)
+                bare += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            st, _ = image_statistics(chunk, ext, batch_size=batch)
+            total.merge(st)
+            metric += time.perf_counter() - t0
+        per_k = 1000 / n_images
+        overhead = (metric - bare) / bare
+        print(f"FID features, {label}, {n_images} images 64x64 uint8 in batches of {batch}: bare forward "
+              f"{bare * per_k:.1f} s per 1,000 images, image_statistics() {metric * per_k:.1f} s per 1,000 images, "
+              f"overhead {100 * overhead:+.1f}% (target <= 10%)")
+        for name, sec in (("bare-forward", bare), ("edgegen.eval.image_statistics", metric)):
+            rows.append(dict(op=f"fid-features {label}", provider=name, shape=f"{n_images}x3x64x64 (per 1000: "
+                             f"{sec * per_k * 1e3:.0f} ms)", dtype="float32", mode="eval", p50_ms=f"{sec * 1e3:.0f}",
+                             threads=threads))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-tokens", type=int, default=0, help="evaluate a prefix (0: the whole split)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["perplexity", "ssim"], default=None)
+    ap.add_argument("--only", choices=["perplexity", "ssim", "fid"], default=None)
+    ap.add_argument("--fid-images", type=int, default=1000, help="images for the FID feature benchmark")
     ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results" / "eval.csv"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,6 +163,8 @@ def main():
         bench_perplexity(rows, args.max_tokens, args.threads)
     if args.only in (None, "ssim"):
         bench_ssim(rows, args.threads)
+    if args.only in (None, "fid"):
+        bench_fid(rows, args.fid_images, args.threads)
     for r in rows:
         r.update(machine=harness.machine(), versions=harness.versions())
     harness.write_csv(rows, Path(args.csv))

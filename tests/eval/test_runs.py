@@ -233,3 +233,25 @@ def _train_tracked(cfg, env):
     Trainer(cfg, run_dir, tracker, progress=False).fit()
     tracker.finish()
     return run_dir
+
+
+def test_onnx_beside_edgegen(env):
+    pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+    cfg = tiny("vae", env, compress={"ptq": {"kind": "Int8DynamicConfig"}})
+    run = load_run(_train(cfg, env, "vq"))
+    assert run.form == "int8 (ptq)"
+    res = evaluate_run(run, _opts(metrics=("vae",), onnx=True))
+    m = res["metrics"]
+    assert m["onnx_max_abs_diff"] < 1e-3 and m["onnx_int8_dynamic_bytes"] < m["onnx_fp32_bytes"]
+    assert m["onnxruntime_fp32_latency_ms_p50"] > 0 and m["onnxruntime_int8_dynamic_latency_ms_p50"] > 0
+    assert "float weights" in res["labels"]["onnx"]
+
+
+def test_real_statistics_of_the_test_split_are_cached(env):
+    cfg = tiny("gan", env, data={"name": "cifar10", "root": str(env / "data")})
+    run = load_run(_train(cfg, env, "cifar"))
+    first = evaluate_run(run, _opts(metrics=("fid",), samples=20))
+    cached = list((env / "cache" / "fid-stats").glob("*.cifar10.test.64.20.npz"))
+    assert len(cached) == 1 and "CIFAR-10 test split, first 20 images" in first["labels"]["fid_proxy"]
+    again = evaluate_run(run, _opts(metrics=("fid",), samples=20))
+    assert again["metrics"]["fid_proxy"] == pytest.approx(first["metrics"]["fid_proxy"], rel=1e-12)

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                             (" (on by default here)" if name == "compare" else ""))
         p.add_argument("--device-profile", action="append", default=[], metavar="DEVICE",
                        help="also project latency and energy onto rpi4, jetson-nano or pixel6 (repeatable)")
+        p.add_argument("--onnx", action="store_true",
+                       help="also export to ONNX (float and ONNX Runtime INT8) and time it in ONNX Runtime "
+                            "(needs the export extra)")
         p.add_argument("--samples", type=int, default=1000, help="generated images for FID (default 1000)")
         p.add_argument("--max-tokens", type=int, help="perplexity on this many WikiText-2 tokens (a labelled "
                                                       "prefix) instead of the whole test split")
@@ -82,7 +85,8 @@ def _eval_options(args):
 
     return EvalOptions(metrics=tuple(m for m in args.metrics.split(",") if m.strip()), samples=args.samples,
                        fid_extractor=args.fid_extractor, max_tokens=args.max_tokens, profile=args.profile,
-                       device_profiles=tuple(args.device_profile), progress=not args.no_progress)
+                       device_profiles=tuple(args.device_profile), onnx=args.onnx,
+                       progress=not args.no_progress)
 
 
 def _log_eval(result: dict, run_dir: Path, cfg) -> None:

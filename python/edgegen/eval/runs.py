@@ -192,7 +192,9 @@ class EvalOptions:
     ``samples``: generated images for FID (and real images, capped by the held-out split).
     ``fid_extractor``: auto / inception / proxy. ``max_tokens``: perplexity on a labelled prefix.
     ``profile``: efficiency record (+ generation latency for GPT-2); ``device_profiles``: edge
-    projections of that record."""
+    projections of that record; ``onnx``: the model exported to ONNX (float, and INT8 by ONNX
+    Runtime's dynamic quantizer), checked against PyTorch and timed in ONNX Runtime beside
+    edgegen's own latency."""
 
     metrics: tuple = ()
     samples: int = 1000
@@ -208,6 +210,7 @@ class EvalOptions:
     profile_repeats: int = 10
     profile_min_time_s: float = 1.0
     device_profiles: tuple = ()
+    onnx: bool = False
     seed: int = 0
     data_root: str | None = None
     progress: bool = False
@@ -240,7 +243,7 @@ def _real_images(cfg, opts: EvalOptions) -> tuple[torch.Tensor, str]:
 
 def _generated(model, kind: str, n: int, batch: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    device = next(model.parameters(), torch.zeros(())).device
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     for i in range(0, n, batch):
         k = min(batch, n - i)
         with torch.no_grad():
@@ -261,11 +264,18 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
         ext = get_extractor(opts.fid_extractor, proxy_dataset=proxy_ds, root=opts.data_root,
                             epochs=opts.proxy_epochs)
     real, what = _real_images(run.config, opts)
+    n_real = len(real)
+    if n_real < 2:
+        raise ValueError(f"metrics: the held-out split has {n_real} images; FID needs at least 2")
+    if not with_kid and run.config.data.name in ("cifar10", "celeba"):
+        from edgegen.eval.fid import real_statistics
+
+        # The same images, their statistics cached per extractor/dataset/split/size/count.
+        real = real_statistics(run.config.data.name, ext, split="test", limit=n_real,
+                               root=opts.data_root or run.config.data.root)
     res = fid(_generated(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
               batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
-              kid_subset_size=min(1000, opts.samples, len(real)), seed=opts.seed) if len(real) >= 2 else None
-    if res is None:
-        raise ValueError(f"metrics: the held-out split has {len(real)} images; FID needs at least 2")
+              kid_subset_size=min(1000, opts.samples, n_real), seed=opts.seed)
     out.update(res.as_metrics())
     key = "fid" if res.metric == "FID" else "fid_proxy"
     labels[key] = f"{res.label}; {res.n_generated} generated vs {what}" + ("" if res.reliable else
@@ -381,6 +391,8 @@ def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None
             _text_metrics(run, opts, tokens, tok, "bleu" in names, metrics, labels)
     if opts.profile or opts.device_profiles:
         _profile(run, opts, metrics, labels)
+    if opts.onnx:
+        _onnx_metrics(run, opts, metrics, labels)
     return {"run": str(run.run_dir), "name": run.name, "kind": run.kind, "form": run.form,
             "checkpoint": str(run.checkpoint), "metrics": metrics, "labels": labels,
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -412,11 +424,42 @@ def _profile(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict) -> 
         labels[f"{dev}_projected"] = p.label
 
 
+def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict) -> None:
+    import tempfile
+
+    from edgegen.export import export_onnx, onnx_latency, onnx_target, quantize_onnx
+
+    model = run.model
+    from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+
+    if any(isinstance(m, (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding))
+           for m in model.modules()):
+        model = load_run(run.checkpoint, form="float").model  # ONNX Runtime quantizes the float model itself
+        source = "the run's float weights (its edgegen INT8 layers have no ONNX form)"
+    else:
+        source = f"the {run.form} model"
+    _, inputs, _, _ = onnx_target(model, batch=1)
+    with tempfile.TemporaryDirectory() as d:
+        fp32 = export_onnx(model, path=Path(d) / "model.onnx")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            int8_bytes = quantize_onnx(fp32.path, Path(d) / "model-int8.onnx", mode="dynamic")
+        lat32 = onnx_latency(fp32.path, inputs, repeats=max(opts.profile_repeats, 5))
+        lat8 = onnx_latency(Path(d) / "model-int8.onnx", inputs, repeats=max(opts.profile_repeats, 5))
+    metrics.update({"onnx_fp32_bytes": float(fp32.bytes), "onnx_max_abs_diff": fp32.max_abs_diff,
+                    "onnxruntime_fp32_latency_ms_p50": lat32["latency_ms_p50"],
+                    "onnx_int8_dynamic_bytes": float(int8_bytes),
+                    "onnxruntime_int8_dynamic_latency_ms_p50": lat8["latency_ms_p50"]})
+    note = "; ONNX Runtime's dynamic quantizer left it float" if caught else ""
+    labels["onnx"] = (f"ONNX (opset {fp32.opset}) of {source}, batch 1, {lat32['threads']} threads, ONNX Runtime "
+                      f"CPU; INT8 by ONNX Runtime's dynamic quantizer{note}")
+
+
 # ------------------------------------------------------------------------------------ comparison
 COLUMNS = ("fid", "fid_proxy", "kid", "kid_proxy", "vae_recon_ssim", "vae_recon_psnr_db", "vae_neg_elbo",
            "wikitext2_ppl", "wikitext2_ppl_prefix", "bleu", "distinct_2", "bytes_on_disk", "params", "sparsity",
            "flops", "latency_ms_p50", "peak_memory_bytes", "energy_j", "energy_j_estimated",
-           "decode_ms_per_token_p50")
+           "decode_ms_per_token_p50", "onnxruntime_fp32_latency_ms_p50", "onnxruntime_int8_dynamic_latency_ms_p50")
 
 
 def _fmt(v) -> str:

@@ -27,7 +27,7 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
         raise TypeError(f"model: expected an edgegen BetaVAE (encode/decode/config), got {type(model).__name__}")
     beta = float(model.config.beta)
     batches = [images] if isinstance(images, Tensor) else images
-    device = next(model.parameters()).device
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     was_training = model.training
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)

@@ -184,6 +184,11 @@ class GPT2(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
+        """Inputs for tracing (e.g. edgegen.prune, export): random token ids [batch, min(16, context)]."""
+        n = min(16, self.config.n_positions)
+        return (torch.randint(0, self.config.vocab_size, (batch, n), device=self.wte.weight.device),)
+
     def num_parameters(self) -> int:
         """Distinct parameters (the tied head counted once)."""
         return sum(p.numel() for p in self.parameters())

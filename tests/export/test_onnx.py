@@ -1,0 +1,117 @@
+"""ONNX round trips: every model kind, dense and physically pruned, matches PyTorch in ONNX
+Runtime; INT8 through ONNX Runtime's quantizer stays close to the float model; bad input is named."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+
+from edgegen.export import export_onnx, onnx_latency, onnx_target, quantize_onnx, run_onnx  # noqa: E402
+from edgegen.models.dcgan import DCGANConfig, DCGANGenerator  # noqa: E402
+from edgegen.models.gpt2 import GPT2, GPT2Config  # noqa: E402
+from edgegen.models.vae import BetaVAE, BetaVAEConfig  # noqa: E402
+from edgegen.prune import ChannelConfig, HeadConfig, prune_, shrink  # noqa: E402
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "dcgan": DCGANGenerator(DCGANConfig(nz=16, ngf=8)),
+        "vae": BetaVAE(BetaVAEConfig(latent_dim=8)),
+        "gpt2": GPT2(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=32)),
+    }
+
+
+def _shrunk(model):
+    # GPT-2: attention heads (its MLP channels feed the residual stream through the tied head)
+    config = HeadConfig(amount=0.5) if isinstance(model, GPT2) else ChannelConfig(amount=0.5)
+    prune_(model, config, example_inputs=model.example_inputs(2))
+    return shrink(model.eval(), model.example_inputs(1))
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "vae", "gpt2"])
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "shrunk"])
+def test_round_trip_matches_pytorch(kind, pruned, tmp_path):
+    model = _models()[kind].eval()
+    if pruned:
+        before = sum(p.numel() for p in model.parameters())
+        model = _shrunk(model)
+        assert sum(p.numel() for p in model.parameters()) < before
+    res = export_onnx(model, path=tmp_path / f"{kind}.onnx")
+    assert res.max_abs_diff is not None and res.max_abs_diff < 1e-3 and res.bytes > 0
+    # a different batch size than the export's (the batch axis is dynamic)
+    module, inputs, _, _ = onnx_target(model, batch=3)
+    with torch.no_grad():
+        expected = module(*inputs).numpy()
+    got = run_onnx(res.path, inputs)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def _relative_error(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "vae", "gpt2"])
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_through_onnxruntime_stays_close(kind, mode, tmp_path):
+    model = _models()[kind].eval()
+    fp32 = export_onnx(model, path=tmp_path / "fp32.onnx")
+    module, inputs, _, _ = onnx_target(model, batch=4)
+    calib = [onnx_target(model, batch=4)[1] for _ in range(2)] if mode == "static" else None
+    if kind == "dcgan" and mode == "dynamic":  # transposed convolutions only: nothing to quantize
+        with pytest.warns(RuntimeWarning, match="quantized no weight .* try mode='static'"):
+            quantize_onnx(fp32.path, tmp_path / "int8.onnx", mode=mode)
+        return
+    size = quantize_onnx(fp32.path, tmp_path / "int8.onnx", mode=mode, calibration=calib)
+    assert size < 0.5 * fp32.bytes  # int8 weights
+    with torch.no_grad():
+        expected = module(*inputs).numpy()
+    got = run_onnx(tmp_path / "int8.onnx", inputs)[0]
+    assert got.shape == expected.shape
+    assert _relative_error(got, expected) < 0.1  # 8-bit quantization error, not a broken graph
+
+
+def test_pruning_masks_are_baked_in(tmp_path):
+    from edgegen.prune import MagnitudeConfig
+
+    model = _models()["dcgan"].eval()
+    prune_(model, MagnitudeConfig(amount=0.5))
+    res = export_onnx(model, path=tmp_path / "masked.onnx")
+    assert res.max_abs_diff < 1e-3
+    import onnx
+
+    init = [onnx.numpy_helper.to_array(t) for t in onnx.load(res.path).graph.initializer if t.dims and len(t.dims) == 4]
+    assert max(float((w == 0).mean()) for w in init) >= 0.49  # the zeros travel into the file
+
+
+def test_latency_and_explicit_inputs(tmp_path):
+    lin = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 8)
+    res = export_onnx(lin, (x,), tmp_path / "lin.onnx", input_names=["x"], output_names=["y"])
+    assert res.input_names == ["x"] and res.output_names == ["y"]
+    lat = onnx_latency(res.path, (x,), repeats=3, threads=1)
+    assert lat["latency_ms_p50"] > 0 and lat["threads"] == 1
+
+
+def test_bad_input(tmp_path):
+    from edgegen.quant import Int8DynamicConfig, quantize_
+
+    q = quantize_(torch.nn.Sequential(torch.nn.Linear(64, 64)).eval(), Int8DynamicConfig())
+    with pytest.raises(ValueError, match="model: holds edgegen integer layers .*quantize_onnx"):
+        export_onnx(q, (torch.randn(1, 64),), tmp_path / "q.onnx")
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        export_onnx(lambda x: x, (torch.randn(1),), tmp_path / "f.onnx")
+    with pytest.raises(ValueError, match="opset: expected an int in"):
+        export_onnx(torch.nn.Identity(), (torch.randn(1),), tmp_path / "i.onnx", opset=7)
+    with pytest.raises(ValueError, match="input_names: expected 1 names"):
+        export_onnx(torch.nn.Identity(), (torch.randn(1),), tmp_path / "i.onnx", input_names=["a", "b"])
+    with pytest.raises(TypeError, match="no default export target"):
+        export_onnx(torch.nn.Identity(), path=tmp_path / "i.onnx")
+    with pytest.raises(FileNotFoundError, match="fp32_path: .* does not exist"):
+        quantize_onnx(tmp_path / "absent.onnx", tmp_path / "o.onnx")
+    lin = export_onnx(torch.nn.Linear(4, 4).eval(), (torch.randn(1, 4),), tmp_path / "l.onnx")
+    with pytest.raises(ValueError, match="mode: expected 'dynamic' or 'static'"):
+        quantize_onnx(lin.path, tmp_path / "o.onnx", mode="int4")
+    with pytest.raises(ValueError, match="calibration: static quantization needs"):
+        quantize_onnx(lin.path, tmp_path / "o.onnx", mode="static")
