@@ -11,7 +11,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-cpp test-cuda-compile test-py bench bench-gpu clean
+.PHONY: setup build test test-cpp test-cuda-compile test-py reproduce bench bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -52,7 +52,14 @@ test-cuda-compile:
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
 
-# The main job until the experiment CLI exists: the kernel benchmarks.
+# The main job: the papers' tables rebuilt beside our measurements (REPORT.md in reproduce/).
+# PRESET=cpu-small or paper for longer runs; SEEDS="0 1 2" by default.
+PRESET ?= cpu-smoke
+SEEDS ?= 0 1 2
+reproduce: build
+	$(VENV)/bin/edgegen reproduce all --preset $(PRESET) --seeds $(SEEDS) --out reproduce
+
+# The kernel and instrument benchmarks (each against its best peer, ratios printed).
 bench: build $(VENV)/.bench-ready
 	$(PYTHON) benchmarks/bench_kd_loss.py
 	$(PYTHON) benchmarks/bench_prune.py

@@ -6,6 +6,7 @@
     edgegen sweep CONFIG --seeds 0 1 2   (every variant x seed as nested runs; statistics table)
     edgegen eval RUN_DIR [--metrics fid,ssim,ppl,bleu] [--profile] [--device-profile rpi4]
     edgegen compare RUN_DIR... [--metrics ...] [--out DIR]
+    edgegen reproduce TABLE|all [--preset cpu-smoke|cpu-small|paper] [--seeds 0 1 2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--resume", action="store_true", help="resume unfinished runs, skip finished ones")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    p = sub.add_parser("reproduce", help="rebuild the papers' tables beside our measurements (REPORT.md)",
+                       description="Train what a table needs (once per preset and seed), measure it, and write "
+                                   "OUT/REPORT.md with the published numbers beside ours, figures and results.json; "
+                                   "logged to MLflow. Rerunning skips finished steps.")
+    p.add_argument("table", help="one of size, latency, memory, power, headline, quality, lightweight, tradeoff, or all")
+    p.add_argument("--preset", default="cpu-smoke", help="cpu-smoke (minutes), cpu-small, paper (a GPU machine)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--out", default="reproduce", help="output folder (default ./reproduce)")
+    p.add_argument("--force", action="store_true", help="recompute every step, even those already done")
+    p.add_argument("--data-root", help="datasets folder (default $EDGEGEN_DATA_DIR)")
+    p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+    p.add_argument("--download", action="store_true",
+                   help="first download CIFAR-10, WikiText-2 and the GPT-2 vocabulary if absent (CelebA and "
+                        "OpenWebText are placed by hand)")
     for name, help_ in (("eval", "evaluate trained runs: quality, size, speed, energy; logged to their MLflow run"),
                         ("compare", "evaluate several runs and put them in one table (Markdown, CSV, plot)")):
         p = sub.add_parser(name, help=help_, description=help_)
@@ -148,6 +164,9 @@ def _train(args, require_compress: bool) -> int:
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     tracker = make_tracker(cfg.tracking, cfg.name, run_dir)
+    if getattr(tracker, "run_id", None):
+        print(f"edgegen {args.command}: MLflow run {tracker.run_id} in {tracker.uri} (experiment "
+              f"{tracker.experiment!r}); run folder {run_dir}", file=sys.stderr)
     status = "FAILED"
     try:
         result = train_experiment(cfg, run_dir, tracker, resume=args.resume,
@@ -168,11 +187,26 @@ def main(argv=None) -> int:
             return _train(args, args.command == "compress")
         if args.command in ("eval", "compare"):
             return _evaluate(args)
+        if args.command == "reproduce":
+            from edgegen.reproduce import reproduce
+
+            res = reproduce(args.table, args.preset, args.seeds, args.out, force=args.force, data_root=args.data_root,
+                            track=not args.no_log, download=args.download)
+            failed = [n for n, t in res["tables"].items() if t["error"]]
+            print(f"report: {res['report']} ({res['minutes']:.1f} min)")
+            if failed:
+                print(f"edgegen reproduce: not filled: {', '.join(failed)} (reasons in the report)", file=sys.stderr)
+            return 1 if failed else 0
         from edgegen.train.sweep import run_sweep
 
         summary = run_sweep(args.config, args.seeds, args.preset, args.overrides, resume=args.resume,
-                            progress=False if args.no_progress else None)
+                            progress=False if args.no_progress else None, only=args.only)
         print(summary["markdown"])
+        print(f"summary: {summary['dir']}/summary.md, summary.csv")
+        if summary["failed"]:
+            print(f"edgegen sweep: failed variants: {', '.join(summary['failed'])} (errors in the summary and "
+                  "their runs)", file=sys.stderr)
+            return 1
         return 0
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"edgegen {args.command}: {exc}", file=sys.stderr)

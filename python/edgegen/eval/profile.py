@@ -69,7 +69,12 @@ def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
     """(weights, non-zero weights) of a quantized model from its state dict: int8 weights, INT4
     nibbles (two per packed byte), and float weights and biases."""
     total = nonzero = 0
-    for name, t in model.state_dict().items():
+    seen = set()
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:  # a tied tensor (GPT-2's head shares the embedding's int8 table): once
+            continue
+        seen.add(key)
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "weight_int8":
             total += t.numel()

@@ -1,0 +1,662 @@
+"""The reproduction pipeline: trained models (cached), measurements (cached steps), tables, the
+report and its MLflow record."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["TABLES", "reproduce", "load_papers", "load_recipes"]
+
+TABLES = ("size", "latency", "memory", "power", "headline", "quality", "lightweight", "tradeoff")
+PRESETS = ("cpu-smoke", "cpu-small", "paper")
+DEVICES = ("rpi4", "jetson-nano", "pixel6")
+LAMBDAS = (0.25, 0.5, 0.75)
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+HERE = Path(__file__).resolve().parent
+
+
+def _yaml(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((HERE / name).read_text(encoding="utf-8"))
+
+
+def load_papers() -> dict:
+    """The published numbers (``papers.yaml``)."""
+    return _yaml("papers.yaml")
+
+
+def load_recipes() -> dict:
+    """The models and the presets' changes (``recipes.yaml``)."""
+    return _yaml("recipes.yaml")
+
+
+# ----------------------------------------------------------------------------------- context
+@dataclass
+class Context:
+    preset: str
+    seeds: list
+    out: Path
+    force: bool
+    data_root: str | None
+    log: Callable[[str], None]
+    recipes: dict = field(default_factory=load_recipes)
+    done_steps: list = field(default_factory=list)
+    skipped_steps: list = field(default_factory=list)
+
+    @property
+    def eval(self) -> dict:
+        return self.recipes["presets"][self.preset]["eval"]
+
+    def step(self, name: str, fn: Callable[[], dict]) -> dict:
+        """``fn()``'s JSON result, computed once: kept in ``steps/<name>.json``."""
+        path = self.out / "steps" / f"{name}.json"
+        if path.is_file() and not self.force:
+            self.skipped_steps.append(name)
+            return json.loads(path.read_text(encoding="utf-8"))
+        t0 = time.perf_counter()
+        result = fn()
+        result["_seconds"] = round(time.perf_counter() - t0, 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, default=float), encoding="utf-8")
+        os.replace(tmp, path)
+        self.done_steps.append(name)
+        self.log(f"  {name}: {result['_seconds']:.1f} s")
+        return result
+
+    # ------------------------------------------------------------------ models
+    def model_config(self, key: str, seed: int) -> dict:
+        from edgegen.config import merge
+
+        models = self.recipes["models"]
+        if key not in models:
+            raise ValueError(f"model: unknown recipe {key!r}")
+        chain, k = [], key
+        while k is not None:
+            spec = dict(models[k])
+            chain.append(spec)
+            k = spec.pop("base", None)
+        data: dict = {}
+        for spec in reversed(chain):
+            data = merge(data, {k: v for k, v in spec.items() if k != "base"})
+        data = merge(data, self.recipes["presets"][self.preset]["models"].get(key, {}))
+        if self.data_root:
+            data = merge(data, {"data": {"root": self.data_root}})
+        data = merge(data, {"name": key, "train": {"seed": seed}, "tracking": {"enabled": False}})
+        return data
+
+    def trained(self, key: str, seed: int) -> Path:
+        """The run folder of recipe ``key`` trained for this preset and seed (trained on first use)."""
+        data = self.model_config(key, seed)
+        teachers = (data.get("distill") or {}).get("teachers") or []
+        for t in teachers:
+            if isinstance(t.get("init_from"), str) and t["init_from"].startswith("@"):
+                t["init_from"] = str(self.trained(t["init_from"][1:], seed) / "checkpoints" / "last.pt")
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        run_dir = self.out / "models" / self.preset / f"{key}-{digest}" / f"seed{seed}"
+        marker = run_dir / "done.json"
+        if marker.is_file() and not self.force:
+            return run_dir
+        from edgegen.train import load_experiment
+        from edgegen.train.loop import train_experiment
+
+        cfg = load_experiment(dict(data, output_dir=str(self.out / "models")))
+        self.log(f"  training {key} (seed {seed}, preset {self.preset})")
+        t0 = time.perf_counter()
+        res = train_experiment(cfg, run_dir, progress=False)
+        marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "final": res.get("final")},
+                                     default=float), encoding="utf-8")
+        return run_dir
+
+
+# ----------------------------------------------------------------------------------- measurements
+def _paper_architectures(ctx: Context, seed: int) -> dict:
+    """The paper-size models (random weights, seeded) in each form the efficiency tables compare."""
+    from edgegen.config import from_dict
+    from edgegen.prune import ChannelConfig, prune_, shrink
+    from edgegen.quant import Int8DynamicConfig, quantize_
+    from edgegen.train.config import ModelConfig
+
+    paper = Context("paper", ctx.seeds, ctx.out, ctx.force, ctx.data_root, ctx.log, ctx.recipes)
+
+    def build(key):
+        torch.manual_seed(seed)
+        mc = dict(paper.model_config(key, seed)["model"])
+        mc.pop("init_from", None)
+        m = from_dict(ModelConfig, mc).build()
+        return (m[0] if isinstance(m, tuple) else m).eval()
+
+    g = build("dcgan-cifar10")
+    pruned = copy.deepcopy(g)
+    prune_(pruned, ChannelConfig(amount=0.5), example_inputs=pruned.example_inputs(2))
+    vae = build("vae-celeba")
+    student = build("gpt2-student")
+    return {
+        "dcgan_generator": g,
+        "dcgan_generator_pruned50": shrink(pruned, pruned.example_inputs(1)),
+        "dcgan_generator_int8": quantize_(copy.deepcopy(g), Int8DynamicConfig()),
+        "vae": vae,
+        "vae_int8": quantize_(copy.deepcopy(vae), Int8DynamicConfig()),
+        "gpt2_teacher": build("gpt2-teacher"),
+        "gpt2_student": student,
+        "gpt2_student_int8": quantize_(copy.deepcopy(student), Int8DynamicConfig()),
+    }
+
+
+def _inputs(model, seed: int):
+    from edgegen.models.gpt2 import GPT2
+
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(model, GPT2) or hasattr(model, "wte"):
+        n = min(128, model.config.n_positions)
+        return (torch.randint(0, model.config.vocab_size, (1, n), generator=g),)
+    if hasattr(model, "encode"):
+        return (torch.rand(1, 3, 64, 64, generator=g) * 2 - 1,)
+    return (torch.randn(1, model.config.nz, generator=g),)
+
+
+def _profile_dict(model, seed: int, min_time: float) -> dict:
+    from edgegen.eval.edge import project
+    from edgegen.eval.profile import profile
+
+    rec = profile(model, _inputs(model, seed), repeats=10, min_time_s=min_time)
+    d = {k: v for k, v in rec.as_dict().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    d["energy_method"] = rec.energy_method
+    d["disk_format"] = rec.disk_format
+    for dev in DEVICES:
+        p = project(rec, dev)
+        d[f"{dev}_latency_ms_projected"] = p.latency_ms_projected
+        d[f"{dev}_energy_j_projected"] = p.energy_j_projected
+    return d
+
+
+def _efficiency(ctx: Context, seed: int) -> dict:
+    models = _paper_architectures(ctx, seed)
+    return {name: _profile_dict(m, seed, ctx.eval["profile_min_time_s"]) for name, m in models.items()}
+
+
+def _eval(ctx: Context, run_dir, metrics: tuple, form: str = "shipped", profile: bool = False,
+          compress: dict | None = None) -> dict:
+    from edgegen.eval.runs import EvalOptions, evaluate_run, load_run
+
+    e = ctx.eval
+    run = load_run(run_dir, form=form)
+    opts = EvalOptions(metrics=metrics, samples=e["fid_samples"], proxy_epochs=e["proxy_epochs"],
+                       max_tokens=e["ppl_max_tokens"], profile=profile, profile_repeats=10,
+                       profile_min_time_s=e["profile_min_time_s"], data_root=ctx.data_root,
+                       fid_extractor="auto")
+    res = evaluate_run(run, opts)
+    return {"metrics": res["metrics"], "labels": res["labels"], "form": res["form"]}
+
+
+# ----------------------------------------------------------------------------------- rows
+@dataclass
+class Row:
+    key: str  # "<row>/<metric>"
+    values: list  # one per seed
+    label: str  # measured / estimated / projected / FID-proxy ...
+    note: str = ""
+
+
+def _stat(values: list) -> dict:
+    from edgegen.analysis.stats import summarize
+
+    s = summarize(values)
+    return {"mean": s.mean, "std": s.std if s.n > 1 else None, "n": s.n,
+            "ci": [s.ci_low, s.ci_high] if s.n >= 3 else None}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a != 0 and (a >= 1e5 or a < 1e-3):
+        return f"{v:.3e}"
+    return f"{v:.4g}"
+
+
+def _ours(st: dict) -> str:
+    if st["n"] == 1:
+        return f"{_fmt(st['mean'])} (n = 1: no spread)"
+    if st["n"] == 2:
+        return f"{_fmt(st['mean'])} +- {_fmt(st['std'])} (n = 2: no interval)"
+    return f"{_fmt(st['mean'])} +- {_fmt(st['std'])} [95% CI {_fmt(st['ci'][0])}, {_fmt(st['ci'][1])}]"
+
+
+def _per_seed(ctx: Context, fn: Callable[[int], dict]) -> list:
+    return [fn(s) for s in ctx.seeds]
+
+
+def _rows_from(results: list, spec: list) -> list:
+    """Rows from per-seed result dicts: spec items (row key, path into the dict, label, note)."""
+    rows = []
+    for key, getter, label, note in spec:
+        vals = []
+        for r in results:
+            v = getter(r)
+            if v is None:
+                break
+            vals.append(float(v))
+        else:
+            rows.append(Row(key, vals, label, note))
+    return rows
+
+
+# ----------------------------------------------------------------------------------- tables
+ARCH_NOTE = ("paper architecture with random weights (size, FLOPs and speed do not depend on the values); measured on "
+             "this machine's CPU, not the paper's devices")
+
+
+def _size_latency_memory_power(ctx: Context, table: str) -> list:
+    eff = _per_seed(ctx, lambda s: ctx.step(f"{ctx.preset}/efficiency/seed{s}", lambda: _efficiency(ctx, s)))
+    names = [k for k, v in eff[0].items() if isinstance(v, dict)]
+    spec = []
+    if table == "size":
+        for n in names:
+            for m in ("params", "nonzero_params", "flops", "macs", "bytes_on_disk"):
+                spec.append((f"{n}/{m}", lambda r, n=n, m=m: r[n].get(m), "measured", ARCH_NOTE if m == "params" else ""))
+
+        def red(a, b, m):
+            return lambda r: 100.0 * (1 - r[b][m] / r[a][m])
+
+        spec += [("dcgan_generator_pruned50/params_reduction_pct", red("dcgan_generator", "dcgan_generator_pruned50",
+                                                                       "params"), "measured", "50% channel pruning, shrunk"),
+                 ("dcgan_generator_pruned50/flops_reduction_pct", red("dcgan_generator", "dcgan_generator_pruned50",
+                                                                      "flops"), "measured", ""),
+                 ("vae_int8/size_reduction_pct", red("vae", "vae_int8", "bytes_on_disk"), "measured",
+                  "INT8 weights on disk (save_quantized)"),
+                 ("gpt2_student/params_reduction_pct", red("gpt2_teacher", "gpt2_student", "params"), "measured",
+                  "teacher 12L/768 -> student 6L/384"),
+                 ("gpt2_student/flops_reduction_pct", red("gpt2_teacher", "gpt2_student", "flops"), "measured",
+                  "128-token forward")]
+    elif table == "latency":
+        for n in names:
+            spec.append((f"{n}/latency_ms_p50", lambda r, n=n: r[n]["latency_ms_p50"], "measured",
+                         "batch 1 (GPT-2: 128 tokens); " + ARCH_NOTE))
+            spec.append((f"{n}/throughput_per_s", lambda r, n=n: r[n]["throughput_per_s"], "measured", ""))
+            for d in DEVICES:
+                spec.append((f"{n}/{d}_latency_ms_projected", lambda r, n=n, d=d: r[n][f"{d}_latency_ms_projected"],
+                             "projected", "roofline from public figures (devices.yaml), not measured on the device"))
+        for n in ("dcgan_generator", "dcgan_generator_pruned50"):
+            spec.append((f"{n}/edge_latency_ms", lambda r, n=n: r[n]["rpi4_latency_ms_projected"], "projected",
+                         "our Raspberry Pi 4 projection set beside the paper's edge-device measurement"))
+    elif table == "memory":
+        for n in names:
+            spec.append((f"{n}/bytes_on_disk", lambda r, n=n: r[n]["bytes_on_disk"], "measured",
+                         "the file a user ships: " + eff[0][n]["disk_format"]))
+            spec.append((f"{n}/peak_memory_bytes", lambda r, n=n: r[n].get("peak_memory_bytes"), "measured",
+                         "resident-set high-water mark of one call in a fresh process"))
+    else:  # power
+        measured = "energy_j" in eff[0][names[0]]
+        key = "energy_j" if measured else "energy_j_estimated"
+        for n in names:
+            spec.append((f"{n}/{key}", lambda r, n=n: r[n].get(key), "measured (RAPL)" if measured else "estimated",
+                         eff[0][n]["energy_method"]))
+            for d in DEVICES:
+                spec.append((f"{n}/{d}_energy_j_projected", lambda r, n=n, d=d: r[n][f"{d}_energy_j_projected"],
+                             "projected", "projected latency x the device's typical power"))
+    return _rows_from(eff, spec)
+
+
+def _headline(ctx: Context) -> list:
+    eff = _per_seed(ctx, lambda s: ctx.step(f"{ctx.preset}/efficiency/seed{s}", lambda: _efficiency(ctx, s)))
+    pairs = [("dcgan_generator", "dcgan_generator_int8"), ("vae", "vae_int8"), ("gpt2_student", "gpt2_student_int8")]
+    measured = "energy_j" in eff[0]["vae"]
+    ekey = "energy_j" if measured else "energy_j_estimated"
+
+    def mean_red(r, m):
+        return sum(100.0 * (1 - r[q][m] / r[f][m]) for f, q in pairs) / len(pairs)
+
+    rows = _rows_from(eff, [
+        ("quantization/latency_reduction_pct", lambda r: mean_red(r, "latency_ms_p50"), "measured",
+         "mean over the DCGAN generator, the Beta-VAE and the GPT-2 student of 1 - INT8/fp32 latency (edgegen's INT8 "
+         "kernels, dynamic activations), this CPU"),
+        ("quantization/power_reduction_pct", lambda r: mean_red(r, ekey),
+         "measured (RAPL)" if measured else "estimated",
+         "energy per inference, same models: " + ("RAPL" if measured else "CPU time x a stated power per core, so "
+                                                  "this tracks CPU time, not a power meter"))])
+    for f, q in pairs:
+        rows += _rows_from(eff, [(f"{q}/latency_reduction_pct", lambda r, f=f, q=q: 100 * (1 - r[q]["latency_ms_p50"] /
+                                                                                          r[f]["latency_ms_p50"]),
+                                  "measured", "")])
+    return rows
+
+
+def _quality(ctx: Context) -> list:
+    def one(seed):
+        def compute():
+            out = {}
+            for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba", "dcgan-celeba-pruned50"):
+                out[key] = _eval(ctx, ctx.trained(key, seed), ("fid",))
+            vae = ctx.trained("vae-celeba", seed)
+            out["vae-celeba"] = _eval(ctx, vae, ("fid", "vae"))
+            from edgegen.train.posthoc import compress_from
+
+            q = compress_from(vae, {"ptq": {"kind": "Int8DynamicConfig"}}, Path(str(vae) + "-int8"))
+            out["vae-celeba-int8"] = _eval(ctx, q["run_dir"], ("fid", "vae"))
+            out["gpt2-teacher"] = _eval(ctx, ctx.trained("gpt2-teacher", seed), ("ppl",))
+            student = ctx.trained("gpt2-student", seed)
+            out["gpt2-student"] = _eval(ctx, student, ("ppl",))
+            sq = compress_from(student, {"ptq": {"kind": "Int8DynamicConfig"}}, Path(str(student) + "-int8"))
+            out["gpt2-student-int8"] = _eval(ctx, sq["run_dir"], ("ppl",))
+            return out
+
+        return ctx.step(f"{ctx.preset}/quality/seed{seed}", compute)
+
+    res = _per_seed(ctx, one)
+    fidkey = next((k for k in ("fid", "fid_proxy") if k in res[0]["dcgan-cifar10"]["metrics"]), "fid_proxy")
+    pplkey = next(k for k in res[0]["gpt2-teacher"]["metrics"] if k.startswith("wikitext2_ppl") and
+                  not k.endswith("_tokens"))
+    spec = []
+    for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba", "dcgan-celeba-pruned50", "vae-celeba",
+                "vae-celeba-int8"):
+        spec.append((f"{key}/{fidkey}", lambda r, k=key: r[k]["metrics"].get(fidkey),
+                     "FID-proxy" if fidkey == "fid_proxy" else "measured", res[0][key]["labels"].get(fidkey, "")))
+    for key in ("vae-celeba", "vae-celeba-int8"):
+        for m in ("vae_recon_ssim", "vae_neg_elbo"):
+            spec.append((f"{key}/{m}", lambda r, k=key, m=m: r[k]["metrics"].get(m), "measured",
+                         res[0][key]["labels"].get("vae", "")))
+    for key in ("gpt2-teacher", "gpt2-student", "gpt2-student-int8"):
+        spec.append((f"{key}/{pplkey}", lambda r, k=key: r[k]["metrics"].get(pplkey),
+                     "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)",
+                     res[0][key]["labels"].get(pplkey, "")))
+    return _rows_from(res, spec)
+
+
+def _lightweight(ctx: Context) -> list:
+    from edgegen.analysis.tradeoff import pareto_scores
+    from edgegen.train.posthoc import compress_from
+
+    def one(seed):
+        def compute():
+            pairs = {}
+            dense = ctx.trained("dcgan-cifar10", seed)
+            pairs["dcgan_channel50"] = (_eval(ctx, dense, ("fid",), profile=True),
+                                        _eval(ctx, ctx.trained("dcgan-cifar10-pruned50", seed), ("fid",), profile=True))
+            vae = ctx.trained("vae-celeba", seed)
+            base = _eval(ctx, vae, ("vae",), profile=True)
+            mag = compress_from(vae, {"prune": {"kind": "MagnitudeConfig", "amount": 0.5}}, Path(str(vae) + "-mag50"))
+            q = compress_from(vae, {"ptq": {"kind": "Int8DynamicConfig"}}, Path(str(vae) + "-int8"))
+            pairs["magnitude_pruning"] = (base, _eval(ctx, mag["run_dir"], ("vae",), profile=True))
+            pairs["int8_ptq"] = (base, _eval(ctx, q["run_dir"], ("vae",), profile=True))
+            return pairs
+
+        return ctx.step(f"{ctx.preset}/lightweight/seed{seed}", compute)
+
+    res = _per_seed(ctx, one)
+    rows = []
+    quality = {"dcgan_channel50": None, "magnitude_pruning": "vae_neg_elbo", "int8_ptq": "vae_neg_elbo"}
+    for pair, qkey in quality.items():
+        if qkey is None:
+            qkey = next(k for k in ("fid", "fid_proxy") if k in res[0][pair][0]["metrics"])
+        ek = "energy_j" if "energy_j" in res[0][pair][0]["metrics"] else "energy_j_estimated"
+
+        def metric(r, i, m, pair=pair):
+            return r[pair][i]["metrics"].get(m)
+
+        spec = []
+        for i, side in ((0, "existing"), (1, "compressed")):
+            for m in ("bytes_on_disk", "latency_ms_p50", "throughput_per_s", "peak_memory_bytes", qkey, ek):
+                spec.append((f"{pair}/{side}_{m}", lambda r, i=i, m=m: metric(r, i, m),
+                             {"fid_proxy": "FID-proxy", "energy_j_estimated": "estimated"}.get(m, "measured"),
+                             "energy per sample (batch 1)" if m == ek else ""))
+        spec += [
+            (f"{pair}/compression_ratio", lambda r: metric(r, 0, "bytes_on_disk") / metric(r, 1, "bytes_on_disk"),
+             "measured", "bytes on disk, existing / compressed"),
+            (f"{pair}/size_reduction_pct", lambda r: 100 * (1 - metric(r, 1, "bytes_on_disk") /
+                                                            metric(r, 0, "bytes_on_disk")), "measured", ""),
+            (f"{pair}/quality_loss_pct", lambda r, q=qkey: 100 * (metric(r, 1, q) - metric(r, 0, q)) / abs(metric(r, 0, q)),
+             "FID-proxy" if qkey == "fid_proxy" else "measured", f"relative increase of {qkey} (lower is better)"),
+            (f"{pair}/compressed_pareto_score",
+             lambda r, q=qkey: float(pareto_scores([[metric(r, i, q), metric(r, i, "latency_ms_p50"),
+                                                     metric(r, i, "bytes_on_disk")] for i in (0, 1)],
+                                                   [True, True, True])[1]),
+             "measured", "edgegen's Pareto score over (quality, latency, size) of the pair (edgegen.analysis)")]
+        rows += _rows_from(res, spec)
+    return rows
+
+
+def _tradeoff(ctx: Context) -> list:
+    from edgegen.analysis import plots
+    from edgegen.analysis.tradeoff import fit_tradeoff, pareto_front
+    from edgegen.train.posthoc import compress_from
+
+    def one(seed):
+        def compute():
+            dense = ctx.trained("dcgan-cifar10", seed)
+            points = [dict(ratio=0.0, **_eval(ctx, dense, ("fid",), profile=True)["metrics"])]
+            for r in SWEEP:
+                out = compress_from(dense, {"prune": {"kind": "ChannelConfig", "amount": r}},
+                                    Path(f"{dense}-sweep{int(r * 100)}"))
+                points.append(dict(ratio=r, **_eval(ctx, out["run_dir"], ("fid",), profile=True)["metrics"]))
+            return {"points": points}
+
+        return ctx.step(f"{ctx.preset}/tradeoff/seed{seed}", compute)
+
+    res = _per_seed(ctx, one)
+    qkey = "fid" if "fid" in res[0]["points"][0] else "fid_proxy"
+    ek = "energy_j" if "energy_j" in res[0]["points"][0] else "energy_j_estimated"
+    fits = []
+    for r in res:
+        pts = r["points"]
+        try:
+            fit = fit_tradeoff([p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
+                               quality_lower_is_better=True, efficiency_lower_is_better=True)
+        except RuntimeError as exc:  # scipy found no fit: the sweep rows still stand
+            raise RuntimeError(f"the trade-off curves could not be fitted to the sweep ({exc})") from exc
+        c_lo, c_hi = min(p["params"] for p in pts), max(p["params"] for p in pts)
+        r["fit"] = fit.as_dict()
+        r["cstar"] = {lam: fit.optimal(lam, c_lo, c_hi) for lam in LAMBDAS}
+        r["front"] = pareto_front([[p[qkey], p["latency_ms_p50"], p["bytes_on_disk"]] for p in pts],
+                                  [True, True, True]).tolist()
+        fits.append((fit, c_lo, c_hi))
+    # Figures from the first seed
+    pts = res[0]["points"]
+    fit, c_lo, c_hi = fits[0]
+    figs = ctx.out / "figures"
+    names = [f"{int(p['ratio'] * 100)}%" for p in pts]
+    qname = "FID-proxy" if qkey == "fid_proxy" else "FID"
+    plots.plot_fit(fit, [p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
+                   figs / "tradeoff_fit.png", quality_name=f"1/{qname}", efficiency_name="1/latency (normalised)")
+    plots.plot_utility(fit, LAMBDAS, c_lo, c_hi, figs / "tradeoff_utility.png")
+    plots.plot_optimal_lambda(fit, c_lo, c_hi, figs / "tradeoff_cstar.png")
+    plots.plot_pareto([[p["latency_ms_p50"], p[qkey]] for p in pts],
+                      pareto_front([[p["latency_ms_p50"], p[qkey]] for p in pts], [True, True]), names,
+                      ["latency, median (ms, measured)", f"{qname} (lower is better)"], figs / "tradeoff_pareto.png",
+                      title="channel-pruning sweep of the DCGAN generator")
+    plots.plot_scatter([p["bytes_on_disk"] / 1e6 for p in pts], [p["latency_ms_p50"] for p in pts], names,
+                       "size on disk (MB)", "latency, median (ms, measured)", figs / "latency_vs_size.png")
+    plots.plot_scatter([pts[0]["bytes_on_disk"] / p["bytes_on_disk"] for p in pts], [p[qkey] for p in pts], names,
+                       "compression ratio (bytes)", qname, figs / "fid_vs_compression.png")
+    plots.plot_bars([p[ek] for p in pts], names, f"{ek} per sample (J)", figs / "energy_per_sample.png",
+                    title="energy per sample" + (" (estimated)" if ek.endswith("estimated") else " (RAPL)"))
+    for r in res:
+        r["pareto_count"] = len(r["front"])
+    spec = [(f"fit/{k}", lambda r, k=k: r["fit"][k], "measured",
+             f"Q = 1/{qname}, E = 1/latency normalised; complexity = parameters" if k == "alpha" else "")
+            for k in ("alpha", "q_max", "beta", "gamma", "r2_quality", "r2_efficiency")]
+    spec += [(f"cstar/lambda_{lam}", lambda r, lam=lam: r["cstar"][lam] if lam in r["cstar"] else r["cstar"][str(lam)],
+              "measured", "parameters maximising F on the swept range") for lam in LAMBDAS]
+    spec.append(("sweep/pareto_front_size", lambda r: r["pareto_count"], "measured",
+                 f"non-dominated of {len(pts)} sweep points on ({qname}, latency, size)"))
+    for p in range(len(pts)):
+        spec.append((f"sweep_{names[p]}/{qkey}", lambda r, p=p: r["points"][p][qkey], qname if qkey == "fid_proxy"
+                     else "measured", "one-shot channel pruning of the trained DCGAN, no fine-tuning"))
+        spec.append((f"sweep_{names[p]}/latency_ms_p50", lambda r, p=p: r["points"][p]["latency_ms_p50"], "measured",
+                     ""))
+    return _rows_from(res, spec)
+
+
+BUILDERS = {"size": lambda c: _size_latency_memory_power(c, "size"),
+            "latency": lambda c: _size_latency_memory_power(c, "latency"),
+            "memory": lambda c: _size_latency_memory_power(c, "memory"),
+            "power": lambda c: _size_latency_memory_power(c, "power"),
+            "headline": _headline, "quality": _quality, "lightweight": _lightweight, "tradeoff": _tradeoff}
+
+
+# ----------------------------------------------------------------------------------- report
+def _departures(ctx: Context, table: str, rows: list) -> list:
+    notes = [f"Preset {ctx.preset}: " + {"cpu-smoke": "models scaled down and trained for a few steps on subsets: quality "
+                                                     "numbers are real measurements of barely trained models",
+                                         "cpu-small": "models scaled down and trained briefly on the CPU",
+                                         "paper": "the published recipe"}[ctx.preset] + ".",
+             "Measured on this machine's CPU (" + _cpu() + "); the papers used their own devices; edge figures are "
+             "roofline projections."]
+    if table in ("size", "latency", "memory", "power", "headline"):
+        ours = next((r.values for r in rows if r.key == "dcgan_generator/params"), None)
+        if ours and table == "size":
+            notes.append(f"Our DCGAN generator (nz 100, ngf 64, 64x64 output) has {ours[0] / 1e6:.2f} M parameters; "
+                         "the paper reports 4.2 M (its exact layer widths are not given).")
+        notes.append("Efficiency tables use the paper-size architectures with random weights at every preset.")
+    if table in ("quality", "lightweight", "tradeoff"):
+        notes.append("Without the standard Inception weights ($EDGEGEN_FID_WEIGHTS) image quality is FID-proxy, "
+                     "not comparable with published FID. Data: the staged subsets (CIFAR-10 5,085 train / 1,017 test "
+                     "images, CelebA 4,000 images, OpenWebText about 0.5 MB, WikiText-2 test).")
+    return notes
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str | None) -> str:
+    papers = load_papers()
+    head = (f"## {name}: {spec['title']}\n\n{papers['papers'][spec['paper']]}, {spec['table']}. Preset "
+            f"`{ctx.preset}`, seeds {ctx.seeds}.\n\n")
+    if error:
+        return head + f"**Not filled**: {error}\n"
+    lines = ["| quantity | paper | ours (mean +- std over seeds) | n | label | note |", "|---|---|---|---|---|---|"]
+    published = spec.get("values") or {}
+    for r in rows:
+        st = _stat(r.values)
+        pv = published.get(r.key)
+        paper = "-" if pv is None else (_fmt(pv["value"]) + (f" +- {_fmt(pv['std'])}" if pv.get("std") else ""))
+        lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {r.note} |")
+    missing = [k for k in published if k not in {r.key for r in rows}]
+    body = "\n".join(lines) + "\n"
+    if missing:
+        body += "\nPublished but not measured here: " + ", ".join(missing) + "\n"
+    if not published:
+        body += ("\nThe paper's numbers for this table are not in edgegen's record of the paper "
+                 "(`python/edgegen/reproduce/papers.yaml`); only our measurements are shown.\n")
+    body += "\nDepartures:\n" + "\n".join(f"- {n}" for n in _departures(ctx, name, rows)) + "\n"
+    return head + body
+
+
+def fetch_data(root: str | None = None, log: Callable[[str], None] = print) -> list[str]:
+    """Download what the reproduction can fetch by itself (official URLs, checksums verified):
+    CIFAR-10, WikiText-2 and the GPT-2 vocabulary, each only if absent. CelebA (its terms ask for a
+    manual download) and OpenWebText (a dataset export) must be put under the data root by hand.
+    Returns what was checked."""
+    from edgegen.data.cifar import CIFAR10
+    from edgegen.data.tokenizer import download_gpt2_tokenizer
+    from edgegen.data.wikitext import WikiText2
+
+    done = []
+    for name, fn in (("cifar-10", lambda: CIFAR10(root, "test", download=True)),
+                     ("wikitext-2", lambda: WikiText2(root, "test", download=True)),
+                     ("gpt2 vocabulary", lambda: download_gpt2_tokenizer(root))):
+        log(f"data: {name} (downloaded if absent)")
+        fn()
+        done.append(name)
+    return done
+
+
+def _tracker(ctx: Context):
+    from edgegen.tracking import MLflowTracker
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(ctx.out / 'mlflow.db').resolve()}"
+    return MLflowTracker(uri, "edgegen-reproduce", f"reproduce-{ctx.preset}", ctx.out)
+
+
+def metric_key(key: str) -> str:
+    """The MLflow metric name of a report row (the same characters MLflow allows)."""
+    from edgegen.tracking import _metric_name
+
+    return _metric_name(key.replace("%", "pct"))
+
+
+def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), out_dir="reproduce",
+              force: bool = False, data_root: str | None = None, log: Callable[[str], None] = print,
+              track: bool = True, recipes: dict | None = None, download: bool = False) -> dict:
+    """Rebuild ``table`` (one of :data:`TABLES`, or "all") at ``preset``; returns
+    ``{"report": path, "tables": {name: {"rows": [...], "error": ...}}, "steps_done", "steps_skipped"}``.
+    ``recipes`` replaces ``recipes.yaml`` (same layout), e.g. to try other model sizes; ``download``
+    first fetches the datasets that can be fetched (:func:`fetch_data`)."""
+    papers = load_papers()
+    names = list(TABLES) if table == "all" else [table]
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise ValueError(f"table: unknown {unknown[0]!r}; expected one of {', '.join(TABLES)} or all")
+    recipes = recipes if recipes is not None else load_recipes()
+    if preset not in recipes["presets"]:
+        raise ValueError(f"preset: table {table!r} has no preset {preset!r}; expected one of "
+                         f"{', '.join(recipes['presets'])}")
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if download:
+        fetch_data(data_root, log)
+    ctx = Context(preset, seeds, out, force, data_root, log, recipes)
+    t0 = time.perf_counter()
+    tracker = _tracker(ctx) if track else None
+    results, sections = {}, []
+    for name in names:
+        log(f"[{name}] {papers['tables'][name]['title']}")
+        error, rows = None, []
+        try:
+            rows = BUILDERS[name](ctx)
+        except FileNotFoundError as exc:  # a missing dataset: this table cannot be filled, the others can
+            error = f"{exc}"
+        except Exception as exc:  # noqa: BLE001 - recorded in the report and the run, the other tables go on
+            error = f"{type(exc).__name__}: {exc}"
+            log(traceback.format_exc())
+        results[name] = {"rows": [{"key": r.key, "values": r.values, "label": r.label, "note": r.note,
+                                   **_stat(r.values)} for r in rows], "error": error}
+        sections.append(_table_markdown(name, papers["tables"][name], rows, ctx, error))
+        if tracker is not None:
+            child = tracker.child(name, None)
+            child.log_params({"table": name, "preset": preset, "seeds": ",".join(map(str, seeds))})
+            child.log_metrics({metric_key(r.key): _stat(r.values)["mean"] for r in rows}, 0)
+            child.set_tags({"error": error[:4000]} if error else {"error": ""})
+            child.finish("FAILED" if error else "FINISHED")
+        if error:
+            log(f"  not filled: {error.splitlines()[0]}")
+    minutes = (time.perf_counter() - t0) / 60
+    header = (f"# edgegen reproduction: {', '.join(names)}\n\nPreset `{preset}`, seeds {seeds}, machine: {_cpu()}; "
+              f"torch {torch.__version__}. This run: {minutes:.1f} min ({len(ctx.done_steps)} steps computed, "
+              f"{len(set(ctx.skipped_steps) - set(ctx.done_steps))} reused from an earlier run). Labels: measured (this machine), estimated "
+              "(no meter: CPU time x a stated power), projected (roofline from public device figures), FID-proxy "
+              "(not the standard Inception weights).\n\nFigures: `figures/`. Every number is also in `results.json` "
+              "and the MLflow runs under experiment `edgegen-reproduce`.\n\n")
+    report = out / "REPORT.md"
+    report.write_text(header + "\n".join(sections), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "tables": results},
+                                                 indent=1, default=float), encoding="utf-8")
+    if tracker is not None:
+        tracker.log_artifact(report)
+        tracker.finish("FINISHED")
+    return {"report": str(report), "tables": results, "steps_done": ctx.done_steps,
+            "steps_skipped": ctx.skipped_steps, "minutes": minutes}

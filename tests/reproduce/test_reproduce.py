@@ -1,0 +1,175 @@
+"""`edgegen reproduce`: the paper data parse and cover every table, bad input is named, and a
+smoke run on fixture data in the real formats fills every table, writes the figures and a
+REPORT.md whose numbers equal the MLflow metrics, and a rerun skips every finished step."""
+
+import json
+import shutil
+
+import pytest
+
+from edgegen.reproduce import TABLES, reproduce
+from edgegen.reproduce.runner import load_papers, load_recipes, metric_key
+from tests.data.test_celeba import make_celeba
+from tests.data.test_cifar import make_cifar
+from tests.data.test_text import make_wikitext, tiny_tokenizer_dir  # noqa: F401  (fixture)
+
+
+def test_paper_data_covers_every_table():
+    papers = load_papers()
+    assert set(papers["tables"]) == set(TABLES)
+    for name, t in papers["tables"].items():
+        assert t["paper"] in papers["papers"] and t["table"] and t["title"]
+        for key, v in (t["values"] or {}).items():
+            assert "/" in key and isinstance(v["value"], (int, float)) and len(v["source"]) > 10
+    headline = papers["tables"]["headline"]["values"]
+    assert headline["quantization/latency_reduction_pct"] == {
+        "value": 70.3, "std": 3.2, "source": "lrg abstract: latency -70.3 +- 3.2% from quantization"}
+
+
+def test_recipes_cover_every_preset_and_model():
+    r = load_recipes()
+    assert set(r["presets"]) == {"cpu-smoke", "cpu-small", "paper"}
+    for p in r["presets"].values():
+        assert set(p["eval"]) == {"fid_samples", "proxy_epochs", "ppl_max_tokens", "profile_min_time_s", "sweep_images"}
+        assert set(p["models"]) <= set(r["models"])
+
+
+def test_bad_table_preset_and_seeds(tmp_path):
+    with pytest.raises(ValueError, match="table: unknown 'sizes'; expected one of size, latency"):
+        reproduce("sizes", out_dir=tmp_path, track=False)
+    with pytest.raises(ValueError, match="preset: table 'size' has no preset 'gpu'"):
+        reproduce("size", preset="gpu", out_dir=tmp_path, track=False)
+    with pytest.raises(ValueError, match="seeds: expected distinct seeds"):
+        reproduce("size", seeds=[1, 1], out_dir=tmp_path, track=False)
+
+
+TINY = {
+    "models": {
+        "dcgan-cifar10": {"task": "gan", "model": {"kind": "dcgan", "nz": 8, "ngf": 8, "ndf": 8},
+                          "data": {"name": "cifar10", "val_batches": 1},
+                          "optim": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]},
+                          "train": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 3}},
+        "dcgan-cifar10-pruned50": {"base": "dcgan-cifar10", "compress": {"prune": {"kind": "ChannelConfig",
+                                                                                  "amount": 0.5}}},
+        "dcgan-celeba": {"base": "dcgan-cifar10", "data": {"name": "celeba", "val_batches": 1},
+                         "train": {"batch_size": 4}},
+        "dcgan-celeba-pruned50": {"base": "dcgan-celeba", "compress": {"prune": {"kind": "ChannelConfig",
+                                                                                "amount": 0.5}}},
+        "vae-celeba": {"task": "vae", "model": {"kind": "vae", "latent_dim": 8, "beta": 1.0},
+                       "data": {"name": "celeba", "val_batches": 1},
+                       "optim": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]},
+                       "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 3}},
+        "gpt2-teacher": {"task": "lm", "model": {"kind": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2,
+                                                 "vocab_size": 50257, "n_positions": 32},
+                         "data": {"name": "openwebtext", "seq_len": 16, "val_batches": 1},
+                         "optim": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95]},
+                         "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 3}},
+        "gpt2-student": {"base": "gpt2-teacher", "task": "distill",
+                         "model": {"kind": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 50257,
+                                   "n_positions": 32},
+                         "distill": {"teachers": [{"kind": "gpt2", "init_from": "@gpt2-teacher"}],
+                                     "temperature": 2.0, "alpha": 0.5, "fused": True}},
+    },
+    "presets": {
+        "paper": {"models": {}, "eval": {"fid_samples": 24, "proxy_epochs": 1, "ppl_max_tokens": 200,
+                                         "profile_min_time_s": 0.0, "sweep_images": 24}},
+        "cpu-smoke": {"models": {}, "eval": {"fid_samples": 24, "proxy_epochs": 1, "ppl_max_tokens": 200,
+                                             "profile_min_time_s": 0.0, "sweep_images": 24}},
+    },
+}
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch, tiny_tokenizer_dir):  # noqa: F811
+    root = tmp_path / "data"
+    make_cifar(root, n=24)
+    make_celeba(root, parts=(0,) * 16 + (1,) * 4 + (2,) * 6)
+    make_wikitext(root)
+    wiki = root / "wikitext-2-raw" / "wiki.test.raw"
+    wiki.write_text(wiki.read_text(encoding="utf-8") * 40, encoding="utf-8", newline="")
+    (root / "openwebtext").mkdir()
+    (root / "openwebtext" / "a.txt").write_text("hello world, the small web text. " * 120, encoding="utf-8")
+    shutil.copytree(tiny_tokenizer_dir[0], root / "gpt2", ignore=shutil.ignore_patterns("data", "*.npy"))
+    monkeypatch.setenv("EDGEGEN_DATA_DIR", str(root))
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("EDGEGEN_FID_WEIGHTS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root
+
+
+def test_smoke_run_fills_every_table_and_resumes(data, tmp_path):
+    out = tmp_path / "rep"
+    res = reproduce("all", "cpu-smoke", seeds=[0], out_dir=out, recipes=TINY, log=lambda m: None)
+    errors = {n: t["error"] for n, t in res["tables"].items() if t["error"]}
+    assert not errors
+    assert all(res["tables"][n]["rows"] for n in TABLES)
+    report = (out / "REPORT.md").read_text(encoding="utf-8")
+    for n in TABLES:
+        assert f"## {n}:" in report
+    for fig in ("tradeoff_fit", "tradeoff_utility", "tradeoff_cstar", "tradeoff_pareto", "latency_vs_size",
+                "fid_vs_compression", "energy_per_sample"):
+        assert (out / "figures" / f"{fig}.png").is_file()
+    # labels: no standard weights, so the image quality is FID-proxy everywhere
+    quality = {r["key"]: r for r in res["tables"]["quality"]["rows"]}
+    assert "dcgan-cifar10/fid_proxy" in quality and quality["dcgan-cifar10/fid_proxy"]["label"] == "FID-proxy"
+    assert not any(k.endswith("/fid") for k in quality)
+    assert "gpt2-student-int8/wikitext2_ppl_prefix" in quality
+    power = res["tables"]["power"]["rows"]
+    assert all(r["label"] in ("estimated", "measured (RAPL)", "projected") for r in power)
+    # the published numbers sit beside ours
+    assert "| quantization/latency_reduction_pct | 70.3 +- 3.2 |" in report
+    assert "| dcgan_generator/params | 4.200e+06 |" in report
+    # the report's numbers are the MLflow metrics
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name("edgegen-reproduce")
+    runs = {r.data.params.get("table"): r for r in client.search_runs([exp.experiment_id])
+            if "table" in r.data.params}
+    assert set(runs) == set(TABLES)
+    saved = json.loads((out / "results.json").read_text())
+    for name in TABLES:
+        metrics = runs[name].data.metrics
+        for row in saved["tables"][name]["rows"]:
+            assert metrics[metric_key(row["key"])] == pytest.approx(row["mean"], rel=1e-12)
+    # a rerun reuses every finished step and trains nothing
+    again = reproduce("all", "cpu-smoke", seeds=[0], out_dir=out, recipes=TINY, log=lambda m: None, track=False)
+    assert again["steps_done"] == [] and len(again["steps_skipped"]) >= 5
+    assert again["tables"]["size"]["rows"] == res["tables"]["size"]["rows"]
+
+
+def test_missing_dataset_names_the_table_and_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEGEN_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    res = reproduce("quality", "cpu-smoke", seeds=[0], out_dir=tmp_path / "rep", recipes=TINY, log=lambda m: None,
+                    track=False)
+    err = res["tables"]["quality"]["error"]
+    assert "dataset folder not found" in err and "cifar-10-batches-py" in err
+    assert "**Not filled**: dataset folder not found" in (tmp_path / "rep" / "REPORT.md").read_text()
+
+
+def test_download_fetches_what_can_be_fetched(tmp_path, monkeypatch):
+    import edgegen.data.cifar as cifar
+    import edgegen.data.tokenizer as tokenizer
+    import edgegen.data.wikitext as wikitext
+
+    calls = []
+    monkeypatch.setattr(cifar, "download_and_extract", lambda url, root, **kw: calls.append(url))
+    monkeypatch.setattr(wikitext, "download_and_extract", lambda url, root, **kw: calls.append(url))
+    import edgegen.data.download as dl
+
+    monkeypatch.setattr(dl, "fetch", lambda url, dest, **kw: calls.append(url))
+    from edgegen.reproduce.runner import fetch_data
+
+    with pytest.raises(FileNotFoundError):  # the fakes fetch nothing: the reader then names the folder
+        fetch_data(str(tmp_path), log=lambda m: None)
+    assert calls == [cifar.URL]
+    make_cifar(tmp_path, n=4)
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        fetch_data(str(tmp_path), log=lambda m: None)
+    assert calls == [wikitext.ARCHIVE_URL]
+    make_wikitext(tmp_path)
+    calls.clear()
+    fetch_data(str(tmp_path), log=lambda m: None)
+    assert calls == [u for u, _ in tokenizer.OFFICIAL_FILES.values()]
