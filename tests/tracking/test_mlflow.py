@@ -68,7 +68,9 @@ def test_round_trip_through_a_real_server(tmp_path, mlflow_server):
     assert [m.step for m in history] == [1, 2, 3]
     assert "val_loss" in run.data.metrics and "final/val_loss" in run.data.metrics
     names = {a.path for a in client.list_artifacts(tracker.run_id)}
-    assert {"config.yaml", "last.pt", "best.pt", "curves.png"} <= names
+    assert {"config.yaml", "model.pt", "curves.png"} <= names  # the model once, not every checkpoint
+    assert not {"last.pt", "best.pt"} & names
+    assert run.data.tags["checkpoint.last"].endswith("last.pt")
 
 
 def test_embedded_sqlite_store_and_nested_runs(tmp_path, monkeypatch):
@@ -120,3 +122,42 @@ def test_server_down_mid_run_training_continues_and_falls_back(tmp_path, mlflow_
 def test_system_info_names_the_machine():
     info = system_info()
     assert info["torch"] and info["threads"].isdigit() and "gpu" in info
+
+
+def test_cpu_model_is_the_model_name():
+    from pathlib import Path
+
+    from edgegen.tracking import cpu_model
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
+    if names:
+        assert cpu_model() == names[0] and system_info()["cpu"] == names[0]
+    else:
+        assert cpu_model()
+
+
+def test_git_commit_of_a_checkout_or_of_the_build(tmp_path):
+    import json
+    import subprocess
+
+    from edgegen.tracking import git_commit
+
+    # an installed package (not a checkout's python/edgegen): the commit recorded at build time
+    pkg = tmp_path / "site-packages" / "edgegen"
+    pkg.mkdir(parents=True)
+    assert git_commit(pkg) == "unknown"
+    (pkg / "build_info.json").write_text(json.dumps({"git_commit": "abc123"}))
+    assert git_commit(pkg) == "abc123"
+    # a checkout: git's answer, even when the working directory is another repository
+    repo = tmp_path / "repo"
+    (repo / "python" / "edgegen").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f.txt").write_text("x")
+    subprocess.run(["git", "-C", str(repo), "add", "f.txt"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c"],
+                   check=True)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo / "python" / "edgegen") == head
+    (repo / "f.txt").write_text("y")
+    assert git_commit(repo / "python" / "edgegen") == head + "-dirty"

@@ -30,16 +30,35 @@ def _groups_on(model: nn.Module, example_inputs) -> list[tuple[ChannelGroup, dic
     """Channel groups of ``model`` (which may carry masks), with slices that refer to ``model``'s
     own modules: the tracing runs on a finalized copy."""
     shadow = finalize_(copy.deepcopy(model))
+    wrapped = _unwrap_qat_(shadow)
     names = {id(m): n for n, m in shadow.named_modules()}
     real_names = {id(m): n for n, m in model.named_modules()}
+
+    def real(m: nn.Module) -> nn.Module:  # the model's module behind a shadow module
+        n = names[id(m)]
+        return model.get_submodule(f"{n}.module" if n in wrapped else n)
+
     out = []
     for g in find_channel_groups(shadow, example_inputs):
         def remap(slices: list[Slice]) -> list[Slice]:
-            return [Slice(model.get_submodule(names[id(s.module)]), s.name, s.dim, s.repeat) for s in slices]
-        real = ChannelGroup(g.channels, remap(g.producers), remap(g.members), remap(g.consumers), g.frozen,
-                            [model.get_submodule(names[id(m)]) for m in g.unflattens])
-        out.append((real, real_names))
+            return [Slice(real(s.module), s.name, s.dim, s.repeat) for s in slices]
+        real_group = ChannelGroup(g.channels, remap(g.producers), remap(g.members), remap(g.consumers), g.frozen,
+                                  [real(m) for m in g.unflattens])
+        out.append((real_group, real_names))
     return out
+
+
+def _unwrap_qat_(model: nn.Module) -> set:
+    """Replace every QAT wrapper of ``model`` by the layer it wraps (whose parameters the wrapper
+    uses), so the tracer sees the plain layers; returns the names that were wrapped. The masks
+    then go on the wrapped layers, which the QAT forward reads."""
+    from edgegen.quant.qat import QATModule
+
+    names = [n for n, m in model.named_modules() if isinstance(m, QATModule) and n]
+    for n in names:
+        parent, _, leaf = n.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, model.get_submodule(n).module)
+    return set(names)
 
 
 def _weights_for_importance(group: ChannelGroup) -> list[Slice]:

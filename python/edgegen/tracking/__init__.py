@@ -27,18 +27,41 @@ from typing import Any
 __all__ = ["MLflowTracker", "NullTracker", "system_info", "git_commit", "make_tracker"]
 
 
-def git_commit() -> str:
-    """The commit of the edgegen checkout (or the working directory's), 'unknown' outside git."""
-    for where in (Path(__file__).resolve().parents[3], Path.cwd()):
+def git_commit(package_dir: str | os.PathLike | None = None) -> str:
+    """The commit edgegen runs from: ``git rev-parse HEAD`` (+ "-dirty") when the package is a
+    git checkout's ``python/edgegen``; otherwise the commit recorded at build time in the
+    installed ``build_info.json``; 'unknown' when neither exists. Never the working directory's
+    repository, which may be another project."""
+    pkg = Path(package_dir) if package_dir else Path(__file__).resolve().parents[1]
+    root = pkg.parents[1] if len(pkg.parents) > 1 else pkg
+    if (root / "python" / "edgegen").resolve() == pkg.resolve() and (root / ".git").exists():
         try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+            if out.returncode == 0:
+                dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                       capture_output=True, text=True, timeout=10).stdout.strip()
+                return out.stdout.strip() + ("-dirty" if dirty else "")
         except (OSError, subprocess.TimeoutExpired):
-            continue
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
+            pass
+    info = pkg / "build_info.json"
+    if info.is_file():
+        try:
+            return str(json.loads(info.read_text(encoding="utf-8")).get("git_commit", "unknown"))
+        except (OSError, ValueError):
+            pass
     return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def system_info() -> dict[str, str]:
@@ -55,7 +78,7 @@ def system_info() -> dict[str, str]:
                     break
     except OSError:
         pass
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or "unknown",
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
             "cpu_flags": flags, "threads": str(torch.get_num_threads()), "cpu_count": str(os.cpu_count()),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
     try:

@@ -323,9 +323,18 @@ class Trainer:
                 out["plot"] = str(plot)
                 self.tracker.log_artifact(plot)
             self.tracker.log_metrics({"final/" + k: v for k, v in val.items() if k != "epoch"}, self.state.step)
-            self.tracker.log_artifact(self.checkpoint_dir / "last.pt")
-            if (self.checkpoint_dir / "best.pt").is_file():
-                self.tracker.log_artifact(self.checkpoint_dir / "best.pt")
+            if "final_float" in out:
+                self.tracker.log_metrics({"final_float/" + k: v for k, v in out["final_float"].items()
+                                          if k != "epoch"}, self.state.step)
+            # The model once (weights only, the best checkpoint's if there is one); the full
+            # checkpoints (optimizer state, RNG) stay in the run folder, referenced by tags.
+            best = self.checkpoint_dir / "best.pt"
+            self.tracker.set_tags({"checkpoint.last": str((self.checkpoint_dir / "last.pt").resolve()),
+                                   **({"checkpoint.best": str(best.resolve())} if best.is_file() else {})})
+            weights = self.run_dir / "model.pt"
+            snap = ckpt.load(best if best.is_file() else self.checkpoint_dir / "last.pt")
+            ckpt.save_atomic({"config": snap["config"], "modules": snap["modules"]}, weights)
+            self.tracker.log_artifact(weights)
             for k in ("quantized", "pruned"):
                 if k in out:
                     self.tracker.log_artifact(out[k])

@@ -45,77 +45,121 @@ def _parse(source) -> dict:
     return out
 
 
-def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, progress=None) -> dict:
-    from edgegen.tracking import make_tracker
+def _fmt(v, spec: str = ".4g") -> str:
+    return "n/a" if v is None or v != v else format(v, spec)
+
+
+def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, progress=None, only=None,
+              log=None) -> dict:
+    """Every variant (or those named in ``only``) x seed, as nested tracked runs. A variant whose
+    run fails is recorded (the error in its run and in the summary) and the others go on; the
+    summary then says which failed."""
+    import sys
+    import traceback
+
+    from edgegen.tracking import _metric_name, make_tracker
     from edgegen.train.loop import train_experiment
 
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"--seeds: expected distinct seeds, got {seeds}")
     sw = _parse(source)
+    variants = list(sw["variants"])
+    if only:
+        unknown = [v for v in only if v not in sw["variants"]]
+        if unknown:
+            raise ValueError(f"--only: unknown variant {unknown[0]!r}; expected names from {variants}")
+        variants = [v for v in variants if v in only]
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     configs = {}
-    for variant, changes in sw["variants"].items():
+    for variant in variants:
         for seed in seeds:
-            data = merge(merge(sw["base"], changes or {}), {"name": f"{sw['name']}-{variant}", "train": {"seed": seed}})
+            data = merge(merge(sw["base"], sw["variants"][variant] or {}),
+                         {"name": f"{sw['name']}-{variant}", "train": {"seed": seed}})
             configs[(variant, seed)] = load_experiment(data, preset, overrides)
     first = next(iter(configs.values()))
     out_dir = Path(first.output_dir) / sw["name"]
     parent = make_tracker(first.tracking, sw["name"], out_dir)
-    parent.log_params({"sweep.variants": ",".join(sw["variants"]), "sweep.seeds": ",".join(map(str, seeds)),
+    parent.log_params({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds)),
                        "sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
-    results: dict[str, list[float]] = {v: [] for v in sw["variants"]}
-    status = "FAILED"
-    try:
-        for (variant, seed), cfg in configs.items():
-            run_dir = out_dir / variant / f"seed{seed}"
-            child = make_tracker(cfg.tracking, f"{variant}/seed{seed}", run_dir, parent=parent)
-            child_status = "FAILED"
-            try:
-                res = train_experiment(cfg, run_dir, child, resume=resume, progress=progress)
-                child_status = "FINISHED"
-            finally:
-                child.finish(child_status)
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    failures: dict[str, str] = {}
+    total = len(configs)
+    for i, ((variant, seed), cfg) in enumerate(configs.items(), 1):
+        run_dir = out_dir / variant / f"seed{seed}"
+        log(f"[{i}/{total}] {variant} seed {seed}")
+        child = make_tracker(cfg.tracking, f"{variant}/seed{seed}", run_dir, parent=parent)
+        try:
+            res = train_experiment(cfg, run_dir, child, resume=resume, progress=progress)
             final = res["final"]
             if sw["metric"] not in final:
                 raise ValueError(f"metric: {sw['metric']!r} is not among the final metrics {sorted(final)}")
             results[variant].append(float(final[sw["metric"]]))
-        status = "FINISHED"
-    finally:
-        if status != "FINISHED":
-            parent.finish(status)
+            child.finish("FINISHED")
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not discard the others
+            msg = f"{type(exc).__name__}: {exc}"
+            failures.setdefault(variant, f"seed {seed}: {msg}")
+            child.set_tags({"error": msg[:4000], "error.traceback": traceback.format_exc()[-4000:]})
+            child.finish("FAILED")
+            log(f"  FAILED: {msg.splitlines()[0]}")
     rows = []
-    base_vals = results[sw["baseline"]]
-    for variant, vals in results.items():
-        s = summarize(vals)
-        row = {"variant": variant, "n": s.n, "mean": s.mean, "std": s.std, "ci95_low": s.ci_low,
-               "ci95_high": s.ci_high, "values": " ".join(f"{v:.6g}" for v in vals)}
-        if variant != sw["baseline"] and len(vals) >= 2:
+    base_vals = results.get(sw["baseline"], [])
+    for variant in variants:
+        vals = results[variant]
+        row = {"variant": variant, "metric_name": _metric_name(variant), "n": len(vals),
+               "values": " ".join(f"{v:.6g}" for v in vals), "error": failures.get(variant, "")}
+        if vals:
+            st = summarize(vals)
+            row.update(mean=st.mean, std=st.std if st.n > 1 else None,
+                       ci95_low=st.ci_low if st.n >= 3 else None, ci95_high=st.ci_high if st.n >= 3 else None)
+        if variant != sw["baseline"] and len(vals) >= 3 and len(base_vals) == len(vals):
             t = paired_ttest(base_vals, vals, sw["alpha"])
             row.update({"diff_vs_baseline": t["mean_diff"], "t": t["t"], "p": t["p"], "significant": t["significant"]})
+        elif variant != sw["baseline"] and vals and len(base_vals) == len(vals):
+            row["diff_vs_baseline"] = sum(vals) / len(vals) - sum(base_vals) / len(base_vals)
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["variant", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline", "t", "p", "significant",
-              "values"]
+    fields = ["variant", "metric_name", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline", "t", "p",
+              "significant", "values", "error"]
     with open(out_dir / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in fields})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k, "")) for k in fields})
+    few = len(seeds) < 3
     md = [f"{sw['name']}: final {sw['metric']} over seeds {seeds} (paired t-test vs {sw['baseline']!r}, "
-          f"alpha {sw['alpha']})", "",
-          "| variant | mean +- std | 95% CI | diff vs baseline | p | significant |",
-          "| --- | --- | --- | ---: | ---: | --- |"]
+          f"alpha {sw['alpha']})", ""]
+    if few:
+        md += [f"With {len(seeds)} seed(s) there is no meaningful 95% interval or significance test (at least 3 "
+               "are needed); they are shown as n/a.", ""]
+    md += ["| variant | n | mean +- std | 95% CI | diff vs baseline | p | significant |",
+           "| --- | ---: | --- | --- | ---: | ---: | --- |"]
     for r in rows:
-        ci = f"{r['ci95_low']:.4g} .. {r['ci95_high']:.4g}" if r["n"] > 1 else "n/a"
-        diff = f"{r['diff_vs_baseline']:+.4g}" if "diff_vs_baseline" in r else ""
-        p = f"{r['p']:.3g}" if "p" in r else ""
-        sig = ("yes" if r["significant"] else "no") if "significant" in r else ""
-        md.append(f"| {r['variant']} | {r['mean']:.4g} +- {r['std']:.2g} | {ci} | {diff} | {p} | {sig} |")
+        if not r["n"]:
+            md.append(f"| {r['variant']} | 0 | FAILED: {r['error'][:200]} | | | | |")
+            continue
+        mean_std = _fmt(r["mean"]) + (f" +- {_fmt(r['std'], '.2g')}" if r["std"] is not None else " (n = 1)")
+        ci = f"{_fmt(r['ci95_low'])} .. {_fmt(r['ci95_high'])}" if r.get("ci95_low") is not None else "n/a"
+        diff = f"{r['diff_vs_baseline']:+.4g}" if r.get("diff_vs_baseline") is not None else ""
+        p = _fmt(r.get("p"), ".3g") if "p" in r else ("" if r["variant"] == sw["baseline"] else "n/a")
+        sig = ("yes" if r["significant"] else "no") if "significant" in r else \
+            ("" if r["variant"] == sw["baseline"] else "n/a")
+        err = f" (failed seeds: {r['error'][:120]})" if r["error"] else ""
+        alias = f" (MLflow: {r['metric_name']})" if r["metric_name"] != r["variant"] else ""
+        md.append(f"| {r['variant']}{alias}{err} | {r['n']} | {mean_std} | {ci} | {diff} | {p} | {sig} |")
+    if failures:
+        md += ["", "Failed: " + "; ".join(f"{v}: {e.splitlines()[0][:300]}" for v, e in failures.items())]
     text = "\n".join(md) + "\n"
     (out_dir / "summary.md").write_text(text, encoding="utf-8")
     parent.log_artifact(out_dir / "summary.csv")
     parent.log_artifact(out_dir / "summary.md")
     for r in rows:
-        parent.log_metrics({f"{r['variant']}/mean": r["mean"], f"{r['variant']}/std": r["std"]}, 0)
-    parent.finish("FINISHED")
-    return {"rows": rows, "markdown": text, "dir": str(out_dir)}
+        if r["n"]:
+            m = {f"{r['metric_name']}/mean": r["mean"]}
+            if r["std"] is not None:
+                m[f"{r['metric_name']}/std"] = r["std"]
+            parent.log_metrics(m, 0)
+    if failures:
+        parent.set_tags({"failed_variants": ",".join(failures)})
+    parent.finish("FAILED" if failures else "FINISHED")
+    return {"rows": rows, "markdown": text, "dir": str(out_dir), "failed": sorted(failures)}
