@@ -76,10 +76,15 @@ class BetaVAE(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict:
-        """Returns recon, mu, logvar, and the loss terms: 'reconstruction', 'kl', 'loss'."""
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None) -> dict:
+        """Returns recon, mu, logvar, and the loss terms: 'reconstruction', 'kl', 'loss'. The
+        posterior sample uses ``eps`` [B, latent_dim] if given, else standard normal noise drawn
+        from ``generator``."""
         mu, logvar = self.encode(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        elif eps.shape != mu.shape:
+            raise ValueError(f"eps: expected shape {tuple(mu.shape)}, got {tuple(eps.shape)}")
         z = mu + eps * torch.exp(0.5 * logvar)  # reparameterisation
         recon = self.decode(z)
         rec = (recon - x).pow(2).flatten(1).sum(1).mean()

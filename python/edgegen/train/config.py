@@ -21,7 +21,14 @@ class DataConfig:
     """``name``: an image set (cifar10, celeba; 64x64 in [-1, 1]), a token stream (openwebtext,
     wikitext2; GPT-2 BPE), or ``synthetic-images`` / ``synthetic-tokens`` (random data of the same
     shapes, for smoke runs and tests). ``root`` defaults to $EDGEGEN_DATA_DIR. ``limit`` caps the
-    training examples (images) or tokens (text) used; ``val_batches`` fixed validation batches."""
+    training examples (images) or tokens (text) used.
+
+    Validation: ``val_split: official`` (the default) validates on the dataset's own held-out
+    split, the same examples whatever the batch size or ``limit``: CIFAR-10 test, CelebA's
+    official valid partition (training then uses its train partition), WikiText-2 valid;
+    ``val_limit`` takes a fixed prefix of it (images, or tokens; a labelled subset for smoke
+    runs). OpenWebText and the synthetic sets have no official split: they, and ``val_split:
+    holdout``, hold out the last ``val_batches`` batches of the training stream."""
 
     name: Literal["cifar10", "celeba", "openwebtext", "wikitext2", "synthetic-images",
                   "synthetic-tokens"] = "synthetic-images"
@@ -30,9 +37,15 @@ class DataConfig:
     seq_len: int = 128
     val_batches: int = 4
     synthetic_size: int = 512
+    val_split: Literal["official", "holdout"] = "official"
+    val_limit: Optional[int] = None
 
     def __post_init__(self):
-        _positive(self, "limit", "seq_len", "val_batches", "synthetic_size")
+        _positive(self, "limit", "seq_len", "val_batches", "synthetic_size", "val_limit")
+
+    @property
+    def official_validation(self) -> bool:
+        return self.val_split == "official" and self.name in ("cifar10", "celeba", "wikitext2")
 
     @property
     def is_text(self) -> bool:
@@ -259,8 +272,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                     "distill": {"temperature": 2.0}},
     },
     "cpu-small": {
-        "gan": {"model": {"ngf": 32, "ndf": 32}, "data": {"limit": 4096}, "train": {"batch_size": 32, "epochs": 2}},
-        "vae": {"data": {"limit": 4096}, "train": {"batch_size": 32, "epochs": 2}},
+        "gan": {"model": {"ngf": 32, "ndf": 32}, "data": {"limit": 4096, "val_limit": 1000},
+                "train": {"batch_size": 32, "epochs": 2}},
+        "vae": {"data": {"limit": 4096, "val_limit": 1000}, "train": {"batch_size": 32, "epochs": 2}},
         "lm": {"model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256},
                "data": {"seq_len": 128, "limit": 2_000_000}, "optim": {"warmup_steps": 20},
                "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 200}},
@@ -269,9 +283,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                     "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 200}},
     },
     "cpu-smoke": {
-        "gan": {"model": {"nz": 16, "ngf": 8, "ndf": 8}, "data": {"limit": 64, "val_batches": 1},
+        "gan": {"model": {"nz": 16, "ngf": 8, "ndf": 8}, "data": {"limit": 64, "val_batches": 1, "val_limit": 64},
                 "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 4, "log_every": 1}},
-        "vae": {"model": {"latent_dim": 8}, "data": {"limit": 64, "val_batches": 1},
+        "vae": {"model": {"latent_dim": 8}, "data": {"limit": 64, "val_batches": 1, "val_limit": 64},
                 "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 4, "log_every": 1}},
         "lm": {"model": {"n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 64},
                "data": {"seq_len": 32, "limit": 50_000, "val_batches": 1}, "optim": {"warmup_steps": 1},

@@ -20,17 +20,27 @@ def _generator(*keys: int) -> torch.Generator:
 
 
 class ImageBatches:
-    """Images [B, 3, 64, 64] in [-1, 1] from a map-style dataset (item = (image, label)); the last
-    ``val_batches * batch_size`` examples are held out for validation."""
+    """Images [B, 3, 64, 64] in [-1, 1] from a map-style dataset (item = (image, label)). With
+    ``val_dataset`` (an official held-out split) validation covers its first ``val_limit`` images
+    (all by default) in batches of ``batch_size``, the last one possibly partial; without, the
+    last ``val_batches * batch_size`` examples of ``dataset`` are held out."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, val_batches: int, limit: int | None = None):
+    def __init__(self, dataset, batch_size: int, seed: int, val_batches: int, limit: int | None = None,
+                 val_dataset=None, val_limit: int | None = None):
         n = len(dataset) if limit is None else min(limit, len(dataset))
-        n_val = val_batches * batch_size
+        n_val = 0 if val_dataset is not None else val_batches * batch_size
         if n - n_val < batch_size:
             raise ValueError(f"data: {n} images leave fewer than one training batch of {batch_size} after "
                              f"{n_val} validation images (lower train.batch_size or data.val_batches)")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.n_train, self.n_val = n - n_val, n_val
+        self.val_dataset = val_dataset
+        if val_dataset is not None:
+            self.n_val = len(val_dataset) if val_limit is None else min(val_limit, len(val_dataset))
+            if self.n_val == 0:
+                raise ValueError("data: the official validation split is empty (use data.val_split: holdout)")
+        else:
+            self.n_val = n_val
+        self.n_train = n - n_val
         self.batches_per_epoch = self.n_train // batch_size
         self._perm_epoch, self._perm = None, None
 
@@ -46,6 +56,10 @@ class ImageBatches:
 
     def val_batches(self):
         b = self.batch_size
+        if self.val_dataset is not None:
+            for i in range(0, self.n_val, b):
+                yield torch.stack([self.val_dataset[j][0] for j in range(i, min(i + b, self.n_val))])
+            return
         for i in range(self.n_val // b):
             yield self._stack(range(self.n_train + i * b, self.n_train + (i + 1) * b))
 
@@ -56,9 +70,16 @@ class TokenBatches:
     validation blocks tile the held-out end of the stream."""
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, val_batches: int,
-                 limit: int | None = None):
+                 limit: int | None = None, val_tokens: np.ndarray | None = None, val_limit: int | None = None):
         tokens = tokens if limit is None else tokens[:limit]
-        n_val = val_batches * batch_size * (seq_len + 1)
+        self.val_tokens = None
+        if val_tokens is not None:  # an official split: non-overlapping blocks over its first val_limit tokens
+            vt = val_tokens if val_limit is None else val_tokens[:val_limit]
+            if len(vt) < seq_len + 1:
+                raise ValueError(f"data: the validation split has {len(vt)} tokens, fewer than one block of "
+                                 f"{seq_len + 1}")
+            self.val_tokens = vt
+        n_val = 0 if val_tokens is not None else val_batches * batch_size * (seq_len + 1)
         if len(tokens) - n_val < 4 * (seq_len + 1):
             raise ValueError(f"data: {len(tokens)} tokens are too few for {val_batches} validation batches of "
                              f"{batch_size} x {seq_len} plus training data")
@@ -79,6 +100,13 @@ class TokenBatches:
 
     def val_batches(self):
         b, step = self.batch_size, self.seq_len + 1
+        if self.val_tokens is not None:
+            starts = list(range(0, len(self.val_tokens) - step + 1, step))
+            for i in range(0, len(starts), b):
+                rows = np.stack([np.asarray(self.val_tokens[s:s + step], dtype=np.int64) for s in starts[i:i + b]])
+                t = torch.from_numpy(rows)
+                yield t[:, :-1], t[:, 1:]
+            return
         for i in range(self.n_val_blocks // b):
             yield self._blocks([self.n_train + (i * b + r) * step for r in range(b)])
 
@@ -126,14 +154,19 @@ def build_batches(cfg: DataConfig, batch_size: int, seed: int, vocab_size: int =
     if cfg.name == "synthetic-images":
         return ImageBatches(SyntheticImages(cfg.synthetic_size, seed=1234), batch_size, seed, cfg.val_batches,
                             cfg.limit)
+    official = cfg.official_validation
     if cfg.name == "cifar10":
         from edgegen.data.cifar import CIFAR10
 
+        val = CIFAR10(cfg.root, split="test", image_size=64) if official else None
         return ImageBatches(CIFAR10(cfg.root, split="train", image_size=64), batch_size, seed, cfg.val_batches,
-                            cfg.limit)
+                            cfg.limit, val, cfg.val_limit)
     if cfg.name == "celeba":
         from edgegen.data.celeba import CelebA
 
+        if official:
+            return ImageBatches(CelebA(cfg.root, split="train", image_size=64), batch_size, seed, cfg.val_batches,
+                                cfg.limit, CelebA(cfg.root, split="valid", image_size=64), cfg.val_limit)
         return ImageBatches(CelebA(cfg.root, split="all", image_size=64), batch_size, seed, cfg.val_batches,
                             cfg.limit)
     if cfg.name == "synthetic-tokens":
@@ -152,8 +185,13 @@ def build_batches(cfg: DataConfig, batch_size: int, seed: int, vocab_size: int =
 
         tok = GPT2Tokenizer.from_dir(data_root(cfg.root) / "gpt2")
         tokens = WikiText2(cfg.root, split="train").tokens(tok)
+        if official:
+            val_tokens = WikiText2(cfg.root, split="valid").tokens(tok)
     if vocab_size < 50257:
         raise ValueError(f"model.vocab_size: {cfg.name} uses the 50,257-token GPT-2 vocabulary, got {vocab_size}")
+    if cfg.name == "wikitext2" and official:
+        return TokenBatches(tokens, batch_size, cfg.seq_len, seed, cfg.val_batches, cfg.limit, val_tokens,
+                            cfg.val_limit)
     return TokenBatches(tokens, batch_size, cfg.seq_len, seed, cfg.val_batches, cfg.limit)
 
 

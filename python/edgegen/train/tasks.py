@@ -135,16 +135,18 @@ class GANTask(Task):
         G, D = self.modules["generator"], self.modules["discriminator"]
         G.eval(), D.eval()
         total, count = 0.0, 0
-        for i, real in enumerate(batches):
+        for real in batches:
             real = self.to(real)
-            g = _generator(self.cfg.train.seed, 23, i)
-            z = torch.randn(real.shape[0], self.nz, 1, 1, generator=g).to(self.device)
+            # one latent per validation image, seeded by its index: the same whatever the batching
+            z = torch.stack([torch.randn(self.nz, 1, 1, generator=_generator(self.cfg.train.seed, 23, count + j))
+                             for j in range(real.shape[0])]).to(self.device)
             lr_, lf_ = D(real), D(G(z))
-            total += (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
-                      + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))).item()
-            count += 1
+            n = real.shape[0]  # weighted by images: the same number whatever the batch size
+            total += n * (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
+                          + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))).item()
+            count += n
         G.train(), D.train()
-        return {"val_loss": total / max(count, 1)}
+        return {"val_loss": total / max(count, 1), "val_examples": float(count)}
 
 
 class VAETask(Task):
@@ -179,11 +181,16 @@ class VAETask(Task):
         model = self.modules["model"]
         model.eval()
         total, count = 0.0, 0
-        for i, x in enumerate(batches):
-            total += model(self.to(x), generator=_generator(self.cfg.train.seed, 31, i))["loss"].item()
-            count += 1
+        for x in batches:
+            n = x.shape[0]
+            # one posterior sample per validation image, seeded by its index (batching does not matter)
+            eps = torch.stack([torch.randn(model.config.latent_dim, generator=_generator(self.cfg.train.seed, 31,
+                                                                                         count + j))
+                               for j in range(n)]).to(self.device)
+            total += n * model(self.to(x), eps=eps)["loss"].item()
+            count += n
         model.train()
-        return {"val_loss": total / max(count, 1)}
+        return {"val_loss": total / max(count, 1), "val_examples": float(count)}
 
 
 class LMTask(Task):
@@ -220,12 +227,13 @@ class LMTask(Task):
         model = self.modules["model"]
         model.eval()
         total, count = 0.0, 0
-        for x, y in batches:  # plain cross-entropy on the data (also for distillation)
-            total += LMTask.loss(self, model, *self.to((x, y))).item()
-            count += 1
+        for x, y in batches:  # plain cross-entropy on the data (also for distillation), token-weighted
+            n = y.numel()
+            total += n * LMTask.loss(self, model, *self.to((x, y))).item()
+            count += n
         model.train()
         loss = total / max(count, 1)
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": float(count)}
 
 
 _ARCH = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
@@ -353,8 +361,8 @@ class DistillTask(LMTask):
             x = self.to(x)
             ls = F.log_softmax(student(x), -1)
             lt = F.log_softmax(self.teachers[0](x), -1)
-            total += F.kl_div(ls, lt, log_target=True, reduction="batchmean").item() / x.shape[1]
-            count += 1
+            total += F.kl_div(ls, lt, log_target=True, reduction="sum").item()
+            count += x.shape[0] * x.shape[1]  # per token, whatever the batch size
         student.train()
         return total / max(count, 1)
 
