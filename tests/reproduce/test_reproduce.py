@@ -173,3 +173,15 @@ def test_download_fetches_what_can_be_fetched(tmp_path, monkeypatch):
     calls.clear()
     fetch_data(str(tmp_path), log=lambda m: None)
     assert calls == [u for u, _ in tokenizer.OFFICIAL_FILES.values()]
+
+
+def test_paired_rows():
+    from edgegen.reproduce.runner import _paired
+
+    res = [{"a": {"metrics": {"m": 1.0}}, "b": {"metrics": {"m": 1.5 + 0.1 * i}}} for i in range(3)]
+    row = _paired(res, "a", "b", "m", "measured")
+    assert row.key == "b/diff_vs_a_m" and row.values == pytest.approx([0.5, 0.6, 0.7])
+    assert "paired t-test over 3 seeds vs a: p = " in row.note and "significant" in row.note
+    short = _paired(res[:2], "a", "b", "m", "measured")
+    assert "no paired t-test (at least 3 are needed)" in short.note
+    assert _paired(res, "a", "c", "m", "measured") is None

@@ -334,6 +334,26 @@ def _headline(ctx: Context) -> list:
     return rows
 
 
+def _paired(results: list, baseline: str, variant: str, metric: str, label: str) -> Row | None:
+    """The per-seed difference variant - baseline of ``metric``, with a paired t-test over the
+    seeds in the note (none below 3 seeds)."""
+    from edgegen.analysis.stats import paired_ttest
+
+    try:
+        base = [float(r[baseline]["metrics"][metric]) for r in results]
+        var = [float(r[variant]["metrics"][metric]) for r in results]
+    except KeyError:
+        return None
+    diffs = [v - b for v, b in zip(var, base)]
+    if len(diffs) >= 3:
+        t = paired_ttest(base, var)
+        note = (f"paired t-test over {len(diffs)} seeds vs {baseline}: p = {t['p']:.3g}, "
+                f"{'significant' if t['significant'] else 'not significant'} at alpha 0.05")
+    else:
+        note = f"{len(diffs)} seed(s): no paired t-test (at least 3 are needed)"
+    return Row(f"{variant}/diff_vs_{baseline}_{metric}", diffs, label, note)
+
+
 def _quality(ctx: Context) -> list:
     def one(seed):
         def compute():
@@ -372,7 +392,20 @@ def _quality(ctx: Context) -> list:
         spec.append((f"{key}/{pplkey}", lambda r, k=key: r[k]["metrics"].get(pplkey),
                      "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)",
                      res[0][key]["labels"].get(pplkey, "")))
-    return _rows_from(res, spec)
+    rows = _rows_from(res, spec)
+    flabel = "FID-proxy" if fidkey == "fid_proxy" else "measured"
+    plabel = "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)"
+    for base, var, metric, label in (
+            ("dcgan-cifar10", "dcgan-cifar10-pruned50", fidkey, flabel),
+            ("dcgan-celeba", "dcgan-celeba-pruned50", fidkey, flabel),
+            ("vae-celeba", "vae-celeba-int8", fidkey, flabel),
+            ("vae-celeba", "vae-celeba-int8", "vae_recon_ssim", "measured"),
+            ("gpt2-teacher", "gpt2-student", pplkey, plabel),
+            ("gpt2-student", "gpt2-student-int8", pplkey, plabel)):
+        row = _paired(res, base, var, metric, label)
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
 def _lightweight(ctx: Context) -> list:
