@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace edgegen::attention_args {
@@ -47,6 +48,21 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& out, co
                         lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
                     "lse: expected the ", lse_dtype, " log-sum-exp of shape [", q.size(0), ", ", q.size(1), ", ",
                     q.size(2), "] from the forward op, got ", lse.scalar_type(), " ", lse.sizes());
+}
+
+// Positions stay below 2^60, so that every sum the kernels form (a position plus a window, the
+// "all keys" sentinel of 2^61) fits in int64.
+constexpr int64_t kMaxPosition = int64_t(1) << 60;
+
+// window, num_global and q_offset for nq queries and nk keys. Returns the window the kernels use:
+// one wider than every query-key distance sees exactly the same keys, so it is clamped to that.
+inline int64_t check_scalars(int64_t window, int64_t num_global, int64_t q_offset, int64_t nq, int64_t nk) {
+  TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
+  TORCH_CHECK_VALUE(num_global >= 0 && num_global <= nk, "num_global: expected a value in [0, ", nk,
+                    "] (the number of keys), got ", num_global);
+  TORCH_CHECK_VALUE(q_offset >= 0 && q_offset <= kMaxPosition - nq, "q_offset: expected a value in [0, ",
+                    kMaxPosition - nq, "] (2^60 - the number of queries), got ", q_offset);
+  return std::min<int64_t>(window, q_offset + nq + nk + 1);
 }
 
 }  // namespace edgegen::attention_args

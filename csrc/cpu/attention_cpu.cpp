@@ -43,17 +43,14 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
   KA::Problem& p = call.p;
   p.dtype = cpu::float_dtype(q.scalar_type(), "q");
   p.B = q.size(0), p.H = q.size(1), p.nq = q.size(2), p.nk = k.size(2), p.d = q.size(3);
-  TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
-  TORCH_CHECK_VALUE(num_global >= 0 && num_global <= p.nk, "num_global: expected a value in [0, ", p.nk,
-                    "] (the number of keys), got ", num_global);
-  TORCH_CHECK_VALUE(q_offset >= 0, "q_offset: expected >= 0, got ", q_offset);
+  const int64_t kernel_window = attention_args::check_scalars(window, num_global, q_offset, p.nq, p.nk);
   if (scale.has_value()) {
     TORCH_CHECK_VALUE(std::isfinite(*scale) && *scale > 0, "scale: expected a finite value > 0, got ", *scale);
     p.scale = *scale;
   } else {
     p.scale = 1.0 / std::sqrt(double(p.d));
   }
-  p.pattern.window = window;
+  p.pattern.window = kernel_window;
   p.pattern.num_global = num_global;
   p.pattern.causal = causal;
   p.pattern.q_offset = q_offset;
@@ -64,26 +61,34 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
     TORCH_CHECK_TYPE(l.scalar_type() == at::kLong, "block_layout: expected an int64 tensor, got ", l.scalar_type());
     TORCH_CHECK_VALUE(l.dim() == 2 && l.size(1) == 2, "block_layout: expected shape [pairs, 2] of (query block, "
                       "key block), got ", l.sizes());
-    const int64_t nqb = (q_offset + p.nq + block_size - 1) / block_size;
-    const int64_t nkb = (p.nk + block_size - 1) / block_size;
+    // A block wider than every position puts them all in block 0, whatever its size: clamped,
+    // so that the block arithmetic stays small.
+    const int64_t span = std::max<int64_t>({q_offset + p.nq, p.nk, 1});
+    const int64_t bs = std::min(block_size, span);
+    const int64_t nqb = (q_offset + p.nq + bs - 1) / bs;
+    const int64_t nkb = (p.nk + bs - 1) / bs;
+    const int64_t qb0 = q_offset / bs;  // blocks before it hold no query of this call
     const at::Tensor lc = l.contiguous();
     const int64_t* e = lc.const_data_ptr<int64_t>();
-    std::vector<std::pair<int64_t, int64_t>> pairs(size_t(l.size(0)));
+    std::vector<std::pair<int64_t, int64_t>> pairs;
+    pairs.reserve(size_t(l.size(0)));
     for (int64_t i = 0; i < l.size(0); ++i) {
       const int64_t qb = e[2 * i], kb = e[2 * i + 1];
       TORCH_CHECK_INDEX(qb >= 0 && qb < nqb && kb >= 0 && kb < nkb, "block_layout: pair ", i, " is (", qb, ", ", kb,
                         "), expected query blocks in [0, ", nqb, ") and key blocks in [0, ", nkb, ")");
-      pairs[size_t(i)] = {qb, kb};
+      if (qb >= qb0) pairs.push_back({qb, kb});
     }
     std::sort(pairs.begin(), pairs.end());
     pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
-    call.layout_ptr.assign(size_t(nqb + 1), 0);
-    for (auto& pr : pairs) ++call.layout_ptr[size_t(pr.first + 1)];
-    for (int64_t b = 0; b < nqb; ++b) call.layout_ptr[size_t(b + 1)] += call.layout_ptr[size_t(b)];
+    // Offsets only for the query blocks this call's queries fall in (not for all q_offset / bs).
+    call.layout_ptr.assign(size_t(nqb - qb0 + 1), 0);
+    for (auto& pr : pairs) ++call.layout_ptr[size_t(pr.first - qb0 + 1)];
+    for (int64_t b = 0; b < nqb - qb0; ++b) call.layout_ptr[size_t(b + 1)] += call.layout_ptr[size_t(b)];
     for (auto& pr : pairs) call.layout_idx.push_back(pr.second);
     call.layout_idx.push_back(0);  // never read; keeps data() non-null for an empty layout
-    p.pattern.block_size = block_size;
+    p.pattern.block_size = bs;
     p.pattern.num_qblocks = nqb;
+    p.pattern.qblock_base = qb0;
     p.pattern.layout_ptr = call.layout_ptr.data();
     p.pattern.layout_idx = call.layout_idx.data();
   } else {

@@ -57,11 +57,7 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
                int64_t block_size) {
   TORCH_CHECK(q.device().is_cuda(), "q: expected a CUDA tensor, got one on ", q.device());
   attention_args::check_qkv(q, k, v, SameDevice{q.device()});
-  TORCH_CHECK_VALUE(window >= 1, "window: expected an integer >= 1, got ", window);
-  TORCH_CHECK_VALUE(num_global >= 0 && num_global <= k.size(2), "num_global: expected a value in [0, ", k.size(2),
-                    "] (the number of keys), got ", num_global);
-  TORCH_CHECK_VALUE(q_offset >= 0 && q_offset <= (int64_t(1) << 62) - q.size(2), "q_offset: expected a value in [0, ",
-                    (int64_t(1) << 62) - q.size(2), "], got ", q_offset);
+  const int64_t kernel_window = attention_args::check_scalars(window, num_global, q_offset, q.size(2), k.size(2));
   if (scale.has_value())
     TORCH_CHECK_VALUE(std::isfinite(*scale) && *scale > 0, "scale: expected a finite value > 0, got ", *scale);
   const bool half = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
@@ -79,8 +75,7 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
   KC::AttnProblem& p = c.p;
   p.dtype = q.scalar_type() == at::kBFloat16 ? KC::AttnDType::BF16 : KC::AttnDType::F16;
   p.B = q.size(0), p.H = q.size(1), p.nq = q.size(2), p.nk = k.size(2), p.d = int(q.size(3));
-  // A window past every key changes nothing; clamping keeps the kernels' index sums in range.
-  p.window = std::min<int64_t>(window, p.nk + q_offset + p.nq + 1);
+  p.window = kernel_window;
   p.num_global = num_global;
   p.q_offset = q_offset;
   p.causal = causal;

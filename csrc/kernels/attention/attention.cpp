@@ -76,8 +76,8 @@ Plan make_plan(const Problem& p) {
     const int64_t p0 = qo + plan.qs[qt], p1 = qo + plan.qs[qt + 1] - 1;
     cand.clear();
     if (pt.block_size > 0) {
-      const int64_t bs = pt.block_size, qb = p0 / bs;
-      if (qb < pt.num_qblocks) {
+      const int64_t bs = pt.block_size, qb = p0 / bs - pt.qblock_base;
+      if (qb >= 0 && qb < pt.num_qblocks - pt.qblock_base) {
         for (int64_t e = pt.layout_ptr[qb]; e < pt.layout_ptr[qb + 1]; ++e) {
           const int64_t kb = pt.layout_idx[e];
           const int64_t a = kb * bs, b = std::min(nk, (kb + 1) * bs);

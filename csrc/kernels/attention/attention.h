@@ -29,13 +29,14 @@ struct Pattern {
   int64_t num_global = 0;
   bool causal = true;
   int64_t q_offset = 0;
-  // Layout mode when block_size > 0: for query block qb, the allowed key blocks are
-  // layout_idx[layout_ptr[qb] .. layout_ptr[qb + 1]) (sorted, distinct); num_qblocks entries + 1
-  // in layout_ptr.
+  // Layout mode when block_size > 0: for query block qb (qblock_base <= qb < num_qblocks), the
+  // allowed key blocks are layout_idx[layout_ptr[qb - qblock_base] .. layout_ptr[qb - qblock_base
+  // + 1]) (sorted, distinct); num_qblocks - qblock_base + 1 entries in layout_ptr.
   int64_t block_size = 0;
   const int64_t* layout_ptr = nullptr;
   const int64_t* layout_idx = nullptr;
   int64_t num_qblocks = 0;
+  int64_t qblock_base = 0;
 };
 
 struct Problem {

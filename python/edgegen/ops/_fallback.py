@@ -214,7 +214,8 @@ def fused_linear_kd_loss_fallback(student_hidden, student_weight, student_bias, 
 # ----------------------------------------------------------------------------------- attention
 
 
-def _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size):
+def check_attention_args(q, k, v, window, num_global, q_offset, block_layout, block_size):
+    """The attention checks that need no tensor data (fake kernels run them too)."""
     from edgegen.ops.attention import _check_meta
 
     _check_meta(q, k, v)
@@ -224,8 +225,9 @@ def _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_
         raise ValueError(f"window: expected an integer >= 1, got {window}")
     if not 0 <= num_global <= k.shape[2]:
         raise ValueError(f"num_global: expected a value in [0, {k.shape[2]}] (the number of keys), got {num_global}")
-    if q_offset < 0:
-        raise ValueError(f"q_offset: expected >= 0, got {q_offset}")
+    limit = (1 << 60) - q.shape[2]  # the C++ kernels' bound: positions below 2^60
+    if not 0 <= q_offset <= limit:
+        raise ValueError(f"q_offset: expected a value in [0, {limit}] (2^60 - the number of queries), got {q_offset}")
     if block_layout is None and block_size != 0:
         raise ValueError(f"block_size: only meaningful with a block_layout (pass 0), got {block_size}")
     if block_layout is not None:
@@ -236,6 +238,11 @@ def _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_
         if block_layout.dim() != 2 or block_layout.shape[1] != 2:
             raise ValueError(f"block_layout: expected shape [pairs, 2] of (query block, key block), got "
                              f"{list(block_layout.shape)}")
+
+
+def _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size):
+    check_attention_args(q, k, v, window, num_global, q_offset, block_layout, block_size)
+    if block_layout is not None:
         nqb = -(-(q_offset + q.shape[2]) // block_size)
         nkb = -(-k.shape[2] // block_size)
         if block_layout.numel() and not bool(((block_layout[:, 0] >= 0) & (block_layout[:, 0] < nqb)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from edgegen.ops._fake import register_fake
+
 
 def _check_meta(q, k, v):
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -26,18 +28,22 @@ def _lse_dtype(q):
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-@torch.library.register_fake("edgegen::sliding_window_attention")
+@register_fake("edgegen::sliding_window_attention")
 def _swa_fake(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
-    _check_meta(q, k, v)
+    from edgegen.ops._fallback import check_attention_args
+
+    check_attention_args(q, k, v, window, num_global, q_offset, block_layout, block_size)  # what the kernels reject
     out = q.new_empty(q.shape)
     lse = q.new_empty(q.shape[:-1], dtype=_lse_dtype(q))
     return out, lse
 
 
-@torch.library.register_fake("edgegen::sliding_window_attention_backward")
+@register_fake("edgegen::sliding_window_attention_backward")
 def _swa_backward_fake(grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout,
                        block_size):
-    _check_meta(q, k, v)
+    from edgegen.ops._fallback import check_attention_args
+
+    check_attention_args(q, k, v, window, num_global, q_offset, block_layout, block_size)
     return (q.new_empty(q.shape),
             k.new_empty(k.shape),
             v.new_empty(v.shape))

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from edgegen.ops._fake import register_fake
 from torch import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -107,7 +109,7 @@ def _check_meta(named, floating=True):
 # --------------------------------------------------------------------------------- kd_loss
 
 
-@torch.library.register_fake("edgegen::kd_loss")
+@register_fake("edgegen::kd_loss")
 def _kd_loss_fake(
     student_logits, teacher_logits, teacher_weights, target, temperature, alpha, ignore_index,
     reduction, with_grad,
@@ -174,7 +176,7 @@ torch.library.register_autograd(
 # ---------------------------------------------------------------------- fused_linear_kd_loss
 
 
-@torch.library.register_fake("edgegen::fused_linear_kd_loss")
+@register_fake("edgegen::fused_linear_kd_loss")
 def _fused_linear_kd_loss_fake(
     student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
     target, temperature, alpha, ignore_index, reduction, chunk_size, grad_row_scale, with_grad,

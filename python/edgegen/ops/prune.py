@@ -8,37 +8,38 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from edgegen.ops._fake import register_fake
 from edgegen.ops import _reference as ref
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@torch.library.register_fake("edgegen::magnitude_scores")
+@register_fake("edgegen::magnitude_scores")
 def _(weight, grad):
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("edgegen::kth_smallest_score")
+@register_fake("edgegen::kth_smallest_score")
 def _(weights, grads, k):
     return weights[0].new_empty((), dtype=torch.float32)
 
 
-@torch.library.register_fake("edgegen::magnitude_mask")
+@register_fake("edgegen::magnitude_mask")
 def _(weights, grads, num_prune):
     return [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
 
 
-@torch.library.register_fake("edgegen::magnitude_prune_")
+@register_fake("edgegen::magnitude_prune_")
 def _(weights, grads, num_prune, masks):
     return None
 
 
-@torch.library.register_fake("edgegen::nm_mask")
+@register_fake("edgegen::nm_mask")
 def _(weight, n, m, dim):
     return torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
 
 
-@torch.library.register_fake("edgegen::channel_norms")
+@register_fake("edgegen::channel_norms")
 def _(weight, dim, p, grad):
     return weight.new_empty((weight.shape[dim],), dtype=torch.float32)
 

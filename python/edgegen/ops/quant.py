@@ -6,26 +6,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from edgegen.ops._fake import register_fake
 from edgegen.ops import _reference as ref
 
 
-@torch.library.register_fake("edgegen::quantize_affine")
+@register_fake("edgegen::quantize_affine")
 def _(input, scale, zero_point, axis, quant_min, quant_max, dtype):
     return torch.empty(input.shape, dtype=dtype, device=input.device)
 
 
-@torch.library.register_fake("edgegen::dequantize_affine")
+@register_fake("edgegen::dequantize_affine")
 def _(input, scale, zero_point, axis, out_dtype):
     return torch.empty(input.shape, dtype=out_dtype, device=input.device)
 
 
-@torch.library.register_fake("edgegen::fake_quantize_affine")
+@register_fake("edgegen::fake_quantize_affine")
 def _(input, scale, zero_point, axis, quant_min, quant_max):
     return torch.empty_like(input, memory_format=torch.contiguous_format), \
         torch.empty(input.shape, dtype=torch.bool, device=input.device)
 
 
-@torch.library.register_fake("edgegen::fake_quantize_learnable_backward")
+@register_fake("edgegen::fake_quantize_learnable_backward")
 def _(grad, input, scale, zero_point, axis, quant_min, quant_max, grad_factor):
     c = 1 if axis is None else input.shape[axis]
     return (torch.empty_like(input, memory_format=torch.contiguous_format),
@@ -97,7 +98,7 @@ def fake_quantize_learnable(x, scale, zero_point, axis, quant_min, quant_max, gr
 _PANEL = 16
 
 
-@torch.library.register_fake("edgegen::int8_pack_weight")
+@register_fake("edgegen::int8_pack_weight")
 def _(weight):
     n, k = weight.shape
     kp = (k + 3) // 4 * 4
@@ -105,12 +106,12 @@ def _(weight):
             weight.new_empty((n,), dtype=torch.int32))
 
 
-@torch.library.register_fake("edgegen::int8_gemm")
+@register_fake("edgegen::int8_gemm")
 def _(input, a_zero_point, packed_weight, weight_row_sum, n, k):
     return input.new_empty((input.shape[0], n), dtype=torch.int32)
 
 
-@torch.library.register_fake("edgegen::int8_linear_dynamic")
+@register_fake("edgegen::int8_linear_dynamic")
 def _(input, packed_weight, weight_row_sum, weight_scale, bias, n, k):
     return input.new_empty((*input.shape[:-1], n))
 
@@ -119,7 +120,7 @@ def int8_pack_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.ops.edgegen.int8_pack_weight(weight.cpu())
 
 
-@torch.library.register_fake("edgegen::int8_linear_static")
+@register_fake("edgegen::int8_linear_static")
 def _(input, a_scale, a_zero_point, packed_weight, weight_row_sum, weight_scale, bias, n, k):
     return input.new_empty((*input.shape[:-1], n))
 
@@ -143,17 +144,17 @@ def int8_linear_dynamic(x: Tensor, weight_int8: Tensor, packed: Tensor | None, r
 # --- INT4 weight-only ----------------------------------------------------------------------------
 
 
-@torch.library.register_fake("edgegen::int4_pack")
+@register_fake("edgegen::int4_pack")
 def _(weight):
     return weight.new_empty((weight.shape[0], weight.shape[1] // 2), dtype=torch.uint8)
 
 
-@torch.library.register_fake("edgegen::int4_dequantize")
+@register_fake("edgegen::int4_dequantize")
 def _(packed_weight, scale, zero_point, group_size):
     return scale.new_empty((packed_weight.shape[0], packed_weight.shape[1] * 2), dtype=torch.float32)
 
 
-@torch.library.register_fake("edgegen::int4_linear")
+@register_fake("edgegen::int4_linear")
 def _(input, packed_weight, scale, zero_point, bias, group_size):
     return input.new_empty((*input.shape[:-1], packed_weight.shape[0]))
 
@@ -171,18 +172,18 @@ def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bi
     return ref.int4_linear_reference(x, packed, scale, zero_point, bias, group_size)
 
 
-@torch.library.register_fake("edgegen::observe_minmax")
+@register_fake("edgegen::observe_minmax")
 def _(input, axis):
     c = 1 if axis is None else input.shape[axis]
     return input.new_empty((c,), dtype=torch.float32), input.new_empty((c,), dtype=torch.float32)
 
 
-@torch.library.register_fake("edgegen::observe_histogram")
+@register_fake("edgegen::observe_histogram")
 def _(input, bins, lo, hi):
     return input.new_empty((bins,), dtype=torch.int64)
 
 
-@torch.library.register_fake("edgegen::int8_conv2d")
+@register_fake("edgegen::int8_conv2d")
 def _(input, packed_weight, weight_row_sum, weight_scale, bias, out_channels, kernel_size, stride, padding, dilation,
       a_scale, a_zero_point):
     b, _, h, w = input.shape
@@ -191,7 +192,7 @@ def _(input, packed_weight, weight_row_sum, weight_scale, bias, out_channels, ke
     return input.new_empty((b, out_channels, ho, wo))
 
 
-@torch.library.register_fake("edgegen::int8_conv_transpose2d")
+@register_fake("edgegen::int8_conv_transpose2d")
 def _(input, packed_weights, weight_row_sums, weight_scale, bias, out_channels, phase_info, stride, padding,
       output_size, a_scale, a_zero_point):
     return input.new_empty((input.shape[0], out_channels, output_size[0], output_size[1]))
