@@ -2,6 +2,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -54,6 +55,33 @@ void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n
                     "weight_row_sum: expected a contiguous int32 tensor of shape [", n, "]");
 }
 
+// The packed weight's columns that the call does not use (`unused(col)`) must hold zeros: a weight
+// packed for more input features or channels than the call supplies would otherwise have those
+// silently ignored. Scans only such columns (none when the widths are multiples of 4).
+template <class Unused>
+void check_unused_columns_zero(const at::Tensor& packed, int64_t n, int64_t kp, const Unused& unused,
+                               const char* what) {
+  const int8_t* w = packed.const_data_ptr<int8_t>();
+  const int64_t panels = KQ::packed_panels(n);
+  for (int64_t col = 0; col < kp; ++col) {
+    if (!unused(col)) continue;
+    for (int64_t pnl = 0; pnl < panels; ++pnl) {
+      const int8_t* blk = w + ((pnl * (kp / 4) + col / 4) * KQ::kPanel) * 4 + col % 4;
+      for (int64_t r = 0; r < KQ::kPanel; ++r) {
+        TORCH_CHECK_VALUE(blk[r * 4] == 0, "packed_weight: was packed for more ", what,
+                          " than this call supplies (a non-zero weight in column ", col, ")");
+      }
+    }
+  }
+}
+
+// INT8 layers quantize their inputs: NaN or infinity has no 8-bit code (NaN would silently become
+// a finite value, infinity would turn the whole scale into infinity), so it is an error.
+void check_finite_input(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.numel() == 0 || at::isfinite(x).all().item<bool>(),
+                    "input: contains NaN or infinite values; INT8 layers quantize their input and need finite values");
+}
+
 // A copy of the activations with rows padded to a multiple of 4 bytes (zeros), as the kernel reads.
 at::Tensor padded_rows(const at::Tensor& a2d, int64_t k) {
   const int64_t lda = KQ::packed_k(k);
@@ -70,6 +98,7 @@ at::Tensor int8_gemm_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Te
   TORCH_CHECK_VALUE(a_zero_point >= 0 && a_zero_point <= 255, "a_zero_point: expected a value in [0, 255], got ",
                     a_zero_point);
   check_packed(packed, row_sum, n, k);
+  check_unused_columns_zero(packed, n, KQ::packed_k(k), [k](int64_t col) { return col >= k; }, "input features");
   const at::Tensor ap = padded_rows(a, k);
   at::Tensor out = at::empty({a.size(0), n}, a.options().dtype(at::kInt));
   KQ::GemmOutput o{out.mutable_data_ptr<int32_t>(), nullptr, 0.0f, nullptr, nullptr};
@@ -86,9 +115,11 @@ at::Tensor int8_linear_impl(const at::Tensor& input, double a_scale, int64_t a_z
   TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
   TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == k, "input: expected [..., ", k, "], got ", input.sizes());
   check_packed(packed, row_sum, n, k);
+  check_unused_columns_zero(packed, n, KQ::packed_k(k), [k](int64_t col) { return col >= k; }, "input features");
   const at::Tensor ws = cpu::float_scales(weight_scale, n, "weight_scale");
   const at::Tensor b = cpu::float_bias(bias, n);
   const at::Tensor x = input.to(at::kFloat).contiguous();
+  check_finite_input(x);
   const int64_t m = k == 0 ? 0 : x.numel() / k;
   const int64_t lda = KQ::packed_k(k);
   at::Tensor a = at::empty({m, lda}, x.options().dtype(at::kByte));
@@ -127,6 +158,16 @@ at::Tensor int8_linear_static_cpu(const at::Tensor& input, double a_scale, int64
   return int8_linear_impl(input, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k);
 }
 
+// a_scale <= 0: dynamic activations (a_zero_point unused); else a finite scale and a 7-bit zero point.
+void check_static_act(double a_scale, int64_t a_zero_point) {
+  TORCH_CHECK_VALUE(!std::isnan(a_scale), "a_scale: expected a finite value (> 0 static, <= 0 dynamic), got nan");
+  if (a_scale > 0) {
+    TORCH_CHECK_VALUE(std::isfinite(a_scale), "a_scale: expected a finite value > 0, got ", a_scale);
+    TORCH_CHECK_VALUE(a_zero_point >= 0 && a_zero_point <= 127, "a_zero_point: expected a value in [0, 127] (7-bit "
+                      "activations), got ", a_zero_point);
+  }
+}
+
 at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,
                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, int64_t out_channels,
                            at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -147,17 +188,15 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   const int64_t wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
   TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, "input: spatial size ", h, "x", w, " is too small for the kernel");
   check_packed(packed, row_sum, out_channels, kernel[0] * kernel[1] * cp);
+  check_unused_columns_zero(packed, out_channels, kernel[0] * kernel[1] * cp,
+                            [c, cp](int64_t col) { return col % cp >= c; }, "input channels");
   const at::Tensor ws = cpu::float_scales(weight_scale, out_channels, "weight_scale");
   const at::Tensor bf = cpu::float_bias(bias, out_channels);
+  check_static_act(a_scale, a_zero_point);
   const at::Tensor x = input.to(at::kFloat).contiguous();
+  check_finite_input(x);
   KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
-  if (a_scale <= 0) {
-    q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
-  } else {
-    TORCH_CHECK_VALUE(std::isfinite(a_scale) && a_zero_point >= 0 && a_zero_point <= 127,
-                      "a_scale/a_zero_point: expected a finite scale and a zero point in [0, 127], got ", a_scale,
-                      ", ", a_zero_point);
-  }
+  if (a_scale <= 0) q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
   at::Tensor a = at::empty({b, hp, wp, cp}, x.options().dtype(at::kByte));
   KQ::quantize_nchw_to_nhwc_u7(x.const_data_ptr<float>(), b, c, h, w, padding[0], padding[0], padding[1], padding[1],
@@ -185,16 +224,67 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected [N, C, H, W], got ", input.sizes());
   TORCH_CHECK_VALUE(phase_info.size() == 4 * packed.size() && row_sums.size() == packed.size() && !packed.empty(),
                     "phase_info: expected 4 values per phase and one packed weight and row sum per phase");
-  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && output_size.size() == 2 && stride[0] >= 1 &&
-                        stride[1] >= 1,
-                    "stride/padding/output_size: expected two values each");
+  constexpr int64_t kMaxSide = int64_t(1) << 24;  // far beyond any image; keeps the index sums small
+  auto pair = [](at::IntArrayRef v, const char* name, int64_t lo, int64_t hi) {
+    TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo && v[0] <= hi && v[1] <= hi, name,
+                      ": expected two values in [", lo, ", ", hi, "], got ", v);
+  };
+  pair(stride, "stride", 1, 1 << 16);
+  pair(padding, "padding", 0, kMaxSide);
+  pair(output_size, "output_size", 1, kMaxSide);
+  TORCH_CHECK_VALUE(input.size(2) <= kMaxSide && input.size(3) <= kMaxSide, "input: spatial size ", input.sizes(),
+                    " exceeds ", kMaxSide);
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
   const int64_t cp = (c + 3) / 4 * 4, ho = output_size[0], wo = output_size[1];
+  // The phases: distinct (ry, rx) with 0 <= r < stride, and tap counts that are those of one
+  // kernel of size K = the sum of the taps over the residues, cut by this stride:
+  // taps(r) = ceil((K - r) / stride) (0 for a residue without a phase).
+  std::vector<int64_t> ty_of(size_t(stride[0]), 0), tx_of(size_t(stride[1]), 0);
+  std::vector<std::pair<int64_t, int64_t>> seen;
   int64_t tmax = 1;
-  for (size_t p = 0; p < packed.size(); ++p) tmax = std::max({tmax, phase_info[4 * p + 2], phase_info[4 * p + 3]});
+  for (size_t p = 0; p < packed.size(); ++p) {
+    const int64_t ry = phase_info[4 * p], rx = phase_info[4 * p + 1], ty = phase_info[4 * p + 2],
+                  tx = phase_info[4 * p + 3];
+    TORCH_CHECK_VALUE(ry >= 0 && ry < stride[0] && rx >= 0 && rx < stride[1], "phase_info: phase ", p, " has residue (",
+                      ry, ", ", rx, "), expected values in [0, stride) = [0, ", stride[0], ") x [0, ", stride[1], ")");
+    TORCH_CHECK_VALUE(ty >= 1 && tx >= 1 && ty <= 1024 && tx <= 1024, "phase_info: phase ", p, " has taps (", ty, ", ",
+                      tx, "), expected values in [1, 1024]");
+    TORCH_CHECK_VALUE(std::find(seen.begin(), seen.end(), std::make_pair(ry, rx)) == seen.end(), "phase_info: phase ",
+                      p, " repeats the residue (", ry, ", ", rx, ")");
+    seen.push_back({ry, rx});
+    TORCH_CHECK_VALUE((ty_of[size_t(ry)] == 0 || ty_of[size_t(ry)] == ty) && (tx_of[size_t(rx)] == 0 ||
+                                                                               tx_of[size_t(rx)] == tx),
+                      "phase_info: phase ", p, " gives residue (", ry, ", ", rx, ") other tap counts than an "
+                      "earlier phase with the same residue");
+    ty_of[size_t(ry)] = ty, tx_of[size_t(rx)] = tx;
+    tmax = std::max({tmax, ty, tx});
+  }
+  int64_t ky = 0, kx = 0;
+  for (int64_t t : ty_of) ky += t;
+  for (int64_t t : tx_of) kx += t;
+  for (int64_t r = 0; r < stride[0]; ++r)
+    TORCH_CHECK_VALUE(ty_of[size_t(r)] == std::max<int64_t>(0, (ky - r + stride[0] - 1) / stride[0]),
+                      "phase_info: the row taps do not split one kernel of ", ky, " rows by stride ", stride[0],
+                      " (residue ", r, " has ", ty_of[size_t(r)], "); were the phases built for another stride?");
+  for (int64_t r = 0; r < stride[1]; ++r)
+    TORCH_CHECK_VALUE(tx_of[size_t(r)] == std::max<int64_t>(0, (kx - r + stride[1] - 1) / stride[1]),
+                      "phase_info: the column taps do not split one kernel of ", kx, " columns by stride ", stride[1],
+                      " (residue ", r, " has ", tx_of[size_t(r)], "); were the phases built for another stride?");
+  TORCH_CHECK_VALUE(int64_t(seen.size()) == std::min(stride[0], ky) * std::min(stride[1], kx),
+                    "phase_info: expected one phase per (row, column) residue that has taps, ",
+                    std::min(stride[0], ky) * std::min(stride[1], kx), ", got ", seen.size());
+  // output = (in - 1) * stride - 2 padding + kernel + output_padding, output_padding in [0, stride).
+  for (int d = 0; d < 2; ++d) {
+    const int64_t in = d == 0 ? h : w, kk = d == 0 ? ky : kx, lo = (in - 1) * stride[d] - 2 * padding[d] + kk;
+    TORCH_CHECK_VALUE(output_size[d] >= lo && output_size[d] < lo + stride[d], "output_size: ", output_size[d],
+                      " is not a transposed-convolution size for input ", in, ", kernel ", kk, ", stride ", stride[d],
+                      ", padding ", padding[d], " (expected [", lo, ", ", lo + stride[d] - 1, "])");
+  }
   const at::Tensor ws = cpu::float_scales(weight_scale, out_channels, "weight_scale");
   const at::Tensor bf = cpu::float_bias(bias, out_channels);
+  check_static_act(a_scale, a_zero_point);
   const at::Tensor x = input.to(at::kFloat).contiguous();
+  check_finite_input(x);
   KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
   if (a_scale <= 0) q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
   // Enough padding for every phase: a phase reads rows qy - t (t < taps) for its output rows qy.
@@ -221,11 +311,14 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
     const int64_t qx0 = ceil_div(padding[1] - rx, stride[1]), qx1 = floor_div(wo - 1 + padding[1] - rx, stride[1]);
     if (qy1 < qy0 || qx1 < qx0) continue;
     check_packed(packed[p], row_sums[p], out_channels, ty * tx * cp);
+    check_unused_columns_zero(packed[p], out_channels, ty * tx * cp, [c, cp](int64_t col) { return col % cp >= c; },
+                              "input channels");
     const int64_t ny = qy1 - qy0 + 1, nx = qx1 - qx0 + 1;
     // Input row of output q, tap window start: q - ty + 1 (unpadded) -> + pt in the buffer.
     const int64_t y0 = qy0 - ty + 1 + pt, x0 = qx0 - tx + 1 + pl;
+    // Guaranteed by the checks above; kept as a last guard against an out-of-bounds read.
     TORCH_CHECK(y0 >= 0 && x0 >= 0 && y0 + ny + ty - 1 <= hp && x0 + nx + tx - 1 <= wp,
-                "int8_conv_transpose2d: internal padding error");
+                "int8_conv_transpose2d: the input padding does not cover phase ", p, " (please report this)");
     const int64_t oy0 = qy0 * stride[0] + ry - padding[0], ox0 = qx0 * stride[1] + rx - padding[1];
     const int64_t os[4] = {out_channels * ho * wo, ho * wo, stride[0] * wo, stride[1]};
     KQ::ConvGeometry g{b, hp, wp, cp, ty, tx, 1, 1, 1, 1, ny, nx};

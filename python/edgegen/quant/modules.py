@@ -63,7 +63,7 @@ class Int8Linear(nn.Module):
                      weight_scale: Tensor | None = None) -> "Int8Linear":
         """``weight_scale`` (one per row) fixes the weight scales (e.g. learned in QAT); by
         default they are max|w| / 127 per row."""
-        w = weight.detach().float().cpu()
+        w = _finite_weight(weight.detach().float().cpu(), "weight")
         q = cls(w.shape[1], w.shape[0], bias=bias is not None)
         _set_static_activations(q, act_qparams)
         scales = symmetric_weight_scales(w) if weight_scale is None else weight_scale.detach().float().cpu().reshape(-1)
@@ -106,6 +106,21 @@ def _check_plain_conv(conv: nn.Module) -> None:
         raise ValueError(f"conv: padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
     if isinstance(conv.padding, str):
         raise ValueError(f"conv: string padding {conv.padding!r} is not supported; give explicit sizes")
+
+
+def _finite_weight(w: Tensor, what: str) -> Tensor:
+    """Weights with NaN or infinity cannot be quantized to a meaningful code: an error naming
+    them, never a silently zeroed row."""
+    if w.numel() and not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise ValueError(f"{what}: contains {bad} NaN or infinite weight(s); quantization needs finite weights")
+    return w
+
+
+def _check_channels(x: Tensor, in_channels: int, layer: str) -> None:
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"input: expected [N, {in_channels}, H, W] for this {layer} (built for {in_channels} input "
+                         f"channels), got shape {tuple(x.shape)}")
 
 
 def _nhwc_weight(w: Tensor) -> Tensor:
@@ -159,6 +174,7 @@ class Int8Conv2d(nn.Module):
                    conv.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_channels(x, self.in_channels, "Int8Conv2d")
         g = self.gemm
         act = (float(g.act_scale), int(g.act_zero_point)) if g.static else None
         return _int8_conv(x, g, g.bias, self.out_channels, self.in_channels, self.kernel_size, self.stride,
@@ -207,7 +223,7 @@ class Int8ConvTranspose2d(nn.Module):
         if not isinstance(conv, nn.ConvTranspose2d):
             raise TypeError(f"conv: expected an nn.ConvTranspose2d, got {type(conv).__name__}")
         _check_plain_conv(conv)
-        w = conv.weight.detach().float()
+        w = _finite_weight(conv.weight.detach().float(), "conv.weight")
         if weight_scale is None:
             weight_scale = symmetric_weight_scales(w.transpose(0, 1))
         weight_scale = weight_scale.detach().float().reshape(-1)
@@ -247,6 +263,7 @@ class Int8ConvTranspose2d(nn.Module):
                                        layer.weight_scale, None)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_channels(x, self.in_channels, "Int8ConvTranspose2d")
         b, c, h, w = x.shape
         (kh, kw), (sy, sx), (py, px) = self.kernel_size, self.stride, self.padding
         ho = (h - 1) * sy - 2 * py + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
@@ -310,7 +327,8 @@ class Int4Linear(nn.Module):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
         n, k = linear.out_features, linear.in_features
-        w = linear.weight.detach().float().cpu().reshape(n * (k // group_size), group_size)
+        w = _finite_weight(linear.weight.detach().float().cpu(), "linear.weight").reshape(n * (k // group_size),
+                                                                                          group_size)
         lo, hi = w.amin(dim=1), w.amax(dim=1)
         scale = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(hi))
         zero = torch.round(-lo / scale).clamp(0, 15).to(torch.int64)
