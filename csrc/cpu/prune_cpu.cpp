@@ -33,21 +33,24 @@ struct Sources {
   int64_t total = 0;
 };
 
-Sources gather(at::TensorList weights, const std::optional<at::TensorList>& grads) {
+// The list ops name their arguments weights[i] / grads[i]; a single-tensor op (magnitude_scores)
+// passes its own argument names and single = true.
+Sources gather(at::TensorList weights, const std::optional<at::TensorList>& grads, const char* wname = "weights",
+               const char* gname = "grads", bool single = false) {
   Sources s;
   if (grads.has_value()) {
     TORCH_CHECK_VALUE(grads->size() == weights.size(), "grads: expected one gradient per weight (",
                       weights.size(), "), got ", grads->size());
   }
   for (size_t i = 0; i < weights.size(); ++i) {
-    const std::string wn = item_name("weights", i);
+    const std::string wn = single ? std::string(wname) : item_name(wname, i);
     check_cpu(weights[i], wn);
     const K::DType dt = prune_dtype(weights[i], wn);
     s.weights.push_back(weights[i].contiguous());
     const void* g = nullptr;
     if (grads.has_value()) {
       const at::Tensor& gi = (*grads)[i];
-      const std::string gn = item_name("grads", i);
+      const std::string gn = single ? std::string(gname) : item_name(gname, i);
       check_cpu(gi, gn);
       TORCH_CHECK_TYPE(gi.scalar_type() == weights[i].scalar_type(), gn, ": expected dtype ",
                        weights[i].scalar_type(), " (that of ", wn, "), got ", gi.scalar_type());
@@ -75,7 +78,7 @@ at::Tensor magnitude_scores_cpu(const at::Tensor& weight, const std::optional<at
     grads = at::TensorList(g);
   }
   const std::vector<at::Tensor> w{weight};
-  Sources s = gather(w, grads);
+  Sources s = gather(w, grads, "weight", "grad", true);
   at::Tensor out = at::empty_like(s.weights[0]);
   KP::magnitude_scores(s.src[0], out.mutable_data_ptr(), at::get_num_threads());
   return out;

@@ -397,6 +397,32 @@ def swa_backward_autograd_cuda(grad_out, q, k, v, out, lse, window, num_global, 
         return torch.autograd.grad(o, (qq, kk, vv), grad_out)
 
 
+# --------------------------------------------------------------------------------- pruning lists
+def _nonempty(weights) -> None:
+    # With an empty list no tensor reaches the dispatcher, which then lands here.
+    if len(weights) == 0:
+        raise ValueError("weights: expected at least one tensor")
+
+
+def kth_smallest_score_fallback(weights, grads, k):
+    _nonempty(weights)
+    return ref.kth_smallest_score_reference(weights, grads, k)
+
+
+def magnitude_mask_fallback(weights, grads, num_prune):
+    _nonempty(weights)
+    return ref.magnitude_mask_reference(weights, grads, num_prune)
+
+
+def magnitude_prune_fallback(weights, grads, num_prune, masks):
+    _nonempty(weights)
+    if len(masks) != len(weights):
+        raise ValueError(f"masks: expected one mask per weight ({len(weights)}), got {len(masks)}")
+    for w, m, keep in zip(weights, masks, ref.magnitude_mask_reference(weights, grads, num_prune)):
+        m.copy_(keep)
+        w.mul_(keep.to(w.dtype))
+
+
 # --------------------------------------------------------------------------------- registration
 
 _LIBS: list = []
@@ -412,6 +438,9 @@ def register() -> None:
         return
     lib = torch.library.Library("edgegen", "IMPL")
     _LIBS.append(lib)
+    lib.impl("kth_smallest_score", kth_smallest_score_fallback, "CompositeExplicitAutograd")
+    lib.impl("magnitude_mask", magnitude_mask_fallback, "CompositeExplicitAutograd")
+    lib.impl("magnitude_prune_", magnitude_prune_fallback, "CompositeExplicitAutograd")
     lib.impl("kd_loss", kd_loss_fallback, "CompositeExplicitAutograd")
     lib.impl("fused_linear_kd_loss", fused_linear_kd_loss_fallback, "CompositeExplicitAutograd")
     lib.impl("sliding_window_attention", swa_fallback, "CompositeExplicitAutograd")
