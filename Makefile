@@ -37,35 +37,29 @@ build: setup
 # the CUDA kernels compiled (not run) with the machine's nvcc, so they cannot rot without a GPU.
 test: test-cpp test-sanitize test-cuda-compile test-py
 
+# Configure, build and run the GoogleTests of the torch-free kernels in build folder $(1), with
+# extra CMake flags $(2) and environment $(3).
+define kernel_tests
+	cmake -S . -B $(1) -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_BUILD_TESTS=ON $(2)
+	cmake --build $(1)
+	$(3) ctest --test-dir $(1) --output-on-failure
+endef
+
 test-cpp: setup
-	cmake -S . -B $(CPP_BUILD) -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_BUILD_TESTS=ON
-	cmake --build $(CPP_BUILD)
-	ctest --test-dir $(CPP_BUILD) --output-on-failure
+	$(call kernel_tests,$(CPP_BUILD),,)
 
 # The same GoogleTests with AddressSanitizer + UBSan: out-of-bounds access, use after free, leaks,
 # signed overflow or misaligned loads in the kernels fail the build.
 test-sanitize: setup
-	cmake -S . -B build/sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGEGEN_BUILD_EXTENSION=OFF \
-	  -DEDGEGEN_BUILD_TESTS=ON -DEDGEGEN_SANITIZE=ON
-	cmake --build build/sanitize
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --test-dir build/sanitize --output-on-failure
+	$(call kernel_tests,build/sanitize,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGEGEN_SANITIZE=ON,\
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 
 test-cuda-compile:
 	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
 	  cmake -S . -B build/cuda-compile -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_CUDA_COMPILE_ONLY=ON && \
 	  cmake --build build/cuda-compile --target edgegen_cuda_kernels && \
 	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX); they run only on a GPU (scripts/gpu-check.sh)"; \
-	else echo "# The same GoogleTests with AddressSanitizer + UBSan: out-of-bounds access, use after free, leaks,
-# signed overflow or misaligned loads in the kernels fail the build.
-test-sanitize: setup
-	cmake -S . -B build/sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGEGEN_BUILD_EXTENSION=OFF \
-	  -DEDGEGEN_BUILD_TESTS=ON -DEDGEGEN_SANITIZE=ON
-	cmake --build build/sanitize
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --test-dir build/sanitize --output-on-failure
-
-test-cuda-compile: skipped, no nvcc on this machine"; fi
+	else echo "test-cuda-compile: skipped, no nvcc on this machine"; fi
 
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
