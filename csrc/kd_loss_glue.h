@@ -38,8 +38,10 @@ inline Reduction parse_reduction(c10::string_view r) {
 }
 
 inline void check_scalars(double temperature, double alpha) {
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0,
-                    "temperature: expected a finite value > 0, got ", temperature);
+  // Below 0.01 the softened distributions are one-hot in all but name and logits / T overflow
+  // float32 (inf - inf in the log-sum-exp): a NaN loss, so refused.
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0.01,
+                    "temperature: expected a finite value >= 0.01, got ", temperature);
   TORCH_CHECK_VALUE(alpha >= 0.0 && alpha <= 1.0, "alpha: expected a value in [0, 1], got ", alpha);
 }
 

@@ -46,6 +46,7 @@ inline int64_t normalize_dim(const at::Tensor& t, int64_t dim, const char* name)
 inline at::Tensor float_bias(const std::optional<at::Tensor>& bias, int64_t n) {
   if (!bias.has_value()) return at::Tensor();
   check_cpu(*bias, "bias");
+  TORCH_CHECK_TYPE(bias->is_floating_point(), "bias: expected a floating-point tensor, got ", bias->scalar_type());
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias: expected shape [", n, "], got ", bias->sizes());
   return bias->to(at::kFloat).contiguous();
 }

@@ -55,6 +55,9 @@ Int4Args check_int4(const at::Tensor& packed, const at::Tensor& scale, const at:
   TORCH_CHECK_VALUE(zero.scalar_type() == at::kByte && zero.dim() == 2 && zero.size(0) == n &&
                         zero.size(1) == k / group && zero.is_contiguous(),
                     "zero_point: expected a contiguous uint8 tensor of shape [", n, ", ", k / group, "]");
+  const uint8_t* z = zero.const_data_ptr<uint8_t>();
+  for (int64_t i = 0; i < zero.numel(); ++i)
+    TORCH_CHECK_VALUE(z[i] <= 15, "zero_point: expected 4-bit values in [0, 15], got ", int(z[i]), " at index ", i);
   return {n, k, group};
 }
 

@@ -143,6 +143,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(), "grad: expected dtype ", input.scalar_type(), ", got ",
                    grad.scalar_type());
   TORCH_CHECK_VALUE(grad.sizes() == input.sizes(), "grad: expected shape ", input.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(grad_factor) && grad_factor > 0, "grad_factor: expected a finite value > 0, got ",
+                    grad_factor);
   check_range(quant_min, quant_max, INT32_MIN, INT32_MAX, "fake quantization");
   const Params p = params(input, scale, zero_point, axis);
   check_zero_points_in_range(p, quant_min, quant_max);

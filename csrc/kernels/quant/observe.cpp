@@ -65,9 +65,10 @@ int64_t observe_histogram(const void* x, DType dtype, int64_t n, int64_t bins, f
           ++nans[size_t(c)];
           continue;
         }
-        int64_t b = width > 0 ? int64_t(std::floor((v - lo) / width)) : 0;
-        b = std::min(std::max<int64_t>(b, 0), bins - 1);
-        ++h[b];
+        // Clamped in double before the cast: values below lo (or -inf) count in the first bin,
+        // above hi (or +inf) in the last; casting an infinite position to int64 would be undefined.
+        const double pos = width > 0 ? std::floor((v - lo) / width) : 0.0;
+        ++h[int64_t(std::min(std::max(pos, 0.0), double(bins - 1)))];
       }
     });
   });

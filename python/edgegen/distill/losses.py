@@ -85,7 +85,8 @@ def kd_loss(
             mixture of the teachers' distributions at temperature T). Never receives a gradient.
         target: int64 class indices, shape ``student_logits.shape[:-1]``; rows equal to
             ``ignore_index`` contribute nothing and get zero gradient.
-        temperature: T > 0, applied to student and teacher for the KL term; CE uses T = 1.
+        temperature: T >= 0.01 (below, logits / T overflow float32), applied to student and teacher
+            for the KL term; CE uses T = 1.
         alpha: weight of the KL term in [0, 1]; a term whose weight is 0 is skipped.
         reduction: 'mean' (over non-ignored rows, for both terms; 0 when all are ignored),
             'sum' or 'none' (shape ``student_logits.shape[:-1]``).

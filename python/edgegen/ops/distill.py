@@ -82,8 +82,9 @@ def check_kd_settings(temperature, alpha, ignore_index, reduction) -> None:
     def real(x):
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    if not real(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if not real(temperature) or not math.isfinite(temperature) or temperature < 0.01:
+        # below 0.01 logits / T overflow float32 and the loss is NaN
+        raise ValueError(f"temperature: expected a finite number >= 0.01, got {temperature!r}")
     if not real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):

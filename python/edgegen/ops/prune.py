@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from edgegen.ops._args import as_int, check_real, check_writable
 from edgegen.ops._fake import register_fake
 from edgegen.ops import _reference as ref
 
@@ -53,8 +54,17 @@ def _detached(ts: Sequence[Tensor] | None) -> list[Tensor] | None:
     return None if ts is None else [t.detach() for t in ts]
 
 
+def _real(weights, grads, wname="weights", gname="grads") -> None:
+    for i, w in enumerate(weights):
+        check_real(w, f"{wname}[{i}]")
+    for i, g in enumerate(grads or []):
+        check_real(g, f"{gname}[{i}]")
+
+
 def magnitude_scores(weight: Tensor, grad: Tensor | None = None) -> Tensor:
     """|weight|, or |weight * grad| (first-order Taylor importance), in weight's dtype."""
+    check_real(weight, "weight")
+    check_real(grad, "grad")
     if _use_kernel(weight, grad):
         return torch.ops.edgegen.magnitude_scores(weight.detach(), None if grad is None else grad.detach())
     return ref.magnitude_scores_reference(weight, grad)
@@ -66,9 +76,11 @@ def kth_smallest_score(weights: Sequence[Tensor], k: int, grads: Sequence[Tensor
     weights = list(weights)
     if not weights:
         raise ValueError("weights: expected at least one tensor")
+    _real(weights, grads)
+    k = as_int(k, "k")
     if _use_kernel(*weights, *(grads or [])):
-        return torch.ops.edgegen.kth_smallest_score(_detached(weights), _detached(grads), int(k))
-    return ref.kth_smallest_score_reference(weights, grads, int(k))
+        return torch.ops.edgegen.kth_smallest_score(_detached(weights), _detached(grads), k)
+    return ref.kth_smallest_score_reference(weights, grads, k)
 
 
 def magnitude_mask(weights: Sequence[Tensor], num_prune: int, grads: Sequence[Tensor] | None = None) -> list[Tensor]:
@@ -78,9 +90,11 @@ def magnitude_mask(weights: Sequence[Tensor], num_prune: int, grads: Sequence[Te
     weights = list(weights)
     if not weights:
         return []
+    _real(weights, grads)
+    num_prune = as_int(num_prune, "num_prune")
     if _use_kernel(*weights, *(grads or [])):
-        return list(torch.ops.edgegen.magnitude_mask(_detached(weights), _detached(grads), int(num_prune)))
-    return ref.magnitude_mask_reference(weights, grads, int(num_prune))
+        return list(torch.ops.edgegen.magnitude_mask(_detached(weights), _detached(grads), num_prune))
+    return ref.magnitude_mask_reference(weights, grads, num_prune)
 
 
 @torch.no_grad()
@@ -90,9 +104,13 @@ def magnitude_prune_(weights: Sequence[Tensor], num_prune: int, grads: Sequence[
     weights = list(weights)
     if not weights:
         return []
+    _real(weights, grads)
+    for i, w in enumerate(weights):
+        check_writable(w, f"weights[{i}]")
+    num_prune = as_int(num_prune, "num_prune")
     if _use_kernel(*weights, *(grads or [])) and all(w.is_contiguous() for w in weights):
         masks = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
-        torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), int(num_prune), masks)
+        torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), num_prune, masks)
         return masks
     masks = magnitude_mask(weights, num_prune, grads)
     for w, m in zip(weights, masks):
@@ -102,16 +120,24 @@ def magnitude_prune_(weights: Sequence[Tensor], num_prune: int, grads: Sequence[
 
 def nm_mask(weight: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     """N:M mask: in every group of ``m`` consecutive entries along ``dim`` the ``n`` largest |w|
-    are kept (ties keep the lower index)."""
+    are kept (ties keep the lower index). 0 <= n <= m <= 64 on every device and dtype."""
+    check_real(weight, "weight")
+    n, m, dim = as_int(n, "n"), as_int(m, "m"), as_int(dim, "dim")
+    if not 1 <= m <= 64:
+        raise ValueError(f"m: expected a group size in [1, 64], got {m}")
+    if not 0 <= n <= m:
+        raise ValueError(f"n: expected a value in [0, m={m}], got {n}")
     if _use_kernel(weight):
-        return torch.ops.edgegen.nm_mask(weight.detach(), int(n), int(m), int(dim))
-    return ref.nm_mask_reference(weight, int(n), int(m), int(dim))
+        return torch.ops.edgegen.nm_mask(weight.detach(), n, m, dim)
+    return ref.nm_mask_reference(weight, n, m, dim)
 
 
 def channel_norms(weight: Tensor, dim: int = 0, p: int = 1, grad: Tensor | None = None) -> Tensor:
     """float32 Lp norm (p = 1 or 2) of every slice of ``weight`` along ``dim`` (of weight * grad
     when given): dim 0 for Conv2d (OIHW) and Linear, dim 1 for ConvTranspose2d."""
+    check_real(weight, "weight")
+    check_real(grad, "grad")
+    dim, p = as_int(dim, "dim"), as_int(p, "p")
     if _use_kernel(weight, grad):
-        return torch.ops.edgegen.channel_norms(weight.detach(), int(dim), int(p),
-                                               None if grad is None else grad.detach())
-    return ref.channel_norms_reference(weight, int(dim), int(p), grad)
+        return torch.ops.edgegen.channel_norms(weight.detach(), dim, p, None if grad is None else grad.detach())
+    return ref.channel_norms_reference(weight, dim, p, grad)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from edgegen.ops import quant as ops
+from edgegen.ops._args import as_int
 
 _RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
 
@@ -21,8 +22,8 @@ def _range(dtype: torch.dtype, quant_min: int | None, quant_max: int | None) -> 
     if dtype not in _RANGES:
         raise TypeError(f"dtype: expected torch.int8 or torch.uint8, got {dtype}")
     lo, hi = _RANGES[dtype]
-    qmin = lo if quant_min is None else int(quant_min)
-    qmax = hi if quant_max is None else int(quant_max)
+    qmin = lo if quant_min is None else as_int(quant_min, "quant_min")
+    qmax = hi if quant_max is None else as_int(quant_max, "quant_max")
     return qmin, qmax
 
 
@@ -31,6 +32,8 @@ def _as_tensor(v, dtype: torch.dtype, name: str) -> Tensor:
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
+    if not dtype.is_floating_point:
+        v = as_int(v, name)  # a zero point of 1.5 is an error, never truncated to 1
     return torch.tensor([v], dtype=dtype)
 
 
@@ -47,7 +50,12 @@ def quantize_per_channel(x: Tensor, scales: Tensor, zero_points: Tensor, axis: i
                          quant_min: int | None = None, quant_max: int | None = None) -> Tensor:
     """Per-channel along ``axis`` (ConvTranspose2d weights: axis 1)."""
     qmin, qmax = _range(dtype, quant_min, quant_max)
-    return ops.quantize_affine(x, scales, zero_points, int(axis), qmin, qmax, dtype)
+    axis = as_int(axis, "axis")
+    if isinstance(x, Tensor) and isinstance(scales, Tensor) and -x.dim() <= axis < x.dim() \
+            and scales.numel() != x.shape[axis]:
+        raise ValueError(f"scales: expected {x.shape[axis]} values (one per channel along axis {axis}), got shape "
+                         f"{list(scales.shape)}")
+    return ops.quantize_affine(x, scales, zero_points, axis, qmin, qmax, dtype)
 
 
 def dequantize(q: Tensor, scale, zero_point, axis: int | None = None, out_dtype: torch.dtype = torch.float32) -> Tensor:
@@ -60,8 +68,9 @@ def fake_quantize(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, 
     """Quantize-dequantize in x's dtype with the straight-through gradient (1 inside
     [quant_min, quant_max] before clamping, 0 outside)."""
     return ops.fake_quantize_affine(x, _as_tensor(scale, torch.float32, "scale"),
-                                    _as_tensor(zero_point, torch.int32, "zero_point"), axis, int(quant_min),
-                                    int(quant_max))
+                                    _as_tensor(zero_point, torch.int32, "zero_point"),
+                                    None if axis is None else as_int(axis, "axis"), as_int(quant_min, "quant_min"),
+                                    as_int(quant_max, "quant_max"))
 
 
 def fake_quantize_learnable(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
@@ -72,4 +81,6 @@ def fake_quantize_learnable(x: Tensor, scale: Tensor, zero_point: Tensor, quant_
     and clamped to [quant_min, quant_max] in the forward pass."""
     if not isinstance(scale, Tensor) or not isinstance(zero_point, Tensor):
         raise TypeError("scale, zero_point: expected tensors (they are learned)")
-    return ops.fake_quantize_learnable(x, scale, zero_point, axis, int(quant_min), int(quant_max), float(grad_factor))
+    return ops.fake_quantize_learnable(x, scale, zero_point, None if axis is None else as_int(axis, "axis"),
+                                       as_int(quant_min, "quant_min"), as_int(quant_max, "quant_max"),
+                                       float(grad_factor))

@@ -1,0 +1,37 @@
+"""Python-side argument checks shared by the op wrappers: integers that must not be truncated,
+real (not complex) tensors, tensors that can be written in place."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = ["as_int", "check_real", "check_writable"]
+
+
+def as_int(v, name: str) -> int:
+    """``v`` as an int; a float is accepted only if it is integral (1.5 is an error, never 1)."""
+    if isinstance(v, bool):
+        raise TypeError(f"{name}: expected an integer, got a bool")
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex():
+        return int(v.item())
+    raise TypeError(f"{name}: expected an integer, got {v!r}")
+
+
+def check_real(t: Tensor | None, name: str) -> None:
+    if t is not None and (t.is_complex() or not (t.is_floating_point())):
+        raise TypeError(f"{name}: expected a real floating-point tensor, got {t.dtype}")
+
+
+def check_writable(t: Tensor, name: str) -> None:
+    """In-place writes to a tensor whose elements share memory (an expanded view) would change
+    more entries than asked."""
+    if torch._debug_has_internal_overlap(t) == 1:
+        raise ValueError(f"{name}: elements share memory (an expanded view); it cannot be modified in place "
+                         "(pass a contiguous copy)")

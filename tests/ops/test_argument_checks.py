@@ -1,0 +1,99 @@
+"""Smaller inputs that used to pass unvalidated: non-integral integers are errors (never
+truncated), complex tensors are refused, 4-bit zero points, the learnable fake-quant gradient
+factor, tiny distillation temperatures, histogram infinities, in-place pruning of expanded views,
+and each message names the argument the user passed."""
+
+import pytest
+import torch
+
+import edgegen  # noqa: F401
+import edgegen.distill as D
+from edgegen.ops import prune as P
+from edgegen.ops.quant import int8_pack_weight
+from edgegen.quant import fake_quantize, fake_quantize_learnable, quantize_per_channel, quantize_per_tensor
+
+ops = torch.ops.edgegen
+X = torch.randn(4, 8)
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: quantize_per_tensor(X, 0.1, 1.5), TypeError, "zero_point: expected an integer, got 1.5"),
+    (lambda: quantize_per_tensor(X, 0.1, 0, torch.int8, -127.5, 127), TypeError, "quant_min: expected an integer"),
+    (lambda: quantize_per_channel(X, torch.rand(4) + 0.1, torch.zeros(4, dtype=torch.int64), 0.5), TypeError,
+     "axis: expected an integer, got 0.5"),
+    (lambda: fake_quantize(X, 0.1, 0, -128, 127.5), TypeError, "quant_max: expected an integer"),
+    (lambda: fake_quantize_learnable(X, torch.tensor([0.1]), torch.tensor([0.0]), -128.5, 127), TypeError,
+     "quant_min: expected an integer"),
+    (lambda: P.nm_mask(torch.randn(4, 8), 2.5, 4), TypeError, "n: expected an integer, got 2.5"),
+    (lambda: P.nm_mask(torch.randn(4, 8), 2, 4, dim=0.5), TypeError, "dim: expected an integer"),
+    (lambda: P.kth_smallest_score([torch.randn(8)], 2.5), TypeError, "k: expected an integer"),
+    (lambda: P.magnitude_mask([torch.randn(8)], True), TypeError, "num_prune: expected an integer, got a bool"),
+], ids=["zero-point", "quant-min", "axis", "fq-quant-max", "lsq-quant-min", "nm-n", "nm-dim", "kth-k", "bool"])
+def test_non_integral_integers_are_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_integral_floats_are_accepted():
+    assert torch.equal(quantize_per_tensor(X, 0.1, 2.0), quantize_per_tensor(X, 0.1, 2))
+    w = torch.randn(4, 8)
+    assert torch.equal(P.nm_mask(w, 2.0, 4.0), P.nm_mask(w, 2, 4))
+
+
+def test_scales_is_named_scales():
+    with pytest.raises(ValueError, match=r"scales: expected 4 values \(one per channel along axis 0\)"):
+        quantize_per_channel(X, torch.rand(3) + 0.1, torch.zeros(4, dtype=torch.int64), 0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: P.magnitude_scores(torch.randn(4, dtype=torch.complex64)), "weight: expected a real floating-point"),
+    (lambda: P.magnitude_mask([torch.randn(4), torch.randn(4, dtype=torch.complex64)], 1),
+     r"weights\[1\]: expected a real floating-point"),
+    (lambda: P.channel_norms(torch.randn(4, 4, dtype=torch.complex128)), "weight: expected a real floating-point"),
+    (lambda: ops.int8_linear_dynamic(torch.randn(2, 16), *int8_pack_weight(torch.ones(8, 16, dtype=torch.int8)),
+                                     torch.rand(8) + 0.1, torch.randn(8, dtype=torch.complex64), 8, 16),
+     "bias: expected a floating-point tensor, got ComplexFloat"),
+], ids=["scores", "mask", "norms", "int8-bias"])
+def test_complex_tensors_are_refused(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_nm_group_limit_is_the_same_for_every_dtype():
+    for dtype in (torch.float32, torch.float64):
+        with pytest.raises(ValueError, match=r"m: expected a group size in \[1, 64\], got 128"):
+            P.nm_mask(torch.randn(4, 256, dtype=dtype), 2, 128, 1)
+
+
+def test_int4_zero_points_are_four_bit():
+    p4 = ops.int4_pack(torch.randint(0, 16, (8, 64), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"zero_point: expected 4-bit values in \[0, 15\], got 16"):
+        ops.int4_dequantize(p4, torch.rand(8, 1) + 0.1, torch.full((8, 1), 16, dtype=torch.uint8), 64)
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf"), 0.0, -1.0], ids=["nan", "inf", "zero", "negative"])
+def test_learnable_fake_quant_grad_factor(factor):
+    with pytest.raises(ValueError, match="grad_factor: expected a finite value > 0"):
+        ops.fake_quantize_learnable_backward(X, X, torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32), None,
+                                             -128, 127, factor)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-3, 0.0], ids=["denormal", "tiny", "zero"])
+def test_tiny_temperatures_are_refused(temperature):
+    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    with pytest.raises(ValueError, match="temperature: expected a finite (number|value) >= 0.01"):
+        D.kd_loss(s, t, y, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature: expected a finite (number|value) >= 0.01"):
+        ops.kd_loss(s, [t], [1.0], y, temperature, 0.5, -100, "mean", False)
+    assert torch.isfinite(D.kd_loss(s, t, y, temperature=0.01))
+
+
+def test_histogram_infinities_go_to_the_end_bins():
+    counts = ops.observe_histogram(torch.tensor([float("inf"), 0.5, -float("inf"), 7.0, -3.0]), 4, 0.0, 1.0)
+    assert counts.tolist() == [2, 0, 1, 2]  # -inf and -3 in the first bin, +inf and 7 in the last
+
+
+def test_in_place_pruning_of_an_expanded_view_is_refused():
+    w = torch.randn(1, 8).expand(4, 8)
+    with pytest.raises(ValueError, match=r"weights\[0\]: elements share memory \(an expanded view\)"):
+        P.magnitude_prune_([w], 3)
