@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/isnan.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -202,6 +203,8 @@ std::tuple<double, double> mse_clip_range_cpu(const at::Tensor& input, double lo
                     ", ", hi, "]");
   check_range(quant_min, quant_max, INT32_MIN, INT32_MAX, "the quantized range");
   const at::Tensor x = input.contiguous();
+  TORCH_CHECK_VALUE(x.numel() == 0 || !at::isnan(x).any().item<bool>(),
+                    "input: contains NaN values; the observers need NaN-free calibration data");
   float best_lo = 0.0f, best_hi = 0.0f;
   KQ::mse_clip_range(x.const_data_ptr(), dt, x.numel(), float(lo), float(hi), int32_t(quant_min), int32_t(quant_max),
                      int(steps), &best_lo, &best_hi, at::get_num_threads());

@@ -97,3 +97,12 @@ def test_in_place_pruning_of_an_expanded_view_is_refused():
     w = torch.randn(1, 8).expand(4, 8)
     with pytest.raises(ValueError, match=r"weights\[0\]: elements share memory \(an expanded view\)"):
         P.magnitude_prune_([w], 3)
+
+
+def test_mse_observer_needs_real_nan_free_data():
+    with pytest.raises(ValueError, match="input: contains NaN values"):
+        ops.mse_clip_range(torch.tensor([0.5, float("nan"), 1.0]), -1.0, 1.0, -128, 127, 10)
+    with pytest.raises(RuntimeError, match="input: the clipping range depends on the values"):
+        ops.mse_clip_range(torch.randn(8, device="meta"), -1.0, 1.0, -128, 127, 10)
+    lo, hi = ops.mse_clip_range(torch.randn(1000), -3.0, 3.0, -128, 127, 20)
+    assert -3.0 <= lo < 0 < hi <= 3.0

@@ -10,6 +10,12 @@ from edgegen.ops._fake import register_fake
 from edgegen.ops import _reference as ref
 
 
+@register_fake("edgegen::mse_clip_range")
+def _(input, lo, hi, quant_min, quant_max, steps):
+    raise RuntimeError("edgegen::mse_clip_range: input: the clipping range depends on the values, so it cannot be "
+                       "computed from meta or fake tensors (run the observer on real data)")
+
+
 @register_fake("edgegen::quantize_affine")
 def _(input, scale, zero_point, axis, quant_min, quant_max, dtype):
     return torch.empty(input.shape, dtype=dtype, device=input.device)
