@@ -4,6 +4,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 CPP_BUILD ?= build/cpp-tests
+CXX_CHECK ?= g++
+CUDA_HOME ?= /usr/local/cuda
 # Real data for the smoke tests: the staged copy beside the checkout, unless set already.
 ifeq ($(EDGEGEN_DATA_DIR),)
   ifneq ($(wildcard ../shared/data/README.md),)
@@ -54,11 +56,15 @@ test-sanitize: setup
 	$(call kernel_tests,build/sanitize,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGEGEN_SANITIZE=ON,\
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 
-test-cuda-compile:
+test-cuda-compile: setup
 	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
 	  cmake -S . -B build/cuda-compile -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_CUDA_COMPILE_ONLY=ON && \
 	  cmake --build build/cuda-compile --target edgegen_cuda_kernels && \
-	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX); they run only on a GPU (scripts/gpu-check.sh)"; \
+	  for f in csrc/cuda/*.cpp; do \
+	    $(CXX_CHECK) -std=c++17 -fsyntax-only -w $$($(PYTHON) -c "import torch.utils.cpp_extension as c; \
+	      print(' '.join('-I' + p for p in c.include_paths()))") -I csrc -I $(CUDA_HOME)/include $$f || exit 1; \
+	  done && \
+	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX), their ATen glue checked against the installed torch headers; they run only on a GPU (scripts/gpu-check.sh)"; \
 	else echo "test-cuda-compile: skipped, no nvcc on this machine"; fi
 
 test-py: build
