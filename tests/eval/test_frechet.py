@@ -143,3 +143,12 @@ def test_kid_bad_input():
         kid(np.zeros((1, 3)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="subsets"):
         kid(np.zeros((5, 3)), np.zeros((5, 3)), subsets=0)
+
+
+def test_kid_subsets_of_everything_have_no_standard_error():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((30, 4)), rng.standard_normal((30, 4))
+    r = kid(a, b, subsets=10, subset_size=1000)  # capped at 30: every subset is both whole sets
+    assert r.subset_size == 30 and math.isnan(r.std_error)
+    half = kid(a, b, subsets=10, subset_size=15)
+    assert half.std_error > 0

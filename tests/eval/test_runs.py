@@ -255,3 +255,18 @@ def test_real_statistics_of_the_test_split_are_cached(env):
     assert len(cached) == 1 and "CIFAR-10 test split, first 20 images" in first["labels"]["fid_proxy"]
     again = evaluate_run(run, _opts(metrics=("fid",), samples=20))
     assert again["metrics"]["fid_proxy"] == pytest.approx(first["metrics"]["fid_proxy"], rel=1e-12)
+
+
+def test_best_checkpoint_is_not_served_from_last_artifacts(env):
+    cfg = tiny("gan", env, compress={"ptq": {"kind": "Int8DynamicConfig"}})
+    run_dir = _train(cfg, env, "ptq-best")
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    with pytest.raises(ValueError, match="which: the shipped artifacts .* were made from the last checkpoint"):
+        load_run(run_dir, which="best")
+    assert load_run(run_dir, which="best", form="float").checkpoint.name == "best.pt"
+
+
+def test_kid_subset_is_at_most_half_the_samples():
+    from edgegen.eval.runs import _kid_subset
+
+    assert _kid_subset(1000, 1017) == 500 and _kid_subset(50000, 10000) == 1000 and _kid_subset(3, 3) == 2

@@ -131,7 +131,7 @@ def test_smoke_run_fills_every_table_and_resumes(data, tmp_path):
     for name in TABLES:
         metrics = runs[name].data.metrics
         for row in saved["tables"][name]["rows"]:
-            assert metrics[metric_key(row["key"])] == pytest.approx(row["mean"], rel=1e-12)
+            assert metrics[metric_key(row["key"], row["label"])] == pytest.approx(row["mean"], rel=1e-12)
     # a rerun reuses every finished step and trains nothing
     again = reproduce("all", "cpu-smoke", seeds=[0], out_dir=out, recipes=TINY, log=lambda m: None, track=False)
     assert again["steps_done"] == [] and len(again["steps_skipped"]) >= 5
@@ -173,6 +173,39 @@ def test_download_fetches_what_can_be_fetched(tmp_path, monkeypatch):
     calls.clear()
     fetch_data(str(tmp_path), log=lambda m: None)
     assert calls == [u for u, _ in tokenizer.OFFICIAL_FILES.values()]
+
+
+def test_metric_keys_carry_the_label():
+    assert metric_key("dcgan_generator/edge_latency_ms", "projected") == "dcgan_generator/edge_latency_ms_projected"
+    assert metric_key("x/rpi4_latency_ms_projected", "projected") == "x/rpi4_latency_ms_projected"
+    assert metric_key("quantization/power_reduction_pct", "estimated") == "quantization/power_reduction_pct_estimated"
+    assert metric_key("pair/quality_loss_pct", "FID-proxy") == "pair/quality_loss_pct_proxy"
+    assert metric_key("a/fid_proxy", "FID-proxy") == "a/fid_proxy"
+    assert metric_key("a/params", "measured") == "a/params"
+
+
+def test_seeds_train_their_own_teacher(tmp_path, monkeypatch):
+    import edgegen.train.loop as loop
+    from edgegen.reproduce.runner import Context
+
+    seen = []
+
+    def fake_train(cfg, run_dir, progress=None, **kw):
+        teachers = cfg.distill.teachers if cfg.distill else []
+        seen.append((cfg.name, cfg.train.seed, teachers[0].init_from if teachers else None))
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return {"final": {}}
+
+    monkeypatch.setattr(loop, "train_experiment", fake_train)
+    recipes = load_recipes()
+    before = json.dumps(recipes, sort_keys=True)
+    ctx = Context("cpu-smoke", [0, 1], tmp_path, False, None, lambda m: None, recipes)
+    for seed in (0, 1):
+        ctx.trained("gpt2-student", seed)
+    students = [(s, t) for name, s, t in seen if name == "gpt2-student"]
+    assert [s for s, _ in students] == [0, 1]
+    assert "seed0" in students[0][1] and "seed1" in students[1][1]  # each seed's own teacher
+    assert json.dumps(recipes, sort_keys=True) == before  # the recipes are never written into
 
 
 def test_paired_rows():

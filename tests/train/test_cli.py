@@ -159,3 +159,25 @@ def test_shipped_image_ablations_end_to_end(name, tmp_path, capsys):
     assert "FAILED" not in out
     for variant in src["variants"]:
         assert f"| {variant}" in out
+
+
+def test_paired_test_uses_the_seeds_both_sides_have(tmp_path, monkeypatch):
+    """A seed that fails on one side is left out of the pairing, never paired with another seed."""
+    import edgegen.train.loop as loop
+    from edgegen.train.sweep import run_sweep
+
+    def fake(cfg, run_dir, tracker=None, resume=False, progress=None):
+        seed, name = cfg.train.seed, cfg.name
+        if (name.endswith("base") and seed == 1) or (name.endswith("var") and seed == 3):
+            raise RuntimeError("boom")
+        return {"final": {"val_loss": float(seed * 10 + (1 if name.endswith("var") else 0))}}
+
+    monkeypatch.setattr(loop, "train_experiment", fake)
+    base = vae_config(tmp_path, tracking={"enabled": False})
+    sweep = {"name": "pairs", "metric": "val_loss", "baseline": "base",
+             "base": {k: v for k, v in base.items() if k != "name"}, "variants": {"base": {}, "var": {}}}
+    out = run_sweep(sweep, [0, 1, 2, 3, 4], log=lambda m: None)
+    var = next(r for r in out["rows"] if r["variant"] == "var")
+    assert var["paired_seeds"] == 3  # seeds 0, 2, 4
+    assert var["diff_vs_baseline"] == pytest.approx(1.0)  # each pair differs by exactly 1
+    assert out["failed"] == ["base", "var"]

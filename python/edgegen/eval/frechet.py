@@ -196,7 +196,8 @@ def kid(features1, features2, subsets: int = 100, subset_size: int = 1000, seed:
     """Kernel Inception Distance: unbiased MMD^2 between the two feature sets with the kernel
     k(x, y) = (x.y / d + 1)^3, computed on ``subsets`` random subsets of ``subset_size`` samples
     drawn without replacement from each side (capped at the smaller set's size), averaged; the
-    standard error is the subsets' standard deviation / sqrt(subsets). Deterministic for a seed."""
+    standard error is the subsets' standard deviation / sqrt(subsets) (NaN when every subset is the
+    whole of both sets, which leaves no spread to measure). Deterministic for a seed."""
     a = _as_float64_matrix(features1, "features1")
     b = _as_float64_matrix(features2, "features2")
     if a.shape[1] != b.shape[1]:
@@ -220,5 +221,7 @@ def kid(features1, features2, subsets: int = 100, subset_size: int = 1000, seed:
         kxy = (x @ y.T / d + 1.0) ** 3
         values[s] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                      - 2.0 * kxy.mean())
-    se = float(values.std(ddof=1) / math.sqrt(subsets)) if subsets > 1 else float("nan")
+    # Subsets holding every sample of both sides are all the same set: no spread to estimate.
+    whole = m == a.shape[0] and m == b.shape[0]
+    se = float(values.std(ddof=1) / math.sqrt(subsets)) if subsets > 1 and not whole else float("nan")
     return KIDResult(float(values.mean()), se, subsets, m)

@@ -126,6 +126,10 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
     if state is None:
         raise ValueError(f"run_dir: {ck} holds no '{key}' module")
     sources = [str(ck)]
+    artifacts = [a for a in ("model-shipped.pt", *QUANTIZED_ARTIFACTS, SHRUNK_ARTIFACT) if (run_dir / a).is_file()]
+    if form == "shipped" and which == "best" and artifacts:
+        raise ValueError(f"which: the shipped artifacts of {run_dir} ({', '.join(artifacts)}) were made from the last "
+                         "checkpoint, not the best; use which='last', or form='float' for the best float weights")
     if form == "shipped":
         shipped = run_dir / "model-shipped.pt"  # written by edgegen compress --from
         if shipped.is_file():
@@ -261,7 +265,7 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
     proxy_ds = "celeba" if run.config.data.name == "celeba" else "cifar10"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the label carries the same message
-        ext = get_extractor(opts.fid_extractor, proxy_dataset=proxy_ds, root=opts.data_root,
+        ext = get_extractor(opts.fid_extractor, proxy_dataset=proxy_ds, root=opts.data_root or run.config.data.root,
                             epochs=opts.proxy_epochs)
     real, what = _real_images(run.config, opts)
     n_real = len(real)
@@ -275,11 +279,17 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
                                root=opts.data_root or run.config.data.root)
     res = fid(_generated(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
               batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
-              kid_subset_size=min(1000, opts.samples, n_real), seed=opts.seed)
+              kid_subset_size=_kid_subset(opts.samples, n_real), seed=opts.seed)
     out.update(res.as_metrics())
     key = "fid" if res.metric == "FID" else "fid_proxy"
     labels[key] = f"{res.label}; {res.n_generated} generated vs {what}" + ("" if res.reliable else
                                                                             "; UNRELIABLE: fewer samples than features")
+
+
+def _kid_subset(n_generated: int, n_real: int) -> int:
+    """KID's subset size: 1,000 as usual, but at most half the smaller side, so the subsets differ
+    and their spread means something (subsets of every sample would all give the same value)."""
+    return max(2, min(1000, min(n_generated, n_real) // 2))
 
 
 def _vae_metrics(run: LoadedRun, opts: EvalOptions, out: dict, labels: dict) -> None:

@@ -56,12 +56,19 @@ class Context:
     skipped_steps: list = field(default_factory=list)
 
     @property
+    def fingerprint(self) -> str:
+        """Cached steps are valid only for the same recipes and data root."""
+        blob = json.dumps([self.recipes, self.data_root or os.environ.get("EDGEGEN_DATA_DIR", "")], sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
     def eval(self) -> dict:
         return self.recipes["presets"][self.preset]["eval"]
 
     def step(self, name: str, fn: Callable[[], dict]) -> dict:
         """``fn()``'s JSON result, computed once: kept in ``steps/<name>.json``."""
-        path = self.out / "steps" / f"{name}.json"
+        path = self.out / "steps" / self.fingerprint / f"{name}.json"
         if path.is_file() and not self.force:
             self.skipped_steps.append(name)
             return json.loads(path.read_text(encoding="utf-8"))
@@ -99,7 +106,7 @@ class Context:
 
     def trained(self, key: str, seed: int) -> Path:
         """The run folder of recipe ``key`` trained for this preset and seed (trained on first use)."""
-        data = self.model_config(key, seed)
+        data = copy.deepcopy(self.model_config(key, seed))  # never write into the recipes themselves
         teachers = (data.get("distill") or {}).get("teachers") or []
         for t in teachers:
             if isinstance(t.get("init_from"), str) and t["init_from"].startswith("@"):
@@ -456,7 +463,8 @@ def _lightweight(ctx: Context) -> list:
              lambda r, q=qkey: float(pareto_scores([[metric(r, i, q), metric(r, i, "latency_ms_p50"),
                                                      metric(r, i, "bytes_on_disk")] for i in (0, 1)],
                                                    [True, True, True])[1]),
-             "measured", "edgegen's Pareto score over (quality, latency, size) of the pair (edgegen.analysis)")]
+             "FID-proxy" if qkey == "fid_proxy" else "measured",
+             "edgegen's Pareto score over (quality, latency, size) of the pair (edgegen.analysis)")]
         rows += _rows_from(res, spec)
     return rows
 
@@ -554,9 +562,14 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
                          "the paper reports 4.2 M (its exact layer widths are not given).")
         notes.append("Efficiency tables use the paper-size architectures with random weights at every preset.")
     if table in ("quality", "lightweight", "tradeoff"):
-        notes.append("Without the standard Inception weights ($EDGEGEN_FID_WEIGHTS) image quality is FID-proxy, "
-                     "not comparable with published FID. Data: the staged subsets (CIFAR-10 5,085 train / 1,017 test "
-                     "images, CelebA 4,000 images, OpenWebText about 0.5 MB, WikiText-2 test).")
+        if any(r.label == "FID-proxy" for r in rows):
+            notes.append("Without the standard Inception weights ($EDGEGEN_FID_WEIGHTS) image quality is FID-proxy, "
+                         "not comparable with published FID.")
+        notes.append(f"Data: the datasets under {ctx.data_root or os.environ.get('EDGEGEN_DATA_DIR') or 'the data root'}"
+                     " (on the development machines, staged subsets: CIFAR-10 5,085 train / 1,017 test images, "
+                     "CelebA 4,000 images, OpenWebText about 0.5 MB, WikiText-2 test); the row labels give the "
+                     "sample counts used. CIFAR-10 has no validation split: its test split also served to pick "
+                     "the best checkpoint, and the tables use the last one.")
     return notes
 
 
@@ -584,7 +597,8 @@ def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str 
         st = _stat(r.values)
         pv = published.get(r.key)
         paper = "-" if pv is None else (_fmt(pv["value"]) + (f" +- {_fmt(pv['std'])}" if pv.get("std") else ""))
-        lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {r.note} |")
+        note = r.note + (f"; published: {pv['source']}" if pv is not None else "")
+        lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {note} |")
     missing = [k for k in published if k not in {r.key for r in rows}]
     body = "\n".join(lines) + "\n"
     if missing:
@@ -622,11 +636,19 @@ def _tracker(ctx: Context):
     return MLflowTracker(uri, "edgegen-reproduce", f"reproduce-{ctx.preset}", ctx.out)
 
 
-def metric_key(key: str) -> str:
-    """The MLflow metric name of a report row (the same characters MLflow allows)."""
+_LABEL_SUFFIX = {"projected": "_projected", "estimated": "_estimated", "FID-proxy": "_proxy"}
+
+
+def metric_key(key: str, label: str = "measured") -> str:
+    """The MLflow metric name of a report row (the characters MLflow allows), with the row's label
+    (projected / estimated / FID-proxy) in the name unless the name already carries it."""
     from edgegen.tracking import _metric_name
 
-    return _metric_name(key.replace("%", "pct"))
+    name = key.replace("%", "pct")
+    suffix = next((v for k, v in _LABEL_SUFFIX.items() if label.startswith(k)), "")
+    if suffix and suffix.strip("_") not in name:
+        name += suffix
+    return _metric_name(name)
 
 
 def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), out_dir="reproduce",
@@ -672,7 +694,7 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
         if tracker is not None:
             child = tracker.child(name, None)
             child.log_params({"table": name, "preset": preset, "seeds": ",".join(map(str, seeds))})
-            child.log_metrics({metric_key(r.key): _stat(r.values)["mean"] for r in rows}, 0)
+            child.log_metrics({metric_key(r.key, r.label): _stat(r.values)["mean"] for r in rows}, 0)
             child.set_tags({"error": error[:4000]} if error else {"error": ""})
             child.finish("FAILED" if error else "FINISHED")
         if error:

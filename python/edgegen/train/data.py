@@ -167,8 +167,10 @@ def build_batches(cfg: DataConfig, batch_size: int, seed: int, vocab_size: int =
         if official:
             return ImageBatches(CelebA(cfg.root, split="train", image_size=64), batch_size, seed, cfg.val_batches,
                                 cfg.limit, CelebA(cfg.root, split="valid", image_size=64), cfg.val_limit)
-        return ImageBatches(CelebA(cfg.root, split="all", image_size=64), batch_size, seed, cfg.val_batches,
-                            cfg.limit)
+        # Held out from the train and valid partitions: the test partition stays unseen.
+        trainval = torch.utils.data.ConcatDataset([CelebA(cfg.root, split="train", image_size=64),
+                                                   CelebA(cfg.root, split="valid", image_size=64)])
+        return ImageBatches(trainval, batch_size, seed, cfg.val_batches, cfg.limit)
     if cfg.name == "synthetic-tokens":
         n = cfg.limit or max(cfg.synthetic_size * (cfg.seq_len + 1), 20 * batch_size * (cfg.seq_len + 1))
         return TokenBatches(synthetic_tokens(n, vocab_size, seed=1234), batch_size, cfg.seq_len, seed,

@@ -82,7 +82,7 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     parent = make_tracker(first.tracking, sw["name"], out_dir)
     parent.log_params({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds)),
                        "sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
-    results: dict[str, list[float]] = {v: [] for v in variants}
+    results: dict[str, dict[int, float]] = {v: {} for v in variants}  # variant -> seed -> value
     failures: dict[str, str] = {}
     total = len(configs)
     for i, ((variant, seed), cfg) in enumerate(configs.items(), 1):
@@ -94,7 +94,7 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             final = res["final"]
             if sw["metric"] not in final:
                 raise ValueError(f"metric: {sw['metric']!r} is not among the final metrics {sorted(final)}")
-            results[variant].append(float(final[sw["metric"]]))
+            results[variant][seed] = float(final[sw["metric"]])
             child.finish("FINISHED")
         except Exception as exc:  # noqa: BLE001 - one failing variant must not discard the others
             msg = f"{type(exc).__name__}: {exc}"
@@ -103,24 +103,30 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             child.finish("FAILED")
             log(f"  FAILED: {msg.splitlines()[0]}")
     rows = []
-    base_vals = results.get(sw["baseline"], [])
+    base_by_seed = results.get(sw["baseline"], {})
     for variant in variants:
-        vals = results[variant]
+        by_seed = results[variant]
+        vals = [by_seed[s] for s in seeds if s in by_seed]
+        # the paired test compares the same seeds only (a seed that failed on either side is left out)
+        shared = [s for s in seeds if s in by_seed and s in base_by_seed]
+        base_vals, var_vals = [base_by_seed[s] for s in shared], [by_seed[s] for s in shared]
         row = {"variant": variant, "metric_name": _metric_name(variant), "n": len(vals),
                "values": " ".join(f"{v:.6g}" for v in vals), "error": failures.get(variant, "")}
         if vals:
             st = summarize(vals)
             row.update(mean=st.mean, std=st.std if st.n > 1 else None,
                        ci95_low=st.ci_low if st.n >= 3 else None, ci95_high=st.ci_high if st.n >= 3 else None)
-        if variant != sw["baseline"] and len(vals) >= 3 and len(base_vals) == len(vals):
-            t = paired_ttest(base_vals, vals, sw["alpha"])
-            row.update({"diff_vs_baseline": t["mean_diff"], "t": t["t"], "p": t["p"], "significant": t["significant"]})
-        elif variant != sw["baseline"] and vals and len(base_vals) == len(vals):
-            row["diff_vs_baseline"] = sum(vals) / len(vals) - sum(base_vals) / len(base_vals)
+        if variant != sw["baseline"] and len(shared) >= 3:
+            t = paired_ttest(base_vals, var_vals, sw["alpha"])
+            row.update({"diff_vs_baseline": t["mean_diff"], "t": t["t"], "p": t["p"], "significant": t["significant"],
+                        "paired_seeds": len(shared)})
+        elif variant != sw["baseline"] and shared:
+            row["diff_vs_baseline"] = sum(var_vals) / len(shared) - sum(base_vals) / len(shared)
+            row["paired_seeds"] = len(shared)
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["variant", "metric_name", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline", "t", "p",
-              "significant", "values", "error"]
+    fields = ["variant", "metric_name", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline",
+              "paired_seeds", "t", "p", "significant", "values", "error"]
     with open(out_dir / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
