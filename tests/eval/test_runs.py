@@ -245,6 +245,9 @@ def test_onnx_beside_edgegen(env):
     assert m["onnx_max_abs_diff"] < 1e-3 and m["onnx_int8_dynamic_bytes"] < m["onnx_fp32_bytes"]
     assert m["onnxruntime_fp32_latency_ms_p50"] > 0 and m["onnxruntime_int8_dynamic_latency_ms_p50"] > 0
     assert "float weights" in res["labels"]["onnx"]
+    # the VAE decoder's Linear layers are quantized, its ConvTranspose layers are not (dynamic mode)
+    assert 0 < m["onnx_int8_quantized_weight_fraction"] < 1
+    assert "weight tensors in 8 bits" in res["labels"]["onnx"]
 
 
 def test_real_statistics_of_the_test_split_are_cached(env):

@@ -437,7 +437,7 @@ def _profile(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict) -> 
 def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict) -> None:
     import tempfile
 
-    from edgegen.export import export_onnx, onnx_latency, onnx_target, quantize_onnx
+    from edgegen.export import export_onnx, onnx_latency, onnx_target, quantize_onnx, quantized_weights
 
     model = run.model
     from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
@@ -454,6 +454,7 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             int8_bytes = quantize_onnx(fp32.path, Path(d) / "model-int8.onnx", mode="dynamic")
+        n_q, n_w = quantized_weights(fp32.path, Path(d) / "model-int8.onnx")
         lat32 = onnx_latency(fp32.path, inputs, repeats=max(opts.profile_repeats, 5))
         lat8 = onnx_latency(Path(d) / "model-int8.onnx", inputs, repeats=max(opts.profile_repeats, 5))
     metrics.update({"onnx_fp32_bytes": float(fp32.bytes), "onnx_max_abs_diff": fp32.max_abs_diff,
@@ -461,8 +462,10 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
                     "onnx_int8_dynamic_bytes": float(int8_bytes),
                     "onnxruntime_int8_dynamic_latency_ms_p50": lat8["latency_ms_p50"]})
     note = "; ONNX Runtime's dynamic quantizer left it float" if caught else ""
+    metrics["onnx_int8_quantized_weight_fraction"] = n_q / max(n_w, 1)
     labels["onnx"] = (f"ONNX (opset {fp32.opset}) of {source}, batch 1, {lat32['threads']} threads, ONNX Runtime "
-                      f"CPU; INT8 by ONNX Runtime's dynamic quantizer{note}")
+                      f"CPU; INT8 by ONNX Runtime's dynamic quantizer: {n_q} of {n_w} weight tensors in 8 bits"
+                      f"{note}")
 
 
 # ------------------------------------------------------------------------------------ comparison

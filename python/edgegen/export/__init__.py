@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["OnnxExport", "export_onnx", "onnx_target", "quantize_onnx", "onnx_latency", "run_onnx"]
+__all__ = ["OnnxExport", "export_onnx", "onnx_target", "quantize_onnx", "onnx_latency", "run_onnx",
+           "quantized_weights"]
 
 DEFAULT_OPSET = 17
 
@@ -255,6 +256,16 @@ def _quantize(mode, fp32_path, out_path, calibration, per_channel, op_types) -> 
     quantize_static(str(fp32_path), str(out_path), _Reader(names, calibration), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                     calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(op_types))
+
+
+def quantized_weights(fp32_path, int8_path) -> tuple[int, int]:
+    """(weight tensors stored as 8-bit in ``int8_path``, weight tensors of ``fp32_path``): how much
+    of the model ONNX Runtime's quantizer actually converted (its dynamic mode skips
+    ConvTranspose, for one)."""
+    import onnx
+
+    total = sum(1 for t in onnx.load(str(fp32_path)).graph.initializer if len(t.dims) >= 2)
+    return _int8_initializers(int8_path), total
 
 
 def _int8_initializers(path) -> int:
