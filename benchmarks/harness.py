@@ -73,16 +73,9 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+    from edgegen.tracking import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def versions() -> str:

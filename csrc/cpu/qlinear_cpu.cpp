@@ -154,15 +154,6 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& pa
   return int8_linear_impl(input, 0.0, 0, packed, row_sum, weight_scale, bias, n, k);
 }
 
-at::Tensor int8_linear_static_cpu(const at::Tensor& input, double a_scale, int64_t a_zero_point,
-                                  const at::Tensor& packed, const at::Tensor& row_sum, const at::Tensor& weight_scale,
-                                  const std::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  TORCH_CHECK_VALUE(std::isfinite(a_scale) && a_scale > 0, "a_scale: expected a finite value > 0, got ", a_scale);
-  TORCH_CHECK_VALUE(a_zero_point >= 0 && a_zero_point <= 127, "a_zero_point: expected a value in [0, 127] (7-bit "
-                    "activations), got ", a_zero_point);
-  return int8_linear_impl(input, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k);
-}
-
 // a_scale <= 0: dynamic activations (a_zero_point unused); else a finite scale and a 7-bit zero point.
 void check_static_act(double a_scale, int64_t a_zero_point) {
   TORCH_CHECK_VALUE(!std::isnan(a_scale), "a_scale: expected a finite value (> 0 static, <= 0 dynamic), got nan");
@@ -171,6 +162,14 @@ void check_static_act(double a_scale, int64_t a_zero_point) {
     TORCH_CHECK_VALUE(a_zero_point >= 0 && a_zero_point <= 127, "a_zero_point: expected a value in [0, 127] (7-bit "
                       "activations), got ", a_zero_point);
   }
+}
+
+at::Tensor int8_linear_static_cpu(const at::Tensor& input, double a_scale, int64_t a_zero_point,
+                                  const at::Tensor& packed, const at::Tensor& row_sum, const at::Tensor& weight_scale,
+                                  const std::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  TORCH_CHECK_VALUE(a_scale > 0, "a_scale: expected a finite value > 0 (static activations), got ", a_scale);
+  check_static_act(a_scale, a_zero_point);
+  return int8_linear_impl(input, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k);
 }
 
 at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,

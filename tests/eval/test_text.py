@@ -70,8 +70,12 @@ def test_single_window_is_plain_cross_entropy():
     expected = math.exp(F.cross_entropy(logits[:-1].double(), ids[1:]).item())
     got = perplexity(model, ids, context=128, stride=64)
     assert got.windows == 1 and got.tokens_scored == 99
-    # Per-token NLLs from float32 logits (relative error ~1e-7 each), summed in float64.
+    # Against the exact float64 cross-entropy: the float32 per-token NLLs are within ~1e-7 each.
     assert got.perplexity == pytest.approx(expected, rel=2e-6)
+    # Against the same float32 arithmetic (log-sum-exp minus the target logit, summed in float64):
+    # equal to rounding.
+    nll32 = torch.logsumexp(logits[:-1], -1) - logits[:-1].gather(1, ids[1:, None])[:, 0]
+    assert got.perplexity == pytest.approx(math.exp(nll32.double().sum().item() / 99), rel=1e-9)
     prefix = perplexity(model, ids, context=128, stride=64, max_tokens=40)
     assert prefix.label == "first 40 tokens" and prefix.tokens_scored == 39
 

@@ -106,3 +106,4 @@ def test_mse_observer_needs_real_nan_free_data():
         ops.mse_clip_range(torch.randn(8, device="meta"), -1.0, 1.0, -128, 127, 10)
     lo, hi = ops.mse_clip_range(torch.randn(1000), -3.0, 3.0, -128, 127, 20)
     assert -3.0 <= lo < 0 < hi <= 3.0
+

@@ -30,7 +30,7 @@ def test_recipes_cover_every_preset_and_model():
     r = load_recipes()
     assert set(r["presets"]) == {"cpu-smoke", "cpu-small", "paper"}
     for p in r["presets"].values():
-        assert set(p["eval"]) == {"fid_samples", "proxy_epochs", "ppl_max_tokens", "profile_min_time_s", "sweep_images"}
+        assert set(p["eval"]) == {"fid_samples", "proxy_epochs", "ppl_max_tokens", "profile_min_time_s"}
         assert set(p["models"]) <= set(r["models"])
 
 
@@ -72,9 +72,9 @@ TINY = {
     },
     "presets": {
         "paper": {"models": {}, "eval": {"fid_samples": 24, "proxy_epochs": 1, "ppl_max_tokens": 200,
-                                         "profile_min_time_s": 0.0, "sweep_images": 24}},
+                                         "profile_min_time_s": 0.0}},
         "cpu-smoke": {"models": {}, "eval": {"fid_samples": 24, "proxy_epochs": 1, "ppl_max_tokens": 200,
-                                             "profile_min_time_s": 0.0, "sweep_images": 24}},
+                                             "profile_min_time_s": 0.0}},
     },
 }
 

@@ -20,8 +20,6 @@ from torch import Tensor, nn
 from edgegen.ops.distill import check_kd_settings
 
 
-
-
 @dataclass
 class KDConfig:
     """The distillation loss's settings; round-trips through dict/JSON/YAML as is."""

@@ -303,7 +303,7 @@ def _vae_metrics(run: LoadedRun, opts: EvalOptions, out: dict, labels: dict) -> 
     labels["vae"] = f"{n} held-out images ({what}); ELBO terms with one posterior sample per image (seed {opts.seed})"
 
 
-def _lm_tokens(opts: EvalOptions) -> torch.Tensor:
+def _lm_tokens(opts: EvalOptions) -> tuple:
     from edgegen.data.tokenizer import GPT2Tokenizer, download_gpt2_tokenizer
     from edgegen.data.wikitext import WikiText2
 
@@ -475,14 +475,17 @@ COLUMNS = ("fid", "fid_proxy", "kid", "kid_proxy", "vae_recon_ssim", "vae_recon_
            "decode_ms_per_token_p50", "onnxruntime_fp32_latency_ms_p50", "onnxruntime_int8_dynamic_latency_ms_p50")
 
 
-def _fmt(v) -> str:
+def fmt_number(v) -> str:
+    """A table cell: "-" for missing/NaN, scientific for very large or small magnitudes, 4
+    significant digits otherwise (integers as they are). Shared by compare_runs and REPORT.md."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    if isinstance(v, float) and abs(v) >= 1e5:
+    if not isinstance(v, float):
+        return str(v)
+    a = abs(v)
+    if a != 0 and (a >= 1e5 or a < 1e-3):
         return f"{v:.3e}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}"
 
 
 def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) -> dict:
@@ -499,7 +502,7 @@ def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) 
     header = ["run", "form"] + cols
     rows = [[r["name"], r["form"]] + [r["metrics"].get(c) for c in cols] for r in results]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    md += ["| " + " | ".join(fmt_number(v) for v in row) + " |" for row in rows]
     notes = []
     for k in sorted({k for r in results for k in r["labels"]}):
         texts = {r["name"]: r["labels"][k] for r in results if k in r["labels"]}

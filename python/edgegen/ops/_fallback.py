@@ -420,7 +420,7 @@ def magnitude_prune_fallback(weights, grads, num_prune, masks):
         raise ValueError(f"masks: expected one mask per weight ({len(weights)}), got {len(masks)}")
     for w, m, keep in zip(weights, masks, ref.magnitude_mask_reference(weights, grads, num_prune)):
         m.copy_(keep)
-        w.mul_(keep.to(w.dtype))
+        w.masked_fill_(~keep, 0)
 
 
 # --------------------------------------------------------------------------------- registration

@@ -140,8 +140,8 @@ def magnitude_mask_reference(weights: Sequence[Tensor], grads: Sequence[Tensor] 
 
 
 def nm_mask_reference(weight: Tensor, n: int, m: int, dim: int) -> Tensor:
-    if not 1 <= m:
-        raise ValueError(f"m: expected a group size >= 1, got {m}")
+    if not 1 <= m <= 64:  # the C++ kernel's limit, on every dtype and device
+        raise ValueError(f"m: expected a group size in [1, 64], got {m}")
     if not 0 <= n <= m:
         raise ValueError(f"n: expected 0 <= n <= m ({m}), got {n}")
     moved = weight.detach().movedim(dim, -1)

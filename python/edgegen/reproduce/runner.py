@@ -19,7 +19,6 @@ import torch
 __all__ = ["TABLES", "reproduce", "load_papers", "load_recipes"]
 
 TABLES = ("size", "latency", "memory", "power", "headline", "quality", "lightweight", "tradeoff")
-PRESETS = ("cpu-smoke", "cpu-small", "paper")
 DEVICES = ("rpi4", "jetson-nano", "pixel6")
 LAMBDAS = (0.25, 0.5, 0.75)
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -226,12 +225,9 @@ def _stat(values: list) -> dict:
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    a = abs(v)
-    if a != 0 and (a >= 1e5 or a < 1e-3):
-        return f"{v:.3e}"
-    return f"{v:.4g}"
+    from edgegen.eval.runs import fmt_number
+
+    return fmt_number(None if v is None else float(v))
 
 
 def _ours(st: dict) -> str:
@@ -341,6 +337,17 @@ def _headline(ctx: Context) -> list:
     return rows
 
 
+def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
+    """The run folder of ``src`` compressed after training by ``spec`` (built once per reproduction,
+    shared by the tables that need it)."""
+    from edgegen.train.posthoc import compress_from
+
+    dest = Path(f"{src}-{tag}")
+    if ctx.force or not (dest / "checkpoints" / "last.pt").is_file():
+        compress_from(src, spec, dest)
+    return str(dest)
+
+
 def _paired(results: list, baseline: str, variant: str, metric: str, label: str) -> Row | None:
     """The per-seed difference variant - baseline of ``metric``, with a paired t-test over the
     seeds in the note (none below 3 seeds)."""
@@ -369,15 +376,13 @@ def _quality(ctx: Context) -> list:
                 out[key] = _eval(ctx, ctx.trained(key, seed), ("fid",))
             vae = ctx.trained("vae-celeba", seed)
             out["vae-celeba"] = _eval(ctx, vae, ("fid", "vae"))
-            from edgegen.train.posthoc import compress_from
-
-            q = compress_from(vae, {"ptq": {"kind": "Int8DynamicConfig"}}, Path(str(vae) + "-int8"))
-            out["vae-celeba-int8"] = _eval(ctx, q["run_dir"], ("fid", "vae"))
+            out["vae-celeba-int8"] = _eval(ctx, _compressed(ctx, vae, {"ptq": {"kind": "Int8DynamicConfig"}}, "int8"),
+                                           ("fid", "vae"))
             out["gpt2-teacher"] = _eval(ctx, ctx.trained("gpt2-teacher", seed), ("ppl",))
             student = ctx.trained("gpt2-student", seed)
             out["gpt2-student"] = _eval(ctx, student, ("ppl",))
-            sq = compress_from(student, {"ptq": {"kind": "Int8DynamicConfig"}}, Path(str(student) + "-int8"))
-            out["gpt2-student-int8"] = _eval(ctx, sq["run_dir"], ("ppl",))
+            out["gpt2-student-int8"] = _eval(ctx, _compressed(ctx, student, {"ptq": {"kind": "Int8DynamicConfig"}},
+                                                              "int8"), ("ppl",))
             return out
 
         return ctx.step(f"{ctx.preset}/quality/seed{seed}", compute)
@@ -417,7 +422,6 @@ def _quality(ctx: Context) -> list:
 
 def _lightweight(ctx: Context) -> list:
     from edgegen.analysis.tradeoff import pareto_scores
-    from edgegen.train.posthoc import compress_from
 
     def one(seed):
         def compute():
@@ -427,10 +431,10 @@ def _lightweight(ctx: Context) -> list:
                                         _eval(ctx, ctx.trained("dcgan-cifar10-pruned50", seed), ("fid",), profile=True))
             vae = ctx.trained("vae-celeba", seed)
             base = _eval(ctx, vae, ("vae",), profile=True)
-            mag = compress_from(vae, {"prune": {"kind": "MagnitudeConfig", "amount": 0.5}}, Path(str(vae) + "-mag50"))
-            q = compress_from(vae, {"ptq": {"kind": "Int8DynamicConfig"}}, Path(str(vae) + "-int8"))
-            pairs["magnitude_pruning"] = (base, _eval(ctx, mag["run_dir"], ("vae",), profile=True))
-            pairs["int8_ptq"] = (base, _eval(ctx, q["run_dir"], ("vae",), profile=True))
+            mag = _compressed(ctx, vae, {"prune": {"kind": "MagnitudeConfig", "amount": 0.5}}, "mag50")
+            q = _compressed(ctx, vae, {"ptq": {"kind": "Int8DynamicConfig"}}, "int8")
+            pairs["magnitude_pruning"] = (base, _eval(ctx, mag, ("vae",), profile=True))
+            pairs["int8_ptq"] = (base, _eval(ctx, q, ("vae",), profile=True))
             return pairs
 
         return ctx.step(f"{ctx.preset}/lightweight/seed{seed}", compute)
@@ -472,16 +476,14 @@ def _lightweight(ctx: Context) -> list:
 def _tradeoff(ctx: Context) -> list:
     from edgegen.analysis import plots
     from edgegen.analysis.tradeoff import fit_tradeoff, pareto_front
-    from edgegen.train.posthoc import compress_from
 
     def one(seed):
         def compute():
             dense = ctx.trained("dcgan-cifar10", seed)
             points = [dict(ratio=0.0, **_eval(ctx, dense, ("fid",), profile=True)["metrics"])]
             for r in SWEEP:
-                out = compress_from(dense, {"prune": {"kind": "ChannelConfig", "amount": r}},
-                                    Path(f"{dense}-sweep{int(r * 100)}"))
-                points.append(dict(ratio=r, **_eval(ctx, out["run_dir"], ("fid",), profile=True)["metrics"]))
+                out = _compressed(ctx, dense, {"prune": {"kind": "ChannelConfig", "amount": r}}, f"sweep{int(r * 100)}")
+                points.append(dict(ratio=r, **_eval(ctx, out, ("fid",), profile=True)["metrics"]))
             return {"points": points}
 
         return ctx.step(f"{ctx.preset}/tradeoff/seed{seed}", compute)
@@ -574,19 +576,12 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    import platform
+    from edgegen.tracking import cpu_model
 
-    return platform.processor() or "unknown CPU"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
-def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str | None) -> str:
-    papers = load_papers()
+def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str | None, papers: dict) -> str:
     head = (f"## {name}: {spec['title']}\n\n{papers['papers'][spec['paper']]}, {spec['table']}. Preset "
             f"`{ctx.preset}`, seeds {ctx.seeds}.\n\n")
     if error:
@@ -690,7 +685,7 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
             log(traceback.format_exc())
         results[name] = {"rows": [{"key": r.key, "values": r.values, "label": r.label, "note": r.note,
                                    **_stat(r.values)} for r in rows], "error": error}
-        sections.append(_table_markdown(name, papers["tables"][name], rows, ctx, error))
+        sections.append(_table_markdown(name, papers["tables"][name], rows, ctx, error, papers))
         if tracker is not None:
             child = tracker.child(name, None)
             child.log_params({"table": name, "preset": preset, "seeds": ",".join(map(str, seeds))})

@@ -147,7 +147,9 @@ class MLflowTracker:
     run_dir=None, parent=None)``; ``child(name)`` opens a nested run."""
 
     def __init__(self, uri: str | None = None, experiment: str = "edgegen", run_name: str | None = None,
-                 run_dir: str | os.PathLike | None = None, parent: "MLflowTracker | None" = None):
+                 run_dir: str | os.PathLike | None = None, parent: "MLflowTracker | None" = None,
+                 run_id: str | None = None):
+        """``run_id``: log into that existing run instead of opening a new one."""
         _bound_http_retries()
         self.uri = uri or _default_uri()
         self.experiment = experiment
@@ -156,7 +158,7 @@ class MLflowTracker:
         self.parent = parent
         self.failed = False
         self.buffer: list[tuple[str, Any]] = []
-        self.run_id = None
+        self.run_id = run_id
         self._call(self._open, "open the run")
 
     # --------------------------------------------------------------- plumbing
@@ -167,6 +169,9 @@ class MLflowTracker:
 
     def _open(self):
         client = self._client()
+        if self.run_id is not None:  # an existing run (attach_tracker)
+            self.client = client
+            return
         exp = client.get_experiment_by_name(self.experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
         tags = {"edgegen.git_commit": git_commit()}
@@ -306,12 +311,7 @@ def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
     path = Path(run_dir) / RUN_FILE
     if path.is_file():
         info = json.loads(path.read_text(encoding="utf-8"))
-        tracker = MLflowTracker.__new__(MLflowTracker)
-        tracker.uri, tracker.experiment, tracker.run_name = uri or info["uri"], info.get("experiment", experiment), None
-        tracker.run_dir, tracker.parent, tracker.failed, tracker.buffer = None, None, False, []
-        tracker.run_id = info["run_id"]
-        tracker.client = tracker._client()
-        return tracker
+        return MLflowTracker(uri or info["uri"], info.get("experiment", experiment), run_id=info["run_id"])
     tracker = MLflowTracker(uri, experiment, run_name, None)
     tracker.set_tags({"edgegen.run_dir": str(Path(run_dir).resolve())})
     return tracker
