@@ -1,8 +1,14 @@
 // ATen glue for the pruning ops: validate, lay out raw pointers, call the torch-free kernels.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/kthvalue.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -18,8 +24,11 @@ namespace {
 namespace K = edgegen::kernels;
 namespace KP = edgegen::kernels::prune;
 
+// float32/bfloat16/float16 run on the torch-free kernels, which evaluate scores in float32;
+// float64 runs on ATen ops in float64 (the precision the caller asked for), with the same checks
+// and the same tie rules.
 K::DType prune_dtype(const at::Tensor& t, const std::string& name) {
-  return cpu::float_dtype(t.scalar_type(), name, /*allow_f64=*/false);
+  return cpu::float_dtype(t.scalar_type(), name, /*allow_f64=*/true);
 }
 
 using cpu::check_cpu;
@@ -31,6 +40,39 @@ struct Sources {
   std::vector<at::Tensor> weights, grads;
   std::vector<KP::ScoreSource> src;
   int64_t total = 0;
+  bool any_f64 = false;
+
+  // The scores of all sources, concatenated, float64 (each evaluated in its own precision, as
+  // the reference twin does); NaN refused.
+  at::Tensor f64_scores() const {
+    std::vector<at::Tensor> parts;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const bool f64 = weights[i].scalar_type() == at::kDouble;
+      at::Tensor x = weights[i].to(f64 ? at::kDouble : at::kFloat);
+      if (!grads.empty()) x = x.mul(grads[i].to(f64 ? at::kDouble : at::kFloat));
+      parts.push_back(x.abs().reshape(-1).to(at::kDouble));
+    }
+    at::Tensor all = at::cat(parts);
+    const int64_t nans = all.isnan().sum().item<int64_t>();
+    TORCH_CHECK_VALUE(nans == 0, "weights: ", nans, " of the scores are NaN; magnitude pruning needs finite (or "
+                      "infinite) weights");
+    return all;
+  }
+
+  // Bool masks (True = kept) for the num_prune smallest scores, ties in concatenation order.
+  std::vector<at::Tensor> f64_masks(int64_t num_prune) const {
+    const at::Tensor all = f64_scores();
+    at::Tensor keep = at::ones({all.numel()}, all.options().dtype(at::kBool));
+    const at::Tensor order = std::get<1>(at::sort(all, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+    keep.index_fill_(0, order.slice(0, 0, num_prune), false);
+    std::vector<at::Tensor> masks;
+    int64_t off = 0;
+    for (const at::Tensor& w : weights) {
+      masks.push_back(keep.slice(0, off, off + w.numel()).view(w.sizes()).clone());
+      off += w.numel();
+    }
+    return masks;
+  }
 };
 
 // The list ops name their arguments weights[i] / grads[i]; a single-tensor op (magnitude_scores)
@@ -46,6 +88,7 @@ Sources gather(at::TensorList weights, const std::optional<at::TensorList>& grad
     const std::string wn = single ? std::string(wname) : item_name(wname, i);
     check_cpu(weights[i], wn);
     const K::DType dt = prune_dtype(weights[i], wn);
+    s.any_f64 |= dt == K::DType::F64;
     s.weights.push_back(weights[i].contiguous());
     const void* g = nullptr;
     if (grads.has_value()) {
@@ -79,6 +122,7 @@ at::Tensor magnitude_scores_cpu(const at::Tensor& weight, const std::optional<at
   }
   const std::vector<at::Tensor> w{weight};
   Sources s = gather(w, grads, "weight", "grad", true);
+  if (s.any_f64) return (s.grads.empty() ? s.weights[0] : s.weights[0].mul(s.grads[0])).abs();
   at::Tensor out = at::empty_like(s.weights[0]);
   KP::magnitude_scores(s.src[0], out.mutable_data_ptr(), at::get_num_threads());
   return out;
@@ -89,6 +133,7 @@ at::Tensor kth_smallest_score_cpu(at::TensorList weights, std::optional<at::Tens
   Sources s = gather(weights, grads);
   TORCH_CHECK_VALUE(k >= 1 && k <= s.total, "k: expected a value in [1, ", s.total,
                     "] (the number of scores), got ", k);
+  if (s.any_f64) return std::get<0>(at::kthvalue(s.f64_scores(), k)).to(at::kFloat);
   const KP::Selection sel = KP::kth_smallest_score(s.src.data(), int(s.src.size()), k, at::get_num_threads());
   check_nan(sel.num_nan, "of the");
   at::Tensor out = at::empty({}, at::TensorOptions().dtype(at::kFloat));
@@ -117,6 +162,7 @@ std::vector<at::Tensor> magnitude_mask_cpu(at::TensorList weights, std::optional
                                            int64_t num_prune) {
   Sources s = gather(weights, grads);
   check_num_prune(num_prune, s.total);
+  if (s.any_f64) return s.f64_masks(num_prune);
   std::vector<at::Tensor> masks = masks_like(s);
   std::vector<uint8_t*> mp = mask_ptrs(masks);
   check_nan(KP::magnitude_mask(s.src.data(), int(s.src.size()), num_prune, mp.data(), nullptr,
@@ -128,18 +174,36 @@ void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> g
                          at::TensorList masks) {
   TORCH_CHECK_VALUE(masks.size() == weights.size(), "masks: expected one mask per weight (", weights.size(),
                     "), got ", masks.size());
+  bool fused = true;  // every weight and mask contiguous: masks and zeros written in one sweep
   for (size_t i = 0; i < weights.size(); ++i) {
-    TORCH_CHECK_VALUE(weights[i].is_contiguous(), item_name("weights", i),
-                      ": expected a contiguous tensor (it is pruned in place)");
     const std::string mn = item_name("masks", i);
     check_cpu(masks[i], mn);
     TORCH_CHECK_TYPE(masks[i].scalar_type() == at::kBool, mn, ": expected a bool tensor, got ",
                      masks[i].scalar_type());
-    TORCH_CHECK_VALUE(masks[i].sizes() == weights[i].sizes() && masks[i].is_contiguous(), mn,
-                      ": expected a contiguous tensor of shape ", weights[i].sizes(), ", got ", masks[i].sizes());
+    TORCH_CHECK_VALUE(masks[i].sizes() == weights[i].sizes(), mn, ": expected shape ", weights[i].sizes(), ", got ",
+                      masks[i].sizes());
+    fused = fused && weights[i].is_contiguous() && masks[i].is_contiguous();
   }
   Sources s = gather(weights, grads);
   check_num_prune(num_prune, s.total);
+  if (s.any_f64 || !fused) {
+    // Masks first (nothing is written if they fail), then the pruned entries zeroed through the
+    // weights' own strides.
+    std::vector<at::Tensor> keep;
+    if (s.any_f64) {
+      keep = s.f64_masks(num_prune);
+    } else {
+      keep = masks_like(s);
+      std::vector<uint8_t*> kp = mask_ptrs(keep);
+      check_nan(KP::magnitude_mask(s.src.data(), int(s.src.size()), num_prune, kp.data(), nullptr,
+                                   at::get_num_threads()), "of the");
+    }
+    for (size_t i = 0; i < weights.size(); ++i) {
+      masks[i].copy_(keep[i]);
+      weights[i].masked_fill_(keep[i].logical_not(), 0);
+    }
+    return;
+  }
   std::vector<uint8_t*> mp;
   for (const at::Tensor& m : masks) mp.push_back(reinterpret_cast<uint8_t*>(m.data_ptr<bool>()));
   std::vector<void*> out;
@@ -157,6 +221,16 @@ at::Tensor nm_mask_cpu(const at::Tensor& weight, int64_t n, int64_t m, int64_t d
   const int64_t k = weight.size(dim);
   TORCH_CHECK_VALUE(k % m == 0, "weight: size ", k, " of dim ", dim, " is not a multiple of m (", m, ")");
   const at::Tensor moved = weight.movedim(dim, -1).contiguous();
+  if (dt == K::DType::F64) {
+    const at::Tensor groups = moved.abs().reshape({-1, m});
+    const int64_t nans = groups.isnan().sum().item<int64_t>();
+    TORCH_CHECK_VALUE(nans == 0, "weight: ", nans, " entries are NaN; N:M pruning needs non-NaN weights");
+    // Stable descending order: equal magnitudes keep the lower index.
+    const at::Tensor order = std::get<1>(at::sort(groups, /*stable=*/true, /*dim=*/1, /*descending=*/true));
+    at::Tensor keep = at::zeros(groups.sizes(), groups.options().dtype(at::kBool));
+    keep.scatter_(1, order.slice(1, 0, n), true);
+    return keep.view(moved.sizes()).movedim(-1, dim).contiguous();
+  }
   at::Tensor mask = at::empty(moved.sizes(), moved.options().dtype(at::kBool));
   const int64_t rows = k == 0 ? 0 : moved.numel() / k;
   const int64_t nans = KP::nm_mask(moved.const_data_ptr(), dt, rows, k, int(n), int(m),
@@ -180,6 +254,11 @@ at::Tensor channel_norms_cpu(const at::Tensor& weight, int64_t dim, int64_t p, c
     TORCH_CHECK_VALUE(grad->sizes() == weight.sizes(), "grad: expected shape ", weight.sizes(),
                       " (that of weight), got ", grad->sizes());
     g = grad->contiguous();
+  }
+  if (dt == K::DType::F64) {
+    if (w.numel() == 0) return at::zeros({w.size(dim)}, w.options().dtype(at::kFloat));
+    const at::Tensor x = (g.defined() ? w.mul(g) : w).movedim(dim, 0).reshape({w.size(dim), -1});
+    return at::linalg_vector_norm(x, double(p), at::IntArrayRef{1}).to(at::kFloat);
   }
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < dim; ++d) outer *= w.size(d);

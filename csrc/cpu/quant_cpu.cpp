@@ -56,7 +56,7 @@ Params params(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& ze
   TORCH_CHECK_VALUE(zero_point.dim() <= 1 && zero_point.numel() == c, "zero_point: expected ", c,
                     " values, got shape ", zero_point.sizes());
   TORCH_CHECK_TYPE(scale.is_floating_point(), "scale: expected a floating-point tensor, got ", scale.scalar_type());
-  TORCH_CHECK_TYPE(!zero_point.is_floating_point() && zero_point.scalar_type() != at::kBool,
+  TORCH_CHECK_TYPE(!zero_point.is_floating_point() && !zero_point.is_complex() && zero_point.scalar_type() != at::kBool,
                    "zero_point: expected an integer tensor, got ", zero_point.scalar_type());
   const at::Tensor sd = scale.to(at::kDouble).contiguous();
   const at::Tensor zd = zero_point.to(at::kLong).contiguous();
@@ -79,6 +79,13 @@ void check_range(int64_t qmin, int64_t qmax, int64_t lo, int64_t hi, const char*
                     " <= quant_min < quant_max <= ", hi, " for ", what, ", got [", qmin, ", ", qmax, "]");
 }
 
+// NaN has no integer code and no defined scale or zero-point gradient: those ops refuse it.
+void check_no_nan_input(const at::Tensor& x, const char* why) {
+  if (x.numel() == 0) return;
+  const int64_t nan = at::isnan(x).sum().item<int64_t>();
+  TORCH_CHECK_VALUE(nan == 0, "input: ", nan, " values are NaN; ", why);
+}
+
 void check_zero_points_in_range(const Params& p, int64_t qmin, int64_t qmax) {
   for (size_t i = 0; i < p.zero_point.size(); ++i) {
     TORCH_CHECK_VALUE(p.zero_point[i] >= qmin && p.zero_point[i] <= qmax, "zero_point: value ", p.zero_point[i],
@@ -98,6 +105,7 @@ at::Tensor quantize_affine_cpu(const at::Tensor& input, const at::Tensor& scale,
   const Params p = params(input, scale, zero_point, axis);
   check_zero_points_in_range(p, quant_min, quant_max);
   const at::Tensor x = input.contiguous();
+  check_no_nan_input(x, "NaN has no integer code");
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
   KQ::quantize(x.const_data_ptr(), dt, p.layout, p.scale.data(), p.zero_point.data(), int32_t(quant_min),
                int32_t(quant_max), is_unsigned, out.mutable_data_ptr(), at::get_num_threads());
@@ -150,6 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   const Params p = params(input, scale, zero_point, axis);
   check_zero_points_in_range(p, quant_min, quant_max);
   const at::Tensor x = input.contiguous(), g = grad.contiguous();
+  check_no_nan_input(x, "the scale and zero-point gradients are undefined at NaN");
   at::Tensor dx = at::empty_like(x);
   std::vector<double> ds(size_t(p.layout.channels)), dz(size_t(p.layout.channels));
   KQ::fake_quantize_learnable_backward(x.const_data_ptr(), g.const_data_ptr(), dt, p.layout, p.scale.data(),

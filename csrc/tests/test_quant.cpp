@@ -49,6 +49,21 @@ TEST(Quantize, PerChannelLayoutDequantizeAndFakeQuantizeAgree) {
   }
 }
 
+TEST(Quantize, FakeQuantizeKeepsNanWithMaskZeroAndSaturatesInfinities) {
+  const float nan = std::nanf(""), inf = INFINITY;
+  const std::vector<float> x{nan, inf, -inf, 0.26f};
+  const float scale = 0.1f;
+  const int32_t zp = 0;
+  std::vector<float> out(4);
+  std::vector<uint8_t> mask(4, 7);
+  KQ::fake_quantize(x.data(), K::DType::F32, {1, 1, 4}, &scale, &zp, -10, 10, out.data(), mask.data(), 1);
+  EXPECT_TRUE(std::isnan(out[0]));
+  EXPECT_FLOAT_EQ(out[1], 1.0f);
+  EXPECT_FLOAT_EQ(out[2], -1.0f);
+  EXPECT_FLOAT_EQ(out[3], 0.3f);
+  EXPECT_EQ(mask, (std::vector<uint8_t>{0, 0, 0, 1}));
+}
+
 TEST(Quantize, LearnableBackwardMatchesLoop) {
   std::vector<float> x{-3.0f, -0.31f, 0.0f, 0.2f, 0.7f, 5.0f}, dy{1.0f, 2.0f, -1.0f, 0.5f, 3.0f, -2.0f}, dx(6);
   const float scale = 0.1f;

@@ -47,3 +47,33 @@ def test_quantized_gpt2_runs_on_cuda():
     # Float ops between the integer GEMMs (layer norm, GELU, softmax) round differently on the GPU,
     # which can move an activation across a quantization step: a few hundredths at most.
     torch.testing.assert_close(gpu.float().cpu(), cpu.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_every_quantized_layer_and_pruning_op_on_cuda_matches_cpu():
+    """The dispatcher gives CUDA the PyTorch kernels (no Python device branch anywhere): INT8
+    convolutions (direct, phases, col2im), INT4, observers and the pruning ops give the CPU's
+    results on the GPU."""
+    from torch import nn
+
+    from edgegen.ops import prune as P
+    from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d
+    from edgegen.quant.observers import MinMaxObserver, PercentileObserver
+
+    torch.manual_seed(0)
+    layers = [(Int8Conv2d.from_float(nn.Conv2d(3, 16, 4, 2, 1)), torch.randn(2, 3, 9, 8)),
+              (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 16, 4, 2, 1)), torch.randn(2, 8, 5, 6)),
+              (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 3, 4, 2, 1)), torch.randn(2, 8, 5, 6)),
+              (Int4Linear.from_float(nn.Linear(128, 24), group_size=32), torch.randn(3, 128))]
+    for layer, x in layers:
+        cpu = layer(x)
+        torch.testing.assert_close(layer.to(DEV)(x.to(DEV)).cpu(), cpu, rtol=1e-5, atol=1e-5)
+    x = torch.randn(64, 16)
+    for make in (lambda: MinMaxObserver(axis=1), lambda: PercentileObserver(bins=128)):
+        a, b = make(), make().to(DEV)
+        a(x)
+        b(x.to(DEV))
+        for u, v in zip(a.calculate_qparams(), b.calculate_qparams()):
+            torch.testing.assert_close(v.cpu(), u)
+    w = torch.randn(30, 20)
+    assert torch.equal(P.magnitude_mask([w.to(DEV)], 100)[0].cpu(), P.magnitude_mask([w], 100)[0])
+    assert torch.equal(P.nm_mask(w.to(DEV), 2, 4, 1).cpu(), P.nm_mask(w, 2, 4, 1))

@@ -102,10 +102,39 @@ def test_non_contiguous_inputs():
     assert torch.equal(P.magnitude_mask([w], 500)[0], magnitude_mask_reference([w], None, 500)[0])
     assert torch.equal(P.nm_mask(w, 2, 4, 0), nm_mask_reference(w, 2, 4, 0))
     assert torch.allclose(P.channel_norms(w, 1, 2), channel_norms_reference(w, 1, 2), rtol=1e-6)
-    # In place on a non-contiguous weight: the wrapper falls back to masked_fill_.
+    # In place on a non-contiguous weight: the op zeroes through the weight's own strides.
     b = w.clone()
     m = P.magnitude_prune_([w], 500)[0]
     assert torch.equal(w, torch.where(m, b, torch.zeros_like(b)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_in_place_op_takes_non_contiguous_weights_and_masks(dtype):
+    ws = [torch.randn(20, 30, dtype=dtype).t(), torch.randn(50, dtype=dtype)[::2]]
+    masks = [torch.ones(20, 30, dtype=torch.bool).t(), torch.ones(50, dtype=torch.bool)[::2]]
+    before = [w.clone() for w in ws]
+    torch.ops.edgegen.magnitude_prune_(ws, None, 123, masks)
+    for w, b, m, r in zip(ws, before, masks, magnitude_mask_reference(before, None, 123)):
+        assert torch.equal(m, r)
+        assert torch.equal(w, torch.where(r, b, torch.zeros_like(b)))
+
+
+def test_float64_runs_on_the_cpu_op_itself():
+    """float64 is the op's own CPU path (no wrapper-side reroute): equal to the float64 twins."""
+    w, g = torch.randn(12, 16, dtype=torch.float64), torch.randn(12, 16, dtype=torch.float64)
+    # Two values equal in float32 but not in float64: the float64 order must decide.
+    w[0, 0], w[0, 1] = 1.0 + 2.0 ** -40, 1.0
+    assert torch.equal(torch.ops.edgegen.nm_mask(w, 1, 2, 1), nm_mask_reference(w, 1, 2, 1))
+    assert bool(torch.ops.edgegen.nm_mask(w, 1, 2, 1)[0, 0]) and not bool(torch.ops.edgegen.nm_mask(w, 1, 2, 1)[0, 1])
+    for k in (0, 1, 77, 192):
+        got = torch.ops.edgegen.magnitude_mask([w, w[:3]], [g, g[:3]], k)
+        for a, b in zip(got, magnitude_mask_reference([w, w[:3]], [g, g[:3]], k)):
+            assert torch.equal(a, b)
+    assert torch.equal(torch.ops.edgegen.magnitude_scores(w, g), (w * g).abs())
+    assert torch.ops.edgegen.kth_smallest_score([w], None, 5).item() == kth_smallest_score_reference([w], None, 5).item()
+    torch.testing.assert_close(torch.ops.edgegen.channel_norms(w, 1, 2, g), channel_norms_reference(w, 1, 2, g),
+                               rtol=1e-6, atol=0)
+    assert torch.equal(torch.ops.edgegen.channel_norms(w[:0], 1, 1, None), torch.zeros(16))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -151,6 +180,10 @@ OPCHECK_ARGS = [
     (torch.ops.edgegen.nm_mask, (torch.randn(8, 3, 2), 4, 8, 0)),
     (torch.ops.edgegen.channel_norms, (torch.randn(4, 3, 2), 1, 2, None)),
     (torch.ops.edgegen.channel_norms, (torch.randn(4, 3, 2), 0, 1, torch.randn(4, 3, 2))),
+    (torch.ops.edgegen.channel_norms, (torch.randn(4, 3, 2).double(), 2, 2, None)),
+    (torch.ops.edgegen.nm_mask, (torch.randn(6, 8).double(), 2, 4, 1)),
+    (torch.ops.edgegen.magnitude_mask, ([torch.randn(5, 4).double(), torch.randn(7)], None, 9)),
+    (torch.ops.edgegen.magnitude_scores, (torch.randn(5, 4).double(), torch.randn(5, 4).double())),
 ]
 
 
@@ -179,8 +212,8 @@ def test_torch_compile_fullgraph():
     (lambda: P.magnitude_mask([torch.randn(4)], 1, [torch.randn(5)]), ValueError, r"grads\[0\]"),
     (lambda: torch.ops.edgegen.magnitude_mask([torch.arange(4)], None, 1), TypeError, r"weights\[0\]"),
     (lambda: torch.ops.edgegen.magnitude_mask([torch.randn(4)], [torch.randn(4).double()], 1), TypeError, r"grads\[0\]"),
-    (lambda: torch.ops.edgegen.magnitude_prune_([torch.randn(4, 4).t()], None, 1,
-                                                [torch.empty(4, 4, dtype=torch.bool)]), ValueError, "contiguous"),
+    (lambda: torch.ops.edgegen.magnitude_prune_([torch.randn(4, 4)], None, 1,
+                                                [torch.empty(4, 3, dtype=torch.bool)]), ValueError, r"masks\[0\]"),
     (lambda: torch.ops.edgegen.magnitude_prune_([torch.randn(4)], None, 1, [torch.empty(4)]), TypeError, r"masks\[0\]"),
     (lambda: torch.ops.edgegen.magnitude_prune_([torch.randn(4)], None, 1, []), ValueError, "masks"),
     (lambda: P.kth_smallest_score([torch.randn(4)], 0), ValueError, "k"),

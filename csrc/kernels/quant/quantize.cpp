@@ -73,7 +73,13 @@ void fake_quantize(const void* x, DType dtype, Layout l, const float* scale, con
       const float s = scale[c], inv = 1.0f / s;
       const int64_t zp = zero_point[c];
       for (int64_t i = b; i < e; ++i) {
-        const int64_t q = round_scaled(float(to_float(in[i])), inv) + zp;
+        const float xv = float(to_float(in[i]));
+        if (xv != xv) {  // NaN stays NaN and passes no gradient
+          store_float(o + i, xv);
+          if (mask) mask[i] = 0;
+          continue;
+        }
+        const int64_t q = round_scaled(xv, inv) + zp;
         const int64_t qc = std::min<int64_t>(std::max<int64_t>(q, qmin), qmax);
         store_float(o + i, float(qc - zp) * s);
         if (mask) mask[i] = uint8_t(q >= qmin && q <= qmax);

@@ -29,6 +29,7 @@ void dequantize(const void* q, bool is_unsigned, Layout l, const float* scale, c
 
 // out = fake-quantized x (same dtype); mask[i] = 1 where nearbyint(x * inv_scale) + zero_point
 // lies in [qmin, qmax] (the straight-through gradient passes there), may be null.
+// NaN inputs give NaN outputs and mask 0.
 void fake_quantize(const void* x, DType dtype, Layout l, const float* scale, const int32_t* zero_point,
                    int32_t qmin, int32_t qmax, void* out, uint8_t* mask, int num_threads);
 

@@ -4,7 +4,8 @@ They are registered with the dispatcher (see :func:`register`), so ``torch.ops.e
 one entry point on every device: the C++ CPU and CUDA kernels (``TORCH_LIBRARY_IMPL``) take
 precedence for their devices, and these serve the rest.
 
-* ``CompositeExplicitAutograd`` (any device without a kernel of its own): the KD losses computed
+* ``CompositeExplicitAutograd`` (any device without a kernel of its own): the pruning and
+  quantization ops (:mod:`edgegen.ops._fallback_quant`); the KD losses computed
   in row chunks, the gradient written once into the output and no other [N, V] intermediate; the
   attention ops through the O(n^2) reference (out, lse) and an analytic backward.
 * ``AutogradCUDA`` for the attention ops: the native CUDA kernels (when built) for what they take
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgegen.ops import _reference as ref
+from edgegen.ops._fallback_quant import FALLBACKS
 
 # Rows per chunk: about this many logits at a time, at least 1 row.
 _CHUNK_LOGITS = 1 << 24
@@ -170,6 +172,9 @@ def fused_linear_kd_loss_fallback(student_hidden, student_weight, student_bias, 
     vocab = student_weight.shape[0]
     if tuple(teacher_weight.shape) != (vocab, Ht):
         raise ValueError(f"teacher_weight: expected shape [{vocab}, {Ht}], got {list(teacher_weight.shape)}")
+    for name, b in (("student_bias", student_bias), ("teacher_bias", teacher_bias)):
+        if b is not None and (b.dim() != 1 or b.shape[0] != vocab):
+            raise ValueError(f"{name}: expected shape [{vocab}], got {list(b.shape)}")
     lead = student_hidden.shape[:-1]
     if teacher_hidden.shape[:-1] != lead:
         raise ValueError(f"teacher_hidden: expected leading shape {list(lead)} (student_hidden's), got "
@@ -250,6 +255,28 @@ def _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_
             raise IndexError(f"block_layout: expected query blocks in [0, {nqb}) and key blocks in [0, {nkb})")
 
 
+def check_backward_inputs(grad_out, out, lse, q) -> None:
+    """The backward's extra inputs: grad_out and out shaped and typed like q, lse [B, H, n]
+    (float32, float64 for float64 q), as the C++ kernels check them."""
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor [batch, heads, length, head_dim], got {t.dim()}-D of "
+                             f"shape {list(t.shape)}")
+        if t.device != q.device:
+            raise RuntimeError(f"{name}: expected a tensor on {q.device} (that of q), got one on {t.device}")
+    if lse.device != q.device:
+        raise RuntimeError(f"lse: expected a tensor on {q.device} (that of q), got one on {lse.device}")
+    if grad_out.shape != q.shape or out.shape != q.shape:
+        raise ValueError(f"grad_out, out: expected the shape of q {list(q.shape)}, got {list(grad_out.shape)} and "
+                         f"{list(out.shape)}")
+    if grad_out.dtype != q.dtype or out.dtype != q.dtype:
+        raise TypeError(f"grad_out, out: expected the dtype of q ({q.dtype}), got {grad_out.dtype} and {out.dtype}")
+    want = _compute_dtype(q.dtype)
+    if lse.dtype != want or tuple(lse.shape) != tuple(q.shape[:3]):
+        raise ValueError(f"lse: expected the {want} log-sum-exp of shape {list(q.shape[:3])} from the forward op, "
+                         f"got {lse.dtype} {list(lse.shape)}")
+
+
 def swa_fallback(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
     _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
     return ref.sliding_window_attention_reference(q, k, v, window, num_global, causal, scale, q_offset,
@@ -260,6 +287,7 @@ def swa_backward_fallback(grad_out, q, k, v, out, lse, window, num_global, causa
                           block_size):
     """dq, dk, dv of the reference: P recomputed from lse, dS = P (dP - rowsum(dO * O))."""
     _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
+    check_backward_inputs(grad_out, out, lse, q)
     cdt = _compute_dtype(q.dtype)
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -387,6 +415,7 @@ def swa_backward_autograd_cuda(grad_out, q, k, v, out, lse, window, num_global, 
     """The backward op on CUDA: the native kernel where it applies, else the forward recomputed
     through FlexAttention (or the reference) and differentiated."""
     _check_attention(q, k, v, window, num_global, q_offset, block_layout, block_size)
+    check_backward_inputs(grad_out, out, lse, q)
     if _native_applies(q, block_layout):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.edgegen.sliding_window_attention_backward(
@@ -445,5 +474,7 @@ def register() -> None:
     lib.impl("fused_linear_kd_loss", fused_linear_kd_loss_fallback, "CompositeExplicitAutograd")
     lib.impl("sliding_window_attention", swa_fallback, "CompositeExplicitAutograd")
     lib.impl("sliding_window_attention_backward", swa_backward_fallback, "CompositeExplicitAutograd")
+    for name, fn in FALLBACKS.items():
+        lib.impl(name, fn, "CompositeExplicitAutograd")
     lib.impl("sliding_window_attention", swa_autograd_cuda, "AutogradCUDA")
     lib.impl("sliding_window_attention_backward", swa_backward_autograd_cuda, "AutogradCUDA")

@@ -181,11 +181,17 @@ def _qparams(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None):
     return s, (1.0 / s), zero_point.detach().to(torch.int64).reshape(shape)
 
 
+def _rounded(v: Tensor) -> Tensor:
+    """round-half-even to int64, saturated far outside every integer range (so +-inf clamp to
+    the range's ends like the C++ kernels' values do); NaN is the callers' to handle."""
+    return torch.round(v).clamp(-(2.0 ** 62), 2.0 ** 62).nan_to_num(0.0).to(torch.int64)
+
+
 def quantize_affine_reference(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None, quant_min: int,
                               quant_max: int, dtype: torch.dtype) -> Tensor:
     """clamp(round_half_even(x * (1.0f / scale)) + zero_point, quant_min, quant_max), in float32."""
     _, inv, zp = _qparams(x, scale, zero_point, axis)
-    q = torch.round(x.detach().to(torch.float32) * inv).to(torch.int64) + zp
+    q = _rounded(x.detach().to(torch.float32) * inv) + zp
     return q.clamp(quant_min, quant_max).to(dtype)
 
 
@@ -198,10 +204,12 @@ def dequantize_affine_reference(q: Tensor, scale: Tensor, zero_point: Tensor, ax
 def fake_quantize_affine_reference(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None, quant_min: int,
                                    quant_max: int) -> tuple[Tensor, Tensor]:
     s, inv, zp = _qparams(x, scale, zero_point, axis)
-    q = torch.round(x.detach().to(torch.float32) * inv).to(torch.int64) + zp
-    mask = (q >= quant_min) & (q <= quant_max)
+    xf = x.detach().to(torch.float32)
+    nan = torch.isnan(xf)
+    q = _rounded(xf * inv) + zp
+    mask = (q >= quant_min) & (q <= quant_max) & ~nan
     out = (q.clamp(quant_min, quant_max) - zp).to(torch.float32) * s
-    return out.to(x.dtype), mask
+    return torch.where(nan, xf, out).to(x.dtype), mask  # NaN stays NaN (and passes no gradient)
 
 
 def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor,
@@ -211,12 +219,12 @@ def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: T
     s, inv, zp = _qparams(x, scale, zero_point, axis)
     xf = x.detach().to(torch.float32)
     g = grad.detach().to(torch.float64)
-    qu = torch.round(xf * inv).to(torch.int64) + zp
+    qu = _rounded(xf * inv) + zp
     edge = (qu < quant_min) | (qu > quant_max)
     q = qu.clamp(quant_min, quant_max)
     xhat = (q - zp).to(torch.float32) * s
     ds = torch.where(edge, (q - zp).double(), ((xhat - xf) * inv).double()) * g
-    dz = torch.where(edge, -s.double().expand_as(g), torch.zeros((), dtype=torch.float64)) * g
+    dz = torch.where(edge, -s.double() * g, torch.zeros((), dtype=torch.float64))  # 0 inside, whatever g is
     dims = [d for d in range(x.dim()) if d != axis] if axis is not None else list(range(x.dim()))
     red = lambda t: (t.sum(dim=dims) if dims else t).reshape(-1) * grad_factor  # noqa: E731
     dx = torch.where(edge, torch.zeros((), dtype=grad.dtype), grad.detach()).to(x.dtype)

@@ -1,5 +1,6 @@
-"""Python side of the pruning ops: fake kernels, and wrappers that use the C++ kernels on CPU
-(float32/bfloat16/float16) and the reference twins elsewhere (other devices, float64)."""
+"""Python side of the pruning ops: fake kernels, and the public wrappers (argument checks, then
+the op; the dispatcher picks the C++ CPU kernel or the reference twin registered for other
+devices in :mod:`edgegen.ops._fallback`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ from torch import Tensor
 
 from edgegen.ops._args import as_int, check_real, check_writable
 from edgegen.ops._fake import register_fake
-from edgegen.ops import _reference as ref
-
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @register_fake("edgegen::magnitude_scores")
@@ -45,11 +43,6 @@ def _(weight, dim, p, grad):
     return weight.new_empty((weight.shape[dim],), dtype=torch.float32)
 
 
-def _use_kernel(*tensors: Tensor | None) -> bool:
-    ts = [t for t in tensors if t is not None]
-    return bool(ts) and all(t.device.type == "cpu" and t.dtype in _KERNEL_DTYPES for t in ts)
-
-
 def _detached(ts: Sequence[Tensor] | None) -> list[Tensor] | None:
     return None if ts is None else [t.detach() for t in ts]
 
@@ -65,9 +58,7 @@ def magnitude_scores(weight: Tensor, grad: Tensor | None = None) -> Tensor:
     """|weight|, or |weight * grad| (first-order Taylor importance), in weight's dtype."""
     check_real(weight, "weight")
     check_real(grad, "grad")
-    if _use_kernel(weight, grad):
-        return torch.ops.edgegen.magnitude_scores(weight.detach(), None if grad is None else grad.detach())
-    return ref.magnitude_scores_reference(weight, grad)
+    return torch.ops.edgegen.magnitude_scores(weight.detach(), None if grad is None else grad.detach())
 
 
 def kth_smallest_score(weights: Sequence[Tensor], k: int, grads: Sequence[Tensor] | None = None) -> Tensor:
@@ -78,9 +69,7 @@ def kth_smallest_score(weights: Sequence[Tensor], k: int, grads: Sequence[Tensor
         raise ValueError("weights: expected at least one tensor")
     _real(weights, grads)
     k = as_int(k, "k")
-    if _use_kernel(*weights, *(grads or [])):
-        return torch.ops.edgegen.kth_smallest_score(_detached(weights), _detached(grads), k)
-    return ref.kth_smallest_score_reference(weights, grads, k)
+    return torch.ops.edgegen.kth_smallest_score(_detached(weights), _detached(grads), k)
 
 
 def magnitude_mask(weights: Sequence[Tensor], num_prune: int, grads: Sequence[Tensor] | None = None) -> list[Tensor]:
@@ -92,9 +81,7 @@ def magnitude_mask(weights: Sequence[Tensor], num_prune: int, grads: Sequence[Te
         return []
     _real(weights, grads)
     num_prune = as_int(num_prune, "num_prune")
-    if _use_kernel(*weights, *(grads or [])):
-        return list(torch.ops.edgegen.magnitude_mask(_detached(weights), _detached(grads), num_prune))
-    return ref.magnitude_mask_reference(weights, grads, num_prune)
+    return list(torch.ops.edgegen.magnitude_mask(_detached(weights), _detached(grads), num_prune))
 
 
 @torch.no_grad()
@@ -108,13 +95,8 @@ def magnitude_prune_(weights: Sequence[Tensor], num_prune: int, grads: Sequence[
     for i, w in enumerate(weights):
         check_writable(w, f"weights[{i}]")
     num_prune = as_int(num_prune, "num_prune")
-    if _use_kernel(*weights, *(grads or [])) and all(w.is_contiguous() for w in weights):
-        masks = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
-        torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), num_prune, masks)
-        return masks
-    masks = magnitude_mask(weights, num_prune, grads)
-    for w, m in zip(weights, masks):
-        w.masked_fill_(~m, 0)
+    masks = [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
+    torch.ops.edgegen.magnitude_prune_(_detached(weights), _detached(grads), num_prune, masks)
     return masks
 
 
@@ -123,9 +105,7 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     are kept (ties keep the lower index). 0 <= n <= m <= 64 on every device and dtype."""
     check_real(weight, "weight")
     n, m, dim = as_int(n, "n"), as_int(m, "m"), as_int(dim, "dim")
-    if _use_kernel(weight):
-        return torch.ops.edgegen.nm_mask(weight.detach(), n, m, dim)
-    return ref.nm_mask_reference(weight, n, m, dim)
+    return torch.ops.edgegen.nm_mask(weight.detach(), n, m, dim)
 
 
 def channel_norms(weight: Tensor, dim: int = 0, p: int = 1, grad: Tensor | None = None) -> Tensor:
@@ -134,6 +114,4 @@ def channel_norms(weight: Tensor, dim: int = 0, p: int = 1, grad: Tensor | None 
     check_real(weight, "weight")
     check_real(grad, "grad")
     dim, p = as_int(dim, "dim"), as_int(p, "p")
-    if _use_kernel(weight, grad):
-        return torch.ops.edgegen.channel_norms(weight.detach(), dim, p, None if grad is None else grad.detach())
-    return ref.channel_norms_reference(weight, dim, p, grad)
+    return torch.ops.edgegen.channel_norms(weight.detach(), dim, p, None if grad is None else grad.detach())

@@ -1,5 +1,6 @@
-"""Python side of the quantization ops: fake kernels, autograd, and wrappers that use the C++
-kernels on CPU and the reference twins elsewhere."""
+"""Python side of the quantization ops: fake kernels, autograd, and thin wrappers over the ops
+(the dispatcher picks the C++ CPU kernel or the PyTorch kernel registered for other devices in
+:mod:`edgegen.ops._fallback_quant`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import torch
 from torch import Tensor
 
 from edgegen.ops._fake import register_fake
-from edgegen.ops import _reference as ref
 
 
 @register_fake("edgegen::mse_clip_range")
@@ -52,27 +52,17 @@ def _fq_backward(ctx, grad_out, grad_mask):
 torch.library.register_autograd("edgegen::fake_quantize_affine", _fq_backward, setup_context=_fq_setup)
 
 
-def _cpu(*ts: Tensor) -> bool:
-    return all(t.device.type == "cpu" for t in ts)
-
-
 def quantize_affine(x, scale, zero_point, axis, quant_min, quant_max, dtype):
-    if _cpu(x):
-        return torch.ops.edgegen.quantize_affine(x.detach(), scale, zero_point, axis, quant_min, quant_max, dtype)
-    return ref.quantize_affine_reference(x, scale, zero_point, axis, quant_min, quant_max, dtype)
+    return torch.ops.edgegen.quantize_affine(x.detach(), scale, zero_point, axis, quant_min, quant_max, dtype)
 
 
 def dequantize_affine(q, scale, zero_point, axis, out_dtype):
-    if _cpu(q):
-        return torch.ops.edgegen.dequantize_affine(q, scale, zero_point, axis, out_dtype)
-    return ref.dequantize_affine_reference(q, scale, zero_point, axis, out_dtype)
+    return torch.ops.edgegen.dequantize_affine(q, scale, zero_point, axis, out_dtype)
 
 
 def fake_quantize_affine(x, scale, zero_point, axis, quant_min, quant_max):
-    if _cpu(x):
-        return torch.ops.edgegen.fake_quantize_affine(x, scale, zero_point, axis, quant_min, quant_max)[0]
-    out, mask = ref.fake_quantize_affine_reference(x, scale, zero_point, axis, quant_min, quant_max)
-    return out.detach() + (x - x.detach()) * mask  # the value of out, the gradient of x times the mask
+    """Straight-through gradient (the op's registered autograd): x's gradient where not clamped."""
+    return torch.ops.edgegen.fake_quantize_affine(x, scale, zero_point, axis, quant_min, quant_max)[0]
 
 
 class _LearnableFakeQuantize(torch.autograd.Function):
@@ -87,11 +77,8 @@ class _LearnableFakeQuantize(torch.autograd.Function):
     def backward(ctx, grad):
         x, scale, zp = ctx.saved_tensors
         axis, qmin, qmax, gf, sdt, zdt = ctx.args
-        if _cpu(x, grad):
-            dx, ds, dz = torch.ops.edgegen.fake_quantize_learnable_backward(
-                grad.contiguous(), x.detach(), scale.detach(), zp, axis, qmin, qmax, gf)
-        else:
-            dx, ds, dz = ref.fake_quantize_learnable_backward_reference(grad, x, scale, zp, axis, qmin, qmax, gf)
+        dx, ds, dz = torch.ops.edgegen.fake_quantize_learnable_backward(
+            grad.contiguous(), x.detach(), scale.detach(), zp, axis, qmin, qmax, gf)
         return dx, ds.to(sdt).view(scale.shape), dz.to(zdt).view(ctx.saved_tensors[2].shape), None, None, None, None
 
 
@@ -123,7 +110,7 @@ def _(input, packed_weight, weight_row_sum, weight_scale, bias, n, k):
 
 
 def int8_pack_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.ops.edgegen.int8_pack_weight(weight.cpu())
+    return torch.ops.edgegen.int8_pack_weight(weight)
 
 
 @register_fake("edgegen::int8_linear_static")
@@ -131,20 +118,14 @@ def _(input, a_scale, a_zero_point, packed_weight, weight_row_sum, weight_scale,
     return input.new_empty((*input.shape[:-1], n))
 
 
-def int8_linear_static(x: Tensor, a_scale: float, a_zero_point: int, weight_int8: Tensor, packed: Tensor | None,
-                       row_sum: Tensor | None, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
-    n, k = weight_int8.shape
-    if x.device.type == "cpu" and packed is not None:
-        return torch.ops.edgegen.int8_linear_static(x, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k)
-    return ref.int8_linear_static_reference(x, a_scale, a_zero_point, weight_int8, weight_scale, bias)
+def int8_linear_static(x: Tensor, a_scale: float, a_zero_point: int, packed: Tensor, row_sum: Tensor,
+                       weight_scale: Tensor, bias: Tensor | None, n: int, k: int) -> Tensor:
+    return torch.ops.edgegen.int8_linear_static(x, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k)
 
 
-def int8_linear_dynamic(x: Tensor, weight_int8: Tensor, packed: Tensor | None, row_sum: Tensor | None,
-                        weight_scale: Tensor, bias: Tensor | None) -> Tensor:
-    n, k = weight_int8.shape
-    if x.device.type == "cpu" and packed is not None:
-        return torch.ops.edgegen.int8_linear_dynamic(x, packed, row_sum, weight_scale, bias, n, k)
-    return ref.int8_linear_dynamic_reference(x, weight_int8, weight_scale, bias)
+def int8_linear_dynamic(x: Tensor, packed: Tensor, row_sum: Tensor, weight_scale: Tensor, bias: Tensor | None,
+                        n: int, k: int) -> Tensor:
+    return torch.ops.edgegen.int8_linear_dynamic(x, packed, row_sum, weight_scale, bias, n, k)
 
 
 # --- INT4 weight-only ----------------------------------------------------------------------------
@@ -166,16 +147,12 @@ def _(input, packed_weight, scale, zero_point, bias, group_size):
 
 
 def int4_pack(q: Tensor) -> Tensor:
-    if q.device.type == "cpu":
-        return torch.ops.edgegen.int4_pack(q)
-    return ref.int4_pack_reference(q)
+    return torch.ops.edgegen.int4_pack(q)
 
 
 def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bias: Tensor | None,
                 group_size: int) -> Tensor:
-    if x.device.type == "cpu" and packed.device.type == "cpu":
-        return torch.ops.edgegen.int4_linear(x, packed, scale, zero_point, bias, group_size)
-    return ref.int4_linear_reference(x, packed, scale, zero_point, bias, group_size)
+    return torch.ops.edgegen.int4_linear(x, packed, scale, zero_point, bias, group_size)
 
 
 @register_fake("edgegen::observe_minmax")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.ops import quant as ops
-from edgegen.quant.functional import fake_quantize, quantize_per_channel
+from edgegen.quant.functional import quantize_per_channel
 
 
 def symmetric_weight_scales(w: Tensor, qmax: int = 127) -> Tensor:
@@ -76,8 +76,9 @@ class Int8Linear(nn.Module):
         return q
 
     def repack(self) -> None:
-        if self.weight_int8.device.type == "cpu":
-            self.packed_weight, self.weight_row_sum = ops.int8_pack_weight(self.weight_int8)
+        """Packs the int8 weights for the GEMM (on their device; the CPU kernel's layout, which the
+        other devices' kernels read too)."""
+        self.packed_weight, self.weight_row_sum = ops.int8_pack_weight(self.weight_int8)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -88,11 +89,11 @@ class Int8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        packed = self.packed_weight if self.packed_weight.numel() else None
+        n, k = self.out_features, self.in_features
         if self.static:
-            return ops.int8_linear_static(x, float(self.act_scale), int(self.act_zero_point), self.weight_int8, packed,
-                                          self.weight_row_sum, self.weight_scale, self.bias)
-        return ops.int8_linear_dynamic(x, self.weight_int8, packed, self.weight_row_sum, self.weight_scale, self.bias)
+            return ops.int8_linear_static(x, float(self.act_scale), int(self.act_zero_point), self.packed_weight,
+                                          self.weight_row_sum, self.weight_scale, self.bias, n, k)
+        return ops.int8_linear_dynamic(x, self.packed_weight, self.weight_row_sum, self.weight_scale, self.bias, n, k)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -133,22 +134,13 @@ def _nhwc_weight(w: Tensor) -> Tensor:
     return out.reshape(co, -1)
 
 
-def _int8_conv(x: Tensor, gemm: "Int8Linear", bias: Tensor | None, out_channels: int, in_channels: int, kernel,
-               stride, padding, dilation, act: tuple[float, int] | None) -> Tensor:
-    """The direct INT8 convolution op on CPU; elsewhere the same arithmetic in PyTorch."""
+def _int8_conv(x: Tensor, gemm: "Int8Linear", bias: Tensor | None, out_channels: int, kernel, stride, padding,
+               dilation, act: tuple[float, int] | None) -> Tensor:
+    """The direct INT8 convolution op (dynamic activations when ``act`` is None)."""
     a_scale, a_zp = act if act is not None else (0.0, 0)
-    if x.device.type == "cpu" and gemm.packed_weight.numel():
-        return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, gemm.weight_scale, bias,
-                                             out_channels, list(kernel), list(stride), list(padding), list(dilation),
-                                             a_scale, a_zp)
-    from edgegen.ops._reference import quantize_activations_u7_reference
-
-    if act is None:
-        _, a_scale, a_zp = quantize_activations_u7_reference(x)
-    xq = fake_quantize(x.float(), a_scale, a_zp, 0, 127)
-    kh, kw = kernel
-    w = gemm.dequantized_weight().reshape(out_channels, kh, kw, -1)[..., :in_channels].permute(0, 3, 1, 2)
-    return F.conv2d(xq, w, bias, stride, padding, dilation).to(x.dtype)
+    return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, gemm.weight_scale, bias,
+                                         out_channels, list(kernel), list(stride), list(padding), list(dilation),
+                                         a_scale, a_zp)
 
 
 class Int8Conv2d(nn.Module):
@@ -177,8 +169,8 @@ class Int8Conv2d(nn.Module):
         _check_channels(x, self.in_channels, "Int8Conv2d")
         g = self.gemm
         act = (float(g.act_scale), int(g.act_zero_point)) if g.static else None
-        return _int8_conv(x, g, g.bias, self.out_channels, self.in_channels, self.kernel_size, self.stride,
-                          self.padding, self.dilation, act)
+        return _int8_conv(x, g, g.bias, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, act)
 
 
 def _dynamic_act_qparams(x: Tensor) -> tuple[float, int]:
@@ -255,12 +247,6 @@ class Int8ConvTranspose2d(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self.static = bool(self.act_scale > 0)
 
-    def _gemm(self, layer: Int8Linear, x: Tensor, act: tuple[float, int]) -> Tensor:
-        from edgegen.ops import quant as qops
-
-        packed = layer.packed_weight if layer.packed_weight.numel() else None
-        return qops.int8_linear_static(x, act[0], act[1], layer.weight_int8, packed, layer.weight_row_sum,
-                                       layer.weight_scale, None)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_channels(x, self.in_channels, "Int8ConvTranspose2d")
@@ -269,7 +255,7 @@ class Int8ConvTranspose2d(nn.Module):
         ho = (h - 1) * sy - 2 * py + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
         wo = (w - 1) * sx - 2 * px + self.dilation[1] * (kw - 1) + self.output_padding[1] + 1
         static = (float(self.act_scale), int(self.act_zero_point)) if self.static else None
-        if self.gemm is None and x.device.type == "cpu" and all(p.packed_weight.numel() for p in self.phases):
+        if self.gemm is None:
             # The op quantizes the input once (dynamically when act is (0, 0)) for every phase.
             info = [v for t in self.phase_taps for v in t]
             a_scale, a_zp = static or (0.0, 0)
@@ -277,25 +263,13 @@ class Int8ConvTranspose2d(nn.Module):
                 x, [p.packed_weight for p in self.phases], [p.weight_row_sum for p in self.phases],
                 self.phases[0].weight_scale, self.bias, self.out_channels, info, list(self.stride), list(self.padding),
                 [ho, wo], a_scale, a_zp)
-        act = static or _dynamic_act_qparams(x)  # one activation quantization shared by every GEMM
-        if self.gemm is not None:
-            cols = self._gemm(self.gemm, x.permute(0, 2, 3, 1).reshape(b, h * w, c), act)
-            out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
-        else:
-            out = x.new_zeros((b, self.out_channels, ho, wo), dtype=torch.float32)
-            for layer, (ry, rx, ty, tx) in zip(self.phases, self.phase_taps):
-                qy0, qy1 = -((ry - py) // sy), (ho - 1 + py - ry) // sy
-                qx0, qx1 = -((rx - px) // sx), (wo - 1 + px - rx) // sx
-                if qy1 < qy0 or qx1 < qx0:
-                    continue
-                ny, nx = qy1 - qy0 + 1, qx1 - qx0 + 1
-                top, left = -(qy0 - ty + 1), -(qx0 - tx + 1)
-                bottom, right = qy1 - (h - 1), qx1 - (w - 1)
-                xp = F.pad(x, (max(left, 0), max(right, 0), max(top, 0), max(bottom, 0)))
-                xp = xp[:, :, max(-top, 0):, max(-left, 0):][:, :, :ny + ty - 1, :nx + tx - 1]
-                res = _int8_conv(xp, layer, None, self.out_channels, c, (ty, tx), (1, 1), (0, 0), (1, 1), act)
-                oy0, ox0 = qy0 * sy + ry - py, qx0 * sx + rx - px
-                out[:, :, oy0::sy, ox0::sx][:, :, :ny, :nx] = res
+        # One GEMM with N = Cout * kh * kw over the pixels, then col2im; one activation
+        # quantization for the whole call.
+        act = static or _dynamic_act_qparams(x)
+        g = self.gemm
+        cols = ops.int8_linear_static(x.permute(0, 2, 3, 1).reshape(b, h * w, c), act[0], act[1], g.packed_weight,
+                                      g.weight_row_sum, g.weight_scale, None, g.out_features, g.in_features)
+        out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
         if self.bias is not None:
             out = out + self.bias[None, :, None, None]
         return out.to(x.dtype)
@@ -341,9 +315,7 @@ class Int4Linear(nn.Module):
         return q
 
     def dequantized_weight(self) -> Tensor:
-        from edgegen.ops._reference import int4_dequantize_reference
-
-        return int4_dequantize_reference(self.packed_weight, self.scale, self.zero_point, self.group_size)
+        return torch.ops.edgegen.int4_dequantize(self.packed_weight, self.scale, self.zero_point, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.int4_linear(x, self.packed_weight, self.scale, self.zero_point, self.bias, self.group_size)

@@ -41,13 +41,7 @@ class Observer(nn.Module):
         self.register_buffer("max_val", torch.tensor([]))
 
     def _minmax(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.detach()
-        if x.device.type == "cpu" and x.is_floating_point():
-            return torch.ops.edgegen.observe_minmax(x, self.axis)
-        if self.axis is None:
-            return x.min().float().reshape(1), x.max().float().reshape(1)
-        dims = [d for d in range(x.dim()) if d != self.axis % x.dim()]
-        return x.amin(dim=dims).float(), x.amax(dim=dims).float()
+        return torch.ops.edgegen.observe_minmax(x.detach(), self.axis)
 
     def forward(self, x: Tensor) -> Tensor:
         lo, hi = self._minmax(x)
@@ -115,7 +109,7 @@ class PercentileObserver(Observer):
             idx = ((centres - lo_new) / w_new).floor().clamp(0, self.bins - 1).long()
             self.histogram = torch.zeros_like(self.histogram).index_add_(0, idx, self.histogram)
         self.min_val, self.max_val = lo_new, hi_new
-        counts = torch.ops.edgegen.observe_histogram(x.detach().float().cpu(), self.bins, float(lo_new),
+        counts = torch.ops.edgegen.observe_histogram(x.detach(), self.bins, float(lo_new),
                                                      float(hi_new))
         self.histogram += counts.double()
 
