@@ -77,7 +77,7 @@ def linear_worker(spec: dict) -> dict:
     p = spec["provider"]
     if p == "fp32":
         f = lambda: lin(x)  # noqa: E731
-    elif p == "edgegen-int8":
+    elif p.startswith("edgegen-int8"):
         from edgegen.quant import Int8Linear
 
         q = Int8Linear.from_float(lin)
@@ -167,7 +167,7 @@ def e2e_worker(spec: dict) -> dict:
 
         model = (DCGANGenerator() if spec["model"] == "dcgan-generator" else DCGANDiscriminator()).eval()
         inputs = model.example_inputs(64)
-    if spec["provider"] == "int8":
+    if spec["provider"].startswith("int8"):
         quantize_(model, Int8DynamicConfig())
     elif spec["provider"] == "int4":
         quantize_(model, Int4WeightOnlyConfig(64))
@@ -192,6 +192,19 @@ def e2e_worker(spec: dict) -> dict:
     return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "bytes": size}
 
 
+def int8_ceiling_tops(threads: int) -> float:
+    """PyTorch's own best INT8 matmul here (torch._int_mm, oneDNN: VNNI or AMX where the CPU has
+    them) on a large square, in TOPS: the ceiling the INT8 GEMM is compared against."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 2048
+    a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+    _, p50, _ = harness.time_ms(lambda: torch._int_mm(a, b), repeats=10, warmup=2)
+    return 2 * n ** 3 / (p50 * 1e-3) / 1e12
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -214,12 +227,12 @@ def main():
     print(f"# {machine}; {versions}; {args.threads} threads")
     rows = []
 
-    def record(op, provider, shape, res, mode="", flops=None):
+    def record(op, provider, shape, res, mode="", flops=None, path=None):
         if "error" in res:
             print(f"{op} {provider} {shape} ERROR {res['error']}")
             return None
         row = dict(op=op, provider=provider, shape=shape, dtype="float32 in/out", mode=mode, threads=args.threads,
-                   machine=machine, versions=versions,
+                   machine=machine, versions=versions, kernel_path=path or "",
                    **{k: round(v, 4) for k, v in res.items() if k in harness.CSV_FIELDS})
         if flops:
             row["gflops"] = round(flops / (res["p50_ms"] * 1e-3) / 1e9, 2)
@@ -228,24 +241,38 @@ def main():
 
     ms = (1, 64) if args.quick else (1, 8, 64, 512)
     shapes = SHAPES[:1] if args.quick else SHAPES
-    providers = ["fp32", "edgegen-int8", "torch-int8"] + (["onnxruntime-int8"] if have_ort else [])
-    print("\n## INT8 Linear (forward, dynamic activation quantization included); speed-up = fp32 time / time")
-    print(f"{'M':>4s} {'K x N':>11s} " + " ".join(f"{p:>18s}" for p in providers) + "   edgegen vs fp32 / torch / ORT")
+    # edgegen's INT8 GEMM once per ISA path this CPU has (each under its own EDGEGEN_MAX_ISA), the
+    # best path last: the ratios are the best path's.
+    levels = harness.kernel_levels("int8_gemm")
+    int8 = [f"edgegen-int8[{lv}]" for lv in levels if lv != "scalar"] or ["edgegen-int8[scalar]"]
+    best = int8[-1]
+    print(f"# int8_gemm paths on this CPU: {', '.join(levels)}; CPU flags: {harness.cpu_flags()}")
+    providers = ["fp32", *int8, "torch-int8"] + (["onnxruntime-int8"] if have_ort else [])
+    print("\n## INT8 Linear (forward, dynamic activation quantization included); speed-up = time / edgegen's "
+          f"{best} time")
+    print(f"{'M':>4s} {'K x N':>11s} " + " ".join(f"{p:>26s}" for p in providers)
+          + "   edgegen vs fp32 / torch / ORT; % of the INT8 ceiling")
+    ceiling = None
     for k, n in shapes:
         for m in ms:
             res = {}
             for p in providers:
-                spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, repeats=200 if m <= 8 else 30)
+                isa = p[p.index("[") + 1:-1] if p.startswith("edgegen-int8") else None
+                spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, repeats=200 if m <= 8 else 30,
+                            isa=isa)
                 r = record("int8_linear", p, f"M={m} K={k} N={n}", harness.run_worker(__file__, spec),
-                           flops=2 * m * k * n)
+                           flops=2 * m * k * n, path=isa)
                 if r:
                     res[p] = r["p50_ms"]
-            if "edgegen-int8" not in res:
+            if best not in res:
                 continue
-            e = res["edgegen-int8"]
-            cells = " ".join(f"{res.get(p, float('nan')):18.4f}" for p in providers)
+            e = res[best]
+            cells = " ".join(f"{res.get(p, float('nan')):26.4f}" for p in providers)
             vs = " / ".join(f"{res[p] / e:.2f}x" if p in res else "-" for p in ("fp32", "torch-int8", "onnxruntime-int8"))
-            print(f"{m:4d} {f'{k}x{n}':>11s} {cells}   {vs}")
+            if ceiling is None and m >= 64:
+                ceiling = int8_ceiling_tops(args.threads)
+            pct = f"; {2 * m * k * n / (e * 1e-3) / 1e12 / ceiling * 100:.0f}% of {ceiling:.2f} TOPS" if m >= 64 else ""
+            print(f"{m:4d} {f'{k}x{n}':>11s} {cells}   {vs}{pct}")
 
     print("\n## INT4 weight-only GEMV (M = 1, group 64) vs fp32 (and INT8); 'hot': the same layer again and again "
           "(weights in cache); 'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
@@ -267,11 +294,12 @@ def main():
                       f"{res['edgegen-int4']:9.4f} {res['fp32'] / res['edgegen-int4']:12.2f}x")
 
     print("\n## End to end, fp32 vs INT8 dynamic (Linear and convolution layers) and INT4 weight-only (Linear)")
-    print(f"{'model':18s} {'mode':8s} {'quant':5s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
+    print(f"{'model':18s} {'mode':8s} {'quant':17s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
           f"{'q MB':>8s}")
-    cases = [("gpt2-student", "prefill", "int8"), ("gpt2-student", "decode", "int8"), ("gpt2-student", "decode", "int4"),
-             ("beta-vae-decoder", "batch64", "int8"), ("dcgan-generator", "batch64", "int8"),
-             ("dcgan-discriminator", "batch64", "int8")]
+    q8 = [p.replace("edgegen-", "") for p in int8]  # int8[<path>] for every INT8 path of this CPU
+    cases = [("gpt2-student", "prefill", q) for q in q8] + [("gpt2-student", "decode", q) for q in q8]
+    cases += [("gpt2-student", "decode", "int4")]
+    cases += [(m, "batch64", q) for m in ("beta-vae-decoder", "dcgan-generator", "dcgan-discriminator") for q in q8]
     fp32_cache = {}
     for model, mode, quant in cases:
         res = {}
@@ -279,17 +307,18 @@ def main():
             if p == "fp32" and (model, mode) in fp32_cache:
                 res[p] = fp32_cache[(model, mode)]
                 continue
+            isa = p[p.index("[") + 1:-1] if "[" in p else None
             spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
-                        repeats=50 if mode == "decode" else 10)
+                        repeats=50 if mode == "decode" else 10, isa=isa)
             r = harness.run_worker(__file__, spec)
-            row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes")
+            row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes", path=isa)
             if row:
                 res[p] = r
                 if p == "fp32":
                     fp32_cache[(model, mode)] = r
         if len(res) == 2:
             f, q = res["fp32"], res[quant]
-            print(f"{model:18s} {mode:8s} {quant:5s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
+            print(f"{model:18s} {mode:8s} {quant:17s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
                   f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
     harness.write_csv(rows, Path(args.out))
     print(f"\nwrote {args.out}")

@@ -25,8 +25,12 @@ from typing import Callable
 
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "peak_mb",
-    "gbps", "gflops", "threads", "machine", "versions",
+    "gbps", "gflops", "threads", "machine", "versions", "kernel_path", "cpu_flags",
 ]
+
+# The instruction-set flags the kernels choose between, as /proc/cpuinfo names them.
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 
 
 def _status_kb(key: str) -> int:
@@ -78,6 +82,34 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
+def cpu_flags() -> str:
+    """The ISA flags of this CPU (space-separated, from /proc/cpuinfo), for every CSV row."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(fl for fl in ISA_FLAGS if fl in have)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def kernel_levels(family: str) -> list[str]:
+    """The ISA levels at which ``family`` (a key of edgegen.kernel_paths()) runs a distinct path on
+    this CPU, lowest first: each is benchmarked under its own EDGEGEN_MAX_ISA cap."""
+    import edgegen
+
+    seen, out = set(), []
+    for level in edgegen.cpu_levels():
+        with edgegen.max_isa(level):
+            path = edgegen.kernel_paths()[family]
+        if path not in seen:
+            seen.add(path)
+            out.append(path)
+    return out
+
+
 def versions() -> str:
     import torch
 
@@ -112,10 +144,11 @@ def _worker(script: str, spec: dict, env: dict, timeout: int) -> dict:
 def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
     """Time, then measure peak memory, each in a fresh `script --worker '<json spec>'` process
     (spec["measure"] tells the worker which); each prints one JSON line."""
-    res = _worker(script, {**spec, "measure": "time"}, {}, timeout)
+    env = {"EDGEGEN_MAX_ISA": spec["isa"]} if spec.get("isa") else {}
+    res = _worker(script, {**spec, "measure": "time"}, env, timeout)
     if "error" in res:
         return res
-    mem = _worker(script, {**spec, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
+    mem = _worker(script, {**spec, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536", **env},
                   timeout)
     return mem if "error" in mem else {**res, **mem}
 
@@ -125,5 +158,6 @@ def write_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
+        flags = cpu_flags()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+            w.writerow({**{k: r.get(k, "") for k in CSV_FIELDS}, "cpu_flags": r.get("cpu_flags") or flags})

@@ -2,9 +2,19 @@
 // implementations (TORCH_LIBRARY_IMPL). Fake (meta) kernels and autograd are registered from
 // Python, in edgegen/ops/.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
 
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/attention/attention.h"
 #include "kernels/cpu_features.h"
+#include "kernels/distill/kd_loss.h"
+#include "kernels/quant/gemm.h"
+#include "kernels/quant/int4.h"
 
 TORCH_LIBRARY(edgegen, m) {
   // Returns (loss, d_loss/d_student). The loss is float32 (fp32 accumulation; float64 for float64
@@ -128,7 +138,31 @@ TORCH_LIBRARY(edgegen, m) {
 }
 
 PYBIND11_MODULE(_C, m) {
+  namespace K = edgegen::kernels;
   m.doc() = "edgegen C++ ops; importing this module registers torch.ops.edgegen.*";
-  m.def("cpu_isa", [] { return std::string(edgegen::kernels::isa_name(edgegen::kernels::best_isa())); },
-        "The instruction set the CPU kernels dispatch to ('avx2' or 'scalar').");
+  m.def("cpu_isa", [] { return std::string(K::isa_name(K::best_isa())); },
+        "The highest instruction-set level the CPU supports, capped by EDGEGEN_MAX_ISA / set_max_isa.");
+  m.def("cpu_levels", [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < K::kNumIsa; ++i)
+      if (K::cpu_supports(K::Isa(i))) out.push_back(K::isa_name(K::Isa(i)));
+    return out;
+  }, "Every instruction-set level this CPU and OS support, lowest first.");
+  m.def("kernel_paths", [] {
+    std::map<std::string, std::string> out;
+    out["int8_gemm"] = K::isa_name(K::quant::int8_gemm_isa());
+    out["int4"] = K::isa_name(K::quant::int4_isa());
+    out["kd_loss"] = K::isa_name(K::kd_loss_isa());
+    out["attention"] = K::isa_name(K::attention::attention_isa());
+    out["prune"] = "scalar";
+    out["quantize"] = "scalar";
+    return out;
+  }, "The path each kernel family takes now.");
+  m.def("max_isa", [] { return std::string(K::isa_name(K::max_isa())); }, "The current cap.");
+  m.def("set_max_isa", [](const std::string& name) {
+    K::Isa isa;
+    if (!K::parse_isa(name.c_str(), &isa))
+      throw std::invalid_argument("isa: expected scalar, avx2, avx512, avx512_vnni or amx, got '" + name + "'");
+    K::set_max_isa(isa);
+  }, "Caps the kernels' instruction set for this process (tests and benchmarks).");
 }

@@ -10,3 +10,20 @@ torch.set_num_threads(int(os.environ.get("EDGEGEN_TEST_THREADS", "2")))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Every instruction-set level the kernels know, lowest first (fixed ids on every machine).
+ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+
+
+@pytest.fixture(params=ISA_LEVELS)
+def isa(request):
+    """Runs a test once per ISA level with the kernels capped at it (edgegen.max_isa); a level the
+    CPU lacks is skipped by name. Yields the level."""
+    import edgegen
+
+    level = request.param
+    if level not in edgegen.cpu_levels():
+        pytest.skip(f"this CPU lacks {level} (has {', '.join(edgegen.cpu_levels())})")
+    with edgegen.max_isa(level):
+        yield level

@@ -28,7 +28,9 @@ def test_import_is_cheap():
 def test_ops_registered_and_isa_reported():
     assert hasattr(torch.ops.edgegen, "kd_loss")
     assert hasattr(torch.ops.edgegen, "fused_linear_kd_loss")
-    assert edgegen.cpu_isa() in ("avx2", "scalar")
+    assert edgegen.cpu_isa() in ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+    assert edgegen.cpu_isa() == edgegen.cpu_levels()[-1]  # no cap in the test environment
+    assert set(edgegen.kernel_paths()) >= {"int8_gemm", "int4", "kd_loss", "attention"}
 
 
 def test_single_openmp_runtime_in_process():
@@ -48,9 +50,21 @@ def test_scalar_path_matches_reference():
         got = edgegen.distill.kd_loss(s, t, y, reduction="none")
         ref = kd_loss_reference(s.double(), t.double(), y, reduction="none")
         print((got.double() - ref).abs().max().item())
-    """, env={"EDGEGEN_FORCE_ISA": "scalar"})
+    """, env={"EDGEGEN_MAX_ISA": "scalar"})
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.strip()) < 1e-4
+
+
+def test_an_unknown_max_isa_is_a_clear_error():
+    r = run_py("""
+        import torch, edgegen
+        try:
+            edgegen.kernel_paths()
+        except ValueError as e:
+            print(e)
+    """, env={"EDGEGEN_MAX_ISA": "avx9000"})
+    assert r.returncode == 0, r.stderr
+    assert "EDGEGEN_MAX_ISA: expected scalar, avx2, avx512, avx512_vnni or amx, got 'avx9000'" in r.stdout
 
 
 def test_missing_extension_gives_rebuild_instructions():

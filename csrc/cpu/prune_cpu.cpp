@@ -1,4 +1,5 @@
 // ATen glue for the pruning ops: validate, lay out raw pointers, call the torch-free kernels.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
@@ -182,6 +183,10 @@ void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> g
                      masks[i].scalar_type());
     TORCH_CHECK_VALUE(masks[i].sizes() == weights[i].sizes(), mn, ": expected shape ", weights[i].sizes(), ", got ",
                       masks[i].sizes());
+    TORCH_CHECK_VALUE(at::has_internal_overlap(weights[i]) != at::MemOverlap::Yes, item_name("weights", i),
+                      ": has overlapping elements (an expanded view); it is written in place");
+    TORCH_CHECK_VALUE(at::has_internal_overlap(masks[i]) != at::MemOverlap::Yes, mn,
+                      ": has overlapping elements (an expanded view); it is written in place");
     fused = fused && weights[i].is_contiguous() && masks[i].is_contiguous();
   }
   Sources s = gather(weights, grads);

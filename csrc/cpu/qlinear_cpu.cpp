@@ -40,18 +40,19 @@ std::tuple<at::Tensor, at::Tensor> int8_pack_weight_cpu(const at::Tensor& weight
   return {packed, row_sum};
 }
 
-void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n, int64_t k) {
-  check_cpu(packed, "packed_weight");
-  check_cpu(row_sum, "weight_row_sum");
+void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n, int64_t k,
+                  const std::string& pname = "packed_weight", const std::string& rname = "weight_row_sum") {
+  check_cpu(packed, pname);
+  check_cpu(row_sum, rname);
   TORCH_CHECK_VALUE(n > 0 && k > 0 && k <= kMaxK, "n, k: expected 0 < n and 0 < k <= ", kMaxK, ", got ", n, ", ", k);
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kChar && packed.is_contiguous(),
-                   "packed_weight: expected the contiguous int8 tensor from int8_pack_weight");
+                   pname, ": expected the contiguous int8 tensor from int8_pack_weight");
   TORCH_CHECK_VALUE(packed.numel() == KQ::packed_panels(n) * KQ::packed_k(k) * KQ::kPanel,
-                    "packed_weight: has ", packed.numel(), " bytes, expected ",
+                    pname, ": has ", packed.numel(), " bytes, expected ",
                     KQ::packed_panels(n) * KQ::packed_k(k) * KQ::kPanel, " for n=", n, ", k=", k);
   TORCH_CHECK_VALUE(row_sum.scalar_type() == at::kInt && row_sum.dim() == 1 && row_sum.size(0) == n &&
                         row_sum.is_contiguous(),
-                    "weight_row_sum: expected a contiguous int32 tensor of shape [", n, "]");
+                    rname, ": expected a contiguous int32 tensor of shape [", n, "]");
 }
 
 // The packed weight's columns that the call does not use (`unused(col)`) must hold zeros: a weight
@@ -191,6 +192,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   const int64_t ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
   const int64_t wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
   TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, "input: spatial size ", h, "x", w, " is too small for the kernel");
+  TORCH_CHECK_VALUE(out_channels >= 1, "out_channels: expected a value >= 1, got ", out_channels);
   check_packed(packed, row_sum, out_channels, kernel[0] * kernel[1] * cp);
   check_unused_columns_zero(packed, out_channels, kernel[0] * kernel[1] * cp,
                             [c, cp](int64_t col) { return col % cp >= c; }, "input channels");
@@ -240,6 +242,7 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
                     " exceeds ", kMaxSide);
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
   const int64_t cp = (c + 3) / 4 * 4, ho = output_size[0], wo = output_size[1];
+  TORCH_CHECK_VALUE(out_channels >= 1, "out_channels: expected a value >= 1, got ", out_channels);
   // The phases: distinct (ry, rx) with 0 <= r < stride, and tap counts that are those of one
   // kernel of size K = the sum of the taps over the residues, cut by this stride:
   // taps(r) = ceil((K - r) / stride) (0 for a residue without a phase).
@@ -314,7 +317,8 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
     const int64_t qy0 = ceil_div(padding[0] - ry, stride[0]), qy1 = floor_div(ho - 1 + padding[0] - ry, stride[0]);
     const int64_t qx0 = ceil_div(padding[1] - rx, stride[1]), qx1 = floor_div(wo - 1 + padding[1] - rx, stride[1]);
     if (qy1 < qy0 || qx1 < qx0) continue;
-    check_packed(packed[p], row_sums[p], out_channels, ty * tx * cp);
+    check_packed(packed[p], row_sums[p], out_channels, ty * tx * cp, "packed_weights[" + std::to_string(p) + "]",
+                 "weight_row_sums[" + std::to_string(p) + "]");
     check_unused_columns_zero(packed[p], out_channels, ty * tx * cp, [c, cp](int64_t col) { return col % cp >= c; },
                               "input channels");
     const int64_t ny = qy1 - qy0 + 1, nx = qx1 - qx0 + 1;

@@ -1,32 +1,145 @@
 #include "cpu_features.h"
 
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define EDGEGEN_X86_CPU 1
+#endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace edgegen::kernels {
 
-static Isa detect() {
-  const char* force = std::getenv("EDGEGEN_FORCE_ISA");
-  if (force && std::strcmp(force, "scalar") == 0) return Isa::Scalar;
-#if defined(EDGEGEN_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return Isa::Avx2;
+namespace {
+
+struct Features {
+  bool level[kNumIsa] = {true, false, false, false, false};
+  bool avx512_bf16 = false;
+};
+
+#if defined(EDGEGEN_X86_CPU)
+uint64_t xgetbv0() {
+  uint32_t eax = 0, edx = 0;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (uint64_t(edx) << 32) | eax;
+}
+
+// Linux keeps the AMX tile data (8 KB of state) off until a process asks for it.
+bool request_amx_permission() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
 #endif
+}
+#endif
+
+Features probe() {
+  Features f;
+#if defined(EDGEGEN_X86_CPU)
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d) || a < 7) return f;
+  const unsigned max_leaf = a;
+  __get_cpuid(1, &a, &b, &c, &d);
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), f16c = c & (1u << 29);
+  if (!osxsave) return f;
+  const uint64_t xcr0 = xgetbv0();
+  const bool os_avx = (xcr0 & 0x6) == 0x6;              // XMM + YMM state
+  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;            // + opmask, ZMM_Hi256, Hi16_ZMM
+  const bool os_amx = (xcr0 & 0x60000) == 0x60000;      // XTILECFG + XTILEDATA
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx2 = b & (1u << 5);
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) && (b & (1u << 31));  // F DQ BW VL
+  const bool vnni = c & (1u << 11);
+  const bool amx = (d & (1u << 22)) && (d & (1u << 24)) && (d & (1u << 25));  // BF16 TILE INT8
+  unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+  if (max_leaf >= 7) __cpuid_count(7, 1, a1, b1, c1, d1);
+  f.level[1] = os_avx && avx2 && fma && f16c;
+  f.level[2] = f.level[1] && os_zmm && avx512;
+  f.level[3] = f.level[2] && vnni;
+  f.level[4] = f.level[3] && amx && os_amx && request_amx_permission();
+  f.avx512_bf16 = f.level[2] && (a1 & (1u << 5));
+#endif
+  return f;
+}
+
+const Features& features() {
+  static const Features f = probe();
+  return f;
+}
+
+Isa highest_supported() {
+  for (int i = kNumIsa - 1; i > 0; --i)
+    if (features().level[i]) return Isa(i);
   return Isa::Scalar;
 }
 
-Isa best_isa() {
-  static const Isa isa = detect();
-  return isa;
+int initial_cap() {
+  const char* env = std::getenv("EDGEGEN_MAX_ISA");
+  if (!env || !*env) return kNumIsa - 1;
+  Isa isa;
+  if (!parse_isa(env, &isa)) {
+    throw std::invalid_argument(std::string("EDGEGEN_MAX_ISA: expected scalar, avx2, avx512, avx512_vnni or amx, "
+                                            "got '") + env + "'");
+  }
+  return int(isa);
 }
+
+std::atomic<int>& cap() {
+  static std::atomic<int> c{initial_cap()};
+  return c;
+}
+
+}  // namespace
 
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx512Vnni: return "avx512_vnni";
+    case Isa::Amx: return "amx";
     default: return "scalar";
   }
 }
+
+bool parse_isa(const char* name, Isa* out) {
+  for (int i = 0; i < kNumIsa; ++i) {
+    if (std::strcmp(name, isa_name(Isa(i))) == 0) {
+      *out = Isa(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool cpu_supports(Isa isa) { return features().level[int(isa)]; }
+Isa cpu_isa() { return highest_supported(); }
+Isa max_isa() { return Isa(cap().load(std::memory_order_relaxed)); }
+void set_max_isa(Isa isa) { cap().store(int(isa), std::memory_order_relaxed); }
+bool isa_allowed(Isa isa) { return cpu_supports(isa) && int(isa) <= cap().load(std::memory_order_relaxed); }
+
+Isa pick_isa(std::initializer_list<Isa> paths) {
+  for (Isa isa : paths)
+    if (isa_allowed(isa)) return isa;
+  return Isa::Scalar;
+}
+
+Isa best_isa() {
+  const int c = cap().load(std::memory_order_relaxed);
+  const int s = int(highest_supported());
+  return Isa(c < s ? c : s);
+}
+
+bool cpu_has_avx512_bf16() { return features().avx512_bf16; }
 
 }  // namespace edgegen::kernels

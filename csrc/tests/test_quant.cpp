@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
+#include <string>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -91,9 +93,29 @@ TEST(Quantize, LearnableBackwardMatchesLoop) {
 #include "kernels/quant/gemm.h"
 #include "kernels/quant/int4.h"
 
-TEST(Int8Gemm, ExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
+namespace edgegen::kernels {
+void PrintTo(Isa isa, std::ostream* os) { *os << isa_name(isa); }
+}  // namespace edgegen::kernels
+
+// Every INT8 GEMM path of the build, each run on this CPU when it can (skipped by name when not).
+class Int8Path : public ::testing::TestWithParam<K::Isa> {
+ protected:
+  void SetUp() override {
+    if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
+    if (!KQ::int8_gemm_has_path(GetParam()))
+      GTEST_SKIP() << "no INT8 GEMM path of its own at " << K::isa_name(GetParam());
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, Int8Path,
+                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512, K::Isa::Avx512Vnni,
+                                           K::Isa::Amx),
+                         [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
+
+TEST_P(Int8Path, GemmExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
   std::mt19937 rng(5);
-  for (auto [m, k, n] : {std::tuple{1, 1, 1}, std::tuple{5, 7, 17}, std::tuple{9, 64, 33}, std::tuple{4, 3072, 16}}) {
+  for (auto [m, k, n] : {std::tuple{1, 1, 1}, std::tuple{5, 7, 17}, std::tuple{9, 64, 33}, std::tuple{4, 3072, 16},
+                         std::tuple{20, 1030, 50}, std::tuple{67, 36, 70}}) {
     for (int mode = 0; mode < 3; ++mode) {  // random 7-bit, random 8-bit, all 255 x 127/-128
       std::vector<int8_t> w(size_t(n * k));
       for (auto& v : w) v = mode == 2 ? int8_t((rng() & 1) ? 127 : -128) : int8_t(int(rng() % 256) - 128);
@@ -105,7 +127,7 @@ TEST(Int8Gemm, ExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
       std::vector<int32_t> row_sum(static_cast<size_t>(n) + 0), out(static_cast<size_t>(m) * n);
       KQ::pack_weight_s8(w.data(), n, k, packed.data(), row_sum.data());
       KQ::GemmOutput o{out.data(), nullptr, 0.0f, nullptr, nullptr};
-      KQ::gemm_u8s8(a.data(), lda, m, n, k, 7, packed.data(), row_sum.data(), o, 2);
+      KQ::gemm_u8s8_isa(GetParam(), a.data(), lda, m, n, k, 7, packed.data(), row_sum.data(), o, 2);
       for (int i = 0; i < m; ++i)
         for (int j = 0; j < n; ++j) {
           int64_t want = 0;
@@ -145,15 +167,16 @@ TEST(Int4, PackRoundTripAndGemvMatchesDequantizedLoop) {
   }
 }
 
-TEST(Int8Conv, DirectConvolutionMatchesIntegerLoops) {
+TEST_P(Int8Path, DirectConvolutionMatchesIntegerLoops) {
   std::mt19937 rng(11);
   // batch 2, 5 input channels (padded to 8), 7x6 input with 1 pixel of padding, 3x3 kernel,
-  // stride 2, 17 output channels (two panels, one partial).
-  const int64_t b = 2, c = 5, cp = 8, h = 7, w = 6, pad = 1, k = 3, s = 2, co = 17;
+  // stride 2, 37 output channels (three panels, one partial); 23 columns: tiles of 8 and a rest.
+  const int64_t b = 2, c = 5, cp = 8, h = 7, w = 46, pad = 1, k = 3, s = 2, co = 37;
   const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = (hp - k) / s + 1, wo = (wp - k) / s + 1;
   const int32_t zp = 9;
   std::vector<uint8_t> in(size_t(b * hp * wp * cp));
   for (auto& v : in) v = uint8_t(rng() % 128);
+  in[0] = 127;
   std::vector<int8_t> wt(size_t(co * k * k * cp), 0);
   for (int64_t o = 0; o < co; ++o)
     for (int64_t t = 0; t < k * k; ++t)
@@ -165,7 +188,8 @@ TEST(Int8Conv, DirectConvolutionMatchesIntegerLoops) {
   std::vector<float> scale(size_t(co), 1.0f), out(size_t(b * co * ho * wo));
   const int64_t os[4] = {co * ho * wo, ho * wo, wo, 1};
   KQ::ConvGeometry g{b, hp, wp, cp, k, k, s, s, 1, 1, ho, wo};
-  KQ::conv2d_u8s8(in.data(), g, co, zp, packed.data(), row_sum.data(), 1.0f, scale.data(), nullptr, out.data(), os, 2);
+  KQ::conv2d_u8s8_isa(GetParam(), in.data(), g, co, zp, packed.data(), row_sum.data(), 1.0f, scale.data(), nullptr,
+                      out.data(), os, 2);
   for (int64_t n = 0; n < b; ++n)
     for (int64_t o = 0; o < co; ++o)
       for (int64_t y = 0; y < ho; ++y)

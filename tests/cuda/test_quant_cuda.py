@@ -77,3 +77,19 @@ def test_every_quantized_layer_and_pruning_op_on_cuda_matches_cpu():
     w = torch.randn(30, 20)
     assert torch.equal(P.magnitude_mask([w.to(DEV)], 100)[0].cpu(), P.magnitude_mask([w], 100)[0])
     assert torch.equal(P.nm_mask(w.to(DEV), 2, 4, 1).cpu(), P.nm_mask(w, 2, 4, 1))
+
+
+def test_observers_and_scalar_qparams_on_cuda():
+    """A PercentileObserver (created on the CPU, as calibration does) fed CUDA batches that widen
+    its range; fake quantization with Python-number parameters of CUDA data."""
+    from edgegen.quant.functional import fake_quantize
+    from edgegen.quant.observers import PercentileObserver
+
+    x = torch.randn(64, 16)
+    a, b = PercentileObserver(bins=128), PercentileObserver(bins=128)
+    for batch in (x, x * 3):
+        a(batch)
+        b(batch.to(DEV))
+    for u, v in zip(a.calculate_qparams(), b.calculate_qparams()):
+        torch.testing.assert_close(v.cpu(), u)
+    torch.testing.assert_close(fake_quantize(x.to(DEV), 0.05, 3, -128, 127).cpu(), fake_quantize(x, 0.05, 3, -128, 127))

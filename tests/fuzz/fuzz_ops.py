@@ -44,7 +44,28 @@ def _base_calls():
     target = torch.tensor([1, 2, 3, 4])
     h, wt = torch.randn(4, 8, generator=g), torch.randn(10, 8, generator=g)
     w = torch.randn(6, 8, generator=g)
+    # A direct INT8 convolution (3 input channels padded to 4, 3x3 taps) and a transposed one by
+    # phases (stride 2, kernel 4: four phases of 2x2 taps), packed as the modules pack them.
+    wc = torch.zeros(8, 3, 3, 4, dtype=torch.int8)
+    wc[..., :3] = torch.randint(-127, 128, (8, 3, 3, 3), dtype=torch.int8, generator=g)
+    pc, rc = int8_pack_weight(wc.reshape(8, -1))
+    xc = torch.randn(1, 3, 6, 5, generator=g)
+    phases = [int8_pack_weight(torch.randint(-127, 128, (16, 2 * 2 * 4), dtype=torch.int8, generator=g))
+              for _ in range(4)]
+    info = [v for ry in range(2) for rx in range(2) for v in (ry, rx, 2, 2)]
+    xt = torch.randn(1, 4, 3, 3, generator=g)
     return {
+        "magnitude_prune_": [[w.clone(), w.flip(0).clone()], None, 5,
+                             [torch.empty(6, 8, dtype=torch.bool), torch.empty(6, 8, dtype=torch.bool)]],
+        "int8_pack_weight": [torch.randint(-127, 128, (8, 16), dtype=torch.int8, generator=g)],
+        "int4_pack": [torch.randint(0, 16, (8, 64), dtype=torch.uint8, generator=g)],
+        "mse_clip_range": [x, -3.0, 3.0, -128, 127, 20],
+        "observe_minmax_axis": [x[0], 0],
+        "fake_quantize_learnable_backward_axis": [x, x.clone(), sc, zc, -1, -128, 127, 1.0],
+        "int8_conv2d": [xc, pc, rc, torch.rand(8, generator=g) + 0.1, torch.randn(8, generator=g), 8, [3, 3], [1, 1],
+                        [1, 1], [1, 1], 0.0, 0],
+        "int8_conv_transpose2d": [xt, [p for p, _ in phases], [r for _, r in phases], torch.rand(16, generator=g) + 0.1,
+                                  torch.randn(16, generator=g), 16, info, [2, 2], [1, 1], [6, 6], 0.0, 0],
         "quantize_affine": [x, s, zp, None, -128, 127, torch.int8],
         "quantize_affine_axis": [x, sc, zc, 1, -128, 127, torch.int8],
         "dequantize_affine": [x.round().clamp(-128, 127).to(torch.int8), s, zp, None, torch.float32],

@@ -60,10 +60,17 @@ def test_all_meta_infers_shapes(name):
             ([t.to("meta") for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor) else a)
             for a in args]
     real = op(*args)
+    if name == "mse_clip_range":  # two numbers that depend on the data: refused, never invented
+        with pytest.raises(RuntimeError, match="cannot be computed from meta or fake tensors"):
+            op(*meta)
+        return
     fake = op(*meta)
     real = real if isinstance(real, (tuple, list)) else (real,)
     fake = fake if isinstance(fake, (tuple, list)) else (fake,)
     for r, f in zip(real, fake):
+        if r is None:  # an in-place op returns nothing on either
+            assert f is None
+            continue
         assert f.device.type == "meta" and f.shape == r.shape and f.dtype == r.dtype
 
 

@@ -60,22 +60,30 @@ def test_int8_gemm_adversarial_extremes(a_val, w_val):
             assert torch.equal(gemm(a, zp, w), int8_gemm_reference(a, zp, w))
 
 
-def test_int8_gemm_scalar_path_is_exact_too():
-    code = """
-        import torch, edgegen
-        from edgegen.ops._reference import int8_gemm_reference
-        assert edgegen.cpu_isa() == "scalar"
-        torch.manual_seed(0)
-        for m, k, n in ((1, 5, 3), (9, 70, 33)):
-            a = torch.randint(0, 256, (m, k), dtype=torch.uint8)
-            w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-            p, s = torch.ops.edgegen.int8_pack_weight(w)
-            assert torch.equal(torch.ops.edgegen.int8_gemm(a, 3, p, s, n, k), int8_gemm_reference(a, 3, w))
-        print("ok")
-    """
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                       env={**__import__("os").environ, "EDGEGEN_FORCE_ISA": "scalar"})
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 5, 3), (9, 70, 33), (17, 29, 40), (64, 768, 48), (70, 2100, 20)])
+def test_int8_gemm_is_exact_on_every_path(isa, m, k, n):
+    """Every path of this CPU (scalar, AVX2, AVX-512 VNNI) against the int64 product, with the
+    adversarial 255 x -128 corner, K not a multiple of any vector width, and N of partial panels."""
+    a = torch.randint(0, 256, (m, k), dtype=torch.uint8)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    a[0], w[0] = 255, -128
+    p, s = torch.ops.edgegen.int8_pack_weight(w)
+    for zp in (0, 3, 255):
+        assert torch.equal(torch.ops.edgegen.int8_gemm(a, zp, p, s, n, k), int8_gemm_reference(a, zp, w))
+
+
+def test_max_isa_caps_every_family_and_restores(isa):
+    import edgegen
+
+    order = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+    assert edgegen.cpu_isa() == isa
+    for family, path in edgegen.kernel_paths().items():
+        assert order.index(path) <= order.index(isa), (family, path)
+    with edgegen.max_isa("scalar"):
+        assert set(edgegen.kernel_paths().values()) == {"scalar"}
+    assert edgegen.cpu_isa() == isa
+    with pytest.raises(ValueError, match="isa: expected"):
+        edgegen.max_isa("avx1024")
 
 
 @pytest.mark.parametrize("shape", [(1, 70), (5, 7, 70), (64, 70)])

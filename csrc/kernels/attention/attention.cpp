@@ -149,10 +149,18 @@ PlanSummary plan_summary(const Problem& p) {
   return s;
 }
 
+Isa attention_isa() {
+#ifdef EDGEGEN_HAVE_AVX2
+  return pick_isa({Isa::Avx2, Isa::Scalar});
+#else
+  return Isa::Scalar;
+#endif
+}
+
 void forward(const Problem& p, void* out, void* lse) {
   const Plan plan = make_plan(p);
 #ifdef EDGEGEN_HAVE_AVX2
-  if (p.dtype != DType::F64 && best_isa() == Isa::Avx2) return forward_avx2(p, plan, out, lse);
+  if (p.dtype != DType::F64 && attention_isa() == Isa::Avx2) return forward_avx2(p, plan, out, lse);
 #endif
   forward_scalar(p, plan, out, lse);
 }
@@ -161,7 +169,7 @@ void backward(const Problem& p, const Strided& dout, const Strided& out, const v
               void* dv) {
   const Plan plan = make_plan(p);
 #ifdef EDGEGEN_HAVE_AVX2
-  if (p.dtype != DType::F64 && best_isa() == Isa::Avx2) return backward_avx2(p, plan, dout, out, lse, dq, dk, dv);
+  if (p.dtype != DType::F64 && attention_isa() == Isa::Avx2) return backward_avx2(p, plan, dout, out, lse, dq, dk, dv);
 #endif
   backward_scalar(p, plan, dout, out, lse, dq, dk, dv);
 }

@@ -16,6 +16,8 @@
 
 #include "../dtypes.h"
 
+#include "kernels/cpu_features.h"
+
 namespace edgegen::kernels::attention {
 
 // A [B, H, n, d] tensor given by its data pointer and element strides.
@@ -50,6 +52,8 @@ struct Problem {
 
 // out: contiguous [B, H, nq, d] in dtype; lse: contiguous [B, H, nq], double for F64 else float.
 void forward(const Problem& p, void* out, void* lse);
+// The path forward/backward take now for 32/16-bit inputs (float64 always runs the scalar path).
+Isa attention_isa();
 
 // dout, out: [B, H, nq, d] (strided); lse as written by forward. dq: contiguous [B, H, nq, d],
 // dk, dv: contiguous [B, H, nk, d], all in dtype.

@@ -4,9 +4,17 @@
 
 namespace edgegen::kernels {
 
+Isa kd_loss_isa() {
+#ifdef EDGEGEN_HAVE_AVX2
+  return pick_isa({Isa::Avx2, Isa::Scalar});
+#else
+  return Isa::Scalar;
+#endif
+}
+
 void kd_loss_rows(const KDLossProblem& p) {
 #ifdef EDGEGEN_HAVE_AVX2
-  if (best_isa() == Isa::Avx2) return kd_loss_rows_avx2(p);
+  if (kd_loss_isa() == Isa::Avx2) return kd_loss_rows_avx2(p);
 #endif
   kd_loss_rows_scalar(p);
 }

@@ -11,6 +11,8 @@
 
 #include "../dtypes.h"
 
+#include "kernels/cpu_features.h"
+
 namespace edgegen::kernels {
 
 constexpr int kKDMaxTeachers = 8;
@@ -40,6 +42,8 @@ struct KDLossProblem {
 // Runs the widest kernel this CPU supports. Preconditions are the caller's (the ATen glue checks
 // them); the kernel itself never allocates.
 void kd_loss_rows(const KDLossProblem& p);
+// The path kd_loss_rows takes now (avx2 or scalar).
+Isa kd_loss_isa();
 
 // Per-ISA entry points, for tests that compare them.
 void kd_loss_rows_scalar(const KDLossProblem& p);

@@ -10,32 +10,155 @@
 
 namespace edgegen::kernels::quant {
 
+// The INT8 GEMM family's paths. Each computes tiles of up to `rows` rows x `panels` panels of
+// 16 output features over a K range: acc[r][c] (row stride acc_ld) = sum_k a[r][k] * w[c][k],
+// added to acc when `accumulate`. u7 tells a path that every activation is <= 127 (the AVX2 path
+// needs it for vpmaddubsw; the others are exact on the whole u8 range).
+struct TilePath {
+  Isa isa;
+  int rows, panels;
+  bool wants_u7;
+  void (*tile)(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride, int panels,
+               int64_t kp, bool u7, int32_t* acc, int64_t acc_ld, bool accumulate);
+  // Zero-point compensation and output of a [rows, cols] tile at (i, j0) of the GEMM.
+  void (*store)(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
+                const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
+};
+
 #if defined(EDGEGEN_HAVE_AVX2)
 // gemm_avx2.cpp: one [rows <= 4, 16] tile over the whole K; u7 selects vpmaddubsw (a <= 127).
 void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, bool u7, int32_t* acc,
                bool accumulate);
 void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const int32_t* row_sum, const GemmOutput& out,
                      int64_t n, int64_t i, int64_t j0);
+// gemm_avx512.cpp: [rows <= 8, 16 x panels <= 2] tiles with vpdpbusd, and their epilogue.
+void tile_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride,
+                      int panels, int64_t kp, bool u7, int32_t* acc, int64_t acc_ld, bool accumulate);
+void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
+                       const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
+// Activation quantization (min/max over x, then one row's codes), gemm_avx2.cpp / gemm_avx512.cpp.
+void minmax_avx2(const float* x, int64_t n, float* lo, float* hi);
+void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out);
+void minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
+void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 #endif
 
 namespace {
 
-void tile_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc,
-                 bool accumulate) {
-  for (int r = 0; r < rows; ++r) {
-    int32_t sum[kPanel] = {0};
-    if (accumulate) std::memcpy(sum, acc + r * kPanel, sizeof(sum));
-    const uint8_t* ar = a + r * lda;
-    for (int64_t q = 0; q < kp / 4; ++q) {
-      const int8_t* blk = panel + q * 4 * kPanel;
-      for (int j = 0; j < kPanel; ++j)
-        for (int t = 0; t < 4; ++t) sum[j] += int32_t(ar[4 * q + t]) * int32_t(blk[4 * j + t]);
+void tile_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride, int panels,
+                 int64_t kp, bool, int32_t* acc, int64_t acc_ld, bool accumulate) {
+  for (int p = 0; p < panels; ++p) {
+    const int8_t* pan = panel + p * panel_stride;
+    for (int r = 0; r < rows; ++r) {
+      int32_t sum[kPanel] = {0};
+      int32_t* dst = acc + r * acc_ld + p * kPanel;
+      if (accumulate) std::memcpy(sum, dst, sizeof(sum));
+      const uint8_t* ar = a + r * lda;
+      for (int64_t q = 0; q < kp / 4; ++q) {
+        const int8_t* blk = pan + q * 4 * kPanel;
+        for (int j = 0; j < kPanel; ++j)
+          for (int t = 0; t < 4; ++t) sum[j] += int32_t(ar[4 * q + t]) * int32_t(blk[4 * j + t]);
+      }
+      std::memcpy(dst, sum, sizeof(sum));
     }
-    std::memcpy(acc + r * kPanel, sum, sizeof(sum));
   }
 }
 
+void store_scalar(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
+                  const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0) {
+  for (int r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int32_t v = acc[r * acc_ld + c] - a_zero_point * row_sum[j0 + c];
+      const int64_t o = (i + r) * n + j0 + c;
+      if (out.out_i32) {
+        out.out_i32[o] = v;
+      } else {
+        float f = float(v) * (out.a_scale * out.w_scale[j0 + c]);
+        if (out.bias) f += out.bias[j0 + c];
+        out.out_f32[o] = f;
+      }
+    }
+  }
+}
+
+#if defined(EDGEGEN_HAVE_AVX2)
+void tile_avx2_path(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t, int, int64_t kp, bool u7,
+                    int32_t* acc, int64_t, bool accumulate) {
+  tile_avx2(a, lda, rows, panel, kp, u7, acc, accumulate);
+}
+
+void store_avx2_path(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
+                     const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0) {
+  if (cols == kPanel) return store_tile_avx2(acc, rows, a_zero_point, row_sum, out, n, i, j0);
+  store_scalar(acc, acc_ld, rows, cols, a_zero_point, row_sum, out, n, i, j0);
+}
+#endif
+
+constexpr TilePath kScalar{Isa::Scalar, 4, 1, false, &tile_scalar, &store_scalar};
+#if defined(EDGEGEN_HAVE_AVX2)
+constexpr TilePath kAvx2{Isa::Avx2, 4, 1, true, &tile_avx2_path, &store_avx2_path};
+constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 2, false, &tile_avx512_vnni, &store_tile_avx512};
+#endif
+
+const TilePath* path_for(Isa isa) {
+  switch (isa) {
+#if defined(EDGEGEN_HAVE_AVX2)
+    case Isa::Amx:  // no AMX tile kernel yet: the VNNI path serves AMX machines
+    case Isa::Avx512Vnni: return &kAvx512Vnni;
+    case Isa::Avx512:
+    case Isa::Avx2: return &kAvx2;
+#endif
+    default: return &kScalar;
+  }
+}
+
+const TilePath& current_path() { return *path_for(int8_gemm_isa()); }
+
+// The activation quantization's paths (AVX-512 F/BW suffices; no VNNI needed).
+struct ActPath {
+  void (*minmax)(const float* x, int64_t n, float* lo, float* hi);
+  void (*quantize_row)(const float* x, int64_t k, float inv, float zp, uint8_t* out);
+};
+
+void minmax_scalar(const float* x, int64_t n, float* lo, float* hi) {
+  float a = *lo, b = *hi;
+  for (int64_t i = 0; i < n; ++i) {
+    a = std::min(a, x[i]);
+    b = std::max(b, x[i]);
+  }
+  *lo = a;
+  *hi = b;
+}
+
+void quantize_row_u7_scalar(const float* x, int64_t k, float inv, float zp, uint8_t* out) {
+  for (int64_t j = 0; j < k; ++j) {
+    const float v = std::nearbyint(x[j] * inv) + zp;
+    out[j] = uint8_t(std::min(127.0f, std::max(0.0f, v)));
+  }
+}
+
+ActPath act_path() {
+#if defined(EDGEGEN_HAVE_AVX2)
+  switch (pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar})) {
+    case Isa::Avx512: return {&minmax_avx512, &quantize_row_u7_avx512};
+    case Isa::Avx2: return {&minmax_avx2, &quantize_row_u7_avx2};
+    default: break;
+  }
+#endif
+  return {&minmax_scalar, &quantize_row_u7_scalar};
+}
+
 }  // namespace
+
+Isa int8_gemm_isa() {
+#if defined(EDGEGEN_HAVE_AVX2)
+  return pick_isa({Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar});
+#else
+  return Isa::Scalar;
+#endif
+}
+
+bool int8_gemm_has_path(Isa isa) { return path_for(isa)->isa == isa; }
 
 void pack_weight_s8(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* row_sum) {
   const int64_t kp = packed_k(k), np = packed_panels(n);
@@ -51,72 +174,89 @@ void pack_weight_s8(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32
   }
 }
 
-void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
-               const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
+namespace {
+
+void gemm_with(const TilePath& tp, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k,
+               int32_t a_zero_point, const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
   const int64_t kp = packed_k(k), np = packed_panels(n);
-  bool u7 = true;
+  bool u7 = tp.wants_u7;
   for (int64_t i = 0; i < m && u7; ++i)
     for (int64_t kk = 0; kk < k; ++kk)
       if (a[i * lda + kk] > 127) {
         u7 = false;
         break;
       }
-  const bool avx2 = best_isa() == Isa::Avx2;
-  (void)u7;
-  // Tasks: blocks of up to 64 rows x one panel. K is split into blocks of 1024 so that a panel's
-  // slice (16 KB) stays in L1 while every row tile of the block passes over it; the row tiles'
-  // accumulators live in a per-task buffer between K blocks.
-  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = 1024;
-  parallel_for(row_blocks * np, num_threads, [&](int64_t task) {
-    const int64_t p = task % np, i0 = (task / np) * mb, i1 = std::min(m, i0 + mb);
-    const int8_t* panel = packed + p * kp * kPanel;
-    const int64_t j0 = p * kPanel, cols = std::min<int64_t>(kPanel, n - j0);
-    int32_t accbuf[64 * kPanel];
+  // Tasks: blocks of up to 64 rows x one group of panels. K is split into blocks so that the
+  // group's weight slices (16 KB) stay in L1 while every row tile of the block passes over them;
+  // the row tiles' accumulators live in a per-task buffer between K blocks.
+  const int64_t pg = tp.panels, groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
+  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = 1024 / pg;
+  parallel_for(row_blocks * groups, num_threads, [&](int64_t task) {
+    const int64_t g = task % groups, i0 = (task / groups) * mb, i1 = std::min(m, i0 + mb);
+    const int64_t p0 = g * pg, panels = std::min(pg, np - p0);
+    const int8_t* panel = packed + p0 * kp * kPanel;
+    const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, n - j0);
+    int32_t accbuf[64 * 2 * kPanel];
     for (int64_t k0 = 0; k0 < kp; k0 += kb) {
       const int64_t klen = std::min(kb, kp - k0);
-      for (int64_t i = i0; i < i1; i += 4) {
-        const int rows = int(std::min<int64_t>(4, i1 - i));
-        int32_t* acc = accbuf + (i - i0) * kPanel;
-#if defined(EDGEGEN_HAVE_AVX2)
-        if (avx2) tile_avx2(a + i * lda + k0, lda, rows, panel + k0 * kPanel, klen, u7, acc, k0 > 0);
-        else tile_scalar(a + i * lda + k0, lda, rows, panel + k0 * kPanel, klen, acc, k0 > 0);
-#else
-        tile_scalar(a + i * lda + k0, lda, rows, panel + k0 * kPanel, klen, acc, k0 > 0);
-#endif
+      for (int64_t i = i0; i < i1; i += tp.rows) {
+        const int rows = int(std::min<int64_t>(tp.rows, i1 - i));
+        tp.tile(a + i * lda + k0, lda, rows, panel + k0 * kPanel, kp * kPanel, int(panels), klen, u7,
+                accbuf + (i - i0) * acc_ld, acc_ld, k0 > 0);
       }
     }
-    for (int64_t i = i0; i < i1; i += 4) {
-      const int rows = int(std::min<int64_t>(4, i1 - i));
-      const int32_t* acc = accbuf + (i - i0) * kPanel;
-#if defined(EDGEGEN_HAVE_AVX2)
-      if (avx2 && cols == kPanel) {
-        store_tile_avx2(acc, rows, a_zero_point, row_sum, out, n, i, j0);
-        continue;
+    for (int64_t i = i0; i < i1; i += tp.rows) {
+      const int rows = int(std::min<int64_t>(tp.rows, i1 - i));
+      tp.store(accbuf + (i - i0) * acc_ld, acc_ld, rows, cols, a_zero_point, row_sum, out, n, i, j0);
+    }
+  });
+}
+
+void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,
+               const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias,
+               float* out, const int64_t* os, int num_threads) {
+  const int64_t np = packed_panels(cout), kp = g.kh * g.kw * g.cp, taps = g.kh * g.kw;
+  const int64_t pg = tp.panels, groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
+  // Tasks: one output row of one image x one group of panels; pixels in tiles of tp.rows.
+  parallel_for(g.batch * g.out_h * groups, num_threads, [&](int64_t task) {
+    const int64_t gi = task % groups, bo = task / groups, b = bo / g.out_h, oh = bo % g.out_h;
+    const int64_t p0 = gi * pg, panels = std::min(pg, np - p0);
+    const int8_t* panel = packed + p0 * kp * kPanel;
+    const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, cout - j0);
+    int32_t acc[8 * 2 * kPanel];
+    for (int64_t ow = 0; ow < g.out_w; ow += tp.rows) {
+      const int rows = int(std::min<int64_t>(tp.rows, g.out_w - ow));
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t i = t / g.kw, j = t % g.kw;
+        const uint8_t* a = in + ((b * g.in_h + oh * g.sh + i * g.dh) * g.in_w + ow * g.sw + j * g.dw) * g.cp;
+        tp.tile(a, g.sw * g.cp, rows, panel + t * g.cp * kPanel, kp * kPanel, int(panels), g.cp, true, acc, acc_ld,
+                t > 0);
       }
-#endif
-      for (int r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          const int32_t v = acc[r * kPanel + c] - a_zero_point * row_sum[j0 + c];
-          const int64_t o = (i + r) * n + j0 + c;
-          if (out.out_i32) {
-            out.out_i32[o] = v;
-          } else {
-            float f = float(v) * (out.a_scale * out.w_scale[j0 + c]);
-            if (out.bias) f += out.bias[j0 + c];
-            out.out_f32[o] = f;
-          }
-        }
+      for (int64_t c = 0; c < cols; ++c) {
+        const float s = a_scale * w_scale[j0 + c], bb = bias ? bias[j0 + c] : 0.0f;
+        const int32_t comp = a_zero_point * row_sum[j0 + c];
+        float* o = out + b * os[0] + (j0 + c) * os[1] + oh * os[2] + ow * os[3];
+        for (int r = 0; r < rows; ++r) o[r * os[3]] = float(acc[r * acc_ld + c] - comp) * s + bb;
       }
     }
   });
 }
 
+}  // namespace
+
+void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+               const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
+  gemm_with(current_path(), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+}
+
+void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+                   const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
+  gemm_with(*path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+}
+
 ActQuant dynamic_act_params_u7(const float* x, int64_t n) {
   float lo = 0.0f, hi = 0.0f;  // the range always includes 0, so that 0 is exact
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
+  act_path().minmax(x, n, &lo, &hi);
   ActQuant q{hi > lo ? (hi - lo) / 127.0f : 1.0f, 0};
   q.zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q.scale))));
   return q;
@@ -133,17 +273,19 @@ void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t 
   const int64_t hp = h + pt + pb, wp = w + pl + pr;
   const float inv = 1.0f / q.scale;
   const uint8_t zp = uint8_t(q.zero_point);
+  const ActPath ap = act_path();
   parallel_for(batch * hp, num_threads, [&](int64_t bh) {
     const int64_t b = bh / hp, y = bh % hp - pt;
     uint8_t* row = out + bh * wp * cp;
     std::memset(row, zp, size_t(wp * cp));
     if (y < 0 || y >= h) return;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const float* src = x + ((b * c + ch) * h + y) * w;
-      for (int64_t xx = 0; xx < w; ++xx) {
-        const float v = std::nearbyint(src[xx] * inv) + float(q.zero_point);
-        row[(xx + pl) * cp + ch] = uint8_t(std::min(127.0f, std::max(0.0f, v)));
-      }
+    // Each channel's row quantized contiguously (vectorised), then interleaved into NHWC.
+    std::vector<uint8_t> codes(size_t(c * w));
+    for (int64_t ch = 0; ch < c; ++ch)
+      ap.quantize_row(x + ((b * c + ch) * h + y) * w, w, inv, float(q.zero_point), codes.data() + ch * w);
+    for (int64_t xx = 0; xx < w; ++xx) {
+      uint8_t* px = row + (xx + pl) * cp;
+      for (int64_t ch = 0; ch < c; ++ch) px[ch] = codes[size_t(ch * w + xx)];
     }
   });
 }
@@ -151,47 +293,22 @@ void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t 
 void conv2d_u8s8(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point, const int8_t* packed,
                  const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias, float* out,
                  const int64_t* os, int num_threads) {
-  const int64_t np = packed_panels(cout), kp = g.kh * g.kw * g.cp, taps = g.kh * g.kw;
-  const bool avx2 = best_isa() == Isa::Avx2;
-  (void)avx2;
-  // Tasks: one output row of one image x one panel of 16 output channels; pixels in tiles of 4.
-  parallel_for(g.batch * g.out_h * np, num_threads, [&](int64_t task) {
-    const int64_t p = task % np, bo = task / np, b = bo / g.out_h, oh = bo % g.out_h;
-    const int8_t* panel = packed + p * kp * kPanel;
-    const int64_t j0 = p * kPanel, cols = std::min<int64_t>(kPanel, cout - j0);
-    int32_t acc[4 * kPanel];
-    for (int64_t ow = 0; ow < g.out_w; ow += 4) {
-      const int rows = int(std::min<int64_t>(4, g.out_w - ow));
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t i = t / g.kw, j = t % g.kw;
-        const uint8_t* a = in + ((b * g.in_h + oh * g.sh + i * g.dh) * g.in_w + ow * g.sw + j * g.dw) * g.cp;
-        const int8_t* slice = panel + t * g.cp * kPanel;
-#if defined(EDGEGEN_HAVE_AVX2)
-        if (avx2) tile_avx2(a, g.sw * g.cp, rows, slice, g.cp, true, acc, t > 0);
-        else tile_scalar(a, g.sw * g.cp, rows, slice, g.cp, acc, t > 0);
-#else
-        tile_scalar(a, g.sw * g.cp, rows, slice, g.cp, acc, t > 0);
-#endif
-      }
-      for (int64_t c = 0; c < cols; ++c) {
-        const float s = a_scale * w_scale[j0 + c], bb = bias ? bias[j0 + c] : 0.0f;
-        const int32_t comp = a_zero_point * row_sum[j0 + c];
-        float* o = out + b * os[0] + (j0 + c) * os[1] + oh * os[2] + ow * os[3];
-        for (int r = 0; r < rows; ++r) o[r * os[3]] = float(acc[r * kPanel + c] - comp) * s + bb;
-      }
-    }
-  });
+  conv_with(current_path(), in, g, cout, a_zero_point, packed, row_sum, a_scale, w_scale, bias, out, os, num_threads);
+}
+
+void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,
+                     const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale,
+                     const float* bias, float* out, const int64_t* os, int num_threads) {
+  conv_with(*path_for(isa), in, g, cout, a_zero_point, packed, row_sum, a_scale, w_scale, bias, out, os, num_threads);
 }
 
 void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,
                                     int num_threads) {
   const float inv = 1.0f / q.scale;
+  const ActPath ap = act_path();
   parallel_for(m, num_threads, [&](int64_t i) {
     uint8_t* row = a + i * lda;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const float v = std::nearbyint(x[i * k + kk] * inv) + float(q.zero_point);
-      row[kk] = uint8_t(std::min(127.0f, std::max(0.0f, v)));
-    }
+    ap.quantize_row(x + i * k, k, inv, float(q.zero_point), row);
     for (int64_t kk = k; kk < lda; ++kk) row[kk] = 0;
   });
 }

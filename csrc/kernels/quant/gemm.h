@@ -5,13 +5,17 @@
 //   packed[p][k / 4][j][k % 4] = W[16 p + j][k]      (W is [N, K], nn.Linear's layout)
 // which is what vpmaddubsw consumes (4 consecutive k of one column per 32-bit lane).
 //
-// The AVX2 path multiplies with vpmaddubsw, whose int16 pair sums saturate when an activation
-// exceeds 127 (2 * 255 * 128 > 32767). It is taken only for activations in [0, 127] (7-bit, what
-// edgegen's dynamic quantization produces, like PyTorch's x86 reduce_range); any larger
-// activation sends the call to an exact path that widens to int16 first (vpmaddwd). Results are
-// exact int32 either way.
+// Paths (the family's table, chosen per call under EDGEGEN_MAX_ISA): scalar; AVX2, which
+// multiplies with vpmaddubsw, whose int16 pair sums saturate when an activation exceeds 127
+// (2 * 255 * 128 > 32767), so it is taken only for activations in [0, 127] (7-bit, what edgegen's
+// quantization produces, like PyTorch's x86 reduce_range) and any larger activation sends the
+// call to an exact path that widens to int16 first (vpmaddwd); AVX-512 VNNI, whose vpdpbusd adds
+// four u8 x s8 products into int32 exactly for the whole u8 range, on [8 rows x 32 features]
+// tiles (one 64-byte weight block per 16 features and 4 k). Results are exact int32 on every path.
 #pragma once
 #include <cstdint>
+
+#include "kernels/cpu_features.h"
 
 namespace edgegen::kernels::quant {
 
@@ -38,6 +42,14 @@ struct GemmOutput {
 void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
 
+// The path gemm_u8s8 / conv2d_u8s8 take now, and whether the build has a path of its own for an
+// ISA level; the *_isa forms run a given level's path (for tests and benchmarks: the caller
+// checks cpu_supports first).
+Isa int8_gemm_isa();
+bool int8_gemm_has_path(Isa isa);
+void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+                   const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
+
 // Dynamic per-tensor quantization of float32 activations to [0, 127]: scale = (max - min) / 127
 // over the range extended to include 0, zero point round(-min / scale). Writes a [m, lda] with
 // zero padding; returns (scale, zero_point).
@@ -63,6 +75,10 @@ struct ConvGeometry {
 void conv2d_u8s8(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point, const int8_t* packed,
                  const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias, float* out,
                  const int64_t* out_strides, int num_threads);
+
+void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,
+                     const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale,
+                     const float* bias, float* out, const int64_t* out_strides, int num_threads);
 
 // NCHW float32 [batch, c, h, w] -> padded NHWC uint8 [batch, h + pt + pb, w + pl + pr, cp] with 7-bit
 // values; padding (spatial, and channels c..cp) holds the zero point.

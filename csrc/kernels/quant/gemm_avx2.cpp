@@ -128,3 +128,52 @@ void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const i
 }
 
 }  // namespace edgegen::kernels::quant
+
+namespace edgegen::kernels::quant {
+
+// Activation quantization on AVX2: the same float operations as the scalar loops (bit-identical
+// codes), 8 values at a time, the tail scalar.
+void minmax_avx2(const float* x, int64_t n, float* lo, float* hi) {
+  __m256 vlo = _mm256_set1_ps(*lo), vhi = _mm256_set1_ps(*hi);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    vlo = _mm256_min_ps(vlo, v);
+    vhi = _mm256_max_ps(vhi, v);
+  }
+  alignas(32) float l[8], h[8];
+  _mm256_store_ps(l, vlo);
+  _mm256_store_ps(h, vhi);
+  float a = *lo, b = *hi;
+  for (int t = 0; t < 8; ++t) {
+    a = l[t] < a ? l[t] : a;
+    b = h[t] > b ? h[t] : b;
+  }
+  for (; i < n; ++i) {
+    a = x[i] < a ? x[i] : a;
+    b = x[i] > b ? x[i] : b;
+  }
+  *lo = a;
+  *hi = b;
+}
+
+void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out) {
+  const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zp), zero = _mm256_setzero_ps(),
+               top = _mm256_set1_ps(127.0f);
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vinv),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vzp), zero), top));
+    const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const __m128i p8 = _mm_packus_epi16(p16, p16);
+    std::memcpy(out + j, &p8, 8);
+  }
+  for (; j < k; ++j) {
+    float v = __builtin_nearbyintf(x[j] * inv) + zp;
+    v = v < 0.0f ? 0.0f : (v > 127.0f ? 127.0f : v);
+    out[j] = uint8_t(v);
+  }
+}
+
+}  // namespace edgegen::kernels::quant

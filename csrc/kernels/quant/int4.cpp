@@ -40,6 +40,14 @@ float int4_dot_scalar(const uint8_t* row, int64_t k0, const float* x, int64_t le
 
 }  // namespace
 
+Isa int4_isa() {
+#if defined(EDGEGEN_HAVE_AVX2)
+  return pick_isa({Isa::Avx2, Isa::Scalar});
+#else
+  return Isa::Scalar;
+#endif
+}
+
 void pack_int4(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed) {
   for (int64_t r = 0; r < n; ++r) {
     uint8_t* row = packed + r * k / 2;
@@ -74,7 +82,7 @@ void int4_gemv(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* p
       for (int64_t t = 0; t < group; ++t) s += x[i * k + g * group + t];
       xsum[size_t(i * groups + g)] = s;
     }
-  const bool avx2 = best_isa() == Isa::Avx2;
+  const bool avx2 = int4_isa() == Isa::Avx2;
   // The activations in the lane order of the packed words (see int4.h), for the vector path.
   std::vector<float> xp;
   if (avx2) {
@@ -117,7 +125,7 @@ void int4_gemv(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* p
 void int4_dequantize_rows(const uint8_t* packed, const float* scale, const uint8_t* zero, int64_t k, int64_t group,
                           int64_t n0, int64_t n1, float* w, int num_threads) {
   const int64_t groups = k / group;
-  const bool avx2 = best_isa() == Isa::Avx2;
+  const bool avx2 = int4_isa() == Isa::Avx2;
   (void)avx2;
   parallel_for(n1 - n0, num_threads, [&](int64_t rr) {
     const int64_t r = n0 + rr;

@@ -8,9 +8,14 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/cpu_features.h"
+
 namespace edgegen::kernels::quant {
 
 // q: [n, k] values in [0, 15]; packed: [n, k / 2].
+// The path int4_gemv / int4_dequantize_rows take now (avx2 or scalar).
+Isa int4_isa();
+
 void pack_int4(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed);
 void unpack_int4(const uint8_t* packed, int64_t n, int64_t k, uint8_t* q);
 

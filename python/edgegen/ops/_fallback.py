@@ -447,7 +447,18 @@ def magnitude_prune_fallback(weights, grads, num_prune, masks):
     _nonempty(weights)
     if len(masks) != len(weights):
         raise ValueError(f"masks: expected one mask per weight ({len(weights)}), got {len(masks)}")
-    for w, m, keep in zip(weights, masks, ref.magnitude_mask_reference(weights, grads, num_prune)):
+    for i, (w, m) in enumerate(zip(weights, masks)):  # everything checked before anything is written
+        if m.device != w.device:
+            raise RuntimeError(f"masks[{i}]: expected a tensor on {w.device} (that of weights[{i}]), got {m.device}")
+        if m.dtype != torch.bool:
+            raise TypeError(f"masks[{i}]: expected a bool tensor, got {m.dtype}")
+        if m.shape != w.shape:
+            raise ValueError(f"masks[{i}]: expected shape {list(w.shape)}, got {list(m.shape)}")
+        for name, t in ((f"weights[{i}]", w), (f"masks[{i}]", m)):
+            if torch._debug_has_internal_overlap(t) == 1:
+                raise ValueError(f"{name}: has overlapping elements (an expanded view); it is written in place")
+    keeps = ref.magnitude_mask_reference(weights, grads, num_prune)
+    for w, m, keep in zip(weights, masks, keeps):
         m.copy_(keep)
         w.masked_fill_(~keep, 0)
 

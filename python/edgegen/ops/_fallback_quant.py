@@ -36,6 +36,15 @@ def _check_float(t: Tensor, name: str) -> None:
         raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
 
 
+_KERNEL_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _kernel_float(dtype: torch.dtype, name: str) -> None:
+    """The element types the CPU quantization kernels read and write."""
+    if dtype not in _KERNEL_FLOATS:
+        raise TypeError(f"{name}: expected a float32, bfloat16, float16 or float64 tensor, got {dtype}")
+
+
 def _qparams(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None) -> None:
     """The per-tensor or per-channel (scale, zero_point) checks of the CPU kernels."""
     if axis is not None and not -x.dim() <= axis < x.dim():
@@ -138,7 +147,7 @@ def channel_norms_fallback(weight, dim, p, grad):
 
 def quantize_affine_fallback(input, scale, zero_point, axis, quant_min, quant_max, dtype):
     _check_same_device(input, scale=scale, zero_point=zero_point)
-    _check_float(input, "input")
+    _kernel_float(input.dtype, "input")
     if dtype not in (torch.int8, torch.uint8):
         raise TypeError(f"dtype: expected torch.int8 or torch.uint8, got {dtype}")
     unsigned = dtype == torch.uint8
@@ -153,15 +162,14 @@ def dequantize_affine_fallback(input, scale, zero_point, axis, out_dtype):
     _check_same_device(input, scale=scale, zero_point=zero_point)
     if input.dtype not in (torch.int8, torch.uint8):
         raise TypeError(f"input: expected an int8 or uint8 tensor of quantized values, got {input.dtype}")
-    if not out_dtype.is_floating_point:
-        raise TypeError(f"out_dtype: expected a floating-point dtype, got {out_dtype}")
+    _kernel_float(out_dtype, "out_dtype")
     _qparams(input, scale, zero_point, axis)
     return ref.dequantize_affine_reference(input, scale, zero_point, axis, out_dtype)
 
 
 def fake_quantize_affine_fallback(input, scale, zero_point, axis, quant_min, quant_max):
     _check_same_device(input, scale=scale, zero_point=zero_point)
-    _check_float(input, "input")
+    _kernel_float(input.dtype, "input")
     _range(quant_min, quant_max, -(1 << 31), (1 << 31) - 1, "fake quantization")
     _qparams(input, scale, zero_point, axis)
     _zero_points_in(zero_point, quant_min, quant_max)
@@ -170,7 +178,7 @@ def fake_quantize_affine_fallback(input, scale, zero_point, axis, quant_min, qua
 
 def fake_quantize_learnable_backward_fallback(grad, input, scale, zero_point, axis, quant_min, quant_max, grad_factor):
     _check_same_device(input, grad=grad, scale=scale, zero_point=zero_point)
-    _check_float(input, "input")
+    _kernel_float(input.dtype, "input")
     _like(grad, input, "grad", "input")
     if not (math.isfinite(grad_factor) and grad_factor > 0):
         raise ValueError(f"grad_factor: expected a finite value > 0, got {grad_factor}")
@@ -186,21 +194,23 @@ def fake_quantize_learnable_backward_fallback(grad, input, scale, zero_point, ax
 # ------------------------------------------------------------------------------- observers
 
 def observe_minmax_fallback(input, axis):
-    _check_float(input, "input")
+    _kernel_float(input.dtype, "input")
     if input.numel() == 0:
         raise ValueError("input: expected a non-empty tensor")
-    _no_nan(input)
     x = input.detach()
+    if axis is not None and not -x.dim() <= axis < x.dim():
+        raise IndexError(f"axis: expected a dimension in [{-x.dim()}, {x.dim()}), got {axis}")
+    _no_nan(input)
     if axis is None:
         return x.min().float().reshape(1), x.max().float().reshape(1)
-    if not -x.dim() <= axis < x.dim():
-        raise IndexError(f"axis: expected a dimension in [{-x.dim()}, {x.dim()}), got {axis}")
     dims = [d for d in range(x.dim()) if d != axis % x.dim()]
+    if not dims:  # a 1-D tensor per channel: every value is its own channel
+        return x.float().clone(), x.float().clone()
     return x.amin(dim=dims).float(), x.amax(dim=dims).float()
 
 
 def observe_histogram_fallback(input, bins, lo, hi):
-    _check_float(input, "input")
+    _kernel_float(input.dtype, "input")
     if not 1 <= bins <= (1 << 24):
         raise ValueError(f"bins: expected a value in [1, 2^24], got {bins}")
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -238,18 +248,19 @@ def int8_pack_weight_fallback(weight):
     return packed, weight.to(torch.int32).sum(dim=1, dtype=torch.int32)
 
 
-def _unpacked(packed: Tensor, row_sum: Tensor, n: int, k: int, cols: int | None = None) -> Tensor:
+def _unpacked(packed: Tensor, row_sum: Tensor, n: int, k: int, cols: int | None = None,
+              pname: str = "packed_weight", rname: str = "weight_row_sum") -> Tensor:
     """The [n, cols] int8 matrix a packed weight holds (cols defaults to k), its layout checked."""
     cols = k if cols is None else cols
     if not (0 < n and 0 < k <= _MAX_K):
         raise ValueError(f"n, k: expected 0 < n and 0 < k <= {_MAX_K}, got {n}, {k}")
     panels, kp = -(-n // _PANEL), -(-k // 4) * 4
     if packed.dtype != torch.int8 or not packed.is_contiguous():
-        raise TypeError("packed_weight: expected the contiguous int8 tensor from int8_pack_weight")
+        raise TypeError(f"{pname}: expected the contiguous int8 tensor from int8_pack_weight")
     if packed.numel() != panels * kp * _PANEL:
-        raise ValueError(f"packed_weight: has {packed.numel()} bytes, expected {panels * kp * _PANEL} for n={n}, k={k}")
+        raise ValueError(f"{pname}: has {packed.numel()} bytes, expected {panels * kp * _PANEL} for n={n}, k={k}")
     if row_sum.dtype != torch.int32 or row_sum.dim() != 1 or row_sum.shape[0] != n or not row_sum.is_contiguous():
-        raise ValueError(f"weight_row_sum: expected a contiguous int32 tensor of shape [{n}]")
+        raise ValueError(f"{rname}: expected a contiguous int32 tensor of shape [{n}]")
     w = packed.reshape(panels, kp // 4, _PANEL, 4).permute(0, 2, 1, 3).reshape(panels * _PANEL, kp)[:n]
     return w[:, :cols]
 
@@ -359,11 +370,14 @@ def _pair(v, name: str, lo: int, hi: int = 1 << 24) -> None:
         raise ValueError(f"{name}: expected two values in [{lo}, {hi}], got {list(v)}")
 
 
-def _conv_weight(packed: Tensor, row_sum: Tensor, cout: int, kernel, cin: int) -> Tensor:
+def _conv_weight(packed: Tensor, row_sum: Tensor, cout: int, kernel, cin: int, pname: str = "packed_weight",
+                 rname: str = "weight_row_sum") -> Tensor:
     """The [Cout, Cin, kh, kw] float64 integer weight codes of a packed direct-convolution weight."""
     kh, kw = kernel
     cp = -(-cin // 4) * 4
-    full = _unpacked(packed, row_sum, cout, kh * kw * cp)
+    if cout < 1:
+        raise ValueError(f"out_channels: expected a value >= 1, got {cout}")
+    full = _unpacked(packed, row_sum, cout, kh * kw * cp, None, pname, rname)
     _unused_zero(full, torch.arange(full.shape[1], device=full.device) % cp < cin, "input channels")
     return full.reshape(cout, kh, kw, cp)[..., :cin].permute(0, 3, 1, 2).to(torch.float64)
 
@@ -375,10 +389,17 @@ def int8_conv2d_fallback(input, packed_weight, weight_row_sum, weight_scale, bia
     _check_float(input, "input")
     if input.dim() != 4:
         raise ValueError(f"input: expected [N, C, H, W], got {list(input.shape)}")
+    if out_channels < 1:
+        raise ValueError(f"out_channels: expected a value >= 1, got {out_channels}")
     _pair(kernel_size, "kernel_size", 1)
     _pair(stride, "stride", 1)
     _pair(padding, "padding", 0)
     _pair(dilation, "dilation", 1)
+    h, w_in = input.shape[2], input.shape[3]
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    wo = (w_in + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input: spatial size {h}x{w_in} is too small for the kernel")
     w = _conv_weight(packed_weight, weight_row_sum, out_channels, kernel_size, input.shape[1])
     _weight_scale(weight_scale, out_channels)
     _bias(bias, out_channels)
@@ -387,6 +408,45 @@ def int8_conv2d_fallback(input, packed_weight, weight_row_sum, weight_scale, bia
     d, s = _act_codes(input, a_scale, a_zero_point)
     acc = F.conv2d(d, w, None, list(stride), list(padding), list(dilation))  # integers, exact in float64
     return _conv_epilogue(acc, s, weight_scale, bias).to(input.dtype)
+
+
+def _check_phases(phases, stride, padding, in_size, output_size) -> None:
+    """The phases are distinct residues in [0, stride) whose tap counts split one kernel by the
+    stride, one per residue with taps, and output_size is a transposed-convolution size (the
+    CPU kernel's checks)."""
+    taps = [[0] * stride[0], [0] * stride[1]]
+    seen = set()
+    for i, (ry, rx, ty, tx) in enumerate(phases):
+        if not (0 <= ry < stride[0] and 0 <= rx < stride[1]):
+            raise ValueError(f"phase_info: phase {i} has residue ({ry}, {rx}), expected values in [0, stride) = "
+                             f"[0, {stride[0]}) x [0, {stride[1]})")
+        if not (1 <= ty <= 1024 and 1 <= tx <= 1024):
+            raise ValueError(f"phase_info: phase {i} has taps ({ty}, {tx}), expected values in [1, 1024]")
+        if (ry, rx) in seen:
+            raise ValueError(f"phase_info: phase {i} repeats the residue ({ry}, {rx})")
+        seen.add((ry, rx))
+        for d, (r, t) in enumerate(((ry, ty), (rx, tx))):
+            if taps[d][r] not in (0, t):
+                raise ValueError(f"phase_info: phase {i} has {t} taps where an earlier phase with the same residue "
+                                 f"has {taps[d][r]}")
+            taps[d][r] = t
+    kernel = [sum(taps[0]), sum(taps[1])]
+    for d, what in ((0, "row"), (1, "column")):
+        for r in range(stride[d]):
+            if taps[d][r] != max(0, -(-(kernel[d] - r) // stride[d])):
+                raise ValueError(f"phase_info: the {what} taps do not split one kernel of {kernel[d]} by stride "
+                                 f"{stride[d]} (residue {r} has {taps[d][r]}); were the phases built for another "
+                                 "stride?")
+    want = min(stride[0], kernel[0]) * min(stride[1], kernel[1])
+    if len(seen) != want:
+        raise ValueError(f"phase_info: expected one phase per (row, column) residue that has taps, {want}, got "
+                         f"{len(seen)}")
+    for d in range(2):
+        lo = (in_size[d] - 1) * stride[d] - 2 * padding[d] + kernel[d]
+        if not lo <= output_size[d] < lo + stride[d]:
+            raise ValueError(f"output_size: {output_size[d]} is not a transposed-convolution size for input "
+                             f"{in_size[d]}, kernel {kernel[d]}, stride {stride[d]}, padding {padding[d]} (expected "
+                             f"[{lo}, {lo + stride[d] - 1}])")
 
 
 def int8_conv_transpose2d_fallback(input, packed_weights, weight_row_sums, weight_scale, bias, out_channels,
@@ -400,6 +460,8 @@ def int8_conv_transpose2d_fallback(input, packed_weights, weight_row_sums, weigh
     _pair(stride, "stride", 1, 1 << 16)
     _pair(padding, "padding", 0)
     _pair(output_size, "output_size", 1)
+    if out_channels < 1:
+        raise ValueError(f"out_channels: expected a value >= 1, got {out_channels}")
     _weight_scale(weight_scale, out_channels)
     _bias(bias, out_channels)
     _static_act(a_scale, a_zero_point)
@@ -407,17 +469,13 @@ def int8_conv_transpose2d_fallback(input, packed_weights, weight_row_sums, weigh
     b, c, h, w = input.shape
     (sy, sx), (py, px), (ho, wo) = stride, padding, output_size
     phases = [tuple(phase_info[4 * i:4 * i + 4]) for i in range(len(packed_weights))]
-    if len(set((ry, rx) for ry, rx, _, _ in phases)) != len(phases):
-        raise ValueError("phase_info: a residue (ry, rx) is repeated")
-    for i, (ry, rx, ty, tx) in enumerate(phases):
-        if not (0 <= ry < sy and 0 <= rx < sx):
-            raise ValueError(f"phase_info: phase {i} has residue ({ry}, {rx}), expected values in [0, stride)")
-        if not (1 <= ty <= 1024 and 1 <= tx <= 1024):
-            raise ValueError(f"phase_info: phase {i} has taps ({ty}, {tx}), expected values in [1, 1024]")
+    _check_phases(phases, (sy, sx), (py, px), (h, w), (ho, wo))
     d, s = _act_codes(input, a_scale, a_zero_point)  # one quantization shared by every phase
     acc = d.new_zeros((b, out_channels, ho, wo))
-    for (ry, rx, ty, tx), packed, row_sum in zip(phases, packed_weights, weight_row_sums):
-        wt = _conv_weight(packed, row_sum, out_channels, (ty, tx), c)
+    weights = [_conv_weight(packed, row_sum, out_channels, (ty, tx), c, f"packed_weights[{i}]",
+                            f"weight_row_sums[{i}]")
+               for i, ((_, _, ty, tx), packed, row_sum) in enumerate(zip(phases, packed_weights, weight_row_sums))]
+    for (ry, rx, ty, tx), wt in zip(phases, weights):
         # Output rows o = q * sy + ry - py of this phase, q in [qy0, qy1]; the phase convolution
         # reads input rows q - ty + 1 .. q (zero outside the input).
         qy0, qy1 = -((ry - py) // sy), (ho - 1 + py - ry) // sy
@@ -453,9 +511,9 @@ def _int4_args(packed: Tensor, scale: Tensor, zero_point: Tensor, group_size: in
 
 
 def int4_pack_fallback(weight):
-    if weight.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
-        raise TypeError(f"weight: expected an integer tensor of 4-bit codes, got {weight.dtype}")
-    if weight.dim() != 2 or weight.shape[1] % 64:
+    if weight.dtype != torch.uint8:
+        raise TypeError(f"weight: expected a uint8 tensor of 4-bit values, got {weight.dtype}")
+    if weight.dim() != 2 or weight.shape[0] == 0 or weight.shape[1] == 0 or weight.shape[1] % 64:
         raise ValueError(f"weight: expected [out_features, in_features] with in_features a multiple of 64, got "
                          f"{list(weight.shape)}")
     if weight.numel() and (int(weight.min()) < 0 or int(weight.max()) > 15):

@@ -225,7 +225,7 @@ def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: T
     xhat = (q - zp).to(torch.float32) * s
     ds = torch.where(edge, (q - zp).double(), ((xhat - xf) * inv).double()) * g
     dz = torch.where(edge, -s.double() * g, torch.zeros((), dtype=torch.float64))  # 0 inside, whatever g is
-    dims = [d for d in range(x.dim()) if d != axis] if axis is not None else list(range(x.dim()))
+    dims = [d for d in range(x.dim()) if d != axis % x.dim()] if axis is not None else list(range(x.dim()))
     red = lambda t: (t.sum(dim=dims) if dims else t).reshape(-1) * grad_factor  # noqa: E731
     dx = torch.where(edge, torch.zeros((), dtype=grad.dtype), grad.detach()).to(x.dtype)
     return dx, red(ds).float(), red(dz).float()

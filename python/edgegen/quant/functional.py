@@ -27,14 +27,15 @@ def _range(dtype: torch.dtype, quant_min: int | None, quant_max: int | None) -> 
     return qmin, qmax
 
 
-def _as_tensor(v, dtype: torch.dtype, name: str) -> Tensor:
+def _as_tensor(v, dtype: torch.dtype, name: str, like=None) -> Tensor:
+    """A number as a [1] tensor on the device of ``like`` (the data it quantizes); tensors pass."""
     if isinstance(v, Tensor):
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a number or a tensor, got {type(v).__name__}")
     if not dtype.is_floating_point:
         v = as_int(v, name)  # a zero point of 1.5 is an error, never truncated to 1
-    return torch.tensor([v], dtype=dtype)
+    return torch.tensor([v], dtype=dtype, device=like.device if isinstance(like, Tensor) else None)
 
 
 def quantize_per_tensor(x: Tensor, scale, zero_point, dtype: torch.dtype = torch.int8,
@@ -42,8 +43,8 @@ def quantize_per_tensor(x: Tensor, scale, zero_point, dtype: torch.dtype = torch
     """int8/uint8 tensor of quantized values. ``quant_min``/``quant_max`` default to the dtype's
     full range; pass -127 for the restricted symmetric convention."""
     qmin, qmax = _range(dtype, quant_min, quant_max)
-    return ops.quantize_affine(x, _as_tensor(scale, torch.float64, "scale"),
-                               _as_tensor(zero_point, torch.int64, "zero_point"), None, qmin, qmax, dtype)
+    return ops.quantize_affine(x, _as_tensor(scale, torch.float64, "scale", x),
+                               _as_tensor(zero_point, torch.int64, "zero_point", x), None, qmin, qmax, dtype)
 
 
 def quantize_per_channel(x: Tensor, scales: Tensor, zero_points: Tensor, axis: int, dtype: torch.dtype = torch.int8,
@@ -60,15 +61,15 @@ def quantize_per_channel(x: Tensor, scales: Tensor, zero_points: Tensor, axis: i
 
 def dequantize(q: Tensor, scale, zero_point, axis: int | None = None, out_dtype: torch.dtype = torch.float32) -> Tensor:
     """(q - zero_point) * scale, per tensor (axis None) or per channel along ``axis``."""
-    return ops.dequantize_affine(q, _as_tensor(scale, torch.float64, "scale"),
-                                 _as_tensor(zero_point, torch.int64, "zero_point"), axis, out_dtype)
+    return ops.dequantize_affine(q, _as_tensor(scale, torch.float64, "scale", q),
+                                 _as_tensor(zero_point, torch.int64, "zero_point", q), axis, out_dtype)
 
 
 def fake_quantize(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axis: int | None = None) -> Tensor:
     """Quantize-dequantize in x's dtype with the straight-through gradient (1 inside
     [quant_min, quant_max] before clamping, 0 outside)."""
-    return ops.fake_quantize_affine(x, _as_tensor(scale, torch.float32, "scale"),
-                                    _as_tensor(zero_point, torch.int32, "zero_point"),
+    return ops.fake_quantize_affine(x, _as_tensor(scale, torch.float32, "scale", x),
+                                    _as_tensor(zero_point, torch.int32, "zero_point", x),
                                     None if axis is None else as_int(axis, "axis"), as_int(quant_min, "quant_min"),
                                     as_int(quant_max, "quant_max"))
 

@@ -10,6 +10,12 @@ from edgegen.ops import quant as ops
 from edgegen.quant.functional import quantize_per_channel
 
 
+def _f32(t: Tensor) -> Tensor:
+    """Scales stay float32 for the kernels even after ``module.half()`` / ``.to(dtype)`` (which
+    convert every floating-point buffer)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def symmetric_weight_scales(w: Tensor, qmax: int = 127) -> Tensor:
     """Per-output-row scales max|w| / qmax (float32); an all-zero row gets scale 1."""
     amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).to(torch.float32)
@@ -92,8 +98,9 @@ class Int8Linear(nn.Module):
         n, k = self.out_features, self.in_features
         if self.static:
             return ops.int8_linear_static(x, float(self.act_scale), int(self.act_zero_point), self.packed_weight,
-                                          self.weight_row_sum, self.weight_scale, self.bias, n, k)
-        return ops.int8_linear_dynamic(x, self.packed_weight, self.weight_row_sum, self.weight_scale, self.bias, n, k)
+                                          self.weight_row_sum, _f32(self.weight_scale), self.bias, n, k)
+        return ops.int8_linear_dynamic(x, self.packed_weight, self.weight_row_sum, _f32(self.weight_scale), self.bias,
+                                       n, k)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -138,7 +145,7 @@ def _int8_conv(x: Tensor, gemm: "Int8Linear", bias: Tensor | None, out_channels:
                dilation, act: tuple[float, int] | None) -> Tensor:
     """The direct INT8 convolution op (dynamic activations when ``act`` is None)."""
     a_scale, a_zp = act if act is not None else (0.0, 0)
-    return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, gemm.weight_scale, bias,
+    return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, _f32(gemm.weight_scale), bias,
                                          out_channels, list(kernel), list(stride), list(padding), list(dilation),
                                          a_scale, a_zp)
 
@@ -261,14 +268,14 @@ class Int8ConvTranspose2d(nn.Module):
             a_scale, a_zp = static or (0.0, 0)
             return torch.ops.edgegen.int8_conv_transpose2d(
                 x, [p.packed_weight for p in self.phases], [p.weight_row_sum for p in self.phases],
-                self.phases[0].weight_scale, self.bias, self.out_channels, info, list(self.stride), list(self.padding),
+                _f32(self.phases[0].weight_scale), self.bias, self.out_channels, info, list(self.stride), list(self.padding),
                 [ho, wo], a_scale, a_zp)
         # One GEMM with N = Cout * kh * kw over the pixels, then col2im; one activation
         # quantization for the whole call.
         act = static or _dynamic_act_qparams(x)
         g = self.gemm
         cols = ops.int8_linear_static(x.permute(0, 2, 3, 1).reshape(b, h * w, c), act[0], act[1], g.packed_weight,
-                                      g.weight_row_sum, g.weight_scale, None, g.out_features, g.in_features)
+                                      g.weight_row_sum, _f32(g.weight_scale), None, g.out_features, g.in_features)
         out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
         if self.bias is not None:
             out = out + self.bias[None, :, None, None]
@@ -315,10 +322,10 @@ class Int4Linear(nn.Module):
         return q
 
     def dequantized_weight(self) -> Tensor:
-        return torch.ops.edgegen.int4_dequantize(self.packed_weight, self.scale, self.zero_point, self.group_size)
+        return torch.ops.edgegen.int4_dequantize(self.packed_weight, _f32(self.scale), self.zero_point, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.int4_linear(x, self.packed_weight, self.scale, self.zero_point, self.bias, self.group_size)
+        return ops.int4_linear(x, self.packed_weight, _f32(self.scale), self.zero_point, self.bias, self.group_size)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

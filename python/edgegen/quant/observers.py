@@ -104,14 +104,15 @@ class PercentileObserver(Observer):
         if self.min_val.numel() and (lo_new < self.min_val or hi_new > self.max_val):
             # Re-bin: each old bin's mass goes to the new bin holding its centre.
             w_old = (self.max_val - self.min_val) / self.bins
-            centres = self.min_val + (torch.arange(self.bins) + 0.5) * w_old
+            centres = self.min_val + (torch.arange(self.bins, device=self.min_val.device) + 0.5) * w_old
             w_new = (hi_new - lo_new) / self.bins
             idx = ((centres - lo_new) / w_new).floor().clamp(0, self.bins - 1).long()
-            self.histogram = torch.zeros_like(self.histogram).index_add_(0, idx, self.histogram)
+            self.histogram = torch.zeros_like(self.histogram).index_add_(0, idx.to(self.histogram.device),
+                                                                         self.histogram)
         self.min_val, self.max_val = lo_new, hi_new
         counts = torch.ops.edgegen.observe_histogram(x.detach(), self.bins, float(lo_new),
                                                      float(hi_new))
-        self.histogram += counts.double()
+        self.histogram += counts.to(self.histogram.device, torch.float64)  # the observer may live elsewhere
 
     def calculate_qparams(self):
         lo, hi = self.range()

@@ -1,0 +1,158 @@
+// AVX-512 VNNI tiles of the INT8 GEMM (compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl
+// -mavx512vnni; reached only when the CPU has them). See gemm.h for the packing: one 64-byte block
+// holds 4 consecutive k of 16 output features, exactly the operand layout of vpdpbusd.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/quant/gemm.h"
+
+namespace edgegen::kernels::quant {
+
+namespace {
+
+// R rows x P panels of accumulators, kept in registers. vpdpbusd has a latency of several cycles,
+// so with few rows the K loop keeps U independent sets of accumulators (consecutive k quads go
+// to different sets) and adds them at the end: R * P * U <= 16 of the 32 ZMM registers.
+template <int R, int P, int U>
+void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_t kp, int32_t* acc, int64_t acc_ld,
+          bool accumulate) {
+  __m512i c[U][R][P];
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p)
+        c[u][r][p] = (u == 0 && accumulate) ? _mm512_loadu_si512(acc + r * acc_ld + p * kPanel)
+                                            : _mm512_setzero_si512();
+  const int64_t nq = kp / 4;
+  int64_t q = 0;
+  for (; q + U <= nq; q += U) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      __m512i w[P];
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) w[p] = _mm512_loadu_si512(panel + p * ps + (q + u) * 64);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, a + r * lda + 4 * (q + u), 4);
+        const __m512i av = _mm512_set1_epi32(quad);
+#pragma GCC unroll 2
+        for (int p = 0; p < P; ++p) c[u][r][p] = _mm512_dpbusd_epi32(c[u][r][p], av, w[p]);
+      }
+    }
+  }
+  for (; q < nq; ++q) {
+    __m512i w[P];
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) w[p] = _mm512_loadu_si512(panel + p * ps + q * 64);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, a + r * lda + 4 * q, 4);
+      const __m512i av = _mm512_set1_epi32(quad);
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) c[0][r][p] = _mm512_dpbusd_epi32(c[0][r][p], av, w[p]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) {
+      __m512i v = c[0][r][p];
+#pragma GCC unroll 4
+      for (int u = 1; u < U; ++u) v = _mm512_add_epi32(v, c[u][r][p]);
+      _mm512_storeu_si512(acc + r * acc_ld + p * kPanel, v);
+    }
+}
+
+template <int P>
+void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_t kp, int32_t* acc,
+               int64_t acc_ld, bool accumulate) {
+  constexpr int U1 = 8 / P, U2 = 4 / P, U3 = P == 1 ? 2 : 1;  // independent chains for few rows
+  switch (rows) {
+    case 8: return tile<8, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    case 7: return tile<7, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    case 6: return tile<6, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    case 5: return tile<5, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    case 4: return tile<4, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    case 3: return tile<3, P, U3>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    case 2: return tile<2, P, U2>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+    default: return tile<1, P, U1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
+  }
+}
+
+}  // namespace
+
+void tile_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride, int panels,
+                      int64_t kp, bool, int32_t* acc, int64_t acc_ld, bool accumulate) {
+  if (panels == 2) return tile_rows<2>(rows, a, lda, panel, panel_stride, kp, acc, acc_ld, accumulate);
+  tile_rows<1>(rows, a, lda, panel, panel_stride, kp, acc, acc_ld, accumulate);
+}
+
+// Zero-point compensation, then int32 out or float out = acc * a_scale * w_scale[j] (+ bias[j]);
+// 16 columns at a time, the last ones masked.
+void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
+                       const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0) {
+  const __m512i zp = _mm512_set1_epi32(a_zero_point);
+  for (int64_t c0 = 0; c0 < cols; c0 += kPanel) {
+    const int64_t w = cols - c0 < kPanel ? cols - c0 : kPanel;
+    const __mmask16 m = __mmask16((1u << w) - 1u);
+    const int64_t j = j0 + c0;
+    const __m512i comp = _mm512_mullo_epi32(zp, _mm512_maskz_loadu_epi32(m, row_sum + j));
+    __m512 scale = _mm512_setzero_ps(), bias = _mm512_setzero_ps();
+    if (!out.out_i32) {
+      scale = _mm512_mul_ps(_mm512_set1_ps(out.a_scale), _mm512_maskz_loadu_ps(m, out.w_scale + j));
+      if (out.bias) bias = _mm512_maskz_loadu_ps(m, out.bias + j);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const __m512i v = _mm512_sub_epi32(_mm512_loadu_si512(acc + r * acc_ld + c0), comp);
+      const int64_t o = (i + r) * n + j;
+      if (out.out_i32) _mm512_mask_storeu_epi32(out.out_i32 + o, m, v);
+      else _mm512_mask_storeu_ps(out.out_f32 + o, m, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), scale, bias));
+    }
+  }
+}
+
+}  // namespace edgegen::kernels::quant
+
+namespace edgegen::kernels::quant {
+
+// Activation quantization on AVX-512 (F/BW): the same float operations as the scalar loops, so
+// the codes are bit-identical on every path.
+void minmax_avx512(const float* x, int64_t n, float* lo, float* hi) {
+  __m512 vlo = _mm512_set1_ps(*lo), vhi = _mm512_set1_ps(*hi);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    vlo = _mm512_min_ps(vlo, v);
+    vhi = _mm512_max_ps(vhi, v);
+  }
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1u);
+    vlo = _mm512_mask_min_ps(vlo, m, vlo, _mm512_maskz_loadu_ps(m, x + i));
+    vhi = _mm512_mask_max_ps(vhi, m, vhi, _mm512_maskz_loadu_ps(m, x + i));
+  }
+  *lo = _mm512_reduce_min_ps(vlo);
+  *hi = _mm512_reduce_max_ps(vhi);
+}
+
+// out[j] = clamp(nearbyint(x[j] * inv) + zp, 0, 127).
+void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out) {
+  const __m512 vinv = _mm512_set1_ps(inv), vzp = _mm512_set1_ps(zp), zero = _mm512_setzero_ps(),
+               top = _mm512_set1_ps(127.0f);
+  int64_t j = 0;
+  for (; j < k; j += 16) {
+    const int64_t w = k - j < 16 ? k - j : 16;
+    const __mmask16 m = __mmask16(w == 16 ? 0xffffu : (1u << w) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+    const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, vzp), zero), top);
+    _mm_mask_storeu_epi8(out + j, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c)));
+  }
+}
+
+}  // namespace edgegen::kernels::quant

@@ -1,0 +1,74 @@
+"""The INT8 layers on every ISA path this CPU has (scalar, AVX2, AVX-512 VNNI; the rest skipped
+by name): the same integer codes and accumulations on each, so every path equals the kernel that
+other devices use (exact integer convolution / GEMM, the same float epilogue) to float32
+rounding; and the activation quantizer's codes are bit-identical across paths, rounding ties
+included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import edgegen
+from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+from tests.ops.test_dispatch import OtherDeviceKernels
+
+
+def _layers():
+    torch.manual_seed(3)
+    return {
+        "linear-dynamic": (Int8Linear.from_float(nn.Linear(77, 40)), torch.randn(2, 19, 77) * 3),
+        "linear-static": (Int8Linear.from_float(nn.Linear(64, 50), act_qparams=(0.04, 60)), torch.randn(33, 64)),
+        "linear-decode": (Int8Linear.from_float(nn.Linear(768, 96)), torch.randn(1, 768)),
+        "conv2d": (Int8Conv2d.from_float(nn.Conv2d(5, 40, 3, 2, 1)), torch.randn(2, 5, 11, 23)),
+        "conv-transpose-phases": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 40, 4, 2, 1)),
+                                  torch.randn(2, 12, 5, 9)),
+        "conv-transpose-col2im": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 3, 4, 2, 1)),
+                                  torch.randn(2, 12, 5, 9)),
+        "int4": (Int4Linear.from_float(nn.Linear(256, 40), group_size=64), torch.randn(5, 256)),
+    }
+
+
+LAYERS = _layers()
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_every_path_equals_the_exact_integer_kernel(isa, layer):
+    module, x = LAYERS[layer]
+    with torch.no_grad():
+        got = module(x)
+        with OtherDeviceKernels():
+            want = module(x)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_activation_codes_are_identical_on_every_path_including_ties(isa):
+    # Values on exact rounding ties (k + 0.5 steps) and both ends of the range.
+    scale = 0.25
+    x = (torch.arange(-40, 90, dtype=torch.float32) + 0.5) * scale
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 100.0, -10.0])]).reshape(1, -1)
+    w = torch.eye(x.shape[1], dtype=torch.int8)  # the GEMM returns the codes minus the zero point
+    p, s = torch.ops.edgegen.int8_pack_weight(w)
+    got = torch.ops.edgegen.int8_linear_static(x, scale, 40, p, s, torch.ones(x.shape[1]), None, x.shape[1],
+                                               x.shape[1])
+    codes = (torch.round(x / scale) + 40).clamp(0, 127) - 40
+    assert torch.equal(got, codes * scale)
+    # Dynamic quantization (min/max, scale, zero point and codes) as the scalar path computes it;
+    # with identity weights and unit scales the output is codes x scale, one rounding, on every path.
+    dyn = torch.ops.edgegen.int8_linear_dynamic(x, p, s, torch.ones(x.shape[1]), None, x.shape[1], x.shape[1])
+    with edgegen.max_isa("scalar"):
+        ref = torch.ops.edgegen.int8_linear_dynamic(x, p, s, torch.ones(x.shape[1]), None, x.shape[1], x.shape[1])
+    assert torch.equal(dyn, ref)
+
+
+def test_half_precision_modules_keep_float32_scales():
+    q = Int8Linear.from_float(nn.Linear(64, 32))
+    x = torch.randn(4, 64)
+    want = q(x)
+    h = Int8Linear.from_float(nn.Linear(64, 32))
+    h.load_state_dict(q.state_dict())
+    h = h.half()
+    assert h.weight_scale.dtype == torch.float16  # .half() converts the buffer; the forward copes
+    torch.testing.assert_close(h(x.half()).float(), want, rtol=2e-3, atol=2e-3)
