@@ -115,6 +115,7 @@ std::vector<Runner> runners() {
   std::vector<Runner> r{&K::kd_loss_rows_scalar};
 #ifdef EDGEGEN_HAVE_AVX2
   if (K::cpu_supports(K::Isa::Avx2)) r.push_back(&K::kd_loss_rows_avx2);
+  if (K::cpu_supports(K::Isa::Avx512)) r.push_back(&K::kd_loss_rows_avx512);
 #endif
   return r;
 }

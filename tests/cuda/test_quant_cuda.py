@@ -63,6 +63,7 @@ def test_every_quantized_layer_and_pruning_op_on_cuda_matches_cpu():
     layers = [(Int8Conv2d.from_float(nn.Conv2d(3, 16, 4, 2, 1)), torch.randn(2, 3, 9, 8)),
               (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 16, 4, 2, 1)), torch.randn(2, 8, 5, 6)),
               (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 3, 4, 2, 1)), torch.randn(2, 8, 5, 6)),
+              (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 5, 3, 2, 1, dilation=2)), torch.randn(2, 8, 5, 6)),
               (Int4Linear.from_float(nn.Linear(128, 24), group_size=32), torch.randn(3, 128))]
     for layer, x in layers:
         cpu = layer(x)

@@ -24,7 +24,9 @@ def _layers():
         "conv2d": (Int8Conv2d.from_float(nn.Conv2d(5, 40, 3, 2, 1)), torch.randn(2, 5, 11, 23)),
         "conv-transpose-phases": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 40, 4, 2, 1)),
                                   torch.randn(2, 12, 5, 9)),
-        "conv-transpose-col2im": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 3, 4, 2, 1)),
+        "conv-transpose-rgb": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 3, 4, 2, 1)),
+                               torch.randn(2, 12, 5, 9)),
+        "conv-transpose-col2im": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 3, 3, 2, 1, dilation=2)),
                                   torch.randn(2, 12, 5, 9)),
         "int4": (Int4Linear.from_float(nn.Linear(256, 40), group_size=64), torch.randn(5, 256)),
     }

@@ -6,7 +6,7 @@ namespace edgegen::kernels {
 
 Isa kd_loss_isa() {
 #ifdef EDGEGEN_HAVE_AVX2
-  return pick_isa({Isa::Avx2, Isa::Scalar});
+  return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
 #else
   return Isa::Scalar;
 #endif
@@ -14,7 +14,11 @@ Isa kd_loss_isa() {
 
 void kd_loss_rows(const KDLossProblem& p) {
 #ifdef EDGEGEN_HAVE_AVX2
-  if (kd_loss_isa() == Isa::Avx2) return kd_loss_rows_avx2(p);
+  switch (kd_loss_isa()) {
+    case Isa::Avx512: return kd_loss_rows_avx512(p);
+    case Isa::Avx2: return kd_loss_rows_avx2(p);
+    default: break;
+  }
 #endif
   kd_loss_rows_scalar(p);
 }

@@ -47,6 +47,7 @@ Isa kd_loss_isa();
 
 // Per-ISA entry points, for tests that compare them.
 void kd_loss_rows_scalar(const KDLossProblem& p);
-void kd_loss_rows_avx2(const KDLossProblem& p);  // only if the CPU supports AVX2+FMA+F16C
+void kd_loss_rows_avx2(const KDLossProblem& p);    // only if the CPU supports AVX2+FMA+F16C
+void kd_loss_rows_avx512(const KDLossProblem& p);  // only if the CPU supports AVX-512 F/BW/DQ/VL
 
 }  // namespace edgegen::kernels

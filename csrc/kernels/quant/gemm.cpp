@@ -38,6 +38,8 @@ void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t col
                        const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
 // Activation quantization (min/max over x, then one row's codes), gemm_avx2.cpp / gemm_avx512.cpp.
 void minmax_avx2(const float* x, int64_t n, float* lo, float* hi);
+bool all_finite_avx2(const float* x, int64_t n);
+bool all_finite_avx512(const float* x, int64_t n);
 void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 void minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
@@ -116,9 +118,16 @@ const TilePath& current_path() { return *path_for(int8_gemm_isa()); }
 
 // The activation quantization's paths (AVX-512 F/BW suffices; no VNNI needed).
 struct ActPath {
+  bool (*all_finite)(const float* x, int64_t n);
   void (*minmax)(const float* x, int64_t n, float* lo, float* hi);
   void (*quantize_row)(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 };
+
+bool all_finite_scalar(const float* x, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
 
 void minmax_scalar(const float* x, int64_t n, float* lo, float* hi) {
   float a = *lo, b = *hi;
@@ -140,12 +149,12 @@ void quantize_row_u7_scalar(const float* x, int64_t k, float inv, float zp, uint
 ActPath act_path() {
 #if defined(EDGEGEN_HAVE_AVX2)
   switch (pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar})) {
-    case Isa::Avx512: return {&minmax_avx512, &quantize_row_u7_avx512};
-    case Isa::Avx2: return {&minmax_avx2, &quantize_row_u7_avx2};
+    case Isa::Avx512: return {&all_finite_avx512, &minmax_avx512, &quantize_row_u7_avx512};
+    case Isa::Avx2: return {&all_finite_avx2, &minmax_avx2, &quantize_row_u7_avx2};
     default: break;
   }
 #endif
-  return {&minmax_scalar, &quantize_row_u7_scalar};
+  return {&all_finite_scalar, &minmax_scalar, &quantize_row_u7_scalar};
 }
 
 }  // namespace
@@ -253,6 +262,8 @@ void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n,
                    const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
   gemm_with(*path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
 }
+
+bool all_finite(const float* x, int64_t n) { return act_path().all_finite(x, n); }
 
 ActQuant dynamic_act_params_u7(const float* x, int64_t n) {
   float lo = 0.0f, hi = 0.0f;  // the range always includes 0, so that 0 is exact

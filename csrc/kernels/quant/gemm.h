@@ -85,6 +85,9 @@ void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, i
 void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t h, int64_t w, int64_t pt, int64_t pb,
                               int64_t pl, int64_t pr, int64_t cp, ActQuant q, uint8_t* out, int num_threads);
 
+// Whether all n values are finite (vectorised: the INT8 layers refuse NaN and infinity).
+bool all_finite(const float* x, int64_t n);
+
 // (scale, zero point) of the 7-bit dynamic quantization of n values, as quantize_activations_u7.
 ActQuant dynamic_act_params_u7(const float* x, int64_t n);
 

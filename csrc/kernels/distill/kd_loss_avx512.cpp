@@ -1,0 +1,20 @@
+// Built with the AVX-512 flags (see CMakeLists.txt); reached only through kd_loss_isa().
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include "../parallel.h"
+#include "kd_loss.h"
+
+namespace edgegen::kernels {
+namespace isa_avx512 {
+#include "../simd_scalar.h"
+#include "../simd_avx512.h"
+#include "kd_loss_impl.h"
+}  // namespace isa_avx512
+
+void kd_loss_rows_avx512(const KDLossProblem& p) { isa_avx512::kd_loss_rows_impl<isa_avx512::Avx512>(p); }
+
+}  // namespace edgegen::kernels
