@@ -100,8 +100,12 @@ def kernel_levels(family: str) -> list[str]:
     this CPU, lowest first: each is benchmarked under its own EDGEGEN_MAX_ISA cap."""
     import edgegen
 
+    order = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+    cap = edgegen._C.max_isa()  # EDGEGEN_MAX_ISA: never benchmark above it
     seen, out = set(), []
     for level in edgegen.cpu_levels():
+        if order.index(level) > order.index(cap):
+            break
         with edgegen.max_isa(level):
             path = edgegen.kernel_paths()[family]
         if path not in seen:

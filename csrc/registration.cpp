@@ -151,6 +151,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("kernel_paths", [] {
     std::map<std::string, std::string> out;
     out["int8_gemm"] = K::isa_name(K::quant::int8_gemm_isa());
+    out["int8_activations"] = K::isa_name(K::quant::int8_act_isa());
     out["int4"] = K::isa_name(K::quant::int4_isa());
     out["kd_loss"] = K::isa_name(K::kd_loss_isa());
     out["attention"] = K::isa_name(K::attention::attention_isa());

@@ -25,5 +25,8 @@ def isa(request):
     level = request.param
     if level not in edgegen.cpu_levels():
         pytest.skip(f"this CPU lacks {level} (has {', '.join(edgegen.cpu_levels())})")
+    cap = edgegen._C.max_isa()
+    if ISA_LEVELS.index(level) > ISA_LEVELS.index(cap):
+        pytest.skip(f"{level} is above the cap {cap} (EDGEGEN_MAX_ISA)")
     with edgegen.max_isa(level):
         yield level

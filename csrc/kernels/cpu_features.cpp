@@ -49,7 +49,6 @@ Features probe() {
 #if defined(EDGEGEN_X86_CPU)
   unsigned a, b, c, d;
   if (!__get_cpuid(0, &a, &b, &c, &d) || a < 7) return f;
-  const unsigned max_leaf = a;
   __get_cpuid(1, &a, &b, &c, &d);
   const bool fma = c & (1u << 12), osxsave = c & (1u << 27), f16c = c & (1u << 29);
   if (!osxsave) return f;
@@ -63,7 +62,7 @@ Features probe() {
   const bool vnni = c & (1u << 11);
   const bool amx = (d & (1u << 22)) && (d & (1u << 24)) && (d & (1u << 25));  // BF16 TILE INT8
   unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
-  if (max_leaf >= 7) __cpuid_count(7, 1, a1, b1, c1, d1);
+  if (a >= 1) __cpuid_count(7, 1, a1, b1, c1, d1);  // subleaf 0's EAX: the highest subleaf
   f.level[1] = os_avx && avx2 && fma && f16c;
   f.level[2] = f.level[1] && os_zmm && avx512;
   f.level[3] = f.level[2] && vnni;
@@ -95,8 +94,17 @@ int initial_cap() {
   return int(isa);
 }
 
-std::atomic<int>& cap() {
-  static std::atomic<int> c{initial_cap()};
+// -1 until first read: EDGEGEN_MAX_ISA is read then (a bad value throws on every read until
+// set_max_isa stores a valid cap, so the process can still recover in-process).
+std::atomic<int> g_cap{-1};
+
+int cap_value() {
+  int c = g_cap.load(std::memory_order_relaxed);
+  if (c < 0) {
+    c = initial_cap();
+    int expected = -1;
+    if (!g_cap.compare_exchange_strong(expected, c, std::memory_order_relaxed)) c = expected;
+  }
   return c;
 }
 
@@ -124,9 +132,9 @@ bool parse_isa(const char* name, Isa* out) {
 
 bool cpu_supports(Isa isa) { return features().level[int(isa)]; }
 Isa cpu_isa() { return highest_supported(); }
-Isa max_isa() { return Isa(cap().load(std::memory_order_relaxed)); }
-void set_max_isa(Isa isa) { cap().store(int(isa), std::memory_order_relaxed); }
-bool isa_allowed(Isa isa) { return cpu_supports(isa) && int(isa) <= cap().load(std::memory_order_relaxed); }
+Isa max_isa() { return Isa(cap_value()); }
+void set_max_isa(Isa isa) { g_cap.store(int(isa), std::memory_order_relaxed); }
+bool isa_allowed(Isa isa) { return cpu_supports(isa) && int(isa) <= cap_value(); }
 
 Isa pick_isa(std::initializer_list<Isa> paths) {
   for (Isa isa : paths)
@@ -135,7 +143,7 @@ Isa pick_isa(std::initializer_list<Isa> paths) {
 }
 
 Isa best_isa() {
-  const int c = cap().load(std::memory_order_relaxed);
+  const int c = cap_value();
   const int s = int(highest_supported());
   return Isa(c < s ? c : s);
 }

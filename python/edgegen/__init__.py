@@ -39,14 +39,18 @@ class max_isa:
     def __init__(self, level: str):
         if not isinstance(level, str):
             raise TypeError(f"level: expected a name such as 'avx2', got {type(level).__name__}")
-        self._previous = _C.max_isa()
+        try:
+            self._previous = _C.max_isa()
+        except ValueError:  # an invalid EDGEGEN_MAX_ISA: this call replaces it
+            self._previous = None
         _C.set_max_isa(level)
 
     def __enter__(self) -> "max_isa":
         return self
 
     def __exit__(self, *exc) -> None:
-        _C.set_max_isa(self._previous)
+        if self._previous is not None:
+            _C.set_max_isa(self._previous)
 
 
 __all__ = ["distill", "ops", "cpu_isa", "cpu_levels", "kernel_paths", "max_isa", "__version__"]

@@ -146,9 +146,21 @@ void quantize_row_u7_scalar(const float* x, int64_t k, float inv, float zp, uint
   }
 }
 
+}  // namespace
+
+Isa int8_act_isa() {
+#if defined(EDGEGEN_HAVE_AVX2)
+  return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
+#else
+  return Isa::Scalar;
+#endif
+}
+
+namespace {
+
 ActPath act_path() {
 #if defined(EDGEGEN_HAVE_AVX2)
-  switch (pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar})) {
+  switch (int8_act_isa()) {
     case Isa::Avx512: return {&all_finite_avx512, &minmax_avx512, &quantize_row_u7_avx512};
     case Isa::Avx2: return {&all_finite_avx2, &minmax_avx2, &quantize_row_u7_avx2};
     default: break;

@@ -46,6 +46,8 @@ void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, i
 // ISA level; the *_isa forms run a given level's path (for tests and benchmarks: the caller
 // checks cpu_supports first).
 Isa int8_gemm_isa();
+// The path of the INT8 layers' activation pass (finite check, min/max, codes): avx512 needs no VNNI.
+Isa int8_act_isa();
 bool int8_gemm_has_path(Isa isa);
 void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                    const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
