@@ -63,7 +63,7 @@ def worker(spec: dict) -> dict:
     grad_out = torch.randn(B, H, nq, D, generator=g).to(dtype)
     offset = n - nq
 
-    if provider == "edgegen":
+    if provider.startswith("edgegen"):  # edgegen[<path>]: run under EDGEGEN_MAX_ISA=<path>
         def attn():
             return sliding_window_attention(q, k, v, WINDOW, NUM_GLOBAL, q_offset=offset)
     elif provider == "sdpa_causal":
@@ -137,29 +137,36 @@ def main():
     for provider in ("edgegen", "sdpa_mask") + (() if args.quick else ("flex",)):
         r = harness._worker(__file__, dict(n=1024, provider=provider, mode="fwd", dtype="float32",
                                            threads=args.threads, check=True, measure="check"), {}, 3600)
-        print(f"{provider:12s} {r.get('max_abs_err', r.get('error'))}")
+        print(f"{provider:16s} {r.get('max_abs_err', r.get('error'))}")
 
+    # edgegen's lower attention paths beside the best one ("edgegen"), each under its own cap.
+    levels = [lv for lv in harness.kernel_levels("attention") if lv != "scalar"]
+    lower = [f"edgegen[{lv}]" for lv in levels[:-1]]
+    best_path = levels[-1] if levels else "scalar"
+    print(f"# attention paths on this CPU: {', '.join(levels) or 'scalar'} ('edgegen' = {best_path}); "
+          f"CPU flags: {harness.cpu_flags()}")
     results: dict[tuple, dict] = {}
     for mode in ("fwd", "fwd+bwd"):
         print(f"\n## {mode}")
-        print(f"{'n':>6s} {'provider':12s} {'p50 ms':>10s} {'peak MB':>9s} {'useful GFLOP/s':>14s} "
+        print(f"{'n':>6s} {'provider':16s} {'p50 ms':>10s} {'peak MB':>9s} {'useful GFLOP/s':>14s} "
               f"{'edgegen speed-up':>16s}")
         for n in lengths:
             pairs = visible_pairs(n, WINDOW, NUM_GLOBAL)
             flops = (4 if mode == "fwd" else 14) * D * pairs * B * H
-            providers = ["edgegen", "sdpa_causal", "sdpa_mask"]
+            providers = ["edgegen", *lower, "sdpa_causal", "sdpa_mask"]
             if not args.quick:
                 providers.append("flex")
             for provider in providers:
                 # The shared machine's noise is +-30% on single runs: the cheap cases get more.
-                repeats = 11 if provider == "edgegen" else (5 if n <= 4096 else 2)
+                repeats = 11 if provider.startswith("edgegen") else (5 if n <= 4096 else 2)
                 if args.quick:
                     repeats = min(repeats, 3)
+                isa = provider[provider.index("[") + 1:-1] if "[" in provider else None
                 spec = dict(n=n, provider=provider, mode=mode, dtype="float32", threads=args.threads,
-                            repeats=repeats)
+                            repeats=repeats, isa=isa)
                 r = harness.run_worker(__file__, spec, timeout=1800)
                 if "error" in r:
-                    print(f"{n:6d} {provider:12s} ERROR {r['error']}")
+                    print(f"{n:6d} {provider:16s} ERROR {r['error']}")
                     rows.append(dict(op="sliding_window_attention", provider=provider, shape=f"n={n}",
                                      dtype="float32", mode=f"{mode}; failed: {r['error']}", threads=args.threads,
                                      machine=machine, versions=versions))
@@ -168,11 +175,11 @@ def main():
                 gflops = flops / (r["p50_ms"] * 1e-3) / 1e9
                 base = results.get((mode, n, "edgegen"))
                 speed = "" if provider == "edgegen" or base is None else f"{r['p50_ms'] / base['p50_ms']:15.2f}x"
-                print(f"{n:6d} {provider:12s} {r['p50_ms']:10.1f} {r['peak_mb']:9.0f} {gflops:14.1f} {speed:>16s}")
+                print(f"{n:6d} {provider:16s} {r['p50_ms']:10.1f} {r['peak_mb']:9.0f} {gflops:14.1f} {speed:>16s}")
                 rows.append(dict(op="sliding_window_attention", provider=provider,
                                  shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype="float32",
                                  mode=mode, threads=args.threads, machine=machine, versions=versions,
-                                 gflops=round(gflops, 2),
+                                 gflops=round(gflops, 2), kernel_path=isa or (best_path if provider == "edgegen" else ""),
                                  **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
 
     print("\n## scaling of edgegen (target: 4096 -> 16384 time <= 4.5x; memory linear)")
@@ -183,26 +190,28 @@ def main():
                   f"peak memory {b['peak_mb'] / max(a['peak_mb'], 1e-9):.2f}x")
 
     print("\n## one decode step (1 new query, cache of n keys) and bfloat16")
-    print(f"{'case':34s} {'provider':12s} {'p50 ms':>10s} {'speed-up':>9s}")
+    print(f"{'case':34s} {'provider':16s} {'p50 ms':>10s} {'speed-up':>9s}")
     extra = [("decode", n, "float32") for n in lengths] + [("fwd+bwd", 4096, "bfloat16")]
     for mode, n, dtype in extra:
         res = {}
-        for provider in ("edgegen", "sdpa_causal"):
+        for provider in ("edgegen", *lower, "sdpa_causal"):
+            isa = provider[provider.index("[") + 1:-1] if "[" in provider else None
             spec = dict(n=n, provider=provider, mode=mode, dtype=dtype, threads=args.threads,
-                        repeats=50 if mode == "decode" else 3)
+                        repeats=50 if mode == "decode" else 3, isa=isa)
             r = harness.run_worker(__file__, spec, timeout=1800)
             if "error" in r:
-                print(f"{mode} n={n} {dtype:24s} {provider:12s} ERROR {r['error']}")
+                print(f"{mode} n={n} {dtype:24s} {provider:16s} ERROR {r['error']}")
                 continue
             res[provider] = r
             rows.append(dict(op="sliding_window_attention", provider=provider,
                              shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype=dtype, mode=mode,
                              threads=args.threads, machine=machine, versions=versions,
+                             kernel_path=isa or (best_path if provider == "edgegen" else ""),
                              **{k: round(v, 4) for k, v in r.items() if k in harness.CSV_FIELDS}))
         if "edgegen" in res:
             for provider, r in res.items():
                 speed = "" if provider == "edgegen" else f"{r['p50_ms'] / res['edgegen']['p50_ms']:8.2f}x"
-                print(f"{f'{mode} n={n} {dtype}':34s} {provider:12s} {r['p50_ms']:10.3f} {speed:>9s}")
+                print(f"{f'{mode} n={n} {dtype}':34s} {provider:16s} {r['p50_ms']:10.3f} {speed:>9s}")
     harness.write_csv(rows, Path(args.out))
     print(f"\nwrote {args.out}")
 

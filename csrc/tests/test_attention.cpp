@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <random>
+#include <string>
 #include <set>
 #include <utility>
 #include <vector>
@@ -99,8 +101,9 @@ KA::Strided strided(const std::vector<T>& x, const Case& c, int64_t n) {
 }
 
 // Runs the kernel in dtype T (float or double) and compares with the reference.
+// isa < 0: the dispatched path; else that level's path.
 template <class T>
-void check_case(const Case& c, int threads, double tol) {
+void check_case(const Case& c, int threads, double tol, int isa = -1) {
   std::mt19937 rng(11);
   std::normal_distribution<double> nd(0.0, 1.0);
   auto fill = [&](int64_t n) {
@@ -145,7 +148,8 @@ void check_case(const Case& c, int threads, double tol) {
   p.v = strided(vt, c, c.nk);
   p.num_threads = threads;
   std::vector<T> out(qt.size()), lse(c.B * c.H * c.nq), dq(qt.size()), dk(kt.size()), dv(vt.size());
-  KA::forward(p, out.data(), lse.data());
+  if (isa < 0) KA::forward(p, out.data(), lse.data());
+  else KA::forward_isa(K::Isa(isa), p, out.data(), lse.data());
   for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(double(out[i]), ref.out[i], tol) << "out " << i;
   for (size_t i = 0; i < lse.size(); ++i) {
     if (std::isinf(ref.lse[i])) {
@@ -154,7 +158,12 @@ void check_case(const Case& c, int threads, double tol) {
       ASSERT_NEAR(double(lse[i]), ref.lse[i], tol) << "lse " << i;
     }
   }
-  KA::backward(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
+  if (isa < 0) {
+    KA::backward(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
+  } else {
+    KA::backward_isa(K::Isa(isa), p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
+                     dv.data());
+  }
   for (size_t i = 0; i < dq.size(); ++i) ASSERT_NEAR(double(dq[i]), ref.dq[i], tol) << "dq " << i;
   for (size_t i = 0; i < dk.size(); ++i) ASSERT_NEAR(double(dk[i]), ref.dk[i], tol) << "dk " << i;
   for (size_t i = 0; i < dv.size(); ++i) ASSERT_NEAR(double(dv[i]), ref.dv[i], tol) << "dv " << i;
@@ -276,5 +285,45 @@ TEST(SlidingWindowAttention, RowIntervalsAgreeWithTheRule) {
         }
       }
     }
+  }
+}
+
+namespace edgegen::kernels {
+void PrintTo(Isa isa, std::ostream* os);
+}  // namespace edgegen::kernels
+
+// Every attention path of the build on this CPU (the others skipped by name): head sizes that are
+// not multiples of 8 or 16 lanes, windows around the tile size, global tokens, a block layout.
+class AttentionPath : public ::testing::TestWithParam<K::Isa> {
+ protected:
+  void SetUp() override {
+    if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
+    if (!KA::attention_has_path(GetParam()))
+      GTEST_SKIP() << "no attention path of its own at " << K::isa_name(GetParam());
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, AttentionPath,
+                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512, K::Isa::Avx512Vnni,
+                                           K::Isa::Amx),
+                         [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
+
+TEST_P(AttentionPath, OddHeadSizesWindowsGlobalsAndBlocks) {
+  for (int64_t d : {8, 24, 40, 80}) {
+    for (int64_t w : {1, 65, 150}) {
+      Case c;
+      c.nq = c.nk = 150;
+      c.d = d;
+      c.window = w;
+      c.num_global = 3;
+      c.causal = w != 65;
+      check_case<float>(c, 2, 2e-5, int(GetParam()));
+    }
+    Case b;
+    b.nq = b.nk = 150;
+    b.d = d;
+    b.block_size = 64;
+    b.layout = {{0, 0}, {1, 0}, {1, 1}, {2, 2}, {2, 0}};
+    check_case<float>(b, 2, 2e-5, int(GetParam()));
   }
 }

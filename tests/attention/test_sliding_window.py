@@ -279,3 +279,25 @@ def test_reference_fallback_matches_kernel():
     gr = torch.autograd.grad(out_r.sum(), (q, k, v))
     for a, b in zip(gk, gr):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [8, 24, 40, 64, 80])
+@pytest.mark.parametrize("causal", [True, False])
+def test_every_isa_path_equals_masked_sdpa(isa, d, causal):
+    """The scalar, AVX2 and AVX-512 kernels (each this CPU has; the others skipped by name) for head
+    sizes that are not multiples of 16 lanes (24, 40, 80: padded to whole vectors, never a column
+    skipped), tiles that end mid-vector, global tokens, a block layout; forward and every gradient."""
+    n = 150
+    q, k, v = qkv(1, 2, n, d, seed=d)
+    mask = sliding_window_mask(n, n, 37, 3, causal)
+    check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, 37, 3, causal), 2e-5)
+    layout = torch.tensor([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [2, 0]])
+    bmask = block_layout_mask(n, n, layout, 64, causal)
+    check_against_dense(q, k, v, bmask, lambda a, b, c: block_sparse_attention(a, b, c, layout, 64, causal), 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_isa_path_in_half_precision(isa, dtype):
+    q, k, v = qkv(1, 2, 100, 24, dtype=dtype)
+    mask = sliding_window_mask(100, 100, 30, 2, True)
+    check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, 30, 2), 2e-2)

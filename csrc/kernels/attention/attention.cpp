@@ -12,7 +12,8 @@
 
 namespace edgegen::kernels::attention {
 
-// Per ISA (attention_impl.h instantiated in attention_scalar.cpp / attention_avx2.cpp).
+// Per ISA (attention_impl.h instantiated in attention_scalar.cpp / attention_avx2.cpp /
+// attention_avx512.cpp).
 void forward_scalar(const Problem& p, const Plan& plan, void* out, void* lse);
 void backward_scalar(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
                      void* dq, void* dk, void* dv);
@@ -20,6 +21,9 @@ void backward_scalar(const Problem& p, const Plan& plan, const Strided& dout, co
 void forward_avx2(const Problem& p, const Plan& plan, void* out, void* lse);
 void backward_avx2(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
                    void* dq, void* dk, void* dv);
+void forward_avx512(const Problem& p, const Plan& plan, void* out, void* lse);
+void backward_avx512(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                     void* dq, void* dk, void* dv);
 #endif
 
 namespace {
@@ -151,27 +155,45 @@ PlanSummary plan_summary(const Problem& p) {
 
 Isa attention_isa() {
 #ifdef EDGEGEN_HAVE_AVX2
-  return pick_isa({Isa::Avx2, Isa::Scalar});
+  return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
 #else
   return Isa::Scalar;
 #endif
 }
 
-void forward(const Problem& p, void* out, void* lse) {
+bool attention_has_path(Isa isa) {
+#ifdef EDGEGEN_HAVE_AVX2
+  if (isa == Isa::Avx2 || isa == Isa::Avx512) return true;
+#endif
+  return isa == Isa::Scalar;
+}
+
+void forward_isa(Isa isa, const Problem& p, void* out, void* lse) {
   const Plan plan = make_plan(p);
 #ifdef EDGEGEN_HAVE_AVX2
-  if (p.dtype != DType::F64 && attention_isa() == Isa::Avx2) return forward_avx2(p, plan, out, lse);
+  if (p.dtype != DType::F64 && isa >= Isa::Avx512) return forward_avx512(p, plan, out, lse);
+  if (p.dtype != DType::F64 && isa >= Isa::Avx2) return forward_avx2(p, plan, out, lse);
 #endif
+  (void)isa;
   forward_scalar(p, plan, out, lse);
 }
 
-void backward(const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq, void* dk,
-              void* dv) {
+void backward_isa(Isa isa, const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq,
+                  void* dk, void* dv) {
   const Plan plan = make_plan(p);
 #ifdef EDGEGEN_HAVE_AVX2
-  if (p.dtype != DType::F64 && attention_isa() == Isa::Avx2) return backward_avx2(p, plan, dout, out, lse, dq, dk, dv);
+  if (p.dtype != DType::F64 && isa >= Isa::Avx512) return backward_avx512(p, plan, dout, out, lse, dq, dk, dv);
+  if (p.dtype != DType::F64 && isa >= Isa::Avx2) return backward_avx2(p, plan, dout, out, lse, dq, dk, dv);
 #endif
+  (void)isa;
   backward_scalar(p, plan, dout, out, lse, dq, dk, dv);
+}
+
+void forward(const Problem& p, void* out, void* lse) { forward_isa(attention_isa(), p, out, lse); }
+
+void backward(const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq, void* dk,
+              void* dv) {
+  backward_isa(attention_isa(), p, dout, out, lse, dq, dk, dv);
 }
 
 }  // namespace edgegen::kernels::attention

@@ -54,6 +54,12 @@ struct Problem {
 void forward(const Problem& p, void* out, void* lse);
 // The path forward/backward take now for 32/16-bit inputs (float64 always runs the scalar path).
 Isa attention_isa();
+// Whether the build has a path of its own at a level, and forward/backward on a given level's path
+// (tests and benchmarks: the caller checks cpu_supports first).
+bool attention_has_path(Isa isa);
+void forward_isa(Isa isa, const Problem& p, void* out, void* lse);
+void backward_isa(Isa isa, const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq,
+                  void* dk, void* dv);
 
 // dout, out: [B, H, nq, d] (strided); lse as written by forward. dq: contiguous [B, H, nq, d],
 // dk, dv: contiguous [B, H, nk, d], all in dtype.

@@ -1,4 +1,4 @@
-// Built with -mavx2 -mfma -mf16c (see CMakeLists.txt); reached only through best_isa(), and
+// Built with -mavx2 -mfma -mf16c (see CMakeLists.txt); reached only through attention_isa(), and
 // never for float64 inputs.
 #include <immintrin.h>
 

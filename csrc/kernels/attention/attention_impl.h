@@ -1,9 +1,10 @@
-// The attention algorithm, written once over a SIMD policy V (simd_scalar.h / simd_avx2.h) with
-// compute type R = V::R (float, or double for float64 inputs). Included by one TU per ISA inside
+// The attention algorithm, written once over a SIMD policy V (simd_scalar.h / simd_avx2.h /
+// simd_avx512.h) with compute type R = V::R (float, or double for float64 inputs). Included by
+// one TU per ISA inside
 // namespace edgegen::kernels::attention::isa_*, after the policy headers.
 //
 // Every head's q, k, v (and for backward dout) are first copied into R buffers whose rows are
-// padded to dp = d rounded up to 8, q pre-multiplied by the softmax scale; k (forward) and q, dout
+// padded to dp = d rounded up to kPad (8, or a wider vector's width), q pre-multiplied by the softmax scale; k (forward) and q, dout
 // (backward) are also stored transposed per tile ([dp][tile] blocks), so every product below is
 // one small GEMM C (+)= A B with B's columns contiguous (gemm()).
 //
@@ -26,9 +27,14 @@ struct Attn {
   static constexpr int W = V::W;
   using S1 = ScalarOf<R>;
 
-  static int64_t pad8(int64_t x) { return (x + 7) / 8 * 8; }
+  // Rows and tiles are padded to a multiple of kPad (8, or the vector width when wider), so every
+  // vector loop over a padded extent has no tail; micro() still finishes any tail in scalar.
+  static constexpr int64_t kPad = W > 8 ? W : 8;
+  static_assert(kQueryTile % kPad == 0 && kKeyTile % kPad == 0, "tiles must hold whole vectors");
+  static int64_t padw(int64_t x) { return (x + kPad - 1) / kPad * kPad; }
 
-  // C[r][c] (+)= sum_k A[r * ars + k * aks] * B[k * ldb + c] for MR rows; N % W == 0.
+  // C[r][c] (+)= sum_k A[r * ars + k * aks] * B[k * ldb + c] for MR rows: two vectors, one vector,
+  // then single columns.
   template <int MR>
   static void micro(const R* A, int64_t ars, int64_t aks, const R* B, int64_t ldb, R* C, int64_t ldc, int64_t N,
                     int64_t K, bool accumulate) {
@@ -71,9 +77,16 @@ struct Attn {
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) V::store(C + r * ldc + c, c0[r]);
     }
+    for (; c < N; ++c) {
+      for (int r = 0; r < MR; ++r) {
+        R acc = accumulate ? C[r * ldc + c] : R(0);
+        for (int64_t k = 0; k < K; ++k) acc += A[r * ars + k * aks] * B[k * ldb + c];
+        C[r * ldc + c] = acc;
+      }
+    }
   }
 
-  // C[M][N] (+)= A[M][K] B[K][N] with A read through strides (ars, aks); N a multiple of 8.
+  // C[M][N] (+)= A[M][K] B[K][N] with A read through strides (ars, aks).
   static void gemm(int64_t M, int64_t N, int64_t K, const R* A, int64_t ars, int64_t aks, const R* B, int64_t ldb,
                    R* C, int64_t ldc, bool accumulate) {
     int64_t r = 0;
@@ -186,14 +199,14 @@ struct Attn {
   }
 
   // The n rows of one head of a strided tensor: in place when they are float rows with unit
-  // column stride and d a multiple of 8 (no copy; B operands read dp = d columns), else copied
+  // column stride and d a multiple of kPad (no copy; B operands read dp = d columns), else copied
   // into buf, zero padded to dp.
   template <class T>
   static Rows rows_of(const Strided& s, int64_t b, int64_t h, int64_t n, int64_t d, Buf& buf) {
     if constexpr (std::is_same_v<T, R>) {
-      if (s.sd == 1 && d % 8 == 0) return Rows{head_ptr<T>(s, b, h), s.sn};
+      if (s.sd == 1 && d % kPad == 0) return Rows{head_ptr<T>(s, b, h), s.sn};
     }
-    const int64_t dp = pad8(d);
+    const int64_t dp = padw(d);
     buf.resize(n * dp);
     copy_rows(head_ptr<T>(s, b, h), s.sn, s.sd, 0, n, d, dp, R(1), buf.data());
     return Rows{buf.data(), dp};
@@ -243,11 +256,11 @@ struct Attn {
   template <class T>
   static void pack_forward(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, int64_t slots,
                            int64_t bh, Head& hd) {
-    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d);
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d);
     hd.qr = rows_of<T>(p.q, b, h, p.nq, d, hd.qs);
     hd.v_in_place = false;
     if constexpr (std::is_same_v<T, R>) {
-      hd.v_in_place = p.v.sd == 1 && d % 8 == 0;
+      hd.v_in_place = p.v.sd == 1 && d % kPad == 0;
       if (hd.v_in_place) hd.vr = Rows{head_ptr<T>(p.v, b, h), p.v.sn};
     }
     hd.kt.resize(slots * dp * kKeyTile);
@@ -268,14 +281,14 @@ struct Attn {
   static void forward_tile(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, const Head& hd,
                            int64_t bh, int64_t qt, T* out, R* lse) {
     const Pattern& pt = p.pattern;
-    const int64_t d = p.d, dp = pad8(d);
+    const int64_t d = p.d, dp = padw(d);
     const int64_t i0 = plan.qs[qt], rows = plan.qs[qt + 1] - i0;
     const R scale = R(p.scale);
     std::vector<R> S(kQueryTile * kKeyTile), O(kQueryTile * dp, R(0));
     R m[kQueryTile], l[kQueryTile];
     for (int64_t r = 0; r < rows; ++r) m[r] = R(-INFINITY), l[r] = 0;
     for (int64_t e = plan.fptr[qt]; e < plan.fptr[qt + 1]; ++e) {
-      const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = pad8(tw);
+      const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = padw(tw);
       gemm(rows, twp, d, hd.qr.row(i0), hd.qr.ld, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile, S.data(),
            kKeyTile, false);
       for (int64_t r = 0; r < rows; ++r) {
@@ -318,7 +331,7 @@ struct Attn {
     int64_t needed = 0;
     for (int64_t t = 0; t < plan.nt(); ++t)
       if (plan.key_needed[t]) slot[t] = needed++;
-    const int64_t touched = (p.nq + 2 * needed * kKeyTile) * pad8(p.d) * int64_t(sizeof(R));
+    const int64_t touched = (p.nq + 2 * needed * kKeyTile) * padw(p.d) * int64_t(sizeof(R));
     const int64_t G = BH * touched <= (int64_t(32) << 20) ? std::max<int64_t>(BH, 1)
                                                            : std::max<int64_t>(1, std::min<int64_t>(BH, T_));
     std::vector<Head>& heads = head_pool(G);
@@ -341,15 +354,15 @@ struct Attn {
   template <class T>
   static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                             const R* lse, int64_t bh, int64_t segments, bool lazy, Head& hd) {
-    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq, nk = p.nk, mt = plan.mt();
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d), nq = p.nq, nk = p.nk, mt = plan.mt();
     hd.qr = rows_of<T>(p.q, b, h, nq, d, hd.qs);
     hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
     hd.kr = rows_of<T>(p.k, b, h, nk, d, hd.k);
     hd.vr = rows_of<T>(p.v, b, h, nk, d, hd.v);
     hd.qst.resize(mt * dp * kQueryTile);
     hd.doutt.resize(mt * dp * kQueryTile);
-    hd.dd.assign(nq + 8, R(0));
-    hd.lse.assign(nq + 8, R(INFINITY));
+    hd.dd.assign(nq + kPad, R(0));
+    hd.lse.assign(nq + kPad, R(INFINITY));
     hd.dq.resize(size_t(std::max<int64_t>(1, segments * nq * dp)));
     hd.ready.assign(size_t(mt), 0);
     if (segments > 1) std::fill(hd.dq.begin(), hd.dq.end(), R(0));
@@ -360,7 +373,7 @@ struct Attn {
   template <class T>
   static void pack_query_tile(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                               const R* lse, int64_t bh, int64_t qt, bool zero_dq, Head& hd) {
-    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = pad8(d), nq = p.nq;
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d), nq = p.nq;
     const int64_t i0 = plan.qs[qt], i1 = plan.qs[qt + 1];
     copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, R(1),
                  hd.qst.data() + qt * dp * kQueryTile);
@@ -387,7 +400,7 @@ struct Attn {
                                const R* lse_in, Head& hd, int64_t bh, int64_t t0, int64_t t1, bool lazy, R* dq,
                                T* dk, T* dv) {
     const Pattern& pt = p.pattern;
-    const int64_t d = p.d, dp = pad8(d);
+    const int64_t d = p.d, dp = padw(d);
     const R scale = R(p.scale);
     const F scale_v = V::set1(scale);
     std::vector<R> ST(kKeyTile * kQueryTile), DP(kKeyTile * kQueryTile), dK(kKeyTile * dp), dV(kKeyTile * dp);
@@ -401,7 +414,7 @@ struct Attn {
       std::fill(dK.begin(), dK.end(), R(0));
       std::fill(dV.begin(), dV.end(), R(0));
       for (int64_t e = plan.bptr[t]; e < plan.bptr[t + 1]; ++e) {
-        const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = pad8(qw);
+        const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = padw(qw);
         if (!hd.ready[size_t(qt)]) pack_query_tile<T>(p, plan, dout, out, lse_in, bh, qt, true, hd);
         const R* lse = hd.lse.data() + i0;
         const R* D = hd.dd.data() + i0;
@@ -446,7 +459,7 @@ struct Attn {
   template <class T>
   static void backward_typed(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                              const R* lse, T* dq, T* dk, T* dv) {
-    const int64_t BH = p.B * p.H, nt = plan.nt(), nq = p.nq, d = p.d, dp = pad8(d);
+    const int64_t BH = p.B * p.H, nt = plan.nt(), nq = p.nq, d = p.d, dp = padw(d);
     const int T_ = std::max(1, p.num_threads);
     const int64_t G = std::max<int64_t>(1, std::min<int64_t>(BH, T_));
     // Key-tile segments per head, so that G heads x segments covers the threads; split where

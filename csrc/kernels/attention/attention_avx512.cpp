@@ -1,0 +1,42 @@
+// Built with the AVX-512 F/BW/DQ/VL flags (see CMakeLists.txt); reached only through
+// attention_isa() / forward_isa(), and never for float64 inputs.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <memory>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "../parallel.h"
+#include "attention.h"
+#include "plan.h"
+
+namespace edgegen::kernels::attention {
+namespace isa_avx512 {
+#include "../simd_scalar.h"
+#include "../simd_avx512.h"
+#include "attention_impl.h"
+}  // namespace isa_avx512
+
+namespace {
+using A = isa_avx512::Attn<isa_avx512::Avx512>;
+}  // namespace
+
+void forward_avx512(const Problem& p, const Plan& plan, void* out, void* lse) {
+  dispatch_float<false>(p.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    A::forward_typed(p, plan, static_cast<T*>(out), static_cast<float*>(lse));
+  });
+}
+
+void backward_avx512(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                   void* dq, void* dk, void* dv) {
+  dispatch_float<false>(p.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    A::backward_typed(p, plan, dout, out, static_cast<const float*>(lse), static_cast<T*>(dq), static_cast<T*>(dk),
+                      static_cast<T*>(dv));
+  });
+}
+
+}  // namespace edgegen::kernels::attention
