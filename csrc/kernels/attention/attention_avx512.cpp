@@ -19,24 +19,13 @@ namespace isa_avx512 {
 #include "attention_impl.h"
 }  // namespace isa_avx512
 
-namespace {
-using A = isa_avx512::Attn<isa_avx512::Avx512>;
-}  // namespace
-
 void forward_avx512(const Problem& p, const Plan& plan, void* out, void* lse) {
-  dispatch_float<false>(p.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    A::forward_typed(p, plan, static_cast<T*>(out), static_cast<float*>(lse));
-  });
+  isa_avx512::forward_float<isa_avx512::Avx512>(p, plan, out, lse);
 }
 
 void backward_avx512(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
-                   void* dq, void* dk, void* dv) {
-  dispatch_float<false>(p.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    A::backward_typed(p, plan, dout, out, static_cast<const float*>(lse), static_cast<T*>(dq), static_cast<T*>(dk),
-                      static_cast<T*>(dv));
-  });
+                     void* dq, void* dk, void* dv) {
+  isa_avx512::backward_float<isa_avx512::Avx512>(p, plan, dout, out, lse, dq, dk, dv);
 }
 
 }  // namespace edgegen::kernels::attention

@@ -500,3 +500,22 @@ struct Attn {
     trim_pool(heads);
   }
 };
+
+// The entry points of one float32-compute path (16/32-bit inputs; float64 is the scalar TU's).
+template <class V>
+void forward_float(const Problem& p, const Plan& plan, void* out, void* lse) {
+  dispatch_float<false>(p.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    Attn<V>::forward_typed(p, plan, static_cast<T*>(out), static_cast<float*>(lse));
+  });
+}
+
+template <class V>
+void backward_float(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                    void* dq, void* dk, void* dv) {
+  dispatch_float<false>(p.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    Attn<V>::backward_typed(p, plan, dout, out, static_cast<const float*>(lse), static_cast<T*>(dq),
+                            static_cast<T*>(dk), static_cast<T*>(dv));
+  });
+}

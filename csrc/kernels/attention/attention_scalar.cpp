@@ -16,17 +16,13 @@ namespace isa_scalar {
 }  // namespace isa_scalar
 
 namespace {
-using A32 = isa_scalar::Attn<isa_scalar::ScalarOf<float>>;
 using A64 = isa_scalar::Attn<isa_scalar::ScalarOf<double>>;
 }  // namespace
 
 void forward_scalar(const Problem& p, const Plan& plan, void* out, void* lse) {
   if (p.dtype == DType::F64)
     return A64::forward_typed(p, plan, static_cast<double*>(out), static_cast<double*>(lse));
-  dispatch_float<false>(p.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    A32::forward_typed(p, plan, static_cast<T*>(out), static_cast<float*>(lse));
-  });
+  isa_scalar::forward_float<isa_scalar::ScalarOf<float>>(p, plan, out, lse);
 }
 
 void backward_scalar(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
@@ -34,11 +30,7 @@ void backward_scalar(const Problem& p, const Plan& plan, const Strided& dout, co
   if (p.dtype == DType::F64)
     return A64::backward_typed(p, plan, dout, out, static_cast<const double*>(lse), static_cast<double*>(dq),
                                static_cast<double*>(dk), static_cast<double*>(dv));
-  dispatch_float<false>(p.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    A32::backward_typed(p, plan, dout, out, static_cast<const float*>(lse), static_cast<T*>(dq), static_cast<T*>(dk),
-                        static_cast<T*>(dv));
-  });
+  isa_scalar::backward_float<isa_scalar::ScalarOf<float>>(p, plan, dout, out, lse, dq, dk, dv);
 }
 
 }  // namespace edgegen::kernels::attention
