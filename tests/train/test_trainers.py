@@ -82,11 +82,33 @@ def test_distillation_moves_the_student_towards_the_teacher(tmp_path):
         assert result["final"]["val_teacher_kl"] < 0.7 * kl0
 
 
-def test_multi_teacher_distillation_runs(tmp_path):
+def test_multi_teacher_distillation_uses_the_mixture_weights(tmp_path):
+    from edgegen.ops import kd_loss_reference
+
     t = {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32}
     cfg = tiny("lm", tmp_path, task="distill", train={"steps_per_epoch": 3},
                distill={"teachers": [t, t], "teacher_weights": [0.3, 0.7], "fused": False})
-    result = Trainer(cfg, tmp_path / "mt", progress=False).fit()
+    trainer = Trainer(cfg, tmp_path / "mt", progress=False)
+    task, dc = trainer.task, cfg.distill
+    x, y = next(iter(trainer.batches.val_batches()))
+    x, y = task.to(x), task.to(y)
+    model = task.modules["model"]
+    with torch.no_grad():
+        got = task.loss(model, x, y)
+        s = model(x).double().reshape(-1, 64)
+        ts = [teacher(x).double().reshape(-1, 64) for teacher in task.teachers]
+
+    def ref(weights):
+        return kd_loss_reference(s, ts, y.reshape(-1), dc.temperature, dc.alpha, -100, "mean", weights)
+
+    # The trainer's loss is the mixture 0.3 / 0.7 of the two (differently initialised) teachers ...
+    torch.testing.assert_close(got.double(), ref([0.3, 0.7]), rtol=1e-5, atol=1e-6)
+    # ... which is not what either teacher alone, or equal weights, would give: those differ by
+    # several times the tolerance above (untrained teachers are close to uniform, so the
+    # differences are small but well resolved: about 2e-4 for equal weights).
+    for other in ([1.0, 0.0], [0.0, 1.0], [0.5, 0.5]):
+        assert abs(float(ref(other)) - float(got)) > 1e-4, other
+    result = trainer.fit()
     assert math.isfinite(result["final"]["val_loss"])
     with pytest.raises(ValueError, match="fused"):
         Trainer(tiny("lm", tmp_path, task="distill", distill={"teachers": [t, t]}), tmp_path / "x", progress=False)
@@ -131,6 +153,20 @@ def test_post_training_quantization_reports_the_quantized_model(tmp_path, ptq):
     trainer, result, _ = run(cfg, tmp_path)
     assert "final_float" in result and (tmp_path / "run" / "model-ptq.safetensors").is_file()
     assert math.isfinite(result["final"]["val_loss"])
+    # The reported model really is quantized (a quantize_ that did nothing would pass the rest):
+    # every Linear / convolution of the VAE replaced by its integer or 16-bit module.
+    from edgegen.quant import Int8Conv2d, Int8ConvTranspose2d, Int8Linear
+    from edgegen.quant.api import LowPrecision
+
+    model = trainer.task.main_model()
+    plain = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    if ptq["kind"] == "Fp16Config":
+        low = [m for m in model.modules() if isinstance(m, LowPrecision)]
+        assert low and {id(m.module) for m in low} == {id(m) for m in plain}  # every layer wrapped
+        assert all(p.dtype == torch.float16 for m in low for p in m.parameters())
+    else:
+        assert {Int8Linear, Int8Conv2d, Int8ConvTranspose2d} <= {type(m) for m in model.modules()}
+        assert not plain
     # The quantized model is close to the float one (same data, same noise in validation).
     assert abs(result["final"]["val_loss"] - result["final_float"]["val_loss"]) < 0.2 * result["final_float"]["val_loss"]
 
