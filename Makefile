@@ -13,7 +13,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-cpp test-sanitize test-cuda-compile test-py reproduce bench bench-gpu clean
+.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py reproduce bench bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -66,6 +66,10 @@ test-cuda-compile: setup
 	  done && \
 	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX), their ATen glue checked against the installed torch headers; they run only on a GPU (scripts/gpu-check.sh)"; \
 	else echo "test-cuda-compile: skipped, no nvcc on this machine"; fi
+
+# The inner loop: the Python suite without the slow and integration tests (CI runs everything).
+test-fast: build
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow and not integration" tests
 
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider

@@ -203,6 +203,7 @@ def test_compare_table(env):
         compare_runs([])
 
 
+@pytest.mark.slow
 def test_cli_eval_logs_to_the_training_run_and_compare(env, capsys):
     cfg = tiny("gan", env, tracking={"enabled": True, "uri": f"sqlite:///{env / 'mlflow.db'}"})
     run_dir = _train_tracked(cfg, env)

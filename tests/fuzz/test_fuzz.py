@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # some 1,500 cases in worker processes: about 10 s on 2 cores
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SEED = int(os.environ.get("EDGEGEN_FUZZ_SEED", "0"))

@@ -97,6 +97,7 @@ def data(tmp_path, monkeypatch, tiny_tokenizer_dir):  # noqa: F811
     return root
 
 
+@pytest.mark.slow
 def test_smoke_run_fills_every_table_and_resumes(data, tmp_path):
     out = tmp_path / "rep"
     res = reproduce("all", "cpu-smoke", seeds=[0], out_dir=out, recipes=TINY, log=lambda m: None)

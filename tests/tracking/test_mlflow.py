@@ -51,6 +51,7 @@ def mlflow_server(tmp_path):
         proc.kill()
 
 
+@pytest.mark.integration
 def test_round_trip_through_a_real_server(tmp_path, mlflow_server):
     uri, _ = mlflow_server
     from mlflow.tracking import MlflowClient
@@ -89,6 +90,7 @@ def test_embedded_sqlite_store_and_nested_runs(tmp_path, monkeypatch):
     assert (tmp_path / "mlflow.db").is_file()
 
 
+@pytest.mark.integration
 def test_server_down_mid_run_training_continues_and_falls_back(tmp_path, mlflow_server):
     uri, proc = mlflow_server
     run_dir = tmp_path / "run"

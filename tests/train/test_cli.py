@@ -77,6 +77,7 @@ def test_bad_config_names_the_key(tmp_path, capsys):
     assert "train.epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_variants_and_seeds_with_statistics(tmp_path, capsys):
     base = vae_config(tmp_path)
     sweep = {"name": "abl", "metric": "val_loss", "baseline": "fp32",
@@ -144,6 +145,7 @@ def test_sweep_only_selects_variants(tmp_path, capsys):
     assert "--only: unknown variant 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dcgan_cifar10_ablation", "vae_celeba_ablation"])
 def test_shipped_image_ablations_end_to_end(name, tmp_path, capsys):
     """Every variant of the shipped image ablations trains in cpu-smoke, the combined channel

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from edgegen.config import to_dict
@@ -26,6 +27,7 @@ Trainer(cfg, sys.argv[2], progress=False).fit()
 """
 
 
+@pytest.mark.integration
 def test_two_process_ddp_equals_single_process(tmp_path):
     cfg = tiny("lm", tmp_path, train={"steps_per_epoch": 4, "batch_size": 8, "threads": 1})
     script = tmp_path / "worker.py"

@@ -27,6 +27,7 @@ def test_every_variant_validates(path, preset):
         assert cfg.task in ("gan", "vae", "lm", "distill"), name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REAL / "celeba").is_dir(), reason="EDGEGEN_DATA_DIR does not hold celeba/")
 def test_vae_ablation_smoke_on_real_celeba(tmp_path):
     sw = _parse(str(next(p for p in EXPERIMENTS if p.name == "vae_celeba_ablation.yaml")))
@@ -38,6 +39,7 @@ def test_vae_ablation_smoke_on_real_celeba(tmp_path):
     assert all(r["n"] == 2 for r in out["rows"]) and (tmp_path / "runs" / "vae-celeba-ablation" / "summary.md").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REAL / "openwebtext").is_dir() or not (REAL / "gpt2").is_dir(),
                     reason="EDGEGEN_DATA_DIR does not hold openwebtext/ and gpt2/")
 def test_gpt2_teacher_then_every_student_variant_smoke(tmp_path, monkeypatch):

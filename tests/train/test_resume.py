@@ -35,6 +35,7 @@ def run_script(cfg, run_dir, kill_at):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("task, extra", [
     ("vae", {}),
     ("gan", {}),
