@@ -80,5 +80,20 @@ def test_missing_extension_gives_rebuild_instructions():
         import edgegen
     """)
     assert r.returncode != 0
-    assert "edgegen._C could not be loaded" in r.stderr
-    assert "pip install --no-build-isolation -e ." in r.stderr
+    assert "edgegen._C could not be loaded: it is not built, or not installed next to the Python package" in r.stderr
+    assert "pip install --no-build-isolation -e ." in r.stderr  # this test runs from the source tree
+    assert "circular import" not in r.stderr
+
+
+def test_the_rebuild_hint_fits_the_install(tmp_path):
+    from edgegen._extension import install_hint
+
+    source = tmp_path / "src"
+    (source / "python" / "edgegen").mkdir(parents=True)
+    (source / "csrc").mkdir()
+    (source / "pyproject.toml").write_text("")
+    assert "pip install --no-build-isolation -e ." in install_hint(source / "python" / "edgegen")
+    installed = tmp_path / "venv" / "lib" / "site-packages" / "edgegen"
+    installed.mkdir(parents=True)
+    hint = install_hint(installed)
+    assert "-e ." not in hint and "scikit-build-core pybind11" in hint and "--force-reinstall" in hint
