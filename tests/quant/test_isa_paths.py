@@ -65,12 +65,24 @@ def test_activation_codes_are_identical_on_every_path_including_ties(isa):
     assert torch.equal(dyn, ref)
 
 
-def test_half_precision_modules_keep_float32_scales():
-    q = Int8Linear.from_float(nn.Linear(64, 32))
-    x = torch.randn(4, 64)
-    want = q(x)
-    h = Int8Linear.from_float(nn.Linear(64, 32))
-    h.load_state_dict(q.state_dict())
-    h = h.half()
-    assert h.weight_scale.dtype == torch.float16  # .half() converts the buffer; the forward copes
-    torch.testing.assert_close(h(x.half()).float(), want, rtol=2e-3, atol=2e-3)
+@pytest.mark.parametrize("to", ["half", "bfloat16", "double"])
+def test_dtype_conversion_keeps_float32_scales(to):
+    """`.half()` (or any float dtype) converts weights and biases but not the quantization
+    scales: the forward on converted inputs equals the float32 module's to the input rounding."""
+    torch.manual_seed(0)
+    layers = [(Int8Linear.from_float(nn.Linear(64, 32)), torch.randn(4, 64)),
+              (Int4Linear.from_float(nn.Linear(128, 24), group_size=32), torch.randn(3, 128)),
+              (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 16, 4, 2, 1), act_qparams=(0.05, 60)),
+               torch.randn(2, 8, 5, 6))]
+    for q, x in layers:
+        want = q(x)
+        scales = {n: b.clone() for n, b in q.named_buffers() if n.endswith("scale")}
+        getattr(q, to)()
+        for n, b in q.named_buffers():
+            if n in scales:
+                assert b.dtype == torch.float32 and torch.equal(b, scales[n]), n
+        dt = {"half": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64}[to]
+        got = q(x.to(dt).to(torch.float32).to(dt)).float()
+        ref = q.float()(x.to(dt).float())  # the same rounded input through the float32 module
+        torch.testing.assert_close(got, ref.float(), rtol=1e-2 if dt != torch.float64 else 1e-6, atol=1e-2)
+        assert want.dtype == torch.float32

@@ -10,10 +10,21 @@ from edgegen.ops import quant as ops
 from edgegen.quant.functional import quantize_per_channel
 
 
-def _f32(t: Tensor) -> Tensor:
-    """Scales stay float32 for the kernels even after ``module.half()`` / ``.to(dtype)`` (which
-    convert every floating-point buffer)."""
-    return t if t.dtype == torch.float32 else t.float()
+class _Float32Params(nn.Module):
+    """Quantization parameters (scales) stay float32 whatever ``module.half()`` / ``.to(dtype)``
+    does to the other floating-point buffers: the kernels read float32 scales, and a scale
+    rounded to 16 bits would change every output. Devices still change."""
+
+    _float32_buffers: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        kept = {n: self._buffers[n] for n in self._float32_buffers if self._buffers.get(n) is not None}
+        out = super()._apply(fn, recurse)
+        for n, old in kept.items():
+            new = self._buffers[n]
+            if new.dtype != old.dtype:
+                self._buffers[n] = old.to(device=new.device)
+        return out
 
 
 def symmetric_weight_scales(w: Tensor, qmax: int = 127) -> Tensor:
@@ -34,7 +45,7 @@ def _set_static_activations(q: nn.Module, act_qparams) -> None:
     q.static = True
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(_Float32Params):
     """Linear with int8 weights (symmetric per output feature, range [-127, 127]) and dynamically
     quantized activations (per tensor, per call, 7-bit unsigned: exact on AVX2 without VNNI,
     like PyTorch's x86 reduce_range). The weights are packed once for the GEMM kernel; the state
@@ -98,8 +109,8 @@ class Int8Linear(nn.Module):
         n, k = self.out_features, self.in_features
         if self.static:
             return ops.int8_linear_static(x, float(self.act_scale), int(self.act_zero_point), self.packed_weight,
-                                          self.weight_row_sum, _f32(self.weight_scale), self.bias, n, k)
-        return ops.int8_linear_dynamic(x, self.packed_weight, self.weight_row_sum, _f32(self.weight_scale), self.bias,
+                                          self.weight_row_sum, self.weight_scale, self.bias, n, k)
+        return ops.int8_linear_dynamic(x, self.packed_weight, self.weight_row_sum, self.weight_scale, self.bias,
                                        n, k)
 
     def extra_repr(self) -> str:
@@ -145,7 +156,7 @@ def _int8_conv(x: Tensor, gemm: "Int8Linear", bias: Tensor | None, out_channels:
                dilation, act: tuple[float, int] | None) -> Tensor:
     """The direct INT8 convolution op (dynamic activations when ``act`` is None)."""
     a_scale, a_zp = act if act is not None else (0.0, 0)
-    return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, _f32(gemm.weight_scale), bias,
+    return torch.ops.edgegen.int8_conv2d(x, gemm.packed_weight, gemm.weight_row_sum, gemm.weight_scale, bias,
                                          out_channels, list(kernel), list(stride), list(padding), list(dilation),
                                          a_scale, a_zp)
 
@@ -189,7 +200,7 @@ def _dynamic_act_qparams(x: Tensor) -> tuple[float, int]:
     return float(scale), zp
 
 
-class Int8ConvTranspose2d(nn.Module):
+class Int8ConvTranspose2d(_Float32Params):
     """ConvTranspose2d (groups=1) on the INT8 GEMM, weights symmetric per output channel (axis 1 of
     the [Cin, Cout, kh, kw] weight).
 
@@ -268,21 +279,21 @@ class Int8ConvTranspose2d(nn.Module):
             a_scale, a_zp = static or (0.0, 0)
             return torch.ops.edgegen.int8_conv_transpose2d(
                 x, [p.packed_weight for p in self.phases], [p.weight_row_sum for p in self.phases],
-                _f32(self.phases[0].weight_scale), self.bias, self.out_channels, info, list(self.stride), list(self.padding),
+                self.phases[0].weight_scale, self.bias, self.out_channels, info, list(self.stride), list(self.padding),
                 [ho, wo], a_scale, a_zp)
         # One GEMM with N = Cout * kh * kw over the pixels, then col2im; one activation
         # quantization for the whole call.
         act = static or _dynamic_act_qparams(x)
         g = self.gemm
         cols = ops.int8_linear_static(x.permute(0, 2, 3, 1).reshape(b, h * w, c), act[0], act[1], g.packed_weight,
-                                      g.weight_row_sum, _f32(g.weight_scale), None, g.out_features, g.in_features)
+                                      g.weight_row_sum, g.weight_scale, None, g.out_features, g.in_features)
         out = F.fold(cols.transpose(1, 2), (ho, wo), self.kernel_size, self.dilation, self.padding, self.stride)
         if self.bias is not None:
             out = out + self.bias[None, :, None, None]
         return out.to(x.dtype)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_Float32Params):
     """Linear with 4-bit weights (asymmetric, one float32 scale and one 4-bit zero point per
     ``group_size`` input features, two weights per byte) and floating-point activations; the
     weights are dequantised inside the dot products (small batches) or block by block (large).
@@ -322,17 +333,17 @@ class Int4Linear(nn.Module):
         return q
 
     def dequantized_weight(self) -> Tensor:
-        return torch.ops.edgegen.int4_dequantize(self.packed_weight, _f32(self.scale), self.zero_point, self.group_size)
+        return torch.ops.edgegen.int4_dequantize(self.packed_weight, self.scale, self.zero_point, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.int4_linear(x, self.packed_weight, _f32(self.scale), self.zero_point, self.bias, self.group_size)
+        return ops.int4_linear(x, self.packed_weight, self.scale, self.zero_point, self.bias, self.group_size)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"group_size={self.group_size}")
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Float32Params):
     """Embedding table stored as int8 rows (symmetric per row, [-127, 127]) with float32 scales;
     a lookup dequantises only the rows it gathers."""
 
@@ -362,3 +373,9 @@ class Int8Embedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+Int8Linear._float32_buffers = ("weight_scale", "act_scale")
+Int8ConvTranspose2d._float32_buffers = ("act_scale",)
+Int4Linear._float32_buffers = ("scale",)
+Int8Embedding._float32_buffers = ("weight_scale",)
