@@ -7,7 +7,9 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(__x86_64__) || defined(__i386__)
+// The vector levels are reported only by builds that have the vector paths (EDGEGEN_HAVE_AVX2:
+// x86 builds), so a family's pick_isa never needs its own build guard.
+#if (defined(__x86_64__) || defined(__i386__)) && defined(EDGEGEN_HAVE_AVX2)
 #include <cpuid.h>
 #define EDGEGEN_X86_CPU 1
 #endif

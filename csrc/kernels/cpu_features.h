@@ -24,7 +24,8 @@ const char* isa_name(Isa isa);
 // Parses a level's name; false for an unknown one.
 bool parse_isa(const char* name, Isa* out);
 
-// Whether this CPU and OS can run a level's instructions (independent of the cap).
+// Whether this CPU and OS can run a level's instructions and the build has its paths
+// (independent of the cap).
 bool cpu_supports(Isa isa);
 // The highest level the CPU supports.
 Isa cpu_isa();

@@ -154,11 +154,7 @@ PlanSummary plan_summary(const Problem& p) {
 }
 
 Isa attention_isa() {
-#ifdef EDGEGEN_HAVE_AVX2
   return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
-#else
-  return Isa::Scalar;
-#endif
 }
 
 bool attention_has_path(Isa isa) {

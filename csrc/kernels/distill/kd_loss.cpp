@@ -5,11 +5,7 @@
 namespace edgegen::kernels {
 
 Isa kd_loss_isa() {
-#ifdef EDGEGEN_HAVE_AVX2
   return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
-#else
-  return Isa::Scalar;
-#endif
 }
 
 void kd_loss_rows(const KDLossProblem& p) {

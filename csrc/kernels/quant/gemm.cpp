@@ -149,11 +149,7 @@ void quantize_row_u7_scalar(const float* x, int64_t k, float inv, float zp, uint
 }  // namespace
 
 Isa int8_act_isa() {
-#if defined(EDGEGEN_HAVE_AVX2)
   return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
-#else
-  return Isa::Scalar;
-#endif
 }
 
 namespace {
@@ -172,11 +168,7 @@ ActPath act_path() {
 }  // namespace
 
 Isa int8_gemm_isa() {
-#if defined(EDGEGEN_HAVE_AVX2)
   return pick_isa({Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar});
-#else
-  return Isa::Scalar;
-#endif
 }
 
 bool int8_gemm_has_path(Isa isa) { return path_for(isa)->isa == isa; }

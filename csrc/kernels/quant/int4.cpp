@@ -41,11 +41,7 @@ float int4_dot_scalar(const uint8_t* row, int64_t k0, const float* x, int64_t le
 }  // namespace
 
 Isa int4_isa() {
-#if defined(EDGEGEN_HAVE_AVX2)
   return pick_isa({Isa::Avx2, Isa::Scalar});
-#else
-  return Isa::Scalar;
-#endif
 }
 
 void pack_int4(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed) {
