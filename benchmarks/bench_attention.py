@@ -23,9 +23,6 @@ time from 4096 to 16384 <= 4.5x, memory linear in n. Results: benchmarks/results
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -111,40 +108,27 @@ def worker(spec: dict) -> dict:
         return {"max_abs_err": float("nan")}
     if spec["measure"] == "memory":
         run()  # compile / warm caches first
-        return {"peak_mb": harness.peak_extra_mb(run)}
-    p20, p50, p80 = harness.time_ms(run, repeats=spec["repeats"], warmup=1)
-    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+    return harness.measure(spec, run)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention.csv"))
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-
-    machine, versions = harness.machine(), harness.versions()
-    print(f"# {machine}; {versions}; {args.threads} threads")
+    args = harness.cli(__doc__, "attention.csv", worker)
+    machine, versions = harness.header(args.threads)
     print(f"# B={B} H={H} d={D} window={WINDOW} num_global={NUM_GLOBAL} causal, float32 unless noted")
     rows = []
     lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
 
     print("\n## accuracy vs float64 SDPA with the pattern's mask, n=1024 (forward, max |error|)")
     for provider in ("edgegen", "sdpa_mask") + (() if args.quick else ("flex",)):
-        r = harness._worker(__file__, dict(n=1024, provider=provider, mode="fwd", dtype="float32",
-                                           threads=args.threads, check=True, measure="check"), {}, 3600)
+        r = harness.run_once(__file__, dict(n=1024, provider=provider, mode="fwd", dtype="float32",
+                                            threads=args.threads, check=True, measure="check"))
         print(f"{provider:16s} {r.get('max_abs_err', r.get('error'))}")
 
     # edgegen's lower attention paths beside the best one ("edgegen"), each under its own cap.
-    levels = [lv for lv in harness.kernel_levels("attention") if lv != "scalar"]
+    levels = harness.above_scalar(harness.kernel_levels("attention"))
     lower = [f"edgegen[{lv}]" for lv in levels[:-1]]
-    best_path = levels[-1] if levels else "scalar"
-    print(f"# attention paths on this CPU: {', '.join(levels) or 'scalar'} ('edgegen' = {best_path}); "
-          f"CPU flags: {harness.cpu_flags()}")
+    best_path = levels[-1]
+    harness.print_paths("attention", levels, f" ('edgegen' = {best_path})")
     results: dict[tuple, dict] = {}
     for mode in ("fwd", "fwd+bwd"):
         print(f"\n## {mode}")
@@ -161,15 +145,14 @@ def main():
                 repeats = 11 if provider.startswith("edgegen") else (5 if n <= 4096 else 2)
                 if args.quick:
                     repeats = min(repeats, 3)
-                isa = provider[provider.index("[") + 1:-1] if "[" in provider else None
+                isa = harness.isa_of(provider)
                 spec = dict(n=n, provider=provider, mode=mode, dtype="float32", threads=args.threads,
                             repeats=repeats, isa=isa)
                 r = harness.run_worker(__file__, spec, timeout=1800)
                 if "error" in r:
                     print(f"{n:6d} {provider:16s} ERROR {r['error']}")
                     rows.append(dict(op="sliding_window_attention", provider=provider, shape=f"n={n}",
-                                     dtype="float32", mode=f"{mode}; failed: {r['error']}", threads=args.threads,
-                                     machine=machine, versions=versions))
+                                     dtype="float32", mode=f"{mode}; failed: {r['error']}"))
                     continue
                 results[(mode, n, provider)] = r
                 gflops = flops / (r["p50_ms"] * 1e-3) / 1e9
@@ -178,9 +161,8 @@ def main():
                 print(f"{n:6d} {provider:16s} {r['p50_ms']:10.1f} {r['peak_mb']:9.0f} {gflops:14.1f} {speed:>16s}")
                 rows.append(dict(op="sliding_window_attention", provider=provider,
                                  shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype="float32",
-                                 mode=mode, threads=args.threads, machine=machine, versions=versions,
-                                 gflops=round(gflops, 2), kernel_path=isa or (best_path if provider == "edgegen" else ""),
-                                 **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+                                 mode=mode, gflops=round(gflops, 2),
+                                 kernel_path=isa or (best_path if provider == "edgegen" else ""), **harness.measured(r)))
 
     print("\n## scaling of edgegen (target: 4096 -> 16384 time <= 4.5x; memory linear)")
     for mode in ("fwd", "fwd+bwd"):
@@ -195,7 +177,7 @@ def main():
     for mode, n, dtype in extra:
         res = {}
         for provider in ("edgegen", *lower, "sdpa_causal"):
-            isa = provider[provider.index("[") + 1:-1] if "[" in provider else None
+            isa = harness.isa_of(provider)
             spec = dict(n=n, provider=provider, mode=mode, dtype=dtype, threads=args.threads,
                         repeats=50 if mode == "decode" else 3, isa=isa)
             r = harness.run_worker(__file__, spec, timeout=1800)
@@ -205,15 +187,12 @@ def main():
             res[provider] = r
             rows.append(dict(op="sliding_window_attention", provider=provider,
                              shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype=dtype, mode=mode,
-                             threads=args.threads, machine=machine, versions=versions,
-                             kernel_path=isa or (best_path if provider == "edgegen" else ""),
-                             **{k: round(v, 4) for k, v in r.items() if k in harness.CSV_FIELDS}))
+                             kernel_path=isa or (best_path if provider == "edgegen" else ""), **harness.measured(r, 4)))
         if "edgegen" in res:
             for provider, r in res.items():
                 speed = "" if provider == "edgegen" else f"{r['p50_ms'] / res['edgegen']['p50_ms']:8.2f}x"
                 print(f"{f'{mode} n={n} {dtype}':34s} {provider:16s} {r['p50_ms']:10.3f} {speed:>9s}")
-    harness.write_csv(rows, Path(args.out))
-    print(f"\nwrote {args.out}")
+    harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["perplexity", "ssim", "fid"], default=None)
     ap.add_argument("--fid-images", type=int, default=1000, help="images for the FID feature benchmark")
-    ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results" / "eval.csv"))
+    ap.add_argument("--csv", default=str(harness.RESULTS / "eval.csv"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {harness.machine()}; {harness.versions()}; {args.threads} threads")
@@ -165,10 +165,7 @@ def main():
         bench_ssim(rows, args.threads)
     if args.only in (None, "fid"):
         bench_fid(rows, args.fid_images, args.threads)
-    for r in rows:
-        r.update(machine=harness.machine(), versions=harness.versions())
-    harness.write_csv(rows, Path(args.csv))
-    print(f"wrote {args.csv}")
+    harness.save(rows, args.csv, lead="", machine=harness.machine(), versions=harness.versions())
 
 
 if __name__ == "__main__":

@@ -44,9 +44,7 @@ def gpu_time_ms(fn, repeats=20, warmup=3):
         b.record()
         torch.cuda.synchronize()
         samples.append(a.elapsed_time(b))
-    samples.sort()
-    q = lambda p: samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]  # noqa: E731
-    return q(0.2), q(0.5), q(0.8)
+    return harness.quantiles(samples)
 
 
 def peak_mb(fn):
@@ -180,7 +178,7 @@ def bench_int8(rows, m, k, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no n = 65536")
-    ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results" / "gpu.csv"))
+    ap.add_argument("--csv", default=str(harness.RESULTS / "gpu.csv"))
     ap.add_argument("--only", choices=["kd", "attention", "int8"], default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -201,11 +199,8 @@ def main():
             bench_attention(rows, n, 256, 4, args.quick)
     if args.only in (None, "int8"):
         bench_int8(rows, 512, 768, 3072)
-    machine = f"{name}; host {harness.machine()}"
-    for r in rows:
-        r.update(machine=machine, versions=harness.versions(), threads="")
-    harness.write_csv(rows, Path(args.csv))
-    print(f"wrote {args.csv}")
+    harness.save(rows, args.csv, lead="", machine=f"{name}; host {harness.machine()}", versions=harness.versions(),
+                 threads="")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ machine's measured copy bandwidth. Results go to benchmarks/results/kd_loss.csv.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -107,50 +105,38 @@ def worker(spec: dict) -> dict:
             loss.backward()
             return loss
 
-    run()  # warm-up (and compile)
-    if spec["measure"] == "memory":
-        clear()  # the peak counts the new gradients, not the previous iteration's
-        return {"peak_mb": harness.peak_extra_mb(run)}
-
     def iteration():
         clear()
         run()
 
-    p20, p50, p80 = harness.time_ms(iteration, repeats=spec["repeats"], warmup=1)
-    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+    run()  # warm-up (and compile)
+    clear()  # the memory peak counts the new gradients, not the previous iteration's; iteration() clears anyway
+    return harness.measure(spec, run if spec["measure"] == "memory" else iteration)
 
 
 # --------------------------------------------------------------------------------- main
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true", help="N in {512, 2048} only")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+def thp_argument(ap):
     ap.add_argument("--thp", action="store_true",
                     help="give every provider transparent huge pages (THP_MEM_ALLOC_ENABLE=1)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kd_loss.csv"))
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
 
+
+def main():
+    args = harness.cli(__doc__, "kd_loss.csv", worker, quick_help="N in {512, 2048} only", add_arguments=thp_argument)
     ns = [512, 2048] if args.quick else [512, 2048, 8192]
     if args.thp:
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # inherited by every worker
     mode = "fwd+bwd" + (",THP" if args.thp else "")
-    machine, versions = harness.machine(), harness.versions()
-    ceiling = harness.copy_bandwidth_gbps(args.threads)
-    print(f"# {machine}; {versions}; {args.threads} threads; mode {mode}")
-    print(f"# memory copy bandwidth (ceiling): {ceiling:.1f} GB/s")
+    machine, versions = harness.header(args.threads, f"; mode {mode}")
+    ceiling = harness.print_copy_ceiling(args.threads)
     rows = []
 
     def record(op, provider, n, dtype, extra_shape, res, nbytes=None, flops=None, path=None):
         row = dict(op=op, provider=provider, shape=f"N={n} V={V}{extra_shape}", dtype=dtype,
-                   mode=mode, threads=args.threads, machine=machine, versions=versions, kernel_path=path or "")
+                   mode=mode, kernel_path=path or "")
         if "error" in res:
             print(f"{op:22s} {provider:22s} N={n:5d} {dtype:8s} ERROR {res['error']}")
             return None
-        row.update({k: round(v, 3) for k, v in res.items()})
+        row.update(harness.measured(res))
         if nbytes:
             row["gbps"] = round(nbytes / (res["p50_ms"] * 1e-3) / 1e9, 2)
         if flops:
@@ -160,10 +146,10 @@ def main():
 
     # edgegen once per kd_loss path this CPU has (each under its own EDGEGEN_MAX_ISA), the best
     # last; the speed-ups are the best path's.
-    levels = [lv for lv in harness.kernel_levels("kd_loss") if lv != "scalar"] or ["scalar"]
+    levels = harness.above_scalar(harness.kernel_levels("kd_loss"))
     mine = [f"edgegen[{lv}]" for lv in levels]
     best = mine[-1]
-    print(f"# kd_loss paths on this CPU: {', '.join(levels)}; CPU flags: {harness.cpu_flags()}")
+    harness.print_paths("kd_loss", levels)
     print("\n## kd_loss on logits (forward + backward)")
     print(f"{'N':>5s} {'dtype':8s} {'provider':16s} {'p50 ms':>9s} {'peak MB':>9s} {'GB/s':>7s} "
           f"{'% ceil':>6s} {'speed-up':>9s}")
@@ -172,7 +158,7 @@ def main():
         for n in ns:
             res = {}
             for provider in (*mine, "eager", "compile"):
-                isa = provider[provider.index("[") + 1:-1] if "[" in provider else None
+                isa = harness.isa_of(provider)
                 spec = dict(op="kd_loss", provider=provider, n=n, dtype=dtype, threads=args.threads,
                             repeats=3 if n >= 8192 else 9, isa=isa)
                 row = record("kd_loss", provider, n, dtype, "", harness.run_worker(__file__, spec),
@@ -209,8 +195,7 @@ def main():
             print(f"{n:5d} {provider:22s} {row['p50_ms']:9.1f} {row['peak_mb']:9.0f} "
                   f"{row['gflops']:8.1f} {row['p50_ms'] / f['p50_ms']:12.2f}x "
                   f"{row['peak_mb'] / f['peak_mb']:14.2f}x")
-    harness.write_csv(rows, Path(args.out))
-    print(f"\nwrote {args.out}")
+    harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
 
 
 if __name__ == "__main__":

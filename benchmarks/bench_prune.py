@@ -17,9 +17,7 @@ thread count. Results: benchmarks/results/prune.csv.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import math
 import sys
 from pathlib import Path
 
@@ -81,22 +79,14 @@ def mask_worker(spec: dict) -> dict:
 
     setup()
     masks = run()  # warm-up
-    if spec["measure"] == "memory":
-        del masks
-        setup()
-        return {"peak_mb": harness.peak_extra_mb(run)}
     # Agreement with the exact reference order (stable sort), counted in mismatching entries.
-    ref_keep = None
-    if spec.get("check"):
+    check, ref_keep = {}, None
+    if spec.get("check") and spec["measure"] != "memory":
         ref_keep = P.magnitude_mask(source, k)
-        mism = sum(int((a.bool() != b).sum()) for a, b in zip(masks, ref_keep))
-        pruned = sum(int((~m.bool()).sum()) for m in masks)
+        check = dict(mask_mismatch=sum(int((a.bool() != b).sum()) for a, b in zip(masks, ref_keep)),
+                     pruned=sum(int((~m.bool()).sum()) for m in masks))
     del masks
-    p20, p50, p80 = harness.time_ms(run, repeats=spec["repeats"], warmup=0, setup=setup)
-    out = {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
-    if ref_keep is not None:
-        out.update(mask_mismatch=mism, pruned=pruned)
-    return out
+    return {**harness.measure(spec, run, warmup=0, setup=setup), **check}
 
 
 def dcgan_worker(spec: dict) -> dict:
@@ -119,10 +109,7 @@ def dcgan_worker(spec: dict) -> dict:
             return model(x)
 
     run()
-    if spec["measure"] == "memory":
-        return {"peak_mb": harness.peak_extra_mb(run)}
-    p20, p50, p80 = harness.time_ms(run, repeats=spec["repeats"], warmup=2)
-    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+    return harness.measure(spec, run, warmup=2)
 
 
 def dcgan_static(net: str, provider: str, amount: float) -> dict:
@@ -142,26 +129,18 @@ def dcgan_static(net: str, provider: str, amount: float) -> dict:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "prune.csv"))
-    args = ap.parse_args()
-    if args.worker:
-        spec = json.loads(args.worker)
-        print(json.dumps(mask_worker(spec) if spec["op"] == "global_magnitude_prune" else dcgan_worker(spec)))
-        return
+def worker(spec: dict) -> dict:
+    return mask_worker(spec) if spec["op"] == "global_magnitude_prune" else dcgan_worker(spec)
 
-    machine, versions = harness.machine(), harness.versions()
-    ceiling = harness.copy_bandwidth_gbps(args.threads)
-    print(f"# {machine}; {versions}; {args.threads} threads")
-    print(f"# memory copy bandwidth (ceiling): {ceiling:.1f} GB/s")
+
+def main():
+    args = harness.cli(__doc__, "prune.csv", worker)
+    machine, versions = harness.header(args.threads)
+    harness.print_copy_ceiling(args.threads)
     rows = []
 
     shapes = gpt2_shapes(0.25 if args.quick else 1.0)
-    total = sum(int(__import__("math").prod(s)) for s in shapes)
+    total = sum(int(math.prod(s)) for s in shapes)
     print(f"\n## global magnitude pruning, 50% of {total:,} float32 weights in {len(shapes)} tensors")
     print(f"{'provider':22s} {'p50 ms':>9s} {'peak MB':>9s} {'GB/s':>7s} {'speed-up':>9s} {'mask vs exact':>22s}")
     res = {}
@@ -176,8 +155,7 @@ def main():
         # Minimum traffic: read the weights, write the masks (1 B each) and the pruned half back.
         r["gbps"] = round((4 * total + total + 2 * total) / (r["p50_ms"] * 1e-3) / 1e9, 2)
         rows.append(dict(op="global_magnitude_prune", provider=provider, shape=f"{total} floats, {len(shapes)} tensors",
-                         dtype="float32", mode="mask+apply, 50%", threads=args.threads, machine=machine,
-                         versions=versions, **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+                         dtype="float32", mode="mask+apply, 50%", **harness.measured(r)))
     if "edgegen" in res:
         base = res["edgegen"]["p50_ms"]
         for provider, r in res.items():
@@ -203,9 +181,8 @@ def main():
                 st = static[provider]
                 rows.append(dict(op=f"dcgan_{net}_forward", provider=provider, shape=f"batch={batch} 64x64",
                                  dtype="float32", mode=f"eval; {st['params']} params; {st['bytes']} bytes",
-                                 threads=args.threads, machine=machine, versions=versions,
                                  gflops=round(st["flops"] * batch / (r["p50_ms"] * 1e-3) / 1e9, 2),
-                                 **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+                                 **harness.measured(r)))
             if len(res) == 2:
                 d, p = res["dense"]["p50_ms"], res["pruned-50%"]["p50_ms"]
                 for provider in ("dense", "pruned-50%"):
@@ -228,14 +205,11 @@ def main():
             continue
         dense_ms = dense_ms or r["p50_ms"]
         rows.append(dict(op="dcgan_generator_sweep", provider=provider, shape="batch=1 64x64", dtype="float32",
-                         mode=f"eval; {st['params']} params; {st['bytes']} bytes", threads=args.threads,
-                         machine=machine, versions=versions,
-                         gflops=round(st["flops"] / (r["p50_ms"] * 1e-3) / 1e9, 2),
-                         **{k: round(v, 3) for k, v in r.items() if k in harness.CSV_FIELDS}))
+                         mode=f"eval; {st['params']} params; {st['bytes']} bytes",
+                         gflops=round(st["flops"] / (r["p50_ms"] * 1e-3) / 1e9, 2), **harness.measured(r)))
         print(f"{amount:5.1f} {st['params']:10,d} {st['bytes'] / 1e6:10.2f} {st['flops'] / 1e9:9.3f} "
               f"{r['p50_ms']:9.2f} {dense_ms / r['p50_ms']:8.2f}x")
-    harness.write_csv(rows, Path(args.out))
-    print(f"\nwrote {args.out}")
+    harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
 
 
 if __name__ == "__main__":

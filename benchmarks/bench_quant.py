@@ -21,8 +21,6 @@ Needs requirements-bench.txt for the ONNX Runtime rows (skipped, with a message,
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -103,10 +101,7 @@ def linear_worker(spec: dict) -> dict:
         raise ValueError(p)
     with torch.no_grad():
         f()
-        if spec["measure"] == "memory":
-            return {"peak_mb": harness.peak_extra_mb(f)}
-        p20, p50, p80 = harness.time_ms(f, repeats=spec["repeats"], warmup=3)
-    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+        return harness.measure(spec, f, warmup=3)
 
 
 def cold_worker(spec: dict) -> dict:
@@ -139,10 +134,7 @@ def cold_worker(spec: dict) -> dict:
     with torch.no_grad():
         for _ in range(copies):
             f()
-        if spec["measure"] == "memory":
-            return {"peak_mb": harness.peak_extra_mb(f)}
-        p20, p50, p80 = harness.time_ms(f, repeats=max(60, 2 * copies), warmup=copies)
-    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+        return harness.measure(spec, f, warmup=copies, repeats=max(60, 2 * copies))
 
 
 def e2e_worker(spec: dict) -> dict:
@@ -186,10 +178,7 @@ def e2e_worker(spec: dict) -> dict:
         else:
             f = lambda: model(*inputs)  # noqa: E731
         f()
-        if spec["measure"] == "memory":
-            return {"peak_mb": harness.peak_extra_mb(f)}
-        p20, p50, p80 = harness.time_ms(f, repeats=spec["repeats"], warmup=2)
-    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "bytes": size}
+        return {**harness.measure(spec, f, warmup=2), "bytes": size}
 
 
 def int8_ceiling_tops(threads: int) -> float:
@@ -205,17 +194,12 @@ def int8_ceiling_tops(threads: int) -> float:
     return 2 * n ** 3 / (p50 * 1e-3) / 1e12
 
 
+def worker(spec: dict) -> dict:
+    return e2e_worker(spec) if spec["op"] == "e2e" else linear_worker(spec)
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant.csv"))
-    args = ap.parse_args()
-    if args.worker:
-        spec = json.loads(args.worker)
-        print(json.dumps(e2e_worker(spec) if spec["op"] == "e2e" else linear_worker(spec)))
-        return
+    args = harness.cli(__doc__, "quant.csv", worker)
     try:
         import onnxruntime  # noqa: F401
         have_ort = True
@@ -223,17 +207,15 @@ def main():
         have_ort = False
         print("# onnxruntime not installed (pip install -r requirements-bench.txt torch==2.13.0): its rows are skipped")
 
-    machine, versions = harness.machine(), harness.versions()
-    print(f"# {machine}; {versions}; {args.threads} threads")
+    machine, versions = harness.header(args.threads)
     rows = []
 
     def record(op, provider, shape, res, mode="", flops=None, path=None):
         if "error" in res:
             print(f"{op} {provider} {shape} ERROR {res['error']}")
             return None
-        row = dict(op=op, provider=provider, shape=shape, dtype="float32 in/out", mode=mode, threads=args.threads,
-                   machine=machine, versions=versions, kernel_path=path or "",
-                   **{k: round(v, 4) for k, v in res.items() if k in harness.CSV_FIELDS})
+        row = dict(op=op, provider=provider, shape=shape, dtype="float32 in/out", mode=mode, kernel_path=path or "",
+                   **harness.measured(res, 4))
         if flops:
             row["gflops"] = round(flops / (res["p50_ms"] * 1e-3) / 1e9, 2)
         rows.append(row)
@@ -244,9 +226,9 @@ def main():
     # edgegen's INT8 GEMM once per ISA path this CPU has (each under its own EDGEGEN_MAX_ISA), the
     # best path last: the ratios are the best path's.
     levels = harness.kernel_levels("int8_gemm")
-    int8 = [f"edgegen-int8[{lv}]" for lv in levels if lv != "scalar"] or ["edgegen-int8[scalar]"]
+    int8 = [f"edgegen-int8[{lv}]" for lv in harness.above_scalar(levels)]
     best = int8[-1]
-    print(f"# int8_gemm paths on this CPU: {', '.join(levels)}; CPU flags: {harness.cpu_flags()}")
+    harness.print_paths("int8_gemm", levels)
     providers = ["fp32", *int8, "torch-int8"] + (["onnxruntime-int8"] if have_ort else [])
     print("\n## INT8 Linear (forward, dynamic activation quantization included); speed-up = time / edgegen's "
           f"{best} time")
@@ -257,7 +239,7 @@ def main():
         for m in ms:
             res = {}
             for p in providers:
-                isa = p[p.index("[") + 1:-1] if p.startswith("edgegen-int8") else None
+                isa = harness.isa_of(p)
                 spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, repeats=200 if m <= 8 else 30,
                             isa=isa)
                 r = record("int8_linear", p, f"M={m} K={k} N={n}", harness.run_worker(__file__, spec),
@@ -312,7 +294,7 @@ def main():
             if p == "fp32" and (model, mode) in fp32_cache:
                 res[p] = fp32_cache[(model, mode)]
                 continue
-            isa = p[p.index("[") + 1:-1] if "[" in p else None
+            isa = harness.isa_of(p)
             spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
                         repeats=50 if mode == "decode" else 10, isa=isa)
             r = harness.run_worker(__file__, spec)
@@ -325,8 +307,7 @@ def main():
             f, q = res["fp32"], res[quant]
             print(f"{model:18s} {mode:8s} {quant:17s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
                   f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
-    harness.write_csv(rows, Path(args.out))
-    print(f"\nwrote {args.out}")
+    harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared benchmark harness: timing, CPU peak memory, machine ceilings, one fixed-schema CSV.
+"""Shared benchmark harness: the command line and worker processes of the CPU benchmark scripts,
+timing, CPU peak memory, machine ceilings, one fixed-schema CSV.
 
 Every (provider, case) pair is measured in fresh subprocesses, so one provider's allocations,
 compiled code and allocator caches never colour another's numbers:
@@ -13,15 +14,17 @@ compiled code and allocator caches never colour another's numbers:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "peak_mb",
@@ -68,12 +71,30 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
+    return quantiles(samples)
+
+
+def quantiles(samples: list[float]) -> tuple[float, float, float]:
+    """p20/p50/p80 of timing samples (nearest rank)."""
+    samples = sorted(samples)
 
     def q(p):
         return samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]
 
     return q(0.2), q(0.5), q(0.8)
+
+
+def measure(spec: dict, fn: Callable[[], object], warmup: int = 1, setup: Callable[[], object] | None = None,
+            repeats: int | None = None) -> dict:
+    """A worker's measurement of ``fn``, the one ``spec["measure"]`` names: ``{"peak_mb"}`` for
+    "memory" (after ``setup()``, when given), else p20/p50/p80 ms of ``spec["repeats"]`` runs (or
+    ``repeats``) after ``warmup``, ``setup()`` untimed before each."""
+    if spec["measure"] == "memory":
+        if setup:
+            setup()
+        return {"peak_mb": peak_extra_mb(fn)}
+    p20, p50, p80 = time_ms(fn, repeats=spec["repeats"] if repeats is None else repeats, warmup=warmup, setup=setup)
+    return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
 
 
 def machine() -> str:
@@ -114,6 +135,21 @@ def kernel_levels(family: str) -> list[str]:
     return out
 
 
+def above_scalar(levels: list[str]) -> list[str]:
+    """The vector levels among ``levels``; ["scalar"] where there are none."""
+    return [lv for lv in levels if lv != "scalar"] or ["scalar"]
+
+
+def isa_of(provider: str) -> str | None:
+    """The ISA cap in a provider name such as "edgegen[avx2]" (None without brackets)."""
+    return provider[provider.index("[") + 1:-1] if "[" in provider else None
+
+
+def print_paths(family: str, levels: list[str], note: str = "") -> None:
+    """Prints the kernel paths benchmarked for ``family`` and this CPU's ISA flags."""
+    print(f"# {family} paths on this CPU: {', '.join(levels)}{note}; CPU flags: {cpu_flags()}")
+
+
 def versions() -> str:
     import torch
 
@@ -135,10 +171,47 @@ def copy_bandwidth_gbps(threads: int, mbytes: int = 512) -> float:
     return 2 * n * 4 / (p50 * 1e-3) / 1e9
 
 
-def _worker(script: str, spec: dict, env: dict, timeout: int) -> dict:
+def print_copy_ceiling(threads: int) -> float:
+    """Measures and prints copy_bandwidth_gbps(threads)."""
+    ceiling = copy_bandwidth_gbps(threads)
+    print(f"# memory copy bandwidth (ceiling): {ceiling:.1f} GB/s")
+    return ceiling
+
+
+def header(threads: int, note: str = "") -> tuple[str, str]:
+    """Prints the machine, the versions and the thread count; returns (machine, versions)."""
+    m, v = machine(), versions()
+    print(f"# {m}; {v}; {threads} threads{note}")
+    return m, v
+
+
+def cli(doc: str, csv_name: str, worker: Callable[[dict], dict], quick_help: str | None = None,
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The command line of a CPU benchmark script: --quick, --threads (default: every core), the
+    script's own arguments (``add_arguments``), --out (default results/<csv_name>).
+
+    Started by run_worker as ``script --worker '<json spec>'``, it prints ``worker(spec)`` as one
+    JSON line and exits instead of returning."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    if add_arguments:
+        add_arguments(ap)
+    ap.add_argument("--out", default=str(RESULTS / csv_name))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        sys.exit(0)
+    return args
+
+
+def run_once(script: str, spec: dict, env: dict | None = None, timeout: int = 3600) -> dict:
+    """``script --worker '<json spec>'`` in a fresh process with ``env`` added to the environment:
+    the JSON line it prints last, or {"error": [its last line of output]}."""
     r = subprocess.run(
         [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, timeout=timeout,
     )
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
@@ -149,12 +222,17 @@ def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
     """Time, then measure peak memory, each in a fresh `script --worker '<json spec>'` process
     (spec["measure"] tells the worker which); each prints one JSON line."""
     env = {"EDGEGEN_MAX_ISA": spec["isa"]} if spec.get("isa") else {}
-    res = _worker(script, {**spec, "measure": "time"}, env, timeout)
+    res = run_once(script, {**spec, "measure": "time"}, env, timeout)
     if "error" in res:
         return res
-    mem = _worker(script, {**spec, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536", **env},
-                  timeout)
+    mem = run_once(script, {**spec, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536", **env},
+                   timeout)
     return mem if "error" in mem else {**res, **mem}
+
+
+def measured(res: dict, digits: int = 3) -> dict:
+    """The CSV columns among a worker's results, rounded."""
+    return {k: round(v, digits) for k, v in res.items() if k in CSV_FIELDS}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -165,3 +243,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
         flags = cpu_flags()
         for r in rows:
             w.writerow({**{k: r.get(k, "") for k in CSV_FIELDS}, "cpu_flags": r.get("cpu_flags") or flags})
+
+
+def save(rows: list[dict], out: str, lead: str = "\n", **common) -> None:
+    """Writes ``rows`` to the CSV ``out``, each given ``common``'s values for the columns it lacks,
+    and prints where."""
+    write_csv([{**common, **r} for r in rows], Path(out))
+    print(f"{lead}wrote {out}")

@@ -1,6 +1,7 @@
-// The KD-loss row algorithm, written once over a SIMD policy (simd_scalar.h / simd_avx2.h).
-// Included by one TU per ISA, inside namespace edgegen::kernels::EDGEGEN_ISA_NS, after the
-// policy headers; every vector loop finishes its tail with the Scalar policy.
+// The KD-loss row algorithm, written once over a SIMD policy (simd_scalar.h, simd_avx2.h,
+// simd_avx512.h). Included by one TU per ISA (kd_loss_scalar.cpp, kd_loss_avx2.cpp,
+// kd_loss_avx512.cpp), each inside its own namespace edgegen::kernels::isa_scalar / isa_avx2 /
+// isa_avx512, after the policy headers; every vector loop finishes its tail with the Scalar policy.
 //
 // Per row, with ds = s - max(s), dt = t - max(t):
 //   pass 1  max(s), max(t_k)

@@ -1,0 +1,208 @@
+"""The ``edgegen`` command line: the argument parser and what each command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML file")
+    p.add_argument("--preset", choices=["paper", "cpu-small", "cpu-smoke"],
+                   help="scale the recipe (applied over the file, under --set)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, dotted for sections (e.g. --set optim.lr=1e-3); repeatable")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgegen", description="Train, compress and sweep edgegen experiments "
+                                 "defined as YAML configs; every run is tracked in MLflow.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "train one experiment"),
+                        ("compress", "train with the config's compress section (pruning, QAT)")):
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+        p.add_argument("--run-dir", help="where checkpoints go (default <output_dir>/<name>/seed<seed>)")
+        if name == "compress":
+            p.add_argument("--from", dest="source", metavar="RUN_DIR",
+                           help="compress this trained run (its last checkpoint) without training: one-shot "
+                                "pruning (+ shrink) and/or post-training quantization from CONFIG's compress "
+                                "section; written to --run-dir (default RUN_DIR-<what>)")
+    p = sub.add_parser("sweep", help="run variants x seeds and compare them",
+                       description="Run every variant of the config (or the config alone) once per seed, as "
+                                   "nested MLflow runs, and write mean +- std, 95% CIs and paired t-tests "
+                                   "against the baseline to <output_dir>/<name>/summary.{csv,md}.")
+    _common(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--resume", action="store_true", help="resume unfinished runs, skip finished ones")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    p = sub.add_parser("reproduce", help="rebuild the papers' tables beside our measurements (REPORT.md)",
+                       description="Train what a table needs (once per preset and seed), measure it, and write "
+                                   "OUT/REPORT.md with the published numbers beside ours, figures and results.json; "
+                                   "logged to MLflow. Rerunning skips finished steps.")
+    p.add_argument("table", help="one of size, latency, memory, power, headline, quality, lightweight, tradeoff, or all")
+    p.add_argument("--preset", default="cpu-smoke", help="cpu-smoke (minutes), cpu-small, paper (a GPU machine)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--out", default="reproduce", help="output folder (default ./reproduce)")
+    p.add_argument("--force", action="store_true", help="recompute every step, even those already done")
+    p.add_argument("--data-root", help="datasets folder (default $EDGEGEN_DATA_DIR)")
+    p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+    p.add_argument("--download", action="store_true",
+                   help="first download CIFAR-10, WikiText-2 and the GPT-2 vocabulary if absent (CelebA and "
+                        "OpenWebText are placed by hand)")
+    for name, help_ in (("eval", "evaluate trained runs: quality, size, speed, energy; logged to their MLflow run"),
+                        ("compare", "evaluate several runs and put them in one table (Markdown, CSV, plot)")):
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == "eval":
+            p.add_argument("run", help="a run folder (or a checkpoint file inside one)")
+        else:
+            p.add_argument("runs", nargs="+", help="run folders")
+            p.add_argument("--out", help="write compare.md / compare.csv / compare.png here")
+        p.add_argument("--metrics", default="",
+                       help="comma-separated: fid, kid, vae (ELBO, SSIM/PSNR of reconstructions), ssim, ppl, bleu, "
+                            "text (default: those of the model kind)")
+        p.add_argument("--profile", action="store_true", default=name == "compare",
+                       help="measure parameters, FLOPs, size, latency, memory, energy" +
+                            (" (on by default here)" if name == "compare" else ""))
+        p.add_argument("--device-profile", action="append", default=[], metavar="DEVICE",
+                       help="also project latency and energy onto rpi4, jetson-nano or pixel6 (repeatable)")
+        p.add_argument("--onnx", action="store_true",
+                       help="also export to ONNX (float and ONNX Runtime INT8) and time it in ONNX Runtime "
+                            "(needs the export extra)")
+        p.add_argument("--samples", type=int, default=1000, help="generated images for FID (default 1000)")
+        p.add_argument("--max-tokens", type=int, help="perplexity on this many WikiText-2 tokens (a labelled "
+                                                      "prefix) instead of the whole test split")
+        p.add_argument("--fid-extractor", choices=["auto", "inception", "proxy"], default="auto",
+                       help="auto: the standard Inception weights if $EDGEGEN_FID_WEIGHTS is set, else the proxy "
+                            "(reported as FID-proxy)")
+        p.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint")
+        p.add_argument("--form", choices=["shipped", "float"], default="shipped",
+                       help="the shipped model (quantized / shrunk) or the float weights")
+        p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def _eval_options(args):
+    from edgegen.eval.runs import EvalOptions
+
+    return EvalOptions(metrics=tuple(m for m in args.metrics.split(",") if m.strip()), samples=args.samples,
+                       fid_extractor=args.fid_extractor, max_tokens=args.max_tokens, profile=args.profile,
+                       device_profiles=tuple(args.device_profile), onnx=args.onnx,
+                       progress=not args.no_progress)
+
+
+def _log_eval(result: dict, run_dir: Path, cfg) -> None:
+    from edgegen.tracking import attach_tracker
+
+    tracker = attach_tracker(run_dir, cfg.tracking.uri, cfg.tracking.experiment, f"{cfg.name}-eval")
+    metrics = {f"eval/{k}": v for k, v in result["metrics"].items()}
+    tracker.log_metrics(metrics, 0)
+    tracker.set_tags({f"eval.label.{k}": v[:4000] for k, v in result["labels"].items()})
+    tracker.log_artifact(run_dir / "eval.json")
+    if tracker.failed:
+        print(f"edgegen eval: MLflow logging failed; the results are in {run_dir / 'eval.json'}", file=sys.stderr)
+
+
+def _evaluate(args) -> int:
+    from edgegen.eval.runs import compare_runs, evaluate_run, load_run, save_eval
+
+    opts = _eval_options(args)
+    results = []
+    for path in ([args.run] if args.command == "eval" else args.runs):
+        run = load_run(path, which=args.which, form=args.form)
+        result = evaluate_run(run, opts)
+        save_eval(result, run.run_dir)
+        if not args.no_log and run.config.tracking.enabled:
+            _log_eval(result, run.run_dir, run.config)
+        results.append(result)
+    if args.command == "eval":
+        print(json.dumps(results[0], indent=2, default=str))
+    else:
+        table = compare_runs(results, args.out)
+        print(table["markdown"])
+        for k, v in table["paths"].items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def _compress_from(args) -> int:
+    from edgegen.config import load_yaml
+    from edgegen.train.posthoc import compress_from
+
+    data = load_yaml(args.config)
+    section = data.get("compress") if isinstance(data, dict) else None
+    if section is None:
+        print(f"edgegen compress: {args.config} has no compress section (prune and/or ptq)", file=sys.stderr)
+        return 2
+    result = compress_from(args.source, section, args.run_dir)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _train(args, require_compress: bool) -> int:
+    from edgegen.tracking import make_tracker
+    from edgegen.train import load_experiment
+    from edgegen.train.loop import default_run_dir, train_experiment
+
+    cfg = load_experiment(args.config, args.preset, args.overrides)
+    if require_compress and cfg.compress is None:
+        print(f"edgegen compress: {args.config} has no compress section (prune and/or qat)", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    tracker = make_tracker(cfg.tracking, cfg.name, run_dir)
+    if getattr(tracker, "run_id", None):
+        print(f"edgegen {args.command}: MLflow run {tracker.run_id} in {tracker.uri} (experiment "
+              f"{tracker.experiment!r}); run folder {run_dir}", file=sys.stderr)
+    status = "FAILED"
+    try:
+        result = train_experiment(cfg, run_dir, tracker, resume=args.resume,
+                                  progress=False if args.no_progress else None)
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "compress" and args.source:
+            return _compress_from(args)
+        if args.command in ("train", "compress"):
+            return _train(args, args.command == "compress")
+        if args.command in ("eval", "compare"):
+            return _evaluate(args)
+        if args.command == "reproduce":
+            from edgegen.reproduce import reproduce
+
+            res = reproduce(args.table, args.preset, args.seeds, args.out, force=args.force, data_root=args.data_root,
+                            track=not args.no_log, download=args.download)
+            failed = [n for n, t in res["tables"].items() if t["error"]]
+            print(f"report: {res['report']} ({res['minutes']:.1f} min)")
+            if failed:
+                print(f"edgegen reproduce: not filled: {', '.join(failed)} (reasons in the report)", file=sys.stderr)
+            return 1 if failed else 0
+        from edgegen.train.sweep import run_sweep
+
+        summary = run_sweep(args.config, args.seeds, args.preset, args.overrides, resume=args.resume,
+                            progress=False if args.no_progress else None, only=args.only)
+        print(summary["markdown"])
+        print(f"summary: {summary['dir']}/summary.md, summary.csv")
+        if summary["failed"]:
+            print(f"edgegen sweep: failed variants: {', '.join(summary['failed'])} (errors in the summary and "
+                  "their runs)", file=sys.stderr)
+            return 1
+        return 0
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"edgegen {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The MLflow trackers: ``MLflowTracker`` (one run, nested runs through ``child``), ``NullTracker``,
+and the factories ``make_tracker`` and ``attach_tracker``. The only edgegen module that imports
+mlflow, and only inside its methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgegen.tracking.system import git_commit, system_info
+
+
+class NullTracker:
+    """Logs nothing (tracking disabled, or a non-zero rank)."""
+
+    run_id = None
+
+    def log_config(self, cfg) -> None:
+        pass
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        pass
+
+    def log_artifact(self, path) -> None:
+        pass
+
+    def set_tags(self, tags: dict) -> None:
+        pass
+
+    def child(self, name: str, run_dir=None) -> "NullTracker":
+        return NullTracker()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+# A store that is down must not stall training for minutes: MLflow's HTTP client retries 7 times
+# with exponential backoff by default. Bounded here unless the user set these themselves.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def _bound_http_retries() -> None:
+    for k, v in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+RUN_FILE = "mlflow_run.json"
+
+
+def _metric_name(name: str) -> str:
+    """MLflow accepts alphanumerics, _ - . space : / in names; anything else (a variant called
+    'prune-50+qat') becomes '_'."""
+    return re.sub(r"[^\w\-. :/]", "_", str(name))
+
+
+def _default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class MLflowTracker:
+    """One MLflow run. ``MLflowTracker(uri=None, experiment='edgegen', run_name=None,
+    run_dir=None, parent=None)``; ``child(name)`` opens a nested run."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "edgegen", run_name: str | None = None,
+                 run_dir: str | os.PathLike | None = None, parent: "MLflowTracker | None" = None,
+                 run_id: str | None = None):
+        """``run_id``: log into that existing run instead of opening a new one."""
+        _bound_http_retries()
+        self.uri = uri or _default_uri()
+        self.experiment = experiment
+        self.run_name = run_name
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.parent = parent
+        self.failed = False
+        self.buffer: list[tuple[str, Any]] = []
+        self.run_id = run_id
+        self._call(self._open, "open the run")
+
+    # --------------------------------------------------------------- plumbing
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def _open(self):
+        client = self._client()
+        if self.run_id is not None:  # an existing run (attach_tracker)
+            self.client = client
+            return
+        exp = client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+        tags = {"edgegen.git_commit": git_commit()}
+        if self.parent is not None and self.parent.run_id:
+            tags["mlflow.parentRunId"] = self.parent.run_id
+        self.client = client
+        self.run_id = client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
+        if self.run_dir is not None:  # so that later evaluations log to this run
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_FILE).write_text(json.dumps({"run_id": self.run_id, "uri": self.uri,
+                                                             "experiment": self.experiment}), encoding="utf-8")
+
+    def _call(self, fn, what: str, record=None) -> None:
+        if self.failed:
+            if record is not None:
+                self.buffer.append(record)
+            return
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            self.failed = True
+            if record is not None:
+                self.buffer.append(record)
+            warnings.warn(f"edgegen.tracking: could not {what} at {self.uri} ({type(exc).__name__}: {exc}); "
+                          "training continues, later records are buffered and sent again at the end "
+                          "(or written to a local store in the run folder)", RuntimeWarning, stacklevel=3)
+
+    def _local_log(self, record: dict) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --------------------------------------------------------------- logging
+    # Every record goes through _send, live and when buffered records are replayed at the end.
+    def _send(self, kind: str, rec) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        if kind == "params":
+            items = [Param(str(k), str(v)[:6000]) for k, v in rec.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
+        elif kind == "tags":
+            self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in rec.items()])
+        elif kind == "metrics":
+            clean, step, ts = rec
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in clean.items()])
+        else:
+            self.client.log_artifact(self.run_id, rec)
+
+    def _record(self, kind: str, rec, what: str) -> None:
+        self._call(lambda: self._send(kind, rec), what, (kind, rec))
+
+    def log_params(self, params: dict) -> None:
+        self._record("params", params, "log params")
+
+    def set_tags(self, tags: dict) -> None:
+        self._record("tags", tags, "set tags")
+
+    def log_config(self, cfg) -> None:
+        """The resolved config as params (dotted keys) and config.yaml, the system info and seed
+        as tags."""
+        import yaml
+
+        from edgegen.config import flatten, to_dict
+
+        data = to_dict(cfg)
+        self.log_params(flatten(data))
+        tags = {f"system.{k}": v for k, v in system_info().items()}
+        seed = data.get("train", {}).get("seed")
+        if seed is not None:
+            tags["seed"] = seed
+        self.set_tags(tags)
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path = self.run_dir / "config.yaml"
+            path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            self.log_artifact(path)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        ts = int(time.time() * 1000)
+        clean = {_metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._local_log({"step": step, "time": ts, **clean})
+        self._record("metrics", (clean, step, ts), "log metrics")
+
+    def log_artifact(self, path) -> None:
+        self._record("artifact", str(path), "log an artifact")
+
+    def child(self, name: str, run_dir=None) -> "MLflowTracker":
+        return MLflowTracker(self.uri, self.experiment, name, run_dir, parent=self)
+
+    # --------------------------------------------------------------- the end
+    def _replay(self) -> None:
+        if self.run_id is None:
+            self._open()
+        for kind, rec in self.buffer:
+            self._send(kind, rec)
+        self.buffer.clear()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.failed:
+            try:  # the store may be back
+                self._replay()
+                self.failed = False
+                warnings.warn(f"edgegen.tracking: {self.uri} reachable again; the buffered records were sent",
+                              RuntimeWarning, stacklevel=2)
+            except Exception as exc:  # noqa: BLE001
+                if self.run_dir is None:
+                    warnings.warn(f"edgegen.tracking: {self.uri} still unreachable ({exc}); the buffered records "
+                                  "are lost to MLflow (no run folder to keep a local store in)", RuntimeWarning,
+                                  stacklevel=2)
+                    return
+                fallback = f"sqlite:///{(self.run_dir / 'mlflow-fallback.db').resolve()}"
+                warnings.warn(f"edgegen.tracking: {self.uri} still unreachable ({type(exc).__name__}); writing this "
+                              f"run to the local store {fallback} instead (metrics are also in "
+                              f"{self.run_dir / 'metrics.jsonl'})", RuntimeWarning, stacklevel=2)
+                self.uri, self.run_id, self.parent = fallback, None, None
+                try:
+                    self._replay()
+                except Exception as exc2:  # noqa: BLE001
+                    warnings.warn(f"edgegen.tracking: the local fallback store failed too ({exc2})", RuntimeWarning,
+                                  stacklevel=2)
+                    return
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"edgegen.tracking: could not close the run at {self.uri} ({exc})", RuntimeWarning,
+                          stacklevel=2)
+
+
+def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
+                   run_name: str | None = None) -> "MLflowTracker":
+    """A tracker that logs into the MLflow run a training run opened (its id is in
+    ``<run_dir>/mlflow_run.json``); where there is none, a new run named ``run_name`` tagged with
+    the folder."""
+    path = Path(run_dir) / RUN_FILE
+    if path.is_file():
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return MLflowTracker(uri or info["uri"], info.get("experiment", experiment), run_id=info["run_id"])
+    tracker = MLflowTracker(uri, experiment, run_name, None)
+    tracker.set_tags({"edgegen.run_dir": str(Path(run_dir).resolve())})
+    return tracker
+
+
+def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None):
+    """The tracker a run's ``tracking`` section asks for."""
+    if not tracking_cfg.enabled:
+        return NullTracker()
+    if parent is not None and not isinstance(parent, NullTracker):
+        return parent.child(run_name, run_dir)
+    return MLflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_name, run_dir)
