@@ -9,11 +9,92 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "apply_overrides", "parse_override", "flatten", "merge"]
+__all__ = ["Config", "from_dict", "to_dict", "load_yaml", "apply_overrides", "parse_override", "flatten", "merge"]
+
+
+class Config:
+    """Base of every edgegen config. Subclasses are dataclasses; in plain data (YAML, JSON, MLflow
+    params, checkpoints) each is a mapping with its ``kind`` (the class name unless the class says
+    otherwise: ``class GPT2Config(ModelConfig, kind="gpt2")``), its ``version`` and its fields.
+
+    A class declared with ``family=True`` is the base of a tagged union: a field annotated with it
+    accepts any registered subclass, chosen by ``kind``. ``version`` rises when a config's fields
+    change incompatibly; ``migrate(data, version)`` then turns data written by an older version
+    into the current form, so old files keep loading.
+    """
+
+    kind: ClassVar[str | None] = None
+    version: ClassVar[int] = 1
+    _kinds: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, kind: str | None = None, family: bool = False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if family:
+            cls.kind = None
+            return
+        name = kind or cls.__name__
+        other = Config._kinds.get(name)
+        if other is not None and other.__qualname__ != cls.__qualname__:
+            raise TypeError(f"kind {name!r}: already used by {other.__module__}.{other.__qualname__}")
+        cls.kind = name
+        Config._kinds[name] = cls
+
+    @classmethod
+    def kinds(cls) -> list[str]:
+        """The kinds a field annotated with ``cls`` accepts."""
+        return sorted(k for k, c in Config._kinds.items() if issubclass(c, cls))
+
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        """``data`` written by ``version`` (older than ``cls.version``) in the current form."""
+        raise ValueError(f"version: {cls.kind} has no migration from version {version} to {cls.version}")
+
+    @classmethod
+    def prepare(cls, data: dict) -> dict:
+        """Hook: ``data`` (current form) completed before validation, e.g. defaults that follow
+        from other keys. The default returns it unchanged."""
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict, *, missing_version: int | None = None):
+        """The config of ``data`` (a mapping from :meth:`to_dict`, YAML, ...). Data without a
+        ``version`` is read as the current version unless ``missing_version`` says otherwise
+        (files written before versions were recorded)."""
+        return from_dict(cls, data, missing_version=missing_version)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "version": self.version,
+                **{f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}}
+
+
+def _resolve_config(cls, data: dict, path: str, missing_version: int | None):
+    """(concrete class, data without kind/version, in the current form) for Config ``cls``."""
+    data = dict(data)
+    where = f"{path}." if path else ""
+    kind = data.pop("kind", None)
+    if kind is None:
+        if cls.kind is None:
+            raise ValueError(f"{where}kind: missing; expected one of {cls.kinds()}")
+        target = cls
+    else:
+        target = Config._kinds.get(kind) if isinstance(kind, str) else None
+        if target is None or not issubclass(target, cls):
+            raise ValueError(f"{where}kind: expected one of {cls.kinds()}, got {kind!r}")
+    version = data.pop("version", None)
+    if version is None:
+        version = target.version if missing_version is None else missing_version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{where}version: expected a positive int, got {version!r}")
+    if version > target.version:
+        raise ValueError(f"{where}version: {target.kind} version {version} was written by a newer edgegen "
+                         f"(this one reads up to {target.version})")
+    if version < target.version:
+        data = target.migrate(data, version)
+    return target, target.prepare(data)
 
 
 def _type_name(tp) -> str:
@@ -66,7 +147,9 @@ def _convert(value, tp, path: str):
             raise TypeError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
         kt, vt = get_args(tp) or (Any, Any)
         return {_convert(k, kt, f"{path}.<key>"): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, Config) and isinstance(value, tp):
+        return value
+    if dataclasses.is_dataclass(tp) or (isinstance(tp, type) and issubclass(tp, Config)):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -96,13 +179,16 @@ def _convert(value, tp, path: str):
     return value
 
 
-def from_dict(cls, data: dict, path: str = ""):
+def from_dict(cls, data: dict, path: str = "", *, missing_version: int | None = None):
     """Build dataclass ``cls`` from ``data``: nested sections become nested dataclasses, missing
     keys take their defaults, and an unknown key (TypeError/ValueError naming its dotted path),
     a wrong type or an invalid value (the dataclass's own ``__post_init__`` checks, re-raised
-    with the path) is an error."""
+    with the path) is an error. For a :class:`Config`, ``kind`` picks the class (any registered
+    subclass of ``cls``) and data of an older ``version`` is migrated first."""
     if not isinstance(data, dict):
         raise TypeError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    if isinstance(cls, type) and issubclass(cls, Config):
+        cls, data = _resolve_config(cls, data, path, missing_version)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -110,6 +196,11 @@ def from_dict(cls, data: dict, path: str = ""):
         where = f"{path}." if path else ""
         raise ValueError(f"{where}{unknown[0]}: unknown key (section {cls.__name__} has "
                          f"{', '.join(sorted(fields))})")
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f"{path}." if path else ""
+        raise ValueError(f"{where}{missing[0]}: required key missing (section {cls.__name__})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(value, hints[name], f"{path}.{name}" if path else name)
@@ -122,7 +213,9 @@ def from_dict(cls, data: dict, path: str = ""):
 
 
 def to_dict(obj) -> Any:
-    """Plain data (dicts, lists, scalars) of a dataclass tree."""
+    """Plain data (dicts, lists, scalars) of a dataclass tree (configs with their kind and version)."""
+    if isinstance(obj, Config):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -139,7 +232,13 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"{where}: invalid YAML: {what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -165,10 +264,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def merge(base: dict, update: dict) -> dict:
-    """A copy of ``base`` with ``update`` merged in, recursively for nested mappings."""
-    out = dict(base)
+    """A copy of ``base`` with ``update`` merged in, recursively for nested mappings. Every
+    mapping in the result is new, so changing the result never changes ``base`` or ``update``."""
+    out = {k: merge({}, v) if isinstance(v, dict) else v for k, v in base.items()}
     for k, v in update.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict):
+            out[k] = merge(out[k] if isinstance(out.get(k), dict) else {}, v)
+        else:
+            out[k] = v
     return out
 
 

@@ -98,14 +98,21 @@ def test_config_and_transform_validation():
         SparseAttentionConfig(window=0)
     with pytest.raises(ValueError, match="num_global"):
         SparseAttentionConfig(num_global=-1)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="stride: unknown key"):
         SparseAttentionConfig.from_dict({"window": 4, "stride": 2})
     cfg = SparseAttentionConfig(window=32, num_global=2)
     assert SparseAttentionConfig.from_dict(cfg.to_dict()) == cfg
+    assert SparseSelfAttention(config=cfg).config == cfg == SparseSelfAttention(config=cfg.to_dict()).config
+    with pytest.raises(ValueError, match="either a config or window"):
+        SparseSelfAttention(64, config=cfg)
     with pytest.raises(ValueError, match="dropout"):
         SparseSelfAttention(window=8, dropout=0.1)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(ValueError, match="model: no attention core"):
         sparsify_attention_(torch.nn.Linear(2, 2), cfg)
+    with pytest.raises(TypeError, match="model"):
+        sparsify_attention_("gpt2", cfg)
+    with pytest.raises(TypeError, match="filter_fn"):
+        sparsify_attention_(GPT2(CFG), cfg, filter_fn=3)
     with pytest.raises(TypeError, match="config"):
         sparsify_attention_(GPT2(CFG), 256)
     with pytest.warns(UserWarning, match="dropout"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgegen.distill import KDConfig, KDLoss, kd_loss
+from edgegen.distill import FusedLinearKDLoss, KDConfig, KDLoss, kd_loss
 from edgegen.ops import kd_loss_reference
 from tests.helpers import assert_grad_close, assert_loss_close, make_target
 
@@ -247,12 +247,15 @@ def test_non_contiguous_inputs():
 def test_module_and_config():
     cfg = KDConfig(temperature=3.0, alpha=0.25, reduction="sum")
     assert KDConfig.from_dict(cfg.to_dict()) == cfg
-    m = KDLoss(**cfg.to_dict())
+    m = KDLoss(config=cfg)
+    assert KDLoss(config=cfg.to_dict()).config == cfg and FusedLinearKDLoss(config=cfg).config == cfg
+    with pytest.raises(ValueError, match="either a KDConfig"):
+        KDLoss(3.0, config=cfg)
     s, t = torch.randn(4, 9), torch.randn(4, 9)
     y = torch.tensor([0, 1, 2, 3])
     torch.testing.assert_close(m(s, t, y), kd_loss(s, t, y, temperature=3.0, alpha=0.25, reduction="sum"))
     assert "temperature=3.0" in repr(m)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="beta: unknown key"):
         KDConfig.from_dict({"temperature": 2.0, "beta": 1})
 
 

@@ -110,7 +110,7 @@ def test_compress_from_a_trained_run(env):
     assert run.form == "compressed after training: channel0.5-int8dynamic"
     assert any(isinstance(m, (Int8Linear,)) for m in run.model.modules())
     flt = load_run(out["run_dir"], form="float")  # the pruned float weights, full architecture
-    assert run.config.compress.prune["amount"] == 0.5
+    assert run.config.compress.prune.amount == 0.5
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(run.model.reconstruct(x), flt.model.reconstruct(x), atol=0.1, rtol=0)

@@ -148,9 +148,9 @@ def test_image_models_run_integer_end_to_end(make, observer):
     with torch.no_grad():
         ref = model(*x)
     ref = ref if isinstance(ref, torch.Tensor) else ref["recon"]
-    cfg = Int8DynamicConfig() if observer is None else Int8StaticConfig(
-        calibration=[model.example_inputs(4) for _ in range(3)], batches=3, observer=observer)
-    quantize_(model, cfg)
+    cfg = Int8DynamicConfig() if observer is None else Int8StaticConfig(batches=3, observer=observer)
+    calibration = None if observer is None else [model.example_inputs(4) for _ in range(3)]
+    quantize_(model, cfg, calibration=calibration)
     kinds = {type(m) for m in model.modules()}
     assert not ({nn.Conv2d, nn.ConvTranspose2d, nn.Linear} & kinds)  # every layer is integer now
     assert kinds & {Int8Conv2d, Int8ConvTranspose2d, Int8Linear}
@@ -173,10 +173,12 @@ def test_static_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("call,exc,match", [
-    (lambda: Int8StaticConfig(calibration=None), ValueError, "calibration"),
-    (lambda: Int8StaticConfig(calibration=[], batches=0), ValueError, "batches"),
-    (lambda: Int8StaticConfig(calibration=[], observer="kl"), ValueError, "observer"),
-    (lambda: quantize_(nn.Sequential(nn.Linear(2, 2)), Int8StaticConfig(calibration=[])), ValueError, "no batches"),
+    (lambda: quantize_(nn.Sequential(nn.Linear(2, 2)), Int8StaticConfig()), ValueError, "calibration"),
+    (lambda: Int8StaticConfig(batches=0), ValueError, "batches"),
+    (lambda: Int8StaticConfig(observer="kl"), ValueError, "observer"),
+    (lambda: quantize_(nn.Sequential(nn.Linear(2, 2)), Int8StaticConfig(), calibration=[]), ValueError, "no batches"),
+    (lambda: quantize_(nn.Sequential(nn.Linear(2, 2)), Int8DynamicConfig(), calibration=[torch.ones(1, 2)]),
+     ValueError, "calibration: Int8DynamicConfig does not take calibration"),
     (lambda: Int8Conv2d.from_float(nn.Conv2d(4, 4, 3, groups=2)), ValueError, "grouped"),
     (lambda: Int8Linear.from_float(nn.Linear(2, 2), (0.0, 3)), ValueError, "act_qparams"),
     (lambda: Int8Linear.from_float(nn.Linear(2, 2), (0.1, 200)), ValueError, "act_qparams"),

@@ -57,6 +57,7 @@ def test_train_smoke_then_resume(tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert runs[-1].data.tags.get("synthetic_data") == "true"  # random data is labelled in the run
 
 
 def test_compress_needs_a_compress_section(tmp_path, capsys):
@@ -75,6 +76,28 @@ def test_bad_config_names_the_key(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert main(["train", write(tmp_path, vae_config(tmp_path), "ok.yaml"), "--set", "train.epochs=zero"]) == 2
     assert "train.epochs" in capsys.readouterr().err
+
+
+def test_config_edges_a_new_user_hits(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: vae\nmodel: {kind: vae\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.yaml:3:" in err and "invalid YAML" in err and "Traceback" not in err
+    sweep = write(tmp_path, {"base": vae_config(tmp_path), "variants": {"a": {}}}, "sweep.yaml")
+    assert main(["train", sweep]) == 2
+    assert "sweep file" in capsys.readouterr().err
+    nodata = vae_config(tmp_path)
+    del nodata["data"]
+    assert main(["train", write(tmp_path, nodata, "nodata.yaml")]) == 2
+    assert "data: required key missing" in capsys.readouterr().err
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["train", str(tmp_path / "empty.yaml")]) == 2
+    assert "empty" in capsys.readouterr().err
+    # the preset's replacements of file values are printed
+    cfg = write(tmp_path, vae_config(tmp_path, train={"epochs": 7}, tracking={"enabled": False}), "p.yaml")
+    assert main(["train", cfg, "--preset", "cpu-smoke", "--set", "train.batch_size=4", "--no-progress"]) == 0
+    assert "preset cpu-smoke replaces train.epochs: 7 -> 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -2,15 +2,25 @@
 
 import pytest
 
-from edgegen.config import apply_overrides, flatten, from_dict, parse_override
+from edgegen.config import apply_overrides, flatten, from_dict, merge, parse_override
 from edgegen.train import ExperimentConfig, load_experiment
+
+IMAGES = {"data": {"name": "synthetic-images"}}
 
 
 def test_defaults_and_round_trip():
-    cfg = from_dict(ExperimentConfig, {})
+    cfg = from_dict(ExperimentConfig, IMAGES)
     assert cfg.task == "gan" and cfg.model.kind == "dcgan" and cfg.train.batch_size == 32
     again = from_dict(ExperimentConfig, cfg.to_dict())
     assert again == cfg
+    assert cfg.to_dict()["kind"] == "experiment" and cfg.to_dict()["version"] == ExperimentConfig.version
+
+
+def test_data_must_be_named():
+    with pytest.raises(ValueError, match="data: required"):
+        from_dict(ExperimentConfig, {})
+    with pytest.raises(ValueError, match="data.name: required"):
+        from_dict(ExperimentConfig, {"data": {}})
 
 
 @pytest.mark.parametrize("data, exc, key", [
@@ -24,8 +34,9 @@ def test_defaults_and_round_trip():
     ({"optim": {"betas": [0.9]}}, ValueError, "betas"),
     ({"optim": {"lr": -1.0}}, ValueError, "lr"),
     ({"data": {"name": "imagenet"}}, ValueError, "data.name"),
-    ({"model": {"n_embd": 100, "n_head": 3}}, ValueError, "n_embd"),
-    ({"task": "lm"}, ValueError, "model.kind"),
+    ({"task": "lm", "model": {"n_embd": 100, "n_head": 3}, "data": {"name": "synthetic-tokens"}}, ValueError,
+     "n_embd"),
+    ({"task": "lm", "model": {"kind": "dcgan"}}, ValueError, "model.kind"),
     ({"task": "lm", "model": {"kind": "gpt2"}}, ValueError, "data.name"),
     ({"task": "distill", "model": {"kind": "gpt2"}, "data": {"name": "synthetic-tokens"}}, ValueError,
      "distill.teachers"),
@@ -34,11 +45,11 @@ def test_defaults_and_round_trip():
 ])
 def test_bad_configs_name_the_key(data, exc, key):
     with pytest.raises(exc, match=key.replace(".", r"\.")):
-        from_dict(ExperimentConfig, data)
+        from_dict(ExperimentConfig, merge(IMAGES, data))
 
 
 def test_overrides_are_parsed_as_yaml_and_checked():
-    data = apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=2e-4", "train.epochs=3", "train.device=cpu",
+    data = apply_overrides({"optim": {"lr": 1.0}, **IMAGES}, ["optim.lr=2e-4", "train.epochs=3", "train.device=cpu",
                                                    "optim.betas=[0.8, 0.9]", "compress.qat=true"])
     cfg = from_dict(ExperimentConfig, data)
     assert cfg.optim.lr == 2e-4 and cfg.train.epochs == 3 and cfg.optim.betas == (0.8, 0.9)
@@ -47,14 +58,19 @@ def test_overrides_are_parsed_as_yaml_and_checked():
     with pytest.raises(ValueError, match="key=value"):
         parse_override("optim.lr")
     with pytest.raises(ValueError, match="optim.nope"):
-        from_dict(ExperimentConfig, apply_overrides({}, ["optim.nope=1"]))
+        from_dict(ExperimentConfig, apply_overrides(IMAGES, ["optim.nope=1"]))
 
 
 def test_presets_win_over_the_file_and_set_wins_over_presets(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("task: vae\nmodel: {kind: vae}\ntrain: {epochs: 100, batch_size: 32}\n")
-    cfg = load_experiment(str(path), "cpu-smoke", ["train.batch_size=4"])
+    path.write_text("task: vae\nmodel: {kind: vae}\ndata: {name: synthetic-images}\n"
+                    "train: {epochs: 100, batch_size: 32}\n")
+    said = []
+    cfg = load_experiment(str(path), "cpu-smoke", ["train.batch_size=4"], report=said.append)
     assert cfg.train.epochs == 1 and cfg.train.batch_size == 4 and cfg.train.steps_per_epoch == 4
+    # every file value the preset replaced is reported (batch_size too: --set comes after)
+    assert sorted(said) == ["preset cpu-smoke replaces train.batch_size: 32 -> 8",
+                            "preset cpu-smoke replaces train.epochs: 100 -> 1"]
     paper = load_experiment(str(path), "paper")
     assert paper.train.epochs == 100 and paper.optim.lr == 2e-4
     with pytest.raises(ValueError, match="preset"):
@@ -64,5 +80,71 @@ def test_presets_win_over_the_file_and_set_wins_over_presets(tmp_path):
 
 
 def test_flatten_for_mlflow_params():
-    flat = flatten(from_dict(ExperimentConfig, {"optim": {"lr": 0.5}}))
+    flat = flatten(from_dict(ExperimentConfig, {"optim": {"lr": 0.5}, **IMAGES}))
     assert flat["optim.lr"] == 0.5 and flat["model.kind"] == "dcgan" and "train.seed" in flat
+
+
+def test_file_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: gan\nmodel: {kind: dcgan\ndata: {name: cifar10}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml:3:\d+: invalid YAML") as err:
+        load_experiment(str(bad))
+    assert "\n" not in str(err.value)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_experiment(str(empty))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: {task: gan, data: {name: cifar10}}\nvariants: {a: {}}\n")
+    with pytest.raises(ValueError, match="sweep file.*edgegen sweep"):
+        load_experiment(str(sweep))
+
+
+def test_model_section_is_the_model_config_and_follows_the_task():
+    from edgegen.models import BetaVAEConfig, DCGANConfig, GPT2Config
+
+    cfg = from_dict(ExperimentConfig, {"task": "vae", "model": {"latent_dim": 8}, **IMAGES})
+    assert cfg.model == BetaVAEConfig(latent_dim=8)  # kind from the task
+    lm = from_dict(ExperimentConfig, {"task": "lm", "model": {"kind": "gpt2", "n_layer": 2},
+                                      "data": {"name": "synthetic-tokens"}})
+    assert isinstance(lm.model, GPT2Config) and lm.model.n_layer == 2
+    assert from_dict(ExperimentConfig, lm.to_dict()) == lm
+    with pytest.raises(ValueError, match=r"model\.latent_dim: unknown key \(section DCGANConfig"):
+        from_dict(ExperimentConfig, {"model": {"kind": "dcgan", "latent_dim": 8}, **IMAGES})
+    with pytest.raises(ValueError, match=r"model\.kind: expected one of \['dcgan', 'gpt2', 'vae'\]"):
+        from_dict(ExperimentConfig, {"model": {"kind": "resnet"}, **IMAGES})
+    assert isinstance(from_dict(ExperimentConfig, IMAGES).model, DCGANConfig)
+
+
+def test_version_1_data_is_migrated_and_newer_refused():
+    """Checkpoints written before versioned configs: one flat model section with every kind's
+    fields, compress sections as plain dicts."""
+    old = {"name": "x", "task": "distill",
+           "model": {"kind": "gpt2", "nz": 100, "ngf": 64, "ndf": 64, "latent_dim": 32, "beta": 4.0, "n_layer": 2,
+                     "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32, "dropout": 0.0,
+                     "init_from": None},
+           "data": {"name": "synthetic-tokens"},
+           "distill": {"teachers": [{"kind": "gpt2", "nz": 100, "latent_dim": 32, "n_layer": 3, "n_embd": 32,
+                                     "n_head": 2, "vocab_size": 64, "n_positions": 32, "init_from": "t.pt"}]},
+           "compress": {"prune": {"kind": "MagnitudeConfig", "amount": 0.5, "scope": "global",
+                                  "importance": "magnitude"}, "ptq": {"kind": "Int8DynamicConfig"}}}
+    cfg = ExperimentConfig.from_dict(old, missing_version=1)
+    assert cfg.model.n_layer == 2 and cfg.model.vocab_size == 64 and cfg.model.kind == "gpt2"
+    assert cfg.distill.teachers[0].n_layer == 3 and cfg.distill.teachers[0].init_from == "t.pt"
+    assert cfg.compress.prune.amount == 0.5 and cfg.compress.ptq.kind == "Int8DynamicConfig"
+    with pytest.raises(ValueError, match=r"model\.beta: unknown key"):  # as current-version data: refused
+        ExperimentConfig.from_dict(old)
+    with pytest.raises(ValueError, match="newer edgegen"):
+        ExperimentConfig.from_dict({**cfg.to_dict(), "version": ExperimentConfig.version + 1})
+
+
+def test_loading_never_changes_the_presets_or_the_input():
+    import copy
+
+    from edgegen.train.config import PRESETS
+
+    before = copy.deepcopy(PRESETS)
+    data = {"task": "vae", "data": {"name": "synthetic-images"}}
+    kept = copy.deepcopy(data)
+    load_experiment(data, "cpu-smoke", ["train.batch_size=2", "model.latent_dim=4"])
+    assert PRESETS == before and data == kept

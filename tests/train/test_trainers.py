@@ -209,22 +209,22 @@ def test_feature_layers_are_checked(tmp_path):
 
 
 def test_teacher_architecture_comes_from_its_checkpoint(tmp_path):
-    from edgegen.train import ModelConfig
-    from edgegen.train.tasks import _load_gpt2
+    from edgegen.models import GPT2Config
+    from edgegen.train.checkpoint import load_gpt2
 
     teacher = Trainer(tiny("lm", tmp_path, name="t", model={"n_layer": 2}, train={"steps_per_epoch": 2}),
                       tmp_path / "t", progress=False)
     teacher.fit()
     ck = str(tmp_path / "t" / "checkpoints" / "last.pt")
-    m = _load_gpt2(ModelConfig(kind="gpt2", init_from=ck))  # sizes not stated: the checkpoint's
+    m = load_gpt2(GPT2Config(init_from=ck))  # sizes not stated: the checkpoint's
     assert len(m.h) == 2 and m.config.n_embd == 32 and m.config.vocab_size == 64
     assert torch.equal(m.wte.weight, teacher.task.modules["model"].wte.weight)
     with pytest.warns(UserWarning, match="ignored"):
-        _load_gpt2(ModelConfig(kind="gpt2", n_layer=12, n_embd=768, n_head=12, init_from=ck))
+        load_gpt2(GPT2Config(n_layer=3, n_embd=48, n_head=4, init_from=ck))
     bad = tmp_path / "bad.pt"
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="init_from"):
-        _load_gpt2(ModelConfig(kind="gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64, init_from=str(bad)))
+        load_gpt2(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, init_from=str(bad)))
     Trainer(tiny("gan", tmp_path, train={"steps_per_epoch": 1}), tmp_path / "g", progress=False).fit()
     with pytest.raises(ValueError, match="not a GPT-2"):
-        _load_gpt2(ModelConfig(kind="gpt2", init_from=str(tmp_path / "g" / "checkpoints" / "last.pt")))
+        load_gpt2(GPT2Config(init_from=str(tmp_path / "g" / "checkpoints" / "last.pt")))

@@ -83,4 +83,4 @@ def test_lm_official_split_is_token_weighted(tmp_path):
 
 def test_bad_val_settings():
     with pytest.raises(ValueError, match="val_limit: expected a value > 0"):
-        DataConfig(val_limit=0)
+        DataConfig(name="cifar10", val_limit=0)

@@ -9,7 +9,9 @@ from edgegen.attention.functional import (
     sliding_window_attention,
     sliding_window_mask,
 )
+from edgegen.attention.dense import DenseAttention, HeadLayout, HeadPrunable
 from edgegen.attention.modules import SparseAttentionConfig, SparseSelfAttention, sparsify_attention_
 
 __all__ = ["sliding_window_attention", "block_sparse_attention", "sliding_window_mask", "block_layout_mask",
-           "SparseSelfAttention", "SparseAttentionConfig", "sparsify_attention_", "choose_window", "WindowChoice"]
+           "SparseSelfAttention", "SparseAttentionConfig", "sparsify_attention_", "choose_window", "WindowChoice",
+           "DenseAttention", "HeadLayout", "HeadPrunable"]

@@ -1,18 +1,21 @@
-"""Sparse attention as a module for GPT-2's attention slot, and the transform that installs it."""
+"""Sparse attention as an attention core (see :mod:`edgegen.attention.dense`), and the transform
+that installs it in a model's attention slots."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from edgegen.config import Config
 from edgegen.attention.functional import sliding_window_attention
-from edgegen.models.gpt2 import DenseAttention
+from edgegen.attention.dense import DenseAttention
+from edgegen.transform import FilterFn, check_filter_fn, check_model
 
 
 @dataclass
-class SparseAttentionConfig:
+class SparseAttentionConfig(Config):
     """``window`` (int >= 1) and ``num_global`` (int >= 0) of :func:`sliding_window_attention`;
     ``window=None`` keeps dense causal attention (the baseline of an ablation)."""
 
@@ -30,34 +33,33 @@ class SparseAttentionConfig:
     def dense(self) -> bool:
         return self.window is None
 
-    def to_dict(self) -> dict:
-        return {"kind": type(self).__name__, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SparseAttentionConfig":
-        d = dict(d)
-        kind = d.pop("kind", cls.__name__)
-        if kind != cls.__name__:
-            raise ValueError(f"kind: expected {cls.__name__!r}, got {kind!r}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
-        return cls(**d)
 
 
 class SparseSelfAttention(nn.Module):
     """Causal attention over [B, H, T, D] queries/keys/values for GPT-2's attention slot
-    (``forward(q, k, v, q_offset)``, like ``edgegen.models.gpt2.DenseAttention``).
+    (``forward(q, k, v, q_offset)``, like :class:`edgegen.attention.DenseAttention`).
 
     With a window it runs :func:`sliding_window_attention` (causal): training gets the C++
     backward, and a decode step with the KV cache (``q_offset`` = cache length) reads only the
     window and the global tokens of the cache. ``window=None`` is dense SDPA. Attention-probability
     dropout is not offered by the sparse kernel (``dropout`` must be 0 with a window).
+    ``config`` (a :class:`SparseAttentionConfig` or its dict) replaces ``window`` and ``num_global``.
     """
 
-    def __init__(self, window: int | None = 256, num_global: int = 4, dropout: float = 0.0):
+    def __init__(self, window: int | None = 256, num_global: int = 4, dropout: float = 0.0, *,
+                 config: SparseAttentionConfig | dict | None = None):
         super().__init__()
-        self.config = SparseAttentionConfig(window, num_global)
+        if config is None:
+            config = SparseAttentionConfig(window, num_global)
+        else:
+            if (window, num_global) != (256, 4):
+                raise ValueError("config: give either a config or window/num_global, not both")
+            if isinstance(config, dict):
+                config = SparseAttentionConfig.from_dict(config)
+            if not isinstance(config, SparseAttentionConfig):
+                raise TypeError(f"config: expected a SparseAttentionConfig or its dict, got {type(config).__name__}")
+        self.config = config
+        window = config.window
         if window is not None and dropout != 0.0:
             raise ValueError(f"dropout: the sliding-window kernel has no attention-probability dropout; expected 0.0 "
                              f"with window={window}, got {dropout}")
@@ -82,20 +84,32 @@ class SparseSelfAttention(nn.Module):
                                         q_offset=int(q_offset))
 
 
-def sparsify_attention_(model: nn.Module, config: SparseAttentionConfig | dict) -> nn.Module:
-    """Install :class:`SparseSelfAttention` in every attention slot of an edgegen GPT-2 (in place;
-    returns the model). The weights are untouched: with ``window`` >= the context length the
-    model computes exactly what it did before."""
+def sparsify_attention_(model: nn.Module, config: SparseAttentionConfig | dict,
+                        filter_fn: FilterFn | None = None) -> nn.Module:
+    """Replace the attention cores (:class:`DenseAttention` or :class:`SparseSelfAttention`
+    modules, wherever the model keeps them; ``filter_fn(core, name)`` selects) by
+    :class:`SparseSelfAttention` with ``config``, in place; returns the model. The weights are
+    untouched: with ``window`` >= the context length the model computes exactly what it did
+    before."""
     if isinstance(config, dict):
         config = SparseAttentionConfig.from_dict(config)
     if not isinstance(config, SparseAttentionConfig):
         raise TypeError(f"config: expected a SparseAttentionConfig or its dict, got {type(config).__name__}")
-    if not hasattr(model, "set_attention"):
-        raise TypeError(f"model: expected a model with attention slots (set_attention), got {type(model).__name__}")
-    dropout = float(getattr(getattr(model, "config", None), "dropout", 0.0))
-    if dropout and not config.dense:
-        warnings.warn(f"sparsify_attention_: the model's attention-probability dropout ({dropout}) is not applied "
-                      "by the sliding-window kernel; residual and embedding dropout are unchanged", stacklevel=2)
-    model.set_attention(lambda i: SparseSelfAttention(config.window, config.num_global,
-                                                      dropout if config.dense else 0.0))
+    check_model(model)
+    check_filter_fn(filter_fn)
+    targets = [(n, m) for n, m in model.named_modules()
+               if n and isinstance(m, (DenseAttention, SparseSelfAttention)) and (filter_fn is None or filter_fn(m, n))]
+    if not targets:
+        raise ValueError(f"model: no attention core (DenseAttention / SparseSelfAttention module) was selected in "
+                         f"{type(model).__name__}")
+    dropouts = {float(m.dropout) for _, m in targets}
+    if not config.dense and any(dropouts):
+        warnings.warn(f"sparsify_attention_: the model's attention-probability dropout ({max(dropouts)}) is not "
+                      "applied by the sliding-window kernel; residual and embedding dropout are unchanged",
+                      stacklevel=2)
+    for name, m in targets:
+        parent, _, child = name.rpartition(".")
+        core = SparseSelfAttention(dropout=float(m.dropout) if config.dense else 0.0, config=config)
+        core.train(m.training)
+        setattr(model.get_submodule(parent) if parent else model, child, core)
     return model

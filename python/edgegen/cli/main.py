@@ -11,7 +11,7 @@ from pathlib import Path
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML file")
     p.add_argument("--preset", choices=["paper", "cpu-small", "cpu-smoke"],
-                   help="scale the recipe (applied over the file, under --set)")
+                   help="scale the recipe: replaces the file's values (each one printed), under --set")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, dotted for sections (e.g. --set optim.lr=1e-3); repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "defined as YAML configs; every run is tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in (("train", "train one experiment"),
-                        ("compress", "train with the config's compress section (pruning, QAT)")):
+                        ("compress", "train with the config's compress section (gradual pruning, QAT, post-training "
+                                     "quantization at the end), or with --from compress a trained run without "
+                                     "training (one-shot pruning and/or post-training quantization)")):
         p = sub.add_parser(name, help=help_, description=help_)
         _common(p)
         p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -149,9 +151,11 @@ def _train(args, require_compress: bool) -> int:
     from edgegen.train import load_experiment
     from edgegen.train.loop import default_run_dir, train_experiment
 
-    cfg = load_experiment(args.config, args.preset, args.overrides)
+    cfg = load_experiment(args.config, args.preset, args.overrides,
+                          report=lambda line: print(f"edgegen {args.command}: {line}", file=sys.stderr))
     if require_compress and cfg.compress is None:
-        print(f"edgegen compress: {args.config} has no compress section (prune and/or qat)", file=sys.stderr)
+        print(f"edgegen compress: {args.config} has no compress section (prune, qat and/or ptq); without one, "
+              "use edgegen train", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     tracker = make_tracker(cfg.tracking, cfg.name, run_dir)

@@ -11,17 +11,18 @@ one chunk).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from edgegen.config import Config
 from edgegen.ops.distill import check_kd_settings
 
 
 @dataclass
-class KDConfig:
+class KDConfig(Config):
     """The distillation loss's settings; round-trips through dict/JSON/YAML as is."""
 
     temperature: float = 2.0
@@ -32,15 +33,22 @@ class KDConfig:
     def __post_init__(self):
         check_kd_settings(self.temperature, self.alpha, self.ignore_index, self.reduction)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "KDConfig":
-        unknown = set(d) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"KDConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+def _settings(config, temperature, alpha, ignore_index, reduction) -> KDConfig:
+    """The module's KDConfig: ``config`` (a KDConfig or its dict), else the four settings."""
+    if config is None:
+        return KDConfig(temperature, alpha, ignore_index, reduction)
+    if (temperature, alpha, ignore_index, reduction) != (2.0, 0.5, -100, "mean"):
+        raise ValueError("config: give either a KDConfig or temperature/alpha/ignore_index/reduction, not both")
+    if isinstance(config, dict):
+        config = KDConfig.from_dict(config)
+    if not isinstance(config, KDConfig):
+        raise TypeError(f"config: expected a KDConfig or its dict, got {type(config).__name__}")
+    return config
+
+
+def _fields(config: KDConfig) -> dict:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
 def _check_tensors(named: Sequence[tuple[str, Tensor | None]]) -> torch.device:
@@ -161,7 +169,8 @@ def fused_linear_kd_loss(
 
 
 class KDLoss(nn.Module):
-    """Module form of :func:`kd_loss`; ``forward(student_logits, teacher_logits, target)``."""
+    """Module form of :func:`kd_loss`; ``forward(student_logits, teacher_logits, target)``.
+    ``config`` (a :class:`KDConfig` or its dict) replaces the four loss settings."""
 
     def __init__(
         self,
@@ -170,9 +179,11 @@ class KDLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         teacher_weights: Sequence[float] | None = None,
+        *,
+        config: KDConfig | dict | None = None,
     ):
         super().__init__()
-        self.config = KDConfig(temperature, alpha, ignore_index, reduction)
+        self.config = _settings(config, temperature, alpha, ignore_index, reduction)
         self.teacher_weights = None if teacher_weights is None else list(teacher_weights)
 
     def forward(self, student_logits, teacher_logits, target):
@@ -183,7 +194,7 @@ class KDLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+        return ", ".join(f"{k}={v!r}" for k, v in _fields(self.config).items())
 
 
 class FusedLinearKDLoss(nn.Module):
@@ -200,9 +211,11 @@ class FusedLinearKDLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         chunk_size: int = 0,
+        *,
+        config: KDConfig | dict | None = None,
     ):
         super().__init__()
-        self.config = KDConfig(temperature, alpha, ignore_index, reduction)
+        self.config = _settings(config, temperature, alpha, ignore_index, reduction)
         self.chunk_size = chunk_size
 
     @staticmethod
@@ -223,5 +236,5 @@ class FusedLinearKDLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        d = self.config.to_dict() | {"chunk_size": self.chunk_size}
+        d = _fields(self.config) | {"chunk_size": self.chunk_size}
         return ", ".join(f"{k}={v!r}" for k, v in d.items())

@@ -108,9 +108,7 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
     shrunk; else the float model) or "float" (the trained weights before quantization, masks baked
     in). The model is returned in eval mode on ``device``.
     """
-    from edgegen.config import from_dict
     from edgegen.train import checkpoint as ckpt
-    from edgegen.train.config import ExperimentConfig
 
     if which not in ("last", "best"):
         raise ValueError(f"which: expected 'last' or 'best', got {which!r}")
@@ -120,7 +118,7 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
     snap = ckpt.load(ck)
     if not isinstance(snap, dict) or "config" not in snap or "modules" not in snap:
         raise ValueError(f"run_dir: {ck} is not an edgegen run checkpoint (no config/modules)")
-    cfg = from_dict(ExperimentConfig, dict(snap["config"]))
+    cfg = ckpt.experiment_config(snap)
     key = MAIN_MODULE[cfg.task]
     state = snap["modules"].get(key)
     if state is None:
@@ -183,7 +181,7 @@ def _plain_float(cfg, state: dict) -> nn.Module:
 
 def _structured(cfg) -> bool:
     cc = cfg.compress
-    return bool(cc and cc.prune and cc.prune.get("kind") in ("ChannelConfig", "HeadConfig"))
+    return bool(cc and cc.prune and cc.prune.kind in ("ChannelConfig", "HeadConfig"))
 
 
 # ------------------------------------------------------------------------------------ evaluation

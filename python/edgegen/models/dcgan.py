@@ -9,16 +9,17 @@ follow the paper: N(0, 0.02) for convolutions, N(1, 0.02) for BatchNorm scales, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from edgegen.models.config import ModelConfig
 from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
 
 
 @dataclass
-class DCGANConfig:
+class DCGANConfig(ModelConfig, kind="dcgan"):
     nz: int = 100
     ngf: int = 64
     ndf: int = 64
@@ -30,8 +31,8 @@ class DCGANConfig:
         require_positive_ints(self, "nz", "ngf", "ndf", "nc")
         require_conv_kind(self.conv)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def build(self):
+        return (DCGANGenerator(self), DCGANDiscriminator(self))
 
 
 def dcgan_init_(module: nn.Module) -> None:

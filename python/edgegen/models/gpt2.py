@@ -14,18 +14,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgegen.attention.dense import DenseAttention, HeadLayout
+from edgegen.models.config import ModelConfig
 from edgegen.models.blocks import require_positive_ints
 
 
 @dataclass
-class GPT2Config:
+class GPT2Config(ModelConfig, kind="gpt2"):
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
@@ -62,13 +64,8 @@ class GPT2Config:
         """The distillation student: 6 layers, 384 hidden, 6 heads."""
         return cls(n_embd=384, n_layer=6, n_head=6)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPT2Config":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def build(self):
+        return GPT2(self)
 
     # Hugging Face's config.json uses the same names for all but dropout.
     def to_hf(self) -> dict:
@@ -90,23 +87,6 @@ class GPT2Config:
         return cls(vocab_size=d["vocab_size"], n_positions=d.get("n_positions", d.get("n_ctx", 1024)),
                    n_embd=d["n_embd"], n_layer=d["n_layer"], n_head=d["n_head"],
                    layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5))
-
-
-class DenseAttention(nn.Module):
-    """Causal softmax attention over [B, H, T, D] queries/keys/values via SDPA.
-    ``q_offset`` is the position of the first query (the length of a KV cache before it)."""
-
-    def __init__(self, dropout: float = 0.0):
-        super().__init__()
-        self.dropout = dropout
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
-        p = self.dropout if self.training else 0.0
-        if q_offset == 0 and q.shape[-2] == k.shape[-2]:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        tq, tk = q.shape[-2], k.shape[-2]
-        mask = torch.arange(tk, device=q.device)[None, :] <= (q_offset + torch.arange(tq, device=q.device))[:, None]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
 
 class CausalSelfAttention(nn.Module):
@@ -132,6 +112,12 @@ class CausalSelfAttention(nn.Module):
         y = self.attention(q, k, v, q_offset=offset)
         y = y.transpose(1, 2).contiguous().view(B, T, inner)
         return self.resid_dropout(self.c_proj(y)), (k, v)
+
+    def head_layout(self) -> HeadLayout:
+        return HeadLayout(self.c_attn, self.c_proj, self.n_head, self.head_dim)
+
+    def set_head_count(self, n_head: int) -> None:
+        self.n_head = n_head
 
 
 class MLP(nn.Module):
@@ -192,6 +178,10 @@ class GPT2(nn.Module):
     def num_parameters(self) -> int:
         """Distinct parameters (the tied head counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def heads_changed(self) -> None:
+        """Record the per-layer head counts in the config after heads were removed."""
+        self.config = replace(self.config, head_counts=tuple(b.attn.n_head for b in self.h))
 
     def set_attention(self, factory) -> None:
         """Replace every block's attention module: ``factory(layer_index) -> nn.Module`` taking

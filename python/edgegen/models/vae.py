@@ -9,16 +9,17 @@ separately.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from edgegen.models.config import ModelConfig
 from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
 
 
 @dataclass
-class BetaVAEConfig:
+class BetaVAEConfig(ModelConfig, kind="vae"):
     latent_dim: int = 32
     beta: float = 4.0
     nc: int = 3
@@ -31,8 +32,8 @@ class BetaVAEConfig:
             raise ValueError(f"beta: expected >= 0, got {self.beta!r}")
         require_conv_kind(self.conv)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def build(self):
+        return BetaVAE(self)
 
 
 class BetaVAE(nn.Module):

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from edgegen.ops import prune as ops
-from edgegen.prune.config import ChannelConfig, HeadConfig, MagnitudeConfig, NMConfig, config_from_dict
+from edgegen.prune.config import ChannelConfig, HeadConfig, MagnitudeConfig, NMConfig, PruneConfig
 from edgegen.prune.masks import apply_mask_, get_mask, prunable_weights, raw_parameter
+from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model
 
-FilterFn = Callable[[nn.Module, str], bool]
+_HANDLERS = Handlers("prune_", ignorable=("example_inputs",))
+
+
+def register_prune_handler(config_type: type):
+    """``@register_prune_handler(ConfigType)`` on ``handler(model, config, filter_fn)``
+    (optionally also taking ``example_inputs``): ``prune_`` then applies configs of that type. The
+    handler prunes in place and returns how many modules it changed."""
+    return _HANDLERS.register(config_type)
 
 
 def _input_dim(module: nn.Module) -> int:
@@ -28,8 +34,9 @@ def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[str, n
     return layers
 
 
+@register_prune_handler(MagnitudeConfig)
 @torch.no_grad()
-def _prune_magnitude_(model: nn.Module, config: MagnitudeConfig, filter_fn: FilterFn | None) -> None:
+def _prune_magnitude_(model: nn.Module, config: MagnitudeConfig, filter_fn: FilterFn | None) -> int:
     layers = _selected(model, filter_fn)
     weights, grads = [], None
     for name, module in layers:
@@ -53,10 +60,12 @@ def _prune_magnitude_(model: nn.Module, config: MagnitudeConfig, filter_fn: Filt
                  for i, w in enumerate(weights)]
     for (_, module), mask in zip(layers, masks):
         apply_mask_(module, "weight", mask)
+    return len(layers)
 
 
+@register_prune_handler(NMConfig)
 @torch.no_grad()
-def _prune_nm_(model: nn.Module, config: NMConfig, filter_fn: FilterFn | None) -> None:
+def _prune_nm_(model: nn.Module, config: NMConfig, filter_fn: FilterFn | None) -> int:
     layers = _selected(model, filter_fn)
     for name, module in layers:
         w, dim = module.weight, _input_dim(module)
@@ -65,6 +74,23 @@ def _prune_nm_(model: nn.Module, config: NMConfig, filter_fn: FilterFn | None) -
                              "exclude this layer with filter_fn")
     for _, module in layers:
         apply_mask_(module, "weight", ops.nm_mask(module.weight, config.n, config.m, _input_dim(module)))
+    return len(layers)
+
+
+@register_prune_handler(ChannelConfig)
+def _prune_channels_(model: nn.Module, config: ChannelConfig, filter_fn: FilterFn | None, example_inputs=None) -> int:
+    from edgegen.prune.structured import prune_channels_
+
+    prune_channels_(model, config, filter_fn, example_inputs)
+    return 1
+
+
+@register_prune_handler(HeadConfig)
+def _prune_heads_(model: nn.Module, config: HeadConfig, filter_fn: FilterFn | None) -> int:
+    from edgegen.prune.heads import prune_heads_
+
+    prune_heads_(model, config, filter_fn)
+    return 1
 
 
 def prune_(model: nn.Module, config, filter_fn: FilterFn | None = None, example_inputs=None) -> nn.Module:
@@ -81,27 +107,12 @@ def prune_(model: nn.Module, config, filter_fn: FilterFn | None = None, example_
     Pruned weights become ``original * mask`` (see :mod:`edgegen.prune.masks`): they stay exactly
     zero through optimizer steps, are saved with the model, and work under ``torch.compile``.
     Pruning again only adds to the masks. :func:`finalize_` bakes the masks in; :func:`shrink`
-    removes pruned channels and heads physically. Returns ``model``.
+    removes pruned channels and heads physically. Other config types plug in through
+    :func:`register_prune_handler`. Returns ``model``.
     """
     if isinstance(config, dict):
-        config = config_from_dict(config)
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"filter_fn: expected a callable (module, name) -> bool, got {type(filter_fn).__name__}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if isinstance(config, MagnitudeConfig):
-        _prune_magnitude_(model, config, filter_fn)
-    elif isinstance(config, NMConfig):
-        _prune_nm_(model, config, filter_fn)
-    elif isinstance(config, ChannelConfig):
-        from edgegen.prune.structured import prune_channels_
-
-        prune_channels_(model, config, filter_fn, example_inputs)
-    elif isinstance(config, HeadConfig):
-        from edgegen.prune.heads import prune_heads_
-
-        prune_heads_(model, config, filter_fn)
-    else:
-        raise TypeError("config: expected MagnitudeConfig, NMConfig, ChannelConfig or HeadConfig (or a dict from "
-                        f"their to_dict()), got {type(config).__name__}")
+        config = PruneConfig.from_dict(config)
+    check_filter_fn(filter_fn)
+    check_model(model)
+    _HANDLERS(model, config, filter_fn, example_inputs=example_inputs)
     return model

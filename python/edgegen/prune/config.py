@@ -1,9 +1,11 @@
-"""Pruning configs: dataclasses that validate on construction and round-trip through dicts
-(and so YAML/JSON and MLflow params)."""
+"""Pruning configs: the ``kind``s ``prune_`` accepts. They validate on construction and
+round-trip through plain data (YAML/JSON, MLflow params, checkpoints)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from edgegen.config import Config
 
 
 def _require_amount(amount, upper_inclusive: bool, what: str) -> None:
@@ -15,25 +17,13 @@ def _require_amount(amount, upper_inclusive: bool, what: str) -> None:
         raise ValueError(f"amount: expected a fraction in {bound}, got {amount!r}")
 
 
-class _Config:
-    def to_dict(self) -> dict:
-        return {"kind": type(self).__name__, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        d = dict(d)
-        kind = d.pop("kind", cls.__name__)
-        if kind != cls.__name__:
-            raise ValueError(f"kind: expected {cls.__name__!r}, got {kind!r}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
-        return cls(**d)
+@dataclass
+class PruneConfig(Config, family=True):
+    """Base of the pruning configs (a field annotated with it takes any of them by ``kind``)."""
 
 
 @dataclass
-class MagnitudeConfig(_Config):
+class MagnitudeConfig(PruneConfig):
     """Unstructured pruning of the ``amount`` fraction of weights with the smallest scores:
     |w| (``importance='magnitude'``) or |w * grad| (``'taylor'``, needs ``.grad``). ``scope``
     'global' ranks all selected weights together; 'layer' prunes each tensor by ``amount``."""
@@ -51,7 +41,7 @@ class MagnitudeConfig(_Config):
 
 
 @dataclass
-class NMConfig(_Config):
+class NMConfig(PruneConfig):
     """N:M semi-structured sparsity: ``n`` of every ``m`` consecutive weights along the input
     dimension are kept (2:4 and 4:8 are the hardware-supported patterns)."""
 
@@ -70,7 +60,7 @@ class NMConfig(_Config):
 
 
 @dataclass
-class ChannelConfig(_Config):
+class ChannelConfig(PruneConfig):
     """Structured pruning of whole channels of every coupled group (found from the model):
     ``amount`` of each group's channels, ranked by the group's summed L1/L2 filter norms or
     first-order Taylor scores |w * grad|. At least one channel survives, and the number kept is
@@ -94,7 +84,7 @@ class ChannelConfig(_Config):
 
 
 @dataclass
-class HeadConfig(_Config):
+class HeadConfig(PruneConfig):
     """Attention-head pruning: in every attention layer, ``amount`` of the heads with the smallest
     importance (L2 norm of the head's query/key/value rows and output-projection columns) are
     removed; at least one head per layer survives. ``scope='global'`` instead removes the least
@@ -112,12 +102,6 @@ class HeadConfig(_Config):
         return max(1, heads - round(self.amount * heads))
 
 
-CONFIGS = {c.__name__: c for c in (MagnitudeConfig, NMConfig, ChannelConfig, HeadConfig)}
-
-
-def config_from_dict(d: dict):
-    """Rebuild any pruning config from its ``to_dict()``."""
-    kind = d.get("kind")
-    if kind not in CONFIGS:
-        raise ValueError(f"kind: expected one of {sorted(CONFIGS)}, got {kind!r}")
-    return CONFIGS[kind].from_dict(d)
+def config_from_dict(d: dict) -> PruneConfig:
+    """Any pruning config from its ``to_dict()`` (or YAML)."""
+    return PruneConfig.from_dict(d)

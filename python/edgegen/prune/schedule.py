@@ -4,14 +4,16 @@ s_f along a cubic, s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3, pruni
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from dataclasses import dataclass, replace
 
 from torch import nn
 
+from edgegen.config import Config
+from edgegen.transform import FilterFn
+
 
 @dataclass
-class CubicSchedule:
+class CubicSchedule(Config):
     initial_sparsity: float
     final_sparsity: float
     begin_step: int
@@ -46,13 +48,6 @@ class CubicSchedule:
         return self.begin_step <= step <= self.end_step and (
             (step - self.begin_step) % self.frequency == 0 or step == self.end_step)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CubicSchedule":
-        return cls(**d)
-
 
 class GradualPruner:
     """Calls ``prune_`` with the schedule's sparsity as ``amount`` at every pruning step. The
@@ -61,7 +56,7 @@ class GradualPruner:
     resumed run needs nothing beyond the model's state dict and the step."""
 
     def __init__(self, model: nn.Module, config, schedule: CubicSchedule,
-                 filter_fn: Callable[[nn.Module, str], bool] | None = None, example_inputs=None):
+                 filter_fn: FilterFn | None = None, example_inputs=None):
         if not hasattr(config, "amount"):
             raise TypeError(f"config: expected a pruning config with an 'amount' (MagnitudeConfig, ChannelConfig, "
                             f"HeadConfig), got {type(config).__name__}")

@@ -1,13 +1,15 @@
 """Quantization: exact affine quantize/dequantize/fake-quantize kernels (per tensor or per channel
 on any axis), learnable fake quantization (LSQ), integer Linear layers and ``quantize_``."""
 
-from edgegen.quant.api import LowPrecision, quantize_
+from edgegen.quant.api import LowPrecision, quantize_, register_quantize_handler
 from edgegen.quant.config import (
     Bf16Config,
     Fp16Config,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8StaticConfig,
+    QATConfig,
+    QuantConfig,
     config_from_dict,
 )
 from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
@@ -20,7 +22,7 @@ from edgegen.quant.mixed import (
     save_quantized,
     set_precision_,
 )
-from edgegen.quant.qat import QATConfig, QATModule, convert_, prepare_qat_
+from edgegen.quant.qat import QATModule, convert_, prepare_qat_
 from edgegen.quant.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -37,7 +39,7 @@ from edgegen.quant.functional import (
 )
 
 __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable",
-           "quantize_", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
+           "quantize_", "register_quantize_handler", "QuantConfig", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
            "Int8Linear", "Int4Linear", "LowPrecision", "Int8StaticConfig", "Int8Conv2d", "Int8ConvTranspose2d",
            "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range",
            "QATConfig", "QATModule", "prepare_qat_", "convert_", "layer_sensitivity", "quantize_mixed_",

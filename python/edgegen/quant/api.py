@@ -13,11 +13,20 @@ from edgegen.quant.config import (
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8StaticConfig,
-    config_from_dict,
+    QATConfig,
+    QuantConfig,
 )
 from edgegen.quant.modules import Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model
 
-FilterFn = Callable[[nn.Module, str], bool]
+_HANDLERS = Handlers("quantize_")
+
+
+def register_quantize_handler(config_type: type):
+    """``@register_quantize_handler(ConfigType)`` on ``handler(model, config, filter_fn)``
+    (optionally also taking ``calibration``): ``quantize_`` then applies configs of that type. The
+    handler replaces modules in place and returns how many it changed."""
+    return _HANDLERS.register(config_type)
 
 
 class LowPrecision(nn.Module):
@@ -102,7 +111,7 @@ def _retie(model: nn.Module, tied: list[tuple[str, str]]) -> None:
             lin.repack()
 
 
-def _calibrate(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | None) -> dict[str, tuple]:
+def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_fn: FilterFn | None) -> dict[str, tuple]:
     from edgegen.quant.observers import OBSERVERS
 
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, _INT8_KINDS) and n and filter_fn(m, n)]
@@ -119,7 +128,7 @@ def _calibrate(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn |
     seen = 0
     try:
         with torch.no_grad():
-            for batch in config.calibration:
+            for batch in calibration:
                 if seen >= config.batches:
                     break
                 model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
@@ -137,45 +146,78 @@ def _calibrate(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn |
     return out
 
 
-def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn.Module:
+@register_quantize_handler(Int8DynamicConfig)
+def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, filter_fn: FilterFn | None) -> int:
+    tied = _tied_heads(model)
+    n = _replace(model, _INT8_KINDS, _int8_module, _int8_filter(filter_fn))
+    if config.embeddings:
+        n += _replace(model, (nn.Embedding,), Int8Embedding.from_float, filter_fn)
+    _retie(model, tied)
+    return n
+
+
+@register_quantize_handler(Int8StaticConfig)
+def _int8_static(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | None, calibration=None) -> int:
+    if calibration is None:
+        raise ValueError("calibration: Int8StaticConfig needs calibration data (quantize_(model, config, "
+                         "calibration=batches): an iterable of model inputs)")
+    keep = _int8_filter(filter_fn)
+    qparams = _calibrate(model, config, calibration, keep)
+    names = {id(m): n for n, m in model.named_modules()}
+    return _replace(model, _INT8_KINDS, lambda m: _int8_module(m, qparams[names[id(m)]]), keep)
+
+
+@register_quantize_handler(Int4WeightOnlyConfig)
+def _int4_weight_only(model: nn.Module, config: Int4WeightOnlyConfig, filter_fn: FilterFn | None) -> int:
+    from edgegen.quant.modules import Int4Linear
+
+    return _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size),
+                    _int4_filter(filter_fn, model, config.group_size))
+
+
+@register_quantize_handler(Fp16Config)
+@register_quantize_handler(Bf16Config)
+def _low_precision(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
+    dtype = torch.float16 if isinstance(config, Fp16Config) else torch.bfloat16
+    return _replace(model, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d), lambda m: LowPrecision(m, dtype), filter_fn)
+
+
+@register_quantize_handler(QATConfig)
+def _qat(model: nn.Module, config: QATConfig, filter_fn: FilterFn | None) -> int:
+    from edgegen.quant.qat import QATModule, convert_
+
+    if config.step == "prepare":
+        return _replace(model, _INT8_KINDS, lambda m: QATModule(m, config), _int8_filter(filter_fn))
+    if filter_fn is not None:
+        raise ValueError("filter_fn: QATConfig(step='convert') converts every QATModule; select layers at the "
+                         "prepare step")
+    n = sum(isinstance(m, QATModule) for m in model.modules())
+    if n:
+        convert_(model)
+    return n
+
+
+def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None, *, calibration=None) -> nn.Module:
     """Quantize ``model`` in place (``filter_fn(module, name)`` selects layers) and return it.
+    ``config`` is a config object or the dict of its ``to_dict()``.
 
     * :class:`Int8DynamicConfig`: nn.Linear / Conv2d / ConvTranspose2d (groups=1) -> :class:`Int8Linear`,
       :class:`Int8Conv2d`, :class:`Int8ConvTranspose2d` (integer GEMM kernels; activations per call).
-    * :class:`Int8StaticConfig`: the same with calibrated activation parameters (observers).
+    * :class:`Int8StaticConfig`: the same with activation parameters calibrated on
+      ``calibration`` (an iterable of model inputs: tensors, or tuples of positional arguments).
     * :class:`Int4WeightOnlyConfig`: nn.Linear -> :class:`Int4Linear` (layers whose input width is
       not a multiple of 64 and of the group size stay in floating point, with a warning).
     * :class:`Fp16Config` / :class:`Bf16Config`: nn.Linear and convolutions run in 16-bit.
+    * :class:`QATConfig`: ``step='prepare'`` wraps layers for quantization-aware training,
+      ``step='convert'`` turns the trained wrappers into the integer modules.
+
+    Other config types plug in through :func:`register_quantize_handler`.
     """
     if isinstance(config, dict):
-        config = config_from_dict(config)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"filter_fn: expected a callable (module, name) -> bool, got {type(filter_fn).__name__}")
-    if isinstance(config, Int8DynamicConfig):
-        tied = _tied_heads(model)
-        n = _replace(model, _INT8_KINDS, _int8_module, _int8_filter(filter_fn))
-        if config.embeddings:
-            n += _replace(model, (nn.Embedding,), Int8Embedding.from_float, filter_fn)
-        _retie(model, tied)
-    elif isinstance(config, Int8StaticConfig):
-        keep = _int8_filter(filter_fn)
-        qparams = _calibrate(model, config, keep)
-        names = {id(m): n for n, m in model.named_modules()}
-        n = _replace(model, _INT8_KINDS, lambda m: _int8_module(m, qparams[names[id(m)]]), keep)
-    elif isinstance(config, Int4WeightOnlyConfig):
-        from edgegen.quant.modules import Int4Linear
-
-        n = _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size),
-                     _int4_filter(filter_fn, model, config.group_size))
-    elif isinstance(config, (Fp16Config, Bf16Config)):
-        dtype = torch.float16 if isinstance(config, Fp16Config) else torch.bfloat16
-        n = _replace(model, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d), lambda m: LowPrecision(m, dtype), filter_fn)
-    else:
-        raise TypeError("config: expected Int8DynamicConfig, Int8StaticConfig, Int4WeightOnlyConfig, Fp16Config or "
-                        "Bf16Config (or a "
-                        f"dict from their to_dict()), got {type(config).__name__}")
+        config = QuantConfig.from_dict(config)
+    check_model(model)
+    check_filter_fn(filter_fn)
+    n = _HANDLERS(model, config, filter_fn, calibration=calibration)
     if n == 0:
         raise ValueError("model: nothing to quantize (no layer of a supported kind was selected by filter_fn)")
     return model

@@ -1,17 +1,21 @@
-"""Quantization configs (dataclasses that round-trip through dicts)."""
+"""Quantization configs: the ``kind``s ``quantize_`` accepts. They hold settings only (data such
+as calibration batches is passed to the call), so every one round-trips through plain data."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Literal
 
-
-class _Config:
-    def to_dict(self) -> dict:
-        return {"kind": type(self).__name__, **asdict(self)}
+from edgegen.config import Config
 
 
 @dataclass
-class Int8DynamicConfig(_Config):
+class QuantConfig(Config, family=True):
+    """Base of the quantization configs (a field annotated with it takes any of them by ``kind``)."""
+
+
+@dataclass
+class Int8DynamicConfig(QuantConfig):
     """Linear and (groups=1) convolution layers -> integer modules: int8 weights (symmetric, per
     output feature), activations quantized per call (per tensor, 7-bit). With ``embeddings``,
     embedding tables are stored as int8 rows too (a tied output head then shares them)."""
@@ -20,33 +24,26 @@ class Int8DynamicConfig(_Config):
 
 
 @dataclass
-class Int8StaticConfig(_Config):
+class Int8StaticConfig(QuantConfig):
     """Linear and (groups=1) convolution layers -> integer modules with calibrated activation
-    parameters: observers on every selected layer's input record ``batches`` batches of
-    ``calibration`` (an iterable of model inputs: a tensor, or a tuple of positional arguments),
-    then activations are quantized with the resulting fixed (scale, zero point) to [0, 127].
-    ``observer``: 'minmax', 'moving_average', 'percentile' or 'mse'. ``calibration`` is not
-    serialised."""
+    parameters: observers on every selected layer's input record ``batches`` batches of the
+    ``calibration`` data given to ``quantize_`` (an iterable of model inputs: a tensor, or a tuple
+    of positional arguments), then activations are quantized with the resulting fixed
+    (scale, zero point) to [0, 127]. ``observer``: 'minmax', 'moving_average', 'percentile' or 'mse'."""
 
-    calibration: object = None
     batches: int = 8
     observer: str = "minmax"
 
     def __post_init__(self):
-        if self.calibration is None:
-            raise ValueError("calibration: Int8StaticConfig needs an iterable of calibration inputs")
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
             raise ValueError(f"batches: expected a positive int, got {self.batches!r}")
         if self.observer not in ("minmax", "moving_average", "percentile", "mse"):
             raise ValueError(f"observer: expected 'minmax', 'moving_average', 'percentile' or 'mse', got "
                              f"{self.observer!r}")
 
-    def to_dict(self) -> dict:
-        return {"kind": "Int8StaticConfig", "batches": self.batches, "observer": self.observer}
-
 
 @dataclass
-class Int4WeightOnlyConfig(_Config):
+class Int4WeightOnlyConfig(QuantConfig):
     """Linear layers -> :class:`Int4Linear`: 4-bit weights, two per byte, one scale and zero point
     per ``group_size`` consecutive input features; activations stay floating point."""
 
@@ -58,22 +55,39 @@ class Int4WeightOnlyConfig(_Config):
 
 
 @dataclass
-class Fp16Config(_Config):
+class Fp16Config(QuantConfig):
     """Selected layers store and compute in float16 (inputs cast in, outputs cast back)."""
 
 
 @dataclass
-class Bf16Config(_Config):
+class Bf16Config(QuantConfig):
     """Selected layers store and compute in bfloat16 (inputs cast in, outputs cast back)."""
 
 
-CONFIGS = {c.__name__: c for c in (Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config, Bf16Config)}
-# Int8StaticConfig is not rebuilt from a dict: its calibration data is not serialisable.
+@dataclass
+class QATConfig(QuantConfig):
+    """Quantization-aware training in two calls of ``quantize_``: ``step='prepare'`` wraps every
+    selected Linear / Conv2d / ConvTranspose2d (groups=1) in a fake-quantizing ``QATModule``;
+    after training, ``step='convert'`` replaces them by the integer modules. Weights: learned
+    scales (``'lsq'``) or max|w| per channel (``'ste'``); activations: learned (``'lsq'``) or
+    moving averages of the batch range (``'ema'``, ``averaging_constant``)."""
+
+    weight: str = "lsq"
+    activation: str = "lsq"
+    averaging_constant: float = 0.01
+    step: Literal["prepare", "convert"] = "prepare"
+
+    def __post_init__(self):
+        if self.step not in ("prepare", "convert"):
+            raise ValueError(f"step: expected 'prepare' or 'convert', got {self.step!r}")
+        if self.weight not in ("lsq", "ste"):
+            raise ValueError(f"weight: expected 'lsq' or 'ste', got {self.weight!r}")
+        if self.activation not in ("lsq", "ema"):
+            raise ValueError(f"activation: expected 'lsq' or 'ema', got {self.activation!r}")
+        if isinstance(self.averaging_constant, bool) or not 0.0 < self.averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant: expected a value in (0, 1], got {self.averaging_constant!r}")
 
 
-def config_from_dict(d: dict):
-    d = dict(d)
-    kind = d.pop("kind", None)
-    if kind not in CONFIGS:
-        raise ValueError(f"kind: expected one of {sorted(CONFIGS)}, got {kind!r}")
-    return CONFIGS[kind](**d)
+def config_from_dict(d: dict) -> QuantConfig:
+    """Any quantization config from its ``to_dict()`` (or YAML)."""
+    return QuantConfig.from_dict(d)

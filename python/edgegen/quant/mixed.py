@@ -16,8 +16,7 @@ from edgegen.tensor_files import read_safetensors, write_safetensors
 from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, quantize_
 from edgegen.quant.config import Bf16Config, Fp16Config, Int4WeightOnlyConfig
 from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
-
-FilterFn = Callable[[nn.Module, str], bool]
+from edgegen.transform import FilterFn
 
 
 def _candidates(model: nn.Module, config, filter_fn: FilterFn | None) -> list[str]:

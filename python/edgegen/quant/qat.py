@@ -10,35 +10,19 @@ weights from max|w| per channel, activations from moving averages of the batch m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgegen.quant.config import QATConfig
+from edgegen.transform import FilterFn
 from edgegen.quant.functional import fake_quantize, fake_quantize_learnable
 from edgegen.quant.modules import Int8Conv2d, Int8ConvTranspose2d, Int8Linear, symmetric_weight_scales
 from edgegen.quant.observers import MovingAverageMinMaxObserver, qparams_from_range
 
 A_MIN, A_MAX, W_MIN, W_MAX = 0, 127, -127, 127
 _EPS = torch.finfo(torch.float32).eps
-
-
-@dataclass
-class QATConfig:
-    weight: str = "lsq"
-    activation: str = "lsq"
-    averaging_constant: float = 0.01
-
-    def __post_init__(self):
-        if self.weight not in ("lsq", "ste"):
-            raise ValueError(f"weight: expected 'lsq' or 'ste', got {self.weight!r}")
-        if self.activation not in ("lsq", "ema"):
-            raise ValueError(f"activation: expected 'lsq' or 'ema', got {self.activation!r}")
-
-    def to_dict(self) -> dict:
-        return {"kind": "QATConfig", **asdict(self)}
 
 
 class QATModule(nn.Module):
@@ -129,17 +113,23 @@ class QATModule(nn.Module):
         return Int8ConvTranspose2d.from_float(m, act, scale)
 
 
-def prepare_qat_(model: nn.Module, config: QATConfig | None = None,
-                 filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
-    """Wrap every selected Linear / Conv2d / ConvTranspose2d (groups=1) in a :class:`QATModule`.
-    Build the optimizer afterwards (LSQ adds scale parameters)."""
-    from edgegen.quant.api import _INT8_KINDS, _int8_filter, _replace
+def prepare_qat_(model: nn.Module, config: QATConfig | None = None, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Wrap every selected Linear / Conv2d / ConvTranspose2d (groups=1) in a :class:`QATModule`
+    (``quantize_`` with ``QATConfig(step='prepare')``). Build the optimizer afterwards (LSQ adds
+    scale parameters)."""
+    from dataclasses import replace
 
-    config = config or QATConfig()
-    n = _replace(model, _INT8_KINDS, lambda m: QATModule(m, config), _int8_filter(filter_fn))
-    if n == 0:
-        raise ValueError("model: nothing to prepare (no Linear/Conv2d/ConvTranspose2d selected by filter_fn)")
-    return model
+    from edgegen.quant.api import quantize_
+
+    config = QATConfig() if config is None else config
+    if not isinstance(config, QATConfig):
+        raise TypeError(f"config: expected a QATConfig, got {type(config).__name__}")
+    try:
+        return quantize_(model, replace(config, step="prepare"), filter_fn)
+    except ValueError as exc:
+        if str(exc).startswith("model: nothing"):
+            raise ValueError("model: nothing to prepare (no Linear/Conv2d/ConvTranspose2d selected by filter_fn)") from None
+        raise
 
 
 def convert_(model: nn.Module) -> nn.Module:

@@ -133,7 +133,7 @@ def _paper_architectures(ctx: Context, seed: int) -> dict:
     from edgegen.config import from_dict
     from edgegen.prune import ChannelConfig, prune_, shrink
     from edgegen.quant import Int8DynamicConfig, quantize_
-    from edgegen.train.config import ModelConfig
+    from edgegen.models.config import ModelConfig
 
     paper = Context("paper", ctx.seeds, ctx.out, ctx.force, ctx.data_root, ctx.log, ctx.recipes)
 

@@ -62,9 +62,60 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     return path
 
 
+def experiment_config(snap: dict):
+    """The ExperimentConfig a run checkpoint was written with. Checkpoints carry the config's
+    plain data; data without a version predates versioned configs (version 1) and is migrated."""
+    from edgegen.train.config import ExperimentConfig
+
+    return ExperimentConfig.from_dict(dict(snap["config"]), missing_version=1)
+
+
 def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there")
     # Our own files: model/optimizer states, RNG states (numpy arrays, tuples), plain config.
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+_ARCH = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
+
+
+def load_gpt2(section):
+    """The GPT-2 of a model section (a GPT2Config). With ``init_from`` (a Hugging Face GPT-2
+    folder, an edgegen run checkpoint, or a bare state dict) the architecture is the checkpoint's:
+    a section may name just ``kind`` and ``init_from``; sizes it sets away from the GPT2Config
+    defaults that disagree with the checkpoint get a warning."""
+    if not section.init_from:
+        return section.build()
+    import warnings
+    from dataclasses import replace
+
+    from edgegen.models.gpt2 import GPT2, GPT2Config
+    from edgegen.prune.masks import load_pruned_state_dict
+
+    p = Path(section.init_from)
+    if p.is_dir():
+        model = GPT2.from_pretrained(p)
+    else:
+        snap = load(p)
+        if "modules" in snap:
+            if "model" not in snap["modules"]:
+                raise ValueError(f"init_from: {p} is a {snap['config'].get('task')!r} run's checkpoint, not a GPT-2's")
+            state = snap["modules"]["model"]
+            model = replace(experiment_config(snap).model, init_from=None).build()
+        else:
+            state, model = snap, replace(section, init_from=None).build()
+        try:
+            load_pruned_state_dict(model, state)
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"init_from: {p} does not load into a GPT-2 {section.n_layer}L/{section.n_embd}: "
+                             f"{str(exc).splitlines()[0]}") from exc
+    defaults = GPT2Config()
+    declared = {k: getattr(section, k) for k in _ARCH if getattr(section, k) != getattr(defaults, k)}
+    actual = {k: getattr(model.config, k) for k in _ARCH}
+    conflict = {k: v for k, v in declared.items() if v != actual[k]}
+    if conflict:
+        warnings.warn(f"init_from: {p} holds a GPT-2 with {actual}; the section's {conflict} is ignored",
+                      UserWarning, stacklevel=2)
+    return model

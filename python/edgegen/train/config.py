@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from edgegen.config import apply_overrides, from_dict, load_yaml, merge, to_dict
+from edgegen.config import Config, apply_overrides, from_dict, load_yaml, merge
+from edgegen.models import BetaVAEConfig, DCGANConfig, GPT2Config  # noqa: F401  (registers the model kinds)
+from edgegen.models.config import ModelConfig
+from edgegen.prune.config import PruneConfig
+from edgegen.quant.config import QATConfig, QuantConfig
 
 
 def _positive(obj, *names: str) -> None:
@@ -18,9 +22,9 @@ def _positive(obj, *names: str) -> None:
 
 @dataclass
 class DataConfig:
-    """``name``: an image set (cifar10, celeba; 64x64 in [-1, 1]), a token stream (openwebtext,
-    wikitext2; GPT-2 BPE), or ``synthetic-images`` / ``synthetic-tokens`` (random data of the same
-    shapes, for smoke runs and tests). ``root`` defaults to $EDGEGEN_DATA_DIR. ``limit`` caps the
+    """``name`` (required): an image set (cifar10, celeba; 64x64 in [-1, 1]), a token stream
+    (openwebtext, wikitext2; GPT-2 BPE), or ``synthetic-images`` / ``synthetic-tokens`` (random
+    data of the same shapes, for smoke runs and tests; runs on it are tagged ``synthetic_data``). ``root`` defaults to $EDGEGEN_DATA_DIR. ``limit`` caps the
     training examples (images) or tokens (text) used.
 
     Validation: ``val_split: official`` (the default) validates on the dataset's own held-out
@@ -30,8 +34,7 @@ class DataConfig:
     runs). OpenWebText and the synthetic sets have no official split: they, and ``val_split:
     holdout``, hold out the last ``val_batches`` batches of the training stream."""
 
-    name: Literal["cifar10", "celeba", "openwebtext", "wikitext2", "synthetic-images",
-                  "synthetic-tokens"] = "synthetic-images"
+    name: Literal["cifar10", "celeba", "openwebtext", "wikitext2", "synthetic-images", "synthetic-tokens"]
     root: Optional[str] = None
     limit: Optional[int] = None
     seq_len: int = 128
@@ -50,48 +53,6 @@ class DataConfig:
     @property
     def is_text(self) -> bool:
         return self.name in ("openwebtext", "wikitext2", "synthetic-tokens")
-
-
-@dataclass
-class ModelConfig:
-    """The model and its size. ``kind``: dcgan, vae or gpt2. Only the fields of that kind are
-    used (``nz``/``ngf``/``ndf`` for DCGAN, ``latent_dim``/``beta`` for the VAE,
-    ``n_layer``/``n_embd``/``n_head``/``vocab_size``/``n_positions`` for GPT-2)."""
-
-    kind: Literal["dcgan", "vae", "gpt2"] = "dcgan"
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    latent_dim: int = 32
-    beta: float = 4.0
-    n_layer: int = 6
-    n_embd: int = 384
-    n_head: int = 6
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    dropout: float = 0.0
-    init_from: Optional[str] = None  # a checkpoint file of this model (edgegen or HF folder for GPT-2)
-
-    def __post_init__(self):
-        _positive(self, "nz", "ngf", "ndf", "latent_dim", "n_layer", "n_embd", "n_head", "vocab_size",
-                  "n_positions")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
-
-    def build(self):
-        from edgegen.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
-        from edgegen.models.gpt2 import GPT2, GPT2Config
-        from edgegen.models.vae import BetaVAE, BetaVAEConfig
-
-        if self.kind == "dcgan":
-            c = DCGANConfig(nz=self.nz, ngf=self.ngf, ndf=self.ndf)
-            return DCGANGenerator(c), DCGANDiscriminator(c)
-        if self.kind == "vae":
-            return BetaVAE(BetaVAEConfig(latent_dim=self.latent_dim, beta=self.beta))
-        return GPT2(GPT2Config(vocab_size=self.vocab_size, n_positions=self.n_positions, n_embd=self.n_embd,
-                               n_layer=self.n_layer, n_head=self.n_head, dropout=self.dropout))
 
 
 @dataclass
@@ -181,33 +142,25 @@ class DistillConfig:
 
 @dataclass
 class CompressConfig:
-    """Compression during training, applied in ``order``: ``prune`` (a pruning config dict for
-    edgegen.prune, e.g. {kind: MagnitudeConfig, amount: 0.5}) ramped along a cubic schedule over
-    ``prune_begin``..``prune_end`` steps (by default the first three quarters of the run, so the
-    schedule scales with the preset); ``qat`` (fake quantization throughout training, LSQ,
-    converted to integer modules at the end); ``ptq`` (post-training quantization of the trained
-    model: a quantization config dict for edgegen.quant, e.g. {kind: Int8DynamicConfig}; static
-    INT8 calibrates on the validation batches). The run's final metrics are those of the
-    quantized model (the float model's are kept as ``final_float``)."""
+    """Compression during training: ``prune`` (a pruning config, e.g. {kind: MagnitudeConfig,
+    amount: 0.5}) ramped along a cubic schedule over ``prune_begin``..``prune_end`` steps (by
+    default the first three quarters of the run, so the schedule scales with the preset); ``qat``
+    (fake quantization throughout training, LSQ, converted to integer modules at the end); ``ptq``
+    (post-training quantization of the trained model, after pruning: a quantization config, e.g.
+    {kind: Int8DynamicConfig}; static INT8 calibrates on the validation batches). The run's final
+    metrics are those of the quantized model (the float model's are kept as ``final_float``)."""
 
-    prune: Optional[dict[str, Any]] = None
+    prune: Optional[PruneConfig] = None
     prune_begin: int = 0
     prune_end: Optional[int] = None  # default: 3/4 of the run's optimizer steps
     prune_frequency: Optional[int] = None  # default: (prune_end - prune_begin) / 20, at least 1
     qat: bool = False
-    ptq: Optional[dict[str, Any]] = None
+    ptq: Optional[QuantConfig] = None
 
     def __post_init__(self):
-        if self.prune is not None:
-            from edgegen.prune.config import config_from_dict
-
-            config_from_dict(self.prune)  # validates the pruning config itself
         if self.ptq is not None:
-            from edgegen.quant.config import CONFIGS
-
-            kinds = sorted(CONFIGS) + ["Int8StaticConfig"]
-            if self.ptq.get("kind") not in kinds:
-                raise ValueError(f"ptq.kind: expected one of {kinds}, got {self.ptq.get('kind')!r}")
+            if isinstance(self.ptq, QATConfig):
+                raise ValueError("ptq: QATConfig is training, not post-training quantization; use qat: true")
             if self.qat:
                 raise ValueError("ptq: a QAT run is already converted to integer modules; use qat or ptq, not both")
         if self.prune_begin < 0:
@@ -228,12 +181,33 @@ class TrackingConfig:
     experiment: str = "edgegen"
 
 
+_MODEL_KIND = {"gan": "dcgan", "vae": "vae", "lm": "gpt2", "distill": "gpt2"}
+# The fields of the version-1 model section (one flat section for every model kind), by kind.
+_V1_MODEL_FIELDS = {"dcgan": ("nz", "ngf", "ndf"), "vae": ("latent_dim", "beta"),
+                    "gpt2": ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "dropout")}
+
+
+def _v1_model(section: dict) -> dict:
+    kind = section.get("kind", "dcgan")
+    keep = ("kind", "init_from") + _V1_MODEL_FIELDS.get(kind, ())
+    return {"kind": kind, **{k: v for k, v in section.items() if k in keep}}
+
+
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Config, kind="experiment"):
+    """One training run. ``model`` is a model config (``kind: dcgan | vae | gpt2``, the one the
+    task trains; it may be left out of a file and follows from ``task``); ``data`` must name its
+    dataset (random data only when asked for: ``synthetic-images`` / ``synthetic-tokens``).
+
+    Version 2 made the model sections the models' own configs; version-1 data (checkpoints
+    written before) had one flat section with the fields of every model kind and is migrated."""
+
+    version = 2
+
     name: str = "experiment"
     task: Literal["gan", "vae", "lm", "distill"] = "gan"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=DCGANConfig)
+    data: DataConfig = field(kw_only=True)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: Optional[DistillConfig] = None
@@ -241,8 +215,31 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "runs"
 
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        if version != 1:
+            return super().migrate(data, version)
+        data = dict(data)
+        if isinstance(data.get("model"), dict):
+            data["model"] = _v1_model(data["model"])
+        distill = data.get("distill")
+        if isinstance(distill, dict):
+            distill = data["distill"] = dict(distill)
+            for key in ("teachers", "stages"):
+                if isinstance(distill.get(key), list):
+                    distill[key] = [_v1_model(m) if isinstance(m, dict) else m for m in distill[key]]
+        return data
+
+    @classmethod
+    def prepare(cls, data: dict) -> dict:
+        model = data.get("model")
+        task = data.get("task", "gan")
+        if (model is None or (isinstance(model, dict) and "kind" not in model)) and task in _MODEL_KIND:
+            data = {**data, "model": {"kind": _MODEL_KIND[task], **(model or {})}}
+        return data
+
     def __post_init__(self):
-        kinds = {"gan": "dcgan", "vae": "vae", "lm": "gpt2", "distill": "gpt2"}
+        kinds = _MODEL_KIND
         if self.model.kind != kinds[self.task]:
             raise ValueError(f"model.kind: task {self.task!r} trains a {kinds[self.task]!r} model, "
                              f"got {self.model.kind!r}")
@@ -252,9 +249,6 @@ class ExperimentConfig:
                              f"got {self.data.name!r}")
         if self.task == "distill" and (self.distill is None or not self.distill.teachers):
             raise ValueError("distill.teachers: the distill task needs at least one teacher")
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
 
 
 # Presets: overrides applied before the user's --set. 'paper' is the published recipe; the CPU
@@ -297,13 +291,42 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def load_experiment(source: str | dict, preset: str | None = None, overrides=()) -> ExperimentConfig:
-    """YAML file (or dict) -> preset -> ``key=value`` overrides -> validated ExperimentConfig."""
+def preset_changes(data: dict, preset: str) -> tuple[dict, list[str]]:
+    """``data`` with ``preset`` applied, and the values written in ``data`` that the preset
+    replaced (as ``'train.epochs: 100 -> 1'``), so callers can say so."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    layer = PRESETS[preset].get(data.get("task", "gan"), {})
+    replaced = []
+
+    def walk(written, new, prefix):
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(written.get(k), dict):
+                walk(written[k], v, f"{prefix}{k}.")
+            elif k in written and written[k] != v:
+                replaced.append(f"{prefix}{k}: {written[k]!r} -> {v!r}")
+    walk(data, layer, "")
+    return merge(data, layer), replaced
+
+
+def load_experiment(source: str | dict, preset: str | None = None, overrides=(), *,
+                    report=None) -> ExperimentConfig:
+    """YAML file (or dict) -> preset -> ``key=value`` overrides -> validated ExperimentConfig.
+
+    Precedence: file < preset < ``--set``. A preset is a scale profile asked for on the command
+    line (``cpu-smoke`` shrinks a full recipe), so it replaces what the file says about sizes and
+    steps; every value it replaces is passed to ``report`` (a callable taking one line; the CLI
+    prints them). ``--set`` wins over both."""
+    where = "config" if isinstance(source, dict) else str(source)
     data = load_yaml(source) if not isinstance(source, dict) else dict(source)
+    if not data:
+        raise ValueError(f"{where}: the config is empty (an experiment needs at least its task, model and data)")
+    if "base" in data or "variants" in data:
+        raise ValueError(f"{where}: this is a sweep file (base / variants); run it with `edgegen sweep`")
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-        # The preset wins over the file (it is asked for on the command line), --set over both.
-        data = merge(data, PRESETS[preset].get(data.get("task", "gan"), {}))
+        data, replaced = preset_changes(data, preset)
+        if report is not None:
+            for line in replaced:
+                report(f"preset {preset} replaces {line}")
     data = apply_overrides(data, overrides)
     return from_dict(ExperimentConfig, data)

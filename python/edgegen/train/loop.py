@@ -78,7 +78,7 @@ class Trainer:
         if tc.batch_size % (self.world * cfg.optim.grad_accum):
             raise ValueError(f"train.batch_size: {tc.batch_size} must divide evenly into {self.world} processes x "
                              f"{cfg.optim.grad_accum} accumulation steps")
-        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, cfg.model.vocab_size)
+        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, getattr(cfg.model, "vocab_size", 50257))
         self.steps_per_epoch = steps_in_epoch(self.batches, tc.steps_per_epoch)
         total = tc.epochs * self.steps_per_epoch
         self.total_steps = min(total, tc.max_steps) if tc.max_steps else total
@@ -117,9 +117,8 @@ class Trainer:
             prepare_qat_(model)  # before the optimizer exists: LSQ adds scale parameters
         if cc.prune is not None:
             from edgegen.prune import CubicSchedule, GradualPruner
-            from edgegen.prune.config import config_from_dict
 
-            pc = config_from_dict(cc.prune)
+            pc = cc.prune
             end = cc.prune_end if cc.prune_end is not None else max(cc.prune_begin + 1, (3 * self.total_steps) // 4)
             freq = cc.prune_frequency if cc.prune_frequency is not None else max(1, (end - cc.prune_begin) // 20)
             schedule = CubicSchedule(0.0, float(pc.amount), cc.prune_begin, end, freq)
@@ -152,7 +151,7 @@ class Trainer:
         snap = ckpt.load(path)
         if snap.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {snap.get('version')}, expected {CHECKPOINT_VERSION}")
-        saved, now = dict(snap["config"]), self.cfg.to_dict()
+        saved, now = ckpt.experiment_config(snap).to_dict(), self.cfg.to_dict()
         for c in (saved, now):  # may differ between the run and its resumption
             c.pop("tracking", None), c.pop("output_dir", None)
             c["train"] = {k: v for k, v in c["train"].items() if k not in ("device", "threads", "log_every")}
@@ -188,6 +187,8 @@ class Trainer:
         cfg, st = self.cfg, self.state
         if st.step == 0 and self.rank == 0:
             self.tracker.log_config(cfg)
+            if cfg.data.name.startswith("synthetic"):
+                self.tracker.set_tags({"synthetic_data": "true"})
         bar = self._progress_bar(self.total_steps, st.step)
         t_last, samples = time.perf_counter(), 0
         val = st.history[-1] if st.history else {}
@@ -292,23 +293,15 @@ class Trainer:
                "checkpoint": str(self.checkpoint_dir / "last.pt")}
         cc = self.cfg.compress
         if cc is not None and (cc.qat or cc.ptq) and self.rank == 0:
-            from edgegen.quant import convert_, quantize_, save_quantized
-            from edgegen.quant.config import config_from_dict
+            from edgegen.quant import Int8StaticConfig, convert_, quantize_, save_quantized
 
             model = self.task.main_model().eval()
             if cc.qat:
                 convert_(model)
                 path = self.run_dir / "model-int8.safetensors"
             else:
-                spec = dict(cc.ptq)
-                if spec.pop("kind") == "Int8StaticConfig":
-                    from edgegen.quant import Int8StaticConfig
-
-                    calib = self._calibration_inputs()
-                    qcfg = Int8StaticConfig(calibration=calib, **{"batches": len(calib), **spec})
-                else:
-                    qcfg = config_from_dict(cc.ptq)
-                quantize_(model, qcfg)
+                calib = self._calibration_inputs() if isinstance(cc.ptq, Int8StaticConfig) else None
+                quantize_(model, cc.ptq, calibration=calib)
                 path = self.run_dir / "model-ptq.safetensors"
             save_quantized(model, path)
             out["quantized"] = str(path)
@@ -316,7 +309,7 @@ class Trainer:
             val = self.task.validate(self.batches.val_batches())
             out["final"] = val
         if cc is not None and cc.prune is not None and not (cc.qat or cc.ptq) and self.rank == 0:
-            out["pruned"] = str(self._save_pruned(cc.prune.get("kind")))
+            out["pruned"] = str(self._save_pruned(cc.prune.kind))
         if self.rank == 0:
             plot = self._plot()
             if plot is not None:

@@ -22,9 +22,9 @@ SHIPPED_MODULE = "model-shipped.pt"
 def _tag(compress) -> str:
     parts = []
     if compress.prune:
-        parts.append(f"{compress.prune['kind'].replace('Config', '').lower()}{compress.prune.get('amount', '')}")
+        parts.append(f"{compress.prune.kind.replace('Config', '').lower()}{getattr(compress.prune, 'amount', '')}")
     if compress.ptq:
-        parts.append(compress.ptq["kind"].replace("Config", "").lower())
+        parts.append(compress.ptq.kind.replace("Config", "").lower())
     return "-".join(parts) or "none"
 
 
@@ -55,32 +55,25 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     out_dir = Path(run_dir) if run_dir else run.run_dir.with_name(f"{run.run_dir.name}-{_tag(cc)}")
     done, artifacts = [], {}
     if cc.prune is not None:
-        from edgegen.prune import config_from_dict, finalize_, prune_, shrink, sparsity
+        from edgegen.prune import finalize_, prune_, shrink, sparsity
 
-        pc = config_from_dict(cc.prune)
-        prune_(model, pc, example_inputs=model.example_inputs(2))
+        prune_(model, cc.prune, example_inputs=model.example_inputs(2))
         finalize_(model)
-        done.append(f"one-shot {cc.prune['kind']} amount {cc.prune.get('amount')} (sparsity {sparsity(model):.3f})")
+        done.append(f"one-shot {cc.prune.kind} amount {getattr(cc.prune, 'amount', None)} "
+                    f"(sparsity {sparsity(model):.3f})")
     float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     shipped = model
-    if cc.prune is not None and cc.prune["kind"] in ("ChannelConfig", "HeadConfig"):
+    if cc.prune is not None and cc.prune.kind in ("ChannelConfig", "HeadConfig"):
         shipped = shrink(model, model.example_inputs(1))
         n0 = sum(p.numel() for p in model.parameters())
         n1 = sum(p.numel() for p in shipped.parameters())
         done.append(f"shrunk {n0} -> {n1} parameters")
     if cc.ptq is not None:
         from edgegen.quant import Int8StaticConfig, quantize_, save_quantized
-        from edgegen.quant.config import config_from_dict as quant_config
 
-        spec = dict(cc.ptq)
-        if spec.get("kind") == "Int8StaticConfig":
-            spec.pop("kind")
-            calib = _calibration(run)
-            qcfg = Int8StaticConfig(calibration=calib, **{"batches": len(calib), **spec})
-        else:
-            qcfg = quant_config(spec)
-        quantize_(shipped, qcfg)
-        done.append(f"post-training {cc.ptq['kind']}")
+        calib = _calibration(run) if isinstance(cc.ptq, Int8StaticConfig) else None
+        quantize_(shipped, cc.ptq, calibration=calib)
+        done.append(f"post-training {cc.ptq.kind}")
         if shipped is model:  # the full architecture: the standard format load_quantized reads
             save_quantized(shipped, out_dir / "model-ptq.safetensors")
             artifacts["quantized"] = str(out_dir / "model-ptq.safetensors")
@@ -111,7 +104,7 @@ def _calibration(run) -> list:
         return [torch.randn(32, cfg.model.nz, generator=g) for _ in range(4)]
     from edgegen.train.data import build_batches
 
-    batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, cfg.model.vocab_size)
+    batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, getattr(cfg.model, "vocab_size", 50257))
     out = [b[0] if isinstance(b, tuple) else b for b in batches.val_batches()]
     if not out:
         raise ValueError("compress.ptq: static INT8 needs calibration batches; the source run's data has no "

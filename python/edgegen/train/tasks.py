@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgegen.train.config import ExperimentConfig, ModelConfig, OptimConfig
+from edgegen.train.checkpoint import load_gpt2
+from edgegen.train.config import ExperimentConfig, OptimConfig
 from edgegen.train.data import _generator
 
 
@@ -196,7 +197,7 @@ class VAETask(Task):
 class LMTask(Task):
     def __init__(self, cfg, device, total_steps):
         super().__init__(cfg, device, total_steps)
-        self.modules = {"model": _load_gpt2(cfg.model).to(device)}
+        self.modules = {"model": load_gpt2(cfg.model).to(device)}
 
     def main_model(self):
         return self.modules["model"]
@@ -236,52 +237,6 @@ class LMTask(Task):
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": float(count)}
 
 
-_ARCH = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
-
-
-def _load_gpt2(mc: ModelConfig):
-    """The GPT-2 of a model section. With ``init_from`` (a Hugging Face GPT-2 folder, an edgegen
-    run checkpoint, or a bare state dict) the architecture is the checkpoint's: a section may name
-    just ``kind`` and ``init_from``; sizes it states explicitly that disagree with the checkpoint
-    get a warning."""
-    if not mc.init_from:
-        return mc.build()
-    import warnings
-    from pathlib import Path
-
-    from edgegen.models.gpt2 import GPT2
-
-    p = Path(mc.init_from)
-    if p.is_dir():
-        model = GPT2.from_pretrained(p)
-    else:
-        from edgegen.config import from_dict
-        from edgegen.prune.masks import load_pruned_state_dict
-        from edgegen.train.checkpoint import load
-
-        snap = load(p)
-        if "modules" in snap:
-            if "model" not in snap["modules"]:
-                raise ValueError(f"init_from: {p} is a {snap['config'].get('task')!r} run's checkpoint, not a GPT-2's")
-            state = snap["modules"]["model"]
-            model = from_dict(ModelConfig, {**snap["config"]["model"], "init_from": None}).build()
-        else:
-            state, model = snap, mc.build()
-        try:
-            load_pruned_state_dict(model, state)
-        except (RuntimeError, KeyError) as exc:
-            raise ValueError(f"init_from: {p} does not load into a GPT-2 {mc.n_layer}L/{mc.n_embd}: "
-                             f"{str(exc).splitlines()[0]}") from exc
-    defaults = ModelConfig()
-    declared = {k: getattr(mc, k) for k in _ARCH if getattr(mc, k) != getattr(defaults, k)}
-    actual = {k: getattr(model.config, k) for k in _ARCH}
-    conflict = {k: v for k, v in declared.items() if v != actual[k]}
-    if conflict:
-        warnings.warn(f"init_from: {p} holds a GPT-2 with {actual}; the section's {conflict} is ignored",
-                      UserWarning, stacklevel=2)
-    return model
-
-
 class DistillTask(LMTask):
     """The student (``model``) learns from frozen teachers with the fused KD loss at temperature
     T (plus cross-entropy on the data, weight 1 - alpha); optionally matching the teacher's final
@@ -292,7 +247,7 @@ class DistillTask(LMTask):
         dc = cfg.distill
         self.teachers = []
         for tc in dc.teachers:
-            t = _load_gpt2(tc).to(device).eval()
+            t = load_gpt2(tc).to(device).eval()
             for p in t.parameters():
                 p.requires_grad_(False)
             if t.config.vocab_size != cfg.model.vocab_size:

@@ -1,0 +1,54 @@
+"""The interface between attention layers and the transforms that change them.
+
+* An attention *core* maps [B, H, T, D] queries/keys/values to outputs: ``forward(q, k, v,
+  q_offset)``. :class:`DenseAttention` is the default; ``sparsify_attention_`` swaps cores for
+  sparse ones, wherever a model keeps them.
+* A layer whose heads can be pruned implements :class:`HeadPrunable`: it reports its fused
+  [q | k | v] projection and output projection (:class:`HeadLayout`) and accepts a new head count.
+  Models with such layers may define ``heads_changed()`` to update their own config after heads
+  are physically removed.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DenseAttention", "HeadLayout", "HeadPrunable"]
+
+
+class DenseAttention(nn.Module):
+    """Causal softmax attention over [B, H, T, D] queries/keys/values via SDPA.
+    ``q_offset`` is the position of the first query (the length of a KV cache before it)."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        if q_offset == 0 and q.shape[-2] == k.shape[-2]:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        tq, tk = q.shape[-2], k.shape[-2]
+        mask = torch.arange(tk, device=q.device)[None, :] <= (q_offset + torch.arange(tq, device=q.device))[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+
+class HeadLayout(NamedTuple):
+    """``qkv``: a Linear producing [q | k | v], each ``n_head * head_dim`` wide and head-major;
+    ``proj``: a Linear over the concatenated heads (``n_head * head_dim`` inputs)."""
+
+    qkv: nn.Linear
+    proj: nn.Linear
+    n_head: int
+    head_dim: int
+
+
+@runtime_checkable
+class HeadPrunable(Protocol):
+    def head_layout(self) -> HeadLayout: ...
+
+    def set_head_count(self, n_head: int) -> None: ...

@@ -1,0 +1,173 @@
+"""The config base (kinds, versions, tagged unions) and the verbs' handler tables: a method
+defined outside edgegen plugs into quantize_ / prune_, QAT runs through quantize_, head pruning
+and sparse attention work through their interfaces, not model classes."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from edgegen.attention import DenseAttention, HeadLayout, SparseAttentionConfig, SparseSelfAttention, sparsify_attention_
+from edgegen.config import Config, from_dict
+from edgegen.models import GPT2, GPT2Config
+from edgegen.prune import HeadConfig, MagnitudeConfig, PruneConfig, prune_, register_prune_handler, shrink, sparsity
+from edgegen.quant import (
+    Int8DynamicConfig,
+    Int8Linear,
+    QATConfig,
+    QATModule,
+    QuantConfig,
+    quantize_,
+    register_quantize_handler,
+)
+
+
+@dataclass
+class HalfLinearConfig(QuantConfig, kind="test-half-linear"):
+    scale: float = 1.0
+
+
+@register_quantize_handler(HalfLinearConfig)
+def _half(model, config, filter_fn):
+    n = 0
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, name)):
+            with torch.no_grad():
+                m.weight.mul_(config.scale)
+            n += 1
+    return n
+
+
+@dataclass
+class ZeroFirstRowConfig(PruneConfig, kind="test-zero-first-row"):
+    pass
+
+
+@register_prune_handler(ZeroFirstRowConfig)
+def _zero_first_row(model, config, filter_fn):
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            with torch.no_grad():
+                m.weight[0].zero_()
+    return 1
+
+
+def test_a_config_defined_outside_plugs_into_the_verbs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    w = model[2].weight.detach().clone()
+    quantize_(model, {"kind": "test-half-linear", "scale": 0.5}, filter_fn=lambda m, n: n == "2")
+    torch.testing.assert_close(model[2].weight, 0.5 * w, rtol=0, atol=0)
+    prune_(model, ZeroFirstRowConfig())
+    assert bool((model[0].weight[0] == 0).all())
+    with pytest.raises(ValueError, match="nothing to quantize"):
+        quantize_(nn.Sequential(nn.ReLU()), HalfLinearConfig())
+    with pytest.raises(ValueError, match="calibration: HalfLinearConfig does not take calibration"):
+        quantize_(model, HalfLinearConfig(), calibration=[torch.ones(1, 4)])
+
+
+def test_unknown_config_types_and_kinds_are_named():
+    with pytest.raises(TypeError, match=r"config: quantize_ takes .*Int8DynamicConfig.*got MagnitudeConfig"):
+        quantize_(nn.Linear(2, 2), MagnitudeConfig(0.5))
+    with pytest.raises(TypeError, match=r"config: prune_ takes .*HeadConfig.*got Int8DynamicConfig"):
+        prune_(nn.Linear(2, 2), Int8DynamicConfig())
+    with pytest.raises(ValueError, match=r"kind: expected one of \[.*'MagnitudeConfig'.*\], got 'Int8DynamicConfig'"):
+        prune_(nn.Linear(2, 2), {"kind": "Int8DynamicConfig"})  # a quantization kind is not a pruning config
+    with pytest.raises(ValueError, match="kind: missing"):
+        QuantConfig.from_dict({"embeddings": False})
+    with pytest.raises(TypeError, match="kind 'gpt2': already used"):
+        @dataclass
+        class Other(Config, kind="gpt2"):
+            pass
+
+
+def test_every_config_round_trips_with_kind_and_version():
+    from edgegen.distill import KDConfig
+    from edgegen.models import BetaVAEConfig, DCGANConfig
+    from edgegen.prune import ChannelConfig, CubicSchedule, NMConfig
+    from edgegen.quant import Bf16Config, Fp16Config, Int4WeightOnlyConfig, Int8StaticConfig
+
+    configs = [Int8DynamicConfig(False), Int8StaticConfig(4, "mse"), Int4WeightOnlyConfig(32), Fp16Config(),
+               Bf16Config(), QATConfig("ste", "ema", 0.1, "convert"), MagnitudeConfig(0.3, "layer"), NMConfig(2, 4),
+               ChannelConfig(0.25, "l2", 8), HeadConfig(0.5, "global"), CubicSchedule(0.0, 0.5, 0, 10, 2),
+               KDConfig(3.0, 0.2), SparseAttentionConfig(16, 2), GPT2Config.student(), DCGANConfig(nz=8),
+               BetaVAEConfig(latent_dim=4)]
+    for c in configs:
+        d = c.to_dict()
+        assert d["kind"] == c.kind and d["version"] == type(c).version
+        assert type(c).from_dict(d) == c and from_dict(Config, d) == c  # by kind from the root too
+    with pytest.raises(ValueError, match="version: expected a positive int"):
+        Int8DynamicConfig.from_dict({"version": "1"})
+
+
+def test_qat_runs_through_quantize_in_two_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    quantize_(model, QATConfig(step="prepare"), filter_fn=lambda m, n: n == "0")
+    assert isinstance(model[0], QATModule) and isinstance(model[2], nn.Linear)
+    model.train()
+    model(torch.randn(16, 8))
+    model.eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        fake = model(x)
+    quantize_(model, {"kind": "QATConfig", "step": "convert"})
+    assert isinstance(model[0], Int8Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fake, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="nothing to quantize"):  # nothing left to convert
+        quantize_(model, QATConfig(step="convert"))
+    with pytest.raises(ValueError, match="step"):
+        QATConfig(step="train")
+
+
+class ToyAttention(nn.Module):
+    """Not GPT-2: separate names, its own forward; implements the head-pruning interface."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.heads, self.d = heads, dim // heads
+        self.fused = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.core = DenseAttention()
+        self.changed = []
+
+    def head_layout(self):
+        return HeadLayout(self.fused, self.out, self.heads, self.d)
+
+    def set_head_count(self, n):
+        self.heads = n
+        self.changed.append(n)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = (t.view(B, T, self.heads, self.d).transpose(1, 2) for t in self.fused(x).split(self.heads * self.d, 2))
+        return self.out(self.core(q, k, v).transpose(1, 2).reshape(B, T, -1))
+
+
+def test_head_pruning_and_sparse_attention_work_through_the_interfaces():
+    torch.manual_seed(0)
+    toy = ToyAttention()
+    x = torch.randn(2, 5, 16)
+    prune_(toy, HeadConfig(0.5))
+    with torch.no_grad():
+        masked = toy(x)
+    toy = shrink(toy, (x,))  # a smaller copy, checked against the masked model on x
+    assert toy.heads == 2 and toy.changed == [2] and toy.fused.out_features == 3 * 2 * 4
+    with torch.no_grad():
+        torch.testing.assert_close(toy(x), masked, rtol=1e-5, atol=1e-5)
+    sparsify_attention_(toy, SparseAttentionConfig(window=64, num_global=0))  # window >= length: same output
+    assert isinstance(toy.core, SparseSelfAttention)
+    with torch.no_grad():
+        torch.testing.assert_close(toy(x), masked, rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_attention_filter_fn_selects_layers():
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=3, n_head=2))
+    sparsify_attention_(model, SparseAttentionConfig(window=4, num_global=1), filter_fn=lambda m, n: n.startswith("h.1."))
+    kinds = [type(b.attn.attention) for b in model.h]
+    assert kinds == [DenseAttention, SparseSelfAttention, DenseAttention]
+    with pytest.raises(ValueError, match="no attention core"):
+        sparsify_attention_(model, SparseAttentionConfig(), filter_fn=lambda m, n: False)
+    assert sparsity(model) == 0.0
