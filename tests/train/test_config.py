@@ -148,3 +148,28 @@ def test_loading_never_changes_the_presets_or_the_input():
     kept = copy.deepcopy(data)
     load_experiment(data, "cpu-smoke", ["train.batch_size=2", "model.latent_dim=4"])
     assert PRESETS == before and data == kept
+
+
+@pytest.mark.parametrize("name", ["lm", "vae"])
+def test_configs_in_checkpoints_written_before_versions_still_load(name):
+    """The fixtures are the config part of real checkpoints written by edgegen before versioned
+    configs (a tiny LM run with pruning + PTQ, a tiny VAE run)."""
+    import json
+    from pathlib import Path
+
+    from edgegen.train.checkpoint import experiment_config
+
+    old = json.loads((Path(__file__).parent / "fixtures" / f"experiment_v1_{name}.json").read_text())
+    cfg = experiment_config({"config": old})
+    assert cfg.model.kind == {"lm": "gpt2", "vae": "vae"}[name]
+    for key, value in old["model"].items():  # every field of the model's kind kept its value
+        if hasattr(cfg.model, key):
+            assert getattr(cfg.model, key) == value, key
+    model = cfg.model.build()
+    assert model is not None
+    if name == "lm":
+        from edgegen.prune import MagnitudeConfig
+
+        assert cfg.compress.prune == MagnitudeConfig(0.5)
+        assert cfg.compress.ptq.kind == "Int8DynamicConfig"
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg  # and it is written in the current form
