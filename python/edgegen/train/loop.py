@@ -1,6 +1,8 @@
 """The training loop every task shares: epochs of deterministic batches, checkpoints (atomic,
-every epoch and every K steps, plus the best by validation loss), exact resume, compression
-hooks (gradual pruning, QAT), progress bars, tracking, and data parallelism under torchrun."""
+every epoch and every K steps, plus the best by validation loss), exact resume, progress bars
+and tracking. What one step computes is the task's (``tasks``); compression, data parallelism,
+the curve plot and progressive stages are units the loop calls (``compression``,
+``distributed``, ``plots``, ``progressive``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch
 from edgegen.train import checkpoint as ckpt
 from edgegen.train.config import ExperimentConfig
 from edgegen.train.data import build_batches, shard, steps_in_epoch
+from edgegen.train.distributed import Processes, pick_device
+from edgegen.train.plots import plot_curves
 from edgegen.train.tasks import TASKS
 
 CHECKPOINT_VERSION = 1
@@ -35,18 +39,6 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name / f"seed{cfg.train.seed}"
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"train.device: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device: {name!r} asked for, but no CUDA device is available")
-    return dev
-
-
 class Trainer:
     """``Trainer(cfg, run_dir=None, tracker=None, callbacks=())``; ``fit(resume=False)``.
 
@@ -63,11 +55,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.callbacks = list(callbacks)
         self.progress = progress
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = pick_device(cfg.train.device)
-        if self.world > 1:
-            self._init_distributed()
+        self.procs = Processes(pick_device(cfg.train.device))
+        self.world, self.rank, self.device = self.procs.world, self.procs.rank, self.procs.device
         from edgegen.tracking import NullTracker
 
         self.tracker = tracker if (tracker is not None and self.rank == 0) else NullTracker()
@@ -83,47 +72,14 @@ class Trainer:
         total = tc.epochs * self.steps_per_epoch
         self.total_steps = min(total, tc.max_steps) if tc.max_steps else total
         self.task = TASKS[cfg.task](cfg, self.device, self.total_steps)
-        self.pruner = None
+        self.compression = None
         if cfg.compress is not None:
-            self._prepare_compression()
+            from edgegen.train.compression import Compression
+
+            self.compression = Compression(cfg.compress, self.task.main_model(), self.total_steps)
         self.task.build_optimizers()
-        self.task.wrapped = self._wrap(self.task.modules)
+        self.task.wrapped = self.procs.wrap(self.task.modules)
         self.state = TrainState()
-
-    # ------------------------------------------------------------------ setup helpers
-    def _init_distributed(self):
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-
-    def _wrap(self, modules):
-        if self.world == 1:
-            return dict(modules)
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return {k: DDP(m, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                if any(p.requires_grad for p in m.parameters()) else m for k, m in modules.items()}
-
-    def _prepare_compression(self):
-        cc = self.cfg.compress
-        model = self.task.main_model()
-        if cc.qat:
-            from edgegen.quant import prepare_qat_
-
-            prepare_qat_(model)  # before the optimizer exists: LSQ adds scale parameters
-        if cc.prune is not None:
-            from edgegen.prune import CubicSchedule, GradualPruner
-
-            pc = cc.prune
-            end = cc.prune_end if cc.prune_end is not None else max(cc.prune_begin + 1, (3 * self.total_steps) // 4)
-            freq = cc.prune_frequency if cc.prune_frequency is not None else max(1, (end - cc.prune_begin) // 20)
-            schedule = CubicSchedule(0.0, float(pc.amount), cc.prune_begin, end, freq)
-            example = model.example_inputs() if hasattr(model, "example_inputs") else None
-            self.pruner = GradualPruner(model, pc, schedule, example_inputs=example)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -197,16 +153,14 @@ class Trainer:
                 while st.batch_in_epoch < self.steps_per_epoch and st.step < self.total_steps:
                     batch = self.batches.train_batch(st.epoch, st.batch_in_epoch % self.batches.batches_per_epoch)
                     local = shard(batch, self.rank, self.world)
-                    metrics = self.task.train_step(local, st.step, rank_rows=self._rank_rows(),
+                    metrics = self.task.train_step(local, st.step, rank_rows=self.procs.rows(),
                                                    global_batch=cfg.train.batch_size)
                     st.step += 1
                     st.batch_in_epoch += 1
                     st.curve.append([st.step, float(metrics["loss"])])
                     samples += cfg.train.batch_size
-                    if self.pruner is not None:
-                        sparsity = self.pruner.step(st.step)
-                        if sparsity is not None:
-                            metrics["sparsity"] = sparsity
+                    if self.compression is not None:
+                        metrics.update(self.compression.after_step(st.step))
                     if st.step % cfg.train.log_every == 0 or st.step == self.total_steps:
                         now = time.perf_counter()
                         metrics["samples_per_s"] = samples / max(now - t_last, 1e-9)
@@ -235,83 +189,26 @@ class Trainer:
             bar.close()
         return self._finish(val)
 
-    def _plot(self) -> Path | None:
-        """Training loss per step and validation loss per epoch, as ``<run_dir>/curves.png``
-        (skipped, with nothing lost, if matplotlib is missing)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return None
-        st = self.state
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        if st.curve:
-            steps, losses = zip(*st.curve)
-            ax.plot(steps, losses, lw=0.8, label="train loss")
-        if st.history:
-            ends = [(h["epoch"] + 1) * self.steps_per_epoch for h in st.history]
-            ax.plot(ends, [h["val_loss"] for h in st.history], "o-", label="validation loss")
-        ax.set_xlabel("optimizer step")
-        ax.set_title(self.cfg.name)
-        ax.legend()
-        fig.tight_layout()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "curves.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
-
-    def _save_pruned(self, kind: str) -> Path:
-        """The pruned model as it would be shipped, beside the masked checkpoint: channel/head
-        pruning physically shrunk (``model-shrunk.pt``, the whole module), unstructured or N:M
-        sparsity compressed (``model-sparse.safetensors``, bitmask + non-zeros)."""
-        import copy
-
-        from edgegen.prune import finalize_, save_sparse, shrink
-
-        model = finalize_(copy.deepcopy(self.task.main_model()).eval().cpu())
-        if kind in ("ChannelConfig", "HeadConfig"):
-            return ckpt.save_atomic(shrink(model, model.example_inputs(1)), self.run_dir / "model-shrunk.pt")
-        path = self.run_dir / "model-sparse.safetensors"
-        save_sparse(model, path)
-        return path
-
     def _calibration_inputs(self):
         """Model inputs for static quantization: the validation batches (images, or token ids)."""
         return [b.to(self.device) if not isinstance(b, tuple) else (b[0].to(self.device),)
                 for b in self.batches.val_batches()]
 
-    def _rank_rows(self):
-        if self.world == 1:
-            return None
-        return slice(self.rank, None, self.world)
-
     def _finish(self, val: dict) -> dict:
         out = {"final": val, "best_val_loss": self.state.best_val, "steps": self.state.step,
                "checkpoint": str(self.checkpoint_dir / "last.pt")}
-        cc = self.cfg.compress
-        if cc is not None and (cc.qat or cc.ptq) and self.rank == 0:
-            from edgegen.quant import Int8StaticConfig, convert_, quantize_, save_quantized
-
-            model = self.task.main_model().eval()
-            if cc.qat:
-                convert_(model)
-                path = self.run_dir / "model-int8.safetensors"
-            else:
-                calib = self._calibration_inputs() if isinstance(cc.ptq, Int8StaticConfig) else None
-                quantize_(model, cc.ptq, calibration=calib)
-                path = self.run_dir / "model-ptq.safetensors"
-            save_quantized(model, path)
+        comp = self.compression
+        if comp is not None and comp.quantizes and self.rank == 0:
+            path = comp.quantize(self.task.main_model().eval(), self.run_dir, self._calibration_inputs)
             out["quantized"] = str(path)
             out["final_float"] = val
             val = self.task.validate(self.batches.val_batches())
             out["final"] = val
-        if cc is not None and cc.prune is not None and not (cc.qat or cc.ptq) and self.rank == 0:
-            out["pruned"] = str(self._save_pruned(cc.prune.kind))
+        if comp is not None and comp.pruner is not None and not comp.quantizes and self.rank == 0:
+            out["pruned"] = str(comp.save_pruned(self.task.main_model(), self.run_dir))
         if self.rank == 0:
-            plot = self._plot()
+            st = self.state
+            plot = plot_curves(st.curve, st.history, self.steps_per_epoch, self.cfg.name, self.run_dir / "curves.png")
             if plot is not None:
                 out["plot"] = str(plot)
                 self.tracker.log_artifact(plot)
@@ -336,36 +233,10 @@ class Trainer:
 
 def train_experiment(cfg: ExperimentConfig, run_dir: str | os.PathLike, tracker=None, resume: bool = False,
                      progress: bool | None = None, callbacks: tuple[Callable, ...] = ()) -> dict:
-    """Run an experiment: one Trainer, or, for distillation with ``distill.stages``, the chain
-    teacher -> stage 0 -> stage 1 -> ... -> the final student, each stage distilled from the
-    previous one's last checkpoint (``<run_dir>/stage<i>``), each a nested tracking run."""
-    from dataclasses import replace
+    """Run an experiment: one Trainer, or for distillation with ``distill.stages`` the chain of
+    stages (:func:`edgegen.train.progressive.train_progressive`)."""
+    if cfg.task == "distill" and cfg.distill.stages:
+        from edgegen.train.progressive import train_progressive
 
-    run_dir = Path(run_dir)
-    if cfg.task != "distill" or not cfg.distill.stages:
-        return Trainer(cfg, run_dir, tracker, callbacks=callbacks, progress=progress).fit(resume=resume)
-    from edgegen.tracking import NullTracker
-
-    tracker = tracker or NullTracker()
-    dc = cfg.distill
-    teacher = dc.teachers[0]
-    chain = list(dc.stages) + [cfg.model]
-    stages = []
-    for i, student in enumerate(chain):
-        final = i == len(chain) - 1
-        stage_cfg = replace(cfg, name=f"{cfg.name}-stage{i}", model=student,
-                            distill=replace(dc, teachers=[teacher], teacher_weights=[], stages=[]),
-                            compress=cfg.compress if final else None)
-        stage_dir = run_dir / f"stage{i}"
-        child = tracker.child(f"stage{i}-{student.n_layer}L", stage_dir)
-        status = "FAILED"
-        try:
-            res = Trainer(stage_cfg, stage_dir, child, callbacks=callbacks, progress=progress).fit(resume=resume)
-            status = "FINISHED"
-        finally:
-            child.finish(status)
-        stages.append({"stage": i, "n_layer": student.n_layer, "n_embd": student.n_embd, **res})
-        teacher = replace(student, init_from=res["checkpoint"])
-    out = dict(stages[-1])
-    out["stages"] = stages
-    return out
+        return train_progressive(cfg, run_dir, tracker, resume, progress, callbacks)
+    return Trainer(cfg, Path(run_dir), tracker, callbacks=callbacks, progress=progress).fit(resume=resume)

@@ -5,6 +5,7 @@ checkpoint saves) and turns one global batch into one update."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -49,8 +50,10 @@ def _micro(batch, parts: int):
 
 
 class Task:
-    """Base: ``modules`` (saved), ``trainable`` (wrapped for data parallelism), ``optimizers``
-    and ``schedulers`` by name."""
+    """Base: ``modules`` (saved), ``wrapped`` (the same, wrapped for data parallelism by the
+    loop), ``optimizers`` and ``schedulers`` by name. The base owns the optimisation step
+    (:meth:`optimize`: zero the gradients, accumulate over micro-batches, clip, step) and
+    evaluation mode (:meth:`evaluating`); a task says what its loss is."""
 
     def __init__(self, cfg: ExperimentConfig, device: torch.device, total_steps: int):
         self.cfg, self.device, self.total_steps = cfg, device, total_steps
@@ -59,21 +62,55 @@ class Task:
         self.schedulers: dict[str, object] = {}
 
     def main_model(self) -> nn.Module:
-        raise NotImplementedError
+        return self.modules["model"]
 
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def trainable_parameters(self) -> list:
+        return list(self.modules["model"].parameters())
+
+    def build_optimizers(self) -> None:
+        """One optimizer (and LR schedule) named ``model`` over :meth:`trainable_parameters`."""
+        self.optimizers["model"] = make_optimizer(self.trainable_parameters(), self.cfg.optim)
+        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
+
+    def train_step(self, batch, step: int, rank_rows=None, global_batch=None) -> dict[str, float]:
         raise NotImplementedError
 
     @torch.no_grad()
     def validate(self, batches) -> dict[str, float]:
         raise NotImplementedError
 
-    def _clip_and_step(self, name: str, params) -> None:
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+    def optimize(self, name: str, micro_batches, loss_fn) -> dict[str, float]:
+        """One update of optimizer ``name``: gradients zeroed, ``loss_fn(*micro_batch)`` (a dict
+        of scalar tensors with ``loss``) backpropagated for every micro-batch with weight
+        1 / count, the gradient norm of ``modules[name]`` clipped to ``optim.grad_clip`` (0: off),
+        the optimizer and its schedule stepped. Returns every entry averaged over the micro-batches."""
+        micro_batches = list(micro_batches)
+        parts = len(micro_batches)
+        self.optimizers[name].zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for mb in micro_batches:
+            out = loss_fn(*mb)
+            (out["loss"] / parts).backward()
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / parts
+        if self.cfg.optim.grad_clip > 0:  # the norm of the module's own gradients (not auxiliary heads)
+            torch.nn.utils.clip_grad_norm_(self.modules[name].parameters(), self.cfg.optim.grad_clip)
         self.optimizers[name].step()
         if name in self.schedulers:
             self.schedulers[name].step()
+        return totals
+
+    @contextlib.contextmanager
+    def evaluating(self, *modules: nn.Module):
+        """``modules`` in eval mode inside the block, each back in its own previous mode after."""
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
 
     def to(self, batch):
         if isinstance(batch, tuple):
@@ -106,47 +143,38 @@ class GANTask(Task):
         n_global = global_batch or real.shape[0]
         z = self.noise(n_global, step, rank_rows)
         parts = self.cfg.optim.grad_accum
-        opt_d, opt_g = self.optimizers["discriminator"], self.optimizers["generator"]
-        # Discriminator: real -> 1, fake -> 0.
-        opt_d.zero_grad(set_to_none=True)
-        loss_d_total = 0.0
         fakes = []
-        for r, zz in zip(_micro(real, parts), _micro(z, parts)):
+
+        def discriminator_loss(r, zz):  # real -> 1, fake -> 0
             fake = G(zz)
             fakes.append(fake)
             lr_, lf_ = D(r), D(fake.detach())
-            loss_d = (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
-                      + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))) / parts
-            loss_d.backward()
-            loss_d_total += loss_d.item()
-        self._clip_and_step("discriminator", self.modules["discriminator"].parameters())
-        # Generator: fool the updated discriminator.
-        opt_g.zero_grad(set_to_none=True)
-        loss_g_total = 0.0
-        for fake in fakes:
+            return {"loss": F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
+                    + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))}
+
+        def generator_loss(fake):  # fool the updated discriminator
             lg = D(fake)
-            loss_g = F.binary_cross_entropy_with_logits(lg, torch.ones_like(lg)) / parts
-            loss_g.backward()
-            loss_g_total += loss_g.item()
-        self._clip_and_step("generator", self.modules["generator"].parameters())
-        return {"loss": loss_d_total + loss_g_total, "loss_d": loss_d_total, "loss_g": loss_g_total}
+            return {"loss": F.binary_cross_entropy_with_logits(lg, torch.ones_like(lg))}
+
+        loss_d = self.optimize("discriminator", zip(_micro(real, parts), _micro(z, parts)), discriminator_loss)["loss"]
+        loss_g = self.optimize("generator", [(f,) for f in fakes], generator_loss)["loss"]
+        return {"loss": loss_d + loss_g, "loss_d": loss_d, "loss_g": loss_g}
 
     @torch.no_grad()
     def validate(self, batches):
         G, D = self.modules["generator"], self.modules["discriminator"]
-        G.eval(), D.eval()
         total, count = 0.0, 0
-        for real in batches:
-            real = self.to(real)
-            # one latent per validation image, seeded by its index: the same whatever the batching
-            z = torch.stack([torch.randn(self.nz, 1, 1, generator=_generator(self.cfg.train.seed, 23, count + j))
-                             for j in range(real.shape[0])]).to(self.device)
-            lr_, lf_ = D(real), D(G(z))
-            n = real.shape[0]  # weighted by images: the same number whatever the batch size
-            total += n * (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
-                          + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))).item()
-            count += n
-        G.train(), D.train()
+        with self.evaluating(G, D):
+            for real in batches:
+                real = self.to(real)
+                # one latent per validation image, seeded by its index: the same whatever the batching
+                z = torch.stack([torch.randn(self.nz, 1, 1, generator=_generator(self.cfg.train.seed, 23, count + j))
+                                 for j in range(real.shape[0])]).to(self.device)
+                lr_, lf_ = D(real), D(G(z))
+                n = real.shape[0]  # weighted by images: the same number whatever the batch size
+                total += n * (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
+                              + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))).item()
+                count += n
         return {"val_loss": total / max(count, 1), "val_examples": float(count)}
 
 
@@ -155,42 +183,29 @@ class VAETask(Task):
         super().__init__(cfg, device, total_steps)
         self.modules = {"model": cfg.model.build().to(device)}
 
-    def main_model(self):
-        return self.modules["model"]
-
-    def build_optimizers(self):
-        self.optimizers["model"] = make_optimizer(self.modules["model"].parameters(), self.cfg.optim)
-        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
-
     def train_step(self, batch, step, rank_rows=None, global_batch=None):
         model = self.wrapped["model"]
-        x = self.to(batch)
-        parts = self.cfg.optim.grad_accum
-        self.optimizers["model"].zero_grad(set_to_none=True)
-        tot = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
         g = _generator(self.cfg.train.seed, 29, step)
-        for xx in _micro(x, parts):
+
+        def elbo(xx):
             out = model(xx, generator=g)
-            (out["loss"] / parts).backward()
-            for k in tot:
-                tot[k] += out[k].item() / parts
-        self._clip_and_step("model", self.modules["model"].parameters())
-        return tot
+            return {k: out[k] for k in ("loss", "reconstruction", "kl")}
+
+        return self.optimize("model", [(xx,) for xx in _micro(self.to(batch), self.cfg.optim.grad_accum)], elbo)
 
     @torch.no_grad()
     def validate(self, batches):
         model = self.modules["model"]
-        model.eval()
         total, count = 0.0, 0
-        for x in batches:
-            n = x.shape[0]
-            # one posterior sample per validation image, seeded by its index (batching does not matter)
-            eps = torch.stack([torch.randn(model.config.latent_dim, generator=_generator(self.cfg.train.seed, 31,
-                                                                                         count + j))
-                               for j in range(n)]).to(self.device)
-            total += n * model(self.to(x), eps=eps)["loss"].item()
-            count += n
-        model.train()
+        with self.evaluating(model):
+            for x in batches:
+                n = x.shape[0]
+                # one posterior sample per validation image, seeded by its index (batching does not matter)
+                eps = torch.stack([torch.randn(model.config.latent_dim,
+                                               generator=_generator(self.cfg.train.seed, 31, count + j))
+                                   for j in range(n)]).to(self.device)
+                total += n * model(self.to(x), eps=eps)["loss"].item()
+                count += n
         return {"val_loss": total / max(count, 1), "val_examples": float(count)}
 
 
@@ -199,40 +214,25 @@ class LMTask(Task):
         super().__init__(cfg, device, total_steps)
         self.modules = {"model": load_gpt2(cfg.model).to(device)}
 
-    def main_model(self):
-        return self.modules["model"]
-
-    def build_optimizers(self):
-        self.optimizers["model"] = make_optimizer(self.modules["model"].parameters(), self.cfg.optim)
-        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
-
     def loss(self, model, x, y):
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def train_step(self, batch, step, rank_rows=None, global_batch=None):
         model = self.wrapped["model"]
-        x, y = self.to(batch)
-        parts = self.cfg.optim.grad_accum
-        self.optimizers["model"].zero_grad(set_to_none=True)
-        total = 0.0
-        for xx, yy in _micro((x, y), parts):
-            loss = self.loss(model, xx, yy) / parts
-            loss.backward()
-            total += loss.item()
-        self._clip_and_step("model", self.modules["model"].parameters())
-        return {"loss": total, "lr": self.optimizers["model"].param_groups[0]["lr"]}
+        out = self.optimize("model", _micro(self.to(batch), self.cfg.optim.grad_accum),
+                            lambda x, y: {"loss": self.loss(model, x, y)})
+        return {"loss": out["loss"], "lr": self.optimizers["model"].param_groups[0]["lr"]}
 
     @torch.no_grad()
     def validate(self, batches):
         model = self.modules["model"]
-        model.eval()
         total, count = 0.0, 0
-        for x, y in batches:  # plain cross-entropy on the data (also for distillation), token-weighted
-            n = y.numel()
-            total += n * LMTask.loss(self, model, *self.to((x, y))).item()
-            count += n
-        model.train()
+        with self.evaluating(model):
+            for x, y in batches:  # plain cross-entropy on the data (also for distillation), token-weighted
+                n = y.numel()
+                total += n * LMTask.loss(self, model, *self.to((x, y))).item()
+                count += n
         loss = total / max(count, 1)
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": float(count)}
 
@@ -268,12 +268,11 @@ class DistillTask(LMTask):
             self.modules["projection"] = nn.ModuleList(
                 nn.Linear(cfg.model.n_embd, teacher.config.n_embd, bias=False) for _ in range(n)).to(device)
 
-    def build_optimizers(self):
+    def trainable_parameters(self):
         params = list(self.modules["model"].parameters())
         if "projection" in self.modules:
             params += list(self.modules["projection"].parameters())
-        self.optimizers["model"] = make_optimizer(params, self.cfg.optim)
-        self.schedulers["model"] = make_scheduler(self.optimizers["model"], self.cfg.optim, self.total_steps)
+        return params
 
     def loss(self, model, x, y):
         from edgegen.distill import fused_linear_kd_loss, kd_loss
@@ -310,15 +309,14 @@ class DistillTask(LMTask):
     def teacher_kl(self, batches) -> float:
         """Mean KL(teacher || student) at T=1 over the batches (the distance distillation closes)."""
         student = self.modules["model"]
-        student.eval()
         total, count = 0.0, 0
-        for x, _ in batches:
-            x = self.to(x)
-            ls = F.log_softmax(student(x), -1)
-            lt = F.log_softmax(self.teachers[0](x), -1)
-            total += F.kl_div(ls, lt, log_target=True, reduction="sum").item()
-            count += x.shape[0] * x.shape[1]  # per token, whatever the batch size
-        student.train()
+        with self.evaluating(student):
+            for x, _ in batches:
+                x = self.to(x)
+                ls = F.log_softmax(student(x), -1)
+                lt = F.log_softmax(self.teachers[0](x), -1)
+                total += F.kl_div(ls, lt, log_target=True, reduction="sum").item()
+                count += x.shape[0] * x.shape[1]  # per token, whatever the batch size
         return total / max(count, 1)
 
     @torch.no_grad()
