@@ -1,11 +1,13 @@
-"""Writing and reading safetensors files the way every edgegen artefact does: atomically (a
-temporary file, then a rename), and with tensors that share storage (tied weights, which
-safetensors refuses) stored once and recorded as aliases in the metadata."""
+"""Writing and reading files the way every edgegen artefact does: atomically (a temporary file,
+then a rename), safetensors with tensors that share storage (tied weights, which safetensors
+refuses) stored once and recorded as aliases in the metadata, and ``torch.save`` files
+(checkpoints, caches) through :func:`save_atomic`."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -64,3 +66,33 @@ def read_safetensors(path: str | os.PathLike, with_aliases: bool = True
 def restore_aliases(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     for alias, target in json.loads(metadata.get(ALIASES, "{}")).items():
         state[alias] = state[target]
+
+
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over
+    ``path``: a crash at any point leaves either the previous file or the new one, never a torn
+    one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path

@@ -274,3 +274,18 @@ def test_kid_subset_is_at_most_half_the_samples():
     from edgegen.eval.runs import _kid_subset
 
     assert _kid_subset(1000, 1017) == 500 and _kid_subset(50000, 10000) == 1000 and _kid_subset(3, 3) == 2
+
+
+def test_a_run_started_from_a_checkpoint_loads_with_that_architecture(env):
+    """The model section names only init_from (and the vocabulary): the run's architecture is
+    the init checkpoint's, and loading the finished run rebuilds it from there."""
+    first = _train(tiny("lm", env, name="first", model={"n_layer": 2}), env, "first")
+    ck = str(first / "checkpoints" / "last.pt")
+    cfg = tiny("lm", env, name="second")
+    cfg = type(cfg).from_dict({**cfg.to_dict(), "model": {"kind": "gpt2", "vocab_size": 64, "n_positions": 32,
+                                                          "init_from": ck}})
+    second = _train(cfg, env, "second")
+    run = load_run(second)
+    assert len(run.model.h) == 2 and run.model.config.n_embd == 32
+    trained = torch.load(second / "checkpoints" / "last.pt", weights_only=False)["modules"]["model"]
+    assert torch.equal(run.model.wte.weight, trained["wte.weight"])

@@ -169,7 +169,7 @@ def train_proxy_extractor(dataset: str = "cifar10", root=None, epochs: int = 20,
     else:
         info = _train_proxy(net, xs, ys, xt, yt, multi, epochs, seed, threads, progress)
         info.update(dataset=dataset, epochs=epochs, seed=seed, train_n=int(len(xs)), version=PROXY_VERSION)
-        from edgegen.train.checkpoint import save_atomic
+        from edgegen.tensor_files import save_atomic
 
         try:
             save_atomic({"state_dict": net.state_dict(), "info": info}, path)

@@ -89,9 +89,9 @@ def _build_float(cfg, state: dict) -> nn.Module:
         except (RuntimeError, KeyError, ValueError):
             if not mc.init_from:
                 raise
-            from edgegen.train.tasks import _load_gpt2
+            from edgegen.train.checkpoint import load_gpt2
 
-            model = _load_gpt2(mc)  # the architecture is the init checkpoint's
+            model = load_gpt2(mc)  # the architecture is the init checkpoint's
     if cfg.compress is not None and cfg.compress.qat:
         from edgegen.quant import prepare_qat_
 

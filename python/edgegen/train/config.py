@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from edgegen.config import Config, apply_overrides, from_dict, load_yaml, merge
 from edgegen.models import BetaVAEConfig, DCGANConfig, GPT2Config  # noqa: F401  (registers the model kinds)
