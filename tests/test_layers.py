@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "edgegen"
 
 # Lowest first. A module belongs to the longest prefix listed.
 LAYERS = [
-    ("ops", ["edgegen._C", "edgegen._extension", "edgegen.ops"]),
+    ("ops", ["edgegen._C", "edgegen._extension", "edgegen.ops", "edgegen.isa"]),
     ("base", ["edgegen.config", "edgegen.transform", "edgegen.tensor_files"]),
     ("transforms", ["edgegen.prune", "edgegen.quant", "edgegen.distill", "edgegen.attention"]),
     ("models", ["edgegen.models"]),
@@ -68,3 +68,15 @@ def test_no_module_imports_a_layer_above_its_own(name):
     upward = sorted({m for m in imports(path, name) if m.startswith("edgegen.") and (layer_of(m) or 0) > own
                      and not (face and m.startswith(name + "."))})
     assert upward == [], f"{name} ({LAYERS[own][0]}) imports {upward}"
+
+
+def test_package_faces_only_re_export():
+    """``__init__.py`` files hold imports, ``__all__`` and constants; logic lives in modules."""
+    logic = {}
+    for name, path in modules():
+        if path.name == "__init__.py":
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            if defs:
+                logic[name] = defs
+    assert logic == {}

@@ -10,47 +10,8 @@ _C = _load()
 
 from edgegen import ops  # noqa: E402  (registers fake/autograd kernels)
 from edgegen import distill  # noqa: E402
+from edgegen.isa import cpu_isa, cpu_levels, kernel_paths, max_isa  # noqa: E402
 
 __version__ = "0.1.0"
-
-
-def cpu_isa() -> str:
-    """The highest instruction-set level edgegen's CPU kernels may use here: what the CPU and OS
-    support (scalar, avx2, avx512, avx512_vnni, amx), capped by ``EDGEGEN_MAX_ISA`` /
-    :func:`max_isa`. Each kernel family takes its best path up to it: see :func:`kernel_paths`."""
-    return _C.cpu_isa()
-
-
-def cpu_levels() -> list[str]:
-    """Every instruction-set level this CPU and OS support, lowest first (ignores the cap)."""
-    return list(_C.cpu_levels())
-
-
-def kernel_paths() -> dict[str, str]:
-    """The path each CPU kernel family takes now, e.g. ``{"int8_gemm": "avx512_vnni", "kd_loss":
-    "avx2", ...}`` (a family runs its best path that the CPU supports, up to the cap)."""
-    return dict(_C.kernel_paths())
-
-
-class max_isa:
-    """Caps the kernels' instruction set for this process, like ``EDGEGEN_MAX_ISA``; as a context
-    manager, restores the previous cap on exit. ``edgegen.max_isa("avx2")``."""
-
-    def __init__(self, level: str):
-        if not isinstance(level, str):
-            raise TypeError(f"level: expected a name such as 'avx2', got {type(level).__name__}")
-        try:
-            self._previous = _C.max_isa()
-        except ValueError:  # an invalid EDGEGEN_MAX_ISA: this call replaces it
-            self._previous = None
-        _C.set_max_isa(level)
-
-    def __enter__(self) -> "max_isa":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            _C.set_max_isa(self._previous)
-
 
 __all__ = ["distill", "ops", "cpu_isa", "cpu_levels", "kernel_paths", "max_isa", "__version__"]

@@ -5,13 +5,13 @@ recorded values, retrain; repeat for iterative rounds."""
 from __future__ import annotations
 
 import re
-from typing import Callable
 
 import torch
 from torch import nn
 
 from edgegen.prune.config import MagnitudeConfig
 from edgegen.prune.masks import masked_tensors
+from edgegen.transform import FilterFn
 
 _ORIGINAL = re.compile(r"\.?parametrizations\.([^.]+)\.original$")
 
@@ -26,7 +26,7 @@ class LotteryTicket:
     the pruned layers after this round). :meth:`round_sparsity` gives the usual iterative
     schedule, pruning ``per_round`` of the remaining weights each round."""
 
-    def __init__(self, model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    def __init__(self, model: nn.Module, filter_fn: FilterFn | None = None,
                  scope: str = "global"):
         self.model, self.filter_fn = model, filter_fn
         MagnitudeConfig(0.0, scope)  # validates scope

@@ -7,11 +7,13 @@ entry. Masks are buffers: they are saved in the state dict and traced by ``torch
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from edgegen.transform import FilterFn
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -139,7 +141,7 @@ def load_pruned_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tr
     return model.load_state_dict(state_dict, strict=strict)
 
 
-def prunable_weights(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None
+def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
                      ) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of the Linear/Conv/ConvTranspose layers whose weight may be pruned:
     selected by ``filter_fn(module, name)`` when given, and never a weight shared with another
@@ -162,7 +164,7 @@ def prunable_weights(model: nn.Module, filter_fn: Callable[[nn.Module, str], boo
 
 
 @torch.no_grad()
-def sparsity(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> float:
+def sparsity(model: nn.Module, filter_fn: FilterFn | None = None) -> float:
     """Fraction of exactly-zero entries over the prunable weights (as the modules see them)."""
     zeros = total = 0
     for _, module in prunable_weights(model, filter_fn):

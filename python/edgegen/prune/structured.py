@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +12,7 @@ from edgegen.ops import prune as ops
 from edgegen.prune.config import ChannelConfig
 from edgegen.prune.graph import ChannelGroup, Slice, _as_tuple, _tensors, find_channel_groups
 from edgegen.prune.masks import apply_mask_, finalize_, raw_parameter
+from edgegen.transform import FilterFn
 
 
 def _example_inputs(model: nn.Module, example_inputs):
@@ -95,7 +95,7 @@ def _is_parameter(module: nn.Module, name: str) -> bool:
 
 
 def prune_channels_(model: nn.Module, config: ChannelConfig,
-                    filter_fn: Callable[[nn.Module, str], bool] | None = None, example_inputs=None) -> int:
+                    filter_fn: FilterFn | None = None, example_inputs=None) -> int:
     """Mask whole channels of every prunable group whose producers pass ``filter_fn``: producer
     filters and biases, BatchNorm scales and shifts, depthwise filters and the consumers' input
     channels, so the masked model computes exactly what the physically smaller one will.
