@@ -171,3 +171,51 @@ def test_sparsify_attention_filter_fn_selects_layers():
     with pytest.raises(ValueError, match="no attention core"):
         sparsify_attention_(model, SparseAttentionConfig(), filter_fn=lambda m, n: False)
     assert sparsity(model) == 0.0
+
+
+def test_sparsifying_again_replaces_cores_without_nesting_and_restores_dropout():
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, dropout=0.1))
+    with pytest.warns(UserWarning, match="dropout"):
+        sparsify_attention_(model, SparseAttentionConfig(window=8, num_global=1))
+    sparsify_attention_(model, SparseAttentionConfig(window=None))  # back to dense
+    cores = [n for n, m in model.named_modules() if isinstance(m, SparseSelfAttention)]
+    assert cores == ["h.0.attn.attention", "h.1.attn.attention"]  # one per slot, none nested
+    assert all(model.h[i].attn.attention.dropout == 0.1 for i in range(2))  # the model's own dropout again
+
+
+def test_static_int8_takes_eight_batches_unless_told_and_refuses_stored_data():
+    from edgegen.quant import Int8StaticConfig
+
+    seen = []
+
+    def batches(n):
+        for i in range(n):
+            seen.append(i)
+            yield torch.randn(2, 4)
+
+    quantize_(nn.Sequential(nn.Linear(4, 4)), Int8StaticConfig(), calibration=batches(20))
+    assert len(seen) == Int8StaticConfig.DEFAULT_BATCHES
+    seen.clear()
+    quantize_(nn.Sequential(nn.Linear(4, 4)), Int8StaticConfig(batches=3), calibration=batches(20))
+    assert len(seen) == 3
+    with pytest.raises(TypeError, match=r"calibration: calibration data is passed to the call"):
+        Int8StaticConfig(calibration=[torch.ones(1, 4)])
+    with pytest.raises(ValueError, match=r"batches: .*passed to quantize_"):
+        Int8StaticConfig([torch.ones(1, 4)])
+
+
+def test_shrink_leaves_heads_of_quantization_wrapped_layers_alone():
+    from edgegen.prune.heads import shrink_heads_
+
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    quantize_(model, QATConfig())
+    assert shrink_heads_(model) == 0
+    with pytest.raises(ValueError, match="head_layout"):
+        prune_(model, HeadConfig(0.5))
+
+
+def test_from_dict_takes_a_built_config_and_names_a_wrong_family():
+    cfg = Int8DynamicConfig(embeddings=False)
+    assert QuantConfig.from_dict(cfg) is cfg
+    with pytest.raises(TypeError, match=r"expected a PruneConfig \(one of .*\) or its mapping, got Int8DynamicConfig"):
+        PruneConfig.from_dict(cfg)

@@ -185,6 +185,12 @@ def from_dict(cls, data: dict, path: str = "", *, missing_version: int | None = 
     a wrong type or an invalid value (the dataclass's own ``__post_init__`` checks, re-raised
     with the path) is an error. For a :class:`Config`, ``kind`` picks the class (any registered
     subclass of ``cls``) and data of an older ``version`` is migrated first."""
+    if isinstance(cls, type) and issubclass(cls, Config) and isinstance(data, cls):
+        return data
+    if isinstance(data, Config):
+        kinds = f" (one of {cls.kinds()})" if isinstance(cls, type) and issubclass(cls, Config) else ""
+        raise TypeError(f"{path or cls.__name__}: expected a {cls.__name__}{kinds} or its mapping, "
+                        f"got {type(data).__name__}")
     if not isinstance(data, dict):
         raise TypeError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
     if isinstance(cls, type) and issubclass(cls, Config):

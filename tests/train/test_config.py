@@ -132,7 +132,7 @@ def test_version_1_data_is_migrated_and_newer_refused():
     assert cfg.model.n_layer == 2 and cfg.model.vocab_size == 64 and cfg.model.kind == "gpt2"
     assert cfg.distill.teachers[0].n_layer == 3 and cfg.distill.teachers[0].init_from == "t.pt"
     assert cfg.compress.prune.amount == 0.5 and cfg.compress.ptq.kind == "Int8DynamicConfig"
-    with pytest.raises(ValueError, match=r"model\.beta: unknown key"):  # as current-version data: refused
+    with pytest.raises(ValueError, match=r"add `version: 1`"):  # as current-version data: refused, with the fix
         ExperimentConfig.from_dict(old)
     with pytest.raises(ValueError, match="newer edgegen"):
         ExperimentConfig.from_dict({**cfg.to_dict(), "version": ExperimentConfig.version + 1})
@@ -173,3 +173,30 @@ def test_configs_in_checkpoints_written_before_versions_still_load(name):
         assert cfg.compress.prune == MagnitudeConfig(0.5)
         assert cfg.compress.ptq.kind == "Int8DynamicConfig"
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg  # and it is written in the current form
+
+
+def test_distillation_sections_are_gpt2s():
+    base = {"task": "distill", "model": {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2},
+            "data": {"name": "synthetic-tokens"}}
+    cfg = from_dict(ExperimentConfig, {**base, "distill": {"teachers": [{"init_from": "t.pt"}],
+                                                            "stages": [{"n_layer": 2, "n_embd": 32, "n_head": 2}]}})
+    assert cfg.distill.teachers[0].kind == "gpt2" and cfg.distill.stages[0].n_layer == 2  # kind filled in
+    with pytest.raises(ValueError, match=r"teachers\[0\]\.kind: distillation teachers and stages are GPT-2s"):
+        from_dict(ExperimentConfig, {**base, "distill": {"teachers": [{"kind": "vae"}]}})
+    # version 1 wrote teachers without a kind as 'dcgan' sections with the flat defaults
+    old = {**base, "model": {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "nz": 100, "latent_dim": 32},
+           "distill": {"teachers": [{"kind": "dcgan", "nz": 100, "latent_dim": 32, "n_layer": 6, "n_embd": 384,
+                                     "n_head": 6, "vocab_size": 50257, "n_positions": 1024, "dropout": 0.0,
+                                     "init_from": "t.pt"}]}}
+    migrated = ExperimentConfig.from_dict(old, missing_version=1)
+    teacher = migrated.distill.teachers[0]
+    assert teacher.kind == "gpt2" and teacher.init_from == "t.pt"
+    assert teacher == from_dict(ExperimentConfig, {**base, "distill": {"teachers": [{"init_from": "t.pt"}]}}
+                                ).distill.teachers[0]  # the same section as today's reading of that file
+    with pytest.raises(ValueError, match="add `version: 1`"):
+        ExperimentConfig.from_dict(old)
+
+
+def test_training_schedules_only_configs_with_an_amount():
+    with pytest.raises(ValueError, match="prune: training ramps the pruned amount.*NMConfig has no amount"):
+        from_dict(ExperimentConfig, {**IMAGES, "compress": {"prune": {"kind": "NMConfig", "n": 2, "m": 4}}})

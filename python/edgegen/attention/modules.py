@@ -97,19 +97,26 @@ def sparsify_attention_(model: nn.Module, config: SparseAttentionConfig | dict,
         raise TypeError(f"config: expected a SparseAttentionConfig or its dict, got {type(config).__name__}")
     check_model(model)
     check_filter_fn(filter_fn)
-    targets = [(n, m) for n, m in model.named_modules()
-               if n and isinstance(m, (DenseAttention, SparseSelfAttention)) and (filter_fn is None or filter_fn(m, n))]
+    targets: list[tuple[str, nn.Module]] = []
+    for n, m in model.named_modules():  # parents come before their children
+        if any(n.startswith(t + ".") for t, _ in targets):
+            continue  # inside a core already chosen (a SparseSelfAttention's own dense fallback)
+        if n and isinstance(m, (DenseAttention, SparseSelfAttention)) and (filter_fn is None or filter_fn(m, n)):
+            targets.append((n, m))
     if not targets:
         raise ValueError(f"model: no attention core (DenseAttention / SparseSelfAttention module) was selected in "
                          f"{type(model).__name__}")
-    dropouts = {float(m.dropout) for _, m in targets}
+    # the attention dropout of the dense core each slot started with (kept through re-sparsifying)
+    dropouts = {float(getattr(m, "dense_dropout", m.dropout)) for _, m in targets}
     if not config.dense and any(dropouts):
         warnings.warn(f"sparsify_attention_: the model's attention-probability dropout ({max(dropouts)}) is not "
                       "applied by the sliding-window kernel; residual and embedding dropout are unchanged",
                       stacklevel=2)
     for name, m in targets:
         parent, _, child = name.rpartition(".")
-        core = SparseSelfAttention(dropout=float(m.dropout) if config.dense else 0.0, config=config)
+        dense_dropout = float(getattr(m, "dense_dropout", m.dropout))
+        core = SparseSelfAttention(dropout=dense_dropout if config.dense else 0.0, config=config)
+        core.dense_dropout = dense_dropout
         core.train(m.training)
         setattr(model.get_submodule(parent) if parent else model, child, core)
     return model

@@ -24,11 +24,16 @@ def attention_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> lis
             if is_attention(m) and (filter_fn is None or filter_fn(m, n))]
 
 
+def _plain(lay: HeadLayout) -> bool:
+    """Both projections plain Linear layers of the right widths (not QAT-wrapped or quantized)."""
+    return (isinstance(lay.qkv, nn.Linear) and isinstance(lay.proj, nn.Linear)
+            and lay.qkv.out_features == 3 * lay.n_head * lay.head_dim
+            and lay.proj.in_features == lay.n_head * lay.head_dim)
+
+
 def _layout(attn: nn.Module) -> HeadLayout:
     lay = attn.head_layout()
-    if not (isinstance(lay.qkv, nn.Linear) and isinstance(lay.proj, nn.Linear)
-            and lay.qkv.out_features == 3 * lay.n_head * lay.head_dim
-            and lay.proj.in_features == lay.n_head * lay.head_dim):
+    if not _plain(lay):
         raise ValueError(f"{type(attn).__name__}.head_layout(): expected a [q | k | v] Linear with "
                          "3 * n_head * head_dim outputs and an output Linear with n_head * head_dim inputs")
     return lay
@@ -107,10 +112,14 @@ def _select_rows(linear: nn.Linear, dim: int, index: Tensor) -> None:
 @torch.no_grad()
 def shrink_heads_(model: nn.Module) -> int:
     """Remove, in place, every head whose output-projection columns are all zero (it contributes
-    nothing). Keeps one head per layer. A model that defines ``heads_changed()`` (GPT-2: its config's ``head_counts``) is told.
-    Returns the number of heads removed. The model must not be parametrized."""
+    nothing). Keeps one head per layer; layers whose projections are no longer plain Linear
+    layers (QAT-wrapped, quantized) are left as they are. A model that defines
+    ``heads_changed()`` (GPT-2: its config's ``head_counts``) is told. Returns the number of
+    heads removed. The model must not be parametrized."""
     removed = 0
     for _, attn in attention_layers(model):
+        if not _plain(attn.head_layout()):
+            continue  # projections replaced (QAT, integer modules): their heads stay as they are
         qkv, proj, H, d = _layout(attn)
         live = proj.weight.detach().view(-1, H, d).ne(0).any(dim=2).any(dim=0).cpu()
         if bool(live.all()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import torch
@@ -128,9 +129,8 @@ def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_f
     seen = 0
     try:
         with torch.no_grad():
-            for batch in calibration:
-                if seen >= config.batches:
-                    break
+            # islice: a generator is never asked for a batch beyond the ones used
+            for batch in itertools.islice(calibration, config.batches or config.DEFAULT_BATCHES):
                 model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
                 seen += 1
     finally:

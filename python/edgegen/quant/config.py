@@ -3,8 +3,8 @@ as calibration batches is passed to the call), so every one round-trips through 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import InitVar, dataclass
+from typing import Literal, Optional
 
 from edgegen.config import Config
 
@@ -29,14 +29,25 @@ class Int8StaticConfig(QuantConfig):
     parameters: observers on every selected layer's input record ``batches`` batches of the
     ``calibration`` data given to ``quantize_`` (an iterable of model inputs: a tensor, or a tuple
     of positional arguments), then activations are quantized with the resulting fixed
-    (scale, zero point) to [0, 127]. ``observer``: 'minmax', 'moving_average', 'percentile' or 'mse'."""
+    (scale, zero point) to [0, 127]. ``batches=None`` means 8 for ``quantize_``; a training run
+    calibrating on its validation batches then uses all of them. ``observer``: 'minmax',
+    'moving_average', 'percentile' or 'mse'."""
 
-    batches: int = 8
+    batches: Optional[int] = None
     observer: str = "minmax"
+    calibration: InitVar[object] = None
 
-    def __post_init__(self):
-        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
-            raise ValueError(f"batches: expected a positive int, got {self.batches!r}")
+    DEFAULT_BATCHES = 8
+
+    def __post_init__(self, calibration=None):
+        if calibration is not None:
+            raise TypeError("calibration: calibration data is passed to the call, quantize_(model, config, "
+                            "calibration=batches), not stored in Int8StaticConfig")
+        if self.batches is not None and (isinstance(self.batches, bool) or not isinstance(self.batches, int)
+                                         or self.batches < 1):
+            hint = ("; calibration data is passed to quantize_(model, config, calibration=...)"
+                    if hasattr(self.batches, "__iter__") else "")
+            raise ValueError(f"batches: expected a positive int or None, got {self.batches!r}{hint}")
         if self.observer not in ("minmax", "moving_average", "percentile", "mse"):
             raise ValueError(f"observer: expected 'minmax', 'moving_average', 'percentile' or 'mse', got "
                              f"{self.observer!r}")

@@ -45,15 +45,22 @@ class Compression:
 
     def quantize(self, model: nn.Module, run_dir: Path, calibration: Callable[[], list]) -> Path:
         """Convert the QAT model, or quantize the trained one (static INT8 calibrates on
-        ``calibration()``), in place; saved at its real size. Returns the file."""
+        ``calibration()``, all of it unless the config sets ``batches``), in place; saved at its
+        real size. Returns the file."""
+        from dataclasses import replace
+
         from edgegen.quant import Int8StaticConfig, QATConfig, quantize_, save_quantized
 
         if self.cc.qat:
             quantize_(model, QATConfig(step="convert"))
             path = run_dir / "model-int8.safetensors"
         else:
-            calib = calibration() if isinstance(self.cc.ptq, Int8StaticConfig) else None
-            quantize_(model, self.cc.ptq, calibration=calib)
+            config, calib = self.cc.ptq, None
+            if isinstance(config, Int8StaticConfig):
+                calib = calibration()
+                if config.batches is None:  # every validation batch
+                    config = replace(config, batches=len(calib))
+            quantize_(model, config, calibration=calib)
             path = run_dir / "model-ptq.safetensors"
         save_quantized(model, path)
         return path

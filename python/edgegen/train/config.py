@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from edgegen.config import Config, apply_overrides, from_dict, load_yaml, merge
-from edgegen.models import BetaVAEConfig, DCGANConfig, GPT2Config  # noqa: F401  (registers the model kinds)
+from edgegen.models import BetaVAEConfig, DCGANConfig, GPT2Config  # noqa: F401  (all model kinds registered)
 from edgegen.models.config import ModelConfig
 from edgegen.prune.config import PruneConfig
 from edgegen.quant.config import QATConfig, QuantConfig
@@ -138,6 +138,11 @@ class DistillConfig:
                              f"{self.feature_layers!r}")
         if self.stages and len(self.teachers) != 1:
             raise ValueError("stages: progressive distillation starts from exactly one teacher")
+        for key in ("teachers", "stages"):
+            for i, m in enumerate(getattr(self, key)):
+                if not isinstance(m, GPT2Config):
+                    raise ValueError(f"{key}[{i}].kind: distillation teachers and stages are GPT-2s (kind: gpt2), "
+                                     f"got {m.kind!r}")
 
 
 @dataclass
@@ -158,6 +163,10 @@ class CompressConfig:
     ptq: Optional[QuantConfig] = None
 
     def __post_init__(self):
+        if self.prune is not None and not hasattr(self.prune, "amount"):
+            raise ValueError(f"prune: training ramps the pruned amount along a schedule; {self.prune.kind} has no "
+                             "amount (use MagnitudeConfig, ChannelConfig or HeadConfig, or prune once with "
+                             "edgegen.prune.prune_)")
         if self.ptq is not None:
             if isinstance(self.ptq, QATConfig):
                 raise ValueError("ptq: QATConfig is training, not post-training quantization; use qat: true")
@@ -187,10 +196,27 @@ _V1_MODEL_FIELDS = {"dcgan": ("nz", "ngf", "ndf"), "vae": ("latent_dim", "beta")
                     "gpt2": ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "dropout")}
 
 
-def _v1_model(section: dict) -> dict:
-    kind = section.get("kind", "dcgan")
-    keep = ("kind", "init_from") + _V1_MODEL_FIELDS.get(kind, ())
-    return {"kind": kind, **{k: v for k, v in section.items() if k in keep}}
+# The version-1 section's defaults (a GPT-2 left at them was the 6-layer student).
+_V1_DEFAULTS = {"nz": 100, "ngf": 64, "ndf": 64, "latent_dim": 32, "beta": 4.0, "n_layer": 6, "n_embd": 384,
+                "n_head": 6, "vocab_size": 50257, "n_positions": 1024, "dropout": 0.0}
+
+
+def _v1_model(section: dict, kind: str | None = None) -> dict:
+    """A version-1 model section in the current form: the fields of its kind (``kind`` forces
+    one: teachers and stages were always GPT-2s, whatever their section said). With
+    ``init_from`` the architecture was the checkpoint's, so fields left at the version-1
+    defaults are dropped rather than stated."""
+    kind = kind or section.get("kind", "dcgan")
+    fields = _V1_MODEL_FIELDS.get(kind, ())
+    out = {"kind": kind, **{k: v for k, v in section.items() if k in fields or k == "init_from"}}
+    if section.get("init_from"):
+        out = {k: v for k, v in out.items() if k not in fields or v != _V1_DEFAULTS.get(k)}
+    return out
+
+
+def _looks_like_v1(section) -> bool:
+    """A flat version-1 model section: fields of more than one model kind."""
+    return isinstance(section, dict) and sum(any(k in section for k in f) for f in _V1_MODEL_FIELDS.values()) > 1
 
 
 @dataclass
@@ -227,15 +253,29 @@ class ExperimentConfig(Config, kind="experiment"):
             distill = data["distill"] = dict(distill)
             for key in ("teachers", "stages"):
                 if isinstance(distill.get(key), list):
-                    distill[key] = [_v1_model(m) if isinstance(m, dict) else m for m in distill[key]]
+                    distill[key] = [_v1_model(m, "gpt2") if isinstance(m, dict) else m for m in distill[key]]
         return data
 
     @classmethod
     def prepare(cls, data: dict) -> dict:
+        """The model kind follows from the task when a section leaves it out (teachers and
+        intermediate stages are GPT-2s)."""
         model = data.get("model")
         task = data.get("task", "gan")
+        if _looks_like_v1(model):
+            raise ValueError("model: one flat section with the fields of several model kinds is the form written "
+                             "before versioned configs; add `version: 1` at the top level to read it (it is "
+                             "migrated), or keep only the fields of the model's kind")
         if (model is None or (isinstance(model, dict) and "kind" not in model)) and task in _MODEL_KIND:
             data = {**data, "model": {"kind": _MODEL_KIND[task], **(model or {})}}
+        distill = data.get("distill")
+        if isinstance(distill, dict):
+            distill = dict(distill)
+            for key in ("teachers", "stages"):
+                if isinstance(distill.get(key), list):
+                    distill[key] = [{"kind": "gpt2", **m} if isinstance(m, dict) and "kind" not in m else m
+                                    for m in distill[key]]
+            data = {**data, "distill": distill}
         return data
 
     def __post_init__(self):

@@ -71,8 +71,12 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     if cc.ptq is not None:
         from edgegen.quant import Int8StaticConfig, quantize_, save_quantized
 
-        calib = _calibration(run) if isinstance(cc.ptq, Int8StaticConfig) else None
-        quantize_(shipped, cc.ptq, calibration=calib)
+        config, calib = cc.ptq, None
+        if isinstance(config, Int8StaticConfig):
+            calib = _calibration(run)
+            if config.batches is None:  # every calibration batch
+                config = replace(config, batches=len(calib))
+        quantize_(shipped, config, calibration=calib)
         done.append(f"post-training {cc.ptq.kind}")
         if shipped is model:  # the full architecture: the standard format load_quantized reads
             save_quantized(shipped, out_dir / "model-ptq.safetensors")

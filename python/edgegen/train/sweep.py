@@ -71,12 +71,18 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             raise ValueError(f"--only: unknown variant {unknown[0]!r}; expected names from {variants}")
         variants = [v for v in variants if v in only]
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    configs = {}
+    configs, reported = {}, set()
+
+    def report(line: str) -> None:  # each replacement once, however many variants and seeds share it
+        if line not in reported:
+            reported.add(line)
+            log(line)
+
     for variant in variants:
         for seed in seeds:
             data = merge(merge(sw["base"], sw["variants"][variant] or {}),
                          {"name": f"{sw['name']}-{variant}", "train": {"seed": seed}})
-            configs[(variant, seed)] = load_experiment(data, preset, overrides)
+            configs[(variant, seed)] = load_experiment(data, preset, overrides, report=report)
     first = next(iter(configs.values()))
     out_dir = Path(first.output_dir) / sw["name"]
     parent = make_tracker(first.tracking, sw["name"], out_dir)
