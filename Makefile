@@ -13,7 +13,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py reproduce bench bench-gpu clean
+.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py docs reproduce bench bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -35,9 +35,10 @@ $(VENV)/.bench-ready: $(VENV)/.ready requirements-bench.txt
 build: setup
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 
-# Both suites: GoogleTest (through CTest) on the torch-free kernels, pytest on the Python API; and
-# the CUDA kernels compiled (not run) with the machine's nvcc, so they cannot rot without a GPU.
-test: test-cpp test-sanitize test-cuda-compile test-py
+# Both suites: GoogleTest (through CTest) on the torch-free kernels, pytest on the Python API; the
+# CUDA kernels compiled (not run) with the machine's nvcc, so they cannot rot without a GPU; and
+# the documentation site built with warnings as errors.
+test: test-cpp test-sanitize test-cuda-compile test-py docs
 
 # Configure, build and run the GoogleTests of the torch-free kernels in build folder $(1), with
 # extra CMake flags $(2) and environment $(3).
@@ -73,6 +74,12 @@ test-fast: build
 
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+# The documentation site (mkdocs.yml): guides from docs/*.md and the API reference generated from
+# the docstrings, built offline into build/site; a warning (a broken link, a missing page, an
+# object the reference cannot find) fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The main job: the papers' tables rebuilt beside our measurements (REPORT.md in reproduce/).
 # PRESET=cpu-small or paper for longer runs; SEEDS="0 1 2" by default.

@@ -25,6 +25,17 @@ class Config:
     accepts any registered subclass, chosen by ``kind``. ``version`` rises when a config's fields
     change incompatibly; ``migrate(data, version)`` then turns data written by an older version
     into the current form, so old files keep loading.
+
+    Examples:
+        >>> from edgegen.quant import Int4WeightOnlyConfig, QuantConfig
+        >>> Int4WeightOnlyConfig(32).to_dict()
+        {'kind': 'Int4WeightOnlyConfig', 'version': 1, 'group_size': 32}
+        >>> QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "group_size": 32})
+        Int4WeightOnlyConfig(group_size=32)
+        >>> QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "groupsize": 32})
+        Traceback (most recent call last):
+        ...
+        ValueError: groupsize: unknown key (section Int4WeightOnlyConfig has group_size)
     """
 
     kind: ClassVar[str | None] = None
@@ -232,6 +243,9 @@ def to_dict(obj) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file ({} for an empty file). A missing file is a FileNotFoundError;
+    invalid YAML a one-line ValueError naming the file, line and column; anything but a mapping
+    at the top level a ValueError."""
     import yaml
 
     path = Path(path)

@@ -21,11 +21,13 @@ __all__ = ["FilterFn", "Handlers", "check_filter_fn", "check_model"]
 
 
 def check_filter_fn(filter_fn) -> None:
+    """TypeError naming ``filter_fn`` unless it is None or callable."""
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn: expected a callable (module, name) -> bool, got {type(filter_fn).__name__}")
 
 
 def check_model(model) -> None:
+    """TypeError naming ``model`` unless it is an ``nn.Module``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
 

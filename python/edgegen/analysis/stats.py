@@ -10,6 +10,9 @@ from typing import Sequence
 
 @dataclass
 class SeedSummary:
+    """Mean, sample standard deviation and the t confidence interval of one metric over ``n``
+    seeds (the interval is NaN for a single seed)."""
+
     n: int
     mean: float
     std: float  # sample standard deviation (ddof=1); 0 for a single value
@@ -21,6 +24,16 @@ class SeedSummary:
 
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
+    """:class:`SeedSummary` of ``values`` (finite numbers, at least one) with a ``confidence``
+    Student-t interval.
+
+    Examples:
+        >>> s = summarize([1.0, 2.0, 3.0])
+        >>> s.n, s.mean, s.std
+        (3, 2.0, 1.0)
+        >>> round(s.ci_low, 3), round(s.ci_high, 3)
+        (-0.484, 4.484)
+    """
     from scipy import stats
 
     vals = [float(v) for v in values]
@@ -33,7 +46,7 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
     if n == 1:
         return SeedSummary(1, mean, 0.0, float("nan"), float("nan"))
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return SeedSummary(n, mean, std, mean - half, mean + half)
 
 

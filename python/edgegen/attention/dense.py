@@ -49,6 +49,10 @@ class HeadLayout(NamedTuple):
 
 @runtime_checkable
 class HeadPrunable(Protocol):
+    """An attention layer whose heads can be pruned: ``head_layout()`` reports its projections
+    and head shape; ``set_head_count(n)`` takes the count after heads were removed (the
+    projections are already sliced)."""
+
     def head_layout(self) -> HeadLayout: ...
 
     def set_head_count(self, n_head: int) -> None: ...

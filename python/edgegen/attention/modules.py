@@ -90,7 +90,21 @@ def sparsify_attention_(model: nn.Module, config: SparseAttentionConfig | dict,
     modules, wherever the model keeps them; ``filter_fn(core, name)`` selects) by
     :class:`SparseSelfAttention` with ``config``, in place; returns the model. The weights are
     untouched: with ``window`` >= the context length the model computes exactly what it did
-    before."""
+    before.
+
+    Examples:
+        >>> import torch
+        >>> from edgegen.models import GPT2, GPT2Config
+        >>> model = GPT2(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+        >>> idx = torch.randint(0, 64, (1, 32))
+        >>> dense = model(idx)
+        >>> _ = sparsify_attention_(model, SparseAttentionConfig(window=32, num_global=0))
+        >>> bool(torch.allclose(model(idx), dense, atol=1e-5))    # a window covering the context
+        True
+        >>> _ = sparsify_attention_(model, SparseAttentionConfig(window=4), filter_fn=lambda m, n: n.startswith("h.0."))
+        >>> [b.attn.attention.window for b in model.h]
+        [4, 32]
+    """
     if isinstance(config, dict):
         config = SparseAttentionConfig.from_dict(config)
     if not isinstance(config, SparseAttentionConfig):

@@ -103,6 +103,21 @@ def kd_loss(
             inputs alive until then.
 
     Returns the loss in float32 (float64 for float64 inputs), accumulated in fp32.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> s = torch.randn(6, 50, dtype=torch.float64, requires_grad=True)
+        >>> t = torch.randn(6, 50, dtype=torch.float64)
+        >>> y = torch.tensor([3, 1, -100, 7, 0, 2])          # -100: an ignored row
+        >>> loss = kd_loss(s, t, y, temperature=2.0, alpha=0.5)
+        >>> rows = y != -100
+        >>> kl = F.kl_div(F.log_softmax(s[rows] / 2, -1), F.log_softmax(t[rows] / 2, -1), log_target=True,
+        ...               reduction="batchmean")
+        >>> ref = 0.5 * 4 * kl + 0.5 * F.cross_entropy(s, y)
+        >>> bool(torch.allclose(loss, ref))
+        True
+        >>> loss.backward()
     """
     check_kd_settings(temperature, alpha, ignore_index, reduction)
     teachers = [teacher_logits] if isinstance(teacher_logits, Tensor) else list(teacher_logits)

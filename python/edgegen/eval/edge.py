@@ -28,6 +28,10 @@ class Figure:
 
 @dataclass(frozen=True)
 class DeviceProfile:
+    """An edge device's sourced figures (each a value, its kind -- spec, derived or assumption --
+    and its source): peak GFLOP/s per precision, memory bandwidth, power and efficiency, from
+    ``devices.yaml``."""
+
     key: str
     name: str
     peak_gflops: dict  # precision -> Figure

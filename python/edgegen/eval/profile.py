@@ -32,6 +32,11 @@ _RAPL_ROOT = "/sys/class/powercap"
 
 @dataclass
 class ProfileRecord:
+    """What :func:`profile` measured: parameters (all, non-zero), FLOPs and MACs (edgegen's ops
+    counted), bytes on disk in the shipped format, peak memory and how it was measured, latency
+    percentiles and throughput at ``batch_size``, energy per call (``energy_j`` measured through
+    RAPL, or ``energy_j_estimated`` and labelled so), threads and notes."""
+
     params: int
     nonzero_params: int
     flops: int

@@ -20,6 +20,10 @@ from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, requir
 
 @dataclass
 class DCGANConfig(ModelConfig, kind="dcgan"):
+    """DCGAN sizes: latent ``nz``, generator / discriminator widths ``ngf`` / ``ndf``, image
+    channels ``nc``; ``conv`` ('standard', 'depthwise_separable') and ``squeeze_excite`` select the
+    lightweight variants. ``build()`` returns (generator, discriminator)."""
+
     nz: int = 100
     ngf: int = 64
     ndf: int = 64
@@ -50,6 +54,8 @@ def _check_images(x: Tensor, nc: int) -> None:
 
 
 class DCGANGenerator(nn.Module):
+    """Latents [B, nz] (or [B, nz, 1, 1]) -> images [B, nc, 64, 64] in [-1, 1]."""
+
     def __init__(self, config: DCGANConfig | None = None):
         super().__init__()
         c = self.config = config or DCGANConfig()
@@ -77,6 +83,8 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
+    """Images [B, nc, 64, 64] -> one logit per image [B] (train with BCE-with-logits)."""
+
     def __init__(self, config: DCGANConfig | None = None):
         super().__init__()
         c = self.config = config or DCGANConfig()

@@ -28,6 +28,10 @@ from edgegen.models.blocks import require_positive_ints
 
 @dataclass
 class GPT2Config(ModelConfig, kind="gpt2"):
+    """GPT-2's architecture: vocabulary, context length, width, depth and heads (GPT-2 small by
+    default; :meth:`gpt2` and :meth:`student` name the two sizes edgegen uses), dropout, and the
+    per-layer ``head_counts`` left by head pruning."""
+
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
@@ -146,6 +150,9 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
+    """GPT-2 with a tied output head: ``forward(idx)`` -> logits [B, T, vocab] (see the module
+    docstring for the cache, hidden states and Hugging Face loading)."""
+
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.config = config

@@ -20,6 +20,9 @@ from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, requir
 
 @dataclass
 class BetaVAEConfig(ModelConfig, kind="vae"):
+    """Beta-VAE sizes: ``latent_dim``, the KL weight ``beta`` (>= 0), image channels ``nc``;
+    ``conv`` and ``squeeze_excite`` select the lightweight variants."""
+
     latent_dim: int = 32
     beta: float = 4.0
     nc: int = 3
@@ -37,6 +40,9 @@ class BetaVAEConfig(ModelConfig, kind="vae"):
 
 
 class BetaVAE(nn.Module):
+    """Images [B, nc, 64, 64] in [-1, 1] -> a dict with ``recon``, ``mu``, ``logvar``, ``loss``,
+    ``reconstruction`` and ``kl`` (batch means); ``decode(z)`` maps latents to images."""
+
     CHANNELS = (32, 32, 64, 64)
 
     def __init__(self, config: BetaVAEConfig | None = None):

@@ -113,10 +113,13 @@ def _all_scores(weights: Sequence[Tensor], grads: Sequence[Tensor] | None) -> Te
 
 
 def magnitude_scores_reference(weight: Tensor, grad: Tensor | None = None) -> Tensor:
+    """|w| (or |w * grad|) per entry, in ``weight``'s shape and dtype: what the pruning kernels rank."""
     return _scores(weight, grad).view(weight.shape).to(weight.dtype)
 
 
 def kth_smallest_score_reference(weights: Sequence[Tensor], grads: Sequence[Tensor] | None, k: int) -> Tensor:
+    """The k-th smallest score (1-based) over all ``weights`` together: the global magnitude
+    threshold. ValueError unless 1 <= k <= the number of scores."""
     s = _all_scores(weights, grads)
     if not 1 <= k <= s.numel():
         raise ValueError(f"k: expected a value in [1, {s.numel()}] (the number of scores), got {k}")
@@ -140,6 +143,8 @@ def magnitude_mask_reference(weights: Sequence[Tensor], grads: Sequence[Tensor] 
 
 
 def nm_mask_reference(weight: Tensor, n: int, m: int, dim: int) -> Tensor:
+    """Bool mask keeping the ``n`` largest |w| of every ``m`` consecutive entries along ``dim``
+    (ties keep the lower index)."""
     if not 1 <= m <= 64:  # the C++ kernel's limit, on every dtype and device
         raise ValueError(f"m: expected a group size in [1, 64], got {m}")
     if not 0 <= n <= m:
@@ -156,6 +161,8 @@ def nm_mask_reference(weight: Tensor, n: int, m: int, dim: int) -> Tensor:
 
 
 def channel_norms_reference(weight: Tensor, dim: int, p: int, grad: Tensor | None = None) -> Tensor:
+    """L1 (``p=1``) or L2 (``p=2``) norm of every slice along ``dim`` (of |w * grad| when
+    ``grad`` is given), in float64."""
     if p not in (1, 2):
         raise ValueError(f"p: expected 1 (L1) or 2 (L2), got {p}")
     x = weight.detach().double()

@@ -109,6 +109,15 @@ def prune_(model: nn.Module, config, filter_fn: FilterFn | None = None, example_
     Pruning again only adds to the masks. :func:`finalize_` bakes the masks in; :func:`shrink`
     removes pruned channels and heads physically. Other config types plug in through
     :func:`register_prune_handler`. Returns ``model``.
+
+    Examples:
+        >>> from torch import nn
+        >>> from edgegen.prune import MagnitudeConfig, sparsity
+        >>> model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+        >>> _ = prune_(model, MagnitudeConfig(0.5))             # the smallest half of all weights
+        >>> round(sparsity(model), 2)
+        0.5
+        >>> _ = prune_(model, {"kind": "NMConfig", "n": 2, "m": 4})  # the dict form of a config
     """
     if isinstance(config, dict):
         config = PruneConfig.from_dict(config)

@@ -38,13 +38,18 @@ class Slice:
 
 @dataclass
 class ChannelGroup:
+    """``channels`` coupled channels that must be pruned together: the layers that produce them
+    (``producers``: output channels), that carry them through (``members``: BatchNorm, depthwise
+    convolutions) and that read them (``consumers``: input channels), as slices of each tensor.
+    ``frozen`` says why the group may not be pruned ('' when it may)."""
+
     channels: int
     producers: list[Slice] = field(default_factory=list)
     members: list[Slice] = field(default_factory=list)
     consumers: list[Slice] = field(default_factory=list)
-    frozen: str = ""
+    frozen: str = ""  # why the group may not be pruned ('' when it may)
     # nn.Unflatten modules whose unflattened_size[0] is this group's channel count.
-    unflattens: list[nn.Module] = field(default_factory=list)  # why the group may not be pruned ('' when it may)
+    unflattens: list[nn.Module] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:

@@ -14,6 +14,18 @@ from edgegen.transform import FilterFn
 
 @dataclass
 class CubicSchedule(Config):
+    """Sparsity from ``initial_sparsity`` at ``begin_step`` to ``final_sparsity`` at ``end_step``
+    along the cubic of Zhu & Gupta, applied every ``frequency`` steps (and at ``end_step``);
+    fractions in [0, 1], steps non-negative ints with ``end_step > begin_step``.
+
+    Examples:
+        >>> s = CubicSchedule(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
+        >>> s.sparsity(0), round(s.sparsity(50), 3), s.sparsity(100)
+        (0.0, 0.7, 0.8)
+        >>> s.is_pruning_step(20), s.is_pruning_step(25)
+        (True, False)
+    """
+
     initial_sparsity: float
     final_sparsity: float
     begin_step: int

@@ -92,6 +92,10 @@ class SwitchablePrecision(nn.Module):
 
 
 def enable_precision_switch_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Wrap every candidate layer of ``config`` (``filter_fn`` selects) in a
+    :class:`SwitchablePrecision` holding both the float layer and its quantized twin, in place;
+    :func:`set_precision_` then switches the whole model at run time. Returns ``model``; a
+    ValueError when no layer qualifies."""
     names = _candidates(model, config, filter_fn)
     if not names:
         raise ValueError("model: nothing to quantize (no candidate layer)")

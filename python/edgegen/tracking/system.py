@@ -47,6 +47,8 @@ def cpu_model() -> str:
 
 
 def system_info() -> dict[str, str]:
+    """What a run was measured on, as strings for MLflow tags: CPU model, flags and count, threads,
+    the kernels' instruction-set level, torch / Python / edgegen versions and the GPU if any."""
     import torch
 
     flags = "unknown"

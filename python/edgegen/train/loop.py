@@ -27,6 +27,9 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class TrainState:
+    """Where a run is (what a checkpoint stores besides the modules): steps, epoch and batch,
+    the best validation loss, per-epoch validation metrics and the training-loss curve."""
+
     step: int = 0  # optimizer steps done
     epoch: int = 0  # current epoch
     batch_in_epoch: int = 0  # next batch of the current epoch
