@@ -13,7 +13,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py docs reproduce bench bench-gpu clean
+.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py test-wheel docs reproduce bench bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -37,8 +37,9 @@ build: setup
 
 # Both suites: GoogleTest (through CTest) on the torch-free kernels, pytest on the Python API; the
 # CUDA kernels compiled (not run) with the machine's nvcc, so they cannot rot without a GPU; and
-# the documentation site built with warnings as errors.
-test: test-cpp test-sanitize test-cuda-compile test-py docs
+# the package as a user installs it (test-wheel); the documentation site built with warnings as
+# errors.
+test: test-cpp test-sanitize test-cuda-compile test-py test-wheel docs
 
 # Configure, build and run the GoogleTests of the torch-free kernels in build folder $(1), with
 # extra CMake flags $(2) and environment $(3).
@@ -74,6 +75,18 @@ test-fast: build
 
 test-py: build
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+# A wheel as a notebook user installs it: built once, installed into a fresh virtualenv with
+# torch pinned and nothing from the development environment (the other packages at the versions
+# requirements-dev.txt pins), then the quickstart notebook runs there, outside the repository.
+WHEEL_VENV ?= build/wheel-venv
+test-wheel: build
+	rm -rf build/dist $(WHEEL_VENV)
+	$(PYTHON) -m pip wheel -q --no-build-isolation --no-deps . -w build/dist
+	python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
+	$(WHEEL_VENV)/bin/python -m pip install -q -c requirements-dev.txt build/dist/edgegen-*.whl torch==$(TORCH_VERSION)
+	cd $(WHEEL_VENV) && MPLBACKEND=Agg bin/python $(CURDIR)/scripts/run-notebook.py $(CURDIR)/notebooks/01_quickstart.ipynb
 
 # The documentation site (mkdocs.yml): guides from docs/*.md and the API reference generated from
 # the docstrings, built offline into build/site; a warning (a broken link, a missing page, an

@@ -92,7 +92,7 @@ class Task:
             out = loss_fn(*mb)
             (out["loss"] / parts).backward()
             for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / parts
+                totals[k] = totals.get(k, 0.0) + (v.item() if isinstance(v, Tensor) else float(v)) / parts
         if self.cfg.optim.grad_clip > 0:  # the norm of the module's own gradients (not auxiliary heads)
             torch.nn.utils.clip_grad_norm_(self.modules[name].parameters(), self.cfg.optim.grad_clip)
         self.optimizers[name].step()
