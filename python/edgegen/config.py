@@ -297,7 +297,12 @@ def merge(base: dict, update: dict) -> dict:
 
 def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
     """A copy of ``data`` with every ``key=value`` override applied (sections created as needed;
-    whether the key exists is checked when the result is validated with :func:`from_dict`)."""
+    whether the key exists is checked when the result is validated with :func:`from_dict`).
+
+    Examples:
+        >>> apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=0.001", "train.epochs=3"])
+        {'optim': {'lr': 0.001}, 'train': {'epochs': 3}}
+    """
     out = merge({}, data)
     for text in overrides:
         keys, value = parse_override(text)

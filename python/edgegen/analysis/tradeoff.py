@@ -161,7 +161,14 @@ def optimal_complexity(alpha: float, beta: float, gamma: float, lam: float, c_mi
     """The global maximiser C* of F on [c_min, c_max]: the roots of
     dF/dC = lam alpha exp(-alpha C) - (1 - lam) beta / (beta C + gamma)^2 in every bracket of a
     ``grid``-point grid (geometric when c_min > 0), refined with brentq, compared with c_min and
-    c_max. Ties go to the smaller complexity."""
+    c_max. Ties go to the smaller complexity.
+
+    Examples:
+        >>> c_eff = optimal_complexity(alpha=1e-6, beta=1e-6, gamma=1.0, lam=0.0, c_min=1e4, c_max=1e7)
+        >>> c_qual = optimal_complexity(alpha=1e-6, beta=1e-6, gamma=1.0, lam=1.0, c_min=1e4, c_max=1e7)
+        >>> c_eff, c_qual                       # efficiency only: the smallest; quality only: the largest
+        (10000.0, 10000000.0)
+    """
     from scipy.optimize import brentq
 
     _check_params(alpha, beta, gamma, lam)
@@ -185,7 +192,12 @@ def optimal_complexity(alpha: float, beta: float, gamma: float, lam: float, c_mi
 def pareto_front(points, minimize) -> np.ndarray:
     """Indices (ascending) of the non-dominated rows of ``points`` [n, d]; ``minimize``: one bool
     per column (True: lower is better). A row is dominated when another is at least as good in
-    every column and strictly better in one; identical rows do not dominate each other."""
+    every column and strictly better in one; identical rows do not dominate each other.
+
+    Examples:
+        >>> pareto_front([[1.0, 5.0], [2.0, 3.0], [3.0, 4.0], [4.0, 1.0]], minimize=[True, True]).tolist()
+        [0, 1, 3]
+    """
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"points: expected a non-empty 2-D array [n, d], got shape {p.shape}")

@@ -79,6 +79,15 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_g
     beyond the keys) gets output 0 and zero gradients. Returns ``out`` [B, H, n, d] in q's dtype,
     or ``(out, lse)`` with the float32 log-sum-exp [B, H, n] when ``return_lse``. Differentiable
     in q, k and v (the backward never materialises [n, nk]).
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> q, k, v = (torch.randn(1, 2, 64, 16, dtype=torch.float64) for _ in range(3))
+        >>> out = sliding_window_attention(q, k, v, window=8, num_global=2)
+        >>> ref = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(64, 64, 8, 2))
+        >>> bool(torch.allclose(out, ref))
+        True
     """
     _check(q, k, v, scale, q_offset)
     _int(window, "window", 1)

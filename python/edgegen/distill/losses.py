@@ -158,6 +158,15 @@ def fused_linear_kd_loss(
     tensors get none. With 'mean' and 'sum' the gradients are computed with the loss
     (``grad_in_forward``, as in :func:`kd_loss`); with 'none', or grad_in_forward=False,
     backward recomputes the chunks (per-row upstream gradients are only known then).
+
+    Examples:
+        >>> import torch
+        >>> h_s, w_s = torch.randn(32, 16, requires_grad=True), torch.randn(100, 16)
+        >>> h_t, w_t = torch.randn(32, 24), torch.randn(100, 24)
+        >>> y = torch.randint(0, 100, (32,))
+        >>> fused = fused_linear_kd_loss(h_s, w_s, h_t, w_t, y)      # no [32, 100] logits kept
+        >>> bool(torch.allclose(fused, kd_loss(h_s @ w_s.T, h_t @ w_t.T, y), atol=1e-5))
+        True
     """
     check_kd_settings(temperature, alpha, ignore_index, reduction)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 0:

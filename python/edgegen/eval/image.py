@@ -51,7 +51,16 @@ def _gaussian_window(dtype, device) -> Tensor:
 def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mean") -> Tensor:
     """Structural similarity of image batches [N, C, H, W] (H, W >= 11) with values in
     [0, data_range]: one value per image (mean over channels and pixels), averaged over the batch
-    unless ``reduction='none'``. Computed in float64."""
+    unless ``reduction='none'``. Computed in float64.
+
+    Examples:
+        >>> import torch
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> float(ssim(x, x))
+        1.0
+        >>> bool(ssim(x, (x + 0.1 * torch.randn_like(x)).clamp(0, 1)) < 1)
+        True
+    """
     _check_pair(x, y, data_range, min_size=2 * _RADIUS + 1)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
@@ -87,7 +96,14 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mean")
 
 def psnr(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mean") -> Tensor:
     """Peak signal-to-noise ratio 10 log10(data_range^2 / MSE) per image [N, C, H, W] (inf for
-    identical images), averaged over the batch unless ``reduction='none'``. Float64."""
+    identical images), averaged over the batch unless ``reduction='none'``. Float64.
+
+    Examples:
+        >>> import torch
+        >>> x = torch.zeros(1, 1, 4, 4)
+        >>> round(float(psnr(x, x + 0.1)), 6)        # 10 log10(1 / 0.01)
+        20.0
+    """
     _check_pair(x, y, data_range)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")

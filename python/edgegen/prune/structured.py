@@ -187,7 +187,19 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
     coupled group that no consumer reads any more (and every attention head whose output
     projection columns are all zero) is removed from all layers of its group. ``model`` itself is
     not changed. With ``check`` the copy's outputs on ``example_inputs`` are compared with the
-    original's (eval mode, same random seed) and a mismatch raises."""
+    original's (eval mode, same random seed) and a mismatch raises.
+
+    Examples:
+        >>> import torch
+        >>> from edgegen.models import DCGANConfig, DCGANGenerator
+        >>> from edgegen.prune import ChannelConfig, prune_
+        >>> g = DCGANGenerator(DCGANConfig(nz=16, ngf=16)).eval()
+        >>> z = torch.randn(2, 16)
+        >>> _ = prune_(g, ChannelConfig(0.5), example_inputs=(z,))
+        >>> small = shrink(g, (z,))              # checked: the same images as the masked model
+        >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in g.parameters())
+        True
+    """
     from edgegen.prune.heads import shrink_heads_
 
     inputs = _example_inputs(model, example_inputs)

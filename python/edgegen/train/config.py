@@ -356,7 +356,14 @@ def load_experiment(source: str | dict, preset: str | None = None, overrides=(),
     Precedence: file < preset < ``--set``. A preset is a scale profile asked for on the command
     line (``cpu-smoke`` shrinks a full recipe), so it replaces what the file says about sizes and
     steps; every value it replaces is passed to ``report`` (a callable taking one line; the CLI
-    prints them). ``--set`` wins over both."""
+    prints them). ``--set`` wins over both.
+
+    Examples:
+        >>> cfg = load_experiment({"task": "vae", "data": {"name": "synthetic-images"}}, "cpu-smoke",
+        ...                       ["train.batch_size=4"])
+        >>> cfg.model.kind, cfg.train.epochs, cfg.train.batch_size
+        ('vae', 1, 4)
+    """
     where = "config" if isinstance(source, dict) else str(source)
     data = load_yaml(source) if not isinstance(source, dict) else dict(source)
     if not data:
