@@ -11,8 +11,8 @@ import pytest
 
 import edgegen
 
-PACKAGES = ["edgegen", "edgegen.config", "edgegen.transform", "edgegen.prune", "edgegen.quant", "edgegen.distill",
-            "edgegen.attention", "edgegen.models", "edgegen.data", "edgegen.eval", "edgegen.analysis",
+PACKAGES = ["edgegen", "edgegen.config", "edgegen.transform", "edgegen.prune", "edgegen.quant", "edgegen.reduce",
+            "edgegen.distill", "edgegen.attention", "edgegen.models", "edgegen.data", "edgegen.eval", "edgegen.analysis",
             "edgegen.export", "edgegen.train", "edgegen.tracking", "edgegen.reproduce", "edgegen.ops"]
 
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "edgegen"
 LAYERS = [
     ("ops", ["edgegen._C", "edgegen._extension", "edgegen.ops", "edgegen.isa"]),
     ("base", ["edgegen.config", "edgegen.transform", "edgegen.tensor_files"]),
-    ("transforms", ["edgegen.prune", "edgegen.quant", "edgegen.distill", "edgegen.attention"]),
+    ("transforms", ["edgegen.prune", "edgegen.quant", "edgegen.distill", "edgegen.attention", "edgegen.reduce"]),
     ("models", ["edgegen.models"]),
     ("data", ["edgegen.data"]),
     ("measurement", ["edgegen.eval", "edgegen.analysis", "edgegen.export"]),

@@ -1,0 +1,118 @@
+"""Low-rank factorization of Linear layers by truncated SVD (float64), applied physically."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from edgegen.reduce.config import LowRankConfig
+from edgegen.transform import FilterFn
+
+
+class LowRankLinear(nn.Module):
+    """``up(down(x))``: ``down`` maps ``in_features`` to ``rank`` (no bias), ``up`` maps ``rank``
+    to ``out_features`` (with the bias). Holds ``rank * (in + out)`` weights instead of
+    ``in * out``; both are plain ``nn.Linear`` layers, so quantization, export and
+    ``torch.compile`` treat them as any other."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        if not 1 <= rank <= min(in_features, out_features):
+            raise ValueError(f"rank: expected 1 <= rank <= min(in, out) = {min(in_features, out_features)}, got {rank}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
+        """The best rank-``rank`` approximation of ``linear`` in the Frobenius norm (Eckart-Young):
+        ``W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T)``, computed in float64, stored in the layer's dtype."""
+        w = linear.weight
+        u, s, vh = torch.linalg.svd(w.detach().double(), full_matrices=False)
+        out = cls(linear.in_features, linear.out_features, rank, linear.bias is not None, w.device, w.dtype)
+        root = s[:rank].sqrt()
+        out.down.weight.copy_((root[:, None] * vh[:rank]).to(w.dtype))
+        out.up.weight.copy_((u[:, :rank] * root[None, :]).to(w.dtype))
+        if linear.bias is not None:
+            out.up.bias.copy_(linear.bias.detach())
+        out.train(linear.training)
+        return out
+
+    def weight_product(self) -> Tensor:
+        """The dense [out, in] weight the two layers compute."""
+        return self.up.weight @ self.down.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def energy_rank(singular_values: Tensor, energy: float) -> int:
+    """The smallest r whose top-r squared singular values hold at least ``energy`` of the total."""
+    sq = singular_values.double().pow(2)
+    total = float(sq.sum())
+    if total == 0.0:
+        return 1
+    kept = torch.cumsum(sq, 0) / total
+    return int(torch.searchsorted(kept, torch.tensor(energy, dtype=torch.float64) - 1e-12).item()) + 1
+
+
+def _shared(model: nn.Module) -> set[int]:
+    """ids of weights held by more than one module (tied)."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, Tensor):
+            seen[id(w)] = seen.get(id(w), 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
+def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None = None) -> dict[str, int]:
+    """{layer name: rank} that ``reduce_`` would apply: only layers where the factorization holds
+    fewer parameters, never tied weights."""
+    shared = _shared(model)
+    plan = {}
+    for name, m in model.named_modules():
+        if not (name and isinstance(m, nn.Linear)) or id(m.weight) in shared:
+            continue
+        if filter_fn is not None and not filter_fn(m, name):
+            continue
+        if config.ranks is not None and name not in config.ranks:
+            continue
+        limit = min(m.in_features, m.out_features)
+        if config.ranks is not None or config.rank is not None:
+            r = config.ranks[name] if config.ranks is not None else config.rank
+            if r > limit:
+                field = f"ranks.{name}" if config.ranks is not None else "rank"
+                raise ValueError(f"{field}: {r} exceeds min(in, out) = {limit} of {name}")
+            if config.ranks is not None:  # a plan is applied as written
+                plan[name] = r
+                continue
+        else:
+            r = energy_rank(torch.linalg.svdvals(m.weight.detach().double()), config.energy)
+        if r * (m.in_features + m.out_features) < m.in_features * m.out_features:
+            plan[name] = r
+    if config.ranks is not None:
+        missing = sorted(set(config.ranks) - set(plan))
+        if missing:
+            raise ValueError(f"ranks.{missing[0]}: no Linear layer of that name (untied, selected) in the model")
+    return plan
+
+
+def lowrank_(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> int:
+    plan = plan_ranks(model, config, filter_fn)
+    for name, r in plan.items():
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, LowRankLinear.from_linear(getattr(owner, child), r))
+    return len(plan)
+
+
+def lowrank_layout(model: nn.Module) -> dict[str, int]:
+    """{layer name: rank} of every :class:`LowRankLinear` in ``model``: with
+    ``LowRankConfig(ranks=...)`` it rebuilds the same structure in a fresh model, which then loads
+    the reduced model's state dict."""
+    return {name: m.rank for name, m in model.named_modules() if isinstance(m, LowRankLinear)}

@@ -1,0 +1,152 @@
+"""Low-rank factorization (reduce_ with LowRankConfig): SVD against float64 references, the
+physically reduced GPT-2 against the dense one, save/load/export round trips, bad configs."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from edgegen.config import from_dict
+from edgegen.models import GPT2, GPT2Config
+from edgegen.reduce import LowRankConfig, LowRankLinear, ReduceConfig, energy_rank, lowrank_layout, plan_ranks, reduce_
+
+CFG = GPT2Config(vocab_size=101, n_positions=32, n_embd=48, n_layer=2, n_head=4)
+
+
+def linear(i, o, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Linear(i, o, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(16, 24), (24, 16), (20, 20)], ids=["wide", "tall", "square"])
+def test_full_rank_equals_the_dense_layer(shape):
+    lin = linear(*shape)
+    low = LowRankLinear.from_linear(lin, min(shape))
+    x = torch.randn(7, shape[0], dtype=torch.float64)
+    torch.testing.assert_close(low(x), lin(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 8, 15])
+def test_the_error_is_the_discarded_energy(rank):
+    lin = linear(24, 16, seed=rank)
+    s = torch.linalg.svdvals(lin.weight.detach())
+    low = LowRankLinear.from_linear(lin, rank)
+    err = (lin.weight - low.weight_product()).pow(2).sum()
+    torch.testing.assert_close(err, s[rank:].pow(2).sum(), rtol=1e-9, atol=1e-12)
+    assert low.down.weight.shape == (rank, 24) and low.up.weight.shape == (16, rank)
+    torch.testing.assert_close(low.up.bias, lin.bias, rtol=0, atol=0)
+
+
+def test_energy_rank_is_the_smallest_rank_keeping_the_energy():
+    s = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    sq = s.pow(2)
+    for e in (0.1, 0.75, 0.76, 0.95, 0.99, 1.0):
+        brute = next(r for r in range(1, 5) if sq[:r].sum() / sq.sum() >= e - 1e-12)
+        assert energy_rank(s, e) == brute, e
+    assert energy_rank(torch.zeros(3), 0.9) == 1
+
+
+def test_reduced_gpt2_computes_the_factorized_weights_and_keeps_the_tied_head():
+    torch.manual_seed(0)
+    model = GPT2(CFG).eval()
+    dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    reduce_(model, LowRankConfig(rank=8))
+    layout = lowrank_layout(model)
+    # every block's fused QKV, attention output and both MLP projections; not the tied head
+    assert sorted(layout) == sorted(f"h.{i}.{p}" for i in range(2) for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                            "mlp.c_proj"))
+    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.wte.weight
+    for name, r in layout.items():
+        m = model.get_submodule(name)
+        s = torch.linalg.svdvals(dense[name].double())
+        err = (dense[name].double() - m.weight_product().double()).pow(2).sum()
+        torch.testing.assert_close(err, s[r:].pow(2).sum(), rtol=1e-4, atol=1e-6)
+    idx = torch.randint(0, 101, (2, 12))
+    a = model.generate(idx[:, :4], 10, greedy=True, use_cache=True)
+    b = model.generate(idx[:, :4], 10, greedy=True, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_a_reduced_model_saves_and_loads_through_its_layout(tmp_path):
+    torch.manual_seed(0)
+    model = reduce_(GPT2(CFG).eval(), LowRankConfig(energy=0.6))
+    layout = lowrank_layout(model)
+    torch.save(model.state_dict(), tmp_path / "reduced.pt")
+    fresh = reduce_(GPT2(CFG).eval(), LowRankConfig(ranks=layout))  # the same structure, other weights
+    fresh.load_state_dict(torch.load(tmp_path / "reduced.pt"))
+    idx = torch.randint(0, 101, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx), model(idx), rtol=0, atol=0)
+    assert from_dict(ReduceConfig, LowRankConfig(ranks=layout).to_dict()) == LowRankConfig(ranks=layout)
+
+
+def test_reduced_gpt2_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+    from edgegen.export import export_onnx, run_onnx
+
+    torch.manual_seed(0)
+    model = reduce_(GPT2(CFG).eval(), LowRankConfig(rank=8))
+    idx = torch.randint(0, 101, (1, 16))
+    exp = export_onnx(model, (idx,), tmp_path / "reduced.onnx")  # checked against PyTorch inside
+    with torch.no_grad():
+        ref = model(idx)
+    torch.testing.assert_close(torch.from_numpy(run_onnx(exp.path, (idx,))[0]), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_quantization_applies_to_the_thin_layers():
+    from edgegen.quant import Int8DynamicConfig, Int8Linear, quantize_
+
+    torch.manual_seed(0)
+    model = reduce_(GPT2(CFG).eval(), LowRankConfig(rank=8))
+    idx = torch.randint(0, 101, (2, 12))
+    with torch.no_grad():
+        ref = model(idx)
+    quantize_(model, Int8DynamicConfig())
+    assert isinstance(model.h[0].attn.c_attn.down, Int8Linear) and isinstance(model.h[0].mlp.c_fc.up, Int8Linear)
+    with torch.no_grad():
+        out = model(idx)
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_only_layers_that_get_smaller_are_factorized():
+    model = nn.Sequential(linear(64, 64, dtype=torch.float32), linear(64, 4, dtype=torch.float32))
+    plan = plan_ranks(model, LowRankConfig(energy=1.0))  # full energy: full rank, never smaller
+    assert plan == {}
+    with pytest.raises(ValueError, match="nothing to reduce"):
+        reduce_(model, LowRankConfig(energy=1.0))
+    assert plan_ranks(model, LowRankConfig(rank=16), filter_fn=lambda m, n: n == "0") == {"0": 16}  # 16 * 128 < 4096
+    assert "1" not in plan_ranks(model, LowRankConfig(energy=0.99))  # 64 -> 4: r * 68 >= 256 for r = 4
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: LowRankConfig(rank=0), ValueError, "rank: expected an int >= 1"),
+    (lambda: LowRankConfig(energy=0.0), ValueError, "energy"),
+    (lambda: LowRankConfig(energy=1.5), ValueError, "energy"),
+    (lambda: LowRankConfig(rank=4, ranks={"a": 2}), ValueError, "ranks: give either"),
+    (lambda: LowRankConfig(ranks={"a": 0}), ValueError, r"ranks\.a"),
+    (lambda: reduce_(nn.Sequential(nn.Linear(8, 4)), LowRankConfig(rank=5)), ValueError,
+     r"rank: 5 exceeds min\(in, out\) = 4 of 0"),
+    (lambda: reduce_(nn.Sequential(nn.Linear(8, 4)), LowRankConfig(ranks={"1": 2})), ValueError, r"ranks\.1: no Linear"),
+    (lambda: reduce_(nn.Sequential(nn.Linear(8, 4)), {"kind": "MagnitudeConfig", "amount": 0.5}), ValueError, "kind"),
+    (lambda: reduce_(nn.Sequential(nn.Linear(8, 4)), {"kind": "LowRankConfig", "rnk": 2}), ValueError, "rnk: unknown"),
+    (lambda: reduce_("model", LowRankConfig()), TypeError, "model"),
+    (lambda: reduce_(nn.Linear(8, 4), LowRankConfig(), filter_fn=1), TypeError, "filter_fn"),
+    (lambda: LowRankLinear(8, 4, 5), ValueError, "rank"),
+], ids=["rank0", "energy0", "energy-big", "rank-and-ranks", "ranks-0", "rank-above-min", "ranks-unknown",
+        "wrong-family", "unknown-key", "not-a-model", "bad-filter", "module-rank"])
+def test_bad_input_names_the_field(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_parameter_count_matches_the_plan():
+    torch.manual_seed(0)
+    model = GPT2(CFG)
+    before = model.num_parameters()
+    plan = plan_ranks(model, LowRankConfig(rank=6))
+    saved = sum(model.get_submodule(n).in_features * model.get_submodule(n).out_features
+                - r * (model.get_submodule(n).in_features + model.get_submodule(n).out_features) for n, r in plan.items())
+    reduce_(model, LowRankConfig(rank=6))
+    assert model.num_parameters() == before - saved
+    assert math.isclose(saved / before, 1 - model.num_parameters() / before)
