@@ -2,8 +2,10 @@
 
 from edgegen.models.blocks import SqueezeExcite, parameter_count
 from edgegen.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
-from edgegen.models.gpt2 import GPT2, DenseAttention, GPT2Config
+from edgegen.models.generation import generate_dynamic
+from edgegen.models.gpt2 import GPT2, DenseAttention, GPT2Config, sample_next
 from edgegen.models.vae import BetaVAE, BetaVAEConfig
 
 __all__ = ["GPT2", "GPT2Config", "DenseAttention", "DCGANConfig", "DCGANGenerator",
-           "DCGANDiscriminator", "BetaVAE", "BetaVAEConfig", "SqueezeExcite", "parameter_count"]
+           "DCGANDiscriminator", "BetaVAE", "BetaVAEConfig", "SqueezeExcite", "parameter_count",
+           "generate_dynamic", "sample_next"]

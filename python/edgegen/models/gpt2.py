@@ -149,6 +149,24 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), present
 
 
+def sample_next(logits: Tensor, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """The next token [B, 1] from last-position logits [B, V]: the argmax (``greedy``), or a sample
+    at ``temperature`` after optional top-k and nucleus (top-p) filtering."""
+    if greedy:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        srt, order = torch.sort(logits, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum - srt.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
 class GPT2(nn.Module):
     """GPT-2 with a tied output head: ``forward(idx)`` -> logits [B, T, vocab] (see the module
     docstring for the cache, hidden states and Hugging Face loading)."""
@@ -235,20 +253,7 @@ class GPT2(nn.Module):
                 logits, past = self(inp, past_key_values=past, use_cache=True)
             else:
                 logits = self(idx[:, -self.config.n_positions:])
-            logits = logits[:, -1, :].float()
-            if greedy:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                if top_p is not None:
-                    srt, order = torch.sort(logits, descending=True)
-                    cum = srt.softmax(-1).cumsum(-1)
-                    drop = cum - srt.softmax(-1) >= top_p  # keep the smallest set reaching top_p
-                    logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            nxt = sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 

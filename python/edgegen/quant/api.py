@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from edgegen.quant.config import (
     Bf16Config,
+    DynamicPrecisionConfig,
     Fp16Config,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
@@ -197,6 +198,14 @@ def _qat(model: nn.Module, config: QATConfig, filter_fn: FilterFn | None) -> int
     return n
 
 
+@register_quantize_handler(DynamicPrecisionConfig)
+def _dynamic_precision(model: nn.Module, config: DynamicPrecisionConfig, filter_fn: FilterFn | None) -> int:
+    from edgegen.quant.mixed import SwitchablePrecision, enable_precision_switch_
+
+    enable_precision_switch_(model, config.low, filter_fn)
+    return sum(isinstance(m, SwitchablePrecision) for m in model.modules())
+
+
 def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None, *, calibration=None) -> nn.Module:
     """Quantize ``model`` in place (``filter_fn(module, name)`` selects layers) and return it.
     ``config`` is a config object or the dict of its ``to_dict()``.
@@ -210,6 +219,8 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None, *, ca
     * :class:`Fp16Config` / :class:`Bf16Config`: nn.Linear and convolutions run in 16-bit.
     * :class:`QATConfig`: ``step='prepare'`` wraps layers for quantization-aware training,
       ``step='convert'`` turns the trained wrappers into the integer modules.
+    * :class:`DynamicPrecisionConfig`: layers kept both in full and low precision, switched per
+      generation step (``edgegen.models.generate_dynamic``).
 
     Other config types plug in through :func:`register_quantize_handler`.
 

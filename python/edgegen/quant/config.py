@@ -3,7 +3,7 @@ as calibration batches is passed to the call), so every one round-trips through 
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Literal, Optional
 
 from edgegen.config import Config
@@ -97,6 +97,55 @@ class QATConfig(QuantConfig):
             raise ValueError(f"activation: expected 'lsq' or 'ema', got {self.activation!r}")
         if isinstance(self.averaging_constant, bool) or not 0.0 < self.averaging_constant <= 1.0:
             raise ValueError(f"averaging_constant: expected a value in (0, 1], got {self.averaging_constant!r}")
+
+
+def _default_low() -> QuantConfig:
+    return Int8DynamicConfig()
+
+
+@dataclass
+class DynamicPrecisionConfig(QuantConfig):
+    """Dynamic precision scaling: ``quantize_`` keeps every candidate layer both in full precision
+    and quantized by ``low`` (packed, switchable per call); generation then runs each step in
+    low precision when the model's previous next-token distribution was confident, in full
+    precision otherwise (``edgegen.models.generate_dynamic``). ``rule``: ``'top1'`` (confident:
+    the top-1 probability >= ``threshold``) or ``'entropy'`` (confident: the entropy over log V
+    <= ``threshold``); ``threshold`` in [0, 1]. With a threshold that makes every distribution
+    confident (top1 0, entropy 1) every step, the first included, runs ``low``."""
+
+    low: QuantConfig = field(default_factory=_default_low)
+    rule: Literal["top1", "entropy"] = "top1"
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        if not isinstance(self.low, (Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config, Bf16Config)):
+            raise ValueError(f"low: expected Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config or Bf16Config, got "
+                             f"{type(self.low).__name__}")
+        if self.rule not in ("top1", "entropy"):
+            raise ValueError(f"rule: expected 'top1' or 'entropy', got {self.rule!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold: expected a value in [0, 1], got {self.threshold!r}")
+
+    @property
+    def always_low(self) -> bool:
+        """Every distribution counts as confident."""
+        return self.threshold <= 0.0 if self.rule == "top1" else self.threshold >= 1.0
+
+    def confident(self, logits) -> bool:
+        """Whether next-token logits [B, V] are confident by the rule (every row of the batch)."""
+        import math
+
+        import torch
+
+        if self.always_low:
+            return True
+        logits = logits.float()
+        lse = torch.logsumexp(logits, -1)
+        if self.rule == "top1":  # p_max = exp(max - logsumexp): no [B, V] softmax
+            return bool(((logits.max(-1).values - lse).exp() >= self.threshold).all())
+        logp = logits - lse[:, None]
+        entropy = -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+        return bool((entropy <= self.threshold).all())
 
 
 def config_from_dict(d: dict) -> QuantConfig:

@@ -1,0 +1,110 @@
+"""Dynamic precision scaling in generation: at its extremes token for token the all-fp32 and the
+all-low-precision model, switching bookkeeping, sampling, bad configs."""
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from edgegen.models import GPT2, GPT2Config, generate_dynamic
+from edgegen.quant import (
+    DynamicPrecisionConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    QATConfig,
+    QuantConfig,
+    quantize_,
+)
+from edgegen.quant.mixed import SwitchablePrecision
+
+CFG = GPT2Config(vocab_size=101, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+
+
+def model():
+    torch.manual_seed(0)
+    return GPT2(CFG).eval()
+
+
+@pytest.mark.parametrize("rule,threshold,expect", [("top1", 0.0, "low"), ("top1", 1.0, "full"),
+                                                   ("entropy", 1.0, "low"), ("entropy", 0.0, "full")],
+                         ids=["top1-0", "top1-1", "entropy-1", "entropy-0"])
+@pytest.mark.parametrize("low", [Int8DynamicConfig(), Int4WeightOnlyConfig(64)], ids=["int8", "int4"])
+def test_extremes_equal_fixed_precision_generation(rule, threshold, expect, low):
+    base = model()
+    fixed = copy.deepcopy(base)
+    if expect == "low":
+        quantize_(fixed, low if not isinstance(low, Int8DynamicConfig) else Int8DynamicConfig(embeddings=False))
+    cfg = DynamicPrecisionConfig(low=low, rule=rule, threshold=threshold)
+    switch = quantize_(copy.deepcopy(base), cfg)
+    idx = torch.randint(0, 101, (2, 6), generator=torch.Generator().manual_seed(1))
+    out, stats = generate_dynamic(switch, idx, 16, cfg)
+    assert torch.equal(out, fixed.generate(idx, 16, greedy=True))
+    assert stats["low_fraction"] == (1.0 if expect == "low" else 0.0) and stats["steps"] == 16
+
+
+@dataclass
+class Alternating(DynamicPrecisionConfig, kind="test-alternating-precision"):
+    """Confident on every other step: exercises the switching and its bookkeeping."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.calls = 0
+
+    def confident(self, logits):
+        self.calls += 1
+        return self.calls % 2 == 1
+
+
+def test_switching_follows_the_rule_and_leaves_full_precision():
+    cfg = Alternating(threshold=0.5)
+    m = quantize_(model(), cfg)
+    idx = torch.randint(0, 101, (1, 4), generator=torch.Generator().manual_seed(2))
+    out, stats = generate_dynamic(m, idx, 7, cfg)
+    assert stats["precision"] == [False, True, False, True, False, True, False]  # the prompt step in full
+    assert stats["low_steps"] == 3 and out.shape == (1, 11)
+    assert all(not s.quantized for s in m.modules() if isinstance(s, SwitchablePrecision))
+    # the same steps by hand: each step in its precision, the cache carried across switches
+    from edgegen.quant import set_precision_
+
+    past, ref = None, idx
+    with torch.no_grad():
+        for low in stats["precision"]:
+            set_precision_(m, low)
+            logits, past = m(ref if past is None else ref[:, -1:], past_key_values=past, use_cache=True)
+            ref = torch.cat([ref, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ref)
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    cfg = DynamicPrecisionConfig(threshold=0.02)
+    m = quantize_(model(), cfg)
+    idx = torch.randint(0, 101, (1, 4))
+    a, _ = generate_dynamic(m, idx, 10, cfg, greedy=False, top_k=20, generator=torch.Generator().manual_seed(3))
+    b, _ = generate_dynamic(m, idx, 10, cfg, greedy=False, top_k=20, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_config_round_trips_with_its_nested_low_precision():
+    cfg = DynamicPrecisionConfig(low=Int4WeightOnlyConfig(32), rule="entropy", threshold=0.3)
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["low"] == {"kind": "Int4WeightOnlyConfig", "version": 1, "group_size": 32}
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: DynamicPrecisionConfig(threshold=-0.1), ValueError, "threshold"),
+    (lambda: DynamicPrecisionConfig(threshold=1.5), ValueError, "threshold"),
+    (lambda: DynamicPrecisionConfig(rule="margin"), ValueError, "rule"),
+    (lambda: DynamicPrecisionConfig(low=QATConfig()), ValueError, "low"),
+    (lambda: DynamicPrecisionConfig(low=Int8StaticConfig()), ValueError, "low"),
+    (lambda: generate_dynamic(model(), torch.zeros(1, 2, dtype=torch.long), 3, DynamicPrecisionConfig()), ValueError,
+     "no switchable layers"),
+    (lambda: generate_dynamic(model(), torch.zeros(1, 2, dtype=torch.long), 3, Int8DynamicConfig()), TypeError,
+     "DynamicPrecisionConfig"),
+    (lambda: generate_dynamic(quantize_(model(), DynamicPrecisionConfig()), torch.zeros(1, 2, dtype=torch.long), -1,
+                              DynamicPrecisionConfig()), ValueError, "max_new_tokens"),
+], ids=["threshold-low", "threshold-high", "rule", "low-qat", "low-static", "unprepared", "wrong-config", "negative"])
+def test_bad_input_names_the_field(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
