@@ -181,7 +181,7 @@ def _plain_float(cfg, state: dict) -> nn.Module:
 
 def _structured(cfg) -> bool:
     cc = cfg.compress
-    return bool(cc and cc.prune and cc.prune.kind in ("ChannelConfig", "HeadConfig"))
+    return bool(cc and cc.prune and cc.prune.shrinks)
 
 
 # ------------------------------------------------------------------------------------ evaluation

@@ -42,6 +42,8 @@ class GPT2Config(ModelConfig, kind="gpt2"):
     # Heads kept in each layer after head pruning (None: n_head everywhere). The head size stays
     # n_embd // n_head.
     head_counts: tuple[int, ...] | None = None
+    # MLP hidden width of each layer after feed-forward pruning (None: 4 * n_embd everywhere).
+    inner_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self):
         require_positive_ints(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
@@ -54,9 +56,18 @@ class GPT2Config(ModelConfig, kind="gpt2"):
                     for h in self.head_counts):
                 raise ValueError(f"head_counts: expected {self.n_layer} ints in [1, {self.n_head}], "
                                  f"got {self.head_counts!r}")
+        if self.inner_sizes is not None:
+            self.inner_sizes = tuple(self.inner_sizes)
+            if len(self.inner_sizes) != self.n_layer or not all(
+                    isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.inner_sizes):
+                raise ValueError(f"inner_sizes: expected {self.n_layer} ints >= 1, got {self.inner_sizes!r}")
 
     def heads(self, layer: int) -> int:
         return self.n_head if self.head_counts is None else self.head_counts[layer]
+
+    def inner(self, layer: int) -> int:
+        """The MLP hidden width of ``layer``."""
+        return 4 * self.n_embd if self.inner_sizes is None else self.inner_sizes[layer]
 
     @classmethod
     def gpt2(cls) -> "GPT2Config":
@@ -76,7 +87,11 @@ class GPT2Config(ModelConfig, kind="gpt2"):
         if self.head_counts is not None and any(h != self.n_head for h in self.head_counts):
             raise ValueError("head_counts: a head-pruned GPT-2 has per-layer head counts, which Hugging Face's "
                              "GPT2LMHeadModel cannot represent; save it with torch.save / a state dict instead")
-        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        inner = sorted(set(self.inner_sizes or ()))
+        if len(inner) > 1:
+            raise ValueError("inner_sizes: a feed-forward-pruned GPT-2 with per-layer MLP widths cannot be represented "
+                             "by Hugging Face's GPT2LMHeadModel (one n_inner); save it with a state dict instead")
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_inner": inner[0] if inner else None,
                 "vocab_size": self.vocab_size, "n_positions": self.n_positions, "n_ctx": self.n_positions,
                 "n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head,
                 "layer_norm_epsilon": self.layer_norm_epsilon, "activation_function": "gelu_new",
@@ -90,7 +105,8 @@ class GPT2Config(ModelConfig, kind="gpt2"):
             raise ValueError(f"config.json: activation_function {act!r} is not GPT-2's 'gelu_new'")
         return cls(vocab_size=d["vocab_size"], n_positions=d.get("n_positions", d.get("n_ctx", 1024)),
                    n_embd=d["n_embd"], n_layer=d["n_layer"], n_head=d["n_head"],
-                   layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5))
+                   layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+                   inner_sizes=None if d.get("n_inner") in (None, 4 * d["n_embd"]) else (d["n_inner"],) * d["n_layer"])
 
 
 class CausalSelfAttention(nn.Module):
@@ -125,11 +141,17 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPT2Config):
+    def __init__(self, cfg: GPT2Config, inner: int | None = None):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        inner = 4 * cfg.n_embd if inner is None else inner
+        self.c_fc = nn.Linear(cfg.n_embd, inner)
+        self.c_proj = nn.Linear(inner, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    def ffn_layout(self) -> tuple[nn.Linear, nn.Linear]:
+        """(the Linear into the hidden units, the Linear out of them): what feed-forward pruning
+        masks and shrinks."""
+        return self.c_fc, self.c_proj
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
@@ -141,7 +163,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.attn = CausalSelfAttention(cfg, cfg.heads(layer))
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, cfg.inner(layer))
 
     def forward(self, x: Tensor, past=None):
         a, present = self.attn(self.ln_1(x), past)
@@ -207,6 +229,10 @@ class GPT2(nn.Module):
     def heads_changed(self) -> None:
         """Record the per-layer head counts in the config after heads were removed."""
         self.config = replace(self.config, head_counts=tuple(b.attn.n_head for b in self.h))
+
+    def ffn_changed(self) -> None:
+        """Record the per-layer MLP widths in the config after hidden units were removed."""
+        self.config = replace(self.config, inner_sizes=tuple(b.mlp.c_fc.out_features for b in self.h))
 
     def set_attention(self, factory) -> None:
         """Replace every block's attention module: ``factory(layer_index) -> nn.Module`` taking

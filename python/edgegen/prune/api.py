@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from edgegen.ops import prune as ops
-from edgegen.prune.config import ChannelConfig, HeadConfig, MagnitudeConfig, NMConfig, PruneConfig
+from edgegen.prune.config import ChannelConfig, FFNConfig, HeadConfig, MagnitudeConfig, NMConfig, PruneConfig
 from edgegen.prune.masks import apply_mask_, get_mask, prunable_weights, raw_parameter
 from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model
 
@@ -85,6 +85,13 @@ def _prune_channels_(model: nn.Module, config: ChannelConfig, filter_fn: FilterF
     return 1
 
 
+@register_prune_handler(FFNConfig)
+def _prune_ffn_(model: nn.Module, config: FFNConfig, filter_fn: FilterFn | None) -> int:
+    from edgegen.prune.ffn import prune_ffn_
+
+    return prune_ffn_(model, config, filter_fn)
+
+
 @register_prune_handler(HeadConfig)
 def _prune_heads_(model: nn.Module, config: HeadConfig, filter_fn: FilterFn | None) -> int:
     from edgegen.prune.heads import prune_heads_
@@ -103,6 +110,7 @@ def prune_(model: nn.Module, config, filter_fn: FilterFn | None = None, example_
       pass of ``example_inputs`` (or ``model.example_inputs()``); ``filter_fn`` selects groups by
       their producing layers.
     * :class:`HeadConfig`: attention heads of GPT-2-style attention modules.
+    * :class:`FFNConfig`: hidden units of feed-forward blocks (GPT-2's MLP).
 
     Pruned weights become ``original * mask`` (see :mod:`edgegen.prune.masks`): they stay exactly
     zero through optimizer steps, are saved with the model, and work under ``torch.compile``.

@@ -4,6 +4,7 @@ round-trip through plain data (YAML/JSON, MLflow params, checkpoints)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from edgegen.config import Config
 
@@ -19,7 +20,11 @@ def _require_amount(amount, upper_inclusive: bool, what: str) -> None:
 
 @dataclass
 class PruneConfig(Config, family=True):
-    """Base of the pruning configs (a field annotated with it takes any of them by ``kind``)."""
+    """Base of the pruning configs (a field annotated with it takes any of them by ``kind``).
+    ``shrinks``: the method removes whole structures (channels, heads, hidden units), so
+    :func:`~edgegen.prune.shrink` makes the shipped model physically smaller."""
+
+    shrinks: ClassVar[bool] = False
 
 
 @dataclass
@@ -66,6 +71,8 @@ class ChannelConfig(PruneConfig):
     first-order Taylor scores |w * grad|. At least one channel survives, and the number kept is
     rounded up to a multiple of ``round_to`` (but never above the original count)."""
 
+    shrinks = True
+
     amount: float
     importance: str = "l1"
     round_to: int = 1
@@ -90,6 +97,8 @@ class HeadConfig(PruneConfig):
     removed; at least one head per layer survives. ``scope='global'`` instead removes the least
     important heads over all layers together, so per-layer head counts differ."""
 
+    shrinks = True
+
     amount: float
     scope: str = "layer"
 
@@ -100,6 +109,24 @@ class HeadConfig(PruneConfig):
 
     def heads_to_keep(self, heads: int) -> int:
         return max(1, heads - round(self.amount * heads))
+
+
+@dataclass
+class FFNConfig(PruneConfig):
+    """Feed-forward width pruning: in every feed-forward block (a layer with ``ffn_layout()``:
+    GPT-2's MLP), ``amount`` of the hidden units with the smallest importance (L2 norm of the
+    unit's input row with its bias and its output column) are removed; at least one survives.
+    ``scope='global'`` ranks the units of all blocks together."""
+
+    shrinks = True
+
+    amount: float
+    scope: str = "layer"
+
+    def __post_init__(self):
+        _require_amount(self.amount, False, "hidden unit of a block")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope: expected 'layer' or 'global', got {self.scope!r}")
 
 
 def config_from_dict(d: dict) -> PruneConfig:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from edgegen.attention.dense import HeadLayout, HeadPrunable
 from edgegen.prune.config import HeadConfig
-from edgegen.prune.masks import apply_mask_
+from edgegen.prune.masks import apply_mask_, drop_smallest_globally
 from edgegen.transform import FilterFn
 
 
@@ -78,18 +78,7 @@ def prune_heads_(model: nn.Module, config: HeadConfig, filter_fn=None) -> int:
         for h, imp, keep in zip(heads, imps, keeps):
             keep[torch.sort(imp, stable=True).indices[: h - config.heads_to_keep(h)]] = False
     elif scope == "global":
-        total = sum(heads)
-        todo = round(config.amount * total)
-        flat = torch.cat(imps)
-        owner = torch.cat([torch.full((h,), i) for i, h in enumerate(heads)])
-        local = torch.cat([torch.arange(h) for h in heads])
-        for j in torch.sort(flat, stable=True).indices.tolist():
-            if todo == 0:
-                break
-            keep = keeps[int(owner[j])]
-            if int(keep.sum()) > 1:
-                keep[int(local[j])] = False
-                todo -= 1
+        keeps = drop_smallest_globally(imps, round(config.amount * sum(heads)))
     else:
         raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
     removed = 0

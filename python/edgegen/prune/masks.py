@@ -172,3 +172,19 @@ def sparsity(model: nn.Module, filter_fn: FilterFn | None = None) -> float:
         zeros += int((w == 0).sum())
         total += w.numel()
     return zeros / total if total else 0.0
+
+
+def drop_smallest_globally(importances: list[Tensor], count: int) -> list[Tensor]:
+    """Keep-masks (one per group) that drop the ``count`` least important units over all groups
+    together (ties: the earlier unit first), never a group's last unit."""
+    keeps = [torch.ones(len(i), dtype=torch.bool) for i in importances]
+    owner = torch.cat([torch.full((len(i),), k) for k, i in enumerate(importances)])
+    local = torch.cat([torch.arange(len(i)) for i in importances])
+    for j in torch.sort(torch.cat(importances), stable=True).indices.tolist():
+        if count == 0:
+            break
+        keep = keeps[int(owner[j])]
+        if int(keep.sum()) > 1:
+            keep[int(local[j])] = False
+            count -= 1
+    return keeps

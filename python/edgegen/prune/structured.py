@@ -200,12 +200,14 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
         >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in g.parameters())
         True
     """
+    from edgegen.prune.ffn import shrink_ffn_
     from edgegen.prune.heads import shrink_heads_
 
     inputs = _example_inputs(model, example_inputs)
     small = finalize_(copy.deepcopy(model))
     with torch.no_grad():
         shrink_heads_(small)
+        shrink_ffn_(small)
         plans = []
         for g in find_channel_groups(small, inputs):
             if not g.prunable:

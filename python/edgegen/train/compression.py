@@ -72,7 +72,7 @@ class Compression:
         from edgegen.prune import finalize_, save_sparse, shrink
 
         model = finalize_(copy.deepcopy(model).eval().cpu())
-        if self.cc.prune.kind in ("ChannelConfig", "HeadConfig"):
+        if self.cc.prune.shrinks:
             return ckpt.save_atomic(shrink(model, model.example_inputs(1)), run_dir / "model-shrunk.pt")
         path = run_dir / "model-sparse.safetensors"
         save_sparse(model, path)

@@ -63,7 +63,7 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
                     f"(sparsity {sparsity(model):.3f})")
     float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     shipped = model
-    if cc.prune is not None and cc.prune.kind in ("ChannelConfig", "HeadConfig"):
+    if cc.prune is not None and cc.prune.shrinks:
         shipped = shrink(model, model.example_inputs(1))
         n0 = sum(p.numel() for p in model.parameters())
         n1 = sum(p.numel() for p in shipped.parameters())
