@@ -7,6 +7,8 @@
 2. DCGAN generator and discriminator (64x64, ngf = ndf = 64): dense vs 50% channel-pruned and
    physically shrunk, eval-mode forward latency at batch 1 and 64, next to FLOPs and on-disk
    bytes (FLOPs alone say nothing about speed).
+3. The GPT-2 student with 25/50/75% of every MLP's hidden units pruned and removed (FFNConfig +
+   shrink) against the dense student: prefill of 128 tokens and one cached decode step, batch 1.
 
     python benchmarks/bench_prune.py            # full run (a few minutes)
     python benchmarks/bench_prune.py --quick    # a quarter of the GPT-2 parameter set, batch 1 only
@@ -129,7 +131,28 @@ def dcgan_static(net: str, provider: str, amount: float) -> dict:
             "params": sum(p.numel() for p in model.parameters())}
 
 
+def gpt2_ffn(amount: float):
+    """The GPT-2 student with ``amount`` of every MLP's hidden units pruned and removed (dense at 0)."""
+    import torch
+
+    from edgegen.models import GPT2, GPT2Config
+    from edgegen.prune import FFNConfig, prune_, shrink
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.student()).eval()
+    if amount > 0:
+        prune_(model, FFNConfig(amount))
+        model = shrink(model, (torch.randint(0, 50257, (1, 16)),))
+    return model
+
+
+def ffn_worker(spec: dict) -> dict:
+    return harness.measure_gpt2(spec, lambda: gpt2_ffn(spec["amount"]))
+
+
 def worker(spec: dict) -> dict:
+    if spec["op"] == "gpt2_ffn":
+        return ffn_worker(spec)
     return mask_worker(spec) if spec["op"] == "global_magnitude_prune" else dcgan_worker(spec)
 
 
@@ -209,6 +232,27 @@ def main():
                          gflops=round(st["flops"] / (r["p50_ms"] * 1e-3) / 1e9, 2), **harness.measured(r)))
         print(f"{amount:5.1f} {st['params']:10,d} {st['bytes'] / 1e6:10.2f} {st['flops'] / 1e9:9.3f} "
               f"{r['p50_ms']:9.2f} {dense_ms / r['p50_ms']:8.2f}x")
+    print("\n## GPT-2 student, feed-forward width pruning (FFNConfig, shrunk), batch 1: prefill 128 tokens, one decode step")
+    print(f"{'pruned':>6s} {'params':>11s} {'prefill ms':>10s} {'x dense':>8s} {'decode ms':>9s} {'x dense':>8s}")
+    base = {}
+    for amount in ((0.0, 0.5) if args.quick else (0.0, 0.25, 0.5, 0.75)):
+        params = gpt2_ffn(amount).num_parameters()
+        res = {}
+        for mode in ("prefill", "decode"):
+            r = harness.run_worker(__file__, dict(op="gpt2_ffn", amount=amount, mode=mode, threads=args.threads,
+                                                  repeats=10 if mode == "prefill" else 30))
+            if "error" in r:
+                print(f"{amount:6.2f} {mode} ERROR {r['error']}")
+                continue
+            res[mode] = r
+            base.setdefault(mode, r["p50_ms"])
+            rows.append(dict(op=f"gpt2_student_ffn_{mode}", provider="dense" if amount == 0 else f"ffn-{round(amount * 100)}%",
+                             shape="batch=1, 128 tokens", dtype="float32", mode=f"eval; {params} params",
+                             **harness.measured(r)))
+        if len(res) == 2:
+            print(f"{amount:6.2f} {params:11,d} {res['prefill']['p50_ms']:10.2f} "
+                  f"{base['prefill'] / res['prefill']['p50_ms']:7.2f}x {res['decode']['p50_ms']:9.3f} "
+                  f"{base['decode'] / res['decode']['p50_ms']:7.2f}x")
     harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
 
 

@@ -42,25 +42,7 @@ def build(provider: str):
 
 
 def worker(spec: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    model = build(spec["provider"])
-    idx = torch.randint(0, 50257, (1, 128), generator=torch.Generator().manual_seed(1))
-    if spec["mode"] == "prefill":
-        def run():
-            with torch.no_grad():
-                return model(idx)
-    else:
-        with torch.no_grad():
-            _, past = model(idx, use_cache=True)
-        step = idx[:, -1:]
-
-        def run():
-            with torch.no_grad():
-                return model(step, past_key_values=past, use_cache=True)
-    run()
-    return harness.measure(spec, run, warmup=2)
+    return harness.measure_gpt2(spec, lambda: build(spec["provider"]))
 
 
 def static(provider: str) -> dict:

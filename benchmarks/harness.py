@@ -250,3 +250,34 @@ def save(rows: list[dict], out: str, lead: str = "\n", **common) -> None:
     and prints where."""
     write_csv([{**common, **r} for r in rows], Path(out))
     print(f"{lead}wrote {out}")
+
+
+def gpt2_call(model, mode: str, tokens: int = 128):
+    """A no-grad call of a GPT-2 at batch 1 on ``tokens`` seeded token ids: the whole prefill
+    (``mode="prefill"``) or one decode step after it with the KV cache (``"decode"``)."""
+    import torch
+
+    idx = torch.randint(0, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(1))
+    if mode == "prefill":
+        def run():
+            with torch.no_grad():
+                return model(idx)
+        return run
+    with torch.no_grad():
+        _, past = model(idx, use_cache=True)
+
+    def step():
+        with torch.no_grad():
+            return model(idx[:, -1:], past_key_values=past, use_cache=True)
+    return step
+
+
+def measure_gpt2(spec: dict, build):
+    """A worker's measurement of ``build()`` (a GPT-2) in ``spec["mode"]`` (:func:`gpt2_call`) at
+    ``spec["threads"]`` threads."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    run = gpt2_call(build(), spec["mode"])
+    run()
+    return measure(spec, run, warmup=2)
