@@ -35,8 +35,6 @@ def worker(spec: dict) -> dict:  # everything runs in-process here; the harness 
 
 
 def train(steps: int, threads: int):
-    import torch
-
     from edgegen.train import load_experiment
     from edgegen.train.loop import Trainer
 
