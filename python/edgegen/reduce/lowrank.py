@@ -25,11 +25,13 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
+    def from_linear(cls, linear: nn.Linear, rank: int, svd: tuple[Tensor, Tensor, Tensor] | None = None
+                    ) -> "LowRankLinear":
         """The best rank-``rank`` approximation of ``linear`` in the Frobenius norm (Eckart-Young):
-        ``W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T)``, computed in float64, stored in the layer's dtype."""
+        ``W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T)``, computed in float64, stored in the layer's dtype.
+        ``svd``: the weight's float64 (U, S, Vh) when the caller already has it."""
         w = linear.weight
-        u, s, vh = torch.linalg.svd(w.detach().double(), full_matrices=False)
+        u, s, vh = svd if svd is not None else _svd(w)
         out = cls(linear.in_features, linear.out_features, rank, linear.bias is not None, w.device, w.dtype)
         root = s[:rank].sqrt()
         out.down.weight.copy_((root[:, None] * vh[:rank]).to(w.dtype))
@@ -48,6 +50,10 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def _svd(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.linalg.svd(weight.detach().double(), full_matrices=False)
 
 
 def energy_rank(singular_values: Tensor, energy: float) -> int:
@@ -73,6 +79,11 @@ def _shared(model: nn.Module) -> set[int]:
 def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None = None) -> dict[str, int]:
     """{layer name: rank} that ``reduce_`` would apply: only layers where the factorization holds
     fewer parameters, never tied weights."""
+    return {name: r for name, (r, _) in _plan(model, config, filter_fn).items()}
+
+
+def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> dict[str, tuple[int, tuple | None]]:
+    """{layer name: (rank, the weight's SVD when the energy rule computed it, else None)}."""
     shared = _shared(model)
     plan = {}
     for name, m in model.named_modules():
@@ -89,12 +100,14 @@ def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | No
                 field = f"ranks.{name}" if config.ranks is not None else "rank"
                 raise ValueError(f"{field}: {r} exceeds min(in, out) = {limit} of {name}")
             if config.ranks is not None:  # a plan is applied as written
-                plan[name] = r
+                plan[name] = (r, None)
                 continue
+            svd = None
         else:
-            r = energy_rank(torch.linalg.svdvals(m.weight.detach().double()), config.energy)
+            svd = _svd(m.weight)  # kept: the factorization reuses it
+            r = energy_rank(svd[1], config.energy)
         if r * (m.in_features + m.out_features) < m.in_features * m.out_features:
-            plan[name] = r
+            plan[name] = (r, svd)
     if config.ranks is not None:
         missing = sorted(set(config.ranks) - set(plan))
         if missing:
@@ -103,11 +116,11 @@ def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | No
 
 
 def lowrank_(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> int:
-    plan = plan_ranks(model, config, filter_fn)
-    for name, r in plan.items():
+    plan = _plan(model, config, filter_fn)
+    for name, (r, svd) in plan.items():
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, LowRankLinear.from_linear(getattr(owner, child), r))
+        setattr(owner, child, LowRankLinear.from_linear(getattr(owner, child), r, svd))
     return len(plan)
 
 
