@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from edgegen.models.gpt2 import sample_next
 from edgegen.quant.config import DynamicPrecisionConfig
-from edgegen.quant.mixed import SwitchablePrecision, set_precision_
+from edgegen.quant.mixed import SwitchablePrecision
 
 
 @torch.no_grad()
@@ -24,22 +24,27 @@ def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config:
     precision."""
     if not isinstance(config, DynamicPrecisionConfig):
         raise TypeError(f"config: expected a DynamicPrecisionConfig, got {type(config).__name__}")
-    if not any(isinstance(m, SwitchablePrecision) for m in model.modules()):
+    switches = [m for m in model.modules() if isinstance(m, SwitchablePrecision)]  # once, not per step
+    if not switches:
         raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     if temperature <= 0 and not greedy:
         raise ValueError(f"temperature: expected > 0 (or greedy=True), got {temperature}")
+    def set_low(flag: bool) -> None:
+        for m in switches:
+            m.quantized = flag
+
     low, past, used = config.always_low, None, []
     try:
         for _ in range(max_new_tokens):
-            set_precision_(model, low)
+            set_low(low)
             used.append(low)
             logits, past = model(idx if past is None else idx[:, -1:], past_key_values=past, use_cache=True)
             logits = logits[:, -1, :].float()
             idx = torch.cat([idx, sample_next(logits, greedy, temperature, top_k, top_p, generator)], dim=1)
             low = config.confident(logits)
     finally:
-        set_precision_(model, False)
+        set_low(False)
     n = len(used)
     return idx, {"steps": n, "low_steps": sum(used), "low_fraction": sum(used) / n if n else 0.0, "precision": used}

@@ -3,8 +3,11 @@ as calibration batches is passed to the call), so every one round-trips through 
 
 from __future__ import annotations
 
+import math
 from dataclasses import InitVar, dataclass, field
 from typing import Literal, Optional
+
+import torch
 
 from edgegen.config import Config
 
@@ -133,10 +136,6 @@ class DynamicPrecisionConfig(QuantConfig):
 
     def confident(self, logits) -> bool:
         """Whether next-token logits [B, V] are confident by the rule (every row of the batch)."""
-        import math
-
-        import torch
-
         if self.always_low:
             return True
         logits = logits.float()
