@@ -116,10 +116,12 @@ def test_qat_runs_through_quantize_in_two_steps():
     assert isinstance(model[0], Int8Linear)
     with torch.no_grad():
         torch.testing.assert_close(model(x), fake, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="nothing to quantize"):  # nothing left to convert
+    with pytest.raises(ValueError, match="no QATModule to convert"):  # nothing left to convert
         quantize_(model, QATConfig(step="convert"))
     with pytest.raises(ValueError, match="step"):
         QATConfig(step="train")
+    with pytest.raises(ValueError, match="nothing to prepare"):
+        quantize_(nn.Sequential(nn.ReLU()), QATConfig())
 
 
 class ToyAttention(nn.Module):

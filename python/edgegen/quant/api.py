@@ -188,13 +188,15 @@ def _qat(model: nn.Module, config: QATConfig, filter_fn: FilterFn | None) -> int
     from edgegen.quant.qat import QATModule, convert_
 
     if config.step == "prepare":
-        return _replace(model, _INT8_KINDS, lambda m: QATModule(m, config), _int8_filter(filter_fn))
+        n = _replace(model, _INT8_KINDS, lambda m: QATModule(m, config), _int8_filter(filter_fn))
+        if n == 0:
+            raise ValueError("model: nothing to prepare (no Linear/Conv2d/ConvTranspose2d selected by filter_fn)")
+        return n
     if filter_fn is not None:
         raise ValueError("filter_fn: QATConfig(step='convert') converts every QATModule; select layers at the "
                          "prepare step")
     n = sum(isinstance(m, QATModule) for m in model.modules())
-    if n:
-        convert_(model)
+    convert_(model)  # raises when there is no QATModule to convert
     return n
 
 

@@ -124,12 +124,7 @@ def prepare_qat_(model: nn.Module, config: QATConfig | None = None, filter_fn: F
     config = QATConfig() if config is None else config
     if not isinstance(config, QATConfig):
         raise TypeError(f"config: expected a QATConfig, got {type(config).__name__}")
-    try:
-        return quantize_(model, replace(config, step="prepare"), filter_fn)
-    except ValueError as exc:
-        if str(exc).startswith("model: nothing"):
-            raise ValueError("model: nothing to prepare (no Linear/Conv2d/ConvTranspose2d selected by filter_fn)") from None
-        raise
+    return quantize_(model, replace(config, step="prepare"), filter_fn)
 
 
 def convert_(model: nn.Module) -> nn.Module:
