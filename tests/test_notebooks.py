@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+RUNNER = ROOT / "scripts" / "run-notebook.py"  # what CI's wheel test and users run too
 
 
 def _code(path: Path) -> str:
@@ -38,8 +39,8 @@ def test_notebooks_are_stripped_and_carry_cell_ids():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, tmp_path):
-    r = subprocess.run([sys.executable, "-c", _code(path)], cwd=tmp_path, env=dict(os.environ), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(RUNNER), str(path)], cwd=tmp_path, env=dict(os.environ),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{path.name} failed:\n{r.stderr[-3000:]}"
 
 
@@ -53,7 +54,7 @@ def test_quickstart_runs_without_the_staged_data(tmp_path):
     """No datasets: generated images stand in, and the notebook says so."""
     path = next(p for p in NOTEBOOKS if p.stem == "01_quickstart")
     env = {**os.environ, "EDGEGEN_DATA_DIR": str(tmp_path / "empty")}
-    r = subprocess.run([sys.executable, "-c", _code(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, str(RUNNER), str(path)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "NOTE, generated images stand in" in r.stdout
