@@ -97,7 +97,9 @@ def test_bad_input_names_the_field(make, exc, match):
         make()
 
 
-def test_sparsity_counts_the_masked_units():
+def test_sparsity_counts_exactly_the_masked_units():
     m = model()
     prune_(m, FFNConfig(0.5))
-    assert sparsity(m) > 0
+    # per block 64 of 128 units: 64 rows of c_fc [128, 32] and 64 columns of c_proj [32, 128]
+    total = sum(mod.weight.numel() for mod in m.modules() if isinstance(mod, torch.nn.Linear) and mod is not m.lm_head)
+    assert sparsity(m) == 3 * (64 * 32 + 32 * 64) / total
