@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from edgegen.prune.masks import prunable_weights
 from edgegen.reduce.config import LowRankConfig
 from edgegen.transform import FilterFn
 
@@ -66,16 +67,6 @@ def energy_rank(singular_values: Tensor, energy: float) -> int:
     return int(torch.searchsorted(kept, torch.tensor(energy, dtype=torch.float64) - 1e-12).item()) + 1
 
 
-def _shared(model: nn.Module) -> set[int]:
-    """ids of weights held by more than one module (tied)."""
-    seen: dict[int, int] = {}
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(w, Tensor):
-            seen[id(w)] = seen.get(id(w), 0) + 1
-    return {k for k, n in seen.items() if n > 1}
-
-
 def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None = None) -> dict[str, int]:
     """{layer name: rank} that ``reduce_`` would apply: only layers where the factorization holds
     fewer parameters, never tied weights."""
@@ -84,12 +75,9 @@ def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | No
 
 def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> dict[str, tuple[int, tuple | None]]:
     """{layer name: (rank, the weight's SVD when the energy rule computed it, else None)}."""
-    shared = _shared(model)
     plan = {}
-    for name, m in model.named_modules():
-        if not (name and isinstance(m, nn.Linear)) or id(m.weight) in shared:
-            continue
-        if filter_fn is not None and not filter_fn(m, name):
+    for name, m in prunable_weights(model, filter_fn):  # selected, never a tied weight
+        if not isinstance(m, nn.Linear):
             continue
         if config.ranks is not None and name not in config.ranks:
             continue
