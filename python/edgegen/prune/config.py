@@ -91,42 +91,48 @@ class ChannelConfig(PruneConfig):
 
 
 @dataclass
-class HeadConfig(PruneConfig):
+class _UnitsConfig(PruneConfig, family=True):
+    """Removal of whole units (heads, hidden units) by importance: ``amount`` of the units of
+    every layer (``scope='layer'``) or of all layers together (``'global'``); at least one unit
+    per layer survives."""
+
+    shrinks = True
+    unit: ClassVar[str] = "unit of a layer"
+
+    amount: float
+    scope: str = "layer"
+
+    def __post_init__(self):
+        _require_amount(self.amount, False, self.unit)
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope: expected 'layer' or 'global', got {self.scope!r}")
+
+    def units_to_keep(self, units: int) -> int:
+        """How many of a layer's ``units`` survive with ``scope='layer'``."""
+        return max(1, units - round(self.amount * units))
+
+
+@dataclass
+class HeadConfig(_UnitsConfig):
     """Attention-head pruning: in every attention layer, ``amount`` of the heads with the smallest
     importance (L2 norm of the head's query/key/value rows and output-projection columns) are
     removed; at least one head per layer survives. ``scope='global'`` instead removes the least
     important heads over all layers together, so per-layer head counts differ."""
 
-    shrinks = True
-
-    amount: float
-    scope: str = "layer"
-
-    def __post_init__(self):
-        _require_amount(self.amount, False, "head of a layer")
-        if self.scope not in ("layer", "global"):
-            raise ValueError(f"scope: expected 'layer' or 'global', got {self.scope!r}")
+    unit = "head of a layer"
 
     def heads_to_keep(self, heads: int) -> int:
-        return max(1, heads - round(self.amount * heads))
+        return self.units_to_keep(heads)
 
 
 @dataclass
-class FFNConfig(PruneConfig):
+class FFNConfig(_UnitsConfig):
     """Feed-forward width pruning: in every feed-forward block (a layer with ``ffn_layout()``:
     GPT-2's MLP), ``amount`` of the hidden units with the smallest importance (L2 norm of the
     unit's input row with its bias and its output column) are removed; at least one survives.
     ``scope='global'`` ranks the units of all blocks together."""
 
-    shrinks = True
-
-    amount: float
-    scope: str = "layer"
-
-    def __post_init__(self):
-        _require_amount(self.amount, False, "hidden unit of a block")
-        if self.scope not in ("layer", "global"):
-            raise ValueError(f"scope: expected 'layer' or 'global', got {self.scope!r}")
+    unit = "hidden unit of a block"
 
 
 def config_from_dict(d: dict) -> PruneConfig:

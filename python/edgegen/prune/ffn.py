@@ -47,8 +47,7 @@ def prune_ffn_(model: nn.Module, config: FFNConfig, filter_fn: FilterFn | None =
     keeps = [torch.ones(len(i), dtype=torch.bool) for i in imps]
     if config.scope == "layer":
         for imp, keep in zip(imps, keeps):
-            drop = min(len(imp) - 1, round(config.amount * len(imp)))
-            keep[torch.sort(imp, stable=True).indices[:drop]] = False
+            keep[torch.sort(imp, stable=True).indices[: len(imp) - config.units_to_keep(len(imp))]] = False
     else:
         keeps = drop_smallest_globally(imps, round(config.amount * sum(len(i) for i in imps)))
     changed = 0
