@@ -82,7 +82,10 @@ def test_dtype_conversion_keeps_float32_scales(to):
             if n in scales:
                 assert b.dtype == torch.float32 and torch.equal(b, scales[n]), n
         dt = {"half": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64}[to]
-        got = q(x.to(dt).to(torch.float32).to(dt)).float()
+        got = q(x.to(dt)).float()
         ref = q.float()(x.to(dt).float())  # the same rounded input through the float32 module
-        torch.testing.assert_close(got, ref.float(), rtol=1e-2 if dt != torch.float64 else 1e-6, atol=1e-2)
-        assert want.dtype == torch.float32
+        # 16-bit: the output (and the bias) carry the dtype's rounding (ulp 2^-10 / 2^-7 relative)
+        tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float64: 1e-6}[dt]
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+        if dt == torch.float64:  # a lossless round trip: the module computes exactly what it did
+            assert torch.equal(ref, want)
