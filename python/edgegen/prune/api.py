@@ -81,8 +81,7 @@ def _prune_nm_(model: nn.Module, config: NMConfig, filter_fn: FilterFn | None) -
 def _prune_channels_(model: nn.Module, config: ChannelConfig, filter_fn: FilterFn | None, example_inputs=None) -> int:
     from edgegen.prune.structured import prune_channels_
 
-    prune_channels_(model, config, filter_fn, example_inputs)
-    return 1
+    return prune_channels_(model, config, filter_fn, example_inputs)
 
 
 @register_prune_handler(FFNConfig)
@@ -96,8 +95,7 @@ def _prune_ffn_(model: nn.Module, config: FFNConfig, filter_fn: FilterFn | None)
 def _prune_heads_(model: nn.Module, config: HeadConfig, filter_fn: FilterFn | None) -> int:
     from edgegen.prune.heads import prune_heads_
 
-    prune_heads_(model, config, filter_fn)
-    return 1
+    return prune_heads_(model, config, filter_fn)
 
 
 def prune_(model: nn.Module, config, filter_fn: FilterFn | None = None, example_inputs=None) -> nn.Module:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from edgegen.config import Config, apply_overrides, from_dict, load_yaml, merge
-from edgegen.models import BetaVAEConfig, DCGANConfig, GPT2Config  # noqa: F401  (all model kinds registered)
+from edgegen.models import DCGANConfig, GPT2Config  # importing edgegen.models registers every model kind
 from edgegen.models.config import ModelConfig
 from edgegen.prune.config import PruneConfig
 from edgegen.quant.config import QATConfig, QuantConfig
@@ -277,6 +277,11 @@ class ExperimentConfig(Config, kind="experiment"):
                                     for m in distill[key]]
             data = {**data, "distill": distill}
         return data
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The token vocabulary the data is read with (text tasks: the GPT-2 model's), else None."""
+        return self.model.vocab_size if self.data.is_text else None
 
     def __post_init__(self):
         kinds = _MODEL_KIND

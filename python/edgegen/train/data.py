@@ -149,8 +149,10 @@ def synthetic_tokens(n: int, vocab: int, seed: int = 0) -> np.ndarray:
     return out.astype(np.uint16 if vocab <= 65536 else np.int64)
 
 
-def build_batches(cfg: DataConfig, batch_size: int, seed: int, vocab_size: int = 50257):
-    """The batch source for an experiment's data section."""
+def build_batches(cfg: DataConfig, batch_size: int, seed: int, vocab_size: int | None = None):
+    """The batch source for an experiment's data section; ``vocab_size`` (token sets only;
+    default the GPT-2 vocabulary) is the model's."""
+    vocab_size = 50257 if vocab_size is None else vocab_size
     if cfg.name == "synthetic-images":
         return ImageBatches(SyntheticImages(cfg.synthetic_size, seed=1234), batch_size, seed, cfg.val_batches,
                             cfg.limit)

@@ -70,7 +70,7 @@ class Trainer:
         if tc.batch_size % (self.world * cfg.optim.grad_accum):
             raise ValueError(f"train.batch_size: {tc.batch_size} must divide evenly into {self.world} processes x "
                              f"{cfg.optim.grad_accum} accumulation steps")
-        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, getattr(cfg.model, "vocab_size", 50257))
+        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, cfg.vocab_size)
         self.steps_per_epoch = steps_in_epoch(self.batches, tc.steps_per_epoch)
         total = tc.epochs * self.steps_per_epoch
         self.total_steps = min(total, tc.max_steps) if tc.max_steps else total

@@ -108,7 +108,7 @@ def _calibration(run) -> list:
         return [torch.randn(32, cfg.model.nz, generator=g) for _ in range(4)]
     from edgegen.train.data import build_batches
 
-    batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, getattr(cfg.model, "vocab_size", 50257))
+    batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, cfg.vocab_size)
     out = [b[0] if isinstance(b, tuple) else b for b in batches.val_batches()]
     if not out:
         raise ValueError("compress.ptq: static INT8 needs calibration batches; the source run's data has no "
