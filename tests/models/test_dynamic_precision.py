@@ -108,3 +108,14 @@ def test_config_round_trips_with_its_nested_low_precision():
 def test_bad_input_names_the_field(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+def test_sampling_settings_are_checked_like_generate():
+    m = quantize_(model(), DynamicPrecisionConfig())
+    idx = torch.zeros(1, 2, dtype=torch.long)
+    for kwargs, match in (({"greedy": False, "temperature": 0.0}, "temperature"),
+                          ({"greedy": False, "top_p": 1.5}, "top_p")):
+        with pytest.raises(ValueError, match=match):
+            generate_dynamic(m, idx, 3, DynamicPrecisionConfig(), **kwargs)
+        with pytest.raises(ValueError, match=match):
+            model().generate(idx, 3, **kwargs)

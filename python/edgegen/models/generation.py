@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from edgegen.models.gpt2 import sample_next
+from edgegen.models.gpt2 import check_sampling, sample_next
 from edgegen.quant.config import DynamicPrecisionConfig
-from edgegen.quant.mixed import SwitchablePrecision
+from edgegen.quant.mixed import SwitchablePrecision, set_precision_
 
 
 @torch.no_grad()
@@ -29,22 +29,17 @@ def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config:
         raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if temperature <= 0 and not greedy:
-        raise ValueError(f"temperature: expected > 0 (or greedy=True), got {temperature}")
-    def set_low(flag: bool) -> None:
-        for m in switches:
-            m.quantized = flag
-
+    check_sampling(greedy, temperature, top_p)
     low, past, used = config.always_low, None, []
     try:
         for _ in range(max_new_tokens):
-            set_low(low)
+            set_precision_(switches, low)
             used.append(low)
             logits, past = model(idx if past is None else idx[:, -1:], past_key_values=past, use_cache=True)
             logits = logits[:, -1, :].float()
             idx = torch.cat([idx, sample_next(logits, greedy, temperature, top_k, top_p, generator)], dim=1)
             low = config.confident(logits)
     finally:
-        set_low(False)
+        set_precision_(switches, False)
     n = len(used)
     return idx, {"steps": n, "low_steps": sum(used), "low_fraction": sum(used) / n if n else 0.0, "precision": used}

@@ -171,6 +171,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), present
 
 
+def check_sampling(greedy: bool, temperature: float, top_p: float | None) -> None:
+    """ValueError naming the argument unless the sampling settings are usable."""
+    if temperature <= 0 and not greedy:
+        raise ValueError(f"temperature: expected > 0 (or greedy=True), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
+
+
 def sample_next(logits: Tensor, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """The next token [B, 1] from last-position logits [B, V]: the argmax (``greedy``), or a sample
@@ -268,10 +276,7 @@ class GPT2(nn.Module):
                  use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """Append ``max_new_tokens`` tokens: greedy, or sampled at ``temperature`` with optional
         top-k and nucleus (top-p) filtering. With and without the cache the tokens are the same."""
-        if temperature <= 0 and not greedy:
-            raise ValueError(f"temperature: expected > 0 (or greedy=True), got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
+        check_sampling(greedy, temperature, top_p)
         past = None
         for _ in range(max_new_tokens):
             if use_cache:

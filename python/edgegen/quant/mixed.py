@@ -106,10 +106,12 @@ def enable_precision_switch_(model: nn.Module, config, filter_fn: FilterFn | Non
     return model
 
 
-def set_precision_(model: nn.Module, quantized: bool) -> int:
-    """Switch every :class:`SwitchablePrecision` layer; returns how many were switched."""
+def set_precision_(model, quantized: bool) -> int:
+    """Switch every :class:`SwitchablePrecision` layer of ``model`` (a module, or the list of its
+    switchable layers collected once, for per-step switching); returns how many were switched."""
+    layers = model.modules() if isinstance(model, nn.Module) else model
     n = 0
-    for m in model.modules():
+    for m in layers:
         if isinstance(m, SwitchablePrecision):
             m.quantized = bool(quantized)
             n += 1
