@@ -23,15 +23,10 @@ import copy
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-
-
-def worker(spec: dict) -> dict:  # everything runs in-process here; the harness asks for a worker
-    raise SystemExit("bench_dynamic.py has no worker mode")
 
 
 def train(steps: int, threads: int):
@@ -55,7 +50,7 @@ def train(steps: int, threads: int):
 
 
 def main():
-    args = harness.cli(__doc__, "dynamic.csv", worker, quick_help="12 training steps, 2 prompts")
+    args = harness.cli(__doc__, "dynamic.csv", quick_help="12 training steps, 2 prompts")
     machine, versions = harness.header(args.threads)
     import torch
 
@@ -72,14 +67,9 @@ def main():
           f"{len(prompts)} prompts of 32 tokens, 64 new tokens each, greedy, batch 1")
     n_new, repeats = 64, 3
 
-    def timed(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            out = fn()
-            ts.append(time.perf_counter() - t)
-        return sorted(ts)[len(ts) // 2], out
+    def timed(fn):  # (median seconds, output): greedy generation gives the same output every call
+        out = fn()  # doubles as the warm-up
+        return harness.time_ms(fn, repeats, warmup=0)[1] / 1e3, out
 
     fp32_out, rows, base = [], [], None
     int8 = quantize_(copy.deepcopy(model), Int8DynamicConfig(embeddings=False))

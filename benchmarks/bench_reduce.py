@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 
-def build(provider: str):
+def build(provider: str, quantize: bool = True):
+    """The student for ``provider`` ("dense", "int8", "lowrank-<r>", "lowrank-<r>+int8"); with
+    ``quantize=False`` its float structure before INT8."""
     import torch
 
     from edgegen.models import GPT2, GPT2Config
@@ -36,7 +38,7 @@ def build(provider: str):
     if provider.startswith("lowrank-"):
         rank = int(provider.split("-")[1].split("+")[0])
         reduce_(model, LowRankConfig(rank=rank), filter_fn=lambda m, n: n.startswith("h."))
-    if provider.endswith("int8"):
+    if quantize and provider.endswith("int8"):
         quantize_(model, Int8DynamicConfig())
     return model
 
@@ -45,23 +47,33 @@ def worker(spec: dict) -> dict:
     return harness.measure_gpt2(spec, lambda: build(spec["provider"]))
 
 
-def static(provider: str) -> dict:
-    """Parameters (of the float structure: INT8 keeps the same count as int8 values), bytes of the
-    state dict (storage shared by tied weights counted once) and logits cosine to the dense model."""
+def static(provider: str, dense_logits) -> dict:
+    """Parameters (of the float structure: INT8 keeps the count as int8 values), bytes of the
+    state dict (tied tensors once, as edgegen's safetensors writer stores them) and the logits'
+    cosine to ``dense_logits`` (the dense model's on the same tokens)."""
+    import copy
+
     import torch
     import torch.nn.functional as F
 
-    model = build(provider)
-    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(2))
+    from edgegen.quant import Int8DynamicConfig, quantize_
+    from edgegen.tensor_files import dedupe
+
+    model = build(provider, quantize=False)
+    params = model.num_parameters()
+    if provider.endswith("int8"):
+        model = quantize_(copy.deepcopy(model), Int8DynamicConfig())
     with torch.no_grad():
-        out = model(idx).double().flatten()
-        ref = build("dense")(idx).double().flatten()
-    storages = {}
-    for t in model.state_dict().values():
-        if isinstance(t, torch.Tensor):
-            storages[(t.untyped_storage().data_ptr(), t.numel())] = t.numel() * t.element_size()
-    return {"params": build(provider.replace("+int8", "") if provider != "int8" else "dense").num_parameters(),
-            "bytes": sum(storages.values()), "cosine": float(F.cosine_similarity(out, ref, dim=0))}
+        out = model(tokens()).double().flatten()
+    stored, _ = dedupe(model.state_dict())
+    return {"params": params, "bytes": sum(t.numel() * t.element_size() for t in stored.values()),
+            "cosine": float(F.cosine_similarity(out, dense_logits, dim=0))}
+
+
+def tokens():
+    import torch
+
+    return torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(2))
 
 
 def energy_ranks() -> str:
@@ -89,9 +101,13 @@ def main():
     print("\n## GPT-2 student, batch 1: prefill 128 tokens and one cached decode step")
     print(f"{'model':18s} {'params':>11s} {'MB':>7s} {'cosine':>7s} {'prefill ms':>10s} {'x dense':>8s} "
           f"{'decode ms':>9s} {'x dense':>8s}")
+    import torch
+
+    with torch.no_grad():
+        dense_logits = build("dense")(tokens()).double().flatten()
     rows, base = [], {}
     for provider in providers:
-        st = static(provider)
+        st = static(provider, dense_logits)
         res = {}
         for mode in ("prefill", "decode"):
             r = harness.run_worker(__file__, dict(provider=provider, mode=mode, threads=args.threads,

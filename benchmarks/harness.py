@@ -185,22 +185,23 @@ def header(threads: int, note: str = "") -> tuple[str, str]:
     return m, v
 
 
-def cli(doc: str, csv_name: str, worker: Callable[[dict], dict], quick_help: str | None = None,
+def cli(doc: str, csv_name: str, worker: Callable[[dict], dict] | None = None, quick_help: str | None = None,
         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The command line of a CPU benchmark script: --quick, --threads (default: every core), the
     script's own arguments (``add_arguments``), --out (default results/<csv_name>).
 
     Started by run_worker as ``script --worker '<json spec>'``, it prints ``worker(spec)`` as one
-    JSON line and exits instead of returning."""
+    JSON line and exits instead of returning (scripts that measure in one process pass no worker)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    if worker is not None:
+        ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     if add_arguments:
         add_arguments(ap)
     ap.add_argument("--out", default=str(RESULTS / csv_name))
     args = ap.parse_args()
-    if args.worker:
+    if worker is not None and args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         sys.exit(0)
     return args
