@@ -48,3 +48,11 @@ def opcheck_ids(cases) -> list[str]:
     """Deterministic test ids for (op, args) cases: the op's name and the case's position (the
     args hold random tensors, whose text changes between collections)."""
     return [f"{str(op).rsplit('.', 1)[-1]}-{i}" for i, (op, _) in enumerate(cases)]
+
+
+def seeded_gpt2(config, seed: int = 0):
+    """An edgegen GPT2 of ``config`` with weights drawn after ``torch.manual_seed(seed)``, in eval mode."""
+    from edgegen.models import GPT2
+
+    torch.manual_seed(seed)
+    return GPT2(config).eval()

@@ -87,7 +87,8 @@ def test_every_config_round_trips_with_kind_and_version():
     from edgegen.models import BetaVAEConfig, DCGANConfig
     from edgegen.prune import ChannelConfig, CubicSchedule, FFNConfig, NMConfig
     from edgegen.quant import Bf16Config, DynamicPrecisionConfig, Fp16Config, Int4WeightOnlyConfig, Int8StaticConfig
-    from edgegen.reduce import LowRankConfig
+    from edgegen.models import EarlyExitConfig
+    from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig
     from edgegen.train import ExperimentConfig  # registers the "experiment" kind (round-tripped in tests/train)
 
     configs = [Int8DynamicConfig(False), Int8StaticConfig(4, "mse"), Int4WeightOnlyConfig(32), Fp16Config(),
@@ -95,7 +96,9 @@ def test_every_config_round_trips_with_kind_and_version():
                ChannelConfig(0.25, "l2", 8), HeadConfig(0.5, "global"), CubicSchedule(0.0, 0.5, 0, 10, 2),
                KDConfig(3.0, 0.2), SparseAttentionConfig(16, 2), GPT2Config.student(), DCGANConfig(nz=8),
                BetaVAEConfig(latent_dim=4), FFNConfig(0.25, "global"), LowRankConfig(ranks={"h.0.mlp.c_fc": 8}),
-               DynamicPrecisionConfig(Int4WeightOnlyConfig(32), "entropy", 0.4)]
+               DynamicPrecisionConfig(Int4WeightOnlyConfig(32), "entropy", 0.4), EmbeddingFactorConfig(0.8, 16),
+               MPRFConfig(HeadConfig(0.25), FFNConfig(0.5), LowRankConfig(0.9), EmbeddingFactorConfig(rank=32)),
+               EarlyExitConfig((2, 4), 0.75)]
     registered = {k for k, c in Config._kinds.items() if not k.startswith("test-") and c.__module__.startswith("edgegen")}
     assert {c.kind for c in configs} | {ExperimentConfig.kind} == registered  # every kind edgegen defines is here
     for c in configs:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from edgegen.attention.dense import DenseAttention, HeadLayout
 from edgegen.models.config import ModelConfig
 from edgegen.models.blocks import require_positive_ints
+from edgegen.reduce.embedding import FactorizedEmbedding, TiedFactorizedHead
 
 
 @dataclass
@@ -44,6 +45,8 @@ class GPT2Config(ModelConfig, kind="gpt2"):
     head_counts: tuple[int, ...] | None = None
     # MLP hidden width of each layer after feed-forward pruning (None: 4 * n_embd everywhere).
     inner_sizes: tuple[int, ...] | None = None
+    # Rank of the factorized token embedding ([vocab, r] table @ [r, n_embd]; None: dense).
+    embedding_rank: int | None = None
 
     def __post_init__(self):
         require_positive_ints(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
@@ -61,6 +64,11 @@ class GPT2Config(ModelConfig, kind="gpt2"):
             if len(self.inner_sizes) != self.n_layer or not all(
                     isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.inner_sizes):
                 raise ValueError(f"inner_sizes: expected {self.n_layer} ints >= 1, got {self.inner_sizes!r}")
+        if self.embedding_rank is not None and (
+                isinstance(self.embedding_rank, bool) or not isinstance(self.embedding_rank, int)
+                or not 1 <= self.embedding_rank <= min(self.n_embd, self.vocab_size)):
+            raise ValueError(f"embedding_rank: expected an int in [1, {min(self.n_embd, self.vocab_size)}] or None, "
+                             f"got {self.embedding_rank!r}")
 
     def heads(self, layer: int) -> int:
         return self.n_head if self.head_counts is None else self.head_counts[layer]
@@ -84,6 +92,9 @@ class GPT2Config(ModelConfig, kind="gpt2"):
 
     # Hugging Face's config.json uses the same names for all but dropout.
     def to_hf(self) -> dict:
+        if self.embedding_rank is not None:
+            raise ValueError("embedding_rank: a GPT-2 with a factorized embedding cannot be represented by Hugging "
+                             "Face's GPT2LMHeadModel; save it with a state dict instead")
         if self.head_counts is not None and any(h != self.n_head for h in self.head_counts):
             raise ValueError("head_counts: a head-pruned GPT-2 has per-layer head counts, which Hugging Face's "
                              "GPT2LMHeadModel cannot represent; save it with torch.save / a state dict instead")
@@ -204,17 +215,20 @@ class GPT2(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte: nn.Module = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head: nn.Module = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer))
+        if config.embedding_rank is not None:
+            self._install_embedding(FactorizedEmbedding(config.vocab_size, config.n_embd, config.embedding_rank))
+            nn.init.normal_(self.wte.table.weight, 0.0, 0.02)
 
     @staticmethod
     def _init(m: nn.Module):
@@ -228,7 +242,7 @@ class GPT2(nn.Module):
     def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
         """Inputs for tracing (e.g. edgegen.prune, export): random token ids [batch, min(16, context)]."""
         n = min(16, self.config.n_positions)
-        return (torch.randint(0, self.config.vocab_size, (batch, n), device=self.wte.weight.device),)
+        return (torch.randint(0, self.config.vocab_size, (batch, n), device=self.wpe.weight.device),)
 
     def num_parameters(self) -> int:
         """Distinct parameters (the tied head counted once)."""
@@ -241,6 +255,34 @@ class GPT2(nn.Module):
     def ffn_changed(self) -> None:
         """Record the per-layer MLP widths in the config after hidden units were removed."""
         self.config = replace(self.config, inner_sizes=tuple(b.mlp.c_fc.out_features for b in self.h))
+
+    def tied_embedding(self) -> nn.Embedding | None:
+        """The token embedding the output head shares (None once it is factorized)."""
+        return None if isinstance(self.wte, FactorizedEmbedding) else self.wte
+
+    def set_embedding(self, embedding: FactorizedEmbedding) -> None:
+        """Replace the token embedding by ``embedding`` (same vocabulary and width), tie the head to
+        it and record its rank in the config: what ``reduce_(model, EmbeddingFactorConfig(...))``
+        calls."""
+        if not isinstance(embedding, FactorizedEmbedding):
+            raise TypeError(f"embedding: expected a FactorizedEmbedding, got {type(embedding).__name__}")
+        if (embedding.num_embeddings, embedding.embedding_dim) != (self.config.vocab_size, self.config.n_embd):
+            raise ValueError(f"embedding: expected {self.config.vocab_size} x {self.config.n_embd}, got "
+                             f"{embedding.num_embeddings} x {embedding.embedding_dim}")
+        self._install_embedding(embedding)
+        self.config = replace(self.config, embedding_rank=embedding.rank)
+
+    def _install_embedding(self, embedding: FactorizedEmbedding) -> None:
+        self.wte = embedding
+        self.lm_head = TiedFactorizedHead(embedding)
+
+    def head_operands(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, weight) with logits ``x @ weight^T`` for final hidden states: (hidden, the tied table)
+        for a dense embedding, (hidden projected to the rank, the [vocab, r] table) for a factorized
+        one. What ``fused_linear_kd_loss`` takes."""
+        if isinstance(self.wte, FactorizedEmbedding):
+            return self.wte.head_operands(hidden)
+        return hidden, self.lm_head.weight
 
     def set_attention(self, factory) -> None:
         """Replace every block's attention module: ``factory(layer_index) -> nn.Module`` taking
@@ -313,6 +355,9 @@ class GPT2(nn.Module):
         return model
 
     def load_hf_state_dict(self, state: dict, source: str = "state dict") -> None:
+        if self.config.embedding_rank is not None:
+            raise ValueError("embedding_rank: Hugging Face GPT-2 checkpoints hold a dense embedding; load into a "
+                             "dense GPT2 and factorize it with reduce_(model, EmbeddingFactorConfig(...))")
         own = dict(self.state_dict())
         own.pop("lm_head.weight")  # tied to wte
         converted = {}

@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
-from edgegen.reduce.config import LowRankConfig, ReduceConfig
+from edgegen.reduce.config import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, ReduceConfig
+from edgegen.reduce.embedding import factorize_embedding_
 from edgegen.reduce.lowrank import lowrank_
 from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model
 
 _HANDLERS = Handlers("reduce_")
 _HANDLERS.register(LowRankConfig)(lowrank_)
+_HANDLERS.register(EmbeddingFactorConfig)(factorize_embedding_)
+
+
+@_HANDLERS.register(MPRFConfig)
+def _mprf_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None) -> int:
+    from torch.nn.utils import parametrize
+
+    from edgegen.prune import finalize_, prune_
+    from edgegen.prune.ffn import shrink_ffn_
+    from edgegen.prune.heads import shrink_heads_
+
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ValueError("model: has pruning masks (parametrizations); bake them in with edgegen.prune.finalize_ "
+                         "before a modular reduction, which removes heads and hidden units physically")
+    # Applied to a copy, which replaces the model's contents only when every group succeeded: a plan
+    # failing in a later group leaves the model as it was.
+    work = copy.deepcopy(model)
+    changed = 0
+    for group in config.groups():
+        sub = getattr(config, group)
+        try:
+            if group in ("heads", "ffn"):
+                prune_(work, sub, filter_fn=filter_fn)
+                finalize_(work)
+                with torch.no_grad():
+                    changed += (shrink_heads_ if group == "heads" else shrink_ffn_)(work) > 0
+            else:
+                changed += _HANDLERS(work, sub, filter_fn)
+        except ValueError as e:
+            raise ValueError(f"{group}.{e}") from e
+    model.__dict__.update(work.__dict__)
+    return changed
 
 
 def register_reduce_handler(config_type: type):
@@ -24,6 +60,9 @@ def reduce_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn.M
 
     * :class:`LowRankConfig`: Linear layers -> :class:`LowRankLinear` (truncated SVD, the rank per
       layer by retained energy, a fixed rank or a per-layer plan).
+    * :class:`EmbeddingFactorConfig`: a tied token embedding (GPT-2's) -> a [vocab, r] table and
+      an [r, d] projection, the output head tied to both (:class:`FactorizedEmbedding`).
+    * :class:`MPRFConfig`: a per-group plan (heads, FFN width, ranks, embedding) applied in turn.
 
     A ValueError when no layer qualifies. Other methods plug in through
     :func:`register_reduce_handler`.

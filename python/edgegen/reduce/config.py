@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from edgegen.config import Config
+from edgegen.prune.config import FFNConfig, HeadConfig
 
 
 @dataclass
@@ -46,3 +47,54 @@ class LowRankConfig(ReduceConfig):
             for name, r in self.ranks.items():
                 if isinstance(r, bool) or not isinstance(r, int) or r < 1:
                     raise ValueError(f"ranks.{name}: expected an int >= 1, got {r!r}")
+
+
+@dataclass
+class EmbeddingFactorConfig(ReduceConfig):
+    """Factorization of a tied token embedding (GPT-2's [vocab, d] table, which its output head
+    shares) into a [vocab, r] table and an [r, d] projection by truncated SVD; the head stays tied
+    to both factors (:class:`~edgegen.reduce.FactorizedEmbedding`). ``rank``: r, at most
+    min(vocab, d); else ``energy``: the smallest r keeping that fraction of the squared singular
+    values. Applied only when the factors hold fewer parameters (``r (vocab + d) < vocab * d``)."""
+
+    energy: float = 0.9
+    rank: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.energy, bool) or not isinstance(self.energy, (int, float)) or not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy: expected a fraction in (0, 1], got {self.energy!r}")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise ValueError(f"rank: expected an int >= 1, got {self.rank!r}")
+
+
+@dataclass
+class MPRFConfig(ReduceConfig):
+    """Modular parameter reduction: each group of parameters reduced by the method that suits it,
+    applied by ``reduce_`` in this order (each later step sees the earlier steps' result):
+
+    * ``heads``: attention-head pruning (:class:`~edgegen.prune.HeadConfig`), physical;
+    * ``ffn``: feed-forward width pruning (:class:`~edgegen.prune.FFNConfig`), physical;
+    * ``rank``: low-rank factorization of the remaining Linear layers (:class:`LowRankConfig`);
+    * ``embedding``: the tied token embedding factorized (:class:`EmbeddingFactorConfig`).
+
+    A group left ``None`` is untouched; at least one must be set. ``filter_fn`` of ``reduce_``
+    selects the layers of every group. :func:`edgegen.analysis.plan_reduction` chooses such a
+    plan for a parameter or latency budget."""
+
+    heads: Optional[HeadConfig] = None
+    ffn: Optional[FFNConfig] = None
+    rank: Optional[LowRankConfig] = None
+    embedding: Optional[EmbeddingFactorConfig] = None
+
+    def __post_init__(self):
+        for name, kind in (("heads", HeadConfig), ("ffn", FFNConfig), ("rank", LowRankConfig),
+                           ("embedding", EmbeddingFactorConfig)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise ValueError(f"{name}: expected a {kind.__name__} or None, got {type(value).__name__}")
+        if self.groups() == []:
+            raise ValueError("MPRFConfig: expected at least one of heads, ffn, rank, embedding")
+
+    def groups(self) -> list[str]:
+        """The groups this plan reduces, in the order they are applied."""
+        return [g for g in ("heads", "ffn", "rank", "embedding") if getattr(self, g) is not None]

@@ -286,8 +286,9 @@ class DistillTask(LMTask):
             s_hidden = model(x, return_hidden=True)
         if dc.fused:
             t = self.teachers[0]
-            loss = fused_linear_kd_loss(s_hidden.reshape(-1, s_hidden.shape[-1]), student.lm_head.weight,
-                                        t_hidden[0].reshape(-1, t_hidden[0].shape[-1]), t.lm_head.weight,
+            s_x, s_w = student.head_operands(s_hidden)
+            t_x, t_w = t.head_operands(t_hidden[0])
+            loss = fused_linear_kd_loss(s_x.reshape(-1, s_x.shape[-1]), s_w, t_x.reshape(-1, t_x.shape[-1]), t_w,
                                         y.reshape(-1), temperature=dc.temperature, alpha=dc.alpha)
         else:
             s_logits = student.lm_head(s_hidden)

@@ -1,0 +1,166 @@
+"""A modular reduction plan (``MPRFConfig``) chosen for a parameter or latency budget: a greedy
+walk up each group's ladder of settings, taking at every step the move that saves the most cost
+per unit of score lost, until the budget is met."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgegen.prune.config import FFNConfig, HeadConfig
+from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
+from edgegen.transform import FilterFn
+
+GROUPS = ("heads", "ffn", "rank", "embedding")
+
+
+def default_ladders() -> dict[str, list]:
+    """Each group's settings from mild to strong: a quarter, half and three quarters of the heads
+    and hidden units; 90 / 75 / 50 % retained singular-value energy for the Linear ranks and the
+    embedding."""
+    return {"heads": [HeadConfig(a) for a in (0.25, 0.5, 0.75)],
+            "ffn": [FFNConfig(a) for a in (0.25, 0.5, 0.75)],
+            "rank": [LowRankConfig(energy=e) for e in (0.9, 0.75, 0.5)],
+            "embedding": [EmbeddingFactorConfig(energy=e) for e in (0.9, 0.75, 0.5)]}
+
+
+@dataclass
+class PlanStep:
+    """One evaluated plan: its config (None: the model unreduced), cost (parameters or median
+    latency in ms), score, and whether the walk took it."""
+
+    config: MPRFConfig | None
+    cost: float
+    score: float
+    taken: bool
+
+
+@dataclass
+class ReductionPlan:
+    """What :func:`plan_reduction` chose: ``config`` (apply with ``reduce_``), its ``cost`` and
+    ``score``, the unreduced model's, the ``budget`` and its unit, the score's ``score_label`` and
+    every plan evaluated on the way (``steps``)."""
+
+    config: MPRFConfig
+    cost: float
+    score: float
+    base_cost: float
+    base_score: float
+    budget: float
+    unit: str
+    score_label: str
+    steps: list[PlanStep] = field(default_factory=list)
+
+
+def fidelity_score(reference: nn.Module, inputs: tuple) -> Callable[[nn.Module], float]:
+    """A score for models reduced from ``reference``: minus the mean KL divergence (nats per output
+    row) from the reference's output distribution to the candidate's on ``inputs`` (0 is perfect).
+    It measures fidelity to the unreduced model, not quality on data."""
+    with torch.no_grad():
+        ref = F.log_softmax(reference.eval()(*inputs).double(), -1)
+
+    def score(model: nn.Module) -> float:
+        with torch.no_grad():
+            out = F.log_softmax(model.eval()(*inputs).double(), -1)
+        return -float(F.kl_div(out, ref, log_target=True, reduction="sum") / ref[..., 0].numel())
+
+    return score
+
+
+def _config(levels: dict[str, int], ladders: dict[str, list]) -> MPRFConfig | None:
+    chosen = {g: ladders[g][levels[g] - 1] for g in GROUPS if levels[g] > 0}
+    return MPRFConfig(**chosen) if chosen else None
+
+
+def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_ms: float | None = None,
+                   score: Callable[[nn.Module], float] | None = None, example_inputs: tuple | None = None,
+                   ladders: dict[str, list] | None = None, filter_fn: FilterFn | None = None,
+                   latency_repeats: int = 10) -> ReductionPlan:
+    """Choose an :class:`~edgegen.reduce.MPRFConfig` for ``model`` that meets ``max_params``
+    (parameters counted once) or ``max_latency_ms`` (median of ``latency_repeats`` calls on
+    ``example_inputs`` by :func:`edgegen.eval.profile`, on this machine) — exactly one of the two.
+
+    Starting from the unreduced model, each step tries moving every group (heads, FFN width, ranks,
+    embedding) one rung up its ladder (``ladders``: group -> configs from mild to strong;
+    :func:`default_ladders` by default; a group left out is never reduced), applies each candidate
+    plan to a copy of ``model`` and takes the one saving the most cost per unit of ``score`` lost
+    (a move that loses nothing wins outright), until the budget is met. ``score(model) -> float``,
+    higher is better (for example minus the validation loss); by default :func:`fidelity_score` on
+    ``example_inputs`` (or ``model.example_inputs()``). ``model`` is not changed. A ValueError
+    naming the budget when no plan on the ladders meets it."""
+    if (max_params is None) == (max_latency_ms is None):
+        raise ValueError("max_params / max_latency_ms: give exactly one budget")
+    if max_params is not None and (isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 1):
+        raise ValueError(f"max_params: expected an int >= 1, got {max_params!r}")
+    if max_latency_ms is not None and (isinstance(max_latency_ms, bool) or not isinstance(max_latency_ms, (int, float))
+                                       or not max_latency_ms > 0):
+        raise ValueError(f"max_latency_ms: expected a positive number, got {max_latency_ms!r}")
+    ladders = default_ladders() if ladders is None else ladders
+    unknown = sorted(set(ladders) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"ladders.{unknown[0]}: unknown group (expected some of {', '.join(GROUPS)})")
+    ladders = {g: list(ladders.get(g, [])) for g in GROUPS}
+    if example_inputs is None:
+        if not callable(getattr(model, "example_inputs", None)):
+            raise ValueError("example_inputs: required for a model without example_inputs()")
+        example_inputs = model.example_inputs()
+    inputs = tuple(example_inputs)
+    label = "custom score"
+    if score is None:
+        score, label = fidelity_score(model, inputs), "-KL to the unreduced model (nats/row, fidelity)"
+    budget, unit = (max_params, "params") if max_params is not None else (max_latency_ms, "ms (median latency)")
+
+    def cost_of(m: nn.Module) -> float:
+        if max_params is not None:
+            return float(sum(p.numel() for p in m.parameters()))
+        from edgegen.eval.profile import profile
+
+        return profile(m, inputs, repeats=latency_repeats, warmup=2, measure_memory=False).latency_ms_p50
+
+    def evaluate(levels: dict[str, int]) -> PlanStep:
+        cfg = _config(levels, ladders)
+        m = copy.deepcopy(model).eval()
+        if cfg is not None:
+            reduce_(m, cfg, filter_fn=filter_fn)
+        return PlanStep(cfg, cost_of(m), float(score(m)), False)
+
+    levels = {g: 0 for g in GROUPS}
+    current = evaluate(levels)
+    current.taken = True
+    base = current
+    steps = [current]
+    while current.cost > budget:
+        candidates = []
+        for g in GROUPS:
+            if levels[g] < len(ladders[g]):
+                trial = dict(levels, **{g: levels[g] + 1})
+                try:
+                    step = evaluate(trial)
+                except ValueError as e:  # e.g. a rung that changes nothing on this model
+                    if "nothing to reduce" not in str(e):
+                        raise
+                    step = PlanStep(_config(trial, ladders), current.cost, current.score, False)
+                steps.append(step)
+                candidates.append((g, trial, step))
+        if not candidates:
+            raise ValueError(f"max_{'params' if max_params is not None else 'latency_ms'}: {budget} is below the "
+                             f"cheapest plan on the ladders ({current.cost:.6g} {unit})")
+
+        def merit(c):
+            saved = current.cost - c[2].cost
+            lost = current.score - c[2].score
+            return math.inf if lost <= 0 and saved > 0 else saved / max(lost, 1e-12)
+
+        g, levels, current = max(candidates, key=merit)
+        current.taken = True
+    if current.config is None:  # the unreduced model already fits: the mildest plan is not forced on it
+        raise ValueError(f"max_{'params' if max_params is not None else 'latency_ms'}: the model already meets "
+                         f"{budget} {unit} ({current.cost:.6g}); nothing to reduce")
+    return ReductionPlan(current.config, current.cost, current.score, base.cost, base.score, budget, unit, label,
+                         steps)

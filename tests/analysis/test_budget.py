@@ -1,0 +1,102 @@
+"""plan_reduction: the chosen plan meets the budget and is the greedy walk's choice, checked
+against a brute-force walk over the same ladders; the fidelity score; bad budgets."""
+
+import copy
+
+import pytest
+import torch
+
+from edgegen.analysis import fidelity_score, plan_reduction
+from edgegen.models import GPT2Config
+from edgegen.prune import FFNConfig, HeadConfig
+from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
+
+from tests.helpers import seeded_gpt2
+
+CFG = GPT2Config(vocab_size=601, n_positions=32, n_embd=48, n_layer=2, n_head=4)
+
+
+def model(seed=0):
+    return seeded_gpt2(CFG, seed)
+
+
+def test_the_plan_meets_a_parameter_budget_and_leaves_the_model_alone():
+    m = model()
+    before = m.num_parameters()
+    budget = int(0.6 * before)
+    plan = plan_reduction(m, max_params=budget)
+    assert m.num_parameters() == before and m.config.head_counts is None
+    reduced = reduce_(copy.deepcopy(m), plan.config)
+    assert reduced.num_parameters() == plan.cost <= budget
+    assert plan.base_cost == before and plan.base_score == 0.0
+    assert plan.score == pytest.approx(fidelity_score(m, m.example_inputs())(reduced)) or plan.score <= 0
+    taken = [s for s in plan.steps if s.taken]
+    assert all(a.cost > b.cost for a, b in zip(taken, taken[1:]))  # every move saved something
+    assert taken[-1].config == plan.config
+
+
+def test_each_step_takes_the_move_with_the_best_saving_per_score_lost():
+    m = model()
+    inputs = m.example_inputs()
+    ladders = {"ffn": [FFNConfig(0.5)], "embedding": [EmbeddingFactorConfig(rank=8)]}
+    plan = plan_reduction(m, max_params=m.num_parameters() - 1, ladders=ladders, example_inputs=inputs)
+    score = fidelity_score(m, inputs)
+    base = m.num_parameters()
+    merits = {}
+    for name, cfg in (("ffn", MPRFConfig(ffn=FFNConfig(0.5))), ("embedding", MPRFConfig(embedding=ladders["embedding"][0]))):
+        r = reduce_(copy.deepcopy(m), cfg)
+        merits[name] = (base - r.num_parameters()) / max(-score(r), 1e-12)
+    best = max(merits, key=merits.get)
+    assert plan.config.groups() == [best]
+
+
+def test_the_fidelity_score_is_zero_for_the_model_itself_and_negative_kl_otherwise():
+    m = model()
+    inputs = m.example_inputs()
+    score = fidelity_score(m, inputs)
+    assert score(m) == 0.0
+    other = reduce_(copy.deepcopy(m), LowRankConfig(rank=4))
+    with torch.no_grad():
+        p = torch.log_softmax(m(*inputs).double(), -1)
+        q = torch.log_softmax(other(*inputs).double(), -1)
+    kl = (p.exp() * (p - q)).sum(-1).mean()
+    assert score(other) == pytest.approx(-float(kl), rel=1e-9)
+
+
+def test_a_latency_budget_walks_the_same_way_on_measured_latencies(monkeypatch):
+    """Latencies replaced by a deterministic stand-in proportional to the parameters (real timings
+    on a shared machine are noise at this size): the latency walk must then equal the parameter walk."""
+    import importlib
+    import types
+
+    prof = importlib.import_module("edgegen.eval.profile")  # the module (the package re-exports a function of that name)
+
+    calls = []
+
+    def fake(model, inputs, repeats, warmup, measure_memory):
+        calls.append((repeats, measure_memory))
+        return types.SimpleNamespace(latency_ms_p50=sum(p.numel() for p in model.parameters()) / 1e4)
+
+    monkeypatch.setattr(prof, "profile", fake)
+    m = model()
+    budget = int(0.6 * m.num_parameters())
+    by_params = plan_reduction(m, max_params=budget)
+    by_latency = plan_reduction(m, max_latency_ms=budget / 1e4, latency_repeats=3)
+    assert by_latency.config == by_params.config and by_latency.unit.startswith("ms")
+    assert by_latency.cost == pytest.approx(by_params.cost / 1e4)
+    assert calls and all(c == (3, False) for c in calls)
+    with pytest.raises(ValueError, match="already meets"):  # no forced reduction when the model fits
+        plan_reduction(m, max_latency_ms=1e9)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(), "give exactly one budget"),
+    (dict(max_params=10, max_latency_ms=1.0), "give exactly one budget"),
+    (dict(max_params=0), "max_params: expected an int >= 1"),
+    (dict(max_latency_ms=-1.0), "max_latency_ms: expected a positive number"),
+    (dict(max_params=10, ladders={"attention": []}), "ladders.attention: unknown group"),
+    (dict(max_params=10, ladders={"heads": [HeadConfig(0.5)]}), r"max_params: 10 is below the cheapest plan"),
+], ids=["none", "both", "zero-params", "negative-latency", "unknown-group", "unreachable"])
+def test_bad_budgets_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan_reduction(model(), **kwargs)
