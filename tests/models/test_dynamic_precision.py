@@ -119,3 +119,52 @@ def test_sampling_settings_are_checked_like_generate():
             generate_dynamic(m, idx, 3, DynamicPrecisionConfig(), **kwargs)
         with pytest.raises(ValueError, match=match):
             model().generate(idx, 3, **kwargs)
+
+
+@pytest.mark.parametrize("threshold,expect", [(0.0, "low"), (1.0, "full")], ids=["always-low", "never-low"])
+def test_teacher_forced_scoring_at_the_extremes_equals_fixed_precision_perplexity(threshold, expect):
+    from edgegen.eval import perplexity
+    from edgegen.models import dynamic_nll
+
+    base = model()
+    fixed = copy.deepcopy(base)
+    if expect == "low":
+        quantize_(fixed, Int8DynamicConfig(embeddings=False))
+    cfg = DynamicPrecisionConfig(low=Int8DynamicConfig(), rule="top1", threshold=threshold)
+    switch = quantize_(copy.deepcopy(base), cfg)
+    ids = torch.randint(0, 101, (40,), generator=torch.Generator().manual_seed(4))
+    got = dynamic_nll(switch, ids, cfg, context=16)
+    # reference: the fixed-precision model read token by token with its cache, windows of 16
+    # overlapping by one token (the windows perplexity(context=16, stride=15) scores)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, 39, 15):
+            w, past = ids[start:start + 16], None
+            for t in range(len(w) - 1):
+                logits, past = fixed(w[None, t:t + 1], past_key_values=past, use_cache=True)
+                nll -= float(torch.log_softmax(logits[0, -1].double(), -1)[w[t + 1]])
+                n += 1
+    assert got["tokens"] == n == 39
+    assert got["low_fraction"] == (1.0 if expect == "low" else 0.0)
+    assert got["nll"] == pytest.approx(nll / n, rel=1e-9)
+    if expect == "full":  # and in full precision, the windowed perplexity of the whole windows at once
+        assert got["ppl"] == pytest.approx(perplexity(fixed, ids, context=16, stride=15).perplexity, rel=1e-5)
+
+
+def test_teacher_forced_scoring_counts_the_low_steps_and_rejects_bad_input():
+    from edgegen.models import dynamic_nll
+
+    cfg = Alternating(threshold=0.5)
+    m = quantize_(model(), cfg)
+    ids = torch.randint(0, 101, (9,), generator=torch.Generator().manual_seed(6))
+    got = dynamic_nll(m, ids, cfg, context=9)
+    assert got["tokens"] == 8 and got["low_fraction"] == 4 / 8  # full, low, full, low, ... from the window start
+    assert all(not s.quantized for s in m.modules() if isinstance(s, SwitchablePrecision))
+    with pytest.raises(ValueError, match="context: expected an int >= 2"):
+        dynamic_nll(m, ids, cfg, context=1)
+    with pytest.raises(ValueError, match="tokens: expected at least 2"):
+        dynamic_nll(m, ids[:1], cfg)
+    with pytest.raises(ValueError, match="model: no switchable layers"):
+        dynamic_nll(model(), ids, cfg)
+    with pytest.raises(TypeError, match="config: expected a DynamicPrecisionConfig"):
+        dynamic_nll(m, ids, Int8DynamicConfig())

@@ -43,3 +43,45 @@ def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config:
         set_precision_(switches, False)
     n = len(used)
     return idx, {"steps": n, "low_steps": sum(used), "low_fraction": sum(used) / n if n else 0.0, "precision": used}
+
+
+@torch.no_grad()
+def dynamic_nll(model: nn.Module, tokens: Tensor, config: DynamicPrecisionConfig, context: int = 128) -> dict:
+    """Teacher-forced scoring under dynamic precision: the token sequence is read one token at a
+    time with the KV cache, in windows of ``context`` tokens (each a fresh cache), and each step
+    runs in the precision :func:`generate_dynamic` would choose from the previous step's
+    distribution (a window's first step: low only when every distribution counts as confident).
+    Returns ``nll`` (mean negative log-likelihood, nats per scored token, float64), ``ppl``,
+    ``tokens`` scored and ``low_fraction`` of the steps. The model is left in full precision."""
+    if not isinstance(config, DynamicPrecisionConfig):
+        raise TypeError(f"config: expected a DynamicPrecisionConfig, got {type(config).__name__}")
+    switches = [m for m in model.modules() if isinstance(m, SwitchablePrecision)]
+    if not switches:
+        raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
+    ids = tokens.reshape(-1)
+    if ids.dtype not in (torch.int64, torch.int32) or ids.numel() < 2:
+        raise ValueError(f"tokens: expected at least 2 integer token ids, got {ids.dtype} of {ids.numel()}")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 2:
+        raise ValueError(f"context: expected an int >= 2, got {context!r}")
+    ids = ids.long()
+    total, scored, low_steps, steps = 0.0, 0, 0, 0
+    try:
+        for start in range(0, ids.numel() - 1, context - 1):
+            window = ids[start:start + context]
+            if window.numel() < 2:
+                break
+            low, past = config.always_low, None
+            for t in range(window.numel() - 1):
+                set_precision_(switches, low)
+                logits, past = model(window[None, t:t + 1], past_key_values=past, use_cache=True)
+                logits = logits[:, -1, :].float()
+                total -= float(torch.log_softmax(logits.double(), -1)[0, window[t + 1]])
+                scored += 1
+                low_steps += low
+                steps += 1
+                low = config.confident(logits)
+    finally:
+        set_precision_(switches, False)
+    nll = total / scored
+    return {"nll": nll, "ppl": float(torch.tensor(nll, dtype=torch.float64).exp()), "tokens": scored,
+            "low_fraction": low_steps / steps}
