@@ -138,3 +138,18 @@ def test_fused_distillation_through_the_head_operands_equals_the_logits_loss():
 def test_bad_input_names_the_field(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_int8_quantizes_both_sides_of_the_factorized_tie_once():
+    from edgegen.quant import Int8DynamicConfig, Int8Embedding, Int8Linear, quantize_
+
+    m = reduce_(model(), EmbeddingFactorConfig(rank=16))
+    idx = torch.randint(0, 211, (2, 12))
+    with torch.no_grad():
+        ref = m(idx)
+    quantize_(m, Int8DynamicConfig())
+    assert isinstance(m.wte.table, Int8Embedding) and isinstance(m.lm_head.out, Int8Linear)
+    assert m.lm_head.out.weight_int8 is m.wte.table.weight_int8  # stored once
+    with torch.no_grad():
+        out = m(idx)
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99

@@ -150,3 +150,55 @@ def test_parameter_count_matches_the_plan():
     # by hand: four layers per block, r (in + out) instead of in * out (plus the unchanged biases)
     by_hand = 2 * sum(i * o - 6 * (i + o) for i, o in ((48, 144), (48, 48), (48, 192), (192, 48)))
     assert saved == by_hand
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 0), (1, 1)], ids=["plain", "stride2", "padded"])
+def test_pointwise_convolutions_factorize_like_linear_layers(stride, padding):
+    from edgegen.reduce import LowRankConv1x1
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 16, 1, stride=stride, padding=padding, dtype=torch.float64)
+    x = torch.randn(2, 24, 7, 7, dtype=torch.float64)
+    full = LowRankConv1x1.from_conv(conv, 16)
+    torch.testing.assert_close(full(x), conv(x), rtol=1e-12, atol=1e-12)
+    s = torch.linalg.svdvals(conv.weight.detach()[:, :, 0, 0])
+    low = LowRankConv1x1.from_conv(conv, 5)
+    err = (conv.weight[:, :, 0, 0] - low.weight_product()).pow(2).sum()
+    torch.testing.assert_close(err, s[5:].pow(2).sum(), rtol=1e-9, atol=1e-12)
+    # the two convolutions compute the dense 1x1 convolution with the product weight
+    dense = torch.nn.functional.conv2d(x, low.weight_product()[:, :, None, None], conv.bias, stride, padding)
+    torch.testing.assert_close(low(x), dense, rtol=1e-12, atol=1e-12)
+
+
+def test_reduce_factorizes_the_pointwise_convolutions_of_a_separable_generator():
+    import copy
+
+    from edgegen.models import DCGANConfig, DCGANGenerator
+    from edgegen.reduce import LowRankConv1x1, is_pointwise
+
+    torch.manual_seed(0)
+    g = DCGANGenerator(DCGANConfig(nz=16, ngf=32, conv="depthwise_separable")).eval()
+    pointwise = [n for n, m in g.named_modules() if is_pointwise(m)]
+    wide = lambda m, n: min(getattr(m, "in_channels", 0), getattr(m, "out_channels", 0)) >= 4  # noqa: E731 (not RGB)
+    with pytest.raises(ValueError, match=r"rank: 4 exceeds min\(in, out\) = 3"):
+        reduce_(copy.deepcopy(g), LowRankConfig(rank=4))  # the last 1x1 convolution outputs 3 channels
+    plan = plan_ranks(g, LowRankConfig(rank=4), filter_fn=wide)
+    assert plan and set(plan) <= set(pointwise)  # the 1x1 convolutions where rank 4 is smaller, nothing else
+    ref = copy.deepcopy(g)
+    reduce_(g, LowRankConfig(rank=4), filter_fn=wide)
+    assert lowrank_layout(g) == plan and all(isinstance(g.get_submodule(n), LowRankConv1x1) for n in plan)
+    for name in plan:  # the reference: each factorized convolution's product written back densely
+        ref.get_submodule(name).weight.data.copy_(g.get_submodule(name).weight_product()[:, :, None, None])
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(g(z), ref(z), rtol=1e-5, atol=1e-5)
+
+
+def test_fraction_sets_each_layers_rank_from_its_own_width():
+    model = nn.Sequential(linear(64, 48, dtype=torch.float32), linear(48, 16, dtype=torch.float32))
+    assert plan_ranks(model, LowRankConfig(fraction=0.25)) == {"0": 12, "1": 4}  # ceil(0.25 * min(in, out))
+    assert plan_ranks(model, LowRankConfig(fraction=0.3)) == {"0": 15, "1": 5}
+    with pytest.raises(ValueError, match=r"fraction: expected a fraction in \(0, 1\]"):
+        LowRankConfig(fraction=0.0)
+    with pytest.raises(ValueError, match="fraction: give one of rank, ranks and fraction"):
+        LowRankConfig(rank=2, fraction=0.5)

@@ -20,14 +20,20 @@ from edgegen.transform import FilterFn
 GROUPS = ("heads", "ffn", "rank", "embedding")
 
 
-def default_ladders() -> dict[str, list]:
+def default_ladders(model: nn.Module | None = None) -> dict[str, list]:
     """Each group's settings from mild to strong: a quarter, half and three quarters of the heads
-    and hidden units; 90 / 75 / 50 % retained singular-value energy for the Linear ranks and the
-    embedding."""
-    return {"heads": [HeadConfig(a) for a in (0.25, 0.5, 0.75)],
-            "ffn": [FFNConfig(a) for a in (0.25, 0.5, 0.75)],
-            "rank": [LowRankConfig(energy=e) for e in (0.9, 0.75, 0.5)],
-            "embedding": [EmbeddingFactorConfig(energy=e) for e in (0.9, 0.75, 0.5)]}
+    and hidden units; each Linear layer's rank at 1/2, 1/3, 1/4 of its largest possible rank; the
+    embedding at ranks d/2, d/4, d/8 for a model with ``config.n_embd`` = d (GPT-2), else at 90 /
+    75 / 50 % retained singular-value energy. (A trained embedding keeps most of its energy in a
+    few directions, so an energy rule cuts it to a very low rank.)"""
+    ladders = {"heads": [HeadConfig(a) for a in (0.25, 0.5, 0.75)],
+               "ffn": [FFNConfig(a) for a in (0.25, 0.5, 0.75)],
+               "rank": [LowRankConfig(fraction=f) for f in (1 / 2, 1 / 3, 1 / 4)],
+               "embedding": [EmbeddingFactorConfig(energy=e) for e in (0.9, 0.75, 0.5)]}
+    d = getattr(getattr(model, "config", None), "n_embd", None)
+    if isinstance(d, int) and d >= 8:
+        ladders["embedding"] = [EmbeddingFactorConfig(rank=max(1, d // k)) for k in (2, 4, 8)]
+    return ladders
 
 
 @dataclass
@@ -88,9 +94,10 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
 
     Starting from the unreduced model, each step tries moving every group (heads, FFN width, ranks,
     embedding) one rung up its ladder (``ladders``: group -> configs from mild to strong;
-    :func:`default_ladders` by default; a group left out is never reduced), applies each candidate
-    plan to a copy of ``model`` and takes the one saving the most cost per unit of ``score`` lost
-    (a move that loses nothing wins outright), until the budget is met. ``score(model) -> float``,
+    :func:`default_ladders` of ``model`` by default; a group left out is never reduced), applies
+    each candidate plan to a copy of ``model`` and takes the one saving the most cost per unit of
+    ``score`` lost (a move that loses nothing wins outright); when some candidates meet the budget,
+    it takes the best-scoring of those and stops. ``score(model) -> float``,
     higher is better (for example minus the validation loss); by default :func:`fidelity_score` on
     ``example_inputs`` (or ``model.example_inputs()``). ``model`` is not changed. A ValueError
     naming the budget when no plan on the ladders meets it."""
@@ -101,7 +108,7 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
     if max_latency_ms is not None and (isinstance(max_latency_ms, bool) or not isinstance(max_latency_ms, (int, float))
                                        or not max_latency_ms > 0):
         raise ValueError(f"max_latency_ms: expected a positive number, got {max_latency_ms!r}")
-    ladders = default_ladders() if ladders is None else ladders
+    ladders = default_ladders(model) if ladders is None else ladders
     unknown = sorted(set(ladders) - set(GROUPS))
     if unknown:
         raise ValueError(f"ladders.{unknown[0]}: unknown group (expected some of {', '.join(GROUPS)})")
@@ -157,7 +164,11 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
             lost = current.score - c[2].score
             return math.inf if lost <= 0 and saved > 0 else saved / max(lost, 1e-12)
 
-        g, levels, current = max(candidates, key=merit)
+        within = [c for c in candidates if c[2].cost <= budget]
+        if within:  # the last move: the best-scoring one that meets the budget, not the largest saving
+            g, levels, current = max(within, key=lambda c: c[2].score)
+        else:
+            g, levels, current = max(candidates, key=merit)
         current.taken = True
     if current.config is None:  # the unreduced model already fits: the mildest plan is not forced on it
         raise ValueError(f"max_{'params' if max_params is not None else 'latency_ms'}: the model already meets "

@@ -280,8 +280,8 @@ class GPT2(nn.Module):
         """(x, weight) with logits ``x @ weight^T`` for final hidden states: (hidden, the tied table)
         for a dense embedding, (hidden projected to the rank, the [vocab, r] table) for a factorized
         one. What ``fused_linear_kd_loss`` takes."""
-        if isinstance(self.wte, FactorizedEmbedding):
-            return self.wte.head_operands(hidden)
+        if isinstance(self.lm_head, TiedFactorizedHead):
+            return F.linear(hidden, self.wte.proj), self.lm_head.out.weight
         return hidden, self.lm_head.weight
 
     def set_attention(self, factory) -> None:

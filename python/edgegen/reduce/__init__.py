@@ -6,8 +6,8 @@ embedding, and modular plans over heads, feed-forward width, ranks and embedding
 from edgegen.reduce.api import reduce_, register_reduce_handler
 from edgegen.reduce.config import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, ReduceConfig
 from edgegen.reduce.embedding import FactorizedEmbedding, TiedFactorizedHead
-from edgegen.reduce.lowrank import LowRankLinear, energy_rank, lowrank_layout, plan_ranks
+from edgegen.reduce.lowrank import LowRankConv1x1, LowRankLinear, energy_rank, is_pointwise, lowrank_layout, plan_ranks
 
 __all__ = ["reduce_", "register_reduce_handler", "ReduceConfig", "LowRankConfig", "EmbeddingFactorConfig",
-           "MPRFConfig", "LowRankLinear", "FactorizedEmbedding", "TiedFactorizedHead", "energy_rank",
+           "MPRFConfig", "LowRankLinear", "LowRankConv1x1", "is_pointwise", "FactorizedEmbedding", "TiedFactorizedHead", "energy_rank",
            "lowrank_layout", "plan_ranks"]

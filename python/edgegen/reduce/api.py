@@ -58,7 +58,8 @@ def reduce_(model: nn.Module, config, filter_fn: FilterFn | None = None) -> nn.M
     """Reduce ``model``'s parameters in place (``filter_fn(module, name)`` selects layers) and
     return it. ``config`` is a config object or its dict:
 
-    * :class:`LowRankConfig`: Linear layers -> :class:`LowRankLinear` (truncated SVD, the rank per
+    * :class:`LowRankConfig`: Linear layers and 1x1 convolutions -> :class:`LowRankLinear` /
+      :class:`LowRankConv1x1` (truncated SVD, the rank per
       layer by retained energy, a fixed rank or a per-layer plan).
     * :class:`EmbeddingFactorConfig`: a tied token embedding (GPT-2's) -> a [vocab, r] table and
       an [r, d] projection, the output head tied to both (:class:`FactorizedEmbedding`).

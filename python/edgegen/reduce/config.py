@@ -16,13 +16,17 @@ class ReduceConfig(Config, family=True):
 
 @dataclass
 class LowRankConfig(ReduceConfig):
-    """Low-rank factorization of Linear layers: ``W ~ U_r S_r V_r^T`` by truncated SVD, each layer
-    replaced physically by two thinner layers (:class:`~edgegen.reduce.LowRankLinear`: ``in -> r``
-    then ``r -> out`` with the bias). The rank of every selected layer is
+    """Low-rank factorization of Linear layers and pointwise (1x1) convolutions: ``W ~ U_r S_r V_r^T``
+    by truncated SVD, each layer replaced physically by two thinner layers
+    (:class:`~edgegen.reduce.LowRankLinear`: ``in -> r`` then ``r -> out`` with the bias;
+    :class:`~edgegen.reduce.LowRankConv1x1` likewise with 1x1 convolutions). The rank of every
+    selected layer is
 
     * ``ranks``: a per-layer plan ``{qualified name: rank}`` (what :func:`lowrank_layout` returns,
       to rebuild a reduced model's structure before loading its state dict), else
     * ``rank``: the same rank for every layer, else
+    * ``fraction``: each layer's rank as that fraction of its largest possible rank
+      (``ceil(fraction * min(in, out))``), in (0, 1], else
     * ``energy``: the smallest rank keeping that fraction of the squared singular values (the
       Frobenius energy), in (0, 1].
 
@@ -33,12 +37,19 @@ class LowRankConfig(ReduceConfig):
     energy: float = 0.95
     rank: Optional[int] = None
     ranks: Optional[dict[str, int]] = None
+    fraction: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.energy, bool) or not isinstance(self.energy, (int, float)) or not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy: expected a fraction in (0, 1], got {self.energy!r}")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
             raise ValueError(f"rank: expected an int >= 1, got {self.rank!r}")
+        if self.fraction is not None:
+            if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not (
+                    0.0 < self.fraction <= 1.0):
+                raise ValueError(f"fraction: expected a fraction in (0, 1], got {self.fraction!r}")
+            if self.rank is not None or self.ranks is not None:
+                raise ValueError("fraction: give one of rank, ranks and fraction")
         if self.ranks is not None:
             if self.rank is not None:
                 raise ValueError("ranks: give either rank (every layer) or ranks (a per-layer plan), not both")

@@ -66,16 +66,21 @@ class FactorizedEmbedding(nn.Module):
 
 
 class TiedFactorizedHead(nn.Module):
-    """The output head tied to a :class:`FactorizedEmbedding`: ``forward(h)`` is its
-    :meth:`~FactorizedEmbedding.logits`. The embedding is referenced, not registered, so its
-    parameters appear once in ``parameters()`` and the state dict (under the embedding's name)."""
+    """The output head tied to a :class:`FactorizedEmbedding`: ``forward(h) = out(h @ proj^T)``,
+    where ``out`` is a bias-free ``nn.Linear(rank, vocab)`` whose weight *is* the embedding's table
+    (one Parameter, as GPT-2's dense head shares its embedding), so quantization treats the pair as
+    it treats a dense tied head. The embedding itself is referenced, not registered: ``proj``
+    appears once in ``parameters()`` and the state dict, under the embedding's name."""
 
     def __init__(self, embedding: FactorizedEmbedding):
         super().__init__()
         object.__setattr__(self, "embedding", embedding)
+        self.out = nn.Linear(embedding.rank, embedding.num_embeddings, bias=False,
+                             device=embedding.proj.device, dtype=embedding.proj.dtype)
+        self.out.weight = embedding.table.weight
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.embedding.logits(hidden)
+        return self.out(F.linear(hidden, self.embedding.proj))
 
     def extra_repr(self) -> str:
         return f"tied to FactorizedEmbedding(rank={self.embedding.rank})"

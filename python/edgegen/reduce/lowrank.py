@@ -1,6 +1,9 @@
-"""Low-rank factorization of Linear layers by truncated SVD (float64), applied physically."""
+"""Low-rank factorization of Linear layers and pointwise (1x1) convolutions by truncated SVD
+(float64), applied physically."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +56,64 @@ class LowRankLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
+class LowRankConv1x1(nn.Module):
+    """A pointwise (1x1) convolution as two: ``down`` (``in -> rank``, 1x1, carrying the original
+    stride and zero padding, no bias) then ``up`` (``rank -> out``, 1x1, with the bias). A 1x1
+    convolution is a Linear map over channels at every pixel, so the truncated SVD of its
+    [out, in] weight gives the best rank-``rank`` pair, exactly as for :class:`LowRankLinear`."""
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int, stride=1, padding=0, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        if not 1 <= rank <= min(in_channels, out_channels):
+            raise ValueError(f"rank: expected 1 <= rank <= min(in, out) = {min(in_channels, out_channels)}, got {rank}")
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
+        self.down = nn.Conv2d(in_channels, rank, 1, stride, padding, bias=False, device=device, dtype=dtype)
+        self.up = nn.Conv2d(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
+
+    @classmethod
+    @torch.no_grad()
+    def from_conv(cls, conv: nn.Conv2d, rank: int, svd: tuple[Tensor, Tensor, Tensor] | None = None
+                  ) -> "LowRankConv1x1":
+        """The best rank-``rank`` approximation of a pointwise ``conv`` (see :func:`is_pointwise`)."""
+        w = conv.weight
+        u, s, vh = svd if svd is not None else _svd(w[:, :, 0, 0])
+        out = cls(conv.in_channels, conv.out_channels, rank, conv.stride, conv.padding, conv.bias is not None,
+                  w.device, w.dtype)
+        root = s[:rank].sqrt()
+        out.down.weight.copy_((root[:, None] * vh[:rank]).to(w.dtype)[:, :, None, None])
+        out.up.weight.copy_((u[:, :rank] * root[None, :]).to(w.dtype)[:, :, None, None])
+        if conv.bias is not None:
+            out.up.bias.copy_(conv.bias.detach())
+        out.train(conv.training)
+        return out
+
+    def weight_product(self) -> Tensor:
+        """The dense [out, in] channel-mixing matrix the two convolutions compute."""
+        return self.up.weight[:, :, 0, 0] @ self.down.weight[:, :, 0, 0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, rank={self.rank}"
+
+
+def is_pointwise(m: nn.Module) -> bool:
+    """A Conv2d with a 1x1 kernel, one group and zero padding: a per-pixel Linear over channels."""
+    return (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+
+
+def _dims(m: nn.Module) -> tuple[int, int, Tensor] | None:
+    """(in, out, the [out, in] weight) of a factorizable layer, else None."""
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features, m.weight
+    if is_pointwise(m):
+        return m.in_channels, m.out_channels, m.weight[:, :, 0, 0]
+    return None
+
+
 def _svd(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.linalg.svd(weight.detach().double(), full_matrices=False)
 
@@ -77,11 +138,13 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
     """{layer name: (rank, the weight's SVD when the energy rule computed it, else None)}."""
     plan = {}
     for name, m in prunable_weights(model, filter_fn):  # selected, never a tied weight
-        if not isinstance(m, nn.Linear):
+        dims = _dims(m)
+        if dims is None:
             continue
+        n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
             continue
-        limit = min(m.in_features, m.out_features)
+        limit = min(n_in, n_out)
         if config.ranks is not None or config.rank is not None:
             r = config.ranks[name] if config.ranks is not None else config.rank
             if r > limit:
@@ -91,15 +154,18 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
                 plan[name] = (r, None)
                 continue
             svd = None
+        elif config.fraction is not None:
+            r, svd = max(1, math.ceil(config.fraction * limit - 1e-9)), None
         else:
-            svd = _svd(m.weight)  # kept: the factorization reuses it
+            svd = _svd(weight)  # kept: the factorization reuses it
             r = energy_rank(svd[1], config.energy)
-        if r * (m.in_features + m.out_features) < m.in_features * m.out_features:
+        if r * (n_in + n_out) < n_in * n_out:
             plan[name] = (r, svd)
     if config.ranks is not None:
         missing = sorted(set(config.ranks) - set(plan))
         if missing:
-            raise ValueError(f"ranks.{missing[0]}: no Linear layer of that name (untied, selected) in the model")
+            raise ValueError(f"ranks.{missing[0]}: no Linear or 1x1 Conv2d layer of that name (untied, selected) "
+                             "in the model")
     return plan
 
 
@@ -108,7 +174,10 @@ def lowrank_(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None
     for name, (r, svd) in plan.items():
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, LowRankLinear.from_linear(getattr(owner, child), r, svd))
+        layer = getattr(owner, child)
+        low = (LowRankLinear.from_linear(layer, r, svd) if isinstance(layer, nn.Linear)
+               else LowRankConv1x1.from_conv(layer, r, svd))
+        setattr(owner, child, low)
     return len(plan)
 
 
@@ -116,4 +185,4 @@ def lowrank_layout(model: nn.Module) -> dict[str, int]:
     """{layer name: rank} of every :class:`LowRankLinear` in ``model``: with
     ``LowRankConfig(ranks=...)`` it rebuilds the same structure in a fresh model, which then loads
     the reduced model's state dict."""
-    return {name: m.rank for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    return {name: m.rank for name, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1x1))}
