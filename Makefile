@@ -13,7 +13,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py test-wheel docs reproduce bench bench-gpu clean
+.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py test-wheel docs reproduce bench bench-methods bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -108,6 +108,14 @@ bench: build $(VENV)/.bench-ready
 	$(PYTHON) benchmarks/bench_quant.py
 	$(PYTHON) benchmarks/bench_attention.py
 	$(PYTHON) benchmarks/bench_eval.py
+
+# The lightweight methods on GPT-2: low-rank factorization, dynamic precision, and every reduction,
+# dynamic precision and early exit on a GPT-2 trained on WikiText-2 (bench_methods trains it first,
+# about 10 min here, cached in build/bench-cache).
+bench-methods: build $(VENV)/.bench-ready
+	$(PYTHON) benchmarks/bench_reduce.py
+	$(PYTHON) benchmarks/bench_dynamic.py
+	$(PYTHON) benchmarks/bench_methods.py
 
 # On a GPU machine: build with the CUDA kernels, run tests/cuda and the GPU benchmark.
 bench-gpu:

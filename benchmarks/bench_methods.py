@@ -19,7 +19,8 @@ perplexity, decode time per token; (4) the rank sweep of the low-rank factorizat
 half the tokens of section 1) with the fitted trade-off (quality: perplexity; efficiency: prefill
 time) and C*; (5) the cited figures beside
 ours. Timing: in this process, medians after warm-up (noisier than the per-process kernel
-benchmarks). Needs EDGEGEN_DATA_DIR (wikitext-2-raw/ and gpt2/). CSV: benchmarks/results/methods.csv.
+benchmarks). Needs wikitext-2-raw/ and gpt2/ under the data root ($EDGEGEN_DATA_DIR). CSV:
+benchmarks/results/methods.csv.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,9 +51,10 @@ def settings(quick: bool) -> dict:
 
     if quick:
         return dict(config=GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=256), steps=120, batch=6,
-                    eval_tokens=4096, dps_tokens=1024, ee_tokens=4096, exit_steps=40, ranks=(192, 128, 64, 32))
+                    eval_tokens=4096, dps_tokens=1024, ee_tokens=4096, exit_steps=40, ranks=(192, 128, 64, 32),
+                    tune_steps=20)
     return dict(config=GPT2Config.student(), steps=400, batch=6, eval_tokens=16384, dps_tokens=2048,
-                ee_tokens=8192, exit_steps=80, ranks=(288, 192, 128, 96, 64, 32))
+                ee_tokens=8192, exit_steps=80, ranks=(288, 192, 128, 96, 64, 32), tune_steps=100)
 
 
 def data():
@@ -82,7 +83,6 @@ def train(cfg, valid, steps: int, batch: int, seq: int = 128, lr: float = 1e-3):
     """The model after ``steps`` AdamW steps on random validation windows (cosine schedule, 20
     warm-up steps), cached by its settings."""
     import torch
-    import torch.nn.functional as F
 
     from edgegen.models import GPT2
 
@@ -94,13 +94,25 @@ def train(cfg, valid, steps: int, batch: int, seq: int = 128, lr: float = 1e-3):
         model.load_state_dict(torch.load(path, weights_only=True))
         print(f"trained model read from {path}")
         return model.eval()
+    fit(model, valid, steps, batch, seq, lr, warmup=20, seed=1000)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def fit(model, valid, steps: int, batch: int, seq: int, lr: float, warmup: int, seed: int, log: bool = True):
+    """``steps`` AdamW steps of next-token loss on random validation windows (warm-up, then a cosine
+    decay to a tenth of ``lr``); the model is returned in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        x = windows(valid, batch, seq, seed=1000 + step)
+        x = windows(valid, batch, seq, seed=seed + step)
         logits = model(x[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -108,10 +120,8 @@ def train(cfg, valid, steps: int, batch: int, seq: int = 128, lr: float = 1e-3):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 50 == 0 or step == steps - 1:
+        if log and (step % 50 == 0 or step == steps - 1):
             print(f"  step {step:4d}  loss {float(loss.detach()):.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
     return model.eval()
 
 
@@ -144,8 +154,10 @@ def disk_bytes(model) -> int:
     return model_bytes_on_disk(model)[0]
 
 
-def reductions(dense, cfg, valid):
-    """(name, build) of every variant of section 1."""
+def reductions(dense, cfg, valid, tune: int):
+    """(name, build, to INT8) of every variant of section 1; ``tune``: fine-tuning steps of the
+    rows that are fine-tuned after the reduction (the dense model gets the same steps in its own
+    row, the reference for them)."""
     from edgegen.analysis import plan_reduction
     from edgegen.prune import FFNConfig, HeadConfig, MagnitudeConfig, finalize_, prune_
     from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
@@ -162,6 +174,9 @@ def reductions(dense, cfg, valid):
     def red(c, **kw):
         return lambda: reduce_(copy.deepcopy(dense), c, **kw)
 
+    def tuned(build):  # the same further steps for every tuned row, the dense one included
+        return lambda: fit(build(), valid, tune, 6, 128, 3e-4, warmup=5, seed=9000, log=False)
+
     # (name, the float model, quantize it to INT8 afterwards)
     variants = [
         ("dense fp32", lambda: copy.deepcopy(dense), False),
@@ -175,6 +190,10 @@ def reductions(dense, cfg, valid):
         (f"embedding rank {d // 6}", red(EmbeddingFactorConfig(rank=d // 6)), False),
         ("MPRF planned (50% params)", red(plan.config), False),
         ("MPRF planned + INT8", red(plan.config), True),
+        (f"dense + {tune} more steps", tuned(lambda: copy.deepcopy(dense)), False),
+        (f"embedding rank {d // 3} + {tune} steps", tuned(red(EmbeddingFactorConfig(rank=d // 3))), False),
+        (f"MPRF planned + {tune} steps", tuned(red(plan.config)), False),
+        (f"MPRF planned + {tune} steps + INT8", tuned(red(plan.config)), True),
         (f"low-rank r={d // 3} + INT8", red(LowRankConfig(rank=d // 3), filter_fn=blocks), True),
         (f"embedding {d // 3} + FFN -50% + INT8",
          red(MPRFConfig(ffn=FFNConfig(0.5), embedding=EmbeddingFactorConfig(rank=d // 3))), True),
@@ -196,8 +215,6 @@ def main():
     from edgegen.reduce import LowRankConfig, reduce_
 
     torch.set_num_threads(args.threads)
-    if "EDGEGEN_DATA_DIR" not in os.environ:
-        sys.exit("EDGEGEN_DATA_DIR: set it to the folder holding wikitext-2-raw/ and gpt2/")
     int8_path = edgegen.kernel_paths()["int8_gemm"]
     print(f"INT8 GEMM path: {int8_path}; CPU flags: {harness.cpu_flags()}")
     s = settings(args.quick)
@@ -216,7 +233,7 @@ def main():
 
     # (1) every reduction alone and combined
     if "1" in args.sections:
-        variants, plan = reductions(dense, cfg, valid)
+        variants, plan = reductions(dense, cfg, valid, s["tune_steps"])
         print(f"\n## 1. Reductions (size on disk in the shipped format; perplexity on {s['eval_tokens']} test tokens)")
         print(f"{'method':34s} {'nonzero':>11s} {'MB':>7s} {'smaller':>8s} {'ppl':>8s} {'change':>8s} {'prefill':>8s} "
               f"{'x':>6s} {'decode':>7s} {'x':>6s}")
@@ -275,6 +292,7 @@ def main():
         print(f"cost per decoded token (MACs): the {v}-way head {v * d / 1e6:.1f} M, each block about "
               f"{12 * d * d / 1e6:.2f} M; every exit checked computes the head once more")
         full_ms = per_token_ms(lambda: dense.generate(prompt, 32, greedy=True))
+        print(f"the full model: {full_ms:.3f} ms per decoded token")
         full_ppl = ppl(dense, test, s["ee_tokens"])
         for th in (1.0, 0.9, 0.8, 0.6, 0.4, 0.2):
             used = []

@@ -128,6 +128,7 @@ class EarlyExitGPT2(nn.Module):
         ``use_cache`` also the cache, with ``return_stats`` an :class:`ExitStats`, in that order.
         ``threshold`` overrides the config's."""
         threshold = self.exit_config.threshold if threshold is None else _check_threshold(threshold)
+        check = threshold < 1.0  # no probability exceeds 1: the exit heads are not computed at all
         m = self.model
         offset = past_key_values[0][0].shape[-2] if past_key_values else 0
         x = self._embed(idx, offset)
@@ -144,7 +145,7 @@ class EarlyExitGPT2(nn.Module):
             else:  # every position left: only the keys/values of the frozen states
                 present = _keys_values(block, x, past)
             presents.append(present)
-            norm = self.exit_norms[str(i + 1)] if str(i + 1) in self.exit_norms else None
+            norm = self.exit_norms[str(i + 1)] if check and str(i + 1) in self.exit_norms else None
             if norm is not None and bool(active.any()):
                 lg = m.lm_head(norm(x))
                 leave = active & (lg.float().softmax(-1).amax(-1) > threshold)
