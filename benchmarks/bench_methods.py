@@ -17,8 +17,9 @@ steps (teacher-forced and in generation), teacher-forced perplexity, decode time
 early exit swept over its threshold: blocks per token, fraction of tokens leaving early,
 perplexity, decode time per token; (4) the rank sweep of the low-rank factorization (perplexity on
 half the tokens of section 1) with the fitted trade-off (quality: perplexity; efficiency: prefill
-time) and C*; (5) the cited figures beside
-ours. Timing: in this process, medians after warm-up (noisier than the per-process kernel
+time) and C*; (5) the teacher's size and speed under the methods (untrained weights) and the
+ceiling of early exit (every token forced out at the first exit) on both models; (6) the cited
+figures beside ours. Timing: in this process, medians after warm-up (noisier than the per-process kernel
 benchmarks). Needs wikitext-2-raw/ and gpt2/ under the data root ($EDGEGEN_DATA_DIR). CSV:
 benchmarks/results/methods.csv.
 """
@@ -201,10 +202,61 @@ def reductions(dense, cfg, valid, tune: int):
     return variants, plan
 
 
+def teacher_section(student, student_cfg, prompt, add) -> None:
+    """Size and speed of the methods on the GPT-2 teacher (12 layers, 768 wide; seeded, untrained
+    weights: no quality), and the ceiling of early exit on both models: every token forced out at
+    the first exit (threshold 0), against the full model."""
+    import torch
+
+    from edgegen.models import GPT2, EarlyExitConfig, GPT2Config, add_early_exits
+    from edgegen.prune import FFNConfig, HeadConfig
+    from edgegen.quant import Int8DynamicConfig, quantize_
+    from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
+
+    torch.manual_seed(0)
+    teacher = GPT2(GPT2Config.gpt2()).eval()
+    d = teacher.config.n_embd
+    print(f"\n## 5. The teacher (GPT-2 12L/{d}, untrained weights: size and speed only) and early exit's ceiling")
+    print(f"{'method':34s} {'params':>12s} {'MB':>8s} {'smaller':>8s} {'prefill':>8s} {'x':>6s} {'decode':>7s} {'x':>6s}")
+    blocks = lambda m, n: n.startswith("h.")  # noqa: E731
+    plan = MPRFConfig(heads=HeadConfig(0.25), ffn=FFNConfig(0.5), rank=LowRankConfig(fraction=1 / 3),
+                      embedding=EmbeddingFactorConfig(rank=d // 3))
+    variants = [("dense fp32", lambda: teacher, False), ("INT8 dynamic PTQ", lambda: copy.deepcopy(teacher), True),
+                (f"low-rank r={d // 3} (blocks)",
+                 lambda: reduce_(copy.deepcopy(teacher), LowRankConfig(rank=d // 3), filter_fn=blocks), False),
+                (f"embedding rank {d // 3}", lambda: reduce_(copy.deepcopy(teacher), EmbeddingFactorConfig(rank=d // 3)),
+                 False),
+                ("MPRF heads .25, FFN .5, ranks 1/3, emb d/3", lambda: reduce_(copy.deepcopy(teacher), plan), False),
+                ("same + INT8", lambda: reduce_(copy.deepcopy(teacher), plan), True)]
+    base = {}
+    for name, build, to_int8 in variants:
+        m = build()
+        params = m.num_parameters()
+        if to_int8:
+            m = quantize_(m, Int8DynamicConfig())
+        size = disk_bytes(m)
+        pf, dc = latency(m, "prefill", 5), latency(m, "decode", 20)
+        base = base or dict(size=size, pf=pf, dc=dc)
+        print(f"{name:34s} {params:12,d} {size / 1e6:8.1f} {100 * (1 - size / base['size']):7.1f}% {pf:8.1f} "
+              f"{base['pf'] / pf:5.2f}x {dc:7.2f} {base['dc'] / dc:5.2f}x", flush=True)
+        add("methods_teacher_prefill_128", name, f"{params} params; {size} bytes; untrained", pf)
+        add("methods_teacher_decode_step", name, f"{params} params; {size} bytes; untrained", dc)
+    for label, model in (("student (trained)", student), ("teacher (untrained)", teacher)):
+        n = model.config.n_layer
+        first = max(1, n // 3)
+        ee = add_early_exits(model, EarlyExitConfig(layers=(first, max(first + 1, 2 * n // 3))))
+        full = per_token_ms(lambda: model.generate(prompt, 32, greedy=True))
+        forced = per_token_ms(lambda: ee.generate(prompt, 32, threshold=0.0))
+        print(f"early exit ceiling, {label}: every token out after block {first} of {n}: {forced:.2f} ms per token "
+              f"against {full:.2f} for the full model ({full / forced:.2f}x)", flush=True)
+        add("methods_early_exit_ceiling", f"{label}, all out after block {first} of {n}",
+            f"full model {full:.3f} ms/token", forced)
+
+
 def main():
     args = harness.cli(__doc__, "methods.csv", quick_help="a 4-layer 256-wide model, 120 steps, fewer tokens",
                        add_arguments=lambda ap: ap.add_argument(
-                           "--sections", default="12345", help="which sections to run, e.g. 34 (default: all)"))
+                           "--sections", default="123456", help="which sections to run, e.g. 34 (default: all)"))
     machine, versions = harness.header(args.threads)
     import torch
 
@@ -340,9 +392,13 @@ def main():
         except (RuntimeError, ValueError) as e:
             print(f"fit: failed ({e})")
 
-    # (5) the cited figures beside ours
+    # (5) the teacher's size and speed (untrained) and early exit's ceiling
     if "5" in args.sections:
-        print("\n## 5. Cited figures (Optimizing Generative AI for Edge Deployment) and this run's")
+        teacher_section(dense, cfg, prompt, add)
+
+    # (6) the cited figures beside ours
+    if "6" in args.sections:
+        print("\n## 6. Cited figures (Optimizing Generative AI for Edge Deployment) and this run's")
         for method, cited in ANCHORS:
             print(f"- {method}: cited {cited}")
         print("  ours: the rows above (size on disk, perplexity change on WikiText-2 test tokens; early exit: blocks per "

@@ -24,12 +24,13 @@ def test_the_plan_meets_a_parameter_budget_and_leaves_the_model_alone():
     m = model()
     before = m.num_parameters()
     budget = int(0.6 * before)
-    plan = plan_reduction(m, max_params=budget)
+    inputs = m.example_inputs()  # random ids: the same ones for the plan and the check
+    plan = plan_reduction(m, max_params=budget, example_inputs=inputs)
     assert m.num_parameters() == before and m.config.head_counts is None
     reduced = reduce_(copy.deepcopy(m), plan.config)
     assert reduced.num_parameters() == plan.cost <= budget
     assert plan.base_cost == before and plan.base_score == 0.0
-    assert plan.score == pytest.approx(fidelity_score(m, m.example_inputs())(reduced)) or plan.score <= 0
+    assert plan.score == pytest.approx(fidelity_score(m, inputs)(reduced), rel=1e-9)
     taken = [s for s in plan.steps if s.taken]
     assert all(a.cost > b.cost for a, b in zip(taken, taken[1:]))  # every move saved something
     assert taken[-1].config == plan.config
@@ -39,15 +40,35 @@ def test_each_step_takes_the_move_with_the_best_saving_per_score_lost():
     m = model()
     inputs = m.example_inputs()
     ladders = {"ffn": [FFNConfig(0.5)], "embedding": [EmbeddingFactorConfig(rank=8)]}
-    plan = plan_reduction(m, max_params=m.num_parameters() - 1, ladders=ladders, example_inputs=inputs)
     score = fidelity_score(m, inputs)
     base = m.num_parameters()
-    merits = {}
+    saved, merit = {}, {}
     for name, cfg in (("ffn", MPRFConfig(ffn=FFNConfig(0.5))), ("embedding", MPRFConfig(embedding=ladders["embedding"][0]))):
         r = reduce_(copy.deepcopy(m), cfg)
-        merits[name] = (base - r.num_parameters()) / max(-score(r), 1e-12)
-    best = max(merits, key=merits.get)
-    assert plan.config.groups() == [best]
+        saved[name] = base - r.num_parameters()
+        merit[name] = saved[name] / max(-score(r), 1e-12)
+    budget = base - max(saved.values()) - 1  # no single move meets it: the first move is chosen by merit
+    plan = plan_reduction(m, max_params=budget, ladders=ladders, example_inputs=inputs)
+    taken = [s for s in plan.steps if s.taken]
+    assert len(taken) == 3 and taken[1].config.groups() == [max(merit, key=merit.get)]
+    assert plan.config.groups() == ["ffn", "embedding"] and plan.cost <= budget
+
+
+def test_groups_a_model_lacks_are_recorded_and_never_taken():
+    from edgegen.models import DCGANConfig, DCGANGenerator
+
+    torch.manual_seed(0)
+    g = DCGANGenerator(DCGANConfig(nz=16, ngf=32, conv="depthwise_separable")).eval()
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        ref = g(z)
+    before = sum(p.numel() for p in g.parameters())
+    plan = plan_reduction(g, max_params=before - 1, example_inputs=(z,),
+                          score=lambda mod: -float((mod(z) - ref).pow(2).mean()))
+    assert plan.config.groups() == ["rank"]  # the 1x1 convolutions; no heads, FFN blocks or embedding
+    failed = {s.config.groups()[-1]: s.error for s in plan.steps if s.error}
+    assert set(failed) == {"heads", "ffn", "embedding"} and all(failed.values())
+    assert sum(p.numel() for p in g.parameters()) == before and not g.training
 
 
 def test_the_fidelity_score_is_zero_for_the_model_itself_and_negative_kl_otherwise():

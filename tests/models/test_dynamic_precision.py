@@ -162,6 +162,10 @@ def test_teacher_forced_scoring_counts_the_low_steps_and_rejects_bad_input():
     assert all(not s.quantized for s in m.modules() if isinstance(s, SwitchablePrecision))
     with pytest.raises(ValueError, match="context: expected an int >= 2"):
         dynamic_nll(m, ids, cfg, context=1)
+    with pytest.raises(ValueError, match=r"context: expected at most the model's n_positions \(64\)"):
+        dynamic_nll(m, ids, cfg, context=65)
+    with pytest.raises(ValueError, match=r"tokens: expected one sequence of token ids, \[T\] or \[1, T\], got \(2, 9\)"):
+        dynamic_nll(m, torch.stack([ids, ids]), cfg)
     with pytest.raises(ValueError, match="tokens: expected at least 2"):
         dynamic_nll(m, ids[:1], cfg)
     with pytest.raises(ValueError, match="model: no switchable layers"):

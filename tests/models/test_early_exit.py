@@ -95,6 +95,20 @@ def test_single_batch_rows_match_the_position_by_position_reference():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_whose_rows_exit_at_different_blocks_matches_the_reference_per_row():
+    ee = trained()
+    with torch.no_grad():
+        probs = [lg.softmax(-1).amax(-1) for lg in ee.exit_logits(IDX)[:-1]]
+    threshold = float(torch.cat([p.flatten() for p in probs]).median())
+    with torch.no_grad():
+        out, stats = ee(IDX, threshold=threshold, return_stats=True)
+    for row in range(2):
+        ref, layers = reference_forward(ee, IDX[row:row + 1], threshold)
+        assert stats.layers[row].tolist() == layers
+        torch.testing.assert_close(out[row:row + 1], ref, rtol=1e-5, atol=1e-5)
+    assert stats.layers[0].tolist() != stats.layers[1].tolist()
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.02, 0.05, 1.0], ids=["zero", "low", "mid", "one"])
 def test_cached_generation_with_exits_equals_uncached(threshold):
     ee = trained()
@@ -125,6 +139,21 @@ def test_training_the_exits_lowers_their_distillation_loss_and_keeps_the_backbon
         kl = sum(F.kl_div(F.log_softmax(o / 2.0, -1), target, reduction="sum") for o in outs[:-1]) * 4 / 2 / (4 * 24)
         again = train_exits(ee, batches[:1], steps=1, lr=0.0)  # gradients enabled inside
     torch.testing.assert_close(torch.tensor(again[0]), kl, rtol=1e-4, atol=1e-6)
+
+
+def test_exit_training_restores_frozen_flags_keeps_the_backbone_in_eval_and_reads_iterators_lazily():
+    ee = trained((2,))
+    ee.model.h[0].requires_grad_(False)  # the caller froze a block
+    flags = {n: p.requires_grad for n, p in ee.named_parameters()}
+    modes = []
+    hook = ee.model.h[1].register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    batches = (torch.randint(0, 157, (2, 16), generator=torch.Generator().manual_seed(s)) for s in range(3))
+    train_exits(ee, batches, steps=3)
+    hook.remove()
+    assert {n: p.requires_grad for n, p in ee.named_parameters()} == flags
+    assert modes and not any(modes)
+    with pytest.raises(ValueError, match="batches: ran out after 2 batches, 3 steps asked"):
+        train_exits(ee, iter([IDX, IDX]), steps=3)
 
 
 def test_training_the_backbone_changes_it():

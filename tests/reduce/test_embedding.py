@@ -128,7 +128,8 @@ def test_fused_distillation_through_the_head_operands_equals_the_logits_loss():
     (lambda: EmbeddingFactorConfig(energy=0.0), "energy"),
     (lambda: EmbeddingFactorConfig(energy=True), "energy"),
     (lambda: reduce_(model(), EmbeddingFactorConfig(rank=49)), r"rank: 49 exceeds min\(vocab, dim\) = 48"),
-    (lambda: reduce_(nn.Sequential(nn.Embedding(10, 4)), EmbeddingFactorConfig(rank=2)), "nothing to reduce"),
+    (lambda: reduce_(nn.Sequential(nn.Embedding(10, 4)), EmbeddingFactorConfig(rank=2)),
+     "model: no module with a tied token embedding"),
     (lambda: FactorizedEmbedding(10, 4, 5), r"rank: expected an int in \[1, min"),
     (lambda: GPT2Config(n_embd=48, n_head=4, embedding_rank=49), "embedding_rank"),
     (lambda: model().set_embedding(FactorizedEmbedding(10, 48, 4)), "embedding: expected 211 x 48"),
@@ -153,3 +154,5 @@ def test_int8_quantizes_both_sides_of_the_factorized_tie_once():
     with torch.no_grad():
         out = m(idx)
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+    with pytest.raises(ValueError, match="head_operands .* needs the float head"):
+        m.head_operands(torch.randn(1, 48))

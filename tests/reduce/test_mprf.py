@@ -93,3 +93,19 @@ def test_the_model_is_unchanged_when_a_later_group_fails():
     assert m.config.head_counts is None and m.h[0].attn.c_attn.weight.shape == (144, 48)
     assert m.state_dict().keys() == before.keys()
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_modules_a_plan_leaves_alone_keep_their_identity_and_hooks():
+    m = model()
+    wpe, ln_f, c_fc = m.wpe, m.ln_f, m.h[0].mlp.c_fc
+    seen = []
+    handle = ln_f.register_forward_hook(lambda mod, args, out: seen.append(1))
+    reduce_(m, MPRFConfig(heads=HeadConfig(0.5), embedding=EmbeddingFactorConfig(rank=16)))
+    assert m.wpe is wpe and m.ln_f is ln_f and m.h[0].mlp.c_fc is c_fc  # untouched groups: the same objects
+    with torch.no_grad():
+        m(IDX)
+    assert seen == [1]
+    handle.remove()
+    with torch.no_grad():
+        m(IDX)
+    assert seen == [1]

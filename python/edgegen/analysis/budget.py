@@ -39,12 +39,13 @@ def default_ladders(model: nn.Module | None = None) -> dict[str, list]:
 @dataclass
 class PlanStep:
     """One evaluated plan: its config (None: the model unreduced), cost (parameters or median
-    latency in ms), score, and whether the walk took it."""
+    latency in ms), score, whether the walk took it, and the error when it could not be applied."""
 
     config: MPRFConfig | None
     cost: float
     score: float
     taken: bool
+    error: str = ""  # why the plan could not be applied (cost and score are then NaN)
 
 
 @dataclass
@@ -68,15 +69,23 @@ def fidelity_score(reference: nn.Module, inputs: tuple) -> Callable[[nn.Module],
     """A score for models reduced from ``reference``: minus the mean KL divergence (nats per output
     row) from the reference's output distribution to the candidate's on ``inputs`` (0 is perfect).
     It measures fidelity to the unreduced model, not quality on data."""
-    with torch.no_grad():
-        ref = F.log_softmax(reference.eval()(*inputs).double(), -1)
+    ref = F.log_softmax(_eval_call(reference, inputs).double(), -1)
 
     def score(model: nn.Module) -> float:
-        with torch.no_grad():
-            out = F.log_softmax(model.eval()(*inputs).double(), -1)
+        out = F.log_softmax(_eval_call(model, inputs).double(), -1)
         return -float(F.kl_div(out, ref, log_target=True, reduction="sum") / ref[..., 0].numel())
 
     return score
+
+
+def _eval_call(model: nn.Module, inputs: tuple):
+    """``model(*inputs)`` in eval mode without gradients, the model's mode restored afterwards."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(*inputs)
+    finally:
+        model.train(was)
 
 
 def _config(levels: dict[str, int], ladders: dict[str, list]) -> MPRFConfig | None:
@@ -97,7 +106,9 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
     :func:`default_ladders` of ``model`` by default; a group left out is never reduced), applies
     each candidate plan to a copy of ``model`` and takes the one saving the most cost per unit of
     ``score`` lost (a move that loses nothing wins outright); when some candidates meet the budget,
-    it takes the best-scoring of those and stops. ``score(model) -> float``,
+    it takes the best-scoring of those and stops. A candidate that cannot be applied (a group the
+    model has no layers for, such as heads in a convolutional model) is recorded with its error and
+    not taken. ``score(model) -> float``,
     higher is better (for example minus the validation loss); by default :func:`fidelity_score` on
     ``example_inputs`` (or ``model.example_inputs()``). ``model`` is not changed. A ValueError
     naming the budget when no plan on the ladders meets it."""
@@ -149,10 +160,12 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
                 trial = dict(levels, **{g: levels[g] + 1})
                 try:
                     step = evaluate(trial)
-                except ValueError as e:  # e.g. a rung that changes nothing on this model
-                    if "nothing to reduce" not in str(e):
-                        raise
-                    step = PlanStep(_config(trial, ladders), current.cost, current.score, False)
+                except ValueError as e:
+                    if "nothing to reduce" in str(e):  # a rung that changes nothing: climbing it is free
+                        step = PlanStep(_config(trial, ladders), current.cost, current.score, False)
+                    else:  # a group this model has no layers for, or a setting it cannot take
+                        steps.append(PlanStep(_config(trial, ladders), math.nan, math.nan, False, str(e)))
+                        continue
                 steps.append(step)
                 candidates.append((g, trial, step))
         if not candidates:

@@ -9,7 +9,10 @@ position in every block, so blocks a position skipped still need its keys and va
 ``l`` keeps its hidden state from there on, and each skipped block computes the position's keys
 and values from that frozen state (its LayerNorm and QKV projection only: no attention, no MLP).
 The alternative, computing the skipped blocks in full later, would restore the full model's keys
-and values but spend the compute the exit saved. The same rule holds with and without the cache
+and values but spend the compute the exit saved. Compute is skipped only when every position of
+the call has exited (decoding at batch 1, or a batch whose rows all left): otherwise the block runs
+for all rows and the exited rows' results are discarded, so :class:`ExitStats` counts the blocks
+each token used, not the compute spent. The same rule holds with and without the cache
 (a full-sequence pass freezes exited positions block by block), so cached and uncached
 generation produce the same tokens.
 """
@@ -17,6 +20,7 @@ generation produce the same tokens.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -178,11 +182,11 @@ class EarlyExitGPT2(nn.Module):
                 logits, past, stats = self(idx if past is None else idx[:, -1:], past_key_values=past,
                                            use_cache=True, threshold=threshold, return_stats=True)
             else:
-                logits, stats = self(idx, threshold=threshold, return_stats=True)
+                logits, stats = self(idx[:, -self.model.config.n_positions:], threshold=threshold, return_stats=True)
             used.append(stats.layers[:, -1])
             idx = torch.cat([idx, sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p,
                                               generator)], dim=1)
-        layers = torch.stack(used, 1) if used else torch.empty(idx.shape[0], 0, dtype=torch.long)
+        layers = torch.stack(used, 1) if used else torch.empty(idx.shape[0], 0, dtype=torch.long, device=idx.device)
         return idx, ExitStats(layers, self.model.config.n_layer)
 
 
@@ -222,40 +226,58 @@ def add_early_exits(model: GPT2, config: EarlyExitConfig | dict) -> EarlyExitGPT
 def train_exits(model: EarlyExitGPT2, batches: Iterable[Tensor], steps: int, lr: float = 1e-3,
                 temperature: float = 2.0, train_backbone: bool = False, weight_decay: float = 0.0) -> list[float]:
     """Distil the full model's output into the exits: each step, the loss is the mean over exits of
-    ``T^2 KL(p_full^T || p_exit^T)`` at ``temperature`` T, where ``p_full`` comes from a frozen copy
-    of the model as it was when training began. Trains the exit LayerNorms only, unless
-    ``train_backbone`` (then every parameter, and the final head is also distilled from the frozen
-    copy so the full path stays close to it). ``batches`` yields token ids [B, T] and is cycled.
-    Returns the loss of each step. The model is left in eval mode."""
+    ``T^2 KL(p_full^T || p_exit^T)`` at ``temperature`` T, per token, where ``p_full`` is the full
+    model's output as it was when training began. Trains the exit LayerNorms only (the backbone
+    stays in eval mode and is its own teacher), unless ``train_backbone`` (then every parameter, in
+    train mode, against a frozen copy taken at the start; the final head is also distilled from it
+    so the full path stays close). ``batches``: token ids [B, T]; a list or tuple is cycled, any
+    other iterable is read lazily and must yield ``steps`` batches. Returns the loss of each step;
+    the model is left in eval mode, every parameter's ``requires_grad`` as it was."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
         raise ValueError(f"temperature: expected > 0, got {temperature!r}")
-    teacher = copy.deepcopy(model.model).eval().requires_grad_(False)
-    params = list(model.parameters()) if train_backbone else list(model.exit_norms.parameters())
-    if not train_backbone:
+    if isinstance(batches, (list, tuple)):
+        if not batches:
+            raise ValueError("batches: expected at least one batch of token ids")
+        source = itertools.islice(itertools.cycle(batches), steps)
+    else:
+        source = iter(batches)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    if train_backbone:
+        teacher = copy.deepcopy(model.model).eval().requires_grad_(False)
+        params = list(model.parameters())
+    else:
+        teacher = model.model  # frozen below: its output does not change while the exits train
         model.model.requires_grad_(False)
+        params = list(model.exit_norms.parameters())
+        for p in params:
+            p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses = []
-    source = list(batches) if not isinstance(batches, (list, tuple)) else batches
-    if not source:
-        raise ValueError("batches: expected at least one batch of token ids")
-    model.train()
+    if train_backbone:
+        model.train()
+    else:
+        model.exit_norms.train()
     try:
         for step in range(steps):
+            idx = next(source, None)
+            if idx is None:
+                raise ValueError(f"batches: ran out after {step} batches, {steps} steps asked")
             with torch.enable_grad():
-                losses.append(_exit_step(model, teacher, opt, source[step % len(source)], temperature,
-                                         train_backbone))
+                losses.append(_exit_step(model, teacher, opt, idx, temperature, train_backbone))
     finally:
-        if not train_backbone:
-            model.model.requires_grad_(True)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
         model.eval()
     return losses
 
 
 def _exit_step(model, teacher, opt, idx: Tensor, temperature: float, train_backbone: bool) -> float:
     with torch.no_grad():
-        target = F.softmax(teacher(idx).float() / temperature, -1)
+        was = teacher.training
+        target = F.softmax(teacher.eval()(idx).float() / temperature, -1)
+        teacher.train(was)
     outs = model.exit_logits(idx)
     heads = outs if train_backbone else outs[:-1]
     loss = sum(F.kl_div(F.log_softmax(o.float() / temperature, -1), target, reduction="batchmean")

@@ -58,11 +58,17 @@ def dynamic_nll(model: nn.Module, tokens: Tensor, config: DynamicPrecisionConfig
     switches = [m for m in model.modules() if isinstance(m, SwitchablePrecision)]
     if not switches:
         raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
+    if not isinstance(tokens, Tensor) or not (tokens.dim() == 1 or (tokens.dim() == 2 and tokens.shape[0] == 1)):
+        raise ValueError(f"tokens: expected one sequence of token ids, [T] or [1, T], got "
+                         f"{tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}")
     ids = tokens.reshape(-1)
     if ids.dtype not in (torch.int64, torch.int32) or ids.numel() < 2:
         raise ValueError(f"tokens: expected at least 2 integer token ids, got {ids.dtype} of {ids.numel()}")
     if isinstance(context, bool) or not isinstance(context, int) or context < 2:
         raise ValueError(f"context: expected an int >= 2, got {context!r}")
+    n_positions = getattr(getattr(model, "config", None), "n_positions", None)
+    if isinstance(n_positions, int) and context > n_positions:
+        raise ValueError(f"context: expected at most the model's n_positions ({n_positions}), got {context}")
     ids = ids.long()
     total, scored, low_steps, steps = 0.0, 0, 0, 0
     try:

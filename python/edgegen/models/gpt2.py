@@ -280,9 +280,13 @@ class GPT2(nn.Module):
         """(x, weight) with logits ``x @ weight^T`` for final hidden states: (hidden, the tied table)
         for a dense embedding, (hidden projected to the rank, the [vocab, r] table) for a factorized
         one. What ``fused_linear_kd_loss`` takes."""
+        head = self.lm_head.out if isinstance(self.lm_head, TiedFactorizedHead) else self.lm_head
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"model: the output head is a {type(head).__name__}, not a float Linear; head_operands "
+                             "(fused distillation) needs the float head, before quantization")
         if isinstance(self.lm_head, TiedFactorizedHead):
-            return F.linear(hidden, self.wte.proj), self.lm_head.out.weight
-        return hidden, self.lm_head.weight
+            return F.linear(hidden, self.wte.proj), head.weight
+        return hidden, head.weight
 
     def set_attention(self, factory) -> None:
         """Replace every block's attention module: ``factory(layer_index) -> nn.Module`` taking

@@ -21,30 +21,35 @@ _HANDLERS.register(EmbeddingFactorConfig)(factorize_embedding_)
 def _mprf_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None) -> int:
     from torch.nn.utils import parametrize
 
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ValueError("model: has pruning masks (parametrizations); bake them in with edgegen.prune.finalize_ "
+                         "before a modular reduction, which removes heads and hidden units physically")
+    # A dry run on a copy first: a plan failing in a later group (a rank above a layer's width after
+    # head pruning, say) raises before the model is touched. The groups are deterministic, so the
+    # second pass, in place, does what the dry run did; references to the model's modules, its
+    # hooks and an optimizer's parameters stay valid for every module a group leaves alone.
+    _apply_groups(copy.deepcopy(model), config, filter_fn)
+    return _apply_groups(model, config, filter_fn)
+
+
+def _apply_groups(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None) -> int:
     from edgegen.prune import finalize_, prune_
     from edgegen.prune.ffn import shrink_ffn_
     from edgegen.prune.heads import shrink_heads_
 
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise ValueError("model: has pruning masks (parametrizations); bake them in with edgegen.prune.finalize_ "
-                         "before a modular reduction, which removes heads and hidden units physically")
-    # Applied to a copy, which replaces the model's contents only when every group succeeded: a plan
-    # failing in a later group leaves the model as it was.
-    work = copy.deepcopy(model)
     changed = 0
     for group in config.groups():
         sub = getattr(config, group)
         try:
             if group in ("heads", "ffn"):
-                prune_(work, sub, filter_fn=filter_fn)
-                finalize_(work)
+                prune_(model, sub, filter_fn=filter_fn)
+                finalize_(model)
                 with torch.no_grad():
-                    changed += (shrink_heads_ if group == "heads" else shrink_ffn_)(work) > 0
+                    changed += (shrink_heads_ if group == "heads" else shrink_ffn_)(model) > 0
             else:
-                changed += _HANDLERS(work, sub, filter_fn)
+                changed += _HANDLERS(model, sub, filter_fn)
         except ValueError as e:
             raise ValueError(f"{group}.{e}") from e
-    model.__dict__.update(work.__dict__)
     return changed
 
 

@@ -103,10 +103,11 @@ def factorize_embedding_(model: nn.Module, config: EmbeddingFactorConfig, filter
     """Factorize the tied embedding of every selected module implementing
     ``tied_embedding() -> nn.Embedding | None`` and ``set_embedding(FactorizedEmbedding)`` (GPT-2)
     when the factors hold fewer parameters; returns how many changed."""
-    changed = 0
+    changed = found = 0
     for name, m in list(model.named_modules()):
         if not (callable(getattr(m, "tied_embedding", None)) and callable(getattr(m, "set_embedding", None))):
             continue
+        found += 1
         if filter_fn is not None and not filter_fn(m, name):
             continue
         emb = m.tied_embedding()
@@ -118,4 +119,7 @@ def factorize_embedding_(model: nn.Module, config: EmbeddingFactorConfig, filter
             continue
         m.set_embedding(FactorizedEmbedding.from_embedding(emb, rank, svd))
         changed += 1
+    if not found:
+        raise ValueError("model: no module with a tied token embedding (tied_embedding() and set_embedding(), "
+                         "as GPT-2 has)")
     return changed
