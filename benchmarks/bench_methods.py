@@ -202,6 +202,18 @@ def reductions(dense, cfg, valid, tune: int):
     return variants, plan
 
 
+def print_pareto(points: list[tuple[str, float, float, float]]) -> None:
+    """The non-dominated rows over (bytes on disk, perplexity, decode ms), all minimised, and every
+    row's Pareto score (edgegen.analysis.pareto_scores: 1 on the front)."""
+    from edgegen.analysis import pareto_front, pareto_scores
+
+    values = [p[1:] for p in points]
+    front = set(pareto_front(values, [True, True, True]).tolist())
+    scores = pareto_scores(values, [True, True, True])
+    print("Pareto over (MB, perplexity, decode ms), all minimised: " + "; ".join(
+        f"{p[0]} {sc:.3f}{' (front)' if i in front else ''}" for i, (p, sc) in enumerate(zip(points, scores))))
+
+
 def teacher_section(student, student_cfg, prompt, add) -> None:
     """Size and speed of the methods on the GPT-2 teacher (12 layers, 768 wide; seeded, untrained
     weights: no quality), and the ceiling of early exit on both models: every token forced out at
@@ -289,7 +301,7 @@ def main():
         print(f"\n## 1. Reductions (size on disk in the shipped format; perplexity on {s['eval_tokens']} test tokens)")
         print(f"{'method':34s} {'nonzero':>11s} {'MB':>7s} {'smaller':>8s} {'ppl':>8s} {'change':>8s} {'prefill':>8s} "
               f"{'x':>6s} {'decode':>7s} {'x':>6s}")
-        base = {}
+        base, points = {}, []
         for name, build, to_int8 in variants:
             m = build().eval()
             params = nonzero_params(m)
@@ -305,6 +317,8 @@ def main():
             mode = f"{params} params; {size} bytes; ppl {q:.2f} ({change:+.2f}%)"
             add("methods_prefill_128", name, mode, pf)
             add("methods_decode_step", name, mode, dc)
+            points.append((name, size, q, dc))
+        print_pareto(points)
 
     # (2) dynamic precision: INT8 / fp32 per token
     if "2" in args.sections:
