@@ -2,7 +2,6 @@
 grid) and monotone in lambda, the Pareto front equals a brute-force dominance check, the scores
 match hand computations."""
 
-import itertools
 import math
 
 import numpy as np
