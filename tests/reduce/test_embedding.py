@@ -33,7 +33,7 @@ def test_full_rank_reproduces_the_table_and_the_error_is_the_discarded_energy():
         idx = torch.tensor([[0, 7, 39]])
         torch.testing.assert_close(low(idx), low.weight_product()[idx], rtol=1e-12, atol=1e-12)
         h = torch.randn(3, 12, dtype=torch.float64)
-        torch.testing.assert_close(low.logits(h), h @ low.weight_product().T, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(TiedFactorizedHead(low)(h), h @ low.weight_product().T, rtol=1e-12, atol=1e-12)
 
 
 def test_factorized_gpt2_equals_a_dense_gpt2_holding_the_product():

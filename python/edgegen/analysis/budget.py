@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgegen.prune.config import FFNConfig, HeadConfig
-from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
+from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, apply_plan_
 from edgegen.transform import FilterFn
 
 GROUPS = ("heads", "ffn", "rank", "embedding")
@@ -145,7 +145,7 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
         cfg = _config(levels, ladders)
         m = copy.deepcopy(model).eval()
         if cfg is not None:
-            reduce_(m, cfg, filter_fn=filter_fn)
+            apply_plan_(m, cfg, filter_fn)  # on this copy: reduce_'s dry run is not needed
         return PlanStep(cfg, cost_of(m), float(score(m)), False)
 
     levels = {g: 0 for g in GROUPS}
@@ -159,13 +159,10 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
             if levels[g] < len(ladders[g]):
                 trial = dict(levels, **{g: levels[g] + 1})
                 try:
-                    step = evaluate(trial)
-                except ValueError as e:
-                    if "nothing to reduce" in str(e):  # a rung that changes nothing: climbing it is free
-                        step = PlanStep(_config(trial, ladders), current.cost, current.score, False)
-                    else:  # a group this model has no layers for, or a setting it cannot take
-                        steps.append(PlanStep(_config(trial, ladders), math.nan, math.nan, False, str(e)))
-                        continue
+                    step = evaluate(trial)  # a rung that changes nothing costs what the current plan does
+                except ValueError as e:  # a group this model has no layers for, or a setting it cannot take
+                    steps.append(PlanStep(_config(trial, ladders), math.nan, math.nan, False, str(e)))
+                    continue
                 steps.append(step)
                 candidates.append((g, trial, step))
         if not candidates:

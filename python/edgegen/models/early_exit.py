@@ -104,21 +104,10 @@ class EarlyExitGPT2(nn.Module):
         """The wrapped GPT-2's config (context length, vocabulary)."""
         return self.model.config
 
-    def _embed(self, idx: Tensor, offset: int) -> Tensor:
-        m = self.model
-        if idx.dtype != torch.long or idx.dim() != 2:
-            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} {tuple(idx.shape)}")
-        if offset + idx.shape[1] > m.config.n_positions:
-            raise ValueError(f"idx: {offset + idx.shape[1]} positions exceed the context of {m.config.n_positions}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= m.config.vocab_size):
-            raise ValueError(f"idx: token ids must lie in [0, {m.config.vocab_size})")
-        pos = torch.arange(offset, offset + idx.shape[1], device=idx.device)
-        return m.drop(m.wte(idx) + m.wpe(pos))
-
     def exit_logits(self, idx: Tensor) -> list[Tensor]:
         """Logits of every exit and of the final head, all positions through every block (what
         exit training needs): a list of [B, T, V], exits in order, the final head last."""
-        x, out = self._embed(idx, 0), []
+        x, out = self.model.embed(idx), []
         for i, block in enumerate(self.model.h):
             x, _ = block(x)
             if str(i + 1) in self.exit_norms:
@@ -135,7 +124,7 @@ class EarlyExitGPT2(nn.Module):
         check = threshold < 1.0  # no probability exceeds 1: the exit heads are not computed at all
         m = self.model
         offset = past_key_values[0][0].shape[-2] if past_key_values else 0
-        x = self._embed(idx, offset)
+        x = m.embed(idx, offset)
         B, T = idx.shape
         n = m.config.n_layer
         active = torch.ones(B, T, dtype=torch.bool, device=idx.device)
@@ -147,7 +136,7 @@ class EarlyExitGPT2(nn.Module):
                 y, present = block(x, past)
                 x = torch.where(active[..., None], y, x)  # exited positions keep their state
             else:  # every position left: only the keys/values of the frozen states
-                present = _keys_values(block, x, past)
+                present = block.attn.keys_values(block.ln_1(x), past)
             presents.append(present)
             norm = self.exit_norms[str(i + 1)] if check and str(i + 1) in self.exit_norms else None
             if norm is not None and bool(active.any()):
@@ -188,18 +177,6 @@ class EarlyExitGPT2(nn.Module):
                                               generator)], dim=1)
         layers = torch.stack(used, 1) if used else torch.empty(idx.shape[0], 0, dtype=torch.long, device=idx.device)
         return idx, ExitStats(layers, self.model.config.n_layer)
-
-
-def _keys_values(block: nn.Module, x: Tensor, past) -> tuple[Tensor, Tensor]:
-    """The (key, value) cache entry ``block`` would produce for ``x``, without its attention or MLP."""
-    attn = block.attn
-    B, T, _ = x.shape
-    inner = attn.n_head * attn.head_dim
-    _, k, v = attn.c_attn(block.ln_1(x)).split(inner, dim=2)
-    k, v = (t.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2) for t in (k, v))
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
-    return k, v
 
 
 def add_early_exits(model: GPT2, config: EarlyExitConfig | dict) -> EarlyExitGPT2:
@@ -257,7 +234,8 @@ def train_exits(model: EarlyExitGPT2, batches: Iterable[Tensor], steps: int, lr:
     losses = []
     if train_backbone:
         model.train()
-    else:
+    else:  # the backbone, its own teacher, in eval mode: no dropout in the targets
+        model.model.eval()
         model.exit_norms.train()
     try:
         for step in range(steps):
@@ -275,9 +253,7 @@ def train_exits(model: EarlyExitGPT2, batches: Iterable[Tensor], steps: int, lr:
 
 def _exit_step(model, teacher, opt, idx: Tensor, temperature: float, train_backbone: bool) -> float:
     with torch.no_grad():
-        was = teacher.training
-        target = F.softmax(teacher.eval()(idx).float() / temperature, -1)
-        teacher.train(was)
+        target = F.softmax(teacher(idx).float() / temperature, -1)
     outs = model.exit_logits(idx)
     heads = outs if train_backbone else outs[:-1]
     loss = sum(F.kl_div(F.log_softmax(o.float() / temperature, -1), target, reduction="batchmean")

@@ -11,6 +11,16 @@ from edgegen.quant.config import DynamicPrecisionConfig
 from edgegen.quant.mixed import SwitchablePrecision, set_precision_
 
 
+def _switches(model: nn.Module, config) -> list[SwitchablePrecision]:
+    """The model's switchable layers, collected once (not per step), with the argument checks."""
+    if not isinstance(config, DynamicPrecisionConfig):
+        raise TypeError(f"config: expected a DynamicPrecisionConfig, got {type(config).__name__}")
+    switches = [m for m in model.modules() if isinstance(m, SwitchablePrecision)]
+    if not switches:
+        raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
+    return switches
+
+
 @torch.no_grad()
 def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config: DynamicPrecisionConfig,
                      greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
@@ -22,11 +32,7 @@ def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config:
     and values as that step computed them. Statistics: ``steps``, ``low_steps``,
     ``low_fraction`` and ``precision`` (per step, True = low). The model is left in full
     precision."""
-    if not isinstance(config, DynamicPrecisionConfig):
-        raise TypeError(f"config: expected a DynamicPrecisionConfig, got {type(config).__name__}")
-    switches = [m for m in model.modules() if isinstance(m, SwitchablePrecision)]  # once, not per step
-    if not switches:
-        raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
+    switches = _switches(model, config)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     check_sampling(greedy, temperature, top_p)
@@ -53,11 +59,7 @@ def dynamic_nll(model: nn.Module, tokens: Tensor, config: DynamicPrecisionConfig
     distribution (a window's first step: low only when every distribution counts as confident).
     Returns ``nll`` (mean negative log-likelihood, nats per scored token, float64), ``ppl``,
     ``tokens`` scored and ``low_fraction`` of the steps. The model is left in full precision."""
-    if not isinstance(config, DynamicPrecisionConfig):
-        raise TypeError(f"config: expected a DynamicPrecisionConfig, got {type(config).__name__}")
-    switches = [m for m in model.modules() if isinstance(m, SwitchablePrecision)]
-    if not switches:
-        raise ValueError("model: no switchable layers; prepare it with quantize_(model, config) first")
+    switches = _switches(model, config)
     if not isinstance(tokens, Tensor) or not (tokens.dim() == 1 or (tokens.dim() == 2 and tokens.shape[0] == 1)):
         raise ValueError(f"tokens: expected one sequence of token ids, [T] or [1, T], got "
                          f"{tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}")

@@ -131,17 +131,24 @@ class CausalSelfAttention(nn.Module):
         self.attention: nn.Module = DenseAttention(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
+    def _heads(self, x: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [B, heads, T, head_dim] of ``x``, the keys and values after ``past``'s."""
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
+        return q, k, v
+
+    def keys_values(self, x: Tensor, past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The (key, value) cache entry ``forward`` would return for ``x``, without the attention."""
+        return self._heads(x, past)[1:]
+
     def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None = None):
         B, T, _ = x.shape
-        inner = self.n_head * self.head_dim
-        q, k, v = self.c_attn(x).split(inner, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        offset = 0
-        if past is not None:
-            offset = past[0].shape[-2]
-            k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
-        y = self.attention(q, k, v, q_offset=offset)
-        y = y.transpose(1, 2).contiguous().view(B, T, inner)
+        q, k, v = self._heads(x, past)
+        y = self.attention(q, k, v, q_offset=k.shape[-2] - T)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
     def head_layout(self) -> HeadLayout:
@@ -288,6 +295,19 @@ class GPT2(nn.Module):
             return F.linear(hidden, self.wte.proj), head.weight
         return hidden, head.weight
 
+    def embed(self, idx: Tensor, offset: int = 0) -> Tensor:
+        """Token plus position embeddings (after dropout) of ``idx`` [B, T] at positions ``offset``
+        onwards, the ids and context checked: the input of the first block."""
+        if idx.dtype != torch.long or idx.dim() != 2:
+            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if offset + T > self.config.n_positions:
+            raise ValueError(f"idx: {offset + T} positions exceed the context of {self.config.n_positions}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
+        pos = torch.arange(offset, offset + T, device=idx.device)
+        return self.drop(self.wte(idx) + self.wpe(pos))
+
     def set_attention(self, factory) -> None:
         """Replace every block's attention module: ``factory(layer_index) -> nn.Module`` taking
         ``(q, k, v, q_offset)`` like :class:`DenseAttention`."""
@@ -298,16 +318,7 @@ class GPT2(nn.Module):
                 return_hidden: bool = False):
         """Logits [B, T, V] (or hidden states [B, T, C] with ``return_hidden``); with
         ``use_cache`` also the per-layer (key, value) cache to pass back as ``past_key_values``."""
-        if idx.dtype != torch.long or idx.dim() != 2:
-            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} {tuple(idx.shape)}")
-        B, T = idx.shape
-        offset = past_key_values[0][0].shape[-2] if past_key_values else 0
-        if offset + T > self.config.n_positions:
-            raise ValueError(f"idx: {offset + T} positions exceed the context of {self.config.n_positions}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
-        pos = torch.arange(offset, offset + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.embed(idx, past_key_values[0][0].shape[-2] if past_key_values else 0)
         presents = []
         for i, block in enumerate(self.h):
             x, present = block(x, past_key_values[i] if past_key_values else None)

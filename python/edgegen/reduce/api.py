@@ -19,24 +19,27 @@ _HANDLERS.register(EmbeddingFactorConfig)(factorize_embedding_)
 
 @_HANDLERS.register(MPRFConfig)
 def _mprf_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None) -> int:
-    from torch.nn.utils import parametrize
-
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise ValueError("model: has pruning masks (parametrizations); bake them in with edgegen.prune.finalize_ "
-                         "before a modular reduction, which removes heads and hidden units physically")
     # A dry run on a copy first: a plan failing in a later group (a rank above a layer's width after
     # head pruning, say) raises before the model is touched. The groups are deterministic, so the
     # second pass, in place, does what the dry run did; references to the model's modules, its
     # hooks and an optimizer's parameters stay valid for every module a group leaves alone.
-    _apply_groups(copy.deepcopy(model), config, filter_fn)
-    return _apply_groups(model, config, filter_fn)
+    apply_plan_(copy.deepcopy(model), config, filter_fn)
+    return apply_plan_(model, config, filter_fn)
 
 
-def _apply_groups(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None) -> int:
+def apply_plan_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None = None) -> int:
+    """Apply ``config``'s groups to ``model`` in place, in order, without ``reduce_``'s dry run: a
+    group that fails leaves the earlier ones applied. For callers that already work on a copy
+    (:func:`edgegen.analysis.plan_reduction`); returns how many groups changed something."""
+    from torch.nn.utils import parametrize
+
     from edgegen.prune import finalize_, prune_
     from edgegen.prune.ffn import shrink_ffn_
     from edgegen.prune.heads import shrink_heads_
 
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ValueError("model: has pruning masks (parametrizations); bake them in with edgegen.prune.finalize_ "
+                         "before a modular reduction, which removes heads and hidden units physically")
     changed = 0
     for group in config.groups():
         sub = getattr(config, group)
@@ -47,7 +50,7 @@ def _apply_groups(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | No
                 with torch.no_grad():
                     changed += (shrink_heads_ if group == "heads" else shrink_ffn_)(model) > 0
             else:
-                changed += _HANDLERS(model, sub, filter_fn)
+                changed += _HANDLERS(model, sub, filter_fn) > 0
         except ValueError as e:
             raise ValueError(f"{group}.{e}") from e
     return changed

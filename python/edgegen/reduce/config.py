@@ -9,6 +9,16 @@ from edgegen.config import Config
 from edgegen.prune.config import FFNConfig, HeadConfig
 
 
+def _require_fraction(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name}: expected a fraction in (0, 1], got {value!r}")
+
+
+def _require_rank(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+
+
 @dataclass
 class ReduceConfig(Config, family=True):
     """Base of the reduction configs (a field annotated with it takes any of them by ``kind``)."""
@@ -40,14 +50,11 @@ class LowRankConfig(ReduceConfig):
     fraction: Optional[float] = None
 
     def __post_init__(self):
-        if isinstance(self.energy, bool) or not isinstance(self.energy, (int, float)) or not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"energy: expected a fraction in (0, 1], got {self.energy!r}")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
-            raise ValueError(f"rank: expected an int >= 1, got {self.rank!r}")
+        _require_fraction(self.energy, "energy")
+        if self.rank is not None:
+            _require_rank(self.rank, "rank")
         if self.fraction is not None:
-            if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not (
-                    0.0 < self.fraction <= 1.0):
-                raise ValueError(f"fraction: expected a fraction in (0, 1], got {self.fraction!r}")
+            _require_fraction(self.fraction, "fraction")
             if self.rank is not None or self.ranks is not None:
                 raise ValueError("fraction: give one of rank, ranks and fraction")
         if self.ranks is not None:
@@ -56,8 +63,7 @@ class LowRankConfig(ReduceConfig):
             if not isinstance(self.ranks, dict) or not self.ranks:
                 raise ValueError(f"ranks: expected a non-empty mapping of layer name -> rank, got {self.ranks!r}")
             for name, r in self.ranks.items():
-                if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-                    raise ValueError(f"ranks.{name}: expected an int >= 1, got {r!r}")
+                _require_rank(r, f"ranks.{name}")
 
 
 @dataclass
@@ -72,10 +78,9 @@ class EmbeddingFactorConfig(ReduceConfig):
     rank: Optional[int] = None
 
     def __post_init__(self):
-        if isinstance(self.energy, bool) or not isinstance(self.energy, (int, float)) or not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"energy: expected a fraction in (0, 1], got {self.energy!r}")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
-            raise ValueError(f"rank: expected an int >= 1, got {self.rank!r}")
+        _require_fraction(self.energy, "energy")
+        if self.rank is not None:
+            _require_rank(self.rank, "rank")
 
 
 @dataclass

@@ -17,8 +17,7 @@ from edgegen.transform import FilterFn
 class FactorizedEmbedding(nn.Module):
     """``embedding(idx) = table[idx] @ proj``: ``table`` is an ``nn.Embedding(vocab, rank)``,
     ``proj`` an [rank, embedding_dim] parameter, ``rank * (vocab + dim)`` weights instead of
-    ``vocab * dim``. :meth:`logits` is the tied output head ``h @ (table @ proj)^T`` computed as
-    ``(h @ proj^T) @ table^T`` (the dense product is never formed)."""
+    ``vocab * dim``. Its tied output head is :class:`TiedFactorizedHead`."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, device=None, dtype=None):
         super().__init__()
@@ -53,20 +52,13 @@ class FactorizedEmbedding(nn.Module):
     def forward(self, idx: Tensor) -> Tensor:
         return self.table(idx) @ self.proj
 
-    def head_operands(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """(x, weight) with ``logits = x @ weight^T``: ``hidden`` projected to the rank, and the table."""
-        return F.linear(hidden, self.proj), self.table.weight
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        x, w = self.head_operands(hidden)
-        return F.linear(x, w)
-
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
 
 
 class TiedFactorizedHead(nn.Module):
-    """The output head tied to a :class:`FactorizedEmbedding`: ``forward(h) = out(h @ proj^T)``,
+    """The output head tied to a :class:`FactorizedEmbedding`: ``h @ (table @ proj)^T`` computed as
+    ``out(h @ proj^T)`` (the dense product is never formed),
     where ``out`` is a bias-free ``nn.Linear(rank, vocab)`` whose weight *is* the embedding's table
     (one Parameter, as GPT-2's dense head shares its embedding), so quantization treats the pair as
     it treats a dense tied head. The embedding itself is referenced, not registered: ``proj``
