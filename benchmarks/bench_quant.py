@@ -5,14 +5,16 @@
    own int8 path (torch.ao dynamic quantized Linear, x86/fbgemm engine) and vs ONNX Runtime's
    integer MatMul (onnxruntime.quantization.quantize_dynamic of the same layer, per-channel int8
    weights; ORT fuses it into DynamicQuantizeMatMul).
-2. INT4 weight-only GEMV (M = 1) vs fp32 and INT8, the same shapes plus GPT-2's output head
-   (768 x 50257), with weights in cache and streamed from DRAM.
-3. End to end, fp32 vs INT8 dynamic (and INT4 for GPT-2): the GPT-2 student (6L/384) prefill of
-   128 tokens and one cached decode step, the Beta-VAE decoder and the DCGAN generator and
-   discriminator (batch 64); latency and bytes on disk.
+2. INT4 GEMV (M = 1) vs fp32 and INT8, the same shapes plus GPT-2's output head (768 x 50257),
+   with weights in cache and streamed from DRAM: weight-only (float activations) and W4A8
+   (activations quantized per call to int8 per group: integer dot products), and both at M = 8.
+3. End to end, fp32 vs INT8 dynamic (and INT4 weight-only / W4A8 for GPT-2): the GPT-2 student
+   (6L/384) prefill of 128 tokens and one cached decode step, the Beta-VAE decoder and the DCGAN
+   generator and discriminator (batch 64); latency and bytes on disk.
 
-    python benchmarks/bench_quant.py            # full run (several minutes)
-    python benchmarks/bench_quant.py --quick    # M in {1, 64}, one shape
+    python benchmarks/bench_quant.py               # full run (several minutes)
+    python benchmarks/bench_quant.py --quick       # M in {1, 64}, one shape
+    python benchmarks/bench_quant.py --sections 23 # only the INT4 and end-to-end sections
 
 Medians after warm-up, each (provider, case) in its own process, at the machine's full thread
 count (ONNX Runtime gets the same intra-op thread count). Results: benchmarks/results/quant.csv.
@@ -80,10 +82,10 @@ def linear_worker(spec: dict) -> dict:
 
         q = Int8Linear.from_float(lin)
         f = lambda: q(x)  # noqa: E731
-    elif p == "edgegen-int4":
+    elif p in ("edgegen-int4", "edgegen-int4a8"):
         from edgegen.quant import Int4Linear
 
-        q = Int4Linear.from_float(lin, spec.get("group", 64))
+        q = Int4Linear.from_float(lin, spec.get("group", 64), "int8" if p.endswith("a8") else "float")
         f = lambda: q(x)  # noqa: E731
     elif p == "torch-int8":
         import warnings
@@ -116,10 +118,10 @@ def cold_worker(spec: dict) -> dict:
     layers = []
     for _ in range(copies):
         lin = nn.Linear(k, n)
-        if spec["provider"] == "edgegen-int4":
+        if spec["provider"] in ("edgegen-int4", "edgegen-int4a8"):
             from edgegen.quant import Int4Linear
 
-            lin = Int4Linear.from_float(lin, 64)
+            lin = Int4Linear.from_float(lin, 64, "int8" if spec["provider"].endswith("a8") else "float")
         elif spec["provider"] == "edgegen-int8":
             from edgegen.quant import Int8Linear
 
@@ -142,7 +144,7 @@ def e2e_worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from edgegen.quant import Int4WeightOnlyConfig, Int8DynamicConfig, quantize_, save_quantized
+    from edgegen.quant import Int4DynamicConfig, Int4WeightOnlyConfig, Int8DynamicConfig, quantize_, save_quantized
 
     if spec["model"] == "gpt2-student":
         from edgegen.models.gpt2 import GPT2, GPT2Config
@@ -163,6 +165,8 @@ def e2e_worker(spec: dict) -> dict:
         quantize_(model, Int8DynamicConfig())
     elif spec["provider"] == "int4":
         quantize_(model, Int4WeightOnlyConfig(64))
+    elif spec["provider"] == "int4a8":
+        quantize_(model, Int4DynamicConfig(64))
     with tempfile.TemporaryDirectory() as d:
         size = save_quantized(model.decoder if spec["model"] == "beta-vae-decoder" else model, Path(d) / "m.st")
     with torch.no_grad():
@@ -199,7 +203,8 @@ def worker(spec: dict) -> dict:
 
 
 def main():
-    args = harness.cli(__doc__, "quant.csv", worker)
+    args = harness.cli(__doc__, "quant.csv", worker, add_arguments=lambda ap: ap.add_argument(
+        "--sections", default="123", help="which sections to run, e.g. 23 (default: all)"))
     try:
         import onnxruntime  # noqa: F401
         have_ort = True
@@ -230,12 +235,13 @@ def main():
     best = int8[-1]
     harness.print_paths("int8_gemm", levels)
     providers = ["fp32", *int8, "torch-int8"] + (["onnxruntime-int8"] if have_ort else [])
-    print("\n## INT8 Linear (forward, dynamic activation quantization included); speed-up = time / edgegen's "
-          f"{best} time")
-    print(f"{'M':>4s} {'K x N':>11s} " + " ".join(f"{p:>26s}" for p in providers)
-          + "   edgegen vs fp32 / torch / ORT; % of the INT8 ceiling")
+    if "1" in args.sections:
+        print("\n## INT8 Linear (forward, dynamic activation quantization included); speed-up = time / edgegen's "
+              f"{best} time")
+        print(f"{'M':>4s} {'K x N':>11s} " + " ".join(f"{p:>26s}" for p in providers)
+              + "   edgegen vs fp32 / torch / ORT; % of the INT8 ceiling")
     ceiling = None
-    for k, n in shapes:
+    for k, n in shapes if "1" in args.sections else []:
         for m in ms:
             res = {}
             for p in providers:
@@ -261,31 +267,41 @@ def main():
                    if m >= 64 and ceiling == ceiling else "")
             print(f"{m:4d} {f'{k}x{n}':>11s} {cells}   {vs}{pct}")
 
-    print("\n## INT4 weight-only GEMV (M = 1, group 64) vs fp32 (and INT8); 'hot': the same layer again and again "
-          "(weights in cache); 'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
-    print(f"{'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4 speed-up':>13s}")
-    for k, n in shapes + [(768, 50257)]:
-        for cold in (False, True):
-            if cold and n > 10000:
-                continue
-            res = {}
-            for p in ("fp32", "edgegen-int8", "edgegen-int4"):
-                spec = dict(op="linear", provider=p, k=k, n=n, m=1, threads=args.threads, cold=cold,
-                            repeats=200 if n < 10000 else 30)
-                r = record("gemv_" + ("cold" if cold else "hot"), p, f"M=1 K={k} N={n} group=64",
-                           harness.run_worker(__file__, spec), flops=2 * k * n)
-                if r:
-                    res[p] = r["p50_ms"]
-            if len(res) == 3:
-                print(f"{f'{k}x{n}':>11s} {'cold' if cold else 'hot':5s} {res['fp32']:9.4f} {res['edgegen-int8']:9.4f} "
-                      f"{res['edgegen-int4']:9.4f} {res['fp32'] / res['edgegen-int4']:12.2f}x")
+    int4 = ("edgegen-int4", "edgegen-int4a8")
+    if "2" in args.sections:
+        print("\n## INT4 GEMV (group 64) vs fp32 and INT8: weight-only (int4) and W4A8 (int4a8: activations "
+              "quantized per call to int8 per group); 'hot': the same layer again and again (weights in cache); "
+              "'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
+        harness.print_paths("int4_a8", harness.kernel_levels("int4_a8"))
+        print(f"{'M':>2s} {'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4a8 ms':>9s} "
+              f"{'int4a8 vs fp32 / int4 / int8':>30s}")
+        for m, (k, n) in [(1, s) for s in shapes + [(768, 50257)]] + [(8, s) for s in shapes[:1] + [(768, 50257)]]:
+            for cold in (False, True):
+                if cold and (n > 10000 or m > 1):
+                    continue
+                res = {}
+                for p in ("fp32", "edgegen-int8", *int4):
+                    spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, cold=cold,
+                                repeats=200 if n < 10000 else 30)
+                    r = record("gemv_" + ("cold" if cold else "hot"), p, f"M={m} K={k} N={n} group=64",
+                               harness.run_worker(__file__, spec), flops=2 * m * k * n)
+                    if r:
+                        res[p] = r["p50_ms"]
+                if len(res) == 4:
+                    a8 = res["edgegen-int4a8"]
+                    print(f"{m:2d} {f'{k}x{n}':>11s} {'cold' if cold else 'hot':5s} {res['fp32']:9.4f} "
+                          f"{res['edgegen-int8']:9.4f} {res['edgegen-int4']:9.4f} {a8:9.4f} "
+                          f"{res['fp32'] / a8:12.2f}x / {res['edgegen-int4'] / a8:.2f}x / {res['edgegen-int8'] / a8:.2f}x")
 
-    print("\n## End to end, fp32 vs INT8 dynamic (Linear and convolution layers) and INT4 weight-only (Linear)")
+    if "3" not in args.sections:
+        harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
+        return
+    print("\n## End to end, fp32 vs INT8 dynamic (Linear and convolution layers) and INT4 weight-only / W4A8 (Linear)")
     print(f"{'model':18s} {'mode':8s} {'quant':17s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
           f"{'q MB':>8s}")
     q8 = [p.replace("edgegen-", "") for p in int8]  # int8[<path>] for every INT8 path of this CPU
     cases = [("gpt2-student", "prefill", q) for q in q8] + [("gpt2-student", "decode", q) for q in q8]
-    cases += [("gpt2-student", "decode", "int4")]
+    cases += [("gpt2-student", mode, q) for mode in ("prefill", "decode") for q in ("int4", "int4a8")]
     cases += [(m, "batch64", q) for m in ("beta-vae-decoder", "dcgan-generator", "dcgan-discriminator") for q in q8]
     fp32_cache = {}
     for model, mode, quant in cases:

@@ -119,6 +119,12 @@ TORCH_LIBRARY(edgegen, m) {
   m.def("int4_linear(Tensor input, Tensor packed_weight, Tensor scale, Tensor zero_point, Tensor? bias, "
         "int group_size) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // The same 4-bit weights against activations quantized per call to int8, symmetric per row and
+  // group of group_size features (scale max|x| / 127, codes rounded half to even): integer dot
+  // products (VNNI / AVX2), exact per group; the input must be finite.
+  m.def("int4_linear_dynamic(Tensor input, Tensor packed_weight, Tensor scale, Tensor zero_point, Tensor? bias, "
+        "int group_size) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 
   // Sliding-window + global-token attention on [B, H, n, d] q and [B, H, nk, d] k, v (flash style,
   // never an [n, nk] matrix). Query i sits at position q_offset + i, key j at j. Causal: key j is
@@ -153,6 +159,7 @@ PYBIND11_MODULE(_C, m) {
     out["int8_gemm"] = K::isa_name(K::quant::int8_gemm_isa());
     out["int8_activations"] = K::isa_name(K::quant::int8_act_isa());
     out["int4"] = K::isa_name(K::quant::int4_isa());
+    out["int4_a8"] = K::isa_name(K::quant::int4_a8_isa());
     out["kd_loss"] = K::isa_name(K::kd_loss_isa());
     out["attention"] = K::isa_name(K::attention::attention_isa());
     out["prune"] = "scalar";

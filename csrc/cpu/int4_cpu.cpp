@@ -1,4 +1,4 @@
-// ATen glue for the INT4 weight-only linear ops.
+// ATen glue for the INT4 linear ops (weight-only, and 4-bit weights x 8-bit activations).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/checks.h"
+#include "kernels/quant/gemm.h"
 #include "kernels/quant/int4.h"
 
 namespace edgegen {
@@ -71,15 +72,37 @@ at::Tensor int4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scale
   return w;
 }
 
-at::Tensor int4_linear_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scale,
+// The checks of both INT4 linear ops; the input as a contiguous float32 [m, k] and the bias.
+struct Int4Call {
+  Int4Args a;
+  at::Tensor x, bias;
+};
+
+Int4Call check_int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scale,
                            const at::Tensor& zero, const std::optional<at::Tensor>& bias, int64_t group_size) {
   check_cpu(input, "input");
   TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
   const Int4Args a = check_int4(packed, scale, zero, group_size);
   TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == a.k, "input: expected [..., ", a.k, "], got ",
                     input.sizes());
-  const at::Tensor b = cpu::float_bias(bias, a.n);
-  const at::Tensor x = input.to(at::kFloat).contiguous().view({-1, a.k});
+  at::Tensor b = cpu::float_bias(bias, a.n);
+  return {a, input.to(at::kFloat).contiguous().view({-1, a.k}), b};
+}
+
+// [m, n] float32 result -> the input's leading shape and dtype.
+at::Tensor int4_output(const at::Tensor& out, const at::Tensor& input) {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = out.size(1);
+  at::Tensor res = out.view(shape);
+  return input.scalar_type() == at::kFloat ? res : res.to(input.scalar_type());
+}
+
+at::Tensor int4_linear_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scale,
+                           const at::Tensor& zero, const std::optional<at::Tensor>& bias, int64_t group_size) {
+  const Int4Call c = check_int4_linear(input, packed, scale, zero, bias, group_size);
+  const Int4Args& a = c.a;
+  const at::Tensor& x = c.x;
+  const at::Tensor& b = c.bias;
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, a.n}, x.options());
   constexpr int64_t kGemvRows = 8;  // above this, dequantise blocks of rows and use BLAS
@@ -102,10 +125,28 @@ at::Tensor int4_linear_cpu(const at::Tensor& input, const at::Tensor& packed, co
       else ob.copy_(at::mm(x, wb.t()));
     }
   }
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = a.n;
-  at::Tensor res = out.view(shape);
-  return input.scalar_type() == at::kFloat ? res : res.to(input.scalar_type());
+  return int4_output(out, input);
+}
+
+// 4-bit weights x 8-bit activations quantized per row and group (see int4.h): the integer path
+// for every batch size, so the result does not depend on how many rows a call carries.
+at::Tensor int4_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scale,
+                                   const at::Tensor& zero, const std::optional<at::Tensor>& bias,
+                                   int64_t group_size) {
+  const Int4Call c = check_int4_linear(input, packed, scale, zero, bias, group_size);
+  const Int4Args& a = c.a;
+  const at::Tensor& x = c.x;
+  const at::Tensor& b = c.bias;
+  TORCH_CHECK_VALUE(KQ::all_finite(x.const_data_ptr<float>(), x.numel()),
+                    "input: contains NaN or infinite values; int4_linear_dynamic quantizes its input to 8 bits and "
+                    "needs finite values");
+  const int64_t m = x.size(0);
+  at::Tensor out = at::empty({m, a.n}, x.options());
+  KQ::int4_linear_a8(x.const_data_ptr<float>(), m, a.n, a.k, packed.const_data_ptr<uint8_t>(),
+                     scale.const_data_ptr<float>(), zero.const_data_ptr<uint8_t>(), a.group,
+                     b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
+                     at::get_num_threads());
+  return int4_output(out, input);
 }
 
 }  // namespace
@@ -114,6 +155,7 @@ TORCH_LIBRARY_IMPL(edgegen, CPU, m) {
   m.impl("int4_pack", &int4_pack_cpu);
   m.impl("int4_dequantize", &int4_dequantize_cpu);
   m.impl("int4_linear", &int4_linear_cpu);
+  m.impl("int4_linear_dynamic", &int4_linear_dynamic_cpu);
 }
 
 }  // namespace edgegen

@@ -1,6 +1,7 @@
 // GoogleTest of the torch-free quantization kernels against hand-worked values and plain loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 #include <string>
@@ -163,6 +164,110 @@ TEST(Int4, PackRoundTripAndGemvMatchesDequantizedLoop) {
           want += wv * x[size_t(i * k + kk)];
         }
         ASSERT_NEAR(out[size_t(i * n + r)], want, 1e-3 * (1.0 + std::fabs(want)));
+      }
+  }
+}
+
+// Every INT4 path of the build (weight-only float activations, and the 8-bit-activation path),
+// each run on this CPU when it can (skipped by name when not).
+class Int4Path : public ::testing::TestWithParam<K::Isa> {
+ protected:
+  void SetUp() override {
+    if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
+    if (!KQ::int4_has_path(GetParam(), true) && !KQ::int4_has_path(GetParam(), false))
+      GTEST_SKIP() << "no INT4 path of its own at " << K::isa_name(GetParam());
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, Int4Path,
+                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512, K::Isa::Avx512Vnni,
+                                           K::Isa::Amx),
+                         [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
+
+// The 8-bit codes of int4_linear_a8's activations (int4.h), written out plainly.
+static std::vector<int> a8_codes(const std::vector<float>& x, int64_t m, int64_t k, int64_t group,
+                                 std::vector<float>* sx) {
+  std::vector<int> c(size_t(m * k));
+  sx->assign(size_t(m * (k / group)), 0.0f);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t g = 0; g < k / group; ++g) {
+      float amax = 0.0f;
+      for (int64_t kk = g * group; kk < (g + 1) * group; ++kk) amax = std::max(amax, std::fabs(x[size_t(i * k + kk)]));
+      float s = amax / 127.0f;
+      if (!(s > 0.0f)) s = 1.0f;
+      (*sx)[size_t(i * (k / group) + g)] = s;
+      for (int64_t kk = g * group; kk < (g + 1) * group; ++kk)
+        c[size_t(i * k + kk)] = int(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[size_t(i * k + kk)] / s))));
+    }
+  return c;
+}
+
+TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
+  if (!KQ::int4_has_path(GetParam(), true)) GTEST_SKIP() << "no 8-bit-activation INT4 path at " << K::isa_name(GetParam());
+  std::mt19937 rng(13);
+  // k: one chunk only, one block, a block and a chunk, several blocks; m: 1..9 (row tiles of 4).
+  for (auto [k, group] : {std::tuple{64, 32}, std::tuple{64, 64}, std::tuple{128, 128}, std::tuple{192, 32},
+                          std::tuple{192, 64}, std::tuple{384, 128}, std::tuple{320, 64}}) {
+    for (int64_t m : {1, 3, 4, 9}) {
+      for (int mode = 0; mode < 3; ++mode) {  // random; integers with max |x| 127 (sx = 1) at the extremes; zeros
+        const int64_t n = 21, groups = k / group;
+        std::vector<uint8_t> q(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
+        std::vector<float> scale(size_t(n * groups)), x(size_t(m * k)), out(size_t(m * n)), bias(static_cast<size_t>(n));
+        for (auto& v : q) v = mode == 1 ? uint8_t(15 * (rng() & 1)) : uint8_t(rng() % 16);
+        for (auto& v : zero) v = mode == 1 ? uint8_t(15 * (rng() & 1)) : uint8_t(rng() % 16);
+        for (auto& v : scale) v = mode == 1 ? 1.0f : 0.01f + float(rng() % 100) / 1000.0f;
+        for (auto& v : bias) v = mode == 1 ? 0.0f : float(int(rng() % 201) - 100) / 50.0f;
+        for (auto& v : x) v = mode == 1 ? ((rng() & 1) ? 127.0f : -127.0f) : float(int(rng() % 2001) - 1000) / 300.0f;
+        if (mode == 2)
+          for (int64_t kk = 0; kk < k; ++kk) x[size_t(kk)] = 0.0f;  // an all-zero row: every group's scale is 1
+        KQ::pack_int4(q.data(), n, k, packed.data());
+        KQ::int4_linear_a8_isa(GetParam(), x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group,
+                               bias.data(), out.data(), 2);
+        std::vector<float> sx;
+        const std::vector<int> c = a8_codes(x, m, k, group, &sx);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t r = 0; r < n; ++r) {
+            double want = bias[size_t(r)];
+            for (int64_t g = 0; g < groups; ++g) {
+              int64_t dot = 0;
+              for (int64_t kk = g * group; kk < (g + 1) * group; ++kk)
+                dot += int64_t(c[size_t(i * k + kk)]) * (int(q[size_t(r * k + kk)]) - int(zero[size_t(r * groups + g)]));
+              want += double(scale[size_t(r * groups + g)]) * sx[size_t(i * groups + g)] * double(dot);
+            }
+            const float got = out[size_t(i * n + r)];
+            if (mode == 1)  // integer-valued throughout, below 2^24: exact on every path
+              ASSERT_EQ(got, float(want)) << "k " << k << " group " << group << " m " << m << " row " << i << "," << r;
+            else
+              ASSERT_NEAR(got, want, 2e-5 * (1.0 + std::fabs(want)))
+                  << "k " << k << " group " << group << " m " << m << " mode " << mode << " row " << i << "," << r;
+          }
+      }
+    }
+  }
+}
+
+TEST_P(Int4Path, WeightOnlyGemvMatchesDequantizedLoop) {
+  if (!KQ::int4_has_path(GetParam(), false)) GTEST_SKIP() << "no weight-only INT4 path at " << K::isa_name(GetParam());
+  std::mt19937 rng(17);
+  const int64_t n = 13, k = 192, group = 32, groups = k / group;
+  std::vector<uint8_t> q(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
+  std::vector<float> scale(size_t(n * groups)), x(size_t(6 * k)), out(size_t(6 * n));
+  for (auto& v : q) v = uint8_t(rng() % 16);
+  for (auto& v : zero) v = uint8_t(rng() % 16);
+  for (auto& v : scale) v = 0.01f + float(rng() % 100) / 1000.0f;
+  for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 500.0f;
+  KQ::pack_int4(q.data(), n, k, packed.data());
+  for (int64_t m : {1, 2, 6}) {
+    KQ::int4_gemv_isa(GetParam(), x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group, nullptr,
+                      out.data(), 2);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t r = 0; r < n; ++r) {
+        double want = 0;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const int64_t g = r * groups + kk / group;
+          want += (double(q[size_t(r * k + kk)]) - zero[size_t(g)]) * scale[size_t(g)] * x[size_t(i * k + kk)];
+        }
+        ASSERT_NEAR(out[size_t(i * n + r)], want, 1e-4 * (1.0 + std::fabs(want))) << m << " " << i << " " << r;
       }
   }
 }

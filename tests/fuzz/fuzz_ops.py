@@ -78,6 +78,7 @@ def _base_calls():
                                 16],
         "int8_linear_static": [x, 0.05, 3, packed, rows, torch.rand(8, generator=g) + 0.1, None, 8, 16],
         "int4_linear": [torch.randn(2, 64, generator=g), p4, s4, z4, None, 64],
+        "int4_linear_dynamic": [torch.randn(2, 64, generator=g), p4, s4, z4, None, 64],
         "int4_dequantize": [p4, s4, z4, 64],
         "magnitude_scores": [w, torch.randn(6, 8, generator=g)],
         "kth_smallest_score": [[w, w.flip(0)], None, 5],

@@ -178,6 +178,7 @@ def _int8_layers():
         "Int8ConvTranspose2d-col2im": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(8, 5, 3, 2, 1, dilation=2)),
                                        torch.randn(2, 8, 5, 6)),
         "Int4Linear": (Int4Linear.from_float(nn.Linear(128, 24), group_size=32), torch.randn(3, 128)),
+        "Int4Linear-a8": (Int4Linear.from_float(nn.Linear(192, 24), 64, "int8"), torch.randn(5, 192)),
     }
 
 

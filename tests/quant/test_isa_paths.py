@@ -29,6 +29,10 @@ def _layers():
         "conv-transpose-col2im": (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(12, 3, 3, 2, 1, dilation=2)),
                                   torch.randn(2, 12, 5, 9)),
         "int4": (Int4Linear.from_float(nn.Linear(256, 40), group_size=64), torch.randn(5, 256)),
+        # W4A8: two full blocks and a one-chunk tail; row tiles of 4 and a rest; one decode row
+        "int4-a8": (Int4Linear.from_float(nn.Linear(320, 40), 64, "int8"), torch.randn(6, 320)),
+        "int4-a8-g32-decode": (Int4Linear.from_float(nn.Linear(192, 33), 32, "int8"), torch.randn(1, 192)),
+        "int4-a8-g128": (Int4Linear.from_float(nn.Linear(256, 17), 128, "int8"), torch.randn(2, 3, 256)),
     }
 
 

@@ -14,6 +14,7 @@ from edgegen.models.gpt2 import GPT2, GPT2Config
 from edgegen.models.vae import BetaVAE
 from edgegen.ops._reference import (
     int4_dequantize_reference,
+    int4_linear_dynamic_reference,
     int4_pack_reference,
     int4_unpack_reference,
     int8_gemm_reference,
@@ -22,6 +23,7 @@ from edgegen.ops._reference import (
 from edgegen.quant import (
     Bf16Config,
     Fp16Config,
+    Int4DynamicConfig,
     Int4Linear,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
@@ -151,13 +153,69 @@ def test_int4_linear_bf16_input_state_dict_and_size():
     assert 6.0 < ratio < 8.0  # 0.5 byte per weight + 5 bytes per group of 64
 
 
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 9, 64])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_a8_equals_float64_reference(m, group):
+    """W4A8: the kernel equals the float64 reference (the same codes and exact integer group sums)
+    to float32 rounding, and stays close to the weight-only layer (8-bit activations per group)."""
+    torch.manual_seed(m * 1000 + group)
+    lin = nn.Linear(384, 100)
+    q = Int4Linear.from_float(lin, group, "int8")
+    x = torch.randn(m, 384)
+    x[0, :group] *= 40.0  # an outlier group: its own scale, the other groups unaffected
+    want = int4_linear_dynamic_reference(x, q.packed_weight, q.scale, q.zero_point, q.bias, group)
+    got = q(x)
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-6 * float(want.abs().max()))
+    weight_only = F.linear(x, q.dequantized_weight(), q.bias)
+    assert float((got - weight_only).norm() / weight_only.norm()) < 0.01
+
+
+def test_int4_a8_integer_inputs_are_exact_and_zero_rows_give_the_bias():
+    # Integer activations with max |x| = 127 in every group are their own codes (scale 1); unit
+    # weight scales make every partial sum an integer below 2^24: the output is exact.
+    torch.manual_seed(5)
+    n, k = 24, 320
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    zero = torch.randint(0, 16, (n, k // 64), dtype=torch.uint8)
+    packed = torch.ops.edgegen.int4_pack(codes)
+    x = torch.randint(-127, 128, (5, k)).float()
+    x[:, ::64] = 127.0
+    exact = (x.double().view(5, k // 64, 64)[:, None] *
+             (codes.double().view(n, k // 64, 64) - zero.double()[..., None])[None]).sum((-1, -2))
+    out = torch.ops.edgegen.int4_linear_dynamic(x, packed, torch.ones(n, k // 64), zero, None, 64)
+    assert torch.equal(out.double(), exact)
+    bias = torch.randn(n)
+    zeros = torch.ops.edgegen.int4_linear_dynamic(torch.zeros(2, k), packed, torch.rand(n, k // 64), zero, bias, 64)
+    assert torch.equal(zeros, bias.expand(2, n))
+
+
+def test_int4_dynamic_config_quantizes_saves_and_loads(tmp_path):
+    from edgegen.quant import Int4DynamicConfig, QuantConfig, load_quantized, save_quantized
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    x = torch.randn(3, 128)
+    ref = model(x).detach()
+    cfg = QuantConfig.from_dict(Int4DynamicConfig(32).to_dict())
+    assert cfg == Int4DynamicConfig(32)
+    quantize_(model, cfg)
+    assert [m.activations for m in (model[0], model[2])] == ["int8", "int8"]
+    with torch.no_grad():
+        assert float(F.cosine_similarity(model(x).flatten(), ref.flatten(), dim=0)) > 0.99
+    save_quantized(model, tmp_path / "m.safetensors")
+    fresh = load_quantized(nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 8)), tmp_path / "m.safetensors")
+    with torch.no_grad():
+        assert fresh[0].activations == "int8" and torch.equal(fresh(x), model(x))
+
+
 def test_quantize_gpt2_student_end_to_end():
     torch.manual_seed(0)
     model = GPT2(GPT2Config(vocab_size=512, n_positions=64, n_embd=128, n_layer=2, n_head=4)).eval()
     idx = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         ref = model(idx)
-    for cfg, min_cos in ((Int8DynamicConfig(), 0.995), (Int4WeightOnlyConfig(64), 0.95), (Bf16Config(), 0.999),
+    for cfg, min_cos in ((Int8DynamicConfig(), 0.995), (Int4WeightOnlyConfig(64), 0.95), (Int4DynamicConfig(64), 0.95),
+                         (Bf16Config(), 0.999),
                          (Fp16Config(), 0.9999)):
         m = GPT2(model.config).eval()
         m.load_state_dict(model.state_dict())
@@ -206,6 +264,9 @@ OPCHECK = [
                                          torch.randint(0, 16, (4, 2), dtype=torch.uint8), 32)),
     (torch.ops.edgegen.int4_linear, (torch.randn(2, 64), torch.randint(0, 255, (4, 32), dtype=torch.uint8),
                                      torch.rand(4, 1) + 0.1, torch.randint(0, 16, (4, 1), dtype=torch.uint8), None, 64)),
+    (torch.ops.edgegen.int4_linear_dynamic, (torch.randn(3, 128), torch.randint(0, 255, (4, 64), dtype=torch.uint8),
+                                             torch.rand(4, 4) + 0.1, torch.randint(0, 16, (4, 4), dtype=torch.uint8),
+                                             torch.randn(4), 32)),
 ]
 
 
@@ -236,6 +297,15 @@ def test_torch_compile_quantized_model():
     (lambda: Int4Linear(96, 8), ValueError, "in_features"),
     (lambda: Int4Linear(128, 8, group_size=48), ValueError, "group_size"),
     (lambda: Int4WeightOnlyConfig(group_size=100), ValueError, "group_size"),
+    (lambda: Int4DynamicConfig(group_size=16), ValueError, "group_size"),
+    (lambda: Int4Linear(128, 8, activations="int16"), ValueError, "activations"),
+    (lambda: torch.ops.edgegen.int4_linear_dynamic(torch.tensor([[float("nan")] * 64]),
+                                                   torch.zeros(4, 32, dtype=torch.uint8), torch.ones(4, 1),
+                                                   torch.zeros(4, 1, dtype=torch.uint8), None, 64),
+     ValueError, "finite"),
+    (lambda: torch.ops.edgegen.int4_linear_dynamic(torch.randn(2, 32), torch.zeros(4, 32, dtype=torch.uint8),
+                                                   torch.ones(4, 1), torch.zeros(4, 1, dtype=torch.uint8), None, 64),
+     ValueError, "input"),
     (lambda: torch.ops.edgegen.int4_linear(torch.randn(2, 64), torch.zeros(4, 32, dtype=torch.uint8),
                                            torch.ones(4, 2), torch.zeros(4, 1, dtype=torch.uint8), None, 64),
      ValueError, "scale"),

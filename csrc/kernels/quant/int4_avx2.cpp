@@ -1,8 +1,11 @@
-// AVX2 + FMA kernels for the INT4 weight-only linear layer (see int4.h for the packing: the 8 words
-// of a 64-feature chunk, shifted by 4t and masked, give 8 lanes ready to convert, no shuffles).
+// AVX2 + FMA kernels for the INT4 linear layers (see int4.h for the packing: the 8 words of a
+// 64-feature chunk, shifted by 4t and masked, give 8 lanes ready to convert, no shuffles; its bytes
+// masked and shifted give the nibbles facing the prepared 8-bit activation codes).
 #include <immintrin.h>
 
 #include <cstdint>
+
+#include "kernels/quant/int4.h"
 
 namespace edgegen::kernels::quant {
 
@@ -53,7 +56,56 @@ void rows_m(const uint8_t* row, const float* xp, int64_t ldx, int64_t k, int64_t
   }
 }
 
+// The zero points of a chunk as floats, lanes laid out as chunk_scale's.
+inline __m256 chunk_zero(const uint8_t* zero, int64_t c, int64_t group) {
+  return _mm256_setr_m128(_mm_set1_ps(float(zero[c / group])), _mm_set1_ps(float(zero[(c + 32) / group])));
+}
+
+// W4A8: per chunk, vpmaddubsw of the low / high nibbles (u8) with their codes (s8) gives int16
+// pair sums of at most 2 * 15 * 127 (no saturation), vpmaddwd with ones the 8 int32 lane dots;
+// each lane then adds scale * sx * dot, and the zero points come off once per row:
+// sum_g scale_g * zero_g * zero_sum_g.
+template <int M>
+void rows_a8_m(const uint8_t* row, const A8Rows& a, int64_t i0, int64_t group, const float* scale,
+               const uint8_t* zero, float* out) {
+  __m256 total[M][2];
+  for (int i = 0; i < M; ++i) total[i][0] = total[i][1] = _mm256_setzero_ps();
+  const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  for (int64_t c = 0; c < a.k / 64; ++c) {
+    const int64_t b = c / 2, half = c % 2;
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * c));
+    const __m256i lo = _mm256_and_si256(w, nib), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+    const __m256 ws = chunk_scale(scale, 64 * c, group);
+    for (int i = 0; i < M; ++i) {
+      const int64_t blk = (i0 + i) * a.blocks + b;
+      const int8_t* cd = a.codes + blk * 128 + 32 * half;
+      const __m256i p = _mm256_add_epi16(
+          _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cd))),
+          _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cd + 64))));
+      const __m256 f = _mm256_mul_ps(ws, _mm256_loadu_ps(a.lane_scale + blk * 16 + 8 * half));
+      total[i][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), f, total[i][half]);
+    }
+  }
+  const int64_t groups = a.k / group;
+  for (int i = 0; i < M; ++i) {
+    const float* zs = a.zero_sum + (i0 + i) * groups;
+    float zterm = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) zterm += scale[g] * float(zero[g]) * zs[g];
+    out[i] = hsum(_mm256_add_ps(total[i][0], total[i][1])) - zterm;
+  }
+}
+
 }  // namespace
+
+void int4_rows_a8_avx2(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group, const float* scale,
+                       const uint8_t* zero, float* out) {
+  switch (m) {
+    case 4: rows_a8_m<4>(row, a, i0, group, scale, zero, out); break;
+    case 3: rows_a8_m<3>(row, a, i0, group, scale, zero, out); break;
+    case 2: rows_a8_m<2>(row, a, i0, group, scale, zero, out); break;
+    default: rows_a8_m<1>(row, a, i0, group, scale, zero, out); break;
+  }
+}
 
 // out[i] = sum_g scale_g * sum_{k in g} q_k x_i[k] for i < m (m <= 4), with xp the activations in
 // packed lane order: one weight row against up to four activation rows, unpacked once.
@@ -73,7 +125,7 @@ void int4_dequant_row_avx2(const uint8_t* row, int64_t k, int64_t group, const f
   for (int64_t c = 0; c < k; c += 64) {
     const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
     const __m256 s = chunk_scale(scale, c, group);
-    const __m256 z = _mm256_setr_m128(_mm_set1_ps(float(zero[c / group])), _mm_set1_ps(float(zero[(c + 32) / group])));
+    const __m256 z = chunk_zero(zero, c, group);
     for (int t = 0; t < 8; ++t) {
       const __m256 v = _mm256_mul_ps(_mm256_sub_ps(nibble_plane(words, t), z), s);
       _mm_storeu_ps(w + c + 4 * t, _mm256_castps256_ps128(v));

@@ -89,7 +89,7 @@ def _register() -> None:
     def _(input, a_zero_point, packed_weight, weight_row_sum, n, k, *args, **kwargs):
         return 2 * input.shape[0] * n * k
 
-    @register_flop_formula(ops.int4_linear, get_raw=True)
+    @register_flop_formula([ops.int4_linear, ops.int4_linear_dynamic], get_raw=True)
     def _(input, packed_weight, scale, zero_point, bias, group_size, *args, **kwargs):
         n, k = packed_weight.shape[0], packed_weight.shape[1] * 2
         return 2 * rows(input, k) * n * k

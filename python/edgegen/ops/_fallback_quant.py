@@ -527,7 +527,8 @@ def int4_dequantize_fallback(packed_weight, scale, zero_point, group_size):
     return ref.int4_dequantize_reference(packed_weight, scale, zero_point, group_size)
 
 
-def int4_linear_fallback(input, packed_weight, scale, zero_point, bias, group_size):
+def _int4_linear_args(input, packed_weight, scale, zero_point, bias, group_size) -> None:
+    """The checks both INT4 linear ops make, in the CPU kernels' order."""
     _check_same_device(input, packed_weight=packed_weight, scale=scale, zero_point=zero_point, bias=bias)
     _check_float(input, "input")
     _int4_args(packed_weight, scale, zero_point, group_size)
@@ -535,7 +536,19 @@ def int4_linear_fallback(input, packed_weight, scale, zero_point, bias, group_si
     if input.dim() < 1 or input.shape[-1] != k:
         raise ValueError(f"input: expected [..., {k}], got {list(input.shape)}")
     _bias(bias, packed_weight.shape[0])
+
+
+def int4_linear_fallback(input, packed_weight, scale, zero_point, bias, group_size):
+    _int4_linear_args(input, packed_weight, scale, zero_point, bias, group_size)
     return ref.int4_linear_reference(input, packed_weight, scale, zero_point, bias, group_size)
+
+
+def int4_linear_dynamic_fallback(input, packed_weight, scale, zero_point, bias, group_size):
+    _int4_linear_args(input, packed_weight, scale, zero_point, bias, group_size)
+    if input.numel() and not bool(torch.isfinite(input).all()):
+        raise ValueError("input: contains NaN or infinite values; int4_linear_dynamic quantizes its input to 8 bits "
+                         "and needs finite values")
+    return ref.int4_linear_dynamic_reference(input, packed_weight, scale, zero_point, bias, group_size)
 
 
 FALLBACKS = {
@@ -558,4 +571,5 @@ FALLBACKS = {
     "int4_pack": int4_pack_fallback,
     "int4_dequantize": int4_dequantize_fallback,
     "int4_linear": int4_linear_fallback,
+    "int4_linear_dynamic": int4_linear_dynamic_fallback,
 }

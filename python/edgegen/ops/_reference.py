@@ -328,6 +328,31 @@ def int4_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, zero_point: 
     return out.to(x.dtype)
 
 
+def int4_act_codes_reference(x: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+    """(codes, scales) of the 8-bit activations of ``int4_linear_dynamic``: per row and group of
+    ``group_size`` features, sx = max|x| / 127 (1 where that is 0) and codes round(x / sx) in
+    [-127, 127]; codes float32 [..., groups, group_size], scales float32 [..., groups]."""
+    xg = x.to(torch.float32).reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    sx = xg.abs().amax(-1) / 127.0
+    sx = torch.where(sx > 0, sx, torch.ones_like(sx))
+    return torch.round(xg / sx[..., None]).clamp(-127, 127), sx
+
+
+def int4_linear_dynamic_reference(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bias: Tensor | None,
+                                  group_size: int) -> Tensor:
+    """4-bit weights against 8-bit activation codes, in float64: per group the exact integer sum
+    of code * (q - zero), times scale * sx, summed over groups."""
+    codes, sx = int4_act_codes_reference(x, group_size)
+    q = int4_unpack_reference(packed).to(torch.float64)
+    n, k = q.shape
+    w = q.view(n, k // group_size, group_size) - zero_point.to(torch.float64)[..., None]
+    dots = torch.einsum("...gk,ngk->...ng", codes.to(torch.float64), w)
+    out = (dots * scale.to(torch.float64) * sx.to(torch.float64)[..., None, :]).sum(-1)
+    if bias is not None:
+        out = out + bias.to(torch.float64)
+    return out.to(torch.float32).to(x.dtype)
+
+
 def int8_linear_static_reference(x: Tensor, a_scale: float, a_zero_point: int, weight_int8: Tensor,
                                  weight_scale: Tensor, bias: Tensor | None) -> Tensor:
     x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)

@@ -146,6 +146,11 @@ def _(input, packed_weight, scale, zero_point, bias, group_size):
     return input.new_empty((*input.shape[:-1], packed_weight.shape[0]))
 
 
+@register_fake("edgegen::int4_linear_dynamic")
+def _(input, packed_weight, scale, zero_point, bias, group_size):
+    return input.new_empty((*input.shape[:-1], packed_weight.shape[0]))
+
+
 def int4_pack(q: Tensor) -> Tensor:
     return torch.ops.edgegen.int4_pack(q)
 
@@ -153,6 +158,11 @@ def int4_pack(q: Tensor) -> Tensor:
 def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bias: Tensor | None,
                 group_size: int) -> Tensor:
     return torch.ops.edgegen.int4_linear(x, packed, scale, zero_point, bias, group_size)
+
+
+def int4_linear_dynamic(x: Tensor, packed: Tensor, scale: Tensor, zero_point: Tensor, bias: Tensor | None,
+                        group_size: int) -> Tensor:
+    return torch.ops.edgegen.int4_linear_dynamic(x, packed, scale, zero_point, bias, group_size)
 
 
 @register_fake("edgegen::observe_minmax")

@@ -6,6 +6,7 @@ from edgegen.quant.config import (
     Bf16Config,
     DynamicPrecisionConfig,
     Fp16Config,
+    Int4DynamicConfig,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8StaticConfig,
@@ -40,7 +41,7 @@ from edgegen.quant.functional import (
 )
 
 __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize", "fake_quantize_learnable",
-           "quantize_", "register_quantize_handler", "QuantConfig", "DynamicPrecisionConfig", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Fp16Config", "Bf16Config", "config_from_dict",
+           "quantize_", "register_quantize_handler", "QuantConfig", "DynamicPrecisionConfig", "Int8DynamicConfig", "Int4WeightOnlyConfig", "Int4DynamicConfig", "Fp16Config", "Bf16Config", "config_from_dict",
            "Int8Linear", "Int4Linear", "LowPrecision", "Int8StaticConfig", "Int8Conv2d", "Int8ConvTranspose2d",
            "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range",
            "QATConfig", "QATModule", "prepare_qat_", "convert_", "layer_sensitivity", "quantize_mixed_",

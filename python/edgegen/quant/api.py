@@ -12,6 +12,7 @@ from edgegen.quant.config import (
     Bf16Config,
     DynamicPrecisionConfig,
     Fp16Config,
+    Int4DynamicConfig,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8StaticConfig,
@@ -169,10 +170,12 @@ def _int8_static(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn
 
 
 @register_quantize_handler(Int4WeightOnlyConfig)
-def _int4_weight_only(model: nn.Module, config: Int4WeightOnlyConfig, filter_fn: FilterFn | None) -> int:
+@register_quantize_handler(Int4DynamicConfig)
+def _int4(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
     from edgegen.quant.modules import Int4Linear
 
-    return _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size),
+    act = "int8" if isinstance(config, Int4DynamicConfig) else "float"
+    return _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size, act),
                     _int4_filter(filter_fn, model, config.group_size))
 
 
@@ -218,6 +221,8 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None, *, ca
       ``calibration`` (an iterable of model inputs: tensors, or tuples of positional arguments).
     * :class:`Int4WeightOnlyConfig`: nn.Linear -> :class:`Int4Linear` (layers whose input width is
       not a multiple of 64 and of the group size stay in floating point, with a warning).
+    * :class:`Int4DynamicConfig`: the same 4-bit weights with activations quantized per call to
+      int8 per group (W4A8: integer dot products).
     * :class:`Fp16Config` / :class:`Bf16Config`: nn.Linear and convolutions run in 16-bit.
     * :class:`QATConfig`: ``step='prepare'`` wraps layers for quantization-aware training,
       ``step='convert'`` turns the trained wrappers into the integer modules.

@@ -69,6 +69,20 @@ class Int4WeightOnlyConfig(QuantConfig):
 
 
 @dataclass
+class Int4DynamicConfig(QuantConfig):
+    """Linear layers -> :class:`Int4Linear` with ``activations='int8'`` (W4A8): the 4-bit weights of
+    :class:`Int4WeightOnlyConfig`, and each call quantizes the layer's input per row and group of
+    ``group_size`` features to symmetric int8 (scale max|x| / 127), so the dot products run in
+    integers (AVX-512 VNNI / AVX2), exact per group; inputs must be finite."""
+
+    group_size: int = 64
+
+    def __post_init__(self):
+        if self.group_size not in (32, 64, 128):
+            raise ValueError(f"group_size: expected 32, 64 or 128, got {self.group_size!r}")
+
+
+@dataclass
 class Fp16Config(QuantConfig):
     """Selected layers store and compute in float16 (inputs cast in, outputs cast back)."""
 
@@ -121,9 +135,10 @@ class DynamicPrecisionConfig(QuantConfig):
     threshold: float = 0.5
 
     def __post_init__(self):
-        if not isinstance(self.low, (Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config, Bf16Config)):
-            raise ValueError(f"low: expected Int8DynamicConfig, Int4WeightOnlyConfig, Fp16Config or Bf16Config, got "
-                             f"{type(self.low).__name__}")
+        if not isinstance(self.low, (Int8DynamicConfig, Int4WeightOnlyConfig, Int4DynamicConfig, Fp16Config,
+                                     Bf16Config)):
+            raise ValueError(f"low: expected Int8DynamicConfig, Int4WeightOnlyConfig, Int4DynamicConfig, Fp16Config or "
+                             f"Bf16Config, got {type(self.low).__name__}")
         if self.rule not in ("top1", "entropy"):
             raise ValueError(f"rule: expected 'top1' or 'entropy', got {self.rule!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:

@@ -14,13 +14,13 @@ from torch import Tensor, nn
 
 from edgegen.tensor_files import read_safetensors, write_safetensors
 from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, quantize_
-from edgegen.quant.config import Bf16Config, Fp16Config, Int4WeightOnlyConfig
+from edgegen.quant.config import Bf16Config, Fp16Config, Int4DynamicConfig, Int4WeightOnlyConfig
 from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.transform import FilterFn
 
 
 def _candidates(model: nn.Module, config, filter_fn: FilterFn | None) -> list[str]:
-    if isinstance(config, Int4WeightOnlyConfig):
+    if isinstance(config, (Int4WeightOnlyConfig, Int4DynamicConfig)):
         def ok(m, n):
             return (isinstance(m, nn.Linear) and m.in_features % 64 == 0 and m.in_features % config.group_size == 0
                     and (filter_fn is None or filter_fn(m, n)))
@@ -134,7 +134,7 @@ def _layout(model: nn.Module) -> dict[str, dict]:
         elif isinstance(m, Int8ConvTranspose2d):
             out[name] = {"type": "Int8ConvTranspose2d", "static": m.static}
         elif isinstance(m, Int4Linear):
-            out[name] = {"type": "Int4Linear", "group_size": m.group_size}
+            out[name] = {"type": "Int4Linear", "group_size": m.group_size, "activations": m.activations}
         elif isinstance(m, Int8Embedding):
             out[name] = {"type": "Int8Embedding"}
         elif isinstance(m, LowPrecision):
@@ -180,7 +180,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         elif kind == "Int8ConvTranspose2d":
             q = Int8ConvTranspose2d.from_float(m, act)
         elif kind == "Int4Linear":
-            q = Int4Linear.from_float(m, spec["group_size"])
+            q = Int4Linear.from_float(m, spec["group_size"], spec.get("activations", "float"))
         elif kind == "Int8Embedding":
             q = Int8Embedding.from_float(m)
         elif kind == "LowPrecision":

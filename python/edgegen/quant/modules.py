@@ -295,17 +295,25 @@ class Int8ConvTranspose2d(_Float32Params):
 
 class Int4Linear(_Float32Params):
     """Linear with 4-bit weights (asymmetric, one float32 scale and one 4-bit zero point per
-    ``group_size`` input features, two weights per byte) and floating-point activations; the
-    weights are dequantised inside the dot products (small batches) or block by block (large).
-    ``in_features`` must be a multiple of 64 and of ``group_size``."""
+    ``group_size`` input features, two weights per byte). ``activations='float'`` (weight-only):
+    the weights are dequantised inside floating-point dot products (small batches) or block by
+    block (large). ``activations='int8'`` (W4A8): each call quantizes its input per row and group to
+    symmetric int8 and runs integer dot products (``int4_linear_dynamic``). ``in_features`` must be
+    a multiple of 64 and of ``group_size``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 64):
+    ACTIVATIONS = ("float", "int8")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 64,
+                 activations: str = "float"):
         super().__init__()
         if group_size not in (32, 64, 128):
             raise ValueError(f"group_size: expected 32, 64 or 128, got {group_size!r}")
         if in_features % 64 or in_features % group_size:
             raise ValueError(f"in_features: {in_features} must be a multiple of 64 and of group_size {group_size}")
+        if activations not in self.ACTIVATIONS:
+            raise ValueError(f"activations: expected 'float' or 'int8', got {activations!r}")
         self.in_features, self.out_features, self.group_size = int(in_features), int(out_features), int(group_size)
+        self.activations = activations
         groups = in_features // group_size
         self.register_buffer("packed_weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float32))
@@ -314,10 +322,10 @@ class Int4Linear(_Float32Params):
 
     @classmethod
     @torch.no_grad()
-    def from_float(cls, linear: nn.Linear, group_size: int = 64) -> "Int4Linear":
+    def from_float(cls, linear: nn.Linear, group_size: int = 64, activations: str = "float") -> "Int4Linear":
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, activations)
         n, k = linear.out_features, linear.in_features
         w = _finite_weight(linear.weight.detach().float().cpu(), "linear.weight").reshape(n * (k // group_size),
                                                                                           group_size)
@@ -336,11 +344,12 @@ class Int4Linear(_Float32Params):
         return torch.ops.edgegen.int4_dequantize(self.packed_weight, self.scale, self.zero_point, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.int4_linear(x, self.packed_weight, self.scale, self.zero_point, self.bias, self.group_size)
+        op = ops.int4_linear_dynamic if self.activations == "int8" else ops.int4_linear
+        return op(x, self.packed_weight, self.scale, self.zero_point, self.bias, self.group_size)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"group_size={self.group_size}")
+                f"group_size={self.group_size}, activations={self.activations!r}")
 
 
 class Int8Embedding(_Float32Params):
