@@ -273,6 +273,10 @@ def main():
               "quantized per call to int8 per group); 'hot': the same layer again and again (weights in cache); "
               "'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
         harness.print_paths("int4_a8", harness.kernel_levels("int4_a8"))
+        import edgegen
+
+        kp = edgegen.kernel_paths()
+        gemv_paths = {"edgegen-int8": kp["int8_gemm"], "edgegen-int4": kp["int4"], "edgegen-int4a8": kp["int4_a8"]}
         print(f"{'M':>2s} {'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4a8 ms':>9s} "
               f"{'int4a8 vs fp32 / int4 / int8':>30s}")
         for m, (k, n) in [(1, s) for s in shapes + [(768, 50257)]] + [(8, s) for s in shapes[:1] + [(768, 50257)]]:
@@ -284,7 +288,7 @@ def main():
                     spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, cold=cold,
                                 repeats=200 if n < 10000 else 30)
                     r = record("gemv_" + ("cold" if cold else "hot"), p, f"M={m} K={k} N={n} group=64",
-                               harness.run_worker(__file__, spec), flops=2 * m * k * n)
+                               harness.run_worker(__file__, spec), flops=2 * m * k * n, path=gemv_paths.get(p))
                     if r:
                         res[p] = r["p50_ms"]
                 if len(res) == 4:

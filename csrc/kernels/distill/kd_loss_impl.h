@@ -9,6 +9,10 @@
 //           one teacher: KL = A / (T Zt) + ln ZsT - ln Zt   (no per-element log)
 //           several: a further sweep accumulates p_t (ln p_t - ds/T) with the mixture p_t
 //   pass 3  grad = scale [alpha T (p_sT - p_t) + (1 - alpha) (p_s1 - onehot(y))]
+// With one teacher (or none) and a gradient to write, pass 2 keeps e^(ds/T) and e^(dt/T) in a
+// thread-local row (it stays in L2), so pass 3 computes no exponential and reads neither logit
+// row (except e^ds at a temperature other than 1 and 2): two exponentials per element, not four,
+// and the same values bit for bit.
 // Differences to the row maximum keep everything finite and accurate for logits of any size;
 // entries with e^(dt/T) == 0 (teacher -inf) are dropped so 0 * inf never makes a NaN.
 
@@ -100,6 +104,25 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
     if (s_next) __builtin_prefetch(s_next + v, 0, 1);
     if (t_next) __builtin_prefetch(t_next + v, 0, 1);
   };
+  // The exponentials pass 2 keeps for pass 3 (one teacher or none, a gradient to write).
+  thread_local std::vector<R> kept;
+  R* kept_sT = nullptr;
+  R* kept_t = nullptr;
+  if (g && K <= 1) {
+    // A gradient row of the computing type holds e^(ds/T) itself until pass 3 overwrites it
+    // (less to keep in L2), unless it is the student's row (the in-place gradient: s is read
+    // again after pass 2); otherwise both rows go to the thread's buffer.
+    const bool in_grad = std::is_same_v<T, R> && static_cast<const void*>(g) != static_cast<const void*>(s);
+    const size_t need = size_t(in_grad ? n : 2 * n);
+    if (kept.size() < need) kept.resize(need);
+    if (in_grad) {
+      kept_sT = reinterpret_cast<R*>(g);
+      kept_t = kept.data();
+    } else {
+      kept_sT = kept.data();
+      kept_t = kept.data() + n;
+    }
+  }
   if (K <= 1) {
     const T* t0 = K == 1 ? t[0] : nullptr;
     const R mt0 = K == 1 ? mt[0] : R(0);
@@ -109,11 +132,13 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
         if (!g) prefetch_next(v);
       const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
       const auto esT = P_::exp(P_::mul(ds, P_::set1(invT)));
+      if (kept_sT) P_::store(kept_sT + v, esT);
       acc[0] = P_::add(acc[0], esT);
       if (use_ce) acc[1] = P_::add(acc[1], exp_full(P, ds, esT));
       if (t0) {
         const auto dt = P_::sub(P_::load(t0 + v), P_::set1(mt0));
         const auto et = P_::exp(P_::mul(dt, P_::set1(invT)));
+        if (kept_t) P_::store(kept_t + v, et);
         acc[2] = P_::add(acc[2], et);
         acc[3] = P_::add(acc[3], P_::where_positive(et, P_::mul(et, P_::sub(dt, ds))));
       }
@@ -185,14 +210,17 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   write_sweep<V, T>(n, [&](auto P, int64_t v) {
     using P_ = decltype(P);
     if constexpr (P_::W > 1) prefetch_next(v);
-    const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
-    const auto esT = P_::exp(P_::mul(ds, P_::set1(invT)));
+    // ds only where something below still needs it (no kept row, or e^ds at another temperature).
+    const bool need_ds = !kept_sT || (use_ce && tmode == 0);
+    const auto ds = need_ds ? P_::sub(P_::load(s + v), P_::set1(ms)) : P_::zero();
+    const auto esT = kept_sT ? P_::load(kept_sT + v) : P_::exp(P_::mul(ds, P_::set1(invT)));
     auto gv = P_::zero();
     if (K > 0) {
       typename P_::F pt;
       if (t0) {
-        const auto dt = P_::sub(P_::load(t0 + v), P_::set1(mt0));
-        pt = P_::mul(P_::exp(P_::mul(dt, P_::set1(invT))), P_::set1(invZt0));
+        const auto et = kept_t ? P_::load(kept_t + v)
+                               : P_::exp(P_::mul(P_::sub(P_::load(t0 + v), P_::set1(mt0)), P_::set1(invT)));
+        pt = P_::mul(et, P_::set1(invZt0));
       } else {
         pt = mixture(P, v);
       }
