@@ -86,12 +86,14 @@ def test_every_config_round_trips_with_kind_and_version():
     from edgegen.distill import KDConfig
     from edgegen.models import BetaVAEConfig, DCGANConfig
     from edgegen.prune import ChannelConfig, CubicSchedule, FFNConfig, NMConfig
-    from edgegen.quant import Bf16Config, DynamicPrecisionConfig, Fp16Config, Int4WeightOnlyConfig, Int8StaticConfig
+    from edgegen.quant import (Bf16Config, DynamicPrecisionConfig, Fp16Config, Int4DynamicConfig, Int4WeightOnlyConfig,
+                               Int8StaticConfig)
     from edgegen.models import EarlyExitConfig
     from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig
     from edgegen.train import ExperimentConfig  # registers the "experiment" kind (round-tripped in tests/train)
 
-    configs = [Int8DynamicConfig(False), Int8StaticConfig(4, "mse"), Int4WeightOnlyConfig(32), Fp16Config(),
+    configs = [Int8DynamicConfig(False), Int8StaticConfig(4, "mse"), Int4WeightOnlyConfig(32, False),
+               Int4DynamicConfig(128), Fp16Config(),
                Bf16Config(), QATConfig("ste", "ema", 0.1, "convert"), MagnitudeConfig(0.3, "layer"), NMConfig(2, 4),
                ChannelConfig(0.25, "l2", 8), HeadConfig(0.5, "global"), CubicSchedule(0.0, 0.5, 0, 10, 2),
                KDConfig(3.0, 0.2), SparseAttentionConfig(16, 2), GPT2Config.student(), DCGANConfig(nz=8),

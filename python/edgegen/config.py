@@ -29,13 +29,13 @@ class Config:
     Examples:
         >>> from edgegen.quant import Int4WeightOnlyConfig, QuantConfig
         >>> Int4WeightOnlyConfig(32).to_dict()
-        {'kind': 'Int4WeightOnlyConfig', 'version': 1, 'group_size': 32}
+        {'kind': 'Int4WeightOnlyConfig', 'version': 1, 'group_size': 32, 'embeddings': True}
         >>> QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "group_size": 32})
-        Int4WeightOnlyConfig(group_size=32)
+        Int4WeightOnlyConfig(group_size=32, embeddings=True)
         >>> QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "groupsize": 32})
         Traceback (most recent call last):
         ...
-        ValueError: groupsize: unknown key (section Int4WeightOnlyConfig has group_size)
+        ValueError: groupsize: unknown key (section Int4WeightOnlyConfig has embeddings, group_size)
     """
 
     kind: ClassVar[str | None] = None

@@ -2,6 +2,7 @@
 all-low-precision model, switching bookkeeping, sampling, bad configs."""
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -35,7 +36,7 @@ def test_extremes_equal_fixed_precision_generation(rule, threshold, expect, low)
     base = model()
     fixed = copy.deepcopy(base)
     if expect == "low":
-        quantize_(fixed, low if not isinstance(low, Int8DynamicConfig) else Int8DynamicConfig(embeddings=False))
+        quantize_(fixed, dataclasses.replace(low, embeddings=False))  # the switch covers the Linear layers only
     cfg = DynamicPrecisionConfig(low=low, rule=rule, threshold=threshold)
     switch = quantize_(copy.deepcopy(base), cfg)
     idx = torch.randint(0, 101, (2, 6), generator=torch.Generator().manual_seed(1))
@@ -89,7 +90,8 @@ def test_sampling_is_reproducible_with_a_generator():
 def test_config_round_trips_with_its_nested_low_precision():
     cfg = DynamicPrecisionConfig(low=Int4WeightOnlyConfig(32), rule="entropy", threshold=0.3)
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.to_dict()["low"] == {"kind": "Int4WeightOnlyConfig", "version": 1, "group_size": 32}
+    assert cfg.to_dict()["low"] == {"kind": "Int4WeightOnlyConfig", "version": 1, "group_size": 32,
+                                    "embeddings": True}
 
 
 @pytest.mark.parametrize("make,exc,match", [

@@ -13,6 +13,7 @@ from edgegen.models.dcgan import DCGANConfig, DCGANGenerator
 from edgegen.models.gpt2 import GPT2, GPT2Config
 from edgegen.quant import (
     Bf16Config,
+    Int4DynamicConfig,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8Linear,
@@ -201,6 +202,51 @@ def test_bad_qat_input():
         prepare_qat_(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="no QATModule"):
         convert_(nn.Sequential(nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("config", [Int4WeightOnlyConfig(64), Int4DynamicConfig(32)], ids=["weight-only", "w4a8"])
+def test_int4_embedding_and_tied_head_share_storage(tmp_path, config):
+    from edgegen.ops._reference import int4_dequantize_reference
+    from edgegen.quant import Int4Embedding, Int4Linear
+
+    model = small_gpt2()
+    idx = torch.randint(0, 256, (2, 8))
+    emb = Int4Embedding.from_float(model.wte, config.group_size)
+    table = int4_dequantize_reference(emb.packed_weight, emb.scale, emb.zero_point, config.group_size)
+    assert torch.equal(emb(idx), table[idx])  # the gathered rows of the dequantised table
+    step = emb.scale.repeat_interleave(config.group_size, dim=1)
+    assert bool(((table - model.wte.weight).abs() <= step / 2 + 1e-6).all())  # half a step per entry
+    assert emb(torch.zeros(0, dtype=torch.long)).shape == (0, 128)
+    dense = save_quantized(model, tmp_path / "fp32.safetensors")
+    quantize_(model, config)
+    assert isinstance(model.wte, Int4Embedding) and isinstance(model.lm_head, Int4Linear)
+    assert model.lm_head.packed_weight is model.wte.packed_weight and model.lm_head.scale is model.wte.scale
+    size = save_quantized(model, tmp_path / "int4.safetensors")
+    assert 5.5 < dense / size < 8.0  # every weight matrix in 4 bits plus group scales, the table stored once
+    fresh = GPT2(model.config).eval()
+    load_quantized(fresh, tmp_path / "int4.safetensors")
+    assert fresh.lm_head.packed_weight is fresh.wte.packed_weight  # the alias restored on load
+    with torch.no_grad():
+        assert torch.equal(fresh(idx), model(idx))
+    keep = small_gpt2()
+    quantize_(keep, type(config)(config.group_size, embeddings=False))
+    assert isinstance(keep.wte, nn.Embedding) and isinstance(keep.lm_head, Int4Linear)
+
+
+def test_int4_embedding_refuses_what_it_cannot_pack():
+    from edgegen.quant import Int4Embedding
+
+    with pytest.raises(ValueError, match="embedding_dim"):
+        Int4Embedding.from_float(nn.Embedding(10, 96))
+    with pytest.raises(ValueError, match="group_size"):
+        Int4Embedding(10, 128, group_size=16)
+    with pytest.raises(TypeError, match="emb"):
+        Int4Embedding.from_float(nn.Linear(64, 64))
+    # quantize_ leaves a table it cannot pack in floating point
+    model = nn.Sequential(nn.Embedding(10, 96), nn.Linear(96, 64), nn.Linear(64, 8))
+    with pytest.warns(UserWarning, match="stay in floating point"):
+        quantize_(model, Int4WeightOnlyConfig(64))
+    assert isinstance(model[0], nn.Embedding)
 
 
 def test_int8_embedding_and_tied_head_share_storage(tmp_path):

@@ -66,7 +66,7 @@ def _is_quantized(model: nn.Module) -> bool:
     from edgegen.quant import modules as qm
 
     kinds = tuple(getattr(qm, n) for n in ("Int8Linear", "Int8Conv2d", "Int8ConvTranspose2d", "Int4Linear",
-                                          "Int8Embedding", "LowPrecision") if hasattr(qm, n))
+                                          "Int8Embedding", "Int4Embedding", "LowPrecision") if hasattr(qm, n))
     return any(isinstance(m, kinds) for m in model.modules())
 
 

@@ -438,10 +438,10 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
     from edgegen.export import export_onnx, onnx_latency, onnx_target, quantize_onnx, quantized_weights
 
     model = run.model
-    from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+    from edgegen.quant import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 
-    if any(isinstance(m, (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding))
-           for m in model.modules()):
+    kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
+    if any(isinstance(m, kinds) for m in model.modules()):
         model = load_run(run.checkpoint, form="float").model  # ONNX Runtime quantizes the float model itself
         source = "the run's float weights (its edgegen INT8 layers have no ONNX form)"
     else:

@@ -100,9 +100,9 @@ def onnx_target(model: nn.Module, batch: int = 1, seq_len: int | None = None) ->
 
 
 def _check_exportable(model: nn.Module) -> nn.Module:
-    from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+    from edgegen.quant import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 
-    kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding)
+    kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
     found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, kinds)})
     if found:
         raise ValueError(f"model: holds edgegen integer layers ({', '.join(found)}) that run as edgegen's own "

@@ -14,7 +14,7 @@ from edgegen.quant.config import (
     QuantConfig,
     config_from_dict,
 )
-from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.quant.mixed import (
     SwitchablePrecision,
     enable_precision_switch_,
@@ -45,4 +45,5 @@ __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_qu
            "Int8Linear", "Int4Linear", "LowPrecision", "Int8StaticConfig", "Int8Conv2d", "Int8ConvTranspose2d",
            "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range",
            "QATConfig", "QATModule", "prepare_qat_", "convert_", "layer_sensitivity", "quantize_mixed_",
-           "SwitchablePrecision", "enable_precision_switch_", "set_precision_", "save_quantized", "load_quantized", "Int8Embedding"]
+           "SwitchablePrecision", "enable_precision_switch_", "set_precision_", "save_quantized", "load_quantized", "Int8Embedding",
+           "Int4Embedding"]

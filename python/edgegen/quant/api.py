@@ -104,14 +104,19 @@ def _tied_heads(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _retie(model: nn.Module, tied: list[tuple[str, str]]) -> None:
-    """Where both sides of a tie became int8 with identical contents, share the buffers again (the
-    saved file then holds the table once)."""
+    """Where both sides of a tie became int8 (or int4) with identical contents, share the buffers
+    again (the saved file then holds the table once)."""
+    from edgegen.quant.modules import Int4Embedding, Int4Linear
+
     for emb_name, lin_name in tied:
         emb, lin = model.get_submodule(emb_name), model.get_submodule(lin_name)
         if isinstance(emb, Int8Embedding) and isinstance(lin, Int8Linear) and torch.equal(
                 emb.weight_int8, lin.weight_int8) and torch.equal(emb.weight_scale, lin.weight_scale):
             lin.weight_int8, lin.weight_scale = emb.weight_int8, emb.weight_scale
             lin.repack()
+        elif (isinstance(emb, Int4Embedding) and isinstance(lin, Int4Linear) and emb.group_size == lin.group_size
+              and all(torch.equal(getattr(emb, b), getattr(lin, b)) for b in ("packed_weight", "scale", "zero_point"))):
+            lin.packed_weight, lin.scale, lin.zero_point = emb.packed_weight, emb.scale, emb.zero_point
 
 
 def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_fn: FilterFn | None) -> dict[str, tuple]:
@@ -174,9 +179,21 @@ def _int8_static(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn
 def _int4(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
     from edgegen.quant.modules import Int4Linear
 
+    from edgegen.quant.modules import Int4Embedding
+
     act = "int8" if isinstance(config, Int4DynamicConfig) else "float"
-    return _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size, act),
-                    _int4_filter(filter_fn, model, config.group_size))
+    tied = _tied_heads(model)
+    n = _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size, act),
+                 _int4_filter(filter_fn, model, config.group_size))
+    if config.embeddings:
+        # Tables whose width the packing cannot take stay in floating point (no warning: they are
+        # not what the config names).
+        def packable(m: nn.Module, name: str) -> bool:
+            return (m.embedding_dim % 64 == 0 and m.embedding_dim % config.group_size == 0
+                    and m.max_norm is None and not m.sparse and (filter_fn is None or filter_fn(m, name)))
+        n += _replace(model, (nn.Embedding,), lambda m: Int4Embedding.from_float(m, config.group_size), packable)
+    _retie(model, tied)
+    return n
 
 
 @register_quantize_handler(Fp16Config)

@@ -59,9 +59,12 @@ class Int8StaticConfig(QuantConfig):
 @dataclass
 class Int4WeightOnlyConfig(QuantConfig):
     """Linear layers -> :class:`Int4Linear`: 4-bit weights, two per byte, one scale and zero point
-    per ``group_size`` consecutive input features; activations stay floating point."""
+    per ``group_size`` consecutive input features; activations stay floating point. With
+    ``embeddings``, embedding tables are stored as 4-bit rows too (:class:`Int4Embedding`; a tied
+    output head then shares them)."""
 
     group_size: int = 64
+    embeddings: bool = True
 
     def __post_init__(self):
         if self.group_size not in (32, 64, 128):
@@ -73,9 +76,11 @@ class Int4DynamicConfig(QuantConfig):
     """Linear layers -> :class:`Int4Linear` with ``activations='int8'`` (W4A8): the 4-bit weights of
     :class:`Int4WeightOnlyConfig`, and each call quantizes the layer's input per row and group of
     ``group_size`` features to symmetric int8 (scale max|x| / 127), so the dot products run in
-    integers (AVX-512 VNNI / AVX2), exact per group; inputs must be finite."""
+    integers (AVX-512 VNNI / AVX2), exact per group; inputs must be finite. ``embeddings`` as in
+    :class:`Int4WeightOnlyConfig`."""
 
     group_size: int = 64
+    embeddings: bool = True
 
     def __post_init__(self):
         if self.group_size not in (32, 64, 128):

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.tensor_files import read_safetensors, write_safetensors
-from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, quantize_
+from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, _retie, _tied_heads, quantize_
 from edgegen.quant.config import Bf16Config, Fp16Config, Int4DynamicConfig, Int4WeightOnlyConfig
-from edgegen.quant.modules import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.transform import FilterFn
 
 
@@ -137,6 +137,8 @@ def _layout(model: nn.Module) -> dict[str, dict]:
             out[name] = {"type": "Int4Linear", "group_size": m.group_size, "activations": m.activations}
         elif isinstance(m, Int8Embedding):
             out[name] = {"type": "Int8Embedding"}
+        elif isinstance(m, Int4Embedding):
+            out[name] = {"type": "Int4Embedding", "group_size": m.group_size}
         elif isinstance(m, LowPrecision):
             out[name] = {"type": "LowPrecision", "dtype": str(m.dtype).removeprefix("torch.")}
     return out
@@ -169,6 +171,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if "edgegen_quant_layout" not in meta:
         raise ValueError(f"path: {path} was not written by edgegen.quant.save_quantized")
     layout = json.loads(meta["edgegen_quant_layout"])
+    tied = _tied_heads(model)  # the float model's ties (GPT-2's head), shared again after loading
     for name, spec in layout.items():
         m = model.get_submodule(name)
         act = (1.0, 0) if spec.get("static") else None  # placeholders; the state dict brings the values
@@ -183,6 +186,8 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             q = Int4Linear.from_float(m, spec["group_size"], spec.get("activations", "float"))
         elif kind == "Int8Embedding":
             q = Int8Embedding.from_float(m)
+        elif kind == "Int4Embedding":
+            q = Int4Embedding.from_float(m, spec["group_size"])
         elif kind == "LowPrecision":
             q = LowPrecision(m, getattr(torch, spec["dtype"]))
         else:
@@ -190,4 +195,5 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, q)
     model.load_state_dict(state)
+    _retie(model, tied)
     return model

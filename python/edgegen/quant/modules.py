@@ -293,6 +293,22 @@ class Int8ConvTranspose2d(_Float32Params):
         return out.to(x.dtype)
 
 
+@torch.no_grad()
+def _int4_quantize_into(q: nn.Module, weight: Tensor, group_size: int, name: str) -> None:
+    """Asymmetric 4-bit codes of ``weight`` [n, k] per group of ``group_size`` consecutive columns
+    (scale (max - min) / 15, zero point round(-min / scale)) into q's packed_weight / scale /
+    zero_point buffers: Int4Linear's and Int4Embedding's quantization, identical for a tied pair."""
+    n, k = weight.shape
+    w = _finite_weight(weight.detach().float().cpu(), name).reshape(n * (k // group_size), group_size)
+    lo, hi = w.amin(dim=1), w.amax(dim=1)
+    scale = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(hi))
+    zero = torch.round(-lo / scale).clamp(0, 15).to(torch.int64)
+    codes = quantize_per_channel(w, scale, zero, 0, torch.uint8, 0, 15).reshape(n, k)
+    q.packed_weight.copy_(ops.int4_pack(codes))
+    q.scale.copy_(scale.reshape(n, -1))
+    q.zero_point.copy_(zero.reshape(n, -1).to(torch.uint8))
+
+
 class Int4Linear(_Float32Params):
     """Linear with 4-bit weights (asymmetric, one float32 scale and one 4-bit zero point per
     ``group_size`` input features, two weights per byte). ``activations='float'`` (weight-only):
@@ -326,16 +342,7 @@ class Int4Linear(_Float32Params):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, activations)
-        n, k = linear.out_features, linear.in_features
-        w = _finite_weight(linear.weight.detach().float().cpu(), "linear.weight").reshape(n * (k // group_size),
-                                                                                          group_size)
-        lo, hi = w.amin(dim=1), w.amax(dim=1)
-        scale = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(hi))
-        zero = torch.round(-lo / scale).clamp(0, 15).to(torch.int64)
-        codes = quantize_per_channel(w, scale, zero, 0, torch.uint8, 0, 15).reshape(n, k)
-        q.packed_weight.copy_(ops.int4_pack(codes))
-        q.scale.copy_(scale.reshape(n, -1))
-        q.zero_point.copy_(zero.reshape(n, -1).to(torch.uint8))
+        _int4_quantize_into(q, linear.weight, group_size, "linear.weight")
         if linear.bias is not None:
             q.bias.copy_(linear.bias.detach().float())
         return q
@@ -384,7 +391,49 @@ class Int8Embedding(_Float32Params):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
+class Int4Embedding(_Float32Params):
+    """Embedding table stored as 4-bit rows in :class:`Int4Linear`'s packing and quantization (one
+    float32 scale and 4-bit zero point per ``group_size`` features); a lookup dequantises only the
+    rows it gathers. A tied output head quantized alike shares its buffers (``quantize_`` ties
+    them), so the file holds the table once. ``embedding_dim`` must be a multiple of 64 and of
+    ``group_size``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = 64):
+        super().__init__()
+        if group_size not in (32, 64, 128):
+            raise ValueError(f"group_size: expected 32, 64 or 128, got {group_size!r}")
+        if embedding_dim % 64 or embedding_dim % group_size:
+            raise ValueError(f"embedding_dim: {embedding_dim} must be a multiple of 64 and of group_size {group_size}")
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.group_size = int(group_size)
+        groups = embedding_dim // group_size
+        self.register_buffer("packed_weight", torch.zeros(num_embeddings, embedding_dim // 2, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(num_embeddings, groups, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(num_embeddings, groups, dtype=torch.uint8))
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, emb: nn.Embedding, group_size: int = 64) -> "Int4Embedding":
+        if not isinstance(emb, nn.Embedding):
+            raise TypeError(f"emb: expected an nn.Embedding, got {type(emb).__name__}")
+        if emb.max_norm is not None or emb.sparse:
+            raise ValueError("emb: max_norm and sparse embeddings are not supported")
+        q = cls(emb.num_embeddings, emb.embedding_dim, group_size)
+        _int4_quantize_into(q, emb.weight, group_size, "emb.weight")
+        return q
+
+    def forward(self, idx: Tensor) -> Tensor:
+        flat = idx.reshape(-1)
+        rows = torch.ops.edgegen.int4_dequantize(self.packed_weight[flat], self.scale[flat], self.zero_point[flat],
+                                                 self.group_size)
+        return rows.view(*idx.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, group_size={self.group_size}"
+
+
 Int8Linear._float32_buffers = ("weight_scale", "act_scale")
 Int8ConvTranspose2d._float32_buffers = ("act_scale",)
 Int4Linear._float32_buffers = ("scale",)
 Int8Embedding._float32_buffers = ("weight_scale",)
+Int4Embedding._float32_buffers = ("scale",)
