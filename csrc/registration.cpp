@@ -13,6 +13,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/cpu_features.h"
 #include "kernels/distill/kd_loss.h"
+#include "kernels/prune/prune.h"
 #include "kernels/quant/gemm.h"
 #include "kernels/quant/int4.h"
 
@@ -162,7 +163,7 @@ PYBIND11_MODULE(_C, m) {
     out["int4_a8"] = K::isa_name(K::quant::int4_a8_isa());
     out["kd_loss"] = K::isa_name(K::kd_loss_isa());
     out["attention"] = K::isa_name(K::attention::attention_isa());
-    out["prune"] = "scalar";
+    out["prune"] = K::isa_name(K::prune::prune_isa());
     out["quantize"] = "scalar";
     return out;
   }, "The path each kernel family takes now.");

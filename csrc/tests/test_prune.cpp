@@ -5,7 +5,9 @@
 #include <cmath>
 #include <numeric>
 #include <cstring>
+#include <ostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/prune/prune.h"
@@ -74,7 +76,35 @@ std::vector<float> abs_all(const std::vector<float>& w) {
 
 }  // namespace
 
-TEST(MagnitudeMask, MatchesStableSortAcrossSourcesThreadsAndTies) {
+namespace edgegen::kernels {
+void PrintTo(Isa isa, std::ostream* os);  // test_quant.cpp
+}  // namespace edgegen::kernels
+
+// Every path of the float32 sweeps (baseline, AVX-512), each run on this CPU when it can (skipped
+// by name when not), under the ISA cap set for the test and restored after it.
+class PrunePath : public ::testing::TestWithParam<K::Isa> {
+ protected:
+  void SetUp() override {
+    if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
+    previous_ = K::max_isa();
+    K::set_max_isa(GetParam());
+    capped_ = true;
+    if (KP::prune_isa() != GetParam())
+      GTEST_SKIP() << "no pruning path of its own at " << K::isa_name(GetParam());
+  }
+  void TearDown() override {
+    if (capped_) K::set_max_isa(previous_);
+  }
+
+ private:
+  K::Isa previous_ = K::Isa::Scalar;
+  bool capped_ = false;
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, PrunePath, ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512),
+                         [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
+
+TEST_P(PrunePath, MatchesStableSortAcrossSourcesThreadsAndTies) {
   // Sizes straddle the 65536-element chunk; 'distinct' makes heavy ties (incl. many zeros).
   for (int distinct : {0, 5, 1000}) {
     const std::vector<size_t> sizes{3, 70000, 1, 0, 65536, 12345};
@@ -208,7 +238,7 @@ TEST(ChannelNorms, MatchDoubleLoops) {
 // Inputs of >= 16 * 2^18 scores take the sampled-bracket path; these check it against the sort
 // reference, including the cases where it must hand over to the radix path (a sample that
 // misrepresents the data, massive ties).
-TEST(MagnitudeMask, SampledBracketPathAndItsFallbacks) {
+TEST_P(PrunePath, SampledBracketPathAndItsFallbacks) {
   const size_t n = 5000000;
   std::vector<std::vector<float>> cases;
   cases.push_back(random_weights(n, 21));           // typical

@@ -69,6 +69,29 @@ def test_exact_count_with_ties():
     assert int((~get_mask(model[0])).sum()) == 66 and bool(get_mask(model[1]).all())
 
 
+@pytest.mark.parametrize("sizes", [(3, 70000, 1, 17), (1_500_000, 3_000_001)], ids=["small-tails", "sampled-path"])
+def test_magnitude_ops_on_every_isa_path(isa, sizes):
+    """The float32 sweeps on every path this CPU has (baseline and AVX-512): masks equal a stable
+    sort over all tensors, pruned weights are zeroed in place and the others kept bit for bit;
+    the larger case (>= 16 * 2^18 scores) takes the sampled-bracket path with its gathering sweep."""
+    g = torch.Generator().manual_seed(sum(sizes))
+    ws = [torch.randn(n, generator=g) for n in sizes]
+    ws[0][0] = 0.0
+    ws[-1][-1] = -0.0  # ties at zero: pruned in order, the sign ignored
+    flat = torch.cat([w.abs() for w in ws])
+    for k in (1, flat.numel() // 3, flat.numel() - 2):
+        order = torch.sort(flat, stable=True).indices
+        want = torch.ones(flat.numel(), dtype=torch.bool)
+        want[order[:k]] = False
+        got = torch.ops.edgegen.magnitude_mask(ws, None, k)
+        assert torch.equal(torch.cat(got), want)
+        copies = [w.clone() for w in ws]
+        masks = [torch.empty(w.shape, dtype=torch.bool) for w in ws]
+        torch.ops.edgegen.magnitude_prune_(copies, None, k, masks)
+        assert torch.equal(torch.cat(masks), want)
+        assert torch.equal(torch.cat(copies), torch.where(want, torch.cat(ws), torch.zeros(())))
+
+
 @pytest.mark.parametrize("make_opt", [
     lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
     lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),

@@ -12,10 +12,19 @@
 #include <emmintrin.h>
 #endif
 
+#include "kernels/cpu_features.h"
 #include "kernels/parallel.h"
 #include "kernels/prune/prune.h"
 
 namespace edgegen::kernels::prune {
+
+#if defined(EDGEGEN_HAVE_AVX2)
+// magnitude_avx512.cpp
+void gather_f32_avx512(const float* w, int64_t b, int64_t e, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* n,
+                       int64_t* lt, int64_t* nan);
+int64_t mask_f32_avx512(const float* w, int64_t b, int64_t e, uint32_t thr, uint8_t* m, float* zw);
+#endif
+
 namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;
@@ -164,8 +173,8 @@ constexpr int64_t kSample = int64_t(1) << 18;
 
 // The gathering sweep for plain float32 magnitudes, 4 lanes at a time with SSE2 (part of every
 // x86-64 CPU): scores are non-negative int32 bit patterns, so signed compares order them.
-void gather_f32(const float* w, int64_t b, int64_t e, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* n,
-                int64_t* lt, int64_t* nan) {
+void gather_f32_base(const float* w, int64_t b, int64_t e, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* n,
+                     int64_t* lt, int64_t* nan) {
   int64_t i = b, count = *n, below = 0, nans = 0;
 #if defined(__SSE2__)
   const __m128i abs_mask = _mm_set1_epi32(0x7fffffff), lo_v = _mm_set1_epi32(int32_t(lo)),
@@ -207,7 +216,7 @@ void gather_f32(const float* w, int64_t b, int64_t e, uint32_t lo, uint32_t hi, 
 
 // The mask sweep for plain float32 magnitudes, 16 entries at a time with SSE2: mask = score >=
 // thr, ties counted, pruned weights (zw, aliasing w, may be null) zeroed. Returns the ties.
-int64_t mask_f32(const float* w, int64_t b, int64_t e, uint32_t thr, uint8_t* m, float* zw) {
+int64_t mask_f32_base(const float* w, int64_t b, int64_t e, uint32_t thr, uint8_t* m, float* zw) {
   int64_t i = b, ties = 0;
 #if defined(__SSE2__)
   const __m128i abs_mask = _mm_set1_epi32(0x7fffffff), thr_v = _mm_set1_epi32(int32_t(thr)),
@@ -236,6 +245,21 @@ int64_t mask_f32(const float* w, int64_t b, int64_t e, uint32_t thr, uint8_t* m,
     if (zw && bits < thr) zw[i] = 0.0f;
   }
   return ties;
+}
+
+// The family's paths for the float32 sweeps (the other dtypes and Taylor scores go through the
+// generic loops): the baseline (SSE2, part of every x86-64 CPU; plain C++ elsewhere) or AVX-512.
+struct SweepPath {
+  void (*gather)(const float* w, int64_t b, int64_t e, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* n,
+                 int64_t* lt, int64_t* nan);
+  int64_t (*mask)(const float* w, int64_t b, int64_t e, uint32_t thr, uint8_t* m, float* zw);
+};
+
+SweepPath sweep_path() {
+#if defined(EDGEGEN_HAVE_AVX2)
+  if (prune_isa() == Isa::Avx512) return {&gather_f32_avx512, &mask_f32_avx512};
+#endif
+  return {&gather_f32_base, &mask_f32_base};
 }
 
 bool select_by_sample(const ScoreSource* src, int num_src, const std::vector<Chunk>& chunks, int64_t total,
@@ -272,6 +296,7 @@ bool select_by_sample(const ScoreSource* src, int num_src, const std::vector<Chu
   std::vector<std::vector<uint32_t>> gathered(size_t(blocks.count));
   std::vector<int64_t> below(size_t(blocks.count), 0), nans(size_t(blocks.count), 0), sizes(size_t(blocks.count), 0);
   std::vector<uint8_t> overflow(size_t(blocks.count), 0);
+  const SweepPath sweeps = sweep_path();
   parallel_for(blocks.count, blocks.count, [&](int64_t t) {
     std::vector<uint32_t>& buf = gathered[size_t(t)];
     int64_t lt = 0, nan = 0, n = 0;
@@ -284,8 +309,8 @@ bool select_by_sample(const ScoreSource* src, int num_src, const std::vector<Chu
       if (buf.size() < size_t(n + (ch.end - ch.begin))) buf.resize(std::max(buf.size() * 2, size_t(n + kChunk)));
       uint32_t* out = buf.data();
       if (src[ch.src].dtype == DType::F32 && !src[ch.src].grad) {
-        gather_f32(static_cast<const float*>(src[ch.src].weight), ch.begin, ch.end, lo, lo + width, out, &n, &lt,
-                   &nan);
+        sweeps.gather(static_cast<const float*>(src[ch.src].weight), ch.begin, ch.end, lo, lo + width, out, &n, &lt,
+                      &nan);
         continue;
       }
       for_each_score(src[ch.src], ch.begin, ch.end, [&](uint32_t bits, int64_t) {
@@ -365,6 +390,10 @@ void fill_masks(const ScoreSource* src, const std::vector<Chunk>& chunks, uint8_
 
 }  // namespace
 
+Isa prune_isa() {
+  return pick_isa({Isa::Avx512, Isa::Scalar});
+}
+
 Selection kth_smallest_score(const ScoreSource* src, int num_src, int64_t k, int num_threads) {
   const std::vector<Chunk> chunks = plan_chunks(src, num_src);
   const BitSelection sel = select_bits(src, num_src, chunks, num_threads, k);
@@ -390,14 +419,15 @@ int64_t magnitude_mask(const ScoreSource* src, int num_src, int64_t num_prune, u
   // Branch-free: half the entries are pruned in no predictable order, so a branch per entry
   // would mispredict about every other time; kept weights are rewritten unchanged instead.
   std::vector<int64_t> ties(chunks.size(), 0);
+  const SweepPath sweeps = sweep_path();
   parallel_for(int64_t(chunks.size()), num_threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     uint8_t* m = masks[ch.src];
     void* zw = zero_out ? zero_out[ch.src] : nullptr;
     int64_t eq = 0;
     if (src[ch.src].dtype == DType::F32 && !src[ch.src].grad) {
-      ties[c] = mask_f32(static_cast<const float*>(src[ch.src].weight), ch.begin, ch.end, thr, m,
-                         static_cast<float*>(zw));
+      ties[c] = sweeps.mask(static_cast<const float*>(src[ch.src].weight), ch.begin, ch.end, thr, m,
+                            static_cast<float*>(zw));
       return;
     }
     dispatch_float<false>(src[ch.src].dtype, [&](auto* tag) {

@@ -4,9 +4,14 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/cpu_features.h"
 #include "kernels/dtypes.h"
 
 namespace edgegen::kernels::prune {
+
+// The path of the float32 magnitude sweeps (selection and masks): avx512 or scalar (the
+// baseline, which uses SSE2 on x86-64).
+Isa prune_isa();
 
 // One tensor's scores: |w| (grad == nullptr) or |w * g|, evaluated in float32.
 struct ScoreSource {
