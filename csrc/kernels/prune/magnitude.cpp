@@ -306,7 +306,9 @@ bool select_by_sample(const ScoreSource* src, int num_src, const std::vector<Chu
         overflow[size_t(t)] = 1;
         break;
       }
-      if (buf.size() < size_t(n + (ch.end - ch.begin))) buf.resize(std::max(buf.size() * 2, size_t(n + kChunk)));
+      // Room for the whole chunk and 16 more (the vector sweep's last store may pass its count).
+      if (buf.size() < size_t(n + (ch.end - ch.begin) + 16))
+        buf.resize(std::max(buf.size() * 2, size_t(n + kChunk + 16)));
       uint32_t* out = buf.data();
       if (src[ch.src].dtype == DType::F32 && !src[ch.src].grad) {
         sweeps.gather(static_cast<const float*>(src[ch.src].weight), ch.begin, ch.end, lo, lo + width, out, &n, &lt,
