@@ -9,8 +9,10 @@ from a converged GPT-2's and the comparisons are between variants of this one mo
 
     python benchmarks/bench_methods.py            # the GPT-2 student (6 layers, 384 wide), 400 steps
     python benchmarks/bench_methods.py --quick    # 4 layers, 256 wide, 120 steps, fewer tokens scored
+    python benchmarks/bench_methods.py --sections 1 --only INT4   # the INT4 rows of section 1
 
-Sections: (1) every reduction alone and with INT8: parameters, bytes on disk in the shipped
+Sections: (1) every reduction alone and with INT8 (and INT4 post-training quantization: weight-only,
+W4A8, W4A8 with the table left fp32): parameters, bytes on disk in the shipped
 format, perplexity and its change, prefill of 128 tokens and one cached decode step at batch 1;
 (2) dynamic precision (INT8 / fp32 per token) swept over its threshold: fraction of low-precision
 steps (teacher-forced and in generation), teacher-forced perplexity, decode time per token; (3)
@@ -161,6 +163,7 @@ def reductions(dense, cfg, valid, tune: int):
     row, the reference for them)."""
     from edgegen.analysis import plan_reduction
     from edgegen.prune import FFNConfig, HeadConfig, MagnitudeConfig, finalize_, prune_
+    from edgegen.quant import Int4DynamicConfig, Int4WeightOnlyConfig
     from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
 
     d = cfg.n_embd
@@ -178,9 +181,12 @@ def reductions(dense, cfg, valid, tune: int):
     def tuned(build):  # the same further steps for every tuned row, the dense one included
         return lambda: fit(build(), valid, tune, 6, 128, 3e-4, warmup=5, seed=9000, log=False)
 
-    # (name, the float model, quantize it to INT8 afterwards)
+    # (name, the float model, quantize it afterwards: True for INT8 dynamic, or the config to use)
     variants = [
         ("dense fp32", lambda: copy.deepcopy(dense), False),
+        ("INT4 weight-only PTQ", lambda: copy.deepcopy(dense), Int4WeightOnlyConfig(64)),
+        ("INT4 W4A8 PTQ", lambda: copy.deepcopy(dense), Int4DynamicConfig(64)),
+        ("INT4 W4A8 PTQ, table fp32", lambda: copy.deepcopy(dense), Int4DynamicConfig(64, embeddings=False)),
         ("magnitude 50% (blocks)",  # masks baked in: zeros in dense weights, as it would be deployed
          lambda: finalize_(prune_(copy.deepcopy(dense), MagnitudeConfig(0.5), filter_fn=blocks)), False),
         ("INT8 dynamic PTQ", lambda: copy.deepcopy(dense), True),
@@ -266,9 +272,13 @@ def teacher_section(student, student_cfg, prompt, add) -> None:
 
 
 def main():
+    def arguments(ap):
+        ap.add_argument("--sections", default="123456", help="which sections to run, e.g. 34 (default: all)")
+        ap.add_argument("--only", default="", help="section 1: only the rows whose name contains this (and the "
+                        "dense baseline), e.g. INT4")
+
     args = harness.cli(__doc__, "methods.csv", quick_help="a 4-layer 256-wide model, 120 steps, fewer tokens",
-                       add_arguments=lambda ap: ap.add_argument(
-                           "--sections", default="123456", help="which sections to run, e.g. 34 (default: all)"))
+                       add_arguments=arguments)
     machine, versions = harness.header(args.threads)
     import torch
 
@@ -290,10 +300,16 @@ def main():
     prompt = test[None, :32]  # the generation prompt of sections 2 and 3
     rows = []
 
+    paths = edgegen.kernel_paths()
+
     def add(op, provider, mode, p50=None, extra=""):
+        int4 = "INT4" in provider
+        path = (paths["int4_a8"] if "W4A8" in provider else paths["int4"]) if int4 else (
+            int8_path if "INT8" in provider else "")
+        dtype = "int4 weights" if int4 else ("int8 weights" if "INT8" in provider else "float32")
         rows.append(dict(op=op, provider=provider, shape=f"GPT-2 {cfg.n_layer}L/{cfg.n_embd}, batch 1",
-                         dtype="int8 weights" if "INT8" in provider else "float32", mode=mode + extra,
-                         p50_ms=None if p50 is None else round(p50, 4), kernel_path=int8_path if "INT8" in provider else ""))
+                         dtype=dtype, mode=mode + extra, p50_ms=None if p50 is None else round(p50, 4),
+                         kernel_path=path))
 
     # (1) every reduction alone and combined
     if "1" in args.sections:
@@ -302,11 +318,12 @@ def main():
         print(f"{'method':34s} {'nonzero':>11s} {'MB':>7s} {'smaller':>8s} {'ppl':>8s} {'change':>8s} {'prefill':>8s} "
               f"{'x':>6s} {'decode':>7s} {'x':>6s}")
         base, points = {}, []
-        for name, build, to_int8 in variants:
+        chosen = [v for i, v in enumerate(variants) if i == 0 or not args.only or args.only in v[0]]
+        for name, build, quant in chosen:
             m = build().eval()
             params = nonzero_params(m)
-            if to_int8:
-                quantize_(m, Int8DynamicConfig())
+            if quant:
+                quantize_(m, Int8DynamicConfig() if quant is True else quant)
             size = disk_bytes(m)
             q = ppl(m, test, s["eval_tokens"])
             pf, dc = latency(m, "prefill", 10), latency(m, "decode", 30)
