@@ -122,7 +122,8 @@ TORCH_LIBRARY(edgegen, m) {
         {at::Tag::pt2_compliant_tag});
   // The same 4-bit weights against activations quantized per call to int8, symmetric per row and
   // group of group_size features (scale max|x| / 127, codes rounded half to even): integer dot
-  // products (VNNI / AVX2), exact per group; the input must be finite.
+  // products (VNNI / AVX2; the products summed exactly, the scales and zero points applied in
+  // float); the input must be finite.
   m.def("int4_linear_dynamic(Tensor input, Tensor packed_weight, Tensor scale, Tensor zero_point, Tensor? bias, "
         "int group_size) -> Tensor",
         {at::Tag::pt2_compliant_tag});

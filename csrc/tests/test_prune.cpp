@@ -264,7 +264,10 @@ TEST_P(PrunePath, SampledBracketPathAndItsFallbacks) {
   Split s = split(w, {n});
   const std::vector<uint8_t> want = reference_mask(abs_all(w), int64_t(n / 3));
   ASSERT_EQ(run_mask(s, int64_t(n / 3), 2, true), want);
-  for (size_t i = 0; i < n; ++i) ASSERT_EQ(s.parts[0][i], want[i] ? w[i] : 0.0f);
+  for (size_t i = 0; i < n; ++i) {  // bit for bit: pruned entries +0 (not -0), kept ones unchanged
+    const float expect = want[i] ? w[i] : 0.0f;
+    ASSERT_EQ(std::memcmp(&s.parts[0][i], &expect, 4), 0) << "entry " << i;
+  }
   w[n / 2] = NAN;
   Split t = split(w, {n});
   EXPECT_EQ(KP::kth_smallest_score(t.src.data(), 1, int64_t(n / 2), 2).num_nan, 1);

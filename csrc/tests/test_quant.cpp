@@ -206,8 +206,11 @@ TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
   if (!KQ::int4_has_path(GetParam(), true)) GTEST_SKIP() << "no 8-bit-activation INT4 path at " << K::isa_name(GetParam());
   std::mt19937 rng(13);
   // k: one chunk only, one block, a block and a chunk, several blocks; m: 1..9 (row tiles of 4).
+  // 576 / 32 and 1024 / 32: 18 and 32 groups, so the zero-point sweep over groups runs more than
+  // one 16-group step (full and masked).
   for (auto [k, group] : {std::tuple{64, 32}, std::tuple{64, 64}, std::tuple{128, 128}, std::tuple{192, 32},
-                          std::tuple{192, 64}, std::tuple{384, 128}, std::tuple{320, 64}}) {
+                          std::tuple{192, 64}, std::tuple{384, 128}, std::tuple{320, 64}, std::tuple{576, 32},
+                          std::tuple{1024, 32}}) {
     for (int64_t m : {1, 3, 4, 9}) {
       for (int mode = 0; mode < 3; ++mode) {  // random; integers with max |x| 127 (sx = 1) at the extremes; zeros
         const int64_t n = 21, groups = k / group;

@@ -29,7 +29,7 @@ class Config:
     Examples:
         >>> from edgegen.quant import Int4WeightOnlyConfig, QuantConfig
         >>> Int4WeightOnlyConfig(32).to_dict()
-        {'kind': 'Int4WeightOnlyConfig', 'version': 1, 'group_size': 32, 'embeddings': True}
+        {'kind': 'Int4WeightOnlyConfig', 'version': 2, 'group_size': 32, 'embeddings': True}
         >>> QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "group_size": 32})
         Int4WeightOnlyConfig(group_size=32, embeddings=True)
         >>> QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "groupsize": 32})

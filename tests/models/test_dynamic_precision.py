@@ -90,7 +90,7 @@ def test_sampling_is_reproducible_with_a_generator():
 def test_config_round_trips_with_its_nested_low_precision():
     cfg = DynamicPrecisionConfig(low=Int4WeightOnlyConfig(32), rule="entropy", threshold=0.3)
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.to_dict()["low"] == {"kind": "Int4WeightOnlyConfig", "version": 1, "group_size": 32,
+    assert cfg.to_dict()["low"] == {"kind": "Int4WeightOnlyConfig", "version": 2, "group_size": 32,
                                     "embeddings": True}
 
 

@@ -233,6 +233,26 @@ def test_int4_embedding_and_tied_head_share_storage(tmp_path, config):
     assert isinstance(keep.wte, nn.Embedding) and isinstance(keep.lm_head, Int4Linear)
 
 
+def test_int4_config_version_1_keeps_tables_in_float_and_embeddings_check_ids():
+    from edgegen.quant import Int4Embedding, Int8Embedding, QuantConfig
+
+    old = QuantConfig.from_dict({"kind": "Int4WeightOnlyConfig", "version": 1, "group_size": 32})
+    assert old == Int4WeightOnlyConfig(32, embeddings=False)  # what version-1 data meant
+    assert QuantConfig.from_dict(Int4WeightOnlyConfig(32).to_dict()) == Int4WeightOnlyConfig(32)
+    torch.manual_seed(0)
+    for emb in (Int4Embedding.from_float(nn.Embedding(10, 64)), Int8Embedding.from_float(nn.Embedding(10, 64))):
+        for bad in (torch.tensor([3, -1]), torch.tensor([[10]])):
+            with pytest.raises(IndexError, match=r"idx: ids must lie in \[0, 10\)"):
+                emb(bad)
+        with pytest.raises(TypeError, match="idx"):
+            emb(torch.tensor([1.0]))
+    model = nn.Sequential(nn.Embedding(10, 64, max_norm=1.0), nn.Linear(64, 64))
+    for config in (Int4DynamicConfig(64), Int8DynamicConfig()):
+        with pytest.raises(ValueError, match="max_norm"):  # refused, as INT8 refuses it
+            quantize_(model, config)
+        assert isinstance(model[1], nn.Linear)  # refused before any layer was replaced
+
+
 def test_int4_embedding_refuses_what_it_cannot_pack():
     from edgegen.quant import Int4Embedding
 

@@ -110,9 +110,15 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   R* kept_t = nullptr;
   if (g && K <= 1) {
     // A gradient row of the computing type holds e^(ds/T) itself until pass 3 overwrites it
-    // (less to keep in L2), unless it is the student's row (the in-place gradient: s is read
-    // again after pass 2); otherwise both rows go to the thread's buffer.
-    const bool in_grad = std::is_same_v<T, R> && static_cast<const void*>(g) != static_cast<const void*>(s);
+    // (less to keep in L2), unless it overlaps the student's or the teacher's row (the in-place
+    // gradient: s is read again after pass 2); otherwise both rows go to the thread's buffer.
+    auto overlaps = [&](const T* x) {  // byte ranges compared as integers (unrelated arrays)
+      if (!x) return false;
+      const auto gb = reinterpret_cast<uintptr_t>(g), xb = reinterpret_cast<uintptr_t>(x);
+      const auto len = uintptr_t(n) * sizeof(T);
+      return gb < xb + len && xb < gb + len;
+    };
+    const bool in_grad = std::is_same_v<T, R> && !overlaps(s) && !overlaps(K == 1 ? t[0] : nullptr);
     const size_t need = size_t(in_grad ? n : 2 * n);
     if (kept.size() < need) kept.resize(need);
     if (in_grad) {

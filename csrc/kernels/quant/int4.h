@@ -40,8 +40,13 @@ void int4_gemv_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, con
 // features to symmetric int8: sx = max|x| / 127 over the group (1 where the group is all zero),
 // code = round-half-even(x / sx) clamped to [-127, 127]; then
 //   out[i][r] = sum_g scale[r][g] * sx[i][g] * sum_{k in g} code[i][k] * (q[r][k] - zero[r][g]) (+ bias[r]),
-// the inner sums exact in integers on every path (only the float sum over groups differs in
-// rounding). x must be finite (the caller checks). Any m: rows share each unpacked weight row.
+// The products code x q are summed exactly in integers on every path; the vector paths then add
+// scale x sx x (that sum) per lane in float and take the zero-point term
+// sum_g scale x sx x zero x (sum of the group's codes) off once per output, also in float (the
+// scalar path subtracts the zero point in integers first), so the paths agree to float32 rounding
+// of those terms, not of the result: where the two terms nearly cancel (inputs of one sign) the
+// relative difference grows. x must be finite (the caller checks). Any m: rows share each unpacked
+// weight row.
 void int4_linear_a8(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed, const float* scale,
                     const uint8_t* zero, int64_t group, const float* bias, float* out, int num_threads);
 void int4_linear_a8_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,

@@ -47,12 +47,22 @@ class LowPrecision(nn.Module):
 
 def _replace(model: nn.Module, kinds: tuple, make: Callable[[nn.Module], nn.Module],
              filter_fn: FilterFn | None) -> int:
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, kinds) and name and (filter_fn is None or filter_fn(m, name))]
-    for name, m in targets:
+    return _replace_all(model, [(kinds, make, filter_fn)])
+
+
+def _replace_all(model: nn.Module, stages: list[tuple[tuple, Callable[[nn.Module], nn.Module], FilterFn | None]]
+                 ) -> int:
+    """Every stage's (kinds, make, filter_fn) replacements built first, then swapped in: a layer
+    that cannot be converted raises before the model is touched."""
+    plan = []
+    for kinds, make, filter_fn in stages:
+        targets = [(name, m) for name, m in model.named_modules()
+                   if isinstance(m, kinds) and name and (filter_fn is None or filter_fn(m, name))]
+        plan += [(name, make(m)) for name, m in targets]
+    for name, q in plan:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, make(m))
-    return len(targets)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+    return len(plan)
 
 
 _INT8_KINDS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
@@ -156,9 +166,10 @@ def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_f
 @register_quantize_handler(Int8DynamicConfig)
 def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, filter_fn: FilterFn | None) -> int:
     tied = _tied_heads(model)
-    n = _replace(model, _INT8_KINDS, _int8_module, _int8_filter(filter_fn))
+    stages = [(_INT8_KINDS, _int8_module, _int8_filter(filter_fn))]
     if config.embeddings:
-        n += _replace(model, (nn.Embedding,), Int8Embedding.from_float, filter_fn)
+        stages.append(((nn.Embedding,), Int8Embedding.from_float, filter_fn))
+    n = _replace_all(model, stages)
     _retie(model, tied)
     return n
 
@@ -183,15 +194,16 @@ def _int4(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
 
     act = "int8" if isinstance(config, Int4DynamicConfig) else "float"
     tied = _tied_heads(model)
-    n = _replace(model, (nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size, act),
-                 _int4_filter(filter_fn, model, config.group_size))
+    stages = [((nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size, act),
+               _int4_filter(filter_fn, model, config.group_size))]
     if config.embeddings:
         # Tables whose width the packing cannot take stay in floating point (no warning: they are
-        # not what the config names).
+        # not what the config names); max_norm / sparse tables are refused, as INT8 refuses them.
         def packable(m: nn.Module, name: str) -> bool:
             return (m.embedding_dim % 64 == 0 and m.embedding_dim % config.group_size == 0
-                    and m.max_norm is None and not m.sparse and (filter_fn is None or filter_fn(m, name)))
-        n += _replace(model, (nn.Embedding,), lambda m: Int4Embedding.from_float(m, config.group_size), packable)
+                    and (filter_fn is None or filter_fn(m, name)))
+        stages.append(((nn.Embedding,), lambda m: Int4Embedding.from_float(m, config.group_size), packable))
+    n = _replace_all(model, stages)
     _retie(model, tied)
     return n
 

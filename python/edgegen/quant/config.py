@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import InitVar, dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 
@@ -61,10 +61,20 @@ class Int4WeightOnlyConfig(QuantConfig):
     """Linear layers -> :class:`Int4Linear`: 4-bit weights, two per byte, one scale and zero point
     per ``group_size`` consecutive input features; activations stay floating point. With
     ``embeddings``, embedding tables are stored as 4-bit rows too (:class:`Int4Embedding`; a tied
-    output head then shares them)."""
+    output head then shares them), and ``filter_fn`` sees the ``nn.Embedding`` modules as well.
+    Version 2 added ``embeddings``; version-1 data (tables left in floating point) reads as
+    ``embeddings=False``."""
+
+    version: ClassVar[int] = 2
 
     group_size: int = 64
     embeddings: bool = True
+
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        if version != 1:
+            return super().migrate(data, version)
+        return {**data, "embeddings": False}
 
     def __post_init__(self):
         if self.group_size not in (32, 64, 128):
@@ -76,7 +86,7 @@ class Int4DynamicConfig(QuantConfig):
     """Linear layers -> :class:`Int4Linear` with ``activations='int8'`` (W4A8): the 4-bit weights of
     :class:`Int4WeightOnlyConfig`, and each call quantizes the layer's input per row and group of
     ``group_size`` features to symmetric int8 (scale max|x| / 127), so the dot products run in
-    integers (AVX-512 VNNI / AVX2), exact per group; inputs must be finite. ``embeddings`` as in
+    integers (AVX-512 VNNI / AVX2); inputs must be finite. ``embeddings`` as in
     :class:`Int4WeightOnlyConfig`."""
 
     group_size: int = 64

@@ -359,6 +359,17 @@ class Int4Linear(_Float32Params):
                 f"group_size={self.group_size}, activations={self.activations!r}")
 
 
+def _check_ids(idx: Tensor, num_embeddings: int) -> None:
+    """Token ids must be integers in [0, num_embeddings), as nn.Embedding requires (indexing alone
+    would wrap negative ids around)."""
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"idx: expected an int64 or int32 tensor of ids, got {idx.dtype}")
+    if torch.compiler.is_compiling():  # a data-dependent check has no place in a traced graph
+        return
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_embeddings):
+        raise IndexError(f"idx: ids must lie in [0, {num_embeddings}), got [{int(idx.min())}, {int(idx.max())}]")
+
+
 class Int8Embedding(_Float32Params):
     """Embedding table stored as int8 rows (symmetric per row, [-127, 127]) with float32 scales;
     a lookup dequantises only the rows it gathers."""
@@ -385,6 +396,7 @@ class Int8Embedding(_Float32Params):
         return q
 
     def forward(self, idx: Tensor) -> Tensor:
+        _check_ids(idx, self.num_embeddings)
         return self.weight_int8[idx].float() * self.weight_scale[idx].unsqueeze(-1)
 
     def extra_repr(self) -> str:
@@ -423,6 +435,7 @@ class Int4Embedding(_Float32Params):
         return q
 
     def forward(self, idx: Tensor) -> Tensor:
+        _check_ids(idx, self.num_embeddings)
         flat = idx.reshape(-1)
         rows = torch.ops.edgegen.int4_dequantize(self.packed_weight[flat], self.scale[flat], self.zero_point[flat],
                                                  self.group_size)
