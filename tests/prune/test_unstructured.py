@@ -79,8 +79,8 @@ def test_magnitude_ops_on_every_isa_path(isa, sizes):
     ws[0][0] = 0.0
     ws[-1][-1] = -0.0  # ties at zero: pruned in order, the sign ignored
     flat = torch.cat([w.abs() for w in ws])
+    order = torch.sort(flat, stable=True).indices
     for k in (1, flat.numel() // 3, flat.numel() - 2):
-        order = torch.sort(flat, stable=True).indices
         want = torch.ones(flat.numel(), dtype=torch.bool)
         want[order[:k]] = False
         got = torch.ops.edgegen.magnitude_mask(ws, None, k)
