@@ -63,6 +63,13 @@ def ort_session(lin, threads: int, quantized: bool):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
+def int4_layer(lin, provider: str, group: int):
+    """The INT4 layer of a provider: weight-only ("edgegen-int4") or W4A8 ("edgegen-int4a8")."""
+    from edgegen.quant import Int4Linear
+
+    return Int4Linear.from_float(lin, group, "int8" if provider.endswith("a8") else "float")
+
+
 def linear_worker(spec: dict) -> dict:
     import torch
     from torch import nn
@@ -83,9 +90,7 @@ def linear_worker(spec: dict) -> dict:
         q = Int8Linear.from_float(lin)
         f = lambda: q(x)  # noqa: E731
     elif p in ("edgegen-int4", "edgegen-int4a8"):
-        from edgegen.quant import Int4Linear
-
-        q = Int4Linear.from_float(lin, spec.get("group", 64), "int8" if p.endswith("a8") else "float")
+        q = int4_layer(lin, p, spec.get("group", 64))
         f = lambda: q(x)  # noqa: E731
     elif p == "torch-int8":
         import warnings
@@ -119,9 +124,7 @@ def cold_worker(spec: dict) -> dict:
     for _ in range(copies):
         lin = nn.Linear(k, n)
         if spec["provider"] in ("edgegen-int4", "edgegen-int4a8"):
-            from edgegen.quant import Int4Linear
-
-            lin = Int4Linear.from_float(lin, 64, "int8" if spec["provider"].endswith("a8") else "float")
+            lin = int4_layer(lin, spec["provider"], 64)
         elif spec["provider"] == "edgegen-int8":
             from edgegen.quant import Int8Linear
 
@@ -213,6 +216,9 @@ def main():
         print("# onnxruntime not installed (pip install -r requirements-bench.txt torch==2.13.0): its rows are skipped")
 
     machine, versions = harness.header(args.threads)
+    import edgegen
+
+    kp = edgegen.kernel_paths()  # the best path of each family (section 1 runs each INT8 path in turn)
     rows = []
 
     def record(op, provider, shape, res, mode="", flops=None, path=None):
@@ -272,11 +278,9 @@ def main():
         print("\n## INT4 GEMV (group 64) vs fp32 and INT8: weight-only (int4) and W4A8 (int4a8: activations "
               "quantized per call to int8 per group); 'hot': the same layer again and again (weights in cache); "
               "'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
-        harness.print_paths("int4_a8", harness.kernel_levels("int4_a8"))
-        import edgegen
-
-        kp = edgegen.kernel_paths()
         gemv_paths = {"edgegen-int8": kp["int8_gemm"], "edgegen-int4": kp["int4"], "edgegen-int4a8": kp["int4_a8"]}
+        print(f"# paths: int8 {kp['int8_gemm']}, int4 {kp['int4']}, int4a8 {kp['int4_a8']}; "
+              f"CPU flags: {harness.cpu_flags()}")
         print(f"{'M':>2s} {'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4a8 ms':>9s} "
               f"{'int4a8 vs fp32 / int4 / int8':>30s}")
         for m, (k, n) in [(1, s) for s in shapes + [(768, 50257)]] + [(8, s) for s in shapes[:1] + [(768, 50257)]]:
@@ -297,36 +301,36 @@ def main():
                           f"{res['edgegen-int8']:9.4f} {res['edgegen-int4']:9.4f} {a8:9.4f} "
                           f"{res['fp32'] / a8:12.2f}x / {res['edgegen-int4'] / a8:.2f}x / {res['edgegen-int8'] / a8:.2f}x")
 
-    if "3" not in args.sections:
-        harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
-        return
-    print("\n## End to end, fp32 vs INT8 dynamic (Linear and convolution layers) and INT4 weight-only / W4A8 (Linear)")
-    print(f"{'model':18s} {'mode':8s} {'quant':17s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
-          f"{'q MB':>8s}")
-    q8 = [p.replace("edgegen-", "") for p in int8]  # int8[<path>] for every INT8 path of this CPU
-    cases = [("gpt2-student", "prefill", q) for q in q8] + [("gpt2-student", "decode", q) for q in q8]
-    cases += [("gpt2-student", mode, q) for mode in ("prefill", "decode") for q in ("int4", "int4a8")]
-    cases += [(m, "batch64", q) for m in ("beta-vae-decoder", "dcgan-generator", "dcgan-discriminator") for q in q8]
-    fp32_cache = {}
-    for model, mode, quant in cases:
-        res = {}
-        for p in ("fp32", quant):
-            if p == "fp32" and (model, mode) in fp32_cache:
-                res[p] = fp32_cache[(model, mode)]
-                continue
-            isa = harness.isa_of(p)
-            spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
-                        repeats=50 if mode == "decode" else 10, isa=isa)
-            r = harness.run_worker(__file__, spec)
-            row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes", path=isa)
-            if row:
-                res[p] = r
-                if p == "fp32":
-                    fp32_cache[(model, mode)] = r
-        if len(res) == 2:
-            f, q = res["fp32"], res[quant]
-            print(f"{model:18s} {mode:8s} {quant:17s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
-                  f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
+    if "3" in args.sections:
+        int4_paths = {"int4": kp["int4"], "int4a8": kp["int4_a8"]}
+        print("\n## End to end, fp32 vs INT8 dynamic (Linear and convolution layers) and INT4 weight-only / W4A8 (Linear)")
+        print(f"{'model':18s} {'mode':8s} {'quant':17s} {'fp32 ms':>9s} {'q ms':>9s} {'speed-up':>9s} {'fp32 MB':>8s} "
+              f"{'q MB':>8s}")
+        q8 = [p.replace("edgegen-", "") for p in int8]  # int8[<path>] for every INT8 path of this CPU
+        cases = [("gpt2-student", "prefill", q) for q in q8] + [("gpt2-student", "decode", q) for q in q8]
+        cases += [("gpt2-student", mode, q) for mode in ("prefill", "decode") for q in ("int4", "int4a8")]
+        cases += [(m, "batch64", q) for m in ("beta-vae-decoder", "dcgan-generator", "dcgan-discriminator") for q in q8]
+        fp32_cache = {}
+        for model, mode, quant in cases:
+            res = {}
+            for p in ("fp32", quant):
+                if p == "fp32" and (model, mode) in fp32_cache:
+                    res[p] = fp32_cache[(model, mode)]
+                    continue
+                isa = harness.isa_of(p)
+                path = isa or int4_paths.get(p)
+                spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
+                            repeats=50 if mode == "decode" else 10, isa=isa)
+                r = harness.run_worker(__file__, spec)
+                row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes", path=path)
+                if row:
+                    res[p] = r
+                    if p == "fp32":
+                        fp32_cache[(model, mode)] = r
+            if len(res) == 2:
+                f, q = res["fp32"], res[quant]
+                print(f"{model:18s} {mode:8s} {quant:17s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
+                      f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
     harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
 
 

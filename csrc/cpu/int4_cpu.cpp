@@ -138,8 +138,8 @@ at::Tensor int4_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& pa
   const at::Tensor& x = c.x;
   const at::Tensor& b = c.bias;
   TORCH_CHECK_VALUE(KQ::all_finite(x.const_data_ptr<float>(), x.numel()),
-                    "input: contains NaN or infinite values; int4_linear_dynamic quantizes its input to 8 bits and "
-                    "needs finite values");
+                    "input: contains NaN or infinite values; int4_linear_dynamic and the W4A8 layers quantize their "
+                    "input and need finite values");
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, a.n}, x.options());
   KQ::int4_linear_a8(x.const_data_ptr<float>(), m, a.n, a.k, packed.const_data_ptr<uint8_t>(),

@@ -257,9 +257,8 @@ TEST(KDLoss, LargeLogitsStayAccurate) {
 }
 
 // The gradient written over one of the logit buffers (the student's: in place; the teacher's) must
-// equal the gradient written elsewhere: the kernel must not park anything in a gradient row it
-// still has to read (pass 2 may keep exponentials in a gradient row that overlaps neither logit
-// row). V = 37 and 100: rows shorter and longer than one vector, tails included.
+// equal the gradient written elsewhere: nothing the kernel still reads may be overwritten before
+// it is read. V = 37 and 100: rows shorter and longer than one vector, tails included.
 static void expect_aliased_gradient_is_exact(bool over_teacher) {
   const int64_t rows = 4;
   for (int64_t V : {int64_t(37), int64_t(100)}) {

@@ -9,8 +9,8 @@
 //           one teacher: KL = A / (T Zt) + ln ZsT - ln Zt   (no per-element log)
 //           several: a further sweep accumulates p_t (ln p_t - ds/T) with the mixture p_t
 //   pass 3  grad = scale [alpha T (p_sT - p_t) + (1 - alpha) (p_s1 - onehot(y))]
-// With one teacher (or none) and a gradient to write, pass 2 keeps e^(ds/T) and e^(dt/T) in a
-// thread-local row (it stays in L2), so pass 3 computes no exponential and reads neither logit
+// With one teacher (or none) and a gradient to write, pass 2 keeps e^(ds/T) and e^(dt/T) in two
+// thread-local rows (they stay in L2), so pass 3 computes no exponential and reads neither logit
 // row (except e^ds at a temperature other than 1 and 2): two exponentials per element, not four,
 // and the same values bit for bit.
 // Differences to the row maximum keep everything finite and accurate for logits of any size;
@@ -104,30 +104,16 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
     if (s_next) __builtin_prefetch(s_next + v, 0, 1);
     if (t_next) __builtin_prefetch(t_next + v, 0, 1);
   };
-  // The exponentials pass 2 keeps for pass 3 (one teacher or none, a gradient to write).
+  // The exponentials pass 2 keeps for pass 3 (one teacher or none, a gradient to write), in a
+  // per-thread buffer. (Keeping e^(ds/T) in the fp32 gradient row instead was measured: no
+  // faster, and it would tie the buffer's correctness to the gradient not aliasing the logits.)
   thread_local std::vector<R> kept;
   R* kept_sT = nullptr;
   R* kept_t = nullptr;
   if (g && K <= 1) {
-    // A gradient row of the computing type holds e^(ds/T) itself until pass 3 overwrites it
-    // (less to keep in L2), unless it overlaps the student's or the teacher's row (the in-place
-    // gradient: s is read again after pass 2); otherwise both rows go to the thread's buffer.
-    auto overlaps = [&](const T* x) {  // byte ranges compared as integers (unrelated arrays)
-      if (!x) return false;
-      const auto gb = reinterpret_cast<uintptr_t>(g), xb = reinterpret_cast<uintptr_t>(x);
-      const auto len = uintptr_t(n) * sizeof(T);
-      return gb < xb + len && xb < gb + len;
-    };
-    const bool in_grad = std::is_same_v<T, R> && !overlaps(s) && !overlaps(K == 1 ? t[0] : nullptr);
-    const size_t need = size_t(in_grad ? n : 2 * n);
-    if (kept.size() < need) kept.resize(need);
-    if (in_grad) {
-      kept_sT = reinterpret_cast<R*>(g);
-      kept_t = kept.data();
-    } else {
-      kept_sT = kept.data();
-      kept_t = kept.data() + n;
-    }
+    if (kept.size() < size_t(2 * n)) kept.resize(size_t(2 * n));
+    kept_sT = kept.data();
+    kept_t = kept.data() + n;
   }
   if (K <= 1) {
     const T* t0 = K == 1 ? t[0] : nullptr;
@@ -213,11 +199,11 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   const R invZt0 = R(1.0 / Zt0);
   const T* t0 = K == 1 ? t[0] : nullptr;
   const R mt0 = K == 1 ? mt[0] : R(0);
+  // ds only where something below still needs it (no kept row, or e^ds at another temperature).
+  const bool need_ds = !kept_sT || (use_ce && tmode == 0);
   write_sweep<V, T>(n, [&](auto P, int64_t v) {
     using P_ = decltype(P);
     if constexpr (P_::W > 1) prefetch_next(v);
-    // ds only where something below still needs it (no kept row, or e^ds at another temperature).
-    const bool need_ds = !kept_sT || (use_ce && tmode == 0);
     const auto ds = need_ds ? P_::sub(P_::load(s + v), P_::set1(ms)) : P_::zero();
     const auto esT = kept_sT ? P_::load(kept_sT + v) : P_::exp(P_::mul(ds, P_::set1(invT)));
     auto gv = P_::zero();

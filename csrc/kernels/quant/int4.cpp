@@ -10,16 +10,21 @@
 
 namespace edgegen::kernels::quant {
 
-// The family's paths. rows_f32: one packed weight row against up to 4 float activation rows (in
-// packed lane order when permute_x); dequant_row: one weight row in feature order; rows_a8: one
-// packed weight row against rows [i0, i0 + m) (m <= 4) of the prepared 8-bit activations.
-struct Int4Path {
+// The family's two sets of paths. Weight-only (float activations): rows_f32, one packed weight
+// row against up to 4 activation rows (in packed lane order when permute_x), and dequant_row, one
+// weight row in feature order. W4A8: rows_a8, one packed weight row against rows [i0, i0 + m)
+// (m <= 4) of the prepared 8-bit activations.
+struct FloatPath {
   Isa isa;
   bool permute_x;
   void (*rows_f32)(const uint8_t* row, const float* x, int64_t ldx, int m, int64_t k, int64_t group,
                    const float* scale, float* out);
   void (*dequant_row)(const uint8_t* row, int64_t k, int64_t group, const float* scale, const uint8_t* zero,
                       float* w);
+};
+
+struct A8Path {
+  Isa isa;
   void (*rows_a8)(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group, const float* scale,
                   const uint8_t* zero, float* out);
 };
@@ -92,26 +97,33 @@ void rows_a8_scalar(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int6
   }
 }
 
-constexpr Int4Path kScalar{Isa::Scalar, false, &rows_f32_scalar, &dequant_row_scalar, &rows_a8_scalar};
+constexpr FloatPath kFloatScalar{Isa::Scalar, false, &rows_f32_scalar, &dequant_row_scalar};
+constexpr A8Path kA8Scalar{Isa::Scalar, &rows_a8_scalar};
 #if defined(EDGEGEN_HAVE_AVX2)
-constexpr Int4Path kAvx2{Isa::Avx2, true, &int4_rows_avx2, &int4_dequant_row_avx2, &int4_rows_a8_avx2};
-constexpr Int4Path kAvx512Vnni{Isa::Avx512Vnni, true, &int4_rows_avx2, &int4_dequant_row_avx2,
-                               &int4_rows_a8_avx512_vnni};
+constexpr FloatPath kFloatAvx2{Isa::Avx2, true, &int4_rows_avx2, &int4_dequant_row_avx2};
+constexpr A8Path kA8Avx2{Isa::Avx2, &int4_rows_a8_avx2};
+constexpr A8Path kA8Avx512Vnni{Isa::Avx512Vnni, &int4_rows_a8_avx512_vnni};
 #endif
 
-const Int4Path& path_for(Isa isa) {
-  switch (isa) {
+// The best path of each set at or below a level.
+const FloatPath& float_path(Isa isa) {
 #if defined(EDGEGEN_HAVE_AVX2)
-    case Isa::Amx:
-    case Isa::Avx512Vnni: return kAvx512Vnni;
-    case Isa::Avx512:
-    case Isa::Avx2: return kAvx2;
+  if (isa >= Isa::Avx2) return kFloatAvx2;
 #endif
-    default: return kScalar;
-  }
+  (void)isa;
+  return kFloatScalar;
 }
 
-void gemv_with(const Int4Path& p, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,
+const A8Path& a8_path(Isa isa) {
+#if defined(EDGEGEN_HAVE_AVX2)
+  if (isa >= Isa::Avx512Vnni) return kA8Avx512Vnni;
+  if (isa >= Isa::Avx2) return kA8Avx2;
+#endif
+  (void)isa;
+  return kA8Scalar;
+}
+
+void gemv_with(const FloatPath& p, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,
                const float* scale, const uint8_t* zero, int64_t group, const float* bias, float* out,
                int num_threads) {
   const int64_t groups = k / group;
@@ -207,7 +219,7 @@ A8Rows prepare_a8(const float* x, int64_t m, int64_t k, int64_t group, A8Buffers
           buf.lane_scale.data()};
 }
 
-void a8_with(const Int4Path& p, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,
+void a8_with(const A8Path& p, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,
              const float* scale, const uint8_t* zero, int64_t group, const float* bias, float* out,
              int num_threads) {
   A8Buffers buf;
@@ -240,8 +252,7 @@ Isa int4_a8_isa() {
 }
 
 bool int4_has_path(Isa isa, bool a8) {
-  const Isa own = path_for(isa).isa;
-  return a8 ? own == isa : own == isa && isa != Isa::Avx512Vnni;
+  return (a8 ? a8_path(isa).isa : float_path(isa).isa) == isa;
 }
 
 void pack_int4(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed) {
@@ -264,30 +275,30 @@ void unpack_int4(const uint8_t* packed, int64_t n, int64_t k, uint8_t* q) {
 
 void int4_gemv(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed, const float* scale,
                const uint8_t* zero, int64_t group, const float* bias, float* out, int num_threads) {
-  gemv_with(path_for(int4_isa()), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
+  int4_gemv_isa(int4_isa(), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
 }
 
 void int4_gemv_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,
                    const float* scale, const uint8_t* zero, int64_t group, const float* bias, float* out,
                    int num_threads) {
-  gemv_with(path_for(isa), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
+  gemv_with(float_path(isa), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
 }
 
 void int4_linear_a8(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed, const float* scale,
                     const uint8_t* zero, int64_t group, const float* bias, float* out, int num_threads) {
-  a8_with(path_for(int4_a8_isa()), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
+  int4_linear_a8_isa(int4_a8_isa(), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
 }
 
 void int4_linear_a8_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,
                         const float* scale, const uint8_t* zero, int64_t group, const float* bias, float* out,
                         int num_threads) {
-  a8_with(path_for(isa), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
+  a8_with(a8_path(isa), x, m, n, k, packed, scale, zero, group, bias, out, num_threads);
 }
 
 void int4_dequantize_rows(const uint8_t* packed, const float* scale, const uint8_t* zero, int64_t k, int64_t group,
                           int64_t n0, int64_t n1, float* w, int num_threads) {
   const int64_t groups = k / group;
-  const Int4Path& p = path_for(int4_isa());
+  const FloatPath& p = float_path(int4_isa());
   parallel_for(n1 - n0, num_threads, [&](int64_t rr) {
     const int64_t r = n0 + rr;
     p.dequant_row(packed + r * k / 2, k, group, scale + r * groups, zero + r * groups, w + rr * k);

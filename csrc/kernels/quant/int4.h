@@ -9,6 +9,7 @@
 // 32-bit lane of a chunk covers 8 features of one half (32) of it. K must be a multiple of 64.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cpu_features.h"
 
@@ -56,6 +57,18 @@ void int4_linear_a8_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k
 // Rows [n0, n1) of the dequantised weight into w (float32 [(n1 - n0), k]), for blocked GEMM.
 void int4_dequantize_rows(const uint8_t* packed, const float* scale, const uint8_t* zero, int64_t k, int64_t group,
                           int64_t n0, int64_t n1, float* w, int num_threads);
+
+// f(std::integral_constant<int, M>{}) with M = m in 1..4: the row count of a vector path's tile
+// as a compile-time constant (the paths' kernels are templates over it).
+template <class F>
+inline void with_rows(int m, F&& f) {
+  switch (m) {
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
+}
 
 // The activations of int4_linear_a8, prepared once per call in the lane order of the vector paths.
 // K is split into blocks of 128 features (two packed chunks; the last block may hold one chunk).

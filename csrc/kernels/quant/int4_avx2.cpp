@@ -99,24 +99,14 @@ void rows_a8_m(const uint8_t* row, const A8Rows& a, int64_t i0, int64_t group, c
 
 void int4_rows_a8_avx2(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group, const float* scale,
                        const uint8_t* zero, float* out) {
-  switch (m) {
-    case 4: rows_a8_m<4>(row, a, i0, group, scale, zero, out); break;
-    case 3: rows_a8_m<3>(row, a, i0, group, scale, zero, out); break;
-    case 2: rows_a8_m<2>(row, a, i0, group, scale, zero, out); break;
-    default: rows_a8_m<1>(row, a, i0, group, scale, zero, out); break;
-  }
+  with_rows(m, [&](auto M) { rows_a8_m<decltype(M)::value>(row, a, i0, group, scale, zero, out); });
 }
 
 // out[i] = sum_g scale_g * sum_{k in g} q_k x_i[k] for i < m (m <= 4), with xp the activations in
 // packed lane order: one weight row against up to four activation rows, unpacked once.
 void int4_rows_avx2(const uint8_t* row, const float* xp, int64_t ldx, int m, int64_t k, int64_t group,
                     const float* scale, float* out) {
-  switch (m) {
-    case 4: rows_m<4>(row, xp, ldx, k, group, scale, out); break;
-    case 3: rows_m<3>(row, xp, ldx, k, group, scale, out); break;
-    case 2: rows_m<2>(row, xp, ldx, k, group, scale, out); break;
-    default: rows_m<1>(row, xp, ldx, k, group, scale, out); break;
-  }
+  with_rows(m, [&](auto M) { rows_m<decltype(M)::value>(row, xp, ldx, k, group, scale, out); });
 }
 
 // One dequantised weight row, in natural k order: w[k] = (q_k - zero_g) * scale_g.

@@ -76,24 +76,15 @@ void rows_m(const uint8_t* row, const A8Rows& a, int64_t i0, const float* scale,
   for (int i = 0; i < M; ++i) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(even[i], odd[i]));
 }
 
-template <int G>
-void rows_g(const uint8_t* row, const A8Rows& a, int64_t i0, int m, const float* scale, const uint8_t* zero,
-            float* out) {
-  switch (m) {
-    case 4: return rows_m<4, G>(row, a, i0, scale, zero, out);
-    case 3: return rows_m<3, G>(row, a, i0, scale, zero, out);
-    case 2: return rows_m<2, G>(row, a, i0, scale, zero, out);
-    default: return rows_m<1, G>(row, a, i0, scale, zero, out);
-  }
-}
-
 }  // namespace
 
 void int4_rows_a8_avx512_vnni(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group,
                               const float* scale, const uint8_t* zero, float* out) {
-  if (group == 32) return rows_g<32>(row, a, i0, m, scale, zero, out);
-  if (group == 64) return rows_g<64>(row, a, i0, m, scale, zero, out);
-  rows_g<128>(row, a, i0, m, scale, zero, out);
+  with_rows(m, [&](auto M) {
+    if (group == 32) return rows_m<decltype(M)::value, 32>(row, a, i0, scale, zero, out);
+    if (group == 64) return rows_m<decltype(M)::value, 64>(row, a, i0, scale, zero, out);
+    rows_m<decltype(M)::value, 128>(row, a, i0, scale, zero, out);
+  });
 }
 
 }  // namespace edgegen::kernels::quant

@@ -288,11 +288,10 @@ def _bias(bias: Tensor | None, n: int) -> None:
         raise ValueError(f"bias: expected shape [{n}], got {list(bias.shape)}")
 
 
-def _finite_input(x: Tensor) -> None:
+def _finite_input(x: Tensor, who: str = "INT8 layers quantize") -> None:
     # Checked in float32, as the CPU kernels do (a float64 beyond float32's range is infinite there).
     if x.numel() and not bool(torch.isfinite(x.to(torch.float32)).all()):
-        raise ValueError("input: contains NaN or infinite values; INT8 layers quantize their input and need finite "
-                         "values")
+        raise ValueError(f"input: contains NaN or infinite values; {who} their input and need finite values")
 
 
 def _static_act(a_scale: float, a_zero_point: int) -> None:
@@ -546,9 +545,7 @@ def int4_linear_fallback(input, packed_weight, scale, zero_point, bias, group_si
 
 def int4_linear_dynamic_fallback(input, packed_weight, scale, zero_point, bias, group_size):
     _int4_linear_args(input, packed_weight, scale, zero_point, bias, group_size)
-    if input.numel() and not bool(torch.isfinite(input.to(torch.float32)).all()):
-        raise ValueError("input: contains NaN or infinite values; int4_linear_dynamic quantizes its input to 8 bits "
-                         "and needs finite values")
+    _finite_input(input, "int4_linear_dynamic and the W4A8 layers quantize")
     return ref.int4_linear_dynamic_reference(input, packed_weight, scale, zero_point, bias, group_size)
 
 

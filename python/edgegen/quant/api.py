@@ -19,7 +19,7 @@ from edgegen.quant.config import (
     QATConfig,
     QuantConfig,
 )
-from edgegen.quant.modules import Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model
 
 _HANDLERS = Handlers("quantize_")
@@ -116,8 +116,6 @@ def _tied_heads(model: nn.Module) -> list[tuple[str, str]]:
 def _retie(model: nn.Module, tied: list[tuple[str, str]]) -> None:
     """Where both sides of a tie became int8 (or int4) with identical contents, share the buffers
     again (the saved file then holds the table once)."""
-    from edgegen.quant.modules import Int4Embedding, Int4Linear
-
     for emb_name, lin_name in tied:
         emb, lin = model.get_submodule(emb_name), model.get_submodule(lin_name)
         if isinstance(emb, Int8Embedding) and isinstance(lin, Int8Linear) and torch.equal(
@@ -188,10 +186,6 @@ def _int8_static(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn
 @register_quantize_handler(Int4WeightOnlyConfig)
 @register_quantize_handler(Int4DynamicConfig)
 def _int4(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
-    from edgegen.quant.modules import Int4Linear
-
-    from edgegen.quant.modules import Int4Embedding
-
     act = "int8" if isinstance(config, Int4DynamicConfig) else "float"
     tied = _tied_heads(model)
     stages = [((nn.Linear,), lambda m: Int4Linear.from_float(m, config.group_size, act),

@@ -57,7 +57,21 @@ class Int8StaticConfig(QuantConfig):
 
 
 @dataclass
-class Int4WeightOnlyConfig(QuantConfig):
+class _Int4Config(QuantConfig, family=True):
+    """The settings both INT4 configs share: the weights' group size, and whether embedding tables
+    are stored in 4 bits too (:class:`Int4Embedding`; a tied output head then shares them, and
+    ``filter_fn`` sees the ``nn.Embedding`` modules as well)."""
+
+    group_size: int = 64
+    embeddings: bool = True
+
+    def __post_init__(self):
+        if self.group_size not in (32, 64, 128):
+            raise ValueError(f"group_size: expected 32, 64 or 128, got {self.group_size!r}")
+
+
+@dataclass
+class Int4WeightOnlyConfig(_Int4Config):
     """Linear layers -> :class:`Int4Linear`: 4-bit weights, two per byte, one scale and zero point
     per ``group_size`` consecutive input features; activations stay floating point. With
     ``embeddings``, embedding tables are stored as 4-bit rows too (:class:`Int4Embedding`; a tied
@@ -67,34 +81,20 @@ class Int4WeightOnlyConfig(QuantConfig):
 
     version: ClassVar[int] = 2
 
-    group_size: int = 64
-    embeddings: bool = True
-
     @classmethod
     def migrate(cls, data: dict, version: int) -> dict:
         if version != 1:
             return super().migrate(data, version)
         return {**data, "embeddings": False}
 
-    def __post_init__(self):
-        if self.group_size not in (32, 64, 128):
-            raise ValueError(f"group_size: expected 32, 64 or 128, got {self.group_size!r}")
-
 
 @dataclass
-class Int4DynamicConfig(QuantConfig):
+class Int4DynamicConfig(_Int4Config):
     """Linear layers -> :class:`Int4Linear` with ``activations='int8'`` (W4A8): the 4-bit weights of
     :class:`Int4WeightOnlyConfig`, and each call quantizes the layer's input per row and group of
     ``group_size`` features to symmetric int8 (scale max|x| / 127), so the dot products run in
     integers (AVX-512 VNNI / AVX2); inputs must be finite. ``embeddings`` as in
     :class:`Int4WeightOnlyConfig`."""
-
-    group_size: int = 64
-    embeddings: bool = True
-
-    def __post_init__(self):
-        if self.group_size not in (32, 64, 128):
-            raise ValueError(f"group_size: expected 32, 64 or 128, got {self.group_size!r}")
 
 
 @dataclass
@@ -150,8 +150,7 @@ class DynamicPrecisionConfig(QuantConfig):
     threshold: float = 0.5
 
     def __post_init__(self):
-        if not isinstance(self.low, (Int8DynamicConfig, Int4WeightOnlyConfig, Int4DynamicConfig, Fp16Config,
-                                     Bf16Config)):
+        if not isinstance(self.low, (Int8DynamicConfig, _Int4Config, Fp16Config, Bf16Config)):
             raise ValueError(f"low: expected Int8DynamicConfig, Int4WeightOnlyConfig, Int4DynamicConfig, Fp16Config or "
                              f"Bf16Config, got {type(self.low).__name__}")
         if self.rule not in ("top1", "entropy"):

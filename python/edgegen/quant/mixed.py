@@ -14,13 +14,13 @@ from torch import Tensor, nn
 
 from edgegen.tensor_files import read_safetensors, write_safetensors
 from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, _retie, _tied_heads, quantize_
-from edgegen.quant.config import Bf16Config, Fp16Config, Int4DynamicConfig, Int4WeightOnlyConfig
+from edgegen.quant.config import Bf16Config, Fp16Config, _Int4Config
 from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.transform import FilterFn
 
 
 def _candidates(model: nn.Module, config, filter_fn: FilterFn | None) -> list[str]:
-    if isinstance(config, (Int4WeightOnlyConfig, Int4DynamicConfig)):
+    if isinstance(config, _Int4Config):
         def ok(m, n):
             return (isinstance(m, nn.Linear) and m.in_features % 64 == 0 and m.in_features % config.group_size == 0
                     and (filter_fn is None or filter_fn(m, n)))

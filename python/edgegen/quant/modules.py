@@ -293,6 +293,15 @@ class Int8ConvTranspose2d(_Float32Params):
         return out.to(x.dtype)
 
 
+def _check_int4_layout(width: int, group_size: int, name: str) -> None:
+    """The 4-bit packing's constraints: groups of 32, 64 or 128, rows (``name``) in whole chunks of
+    64 features and whole groups."""
+    if group_size not in (32, 64, 128):
+        raise ValueError(f"group_size: expected 32, 64 or 128, got {group_size!r}")
+    if width % 64 or width % group_size:
+        raise ValueError(f"{name}: {width} must be a multiple of 64 and of group_size {group_size}")
+
+
 @torch.no_grad()
 def _int4_quantize_into(q: nn.Module, weight: Tensor, group_size: int, name: str) -> None:
     """Asymmetric 4-bit codes of ``weight`` [n, k] per group of ``group_size`` consecutive columns
@@ -322,10 +331,7 @@ class Int4Linear(_Float32Params):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 64,
                  activations: str = "float"):
         super().__init__()
-        if group_size not in (32, 64, 128):
-            raise ValueError(f"group_size: expected 32, 64 or 128, got {group_size!r}")
-        if in_features % 64 or in_features % group_size:
-            raise ValueError(f"in_features: {in_features} must be a multiple of 64 and of group_size {group_size}")
+        _check_int4_layout(in_features, group_size, "in_features")
         if activations not in self.ACTIVATIONS:
             raise ValueError(f"activations: expected 'float' or 'int8', got {activations!r}")
         self.in_features, self.out_features, self.group_size = int(in_features), int(out_features), int(group_size)
@@ -359,15 +365,13 @@ class Int4Linear(_Float32Params):
                 f"group_size={self.group_size}, activations={self.activations!r}")
 
 
-def _check_ids(idx: Tensor, num_embeddings: int) -> None:
-    """Token ids must be integers in [0, num_embeddings), as nn.Embedding requires (indexing alone
-    would wrap negative ids around)."""
-    if idx.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"idx: expected an int64 or int32 tensor of ids, got {idx.dtype}")
-    if torch.compiler.is_compiling():  # a data-dependent check has no place in a traced graph
-        return
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_embeddings):
-        raise IndexError(f"idx: ids must lie in [0, {num_embeddings}), got [{int(idx.min())}, {int(idx.max())}]")
+def _rows(table: Tensor, idx: Tensor) -> Tensor:
+    """``table[idx]`` through the embedding op, which checks the ids in its kernel (indexing alone
+    would wrap negative ids around); an id outside [0, rows) is an IndexError naming ``idx``."""
+    try:
+        return F.embedding(idx, table)
+    except IndexError:
+        raise IndexError(f"idx: ids must lie in [0, {table.shape[0]})") from None
 
 
 class Int8Embedding(_Float32Params):
@@ -396,8 +400,7 @@ class Int8Embedding(_Float32Params):
         return q
 
     def forward(self, idx: Tensor) -> Tensor:
-        _check_ids(idx, self.num_embeddings)
-        return self.weight_int8[idx].float() * self.weight_scale[idx].unsqueeze(-1)
+        return _rows(self.weight_int8, idx).float() * _rows(self.weight_scale[:, None], idx)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -412,10 +415,7 @@ class Int4Embedding(_Float32Params):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = 64):
         super().__init__()
-        if group_size not in (32, 64, 128):
-            raise ValueError(f"group_size: expected 32, 64 or 128, got {group_size!r}")
-        if embedding_dim % 64 or embedding_dim % group_size:
-            raise ValueError(f"embedding_dim: {embedding_dim} must be a multiple of 64 and of group_size {group_size}")
+        _check_int4_layout(embedding_dim, group_size, "embedding_dim")
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.group_size = int(group_size)
         groups = embedding_dim // group_size
@@ -435,10 +435,9 @@ class Int4Embedding(_Float32Params):
         return q
 
     def forward(self, idx: Tensor) -> Tensor:
-        _check_ids(idx, self.num_embeddings)
         flat = idx.reshape(-1)
-        rows = torch.ops.edgegen.int4_dequantize(self.packed_weight[flat], self.scale[flat], self.zero_point[flat],
-                                                 self.group_size)
+        rows = torch.ops.edgegen.int4_dequantize(_rows(self.packed_weight, flat), _rows(self.scale, flat),
+                                                 _rows(self.zero_point, flat), self.group_size)
         return rows.view(*idx.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
