@@ -5,7 +5,11 @@ materialise-then-loss for the GPT-2 student head (6L/384) against the teacher he
     python benchmarks/bench_kd_loss.py --quick    # N=512 and 2048 only
 
 Every number is forward + backward (the student gradient), median of repeats after warm-up, at
-the machine's full thread count. GB/s counts the minimum traffic of the op (read student and
+the machine's full thread count. edgegen runs as a training loop would call it: each step's
+gradient is freed before the next, and edgegen's buffer cache hands the freed buffer back
+(edgegen.memory); the row "edgegen-fresh" is the best path with the cache off
+(EDGEGEN_BUFFER_CACHE=0), every gradient a fresh allocation as for the peers. Peak memory always
+counts the gradient (the cache is emptied before it is measured). GB/s counts the minimum traffic of the op (read student and
 teacher logits once, write the gradient once), the same bytes for every provider, against the
 machine's measured copy bandwidth. Results go to benchmarks/results/kd_loss.csv.
 """
@@ -157,10 +161,12 @@ def main():
         elt = 4 if dtype == "float32" else 2
         for n in ns:
             res = {}
-            for provider in (*mine, "eager", "compile"):
-                isa = harness.isa_of(provider)
+            for provider in (*mine, "edgegen-fresh", "eager", "compile"):
+                isa = levels[-1] if provider == "edgegen-fresh" else harness.isa_of(provider)
                 spec = dict(op="kd_loss", provider=provider, n=n, dtype=dtype, threads=args.threads,
                             repeats=3 if n >= 8192 else 9, isa=isa)
+                if provider == "edgegen-fresh":
+                    spec["env"] = {"EDGEGEN_BUFFER_CACHE": "0"}
                 row = record("kd_loss", provider, n, dtype, "", harness.run_worker(__file__, spec),
                              nbytes=3 * n * V * elt, path=isa)
                 if row:

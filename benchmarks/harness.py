@@ -43,9 +43,13 @@ def _status_kb(key: str) -> int:
 
 
 def peak_extra_mb(fn: Callable[[], object]) -> float:
-    """Peak resident memory above the current level while fn() runs, in MB (1e6 bytes)."""
+    """Peak resident memory above the current level while fn() runs, in MB (1e6 bytes). edgegen's
+    buffer cache is emptied first, so buffers it would reuse count as the new memory they are."""
     import gc
 
+    import edgegen
+
+    edgegen.memory.empty_cache()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -223,6 +227,7 @@ def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
     """Time, then measure peak memory, each in a fresh `script --worker '<json spec>'` process
     (spec["measure"] tells the worker which); each prints one JSON line."""
     env = {"EDGEGEN_MAX_ISA": spec["isa"]} if spec.get("isa") else {}
+    env.update(spec.get("env", {}))
     res = run_once(script, {**spec, "measure": "time"}, env, timeout)
     if "error" in res:
         return res

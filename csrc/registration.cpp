@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/attention/attention.h"
+#include "kernels/buffer_cache.h"
 #include "kernels/cpu_features.h"
 #include "kernels/distill/kd_loss.h"
 #include "kernels/prune/prune.h"
@@ -168,6 +169,20 @@ PYBIND11_MODULE(_C, m) {
     out["quantize"] = "scalar";
     return out;
   }, "The path each kernel family takes now.");
+  m.def("buffer_cache_stats", [] {
+    const K::BufferCacheStats st = K::buffer_cache().stats();
+    std::map<std::string, uint64_t> out;
+    out["held_bytes"] = st.held_bytes;
+    out["held_blocks"] = st.held_blocks;
+    out["hits"] = st.hits;
+    out["misses"] = st.misses;
+    out["enabled"] = K::buffer_cache().enabled() ? 1 : 0;
+    return out;
+  }, "The buffer cache's state: bytes and buffers held, hits, misses, enabled (0/1).");
+  m.def("empty_buffer_cache", [] { return K::buffer_cache().clear(); },
+        "Frees the buffers the cache holds; returns their bytes.");
+  m.def("set_buffer_cache_enabled", [](bool on) { K::buffer_cache().set_enabled(on); },
+        "Turns buffer reuse on or off (off frees what is held).");
   m.def("max_isa", [] { return std::string(K::isa_name(K::max_isa())); }, "The current cap.");
   m.def("set_max_isa", [](const std::string& name) {
     K::Isa isa;

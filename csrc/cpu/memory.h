@@ -2,43 +2,30 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+#include <new>
+
+#include "kernels/buffer_cache.h"
 
 namespace edgegen {
 
-// at::empty for large outputs that the kernel writes once, front to back: asks the kernel for
-// transparent huge pages before the first touch. A fresh [N, 50257] gradient otherwise costs one
-// page fault per 4 KiB, which on CPU takes longer than computing it. Only the 2 MiB-aligned
-// interior is advised; where THP is off ("never") the call is a harmless no-op.
-// EDGEGEN_HUGEPAGES=0 in the environment turns the advice off.
-inline bool huge_pages_wanted() {
-  static const bool wanted = [] {
-    const char* v = std::getenv("EDGEGEN_HUGEPAGES");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return wanted;
-}
-
+// at::empty for large outputs that the kernel writes once, front to back (the KD loss's
+// gradient, the fused-linear chunks): the buffer comes from the process's buffer cache
+// (kernels/buffer_cache.h), so a training loop that frees last step's gradient gets it back
+// instead of a fresh buffer to fault in page by page; fresh ones are 2 MiB aligned and advised for
+// transparent huge pages. Below 8 MiB, plain at::empty. EDGEGEN_BUFFER_CACHE=0 turns the reuse
+// off, EDGEGEN_HUGEPAGES=0 the advice.
 inline at::Tensor empty_for_streaming_write(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  at::Tensor t = at::empty(sizes, opts);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (!huge_pages_wanted()) return t;
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const size_t bytes = size_t(t.numel()) * t.element_size();
-  if (bytes >= 4 * kHuge) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.mutable_data_ptr());
-    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t hi = (p + bytes) & ~(kHuge - 1);
-    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * opts.dtype().itemsize();
+  if (bytes < 4 * kernels::BufferCache::kAlign) return at::empty(sizes, opts);
+  size_t capacity = 0;
+  void* p = kernels::buffer_cache().acquire(bytes, &capacity);
+  if (!p) return at::empty(sizes, opts);  // out of memory: let the allocator report it
+  return at::from_blob(
+      p, sizes, [capacity](void* q) { kernels::buffer_cache().release(q, capacity); }, opts);
 }
 
 }  // namespace edgegen

@@ -36,6 +36,8 @@ struct Avx2 {
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static F fmsub(F a, F b, F c) { return _mm256_fmsub_ps(a, b, c); }
   // maxps may drop a NaN; callers rely on a NaN input reaching the sums through (x - max).
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
 
@@ -57,6 +59,30 @@ struct Avx2 {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  }
+
+  // e^x for x <= 0 (differences to a maximum; a rounding's worth above 0 is fine, as is anything
+  // up to 88): exp() without its upper clamp, and a degree-6 minimax polynomial for e^r on
+  // |r| <= ln2/2 (fitted for this project by Lawson's iteration; relative error 2.1e-9 before
+  // float rounding, under 1.1e-7 after). -inf and x < ln(FLT_MIN) give 0, NaN gives NaN.
+  static F exp_nonpos(F x) {
+    const F lo = _mm256_set1_ps(-87.33654475f);
+    const F under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, x);  // NaN passes through
+    const F n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    F r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    F p = _mm256_set1_ps(kExpC6);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC1));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     const __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -87,8 +113,8 @@ struct Avx2 {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(0.693147180559945f), lnm);
   }
 
-  static F where_positive(F e, F v) {
-    return _mm256_and_ps(_mm256_cmp_ps(e, _mm256_setzero_ps(), _CMP_GT_OQ), v);
+  static F fmadd_where_positive(F e, F v, F acc) {
+    return _mm256_blendv_ps(acc, _mm256_fmadd_ps(e, v, acc), _mm256_cmp_ps(e, _mm256_setzero_ps(), _CMP_GT_OQ));
   }
   static F onehot(int64_t base, int64_t hot) {
     const int64_t k = hot - base;

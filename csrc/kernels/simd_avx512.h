@@ -35,6 +35,8 @@ struct Avx512 {
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static F fmsub(F a, F b, F c) { return _mm512_fmsub_ps(a, b, c); }
   // maxps may drop a NaN; callers rely on a NaN input reaching the sums through (x - max).
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
 
@@ -59,6 +61,25 @@ struct Avx512 {
     return _mm512_maskz_scalef_ps(__mmask16(~under), p, n);
   }
 
+  // e^x for x <= 0 (differences to a maximum; a rounding's worth above 0 is fine, as is anything
+  // up to 88): no upper clamp, -inf and x < -103.3 give 0, (-103.3, -87.3) subnormals, NaN stays
+  // NaN. Degree-6 minimax polynomial (see simd_avx2.h), under 1.1e-7 relative error.
+  static F exp_nonpos(F x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-110.0f), x);  // NaN passes through; -110 scales to 0
+    const F n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    F r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    F p = _mm512_set1_ps(kExpC6);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);  // p 2^n, rounded to a subnormal or 0 below FLT_MIN
+  }
+
   // ln x as in the AVX2 policy: x = m 2^e, m in [sqrt(1/2), sqrt(2)), 2 atanh series to s^11.
   static F log(F x) {
     const __m512i bits = _mm512_castps_si512(x);
@@ -81,8 +102,8 @@ struct Avx512 {
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(e), _mm512_set1_ps(0.693147180559945f), lnm);
   }
 
-  static F where_positive(F e, F v) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(e, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  static F fmadd_where_positive(F e, F v, F acc) {
+    return _mm512_mask3_fmadd_ps(e, v, acc, _mm512_cmp_ps_mask(e, _mm512_setzero_ps(), _CMP_GT_OQ));
   }
   static F onehot(int64_t base, int64_t hot) {
     const int64_t k = hot - base;

@@ -1,6 +1,15 @@
 // Width-1 SIMD policy over R (float, or double for float64 inputs): the portable path, and the
 // tail of every vector loop. Included inside an ISA namespace (see kd_loss_impl.h), so each
 // ISA's TU owns its copy.
+// Coefficients of the vector policies' exp_nonpos: e^r ~ 1 + c1 r + ... + c6 r^6 for
+// |r| <= ln2/2, a relative-error minimax fit (Lawson's iteration) made for this project.
+constexpr float kExpC1 = 1.0000000395e+00f;
+constexpr float kExpC2 = 4.9999991802e-01f;
+constexpr float kExpC3 = 1.6666407647e-01f;
+constexpr float kExpC4 = 4.1668217027e-02f;
+constexpr float kExpC5 = 8.3757444749e-03f;
+constexpr float kExpC6 = 1.3840252675e-03f;
+
 template <typename Real>
 struct ScalarOf {
   using R = Real;
@@ -14,11 +23,14 @@ struct ScalarOf {
   static F sub(F a, F b) { return a - b; }
   static F mul(F a, F b) { return a * b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
+  static F fnmadd(F a, F b, F c) { return c - a * b; }
+  static F fmsub(F a, F b, F c) { return a * b - c; }
   static F max(F a, F b) { return b > a ? b : a; }
   static F exp(F x) { return std::exp(x); }
+  static F exp_nonpos(F x) { return std::exp(x); }
   static F log(F x) { return std::log(x); }
-  // v where e > 0, else 0: drops 0 * (-inf) terms of entries with no probability mass.
-  static F where_positive(F e, F v) { return e > R(0) ? v : R(0); }
+  // acc + e v where e > 0, else acc: drops 0 * (-inf) terms of entries with no probability mass.
+  static F fmadd_where_positive(F e, F v, F acc) { return e > R(0) ? acc + e * v : acc; }
   // 1 in the lane holding index `hot` of the W lanes starting at `base`, else 0.
   static F onehot(int64_t base, int64_t hot) { return base == hot ? R(1) : R(0); }
   static R hsum(F v) { return v; }

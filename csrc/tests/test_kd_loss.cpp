@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <cfloat>
 #include <cmath>
+#include <iostream>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -249,6 +251,50 @@ TEST(KDLoss, RandomAgainstReferenceAllDtypesAndIsas) {
   check_random<double>(&K::kd_loss_rows, 5, 300, 2, 1.5, 0.25, 98);
 }
 
+// Each path's exponential for x <= 0 against std::exp in double: under 1.5e-7 relative error
+// where the result is a normal float; below FLT_MIN (AVX-512 rounds to a subnormal, AVX2 flushes
+// to 0) off by less than FLT_MIN; -inf and far below give exactly 0, 0 gives exactly 1, NaN NaN.
+TEST(KDLoss, ExponentialOfDifferencesToTheMaximum) {
+  using Exp = void (*)(const float*, float*, int64_t);
+  std::vector<std::pair<const char*, Exp>> paths{{"scalar", &K::kd_exp_nonpos_scalar}};
+#ifdef EDGEGEN_HAVE_AVX2
+  if (K::cpu_supports(K::Isa::Avx2)) paths.push_back({"avx2", &K::kd_exp_nonpos_avx2});
+  else std::cout << "[  SKIPPED ] avx2 exponential: this CPU lacks AVX2\n";
+  if (K::cpu_supports(K::Isa::Avx512)) paths.push_back({"avx512", &K::kd_exp_nonpos_avx512});
+  else std::cout << "[  SKIPPED ] avx512 exponential: this CPU lacks AVX-512\n";
+#endif
+  std::vector<float> x;
+  for (int i = 0; i <= 2000000; ++i) x.push_back(-120.0f * float(i) / 2000000.0f);  // 0 .. -120
+  for (float v : {1e-7f, 0.25f, 0.3465736f, -0.3465736f, -87.3365f, -87.34f, -103.2f, -103.3f, -104.0f,
+                  -1e30f, -FLT_MAX, -0.0f})
+    x.push_back(v);
+  const size_t special = x.size();
+  x.push_back(-INFINITY);
+  x.push_back(NAN);
+  for (const auto& [name, exp] : paths) {
+    SCOPED_TRACE(name);
+    std::vector<float> y(x.size(), -1.0f);
+    exp(x.data(), y.data(), int64_t(x.size()));
+    double worst = 0;
+    for (size_t i = 0; i < special; ++i) {
+      const double ref = std::exp(double(x[i]));
+      if (ref >= FLT_MIN) {
+        worst = std::max(worst, std::abs(double(y[i]) - ref) / ref);
+      } else {
+        ASSERT_LT(std::abs(double(y[i]) - ref), double(FLT_MIN)) << "x = " << x[i];
+        ASSERT_GE(y[i], 0.0f) << "x = " << x[i];
+      }
+    }
+    EXPECT_LT(worst, 1.5e-7);
+    EXPECT_EQ(y[0], 1.0f);                // x = 0
+    EXPECT_EQ(y[special - 1], 1.0f);      // x = -0
+    EXPECT_EQ(y[special - 2], 0.0f);      // -FLT_MAX
+    EXPECT_EQ(y[special - 3], 0.0f);      // -1e30
+    EXPECT_EQ(y[special], 0.0f);          // -inf
+    EXPECT_TRUE(std::isnan(y[special + 1]));
+  }
+}
+
 TEST(KDLoss, LargeLogitsStayAccurate) {
   for (Runner run : runners()) {
     check_random<float>(run, 4, 1000, 1, 2.0, 0.5, 7, /*spread=*/1e4);
@@ -317,6 +363,52 @@ TEST(KDLoss, NegativeInfinityEntries) {
     p.alpha = 0.0;
     run(p);
     EXPECT_TRUE(std::isfinite(loss));
+  }
+}
+
+// The one-teacher path sums each block of 2048 entries against its own maximum and merges the
+// blocks against the row's: blocks whose maxima lie far apart (60 below the row's, so their
+// factors e^((m_b - M)/T) are tiny but not 0), a block masked to -inf in both models (factor 0),
+// the row maximum in a short last block, the target in a low block.
+TEST(KDLoss, BlocksWithFarApartMaxima) {
+  const int64_t V = 3 * 2048 + 6;
+  std::mt19937 gen(11);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  std::vector<float> s(V), t(V);
+  for (int64_t v = 0; v < V; ++v) {
+    const int64_t b = v / 2048;
+    const float shift = b == 0 ? -60.f : (b == 3 ? 8.f : 0.f);
+    s[v] = nd(gen) + shift;
+    t[v] = nd(gen) + (b == 0 ? -45.f : shift);
+  }
+  for (int64_t v = 2048; v < 4096; ++v) s[v] = t[v] = -INFINITY;
+  std::vector<double> sd(s.begin(), s.end()), td(t.begin(), t.end());
+  for (int64_t y : {int64_t(17), int64_t(5000), int64_t(V - 1)}) {
+    for (double temp : {1.0, 2.0, 0.7}) {
+      for (double alpha : {0.0, 0.5, 1.0}) {
+        SCOPED_TRACE(testing::Message() << "y=" << y << " T=" << temp << " alpha=" << alpha);
+        const RefRow r = reference_row(sd, {td}, {1.0}, y, temp, alpha, 1.0);
+        double gmax = 0;
+        for (double g : r.grad) gmax = std::max(gmax, std::abs(g));
+        for (Runner run : runners()) {
+          double loss = -1;
+          std::vector<float> g(V, 1.0f);
+          OneTeacher prob(s.data(), t.data(), 1, V, &y, &loss);
+          prob.p.temperature = temp;
+          prob.p.alpha = alpha;
+          prob.p.grad = g.data();
+          run(prob.p);
+          EXPECT_NEAR(loss, r.loss, 2e-5 * (1.0 + std::abs(r.loss)));
+          for (int64_t v = 0; v < V; ++v) {
+            if (v >= 2048 && v < 4096) {
+              ASSERT_EQ(g[v], 0.0f) << "v " << v;  // masked entries: exactly no gradient
+            } else {
+              ASSERT_NEAR(g[v], r.grad[v], 2e-5 * gmax + 1e-30) << "v " << v;
+            }
+          }
+        }
+      }
+    }
   }
 }
 

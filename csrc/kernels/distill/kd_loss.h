@@ -5,7 +5,8 @@
 // where p_t = sum_k w_k softmax(t_{k,i} / T) (one teacher: w = 1). Ignored rows give loss 0 and
 // gradient 0. Optionally writes d loss_i / d s_i, times a per-row scale, into `grad`; `grad` may
 // alias `student` (the fused-linear path overwrites its logits chunk in place).
-// No [rows, vocab] intermediate is allocated: each row is swept three times (max, sums, gradient).
+// No [rows, vocab] intermediate is allocated: with one teacher each row of logits is read once
+// (and a per-thread row of exponentials swept again for the gradient).
 #pragma once
 #include <cstdint>
 
@@ -49,5 +50,9 @@ Isa kd_loss_isa();
 void kd_loss_rows_scalar(const KDLossProblem& p);
 void kd_loss_rows_avx2(const KDLossProblem& p);    // only if the CPU supports AVX2+FMA+F16C
 void kd_loss_rows_avx512(const KDLossProblem& p);  // only if the CPU supports AVX-512 F/BW/DQ/VL
+// Each path's exponential (for x <= 0) over an array, for tests.
+void kd_exp_nonpos_scalar(const float* x, float* y, int64_t n);
+void kd_exp_nonpos_avx2(const float* x, float* y, int64_t n);
+void kd_exp_nonpos_avx512(const float* x, float* y, int64_t n);
 
 }  // namespace edgegen::kernels

@@ -4,17 +4,19 @@
 // isa_avx512, after the policy headers; every vector loop finishes its tail with the Scalar policy.
 //
 // Per row, with ds = s - max(s), dt = t - max(t):
-//   pass 1  max(s), max(t_k)
-//   pass 2  ZsT = sum e^(ds/T), Zs1 = sum e^ds, Zt = sum e^(dt/T), A = sum e^(dt/T) (dt - ds)
-//           one teacher: KL = A / (T Zt) + ln ZsT - ln Zt   (no per-element log)
-//           several: a further sweep accumulates p_t (ln p_t - ds/T) with the mixture p_t
-//   pass 3  grad = scale [alpha T (p_sT - p_t) + (1 - alpha) (p_s1 - onehot(y))]
-// With one teacher (or none) and a gradient to write, pass 2 keeps e^(ds/T) and e^(dt/T) in two
-// thread-local rows (they stay in L2), so pass 3 computes no exponential and reads neither logit
-// row (except e^ds at a temperature other than 1 and 2): two exponentials per element, not four,
-// and the same values bit for bit.
-// Differences to the row maximum keep everything finite and accurate for logits of any size;
-// entries with e^(dt/T) == 0 (teacher -inf) are dropped so 0 * inf never makes a NaN.
+//   loss  KL = A / (T Zt) + ln ZsT - ln Zt with ZsT = sum e^(ds/T), Zt = sum e^(dt/T),
+//         A = sum e^(dt/T) (dt - ds) (one teacher: no per-element log); CE = ln Zs1 - ds_y
+//         with Zs1 = sum e^ds
+//   grad  scale [alpha T (p_sT - p_t) + (1 - alpha) (p_s1 - onehot(y))]
+// One teacher or none (kd_row_one_teacher): a single sweep over the logits in L1-sized blocks,
+// each summed against its own maximum and merged against the row's; with a gradient to write,
+// the sweep keeps e^(ds_b/T) and e^(dt_b/T) in two thread-local rows (they stay in L2) and the
+// gradient sweep reads those, not the logits (except e^ds at a temperature other than 1 and 2):
+// each logit row leaves memory once, two exponentials per element.
+// Several teachers (kd_row): max sweeps, a sum sweep, a sweep accumulating p_t (ln p_t - ds/T)
+// with the mixture p_t, the gradient sweep.
+// Differences to a maximum keep everything finite and accurate for logits of any size; entries
+// with e^(dt/T) == 0 (teacher -inf) are dropped so 0 * inf never makes a NaN.
 
 template <class V, int N, class Step>
 static std::array<double, N> sum_sweep(int64_t n, const Step& step) {
@@ -53,6 +55,169 @@ static void write_sweep(int64_t n, const Step& step) {
   for (; v < n; ++v) step(ScalarOf<typename V::R>{}, v);
 }
 
+// One teacher or none: one sweep over the logits in blocks of kBlock entries (each block's maximum,
+// then its sums against that maximum while the block is in L1), the blocks merged in double
+// against the row maxima; then, with a gradient to write, one sweep over the kept exponentials.
+// Each logit row is read from memory once, and the arithmetic runs while it streams in.
+//   block b, shift m_b = its maximum:  zsT_b = sum e^((s - ms_b)/T), zs1_b = sum e^(s - ms_b),
+//   zt_b = sum e^((t - mt_b)/T), a_b = sum e^((t - mt_b)/T) ((t - mt_b) - (s - ms_b))
+//   row: ZsT = sum_b fs_b zsT_b with fs_b = e^((ms_b - Ms)/T), likewise Zs1 and Zt, and
+//   A = sum_b ft_b (a_b + c_b zt_b), c_b = (mt_b - Mt) - (ms_b - Ms)
+// A block whose maximum is -inf is shifted by 0 instead (its exponentials are 0, its factor 0).
+template <class R>
+struct KDBlock {
+  R ms, mt;  // the block's maxima (-inf when the block is all -inf)
+  double zsT, zs1, zt, a;
+};
+
+template <class V, class T>
+static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, const T* t0, T* g) {
+  using R = typename V::R;
+  using S = ScalarOf<R>;
+  constexpr int64_t kBlock = 2048;  // 8 KiB of fp32 logits per model: the block stays in L1
+  const int64_t n = p.vocab;
+  const int64_t y = p.target[i];
+  const bool use_ce = p.alpha < 1.0;
+  const double T_ = p.temperature;
+  const R invT = R(1.0 / T_);
+  const int tmode = T_ == 1.0 ? 1 : (T_ == 2.0 ? 2 : 0);  // e^ds from e^(ds/T) at T = 1 and 2
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  thread_local std::vector<KDBlock<R>> blocks;
+  thread_local std::vector<R> kept;  // e^(ds_b/T) and e^(dt_b/T), for the gradient sweep
+  if (blocks.size() < size_t(nblocks)) blocks.resize(size_t(nblocks));
+  R* kept_sT = nullptr;
+  R* kept_t = nullptr;
+  if (g) {
+    if (kept.size() < size_t(2 * n)) kept.resize(size_t(2 * n));
+    kept_sT = kept.data();
+    kept_t = kept.data() + n;
+  }
+  auto shift_of = [](R m) { return m == -INFINITY ? R(0) : m; };
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+
+  R Ms = -INFINITY, Mt = -INFINITY;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock);
+    KDBlock<R>& blk = blocks[size_t(b)];
+    blk.ms = max_sweep<V>(s + b0, b1 - b0);
+    blk.mt = t0 ? max_sweep<V>(t0 + b0, b1 - b0) : R(0);
+    Ms = S::max(Ms, blk.ms);
+    Mt = S::max(Mt, blk.mt);
+    const R ss = shift_of(blk.ms), st = shift_of(blk.mt);
+    std::array<typename V::F, 4> acc;
+    acc.fill(V::zero());
+    std::array<R, 4> tail{};
+    auto step = [&](auto P, int64_t v, auto& ac) {
+      using P_ = decltype(P);
+      if constexpr (P_::W > 1)
+        if (v % kLine == 0 && v + kBlock < n) {  // the next block streams in while this one computes
+          __builtin_prefetch(s + v + kBlock, 0, 3);
+          if (t0) __builtin_prefetch(t0 + v + kBlock, 0, 3);
+        }
+      const auto ds = P_::sub(P_::load(s + v), P_::set1(ss));
+      const auto esT = P_::exp_nonpos(P_::mul(ds, P_::set1(invT)));
+      if (kept_sT) P_::store(kept_sT + v, esT);
+      ac[0] = P_::add(ac[0], esT);
+      if (use_ce) {
+        if (tmode == 1) ac[1] = P_::add(ac[1], esT);
+        else if (tmode == 2) ac[1] = P_::fmadd(esT, esT, ac[1]);
+        else ac[1] = P_::add(ac[1], P_::exp_nonpos(ds));
+      }
+      if (t0) {
+        const auto dt = P_::sub(P_::load(t0 + v), P_::set1(st));
+        const auto et = P_::exp_nonpos(P_::mul(dt, P_::set1(invT)));
+        if (kept_t) P_::store(kept_t + v, et);
+        ac[2] = P_::add(ac[2], et);
+        ac[3] = P_::fmadd_where_positive(et, P_::sub(dt, ds), ac[3]);
+      }
+    };
+    int64_t v = b0;
+    for (; v + V::W <= b1; v += V::W) step(V{}, v, acc);
+    for (; v < b1; ++v) step(S{}, v, tail);
+    blk.zsT = double(V::hsum(acc[0])) + double(tail[0]);
+    blk.zs1 = double(V::hsum(acc[1])) + double(tail[1]);
+    blk.zt = double(V::hsum(acc[2])) + double(tail[2]);
+    blk.a = double(V::hsum(acc[3])) + double(tail[3]);
+  }
+
+  // The blocks against the row maxima. Factors of blocks that are all -inf are 0 (e^-inf); a
+  // teacher block without mass adds nothing to A (its shift difference may be inf - inf).
+  double ZsT = 0.0, Zs1 = 0.0, Zt = 0.0, A = 0.0;
+  auto factor = [&](R m, R M, double scale) { return std::exp((double(m) - double(M)) * scale); };
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const KDBlock<R>& blk = blocks[size_t(b)];
+    ZsT += factor(blk.ms, Ms, 1.0 / T_) * blk.zsT;
+    if (use_ce) Zs1 += factor(blk.ms, Ms, 1.0) * blk.zs1;
+    if (t0) {
+      const double ft = factor(blk.mt, Mt, 1.0 / T_);
+      Zt += ft * blk.zt;
+      if (blk.zt > 0.0) {
+        const double c = (double(shift_of(blk.mt)) - double(Mt)) - (double(shift_of(blk.ms)) - double(Ms));
+        A += ft * (blk.a + c * blk.zt);
+      }
+    }
+  }
+  const double lnZsT = std::log(ZsT);
+  double loss = 0.0;
+  if (t0) {
+    double kl = A / (T_ * Zt) + lnZsT - std::log(Zt);
+    kl = kl < 0.0 ? 0.0 : kl;  // rounding only: KL >= 0
+    loss += p.alpha * T_ * T_ * kl;
+  }
+  if (use_ce) {
+    const double ce = std::log(Zs1) - double(S::load(s + y) - Ms);
+    loss += (1.0 - p.alpha) * ce;
+  }
+  p.row_loss[i] = loss;
+  if (!g) return;
+
+  // grad = scale [alpha T (p_sT - p_t) + (1 - alpha) (p_s1 - onehot(y))], per block
+  //      = cs e^(ds_b/T) - ct e^(dt_b/T) + c1 e^(ds_b) - bce onehot(y)
+  const double scale = p.grad_row_scale ? p.grad_row_scale[i] * p.grad_scale : p.grad_scale;
+  const double ka = scale * p.alpha * T_;  // d(alpha T^2 KL)/ds = alpha T (p_sT - p_t)
+  const double kb = scale * (1.0 - p.alpha);
+  const R bce = R(kb);
+  // During the last block of the gradient sweep, fetch the first block of this thread's next row
+  // (under the static schedule): the one-pass sweep fetches every later block itself. (Fetching the
+  // whole next row here, as the three-sweep kernel did, evicts the kept rows from L2.)
+  const bool has_next = i + 1 < p.rows;
+  const T* s_next = has_next ? s + p.student_row_stride : nullptr;
+  const T* t_next = has_next && t0 ? t0 + p.teacher_row_strides[0] : nullptr;
+  const int64_t next_from = std::max<int64_t>(0, n - kBlock);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock);
+    const KDBlock<R>& blk = blocks[size_t(b)];
+    const R cs = R(ka * factor(blk.ms, Ms, 1.0 / T_) / ZsT);
+    const R ct = t0 ? R(ka * factor(blk.mt, Mt, 1.0 / T_) / Zt) : R(0);
+    // e^ds: from e^(ds_b/T) at T = 1 and 2 (times fs1_b), else computed against the row maximum.
+    const R c1 = use_ce ? R(kb * (tmode == 0 ? 1.0 : factor(blk.ms, Ms, 1.0)) / Zs1) : R(0);
+    auto step = [&](auto P, int64_t v) {
+      using P_ = decltype(P);
+      if constexpr (P_::W > 1)
+        if (v % kLine == 0 && v >= next_from) {
+          if (s_next) __builtin_prefetch(s_next + (v - next_from), 0, 3);
+          if (t_next) __builtin_prefetch(t_next + (v - next_from), 0, 3);
+        }
+      const auto esT = P_::load(kept_sT + v);
+      // The KL difference first: exactly 0 where the two distributions agree.
+      auto gv = t0 ? P_::fmsub(esT, P_::set1(cs), P_::mul(P_::load(kept_t + v), P_::set1(ct))) : P_::zero();
+      if (use_ce) {
+        const auto e1 = tmode == 1   ? esT
+                        : tmode == 2 ? P_::mul(esT, esT)
+                                     : P_::exp_nonpos(P_::sub(P_::load(s + v), P_::set1(Ms)));
+        gv = P_::fmadd(e1, P_::set1(c1), gv);
+        if (uint64_t(y - v) < uint64_t(P_::W)) gv = P_::fnmadd(P_::onehot(v, y), P_::set1(bce), gv);
+      }
+      P_::store(g + v, gv);
+    };
+    int64_t v = b0;
+    for (; v + V::W <= b1; v += V::W) step(V{}, v);
+    for (; v < b1; ++v) step(S{}, v);
+  }
+}
+
+// Every row: ignored rows get 0; one teacher or none take the one-pass path above; several
+// teachers: max sweeps, a sum sweep, a KL sweep over the mixture, the gradient sweep.
 template <class V, class T>
 static void kd_row(const KDLossProblem& p, int64_t i) {
   using R = typename V::R;
@@ -68,9 +233,13 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
       });
     return;
   }
-  const bool use_kl = p.alpha > 0.0;
   const bool use_ce = p.alpha < 1.0;
-  const int K = use_kl ? p.num_teachers : 0;
+  const int K = p.alpha > 0.0 ? p.num_teachers : 0;
+  if (K <= 1) {
+    const T* t0 = K == 1 ? static_cast<const T*>(p.teachers[0]) + i * p.teacher_row_strides[0] : nullptr;
+    kd_row_one_teacher<V, T>(p, i, s, t0, g);
+    return;
+  }
   const T* t[kKDMaxTeachers];
   R mt[kKDMaxTeachers];
   for (int k = 0; k < K; ++k) {
@@ -82,108 +251,51 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   const R invT = R(1.0 / T_);
   // e^ds from e^(ds/T) for free at the two temperatures people use most.
   const int tmode = T_ == 1.0 ? 1 : (T_ == 2.0 ? 2 : 0);
-
   auto exp_full = [&](auto P, typename decltype(P)::F ds, typename decltype(P)::F esT) {
     using P_ = decltype(P);
     if (tmode == 1) return esT;
     if (tmode == 2) return P_::mul(esT, esT);
-    return P_::exp(ds);
+    return P_::exp_nonpos(ds);
   };
 
-  double ZsT, Zs1 = 1.0, Zt0 = 1.0, A = 0.0;
-  double Zt[kKDMaxTeachers];
-  // During this row's last sweep, fetch the next one (this thread's next row under the static
-  // schedule) towards the cache: its max sweep is the only one that would meet DRAM. Earlier
-  // would evict the lines the gradient sweep still reads.
-  const bool has_next = i + 1 < p.rows;
-  const T* s_next = has_next ? s + p.student_row_stride : nullptr;
-  const T* t_next = has_next && K >= 1 ? t[0] + p.teacher_row_strides[0] : nullptr;
-  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
-  auto prefetch_next = [&](int64_t v) {
-    if (v % kLine != 0) return;
-    if (s_next) __builtin_prefetch(s_next + v, 0, 1);
-    if (t_next) __builtin_prefetch(t_next + v, 0, 1);
-  };
-  // The exponentials pass 2 keeps for pass 3 (one teacher or none, a gradient to write), in a
-  // per-thread buffer. (Keeping e^(ds/T) in the fp32 gradient row instead was measured: no
-  // faster, and it would tie the buffer's correctness to the gradient not aliasing the logits.)
-  thread_local std::vector<R> kept;
-  R* kept_sT = nullptr;
-  R* kept_t = nullptr;
-  if (g && K <= 1) {
-    if (kept.size() < size_t(2 * n)) kept.resize(size_t(2 * n));
-    kept_sT = kept.data();
-    kept_t = kept.data() + n;
-  }
-  if (K <= 1) {
-    const T* t0 = K == 1 ? t[0] : nullptr;
-    const R mt0 = K == 1 ? mt[0] : R(0);
-    auto sums = sum_sweep<V, 4>(n, [&](auto P, int64_t v, auto& acc) {
-      using P_ = decltype(P);
-      if constexpr (P_::W > 1)
-        if (!g) prefetch_next(v);
-      const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
-      const auto esT = P_::exp(P_::mul(ds, P_::set1(invT)));
-      if (kept_sT) P_::store(kept_sT + v, esT);
-      acc[0] = P_::add(acc[0], esT);
-      if (use_ce) acc[1] = P_::add(acc[1], exp_full(P, ds, esT));
-      if (t0) {
-        const auto dt = P_::sub(P_::load(t0 + v), P_::set1(mt0));
-        const auto et = P_::exp(P_::mul(dt, P_::set1(invT)));
-        if (kept_t) P_::store(kept_t + v, et);
-        acc[2] = P_::add(acc[2], et);
-        acc[3] = P_::add(acc[3], P_::where_positive(et, P_::mul(et, P_::sub(dt, ds))));
-      }
-    });
-    ZsT = sums[0], Zs1 = sums[1], Zt0 = sums[2], A = sums[3];
-  } else {
-    auto sums = sum_sweep<V, 2 + kKDMaxTeachers>(n, [&](auto P, int64_t v, auto& acc) {
-      using P_ = decltype(P);
-      const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
-      const auto esT = P_::exp(P_::mul(ds, P_::set1(invT)));
-      acc[0] = P_::add(acc[0], esT);
-      if (use_ce) acc[1] = P_::add(acc[1], exp_full(P, ds, esT));
-      for (int k = 0; k < K; ++k) {
-        const auto dt = P_::sub(P_::load(t[k] + v), P_::set1(mt[k]));
-        acc[2 + k] = P_::add(acc[2 + k], P_::exp(P_::mul(dt, P_::set1(invT))));
-      }
-    });
-    ZsT = sums[0], Zs1 = sums[1];
-    for (int k = 0; k < K; ++k) Zt[k] = sums[2 + k];
-  }
+  auto sums = sum_sweep<V, 2 + kKDMaxTeachers>(n, [&](auto P, int64_t v, auto& acc) {
+    using P_ = decltype(P);
+    const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
+    const auto esT = P_::exp_nonpos(P_::mul(ds, P_::set1(invT)));
+    acc[0] = P_::add(acc[0], esT);
+    if (use_ce) acc[1] = P_::add(acc[1], exp_full(P, ds, esT));
+    for (int k = 0; k < K; ++k) {
+      const auto dt = P_::sub(P_::load(t[k] + v), P_::set1(mt[k]));
+      acc[2 + k] = P_::add(acc[2 + k], P_::exp_nonpos(P_::mul(dt, P_::set1(invT))));
+    }
+  });
+  const double ZsT = sums[0], Zs1 = sums[1];
   const double lnZsT = std::log(ZsT);
 
   // Mixture coefficients: p_t(v) = sum_k c_k e^(dt_k/T).
   R c[kKDMaxTeachers];
-  for (int k = 0; k < K; ++k) c[k] = R(p.teacher_weights[k] / Zt[k]);
+  for (int k = 0; k < K; ++k) c[k] = R(p.teacher_weights[k] / sums[2 + k]);
   auto mixture = [&](auto P, int64_t v) {
     using P_ = decltype(P);
     auto pt = P_::zero();
     for (int k = 0; k < K; ++k) {
       const auto dt = P_::sub(P_::load(t[k] + v), P_::set1(mt[k]));
-      pt = P_::fmadd(P_::set1(c[k]), P_::exp(P_::mul(dt, P_::set1(invT))), pt);
+      pt = P_::fmadd(P_::set1(c[k]), P_::exp_nonpos(P_::mul(dt, P_::set1(invT))), pt);
     }
     return pt;
   };
 
-  double loss = 0.0;
-  if (K == 1) {
-    double kl = A / (T_ * Zt0) + lnZsT - std::log(Zt0);
-    kl = kl < 0.0 ? 0.0 : kl;  // rounding only: KL >= 0
-    loss += p.alpha * T_ * T_ * kl;
-  } else if (K > 1) {
-    auto kls = sum_sweep<V, 2>(n, [&](auto P, int64_t v, auto& acc) {
-      using P_ = decltype(P);
-      const auto pt = mixture(P, v);
-      const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
-      const auto term = P_::sub(P_::log(pt), P_::mul(ds, P_::set1(invT)));
-      acc[0] = P_::add(acc[0], P_::where_positive(pt, P_::mul(pt, term)));
-      acc[1] = P_::add(acc[1], pt);
-    });
-    double kl = kls[0] + kls[1] * lnZsT;
-    kl = kl < 0.0 ? 0.0 : kl;
-    loss += p.alpha * T_ * T_ * kl;
-  }
+  auto kls = sum_sweep<V, 2>(n, [&](auto P, int64_t v, auto& acc) {
+    using P_ = decltype(P);
+    const auto pt = mixture(P, v);
+    const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
+    const auto term = P_::sub(P_::log(pt), P_::mul(ds, P_::set1(invT)));
+    acc[0] = P_::fmadd_where_positive(pt, term, acc[0]);
+    acc[1] = P_::add(acc[1], pt);
+  });
+  double kl = kls[0] + kls[1] * lnZsT;
+  kl = kl < 0.0 ? 0.0 : kl;
+  double loss = p.alpha * T_ * T_ * kl;
   if (use_ce) {
     const double ce = std::log(Zs1) - double(ScalarOf<R>::load(s + y) - ms);
     loss += (1.0 - p.alpha) * ce;
@@ -196,34 +308,25 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
   const R b = R(scale * (1.0 - p.alpha));
   const R invZsT = R(1.0 / ZsT);
   const R invZs1 = R(1.0 / Zs1);
-  const R invZt0 = R(1.0 / Zt0);
-  const T* t0 = K == 1 ? t[0] : nullptr;
-  const R mt0 = K == 1 ? mt[0] : R(0);
-  // ds only where something below still needs it (no kept row, or e^ds at another temperature).
-  const bool need_ds = !kept_sT || (use_ce && tmode == 0);
   write_sweep<V, T>(n, [&](auto P, int64_t v) {
     using P_ = decltype(P);
-    if constexpr (P_::W > 1) prefetch_next(v);
-    const auto ds = need_ds ? P_::sub(P_::load(s + v), P_::set1(ms)) : P_::zero();
-    const auto esT = kept_sT ? P_::load(kept_sT + v) : P_::exp(P_::mul(ds, P_::set1(invT)));
-    auto gv = P_::zero();
-    if (K > 0) {
-      typename P_::F pt;
-      if (t0) {
-        const auto et = kept_t ? P_::load(kept_t + v)
-                               : P_::exp(P_::mul(P_::sub(P_::load(t0 + v), P_::set1(mt0)), P_::set1(invT)));
-        pt = P_::mul(et, P_::set1(invZt0));
-      } else {
-        pt = mixture(P, v);
-      }
-      gv = P_::mul(P_::set1(a), P_::sub(P_::mul(esT, P_::set1(invZsT)), pt));
-    }
+    const auto ds = P_::sub(P_::load(s + v), P_::set1(ms));
+    const auto esT = P_::exp_nonpos(P_::mul(ds, P_::set1(invT)));
+    auto gv = P_::mul(P_::set1(a), P_::sub(P_::mul(esT, P_::set1(invZsT)), mixture(P, v)));
     if (use_ce) {
       const auto ps1 = P_::mul(exp_full(P, ds, esT), P_::set1(invZs1));
       gv = P_::fmadd(P_::set1(b), P_::sub(ps1, P_::onehot(v, y)), gv);
     }
     P_::store(g + v, gv);
   });
+}
+
+// The row kernels' exponential over an array, for the tests that compare it with std::exp.
+template <class V>
+static void exp_nonpos_array(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) V::store(y + i, V::exp_nonpos(V::load(x + i)));
+  for (; i < n; ++i) y[i] = ScalarOf<float>::exp_nonpos(x[i]);
 }
 
 template <class V>

@@ -1,0 +1,45 @@
+"""The buffer cache behind edgegen's large streamed outputs.
+
+The KD loss's ``[N, V]`` gradient and the fused-linear loss's logit chunks are written once, front
+to back, by memory-bound kernels. A fresh buffer from the OS costs a page fault and a zeroed page
+on its first write, about as much as the kernel itself. A training loop frees such a buffer every
+step (``optimizer.zero_grad()``) and asks for one of the same size the next: edgegen keeps up to
+four freed buffers of 8 MiB and more and hands one back when the size matches within a quarter,
+as PyTorch's CUDA caching allocator does on GPUs. A request of another size frees whatever is
+held first, so the cache never holds more than what was freed since then.
+
+``EDGEGEN_BUFFER_CACHE=0`` in the environment (or :func:`set_buffer_cache_enabled`) turns the reuse
+off; :func:`empty_cache` gives the held memory back to the OS.
+"""
+
+from __future__ import annotations
+
+from edgegen._extension import load as _load
+
+_C = _load()
+
+
+def cache_info() -> dict:
+    """The cache's state: ``held_bytes`` and ``held_blocks`` (buffers waiting for reuse),
+    ``hits`` and ``misses`` (requests served from it / newly allocated) and ``enabled``.
+
+    Examples:
+        >>> import edgegen
+        >>> sorted(edgegen.memory.cache_info())
+        ['enabled', 'held_blocks', 'held_bytes', 'hits', 'misses']
+    """
+    info = dict(_C.buffer_cache_stats())
+    info["enabled"] = bool(info["enabled"])
+    return info
+
+
+def empty_cache() -> int:
+    """Frees the buffers the cache holds (tensors in use are untouched); returns their bytes."""
+    return int(_C.empty_buffer_cache())
+
+
+def set_buffer_cache_enabled(enabled: bool) -> None:
+    """Turns buffer reuse on or off for this process; turning it off frees what is held."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    _C.set_buffer_cache_enabled(enabled)
