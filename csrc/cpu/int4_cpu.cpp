@@ -137,7 +137,7 @@ at::Tensor int4_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& pa
   const Int4Args& a = c.a;
   const at::Tensor& x = c.x;
   const at::Tensor& b = c.bias;
-  TORCH_CHECK_VALUE(KQ::all_finite(x.const_data_ptr<float>(), x.numel()),
+  TORCH_CHECK_VALUE(KQ::all_finite(x.const_data_ptr<float>(), x.numel(), at::get_num_threads()),
                     "input: contains NaN or infinite values; int4_linear_dynamic and the W4A8 layers quantize their "
                     "input and need finite values");
   const int64_t m = x.size(0);

@@ -77,10 +77,17 @@ void check_unused_columns_zero(const at::Tensor& packed, int64_t n, int64_t kp, 
 
 // INT8 layers quantize their inputs: NaN or infinity has no 8-bit code (NaN would silently become
 // a finite value, infinity would turn the whole scale into infinity), so it is an error.
-// x: the contiguous float32 copy the op quantizes; one vectorised pass, no temporary tensor.
-void check_finite_input(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(KQ::all_finite(x.const_data_ptr<float>(), x.numel()),
+// x: the contiguous float32 copy the op quantizes. Dynamic activations (a_scale <= 0): their
+// quantization parameters, from the same vectorised pass (split over threads) that checks
+// finiteness; static ones: the check alone. No temporary tensor either way.
+KQ::ActQuant checked_act_params(const at::Tensor& x, double a_scale, int64_t a_zero_point) {
+  KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
+  const bool finite = a_scale <= 0
+                          ? KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel(), &q, at::get_num_threads())
+                          : KQ::all_finite(x.const_data_ptr<float>(), x.numel(), at::get_num_threads());
+  TORCH_CHECK_VALUE(finite,
                     "input: contains NaN or infinite values; INT8 layers quantize their input and need finite values");
+  return q;
 }
 
 // A copy of the activations with rows padded to a multiple of 4 bytes (zeros), as the kernel reads.
@@ -120,7 +127,7 @@ at::Tensor int8_linear_impl(const at::Tensor& input, double a_scale, int64_t a_z
   const at::Tensor ws = cpu::float_scales(weight_scale, n, "weight_scale");
   const at::Tensor b = cpu::float_bias(bias, n);
   const at::Tensor x = input.to(at::kFloat).contiguous();
-  check_finite_input(x);
+  const KQ::ActQuant q = checked_act_params(x, a_scale, a_zero_point);
   const int64_t m = k == 0 ? 0 : x.numel() / k;
   const int64_t lda = KQ::packed_k(k);
   at::Tensor a = at::empty({m, lda}, x.options().dtype(at::kByte));
@@ -128,14 +135,8 @@ at::Tensor int8_linear_impl(const at::Tensor& input, double a_scale, int64_t a_z
   shape.back() = n;
   at::Tensor out = at::empty(shape, x.options());
   if (m > 0) {
-    KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
-    if (a_scale > 0) {
-      KQ::quantize_activations_static_u7(x.const_data_ptr<float>(), m, k, q, a.mutable_data_ptr<uint8_t>(), lda,
-                                         at::get_num_threads());
-    } else {
-      q = KQ::quantize_activations_u7(x.const_data_ptr<float>(), m, k, a.mutable_data_ptr<uint8_t>(), lda,
-                                      at::get_num_threads());
-    }
+    KQ::quantize_activations_static_u7(x.const_data_ptr<float>(), m, k, q, a.mutable_data_ptr<uint8_t>(), lda,
+                                       at::get_num_threads());
     KQ::GemmOutput o{nullptr, out.mutable_data_ptr<float>(), q.scale, ws.const_data_ptr<float>(),
                      b.defined() ? b.const_data_ptr<float>() : nullptr};
     KQ::gemm_u8s8(a.const_data_ptr<uint8_t>(), lda, m, n, k, q.zero_point, packed.const_data_ptr<int8_t>(),
@@ -195,9 +196,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   const at::Tensor bf = cpu::float_bias(bias, out_channels);
   check_static_act(a_scale, a_zero_point);
   const at::Tensor x = input.to(at::kFloat).contiguous();
-  check_finite_input(x);
-  KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
-  if (a_scale <= 0) q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
+  const KQ::ActQuant q = checked_act_params(x, a_scale, a_zero_point);
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
   at::Tensor a = at::empty({b, hp, wp, cp}, x.options().dtype(at::kByte));
   KQ::quantize_nchw_to_nhwc_u7(x.const_data_ptr<float>(), b, c, h, w, padding[0], padding[0], padding[1], padding[1],
@@ -286,9 +285,7 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
   const at::Tensor bf = cpu::float_bias(bias, out_channels);
   check_static_act(a_scale, a_zero_point);
   const at::Tensor x = input.to(at::kFloat).contiguous();
-  check_finite_input(x);
-  KQ::ActQuant q{float(a_scale), int32_t(a_zero_point)};
-  if (a_scale <= 0) q = KQ::dynamic_act_params_u7(x.const_data_ptr<float>(), x.numel());
+  const KQ::ActQuant q = checked_act_params(x, a_scale, a_zero_point);
   // Enough padding for every phase: a phase reads rows qy - t (t < taps) for its output rows qy.
   const int64_t pad_y = tmax + (ho + padding[0]) / stride[0] + 1 - h, pad_x = tmax + (wo + padding[1]) / stride[1] + 1 - w;
   const int64_t pt = tmax, pb = std::max<int64_t>(pad_y, 0), pl = tmax, pr = std::max<int64_t>(pad_x, 0);

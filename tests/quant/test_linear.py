@@ -345,3 +345,34 @@ def test_int4_keeps_layers_it_cannot_pack_in_float():
     assert [type(m) for m in (model[0], model[2], model[3])] == [Int4Linear, nn.Linear, Int4Linear]
     with pytest.raises(ValueError, match="nothing to quantize"):
         quantize_(nn.Sequential(nn.Linear(96, 8)), Int4WeightOnlyConfig(64))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_linear_large_input_extremes_in_different_chunks(threads):
+    """The dynamic range is found in chunks of 65,536 values split over threads: the minimum in the
+    last chunk, the maximum in the first, both past a vector's width, give the reference result on
+    any thread count."""
+    torch.manual_seed(3)
+    lin = nn.Linear(64, 24)
+    q = Int8Linear.from_float(lin)
+    x = torch.randn(3126, 64)  # 200,064 values: three full chunks and a partial one
+    x.view(-1)[17] = 9.5
+    x.view(-1)[200_061] = -7.25
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = q(x)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(out, int8_linear_dynamic_reference(x, q.weight_int8, q.weight_scale, q.bias),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", [0, 65_535, 65_536, 200_063], ids=["first", "chunk-end", "chunk-start", "last"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_int8_linear_non_finite_anywhere_in_a_large_input(where, bad):
+    lin = Int8Linear.from_float(nn.Linear(64, 8))
+    x = torch.randn(3126, 64)
+    x.view(-1)[where] = bad
+    with pytest.raises(ValueError, match="input: contains NaN or infinite values"):
+        lin(x)

@@ -8,21 +8,29 @@ namespace edgegen::kernels::quant {
 
 // Activation quantization on AVX-512 (F/BW): the same float operations as the scalar loops, so
 // the codes are bit-identical on every path.
-void minmax_avx512(const float* x, int64_t n, float* lo, float* hi) {
+// min/max (from *lo, *hi) and whether every value is finite, in one pass (lo/hi are meaningless
+// when it returns false).
+bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi) {
   __m512 vlo = _mm512_set1_ps(*lo), vhi = _mm512_set1_ps(*hi);
+  const __m512 zero = _mm512_setzero_ps();
+  __mmask16 bad = 0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i);
     vlo = _mm512_min_ps(vlo, v);
     vhi = _mm512_max_ps(vhi, v);
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), zero, _CMP_NEQ_UQ);
   }
   if (i < n) {
     const __mmask16 m = __mmask16((1u << (n - i)) - 1u);
-    vlo = _mm512_mask_min_ps(vlo, m, vlo, _mm512_maskz_loadu_ps(m, x + i));
-    vhi = _mm512_mask_max_ps(vhi, m, vhi, _mm512_maskz_loadu_ps(m, x + i));
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    vlo = _mm512_mask_min_ps(vlo, m, vlo, v);
+    vhi = _mm512_mask_max_ps(vhi, m, vhi, v);
+    bad |= _mm512_mask_cmp_ps_mask(m, _mm512_sub_ps(v, v), zero, _CMP_NEQ_UQ);
   }
   *lo = _mm512_reduce_min_ps(vlo);
   *hi = _mm512_reduce_max_ps(vhi);
+  return bad == 0;
 }
 
 // Whether every value is finite (x - x is 0 exactly for finite x, NaN for NaN and +-inf).

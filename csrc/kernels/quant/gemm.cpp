@@ -37,11 +37,11 @@ void tile_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* pan
 void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
                        const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
 // Activation quantization (min/max over x, then one row's codes), gemm_avx2.cpp / gemm_avx512.cpp.
-void minmax_avx2(const float* x, int64_t n, float* lo, float* hi);
+bool finite_minmax_avx2(const float* x, int64_t n, float* lo, float* hi);
 bool all_finite_avx2(const float* x, int64_t n);
 bool all_finite_avx512(const float* x, int64_t n);
 void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out);
-void minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
+bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 #endif
 
@@ -119,7 +119,7 @@ const TilePath& current_path() { return *path_for(int8_gemm_isa()); }
 // The activation quantization's paths (AVX-512 F/BW suffices; no VNNI needed).
 struct ActPath {
   bool (*all_finite)(const float* x, int64_t n);
-  void (*minmax)(const float* x, int64_t n, float* lo, float* hi);
+  bool (*finite_minmax)(const float* x, int64_t n, float* lo, float* hi);
   void (*quantize_row)(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 };
 
@@ -129,14 +129,17 @@ bool all_finite_scalar(const float* x, int64_t n) {
   return ok;
 }
 
-void minmax_scalar(const float* x, int64_t n, float* lo, float* hi) {
+bool finite_minmax_scalar(const float* x, int64_t n, float* lo, float* hi) {
   float a = *lo, b = *hi;
+  bool ok = true;
   for (int64_t i = 0; i < n; ++i) {
     a = std::min(a, x[i]);
     b = std::max(b, x[i]);
+    ok &= std::isfinite(x[i]);
   }
   *lo = a;
   *hi = b;
+  return ok;
 }
 
 void quantize_row_u7_scalar(const float* x, int64_t k, float inv, float zp, uint8_t* out) {
@@ -157,12 +160,12 @@ namespace {
 ActPath act_path() {
 #if defined(EDGEGEN_HAVE_AVX2)
   switch (int8_act_isa()) {
-    case Isa::Avx512: return {&all_finite_avx512, &minmax_avx512, &quantize_row_u7_avx512};
-    case Isa::Avx2: return {&all_finite_avx2, &minmax_avx2, &quantize_row_u7_avx2};
+    case Isa::Avx512: return {&all_finite_avx512, &finite_minmax_avx512, &quantize_row_u7_avx512};
+    case Isa::Avx2: return {&all_finite_avx2, &finite_minmax_avx2, &quantize_row_u7_avx2};
     default: break;
   }
 #endif
-  return {&all_finite_scalar, &minmax_scalar, &quantize_row_u7_scalar};
+  return {&all_finite_scalar, &finite_minmax_scalar, &quantize_row_u7_scalar};
 }
 
 }  // namespace
@@ -267,20 +270,42 @@ void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n,
   gemm_with(*path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
 }
 
-bool all_finite(const float* x, int64_t n) { return act_path().all_finite(x, n); }
+namespace {
 
-ActQuant dynamic_act_params_u7(const float* x, int64_t n) {
-  float lo = 0.0f, hi = 0.0f;  // the range always includes 0, so that 0 is exact
-  act_path().minmax(x, n, &lo, &hi);
-  ActQuant q{hi > lo ? (hi - lo) / 127.0f : 1.0f, 0};
-  q.zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q.scale))));
-  return q;
+// Splits a pass over n values into chunks of 64K (256 KB) over the threads; one chunk runs inline.
+template <class Fn>
+void over_chunks(int64_t n, int num_threads, const Fn& fn) {
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (chunks <= 1 || num_threads <= 1) return fn(0, 0, n);
+  parallel_for(chunks, num_threads, [&](int64_t c) { fn(c, c * kChunk, std::min(n, (c + 1) * kChunk)); });
 }
 
-ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads) {
-  const ActQuant q = dynamic_act_params_u7(x, m * k);
-  quantize_activations_static_u7(x, m, k, q, a, lda, num_threads);
-  return q;
+int64_t chunk_count(int64_t n) { return std::max<int64_t>(1, (n + (int64_t(1) << 16) - 1) >> 16); }
+
+}  // namespace
+
+bool all_finite(const float* x, int64_t n, int num_threads) {
+  const ActPath ap = act_path();
+  std::vector<char> ok(size_t(chunk_count(n)), 1);
+  over_chunks(n, num_threads, [&](int64_t c, int64_t b, int64_t e) { ok[size_t(c)] = ap.all_finite(x + b, e - b); });
+  return std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; });
+}
+
+bool dynamic_act_params_u7(const float* x, int64_t n, ActQuant* q, int num_threads) {
+  const ActPath ap = act_path();
+  const size_t chunks = size_t(chunk_count(n));
+  // The range always includes 0, so that 0 is exact.
+  std::vector<float> los(chunks, 0.0f), his(chunks, 0.0f);
+  std::vector<char> ok(chunks, 1);
+  over_chunks(n, num_threads, [&](int64_t c, int64_t b, int64_t e) {
+    ok[size_t(c)] = ap.finite_minmax(x + b, e - b, &los[size_t(c)], &his[size_t(c)]);
+  });
+  if (!std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; })) return false;
+  const float lo = *std::min_element(los.begin(), los.end()), hi = *std::max_element(his.begin(), his.end());
+  q->scale = hi > lo ? (hi - lo) / 127.0f : 1.0f;
+  q->zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q->scale))));
+  return true;
 }
 
 void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t h, int64_t w, int64_t pt, int64_t pb,

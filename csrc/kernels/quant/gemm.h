@@ -52,14 +52,11 @@ bool int8_gemm_has_path(Isa isa);
 void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                    const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
 
-// Dynamic per-tensor quantization of float32 activations to [0, 127]: scale = (max - min) / 127
-// over the range extended to include 0, zero point round(-min / scale). Writes a [m, lda] with
-// zero padding; returns (scale, zero_point).
+// Per-tensor quantization parameters of 7-bit activations.
 struct ActQuant {
   float scale;
   int32_t zero_point;
 };
-ActQuant quantize_activations_u7(const float* x, int64_t m, int64_t k, uint8_t* a, int64_t lda, int num_threads);
 
 // Static (calibrated) quantization of float32 activations to [0, 127] with the given parameters.
 void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,
@@ -87,10 +84,14 @@ void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, i
 void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t h, int64_t w, int64_t pt, int64_t pb,
                               int64_t pl, int64_t pr, int64_t cp, ActQuant q, uint8_t* out, int num_threads);
 
-// Whether all n values are finite (vectorised: the INT8 layers refuse NaN and infinity).
-bool all_finite(const float* x, int64_t n);
+// Whether all n values are finite (vectorised, split over threads: the INT8 layers refuse NaN and
+// infinity).
+bool all_finite(const float* x, int64_t n, int num_threads = 1);
 
-// (scale, zero point) of the 7-bit dynamic quantization of n values, as quantize_activations_u7.
-ActQuant dynamic_act_params_u7(const float* x, int64_t n);
+// Dynamic per-tensor quantization to [0, 127] of n float32 values: scale = (max - min) / 127 over
+// the range extended to include 0 (1 when that range is empty), zero point round(-min / scale).
+// One pass, split over threads, that also checks finiteness: false (q untouched) when a value is
+// NaN or infinite.
+bool dynamic_act_params_u7(const float* x, int64_t n, ActQuant* q, int num_threads = 1);
 
 }  // namespace edgegen::kernels::quant

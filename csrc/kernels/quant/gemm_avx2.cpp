@@ -133,13 +133,15 @@ namespace edgegen::kernels::quant {
 
 // Activation quantization on AVX2: the same float operations as the scalar loops (bit-identical
 // codes), 8 values at a time, the tail scalar.
-void minmax_avx2(const float* x, int64_t n, float* lo, float* hi) {
-  __m256 vlo = _mm256_set1_ps(*lo), vhi = _mm256_set1_ps(*hi);
+// min/max (from *lo, *hi) and whether every value is finite, in one pass.
+bool finite_minmax_avx2(const float* x, int64_t n, float* lo, float* hi) {
+  __m256 vlo = _mm256_set1_ps(*lo), vhi = _mm256_set1_ps(*hi), bad = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     vlo = _mm256_min_ps(vlo, v);
     vhi = _mm256_max_ps(vhi, v);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ));
   }
   alignas(32) float l[8], h[8];
   _mm256_store_ps(l, vlo);
@@ -149,12 +151,15 @@ void minmax_avx2(const float* x, int64_t n, float* lo, float* hi) {
     a = l[t] < a ? l[t] : a;
     b = h[t] > b ? h[t] : b;
   }
+  bool ok = _mm256_movemask_ps(bad) == 0;
   for (; i < n; ++i) {
     a = x[i] < a ? x[i] : a;
     b = x[i] > b ? x[i] : b;
+    ok &= (x[i] - x[i]) == 0.0f;
   }
   *lo = a;
   *hi = b;
+  return ok;
 }
 
 bool all_finite_avx2(const float* x, int64_t n) {
