@@ -252,7 +252,11 @@ TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
 TEST_P(Int4Path, WeightOnlyGemvMatchesDequantizedLoop) {
   if (!KQ::int4_has_path(GetParam(), false)) GTEST_SKIP() << "no weight-only INT4 path at " << K::isa_name(GetParam());
   std::mt19937 rng(17);
-  const int64_t n = 13, k = 192, group = 32, groups = k / group;
+  // K of 1, 3 and 4 chunks of 64 (vector paths take a chunk, or a pair of chunks, per load);
+  // groups of 32, 64 and 128 (one group spanning two chunks); 1 to 6 activation rows.
+  for (auto [k, group] : {std::pair<int64_t, int64_t>{64, 32}, {192, 32}, {256, 64}, {256, 128}}) {
+  SCOPED_TRACE(testing::Message() << "k=" << k << " group=" << group);
+  const int64_t n = 13, groups = k / group;
   std::vector<uint8_t> q(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
   std::vector<float> scale(size_t(n * groups)), x(size_t(6 * k)), out(size_t(6 * n));
   for (auto& v : q) v = uint8_t(rng() % 16);
@@ -260,7 +264,7 @@ TEST_P(Int4Path, WeightOnlyGemvMatchesDequantizedLoop) {
   for (auto& v : scale) v = 0.01f + float(rng() % 100) / 1000.0f;
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 500.0f;
   KQ::pack_int4(q.data(), n, k, packed.data());
-  for (int64_t m : {1, 2, 6}) {
+  for (int64_t m : {1, 2, 3, 4, 6}) {
     KQ::int4_gemv_isa(GetParam(), x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group, nullptr,
                       out.data(), 2);
     for (int64_t i = 0; i < m; ++i)
@@ -272,6 +276,7 @@ TEST_P(Int4Path, WeightOnlyGemvMatchesDequantizedLoop) {
         }
         ASSERT_NEAR(out[size_t(i * n + r)], want, 1e-4 * (1.0 + std::fabs(want))) << m << " " << i << " " << r;
       }
+  }
   }
 }
 
