@@ -176,7 +176,7 @@ PYBIND11_MODULE(_C, m) {
     out["held_blocks"] = st.held_blocks;
     out["hits"] = st.hits;
     out["misses"] = st.misses;
-    out["enabled"] = K::buffer_cache().enabled() ? 1 : 0;
+    out["enabled"] = st.enabled ? 1 : 0;
     return out;
   }, "The buffer cache's state: bytes and buffers held, hits, misses, enabled (0/1).");
   m.def("empty_buffer_cache", [] { return K::buffer_cache().clear(); },

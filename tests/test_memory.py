@@ -26,6 +26,12 @@ def fresh_cache():
     edgegen.memory.empty_cache()
 
 
+def problem(seed):
+    """Student and teacher logits [48, V] and targets."""
+    torch.manual_seed(seed)
+    return torch.randn(48, V), torch.randn(48, V), torch.randint(0, V, (48,))
+
+
 def grad_of(s, t, y):
     s = s.detach().clone().requires_grad_()
     kd_loss(s, t, y).backward()
@@ -58,9 +64,7 @@ def test_reused_gradient_buffer_holds_only_the_new_gradient():
 
 
 def test_a_buffer_in_use_is_never_handed_out_again():
-    torch.manual_seed(1)
-    s, t = torch.randn(48, V), torch.randn(48, V)
-    y = torch.randint(0, V, (48,))
+    s, t, y = problem(1)
     kept = grad_of(s, t, y)
     snapshot = kept.clone()
     other = grad_of(s * 2, t, y)
@@ -69,8 +73,7 @@ def test_a_buffer_in_use_is_never_handed_out_again():
 
 
 def test_empty_cache_and_disabling_free_what_is_held():
-    s, t = torch.randn(48, V), torch.randn(48, V)
-    y = torch.randint(0, V, (48,))
+    s, t, y = problem(5)
     grad_of(s, t, y)
     held = edgegen.memory.cache_info()["held_bytes"]
     assert held >= s.numel() * 4
@@ -118,3 +121,15 @@ def test_environment_turns_the_cache_off():
                        env={**os.environ, "EDGEGEN_BUFFER_CACHE": "0"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_a_reused_gradient_can_be_resized_like_any_tensor():
+    s, t, y = problem(4)
+    g = grad_of(s, t, y)
+    before = g.clone()
+    assert edgegen.memory.cache_info()["held_blocks"] == 0  # g owns the buffer
+    g.resize_(49, V)  # grows the storage: the data moves, the buffer goes back to the cache
+    assert edgegen.memory.cache_info()["held_blocks"] == 1
+    assert torch.equal(g[:48], before)
+    g.resize_(10, V)  # shrinking keeps the storage
+    assert torch.equal(g, before[:10])

@@ -3,8 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
-
-#include <new>
+#include <c10/core/CPUAllocator.h>
 
 #include "kernels/buffer_cache.h"
 
@@ -24,8 +23,19 @@ inline at::Tensor empty_for_streaming_write(at::IntArrayRef sizes, const at::Ten
   size_t capacity = 0;
   void* p = kernels::buffer_cache().acquire(bytes, &capacity);
   if (!p) return at::empty(sizes, opts);  // out of memory: let the allocator report it
-  return at::from_blob(
-      p, sizes, [capacity](void* q) { kernels::buffer_cache().release(q, capacity); }, opts);
+  try {
+    // Resizable like at::empty's storage: growing it moves the data to the CPU allocator's memory
+    // and hands this buffer back to the cache.
+    return at::for_blob(p, sizes)
+        .deleter([capacity](void* q) { kernels::buffer_cache().release(q, capacity); })
+        .options(opts)
+        .allocator(c10::GetCPUAllocator())
+        .resizeable_storage()
+        .make_tensor();
+  } catch (...) {
+    kernels::buffer_cache().release(p, capacity);
+    throw;
+  }
 }
 
 }  // namespace edgegen

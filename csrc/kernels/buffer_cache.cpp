@@ -1,5 +1,7 @@
 #include "buffer_cache.h"
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <cstring>
 #if defined(__linux__)
@@ -106,12 +108,22 @@ BufferCacheStats BufferCache::stats() const {
   s.held_blocks = blocks_.size();
   s.hits = hits_;
   s.misses = misses_;
+  s.enabled = enabled_;
   return s;
 }
 
+void BufferCache::lock_for_fork() { mu_.lock(); }
+void BufferCache::unlock_after_fork() { mu_.unlock(); }
+
 BufferCache& buffer_cache() {
-  static BufferCache* cache =
-      new BufferCache(4, !env_off("EDGEGEN_BUFFER_CACHE"), !env_off("EDGEGEN_HUGEPAGES"));
+  static BufferCache* cache = [] {
+    auto* c = new BufferCache(4, !env_off("EDGEGEN_BUFFER_CACHE"), !env_off("EDGEGEN_HUGEPAGES"));
+    // A fork (a DataLoader worker, say) while another thread holds the lock would leave the
+    // child's copy locked for good: take it around fork, release it on both sides.
+    pthread_atfork([] { buffer_cache().lock_for_fork(); }, [] { buffer_cache().unlock_after_fork(); },
+                   [] { buffer_cache().unlock_after_fork(); });
+    return c;
+  }();
   return *cache;
 }
 

@@ -23,6 +23,7 @@ struct BufferCacheStats {
   size_t held_blocks = 0;  // how many
   uint64_t hits = 0;       // acquire() calls served from the cache
   uint64_t misses = 0;     // acquire() calls that allocated
+  bool enabled = true;     // whether freed buffers are kept
 };
 
 class BufferCache {
@@ -47,6 +48,9 @@ class BufferCache {
   void set_enabled(bool enabled);
   bool enabled() const;
   BufferCacheStats stats() const;
+  // Held across fork() by buffer_cache()'s pthread_atfork handlers.
+  void lock_for_fork();
+  void unlock_after_fork();
 
  private:
   struct Block {

@@ -3,7 +3,7 @@
 // ISA's TU owns its copy.
 // Coefficients of the vector policies' exp_nonpos: e^r ~ 1 + c1 r + ... + c6 r^6 for
 // |r| <= ln2/2, a relative-error minimax fit (Lawson's iteration) made for this project.
-constexpr float kExpC1 = 1.0000000395e+00f;
+constexpr float kExpC1 = 1.0f;  // the fit's 1.0000000395 rounds to 1 in float
 constexpr float kExpC2 = 4.9999991802e-01f;
 constexpr float kExpC3 = 1.6666407647e-01f;
 constexpr float kExpC4 = 4.1668217027e-02f;

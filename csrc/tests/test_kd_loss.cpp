@@ -305,23 +305,29 @@ TEST(KDLoss, LargeLogitsStayAccurate) {
 // The gradient written over one of the logit buffers (the student's: in place; the teacher's) must
 // equal the gradient written elsewhere: nothing the kernel still reads may be overwritten before
 // it is read. V = 37 and 100: rows shorter and longer than one vector, tails included.
+// V = 4100: three blocks of the one-pass sweep; T = 0.7 with a CE term is the case whose gradient
+// sweep reads the student row it overwrites.
 static void expect_aliased_gradient_is_exact(bool over_teacher) {
   const int64_t rows = 4;
-  for (int64_t V : {int64_t(37), int64_t(100)}) {
-    const std::vector<float> s = randn(rows * V, 3), t = randn(rows * V, 4);
-    const std::vector<int64_t> y = {0, 5, 36, 2};
-    for (Runner run : runners()) {
-      std::vector<double> l1(rows), l2(rows);
-      std::vector<float> g(rows * V), buf = over_teacher ? t : s;
-      OneTeacher separate(s.data(), t.data(), rows, V, y.data(), l1.data());
-      separate.p.grad = g.data();
-      run(separate.p);
-      OneTeacher aliased(over_teacher ? s.data() : buf.data(), over_teacher ? buf.data() : t.data(), rows, V,
-                         y.data(), l2.data());
-      aliased.p.grad = buf.data();
-      run(aliased.p);
-      EXPECT_EQ(l1, l2) << "V " << V;
-      EXPECT_EQ(0, std::memcmp(g.data(), buf.data(), g.size() * sizeof(float))) << "V " << V;
+  for (int64_t V : {int64_t(37), int64_t(100), int64_t(4100)}) {
+    for (double temp : {2.0, 0.7}) {
+      const std::vector<float> s = randn(rows * V, 3), t = randn(rows * V, 4);
+      const std::vector<int64_t> y = {0, 5, 36, 2};
+      for (Runner run : runners()) {
+        std::vector<double> l1(rows), l2(rows);
+        std::vector<float> g(rows * V), buf = over_teacher ? t : s;
+        OneTeacher separate(s.data(), t.data(), rows, V, y.data(), l1.data());
+        separate.p.grad = g.data();
+        separate.p.temperature = temp;
+        run(separate.p);
+        OneTeacher aliased(over_teacher ? s.data() : buf.data(), over_teacher ? buf.data() : t.data(), rows, V,
+                           y.data(), l2.data());
+        aliased.p.grad = buf.data();
+        aliased.p.temperature = temp;
+        run(aliased.p);
+        EXPECT_EQ(l1, l2) << "V " << V << " T " << temp;
+        EXPECT_EQ(0, std::memcmp(g.data(), buf.data(), g.size() * sizeof(float))) << "V " << V << " T " << temp;
+      }
     }
   }
 }
@@ -408,6 +414,62 @@ TEST(KDLoss, BlocksWithFarApartMaxima) {
           }
         }
       }
+    }
+  }
+}
+
+// A NaN logit makes the loss NaN (never a finite number): in the last lane of a block (where the
+// block maximum itself may come back NaN), in the scalar tail, in the teacher only. The only
+// finite case is a NaN teacher under alpha = 0, where the teacher is not read.
+TEST(KDLoss, NaNLogitsGiveNaNLoss) {
+  const int64_t V = 2048 + 16 + 5;  // one block, then 16 + 5: a vector and a scalar tail
+  const int64_t y[1] = {7};
+  for (int64_t where : {int64_t(2047), int64_t(2048 + 16 + 4), int64_t(3)}) {
+    for (bool in_teacher : {false, true}) {
+      for (double alpha : {0.0, 0.5, 1.0}) {
+        SCOPED_TRACE(testing::Message() << "at " << where << (in_teacher ? " teacher" : " student") << " alpha "
+                                        << alpha);
+        std::vector<float> s = randn(V, 21), t = randn(V, 22);
+        (in_teacher ? t : s)[where] = NAN;
+        for (Runner run : runners()) {
+          for (bool with_grad : {false, true}) {
+            double loss = 0;
+            std::vector<float> g(V);
+            OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
+            prob.p.alpha = alpha;
+            prob.p.temperature = 0.7;
+            prob.p.grad = with_grad ? g.data() : nullptr;
+            run(prob.p);
+            if (in_teacher && alpha == 0.0) EXPECT_TRUE(std::isfinite(loss));
+            else EXPECT_TRUE(std::isnan(loss)) << "loss " << loss;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Identical student and teacher at the same temperature, KL only: the true gradient is 0, and
+// each entry may differ from it by the rounding of one product (a wrong block factor would show
+// as errors of the size of the probabilities themselves).
+TEST(KDLoss, IdenticalModelsGiveAlmostNoGradient) {
+  const int64_t V = 5000;
+  std::vector<float> s = randn(V, 31);
+  for (int64_t v = 2048; v < 4096; ++v) s[v] -= 30.0f;  // blocks with maxima far apart
+  const int64_t y[1] = {1};
+  for (Runner run : runners()) {
+    for (double temp : {1.0, 2.0, 0.7}) {
+      double loss = -1;
+      std::vector<float> g(V);
+      OneTeacher prob(s.data(), s.data(), 1, V, y, &loss);
+      prob.p.alpha = 1.0;
+      prob.p.temperature = temp;
+      prob.p.grad = g.data();
+      run(prob.p);
+      EXPECT_NEAR(loss, 0.0, 1e-6) << "T " << temp;
+      float worst = 0;
+      for (float v : g) worst = std::max(worst, std::abs(v));
+      EXPECT_LT(worst, 1e-7f) << "T " << temp;
     }
   }
 }

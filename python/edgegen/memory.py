@@ -3,10 +3,12 @@
 The KD loss's ``[N, V]`` gradient and the fused-linear loss's logit chunks are written once, front
 to back, by memory-bound kernels. A fresh buffer from the OS costs a page fault and a zeroed page
 on its first write, about as much as the kernel itself. A training loop frees such a buffer every
-step (``optimizer.zero_grad()``) and asks for one of the same size the next: edgegen keeps up to
-four freed buffers of 8 MiB and more and hands one back when the size matches within a quarter,
-as PyTorch's CUDA caching allocator does on GPUs. A request of another size frees whatever is
-held first, so the cache never holds more than what was freed since then.
+step (during backward, or at ``optimizer.zero_grad()``) and asks for one of the same size the
+next: edgegen keeps up to four freed buffers of 8 MiB and more and hands one back when the size
+matches within a quarter, as PyTorch's CUDA caching allocator does on GPUs. A request of another
+size frees whatever is held first, so the cache never holds more than what was freed since then.
+What it holds is invisible to torch's memory statistics: :func:`cache_info` shows it and
+:func:`empty_cache` returns it (before evaluation, say).
 
 ``EDGEGEN_BUFFER_CACHE=0`` in the environment (or :func:`set_buffer_cache_enabled`) turns the reuse
 off; :func:`empty_cache` gives the held memory back to the OS.

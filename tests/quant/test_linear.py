@@ -376,3 +376,18 @@ def test_int8_linear_non_finite_anywhere_in_a_large_input(where, bad):
     x.view(-1)[where] = bad
     with pytest.raises(ValueError, match="input: contains NaN or infinite values"):
         lin(x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_int8_linear_non_finite_in_the_vector_tail(bad):
+    """203,000 values: the last chunk (6,392 values) ends with 8 past the last full 16-lane vector,
+    where the finiteness check runs on a masked (AVX-512) or scalar (AVX2) tail."""
+    lin = Int8Linear.from_float(nn.Linear(70, 8))
+    x = torch.randn(2900, 70)
+    x.view(-1)[-1] = bad
+    with pytest.raises(ValueError, match="input: contains NaN or infinite values"):
+        lin(x)
+    small = torch.randn(3, 70)  # one chunk of 210 values, 2 past the last full vector
+    small.view(-1)[-1] = bad
+    with pytest.raises(ValueError, match="input: contains NaN or infinite values"):
+        lin(small)

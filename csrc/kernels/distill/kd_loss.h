@@ -6,7 +6,8 @@
 // gradient 0. Optionally writes d loss_i / d s_i, times a per-row scale, into `grad`; `grad` may
 // alias `student` (the fused-linear path overwrites its logits chunk in place).
 // No [rows, vocab] intermediate is allocated: with one teacher each row of logits is read once
-// (and a per-thread row of exponentials swept again for the gradient).
+// (and per-thread rows of exponentials swept again for the gradient), except that at a
+// temperature other than 1 and 2 with a CE term the gradient sweep reads the student row again.
 #pragma once
 #include <cstdint>
 

@@ -94,6 +94,9 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
   }
   auto shift_of = [](R m) { return m == -INFINITY ? R(0) : m; };
   constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+  const bool has_next = i + 1 < p.rows;  // this thread's next row under the static schedule
+  const T* s_next = has_next ? s + p.student_row_stride : nullptr;
+  const T* t_next = has_next && t0 ? t0 + p.teacher_row_strides[0] : nullptr;
 
   R Ms = -INFINITY, Mt = -INFINITY;
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -110,9 +113,14 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
     auto step = [&](auto P, int64_t v, auto& ac) {
       using P_ = decltype(P);
       if constexpr (P_::W > 1)
-        if (v % kLine == 0 && v + kBlock < n) {  // the next block streams in while this one computes
-          __builtin_prefetch(s + v + kBlock, 0, 3);
-          if (t0) __builtin_prefetch(t0 + v + kBlock, 0, 3);
+        if (v % kLine == 0) {  // the next block streams in while this one computes
+          if (v + kBlock < n) {
+            __builtin_prefetch(s + v + kBlock, 0, 3);
+            if (t0) __builtin_prefetch(t0 + v + kBlock, 0, 3);
+          } else if (!g && s_next) {  // loss only: the next row's first block (else the gradient sweep's)
+            __builtin_prefetch(s_next + (v + kBlock - n), 0, 3);
+            if (t_next) __builtin_prefetch(t_next + (v + kBlock - n), 0, 3);
+          }
         }
       const auto ds = P_::sub(P_::load(s + v), P_::set1(ss));
       const auto esT = P_::exp_nonpos(P_::mul(ds, P_::set1(invT)));
@@ -178,11 +186,9 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
   const double kb = scale * (1.0 - p.alpha);
   const R bce = R(kb);
   // During the last block of the gradient sweep, fetch the first block of this thread's next row
-  // (under the static schedule): the one-pass sweep fetches every later block itself. (Fetching the
-  // whole next row here, as the three-sweep kernel did, evicts the kept rows from L2.)
-  const bool has_next = i + 1 < p.rows;
-  const T* s_next = has_next ? s + p.student_row_stride : nullptr;
-  const T* t_next = has_next && t0 ? t0 + p.teacher_row_strides[0] : nullptr;
+  // (under the static schedule; s_next, t_next): the one-pass sweep fetches every later block
+  // itself. (Fetching the whole next row here, as the three-sweep kernel did, evicts the kept rows
+  // from L2.)
   const int64_t next_from = std::max<int64_t>(0, n - kBlock);
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock);
@@ -199,7 +205,8 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
           if (t_next) __builtin_prefetch(t_next + (v - next_from), 0, 3);
         }
       const auto esT = P_::load(kept_sT + v);
-      // The KL difference first: exactly 0 where the two distributions agree.
+      // The KL difference first, then the CE term: where the two distributions agree the
+      // difference is the rounding of one product (fmsub), not a sum of larger terms' roundings.
       auto gv = t0 ? P_::fmsub(esT, P_::set1(cs), P_::mul(P_::load(kept_t + v), P_::set1(ct))) : P_::zero();
       if (use_ce) {
         const auto e1 = tmode == 1   ? esT
