@@ -66,11 +66,13 @@ struct Avx2 {
   }
 
   // e^x for x <= 0 (differences to a maximum; a rounding's worth above 0 is fine, as is anything
-  // up to 88): exp() without its upper clamp, and a degree-6 minimax polynomial for e^r on
-  // |r| <= ln2/2 (fitted for this project by Lawson's iteration: relative error about 3e-9 with
-  // the decimal coefficients, 2e-8 with them rounded to float, both under half a float ulp;
-  // under 1.5e-7 for the whole function, tested). -inf and x < ln(FLT_MIN) give 0, NaN gives NaN.
-  static F exp_nonpos(F x) {
+  // up to 88): exp() without its upper clamp and with a minimax polynomial for e^r on
+  // |r| <= ln2/2: kExpPoly6 (under 1.5e-7 relative error for the whole function, tested) or, for
+  // 16-bit inputs, kExpPoly4 (under 3e-6); see simd_scalar.h. -inf and x < ln(FLT_MIN) give 0,
+  // NaN gives NaN.
+  template <int Deg>
+  static F exp_nonpos_poly(F x) {
+    const float* c = Deg == 6 ? kExpPoly6 : kExpPoly4;
     const F lo = _mm256_set1_ps(-87.33654475f);
     const F under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     x = _mm256_max_ps(lo, x);  // NaN passes through
@@ -78,17 +80,15 @@ struct Avx2 {
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     F r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    F p = _mm256_set1_ps(kExpC6);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    F p = _mm256_set1_ps(c[Deg]);
+#pragma GCC unroll 6
+    for (int d = Deg - 1; d >= 0; --d) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[d]));
     const __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
   }
+  static F exp_nonpos(F x) { return exp_nonpos_poly<6>(x); }
+  static F exp_nonpos_coarse(F x) { return exp_nonpos_poly<4>(x); }
 
   // ln x for normal x > 0 (subnormals give a finite, inexact value; callers weight the result
   // by x itself, so those terms are below 1e-37). x = m 2^e with m in [sqrt(1/2), sqrt(2)),

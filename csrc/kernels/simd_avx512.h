@@ -63,22 +63,23 @@ struct Avx512 {
 
   // e^x for x <= 0 (differences to a maximum; a rounding's worth above 0 is fine, as is anything
   // up to 88): no upper clamp, -inf and x < -103.3 give 0, (-103.3, -87.3) subnormals, NaN stays
-  // NaN. Degree-6 minimax polynomial (see simd_avx2.h), under 1.5e-7 relative error (tested).
-  static F exp_nonpos(F x) {
+  // NaN. The polynomial for e^r, |r| <= ln2/2, is kExpPoly6 (under 1.5e-7 relative error for the
+  // whole function, tested) or, for 16-bit inputs, kExpPoly4 (under 3e-6); see simd_scalar.h.
+  template <int Deg>
+  static F exp_nonpos_poly(F x) {
+    const float* c = Deg == 6 ? kExpPoly6 : kExpPoly4;
     x = _mm512_max_ps(_mm512_set1_ps(-110.0f), x);  // NaN passes through; -110 scales to 0
     const F n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     F r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    F p = _mm512_set1_ps(kExpC6);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    F p = _mm512_set1_ps(c[Deg]);
+#pragma GCC unroll 6
+    for (int d = Deg - 1; d >= 0; --d) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[d]));
     return _mm512_scalef_ps(p, n);  // p 2^n, rounded to a subnormal or 0 below FLT_MIN
   }
+  static F exp_nonpos(F x) { return exp_nonpos_poly<6>(x); }
+  static F exp_nonpos_coarse(F x) { return exp_nonpos_poly<4>(x); }
 
   // ln x as in the AVX2 policy: x = m 2^e, m in [sqrt(1/2), sqrt(2)), 2 atanh series to s^11.
   static F log(F x) {

@@ -51,9 +51,10 @@ Isa kd_loss_isa();
 void kd_loss_rows_scalar(const KDLossProblem& p);
 void kd_loss_rows_avx2(const KDLossProblem& p);    // only if the CPU supports AVX2+FMA+F16C
 void kd_loss_rows_avx512(const KDLossProblem& p);  // only if the CPU supports AVX-512 F/BW/DQ/VL
-// Each path's exponential (for x <= 0) over an array, for tests.
-void kd_exp_nonpos_scalar(const float* x, float* y, int64_t n);
-void kd_exp_nonpos_avx2(const float* x, float* y, int64_t n);
-void kd_exp_nonpos_avx512(const float* x, float* y, int64_t n);
+// Each path's exponential (for x <= 0) over an array, for tests; coarse: the degree-4 one used
+// for 16-bit logits (the scalar path has one exponential, std::exp).
+void kd_exp_nonpos_scalar(const float* x, float* y, int64_t n, bool coarse);
+void kd_exp_nonpos_avx2(const float* x, float* y, int64_t n, bool coarse);
+void kd_exp_nonpos_avx512(const float* x, float* y, int64_t n, bool coarse);
 
 }  // namespace edgegen::kernels

@@ -17,6 +17,8 @@ namespace isa_avx2 {
 }  // namespace isa_avx2
 
 void kd_loss_rows_avx2(const KDLossProblem& p) { isa_avx2::kd_loss_rows_impl<isa_avx2::Avx2>(p); }
-void kd_exp_nonpos_avx2(const float* x, float* y, int64_t n) { isa_avx2::exp_nonpos_array<isa_avx2::Avx2>(x, y, n); }
+void kd_exp_nonpos_avx2(const float* x, float* y, int64_t n, bool coarse) {
+  isa_avx2::exp_nonpos_array<isa_avx2::Avx2>(x, y, n, coarse);
+}
 
 }  // namespace edgegen::kernels

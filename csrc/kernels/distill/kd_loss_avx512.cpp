@@ -17,6 +17,8 @@ namespace isa_avx512 {
 }  // namespace isa_avx512
 
 void kd_loss_rows_avx512(const KDLossProblem& p) { isa_avx512::kd_loss_rows_impl<isa_avx512::Avx512>(p); }
-void kd_exp_nonpos_avx512(const float* x, float* y, int64_t n) { isa_avx512::exp_nonpos_array<isa_avx512::Avx512>(x, y, n); }
+void kd_exp_nonpos_avx512(const float* x, float* y, int64_t n, bool coarse) {
+  isa_avx512::exp_nonpos_array<isa_avx512::Avx512>(x, y, n, coarse);
+}
 
 }  // namespace edgegen::kernels

@@ -94,6 +94,13 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
   }
   auto shift_of = [](R m) { return m == -INFINITY ? R(0) : m; };
   constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+  // 16-bit logits: a degree-4 exponential (relative error under 3e-6, against bf16's 4e-3 and
+  // fp16's 5e-4 rounding of the inputs and of the gradient), two FMAs cheaper.
+  auto expx = [](auto P, auto x) {
+    using P_ = decltype(P);
+    if constexpr (sizeof(T) == 2) return P_::exp_nonpos_coarse(x);
+    else return P_::exp_nonpos(x);
+  };
   const bool has_next = i + 1 < p.rows;  // this thread's next row under the static schedule
   const T* s_next = has_next ? s + p.student_row_stride : nullptr;
   const T* t_next = has_next && t0 ? t0 + p.teacher_row_strides[0] : nullptr;
@@ -123,17 +130,17 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
           }
         }
       const auto ds = P_::sub(P_::load(s + v), P_::set1(ss));
-      const auto esT = P_::exp_nonpos(P_::mul(ds, P_::set1(invT)));
+      const auto esT = expx(P, P_::mul(ds, P_::set1(invT)));
       if (kept_sT) P_::store(kept_sT + v, esT);
       ac[0] = P_::add(ac[0], esT);
       if (use_ce) {
         if (tmode == 1) ac[1] = P_::add(ac[1], esT);
         else if (tmode == 2) ac[1] = P_::fmadd(esT, esT, ac[1]);
-        else ac[1] = P_::add(ac[1], P_::exp_nonpos(ds));
+        else ac[1] = P_::add(ac[1], expx(P, ds));
       }
       if (t0) {
         const auto dt = P_::sub(P_::load(t0 + v), P_::set1(st));
-        const auto et = P_::exp_nonpos(P_::mul(dt, P_::set1(invT)));
+        const auto et = expx(P, P_::mul(dt, P_::set1(invT)));
         if (kept_t) P_::store(kept_t + v, et);
         ac[2] = P_::add(ac[2], et);
         ac[3] = P_::fmadd_where_positive(et, P_::sub(dt, ds), ac[3]);
@@ -211,7 +218,7 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
       if (use_ce) {
         const auto e1 = tmode == 1   ? esT
                         : tmode == 2 ? P_::mul(esT, esT)
-                                     : P_::exp_nonpos(P_::sub(P_::load(s + v), P_::set1(Ms)));
+                                     : expx(P, P_::sub(P_::load(s + v), P_::set1(Ms)));
         gv = P_::fmadd(e1, P_::set1(c1), gv);
         if (uint64_t(y - v) < uint64_t(P_::W)) gv = P_::fnmadd(P_::onehot(v, y), P_::set1(bce), gv);
       }
@@ -330,9 +337,10 @@ static void kd_row(const KDLossProblem& p, int64_t i) {
 
 // The row kernels' exponential over an array, for the tests that compare it with std::exp.
 template <class V>
-static void exp_nonpos_array(const float* x, float* y, int64_t n) {
+static void exp_nonpos_array(const float* x, float* y, int64_t n, bool coarse) {
   int64_t i = 0;
-  for (; i + V::W <= n; i += V::W) V::store(y + i, V::exp_nonpos(V::load(x + i)));
+  for (; i + V::W <= n; i += V::W)
+    V::store(y + i, coarse ? V::exp_nonpos_coarse(V::load(x + i)) : V::exp_nonpos(V::load(x + i)));
   for (; i < n; ++i) y[i] = ScalarOf<float>::exp_nonpos(x[i]);
 }
 

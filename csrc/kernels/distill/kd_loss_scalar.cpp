@@ -13,6 +13,8 @@ namespace isa_scalar {
 }  // namespace isa_scalar
 
 void kd_loss_rows_scalar(const KDLossProblem& p) { isa_scalar::kd_loss_rows_impl<isa_scalar::Scalar>(p); }
-void kd_exp_nonpos_scalar(const float* x, float* y, int64_t n) { isa_scalar::exp_nonpos_array<isa_scalar::Scalar>(x, y, n); }
+void kd_exp_nonpos_scalar(const float* x, float* y, int64_t n, bool coarse) {
+  isa_scalar::exp_nonpos_array<isa_scalar::Scalar>(x, y, n, coarse);
+}
 
 }  // namespace edgegen::kernels
