@@ -41,51 +41,47 @@ struct Avx2 {
   // maxps may drop a NaN; callers rely on a NaN input reaching the sums through (x - max).
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
 
-  // e^x for x <= 88; -inf and x < ln(FLT_MIN) give 0, NaN gives NaN.
-  // Range reduction x = n ln2 + r, |r| <= ln2/2, then a degree-7 Taylor polynomial
-  // (truncation error below 6e-9 relative, under one float ulp).
+  // Range reduction x = n ln2 + r, |r| <= ln2/2 (ln2 split in two for exact n ln2), then the
+  // polynomial c[0] + c[1] r + ... + c[Deg] r^Deg; n goes to *n.
+  template <int Deg>
+  static F reduce_poly(F x, const float* c, F* n) {
+    *n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    F r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(-2.12194440e-4f), r);
+    F p = _mm256_set1_ps(c[Deg]);
+#pragma GCC unroll 8
+    for (int d = Deg - 1; d >= 0; --d) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[d]));
+    return p;
+  }
+  // p 2^n for integral n in [-126, 127], built in the exponent bits; 0 where `under`.
+  static F scale_pow2(F p, F n, F under) {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  }
+
+  // e^x for x <= 88; -inf and x < ln(FLT_MIN) give 0, NaN gives NaN. Degree-7 Taylor polynomial
+  // (kExpTaylor7: truncation error below 6e-9 relative, under one float ulp).
   static F exp(F x) {
     const F lo = _mm256_set1_ps(-87.33654475f);
     const F under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(lo, x));  // NaN passes through
-    const F n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    F r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    F p = _mm256_set1_ps(1.0f / 5040.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    F n;
+    const F p = reduce_poly<7>(x, kExpTaylor7, &n);
+    return scale_pow2(p, n, under);
   }
 
   // e^x for x <= 0 (differences to a maximum; a rounding's worth above 0 is fine, as is anything
-  // up to 88): exp() without its upper clamp and with a minimax polynomial for e^r on
-  // |r| <= ln2/2: kExpPoly6 (under 1.5e-7 relative error for the whole function, tested) or, for
-  // 16-bit inputs, kExpPoly4 (under 3e-6); see simd_scalar.h. -inf and x < ln(FLT_MIN) give 0,
-  // NaN gives NaN.
+  // up to 88): exp() without its upper clamp and with a minimax polynomial: kExpPoly6 (under
+  // 1.5e-7 relative error for the whole function, tested) or, for 16-bit inputs, kExpPoly4 (under
+  // 3e-6); see simd_scalar.h. -inf and x < ln(FLT_MIN) give 0, NaN gives NaN.
   template <int Deg>
   static F exp_nonpos_poly(F x) {
-    const float* c = Deg == 6 ? kExpPoly6 : kExpPoly4;
     const F lo = _mm256_set1_ps(-87.33654475f);
     const F under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(lo, x);  // NaN passes through
-    const F n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    F r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    F p = _mm256_set1_ps(c[Deg]);
-#pragma GCC unroll 6
-    for (int d = Deg - 1; d >= 0; --d) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[d]));
-    const __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    F n;
+    const F p = reduce_poly<Deg>(_mm256_max_ps(lo, x), Deg == 6 ? kExpPoly6 : kExpPoly4, &n);  // NaN passes
+    return scale_pow2(p, n, under);
   }
   static F exp_nonpos(F x) { return exp_nonpos_poly<6>(x); }
   static F exp_nonpos_coarse(F x) { return exp_nonpos_poly<4>(x); }

@@ -40,24 +40,27 @@ struct Avx512 {
   // maxps may drop a NaN; callers rely on a NaN input reaching the sums through (x - max).
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
 
-  // e^x as in the AVX2 policy: x = n ln2 + r, degree-7 Taylor polynomial, then p 2^n.
+  // Range reduction and polynomial as in the AVX2 policy: x = n ln2 + r, p(r) with c[0..Deg].
+  template <int Deg>
+  static F reduce_poly(F x, const float* c, F* n) {
+    *n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    F r = _mm512_fnmadd_ps(*n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(*n, _mm512_set1_ps(-2.12194440e-4f), r);
+    F p = _mm512_set1_ps(c[Deg]);
+#pragma GCC unroll 8
+    for (int d = Deg - 1; d >= 0; --d) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[d]));
+    return p;
+  }
+
+  // e^x as in the AVX2 policy (degree-7 Taylor polynomial); p 2^n in one instruction (vscalefps;
+  // n is integral and the result stays normal here), 0 below ln(FLT_MIN).
   static F exp(F x) {
     const F lo = _mm512_set1_ps(-87.33654475f);
     const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(lo, x));  // NaN passes through
-    const F n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    F r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    F p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    // p * 2^n in one instruction (vscalefps; n is integral and the result stays normal here).
+    F n;
+    const F p = reduce_poly<7>(x, kExpTaylor7, &n);
     return _mm512_maskz_scalef_ps(__mmask16(~under), p, n);
   }
 
@@ -67,15 +70,9 @@ struct Avx512 {
   // whole function, tested) or, for 16-bit inputs, kExpPoly4 (under 3e-6); see simd_scalar.h.
   template <int Deg>
   static F exp_nonpos_poly(F x) {
-    const float* c = Deg == 6 ? kExpPoly6 : kExpPoly4;
     x = _mm512_max_ps(_mm512_set1_ps(-110.0f), x);  // NaN passes through; -110 scales to 0
-    const F n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    F r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    F p = _mm512_set1_ps(c[Deg]);
-#pragma GCC unroll 6
-    for (int d = Deg - 1; d >= 0; --d) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[d]));
+    F n;
+    const F p = reduce_poly<Deg>(x, Deg == 6 ? kExpPoly6 : kExpPoly4, &n);
     return _mm512_scalef_ps(p, n);  // p 2^n, rounded to a subnormal or 0 below FLT_MIN
   }
   static F exp_nonpos(F x) { return exp_nonpos_poly<6>(x); }

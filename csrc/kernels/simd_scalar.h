@@ -9,6 +9,9 @@ constexpr float kExpPoly6[7] = {1.0f, 1.0f, 4.9999991802e-01f, 1.6666407647e-01f
                                 8.3757444749e-03f, 1.3840252675e-03f};
 constexpr float kExpPoly4[5] = {9.9999920248e-01f, 9.9996043878e-01f, 5.0004355040e-01f, 1.6794978136e-01f,
                                 4.1478398295e-02f};
+// exp()'s degree-7 Taylor polynomial (truncation error below 6e-9 relative).
+constexpr float kExpTaylor7[8] = {1.0f,         1.0f,          0.5f,           1.0f / 6.0f,
+                                  1.0f / 24.0f, 1.0f / 120.0f, 1.0f / 720.0f, 1.0f / 5040.0f};
 
 template <typename Real>
 struct ScalarOf {

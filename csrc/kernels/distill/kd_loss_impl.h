@@ -68,6 +68,7 @@ template <class R>
 struct KDBlock {
   R ms, mt;  // the block's maxima (-inf when the block is all -inf)
   double zsT, zs1, zt, a;
+  double fsT, fs1, ftT;  // e^((ms - Ms)/T), e^(ms - Ms), e^((mt - Mt)/T), once the row maxima are known
 };
 
 template <class V, class T>
@@ -160,11 +161,14 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
   double ZsT = 0.0, Zs1 = 0.0, Zt = 0.0, A = 0.0;
   auto factor = [&](R m, R M, double scale) { return std::exp((double(m) - double(M)) * scale); };
   for (int64_t b = 0; b < nblocks; ++b) {
-    const KDBlock<R>& blk = blocks[size_t(b)];
-    ZsT += factor(blk.ms, Ms, 1.0 / T_) * blk.zsT;
-    if (use_ce) Zs1 += factor(blk.ms, Ms, 1.0) * blk.zs1;
+    KDBlock<R>& blk = blocks[size_t(b)];
+    blk.fsT = factor(blk.ms, Ms, 1.0 / T_);
+    blk.fs1 = use_ce ? factor(blk.ms, Ms, 1.0) : 0.0;
+    blk.ftT = t0 ? factor(blk.mt, Mt, 1.0 / T_) : 0.0;
+    ZsT += blk.fsT * blk.zsT;
+    if (use_ce) Zs1 += blk.fs1 * blk.zs1;
     if (t0) {
-      const double ft = factor(blk.mt, Mt, 1.0 / T_);
+      const double ft = blk.ftT;
       Zt += ft * blk.zt;
       if (blk.zt > 0.0) {
         const double c = (double(shift_of(blk.mt)) - double(Mt)) - (double(shift_of(blk.ms)) - double(Ms));
@@ -200,10 +204,10 @@ static void kd_row_one_teacher(const KDLossProblem& p, int64_t i, const T* s, co
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock);
     const KDBlock<R>& blk = blocks[size_t(b)];
-    const R cs = R(ka * factor(blk.ms, Ms, 1.0 / T_) / ZsT);
-    const R ct = t0 ? R(ka * factor(blk.mt, Mt, 1.0 / T_) / Zt) : R(0);
+    const R cs = R(ka * blk.fsT / ZsT);
+    const R ct = t0 ? R(ka * blk.ftT / Zt) : R(0);
     // e^ds: from e^(ds_b/T) at T = 1 and 2 (times fs1_b), else computed against the row maximum.
-    const R c1 = use_ce ? R(kb * (tmode == 0 ? 1.0 : factor(blk.ms, Ms, 1.0)) / Zs1) : R(0);
+    const R c1 = use_ce ? R(kb * (tmode == 0 ? 1.0 : blk.fs1) / Zs1) : R(0);
     auto step = [&](auto P, int64_t v) {
       using P_ = decltype(P);
       if constexpr (P_::W > 1)

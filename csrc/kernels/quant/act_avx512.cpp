@@ -33,22 +33,6 @@ bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi) {
   return bad == 0;
 }
 
-// Whether every value is finite (x - x is 0 exactly for finite x, NaN for NaN and +-inf).
-bool all_finite_avx512(const float* x, int64_t n) {
-  __mmask16 ok = 0xffffu;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(x + i);
-    ok &= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_EQ_OQ);
-  }
-  if (i < n) {
-    const __mmask16 m = __mmask16((1u << (n - i)) - 1u);
-    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-    ok &= __mmask16(_mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_EQ_OQ) | ~m);
-  }
-  return ok == 0xffffu;
-}
-
 // out[j] = clamp(nearbyint(x[j] * inv) + zp, 0, 127).
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out) {
   const __m512 vinv = _mm512_set1_ps(inv), vzp = _mm512_set1_ps(zp), zero = _mm512_setzero_ps(),

@@ -38,8 +38,6 @@ void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t col
                        const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
 // Activation quantization (min/max over x, then one row's codes), gemm_avx2.cpp / gemm_avx512.cpp.
 bool finite_minmax_avx2(const float* x, int64_t n, float* lo, float* hi);
-bool all_finite_avx2(const float* x, int64_t n);
-bool all_finite_avx512(const float* x, int64_t n);
 void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
@@ -118,16 +116,9 @@ const TilePath& current_path() { return *path_for(int8_gemm_isa()); }
 
 // The activation quantization's paths (AVX-512 F/BW suffices; no VNNI needed).
 struct ActPath {
-  bool (*all_finite)(const float* x, int64_t n);
   bool (*finite_minmax)(const float* x, int64_t n, float* lo, float* hi);
   void (*quantize_row)(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 };
-
-bool all_finite_scalar(const float* x, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
-  return ok;
-}
 
 bool finite_minmax_scalar(const float* x, int64_t n, float* lo, float* hi) {
   float a = *lo, b = *hi;
@@ -160,12 +151,12 @@ namespace {
 ActPath act_path() {
 #if defined(EDGEGEN_HAVE_AVX2)
   switch (int8_act_isa()) {
-    case Isa::Avx512: return {&all_finite_avx512, &finite_minmax_avx512, &quantize_row_u7_avx512};
-    case Isa::Avx2: return {&all_finite_avx2, &finite_minmax_avx2, &quantize_row_u7_avx2};
+    case Isa::Avx512: return {&finite_minmax_avx512, &quantize_row_u7_avx512};
+    case Isa::Avx2: return {&finite_minmax_avx2, &quantize_row_u7_avx2};
     default: break;
   }
 #endif
-  return {&all_finite_scalar, &finite_minmax_scalar, &quantize_row_u7_scalar};
+  return {&finite_minmax_scalar, &quantize_row_u7_scalar};
 }
 
 }  // namespace
@@ -272,37 +263,37 @@ void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n,
 
 namespace {
 
-// Splits a pass over n values into chunks of 64K (256 KB) over the threads; one chunk runs inline.
-template <class Fn>
-void over_chunks(int64_t n, int num_threads, const Fn& fn) {
+// One pass over n values for their min/max (from 0) and finiteness, in chunks of 64K values
+// (256 KB) split over the threads (one chunk runs inline). Returns false if any is NaN or +-inf.
+bool finite_range(const float* x, int64_t n, int num_threads, float* lo, float* hi) {
   constexpr int64_t kChunk = int64_t(1) << 16;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  if (chunks <= 1 || num_threads <= 1) return fn(0, 0, n);
-  parallel_for(chunks, num_threads, [&](int64_t c) { fn(c, c * kChunk, std::min(n, (c + 1) * kChunk)); });
+  const ActPath ap = act_path();
+  const int64_t chunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
+  if (chunks == 1 || num_threads <= 1) {
+    *lo = *hi = 0.0f;
+    return ap.finite_minmax(x, n, lo, hi);
+  }
+  std::vector<float> los(size_t(chunks), 0.0f), his(size_t(chunks), 0.0f);
+  std::vector<char> ok(size_t(chunks), 1);
+  parallel_for(chunks, num_threads, [&](int64_t c) {
+    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+    ok[size_t(c)] = ap.finite_minmax(x + b, e - b, &los[size_t(c)], &his[size_t(c)]);
+  });
+  *lo = *std::min_element(los.begin(), los.end());
+  *hi = *std::max_element(his.begin(), his.end());
+  return std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; });
 }
-
-int64_t chunk_count(int64_t n) { return std::max<int64_t>(1, (n + (int64_t(1) << 16) - 1) >> 16); }
 
 }  // namespace
 
 bool all_finite(const float* x, int64_t n, int num_threads) {
-  const ActPath ap = act_path();
-  std::vector<char> ok(size_t(chunk_count(n)), 1);
-  over_chunks(n, num_threads, [&](int64_t c, int64_t b, int64_t e) { ok[size_t(c)] = ap.all_finite(x + b, e - b); });
-  return std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; });
+  float lo, hi;  // the range comes free with the check (a memory-bound pass)
+  return finite_range(x, n, num_threads, &lo, &hi);
 }
 
 bool dynamic_act_params_u7(const float* x, int64_t n, ActQuant* q, int num_threads) {
-  const ActPath ap = act_path();
-  const size_t chunks = size_t(chunk_count(n));
-  // The range always includes 0, so that 0 is exact.
-  std::vector<float> los(chunks, 0.0f), his(chunks, 0.0f);
-  std::vector<char> ok(chunks, 1);
-  over_chunks(n, num_threads, [&](int64_t c, int64_t b, int64_t e) {
-    ok[size_t(c)] = ap.finite_minmax(x + b, e - b, &los[size_t(c)], &his[size_t(c)]);
-  });
-  if (!std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; })) return false;
-  const float lo = *std::min_element(los.begin(), los.end()), hi = *std::max_element(his.begin(), his.end());
+  float lo, hi;  // the range always includes 0, so that 0 is exact
+  if (!finite_range(x, n, num_threads, &lo, &hi)) return false;
   q->scale = hi > lo ? (hi - lo) / 127.0f : 1.0f;
   q->zero_point = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / q->scale))));
   return true;

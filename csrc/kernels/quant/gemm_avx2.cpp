@@ -162,18 +162,6 @@ bool finite_minmax_avx2(const float* x, int64_t n, float* lo, float* hi) {
   return ok;
 }
 
-bool all_finite_avx2(const float* x, int64_t n) {
-  __m256 bad = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ));
-  }
-  bool ok = _mm256_movemask_ps(bad) == 0;
-  for (; i < n; ++i) ok &= (x[i] - x[i]) == 0.0f;
-  return ok;
-}
-
 void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out) {
   const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zp), zero = _mm256_setzero_ps(),
                top = _mm256_set1_ps(127.0f);
