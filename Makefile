@@ -51,6 +51,7 @@ endef
 
 test-cpp: setup
 	$(call kernel_tests,$(CPP_BUILD),,)
+	bash scripts/amx-check.sh --model  # the AMX check program builds and passes on the tile model
 
 # The same GoogleTests with AddressSanitizer + UBSan: out-of-bounds access, use after free, leaks,
 # signed overflow or misaligned loads in the kernels fail the build.

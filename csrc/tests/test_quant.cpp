@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <initializer_list>
 #include <ostream>
 #include <string>
 #include <random>
@@ -113,11 +115,15 @@ INSTANTIATE_TEST_SUITE_P(Isa, Int8Path,
                                            K::Isa::Amx),
                          [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
 
-TEST_P(Int8Path, GemmExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
-  std::mt19937 rng(5);
-  for (auto [m, k, n] : {std::tuple{1, 1, 1}, std::tuple{5, 7, 17}, std::tuple{9, 64, 33}, std::tuple{4, 3072, 16},
-                         std::tuple{20, 1030, 50}, std::tuple{67, 36, 70}}) {
-    for (int mode = 0; mode < 3; ++mode) {  // random 7-bit, random 8-bit, all 255 x 127/-128
+using GemmFn = std::function<void(const uint8_t*, int64_t, int64_t, int64_t, int64_t, int32_t, const int8_t*,
+                                  const int32_t*, KQ::GemmOutput, int)>;
+
+// gemm against int64 loops over (m, k, n) shapes, three operand modes (random 7-bit, random 8-bit,
+// all 255 x 127 / -128: the sums that saturate 16-bit pair sums) and 1 or 3 threads.
+static void expect_gemm_exact(const GemmFn& gemm, std::initializer_list<std::tuple<int, int, int>> shapes, uint32_t seed) {
+  std::mt19937 rng(seed);
+  for (auto [m, k, n] : shapes) {
+    for (int mode = 0; mode < 3; ++mode) {
       std::vector<int8_t> w(size_t(n * k));
       for (auto& v : w) v = mode == 2 ? int8_t((rng() & 1) ? 127 : -128) : int8_t(int(rng() % 256) - 128);
       const int64_t lda = KQ::packed_k(k);
@@ -128,15 +134,106 @@ TEST_P(Int8Path, GemmExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
       std::vector<int32_t> row_sum(static_cast<size_t>(n) + 0), out(static_cast<size_t>(m) * n);
       KQ::pack_weight_s8(w.data(), n, k, packed.data(), row_sum.data());
       KQ::GemmOutput o{out.data(), nullptr, 0.0f, nullptr, nullptr};
-      KQ::gemm_u8s8_isa(GetParam(), a.data(), lda, m, n, k, 7, packed.data(), row_sum.data(), o, 2);
+      gemm(a.data(), lda, m, n, k, 7, packed.data(), row_sum.data(), o, mode == 1 ? 3 : 2);
       for (int i = 0; i < m; ++i)
         for (int j = 0; j < n; ++j) {
           int64_t want = 0;
           for (int kk = 0; kk < k; ++kk) want += (int64_t(a[size_t(i * lda + kk)]) - 7) * w[size_t(j * k + kk)];
-          ASSERT_EQ(out[size_t(i * n + j)], want) << m << "x" << k << "x" << n << " mode " << mode;
+          ASSERT_EQ(out[size_t(i * n + j)], want) << m << "x" << k << "x" << n << " mode " << mode << " at " << i << ","
+                                                  << j;
         }
     }
   }
+}
+
+// Shapes for every path: single values, K and N tails, K of 3072 in one tile (the VNNI K blocks),
+// row counts around the tile heights (4, 8, 16, 32) and the row blocks (64).
+#define EDGEGEN_GEMM_SHAPES                                                                                    \
+  {std::tuple{1, 1, 1}, std::tuple{5, 7, 17}, std::tuple{9, 64, 33}, std::tuple{4, 3072, 16},                 \
+   std::tuple{20, 1030, 50}, std::tuple{67, 36, 70}, std::tuple{33, 130, 32}, std::tuple{16, 64, 16},          \
+   std::tuple{130, 68, 40}}
+
+TEST_P(Int8Path, GemmExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
+  expect_gemm_exact(
+      [isa = GetParam()](const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t zp, const int8_t* packed,
+         const int32_t* row_sum, KQ::GemmOutput o, int threads) {
+        KQ::gemm_u8s8_isa(isa, a, lda, m, n, k, zp, packed, row_sum, o, threads);
+      },
+      EDGEGEN_GEMM_SHAPES, 5);
+}
+
+// The AMX path's block on the software tile model, on any CPU: the 32-row blocks and their
+// 16-row halves (full, partial, absent), K steps of 64 with a tail of 4..60, one or two panels.
+TEST(Int8AmxModel, GemmExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
+  expect_gemm_exact(KQ::gemm_u8s8_amx_model, EDGEGEN_GEMM_SHAPES, 6);
+  expect_gemm_exact(KQ::gemm_u8s8_amx_model,
+                    {std::tuple{15, 60, 16}, std::tuple{17, 124, 48}, std::tuple{31, 192, 31}, std::tuple{32, 256, 64},
+                     std::tuple{48, 4, 8}, std::tuple{64, 65, 20}, std::tuple{65, 200, 33}, std::tuple{3, 768, 80}},
+                    7);
+}
+
+// The float epilogue (scales, bias) after the model's integers equals the scalar path's.
+TEST(Int8AmxModel, FloatOutputEqualsScalarPath) {
+  std::mt19937 rng(8);
+  const int64_t m = 37, k = 100, n = 45, lda = KQ::packed_k(k);
+  std::vector<int8_t> w(size_t(n * k)), packed(size_t(KQ::packed_panels(n) * lda * KQ::kPanel));
+  std::vector<uint8_t> a(size_t(m * lda), 0);
+  std::vector<float> scale(static_cast<size_t>(n)), bias(static_cast<size_t>(n)), got(size_t(m * n)), want(size_t(m * n));
+  std::vector<int32_t> row_sum(static_cast<size_t>(n));
+  for (auto& v : w) v = int8_t(int(rng() % 256) - 128);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t kk = 0; kk < k; ++kk) a[size_t(i * lda + kk)] = uint8_t(rng() % 128);
+  for (auto& v : scale) v = 0.001f + float(rng() % 100) / 10000.0f;
+  for (auto& v : bias) v = float(int(rng() % 201) - 100) / 50.0f;
+  KQ::pack_weight_s8(w.data(), n, k, packed.data(), row_sum.data());
+  KQ::gemm_u8s8_amx_model(a.data(), lda, m, n, k, 60, packed.data(), row_sum.data(),
+                          {nullptr, got.data(), 0.02f, scale.data(), bias.data()}, 2);
+  KQ::gemm_u8s8_isa(K::Isa::Scalar, a.data(), lda, m, n, k, 60, packed.data(), row_sum.data(),
+                    {nullptr, want.data(), 0.02f, scale.data(), bias.data()}, 2);
+  EXPECT_EQ(got, want);
+}
+
+#include "kernels/quant/gemm_amx_impl.h"
+
+// The tile model itself against the instruction's definition, worked by hand: C[m][n] +=
+// sum over k quads of u8 A x s8 B, B in rows of (4 k x 16 features), loads zero beyond the shape.
+TEST(Int8AmxModel, TileModelFollowsTdpbusd) {
+  KQ::TileConfig cfg{};
+  cfg.palette = 1;
+  cfg.rows[0] = 2, cfg.colsb[0] = 8;  // C: 2 x 2 int32
+  cfg.rows[4] = 2, cfg.colsb[4] = 8;  // A: 2 x 8 u8 (two k quads)
+  cfg.rows[6] = 2, cfg.colsb[6] = 8;  // B: 2 quads x 2 features x 4
+  KQ::TileModel t;
+  t.configure(cfg);
+  const uint8_t a[2][8] = {{255, 1, 2, 3, 4, 5, 6, 7}, {0, 0, 0, 0, 255, 255, 255, 255}};
+  const int8_t b[2][8] = {{-128, 1, 1, 1, 2, 2, 2, 2}, {1, 1, 1, 1, -128, -128, -128, -128}};
+  const int32_t c0[2][2] = {{10, -10}, {0, 5}};
+  int32_t c[2][2];
+  t.load<0>(c0, sizeof(c0[0]));
+  t.load<4>(a, sizeof(a[0]));
+  t.load<6>(b, sizeof(b[0]));
+  t.dpbusd<0, 4, 6>();
+  t.store<0>(c, sizeof(c[0]));
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      int32_t want = c0[i][j];
+      for (int q = 0; q < 2; ++q)
+        for (int e = 0; e < 4; ++e) want += int32_t(a[i][4 * q + e]) * int32_t(b[q][4 * j + e]);
+      EXPECT_EQ(c[i][j], want) << i << "," << j;
+    }
+  EXPECT_EQ(c[0][0], 10 + 255 * -128 + 1 + 2 + 3 + 4 + 5 + 6 + 7);
+  EXPECT_EQ(c[1][1], 5 + 4 * 255 * -128);
+}
+
+TEST(Int8AmxModelDeathTest, RefusesUnconfiguredTilesAndMismatchedShapes) {
+  KQ::TileModel t;
+  EXPECT_DEATH(t.zero<0>(), "without a configuration");
+  KQ::TileConfig cfg = KQ::amx_gemm_config();
+  cfg.rows[6] = 8;  // B holds 8 k quads, A 16
+  t.configure(cfg);
+  EXPECT_DEATH((t.dpbusd<0, 4, 6>()), "shapes differ");
+  cfg.palette = 0;
+  EXPECT_DEATH(t.configure(cfg), "palette");
 }
 
 TEST(Int4, PackRoundTripAndGemvMatchesDequantizedLoop) {

@@ -93,3 +93,41 @@ def test_dtype_conversion_keeps_float32_scales(to):
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
         if dt == torch.float64:  # a lossless round trip: the module computes exactly what it did
             assert torch.equal(ref, want)
+
+
+_AMX_PROBE = """
+import json, torch
+from torch import nn
+import edgegen
+from edgegen.quant import Int8Linear
+torch.manual_seed(0)
+layer = Int8Linear.from_float(nn.Linear(200, 40))
+x = torch.randn(70, 200) * 2
+with torch.no_grad():
+    got = layer(x)
+    with edgegen.max_isa("scalar"):
+        want = layer(x)
+print(json.dumps({"path": edgegen.kernel_paths()["int8_gemm"], "levels": edgegen.cpu_levels(),
+                  "err": float((got - want).abs().max() / want.abs().max())}))
+"""
+
+
+@pytest.mark.parametrize("opt_in", ["unset", "1"])
+def test_amx_gemm_runs_only_when_asked_for_and_equals_the_scalar_path(opt_in):
+    # The AMX INT8 GEMM has so far run only on the tile model: EDGEGEN_AMX_GEMM=1 turns it on
+    # (where the CPU has AMX); without it, or without AMX, the path is the one below it.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEGEN_AMX_GEMM", "EDGEGEN_MAX_ISA")}
+    if opt_in != "unset":
+        env["EDGEGEN_AMX_GEMM"] = opt_in
+    res = json.loads(subprocess.run([sys.executable, "-c", _AMX_PROBE], env=env, capture_output=True, text=True,
+                                    check=True, timeout=120).stdout)
+    has_amx = "amx" in res["levels"]
+    want_path = "amx" if (opt_in == "1" and has_amx) else (
+        "avx512_vnni" if "avx512_vnni" in res["levels"] else "avx2" if "avx2" in res["levels"] else "scalar")
+    assert res["path"] == want_path
+    assert res["err"] < 1e-6

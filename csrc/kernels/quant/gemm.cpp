@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu_features.h"
 #include "kernels/parallel.h"
+#include "kernels/quant/gemm_amx_impl.h"
 
 namespace edgegen::kernels::quant {
 
@@ -23,6 +25,10 @@ struct TilePath {
   // Zero-point compensation and output of a [rows, cols] tile at (i, j0) of the GEMM.
   void (*store)(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
                 const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
+  // Paths that keep their accumulators over the whole K (AMX tiles) compute a task's row block
+  // at once instead of tile by tile (then `tile` is unused): gemm_amx_impl.h's contract.
+  void (*block)(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride, int panels,
+                int64_t kp, int32_t* acc, int64_t acc_ld) = nullptr;
 };
 
 #if defined(EDGEGEN_HAVE_AVX2)
@@ -41,6 +47,11 @@ bool finite_minmax_avx2(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
+#endif
+#if defined(EDGEGEN_HAVE_AMX)
+// gemm_amx.cpp: amx_gemm_block on the AMX tiles.
+void gemm_block_amx(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
+                    int panels, int64_t kp, int32_t* acc, int64_t acc_ld);
 #endif
 
 namespace {
@@ -94,16 +105,27 @@ void store_avx2_path(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols,
 }
 #endif
 
+void gemm_block_model(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
+                      int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
+  amx_gemm_block<TileModel>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
+}
+
 constexpr TilePath kScalar{Isa::Scalar, 4, 1, false, &tile_scalar, &store_scalar};
+// The AMX block on the software tile model, with the scalar epilogue (tests, any CPU).
+constexpr TilePath kAmxModel{Isa::Amx, kAmxBlockRows, 2, false, &tile_scalar, &store_scalar, &gemm_block_model};
 #if defined(EDGEGEN_HAVE_AVX2)
 constexpr TilePath kAvx2{Isa::Avx2, 4, 1, true, &tile_avx2_path, &store_avx2_path};
 constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 2, false, &tile_avx512_vnni, &store_tile_avx512};
 #endif
+#if defined(EDGEGEN_HAVE_AMX)
+constexpr TilePath kAmx{Isa::Amx, kAmxBlockRows, 2, false, &tile_avx512_vnni, &store_tile_avx512, &gemm_block_amx};
+#endif
 
+// The convolutions' tile paths (no AMX convolution: the VNNI tiles serve AMX machines).
 const TilePath* path_for(Isa isa) {
   switch (isa) {
 #if defined(EDGEGEN_HAVE_AVX2)
-    case Isa::Amx:  // no AMX tile kernel yet: the VNNI path serves AMX machines
+    case Isa::Amx:
     case Isa::Avx512Vnni: return &kAvx512Vnni;
     case Isa::Avx512:
     case Isa::Avx2: return &kAvx2;
@@ -112,7 +134,13 @@ const TilePath* path_for(Isa isa) {
   }
 }
 
-const TilePath& current_path() { return *path_for(int8_gemm_isa()); }
+// The GEMM's paths: the convolutions' plus the AMX block.
+const TilePath* gemm_path_for(Isa isa) {
+#if defined(EDGEGEN_HAVE_AMX)
+  if (isa == Isa::Amx) return &kAmx;
+#endif
+  return path_for(isa);
+}
 
 // The activation quantization's paths (AVX-512 F/BW suffices; no VNNI needed).
 struct ActPath {
@@ -161,11 +189,20 @@ ActPath act_path() {
 
 }  // namespace
 
+bool amx_gemm_opted_in() {
+  static const bool on = [] {
+    const char* env = std::getenv("EDGEGEN_AMX_GEMM");
+    return env && std::strcmp(env, "1") == 0;
+  }();
+  return on;
+}
+
 Isa int8_gemm_isa() {
+  if (amx_gemm_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar});
   return pick_isa({Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar});
 }
 
-bool int8_gemm_has_path(Isa isa) { return path_for(isa)->isa == isa; }
+bool int8_gemm_has_path(Isa isa) { return gemm_path_for(isa)->isa == isa; }
 
 void pack_weight_s8(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* row_sum) {
   const int64_t kp = packed_k(k), np = packed_panels(n);
@@ -203,8 +240,9 @@ void gemm_with(const TilePath& tp, const uint8_t* a, int64_t lda, int64_t m, int
     const int64_t p0 = g * pg, panels = std::min(pg, np - p0);
     const int8_t* panel = packed + p0 * kp * kPanel;
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, n - j0);
-    int32_t accbuf[64 * 2 * kPanel];
-    for (int64_t k0 = 0; k0 < kp; k0 += kb) {
+    alignas(64) int32_t accbuf[64 * 2 * kPanel];
+    if (tp.block) tp.block(a + i0 * lda, lda, i1 - i0, panel, kp * kPanel, int(panels), kp, accbuf, acc_ld);
+    for (int64_t k0 = 0; k0 < kp && !tp.block; k0 += kb) {
       const int64_t klen = std::min(kb, kp - k0);
       for (int64_t i = i0; i < i1; i += tp.rows) {
         const int rows = int(std::min<int64_t>(tp.rows, i1 - i));
@@ -253,12 +291,17 @@ void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t co
 
 void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
-  gemm_with(current_path(), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+  gemm_with(*gemm_path_for(int8_gemm_isa()), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
 }
 
 void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                    const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
-  gemm_with(*path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+  gemm_with(*gemm_path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+}
+
+void gemm_u8s8_amx_model(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+                         const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
+  gemm_with(kAmxModel, a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
 }
 
 namespace {
@@ -324,7 +367,7 @@ void quantize_nchw_to_nhwc_u7(const float* x, int64_t batch, int64_t c, int64_t 
 void conv2d_u8s8(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point, const int8_t* packed,
                  const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias, float* out,
                  const int64_t* os, int num_threads) {
-  conv_with(current_path(), in, g, cout, a_zero_point, packed, row_sum, a_scale, w_scale, bias, out, os, num_threads);
+  conv_with(*path_for(int8_gemm_isa()), in, g, cout, a_zero_point, packed, row_sum, a_scale, w_scale, bias, out, os, num_threads);
 }
 
 void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,

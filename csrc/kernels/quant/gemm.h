@@ -11,7 +11,13 @@
 // quantization produces, like PyTorch's x86 reduce_range) and any larger activation sends the
 // call to an exact path that widens to int16 first (vpmaddwd); AVX-512 VNNI, whose vpdpbusd adds
 // four u8 x s8 products into int32 exactly for the whole u8 range, on [8 rows x 32 features]
-// tiles (one 64-byte weight block per 16 features and 4 k). Results are exact int32 on every path.
+// tiles (one 64-byte weight block per 16 features and 4 k); AMX (gemm_amx_impl.h), tdpbusd on
+// [32 x 32] blocks of tiles that load the same packed weights in place. Results are exact int32
+// on every path.
+//
+// The AMX path has so far run only on a software model of the tiles (gemm_u8s8_amx_model): it is
+// taken only when EDGEGEN_AMX_GEMM=1 (and the CPU has AMX), and the convolutions keep the VNNI
+// tiles on AMX machines.
 #pragma once
 #include <cstdint>
 
@@ -51,6 +57,11 @@ Isa int8_act_isa();
 bool int8_gemm_has_path(Isa isa);
 void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                    const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
+
+// gemm_u8s8 through the AMX path's block with its tiles emulated in plain C++ (any CPU): tests the
+// AMX blocking, tails and operand layout where no AMX CPU is at hand.
+void gemm_u8s8_amx_model(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
+                         const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads);
 
 // Per-tensor quantization parameters of 7-bit activations.
 struct ActQuant {
