@@ -13,6 +13,7 @@ Also: one decode step (1 query, a cache of n keys) for edgegen and SDPA, and fwd
 
     python benchmarks/bench_attention.py            # full run (~15 minutes on 2 cores)
     python benchmarks/bench_attention.py --quick    # n in {1024, 4096}, fewer repeats, no flex
+    python benchmarks/bench_attention.py --lengths 16384 --out ...   # only the given lengths
 
 Each (provider, case) runs in its own process: times are p20/p50/p80 after warm-up at a fixed
 thread count, peak memory is the resident-set high-water mark above the inputs (see harness.py).
@@ -24,6 +25,7 @@ time from 4096 to 16384 <= 4.5x, memory linear in n. Results: benchmarks/results
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -112,12 +114,26 @@ def worker(spec: dict) -> dict:
     return harness.measure(spec, run)
 
 
+def sequence_lengths(text: str) -> tuple[int, ...]:
+    """--lengths: positive integers separated by commas, e.g. "4096,16384"."""
+    try:
+        out = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return out
+
+
 def main():
-    args = harness.cli(__doc__, "attention.csv", worker)
+    args = harness.cli(__doc__, "attention.csv", worker, add_arguments=lambda ap: ap.add_argument(
+        "--lengths", type=sequence_lengths, help="comma-separated sequence lengths instead of the default ones"))
     machine, versions = harness.header(args.threads)
     print(f"# B={B} H={H} d={D} window={WINDOW} num_global={NUM_GLOBAL} causal, float32 unless noted")
     rows = []
     lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
+    if args.lengths:
+        lengths = args.lengths
 
     print("\n## accuracy vs float64 SDPA with the pattern's mask, n=1024 (forward, max |error|)")
     for provider in ("edgegen", "sdpa_mask") + (() if args.quick else ("flex",)):

@@ -11,10 +11,13 @@
 3. End to end, fp32 vs INT8 dynamic (and INT4 weight-only / W4A8 for GPT-2): the GPT-2 student
    (6L/384) prefill of 128 tokens and one cached decode step, the Beta-VAE decoder and the DCGAN
    generator and discriminator (batch 64); latency and bytes on disk.
+4. edgegen's INT8 paths against each other (section 1's layers, section 3's models) in one
+   process, in alternating rounds: ratios that hold on a machine whose speed drifts.
 
     python benchmarks/bench_quant.py               # full run (several minutes)
     python benchmarks/bench_quant.py --quick       # M in {1, 64}, one shape
     python benchmarks/bench_quant.py --sections 23 # only the INT4 and end-to-end sections
+    python benchmarks/bench_quant.py --sections 4  # only edgegen's INT8 paths, alternating in one process
 
 Medians after warm-up, each (provider, case) in its own process, at the machine's full thread
 count (ONNX Runtime gets the same intra-op thread count). Results: benchmarks/results/quant.csv.
@@ -146,6 +149,17 @@ def e2e_worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    f, size = e2e_case(spec)
+    with torch.no_grad():
+        f()
+        return {**harness.measure(spec, f, warmup=2), "bytes": size}
+
+
+def e2e_case(spec: dict):
+    """(f, bytes): one forward of the case's model (run it under torch.no_grad()) and the size of
+    its saved weights."""
+    import torch
+
     torch.manual_seed(0)
     from edgegen.quant import Int4DynamicConfig, Int4WeightOnlyConfig, Int8DynamicConfig, quantize_, save_quantized
 
@@ -184,8 +198,7 @@ def e2e_worker(spec: dict) -> dict:
             f = lambda: model.decode(z)  # noqa: E731
         else:
             f = lambda: model(*inputs)  # noqa: E731
-        f()
-        return {**harness.measure(spec, f, warmup=2), "bytes": size}
+    return f, size
 
 
 def int8_ceiling_tops(threads: int) -> float:
@@ -207,7 +220,7 @@ def worker(spec: dict) -> dict:
 
 def main():
     args = harness.cli(__doc__, "quant.csv", worker, add_arguments=lambda ap: ap.add_argument(
-        "--sections", default="123", help="which sections to run, e.g. 23 (default: all)"))
+        "--sections", default="1234", help="which sections to run, e.g. 23 (default: all)"))
     try:
         import onnxruntime  # noqa: F401
         have_ort = True
@@ -331,7 +344,68 @@ def main():
                 f, q = res["fp32"], res[quant]
                 print(f"{model:18s} {mode:8s} {quant:17s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
                       f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
+    if "4" in args.sections:
+        interleaved_paths(args, levels, shapes, ms, rows)
     harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
+
+
+def interleaved_paths(args, levels, shapes, ms, rows):
+    """Section 4: edgegen's INT8 paths against each other in one process, in alternating rounds
+    (each round runs every path once; the median over rounds of each path's per-round median), so
+    that a machine whose speed drifts during the run (shared hosts) moves every path alike. The
+    peers are left out: ONNX Runtime's spinning thread pool would slow whoever runs after it."""
+    import statistics
+    import time
+
+    import torch
+    from torch import nn
+
+    import edgegen
+    from edgegen.quant import Int8Linear
+
+    torch.set_num_threads(args.threads)
+    paths = harness.above_scalar(levels)
+    rounds = 3 if args.quick else 7
+
+    def compare(fns: dict, calls: int) -> dict:
+        per = {p: [] for p in fns}
+        with torch.no_grad():
+            for p, f in fns.items():
+                with edgegen.max_isa(p):
+                    f()  # warm-up (packing, caches)
+            for _ in range(rounds):
+                for p, f in fns.items():
+                    with edgegen.max_isa(p):
+                        t = []
+                        for _ in range(calls):
+                            t0 = time.perf_counter()
+                            f()
+                            t.append(time.perf_counter() - t0)
+                    per[p].append(statistics.median(t) * 1e3)
+        return {p: statistics.median(v) for p, v in per.items()}
+
+    base = paths[0]
+    print(f"\n## edgegen's INT8 paths in one process, alternating ({rounds} rounds); ms, and the ratio of "
+          f"the {base} path's time to each path's")
+    print(f"{'case':34s} " + " ".join(f"{p:>20s}" for p in paths))
+
+    def report(op, case, res):
+        print(f"{case:34s} " + " ".join(f"{res[p]:9.3f} ({res[base] / res[p]:5.2f}x)" for p in paths))
+        for p in paths:
+            rows.append(dict(op=op, provider=f"edgegen-int8[{p}]", shape=case, dtype="float32 in/out",
+                             mode=f"interleaved, {rounds} rounds", kernel_path=p, p50_ms=round(res[p], 4)))
+
+    for k, n in shapes:
+        for m in ms:
+            torch.manual_seed(0)
+            layer, x = Int8Linear.from_float(nn.Linear(k, n)), torch.randn(m, k)
+            res = compare({p: (lambda: layer(x)) for p in paths}, 31 if m <= 8 else 9)
+            report("int8_linear", f"linear M={m} K={k} N={n}", res)
+    models = [("gpt2-student", "prefill"), ("beta-vae-decoder", "batch64"), ("dcgan-generator", "batch64"),
+              ("dcgan-discriminator", "batch64")]
+    for model, mode in models[:1] if args.quick else models:
+        f, _ = e2e_case(dict(model=model, mode=mode, provider="int8", threads=args.threads))
+        report(f"e2e_{model}", f"{model} {mode}", compare({p: f for p in paths}, 3))
 
 
 if __name__ == "__main__":

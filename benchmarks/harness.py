@@ -125,7 +125,7 @@ def kernel_levels(family: str) -> list[str]:
     this CPU, lowest first: each is benchmarked under its own EDGEGEN_MAX_ISA cap."""
     import edgegen
 
-    order = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+    order = edgegen.isa.LEVELS
     cap = edgegen._C.max_isa()  # EDGEGEN_MAX_ISA: never benchmark above it
     seen, out = set(), []
     for level in edgegen.cpu_levels():

@@ -151,6 +151,11 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "edgegen C++ ops; importing this module registers torch.ops.edgegen.*";
   m.def("cpu_isa", [] { return std::string(K::isa_name(K::best_isa())); },
         "The highest instruction-set level the CPU supports, capped by EDGEGEN_MAX_ISA / set_max_isa.");
+  m.def("isa_levels", [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < K::kNumIsa; ++i) out.push_back(K::isa_name(K::Isa(i)));
+    return out;
+  }, "Every instruction-set level the kernels know, in the cap's order (lowest first).");
   m.def("cpu_levels", [] {
     std::vector<std::string> out;
     for (int i = 0; i < K::kNumIsa; ++i)
@@ -187,7 +192,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_max_isa", [](const std::string& name) {
     K::Isa isa;
     if (!K::parse_isa(name.c_str(), &isa))
-      throw std::invalid_argument("isa: expected scalar, avx2, avx512, avx512_vnni or amx, got '" + name + "'");
+      throw std::invalid_argument("isa: expected scalar, avx2, avx2_vnni, avx512, avx512_vnni or amx, got '" + name + "'");
     K::set_max_isa(isa);
   }, "Caps the kernels' instruction set for this process (tests and benchmarks).");
 }

@@ -11,7 +11,7 @@ mkdir -p "$OUT" build/amx-check
 CXX="${CXX:-/usr/bin/g++}"
 lscpu | grep -E "Model name|^CPU\(s\)" || true
 grep -o -w -E "amx_(tile|int8|bf16)|avx512_vnni" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
-common=(-std=c++17 -O2 -fopenmp -fno-math-errno -DEDGEGEN_HAVE_AVX2=1 -DEDGEGEN_HAVE_AMX=1 -Icsrc)
+common=(-std=c++17 -O2 -fopenmp -fno-math-errno -DEDGEGEN_HAVE_AVX2=1 -DEDGEGEN_HAVE_AVX_VNNI=1 -DEDGEGEN_HAVE_AMX=1 -Icsrc)
 avx512=(-mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -Wno-ignored-attributes)
 objs=()
 build() {  # source, extra flags...
@@ -24,6 +24,8 @@ build csrc/kernels/cpu_features.cpp
 build csrc/kernels/quant/gemm.cpp
 build csrc/kernels/quant/gemm_avx2.cpp -mavx2 -mfma -mf16c -Wno-ignored-attributes
 build csrc/kernels/quant/gemm_avx512.cpp "${avx512[@]}" -mavx512vnni
+build csrc/kernels/quant/gemm_avx2_vnni.cpp -mavx2 -mfma -mf16c -mavxvnni -Wno-ignored-attributes
+build csrc/kernels/quant/gemm_avx2_vnni_evex.cpp "${avx512[@]}" -mavx512vnni
 build csrc/kernels/quant/act_avx512.cpp "${avx512[@]}"
 build csrc/kernels/quant/gemm_amx.cpp -mamx-tile -mamx-int8
 build csrc/tests/amx_check.cpp

@@ -12,8 +12,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-# Every instruction-set level the kernels know, lowest first (fixed ids on every machine).
-ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+# Every instruction-set level the kernels know, lowest first (fixed ids on every machine; equal to
+# edgegen.isa.LEVELS, tests/test_package.py).
+ISA_LEVELS = ("scalar", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "amx")
 
 
 @pytest.fixture(params=ISA_LEVELS)

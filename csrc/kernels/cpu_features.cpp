@@ -23,8 +23,9 @@ namespace edgegen::kernels {
 namespace {
 
 struct Features {
-  bool level[kNumIsa] = {true, false, false, false, false};
+  bool level[kNumIsa] = {true, false, false, false, false, false};
   bool avx512_bf16 = false;
+  bool avx_vnni = false;
 };
 
 #if defined(EDGEGEN_X86_CPU)
@@ -65,11 +66,19 @@ Features probe() {
   const bool amx = (d & (1u << 22)) && (d & (1u << 24)) && (d & (1u << 25));  // BF16 TILE INT8
   unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
   if (a >= 1) __cpuid_count(7, 1, a1, b1, c1, d1);  // subleaf 0's EAX: the highest subleaf
-  f.level[1] = os_avx && avx2 && fma && f16c;
-  f.level[2] = f.level[1] && os_zmm && avx512;
-  f.level[3] = f.level[2] && vnni;
-  f.level[4] = f.level[3] && amx && os_amx && request_amx_permission();
-  f.avx512_bf16 = f.level[2] && (a1 & (1u << 5));
+  const int l_avx2 = int(Isa::Avx2), l_avx2_vnni = int(Isa::Avx2Vnni), l_avx512 = int(Isa::Avx512),
+            l_avx512_vnni = int(Isa::Avx512Vnni), l_amx = int(Isa::Amx);
+  f.level[l_avx2] = os_avx && avx2 && fma && f16c;
+  f.level[l_avx512] = f.level[l_avx2] && os_zmm && avx512;
+  f.level[l_avx512_vnni] = f.level[l_avx512] && vnni;
+  f.level[l_amx] = f.level[l_avx512_vnni] && amx && os_amx && request_amx_permission();
+#if defined(EDGEGEN_HAVE_AVX_VNNI)
+  f.avx_vnni = f.level[l_avx2] && (a1 & (1u << 4));
+#else
+  f.avx_vnni = false;  // a compiler without -mavxvnni: no VEX form built
+#endif
+  f.level[l_avx2_vnni] = f.avx_vnni || f.level[l_avx512_vnni];
+  f.avx512_bf16 = f.level[l_avx512] && (a1 & (1u << 5));
 #endif
   return f;
 }
@@ -90,7 +99,7 @@ int initial_cap() {
   if (!env || !*env) return kNumIsa - 1;
   Isa isa;
   if (!parse_isa(env, &isa)) {
-    throw std::invalid_argument(std::string("EDGEGEN_MAX_ISA: expected scalar, avx2, avx512, avx512_vnni or amx, "
+    throw std::invalid_argument(std::string("EDGEGEN_MAX_ISA: expected scalar, avx2, avx2_vnni, avx512, avx512_vnni or amx, "
                                             "got '") + env + "'");
   }
   return int(isa);
@@ -115,6 +124,7 @@ int cap_value() {
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx2: return "avx2";
+    case Isa::Avx2Vnni: return "avx2_vnni";
     case Isa::Avx512: return "avx512";
     case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Amx: return "amx";
@@ -145,11 +155,12 @@ Isa pick_isa(std::initializer_list<Isa> paths) {
 }
 
 Isa best_isa() {
-  const int c = cap_value();
-  const int s = int(highest_supported());
-  return Isa(c < s ? c : s);
+  for (int i = cap_value(); i > 0; --i)
+    if (features().level[i]) return Isa(i);
+  return Isa::Scalar;
 }
 
 bool cpu_has_avx512_bf16() { return features().avx512_bf16; }
+bool cpu_has_avx_vnni() { return features().avx_vnni; }
 
 }  // namespace edgegen::kernels

@@ -304,7 +304,7 @@ class AttentionPath : public ::testing::TestWithParam<K::Isa> {
 };
 
 INSTANTIATE_TEST_SUITE_P(Isa, AttentionPath,
-                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512, K::Isa::Avx512Vnni,
+                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx2Vnni, K::Isa::Avx512, K::Isa::Avx512Vnni,
                                            K::Isa::Amx),
                          [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
 

@@ -111,7 +111,7 @@ class Int8Path : public ::testing::TestWithParam<K::Isa> {
 };
 
 INSTANTIATE_TEST_SUITE_P(Isa, Int8Path,
-                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512, K::Isa::Avx512Vnni,
+                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx2Vnni, K::Isa::Avx512, K::Isa::Avx512Vnni,
                                            K::Isa::Amx),
                          [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
 
@@ -277,7 +277,7 @@ class Int4Path : public ::testing::TestWithParam<K::Isa> {
 };
 
 INSTANTIATE_TEST_SUITE_P(Isa, Int4Path,
-                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512, K::Isa::Avx512Vnni,
+                         ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx2Vnni, K::Isa::Avx512, K::Isa::Avx512Vnni,
                                            K::Isa::Amx),
                          [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
 

@@ -7,11 +7,15 @@ from edgegen._extension import load as _load
 
 _C = _load()
 
+#: Every instruction-set level, in the cap's order (lowest first).
+LEVELS: tuple[str, ...] = tuple(_C.isa_levels())
+
 
 def cpu_isa() -> str:
     """The highest instruction-set level edgegen's CPU kernels may use here: what the CPU and OS
-    support (scalar, avx2, avx512, avx512_vnni, amx), capped by ``EDGEGEN_MAX_ISA`` /
-    :func:`max_isa`. Each kernel family takes its best path up to it: see :func:`kernel_paths`."""
+    support (one of :data:`LEVELS`: scalar, avx2, avx2_vnni, avx512, avx512_vnni, amx), the highest
+    at or below the cap ``EDGEGEN_MAX_ISA`` / :func:`max_isa`. Each kernel family takes its best path
+    up to it: see :func:`kernel_paths`. (An AVX-512 CPU without VNNI has avx512 but not avx2_vnni.)"""
     return _C.cpu_isa()
 
 

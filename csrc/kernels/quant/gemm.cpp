@@ -48,6 +48,16 @@ void quantize_row_u7_avx2(const float* x, int64_t k, float inv, float zp, uint8_
 bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 #endif
+#if defined(EDGEGEN_HAVE_AVX2)
+// gemm_avx2_vnni_evex.cpp / gemm_avx2_vnni.cpp: [rows <= 6, 16] tiles with 256-bit vpdpbusd
+// (gemm_vnni256_impl.h), in the EVEX and VEX (AVX-VNNI) encodings.
+void tile_avx2_vnni_evex(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc,
+                         int64_t acc_ld, bool accumulate);
+#endif
+#if defined(EDGEGEN_HAVE_AVX_VNNI)
+void tile_avx2_vnni_vex(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc,
+                        int64_t acc_ld, bool accumulate);
+#endif
 #if defined(EDGEGEN_HAVE_AMX)
 // gemm_amx.cpp: amx_gemm_block on the AMX tiles.
 void gemm_block_amx(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
@@ -98,6 +108,16 @@ void tile_avx2_path(const uint8_t* a, int64_t lda, int rows, const int8_t* panel
   tile_avx2(a, lda, rows, panel, kp, u7, acc, accumulate);
 }
 
+// The avx2_vnni level: the VEX form where the CPU has AVX-VNNI, else the EVEX form (the level
+// then means AVX-512 VNNI + VL, cpu_features.h).
+void tile_avx2_vnni_path(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t, int, int64_t kp, bool,
+                         int32_t* acc, int64_t acc_ld, bool accumulate) {
+#if defined(EDGEGEN_HAVE_AVX_VNNI)
+  if (cpu_has_avx_vnni()) return tile_avx2_vnni_vex(a, lda, rows, panel, kp, acc, acc_ld, accumulate);
+#endif
+  tile_avx2_vnni_evex(a, lda, rows, panel, kp, acc, acc_ld, accumulate);
+}
+
 void store_avx2_path(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
                      const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0) {
   if (cols == kPanel) return store_tile_avx2(acc, rows, a_zero_point, row_sum, out, n, i, j0);
@@ -115,6 +135,7 @@ constexpr TilePath kScalar{Isa::Scalar, 4, 1, false, &tile_scalar, &store_scalar
 constexpr TilePath kAmxModel{Isa::Amx, kAmxBlockRows, 2, false, &tile_scalar, &store_scalar, &gemm_block_model};
 #if defined(EDGEGEN_HAVE_AVX2)
 constexpr TilePath kAvx2{Isa::Avx2, 4, 1, true, &tile_avx2_path, &store_avx2_path};
+constexpr TilePath kAvx2Vnni{Isa::Avx2Vnni, 6, 1, false, &tile_avx2_vnni_path, &store_avx2_path};
 constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 2, false, &tile_avx512_vnni, &store_tile_avx512};
 #endif
 #if defined(EDGEGEN_HAVE_AMX)
@@ -127,7 +148,8 @@ const TilePath* path_for(Isa isa) {
 #if defined(EDGEGEN_HAVE_AVX2)
     case Isa::Amx:
     case Isa::Avx512Vnni: return &kAvx512Vnni;
-    case Isa::Avx512:
+    case Isa::Avx2Vnni: return &kAvx2Vnni;
+    case Isa::Avx512:  // AVX-512 without VNNI: no INT8 instruction beyond AVX2's
     case Isa::Avx2: return &kAvx2;
 #endif
     default: return &kScalar;
@@ -198,8 +220,8 @@ bool amx_gemm_opted_in() {
 }
 
 Isa int8_gemm_isa() {
-  if (amx_gemm_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar});
-  return pick_isa({Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar});
+  if (amx_gemm_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
+  return pick_isa({Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
 }
 
 bool int8_gemm_has_path(Isa isa) { return gemm_path_for(isa)->isa == isa; }

@@ -1,0 +1,23 @@
+// The 256-bit VNNI tile of the INT8 GEMM in its AVX-512 VNNI + VL (EVEX) encoding: compiled with
+// -mavx512f -mavx512vl -mavx512vnni, reached at the avx2_vnni level on CPUs without AVX-VNNI
+// (gemm_vnni256_impl.h; the same source as the VEX form, so this is also how it is tested there).
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/quant/gemm.h"
+
+namespace edgegen::kernels::quant {
+namespace isa_avx512vl_vnni {
+#define EDGEGEN_DPBUSD256(c, a, w) _mm256_dpbusd_epi32(c, a, w)
+#include "kernels/quant/gemm_vnni256_impl.h"
+#undef EDGEGEN_DPBUSD256
+}  // namespace isa_avx512vl_vnni
+
+void tile_avx2_vnni_evex(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc,
+                         int64_t acc_ld, bool accumulate) {
+  isa_avx512vl_vnni::vnni256_tile_rows(a, lda, rows, panel, kp, acc, acc_ld, accumulate);
+}
+
+}  // namespace edgegen::kernels::quant
