@@ -12,7 +12,8 @@
    (6L/384) prefill of 128 tokens and one cached decode step, the Beta-VAE decoder and the DCGAN
    generator and discriminator (batch 64); latency and bytes on disk.
 4. edgegen's INT8 paths against each other (section 1's layers, section 3's models) in one
-   process, in alternating rounds: ratios that hold on a machine whose speed drifts.
+   process, in alternating rounds: ratios that hold on a machine whose speed drifts; and the W4A8
+   INT4 paths likewise (layers at M = 1 and 8, a GPT-2 student decode step).
 
     python benchmarks/bench_quant.py               # full run (several minutes)
     python benchmarks/bench_quant.py --quick       # M in {1, 64}, one shape
@@ -384,16 +385,17 @@ def interleaved_paths(args, levels, shapes, ms, rows):
                     per[p].append(statistics.median(t) * 1e3)
         return {p: statistics.median(v) for p, v in per.items()}
 
-    base = paths[0]
     print(f"\n## edgegen's INT8 paths in one process, alternating ({rounds} rounds); ms, and the ratio of "
-          f"the {base} path's time to each path's")
+          f"the {paths[0]} path's time to each path's")
     print(f"{'case':34s} " + " ".join(f"{p:>20s}" for p in paths))
 
     def report(op, case, res):
-        print(f"{case:34s} " + " ".join(f"{res[p]:9.3f} ({res[base] / res[p]:5.2f}x)" for p in paths))
-        for p in paths:
-            rows.append(dict(op=op, provider=f"edgegen-int8[{p}]", shape=case, dtype="float32 in/out",
-                             mode=f"interleaved, {rounds} rounds", kernel_path=p, p50_ms=round(res[p], 4)))
+        b = next(iter(res))  # the lowest path: the ratios are its time over each path's
+        print(f"{case:34s} " + " ".join(f"{t:9.3f} ({res[b] / t:5.2f}x)" for t in res.values()))
+        quant = "int4a8" if op.startswith("int4a8") or "W4A8" in case else "int8"
+        for p, t in res.items():
+            rows.append(dict(op=op, provider=f"edgegen-{quant}[{p}]", shape=case, dtype="float32 in/out",
+                             mode=f"interleaved, {rounds} rounds", kernel_path=p, p50_ms=round(t, 4)))
 
     for k, n in shapes:
         for m in ms:
@@ -406,6 +408,18 @@ def interleaved_paths(args, levels, shapes, ms, rows):
     for model, mode in models[:1] if args.quick else models:
         f, _ = e2e_case(dict(model=model, mode=mode, provider="int8", threads=args.threads))
         report(f"e2e_{model}", f"{model} {mode}", compare({p: f for p in paths}, 3))
+
+    # The W4A8 INT4 rows (int4_a8 family) likewise: one layer at decode sizes, and a decode step.
+    paths = harness.above_scalar(harness.kernel_levels("int4_a8"))
+    harness.print_paths("int4_a8", paths)
+    print(f"{'case':34s} " + " ".join(f"{p:>20s}" for p in paths))
+    for k, n in shapes[:1] if args.quick else shapes:
+        for m in (1, 8):
+            torch.manual_seed(0)
+            layer, x = int4_layer(nn.Linear(k, n), "edgegen-int4a8", 64), torch.randn(m, k)
+            report("int4a8_linear", f"W4A8 M={m} K={k} N={n}", compare({p: (lambda: layer(x)) for p in paths}, 31))
+    f, _ = e2e_case(dict(model="gpt2-student", mode="decode", provider="int4a8", threads=args.threads))
+    report("e2e_gpt2-student", "gpt2-student decode, W4A8", compare({p: f for p in paths}, 15))
 
 
 if __name__ == "__main__":

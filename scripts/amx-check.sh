@@ -24,8 +24,8 @@ build csrc/kernels/cpu_features.cpp
 build csrc/kernels/quant/gemm.cpp
 build csrc/kernels/quant/gemm_avx2.cpp -mavx2 -mfma -mf16c -Wno-ignored-attributes
 build csrc/kernels/quant/gemm_avx512.cpp "${avx512[@]}" -mavx512vnni
-build csrc/kernels/quant/gemm_avx2_vnni.cpp -mavx2 -mfma -mf16c -mavxvnni -Wno-ignored-attributes
-build csrc/kernels/quant/gemm_avx2_vnni_evex.cpp "${avx512[@]}" -mavx512vnni
+build csrc/kernels/quant/vnni256_vex.cpp -mavx2 -mfma -mf16c -mavxvnni -Wno-ignored-attributes
+build csrc/kernels/quant/vnni256_evex.cpp "${avx512[@]}" -mavx512vnni
 build csrc/kernels/quant/act_avx512.cpp "${avx512[@]}"
 build csrc/kernels/quant/gemm_amx.cpp -mamx-tile -mamx-int8
 build csrc/tests/amx_check.cpp

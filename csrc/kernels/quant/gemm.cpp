@@ -49,7 +49,7 @@ bool finite_minmax_avx512(const float* x, int64_t n, float* lo, float* hi);
 void quantize_row_u7_avx512(const float* x, int64_t k, float inv, float zp, uint8_t* out);
 #endif
 #if defined(EDGEGEN_HAVE_AVX2)
-// gemm_avx2_vnni_evex.cpp / gemm_avx2_vnni.cpp: [rows <= 6, 16] tiles with 256-bit vpdpbusd
+// vnni256_evex.cpp / vnni256_vex.cpp: [rows <= 6, 16] tiles with 256-bit vpdpbusd
 // (gemm_vnni256_impl.h), in the EVEX and VEX (AVX-VNNI) encodings.
 void tile_avx2_vnni_evex(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t kp, int32_t* acc,
                          int64_t acc_ld, bool accumulate);

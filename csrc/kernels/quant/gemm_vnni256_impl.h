@@ -1,9 +1,9 @@
 // The INT8 GEMM tile on 256-bit vpdpbusd, written once and compiled twice, each time inside the
 // TU's own namespace after it defines EDGEGEN_DPBUSD256(c, a, w) (c + four u8 x s8 products per
 // int32 lane, exact):
-//   gemm_avx2_vnni.cpp       AVX-VNNI, VEX encoding (-mavxvnni): Intel client cores without AVX-512;
-//   gemm_avx2_vnni_evex.cpp  AVX-512 VNNI + VL, EVEX encoding: the same instruction on AVX-512
-//                            CPUs, which is also how a machine without AVX-VNNI runs this tile.
+//   vnni256_vex.cpp   AVX-VNNI, VEX encoding (-mavxvnni): Intel client cores without AVX-512;
+//   vnni256_evex.cpp  AVX-512 VNNI + VL, EVEX encoding: the same instruction on AVX-512 CPUs,
+//                     which is also how a machine without AVX-VNNI runs this tile.
 // A [R <= 6 rows x 16 features] tile: per k quad, one panel block (64 bytes = two YMM), one
 // broadcast activation quad per row and two vpdpbusd per row; 12 accumulators, two weight and one
 // activation register fit the 16 YMM registers of the VEX encoding. With few rows the K loop

@@ -1,6 +1,7 @@
-// The 256-bit VNNI tile of the INT8 GEMM in its AVX-512 VNNI + VL (EVEX) encoding: compiled with
-// -mavx512f -mavx512vl -mavx512vnni, reached at the avx2_vnni level on CPUs without AVX-VNNI
-// (gemm_vnni256_impl.h; the same source as the VEX form, so this is also how it is tested there).
+// The 256-bit VNNI tile of the INT8 GEMM (gemm_vnni256_impl.h) in its AVX-512 VNNI + VL
+// (EVEX) encoding. Compiled with -mavx512f -mavx512vl -mavx512vnni, reached at the avx2_vnni
+// level on CPUs without AVX-VNNI; the same source as the VEX form (vnni256_vex.cpp), so this is
+// also how it is tested there.
 #include <immintrin.h>
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// The 256-bit VNNI tile of the INT8 GEMM in its AVX-VNNI (VEX) encoding: compiled with -mavx2
-// -mfma -mavxvnni, reached only on CPUs with AVX-VNNI (gemm_vnni256_impl.h).
+// The 256-bit VNNI tile of the INT8 GEMM (gemm_vnni256_impl.h) in its AVX-VNNI (VEX)
+// encoding. Compiled with -mavx2 -mfma -mavxvnni, reached only on CPUs with AVX-VNNI.
 #include <immintrin.h>
 
 #include <cstdint>
