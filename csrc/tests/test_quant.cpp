@@ -308,9 +308,11 @@ TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
   for (auto [k, group] : {std::tuple{64, 32}, std::tuple{64, 64}, std::tuple{128, 128}, std::tuple{192, 32},
                           std::tuple{192, 64}, std::tuple{384, 128}, std::tuple{320, 64}, std::tuple{576, 32},
                           std::tuple{1024, 32}}) {
-    for (int64_t m : {1, 3, 4, 9}) {
+    // m = 64 and 70: the AVX-512 VNNI path's GEMM form (from kA8GemmRows rows: row blocks of 64,
+    // tiles of 8 with a tail, pairs of 16-feature panels with a padded one).
+    for (int64_t m : {1, 3, 4, 9, 16, 64, 70}) {
       for (int mode = 0; mode < 3; ++mode) {  // random; integers with max |x| 127 (sx = 1) at the extremes; zeros
-        const int64_t n = 21, groups = k / group;
+        const int64_t n = m >= 16 ? 37 : 21, groups = k / group;
         std::vector<uint8_t> q(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
         std::vector<float> scale(size_t(n * groups)), x(size_t(m * k)), out(size_t(m * n)), bias(static_cast<size_t>(n));
         for (auto& v : q) v = mode == 1 ? uint8_t(15 * (rng() & 1)) : uint8_t(rng() % 16);

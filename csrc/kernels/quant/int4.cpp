@@ -37,7 +37,11 @@ void int4_dequant_row_avx2(const uint8_t* row, int64_t k, int64_t group, const f
                            float* w);
 void int4_rows_a8_avx2(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group, const float* scale,
                        const uint8_t* zero, float* out);
-// int4_avx512.cpp
+// int4_avx512.cpp: the rows kernel, and the GEMM form for many rows (output features along the
+// lanes, weights unpacked once per call).
+void int4_linear_a8_gemm_avx512_vnni(const A8Rows& a, int64_t n, const uint8_t* packed, const float* scale,
+                                     const uint8_t* zero, int64_t group, const float* bias, float* out,
+                                     int num_threads);
 void int4_rows_a8_avx512_vnni(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group,
                               const float* scale, const uint8_t* zero, float* out);
 #endif
@@ -169,8 +173,11 @@ struct A8Buffers {
   std::vector<float> group_scale, zero_sum, lane_scale;
 };
 
-A8Rows prepare_a8(const float* x, int64_t m, int64_t k, int64_t group, A8Buffers& buf, int num_threads) {
-  const int64_t groups = k / group, blocks = (k + 127) / 128;
+// lanes: also the codes and scales in the rows kernels' lane order (the GEMM form needs only the
+// natural order).
+A8Rows prepare_a8(const float* x, int64_t m, int64_t k, int64_t group, A8Buffers& buf, int num_threads,
+                  bool lanes = true) {
+  const int64_t groups = k / group, blocks = lanes ? (k + 127) / 128 : 0;
   buf.codes.assign(size_t(m * blocks * 128), 0);
   buf.natural.resize(size_t(m * k));
   buf.group_scale.resize(size_t(m * groups));
@@ -223,8 +230,12 @@ void a8_with(const A8Path& p, const float* x, int64_t m, int64_t n, int64_t k, c
              const float* scale, const uint8_t* zero, int64_t group, const float* bias, float* out,
              int num_threads) {
   A8Buffers buf;
-  const A8Rows a = prepare_a8(x, m, k, group, buf, num_threads);
+  const bool gemm = p.isa == Isa::Avx512Vnni && m >= kA8GemmRows;
+  const A8Rows a = prepare_a8(x, m, k, group, buf, num_threads, !gemm);
   const int64_t groups = k / group;
+#if defined(EDGEGEN_HAVE_AVX2)
+  if (gemm) return int4_linear_a8_gemm_avx512_vnni(a, n, packed, scale, zero, group, bias, out, num_threads);
+#endif
   // Tasks: panels of weight rows; within one, each tile of 4 activation rows meets every row of
   // the panel while both stay in L1 (activations are not streamed again for every weight row).
   const int64_t panel = m <= 4 ? 1 : 8, panels = (n + panel - 1) / panel;

@@ -4,8 +4,13 @@
 // and vpdpbusd adds each 32-bit lane's four nibble x code products exactly (u8 x s8 -> s32).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
 
+#include "kernels/parallel.h"
 #include "kernels/quant/int4.h"
 
 namespace edgegen::kernels::quant {
@@ -84,6 +89,132 @@ void int4_rows_a8_avx512_vnni(const uint8_t* row, const A8Rows& a, int64_t i0, i
     if (group == 32) return rows_m<decltype(M)::value, 32>(row, a, i0, scale, zero, out);
     if (group == 64) return rows_m<decltype(M)::value, 64>(row, a, i0, scale, zero, out);
     rows_m<decltype(M)::value, 128>(row, a, i0, scale, zero, out);
+  });
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// W4A8 for many rows: output features along the lanes, as in the INT8 GEMM. The 4-bit weights are
+// unpacked once per call into the INT8 GEMM's panels (16 features x 4 consecutive k per 64-byte
+// block) as signed q - zero; the codes c (s8) enter vpdpbusd as the unsigned c + 128, and the
+// extra 128 * sum(q - zero) of each group comes off before the group's float epilogue:
+//   out[i][j] = sum_g scale[j][g] * sx[i][g] * (sum_{k in g} (c + 128) (q - zero) - 128 sum (q - zero)).
+// The group sums are exact integers, as on the scalar path.
+
+namespace {
+
+constexpr int64_t kA8Panel = 16;
+
+struct A8Gemm {
+  int64_t n, k, group, groups, kq, panels, ld;  // ld: columns of wsum / wscale (panels * 16)
+  std::vector<int8_t> w;                        // [panels][kq][16][4]
+  std::vector<int32_t> wsum;                    // [groups][ld]: 128 * sum_{k in g} (q - zero)
+  std::vector<float> wscale;                    // [groups][ld]
+};
+
+// One packed weight row into panel column j % 16: per half chunk (32 features, one group) a byte
+// transpose brings 4 consecutive k of the low nibbles together (see int4.h: byte b of word w holds
+// k = 32 (w / 4) + w % 4 + 8 b, and k + 4 in its high nibble).
+void unpack_row(const uint8_t* row, const float* scale, const uint8_t* zero, int64_t j, A8Gemm& g) {
+  const __m128i transpose = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m128i nib = _mm_set1_epi8(0x0f);
+  int8_t* pan = g.w.data() + (j / kA8Panel) * g.kq * 64 + (j % kA8Panel) * 4;
+  for (int64_t gi = 0; gi < g.groups; ++gi) g.wscale[size_t(gi * g.ld + j)] = scale[gi];
+  for (int64_t k0 = 0; k0 < g.k; k0 += 32) {
+    const int64_t gi = k0 / g.group;
+    const __m128i t = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k0 / 2)), transpose);
+    const __m128i lo = _mm_and_si128(t, nib), hi = _mm_and_si128(_mm_srli_epi16(t, 4), nib);
+    const __m128i z = _mm_set1_epi8(char(zero[gi]));
+    alignas(16) int8_t q[32];  // k0 .. k0 + 31 in order: low quad b, then high quad b, for b = 0..3
+    _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm_sub_epi8(_mm_unpacklo_epi32(lo, hi), z));
+    _mm_store_si128(reinterpret_cast<__m128i*>(q + 16), _mm_sub_epi8(_mm_unpackhi_epi32(lo, hi), z));
+    const __m128i sad = _mm_add_epi64(_mm_sad_epu8(lo, _mm_setzero_si128()), _mm_sad_epu8(hi, _mm_setzero_si128()));
+    const int64_t nibbles = _mm_cvtsi128_si64(sad) + _mm_extract_epi64(sad, 1);
+    g.wsum[size_t(gi * g.ld + j)] += int32_t(128 * (nibbles - 32 * int64_t(zero[gi])));
+    for (int qq = 0; qq < 8; ++qq) std::memcpy(pan + (k0 / 4 + qq) * 64, q + 4 * qq, 4);
+  }
+}
+
+// Rows [i, i + R) x the 32 features of panels (p, p + 1), every group. au: the codes + 128 as u8,
+// [m][k]. The int32 sums of a group stay in registers; the float accumulators in f (L1).
+template <int R>
+void gemm_tile(const A8Gemm& g, const A8Rows& a, const uint8_t* au, int64_t i, int64_t p, const float* bias,
+               float* out) {
+  alignas(64) float f[R][32] = {};
+  const int8_t* w0 = g.w.data() + p * g.kq * 64;
+  const int8_t* w1 = w0 + g.kq * 64;
+  const int64_t qg = g.group / 4;
+  for (int64_t gi = 0; gi < g.groups; ++gi) {
+    __m512i c[R][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm512_setzero_si512();
+    for (int64_t q = gi * qg; q < (gi + 1) * qg; ++q) {
+      const __m512i b0 = _mm512_loadu_si512(w0 + q * 64), b1 = _mm512_loadu_si512(w1 + q * 64);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, au + (i + r) * g.k + 4 * q, 4);
+        const __m512i av = _mm512_set1_epi32(quad);
+        c[r][0] = _mm512_dpbusd_epi32(c[r][0], av, b0);
+        c[r][1] = _mm512_dpbusd_epi32(c[r][1], av, b1);
+      }
+    }
+    const int64_t o = gi * g.ld + p * kA8Panel;
+    const __m512i s0 = _mm512_loadu_si512(g.wsum.data() + o), s1 = _mm512_loadu_si512(g.wsum.data() + o + 16);
+    const __m512 ws0 = _mm512_loadu_ps(g.wscale.data() + o), ws1 = _mm512_loadu_ps(g.wscale.data() + o + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 sx = _mm512_set1_ps(a.group_scale[(i + r) * g.groups + gi]);
+      _mm512_store_ps(f[r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[r][0], s0)), _mm512_mul_ps(ws0, sx),
+                                            _mm512_load_ps(f[r])));
+      _mm512_store_ps(f[r] + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[r][1], s1)),
+                                                 _mm512_mul_ps(ws1, sx), _mm512_load_ps(f[r] + 16)));
+    }
+  }
+  const int64_t j0 = p * kA8Panel;
+  for (int h = 0; h < 2; ++h) {
+    const int64_t j = j0 + 16 * h, cols = std::min<int64_t>(16, g.n - j);
+    if (cols <= 0) break;
+    const __mmask16 mask = __mmask16((1u << cols) - 1u);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + j) : _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r)
+      _mm512_mask_storeu_ps(out + (i + r) * g.n + j, mask, _mm512_add_ps(_mm512_load_ps(f[r] + 16 * h), b));
+  }
+}
+
+template <int... Rs>
+void gemm_rows(int rows, std::integer_sequence<int, Rs...>, const A8Gemm& g, const A8Rows& a, const uint8_t* au,
+               int64_t i, int64_t p, const float* bias, float* out) {
+  ((rows == Rs ? (gemm_tile<Rs>(g, a, au, i, p, bias, out), true) : false) || ...);
+}
+
+}  // namespace
+
+void int4_linear_a8_gemm_avx512_vnni(const A8Rows& a, int64_t n, const uint8_t* packed, const float* scale,
+                                     const uint8_t* zero, int64_t group, const float* bias, float* out,
+                                     int num_threads) {
+  A8Gemm g;
+  g.n = n, g.k = a.k, g.group = group, g.groups = a.k / group, g.kq = a.k / 4;
+  g.panels = (n + kA8Panel - 1) / kA8Panel;
+  g.panels += g.panels % 2;  // pairs of panels; the padding features have zero weights
+  g.ld = g.panels * kA8Panel;
+  g.w.assign(size_t(g.panels * g.kq * 64), 0);
+  g.wsum.assign(size_t(g.groups * g.ld), 0);
+  g.wscale.assign(size_t(g.groups * g.ld), 0.0f);
+  parallel_for(n, num_threads, [&](int64_t j) {
+    unpack_row(packed + j * a.k / 2, scale + j * g.groups, zero + j * g.groups, j, g);
+  });
+  std::vector<uint8_t> au(size_t(a.m * a.k));  // the codes + 128, as vpdpbusd's unsigned operand
+  parallel_for(a.m, num_threads, [&](int64_t i) {
+    for (int64_t kk = 0; kk < a.k; ++kk) au[size_t(i * a.k + kk)] = uint8_t(a.natural[i * a.k + kk]) ^ 0x80u;
+  });
+  // Tasks: blocks of 64 rows x one pair of panels; within one, tiles of 8 rows.
+  const int64_t mb = 64, row_blocks = (a.m + mb - 1) / mb, pairs = g.panels / 2;
+  parallel_for(row_blocks * pairs, num_threads, [&](int64_t t) {
+    const int64_t p = 2 * (t % pairs), i0 = (t / pairs) * mb, i1 = std::min(a.m, i0 + mb);
+    for (int64_t i = i0; i < i1; i += 8)
+      gemm_rows(int(std::min<int64_t>(8, i1 - i)), std::integer_sequence<int, 8, 7, 6, 5, 4, 3, 2, 1>{}, g, a,
+                au.data(), i, p, bias, out);
   });
 }
 
