@@ -7,7 +7,8 @@
    weights; ORT fuses it into DynamicQuantizeMatMul).
 2. INT4 GEMV (M = 1) vs fp32 and INT8, the same shapes plus GPT-2's output head (768 x 50257),
    with weights in cache and streamed from DRAM: weight-only (float activations) and W4A8
-   (activations quantized per call to int8 per group: integer dot products), and both at M = 8.
+   (activations quantized per call to int8 per group: integer dot products), and both at M = 8
+   and at M = 128 (a prefill).
 3. End to end, fp32 vs INT8 dynamic (and INT4 weight-only / W4A8 for GPT-2): the GPT-2 student
    (6L/384) prefill of 128 tokens and one cached decode step, the Beta-VAE decoder and the DCGAN
    generator and discriminator (batch 64); latency and bytes on disk.
@@ -289,29 +290,32 @@ def main():
 
     int4 = ("edgegen-int4", "edgegen-int4a8")
     if "2" in args.sections:
-        print("\n## INT4 GEMV (group 64) vs fp32 and INT8: weight-only (int4) and W4A8 (int4a8: activations "
+        print("\n## INT4 layers (group 64; M = 1 and 8: GEMV, M = 128: prefill) vs fp32 and INT8: weight-only (int4) "
+              "and W4A8 (int4a8: activations "
               "quantized per call to int8 per group); 'hot': the same layer again and again (weights in cache); "
               "'cold': >= 256 MB of distinct layers in turn (weights from DRAM, as in decoding)")
         gemv_paths = {"edgegen-int8": kp["int8_gemm"], "edgegen-int4": kp["int4"], "edgegen-int4a8": kp["int4_a8"]}
         print(f"# paths: int8 {kp['int8_gemm']}, int4 {kp['int4']}, int4a8 {kp['int4_a8']}; "
               f"CPU flags: {harness.cpu_flags()}")
-        print(f"{'M':>2s} {'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4a8 ms':>9s} "
+        print(f"{'M':>3s} {'K x N':>11s} {'cache':5s} {'fp32 ms':>9s} {'int8 ms':>9s} {'int4 ms':>9s} {'int4a8 ms':>9s} "
               f"{'int4a8 vs fp32 / int4 / int8':>30s}")
-        for m, (k, n) in [(1, s) for s in shapes + [(768, 50257)]] + [(8, s) for s in shapes[:1] + [(768, 50257)]]:
+        cases = [(1, s) for s in shapes + [(768, 50257)]] + [(8, s) for s in shapes[:1] + [(768, 50257)]]
+        cases += [(128, s) for s in shapes[:1] + ([] if args.quick else shapes[2:] + [(768, 50257)])]  # prefill
+        for m, (k, n) in cases:
             for cold in (False, True):
                 if cold and (n > 10000 or m > 1):
                     continue
                 res = {}
                 for p in ("fp32", "edgegen-int8", *int4):
                     spec = dict(op="linear", provider=p, k=k, n=n, m=m, threads=args.threads, cold=cold,
-                                repeats=200 if n < 10000 else 30)
+                                repeats=(200 if m < 128 else 30) if n < 10000 else (30 if m < 128 else 7))
                     r = record("gemv_" + ("cold" if cold else "hot"), p, f"M={m} K={k} N={n} group=64",
                                harness.run_worker(__file__, spec), flops=2 * m * k * n, path=gemv_paths.get(p))
                     if r:
                         res[p] = r["p50_ms"]
                 if len(res) == 4:
                     a8 = res["edgegen-int4a8"]
-                    print(f"{m:2d} {f'{k}x{n}':>11s} {'cold' if cold else 'hot':5s} {res['fp32']:9.4f} "
+                    print(f"{m:3d} {f'{k}x{n}':>11s} {'cold' if cold else 'hot':5s} {res['fp32']:9.4f} "
                           f"{res['edgegen-int8']:9.4f} {res['edgegen-int4']:9.4f} {a8:9.4f} "
                           f"{res['fp32'] / a8:12.2f}x / {res['edgegen-int4'] / a8:.2f}x / {res['edgegen-int8'] / a8:.2f}x")
 

@@ -308,20 +308,28 @@ TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
   for (auto [k, group] : {std::tuple{64, 32}, std::tuple{64, 64}, std::tuple{128, 128}, std::tuple{192, 32},
                           std::tuple{192, 64}, std::tuple{384, 128}, std::tuple{320, 64}, std::tuple{576, 32},
                           std::tuple{1024, 32}}) {
-    // m = 64 and 70: the AVX-512 VNNI path's GEMM form (from kA8GemmRows rows: row blocks of 64,
+    static_assert(KQ::kA8GemmRows <= 32, "m = 32 must reach the GEMM form");
+    // m = 32 and 70: the AVX-512 VNNI path's GEMM form (from kA8GemmRows rows: row blocks of 64,
     // tiles of 8 with a tail, pairs of 16-feature panels with a padded one).
-    for (int64_t m : {1, 3, 4, 9, 16, 64, 70}) {
-      for (int mode = 0; mode < 3; ++mode) {  // random; integers with max |x| 127 (sx = 1) at the extremes; zeros
+    for (int64_t m : {1, 3, 4, 9, 16, 32, 70}) {
+      // Modes: random; integers with max |x| 127 (sx = 1) at the extremes; zeros; halves (ties of
+      // the code rounding, half to even) with one 127 per group (sx = 1). Modes 1 and 3 are
+      // integer-valued throughout.
+      for (int mode = 0; mode < 4; ++mode) {
+        const bool exact = mode == 1 || mode == 3;
         const int64_t n = m >= 16 ? 37 : 21, groups = k / group;
         std::vector<uint8_t> q(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
         std::vector<float> scale(size_t(n * groups)), x(size_t(m * k)), out(size_t(m * n)), bias(static_cast<size_t>(n));
         for (auto& v : q) v = mode == 1 ? uint8_t(15 * (rng() & 1)) : uint8_t(rng() % 16);
         for (auto& v : zero) v = mode == 1 ? uint8_t(15 * (rng() & 1)) : uint8_t(rng() % 16);
-        for (auto& v : scale) v = mode == 1 ? 1.0f : 0.01f + float(rng() % 100) / 1000.0f;
-        for (auto& v : bias) v = mode == 1 ? 0.0f : float(int(rng() % 201) - 100) / 50.0f;
+        for (auto& v : scale) v = exact ? 1.0f : 0.01f + float(rng() % 100) / 1000.0f;
+        for (auto& v : bias) v = exact ? 0.0f : float(int(rng() % 201) - 100) / 50.0f;
         for (auto& v : x) v = mode == 1 ? ((rng() & 1) ? 127.0f : -127.0f) : float(int(rng() % 2001) - 1000) / 300.0f;
         if (mode == 2)
           for (int64_t kk = 0; kk < k; ++kk) x[size_t(kk)] = 0.0f;  // an all-zero row: every group's scale is 1
+        if (mode == 3)
+          for (size_t e = 0; e < x.size(); ++e)
+            x[e] = e % size_t(group) == 5 ? 127.0f : float(int(rng() % 253) - 126) + 0.5f;
         KQ::pack_int4(q.data(), n, k, packed.data());
         KQ::int4_linear_a8_isa(GetParam(), x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group,
                                bias.data(), out.data(), 2);
@@ -337,7 +345,7 @@ TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
               want += double(scale[size_t(r * groups + g)]) * sx[size_t(i * groups + g)] * double(dot);
             }
             const float got = out[size_t(i * n + r)];
-            if (mode == 1)  // integer-valued throughout, below 2^24: exact on every path
+            if (exact)  // integer-valued throughout, below 2^24: exact on every path
               ASSERT_EQ(got, float(want)) << "k " << k << " group " << group << " m " << m << " row " << i << "," << r;
             else
               ASSERT_NEAR(got, want, 2e-5 * (1.0 + std::fabs(want)))

@@ -50,7 +50,7 @@ void int4_gemv_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, con
 // weight row. From kA8GemmRows rows on, the AVX-512 VNNI path turns into a GEMM with the output
 // features along the lanes (the weights unpacked once per call into the INT8 GEMM's panels, each
 // group's integer sum taken whole, then scaled): the same integers, another float summation order.
-constexpr int64_t kA8GemmRows = 64;
+constexpr int64_t kA8GemmRows = 32;  // measured: the rows kernel wins at 8, ties at 16, loses from 32
 void int4_linear_a8(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed, const float* scale,
                     const uint8_t* zero, int64_t group, const float* bias, float* out, int num_threads);
 void int4_linear_a8_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed,

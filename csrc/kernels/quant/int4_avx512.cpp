@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/buffer_cache.h"
 #include "kernels/parallel.h"
 #include "kernels/quant/int4.h"
 
@@ -93,6 +94,35 @@ void int4_rows_a8_avx512_vnni(const uint8_t* row, const A8Rows& a, int64_t i0, i
 }
 
 
+// The 8-bit activations of W4A8 in feature order (int4.h): per row and group sx = max|x| / 127 (1
+// for an all-zero group), code = round-half-even(x / sx) clamped to [-127, 127], and
+// zero_sum = sx * (sum of the codes). The same IEEE division and rounding as the scalar loop, so
+// the codes are identical.
+void int4_a8_codes_avx512(const float* x, int64_t m, int64_t k, int64_t group, int8_t* natural, float* group_scale,
+                          float* zero_sum, int num_threads) {
+  const int64_t groups = k / group;
+  parallel_for(m, num_threads, [&](int64_t i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = x + i * k + g * group;
+      __m512 amax = _mm512_setzero_ps();
+      for (int64_t t = 0; t < group; t += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xg + t)));
+      float s = _mm512_reduce_max_ps(amax) / 127.0f;
+      if (!(s > 0.0f)) s = 1.0f;
+      const __m512 sv = _mm512_set1_ps(s), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t t = 0; t < group; t += 16) {
+        const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xg + t), sv),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i c = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, q)));
+        sum = _mm512_add_epi32(sum, c);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(natural + i * k + g * group + t), _mm512_cvtsepi32_epi8(c));
+      }
+      group_scale[i * groups + g] = s;
+      zero_sum[i * groups + g] = s * float(_mm512_reduce_add_epi32(sum));
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // W4A8 for many rows: output features along the lanes, as in the INT8 GEMM. The 4-bit weights are
 // unpacked once per call into the INT8 GEMM's panels (16 features x 4 consecutive k per 64-byte
@@ -105,9 +135,32 @@ namespace {
 
 constexpr int64_t kA8Panel = 16;
 
+// Scratch memory for the unpacked weights: from the buffer cache from 8 MiB on (a large layer,
+// e.g. a 50,257-word output head, would otherwise fault in fresh pages on every call), else the heap.
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    if (cached_) buffer_cache().release(cached_, capacity_);
+  }
+  int8_t* get(size_t bytes) {
+    if (bytes >= 4 * BufferCache::kAlign && (cached_ = buffer_cache().acquire(bytes, &capacity_)))
+      return static_cast<int8_t*>(cached_);
+    heap_.resize(bytes);
+    return heap_.data();
+  }
+
+ private:
+  void* cached_ = nullptr;
+  size_t capacity_ = 0;
+  std::vector<int8_t> heap_;
+};
+
 struct A8Gemm {
   int64_t n, k, group, groups, kq, panels, ld;  // ld: columns of wsum / wscale (panels * 16)
-  std::vector<int8_t> w;                        // [panels][kq][16][4]
+  int8_t* w;                                    // [panels][kq][16][4]
   std::vector<int32_t> wsum;                    // [groups][ld]: 128 * sum_{k in g} (q - zero)
   std::vector<float> wscale;                    // [groups][ld]
 };
@@ -118,7 +171,7 @@ struct A8Gemm {
 void unpack_row(const uint8_t* row, const float* scale, const uint8_t* zero, int64_t j, A8Gemm& g) {
   const __m128i transpose = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m128i nib = _mm_set1_epi8(0x0f);
-  int8_t* pan = g.w.data() + (j / kA8Panel) * g.kq * 64 + (j % kA8Panel) * 4;
+  int8_t* pan = g.w + (j / kA8Panel) * g.kq * 64 + (j % kA8Panel) * 4;
   for (int64_t gi = 0; gi < g.groups; ++gi) g.wscale[size_t(gi * g.ld + j)] = scale[gi];
   for (int64_t k0 = 0; k0 < g.k; k0 += 32) {
     const int64_t gi = k0 / g.group;
@@ -141,7 +194,7 @@ template <int R>
 void gemm_tile(const A8Gemm& g, const A8Rows& a, const uint8_t* au, int64_t i, int64_t p, const float* bias,
                float* out) {
   alignas(64) float f[R][32] = {};
-  const int8_t* w0 = g.w.data() + p * g.kq * 64;
+  const int8_t* w0 = g.w + p * g.kq * 64;
   const int8_t* w1 = w0 + g.kq * 64;
   const int64_t qg = g.group / 4;
   for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -198,15 +251,21 @@ void int4_linear_a8_gemm_avx512_vnni(const A8Rows& a, int64_t n, const uint8_t* 
   g.panels = (n + kA8Panel - 1) / kA8Panel;
   g.panels += g.panels % 2;  // pairs of panels; the padding features have zero weights
   g.ld = g.panels * kA8Panel;
-  g.w.assign(size_t(g.panels * g.kq * 64), 0);
+  Scratch scratch;
+  g.w = scratch.get(size_t(g.panels * g.kq * 64));
   g.wsum.assign(size_t(g.groups * g.ld), 0);
   g.wscale.assign(size_t(g.groups * g.ld), 0.0f);
   parallel_for(n, num_threads, [&](int64_t j) {
     unpack_row(packed + j * a.k / 2, scale + j * g.groups, zero + j * g.groups, j, g);
   });
+  for (int64_t j = n; j < g.ld; ++j)  // the padding features: zero weights
+    for (int64_t q = 0; q < g.kq; ++q) std::memset(g.w + (j / kA8Panel) * g.kq * 64 + q * 64 + (j % kA8Panel) * 4, 0, 4);
   std::vector<uint8_t> au(size_t(a.m * a.k));  // the codes + 128, as vpdpbusd's unsigned operand
   parallel_for(a.m, num_threads, [&](int64_t i) {
-    for (int64_t kk = 0; kk < a.k; ++kk) au[size_t(i * a.k + kk)] = uint8_t(a.natural[i * a.k + kk]) ^ 0x80u;
+    const __m512i flip = _mm512_set1_epi8(char(0x80));
+    for (int64_t kk = 0; kk < a.k; kk += 64)  // k is a multiple of 64
+      _mm512_storeu_si512(au.data() + i * a.k + kk,
+                          _mm512_xor_si512(_mm512_loadu_si512(a.natural + i * a.k + kk), flip));
   });
   // Tasks: blocks of 64 rows x one pair of panels; within one, tiles of 8 rows.
   const int64_t mb = 64, row_blocks = (a.m + mb - 1) / mb, pairs = g.panels / 2;
