@@ -122,7 +122,7 @@ def sequence_lengths(text: str) -> tuple[int, ...]:
         out = ()
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return out
+    return tuple(sorted(set(out)))  # ascending: the scaling lines compare each length with the previous
 
 
 def main():

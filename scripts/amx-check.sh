@@ -13,12 +13,18 @@ lscpu | grep -E "Model name|^CPU\(s\)" || true
 grep -o -w -E "amx_(tile|int8|bf16)|avx512_vnni" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 common=(-std=c++17 -O2 -fopenmp -fno-math-errno -DEDGEGEN_HAVE_AVX2=1 -DEDGEGEN_HAVE_AVX_VNNI=1 -DEDGEGEN_HAVE_AMX=1 -Icsrc)
 avx512=(-mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -Wno-ignored-attributes)
+if ! echo 'int main(){}' | "$CXX" -x c++ -mavxvnni -mamx-tile -mamx-int8 -o /dev/null - 2>/dev/null; then
+  echo "amx-check: $CXX does not know -mavxvnni / -mamx-tile (GCC >= 11 or Clang >= 12 needed): skipped"
+  exit 0
+fi
 objs=()
+pids=()
 build() {  # source, extra flags...
   local src=$1; shift
   local obj="build/amx-check/$(basename "${src%.cpp}").o"
   "$CXX" "${common[@]}" "$@" -c "$src" -o "$obj" &
   objs+=("$obj")
+  pids+=($!)
 }
 build csrc/kernels/cpu_features.cpp
 build csrc/kernels/quant/gemm.cpp
@@ -29,6 +35,6 @@ build csrc/kernels/quant/vnni256_evex.cpp "${avx512[@]}" -mavx512vnni
 build csrc/kernels/quant/act_avx512.cpp "${avx512[@]}"
 build csrc/kernels/quant/gemm_amx.cpp -mamx-tile -mamx-int8
 build csrc/tests/amx_check.cpp
-wait
+for pid in "${pids[@]}"; do wait "$pid" || { echo "amx-check: a compile failed"; exit 1; }; done
 "$CXX" -fopenmp "${objs[@]}" -o build/amx-check/amx_check
 build/amx-check/amx_check "$@" | tee "$OUT/amx_check.txt"

@@ -193,17 +193,24 @@ TEST(Int8AmxModel, FloatOutputEqualsScalarPath) {
   EXPECT_EQ(got, want);
 }
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+namespace amx_test {
+using namespace edgegen::kernels::quant;  // gemm.h's names, as in the kernels' own namespace
 #include "kernels/quant/gemm_amx_impl.h"
+}  // namespace amx_test
+namespace KA = amx_test;
 
 // The tile model itself against the instruction's definition, worked by hand: C[m][n] +=
 // sum over k quads of u8 A x s8 B, B in rows of (4 k x 16 features), loads zero beyond the shape.
 TEST(Int8AmxModel, TileModelFollowsTdpbusd) {
-  KQ::TileConfig cfg{};
+  KA::TileConfig cfg{};
   cfg.palette = 1;
   cfg.rows[0] = 2, cfg.colsb[0] = 8;  // C: 2 x 2 int32
   cfg.rows[4] = 2, cfg.colsb[4] = 8;  // A: 2 x 8 u8 (two k quads)
   cfg.rows[6] = 2, cfg.colsb[6] = 8;  // B: 2 quads x 2 features x 4
-  KQ::TileModel t;
+  KA::TileModel t;
   t.configure(cfg);
   const uint8_t a[2][8] = {{255, 1, 2, 3, 4, 5, 6, 7}, {0, 0, 0, 0, 255, 255, 255, 255}};
   const int8_t b[2][8] = {{-128, 1, 1, 1, 2, 2, 2, 2}, {1, 1, 1, 1, -128, -128, -128, -128}};
@@ -226,14 +233,20 @@ TEST(Int8AmxModel, TileModelFollowsTdpbusd) {
 }
 
 TEST(Int8AmxModelDeathTest, RefusesUnconfiguredTilesAndMismatchedShapes) {
-  KQ::TileModel t;
+  KA::TileModel t;
   EXPECT_DEATH(t.zero<0>(), "without a configuration");
-  KQ::TileConfig cfg = KQ::amx_gemm_config();
+  KA::TileConfig cfg = KA::amx_gemm_config();
   cfg.rows[6] = 8;  // B holds 8 k quads, A 16
   t.configure(cfg);
   EXPECT_DEATH((t.dpbusd<0, 4, 6>()), "shapes differ");
   cfg.palette = 0;
   EXPECT_DEATH(t.configure(cfg), "palette");
+  cfg = KA::amx_gemm_config();
+  cfg.rows[3] = 17;  // the hardware faults on more than 16 rows (the model would overrun its tile)
+  EXPECT_DEATH(t.configure(cfg), "tile shape");
+  cfg = KA::amx_gemm_config();
+  cfg.colsb[8] = 64;  // palette 1 has 8 tiles
+  EXPECT_DEATH(t.configure(cfg), "tile shape");
 }
 
 TEST(Int4, PackRoundTripAndGemvMatchesDequantizedLoop) {

@@ -2,15 +2,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu_features.h"
 #include "kernels/parallel.h"
-#include "kernels/quant/gemm_amx_impl.h"
 
 namespace edgegen::kernels::quant {
+
+namespace amx_model {
+#include "kernels/quant/gemm_amx_impl.h"
+}  // namespace amx_model
+using amx_model::kAmxBlockRows;
 
 // The INT8 GEMM family's paths. Each computes tiles of up to `rows` rows x `panels` panels of
 // 16 output features over a K range: acc[r][c] (row stride acc_ld) = sum_k a[r][k] * w[c][k],
@@ -127,7 +132,7 @@ void store_avx2_path(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols,
 
 void gemm_block_model(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
                       int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
-  amx_gemm_block<TileModel>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
+  amx_model::amx_gemm_block<amx_model::TileModel>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
 }
 
 constexpr TilePath kScalar{Isa::Scalar, 4, 1, false, &tile_scalar, &store_scalar};
@@ -220,7 +225,9 @@ bool amx_gemm_opted_in() {
 }
 
 Isa int8_gemm_isa() {
+#if defined(EDGEGEN_HAVE_AMX)
   if (amx_gemm_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
+#endif
   return pick_isa({Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
 }
 

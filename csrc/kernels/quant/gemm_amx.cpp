@@ -2,11 +2,22 @@
 // and reached only on CPUs (and Linux processes) with the tile state enabled.
 #include <immintrin.h>
 
-#include "kernels/quant/gemm_amx_impl.h"
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/quant/gemm.h"
 
 namespace edgegen::kernels::quant {
 
+namespace amx_tiles {
+#include "kernels/quant/gemm_amx_impl.h"
+}  // namespace amx_tiles
+
 namespace {
+
+using amx_tiles::TileConfig;
 
 // GCC's tile intrinsics paste the tile number into the instruction text, so each tile's
 // operation is spelled with a literal number.
@@ -57,7 +68,7 @@ struct AmxTiles {
 
 void gemm_block_amx(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
                     int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
-  amx_gemm_block<AmxTiles>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
+  amx_tiles::amx_gemm_block<AmxTiles>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
 }
 
 }  // namespace edgegen::kernels::quant

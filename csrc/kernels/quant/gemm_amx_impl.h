@@ -13,15 +13,10 @@
 // The C tiles stay in registers over the whole K. K is walked in steps of 64; the last step, when
 // K is not a multiple of 64, and row blocks of fewer than 16 rows go through zero-padded copies
 // (one tile configuration for everything: a new configuration would clear the tiles).
-#pragma once
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-
-#include "kernels/quant/gemm.h"
-
-namespace edgegen::kernels::quant {
+// Included by each TU inside its own namespace (edgegen::kernels::quant::amx_model in gemm.cpp,
+// ::amx_tiles in gemm_amx.cpp, ::amx_test in the tests), after <cstdint>, <cstdio>, <cstdlib>,
+// <cstring> and kernels/quant/gemm.h, so no inline function compiled for one ISA can be picked by
+// the linker for another.
 
 // The 64-byte operand of ldtilecfg (palette 1): bytes per row and rows of each tile.
 struct alignas(64) TileConfig {
@@ -48,12 +43,21 @@ inline TileConfig amx_gemm_config() {
   return c;
 }
 
-// The tile operations of AMX-TILE / AMX-INT8 on plain memory. Checks what the hardware would
-// fault on or silently ignore: an unconfigured use, tiles of inconsistent shapes.
+// The tile operations of AMX-TILE / AMX-INT8 on plain memory. Checks what the hardware faults on:
+// a configuration other than palette 1 with rows <= 16, bytes per row <= 64 (and a multiple of 4)
+// and zero reserved bytes, a use before configuring, tdpbusd on tiles of inconsistent shapes.
 class TileModel {
  public:
   void configure(const TileConfig& c) {
     if (c.palette != 1) fail("palette must be 1");
+    if (c.start_row != 0) fail("start_row must be 0");
+    for (uint8_t r : c.reserved)
+      if (r != 0) fail("reserved bytes must be 0");
+    for (int t = 0; t < 16; ++t) {
+      if (c.rows[t] > kAmxTileRows || c.colsb[t] > kAmxTileBytes || c.colsb[t] % 4 != 0 ||
+          (t >= 8 && (c.rows[t] || c.colsb[t])))
+        fail("tile shape beyond 16 rows x 64 bytes");
+    }
     cfg_ = c;
     std::memset(t_, 0, sizeof(t_));
     configured_ = true;
@@ -170,7 +174,7 @@ void amx_gemm_block(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* p
                                                                                           : kAmxTileRows)
                                                : 0);
     const uint8_t* ar0 = a + i * lda;
-    const uint8_t* ar1 = ar0 + kAmxTileRows * lda;
+    const uint8_t* ar1 = r1 ? ar0 + kAmxTileRows * lda : nullptr;  // only formed when those rows exist
     tl.template zero<0>();
     tl.template zero<1>();
     tl.template zero<2>();
@@ -196,4 +200,3 @@ void amx_gemm_block(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* p
   tl.release();
 }
 
-}  // namespace edgegen::kernels::quant
