@@ -322,8 +322,8 @@ TEST_P(Int4Path, A8MatchesIntegerGroupSumsIncludingExtremes) {
                           std::tuple{192, 64}, std::tuple{384, 128}, std::tuple{320, 64}, std::tuple{576, 32},
                           std::tuple{1024, 32}}) {
     static_assert(KQ::kA8GemmRows <= 32, "m = 32 must reach the GEMM form");
-    // m = 32 and 70: the AVX-512 VNNI path's GEMM form (from kA8GemmRows rows: row blocks of 64,
-    // tiles of 8 with a tail, pairs of 16-feature panels with a padded one).
+    // m = 32 and 70: the AVX-512 VNNI and AVX2 paths' GEMM form (from kA8GemmRows rows: row blocks
+    // of 64, tiles of 8 or 4 with a tail, 16-feature panels with padding).
     for (int64_t m : {1, 3, 4, 9, 16, 32, 70}) {
       // Modes: random; integers with max |x| 127 (sx = 1) at the extremes; zeros; halves (ties of
       // the code rounding, half to even) with one 127 per group (sx = 1). Modes 1 and 3 are

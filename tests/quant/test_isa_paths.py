@@ -33,7 +33,7 @@ def _layers():
         "int4-a8": (Int4Linear.from_float(nn.Linear(320, 40), 64, "int8"), torch.randn(6, 320)),
         "int4-a8-g32-decode": (Int4Linear.from_float(nn.Linear(192, 33), 32, "int8"), torch.randn(1, 192)),
         "int4-a8-g128": (Int4Linear.from_float(nn.Linear(256, 17), 128, "int8"), torch.randn(2, 3, 256)),
-        # 70 rows: the AVX-512 VNNI path's GEMM form (from 32 rows), 40 features (a padded panel)
+        # 70 rows: the AVX-512 VNNI and AVX2 paths' GEMM form (from 32 rows), 40 features (a padded panel)
         "int4-a8-gemm": (Int4Linear.from_float(nn.Linear(320, 40), 64, "int8"), torch.randn(70, 320)),
         "int4-a8-gemm-g32": (Int4Linear.from_float(nn.Linear(192, 33), 32, "int8"), torch.randn(2, 40, 192)),
     }

@@ -47,8 +47,8 @@ void int4_gemv_isa(Isa isa, const float* x, int64_t m, int64_t n, int64_t k, con
 // scalar path subtracts the zero point in integers first), so the paths agree to float32 rounding
 // of those terms, not of the result: where the two terms nearly cancel (inputs of one sign) the
 // relative difference grows. x must be finite (the caller checks). Any m: rows share each unpacked
-// weight row. From kA8GemmRows rows on, the AVX-512 VNNI path turns into a GEMM with the output
-// features along the lanes (the weights unpacked once per call into the INT8 GEMM's panels, each
+// weight row. From kA8GemmRows rows on, the AVX-512 VNNI and AVX2 paths turn into a GEMM with the
+// output features along the lanes (the weights unpacked once per call into the INT8 GEMM's panels, each
 // group's integer sum taken whole, then scaled): the same integers, another float summation order.
 constexpr int64_t kA8GemmRows = 32;  // measured: the rows kernel wins at 8, ties at 16, loses from 32
 void int4_linear_a8(const float* x, int64_t m, int64_t n, int64_t k, const uint8_t* packed, const float* scale,

@@ -123,70 +123,12 @@ void int4_a8_codes_avx512(const float* x, int64_t m, int64_t k, int64_t group, i
   });
 }
 
+
 // ---------------------------------------------------------------------------------------------
-// W4A8 for many rows: output features along the lanes, as in the INT8 GEMM. The 4-bit weights are
-// unpacked once per call into the INT8 GEMM's panels (16 features x 4 consecutive k per 64-byte
-// block) as signed q - zero; the codes c (s8) enter vpdpbusd as the unsigned c + 128, and the
-// extra 128 * sum(q - zero) of each group comes off before the group's float epilogue:
-//   out[i][j] = sum_g scale[j][g] * sx[i][g] * (sum_{k in g} (c + 128) (q - zero) - 128 sum (q - zero)).
-// The group sums are exact integers, as on the scalar path.
-
-namespace {
-
-constexpr int64_t kA8Panel = 16;
-
-// Scratch memory for the unpacked weights: from the buffer cache from 8 MiB on (a large layer,
-// e.g. a 50,257-word output head, would otherwise fault in fresh pages on every call), else the heap.
-class Scratch {
- public:
-  Scratch() = default;
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() {
-    if (cached_) buffer_cache().release(cached_, capacity_);
-  }
-  int8_t* get(size_t bytes) {
-    if (bytes >= 4 * BufferCache::kAlign && (cached_ = buffer_cache().acquire(bytes, &capacity_)))
-      return static_cast<int8_t*>(cached_);
-    heap_.resize(bytes);
-    return heap_.data();
-  }
-
- private:
-  void* cached_ = nullptr;
-  size_t capacity_ = 0;
-  std::vector<int8_t> heap_;
-};
-
-struct A8Gemm {
-  int64_t n, k, group, groups, kq, panels, ld;  // ld: columns of wsum / wscale (panels * 16)
-  int8_t* w;                                    // [panels][kq][16][4]
-  std::vector<int32_t> wsum;                    // [groups][ld]: 128 * sum_{k in g} (q - zero)
-  std::vector<float> wscale;                    // [groups][ld]
-};
-
-// One packed weight row into panel column j % 16: per half chunk (32 features, one group) a byte
-// transpose brings 4 consecutive k of the low nibbles together (see int4.h: byte b of word w holds
-// k = 32 (w / 4) + w % 4 + 8 b, and k + 4 in its high nibble).
-void unpack_row(const uint8_t* row, const float* scale, const uint8_t* zero, int64_t j, A8Gemm& g) {
-  const __m128i transpose = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  const __m128i nib = _mm_set1_epi8(0x0f);
-  int8_t* pan = g.w + (j / kA8Panel) * g.kq * 64 + (j % kA8Panel) * 4;
-  for (int64_t gi = 0; gi < g.groups; ++gi) g.wscale[size_t(gi * g.ld + j)] = scale[gi];
-  for (int64_t k0 = 0; k0 < g.k; k0 += 32) {
-    const int64_t gi = k0 / g.group;
-    const __m128i t = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k0 / 2)), transpose);
-    const __m128i lo = _mm_and_si128(t, nib), hi = _mm_and_si128(_mm_srli_epi16(t, 4), nib);
-    const __m128i z = _mm_set1_epi8(char(zero[gi]));
-    alignas(16) int8_t q[32];  // k0 .. k0 + 31 in order: low quad b, then high quad b, for b = 0..3
-    _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm_sub_epi8(_mm_unpacklo_epi32(lo, hi), z));
-    _mm_store_si128(reinterpret_cast<__m128i*>(q + 16), _mm_sub_epi8(_mm_unpackhi_epi32(lo, hi), z));
-    const __m128i sad = _mm_add_epi64(_mm_sad_epu8(lo, _mm_setzero_si128()), _mm_sad_epu8(hi, _mm_setzero_si128()));
-    const int64_t nibbles = _mm_cvtsi128_si64(sad) + _mm_extract_epi64(sad, 1);
-    g.wsum[size_t(gi * g.ld + j)] += int32_t(128 * (nibbles - 32 * int64_t(zero[gi])));
-    for (int qq = 0; qq < 8; ++qq) std::memcpy(pan + (k0 / 4 + qq) * 64, q + 4 * qq, 4);
-  }
-}
+// W4A8 for many rows: the GEMM form (int4_a8_gemm_impl.h) with 512-bit vpdpbusd tiles of up to
+// 8 rows x 32 features.
+namespace isa_avx512 {
+#include "kernels/quant/int4_a8_gemm_impl.h"
 
 // Rows [i, i + R) x the 32 features of panels (p, p + 1), every group. au: the codes + 128 as u8,
 // [m][k]. The int32 sums of a group stay in registers; the float accumulators in f (L1).
@@ -241,40 +183,17 @@ void gemm_rows(int rows, std::integer_sequence<int, Rs...>, const A8Gemm& g, con
   ((rows == Rs ? (gemm_tile<Rs>(g, a, au, i, p, bias, out), true) : false) || ...);
 }
 
-}  // namespace
+}  // namespace isa_avx512
 
 void int4_linear_a8_gemm_avx512_vnni(const A8Rows& a, int64_t n, const uint8_t* packed, const float* scale,
                                      const uint8_t* zero, int64_t group, const float* bias, float* out,
                                      int num_threads) {
-  A8Gemm g;
-  g.n = n, g.k = a.k, g.group = group, g.groups = a.k / group, g.kq = a.k / 4;
-  g.panels = (n + kA8Panel - 1) / kA8Panel;
-  g.panels += g.panels % 2;  // pairs of panels; the padding features have zero weights
-  g.ld = g.panels * kA8Panel;
-  Scratch scratch;
-  g.w = scratch.get(size_t(g.panels * g.kq * 64));
-  g.wsum.assign(size_t(g.groups * g.ld), 0);
-  g.wscale.assign(size_t(g.groups * g.ld), 0.0f);
-  parallel_for(n, num_threads, [&](int64_t j) {
-    unpack_row(packed + j * a.k / 2, scale + j * g.groups, zero + j * g.groups, j, g);
-  });
-  for (int64_t j = n; j < g.ld; ++j)  // the padding features: zero weights
-    for (int64_t q = 0; q < g.kq; ++q) std::memset(g.w + (j / kA8Panel) * g.kq * 64 + q * 64 + (j % kA8Panel) * 4, 0, 4);
-  std::vector<uint8_t> au(size_t(a.m * a.k));  // the codes + 128, as vpdpbusd's unsigned operand
-  parallel_for(a.m, num_threads, [&](int64_t i) {
-    const __m512i flip = _mm512_set1_epi8(char(0x80));
-    for (int64_t kk = 0; kk < a.k; kk += 64)  // k is a multiple of 64
-      _mm512_storeu_si512(au.data() + i * a.k + kk,
-                          _mm512_xor_si512(_mm512_loadu_si512(a.natural + i * a.k + kk), flip));
-  });
-  // Tasks: blocks of 64 rows x one pair of panels; within one, tiles of 8 rows.
-  const int64_t mb = 64, row_blocks = (a.m + mb - 1) / mb, pairs = g.panels / 2;
-  parallel_for(row_blocks * pairs, num_threads, [&](int64_t t) {
-    const int64_t p = 2 * (t % pairs), i0 = (t / pairs) * mb, i1 = std::min(a.m, i0 + mb);
-    for (int64_t i = i0; i < i1; i += 8)
-      gemm_rows(int(std::min<int64_t>(8, i1 - i)), std::integer_sequence<int, 8, 7, 6, 5, 4, 3, 2, 1>{}, g, a,
-                au.data(), i, p, bias, out);
-  });
+  using namespace isa_avx512;
+  a8_gemm_run<2, 8>(a, n, packed, scale, zero, group, num_threads,
+                    [&](const A8Gemm& g, const A8Rows& ar, const uint8_t* au, int64_t i, int64_t p, int rows) {
+                      gemm_rows(rows, std::integer_sequence<int, 8, 7, 6, 5, 4, 3, 2, 1>{}, g, ar, au, i, p, bias,
+                                out);
+                    });
 }
 
 }  // namespace edgegen::kernels::quant
