@@ -128,8 +128,9 @@ at::Tensor int4_linear_cpu(const at::Tensor& input, const at::Tensor& packed, co
   return int4_output(out, input);
 }
 
-// 4-bit weights x 8-bit activations quantized per row and group (see int4.h): the integer path
-// for every batch size, so the result does not depend on how many rows a call carries.
+// 4-bit weights x 8-bit activations quantized per row and group (see int4.h): the same codes and
+// exact integer group sums for every batch size (from kA8GemmRows rows the vector paths sum the
+// scaled groups in another order: float32 rounding differences only).
 at::Tensor int4_linear_dynamic_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scale,
                                    const at::Tensor& zero, const std::optional<at::Tensor>& bias,
                                    int64_t group_size) {
