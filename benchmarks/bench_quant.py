@@ -393,10 +393,9 @@ def interleaved_paths(args, levels, shapes, ms, rows):
           f"the {paths[0]} path's time to each path's")
     print(f"{'case':34s} " + " ".join(f"{p:>20s}" for p in paths))
 
-    def report(op, case, res):
+    def report(op, case, res, quant="int8"):
         b = next(iter(res))  # the lowest path: the ratios are its time over each path's
         print(f"{case:34s} " + " ".join(f"{t:9.3f} ({res[b] / t:5.2f}x)" for t in res.values()))
-        quant = "int4a8" if op.startswith("int4a8") or "W4A8" in case else "int8"
         for p, t in res.items():
             rows.append(dict(op=op, provider=f"edgegen-{quant}[{p}]", shape=case, dtype="float32 in/out",
                              mode=f"interleaved, {rounds} rounds", kernel_path=p, p50_ms=round(t, 4)))
@@ -421,9 +420,10 @@ def interleaved_paths(args, levels, shapes, ms, rows):
         for m in (1, 8):
             torch.manual_seed(0)
             layer, x = int4_layer(nn.Linear(k, n), "edgegen-int4a8", 64), torch.randn(m, k)
-            report("int4a8_linear", f"W4A8 M={m} K={k} N={n}", compare({p: (lambda: layer(x)) for p in paths}, 31))
+            report("int4a8_linear", f"W4A8 M={m} K={k} N={n}", compare({p: (lambda: layer(x)) for p in paths}, 31),
+                   "int4a8")
     f, _ = e2e_case(dict(model="gpt2-student", mode="decode", provider="int4a8", threads=args.threads))
-    report("e2e_gpt2-student", "gpt2-student decode, W4A8", compare({p: f for p in paths}, 15))
+    report("e2e_gpt2-student", "gpt2-student decode, W4A8", compare({p: f for p in paths}, 15), "int4a8")
 
 
 if __name__ == "__main__":

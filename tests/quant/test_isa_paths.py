@@ -134,3 +134,16 @@ def test_amx_gemm_runs_only_when_asked_for_and_equals_the_scalar_path(opt_in):
     want_path = "amx" if (opt_in == "1" and has_amx) else (below[0] if below else "scalar")
     assert res["path"] == want_path
     assert res["err"] < 1e-6
+
+
+def test_a_misspelt_amx_switch_is_a_clear_error():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "EDGEGEN_MAX_ISA"}
+    env["EDGEGEN_AMX_GEMM"] = "yes"
+    r = subprocess.run([sys.executable, "-c", "import edgegen; print(edgegen.kernel_paths()['int8_gemm'])"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "EDGEGEN_AMX_GEMM: expected 0 or 1, got 'yes'" in r.stderr

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu_features.h"
@@ -216,10 +218,14 @@ ActPath act_path() {
 
 }  // namespace
 
+// EDGEGEN_AMX_GEMM: unset, empty or 0 (off), 1 (on); anything else is an error at first use, as
+// for EDGEGEN_MAX_ISA (a misspelt switch must not silently keep the path off).
 bool amx_gemm_opted_in() {
   static const bool on = [] {
     const char* env = std::getenv("EDGEGEN_AMX_GEMM");
-    return env && std::strcmp(env, "1") == 0;
+    if (!env || !*env || std::strcmp(env, "0") == 0) return false;
+    if (std::strcmp(env, "1") == 0) return true;
+    throw std::invalid_argument(std::string("EDGEGEN_AMX_GEMM: expected 0 or 1, got '") + env + "'");
   }();
   return on;
 }
@@ -270,13 +276,16 @@ void gemm_with(const TilePath& tp, const uint8_t* a, int64_t lda, int64_t m, int
     const int8_t* panel = packed + p0 * kp * kPanel;
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, n - j0);
     alignas(64) int32_t accbuf[64 * 2 * kPanel];
-    if (tp.block) tp.block(a + i0 * lda, lda, i1 - i0, panel, kp * kPanel, int(panels), kp, accbuf, acc_ld);
-    for (int64_t k0 = 0; k0 < kp && !tp.block; k0 += kb) {
-      const int64_t klen = std::min(kb, kp - k0);
-      for (int64_t i = i0; i < i1; i += tp.rows) {
-        const int rows = int(std::min<int64_t>(tp.rows, i1 - i));
-        tp.tile(a + i * lda + k0, lda, rows, panel + k0 * kPanel, kp * kPanel, int(panels), klen, u7,
-                accbuf + (i - i0) * acc_ld, acc_ld, k0 > 0);
+    if (tp.block) {  // accumulators over the whole K (AMX tiles)
+      tp.block(a + i0 * lda, lda, i1 - i0, panel, kp * kPanel, int(panels), kp, accbuf, acc_ld);
+    } else {
+      for (int64_t k0 = 0; k0 < kp; k0 += kb) {
+        const int64_t klen = std::min(kb, kp - k0);
+        for (int64_t i = i0; i < i1; i += tp.rows) {
+          const int rows = int(std::min<int64_t>(tp.rows, i1 - i));
+          tp.tile(a + i * lda + k0, lda, rows, panel + k0 * kPanel, kp * kPanel, int(panels), klen, u7,
+                  accbuf + (i - i0) * acc_ld, acc_ld, k0 > 0);
+        }
       }
     }
     for (int64_t i = i0; i < i1; i += tp.rows) {
