@@ -27,6 +27,12 @@ struct A8Path {
   Isa isa;
   void (*rows_a8)(const uint8_t* row, const A8Rows& a, int64_t i0, int m, int64_t group, const float* scale,
                   const uint8_t* zero, float* out);
+  // The vector paths' activation codes in feature order (prepare_a8's loop when null) and GEMM form
+  // for kA8GemmRows rows and more (the rows kernel throughout when null).
+  void (*codes)(const float* x, int64_t m, int64_t k, int64_t group, int8_t* natural, float* group_scale,
+                float* zero_sum, int num_threads) = nullptr;
+  void (*gemm)(const A8Rows& a, int64_t n, const uint8_t* packed, const float* scale, const uint8_t* zero,
+               int64_t group, const float* bias, float* out, int num_threads) = nullptr;
 };
 
 #if defined(EDGEGEN_HAVE_AVX2)
@@ -111,8 +117,9 @@ constexpr FloatPath kFloatScalar{Isa::Scalar, false, &rows_f32_scalar, &dequant_
 constexpr A8Path kA8Scalar{Isa::Scalar, &rows_a8_scalar};
 #if defined(EDGEGEN_HAVE_AVX2)
 constexpr FloatPath kFloatAvx2{Isa::Avx2, true, &int4_rows_avx2, &int4_dequant_row_avx2};
-constexpr A8Path kA8Avx2{Isa::Avx2, &int4_rows_a8_avx2};
-constexpr A8Path kA8Avx512Vnni{Isa::Avx512Vnni, &int4_rows_a8_avx512_vnni};
+constexpr A8Path kA8Avx2{Isa::Avx2, &int4_rows_a8_avx2, &int4_a8_codes_avx2, &int4_linear_a8_gemm_avx2};
+constexpr A8Path kA8Avx512Vnni{Isa::Avx512Vnni, &int4_rows_a8_avx512_vnni, &int4_a8_codes_avx512,
+                               &int4_linear_a8_gemm_avx512_vnni};
 #endif
 
 // The best path of each set at or below a level.
@@ -180,32 +187,25 @@ struct A8Buffers {
 };
 
 // lanes: also the codes and scales in the rows kernels' lane order (the GEMM form needs only the
-// natural order).
-// isa: the path whose vector code computes the codes (avx512_vnni, avx2; else the loop below).
-A8Rows prepare_a8(const float* x, int64_t m, int64_t k, int64_t group, A8Buffers& buf, int num_threads,
-                  bool lanes = true, Isa isa = Isa::Scalar) {
+// natural order). codes: the path's vector code for the codes in feature order (null: the loop
+// below).
+A8Rows prepare_a8(const float* x, int64_t m, int64_t k, int64_t group, A8Buffers& buf, int num_threads, bool lanes,
+                  decltype(A8Path::codes) codes) {
   const int64_t groups = k / group, blocks = lanes ? (k + 127) / 128 : 0;
   buf.codes.assign(size_t(m * blocks * 128), 0);
   buf.natural.resize(size_t(m * k));
   buf.group_scale.resize(size_t(m * groups));
   buf.zero_sum.resize(size_t(m * groups));
   buf.lane_scale.assign(size_t(m * blocks * 16), 0.0f);
-  bool vector = false;
-#if defined(EDGEGEN_HAVE_AVX2)
-  if (isa == Isa::Avx512Vnni || isa == Isa::Avx2) {
-    (isa == Isa::Avx2 ? int4_a8_codes_avx2 : int4_a8_codes_avx512)(
-        x, m, k, group, buf.natural.data(), buf.group_scale.data(), buf.zero_sum.data(), num_threads);
-    vector = true;
-  }
-#endif
-  if (vector && !lanes) return {m, k, 0, nullptr, buf.natural.data(), buf.group_scale.data(), buf.zero_sum.data(),
-                                nullptr};
+  if (codes) codes(x, m, k, group, buf.natural.data(), buf.group_scale.data(), buf.zero_sum.data(), num_threads);
+  if (codes && !lanes)
+    return {m, k, 0, nullptr, buf.natural.data(), buf.group_scale.data(), buf.zero_sum.data(), nullptr};
   parallel_for(m, num_threads, [&](int64_t i) {
     const float* xr = x + i * k;
     int8_t* nat = buf.natural.data() + i * k;
     float* gs = buf.group_scale.data() + i * groups;
     float* zs = buf.zero_sum.data() + i * groups;
-    for (int64_t g = 0; g < groups && !vector; ++g) {
+    for (int64_t g = 0; g < groups && !codes; ++g) {
       float amax = 0.0f;
       for (int64_t kk = g * group; kk < (g + 1) * group; ++kk) amax = std::max(amax, std::fabs(xr[kk]));
       float s = amax / 127.0f;
@@ -247,16 +247,10 @@ void a8_with(const A8Path& p, const float* x, int64_t m, int64_t n, int64_t k, c
              const float* scale, const uint8_t* zero, int64_t group, const float* bias, float* out,
              int num_threads) {
   A8Buffers buf;
-  const bool gemm = (p.isa == Isa::Avx512Vnni || p.isa == Isa::Avx2) && m >= kA8GemmRows;
-  const A8Rows a = prepare_a8(x, m, k, group, buf, num_threads, !gemm, p.isa);
+  const bool gemm = p.gemm && m >= kA8GemmRows;
+  const A8Rows a = prepare_a8(x, m, k, group, buf, num_threads, !gemm, p.codes);
+  if (gemm) return p.gemm(a, n, packed, scale, zero, group, bias, out, num_threads);
   const int64_t groups = k / group;
-#if defined(EDGEGEN_HAVE_AVX2)
-  if (gemm) {
-    (p.isa == Isa::Avx2 ? int4_linear_a8_gemm_avx2 : int4_linear_a8_gemm_avx512_vnni)(
-        a, n, packed, scale, zero, group, bias, out, num_threads);
-    return;
-  }
-#endif
   // Tasks: panels of weight rows; within one, each tile of 4 activation rows meets every row of
   // the panel while both stay in L1 (activations are not streamed again for every weight row).
   const int64_t panel = m <= 4 ? 1 : 8, panels = (n + panel - 1) / panel;
