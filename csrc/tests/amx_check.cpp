@@ -1,9 +1,12 @@
-// A stand-alone check of the INT8 GEMM's AMX path on a CPU that has AMX (no GoogleTest or torch
-// needed: scripts/amx-check.sh builds it from the kernel sources with the system compiler).
-//   1. exactness: the AMX path against the scalar path's int32 results over shapes with K, N and
-//      row tails and 255 x 127 / -128 operands;
+// A stand-alone check of the INT8 GEMM's and direct convolution's AMX path on a CPU that has AMX
+// (no GoogleTest or torch needed: scripts/amx-check.sh builds it from the kernel sources with the
+// system compiler).
+//   1. exactness: the AMX path against the scalar path's results over GEMM shapes with K, N and
+//      row tails and 255 x 127 / -128 operands, and convolutions with channel tails, strides,
+//      dilation and output rows past one block;
 //   2. speed: the AMX and AVX-512 VNNI paths side by side (float output with bias, as the layers
-//      run), medians of repeated calls, at 2 threads and at every thread of the machine.
+//      run), medians of repeated calls, at 2 threads and at every thread of the machine: GEMMs of
+//      the GPT-2 layers, then the DCGAN discriminator's convolutions and a generator phase.
 // Exit status 0 when every result is exact, 1 when one is not, 2 when the CPU has no AMX.
 // `amx_check --model` runs step 1 on the software tile model instead (any CPU; checks the check).
 #include <algorithm>
@@ -76,11 +79,72 @@ bool exact(int threads) {
   return ok;
 }
 
-double median_ms(K::Isa isa, const Problem& p, std::vector<float>& out, int threads) {
-  auto run = [&] {
-    KQ::gemm_u8s8_isa(isa, p.a.data(), p.lda, p.m, p.n, p.k, 3, p.packed.data(), p.row_sum.data(),
-                      {nullptr, out.data(), 0.01f, p.scale.data(), p.bias.data()}, threads);
-  };
+// A convolution: batch x (h x w padded input, cp channels) with a k x k kernel at stride s and
+// dilation dl, cout output channels; 7-bit activations, int8 weights, float output.
+struct Conv {
+  KQ::ConvGeometry g;
+  int64_t cout;
+  std::vector<uint8_t> in;
+  std::vector<int8_t> packed;
+  std::vector<int32_t> row_sum;
+  std::vector<float> scale, bias;
+  int64_t ostride[4];
+};
+
+Conv make_conv(int64_t batch, int64_t h, int64_t w, int64_t c, int64_t cp, int64_t k, int64_t s, int64_t dl,
+               int64_t cout, std::mt19937& rng) {
+  const int64_t ho = (h - dl * (k - 1) - 1) / s + 1, wo = (w - dl * (k - 1) - 1) / s + 1;
+  Conv v{{batch, h, w, cp, k, k, s, s, dl, dl, ho, wo}, cout, {}, {}, {}, {}, {}, {cout * ho * wo, ho * wo, wo, 1}};
+  v.in.resize(size_t(batch * h * w * cp));
+  for (auto& x : v.in) x = rng() % 4 == 0 ? 127 : uint8_t(rng() % 128);
+  const int64_t kp = k * k * cp;
+  std::vector<int8_t> wt(size_t(cout * kp), 0);
+  for (int64_t o = 0; o < cout; ++o)
+    for (int64_t t = 0; t < k * k; ++t)
+      for (int64_t ch = 0; ch < c; ++ch) wt[size_t((o * k * k + t) * cp + ch)] = int8_t(int(rng() % 256) - 128);
+  v.packed.assign(size_t(KQ::packed_panels(cout) * kp * KQ::kPanel), 0);
+  v.row_sum.assign(size_t(cout), 0);
+  KQ::pack_weight_s8(wt.data(), cout, kp, v.packed.data(), v.row_sum.data());
+  v.scale.assign(size_t(cout), 1.0f);  // integer results below 2^24: float output exact
+  v.bias.assign(size_t(cout), 0.0f);
+  return v;
+}
+
+int64_t conv_out_size(const Conv& v) { return v.g.batch * v.cout * v.g.out_h * v.g.out_w; }
+
+void conv_run(K::Isa isa, bool model, const Conv& v, std::vector<float>& out, int threads) {
+  if (model)
+    return KQ::conv2d_u8s8_amx_model(v.in.data(), v.g, v.cout, 5, v.packed.data(), v.row_sum.data(), 1.0f,
+                                     v.scale.data(), v.bias.data(), out.data(), v.ostride, threads);
+  KQ::conv2d_u8s8_isa(isa, v.in.data(), v.g, v.cout, 5, v.packed.data(), v.row_sum.data(), 1.0f, v.scale.data(),
+                      v.bias.data(), out.data(), v.ostride, threads);
+}
+
+bool conv_exact(int threads) {
+  std::mt19937 rng(13);
+  // batch, h, w (padded), c, cp, k, stride, dilation, cout
+  const int64_t shapes[][9] = {{2, 9, 48, 5, 8, 3, 2, 1, 37},   {2, 6, 42, 64, 64, 3, 1, 1, 32},
+                               {2, 5, 72, 70, 72, 3, 1, 2, 20}, {2, 7, 11, 100, 100, 4, 2, 1, 48},
+                               {1, 6, 15, 3, 4, 1, 1, 1, 16},   {3, 10, 10, 128, 128, 4, 2, 1, 80}};
+  bool ok = true;
+  for (const auto& s : shapes) {
+    const Conv v = make_conv(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], rng);
+    std::vector<float> got(size_t(conv_out_size(v)), -1.0f), want(size_t(conv_out_size(v)), -2.0f);
+    conv_run(K::Isa::Amx, g_model, v, got, threads);
+    conv_run(K::Isa::Scalar, false, v, want, threads);
+    const auto bad = std::mismatch(got.begin(), got.end(), want.begin());
+    if (bad.first != got.end()) {
+      std::printf("MISMATCH conv cp=%ld k=%ld s=%ld dilation=%ld cout=%ld threads=%d at %ld: amx %g, scalar %g\n",
+                  long(s[4]), long(s[5]), long(s[6]), long(s[7]), long(s[8]), threads, long(bad.first - got.begin()),
+                  double(*bad.first), double(*bad.second));
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+template <class F>
+double median_of(F&& run) {
   for (int i = 0; i < 3; ++i) run();
   std::vector<double> t;
   for (int i = 0; i < 21; ++i) {
@@ -92,6 +156,13 @@ double median_ms(K::Isa isa, const Problem& p, std::vector<float>& out, int thre
   return t[t.size() / 2];
 }
 
+double median_ms(K::Isa isa, const Problem& p, std::vector<float>& out, int threads) {
+  return median_of([&] {
+    KQ::gemm_u8s8_isa(isa, p.a.data(), p.lda, p.m, p.n, p.k, 3, p.packed.data(), p.row_sum.data(),
+                      {nullptr, out.data(), 0.01f, p.scale.data(), p.bias.data()}, threads);
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,7 +172,7 @@ int main(int argc, char** argv) {
     if (K::cpu_supports(K::Isa(i))) std::printf(" %s", K::isa_name(K::Isa(i)));
   std::printf("\nAMX path built: %s\n", KQ::int8_gemm_has_path(K::Isa::Amx) ? "yes" : "no");
   if (g_model) {
-    const bool ok = exact(1) && exact(2);
+    const bool ok = exact(1) && exact(2) && conv_exact(1) && conv_exact(2);
     std::printf("tile model against the scalar path: %s\n", ok ? "all exact" : "FAILED");
     return ok ? 0 : 1;
   }
@@ -111,7 +182,7 @@ int main(int argc, char** argv) {
   }
   const int all = int(std::max(1u, std::thread::hardware_concurrency()));
   bool ok = true;
-  for (int threads : {1, 2, all}) ok = exact(threads) && ok;
+  for (int threads : {1, 2, all}) ok = exact(threads) && conv_exact(threads) && ok;
   std::printf("exactness against the scalar path (1, 2, %d threads): %s\n", all, ok ? "all exact" : "FAILED");
   if (!ok) return 1;
   std::printf("%-18s %7s %9s %9s %8s %8s %7s\n", "m x k x n", "threads", "vnni ms", "amx ms", "vnni TOPS",
@@ -129,6 +200,25 @@ int main(int argc, char** argv) {
       const double ops = 2.0 * double(p.m * p.k * p.n);
       std::printf("%5ldx%5ldx%5ld %7d %9.3f %9.3f %8.3f %8.3f %6.2fx\n", long(p.m), long(p.k), long(p.n), threads, v, x,
                   ops / v / 1e9, ops / x / 1e9, v / x);
+    }
+  }
+  // Batch 64: the DCGAN discriminator's 4x4 stride-2 convolutions (64x64 images; padded inputs)
+  // and a 2x2 phase of a generator's stride-2 transposed convolution.
+  std::printf("%-30s %7s %9s %9s %7s\n", "conv batch 64", "threads", "vnni ms", "amx ms", "amx/vnni");
+  const int64_t convs[][6] = {{66, 66, 3, 4, 4, 2},  {34, 34, 64, 64, 4, 2},    {18, 18, 128, 128, 4, 2},
+                              {10, 10, 256, 256, 4, 2}, {17, 17, 256, 256, 2, 1}};
+  const int64_t couts[] = {64, 128, 256, 512, 128};
+  for (int threads : {2, all}) {
+    for (size_t c = 0; c < sizeof(convs) / sizeof(convs[0]); ++c) {
+      const auto& s = convs[c];
+      const Conv v = make_conv(64, s[0], s[1], s[2], s[3], s[4], s[5], 1, couts[c], rng);
+      std::vector<float> out(size_t(conv_out_size(v)));
+      const double t_v = median_of([&] { conv_run(K::Isa::Avx512Vnni, false, v, out, threads); });
+      const double t_x = median_of([&] { conv_run(K::Isa::Amx, false, v, out, threads); });
+      char name[64];
+      std::snprintf(name, sizeof(name), "%ldx%ldx%ld k%ld s%ld -> %ld", long(s[0]), long(s[1]), long(s[2]),
+                    long(s[4]), long(s[5]), long(couts[c]));
+      std::printf("%-30s %7d %9.3f %9.3f %6.2fx\n", name, threads, t_v, t_x, t_v / t_x);
     }
   }
   return 0;

@@ -400,29 +400,35 @@ TEST_P(Int4Path, WeightOnlyGemvMatchesDequantizedLoop) {
   }
 }
 
-TEST_P(Int8Path, DirectConvolutionMatchesIntegerLoops) {
-  std::mt19937 rng(11);
-  // batch 2, 5 input channels (padded to 8), 7x6 input with 1 pixel of padding, 3x3 kernel,
-  // stride 2, 37 output channels (three panels, one partial); 23 columns: tiles of 8 and a rest.
-  const int64_t b = 2, c = 5, cp = 8, h = 7, w = 46, pad = 1, k = 3, s = 2, co = 37;
-  const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = (hp - k) / s + 1, wo = (wp - k) / s + 1;
+using ConvFn = std::function<void(const uint8_t*, KQ::ConvGeometry, int64_t, int32_t, const int8_t*, const int32_t*,
+                                  float, const float*, const float*, float*, const int64_t*, int)>;
+
+// A direct convolution against int64 loops: batch 2, c input channels (padded to cp), an h x w
+// input with 1 pixel of padding, a k x k kernel at stride s and dilation dl, co output channels;
+// activations 7-bit (with 127s), weights over the whole int8 range.
+static void expect_conv_exact(const ConvFn& conv, int64_t c, int64_t cp, int64_t h, int64_t w, int64_t k, int64_t s,
+                              int64_t dl, int64_t co, uint32_t seed) {
+  SCOPED_TRACE(testing::Message() << "c=" << c << " cp=" << cp << " " << h << "x" << w << " k=" << k << " s=" << s
+                                  << " dilation=" << dl << " co=" << co);
+  std::mt19937 rng(seed);
+  const int64_t b = 2, pad = 1;
+  const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = (hp - dl * (k - 1) - 1) / s + 1,
+                wo = (wp - dl * (k - 1) - 1) / s + 1;
   const int32_t zp = 9;
   std::vector<uint8_t> in(size_t(b * hp * wp * cp));
-  for (auto& v : in) v = uint8_t(rng() % 128);
-  in[0] = 127;
+  for (auto& v : in) v = rng() % 5 == 0 ? 127 : uint8_t(rng() % 128);
   std::vector<int8_t> wt(size_t(co * k * k * cp), 0);
   for (int64_t o = 0; o < co; ++o)
     for (int64_t t = 0; t < k * k; ++t)
-      for (int64_t ch = 0; ch < c; ++ch) wt[size_t((o * k * k + t) * cp + ch)] = int8_t(int(rng() % 255) - 127);
+      for (int64_t ch = 0; ch < c; ++ch) wt[size_t((o * k * k + t) * cp + ch)] = int8_t(int(rng() % 256) - 128);
   const int64_t kp = k * k * cp;
   std::vector<int8_t> packed(size_t(KQ::packed_panels(co) * kp * KQ::kPanel));
   std::vector<int32_t> row_sum(static_cast<size_t>(co) + 0);
   KQ::pack_weight_s8(wt.data(), co, kp, packed.data(), row_sum.data());
   std::vector<float> scale(size_t(co), 1.0f), out(size_t(b * co * ho * wo));
   const int64_t os[4] = {co * ho * wo, ho * wo, wo, 1};
-  KQ::ConvGeometry g{b, hp, wp, cp, k, k, s, s, 1, 1, ho, wo};
-  KQ::conv2d_u8s8_isa(GetParam(), in.data(), g, co, zp, packed.data(), row_sum.data(), 1.0f, scale.data(), nullptr,
-                      out.data(), os, 2);
+  KQ::ConvGeometry g{b, hp, wp, cp, k, k, s, s, dl, dl, ho, wo};
+  conv(in.data(), g, co, zp, packed.data(), row_sum.data(), 1.0f, scale.data(), nullptr, out.data(), os, 2);
   for (int64_t n = 0; n < b; ++n)
     for (int64_t o = 0; o < co; ++o)
       for (int64_t y = 0; y < ho; ++y)
@@ -431,8 +437,35 @@ TEST_P(Int8Path, DirectConvolutionMatchesIntegerLoops) {
           for (int64_t i = 0; i < k; ++i)
             for (int64_t j = 0; j < k; ++j)
               for (int64_t ch = 0; ch < cp; ++ch)
-                want += (int64_t(in[size_t(((n * hp + y * s + i) * wp + x * s + j) * cp + ch)]) - zp) *
+                want += (int64_t(in[size_t(((n * hp + y * s + i * dl) * wp + x * s + j * dl) * cp + ch)]) - zp) *
                         wt[size_t((o * k * k + i * k + j) * cp + ch)];
-          ASSERT_EQ(out[size_t(n * os[0] + o * os[1] + y * os[2] + x)], float(want));
+          ASSERT_EQ(out[size_t(n * os[0] + o * os[1] + y * os[2] + x)], float(want)) << n << " " << o << " " << y
+                                                                                    << " " << x;
         }
+}
+
+TEST_P(Int8Path, DirectConvolutionMatchesIntegerLoops) {
+  // 5 channels padded to 8, 7x46 input, 3x3 kernel at stride 2, 37 output channels (three panels,
+  // one partial); 23 columns: tiles of 8 and a rest.
+  expect_conv_exact(
+      [isa = GetParam()](const uint8_t* in, KQ::ConvGeometry g, int64_t co, int32_t zp, const int8_t* packed,
+                         const int32_t* rs, float as, const float* ws, const float* bias, float* out,
+                         const int64_t* os, int threads) {
+        KQ::conv2d_u8s8_isa(isa, in, g, co, zp, packed, rs, as, ws, bias, out, os, threads);
+      },
+      5, 8, 7, 46, 3, 2, 1, 37, 11);
+}
+
+// The AMX path's convolution block on the software tile model, on any CPU: one K segment per tap
+// of 8 channels (every step a tail), 64 (whole tiles loaded in place), 72 and 100 (a tail that
+// reads the next tap's weights in place, and the last tap's copied), 1x1 kernels, dilation 2,
+// rows past a 64-pixel block and 16-row halves (full, partial, absent), one or two panels.
+TEST(Int8AmxModel, DirectConvolutionMatchesIntegerLoops) {
+  const ConvFn model = KQ::conv2d_u8s8_amx_model;
+  expect_conv_exact(model, 5, 8, 7, 46, 3, 2, 1, 37, 11);
+  expect_conv_exact(model, 64, 64, 4, 40, 3, 1, 1, 32, 12);
+  expect_conv_exact(model, 70, 72, 3, 70, 3, 1, 2, 20, 13);
+  expect_conv_exact(model, 100, 100, 5, 9, 4, 2, 1, 48, 14);
+  expect_conv_exact(model, 3, 4, 6, 15, 1, 1, 1, 16, 15);
+  expect_conv_exact(model, 128, 128, 2, 17, 1, 1, 1, 64, 16);
 }

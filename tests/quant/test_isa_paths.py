@@ -102,23 +102,26 @@ _AMX_PROBE = """
 import json, torch
 from torch import nn
 import edgegen
-from edgegen.quant import Int8Linear
+from edgegen.quant import Int8Conv2d, Int8ConvTranspose2d, Int8Linear
 torch.manual_seed(0)
-layer = Int8Linear.from_float(nn.Linear(200, 40))
-x = torch.randn(70, 200) * 2
+cases = [(Int8Linear.from_float(nn.Linear(200, 40)), torch.randn(70, 200) * 2),
+         (Int8Conv2d.from_float(nn.Conv2d(70, 40, 3, stride=2, padding=1)), torch.randn(2, 70, 9, 40)),
+         (Int8ConvTranspose2d.from_float(nn.ConvTranspose2d(64, 24, 4, stride=2, padding=1)), torch.randn(2, 64, 5, 37))]
+err = 0.0
 with torch.no_grad():
-    got = layer(x)
-    with edgegen.max_isa("scalar"):
-        want = layer(x)
-print(json.dumps({"path": edgegen.kernel_paths()["int8_gemm"], "levels": edgegen.cpu_levels(),
-                  "err": float((got - want).abs().max() / want.abs().max())}))
+    for layer, x in cases:
+        got = layer(x)
+        with edgegen.max_isa("scalar"):
+            want = layer(x)
+        err = max(err, float((got - want).abs().max() / want.abs().max()))
+print(json.dumps({"path": edgegen.kernel_paths()["int8_gemm"], "levels": edgegen.cpu_levels(), "err": err}))
 """
 
 
 @pytest.mark.parametrize("opt_in", ["unset", "1"])
 def test_amx_gemm_runs_only_when_asked_for_and_equals_the_scalar_path(opt_in):
-    # The AMX INT8 GEMM has so far run only on the tile model: EDGEGEN_AMX_GEMM=1 turns it on
-    # (where the CPU has AMX); without it, or without AMX, the path is the one below it.
+    # The AMX INT8 GEMM / convolution has so far run only on the tile model: EDGEGEN_AMX_GEMM=1
+    # turns it on (where the CPU has AMX); without it, or without AMX, the path is the one below it.
     import json
     import os
     import subprocess

@@ -33,9 +33,10 @@ struct TilePath {
   void (*store)(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
                 const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0);
   // Paths that keep their accumulators over the whole K (AMX tiles) compute a task's row block
-  // at once instead of tile by tile (then `tile` is unused): gemm_amx_impl.h's contract.
-  void (*block)(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride, int panels,
-                int64_t kp, int32_t* acc, int64_t acc_ld) = nullptr;
+  // at once, over K segments, instead of tile by tile (then `tile` is unused): gemm_amx_impl.h's
+  // contract.
+  void (*block)(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, const int8_t* panel,
+                int64_t panel_stride, int panels, int64_t kp, int32_t* acc, int64_t acc_ld) = nullptr;
 };
 
 #if defined(EDGEGEN_HAVE_AVX2)
@@ -66,9 +67,9 @@ void tile_avx2_vnni_vex(const uint8_t* a, int64_t lda, int rows, const int8_t* p
                         int64_t acc_ld, bool accumulate);
 #endif
 #if defined(EDGEGEN_HAVE_AMX)
-// gemm_amx.cpp: amx_gemm_block on the AMX tiles.
-void gemm_block_amx(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
-                    int panels, int64_t kp, int32_t* acc, int64_t acc_ld);
+// gemm_amx.cpp: amx_block on the AMX tiles.
+void block_amx(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, const int8_t* panel,
+               int64_t panel_stride, int panels, int64_t kp, int32_t* acc, int64_t acc_ld);
 #endif
 
 namespace {
@@ -132,28 +133,34 @@ void store_avx2_path(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols,
 }
 #endif
 
-void gemm_block_model(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
-                      int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
-  amx_model::amx_gemm_block<amx_model::TileModel>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
+void block_model(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, const int8_t* panel,
+                 int64_t panel_stride, int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
+  amx_model::amx_block<amx_model::TileModel>(seg, nseg, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
 }
 
 constexpr TilePath kScalar{Isa::Scalar, 4, 1, false, &tile_scalar, &store_scalar};
 // The AMX block on the software tile model, with the scalar epilogue (tests, any CPU).
-constexpr TilePath kAmxModel{Isa::Amx, kAmxBlockRows, 2, false, &tile_scalar, &store_scalar, &gemm_block_model};
+constexpr TilePath kAmxModel{Isa::Amx, kAmxBlockRows, 2, false, &tile_scalar, &store_scalar, &block_model};
 #if defined(EDGEGEN_HAVE_AVX2)
 constexpr TilePath kAvx2{Isa::Avx2, 4, 1, true, &tile_avx2_path, &store_avx2_path};
 constexpr TilePath kAvx2Vnni{Isa::Avx2Vnni, 6, 1, false, &tile_avx2_vnni_path, &store_avx2_path};
 constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 2, false, &tile_avx512_vnni, &store_tile_avx512};
 #endif
 #if defined(EDGEGEN_HAVE_AMX)
-constexpr TilePath kAmx{Isa::Amx, kAmxBlockRows, 2, false, &tile_avx512_vnni, &store_tile_avx512, &gemm_block_amx};
+constexpr TilePath kAmx{Isa::Amx, kAmxBlockRows, 2, false, &tile_avx512_vnni, &store_tile_avx512, &block_amx};
 #endif
 
-// The convolutions' tile paths (no AMX convolution: the VNNI tiles serve AMX machines).
+// The family's paths (GEMM and convolution): a level without a path of its own takes the next
+// lower one's (a build without the AMX path gives AMX machines the AVX-512 VNNI tiles).
 const TilePath* path_for(Isa isa) {
   switch (isa) {
+#if defined(EDGEGEN_HAVE_AMX)
+    case Isa::Amx: return &kAmx;
+#endif
 #if defined(EDGEGEN_HAVE_AVX2)
+#if !defined(EDGEGEN_HAVE_AMX)
     case Isa::Amx:
+#endif
     case Isa::Avx512Vnni: return &kAvx512Vnni;
     case Isa::Avx2Vnni: return &kAvx2Vnni;
     case Isa::Avx512:  // AVX-512 without VNNI: no INT8 instruction beyond AVX2's
@@ -161,14 +168,6 @@ const TilePath* path_for(Isa isa) {
 #endif
     default: return &kScalar;
   }
-}
-
-// The GEMM's paths: the convolutions' plus the AMX block.
-const TilePath* gemm_path_for(Isa isa) {
-#if defined(EDGEGEN_HAVE_AMX)
-  if (isa == Isa::Amx) return &kAmx;
-#endif
-  return path_for(isa);
 }
 
 // The activation quantization's paths (AVX-512 F/BW suffices; no VNNI needed).
@@ -237,7 +236,7 @@ Isa int8_gemm_isa() {
   return pick_isa({Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
 }
 
-bool int8_gemm_has_path(Isa isa) { return gemm_path_for(isa)->isa == isa; }
+bool int8_gemm_has_path(Isa isa) { return path_for(isa)->isa == isa; }
 
 void pack_weight_s8(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* row_sum) {
   const int64_t kp = packed_k(k), np = packed_panels(n);
@@ -277,7 +276,8 @@ void gemm_with(const TilePath& tp, const uint8_t* a, int64_t lda, int64_t m, int
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, n - j0);
     alignas(64) int32_t accbuf[64 * 2 * kPanel];
     if (tp.block) {  // accumulators over the whole K (AMX tiles)
-      tp.block(a + i0 * lda, lda, i1 - i0, panel, kp * kPanel, int(panels), kp, accbuf, acc_ld);
+      const AmxSegment whole{a + i0 * lda, 0, kp};
+      tp.block(&whole, 1, lda, i1 - i0, panel, kp * kPanel, int(panels), kp, accbuf, acc_ld);
     } else {
       for (int64_t k0 = 0; k0 < kp; k0 += kb) {
         const int64_t klen = std::min(kb, kp - k0);
@@ -300,20 +300,29 @@ void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t co
                float* out, const int64_t* os, int num_threads) {
   const int64_t np = packed_panels(cout), kp = g.kh * g.kw * g.cp, taps = g.kh * g.kw;
   const int64_t pg = tp.panels, groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
-  // Tasks: one output row of one image x one group of panels; pixels in tiles of tp.rows.
+  // Tasks: one output row of one image x one group of panels; pixels in tiles of tp.rows, or in
+  // blocks of up to 64 with one K segment per tap (AMX).
+  const int64_t step = tp.block ? 64 : tp.rows;
   parallel_for(g.batch * g.out_h * groups, num_threads, [&](int64_t task) {
     const int64_t gi = task % groups, bo = task / groups, b = bo / g.out_h, oh = bo % g.out_h;
     const int64_t p0 = gi * pg, panels = std::min(pg, np - p0);
     const int8_t* panel = packed + p0 * kp * kPanel;
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, cout - j0);
-    int32_t acc[8 * 2 * kPanel];
-    for (int64_t ow = 0; ow < g.out_w; ow += tp.rows) {
-      const int rows = int(std::min<int64_t>(tp.rows, g.out_w - ow));
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t i = t / g.kw, j = t % g.kw;
-        const uint8_t* a = in + ((b * g.in_h + oh * g.sh + i * g.dh) * g.in_w + ow * g.sw + j * g.dw) * g.cp;
-        tp.tile(a, g.sw * g.cp, rows, panel + t * g.cp * kPanel, kp * kPanel, int(panels), g.cp, true, acc, acc_ld,
-                t > 0);
+    auto tap_input = [&](int64_t t, int64_t ow) {
+      const int64_t i = t / g.kw, j = t % g.kw;
+      return in + ((b * g.in_h + oh * g.sh + i * g.dh) * g.in_w + ow * g.sw + j * g.dw) * g.cp;
+    };
+    alignas(64) int32_t acc[64 * 2 * kPanel];
+    std::vector<AmxSegment> seg(size_t(tp.block ? taps : 0));
+    for (int64_t ow = 0; ow < g.out_w; ow += step) {
+      const int rows = int(std::min<int64_t>(step, g.out_w - ow));
+      if (tp.block) {
+        for (int64_t t = 0; t < taps; ++t) seg[size_t(t)] = AmxSegment{tap_input(t, ow), t * g.cp, g.cp};
+        tp.block(seg.data(), taps, g.sw * g.cp, rows, panel, kp * kPanel, int(panels), kp, acc, acc_ld);
+      } else {
+        for (int64_t t = 0; t < taps; ++t)
+          tp.tile(tap_input(t, ow), g.sw * g.cp, rows, panel + t * g.cp * kPanel, kp * kPanel, int(panels), g.cp,
+                  true, acc, acc_ld, t > 0);
       }
       for (int64_t c = 0; c < cols; ++c) {
         const float s = a_scale * w_scale[j0 + c], bb = bias ? bias[j0 + c] : 0.0f;
@@ -329,12 +338,12 @@ void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t co
 
 void gemm_u8s8(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
-  gemm_with(*gemm_path_for(int8_gemm_isa()), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+  gemm_with(*path_for(int8_gemm_isa()), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
 }
 
 void gemm_u8s8_isa(Isa isa, const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
                    const int8_t* packed, const int32_t* row_sum, GemmOutput out, int num_threads) {
-  gemm_with(*gemm_path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
+  gemm_with(*path_for(isa), a, lda, m, n, k, a_zero_point, packed, row_sum, out, num_threads);
 }
 
 void gemm_u8s8_amx_model(const uint8_t* a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t a_zero_point,
@@ -412,6 +421,12 @@ void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, i
                      const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale,
                      const float* bias, float* out, const int64_t* os, int num_threads) {
   conv_with(*path_for(isa), in, g, cout, a_zero_point, packed, row_sum, a_scale, w_scale, bias, out, os, num_threads);
+}
+
+void conv2d_u8s8_amx_model(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,
+                           const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale,
+                           const float* bias, float* out, const int64_t* os, int num_threads) {
+  conv_with(kAmxModel, in, g, cout, a_zero_point, packed, row_sum, a_scale, w_scale, bias, out, os, num_threads);
 }
 
 void quantize_activations_static_u7(const float* x, int64_t m, int64_t k, ActQuant q, uint8_t* a, int64_t lda,

@@ -15,9 +15,9 @@
 // [32 x 32] blocks of tiles that load the same packed weights in place. Results are exact int32
 // on every path.
 //
-// The AMX path has so far run only on a software model of the tiles (gemm_u8s8_amx_model): it is
-// taken only when EDGEGEN_AMX_GEMM=1 (and the CPU has AMX), and the convolutions keep the VNNI
-// tiles on AMX machines.
+// The AMX path (GEMM and direct convolution) has so far run only on a software model of the tiles
+// (gemm_u8s8_amx_model, conv2d_u8s8_amx_model): it is taken only when EDGEGEN_AMX_GEMM=1 (and the
+// CPU has AMX); otherwise AMX machines run the AVX-512 VNNI tiles.
 #pragma once
 #include <cstdint>
 
@@ -89,6 +89,20 @@ void conv2d_u8s8(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero
 void conv2d_u8s8_isa(Isa isa, const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,
                      const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale,
                      const float* bias, float* out, const int64_t* out_strides, int num_threads);
+
+// conv2d_u8s8 through the AMX path's block on the software tile model (any CPU; see above).
+void conv2d_u8s8_amx_model(const uint8_t* in, ConvGeometry g, int64_t cout, int32_t a_zero_point,
+                           const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale,
+                           const float* bias, float* out, const int64_t* out_strides, int num_threads);
+
+// One run of the K of an AMX block (gemm_amx_impl.h): `len` activations (a multiple of 4) per row
+// from `a` (row r at a + r * lda) against the packed weights' k values [woff, woff + len). A GEMM
+// is one segment; a direct convolution one per kernel tap.
+struct AmxSegment {
+  const uint8_t* a;
+  int64_t woff;
+  int64_t len;
+};
 
 // NCHW float32 [batch, c, h, w] -> padded NHWC uint8 [batch, h + pt + pb, w + pl + pr, cp] with 7-bit
 // values; padding (spatial, and channels c..cp) holds the zero point.

@@ -1,4 +1,4 @@
-// The AMX back end of the INT8 GEMM block (gemm_amx_impl.h): compiled with -mamx-tile -mamx-int8
+// The AMX back end of the INT8 GEMM / convolution block (gemm_amx_impl.h): compiled with -mamx-tile -mamx-int8
 // and reached only on CPUs (and Linux processes) with the tile state enabled.
 #include <immintrin.h>
 
@@ -66,9 +66,9 @@ struct AmxTiles {
 
 }  // namespace
 
-void gemm_block_amx(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
-                    int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
-  amx_tiles::amx_gemm_block<AmxTiles>(a, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
+void block_amx(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, const int8_t* panel,
+               int64_t panel_stride, int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
+  amx_tiles::amx_block<AmxTiles>(seg, nseg, lda, rows, panel, panel_stride, panels, kp, acc, acc_ld);
 }
 
 }  // namespace edgegen::kernels::quant

@@ -1,4 +1,4 @@
-// The AMX INT8 GEMM block, written once over a tile back end:
+// The AMX INT8 block of the GEMM and the direct convolution, written once over a tile back end:
 //   * AmxTiles (gemm_amx.cpp): the AMX instructions (ldtilecfg, tileloadd, tdpbusd, tilestored);
 //   * TileModel (below): the same operations in plain C++, following the instructions' definitions,
 //     so that any CPU can test the blocking, the tails and the operand layout.
@@ -10,9 +10,11 @@
 // with a stride of 64 bytes. tdpbusd adds the four u8 x s8 products of each 32-bit lane into int32,
 // exactly, for the whole u8 range.
 //
-// The C tiles stay in registers over the whole K. K is walked in steps of 64; the last step, when
-// K is not a multiple of 64, and row blocks of fewer than 16 rows go through zero-padded copies
-// (one tile configuration for everything: a new configuration would clear the tiles).
+// The C tiles stay in registers over the whole K, which comes as segments (the whole K of a GEMM,
+// or one kernel tap after another of a convolution), each walked in steps of 64. A step shorter
+// than 64 (a segment's tail) and row blocks of fewer than 16 rows go through zero-padded copies of
+// the activations (one tile configuration for everything: a new configuration would clear the
+// tiles).
 // Included by each TU inside its own namespace (edgegen::kernels::quant::amx_model in gemm.cpp,
 // ::amx_tiles in gemm_amx.cpp, ::amx_test in the tests), after <cstdint>, <cstdio>, <cstdlib>,
 // <cstring> and kernels/quant/gemm.h, so no inline function compiled for one ISA can be picked by
@@ -147,46 +149,59 @@ inline void step(Tiles& tl, const uint8_t* a0, int64_t s0, const uint8_t* a1, in
 
 }  // namespace amx_detail
 
-// acc[r][c] (row stride acc_ld >= 16 * panels) = sum over the packed K of a[r][k] * w[c][k] for
-// rows r < rows (any count) and the 16 * panels features (panels 1 or 2) of `panel` (panel_stride
-// bytes between panels). a: rows x kp bytes readable with stride lda (kp = packed_k(K), a
-// multiple of 4). acc must have room for `rows` rounded up to 16 rows: each C tile is stored
-// whole, and the rows past `rows` are never read back.
+// acc[r][c] (row stride acc_ld >= 16 * panels) = sum over the segments of
+// sum_{k < len} seg.a[r * lda + k] * w[c][seg.woff + k] for rows r < rows (any count) and the
+// 16 * panels features (panels 1 or 2) of `panel` (panel_stride bytes between panels; kp =
+// packed_k(K) packed k values each). A GEMM is one segment (a, 0, kp); a direct convolution one
+// segment per kernel tap (AmxSegment, gemm.h). acc must have room for `rows` rounded up to 16 rows:
+// each C tile is stored whole, and the rows past `rows` are never read back.
+//
+// A weight window [w, w + 64) of a step is loaded in place when it lies inside the packed K, even
+// where the segment ends before it (a tap of fewer than 64 channels): the activations beyond the
+// segment are zero in the padded A copy, so the weights they meet add nothing. Only a window that
+// crosses kp is copied, zero padded.
 template <class Tiles>
-void amx_gemm_block(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* panel, int64_t panel_stride,
-                    int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
+void amx_block(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, const int8_t* panel,
+               int64_t panel_stride, int panels, int64_t kp, int32_t* acc, int64_t acc_ld) {
   using amx_detail::a_operand;
   Tiles tl;
   tl.configure(amx_gemm_config());
   alignas(64) uint8_t abuf[2][kAmxTileRows * kAmxTileBytes];
   alignas(64) int8_t btail[2][kAmxTileRows * kAmxTileBytes];
-  const int64_t ktail = kp % kAmxTileBytes, kfull = kp - ktail;
+  int64_t btail_at = -1;  // the window btail holds
   const int8_t* b[2] = {panel, panels > 1 ? panel + panel_stride : nullptr};
-  if (ktail) {  // the last K step's weights: ktail / 4 blocks of 64 bytes, then zeros
-    for (int p = 0; p < panels; ++p) {
-      std::memset(btail[p], 0, sizeof(btail[p]));
-      std::memcpy(btail[p], b[p] + kfull * kPanel, size_t(ktail / 4 * kAmxTileBytes));
+  auto weights = [&](int p, int64_t w) -> const int8_t* {
+    if (w + kAmxTileBytes <= kp) return b[p] + w * kPanel;
+    if (btail_at != w) {  // (kp - w) / 4 blocks of 64 bytes, then zeros
+      for (int q = 0; q < panels; ++q) {
+        std::memset(btail[q], 0, sizeof(btail[q]));
+        std::memcpy(btail[q], b[q] + w * kPanel, size_t((kp - w) / 4 * kAmxTileBytes));
+      }
+      btail_at = w;
     }
-  }
+    return btail[p];
+  };
   for (int64_t i = 0; i < rows; i += kAmxBlockRows) {
     const int r0 = int(rows - i < kAmxTileRows ? rows - i : kAmxTileRows);
     const int r1 = int(rows - i > kAmxTileRows ? (rows - i - kAmxTileRows < kAmxTileRows ? rows - i - kAmxTileRows
                                                                                           : kAmxTileRows)
                                                : 0);
-    const uint8_t* ar0 = a + i * lda;
-    const uint8_t* ar1 = r1 ? ar0 + kAmxTileRows * lda : nullptr;  // only formed when those rows exist
     tl.template zero<0>();
     tl.template zero<1>();
     tl.template zero<2>();
     tl.template zero<3>();
-    for (int64_t k0 = 0; k0 < kp; k0 += kAmxTileBytes) {
-      const int64_t klen = k0 < kfull ? kAmxTileBytes : ktail;
-      int64_t s0 = 0, s1 = 0;
-      const uint8_t* a0 = a_operand(ar0, lda, r0, k0, klen, abuf[0], &s0);
-      const uint8_t* a1 = r1 ? a_operand(ar1, lda, r1, k0, klen, abuf[1], &s1) : nullptr;
-      const int8_t* b0 = k0 < kfull ? b[0] + k0 * kPanel : btail[0];
-      const int8_t* b1 = panels > 1 ? (k0 < kfull ? b[1] + k0 * kPanel : btail[1]) : nullptr;
-      amx_detail::step(tl, a0, s0, a1, s1, b0, b1);
+    for (int64_t s = 0; s < nseg; ++s) {
+      const uint8_t* ar0 = seg[s].a + i * lda;
+      const uint8_t* ar1 = r1 ? ar0 + kAmxTileRows * lda : nullptr;  // only formed when those rows exist
+      for (int64_t k0 = 0; k0 < seg[s].len; k0 += kAmxTileBytes) {
+        const int64_t klen = seg[s].len - k0 < kAmxTileBytes ? seg[s].len - k0 : kAmxTileBytes;
+        int64_t s0 = 0, s1 = 0;
+        const uint8_t* a0 = a_operand(ar0, lda, r0, k0, klen, abuf[0], &s0);
+        const uint8_t* a1 = r1 ? a_operand(ar1, lda, r1, k0, klen, abuf[1], &s1) : nullptr;
+        const int8_t* b0 = weights(0, seg[s].woff + k0);
+        const int8_t* b1 = panels > 1 ? weights(1, seg[s].woff + k0) : nullptr;
+        amx_detail::step(tl, a0, s0, a1, s1, b0, b1);
+      }
     }
     int32_t* c = acc + i * acc_ld;
     const int64_t cs = acc_ld * int64_t(sizeof(int32_t));
@@ -199,4 +214,3 @@ void amx_gemm_block(const uint8_t* a, int64_t lda, int64_t rows, const int8_t* p
   }
   tl.release();
 }
-
