@@ -198,7 +198,9 @@ def main():
         for n in (4096, 16384) + (() if args.quick else (65536,)):
             bench_attention(rows, n, 256, 4, args.quick)
     if args.only in (None, "int8"):
-        bench_int8(rows, 512, 768, 3072)
+        # a decode step, a short prefill, the shape and a long prefill (GPT-2 MLP)
+        for m in (1, 64, 512, 4096):
+            bench_int8(rows, m, 768, 3072)
     harness.save(rows, args.csv, lead="", machine=f"{name}; host {harness.machine()}", versions=harness.versions(),
                  threads="")
 

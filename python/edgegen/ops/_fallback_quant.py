@@ -11,6 +11,7 @@ codes in float64 (every partial sum is an integer far below 2^53).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -248,10 +249,9 @@ def int8_pack_weight_fallback(weight):
     return packed, weight.to(torch.int32).sum(dim=1, dtype=torch.int32)
 
 
-def _unpacked(packed: Tensor, row_sum: Tensor, n: int, k: int, cols: int | None = None,
-              pname: str = "packed_weight", rname: str = "weight_row_sum") -> Tensor:
-    """The [n, cols] int8 matrix a packed weight holds (cols defaults to k), its layout checked."""
-    cols = k if cols is None else cols
+def _check_packed(packed: Tensor, row_sum: Tensor, n: int, k: int, pname: str = "packed_weight",
+                  rname: str = "weight_row_sum") -> None:
+    """The layout of a packed weight and its row sums (int8_pack_weight's) for n x k."""
     if not (0 < n and 0 < k <= _MAX_K):
         raise ValueError(f"n, k: expected 0 < n and 0 < k <= {_MAX_K}, got {n}, {k}")
     panels, kp = -(-n // _PANEL), -(-k // 4) * 4
@@ -261,6 +261,14 @@ def _unpacked(packed: Tensor, row_sum: Tensor, n: int, k: int, cols: int | None 
         raise ValueError(f"{pname}: has {packed.numel()} bytes, expected {panels * kp * _PANEL} for n={n}, k={k}")
     if row_sum.dtype != torch.int32 or row_sum.dim() != 1 or row_sum.shape[0] != n or not row_sum.is_contiguous():
         raise ValueError(f"{rname}: expected a contiguous int32 tensor of shape [{n}]")
+
+
+def _unpacked(packed: Tensor, row_sum: Tensor, n: int, k: int, cols: int | None = None,
+              pname: str = "packed_weight", rname: str = "weight_row_sum") -> Tensor:
+    """The [n, cols] int8 matrix a packed weight holds (cols defaults to k), its layout checked."""
+    cols = k if cols is None else cols
+    _check_packed(packed, row_sum, n, k, pname, rname)
+    panels, kp = -(-n // _PANEL), -(-k // 4) * 4
     w = packed.reshape(panels, kp // 4, _PANEL, 4).permute(0, 2, 1, 3).reshape(panels * _PANEL, kp)[:n]
     return w[:, :cols]
 
@@ -288,10 +296,14 @@ def _bias(bias: Tensor | None, n: int) -> None:
         raise ValueError(f"bias: expected shape [{n}], got {list(bias.shape)}")
 
 
+def _not_finite(who: str = "INT8 layers quantize") -> ValueError:
+    return ValueError(f"input: contains NaN or infinite values; {who} their input and need finite values")
+
+
 def _finite_input(x: Tensor, who: str = "INT8 layers quantize") -> None:
     # Checked in float32, as the CPU kernels do (a float64 beyond float32's range is infinite there).
     if x.numel() and not bool(torch.isfinite(x.to(torch.float32)).all()):
-        raise ValueError(f"input: contains NaN or infinite values; {who} their input and need finite values")
+        raise _not_finite(who)
 
 
 def _static_act(a_scale: float, a_zero_point: int) -> None:
@@ -317,21 +329,89 @@ def int8_gemm_fallback(input, a_zero_point, packed_weight, weight_row_sum, n, k)
     return ref.int8_gemm_reference(input, a_zero_point, full[:, :k])
 
 
+class _LinearWeight:
+    """A packed Linear weight unpacked and checked once: w, the [n, k] int8 matrix; mm, the same
+    zero-padded to multiples of 8 for torch._int_mm (made on first use)."""
+
+    def __init__(self, packed: Tensor, w: Tensor):
+        self.packed = weakref.ref(packed)
+        self.w = w
+        self.mm: Tensor | None = None
+
+    def int_mm(self, codes: Tensor) -> Tensor:
+        """codes [m, k] int8 @ w^T, int32, through torch._int_mm (its shape rules: more than 16
+        rows, K and N multiples of 8, met by zero padding): exact."""
+        n, k = self.w.shape
+        if self.mm is None:
+            self.mm = F.pad(self.w, (0, -k % 8, 0, -n % 8)).contiguous()
+        m = codes.shape[0]
+        if m <= 16 or k % 8:
+            codes = F.pad(codes, (0, -k % 8, 0, max(0, 17 - m)))
+        return torch._int_mm(codes, self.mm.t())[:m, :n]
+
+
+# Unpacked weights by packed tensor (identity and version; an entry goes when its tensor does):
+# a model's layers on a GPU unpack and check their weights once, not at every call.
+_LINEAR_WEIGHTS: dict[tuple, _LinearWeight] = {}
+_LINEAR_WEIGHTS_MAX = 1024
+
+
+def _linear_weight(packed: Tensor, row_sum: Tensor, n: int, k: int) -> _LinearWeight:
+    key = None
+    if type(packed) is torch.Tensor and packed.device.type != "meta" and not packed.is_inference():
+        key = (packed.data_ptr(), packed._version, str(packed.device), packed.numel(), n, k)
+        hit = _LINEAR_WEIGHTS.get(key)
+        if hit is not None and hit.packed() is packed:
+            _check_packed(packed, row_sum, n, k)
+            return hit
+    full = _unpacked(packed, row_sum, n, k, -(-k // 4) * 4)
+    _unused_zero(full, torch.arange(full.shape[1], device=full.device) < k, "input features")
+    entry = _LinearWeight(packed, full[:, :k])
+    if key is not None:
+        while len(_LINEAR_WEIGHTS) >= _LINEAR_WEIGHTS_MAX:
+            _LINEAR_WEIGHTS.pop(next(iter(_LINEAR_WEIGHTS)))
+        _LINEAR_WEIGHTS[key] = entry
+        weakref.finalize(packed, _LINEAR_WEIGHTS.pop, key, None)
+    return entry
+
+
+def _use_int_mm(codes: Tensor) -> bool:
+    """Integer GEMMs through torch._int_mm (the GPU's integer tensor cores) on CUDA; elsewhere
+    through int64 matmul (the reference twins' way)."""
+    return codes.is_cuda
+
+
 def _int8_linear(input, a_scale, a_zero_point, packed_weight, weight_row_sum, weight_scale, bias, n, k):
+    """The INT8 Linear with one host synchronisation (the input's range, which also answers
+    whether it is finite) and the weight unpacked once (_linear_weight); the same arithmetic as
+    the reference twins (int8_linear_static_reference / int8_linear_dynamic_reference), so the
+    same results."""
     _check_same_device(input, packed_weight=packed_weight, weight_row_sum=weight_row_sum, weight_scale=weight_scale,
                        bias=bias)
     _check_float(input, "input")
     if input.dim() < 1 or input.shape[-1] != k:
         raise ValueError(f"input: expected [..., {k}], got {list(input.shape)}")
-    full = _unpacked(packed_weight, weight_row_sum, n, k, -(-k // 4) * 4)
-    _unused_zero(full, torch.arange(full.shape[1], device=full.device) < k, "input features")
+    weight = _linear_weight(packed_weight, weight_row_sum, n, k)
     _weight_scale(weight_scale, n)
     _bias(bias, n)
-    _finite_input(input)
-    w = full[:, :k]
+    x = input.detach().reshape(-1, k).to(torch.float32)
+    lo, hi = torch.stack(torch.aminmax(x)).tolist() if x.numel() else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates into both
+        raise _not_finite()
     if a_scale > 0:
-        return ref.int8_linear_static_reference(input, a_scale, a_zero_point, w, weight_scale, bias)
-    return ref.int8_linear_dynamic_reference(input, w, weight_scale, bias)
+        s, zp = torch.tensor(a_scale, dtype=torch.float32), a_zero_point
+    else:
+        s, zp = ref.u7_params(lo, hi)
+    # (q - zp) of the 7-bit codes q = clamp(round(x / s) + zp, 0, 127): in [-127, 127], int8.
+    d = (torch.round(x * (1.0 / s)) + zp).clamp_(0, 127).sub_(zp).to(torch.int8)
+    if _use_int_mm(d):
+        acc = weight.int_mm(d)
+    else:
+        acc = (d.to(torch.int64) @ weight.w.to(torch.int64).t()).to(torch.int32)
+    out = acc.to(torch.float32) * (s * weight_scale.to(torch.float32))
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.reshape(*input.shape[:-1], n).to(input.dtype)
 
 
 def int8_linear_dynamic_fallback(input, packed_weight, weight_row_sum, weight_scale, bias, n, k):

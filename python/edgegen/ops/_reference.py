@@ -238,7 +238,7 @@ def fake_quantize_learnable_backward_reference(grad: Tensor, x: Tensor, scale: T
     return dx, red(ds).float(), red(dz).float()
 
 
-def _int_mm_padded(a: Tensor, w: Tensor) -> Tensor:
+def int_mm_padded(a: Tensor, w: Tensor) -> Tensor:
     """int32 a @ w^T of int8 a [M, K] and w [N, K] on the GPU's integer tensor cores
     (torch._int_mm), zero-padded to its shape rules (M > 16, K and N multiples of 8): exact."""
     m, k = a.shape
@@ -265,19 +265,25 @@ def int8_gemm_int_mm(a: Tensor, a_zero_point: int, weight: Tensor, seven_bit: bo
     d = a.to(torch.int16) - a_zero_point
     w = weight.to(torch.int8)
     if seven_bit:
-        return _int_mm_padded(d.to(torch.int8), w)
+        return int_mm_padded(d.to(torch.int8), w)
     h, low = (d >> 1).to(torch.int8), (d & 1).to(torch.int8)
-    return _int_mm_padded(h, w) * 2 + _int_mm_padded(low, w)
+    return int_mm_padded(h, w) * 2 + int_mm_padded(low, w)
+
+
+def u7_params(lo: float, hi: float) -> tuple[Tensor, int]:
+    """The dynamic 7-bit scale (a float32 CPU scalar tensor) and zero point of values whose
+    minimum and maximum are lo and hi: the range extended to include 0, scale (hi - lo) / 127
+    (1 for an empty range), zero point round(-lo / scale) in float32, as the kernels compute them."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    lo32, hi32 = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+    scale = ((hi32 - lo32) / 127.0) if hi > lo else torch.tensor(1.0)
+    return scale, int(torch.round(-lo32 / scale).clamp(0, 127))
 
 
 def quantize_activations_u7_reference(x: Tensor) -> tuple[Tensor, float, int]:
     """Dynamic per-tensor 7-bit quantization as the INT8 linear kernel does it (float32 math)."""
     x = x.detach().to(torch.float32)
-    lo = min(float(x.min()), 0.0) if x.numel() else 0.0
-    hi = max(float(x.max()), 0.0) if x.numel() else 0.0
-    lo32, hi32 = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
-    scale = ((hi32 - lo32) / 127.0) if hi > lo else torch.tensor(1.0)
-    zp = int(torch.round(-lo32 / scale).clamp(0, 127))
+    scale, zp = u7_params(float(x.min()), float(x.max())) if x.numel() else u7_params(0.0, 0.0)
     q = (torch.round(x * (1.0 / scale)) + zp).clamp(0, 127).to(torch.uint8)
     return q, float(scale), zp
 
