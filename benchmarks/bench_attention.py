@@ -114,6 +114,17 @@ def worker(spec: dict) -> dict:
     return harness.measure(spec, run)
 
 
+def edgegen_bf16_products() -> dict[str, str]:
+    """How each attention level of this CPU multiplies bf16 inputs ('avx512_bf16' or 'float')."""
+    import edgegen
+
+    out = {}
+    for level in harness.kernel_levels("attention"):
+        with edgegen.max_isa(level):
+            out[level] = edgegen._C.attention_bf16_products()
+    return out
+
+
 def sequence_lengths(text: str) -> tuple[int, ...]:
     """--lengths: positive integers separated by commas, e.g. "4096,16384"."""
     try:
@@ -191,6 +202,7 @@ def main():
     print("\n## one decode step (1 new query, cache of n keys) and bfloat16")
     print(f"{'case':34s} {'provider':16s} {'p50 ms':>10s} {'speed-up':>9s}")
     extra = [("decode", n, "float32") for n in lengths] + [("fwd+bwd", n, "bfloat16") for n in lengths if n >= 4096]
+    products = edgegen_bf16_products()
     for mode, n, dtype in extra:
         res = {}
         for provider in ("edgegen", *lower, "sdpa_causal"):
@@ -202,9 +214,12 @@ def main():
                 print(f"{mode} n={n} {dtype:24s} {provider:16s} ERROR {r['error']}")
                 continue
             res[provider] = r
+            path = isa or (best_path if provider == "edgegen" else "")
+            if path and dtype == "bfloat16":  # how that path multiplies bf16 inputs
+                path = f"{path} ({products.get(path, 'float')} products)"
             rows.append(dict(op="sliding_window_attention", provider=provider,
                              shape=f"B={B} H={H} n={n} d={D} w={WINDOW} g={NUM_GLOBAL}", dtype=dtype, mode=mode,
-                             kernel_path=isa or (best_path if provider == "edgegen" else ""), **harness.measured(r, 4)))
+                             kernel_path=path, **harness.measured(r, 4)))
         if "edgegen" in res:
             for provider, r in res.items():
                 speed = "" if provider == "edgegen" else f"{r['p50_ms'] / res['edgegen']['p50_ms']:8.2f}x"

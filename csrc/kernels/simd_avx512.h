@@ -19,13 +19,17 @@ struct Avx512 {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  static void store(bf16_t* p, F v) {
+  // The bf16 bits of each lane (round to nearest even, NaN kept quiet) in its low 16 bits.
+  static __m512i bf16_bits(F v) {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    return _mm512_srli_epi32(r, 16);
+  }
+  static void store(bf16_t* p, F v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
   }
   static void store(fp16_t* p, F v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),

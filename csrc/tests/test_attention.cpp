@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <ostream>
 #include <random>
 #include <string>
@@ -39,11 +40,15 @@ bool ref_visible(const Case& c, int64_t qp, int64_t j) {
 
 struct Ref {
   std::vector<double> out, lse, dq, dk, dv;
+  // Per value, the sum of its terms' magnitudes (what rounding the terms' factors scales with).
+  std::vector<double> out_mag, dq_mag, dk_mag, dv_mag;
 };
 
-// Dense reference over contiguous [B, H, n, d] double arrays.
+// Dense reference over contiguous [B, H, n, d] double arrays. The backward's D_i = dout_i . out_i
+// uses out_for_d when given (the output as the kernel stored it, e.g. rounded to bf16), else the
+// reference's own output.
 Ref reference(const Case& c, const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
-              const std::vector<double>& dout, double scale) {
+              const std::vector<double>& dout, double scale, const std::vector<double>* out_for_d = nullptr) {
   Ref r;
   const int64_t d = c.d;
   r.out.assign(c.B * c.H * c.nq * d, 0.0);
@@ -51,6 +56,10 @@ Ref reference(const Case& c, const std::vector<double>& q, const std::vector<dou
   r.dq.assign(r.out.size(), 0.0);
   r.dk.assign(c.B * c.H * c.nk * d, 0.0);
   r.dv.assign(r.dk.size(), 0.0);
+  r.out_mag.assign(r.out.size(), 0.0);
+  r.dq_mag.assign(r.out.size(), 0.0);
+  r.dk_mag.assign(r.dk.size(), 0.0);
+  r.dv_mag.assign(r.dk.size(), 0.0);
   for (int64_t bh = 0; bh < c.B * c.H; ++bh) {
     for (int64_t i = 0; i < c.nq; ++i) {
       const double* qi = &q[(bh * c.nq + i) * d];
@@ -72,22 +81,29 @@ Ref reference(const Case& c, const std::vector<double>& q, const std::vector<dou
       for (int64_t j = 0; j < c.nk; ++j) {
         if (s[j] == -INFINITY) continue;
         pr[j] = std::exp(s[j] - mx) / z;
-        for (int64_t e = 0; e < d; ++e) o[e] += pr[j] * v[(bh * c.nk + j) * d + e];
+        for (int64_t e = 0; e < d; ++e) {
+          o[e] += pr[j] * v[(bh * c.nk + j) * d + e];
+          r.out_mag[(bh * c.nq + i) * d + e] += pr[j] * std::fabs(v[(bh * c.nk + j) * d + e]);
+        }
       }
       const double* g = &dout[(bh * c.nq + i) * d];
+      const double* od = out_for_d ? &(*out_for_d)[(bh * c.nq + i) * d] : o;
       double D = 0;
-      for (int64_t e = 0; e < d; ++e) D += g[e] * o[e];
+      for (int64_t e = 0; e < d; ++e) D += g[e] * od[e];
       for (int64_t j = 0; j < c.nk; ++j) {
         if (pr[j] == 0) continue;
         double dpj = 0;
         for (int64_t e = 0; e < d; ++e) {
           dpj += g[e] * v[(bh * c.nk + j) * d + e];
           r.dv[(bh * c.nk + j) * d + e] += pr[j] * g[e];
+          r.dv_mag[(bh * c.nk + j) * d + e] += pr[j] * std::fabs(g[e]);
         }
         const double ds = pr[j] * (dpj - D) * scale;
         for (int64_t e = 0; e < d; ++e) {
           r.dq[(bh * c.nq + i) * d + e] += ds * k[(bh * c.nk + j) * d + e];
           r.dk[(bh * c.nk + j) * d + e] += ds * qi[e];
+          r.dq_mag[(bh * c.nq + i) * d + e] += std::fabs(ds * k[(bh * c.nk + j) * d + e]);
+          r.dk_mag[(bh * c.nk + j) * d + e] += std::fabs(ds * qi[e]);
         }
       }
     }
@@ -100,10 +116,22 @@ KA::Strided strided(const std::vector<T>& x, const Case& c, int64_t n) {
   return KA::Strided{x.data(), c.H * n * c.d, n * c.d, c.d, 1};
 }
 
-// Runs the kernel in dtype T (float or double) and compares with the reference.
-// isa < 0: the dispatched path; else that level's path.
 template <class T>
-void check_case(const Case& c, int threads, double tol, int isa = -1) {
+T from_double(double x) {
+  if constexpr (std::is_same_v<T, K::bf16_t>) return K::to_bf16(float(x));
+  else return T(x);
+}
+template <class T>
+double as_double(T x) {
+  if constexpr (std::is_same_v<T, K::bf16_t>) return double(K::to_float(x));
+  else return double(x);
+}
+
+// Runs the kernel in dtype T (float, double or bf16) and compares with the reference: each value
+// within tol + rel * (the sum of its terms' magnitudes; for lse, |lse|). isa < 0: the dispatched
+// path; else that level's path.
+template <class T>
+void check_case(const Case& c, int threads, double tol, int isa = -1, double rel = 0.0) {
   std::mt19937 rng(11);
   std::normal_distribution<double> nd(0.0, 1.0);
   auto fill = [&](int64_t n) {
@@ -115,16 +143,25 @@ void check_case(const Case& c, int threads, double tol, int isa = -1) {
   auto q = fill(c.B * c.H * c.nq * d), k = fill(c.B * c.H * c.nk * d), v = fill(c.B * c.H * c.nk * d);
   auto g = fill(c.B * c.H * c.nq * d);
   const double scale = 1.0 / std::sqrt(double(d));
-  std::vector<T> qt(q.begin(), q.end()), kt(k.begin(), k.end()), vt(v.begin(), v.end()), gt(g.begin(), g.end());
+  auto cast = [](const std::vector<double>& x) {
+    std::vector<T> y(x.size());
+    std::transform(x.begin(), x.end(), y.begin(), from_double<T>);
+    return y;
+  };
+  auto back = [](const std::vector<T>& x) {
+    std::vector<double> y(x.size());
+    std::transform(x.begin(), x.end(), y.begin(), as_double<T>);
+    return y;
+  };
+  std::vector<T> qt = cast(q), kt = cast(k), vt = cast(v), gt = cast(g);
   // The reference sees exactly the values the kernel sees.
-  std::vector<double> qd(qt.begin(), qt.end()), kd(kt.begin(), kt.end()), vd(vt.begin(), vt.end()),
-      gd(gt.begin(), gt.end());
-  const Ref ref = reference(c, qd, kd, vd, gd, scale);
+  std::vector<double> qd = back(qt), kd = back(kt), vd = back(vt), gd = back(gt);
+  Ref ref = reference(c, qd, kd, vd, gd, scale);
 
   // Layout CSR.
   std::vector<int64_t> lptr, lidx;
   KA::Problem p;
-  p.dtype = std::is_same_v<T, double> ? K::DType::F64 : K::DType::F32;
+  p.dtype = std::is_same_v<T, double> ? K::DType::F64 : (std::is_same_v<T, K::bf16_t> ? K::DType::BF16 : K::DType::F32);
   p.B = c.B, p.H = c.H, p.nq = c.nq, p.nk = c.nk, p.d = d;
   p.pattern.window = c.window;
   p.pattern.num_global = c.num_global;
@@ -147,16 +184,29 @@ void check_case(const Case& c, int threads, double tol, int isa = -1) {
   p.k = strided(kt, c, c.nk);
   p.v = strided(vt, c, c.nk);
   p.num_threads = threads;
-  std::vector<T> out(qt.size()), lse(c.B * c.H * c.nq), dq(qt.size()), dk(kt.size()), dv(vt.size());
+  using L = std::conditional_t<std::is_same_v<T, double>, double, float>;  // lse's type
+  std::vector<T> out(qt.size()), dq(qt.size()), dk(kt.size()), dv(vt.size());
+  std::vector<L> lse(c.B * c.H * c.nq);
   if (isa < 0) KA::forward(p, out.data(), lse.data());
   else KA::forward_isa(K::Isa(isa), p, out.data(), lse.data());
-  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(double(out[i]), ref.out[i], tol) << "out " << i;
+  auto expect = [&](const std::vector<T>& got, const std::vector<double>& want, const std::vector<double>& mag,
+                    const char* what) {
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(as_double(got[i]), want[i], tol + rel * mag[i]) << what << " " << i;
+  };
+  expect(out, ref.out, ref.out_mag, "out");
   for (size_t i = 0; i < lse.size(); ++i) {
     if (std::isinf(ref.lse[i])) {
       ASSERT_TRUE(std::isinf(double(lse[i])) && lse[i] < 0) << "lse " << i;
     } else {
-      ASSERT_NEAR(double(lse[i]), ref.lse[i], tol) << "lse " << i;
+      ASSERT_NEAR(double(lse[i]), ref.lse[i], tol + rel * std::fabs(ref.lse[i])) << "lse " << i;
     }
+  }
+  if (std::is_same_v<T, K::bf16_t>) {  // the gradients of the output as stored (bf16), not the exact one
+    const std::vector<double> stored = back(out);
+    const Ref grads = reference(c, qd, kd, vd, gd, scale, &stored);
+    ref.dq = grads.dq, ref.dk = grads.dk, ref.dv = grads.dv;
+    ref.dq_mag = grads.dq_mag, ref.dk_mag = grads.dk_mag, ref.dv_mag = grads.dv_mag;
   }
   if (isa < 0) {
     KA::backward(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
@@ -164,9 +214,9 @@ void check_case(const Case& c, int threads, double tol, int isa = -1) {
     KA::backward_isa(K::Isa(isa), p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
                      dv.data());
   }
-  for (size_t i = 0; i < dq.size(); ++i) ASSERT_NEAR(double(dq[i]), ref.dq[i], tol) << "dq " << i;
-  for (size_t i = 0; i < dk.size(); ++i) ASSERT_NEAR(double(dk[i]), ref.dk[i], tol) << "dk " << i;
-  for (size_t i = 0; i < dv.size(); ++i) ASSERT_NEAR(double(dv[i]), ref.dv[i], tol) << "dv " << i;
+  expect(dq, ref.dq, ref.dq_mag, "dq");
+  expect(dk, ref.dk, ref.dk_mag, "dk");
+  expect(dv, ref.dv, ref.dv_mag, "dv");
 }
 
 }  // namespace
@@ -308,8 +358,11 @@ INSTANTIATE_TEST_SUITE_P(Isa, AttentionPath,
                                            K::Isa::Amx),
                          [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
 
-TEST_P(AttentionPath, OddHeadSizesWindowsGlobalsAndBlocks) {
-  for (int64_t d : {8, 24, 40, 80}) {
+// The path tests' cases for each head size: windows of 1, 65 (non-causal) and 150 with 3 global
+// tokens, and a block layout.
+template <class Check>
+void for_each_path_case(std::initializer_list<int64_t> head_sizes, Check check) {
+  for (int64_t d : head_sizes) {
     for (int64_t w : {1, 65, 150}) {
       Case c;
       c.nq = c.nk = 150;
@@ -317,13 +370,41 @@ TEST_P(AttentionPath, OddHeadSizesWindowsGlobalsAndBlocks) {
       c.window = w;
       c.num_global = 3;
       c.causal = w != 65;
-      check_case<float>(c, 2, 2e-5, int(GetParam()));
+      check(c);
     }
     Case b;
     b.nq = b.nk = 150;
     b.d = d;
     b.block_size = 64;
     b.layout = {{0, 0}, {1, 0}, {1, 1}, {2, 2}, {2, 0}};
-    check_case<float>(b, 2, 2e-5, int(GetParam()));
+    check(b);
   }
+}
+
+TEST_P(AttentionPath, OddHeadSizesWindowsGlobalsAndBlocks) {
+  for_each_path_case({8, 24, 40, 80}, [&](const Case& c) { check_case<float>(c, 2, 2e-5, int(GetParam())); });
+}
+
+// bf16 inputs on every path: within bf16 rounding of the double reference (the outputs and
+// gradients are bf16; on the AVX-512 BF16 products the probabilities and score gradients round to
+// bf16 too: two roundings of 2^-9 relative, bounded by 2^-8 of each value's sum of term
+// magnitudes; checked at 1e-2). Head sizes odd for pairs of k and for the vectors.
+TEST_P(AttentionPath, Bf16InputsWithinBf16Rounding) {
+  SCOPED_TRACE(KA::bf16_products_name(KA::bf16_products(GetParam())));
+  for_each_path_case({8, 23, 64, 80},
+                     [&](const Case& c) { check_case<K::bf16_t>(c, 2, 1e-4, int(GetParam()), 1e-2); });
+}
+
+// Which products a level's path uses for bf16 inputs: vdpbf16ps wherever the CPU has AVX-512 BF16
+// (and the build the path), from the avx512 level up; float products below.
+TEST(SlidingWindowAttention, Bf16ProductsFollowTheCpu) {
+  EXPECT_EQ(KA::bf16_products(K::Isa::Avx2), KA::Bf16Products::Float);
+  EXPECT_EQ(KA::bf16_products(K::Isa::Scalar), KA::Bf16Products::Float);
+#ifdef EDGEGEN_HAVE_AVX512_BF16
+  const bool dot = K::cpu_has_avx512_bf16() && K::cpu_supports(K::Isa::Avx512);
+#else
+  const bool dot = false;
+#endif
+  EXPECT_EQ(KA::bf16_products(K::Isa::Avx512), dot ? KA::Bf16Products::Dot : KA::Bf16Products::Float);
+  if (!dot) GTEST_SKIP() << "no AVX-512 BF16 products here (CPU or build): only the float products were checked";
 }

@@ -25,6 +25,11 @@ void forward_avx512(const Problem& p, const Plan& plan, void* out, void* lse);
 void backward_avx512(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
                      void* dq, void* dk, void* dv);
 #endif
+#ifdef EDGEGEN_HAVE_AVX512_BF16
+void forward_avx512_bf16(const Problem& p, const Plan& plan, void* out, void* lse);
+void backward_avx512_bf16(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
+                          const void* lse, void* dq, void* dk, void* dv);
+#endif
 
 namespace {
 
@@ -164,8 +169,23 @@ bool attention_has_path(Isa isa) {
   return isa == Isa::Scalar;
 }
 
+Bf16Products bf16_products(Isa isa) {
+#ifdef EDGEGEN_HAVE_AVX512_BF16
+  if (isa >= Isa::Avx512 && cpu_has_avx512_bf16()) return Bf16Products::Dot;
+#endif
+  (void)isa;
+  return Bf16Products::Float;
+}
+
+const char* bf16_products_name(Bf16Products products) {
+  return products == Bf16Products::Dot ? "avx512_bf16" : "float";
+}
+
 void forward_isa(Isa isa, const Problem& p, void* out, void* lse) {
   const Plan plan = make_plan(p);
+#ifdef EDGEGEN_HAVE_AVX512_BF16
+  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Dot) return forward_avx512_bf16(p, plan, out, lse);
+#endif
 #ifdef EDGEGEN_HAVE_AVX2
   if (p.dtype != DType::F64 && isa >= Isa::Avx512) return forward_avx512(p, plan, out, lse);
   if (p.dtype != DType::F64 && isa >= Isa::Avx2) return forward_avx2(p, plan, out, lse);
@@ -177,6 +197,10 @@ void forward_isa(Isa isa, const Problem& p, void* out, void* lse) {
 void backward_isa(Isa isa, const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq,
                   void* dk, void* dv) {
   const Plan plan = make_plan(p);
+#ifdef EDGEGEN_HAVE_AVX512_BF16
+  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Dot)
+    return backward_avx512_bf16(p, plan, dout, out, lse, dq, dk, dv);
+#endif
 #ifdef EDGEGEN_HAVE_AVX2
   if (p.dtype != DType::F64 && isa >= Isa::Avx512) return backward_avx512(p, plan, dout, out, lse, dq, dk, dv);
   if (p.dtype != DType::F64 && isa >= Isa::Avx2) return backward_avx2(p, plan, dout, out, lse, dq, dk, dv);

@@ -54,6 +54,13 @@ struct Problem {
 void forward(const Problem& p, void* out, void* lse);
 // The path forward/backward take now for 32/16-bit inputs (float64 always runs the scalar path).
 Isa attention_isa();
+// How a level's path multiplies for bf16 inputs: Float, operands widened to float (as for the other
+// dtypes; every path); Dot, both operands rounded to bf16 and multiplied by AVX-512 BF16's
+// vdpbf16ps with float sums (the avx512 path on CPUs with AVX-512 BF16). For bf16 inputs only the
+// softmax probabilities and the score gradients round: the inputs are bf16 already.
+enum class Bf16Products : int { Float = 0, Dot = 1 };
+Bf16Products bf16_products(Isa isa);
+const char* bf16_products_name(Bf16Products products);
 // Whether the build has a path of its own at a level, and forward/backward on a given level's path
 // (tests and benchmarks: the caller checks cpu_supports first).
 bool attention_has_path(Isa isa);

@@ -20,18 +20,12 @@
 // accumulates its own dQ, and the segments are summed in a fixed order, so results do not depend
 // on the thread count's scheduling.
 
+// The products' default policy: C (+)= A B in the compute type, on the SIMD policy's FMAs.
 template <class V>
-struct Attn {
+struct FloatGemm {
   using R = typename V::R;
   using F = typename V::F;
   static constexpr int W = V::W;
-  using S1 = ScalarOf<R>;
-
-  // Rows and tiles are padded to a multiple of kPad (8, or the vector width when wider), so every
-  // vector loop over a padded extent has no tail; micro() still finishes any tail in scalar.
-  static constexpr int64_t kPad = W > 8 ? W : 8;
-  static_assert(kQueryTile % kPad == 0 && kKeyTile % kPad == 0, "tiles must hold whole vectors");
-  static int64_t padw(int64_t x) { return (x + kPad - 1) / kPad * kPad; }
 
   // C[r][c] (+)= sum_k A[r * ars + k * aks] * B[k * ldb + c] for MR rows: two vectors, one vector,
   // then single columns.
@@ -102,6 +96,22 @@ struct Attn {
       default: break;
     }
   }
+};
+
+// Prod: the products' policy (FloatGemm, or one that rounds both operands to bf16 and accumulates in
+// float: the AVX-512 BF16 dot products and the AMX-BF16 tiles, for bf16 inputs only).
+template <class V, class Prod = FloatGemm<V>>
+struct Attn {
+  using R = typename V::R;
+  using F = typename V::F;
+  static constexpr int W = V::W;
+  using S1 = ScalarOf<R>;
+
+  // Rows and tiles are padded to a multiple of kPad (8, or the vector width when wider), so every
+  // vector loop over a padded extent has no tail; micro() still finishes any tail in scalar.
+  static constexpr int64_t kPad = W > 8 ? W : 8;
+  static_assert(kQueryTile % kPad == 0 && kKeyTile % kPad == 0, "tiles must hold whole vectors");
+  static int64_t padw(int64_t x) { return (x + kPad - 1) / kPad * kPad; }
 
   static R row_max(const R* s, int64_t n) {
     F m = V::set1(R(-INFINITY));
@@ -289,7 +299,7 @@ struct Attn {
     for (int64_t r = 0; r < rows; ++r) m[r] = R(-INFINITY), l[r] = 0;
     for (int64_t e = plan.fptr[qt]; e < plan.fptr[qt + 1]; ++e) {
       const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = padw(tw);
-      gemm(rows, twp, d, hd.qr.row(i0), hd.qr.ld, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile, S.data(),
+      Prod::gemm(rows, twp, d, hd.qr.row(i0), hd.qr.ld, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile, S.data(),
            kKeyTile, false);
       for (int64_t r = 0; r < rows; ++r) {
         R* s = S.data() + r * kKeyTile;
@@ -309,7 +319,7 @@ struct Attn {
         m[r] = mnew;
       }
       const R* vt = hd.v_in_place ? hd.vr.row(j0) : hd.v.data() + slot[t] * kKeyTile * dp;
-      gemm(rows, dp, tw, S.data(), kKeyTile, 1, vt, hd.v_in_place ? hd.vr.ld : dp, O.data(), dp, true);
+      Prod::gemm(rows, dp, tw, S.data(), kKeyTile, 1, vt, hd.v_in_place ? hd.vr.ld : dp, O.data(), dp, true);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
@@ -418,7 +428,7 @@ struct Attn {
         if (!hd.ready[size_t(qt)]) pack_query_tile<T>(p, plan, dout, out, lse_in, bh, qt, true, hd);
         const R* lse = hd.lse.data() + i0;
         const R* D = hd.dd.data() + i0;
-        gemm(tw, qwp, d, hd.kr.row(j0), hd.kr.ld, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, ST.data(),
+        Prod::gemm(tw, qwp, d, hd.kr.row(j0), hd.kr.ld, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, ST.data(),
              kQueryTile, false);
         for (int64_t r = 0; r < tw; ++r) {
           R* s = ST.data() + r * kQueryTile;
@@ -428,8 +438,8 @@ struct Attn {
           for (; c < qwp; ++c) s[c] = S1::exp(scale * s[c] - lse[c]);
           if (plan.bpartial[e]) mask_outside(s, qw, pt.q_offset + i0, queries_seeing(pt, j0 + r), R(0));
         }
-        gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.doutr.row(i0), hd.doutr.ld, dV.data(), dp, true);
-        gemm(tw, qwp, d, hd.vr.row(j0), hd.vr.ld, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile, DP.data(),
+        Prod::gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.doutr.row(i0), hd.doutr.ld, dV.data(), dp, true);
+        Prod::gemm(tw, qwp, d, hd.vr.row(j0), hd.vr.ld, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile, DP.data(),
              kQueryTile, false);
         for (int64_t r = 0; r < tw; ++r) {
           const R* s = ST.data() + r * kQueryTile;
@@ -439,8 +449,8 @@ struct Attn {
             V::store(g + c, V::mul(V::load(s + c), V::sub(V::load(g + c), V::load(D + c))));
           for (; c < qwp; ++c) g[c] = s[c] * (g[c] - D[c]);
         }
-        gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qr.row(i0), hd.qr.ld, dK.data(), dp, true);
-        gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.kr.row(j0), hd.kr.ld, dq + i0 * dp, dp, true);
+        Prod::gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qr.row(i0), hd.qr.ld, dK.data(), dp, true);
+        Prod::gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.kr.row(j0), hd.kr.ld, dq + i0 * dp, dp, true);
       }
       for (int64_t r = 0; r < tw; ++r) {
         T* ok = dk + (bh * p.nk + j0 + r) * d;
@@ -518,4 +528,17 @@ void backward_float(const Problem& p, const Plan& plan, const Strided& dout, con
     Attn<V>::backward_typed(p, plan, dout, out, static_cast<const float*>(lse), static_cast<T*>(dq),
                             static_cast<T*>(dk), static_cast<T*>(dv));
   });
+}
+
+// The entry points of a path whose products take bf16 operands (bf16 inputs only).
+template <class V, class Prod>
+void forward_bf16(const Problem& p, const Plan& plan, void* out, void* lse) {
+  Attn<V, Prod>::forward_typed(p, plan, static_cast<bf16_t*>(out), static_cast<float*>(lse));
+}
+
+template <class V, class Prod>
+void backward_bf16(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                   void* dq, void* dk, void* dv) {
+  Attn<V, Prod>::backward_typed(p, plan, dout, out, static_cast<const float*>(lse), static_cast<bf16_t*>(dq),
+                             static_cast<bf16_t*>(dk), static_cast<bf16_t*>(dv));
 }
