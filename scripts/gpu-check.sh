@@ -71,17 +71,17 @@ echo "== benchmark"
 timeout 300 "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-} --csv "$OUT/gpu.csv" 2>&1 | tee "$OUT/bench.log" \
   | grep -vE "^(W|I)[0-9]{4} " || status=1
 
-# The host CPU of the GPU machines has AMX: the INT8 GEMM's and convolutions' AMX path (off by
-# default until it has run on one) is checked here too, stand-alone (about a minute) and through
-# the INT8 layers.
+# The host CPU of the GPU machines has AMX: the AMX paths (INT8 GEMM and convolutions, the
+# attention's bf16 products; off by default until they have run on one) are checked here too,
+# stand-alone (about a minute) and through the layers and ops.
 if grep -q -w amx_int8 /proc/cpuinfo && [ "${GPU_CHECK_AMX:-1}" = 1 ]; then
   echo "== AMX (host CPU)"
   OUT="$OUT" timeout 240 bash scripts/amx-check.sh >"$OUT/amx.log" 2>&1
   amx_rc=$?
   tail -40 "$OUT/amx.log"
   [ $amx_rc -eq 0 ] || status=1
-  EDGEGEN_AMX_GEMM=1 timeout 180 "$PY" -m pytest tests/quant/test_isa_paths.py tests/quant/test_linear.py \
-    tests/quant/test_static_conv.py -q \
+  EDGEGEN_AMX=1 timeout 180 "$PY" -m pytest tests/quant/test_isa_paths.py tests/quant/test_linear.py \
+    tests/quant/test_static_conv.py tests/attention/test_sliding_window.py -q \
     -p no:cacheprovider -o addopts="" >"$OUT/amx-tests.log" 2>&1 || status=1
   grep -E "passed|failed|error" "$OUT/amx-tests.log" | tail -2
 fi

@@ -163,4 +163,16 @@ Isa best_isa() {
 bool cpu_has_avx512_bf16() { return features().avx512_bf16; }
 bool cpu_has_avx_vnni() { return features().avx_vnni; }
 
+// EDGEGEN_AMX: unset, empty or 0 (off), 1 (on); anything else is an error at first use, as for
+// EDGEGEN_MAX_ISA (a misspelt switch must not silently keep the paths off).
+bool amx_opted_in() {
+  static const bool on = [] {
+    const char* env = std::getenv("EDGEGEN_AMX");
+    if (!env || !*env || std::strcmp(env, "0") == 0) return false;
+    if (std::strcmp(env, "1") == 0) return true;
+    throw std::invalid_argument(std::string("EDGEGEN_AMX: expected 0 or 1, got '") + env + "'");
+  }();
+  return on;
+}
+
 }  // namespace edgegen::kernels

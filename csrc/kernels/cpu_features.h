@@ -53,4 +53,9 @@ bool cpu_has_avx512_bf16();
 // Whether avx2_vnni comes with the VEX encoding (AVX-VNNI); otherwise it is AVX-512 VNNI + VL.
 bool cpu_has_avx_vnni();
 
+// Whether EDGEGEN_AMX=1 asks for the AMX paths that have so far run only on a software model of
+// the tiles (the INT8 GEMM / convolution block, the attention's bf16 products); without it AMX CPUs
+// run the AVX-512 paths. Read once; a value other than 0 or 1 throws.
+bool amx_opted_in();
+
 }  // namespace edgegen::kernels

@@ -1,12 +1,15 @@
-// A stand-alone check of the INT8 GEMM's and direct convolution's AMX path on a CPU that has AMX
-// (no GoogleTest or torch needed: scripts/amx-check.sh builds it from the kernel sources with the
-// system compiler).
-//   1. exactness: the AMX path against the scalar path's results over GEMM shapes with K, N and
-//      row tails and 255 x 127 / -128 operands, and convolutions with channel tails, strides,
-//      dilation and output rows past one block;
-//   2. speed: the AMX and AVX-512 VNNI paths side by side (float output with bias, as the layers
-//      run), medians of repeated calls, at 2 threads and at every thread of the machine: GEMMs of
-//      the GPT-2 layers, then the DCGAN discriminator's convolutions and a generator phase.
+// A stand-alone check of the AMX paths on a CPU that has AMX (no GoogleTest or torch needed:
+// scripts/amx-check.sh builds it from the kernel sources with the system compiler): the INT8 GEMM
+// and direct convolution on AMX-INT8 tiles, the attention's bf16 products on AMX-BF16 tiles.
+//   1. exactness: the INT8 AMX path against the scalar path's results over GEMM shapes with K, N
+//      and row tails and 255 x 127 / -128 operands, and convolutions with channel tails, strides,
+//      dilation and output rows past one block; the bf16 attention (forward and backward) on the
+//      tiles against the same products on the software tile model and the float products, within
+//      bf16 rounding;
+//   2. speed: the AMX and AVX-512 paths side by side, medians of repeated calls, at 2 threads and
+//      at every thread of the machine: INT8 GEMMs of the GPT-2 layers (float output with bias, as
+//      the layers run), the DCGAN discriminator's convolutions and a generator phase; the
+//      sliding-window attention at n = 4096 in bf16 (AMX-BF16, AVX-512 BF16 and float products).
 // Exit status 0 when every result is exact, 1 when one is not, 2 when the CPU has no AMX.
 // `amx_check --model` runs step 1 on the software tile model instead (any CPU; checks the check).
 #include <algorithm>
@@ -17,11 +20,16 @@
 #include <thread>
 #include <vector>
 
+#include <cmath>
+#include <cstdlib>
+
+#include "kernels/attention/attention.h"
 #include "kernels/cpu_features.h"
 #include "kernels/quant/gemm.h"
 
 namespace K = edgegen::kernels;
 namespace KQ = edgegen::kernels::quant;
+namespace KT = edgegen::kernels::attention;
 
 namespace {
 
@@ -143,6 +151,89 @@ bool conv_exact(int threads) {
   return ok;
 }
 
+// A bf16 sliding-window attention problem (B = 1) with its buffers.
+struct Attn {
+  KT::Problem p;
+  std::vector<K::bf16_t> q, k, v, dout, out, dq, dk, dv;
+  std::vector<float> lse;
+};
+
+Attn make_attn(int64_t heads, int64_t n, int64_t d, int64_t window, int64_t global, std::mt19937& rng, int threads) {
+  Attn a;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t size = heads * n * d;
+  for (auto* x : {&a.q, &a.k, &a.v, &a.dout}) {
+    x->resize(size_t(size));
+    for (auto& e : *x) e = K::to_bf16(nd(rng));
+  }
+  a.out.resize(size_t(size)), a.dq.resize(size_t(size)), a.dk.resize(size_t(size)), a.dv.resize(size_t(size));
+  a.lse.resize(size_t(heads * n));
+  KT::Problem& p = a.p;
+  p.dtype = K::DType::BF16;
+  p.B = 1, p.H = heads, p.nq = p.nk = n, p.d = d;
+  p.pattern.window = window, p.pattern.num_global = global, p.pattern.causal = true;
+  p.scale = 1.0 / std::sqrt(double(d));
+  p.q = KT::Strided{a.q.data(), size, n * d, d, 1};
+  p.k = KT::Strided{a.k.data(), size, n * d, d, 1};
+  p.v = KT::Strided{a.v.data(), size, n * d, d, 1};
+  p.num_threads = threads;
+  return a;
+}
+
+// model: the Tiles products on the tile model; else a level's path (the amx level's bf16 products
+// are the tiles: EDGEGEN_AMX=1 is set at the start of main).
+void attn_run(Attn& a, bool model, K::Isa isa, bool backward) {
+  if (model) KT::forward_amx_model(a.p, a.out.data(), a.lse.data());
+  else KT::forward_isa(isa, a.p, a.out.data(), a.lse.data());
+  if (!backward) return;
+  const int64_t size = a.p.H * a.p.nq * a.p.d;
+  const KT::Strided dout{a.dout.data(), size, a.p.nq * a.p.d, a.p.d, 1}, out{a.out.data(), size, a.p.nq * a.p.d, a.p.d, 1};
+  if (model) KT::backward_amx_model(a.p, dout, out, a.lse.data(), a.dq.data(), a.dk.data(), a.dv.data());
+  else KT::backward_isa(isa, a.p, dout, out, a.lse.data(), a.dq.data(), a.dk.data(), a.dv.data());
+}
+
+// The largest difference between two runs' outputs and gradients, relative to the largest value.
+double attn_difference(const Attn& x, const Attn& y) {
+  double diff = 0, scale = 1e-30;
+  for (auto pair : {std::make_pair(&x.out, &y.out), std::make_pair(&x.dq, &y.dq), std::make_pair(&x.dk, &y.dk),
+                    std::make_pair(&x.dv, &y.dv)})
+    for (size_t i = 0; i < pair.first->size(); ++i) {
+      const double u = K::to_float((*pair.first)[i]), w = K::to_float((*pair.second)[i]);
+      diff = std::max(diff, std::fabs(u - w));
+      scale = std::max(scale, std::fabs(w));
+    }
+  return diff / scale;
+}
+
+// The AMX-BF16 attention against the tile model and the float products: the same roundings as
+// the model (bf16 P and dS, float sums) up to the order of the float sums, and bf16 rounding of
+// the float products. Bound: 1% of the largest value (bf16 carries 2^-9 relative). With --model,
+// the tile model against the float products (any CPU).
+bool attn_close(int threads) {
+  std::mt19937 rng(21);
+  bool ok = true;
+  for (int64_t d : {24, 64, 80}) {
+    Attn hw = make_attn(2, 300, d, 70, 3, rng, threads), model = hw, fl = hw;
+    for (Attn* a : {&model, &fl})  // each copy's problem reads its own inputs
+      a->p.q.data = a->q.data(), a->p.k.data = a->k.data(), a->p.v.data = a->v.data();
+    attn_run(model, true, K::Isa::Amx, true);
+    attn_run(fl, false, K::Isa::Avx2, true);
+    if (g_model) {
+      const double to_float = attn_difference(model, fl);
+      std::printf("attention bf16 d=%ld threads=%d: tile model vs float products %.2e (relative)\n", long(d),
+                  threads, to_float);
+      ok = ok && to_float < 1e-2;
+      continue;
+    }
+    attn_run(hw, false, K::Isa::Amx, true);
+    const double to_model = attn_difference(hw, model), to_float = attn_difference(hw, fl);
+    std::printf("attention bf16 d=%ld threads=%d: amx vs tile model %.2e, vs float products %.2e (relative)\n",
+                long(d), threads, to_model, to_float);
+    ok = ok && to_model < 1e-2 && to_float < 1e-2;
+  }
+  return ok;
+}
+
 template <class F>
 double median_of(F&& run) {
   for (int i = 0; i < 3; ++i) run();
@@ -167,12 +258,13 @@ double median_ms(K::Isa isa, const Problem& p, std::vector<float>& out, int thre
 
 int main(int argc, char** argv) {
   g_model = argc > 1 && std::string(argv[1]) == "--model";
+  setenv("EDGEGEN_AMX", "1", 1);  // the AMX paths are what this program checks
   std::printf("CPU levels:");
   for (int i = 0; i < K::kNumIsa; ++i)
     if (K::cpu_supports(K::Isa(i))) std::printf(" %s", K::isa_name(K::Isa(i)));
   std::printf("\nAMX path built: %s\n", KQ::int8_gemm_has_path(K::Isa::Amx) ? "yes" : "no");
   if (g_model) {
-    const bool ok = exact(1) && exact(2) && conv_exact(1) && conv_exact(2);
+    const bool ok = exact(1) && exact(2) && conv_exact(1) && conv_exact(2) && attn_close(2);
     std::printf("tile model against the scalar path: %s\n", ok ? "all exact" : "FAILED");
     return ok ? 0 : 1;
   }
@@ -183,8 +275,16 @@ int main(int argc, char** argv) {
   const int all = int(std::max(1u, std::thread::hardware_concurrency()));
   bool ok = true;
   for (int threads : {1, 2, all}) ok = exact(threads) && conv_exact(threads) && ok;
-  std::printf("exactness against the scalar path (1, 2, %d threads): %s\n", all, ok ? "all exact" : "FAILED");
-  if (!ok) return 1;
+  std::printf("INT8 exactness against the scalar path (1, 2, %d threads): %s\n", all, ok ? "all exact" : "FAILED");
+  const bool amx_bf16 = KT::bf16_products(K::Isa::Amx) == KT::Bf16Products::Tiles;
+  bool attn_ok = true;
+  if (amx_bf16)
+    for (int threads : {1, 2, all}) attn_ok = attn_close(threads) && attn_ok;
+  else
+    std::printf("attention: no AMX-BF16 products in this build: not checked\n");
+  std::printf("attention bf16 on the tiles within 1%% of the model and of the float products: %s\n",
+              amx_bf16 ? (attn_ok ? "yes" : "FAILED") : "not checked");
+  if (!ok || !attn_ok) return 1;
   std::printf("%-18s %7s %9s %9s %8s %8s %7s\n", "m x k x n", "threads", "vnni ms", "amx ms", "vnni TOPS",
               "amx TOPS", "amx/vnni");
   std::mt19937 rng(12);
@@ -219,6 +319,20 @@ int main(int argc, char** argv) {
       std::snprintf(name, sizeof(name), "%ldx%ldx%ld k%ld s%ld -> %ld", long(s[0]), long(s[1]), long(s[2]),
                     long(s[4]), long(s[5]), long(couts[c]));
       std::printf("%-30s %7d %9.3f %9.3f %6.2fx\n", name, threads, t_v, t_x, t_v / t_x);
+    }
+  }
+  if (!amx_bf16) return 0;
+  // Sliding-window attention, bf16, B = 1, H = 12, n = 4096, d = 64, window 256 + 4 global tokens.
+  std::printf("%-22s %7s %12s %12s %12s %8s %8s\n", "attention bf16 n=4096", "threads", "float ms", "avx512bf16",
+              "amx ms", "amx/flt", "amx/dot");
+  for (int threads : {2, all}) {
+    for (bool backward : {false, true}) {
+      Attn a = make_attn(12, 4096, 64, 256, 4, rng, threads);
+      const double t_f = median_of([&] { attn_run(a, false, K::Isa::Avx2, backward); });
+      const double t_d = median_of([&] { attn_run(a, false, K::Isa::Avx512Vnni, backward); });
+      const double t_x = median_of([&] { attn_run(a, false, K::Isa::Amx, backward); });
+      std::printf("%-22s %7d %12.2f %12.2f %12.2f %7.2fx %7.2fx\n", backward ? "fwd+bwd" : "fwd", threads, t_f, t_d,
+                  t_x, t_f / t_x, t_d / t_x);
     }
   }
   return 0;

@@ -127,11 +127,14 @@ double as_double(T x) {
   else return double(x);
 }
 
+constexpr int kDispatched = -1;
+constexpr int kAmxModel = -2;  // bf16: the AMX products on the software tile model
+
 // Runs the kernel in dtype T (float, double or bf16) and compares with the reference: each value
-// within tol + rel * (the sum of its terms' magnitudes; for lse, |lse|). isa < 0: the dispatched
-// path; else that level's path.
+// within tol + rel * (the sum of its terms' magnitudes; for lse, |lse|). isa: kDispatched, the
+// dispatched path; kAmxModel; else that level's path.
 template <class T>
-void check_case(const Case& c, int threads, double tol, int isa = -1, double rel = 0.0) {
+void check_case(const Case& c, int threads, double tol, int isa = kDispatched, double rel = 0.0) {
   std::mt19937 rng(11);
   std::normal_distribution<double> nd(0.0, 1.0);
   auto fill = [&](int64_t n) {
@@ -187,7 +190,8 @@ void check_case(const Case& c, int threads, double tol, int isa = -1, double rel
   using L = std::conditional_t<std::is_same_v<T, double>, double, float>;  // lse's type
   std::vector<T> out(qt.size()), dq(qt.size()), dk(kt.size()), dv(vt.size());
   std::vector<L> lse(c.B * c.H * c.nq);
-  if (isa < 0) KA::forward(p, out.data(), lse.data());
+  if (isa == kAmxModel) KA::forward_amx_model(p, out.data(), lse.data());
+  else if (isa < 0) KA::forward(p, out.data(), lse.data());
   else KA::forward_isa(K::Isa(isa), p, out.data(), lse.data());
   auto expect = [&](const std::vector<T>& got, const std::vector<double>& want, const std::vector<double>& mag,
                     const char* what) {
@@ -208,7 +212,10 @@ void check_case(const Case& c, int threads, double tol, int isa = -1, double rel
     ref.dq = grads.dq, ref.dk = grads.dk, ref.dv = grads.dv;
     ref.dq_mag = grads.dq_mag, ref.dk_mag = grads.dk_mag, ref.dv_mag = grads.dv_mag;
   }
-  if (isa < 0) {
+  if (isa == kAmxModel) {
+    KA::backward_amx_model(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
+                           dv.data());
+  } else if (isa < 0) {
     KA::backward(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
   } else {
     KA::backward_isa(K::Isa(isa), p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
@@ -407,4 +414,11 @@ TEST(SlidingWindowAttention, Bf16ProductsFollowTheCpu) {
 #endif
   EXPECT_EQ(KA::bf16_products(K::Isa::Avx512), dot ? KA::Bf16Products::Dot : KA::Bf16Products::Float);
   if (!dot) GTEST_SKIP() << "no AVX-512 BF16 products here (CPU or build): only the float products were checked";
+}
+
+// The AMX-BF16 products on the software tile model, on any CPU: the same cases and bounds as the
+// other bf16 paths (head sizes below, at and past one 32-k tile step; 150 rows: 32-row blocks with
+// a 16-row half and a partial one).
+TEST(SlidingWindowAttention, Bf16OnTheAmxTileModel) {
+  for_each_path_case({8, 23, 64, 80}, [](const Case& c) { check_case<K::bf16_t>(c, 2, 1e-4, kAmxModel, 1e-2); });
 }

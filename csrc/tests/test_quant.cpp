@@ -232,6 +232,38 @@ TEST(Int8AmxModel, TileModelFollowsTdpbusd) {
   EXPECT_EQ(c[1][1], 5 + 4 * 255 * -128);
 }
 
+// tdpbf16ps on the model against its definition, worked by hand: C[m][n] += A[m][2q] B[q][2n] +
+// A[m][2q + 1] B[q][2n + 1] in float, bf16 subnormal inputs read as zero.
+TEST(AmxTileModel, FollowsTdpbf16ps) {
+  KA::TileConfig cfg{};
+  cfg.palette = 1;
+  cfg.rows[0] = 2, cfg.colsb[0] = 8;  // C: 2 x 2 float
+  cfg.rows[4] = 2, cfg.colsb[4] = 8;  // A: 2 x 4 bf16 (two k pairs)
+  cfg.rows[6] = 2, cfg.colsb[6] = 8;  // B: 2 pairs x 2 columns x 2 bf16
+  KA::TileModel t;
+  t.configure(cfg);
+  auto bf = [](float f) {  // exact for the values below
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return uint16_t(u >> 16);
+  };
+  const uint16_t sub = 0x0001;  // a bf16 subnormal
+  const uint16_t a[2][4] = {{bf(1.5f), bf(-2.0f), bf(0.25f), bf(3.0f)}, {0, sub, 0, 0}};
+  const uint16_t b[2][4] = {{bf(2.0f), bf(0x1p100f), bf(4.0f), bf(-8.0f)}, {bf(0.5f), bf(1.0f), bf(2.0f), bf(1.0f)}};
+  const float c0[2][2] = {{1.0f, -1.0f}, {0.0f, 2.0f}};
+  float c[2][2];
+  t.load<0>(c0, sizeof(c0[0]));
+  t.load<4>(a, sizeof(a[0]));
+  t.load<6>(b, sizeof(b[0]));
+  t.dpbf16ps<0, 4, 6>();
+  t.store<0>(c, sizeof(c[0]));
+  // C[m][n] = c0 + A[m][0] B[0][2n] + A[m][1] B[0][2n + 1] + A[m][2] B[1][2n] + A[m][3] B[1][2n + 1]
+  EXPECT_EQ(c[0][0], 1.0f + 1.5f * 2.0f + -2.0f * 0x1p100f + 0.25f * 0.5f + 3.0f * 1.0f);
+  EXPECT_EQ(c[0][1], -1.0f + 1.5f * 4.0f + -2.0f * -8.0f + 0.25f * 2.0f + 3.0f * 1.0f);
+  EXPECT_EQ(c[1][0], 0.0f);  // the subnormal reads as 0 (else 2^-133 x 2^100 = 2^-33)
+  EXPECT_EQ(c[1][1], 2.0f);
+}
+
 TEST(Int8AmxModelDeathTest, RefusesUnconfiguredTilesAndMismatchedShapes) {
   KA::TileModel t;
   EXPECT_DEATH(t.zero<0>(), "without a configuration");

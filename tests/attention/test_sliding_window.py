@@ -301,3 +301,20 @@ def test_every_isa_path_in_half_precision(isa, dtype):
     q, k, v = qkv(1, 2, 100, 24, dtype=dtype)
     mask = sliding_window_mask(100, 100, 30, 2, True)
     check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, 30, 2), 2e-2)
+
+
+def test_bf16_products_follow_the_level_and_the_cpu(isa):
+    """bf16 inputs are multiplied in bf16 (vdpbf16ps) from the avx512 level on CPUs with AVX-512
+    BF16, on AMX tiles at the amx level when EDGEGEN_AMX=1, in float elsewhere."""
+    import os
+
+    import edgegen
+
+    flags = open("/proc/cpuinfo").read().split()
+    amx_on = os.environ.get("EDGEGEN_AMX") == "1"
+    want = "float"
+    if isa == "amx" and amx_on:
+        want = "amx_bf16"
+    elif isa in ("avx512", "avx512_vnni", "amx") and "avx512_bf16" in flags:
+        want = "avx512_bf16"
+    assert edgegen._C.attention_bf16_products() == want

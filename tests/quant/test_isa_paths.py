@@ -120,16 +120,16 @@ print(json.dumps({"path": edgegen.kernel_paths()["int8_gemm"], "levels": edgegen
 
 @pytest.mark.parametrize("opt_in", ["unset", "1"])
 def test_amx_gemm_runs_only_when_asked_for_and_equals_the_scalar_path(opt_in):
-    # The AMX INT8 GEMM / convolution has so far run only on the tile model: EDGEGEN_AMX_GEMM=1
+    # The AMX INT8 GEMM / convolution has so far run only on the tile model: EDGEGEN_AMX=1
     # turns it on (where the CPU has AMX); without it, or without AMX, the path is the one below it.
     import json
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGEGEN_AMX_GEMM", "EDGEGEN_MAX_ISA")}
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEGEN_AMX", "EDGEGEN_MAX_ISA")}
     if opt_in != "unset":
-        env["EDGEGEN_AMX_GEMM"] = opt_in
+        env["EDGEGEN_AMX"] = opt_in
     res = json.loads(subprocess.run([sys.executable, "-c", _AMX_PROBE], env=env, capture_output=True, text=True,
                                     check=True, timeout=120).stdout)
     has_amx = "amx" in res["levels"]
@@ -145,8 +145,8 @@ def test_a_misspelt_amx_switch_is_a_clear_error():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "EDGEGEN_MAX_ISA"}
-    env["EDGEGEN_AMX_GEMM"] = "yes"
+    env["EDGEGEN_AMX"] = "yes"
     r = subprocess.run([sys.executable, "-c", "import edgegen; print(edgegen.kernel_paths()['int8_gemm'])"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    assert "EDGEGEN_AMX_GEMM: expected 0 or 1, got 'yes'" in r.stderr
+    assert "EDGEGEN_AMX: expected 0 or 1, got 'yes'" in r.stderr

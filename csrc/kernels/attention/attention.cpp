@@ -30,6 +30,15 @@ void forward_avx512_bf16(const Problem& p, const Plan& plan, void* out, void* ls
 void backward_avx512_bf16(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                           const void* lse, void* dq, void* dk, void* dv);
 #endif
+#ifdef EDGEGEN_HAVE_AMX_BF16
+void forward_amx(const Problem& p, const Plan& plan, void* out, void* lse);
+void backward_amx(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                  void* dq, void* dk, void* dv);
+#endif
+// attention_scalar.cpp: the Tiles products on the tile model.
+void forward_tile_model(const Problem& p, const Plan& plan, void* out, void* lse);
+void backward_tile_model(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                         void* dq, void* dk, void* dv);
 
 namespace {
 
@@ -170,6 +179,9 @@ bool attention_has_path(Isa isa) {
 }
 
 Bf16Products bf16_products(Isa isa) {
+#ifdef EDGEGEN_HAVE_AMX_BF16
+  if (isa >= Isa::Amx && amx_opted_in()) return Bf16Products::Tiles;
+#endif
 #ifdef EDGEGEN_HAVE_AVX512_BF16
   if (isa >= Isa::Avx512 && cpu_has_avx512_bf16()) return Bf16Products::Dot;
 #endif
@@ -178,11 +190,25 @@ Bf16Products bf16_products(Isa isa) {
 }
 
 const char* bf16_products_name(Bf16Products products) {
-  return products == Bf16Products::Dot ? "avx512_bf16" : "float";
+  switch (products) {
+    case Bf16Products::Dot: return "avx512_bf16";
+    case Bf16Products::Tiles: return "amx_bf16";
+    default: return "float";
+  }
+}
+
+void forward_amx_model(const Problem& p, void* out, void* lse) { forward_tile_model(p, make_plan(p), out, lse); }
+
+void backward_amx_model(const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq,
+                        void* dk, void* dv) {
+  backward_tile_model(p, make_plan(p), dout, out, lse, dq, dk, dv);
 }
 
 void forward_isa(Isa isa, const Problem& p, void* out, void* lse) {
   const Plan plan = make_plan(p);
+#ifdef EDGEGEN_HAVE_AMX_BF16
+  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Tiles) return forward_amx(p, plan, out, lse);
+#endif
 #ifdef EDGEGEN_HAVE_AVX512_BF16
   if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Dot) return forward_avx512_bf16(p, plan, out, lse);
 #endif
@@ -197,6 +223,10 @@ void forward_isa(Isa isa, const Problem& p, void* out, void* lse) {
 void backward_isa(Isa isa, const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq,
                   void* dk, void* dv) {
   const Plan plan = make_plan(p);
+#ifdef EDGEGEN_HAVE_AMX_BF16
+  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Tiles)
+    return backward_amx(p, plan, dout, out, lse, dq, dk, dv);
+#endif
 #ifdef EDGEGEN_HAVE_AVX512_BF16
   if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Dot)
     return backward_avx512_bf16(p, plan, dout, out, lse, dq, dk, dv);

@@ -56,11 +56,18 @@ void forward(const Problem& p, void* out, void* lse);
 Isa attention_isa();
 // How a level's path multiplies for bf16 inputs: Float, operands widened to float (as for the other
 // dtypes; every path); Dot, both operands rounded to bf16 and multiplied by AVX-512 BF16's
-// vdpbf16ps with float sums (the avx512 path on CPUs with AVX-512 BF16). For bf16 inputs only the
-// softmax probabilities and the score gradients round: the inputs are bf16 already.
-enum class Bf16Products : int { Float = 0, Dot = 1 };
+// vdpbf16ps with float sums (the avx512 path on CPUs with AVX-512 BF16); Tiles, the same rounding
+// on AMX-BF16 tiles (tdpbf16ps; the amx level, only with EDGEGEN_AMX=1 until it has run on an AMX
+// CPU). For bf16 inputs only the softmax probabilities and the score gradients round: the inputs
+// are bf16 already.
+enum class Bf16Products : int { Float = 0, Dot = 1, Tiles = 2 };
 Bf16Products bf16_products(Isa isa);
 const char* bf16_products_name(Bf16Products products);
+// bf16 inputs through the Tiles products with the tiles emulated in plain C++ (any CPU): tests
+// the AMX products' blocking, padding and operand layout where no AMX CPU is at hand.
+void forward_amx_model(const Problem& p, void* out, void* lse);
+void backward_amx_model(const Problem& p, const Strided& dout, const Strided& out, const void* lse, void* dq,
+                        void* dk, void* dv);
 // Whether the build has a path of its own at a level, and forward/backward on a given level's path
 // (tests and benchmarks: the caller checks cpu_supports first).
 bool attention_has_path(Isa isa);

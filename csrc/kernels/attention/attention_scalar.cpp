@@ -1,7 +1,12 @@
-// The portable path (any CPU; float64 inputs always come here).
+// The portable path (any CPU; float64 inputs always come here), and the AMX products on the
+// software tile model (tests).
 #include <algorithm>
-#include <memory>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -13,11 +18,23 @@ namespace edgegen::kernels::attention {
 namespace isa_scalar {
 #include "../simd_scalar.h"
 #include "attention_impl.h"
+#include "../amx_tiles.h"
+#include "gemm_bf16_tiles.h"
 }  // namespace isa_scalar
 
 namespace {
 using A64 = isa_scalar::Attn<isa_scalar::ScalarOf<double>>;
+using ModelTiles = isa_scalar::Bf16Tiles<isa_scalar::TileModel, isa_scalar::Bf16PackScalar>;
 }  // namespace
+
+void forward_tile_model(const Problem& p, const Plan& plan, void* out, void* lse) {
+  isa_scalar::forward_bf16<isa_scalar::ScalarOf<float>, ModelTiles>(p, plan, out, lse);
+}
+
+void backward_tile_model(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out, const void* lse,
+                         void* dq, void* dk, void* dv) {
+  isa_scalar::backward_bf16<isa_scalar::ScalarOf<float>, ModelTiles>(p, plan, dout, out, lse, dq, dk, dv);
+}
 
 void forward_scalar(const Problem& p, const Plan& plan, void* out, void* lse) {
   if (p.dtype == DType::F64)

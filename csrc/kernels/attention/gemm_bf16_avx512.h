@@ -5,12 +5,76 @@
 // probabilities P (forward P V, backward dV += P^T dO) and the score gradients dS (dK, dQ), as in
 // FlashAttention and PyTorch's CPU flash attention.
 //
-// Both operands are converted per call into 32-bit words of two bf16 (k = 2w low, 2w + 1 high):
-//   A: word (r, w) at a[r * ra + w * wa] (row-major rows of words when A's k is contiguous, else
-//      columns of words: whichever the source reads with unit stride);
+// Both operands are converted per call into 32-bit words of two bf16 (k = 2w low, 2w + 1 high)
+// by Bf16Pack512 (also the AMX products' packer, gemm_bf16_tiles.h):
+//   A: word (r, w) at a[r * ra + w * wa] (row-major rows of words, each a multiple of 16 words;
+//      for the dot products also columns of words when A's rows are contiguous instead);
 //   B: word (w, c) at b[w * np + c], np = N rounded up to 32, zero padded —
 // which is vdpbf16ps's operand form: one word of A broadcast, 16 columns of B per vector.
 // Included inside the TU's namespace after simd_avx512.h; the TU is built with -mavx512bf16.
+
+struct Bf16Pack512 {
+  static __mmask16 lanes(int64_t n) {
+    return n >= 16 ? __mmask16(0xffff) : (n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1));
+  }
+  static __m512i bits(const float* p, int64_t n) { return Avx512::bf16_bits(_mm512_maskz_loadu_ps(lanes(n), p)); }
+  static __m512i pair(__m512i lo, __m512i hi) { return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)); }
+
+  // A as rows of words, ra = ceil(K / 2) rounded up to 16 words per row, M rounded up to
+  // row_multiple rows (zero); any strides (a row's k gathered when not contiguous). Returns ra.
+  static int64_t rows(int64_t M, int64_t K, const float* A, int64_t ars, int64_t aks, std::vector<uint32_t>& buf,
+                      int64_t row_multiple = 1) {
+    const int64_t ra = ((K + 1) / 2 + 15) / 16 * 16, mp = (M + row_multiple - 1) / row_multiple * row_multiple;
+    buf.resize(size_t(std::max<int64_t>(1, mp * ra)));
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(int(aks)));
+    for (int64_t r = 0; r < mp; ++r) {
+      const float* src = A + r * ars;
+      uint32_t* dst = buf.data() + r * ra;
+      for (int64_t k = 0; k < 2 * ra; k += 16) {  // 16 k per step: 8 words
+        __m512i b;
+        if (r >= M) b = _mm512_setzero_si512();
+        else if (aks == 1) b = bits(src + k, K - k);
+        else b = Avx512::bf16_bits(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes(K - k), idx, src + k * aks, 4));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k / 2), _mm512_cvtepi32_epi16(b));
+      }
+    }
+    return ra;
+  }
+
+  // A as columns of words (A's rows contiguous, ars == 1): word (r, w) at buf[w * col + r], col =
+  // M rounded up to 16. Returns col.
+  static int64_t columns(int64_t M, int64_t K, const float* A, int64_t aks, std::vector<uint32_t>& buf) {
+    const int64_t k2 = (K + 1) / 2, col = (M + 15) / 16 * 16;
+    buf.resize(size_t(std::max<int64_t>(1, k2 * col)));
+    for (int64_t w = 0; w < k2; ++w)
+      for (int64_t r = 0; r < col; r += 16) {
+        const __m512i lo = bits(A + 2 * w * aks + r, M - r);
+        const __m512i hi = 2 * w + 1 < K ? bits(A + (2 * w + 1) * aks + r, M - r) : _mm512_setzero_si512();
+        _mm512_storeu_si512(buf.data() + w * col + r, pair(lo, hi));
+      }
+    return col;
+  }
+
+  // B as word rows, ceil(K / 2) rows rounded up to row_multiple (zero), np = N rounded up to 32.
+  // Returns np.
+  static int64_t b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf,
+                   int64_t row_multiple = 1) {
+    const int64_t k2 = (K + 1) / 2, k2p = (k2 + row_multiple - 1) / row_multiple * row_multiple;
+    const int64_t np = (N + 31) / 32 * 32;
+    buf.resize(size_t(std::max<int64_t>(1, k2p * np)));
+    for (int64_t w = 0; w < k2p; ++w)
+      for (int64_t c = 0; c < np; c += 16) {
+        __m512i v = _mm512_setzero_si512();
+        if (w < k2) {
+          const __m512i lo = bits(B + 2 * w * ldb + c, N - c);
+          v = pair(lo, 2 * w + 1 < K ? bits(B + (2 * w + 1) * ldb + c, N - c) : _mm512_setzero_si512());
+        }
+        _mm512_storeu_si512(buf.data() + w * np + c, v);
+      }
+    return np;
+  }
+};
 
 struct Bf16Dot512 {
   static constexpr int kRows = 8;  // rows per micro-tile (two vectors of columns each)
@@ -23,65 +87,11 @@ struct Bf16Dot512 {
     return s;
   }
 
-  static __mmask16 lanes(int64_t n) {
-    return n >= 16 ? __mmask16(0xffff) : (n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1));
-  }
-  static __m512i bits(const float* p, int64_t n) { return Avx512::bf16_bits(_mm512_maskz_loadu_ps(lanes(n), p)); }
-  static __m512i pair(__m512i lo, __m512i hi) { return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)); }
-
-  // A's words; sets the strides ra, wa.
-  static void pack_a(int64_t M, int64_t K, const float* A, int64_t ars, int64_t aks, std::vector<uint32_t>& buf,
-                     int64_t* ra, int64_t* wa) {
-    const int64_t k2 = (K + 1) / 2;
-    if (aks == 1) {  // rows: 32 consecutive k per step, stored as 16 words
-      const int64_t row = (k2 + 15) / 16 * 16;
-      buf.resize(size_t(std::max<int64_t>(1, M * row)));
-      for (int64_t r = 0; r < M; ++r) {
-        const float* src = A + r * ars;
-        uint32_t* dst = buf.data() + r * row;
-        for (int64_t k = 0; k < 2 * row; k += 16)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k / 2), _mm512_cvtepi32_epi16(bits(src + k, K - k)));
-      }
-      *ra = row, *wa = 1;
-      return;
-    }
-    // columns (A's rows contiguous, ars == 1: the transposed operand): 16 rows per step
-    const int64_t col = (M + 15) / 16 * 16;
-    buf.resize(size_t(std::max<int64_t>(1, k2 * col)));
-    for (int64_t w = 0; w < k2; ++w)
-      for (int64_t r = 0; r < col; r += 16) {
-        const __m512i lo = ars == 1 ? bits(A + 2 * w * aks + r, M - r) : gather_bits(A, ars, aks, 2 * w, r, M);
-        const __m512i hi = 2 * w + 1 >= K ? _mm512_setzero_si512()
-                           : ars == 1    ? bits(A + (2 * w + 1) * aks + r, M - r)
-                                         : gather_bits(A, ars, aks, 2 * w + 1, r, M);
-        _mm512_storeu_si512(buf.data() + w * col + r, pair(lo, hi));
-      }
-    *ra = 1, *wa = col;
-  }
-  // Column k, rows r0..r0 + 16 (zero past M), of an A with any strides.
-  static __m512i gather_bits(const float* A, int64_t ars, int64_t aks, int64_t k, int64_t r0, int64_t M) {
-    alignas(64) float v[16];
-    for (int u = 0; u < 16; ++u) v[u] = r0 + u < M ? A[(r0 + u) * ars + k * aks] : 0.0f;
-    return Avx512::bf16_bits(_mm512_load_ps(v));
-  }
-
-  static int64_t pack_b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf) {
-    const int64_t k2 = (K + 1) / 2, np = (N + 31) / 32 * 32;
-    buf.resize(size_t(std::max<int64_t>(1, k2 * np)));
-    for (int64_t w = 0; w < k2; ++w)
-      for (int64_t c = 0; c < np; c += 16) {
-        const __m512i lo = bits(B + 2 * w * ldb + c, N - c);
-        const __m512i hi = 2 * w + 1 < K ? bits(B + (2 * w + 1) * ldb + c, N - c) : _mm512_setzero_si512();
-        _mm512_storeu_si512(buf.data() + w * np + c, pair(lo, hi));
-      }
-    return np;
-  }
-
   template <int MR>
   static void micro(const uint32_t* a, int64_t ra, int64_t wa, const uint32_t* b, int64_t np, int64_t k2, float* C,
                     int64_t ldc, int64_t N, bool accumulate) {
     for (int64_t c = 0; c < N; c += 32) {
-      const __mmask16 m0 = lanes(N - c), m1 = lanes(N - c - 16);
+      const __mmask16 m0 = Bf16Pack512::lanes(N - c), m1 = Bf16Pack512::lanes(N - c - 16);
       __m512 c0[MR], c1[MR];
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
@@ -110,9 +120,10 @@ struct Bf16Dot512 {
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
                    int64_t ldb, float* C, int64_t ldc, bool accumulate) {
     Scratch& s = scratch();
-    int64_t ra = 0, wa = 0;
-    pack_a(M, K, A, ars, aks, s.a, &ra, &wa);
-    const int64_t np = pack_b(K, N, B, ldb, s.b), k2 = (K + 1) / 2;
+    int64_t ra = 1, wa = 1;  // A's words: rows (ra = row length, wa = 1) or columns (ra = 1, wa)
+    if (aks == 1 || ars != 1) ra = Bf16Pack512::rows(M, K, A, ars, aks, s.a);
+    else wa = Bf16Pack512::columns(M, K, A, aks, s.a);
+    const int64_t np = Bf16Pack512::b(K, N, B, ldb, s.b), k2 = (K + 1) / 2;
     const uint32_t* a = s.a.data();
     int64_t r = 0;
     for (; r + kRows <= M; r += kRows)

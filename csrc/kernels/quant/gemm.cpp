@@ -217,21 +217,9 @@ ActPath act_path() {
 
 }  // namespace
 
-// EDGEGEN_AMX_GEMM: unset, empty or 0 (off), 1 (on); anything else is an error at first use, as
-// for EDGEGEN_MAX_ISA (a misspelt switch must not silently keep the path off).
-bool amx_gemm_opted_in() {
-  static const bool on = [] {
-    const char* env = std::getenv("EDGEGEN_AMX_GEMM");
-    if (!env || !*env || std::strcmp(env, "0") == 0) return false;
-    if (std::strcmp(env, "1") == 0) return true;
-    throw std::invalid_argument(std::string("EDGEGEN_AMX_GEMM: expected 0 or 1, got '") + env + "'");
-  }();
-  return on;
-}
-
 Isa int8_gemm_isa() {
 #if defined(EDGEGEN_HAVE_AMX)
-  if (amx_gemm_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
+  if (amx_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
 #endif
   return pick_isa({Isa::Avx512Vnni, Isa::Avx2Vnni, Isa::Avx2, Isa::Scalar});
 }

@@ -16,7 +16,7 @@
 // on every path.
 //
 // The AMX path (GEMM and direct convolution) has so far run only on a software model of the tiles
-// (gemm_u8s8_amx_model, conv2d_u8s8_amx_model): it is taken only when EDGEGEN_AMX_GEMM=1 (and the
+// (gemm_u8s8_amx_model, conv2d_u8s8_amx_model): it is taken only when EDGEGEN_AMX=1 (and the
 // CPU has AMX); otherwise AMX machines run the AVX-512 VNNI tiles.
 #pragma once
 #include <cstdint>

@@ -1,7 +1,8 @@
 // The AMX INT8 block of the GEMM and the direct convolution, written once over a tile back end:
 //   * AmxTiles (gemm_amx.cpp): the AMX instructions (ldtilecfg, tileloadd, tdpbusd, tilestored);
-//   * TileModel (below): the same operations in plain C++, following the instructions' definitions,
-//     so that any CPU can test the blocking, the tails and the operand layout.
+//   * TileModel (kernels/amx_tiles.h): the same operations in plain C++, following the
+//     instructions' definitions, so that any CPU can test the blocking, the tails and the operand
+//     layout.
 //
 // Tiles: C0..C3 (tmm0-3) hold a [32 rows x 32 features] int32 result, A0/A1 (tmm4-5) two 16-row
 // blocks of 64 activations (u8), B0/B1 (tmm6-7) two 16-feature blocks of 64 k (s8). A B tile is
@@ -16,102 +17,16 @@
 // the activations (one tile configuration for everything: a new configuration would clear the
 // tiles).
 // Included by each TU inside its own namespace (edgegen::kernels::quant::amx_model in gemm.cpp,
-// ::amx_tiles in gemm_amx.cpp, ::amx_test in the tests), after <cstdint>, <cstdio>, <cstdlib>,
-// <cstring> and kernels/quant/gemm.h, so no inline function compiled for one ISA can be picked by
+// ::amx_tiles in gemm_amx.cpp, ::amx_test in the tests), after <cmath>, <cstdint>, <cstdio>,
+// <cstdlib>, <cstring> and kernels/quant/gemm.h, so no inline function compiled for one ISA can be picked by
 // the linker for another.
 
-// The 64-byte operand of ldtilecfg (palette 1): bytes per row and rows of each tile.
-struct alignas(64) TileConfig {
-  uint8_t palette;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
-
-constexpr int kAmxTileRows = 16;   // rows of an A or C tile; k quads of a B tile
-constexpr int kAmxTileBytes = 64;  // bytes per tile row
-constexpr int kAmxBlockRows = 32;  // rows of one block of C tiles (two A tiles)
+#include "kernels/amx_tiles.h"
 
 // Every tile 16 rows x 64 bytes: C as 16 x 16 int32, A as 16 x 64 u8, B as 16 quads x 16 x 4 s8.
-inline TileConfig amx_gemm_config() {
-  TileConfig c{};
-  c.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    c.colsb[t] = kAmxTileBytes;
-    c.rows[t] = kAmxTileRows;
-  }
-  return c;
-}
+inline TileConfig amx_gemm_config() { return amx_uniform_config(); }
 
-// The tile operations of AMX-TILE / AMX-INT8 on plain memory. Checks what the hardware faults on:
-// a configuration other than palette 1 with rows <= 16, bytes per row <= 64 (and a multiple of 4)
-// and zero reserved bytes, a use before configuring, tdpbusd on tiles of inconsistent shapes.
-class TileModel {
- public:
-  void configure(const TileConfig& c) {
-    if (c.palette != 1) fail("palette must be 1");
-    if (c.start_row != 0) fail("start_row must be 0");
-    for (uint8_t r : c.reserved)
-      if (r != 0) fail("reserved bytes must be 0");
-    for (int t = 0; t < 16; ++t) {
-      if (c.rows[t] > kAmxTileRows || c.colsb[t] > kAmxTileBytes || c.colsb[t] % 4 != 0 ||
-          (t >= 8 && (c.rows[t] || c.colsb[t])))
-        fail("tile shape beyond 16 rows x 64 bytes");
-    }
-    cfg_ = c;
-    std::memset(t_, 0, sizeof(t_));
-    configured_ = true;
-  }
-  void release() { configured_ = false; }
-  template <int T>
-  void zero() {
-    check(T);
-    std::memset(t_[T], 0, sizeof(t_[T]));
-  }
-  template <int T>
-  void load(const void* p, int64_t stride) {
-    check(T);
-    std::memset(t_[T], 0, sizeof(t_[T]));  // bytes beyond the configured shape read as zero
-    for (int r = 0; r < cfg_.rows[T]; ++r)
-      std::memcpy(t_[T][r], static_cast<const uint8_t*>(p) + r * stride, cfg_.colsb[T]);
-  }
-  template <int T>
-  void store(void* p, int64_t stride) const {
-    check(T);
-    for (int r = 0; r < cfg_.rows[T]; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, t_[T][r], cfg_.colsb[T]);
-  }
-  // C += A . B: C[m][n] += sum_q sum_i u8(A[m][4q + i]) * s8(B[q][4n + i]), int32 with wrap-around.
-  template <int C, int A, int B>
-  void dpbusd() {
-    check(C), check(A), check(B);
-    const int m = cfg_.rows[C], n = cfg_.colsb[C] / 4, kq = cfg_.colsb[A] / 4;
-    if (cfg_.rows[A] != m || cfg_.rows[B] != kq || cfg_.colsb[B] != cfg_.colsb[C]) fail("tdpbusd shapes differ");
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < n; ++j) {
-        uint32_t s;
-        std::memcpy(&s, &t_[C][i][4 * j], 4);
-        for (int q = 0; q < kq; ++q)
-          for (int e = 0; e < 4; ++e)
-            s += uint32_t(int32_t(t_[A][i][4 * q + e]) * int32_t(int8_t(t_[B][q][4 * j + e])));
-        std::memcpy(&t_[C][i][4 * j], &s, 4);
-      }
-  }
-
- private:
-  [[noreturn]] static void fail(const char* what) {
-    std::fprintf(stderr, "TileModel: %s\n", what);
-    std::abort();
-  }
-  void check(int t) const {
-    if (!configured_) fail("tile used without a configuration");
-    if (t < 0 || t >= 8) fail("tile index out of range");
-  }
-  TileConfig cfg_{};
-  bool configured_ = false;
-  alignas(64) uint8_t t_[8][kAmxTileRows][kAmxTileBytes];
-};
+constexpr int kAmxBlockRows = 32;  // rows of one block of C tiles (two A tiles)
 
 namespace amx_detail {
 
