@@ -23,6 +23,7 @@
 // The products' default policy: C (+)= A B in the compute type, on the SIMD policy's FMAs.
 template <class V>
 struct FloatGemm {
+  static constexpr bool kWords = false;  // no packed operand forms (see Attn::Head)
   using R = typename V::R;
   using F = typename V::F;
   static constexpr int W = V::W;
@@ -179,10 +180,21 @@ struct Attn {
     std::vector<R> dd, lse;    // backward: D (0 past nq), lse (+inf past nq and for empty rows)
     std::vector<R> dq;         // backward: dQ per key-tile segment
     std::vector<uint8_t> ready;  // backward: query tiles packed
+    // Products that take packed bf16 words (Prod::kWords), forward: Q as A rows (qa_ld words per
+    // row), per key-tile slot K^T and V as B word rows (kt_words / v_words per slot, kt_np / v_np
+    // words per row).
+    std::vector<uint32_t> qa, ktb, vb;
+    int64_t qa_ld = 0, kt_words = 0, kt_np = 0, v_words = 0, v_np = 0;
+    // ... backward: K and V as A rows (ka_ld words per row); per query tile Q^T and dO^T as B word
+    // rows (qt_words per tile, qt_np per row) and dO and Q as B word rows (qn_words, qn_np).
+    std::vector<uint32_t> ka, va, qtb, dotb, dob, qb;
+    int64_t ka_ld = 0, qt_words = 0, qt_np = 0, qn_words = 0, qn_np = 0;
 
     int64_t bytes() const {
       return int64_t(sizeof(R)) * (qs.n + kt.n + v.n + qst.n + k.n + dout.n + doutt.n + int64_t(dd.capacity()) +
-                                   int64_t(lse.capacity()) + int64_t(dq.capacity()));
+                                   int64_t(lse.capacity()) + int64_t(dq.capacity())) +
+             4 * int64_t(qa.capacity() + ktb.capacity() + vb.capacity() + ka.capacity() + va.capacity() +
+                         qtb.capacity() + dotb.capacity() + dob.capacity() + qb.capacity());
     }
   };
 
@@ -285,6 +297,40 @@ struct Attn {
         copy_rows(head_ptr<T>(p.v, b, h) + j0 * p.v.sn, p.v.sn, p.v.sd, 0, j1 - j0, d, dp, R(1),
                   hd.v.data() + slot[t] * kKeyTile * dp);
     }
+    if constexpr (Prod::kWords) pack_forward_words(plan, slot, slots, d, hd);
+  }
+
+  // The n rows of an operand as packed A words (Prod::kWords), for products that start at any row
+  // of them: the rows are followed by Prod::kRowMultiple - 1 zero rows at least, since a product
+  // reads its row count rounded up to that multiple. Returns the words per row.
+  static int64_t pack_a_rows(int64_t n, int64_t d, const Rows& rows, std::vector<uint32_t>& buf) {
+    const int64_t ld = Prod::Pack::rows(n, d, rows.p, rows.ld, 1, buf, Prod::kRowMultiple);
+    buf.resize(size_t((n + Prod::kRowMultiple) * ld), 0u);  // new words are zero
+    return ld;
+  }
+
+  // The packed forms of the forward's input operands, once per head / key tile (the products of
+  // every query tile that visits a key tile read them).
+  static void pack_forward_words(const Plan& plan, const std::vector<int64_t>& slot, int64_t slots, int64_t d,
+                                 Head& hd) {
+    using Pack = typename Prod::Pack;
+    const int64_t dp = padw(d), nq = plan.qs[plan.mt()];
+    hd.qa_ld = pack_a_rows(nq, d, hd.qr, hd.qa);
+    hd.kt_np = Pack::b_cols(kKeyTile);
+    hd.kt_words = Pack::b_rows(d, Prod::kRowMultiple) * hd.kt_np;
+    hd.v_np = Pack::b_cols(dp);
+    hd.v_words = Pack::b_rows(kKeyTile, Prod::kRowMultiple) * hd.v_np;
+    hd.ktb.resize(size_t(std::max<int64_t>(1, slots * hd.kt_words)));
+    hd.vb.resize(size_t(std::max<int64_t>(1, slots * hd.v_words)));
+    for (int64_t t = 0; t < plan.nt(); ++t) {
+      if (slot[t] < 0) continue;
+      const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
+      Pack::b_into(d, kKeyTile, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile,
+                   hd.ktb.data() + slot[t] * hd.kt_words, hd.kt_words / hd.kt_np, hd.kt_np);
+      const R* vt = hd.v_in_place ? hd.vr.row(j0) : hd.v.data() + slot[t] * kKeyTile * dp;
+      Pack::b_into(tw, dp, vt, hd.v_in_place ? hd.vr.ld : dp, hd.vb.data() + slot[t] * hd.v_words,
+                   hd.v_words / hd.v_np, hd.v_np);
+    }
   }
 
   template <class T>
@@ -299,8 +345,12 @@ struct Attn {
     for (int64_t r = 0; r < rows; ++r) m[r] = R(-INFINITY), l[r] = 0;
     for (int64_t e = plan.fptr[qt]; e < plan.fptr[qt + 1]; ++e) {
       const int64_t t = plan.fidx[e], j0 = plan.ks[t], tw = plan.ks[t + 1] - j0, twp = padw(tw);
-      Prod::gemm(rows, twp, d, hd.qr.row(i0), hd.qr.ld, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile, S.data(),
-           kKeyTile, false);
+      if constexpr (Prod::kWords)
+        Prod::gemm_words(rows, twp, (d + 1) / 2, hd.qa.data() + i0 * hd.qa_ld, hd.qa_ld, 1,
+                         hd.ktb.data() + slot[t] * hd.kt_words, hd.kt_np, S.data(), kKeyTile, false);
+      else
+        Prod::gemm(rows, twp, d, hd.qr.row(i0), hd.qr.ld, 1, hd.kt.data() + slot[t] * dp * kKeyTile, kKeyTile,
+                   S.data(), kKeyTile, false);
       for (int64_t r = 0; r < rows; ++r) {
         R* s = S.data() + r * kKeyTile;
         scale_row(s, tw, scale);
@@ -318,8 +368,13 @@ struct Attn {
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
       }
-      const R* vt = hd.v_in_place ? hd.vr.row(j0) : hd.v.data() + slot[t] * kKeyTile * dp;
-      Prod::gemm(rows, dp, tw, S.data(), kKeyTile, 1, vt, hd.v_in_place ? hd.vr.ld : dp, O.data(), dp, true);
+      if constexpr (Prod::kWords) {
+        Prod::gemm_a_float(rows, dp, tw, S.data(), kKeyTile, 1, hd.vb.data() + slot[t] * hd.v_words, hd.v_np,
+                           O.data(), dp, true);
+      } else {
+        const R* vt = hd.v_in_place ? hd.vr.row(j0) : hd.v.data() + slot[t] * kKeyTile * dp;
+        Prod::gemm(rows, dp, tw, S.data(), kKeyTile, 1, vt, hd.v_in_place ? hd.vr.ld : dp, O.data(), dp, true);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
@@ -369,6 +424,17 @@ struct Attn {
     hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
     hd.kr = rows_of<T>(p.k, b, h, nk, d, hd.k);
     hd.vr = rows_of<T>(p.v, b, h, nk, d, hd.v);
+    if constexpr (Prod::kWords) {
+      using Pack = typename Prod::Pack;
+      hd.ka_ld = pack_a_rows(nk, d, hd.kr, hd.ka);
+      pack_a_rows(nk, d, hd.vr, hd.va);
+      hd.qt_np = Pack::b_cols(kQueryTile);
+      hd.qt_words = Pack::b_rows(d, Prod::kRowMultiple) * hd.qt_np;
+      hd.qn_np = Pack::b_cols(dp);
+      hd.qn_words = Pack::b_rows(kQueryTile, Prod::kRowMultiple) * hd.qn_np;
+      for (auto* buf : {&hd.qtb, &hd.dotb}) buf->resize(size_t(mt * hd.qt_words));
+      for (auto* buf : {&hd.dob, &hd.qb}) buf->resize(size_t(mt * hd.qn_words));
+    }
     hd.qst.resize(mt * dp * kQueryTile);
     hd.doutt.resize(mt * dp * kQueryTile);
     hd.dd.assign(nq + kPad, R(0));
@@ -399,6 +465,16 @@ struct Attn {
       hd.lse[i] = ls == R(-INFINITY) ? R(INFINITY) : ls;
     }
     if (zero_dq) std::fill(hd.dq.begin() + i0 * dp, hd.dq.begin() + i1 * dp, R(0));
+    if constexpr (Prod::kWords) {  // the query tile's B operands in packed words
+      using Pack = typename Prod::Pack;
+      const int64_t rows_t = hd.qt_words / hd.qt_np, rows_n = hd.qn_words / hd.qn_np;
+      Pack::b_into(d, kQueryTile, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, hd.qtb.data() + qt * hd.qt_words,
+                   rows_t, hd.qt_np);
+      Pack::b_into(d, kQueryTile, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile,
+                   hd.dotb.data() + qt * hd.qt_words, rows_t, hd.qt_np);
+      Pack::b_into(i1 - i0, dp, hd.doutr.row(i0), hd.doutr.ld, hd.dob.data() + qt * hd.qn_words, rows_n, hd.qn_np);
+      Pack::b_into(i1 - i0, dp, hd.qr.row(i0), hd.qr.ld, hd.qb.data() + qt * hd.qn_words, rows_n, hd.qn_np);
+    }
     hd.ready[size_t(qt)] = 1;
   }
 
@@ -419,17 +495,26 @@ struct Attn {
       if (!(lazy && pt.block_size == 0 && plan.ks[t + 1] <= pt.num_global)) order.push_back(t);
     for (int64_t t = t0; t < t1; ++t)
       if (lazy && pt.block_size == 0 && plan.ks[t + 1] <= pt.num_global) order.push_back(t);
+    std::vector<uint32_t> kb;  // packed words: the key tile's K rows as B (dQ += dS K)
     for (const int64_t t : order) {
       const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
       std::fill(dK.begin(), dK.end(), R(0));
       std::fill(dV.begin(), dV.end(), R(0));
+      if constexpr (Prod::kWords) {
+        kb.resize(size_t(hd.qn_words));
+        Prod::Pack::b_into(tw, dp, hd.kr.row(j0), hd.kr.ld, kb.data(), hd.qn_words / hd.qn_np, hd.qn_np);
+      }
       for (int64_t e = plan.bptr[t]; e < plan.bptr[t + 1]; ++e) {
         const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = padw(qw);
         if (!hd.ready[size_t(qt)]) pack_query_tile<T>(p, plan, dout, out, lse_in, bh, qt, true, hd);
         const R* lse = hd.lse.data() + i0;
         const R* D = hd.dd.data() + i0;
-        Prod::gemm(tw, qwp, d, hd.kr.row(j0), hd.kr.ld, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, ST.data(),
-             kQueryTile, false);
+        if constexpr (Prod::kWords)
+          Prod::gemm_words(tw, qwp, (d + 1) / 2, hd.ka.data() + j0 * hd.ka_ld, hd.ka_ld, 1,
+                           hd.qtb.data() + qt * hd.qt_words, hd.qt_np, ST.data(), kQueryTile, false);
+        else
+          Prod::gemm(tw, qwp, d, hd.kr.row(j0), hd.kr.ld, 1, hd.qst.data() + qt * dp * kQueryTile, kQueryTile,
+                     ST.data(), kQueryTile, false);
         for (int64_t r = 0; r < tw; ++r) {
           R* s = ST.data() + r * kQueryTile;
           int64_t c = 0;
@@ -438,9 +523,16 @@ struct Attn {
           for (; c < qwp; ++c) s[c] = S1::exp(scale * s[c] - lse[c]);
           if (plan.bpartial[e]) mask_outside(s, qw, pt.q_offset + i0, queries_seeing(pt, j0 + r), R(0));
         }
-        Prod::gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.doutr.row(i0), hd.doutr.ld, dV.data(), dp, true);
-        Prod::gemm(tw, qwp, d, hd.vr.row(j0), hd.vr.ld, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile, DP.data(),
-             kQueryTile, false);
+        if constexpr (Prod::kWords) {
+          Prod::gemm_a_float(tw, dp, qw, ST.data(), kQueryTile, 1, hd.dob.data() + qt * hd.qn_words, hd.qn_np,
+                             dV.data(), dp, true);
+          Prod::gemm_words(tw, qwp, (d + 1) / 2, hd.va.data() + j0 * hd.ka_ld, hd.ka_ld, 1,
+                           hd.dotb.data() + qt * hd.qt_words, hd.qt_np, DP.data(), kQueryTile, false);
+        } else {
+          Prod::gemm(tw, dp, qw, ST.data(), kQueryTile, 1, hd.doutr.row(i0), hd.doutr.ld, dV.data(), dp, true);
+          Prod::gemm(tw, qwp, d, hd.vr.row(j0), hd.vr.ld, 1, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile,
+                     DP.data(), kQueryTile, false);
+        }
         for (int64_t r = 0; r < tw; ++r) {
           const R* s = ST.data() + r * kQueryTile;
           R* g = DP.data() + r * kQueryTile;
@@ -449,8 +541,14 @@ struct Attn {
             V::store(g + c, V::mul(V::load(s + c), V::sub(V::load(g + c), V::load(D + c))));
           for (; c < qwp; ++c) g[c] = s[c] * (g[c] - D[c]);
         }
-        Prod::gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qr.row(i0), hd.qr.ld, dK.data(), dp, true);
-        Prod::gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.kr.row(j0), hd.kr.ld, dq + i0 * dp, dp, true);
+        if constexpr (Prod::kWords) {
+          Prod::gemm_a_float(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qb.data() + qt * hd.qn_words, hd.qn_np,
+                             dK.data(), dp, true);
+          Prod::gemm_a_float(qw, dp, tw, DP.data(), 1, kQueryTile, kb.data(), hd.qn_np, dq + i0 * dp, dp, true);
+        } else {
+          Prod::gemm(tw, dp, qw, DP.data(), kQueryTile, 1, hd.qr.row(i0), hd.qr.ld, dK.data(), dp, true);
+          Prod::gemm(qw, dp, tw, DP.data(), 1, kQueryTile, hd.kr.row(j0), hd.kr.ld, dq + i0 * dp, dp, true);
+        }
       }
       for (int64_t r = 0; r < tw; ++r) {
         T* ok = dk + (bh * p.nk + j0 + r) * d;

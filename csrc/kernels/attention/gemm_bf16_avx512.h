@@ -56,13 +56,10 @@ struct Bf16Pack512 {
     return col;
   }
 
-  // B as word rows, ceil(K / 2) rows rounded up to row_multiple (zero), np = N rounded up to 32.
-  // Returns np.
-  static int64_t b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf,
-                   int64_t row_multiple = 1) {
-    const int64_t k2 = (K + 1) / 2, k2p = (k2 + row_multiple - 1) / row_multiple * row_multiple;
-    const int64_t np = (N + 31) / 32 * 32;
-    buf.resize(size_t(std::max<int64_t>(1, k2p * np)));
+  // B as word rows into dst: k2p rows (>= ceil(K / 2); zero past it) of np words (a multiple of
+  // 16, >= N; zero past N).
+  static void b_into(int64_t K, int64_t N, const float* B, int64_t ldb, uint32_t* dst, int64_t k2p, int64_t np) {
+    const int64_t k2 = (K + 1) / 2;
     for (int64_t w = 0; w < k2p; ++w)
       for (int64_t c = 0; c < np; c += 16) {
         __m512i v = _mm512_setzero_si512();
@@ -70,14 +67,32 @@ struct Bf16Pack512 {
           const __m512i lo = bits(B + 2 * w * ldb + c, N - c);
           v = pair(lo, 2 * w + 1 < K ? bits(B + (2 * w + 1) * ldb + c, N - c) : _mm512_setzero_si512());
         }
-        _mm512_storeu_si512(buf.data() + w * np + c, v);
+        _mm512_storeu_si512(dst + w * np + c, v);
       }
+  }
+
+  // B as word rows, ceil(K / 2) rows rounded up to row_multiple (zero), np = N rounded up to 32.
+  // Returns np.
+  static int64_t b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf,
+                   int64_t row_multiple = 1) {
+    const int64_t k2p = b_rows(K, row_multiple), np = b_cols(N);
+    buf.resize(size_t(std::max<int64_t>(1, k2p * np)));
+    b_into(K, N, B, ldb, buf.data(), k2p, np);
     return np;
   }
+  static int64_t b_rows(int64_t K, int64_t row_multiple) {
+    return ((K + 1) / 2 + row_multiple - 1) / row_multiple * row_multiple;
+  }
+  static int64_t b_cols(int64_t N) { return (N + 31) / 32 * 32; }
 };
 
 struct Bf16Dot512 {
   static constexpr int kRows = 8;  // rows per micro-tile (two vectors of columns each)
+  // attention_impl.h packs the inputs' operands once per head / tile with Pack, rows of A and of B
+  // padded to these multiples, and calls gemm_words / gemm_a_float for them.
+  static constexpr bool kWords = true;
+  static constexpr int64_t kRowMultiple = 1;
+  using Pack = Bf16Pack512;
 
   struct Scratch {
     std::vector<uint32_t> a, b;
@@ -116,29 +131,41 @@ struct Bf16Dot512 {
     }
   }
 
-  // attention_impl.h's product: C[M][N] (+)= A[M][K] B[K][N], A read through (ars, aks).
-  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
-                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-    Scratch& s = scratch();
-    int64_t ra = 1, wa = 1;  // A's words: rows (ra = row length, wa = 1) or columns (ra = 1, wa)
-    if (aks == 1 || ars != 1) ra = Bf16Pack512::rows(M, K, A, ars, aks, s.a);
-    else wa = Bf16Pack512::columns(M, K, A, aks, s.a);
-    const int64_t np = Bf16Pack512::b(K, N, B, ldb, s.b), k2 = (K + 1) / 2;
-    const uint32_t* a = s.a.data();
+  // C[M][N] (+)= A B from packed words: A's word (r, w) at a[r * ra + w * wa], B's word (w, c) at
+  // b[w * np + c], k2 words of k.
+  static void gemm_words(int64_t M, int64_t N, int64_t k2, const uint32_t* a, int64_t ra, int64_t wa,
+                         const uint32_t* b, int64_t np, float* C, int64_t ldc, bool accumulate) {
     int64_t r = 0;
-    for (; r + kRows <= M; r += kRows)
-      micro<kRows>(a + r * ra, ra, wa, s.b.data(), np, k2, C + r * ldc, ldc, N, accumulate);
+    for (; r + kRows <= M; r += kRows) micro<kRows>(a + r * ra, ra, wa, b, np, k2, C + r * ldc, ldc, N, accumulate);
     a += r * ra;
     float* c = C + r * ldc;
     switch (M - r) {
-      case 7: micro<7>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
-      case 6: micro<6>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
-      case 5: micro<5>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
-      case 4: micro<4>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
-      case 3: micro<3>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
-      case 2: micro<2>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
-      case 1: micro<1>(a, ra, wa, s.b.data(), np, k2, c, ldc, N, accumulate); break;
+      case 7: micro<7>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
+      case 6: micro<6>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
+      case 5: micro<5>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
+      case 4: micro<4>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
+      case 3: micro<3>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
+      case 2: micro<2>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
+      case 1: micro<1>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
       default: break;
     }
+  }
+
+  // A from floats (read through (ars, aks)), B packed (np columns).
+  static void gemm_a_float(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks,
+                           const uint32_t* b, int64_t np, float* C, int64_t ldc, bool accumulate) {
+    std::vector<uint32_t>& buf = scratch().a;
+    int64_t ra = 1, wa = 1;  // A's words: rows (ra = row length, wa = 1) or columns (ra = 1, wa)
+    if (aks == 1 || ars != 1) ra = Pack::rows(M, K, A, ars, aks, buf);
+    else wa = Pack::columns(M, K, A, aks, buf);
+    gemm_words(M, N, (K + 1) / 2, buf.data(), ra, wa, b, np, C, ldc, accumulate);
+  }
+
+  // attention_impl.h's product: C[M][N] (+)= A[M][K] B[K][N], A read through (ars, aks).
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    std::vector<uint32_t>& buf = scratch().b;
+    const int64_t np = Pack::b(K, N, B, ldb, buf);
+    gemm_a_float(M, N, K, A, ars, aks, buf.data(), np, C, ldc, accumulate);
   }
 };

@@ -27,20 +27,34 @@ struct Bf16PackScalar {
     return ra;
   }
 
+  static void b_into(int64_t K, int64_t N, const float* B, int64_t ldb, uint32_t* dst, int64_t k2p, int64_t np) {
+    std::fill(dst, dst + k2p * np, 0u);
+    for (int64_t w = 0; 2 * w < K; ++w)
+      for (int64_t c = 0; c < N; ++c)
+        dst[w * np + c] = word(B[2 * w * ldb + c], 2 * w + 1 < K ? B[(2 * w + 1) * ldb + c] : 0.0f);
+  }
+
   static int64_t b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf,
                    int64_t row_multiple = 1) {
-    const int64_t k2 = (K + 1) / 2, k2p = (k2 + row_multiple - 1) / row_multiple * row_multiple;
-    const int64_t np = (N + 31) / 32 * 32;
-    buf.assign(size_t(std::max<int64_t>(1, k2p * np)), 0u);
-    for (int64_t w = 0; w < k2; ++w)
-      for (int64_t c = 0; c < N; ++c)
-        buf[size_t(w * np + c)] = word(B[2 * w * ldb + c], 2 * w + 1 < K ? B[(2 * w + 1) * ldb + c] : 0.0f);
+    const int64_t k2p = b_rows(K, row_multiple), np = b_cols(N);
+    buf.resize(size_t(std::max<int64_t>(1, k2p * np)));
+    b_into(K, N, B, ldb, buf.data(), k2p, np);
     return np;
   }
+  static int64_t b_rows(int64_t K, int64_t row_multiple) {
+    return ((K + 1) / 2 + row_multiple - 1) / row_multiple * row_multiple;
+  }
+  static int64_t b_cols(int64_t N) { return (N + 31) / 32 * 32; }
 };
 
-template <class Tiles, class Pack>
+template <class Tiles, class PackT>
 struct Bf16Tiles {
+  // attention_impl.h packs the inputs' operands once per head / tile with Pack (rows of A and of B
+  // padded to 16) and calls gemm_words / gemm_a_float for them.
+  static constexpr bool kWords = true;
+  static constexpr int64_t kRowMultiple = kAmxTileRows;
+  using Pack = PackT;
+
   struct Scratch {
     std::vector<uint32_t> a, b;
     std::vector<float> c;
@@ -50,35 +64,36 @@ struct Bf16Tiles {
     return s;
   }
 
-  // attention_impl.h's product: C[M][N] (+)= A[M][K] B[K][N], A read through (ars, aks).
-  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
-                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  // C[M][N] (+)= A B from packed words: A as rows of ra words (ra a multiple of 16, rows readable
+  // up to M rounded up to 16), B as rows of np words (np a multiple of 32, rows readable up to k2
+  // rounded up to 16); k2 words of k.
+  static void gemm_words(int64_t M, int64_t N, int64_t k2, const uint32_t* a, int64_t ra, int64_t wa,
+                         const uint32_t* b, int64_t np, float* C, int64_t ldc, bool accumulate) {
     if (M <= 0 || N <= 0) return;
-    Scratch& s = scratch();
-    const int64_t ra = Pack::rows(M, K, A, ars, aks, s.a, kAmxTileRows);
-    const int64_t np = Pack::b(K, N, B, ldb, s.b, kAmxTileRows);
-    const int64_t mp = (M + kAmxTileRows - 1) / kAmxTileRows * kAmxTileRows;
-    s.c.assign(size_t(mp * np), 0.0f);
+    (void)wa;  // rows of words only (Pack::rows)
+    const int64_t mp = (M + kAmxTileRows - 1) / kAmxTileRows * kAmxTileRows, k2p = (k2 + 15) / 16 * 16;
+    std::vector<float>& cb = scratch().c;
+    cb.assign(size_t(mp * np), 0.0f);
     if (accumulate)
-      for (int64_t r = 0; r < M; ++r) std::memcpy(s.c.data() + r * np, C + r * ldc, size_t(N) * sizeof(float));
+      for (int64_t r = 0; r < M; ++r) std::memcpy(cb.data() + r * np, C + r * ldc, size_t(N) * sizeof(float));
     const int64_t as = ra * 4, bs = np * 4, cs = np * 4;  // tile row strides in bytes
     Tiles tl;
     tl.configure(amx_uniform_config());
     for (int64_t i = 0; i < mp; i += 2 * kAmxTileRows) {
       const bool two = i + kAmxTileRows < mp;  // the second 16-row half exists
-      const uint32_t* a0 = s.a.data() + i * ra;
+      const uint32_t* a0 = a + i * ra;
       for (int64_t j = 0; j < np; j += 32) {
-        float* c = s.c.data() + i * np + j;
+        float* c = cb.data() + i * np + j;
         tl.template load<0>(c, cs);
         tl.template load<1>(c + 16, cs);
         if (two) {
           tl.template load<2>(c + kAmxTileRows * np, cs);
           tl.template load<3>(c + kAmxTileRows * np + 16, cs);
         }
-        for (int64_t w = 0; w < ra; w += 16) {
+        for (int64_t w = 0; w < k2p; w += 16) {
           tl.template load<4>(a0 + w, as);
-          tl.template load<6>(s.b.data() + w * np + j, bs);
-          tl.template load<7>(s.b.data() + w * np + j + 16, bs);
+          tl.template load<6>(b + w * np + j, bs);
+          tl.template load<7>(b + w * np + j + 16, bs);
           tl.template dpbf16ps<0, 4, 6>();
           tl.template dpbf16ps<1, 4, 7>();
           if (two) {
@@ -96,6 +111,22 @@ struct Bf16Tiles {
       }
     }
     tl.release();
-    for (int64_t r = 0; r < M; ++r) std::memcpy(C + r * ldc, s.c.data() + r * np, size_t(N) * sizeof(float));
+    for (int64_t r = 0; r < M; ++r) std::memcpy(C + r * ldc, cb.data() + r * np, size_t(N) * sizeof(float));
+  }
+
+  // A from floats (read through (ars, aks)), B packed.
+  static void gemm_a_float(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks,
+                           const uint32_t* b, int64_t np, float* C, int64_t ldc, bool accumulate) {
+    std::vector<uint32_t>& buf = scratch().a;
+    const int64_t ra = Pack::rows(M, K, A, ars, aks, buf, kAmxTileRows);
+    gemm_words(M, N, (K + 1) / 2, buf.data(), ra, 1, b, np, C, ldc, accumulate);
+  }
+
+  // attention_impl.h's product: C[M][N] (+)= A[M][K] B[K][N], A read through (ars, aks).
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    std::vector<uint32_t>& buf = scratch().b;
+    const int64_t np = Pack::b(K, N, B, ldb, buf, kAmxTileRows);
+    gemm_a_float(M, N, K, A, ars, aks, buf.data(), np, C, ldc, accumulate);
   }
 };
