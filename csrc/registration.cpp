@@ -176,7 +176,8 @@ PYBIND11_MODULE(_C, m) {
   }, "The path each kernel family takes now.");
   m.def("attention_bf16_products", [] {
     return std::string(K::attention::bf16_products_name(K::attention::bf16_products(K::attention::attention_isa())));
-  }, "How the attention path taken now multiplies for bf16 inputs: 'avx512_bf16' (vdpbf16ps) or 'float'.");
+  }, "How the attention path taken now multiplies for bf16 inputs: 'amx_bf16' (tdpbf16ps), 'avx512_bf16' "
+     "(vdpbf16ps) or 'float'.");
   m.def("buffer_cache_stats", [] {
     const K::BufferCacheStats st = K::buffer_cache().stats();
     std::map<std::string, uint64_t> out;

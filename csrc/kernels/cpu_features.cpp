@@ -167,6 +167,8 @@ bool cpu_has_avx_vnni() { return features().avx_vnni; }
 // EDGEGEN_MAX_ISA (a misspelt switch must not silently keep the paths off).
 bool amx_opted_in() {
   static const bool on = [] {
+    if (std::getenv("EDGEGEN_AMX_GEMM"))  // the switch's earlier name: refused, not silently ignored
+      throw std::invalid_argument("EDGEGEN_AMX_GEMM: no longer read; set EDGEGEN_AMX=0 or 1 instead");
     const char* env = std::getenv("EDGEGEN_AMX");
     if (!env || !*env || std::strcmp(env, "0") == 0) return false;
     if (std::strcmp(env, "1") == 0) return true;

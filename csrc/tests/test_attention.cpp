@@ -396,10 +396,22 @@ TEST_P(AttentionPath, OddHeadSizesWindowsGlobalsAndBlocks) {
 // gradients are bf16; on the AVX-512 BF16 products the probabilities and score gradients round to
 // bf16 too: two roundings of 2^-9 relative, bounded by 2^-8 of each value's sum of term
 // magnitudes; checked at 1e-2). Head sizes odd for pairs of k and for the vectors.
+// bf16 beyond the path cases: one head on 4 threads (key-tile segments, the query tiles packed
+// ahead), and decode steps with an offset (a few queries at the end of the keys).
+void check_bf16_segments_and_decode(int isa) {
+  Case s;
+  s.H = 1, s.nq = s.nk = 300, s.d = 40, s.window = 70, s.num_global = 2;
+  check_case<K::bf16_t>(s, 4, 1e-4, isa, 1e-2);
+  Case dec;
+  dec.nk = 300, dec.nq = 5, dec.q_offset = 295, dec.window = 40, dec.num_global = 4, dec.d = 64;
+  check_case<K::bf16_t>(dec, 2, 1e-4, isa, 1e-2);
+}
+
 TEST_P(AttentionPath, Bf16InputsWithinBf16Rounding) {
   SCOPED_TRACE(KA::bf16_products_name(KA::bf16_products(GetParam())));
   for_each_path_case({8, 23, 64, 80},
                      [&](const Case& c) { check_case<K::bf16_t>(c, 2, 1e-4, int(GetParam()), 1e-2); });
+  check_bf16_segments_and_decode(int(GetParam()));
 }
 
 // Which products a level's path uses for bf16 inputs: vdpbf16ps wherever the CPU has AVX-512 BF16
@@ -421,4 +433,5 @@ TEST(SlidingWindowAttention, Bf16ProductsFollowTheCpu) {
 // a 16-row half and a partial one).
 TEST(SlidingWindowAttention, Bf16OnTheAmxTileModel) {
   for_each_path_case({8, 23, 64, 80}, [](const Case& c) { check_case<K::bf16_t>(c, 2, 1e-4, kAmxModel, 1e-2); });
+  check_bf16_segments_and_decode(kAmxModel);
 }

@@ -78,6 +78,7 @@ def test_a_packed_weight_is_unpacked_once_and_again_after_it_changes(monkeypatch
     first = _portable("int8_linear_dynamic", x, packed, row_sum, scale, None, 20, 40)
     again = _portable("int8_linear_dynamic", x, packed, row_sum, scale, None, 20, 40)
     assert len(unpacks) == 1 and torch.equal(first, again)
+    before = fq._LINEAR_WEIGHTS[id(packed)]
     # An in-place change of the packed tensor (its version moves): unpacked afresh.
     w2 = w.clone()
     w2[3] = -w2[3]
@@ -86,6 +87,9 @@ def test_a_packed_weight_is_unpacked_once_and_again_after_it_changes(monkeypatch
     got = _portable("int8_linear_dynamic", x, packed, r2, scale, None, 20, 40)
     assert len(unpacks) == 2
     assert torch.equal(got, int8_linear_dynamic_reference(x, w2, scale, None))
+    # ... replacing its entry (one per tensor; the old entry's finalizer let go)
+    assert sum(e.packed() is packed for e in fq._LINEAR_WEIGHTS.values()) == 1
+    assert fq._LINEAR_WEIGHTS[id(packed)] is not before and not before.finalizer.alive
     # The same bytes in another tensor: its own entry (identity, not just the address, is checked).
     other = packed.view(-1)
     _portable("int8_linear_dynamic", x, other, r2, scale, None, 20, 40)
@@ -111,3 +115,16 @@ def test_a_weight_packed_for_more_inputs_is_refused_once_cached_too():
     # k = 10 reads the same 12-wide packing; columns 10 and 11 are not zero
     with pytest.raises(ValueError, match="packed_weight: was packed for more input features"):
         _portable("int8_linear_dynamic", torch.randn(2, 10), packed, row_sum, scale, None, 8, 10)
+
+
+def test_the_cache_keeps_the_most_recently_used_weights(monkeypatch):
+    monkeypatch.setattr(fq, "_LINEAR_WEIGHTS", type(fq._LINEAR_WEIGHTS)())
+    monkeypatch.setattr(fq, "_LINEAR_WEIGHTS_MAX", 2)
+    layers = [_layer(8, 16, seed=s) for s in range(3)]
+    x = torch.randn(2, 16)
+    call = lambda i: _portable("int8_linear_dynamic", x, layers[i][1], layers[i][2], layers[i][3], None, 8, 16)  # noqa: E731
+    call(0), call(1), call(0)
+    second = fq._LINEAR_WEIGHTS[id(layers[1][1])]
+    call(2)  # 1 is the least recently used when 2 arrives
+    assert set(fq._LINEAR_WEIGHTS) == {id(layers[0][1]), id(layers[2][1])}
+    assert not second.finalizer.alive  # an evicted entry holds nothing alive

@@ -139,14 +139,18 @@ def test_amx_gemm_runs_only_when_asked_for_and_equals_the_scalar_path(opt_in):
     assert res["err"] < 1e-6
 
 
-def test_a_misspelt_amx_switch_is_a_clear_error():
+@pytest.mark.parametrize("name,value,message", [
+    ("EDGEGEN_AMX", "yes", "EDGEGEN_AMX: expected 0 or 1, got 'yes'"),
+    ("EDGEGEN_AMX_GEMM", "1", "EDGEGEN_AMX_GEMM: no longer read; set EDGEGEN_AMX=0 or 1 instead"),
+], ids=["misspelt-value", "former-name"])
+def test_a_misspelt_amx_switch_is_a_clear_error(name, value, message):
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "EDGEGEN_MAX_ISA"}
-    env["EDGEGEN_AMX"] = "yes"
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEGEN_MAX_ISA", "EDGEGEN_AMX", "EDGEGEN_AMX_GEMM")}
+    env[name] = value
     r = subprocess.run([sys.executable, "-c", "import edgegen; print(edgegen.kernel_paths()['int8_gemm'])"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    assert "EDGEGEN_AMX: expected 0 or 1, got 'yes'" in r.stderr
+    assert message in r.stderr

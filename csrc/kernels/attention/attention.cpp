@@ -168,10 +168,17 @@ PlanSummary plan_summary(const Problem& p) {
 }
 
 Isa attention_isa() {
+#ifdef EDGEGEN_HAVE_AMX_BF16
+  // The amx level differs from avx512 only in the bf16 products, taken with EDGEGEN_AMX=1.
+  if (amx_opted_in()) return pick_isa({Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Scalar});
+#endif
   return pick_isa({Isa::Avx512, Isa::Avx2, Isa::Scalar});
 }
 
 bool attention_has_path(Isa isa) {
+#ifdef EDGEGEN_HAVE_AMX_BF16
+  if (isa == Isa::Amx) return true;  // the AMX-BF16 products (float inputs: the avx512 path)
+#endif
 #ifdef EDGEGEN_HAVE_AVX2
   if (isa == Isa::Avx2 || isa == Isa::Avx512) return true;
 #endif

@@ -501,8 +501,9 @@ struct Attn {
       std::fill(dK.begin(), dK.end(), R(0));
       std::fill(dV.begin(), dV.end(), R(0));
       if constexpr (Prod::kWords) {
-        kb.resize(size_t(hd.qn_words));
-        Prod::Pack::b_into(tw, dp, hd.kr.row(j0), hd.kr.ld, kb.data(), hd.qn_words / hd.qn_np, hd.qn_np);
+        const int64_t rows = Prod::Pack::b_rows(kKeyTile, Prod::kRowMultiple);
+        kb.resize(size_t(rows * hd.qn_np));
+        Prod::Pack::b_into(tw, dp, hd.kr.row(j0), hd.kr.ld, kb.data(), rows, hd.qn_np);
       }
       for (int64_t e = plan.bptr[t]; e < plan.bptr[t + 1]; ++e) {
         const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = padw(qw);

@@ -10,6 +10,7 @@ codes in float64 (every partial sum is an integer far below 2^53).
 
 from __future__ import annotations
 
+import collections
 import math
 import weakref
 
@@ -330,13 +331,16 @@ def int8_gemm_fallback(input, a_zero_point, packed_weight, weight_row_sum, n, k)
 
 
 class _LinearWeight:
-    """A packed Linear weight unpacked and checked once: w, the [n, k] int8 matrix; mm, the same
-    zero-padded to multiples of 8 for torch._int_mm (made on first use)."""
+    """A packed Linear weight unpacked and checked once: w, the [n, k] int8 matrix (a view of mm,
+    its copy zero-padded to multiples of 8 for torch._int_mm, once that is made); state, what the
+    packed tensor was when unpacked (address, version counter, n, k)."""
 
-    def __init__(self, packed: Tensor, w: Tensor):
+    def __init__(self, packed: Tensor, w: Tensor, state: tuple):
         self.packed = weakref.ref(packed)
         self.w = w
         self.mm: Tensor | None = None
+        self.state = state
+        self.finalizer: weakref.finalize | None = None
 
     def int_mm(self, codes: Tensor) -> Tensor:
         """codes [m, k] int8 @ w^T, int32, through torch._int_mm (its shape rules: more than 16
@@ -344,34 +348,52 @@ class _LinearWeight:
         n, k = self.w.shape
         if self.mm is None:
             self.mm = F.pad(self.w, (0, -k % 8, 0, -n % 8)).contiguous()
+            self.w = self.mm[:n, :k]  # one copy of the weight besides the packed one
         m = codes.shape[0]
         if m <= 16 or k % 8:
             codes = F.pad(codes, (0, -k % 8, 0, max(0, 17 - m)))
         return torch._int_mm(codes, self.mm.t())[:m, :n]
 
 
-# Unpacked weights by packed tensor (identity and version; an entry goes when its tensor does):
-# a model's layers on a GPU unpack and check their weights once, not at every call.
-_LINEAR_WEIGHTS: dict[tuple, _LinearWeight] = {}
+# Unpacked weights by packed tensor, least recently used last out: a model's layers on a GPU unpack
+# and check their weights once, not at every call. An entry is keyed by the tensor's identity and
+# holds what it was unpacked from (address, version counter, n, k): an in-place change the version
+# counter sees (any PyTorch operation on the tensor) or a new address unpacks afresh and replaces
+# the entry; the entry goes when its tensor does. Writes the counter does not see (through
+# `.data`, DLPack or foreign kernels) are not noticed; inference tensors (no version counter),
+# meta tensors and tensor subclasses are not cached.
+_LINEAR_WEIGHTS: collections.OrderedDict[int, _LinearWeight] = collections.OrderedDict()
 _LINEAR_WEIGHTS_MAX = 1024
 
 
+def _forget(key: int, entry: _LinearWeight) -> None:
+    if _LINEAR_WEIGHTS.get(key) is entry:
+        del _LINEAR_WEIGHTS[key]
+
+
 def _linear_weight(packed: Tensor, row_sum: Tensor, n: int, k: int) -> _LinearWeight:
-    key = None
-    if type(packed) is torch.Tensor and packed.device.type != "meta" and not packed.is_inference():
-        key = (packed.data_ptr(), packed._version, str(packed.device), packed.numel(), n, k)
+    cacheable = type(packed) is torch.Tensor and packed.device.type != "meta" and not packed.is_inference()
+    key = id(packed)
+    state = (packed.data_ptr(), packed._version, n, k) if cacheable else None
+    if cacheable:
         hit = _LINEAR_WEIGHTS.get(key)
-        if hit is not None and hit.packed() is packed:
+        if hit is not None and hit.packed() is packed and hit.state == state:
             _check_packed(packed, row_sum, n, k)
+            _LINEAR_WEIGHTS.move_to_end(key)
             return hit
     full = _unpacked(packed, row_sum, n, k, -(-k // 4) * 4)
     _unused_zero(full, torch.arange(full.shape[1], device=full.device) < k, "input features")
-    entry = _LinearWeight(packed, full[:, :k])
-    if key is not None:
+    entry = _LinearWeight(packed, full[:, :k], state)
+    if cacheable:
+        old = _LINEAR_WEIGHTS.pop(key, None)
+        if old is not None and old.finalizer is not None:
+            old.finalizer.detach()
         while len(_LINEAR_WEIGHTS) >= _LINEAR_WEIGHTS_MAX:
-            _LINEAR_WEIGHTS.pop(next(iter(_LINEAR_WEIGHTS)))
+            _, evicted = _LINEAR_WEIGHTS.popitem(last=False)
+            if evicted.finalizer is not None:
+                evicted.finalizer.detach()
         _LINEAR_WEIGHTS[key] = entry
-        weakref.finalize(packed, _LINEAR_WEIGHTS.pop, key, None)
+        entry.finalizer = weakref.finalize(packed, _forget, key, entry)
     return entry
 
 
