@@ -397,14 +397,17 @@ TEST_P(AttentionPath, OddHeadSizesWindowsGlobalsAndBlocks) {
 // bf16 too: two roundings of 2^-9 relative, bounded by 2^-8 of each value's sum of term
 // magnitudes; checked at 1e-2). Head sizes odd for pairs of k and for the vectors.
 // bf16 beyond the path cases: one head on 4 threads (key-tile segments, the query tiles packed
-// ahead), and decode steps with an offset (a few queries at the end of the keys).
+// ahead), and queries at the end of the keys (q_offset): a decode step (one query: float
+// products by the row rule, on the dispatched paths) and a chunk of 20.
 void check_bf16_segments_and_decode(int isa) {
   Case s;
   s.H = 1, s.nq = s.nk = 300, s.d = 40, s.window = 70, s.num_global = 2;
   check_case<K::bf16_t>(s, 4, 1e-4, isa, 1e-2);
-  Case dec;
-  dec.nk = 300, dec.nq = 5, dec.q_offset = 295, dec.window = 40, dec.num_global = 4, dec.d = 64;
-  check_case<K::bf16_t>(dec, 2, 1e-4, isa, 1e-2);
+  for (int64_t nq : {1, 20}) {
+    Case dec;
+    dec.nk = 300, dec.nq = nq, dec.q_offset = 300 - nq, dec.window = 40, dec.num_global = 4, dec.d = 64;
+    check_case<K::bf16_t>(dec, 2, 1e-4, isa, 1e-2);
+  }
 }
 
 TEST_P(AttentionPath, Bf16InputsWithinBf16Rounding) {
@@ -425,6 +428,14 @@ TEST(SlidingWindowAttention, Bf16ProductsFollowTheCpu) {
   const bool dot = false;
 #endif
   EXPECT_EQ(KA::bf16_products(K::Isa::Avx512), dot ? KA::Bf16Products::Dot : KA::Bf16Products::Float);
+  // A call's products: bf16 inputs with enough query rows only (decode steps keep float products).
+  KA::Problem p;
+  p.dtype = K::DType::BF16, p.nq = KA::kBf16ProductsMinRows;
+  EXPECT_EQ(KA::bf16_products_for(p, K::Isa::Avx512), KA::bf16_products(K::Isa::Avx512));
+  p.nq = KA::kBf16ProductsMinRows - 1;
+  EXPECT_EQ(KA::bf16_products_for(p, K::Isa::Avx512), KA::Bf16Products::Float);
+  p.dtype = K::DType::F32, p.nq = 64;
+  EXPECT_EQ(KA::bf16_products_for(p, K::Isa::Avx512), KA::Bf16Products::Float);
   if (!dot) GTEST_SKIP() << "no AVX-512 BF16 products here (CPU or build): only the float products were checked";
 }
 

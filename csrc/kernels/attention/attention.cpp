@@ -196,6 +196,11 @@ Bf16Products bf16_products(Isa isa) {
   return Bf16Products::Float;
 }
 
+Bf16Products bf16_products_for(const Problem& p, Isa isa) {
+  if (p.dtype != DType::BF16 || p.nq < kBf16ProductsMinRows) return Bf16Products::Float;
+  return bf16_products(isa);
+}
+
 const char* bf16_products_name(Bf16Products products) {
   switch (products) {
     case Bf16Products::Dot: return "avx512_bf16";
@@ -214,10 +219,10 @@ void backward_amx_model(const Problem& p, const Strided& dout, const Strided& ou
 void forward_isa(Isa isa, const Problem& p, void* out, void* lse) {
   const Plan plan = make_plan(p);
 #ifdef EDGEGEN_HAVE_AMX_BF16
-  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Tiles) return forward_amx(p, plan, out, lse);
+  if (bf16_products_for(p, isa) == Bf16Products::Tiles) return forward_amx(p, plan, out, lse);
 #endif
 #ifdef EDGEGEN_HAVE_AVX512_BF16
-  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Dot) return forward_avx512_bf16(p, plan, out, lse);
+  if (bf16_products_for(p, isa) == Bf16Products::Dot) return forward_avx512_bf16(p, plan, out, lse);
 #endif
 #ifdef EDGEGEN_HAVE_AVX2
   if (p.dtype != DType::F64 && isa >= Isa::Avx512) return forward_avx512(p, plan, out, lse);
@@ -231,11 +236,10 @@ void backward_isa(Isa isa, const Problem& p, const Strided& dout, const Strided&
                   void* dk, void* dv) {
   const Plan plan = make_plan(p);
 #ifdef EDGEGEN_HAVE_AMX_BF16
-  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Tiles)
-    return backward_amx(p, plan, dout, out, lse, dq, dk, dv);
+  if (bf16_products_for(p, isa) == Bf16Products::Tiles) return backward_amx(p, plan, dout, out, lse, dq, dk, dv);
 #endif
 #ifdef EDGEGEN_HAVE_AVX512_BF16
-  if (p.dtype == DType::BF16 && bf16_products(isa) == Bf16Products::Dot)
+  if (bf16_products_for(p, isa) == Bf16Products::Dot)
     return backward_avx512_bf16(p, plan, dout, out, lse, dq, dk, dv);
 #endif
 #ifdef EDGEGEN_HAVE_AVX2

@@ -62,6 +62,11 @@ Isa attention_isa();
 // are bf16 already.
 enum class Bf16Products : int { Float = 0, Dot = 1, Tiles = 2 };
 Bf16Products bf16_products(Isa isa);
+// The products a call takes: bf16_products(isa) for bf16 inputs with at least
+// kBf16ProductsMinRows queries; float products otherwise (decode steps: packing the visited key
+// tiles in bf16 costs more than it saves for a few query rows).
+constexpr int64_t kBf16ProductsMinRows = 16;
+Bf16Products bf16_products_for(const Problem& p, Isa isa);
 const char* bf16_products_name(Bf16Products products);
 // bf16 inputs through the Tiles products with the tiles emulated in plain C++ (any CPU): tests
 // the AMX products' blocking, padding and operand layout where no AMX CPU is at hand.
