@@ -20,6 +20,17 @@
 // accumulates its own dQ, and the segments are summed in a fixed order, so results do not depend
 // on the thread count's scheduling.
 
+// Rows [0, M) in micro-tiles of MaxRows rows and one of the rest: tile(r, rows) with rows a
+// std::integral_constant (the micro-kernels' row count is a template argument).
+template <int MaxRows, class Tile>
+inline void for_row_tiles(int64_t M, Tile&& tile) {
+  int64_t r = 0;
+  for (; r + MaxRows <= M; r += MaxRows) tile(r, std::integral_constant<int, MaxRows>{});
+  if constexpr (MaxRows > 1) {
+    if (r < M) for_row_tiles<MaxRows - 1>(M - r, [&](int64_t r2, auto rows) { tile(r + r2, rows); });
+  }
+}
+
 // The products' default policy: C (+)= A B in the compute type, on the SIMD policy's FMAs.
 template <class V>
 struct FloatGemm {
@@ -84,23 +95,16 @@ struct FloatGemm {
   // C[M][N] (+)= A[M][K] B[K][N] with A read through strides (ars, aks).
   static void gemm(int64_t M, int64_t N, int64_t K, const R* A, int64_t ars, int64_t aks, const R* B, int64_t ldb,
                    R* C, int64_t ldc, bool accumulate) {
-    int64_t r = 0;
-    for (; r + 6 <= M; r += 6) micro<6>(A + r * ars, ars, aks, B, ldb, C + r * ldc, ldc, N, K, accumulate);
-    const R* a = A + r * ars;
-    R* c = C + r * ldc;
-    switch (M - r) {
-      case 5: micro<5>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
-      case 4: micro<4>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
-      case 3: micro<3>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
-      case 2: micro<2>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
-      case 1: micro<1>(a, ars, aks, B, ldb, c, ldc, N, K, accumulate); break;
-      default: break;
-    }
+    for_row_tiles<6>(M, [&](int64_t r, auto rows) {
+      micro<decltype(rows)::value>(A + r * ars, ars, aks, B, ldb, C + r * ldc, ldc, N, K, accumulate);
+    });
   }
 };
 
-// Prod: the products' policy (FloatGemm, or one that rounds both operands to bf16 and accumulates in
-// float: the AVX-512 BF16 dot products and the AMX-BF16 tiles, for bf16 inputs only).
+// Prod: the products' policy: FloatGemm (gemm on the float buffers), or one whose operands are
+// bf16 words (kWords: Bf16Dot512, Bf16Tiles; bf16 inputs only), for which the inputs' operands are
+// packed once per head / tile (Head's word buffers) and the products call gemm_words (both
+// packed) or gemm_a_float (A, the probabilities or score gradients, packed per call).
 template <class V, class Prod = FloatGemm<V>>
 struct Attn {
   using R = typename V::R;

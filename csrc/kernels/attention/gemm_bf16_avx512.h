@@ -5,15 +5,18 @@
 // probabilities P (forward P V, backward dV += P^T dO) and the score gradients dS (dK, dQ), as in
 // FlashAttention and PyTorch's CPU flash attention.
 //
-// Both operands are converted per call into 32-bit words of two bf16 (k = 2w low, 2w + 1 high)
-// by Bf16Pack512 (also the AMX products' packer, gemm_bf16_tiles.h):
+// The operands are 32-bit words of two bf16 (k = 2w low, 2w + 1 high; bf16_words.h), packed by
+// Bf16Pack512 (also the AMX products' packer, gemm_bf16_tiles.h) — the inputs' once per head or
+// tile by attention_impl.h, the probabilities and score gradients per call (gemm_a_float):
 //   A: word (r, w) at a[r * ra + w * wa] (row-major rows of words, each a multiple of 16 words;
 //      for the dot products also columns of words when A's rows are contiguous instead);
 //   B: word (w, c) at b[w * np + c], np = N rounded up to 32, zero padded —
 // which is vdpbf16ps's operand form: one word of A broadcast, 16 columns of B per vector.
 // Included inside the TU's namespace after simd_avx512.h; the TU is built with -mavx512bf16.
 
-struct Bf16Pack512 {
+#include "bf16_words.h"
+
+struct Bf16Pack512 : Bf16Words {
   static __mmask16 lanes(int64_t n) {
     return n >= 16 ? __mmask16(0xffff) : (n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1));
   }
@@ -24,7 +27,7 @@ struct Bf16Pack512 {
   // row_multiple rows (zero); any strides (a row's k gathered when not contiguous). Returns ra.
   static int64_t rows(int64_t M, int64_t K, const float* A, int64_t ars, int64_t aks, std::vector<uint32_t>& buf,
                       int64_t row_multiple = 1) {
-    const int64_t ra = ((K + 1) / 2 + 15) / 16 * 16, mp = (M + row_multiple - 1) / row_multiple * row_multiple;
+    const int64_t ra = a_row_words(K), mp = round_up(M, row_multiple);
     buf.resize(size_t(std::max<int64_t>(1, mp * ra)));
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(int(aks)));
@@ -70,36 +73,19 @@ struct Bf16Pack512 {
         _mm512_storeu_si512(dst + w * np + c, v);
       }
   }
-
-  // B as word rows, ceil(K / 2) rows rounded up to row_multiple (zero), np = N rounded up to 32.
-  // Returns np.
-  static int64_t b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf,
-                   int64_t row_multiple = 1) {
-    const int64_t k2p = b_rows(K, row_multiple), np = b_cols(N);
-    buf.resize(size_t(std::max<int64_t>(1, k2p * np)));
-    b_into(K, N, B, ldb, buf.data(), k2p, np);
-    return np;
-  }
-  static int64_t b_rows(int64_t K, int64_t row_multiple) {
-    return ((K + 1) / 2 + row_multiple - 1) / row_multiple * row_multiple;
-  }
-  static int64_t b_cols(int64_t N) { return (N + 31) / 32 * 32; }
 };
 
 struct Bf16Dot512 {
   static constexpr int kRows = 8;  // rows per micro-tile (two vectors of columns each)
-  // attention_impl.h packs the inputs' operands once per head / tile with Pack, rows of A and of B
-  // padded to these multiples, and calls gemm_words / gemm_a_float for them.
+  // attention_impl.h packs the inputs' operands with Pack, rows padded to kRowMultiple (see Attn).
   static constexpr bool kWords = true;
   static constexpr int64_t kRowMultiple = 1;
   using Pack = Bf16Pack512;
 
-  struct Scratch {
-    std::vector<uint32_t> a, b;
-  };
-  static Scratch& scratch() {
-    static thread_local Scratch s;
-    return s;
+  // The per-call packing of A (the probabilities and score gradients).
+  static std::vector<uint32_t>& scratch() {
+    static thread_local std::vector<uint32_t> a;
+    return a;
   }
 
   template <int MR>
@@ -135,37 +121,18 @@ struct Bf16Dot512 {
   // b[w * np + c], k2 words of k.
   static void gemm_words(int64_t M, int64_t N, int64_t k2, const uint32_t* a, int64_t ra, int64_t wa,
                          const uint32_t* b, int64_t np, float* C, int64_t ldc, bool accumulate) {
-    int64_t r = 0;
-    for (; r + kRows <= M; r += kRows) micro<kRows>(a + r * ra, ra, wa, b, np, k2, C + r * ldc, ldc, N, accumulate);
-    a += r * ra;
-    float* c = C + r * ldc;
-    switch (M - r) {
-      case 7: micro<7>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      case 6: micro<6>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      case 5: micro<5>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      case 4: micro<4>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      case 3: micro<3>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      case 2: micro<2>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      case 1: micro<1>(a, ra, wa, b, np, k2, c, ldc, N, accumulate); break;
-      default: break;
-    }
+    for_row_tiles<kRows>(M, [&](int64_t r, auto rows) {
+      micro<decltype(rows)::value>(a + r * ra, ra, wa, b, np, k2, C + r * ldc, ldc, N, accumulate);
+    });
   }
 
   // A from floats (read through (ars, aks)), B packed (np columns).
   static void gemm_a_float(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks,
                            const uint32_t* b, int64_t np, float* C, int64_t ldc, bool accumulate) {
-    std::vector<uint32_t>& buf = scratch().a;
+    std::vector<uint32_t>& buf = scratch();
     int64_t ra = 1, wa = 1;  // A's words: rows (ra = row length, wa = 1) or columns (ra = 1, wa)
     if (aks == 1 || ars != 1) ra = Pack::rows(M, K, A, ars, aks, buf);
     else wa = Pack::columns(M, K, A, aks, buf);
     gemm_words(M, N, (K + 1) / 2, buf.data(), ra, wa, b, np, C, ldc, accumulate);
-  }
-
-  // attention_impl.h's product: C[M][N] (+)= A[M][K] B[K][N], A read through (ars, aks).
-  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
-                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-    std::vector<uint32_t>& buf = scratch().b;
-    const int64_t np = Pack::b(K, N, B, ldb, buf);
-    gemm_a_float(M, N, K, A, ars, aks, buf.data(), np, C, ldc, accumulate);
   }
 };

@@ -13,13 +13,15 @@
 // Included inside the TU's namespace after kernels/amx_tiles.h (and, for Bf16Pack512,
 // gemm_bf16_avx512.h).
 
-// The packer's portable form (the model's): Bf16Pack512's layouts in plain loops.
-struct Bf16PackScalar {
+#include "bf16_words.h"
+
+// The packer's portable form (the model's): the layouts of bf16_words.h in plain loops.
+struct Bf16PackScalar : Bf16Words {
   static uint32_t word(float lo, float hi) { return uint32_t(to_bf16(lo).bits) | uint32_t(to_bf16(hi).bits) << 16; }
 
   static int64_t rows(int64_t M, int64_t K, const float* A, int64_t ars, int64_t aks, std::vector<uint32_t>& buf,
                       int64_t row_multiple = 1) {
-    const int64_t ra = ((K + 1) / 2 + 15) / 16 * 16, mp = (M + row_multiple - 1) / row_multiple * row_multiple;
+    const int64_t ra = a_row_words(K), mp = round_up(M, row_multiple);
     buf.assign(size_t(std::max<int64_t>(1, mp * ra)), 0u);
     for (int64_t r = 0; r < M; ++r)
       for (int64_t w = 0; 2 * w < K; ++w)
@@ -33,31 +35,18 @@ struct Bf16PackScalar {
       for (int64_t c = 0; c < N; ++c)
         dst[w * np + c] = word(B[2 * w * ldb + c], 2 * w + 1 < K ? B[(2 * w + 1) * ldb + c] : 0.0f);
   }
-
-  static int64_t b(int64_t K, int64_t N, const float* B, int64_t ldb, std::vector<uint32_t>& buf,
-                   int64_t row_multiple = 1) {
-    const int64_t k2p = b_rows(K, row_multiple), np = b_cols(N);
-    buf.resize(size_t(std::max<int64_t>(1, k2p * np)));
-    b_into(K, N, B, ldb, buf.data(), k2p, np);
-    return np;
-  }
-  static int64_t b_rows(int64_t K, int64_t row_multiple) {
-    return ((K + 1) / 2 + row_multiple - 1) / row_multiple * row_multiple;
-  }
-  static int64_t b_cols(int64_t N) { return (N + 31) / 32 * 32; }
 };
 
 template <class Tiles, class PackT>
 struct Bf16Tiles {
-  // attention_impl.h packs the inputs' operands once per head / tile with Pack (rows of A and of B
-  // padded to 16) and calls gemm_words / gemm_a_float for them.
+  // attention_impl.h packs the inputs' operands with Pack, rows padded to kRowMultiple (see Attn).
   static constexpr bool kWords = true;
   static constexpr int64_t kRowMultiple = kAmxTileRows;
   using Pack = PackT;
 
   struct Scratch {
-    std::vector<uint32_t> a, b;
-    std::vector<float> c;
+    std::vector<uint32_t> a;  // the per-call packing of A (probabilities, score gradients)
+    std::vector<float> c;     // C padded to whole tiles
   };
   static Scratch& scratch() {
     static thread_local Scratch s;
@@ -120,13 +109,5 @@ struct Bf16Tiles {
     std::vector<uint32_t>& buf = scratch().a;
     const int64_t ra = Pack::rows(M, K, A, ars, aks, buf, kAmxTileRows);
     gemm_words(M, N, (K + 1) / 2, buf.data(), ra, 1, b, np, C, ldc, accumulate);
-  }
-
-  // attention_impl.h's product: C[M][N] (+)= A[M][K] B[K][N], A read through (ars, aks).
-  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
-                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-    std::vector<uint32_t>& buf = scratch().b;
-    const int64_t np = Pack::b(K, N, B, ldb, buf, kAmxTileRows);
-    gemm_a_float(M, N, K, A, ars, aks, buf.data(), np, C, ldc, accumulate);
   }
 };
