@@ -126,17 +126,38 @@ def test_system_info_names_the_machine():
     assert info["torch"] and info["threads"].isdigit() and "gpu" in info
 
 
-def test_cpu_model_is_the_model_name():
+def test_cpu_model_is_the_model_name_with_family_and_model():
     from pathlib import Path
 
     from edgegen.tracking import cpu_model
 
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
-    if names:
-        assert cpu_model() == names[0] and system_info()["cpu"] == names[0]
+    first = text.split("\n\n", 1)[0].splitlines()
+    field = {ln.split(":", 1)[0].strip(): ln.split(":", 1)[1].strip() for ln in first if ":" in ln}
+    if "model name" in field:
+        expected = field["model name"]
+        if "cpu family" in field and "model" in field:
+            expected += f" (family {field['cpu family']}, model {field['model']})"
+        assert cpu_model() == expected and system_info()["cpu"] == expected
     else:
         assert cpu_model()
+
+
+def test_cpu_model_reads_a_cpuinfo_file(monkeypatch):
+    import builtins
+    import io
+
+    from edgegen.tracking import cpu_model
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu avx2\n\nprocessor\t: 1\ncpu family\t: 99\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open",
+                        lambda p, *a, **k: io.StringIO(text) if p == "/proc/cpuinfo" else real_open(p, *a, **k))
+    assert cpu_model() == "AMD EPYC (family 26, model 2)"
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: io.StringIO("model name\t: Some CPU\n")
+                        if p == "/proc/cpuinfo" else real_open(p, *a, **k))
+    assert cpu_model() == "Some CPU"
 
 
 def test_git_commit_of_a_checkout_or_of_the_build(tmp_path):

@@ -20,7 +20,8 @@ namespace amx_model {
 using amx_model::kAmxBlockRows;
 
 // The INT8 GEMM family's paths. Each computes tiles of up to `rows` rows x `panels` panels of
-// 16 output features over a K range: acc[r][c] (row stride acc_ld) = sum_k a[r][k] * w[c][k],
+// 16 output features (panel_group: how many a call groups) over a K range:
+// acc[r][c] (row stride acc_ld) = sum_k a[r][k] * w[c][k],
 // added to acc when `accumulate`. u7 tells a path that every activation is <= 127 (the AVX2 path
 // needs it for vpmaddubsw; the others are exact on the whole u8 range).
 struct TilePath {
@@ -45,7 +46,7 @@ void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int
                bool accumulate);
 void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const int32_t* row_sum, const GemmOutput& out,
                      int64_t n, int64_t i, int64_t j0);
-// gemm_avx512.cpp: [rows <= 8, 16 x panels <= 2] tiles with vpdpbusd, and their epilogue.
+// gemm_avx512.cpp: [rows <= 8, 16 x panels <= 3] tiles with vpdpbusd, and their epilogue.
 void tile_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride,
                       int panels, int64_t kp, bool u7, int32_t* acc, int64_t acc_ld, bool accumulate);
 void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
@@ -73,6 +74,8 @@ void block_amx(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, c
 #endif
 
 namespace {
+
+constexpr int kMaxPanels = 3;  // the most panels any path's tile takes
 
 void tile_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride, int panels,
                  int64_t kp, bool, int32_t* acc, int64_t acc_ld, bool accumulate) {
@@ -144,11 +147,19 @@ constexpr TilePath kAmxModel{Isa::Amx, kAmxBlockRows, 2, false, &tile_scalar, &s
 #if defined(EDGEGEN_HAVE_AVX2)
 constexpr TilePath kAvx2{Isa::Avx2, 4, 1, true, &tile_avx2_path, &store_avx2_path};
 constexpr TilePath kAvx2Vnni{Isa::Avx2Vnni, 6, 1, false, &tile_avx2_vnni_path, &store_avx2_path};
-constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 2, false, &tile_avx512_vnni, &store_tile_avx512};
+constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 3, false, &tile_avx512_vnni, &store_tile_avx512};
 #endif
 #if defined(EDGEGEN_HAVE_AMX)
 constexpr TilePath kAmx{Isa::Amx, kAmxBlockRows, 2, false, &tile_avx512_vnni, &store_tile_avx512, &block_amx};
 #endif
+
+// Panels per tile for a call with np panels: the path's maximum, except that the AVX-512 VNNI
+// tiles (3 panels, 24 accumulators) take 2 when 3 would leave a 1-panel remainder (conv widths of
+// 64 / 256 channels: 4 / 16 panels), whose single-panel tiles run slower.
+int64_t panel_group(const TilePath& tp, int64_t np) {
+  if (tp.block || tp.panels != 3) return tp.panels;
+  return np % 3 == 1 ? 2 : 3;
+}
 
 // The family's paths (GEMM and convolution): a level without a path of its own takes the next
 // lower one's (a build without the AMX path gives AMX machines the AVX-512 VNNI tiles).
@@ -252,17 +263,19 @@ void gemm_with(const TilePath& tp, const uint8_t* a, int64_t lda, int64_t m, int
         u7 = false;
         break;
       }
-  // Tasks: blocks of up to 64 rows x one group of panels. K is split into blocks so that the
-  // group's weight slices (16 KB) stay in L1 while every row tile of the block passes over them;
-  // the row tiles' accumulators live in a per-task buffer between K blocks.
-  const int64_t pg = tp.panels, groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
-  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = 1024 / pg;
+  // Tasks: blocks of up to 64 rows x one group of panels, row block by row block (the block's
+  // activations stay in L1/L2 while the weights stream). K is split into blocks of up to 2048
+  // (a group's slices <= 96 KB, L2-resident while the block's row tiles pass over them); the row
+  // tiles' accumulators live in a per-task buffer between K blocks. (L1-sized K blocks, 512 per
+  // 2 panels, measured 5-15% slower at K >= 2048 on an AMD Zen 5 and no faster at K = 768.)
+  const int64_t pg = panel_group(tp, np), groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
+  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = 2048;
   parallel_for(row_blocks * groups, num_threads, [&](int64_t task) {
     const int64_t g = task % groups, i0 = (task / groups) * mb, i1 = std::min(m, i0 + mb);
     const int64_t p0 = g * pg, panels = std::min(pg, np - p0);
     const int8_t* panel = packed + p0 * kp * kPanel;
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, n - j0);
-    alignas(64) int32_t accbuf[64 * 2 * kPanel];
+    alignas(64) int32_t accbuf[64 * kMaxPanels * kPanel];
     if (tp.block) {  // accumulators over the whole K (AMX tiles)
       const AmxSegment whole{a + i0 * lda, 0, kp};
       tp.block(&whole, 1, lda, i1 - i0, panel, kp * kPanel, int(panels), kp, accbuf, acc_ld);
@@ -287,7 +300,7 @@ void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t co
                const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias,
                float* out, const int64_t* os, int num_threads) {
   const int64_t np = packed_panels(cout), kp = g.kh * g.kw * g.cp, taps = g.kh * g.kw;
-  const int64_t pg = tp.panels, groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
+  const int64_t pg = panel_group(tp, np), groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
   // Tasks: one output row of one image x one group of panels; pixels in tiles of tp.rows, or in
   // blocks of up to 64 with one K segment per tap (AMX).
   const int64_t step = tp.block ? 64 : tp.rows;
@@ -300,7 +313,7 @@ void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t co
       const int64_t i = t / g.kw, j = t % g.kw;
       return in + ((b * g.in_h + oh * g.sh + i * g.dh) * g.in_w + ow * g.sw + j * g.dw) * g.cp;
     };
-    alignas(64) int32_t acc[64 * 2 * kPanel];
+    alignas(64) int32_t acc[64 * kMaxPanels * kPanel];
     std::vector<AmxSegment> seg(size_t(tp.block ? taps : 0));
     for (int64_t ow = 0; ow < g.out_w; ow += step) {
       const int rows = int(std::min<int64_t>(step, g.out_w - ow));

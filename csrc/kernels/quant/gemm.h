@@ -10,7 +10,7 @@
 // (2 * 255 * 128 > 32767), so it is taken only for activations in [0, 127] (7-bit, what edgegen's
 // quantization produces, like PyTorch's x86 reduce_range) and any larger activation sends the
 // call to an exact path that widens to int16 first (vpmaddwd); AVX-512 VNNI, whose vpdpbusd adds
-// four u8 x s8 products into int32 exactly for the whole u8 range, on [8 rows x 32 features]
+// four u8 x s8 products into int32 exactly for the whole u8 range, on [8 rows x up to 48 features]
 // tiles (one 64-byte weight block per 16 features and 4 k); AMX (gemm_amx_impl.h), tdpbusd on
 // [32 x 32] blocks of tiles that load the same packed weights in place. Results are exact int32
 // on every path.

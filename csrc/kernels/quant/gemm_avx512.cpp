@@ -14,7 +14,8 @@ namespace {
 
 // R rows x P panels of accumulators, kept in registers. vpdpbusd has a latency of several cycles,
 // so with few rows the K loop keeps U independent sets of accumulators (consecutive k quads go
-// to different sets) and adds them at the end: R * P * U <= 16 of the 32 ZMM registers.
+// to different sets) and adds them at the end: R * P * U <= 24 of the 32 ZMM registers (beside
+// P weight vectors and one broadcast). 8 rows x 3 panels: 11 loads per 24 vpdpbusd.
 template <int R, int P, int U>
 void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_t kp, int32_t* acc, int64_t acc_ld,
           bool accumulate) {
@@ -23,7 +24,7 @@ void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_
   for (int u = 0; u < U; ++u)
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
+#pragma GCC unroll 3
       for (int p = 0; p < P; ++p)
         c[u][r][p] = (u == 0 && accumulate) ? _mm512_loadu_si512(acc + r * acc_ld + p * kPanel)
                                             : _mm512_setzero_si512();
@@ -33,34 +34,34 @@ void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
       __m512i w[P];
-#pragma GCC unroll 2
+#pragma GCC unroll 3
       for (int p = 0; p < P; ++p) w[p] = _mm512_loadu_si512(panel + p * ps + (q + u) * 64);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         int32_t quad;
         std::memcpy(&quad, a + r * lda + 4 * (q + u), 4);
         const __m512i av = _mm512_set1_epi32(quad);
-#pragma GCC unroll 2
+#pragma GCC unroll 3
         for (int p = 0; p < P; ++p) c[u][r][p] = _mm512_dpbusd_epi32(c[u][r][p], av, w[p]);
       }
     }
   }
   for (; q < nq; ++q) {
     __m512i w[P];
-#pragma GCC unroll 2
+#pragma GCC unroll 3
     for (int p = 0; p < P; ++p) w[p] = _mm512_loadu_si512(panel + p * ps + q * 64);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       int32_t quad;
       std::memcpy(&quad, a + r * lda + 4 * q, 4);
       const __m512i av = _mm512_set1_epi32(quad);
-#pragma GCC unroll 2
+#pragma GCC unroll 3
       for (int p = 0; p < P; ++p) c[0][r][p] = _mm512_dpbusd_epi32(c[0][r][p], av, w[p]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
+#pragma GCC unroll 3
     for (int p = 0; p < P; ++p) {
       __m512i v = c[0][r][p];
 #pragma GCC unroll 4
@@ -72,7 +73,7 @@ void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_
 template <int P>
 void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int64_t ps, int64_t kp, int32_t* acc,
                int64_t acc_ld, bool accumulate) {
-  constexpr int U1 = 8 / P, U2 = 4 / P, U3 = P == 1 ? 2 : 1;  // independent chains for few rows
+  constexpr int U1 = P == 3 ? 4 : 8 / P, U2 = P == 3 ? 2 : 4 / P, U3 = P == 1 ? 2 : 1;  // independent chains for few rows
   switch (rows) {
     case 8: return tile<8, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
     case 7: return tile<7, P, 1>(a, lda, panel, ps, kp, acc, acc_ld, accumulate);
@@ -89,6 +90,7 @@ void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int
 
 void tile_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int64_t panel_stride, int panels,
                       int64_t kp, bool, int32_t* acc, int64_t acc_ld, bool accumulate) {
+  if (panels == 3) return tile_rows<3>(rows, a, lda, panel, panel_stride, kp, acc, acc_ld, accumulate);
   if (panels == 2) return tile_rows<2>(rows, a, lda, panel, panel_stride, kp, acc, acc_ld, accumulate);
   tile_rows<1>(rows, a, lda, panel, panel_stride, kp, acc, acc_ld, accumulate);
 }

@@ -35,12 +35,22 @@ def git_commit(package_dir: str | os.PathLike | None = None) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+    """The CPU's model name (/proc/cpuinfo) with its x86 family and model numbers when listed:
+    virtual machines often report a bare "AMD EPYC", which hides the generation (family 25 is
+    Zen 3/4, 26 is Zen 5); else what platform reports."""
     try:
         with open("/proc/cpuinfo") as f:
+            fields: dict[str, str] = {}
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+        name = fields.get("model name")
+        if name:
+            if fields.get("cpu family") and fields.get("model"):
+                return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+            return name
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
