@@ -13,7 +13,7 @@ ifeq ($(EDGEGEN_DATA_DIR),)
   endif
 endif
 
-.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile test-py test-wheel docs reproduce bench bench-methods bench-gpu clean
+.PHONY: setup build test test-fast test-cpp test-sanitize test-cuda-compile cuda-compile-check test-py test-wheel docs reproduce bench bench-methods bench-gpu clean
 
 $(VENV)/.ready: requirements-dev.txt
 	bash scripts/install-system-deps.sh
@@ -60,6 +60,11 @@ test-sanitize: setup
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 
 test-cuda-compile: setup
+	@$(MAKE) --no-print-directory cuda-compile-check
+
+# The same without the venv step, for any PYTHON whose torch headers the glue is checked against
+# (scripts/check-torch.sh passes another release's).
+cuda-compile-check:
 	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
 	  cmake -S . -B build/cuda-compile -G Ninja -DEDGEGEN_BUILD_EXTENSION=OFF -DEDGEGEN_CUDA_COMPILE_ONLY=ON && \
 	  cmake --build build/cuda-compile --target edgegen_cuda_kernels && \

@@ -23,7 +23,6 @@ namespace {
 
 constexpr int kThreads = 1024;
 using kernels::kKDMaxTeachers;
-constexpr int kUnroll = 4;
 
 // Element loads/stores and the compute type: float for the 16/32-bit types, double for double.
 __device__ __forceinline__ float as_c(float x) { return x; }
