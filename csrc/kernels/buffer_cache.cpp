@@ -24,7 +24,7 @@ void BufferCache::free_blocks(std::vector<Block>& blocks) {
   blocks.clear();
 }
 
-void* BufferCache::acquire(size_t bytes, size_t* capacity) {
+void* BufferCache::acquire(size_t bytes, size_t* capacity, bool huge_pages) {
   if (bytes == 0 || bytes > SIZE_MAX - kAlign) return nullptr;
   std::vector<Block> stale;
   {
@@ -52,7 +52,7 @@ void* BufferCache::acquire(size_t bytes, size_t* capacity) {
   if (!p) return nullptr;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   // Before the first touch; where THP is "never" this is a harmless no-op.
-  if (huge_pages_) (void)madvise(p, cap, MADV_HUGEPAGE);
+  if (huge_pages_ && huge_pages) (void)madvise(p, cap, MADV_HUGEPAGE);
 #endif
   *capacity = cap;
   return p;

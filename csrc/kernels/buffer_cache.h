@@ -1,5 +1,6 @@
 // Large buffers for outputs that a kernel streams through once, front to back (the KD loss's
-// [N, V] gradient, the fused-linear loss's logit chunks), kept for reuse after they are freed.
+// [N, V] gradient, the fused-linear loss's logit chunks, the attention's output and gradients),
+// kept for reuse after they are freed.
 //
 // A fresh buffer from the OS costs a page fault and a zeroed page per 4 KiB (2 MiB with
 // transparent huge pages) on its first write, which for a memory-bound kernel costs about as much
@@ -37,8 +38,9 @@ class BufferCache {
   ~BufferCache() { clear(); }
 
   // A buffer of at least `bytes` (> 0), kAlign-aligned; its capacity (a multiple of kAlign) goes
-  // to *capacity. nullptr when the allocation fails (the cache is empty then).
-  void* acquire(size_t bytes, size_t* capacity);
+  // to *capacity. nullptr when the allocation fails (the cache is empty then). `huge_pages`: whether
+  // a fresh buffer is advised for transparent huge pages (when the cache allows it at all).
+  void* acquire(size_t bytes, size_t* capacity, bool huge_pages = true);
   // Takes back a buffer acquire() returned, with the capacity it reported. Kept for reuse while
   // enabled (the oldest freed beyond max_blocks), else freed.
   void release(void* p, size_t capacity);

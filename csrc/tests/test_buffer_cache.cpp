@@ -2,7 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -12,6 +15,45 @@ namespace K = edgegen::kernels;
 
 namespace {
 constexpr size_t kMiB = size_t(1) << 20;
+
+// Whether the mapping that holds `p` carries the MADV_HUGEPAGE flag ("hg" in /proc/self/smaps'
+// VmFlags); -1 when smaps cannot be read or holds no such mapping.
+int advised_for_huge_pages(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < line.find(' ')) {
+      inside = a >= lo && a < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return (line + " ").find(" hg ") != std::string::npos ? 1 : 0;
+    }
+  }
+  return -1;
+}
+}  // namespace
+
+// A fresh buffer is advised for transparent huge pages unless the call (or the cache) says not to.
+TEST(BufferCache, HugePageAdviceFollowsTheCallAndTheCache) {
+  if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled"))
+    GTEST_SKIP() << "this kernel has no transparent huge pages (no /sys/kernel/mm/transparent_hugepage)";
+  K::BufferCache cache(4, /*enabled=*/false);
+  size_t cap = 0;
+  void* p = cache.acquire(16 * kMiB, &cap);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(advised_for_huge_pages(p), 1);
+  cache.release(p, cap);
+  p = cache.acquire(16 * kMiB, &cap, /*huge_pages=*/false);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(advised_for_huge_pages(p), 0);
+  cache.release(p, cap);
+  K::BufferCache plain(4, /*enabled=*/false, /*huge_pages=*/false);
+  p = plain.acquire(16 * kMiB, &cap);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(advised_for_huge_pages(p), 0);
+  plain.release(p, cap);
 }
 
 TEST(BufferCache, FreedBufferComesBackForTheSameSize) {

@@ -154,6 +154,38 @@ def test_rows_without_keys_give_zero_and_no_nan():
     assert not torch.isnan(out).any() and torch.equal(out[:, :, 7:], torch.zeros_like(out[:, :, 7:]))
 
 
+def test_reused_buffers_are_written_whole():
+    """Outputs and gradients above 32 MiB come from the buffer cache: a buffer that held another call's
+    results must come back fully overwritten, rows that see no key included (a fresh buffer's zero
+    pages would hide an element the kernel skips)."""
+    import edgegen.memory as mem
+
+    def run(seed):
+        q, k, v = qkv(1, 17, 8192, 64, seed=seed)  # 34 MiB per tensor in float32
+        if seed:
+            q, k, v = (t.detach().mul(50).requires_grad_() for t in (q, k, v))
+        # Queries at 4096.. with a causal window of 300: rows past 4396 see no key of the 8192.
+        out = sliding_window_attention(q, k, v, 300, 0, q_offset=4096)
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        return [out.detach(), *grads]
+
+    was = mem.cache_info()["enabled"]
+    mem.set_buffer_cache_enabled(True)
+    try:
+        mem.empty_cache()
+        first = [t.clone() for t in run(0)]
+        assert all(torch.isfinite(t).all() for t in run(1))  # poison: other values in the buffers
+        hits = mem.cache_info()["hits"]
+        again = run(0)
+        assert mem.cache_info()["hits"] >= hits + 4  # out, dq, dk, dv from the cache
+        assert torch.equal(first[0][:, :, 4400:], torch.zeros_like(first[0][:, :, 4400:]))
+        for name, a, b in zip(("out", "dq", "dk", "dv"), first, again):
+            assert torch.equal(a, b), name
+    finally:
+        mem.empty_cache()
+        mem.set_buffer_cache_enabled(was)
+
+
 def test_thread_count_does_not_change_the_forward():
     q, k, v = qkv(1, 1, 300, 32, grad=False)
     old = torch.get_num_threads()
