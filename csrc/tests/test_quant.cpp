@@ -146,12 +146,15 @@ static void expect_gemm_exact(const GemmFn& gemm, std::initializer_list<std::tup
   }
 }
 
-// Shapes for every path: single values, K and N tails, K of 3072 in one tile (the VNNI K blocks),
-// row counts around the tile heights (4, 8, 16, 32) and the row blocks (64).
+// Shapes for every path: single values, K and N tails, K across the paths' K blocks (1024, 2048)
+// with 1, 2 and 3 panels and 1, 2, 8 rows, the panel groups of the 3-panel tiles (3k + 1 panels
+// as 3s then 2 + 2: N = 50, 112, 208), row counts around the tile heights (4, 8, 16, 32) and the
+// row blocks (64).
 #define EDGEGEN_GEMM_SHAPES                                                                                    \
-  {std::tuple{1, 1, 1}, std::tuple{5, 7, 17}, std::tuple{9, 64, 33}, std::tuple{4, 3072, 16},                 \
-   std::tuple{20, 1030, 50}, std::tuple{67, 36, 70}, std::tuple{33, 130, 32}, std::tuple{16, 64, 16},          \
-   std::tuple{130, 68, 40}}
+  {std::tuple{1, 1, 1},      std::tuple{5, 7, 17},      std::tuple{9, 64, 33},    std::tuple{4, 3072, 16},     \
+   std::tuple{20, 1030, 50}, std::tuple{67, 36, 70},    std::tuple{33, 130, 32},  std::tuple{16, 64, 16},      \
+   std::tuple{130, 68, 40},  std::tuple{9, 4100, 50},   std::tuple{2, 2100, 40},  std::tuple{1, 2100, 48},     \
+   std::tuple{20, 300, 112}, std::tuple{12, 40, 208}}
 
 TEST_P(Int8Path, GemmExactAgainstIntegerLoopsIncludingSaturatingExtremes) {
   expect_gemm_exact(
@@ -478,14 +481,16 @@ static void expect_conv_exact(const ConvFn& conv, int64_t c, int64_t cp, int64_t
 
 TEST_P(Int8Path, DirectConvolutionMatchesIntegerLoops) {
   // 5 channels padded to 8, 7x46 input, 3x3 kernel at stride 2, 37 output channels (three panels,
-  // one partial); 23 columns: tiles of 8 and a rest.
-  expect_conv_exact(
-      [isa = GetParam()](const uint8_t* in, KQ::ConvGeometry g, int64_t co, int32_t zp, const int8_t* packed,
-                         const int32_t* rs, float as, const float* ws, const float* bias, float* out,
-                         const int64_t* os, int threads) {
-        KQ::conv2d_u8s8_isa(isa, in, g, co, zp, packed, rs, as, ws, bias, out, os, threads);
-      },
-      5, 8, 7, 46, 3, 2, 1, 37, 11);
+  // one partial); 23 columns: tiles of 8 and a rest. Then 64 and 112 output channels (4 and 7
+  // panels: the 3-panel tiles' groups of 2 + 2 and 3 + 2 + 2).
+  const ConvFn conv = [isa = GetParam()](const uint8_t* in, KQ::ConvGeometry g, int64_t co, int32_t zp,
+                                         const int8_t* packed, const int32_t* rs, float as, const float* ws,
+                                         const float* bias, float* out, const int64_t* os, int threads) {
+    KQ::conv2d_u8s8_isa(isa, in, g, co, zp, packed, rs, as, ws, bias, out, os, threads);
+  };
+  expect_conv_exact(conv, 5, 8, 7, 46, 3, 2, 1, 37, 11);
+  expect_conv_exact(conv, 12, 12, 5, 13, 3, 1, 1, 64, 15);
+  expect_conv_exact(conv, 12, 12, 5, 13, 3, 1, 1, 112, 16);
 }
 
 // The AMX path's convolution block on the software tile model, on any CPU: one K segment per tap

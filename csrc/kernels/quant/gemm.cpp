@@ -20,7 +20,7 @@ namespace amx_model {
 using amx_model::kAmxBlockRows;
 
 // The INT8 GEMM family's paths. Each computes tiles of up to `rows` rows x `panels` panels of
-// 16 output features (panel_group: how many a call groups) over a K range:
+// 16 output features (PanelGroups: how a call groups them) over a K range:
 // acc[r][c] (row stride acc_ld) = sum_k a[r][k] * w[c][k],
 // added to acc when `accumulate`. u7 tells a path that every activation is <= 127 (the AVX2 path
 // needs it for vpmaddubsw; the others are exact on the whole u8 range).
@@ -38,6 +38,11 @@ struct TilePath {
   // contract.
   void (*block)(const AmxSegment* seg, int64_t nseg, int64_t lda, int64_t rows, const int8_t* panel,
                 int64_t panel_stride, int panels, int64_t kp, int32_t* acc, int64_t acc_ld) = nullptr;
+  // The most K values a `tile` call takes (its accumulators pass through the task's buffer between
+  // K blocks): sized so a group's weight slices stay in L1 (16 KB) for the narrower paths; 2048
+  // for the AVX-512 VNNI tiles (<= 96 KB, from L2), which measured 5-15% faster than L1-sized
+  // blocks at K >= 2048 on an AMD Zen 5 and no slower at K = 768.
+  int64_t k_block = 1024;
 };
 
 #if defined(EDGEGEN_HAVE_AVX2)
@@ -147,19 +152,29 @@ constexpr TilePath kAmxModel{Isa::Amx, kAmxBlockRows, 2, false, &tile_scalar, &s
 #if defined(EDGEGEN_HAVE_AVX2)
 constexpr TilePath kAvx2{Isa::Avx2, 4, 1, true, &tile_avx2_path, &store_avx2_path};
 constexpr TilePath kAvx2Vnni{Isa::Avx2Vnni, 6, 1, false, &tile_avx2_vnni_path, &store_avx2_path};
-constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 3, false, &tile_avx512_vnni, &store_tile_avx512};
+constexpr TilePath kAvx512Vnni{Isa::Avx512Vnni, 8, 3, false, &tile_avx512_vnni, &store_tile_avx512, nullptr, 2048};
 #endif
 #if defined(EDGEGEN_HAVE_AMX)
 constexpr TilePath kAmx{Isa::Amx, kAmxBlockRows, 2, false, &tile_avx512_vnni, &store_tile_avx512, &block_amx};
 #endif
 
-// Panels per tile for a call with np panels: the path's maximum, except that the AVX-512 VNNI
-// tiles (3 panels, 24 accumulators) take 2 when 3 would leave a 1-panel remainder (conv widths of
-// 64 / 256 channels: 4 / 16 panels), whose single-panel tiles run slower.
-int64_t panel_group(const TilePath& tp, int64_t np) {
-  if (tp.block || tp.panels != 3) return tp.panels;
-  return np % 3 == 1 ? 2 : 3;
-}
+// How a call with np panels groups them into tiles: groups of the path's width, except that the
+// AVX-512 VNNI tiles (3 panels, 24 accumulators) end 3k + 1 panels with two groups of 2 rather
+// than a single panel, whose tiles run slower (conv widths of 64 / 256 channels: 4 / 16 panels).
+struct PanelGroups {
+  int64_t width, count, threes;  // groups [0, threes) hold 3 panels, later ones `width` (or fewer)
+  PanelGroups(const TilePath& tp, int64_t np) : width(tp.panels), count(0), threes(0) {
+    if (!tp.block && tp.panels == 3 && np % 3 == 1 && np >= 4) {
+      threes = (np - 4) / 3;
+      width = 2;
+      count = threes + 2;
+    } else {
+      count = (np + width - 1) / width;
+    }
+  }
+  int64_t first(int64_t g) const { return g < threes ? 3 * g : 3 * threes + (g - threes) * width; }
+  int64_t size(int64_t g, int64_t np) const { return std::min(g < threes ? 3 : width, np - first(g)); }
+};
 
 // The family's paths (GEMM and convolution): a level without a path of its own takes the next
 // lower one's (a build without the AMX path gives AMX machines the AVX-512 VNNI tiles).
@@ -264,15 +279,14 @@ void gemm_with(const TilePath& tp, const uint8_t* a, int64_t lda, int64_t m, int
         break;
       }
   // Tasks: blocks of up to 64 rows x one group of panels, row block by row block (the block's
-  // activations stay in L1/L2 while the weights stream). K is split into blocks of up to 2048
-  // (a group's slices <= 96 KB, L2-resident while the block's row tiles pass over them); the row
-  // tiles' accumulators live in a per-task buffer between K blocks. (L1-sized K blocks, 512 per
-  // 2 panels, measured 5-15% slower at K >= 2048 on an AMD Zen 5 and no faster at K = 768.)
-  const int64_t pg = panel_group(tp, np), groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
-  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = 2048;
+  // activations stay in L1/L2 while the weights stream). K is split into the path's blocks
+  // (k_block); the row tiles' accumulators live in a per-task buffer between K blocks.
+  const PanelGroups pgs(tp, np);
+  const int64_t groups = pgs.count, acc_ld = tp.panels * kPanel;
+  const int64_t mb = 64, row_blocks = (m + mb - 1) / mb, kb = tp.k_block;
   parallel_for(row_blocks * groups, num_threads, [&](int64_t task) {
     const int64_t g = task % groups, i0 = (task / groups) * mb, i1 = std::min(m, i0 + mb);
-    const int64_t p0 = g * pg, panels = std::min(pg, np - p0);
+    const int64_t p0 = pgs.first(g), panels = pgs.size(g, np);
     const int8_t* panel = packed + p0 * kp * kPanel;
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, n - j0);
     alignas(64) int32_t accbuf[64 * kMaxPanels * kPanel];
@@ -300,13 +314,14 @@ void conv_with(const TilePath& tp, const uint8_t* in, ConvGeometry g, int64_t co
                const int8_t* packed, const int32_t* row_sum, float a_scale, const float* w_scale, const float* bias,
                float* out, const int64_t* os, int num_threads) {
   const int64_t np = packed_panels(cout), kp = g.kh * g.kw * g.cp, taps = g.kh * g.kw;
-  const int64_t pg = panel_group(tp, np), groups = (np + pg - 1) / pg, acc_ld = pg * kPanel;
+  const PanelGroups pgs(tp, np);
+  const int64_t groups = pgs.count, acc_ld = tp.panels * kPanel;
   // Tasks: one output row of one image x one group of panels; pixels in tiles of tp.rows, or in
   // blocks of up to 64 with one K segment per tap (AMX).
   const int64_t step = tp.block ? 64 : tp.rows;
   parallel_for(g.batch * g.out_h * groups, num_threads, [&](int64_t task) {
     const int64_t gi = task % groups, bo = task / groups, b = bo / g.out_h, oh = bo % g.out_h;
-    const int64_t p0 = gi * pg, panels = std::min(pg, np - p0);
+    const int64_t p0 = pgs.first(gi), panels = pgs.size(gi, np);
     const int8_t* panel = packed + p0 * kp * kPanel;
     const int64_t j0 = p0 * kPanel, cols = std::min<int64_t>(panels * kPanel, cout - j0);
     auto tap_input = [&](int64_t t, int64_t ow) {
