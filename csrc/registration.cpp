@@ -178,19 +178,30 @@ PYBIND11_MODULE(_C, m) {
     return std::string(K::attention::bf16_products_name(K::attention::bf16_products(K::attention::attention_isa())));
   }, "How the attention path taken now multiplies for bf16 inputs: 'amx_bf16' (tdpbf16ps), 'avx512_bf16' "
      "(vdpbf16ps) or 'float'.");
-  m.def("buffer_cache_stats", [] {
-    const K::BufferCacheStats st = K::buffer_cache().stats();
-    std::map<std::string, uint64_t> out;
-    out["held_bytes"] = st.held_bytes;
-    out["held_blocks"] = st.held_blocks;
-    out["hits"] = st.hits;
-    out["misses"] = st.misses;
-    out["enabled"] = st.enabled ? 1 : 0;
+  // The buffer caches (one per pool, kernels/buffer_cache.h), reported and handled together.
+  auto each_pool = [](auto&& f) {
+    for (int i = 0; i < K::kBufferPools; ++i) f(K::buffer_cache(static_cast<K::BufferPool>(i)));
+  };
+  m.def("buffer_cache_stats", [each_pool] {
+    std::map<std::string, uint64_t> out{{"held_bytes", 0}, {"held_blocks", 0}, {"hits", 0}, {"misses", 0}};
+    bool enabled = false;
+    each_pool([&](K::BufferCache& c) {
+      const K::BufferCacheStats st = c.stats();
+      out["held_bytes"] += st.held_bytes;
+      out["held_blocks"] += st.held_blocks;
+      out["hits"] += st.hits;
+      out["misses"] += st.misses;
+      enabled = enabled || st.enabled;
+    });
+    out["enabled"] = enabled ? 1 : 0;
     return out;
-  }, "The buffer cache's state: bytes and buffers held, hits, misses, enabled (0/1).");
-  m.def("empty_buffer_cache", [] { return K::buffer_cache().clear(); },
-        "Frees the buffers the cache holds; returns their bytes.");
-  m.def("set_buffer_cache_enabled", [](bool on) { K::buffer_cache().set_enabled(on); },
+  }, "The buffer caches' state, summed over their pools: bytes and buffers held, hits, misses, enabled (0/1).");
+  m.def("empty_buffer_cache", [each_pool] {
+    size_t freed = 0;
+    each_pool([&](K::BufferCache& c) { freed += c.clear(); });
+    return freed;
+  }, "Frees the buffers the caches hold; returns their bytes.");
+  m.def("set_buffer_cache_enabled", [each_pool](bool on) { each_pool([on](K::BufferCache& c) { c.set_enabled(on); }); },
         "Turns buffer reuse on or off (off frees what is held).");
   m.def("max_isa", [] { return std::string(K::isa_name(K::max_isa())); }, "The current cap.");
   m.def("set_max_isa", [](const std::string& name) {

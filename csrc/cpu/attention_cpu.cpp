@@ -105,15 +105,16 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
 // The output and the backward's gradients, written once, tile by tile. Above glibc's largest
 // dynamic mmap threshold (32 MiB on 64-bit), malloc maps every such buffer afresh, and its page
 // faults took about a fifth of the time at n = 16384 (float32, B = 1, H = 12, d = 64): those come
-// from the buffer cache (cpu/memory.h; fresh ones without the huge-page advice, which cost more
-// than it saved here). Below it, malloc reuses its own heap, and the cache's buffers measured
+// from the buffer cache (cpu/memory.h; attention's own pool, and fresh ones without the huge-page
+// advice, which cost more than it saved here). Below it, malloc reuses its own heap, and the cache's buffers measured
 // slower (bfloat16 at n = 16384, 25 MB each: fwd+bwd 205-217 against 184-195 ms on an AMD Zen 5).
 at::Tensor output_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   constexpr int64_t kMallocMapsAlways = int64_t(32) << 20;
   int64_t bytes = int64_t(opts.dtype().itemsize());
   for (int64_t s : sizes) bytes *= s;
-  return bytes > kMallocMapsAlways ? empty_for_streaming_write(sizes, opts, /*huge_pages=*/false)
-                                   : at::empty(sizes, opts);
+  return bytes > kMallocMapsAlways
+             ? empty_for_streaming_write(sizes, opts, /*huge_pages=*/false, kernels::BufferPool::Attention)
+             : at::empty(sizes, opts);
 }
 
 at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }

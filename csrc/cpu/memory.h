@@ -19,26 +19,29 @@ namespace edgegen {
 // (the KD loss's gradient, N = 2048: 54-68 ms fresh with the advice, 173-177 ms without, on an AMD
 // Zen 5 VM with THP "madvise"); attention's outputs, written tile by tile, lost there (n = 16384
 // forward: 127-149 ms with, 82-100 without, 79-87 through at::empty), so they go without it.
+// `pool`: which of the process's caches (kernels/buffer_cache.h) serves and takes back the buffer.
 inline at::Tensor empty_for_streaming_write(at::IntArrayRef sizes, const at::TensorOptions& opts,
-                                            bool huge_pages = true) {
+                                            bool huge_pages = true,
+                                            kernels::BufferPool pool = kernels::BufferPool::Losses) {
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t bytes = size_t(numel) * opts.dtype().itemsize();
   if (bytes < 4 * kernels::BufferCache::kAlign) return at::empty(sizes, opts);
   size_t capacity = 0;
-  void* p = kernels::buffer_cache().acquire(bytes, &capacity, huge_pages);
+  kernels::BufferCache& cache = kernels::buffer_cache(pool);
+  void* p = cache.acquire(bytes, &capacity, huge_pages);
   if (!p) return at::empty(sizes, opts);  // out of memory: let the allocator report it
   try {
     // Resizable like at::empty's storage: growing it moves the data to the CPU allocator's memory
     // and hands this buffer back to the cache.
     return at::for_blob(p, sizes)
-        .deleter([capacity](void* q) { kernels::buffer_cache().release(q, capacity); })
+        .deleter([capacity, pool](void* q) { kernels::buffer_cache(pool).release(q, capacity); })
         .options(opts)
         .allocator(c10::GetCPUAllocator())
         .resizeable_storage()
         .make_tensor();
   } catch (...) {
-    kernels::buffer_cache().release(p, capacity);
+    cache.release(p, capacity);
     throw;
   }
 }

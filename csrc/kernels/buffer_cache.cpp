@@ -115,16 +115,31 @@ BufferCacheStats BufferCache::stats() const {
 void BufferCache::lock_for_fork() { mu_.lock(); }
 void BufferCache::unlock_after_fork() { mu_.unlock(); }
 
-BufferCache& buffer_cache() {
-  static BufferCache* cache = [] {
-    auto* c = new BufferCache(4, !env_off("EDGEGEN_BUFFER_CACHE"), !env_off("EDGEGEN_HUGEPAGES"));
-    // A fork (a DataLoader worker, say) while another thread holds the lock would leave the
-    // child's copy locked for good: take it around fork, release it on both sides.
-    pthread_atfork([] { buffer_cache().lock_for_fork(); }, [] { buffer_cache().unlock_after_fork(); },
-                   [] { buffer_cache().unlock_after_fork(); });
+namespace {
+
+BufferCache** pools() {
+  static BufferCache** all = [] {
+    static BufferCache* c[kBufferPools];
+    for (BufferCache*& p : c) p = new BufferCache(4, !env_off("EDGEGEN_BUFFER_CACHE"), !env_off("EDGEGEN_HUGEPAGES"));
+    // A fork (a DataLoader worker, say) while another thread holds a lock would leave the child's
+    // copy locked for good: take the locks around fork, release them on both sides.
+    pthread_atfork(
+        [] {
+          for (int i = 0; i < kBufferPools; ++i) pools()[i]->lock_for_fork();
+        },
+        [] {
+          for (int i = 0; i < kBufferPools; ++i) pools()[i]->unlock_after_fork();
+        },
+        [] {
+          for (int i = 0; i < kBufferPools; ++i) pools()[i]->unlock_after_fork();
+        });
     return c;
   }();
-  return *cache;
+  return all;
 }
+
+}  // namespace
+
+BufferCache& buffer_cache(BufferPool pool) { return *pools()[static_cast<int>(pool)]; }
 
 }  // namespace edgegen::kernels

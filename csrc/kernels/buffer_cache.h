@@ -69,8 +69,12 @@ class BufferCache {
   uint64_t hits_ = 0, misses_ = 0;
 };
 
-// The process's cache: EDGEGEN_BUFFER_CACHE=0 starts it disabled, EDGEGEN_HUGEPAGES=0 turns the
-// huge-page advice off. Never destroyed (tensors freed at exit still hand buffers back to it).
-BufferCache& buffer_cache();
+// The process's caches, one per pool: the losses' gradients and chunks, and attention's outputs and
+// gradients, so that a step that uses both does not free the other's buffers on its misses.
+// EDGEGEN_BUFFER_CACHE=0 starts them disabled, EDGEGEN_HUGEPAGES=0 turns the huge-page advice off.
+// Never destroyed (tensors freed at exit still hand buffers back to them).
+enum class BufferPool { Losses = 0, Attention = 1 };
+constexpr int kBufferPools = 2;
+BufferCache& buffer_cache(BufferPool pool = BufferPool::Losses);
 
 }  // namespace edgegen::kernels

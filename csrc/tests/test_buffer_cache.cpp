@@ -174,3 +174,26 @@ TEST(BufferCache, ConcurrentAcquireAndRelease) {
   EXPECT_EQ(st.hits + st.misses, 800u);
   EXPECT_LE(st.held_blocks, 3u);
 }
+
+// The process's pools are separate caches: a miss of another size in one (which frees what that
+// pool holds) leaves the other's buffers held.
+TEST(BufferCache, PoolsDoNotFreeEachOthersBuffers) {
+  K::BufferCache& attention = K::buffer_cache(K::BufferPool::Attention);
+  K::BufferCache& losses = K::buffer_cache(K::BufferPool::Losses);
+  ASSERT_NE(&attention, &losses);
+  attention.set_enabled(true);
+  losses.set_enabled(true);
+  size_t ca = 0, cl = 0;
+  void* a = attention.acquire(40 * kMiB, &ca);
+  ASSERT_NE(a, nullptr);
+  attention.release(a, ca);
+  void* l = losses.acquire(90 * kMiB, &cl);  // a miss of another size in the other pool
+  ASSERT_NE(l, nullptr);
+  EXPECT_EQ(attention.stats().held_blocks, 1u);
+  size_t ca2 = 0;
+  EXPECT_EQ(attention.acquire(40 * kMiB, &ca2), a);
+  attention.release(a, ca2);
+  losses.release(l, cl);
+  attention.clear();
+  losses.clear();
+}

@@ -5,9 +5,11 @@ output and gradients are written once, front to back. A fresh buffer from the OS
 and a zeroed page on its first write: for the memory-bound KD loss about as much as the kernel
 itself, for attention at n = 16384 about a fifth of the time. A training loop frees such a buffer every
 step (during backward, or at ``optimizer.zero_grad()``) and asks for one of the same size the
-next: edgegen keeps up to four freed buffers of 8 MiB and more and hands one back when the size
-matches within a quarter, as PyTorch's CUDA caching allocator does on GPUs. A request of another
-size frees whatever is held first, so the cache never holds more than what was freed since then.
+next: edgegen keeps up to four freed buffers of 8 MiB and more (attention: above 32 MiB, in a pool of
+its own, so that a step using both keeps both) and hands one back when the size matches within a
+quarter, as PyTorch's CUDA caching allocator does on GPUs. A request of another size frees whatever
+its pool holds first, so a pool never holds more than what was freed since then. The functions
+below report and act on both pools together.
 What it holds is invisible to torch's memory statistics: :func:`cache_info` shows it and
 :func:`empty_cache` returns it (before evaluation, say).
 
