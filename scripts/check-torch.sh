@@ -23,4 +23,8 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --no-build-isolation --no-deps -e . --config-settings=build-dir="$ROOT/build"
 "$PY" -c "import torch, edgegen; print('torch', torch.__version__, '(CUDA', torch.version.cuda, 'build) | edgegen', edgegen.__version__, '| CPU paths', edgegen.kernel_paths())"
 make --no-print-directory cuda-compile-check PYTHON="$PY"
+# The real data staged beside the checkout (read-only), for the smoke tests that need it, as in CI.
+if [ -z "${EDGEGEN_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export EDGEGEN_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
 "$PY" -m pytest tests -q -p no:cacheprovider "$@"
