@@ -105,17 +105,10 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
 // The output and the backward's gradients, written once, tile by tile. Above glibc's largest
 // dynamic mmap threshold (32 MiB on 64-bit), malloc maps every such buffer afresh, and its page
 // faults took about a fifth of the time at n = 16384 (float32, B = 1, H = 12, d = 64): those come
-// from the buffer cache (cpu/memory.h; attention's own pool, and fresh ones without the huge-page
-// advice, which cost more than it saved here). Below it, malloc reuses its own heap, and the cache's buffers measured
-// slower (bfloat16 at n = 16384, 25 MB each: fwd+bwd 205-217 against 184-195 ms on an AMD Zen 5).
-at::Tensor output_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  constexpr int64_t kMallocMapsAlways = int64_t(32) << 20;
-  int64_t bytes = int64_t(opts.dtype().itemsize());
-  for (int64_t s : sizes) bytes *= s;
-  return bytes > kMallocMapsAlways
-             ? empty_for_streaming_write(sizes, opts, /*huge_pages=*/false, kernels::BufferPool::Attention)
-             : at::empty(sizes, opts);
-}
+// from the buffer cache, in attention's own pool and without the huge-page advice (cpu/memory.h).
+// Below it, malloc reuses its own heap, and the cache's buffers measured slower (bfloat16 at
+// n = 16384, 25 MB each: fwd+bwd 205-217 against 184-195 ms on an AMD Zen 5).
+const StreamingWrite kAttentionOutput{(size_t(32) << 20) + 1, false, kernels::BufferPool::Attention};
 
 at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -127,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> sliding_window_attention_cpu(const at::Tensor
                                                                 int64_t block_size) {
   const Call call = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
   const auto& p = call.p;
-  at::Tensor out = output_buffer({p.B, p.H, p.nq, p.d}, q.options());
+  at::Tensor out = empty_for_streaming_write({p.B, p.H, p.nq, p.d}, q.options(), kAttentionOutput);
   at::Tensor lse = at::empty({p.B, p.H, p.nq}, q.options().dtype(lse_dtype(q)));
   if (out.numel() > 0) KA::forward(p, out.mutable_data_ptr(), lse.mutable_data_ptr());
   return {out, lse};
@@ -140,9 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sliding_window_attention_backward
   const Call call = make_call(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size);
   const auto& p = call.p;
   attention_args::check_backward_inputs(grad_out, out, lse, q, lse_dtype(q), check_cpu);
-  at::Tensor dq = output_buffer({p.B, p.H, p.nq, p.d}, q.options());
-  at::Tensor dk = output_buffer({p.B, p.H, p.nk, p.d}, q.options());
-  at::Tensor dv = output_buffer({p.B, p.H, p.nk, p.d}, q.options());
+  at::Tensor dq = empty_for_streaming_write({p.B, p.H, p.nq, p.d}, q.options(), kAttentionOutput);
+  at::Tensor dk = empty_for_streaming_write({p.B, p.H, p.nk, p.d}, q.options(), kAttentionOutput);
+  at::Tensor dv = empty_for_streaming_write({p.B, p.H, p.nk, p.d}, q.options(), kAttentionOutput);
   if (p.B * p.H * p.d > 0 && (p.nq > 0 || p.nk > 0)) {
     const at::Tensor lc = lse.contiguous();
     KA::backward(p, strided(grad_out), strided(out), lc.const_data_ptr(), dq.mutable_data_ptr(),
