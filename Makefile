@@ -72,7 +72,7 @@ cuda-compile-check:
 	    $(CXX_CHECK) -std=c++17 -fsyntax-only -w $$($(PYTHON) -c "import torch.utils.cpp_extension as c; \
 	      print(' '.join('-I' + p for p in c.include_paths()))") -I csrc -I $(CUDA_HOME)/include $$f || exit 1; \
 	  done && \
-	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX), their ATen glue checked against the installed torch headers; they run only on a GPU (scripts/gpu-check.sh)"; \
+	  echo "CUDA kernels compiled for sm_80 and sm_90 (+ compute_90 PTX), their ATen glue checked against the installed torch headers (their device code runs on the host emulator in test-cpp; for speed: scripts/gpu-check.sh)"; \
 	else echo "test-cuda-compile: skipped, no nvcc on this machine"; fi
 
 # The inner loop: the Python suite without the slow and integration tests (CI runs everything).

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/launch.h"
 
 namespace edgegen::kernels::cuda {
 namespace {
@@ -28,11 +29,15 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <class T> struct Mma;
 template <> struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#ifdef EDGEGEN_CUDA_EMULATE
+    ::edgegen_cuda_emulator::mma_m16n8k16(c, a, b0, b1, true);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -42,11 +47,15 @@ template <> struct Mma<__nv_bfloat16> {
 };
 template <> struct Mma<__half> {
   static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#ifdef EDGEGEN_CUDA_EMULATE
+    ::edgegen_cuda_emulator::mma_m16n8k16(c, a, b0, b1, false);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
@@ -62,10 +71,14 @@ __device__ __forceinline__ uint32_t ld32(const T* p) {
 // Four transposed 8x8 blocks of 16-bit values from shared memory (rows 16-byte aligned).
 template <class T>
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const T* p) {
+#ifdef EDGEGEN_CUDA_EMULATE
+  ::edgegen_cuda_emulator::ldmatrix_x4_trans(r, p);
+#else
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+#endif
 }
 
 __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -238,7 +251,7 @@ __device__ __forceinline__ const T* head_ptr(const AttnTensor& a, int64_t b, int
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   constexpr int LD = D + 8;  // padded row pitch: conflict-free 32-bit fragment loads
-  extern __shared__ __align__(16) unsigned char smem[];
+  EDGEGEN_DYNAMIC_SHARED(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sK = sQ + kTile * LD;
   T* sV = sK + kTile * LD;
@@ -328,7 +341,7 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A) {
   constexpr int LD = D + 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  EDGEGEN_DYNAMIC_SHARED(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sO = sQ + kTile * LD;  // dO
   T* sK = sO + kTile * LD;
@@ -398,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args A) {
   constexpr int LD = D + 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  EDGEGEN_DYNAMIC_SHARED(smem);
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + kTile * LD;
   T* sQ = sV + kTile * LD;
@@ -541,7 +554,7 @@ int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t st
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return int(e);
   }
-  kernel<<<grid, kThreads, smem, stream>>>(a);
+  EDGEGEN_LAUNCH(kernel, grid, kThreads, smem, stream, a);
   return int(cudaGetLastError());
 }
 
@@ -577,7 +590,8 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
   {
     const dim3 grid(unsigned((p.H * p.nq + kWarps - 1) / kWarps), unsigned(p.B));
     if (grid.x > 0 && grid.y > 0) {
-      attn_delta_kernel<T, D><<<grid, kThreads, 0, stream>>>(a, out, delta);
+      auto kernel = attn_delta_kernel<T, D>;
+      EDGEGEN_LAUNCH(kernel, grid, kThreads, 0, stream, a, out, delta);
       const int e = int(cudaGetLastError());
       if (e) return e;
     }

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/kd_loss_cuda.h"
+#include "kernels/cuda/launch.h"
 
 namespace edgegen::kernels::cuda {
 namespace {
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
   using A = typename Compute<T>::type;
   constexpr int VN = Vec<T>::N;
   constexpr A kNegInf = A(-INFINITY);
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  EDGEGEN_DYNAMIC_SHARED(smem_raw);
   T* cache = reinterpret_cast<T*>(smem_raw);
   __shared__ A scratch[4][32];
   __shared__ A s_target;
@@ -381,7 +382,7 @@ int launch_typed(const Params& prm, size_t smem, int grid, cudaStream_t stream) 
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return int(e);
   }
-  kernel<<<grid, kThreads, smem, stream>>>(prm);
+  EDGEGEN_LAUNCH(kernel, grid, kThreads, smem, stream, prm);
   return int(cudaGetLastError());
 }
 

@@ -1,0 +1,195 @@
+// A host emulator of what the kernels of kernels/cuda use of CUDA, so that their device code runs,
+// and is tested, on a machine without a GPU (csrc/tests/test_cuda_emulated.cpp). A correctness
+// tool, not a fast one: every CUDA thread is a fiber, all of them run in turn on the calling
+// thread.
+//
+// A .cu file compiled as C++ with EDGEGEN_CUDA_EMULATE defined and this folder first on the include
+// path (its cuda_runtime.h, cuda_bf16.h and cuda_fp16.h stand in for the toolkit's) launches through
+// EDGEGEN_LAUNCH (kernels/cuda/launch.h) into launch() below, which runs the blocks of the grid one
+// after the other. A block's threads switch only at __syncthreads and at the warp-collective
+// operations (__shfl_xor_sync; mma.sync m16n8k16 and ldmatrix .x4 .trans with the fragment layouts
+// of the PTX ISA); between those, they run in index order (or in reverse: set_schedule), so a
+// missing __syncthreads shows up as a thread reading shared memory another one has not written yet.
+// Dynamic shared memory is filled with 0xff bytes (NaN in every float type) at each block's start.
+//
+// A fault ends the launch, which then returns cudaErrorLaunchFailure, and last_fault() says what
+// happened: a __syncthreads that not every live thread of the block reaches (a deadlock) or that
+// comes after a thread of the block exited; a warp-collective operation that not all 32 lanes
+// reach, or that they reach at different operations, or with a partial mask; an ldmatrix address
+// outside the block's dynamic shared memory or not 16-byte aligned. Launch errors as CUDA gives
+// them: a block of more than 1024 threads or an empty grid (cudaErrorInvalidConfiguration), more
+// dynamic shared memory than 48 KiB without cudaFuncSetAttribute allowing it, or than the device
+// has (cudaErrorInvalidValue). Device attributes: an H100's (132 SMs, 227 KiB of shared memory
+// per block) unless a test sets others.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "../../dtypes.h"
+
+// ------------------------------------------------------------------ CUDA's vector types and runtime
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+enum cudaError_t : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchFailure = 719,
+};
+enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr : int { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+
+const char* cudaGetErrorString(cudaError_t error);
+cudaError_t cudaGetLastError();
+cudaError_t cudaGetDevice(int* device);
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+
+// ------------------------------------------------------------------------------- 16-bit floats
+struct __nv_bfloat16 {
+  uint16_t x;
+  operator float() const { return edgegen::kernels::to_float(edgegen::kernels::bf16_t{x}); }
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+struct __half {
+  uint16_t x;
+  operator float() const { return edgegen::kernels::to_float(edgegen::kernels::fp16_t{x}); }
+};
+struct __half2 {
+  __half x, y;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{edgegen::kernels::to_bf16(f).bits}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return __nv_bfloat162{__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
+inline __half __float2half_rn(float f) { return __half{edgegen::kernels::to_fp16(f).bits}; }
+inline float __half2float(__half h) { return float(h); }
+inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__float2half_rn(lo), __float2half_rn(hi)}; }
+
+// ---------------------------------------------------------------------------------- the emulator
+namespace edgegen_cuda_emulator {
+
+enum class Schedule { Forward, Reverse };  // the order threads run in between synchronisations
+void set_schedule(Schedule s);
+
+struct Device {
+  int sms = 132;
+  int max_shared_per_block = 227 * 1024;  // the opt-in limit (cudaFuncSetAttribute)
+};
+void set_device(const Device& d);
+const Device& device();
+
+// What ended the last faulting launch ("" if none since clear_fault()).
+const std::string& last_fault();
+void clear_fault();
+
+// Counts since the last reset, for tests that check what ran.
+struct Counters {
+  int64_t launches = 0, blocks = 0, syncthreads = 0, collectives = 0;
+};
+const Counters& counters();
+void reset_counters();
+
+struct Thread {
+  uint3 thread_idx, block_idx;
+  dim3 block_dim, grid_dim;
+};
+const Thread& current();
+
+void syncthreads();
+unsigned char* dynamic_shared();
+
+// Warp-collective operations (all 32 lanes, full mask).
+enum class Op : int { Shfl = 1, MmaBf16, MmaF16, LdmatrixX4Trans };
+constexpr size_t kSlotBytes = 32;
+// Every lane deposits `bytes` of `in` and receives all 32 lanes' deposits in `all`.
+void warp_exchange(Op op, const void* in, size_t bytes, unsigned char (*all)[kSlotBytes]);
+unsigned lane_id();
+
+void check_shfl(unsigned mask, int width);  // faults unless a full warp shuffles
+
+template <class T>
+T shfl_xor(unsigned mask, T v, int lane_mask, int width) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= kSlotBytes, "value too large for a shuffle");
+  check_shfl(mask, width);
+  unsigned char all[32][kSlotBytes];
+  warp_exchange(Op::Shfl, &v, sizeof(T), all);
+  T r;
+  std::memcpy(&r, all[(lane_id() ^ unsigned(lane_mask)) & 31u], sizeof(T));
+  return r;
+}
+
+// D = A B + C for one m16n8k16 tile (f32 accumulators), fragments as mma.sync holds them.
+void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, bool bf16);
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: this lane's row address.
+void ldmatrix_x4_trans(uint32_t r[4], const void* row);
+
+// Runs body() as every thread of every block of the grid (see the file comment). Returns a
+// cudaError_t.
+int run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& body);
+int set_max_dynamic_shared(const void* kernel, int bytes);
+
+template <class... P, class... A>
+int launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "a kernel launch passes every parameter");
+  const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);  // by value, as a launch does
+  return run_grid(reinterpret_cast<const void*>(kernel), grid, block, smem, [&] { std::apply(kernel, params); });
+}
+
+}  // namespace edgegen_cuda_emulator
+
+template <class F>
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return cudaError_t(edgegen_cuda_emulator::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value));
+}
+
+// ------------------------------------------------------------------------ device-code spellings
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __shared__ static  // one copy per kernel instantiation: blocks run one at a time
+#define threadIdx (::edgegen_cuda_emulator::current().thread_idx)
+#define blockIdx (::edgegen_cuda_emulator::current().block_idx)
+#define blockDim (::edgegen_cuda_emulator::current().block_dim)
+#define gridDim (::edgegen_cuda_emulator::current().grid_dim)
+
+inline void __syncthreads() { edgegen_cuda_emulator::syncthreads(); }
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return edgegen_cuda_emulator::shfl_xor(mask, v, lane_mask, width);
+}
+template <class T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+float __expf(float x);
