@@ -1,6 +1,6 @@
 // CUDA glue for sliding-window + global-token attention: validate, describe the strided inputs,
 // call the torch-free tensor-core kernels on torch's current stream. The native kernels take
-// bfloat16/float16 with head_dim 64 or 128 and no block layout; edgegen.ops routes every other
+// bfloat16/float16 with head_dim 32, 64, 80, 96 or 128 and no block layout; edgegen.ops routes every other
 // call on CUDA to FlexAttention or the reference before it gets here (see ops/_fallback.py).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -63,8 +63,8 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
   const bool half = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
   TORCH_CHECK_NOT_IMPLEMENTED(
       half && KC::attention_cuda_supports(int(q.size(3))) && !layout.has_value() && block_size == 0,
-      "edgegen::sliding_window_attention: the native CUDA kernel takes bfloat16/float16 inputs with head_dim 64 "
-      "or 128 and no block layout, got ", q.scalar_type(), " with head_dim ", q.size(3),
+      "edgegen::sliding_window_attention: the native CUDA kernel takes bfloat16/float16 inputs with head_dim 32, "
+      "64, 80, 96 or 128 and no block layout, got ", q.scalar_type(), " with head_dim ", q.size(3),
       layout.has_value() ? " and a block layout" : "",
       "; call it through edgegen.attention (or with autograd), which routes such inputs to FlexAttention or the "
       "reference");

@@ -301,6 +301,22 @@ TEST_P(CudaEmulatedAttention, WindowsGlobalsAndHeadSizes) {
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
+// The other head sizes with kernels: 32, 80 (5 k-steps of 16: an odd count) and 96; one a size
+// without them is refused.
+TEST_P(CudaEmulatedAttention, OtherHeadSizes) {
+  for (int64_t d : {32, 80, 96}) {
+    AttnCase a;
+    a.dtype = GetParam();
+    a.c.H = 1, a.c.nq = a.c.nk = 140, a.c.d = d, a.c.window = 45, a.c.num_global = 2, a.c.causal = d != 80;
+    SCOPED_TRACE(d);
+    check_attention(a, kTol, rel_for(a.dtype));
+  }
+  for (int d : {16, 48, 112, 256}) EXPECT_FALSE(KC::attention_cuda_supports(d)) << d;
+  KC::AttnProblem p;
+  p.d = 48;
+  EXPECT_EQ(KC::attention_forward_cuda(p, nullptr, nullptr, nullptr), cudaErrorInvalidValue);
+}
+
 // Decode steps and chunks (queries at the end of the keys), and rows that see no key at all
 // (output 0, lse -inf, no gradient).
 TEST_P(CudaEmulatedAttention, OffsetsAndRowsWithoutKeys) {

@@ -1,5 +1,5 @@
 """Sliding-window attention on CUDA against the float64 reference on the CPU: the native
-tensor-core kernels (bfloat16/float16, head_dim 64/128) forward and backward over windows, global
+tensor-core kernels (bfloat16/float16, head_dim 32, 64, 80, 96, 128) forward and backward over windows, global
 tokens, causal and not, lengths off the tile grid, decode offsets and rows with no key; the
 FlexAttention and reference routes for everything else; every output element written; memory
 linear in n; bad input."""
@@ -11,6 +11,7 @@ import torch
 
 import edgegen  # noqa: F401
 from edgegen.attention import block_sparse_attention, sliding_window_attention
+from edgegen.ops._fallback import NATIVE_HEAD_DIMS
 from edgegen.ops._reference import sliding_window_attention_reference
 from tests.cuda.conftest import native
 
@@ -87,9 +88,25 @@ def test_native_matches_reference(case, dtype):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-def test_native_head_dim_128(causal):
-    q, k, v = _qkv(1, 2, 200, 128, torch.bfloat16)
+@pytest.mark.parametrize("d", [d for d in NATIVE_HEAD_DIMS if d != 64])
+def test_native_other_head_dims(d, causal):
+    q, k, v = _qkv(1, 2, 200, d, torch.bfloat16)
     _check(q, k, v, torch.bfloat16, 70, 3, causal)
+
+
+def test_native_head_dims_are_the_kernels():
+    """The head sizes routed to the native kernels are exactly those the op takes on CUDA."""
+    if not native("sliding_window_attention"):
+        pytest.skip("this build has no native CUDA attention (EDGEGEN_CUDA=OFF)")
+    for d in (16, 32, 48, 64, 80, 96, 112, 128, 256):
+        q = torch.randn(1, 1, 8, d, device=DEV, dtype=torch.bfloat16)
+        call = lambda: torch.ops.edgegen.sliding_window_attention(q, q, q, 4, 0, True, None, 0, None, 0)  # noqa: E731
+        if d in NATIVE_HEAD_DIMS:
+            out, _ = call()
+            assert out.shape == q.shape
+        else:
+            with pytest.raises(NotImplementedError, match="head_dim"):
+                call()
 
 
 @pytest.mark.parametrize("num_global,causal", [(4, True), (70, True), (3, False)],

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/launch.h"
@@ -615,20 +616,32 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
                 tiles, a, stream);
 }
 
+// Calls f(T{}, std::integral_constant<int, D>{}) for the problem's element type T and head size
+// D; cudaErrorInvalidValue for a head size without kernels (attention_cuda_supports).
+template <class F>
+int with_types(const AttnProblem& p, const F& f) {
+  auto for_d = [&](auto tag) -> int {
+    switch (p.d) {
+      case 32: return f(tag, std::integral_constant<int, 32>{});
+      case 64: return f(tag, std::integral_constant<int, 64>{});
+      case 80: return f(tag, std::integral_constant<int, 80>{});
+      case 96: return f(tag, std::integral_constant<int, 96>{});
+      case 128: return f(tag, std::integral_constant<int, 128>{});
+    }
+    return int(cudaErrorInvalidValue);
+  };
+  return p.dtype == AttnDType::BF16 ? for_d(__nv_bfloat16{}) : for_d(__half{});
+}
+
 }  // namespace
 
-bool attention_cuda_supports(int d) { return d == 64 || d == 128; }
+bool attention_cuda_supports(int d) { return d == 32 || d == 64 || d == 80 || d == 96 || d == 128; }
 
 int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  if (p.dtype == AttnDType::BF16) {
-    if (p.d == 64) return forward_typed<__nv_bfloat16, 64>(p, out, lse, st);
-    if (p.d == 128) return forward_typed<__nv_bfloat16, 128>(p, out, lse, st);
-  } else {
-    if (p.d == 64) return forward_typed<__half, 64>(p, out, lse, st);
-    if (p.d == 128) return forward_typed<__half, 128>(p, out, lse, st);
-  }
-  return int(cudaErrorInvalidValue);
+  return with_types(p, [&](auto tag, auto d) {
+    return forward_typed<decltype(tag), decltype(d)::value>(p, out, lse, st);
+  });
 }
 
 size_t attention_backward_workspace_bytes(const AttnProblem& p) {
@@ -641,14 +654,10 @@ int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, co
                             const float* lse, float* delta, void* dq, void* dk, void* dv, void* workspace,
                             void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  if (p.dtype == AttnDType::BF16) {
-    if (p.d == 64) return backward_typed<__nv_bfloat16, 64>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
-    if (p.d == 128) return backward_typed<__nv_bfloat16, 128>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
-  } else {
-    if (p.d == 64) return backward_typed<__half, 64>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
-    if (p.d == 128) return backward_typed<__half, 128>(p, grad_out, out, lse, delta, dq, dk, dv, workspace, st);
-  }
-  return int(cudaErrorInvalidValue);
+  return with_types(p, [&](auto tag, auto d) {
+    return backward_typed<decltype(tag), decltype(d)::value>(p, grad_out, out, lse, delta, dq, dk, dv, workspace,
+                                                               st);
+  });
 }
 
 }  // namespace edgegen::kernels::cuda

@@ -26,7 +26,7 @@ struct AttnTensor {
 struct AttnProblem {
   AttnDType dtype = AttnDType::BF16;
   int64_t B = 0, H = 0, nq = 0, nk = 0;
-  int d = 64;  // 64 or 128
+  int d = 64;  // 32, 64, 80, 96 or 128 (attention_cuda_supports)
   int64_t window = 1, num_global = 0, q_offset = 0;  // window clamped by the caller to <= nk + q_offset + nq
   bool causal = true;
   float scale = 0.125f;

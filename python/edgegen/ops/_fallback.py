@@ -9,7 +9,7 @@ precedence for their devices, and these serve the rest.
   in row chunks, the gradient written once into the output and no other [N, V] intermediate; the
   attention ops through the O(n^2) reference (out, lse) and an analytic backward.
 * ``AutogradCUDA`` for the attention ops: the native CUDA kernels (when built) for what they take
-  (bfloat16/float16, head_dim 64 or 128, no block layout), FlexAttention (compiled, block mask
+  (bfloat16/float16, head_dim 32, 64, 80, 96 or 128, no block layout), FlexAttention (compiled, block mask
   cached per pattern) for what it takes, the reference for the rest; so a GPU runs the O(n^2)
   twin only where nothing else applies. Registered at the autograd level because FlexAttention
   brings its own backward.
@@ -372,10 +372,15 @@ def _flex_or_reference(q, k, v, window, num_global, causal, scale, q_offset, blo
     return out, lse.detach().float()
 
 
+# The head sizes the native CUDA attention kernels are built for (attention_cuda_supports in
+# csrc/kernels/cuda/attention.cu; tests/cuda checks that the two agree).
+NATIVE_HEAD_DIMS = (32, 64, 80, 96, 128)
+
+
 def _native_applies(q, block_layout) -> bool:
-    """The native CUDA kernels take bfloat16/float16, head_dim 64 or 128, no block layout."""
+    """The native CUDA kernels take bfloat16/float16, the head sizes of ``NATIVE_HEAD_DIMS``, no block layout."""
     return (_has_kernel("sliding_window_attention", "CUDA") and q.dtype in (torch.bfloat16, torch.float16)
-            and q.shape[-1] in (64, 128) and block_layout is None)
+            and q.shape[-1] in NATIVE_HEAD_DIMS and block_layout is None)
 
 
 class _NativeAttention(torch.autograd.Function):
