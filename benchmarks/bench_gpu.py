@@ -3,7 +3,8 @@
 * KD loss forward + backward (the student gradient), N x V logits: edgegen's row kernel vs the
   same loss written in PyTorch (eager) and that code under torch.compile; achieved bandwidth of the
   minimum traffic (read both logits, write the gradient) against a measured device-to-device copy.
-* Sliding-window + global-token attention forward + backward (and forward alone): edgegen vs
+* Sliding-window + global-token attention forward + backward (and forward alone): edgegen (its
+  default kernels, and the cp.async double-buffered ones: EDGEGEN_CUDA_ATTENTION_PIPELINE=1) vs
   FlexAttention with a block mask of the same pattern (compiled) and dense causal SDPA (flash).
 * INT8 linear (torch._int_mm behind Int8Linear) vs the float layer, for the record.
 
@@ -17,6 +18,7 @@ Usage: python benchmarks/bench_gpu.py [--quick] [--csv PATH]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -124,8 +126,11 @@ def bench_attention(rows, n, window, num_global, quick):
     q, k, v = (torch.randn(1, H, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     go = torch.randn(1, H, n, d, device="cuda", dtype=dtype)
     flex = flex_runner(n, window, num_global)
+    swa = lambda: sliding_window_attention(q, k, v, window, num_global)  # noqa: E731
     providers = {
-        "edgegen": lambda: sliding_window_attention(q, k, v, window, num_global),
+        "edgegen": swa,
+        # The cp.async double-buffered kernels (EDGEGEN_CUDA_ATTENTION_PIPELINE=1, read per call).
+        "edgegen-pipelined": swa,
         "flex": lambda: flex(q, k, v),
         "sdpa-dense": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
     }
@@ -134,6 +139,8 @@ def bench_attention(rows, n, window, num_global, quick):
     times = {}
     for mode in ("fwd", "fwd+bwd"):
         for name, fn in providers.items():
+            os.environ["EDGEGEN_CUDA_ATTENTION_PIPELINE"] = "1" if name == "edgegen-pipelined" else "0"
+
             def run():
                 for x in (q, k, v):
                     x.grad = None
@@ -149,9 +156,11 @@ def bench_attention(rows, n, window, num_global, quick):
                              p80_ms=f"{p80:.3f}", peak_mb=f"{mb:.0f}", gflops=f"{flops / (p50 * 1e-3) / 1e9:.0f}"))
             print(f"attention n={n:6d} {mode:8s} {name:10s} {p50:8.3f} ms  peak {mb:7.0f} MB  "
                   f"{flops / (p50 * 1e-3) / 1e12:6.1f} TFLOP/s useful", flush=True)
-        e = times[(mode, "edgegen")]
-        print(f"  {mode}: edgegen vs flex {times[(mode, 'flex')] / e:.2f}x, vs dense SDPA "
-              f"{times[(mode, 'sdpa-dense')] / e:.2f}x", flush=True)
+        os.environ.pop("EDGEGEN_CUDA_ATTENTION_PIPELINE", None)
+        for variant in ("edgegen", "edgegen-pipelined"):
+            e = times[(mode, variant)]
+            print(f"  {mode}: {variant} vs flex {times[(mode, 'flex')] / e:.2f}x, vs dense SDPA "
+                  f"{times[(mode, 'sdpa-dense')] / e:.2f}x", flush=True)
 
 
 # ------------------------------------------------------------------------------------- INT8

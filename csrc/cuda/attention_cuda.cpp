@@ -83,6 +83,7 @@ Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
   p.q = describe(c.q);
   p.k = describe(c.k);
   p.v = describe(c.v);
+  p.pipelined = KC::attention_cuda_pipeline_default();
   return c;
 }
 

@@ -36,6 +36,7 @@ class CudaEmulated : public ::testing::Test {
   void SetUp() override {
     E::set_device(E::Device{});
     E::set_schedule(E::Schedule::Forward);
+    E::set_copy_landing(E::CopyLanding::AtWait);
     E::clear_fault();
     (void)cudaGetLastError();
   }
@@ -135,7 +136,7 @@ void neighbour_kernel(float* out, bool barrier) {
 }
 
 TEST_F(CudaEmulated, AMissingBarrierReadsUnwrittenSharedMemory) {
-  for (E::Schedule order : {E::Schedule::Forward, E::Schedule::Reverse}) {
+  for (E::Schedule order : {E::Schedule::Forward, E::Schedule::Reverse, E::Schedule::Greedy}) {
     E::set_schedule(order);
     std::vector<float> out(64);
     ASSERT_EQ(E::launch(neighbour_kernel, dim3(2), dim3(64), 64 * 4, nullptr, out.data(), true), cudaSuccess);
@@ -198,6 +199,7 @@ TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
 struct AttnCase {
   Case c;
   KC::AttnDType dtype = KC::AttnDType::BF16;
+  bool pipelined = false;  // the cp.async double-buffered kernels
   bool packed = false;  // q, k, v, dO as [B, n, H, d] (sn = H d): a fused projection's layout
 };
 
@@ -246,6 +248,7 @@ void check_attention(const AttnCase& ac, double tol, double rel) {
   p.B = c.B, p.H = c.H, p.nq = c.nq, p.nk = c.nk, p.d = int(d);
   p.window = c.window, p.num_global = c.num_global, p.q_offset = c.q_offset, p.causal = c.causal;
   p.scale = float(1.0 / std::sqrt(double(d)));
+  p.pipelined = ac.pipelined;
   const double scale = double(p.scale);
 
   std::vector<uint16_t> out(size_t(BH * c.nq * d), 0x5555);  // poison: every value must be written
@@ -286,13 +289,25 @@ void check_attention(const AttnCase& ac, double tol, double rel) {
 constexpr double kTol = 1e-4;
 double rel_for(KC::AttnDType t) { return t == KC::AttnDType::BF16 ? 1e-2 : 2e-3; }
 
-class CudaEmulatedAttention : public CudaEmulated, public ::testing::WithParamInterface<KC::AttnDType> {};
+struct Variant {
+  KC::AttnDType dtype;
+  bool pipelined;
+};
+
+class CudaEmulatedAttention : public CudaEmulated, public ::testing::WithParamInterface<Variant> {
+ protected:
+  AttnCase make() const {
+    AttnCase a;
+    a.dtype = GetParam().dtype;
+    a.pipelined = GetParam().pipelined;
+    return a;
+  }
+};
 
 // Windows below, at and past the 64-row tile; lengths that are no multiple of it; head sizes 64
 // and 128; global tokens causal and not.
 TEST_P(CudaEmulatedAttention, WindowsGlobalsAndHeadSizes) {
-  AttnCase a;
-  a.dtype = GetParam();
+  AttnCase a = make();
   a.c.H = 2, a.c.nq = a.c.nk = 200, a.c.d = 64, a.c.window = 70;
   check_attention(a, kTol, rel_for(a.dtype));
   a.c.H = 1, a.c.nq = a.c.nk = 150, a.c.d = 128, a.c.window = 64, a.c.num_global = 3;
@@ -305,8 +320,7 @@ TEST_P(CudaEmulatedAttention, WindowsGlobalsAndHeadSizes) {
 // without them is refused.
 TEST_P(CudaEmulatedAttention, OtherHeadSizes) {
   for (int64_t d : {32, 80, 96}) {
-    AttnCase a;
-    a.dtype = GetParam();
+    AttnCase a = make();
     a.c.H = 1, a.c.nq = a.c.nk = 140, a.c.d = d, a.c.window = 45, a.c.num_global = 2, a.c.causal = d != 80;
     SCOPED_TRACE(d);
     check_attention(a, kTol, rel_for(a.dtype));
@@ -321,34 +335,34 @@ TEST_P(CudaEmulatedAttention, OtherHeadSizes) {
 // (output 0, lse -inf, no gradient).
 TEST_P(CudaEmulatedAttention, OffsetsAndRowsWithoutKeys) {
   for (int64_t nq : {1, 20}) {
-    AttnCase a;
-    a.dtype = GetParam();
+    AttnCase a = make();
     a.c.H = 2, a.c.nk = 300, a.c.nq = nq, a.c.q_offset = 300 - nq, a.c.window = 40, a.c.num_global = 4, a.c.d = 64;
     check_attention(a, kTol, rel_for(a.dtype));
   }
-  AttnCase a;
-  a.dtype = GetParam();
+  AttnCase a = make();
   a.c.H = 1, a.c.nk = 100, a.c.nq = 50, a.c.q_offset = 110, a.c.window = 30, a.c.d = 64;  // rows p >= 129 see none
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
-// Inputs in a fused projection's layout ([B, n, H, d]) with two batches, and the reverse thread
-// order between synchronisations.
-TEST_P(CudaEmulatedAttention, StridedInputsAndEitherThreadOrder) {
-  AttnCase a;
-  a.dtype = GetParam();
+// Inputs in a fused projection's layout ([B, n, H, d]) with two batches; the reverse thread order
+// between synchronisations, and the first warp running ahead of the others with cp.async copies
+// landing as soon as they are issued (a prefetch into a slot other warps still read shows up).
+TEST_P(CudaEmulatedAttention, StridedInputsThreadOrdersAndCopyLanding) {
+  AttnCase a = make();
   a.packed = true;
   a.c.B = 2, a.c.H = 2, a.c.nq = a.c.nk = 130, a.c.d = 64, a.c.window = 50, a.c.num_global = 1;
   check_attention(a, kTol, rel_for(a.dtype));
   E::set_schedule(E::Schedule::Reverse);
+  check_attention(a, kTol, rel_for(a.dtype));
+  E::set_schedule(E::Schedule::Greedy);
+  E::set_copy_landing(E::CopyLanding::AtIssue);
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
 // Past 8 query tiles the key tile holding the global tokens is split over several blocks whose
 // float partial sums a second kernel adds in a fixed order.
 TEST_P(CudaEmulatedAttention, SplitGlobalKeyTiles) {
-  AttnCase a;
-  a.dtype = GetParam();
+  AttnCase a = make();
   a.c.H = 1, a.c.nq = a.c.nk = 600, a.c.d = 64, a.c.window = 50, a.c.num_global = 4;
   KC::AttnProblem p;
   p.nq = p.nk = 600, p.num_global = 4, p.d = 64, p.B = p.H = 1;
@@ -362,7 +376,8 @@ TEST_P(CudaEmulatedAttention, SplitGlobalKeyTiles) {
 // one visible (query, key) pair, causal or not, with global tokens. (Up to 8 query tiles: no
 // split of the global key tile.)
 TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
-  for (bool causal : {true, false}) {
+  for (bool causal : {true, false})
+  for (bool pipelined : {false, true}) {
     Case c;
     c.H = 1, c.nq = c.nk = 512, c.d = 64, c.window = 40, c.num_global = 4, c.causal = causal;
     const int64_t tiles = c.nq / 64;
@@ -378,7 +393,7 @@ TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
     KC::AttnProblem p;
     p.dtype = KC::AttnDType::BF16;
     p.B = 1, p.H = 1, p.nq = p.nk = c.nq, p.d = 64;
-    p.window = c.window, p.num_global = c.num_global, p.causal = causal;
+    p.window = c.window, p.num_global = c.num_global, p.causal = causal, p.pipelined = pipelined;
     std::vector<uint16_t> x(size_t(c.nq * 64), K::to_bf16(0.01f).bits);
     p.q = p.k = p.v = KC::AttnTensor{x.data(), c.nq * 64, c.nq * 64, 64};
     std::vector<uint16_t> out(x.size()), dq(x.size()), dk(x.size()), dv(x.size());
@@ -386,20 +401,23 @@ TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
     ASSERT_EQ(KC::attention_backward_workspace_bytes(p), 0u);
     E::reset_counters();
     ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), nullptr), 0) << E::last_fault();
-    EXPECT_EQ(E::counters().syncthreads, 128 * (tiles + 2 * pairs)) << "forward, causal " << causal;
+    EXPECT_EQ(E::counters().syncthreads, 128 * (tiles + 2 * pairs)) << "forward, causal " << causal << ", pipelined " << pipelined;
     E::reset_counters();
     const KC::AttnTensor o{out.data(), c.nq * 64, c.nq * 64, 64};
     ASSERT_EQ(KC::attention_backward_cuda(p, p.q, o, lse.data(), delta.data(), dq.data(), dk.data(), dv.data(),
                                           nullptr, nullptr),
               0)
         << E::last_fault();
-    EXPECT_EQ(E::counters().syncthreads, 2 * 128 * (tiles + 2 * pairs)) << "backward, causal " << causal;
+    EXPECT_EQ(E::counters().syncthreads, 2 * 128 * (tiles + 2 * pairs)) << "backward, causal " << causal << ", pipelined " << pipelined;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtype, CudaEmulatedAttention, ::testing::Values(KC::AttnDType::BF16, KC::AttnDType::F16),
-                         [](const ::testing::TestParamInfo<KC::AttnDType>& i) {
-                           return i.param == KC::AttnDType::BF16 ? std::string("bf16") : std::string("f16");
+INSTANTIATE_TEST_SUITE_P(Kernels, CudaEmulatedAttention,
+                         ::testing::Values(Variant{KC::AttnDType::BF16, false}, Variant{KC::AttnDType::F16, false},
+                                           Variant{KC::AttnDType::BF16, true}, Variant{KC::AttnDType::F16, true}),
+                         [](const ::testing::TestParamInfo<Variant>& i) {
+                           return std::string(i.param.dtype == KC::AttnDType::BF16 ? "bf16" : "f16") +
+                                  (i.param.pipelined ? "_pipelined" : "");
                          });
 
 // ------------------------------------------------------------------------------ KD loss

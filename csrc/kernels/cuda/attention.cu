@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/attention_cuda.h"
@@ -140,31 +141,110 @@ __device__ __forceinline__ TwoRanges queries_for_keys(const Pattern& P, int64_t 
   return r;
 }
 
-// Calls f(tile_start) for every tile of kTile indices overlapping [a0, a1) or [b0, b1), once.
-template <class F>
-__device__ __forceinline__ void for_tiles(const TwoRanges& r, const F& f) {
-  int64_t next = 0;
-  if (r.a1 > r.a0) {
-    for (int64_t t = (r.a0 / kTile) * kTile; t < r.a1; t += kTile) f(t);
-    next = ((r.a1 + kTile - 1) / kTile) * kTile;
+// The tiles of kTile indices overlapping [a0, a1) or [b0, b1), each once, in order: next() gives
+// the next tile's first index, or -1 after the last. Keeping `keep` of every `every` tiles (the
+// split key tiles' blocks: every splits-th query tile); every = 1 keeps all.
+struct TileSeq {
+  int64_t a, a_end, b, b_end, count = 0, every = 1, keep = 0;
+  __device__ __forceinline__ explicit TileSeq(const TwoRanges& r, int64_t every_ = 1, int64_t keep_ = 0)
+      : every(every_), keep(keep_) {
+    a = (r.a0 / kTile) * kTile;
+    a_end = r.a1 > r.a0 ? r.a1 : a;
+    const int64_t after_a = r.a1 > r.a0 ? ((r.a1 + kTile - 1) / kTile) * kTile : 0;
+    b = imax((r.b0 / kTile) * kTile, after_a);
+    b_end = r.b1 > r.b0 ? r.b1 : b;
   }
-  if (r.b1 > r.b0) {
-    int64_t t = (r.b0 / kTile) * kTile;
-    if (t < next) t = next;
-    for (; t < r.b1; t += kTile) f(t);
+  __device__ __forceinline__ int64_t next() {
+    for (;;) {
+      int64_t t = -1;
+      if (a < a_end) t = a, a += kTile;
+      else if (b < b_end) t = b, b += kTile;
+      if (t < 0 || count++ % every == keep) return t;
+    }
   }
+};
+
+// 16-byte copy from global to shared memory without waiting (sm_80 cp.async): src_bytes of the 16
+// read, the rest zero-filled; committed in groups and waited for by the number of groups that may
+// still be in flight.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+#ifdef EDGEGEN_CUDA_EMULATE
+  ::edgegen_cuda_emulator::cp_async_16(dst, src, src_bytes);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef EDGEGEN_CUDA_EMULATE
+  ::edgegen_cuda_emulator::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef EDGEGEN_CUDA_EMULATE
+  ::edgegen_cuda_emulator::cp_async_wait(kPending);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
 }
 
 // Copies rows [r0, r0 + kTile) of a [n, D] strided matrix into shared memory (row pitch LD),
-// zero-filling rows past n. 16-byte accesses.
-template <class T, int D, int LD>
+// zero-filling rows past n. 16-byte accesses; kAsync: cp.async (landing at the next wait),
+// else plain loads and stores.
+template <bool kAsync, class T, int D, int LD>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, int64_t r0, int64_t n) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r0 + row < n) v = *reinterpret_cast<const uint4*>(src + (r0 + row) * stride + col);
-    *reinterpret_cast<uint4*>(dst + row * LD + col) = v;
+    const bool in = r0 + row < n;
+    if constexpr (kAsync) {
+      cp_async_16(dst + row * LD + col, in ? src + (r0 + row) * stride + col : src, in ? 16 : 0);
+    } else {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (in) v = *reinterpret_cast<const uint4*>(src + (r0 + row) * stride + col);
+      *reinterpret_cast<uint4*>(dst + row * LD + col) = v;
+    }
+  }
+}
+
+// The key tile from j0 and then the value tile into `slot` (two tiles, row pitch LD).
+template <bool kAsync, class T, int D, int LD, class Args>
+__device__ __forceinline__ void load_kv(T* slot, const T* K, const T* V, const Args& A, int64_t j0) {
+  load_tile<kAsync, T, D, LD>(slot, K, A.k.sn, j0, A.pat.nk);
+  load_tile<kAsync, T, D, LD>(slot + kTile * LD, V, A.v.sn, j0, A.pat.nk);
+}
+
+// Walks the tiles of `seq` through shared-memory slots: load(tile, slot) fills slot 0 or 1 (with
+// load_tile<kPipe>), use(tile, slot) runs once the whole block sees that slot's data. kPipe: the
+// next tile's copies are in flight (cp.async) while the current tile is used, two slots; else one
+// slot, loaded and then used.
+template <bool kPipe, class Load, class Use>
+__device__ __forceinline__ void walk_tiles(TileSeq seq, const Load& load, const Use& use) {
+  if constexpr (!kPipe) {
+    for (int64_t t = seq.next(); t >= 0; t = seq.next()) {
+      __syncthreads();  // the previous tile's users are done with the slot
+      load(t, 0);
+      __syncthreads();
+      use(t, 0);
+    }
+  } else {
+    int64_t cur = seq.next();
+    if (cur >= 0) load(cur, 0);
+    cp_async_commit();
+    for (int slot = 0; cur >= 0; slot ^= 1) {
+      const int64_t nxt = seq.next();
+      __syncthreads();  // the previous tile's users are done with the other slot
+      if (nxt >= 0) load(nxt, slot ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // this thread's copies of `cur` have landed ...
+      __syncthreads();     // ... and everyone's
+      use(cur, slot);
+      cur = nxt;
+    }
+    cp_async_wait<0>();  // (the last group is empty)
   }
 }
 
@@ -249,13 +329,13 @@ __device__ __forceinline__ const T* head_ptr(const AttnTensor& a, int64_t b, int
 
 // ------------------------------------------------------------------------------------- forward
 
-template <class T, int D>
+// Shared memory: the query tile, then per slot (kPipe: two) the key tile and the value tile.
+template <class T, int D, bool kPipe>
 __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   constexpr int LD = D + 8;  // padded row pitch: conflict-free 32-bit fragment loads
   EDGEGEN_DYNAMIC_SHARED(smem);
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + kTile * LD;
-  T* sV = sK + kTile * LD;
+  auto slot_k = [&](int slot) { return sQ + kTile * LD * (1 + 2 * slot); };
   const Pattern& P = A.pat;
   const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
   const int64_t i0 = int64_t(blockIdx.x) * kTile;
@@ -264,7 +344,7 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   const T* K = head_ptr<T>(A.k, b, h);
   const T* V = head_ptr<T>(A.v, b, h);
 
-  load_tile<T, D, LD>(sQ, Q, A.q.sn, i0, P.nq);
+  load_tile<false, T, D, LD>(sQ, Q, A.q.sn, i0, P.nq);
   __syncthreads();
   uint32_t qf[D / 16][4];
   load_a<T, D, LD>(qf, sQ, warp * 16, g, t);
@@ -276,11 +356,10 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   const int64_t pos[2] = {P.q_offset + i0 + warp * 16 + g, P.q_offset + i0 + warp * 16 + g + 8};
   const int64_t p0 = P.q_offset + i0, p1 = P.q_offset + imin(i0 + kTile, P.nq) - 1;
 
-  for_tiles(keys_for_queries(P, p0, p1), [&](int64_t j0) {
-    __syncthreads();
-    load_tile<T, D, LD>(sK, K, A.k.sn, j0, P.nk);
-    load_tile<T, D, LD>(sV, V, A.v.sn, j0, P.nk);
-    __syncthreads();
+  auto load = [&](int64_t j0, int slot) { load_kv<kPipe, T, D, LD>(slot_k(slot), K, V, A, j0); };
+  walk_tiles<kPipe>(TileSeq(keys_for_queries(P, p0, p1)), load, [&](int64_t j0, int slot) {
+    const T* sK = slot_k(slot);
+    const T* sV = sK + kTile * LD;
     float s[8][4];
     mma_abt<T, D, LD>(s, qf, sK, g, t);
 #pragma unroll
@@ -338,23 +417,23 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
 
 // ------------------------------------------------------------------------------------ backward
 
-// dQ for 64 queries per block, over the key tiles they see.
-template <class T, int D>
+// dQ for 64 queries per block, over the key tiles they see. Shared memory: Q, dO, then per slot
+// (kPipe: two) K and V.
+template <class T, int D, bool kPipe>
 __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A) {
   constexpr int LD = D + 8;
   EDGEGEN_DYNAMIC_SHARED(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sO = sQ + kTile * LD;  // dO
-  T* sK = sO + kTile * LD;
-  T* sV = sK + kTile * LD;
+  auto slot_k = [&](int slot) { return sQ + kTile * LD * (2 + 2 * slot); };
   const Pattern& P = A.pat;
   const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
   const int64_t i0 = int64_t(blockIdx.x) * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const T* K = head_ptr<T>(A.k, b, h);
   const T* V = head_ptr<T>(A.v, b, h);
-  load_tile<T, D, LD>(sQ, head_ptr<T>(A.q, b, h), A.q.sn, i0, P.nq);
-  load_tile<T, D, LD>(sO, head_ptr<T>(A.dout, b, h), A.dout.sn, i0, P.nq);
+  load_tile<false, T, D, LD>(sQ, head_ptr<T>(A.q, b, h), A.q.sn, i0, P.nq);
+  load_tile<false, T, D, LD>(sO, head_ptr<T>(A.dout, b, h), A.dout.sn, i0, P.nq);
   __syncthreads();
   uint32_t qf[D / 16][4], of[D / 16][4];
   load_a<T, D, LD>(qf, sQ, warp * 16, g, t);
@@ -375,11 +454,10 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
   for (int dn = 0; dn < D / 8; ++dn) acc[dn][0] = acc[dn][1] = acc[dn][2] = acc[dn][3] = 0.0f;
   const int64_t p0 = P.q_offset + i0, p1 = P.q_offset + imin(i0 + kTile, P.nq) - 1;
 
-  for_tiles(keys_for_queries(P, p0, p1), [&](int64_t j0) {
-    __syncthreads();
-    load_tile<T, D, LD>(sK, K, A.k.sn, j0, P.nk);
-    load_tile<T, D, LD>(sV, V, A.v.sn, j0, P.nk);
-    __syncthreads();
+  auto load = [&](int64_t j0, int slot) { load_kv<kPipe, T, D, LD>(slot_k(slot), K, V, A, j0); };
+  walk_tiles<kPipe>(TileSeq(keys_for_queries(P, p0, p1)), load, [&](int64_t j0, int slot) {
+    const T* sK = slot_k(slot);
+    const T* sV = sK + kTile * LD;
     float s[8][4], dp[8][4];
     mma_abt<T, D, LD>(s, qf, sK, g, t);
     mma_abt<T, D, LD>(dp, of, sV, g, t);
@@ -409,16 +487,17 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
 }
 
 // dK and dV for 64 keys per block, over the query tiles that see them.
-template <class T, int D>
+template <class T, int D, bool kPipe>
 __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args A) {
   constexpr int LD = D + 8;
   EDGEGEN_DYNAMIC_SHARED(smem);
+  // Shared memory: K, V, then per slot (kPipe: two) Q and dO, then per slot lse * log2(e) and
+  // delta of the query tile (kTile floats each).
+  constexpr int kSlots = kPipe ? 2 : 1;
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + kTile * LD;
-  T* sQ = sV + kTile * LD;
-  T* sO = sQ + kTile * LD;  // dO
-  float* sL = reinterpret_cast<float*>(sO + kTile * LD);  // lse * log2(e) of the query tile
-  float* sD = sL + kTile;                                  // delta of the query tile
+  auto slot_q = [&](int slot) { return sV + kTile * LD * (1 + 2 * slot); };
+  float* sLD = reinterpret_cast<float*>(sK + kTile * LD * (2 + 2 * kSlots));
   const Pattern& P = A.pat;
   const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
   // Blocks [0, key tiles) take one key tile each (split 0); the tiles holding global keys, which
@@ -437,8 +516,8 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   const T* dO = head_ptr<T>(A.dout, b, h);
   const float* lse = A.lse + (b * A.H + h) * P.nq;
   const float* delta = A.delta + (b * A.H + h) * P.nq;
-  load_tile<T, D, LD>(sK, head_ptr<T>(A.k, b, h), A.k.sn, j0, P.nk);
-  load_tile<T, D, LD>(sV, head_ptr<T>(A.v, b, h), A.v.sn, j0, P.nk);
+  load_tile<false, T, D, LD>(sK, head_ptr<T>(A.k, b, h), A.k.sn, j0, P.nk);
+  load_tile<false, T, D, LD>(sV, head_ptr<T>(A.v, b, h), A.v.sn, j0, P.nk);
   __syncthreads();
   uint32_t kf[D / 16][4], vf[D / 16][4];
   load_a<T, D, LD>(kf, sK, warp * 16, g, t);
@@ -451,18 +530,23 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
     for (int e = 0; e < 4; ++e) dk[dn][e] = dv[dn][e] = 0.0f;
   const int64_t j1 = imin(j0 + kTile, P.nk) - 1;
 
-  int64_t count = 0;
-  for_tiles(queries_for_keys(P, j0, j1), [&](int64_t i0) {
-    if (partial && (count++ % A.splits) != split) return;  // block-uniform
-    __syncthreads();
-    load_tile<T, D, LD>(sQ, Q, A.q.sn, i0, P.nq);
-    load_tile<T, D, LD>(sO, dO, A.dout.sn, i0, P.nq);
+  auto load = [&](int64_t i0, int slot) {
+    load_tile<kPipe, T, D, LD>(slot_q(slot), Q, A.q.sn, i0, P.nq);
+    load_tile<kPipe, T, D, LD>(slot_q(slot) + kTile * LD, dO, A.dout.sn, i0, P.nq);
+    float* sL = sLD + 2 * kTile * slot;
     for (int c = threadIdx.x; c < kTile; c += kThreads) {
       const bool in = i0 + c < P.nq;
       sL[c] = in ? lse[i0 + c] * kLog2e : -INFINITY;
-      sD[c] = in ? delta[i0 + c] : 0.0f;
+      sL[kTile + c] = in ? delta[i0 + c] : 0.0f;
     }
-    __syncthreads();
+  };
+  // A split block takes every splits-th query tile (block-uniform).
+  const TileSeq seq(queries_for_keys(P, j0, j1), partial ? A.splits : 1, partial ? split : 0);
+  walk_tiles<kPipe>(seq, load, [&](int64_t i0, int slot) {
+    const T* sQ = slot_q(slot);
+    const T* sO = sQ + kTile * LD;  // dO
+    const float* sL = sLD + 2 * kTile * slot;
+    const float* sD = sL + kTile;
     float s[8][4], dp[8][4];
     mma_abt<T, D, LD>(s, kf, sQ, g, t);   // S^T: keys x queries
     mma_abt<T, D, LD>(dp, vf, sO, g, t);  // dP^T = V dO^T
@@ -572,16 +656,23 @@ Args make_args(const AttnProblem& p) {
   return a;
 }
 
+// Shared-memory tiles of kTile rows (pitch D + 8) per slot count: kPipe doubles the streamed ones.
 template <class T, int D>
+constexpr size_t tile_bytes(int tiles) {
+  return size_t(tiles) * kTile * (D + 8) * sizeof(T);
+}
+
+template <class T, int D, bool kPipe>
 int forward_typed(const AttnProblem& p, void* out, float* lse, cudaStream_t stream) {
   Args a = make_args(p);
   a.out = out;
   a.lse = lse;
   const dim3 grid(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H));
-  return launch(attn_forward_kernel<T, D>, grid, 3 * kTile * (D + 8) * sizeof(T), a, stream);
+  constexpr int kSlots = kPipe ? 2 : 1;
+  return launch(attn_forward_kernel<T, D, kPipe>, grid, tile_bytes<T, D>(1 + 2 * kSlots), a, stream);
 }
 
-template <class T, int D>
+template <class T, int D, bool kPipe>
 int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTensor& out, const float* lse,
                    float* delta, void* dq, void* dk, void* dv, void* workspace, cudaStream_t stream) {
   Args a = make_args(p);
@@ -602,45 +693,55 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
   a.dv = dv;
   a.workspace = static_cast<float*>(workspace);
   split_plan(p, a.heavy_tiles, a.splits);
-  const size_t tiles = 4 * kTile * (D + 8) * sizeof(T);
+  constexpr int kSlots = kPipe ? 2 : 1;
+  const size_t tiles = tile_bytes<T, D>(2 + 2 * kSlots);
   const int64_t n_kt = (p.nk + kTile - 1) / kTile;
-  int e = launch(attn_backward_dkv_kernel<T, D>,
+  int e = launch(attn_backward_dkv_kernel<T, D, kPipe>,
                  dim3(unsigned(n_kt + a.heavy_tiles * (a.splits - 1)), unsigned(p.B * p.H)),
-                 tiles + 2 * kTile * sizeof(float), a, stream);
+                 tiles + 2 * kSlots * kTile * sizeof(float), a, stream);
   if (e) return e;
   if (a.heavy_tiles > 0) {
     e = launch(attn_backward_reduce_kernel<T, D>, dim3(unsigned(a.heavy_tiles), unsigned(p.B * p.H)), 0, a, stream);
     if (e) return e;
   }
-  return launch(attn_backward_dq_kernel<T, D>, dim3(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H)),
+  return launch(attn_backward_dq_kernel<T, D, kPipe>, dim3(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H)),
                 tiles, a, stream);
 }
 
-// Calls f(T{}, std::integral_constant<int, D>{}) for the problem's element type T and head size
-// D; cudaErrorInvalidValue for a head size without kernels (attention_cuda_supports).
+// Calls f(T{}, std::integral_constant<int, D>{}, std::bool_constant<kPipe>{}) for the problem's
+// element type T, head size D and p.pipelined; cudaErrorInvalidValue for a head size without
+// kernels (attention_cuda_supports).
 template <class F>
 int with_types(const AttnProblem& p, const F& f) {
-  auto for_d = [&](auto tag) -> int {
+  auto for_d = [&](auto tag, auto pipe) -> int {
     switch (p.d) {
-      case 32: return f(tag, std::integral_constant<int, 32>{});
-      case 64: return f(tag, std::integral_constant<int, 64>{});
-      case 80: return f(tag, std::integral_constant<int, 80>{});
-      case 96: return f(tag, std::integral_constant<int, 96>{});
-      case 128: return f(tag, std::integral_constant<int, 128>{});
+      case 32: return f(tag, std::integral_constant<int, 32>{}, pipe);
+      case 64: return f(tag, std::integral_constant<int, 64>{}, pipe);
+      case 80: return f(tag, std::integral_constant<int, 80>{}, pipe);
+      case 96: return f(tag, std::integral_constant<int, 96>{}, pipe);
+      case 128: return f(tag, std::integral_constant<int, 128>{}, pipe);
     }
     return int(cudaErrorInvalidValue);
   };
-  return p.dtype == AttnDType::BF16 ? for_d(__nv_bfloat16{}) : for_d(__half{});
+  auto for_pipe = [&](auto tag) -> int {
+    return p.pipelined ? for_d(tag, std::true_type{}) : for_d(tag, std::false_type{});
+  };
+  return p.dtype == AttnDType::BF16 ? for_pipe(__nv_bfloat16{}) : for_pipe(__half{});
 }
 
 }  // namespace
 
 bool attention_cuda_supports(int d) { return d == 32 || d == 64 || d == 80 || d == 96 || d == 128; }
 
+bool attention_cuda_pipeline_default() {
+  const char* v = std::getenv("EDGEGEN_CUDA_ATTENTION_PIPELINE");
+  return v != nullptr && v[0] == '1' && v[1] == '\0';
+}
+
 int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  return with_types(p, [&](auto tag, auto d) {
-    return forward_typed<decltype(tag), decltype(d)::value>(p, out, lse, st);
+  return with_types(p, [&](auto tag, auto d, auto pipe) {
+    return forward_typed<decltype(tag), decltype(d)::value, decltype(pipe)::value>(p, out, lse, st);
   });
 }
 
@@ -654,9 +755,9 @@ int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, co
                             const float* lse, float* delta, void* dq, void* dk, void* dv, void* workspace,
                             void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  return with_types(p, [&](auto tag, auto d) {
-    return backward_typed<decltype(tag), decltype(d)::value>(p, grad_out, out, lse, delta, dq, dk, dv, workspace,
-                                                               st);
+  return with_types(p, [&](auto tag, auto d, auto pipe) {
+    return backward_typed<decltype(tag), decltype(d)::value, decltype(pipe)::value>(p, grad_out, out, lse, delta,
+                                                                                     dq, dk, dv, workspace, st);
   });
 }
 

@@ -31,10 +31,17 @@ struct AttnProblem {
   bool causal = true;
   float scale = 0.125f;
   AttnTensor q, k, v;
+  // The kernels whose next tile's loads are in flight (cp.async, two shared-memory slots per
+  // streamed tile) while the current one is used; false: load, then use (the measured default).
+  bool pipelined = false;
 };
 
 // Whether the kernels handle this element type and head_dim (others go elsewhere).
 bool attention_cuda_supports(int d);
+
+// What the glue sets AttnProblem::pipelined to: EDGEGEN_CUDA_ATTENTION_PIPELINE=1 (read per call,
+// so a benchmark can compare both in one process); unset or anything else: false.
+bool attention_cuda_pipeline_default();
 
 // out [B, H, nq, d] contiguous (q's dtype), lse float32 [B, H, nq] contiguous. Returns 0 or a
 // cudaError_t.

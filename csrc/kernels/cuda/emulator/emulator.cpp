@@ -35,11 +35,20 @@ constexpr int kMaxThreads = 1024;
 
 enum class State { Ready, AtBarrier, AtWarp, Done };
 
+// One cp.async copy of 16 bytes: `bytes` from src, zeros for the rest.
+struct AsyncCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int bytes;
+};
+
 struct Fiber {
   ucontext_t ctx;
   Thread id;
   State state = State::Ready;
   uint64_t gen = 0;  // the generation of the barrier it waits at
+  std::vector<AsyncCopy> issued;                  // cp.async copies not committed yet
+  std::vector<std::vector<AsyncCopy>> committed;  // groups, oldest first, not waited for yet
 };
 
 struct Warp {
@@ -77,6 +86,7 @@ struct Block {
 
 struct Global {
   Schedule schedule = Schedule::Forward;
+  CopyLanding landing = CopyLanding::AtWait;
   Device device;
   std::string fault;
   Counters counters;
@@ -168,6 +178,9 @@ void fiber_main() {
     fail("exited while %u threads of its block wait at __syncthreads (they would hang)", b.bar_arrived);
   if (b.warps[w].arrived > 0)
     fail("exited while %u lanes of its warp wait at a warp-collective operation", b.warps[w].arrived);
+  if (!f.issued.empty() || !f.committed.empty())
+    fail("exited with cp.async copies it never waited for (%zu groups committed, %zu copies not)",
+         f.committed.size(), f.issued.size());
 #ifdef EDGEGEN_EMULATOR_ASAN
   __sanitizer_start_switch_fiber(nullptr, b.sched_stack, b.sched_stack_size);
 #endif
@@ -225,8 +238,10 @@ std::string run_block(Block& b, const std::function<void()>& body, dim3 grid, di
     f.id.grid_dim = grid;
     f.state = State::Ready;
     f.gen = 0;
+    f.issued.clear();
+    f.committed.clear();
   }
-  const bool reverse = g().schedule == Schedule::Reverse;
+  const bool reverse = g().schedule == Schedule::Reverse, greedy = g().schedule == Schedule::Greedy;
   while (b.live > 0) {
     bool progressed = false;
     for (unsigned k = 0; k < n; ++k) {
@@ -239,6 +254,7 @@ std::string run_block(Block& b, const std::function<void()>& body, dim3 grid, di
       switch_to(&b.sched, &f.ctx, s.bottom(), s.usable());
       progressed = true;
       if (!b.fault.empty()) return b.fault;
+      if (greedy) break;  // start again from thread 0
     }
     if (!progressed && b.live > 0) return deadlock(b);
   }
@@ -248,6 +264,7 @@ std::string run_block(Block& b, const std::function<void()>& body, dim3 grid, di
 }  // namespace
 
 void set_schedule(Schedule s) { g().schedule = s; }
+void set_copy_landing(CopyLanding when) { g().landing = when; }
 void set_device(const Device& d) { g().device = d; }
 const Device& device() { return g().device; }
 const std::string& last_fault() { return g().fault; }
@@ -360,6 +377,45 @@ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
     return uint32_t(v);
   };
   for (unsigned j = 0; j < 4; ++j) r[j] = at(j, 2 * ti, gi) | at(j, 2 * ti + 1, gi) << 16;
+}
+
+namespace {
+void land(const AsyncCopy& c) {
+  if (c.bytes > 0) std::memcpy(c.dst, c.src, size_t(c.bytes));
+  std::memset(c.dst + c.bytes, 0, size_t(16 - c.bytes));
+}
+}  // namespace
+
+void cp_async_16(void* dst, const void* src, int src_bytes) {
+  Block& b = block();
+  auto* d = static_cast<unsigned char*>(dst);
+  if (d < b.shared || d + 16 > b.shared + b.shared_bytes)
+    fail("cp.async destination outside the block's dynamic shared memory");
+  if (reinterpret_cast<uintptr_t>(d) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    fail("cp.async of 16 bytes between addresses not both 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async source size %d outside [0, 16]", src_bytes);
+  const auto* s = static_cast<const unsigned char*>(src);
+  if (g().landing == CopyLanding::AtIssue) {
+    land(AsyncCopy{d, s, src_bytes});
+    self().issued.push_back(AsyncCopy{d, s, -1});  // landed: kept for the group bookkeeping only
+  } else {
+    self().issued.push_back(AsyncCopy{d, s, src_bytes});
+  }
+}
+
+void cp_async_commit() {
+  Fiber& f = self();
+  f.committed.push_back(std::move(f.issued));
+  f.issued.clear();
+}
+
+void cp_async_wait(int pending) {
+  Fiber& f = self();
+  while (f.committed.size() > size_t(std::max(pending, 0))) {  // the oldest groups land now
+    for (const AsyncCopy& c : f.committed.front())
+      if (c.bytes >= 0) land(c);
+    f.committed.erase(f.committed.begin());
+  }
 }
 
 int set_max_dynamic_shared(const void* kernel, int bytes) {

@@ -16,7 +16,8 @@
 // happened: a __syncthreads that not every live thread of the block reaches (a deadlock) or that
 // comes after a thread of the block exited; a warp-collective operation that not all 32 lanes
 // reach, or that they reach at different operations, or with a partial mask; an ldmatrix address
-// outside the block's dynamic shared memory or not 16-byte aligned. Launch errors as CUDA gives
+// outside the block's dynamic shared memory or not 16-byte aligned, a cp.async likewise or a thread
+// that exits with cp.async copies it never waited for. Launch errors as CUDA gives
 // them: a block of more than 1024 threads or an empty grid (cudaErrorInvalidConfiguration), more
 // dynamic shared memory than 48 KiB without cudaFuncSetAttribute allowing it, or than the device
 // has (cudaErrorInvalidValue). Device attributes: an H100's (132 SMs, 227 KiB of shared memory
@@ -95,7 +96,11 @@ inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__float2ha
 // ---------------------------------------------------------------------------------- the emulator
 namespace edgegen_cuda_emulator {
 
-enum class Schedule { Forward, Reverse };  // the order threads run in between synchronisations
+// The order threads run in between synchronisations: in index order or the reverse, one step each
+// in turn; or Greedy: always the lowest-index thread that can run, so the first warp runs ahead to
+// the next __syncthreads before any other warp starts (a missing barrier between one warp's writes
+// and another's reads, or a copy into a buffer other warps still read, shows up).
+enum class Schedule { Forward, Reverse, Greedy };
 void set_schedule(Schedule s);
 
 struct Device {
@@ -149,6 +154,18 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width) {
 void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, bool bf16);
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: this lane's row address.
 void ldmatrix_x4_trans(uint32_t r[4], const void* row);
+
+// cp.async.cg.shared.global of 16 bytes (src_bytes of them read, the rest zero), commit_group and
+// wait_group (all but the newest `pending` committed groups complete). A copy may land anywhere
+// between its issue and the wait; the emulator takes either end (set_copy_landing): at the wait,
+// reading the destination earlier finds the old bytes (a missing wait or barrier before a read);
+// at the issue, it overwrites what other threads may still be reading (a missing barrier before
+// the copy).
+enum class CopyLanding { AtWait, AtIssue };
+void set_copy_landing(CopyLanding when);
+void cp_async_16(void* dst_shared, const void* src_global, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
 
 // Runs body() as every thread of every block of the grid (see the file comment). Returns a
 // cudaError_t.
