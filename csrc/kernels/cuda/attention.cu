@@ -248,17 +248,21 @@ __device__ __forceinline__ void walk_tiles(TileSeq seq, const Load& load, const 
   }
 }
 
+// The A fragment of k-step kk (16 rows x 16) of a shared-memory tile (row pitch LD) from row r.
+template <class T, int LD>
+__device__ __forceinline__ void load_a_step(uint32_t f[4], const T* s, int r, int kk, int g, int t) {
+  const T* base = s + (r + g) * LD + kk * 16 + 2 * t;
+  f[0] = ld32(base);
+  f[1] = ld32(base + 8 * LD);
+  f[2] = ld32(base + 8);
+  f[3] = ld32(base + 8 * LD + 8);
+}
+
 // A fragments of 16 rows x D of a shared-memory tile (row pitch LD) starting at row r.
 template <class T, int D, int LD>
 __device__ __forceinline__ void load_a(uint32_t f[D / 16][4], const T* s, int r, int g, int t) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const T* base = s + (r + g) * LD + kk * 16 + 2 * t;
-    f[kk][0] = ld32(base);
-    f[kk][1] = ld32(base + 8 * LD);
-    f[kk][2] = ld32(base + 8);
-    f[kk][3] = ld32(base + 8 * LD + 8);
-  }
+  for (int kk = 0; kk < D / 16; ++kk) load_a_step<T, LD>(f[kk], s, r, kk, g, t);
 }
 
 // c[n] (16 x 64 scores) = A (16 x D, fragments) x rows of `s`^T (64 rows, row pitch LD).
@@ -271,6 +275,25 @@ __device__ __forceinline__ void mma_abt(float c[8][4], const uint32_t a[D / 16][
     for (int kk = 0; kk < D / 16; ++kk) {
       const T* base = s + (n * 8 + g) * LD + kk * 16 + 2 * t;
       Mma<T>::run(c[n], a[kk], ld32(base), ld32(base + 8));
+    }
+  }
+}
+
+// The same with A's rows r .. r + 15 read from shared memory (`sa`, row pitch LD) one k-step at a
+// time instead of held in registers: for the dK/dV pass past head_dim 64, whose K and V fragments
+// next to its accumulators would not fit in the registers.
+template <class T, int D, int LD>
+__device__ __forceinline__ void mma_abt_shared(float c[8][4], const T* sa, int r, const T* s, int g, int t) {
+#pragma unroll
+  for (int n = 0; n < 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    load_a_step<T, LD>(a, sa, r, kk, g, t);
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const T* base = s + (n * 8 + g) * LD + kk * 16 + 2 * t;
+      Mma<T>::run(c[n], a, ld32(base), ld32(base + 8));
     }
   }
 }
@@ -519,9 +542,14 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   load_tile<false, T, D, LD>(sK, head_ptr<T>(A.k, b, h), A.k.sn, j0, P.nk);
   load_tile<false, T, D, LD>(sV, head_ptr<T>(A.v, b, h), A.v.sn, j0, P.nk);
   __syncthreads();
-  uint32_t kf[D / 16][4], vf[D / 16][4];
-  load_a<T, D, LD>(kf, sK, warp * 16, g, t);
-  load_a<T, D, LD>(vf, sV, warp * 16, g, t);
+  // K and V as A fragments: in registers up to head_dim 64, else read from shared memory per
+  // product (kept, they would spill: see docs/gpu.md).
+  constexpr bool kHoldKV = D <= 64;
+  uint32_t kf[kHoldKV ? D / 16 : 1][4], vf[kHoldKV ? D / 16 : 1][4];
+  if constexpr (kHoldKV) {
+    load_a<T, D, LD>(kf, sK, warp * 16, g, t);
+    load_a<T, D, LD>(vf, sV, warp * 16, g, t);
+  }
   const int64_t key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -548,8 +576,13 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
     const float* sL = sLD + 2 * kTile * slot;
     const float* sD = sL + kTile;
     float s[8][4], dp[8][4];
-    mma_abt<T, D, LD>(s, kf, sQ, g, t);   // S^T: keys x queries
-    mma_abt<T, D, LD>(dp, vf, sO, g, t);  // dP^T = V dO^T
+    if constexpr (kHoldKV) {
+      mma_abt<T, D, LD>(s, kf, sQ, g, t);   // S^T: keys x queries
+      mma_abt<T, D, LD>(dp, vf, sO, g, t);  // dP^T = V dO^T
+    } else {
+      mma_abt_shared<T, D, LD>(s, sK, warp * 16, sQ, g, t);
+      mma_abt_shared<T, D, LD>(dp, sV, warp * 16, sO, g, t);
+    }
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
