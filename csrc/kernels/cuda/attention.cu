@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/attention_cuda.h"
@@ -28,43 +29,42 @@ constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-template <class T> struct Mma;
-template <> struct Mma<__nv_bfloat16> {
+// The tensor-core product and the 16-bit conversions for T = __nv_bfloat16 or __half.
+// mma.sync.aligned.m16n8k16.row.col.f32.<types>.f32: C (+)= A B in place.
+#define EDGEGEN_MMA_M16N8K16(types)                                                                 \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." types ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+               "{%8,%9}, {%0,%1,%2,%3};\n"                                                          \
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                     \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+template <class T>
+struct Mma {
+  static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  static_assert(kBf16 || std::is_same_v<T, __half>, "bfloat16 or float16");
   static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
 #ifdef EDGEGEN_CUDA_EMULATE
-    ::edgegen_cuda_emulator::mma_m16n8k16(c, a, b0, b1, true);
+    ::edgegen_cuda_emulator::mma_m16n8k16(c, a, b0, b1, kBf16);
 #else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    if constexpr (kBf16) EDGEGEN_MMA_M16N8K16("bf16.bf16");
+    else EDGEGEN_MMA_M16N8K16("f16.f16");
 #endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    uint32_t r;
+    if constexpr (kBf16) {
+      const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      memcpy(&r, &v, 4);
+    } else {
+      const __half2 v = __floats2half2_rn(lo, hi);
+      memcpy(&r, &v, 4);
+    }
+    return r;
   }
-  static __device__ __forceinline__ __nv_bfloat16 cast(float x) { return __float2bfloat16_rn(x); }
+  static __device__ __forceinline__ T cast(float x) {
+    if constexpr (kBf16) return __float2bfloat16_rn(x);
+    else return __float2half_rn(x);
+  }
 };
-template <> struct Mma<__half> {
-  static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-#ifdef EDGEGEN_CUDA_EMULATE
-    ::edgegen_cuda_emulator::mma_m16n8k16(c, a, b0, b1, false);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ __half cast(float x) { return __float2half_rn(x); }
-};
+#undef EDGEGEN_MMA_M16N8K16
 
 template <class T>
 __device__ __forceinline__ uint32_t ld32(const T* p) {
