@@ -90,6 +90,38 @@ def test_non_contiguous_and_large_heads():
     check_against_dense(q, k, v, mask, lambda a, b, c: sliding_window_attention(a, b, c, 40, 4), 2e-5)
 
 
+@pytest.mark.parametrize("d", [64, 23])
+def test_bf16_layouts_give_identical_results(d):
+    """bf16 inputs whose head_dim is contiguous are packed for the bf16 products straight from
+    memory, others through float copies: both must give the same words, so contiguous, [B, n, H, d]
+    views and a strided head_dim give bit-identical outputs and gradients (odd d: a lone last
+    value per row)."""
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(1, 150, 2, d, generator=g).to(torch.bfloat16) for _ in range(4)]
+
+    def spread(t):  # the same values at every other element of a wider buffer
+        wide = torch.zeros(*t.shape[:-1], 2 * d, dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+
+    layouts = {
+        "contiguous": lambda t: t.transpose(1, 2).contiguous(),
+        "packed": lambda t: t.transpose(1, 2),  # [B, n, H, d] storage: sn = H d, unit head_dim stride
+        "strided": lambda t: spread(t).transpose(1, 2),  # head_dim stride 2: the float-copy route
+    }
+    results = {}
+    for name, view in layouts.items():
+        q, k, v, go = (view(t) for t in base)
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        assert (name == "contiguous") == q.is_contiguous()
+        out = sliding_window_attention(q, k, v, 70, 3)
+        out.backward(go)
+        results[name] = [out.detach(), q.grad, k.grad, v.grad]
+    for name in ("packed", "strided"):
+        for a, b, what in zip(results[name], results["contiguous"], ("out", "dq", "dk", "dv")):
+            assert torch.equal(a, b), f"{name} {what} differs from the contiguous call"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs_accumulate_in_float32(dtype):
     q, k, v = qkv(1, 2, 100, 64, dtype=dtype)

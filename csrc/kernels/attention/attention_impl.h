@@ -193,6 +193,8 @@ struct Attn {
     // rows (qt_words per tile, qt_np per row) and dO and Q as B word rows (qn_words, qn_np).
     std::vector<uint32_t> ka, va, qtb, dotb, dob, qb;
     int64_t ka_ld = 0, qt_words = 0, qt_np = 0, qn_words = 0, qn_np = 0;
+    // ... packed straight from the bf16 inputs (words_direct), the float rows and blocks unused.
+    bool direct = false;
 
     int64_t bytes() const {
       return int64_t(sizeof(R)) * (qs.n + kt.n + v.n + qst.n + k.n + dout.n + doutt.n + int64_t(dd.capacity()) +
@@ -283,6 +285,9 @@ struct Attn {
   static void pack_forward(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, int64_t slots,
                            int64_t bh, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d);
+    if constexpr (Prod::kWords) {
+      if (words_direct<T>(p, p.q)) return pack_forward_bf16(p, plan, slot, slots, bh, hd);
+    }
     hd.qr = rows_of<T>(p.q, b, h, p.nq, d, hd.qs);
     hd.v_in_place = false;
     if constexpr (std::is_same_v<T, R>) {
@@ -313,6 +318,47 @@ struct Attn {
     return ld;
   }
 
+  // Whether the word operands are packed straight from the inputs (bf16 with unit column stride:
+  // q, k, v and `extra`, the backward's dO) instead of through float copies.
+  template <class T>
+  static bool words_direct(const Problem& p, const Strided& extra) {
+    if constexpr (Prod::kWords && std::is_same_v<T, bf16_t>) return p.q.sd == 1 && p.k.sd == 1 && p.v.sd == 1 && extra.sd == 1;
+    else return false;
+  }
+
+  // The word operands of the forward straight from bf16 inputs with unit column stride (no float
+  // copies in between: long sequences would stream them through memory): Q's rows, and per key
+  // tile K^T and V, as pack_forward_words lays them out.
+  static void pack_forward_bf16(const Problem& p, const Plan& plan, const std::vector<int64_t>& slot, int64_t slots,
+                                int64_t bh, Head& hd) {
+    using Pack = typename Prod::Pack;
+    const int64_t b = bh / p.H, h = bh % p.H, d = p.d, nq = plan.qs[plan.mt()];
+    hd.qa_ld = Pack::rows_bf16(nq, d, head_ptr<bf16_t>(p.q, b, h), p.q.sn, hd.qa, Prod::kRowMultiple);
+    hd.qa.resize(size_t((nq + Prod::kRowMultiple) * hd.qa_ld), 0u);  // zero rows past nq (see pack_a_rows)
+    size_forward_words(d, slots, hd);
+    const bf16_t* K = head_ptr<bf16_t>(p.k, b, h);
+    const bf16_t* Vp = head_ptr<bf16_t>(p.v, b, h);
+    for (int64_t t = 0; t < plan.nt(); ++t) {
+      if (slot[t] < 0) continue;
+      const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
+      Pack::b_from_row_words(d, tw, K + j0 * p.k.sn, p.k.sn, hd.ktb.data() + slot[t] * hd.kt_words,
+                             hd.kt_words / hd.kt_np, hd.kt_np);
+      Pack::b_from_rows(tw, d, Vp + j0 * p.v.sn, p.v.sn, hd.vb.data() + slot[t] * hd.v_words, hd.v_words / hd.v_np,
+                        hd.v_np);
+    }
+  }
+
+  // The sizes of the forward's per-key-tile word operands (K^T and V slots).
+  static void size_forward_words(int64_t d, int64_t slots, Head& hd) {
+    using Pack = typename Prod::Pack;
+    hd.kt_np = Pack::b_cols(kKeyTile);
+    hd.kt_words = Pack::b_rows(d, Prod::kRowMultiple) * hd.kt_np;
+    hd.v_np = Pack::b_cols(padw(d));
+    hd.v_words = Pack::b_rows(kKeyTile, Prod::kRowMultiple) * hd.v_np;
+    hd.ktb.resize(size_t(std::max<int64_t>(1, slots * hd.kt_words)));
+    hd.vb.resize(size_t(std::max<int64_t>(1, slots * hd.v_words)));
+  }
+
   // The packed forms of the forward's input operands, once per head / key tile (the products of
   // every query tile that visits a key tile read them).
   static void pack_forward_words(const Plan& plan, const std::vector<int64_t>& slot, int64_t slots, int64_t d,
@@ -320,12 +366,7 @@ struct Attn {
     using Pack = typename Prod::Pack;
     const int64_t dp = padw(d), nq = plan.qs[plan.mt()];
     hd.qa_ld = pack_a_rows(nq, d, hd.qr, hd.qa);
-    hd.kt_np = Pack::b_cols(kKeyTile);
-    hd.kt_words = Pack::b_rows(d, Prod::kRowMultiple) * hd.kt_np;
-    hd.v_np = Pack::b_cols(dp);
-    hd.v_words = Pack::b_rows(kKeyTile, Prod::kRowMultiple) * hd.v_np;
-    hd.ktb.resize(size_t(std::max<int64_t>(1, slots * hd.kt_words)));
-    hd.vb.resize(size_t(std::max<int64_t>(1, slots * hd.v_words)));
+    size_forward_words(d, slots, hd);
     for (int64_t t = 0; t < plan.nt(); ++t) {
       if (slot[t] < 0) continue;
       const int64_t j0 = plan.ks[t], tw = plan.ks[t + 1] - j0;
@@ -424,14 +465,25 @@ struct Attn {
   static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                             const R* lse, int64_t bh, int64_t segments, bool lazy, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d), nq = p.nq, nk = p.nk, mt = plan.mt();
-    hd.qr = rows_of<T>(p.q, b, h, nq, d, hd.qs);
-    hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
-    hd.kr = rows_of<T>(p.k, b, h, nk, d, hd.k);
-    hd.vr = rows_of<T>(p.v, b, h, nk, d, hd.v);
+    hd.direct = words_direct<T>(p, dout);
+    if (!hd.direct) {
+      hd.qr = rows_of<T>(p.q, b, h, nq, d, hd.qs);
+      hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
+      hd.kr = rows_of<T>(p.k, b, h, nk, d, hd.k);
+      hd.vr = rows_of<T>(p.v, b, h, nk, d, hd.v);
+      hd.qst.resize(mt * dp * kQueryTile);
+      hd.doutt.resize(mt * dp * kQueryTile);
+    }
     if constexpr (Prod::kWords) {
       using Pack = typename Prod::Pack;
-      hd.ka_ld = pack_a_rows(nk, d, hd.kr, hd.ka);
-      pack_a_rows(nk, d, hd.vr, hd.va);
+      if (hd.direct) {
+        hd.ka_ld = Pack::rows_bf16(nk, d, head_ptr<bf16_t>(p.k, b, h), p.k.sn, hd.ka, Prod::kRowMultiple);
+        Pack::rows_bf16(nk, d, head_ptr<bf16_t>(p.v, b, h), p.v.sn, hd.va, Prod::kRowMultiple);
+        for (auto* buf : {&hd.ka, &hd.va}) buf->resize(size_t((nk + Prod::kRowMultiple) * hd.ka_ld), 0u);
+      } else {
+        hd.ka_ld = pack_a_rows(nk, d, hd.kr, hd.ka);
+        pack_a_rows(nk, d, hd.vr, hd.va);
+      }
       hd.qt_np = Pack::b_cols(kQueryTile);
       hd.qt_words = Pack::b_rows(d, Prod::kRowMultiple) * hd.qt_np;
       hd.qn_np = Pack::b_cols(dp);
@@ -439,8 +491,6 @@ struct Attn {
       for (auto* buf : {&hd.qtb, &hd.dotb}) buf->resize(size_t(mt * hd.qt_words));
       for (auto* buf : {&hd.dob, &hd.qb}) buf->resize(size_t(mt * hd.qn_words));
     }
-    hd.qst.resize(mt * dp * kQueryTile);
-    hd.doutt.resize(mt * dp * kQueryTile);
     hd.dd.assign(nq + kPad, R(0));
     hd.lse.assign(nq + kPad, R(INFINITY));
     hd.dq.resize(size_t(std::max<int64_t>(1, segments * nq * dp)));
@@ -455,16 +505,33 @@ struct Attn {
                               const R* lse, int64_t bh, int64_t qt, bool zero_dq, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d), nq = p.nq;
     const int64_t i0 = plan.qs[qt], i1 = plan.qs[qt + 1];
-    copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, R(1),
-                 hd.qst.data() + qt * dp * kQueryTile);
-    copy_block_t(head_ptr<T>(dout, b, h), dout.sn, dout.sd, i0, i1, d, dp, kQueryTile, R(1),
-                 hd.doutt.data() + qt * dp * kQueryTile);
+    if (!hd.direct) {
+      copy_block_t(head_ptr<T>(p.q, b, h), p.q.sn, p.q.sd, i0, i1, d, dp, kQueryTile, R(1),
+                   hd.qst.data() + qt * dp * kQueryTile);
+      copy_block_t(head_ptr<T>(dout, b, h), dout.sn, dout.sd, i0, i1, d, dp, kQueryTile, R(1),
+                   hd.doutt.data() + qt * dp * kQueryTile);
+    }
     const T* o = head_ptr<T>(out, b, h);
-    for (int64_t i = i0; i < i1; ++i) {
+    // D_i = dO_i . O_i, in vectors (a scalar sum is a serial chain); dO's row g is read in the
+    // compute type or straight from the bf16 input (direct).
+    auto dot = [&](const auto* g, const T* orow) {
       R acc = 0;
-      const R* g = hd.doutr.row(i);
-      for (int64_t c = 0; c < d; ++c) acc += g[c] * R(to_float(o[i * out.sn + c * out.sd]));
-      hd.dd[i] = acc;
+      int64_t c = 0;
+      if (out.sd == 1) {
+        F va = V::zero();
+        for (; c + W <= d; c += W) va = V::fmadd(V::load(g + c), V::load(orow + c), va);
+        acc = V::hsum(va);
+      }
+      for (; c < d; ++c) acc += R(to_float(g[c])) * R(to_float(orow[c * out.sd]));
+      return acc;
+    };
+    for (int64_t i = i0; i < i1; ++i) {
+      if constexpr (std::is_same_v<T, bf16_t>) {
+        if (hd.direct) hd.dd[i] = dot(head_ptr<bf16_t>(dout, b, h) + i * dout.sn, o + i * out.sn);
+        else hd.dd[i] = dot(hd.doutr.row(i), o + i * out.sn);
+      } else {
+        hd.dd[i] = dot(hd.doutr.row(i), o + i * out.sn);
+      }
       const R ls = lse[bh * nq + i];
       hd.lse[i] = ls == R(-INFINITY) ? R(INFINITY) : ls;
     }
@@ -472,6 +539,16 @@ struct Attn {
     if constexpr (Prod::kWords) {  // the query tile's B operands in packed words
       using Pack = typename Prod::Pack;
       const int64_t rows_t = hd.qt_words / hd.qt_np, rows_n = hd.qn_words / hd.qn_np;
+      if (hd.direct) {
+        const bf16_t* Q = head_ptr<bf16_t>(p.q, b, h) + i0 * p.q.sn;
+        const bf16_t* G = head_ptr<bf16_t>(dout, b, h) + i0 * dout.sn;
+        Pack::b_from_row_words(d, i1 - i0, Q, p.q.sn, hd.qtb.data() + qt * hd.qt_words, rows_t, hd.qt_np);
+        Pack::b_from_row_words(d, i1 - i0, G, dout.sn, hd.dotb.data() + qt * hd.qt_words, rows_t, hd.qt_np);
+        Pack::b_from_rows(i1 - i0, d, G, dout.sn, hd.dob.data() + qt * hd.qn_words, rows_n, hd.qn_np);
+        Pack::b_from_rows(i1 - i0, d, Q, p.q.sn, hd.qb.data() + qt * hd.qn_words, rows_n, hd.qn_np);
+        hd.ready[size_t(qt)] = 1;
+        return;
+      }
       Pack::b_into(d, kQueryTile, hd.qst.data() + qt * dp * kQueryTile, kQueryTile, hd.qtb.data() + qt * hd.qt_words,
                    rows_t, hd.qt_np);
       Pack::b_into(d, kQueryTile, hd.doutt.data() + qt * dp * kQueryTile, kQueryTile,
@@ -507,7 +584,11 @@ struct Attn {
       if constexpr (Prod::kWords) {
         const int64_t rows = Prod::Pack::b_rows(kKeyTile, Prod::kRowMultiple);
         kb.resize(size_t(rows * hd.qn_np));
-        Prod::Pack::b_into(tw, dp, hd.kr.row(j0), hd.kr.ld, kb.data(), rows, hd.qn_np);
+        if (hd.direct)
+          Prod::Pack::b_from_rows(tw, d, head_ptr<bf16_t>(p.k, bh / p.H, bh % p.H) + j0 * p.k.sn, p.k.sn, kb.data(),
+                                  rows, hd.qn_np);
+        else
+          Prod::Pack::b_into(tw, dp, hd.kr.row(j0), hd.kr.ld, kb.data(), rows, hd.qn_np);
       }
       for (int64_t e = plan.bptr[t]; e < plan.bptr[t + 1]; ++e) {
         const int64_t qt = plan.bidx[e], i0 = plan.qs[qt], qw = plan.qs[qt + 1] - i0, qwp = padw(qw);

@@ -59,6 +59,37 @@ struct Bf16Pack512 : Bf16Words {
     return col;
   }
 
+  // Bf16Words::b_from_row_words with AVX-512: 16 columns' word w per gather (whole pairs; the
+  // lone value of an odd K in scalar, so that nothing past a row is read).
+  static void b_from_row_words(int64_t K, int64_t N, const bf16_t* src, int64_t ld, uint32_t* dst, int64_t k2p,
+                               int64_t np) {
+    const __m512i first = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32(int(ld * int64_t(sizeof(bf16_t)))));
+    const __m512i step = _mm512_set1_epi32(int(16 * ld * int64_t(sizeof(bf16_t))));
+    const char* base = reinterpret_cast<const char*>(src);
+    for (int64_t w = 0; w < k2p; ++w) {
+      __m512i idx = first;
+      for (int64_t c = 0; c < np; c += 16, idx = _mm512_add_epi32(idx, step)) {
+        __m512i v = _mm512_setzero_si512();
+        if (2 * w + 1 < K && c < N) v = _mm512_mask_i32gather_epi32(v, lanes(N - c), idx, base + 4 * w, 1);
+        _mm512_storeu_si512(dst + w * np + c, v);
+      }
+      if (2 * w + 1 == K)
+        for (int64_t c = 0; c < N; ++c) dst[w * np + c] = src[c * ld + 2 * w].bits;
+    }
+  }
+
+  // Bf16Words::b_from_rows with AVX-512: two rows' 16 values widened and paired per store.
+  static void b_from_rows(int64_t K, int64_t N, const bf16_t* B, int64_t ldb, uint32_t* dst, int64_t k2p,
+                          int64_t np) {
+    auto row16 = [&](int64_t k, int64_t c) {
+      if (k >= K || c >= N) return _mm512_setzero_si512();
+      return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(N - c), B + k * ldb + c));
+    };
+    for (int64_t w = 0; w < k2p; ++w)
+      for (int64_t c = 0; c < np; c += 16) _mm512_storeu_si512(dst + w * np + c, pair(row16(2 * w, c), row16(2 * w + 1, c)));
+  }
+
   // B as word rows into dst: k2p rows (>= ceil(K / 2); zero past it) of np words (a multiple of
   // 16, >= N; zero past N).
   static void b_into(int64_t K, int64_t N, const float* B, int64_t ldb, uint32_t* dst, int64_t k2p, int64_t np) {
