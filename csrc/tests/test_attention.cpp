@@ -46,8 +46,19 @@ constexpr int kAmxModel = -2;  // bf16: the AMX products on the software tile mo
 // Runs the kernel in dtype T (float, double or bf16) and compares with the reference: each value
 // within tol + rel * (the sum of its terms' magnitudes; for lse, |lse|). isa: kDispatched, the
 // dispatched path; kAmxModel; else that level's path.
+// The same values every `sd`-th element (a head_dim stride of sd), for the layouts whose operands
+// go through copies instead of being read or packed in place.
 template <class T>
-void check_case(const Case& c, int threads, double tol, int isa = kDispatched, double rel = 0.0) {
+struct Spread {
+  std::vector<T> data;
+  Spread(const std::vector<T>& x, int64_t sd) : data(x.size() * size_t(sd)) {
+    for (size_t i = 0; i < x.size(); ++i) data[i * size_t(sd)] = x[i];
+  }
+};
+
+// sd: the inputs' (q, k, v, dout) head_dim stride.
+template <class T>
+void check_case(const Case& c, int threads, double tol, int isa = kDispatched, double rel = 0.0, int64_t sd = 1) {
   std::mt19937 rng(11);
   std::normal_distribution<double> nd(0.0, 1.0);
   auto fill = [&](int64_t n) {
@@ -96,9 +107,13 @@ void check_case(const Case& c, int threads, double tol, int isa = kDispatched, d
     p.pattern.num_qblocks = nqb;
   }
   p.scale = scale;
-  p.q = strided(qt, c, c.nq);
-  p.k = strided(kt, c, c.nk);
-  p.v = strided(vt, c, c.nk);
+  const Spread<T> qs(qt, sd), ks(kt, sd), vs(vt, sd), gs(gt, sd);
+  auto input = [&](const Spread<T>& x, int64_t n) {
+    return KA::Strided{x.data.data(), c.H * n * c.d * sd, n * c.d * sd, c.d * sd, sd};
+  };
+  p.q = input(qs, c.nq);
+  p.k = input(ks, c.nk);
+  p.v = input(vs, c.nk);
   p.num_threads = threads;
   using L = std::conditional_t<std::is_same_v<T, double>, double, float>;  // lse's type
   std::vector<T> out(qt.size()), dq(qt.size()), dk(kt.size()), dv(vt.size());
@@ -126,12 +141,12 @@ void check_case(const Case& c, int threads, double tol, int isa = kDispatched, d
     ref.dq_mag = grads.dq_mag, ref.dk_mag = grads.dk_mag, ref.dv_mag = grads.dv_mag;
   }
   if (isa == kAmxModel) {
-    KA::backward_amx_model(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
+    KA::backward_amx_model(p, input(gs, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
                            dv.data());
   } else if (isa < 0) {
-    KA::backward(p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
+    KA::backward(p, input(gs, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(), dv.data());
   } else {
-    KA::backward_isa(K::Isa(isa), p, strided(gt, c, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
+    KA::backward_isa(K::Isa(isa), p, input(gs, c.nq), strided(out, c, c.nq), lse.data(), dq.data(), dk.data(),
                      dv.data());
   }
   expect(dq, ref.dq, ref.dq_mag, "dq");
@@ -358,4 +373,19 @@ TEST(SlidingWindowAttention, Bf16ProductsFollowTheCpu) {
 TEST(SlidingWindowAttention, Bf16OnTheAmxTileModel) {
   for_each_path_case({8, 23, 64, 80}, [](const Case& c) { check_case<K::bf16_t>(c, 2, 1e-4, kAmxModel, 1e-2); });
   check_bf16_segments_and_decode(kAmxModel);
+}
+
+// bf16 inputs whose head_dim is not contiguous: the word operands come from float copies instead
+// of straight from the inputs, on the tile model (every CPU) and on the dispatched path (AVX-512
+// BF16 products where the CPU has them); odd and even head sizes, one head on 4 threads too.
+TEST(SlidingWindowAttention, Bf16WordsThroughFloatCopies) {
+  for (int isa : {kAmxModel, kDispatched})
+    for (int64_t d : {23, 64}) {
+      Case c;
+      c.nq = c.nk = 150, c.d = d, c.window = 40, c.num_global = 3;
+      SCOPED_TRACE(std::to_string(isa) + " d " + std::to_string(d));
+      check_case<K::bf16_t>(c, 2, 1e-4, isa, 1e-2, 2);
+      c.H = 1;
+      check_case<K::bf16_t>(c, 4, 1e-4, isa, 1e-2, 3);
+    }
 }

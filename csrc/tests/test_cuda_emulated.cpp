@@ -33,14 +33,8 @@ namespace {
 // Every test starts from the default device, the forward schedule and no fault.
 class CudaEmulated : public ::testing::Test {
  protected:
-  void SetUp() override {
-    E::set_device(E::Device{});
-    E::set_schedule(E::Schedule::Forward);
-    E::set_copy_landing(E::CopyLanding::AtWait);
-    E::clear_fault();
-    (void)cudaGetLastError();
-  }
-  void TearDown() override { SetUp(); }
+  void SetUp() override { E::reset(); }
+  void TearDown() override { E::reset(); }
 };
 
 // ------------------------------------------------------------------------------ the emulator
@@ -169,6 +163,20 @@ void ldmatrix_outside_kernel(int) {
   uint32_t r[4];
   E::ldmatrix_x4_trans(r, elsewhere + threadIdx.x * 8);
 }
+void cp_async_outside_kernel(int) {
+  static uint4 elsewhere[64];
+  static const uint4 src[64] = {};
+  ::edgegen_cuda_emulator::cp_async_16(&elsewhere[threadIdx.x], &src[threadIdx.x], 16);
+}
+void cp_async_misaligned_kernel(int) {
+  static const uint4 src[64] = {};
+  ::edgegen_cuda_emulator::cp_async_16(E::dynamic_shared() + 8, &src[threadIdx.x], 16);
+}
+void cp_async_unwaited_kernel(int) {
+  static const uint4 src[64] = {};
+  ::edgegen_cuda_emulator::cp_async_16(E::dynamic_shared() + 16 * (threadIdx.x % 4), &src[threadIdx.x], 16);
+  ::edgegen_cuda_emulator::cp_async_commit();
+}
 void nothing_kernel(int) {}
 
 TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
@@ -178,7 +186,10 @@ TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
   };
   for (const Expect& e : {Expect{early_exit_kernel, "exited while"}, Expect{divergent_collective_kernel, "different"},
                           Expect{deadlock_kernel, "deadlock"}, Expect{partial_mask_kernel, "full-warp"},
-                          Expect{ldmatrix_outside_kernel, "outside the block's dynamic shared memory"}}) {
+                          Expect{ldmatrix_outside_kernel, "outside the block's dynamic shared memory"},
+                          Expect{cp_async_outside_kernel, "cp.async destination outside"},
+                          Expect{cp_async_misaligned_kernel, "not both 16-byte aligned"},
+                          Expect{cp_async_unwaited_kernel, "never waited for"}}) {
     E::clear_fault();
     EXPECT_EQ(E::launch(e.kernel, dim3(1), dim3(64), 64, nullptr, 0), cudaErrorLaunchFailure) << e.fault;
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
@@ -402,6 +413,7 @@ TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
     E::reset_counters();
     ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), nullptr), 0) << E::last_fault();
     EXPECT_EQ(E::counters().syncthreads, 128 * (tiles + 2 * pairs)) << "forward, causal " << causal << ", pipelined " << pipelined;
+    EXPECT_EQ(E::counters().async_copies > 0, pipelined) << "the pipelined kernels stream with cp.async, the others not";
     E::reset_counters();
     const KC::AttnTensor o{out.data(), c.nq * 64, c.nq * 64, 64};
     ASSERT_EQ(KC::attention_backward_cuda(p, p.q, o, lse.data(), delta.data(), dq.data(), dk.data(), dv.data(),
@@ -409,6 +421,7 @@ TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
               0)
         << E::last_fault();
     EXPECT_EQ(E::counters().syncthreads, 2 * 128 * (tiles + 2 * pairs)) << "backward, causal " << causal << ", pipelined " << pipelined;
+    EXPECT_EQ(E::counters().async_copies > 0, pipelined);
   }
 }
 

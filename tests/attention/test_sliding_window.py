@@ -95,7 +95,9 @@ def test_bf16_layouts_give_identical_results(d):
     """bf16 inputs whose head_dim is contiguous are packed for the bf16 products straight from
     memory, others through float copies: both must give the same words, so contiguous, [B, n, H, d]
     views and a strided head_dim give bit-identical outputs and gradients (odd d: a lone last
-    value per row)."""
+    value per row). Meaningful for the packing where the CPU has AVX-512 BF16 (elsewhere bf16
+    inputs take float products and this checks the layouts of those); the GoogleTest
+    Bf16WordsThroughFloatCopies covers the packing on the tile model on every CPU."""
     g = torch.Generator().manual_seed(3)
     base = [torch.randn(1, 150, 2, d, generator=g).to(torch.bfloat16) for _ in range(4)]
 

@@ -63,6 +63,8 @@ struct Bf16Pack512 : Bf16Words {
   // lone value of an odd K in scalar, so that nothing past a row is read).
   static void b_from_row_words(int64_t K, int64_t N, const bf16_t* src, int64_t ld, uint32_t* dst, int64_t k2p,
                                int64_t np) {
+    // The gathers' offsets are 32-bit: rows too far apart take the scalar form.
+    if (ld > (int64_t(INT32_MAX) - 4 * k2p) / (2 * np)) return Bf16Words::b_from_row_words(K, N, src, ld, dst, k2p, np);
     const __m512i first = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                              _mm512_set1_epi32(int(ld * int64_t(sizeof(bf16_t)))));
     const __m512i step = _mm512_set1_epi32(int(16 * ld * int64_t(sizeof(bf16_t))));

@@ -264,6 +264,16 @@ std::string run_block(Block& b, const std::function<void()>& body, dim3 grid, di
 }  // namespace
 
 void set_schedule(Schedule s) { g().schedule = s; }
+void reset() {
+  Global& gl = g();
+  gl.schedule = Schedule::Forward;
+  gl.landing = CopyLanding::AtWait;
+  gl.device = Device{};
+  gl.fault.clear();
+  gl.counters = Counters{};
+  gl.last_error = 0;
+  gl.max_dynamic_shared.clear();
+}
 void set_copy_landing(CopyLanding when) { g().landing = when; }
 void set_device(const Device& d) { g().device = d; }
 const Device& device() { return g().device; }
@@ -282,12 +292,11 @@ void syncthreads() {
   if (b.exited > 0)
     fail("reached __syncthreads after %u threads of its block exited", b.exited);
   f.gen = b.bar_gen;
-  if (++b.bar_arrived == b.live) {  // the last one: everyone goes on
+  f.state = State::AtBarrier;
+  if (++b.bar_arrived == b.live) {  // the last one: everyone goes on, in the schedule's order
     b.bar_arrived = 0;
     ++b.bar_gen;
-    return;
   }
-  f.state = State::AtBarrier;
   to_scheduler();
 }
 
@@ -305,13 +314,12 @@ void warp_exchange(Op op, const void* in, size_t bytes, unsigned char (*all)[kSl
   std::memcpy(wp.slots[parity][lane], in, bytes);
   wp.ops[parity][lane] = op;
   f.gen = wp.gen;
-  if (++wp.arrived == 32) {
+  f.state = State::AtWarp;
+  if (++wp.arrived == 32) {  // the last lane: the warp goes on, in the schedule's order
     wp.arrived = 0;
     ++wp.gen;
-  } else {
-    f.state = State::AtWarp;
-    to_scheduler();
   }
+  to_scheduler();
   for (unsigned l = 0; l < 32; ++l)
     if (wp.ops[parity][l] != op)
       fail("the lanes of its warp are at different warp-collective operations (lane %u at operation %d, this "
@@ -395,6 +403,7 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
     fail("cp.async of 16 bytes between addresses not both 16-byte aligned");
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async source size %d outside [0, 16]", src_bytes);
   const auto* s = static_cast<const unsigned char*>(src);
+  ++g().counters.async_copies;
   if (g().landing == CopyLanding::AtIssue) {
     land(AsyncCopy{d, s, src_bytes});
     self().issued.push_back(AsyncCopy{d, s, -1});  // landed: kept for the group bookkeeping only

@@ -10,7 +10,9 @@
 // operations (__shfl_xor_sync; mma.sync m16n8k16 and ldmatrix .x4 .trans with the fragment layouts
 // of the PTX ISA); between those, they run in index order (or in reverse: set_schedule), so a
 // missing __syncthreads shows up as a thread reading shared memory another one has not written yet.
-// Dynamic shared memory is filled with 0xff bytes (NaN in every float type) at each block's start.
+// Dynamic shared memory is filled with 0xff bytes (NaN in every float type) at each block's start;
+// static __shared__ variables are function statics and keep the previous block's values (a
+// missing barrier around them reads stale, not poisoned, data).
 //
 // A fault ends the launch, which then returns cudaErrorLaunchFailure, and last_fault() says what
 // happened: a __syncthreads that not every live thread of the block reaches (a deadlock) or that
@@ -96,12 +98,16 @@ inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__float2ha
 // ---------------------------------------------------------------------------------- the emulator
 namespace edgegen_cuda_emulator {
 
-// The order threads run in between synchronisations: in index order or the reverse, one step each
-// in turn; or Greedy: always the lowest-index thread that can run, so the first warp runs ahead to
-// the next __syncthreads before any other warp starts (a missing barrier between one warp's writes
-// and another's reads, or a copy into a buffer other warps still read, shows up).
+// The order threads run in between synchronisations (every thread, the one that completes a
+// barrier or warp operation included, gives way there): sweeps in index order or in reverse, each
+// thread until it next waits; or Greedy: always the lowest-index thread that can run, so the first
+// warp runs to the next __syncthreads before any other warp starts (a missing barrier between one
+// warp's writes and another's reads, or a copy into a buffer other warps still read, shows up).
 enum class Schedule { Forward, Reverse, Greedy };
 void set_schedule(Schedule s);
+// Back to the defaults: forward schedule, copies landing at the wait, an H100, no fault, zero
+// counters, no cudaFuncSetAttribute limits recorded.
+void reset();
 
 struct Device {
   int sms = 132;
@@ -116,7 +122,7 @@ void clear_fault();
 
 // Counts since the last reset, for tests that check what ran.
 struct Counters {
-  int64_t launches = 0, blocks = 0, syncthreads = 0, collectives = 0;
+  int64_t launches = 0, blocks = 0, syncthreads = 0, collectives = 0, async_copies = 0;
 };
 const Counters& counters();
 void reset_counters();
