@@ -6,11 +6,11 @@
 // A .cu file compiled as C++ with EDGEGEN_CUDA_EMULATE defined and this folder first on the include
 // path (its cuda_runtime.h, cuda_bf16.h and cuda_fp16.h stand in for the toolkit's) launches through
 // EDGEGEN_LAUNCH (kernels/cuda/launch.h) into launch() below, which runs the blocks of the grid one
-// after the other. A block's threads switch only at __syncthreads, at the warp-collective
+// after the other. A block's threads switch only at __syncthreads and at the warp-collective
 // operations (__shfl_xor_sync; mma.sync m16n8k16 and ldmatrix .x4 .trans with the fragment layouts
 // of the PTX ISA); between those, they run one at a time in the order set_schedule picks (index
-// order, reverse, or lowest runnable first), so a
-// missing __syncthreads shows up as a thread reading shared memory another one has not written yet.
+// order, reverse, or lowest runnable first), so a missing __syncthreads shows up as a thread
+// reading shared memory another one has not written yet.
 // Dynamic shared memory is filled with 0xff bytes (NaN in every float type) at each block's start;
 // static __shared__ variables are function statics and keep the previous block's values (a
 // missing barrier around them reads stale, not poisoned, data).
