@@ -265,37 +265,37 @@ __device__ __forceinline__ void load_a(uint32_t f[D / 16][4], const T* s, int r,
   for (int kk = 0; kk < D / 16; ++kk) load_a_step<T, LD>(f[kk], s, r, kk, g, t);
 }
 
-// c[n] (16 x 64 scores) = A (16 x D, fragments) x rows of `s`^T (64 rows, row pitch LD).
-template <class T, int D, int LD>
-__device__ __forceinline__ void mma_abt(float c[8][4], const uint32_t a[D / 16][4], const T* s, int g, int t) {
-#pragma unroll
-  for (int n = 0; n < 8; ++n) {
-    c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const T* base = s + (n * 8 + g) * LD + kk * 16 + 2 * t;
-      Mma<T>::run(c[n], a[kk], ld32(base), ld32(base + 8));
-    }
-  }
-}
-
-// The same with A's rows r .. r + 15 read from shared memory (`sa`, row pitch LD) one k-step at a
-// time instead of held in registers: for the dK/dV pass past head_dim 64, whose K and V fragments
-// next to its accumulators would not fit in the registers.
-template <class T, int D, int LD>
-__device__ __forceinline__ void mma_abt_shared(float c[8][4], const T* sa, int r, const T* s, int g, int t) {
+// c[n] (16 x 64 scores) = A (16 x D) x rows of `s`^T (64 rows, row pitch LD), A's fragment of
+// k-step kk from a_step(kk, frag).
+template <class T, int D, int LD, class AStep>
+__device__ __forceinline__ void mma_abt_with(float c[8][4], const AStep& a_step, const T* s, int g, int t) {
 #pragma unroll
   for (int n = 0; n < 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[4];
-    load_a_step<T, LD>(a, sa, r, kk, g, t);
+    a_step(kk, a);
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       const T* base = s + (n * 8 + g) * LD + kk * 16 + 2 * t;
       Mma<T>::run(c[n], a, ld32(base), ld32(base + 8));
     }
   }
+}
+
+// ... with A's fragments held in registers.
+template <class T, int D, int LD>
+__device__ __forceinline__ void mma_abt(float c[8][4], const uint32_t a[D / 16][4], const T* s, int g, int t) {
+  mma_abt_with<T, D, LD>(
+      c, [&](int kk, uint32_t f[4]) { f[0] = a[kk][0], f[1] = a[kk][1], f[2] = a[kk][2], f[3] = a[kk][3]; }, s, g, t);
+}
+
+// ... with A's rows r .. r + 15 read from shared memory (`sa`, row pitch LD) one k-step at a time
+// instead: for the dK/dV pass past head_dim 64, whose K and V fragments next to its accumulators
+// would not fit in the registers.
+template <class T, int D, int LD>
+__device__ __forceinline__ void mma_abt_shared(float c[8][4], const T* sa, int r, const T* s, int g, int t) {
+  mma_abt_with<T, D, LD>(c, [&](int kk, uint32_t f[4]) { load_a_step<T, LD>(f, sa, r, kk, g, t); }, s, g, t);
 }
 
 // acc (16 x D) += P (16 x 64, as C fragments) x `s` (64 rows x D, row pitch LD).
@@ -539,8 +539,7 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   const T* dO = head_ptr<T>(A.dout, b, h);
   const float* lse = A.lse + (b * A.H + h) * P.nq;
   const float* delta = A.delta + (b * A.H + h) * P.nq;
-  load_tile<false, T, D, LD>(sK, head_ptr<T>(A.k, b, h), A.k.sn, j0, P.nk);
-  load_tile<false, T, D, LD>(sV, head_ptr<T>(A.v, b, h), A.v.sn, j0, P.nk);
+  load_kv<false, T, D, LD>(sK, head_ptr<T>(A.k, b, h), head_ptr<T>(A.v, b, h), A, j0);  // sV follows sK
   __syncthreads();
   // K and V as A fragments: in registers up to head_dim 64, else read from shared memory per
   // product (kept, they would spill: see docs/gpu.md).
@@ -764,7 +763,11 @@ int with_types(const AttnProblem& p, const F& f) {
 
 }  // namespace
 
-bool attention_cuda_supports(int d) { return d == 32 || d == 64 || d == 80 || d == 96 || d == 128; }
+bool attention_cuda_supports(int d) {  // the head sizes with_types instantiates
+  AttnProblem p;
+  p.d = d;
+  return with_types(p, [](auto, auto, auto) { return 0; }) == 0;
+}
 
 bool attention_cuda_pipeline_default() {
   const char* v = std::getenv("EDGEGEN_CUDA_ATTENTION_PIPELINE");
