@@ -286,7 +286,7 @@ struct Attn {
                            int64_t bh, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d);
     if constexpr (Prod::kWords) {
-      if (words_direct<T>(p, p.q)) return pack_forward_bf16(p, plan, slot, slots, bh, hd);
+      if (words_direct<T>(p)) return pack_forward_bf16(p, plan, slot, slots, bh, hd);
     }
     hd.qr = rows_of<T>(p.q, b, h, p.nq, d, hd.qs);
     hd.v_in_place = false;
@@ -319,11 +319,20 @@ struct Attn {
   }
 
   // Whether the word operands are packed straight from the inputs (bf16 with unit column stride:
-  // q, k, v and `extra`, the backward's dO) instead of through float copies.
+  // q, k, v and, for the backward, dO) instead of through float copies.
   template <class T>
-  static bool words_direct(const Problem& p, const Strided& extra) {
-    if constexpr (Prod::kWords && std::is_same_v<T, bf16_t>) return p.q.sd == 1 && p.k.sd == 1 && p.v.sd == 1 && extra.sd == 1;
+  static bool words_direct(const Problem& p, const Strided* dout = nullptr) {
+    if constexpr (Prod::kWords && std::is_same_v<T, bf16_t>)
+      return p.q.sd == 1 && p.k.sd == 1 && p.v.sd == 1 && (!dout || dout->sd == 1);
     else return false;
+  }
+
+  // A rows straight from n bf16 rows (row stride ld), followed by zero rows as pack_a_rows leaves
+  // them. Returns the words per row.
+  static int64_t pack_a_rows_bf16(int64_t n, int64_t d, const bf16_t* rows, int64_t ld, std::vector<uint32_t>& buf) {
+    const int64_t words = Prod::Pack::rows_bf16(n, d, rows, ld, buf, Prod::kRowMultiple);
+    buf.resize(size_t((n + Prod::kRowMultiple) * words), 0u);  // new words are zero
+    return words;
   }
 
   // The word operands of the forward straight from bf16 inputs with unit column stride (no float
@@ -333,8 +342,7 @@ struct Attn {
                                 int64_t bh, Head& hd) {
     using Pack = typename Prod::Pack;
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, nq = plan.qs[plan.mt()];
-    hd.qa_ld = Pack::rows_bf16(nq, d, head_ptr<bf16_t>(p.q, b, h), p.q.sn, hd.qa, Prod::kRowMultiple);
-    hd.qa.resize(size_t((nq + Prod::kRowMultiple) * hd.qa_ld), 0u);  // zero rows past nq (see pack_a_rows)
+    hd.qa_ld = pack_a_rows_bf16(nq, d, head_ptr<bf16_t>(p.q, b, h), p.q.sn, hd.qa);
     size_forward_words(d, slots, hd);
     const bf16_t* K = head_ptr<bf16_t>(p.k, b, h);
     const bf16_t* Vp = head_ptr<bf16_t>(p.v, b, h);
@@ -465,7 +473,7 @@ struct Attn {
   static void pack_backward(const Problem& p, const Plan& plan, const Strided& dout, const Strided& out,
                             const R* lse, int64_t bh, int64_t segments, bool lazy, Head& hd) {
     const int64_t b = bh / p.H, h = bh % p.H, d = p.d, dp = padw(d), nq = p.nq, nk = p.nk, mt = plan.mt();
-    hd.direct = words_direct<T>(p, dout);
+    hd.direct = words_direct<T>(p, &dout);
     if (!hd.direct) {
       hd.qr = rows_of<T>(p.q, b, h, nq, d, hd.qs);
       hd.doutr = rows_of<T>(dout, b, h, nq, d, hd.dout);
@@ -477,9 +485,8 @@ struct Attn {
     if constexpr (Prod::kWords) {
       using Pack = typename Prod::Pack;
       if (hd.direct) {
-        hd.ka_ld = Pack::rows_bf16(nk, d, head_ptr<bf16_t>(p.k, b, h), p.k.sn, hd.ka, Prod::kRowMultiple);
-        Pack::rows_bf16(nk, d, head_ptr<bf16_t>(p.v, b, h), p.v.sn, hd.va, Prod::kRowMultiple);
-        for (auto* buf : {&hd.ka, &hd.va}) buf->resize(size_t((nk + Prod::kRowMultiple) * hd.ka_ld), 0u);
+        hd.ka_ld = pack_a_rows_bf16(nk, d, head_ptr<bf16_t>(p.k, b, h), p.k.sn, hd.ka);
+        pack_a_rows_bf16(nk, d, head_ptr<bf16_t>(p.v, b, h), p.v.sn, hd.va);
       } else {
         hd.ka_ld = pack_a_rows(nk, d, hd.kr, hd.ka);
         pack_a_rows(nk, d, hd.vr, hd.va);
@@ -525,13 +532,9 @@ struct Attn {
       for (; c < d; ++c) acc += R(to_float(g[c])) * R(to_float(orow[c * out.sd]));
       return acc;
     };
+    const T* g_in = head_ptr<T>(dout, b, h);
     for (int64_t i = i0; i < i1; ++i) {
-      if constexpr (std::is_same_v<T, bf16_t>) {
-        if (hd.direct) hd.dd[i] = dot(head_ptr<bf16_t>(dout, b, h) + i * dout.sn, o + i * out.sn);
-        else hd.dd[i] = dot(hd.doutr.row(i), o + i * out.sn);
-      } else {
-        hd.dd[i] = dot(hd.doutr.row(i), o + i * out.sn);
-      }
+      hd.dd[i] = hd.direct ? dot(g_in + i * dout.sn, o + i * out.sn) : dot(hd.doutr.row(i), o + i * out.sn);
       const R ls = lse[bh * nq + i];
       hd.lse[i] = ls == R(-INFINITY) ? R(INFINITY) : ls;
     }
