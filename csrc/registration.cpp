@@ -179,13 +179,10 @@ PYBIND11_MODULE(_C, m) {
   }, "How the attention path taken now multiplies for bf16 inputs: 'amx_bf16' (tdpbf16ps), 'avx512_bf16' "
      "(vdpbf16ps) or 'float'.");
   // The buffer caches (one per pool, kernels/buffer_cache.h), reported and handled together.
-  auto each_pool = [](auto&& f) {
-    for (int i = 0; i < K::kBufferPools; ++i) f(K::buffer_cache(static_cast<K::BufferPool>(i)));
-  };
-  m.def("buffer_cache_stats", [each_pool] {
+  m.def("buffer_cache_stats", [] {
     std::map<std::string, uint64_t> out{{"held_bytes", 0}, {"held_blocks", 0}, {"hits", 0}, {"misses", 0}};
     bool enabled = false;
-    each_pool([&](K::BufferCache& c) {
+    K::for_each_buffer_cache([&](K::BufferCache& c) {
       const K::BufferCacheStats st = c.stats();
       out["held_bytes"] += st.held_bytes;
       out["held_blocks"] += st.held_blocks;
@@ -196,12 +193,12 @@ PYBIND11_MODULE(_C, m) {
     out["enabled"] = enabled ? 1 : 0;
     return out;
   }, "The buffer caches' state, summed over their pools: bytes and buffers held, hits, misses, enabled (0/1).");
-  m.def("empty_buffer_cache", [each_pool] {
+  m.def("empty_buffer_cache", [] {
     size_t freed = 0;
-    each_pool([&](K::BufferCache& c) { freed += c.clear(); });
+    K::for_each_buffer_cache([&](K::BufferCache& c) { freed += c.clear(); });
     return freed;
   }, "Frees the buffers the caches hold; returns their bytes.");
-  m.def("set_buffer_cache_enabled", [each_pool](bool on) { each_pool([on](K::BufferCache& c) { c.set_enabled(on); }); },
+  m.def("set_buffer_cache_enabled", [](bool on) { K::for_each_buffer_cache([on](K::BufferCache& c) { c.set_enabled(on); }); },
         "Turns buffer reuse on or off (off frees what is held).");
   m.def("max_isa", [] { return std::string(K::isa_name(K::max_isa())); }, "The current cap.");
   m.def("set_max_isa", [](const std::string& name) {

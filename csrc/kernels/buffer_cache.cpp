@@ -123,16 +123,9 @@ BufferCache** pools() {
     for (BufferCache*& p : c) p = new BufferCache(4, !env_off("EDGEGEN_BUFFER_CACHE"), !env_off("EDGEGEN_HUGEPAGES"));
     // A fork (a DataLoader worker, say) while another thread holds a lock would leave the child's
     // copy locked for good: take the locks around fork, release them on both sides.
-    pthread_atfork(
-        [] {
-          for (int i = 0; i < kBufferPools; ++i) pools()[i]->lock_for_fork();
-        },
-        [] {
-          for (int i = 0; i < kBufferPools; ++i) pools()[i]->unlock_after_fork();
-        },
-        [] {
-          for (int i = 0; i < kBufferPools; ++i) pools()[i]->unlock_after_fork();
-        });
+    pthread_atfork([] { for_each_buffer_cache([](BufferCache& b) { b.lock_for_fork(); }); },
+                   [] { for_each_buffer_cache([](BufferCache& b) { b.unlock_after_fork(); }); },
+                   [] { for_each_buffer_cache([](BufferCache& b) { b.unlock_after_fork(); }); });
     return c;
   }();
   return all;

@@ -77,4 +77,10 @@ enum class BufferPool { Losses = 0, Attention = 1 };
 constexpr int kBufferPools = 2;
 BufferCache& buffer_cache(BufferPool pool = BufferPool::Losses);
 
+// f(cache) for every pool's cache, in pool order.
+template <class F>
+void for_each_buffer_cache(F&& f) {
+  for (int i = 0; i < kBufferPools; ++i) f(buffer_cache(static_cast<BufferPool>(i)));
+}
+
 }  // namespace edgegen::kernels
