@@ -444,25 +444,24 @@ struct KdCase {
   bool grad = true, in_place = false, row_scale = false;
 };
 
+// Element i of a buffer of dtype t: its size, a store (rounded to t) and a load, through the
+// kernels' own dtype dispatch and conversions.
 size_t elem_bytes(K::DType t) {
-  return t == K::DType::F64 ? 8 : (t == K::DType::F32 ? 4 : 2);
+  size_t n = 0;
+  K::dispatch_float(t, [&](auto* tag) { n = sizeof(*tag); });
+  return n;
 }
 void put(K::DType t, void* base, int64_t i, double x) {
-  switch (t) {
-    case K::DType::F64: static_cast<double*>(base)[i] = x; break;
-    case K::DType::F32: static_cast<float*>(base)[i] = float(x); break;
-    case K::DType::BF16: static_cast<uint16_t*>(base)[i] = K::to_bf16(float(x)).bits; break;
-    case K::DType::F16: static_cast<uint16_t*>(base)[i] = K::to_fp16(float(x)).bits; break;
-  }
+  K::dispatch_float(t, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if constexpr (std::is_same_v<T, double>) static_cast<double*>(base)[i] = x;
+    else K::store_float(static_cast<T*>(base) + i, float(x));
+  });
 }
 double get(K::DType t, const void* base, int64_t i) {
-  switch (t) {
-    case K::DType::F64: return static_cast<const double*>(base)[i];
-    case K::DType::F32: return static_cast<const float*>(base)[i];
-    case K::DType::BF16: return K::to_float(K::bf16_t{static_cast<const uint16_t*>(base)[i]});
-    case K::DType::F16: return K::to_float(K::fp16_t{static_cast<const uint16_t*>(base)[i]});
-  }
-  return 0;
+  double v = 0;
+  K::dispatch_float(t, [&](auto* tag) { v = double(K::to_float(static_cast<const std::remove_pointer_t<decltype(tag)>*>(base)[i])); });
+  return v;
 }
 
 // The emulated CUDA kernel against the CPU kernel in float64 on the same (rounded) values: the
@@ -552,8 +551,11 @@ TEST_F(CudaEmulated, KdLossGpt2VocabularyCachedOrNot) {
   KdCase kc;
   kc.vocab = 50257, kc.rows = 3, kc.row_scale = true;
   check_kd(kc);
+  EXPECT_GE(E::counters().max_dynamic_shared_bytes, 50257 * 4) << "the row should be cached";
   E::set_device(E::Device{132, 48 * 1024});
+  E::reset_counters();
   check_kd(kc);
+  EXPECT_EQ(E::counters().max_dynamic_shared_bytes, 0) << "the row should be read twice, not cached";
 }
 
 // Every dtype; teacher mixtures at a temperature other than 1 and 2; KL or CE alone.

@@ -451,6 +451,7 @@ int run_grid(const void* kernel, dim3 grid, dim3 blk, size_t smem, const std::fu
   b.shared = gl.shared.data() + (16 - reinterpret_cast<uintptr_t>(gl.shared.data()) % 16) % 16;
   b.shared_bytes = smem;
   ++gl.counters.launches;
+  gl.counters.max_dynamic_shared_bytes = std::max(gl.counters.max_dynamic_shared_bytes, int64_t(smem));
   gl.block = &b;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)

@@ -124,6 +124,7 @@ void clear_fault();
 // Counts since the last reset, for tests that check what ran.
 struct Counters {
   int64_t launches = 0, blocks = 0, syncthreads = 0, collectives = 0, async_copies = 0;
+  int64_t max_dynamic_shared_bytes = 0;  // the most any launch asked for
 };
 const Counters& counters();
 void reset_counters();
