@@ -1,8 +1,9 @@
 """GPU benchmark: edgegen's CUDA kernels against the best peers on the same GPU, in one run.
 
-* KD loss forward + backward (the student gradient), N x V logits: edgegen's row kernel vs the
-  same loss written in PyTorch (eager) and that code under torch.compile; achieved bandwidth of the
-  minimum traffic (read both logits, write the gradient) against a measured device-to-device copy.
+* KD loss forward + backward (the student gradient), N x V logits: edgegen's row kernel and its
+  cluster kernel (EDGEGEN_CUDA_KD_CLUSTER=1; sm_90) vs the same loss written in PyTorch (eager) and
+  that code under torch.compile; achieved bandwidth of the minimum traffic (read both logits, write
+  the gradient) against a measured device-to-device copy.
 * Sliding-window + global-token attention forward + backward (and forward alone): edgegen (its
   default kernels, and the cp.async double-buffered ones: EDGEGEN_CUDA_ATTENTION_PIPELINE=1) vs
   FlexAttention with a block mask of the same pattern (compiled) and dense causal SDPA (flash).
@@ -85,12 +86,16 @@ def bench_kd(rows, dtype, n, vocab, bw, quick):
     compiled = torch.compile(kd_composite)
     providers = {
         "edgegen": lambda: kd_loss(s, t, y).backward(),
+        # the cluster kernel (EDGEGEN_CUDA_KD_CLUSTER=1, read per call; the row kernel below sm_90)
+        "edgegen-cluster": lambda: kd_loss(s, t, y).backward(),
         "eager": lambda: kd_composite(s, t, y).backward(),
         "compile": lambda: compiled(s, t, y).backward(),
     }
     floor_bytes = 3 * n * vocab * s.element_size()
     out = {}
     for name, fn in providers.items():
+        os.environ["EDGEGEN_CUDA_KD_CLUSTER"] = "1" if name == "edgegen-cluster" else "0"
+
         def run():
             s.grad = None
             fn()
@@ -101,9 +106,14 @@ def bench_kd(rows, dtype, n, vocab, bw, quick):
         rows.append(dict(op="kd_loss", provider=name, shape=f"{n}x{vocab}", dtype=str(dtype).split(".")[-1],
                          mode="fwd+bwd", p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}", p80_ms=f"{p80:.3f}",
                          peak_mb=f"{mb:.0f}", gbps=f"{gbps:.0f}"))
-        print(f"kd_loss {str(dtype):15s} {name:8s} {p50:8.3f} ms  peak {mb:7.0f} MB  {gbps:6.0f} GB/s "
+        print(f"kd_loss {str(dtype):15s} {name:15s} {p50:8.3f} ms  peak {mb:7.0f} MB  {gbps:6.0f} GB/s "
               f"({100 * gbps / bw:.0f}% of copy)", flush=True)
-    print(f"  edgegen vs eager {out['eager'] / out['edgegen']:.2f}x, vs compile {out['compile'] / out['edgegen']:.2f}x;"
+    os.environ.pop("EDGEGEN_CUDA_KD_CLUSTER", None)
+    for variant in ("edgegen", "edgegen-cluster"):
+        print(f"  {variant} vs eager {out['eager'] / out[variant]:.2f}x, vs compile {out['compile'] / out[variant]:.2f}x",
+              flush=True)
+    same = "" if torch.cuda.get_device_capability()[0] >= 9 else " (below sm_90 both run the row kernel)"
+    print(f"  cluster vs row kernel {out['edgegen'] / out['edgegen-cluster']:.2f}x{same};"
           f" gradient alone {n * vocab * s.element_size() / 1e6:.0f} MB", flush=True)
 
 

@@ -6,7 +6,8 @@
 #      with the system compiler, which links libstdc++ dynamically (nothing is downloaded);
 #   3. run tests/cuda (native kernels required) and the op, distillation and attention suites,
 #      then the CUDA attention tests again with the pipelined kernels
-#      (EDGEGEN_CUDA_ATTENTION_PIPELINE=1);
+#      (EDGEGEN_CUDA_ATTENTION_PIPELINE=1) and the CUDA KD tests with the cluster kernel
+#      (EDGEGEN_CUDA_KD_CLUSTER=1);
 #   4. run the GPU benchmark and print its table;
 #   5. on a host CPU with AMX, check and time the INT8 GEMM's AMX path (scripts/amx-check.sh) and
 #      run the INT8 layer tests with it turned on (GPU_CHECK_AMX=0 skips this).
@@ -76,6 +77,12 @@ EDGEGEN_EXPECT_CUDA_KERNELS=1 EDGEGEN_CUDA_ATTENTION_PIPELINE=1 timeout 120 "$PY
 rc=$?
 echo "pipelined attention kernels: $(grep -E "passed|failed|error" "$OUT/tests-pipelined.log" | tail -1)"
 [ $rc -eq 0 ] || { status=1; grep -E "^(FAILED|ERROR)" "$OUT/tests-pipelined.log" | head -20; }
+EDGEGEN_EXPECT_CUDA_KERNELS=1 EDGEGEN_CUDA_KD_CLUSTER=1 timeout 120 "$PY" -m pytest \
+  tests/cuda/test_kd_loss_cuda.py -q -p no:cacheprovider -o addopts="" -rfE \
+  >"$OUT/tests-kd-cluster.log" 2>&1
+rc=$?
+echo "KD cluster kernel: $(grep -E "passed|failed|error" "$OUT/tests-kd-cluster.log" | tail -1)"
+[ $rc -eq 0 ] || { status=1; grep -E "^(FAILED|ERROR)" "$OUT/tests-kd-cluster.log" | head -20; }
 
 echo "== benchmark"
 timeout 300 "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-} --csv "$OUT/gpu.csv" 2>&1 | tee "$OUT/bench.log" \

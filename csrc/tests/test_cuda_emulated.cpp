@@ -21,6 +21,7 @@
 #include "kernels/dtypes.h"
 // Last: with the emulator it defines CUDA's device-code spellings (threadIdx, __shared__, ...) as macros.
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/memory_ops.h"
 
 namespace K = edgegen::kernels;
 namespace KC = edgegen::kernels::cuda;
@@ -203,6 +204,84 @@ TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
   EXPECT_EQ(E::launch(nothing_kernel, dim3(1), dim3(32), 64 << 10, nullptr, 0), cudaSuccess);
   EXPECT_EQ(cudaFuncSetAttribute(nothing_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10),
             cudaErrorInvalidValue);
+}
+
+// Thread-block clusters: each block writes its rank and thread index into its shared memory,
+// reads its neighbour block's (rank + 1) through distributed shared memory after the cluster
+// barrier, and waits for the cluster before it exits (mode 0). Mode 1 leaves out the first
+// barrier (reads the neighbour before it wrote), mode 2 the last (a block exits while its
+// neighbour may still read it).
+void cluster_neighbour_kernel(int* out, int mode) {
+  using edgegen::kernels::cuda::cluster_map;
+  using edgegen::kernels::cuda::cluster_sync;
+  const unsigned C = 4, rank = blockIdx.x % C, i = threadIdx.x;
+  int* mine = reinterpret_cast<int*>(E::dynamic_shared());
+  mine[i] = int(rank * 1000 + i);
+  if (mode != 1) cluster_sync();
+  out[blockIdx.x * blockDim.x + i] = *cluster_map(mine + (i + 1) % blockDim.x, (rank + 1) % C);
+  if (mode != 2) cluster_sync();
+}
+
+TEST_F(CudaEmulated, ClustersShareTheirBlocksSharedMemory) {
+  const int n = 64, blocks = 8;
+  for (E::Schedule order : {E::Schedule::Forward, E::Schedule::Reverse, E::Schedule::Greedy}) {
+    E::set_schedule(order);
+    std::vector<int> out(size_t(n * blocks), -1);
+    ASSERT_EQ(E::launch_cluster(cluster_neighbour_kernel, dim3(blocks), dim3(n), n * 4, nullptr, 4u, out.data(), 0),
+              cudaSuccess)
+        << E::last_fault();
+    for (int b = 0; b < blocks; ++b)
+      for (int i = 0; i < n; ++i) EXPECT_EQ(out[size_t(b * n + i)], ((b % 4 + 1) % 4) * 1000 + (i + 1) % n);
+    EXPECT_EQ(E::counters().max_cluster, 4);
+  }
+  // Without the first barrier, the lowest-first schedule runs rank 0 to its end before rank 1
+  // writes anything: rank 0 reads poison.
+  E::set_schedule(E::Schedule::Greedy);
+  std::vector<int> out(size_t(n * blocks), -1);
+  ASSERT_EQ(E::launch_cluster(cluster_neighbour_kernel, dim3(blocks), dim3(n), n * 4, nullptr, 4u, out.data(), 1),
+            cudaSuccess);
+  EXPECT_EQ(out[0], -1) << "0xffffffff: the neighbour's unwritten shared memory";
+  // Without the last, a block exits while its neighbour still reads it.
+  E::set_schedule(E::Schedule::Forward);
+  EXPECT_EQ(E::launch_cluster(cluster_neighbour_kernel, dim3(blocks), dim3(n), n * 4, nullptr, 4u, out.data(), 2),
+            cudaErrorLaunchFailure);
+  EXPECT_NE(E::last_fault().find("whose threads have all exited"), std::string::npos) << E::last_fault();
+}
+
+void cluster_early_exit_kernel(int) {
+  if (blockIdx.x == 1 && threadIdx.x == 3) return;
+  edgegen::kernels::cuda::cluster_sync();
+}
+void cluster_map_rank_kernel(int) { (void)edgegen::kernels::cuda::cluster_map(E::dynamic_shared(), 2u); }
+void cluster_map_outside_kernel(int) {
+  static int elsewhere;
+  (void)edgegen::kernels::cuda::cluster_map(&elsewhere, 1u);
+}
+void cluster_deadlock_kernel(int) {  // one thread at the cluster barrier, its block's others at theirs
+  if (threadIdx.x == 0) edgegen::kernels::cuda::cluster_sync();
+  else __syncthreads();
+}
+
+TEST_F(CudaEmulated, ClusterFaultsAndLaunchErrors) {
+  struct Expect {
+    void (*kernel)(int);
+    const char* fault;
+  };
+  for (const Expect& e : {Expect{cluster_early_exit_kernel, "cluster barrier"},
+                          Expect{cluster_map_rank_kernel, "rank 2 of a cluster of 2"},
+                          Expect{cluster_map_outside_kernel, "outside the block's dynamic shared memory"},
+                          Expect{cluster_deadlock_kernel, "deadlock in the cluster"}}) {
+    E::clear_fault();
+    EXPECT_EQ(E::launch_cluster(e.kernel, dim3(2), dim3(64), 64, nullptr, 2u, 0), cudaErrorLaunchFailure) << e.fault;
+    EXPECT_NE(E::last_fault().find(e.fault), std::string::npos) << E::last_fault();
+  }
+  EXPECT_EQ(E::launch_cluster(nothing_kernel, dim3(6), dim3(32), 0, nullptr, 4u, 0), cudaErrorInvalidClusterSize);
+  EXPECT_EQ(E::launch_cluster(nothing_kernel, dim3(16), dim3(32), 0, nullptr, 16u, 0), cudaErrorInvalidClusterSize);
+  E::Device older;
+  older.compute_major = 8;
+  E::set_device(older);
+  EXPECT_EQ(E::launch_cluster(nothing_kernel, dim3(2), dim3(32), 0, nullptr, 2u, 0), cudaErrorNotSupported);
+  EXPECT_EQ(E::launch(nothing_kernel, dim3(2), dim3(32), 0, nullptr, 0), cudaSuccess);
 }
 
 // ------------------------------------------------------------------------------ attention
@@ -442,6 +521,7 @@ struct KdCase {
   double T = 2.0, alpha = 0.5;
   int64_t student_pad = 0, teacher_pad = 0;  // row stride = vocab + pad (misaligned rows)
   bool grad = true, in_place = false, row_scale = false;
+  KC::KDCudaKernel kernel = KC::KDCudaKernel::Rows;
 };
 
 // Element i of a buffer of dtype t: its size, a store (rounded to t) and a load, through the
@@ -500,6 +580,8 @@ void check_kd(const KdCase& kc) {
   std::vector<int64_t> target(size_t(kc.rows));
   for (int64_t r = 0; r < kc.rows; ++r) target[size_t(r)] = (r * 7919 + 13) % V;
   if (kc.rows > 1) target[1] = -100;  // an ignored row
+  target[0] = V - 1;                   // in a scalar tail when the row has one
+  if (kc.rows > 2) target[2] = 0;      // in a scalar head likewise
   std::vector<double> row_scale(size_t(kc.rows));
   for (int64_t r = 0; r < kc.rows; ++r) row_scale[size_t(r)] = 0.5 + 0.25 * double(r % 3);
 
@@ -529,7 +611,7 @@ void check_kd(const KdCase& kc) {
   r.num_threads = 1;
   K::kd_loss_rows_scalar(r);
 
-  ASSERT_EQ(KC::kd_loss_rows_cuda(p, nullptr), 0) << E::last_fault();
+  ASSERT_EQ(KC::kd_loss_rows_cuda(p, nullptr, kc.kernel), 0) << E::last_fault();
   const double lrel = kc.dtype == K::DType::F64 ? 1e-12 : 1e-5;
   for (int64_t i = 0; i < kc.rows; ++i) ASSERT_NEAR(loss[size_t(i)], rloss[size_t(i)], lrel * (1 + std::fabs(rloss[size_t(i)]))) << "row " << i;
   if (!kc.grad) return;
@@ -599,6 +681,115 @@ TEST_F(CudaEmulated, KdLossAlignmentInPlaceAndGridStride) {
   check_kd(many);
   E::set_schedule(E::Schedule::Greedy);
   check_kd(many);
+}
+
+// ------------------------------------------------------------------------------ KD loss, clusters
+
+// The cluster kernel against the CPU kernel; `cluster`: the cluster size the launcher must pick
+// (0: the Rows kernel must run instead).
+void check_kd_cluster(KdCase kc, int cluster) {
+  kc.kernel = KC::KDCudaKernel::Cluster;
+  E::reset_counters();
+  check_kd(kc);
+  if (cluster == 0) {
+    EXPECT_EQ(E::counters().cluster_syncs, 0) << "the Rows kernel should run";
+  } else {
+    EXPECT_EQ(E::counters().max_cluster, cluster);
+    EXPECT_GT(E::counters().cluster_syncs, 0) << "the cluster kernel should run";
+  }
+}
+
+// A device with this much shared memory per SM (and per block).
+void small_device(int per_sm, int sms = 132) {
+  E::Device d;
+  d.sms = sms;
+  d.max_shared_per_sm = per_sm;
+  d.max_shared_per_block = per_sm;
+  E::set_device(d);
+}
+
+// GPT-2's vocabulary on an H100: float32 rows over clusters of 8 blocks (student + teacher slices
+// of 25 KB each), bfloat16 over 4, float64 over 8 at two blocks per SM.
+TEST_F(CudaEmulated, KdLossClusterKernelGpt2Vocabulary) {
+  KdCase kc;
+  kc.vocab = 50257, kc.rows = 3, kc.row_scale = true;
+  check_kd_cluster(kc, 8);
+  kc.dtype = K::DType::BF16;
+  check_kd_cluster(kc, 4);
+  kc.dtype = K::DType::F64, kc.rows = 2;
+  check_kd_cluster(kc, 8);
+}
+
+// Every dtype, teacher mixtures, KL or CE alone, temperatures 1, 2 and others, on a device small
+// enough that vocabularies of a few thousand need clusters of 2, 4 and 8.
+TEST_F(CudaEmulated, KdLossClusterKernelDtypesMixturesAndTerms) {
+  small_device(16 * 1024);
+  for (K::DType t : {K::DType::F32, K::DType::BF16, K::DType::F16, K::DType::F64}) {
+    KdCase kc;
+    kc.dtype = t, kc.vocab = 1000;
+    const bool wide = t == K::DType::F32 || t == K::DType::F64;  // 4 or 8 bytes a logit
+    check_kd_cluster(kc, wide ? 4 : 2);
+    kc.teachers = 3, kc.T = 3.0, kc.alpha = 0.3;
+    check_kd_cluster(kc, wide ? 8 : 4);
+  }
+  for (double alpha : {0.0, 1.0}) {
+    for (double T : {1.0, 2.0, 0.7}) {
+      KdCase kc;
+      kc.alpha = alpha, kc.T = T, kc.teachers = alpha == 0.0 ? 0 : 1;
+      check_kd_cluster(kc, alpha == 0.0 ? 2 : 4);
+    }
+  }
+}
+
+// Rows off the 16-byte boundary, alike in every tensor (cluster) or not (the Rows kernel); the
+// gradient in place of the student or not at all; more rows than clusters (one SM); vocabularies
+// with fewer vectors than blocks; each schedule.
+TEST_F(CudaEmulated, KdLossClusterKernelAlignmentInPlaceAndGridStride) {
+  small_device(16 * 1024);
+  KdCase kc;
+  kc.vocab = 1517, kc.student_pad = 3, kc.teacher_pad = 3;
+  check_kd_cluster(kc, 8);
+  for (E::Schedule order : {E::Schedule::Reverse, E::Schedule::Greedy}) {
+    E::set_schedule(order);
+    check_kd_cluster(kc, 8);
+  }
+  E::set_schedule(E::Schedule::Forward);
+  kc.teacher_pad = 5, kc.teachers = 2;
+  check_kd_cluster(kc, 0);
+  kc.teacher_pad = 3, kc.teachers = 1, kc.dtype = K::DType::BF16, kc.in_place = true;
+  check_kd_cluster(kc, 4);
+  kc.grad = false, kc.in_place = false;
+  check_kd_cluster(kc, 4);
+  small_device(16 * 1024, 1);
+  KdCase wide;  // float32 over clusters of 8, but one SM holds 5 of these blocks: never at once
+  wide.vocab = 1517;
+  check_kd_cluster(wide, 0);
+  KdCase many;
+  many.rows = 40, many.vocab = 1000;
+  check_kd_cluster(many, 4);
+  E::set_schedule(E::Schedule::Greedy);
+  check_kd_cluster(many, 4);
+  E::set_schedule(E::Schedule::Forward);
+  small_device(3520);
+  KdCase tiny;
+  tiny.vocab = 37, tiny.student_pad = 1, tiny.teacher_pad = 1;
+  check_kd_cluster(tiny, 8);
+}
+
+// Below compute capability 9, or with a build whose code for the device is not sm_90 (the
+// compute_80 PTX compiled when loaded), the Rows kernel runs.
+TEST_F(CudaEmulated, KdLossClusterKernelNeedsSm90) {
+  E::Device d;
+  d.compute_major = 8;
+  E::set_device(d);
+  KdCase kc;
+  check_kd_cluster(kc, 0);
+  d.compute_major = 9, d.ptx_version = 80;
+  E::set_device(d);
+  check_kd_cluster(kc, 0);
+  d.ptx_version = 90;
+  E::set_device(d);
+  check_kd_cluster(kc, 1);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@ import torch
 import edgegen  # noqa: F401
 from edgegen.distill import fused_linear_kd_loss, kd_loss
 from edgegen.ops._reference import fused_linear_kd_loss_reference, kd_loss_reference
+from tests.cuda.conftest import native
 from tests.helpers import make_target
 
 DEV = "cuda"
@@ -111,6 +112,25 @@ def test_fused_linear_matches_reference(dtype, reduction):
     _close(loss, ref.detach(), tol)
     for a, b in zip(dev, leaves):
         _close(a.grad, b.grad, tol)
+
+
+@pytest.mark.parametrize("choice", ["0", "1"], ids=["rows", "cluster"])
+def test_kernel_choice_follows_the_variable(choice, monkeypatch):
+    """EDGEGEN_CUDA_KD_CLUSTER=1 (read per call) runs the cluster kernel on compute capability 9 and
+    up, the row kernel below; unset or 0, the row kernel. Seen in the profiler's kernel names."""
+    if not native("kd_loss"):
+        pytest.skip("this build has no native CUDA KD kernel (EDGEGEN_CUDA=OFF)")
+    monkeypatch.setenv("EDGEGEN_CUDA_KD_CLUSTER", choice)
+    s, ts, y = _case(8, 50257, torch.float32)
+    s, t, y = s.to(DEV).requires_grad_(), ts[0].to(DEV), y.to(DEV)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        kd_loss(s, t, y).backward()
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events()}
+    cluster = choice == "1" and torch.cuda.get_device_capability()[0] >= 9
+    want, other = ("kd_cluster_kernel", "kd_rows_kernel") if cluster else ("kd_rows_kernel", "kd_cluster_kernel")
+    assert any(want in n for n in names), sorted(names)
+    assert not any(other in n for n in names), sorted(names)
 
 
 def test_gradcheck_float64():

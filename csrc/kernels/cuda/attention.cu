@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/memory_ops.h"
 
 namespace edgegen::kernels::cuda {
 namespace {
@@ -163,33 +164,6 @@ struct TileSeq {
     }
   }
 };
-
-// 16-byte copy from global to shared memory without waiting (sm_80 cp.async): src_bytes of the 16
-// read, the rest zero-filled; committed in groups and waited for by the number of groups that may
-// still be in flight.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-#ifdef EDGEGEN_CUDA_EMULATE
-  ::edgegen_cuda_emulator::cp_async_16(dst, src, src_bytes);
-#else
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#ifdef EDGEGEN_CUDA_EMULATE
-  ::edgegen_cuda_emulator::cp_async_commit();
-#else
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-#ifdef EDGEGEN_CUDA_EMULATE
-  ::edgegen_cuda_emulator::cp_async_wait(kPending);
-#else
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
 
 // Copies rows [r0, r0 + kTile) of a [n, D] strided matrix into shared memory (row pitch LD),
 // zero-filling rows past n. 16-byte accesses; kAsync: cp.async (landing at the next wait),

@@ -33,7 +33,7 @@ namespace {
 constexpr size_t kStackBytes = size_t(256) << 10;
 constexpr int kMaxThreads = 1024;
 
-enum class State { Ready, AtBarrier, AtWarp, Done };
+enum class State { Ready, AtBarrier, AtCluster, AtWarp, Done };
 
 // One cp.async copy of 16 bytes: `bytes` from src, zeros for the rest.
 struct AsyncCopy {
@@ -72,6 +72,7 @@ struct Block {
   std::vector<Warp> warps;
   ucontext_t sched;
   int cur = -1;
+  unsigned rank = 0;  // in its cluster
   unsigned live = 0, exited = 0, bar_arrived = 0;
   uint64_t bar_gen = 0;
   unsigned char* shared = nullptr;
@@ -84,6 +85,13 @@ struct Block {
 #endif
 };
 
+// The blocks of the cluster running now and its barrier (counted in threads).
+struct Cluster {
+  std::vector<Block> blocks;
+  unsigned live = 0, exited = 0, arrived = 0;
+  uint64_t gen = 0;
+};
+
 struct Global {
   Schedule schedule = Schedule::Forward;
   CopyLanding landing = CopyLanding::AtWait;
@@ -93,8 +101,9 @@ struct Global {
   int last_error = 0;
   std::map<const void*, int> max_dynamic_shared;
   std::vector<Stack> stacks;
-  std::vector<unsigned char> shared;
-  Block* block = nullptr;  // the block running now
+  std::vector<std::vector<unsigned char>> shared;  // one buffer per cluster rank
+  Cluster* cluster = nullptr;                      // the cluster running now
+  Block* block = nullptr;                          // the block running now
 };
 
 Global& g() {
@@ -103,6 +112,7 @@ Global& g() {
 }
 
 Block& block() { return *g().block; }
+Cluster& cluster() { return *g().cluster; }
 Fiber& self() { return block().fibers[size_t(block().cur)]; }
 unsigned linear(const Thread& t) { return t.thread_idx.x + t.block_dim.x * (t.thread_idx.y + t.block_dim.y * t.thread_idx.z); }
 
@@ -169,13 +179,20 @@ void fiber_main() {
 #endif
   (*b.body)();
   Fiber& f = self();
+  Cluster& c = cluster();
   const unsigned w = linear(f.id) / 32;
   f.state = State::Done;
   --b.live;
   ++b.exited;
   ++b.warps[w].exited;
+  --c.live;
+  ++c.exited;
+  if (b.live == 0)  // the block is gone: what other blocks of its cluster read of it now is poison
+    std::fill(b.shared, b.shared + b.shared_bytes, static_cast<unsigned char>(0xff));
   if (b.bar_arrived > 0)
     fail("exited while %u threads of its block wait at __syncthreads (they would hang)", b.bar_arrived);
+  if (c.arrived > 0)
+    fail("exited while %u threads of its cluster wait at the cluster barrier (they would hang)", c.arrived);
   if (b.warps[w].arrived > 0)
     fail("exited while %u lanes of its warp wait at a warp-collective operation", b.warps[w].arrived);
   if (!f.issued.empty() || !f.committed.empty())
@@ -191,72 +208,84 @@ bool runnable(const Block& b, const Fiber& f) {
   switch (f.state) {
     case State::Ready: return true;
     case State::AtBarrier: return f.gen != b.bar_gen;
+    case State::AtCluster: return f.gen != g().cluster->gen;
     case State::AtWarp: return f.gen != b.warps[linear(f.id) / 32].gen;
     case State::Done: return false;
   }
   return false;
 }
 
-std::string deadlock(const Block& b) {
-  int at_bar = 0, at_warp = 0;
-  for (const Fiber& f : b.fibers) {
-    at_bar += f.state == State::AtBarrier;
-    at_warp += f.state == State::AtWarp;
-  }
-  const Thread& t = b.fibers.front().id;
-  char buf[240];
+std::string deadlock(const Cluster& c) {
+  int at_bar = 0, at_cluster = 0, at_warp = 0;
+  for (const Block& b : c.blocks)
+    for (const Fiber& f : b.fibers) {
+      at_bar += f.state == State::AtBarrier;
+      at_cluster += f.state == State::AtCluster;
+      at_warp += f.state == State::AtWarp;
+    }
+  const Thread& t = c.blocks.front().fibers.front().id;
+  char buf[320];
   std::snprintf(buf, sizeof buf,
-                "deadlock in block (%u, %u, %u): %d threads wait at __syncthreads and %d at warp-collective "
-                "operations, and no thread can go on (a barrier not every thread reaches)",
-                t.block_idx.x, t.block_idx.y, t.block_idx.z, at_bar, at_warp);
+                "deadlock in %s (%u, %u, %u): %d threads wait at __syncthreads, %d at the cluster barrier and %d "
+                "at warp-collective operations, and no thread can go on (a barrier not every thread reaches)",
+                c.blocks.size() > 1 ? "the cluster of block" : "block", t.block_idx.x, t.block_idx.y, t.block_idx.z,
+                at_bar, at_cluster, at_warp);
   return buf;
 }
 
-// Runs one block to its end; returns its fault ("" if none).
-std::string run_block(Block& b, const std::function<void()>& body, dim3 grid, dim3 blk, uint3 bid) {
-  const unsigned n = blk.x * blk.y * blk.z;
-  b.body = &body;
-  b.fibers.resize(n);
-  b.warps.assign((n + 31) / 32, Warp{});
-  b.live = n, b.exited = 0, b.bar_arrived = 0, b.bar_gen = 0, b.cur = -1;
-  b.fault.clear();
-  std::fill(b.shared, b.shared + b.shared_bytes, static_cast<unsigned char>(0xff));
-  for (unsigned i = 0; i < n; ++i) {
-    Fiber& f = b.fibers[i];
-    const Stack& s = g().stacks[i];
+// Runs the blocks of one cluster (block indices first.x .. first.x + cluster size - 1) to their
+// end; returns the fault ("" if none).
+std::string run_cluster(Cluster& c, const std::function<void()>& body, dim3 grid, dim3 blk, uint3 first) {
+  const unsigned n = blk.x * blk.y * blk.z, nb = unsigned(c.blocks.size()), total = n * nb;
+  c.live = total, c.exited = 0, c.arrived = 0, c.gen = 0;
+  for (unsigned j = 0; j < nb; ++j) {
+    Block& b = c.blocks[j];
+    b.body = &body;
+    b.rank = j;
+    b.fibers.resize(n);
+    b.warps.assign((n + 31) / 32, Warp{});
+    b.live = n, b.exited = 0, b.bar_arrived = 0, b.bar_gen = 0, b.cur = -1;
+    b.fault.clear();
+    std::fill(b.shared, b.shared + b.shared_bytes, static_cast<unsigned char>(0xff));
+    for (unsigned i = 0; i < n; ++i) {
+      Fiber& f = b.fibers[i];
+      const Stack& s = g().stacks[j * n + i];
 #ifdef EDGEGEN_EMULATOR_ASAN
-    ASAN_UNPOISON_MEMORY_REGION(s.bottom(), s.usable());  // frames a faulted launch left behind
+      ASAN_UNPOISON_MEMORY_REGION(s.bottom(), s.usable());  // frames a faulted launch left behind
 #endif
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = s.bottom();
-    f.ctx.uc_stack.ss_size = s.usable();
-    f.ctx.uc_link = &b.sched;
-    makecontext(&f.ctx, fiber_main, 0);
-    f.id.thread_idx = uint3{i % blk.x, (i / blk.x) % blk.y, i / (blk.x * blk.y)};
-    f.id.block_idx = bid;
-    f.id.block_dim = blk;
-    f.id.grid_dim = grid;
-    f.state = State::Ready;
-    f.gen = 0;
-    f.issued.clear();
-    f.committed.clear();
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = s.bottom();
+      f.ctx.uc_stack.ss_size = s.usable();
+      f.ctx.uc_link = &b.sched;
+      makecontext(&f.ctx, fiber_main, 0);
+      f.id.thread_idx = uint3{i % blk.x, (i / blk.x) % blk.y, i / (blk.x * blk.y)};
+      f.id.block_idx = uint3{first.x + j, first.y, first.z};
+      f.id.block_dim = blk;
+      f.id.grid_dim = grid;
+      f.state = State::Ready;
+      f.gen = 0;
+      f.issued.clear();
+      f.committed.clear();
+    }
   }
   const bool reverse = g().schedule == Schedule::Reverse, greedy = g().schedule == Schedule::Greedy;
-  while (b.live > 0) {
+  while (c.live > 0) {
     bool progressed = false;
-    for (unsigned k = 0; k < n; ++k) {
-      const unsigned i = reverse ? n - 1 - k : k;
+    for (unsigned k = 0; k < total; ++k) {
+      const unsigned idx = reverse ? total - 1 - k : k, j = idx / n, i = idx % n;
+      Block& b = c.blocks[j];
       Fiber& f = b.fibers[i];
       if (!runnable(b, f)) continue;
+      g().block = &b;
       b.cur = int(i);
       f.state = State::Ready;
-      const Stack& s = g().stacks[i];
+      const Stack& s = g().stacks[idx];
       switch_to(&b.sched, &f.ctx, s.bottom(), s.usable());
       progressed = true;
       if (!b.fault.empty()) return b.fault;
-      if (greedy) break;  // start again from thread 0
+      if (greedy) break;  // start again from the first thread of rank 0
     }
-    if (!progressed && b.live > 0) return deadlock(b);
+    if (!progressed && c.live > 0) return deadlock(c);
   }
   return "";
 }
@@ -298,6 +327,33 @@ void syncthreads() {
     ++b.bar_gen;
   }
   to_scheduler();
+}
+
+void cluster_sync() {
+  Cluster& c = cluster();
+  Fiber& f = self();
+  ++g().counters.cluster_syncs;
+  if (c.exited > 0)
+    fail("reached the cluster barrier after %u threads of its cluster exited", c.exited);
+  f.gen = c.gen;
+  f.state = State::AtCluster;
+  if (++c.arrived == c.live) {  // the last one: everyone goes on, in the schedule's order
+    c.arrived = 0;
+    ++c.gen;
+  }
+  to_scheduler();
+}
+
+const void* cluster_map(const void* p, unsigned rank) {
+  Block& b = block();
+  Cluster& c = cluster();
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q < b.shared || q >= b.shared + b.shared_bytes)
+    fail("cluster_map of an address outside the block's dynamic shared memory");
+  if (rank >= c.blocks.size()) fail("cluster_map to rank %u of a cluster of %zu blocks", rank, c.blocks.size());
+  const Block& t = c.blocks[rank];
+  if (t.live == 0) fail("cluster_map into the block of rank %u, whose threads have all exited", rank);
+  return t.shared + (q - b.shared);
 }
 
 void warp_exchange(Op op, const void* in, size_t bytes, unsigned char (*all)[kSlotBytes]) {
@@ -433,7 +489,18 @@ int set_max_dynamic_shared(const void* kernel, int bytes) {
   return cudaSuccess;
 }
 
-int run_grid(const void* kernel, dim3 grid, dim3 blk, size_t smem, const std::function<void()>& body) {
+int max_active_clusters(int* n, unsigned threads, size_t smem, unsigned cluster) {
+  const Device& d = g().device;
+  if (threads == 0 || threads > unsigned(kMaxThreads) || cluster == 0 || cluster > 8) return cudaErrorInvalidValue;
+  if (d.compute_major < 9) return cudaErrorNotSupported;
+  const size_t by_memory = size_t(d.max_shared_per_sm) / (smem + size_t(d.reserved_shared_per_block));
+  const size_t by_threads = 2048 / threads;
+  *n = int(size_t(d.sms) * std::min(by_memory, by_threads) / cluster);
+  return cudaSuccess;
+}
+
+int run_grid(const void* kernel, dim3 grid, dim3 blk, size_t smem, unsigned cluster,
+             const std::function<void()>& body) {
   Global& gl = g();
   auto result = [&](int e) {
     gl.last_error = e;
@@ -442,30 +509,42 @@ int run_grid(const void* kernel, dim3 grid, dim3 blk, size_t smem, const std::fu
   const uint64_t threads = uint64_t(blk.x) * blk.y * blk.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > uint64_t(kMaxThreads))
     return result(cudaErrorInvalidConfiguration);
+  if (cluster == 0 || cluster > 8 || grid.x % cluster != 0) return result(cudaErrorInvalidClusterSize);
+  if (cluster > 1 && gl.device.compute_major < 9) return result(cudaErrorNotSupported);
   const auto allowed = gl.max_dynamic_shared.find(kernel);
   const size_t limit = allowed == gl.max_dynamic_shared.end() ? size_t(48) << 10 : size_t(allowed->second);
   if (smem > limit || smem > size_t(gl.device.max_shared_per_block)) return result(cudaErrorInvalidValue);
-  ensure_stacks(size_t(threads));
-  gl.shared.assign(smem + 16, 0);
-  Block b;
-  b.shared = gl.shared.data() + (16 - reinterpret_cast<uintptr_t>(gl.shared.data()) % 16) % 16;
-  b.shared_bytes = smem;
+  ensure_stacks(size_t(threads) * cluster);
+  Cluster c;
+  c.blocks.resize(cluster);
+  gl.shared.resize(std::max<size_t>(gl.shared.size(), cluster));
+  for (unsigned j = 0; j < cluster; ++j) {
+    std::vector<unsigned char>& buf = gl.shared[j];
+    buf.assign(smem + 16, 0);
+    c.blocks[j].shared = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) % 16) % 16;
+    c.blocks[j].shared_bytes = smem;
+  }
   ++gl.counters.launches;
+  if (cluster > 1) ++gl.counters.cluster_launches;
+  gl.counters.max_cluster = std::max(gl.counters.max_cluster, int64_t(cluster));
   gl.counters.max_dynamic_shared_bytes = std::max(gl.counters.max_dynamic_shared_bytes, int64_t(smem));
-  gl.block = &b;
+  gl.cluster = &c;
+  auto done = [&](int e) {
+    gl.cluster = nullptr;
+    gl.block = nullptr;
+    return result(e);
+  };
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        ++gl.counters.blocks;
-        std::string fault = run_block(b, body, grid, blk, uint3{x, y, z});
+      for (unsigned x = 0; x < grid.x; x += cluster) {
+        gl.counters.blocks += cluster;
+        std::string fault = run_cluster(c, body, grid, blk, uint3{x, y, z});
         if (!fault.empty()) {
-          gl.block = nullptr;
           if (gl.fault.empty()) gl.fault = fault;
-          return result(cudaErrorLaunchFailure);
+          return done(cudaErrorLaunchFailure);
         }
       }
-  gl.block = nullptr;
-  return result(cudaSuccess);
+  return done(cudaSuccess);
 }
 
 }  // namespace edgegen_cuda_emulator
@@ -476,6 +555,8 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorInvalidClusterSize: return "invalid cluster size";
   }
   return "unknown error";
 }
@@ -497,6 +578,9 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = d.sms; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.max_shared_per_block; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = d.compute_major; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = d.max_shared_per_sm; return cudaSuccess;
+    case cudaDevAttrReservedSharedMemoryPerBlock: *value = d.reserved_shared_per_block; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }

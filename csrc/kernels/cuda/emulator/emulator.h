@@ -5,26 +5,35 @@
 //
 // A .cu file compiled as C++ with EDGEGEN_CUDA_EMULATE defined and this folder first on the include
 // path (its cuda_runtime.h, cuda_bf16.h and cuda_fp16.h stand in for the toolkit's) launches through
-// EDGEGEN_LAUNCH (kernels/cuda/launch.h) into launch() below, which runs the blocks of the grid one
-// after the other. A block's threads switch only at __syncthreads and at the warp-collective
-// operations (__shfl_xor_sync; mma.sync m16n8k16 and ldmatrix .x4 .trans with the fragment layouts
-// of the PTX ISA); between those, they run one at a time in the order set_schedule picks (index
-// order, reverse, or lowest runnable first), so a missing __syncthreads shows up as a thread
-// reading shared memory another one has not written yet.
-// Dynamic shared memory is filled with 0xff bytes (NaN in every float type) at each block's start;
+// EDGEGEN_LAUNCH or EDGEGEN_LAUNCH_CLUSTER (kernels/cuda/launch.h) into launch() or launch_cluster()
+// below, which run the grid one cluster after the other (a plain launch: clusters of one block).
+// The threads of a cluster's blocks switch only at __syncthreads, at the cluster barrier and at the
+// warp-collective operations (__shfl_xor_sync; mma.sync m16n8k16 and ldmatrix .x4 .trans with the
+// fragment layouts of the PTX ISA); between those, they run one at a time in the order
+// set_schedule picks (index order, reverse, or lowest runnable first, over the cluster's blocks
+// in rank order), so a missing __syncthreads shows up as a thread reading shared memory another one
+// has not written yet, and a missing cluster barrier as a block reading another block's.
+// Dynamic shared memory is filled with 0xff bytes (NaN in every float type) at each block's start,
+// and again when all its threads have exited (a block of a cluster reading it later finds NaN);
 // static __shared__ variables are function statics and keep the previous block's values (a
-// missing barrier around them reads stale, not poisoned, data).
+// missing barrier around them reads stale, not poisoned, data), and the blocks of a cluster share
+// them: kernels launched as clusters keep their shared state in dynamic shared memory.
 //
 // A fault ends the launch, which then returns cudaErrorLaunchFailure, and last_fault() says what
 // happened: a __syncthreads that not every live thread of the block reaches (a deadlock) or that
 // comes after a thread of the block exited; a warp-collective operation that not all 32 lanes
 // reach, or that they reach at different operations, or with a partial mask; an ldmatrix address
 // outside the block's dynamic shared memory or not 16-byte aligned, a cp.async likewise or a thread
-// that exits with cp.async copies it never waited for. Launch errors as CUDA gives
-// them: a block of more than 1024 threads or an empty grid (cudaErrorInvalidConfiguration), more
-// dynamic shared memory than 48 KiB without cudaFuncSetAttribute allowing it, or than the device
-// has (cudaErrorInvalidValue). Device attributes: an H100's (132 SMs, 227 KiB of shared memory
-// per block) unless a test sets others.
+// that exits with cp.async copies it never waited for; a cluster barrier that not every thread of
+// the cluster reaches, or that comes after a thread of the cluster exited; a cluster_map of an
+// address outside the block's dynamic shared memory, to a rank outside the cluster or into a block
+// whose threads all exited. Launch errors as CUDA gives them: a block of more than 1024 threads or
+// an empty grid (cudaErrorInvalidConfiguration), more dynamic shared memory than 48 KiB without
+// cudaFuncSetAttribute allowing it, or than the device has (cudaErrorInvalidValue), a cluster of
+// more than 8 blocks or not dividing the grid (cudaErrorInvalidClusterSize); a cluster launch on a
+// device below compute capability 9 gives cudaErrorNotSupported (an assumption: the kernels never
+// try it). Device attributes: an H100's (132 SMs, compute capability 9, 227 KiB of shared memory
+// per block, 228 KiB per SM) unless a test sets others.
 #pragma once
 
 #include <cmath>
@@ -63,9 +72,20 @@ enum cudaError_t : int {
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorLaunchFailure = 719,
+  cudaErrorNotSupported = 801,
+  cudaErrorInvalidClusterSize = 912,
 };
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr : int { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr : int {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+  cudaDevAttrReservedSharedMemoryPerBlock = 111,
+};
+struct cudaFuncAttributes {
+  int ptxVersion = 0;  // the virtual architecture of the code loaded for the device, e.g. 90
+};
 
 const char* cudaGetErrorString(cudaError_t error);
 cudaError_t cudaGetLastError();
@@ -113,6 +133,10 @@ void reset();
 struct Device {
   int sms = 132;
   int max_shared_per_block = 227 * 1024;  // the opt-in limit (cudaFuncSetAttribute)
+  int compute_major = 9;
+  int max_shared_per_sm = 228 * 1024;
+  int reserved_shared_per_block = 1024;
+  int ptx_version = 90;  // what cudaFuncGetAttributes reports (80: a build without sm_90 code)
 };
 void set_device(const Device& d);
 const Device& device();
@@ -125,6 +149,8 @@ void clear_fault();
 struct Counters {
   int64_t launches = 0, blocks = 0, syncthreads = 0, collectives = 0, async_copies = 0;
   int64_t max_dynamic_shared_bytes = 0;  // the most any launch asked for
+  int64_t cluster_launches = 0, cluster_syncs = 0;  // launches with clusters of more than one block
+  int64_t max_cluster = 0;                          // the largest cluster launched
 };
 const Counters& counters();
 void reset_counters();
@@ -137,6 +163,12 @@ const Thread& current();
 
 void syncthreads();
 unsigned char* dynamic_shared();
+
+// Thread-block clusters (sm_90): the barrier every thread of the cluster arrives at and waits for
+// (barrier.cluster.arrive + wait), and the address of `p` (in this block's dynamic shared memory)
+// in the block of cluster rank `rank` (mapa; ranks run along x: blockIdx.x % cluster size).
+void cluster_sync();
+const void* cluster_map(const void* p, unsigned rank);
 
 // Warp-collective operations (all 32 lanes, full mask).
 enum class Op : int { Shfl = 1, MmaBf16, MmaF16, LdmatrixX4Trans };
@@ -175,20 +207,37 @@ void cp_async_16(void* dst_shared, const void* src_global, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
 
-// Runs body() as every thread of every block of the grid (see the file comment). Returns a
-// cudaError_t.
-int run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& body);
+// Runs body() as every thread of every block of the grid, in clusters of `cluster` blocks along x
+// (see the file comment). Returns a cudaError_t.
+int run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes, unsigned cluster,
+             const std::function<void()>& body);
 int set_max_dynamic_shared(const void* kernel, int bytes);
+// cudaOccupancyMaxActiveClusters for blocks of `threads` threads and `smem` bytes of dynamic shared
+// memory: per SM as many blocks as its shared memory (less what is reserved per block) and 2048
+// threads allow, the SMs' blocks grouped into clusters (registers, launch bounds and GPC
+// boundaries not modelled).
+int max_active_clusters(int* n, unsigned threads, size_t smem, unsigned cluster);
 
 template <class... P, class... A>
-int launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A&&... args) {
+int launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, unsigned cluster,
+                   A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "a kernel launch passes every parameter");
   const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);  // by value, as a launch does
-  return run_grid(reinterpret_cast<const void*>(kernel), grid, block, smem, [&] { std::apply(kernel, params); });
+  return run_grid(reinterpret_cast<const void*>(kernel), grid, block, smem, cluster,
+                  [&] { std::apply(kernel, params); });
+}
+template <class... P, class... A>
+int launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A&&... args) {
+  return launch_cluster(kernel, grid, block, smem, stream, 1u, std::forward<A>(args)...);
 }
 
 }  // namespace edgegen_cuda_emulator
 
+template <class F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, F*) {
+  attr->ptxVersion = edgegen_cuda_emulator::device().ptx_version;
+  return cudaSuccess;
+}
 template <class F>
 cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
