@@ -343,7 +343,8 @@ void check_attention(const AttnCase& ac, double tol, double rel) {
 
   std::vector<uint16_t> out(size_t(BH * c.nq * d), 0x5555);  // poison: every value must be written
   std::vector<float> lse(size_t(BH * c.nq), 12345.0f);
-  ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), nullptr), 0) << E::last_fault();
+  std::vector<float> fws(KC::attention_forward_workspace_bytes(p) / sizeof(float) + 1, NAN);
+  ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), fws.data(), nullptr), 0) << E::last_fault();
   const Ref ref = attention_reference::reference(c, qd, kd, vd, gd, scale);
   for (size_t i = 0; i < out.size(); ++i)
     ASSERT_NEAR(from16(ac.dtype, out[i]), ref.out[i], tol + rel * ref.out_mag[i]) << "out " << i;
@@ -418,7 +419,7 @@ TEST_P(CudaEmulatedAttention, OtherHeadSizes) {
   for (int d : {16, 48, 112, 256}) EXPECT_FALSE(KC::attention_cuda_supports(d)) << d;
   KC::AttnProblem p;
   p.d = 48;
-  EXPECT_EQ(KC::attention_forward_cuda(p, nullptr, nullptr, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(KC::attention_forward_cuda(p, nullptr, nullptr, nullptr, nullptr), cudaErrorInvalidValue);
 }
 
 // Decode steps and chunks (queries at the end of the keys), and rows that see no key at all
@@ -460,6 +461,20 @@ TEST_P(CudaEmulatedAttention, SplitGlobalKeyTiles) {
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
+// Not causal, the query tiles holding global queries see every key tile: past 8 key tiles they
+// are split over several blocks too (forward and dQ), whose float partials a second kernel merges
+// in a fixed order. Globals within one tile and across two, with a query offset.
+TEST_P(CudaEmulatedAttention, SplitGlobalQueryTiles) {
+  AttnCase a = make();
+  a.c.H = 1, a.c.nq = 130, a.c.nk = 1100, a.c.d = 64, a.c.window = 50, a.c.num_global = 4, a.c.causal = false;
+  KC::AttnProblem p;
+  p.nq = 130, p.nk = 1100, p.num_global = 4, p.d = 64, p.B = p.H = 1, p.causal = false;
+  ASSERT_GT(KC::attention_forward_workspace_bytes(p), 0u) << "the case no longer splits";
+  check_attention(a, kTol, rel_for(a.dtype));
+  a.c.num_global = 100, a.c.q_offset = 30;
+  check_attention(a, kTol, rel_for(a.dtype));
+}
+
 // The work is the pattern's, not the square's: a block of the forward or the dQ pass syncs once
 // after loading its own tile and twice per key tile it visits (the dK/dV pass: per query tile), so
 // the emulator's count of __syncthreads gives the tiles visited — exactly those holding at least
@@ -489,8 +504,9 @@ TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
     std::vector<uint16_t> out(x.size()), dq(x.size()), dk(x.size()), dv(x.size());
     std::vector<float> lse(size_t(c.nq)), delta(size_t(c.nq));
     ASSERT_EQ(KC::attention_backward_workspace_bytes(p), 0u);
+    ASSERT_EQ(KC::attention_forward_workspace_bytes(p), 0u);
     E::reset_counters();
-    ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), nullptr), 0) << E::last_fault();
+    ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), nullptr, nullptr), 0) << E::last_fault();
     EXPECT_EQ(E::counters().syncthreads, 128 * (tiles + 2 * pairs)) << "forward, causal " << causal << ", pipelined " << pipelined;
     EXPECT_EQ(E::counters().async_copies > 0, pipelined) << "the pipelined kernels stream with cp.async, the others not";
     E::reset_counters();
@@ -501,6 +517,47 @@ TEST_F(CudaEmulated, AttentionVisitsExactlyTheTilesWithVisiblePairs) {
         << E::last_fault();
     EXPECT_EQ(E::counters().syncthreads, 2 * 128 * (tiles + 2 * pairs)) << "backward, causal " << causal << ", pipelined " << pipelined;
     EXPECT_EQ(E::counters().async_copies > 0, pipelined);
+  }
+}
+
+// The same with the tiles that see everything split over blocks (1100 keys and queries: 18 tiles,
+// 3 splits): each split block syncs after loading its own tile, and every visible tile pair is
+// still visited exactly once.
+TEST_F(CudaEmulated, SplitTilesVisitEachTileOnce) {
+  for (bool causal : {true, false}) {
+    Case c;
+    c.H = 1, c.nq = c.nk = 1100, c.d = 64, c.window = 40, c.num_global = 4, c.causal = causal;
+    const int64_t tiles = (c.nq + 63) / 64, splits = 3;
+    int64_t pairs = 0;
+    for (int64_t a = 0; a < tiles; ++a)
+      for (int64_t b = 0; b < tiles; ++b) {
+        bool any = false;
+        for (int64_t i = a * 64; i < std::min<int64_t>(a * 64 + 64, c.nq) && !any; ++i)
+          for (int64_t j = b * 64; j < std::min<int64_t>(b * 64 + 64, c.nk) && !any; ++j)
+            any = attention_reference::ref_visible(c, i, j);
+        pairs += any;
+      }
+    KC::AttnProblem p;
+    p.dtype = KC::AttnDType::BF16;
+    p.B = 1, p.H = 1, p.nq = p.nk = c.nq, p.d = 64;
+    p.window = c.window, p.num_global = c.num_global, p.causal = causal;
+    std::vector<uint16_t> x(size_t(c.nq * 64), K::to_bf16(0.01f).bits);
+    p.q = p.k = p.v = KC::AttnTensor{x.data(), c.nq * 64, c.nq * 64, 64};
+    std::vector<uint16_t> out(x.size()), dq(x.size()), dk(x.size()), dv(x.size());
+    std::vector<float> lse(size_t(c.nq)), delta(size_t(c.nq));
+    std::vector<float> fws(KC::attention_forward_workspace_bytes(p) / 4 + 1), bws(KC::attention_backward_workspace_bytes(p) / 4 + 1);
+    const int64_t q_blocks = tiles + (causal ? 0 : splits - 1), k_blocks = tiles + splits - 1;
+    E::reset_counters();
+    ASSERT_EQ(KC::attention_forward_cuda(p, out.data(), lse.data(), fws.data(), nullptr), 0) << E::last_fault();
+    EXPECT_EQ(E::counters().syncthreads, 128 * (q_blocks + 2 * pairs)) << "forward, causal " << causal;
+    E::reset_counters();
+    const KC::AttnTensor o{out.data(), c.nq * 64, c.nq * 64, 64};
+    ASSERT_EQ(KC::attention_backward_cuda(p, p.q, o, lse.data(), delta.data(), dq.data(), dk.data(), dv.data(),
+                                          bws.data(), nullptr),
+              0)
+        << E::last_fault();
+    EXPECT_EQ(E::counters().syncthreads, 128 * (k_blocks + 2 * pairs) + 128 * (q_blocks + 2 * pairs))
+        << "backward, causal " << causal;
   }
 }
 

@@ -109,11 +109,13 @@ def test_native_head_dims_are_the_kernels():
                 call()
 
 
-@pytest.mark.parametrize("num_global,causal", [(4, True), (70, True), (3, False)],
-                         ids=["g4-causal", "g70-causal", "g3-bidir"])
-def test_native_split_global_key_tiles(num_global, causal):
+@pytest.mark.parametrize("num_global,causal", [(4, True), (70, True), (3, False), (70, False)],
+                         ids=["g4-causal", "g70-causal", "g3-bidir", "g70-bidir"])
+def test_native_split_global_tiles(num_global, causal):
     """Every query sees the global keys, so the backward spreads their key tiles over several
-    blocks (18 query tiles here: 3 splits) and sums the partials; the result must not change."""
+    blocks (18 query tiles here: 3 splits) and sums the partials; not causal, the global queries
+    see every key, so the forward and dQ passes spread their query tiles (one or two) likewise.
+    The result must not change."""
     q, k, v = _qkv(1, 2, 1100, 64, torch.bfloat16, seed=2)
     _check(q, k, v, torch.bfloat16, 64, num_global, causal)
 

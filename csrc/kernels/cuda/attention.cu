@@ -306,17 +306,64 @@ struct Args {
   float* lse;
   const float* delta;
   void *dq, *dk, *dv;
-  float* workspace;          // partial dK, dV of the split key tiles
+  float* workspace;          // float32 partials of the split tiles (forward; backward: dK, dV, then dQ)
   int64_t heavy_tiles = 0;   // key tiles holding global keys (split when splits > 1)
   int64_t splits = 1;
+  int64_t heavy_q = 0;       // query tiles holding non-causal global queries (split when splits_q > 1)
+  int64_t splits_q = 1;
 };
 
-// Key tiles holding global keys and how many blocks share each (0 and 1 when none is split).
-void split_plan(const AttnProblem& p, int64_t& heavy, int64_t& splits) {
-  const int64_t q_tiles = (p.nq + kTile - 1) / kTile;
-  heavy = (std::min(p.num_global, p.nk) + kTile - 1) / kTile;
-  splits = heavy > 0 ? std::min<int64_t>(64, std::max<int64_t>(1, (q_tiles + 7) / 8)) : 1;
+// Tiles that n_other tiles of the other side all see (or are all seen by) split over blocks that
+// take about 8 of those each, at most 64 blocks: how many blocks share each (0 heavy tiles and 1
+// when none is split).
+void split_heavy(int64_t n_other, int64_t& heavy, int64_t& splits) {
+  splits = heavy > 0 ? std::min<int64_t>(64, std::max<int64_t>(1, (n_other + 7) / 8)) : 1;
   if (splits == 1) heavy = 0;
+}
+
+// Key tiles holding global keys (every query at or after them sees them).
+void split_plan(const AttnProblem& p, int64_t& heavy, int64_t& splits) {
+  heavy = (std::min(p.num_global, p.nk) + kTile - 1) / kTile;
+  split_heavy((p.nq + kTile - 1) / kTile, heavy, splits);
+}
+
+// Query tiles holding global queries, which see every key when not causal (forward and dQ).
+void query_split_plan(const AttnProblem& p, int64_t& heavy, int64_t& splits) {
+  heavy = p.causal || p.num_global <= p.q_offset ? 0 : (std::min(p.num_global - p.q_offset, p.nq) + kTile - 1) / kTile;
+  split_heavy((p.nk + kTile - 1) / kTile, heavy, splits);
+}
+
+// Floats of one split's forward partial: the unnormalised output [kTile, D], then the rows'
+// running maxima and sums.
+template <int D>
+constexpr int64_t kForwardPartial = int64_t(kTile) * D + 2 * kTile;
+
+// The tile and split of a block; a split block takes every splits-th tile of the other side and
+// writes float32 partials for a second kernel to merge.
+struct BlockTile {
+  int64_t tile, split;
+  bool partial;
+};
+
+// dK/dV pass: blocks [0, n_tiles) take one key tile each (split 0), the rest the further splits of
+// the first `heavy` tiles.
+__device__ __forceinline__ BlockTile block_tile(int64_t n_tiles, int64_t heavy, int64_t splits) {
+  BlockTile r{int64_t(blockIdx.x), 0, false};
+  if (r.tile >= n_tiles) {
+    r.tile = (int64_t(blockIdx.x) - n_tiles) / (splits - 1);
+    r.split = 1 + (int64_t(blockIdx.x) - n_tiles) % (splits - 1);
+  }
+  r.partial = splits > 1 && r.tile < heavy;
+  return r;
+}
+
+// Forward and dQ passes, two launches: kSplit, every split of the first heavy_q query tiles (block
+// x: tile x / splits_q, split x % splits_q); else one block per other query tile. (Separate
+// instantiations: the unsplit kernels keep the registers they had before the split existed.)
+template <bool kSplit>
+__device__ __forceinline__ BlockTile query_block(const Args& A) {
+  if constexpr (kSplit) return BlockTile{int64_t(blockIdx.x) / A.splits_q, int64_t(blockIdx.x) % A.splits_q, true};
+  else return BlockTile{int64_t(blockIdx.x) + A.heavy_q, 0, false};
 }
 
 template <class T>
@@ -327,7 +374,7 @@ __device__ __forceinline__ const T* head_ptr(const AttnTensor& a, int64_t b, int
 // ------------------------------------------------------------------------------------- forward
 
 // Shared memory: the query tile, then per slot (kPipe: two) the key tile and the value tile.
-template <class T, int D, bool kPipe>
+template <class T, int D, bool kPipe, bool kSplit>
 __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   constexpr int LD = D + 8;  // padded row pitch: conflict-free 32-bit fragment loads
   EDGEGEN_DYNAMIC_SHARED(smem);
@@ -335,7 +382,8 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   auto slot_k = [&](int slot) { return sQ + kTile * LD * (1 + 2 * slot); };
   const Pattern& P = A.pat;
   const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
-  const int64_t i0 = int64_t(blockIdx.x) * kTile;
+  const BlockTile bt = query_block<kSplit>(A);
+  const int64_t i0 = bt.tile * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const T* Q = head_ptr<T>(A.q, b, h);
   const T* K = head_ptr<T>(A.k, b, h);
@@ -354,7 +402,8 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   const int64_t p0 = P.q_offset + i0, p1 = P.q_offset + imin(i0 + kTile, P.nq) - 1;
 
   auto load = [&](int64_t j0, int slot) { load_kv<kPipe, T, D, LD>(slot_k(slot), K, V, A, j0); };
-  walk_tiles<kPipe>(TileSeq(keys_for_queries(P, p0, p1)), load, [&](int64_t j0, int slot) {
+  const TileSeq seq(keys_for_queries(P, p0, p1), kSplit ? A.splits_q : 1, kSplit ? bt.split : 0);
+  walk_tiles<kPipe>(seq, load, [&](int64_t j0, int slot) {
     const T* sK = slot_k(slot);
     const T* sV = sK + kTile * LD;
     float s[8][4];
@@ -394,12 +443,27 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
     mma_pv<T, D, LD>(o, s, sV, g, t);
   });
 
-  T* out = static_cast<T*>(A.out) + (b * A.H + h) * P.nq * D;
-  float* lse = A.lse + (b * A.H + h) * P.nq;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  if constexpr (kSplit) {  // unnormalised output, running maximum (exp2 domain) and sum per row
+    float* ws = A.workspace + ((bh * A.heavy_q + bt.tile) * A.splits_q + bt.split) * kForwardPartial<D>;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp * 16 + g + 8 * r;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn)
+        *reinterpret_cast<float2*>(ws + row * D + dn * 8 + 2 * t) = make_float2(o[dn][2 * r], o[dn][2 * r + 1]);
+      if (t == 0) ws[kTile * D + row] = m[r], ws[kTile * D + kTile + row] = l[r];
+    }
+    return;
+  }
+  T* out = static_cast<T*>(A.out) + (b * A.H + h) * P.nq * D;
+  float* lse = A.lse + (b * A.H + h) * P.nq;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
     const int64_t i = i0 + warp * 16 + g + 8 * r;
     if (i >= P.nq) continue;
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
@@ -412,11 +476,38 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   }
 }
 
+// Output and lse of the split query tiles: the partials of every split merged in split order.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_forward_combine_kernel(const Args A) {
+  const Pattern& P = A.pat;
+  const int64_t qt = blockIdx.x, bh = blockIdx.y;
+  const float* ws = A.workspace + (bh * A.heavy_q + qt) * A.splits_q * kForwardPartial<D>;
+  T* out = static_cast<T*>(A.out) + bh * P.nq * D;
+  float* lse = A.lse + bh * P.nq;
+  for (int idx = threadIdx.x; idx < kTile * D; idx += kThreads) {
+    const int row = idx / D, c = idx % D;
+    const int64_t i = qt * kTile + row;
+    if (i >= P.nq) break;
+    float mx = -INFINITY;
+    for (int z = 0; z < A.splits_q; ++z) mx = fmaxf(mx, ws[z * kForwardPartial<D> + kTile * D + row]);
+    float l = 0.0f, o = 0.0f;
+    if (mx != -INFINITY)
+      for (int z = 0; z < A.splits_q; ++z) {
+        const float* part = ws + z * kForwardPartial<D>;
+        const float w = exp2f(part[kTile * D + row] - mx);  // 0 for a split that saw no key
+        l += part[kTile * D + kTile + row] * w;
+        o += part[row * D + c] * w;
+      }
+    out[i * D + c] = Mma<T>::cast(l > 0.0f ? o / l : 0.0f);
+    if (c == 0) lse[i] = l > 0.0f ? mx * kLn2 + logf(l) : -INFINITY;
+  }
+}
+
 // ------------------------------------------------------------------------------------ backward
 
 // dQ for 64 queries per block, over the key tiles they see. Shared memory: Q, dO, then per slot
 // (kPipe: two) K and V.
-template <class T, int D, bool kPipe>
+template <class T, int D, bool kPipe, bool kSplit>
 __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A) {
   constexpr int LD = D + 8;
   EDGEGEN_DYNAMIC_SHARED(smem);
@@ -425,7 +516,8 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
   auto slot_k = [&](int slot) { return sQ + kTile * LD * (2 + 2 * slot); };
   const Pattern& P = A.pat;
   const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
-  const int64_t i0 = int64_t(blockIdx.x) * kTile;
+  const BlockTile bt = query_block<kSplit>(A);
+  const int64_t i0 = bt.tile * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const T* K = head_ptr<T>(A.k, b, h);
   const T* V = head_ptr<T>(A.v, b, h);
@@ -452,7 +544,8 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
   const int64_t p0 = P.q_offset + i0, p1 = P.q_offset + imin(i0 + kTile, P.nq) - 1;
 
   auto load = [&](int64_t j0, int slot) { load_kv<kPipe, T, D, LD>(slot_k(slot), K, V, A, j0); };
-  walk_tiles<kPipe>(TileSeq(keys_for_queries(P, p0, p1)), load, [&](int64_t j0, int slot) {
+  const TileSeq seq(keys_for_queries(P, p0, p1), kSplit ? A.splits_q : 1, kSplit ? bt.split : 0);
+  walk_tiles<kPipe>(seq, load, [&](int64_t j0, int slot) {
     const T* sK = slot_k(slot);
     const T* sV = sK + kTile * LD;
     float s[8][4], dp[8][4];
@@ -471,6 +564,17 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
     mma_pv<T, D, LD>(acc, s, sK, g, t);  // dQ += dS K
   });
 
+  if constexpr (kSplit) {
+    float* ws = A.workspace + ((bh * A.heavy_q + bt.tile) * A.splits_q + bt.split) * kTile * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp * 16 + g + 8 * r;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn)
+        *reinterpret_cast<float2*>(ws + row * D + dn * 8 + 2 * t) = make_float2(acc[dn][2 * r], acc[dn][2 * r + 1]);
+    }
+    return;
+  }
   T* dq = static_cast<T*>(A.dq) + (b * A.H + h) * P.nq * D;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -500,13 +604,9 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   // Blocks [0, key tiles) take one key tile each (split 0); the tiles holding global keys, which
   // every query sees, are also spread over A.splits blocks that take every splits-th query tile
   // and leave float32 partial sums for attn_backward_reduce_kernel (a fixed-order sum).
-  const int64_t n_kt = (P.nk + kTile - 1) / kTile;
-  int64_t kt = blockIdx.x, split = 0;
-  if (kt >= n_kt) {
-    kt = (blockIdx.x - n_kt) / (A.splits - 1);
-    split = 1 + (blockIdx.x - n_kt) % (A.splits - 1);
-  }
-  const bool partial = A.splits > 1 && kt < A.heavy_tiles;
+  const BlockTile bt = block_tile((P.nk + kTile - 1) / kTile, A.heavy_tiles, A.splits);
+  const int64_t kt = bt.tile, split = bt.split;
+  const bool partial = bt.partial;
   const int64_t j0 = kt * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const T* Q = head_ptr<T>(A.q, b, h);
@@ -620,6 +720,21 @@ __global__ void __launch_bounds__(kThreads) attn_backward_reduce_kernel(const Ar
   }
 }
 
+// dQ of the split query tiles: the float32 partials summed in split order.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attn_backward_dq_reduce_kernel(const Args A) {
+  const int64_t qt = blockIdx.x, bh = blockIdx.y;
+  const float* ws = A.workspace + (bh * A.heavy_q + qt) * A.splits_q * kTile * D;
+  T* dq = static_cast<T*>(A.dq) + bh * A.pat.nq * D;
+  for (int idx = threadIdx.x; idx < kTile * D; idx += kThreads) {
+    const int64_t i = qt * kTile + idx / D;
+    if (i >= A.pat.nq) break;
+    float sum = 0.0f;
+    for (int z = 0; z < A.splits_q; ++z) sum += ws[z * kTile * D + idx];
+    dq[i * D + idx % D] = Mma<T>::cast(sum * A.scale);
+  }
+}
+
 // delta[b, h, i] = sum_d dO[i, d] O[i, d] in float32: one warp per row.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_delta_kernel(const Args A, AttnTensor out, float* delta) {
@@ -669,13 +784,20 @@ constexpr size_t tile_bytes(int tiles) {
 }
 
 template <class T, int D, bool kPipe>
-int forward_typed(const AttnProblem& p, void* out, float* lse, cudaStream_t stream) {
+int forward_typed(const AttnProblem& p, void* out, float* lse, void* workspace, cudaStream_t stream) {
   Args a = make_args(p);
   a.out = out;
   a.lse = lse;
-  const dim3 grid(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H));
+  a.workspace = static_cast<float*>(workspace);
+  query_split_plan(p, a.heavy_q, a.splits_q);
+  const int64_t n_qt = (p.nq + kTile - 1) / kTile;
+  const unsigned bh = unsigned(p.B * p.H);
   constexpr int kSlots = kPipe ? 2 : 1;
-  return launch(attn_forward_kernel<T, D, kPipe>, grid, tile_bytes<T, D>(1 + 2 * kSlots), a, stream);
+  constexpr size_t smem = tile_bytes<T, D>(1 + 2 * kSlots);
+  int e = launch(attn_forward_kernel<T, D, kPipe, true>, dim3(unsigned(a.heavy_q * a.splits_q), bh), smem, a, stream);
+  if (!e) e = launch(attn_forward_kernel<T, D, kPipe, false>, dim3(unsigned(n_qt - a.heavy_q), bh), smem, a, stream);
+  if (e || a.heavy_q == 0) return e;
+  return launch(attn_forward_combine_kernel<T, D>, dim3(unsigned(a.heavy_q), unsigned(p.B * p.H)), 0, a, stream);
 }
 
 template <class T, int D, bool kPipe>
@@ -710,8 +832,14 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
     e = launch(attn_backward_reduce_kernel<T, D>, dim3(unsigned(a.heavy_tiles), unsigned(p.B * p.H)), 0, a, stream);
     if (e) return e;
   }
-  return launch(attn_backward_dq_kernel<T, D, kPipe>, dim3(unsigned((p.nq + kTile - 1) / kTile), unsigned(p.B * p.H)),
-                tiles, a, stream);
+  // The dQ partials reuse the workspace: the reduction above has read the dK/dV ones (same stream).
+  query_split_plan(p, a.heavy_q, a.splits_q);
+  const int64_t n_qt = (p.nq + kTile - 1) / kTile;
+  const unsigned bh = unsigned(p.B * p.H);
+  e = launch(attn_backward_dq_kernel<T, D, kPipe, true>, dim3(unsigned(a.heavy_q * a.splits_q), bh), tiles, a, stream);
+  if (!e) e = launch(attn_backward_dq_kernel<T, D, kPipe, false>, dim3(unsigned(n_qt - a.heavy_q), bh), tiles, a, stream);
+  if (e || a.heavy_q == 0) return e;
+  return launch(attn_backward_dq_reduce_kernel<T, D>, dim3(unsigned(a.heavy_q), unsigned(p.B * p.H)), 0, a, stream);
 }
 
 // Calls f(T{}, std::integral_constant<int, D>{}, std::bool_constant<kPipe>{}) for the problem's
@@ -748,17 +876,25 @@ bool attention_cuda_pipeline_default() {
   return v != nullptr && v[0] == '1' && v[1] == '\0';
 }
 
-int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream) {
+size_t attention_forward_workspace_bytes(const AttnProblem& p) {
+  int64_t heavy = 0, splits = 1;
+  query_split_plan(p, heavy, splits);
+  return size_t(p.B * p.H * heavy * splits) * size_t(kTile * (p.d + 2)) * sizeof(float);
+}
+
+int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* workspace, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   return with_types(p, [&](auto tag, auto d, auto pipe) {
-    return forward_typed<decltype(tag), decltype(d)::value, decltype(pipe)::value>(p, out, lse, st);
+    return forward_typed<decltype(tag), decltype(d)::value, decltype(pipe)::value>(p, out, lse, workspace, st);
   });
 }
 
 size_t attention_backward_workspace_bytes(const AttnProblem& p) {
-  int64_t heavy = 0, splits = 1;
+  int64_t heavy = 0, splits = 1, heavy_q = 0, splits_q = 1;
   split_plan(p, heavy, splits);
-  return size_t(p.B * p.H * heavy * splits) * 2 * kTile * size_t(p.d) * sizeof(float);
+  query_split_plan(p, heavy_q, splits_q);
+  return size_t(p.B * p.H) * size_t(std::max(heavy * splits * 2, heavy_q * splits_q)) * kTile * size_t(p.d) *
+         sizeof(float);
 }
 
 int attention_backward_cuda(const AttnProblem& p, const AttnTensor& grad_out, const AttnTensor& out,

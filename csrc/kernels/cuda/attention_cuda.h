@@ -9,7 +9,10 @@
 // keys/queries pass through shared memory; only the tiles inside the window or holding global
 // tokens are visited; online softmax in the exp2 domain; lse out. The backward is two
 // deterministic passes without atomics: dK/dV per key tile (over the query tiles that see it) and
-// dQ per query tile (over the key tiles it sees), from lse and delta = rowsum(dO * O).
+// dQ per query tile (over the key tiles it sees), from lse and delta = rowsum(dO * O). Tiles that
+// see (or are seen by) everything — the key tiles holding global keys in the dK/dV pass, the
+// query tiles holding global queries when not causal in the forward and dQ passes — are split
+// over several blocks whose float32 partials a second kernel merges in a fixed order (workspace).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -43,12 +46,16 @@ bool attention_cuda_supports(int d);
 // so a benchmark can compare both in one process); unset or anything else: false.
 bool attention_cuda_pipeline_default();
 
-// out [B, H, nq, d] contiguous (q's dtype), lse float32 [B, H, nq] contiguous. Returns 0 or a
-// cudaError_t.
-int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* stream);
+// Bytes of device scratch the forward needs (the split query tiles' partial outputs, maxima and
+// sums; 0 when none is split).
+size_t attention_forward_workspace_bytes(const AttnProblem& p);
 
-// Bytes of device scratch the backward needs (float32 partial sums of the key tiles holding
-// global keys, which every query sees and which are therefore split over several blocks).
+// out [B, H, nq, d] contiguous (q's dtype), lse float32 [B, H, nq] contiguous, workspace of
+// attention_forward_workspace_bytes(p). Returns 0 or a cudaError_t.
+int attention_forward_cuda(const AttnProblem& p, void* out, float* lse, void* workspace, void* stream);
+
+// Bytes of device scratch the backward needs (float32 partial sums of the split key tiles, then
+// of the split query tiles; 0 when none is split).
 size_t attention_backward_workspace_bytes(const AttnProblem& p);
 
 // grad_out and out as AttnTensor (strides as above); lse float32 [B, H, nq] contiguous; delta a
