@@ -103,9 +103,11 @@ std::tuple<at::Tensor, at::Tensor> sliding_window_attention_cuda(const at::Tenso
   at::Tensor lse = at::empty({c.p.B, c.p.H, c.p.nq}, q.options().dtype(at::kFloat));
   if (out.numel() > 0) {
     const int64_t ws_bytes = int64_t(KC::attention_forward_workspace_bytes(c.p));
-    at::Tensor workspace = at::empty({(ws_bytes + 3) / 4}, q.options().dtype(at::kFloat));
+    at::Tensor workspace;  // only when a query tile is split (not causal, with global queries)
+    if (ws_bytes > 0) workspace = at::empty({(ws_bytes + 3) / 4}, q.options().dtype(at::kFloat));
     check_launch(KC::attention_forward_cuda(c.p, out.mutable_data_ptr(), lse.mutable_data_ptr<float>(),
-                                            workspace.mutable_data_ptr<float>(), current_stream(q.device())),
+                                            ws_bytes > 0 ? workspace.mutable_data_ptr<float>() : nullptr,
+                                            current_stream(q.device())),
                  "sliding_window_attention");
   }
   return {out, lse};

@@ -473,6 +473,27 @@ TEST_P(CudaEmulatedAttention, SplitGlobalQueryTiles) {
   check_attention(a, kTol, rel_for(a.dtype));
   a.c.num_global = 100, a.c.q_offset = 30;
   check_attention(a, kTol, rel_for(a.dtype));
+  // Two heads, 17 key tiles over 3 splits (uneven), and a single query tile, all of it split.
+  a.c.H = 2, a.c.nk = 1050, a.c.nq = 30, a.c.num_global = 100, a.c.q_offset = 0;
+  check_attention(a, kTol, rel_for(a.dtype));
+}
+
+// The splits stop at about 8 blocks per SM over all heads: with more heads the other blocks
+// already outlast a global tile's walk.
+TEST_F(CudaEmulated, AttentionSplitsFollowTheHeads) {
+  KC::AttnProblem p;
+  p.nq = p.nk = 1100, p.num_global = 4, p.d = 64, p.B = 1, p.H = 2, p.causal = false;
+  const size_t per_split = 64 * (64 + 2) * sizeof(float);
+  EXPECT_EQ(KC::attention_forward_workspace_bytes(p), 2 * 3 * per_split) << "3 splits of one tile per head";
+  E::Device one;
+  one.sms = 1;
+  E::set_device(one);
+  EXPECT_EQ(KC::attention_forward_workspace_bytes(p), 2 * 3 * per_split) << "8 blocks per SM: still 3 splits";
+  p.H = 3;
+  EXPECT_EQ(KC::attention_forward_workspace_bytes(p), 3 * 2 * per_split) << "8 / 3 heads: 2 splits";
+  p.H = 16;
+  EXPECT_EQ(KC::attention_forward_workspace_bytes(p), 0u) << "no split";
+  EXPECT_EQ(KC::attention_backward_workspace_bytes(p), 0u) << "no split";
 }
 
 // The work is the pattern's, not the square's: a block of the forward or the dQ pass syncs once

@@ -143,8 +143,8 @@ __device__ __forceinline__ TwoRanges queries_for_keys(const Pattern& P, int64_t 
 }
 
 // The tiles of kTile indices overlapping [a0, a1) or [b0, b1), each once, in order: next() gives
-// the next tile's first index, or -1 after the last. Keeping `keep` of every `every` tiles (the
-// split key tiles' blocks: every splits-th query tile); every = 1 keeps all.
+// the next tile's first index, or -1 after the last. Keeping `keep` of every `every` tiles (a
+// split tile's blocks: every splits-th tile of the other side); every = 1 keeps all.
 struct TileSeq {
   int64_t a, a_end, b, b_end, count = 0, every = 1, keep = 0;
   __device__ __forceinline__ explicit TileSeq(const TwoRanges& r, int64_t every_ = 1, int64_t keep_ = 0)
@@ -313,24 +313,30 @@ struct Args {
   int64_t splits_q = 1;
 };
 
-// Tiles that n_other tiles of the other side all see (or are all seen by) split over blocks that
-// take about 8 of those each, at most 64 blocks: how many blocks share each (0 heavy tiles and 1
-// when none is split).
-void split_heavy(int64_t n_other, int64_t& heavy, int64_t& splits) {
+// Tiles that n_other tiles of the other side all see (or are all seen by), `heavy` per head,
+// split over blocks that take about 8 of those each, at most 64 blocks per tile and, over the B H
+// heads, about 8 per SM: with more heads than that the other blocks already outlast a heavy
+// tile's walk, and the split would only cost workspace. How many blocks share each (0 heavy
+// tiles and 1 when none is split).
+void split_heavy(const AttnProblem& p, int64_t n_other, int64_t& heavy, int64_t& splits) {
   splits = heavy > 0 ? std::min<int64_t>(64, std::max<int64_t>(1, (n_other + 7) / 8)) : 1;
+  int device = 0, sms = 0;
+  if (splits > 1 && cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess && sms > 0)
+    splits = std::max<int64_t>(1, std::min<int64_t>(splits, 8 * int64_t(sms) / std::max<int64_t>(1, p.B * p.H * heavy)));
   if (splits == 1) heavy = 0;
 }
 
 // Key tiles holding global keys (every query at or after them sees them).
 void split_plan(const AttnProblem& p, int64_t& heavy, int64_t& splits) {
   heavy = (std::min(p.num_global, p.nk) + kTile - 1) / kTile;
-  split_heavy((p.nq + kTile - 1) / kTile, heavy, splits);
+  split_heavy(p, (p.nq + kTile - 1) / kTile, heavy, splits);
 }
 
 // Query tiles holding global queries, which see every key when not causal (forward and dQ).
 void query_split_plan(const AttnProblem& p, int64_t& heavy, int64_t& splits) {
   heavy = p.causal || p.num_global <= p.q_offset ? 0 : (std::min(p.num_global - p.q_offset, p.nq) + kTile - 1) / kTile;
-  split_heavy((p.nk + kTile - 1) / kTile, heavy, splits);
+  split_heavy(p, (p.nk + kTile - 1) / kTile, heavy, splits);
 }
 
 // Floats of one split's forward partial: the unnormalised output [kTile, D], then the rows'
