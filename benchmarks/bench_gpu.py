@@ -120,10 +120,12 @@ def bench_kd(rows, dtype, n, vocab, bw, quick):
 # ---------------------------------------------------------------------------------- attention
 
 
-def flex_runner(n, window, num_global):
+def flex_runner(n, window, num_global, causal=True):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     def mod(b, h, q, k):
+        if not causal:
+            return ((q - k).abs() < window) | (k < num_global) | (q < num_global)
         return (k <= q) & ((q - k < window) | (k < num_global))
 
     bm = create_block_mask(mod, None, None, n, n, device="cuda")
@@ -131,21 +133,36 @@ def flex_runner(n, window, num_global):
     return lambda q, k, v: flex(q, k, v, block_mask=bm)
 
 
-def bench_attention(rows, n, window, num_global, quick, d=64):
+def visible_pairs(n, window, num_global, causal):
+    """Visible (query, key) pairs of one head."""
+    if causal:
+        return sum(min(p + 1, window) + max(0, min(num_global, p + 1 - window)) for p in range(n))
+    total = 0
+    for p in range(n):
+        if p < num_global:
+            total += n
+            continue
+        lo, hi = max(0, p - window + 1), min(n, p + window)  # the window [lo, hi)
+        total += hi - lo + max(0, min(num_global, lo))  # + global keys left of it
+    return total
+
+
+def bench_attention(rows, n, window, num_global, quick, d=64, causal=True):
     H, dtype = 12, torch.bfloat16
     q, k, v = (torch.randn(1, H, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     go = torch.randn(1, H, n, d, device="cuda", dtype=dtype)
-    flex = flex_runner(n, window, num_global)
-    swa = lambda: sliding_window_attention(q, k, v, window, num_global)  # noqa: E731
+    flex = flex_runner(n, window, num_global, causal)
+    swa = lambda: sliding_window_attention(q, k, v, window, num_global, causal)  # noqa: E731
     providers = {
         "edgegen": swa,
         # The cp.async double-buffered kernels (EDGEGEN_CUDA_ATTENTION_PIPELINE=1, read per call).
         "edgegen-pipelined": swa,
         "flex": lambda: flex(q, k, v),
-        "sdpa-dense": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        "sdpa-dense": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
     }
     # Useful work: visible pairs only (window + globals per query), 4 d flops per pair forward.
-    pairs = sum(min(p + 1, window) + max(0, min(num_global, p + 1 - window)) for p in range(n)) * H
+    pairs = visible_pairs(n, window, num_global, causal) * H
+    shape = f"1x{H}x{n}x{d} w{window} g{num_global}" + ("" if causal else " bidir")
     times = {}
     for mode in ("fwd", "fwd+bwd"):
         for name, fn in providers.items():
@@ -161,10 +178,11 @@ def bench_attention(rows, n, window, num_global, quick, d=64):
             mb = peak_mb(run)
             flops = pairs * 4 * d * (1 if mode == "fwd" else 3.5)
             times[(mode, name)] = p50
-            rows.append(dict(op="sliding_window_attention", provider=name, shape=f"1x{H}x{n}x{d} w{window} g{num_global}",
+            rows.append(dict(op="sliding_window_attention", provider=name, shape=shape,
                              dtype="bfloat16", mode=mode, p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}",
                              p80_ms=f"{p80:.3f}", peak_mb=f"{mb:.0f}", gflops=f"{flops / (p50 * 1e-3) / 1e9:.0f}"))
-            print(f"attention n={n:6d} d={d:3d} {mode:8s} {name:17s} {p50:8.3f} ms  peak {mb:7.0f} MB  "
+            print(f"attention n={n:6d} d={d:3d}{'' if causal else ' bidir'} {mode:8s} {name:17s} {p50:8.3f} ms  "
+                  f"peak {mb:7.0f} MB  "
                   f"{flops / (p50 * 1e-3) / 1e12:6.1f} TFLOP/s useful", flush=True)
         os.environ.pop("EDGEGEN_CUDA_ATTENTION_PIPELINE", None)
         for variant in ("edgegen", "edgegen-pipelined"):
@@ -210,20 +228,28 @@ def main():
     print(f"device: {name}; torch {torch.__version__}; native CUDA kernels: {native}; "
           f"device-to-device copy {bw:.0f} GB/s (read + write)", flush=True)
     rows = []
+
+    def save():  # after every section: a run cut short (a device's time limit) keeps what it measured
+        harness.save(rows, args.csv, lead="", machine=f"{name}; host {harness.machine()}",
+                     versions=harness.versions(), threads="")
+
     if args.only in (None, "kd"):
         for dtype in (torch.float32, torch.bfloat16):
             bench_kd(rows, dtype, 8192, 50257, bw, args.quick)
+        save()
     if args.only in (None, "attention"):
         for n in (4096, 16384) + (() if args.quick else (65536,)):
             bench_attention(rows, n, 256, 4, args.quick)
         # head_dim 128 (the dK/dV pass spills there: see docs/gpu.md), at the target's length
         bench_attention(rows, 16384, 256, 4, args.quick, d=128)
+        # not causal: the global queries see every key (their tiles split over blocks, forward and dQ)
+        bench_attention(rows, 16384, 256, 4, args.quick, causal=False)
+        save()
     if args.only in (None, "int8"):
         # a decode step, a short prefill, the issue's shape and a long prefill (GPT-2 MLP)
         for m in (1, 64, 512, 4096):
             bench_int8(rows, m, 768, 3072)
-    harness.save(rows, args.csv, lead="", machine=f"{name}; host {harness.machine()}", versions=harness.versions(),
-                 threads="")
+        save()
 
 
 if __name__ == "__main__":

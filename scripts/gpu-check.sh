@@ -12,6 +12,10 @@
 #   5. on a host CPU with AMX, check and time the INT8 GEMM's AMX path (scripts/amx-check.sh) and
 #      run the INT8 layer tests with it turned on (GPU_CHECK_AMX=0 skips this).
 # Logs and the CSV go to $OUT when set (the device tool's output folder), else build/gpu-check.
+# Steps can be left out, to split the check over two commands on a device whose commands are
+# time-limited (the build stays for the second): GPU_CHECK_TESTS=none (no tests), GPU_CHECK_BENCH=0
+# (no benchmark), GPU_CHECK_AMX=0 (no host AMX check). The benchmark's CSV is written after each
+# of its sections, so a run cut short keeps what it measured.
 # Extra wheels (e.g. expecttest, which opcheck needs) are installed from .whl/ when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,35 +62,39 @@ fi
 echo "built in $(($(date +%s) - t0)) s"
 "$PY" -c "import torch, edgegen; print('native CUDA kernels:', {op: torch._C._dispatch_has_kernel_for_dispatch_key('edgegen::' + op, 'CUDA') for op in ('kd_loss', 'fused_linear_kd_loss', 'sliding_window_attention')})"
 
-echo "== tests"
-# GPU_CHECK_TESTS narrows the selection (e.g. "tests/cuda tests/test_build.py" for a quick rerun).
-EDGEGEN_EXPECT_CUDA_KERNELS=1 timeout 300 "$PY" -m pytest ${GPU_CHECK_TESTS:-tests/cuda tests/test_build.py tests/ops \
-  tests/distill tests/attention} -q -p no:cacheprovider -o addopts="" -rfE --junitxml="$OUT/tests.xml" \
-  >"$OUT/tests.log" 2>&1
-rc=$?
-grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
-if [ $rc -ne 0 ]; then
-  status=1
-  grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
+if [ "${GPU_CHECK_TESTS:-}" != none ]; then
+  echo "== tests"
+  # GPU_CHECK_TESTS narrows the selection (e.g. "tests/cuda tests/test_build.py" for a quick rerun).
+  EDGEGEN_EXPECT_CUDA_KERNELS=1 timeout 300 "$PY" -m pytest ${GPU_CHECK_TESTS:-tests/cuda tests/test_build.py tests/ops \
+    tests/distill tests/attention} -q -p no:cacheprovider -o addopts="" -rfE --junitxml="$OUT/tests.xml" \
+    >"$OUT/tests.log" 2>&1
+  rc=$?
+  grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
+  if [ $rc -ne 0 ]; then
+    status=1
+    grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
+  fi
+
+  # (the native-kernel tests only: the FlexAttention and reference routes do not read the variable)
+  EDGEGEN_EXPECT_CUDA_KERNELS=1 EDGEGEN_CUDA_ATTENTION_PIPELINE=1 timeout 120 "$PY" -m pytest \
+    tests/cuda/test_attention_cuda.py -k native -q -p no:cacheprovider -o addopts="" -rfE \
+    >"$OUT/tests-pipelined.log" 2>&1
+  rc=$?
+  echo "pipelined attention kernels: $(grep -E "passed|failed|error" "$OUT/tests-pipelined.log" | tail -1)"
+  [ $rc -eq 0 ] || { status=1; grep -E "^(FAILED|ERROR)" "$OUT/tests-pipelined.log" | head -20; }
+  EDGEGEN_EXPECT_CUDA_KERNELS=1 EDGEGEN_CUDA_KD_CLUSTER=1 timeout 120 "$PY" -m pytest \
+    tests/cuda/test_kd_loss_cuda.py -q -p no:cacheprovider -o addopts="" -rfE \
+    >"$OUT/tests-kd-cluster.log" 2>&1
+  rc=$?
+  echo "KD cluster kernel: $(grep -E "passed|failed|error" "$OUT/tests-kd-cluster.log" | tail -1)"
+  [ $rc -eq 0 ] || { status=1; grep -E "^(FAILED|ERROR)" "$OUT/tests-kd-cluster.log" | head -20; }
 fi
 
-# (the native-kernel tests only: the FlexAttention and reference routes do not read the variable)
-EDGEGEN_EXPECT_CUDA_KERNELS=1 EDGEGEN_CUDA_ATTENTION_PIPELINE=1 timeout 120 "$PY" -m pytest \
-  tests/cuda/test_attention_cuda.py -k native -q -p no:cacheprovider -o addopts="" -rfE \
-  >"$OUT/tests-pipelined.log" 2>&1
-rc=$?
-echo "pipelined attention kernels: $(grep -E "passed|failed|error" "$OUT/tests-pipelined.log" | tail -1)"
-[ $rc -eq 0 ] || { status=1; grep -E "^(FAILED|ERROR)" "$OUT/tests-pipelined.log" | head -20; }
-EDGEGEN_EXPECT_CUDA_KERNELS=1 EDGEGEN_CUDA_KD_CLUSTER=1 timeout 120 "$PY" -m pytest \
-  tests/cuda/test_kd_loss_cuda.py -q -p no:cacheprovider -o addopts="" -rfE \
-  >"$OUT/tests-kd-cluster.log" 2>&1
-rc=$?
-echo "KD cluster kernel: $(grep -E "passed|failed|error" "$OUT/tests-kd-cluster.log" | tail -1)"
-[ $rc -eq 0 ] || { status=1; grep -E "^(FAILED|ERROR)" "$OUT/tests-kd-cluster.log" | head -20; }
-
-echo "== benchmark"
-timeout 300 "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-} --csv "$OUT/gpu.csv" 2>&1 | tee "$OUT/bench.log" \
-  | grep -vE "^(W|I)[0-9]{4} " || status=1
+if [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
+  echo "== benchmark"
+  timeout 300 "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-} --csv "$OUT/gpu.csv" 2>&1 | tee "$OUT/bench.log" \
+    | grep -vE "^(W|I)[0-9]{4} " || status=1
+fi
 
 # The host CPU of the GPU machines has AMX: the AMX paths (INT8 GEMM and convolutions, the
 # attention's bf16 products; off by default until they have run on one) are checked here too,
