@@ -179,6 +179,10 @@ void cp_async_unwaited_kernel(int) {
   ::edgegen_cuda_emulator::cp_async_commit();
 }
 void nothing_kernel(int) {}
+void divergent_barrier_kernel(int) {  // the same count of barriers, at two different calls
+  if (threadIdx.x < 32) __syncthreads();
+  else __syncthreads();
+}
 
 TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
   struct Expect {
@@ -190,7 +194,8 @@ TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
                           Expect{ldmatrix_outside_kernel, "outside the block's dynamic shared memory"},
                           Expect{cp_async_outside_kernel, "cp.async destination outside"},
                           Expect{cp_async_misaligned_kernel, "not both 16-byte aligned"},
-                          Expect{cp_async_unwaited_kernel, "never waited for"}}) {
+                          Expect{cp_async_unwaited_kernel, "never waited for"},
+                          Expect{divergent_barrier_kernel, "different __syncthreads calls"}}) {
     E::clear_fault();
     EXPECT_EQ(E::launch(e.kernel, dim3(1), dim3(64), 64, nullptr, 0), cudaErrorLaunchFailure) << e.fault;
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
@@ -257,6 +262,14 @@ void cluster_map_outside_kernel(int) {
   static int elsewhere;
   (void)edgegen::kernels::cuda::cluster_map(&elsewhere, 1u);
 }
+void cluster_divergent_kernel(int) {  // the lanes of a warp at two different cluster barriers (.aligned)
+  if (threadIdx.x % 2) edgegen::kernels::cuda::cluster_sync();
+  else edgegen::kernels::cuda::cluster_sync();
+}
+void cluster_warps_apart_kernel(int) {  // warps at different calls: allowed (each warp converged)
+  if (threadIdx.x < 32) edgegen::kernels::cuda::cluster_sync();
+  else edgegen::kernels::cuda::cluster_sync();
+}
 void cluster_deadlock_kernel(int) {  // one thread at the cluster barrier, its block's others at theirs
   if (threadIdx.x == 0) edgegen::kernels::cuda::cluster_sync();
   else __syncthreads();
@@ -270,11 +283,14 @@ TEST_F(CudaEmulated, ClusterFaultsAndLaunchErrors) {
   for (const Expect& e : {Expect{cluster_early_exit_kernel, "cluster barrier"},
                           Expect{cluster_map_rank_kernel, "rank 2 of a cluster of 2"},
                           Expect{cluster_map_outside_kernel, "outside the block's dynamic shared memory"},
-                          Expect{cluster_deadlock_kernel, "deadlock in the cluster"}}) {
+                          Expect{cluster_deadlock_kernel, "deadlock in the cluster"},
+                          Expect{cluster_divergent_kernel, "different cluster barrier calls"}}) {
     E::clear_fault();
     EXPECT_EQ(E::launch_cluster(e.kernel, dim3(2), dim3(64), 64, nullptr, 2u, 0), cudaErrorLaunchFailure) << e.fault;
     EXPECT_NE(E::last_fault().find(e.fault), std::string::npos) << E::last_fault();
   }
+  EXPECT_EQ(E::launch_cluster(cluster_warps_apart_kernel, dim3(2), dim3(64), 0, nullptr, 2u, 0), cudaSuccess)
+      << E::last_fault();
   EXPECT_EQ(E::launch_cluster(nothing_kernel, dim3(6), dim3(32), 0, nullptr, 4u, 0), cudaErrorInvalidClusterSize);
   EXPECT_EQ(E::launch_cluster(nothing_kernel, dim3(16), dim3(32), 0, nullptr, 16u, 0), cudaErrorInvalidClusterSize);
   E::Device older;

@@ -38,18 +38,22 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // Every thread of the cluster arrives and waits (release / acquire: shared and global writes
 // before it are visible to the whole cluster after it); all threads of a warp at the same barrier
-// (.aligned; the emulator checks the count of barriers, not that). sm_90 only: compiled for an
+// (.aligned; the emulator checks it by source line). sm_90 only: compiled for an
 // older architecture it traps (a launcher checks the device and the loaded code's PTX version,
 // cudaFuncGetAttributes, before it starts a cluster kernel).
-__device__ __forceinline__ void cluster_sync() {
 #ifdef EDGEGEN_CUDA_EMULATE
-  ::edgegen_cuda_emulator::cluster_sync();
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+inline void cluster_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::edgegen_cuda_emulator::cluster_sync(file, line);  // (the caller's source position)
+}
+#else
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();
 #else
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
 }
+#endif
 
 // The address of `p` (this block's shared memory) in the block of cluster rank `rank` (distributed
 // shared memory, read with ordinary loads). That block must not have exited: a kernel ends with a

@@ -47,6 +47,8 @@ struct Fiber {
   Thread id;
   State state = State::Ready;
   uint64_t gen = 0;  // the generation of the barrier it waits at
+  const char* site_file = nullptr;  // ... and the source position of the call
+  int site_line = 0;
   std::vector<AsyncCopy> issued;                  // cp.async copies not committed yet
   std::vector<std::vector<AsyncCopy>> committed;  // groups, oldest first, not waited for yet
 };
@@ -314,7 +316,22 @@ const Thread& current() { return self().id; }
 unsigned char* dynamic_shared() { return block().shared; }
 unsigned lane_id() { return linear(self().id) % 32; }
 
-void syncthreads() {
+namespace {
+bool same_site(const Fiber& a, const Fiber& b) {
+  return a.site_line == b.site_line && std::strcmp(a.site_file, b.site_file) == 0;
+}
+// Faults unless every thread of `threads` (waiting at `state`) is at the same call as the caller.
+template <class Threads>
+void check_sites(const Threads& threads, State state, const char* what) {
+  const Fiber& f = self();
+  for (const Fiber& o : threads)
+    if (o.state == state && !same_site(o, f))
+      fail("threads at different %s calls (%s:%d and %s:%d)", what, f.site_file, f.site_line, o.site_file,
+           o.site_line);
+}
+}  // namespace
+
+void syncthreads(const char* file, int line) {
   Block& b = block();
   Fiber& f = self();
   ++g().counters.syncthreads;
@@ -322,14 +339,16 @@ void syncthreads() {
     fail("reached __syncthreads after %u threads of its block exited", b.exited);
   f.gen = b.bar_gen;
   f.state = State::AtBarrier;
+  f.site_file = file, f.site_line = line;
   if (++b.bar_arrived == b.live) {  // the last one: everyone goes on, in the schedule's order
+    check_sites(b.fibers, State::AtBarrier, "__syncthreads");
     b.bar_arrived = 0;
     ++b.bar_gen;
   }
   to_scheduler();
 }
 
-void cluster_sync() {
+void cluster_sync(const char* file, int line) {
   Cluster& c = cluster();
   Fiber& f = self();
   ++g().counters.cluster_syncs;
@@ -337,7 +356,20 @@ void cluster_sync() {
     fail("reached the cluster barrier after %u threads of its cluster exited", c.exited);
   f.gen = c.gen;
   f.state = State::AtCluster;
+  f.site_file = file, f.site_line = line;
   if (++c.arrived == c.live) {  // the last one: everyone goes on, in the schedule's order
+    for (const Block& b : c.blocks)  // .aligned: the lanes of each warp at the same call
+      for (size_t w = 0; w * 32 < b.fibers.size(); ++w) {
+        const Fiber* first = nullptr;
+        for (size_t i = w * 32; i < std::min(b.fibers.size(), w * 32 + 32); ++i) {
+          const Fiber& o = b.fibers[i];
+          if (o.state != State::AtCluster) continue;
+          if (first == nullptr) first = &o;
+          else if (!same_site(*first, o))
+            fail("lanes of warp %zu of block rank %u at different cluster barrier calls (%s:%d and %s:%d)", w,
+                 b.rank, first->site_file, first->site_line, o.site_file, o.site_line);
+        }
+      }
     c.arrived = 0;
     ++c.gen;
   }

@@ -20,7 +20,9 @@
 // them: kernels launched as clusters keep their shared state in dynamic shared memory.
 //
 // A fault ends the launch, which then returns cudaErrorLaunchFailure, and last_fault() says what
-// happened: a __syncthreads that not every live thread of the block reaches (a deadlock) or that
+// happened: a __syncthreads that not every live thread of the block reaches (a deadlock), that
+// they reach at different calls (source lines: CUDA asks a conditional __syncthreads to go the
+// same way in the whole block) or that
 // comes after a thread of the block exited; a warp-collective operation that not all 32 lanes
 // reach, or that they reach at different operations, or with a partial mask; an ldmatrix address
 // outside the block's dynamic shared memory or not 16-byte aligned, a cp.async likewise or a thread
@@ -161,13 +163,15 @@ struct Thread {
 };
 const Thread& current();
 
-void syncthreads();
+// `file` and `line`: the call's source position (threads of a block must all be at the same call).
+void syncthreads(const char* file, int line);
 unsigned char* dynamic_shared();
 
 // Thread-block clusters (sm_90): the barrier every thread of the cluster arrives at and waits for
-// (barrier.cluster.arrive + wait), and the address of `p` (in this block's dynamic shared memory)
-// in the block of cluster rank `rank` (mapa; ranks run along x: blockIdx.x % cluster size).
-void cluster_sync();
+// (barrier.cluster.arrive + wait .aligned: the lanes of a warp at the same call, `file`:`line`),
+// and the address of `p` (in this block's dynamic shared memory) in the block of cluster rank
+// `rank` (mapa; ranks run along x: blockIdx.x % cluster size).
+void cluster_sync(const char* file, int line);
 const void* cluster_map(const void* p, unsigned rank);
 
 // Warp-collective operations (all 32 lanes, full mask).
@@ -257,7 +261,10 @@ cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
 #define blockDim (::edgegen_cuda_emulator::current().block_dim)
 #define gridDim (::edgegen_cuda_emulator::current().grid_dim)
 
-inline void __syncthreads() { edgegen_cuda_emulator::syncthreads(); }
+// (The default arguments take the caller's source position.)
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  edgegen_cuda_emulator::syncthreads(file, line);
+}
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return edgegen_cuda_emulator::shfl_xor(mask, v, lane_mask, width);
