@@ -239,13 +239,16 @@ TEST_F(CudaEmulated, ClustersShareTheirBlocksSharedMemory) {
       for (int i = 0; i < n; ++i) EXPECT_EQ(out[size_t(b * n + i)], ((b % 4 + 1) % 4) * 1000 + (i + 1) % n);
     EXPECT_EQ(E::counters().max_cluster, 4);
   }
-  // Without the first barrier, the lowest-first schedule runs rank 0 to its end before rank 1
-  // writes anything: rank 0 reads poison.
+  // Without the first barrier, the lowest-first schedule runs each rank to the last barrier before
+  // the next rank starts: ranks 0-2 read their neighbour's unwritten (poisoned) shared memory,
+  // rank 3 reads rank 0's, written by then.
   E::set_schedule(E::Schedule::Greedy);
-  std::vector<int> out(size_t(n * blocks), -1);
+  std::vector<int> out(size_t(n * blocks), 0x12345678);
   ASSERT_EQ(E::launch_cluster(cluster_neighbour_kernel, dim3(blocks), dim3(n), n * 4, nullptr, 4u, out.data(), 1),
             cudaSuccess);
-  EXPECT_EQ(out[0], -1) << "0xffffffff: the neighbour's unwritten shared memory";
+  for (int b = 0; b < blocks; ++b)
+    for (int i = 0; i < n; ++i)
+      EXPECT_EQ(out[size_t(b * n + i)], b % 4 == 3 ? (i + 1) % n : -1) << "block " << b << " thread " << i;
   // Without the last, a block exits while its neighbour still reads it.
   E::set_schedule(E::Schedule::Forward);
   EXPECT_EQ(E::launch_cluster(cluster_neighbour_kernel, dim3(blocks), dim3(n), n * 4, nullptr, 4u, out.data(), 2),
@@ -280,7 +283,7 @@ TEST_F(CudaEmulated, ClusterFaultsAndLaunchErrors) {
     void (*kernel)(int);
     const char* fault;
   };
-  for (const Expect& e : {Expect{cluster_early_exit_kernel, "cluster barrier"},
+  for (const Expect& e : {Expect{cluster_early_exit_kernel, "threads of its cluster wait at the cluster barrier"},
                           Expect{cluster_map_rank_kernel, "rank 2 of a cluster of 2"},
                           Expect{cluster_map_outside_kernel, "outside the block's dynamic shared memory"},
                           Expect{cluster_deadlock_kernel, "deadlock in the cluster"},
@@ -483,14 +486,21 @@ TEST_P(CudaEmulatedAttention, SplitGlobalKeyTiles) {
 TEST_P(CudaEmulatedAttention, SplitGlobalQueryTiles) {
   AttnCase a = make();
   a.c.H = 1, a.c.nq = 130, a.c.nk = 1100, a.c.d = 64, a.c.window = 50, a.c.num_global = 4, a.c.causal = false;
-  KC::AttnProblem p;
-  p.nq = 130, p.nk = 1100, p.num_global = 4, p.d = 64, p.B = p.H = 1, p.causal = false;
-  ASSERT_GT(KC::attention_forward_workspace_bytes(p), 0u) << "the case no longer splits";
+  // The forward's workspace: 64 (d + 2) floats per split of each split query tile and head.
+  auto split_floats = [](const Case& c) {
+    KC::AttnProblem q;
+    q.B = c.B, q.H = c.H, q.nq = c.nq, q.nk = c.nk, q.d = int(c.d), q.num_global = c.num_global;
+    q.q_offset = c.q_offset, q.causal = c.causal;
+    return KC::attention_forward_workspace_bytes(q) / sizeof(float);
+  };
+  ASSERT_EQ(split_floats(a.c), 1u * 3 * 64 * 66) << "one tile, 3 splits";
   check_attention(a, kTol, rel_for(a.dtype));
   a.c.num_global = 100, a.c.q_offset = 30;
+  ASSERT_EQ(split_floats(a.c), 2u * 3 * 64 * 66) << "globals at positions 30..99: two tiles, 3 splits";
   check_attention(a, kTol, rel_for(a.dtype));
   // Two heads, 17 key tiles over 3 splits (uneven), and a single query tile, all of it split.
   a.c.H = 2, a.c.nk = 1050, a.c.nq = 30, a.c.num_global = 100, a.c.q_offset = 0;
+  ASSERT_EQ(split_floats(a.c), 2u * 3 * 64 * 66);
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
@@ -867,6 +877,9 @@ TEST_F(CudaEmulated, KdLossClusterKernelAlignmentInPlaceAndGridStride) {
   small_device(3520);
   KdCase tiny;
   tiny.vocab = 37, tiny.student_pad = 1, tiny.teacher_pad = 1;
+  check_kd_cluster(tiny, 8);
+  small_device(3456);  // 20 logits: at most 5 vectors over 8 blocks, some of which hold none
+  tiny.vocab = 20;
   check_kd_cluster(tiny, 8);
 }
 

@@ -194,7 +194,8 @@ void fiber_main() {
   if (b.bar_arrived > 0)
     fail("exited while %u threads of its block wait at __syncthreads (they would hang)", b.bar_arrived);
   if (c.arrived > 0)
-    fail("exited while %u threads of its cluster wait at the cluster barrier (they would hang)", c.arrived);
+    fail("exited while %u threads of its cluster wait at the cluster barrier (the emulator asks every thread "
+         "of a cluster to arrive; PTX lets exited threads off)", c.arrived);
   if (b.warps[w].arrived > 0)
     fail("exited while %u lanes of its warp wait at a warp-collective operation", b.warps[w].arrived);
   if (!f.issued.empty() || !f.committed.empty())
