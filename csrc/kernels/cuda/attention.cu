@@ -313,13 +313,15 @@ struct Args {
   int64_t splits_q = 1;
 };
 
+constexpr int64_t kMaxSplits = 64;  // blocks per split tile
+
 // Tiles that n_other tiles of the other side all see (or are all seen by), `heavy` per head,
 // split over blocks that take about 8 of those each, at most 64 blocks per tile and, over the B H
 // heads, about 8 per SM: with more heads than that the other blocks already outlast a heavy
 // tile's walk, and the split would only cost workspace. How many blocks share each (0 heavy
 // tiles and 1 when none is split).
 void split_heavy(const AttnProblem& p, int64_t n_other, int64_t& heavy, int64_t& splits) {
-  splits = heavy > 0 ? std::min<int64_t>(64, std::max<int64_t>(1, (n_other + 7) / 8)) : 1;
+  splits = heavy > 0 ? std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (n_other + 7) / 8)) : 1;
   int device = 0, sms = 0;
   if (splits > 1 && cudaGetDevice(&device) == cudaSuccess &&
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess && sms > 0)
@@ -490,22 +492,29 @@ __global__ void __launch_bounds__(kThreads) attn_forward_combine_kernel(const Ar
   const float* ws = A.workspace + (bh * A.heavy_q + qt) * A.splits_q * kForwardPartial<D>;
   T* out = static_cast<T*>(A.out) + bh * P.nq * D;
   float* lse = A.lse + bh * P.nq;
+  // Per row once: each split's weight 2^(m_z - max) / sum (0 for a split that saw no key), lse.
+  __shared__ float w[kMaxSplits][kTile];
+  for (int row = threadIdx.x; row < kTile; row += kThreads) {
+    const int64_t i = qt * kTile + row;
+    float mx = -INFINITY, l = 0.0f;
+    for (int z = 0; z < A.splits_q; ++z) mx = fmaxf(mx, ws[z * kForwardPartial<D> + kTile * D + row]);
+    for (int z = 0; z < A.splits_q; ++z) {
+      const float* part = ws + z * kForwardPartial<D>;
+      w[z][row] = mx == -INFINITY ? 0.0f : exp2f(part[kTile * D + row] - mx);
+      l += part[kTile * D + kTile + row] * w[z][row];
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int z = 0; z < A.splits_q; ++z) w[z][row] *= inv;
+    if (i < P.nq) lse[i] = l > 0.0f ? mx * kLn2 + logf(l) : -INFINITY;
+  }
+  __syncthreads();
   for (int idx = threadIdx.x; idx < kTile * D; idx += kThreads) {
-    const int row = idx / D, c = idx % D;
+    const int row = idx / D;
     const int64_t i = qt * kTile + row;
     if (i >= P.nq) break;
-    float mx = -INFINITY;
-    for (int z = 0; z < A.splits_q; ++z) mx = fmaxf(mx, ws[z * kForwardPartial<D> + kTile * D + row]);
-    float l = 0.0f, o = 0.0f;
-    if (mx != -INFINITY)
-      for (int z = 0; z < A.splits_q; ++z) {
-        const float* part = ws + z * kForwardPartial<D>;
-        const float w = exp2f(part[kTile * D + row] - mx);  // 0 for a split that saw no key
-        l += part[kTile * D + kTile + row] * w;
-        o += part[row * D + c] * w;
-      }
-    out[i * D + c] = Mma<T>::cast(l > 0.0f ? o / l : 0.0f);
-    if (c == 0) lse[i] = l > 0.0f ? mx * kLn2 + logf(l) : -INFINITY;
+    float o = 0.0f;
+    for (int z = 0; z < A.splits_q; ++z) o += ws[z * kForwardPartial<D> + idx] * w[z][row];
+    out[i * D + idx % D] = Mma<T>::cast(o);
   }
 }
 
