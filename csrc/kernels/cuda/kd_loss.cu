@@ -190,6 +190,30 @@ __device__ __forceinline__ void add_teacher(Running<A>& r, const A (&x)[N], A in
   for (int u = 0; u < N; ++u) r.z += ex((x[u] - r.m) * invT);
 }
 
+// Sweep 1 over a 16-byte vector of the student, vs, at elements v .. v + VN - 1 (the target's
+// value into `target` when y is among them), and the teachers' vectors teacher(k), k < K.
+template <class T, class A, class F>
+__device__ __forceinline__ void sweep1_vector(Sweep1<A>& st, const Vec<T>& vs, int64_t v, int64_t y, A& target, int K,
+                                              A invT, int use_ce, int tmode, F teacher) {
+  constexpr int VN = Vec<T>::N;
+  A x[VN];
+#pragma unroll
+  for (int u = 0; u < VN; ++u) x[u] = as_c(vs.x[u]);
+#pragma unroll
+  for (int u = 0; u < VN; ++u)
+    if (v + u == y) target = x[u];
+  add_student(st, x, invT, use_ce, tmode);
+#pragma unroll
+  for (int k = 0; k < kKDMaxTeachers; ++k) {
+    if (k >= K) break;
+    Vec<T> vt;
+    vt.raw = teacher(k);
+#pragma unroll
+    for (int u = 0; u < VN; ++u) x[u] = as_c(vt.x[u]);
+    add_teacher(st.t[k], x, invT);
+  }
+}
+
 // What sweep 2 needs of a row, after the reductions.
 template <class A>
 struct RowStats {
@@ -345,24 +369,11 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
       const int64_t v = head + c * VN;
       Vec<T> vs;
       vs.raw = *reinterpret_cast<const uint4*>(s + v);
-      Vec<T> vt;
-      if (K >= 1) vt.raw = __ldg(reinterpret_cast<const uint4*>(t[0] + v));  // both loads in flight
+      uint4 t0 = make_uint4(0, 0, 0, 0);
+      if (K >= 1) t0 = __ldg(reinterpret_cast<const uint4*>(t[0] + v));  // both loads in flight
       if (kCache) *reinterpret_cast<uint4*>(cache + v + pad) = vs.raw;
-      A x[VN];
-#pragma unroll
-      for (int u = 0; u < VN; ++u) x[u] = as_c(vs.x[u]);
-#pragma unroll
-      for (int u = 0; u < VN; ++u)
-        if (v + u == y) s_target = x[u];
-      add_student(st, x, invT, p.use_ce, p.tmode);
-#pragma unroll
-      for (int k = 0; k < kKDMaxTeachers; ++k) {
-        if (k >= K) break;
-        if (k > 0) vt.raw = __ldg(reinterpret_cast<const uint4*>(t[k] + v));
-#pragma unroll
-        for (int u = 0; u < VN; ++u) x[u] = as_c(vt.x[u]);
-        add_teacher(st.t[k], x, invT);
-      }
+      sweep1_vector(st, vs, v, y, s_target, K, invT, p.use_ce, p.tmode,
+                    [&](int k) { return k == 0 ? t0 : __ldg(reinterpret_cast<const uint4*>(t[k] + v)); });
     }
 
     // The student's pair at T, then Zs1 rescaled to the common maximum; then every teacher's.
@@ -540,23 +551,10 @@ __global__ void __launch_bounds__(kClusterThreads, sizeof(T) == 8 ? 2 : kCluster
     for (int k = 0; k < kKDMaxTeachers; ++k) st.t[k] = Running<A>{kNegInf, A(0)};
     for (int64_t c = c0 + tid; c < c1; c += nt) {
       const int64_t v = head + c * VN, at = (c - c0) * VN;
-      Vec<T> vv;
-      vv.raw = *reinterpret_cast<const uint4*>(slot + at);
-      A x[VN];
-#pragma unroll
-      for (int u = 0; u < VN; ++u) x[u] = as_c(vv.x[u]);
-#pragma unroll
-      for (int u = 0; u < VN; ++u)
-        if (v + u == y) mine->target = x[u];
-      add_student(st, x, invT, p.use_ce, p.tmode);
-#pragma unroll
-      for (int k = 0; k < kKDMaxTeachers; ++k) {
-        if (k >= K) break;
-        vv.raw = *reinterpret_cast<const uint4*>(slot + (1 + k) * se + at);
-#pragma unroll
-        for (int u = 0; u < VN; ++u) x[u] = as_c(vv.x[u]);
-        add_teacher(st.t[k], x, invT);
-      }
+      Vec<T> vs;
+      vs.raw = *reinterpret_cast<const uint4*>(slot + at);
+      sweep1_vector(st, vs, v, y, mine->target, K, invT, p.use_ce, p.tmode,
+                    [&](int k) { return *reinterpret_cast<const uint4*>(slot + (1 + k) * se + at); });
     }
     for (int64_t j = tid; j < nscalar; j += nt) {
       const A x[1] = {as_c(slot[nloc + j])};
