@@ -195,7 +195,7 @@ TEST_F(CudaEmulated, FaultsEndTheLaunchAndSayWhy) {
                           Expect{cp_async_outside_kernel, "cp.async destination outside"},
                           Expect{cp_async_misaligned_kernel, "not both 16-byte aligned"},
                           Expect{cp_async_unwaited_kernel, "never waited for"},
-                          Expect{divergent_barrier_kernel, "different __syncthreads calls"}}) {
+                          Expect{divergent_barrier_kernel, "threads of a block at __syncthreads at different calls"}}) {
     E::clear_fault();
     EXPECT_EQ(E::launch(e.kernel, dim3(1), dim3(64), 64, nullptr, 0), cudaErrorLaunchFailure) << e.fault;
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
@@ -287,7 +287,7 @@ TEST_F(CudaEmulated, ClusterFaultsAndLaunchErrors) {
                           Expect{cluster_map_rank_kernel, "rank 2 of a cluster of 2"},
                           Expect{cluster_map_outside_kernel, "outside the block's dynamic shared memory"},
                           Expect{cluster_deadlock_kernel, "deadlock in the cluster"},
-                          Expect{cluster_divergent_kernel, "different cluster barrier calls"}}) {
+                          Expect{cluster_divergent_kernel, "lanes of a warp at the cluster barrier at different calls"}}) {
     E::clear_fault();
     EXPECT_EQ(E::launch_cluster(e.kernel, dim3(2), dim3(64), 64, nullptr, 2u, 0), cudaErrorLaunchFailure) << e.fault;
     EXPECT_NE(E::last_fault().find(e.fault), std::string::npos) << E::last_fault();

@@ -318,63 +318,59 @@ unsigned char* dynamic_shared() { return block().shared; }
 unsigned lane_id() { return linear(self().id) % 32; }
 
 namespace {
-bool same_site(const Fiber& a, const Fiber& b) {
-  return a.site_line == b.site_line && std::strcmp(a.site_file, b.site_file) == 0;
+// Faults unless the threads [first, last) waiting at `state` are all at the same call; `what`
+// names the barrier and the threads in the message.
+void check_sites(const Fiber* first, const Fiber* last, State state, const char* what) {
+  const Fiber* ref = nullptr;
+  for (const Fiber* o = first; o != last; ++o) {
+    if (o->state != state) continue;
+    if (ref == nullptr) ref = o;
+    else if (o->site_line != ref->site_line || std::strcmp(o->site_file, ref->site_file) != 0)
+      fail("%s at different calls (%s:%d and %s:%d)", what, ref->site_file, ref->site_line, o->site_file,
+           o->site_line);
+  }
 }
-// Faults unless every thread of `threads` (waiting at `state`) is at the same call as the caller.
-template <class Threads>
-void check_sites(const Threads& threads, State state, const char* what) {
-  const Fiber& f = self();
-  for (const Fiber& o : threads)
-    if (o.state == state && !same_site(o, f))
-      fail("threads at different %s calls (%s:%d and %s:%d)", what, f.site_file, f.site_line, o.site_file,
-           o.site_line);
+
+// This thread arrives at a barrier (`arrived` of `live` threads so far, generation `gen`) from
+// file:line and waits; the last to arrive runs check() and lets everyone go on, in the
+// schedule's order.
+template <class Check>
+void arrive_and_wait(unsigned& arrived, unsigned live, uint64_t& gen, State state, const char* file, int line,
+                     const Check& check) {
+  Fiber& f = self();
+  f.gen = gen;
+  f.state = state;
+  f.site_file = file, f.site_line = line;
+  if (++arrived == live) {
+    check();
+    arrived = 0;
+    ++gen;
+  }
+  to_scheduler();
 }
 }  // namespace
 
 void syncthreads(const char* file, int line) {
   Block& b = block();
-  Fiber& f = self();
   ++g().counters.syncthreads;
   if (b.exited > 0)
     fail("reached __syncthreads after %u threads of its block exited", b.exited);
-  f.gen = b.bar_gen;
-  f.state = State::AtBarrier;
-  f.site_file = file, f.site_line = line;
-  if (++b.bar_arrived == b.live) {  // the last one: everyone goes on, in the schedule's order
-    check_sites(b.fibers, State::AtBarrier, "__syncthreads");
-    b.bar_arrived = 0;
-    ++b.bar_gen;
-  }
-  to_scheduler();
+  arrive_and_wait(b.bar_arrived, b.live, b.bar_gen, State::AtBarrier, file, line, [&] {
+    check_sites(b.fibers.data(), b.fibers.data() + b.fibers.size(), State::AtBarrier, "threads of a block at __syncthreads");
+  });
 }
 
 void cluster_sync(const char* file, int line) {
   Cluster& c = cluster();
-  Fiber& f = self();
   ++g().counters.cluster_syncs;
   if (c.exited > 0)
     fail("reached the cluster barrier after %u threads of its cluster exited", c.exited);
-  f.gen = c.gen;
-  f.state = State::AtCluster;
-  f.site_file = file, f.site_line = line;
-  if (++c.arrived == c.live) {  // the last one: everyone goes on, in the schedule's order
+  arrive_and_wait(c.arrived, c.live, c.gen, State::AtCluster, file, line, [&] {
     for (const Block& b : c.blocks)  // .aligned: the lanes of each warp at the same call
-      for (size_t w = 0; w * 32 < b.fibers.size(); ++w) {
-        const Fiber* first = nullptr;
-        for (size_t i = w * 32; i < std::min(b.fibers.size(), w * 32 + 32); ++i) {
-          const Fiber& o = b.fibers[i];
-          if (o.state != State::AtCluster) continue;
-          if (first == nullptr) first = &o;
-          else if (!same_site(*first, o))
-            fail("lanes of warp %zu of block rank %u at different cluster barrier calls (%s:%d and %s:%d)", w,
-                 b.rank, first->site_file, first->site_line, o.site_file, o.site_line);
-        }
-      }
-    c.arrived = 0;
-    ++c.gen;
-  }
-  to_scheduler();
+      for (size_t w = 0; w * 32 < b.fibers.size(); ++w)
+        check_sites(b.fibers.data() + w * 32, b.fibers.data() + std::min(b.fibers.size(), w * 32 + 32),
+                    State::AtCluster, "lanes of a warp at the cluster barrier");
+  });
 }
 
 const void* cluster_map(const void* p, unsigned rank) {
