@@ -13,7 +13,19 @@ def test_summary_hand_computed():
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2}
     assert s.ci_low == pytest.approx(2.0 - half) and s.ci_high == pytest.approx(2.0 + half)
     one = summarize([5.0])
-    assert one.std == 0.0 and math.isnan(one.ci_low)
+    assert math.isnan(one.std) and math.isnan(one.ci_low)  # one seed measures no spread
+    assert str(one) == "5 (n=1: no spread)"
+    assert str(s).startswith("2 +- 1 (95% CI")
+
+
+def test_summary_interval_matches_scipy_at_other_levels():
+    from scipy import stats
+
+    vals = [0.3, 1.9, 2.2, 4.0, 2.5]
+    s = summarize(vals, confidence=0.9)
+    lo, hi = stats.t.interval(0.9, len(vals) - 1, loc=stats.tmean(vals), scale=stats.sem(vals))
+    assert (s.ci_low, s.ci_high) == (pytest.approx(lo), pytest.approx(hi))
+    assert "90% CI" in str(s)
 
 
 def test_paired_ttest_matches_the_formula():
@@ -39,3 +51,14 @@ def test_bad_input():
         paired_ttest([1, 2], [1])
     with pytest.raises(ValueError, match="baseline"):
         paired_ttest([1], [2])
+    for level in (95, 0.0, 1.0, -0.5, True):
+        with pytest.raises(ValueError, match="confidence"):
+            summarize([1.0, 2.0, 3.0], confidence=level)
+    with pytest.raises(ValueError, match="values"):
+        summarize(["a", 1.0])
+    with pytest.raises(ValueError, match="variant"):
+        paired_ttest([1, 2], [float("inf"), 3])
+    with pytest.raises(ValueError, match="baseline"):
+        paired_ttest([float("nan"), 2], [1, 3])
+    with pytest.raises(ValueError, match="alpha"):
+        paired_ttest([1, 2], [2, 4], alpha=5)

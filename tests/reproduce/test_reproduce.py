@@ -39,8 +39,44 @@ def test_bad_table_preset_and_seeds(tmp_path):
         reproduce("sizes", out_dir=tmp_path, track=False)
     with pytest.raises(ValueError, match="preset: table 'size' has no preset 'gpu'"):
         reproduce("size", preset="gpu", out_dir=tmp_path, track=False)
-    with pytest.raises(ValueError, match="seeds: expected distinct seeds"):
-        reproduce("size", seeds=[1, 1], out_dir=tmp_path, track=False)
+    for seeds, msg in (([1, 1], "at least one seed, each once"), ([], "at least one seed, each once"),
+                       ("012", "a sequence of non-negative integers"), (5, "a sequence of non-negative integers"),
+                       ([0.5, 1.5], "non-negative integers, got 0.5"), ([True, 2], "non-negative integers, got True"),
+                       ([-1], "non-negative integers, got -1"), (["a"], "non-negative integers, got 'a'")):
+        with pytest.raises(ValueError, match=f"seeds: expected {msg}"):
+            reproduce("size", seeds=seeds, out_dir=tmp_path, track=False)
+    assert not (tmp_path / "REPORT.md").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda r: r.pop("presets"), "presets: expected a non-empty mapping"),
+    (lambda r: r.pop("models"), "models: expected a non-empty mapping"),
+    (lambda r: r["presets"]["cpu-smoke"].pop("eval"), "presets.cpu-smoke.eval: expected a mapping"),
+    (lambda r: r["presets"]["cpu-smoke"]["eval"].pop("fid_samples"), "presets.cpu-smoke.eval: expected the keys .*; missing fid_samples"),
+    (lambda r: r["presets"]["cpu-smoke"]["models"].update({"nope": {}}), "presets.cpu-smoke.models"),
+    (lambda r: r["models"]["gpt2-student"].update({"base": "gpt3"}), "models.gpt2-student.base"),
+    (lambda r: r["models"].update({"x": 3}), "models.x: expected a mapping"),
+], ids=["no-presets", "no-models", "no-eval", "eval-key", "preset-model", "base", "model-not-mapping"])
+def test_bad_recipes_are_named(tmp_path, change, where):
+    import copy
+
+    recipes = copy.deepcopy(load_recipes())
+    change(recipes)
+    with pytest.raises(ValueError, match=f"recipes: {where}"):
+        reproduce("size", seeds=[0], out_dir=tmp_path, track=False, recipes=recipes)
+    with pytest.raises(ValueError, match="recipes: top level"):
+        reproduce("size", seeds=[0], out_dir=tmp_path, track=False, recipes=[1])
+
+
+def test_yaml_errors_name_the_file(tmp_path, monkeypatch):
+    import yaml
+
+    import edgegen.reproduce.runner as runner
+
+    (tmp_path / "recipes.yaml").write_text("models: {a: [1,\n", encoding="utf-8")
+    monkeypatch.setattr(runner, "HERE", tmp_path)
+    with pytest.raises(yaml.YAMLError, match="recipes.yaml"):
+        runner.load_recipes()
 
 
 TINY = {
@@ -179,7 +215,7 @@ def test_download_fetches_what_can_be_fetched(tmp_path, monkeypatch):
 def test_metric_keys_carry_the_label():
     assert metric_key("dcgan_generator/edge_latency_ms", "projected") == "dcgan_generator/edge_latency_ms_projected"
     assert metric_key("x/rpi4_latency_ms_projected", "projected") == "x/rpi4_latency_ms_projected"
-    assert metric_key("quantization/power_reduction_pct", "estimated") == "quantization/power_reduction_pct_estimated"
+    assert metric_key("quantization/energy_reduction_pct", "estimated") == "quantization/energy_reduction_pct_estimated"
     assert metric_key("pair/quality_loss_pct", "FID-proxy") == "pair/quality_loss_pct_proxy"
     assert metric_key("a/fid_proxy", "FID-proxy") == "a/fid_proxy"
     assert metric_key("a/params", "measured") == "a/params"
@@ -215,7 +251,98 @@ def test_paired_rows():
     res = [{"a": {"metrics": {"m": 1.0}}, "b": {"metrics": {"m": 1.5 + 0.1 * i}}} for i in range(3)]
     row = _paired(res, "a", "b", "m", "measured")
     assert row.key == "b/diff_vs_a_m" and row.values == pytest.approx([0.5, 0.6, 0.7])
-    assert "paired t-test over 3 seeds vs a: p = " in row.note and "significant" in row.note
+    # diffs 0.5, 0.6, 0.7: t = 0.6 / (0.1 / sqrt 3) = 10.392 on 2 degrees of freedom, where the
+    # two-sided p is 1 - t / sqrt(t^2 + 2) = 0.00913
+    assert "paired t-test over 3 seeds vs a: p = 0.00913, significant at alpha 0.05" in row.note
+    flat = [{"a": {"metrics": {"m": 1.0 + i}}, "b": {"metrics": {"m": 1.0 + i + (-1) ** i * 0.1}}} for i in range(3)]
+    assert "not significant at alpha 0.05" in _paired(flat, "a", "b", "m", "measured").note
     short = _paired(res[:2], "a", "b", "m", "measured")
     assert "no paired t-test (at least 3 are needed)" in short.note
     assert _paired(res, "a", "c", "m", "measured") is None
+
+
+def _fake_trainer(monkeypatch, seen):
+    import edgegen.train.loop as loop
+
+    def fake_train(cfg, run_dir, progress=None, **kw):
+        seen.append((cfg.name, cfg.train.seed))
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return {"final": {}}
+
+    monkeypatch.setattr(loop, "train_experiment", fake_train)
+
+
+def test_force_recomputes_each_model_and_step_once_per_run(tmp_path, monkeypatch):
+    from edgegen.reproduce.runner import Context
+
+    seen = []
+    _fake_trainer(monkeypatch, seen)
+    ctx = Context("cpu-smoke", [0], tmp_path, False, None, lambda m: None, load_recipes())
+    ctx.trained("gpt2-student", 0)
+    assert seen == [("gpt2-teacher", 0), ("gpt2-student", 0)]
+    for force, expected in ((False, 0), (True, 2)):  # a rerun trains nothing; --force each model once
+        seen.clear()
+        ctx = Context("cpu-smoke", [0], tmp_path, force, None, lambda m: None, load_recipes())
+        for key in ("gpt2-teacher", "gpt2-student", "gpt2-teacher", "gpt2-student"):
+            ctx.trained(key, 0)
+        assert len(seen) == expected and len(set(seen)) == expected
+    for force, expected in ((False, 1), (False, 0), (True, 1)):  # a step asked for by several tables
+        calls = []
+        ctx = Context("cpu-smoke", [0], tmp_path, force, None, lambda m: None, load_recipes())
+        results = [ctx.step("p/eff/seed0", lambda: calls.append(1) or {"x": 7}) for _ in range(3)]
+        assert len(calls) == expected and all(r["x"] == 7 for r in results)
+
+
+def test_custom_preset_is_named_in_the_report(tmp_path):
+    from edgegen.reproduce.runner import Context, _departures
+
+    ctx = Context("mine", [0], tmp_path, False, None, lambda m: None, load_recipes())
+    notes = _departures(ctx, "size", [])
+    assert notes[0].startswith("Preset mine: a preset of the recipes given to this run")
+
+
+def test_published_power_sits_beside_our_energy_row(tmp_path):
+    from edgegen.reproduce.runner import Context, Row, _table_markdown
+
+    papers = load_papers()
+    ctx = Context("cpu-smoke", [0, 1], tmp_path, False, None, lambda m: None, load_recipes())
+    rows = [Row("quantization/latency_reduction_pct", [40.0, 42.0], "measured"),
+            Row("quantization/energy_reduction_pct", [30.0, 34.0], "estimated", "energy per inference")]
+    md = _table_markdown("headline", papers["tables"]["headline"], rows, ctx, None, papers)
+    line = next(x for x in md.splitlines() if x.startswith("| quantization/energy_reduction_pct |"))
+    assert "| 61.7 +- 4.1 |" in line and "power, beside our energy per inference" in line
+    assert "Published but not measured" not in md
+    md = _table_markdown("headline", papers["tables"]["headline"], rows[:1], ctx, None, papers)
+    assert "Published but not measured here: quantization/power_reduction_pct" in md
+
+
+def test_unfittable_seed_keeps_the_sweep_rows(tmp_path, monkeypatch):
+    import edgegen.analysis.tradeoff as tradeoff
+    from edgegen.reproduce import runner
+
+    def points(seed):
+        out = []
+        for i, r in enumerate((0.0,) + runner.SWEEP):
+            out.append({"ratio": r, "params": 1000 * (10 - i), "fid_proxy": 50.0 + 3 * i + seed,
+                        "latency_ms_p50": 10.0 - 0.8 * i, "bytes_on_disk": 4000 * (10 - i),
+                        "energy_j_estimated": 0.1 - 0.008 * i})
+        return {"points": out}
+
+    real_fit = tradeoff.fit_tradeoff
+    calls = []
+
+    def flaky_fit(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no convergence")
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(tradeoff, "fit_tradeoff", flaky_fit)
+    ctx = runner.Context("cpu-smoke", [0, 1], tmp_path, False, None, lambda m: None, load_recipes())
+    monkeypatch.setattr(ctx, "step", lambda name, fn: points(int(name[-1])))
+    rows = {r.key: r for r in runner._tradeoff(ctx)}
+    assert len(rows["sweep_0%/fid_proxy"].values) == 2 and rows["sweep_0%/fid_proxy"].label == "FID-proxy"
+    assert len(rows["fit/alpha"].values) == 1 and "fitted for 1 of 2 seeds" in rows["fit/alpha"].note
+    assert rows["fit/q_max"].label == "FID-proxy" and rows["cstar/lambda_0.5"].label == "FID-proxy"
+    assert rows["fit/beta"].label == "measured"  # the latency curve does not depend on the proxy
+    assert "seed 0: no convergence" in ctx.table_notes["tradeoff"][0]

@@ -15,12 +15,16 @@ class SeedSummary:
 
     n: int
     mean: float
-    std: float  # sample standard deviation (ddof=1); 0 for a single value
+    std: float  # sample standard deviation (ddof=1); NaN for a single value (no spread measured)
     ci_low: float
     ci_high: float
+    confidence: float = 0.95  # of the interval
 
     def __str__(self) -> str:
-        return f"{self.mean:.4g} +- {self.std:.2g} (95% CI {self.ci_low:.4g} .. {self.ci_high:.4g}, n={self.n})"
+        if self.n == 1:
+            return f"{self.mean:.4g} (n=1: no spread)"
+        return (f"{self.mean:.4g} +- {self.std:.2g} ({self.confidence * 100:g}% CI {self.ci_low:.4g} .. "
+                f"{self.ci_high:.4g}, n={self.n})")
 
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
@@ -36,18 +40,28 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
     """
     from scipy import stats
 
-    vals = [float(v) for v in values]
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    vals = _finite(values, "values")
     if not vals:
         raise ValueError("values: expected at least one value")
-    if any(not math.isfinite(v) for v in vals):
-        raise ValueError(f"values: expected finite numbers, got {vals}")
     n = len(vals)
     mean = sum(vals) / n
     if n == 1:
-        return SeedSummary(1, mean, 0.0, float("nan"), float("nan"))
+        return SeedSummary(1, mean, float("nan"), float("nan"), float("nan"), confidence)
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return SeedSummary(n, mean, std, mean - half, mean + half)
+    return SeedSummary(n, mean, std, mean - half, mean + half, confidence)
+
+
+def _finite(values, name: str) -> list:
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected a sequence of numbers ({exc})") from None
+    if any(not math.isfinite(v) for v in vals):
+        raise ValueError(f"{name}: expected finite numbers, got {vals}")
+    return vals
 
 
 def paired_ttest(baseline: Sequence[float], variant: Sequence[float], alpha: float = 0.05) -> dict:
@@ -55,6 +69,9 @@ def paired_ttest(baseline: Sequence[float], variant: Sequence[float], alpha: flo
     mean difference, and whether it is significant at ``alpha``."""
     from scipy import stats
 
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a significance level strictly between 0 and 1, got {alpha!r}")
+    baseline, variant = _finite(baseline, "baseline"), _finite(variant, "variant")
     if len(baseline) != len(variant):
         raise ValueError(f"variant: expected one value per baseline seed ({len(baseline)}), got {len(variant)}")
     if len(baseline) < 2:

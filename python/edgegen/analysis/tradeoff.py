@@ -246,8 +246,8 @@ def atei(quality, efficiency, deployment, quality_lower_is_better: bool = True,
 
     with Q the quality and E the computational efficiency (e.g. FID and latency, lower better by
     default) min-max normalised over the models compared (1 = best), and D the deployment
-    feasibility in [0, 1] given per model (edgegen's reproduction uses the mean over the edge device
-    profiles of min(1, latency budget / projected latency))."""
+    feasibility in [0, 1] given per model (for example the mean over the edge device profiles of
+    min(1, latency budget / projected latency))."""
     w = dict(ATEI_WEIGHTS if weights is None else weights)
     if set(w) != set(ATEI_WEIGHTS) or any(not (v >= 0) for v in w.values()) or not math.isclose(sum(w.values()), 1):
         raise ValueError(f"weights: expected non-negative quality/efficiency/deployment weights summing to 1, got {w}")

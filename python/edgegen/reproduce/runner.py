@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 def _yaml(name: str) -> dict:
     import yaml
 
-    return yaml.safe_load((HERE / name).read_text(encoding="utf-8"))
+    with open(HERE / name, encoding="utf-8") as f:  # a stream, so that YAML errors name the file
+        return yaml.safe_load(f)
 
 
 def load_papers() -> dict:
@@ -38,6 +39,50 @@ def load_papers() -> dict:
 def load_recipes() -> dict:
     """The models and the presets' changes (``recipes.yaml``)."""
     return _yaml("recipes.yaml")
+
+
+EVAL_KEYS = ("fid_samples", "proxy_epochs", "ppl_max_tokens", "profile_min_time_s")
+
+
+def check_recipes(recipes) -> dict:
+    """``recipes`` if it has the layout of ``recipes.yaml`` (``models``: name -> training config,
+    ``presets``: name -> ``models`` (changes per model) and ``eval`` (:data:`EVAL_KEYS`)); a
+    ValueError naming the first part that does not, otherwise."""
+    def need(cond, where, what):
+        if not cond:
+            raise ValueError(f"recipes: {where}: expected {what}")
+
+    need(isinstance(recipes, dict), "top level", f"a mapping with 'models' and 'presets', got {type(recipes).__name__}")
+    for part in ("models", "presets"):
+        need(isinstance(recipes.get(part), dict) and recipes[part], part, "a non-empty mapping")
+    for name, spec in recipes["models"].items():
+        need(isinstance(spec, dict), f"models.{name}", "a mapping (a training config)")
+        base = spec.get("base")
+        need(base is None or base in recipes["models"], f"models.{name}.base",
+             f"one of the recipes' models, got {base!r}")
+    for name, spec in recipes["presets"].items():
+        need(isinstance(spec, dict), f"presets.{name}", "a mapping with 'models' and 'eval'")
+        need(isinstance(spec.get("models", {}), dict), f"presets.{name}.models", "a mapping of model -> changes")
+        unknown = [m for m in spec.get("models") or {} if m not in recipes["models"]]
+        need(not unknown, f"presets.{name}.models", f"names of the recipes' models, got {unknown[:1]}")
+        ev = spec.get("eval")
+        need(isinstance(ev, dict), f"presets.{name}.eval", f"a mapping with {', '.join(EVAL_KEYS)}")
+        missing = [k for k in EVAL_KEYS if k not in ev]
+        need(not missing, f"presets.{name}.eval", f"the keys {', '.join(EVAL_KEYS)}; missing {', '.join(missing)}")
+    return recipes
+
+
+def check_seeds(seeds) -> list:
+    """``seeds`` as a list of distinct non-negative ints, or a ValueError naming ``seeds``."""
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds: expected a sequence of non-negative integers, got {seeds!r}")
+    seeds = list(seeds)
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ValueError(f"seeds: expected non-negative integers, got {bad[0]!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected at least one seed, each once, got {seeds}")
+    return seeds
 
 
 # ----------------------------------------------------------------------------------- context
@@ -52,6 +97,10 @@ class Context:
     recipes: dict = field(default_factory=load_recipes)
     done_steps: list = field(default_factory=list)
     skipped_steps: list = field(default_factory=list)
+    # What this run has already (re)built: ``force`` recomputes each step, model and compressed
+    # model once, not again each time another table asks for it.
+    built: set = field(default_factory=set)
+    table_notes: dict = field(default_factory=dict)  # table -> departures found while building it
 
     @property
     def fingerprint(self) -> str:
@@ -67,7 +116,7 @@ class Context:
     def step(self, name: str, fn: Callable[[], dict]) -> dict:
         """``fn()``'s JSON result, computed once: kept in ``steps/<name>.json``."""
         path = self.out / "steps" / self.fingerprint / f"{name}.json"
-        if path.is_file() and not self.force:
+        if path.is_file() and (not self.force or ("step", name) in self.built):
             self.skipped_steps.append(name)
             return json.loads(path.read_text(encoding="utf-8"))
         t0 = time.perf_counter()
@@ -77,6 +126,7 @@ class Context:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, default=float), encoding="utf-8")
         os.replace(tmp, path)
+        self.built.add(("step", name))
         self.done_steps.append(name)
         self.log(f"  {name}: {result['_seconds']:.1f} s")
         return result
@@ -112,7 +162,7 @@ class Context:
         digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
         run_dir = self.out / "models" / self.preset / f"{key}-{digest}" / f"seed{seed}"
         marker = run_dir / "done.json"
-        if marker.is_file() and not self.force:
+        if marker.is_file() and (not self.force or ("model", str(run_dir)) in self.built):
             return run_dir
         from edgegen.train import load_experiment
         from edgegen.train.loop import train_experiment
@@ -123,6 +173,7 @@ class Context:
         res = train_experiment(cfg, run_dir, progress=False)
         marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "final": res.get("final")},
                                      default=float), encoding="utf-8")
+        self.built.add(("model", str(run_dir)))
         return run_dir
 
 
@@ -325,10 +376,12 @@ def _headline(ctx: Context) -> list:
         ("quantization/latency_reduction_pct", lambda r: mean_red(r, "latency_ms_p50"), "measured",
          "mean over the DCGAN generator, the Beta-VAE and the GPT-2 student of 1 - INT8/fp32 latency (edgegen's INT8 "
          "kernels, dynamic activations), this CPU"),
-        ("quantization/power_reduction_pct", lambda r: mean_red(r, ekey),
+        ("quantization/energy_reduction_pct", lambda r: mean_red(r, ekey),
          "measured (RAPL)" if measured else "estimated",
-         "energy per inference, same models: " + ("RAPL" if measured else "CPU time x a stated power per core, so "
-                                                  "this tracks CPU time, not a power meter"))])
+         "energy per inference, same models: " + ("RAPL package energy" if measured else
+                                                  "CPU time x a stated power per core, so this tracks CPU time, not "
+                                                  "a power meter") +
+         "; the paper's figure is a reduction of power, not of energy per inference")])
     for f, q in pairs:
         rows += _rows_from(eff, [(f"{q}/latency_reduction_pct", lambda r, f=f, q=q: 100 * (1 - r[q]["latency_ms_p50"] /
                                                                                           r[f]["latency_ms_p50"]),
@@ -342,8 +395,9 @@ def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
     from edgegen.train.posthoc import compress_from
 
     dest = Path(f"{src}-{tag}")
-    if ctx.force or not (dest / "checkpoints" / "last.pt").is_file():
+    if not (dest / "checkpoints" / "last.pt").is_file() or (ctx.force and ("compressed", str(dest)) not in ctx.built):
         compress_from(src, spec, dest)
+        ctx.built.add(("compressed", str(dest)))
     return str(dest)
 
 
@@ -467,7 +521,8 @@ def _lightweight(ctx: Context) -> list:
                                                      metric(r, i, "bytes_on_disk")] for i in (0, 1)],
                                                    [True, True, True])[1]),
              "FID-proxy" if qkey == "fid_proxy" else "measured",
-             "edgegen's Pareto score over (quality, latency, size) of the pair (edgegen.analysis)")]
+             "edgegen's Pareto score (edgegen.analysis) over (quality, latency, size) of this pair alone: 1 unless "
+             "the existing model dominates the compressed one, then below 1 by its normalised distance")]
         rows += _rows_from(res, spec)
     return rows
 
@@ -490,30 +545,35 @@ def _tradeoff(ctx: Context) -> list:
     res = _per_seed(ctx, one)
     qkey = "fid" if "fid" in res[0]["points"][0] else "fid_proxy"
     ek = "energy_j" if "energy_j" in res[0]["points"][0] else "energy_j_estimated"
-    fits = []
-    for r in res:
+    fits, unfitted = [], []
+    for seed, r in zip(ctx.seeds, res):
         pts = r["points"]
+        r["front"] = pareto_front([[p[qkey], p["latency_ms_p50"], p["bytes_on_disk"]] for p in pts],
+                                  [True, True, True]).tolist()
         try:
             fit = fit_tradeoff([p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
                                quality_lower_is_better=True, efficiency_lower_is_better=True)
-        except RuntimeError as exc:  # scipy found no fit: the sweep rows still stand
-            raise RuntimeError(f"the trade-off curves could not be fitted to the sweep ({exc})") from exc
+        except RuntimeError as exc:  # scipy found no fit: that seed's sweep rows still stand
+            unfitted.append(f"seed {seed}: {exc}")
+            ctx.log(f"  the trade-off curves could not be fitted to seed {seed}'s sweep ({exc})")
+            fits.append(None)
+            continue
         c_lo, c_hi = min(p["params"] for p in pts), max(p["params"] for p in pts)
         r["fit"] = fit.as_dict()
         r["cstar"] = {lam: fit.optimal(lam, c_lo, c_hi) for lam in LAMBDAS}
-        r["front"] = pareto_front([[p[qkey], p["latency_ms_p50"], p["bytes_on_disk"]] for p in pts],
-                                  [True, True, True]).tolist()
         fits.append((fit, c_lo, c_hi))
     # Figures from the first seed
     pts = res[0]["points"]
-    fit, c_lo, c_hi = fits[0]
     figs = ctx.out / "figures"
     names = [f"{int(p['ratio'] * 100)}%" for p in pts]
     qname = "FID-proxy" if qkey == "fid_proxy" else "FID"
-    plots.plot_fit(fit, [p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
-                   figs / "tradeoff_fit.png", quality_name=f"1/{qname}", efficiency_name="1/latency (normalised)")
-    plots.plot_utility(fit, LAMBDAS, c_lo, c_hi, figs / "tradeoff_utility.png")
-    plots.plot_optimal_lambda(fit, c_lo, c_hi, figs / "tradeoff_cstar.png")
+    qlabel = qname if qkey == "fid_proxy" else "measured"
+    if fits[0] is not None:
+        fit, c_lo, c_hi = fits[0]
+        plots.plot_fit(fit, [p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
+                       figs / "tradeoff_fit.png", quality_name=f"1/{qname}", efficiency_name="1/latency (normalised)")
+        plots.plot_utility(fit, LAMBDAS, c_lo, c_hi, figs / "tradeoff_utility.png")
+        plots.plot_optimal_lambda(fit, c_lo, c_hi, figs / "tradeoff_cstar.png")
     plots.plot_pareto([[p["latency_ms_p50"], p[qkey]] for p in pts],
                       pareto_front([[p["latency_ms_p50"], p[qkey]] for p in pts], [True, True]), names,
                       ["latency, median (ms, measured)", f"{qname} (lower is better)"], figs / "tradeoff_pareto.png",
@@ -526,19 +586,28 @@ def _tradeoff(ctx: Context) -> list:
                     title="energy per sample" + (" (estimated)" if ek.endswith("estimated") else " (RAPL)"))
     for r in res:
         r["pareto_count"] = len(r["front"])
-    spec = [(f"fit/{k}", lambda r, k=k: r["fit"][k], "measured",
-             f"Q = 1/{qname}, E = 1/latency normalised; complexity = parameters" if k == "alpha" else "")
-            for k in ("alpha", "q_max", "beta", "gamma", "r2_quality", "r2_efficiency")]
-    spec += [(f"cstar/lambda_{lam}", lambda r, lam=lam: r["cstar"][lam] if lam in r["cstar"] else r["cstar"][str(lam)],
-              "measured", "parameters maximising F on the swept range") for lam in LAMBDAS]
-    spec.append(("sweep/pareto_front_size", lambda r: r["pareto_count"], "measured",
-                 f"non-dominated of {len(pts)} sweep points on ({qname}, latency, size)"))
+    # The quality curve, C* and the front all derive from the quality measure: they carry its label.
+    # The fit rows are over the seeds whose sweep could be fitted; the others are named.
+    fit_spec = [(f"fit/{k}", lambda r, k=k: r["fit"][k], "measured" if k in ("beta", "gamma", "r2_efficiency")
+                 else qlabel, f"Q = 1/{qname}, E = 1/latency normalised; complexity = parameters" if k == "alpha" else "")
+                for k in ("alpha", "q_max", "beta", "gamma", "r2_quality", "r2_efficiency")]
+    fit_spec += [(f"cstar/lambda_{lam}", lambda r, lam=lam: r["cstar"][lam] if lam in r["cstar"] else
+                  r["cstar"][str(lam)], qlabel, "parameters maximising F on the swept range") for lam in LAMBDAS]
+    fitted = [r for r in res if "fit" in r]
+    if unfitted:
+        fit_spec = [(k, g, lab, "; ".join(filter(None, (note, f"fitted for {len(fitted)} of {len(res)} seeds"))))
+                    for k, g, lab, note in fit_spec]
+        ctx.table_notes.setdefault("tradeoff", []).append(
+            "The trade-off curves could not be fitted to every seed's sweep (" + "; ".join(unfitted) + "): the fit "
+            "and C* rows are over the others" + ("" if fitted else " (none)") + ", the sweep rows over all seeds.")
+    spec = [("sweep/pareto_front_size", lambda r: r["pareto_count"], qlabel,
+             f"non-dominated of {len(pts)} sweep points on ({qname}, latency, size)")]
     for p in range(len(pts)):
-        spec.append((f"sweep_{names[p]}/{qkey}", lambda r, p=p: r["points"][p][qkey], qname if qkey == "fid_proxy"
-                     else "measured", "one-shot channel pruning of the trained DCGAN, no fine-tuning"))
+        spec.append((f"sweep_{names[p]}/{qkey}", lambda r, p=p: r["points"][p][qkey], qlabel,
+                     "one-shot channel pruning of the trained DCGAN, no fine-tuning"))
         spec.append((f"sweep_{names[p]}/latency_ms_p50", lambda r, p=p: r["points"][p]["latency_ms_p50"], "measured",
                      ""))
-    return _rows_from(res, spec)
+    return (_rows_from(fitted, fit_spec) if fitted else []) + _rows_from(res, spec)
 
 
 BUILDERS = {"size": lambda c: _size_latency_memory_power(c, "size"),
@@ -549,11 +618,16 @@ BUILDERS = {"size": lambda c: _size_latency_memory_power(c, "size"),
 
 
 # ----------------------------------------------------------------------------------- report
+PRESET_NOTES = {"cpu-smoke": "models scaled down and trained for a few steps on subsets: quality numbers are real "
+                             "measurements of barely trained models",
+                "cpu-small": "models scaled down and trained briefly on the CPU",
+                "paper": "the published recipe"}
+
+
 def _departures(ctx: Context, table: str, rows: list) -> list:
-    notes = [f"Preset {ctx.preset}: " + {"cpu-smoke": "models scaled down and trained for a few steps on subsets: quality "
-                                                     "numbers are real measurements of barely trained models",
-                                         "cpu-small": "models scaled down and trained briefly on the CPU",
-                                         "paper": "the published recipe"}[ctx.preset] + ".",
+    notes = [f"Preset {ctx.preset}: " + PRESET_NOTES.get(ctx.preset, "a preset of the recipes given to this run, "
+                                                         "not one of edgegen's own (see its models and eval settings)")
+             + ".",
              "Measured on this machine's CPU (" + _cpu() + "); the papers used their own devices; edge figures are "
              "roofline projections."]
     if table in ("size", "latency", "memory", "power", "headline"):
@@ -571,7 +645,7 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
                      "CelebA 4,000 images, OpenWebText about 0.5 MB, WikiText-2 test); the row labels give the "
                      "sample counts used. CIFAR-10 has no validation split: its test split also served to pick "
                      "the best checkpoint, and the tables use the last one.")
-    return notes
+    return notes + ctx.table_notes.get(table, [])
 
 
 def _cpu() -> str:
@@ -587,13 +661,16 @@ def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str 
         return head + f"**Not filled**: {error}\n"
     lines = ["| quantity | paper | ours (mean +- std over seeds) | n | label | note |", "|---|---|---|---|---|---|"]
     published = spec.get("values") or {}
+    # A published value is shown beside our row of the same key, or of the key its ``row`` names
+    # (a related quantity: the note says how they differ).
+    beside = {pv.get("row", k): pv for k, pv in published.items()}
     for r in rows:
         st = _stat(r.values)
-        pv = published.get(r.key)
+        pv = beside.get(r.key)
         paper = "-" if pv is None else (_fmt(pv["value"]) + (f" +- {_fmt(pv['std'])}" if pv.get("std") else ""))
         note = r.note + (f"; published: {pv['source']}" if pv is not None else "")
         lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {note} |")
-    missing = [k for k in published if k not in {r.key for r in rows}]
+    missing = [k for k, pv in published.items() if pv.get("row", k) not in {r.key for r in rows}]
     body = "\n".join(lines) + "\n"
     if missing:
         body += "\nPublished but not measured here: " + ", ".join(missing) + "\n"
@@ -657,13 +734,11 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
     unknown = [n for n in names if n not in TABLES]
     if unknown:
         raise ValueError(f"table: unknown {unknown[0]!r}; expected one of {', '.join(TABLES)} or all")
-    recipes = recipes if recipes is not None else load_recipes()
+    recipes = check_recipes(recipes if recipes is not None else load_recipes())
     if preset not in recipes["presets"]:
         raise ValueError(f"preset: table {table!r} has no preset {preset!r}; expected one of "
                          f"{', '.join(recipes['presets'])}")
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
+    seeds = check_seeds(seeds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if download:
