@@ -1,9 +1,11 @@
 """WikiText-2 (raw): Merity et al. 2016, "Pointer Sentinel Mixture Models".
 
 Standard folder ``wikitext-2-raw/`` with ``wiki.{train,valid,test}.raw`` (the members of the
-official ``wikitext-2-raw-v1.zip``). The evaluation text joins the file's lines, each with its
-newline, by blank lines: the ``"\\n\\n".join(dataset["text"])`` of the widely used Hugging Face
-perplexity recipe, so token counts and perplexities compare with published ones.
+official ``wikitext-2-raw-v1.zip``). The evaluation text is the ``"\\n\\n".join(dataset["text"])``
+of the widely used Hugging Face perplexity recipe: the file's lines (split at newlines only), each
+with its newline, a blank line as the empty string (as the Hugging Face builder stores it), joined
+by blank lines. GPT-2 tokenises the test split into the well-known 287,644 tokens, so token counts
+and perplexities compare with published ones.
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ class WikiText2:
         self.path = folder / f"wiki.{split}.raw"
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: the {split} split is missing from {folder}")
-        with open(self.path, encoding="utf-8", newline="") as f:
-            self.lines = f.read().splitlines(keepends=True)
+        try:
+            with open(self.path, encoding="utf-8") as f:  # lines end at "\n" only, as the builder reads them
+                self.lines = list(f)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path}: expected UTF-8 text ({exc})") from None
 
     def verify(self) -> None:
         """Raise ValueError unless the split's file has the published SHA-256."""
@@ -57,8 +62,9 @@ class WikiText2:
                              f"{SHA256[self.split]}")
 
     def eval_text(self) -> str:
-        """The split as standard perplexity evaluations tokenise it (lines joined by blank lines)."""
-        return "\n\n".join(self.lines)
+        """The split as standard perplexity evaluations tokenise it: lines joined by blank lines,
+        a line of whitespace only counted as empty."""
+        return "\n\n".join(line if line.strip() else "" for line in self.lines)
 
     def tokens(self, tokenizer, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
         """GPT-2 token ids of :meth:`eval_text` as uint16, tokenised once and cached (see
