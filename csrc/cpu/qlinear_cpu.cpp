@@ -185,9 +185,14 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   pair(dilation, "dilation", 1);
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
   const int64_t cp = (c + 3) / 4 * 4;
-  const int64_t ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
-  const int64_t wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, "input: spatial size ", h, "x", w, " is too small for the kernel");
+  // The last window start: negative when the (padded) input is smaller than the dilated kernel.
+  // Checked before dividing: C++ division truncates toward zero, so a span in (-stride, 0) would
+  // count one output position.
+  const int64_t span_h = h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1;
+  const int64_t span_w = w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1;
+  TORCH_CHECK_VALUE(span_h >= 0 && span_w >= 0, "input: spatial size ", h, "x", w, " is too small for the kernel ",
+                    kernel, " with padding ", padding, " and dilation ", dilation);
+  const int64_t ho = span_h / stride[0] + 1, wo = span_w / stride[1] + 1;
   TORCH_CHECK_VALUE(out_channels >= 1, "out_channels: expected a value >= 1, got ", out_channels);
   check_packed(packed, row_sum, out_channels, kernel[0] * kernel[1] * cp);
   check_unused_columns_zero(packed, out_channels, kernel[0] * kernel[1] * cp,

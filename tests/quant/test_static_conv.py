@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import edgegen  # noqa: F401
-from edgegen.ops._fallback_quant import int8_conv_transpose2d_fallback
+from edgegen.ops._fallback_quant import int8_conv2d_fallback, int8_conv_transpose2d_fallback
 from edgegen.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from edgegen.models.vae import BetaVAE
 from edgegen.quant import (
@@ -227,6 +227,26 @@ def test_int8_conv2d_bad_input(call, match):
     g = Int8Conv2d.from_float(nn.Conv2d(3, 5, 3)).gemm
     with pytest.raises(ValueError, match=match):
         call(g)
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (lambda: nn.Conv2d(4, 16, 5, stride=4), (1, 4, 2, 9)),  # last window start -2: truncating division gave 1 row
+    (lambda: nn.Conv2d(4, 8, 4, 2, 1), (1, 4, 1, 1)),  # padded 3x3 against a 4x4 kernel
+    (lambda: nn.Conv2d(4, 8, 3, 3, dilation=2), (2, 4, 4, 9)),  # dilated kernel spans 5 rows
+], ids=["stride4", "padded-1x1", "dilated"])
+def test_input_smaller_than_the_kernel_raises_like_torch(conv, shape):
+    float_conv = conv()
+    x = torch.randn(*shape)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input"):
+        float_conv(x)  # what float PyTorch says of the same call
+    q = Int8Conv2d.from_float(float_conv)
+    with pytest.raises(ValueError, match="input: spatial size .* is too small for the kernel"):
+        q(x)
+    g = q.gemm
+    with pytest.raises(ValueError, match="input: spatial size .* is too small for the kernel"):
+        int8_conv2d_fallback(x, g.packed_weight, g.weight_row_sum, g.weight_scale, g.bias, float_conv.out_channels,
+                             list(float_conv.kernel_size), list(float_conv.stride), list(float_conv.padding),
+                             list(float_conv.dilation), 0.0, 0)
 
 
 def test_int8_conv_transpose2d_op_equals_the_phase_by_phase_reference():

@@ -501,7 +501,8 @@ def int8_conv2d_fallback(input, packed_weight, weight_row_sum, weight_scale, bia
     ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     wo = (w_in + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
     if ho < 1 or wo < 1:
-        raise ValueError(f"input: spatial size {h}x{w_in} is too small for the kernel")
+        raise ValueError(f"input: spatial size {h}x{w_in} is too small for the kernel {list(kernel_size)} with padding "
+                         f"{list(padding)} and dilation {list(dilation)}")
     w = _conv_weight(packed_weight, weight_row_sum, out_channels, kernel_size, input.shape[1])
     _weight_scale(weight_scale, out_channels)
     _bias(bias, out_channels)
