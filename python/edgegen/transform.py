@@ -17,7 +17,18 @@ from torch import nn
 FilterFn = Callable[[nn.Module, str], bool]
 """``filter_fn(module, qualified_name) -> bool``: which modules a verb may change."""
 
-__all__ = ["FilterFn", "Handlers", "check_filter_fn", "check_model"]
+__all__ = ["FilterFn", "Handlers", "check_filter_fn", "check_model", "weight_read_by_parent"]
+
+# Modules whose forward reads their child layers' ``.weight`` directly (PyTorch's attention and
+# transformer layers pass them to fused kernels): a child replaced by a quantized or factorized
+# module, which has no such attribute, would break them.
+WEIGHT_READING_PARENTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def weight_read_by_parent(model: nn.Module, name: str) -> bool:
+    """Whether the layer ``name`` of ``model`` is a direct child of one of :data:`WEIGHT_READING_PARENTS`."""
+    parent = name.rpartition(".")[0]
+    return isinstance(model.get_submodule(parent), WEIGHT_READING_PARENTS)
 
 
 def check_filter_fn(filter_fn) -> None:

@@ -115,3 +115,28 @@ def test_bad_input(tmp_path):
         quantize_onnx(lin.path, tmp_path / "o.onnx", mode="int4")
     with pytest.raises(ValueError, match="calibration: static quantization needs"):
         quantize_onnx(lin.path, tmp_path / "o.onnx", mode="static")
+
+
+def test_qat_models_are_refused_and_nested_outputs_compared(tmp_path):
+    from edgegen.quant import prepare_qat_
+
+    qat = prepare_qat_(torch.nn.Sequential(torch.nn.Linear(8, 8)))
+    with pytest.raises(ValueError, match="model: holds QATModule layers .*convert them first"):
+        export_onnx(qat, (torch.randn(2, 8),), tmp_path / "qat.onnx")
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):  # a dict: the exporter writes its values in order
+            return {"a": self.lin(x), "b": 2 * self.lin(x) + 1}
+
+    torch.manual_seed(0)
+    two = Two().eval()
+    x = torch.randn(3, 4)
+    res = export_onnx(two, (x,), tmp_path / "two.onnx", output_names=["a", "b"])  # was: 'str' has no .detach
+    a, b = run_onnx(res.path, (x,))
+    np.testing.assert_allclose(a, two(x)["a"].detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, two(x)["b"].detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert res.max_abs_diff < 1e-5

@@ -103,6 +103,12 @@ def _check_exportable(model: nn.Module) -> nn.Module:
     from edgegen.quant import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 
     kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
+    from edgegen.quant.qat import QATModule
+
+    if any(isinstance(m, QATModule) for m in model.modules()):
+        raise ValueError("model: holds QATModule layers (fake quantization for training) that have no ONNX form; "
+                         "convert them first (edgegen.quant.convert_) and quantize the float export with "
+                         "edgegen.export.quantize_onnx, or export the float model")
     found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, kinds)})
     if found:
         raise ValueError(f"model: holds edgegen integer layers ({', '.join(found)}) that run as edgegen's own "
@@ -176,7 +182,13 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
     abs_diff = rel_diff = None
     if check:
         got = run_onnx(path, inputs)
-        exp = [expected] if isinstance(expected, Tensor) else list(expected)
+        # The exporter flattens nested outputs (tuples, lists, dict values) in order: compare leaf by leaf.
+        from torch.utils import _pytree
+
+        exp = [t for t in _pytree.tree_leaves(expected) if isinstance(t, Tensor)]
+        if len(exp) != len(got):
+            raise RuntimeError(f"export_onnx: ONNX Runtime gave {len(got)} outputs, PyTorch {len(exp)} tensors "
+                               f"on {path}")
         abs_diff = rel_diff = 0.0
         for e, g in zip(exp, got):
             e = e.detach().float().cpu().numpy()

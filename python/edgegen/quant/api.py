@@ -20,7 +20,7 @@ from edgegen.quant.config import (
     QuantConfig,
 )
 from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
-from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model
+from edgegen.transform import FilterFn, Handlers, check_filter_fn, check_model, weight_read_by_parent
 
 _HANDLERS = Handlers("quantize_")
 
@@ -38,6 +38,8 @@ class LowPrecision(nn.Module):
 
     def __init__(self, module: nn.Module, dtype: torch.dtype):
         super().__init__()
+        # In place: a Parameter shared with another layer (GPT-2's embedding tied to its head)
+        # is converted for both, and stored once (quantize_ warns when that happens).
         self.module = module.to(dtype)
         self.dtype = dtype
 
@@ -50,18 +52,61 @@ def _replace(model: nn.Module, kinds: tuple, make: Callable[[nn.Module], nn.Modu
     return _replace_all(model, [(kinds, make, filter_fn)])
 
 
+def _wrappers() -> tuple:
+    """edgegen's quantization wrappers: a layer inside one has been prepared or quantized already."""
+    from edgegen.quant.mixed import SwitchablePrecision
+    from edgegen.quant.qat import QATModule
+
+    return (LowPrecision, QATModule, SwitchablePrecision)
+
+
+def check_not_wrapped(model: nn.Module, name: str, wrappers: tuple | None = None) -> None:
+    """A ValueError when the layer ``name`` sits inside one of edgegen's quantization wrappers."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        outer = model.get_submodule(".".join(parts[:i]))
+        if isinstance(outer, wrappers or _wrappers()):
+            raise ValueError(f"model: layer {name!r} is inside a {type(outer).__name__} ({'.'.join(parts[:i])!r}): "
+                             "the model was prepared or quantized before; start from the float model (after "
+                             "prepare_qat_, convert with QATConfig(step='convert') / convert_)")
+
+
 def _replace_all(model: nn.Module, stages: list[tuple[tuple, Callable[[nn.Module], nn.Module], FilterFn | None]]
                  ) -> int:
     """Every stage's (kinds, make, filter_fn) replacements built first, then swapped in: a layer
-    that cannot be converted raises before the model is touched."""
-    plan = []
+    that cannot be converted raises before the model is touched. A layer registered under several
+    names is converted once and replaced under each (filter_fn sees its first name). Layers inside
+    edgegen's wrappers (quantized or prepared before) are refused, naming the layer; layers whose
+    parent reads their ``.weight`` (PyTorch's attention and transformer layers) stay as they are,
+    with a warning."""
+    wrappers = _wrappers()
+    names: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(m), []).append(name)
+    plan, seen, kept = [], set(), []
     for kinds, make, filter_fn in stages:
-        targets = [(name, m) for name, m in model.named_modules()
-                   if isinstance(m, kinds) and name and (filter_fn is None or filter_fn(m, name))]
-        plan += [(name, make(m)) for name, m in targets]
-    for name, q in plan:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+        for name, m in model.named_modules():
+            if (not name or id(m) in seen or not isinstance(m, kinds)
+                    or not (filter_fn is None or filter_fn(m, name))):
+                continue
+            if any(weight_read_by_parent(model, n) for n in names[id(m)]):
+                kept.append(name)
+                continue
+            for n in names[id(m)]:
+                check_not_wrapped(model, n, wrappers)
+            seen.add(id(m))
+            plan.append((names[id(m)], make(m)))
+    if kept:
+        import warnings
+
+        warnings.warn(f"quantize_: {len(kept)} layer(s) stay as they are because their parent reads their weight "
+                      f"directly (PyTorch's MultiheadAttention / Transformer layers; e.g. {kept[0]!r})", UserWarning,
+                      stacklevel=4)
+    for layer_names, q in plan:
+        for name in layer_names:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
     return len(plan)
 
 
@@ -76,10 +121,26 @@ def _int8_module(m: nn.Module, act_qparams=None) -> nn.Module:
     return Int8ConvTranspose2d.from_float(m, act_qparams)
 
 
-def _int8_filter(filter_fn: FilterFn | None) -> FilterFn:
-    """Grouped (depthwise) convolutions stay in floating point: the INT8 GEMM path has no groups."""
+def _int8_filter(filter_fn: FilterFn | None, model: nn.Module | None = None) -> FilterFn:
+    """Convolutions the INT8 path cannot take stay in floating point: grouped (depthwise) ones
+    silently (documented), those with a padding mode other than zeros or string padding with a
+    warning that names them (when ``model`` is given)."""
+    def unsupported_padding(m: nn.Module) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and (m.padding_mode != "zeros" or
+                                                                   isinstance(m.padding, str))
+
+    if model is not None:
+        odd = [n for n, m in model.named_modules() if unsupported_padding(m) and getattr(m, "groups", 1) == 1
+               and (filter_fn is None or filter_fn(m, n))]
+        if odd:
+            import warnings
+
+            warnings.warn(f"quantize_: {len(odd)} convolution(s) with a padding mode other than 'zeros' or string "
+                          f"padding stay in floating point (e.g. {odd[0]!r}); the INT8 kernels pad with zeros by "
+                          "explicit sizes", UserWarning, stacklevel=4)
+
     def keep(m: nn.Module, name: str) -> bool:
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.groups != 1:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and (m.groups != 1 or unsupported_padding(m)):
             return False
         return filter_fn is None or filter_fn(m, name)
     return keep
@@ -164,7 +225,7 @@ def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_f
 @register_quantize_handler(Int8DynamicConfig)
 def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, filter_fn: FilterFn | None) -> int:
     tied = _tied_heads(model)
-    stages = [(_INT8_KINDS, _int8_module, _int8_filter(filter_fn))]
+    stages = [(_INT8_KINDS, _int8_module, _int8_filter(filter_fn, model))]
     if config.embeddings:
         stages.append(((nn.Embedding,), Int8Embedding.from_float, filter_fn))
     n = _replace_all(model, stages)
@@ -177,7 +238,7 @@ def _int8_static(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn
     if calibration is None:
         raise ValueError("calibration: Int8StaticConfig needs calibration data (quantize_(model, config, "
                          "calibration=batches): an iterable of model inputs)")
-    keep = _int8_filter(filter_fn)
+    keep = _int8_filter(filter_fn, model)
     qparams = _calibrate(model, config, calibration, keep)
     names = {id(m): n for n, m in model.named_modules()}
     return _replace(model, _INT8_KINDS, lambda m: _int8_module(m, qparams[names[id(m)]]), keep)
@@ -206,6 +267,13 @@ def _int4(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
 @register_quantize_handler(Bf16Config)
 def _low_precision(model: nn.Module, config, filter_fn: FilterFn | None) -> int:
     dtype = torch.float16 if isinstance(config, Fp16Config) else torch.bfloat16
+    tied = [(e, h) for e, h in _tied_heads(model) if filter_fn is None or filter_fn(model.get_submodule(h), h)]
+    if tied:
+        import warnings
+
+        warnings.warn(f"quantize_: {tied[0][1]!r} shares its weight with the embedding {tied[0][0]!r} (tied): the "
+                      f"shared table is converted to {str(dtype).removeprefix('torch.')} and stored once, so the "
+                      "embedding looks up 16-bit values too", UserWarning, stacklevel=4)
     return _replace(model, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d), lambda m: LowPrecision(m, dtype), filter_fn)
 
 
@@ -214,7 +282,7 @@ def _qat(model: nn.Module, config: QATConfig, filter_fn: FilterFn | None) -> int
     from edgegen.quant.qat import QATModule, convert_
 
     if config.step == "prepare":
-        n = _replace(model, _INT8_KINDS, lambda m: QATModule(m, config), _int8_filter(filter_fn))
+        n = _replace(model, _INT8_KINDS, lambda m: QATModule(m, config), _int8_filter(filter_fn, model))
         if n == 0:
             raise ValueError("model: nothing to prepare (no Linear/Conv2d/ConvTranspose2d selected by filter_fn)")
         return n
@@ -272,5 +340,6 @@ def quantize_(model: nn.Module, config, filter_fn: FilterFn | None = None, *, ca
     check_filter_fn(filter_fn)
     n = _HANDLERS(model, config, filter_fn, calibration=calibration)
     if n == 0:
-        raise ValueError("model: nothing to quantize (no layer of a supported kind was selected by filter_fn)")
+        raise ValueError("model: nothing to quantize (no layer of a supported kind was selected by filter_fn, or "
+                         "the selected ones must stay as they are: see the warnings)")
     return model

@@ -13,7 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.tensor_files import read_safetensors, write_safetensors
-from edgegen.quant.api import _INT8_KINDS, LowPrecision, _int8_filter, _retie, _tied_heads, quantize_
+from edgegen.quant.api import (
+    _INT8_KINDS,
+    LowPrecision,
+    _int8_filter,
+    _retie,
+    _tied_heads,
+    check_not_wrapped,
+    quantize_,
+)
 from edgegen.quant.config import Bf16Config, Fp16Config, _Int4Config
 from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
 from edgegen.transform import FilterFn
@@ -100,6 +108,8 @@ def enable_precision_switch_(model: nn.Module, config, filter_fn: FilterFn | Non
     if not names:
         raise ValueError("model: nothing to quantize (no candidate layer)")
     for name in names:
+        check_not_wrapped(model, name)
+    for name in names:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         setattr(owner, child, SwitchablePrecision(getattr(owner, child), config))
@@ -123,10 +133,17 @@ def set_precision_(model, quantized: bool) -> int:
 def _layout(model: nn.Module) -> dict[str, dict]:
     """Name -> how to rebuild it, for every quantized layer (not the Int8Linear GEMMs that
     convolutions hold inside: their parent rebuilds them)."""
+    from edgegen.quant.qat import QATModule
+
     out: dict[str, dict] = {}
     for name, m in model.named_modules():
         if any(name.startswith(p + ".") for p in out):
             continue
+        if isinstance(m, (SwitchablePrecision, QATModule)):
+            raise ValueError(f"model: layer {name!r} is a {type(m).__name__}, which save_quantized cannot store "
+                             "(it holds a float layer beside its quantized form); "
+                             + ("convert it first (QATConfig(step='convert') / convert_)" if isinstance(m, QATModule)
+                                else "save the model quantized with the config itself instead"))
         if isinstance(m, Int8Linear):
             out[name] = {"type": "Int8Linear", "static": m.static}
         elif isinstance(m, Int8Conv2d):

@@ -43,6 +43,16 @@ class Observer(nn.Module):
     def _minmax(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.ops.edgegen.observe_minmax(x.detach(), self.axis)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The statistics' shape is known only once data has been seen (empty, then one value or
+        # one per channel): a fresh observer takes the shape of the saved one, or drops back to empty.
+        for name, buf in list(self._buffers.items()):
+            saved = state_dict.get(prefix + name)
+            if buf is not None and isinstance(saved, Tensor) and saved.shape != buf.shape and (
+                    buf.numel() == 0 or saved.numel() == 0):
+                self._buffers[name] = torch.empty(saved.shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         lo, hi = self._minmax(x)
         self._update(x, lo, hi)

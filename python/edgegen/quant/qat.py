@@ -59,6 +59,9 @@ class QATModule(nn.Module):
 
     def activation_qparams(self) -> tuple[float, int]:
         if self.config.activation == "lsq":
+            if not bool(self.initialized):
+                raise RuntimeError("QATModule: no data seen yet: the learned activation scale is initialised from "
+                                   "the first batch (run at least one forward pass before converting)")
             zp = int(self.act_zero_point.detach().round().clamp(A_MIN, A_MAX))
             return float(self.act_scale.detach().abs()), zp
         s, z = self.observer.calculate_qparams()

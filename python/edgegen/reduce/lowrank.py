@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from edgegen.prune.masks import prunable_weights
 from edgegen.reduce.config import LowRankConfig
-from edgegen.transform import FilterFn
+from edgegen.transform import FilterFn, weight_read_by_parent
 
 
 class LowRankLinear(nn.Module):
@@ -139,7 +139,7 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
     plan = {}
     for name, m in prunable_weights(model, filter_fn):  # selected, never a tied weight
         dims = _dims(m)
-        if dims is None:
+        if dims is None or weight_read_by_parent(model, name):  # PyTorch's attention reads .weight itself
             continue
         n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
@@ -164,8 +164,8 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
     if config.ranks is not None:
         missing = sorted(set(config.ranks) - set(plan))
         if missing:
-            raise ValueError(f"ranks.{missing[0]}: no Linear or 1x1 Conv2d layer of that name (untied, selected) "
-                             "in the model")
+            raise ValueError(f"ranks.{missing[0]}: no Linear or 1x1 Conv2d layer of that name (untied, selected, "
+                             "not inside PyTorch's MultiheadAttention / Transformer layers) in the model")
     return plan
 
 
