@@ -204,6 +204,89 @@ def test_unknown_ops_freeze_their_groups():
         prune_(HardCodedView(), ChannelConfig(0.5), example_inputs=torch.randn(2, 4))
 
 
+class ReusedConv(nn.Module):
+    """``b`` called twice: its input and output channels belong to two groups each."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+
+class TiedConvs(nn.Module):
+    """``c`` shares ``b``'s weight Parameter; ``d`` after them is free to prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 1)
+        self.c.weight = self.b.weight
+        self.d, self.out = nn.Conv2d(6, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.out(torch.relu(self.d(torch.relu(self.c(torch.relu(self.b(h)))))))
+
+
+class PoolWithIndices(nn.Module):
+    """Max pooling's values leave the model as a second output (a tuple-valued op)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        pooled, _ = F.max_pool2d(h, 2, return_indices=True)
+        return self.b(h), pooled
+
+
+def test_shared_or_reused_weights_freeze_their_groups():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="no prunable channel group .*a shared weight"):
+        prune_(ReusedConv(), ChannelConfig(0.5), example_inputs=x)  # was: a crash inside shrink
+    groups = find_channel_groups(ReusedConv(), x)
+    assert sum("used by 2 channel groups" in (g.frozen or "") for g in groups) == 3
+    torch.manual_seed(0)
+    model = TiedConvs().eval()
+    ref = model(x)
+    prune_(model, ChannelConfig(0.5), example_inputs=x)  # only d's output channels may go
+    small = shrink(model, x)
+    assert (small.a.out_channels, small.b.out_channels, small.d.out_channels) == (6, 6, 4)
+    assert small.c.weight is small.b.weight  # the tie survives
+    torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(model(x), ref)  # d was pruned
+
+
+def test_tuple_outputs_are_followed_to_the_model_output():
+    x = torch.randn(2, 3, 8, 8)
+    groups = {g.channels: g for g in find_channel_groups(PoolWithIndices(), x)}
+    assert groups[8].frozen == "reaches the model output"  # was: prunable, zeroing output channels
+    with pytest.raises(ValueError, match="no prunable channel group"):
+        prune_(PoolWithIndices(), ChannelConfig(0.5), example_inputs=x)
+
+
+def test_shrink_keeps_qat_wrappers_and_cuts_their_scales():
+    from edgegen.quant import QATConfig, QATModule, convert_, prepare_qat_
+
+    torch.manual_seed(0)
+    g = DCGANGenerator(DCGANConfig(nz=8, ngf=8))
+    z = torch.randn(4, 8)
+    prepare_qat_(g, QATConfig(weight="lsq", activation="ema"))
+    g(z)  # observers and LSQ scales see a batch
+    prune_(g, ChannelConfig(0.5), example_inputs=(z,))
+    g.eval()
+    small = shrink(g, (z,))  # checked against the masked QAT model; was: nothing removed
+    assert sum(p.numel() for p in small.parameters()) < 0.5 * sum(p.numel() for p in g.parameters())
+    wrapped = [m for m in small.modules() if isinstance(m, QATModule)]
+    assert len(wrapped) == sum(isinstance(m, QATModule) for m in g.modules())
+    for w in wrapped:
+        channels = w.module.weight.shape[w.axis]
+        assert w.weight_scale.shape == w.weight_zero_point.shape == (channels,)
+    torch.testing.assert_close(convert_(copy.deepcopy(small))(z), small(z), rtol=1e-4, atol=1e-4)
+
+
 def test_filter_fn_selects_groups_by_producer():
     model = DCGANDiscriminator(DCGANConfig(ndf=8))
     inputs = model.example_inputs()

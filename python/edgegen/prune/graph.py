@@ -171,6 +171,20 @@ class _Tracer(TorchFunctionMode):
         name = _name(func)
         if name in _IGNORED or not _tensors(out):
             return out
+        followed = self._dispatch(func, name, args, kwargs, out)
+        # An op on traced channels whose outputs the tracer did not follow (the second result of a
+        # tuple, a handler that gave up without freezing) would let those channels reach later ops
+        # or the model output unseen: freeze the inputs instead.
+        if not followed:
+            inputs = _tensors(list(args) + list(kwargs.values()))
+            if any(self.lookup(t) is not None for t in inputs) and any(
+                    id(t) not in self.where for t in _tensors(out)):
+                for t in inputs:
+                    self.freeze(t, f"an output of {name or func!r} that the channel tracer does not follow")
+        return out
+
+    def _dispatch(self, func, name, args, kwargs, out) -> bool:
+        """Model one op; True when its outputs need no further check (frozen or tracked as wanted)."""
         handler = {
             "conv1d": self.conv, "conv2d": self.conv, "conv3d": self.conv,
             "conv_transpose1d": self.conv_transpose, "conv_transpose2d": self.conv_transpose,
@@ -187,16 +201,20 @@ class _Tracer(TorchFunctionMode):
             inputs = _tensors(list(args) + list(kwargs.values()))
             for t in inputs:
                 self.freeze(t, f"used by {name or func!r}, which the channel tracer does not model")
-        return out
+            return True
+        return False
 
     def pass_through(self, args, out) -> None:
         hit = self.lookup(args[0]) if args else None
-        if hit is None or not isinstance(out, Tensor):
+        if hit is None:
             return
-        if out.dim() < 2 or out.shape[1] != args[0].shape[1]:
+        # Every result with the input's channel layout follows it (max pooling's values and indices).
+        outs = _tensors(out)
+        if any(o.dim() < 2 or o.shape[1] != args[0].shape[1] for o in outs):
             self.freeze(args[0], "channel count changed by a pass-through op")
             return
-        self.track(out, *hit)
+        for o in outs:
+            self.track(o, *hit)
 
     def binary(self, args, out, name) -> None:
         if not isinstance(out, Tensor):
@@ -410,7 +428,27 @@ def find_channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     for s in tracer.spaces:
         if s.parent is None:
             roots.append(s.group)
+    _freeze_shared_weights(roots)
     return roots
+
+
+def _freeze_shared_weights(groups: list[ChannelGroup]) -> None:
+    """A weight dimension that belongs to two groups (a layer called twice on different inputs, a
+    Parameter shared by two layers) cannot follow both groups' choices of channels: freeze them."""
+    where: dict[tuple[int, int], list[ChannelGroup]] = {}
+    names: dict[tuple[int, int], str] = {}
+    for g in groups:
+        for s in g.slices():
+            key = (id(s.tensor()), s.dim)
+            names[key] = s.name
+            if not any(other is g for other in where.setdefault(key, [])):
+                where[key].append(g)
+    for key, gs in where.items():
+        name, dim = names[key], key[1]
+        if len(gs) > 1:
+            for g in gs:
+                if not g.frozen:
+                    g.frozen = f"dimension {dim} of a {name} used by {len(gs)} channel groups (a shared or reused layer)"
 
 
 __all__ = ["ChannelGroup", "Slice", "find_channel_groups"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
@@ -110,7 +111,8 @@ def prune_channels_(model: nn.Module, config: ChannelConfig,
         groups.append(g)
     if not groups:
         raise ValueError("model: no prunable channel group (every group reaches the output, is frozen by an "
-                         "op the tracer does not model, or was excluded by filter_fn)")
+                         "op the tracer does not model or by a layer used twice / a shared weight, or was excluded "
+                         "by filter_fn)")
     # Importance first, for every group, before any mask changes a shared layer.
     plans = []
     for g in groups:
@@ -203,11 +205,18 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
     from edgegen.prune.ffn import shrink_ffn_
     from edgegen.prune.heads import shrink_heads_
 
+    from edgegen.quant.qat import W_MAX, QATModule
+
     inputs = _example_inputs(model, example_inputs)
     small = finalize_(copy.deepcopy(model))
+    # QAT wrappers come off for the tracing (their fake-quantized weights belong to no module) and
+    # go back on afterwards, their per-output-channel scales cut like the layer they wrap.
     with torch.no_grad():
-        shrink_heads_(small)
+        shrink_heads_(small)  # both leave layers under QAT wrappers as they are
         shrink_ffn_(small)
+        wrappers = {n: m for n, m in small.named_modules() if isinstance(m, QATModule) and n}
+        _unwrap_qat_(small)
+        wrapper_of = {id(w.module): w for w in wrappers.values()}
         plans = []
         for g in find_channel_groups(small, inputs):
             if not g.prunable:
@@ -224,10 +233,20 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
                 index = live.repeat_interleave(s.repeat).nonzero().flatten()
                 _select(s.module, s.name, s.dim, index)
                 touched[id(s.module)] = s.module
+                w = wrapper_of.get(id(s.module))
+                if w is not None and s.name == "weight" and s.dim == w.axis:
+                    for per_channel in ("weight_zero_point", "weight_scale"):
+                        if hasattr(w, per_channel):
+                            _select(w, per_channel, 0, index)
             for m in g.unflattens:
                 m.unflattened_size = (int(live.sum()), *tuple(m.unflattened_size)[1:])
         for module in touched.values():
             _refresh_shape_attributes(module)
+        for n, w in wrappers.items():
+            parent, _, leaf = n.rpartition(".")
+            setattr(small.get_submodule(parent) if parent else small, leaf, w)
+            if id(w.module) in touched:  # the LSQ gradient scale follows the filter size
+                w.w_grad_factor = 1.0 / math.sqrt(w.module.weight.numel() / w.weight_zero_point.numel() * W_MAX)
     if check:
         want = _tensors(_run(model, inputs, 0))
         got = _tensors(_run(small, inputs, 0))
