@@ -93,3 +93,29 @@ def test_real_celeba_subset(tmp_path):
     assert x.shape == (3, 64, 64) and attrs.shape == (40,)
     assert test.images.shape == (500, 3, 64, 64)
     assert test.attr_names[:2] == ["5_o_Clock_Shadow", "Arched_Eyebrows"]
+
+
+def test_replaced_image_is_decoded_again(tmp_path):
+    folder = make_celeba(tmp_path)
+    first = CelebA(tmp_path, split="test", cache_dir=tmp_path / "c")[0][0]
+    assert first.mean(dim=(1, 2))[2] > 0.5  # the fixture's blue center
+    # Same name, new pixels (a red center), a later modification time.
+    path = folder / "img_align_celeba" / "000005.jpg"
+    old = path.stat().st_mtime_ns
+    arr = np.zeros((218, 178, 3), np.uint8)
+    arr[35:183, 15:163] = (230, 0, 0)
+    Image.fromarray(arr).save(path, quality=95)
+    os.utime(path, ns=(old + 10**9, old + 10**9))
+    again = CelebA(tmp_path, split="test", cache_dir=tmp_path / "c")
+    fresh = CelebA(tmp_path, split="test", cache_dir=tmp_path / "fresh")
+    torch.testing.assert_close(again[0][0], fresh[0][0], rtol=0, atol=0)
+    assert again[0][0].mean(dim=(1, 2))[0] > 0.5 and not torch.equal(again[0][0], first)
+    assert len([p for p in (tmp_path / "c").iterdir() if p.name.startswith("celeba.test.148.64.")]) == 2
+
+
+@pytest.mark.parametrize("name", ["list_eval_partition.txt", "list_attr_celeba.txt"])
+def test_non_utf8_lists_name_the_file(tmp_path, name):
+    folder = make_celeba(tmp_path)
+    (folder / name).write_bytes(b"\xff\xfe0\x001\x00")  # UTF-16, not UTF-8
+    with pytest.raises(ValueError, match=f"celeba/{name}: expected UTF-8 text"):
+        CelebA(tmp_path, split="all", cache_dir=tmp_path / "c")

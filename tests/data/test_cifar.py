@@ -118,3 +118,81 @@ def test_real_cifar_label_counts(tmp_path):
     assert len(train) == 5 * 1017
     x, y = train[0]
     assert x.shape == (3, 64, 64) and 0 <= y < 10
+
+
+def test_cache_is_keyed_on_the_folder_and_each_batch_file(tmp_path):
+    cache = tmp_path / "shared-cache"
+
+    def write_test_batch(root: Path, value: int, n: int) -> Path:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "test_batch", "wb") as f:
+            pickle.dump({b"labels": [value % 10] * n, b"data": np.full((n, 3072), value, np.uint8)}, f, protocol=2)
+        return folder / "test_batch"
+
+    def check(ds, value: int, n: int):
+        assert len(ds) == n and np.asarray(ds.labels).tolist() == [value % 10] * n
+        assert np.all(np.asarray(ds.images) == value)
+
+    # Two folders whose batch files have the same name and size, one cache folder.
+    write_test_batch(tmp_path / "a", 10, 4)
+    write_test_batch(tmp_path / "b", 200, 4)
+    check(CIFAR10(tmp_path / "a", split="test", image_size=32, cache_dir=cache), 10, 4)
+    check(CIFAR10(tmp_path / "b", split="test", image_size=32, cache_dir=cache), 200, 4)
+    check(CIFAR10(tmp_path / "a", split="test", image_size=32, cache_dir=cache), 10, 4)
+    # A batch file replaced by one of the same size (a later modification time) ...
+    old = (tmp_path / "a" / "cifar-10-batches-py" / "test_batch").stat().st_mtime_ns
+    path = write_test_batch(tmp_path / "a", 77, 4)
+    os.utime(path, ns=(old + 10**9, old + 10**9))
+    check(CIFAR10(tmp_path / "a", split="test", image_size=32, cache_dir=cache), 77, 4)
+    # ... or by a larger one.
+    write_test_batch(tmp_path / "a", 33, 9)
+    check(CIFAR10(tmp_path / "a", split="test", image_size=32, cache_dir=cache), 33, 9)
+    check(CIFAR10(tmp_path / "b", split="test", image_size=32, cache_dir=cache), 200, 4)
+    names = sorted(p.name for p in cache.iterdir())
+    assert len(names) == 8 and all(n.startswith("cifar10.test.32.") for n in names)
+
+
+def test_bad_batches_meta(tmp_path):
+    make_cifar(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(meta.read_bytes()[:60])
+    with pytest.raises(ValueError, match="batches.meta: not a readable CIFAR-10 batches.meta pickle"):
+        CIFAR10(tmp_path, split="test", image_size=32, cache_dir=tmp_path / "c")
+    with open(meta, "wb") as f:
+        pickle.dump({b"num_cases_per_batch": 6}, f, protocol=2)
+    with pytest.raises(ValueError, match="batches.meta: expected a dict whose b'label_names' lists the 10 class"):
+        CIFAR10(tmp_path, split="test", image_size=32, cache_dir=tmp_path / "c")
+    with open(meta, "wb") as f:
+        pickle.dump({b"label_names": NAMES[:9]}, f, protocol=2)
+    with pytest.raises(ValueError, match="batches.meta: expected a dict whose b'label_names' lists the 10 class"):
+        CIFAR10(tmp_path, split="test", image_size=32, cache_dir=tmp_path / "c")
+
+
+def test_interrupted_download_is_fetched_again(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    batches = make_cifar(src)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(cifar, "URL", archive.as_uri())
+    monkeypatch.setattr(cifar, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    copy, calls = tarfile.copyfileobj, []
+
+    def disk_full_on_third_member(src, dst, length=None, *args, **kwargs):
+        calls.append(length)
+        if len(calls) == 3:
+            dst.write(src.read(100))
+            raise OSError("simulated: no space left on device")
+        return copy(src, dst, length, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "copyfileobj", disk_full_on_third_member)
+    with pytest.raises(OSError, match="no space left"):
+        CIFAR10(tmp_path / "dl", split="train", download=True, cache_dir=tmp_path / "c")
+    assert len(calls) == 3
+    assert list((tmp_path / "dl").iterdir()) == []  # no half-written folder, no temporary folder
+    monkeypatch.setattr(tarfile, "copyfileobj", copy)
+    ds = CIFAR10(tmp_path / "dl", split="train", download=True, image_size=32, cache_dir=tmp_path / "c")
+    expected = np.concatenate([batches[n][b"data"] for n in cifar.TRAIN_FILES]).reshape(-1, 3, 32, 32)
+    assert np.array_equal(np.asarray(ds.images), expected)
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["cifar-10-batches-py"]

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,6 +17,10 @@ from edgegen.data.download import extract
 from tests.data.test_text import tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
+
+# The tiny fixture tokenizer is not OpenAI's yet uses the official file names: the warning that says
+# so is expected here (tests/data/test_text.py checks it).
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")
 
 
 def sha256(path: Path) -> str:
@@ -65,6 +71,7 @@ def test_extract_refuses_escaping_members(tmp_path):
     with pytest.raises(OSError, match="escapes"):
         extract(evil, tmp_path / "dest")
     assert not (tmp_path / "outside.txt").exists()
+    assert list((tmp_path / "dest").glob("*")) == []  # the temporary folder is gone too
 
 
 def test_openwebtext_from_saved_dataset_folder(tmp_path, tiny_tokenizer_dir):  # noqa: F811
@@ -85,3 +92,80 @@ def test_openwebtext_from_saved_dataset_folder(tmp_path, tiny_tokenizer_dir):  #
     (folder / "state.json").write_text("{}")
     with pytest.raises(ValueError, match="state.json: expected save_to_disk's state.json"):
         OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c2")
+
+
+def _fail_on_call(n: int, monkeypatch):
+    """Make the n-th member written by zipfile stop half-way, as a full disk or a killed job would."""
+    copy, calls = shutil.copyfileobj, []
+
+    def copyfileobj(src, dst, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            dst.write(src.read(5))
+            raise OSError("simulated: no space left on device")
+        return copy(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copyfileobj)
+    return calls
+
+
+def test_extract_is_all_or_nothing(tmp_path, monkeypatch):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("pkg/one.txt", "first member\n")
+        z.writestr("pkg/two.txt", "second member\n")
+        z.writestr("top.txt", "loose member\n")
+    dest = tmp_path / "dest"
+    with monkeypatch.context() as m:
+        calls = _fail_on_call(2, m)
+        with pytest.raises(OSError, match="no space left"):
+            extract(archive, dest)
+    assert len(calls) == 2 and list(dest.iterdir()) == []  # neither members nor the temporary folder
+    # Into an existing folder: stale members are replaced, other files kept.
+    (dest / "pkg").mkdir()
+    (dest / "pkg" / "one.txt").write_text("stale half-written", encoding="utf-8")
+    (dest / "pkg" / "mine.txt").write_text("kept", encoding="utf-8")
+    extract(archive, dest)
+    files = {str(p.relative_to(dest)): p.read_text(encoding="utf-8") for p in dest.rglob("*") if p.is_file()}
+    assert files == {"pkg/one.txt": "first member\n", "pkg/two.txt": "second member\n", "pkg/mine.txt": "kept",
+                     "top.txt": "loose member\n"}
+    assert sorted(p.name for p in dest.iterdir()) == ["pkg", "top.txt"]
+
+
+def _wikitext_zip(path: Path, texts: dict) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for split, text in texts.items():
+            z.writestr(f"wikitext-2-raw/wiki.{split}.raw", text)
+    return path
+
+
+def test_interrupted_wikitext_download_is_fetched_again(tmp_path, monkeypatch):
+    texts = {split: "".join(f" = {split} {i} = \n" for i in range(50)) for split in ("train", "valid", "test")}
+    archive = _wikitext_zip(tmp_path / "wikitext-2-raw-v1.zip", texts)
+    monkeypatch.setattr(wikitext_mod, "ARCHIVE_URL", archive.as_uri())
+    monkeypatch.setattr(wikitext_mod, "ARCHIVE_SHA256", sha256(archive))
+    root = tmp_path / "root"
+    with monkeypatch.context() as m:
+        calls = _fail_on_call(3, m)  # the test split is the third member
+        with pytest.raises(OSError, match="no space left"):
+            WikiText2(root, split="test", download=True)
+    assert len(calls) == 3 and list(root.rglob("*")) == []  # no member, no archive, no temporary folder
+    w = WikiText2(root, split="test", download=True)
+    assert "".join(w.lines) == texts["test"] and len(w.lines) == 50
+
+
+def test_wikitext_download_names_a_member_that_is_not_the_published_one(tmp_path, monkeypatch):
+    texts = {split: f" = {split} = \n text \n" for split in ("train", "valid", "test")}
+    archive = _wikitext_zip(tmp_path / "wikitext-2-raw-v1.zip", texts)
+    monkeypatch.setattr(wikitext_mod, "ARCHIVE_URL", archive.as_uri())
+    monkeypatch.setattr(wikitext_mod, "ARCHIVE_SHA256", sha256(archive))
+    members = {split: hashlib.sha256(t.encode()).hexdigest() for split, t in texts.items()}
+    monkeypatch.setattr(wikitext_mod, "SHA256", members)
+    root = tmp_path / "root"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WikiText2(root, split="valid", download=True).verify()  # downloaded, then present and published
+        WikiText2(root, split="valid", download=True).verify()
+    (root / "wikitext-2-raw" / "wiki.valid.raw").write_text(" = valid = \n", encoding="utf-8")  # cut short
+    with pytest.warns(UserWarning, match=r"wiki.valid.raw: SHA-256 differs from the published " + members["valid"]):
+        WikiText2(root, split="valid", download=True)

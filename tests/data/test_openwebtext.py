@@ -13,6 +13,10 @@ from tests.data.test_text import tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
 
+# The tiny fixture tokenizer is not OpenAI's yet uses the official file names: the warning that says
+# so is expected here (tests/data/test_text.py checks it).
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")
+
 
 def test_token_stream_from_txt_and_jsonl(tmp_path, tiny_tokenizer_dir):  # noqa: F811
     tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
@@ -69,3 +73,24 @@ def test_real_sample(tmp_path):
     assert len(ds) > 100_000
     assert ds.tokenizer.decode(ds.tokens[:20].tolist()).startswith("Port-au-Prince, Haiti")
     assert int(ds.tokens[-1]) == ds.tokenizer.eot_id
+
+
+@pytest.mark.parametrize("name, content", [("doc.txt", b"caf\xe9"),
+                                           ("doc.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n')],
+                         ids=["txt", "jsonl"])
+def test_non_utf8_document_names_the_file_and_leaves_no_temporary_file(tmp_path, tiny_tokenizer_dir, name,
+                                                                       content):  # noqa: F811
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hel wo", encoding="utf-8")  # tokenised before the bad file
+    (folder / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"openwebtext/{name}: expected UTF-8 text"):
+        OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
+    assert list((tmp_path / "c").iterdir()) == []
+    (folder / name).write_bytes(content.replace(b"\xe9", "é".encode()))
+    ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    eot = tok.eot_id
+    docs = ["hel wo", "café"] if name == "doc.txt" else ["hel wo", "ok", "café"]
+    assert ds.tokens.tolist() == [i for d in docs for i in tok.encode(d, allowed_special=False) + [eot]]
+    assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".bin"]

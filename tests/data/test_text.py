@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ needs_gpt2 = pytest.mark.skipif(not (REAL / "gpt2" / "encoder.json").is_file(),
                                 reason="EDGEGEN_DATA_DIR does not hold gpt2/encoder.json")
 needs_wikitext = pytest.mark.skipif(not (REAL / "wikitext-2-raw" / "wiki.test.raw").is_file(),
                                     reason="EDGEGEN_DATA_DIR does not hold wikitext-2-raw/")
+
+# The tiny fixture tokenizer is not OpenAI's yet uses the official file names: the warning that says
+# so is expected here (its own tests below check it).
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")
 
 
 def byte_alphabet() -> list[str]:
@@ -193,3 +198,90 @@ def test_cache_never_inside_the_data_folder(tmp_path, monkeypatch):
     assert cache_dir_for(tmp_path / "x", override=tmp_path / "mine") == tmp_path / "mine"
     monkeypatch.delenv("EDGEGEN_CACHE_DIR")
     assert cache_dir_for(tmp_path / "root1" / "celeba").parent == Path("~/.cache/edgegen/cache").expanduser()
+
+
+def _copy_tokenizer(src: Path, dest: Path, drop_last_merge: bool = False) -> Path:
+    dest.mkdir(parents=True)
+    (dest / "encoder.json").write_bytes((src / "encoder.json").read_bytes())
+    lines = (src / "vocab.bpe").read_text(encoding="utf-8").splitlines(keepends=True)
+    (dest / "vocab.bpe").write_text("".join(lines[:-1] if drop_last_merge else lines), encoding="utf-8")
+    return dest
+
+
+def test_fingerprint_covers_every_token_and_merge(tmp_path, tiny_tokenizer_dir):
+    src, vocab = tiny_tokenizer_dir
+    full = GPT2Tokenizer.from_dir(src)
+    fewer = GPT2Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "fewer", drop_last_merge=True))  # no ' w' merge
+    assert fewer.vocab_size == full.vocab_size
+    assert fewer.fingerprint() != full.fingerprint()
+    # The same files elsewhere, or the vocabulary in another order, give the same fingerprint.
+    assert GPT2Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "copy")).fingerprint() == full.fingerprint()
+    merges = [("h", "e"), ("he", "l"), ("Ġ", "w")]
+    assert GPT2Tokenizer(dict(reversed(list(vocab.items()))), merges).fingerprint() == full.fingerprint()
+    # One token id swapped: another fingerprint.
+    swapped = dict(vocab, a=vocab["b"], b=vocab["a"])
+    assert GPT2Tokenizer(swapped, merges).fingerprint() != full.fingerprint()
+    # Token caches in one folder: each tokenizer gets its own encoding.
+    make_wikitext(tmp_path / "root")
+    w = WikiText2(tmp_path / "root", split="test")
+    text = w.eval_text()
+    assert fewer.encode(text, allowed_special=False) != full.encode(text, allowed_special=False)
+    for tok in (full, fewer, full, fewer):
+        assert w.tokens(tok, cache_dir=tmp_path / "cache").tolist() == tok.encode(text, allowed_special=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_official_file_names_are_checked_against_the_published_hashes(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    import hashlib
+
+    import edgegen.data.tokenizer as tokenizer_mod
+
+    src, _ = tiny_tokenizer_dir
+    digests = {n: hashlib.sha256((src / n).read_bytes()).hexdigest() for n in ("encoder.json", "vocab.bpe")}
+    monkeypatch.setattr(tokenizer_mod, "OFFICIAL_FILES", {n: ("file:///unused", d) for n, d in digests.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GPT2Tokenizer.from_dir(src)  # the "official" files: no warning
+    partial = _copy_tokenizer(src, tmp_path / "partial", drop_last_merge=True)
+    with pytest.warns(UserWarning, match=r"partial/vocab.bpe: SHA-256 [0-9a-f]{64} differs from OpenAI's "
+                                         r"published vocab.bpe \(" + digests["vocab.bpe"]) as record:
+        GPT2Tokenizer.from_dir(partial)
+    assert len(record) == 1  # encoder.json is the official one
+    # Under the Hugging Face names there is no published file to compare with.
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "vocab.json").write_bytes((partial / "encoder.json").read_bytes())
+    (hf / "merges.txt").write_bytes((partial / "vocab.bpe").read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GPT2Tokenizer.from_dir(hf)
+
+
+@needs_gpt2
+def test_real_partial_vocab_bpe_is_named(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        real = GPT2Tokenizer.from_dir(REAL / "gpt2")  # the staged files are OpenAI's
+    partial = tmp_path / "gpt2"
+    partial.mkdir()
+    (partial / "encoder.json").write_bytes((REAL / "gpt2" / "encoder.json").read_bytes())
+    lines = (REAL / "gpt2" / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    (partial / "vocab.bpe").write_text("\n".join(lines[:20001]) + "\n", encoding="utf-8")  # 20,000 of 50,000
+    with pytest.warns(UserWarning, match=r"gpt2/vocab.bpe: SHA-256 [0-9a-f]{64} differs from OpenAI's published"):
+        cut = GPT2Tokenizer.from_dir(partial)
+    assert cut.vocab_size == real.vocab_size and cut.fingerprint() != real.fingerprint()
+
+
+def test_merge_rule_outside_the_vocabulary_names_the_file(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "encoder.json").write_text(json.dumps({"a": 0, "b": 1, "<|endoftext|>": 2}), encoding="utf-8")
+    (bad / "vocab.bpe").write_text("#version: 0.2\na c\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad/vocab.bpe:2: expected a merge rule of vocabulary tokens; 'c' "
+                                         r"\(from 'a c'\) is not in the vocabulary"):
+        GPT2Tokenizer.from_dir(bad)
+    (bad / "vocab.bpe").write_text("#version: 0.2\n\na b\n", encoding="utf-8")  # the merged token is missing
+    with pytest.raises(ValueError, match=r"bad/vocab.bpe:3: .*'ab' \(from 'a b'\) is not in the vocabulary"):
+        GPT2Tokenizer.from_dir(bad)
+    with pytest.raises(ValueError, match=r"merges: expected rules over vocabulary tokens"):
+        GPT2Tokenizer({"a": 0, "b": 1, "<|endoftext|>": 2}, [("a", "c")])

@@ -29,22 +29,28 @@ SPLITS = {"train": 0, "valid": 1, "test": 2}
 IMAGE_SIZE = (178, 218)  # width, height of the aligned-and-cropped images
 
 
+def _read_text(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: expected UTF-8 text ({exc})") from None
+
+
 def read_partition(path: Path) -> list[tuple[str, int]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise ValueError(f"{path}:{lineno}: expected '<file> <0|1|2>', got {line.strip()!r}")
-            rows.append((parts[0], int(parts[1])))
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise ValueError(f"{path}:{lineno}: expected '<file> <0|1|2>', got {line.strip()!r}")
+        rows.append((parts[0], int(parts[1])))
     return rows
 
 
 def read_attributes(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = _read_text(path).splitlines()
     if len(lines) < 2:
         raise ValueError(f"{path}: expected a count line and an attribute-name line")
     names = lines[1].split()
@@ -124,8 +130,12 @@ class CelebA(torch.utils.data.Dataset):
     def images(self) -> np.ndarray:
         """uint8 [n, 3, image_size, image_size], decoded on first use and cached on disk."""
         if self._images is None:
-            h = hashlib.sha256("\n".join(f.name for f in self.files).encode()).hexdigest()[:12]
-            path = self._cache / f"celeba.{self.split}.{self.crop}.{self.image_size}.{h}.npy"
+            # Keyed on each file's name, size and modification time: a replaced JPEG is decoded again.
+            h = hashlib.sha256()
+            for f in self.files:
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            path = self._cache / f"celeba.{self.split}.{self.crop}.{self.image_size}.{h.hexdigest()[:12]}.npy"
             if path.is_file():
                 self._images = np.load(path, mmap_mode="r")
             else:

@@ -26,15 +26,19 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [n, 3, 32, 32], labels int64 [n]) from one official batch file."""
+def _unpickle(path: Path, what: str):
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            return pickle.load(f, encoding="bytes")
     except FileNotFoundError:
         raise
     except Exception as exc:  # truncated or foreign pickles raise many types
-        raise ValueError(f"{path}: not a readable CIFAR-10 batch pickle ({exc})") from exc
+        raise ValueError(f"{path}: not a readable CIFAR-10 {what} pickle ({exc})") from exc
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [n, 3, 32, 32], labels int64 [n]) from one official batch file."""
+    d = _unpickle(path, "batch")
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
     data = np.asarray(d[b"data"])
@@ -46,6 +50,19 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def read_label_names(path: Path) -> list[str]:
+    """The 10 class names from the official ``batches.meta``."""
+    d = _unpickle(path, "batches.meta")
+    names = d.get(b"label_names") if isinstance(d, dict) else None
+    if not isinstance(names, (list, tuple)) or len(names) != 10 or \
+            not all(isinstance(n, (bytes, str)) for n in names):
+        raise ValueError(f"{path}: expected a dict whose b'label_names' lists the 10 class names")
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: expected UTF-8 class names ({exc})") from None
+
+
 class CIFAR10(torch.utils.data.Dataset):
     """``CIFAR10(root=None, split="train"|"test", image_size=64, download=False)``."""
 
@@ -55,29 +72,31 @@ class CIFAR10(torch.utils.data.Dataset):
             raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
-        if download and not (data_root(root) / FOLDER).is_dir():
+        wanted = TRAIN_FILES if split == "train" else TEST_FILES
+        if download and not all((data_root(root) / FOLDER / n).is_file() for n in (*wanted, "batches.meta")):
             download_and_extract(URL, data_root(root), md5=MD5)
         folder = dataset_dir(FOLDER, root, f"Download {URL} (MD5 {MD5}) and unpack it there, "
                              "or pass download=True.")
-        files = [folder / n for n in (TRAIN_FILES if split == "train" else TEST_FILES)]
+        files = [folder / n for n in wanted]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"CIFAR-10 {split} split incomplete: missing {missing}")
         meta = folder / "batches.meta"
         self.classes = [f"class_{i}" for i in range(10)]
         if meta.is_file():
-            with open(meta, "rb") as f:
-                self.classes = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+            self.classes = read_label_names(meta)
         self.split, self.image_size = split, image_size
         self.images, self.labels = self._load(files, cache_dir_for(folder, cache_dir))
 
     def _load(self, files, cache: Path):
-        h = hashlib.sha256()
+        # Keyed on the folder and each file's size and modification time: another folder sharing
+        # the cache, or a replaced batch file, is decoded afresh.
+        h = hashlib.sha256(f"{files[0].parent.resolve()}\n".encode())
         for f in files:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        stem = cache / f"cifar10.{self.split}.{self.image_size}.{h.hexdigest()[:12]}"
-        img_path, lab_path = stem.with_suffix(".images.npy"), stem.with_suffix(".labels.npy")
+        stem = f"cifar10.{self.split}.{self.image_size}.{h.hexdigest()[:12]}"
+        img_path, lab_path = cache / f"{stem}.images.npy", cache / f"{stem}.labels.npy"
         if img_path.is_file() and lab_path.is_file():
             return np.load(img_path, mmap_mode="r"), np.load(lab_path)
         parts = [read_batch(f) for f in files]

@@ -1,9 +1,11 @@
-"""Fetching official files once: checksum verified before use, archives extracted safely."""
+"""Fetching official files once: checksum verified before use, archives extracted safely and
+all-or-nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 import tempfile
 import urllib.request
@@ -45,28 +47,50 @@ def _inside(root: Path, name: str) -> bool:
     return target == root or root in target.parents
 
 
+def _move_into(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; where both are folders, move ``src``'s entries into ``dst`` one
+    by one (each an atomic rename that replaces what was there)."""
+    if src.is_dir() and dst.is_dir():
+        for child in sorted(src.iterdir()):
+            _move_into(child, dst / child.name)
+    else:
+        os.replace(src, dst)
+
+
 def extract(archive: Path, dest: Path) -> None:
     """Extract a tar or zip archive into ``dest``, refusing members that would land outside it
-    or that are links or devices."""
+    or that are links or devices.
+
+    Members are written into a temporary folder inside ``dest`` and renamed into place only once
+    all of them are complete (a new top-level folder in one rename): an interrupted extraction
+    leaves no half-written member behind, and the temporary folder is removed on any failure."""
     dest = Path(dest)
-    root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for name in z.namelist():
-                if not _inside(root, name):
-                    raise OSError(f"{archive}: member {name!r} escapes {dest}")
-            z.extractall(dest)
-        return
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            if not _inside(root, member.name):
-                raise OSError(f"{archive}: member {member.name!r} escapes {dest}")
-            if not (member.isfile() or member.isdir()):
-                raise OSError(f"{archive}: member {member.name!r} is not a plain file")
-        try:
-            tar.extractall(dest, filter="data")  # Python >= 3.11.4: the safe filter as well
-        except TypeError:
-            tar.extractall(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    # Inside dest, hence on the same file system: the renames below are atomic.
+    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
+    try:
+        root = tmp.resolve()
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    if not _inside(root, name):
+                        raise OSError(f"{archive}: member {name!r} escapes {dest}")
+                z.extractall(tmp)
+        else:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    if not _inside(root, member.name):
+                        raise OSError(f"{archive}: member {member.name!r} escapes {dest}")
+                    if not (member.isfile() or member.isdir()):
+                        raise OSError(f"{archive}: member {member.name!r} is not a plain file")
+                try:
+                    tar.extractall(tmp, filter="data")  # Python >= 3.11.4: the safe filter as well
+                except TypeError:
+                    tar.extractall(tmp)
+        for entry in sorted(tmp.iterdir()):
+            _move_into(entry, dest / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_and_extract(url: str, dest: Path, *, md5: str | None = None,

@@ -33,7 +33,7 @@ def _arrow_documents(state: Path):
                           "(pip install pyarrow)") from exc
     try:
         files = [state.parent / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{state}: expected save_to_disk's state.json with '_data_files'") from exc
     for path in files:
         with pa.memory_map(str(path)) as source:
@@ -47,25 +47,32 @@ def _arrow_documents(state: Path):
                 yield from batch.column(batch.schema.get_field_index("text")).to_pylist()
 
 
+def _jsonl_documents(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+            yield obj["text"]
+
+
 def iter_documents(files: list[Path]):
     for path in files:
         if path.name == "state.json":
             yield from _arrow_documents(path)
             continue
-        if path.suffix == ".txt":
-            yield path.read_text(encoding="utf-8")
-            continue
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
-                yield obj["text"]
+        try:
+            if path.suffix == ".txt":
+                yield path.read_text(encoding="utf-8")
+            else:
+                yield from _jsonl_documents(path)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: expected UTF-8 text ({exc})") from None
 
 
 class OpenWebText:
@@ -102,20 +109,23 @@ class OpenWebText:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         eot = self.tokenizer.eot_id
-        with open(tmp, "wb") as out:
-            batch: list[str] = []
+        try:
+            with open(tmp, "wb") as out:
+                batch: list[str] = []
 
-            def flush():
-                for ids in self.tokenizer.encode_batch(batch, allowed_special=False):
-                    np.asarray(ids + [eot], dtype=np.uint16).tofile(out)
-                batch.clear()
+                def flush():
+                    for ids in self.tokenizer.encode_batch(batch, allowed_special=False):
+                        np.asarray(ids + [eot], dtype=np.uint16).tofile(out)
+                    batch.clear()
 
-            for doc in iter_documents(self.files):
-                batch.append(doc)
-                if len(batch) >= batch_docs:
-                    flush()
-            flush()
-        os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written token file
+                for doc in iter_documents(self.files):
+                    batch.append(doc)
+                    if len(batch) >= batch_docs:
+                        flush()
+                flush()
+            os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written token file
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing left behind when a document fails (or on Ctrl-C)
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -33,8 +33,9 @@ def download_gpt2_tokenizer(root: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-def read_merges(path: Path) -> list[tuple[str, str]]:
-    """Merge rules in rank order from a GPT-2 ``vocab.bpe``/``merges.txt`` file."""
+def read_merges(path: Path, vocab: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """Merge rules in rank order from a GPT-2 ``vocab.bpe``/``merges.txt`` file. With ``vocab``,
+    each rule's two parts and their concatenation must be tokens of it."""
     merges = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -44,8 +45,29 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
             parts = line.split(" ")
             if len(parts) != 2:
                 raise ValueError(f"{path}:{lineno}: expected a merge rule 'left right', got {line!r}")
+            if vocab is not None:
+                for token in (parts[0], parts[1], parts[0] + parts[1]):
+                    if token not in vocab:
+                        raise ValueError(f"{path}:{lineno}: expected a merge rule of vocabulary tokens; "
+                                         f"{token!r} (from {line!r}) is not in the vocabulary")
             merges.append((parts[0], parts[1]))
     return merges
+
+
+def _warn_unless_official(path: Path) -> None:
+    """A file under an official name that is not OpenAI's (a partial copy, say) warns: its ids
+    would silently differ from GPT-2's. A tokenizer of one's own may use the names too."""
+    import warnings
+
+    from edgegen.data.download import file_digest
+
+    expected = OFFICIAL_FILES[path.name][1]
+    digest = file_digest(path, "sha256")
+    if digest != expected:
+        warnings.warn(f"{path}: SHA-256 {digest} differs from OpenAI's published {path.name} ({expected}); "
+                      "if it is meant to be GPT-2's, it is damaged or partial (download_gpt2_tokenizer() "
+                      "fetches the official files), otherwise its ids are not GPT-2's", UserWarning,
+                      stacklevel=3)
 
 
 class GPT2Tokenizer:
@@ -64,7 +86,10 @@ class GPT2Tokenizer:
             raise ValueError(f"vocabulary: the end-of-text token {EOT!r} is missing")
 
         def build():
-            tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+            try:
+                tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+            except Exception as exc:  # the library raises a bare Exception
+                raise ValueError(f"merges: expected rules over vocabulary tokens ({exc})") from None
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
             tok.decoder = decoders.ByteLevel()
             return tok
@@ -74,6 +99,7 @@ class GPT2Tokenizer:
         self._special.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
         self.vocab_size = len(vocab)
         self.eot_id = vocab[EOT]
+        self._vocab, self._merges, self._fingerprint = dict(vocab), list(merges), None
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> "GPT2Tokenizer":
@@ -93,7 +119,11 @@ class GPT2Tokenizer:
             raise ValueError(f"{path / vocab_name}: not valid JSON ({exc})") from exc
         if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
             raise ValueError(f"{path / vocab_name}: expected a JSON object of token -> id")
-        return cls(vocab, read_merges(path / merges_name))
+        merges = read_merges(path / merges_name, vocab)
+        for name in (vocab_name, merges_name):
+            if name in OFFICIAL_FILES:
+                _warn_unless_official(path / name)
+        return cls(vocab, merges)
 
     def _pick(self, allowed_special: bool):
         return self._special if allowed_special else self._plain
@@ -108,11 +138,19 @@ class GPT2Tokenizer:
         return [e.ids for e in self._pick(allowed_special).encode_batch(texts, add_special_tokens=False)]
 
     def fingerprint(self) -> str:
-        """A short hash of the vocabulary, for the names of token caches."""
-        import hashlib
+        """A short hash of the whole vocabulary and every merge rule in rank order, for the names of
+        token caches: tokenizers that could encode any text differently never share a cache.
+        Computed once (tens of milliseconds for GPT-2's)."""
+        if self._fingerprint is None:
+            import hashlib
 
-        sample = self.decode(list(range(0, self.vocab_size, 997)))
-        return hashlib.sha256(f"{self.vocab_size}:{sample}".encode()).hexdigest()[:8]
+            h = hashlib.sha256()
+            h.update(json.dumps(sorted(self._vocab.items(), key=lambda kv: (kv[1], kv[0])),
+                                ensure_ascii=False).encode("utf-8"))
+            h.update(b"\0")
+            h.update(json.dumps([list(m) for m in self._merges], ensure_ascii=False).encode("utf-8"))
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 
 import numpy as np
 
@@ -37,8 +38,16 @@ class WikiText2:
                  download: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-        if download and not (data_root(root) / FOLDER / f"wiki.{split}.raw").is_file():
-            download_and_extract(ARCHIVE_URL, data_root(root), sha256=ARCHIVE_SHA256)
+        if download:
+            member = data_root(root) / FOLDER / f"wiki.{split}.raw"
+            if not member.is_file():
+                download_and_extract(ARCHIVE_URL, data_root(root), sha256=ARCHIVE_SHA256)
+            elif file_digest(member, "sha256") != SHA256[split]:
+                # Present files are kept (downloads fetch what is absent); one that is not the
+                # published member is named rather than used silently.
+                warnings.warn(f"{member}: SHA-256 differs from the published {SHA256[split]}; a partial or "
+                              "modified copy? Delete it and pass download=True to fetch the official file",
+                              UserWarning, stacklevel=2)
         folder = dataset_dir(
             FOLDER, root,
             f"Download and unpack {ARCHIVE_URL} (SHA-256 {ARCHIVE_SHA256}) there, or pass "

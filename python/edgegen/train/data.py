@@ -95,7 +95,9 @@ class TokenBatches:
 
     def train_batch(self, epoch: int, index: int) -> tuple[Tensor, Tensor]:
         g = _generator(self.seed, epoch, index)
-        starts = torch.randint(0, self.n_train - self.seq_len - 1, (self.batch_size,), generator=g)
+        # Starts 0 .. n_train - seq_len - 1 (randint's bound is exclusive): the last block's
+        # target ends at the last training token.
+        starts = torch.randint(0, self.n_train - self.seq_len, (self.batch_size,), generator=g)
         return self._blocks(starts.tolist())
 
     def val_batches(self):
