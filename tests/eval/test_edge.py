@@ -44,6 +44,18 @@ def test_memory_bound_and_precision():
     assert project(_record(flops=10**9), "pixel6").precision == "fp32"
 
 
+def test_label_names_the_assumed_efficiency():
+    # Jetson Nano fp16: peak, bandwidth and power are all vendor specifications; the 0.3
+    # efficiency is an assumption, and the label must say so.
+    p = project(_record(flops=10**9), "jetson-nano", precision="fp16")
+    dev = device_profiles()["jetson-nano"]
+    assert {dev.peak_gflops["fp16"].kind, dev.memory_gbps.kind, dev.power_w.kind} == {"spec"}
+    assert dev.efficiency.kind == "assumption" and p.efficiency == dev.efficiency.value
+    assert "roofline at 0.3 of peak (efficiency: assumption)" in p.label and "(assumption, spec)" in p.label
+    q = project(_record(flops=10**9), "jetson-nano", precision="fp16", efficiency=0.5)
+    assert "roofline at 0.5 of peak (efficiency: given by the caller)" in q.label and "(spec)" in q.label
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(device="rpi5"), "device: expected one of"),
     (dict(device="rpi4", precision="int4"), "precision: expected one of"),

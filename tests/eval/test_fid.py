@@ -1,6 +1,8 @@
 """FID / KID on images: the standard network's layout, the weights loader, the labelled proxy,
 streaming equal to one-shot statistics, and every bad input."""
 
+import hashlib
+import os
 import warnings
 
 import numpy as np
@@ -11,8 +13,9 @@ from torch import nn
 from edgegen.eval import GaussianStats, frechet_distance, kid
 from edgegen.eval.fid import FeatureExtractor, fid, get_extractor, image_statistics, real_statistics, \
     train_proxy_extractor
+import edgegen.eval.inception as inception_module
 from edgegen.eval.inception import FID_WEIGHTS_ENV, FIDInceptionV3, _avg3, download_fid_weights, load_fid_inception
-from tests.data.test_cifar import make_cifar
+from tests.data.test_cifar import make_cifar, write_batch
 
 
 class _Flat(nn.Module):
@@ -102,7 +105,14 @@ def test_env_var_names_a_missing_file(tmp_path, monkeypatch):
         get_extractor("auto")
 
 
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_standard_weights_give_fid_not_proxy(weights_file, monkeypatch):
+    # The official file is not here: make the fixture's digest the official one, so the branch
+    # that names the distance FID is the one under test.
+    monkeypatch.setattr(inception_module, "FID_WEIGHTS_SHA256_PREFIX", _sha256(weights_file[0])[:8])
     monkeypatch.setenv(FID_WEIGHTS_ENV, str(weights_file[0]))
     ext = get_extractor("auto")
     assert ext.metric == "FID" and ext.dim == 2048 and ext.name.startswith("inception-v3-2015-12-05-")
@@ -114,6 +124,45 @@ def test_standard_weights_give_fid_not_proxy(weights_file, monkeypatch):
     res = fid(torch.rand(10, 3, 8, 8), torch.rand(10, 3, 8, 8), _extractor(metric="FID"), kid=True,
               kid_subsets=3, kid_subset_size=5)
     assert set(res.as_metrics()) == {"fid", "fid_n_generated", "kid", "kid_std_error"}
+
+
+def test_nonstandard_inception_weights_are_not_called_fid(weights_file):
+    """A file in the published layout with other values (here random init; its name even carries
+    the official hash prefix) loads, but what it measures is FID-nonstandard, everywhere."""
+    path, _ = weights_file
+    sha = _sha256(path)
+    assert not sha.startswith("6726825d")
+    with pytest.warns(RuntimeWarning, match=f"has SHA-256 {sha[:16]}.*labelled FID-nonstandard"):
+        ext = get_extractor("inception", weights=path)
+    assert ext.metric == "FID-nonstandard" and ext.dim == 2048
+    assert ext.info["sha256"] == sha and load_fid_inception(path).weights_sha256 == sha
+    assert not ext.name.startswith("inception-v3-2015-12-05") and ext.name.startswith("inception-v3-nonstandard-")
+    assert ext.label.startswith("FID-nonstandard") and f"sha256 {sha[:16]}" in ext.label
+    assert "not comparable with published FID" in ext.label
+    # The result and its MLflow keys carry the name (a fake network of the same metric, to keep the
+    # 2048-d square root out of the unit tests).
+    res = fid(torch.rand(10, 3, 8, 8), torch.rand(10, 3, 8, 8), _extractor(metric="FID-nonstandard"), kid=True,
+              kid_subsets=3, kid_subset_size=5)
+    assert res.metric == "FID-nonstandard" and res.key == "fid_nonstandard"
+    assert set(res.as_metrics()) == {"fid_nonstandard", "fid_nonstandard_n_generated", "kid_nonstandard",
+                                     "kid_nonstandard_std_error"}
+    with pytest.raises(ValueError, match="metric: expected one of"):
+        _extractor(metric="FID (my weights)")
+
+
+def test_weights_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    calls = []
+    real = inception_module._file_sha256
+    monkeypatch.setattr(inception_module, "_file_sha256", lambda p: calls.append(p) or real(p))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"first version")
+    assert inception_module.fid_weights_sha256(f) == hashlib.sha256(b"first version").hexdigest()
+    assert inception_module.fid_weights_sha256(f) == hashlib.sha256(b"first version").hexdigest()
+    assert len(calls) == 1  # remembered by path, size and mtime
+    f.write_bytes(b"second, longer version")
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert inception_module.fid_weights_sha256(f) == hashlib.sha256(b"second, longer version").hexdigest()
+    assert len(calls) == 2
 
 
 def test_inception_kind_requires_the_weights(monkeypatch):
@@ -196,11 +245,33 @@ def test_max_samples_takes_a_prefix():
     assert res.value == pytest.approx(fid(g[:12], r[:12], ext).value, rel=1e-6)
 
 
+def test_collapsed_generator_is_flagged_unreliable():
+    """40 identical generated images: their features have covariance 0, S1 S2 is singular and the
+    distance is taken with eps on the diagonals. With S1 = 0 the exact distance is
+    ||mu1 - mu2||^2 + tr(S2); the regularised value is near it but the result must say it is
+    approximate."""
+    ext = _extractor()
+    g = torch.full((40, 3, 8, 8), 0.5)
+    r = torch.rand(50, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    fg, fr = _ref_features(ext, g), _ref_features(ext, r)
+    exact = float(((fg.mean(0) - fr.mean(0)) ** 2).sum() + np.trace(np.cov(fr, rowvar=False)))
+    with pytest.warns(RuntimeWarning, match="product of the covariances is singular") as caught:
+        res = fid(g, r, ext)
+    assert "reliable=False" in str(caught[0].message)
+    assert not res.reliable and "added to their diagonals" in res.unreliable_reason
+    assert res.value == pytest.approx(exact, rel=5e-2)
+    # The count condition alone is not the reason here: 40 and 50 samples of 6 features.
+    assert "unreliable at this size" not in res.unreliable_reason
+    ok = fid(torch.rand(40, 3, 8, 8), r, ext)
+    assert ok.reliable and ok.unreliable_reason == ""
+
+
 def test_small_samples_warn_unreliable():
     ext = _extractor()
     with pytest.warns(RuntimeWarning, match="unreliable at this size"):
         r = fid(torch.rand(4, 3, 8, 8), torch.rand(5, 3, 8, 8), ext)
     assert not r.reliable and np.isfinite(r.value)
+    assert "4 generated and 5 real images for 6 features" in r.unreliable_reason
 
 
 @pytest.mark.parametrize("bad, err, match", [
@@ -268,6 +339,26 @@ def test_proxy_bad_arguments(tmp_path):
         train_proxy_extractor("cifar10", root=tmp_path / "empty")
     with pytest.raises(ValueError, match="dataset: expected 'cifar10' or 'celeba'"):
         real_statistics("lsun", _extractor())
+
+
+def test_real_statistics_are_keyed_on_the_data(tmp_path, monkeypatch):
+    """Two folders with the same number of test images but different pixels get their own
+    statistics, each equal to the statistics of its images computed directly."""
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    make_cifar(tmp_path / "a", n=6)
+    make_cifar(tmp_path / "b", n=6)
+    write_batch(tmp_path / "b" / "cifar-10-batches-py" / "test_batch", 6, 99)
+    ext = _extractor(pixels=3 * 64 * 64, dim=4)
+    from edgegen.data.cifar import CIFAR10
+
+    for _ in range(2):  # computed, then read back from the cache
+        for root in ("a", "b"):
+            got = real_statistics("cifar10", ext, split="test", root=tmp_path / root)
+            imgs = np.array(CIFAR10(tmp_path / root, "test", image_size=64).images)
+            ref = _ref_features(ext, torch.from_numpy(imgs).float() / 255)
+            np.testing.assert_allclose(got.mean, ref.mean(0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got.covariance, np.cov(ref, rowvar=False), rtol=1e-5, atol=1e-6)
+    assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 2
 
 
 def test_proxy_separates_real_from_noise_on_fixture_data(tmp_path):

@@ -72,3 +72,14 @@ def test_bad_input_names_the_argument():
         psnr(x, y, data_range=0)
     with pytest.raises(TypeError, match="floating-point"):
         psnr((x * 255).to(torch.uint8), (y * 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize("metric, name", [(ssim, "SSIM"), (psnr, "PSNR")], ids=["ssim", "psnr"])
+def test_empty_batches_and_images_name_the_metric(metric, name):
+    with pytest.raises(ValueError, match=rf"x: {name} needs at least one image \[N >= 1, C, H, W\], got a batch of 0"):
+        metric(torch.zeros(0, 3, 32, 32), torch.zeros(0, 3, 32, 32))
+    with pytest.raises(ValueError, match=f"x: {name} needs images with at least one channel"):
+        metric(torch.zeros(1, 0, 32, 32), torch.zeros(1, 0, 32, 32))
+    size = 11 if name == "SSIM" else 1
+    with pytest.raises(ValueError, match=f"x: {name} needs images of at least {size} x {size} pixels, got \\(0, 16\\)"):
+        metric(torch.zeros(1, 1, 0, 16), torch.zeros(1, 1, 0, 16))

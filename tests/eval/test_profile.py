@@ -130,11 +130,11 @@ def test_profile_record_sizes_and_counts():
     assert model_bytes_on_disk(model)[0] == q.bytes_on_disk
 
 
-def _fake_rapl(root, joules):
-    dom = root / "intel-rapl:0"
+def _fake_rapl(root, joules, package=0, range_uj=1000 * 10**6):
+    dom = root / f"intel-rapl:{package}"
     dom.mkdir(parents=True, exist_ok=True)
     (dom / "energy_uj").write_text(str(int(joules * 1e6)))
-    (dom / "max_energy_range_uj").write_text(str(int(1000 * 1e6)))
+    (dom / "max_energy_range_uj").write_text(str(range_uj))
 
 
 def test_energy_is_measured_from_rapl_or_labelled_estimated(tmp_path, monkeypatch):
@@ -150,12 +150,13 @@ def test_energy_is_measured_from_rapl_or_labelled_estimated(tmp_path, monkeypatc
     profile_module = sys.modules["edgegen.eval.profile"]
 
     reads = iter([10.0, 18.0])
-    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: (next(reads), 1000.0))
+    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: {"intel-rapl:0": (next(reads), 1000.0)})
     m = profile(model, x, repeats=4, warmup=0, measure_memory=False)
     assert m.energy_j == pytest.approx(2.0) and m.energy_j_estimated is None
     assert m.energy_method.startswith("measured")
+    assert "CPU only" not in m.energy_method  # a CPU model: the CPU is all there is
     reads = iter([998.0, 2.0])
-    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: (next(reads), 1000.0))
+    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: {"intel-rapl:0": (next(reads), 1000.0)})
     assert profile(model, x, repeats=4, warmup=0, measure_memory=False).energy_j == pytest.approx(1.0)
 
 
@@ -168,7 +169,81 @@ def test_read_rapl_files(tmp_path):
     sub.mkdir()
     (sub / "energy_uj").write_text("5000000")
     (sub / "max_energy_range_uj").write_text("1000000000")
-    assert read_rapl_joules(str(tmp_path)) == (pytest.approx(12.5), pytest.approx(1000.0))
+    assert read_rapl_joules(str(tmp_path)) == {"intel-rapl:0": (pytest.approx(12.5), pytest.approx(1000.0))}
+
+
+def test_rapl_wrap_is_corrected_per_package(tmp_path, monkeypatch):
+    """Two packages; package 0 wraps during the timed calls, package 1 does not. Each used 243 J:
+    486 J in all, whatever the counters' ranges (summing the counters before the wrap check would
+    add package 1's range instead)."""
+    from edgegen.eval.profile import rapl_energy_between, read_rapl_joules
+
+    r0, r1 = 262_143_328_850, 65_532_610_987  # two different max_energy_range_uj
+    _fake_rapl(tmp_path, 262_000.0, 0, r0)  # near its wrap point
+    _fake_rapl(tmp_path, 1_000.0, 1, r1)
+    before = read_rapl_joules(str(tmp_path))
+    assert before == {"intel-rapl:0": (pytest.approx(262_000.0), pytest.approx(r0 / 1e6)),
+                      "intel-rapl:1": (pytest.approx(1_000.0), pytest.approx(r1 / 1e6))}
+    after_j = {0: 262_000.0 + 243.0 - r0 / 1e6, 1: 1_243.0}
+
+    def write_after():
+        _fake_rapl(tmp_path, after_j[0], 0, r0)
+        _fake_rapl(tmp_path, after_j[1], 1, r1)
+
+    write_after()
+    assert rapl_energy_between(before, read_rapl_joules(str(tmp_path))) == pytest.approx(486.0, abs=1e-6)
+    # Package 1 wrapping instead (its own, smaller range).
+    b = {"intel-rapl:0": (5.0, r0 / 1e6), "intel-rapl:1": (r1 / 1e6 - 3.0, r1 / 1e6)}
+    a = {"intel-rapl:0": (15.0, r0 / 1e6), "intel-rapl:1": (4.0, r1 / 1e6)}
+    assert rapl_energy_between(b, a) == pytest.approx(17.0, abs=1e-6)
+    assert rapl_energy_between(b, {"intel-rapl:0": a["intel-rapl:0"]}) is None  # a package vanished
+
+    # Through profile(): the files change between its two readings.
+    _fake_rapl(tmp_path, 262_000.0, 0, r0)
+    _fake_rapl(tmp_path, 1_000.0, 1, r1)
+    profile_module = sys.modules["edgegen.eval.profile"]
+    real, reads = profile_module.read_rapl_joules, []
+
+    def reading(root):
+        out = real(root)
+        reads.append(out)
+        if len(reads) == 1:
+            write_after()
+        return out
+
+    monkeypatch.setattr(profile_module, "read_rapl_joules", reading)
+    rec = profile(nn.Linear(4, 4), torch.zeros(1, 4), repeats=1, warmup=0, measure_memory=False,
+                  rapl_root=str(tmp_path))
+    assert len(reads) == 2 and rec.energy_j == pytest.approx(486.0, abs=1e-6)
+    assert "2 package(s)" in rec.energy_method
+    # A package that vanishes between the readings: no measurement, an estimate and a note.
+    readings = iter([{"intel-rapl:0": (1.0, 10.0), "intel-rapl:1": (1.0, 10.0)}, {"intel-rapl:0": (2.0, 10.0)}])
+    monkeypatch.setattr(profile_module, "read_rapl_joules", lambda root: next(readings))
+    rec = profile(nn.Linear(4, 4), torch.zeros(1, 4), repeats=1, warmup=0, measure_memory=False)
+    assert rec.energy_j is None and rec.energy_j_estimated is not None
+    assert any("RAPL packages differed" in n for n in rec.notes)
+
+
+def test_profile_synchronises_each_timed_call(monkeypatch):
+    """Every timed call ends with a device synchronisation (a no-op on the CPU; on CUDA the
+    call returns before its kernels finish), plus one after the warm-up."""
+    profile_module = sys.modules["edgegen.eval.profile"]
+    events = []
+    model = nn.Linear(4, 4)
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: events.append("call") or forward(x))
+    monkeypatch.setattr(profile_module, "_sync", lambda device: events.append(("sync", device.type)))
+    profile(model, torch.zeros(1, 4), repeats=5, warmup=2, measure_memory=False)
+    timed = events[events.index(("sync", "cpu")):]  # count_flops' call and the warm-up come first
+    assert timed == [("sync", "cpu")] + ["call", ("sync", "cpu")] * 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_profile_is_synchronised_and_energy_says_cpu_only():
+    model = nn.Linear(256, 256).cuda()
+    rec = profile(model, torch.randn(64, 256, device="cuda"), repeats=5, warmup=1, measure_memory=False)
+    assert "CPU only" in rec.energy_method and "cuda" in rec.energy_method
+    assert rec.latency_ms_p50 > 0 and rec.peak_memory_bytes is None
 
 
 def test_profile_bad_input():

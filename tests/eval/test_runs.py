@@ -203,6 +203,15 @@ def test_compare_table(env):
         compare_runs([])
 
 
+def test_compare_table_keeps_nonstandard_fid_apart(env):
+    """FID from non-standard Inception weights has its own column: never merged into fid."""
+    runs = [{"name": n, "form": "float", "metrics": {"fid_nonstandard": v, "kid_nonstandard": 0.1},
+             "labels": {"fid_nonstandard": "FID-nonstandard (sha256 ab12...)"}} for n, v in (("a", 10.0), ("b", 12.0))]
+    t = compare_runs(runs)
+    assert t["columns"] == ["run", "form", "fid_nonstandard", "kid_nonstandard"]
+    assert "fid" not in t["columns"] and "| a | float | 10 | 0.1 |" in t["markdown"]
+
+
 @pytest.mark.slow
 def test_cli_eval_logs_to_the_training_run_and_compare(env, capsys):
     cfg = tiny("gan", env, tracking={"enabled": True, "uri": f"sqlite:///{env / 'mlflow.db'}"})

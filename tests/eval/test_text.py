@@ -94,6 +94,53 @@ def test_perplexity_bad_input(hf_model):
         perplexity(hf_model, ids.float(), context=32, stride=16)
 
 
+class _FixedLogits(torch.nn.Module):
+    """Logits that are all zero (uniform over ``vocab``), optionally with a NaN at one position;
+    counts its calls."""
+
+    def __init__(self, vocab=10, nan_at=None, with_config=True):
+        super().__init__()
+        self.vocab, self.nan_at, self.calls = vocab, nan_at, 0
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        if with_config:
+            self.config = GPT2Config(vocab_size=vocab, n_positions=64)
+
+    def forward(self, ids):
+        self.calls += 1
+        out = torch.zeros(1, ids.shape[1], self.vocab)
+        if self.nan_at is not None and self.nan_at < ids.shape[1]:
+            out[0, self.nan_at, 2] = float("nan")
+        return out
+
+
+def test_perplexity_of_uniform_logits_is_the_vocabulary_size():
+    got = perplexity(_FixedLogits(10), torch.randint(0, 10, (20,)), context=8, stride=4)
+    assert got.perplexity == pytest.approx(10.0, rel=1e-6)  # exp(log 10), in closed form
+
+
+@pytest.mark.parametrize("with_config", [True, False], ids=["config", "logits"])
+@pytest.mark.parametrize("bad, match", [
+    (10, r"tokens: expected token ids below the vocabulary size 10 \(the model's (config.vocab_size|logits)\), got 10 "
+         "at position 7"),
+    (-3, "tokens: expected token ids >= 0, got -3 at position 7"),
+], ids=["too-big", "negative"])
+def test_perplexity_refuses_ids_outside_the_vocabulary(with_config, bad, match):
+    ids = torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(0))
+    ids[7] = bad
+    model = _FixedLogits(10, with_config=with_config)
+    with pytest.raises(ValueError, match=match):
+        perplexity(model, ids, context=8, stride=4)
+    # Before any token is scored: not at all where the size is known up front (or for negative
+    # ids), after the first window's logits give it otherwise.
+    assert model.calls == (1 if bad >= 0 and not with_config else 0)
+
+
+def test_perplexity_refuses_non_finite_logits():
+    ids = torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="model: its output logits hold NaN values.*token 4"):
+        perplexity(_FixedLogits(10, nan_at=3), ids, context=8, stride=4)
+
+
 def test_bleu_equals_sacrebleu():
     import sacrebleu
 
@@ -104,6 +151,48 @@ def test_bleu_equals_sacrebleu():
     assert bleu(hyps, refs2) == pytest.approx(sacrebleu.corpus_bleu(hyps, refs2).score, rel=1e-12)
     with pytest.raises(ValueError, match="references"):
         bleu(hyps, refs[:2])
+
+
+def test_bleu_refuses_plain_strings_and_empty_input():
+    import sacrebleu
+
+    # A string would be iterated per character: 0.0 instead of the word-level score.
+    for hyp, ref in (("the cat sat on", ["the cat sat in"]), (["the cat sat on"], "the cat sat in")):
+        with pytest.raises(TypeError, match="hypotheses|references") as exc:
+            bleu(hyp, ref)
+        assert "wrap a single" in str(exc.value)
+    assert bleu(["the cat sat on"], ["the cat sat in"]) == pytest.approx(
+        sacrebleu.corpus_bleu(["the cat sat on"], [["the cat sat in"]]).score, rel=1e-12)
+    assert bleu(["the cat sat on"], ["the cat sat in"]) == pytest.approx(59.4603557501, rel=1e-9)
+    with pytest.raises(ValueError, match="hypotheses: expected at least one hypothesis"):
+        bleu([], [])
+    with pytest.raises(ValueError, match="references: expected one reference per hypothesis"):
+        bleu(["a b c"], [])
+
+
+def test_bleu_reference_layouts():
+    import sacrebleu
+
+    hyps = ["the cat sat on the mat", "hello there world", "a quick brown fox"]
+    per_hyp = [["the cat sat on the mat", "a cat sat on a mat"], ["hello there world", "hi world"],
+               ["the quick brown fox", "a fast brown fox"]]
+    streams = [list(s) for s in zip(*per_hyp)]
+    want = sacrebleu.corpus_bleu(hyps, streams).score
+    assert bleu(hyps, streams) == pytest.approx(want, rel=1e-12)
+    assert bleu(hyps, per_hyp, layout="per_hypothesis") == pytest.approx(want, rel=1e-12)
+    # One list per hypothesis, not read as streams: refused with the layout explained.
+    with pytest.raises(ValueError, match="one list of references per hypothesis: pass layout='per_hypothesis'"):
+        bleu(hyps, per_hyp)
+    # Two hypotheses with two references each fit both readings: the layout must be named.
+    h2, p2 = hyps[:2], [r[:2] for r in per_hyp[:2]]
+    with pytest.raises(ValueError, match="read both as reference streams and as one list per hypothesis"):
+        bleu(h2, p2)
+    assert bleu(h2, p2, layout="per_hypothesis") == pytest.approx(100.0, rel=1e-12)
+    assert bleu(h2, p2, layout="streams") == pytest.approx(sacrebleu.corpus_bleu(h2, p2).score, rel=1e-12)
+    with pytest.raises(ValueError, match="layout: expected"):
+        bleu(h2, p2, layout="rows")
+    with pytest.raises(ValueError, match="same number"):
+        bleu(hyps, [per_hyp[0], per_hyp[1], per_hyp[2][:1]], layout="per_hypothesis")
 
 
 def test_distinct_and_repetition_by_hand():
@@ -119,3 +208,10 @@ def test_distinct_and_repetition_by_hand():
         distinct_n(samples, 0)
     with pytest.raises(TypeError, match="samples"):
         repetition_rate("a b c")
+
+
+def test_one_token_sequence_is_not_a_list_of_samples():
+    for f in (distinct_n, repetition_rate):
+        with pytest.raises(ValueError, match=r"samples: .*sample 0 has type int \(wrap one token sequence"):
+            f([1, 2, 3])
+    assert distinct_n([[1, 2, 3]], 1) == 1.0

@@ -54,3 +54,12 @@ def test_bad_input(vae):
         vae_metrics(vae, torch.zeros(2, 3, 32, 32))
     with pytest.raises(TypeError, match="model: expected an edgegen BetaVAE"):
         vae_metrics(torch.nn.Linear(2, 2), torch.zeros(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_images_are_refused_up_front(vae, value):
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    x[0, 0, 0, 0] = value  # NaN passes every range comparison
+    with pytest.raises(ValueError, match=r"images: expected finite values in \[-1, 1\], got 1 NaN or infinite"):
+        vae_metrics(vae, [x[1:], x])  # in the second batch, after one was measured
+

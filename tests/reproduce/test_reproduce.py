@@ -219,6 +219,17 @@ def test_metric_keys_carry_the_label():
     assert metric_key("pair/quality_loss_pct", "FID-proxy") == "pair/quality_loss_pct_proxy"
     assert metric_key("a/fid_proxy", "FID-proxy") == "a/fid_proxy"
     assert metric_key("a/params", "measured") == "a/params"
+    assert metric_key("pair/quality_loss_pct", "FID-nonstandard") == "pair/quality_loss_pct_nonstandard"
+
+
+def test_image_quality_key_and_label():
+    from edgegen.reproduce.runner import _fid_key
+
+    assert _fid_key({"fid": 3.0, "fid_proxy": 1.0}) == ("fid", "measured")
+    assert _fid_key({"fid_nonstandard": 3.0, "latency_ms_p50": 1.0}) == ("fid_nonstandard", "FID-nonstandard")
+    assert _fid_key({"fid_proxy": 3.0}) == ("fid_proxy", "FID-proxy")
+    with pytest.raises(KeyError, match="no FID, FID-nonstandard or FID-proxy"):
+        _fid_key({"latency_ms_p50": 1.0})
 
 
 def test_seeds_train_their_own_teacher(tmp_path, monkeypatch):

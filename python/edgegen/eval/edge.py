@@ -4,7 +4,8 @@ by an efficiency factor; energy is that latency times the device's typical power
 
 Device figures are data (``devices.yaml`` beside this file), each with its source and whether it is
 a vendor specification, derived from one, or an assumption. Every projection is labelled
-"projected": it is an estimate from public figures, not a measurement on the device.
+"projected": it is an estimate from public figures and stated assumptions (the label names which
+kinds of figure it used, the efficiency's included), not a measurement on the device.
 """
 
 from __future__ import annotations
@@ -128,8 +129,12 @@ def project(record, device: str, precision: str | None = None, efficiency: float
     memory_ms = moved / (dev.memory_gbps.value * 1e9 * eff) * 1e3
     latency = max(compute_ms, memory_ms)
     energy = latency * 1e-3 * dev.power_w.value
-    kinds = sorted({dev.peak_gflops[precision].kind, dev.memory_gbps.kind, dev.power_w.kind})
-    label = (f"projected for {dev.name} ({precision}): roofline at {eff:g} of peak from public figures "
-             f"({', '.join(kinds)}); not measured on the device")
+    figures = [dev.peak_gflops[precision], dev.memory_gbps, dev.power_w]
+    if efficiency is None:  # the device profile's efficiency is a figure too (an assumption, so far)
+        figures.append(dev.efficiency)
+    kinds = sorted({f.kind for f in figures})
+    eff_kind = dev.efficiency.kind if efficiency is None else "given by the caller"
+    label = (f"projected for {dev.name} ({precision}): roofline at {eff:g} of peak (efficiency: {eff_kind}) from "
+             f"sourced figures ({', '.join(kinds)}); not measured on the device")
     return Projection(device, precision, latency, compute_ms, memory_ms,
                       "compute" if compute_ms >= memory_ms else "memory", energy, float(eff), label)

@@ -9,8 +9,10 @@ asked for). Images are floats in ``value_range`` (default [0, 1]; edgegen's gene
 
 Extractors (:func:`get_extractor`):
 
-- ``inception``: :class:`~edgegen.eval.inception.FIDInceptionV3` with the standard weights from
-  ``$EDGEGEN_FID_WEIGHTS``; the result is called **FID**.
+- ``inception``: :class:`~edgegen.eval.inception.FIDInceptionV3` with the weights from
+  ``$EDGEGEN_FID_WEIGHTS``. The result is called **FID** only when the file's SHA-256 is that of
+  the official ``pt_inception-2015-12-05-6726825d.pth``; other weights of the same layout give
+  **FID-nonstandard** (MLflow key ``fid_nonstandard``), labelled with the file's SHA-256 prefix.
 - ``proxy``: the 256-d penultimate features of a small CNN trained once on the staged real data
   (CIFAR-10 classes, or CelebA's 40 attributes) and cached, with its held-out accuracy in the
   label. The result is called **FID-proxy** everywhere (``metric``, ``label``, the MLflow key
@@ -33,23 +35,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgegen.eval.frechet import GaussianStats, KIDResult, frechet_distance_stats, kid as _kid
+from edgegen.eval.frechet import GaussianStats, KIDResult, frechet_distance_checked, kid as _kid
 
 __all__ = ["FeatureExtractor", "FIDResult", "ProxyNet", "get_extractor", "train_proxy_extractor", "image_statistics",
-           "real_statistics", "fid", "PROXY_DATASETS"]
+           "real_statistics", "fid", "PROXY_DATASETS", "METRIC_KEYS"]
 
 PROXY_DATASETS = ("cifar10", "celeba")
 PROXY_VERSION = 1  # bump when ProxyNet or its training recipe changes: cached proxies are keyed by it
 PROXY_SIZE = 64
+# What each extractor's distance is called, and its MLflow keys (FID, KID): nothing but the
+# official Inception weights is reported under "fid".
+METRIC_KEYS = {"FID": ("fid", "kid"), "FID-proxy": ("fid_proxy", "kid_proxy"),
+               "FID-nonstandard": ("fid_nonstandard", "kid_nonstandard")}
 
 
 @dataclass
 class FeatureExtractor:
     """A network mapping images in [0, 1] to feature rows, and what its distance is called.
 
-    ``metric``: "FID" (standard Inception weights) or "FID-proxy"; ``name``: a stable identifier
-    that includes a fingerprint of the weights (it keys cached real-image statistics); ``info``:
-    provenance (for the proxy: dataset, held-out accuracy and size)."""
+    ``metric``: "FID" (the official Inception weights), "FID-nonstandard" (the Inception-v3 layout
+    with other weights) or "FID-proxy"; ``name``: a stable identifier that includes a fingerprint of
+    the weights (it keys cached real-image statistics); ``info``: provenance (for the proxy:
+    dataset, held-out accuracy and size; for Inception: the weights file and its SHA-256)."""
 
     net: nn.Module
     name: str
@@ -57,10 +64,18 @@ class FeatureExtractor:
     dim: int
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.metric not in METRIC_KEYS:
+            raise ValueError(f"metric: expected one of {tuple(METRIC_KEYS)}, got {self.metric!r}")
+
     @property
     def label(self) -> str:
         if self.metric == "FID":
             return "FID (Inception-v3, pt_inception-2015-12-05)"
+        if self.metric == "FID-nonstandard":
+            sha = str(self.info.get("sha256", "unknown"))[:16]
+            return (f"FID-nonstandard (Inception-v3 layout with non-standard weights, sha256 {sha}..., not the "
+                    f"official pt_inception-2015-12-05-6726825d; not comparable with published FID)")
         acc = self.info.get("heldout_accuracy")
         what = self.info.get("heldout_metric", "accuracy")
         return (f"FID-proxy ({self.name}; held-out {what} {acc:.3f} on {self.info.get('heldout_n')} images; "
@@ -237,10 +252,14 @@ def _train_proxy(net, xs, ys, xt, yt, multi, epochs, seed, threads, progress) ->
 
 def get_extractor(kind: str = "auto", weights: str | os.PathLike | None = None, proxy_dataset: str = "cifar10",
                   device: str | torch.device = "cpu", **proxy_kwargs) -> FeatureExtractor:
-    """``kind``: "inception" (standard weights required: ``weights`` or ``$EDGEGEN_FID_WEIGHTS``),
-    "proxy" (the cached proxy trained on ``proxy_dataset``), or "auto": the standard network when its
-    weights are available, else the proxy with a warning that the result is FID-proxy."""
-    from edgegen.eval.inception import FID_WEIGHTS_ENV, fid_weights_path, load_fid_inception
+    """``kind``: "inception" (Inception weights required: ``weights`` or ``$EDGEGEN_FID_WEIGHTS``),
+    "proxy" (the cached proxy trained on ``proxy_dataset``), or "auto": the Inception network when
+    weights are given, else the proxy with a warning that the result is FID-proxy.
+
+    The weights file's SHA-256 decides the name: the official file gives "FID"; any other file of
+    the same layout gives "FID-nonstandard" (with a warning), never "FID"."""
+    from edgegen.eval.inception import (FID_WEIGHTS_ENV, FID_WEIGHTS_SHA256_PREFIX, fid_weights_path,
+                                        is_official_fid_weights, load_fid_inception)
 
     if kind not in ("auto", "inception", "proxy"):
         raise ValueError(f"kind: expected 'auto', 'inception' or 'proxy', got {kind!r}")
@@ -248,8 +267,16 @@ def get_extractor(kind: str = "auto", weights: str | os.PathLike | None = None, 
         path = fid_weights_path(weights)
         if path is not None:
             net = load_fid_inception(path).to(device)
-            return FeatureExtractor(net, f"inception-v3-2015-12-05-{_weights_fingerprint(net)}", "FID", 2048,
-                                    {"weights": str(path)})
+            sha = net.weights_sha256
+            info = {"weights": str(path), "sha256": sha}
+            if is_official_fid_weights(sha):
+                return FeatureExtractor(net, f"inception-v3-2015-12-05-{_weights_fingerprint(net)}", "FID", 2048,
+                                        info)
+            warnings.warn(f"weights: {path} has SHA-256 {sha[:16]}..., not the official FID Inception weights "
+                          f"(SHA-256 {FID_WEIGHTS_SHA256_PREFIX}...); results are labelled FID-nonstandard and are "
+                          "not comparable with published FID", RuntimeWarning, stacklevel=2)
+            return FeatureExtractor(net, f"inception-v3-nonstandard-{_weights_fingerprint(net)}", "FID-nonstandard",
+                                    2048, info)
         if kind == "inception":
             raise FileNotFoundError(f"weights: the standard FID Inception weights are needed for kind='inception'; "
                                     f"pass weights= or set ${FID_WEIGHTS_ENV}")
@@ -341,11 +368,23 @@ def image_statistics(images, extractor: FeatureExtractor, batch_size: int = 50, 
     return stats, feats
 
 
+def _images_digest(images, n: int, batch_size: int) -> str:
+    """SHA-256 (first 10 hex digits) of the first ``n`` images, their shape and dtype: the data's
+    identity, read in batches so a memory-mapped split is never copied whole."""
+    h = hashlib.sha256(f"{tuple(np.shape(images))[1:]}|{np.asarray(images[:0]).dtype}|{n}".encode())
+    step = max(batch_size, 1000)
+    for i in range(0, n, step):
+        h.update(np.ascontiguousarray(images[i:min(i + step, n)]).tobytes())
+    return h.hexdigest()[:10]
+
+
 def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "train", image_size: int = 64,
                     limit: int | None = None, root=None, cache_dir=None, batch_size: int = 100) -> GaussianStats:
     """Feature statistics of a real dataset split (cifar10 or celeba, at edgegen's 64x64
-    preprocessing), computed once per extractor/dataset/split/size/count and cached as .npz under
-    ``$EDGEGEN_CACHE_DIR/fid-stats/``."""
+    preprocessing), computed once per extractor and data and cached as .npz under
+    ``$EDGEGEN_CACHE_DIR/fid-stats/``. The cache key holds a SHA-256 digest of the images used
+    (as the proxy's cache does), so two folders with the same number of images never share
+    statistics, and changed images are measured again."""
     if dataset == "cifar10":
         from edgegen.data.cifar import CIFAR10
 
@@ -357,7 +396,9 @@ def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "tra
     else:
         raise ValueError(f"dataset: expected 'cifar10' or 'celeba', got {dataset!r}")
     n = len(images) if limit is None else min(limit, len(images))
-    path = _cache_root(cache_dir) / "fid-stats" / f"{extractor.name}.{dataset}.{split}.{image_size}.{n}.npz"
+    digest = _images_digest(images, n, batch_size)
+    path = (_cache_root(cache_dir) / "fid-stats" /
+            f"{extractor.name}.data-{digest}.{dataset}.{split}.{image_size}.{n}.npz")
     if path.is_file():
         with np.load(path) as z:
             return GaussianStats.from_state_dict({k: z[k] for k in z.files})
@@ -376,9 +417,12 @@ def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "tra
 # ---------------------------------------------------------------------------------- the metric
 @dataclass
 class FIDResult:
-    """``value``: the Frechet distance; ``metric``: "FID" or "FID-proxy"; ``label``: the full
-    description (extractor, its held-out accuracy); ``reliable``: False when a side has no more
-    samples than features (singular covariance); ``kid``: KID on the same features, if asked."""
+    """``value``: the Frechet distance; ``metric``: "FID", "FID-nonstandard" or "FID-proxy";
+    ``label``: the full description (extractor, its held-out accuracy or weights digest);
+    ``reliable``: False when a side has no more samples than features, or when the product of the
+    covariances was singular and the distance was taken with ``eps`` on the diagonals (an
+    approximation: e.g. a collapsed generator whose images give identical features);
+    ``unreliable_reason`` says which; ``kid``: KID on the same features, if asked."""
 
     value: float
     metric: str
@@ -388,14 +432,20 @@ class FIDResult:
     n_real: int
     reliable: bool
     kid: KIDResult | None = None
+    unreliable_reason: str = ""
+
+    @property
+    def key(self) -> str:
+        """The MLflow key of the distance: ``fid``, ``fid_nonstandard`` or ``fid_proxy``."""
+        return METRIC_KEYS[self.metric][0]
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        """Flat, labelled metrics for MLflow: ``fid`` or ``fid_proxy`` (and ``kid``/``kid_proxy``
-        with ``*_std_error``), never an unlabelled proxy."""
-        key = "fid" if self.metric == "FID" else "fid_proxy"
+        """Flat, labelled metrics for MLflow: ``fid`` (official Inception weights only),
+        ``fid_nonstandard`` or ``fid_proxy`` (and ``kid``/``kid_nonstandard``/``kid_proxy`` with
+        ``*_std_error``), never an unlabelled proxy."""
+        key, k = METRIC_KEYS[self.metric]
         out = {prefix + key: self.value, prefix + key + "_n_generated": float(self.n_generated)}
         if self.kid is not None:
-            k = "kid" if self.metric == "FID" else "kid_proxy"
             out[prefix + k] = self.kid.value
             out[prefix + k + "_std_error"] = self.kid.std_error
         return out
@@ -430,14 +480,20 @@ def fid(generated, real, extractor: FeatureExtractor | None = None, batch_size: 
             raise ValueError(f"{name}: FID needs at least 2 images, got {st.count}")
         sides.append(st)
         feats.append(f)
-    reliable = all(s.count > s.dim for s in sides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        value = frechet_distance_stats(sides[0], sides[1])
-    if not reliable:
-        warnings.warn(f"fid: {sides[0].count} generated and {sides[1].count} real images for {extractor.dim} "
-                      f"features: the covariance is singular and {extractor.metric} is unreliable at this size",
-                      RuntimeWarning, stacklevel=2)
+    reasons = []
+    if not all(s.count > s.dim for s in sides):
+        reasons.append(f"{sides[0].count} generated and {sides[1].count} real images for {extractor.dim} features: "
+                       f"the covariance is singular and {extractor.metric} is unreliable at this size")
+    eps = 1e-6
+    value, regularised = frechet_distance_checked(sides[0].mean, sides[0].covariance, sides[1].mean,
+                                                  sides[1].covariance, eps)
+    if regularised:
+        why = "too few samples" if reasons else "constant or identical features, e.g. a collapsed generator"
+        reasons.append(f"the product of the covariances is singular ({why}): {extractor.metric} was computed with "
+                       f"{eps:g} added to their diagonals and is approximate")
+    reason = "; ".join(reasons)
+    if reason:
+        warnings.warn(f"fid: {reason} (reliable=False)", RuntimeWarning, stacklevel=2)
     kid_result = _kid(feats[0], feats[1], kid_subsets, kid_subset_size, seed) if kid else None
     return FIDResult(value, extractor.metric, extractor.label, extractor.name, sides[0].count, sides[1].count,
-                     reliable, kid_result)
+                     not reasons, kid_result, reason)

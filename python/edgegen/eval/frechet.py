@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianStats", "frechet_distance", "frechet_distance_stats", "kid", "KIDResult"]
+__all__ = ["GaussianStats", "frechet_distance", "frechet_distance_checked", "frechet_distance_stats", "kid",
+           "KIDResult"]
 
 
 def _as_float64(x, name: str, shape_ok, expected: str) -> np.ndarray:
@@ -135,6 +136,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     part of the root that is not negligible (above 1e-3 of the largest entry) is an error;
     a negligible one (rounding) is discarded.
     """
+    value, regularised = frechet_distance_checked(mu1, sigma1, mu2, sigma2, eps)
+    if regularised:
+        warnings.warn(f"frechet_distance: the product of the covariances is singular; adding {eps:g} to their "
+                      "diagonals (the distance is then approximate)", RuntimeWarning, stacklevel=2)
+    return value
+
+
+def frechet_distance_checked(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> tuple[float, bool]:
+    """(:func:`frechet_distance`, whether ``eps`` had to be added to the diagonals because the
+    product of the covariances is singular), without the warning: for callers that report the
+    approximation themselves (:func:`edgegen.eval.fid` sets ``reliable=False``)."""
     m1 = np.atleast_1d(_as_vector(mu1, "mu1"))
     m2 = np.atleast_1d(_as_vector(mu2, "mu2"))
     s1 = _as_square(sigma1, "sigma1", m1.shape[0])
@@ -146,8 +158,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     diff = m1 - m2
     root, singular = _sqrtm_product(s1, s2)
     if singular:
-        warnings.warn(f"frechet_distance: the product of the covariances is singular; adding {eps:g} to their "
-                      "diagonals (the distance is then approximate)", RuntimeWarning, stacklevel=2)
         offset = np.eye(s1.shape[0]) * eps
         root, _ = _sqrtm_product(s1 + offset, s2 + offset)
     if np.iscomplexobj(root):
@@ -158,7 +168,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                              f"(relative {imag / scale:.3g}); the covariances are not valid (symmetric positive "
                              "semi-definite) or too ill-conditioned")
         root = root.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(root))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(root)), singular
 
 
 def frechet_distance_stats(stats1: GaussianStats, stats2: GaussianStats, eps: float = 1e-6) -> float:

@@ -19,7 +19,7 @@ _RADIUS = 5  # int(3.5 * 1.5 + 0.5): the Gaussian truncated at 3.5 sigma, an 11-
 _SIGMA = 1.5
 
 
-def _check_pair(x: Tensor, y: Tensor, data_range: float, min_size: int = 1) -> None:
+def _check_pair(x: Tensor, y: Tensor, data_range: float, metric: str, min_size: int = 1) -> None:
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
@@ -31,8 +31,13 @@ def _check_pair(x: Tensor, y: Tensor, data_range: float, min_size: int = 1) -> N
         raise ValueError(f"y: expected the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
     if not (isinstance(data_range, (int, float)) and math.isfinite(data_range) and data_range > 0):
         raise ValueError(f"data_range: expected a finite value > 0, got {data_range!r}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x: {metric} needs at least one image [N >= 1, C, H, W], got a batch of 0 "
+                         f"(shape {tuple(x.shape)})")
+    if x.shape[1] == 0:
+        raise ValueError(f"x: {metric} needs images with at least one channel, got shape {tuple(x.shape)}")
     if min(x.shape[-2:]) < min_size:
-        raise ValueError(f"x: SSIM needs images of at least {min_size} x {min_size} pixels, got "
+        raise ValueError(f"x: {metric} needs images of at least {min_size} x {min_size} pixels, got "
                          f"{tuple(x.shape[-2:])}")
     tol = 1e-6 * data_range
     for name, t in (("x", x), ("y", y)):
@@ -61,7 +66,7 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mean")
         >>> bool(ssim(x, (x + 0.1 * torch.randn_like(x)).clamp(0, 1)) < 1)
         True
     """
-    _check_pair(x, y, data_range, min_size=2 * _RADIUS + 1)
+    _check_pair(x, y, data_range, "SSIM", min_size=2 * _RADIUS + 1)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
     n, c, h, w = x.shape
@@ -104,7 +109,7 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mean")
         >>> round(float(psnr(x, x + 0.1)), 6)        # 10 log10(1 / 0.01)
         20.0
     """
-    _check_pair(x, y, data_range)
+    _check_pair(x, y, data_range, "PSNR")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
     diff = x.detach().to(torch.float64) - y.detach().to(torch.float64)

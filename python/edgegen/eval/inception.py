@@ -9,12 +9,16 @@ depend on: the average pools inside the mixed blocks 5b-5d, 6b-6e and 7b ignore 
 Inputs in [0, 1] are resized to 299x299 (bilinear) and mapped to [-1, 1].
 
 Nothing is downloaded unless :func:`download_fid_weights` is called; :func:`load_fid_inception`
-reads a local file (``path`` or ``$EDGEGEN_FID_WEIGHTS``).
+reads a local file (``path`` or ``$EDGEGEN_FID_WEIGHTS``) and records its SHA-256
+(:func:`fid_weights_sha256`): only the official file makes the distance "FID"; any other file in
+the same layout is reported as non-standard (see :func:`is_official_fid_weights`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -22,12 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["FIDInceptionV3", "FID_WEIGHTS_URL", "FID_WEIGHTS_ENV", "FID_WEIGHTS_SHA256_PREFIX",
-           "download_fid_weights", "load_fid_inception", "fid_weights_path"]
+           "download_fid_weights", "load_fid_inception", "fid_weights_path", "fid_weights_sha256",
+           "is_official_fid_weights"]
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-# The file name carries the first 8 hex digits of the file's SHA-256 (the torch.hub convention).
+# The file name carries the first 8 hex digits of the file's SHA-256 (the torch.hub convention);
+# that prefix is the only published identity of the file, so it is what loading checks.
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
 FID_WEIGHTS_ENV = "EDGEGEN_FID_WEIGHTS"
 FEATURE_DIM = 2048
@@ -210,9 +216,46 @@ def fid_weights_path(path: str | os.PathLike | None = None) -> Path | None:
     return p
 
 
+# (resolved path, size, mtime in ns) -> SHA-256 hex digest: the file is ~100 MB, hash it once.
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+_SHA256_LOCK = threading.Lock()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fid_weights_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of the weights file at ``path``, computed once per file and remembered
+    by path, size and modification time (a rewritten file is hashed again)."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    with _SHA256_LOCK:
+        digest = _SHA256_CACHE.get(key)
+    if digest is None:
+        digest = _file_sha256(p)
+        with _SHA256_LOCK:
+            _SHA256_CACHE[key] = digest
+    return digest
+
+
+def is_official_fid_weights(sha256: str) -> bool:
+    """Whether a file digest is that of the official ``pt_inception-2015-12-05-6726825d.pth``
+    (its published SHA-256 prefix; the file name of a copy proves nothing)."""
+    return sha256.lower().startswith(FID_WEIGHTS_SHA256_PREFIX)
+
+
 def load_fid_inception(path: str | os.PathLike | None = None) -> FIDInceptionV3:
-    """The FID network with the standard weights from ``path`` (or ``$EDGEGEN_FID_WEIGHTS``), in
-    eval mode. Every parameter and buffer of the network must be in the file with its shape."""
+    """The FID network with the weights from ``path`` (or ``$EDGEGEN_FID_WEIGHTS``), in eval
+    mode. Every parameter and buffer of the network must be in the file with its shape. The file's
+    SHA-256 is kept as ``net.weights_sha256``; only when :func:`is_official_fid_weights` holds for
+    it are these the standard FID weights (a file of the same layout with other values loads, but
+    what it measures is not FID)."""
     p = fid_weights_path(path)
     if p is None:
         raise FileNotFoundError(f"path: no FID Inception weights given (pass a path or set ${FID_WEIGHTS_ENV} to "
@@ -230,6 +273,7 @@ def load_fid_inception(path: str | os.PathLike | None = None) -> FIDInceptionV3:
         raise ValueError(f"path: {p} is not the FID Inception-v3 state dict: missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}, shape mismatches {wrong[:3]}")
     net.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
+    net.weights_sha256 = fid_weights_sha256(p)
     return net.eval()
 
 
@@ -237,13 +281,13 @@ def download_fid_weights(dest_dir: str | os.PathLike | None = None) -> Path:
     """Fetch the standard FID weights (about 92 MB) into ``dest_dir`` (default
     ``~/.cache/edgegen/fid``), checking the SHA-256 prefix that the file name carries, and return
     the path (set ``$EDGEGEN_FID_WEIGHTS`` to it)."""
-    from edgegen.data.download import fetch, file_digest
+    from edgegen.data.download import fetch
 
     dest = Path(dest_dir or "~/.cache/edgegen/fid").expanduser() / FID_WEIGHTS_FILE
     if not dest.is_file():
         fetch(FID_WEIGHTS_URL, dest)
-    digest = file_digest(dest, "sha256")
-    if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
+    digest = fid_weights_sha256(dest)
+    if not is_official_fid_weights(digest):
         dest.unlink()
         raise OSError(f"{FID_WEIGHTS_URL}: SHA-256 {digest[:16]}... does not start with {FID_WEIGHTS_SHA256_PREFIX}; "
                       "the download is corrupt or not the official file (deleted)")

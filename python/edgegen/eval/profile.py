@@ -23,8 +23,8 @@ from torch import nn
 
 from edgegen.eval.flops import count_flops
 
-__all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules", "GenerationProfile",
-           "profile_generation"]
+__all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules", "rapl_energy_between",
+           "GenerationProfile", "profile_generation"]
 
 DEFAULT_WATTS_PER_CORE = 10.0
 _RAPL_ROOT = "/sys/class/powercap"
@@ -109,24 +109,43 @@ def model_bytes_on_disk(model: nn.Module) -> tuple[int, str]:
     return (sparse, "edgegen sparse safetensors") if sparse < dense else (dense, "safetensors")
 
 
-def read_rapl_joules(root: str = _RAPL_ROOT) -> tuple[float, float] | None:
-    """(energy in J, counter range in J) summed over the readable top-level RAPL package domains,
-    or None where there are none (no powercap, or not readable)."""
+def read_rapl_joules(root: str = _RAPL_ROOT) -> dict[str, tuple[float, float]] | None:
+    """{package domain: (energy counter in J, counter range in J)} for each readable top-level RAPL
+    package domain (``intel-rapl:0``, ``intel-rapl:1``, ...), or None where there are none (no
+    powercap, or not readable). Kept per package: each counter wraps at its own range, so a sum
+    cannot be corrected for a wrap (see :func:`rapl_energy_between`)."""
     base = Path(root)
     if not base.is_dir():
         return None
-    total = rng = 0.0
-    found = False
+    out = {}
     for dom in sorted(base.glob("intel-rapl:*")):
         if dom.name.count(":") != 1:  # sub-domains (core, dram) are inside the package's count
             continue
         try:
-            total += int((dom / "energy_uj").read_text()) / 1e6
-            rng += int((dom / "max_energy_range_uj").read_text()) / 1e6
-            found = True
+            energy = int((dom / "energy_uj").read_text()) / 1e6
+            rng = int((dom / "max_energy_range_uj").read_text()) / 1e6
         except (OSError, ValueError):
             continue
-    return (total, rng) if found else None
+        out[dom.name] = (energy, rng)
+    return out or None
+
+
+def rapl_energy_between(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+                        ) -> float | None:
+    """Joules used between two :func:`read_rapl_joules` readings, summed over the packages, each
+    package's counter corrected for one wrap at its own ``max_energy_range_uj`` (a counter that
+    went down wrapped once; more than one wrap between readings cannot be seen). None when the two
+    readings do not cover the same packages."""
+    if not before or not after or set(before) != set(after):
+        return None
+    total = 0.0
+    for name, (e0, _) in before.items():
+        e1, rng = after[name]
+        delta = e1 - e0
+        if delta < 0:  # this package's counter wrapped
+            delta += rng
+        total += delta
+    return total
 
 
 def _peak_in_subprocess(model: nn.Module, inputs: tuple, threads: int) -> int | None:
@@ -195,8 +214,10 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
     (the first input's leading dimension) / median latency. FLOPs: torch's counter with edgegen's
     ops (see edgegen.eval.flops). Size: :func:`model_bytes_on_disk`. Peak memory: one call in a
     fresh process (CPU models); ``None`` with the reason in ``peak_memory_method`` where that is not
-    possible. Energy per call: RAPL over the timed calls when readable, else estimated as the
-    process's CPU time x ``watts_per_core``.
+    possible. Energy per call: RAPL over the timed calls when readable (each package's counter
+    corrected for its own wrap), else estimated as the process's CPU time x ``watts_per_core``;
+    either way the CPU only (for a model on a GPU, ``energy_method`` says the GPU is not counted).
+    A CUDA model is synchronised before and after each timed call.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -231,9 +252,11 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
         flops = count_flops(model, inputs)
         size, disk_format = model_bytes_on_disk(model)
 
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
         with torch.no_grad():
             for _ in range(warmup):
                 model(*inputs)
+            _sync(device)
             samples = []
             rapl0 = read_rapl_joules(rapl_root)
             cpu0 = time.process_time()
@@ -243,6 +266,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             while len(samples) < repeats or (time.perf_counter() - start < min_time_s and len(samples) < 100_000):
                 t0 = time.perf_counter()
                 model(*inputs)
+                _sync(device)  # CUDA calls return before the kernels finish
                 samples.append((time.perf_counter() - t0) * 1e3)
             cpu_s = time.process_time() - cpu0
             rapl1 = read_rapl_joules(rapl_root)
@@ -251,18 +275,21 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
         batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
 
         energy = estimated = None
-        if rapl0 is not None and rapl1 is not None:
-            delta = rapl1[0] - rapl0[0]
-            if delta < 0:  # the counter wrapped once
-                delta += rapl1[1]
-            energy = delta / len(samples)
-            method = "measured: RAPL package energy over the timed calls (whole package, other load included)"
+        joules = rapl_energy_between(rapl0, rapl1) if rapl0 is not None and rapl1 is not None else None
+        if joules is not None:
+            energy = joules / len(samples)
+            method = (f"measured: RAPL package energy over the timed calls ({len(rapl0)} package(s), each counter's "
+                      "wrap corrected; whole package, other load included)")
         else:
+            if rapl0 is not None and rapl1 is not None:
+                notes.append(f"RAPL packages differed between the readings ({sorted(rapl0)} then {sorted(rapl1)}); "
+                             "energy estimated instead")
             estimated = cpu_s * watts_per_core / len(samples)
             method = (f"estimated: process CPU time x {watts_per_core:g} W per busy core (a stated figure, no "
                       "power meter read)")
+        if device.type != "cpu":
+            method += f"; CPU only: the model ran on {device}, whose energy is not included"
 
-        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
         if not measure_memory:
             peak, peak_method = None, "not measured (measure_memory=False)"
         elif device.type != "cpu":

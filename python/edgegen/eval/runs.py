@@ -272,16 +272,15 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
     if not with_kid and run.config.data.name in ("cifar10", "celeba"):
         from edgegen.eval.fid import real_statistics
 
-        # The same images, their statistics cached per extractor/dataset/split/size/count.
+        # The same images, their statistics cached per extractor and data (a digest of the images).
         real = real_statistics(run.config.data.name, ext, split="test", limit=n_real,
                                root=opts.data_root or run.config.data.root)
     res = fid(_generated(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
               batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
               kid_subset_size=_kid_subset(opts.samples, n_real), seed=opts.seed)
     out.update(res.as_metrics())
-    key = "fid" if res.metric == "FID" else "fid_proxy"
-    labels[key] = f"{res.label}; {res.n_generated} generated vs {what}" + ("" if res.reliable else
-                                                                            "; UNRELIABLE: fewer samples than features")
+    labels[res.key] = f"{res.label}; {res.n_generated} generated vs {what}" + (
+        "" if res.reliable else f"; UNRELIABLE: {res.unreliable_reason}")
 
 
 def _kid_subset(n_generated: int, n_real: int) -> int:
@@ -377,8 +376,8 @@ def _example_inputs(run: LoadedRun, batch: int = 1):
 
 def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None = None) -> dict:
     """Quality (and, with ``options.profile``, efficiency) of one run: a dict with ``run``,
-    ``name``, ``kind``, ``form``, ``metrics`` (flat numbers, units and labels in the names: fid or
-    fid_proxy, wikitext2_ppl or wikitext2_ppl_prefix, *_ms, *_bytes, energy_j or
+    ``name``, ``kind``, ``form``, ``metrics`` (flat numbers, units and labels in the names: fid,
+    fid_nonstandard or fid_proxy, wikitext2_ppl or wikitext2_ppl_prefix, *_ms, *_bytes, energy_j or
     energy_j_estimated, *_projected), ``labels`` (what each number is) and ``seconds``."""
     opts = options or EvalOptions()
     if not isinstance(run, LoadedRun):
@@ -467,10 +466,11 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
 
 
 # ------------------------------------------------------------------------------------ comparison
-COLUMNS = ("fid", "fid_proxy", "kid", "kid_proxy", "vae_recon_ssim", "vae_recon_psnr_db", "vae_neg_elbo",
-           "wikitext2_ppl", "wikitext2_ppl_prefix", "bleu", "distinct_2", "bytes_on_disk", "params", "sparsity",
-           "flops", "latency_ms_p50", "peak_memory_bytes", "energy_j", "energy_j_estimated",
-           "decode_ms_per_token_p50", "onnxruntime_fp32_latency_ms_p50", "onnxruntime_int8_dynamic_latency_ms_p50")
+COLUMNS = ("fid", "fid_nonstandard", "fid_proxy", "kid", "kid_nonstandard", "kid_proxy", "vae_recon_ssim",
+           "vae_recon_psnr_db", "vae_neg_elbo", "wikitext2_ppl", "wikitext2_ppl_prefix", "bleu", "distinct_2",
+           "bytes_on_disk", "params", "sparsity", "flops", "latency_ms_p50", "peak_memory_bytes", "energy_j",
+           "energy_j_estimated", "decode_ms_per_token_p50", "onnxruntime_fp32_latency_ms_p50",
+           "onnxruntime_int8_dynamic_latency_ms_p50")
 
 
 def fmt_number(v) -> str:
@@ -527,7 +527,8 @@ def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) 
 
 
 def _plot(results: list[dict], path: Path) -> str | None:
-    quality = next((q for q in ("fid", "fid_proxy", "wikitext2_ppl", "wikitext2_ppl_prefix", "vae_neg_elbo")
+    quality = next((q for q in ("fid", "fid_nonstandard", "fid_proxy", "wikitext2_ppl", "wikitext2_ppl_prefix",
+                                "vae_neg_elbo")
                     if all(q in r["metrics"] for r in results)), None)
     if quality is None or not all("latency_ms_p50" in r["metrics"] for r in results):
         return None

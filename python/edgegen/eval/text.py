@@ -52,7 +52,11 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
 
     ``model`` maps token ids [1, T] to logits [1, T, V] (a tuple/list, or an object with
     ``.logits``, is accepted and its first element / logits used). ``tokens``: 1-D (or [1, T])
-    int64 ids. ``max_tokens`` evaluates only that prefix (the result's label says so).
+    int64 ids in [0, V) (V from ``model.config.vocab_size`` or the input embedding when the model
+    has them, checked before it runs; else from the first window's logits, before any token is
+    scored). ``max_tokens`` evaluates only that prefix (the
+    result's label says so). Logits that make a scored token's log-likelihood NaN or infinite are
+    an error naming the model's output, never a NaN perplexity.
     """
     if not isinstance(tokens, Tensor):
         raise TypeError(f"tokens: expected a tensor of token ids, got {type(tokens).__name__}")
@@ -79,6 +83,17 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
     if total < 2:
         raise ValueError(f"tokens: expected at least 2 tokens (the first is never scored), got {total}")
     ids = ids.to(torch.int64)
+    if int(ids.min()) < 0:
+        raise ValueError(f"tokens: expected token ids >= 0, got {int(ids.min())} at position "
+                         f"{int((ids < 0).nonzero()[0, 0])}")
+    vocab, source = getattr(getattr(model, "config", None), "vocab_size", None), "the model's config.vocab_size"
+    if not isinstance(vocab, int) and callable(getattr(model, "get_input_embeddings", None)):
+        vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        source = "the model's input embedding"
+    if isinstance(vocab, int):
+        _check_ids_below(ids, vocab, source)
+    else:
+        vocab = None  # known from the first window's logits, before any token is scored
     device = next((p.device for p in model.parameters()), ids.device) if hasattr(model, "parameters") else ids.device
     starts = []
     for begin in range(0, total, stride):
@@ -101,6 +116,9 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
         if logits.dim() != 3 or logits.shape[:2] != (1, end - begin):
             raise ValueError(f"model: expected logits [1, {end - begin}, V] for ids [1, {end - begin}], got "
                              f"{tuple(logits.shape)}")
+        if vocab is None or vocab != logits.shape[-1]:
+            vocab = int(logits.shape[-1])
+            _check_ids_below(ids, vocab, "the model's logits")
         # Each token's NLL in the logits' precision (at least float32; a log-sum-exp is accurate
         # to its rounding), summed in float64.
         pred = logits[0, first - begin - 1:end - begin - 1]
@@ -110,6 +128,11 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
         # logsumexp - logit of the target: the same as cross_entropy, without writing the
         # [tokens, V] log-softmax out (a fifth of the model's own time at V = 50,257 otherwise).
         token_nll = torch.logsumexp(pred, dim=-1) - pred.gather(1, target[:, None])[:, 0]
+        if not torch.isfinite(token_nll).all():
+            bad = int((~torch.isfinite(token_nll)).nonzero()[0, 0]) + first
+            what = "NaN" if torch.isnan(pred).any() else "infinite"
+            raise ValueError(f"model: its output logits hold {what} values: the log-likelihood of token {bad} (window "
+                             f"[{begin}, {end})) is not finite, so the perplexity is undefined")
         nll += float(token_nll.to(torch.float64).sum())
         scored += end - first
         prev_end = end
@@ -121,17 +144,27 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
     return PerplexityResult(math.exp(mean), mean, scored, len(starts), context, stride, label)
 
 
+def _check_ids_below(ids: Tensor, vocab: int, source: str) -> None:
+    top = int(ids.max())
+    if top >= vocab:
+        raise ValueError(f"tokens: expected token ids below the vocabulary size {vocab} ({source}), got {top} at "
+                         f"position {int((ids >= vocab).nonzero()[0, 0])}")
+
+
 def _token_lists(samples, name: str) -> list[list]:
     if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence):
         raise TypeError(f"{name}: expected a list of samples (strings or token lists), got {type(samples).__name__}")
     out = []
-    for s in samples:
+    for i, s in enumerate(samples):
         if isinstance(s, str):
             out.append(s.split())
         elif isinstance(s, Tensor):
             out.append(s.reshape(-1).tolist())
-        else:
+        elif isinstance(s, Sequence) and not isinstance(s, bytes):
             out.append(list(s))
+        else:
+            raise ValueError(f"{name}: expected a list of samples, each a string, a token list or a tensor; sample "
+                             f"{i} has type {type(s).__name__} (wrap one token sequence in a list: [[1, 2, 3]])")
     return out
 
 
@@ -163,19 +196,85 @@ def repetition_rate(samples, n: int = 4) -> float:
     return sum(rates) / len(rates) if rates else 0.0
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]) -> float:
+_STREAMS_HELP = ("reference streams: a list of lists, stream k holding one reference string per hypothesis "
+                 "(references[k][i] is the k-th reference of hypothesis i), as sacrebleu.corpus_bleu takes them")
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+         layout: str | None = None) -> float:
     """Corpus BLEU (sacrebleu's default 13a tokenisation, as its signature states) of detokenised
-    hypotheses against one reference per hypothesis, or several reference streams (a list of
-    lists, each as long as the hypotheses)."""
+    hypotheses (a list of strings, one per segment; a plain string is refused, not split into
+    characters).
+
+    ``references``, by ``layout``:
+
+    - a flat list of strings: one reference per hypothesis (``layout`` not needed);
+    - ``layout="streams"`` (sacreBLEU's convention): a list of reference streams, stream k a list
+      with one reference per hypothesis, so ``references[k][i]`` is the k-th reference of
+      hypothesis i;
+    - ``layout="per_hypothesis"``: a list with one list of references per hypothesis,
+      ``references[i][k]`` (every hypothesis with the same number of references).
+
+    With nested lists and ``layout=None`` the layout is read from the lengths: lists as long as
+    the hypotheses are streams; one list per hypothesis of another length is the per-hypothesis
+    layout and is refused with this explanation. When both readings fit (as many streams as
+    hypotheses) ``layout`` must be given.
+    """
     import sacrebleu
 
+    if layout not in (None, "streams", "per_hypothesis"):
+        raise ValueError(f"layout: expected None, 'streams' or 'per_hypothesis', got {layout!r}")
+    if isinstance(hypotheses, (str, bytes)) or not isinstance(hypotheses, Sequence):
+        raise TypeError(f"hypotheses: expected a list of strings (one per segment), got {type(hypotheses).__name__}"
+                        + (" (wrap a single sentence in a list)" if isinstance(hypotheses, str) else ""))
+    if isinstance(references, (str, bytes)) or not isinstance(references, Sequence):
+        raise TypeError(f"references: expected a list of strings (one per hypothesis) or of {_STREAMS_HELP}, got "
+                        f"{type(references).__name__}"
+                        + (" (wrap a single reference in a list)" if isinstance(references, str) else ""))
     hyps = list(hypotheses)
     if not all(isinstance(h, str) for h in hyps):
         raise TypeError("hypotheses: expected a list of strings")
+    if not hyps:
+        raise ValueError("hypotheses: expected at least one hypothesis, got an empty list")
     refs = list(references)
-    streams = [refs] if all(isinstance(r, str) for r in refs) else [list(r) for r in refs]
+    if not refs:
+        raise ValueError(f"references: expected one reference per hypothesis ({len(hyps)}) or {_STREAMS_HELP}, got "
+                         "an empty list")
+    if all(isinstance(r, str) for r in refs):
+        if layout == "per_hypothesis":
+            raise ValueError("references: layout='per_hypothesis' expects one list of references per hypothesis, "
+                             "got a flat list of strings")
+        streams = [refs]
+    elif any(isinstance(r, (str, bytes)) or not isinstance(r, Sequence) for r in refs):
+        raise TypeError(f"references: expected a flat list of strings or a list of lists of strings ({_STREAMS_HELP}), "
+                        "got a mix")
+    else:
+        lists = [list(r) for r in refs]
+        fits_streams = all(len(r) == len(hyps) for r in lists)
+        fits_per_hyp = len(lists) == len(hyps) and len({len(r) for r in lists}) == 1
+        if layout is None:
+            if fits_streams and fits_per_hyp and len(hyps) > 1:
+                raise ValueError(f"references: {len(lists)} lists of {len(hyps)} references for {len(hyps)} "
+                                 "hypotheses read both as reference streams and as one list per hypothesis; pass "
+                                 "layout='streams' (references[k][i] is the k-th reference of hypothesis i) or "
+                                 "layout='per_hypothesis' (references[i][k])")
+            if not fits_streams and len(lists) == len(hyps):
+                raise ValueError(f"references: expected {_STREAMS_HELP}; got {len(lists)} lists of lengths "
+                                 f"{[len(r) for r in lists][:5]}, which reads as one list of references per "
+                                 "hypothesis: pass layout='per_hypothesis' for that layout")
+            layout = "streams"
+        if layout == "per_hypothesis":
+            if len(lists) != len(hyps):
+                raise ValueError(f"references: layout='per_hypothesis' expects one list of references per hypothesis "
+                                 f"({len(hyps)}), got {len(lists)} lists")
+            if len({len(r) for r in lists}) != 1 or not lists[0]:
+                raise ValueError(f"references: layout='per_hypothesis' expects the same number (>= 1) of references "
+                                 f"for every hypothesis, got {[len(r) for r in lists][:5]}")
+            streams = [list(s) for s in zip(*lists)]
+        else:
+            streams = lists
     for k, stream in enumerate(streams):
         if len(stream) != len(hyps) or not all(isinstance(r, str) for r in stream):
             raise ValueError(f"references: stream {k} must hold one string per hypothesis ({len(hyps)}), got "
-                             f"{len(stream)} entries")
+                             f"{len(stream)} entries ({_STREAMS_HELP})")
     return float(sacrebleu.corpus_bleu(hyps, streams).score)

@@ -14,7 +14,8 @@ __all__ = ["vae_metrics"]
 
 @torch.no_grad()
 def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None = None) -> dict[str, float]:
-    """Averages over ``images`` (a tensor [N, C, 64, 64] in [-1, 1] or an iterable of such batches).
+    """Averages over ``images`` (a tensor [N, C, 64, 64] in [-1, 1] or an iterable of such batches;
+    NaN or infinite pixels are refused, naming ``images``).
 
     - ``elbo_reconstruction``, ``elbo_kl``, ``neg_elbo``: the model's terms per image with one
       posterior sample per image (seeded: the same seed gives the same numbers); ``neg_elbo`` =
@@ -39,6 +40,10 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
                 x = x[0]
             if not isinstance(x, Tensor) or not x.is_floating_point():
                 raise TypeError(f"images: expected float image tensors, got {type(x).__name__}")
+            # NaN fails every comparison, so the range check below would let it through.
+            if x.numel() and not torch.isfinite(x).all():
+                raise ValueError(f"images: expected finite values in [-1, 1], got {int((~torch.isfinite(x)).sum())} "
+                                 f"NaN or infinite values in a batch of shape {tuple(x.shape)}")
             if x.numel() and (x.min() < -1 - 1e-4 or x.max() > 1 + 1e-4):
                 raise ValueError(f"images: expected values in [-1, 1], got [{x.min().item():.3g}, "
                                  f"{x.max().item():.3g}]")
@@ -52,6 +57,9 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
             rec = (model.decode(z) - x).pow(2).flatten(1).sum(1)
             kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
             mean_recon = model.decode(mu)
+            if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all() and torch.isfinite(mean_recon).all()):
+                raise ValueError("model: its encoder or decoder returned NaN or infinite values for finite images "
+                                 "(the metrics would be NaN)")
             a, b = (mean_recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2
             k = x.shape[0]
             sums["elbo_reconstruction"] += rec.double().sum().item()

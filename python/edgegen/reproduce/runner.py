@@ -401,6 +401,19 @@ def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
     return str(dest)
 
 
+# The labels of image-quality keys other than the standard FID.
+QUALITY_LABELS = {"fid_proxy": "FID-proxy", "fid_nonstandard": "FID-nonstandard"}
+
+
+def _fid_key(metrics: dict) -> tuple[str, str]:
+    """The image-quality key an evaluation produced (standard, non-standard or proxy FID) and the
+    label its rows carry."""
+    for key in ("fid", "fid_nonstandard", "fid_proxy"):
+        if key in metrics:
+            return key, QUALITY_LABELS.get(key, "measured")
+    raise KeyError(f"no FID, FID-nonstandard or FID-proxy among the evaluation's metrics ({sorted(metrics)})")
+
+
 def _paired(results: list, baseline: str, variant: str, metric: str, label: str) -> Row | None:
     """The per-seed difference variant - baseline of ``metric``, with a paired t-test over the
     seeds in the note (none below 3 seeds)."""
@@ -441,14 +454,14 @@ def _quality(ctx: Context) -> list:
         return ctx.step(f"{ctx.preset}/quality/seed{seed}", compute)
 
     res = _per_seed(ctx, one)
-    fidkey = next((k for k in ("fid", "fid_proxy") if k in res[0]["dcgan-cifar10"]["metrics"]), "fid_proxy")
+    fidkey, flabel = _fid_key(res[0]["dcgan-cifar10"]["metrics"])
     pplkey = next(k for k in res[0]["gpt2-teacher"]["metrics"] if k.startswith("wikitext2_ppl") and
                   not k.endswith("_tokens"))
     spec = []
     for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba", "dcgan-celeba-pruned50", "vae-celeba",
                 "vae-celeba-int8"):
         spec.append((f"{key}/{fidkey}", lambda r, k=key: r[k]["metrics"].get(fidkey),
-                     "FID-proxy" if fidkey == "fid_proxy" else "measured", res[0][key]["labels"].get(fidkey, "")))
+                     flabel, res[0][key]["labels"].get(fidkey, "")))
     for key in ("vae-celeba", "vae-celeba-int8"):
         for m in ("vae_recon_ssim", "vae_neg_elbo"):
             spec.append((f"{key}/{m}", lambda r, k=key, m=m: r[k]["metrics"].get(m), "measured",
@@ -458,7 +471,6 @@ def _quality(ctx: Context) -> list:
                      "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)",
                      res[0][key]["labels"].get(pplkey, "")))
     rows = _rows_from(res, spec)
-    flabel = "FID-proxy" if fidkey == "fid_proxy" else "measured"
     plabel = "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)"
     for base, var, metric, label in (
             ("dcgan-cifar10", "dcgan-cifar10-pruned50", fidkey, flabel),
@@ -497,7 +509,7 @@ def _lightweight(ctx: Context) -> list:
     quality = {"dcgan_channel50": None, "magnitude_pruning": "vae_neg_elbo", "int8_ptq": "vae_neg_elbo"}
     for pair, qkey in quality.items():
         if qkey is None:
-            qkey = next(k for k in ("fid", "fid_proxy") if k in res[0][pair][0]["metrics"])
+            qkey = _fid_key(res[0][pair][0]["metrics"])[0]
         ek = "energy_j" if "energy_j" in res[0][pair][0]["metrics"] else "energy_j_estimated"
 
         def metric(r, i, m, pair=pair):
@@ -507,7 +519,7 @@ def _lightweight(ctx: Context) -> list:
         for i, side in ((0, "existing"), (1, "compressed")):
             for m in ("bytes_on_disk", "latency_ms_p50", "throughput_per_s", "peak_memory_bytes", qkey, ek):
                 spec.append((f"{pair}/{side}_{m}", lambda r, i=i, m=m: metric(r, i, m),
-                             {"fid_proxy": "FID-proxy", "energy_j_estimated": "estimated"}.get(m, "measured"),
+                             QUALITY_LABELS.get(m, "estimated" if m == "energy_j_estimated" else "measured"),
                              "energy per sample (batch 1)" if m == ek else ""))
         spec += [
             (f"{pair}/compression_ratio", lambda r: metric(r, 0, "bytes_on_disk") / metric(r, 1, "bytes_on_disk"),
@@ -515,12 +527,12 @@ def _lightweight(ctx: Context) -> list:
             (f"{pair}/size_reduction_pct", lambda r: 100 * (1 - metric(r, 1, "bytes_on_disk") /
                                                             metric(r, 0, "bytes_on_disk")), "measured", ""),
             (f"{pair}/quality_loss_pct", lambda r, q=qkey: 100 * (metric(r, 1, q) - metric(r, 0, q)) / abs(metric(r, 0, q)),
-             "FID-proxy" if qkey == "fid_proxy" else "measured", f"relative increase of {qkey} (lower is better)"),
+             QUALITY_LABELS.get(qkey, "measured"), f"relative increase of {qkey} (lower is better)"),
             (f"{pair}/compressed_pareto_score",
              lambda r, q=qkey: float(pareto_scores([[metric(r, i, q), metric(r, i, "latency_ms_p50"),
                                                      metric(r, i, "bytes_on_disk")] for i in (0, 1)],
                                                    [True, True, True])[1]),
-             "FID-proxy" if qkey == "fid_proxy" else "measured",
+             QUALITY_LABELS.get(qkey, "measured"),
              "edgegen's Pareto score (edgegen.analysis) over (quality, latency, size) of this pair alone: 1 unless "
              "the existing model dominates the compressed one, then below 1 by its normalised distance")]
         rows += _rows_from(res, spec)
@@ -543,7 +555,7 @@ def _tradeoff(ctx: Context) -> list:
         return ctx.step(f"{ctx.preset}/tradeoff/seed{seed}", compute)
 
     res = _per_seed(ctx, one)
-    qkey = "fid" if "fid" in res[0]["points"][0] else "fid_proxy"
+    qkey, qlabel = _fid_key(res[0]["points"][0])
     ek = "energy_j" if "energy_j" in res[0]["points"][0] else "energy_j_estimated"
     fits, unfitted = [], []
     for seed, r in zip(ctx.seeds, res):
@@ -566,8 +578,7 @@ def _tradeoff(ctx: Context) -> list:
     pts = res[0]["points"]
     figs = ctx.out / "figures"
     names = [f"{int(p['ratio'] * 100)}%" for p in pts]
-    qname = "FID-proxy" if qkey == "fid_proxy" else "FID"
-    qlabel = qname if qkey == "fid_proxy" else "measured"
+    qname = {"fid": "FID"}.get(qkey, qlabel)
     if fits[0] is not None:
         fit, c_lo, c_hi = fits[0]
         plots.plot_fit(fit, [p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
@@ -637,6 +648,9 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
                          "the paper reports 4.2 M (its exact layer widths are not given).")
         notes.append("Efficiency tables use the paper-size architectures with random weights at every preset.")
     if table in ("quality", "lightweight", "tradeoff"):
+        if any(r.label == "FID-nonstandard" for r in rows):
+            notes.append("The Inception weights given ($EDGEGEN_FID_WEIGHTS) are not the official FID weights: image "
+                         "quality is FID-nonstandard, not comparable with published FID.")
         if any(r.label == "FID-proxy" for r in rows):
             notes.append("Without the standard Inception weights ($EDGEGEN_FID_WEIGHTS) image quality is FID-proxy, "
                          "not comparable with published FID.")
@@ -707,7 +721,8 @@ def _tracker(ctx: Context):
     return MLflowTracker(uri, "edgegen-reproduce", f"reproduce-{ctx.preset}", ctx.out)
 
 
-_LABEL_SUFFIX = {"projected": "_projected", "estimated": "_estimated", "FID-proxy": "_proxy"}
+_LABEL_SUFFIX = {"projected": "_projected", "estimated": "_estimated", "FID-proxy": "_proxy",
+                 "FID-nonstandard": "_nonstandard"}
 
 
 def metric_key(key: str, label: str = "measured") -> str:
@@ -773,7 +788,7 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
               f"torch {torch.__version__}. This run: {minutes:.1f} min ({len(ctx.done_steps)} steps computed, "
               f"{len(set(ctx.skipped_steps) - set(ctx.done_steps))} reused from an earlier run). Labels: measured (this machine), estimated "
               "(no meter: CPU time x a stated power), projected (roofline from public device figures), FID-proxy "
-              "(not the standard Inception weights).\n\nFigures: `figures/`. Every number is also in `results.json` "
+              "(a proxy network, not Inception), FID-nonstandard (Inception with weights other than the official ones).\n\nFigures: `figures/`. Every number is also in `results.json` "
               "and the MLflow runs under experiment `edgegen-reproduce`.\n\n")
     report = out / "REPORT.md"
     report.write_text(header + "\n".join(sections), encoding="utf-8")
