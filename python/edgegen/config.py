@@ -5,6 +5,7 @@ flattening for logging."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -177,9 +178,11 @@ def _convert(value, tp, path: str):
     if tp is float:
         # YAML 1.1 (PyYAML) reads 2e-4 (no dot) as a string: accept such plain numbers.
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan would pass every range check and train nonsense
+            raise ValueError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

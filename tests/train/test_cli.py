@@ -56,8 +56,12 @@ def test_train_smoke_then_resume(tmp_path, capsys):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    assert runs[-1].data.tags.get("synthetic_data") == "true"  # random data is labelled in the run
+    # The resumed training logs into the run it started (mlflow_run.json), not into a second one.
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_file = json.loads((Path(out["checkpoint"]).parents[1] / "mlflow_run.json").read_text())
+    assert runs[0].info.run_id == run_file["run_id"]
+    assert runs[0].data.params and "train/loss" in runs[0].data.metrics
+    assert runs[0].data.tags.get("synthetic_data") == "true"  # random data is labelled in the run
 
 
 def test_compress_needs_a_compress_section(tmp_path, capsys):

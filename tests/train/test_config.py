@@ -42,10 +42,23 @@ def test_data_must_be_named():
      "distill.teachers"),
     ({"compress": {"prune": {"kind": "Nope"}}}, ValueError, "kind"),
     ({"train": []}, TypeError, "train"),
+    ({"optim": {"lr": float("inf")}}, ValueError, "optim.lr: expected a finite number"),
+    ({"optim": {"grad_clip": float("nan")}}, ValueError, "optim.grad_clip: expected a finite number"),
+    ({"optim": {"lr": ".nan"}}, TypeError, "optim.lr"),
+    ({"train": {"seed": 10**23}}, ValueError, "train: seed: expected an integer in"),
+    ({"compress": {"prune_begin": 1}}, ValueError, "compress: expected prune, qat: true and/or ptq"),
 ])
 def test_bad_configs_name_the_key(data, exc, key):
     with pytest.raises(exc, match=key.replace(".", r"\.")):
         from_dict(ExperimentConfig, merge(IMAGES, data))
+
+
+def test_sections_the_task_does_not_use_are_refused():
+    lm = {"task": "lm", "model": {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2},
+          "data": {"name": "synthetic-tokens"}}
+    with pytest.raises(ValueError, match="distill: task 'lm' does not distill"):
+        from_dict(ExperimentConfig, merge(lm, {"distill": {"teachers": [{"init_from": "/nonexistent/teacher.pt"}]}}))
+    from_dict(ExperimentConfig, lm)  # without it: fine
 
 
 def test_overrides_are_parsed_as_yaml_and_checked():

@@ -28,8 +28,10 @@ Trainer(cfg, sys.argv[2], progress=False).fit()
 
 
 @pytest.mark.integration
-def test_two_process_ddp_equals_single_process(tmp_path):
-    cfg = tiny("lm", tmp_path, train={"steps_per_epoch": 4, "batch_size": 8, "threads": 1})
+@pytest.mark.parametrize("task", ["lm", "vae"])
+def test_two_process_ddp_equals_single_process(tmp_path, task):
+    # The VAE draws posterior noise per step: each process must take its own rows of it.
+    cfg = tiny(task, tmp_path, train={"steps_per_epoch": 4, "batch_size": 8, "threads": 1})
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -40,7 +42,11 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     single = Trainer(cfg, tmp_path / "single", progress=False)
     single.fit()
-    ddp = ckpt.load(tmp_path / "ddp" / "checkpoints" / "last.pt")["modules"]["model"]
+    snap = ckpt.load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    ddp = snap["modules"]["model"]
+    # The logged training loss is the whole global batch's, not rank 0's half.
+    got, want = [loss for _, loss in snap["state"]["curve"]], [loss for _, loss in single.state.curve]
+    assert got == pytest.approx(want, rel=1e-5)
     # Same gradients up to float32 summation order (the all-reduce averages two half-batch means);
     # AdamW's normalised steps (3e-3 each) turn that into differences of a few 1e-6 where a
     # gradient is near 0. A wrong shard or a missing average would move weights by ~1e-3.

@@ -158,7 +158,7 @@ def _train(args, require_compress: bool) -> int:
               "use edgegen train", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    tracker = make_tracker(cfg.tracking, cfg.name, run_dir)
+    tracker = make_tracker(cfg.tracking, cfg.name, run_dir, resume=args.resume)
     if getattr(tracker, "run_id", None):
         print(f"edgegen {args.command}: MLflow run {tracker.run_id} in {tracker.uri} (experiment "
               f"{tracker.experiment!r}); run folder {run_dir}", file=sys.stderr)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
                   "their runs)", file=sys.stderr)
             return 1
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
         print(f"edgegen {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -168,9 +168,16 @@ class Context:
         from edgegen.train.loop import train_experiment
 
         cfg = load_experiment(dict(data, output_dir=str(self.out / "models")))
-        self.log(f"  training {key} (seed {seed}, preset {self.preset})")
+        if self.force and run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # retrained from scratch, not over the earlier run
+        # A run killed before its marker was written continues where its last checkpoint stands
+        # (the folder's name holds the config's digest, so the config is the same).
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        self.log(f"  training {key} (seed {seed}, preset {self.preset}){' - resumed' if resume else ''}")
         t0 = time.perf_counter()
-        res = train_experiment(cfg, run_dir, progress=False)
+        res = train_experiment(cfg, run_dir, progress=False, resume=resume)
         marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "final": res.get("final")},
                                      default=float), encoding="utf-8")
         self.built.add(("model", str(run_dir)))
@@ -396,6 +403,10 @@ def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
 
     dest = Path(f"{src}-{tag}")
     if not (dest / "checkpoints" / "last.pt").is_file() or (ctx.force and ("compressed", str(dest)) not in ctx.built):
+        if dest.exists():  # forced, or left half-written by a killed run: built again from scratch
+            import shutil
+
+            shutil.rmtree(dest)
         compress_from(src, spec, dest)
         ctx.built.add(("compressed", str(dest)))
     return str(dest)

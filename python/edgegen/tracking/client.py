@@ -83,6 +83,7 @@ class MLflowTracker:
         self.failed = False
         self.buffer: list[tuple[str, Any]] = []
         self.run_id = run_id
+        self.reattached = run_id is not None  # logging into a run opened before (a resumed training)
         self._call(self._open, "open the run")
 
     # --------------------------------------------------------------- plumbing
@@ -241,10 +242,20 @@ def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
     return tracker
 
 
-def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None):
-    """The tracker a run's ``tracking`` section asks for."""
+def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None, resume: bool = False):
+    """The tracker a run's ``tracking`` section asks for. With ``resume``, a run folder that
+    names its MLflow run (``mlflow_run.json``) logs into that run again, so a resumed training
+    continues its own record instead of starting a second one without the first steps."""
     if not tracking_cfg.enabled:
         return NullTracker()
+    if resume and run_dir is not None and (Path(run_dir) / RUN_FILE).is_file():
+        try:
+            info = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+            return MLflowTracker(info["uri"], info.get("experiment", tracking_cfg.experiment), run_name, run_dir,
+                                 run_id=info["run_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"edgegen.tracking: {Path(run_dir) / RUN_FILE} is unreadable ({exc}); the resumed run "
+                          "gets a new MLflow run", RuntimeWarning, stacklevel=2)
     if parent is not None and not isinstance(parent, NullTracker):
         return parent.child(run_name, run_dir)
     return MLflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_name, run_dir)

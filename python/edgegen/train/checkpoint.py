@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -46,7 +47,11 @@ def load(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there")
     # Our own files: model/optimizer states, RNG states (numpy arrays, tuples), plain config.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged?): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 _ARCH = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
@@ -71,8 +76,10 @@ def load_gpt2(section):
     else:
         snap = load(p)
         if "modules" in snap:
-            if "model" not in snap["modules"]:
-                raise ValueError(f"init_from: {p} is a {snap['config'].get('task')!r} run's checkpoint, not a GPT-2's")
+            task = (snap.get("config") or {}).get("task")
+            kind = ((snap.get("config") or {}).get("model") or {}).get("kind")
+            if "model" not in snap["modules"] or kind != "gpt2":
+                raise ValueError(f"init_from: {p} is a {task!r} run's checkpoint (model {kind!r}), not a GPT-2's")
             state = snap["modules"]["model"]
             model = replace(experiment_config(snap).model, init_from=None).build()
         else:

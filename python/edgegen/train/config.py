@@ -101,6 +101,8 @@ class TrainConfig:
         _positive(self, "epochs", "batch_size", "steps_per_epoch", "max_steps", "log_every", "threads")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed: expected an integer in [0, 2**63), got {self.seed}")
 
 
 @dataclass
@@ -178,6 +180,8 @@ class CompressConfig:
             raise ValueError(f"prune_end ({self.prune_end}) must be after prune_begin ({self.prune_begin})")
         if self.prune_frequency is not None and self.prune_frequency < 1:
             raise ValueError(f"prune_frequency: expected >= 1, got {self.prune_frequency}")
+        if self.prune is None and not self.qat and self.ptq is None:
+            raise ValueError("compress: expected prune, qat: true and/or ptq; without them the section does nothing")
 
 
 @dataclass
@@ -294,6 +298,8 @@ class ExperimentConfig(Config, kind="experiment"):
                              f"got {self.data.name!r}")
         if self.task == "distill" and (self.distill is None or not self.distill.teachers):
             raise ValueError("distill.teachers: the distill task needs at least one teacher")
+        if self.task != "distill" and self.distill is not None:
+            raise ValueError(f"distill: task {self.task!r} does not distill; set task: distill or remove the section")
 
 
 # Presets: overrides applied before the user's --set. 'paper' is the published recipe; the CPU

@@ -23,6 +23,7 @@ from edgegen.train.plots import plot_curves
 from edgegen.train.tasks import TASKS
 
 CHECKPOINT_VERSION = 1
+HISTORY_KEYS = ("epoch", "step")  # where a validation was taken: kept in the history, not logged as metrics
 
 
 @dataclass
@@ -143,8 +144,13 @@ class Trainer:
         last = self.checkpoint_dir / "last.pt"
         if resume and last.is_file():
             self.load(last)
+        elif not resume and last.is_file():
+            # Training over another run would mix the two (its best.pt would outlive this run).
+            raise FileExistsError(f"run_dir: {self.run_dir} already holds a run ({last}); resume it (resume=True, "
+                                  "--resume) or choose another folder")
         cfg, st = self.cfg, self.state
-        if st.step == 0 and self.rank == 0:
+        # The config goes with the run's first step, or again when a resumed run got a new record.
+        if (st.step == 0 or not getattr(self.tracker, "reattached", False)) and self.rank == 0:
             self.tracker.log_config(cfg)
             if cfg.data.name.startswith("synthetic"):
                 self.tracker.set_tags({"synthetic_data": "true"})
@@ -175,19 +181,19 @@ class Trainer:
                         self.save()
                     for cb in self.callbacks:
                         cb(self, metrics)
+                # At the end of an epoch, or where max_steps stops training inside one: the
+                # final metrics are always those of the model as it stands.
+                val = self.task.validate(self.batches.val_batches())
+                val["epoch"], val["step"] = st.epoch, st.step
+                st.history.append(val)
+                self.tracker.log_metrics({k: v for k, v in val.items() if k not in HISTORY_KEYS}, st.step)
                 if st.batch_in_epoch >= self.steps_per_epoch:  # epoch complete
-                    val = self.task.validate(self.batches.val_batches())
-                    val["epoch"] = st.epoch
-                    st.history.append(val)
-                    self.tracker.log_metrics({k: v for k, v in val.items() if k != "epoch"}, st.step)
                     st.epoch += 1
                     st.batch_in_epoch = 0
-                    if val["val_loss"] < st.best_val:
-                        st.best_val = val["val_loss"]
-                        self.save("best.pt")
-                    self.save()
-                else:  # stopped by max_steps inside an epoch
-                    self.save()
+                if val["val_loss"] < st.best_val:
+                    st.best_val = val["val_loss"]
+                    self.save("best.pt")
+                self.save()
         finally:
             bar.close()
         return self._finish(val)
@@ -215,10 +221,11 @@ class Trainer:
             if plot is not None:
                 out["plot"] = str(plot)
                 self.tracker.log_artifact(plot)
-            self.tracker.log_metrics({"final/" + k: v for k, v in val.items() if k != "epoch"}, self.state.step)
+            self.tracker.log_metrics({"final/" + k: v for k, v in val.items() if k not in HISTORY_KEYS},
+                                     self.state.step)
             if "final_float" in out:
                 self.tracker.log_metrics({"final_float/" + k: v for k, v in out["final_float"].items()
-                                          if k != "epoch"}, self.state.step)
+                                          if k not in HISTORY_KEYS}, self.state.step)
             # The model once (weights only, the best checkpoint's if there is one); the full
             # checkpoints (optimizer state, RNG) stay in the run folder, referenced by tags.
             best = self.checkpoint_dir / "best.pt"

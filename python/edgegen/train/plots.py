@@ -6,8 +6,9 @@ from pathlib import Path
 
 
 def plot_curves(curve: list, history: list[dict], steps_per_epoch: int, title: str, path: Path) -> Path | None:
-    """Training loss per step (``curve``: [step, loss] pairs) and validation loss per epoch
-    (``history``) as a PNG at ``path``; None, with nothing lost, if matplotlib is missing."""
+    """Training loss per step (``curve``: [step, loss] pairs) and validation loss at each
+    validation (``history``: per epoch, and where max_steps stopped inside one) as a PNG at
+    ``path``; None, with nothing lost, if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -20,7 +21,7 @@ def plot_curves(curve: list, history: list[dict], steps_per_epoch: int, title: s
         steps, losses = zip(*curve)
         ax.plot(steps, losses, lw=0.8, label="train loss")
     if history:
-        ends = [(h["epoch"] + 1) * steps_per_epoch for h in history]
+        ends = [h.get("step", (h["epoch"] + 1) * steps_per_epoch) for h in history]
         ax.plot(ends, [h["val_loss"] for h in history], "o-", label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_title(title)

@@ -51,8 +51,12 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     run = load_run(source, which=which, form="float")
     if run.config.compress is not None and run.config.compress.qat:
         raise ValueError("source: a QAT run is already quantized at its end; compress its float parent instead")
-    model = copy.deepcopy(run.model).eval()
     out_dir = Path(run_dir) if run_dir else run.run_dir.with_name(f"{run.run_dir.name}-{_tag(cc)}")
+    if out_dir.resolve() == Path(run.run_dir).resolve():
+        raise ValueError(f"run_dir: {out_dir} is the source run itself; the compressed run needs its own folder")
+    if (out_dir / "checkpoints" / "last.pt").exists():  # written last: a folder without it is no finished run
+        raise FileExistsError(f"run_dir: {out_dir} already holds a run; choose another folder or delete it first")
+    model = copy.deepcopy(run.model).eval()
     done, artifacts = [], {}
     if cc.prune is not None:
         from edgegen.prune import finalize_, prune_, shrink, sparsity

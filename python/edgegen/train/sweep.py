@@ -15,6 +15,7 @@ A sweep file is an experiment config, or::
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from edgegen.analysis.stats import paired_ttest, summarize
@@ -42,6 +43,16 @@ def _parse(source) -> dict:
            "base": base, "variants": data["variants"]}
     if out["baseline"] not in out["variants"]:
         raise ValueError(f"baseline: {out['baseline']!r} is not one of the variants {sorted(out['variants'])}")
+    if not 0 < out["alpha"] < 1:
+        raise ValueError(f"alpha: expected a significance level strictly between 0 and 1, got {out['alpha']}")
+    from edgegen.tracking import _metric_name
+
+    by_name: dict[str, str] = {}
+    for v in out["variants"]:
+        other = by_name.setdefault(_metric_name(v), v)
+        if other != v:
+            raise ValueError(f"variants: {other!r} and {v!r} both become the MLflow metric name {_metric_name(v)!r}; "
+                             "rename one")
     return out
 
 
@@ -63,6 +74,10 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"--seeds: expected distinct seeds, got {seeds}")
+    seeded = [o for o in overrides if str(o).split("=", 1)[0].strip() == "train.seed"]
+    if seeded:
+        raise ValueError(f"--set: {seeded[0]!r}: a sweep sets train.seed for each run from --seeds; give the seeds "
+                         "there")
     sw = _parse(source)
     variants = list(sw["variants"])
     if only:
@@ -85,7 +100,12 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             configs[(variant, seed)] = load_experiment(data, preset, overrides, report=report)
     first = next(iter(configs.values()))
     out_dir = Path(first.output_dir) / sw["name"]
-    parent = make_tracker(first.tracking, sw["name"], out_dir)
+    if not resume:
+        taken = [out_dir / v / f"seed{s}" for v, s in configs if (out_dir / v / f"seed{s}" / "checkpoints").is_dir()]
+        if taken:
+            raise FileExistsError(f"output_dir: the sweep's folder {out_dir} already holds runs (e.g. {taken[0]}); "
+                                  "resume them (--resume) or give the sweep another name or output_dir")
+    parent = make_tracker(first.tracking, sw["name"], out_dir, resume=resume)
     parent.log_params({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds)),
                        "sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
     results: dict[str, dict[int, float]] = {v: {} for v in variants}  # variant -> seed -> value
@@ -94,13 +114,16 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     for i, ((variant, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = out_dir / variant / f"seed{seed}"
         log(f"[{i}/{total}] {variant} seed {seed}")
-        child = make_tracker(cfg.tracking, f"{variant}/seed{seed}", run_dir, parent=parent)
+        child = make_tracker(cfg.tracking, f"{variant}/seed{seed}", run_dir, parent=parent, resume=resume)
         try:
             res = train_experiment(cfg, run_dir, child, resume=resume, progress=progress)
             final = res["final"]
             if sw["metric"] not in final:
                 raise ValueError(f"metric: {sw['metric']!r} is not among the final metrics {sorted(final)}")
-            results[variant][seed] = float(final[sw["metric"]])
+            value = float(final[sw["metric"]])
+            if not math.isfinite(value):
+                raise FloatingPointError(f"metric: the final {sw['metric']} is {value} (the run diverged)")
+            results[variant][seed] = value
             child.finish("FINISHED")
         except Exception as exc:  # noqa: BLE001 - one failing variant must not discard the others
             msg = f"{type(exc).__name__}: {exc}"

@@ -49,6 +49,24 @@ def _micro(batch, parts: int):
     return list(batch.chunk(parts))
 
 
+def _rows(micro_batch) -> int:
+    first = micro_batch[0] if isinstance(micro_batch, (tuple, list)) else micro_batch
+    return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() else 1
+
+
+def _mean_over_processes(totals: dict[str, float], rows: int, device: torch.device) -> dict[str, float]:
+    """The logged step metrics of the whole global batch: each process's means weighted by its
+    rows (one process: unchanged)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return totals
+    keys = sorted(totals)
+    t = torch.tensor([totals[k] * rows for k in keys] + [float(rows)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
+
+
 class Task:
     """Base: ``modules`` (saved), ``wrapped`` (the same, wrapped for data parallelism by the
     loop), ``optimizers`` and ``schedulers`` by name. The base owns the optimisation step
@@ -93,6 +111,7 @@ class Task:
             (out["loss"] / parts).backward()
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + (v.item() if isinstance(v, Tensor) else float(v)) / parts
+        totals = _mean_over_processes(totals, sum(_rows(mb) for mb in micro_batches), self.device)
         if self.cfg.optim.grad_clip > 0:  # the norm of the module's own gradients (not auxiliary heads)
             torch.nn.utils.clip_grad_norm_(self.modules[name].parameters(), self.cfg.optim.grad_clip)
         self.optimizers[name].step()
@@ -185,13 +204,19 @@ class VAETask(Task):
 
     def train_step(self, batch, step, rank_rows=None, global_batch=None):
         model = self.wrapped["model"]
-        g = _generator(self.cfg.train.seed, 29, step)
+        x = self.to(batch)
+        # The posterior noise of the whole global batch, drawn once per step: each process takes
+        # its rows, each micro-batch its slice, so sharding and accumulation see the same noise.
+        latent = self.modules["model"].config.latent_dim
+        eps = torch.randn(global_batch or x.shape[0], latent, generator=_generator(self.cfg.train.seed, 29, step))
+        eps = (eps if rank_rows is None else eps[rank_rows]).to(self.device, next(model.parameters()).dtype)
 
-        def elbo(xx):
-            out = model(xx, generator=g)
+        def elbo(xx, ee):
+            out = model(xx, eps=ee)
             return {k: out[k] for k in ("loss", "reconstruction", "kl")}
 
-        return self.optimize("model", [(xx,) for xx in _micro(self.to(batch), self.cfg.optim.grad_accum)], elbo)
+        parts = self.cfg.optim.grad_accum
+        return self.optimize("model", zip(_micro(x, parts), _micro(eps, parts)), elbo)
 
     @torch.no_grad()
     def validate(self, batches):

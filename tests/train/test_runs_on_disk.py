@@ -1,0 +1,110 @@
+"""Training runs and their folders: a folder that holds a run is never trained over, the final
+metrics are those of the model as training stopped, damaged or foreign checkpoints are named,
+post-hoc compression keeps its own folder, sweeps refuse what would make their statistics wrong."""
+
+import math
+
+import pytest
+import torch
+
+from edgegen.train import Trainer
+from edgegen.train import checkpoint as ckpt
+from edgegen.train.sweep import run_sweep
+from tests.train.helpers import tiny
+
+
+def test_a_folder_holding_a_run_is_not_trained_over(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 2})
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="run_dir: .* already holds a run .*resume"):
+        Trainer(tiny("vae", tmp_path, optim={"lr": 0.5}), tmp_path / "run", progress=False).fit()
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+    assert Trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)["steps"] == 2
+
+
+def test_max_steps_inside_an_epoch_validates_the_final_model(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"epochs": 2, "steps_per_epoch": 5, "max_steps": 7})
+    t = Trainer(cfg, tmp_path / "run", progress=False)
+    out = t.fit()
+    assert out["steps"] == 7
+    # The final metrics are those of the step-7 model, not the epoch-1 validation.
+    again = t.task.validate(t.batches.val_batches())
+    assert out["final"]["val_loss"] == pytest.approx(again["val_loss"], rel=1e-12)
+    assert [h["step"] for h in t.state.history] == [5, 7]
+    short = Trainer(tiny("vae", tmp_path, train={"steps_per_epoch": 5, "max_steps": 3}), tmp_path / "short",
+                    progress=False).fit()
+    assert math.isfinite(short["best_val_loss"]) and short["final"]["step"] == 3  # was: {} and inf
+    assert (tmp_path / "short" / "checkpoints" / "best.pt").is_file()
+
+
+def test_damaged_and_foreign_checkpoints_are_named(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 1})
+    Trainer(cfg, tmp_path / "vae", progress=False).fit()
+    last = tmp_path / "vae" / "checkpoints" / "last.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cut.pt: not a readable checkpoint"):
+        ckpt.load(cut)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt: not a readable checkpoint"):
+        ckpt.load(tmp_path / "empty.pt")
+    lm = tiny("lm", tmp_path, model={"init_from": str(last)})
+    with pytest.raises(ValueError, match="init_from: .* is a 'vae' run's checkpoint \\(model 'vae'\\), not a GPT-2's"):
+        Trainer(lm, tmp_path / "lm", progress=False)
+
+
+def test_post_hoc_compression_keeps_its_own_folder(tmp_path):
+    from edgegen.train.posthoc import compress_from
+
+    Trainer(tiny("vae", tmp_path, train={"steps_per_epoch": 1}), tmp_path / "src", progress=False).fit()
+    before = (tmp_path / "src" / "checkpoints" / "last.pt").read_bytes()
+    spec = {"ptq": {"kind": "Int8DynamicConfig"}}
+    with pytest.raises(ValueError, match="run_dir: .* is the source run itself"):
+        compress_from(tmp_path / "src", spec, tmp_path / "src")
+    assert (tmp_path / "src" / "checkpoints" / "last.pt").read_bytes() == before
+    compress_from(tmp_path / "src", spec, tmp_path / "int8")
+    with pytest.raises(FileExistsError, match="run_dir: .*int8 already holds a run"):
+        compress_from(tmp_path / "src", spec, tmp_path / "int8")
+
+
+def _sweep(tmp_path, variants, **extra):
+    base = tiny("vae", tmp_path, train={"steps_per_epoch": 1})
+    from edgegen.config import to_dict
+
+    return {"name": "sw", "metric": "val_loss", "base": to_dict(base), "variants": variants, **extra}
+
+
+def test_sweeps_refuse_what_would_spoil_their_statistics(tmp_path):
+    sw = _sweep(tmp_path, {"a": {}})
+    with pytest.raises(ValueError, match="--set: 'train.seed=5': a sweep sets train.seed for each run"):
+        run_sweep(sw, [0, 1], overrides=["train.seed=5"], log=lambda m: None)
+    with pytest.raises(ValueError, match="alpha: expected a significance level strictly between 0 and 1"):
+        run_sweep(_sweep(tmp_path, {"a": {}}, alpha=5), [0, 1], log=lambda m: None)
+    with pytest.raises(ValueError, match="variants: 'p\\+q' and 'p_q' both become the MLflow metric name 'p_q'"):
+        run_sweep(_sweep(tmp_path, {"p+q": {}, "p_q": {}}), [0], log=lambda m: None)
+    assert not (tmp_path / "runs" / "sw").exists()  # refused before any training
+
+
+def test_a_diverged_variant_fails_and_the_summary_is_written(tmp_path):
+    sw = _sweep(tmp_path, {"ok": {}, "diverged": {"optim": {"lr": 1e30}}})
+    out = run_sweep(sw, [0, 1], log=lambda m: None, progress=False)
+    assert out["failed"] == ["diverged"] and "the run diverged" in out["markdown"]
+    assert (tmp_path / "runs" / "sw" / "summary.md").is_file()
+    ok = next(r for r in out["rows"] if r["variant"] == "ok")
+    assert ok["n"] == 2 and math.isfinite(ok["mean"])
+    with pytest.raises(FileExistsError, match="already holds runs"):
+        run_sweep(sw, [0, 1], log=lambda m: None, progress=False)  # a rerun resumes or goes elsewhere
+    assert run_sweep(sw, [0, 1], log=lambda m: None, progress=False, resume=True)["rows"][0]["n"] == 2
+
+
+def test_logged_loss_of_accumulated_micro_batches_is_the_batch_mean(tmp_path):
+    # One process: the logged value is the micro-batch mean, as before (no process group).
+    a = Trainer(tiny("vae", tmp_path, train={"steps_per_epoch": 2}), tmp_path / "a", progress=False)
+    b = Trainer(tiny("vae", tmp_path, train={"steps_per_epoch": 2}, optim={"grad_accum": 2}), tmp_path / "b",
+                progress=False)
+    a.fit(), b.fit()
+    # The VAE's posterior noise is drawn for the whole batch: accumulation sees the same noise.
+    assert [c[1] for c in b.state.curve] == pytest.approx([c[1] for c in a.state.curve], rel=1e-5)
+    for p, q in zip(a.task.modules["model"].parameters(), b.task.modules["model"].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5)
