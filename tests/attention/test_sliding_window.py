@@ -384,3 +384,89 @@ def test_bf16_products_follow_the_level_and_the_cpu(isa):
     elif isa in ("avx512", "avx512_vnni", "amx") and "avx512_bf16" in flags:
         want = "avx512_bf16"
     assert edgegen._C.attention_bf16_products() == want
+
+
+# --------------------------------------------------------------------- double backward, argument types
+@pytest.mark.parametrize("wrt", [0, 1, 2], ids=["q", "k", "v"])
+def test_double_backward_raises_instead_of_silent_zeros(wrt):
+    """create_graph=True gives the reference's first-order gradient; differentiating it again
+    raises (it used to contribute zeros silently: gradgradcheck failed against the reference)."""
+    q, k, v = qkv(1, 1, 6, 8, dtype=torch.float64)
+    out = sliding_window_attention(q, k, v, 3)
+    (g,) = torch.autograd.grad((out ** 2).sum(), (q, k, v)[wrt], create_graph=True)
+    ref, _ = sliding_window_attention_reference(q, k, v, 3)
+    (g_ref,) = torch.autograd.grad((ref ** 2).sum(), (q, k, v)[wrt], create_graph=True)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+    (h_ref,) = torch.autograd.grad(g_ref.pow(2).sum(), (q, k, v)[wrt])
+    assert h_ref.abs().max() > 0.1  # the derivative the kernel would have dropped is not zero
+    with pytest.raises(RuntimeError, match="double backward is not supported.*create_graph=True"):
+        torch.autograd.grad(g.pow(2).sum(), (q, k, v)[wrt])
+
+
+def test_gradgradcheck_raises_rather_than_fails_silently():
+    q, k, v = qkv(1, 1, 5, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.gradgradcheck(lambda a, b, c: sliding_window_attention(a, b, c, 3), (q, k, v))
+
+
+LAYOUT = [[0, 0], [1, 0], [1, 1]]
+
+
+@pytest.mark.parametrize("layout", [
+    torch.tensor(LAYOUT, dtype=torch.int32),
+    torch.tensor(LAYOUT, dtype=torch.uint8),
+    [tuple(p) for p in LAYOUT],
+    "numpy-int32",
+], ids=["int32-tensor", "uint8-tensor", "tuples", "numpy-int32"])
+def test_integer_block_layouts_of_any_kind_equal_int64(layout):
+    if isinstance(layout, str):
+        np = pytest.importorskip("numpy")
+        layout = np.array(LAYOUT, dtype=np.int32)
+    q, k, v = qkv(1, 2, 32, 8, grad=False)
+    expected = block_sparse_attention(q, k, v, torch.tensor(LAYOUT), 16, causal=True)
+    assert torch.equal(block_sparse_attention(q, k, v, layout, 16, causal=True), expected)
+
+
+@pytest.mark.parametrize("layout", [
+    torch.tensor(LAYOUT, dtype=torch.float32),
+    torch.tensor([[0.0, 0.0], [1.0, 0.7]]),
+    torch.tensor(LAYOUT, dtype=torch.bool),
+    [[0, 0], [1, 0.5]],
+    [[0, 0], [True, False]],
+    "numpy-float",
+    "01",
+], ids=["float-tensor-integral", "float-tensor-fraction", "bool-tensor", "float-list", "bool-list", "numpy-float",
+        "string"])
+def test_non_integer_block_layouts_are_refused(layout):
+    """A float layout used to be truncated ([1, 0.7] read as [1, 0]) and a bool one read as blocks
+    0 and 1; both are refused by type, whatever their values."""
+    if layout == "numpy-float":
+        np = pytest.importorskip("numpy")
+        layout = np.array(LAYOUT, dtype=np.float64)
+    q, k, v = qkv(1, 2, 32, 8, grad=False)
+    with pytest.raises(TypeError, match="block_layout: expected an integer"):
+        block_sparse_attention(q, k, v, layout, 16)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda q, k, v: sliding_window_attention(q, k, v, 2**64), "window"),
+    (lambda q, k, v: sliding_window_attention(q, k, v, 4, 2**64), "num_global"),
+    (lambda q, k, v: sliding_window_attention(q, k, v, 4, q_offset=2**70), "q_offset"),
+    (lambda q, k, v: block_sparse_attention(q, k, v, [[0, 0]], 2**64), "block_size"),
+    (lambda q, k, v: block_sparse_attention(q, k, v, [[0, 2**70]], 16), "block_layout"),
+], ids=["window", "num_global", "q_offset", "block_size", "layout-entry"])
+def test_integers_beyond_int64_name_the_argument(call, name):
+    """Not the dispatcher's "Expected a value of type 'int'" (a RuntimeError naming nothing)."""
+    q, k, v = qkv(1, 1, 20, 8, grad=False)
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        call(q, k, v)
+
+
+def test_sparse_attention_config_refuses_window_beyond_int64():
+    from edgegen.attention import SparseAttentionConfig
+
+    assert SparseAttentionConfig(window=2**63 - 1, num_global=0).window == 2**63 - 1
+    with pytest.raises(ValueError, match=r"window: expected None \(dense\) or an int in \[1, 2\*\*63 - 1\]"):
+        SparseAttentionConfig(window=2**64)
+    with pytest.raises(ValueError, match=r"num_global: expected an int in \[0, 2\*\*63 - 1\]"):
+        SparseAttentionConfig(window=4, num_global=2**64)

@@ -121,3 +121,22 @@ def test_module_accepts_linear_heads():
     assert student_head.weight.grad is not None and teacher_head.weight.grad is None
     with pytest.raises(TypeError, match="student_head"):
         m(h_s, "head", h_t, teacher_head, y)
+
+
+@pytest.mark.parametrize("grad_in_forward", [True, False], ids=["grad-in-forward", "recompute"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_double_backward_raises_instead_of_dropping_the_kd_term(grad_in_forward, reduction):
+    """Backward with create_graph=True raises (the returned gradients are not differentiable, so a
+    second-order gradient would silently leave out the KD term); first order is unaffected."""
+    torch.manual_seed(0)
+    h_s, w_s, b_s, h_t, w_t, b_t = make(5, 4, 6, 11, torch.float64, bias=True)
+    y = make_target((5,), 11, "some")
+    kw = dict(reduction=reduction, student_bias=b_s, teacher_bias=b_t, grad_in_forward=grad_in_forward)
+    loss = fused_linear_kd_loss(h_s, w_s, h_t, w_t, y, **kw).sum() + h_s.pow(2).sum()
+    with pytest.raises(RuntimeError,
+                       match=r"edgegen::fused_linear_kd_loss: double backward is not supported.*create_graph=True"):
+        torch.autograd.grad(loss, (h_s, w_s), create_graph=True)
+    grads = torch.autograd.grad(fused_linear_kd_loss(h_s, w_s, h_t, w_t, y, **kw).sum(), (h_s, w_s, b_s))
+    _, ref = materialised(h_s, w_s, b_s, h_t, w_t, b_t, y, reduction=reduction)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)

@@ -343,3 +343,66 @@ def test_every_isa_path_matches_reference(isa, dtype):
         loss, grad, ref, ref_grad = run_both(s, ts if teachers > 1 else ts[0], y, reduction="none")
         assert_loss_close(loss, ref, dtype)
         assert_grad_close(grad, ref_grad, dtype)
+
+
+# ------------------------------------------------------------- double backward, scalar settings
+@pytest.mark.parametrize("grad_in_forward", [True, False], ids=["grad-in-forward", "recompute"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_double_backward_raises_instead_of_dropping_the_kd_term(grad_in_forward, reduction):
+    """Combined with another loss, a second-order gradient used to leave out the KD term silently
+    (the reference's differs); backward with create_graph=True now raises."""
+    torch.manual_seed(0)
+    s = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 7, dtype=torch.float64)
+    y = torch.tensor([1, 4, 6])
+    # The reference's second-order term of the KD loss is not zero: dropping it would be wrong.
+    (g_ref,) = torch.autograd.grad(kd_loss_reference(s, t, y, reduction=reduction).sum(), s, create_graph=True)
+    (h_ref,) = torch.autograd.grad(g_ref.pow(2).sum(), s)
+    assert h_ref.abs().max() > 1e-3
+    loss = kd_loss(s, t, y, reduction=reduction, grad_in_forward=grad_in_forward).sum() + 0.5 * s.pow(2).sum()
+    with pytest.raises(RuntimeError, match=r"edgegen::kd_loss: double backward is not supported.*create_graph=True"):
+        torch.autograd.grad(loss, s, create_graph=True)
+    # First order is unaffected, and equal to the reference's.
+    loss = kd_loss(s, t, y, reduction=reduction, grad_in_forward=grad_in_forward).sum()
+    (g,) = torch.autograd.grad(loss, s)
+    torch.testing.assert_close(g, g_ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda np: (np.float32(2.0), np.float64(0.25)),
+    lambda np: (torch.tensor(2.0), torch.tensor(0.25, dtype=torch.float64)),
+    lambda np: (torch.tensor([2.0]), 0.25),
+    lambda np: (2, np.int64(0)),
+], ids=["numpy-floats", "0-d-tensors", "one-element-tensor", "ints"])
+def test_real_number_scalars_are_accepted(make):
+    """NumPy scalars and one-element tensors used to be refused as if out of range."""
+    np = pytest.importorskip("numpy")
+    temperature, alpha = make(np)
+    s, t = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3, -100])
+    expected = kd_loss(s, t, y, temperature=float(temperature), alpha=float(alpha))
+    assert torch.equal(kd_loss(s, t, y, temperature=temperature, alpha=alpha), expected)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(temperature="2"), TypeError, r"temperature: expected a real number .*got str"),
+    (dict(temperature=True), TypeError, r"temperature: expected a real number .*got bool"),
+    (dict(alpha=None), TypeError, r"alpha: expected a real number .*got NoneType"),
+    (dict(alpha=torch.tensor([0.5, 0.5])), TypeError,
+     r"alpha: expected a real number \(a tensor must hold exactly one"),
+    (dict(temperature=torch.tensor(0.001)), ValueError, r"temperature: expected a finite number >= 0.01"),
+    (dict(ignore_index=2**70), ValueError, r"ignore_index: expected an int64 value"),
+    (dict(ignore_index=-(2**63) - 1), ValueError, r"ignore_index: expected an int64 value"),
+], ids=["temperature-str", "temperature-bool", "alpha-none", "alpha-two-values", "temperature-tensor-tiny",
+        "ignore-index-huge", "ignore-index-below-int64"])
+def test_bad_scalar_settings_name_the_argument(kwargs, exc, match):
+    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    with pytest.raises(exc, match=match):
+        kd_loss(s, t, y, **kwargs)
+
+
+def test_ignore_index_at_the_int64_limits_is_accepted():
+    s, t = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3, 4])
+    for ii in (2**63 - 1, -(2**63)):  # no row equals it: the same loss as the default
+        assert torch.equal(kd_loss(s, t, y, ignore_index=ii), kd_loss(s, t, y))

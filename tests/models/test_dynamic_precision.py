@@ -19,6 +19,7 @@ from edgegen.quant import (
     quantize_,
 )
 from edgegen.quant.mixed import SwitchablePrecision
+from tests.models.test_gpt2 import BAD_GENERATION, BAD_GENERATION_IDS, generate_args
 
 CFG = GPT2Config(vocab_size=101, n_positions=64, n_embd=64, n_layer=2, n_head=4)
 
@@ -174,3 +175,24 @@ def test_teacher_forced_scoring_counts_the_low_steps_and_rejects_bad_input():
         dynamic_nll(model(), ids, cfg)
     with pytest.raises(TypeError, match="config: expected a DynamicPrecisionConfig"):
         dynamic_nll(m, ids, Int8DynamicConfig())
+
+
+@pytest.mark.parametrize("kwargs,match", BAD_GENERATION, ids=BAD_GENERATION_IDS)
+def test_bad_generation_arguments_are_checked_like_gpt2(kwargs, match):
+    m = quantize_(model(), DynamicPrecisionConfig())
+    idx, n, kw = generate_args(kwargs)
+    with pytest.raises(ValueError, match=match):
+        generate_dynamic(m, idx, n, DynamicPrecisionConfig(), **kw)
+
+
+def test_generation_past_the_context_is_refused_before_the_first_token():
+    m = quantize_(model(), DynamicPrecisionConfig())  # n_positions 64
+    calls = []
+    m.register_forward_pre_hook(lambda *_: calls.append(1))
+    idx = torch.zeros(1, 60, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^max_new_tokens: the prompt length \(60\) plus max_new_tokens \(5\) is 65, "
+                                         r"beyond the model's context n_positions \(64\)"):
+        generate_dynamic(m, idx, 5, DynamicPrecisionConfig())
+    assert calls == []
+    out, stats = generate_dynamic(m, idx, 4, DynamicPrecisionConfig())
+    assert out.shape == (1, 64) and stats["steps"] == 4

@@ -10,6 +10,7 @@ from edgegen.config import Config
 from edgegen.models import GPT2Config, EarlyExitConfig, add_early_exits, train_exits
 
 from tests.helpers import seeded_gpt2
+from tests.models.test_gpt2 import BAD_GENERATION, BAD_GENERATION_IDS, generate_args
 
 CFG = GPT2Config(vocab_size=157, n_positions=48, n_embd=32, n_layer=4, n_head=4)
 
@@ -191,3 +192,52 @@ def test_bad_input_names_the_field(make, match):
 def test_a_non_gpt2_model_is_refused():
     with pytest.raises(TypeError, match="model: expected an edgegen GPT2"):
         add_early_exits(torch.nn.Linear(2, 2), EarlyExitConfig(layers=(1,)))
+
+
+# -------------------------------------------------------------- empty inputs, generation arguments
+@pytest.mark.parametrize("shape", [(0, 6), (2, 0), (0, 0)], ids=["empty-batch", "empty-sequence", "both"])
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0], ids=["zero", "mid", "one"])
+def test_empty_input_gives_empty_logits_like_gpt2(shape, threshold):
+    """B*T = 0 used to return None; GPT-2 returns an empty [B, T, V] tensor."""
+    ee = trained()
+    idx = torch.zeros(shape, dtype=torch.long)
+    expected = ee.model(idx)
+    logits = ee(idx, threshold=threshold)
+    assert logits.shape == expected.shape == (*shape, 157) and logits.dtype == expected.dtype
+    logits, past, stats = ee(idx, use_cache=True, threshold=threshold, return_stats=True)
+    assert logits.shape == (*shape, 157) and stats.layers.shape == shape
+    assert len(past) == 4 and past[0][0].shape[-2] == shape[1]
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_generation_on_an_empty_batch_matches_gpt2(use_cache):
+    ee = trained()
+    idx = torch.zeros(0, 5, dtype=torch.long)
+    out, stats = ee.generate(idx, 3, threshold=0.05, use_cache=use_cache)
+    expected = ee.model.generate(idx, 3, greedy=True, use_cache=use_cache)
+    assert out.shape == expected.shape == (0, 8) and out.dtype == torch.long
+    assert stats.layers.shape == (0, 3)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("kwargs,match", BAD_GENERATION, ids=BAD_GENERATION_IDS)
+def test_bad_generation_arguments_are_checked_like_gpt2(kwargs, match, use_cache):
+    idx, n, kw = generate_args(kwargs)
+    with pytest.raises(ValueError, match=match):
+        trained().generate(idx, n, use_cache=use_cache, **kw)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_generation_past_the_context_is_refused_before_the_first_token(use_cache):
+    ee = trained()  # n_positions 48
+    calls = []
+    ee.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    ee.model.wte.register_forward_pre_hook(lambda *_: calls.append(1))  # EarlyExitGPT2 calls the blocks itself
+    with pytest.raises(ValueError, match=r"^max_new_tokens: the prompt length \(14\) plus max_new_tokens \(35\) is 49, "
+                                         r"beyond the model's context n_positions \(48\)"):
+        ee.generate(IDX, 35, threshold=0.05, use_cache=use_cache)
+    assert calls == []
+    out, stats = ee.generate(IDX, 34, threshold=0.05, use_cache=use_cache)  # exactly the context
+    assert out.shape == (2, 48) and stats.layers.shape == (2, 34)
+    other, other_stats = ee.generate(IDX, 34, threshold=0.05, use_cache=not use_cache)
+    assert torch.equal(out, other) and torch.equal(stats.layers, other_stats.layers)

@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
+from torch import Tensor
 
 from edgegen.distill import fused_linear_kd_loss, kd_loss
-from edgegen.models import GPT2, DenseAttention, GPT2Config
+from edgegen.models import GPT2, DenseAttention, GPT2Config, sample_next
 
 TINY = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 
@@ -156,3 +157,121 @@ def test_loads_pytorch_model_bin(tmp_path):
     idx = torch.randint(0, 97, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(loaded(idx), m(idx))
+
+
+# ------------------------------------------------------------------ generation arguments, nucleus
+PROMPT = torch.zeros(1, 3, dtype=torch.long)
+
+# (generate's arguments beyond the defaults idx=PROMPT, max_new_tokens=2; the message expected).
+# Shared with the early-exit and dynamic-precision generators, which check the same way.
+BAD_GENERATION = [
+    (dict(top_k=0), r"top_k: expected None or an int >= 1, got 0"),
+    (dict(top_k=-1), r"top_k: expected None or an int >= 1, got -1"),
+    (dict(top_k=2.5), r"top_k: expected None or an int >= 1, got 2.5"),
+    (dict(top_k=True), r"top_k: expected None or an int >= 1, got True"),
+    (dict(temperature=float("nan")), r"temperature: expected a finite number >= 0, got nan"),
+    (dict(temperature=float("inf")), r"temperature: expected a finite number >= 0, got inf"),
+    (dict(temperature=-1.0, greedy=True), r"temperature: expected a finite number >= 0, got -1.0"),
+    (dict(temperature="1"), r"temperature: expected a finite number >= 0, got '1'"),
+    (dict(temperature=0.0, greedy=False), r"temperature: expected > 0 when sampling \(or greedy=True"),
+    (dict(top_p=0.0), r"top_p: expected None or a number in \(0, 1\], got 0.0"),
+    (dict(top_p=1.5), r"top_p: expected None or a number in \(0, 1\], got 1.5"),
+    (dict(top_p=float("nan")), r"top_p: expected None or a number in \(0, 1\], got nan"),
+    (dict(max_new_tokens=-3), r"max_new_tokens: expected an int >= 0, got -3"),
+    (dict(max_new_tokens=2.0), r"max_new_tokens: expected an int >= 0, got 2.0"),
+    (dict(max_new_tokens=True), r"max_new_tokens: expected an int >= 0, got True"),
+    (dict(idx=PROMPT[:, :0]), r"idx: expected a prompt of at least one token per row, got shape \(1, 0\)"),
+    (dict(idx=PROMPT.float()), r"idx: expected int64 token ids of shape \[B, T\], got torch.float32"),
+    (dict(idx=PROMPT[0]), r"idx: expected int64 token ids of shape \[B, T\], got torch.int64 \(3,\)"),
+]
+BAD_GENERATION_IDS = ["top_k-0", "top_k-negative", "top_k-float", "top_k-bool", "temperature-nan",
+                      "temperature-inf", "temperature-negative-greedy", "temperature-str", "temperature-0-sampling",
+                      "top_p-0", "top_p-above-1", "top_p-nan", "max_new_tokens-negative", "max_new_tokens-float",
+                      "max_new_tokens-bool", "idx-empty-prompt", "idx-float", "idx-1d"]
+
+
+def generate_args(kwargs: dict) -> tuple[Tensor, object, dict]:
+    kwargs = dict(kwargs)
+    return kwargs.pop("idx", PROMPT), kwargs.pop("max_new_tokens", 2), kwargs
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("kwargs,match", BAD_GENERATION, ids=BAD_GENERATION_IDS)
+def test_bad_generation_arguments_name_the_argument(kwargs, match, use_cache):
+    m = GPT2(TINY).eval()
+    idx, n, kw = generate_args(kwargs)
+    with pytest.raises(ValueError, match=match):
+        m.generate(idx, n, use_cache=use_cache, **kw)
+
+
+def test_temperature_zero_is_allowed_with_greedy_and_ignored():
+    m = GPT2(TINY).eval()
+    prompt = torch.randint(0, 97, (2, 4))
+    assert torch.equal(m.generate(prompt, 5, greedy=True, temperature=0.0), m.generate(prompt, 5, greedy=True))
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_generation_past_the_context_is_refused_before_the_first_token(use_cache):
+    """Cached generation used to fail mid-way with an error naming idx, uncached generation to
+    crop the context silently; both now refuse up front, with the same message."""
+    m = GPT2(TINY).eval()  # n_positions 32
+    calls = []
+    m.register_forward_pre_hook(lambda *_: calls.append(1))
+    prompt = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^max_new_tokens: the prompt length \(5\) plus max_new_tokens \(28\) is 33, "
+                                         r"beyond the model's context n_positions \(32\); expected at most 27"):
+        m.generate(prompt, 28, greedy=True, use_cache=use_cache)
+    with pytest.raises(ValueError, match=r"^idx: the prompt length \(33\) alone exceeds the model's context "
+                                         r"n_positions \(32\)"):
+        m.generate(torch.zeros(1, 33, dtype=torch.long), 0, use_cache=use_cache)
+    assert calls == []  # nothing ran
+    full = m.generate(prompt, 27, greedy=True, use_cache=use_cache)  # exactly the context
+    assert full.shape == (1, 32)
+    assert torch.equal(full, m.generate(prompt, 27, greedy=True, use_cache=not use_cache))
+    assert torch.equal(full[:, :6], m.generate(prompt, 1, greedy=True, use_cache=use_cache))
+
+
+def test_generation_on_an_empty_batch_returns_an_empty_batch():
+    m = GPT2(TINY).eval()
+    for use_cache in (True, False):
+        out = m.generate(torch.zeros(0, 4, dtype=torch.long), 3, use_cache=use_cache)
+        assert out.shape == (0, 7) and out.dtype == torch.long
+
+
+def nucleus_reference(logits: Tensor, top_p: float) -> Tensor:
+    """Boolean [B, V]: the tokens of the nucleus, in float64 and NumPy, row by row: sorted by
+    probability, a token is kept while the tokens before it hold less than top_p of the mass. At
+    top_p = 1 that is every token of positive probability (exactly, the mass before one is < 1;
+    a float64 running sum can round to 1 before the tail too)."""
+    np = pytest.importorskip("numpy")
+    if top_p >= 1:
+        return torch.softmax(logits.double(), -1) > 0
+    keep = torch.zeros(logits.shape, dtype=torch.bool)
+    for r, row in enumerate(logits.double().numpy()):
+        p = np.exp(row - row.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        before = np.concatenate([[0.0], np.cumsum(p[order])[:-1]])
+        keep[r, torch.from_numpy(order[before < top_p])] = True
+    return keep
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 5.0])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999, 1.0])
+def test_nucleus_matches_a_float64_reference_on_the_gpt2_vocabulary(top_p, scale, monkeypatch):
+    """With 50,257 tokens the float32 running sum passed 1 before the tail: top_p=1.0 kept 47,343
+    tokens. The distribution sample_next samples from has exactly the reference's support."""
+    logits = torch.randn(3, 50257, generator=torch.Generator().manual_seed(int(scale * 10))) * scale
+    seen = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial",
+                        lambda p, n, generator=None: seen.append(p) or real(p, n, generator=generator))
+    sample_next(logits, top_p=top_p)
+    support = seen[-1] > 0
+    expected = nucleus_reference(logits, top_p)
+    assert support.sum(-1).tolist() == expected.sum(-1).tolist()
+    assert torch.equal(support, expected)
+    if top_p == 1.0:  # no filtering at all: the very distribution sampled without top_p
+        assert expected.all()
+        sample_next(logits)
+        assert torch.equal(seen[-2], seen[-1])

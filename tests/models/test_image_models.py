@@ -73,3 +73,37 @@ def test_bad_input():
         DCGANConfig(ngf=True)  # a bool is not a width
     with pytest.raises(ValueError, match="latent_dim: expected a positive int"):
         BetaVAEConfig(latent_dim=0)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda v: v(torch.zeros(0, 3, 64, 64)), ValueError,
+     r"x: expected at least one image .*got shape \(0, 3, 64, 64\)"),
+    (lambda v: v(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)), TypeError, r"x: expected floating-point images"),
+    (lambda v: v(torch.zeros(2, 3, 64, 64), eps=torch.zeros(2, 32, dtype=torch.float64)), TypeError,
+     r"eps: expected dtype torch.float32 \(the model's\), got torch.float64"),
+    (lambda v: v(torch.zeros(2, 3, 64, 64), eps=torch.zeros(2, 32, device="meta")), ValueError,
+     r"eps: expected a tensor on cpu \(the model's device\), got one on meta"),
+    (lambda v: v(torch.zeros(2, 3, 64, 64), eps=torch.zeros(2, 31)), ValueError, r"eps: expected shape \(2, 32\)"),
+    (lambda v: v.decode(torch.zeros(2, 31)), ValueError, r"z: expected latents of shape \[B, 32\], got \(2, 31\)"),
+    (lambda v: v.decode(torch.zeros(2, 32, 1)), ValueError,
+     r"z: expected latents of shape \[B, 32\], got \(2, 32, 1\)"),
+    (lambda v: v.decode(torch.zeros(2, 32, dtype=torch.long)), TypeError, r"z: expected floating-point latents"),
+    (lambda v: v.sample(-1), ValueError, r"n: expected an int >= 0, got -1"),
+    (lambda v: BetaVAEConfig(beta=float("inf")), ValueError, r"beta: expected a finite number >= 0, got inf"),
+    (lambda v: BetaVAEConfig(beta="1"), ValueError, r"beta: expected a finite number >= 0, got '1'"),
+], ids=["empty-batch", "integer-images", "eps-dtype", "eps-device", "eps-shape", "z-width", "z-rank", "z-integer",
+        "sample-negative", "beta-inf", "beta-str"])
+def test_vae_bad_input_names_the_argument(call, exc, match):
+    """An empty batch used to give NaN losses; the others failed deep inside a layer."""
+    torch.manual_seed(0)
+    with pytest.raises(exc, match=match):
+        call(BetaVAE())
+
+
+def test_vae_sample_follows_the_model_dtype_and_allows_zero():
+    v = BetaVAE(BetaVAEConfig(latent_dim=8)).double()
+    g = torch.Generator().manual_seed(0)
+    images = v.sample(2, generator=g)
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert images.dtype == torch.float64 and torch.equal(images, v.decode(z))
+    assert v.sample(0).shape == (0, 3, 64, 64)

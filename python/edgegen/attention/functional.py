@@ -10,6 +10,8 @@ O(n^2) memory). The dispatcher chooses, from the device of the inputs.
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 
 import torch
 from torch import Tensor
@@ -19,12 +21,46 @@ from edgegen.ops._reference import block_layout_mask, sliding_window_mask
 __all__ = ["sliding_window_attention", "block_sparse_attention", "sliding_window_mask", "block_layout_mask"]
 
 
+_INT64_MAX = 2**63 - 1  # the op takes int64 arguments
+
+
 def _int(value, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value}")
+    if not low <= value <= _INT64_MAX:
+        raise ValueError(f"{name}: expected an integer in [{low}, 2**63 - 1], got {value}")
     return value
+
+
+def _integer_entries(value) -> bool:
+    """True when a (nested) Python sequence holds only ints, bools excluded (NumPy integer scalars
+    count as ints; NumPy's bool_ is no numbers.Integral)."""
+    if isinstance(value, (list, tuple)):
+        return all(_integer_entries(v) for v in value)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _layout(block_layout) -> Tensor:
+    """``block_layout`` as an int64 tensor, refusing anything that is not integer-valued by type:
+    a float layout would be truncated and a bool one read as block indices 0 and 1."""
+    if isinstance(block_layout, Tensor):
+        if block_layout.dtype == torch.bool or block_layout.is_floating_point() or block_layout.is_complex():
+            raise TypeError(f"block_layout: expected an integer tensor of (query block, key block) pairs, "
+                            f"got {block_layout.dtype}")
+        return block_layout.long()
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(block_layout, np.ndarray):
+        if block_layout.dtype.kind not in "iu":
+            raise TypeError(f"block_layout: expected an integer array of (query block, key block) pairs, "
+                            f"got {block_layout.dtype}")
+        return torch.as_tensor(block_layout, dtype=torch.long)
+    if not isinstance(block_layout, (list, tuple)) or not _integer_entries(block_layout):
+        raise TypeError(f"block_layout: expected an integer tensor or a list of (query block, key block) pairs of "
+                        f"ints, got {block_layout!r}")
+    try:
+        return torch.as_tensor(block_layout, dtype=torch.long)
+    except (ValueError, RuntimeError, OverflowError) as e:  # ragged pairs, ints beyond int64
+        raise ValueError(f"block_layout: expected [pairs, 2] int64 block indices, got {block_layout!r} ({e})") from None
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, scale, q_offset) -> None:
@@ -102,11 +138,13 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_layout, block_
     """Attention over a block-sparse pattern, through the same kernel as
     :func:`sliding_window_attention`: positions are cut into blocks of ``block_size``; query
     position p sees key j iff the pair (p // block_size, j // block_size) is in ``block_layout``
-    (an int64 tensor [pairs, 2], or a list of pairs; duplicates are ignored) and, when ``causal``,
-    ``j <= p``. Cost is proportional to the number of listed pairs."""
+    (an integer tensor [pairs, 2], or a list of pairs of ints; duplicates are ignored) and, when
+    ``causal``, ``j <= p``. Cost is proportional to the number of listed pairs. Float and bool
+    layouts are refused with a TypeError: a float would be truncated to a block index, and a bool
+    tensor reads like a mask, which this is not."""
     _check(q, k, v, scale, q_offset)
     _int(block_size, "block_size", 1)
-    layout = torch.as_tensor(block_layout, dtype=torch.long)
+    layout = _layout(block_layout)
     if layout.numel() == 0:
         layout = layout.reshape(0, 2)
     if layout.dim() != 2 or layout.shape[1] != 2:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.config import Config
-from edgegen.models.gpt2 import GPT2, check_sampling, sample_next
+from edgegen.models.gpt2 import GPT2, check_generation, check_sampling, sample_next
 
 
 def _check_threshold(value, name: str = "threshold") -> float:
@@ -145,7 +145,7 @@ class EarlyExitGPT2(nn.Module):
                 logits = lg if logits is None else torch.where(leave[..., None], lg, logits)
                 layers = layers.masked_fill(leave, i + 1)
                 active = active & ~leave
-        if bool(active.any()):
+        if logits is None or bool(active.any()):  # None: an empty batch or sequence, [B, T, V] with B*T = 0
             final = m.lm_head(m.ln_f(x))
             logits = final if logits is None else torch.where(active[..., None], final, logits)
         out = (logits,)
@@ -161,17 +161,20 @@ class EarlyExitGPT2(nn.Module):
                  use_cache: bool = True, generator: torch.Generator | None = None) -> tuple[Tensor, ExitStats]:
         """(``idx`` with ``max_new_tokens`` tokens appended, :class:`ExitStats` of the generated
         tokens' steps, [B, max_new_tokens]). Without the cache every step reruns the whole sequence
-        with the same exit rule; the tokens are the same."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-        check_sampling(greedy, temperature, top_p)
+        with the same exit rule; the tokens are the same. The arguments are checked as
+        :meth:`GPT2.generate` checks them, before the first token (the prompt plus
+        ``max_new_tokens`` must fit ``n_positions``)."""
+        check_sampling(greedy, temperature, top_p, top_k)
+        max_new_tokens = check_generation(idx, max_new_tokens, self.model.config.n_positions)
+        if threshold is not None:
+            threshold = _check_threshold(threshold)
         past, used = None, []
         for _ in range(max_new_tokens):
             if use_cache:
                 logits, past, stats = self(idx if past is None else idx[:, -1:], past_key_values=past,
                                            use_cache=True, threshold=threshold, return_stats=True)
             else:
-                logits, stats = self(idx[:, -self.model.config.n_positions:], threshold=threshold, return_stats=True)
+                logits, stats = self(idx, threshold=threshold, return_stats=True)  # fits: checked above
             used.append(stats.layers[:, -1])
             idx = torch.cat([idx, sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p,
                                               generator)], dim=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from edgegen.models.gpt2 import check_sampling, sample_next
+from edgegen.models.gpt2 import check_generation, check_sampling, sample_next
 from edgegen.quant.config import DynamicPrecisionConfig
 from edgegen.quant.mixed import SwitchablePrecision, set_precision_
 
@@ -21,6 +21,12 @@ def _switches(model: nn.Module, config) -> list[SwitchablePrecision]:
     return switches
 
 
+def _n_positions(model: nn.Module) -> int | None:
+    """The model's context length, when its config names one (GPT-2's ``n_positions``)."""
+    n = getattr(getattr(model, "config", None), "n_positions", None)
+    return n if isinstance(n, int) else None
+
+
 @torch.no_grad()
 def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config: DynamicPrecisionConfig,
                      greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
@@ -31,11 +37,11 @@ def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config:
     distribution counts as confident), else full precision; the KV cache holds each step's keys
     and values as that step computed them. Statistics: ``steps``, ``low_steps``,
     ``low_fraction`` and ``precision`` (per step, True = low). The model is left in full
-    precision."""
+    precision. The arguments are checked as ``GPT2.generate`` checks them, before the first
+    token (the prompt plus ``max_new_tokens`` must fit the model's ``n_positions``)."""
     switches = _switches(model, config)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    check_sampling(greedy, temperature, top_p)
+    check_sampling(greedy, temperature, top_p, top_k)
+    max_new_tokens = check_generation(idx, max_new_tokens, _n_positions(model))
     low, past, used = config.always_low, None, []
     try:
         for _ in range(max_new_tokens):
@@ -68,8 +74,8 @@ def dynamic_nll(model: nn.Module, tokens: Tensor, config: DynamicPrecisionConfig
         raise ValueError(f"tokens: expected at least 2 integer token ids, got {ids.dtype} of {ids.numel()}")
     if isinstance(context, bool) or not isinstance(context, int) or context < 2:
         raise ValueError(f"context: expected an int >= 2, got {context!r}")
-    n_positions = getattr(getattr(model, "config", None), "n_positions", None)
-    if isinstance(n_positions, int) and context > n_positions:
+    n_positions = _n_positions(model)
+    if n_positions is not None and context > n_positions:
         raise ValueError(f"context: expected at most the model's n_positions ({n_positions}), got {context}")
     ids = ids.long()
     total, scored, low_steps, steps = 0.0, 0, 0, 0

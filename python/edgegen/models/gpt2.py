@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,29 +190,83 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), present
 
 
-def check_sampling(greedy: bool, temperature: float, top_p: float | None) -> None:
-    """ValueError naming the argument unless the sampling settings are usable."""
-    if temperature <= 0 and not greedy:
-        raise ValueError(f"temperature: expected > 0 (or greedy=True), got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_sampling(greedy: bool, temperature: float, top_p: float | None, top_k: int | None = None) -> None:
+    """ValueError naming the argument unless the sampling settings are usable: ``temperature`` a
+    finite number >= 0, and > 0 when sampling (0 is not an alias of ``greedy``: pass
+    ``greedy=True`` for the argmax, which ignores the temperature); ``top_k`` None or an int >= 1;
+    ``top_p`` None or a number in (0, 1] (1 keeps every token)."""
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
+    if temperature == 0 and not greedy:
+        raise ValueError(f"temperature: expected > 0 when sampling (or greedy=True for the argmax), "
+                         f"got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+
+
+def check_generation(idx, max_new_tokens, n_positions: int | None) -> int:
+    """The checks every ``generate`` makes before it produces a token: ``idx`` int64 token ids
+    [B, T] with T >= 1 (B may be 0), ``max_new_tokens`` an int >= 0, and, when the model's
+    context ``n_positions`` is known, T + max_new_tokens <= n_positions (the whole result fits the
+    context, so cached and uncached generation see the same prefix). Returns max_new_tokens."""
+    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+        got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
+        raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {got}")
+    if idx.shape[1] < 1:
+        raise ValueError(f"idx: expected a prompt of at least one token per row, got shape {tuple(idx.shape)}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)
+    T = idx.shape[1]
+    if n_positions is not None and T > n_positions:
+        raise ValueError(f"idx: the prompt length ({T}) alone exceeds the model's context n_positions "
+                         f"({n_positions}), with max_new_tokens ({max_new_tokens}) still to come")
+    if n_positions is not None and T + max_new_tokens > n_positions:
+        raise ValueError(f"max_new_tokens: the prompt length ({T}) plus max_new_tokens ({max_new_tokens}) is "
+                         f"{T + max_new_tokens}, beyond the model's context n_positions ({n_positions}); "
+                         f"expected at most {n_positions - T} new tokens for this prompt")
+    return max_new_tokens
+
+
+def nucleus_filter(logits: Tensor, top_p: float) -> Tensor:
+    """``logits`` [..., V] with the tokens outside the nucleus set to -inf (Holtzman et al. 2020):
+    with the tokens sorted by probability, a token is dropped when those before it already hold
+    ``top_p`` of the mass, so the smallest set reaching ``top_p`` is kept (Hugging Face's rule).
+    ``top_p >= 1`` keeps every token. The probabilities and their running sum are float64: in
+    float32 the running sum over a 50k vocabulary rounds past ``top_p`` (even past 1) before the
+    tail and drops tokens that belong to the nucleus."""
+    if top_p >= 1:
+        return logits
+    srt, order = torch.sort(logits, descending=True)
+    probs = srt.double().softmax(-1)
+    before = F.pad(probs.cumsum(-1)[..., :-1], (1, 0))  # mass of the tokens strictly before each
+    return logits.scatter(-1, order, srt.masked_fill(before >= top_p, float("-inf")))
 
 
 def sample_next(logits: Tensor, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """The next token [B, 1] from last-position logits [B, V]: the argmax (``greedy``), or a sample
-    at ``temperature`` after optional top-k and nucleus (top-p) filtering."""
+    at ``temperature`` after optional top-k and nucleus (top-p, see :func:`nucleus_filter`)
+    filtering. The settings are checked as :func:`check_sampling` does."""
+    check_sampling(greedy, temperature, top_p, top_k)
     if greedy:
         return logits.argmax(-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        kth = torch.topk(logits, min(int(top_k), logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
-        srt, order = torch.sort(logits, descending=True)
-        cum = srt.softmax(-1).cumsum(-1)
-        drop = cum - srt.softmax(-1) >= top_p  # keep the smallest set reaching top_p
-        logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
+        logits = nucleus_filter(logits, top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
@@ -332,15 +387,18 @@ class GPT2(nn.Module):
                  top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
                  use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """Append ``max_new_tokens`` tokens: greedy, or sampled at ``temperature`` with optional
-        top-k and nucleus (top-p) filtering. With and without the cache the tokens are the same."""
-        check_sampling(greedy, temperature, top_p)
+        top-k and nucleus (top-p) filtering. With and without the cache the tokens are the same.
+        Everything is checked before the first token (:func:`check_sampling`,
+        :func:`check_generation`): the prompt plus ``max_new_tokens`` must fit ``n_positions``."""
+        check_sampling(greedy, temperature, top_p, top_k)
+        max_new_tokens = check_generation(idx, max_new_tokens, self.config.n_positions)
         past = None
         for _ in range(max_new_tokens):
             if use_cache:
                 inp = idx if past is None else idx[:, -1:]
                 logits, past = self(inp, past_key_values=past, use_cache=True)
             else:
-                logits = self(idx[:, -self.config.n_positions:])
+                logits = self(idx)  # fits: checked above, so no prefix is ever cropped
             nxt = sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx

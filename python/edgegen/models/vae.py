@@ -9,6 +9,8 @@ separately.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +33,9 @@ class BetaVAEConfig(ModelConfig, kind="vae"):
 
     def __post_init__(self):
         require_positive_ints(self, "latent_dim", "nc")
-        if not self.beta >= 0:
-            raise ValueError(f"beta: expected >= 0, got {self.beta!r}")
+        if (isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real)
+                or not math.isfinite(self.beta) or not self.beta >= 0):
+            raise ValueError(f"beta: expected a finite number >= 0, got {self.beta!r}")
         require_conv_kind(self.conv)
 
     def build(self):
@@ -75,23 +78,42 @@ class BetaVAE(nn.Module):
         return (torch.rand(batch, self.config.nc, 64, 64, device=next(self.parameters()).device) * 2 - 1,)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x.dim() != 4 or x.shape[1:] != (self.config.nc, 64, 64):
-            raise ValueError(f"x: expected [B, {self.config.nc}, 64, 64], got {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1:] != (self.config.nc, 64, 64):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected [B, {self.config.nc}, 64, 64], got {got}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected floating-point images in [-1, 1], got {x.dtype}")
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
+        """Images [B, nc, 64, 64] from latents ``z`` [B, latent_dim]."""
+        if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.config.latent_dim:
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"z: expected latents of shape [B, {self.config.latent_dim}], got {got}")
+        if not z.is_floating_point():
+            raise TypeError(f"z: expected floating-point latents, got {z.dtype}")
         return self.decoder(z)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None) -> dict:
         """Returns recon, mu, logvar, and the loss terms: 'reconstruction', 'kl', 'loss'. The
-        posterior sample uses ``eps`` [B, latent_dim] if given, else standard normal noise drawn
-        from ``generator``."""
+        posterior sample uses ``eps`` [B, latent_dim] if given (the dtype and device of the
+        encoder's output), else standard normal noise drawn from ``generator``. The losses are batch
+        means, so ``x`` must hold at least one image."""
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0:
+            raise ValueError(f"x: expected at least one image (the losses are means over the batch), got "
+                             f"shape {tuple(x.shape)}")
         mu, logvar = self.encode(x)
         if eps is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        elif eps.shape != mu.shape:
-            raise ValueError(f"eps: expected shape {tuple(mu.shape)}, got {tuple(eps.shape)}")
+        else:
+            if not isinstance(eps, Tensor) or eps.shape != mu.shape:
+                got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
+                raise ValueError(f"eps: expected shape {tuple(mu.shape)}, got {got}")
+            if eps.dtype != mu.dtype:
+                raise TypeError(f"eps: expected dtype {mu.dtype} (the model's), got {eps.dtype}")
+            if eps.device != mu.device:
+                raise ValueError(f"eps: expected a tensor on {mu.device} (the model's device), got one on {eps.device}")
         z = mu + eps * torch.exp(0.5 * logvar)  # reparameterisation
         recon = self.decode(z)
         rec = (recon - x).pow(2).flatten(1).sum(1).mean()
@@ -101,8 +123,11 @@ class BetaVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.config.latent_dim, generator=generator,
-                        device=next(self.parameters()).device)
+        """``n`` images decoded from standard normal latents (in the model's dtype)."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"n: expected an int >= 0, got {n!r}")
+        p = next(self.parameters())
+        z = torch.randn(int(n), self.config.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         return self.decode(z)
 
     @torch.no_grad()

@@ -3,6 +3,11 @@
 The forward op returns (out, lse); autograd saves q, k, v, out and lse, and the backward op
 recomputes the probabilities tile by tile (nothing of size [n, n] is ever kept). ``lse`` is an
 auxiliary output: it is not differentiable.
+
+First-order gradients only. With ``create_graph=True`` the gradients are returned as usual, but
+differentiating them again (double backward: Hessian-vector products, gradient penalties through
+the attention) raises a RuntimeError: the backward op has an autograd formula that refuses,
+rather than one that would silently contribute zeros.
 """
 
 from __future__ import annotations
@@ -66,3 +71,27 @@ def _swa_backward(ctx, grad_out, grad_lse):
 
 
 torch.library.register_autograd("edgegen::sliding_window_attention", _swa_backward, setup_context=_swa_setup)
+
+
+_DOUBLE_BACKWARD = (
+    "edgegen::sliding_window_attention: double backward is not supported. The gradients were computed "
+    "with create_graph=True and are now being differentiated again, but the backward kernel has no "
+    "derivative of its own. Differentiate the attention only once, or use "
+    "edgegen.ops._reference.sliding_window_attention_reference (plain PyTorch, O(n^2) memory), which "
+    "supports higher-order gradients."
+)
+
+
+def _swa_backward_setup(ctx, inputs, output):
+    pass  # nothing to keep: the backward of the backward refuses
+
+
+def _swa_double_backward(ctx, grad_dq, grad_dk, grad_dv):
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+# Without a formula, autograd would treat the backward op as constant in its inputs: the gradient
+# computed with create_graph=True would be marked differentiable and a second differentiation would
+# silently give zeros for the attention's part.
+torch.library.register_autograd("edgegen::sliding_window_attention_backward", _swa_double_backward,
+                                setup_context=_swa_backward_setup)

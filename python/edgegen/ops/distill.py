@@ -12,11 +12,17 @@ Two modes, chosen by the ops' ``with_grad`` argument:
 * ``with_grad=False``: the forward computes the loss only and keeps its inputs; every backward
   recomputes the gradient. Repeated backward (gradcheck, jacobians) works; it costs a second
   sweep and keeps the inputs alive until backward.
+
+First-order gradients only, in both modes: the gradient comes from a fused kernel and is not
+itself differentiable, so a backward run with ``create_graph=True`` (double backward, gradient
+penalties, Hessian-vector products) raises a clear error instead of returning a gradient whose own
+derivative would silently leave out the KD loss.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -31,6 +37,22 @@ _SECOND_BACKWARD = (
     "each backward pass, or pass grad_in_forward=False to edgegen.distill (with_grad=False to the "
     "op), which recomputes the gradient in every backward."
 )
+
+
+_DOUBLE_BACKWARD = (
+    "{op}: double backward is not supported: backward ran with create_graph=True, but the KD loss's "
+    "gradient comes from a fused kernel and is not itself differentiable, so a higher-order gradient "
+    "would silently leave out the KD term. Differentiate the KD loss only once (without "
+    "create_graph), or use edgegen.ops._reference.kd_loss_reference (plain PyTorch) for "
+    "higher-order gradients."
+)
+
+
+def _refuse_double_backward(op: str) -> None:
+    """Raise when backward runs with create_graph=True (autograd runs a backward in grad mode only
+    then). Tracers that compile a backward (AOTAutograd) trace it without create_graph."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(_DOUBLE_BACKWARD.format(op=op))
 
 
 def _plain_eager(*tensors: Tensor) -> bool:
@@ -77,18 +99,38 @@ def _scaled_kept_grads(ctx, upstream: Tensor, op: str, per_row: bool):
     return tuple(g.mul_(upstream) for g in grads)
 
 
-def check_kd_settings(temperature, alpha, ignore_index, reduction) -> None:
-    """The KD losses' scalar settings, as every kernel and the public functions check them."""
-    def real(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
-    if not real(temperature) or not math.isfinite(temperature) or temperature < 0.01:
+
+def _real(value, name: str) -> float:
+    """``value`` as a float if it is a real-number scalar: a Python int or float, a NumPy scalar
+    (anything registered as numbers.Real) or a one-element real tensor; bools are refused."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name}: expected a real number (a tensor must hold exactly one real value), "
+                            f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's bool_ is no Real
+        return float(value)
+    raise TypeError(f"{name}: expected a real number (int, float, NumPy scalar or one-element tensor), "
+                    f"got {type(value).__name__} {value!r}")
+
+
+def check_kd_settings(temperature, alpha, ignore_index, reduction) -> None:
+    """The KD losses' scalar settings, as every kernel and the public functions check them.
+    ``temperature`` and ``alpha`` may be any real-number scalar (Python, NumPy, one-element
+    tensor); callers pass ``float()`` of them on to the ops."""
+    t = _real(temperature, "temperature")
+    if not math.isfinite(t) or t < 0.01:
         # below 0.01 logits / T overflow float32 and the loss is NaN
         raise ValueError(f"temperature: expected a finite number >= 0.01, got {temperature!r}")
-    if not real(alpha) or not 0.0 <= alpha <= 1.0:
+    a = _real(alpha, "alpha")
+    if not 0.0 <= a <= 1.0:
         raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+        raise ValueError(f"ignore_index: expected an int64 value in [-2**63, 2**63 - 1], got {ignore_index}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
 
@@ -152,6 +194,7 @@ def _kd_loss_setup(ctx, inputs, output):
 def _kd_loss_backward(ctx, grad_loss, _grad_of_grad):
     if grad_loss is None:  # the loss did not reach whatever was differentiated
         return None, [None] * ctx.n_teachers, [] if ctx.weights_empty else None, *[None] * 6
+    _refuse_double_backward("edgegen::kd_loss")
     per_row = ctx.reduction == "none"
     upstream = grad_loss.unsqueeze(-1) if per_row else grad_loss
     if ctx.with_grad:
@@ -223,6 +266,7 @@ def _fused_backward(ctx, grad_loss, *_grads_of_grads):
     op = "edgegen::fused_linear_kd_loss"
     if grad_loss is None:
         return (None,) * 14
+    _refuse_double_backward(op)
     if ctx.recompute:
         hs, ws, bs, ht, wt, bt, target = ctx.saved_tensors
         temperature, alpha, ignore_index, reduction, chunk_size = ctx.recompute_args
