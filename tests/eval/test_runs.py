@@ -122,7 +122,7 @@ def test_compress_from_a_trained_run(env):
 @pytest.mark.parametrize("section, match", [
     ({}, "compress: expected a compress section"),
     ({"qat": True}, "compress.qat: quantization-aware training needs training"),
-    ({"prune_begin": 0}, "expected prune, qat: true and/or ptq"),
+    ({"prune_begin": 0}, "compress: expected prune and/or ptq"),
     ({"ptq": {"kind": "Int3"}}, "ptq.kind: expected one of"),
 ], ids=["empty", "qat", "nothing", "bad-kind"])
 def test_compress_from_bad_sections(env, section, match):

@@ -107,3 +107,8 @@ def test_vae_sample_follows_the_model_dtype_and_allows_zero():
     z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert images.dtype == torch.float64 and torch.equal(images, v.decode(z))
     assert v.sample(0).shape == (0, 3, 64, 64)
+    from edgegen.quant import Bf16Config, Fp16Config, quantize_
+
+    for config in (Fp16Config(), Bf16Config()):  # 16-bit layers cast their inputs: images stay float32
+        q = quantize_(BetaVAE(BetaVAEConfig(latent_dim=8)).eval(), config)
+        assert q.sample(2, generator=torch.Generator().manual_seed(0)).dtype == torch.float32

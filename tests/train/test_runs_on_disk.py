@@ -108,3 +108,37 @@ def test_logged_loss_of_accumulated_micro_batches_is_the_batch_mean(tmp_path):
     assert [c[1] for c in b.state.curve] == pytest.approx([c[1] for c in a.state.curve], rel=1e-5)
     for p, q in zip(a.task.modules["model"].parameters(), b.task.modules["model"].parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5)
+
+
+def test_a_checkpoint_of_other_random_streams_warns_on_resume(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"epochs": 2, "steps_per_epoch": 2})
+    t = Trainer(cfg, tmp_path / "run", progress=False)
+    t.fit()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    snap = ckpt.load(last)
+    assert snap["streams"] == 2
+    del snap["streams"]  # as written before the stream version was recorded
+    snap["state"]["epoch"], snap["state"]["step"] = 1, 2
+    ckpt.save_atomic(snap, last)
+    with pytest.warns(UserWarning, match="stream version 1, now 2"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)
+
+
+def test_the_cli_refuses_a_taken_folder_before_touching_its_mlflow_link(tmp_path, monkeypatch, capsys):
+    import json
+
+    import yaml
+
+    from edgegen.cli.main import main
+    from edgegen.config import to_dict
+
+    monkeypatch.chdir(tmp_path)
+    data = to_dict(tiny("vae", tmp_path, train={"steps_per_epoch": 1}))
+    data["tracking"] = {"enabled": True, "experiment": "t"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    assert main(["train", "c.yaml", "--run-dir", "run", "--no-progress"]) == 0
+    link = (tmp_path / "run" / "mlflow_run.json").read_text()
+    assert main(["train", "c.yaml", "--run-dir", "run", "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "mlflow_run.json").read_text() == link
+    assert json.loads(link)["run_id"]

@@ -149,7 +149,7 @@ def _compress_from(args) -> int:
 def _train(args, require_compress: bool) -> int:
     from edgegen.tracking import make_tracker
     from edgegen.train import load_experiment
-    from edgegen.train.loop import default_run_dir, train_experiment
+    from edgegen.train.loop import check_run_dir_free, default_run_dir, train_experiment
 
     cfg = load_experiment(args.config, args.preset, args.overrides,
                           report=lambda line: print(f"edgegen {args.command}: {line}", file=sys.stderr))
@@ -158,6 +158,8 @@ def _train(args, require_compress: bool) -> int:
               "use edgegen train", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    if not args.resume:
+        check_run_dir_free(run_dir)  # before a tracker replaces the folder's MLflow link
     tracker = make_tracker(cfg.tracking, cfg.name, run_dir, resume=args.resume)
     if getattr(tracker, "run_id", None):
         print(f"edgegen {args.command}: MLflow run {tracker.run_id} in {tracker.uri} (experiment "

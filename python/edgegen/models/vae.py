@@ -123,11 +123,14 @@ class BetaVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` images decoded from standard normal latents (in the model's dtype)."""
+        """``n`` images decoded from standard normal latents: float64 for a float64 model, else
+        the default dtype (float32), as ``forward`` gives for float32 images (layers quantized to
+        16 bits cast their inputs themselves)."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"n: expected an int >= 0, got {n!r}")
-        p = next(self.parameters())
-        z = torch.randn(int(n), self.config.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        params = list(self.parameters())
+        dtype = torch.float64 if all(q.dtype == torch.float64 for q in params) else torch.get_default_dtype()
+        z = torch.randn(int(n), self.config.latent_dim, generator=generator, device=params[0].device, dtype=dtype)
         return self.decode(z)
 
     @torch.no_grad()

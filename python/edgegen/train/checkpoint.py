@@ -49,7 +49,10 @@ def load(path: str | os.PathLike) -> dict:
     # Our own files: model/optimizer states, RNG states (numpy arrays, tuples), plain config.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
+    except (AttributeError, ImportError) as exc:  # a class the file names is not where it was
+        raise ValueError(f"{path}: refers to code this edgegen does not have (written by another version?): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged?): "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 

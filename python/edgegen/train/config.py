@@ -101,8 +101,8 @@ class TrainConfig:
         _positive(self, "epochs", "batch_size", "steps_per_epoch", "max_steps", "log_every", "threads")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed: expected an integer in [0, 2**63), got {self.seed}")
+        if not -(2**63) <= self.seed < 2**63:
+            raise ValueError(f"seed: expected a 64-bit integer, got {self.seed}")
 
 
 @dataclass
@@ -180,8 +180,6 @@ class CompressConfig:
             raise ValueError(f"prune_end ({self.prune_end}) must be after prune_begin ({self.prune_begin})")
         if self.prune_frequency is not None and self.prune_frequency < 1:
             raise ValueError(f"prune_frequency: expected >= 1, got {self.prune_frequency}")
-        if self.prune is None and not self.qat and self.ptq is None:
-            raise ValueError("compress: expected prune, qat: true and/or ptq; without them the section does nothing")
 
 
 @dataclass
@@ -298,8 +296,6 @@ class ExperimentConfig(Config, kind="experiment"):
                              f"got {self.data.name!r}")
         if self.task == "distill" and (self.distill is None or not self.distill.teachers):
             raise ValueError("distill.teachers: the distill task needs at least one teacher")
-        if self.task != "distill" and self.distill is not None:
-            raise ValueError(f"distill: task {self.task!r} does not distill; set task: distill or remove the section")
 
 
 # Presets: overrides applied before the user's --set. 'paper' is the published recipe; the CPU
@@ -387,4 +383,16 @@ def load_experiment(source: str | dict, preset: str | None = None, overrides=(),
             for line in replaced:
                 report(f"preset {preset} replaces {line}")
     data = apply_overrides(data, overrides)
-    return from_dict(ExperimentConfig, data)
+    cfg = from_dict(ExperimentConfig, data)
+    _check_sections_used(cfg)
+    return cfg
+
+
+def _check_sections_used(cfg: "ExperimentConfig") -> None:
+    """A section the task would ignore is a mistake in what the user wrote (checked when a config
+    is loaded for a run, not when a checkpoint's config is read back)."""
+    if cfg.task != "distill" and cfg.distill is not None:
+        raise ValueError(f"distill: task {cfg.task!r} does not distill; set task: distill or remove the section")
+    c = cfg.compress
+    if c is not None and c.prune is None and not c.qat and c.ptq is None:
+        raise ValueError("compress: expected prune, qat: true and/or ptq; without them the section does nothing")

@@ -23,6 +23,9 @@ from edgegen.train.plots import plot_curves
 from edgegen.train.tasks import TASKS
 
 CHECKPOINT_VERSION = 1
+# The training batches' and per-step noise's random streams; bumped when their draws change (a
+# checkpoint of another version resumes on other batches than an uninterrupted run would see).
+STREAMS_VERSION = 2
 HISTORY_KEYS = ("epoch", "step")  # where a validation was taken: kept in the history, not logged as metrics
 
 
@@ -41,6 +44,17 @@ class TrainState:
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name / f"seed{cfg.train.seed}"
+
+
+def check_run_dir_free(run_dir) -> None:
+    """FileExistsError unless ``run_dir`` is free for a new run: training over another run would
+    mix the two (its best.pt would outlive the new run, its MLflow link would be replaced)."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    staged = sorted(Path(run_dir).glob("stage*/checkpoints/last.pt"))  # progressive distillation's stages
+    last = last if last.is_file() or not staged else staged[0]
+    if last.is_file():
+        raise FileExistsError(f"run_dir: {run_dir} already holds a run ({last}); resume it (resume=True, --resume) "
+                              "or choose another folder")
 
 
 class Trainer:
@@ -94,6 +108,7 @@ class Trainer:
         t = self.task
         return {
             "version": CHECKPOINT_VERSION,
+            "streams": STREAMS_VERSION,
             "config": self.cfg.to_dict(),
             "state": self.state.__dict__.copy(),
             "modules": {k: m.state_dict() for k, m in t.modules.items()},
@@ -111,6 +126,13 @@ class Trainer:
         snap = ckpt.load(path)
         if snap.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {snap.get('version')}, expected {CHECKPOINT_VERSION}")
+        if snap.get("streams", 1) != STREAMS_VERSION:
+            import warnings
+
+            warnings.warn(f"{path}: written by an edgegen whose training batches or per-step noise were drawn "
+                          f"differently (stream version {snap.get('streams', 1)}, now {STREAMS_VERSION}): the resumed "
+                          "run goes on, but not on the batches an uninterrupted run would have seen", UserWarning,
+                          stacklevel=2)
         saved, now = ckpt.experiment_config(snap).to_dict(), self.cfg.to_dict()
         for c in (saved, now):  # may differ between the run and its resumption
             c.pop("tracking", None), c.pop("output_dir", None)
@@ -144,13 +166,12 @@ class Trainer:
         last = self.checkpoint_dir / "last.pt"
         if resume and last.is_file():
             self.load(last)
-        elif not resume and last.is_file():
-            # Training over another run would mix the two (its best.pt would outlive this run).
-            raise FileExistsError(f"run_dir: {self.run_dir} already holds a run ({last}); resume it (resume=True, "
-                                  "--resume) or choose another folder")
+        elif not resume:
+            check_run_dir_free(self.run_dir)
         cfg, st = self.cfg, self.state
-        # The config goes with the run's first step, or again when a resumed run got a new record.
-        if (st.step == 0 or not getattr(self.tracker, "reattached", False)) and self.rank == 0:
+        # The config goes into every record this run opens: at the first step, or when a resumed
+        # run had to open a new one (a reattached record has it already).
+        if not getattr(self.tracker, "reattached", False) and self.rank == 0:
             self.tracker.log_config(cfg)
             if cfg.data.name.startswith("synthetic"):
                 self.tracker.set_tags({"synthetic_data": "true"})

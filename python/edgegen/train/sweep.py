@@ -106,8 +106,9 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             raise FileExistsError(f"output_dir: the sweep's folder {out_dir} already holds runs (e.g. {taken[0]}); "
                                   "resume them (--resume) or give the sweep another name or output_dir")
     parent = make_tracker(first.tracking, sw["name"], out_dir, resume=resume)
-    parent.log_params({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds)),
-                       "sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
+    parent.log_params({"sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
+    # Tags, not params: a resumed sweep (--only a failed variant) may run another selection.
+    parent.set_tags({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds))})
     results: dict[str, dict[int, float]] = {v: {} for v in variants}  # variant -> seed -> value
     failures: dict[str, str] = {}
     total = len(configs)

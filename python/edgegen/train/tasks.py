@@ -209,7 +209,7 @@ class VAETask(Task):
         # its rows, each micro-batch its slice, so sharding and accumulation see the same noise.
         latent = self.modules["model"].config.latent_dim
         eps = torch.randn(global_batch or x.shape[0], latent, generator=_generator(self.cfg.train.seed, 29, step))
-        eps = (eps if rank_rows is None else eps[rank_rows]).to(self.device, next(model.parameters()).dtype)
+        eps = (eps if rank_rows is None else eps[rank_rows]).to(self.device, x.dtype)  # the encoder's output dtype
 
         def elbo(xx, ee):
             out = model(xx, eps=ee)
