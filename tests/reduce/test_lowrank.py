@@ -202,3 +202,32 @@ def test_fraction_sets_each_layers_rank_from_its_own_width():
         LowRankConfig(fraction=0.0)
     with pytest.raises(ValueError, match="fraction: give one of rank, ranks and fraction"):
         LowRankConfig(rank=2, fraction=0.5)
+
+
+def test_a_second_reduction_leaves_the_factors_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    reduce_(model, LowRankConfig(fraction=0.25), filter_fn=lambda m, n: n == "0")
+    first = lowrank_layout(model)
+    reduce_(model, LowRankConfig(fraction=0.25))  # only the layer not factorized yet
+    assert lowrank_layout(model) == {**first, "2": 64}  # was: the factors factorized again, "0.down": 16, ...
+    fresh = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    reduce_(fresh, LowRankConfig(ranks=lowrank_layout(model)))  # the layout rebuilds the structure
+    fresh.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="nothing to reduce"):
+        reduce_(model, LowRankConfig(fraction=0.25))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_weights_are_named(bad):
+    model = nn.Sequential(nn.Linear(64, 64))
+    with torch.no_grad():
+        model[0].weight[3, 5] = bad
+    with pytest.raises(ValueError, match="model: layer '0' has NaN or infinite weights"):
+        reduce_(model, LowRankConfig(rank=4))
+
+
+@pytest.mark.parametrize("rank", [2.5, True, "4"], ids=["float", "bool", "str"])
+def test_rank_must_be_an_int(rank):
+    with pytest.raises(TypeError, match="rank: expected an int"):
+        LowRankLinear(8, 8, rank)

@@ -109,3 +109,14 @@ def test_modules_a_plan_leaves_alone_keep_their_identity_and_hooks():
     with torch.no_grad():
         m(IDX)
     assert seen == [1]
+
+
+def test_a_group_that_would_change_nothing_is_an_error():
+    m = model()
+    before = copy.deepcopy(m.state_dict())
+    # Rank 47 of a 199 x 48 table holds more than the table itself: the embedding group is idle.
+    with pytest.raises(ValueError, match="embedding: nothing to reduce"):
+        reduce_(m, MPRFConfig(heads=HeadConfig(0.5), embedding=EmbeddingFactorConfig(rank=47)))
+    assert m.config.head_counts is None and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    with pytest.raises(ValueError, match="nothing to reduce"):
+        reduce_(model(), EmbeddingFactorConfig(rank=47))  # the same group alone says the same

@@ -40,7 +40,7 @@ def save_sparse(model, path: str | os.PathLike, min_sparsity: float = 0.25) -> i
     out, sparse = {}, {}
     for k, v in state.items():
         if v.is_floating_point() and v.numel() and float((v == 0).float().mean()) >= min_sparsity:
-            nz = (v != 0).flatten()
+            nz = ((v != 0) | torch.signbit(v)).flatten()  # -0.0 is kept as a value: the round trip is bit-exact
             out[k + _MASK] = torch.from_numpy(np.packbits(nz.numpy()))
             out[k + _VALUES] = v.flatten()[nz].clone()
             sparse[k] = list(v.shape)

@@ -45,16 +45,26 @@ class LotteryTicket:
             raise ValueError(f"per_round: expected a fraction in [0, 1), got {per_round!r}")
         return 1.0 - (1.0 - per_round) ** round_index
 
+    def _check_snapshot(self, snapshot: dict, what: str) -> None:
+        """ValueError unless ``snapshot`` holds exactly the model's parameters with their shapes."""
+        shapes = {_canonical(n): tuple(p.shape) for n, p in self.model.named_parameters()}
+        missing = sorted(set(shapes) - set(snapshot))
+        extra = sorted(set(snapshot) - set(shapes))
+        wrong = sorted(k for k in set(shapes) & set(snapshot) if tuple(snapshot[k].shape) != shapes[k])
+        if missing or extra or wrong:
+            parts = ([f"missing {missing[:3]}"] if missing else []) + ([f"not in the model {extra[:3]}"] if extra else [])
+            parts += [f"{k}: recorded {tuple(snapshot[k].shape)}, model {shapes[k]}" for k in wrong[:3]]
+            raise ValueError(f"{what}: the recorded weights do not match the model's parameters ({'; '.join(parts)}); "
+                             "a ticket rewinds the model it was recorded on")
+
     @torch.no_grad()
     def rewind(self) -> None:
         """Reset every recorded parameter to its recorded value; pruned entries stay zero."""
         if self.snapshot is None:
             raise RuntimeError("rewind: call record() at the rewind step first")
+        self._check_snapshot(self.snapshot, "rewind")  # before anything is written
         for name, p in self.model.named_parameters():
-            saved = self.snapshot.get(_canonical(name))
-            if saved is None or saved.shape != p.shape:
-                raise RuntimeError(f"rewind: no recorded value of shape {tuple(p.shape)} for {_canonical(name)}")
-            p.copy_(saved)
+            p.copy_(self.snapshot[_canonical(name)])
         for _, module, tname, mask in masked_tensors(self.model):
             module.parametrizations[tname].original.masked_fill_(~mask, 0)
 
@@ -63,6 +73,7 @@ class LotteryTicket:
 
         if self.snapshot is None:
             raise RuntimeError("prune_and_rewind: call record() at the rewind step first")
+        self._check_snapshot(self.snapshot, "prune_and_rewind")  # before the model is pruned
         prune_(self.model, MagnitudeConfig(amount, self.scope), self.filter_fn)
         self.rewind()
         self.rounds_done += 1
@@ -71,4 +82,9 @@ class LotteryTicket:
         return {"snapshot": self.snapshot, "rounds_done": self.rounds_done, "scope": self.scope}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or not {"snapshot", "rounds_done", "scope"} <= set(state):
+            raise ValueError("state: expected a LotteryTicket state_dict (snapshot, rounds_done, scope)")
+        MagnitudeConfig(0.0, state["scope"])  # validates scope
+        if state["snapshot"] is not None:
+            self._check_snapshot(state["snapshot"], "state")
         self.snapshot, self.rounds_done, self.scope = state["snapshot"], state["rounds_done"], state["scope"]

@@ -62,7 +62,13 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor | None:
 def raw_parameter(module: nn.Module, name: str = "weight") -> Tensor:
     """The Parameter the optimizer sees: ``original`` when masked, else the attribute itself."""
     if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original
+        plist = module.parametrizations[name]
+        if not hasattr(plist, "original"):  # e.g. weight_norm: original0 / original1
+            raise ValueError(f"{type(module).__name__}.{name}: parametrized by {[type(p).__name__ for p in plist]} "
+                             "over several tensors; pruning and factorization need a plain weight (remove the "
+                             "parametrization with torch.nn.utils.parametrize.remove_parametrizations, or exclude "
+                             "the layer with filter_fn)")
+        return plist.original
     return getattr(module, name)
 
 
@@ -155,9 +161,13 @@ def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
     for name, module in model.named_modules():
         if not isinstance(module, PRUNABLE):
             continue
-        if owners.get(id(raw_parameter(module, "weight")), 0) > 1:
-            continue
         if filter_fn is not None and not filter_fn(module, name):
+            continue
+        try:
+            raw = raw_parameter(module, "weight")
+        except ValueError as exc:
+            raise ValueError(f"model: layer {name!r}: {exc}") from None
+        if owners.get(id(raw), 0) > 1:
             continue
         out.append((name, module))
     return out

@@ -53,6 +53,8 @@ class CubicSchedule(Config):
             return 0.0
         if step >= self.end_step:
             return float(self.final_sparsity)
+        if step == self.begin_step:  # exactly s_i (the formula rounds s_f + (s_i - s_f) * 1)
+            return float(self.initial_sparsity)
         frac = (step - self.begin_step) / (self.end_step - self.begin_step)
         return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - frac) ** 3
 
@@ -74,6 +76,10 @@ class GradualPruner:
                             f"HeadConfig), got {type(config).__name__}")
         if not isinstance(schedule, CubicSchedule):
             raise TypeError(f"schedule: expected a CubicSchedule, got {type(schedule).__name__}")
+        from dataclasses import replace
+
+        for amount in (schedule.initial_sparsity, schedule.final_sparsity):  # every amount it will ask for
+            replace(config, amount=amount)  # the config's own check, now rather than at the last step
         self.model, self.config, self.schedule = model, config, schedule
         self.filter_fn, self.example_inputs = filter_fn, example_inputs
 

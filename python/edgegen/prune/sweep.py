@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgegen.prune.api import prune_
-from edgegen.prune.config import ChannelConfig, HeadConfig
 from edgegen.prune.export import saved_bytes
 from edgegen.prune.masks import finalize_
 from edgegen.prune.structured import _as_tuple, shrink
@@ -35,8 +34,9 @@ def sweep_ratios(build_model: Callable[[], nn.Module], config_for: Callable[[flo
                  ratios: Iterable[float] = DEFAULT_RATIOS, evaluate: Callable[[nn.Module], float] | None = None,
                  filter_fn=None) -> list[dict]:
     """For each ratio: build a fresh model, ``prune_`` it with ``config_for(ratio)``, then
-    physically ``shrink`` it (channel/head configs) or bake the masks in (others). Returns one
-    dict per ratio (ratio 0 = the dense model is included first) with: ``params`` (all),
+    physically ``shrink`` it (configs that remove structures: channels, heads, FFN units) or bake
+    the masks in (others). Returns one dict per ratio (ratio 0 = the dense model is included
+    first) with: ``params`` (all),
     ``nonzero_params``, ``flops`` (dense-executed forward FLOPs on example_inputs),
     ``bytes_dense`` (plain safetensors), ``bytes_sparse`` (bitmask-compressed safetensors) and
     ``metric`` (``evaluate(model)``, or None)."""
@@ -48,7 +48,7 @@ def sweep_ratios(build_model: Callable[[], nn.Module], config_for: Callable[[flo
         if ratio > 0:
             config = config_for(ratio)
             prune_(model, config, filter_fn, example_inputs=inputs)
-            model = shrink(model, inputs) if isinstance(config, (ChannelConfig, HeadConfig)) else finalize_(model)
+            model = shrink(model, inputs) if config.shrinks else finalize_(model)
         params = sum(p.numel() for p in model.parameters())
         nonzero = sum(int((p != 0).sum()) for p in model.parameters())
         rows.append({

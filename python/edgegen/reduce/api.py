@@ -23,14 +23,19 @@ def _mprf_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None) -> 
     # head pruning, say) raises before the model is touched. The groups are deterministic, so the
     # second pass, in place, does what the dry run did; references to the model's modules, its
     # hooks and an optimizer's parameters stay valid for every module a group leaves alone.
-    apply_plan_(copy.deepcopy(model), config, filter_fn)
+    idle: list[str] = []
+    apply_plan_(copy.deepcopy(model), config, filter_fn, idle)
+    if idle:  # a group the user asked for that would change nothing is a mistake in the plan
+        raise ValueError(f"{idle[0]}: nothing to reduce (this group of the plan changes no layer of the model)")
     return apply_plan_(model, config, filter_fn)
 
 
-def apply_plan_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None = None) -> int:
+def apply_plan_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None = None,
+                idle: list | None = None) -> int:
     """Apply ``config``'s groups to ``model`` in place, in order, without ``reduce_``'s dry run: a
     group that fails leaves the earlier ones applied. For callers that already work on a copy
-    (:func:`edgegen.analysis.plan_reduction`); returns how many groups changed something."""
+    (:func:`edgegen.analysis.plan_reduction`); returns how many groups changed something, and
+    appends the names of those that changed nothing to ``idle`` when given."""
     from torch.nn.utils import parametrize
 
     from edgegen.prune import finalize_, prune_
@@ -48,11 +53,14 @@ def apply_plan_(model: nn.Module, config: MPRFConfig, filter_fn: FilterFn | None
                 prune_(model, sub, filter_fn=filter_fn)
                 finalize_(model)
                 with torch.no_grad():
-                    changed += (shrink_heads_ if group == "heads" else shrink_ffn_)(model) > 0
+                    did = (shrink_heads_ if group == "heads" else shrink_ffn_)(model) > 0
             else:
-                changed += _HANDLERS(model, sub, filter_fn) > 0
+                did = _HANDLERS(model, sub, filter_fn) > 0
         except ValueError as e:
             raise ValueError(f"{group}.{e}") from e
+        changed += did
+        if not did and idle is not None:
+            idle.append(group)
     return changed
 
 

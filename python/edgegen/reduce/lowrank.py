@@ -21,6 +21,8 @@ class LowRankLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"rank: expected an int, got {rank!r}")
         if not 1 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank: expected 1 <= rank <= min(in, out) = {min(in_features, out_features)}, got {rank}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
@@ -65,6 +67,8 @@ class LowRankConv1x1(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, rank: int, stride=1, padding=0, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"rank: expected an int, got {rank!r}")
         if not 1 <= rank <= min(in_channels, out_channels):
             raise ValueError(f"rank: expected 1 <= rank <= min(in, out) = {min(in_channels, out_channels)}, got {rank}")
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
@@ -137,10 +141,17 @@ def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | No
 def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> dict[str, tuple[int, tuple | None]]:
     """{layer name: (rank, the weight's SVD when the energy rule computed it, else None)}."""
     plan = {}
+    factorized = [n for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1x1))]
     for name, m in prunable_weights(model, filter_fn):  # selected, never a tied weight
         dims = _dims(m)
         if dims is None or weight_read_by_parent(model, name):  # PyTorch's attention reads .weight itself
             continue
+        if any(name.startswith(f + ".") for f in factorized):  # a factor of an earlier reduction: left as it is
+            continue
+        w = dims[2]
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"model: layer {name!r} has NaN or infinite weights; a low-rank factorization needs "
+                             "finite ones")
         n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
             continue
