@@ -52,15 +52,40 @@ def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
 def read_safetensors(path: str | os.PathLike, with_aliases: bool = True
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a file; aliases point at their tensors again unless
-    ``with_aliases`` is False (then call :func:`restore_aliases` once the targets exist)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    ``with_aliases`` is False (then call :func:`restore_aliases` once the targets exist).
+    A missing file is a FileNotFoundError, a truncated or damaged one a ValueError, each naming
+    the path."""
+    with _open_safetensors(path) as f:
+        try:
+            metadata = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - the library's own error type names no path
+            raise _unreadable(path, exc) from None
     if with_aliases:
         restore_aliases(state, metadata)
     return state, metadata
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file (its header only; no tensor is read). Errors as in
+    :func:`read_safetensors`."""
+    with _open_safetensors(path) as f:
+        return dict(f.metadata() or {})
+
+
+def _unreadable(path, exc: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable safetensors file (truncated or damaged?): {exc}")
+
+
+def _open_safetensors(path):
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError (and OSError) without the path
+        raise _unreadable(path, exc) from None
 
 
 def restore_aliases(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

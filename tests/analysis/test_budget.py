@@ -121,3 +121,32 @@ def test_a_latency_budget_walks_the_same_way_on_measured_latencies(monkeypatch):
 def test_bad_budgets_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_reduction(model(), **kwargs)
+
+
+def test_the_default_score_asks_for_score_when_the_output_is_not_logits():
+    from edgegen.models.vae import BetaVAE, BetaVAEConfig
+
+    torch.manual_seed(0)
+    vae = BetaVAE(BetaVAEConfig(latent_dim=8)).eval()
+    before = sum(p.numel() for p in vae.parameters())
+    with pytest.raises(ValueError, match=r"score: the default fidelity score compares output logits .* BetaVAE "
+                                         r"\(reference\) returns a dict; pass score="):
+        plan_reduction(vae, max_params=before // 2)  # was: AttributeError 'dict' object has no attribute 'double'
+    with pytest.raises(ValueError, match="returns a dict; pass score="):
+        fidelity_score(vae, vae.example_inputs())
+
+
+def test_a_model_no_group_applies_to_is_named_not_the_budget():
+    """A DCGAN with plain transposed convolutions: heads, FFN and embedding fail, the rank rung
+    changes nothing (no Linear layer). Was: "max_params: ... is below the cheapest plan"."""
+    from edgegen.models import DCGANConfig, DCGANGenerator
+
+    torch.manual_seed(0)
+    g = DCGANGenerator(DCGANConfig(nz=16, ngf=8)).eval()
+    z = torch.randn(2, 16)
+    before = sum(p.numel() for p in g.parameters())
+    for score in (None, lambda mod: -float(mod(z).pow(2).mean())):
+        with pytest.raises(ValueError, match=r"model: no reduction group applies to DCGANGenerator: every plan on the "
+                                             r"ladders \(heads, ffn, rank, embedding\) failed or left the model "
+                                             r"unchanged; the first error: heads\.model: no head-prunable"):
+            plan_reduction(g, max_params=before - 1, example_inputs=(z,), score=score)

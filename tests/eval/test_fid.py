@@ -361,6 +361,23 @@ def test_real_statistics_are_keyed_on_the_data(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 2
 
 
+@pytest.mark.parametrize("limit, batch_size", [(4, 3), (5, 100)], ids=["uneven-batches", "one-short-batch"])
+def test_real_statistics_use_exactly_the_first_limit_images(tmp_path, monkeypatch, limit, batch_size):
+    """A limit that is not a multiple of the batch size: the last batch stops at the limit (was:
+    a whole batch, so --samples 10 measured 24 images while saying 10)."""
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    make_cifar(tmp_path / "a", n=12)
+    ext = _extractor(pixels=3 * 64 * 64, dim=4)
+    from edgegen.data.cifar import CIFAR10
+
+    got = real_statistics("cifar10", ext, split="test", root=tmp_path / "a", limit=limit, batch_size=batch_size)
+    imgs = np.array(CIFAR10(tmp_path / "a", "test", image_size=64).images)[:limit]
+    ref = _ref_features(ext, torch.from_numpy(imgs).float() / 255)
+    assert got.count == limit
+    np.testing.assert_allclose(got.mean, ref.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.covariance, np.cov(ref, rowvar=False), rtol=1e-5, atol=1e-6)
+
+
 def test_proxy_separates_real_from_noise_on_fixture_data(tmp_path):
     """A meaning check on the proxy: held-out images of the training distribution are closer to
     the training images than constant grey images are."""

@@ -140,3 +140,52 @@ def test_qat_models_are_refused_and_nested_outputs_compared(tmp_path):
     np.testing.assert_allclose(a, two(x)["a"].detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b, two(x)["b"].detach().numpy(), rtol=1e-5, atol=1e-6)
     assert res.max_abs_diff < 1e-5
+
+
+@pytest.mark.parametrize("kind, mode, expected", [
+    ("vae", "dynamic", (2, 6)),   # the decoder's 2 Linear layers; its 4 ConvTranspose layers stay float
+    ("vae", "static", (6, 6)),
+    ("dcgan", "static", (5, 5)),  # 5 ConvTranspose layers
+    ("gpt2", "dynamic", (11, 11)),  # wte, wpe, 4 matrices per block x 2, the head's transposed copy of wte
+])
+def test_quantized_weights_counts_weights_not_zero_points(kind, mode, expected, tmp_path):
+    """The per-channel zero points ONNX Runtime writes are 8-bit initializers too: they are not
+    weights (were counted: "4 of 6" for the VAE, a fraction above 1 for GPT-2's static model)."""
+    from edgegen.export import quantized_weights
+
+    model = _models()[kind].eval()
+    fp32 = export_onnx(model, path=tmp_path / "fp32.onnx")
+    calib = [onnx_target(model, batch=2)[1] for _ in range(2)] if mode == "static" else None
+    quantize_onnx(fp32.path, tmp_path / "int8.onnx", mode=mode, calibration=calib)
+    assert quantized_weights(fp32.path, tmp_path / "int8.onnx") == expected
+
+
+def test_inputs_and_files_are_checked(tmp_path):
+    lin = export_onnx(torch.nn.Linear(4, 4).eval(), (torch.randn(1, 4),), tmp_path / "l.onnx")
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"inputs: .*l.onnx takes 1 input\(s\) \['input0'\], got 2 tensor\(s\)"):
+        run_onnx(lin.path, (x, x))  # was: the second tensor silently dropped
+    with pytest.raises(ValueError, match=r"inputs: .* takes 1 input\(s\)"):
+        onnx_latency(lin.path, (x, x), repeats=1)
+    for fn in (lambda p: run_onnx(p, x), lambda p: onnx_latency(p, x, repeats=1)):
+        with pytest.raises(FileNotFoundError, match=r"path: .*absent.onnx does not exist"):
+            fn(tmp_path / "absent.onnx")
+    with pytest.raises(ValueError, match="calibration: static quantization needs at least one calibration input"):
+        quantize_onnx(lin.path, tmp_path / "o.onnx", mode="static", calibration=[])
+    with pytest.raises(ValueError, match="calibration: static quantization needs at least one"):
+        quantize_onnx(lin.path, tmp_path / "o.onnx", mode="static", calibration=(t for t in []))
+    with pytest.raises(ValueError, match=r"calibration: batch 0 has 2 tensor\(s\); the model takes 1 input"):
+        quantize_onnx(lin.path, tmp_path / "o.onnx", mode="static", calibration=[(x, x)])
+    # a generator of calibration batches is read once and works
+    size = quantize_onnx(lin.path, tmp_path / "g.onnx", mode="static", calibration=((torch.randn(2, 4),) for _ in range(2)))
+    assert size > 0
+
+
+def test_bf16_layers_are_refused_by_name(tmp_path):
+    from edgegen.quant import Bf16Config, Fp16Config, quantize_
+
+    bf = quantize_(torch.nn.Sequential(torch.nn.Linear(8, 8)).eval(), Bf16Config())
+    with pytest.raises(ValueError, match="model: holds bfloat16 layers .*export the float model"):
+        export_onnx(bf, (torch.randn(2, 8),), tmp_path / "bf.onnx")  # was: ONNX Runtime NOT_IMPLEMENTED (Gemm)
+    fp = quantize_(torch.nn.Sequential(torch.nn.Linear(8, 8)).eval(), Fp16Config())
+    assert export_onnx(fp, (torch.randn(2, 8),), tmp_path / "fp.onnx").max_abs_diff < 1e-2  # fp16 runs in ORT

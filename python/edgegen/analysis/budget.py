@@ -68,14 +68,27 @@ class ReductionPlan:
 def fidelity_score(reference: nn.Module, inputs: tuple) -> Callable[[nn.Module], float]:
     """A score for models reduced from ``reference``: minus the mean KL divergence (nats per output
     row) from the reference's output distribution to the candidate's on ``inputs`` (0 is perfect).
-    It measures fidelity to the unreduced model, not quality on data."""
-    ref = F.log_softmax(_eval_call(reference, inputs).double(), -1)
+    It measures fidelity to the unreduced model, not quality on data, and needs a model whose
+    output is a floating-point tensor of logits (classes on the last axis, as GPT-2's); for any
+    other model (a VAE's dict of outputs, say) it raises a ValueError asking for ``score=``."""
+    ref = F.log_softmax(_logits(reference, inputs, "reference").double(), -1)
 
     def score(model: nn.Module) -> float:
-        out = F.log_softmax(_eval_call(model, inputs).double(), -1)
+        out = F.log_softmax(_logits(model, inputs, "model").double(), -1)
         return -float(F.kl_div(out, ref, log_target=True, reduction="sum") / ref[..., 0].numel())
 
     return score
+
+
+def _logits(model: nn.Module, inputs: tuple, what: str) -> torch.Tensor:
+    out = _eval_call(model, inputs)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() < 1 or out.shape[-1] < 2:
+        got = (f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else f"a {type(out).__name__}")
+        raise ValueError(f"score: the default fidelity score compares output logits (a floating-point tensor with "
+                         f"classes on the last axis), but {type(model).__name__} ({what}) returns {got}; pass "
+                         "score= (a function model -> float, higher is better, e.g. minus a validation loss)")
+    return out
 
 
 def _eval_call(model: nn.Module, inputs: tuple):
@@ -110,8 +123,11 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
     model has no layers for, such as heads in a convolutional model) is recorded with its error and
     not taken. ``score(model) -> float``,
     higher is better (for example minus the validation loss); by default :func:`fidelity_score` on
-    ``example_inputs`` (or ``model.example_inputs()``). ``model`` is not changed. A ValueError
-    naming the budget when no plan on the ladders meets it."""
+    ``example_inputs`` (or ``model.example_inputs()``), which needs logits (a model with other
+    outputs, such as the Beta-VAE, must pass ``score``). ``model`` is not changed. A ValueError
+    naming the budget when no plan on the ladders meets it, or naming ``model`` (with the first
+    group's error) when no group applies to the model at all (a DCGAN has no heads, FFN, Linear
+    ranks or embedding)."""
     if (max_params is None) == (max_latency_ms is None):
         raise ValueError("max_params / max_latency_ms: give exactly one budget")
     if max_params is not None and (isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 1):
@@ -141,18 +157,29 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
 
         return profile(m, inputs, repeats=latency_repeats, warmup=2, measure_memory=False).latency_ms_p50
 
+    def layout(m: nn.Module) -> tuple:
+        return tuple((n, type(x).__name__) for n, x in m.named_modules()) + tuple(
+            (n, tuple(t.shape)) for n, t in m.named_parameters())
+
+    base_layout = layout(model)
+    changed: set[int] = set()  # ids of the steps whose plan changed the model's layers
+
     def evaluate(levels: dict[str, int]) -> PlanStep:
         cfg = _config(levels, ladders)
         m = copy.deepcopy(model).eval()
         if cfg is not None:
             apply_plan_(m, cfg, filter_fn)  # on this copy: reduce_'s dry run is not needed
-        return PlanStep(cfg, cost_of(m), float(score(m)), False)
+        step = PlanStep(cfg, cost_of(m), float(score(m)), False)
+        if layout(m) != base_layout:
+            changed.add(id(step))
+        return step
 
     levels = {g: 0 for g in GROUPS}
     current = evaluate(levels)
     current.taken = True
     base = current
     steps = [current]
+    applied = False  # whether any plan on the ladders changed the model at all
     while current.cost > budget:
         candidates = []
         for g in GROUPS:
@@ -165,7 +192,14 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
                     continue
                 steps.append(step)
                 candidates.append((g, trial, step))
+                applied = applied or id(step) in changed
         if not candidates:
+            errors = [s.error for s in steps if s.error]
+            if not applied and any(ladders[g] for g in GROUPS):
+                first = f"; the first error: {errors[0]}" if errors else ""
+                raise ValueError(f"model: no reduction group applies to {type(model).__name__}: every plan on the "
+                                 f"ladders ({', '.join(g for g in GROUPS if ladders[g])}) failed or left the model "
+                                 f"unchanged{first}")
             raise ValueError(f"max_{'params' if max_params is not None else 'latency_ms'}: {budget} is below the "
                              f"cheapest plan on the ladders ({current.cost:.6g} {unit})")
 

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--onnx", action="store_true",
                        help="also export to ONNX (float and ONNX Runtime INT8) and time it in ONNX Runtime "
                             "(needs the export extra)")
-        p.add_argument("--samples", type=int, default=1000, help="generated images for FID (default 1000)")
+        p.add_argument("--samples", type=int, default=1000, help="generated images for FID (default 1000, at least 2)")
+        p.add_argument("--data-root", help="datasets folder (default $EDGEGEN_DATA_DIR if set, else the folder the "
+                                           "run recorded); evaluation never downloads")
         p.add_argument("--max-tokens", type=int, help="perplexity on this many WikiText-2 tokens (a labelled "
                                                       "prefix) instead of the whole test split")
         p.add_argument("--fid-extractor", choices=["auto", "inception", "proxy"], default="auto",
@@ -94,33 +96,47 @@ def _eval_options(args):
 
     return EvalOptions(metrics=tuple(m for m in args.metrics.split(",") if m.strip()), samples=args.samples,
                        fid_extractor=args.fid_extractor, max_tokens=args.max_tokens, profile=args.profile,
-                       device_profiles=tuple(args.device_profile), onnx=args.onnx,
+                       device_profiles=tuple(args.device_profile), onnx=args.onnx, data_root=args.data_root,
                        progress=not args.no_progress)
 
 
-def _log_eval(result: dict, run_dir: Path, cfg) -> None:
+def _log_eval(result: dict, run_dir: Path, cfg, saved: Path, command: str) -> None:
+    """The evaluation into the run's MLflow run (or a new one, then named in mlflow_run.json):
+    metrics ``eval/<eval_id>/<name>``, tags ``eval.<eval_id>.form`` and ``eval.<eval_id>.label.<key>``,
+    the saved file as an artifact. A run opened here is closed (FINISHED, or FAILED when logging
+    raised); the training's own run is left as its training left it."""
     from edgegen.tracking import attach_tracker
 
     tracker = attach_tracker(run_dir, cfg.tracking.uri, cfg.tracking.experiment, f"{cfg.name}-eval")
-    metrics = {f"eval/{k}": v for k, v in result["metrics"].items()}
-    tracker.log_metrics(metrics, 0)
-    tracker.set_tags({f"eval.label.{k}": v[:4000] for k, v in result["labels"].items()})
-    tracker.log_artifact(run_dir / "eval.json")
+    key = result["eval_id"]
+    status = "FAILED"
+    try:
+        tracker.log_metrics({f"eval/{key}/{k}": v for k, v in result["metrics"].items()}, 0)
+        tracker.set_tags({f"eval.{key}.form": result["form"],
+                          **{f"eval.{key}.label.{k}": v[:4000] for k, v in result["labels"].items()}})
+        tracker.log_artifact(saved)
+        status = "FINISHED"
+    finally:
+        if not tracker.reattached:
+            tracker.finish(status)
     if tracker.failed:
-        print(f"edgegen eval: MLflow logging failed; the results are in {run_dir / 'eval.json'}", file=sys.stderr)
+        print(f"edgegen {command}: MLflow logging failed; the results are in {saved}", file=sys.stderr)
 
 
 def _evaluate(args) -> int:
-    from edgegen.eval.runs import compare_runs, evaluate_run, load_run, save_eval
+    from edgegen.eval.runs import check_options, compare_runs, evaluate_run, load_run, save_eval
 
     opts = _eval_options(args)
+    paths = [args.run] if args.command == "eval" else args.runs
+    for path in paths:  # every option against every run before the first metric (one model held at a time)
+        check_options(load_run(path, which=args.which, form=args.form), opts)
     results = []
-    for path in ([args.run] if args.command == "eval" else args.runs):
+    for path in paths:
         run = load_run(path, which=args.which, form=args.form)
         result = evaluate_run(run, opts)
-        save_eval(result, run.run_dir)
+        saved = save_eval(result, run.run_dir)
         if not args.no_log and run.config.tracking.enabled:
-            _log_eval(result, run.run_dir, run.config)
+            _log_eval(result, run.run_dir, run.config, saved, args.command)
         results.append(result)
     if args.command == "eval":
         print(json.dumps(results[0], indent=2, default=str))
@@ -205,7 +221,7 @@ def main(argv=None) -> int:
                   "their runs)", file=sys.stderr)
             return 1
         return 0
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"edgegen {args.command}: {exc}", file=sys.stderr)
         return 2
 

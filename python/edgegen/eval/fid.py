@@ -402,7 +402,7 @@ def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "tra
     if path.is_file():
         with np.load(path) as z:
             return GaussianStats.from_state_dict({k: z[k] for k in z.files})
-    stats, _ = image_statistics((torch.from_numpy(np.array(images[i:i + batch_size]))
+    stats, _ = image_statistics((torch.from_numpy(np.array(images[i:min(i + batch_size, n)]))
                                  for i in range(0, n, batch_size)), extractor, batch_size, name="real")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,11 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LoadedRun", "load_run", "EvalOptions", "evaluate_run", "compare_runs", "MAIN_MODULE",
-           "QUANTIZED_ARTIFACTS"]
+__all__ = ["LoadedRun", "load_run", "EvalOptions", "evaluate_run", "check_options", "compare_runs", "save_eval",
+           "eval_file", "MAIN_MODULE", "QUANTIZED_ARTIFACTS"]
 
 MAIN_MODULE = {"gan": "generator", "vae": "model", "lm": "model", "distill": "model"}
 QUANTIZED_ARTIFACTS = ("model-int8.safetensors", "model-ptq.safetensors")
+# What wrote each quantized artifact: QAT converted at the end of training, or post-training quantization.
+ARTIFACT_ORIGIN = {"model-int8.safetensors": "qat", "model-ptq.safetensors": "ptq"}
 SHRUNK_ARTIFACT = "model-shrunk.pt"
 KIND_METRICS = {"dcgan": ("fid",), "vae": ("vae", "fid"), "gpt2": ("ppl", "text")}
 ALL_METRICS = ("fid", "kid", "vae", "ssim", "ppl", "bleu", "text")
@@ -38,7 +41,7 @@ ALL_METRICS = ("fid", "kid", "vae", "ssim", "ppl", "bleu", "text")
 class LoadedRun:
     """``model``: the run's main model in eval mode, in the ``form`` asked for; ``config``: its
     ExperimentConfig; ``form``: what the model is (float, pruned, shrunk, int8 ...); ``source``: the
-    files it was built from."""
+    files it was built from; ``requested``: the form asked for ("shipped" or "float")."""
 
     model: nn.Module
     config: object
@@ -46,6 +49,14 @@ class LoadedRun:
     checkpoint: Path
     form: str
     source: list[str] = field(default_factory=list)
+    requested: str = "shipped"
+
+    @property
+    def eval_id(self) -> str:
+        """The evaluation's key in the run folder and in MLflow: checkpoint and requested form
+        ("last-shipped", "last-float", "best-float"), so evaluations of one run never overwrite
+        each other."""
+        return _slug(f"{self.checkpoint.stem}-{self.requested}")
 
     @property
     def kind(self) -> str:
@@ -125,26 +136,30 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
         raise ValueError(f"run_dir: {ck} holds no '{key}' module")
     sources = [str(ck)]
     artifacts = [a for a in ("model-shipped.pt", *QUANTIZED_ARTIFACTS, SHRUNK_ARTIFACT) if (run_dir / a).is_file()]
-    if form == "shipped" and which == "best" and artifacts:
-        raise ValueError(f"which: the shipped artifacts of {run_dir} ({', '.join(artifacts)}) were made from the last "
-                         "checkpoint, not the best; use which='last', or form='float' for the best float weights")
+    # On the checkpoint actually resolved: a path to checkpoints/best.pt must not get around it.
+    from_last = ck.resolve() == (run_dir / "checkpoints" / "last.pt").resolve()
+    if form == "shipped" and artifacts and not from_last:
+        arg = "which" if Path(path).expanduser().is_dir() else "path"
+        raise ValueError(f"{arg}: the shipped artifacts of {run_dir} ({', '.join(artifacts)}) were made from the last "
+                         f"checkpoint (checkpoints/last.pt), not from {ck.name}; use which='last', or form='float' "
+                         f"for the float weights of {ck.name}")
     if form == "shipped":
         shipped = run_dir / "model-shipped.pt"  # written by edgegen compress --from
         if shipped.is_file():
             model = torch.load(shipped, map_location="cpu", weights_only=False)
             what = "compressed after training: " + str(snap.get("posthoc_tag", "?"))
-            return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, what, sources + [str(shipped)])
+            return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, what, sources + [str(shipped)], form)
         for art in QUANTIZED_ARTIFACTS:
             if (run_dir / art).is_file():
                 from edgegen.quant import load_quantized
 
+                what = f"{quantized_form(run_dir / art)} ({ARTIFACT_ORIGIN[art]})"
                 model = load_quantized(_plain_float(cfg, state), run_dir / art)
-                return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, "int8 (" + art.split("-")[1].split(".")[0] +
-                                 ")", sources + [str(run_dir / art)])
+                return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, what, sources + [str(run_dir / art)], form)
         if (run_dir / SHRUNK_ARTIFACT).is_file():
             model = torch.load(run_dir / SHRUNK_ARTIFACT, map_location="cpu", weights_only=False)
             return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, "pruned, shrunk",
-                             sources + [str(run_dir / SHRUNK_ARTIFACT)])
+                             sources + [str(run_dir / SHRUNK_ARTIFACT)], form)
     model = _build_float(cfg, state)
     from edgegen.prune.masks import finalize_
 
@@ -161,7 +176,46 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
 
         model = shrink(model.eval(), model.example_inputs(1))
         form_name = "pruned, shrunk"
-    return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, form_name, sources)
+    return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, form_name, sources, form)
+
+
+_LOW_PRECISION_NAMES = {"float16": "fp16", "bfloat16": "bf16"}
+
+
+def quantized_form(path) -> str:
+    """What a ``save_quantized`` file holds, from its layout (``edgegen_quant_layout``): "int8",
+    "int4 weight-only", "int4 W4A8" (4-bit weights, 8-bit activations), "fp16", "bf16", or
+    several joined by " + " for a mixed-precision model."""
+    from edgegen.tensor_files import read_safetensors_metadata
+
+    meta = read_safetensors_metadata(path)
+    if "edgegen_quant_layout" not in meta:
+        raise ValueError(f"{path}: was not written by edgegen.quant.save_quantized (no edgegen_quant_layout)")
+    try:
+        layout = json.loads(meta["edgegen_quant_layout"])
+        specs = list(layout.values())
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: edgegen_quant_layout is not a JSON object of layer specs ({exc})") from None
+    names = []
+    for spec in specs:
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind in ("Int8Linear", "Int8Conv2d", "Int8ConvTranspose2d", "Int8Embedding"):
+            name = "int8"
+        elif kind == "Int4Linear":
+            name = "int4 W4A8" if spec.get("activations") == "int8" else "int4 weight-only"
+        elif kind == "Int4Embedding":
+            name = "int4 weight-only"
+        elif kind == "LowPrecision":
+            name = _LOW_PRECISION_NAMES.get(str(spec.get("dtype")), str(spec.get("dtype")))
+        else:
+            raise ValueError(f"{path}: unknown layer type {kind!r} in edgegen_quant_layout")
+        if name not in names:
+            names.append(name)
+    return " + ".join(names) if names else "float (no layer quantized)"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "run"
 
 
 def _plain_float(cfg, state: dict) -> nn.Module:
@@ -218,10 +272,19 @@ class EvalOptions:
     progress: bool = False
 
 
+def _data_root(cfg, opts: EvalOptions):
+    """Where the evaluation reads data: an explicit ``data_root`` (--data-root), else
+    $EDGEGEN_DATA_DIR if set, else the root the run recorded (None: the readers' default). Data
+    moves between machines; a root given now is meant over the one written at training time."""
+    from edgegen.data.root import ENV_VAR
+
+    return opts.data_root or os.environ.get(ENV_VAR) or (cfg.data.root if cfg is not None else None)
+
+
 def _real_images(cfg, opts: EvalOptions) -> tuple[torch.Tensor, str]:
     """Held-out real images [N, 3, 64, 64] uint8 and what they are."""
     name = cfg.data.name
-    root = opts.data_root or cfg.data.root
+    root = _data_root(cfg, opts)
     if name == "cifar10":
         from edgegen.data.cifar import CIFAR10
 
@@ -263,18 +326,18 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
     proxy_ds = "celeba" if run.config.data.name == "celeba" else "cifar10"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the label carries the same message
-        ext = get_extractor(opts.fid_extractor, proxy_dataset=proxy_ds, root=opts.data_root or run.config.data.root,
+        ext = get_extractor(opts.fid_extractor, proxy_dataset=proxy_ds, root=_data_root(run.config, opts),
                             epochs=opts.proxy_epochs)
     real, what = _real_images(run.config, opts)
     n_real = len(real)
-    if n_real < 2:
+    if n_real < 2:  # --samples >= 2 is checked up front: this is the data's own size
         raise ValueError(f"metrics: the held-out split has {n_real} images; FID needs at least 2")
     if not with_kid and run.config.data.name in ("cifar10", "celeba"):
         from edgegen.eval.fid import real_statistics
 
         # The same images, their statistics cached per extractor and data (a digest of the images).
         real = real_statistics(run.config.data.name, ext, split="test", limit=n_real,
-                               root=opts.data_root or run.config.data.root)
+                               root=_data_root(run.config, opts))
     res = fid(_generated(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
               batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
               kid_subset_size=_kid_subset(opts.samples, n_real), seed=opts.seed)
@@ -300,12 +363,22 @@ def _vae_metrics(run: LoadedRun, opts: EvalOptions, out: dict, labels: dict) -> 
     labels["vae"] = f"{n} held-out images ({what}); ELBO terms with one posterior sample per image (seed {opts.seed})"
 
 
-def _lm_tokens(opts: EvalOptions) -> tuple:
-    from edgegen.data.tokenizer import GPT2Tokenizer, download_gpt2_tokenizer
+def _lm_tokens(opts: EvalOptions, cfg=None) -> tuple:
+    """WikiText-2 raw test as GPT-2 token ids, and the tokenizer. Never downloads: a missing
+    folder is a FileNotFoundError naming it and how to get it."""
+    from edgegen.data.root import data_root
+    from edgegen.data.tokenizer import GPT2Tokenizer
     from edgegen.data.wikitext import WikiText2
 
-    tok = GPT2Tokenizer.from_dir(download_gpt2_tokenizer(opts.data_root))
-    ids = WikiText2(opts.data_root, "test").tokens(tok)
+    root = _data_root(cfg, opts)
+    text = WikiText2(root, "test")  # its error names the folder expected and the archive to unpack there
+    folder = data_root(root) / "gpt2"
+    try:
+        tok = GPT2Tokenizer.from_dir(folder)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; fetch them with edgegen.data.download_gpt2_tokenizer({str(data_root(root))!r}) "
+                                "(evaluation never downloads)") from None
+    ids = text.tokens(tok)
     return torch.from_numpy(np.array(ids, dtype=np.int64)), tok
 
 
@@ -374,15 +447,65 @@ def _example_inputs(run: LoadedRun, batch: int = 1):
     return (torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1,)
 
 
+def _int_at_least(opts: EvalOptions, name: str, low: int, why: str = "") -> None:
+    """``why``: the command-line flag and the reason, when there are any."""
+    v = getattr(opts, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name}: expected an int >= {low}{f' ({why})' if why else ''}, got {v!r}")
+
+
+def check_options(run: LoadedRun, options: EvalOptions | None = None) -> list[str]:
+    """Check every option against the run before anything is measured; returns the metric names
+    to compute. Each error names the option (and its command-line flag)."""
+    opts = options or EvalOptions()
+    if not isinstance(opts, EvalOptions):
+        raise TypeError(f"options: expected an EvalOptions, got {type(opts).__name__}")
+    names = _wanted(run, opts.metrics)
+    images = {"fid", "kid"} & set(names)
+    _int_at_least(opts, "samples", 2 if images else 1,
+                  "--samples; FID/KID compare two sets of at least 2 images" if images else "--samples")
+    for name in ("batch_size", "proxy_epochs", "text_prompts", "text_new_tokens", "profile_repeats"):
+        _int_at_least(opts, name, 1)
+    if opts.fid_extractor not in ("auto", "inception", "proxy"):
+        raise ValueError(f"fid_extractor: expected 'auto', 'inception' or 'proxy' (--fid-extractor), got "
+                         f"{opts.fid_extractor!r}")
+    if opts.max_tokens is not None:
+        _int_at_least(opts, "max_tokens", 2, "--max-tokens; a perplexity needs at least one predicted token")
+    for name in ("context", "stride"):
+        if getattr(opts, name) is not None:
+            _int_at_least(opts, name, 1)
+    t = opts.profile_min_time_s
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+        raise ValueError(f"profile_min_time_s: expected a number >= 0, got {t!r}")
+    if isinstance(opts.device_profiles, str):
+        raise TypeError("device_profiles: expected a tuple of device keys, got a string")
+    if opts.device_profiles:
+        from edgegen.eval.edge import device_profiles
+
+        known = sorted(device_profiles())
+        bad = [d for d in opts.device_profiles if d not in known]
+        if bad:
+            raise ValueError(f"device_profiles: unknown device {bad[0]!r} (--device-profile); expected some of {known}")
+    if opts.onnx:
+        from edgegen.export.onnx import _require_ort
+
+        _require_ort()  # ImportError naming the export extra, before hours of metrics
+    return names
+
+
 def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None = None) -> dict:
     """Quality (and, with ``options.profile``, efficiency) of one run: a dict with ``run``,
-    ``name``, ``kind``, ``form``, ``metrics`` (flat numbers, units and labels in the names: fid,
+    ``name``, ``kind``, ``form``, ``eval_id`` (checkpoint and requested form: "last-shipped",
+    "last-float", ...), ``metrics`` (flat numbers, units and labels in the names: fid,
     fid_nonstandard or fid_proxy, wikitext2_ppl or wikitext2_ppl_prefix, *_ms, *_bytes, energy_j or
-    energy_j_estimated, *_projected), ``labels`` (what each number is) and ``seconds``."""
+    energy_j_estimated, *_projected), ``labels`` (what each number is) and ``seconds``. Every
+    option is checked (:func:`check_options`) before the first metric. With ``options.onnx``, an
+    export that fails is recorded in ``labels["onnx"]`` with its reason, and the other metrics
+    are kept."""
     opts = options or EvalOptions()
     if not isinstance(run, LoadedRun):
         run = load_run(run)
-    names = _wanted(run, opts.metrics)
+    names = check_options(run, opts)
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
     labels: dict[str, str] = {}
@@ -391,7 +514,7 @@ def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None
     if "vae" in names or "ssim" in names:
         _vae_metrics(run, opts, metrics, labels)
     if {"ppl", "bleu", "text"} & set(names):
-        tokens, tok = _lm_tokens(opts)
+        tokens, tok = _lm_tokens(opts, run.config)
         if "ppl" in names:
             _ppl_metrics(run, opts, tokens, metrics, labels)
         if "bleu" in names or "text" in names:
@@ -399,10 +522,37 @@ def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None
     if opts.profile or opts.device_profiles:
         _profile(run, opts, metrics, labels)
     if opts.onnx:
-        _onnx_metrics(run, opts, metrics, labels)
+        try:
+            _onnx_metrics(run, opts, metrics, labels)
+        except Exception as exc:  # noqa: BLE001 - an optional add-on must not lose the metrics measured before it
+            reason = f"{type(exc).__name__}: {exc}"
+            labels["onnx"] = f"ONNX unavailable for this run: {reason}"
+            warnings.warn(f"evaluate_run: no ONNX metrics for {run.run_dir} ({reason}); the other metrics are kept",
+                          RuntimeWarning, stacklevel=2)
     return {"run": str(run.run_dir), "name": run.name, "kind": run.kind, "form": run.form,
-            "checkpoint": str(run.checkpoint), "metrics": metrics, "labels": labels,
+            "eval_id": run.eval_id, "checkpoint": str(run.checkpoint), "metrics": metrics, "labels": labels,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _onnx_source(run: LoadedRun) -> tuple[nn.Module, str]:
+    """The model to export and what it is. edgegen's integer layers and QAT's fake quantization
+    have no ONNX form, bf16 layers none that ONNX Runtime's CPU provider runs, and ONNX Runtime
+    quantizes the float model itself: such runs export their float weights, QAT wrappers removed."""
+    from edgegen.quant import (Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear,
+                               LowPrecision, QATModule)
+
+    integer = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
+    found = {type(m).__name__ for m in run.model.modules() if isinstance(m, (*integer, LowPrecision, QATModule))}
+    if not found:
+        return run.model, f"the {run.form} model"
+    model = load_run(run.checkpoint, form="float").model
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, QATModule)]
+    for name, m in targets:  # the trained float weights, without fake quantization
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, m.module)
+    why = f"its {', '.join(sorted(found))} layers are edgegen's own, ONNX Runtime quantizes the float model itself" + (
+        "; QAT's fake quantization removed" if targets else "")
+    return model.eval(), f"the run's float weights ({why}; the other metrics measure the {run.form} model)"
 
 
 def _profile(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict) -> None:
@@ -436,15 +586,7 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
 
     from edgegen.export import export_onnx, onnx_latency, onnx_target, quantize_onnx, quantized_weights
 
-    model = run.model
-    from edgegen.quant import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
-
-    kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
-    if any(isinstance(m, kinds) for m in model.modules()):
-        model = load_run(run.checkpoint, form="float").model  # ONNX Runtime quantizes the float model itself
-        source = "the run's float weights (its edgegen INT8 layers have no ONNX form)"
-    else:
-        source = f"the {run.form} model"
+    model, source = _onnx_source(run)
     _, inputs, _, _ = onnx_target(model, batch=1)
     with tempfile.TemporaryDirectory() as d:
         fp32 = export_onnx(model, path=Path(d) / "model.onnx")
@@ -490,24 +632,42 @@ def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) 
     """One row per evaluated run (``evaluate_run`` results): Markdown and CSV tables of quality,
     size, parameters, sparsity, FLOPs, latency, memory and energy (columns present in any row), and,
     with ``out_dir``, ``compare.md``, ``compare.csv`` and ``compare.png`` (quality against latency)
-    written there. Returns {"markdown", "csv", "columns", "paths"}."""
+    written there. Returns {"markdown", "csv", "columns", "paths"}.
+
+    Rows are keyed by run folder (several runs of one config, seeds or compressed variants, stay
+    apart): ``run`` is the shortest trailing part of the folder path that tells the rows apart
+    (with the form added where one folder is evaluated in two forms), beside ``config`` (the
+    config's name), ``kind``, ``preset`` (where a result records one) and ``form``. Labels that
+    differ between rows are listed per row. Rows of different model kinds or presets get a note
+    (and a RuntimeWarning): their numbers are not measurements of one model family at one scale."""
     import csv
     import io
 
     if not results:
         raise ValueError("results: expected at least one evaluated run")
+    ids = _row_ids(results)
     cols = [c for c in COLUMNS if any(c in r["metrics"] for r in results)]
-    header = ["run", "form"] + cols
-    rows = [[r["name"], r["form"]] + [r["metrics"].get(c) for c in cols] for r in results]
+    with_preset = any(r.get("preset") for r in results)
+    meta = ["run", "config", "kind"] + (["preset"] if with_preset else []) + ["form"]
+    header = meta + cols
+    rows = [[rid, r.get("name"), r.get("kind")] + ([r.get("preset")] if with_preset else []) + [r.get("form")]
+            + [r["metrics"].get(c) for c in cols] for rid, r in zip(ids, results)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(fmt_number(v) for v in row) + " |" for row in rows]
     notes = []
+    for what, key in (("model kinds", "kind"), ("presets", "preset")):
+        values = sorted({str(r[key]) for r in results if r.get(key)})
+        if len(values) > 1:
+            text = (f"NOTE: these rows mix {what} ({', '.join(values)}): a number of one is not comparable with "
+                    "the same number of another")
+            notes.append(text)
+            warnings.warn(f"compare_runs: {text}", RuntimeWarning, stacklevel=2)
     for k in sorted({k for r in results for k in r["labels"]}):
-        texts = {r["name"]: r["labels"][k] for r in results if k in r["labels"]}
+        texts = {rid: r["labels"][k] for rid, r in zip(ids, results) if k in r["labels"]}
         if len(set(texts.values())) == 1:
             notes.append(f"{k}: {next(iter(texts.values()))}")
         else:
-            notes += [f"{k} ({name}): {text}" for name, text in texts.items()]
+            notes += [f"{k} ({rid}): {text}" for rid, text in texts.items()]
     markdown = "\n".join(md) + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -520,13 +680,50 @@ def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) 
         (out / "compare.md").write_text(markdown, encoding="utf-8")
         (out / "compare.csv").write_text(buf.getvalue(), encoding="utf-8")
         paths = {"markdown": str(out / "compare.md"), "csv": str(out / "compare.csv")}
-        plot = _plot(results, out / "compare.png")
+        plot = _plot(results, ids, out / "compare.png")
         if plot:
             paths["plot"] = plot
     return {"markdown": markdown, "csv": buf.getvalue(), "columns": header, "paths": paths}
 
 
-def _plot(results: list[dict], path: Path) -> str | None:
+def _row_ids(results: list[dict]) -> list[str]:
+    """A unique short name per row: the run folder's last path part, more parts where two folders
+    end alike (runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0), the form added where one folder
+    appears in two forms, a number where a row repeats another. Results without a folder (built
+    by hand) are named by their config name."""
+    paths = [Path(r["run"]).expanduser().resolve() if r.get("run") else None for r in results]
+    depth = [1] * len(results)
+
+    def name(i):
+        if paths[i] is None:
+            return str(results[i].get("name", f"row {i + 1}"))
+        return "/".join(paths[i].parts[-depth[i]:])
+
+    while True:
+        groups: dict[str, set] = {}
+        for i in range(len(results)):
+            groups.setdefault(name(i), set()).add(paths[i])
+        grow = [i for i in range(len(results)) if paths[i] is not None and len(groups[name(i)]) > 1
+                and depth[i] < len(paths[i].parts)]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    base = [name(i) for i in range(len(results))]
+    ids = [f"{rid} [{results[i].get('form')}]"
+           if len({results[j].get("form") for j, other in enumerate(base) if other == rid}) > 1 else rid
+           for i, rid in enumerate(base)]
+    seen: dict[str, int] = {}
+    out = []
+    for rid in ids:
+        if ids.count(rid) > 1:
+            seen[rid] = seen.get(rid, 0) + 1
+            rid = f"{rid} #{seen[rid]}"
+        out.append(rid)
+    return out
+
+
+def _plot(results: list[dict], ids: list[str], path: Path) -> str | None:
     quality = next((q for q in ("fid", "fid_nonstandard", "fid_proxy", "wikitext2_ppl", "wikitext2_ppl_prefix",
                                 "vae_neg_elbo")
                     if all(q in r["metrics"] for r in results)), None)
@@ -540,22 +737,39 @@ def _plot(results: list[dict], path: Path) -> str | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in results:
+    kinds = sorted({str(r.get("kind", "?")) for r in results})
+    markers = dict(zip(kinds, "osD^v<>ph*"))
+    for rid, r in zip(ids, results):
         x, y = r["metrics"]["latency_ms_p50"], r["metrics"][quality]
-        ax.scatter([x], [y])
-        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        kind = str(r.get("kind", "?"))
+        ax.scatter([x], [y], marker=markers.get(kind, "o"), label=kind)
+        ax.annotate(rid, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("latency, median (ms, this machine)")
     ax.set_ylabel(quality + " (lower is better)")
-    ax.set_title("quality against latency")
+    if len(kinds) > 1:  # said on the figure too: the points are not one model family
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, title="kind", title_fontsize=7)
+        ax.set_title(f"quality against latency (mixed model kinds: {', '.join(kinds)})", fontsize=9)
+    else:
+        ax.set_title("quality against latency")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
 
 
+def eval_file(result: dict) -> str:
+    """The file name of an evaluation in its run folder: ``eval-<eval_id>.json`` (for example
+    ``eval-last-shipped.json``, ``eval-last-float.json``), one per checkpoint and form."""
+    key = result.get("eval_id") or _slug(result.get("form", "run"))
+    return f"eval-{_slug(key)}.json"
+
+
 def save_eval(result: dict, run_dir: str | os.PathLike) -> Path:
-    """Write ``eval.json`` into the run folder (atomically) and return its path."""
-    path = Path(run_dir) / "eval.json"
+    """Write the result into the run folder as :func:`eval_file` names it (atomically; an
+    evaluation of another checkpoint or form keeps its own file) and return its path."""
+    path = Path(run_dir) / eval_file(result)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)

@@ -114,6 +114,13 @@ def _check_exportable(model: nn.Module) -> nn.Module:
         raise ValueError(f"model: holds edgegen integer layers ({', '.join(found)}) that run as edgegen's own "
                          "kernels and have no ONNX form; export the float model and quantize the file with "
                          "edgegen.export.quantize_onnx (ONNX Runtime's quantizer)")
+    from edgegen.quant import LowPrecision
+
+    if any(isinstance(m, LowPrecision) and m.dtype == torch.bfloat16 for m in model.modules()):
+        # The exported graph is valid ONNX, but ONNX Runtime's CPU provider refuses it on load.
+        raise ValueError("model: holds bfloat16 layers (LowPrecision, e.g. from Bf16Config) that ONNX Runtime's "
+                         "CPU provider cannot run (no bfloat16 convolution or matrix-product kernels); export the "
+                         "float model instead")
     if any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules()):
         from edgegen.prune import finalize_
 
@@ -129,14 +136,32 @@ def _as_inputs(example_inputs) -> tuple:
 
 
 def run_onnx(path, inputs, threads: int | None = None) -> list[np.ndarray]:
-    """Outputs of the ONNX file at ``path`` on ``inputs`` (tensors, in the file's input order)."""
+    """Outputs of the ONNX file at ``path`` on ``inputs`` (tensors, in the file's input order,
+    exactly as many as the file takes)."""
     ort = _require_ort()
     sess = _session(ort, path, threads)
+    return sess.run(None, _feed(sess, path, inputs))
+
+
+def _feed(sess, path, inputs) -> dict:
+    """{input name: array} for a session; a count that differs from the file's inputs is an error
+    (zip would drop the extra ones, or leave one unfed with a less clear message)."""
     names = [i.name for i in sess.get_inputs()]
-    return sess.run(None, {n: t.detach().cpu().numpy() for n, t in zip(names, _as_inputs(inputs))})
+    inputs = _as_inputs(inputs)
+    if len(inputs) != len(names):
+        raise ValueError(f"inputs: {path} takes {len(names)} input(s) {names}, got {len(inputs)} tensor(s)")
+    return {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+
+
+def _check_file(path, what: str = "path") -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    return path
 
 
 def _session(ort, path, threads):
+    _check_file(path)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -209,12 +234,18 @@ class _Reader:
     def __init__(self, names, batches):
         self.names = names
         self.it = iter(batches)
+        self.index = 0
 
     def get_next(self):
         b = next(self.it, None)
         if b is None:
             return None
-        return {n: t.detach().cpu().numpy() for n, t in zip(self.names, _as_inputs(b))}
+        b = _as_inputs(b)
+        if len(b) != len(self.names):
+            raise ValueError(f"calibration: batch {self.index} has {len(b)} tensor(s); the model takes "
+                             f"{len(self.names)} input(s) {self.names}")
+        self.index += 1
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.names, b)}
 
     def rewind(self):  # some ONNX Runtime versions call it
         pass
@@ -232,13 +263,16 @@ def quantize_onnx(fp32_path, out_path, mode: str = "dynamic", calibration=None, 
     ``op_types`` (default: the convolutions and matrix products, as edgegen's own INT8 does; norms,
     softmax and residual additions stay float)."""
     _require_ort()
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    if not fp32_path.is_file():
-        raise FileNotFoundError(f"fp32_path: {fp32_path} does not exist")
+    fp32_path, out_path = _check_file(fp32_path, "fp32_path"), Path(out_path)
     if mode not in ("dynamic", "static"):
         raise ValueError(f"mode: expected 'dynamic' or 'static', got {mode!r}")
-    if mode == "static" and calibration is None:
-        raise ValueError("calibration: static quantization needs an iterable of calibration inputs")
+    if mode == "static":
+        if calibration is None:
+            raise ValueError("calibration: static quantization needs an iterable of calibration inputs")
+        calibration = list(calibration)  # a generator is read once here, so emptiness can be checked
+        if not calibration:
+            raise ValueError("calibration: static quantization needs at least one calibration input, got none "
+                             "(the activation ranges are measured on them)")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     import logging
 
@@ -273,19 +307,34 @@ def _quantize(mode, fp32_path, out_path, calibration, per_channel, op_types) -> 
 def quantized_weights(fp32_path, int8_path) -> tuple[int, int]:
     """(weight tensors stored as 8-bit in ``int8_path``, weight tensors of ``fp32_path``): how much
     of the model ONNX Runtime's quantizer actually converted (its dynamic mode skips
-    ConvTranspose, for one)."""
+    ConvTranspose, for one). A weight tensor is an initializer of two or more dimensions; the
+    quantizer's zero points (8-bit too, per channel or per tensor) are not weights and not
+    counted."""
     import onnx
 
-    total = sum(1 for t in onnx.load(str(fp32_path)).graph.initializer if len(t.dims) >= 2)
-    return _int8_initializers(int8_path), total
+    total = sum(1 for t in onnx.load(str(_check_file(fp32_path, "fp32_path"))).graph.initializer
+                if len(t.dims) >= 2)
+    return _int8_initializers(_check_file(int8_path, "int8_path")), total
+
+
+# Where quantized ops take zero points (input positions), per ONNX and ONNX Runtime's contrib ops.
+_ZERO_POINT_INPUTS = {"QuantizeLinear": (2,), "DequantizeLinear": (2,), "MatMulInteger": (2, 3),
+                      "ConvInteger": (2, 3), "QLinearConv": (2, 5, 7), "QLinearMatMul": (2, 5, 7),
+                      "DynamicQuantizeMatMul": (3,), "MatMulIntegerToFloat": (4, 5),
+                      "QGemm": (2, 5, 8)}
 
 
 def _int8_initializers(path) -> int:
+    """Quantized weight tensors of an ONNX file: 8-bit initializers of two or more dimensions
+    that no node reads as a zero point."""
     import onnx
 
     graph = onnx.load(str(path)).graph
+    zero_points = {node.input[i] for node in graph.node for i in _ZERO_POINT_INPUTS.get(node.op_type, ())
+                   if i < len(node.input)}
     return sum(1 for t in graph.initializer
-               if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and np.prod(t.dims) > 1)
+               if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) >= 2
+               and t.name not in zero_points)
 
 
 def onnx_latency(path, inputs, repeats: int = 20, warmup: int = 3, threads: int | None = None) -> dict:
@@ -296,8 +345,7 @@ def onnx_latency(path, inputs, repeats: int = 20, warmup: int = 3, threads: int 
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     threads = threads or torch.get_num_threads()
     sess = _session(ort, path, threads)
-    names = [i.name for i in sess.get_inputs()]
-    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, _as_inputs(inputs))}
+    feed = _feed(sess, path, inputs)
     for _ in range(warmup):
         sess.run(None, feed)
     times = []

@@ -232,13 +232,21 @@ def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
                    run_name: str | None = None) -> "MLflowTracker":
     """A tracker that logs into the MLflow run a training run opened (its id is in
     ``<run_dir>/mlflow_run.json``); where there is none, a new run named ``run_name`` tagged with
-    the folder."""
+    the folder, whose id is then written to ``mlflow_run.json`` so that later evaluations of the
+    folder log into it too. The caller closes a new run (``finish``; ``tracker.reattached`` is
+    False for it) and leaves a reattached one as it was."""
     path = Path(run_dir) / RUN_FILE
     if path.is_file():
         info = json.loads(path.read_text(encoding="utf-8"))
         return MLflowTracker(uri or info["uri"], info.get("experiment", experiment), run_id=info["run_id"])
+    # No run_dir for the tracker itself: the folder's metrics.jsonl is the training's record.
     tracker = MLflowTracker(uri, experiment, run_name, None)
     tracker.set_tags({"edgegen.run_dir": str(Path(run_dir).resolve())})
+    if tracker.run_id is not None and not tracker.failed:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"run_id": tracker.run_id, "uri": tracker.uri, "experiment": tracker.experiment}),
+                       encoding="utf-8")
+        os.replace(tmp, path)
     return tracker
 
 
