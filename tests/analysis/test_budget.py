@@ -150,3 +150,21 @@ def test_a_model_no_group_applies_to_is_named_not_the_budget():
                                              r"ladders \(heads, ffn, rank, embedding\) failed or left the model "
                                              r"unchanged; the first error: heads\.model: no head-prunable"):
             plan_reduction(g, max_params=before - 1, example_inputs=(z,), score=score)
+
+
+def test_a_rung_that_changes_nothing_never_reaches_the_returned_plan(monkeypatch):
+    """A noisy latency reading can make a rung that removes nothing look like a saving; the plan
+    returned must still be one reduce_ accepts (it refuses groups that change nothing)."""
+    import importlib
+    import types
+
+    prof = importlib.import_module("edgegen.eval.profile")
+    readings = iter([10.0, 9.0, 8.0, 2.0] + [1.0] * 50)  # the idle heads rung reads faster: taken first
+    monkeypatch.setattr(prof, "profile", lambda *a, **k: types.SimpleNamespace(latency_ms_p50=next(readings)))
+    two_heads = seeded_gpt2(GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    ladders = {"heads": [HeadConfig(0.25)], "ffn": [FFNConfig(0.5)]}  # 0.25 of 2 heads rounds to none
+    plan = plan_reduction(two_heads, max_latency_ms=2.5, ladders=ladders)
+    assert sum(s.taken for s in plan.steps) == 3  # the unreduced model, the idle rung, then FFN
+    assert all(s.config is None or "heads" not in s.config.groups() for s in plan.steps)
+    assert plan.config.groups() == ["ffn"]
+    reduce_(copy.deepcopy(two_heads), plan.config)  # accepted (was: "heads: nothing to reduce")

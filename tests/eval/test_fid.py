@@ -378,6 +378,21 @@ def test_real_statistics_use_exactly_the_first_limit_images(tmp_path, monkeypatc
     np.testing.assert_allclose(got.covariance, np.cov(ref, rowvar=False), rtol=1e-5, atol=1e-6)
 
 
+def test_cached_statistics_of_another_count_are_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    make_cifar(tmp_path / "a", n=12)
+    ext = _extractor(pixels=3 * 64 * 64, dim=4)
+    first = real_statistics("cifar10", ext, split="test", root=tmp_path / "a", limit=5)
+    (cached,) = (tmp_path / "cache" / "fid-stats").glob("*.npz")
+    with np.load(cached) as z:
+        state = {k: z[k] for k in z.files}
+    state["count"] = np.asarray(12)  # as the whole-batch bug wrote it: more images than the name says
+    np.savez(cached, **state)
+    again = real_statistics("cifar10", ext, split="test", root=tmp_path / "a", limit=5)
+    assert again.count == 5
+    np.testing.assert_allclose(again.mean, first.mean, rtol=1e-6)
+
+
 def test_proxy_separates_real_from_noise_on_fixture_data(tmp_path):
     """A meaning check on the proxy: held-out images of the training distribution are closer to
     the training images than constant grey images are."""

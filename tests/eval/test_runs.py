@@ -420,6 +420,10 @@ def test_compare_keys_rows_by_run_folder(tmp_path):
         assert f"- fid_proxy ({rid}): {label}\n" in t["markdown"]
     same = compare_runs([res("a", "float", 1.0, "x"), res("a", "float", 2.0, "x")])
     assert [r[0] for r in csv.reader(io.StringIO(same["csv"]))][1:] == ["a #1", "a #2"]
+    last, best = res("a", "float", 1.0, "x"), res("a", "float", 2.0, "x")
+    last["eval_id"], best["eval_id"] = "last-float", "best-float"  # one folder, two checkpoints
+    both = compare_runs([last, best])
+    assert [r[0] for r in csv.reader(io.StringIO(both["csv"]))][1:] == ["a [last-float]", "a [best-float]"]
 
 
 def test_compare_says_when_model_kinds_differ(env):
@@ -568,3 +572,14 @@ def test_cli_rejects_bad_options_before_any_metric(env, monkeypatch, capsys):
         assert main(["eval", str(run_dir), *flags, "--no-log", "--no-progress"]) == 2
         assert text in capsys.readouterr().err
     assert not list(run_dir.glob("eval*.json"))
+
+
+def test_cli_eval_loads_a_single_run_once(env, monkeypatch, capsys):
+    import edgegen.eval.runs as runs_mod
+
+    run_dir = _train(tiny("vae", env), env, "once")
+    calls = []
+    real = runs_mod.load_run
+    monkeypatch.setattr(runs_mod, "load_run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert main(["eval", str(run_dir), "--metrics", "vae", "--samples", "8", "--no-log", "--no-progress"]) == 0
+    assert len(calls) == 1  # checked and evaluated from one load (was: loaded twice)

@@ -231,3 +231,12 @@ def test_non_finite_weights_are_named(bad):
 def test_rank_must_be_an_int(rank):
     with pytest.raises(TypeError, match="rank: expected an int"):
         LowRankLinear(8, 8, rank)
+
+
+def test_non_finite_weights_outside_the_plan_do_not_matter():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    reduce_(model, LowRankConfig(ranks={"1": 4}))  # layer 0 is not in the plan
+    assert type(model[0]) is nn.Linear and model[1].rank == 4

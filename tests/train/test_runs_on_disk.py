@@ -142,3 +142,21 @@ def test_the_cli_refuses_a_taken_folder_before_touching_its_mlflow_link(tmp_path
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "run" / "mlflow_run.json").read_text() == link
     assert json.loads(link)["run_id"]
+
+
+def test_a_resumed_training_does_not_take_over_an_evaluations_mlflow_run(tmp_path):
+    import json
+
+    from edgegen.tracking import make_tracker
+    from edgegen.train.config import TrackingConfig
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # What `edgegen eval` leaves in a folder whose training recorded no MLflow run.
+    (run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32, "uri": uri, "experiment": "x",
+                                                         "opened_by": "eval"}))
+    with pytest.warns(RuntimeWarning, match="opened by an evaluation"):
+        tracker = make_tracker(TrackingConfig(uri=uri, experiment="x"), "t", run_dir, resume=True)
+    assert not tracker.reattached and tracker.run_id != "0" * 32
+    tracker.finish("FINISHED")

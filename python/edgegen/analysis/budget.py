@@ -168,7 +168,11 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
         cfg = _config(levels, ladders)
         m = copy.deepcopy(model).eval()
         if cfg is not None:
-            apply_plan_(m, cfg, filter_fn)  # on this copy: reduce_'s dry run is not needed
+            idle: list[str] = []
+            apply_plan_(m, cfg, filter_fn, idle)  # on this copy: reduce_'s dry run is not needed
+            if idle:  # a rung that changes nothing is left out of the plan (reduce_ refuses idle groups)
+                kept = {g: getattr(cfg, g) for g in GROUPS if getattr(cfg, g) is not None and g not in idle}
+                cfg = MPRFConfig(**kept) if kept else None
         step = PlanStep(cfg, cost_of(m), float(score(m)), False)
         if layout(m) != base_layout:
             changed.add(id(step))

@@ -128,11 +128,15 @@ def _evaluate(args) -> int:
 
     opts = _eval_options(args)
     paths = [args.run] if args.command == "eval" else args.runs
-    for path in paths:  # every option against every run before the first metric (one model held at a time)
-        check_options(load_run(path, which=args.which, form=args.form), opts)
+    loaded = {}
+    for path in paths:  # every option against every run before the first metric
+        run = load_run(path, which=args.which, form=args.form)
+        check_options(run, opts)
+        if len(paths) == 1:
+            loaded[path] = run  # one run: kept; several: one model held at a time, loaded again below
     results = []
     for path in paths:
-        run = load_run(path, which=args.which, form=args.form)
+        run = loaded.pop(path, None) or load_run(path, which=args.which, form=args.form)
         result = evaluate_run(run, opts)
         saved = save_eval(result, run.run_dir)
         if not args.no_log and run.config.tracking.enabled:

@@ -401,7 +401,9 @@ def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "tra
             f"{extractor.name}.data-{digest}.{dataset}.{split}.{image_size}.{n}.npz")
     if path.is_file():
         with np.load(path) as z:
-            return GaussianStats.from_state_dict({k: z[k] for k in z.files})
+            cached = GaussianStats.from_state_dict({k: z[k] for k in z.files})
+        if cached.count == n:  # a file holding another count (written before a fix) is measured again
+            return cached
     stats, _ = image_statistics((torch.from_numpy(np.array(images[i:min(i + batch_size, n)]))
                                  for i in range(0, n, batch_size)), extractor, batch_size, name="real")
     try:

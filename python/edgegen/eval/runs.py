@@ -688,8 +688,9 @@ def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) 
 
 def _row_ids(results: list[dict]) -> list[str]:
     """A unique short name per row: the run folder's last path part, more parts where two folders
-    end alike (runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0), the form added where one folder
-    appears in two forms, a number where a row repeats another. Results without a folder (built
+    end alike (runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0), the evaluation (checkpoint and
+    form: last-shipped, best-float ...) added where one folder appears in two, a number where a row
+    repeats another. Results without a folder (built
     by hand) are named by their config name."""
     paths = [Path(r["run"]).expanduser().resolve() if r.get("run") else None for r in results]
     depth = [1] * len(results)
@@ -710,8 +711,11 @@ def _row_ids(results: list[dict]) -> list[str]:
         for i in grow:
             depth[i] += 1
     base = [name(i) for i in range(len(results))]
-    ids = [f"{rid} [{results[i].get('form')}]"
-           if len({results[j].get("form") for j, other in enumerate(base) if other == rid}) > 1 else rid
+    def which(i):  # checkpoint and form (last-shipped, best-float ...), else the form
+        return results[i].get("eval_id") or results[i].get("form")
+
+    ids = [f"{rid} [{which(i)}]"
+           if len({which(j) for j, other in enumerate(base) if other == rid}) > 1 else rid
            for i, rid in enumerate(base)]
     seen: dict[str, int] = {}
     out = []

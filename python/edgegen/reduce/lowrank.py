@@ -138,6 +138,12 @@ def plan_ranks(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | No
     return {name: r for name, (r, _) in _plan(model, config, filter_fn).items()}
 
 
+def _check_finite(name: str, weight: Tensor) -> None:
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"model: layer {name!r} has NaN or infinite weights; a low-rank factorization needs finite "
+                         "ones")
+
+
 def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> dict[str, tuple[int, tuple | None]]:
     """{layer name: (rank, the weight's SVD when the energy rule computed it, else None)}."""
     plan = {}
@@ -148,10 +154,6 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
             continue
         if any(name.startswith(f + ".") for f in factorized):  # a factor of an earlier reduction: left as it is
             continue
-        w = dims[2]
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError(f"model: layer {name!r} has NaN or infinite weights; a low-rank factorization needs "
-                             "finite ones")
         n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
             continue
@@ -162,15 +164,18 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
                 field = f"ranks.{name}" if config.ranks is not None else "rank"
                 raise ValueError(f"{field}: {r} exceeds min(in, out) = {limit} of {name}")
             if config.ranks is not None:  # a plan is applied as written
+                _check_finite(name, weight)
                 plan[name] = (r, None)
                 continue
             svd = None
         elif config.fraction is not None:
             r, svd = max(1, math.ceil(config.fraction * limit - 1e-9)), None
         else:
+            _check_finite(name, weight)
             svd = _svd(weight)  # kept: the factorization reuses it
             r = energy_rank(svd[1], config.energy)
         if r * (n_in + n_out) < n_in * n_out:
+            _check_finite(name, weight)
             plan[name] = (r, svd)
     if config.ranks is not None:
         missing = sorted(set(config.ranks) - set(plan))

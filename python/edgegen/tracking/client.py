@@ -244,8 +244,8 @@ def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
     tracker.set_tags({"edgegen.run_dir": str(Path(run_dir).resolve())})
     if tracker.run_id is not None and not tracker.failed:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"run_id": tracker.run_id, "uri": tracker.uri, "experiment": tracker.experiment}),
-                       encoding="utf-8")
+        tmp.write_text(json.dumps({"run_id": tracker.run_id, "uri": tracker.uri, "experiment": tracker.experiment,
+                                   "opened_by": "eval"}), encoding="utf-8")
         os.replace(tmp, path)
     return tracker
 
@@ -259,11 +259,13 @@ def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None, resume:
     if resume and run_dir is not None and (Path(run_dir) / RUN_FILE).is_file():
         try:
             info = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+            if info.get("opened_by") == "eval":  # an evaluation's record, not the training's own
+                raise KeyError("the run named there was opened by an evaluation")
             return MLflowTracker(info["uri"], info.get("experiment", tracking_cfg.experiment), run_name, run_dir,
                                  run_id=info["run_id"])
         except (ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"edgegen.tracking: {Path(run_dir) / RUN_FILE} is unreadable ({exc}); the resumed run "
-                          "gets a new MLflow run", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"edgegen.tracking: {Path(run_dir) / RUN_FILE} names no training run to continue ({exc}); "
+                          "the resumed run gets a new MLflow run", RuntimeWarning, stacklevel=2)
     if parent is not None and not isinstance(parent, NullTracker):
         return parent.child(run_name, run_dir)
     return MLflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_name, run_dir)
