@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.config import Config
-from edgegen.models.gpt2 import GPT2, check_generation, check_sampling, sample_next
+from edgegen.models.gpt2 import GPT2, _sample_next, check_generation, check_sampling
 
 
 def _check_threshold(value, name: str = "threshold") -> float:
@@ -176,7 +176,7 @@ class EarlyExitGPT2(nn.Module):
             else:
                 logits, stats = self(idx, threshold=threshold, return_stats=True)  # fits: checked above
             used.append(stats.layers[:, -1])
-            idx = torch.cat([idx, sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p,
+            idx = torch.cat([idx, _sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p,
                                               generator)], dim=1)
         layers = torch.stack(used, 1) if used else torch.empty(idx.shape[0], 0, dtype=torch.long, device=idx.device)
         return idx, ExitStats(layers, self.model.config.n_layer)

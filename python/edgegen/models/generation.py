@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from edgegen.models.gpt2 import check_generation, check_sampling, sample_next
+from edgegen.models.gpt2 import _sample_next, check_generation, check_sampling
 from edgegen.quant.config import DynamicPrecisionConfig
 from edgegen.quant.mixed import SwitchablePrecision, set_precision_
 
@@ -49,7 +49,7 @@ def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config:
             used.append(low)
             logits, past = model(idx if past is None else idx[:, -1:], past_key_values=past, use_cache=True)
             logits = logits[:, -1, :].float()
-            idx = torch.cat([idx, sample_next(logits, greedy, temperature, top_k, top_p, generator)], dim=1)
+            idx = torch.cat([idx, _sample_next(logits, greedy, temperature, top_k, top_p, generator)], dim=1)
             low = config.confident(logits)
     finally:
         set_precision_(switches, False)

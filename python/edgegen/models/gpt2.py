@@ -259,6 +259,13 @@ def sample_next(logits: Tensor, greedy: bool = False, temperature: float = 1.0, 
     at ``temperature`` after optional top-k and nucleus (top-p, see :func:`nucleus_filter`)
     filtering. The settings are checked as :func:`check_sampling` does."""
     check_sampling(greedy, temperature, top_p, top_k)
+    return _sample_next(logits, greedy, temperature, top_k, top_p, generator)
+
+
+def _sample_next(logits: Tensor, greedy: bool, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None) -> Tensor:
+    """:func:`sample_next` without the checks: for generation loops that checked the settings
+    once before the first token."""
     if greedy:
         return logits.argmax(-1, keepdim=True)
     logits = logits / temperature
@@ -399,7 +406,7 @@ class GPT2(nn.Module):
                 logits, past = self(inp, past_key_values=past, use_cache=True)
             else:
                 logits = self(idx)  # fits: checked above, so no prefix is ever cropped
-            nxt = sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p, generator)
+            nxt = _sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 
