@@ -151,9 +151,11 @@ def test_nonstandard_inception_weights_are_not_called_fid(weights_file):
 
 
 def test_weights_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    import edgegen.data.download as download
+
     calls = []
-    real = inception_module._file_sha256
-    monkeypatch.setattr(inception_module, "_file_sha256", lambda p: calls.append(p) or real(p))
+    real = download.file_digest
+    monkeypatch.setattr(download, "file_digest", lambda p, algorithm: calls.append(p) or real(p, algorithm))
     f = tmp_path / "w.bin"
     f.write_bytes(b"first version")
     assert inception_module.fid_weights_sha256(f) == hashlib.sha256(b"first version").hexdigest()

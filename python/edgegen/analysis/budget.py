@@ -157,29 +157,21 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
 
         return profile(m, inputs, repeats=latency_repeats, warmup=2, measure_memory=False).latency_ms_p50
 
-    def layout(m: nn.Module) -> tuple:
-        return tuple((n, type(x).__name__) for n, x in m.named_modules()) + tuple(
-            (n, tuple(t.shape)) for n, t in m.named_parameters())
-
-    base_layout = layout(model)
-    changed: set[int] = set()  # ids of the steps whose plan changed the model's layers
-
-    def evaluate(levels: dict[str, int]) -> PlanStep:
+    def evaluate(levels: dict[str, int]) -> tuple[PlanStep, bool]:
+        """The step, and whether its plan changed the model at all."""
         cfg = _config(levels, ladders)
         m = copy.deepcopy(model).eval()
+        changed = False
         if cfg is not None:
             idle: list[str] = []
-            apply_plan_(m, cfg, filter_fn, idle)  # on this copy: reduce_'s dry run is not needed
+            changed = apply_plan_(m, cfg, filter_fn, idle) > 0  # on this copy: reduce_'s dry run is not needed
             if idle:  # a rung that changes nothing is left out of the plan (reduce_ refuses idle groups)
                 kept = {g: getattr(cfg, g) for g in GROUPS if getattr(cfg, g) is not None and g not in idle}
                 cfg = MPRFConfig(**kept) if kept else None
-        step = PlanStep(cfg, cost_of(m), float(score(m)), False)
-        if layout(m) != base_layout:
-            changed.add(id(step))
-        return step
+        return PlanStep(cfg, cost_of(m), float(score(m)), False), changed
 
     levels = {g: 0 for g in GROUPS}
-    current = evaluate(levels)
+    current, _ = evaluate(levels)
     current.taken = True
     base = current
     steps = [current]
@@ -190,13 +182,13 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
             if levels[g] < len(ladders[g]):
                 trial = dict(levels, **{g: levels[g] + 1})
                 try:
-                    step = evaluate(trial)  # a rung that changes nothing costs what the current plan does
+                    step, changed = evaluate(trial)  # a rung that changes nothing costs what the current plan does
                 except ValueError as e:  # a group this model has no layers for, or a setting it cannot take
                     steps.append(PlanStep(_config(trial, ladders), math.nan, math.nan, False, str(e)))
                     continue
                 steps.append(step)
                 candidates.append((g, trial, step))
-                applied = applied or id(step) in changed
+                applied = applied or changed
         if not candidates:
             errors = [s.error for s in steps if s.error]
             if not applied and any(ladders[g] for g in GROUPS):

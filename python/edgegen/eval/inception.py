@@ -16,7 +16,6 @@ the same layout is reported as non-standard (see :func:`is_official_fid_weights`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -221,14 +220,6 @@ _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 _SHA256_LOCK = threading.Lock()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fid_weights_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 (hex) of the weights file at ``path``, computed once per file and remembered
     by path, size and modification time (a rewritten file is hashed again)."""
@@ -238,7 +229,9 @@ def fid_weights_sha256(path: str | os.PathLike) -> str:
     with _SHA256_LOCK:
         digest = _SHA256_CACHE.get(key)
     if digest is None:
-        digest = _file_sha256(p)
+        from edgegen.data.download import file_digest
+
+        digest = file_digest(p, "sha256")
         with _SHA256_LOCK:
             _SHA256_CACHE[key] = digest
     return digest

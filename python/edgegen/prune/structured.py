@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import Tensor, nn
@@ -49,17 +48,17 @@ def _groups_on(model: nn.Module, example_inputs) -> list[tuple[ChannelGroup, dic
     return out
 
 
-def _unwrap_qat_(model: nn.Module) -> set:
+def _unwrap_qat_(model: nn.Module) -> dict:
     """Replace every QAT wrapper of ``model`` by the layer it wraps (whose parameters the wrapper
-    uses), so the tracer sees the plain layers; returns the names that were wrapped. The masks
-    then go on the wrapped layers, which the QAT forward reads."""
+    uses), so the tracer sees the plain layers; returns {name: wrapper} of those taken off. The
+    masks then go on the wrapped layers, which the QAT forward reads."""
     from edgegen.quant.qat import QATModule
 
-    names = [n for n, m in model.named_modules() if isinstance(m, QATModule) and n]
-    for n in names:
+    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QATModule) and n}
+    for n, w in wrappers.items():
         parent, _, leaf = n.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, model.get_submodule(n).module)
-    return set(names)
+        setattr(model.get_submodule(parent) if parent else model, leaf, w.module)
+    return wrappers
 
 
 def _weights_for_importance(group: ChannelGroup) -> list[Slice]:
@@ -205,8 +204,6 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
     from edgegen.prune.ffn import shrink_ffn_
     from edgegen.prune.heads import shrink_heads_
 
-    from edgegen.quant.qat import W_MAX, QATModule
-
     inputs = _example_inputs(model, example_inputs)
     small = finalize_(copy.deepcopy(model))
     # QAT wrappers come off for the tracing (their fake-quantized weights belong to no module) and
@@ -214,8 +211,7 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
     with torch.no_grad():
         shrink_heads_(small)  # both leave layers under QAT wrappers as they are
         shrink_ffn_(small)
-        wrappers = {n: m for n, m in small.named_modules() if isinstance(m, QATModule) and n}
-        _unwrap_qat_(small)
+        wrappers = _unwrap_qat_(small)
         wrapper_of = {id(w.module): w for w in wrappers.values()}
         plans = []
         for g in find_channel_groups(small, inputs):
@@ -246,7 +242,7 @@ def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: floa
             parent, _, leaf = n.rpartition(".")
             setattr(small.get_submodule(parent) if parent else small, leaf, w)
             if id(w.module) in touched:  # the LSQ gradient scale follows the filter size
-                w.w_grad_factor = 1.0 / math.sqrt(w.module.weight.numel() / w.weight_zero_point.numel() * W_MAX)
+                w.refresh_grad_factor()
     if check:
         want = _tensors(_run(model, inputs, 0))
         got = _tensors(_run(small, inputs, 0))

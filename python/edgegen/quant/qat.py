@@ -42,7 +42,7 @@ class QATModule(nn.Module):
         self.register_buffer("weight_zero_point", torch.zeros(channels))
         if config.weight == "lsq":
             self.weight_scale = nn.Parameter(per_channel.clone())
-        self.w_grad_factor = 1.0 / math.sqrt(w.numel() / channels * W_MAX)
+        self.refresh_grad_factor()
         if config.activation == "lsq":
             self.act_scale = nn.Parameter(torch.ones(1))
             self.act_zero_point = nn.Parameter(torch.zeros(1))
@@ -50,6 +50,12 @@ class QATModule(nn.Module):
             self.observer = MovingAverageMinMaxObserver(averaging_constant=config.averaging_constant,
                                                         quant_min=A_MIN, quant_max=A_MAX)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def refresh_grad_factor(self) -> None:
+        """LSQ's weight-scale gradient factor 1 / sqrt(weights per channel * W_MAX), from the
+        wrapped layer's current size (again after ``shrink`` cut it)."""
+        w = self.module.weight
+        self.w_grad_factor = 1.0 / math.sqrt(w.numel() / self.weight_zero_point.numel() * W_MAX)
 
     # -- quantization parameters ------------------------------------------------------------------
     def current_weight_scale(self) -> Tensor:

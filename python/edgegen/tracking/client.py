@@ -56,6 +56,30 @@ def _bound_http_retries() -> None:
 RUN_FILE = "mlflow_run.json"
 
 
+def _read_run_file(run_dir) -> dict | None:
+    """The run folder's MLflow link ({run_id, uri, experiment[, opened_by]}), None where there is
+    none; a ValueError naming the file when it cannot be read as one."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or not isinstance(info.get("run_id"), str) or "uri" not in info:
+            raise ValueError("expected an object with run_id and uri")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not an MLflow run link ({exc})") from None
+    return info
+
+
+def _write_run_file(run_dir, **info) -> None:
+    """The run folder's MLflow link, written atomically."""
+    path = Path(run_dir) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _metric_name(name: str) -> str:
     """MLflow accepts alphanumerics, _ - . space : / in names; anything else (a variant called
     'prune-50+qat') becomes '_'."""
@@ -105,9 +129,7 @@ class MLflowTracker:
         self.client = client
         self.run_id = client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
         if self.run_dir is not None:  # so that later evaluations log to this run
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / RUN_FILE).write_text(json.dumps({"run_id": self.run_id, "uri": self.uri,
-                                                             "experiment": self.experiment}), encoding="utf-8")
+            _write_run_file(self.run_dir, run_id=self.run_id, uri=self.uri, experiment=self.experiment)
 
     def _call(self, fn, what: str, record=None) -> None:
         if self.failed:
@@ -235,18 +257,15 @@ def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
     the folder, whose id is then written to ``mlflow_run.json`` so that later evaluations of the
     folder log into it too. The caller closes a new run (``finish``; ``tracker.reattached`` is
     False for it) and leaves a reattached one as it was."""
-    path = Path(run_dir) / RUN_FILE
-    if path.is_file():
-        info = json.loads(path.read_text(encoding="utf-8"))
+    info = _read_run_file(run_dir)
+    if info is not None:
         return MLflowTracker(uri or info["uri"], info.get("experiment", experiment), run_id=info["run_id"])
     # No run_dir for the tracker itself: the folder's metrics.jsonl is the training's record.
     tracker = MLflowTracker(uri, experiment, run_name, None)
     tracker.set_tags({"edgegen.run_dir": str(Path(run_dir).resolve())})
     if tracker.run_id is not None and not tracker.failed:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"run_id": tracker.run_id, "uri": tracker.uri, "experiment": tracker.experiment,
-                                   "opened_by": "eval"}), encoding="utf-8")
-        os.replace(tmp, path)
+        _write_run_file(run_dir, run_id=tracker.run_id, uri=tracker.uri, experiment=tracker.experiment,
+                        opened_by="eval")
     return tracker
 
 
@@ -256,16 +275,18 @@ def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None, resume:
     continues its own record instead of starting a second one without the first steps."""
     if not tracking_cfg.enabled:
         return NullTracker()
-    if resume and run_dir is not None and (Path(run_dir) / RUN_FILE).is_file():
+    if resume and run_dir is not None:
         try:
-            info = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
-            if info.get("opened_by") == "eval":  # an evaluation's record, not the training's own
-                raise KeyError("the run named there was opened by an evaluation")
-            return MLflowTracker(info["uri"], info.get("experiment", tracking_cfg.experiment), run_name, run_dir,
-                                 run_id=info["run_id"])
-        except (ValueError, KeyError, TypeError) as exc:
+            info = _read_run_file(run_dir)
+            if info is not None and info.get("opened_by") == "eval":  # an evaluation's record, not the training's
+                raise ValueError("the run named there was opened by an evaluation")
+        except ValueError as exc:
+            info = None
             warnings.warn(f"edgegen.tracking: {Path(run_dir) / RUN_FILE} names no training run to continue ({exc}); "
                           "the resumed run gets a new MLflow run", RuntimeWarning, stacklevel=2)
+        if info is not None:
+            return MLflowTracker(info["uri"], info.get("experiment", tracking_cfg.experiment), run_name, run_dir,
+                                 run_id=info["run_id"])
     if parent is not None and not isinstance(parent, NullTracker):
         return parent.child(run_name, run_dir)
     return MLflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_name, run_dir)

@@ -49,12 +49,12 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
 def check_run_dir_free(run_dir) -> None:
     """FileExistsError unless ``run_dir`` is free for a new run: training over another run would
     mix the two (its best.pt would outlive the new run, its MLflow link would be replaced)."""
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    staged = sorted(Path(run_dir).glob("stage*/checkpoints/last.pt"))  # progressive distillation's stages
-    last = last if last.is_file() or not staged else staged[0]
-    if last.is_file():
-        raise FileExistsError(f"run_dir: {run_dir} already holds a run ({last}); resume it (resume=True, --resume) "
-                              "or choose another folder")
+    run_dir = Path(run_dir)
+    taken = [p for p in (run_dir / "checkpoints" / "last.pt",  # a run, or progressive distillation's stages
+                         *sorted(run_dir.glob("stage*/checkpoints/last.pt"))) if p.is_file()]
+    if taken:
+        raise FileExistsError(f"run_dir: {run_dir} already holds a run ({taken[0]}); resume it (resume=True, "
+                              "--resume) or choose another folder")
 
 
 class Trainer:

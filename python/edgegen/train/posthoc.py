@@ -54,8 +54,13 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     out_dir = Path(run_dir) if run_dir else run.run_dir.with_name(f"{run.run_dir.name}-{_tag(cc)}")
     if out_dir.resolve() == Path(run.run_dir).resolve():
         raise ValueError(f"run_dir: {out_dir} is the source run itself; the compressed run needs its own folder")
-    if (out_dir / "checkpoints" / "last.pt").exists():  # written last: a folder without it is no finished run
-        raise FileExistsError(f"run_dir: {out_dir} already holds a run; choose another folder or delete it first")
+    from edgegen.train.loop import check_run_dir_free
+
+    try:  # last.pt is written last: a folder without it holds no finished run
+        check_run_dir_free(out_dir)
+    except FileExistsError:
+        raise FileExistsError(f"run_dir: {out_dir} already holds a run; choose another folder or delete it "
+                              "first") from None
     model = copy.deepcopy(run.model).eval()
     done, artifacts = [], {}
     if cc.prune is not None:

@@ -101,10 +101,14 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     first = next(iter(configs.values()))
     out_dir = Path(first.output_dir) / sw["name"]
     if not resume:
-        taken = [out_dir / v / f"seed{s}" for v, s in configs if (out_dir / v / f"seed{s}" / "checkpoints").is_dir()]
-        if taken:
-            raise FileExistsError(f"output_dir: the sweep's folder {out_dir} already holds runs (e.g. {taken[0]}); "
-                                  "resume them (--resume) or give the sweep another name or output_dir")
+        from edgegen.train.loop import check_run_dir_free
+
+        for v, s in configs:
+            try:
+                check_run_dir_free(out_dir / v / f"seed{s}")
+            except FileExistsError as exc:
+                raise FileExistsError(f"output_dir: the sweep's folder {out_dir} already holds runs ({exc}); resume "
+                                      "them (--resume) or give the sweep another name or output_dir") from None
     parent = make_tracker(first.tracking, sw["name"], out_dir, resume=resume)
     parent.log_params({"sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
     # Tags, not params: a resumed sweep (--only a failed variant) may run another selection.
