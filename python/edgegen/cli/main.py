@@ -124,19 +124,15 @@ def _log_eval(result: dict, run_dir: Path, cfg, saved: Path, command: str) -> No
 
 
 def _evaluate(args) -> int:
-    from edgegen.eval.runs import check_options, compare_runs, evaluate_run, load_run, save_eval
+    from edgegen.eval.runs import check_options, compare_runs, evaluate_run, load_run, run_config, save_eval
 
     opts = _eval_options(args)
     paths = [args.run] if args.command == "eval" else args.runs
-    loaded = {}
-    for path in paths:  # every option against every run before the first metric
-        run = load_run(path, which=args.which, form=args.form)
-        check_options(run, opts)
-        if len(paths) == 1:
-            loaded[path] = run  # one run: kept; several: one model held at a time, loaded again below
+    for path in paths:  # every option against every run before the first metric (configs only: no model built)
+        check_options(run_config(path, args.which), opts)
     results = []
     for path in paths:
-        run = loaded.pop(path, None) or load_run(path, which=args.which, form=args.form)
+        run = load_run(path, which=args.which, form=args.form)
         result = evaluate_run(run, opts)
         saved = save_eval(result, run.run_dir)
         if not args.no_log and run.config.tracking.enabled:

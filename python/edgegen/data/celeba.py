@@ -124,18 +124,25 @@ class CelebA(torch.utils.data.Dataset):
         self.split, self.image_size, self.crop = split, image_size, crop
         self._cache = cache_dir_for(folder, cache_dir)
         self._threads = num_threads or min(4, os.cpu_count() or 1)
-        self._images = None
+        self._images, self._content_key = None, None
+
+    @property
+    def content_key(self) -> str:
+        """A short hash of the split's folder and each file's name, size and modification time: a
+        replaced JPEG gives another key (it keys the decoded images' cache and FID statistics)."""
+        if self._content_key is None:
+            h = hashlib.sha256(f"{self.files[0].parent.resolve() if self.files else ''}\n".encode())
+            for f in self.files:
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            self._content_key = h.hexdigest()[:12]
+        return self._content_key
 
     @property
     def images(self) -> np.ndarray:
         """uint8 [n, 3, image_size, image_size], decoded on first use and cached on disk."""
         if self._images is None:
-            # Keyed on each file's name, size and modification time: a replaced JPEG is decoded again.
-            h = hashlib.sha256()
-            for f in self.files:
-                st = f.stat()
-                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-            path = self._cache / f"celeba.{self.split}.{self.crop}.{self.image_size}.{h.hexdigest()[:12]}.npy"
+            path = self._cache / f"celeba.{self.split}.{self.crop}.{self.image_size}.{self.content_key}.npy"
             if path.is_file():
                 self._images = np.load(path, mmap_mode="r")
             else:

@@ -95,7 +95,8 @@ class CIFAR10(torch.utils.data.Dataset):
         for f in files:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        stem = f"cifar10.{self.split}.{self.image_size}.{h.hexdigest()[:12]}"
+        self.content_key = h.hexdigest()[:12]  # also keys caches built from these images (FID statistics)
+        stem = f"cifar10.{self.split}.{self.image_size}.{self.content_key}"
         img_path, lab_path = cache / f"{stem}.images.npy", cache / f"{stem}.labels.npy"
         if img_path.is_file() and lab_path.is_file():
             return np.load(img_path, mmap_mode="r"), np.load(lab_path)

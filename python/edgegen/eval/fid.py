@@ -368,37 +368,28 @@ def image_statistics(images, extractor: FeatureExtractor, batch_size: int = 50, 
     return stats, feats
 
 
-def _images_digest(images, n: int, batch_size: int) -> str:
-    """SHA-256 (first 10 hex digits) of the first ``n`` images, their shape and dtype: the data's
-    identity, read in batches so a memory-mapped split is never copied whole."""
-    h = hashlib.sha256(f"{tuple(np.shape(images))[1:]}|{np.asarray(images[:0]).dtype}|{n}".encode())
-    step = max(batch_size, 1000)
-    for i in range(0, n, step):
-        h.update(np.ascontiguousarray(images[i:min(i + step, n)]).tobytes())
-    return h.hexdigest()[:10]
-
-
 def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "train", image_size: int = 64,
                     limit: int | None = None, root=None, cache_dir=None, batch_size: int = 100) -> GaussianStats:
     """Feature statistics of a real dataset split (cifar10 or celeba, at edgegen's 64x64
     preprocessing), computed once per extractor and data and cached as .npz under
-    ``$EDGEGEN_CACHE_DIR/fid-stats/``. The cache key holds a SHA-256 digest of the images used
-    (as the proxy's cache does), so two folders with the same number of images never share
-    statistics, and changed images are measured again."""
+    ``$EDGEGEN_CACHE_DIR/fid-stats/``. The cache key holds the dataset's content key (its folder
+    and each file's name, size and modification time, as its decoded-image cache uses), so two
+    folders with the same number of images never share statistics, and changed files are measured
+    again."""
     if dataset == "cifar10":
         from edgegen.data.cifar import CIFAR10
 
-        images = CIFAR10(root, split, image_size=image_size).images
+        data = CIFAR10(root, split, image_size=image_size)
     elif dataset == "celeba":
         from edgegen.data.celeba import CelebA
 
-        images = CelebA(root, split, image_size=image_size).images
+        data = CelebA(root, split, image_size=image_size)
     else:
         raise ValueError(f"dataset: expected 'cifar10' or 'celeba', got {dataset!r}")
+    images = data.images
     n = len(images) if limit is None else min(limit, len(images))
-    digest = _images_digest(images, n, batch_size)
     path = (_cache_root(cache_dir) / "fid-stats" /
-            f"{extractor.name}.data-{digest}.{dataset}.{split}.{image_size}.{n}.npz")
+            f"{extractor.name}.data-{data.content_key}.{dataset}.{split}.{image_size}.{n}.npz")
     if path.is_file():
         with np.load(path) as z:
             cached = GaussianStats.from_state_dict({k: z[k] for k in z.files})

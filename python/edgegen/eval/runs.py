@@ -454,9 +454,22 @@ def _int_at_least(opts: EvalOptions, name: str, low: int, why: str = "") -> None
         raise ValueError(f"{name}: expected an int >= {low}{f' ({why})' if why else ''}, got {v!r}")
 
 
-def check_options(run: LoadedRun, options: EvalOptions | None = None) -> list[str]:
-    """Check every option against the run before anything is measured; returns the metric names
-    to compute. Each error names the option (and its command-line flag)."""
+def run_config(path, which: str = "last"):
+    """The ExperimentConfig of the run at ``path`` (a run folder or checkpoint), without building
+    its model: what :func:`check_options` needs to check options against many runs up front."""
+    from edgegen.train import checkpoint as ckpt
+
+    return ckpt.experiment_config(ckpt.load(_resolve(path, which)[1]))
+
+
+def check_options(run, options: EvalOptions | None = None) -> list[str]:
+    """Check every option against the run (a :class:`LoadedRun`, or a run's ExperimentConfig from
+    :func:`run_config`) before anything is measured; returns the metric names to compute. Each
+    error names the option (and its command-line flag)."""
+    if not isinstance(run, LoadedRun):  # a config: what the checks read of a run is its kind and name
+        from types import SimpleNamespace
+
+        run = SimpleNamespace(kind=run.model.kind, name=run.name)
     opts = options or EvalOptions()
     if not isinstance(opts, EvalOptions):
         raise TypeError(f"options: expected an EvalOptions, got {type(opts).__name__}")

@@ -175,7 +175,8 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
             svd = _svd(weight)  # kept: the factorization reuses it
             r = energy_rank(svd[1], config.energy)
         if r * (n_in + n_out) < n_in * n_out:
-            _check_finite(name, weight)
+            if svd is None:  # the energy rule checked before its SVD
+                _check_finite(name, weight)
             plan[name] = (r, svd)
     if config.ranks is not None:
         missing = sorted(set(config.ranks) - set(plan))
