@@ -16,18 +16,18 @@ import sys
 import torch
 from torch import Tensor
 
+from edgegen.ops._args import INT64_MAX
 from edgegen.ops._reference import block_layout_mask, sliding_window_mask
 
 __all__ = ["sliding_window_attention", "block_sparse_attention", "sliding_window_mask", "block_layout_mask"]
 
 
-_INT64_MAX = 2**63 - 1  # the op takes int64 arguments
 
 
 def _int(value, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {value!r}")
-    if not low <= value <= _INT64_MAX:
+    if not low <= value <= INT64_MAX:
         raise ValueError(f"{name}: expected an integer in [{low}, 2**63 - 1], got {value}")
     return value
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from edgegen.config import Config
-from edgegen.attention.functional import _INT64_MAX, sliding_window_attention
+from edgegen.attention.functional import sliding_window_attention
+from edgegen.ops._args import INT64_MAX
 from edgegen.attention.dense import DenseAttention
 from edgegen.transform import FilterFn, check_filter_fn, check_model
 
@@ -24,10 +25,10 @@ class SparseAttentionConfig(Config):
 
     def __post_init__(self):
         if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
-                                        or not 1 <= self.window <= _INT64_MAX):
+                                        or not 1 <= self.window <= INT64_MAX):
             raise ValueError(f"window: expected None (dense) or an int in [1, 2**63 - 1], got {self.window!r}")
         if (isinstance(self.num_global, bool) or not isinstance(self.num_global, int)
-                or not 0 <= self.num_global <= _INT64_MAX):
+                or not 0 <= self.num_global <= INT64_MAX):
             raise ValueError(f"num_global: expected an int in [0, 2**63 - 1], got {self.num_global!r}")
 
     @property

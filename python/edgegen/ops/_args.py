@@ -11,6 +11,9 @@ from torch import Tensor
 __all__ = ["as_int", "check_real", "check_writable"]
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of the ops' int arguments
+
+
 def as_int(v, name: str) -> int:
     """``v`` as an int; a float is accepted only if it is integral (1.5 is an error, never 1)."""
     if isinstance(v, bool):

@@ -26,6 +26,7 @@ import numbers
 
 import torch
 
+from edgegen.ops._args import INT64_MAX, INT64_MIN
 from edgegen.ops._fake import register_fake
 from torch import Tensor
 
@@ -99,7 +100,6 @@ def _scaled_kept_grads(ctx, upstream: Tensor, op: str, per_row: bool):
     return tuple(g.mul_(upstream) for g in grads)
 
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _real(value, name: str) -> float:
@@ -129,7 +129,7 @@ def check_kd_settings(temperature, alpha, ignore_index, reduction) -> None:
         raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
-    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+    if not INT64_MIN <= ignore_index <= INT64_MAX:
         raise ValueError(f"ignore_index: expected an int64 value in [-2**63, 2**63 - 1], got {ignore_index}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
