@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from edgegen._atomic import replacing
 
 ALIASES = "edgegen_aliases"
 
@@ -39,13 +40,8 @@ def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
     tensors, found = dedupe(state)
     aliases = {**(aliases or {}), **found}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with replacing(path) as tmp:
         save_file(tensors, str(tmp), metadata={**(metadata or {}), ALIASES: json.dumps(aliases)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path.stat().st_size
 
 
@@ -98,20 +94,10 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     ``path``: a crash at any point leaves either the previous file or the new one, never a torn
     one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

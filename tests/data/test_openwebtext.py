@@ -94,3 +94,31 @@ def test_non_utf8_document_names_the_file_and_leaves_no_temporary_file(tmp_path,
     docs = ["hel wo", "café"] if name == "doc.txt" else ["hel wo", "ok", "café"]
     assert ds.tokens.tolist() == [i for d in docs for i in tok.encode(d, allowed_special=False) + [eot]]
     assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".bin"]
+
+
+def test_two_writers_of_one_token_cache_each_write_their_own_file(tmp_path, tiny_tokenizer_dir,
+                                                                  monkeypatch):  # noqa: F811
+    """A second process tokenizing the same corpus while the first is half-way (two ranks, two
+    sweeps) must neither truncate the first's file nor leave a torn cache behind: both succeed and
+    the cache holds the whole stream."""
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    docs = ["hello world", "second doc", "third one"]
+    for i, d in enumerate(docs):
+        (folder / f"{i}.txt").write_text(d, encoding="utf-8")
+    expected = [i for d in docs for i in tok.encode(d, allowed_special=False) + [tok.eot_id]]
+    real = type(tok).encode_batch
+    calls = {"n": 0}
+
+    def encode_batch(self, batch, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first writer has written one document: the second one runs whole
+            inner = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
+            assert inner.tokens.tolist() == expected
+        return real(self, batch, **kw)
+
+    monkeypatch.setattr(type(tok), "encode_batch", encode_batch)
+    outer = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
+    assert outer.tokens.tolist() == expected
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [outer.path.name]  # no temporary left

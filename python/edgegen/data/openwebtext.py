@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgegen._atomic import replacing
 from edgegen.data.root import cache_dir_for, data_root, dataset_dir
 from edgegen.data.tokenizer import GPT2Tokenizer
 
@@ -106,10 +107,10 @@ class OpenWebText:
         self.tokens = np.memmap(path, dtype=np.uint16, mode="r")
 
     def _tokenize(self, path: Path, batch_docs: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         eot = self.tokenizer.eot_id
-        try:
+        # atomic, through a temporary file of this writer's own: an interrupted run never leaves a
+        # half-written token file, and two processes tokenizing at once never write into one file
+        with replacing(path) as tmp:
             with open(tmp, "wb") as out:
                 batch: list[str] = []
 
@@ -123,9 +124,6 @@ class OpenWebText:
                     if len(batch) >= batch_docs:
                         flush()
                 flush()
-            os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written token file
-        finally:
-            tmp.unlink(missing_ok=True)  # nothing left behind when a document fails (or on Ctrl-C)
 
     def __len__(self) -> int:
         return len(self.tokens)

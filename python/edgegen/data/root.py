@@ -49,12 +49,11 @@ def save_array_atomic(path: Path, array) -> bool:
     half-written cache. Returns False (and writes nothing) where the cache is not writable."""
     import numpy as np
 
-    tmp = path.with_suffix(".tmp.npy")
+    from edgegen._atomic import replacing
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            np.save(tmp, array)
         return True
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgegen._atomic import replacing
 from edgegen.eval.frechet import GaussianStats, KIDResult, frechet_distance_checked, kid as _kid
 
 __all__ = ["FeatureExtractor", "FIDResult", "ProxyNet", "get_extractor", "train_proxy_extractor", "image_statistics",
@@ -398,10 +399,8 @@ def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "tra
     stats, _ = image_statistics((torch.from_numpy(np.array(images[i:min(i + batch_size, n)]))
                                  for i in range(0, n, batch_size)), extractor, batch_size, name="real")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **stats.state_dict())
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            np.savez(tmp, **stats.state_dict())
     except OSError as exc:
         warnings.warn(f"real_statistics: could not cache {path} ({exc})", RuntimeWarning, stacklevel=2)
     return stats

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgegen import _atomic as atomic
 __all__ = ["LoadedRun", "load_run", "EvalOptions", "evaluate_run", "check_options", "compare_runs", "save_eval",
            "eval_file", "MAIN_MODULE", "QUANTIZED_ARTIFACTS"]
 
@@ -786,8 +787,4 @@ def eval_file(result: dict) -> str:
 def save_eval(result: dict, run_dir: str | os.PathLike) -> Path:
     """Write the result into the run folder as :func:`eval_file` names it (atomically; an
     evaluation of another checkpoint or form keeps its own file) and return its path."""
-    path = Path(run_dir) / eval_file(result)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(Path(run_dir) / eval_file(result), json.dumps(result, indent=2, default=str))

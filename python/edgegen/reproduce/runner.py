@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from edgegen import _atomic as atomic
 __all__ = ["TABLES", "reproduce", "load_papers", "load_recipes"]
 
 TABLES = ("size", "latency", "memory", "power", "headline", "quality", "lightweight", "tradeoff")
@@ -122,10 +123,7 @@ class Context:
         t0 = time.perf_counter()
         result = fn()
         result["_seconds"] = round(time.perf_counter() - t0, 2)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, default=float), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(result, default=float))
         self.built.add(("step", name))
         self.done_steps.append(name)
         self.log(f"  {name}: {result['_seconds']:.1f} s")

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from edgegen import _atomic as atomic
 from edgegen.tracking.system import git_commit, system_info
 
 
@@ -73,11 +74,7 @@ def _read_run_file(run_dir) -> dict | None:
 
 def _write_run_file(run_dir, **info) -> None:
     """The run folder's MLflow link, written atomically."""
-    path = Path(run_dir) / RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(Path(run_dir) / RUN_FILE, json.dumps(info))
 
 
 def _metric_name(name: str) -> str:
