@@ -189,3 +189,153 @@ def _(input, packed_weight, weight_row_sum, weight_scale, bias, out_channels, ke
 def _(input, packed_weights, weight_row_sums, weight_scale, bias, out_channels, phase_info, stride, padding,
       output_size, a_scale, a_zero_point):
     return input.new_empty((input.shape[0], out_channels, output_size[0], output_size[1]))
+
+
+# --- gradients of the INT8 / INT4 layers ----------------------------------------------------------
+# A quantized layer is differentiable with respect to its input and its bias, so that what lies
+# before it (embeddings, norms, adapters trained on a frozen quantized base) keeps learning. The
+# weights are frozen codes: the input's gradient is taken through the dequantized weights, and
+# through the activation quantization as the straight-through estimator has it (zero where a static
+# activation range clamped the value, as fake_quantize_affine does). Scales get no gradient: asking
+# for one is an error, not a silently missing gradient.
+
+
+def _no_grad_for(ctx, op: str, **indices: int) -> None:
+    for name, i in indices.items():
+        if ctx.needs_input_grad[i]:
+            raise RuntimeError(f"edgegen::{op}: {name}: the quantized layers are differentiable with respect to "
+                               "their input and bias only (to learn the scales, train with QAT: quantize_(model, QATConfig()))")
+
+
+def _static_pass(x: Tensor, a_scale: float, a_zero_point: int) -> Tensor | None:
+    """Where a static 7-bit activation range did not clamp the input (None: dynamic, no clamping)."""
+    if not a_scale > 0:
+        return None
+    q = torch.round(x.detach().to(torch.float32, copy=True) * (1.0 / torch.tensor(a_scale, dtype=torch.float32)))
+    q = q + a_zero_point
+    return (q >= 0) & (q <= 127)
+
+
+def _int8_matrix(packed: Tensor, row_sum: Tensor, weight_scale: Tensor, n: int, k: int) -> Tensor:
+    """The float32 [n, k] weight a packed INT8 weight stands for."""
+    from edgegen.ops._fallback_quant import _unpacked
+
+    return _unpacked(packed, row_sum, n, k).float() * weight_scale.float()[:, None]
+
+
+def _save(ctx, x: Tensor, bias: Tensor | None, mask: Tensor | None, *tensors: Tensor) -> None:
+    ctx.save_for_backward(mask, *tensors)
+    ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _finish(ctx, grad_x: Tensor | None, mask: Tensor | None, grad_out: Tensor, bias_dims) -> tuple:
+    if grad_x is not None:
+        grad_x = (grad_x if mask is None else grad_x * mask).to(ctx.x_dtype)
+    grad_b = grad_out.float().sum(dim=bias_dims).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return grad_x, grad_b
+
+
+def _linear_setup(ctx, inputs, output):
+    static = len(inputs) == 9
+    x, a_scale, a_zp = (inputs[0], inputs[1], inputs[2]) if static else (inputs[0], 0.0, 0)
+    packed, row_sum, ws, bias, n, k = inputs[-6:]
+    _save(ctx, x, bias, _static_pass(x, a_scale, a_zp) if ctx.needs_input_grad[0] else None, packed, row_sum, ws)
+    ctx.static, ctx.nk = static, (n, k)
+
+
+def _linear_backward(ctx, grad_out):
+    mask, packed, row_sum, ws = ctx.saved_tensors
+    off = 2 if ctx.static else 0
+    op = "int8_linear_static" if ctx.static else "int8_linear_dynamic"
+    _no_grad_for(ctx, op, weight_scale=3 + off)
+    n, k = ctx.nk
+    grad_x = grad_out.float() @ _int8_matrix(packed, row_sum, ws, n, k) if ctx.needs_input_grad[0] else None
+    grad_x, grad_b = _finish(ctx, grad_x, mask, grad_out, tuple(range(grad_out.dim() - 1)))
+    rest = (None, None, None, grad_b, None, None)
+    return (grad_x, None, None, *rest) if ctx.static else (grad_x, *rest)
+
+
+def _int4_setup(ctx, inputs, output):
+    x, packed, scale, zp, bias, group_size = inputs
+    _save(ctx, x, bias, None, packed, scale, zp)
+    ctx.group_size = group_size
+
+
+def _int4_backward(ctx, grad_out):
+    _, packed, scale, zp = ctx.saved_tensors
+    _no_grad_for(ctx, "int4_linear", scale=2, zero_point=3)
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_out.float() @ torch.ops.edgegen.int4_dequantize(packed, scale, zp, ctx.group_size).float()
+    grad_x, grad_b = _finish(ctx, grad_x, None, grad_out, tuple(range(grad_out.dim() - 1)))
+    return grad_x, None, None, None, grad_b, None
+
+
+def _conv_setup(ctx, inputs, output):
+    x, packed, row_sum, ws, bias, out_channels, kernel_size, stride, padding, dilation, a_scale, a_zp = inputs
+    _save(ctx, x, bias, _static_pass(x, a_scale, a_zp) if ctx.needs_input_grad[0] else None, packed, row_sum, ws)
+    ctx.geometry = (out_channels, list(kernel_size), list(stride), list(padding), list(dilation))
+
+
+def _conv_backward(ctx, grad_out):
+    mask, packed, row_sum, ws = ctx.saved_tensors
+    _no_grad_for(ctx, "int8_conv2d", weight_scale=3)
+    co, (kh, kw), stride, padding, dilation = ctx.geometry
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        ci = ctx.x_shape[1]
+        cp = (ci + 3) // 4 * 4  # the direct convolution's tap-major layout, channels padded to 4
+        w = _int8_matrix(packed, row_sum, ws, co, kh * kw * cp).reshape(co, kh, kw, cp)[..., :ci].permute(0, 3, 1, 2)
+        grad_x = torch.nn.grad.conv2d_input(list(ctx.x_shape), w, grad_out.float(), stride, padding, dilation)
+    grad_x, grad_b = _finish(ctx, grad_x, mask, grad_out, (0, 2, 3))
+    return (grad_x, None, None, None, grad_b) + (None,) * 7
+
+
+def _conv_transpose_setup(ctx, inputs, output):
+    x, packed, row_sums, ws, bias, out_channels, phase_info, stride, padding, output_size, a_scale, a_zp = inputs
+    mask = _static_pass(x, a_scale, a_zp) if ctx.needs_input_grad[0] else None
+    _save(ctx, x, bias, mask, ws, *packed, *row_sums)
+    ctx.geometry = (out_channels, list(phase_info), list(stride), list(padding), len(packed))
+
+
+def _conv_transpose_weight(ci: int, co: int, phase_info: list[int], stride: list[int], packed, row_sums,
+                           ws: Tensor) -> Tensor:
+    """The float32 [Cin, Cout, kh, kw] transposed-convolution weight that the output phases hold:
+    phase (ry, rx) with ty x tx taps is the convolution whose window j reads tap ry + sy * (ty-1-j)."""
+    sy, sx = stride
+    phases = [phase_info[i:i + 4] for i in range(0, len(phase_info), 4)]
+    kh = max(ry + sy * (ty - 1) for ry, _, ty, _ in phases) + 1
+    kw = max(rx + sx * (tx - 1) for _, rx, _, tx in phases) + 1
+    cp = (ci + 3) // 4 * 4
+    w = torch.zeros(ci, co, kh, kw, device=ws.device)
+    for (ry, rx, ty, tx), p, rs in zip(phases, packed, row_sums):
+        sub = _int8_matrix(p, rs, ws, co, ty * tx * cp).reshape(co, ty, tx, cp)[..., :ci]
+        rows = torch.tensor([ry + sy * (ty - 1 - j) for j in range(ty)], device=ws.device)
+        cols = torch.tensor([rx + sx * (tx - 1 - j) for j in range(tx)], device=ws.device)
+        w[:, :, rows[:, None], cols[None, :]] = sub.permute(3, 0, 1, 2)
+    return w
+
+
+def _conv_transpose_backward(ctx, grad_out):
+    mask, ws, *rest = ctx.saved_tensors
+    _no_grad_for(ctx, "int8_conv_transpose2d", weight_scale=3)
+    co, phase_info, stride, padding, phases = ctx.geometry
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        ci, (h, w) = ctx.x_shape[1], ctx.x_shape[2:]
+        weight = _conv_transpose_weight(ci, co, phase_info, stride, rest[:phases], rest[phases:], ws)
+        # The adjoint of a transposed convolution is the convolution with the same weight; rows and
+        # columns past the input's size come only from output_padding and carry no input.
+        grad_x = torch.nn.functional.conv2d(grad_out.float(), weight, stride=stride, padding=padding)[..., :h, :w]
+    grad_x, grad_b = _finish(ctx, grad_x, mask, grad_out, (0, 2, 3))
+    return (grad_x, [None] * phases, [None] * phases, None, grad_b) + (None,) * 7
+
+
+for _op in ("int8_linear_static", "int8_linear_dynamic"):
+    torch.library.register_autograd(f"edgegen::{_op}", _linear_backward, setup_context=_linear_setup)
+for _op in ("int4_linear", "int4_linear_dynamic"):
+    torch.library.register_autograd(f"edgegen::{_op}", _int4_backward, setup_context=_int4_setup)
+torch.library.register_autograd("edgegen::int8_conv2d", _conv_backward, setup_context=_conv_setup)
+torch.library.register_autograd("edgegen::int8_conv_transpose2d", _conv_transpose_backward,
+                                setup_context=_conv_transpose_setup)
