@@ -1,8 +1,8 @@
 """Sliding-window attention on CUDA against the float64 reference on the CPU: the native
 tensor-core kernels (bfloat16/float16, head_dim 32, 64, 80, 96, 128) forward and backward over windows, global
 tokens, causal and not, lengths off the tile grid, decode offsets and rows with no key; the
-FlexAttention and reference routes for everything else; every output element written; memory
-linear in n; bad input."""
+FlexAttention and reference routes for everything else, the lse's gradient on each; every output
+element written; memory linear in n; bad input."""
 
 from __future__ import annotations
 
@@ -53,12 +53,14 @@ def _check(q64, k64, v64, dtype, window, num_global, causal, q_offset=0, layout=
     else:
         out, lse = block_sparse_attention(q, k, v, layout, block_size, causal, q_offset=q_offset, return_lse=True)
     go = torch.randn(out.shape, dtype=torch.float64).to(dtype)
-    _poison()
-    out.backward(go.to(DEV))
     rq, rk, rv = (t.clone().requires_grad_() for t in (q64, k64, v64))
     ref_out, ref_lse = sliding_window_attention_reference(rq, rk, rv, window, num_global, causal, None, q_offset,
                                                           layout, block_size)
-    ref_out.backward(go.double())
+    # The lse is differentiated too (merging key chunks by lse needs it); rows with no key have -inf.
+    gl = torch.randn(lse.shape, dtype=torch.float64).masked_fill(torch.isinf(ref_lse.detach()), 0)
+    _poison()
+    ((out * go.to(DEV)).sum() + (lse.masked_fill(gl.to(DEV) == 0, 0) * gl.to(DEV, lse.dtype)).sum()).backward()
+    ((ref_out * go.double()).sum() + (ref_lse.masked_fill(gl == 0, 0) * gl).sum()).backward()
     _close(out, ref_out.detach(), tol, "out")
     lse_c, ref_l = lse.double().cpu(), ref_lse.detach()
     assert torch.equal(torch.isinf(lse_c), torch.isinf(ref_l)), "lse: -inf rows differ"

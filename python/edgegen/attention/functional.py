@@ -114,7 +114,8 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_g
     ``scale`` defaults to 1/sqrt(d). A query that sees no key (possible only with ``q_offset``
     beyond the keys) gets output 0 and zero gradients. Returns ``out`` [B, H, n, d] in q's dtype,
     or ``(out, lse)`` with the float32 log-sum-exp [B, H, n] when ``return_lse``. Differentiable
-    in q, k and v (the backward never materialises [n, nk]).
+    in q, k and v (the backward never materialises [n, nk]), through ``lse`` too: attention merged
+    over key chunks by their lse has the gradients of attention over all keys.
 
     Examples:
         >>> import torch

@@ -360,16 +360,15 @@ def _flex_applies(q, k) -> bool:
 
 def _flex_or_reference(q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size):
     """FlexAttention with a cached block mask where it applies, else the reference; both
-    differentiable by their own autograd. lse is returned detached (not differentiable)."""
+    differentiable by their own autograd (lse included)."""
     if not _flex_applies(q, k):
-        out, lse = ref.sliding_window_attention_reference(q, k, v, window, num_global, causal, scale, q_offset,
-                                                          block_layout, block_size)
-        return out, lse.detach()
+        return ref.sliding_window_attention_reference(q, k, v, window, num_global, causal, scale, q_offset,
+                                                      block_layout, block_size)
     layout_key = None if block_layout is None else tuple(block_layout.reshape(-1).tolist())
     bm = _block_mask(q.shape[-2], k.shape[-2], window, num_global, bool(causal), q_offset, layout_key,
                      block_size, q.device)
     out, lse = _compiled_flex()(q, k, v, block_mask=bm, scale=scale, return_lse=True)
-    return out, lse.detach().float()
+    return out, lse.float()
 
 
 # The head sizes the native CUDA attention kernels are built for (attention_cuda_supports in
@@ -393,16 +392,24 @@ class _NativeAttention(torch.autograd.Function):
                                                                   q_offset, None, 0)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (window, num_global, causal, scale, q_offset)
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_lse):
+    def backward(ctx, grad_out, grad_lse):
+        from edgegen.ops.attention import lse_gradients
+
         q, k, v, out, lse = ctx.saved_tensors
         window, num_global, causal, scale, q_offset = ctx.args
         with torch._C._AutoDispatchBelowAutograd():
-            dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
-                grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, None, 0)
+            if grad_out is None:
+                dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), None
+            else:
+                dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
+                    grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, None, 0)
+            if grad_lse is not None:
+                eq, ek = lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offset, None, 0)
+                dq, dk = dq + eq, dk + ek
         return dq, dk, dv, None, None, None, None, None
 
 

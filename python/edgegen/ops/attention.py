@@ -1,8 +1,11 @@
 """Fake kernels and autograd for torch.ops.edgegen.sliding_window_attention (and its backward).
 
 The forward op returns (out, lse); autograd saves q, k, v, out and lse, and the backward op
-recomputes the probabilities tile by tile (nothing of size [n, n] is ever kept). ``lse`` is an
-auxiliary output: it is not differentiable.
+recomputes the probabilities tile by tile (nothing of size [n, n] is ever kept). ``lse`` is
+differentiable too (merging attention over key chunks by their log-sum-exp needs it): its gradient
+adds ``scale * g_i * sum_j p_ij k_j`` to dq (one more forward, with k as the values) and
+``scale * sum_i p_ij g_i q_i`` to dk (the value gradient of one more backward), only when ``lse``
+was used.
 
 First-order gradients only. With ``create_graph=True`` the gradients are returned as usual, but
 differentiating them again (double backward: Hessian-vector products, gradient penalties through
@@ -54,10 +57,26 @@ def _swa_backward_fake(grad_out, q, k, v, out, lse, window, num_global, causal, 
             v.new_empty(v.shape))
 
 
+def lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offset, block_layout, block_size):
+    """(dq, dk) of ``sum(grad_lse * lse)``. With p the attention probabilities and s the scale,
+    d lse_i / d q_i = s * sum_j p_ij k_j: the attention of q with k as the values; and
+    d lse_i / d k_j = s * p_ij q_i: the value gradient of the backward for grad_out = g * q. The
+    masks, windows, offsets and empty rows are those of the op itself."""
+    s = q.shape[-1] ** -0.5 if scale is None else scale
+    g = grad_lse.unsqueeze(-1).float() * s
+    pk, _ = torch.ops.edgegen.sliding_window_attention(q, k, k, window, num_global, causal, scale, q_offset,
+                                                       block_layout, block_size)
+    dq = (g * pk.float()).to(q.dtype)
+    _, _, dk = torch.ops.edgegen.sliding_window_attention_backward(
+        (g * q.float()).to(q.dtype), q, k, k, pk, lse, window, num_global, causal, scale, q_offset, block_layout,
+        block_size)
+    return dq, dk
+
+
 def _swa_setup(ctx, inputs, output):
     q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size = inputs
     out, lse = output
-    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no work for it
     ctx.save_for_backward(q, k, v, out, lse, block_layout)
     ctx.args = (window, num_global, causal, scale, q_offset, block_size)
 
@@ -65,8 +84,15 @@ def _swa_setup(ctx, inputs, output):
 def _swa_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, block_layout = ctx.saved_tensors
     window, num_global, causal, scale, q_offset, block_size = ctx.args
-    dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
-        grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout, block_size)
+    if grad_out is None:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), None
+    else:
+        dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
+            grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout, block_size)
+    if grad_lse is not None:
+        eq, ek = lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offset, block_layout,
+                               block_size)
+        dq, dk = dq + eq, dk + ek
     return dq, dk, dv, None, None, None, None, None, None, None
 
 
