@@ -12,6 +12,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -171,6 +173,39 @@ std::vector<at::Tensor> magnitude_mask_cpu(at::TensorList weights, std::optional
   return masks;
 }
 
+// Two tensors written in place that share memory (a tied weight listed twice, overlapping views)
+// would get masks that contradict the weights: refused, naming both. By byte ranges within one
+// storage, so disjoint views of one tensor pass and interleaved strided views count as sharing.
+void check_no_shared_memory(at::TensorList weights, at::TensorList masks) {
+  struct Span {
+    const void* storage;
+    int64_t begin, end;
+    std::string name;
+  };
+  std::vector<Span> spans;
+  for (const bool is_mask : {false, true}) {
+    const at::TensorList ts = is_mask ? masks : weights;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const at::Tensor& t = ts[i];
+      if (t.numel() == 0) continue;
+      int64_t last = 0;
+      for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+      const int64_t begin = t.storage_offset() * int64_t(t.element_size());
+      spans.push_back({t.storage().data(), begin, begin + (last + 1) * int64_t(t.element_size()),
+                       item_name(is_mask ? "masks" : "weights", i)});
+    }
+  }
+  std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return a.storage != b.storage ? std::less<const void*>()(a.storage, b.storage) : a.begin < b.begin;
+  });
+  for (size_t i = 1; i < spans.size(); ++i) {
+    TORCH_CHECK_VALUE(spans[i].storage != spans[i - 1].storage || spans[i].begin >= spans[i - 1].end,
+                      spans[i - 1].name, " and ", spans[i].name,
+                      ": share memory (the same tensor twice, or overlapping views); each is written in place, so "
+                      "list every tensor once");
+  }
+}
+
 void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> grads, int64_t num_prune,
                          at::TensorList masks) {
   TORCH_CHECK_VALUE(masks.size() == weights.size(), "masks: expected one mask per weight (", weights.size(),
@@ -189,6 +224,7 @@ void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> g
                       ": has overlapping elements (an expanded view); it is written in place");
     fused = fused && weights[i].is_contiguous() && masks[i].is_contiguous();
   }
+  check_no_shared_memory(weights, masks);
   Sources s = gather(weights, grads);
   check_num_prune(num_prune, s.total);
   if (s.any_f64 || !fused) {
@@ -215,6 +251,10 @@ void magnitude_prune_cpu(at::TensorList weights, std::optional<at::TensorList> g
   for (const at::Tensor& w : weights) out.push_back(w.mutable_data_ptr());
   check_nan(KP::magnitude_mask(s.src.data(), int(s.src.size()), num_prune, mp.data(), out.data(),
                                at::get_num_threads()), "of the");
+  // Written through raw pointers: bump the version counters as an in-place ATen op would, so a
+  // graph that saved a weight before pruning refuses to run backward with the pruned values.
+  for (const at::Tensor& w : weights) w.unsafeGetTensorImpl()->bump_version();
+  for (const at::Tensor& m : masks) m.unsafeGetTensorImpl()->bump_version();
 }
 
 at::Tensor nm_mask_cpu(const at::Tensor& weight, int64_t n, int64_t m, int64_t dim) {

@@ -7,7 +7,9 @@ import torch.nn.utils.prune as tprune
 
 import edgegen  # noqa: F401
 from tests.helpers import opcheck_ids
+from edgegen.ops import _reference as ref
 from edgegen.ops import prune as P
+from edgegen.ops._fallback import magnitude_prune_fallback
 from edgegen.ops._reference import (
     channel_norms_reference,
     kth_smallest_score_reference,
@@ -242,3 +244,42 @@ def test_large_inputs_take_the_sampled_path_exactly(dtype):
             assert torch.equal(g, r)
     cat = torch.cat([w.float().abs().flatten() for w in ws])
     assert P.kth_smallest_score(ws, total // 3).item() == cat.kthvalue(total // 3).values.item()
+
+
+_PRUNE_IMPLS = {"cpu-kernel": lambda ws, k, ms: torch.ops.edgegen.magnitude_prune_(ws, None, k, ms),
+                "fallback": lambda ws, k, ms: magnitude_prune_fallback(ws, None, k, ms)}
+
+
+@pytest.mark.parametrize("impl", list(_PRUNE_IMPLS))
+def test_weights_that_share_memory_are_refused_and_disjoint_views_are_not(impl):
+    run = _PRUNE_IMPLS[impl]
+    w = torch.tensor([[0.1, -2.0, 3.0, 0.05]])
+    base = torch.randn(10)
+    for ws in ([w, w], [base[:6], base[4:]], [w, w.view(-1)[1:3]]):
+        masks = [torch.empty(t.shape, dtype=torch.bool) for t in ws]
+        before = [t.clone() for t in ws]
+        with pytest.raises(ValueError, match=r"weights\[0\] and weights\[1\]: share memory"):
+            run(ws, 2, masks)
+        assert all(torch.equal(a, b) for a, b in zip(ws, before))  # nothing written
+    shared = torch.empty(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"masks\[0\] and masks\[1\]: share memory"):
+        run([torch.randn(4), torch.randn(4)], 2, [shared, shared])
+    a = torch.randn(4, 6)
+    halves = [a[:2], a[2:]]  # one storage, disjoint rows: fine
+    masks = [torch.empty(2, 6, dtype=torch.bool) for _ in halves]
+    run(halves, 5, masks)
+    expected = ref.magnitude_mask_reference([a[:2].clone(), a[2:].clone()], None, 5)
+    assert all(torch.equal(m, e) for m, e in zip(masks, expected)) and int((a == 0).sum()) >= 5
+
+
+def test_pruning_in_place_bumps_the_version_counter():
+    """A graph that saved the weight before pruning must refuse to backpropagate with the pruned
+    values, on the fused contiguous path as on the strided one."""
+    for w in (torch.randn(3, 3), torch.randn(3, 3).t()):
+        x = torch.randn(3, requires_grad=True)
+        y = (x @ w).sum()
+        v0 = w._version
+        masks = P.magnitude_prune_([w], 4)
+        assert w._version > v0 and masks[0]._version > 0
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()

@@ -455,6 +455,23 @@ def magnitude_mask_fallback(weights, grads, num_prune):
     return ref.magnitude_mask_reference(weights, grads, num_prune)
 
 
+def _no_shared_memory(named) -> None:
+    """Tensors written in place must not share memory: the same tensor listed twice or views whose
+    byte ranges intersect (interleaved strided views of one storage count as sharing)."""
+    spans = []
+    for name, t in named:
+        if t.numel() == 0 or t.device.type == "meta":  # meta tensors have no memory to share
+            continue
+        start = t.storage_offset() * t.element_size()
+        last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+        spans.append((t.untyped_storage().data_ptr(), start, start + (last + 1) * t.element_size(), name))
+    spans.sort()
+    for (p0, _, e0, n0), (p1, s1, _, n1) in zip(spans, spans[1:]):
+        if p0 == p1 and s1 < e0:
+            raise ValueError(f"{n0} and {n1}: share memory (the same tensor twice, or overlapping views); each is "
+                             "written in place, so list every tensor once")
+
+
 def magnitude_prune_fallback(weights, grads, num_prune, masks):
     _nonempty(weights)
     if len(masks) != len(weights):
@@ -469,6 +486,8 @@ def magnitude_prune_fallback(weights, grads, num_prune, masks):
         for name, t in ((f"weights[{i}]", w), (f"masks[{i}]", m)):
             if torch._debug_has_internal_overlap(t) == 1:
                 raise ValueError(f"{name}: has overlapping elements (an expanded view); it is written in place")
+    _no_shared_memory([(f"{kind}[{i}]", t) for kind, ts in (("weights", weights), ("masks", masks))
+                       for i, t in enumerate(ts)])
     keeps = ref.magnitude_mask_reference(weights, grads, num_prune)
     for w, m, keep in zip(weights, masks, keeps):
         m.copy_(keep)
