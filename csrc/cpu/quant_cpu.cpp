@@ -211,8 +211,10 @@ std::tuple<double, double> mse_clip_range_cpu(const at::Tensor& input, double lo
   TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "lo/hi: expected finite lo <= hi, got [", lo,
                     ", ", hi, "]");
   check_range(quant_min, quant_max, INT32_MIN, INT32_MAX, "the quantized range");
+  // No values, no error to minimise: the range would be arbitrary.
+  TORCH_CHECK_VALUE(input.numel() > 0, "input: expected a non-empty tensor");
   const at::Tensor x = input.contiguous();
-  TORCH_CHECK_VALUE(x.numel() == 0 || !at::isnan(x).any().item<bool>(),
+  TORCH_CHECK_VALUE(!at::isnan(x).any().item<bool>(),
                     "input: contains NaN values; the observers need NaN-free calibration data");
   float best_lo = 0.0f, best_hi = 0.0f;
   KQ::mse_clip_range(x.const_data_ptr(), dt, x.numel(), float(lo), float(hi), int32_t(quant_min), int32_t(quant_max),

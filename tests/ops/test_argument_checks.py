@@ -106,4 +106,22 @@ def test_mse_observer_needs_real_nan_free_data():
         ops.mse_clip_range(torch.randn(8, device="meta"), -1.0, 1.0, -128, 127, 10)
     lo, hi = ops.mse_clip_range(torch.randn(1000), -3.0, 3.0, -128, 127, 20)
     assert -3.0 <= lo < 0 < hi <= 3.0
+    with pytest.raises(ValueError, match="input: expected a non-empty tensor"):  # no data: no best range
+        ops.mse_clip_range(torch.empty(0, 4), -1.0, 1.0, -128, 127, 10)
 
+
+
+def test_integer_arguments_refuse_bools_of_every_kind_and_values_beyond_int64():
+    import numpy as np
+
+    from edgegen.ops._args import as_int
+
+    for v in (True, np.bool_(True), torch.tensor(True)):
+        with pytest.raises(TypeError, match="num_prune: expected an integer, got a bool"):
+            as_int(v, "num_prune")
+    for v in (2**63, -(2**63) - 1, 2**70):
+        with pytest.raises(ValueError, match=r"num_prune: expected an int64 value in \[-2\*\*63, 2\*\*63 - 1\]"):
+            as_int(v, "num_prune")
+    assert [as_int(v, "n") for v in (3, 3.0, np.int16(3), torch.tensor(3), 2**63 - 1)] == [3, 3, 3, 3, 2**63 - 1]
+    with pytest.raises(TypeError, match="num_prune: expected an integer, got a bool"):
+        P.magnitude_prune_([torch.randn(4)], torch.tensor(True))

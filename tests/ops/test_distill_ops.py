@@ -190,3 +190,15 @@ def test_fused_linear_bad_input(change, exc, match):
     args.update(change)
     with pytest.raises(exc, match=match):
         fused_linear_kd_loss(**args)
+
+
+def test_kd_loss_module_compiles_with_dynamic_shapes_and_symbolic_settings():
+    """With dynamic=True the module's temperature is traced as a symbolic float: the settings checks
+    must not call functions dynamo cannot trace (math.isfinite)."""
+    from edgegen.distill import KDLoss
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(7, 13), torch.randn(7, 13), torch.randint(0, 13, (7,))
+    m = KDLoss(temperature=3.0)
+    got = torch.compile(m, backend="aot_eager", fullgraph=True, dynamic=True)(s, t, y)
+    torch.testing.assert_close(got, m(s, t, y))

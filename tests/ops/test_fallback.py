@@ -165,3 +165,17 @@ def test_int8_gemm_through_int_mm_is_exact(shape, seven_bit):
     for zp in (0, 1, top // 2, top):
         expected = ((a.long() - zp) @ w.long().t()).int()
         assert torch.equal(int8_gemm_int_mm(a, zp, w, seven_bit), expected), zp
+
+
+def test_int8_fallbacks_share_the_cpu_kernels_reduction_limit():
+    """The fallbacks (every device but the CPU) refuse the in_features the CPU kernel refuses:
+    beyond 65,000 the int32 sums of 255 x 128 products can wrap around."""
+    from edgegen.ops._fallback_quant import int8_gemm_fallback, int8_pack_weight_fallback
+
+    ok = torch.full((1, 65000), -128, dtype=torch.int8)
+    packed, row_sum = int8_pack_weight_fallback(ok)
+    acc = int8_gemm_fallback(torch.full((1, 65000), 255, dtype=torch.uint8), 0, packed, row_sum, 1, 65000)
+    assert int(acc) == 65000 * 255 * -128  # exact at the limit
+    for pack in (int8_pack_weight_fallback, torch.ops.edgegen.int8_pack_weight):
+        with pytest.raises(ValueError, match="in_features 65001 exceeds 65000"):
+            pack(torch.zeros(1, 65001, dtype=torch.int8))

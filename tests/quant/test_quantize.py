@@ -231,3 +231,14 @@ def test_learnable_backward_op_equals_reference_twin(axis):
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=1e-6)
+
+
+def test_learnable_float64_gradient_passes_through_unchanged():
+    """Where nothing is clamped the input's gradient is the incoming one, bit for bit, in float64
+    too (it was rounded through float32)."""
+    x = (torch.rand(4, 50, dtype=torch.float64) - 0.5).requires_grad_()  # well inside [-8, 7] * 0.11
+    s, z = torch.tensor([0.11], dtype=torch.float64), torch.tensor([0.4], dtype=torch.float64)
+    out = fake_quantize_learnable(x, s, z, -8, 7)
+    g = torch.randn(out.shape, dtype=torch.float64) * (1 + 1e-9)
+    out.backward(g)
+    assert torch.equal(x.grad, g)

@@ -113,7 +113,7 @@ void fake_quantize_learnable_backward(const void* x, const void* dy, DType dtype
           acc_s += double(gv) * double(q - zp);
           acc_z += -double(gv) * double(s);
         } else {
-          store_float(o + i, gv);
+          o[i] = g[i];  // passed through unchanged (a float64 gradient keeps its precision)
           const float xhat = float(q - zp) * s;
           acc_s += double(gv) * double((xhat - xv) * inv);
         }

@@ -15,16 +15,22 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of the ops' int argument
 
 
 def as_int(v, name: str) -> int:
-    """``v`` as an int; a float is accepted only if it is integral (1.5 is an error, never 1)."""
-    if isinstance(v, bool):
+    """``v`` as an int64 value; a float is accepted only if it is integral (1.5 is an error, never
+    1); a bool is refused whether Python's, NumPy's or a bool tensor."""
+    numpy_bool = type(v).__module__ == "numpy" and type(v).__name__ in ("bool", "bool_")
+    if isinstance(v, bool) or numpy_bool or (isinstance(v, Tensor) and v.dtype == torch.bool):
         raise TypeError(f"{name}: expected an integer, got a bool")
     if isinstance(v, numbers.Integral):
-        return int(v)
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex():
-        return int(v.item())
-    raise TypeError(f"{name}: expected an integer, got {v!r}")
+        out = int(v)
+    elif isinstance(v, float) and v.is_integer():
+        out = int(v)
+    elif isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex():
+        out = int(v.item())
+    else:
+        raise TypeError(f"{name}: expected an integer, got {v!r}")
+    if not INT64_MIN <= out <= INT64_MAX:
+        raise ValueError(f"{name}: expected an int64 value in [-2**63, 2**63 - 1], got {out}")
+    return out
 
 
 def check_real(t: Tensor | None, name: str) -> None:

@@ -121,7 +121,7 @@ def check_kd_settings(temperature, alpha, ignore_index, reduction) -> None:
     ``temperature`` and ``alpha`` may be any real-number scalar (Python, NumPy, one-element
     tensor); callers pass ``float()`` of them on to the ops."""
     t = _real(temperature, "temperature")
-    if not math.isfinite(t) or t < 0.01:
+    if not 0.01 <= t < math.inf:  # comparisons only: torch.compile(dynamic=True) traces t symbolically
         # below 0.01 logits / T overflow float32 and the loss is NaN
         raise ValueError(f"temperature: expected a finite number >= 0.01, got {temperature!r}")
     a = _real(alpha, "alpha")
