@@ -583,3 +583,29 @@ def test_cli_eval_loads_a_single_run_once(env, monkeypatch, capsys):
     monkeypatch.setattr(runs_mod, "load_run", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert main(["eval", str(run_dir), "--metrics", "vae", "--samples", "8", "--no-log", "--no-progress"]) == 0
     assert len(calls) == 1  # checked and evaluated from one load (was: loaded twice)
+
+
+def test_compare_checks_out_before_evaluating(tmp_path, monkeypatch, capsys):
+    import edgegen.eval.runs as runs
+    from edgegen.cli.main import main
+
+    evaluated = []
+    monkeypatch.setattr(runs, "check_options", lambda *a, **k: None)
+    monkeypatch.setattr(runs, "run_config", lambda *a, **k: None)
+    monkeypatch.setattr(runs, "load_run", lambda *a, **k: evaluated.append(a))
+    blocker = tmp_path / "table.md"
+    blocker.write_text("x")
+    assert main(["compare", str(tmp_path), "--out", str(blocker), "--no-log"]) == 2
+    assert f"--out: {blocker} is a file, expected a folder" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--out", str(blocker / "sub"), "--no-log"]) == 2
+    assert "--out: cannot create the folder" in capsys.readouterr().err
+    assert evaluated == []
+
+
+def test_compare_profile_can_be_turned_off():
+    from edgegen.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["compare", "a"]).profile is True
+    assert parse(["compare", "a", "--no-profile"]).profile is False
+    assert parse(["eval", "a"]).profile is False and parse(["eval", "a", "--profile"]).profile is True

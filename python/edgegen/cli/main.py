@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--from", dest="source", metavar="RUN_DIR",
                            help="compress this trained run (its last checkpoint) without training: one-shot "
                                 "pruning (+ shrink) and/or post-training quantization from CONFIG's compress "
-                                "section; written to --run-dir (default RUN_DIR-<what>)")
+                                "section (--set compress.* changes it; --preset and --resume do not apply); "
+                                "written to --run-dir (default RUN_DIR-<what>) and tracked as a new MLflow run "
+                                "(CONFIG's tracking section, else the source run's)")
     p = sub.add_parser("sweep", help="run variants x seeds and compare them",
                        description="Run every variant of the config (or the config alone) once per seed, as "
                                    "nested MLflow runs, and write mean +- std, 95% CIs and paired t-tests "
@@ -67,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics", default="",
                        help="comma-separated: fid, kid, vae (ELBO, SSIM/PSNR of reconstructions), ssim, ppl, bleu, "
                             "text (default: those of the model kind)")
-        p.add_argument("--profile", action="store_true", default=name == "compare",
+        p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=name == "compare",
                        help="measure parameters, FLOPs, size, latency, memory, energy" +
-                            (" (on by default here)" if name == "compare" else ""))
+                            (" (on by default here; --no-profile: off)" if name == "compare" else ""))
         p.add_argument("--device-profile", action="append", default=[], metavar="DEVICE",
                        help="also project latency and energy onto rpi4, jetson-nano or pixel6 (repeatable)")
         p.add_argument("--onnx", action="store_true",
@@ -128,6 +133,10 @@ def _evaluate(args) -> int:
 
     opts = _eval_options(args)
     paths = [args.run] if args.command == "eval" else args.runs
+    if getattr(args, "out", None):  # a folder that cannot take the table fails before any evaluation
+        from edgegen.train.loop import prepare_run_dir
+
+        prepare_run_dir(args.out, "--out")
     for path in paths:  # every option against every run before the first metric (configs only: no model built)
         check_options(run_config(path, args.which), opts)
     results = []
@@ -139,7 +148,7 @@ def _evaluate(args) -> int:
             _log_eval(result, run.run_dir, run.config, saved, args.command)
         results.append(result)
     if args.command == "eval":
-        print(json.dumps(results[0], indent=2, default=str))
+        _print_json(results[0])
     else:
         table = compare_runs(results, args.out)
         print(table["markdown"])
@@ -148,27 +157,80 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _json(obj):
+    """``obj`` with every non-finite float as None: the printed result is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json(v) for v in obj]
+    return obj
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_json(obj), indent=2, default=str, allow_nan=False))
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone writes the MLflow link and prints the result)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def _compress_from(args) -> int:
-    from edgegen.config import load_yaml
+    from edgegen.config import apply_overrides, from_dict, load_yaml
+    from edgegen.tracking import make_tracker
+    from edgegen.train.config import TrackingConfig
+    from edgegen.train.loop import prepare_run_dir
     from edgegen.train.posthoc import compress_from
 
-    data = load_yaml(args.config)
-    section = data.get("compress") if isinstance(data, dict) else None
+    for flag, given in (("--preset", args.preset), ("--resume", args.resume)):
+        if given:
+            raise ValueError(f"{flag}: compress --from compresses a trained run as it is, without training, so "
+                             f"{flag} does not apply; leave it out (--set compress.<key>=... changes the "
+                             "compress section)")
+    for text in args.overrides:
+        key = str(text).split("=", 1)[0].strip()
+        if key.split(".")[0] not in ("compress", "tracking"):
+            raise ValueError(f"--set {text!r}: compress --from uses only CONFIG's compress and tracking sections "
+                             "(the rest comes from the trained run); expected compress.<key>=... or "
+                             "tracking.<key>=...")
+    if not Path(args.source).exists():
+        raise FileNotFoundError(f"--from: {args.source} does not exist (expected a trained run's folder or a "
+                                "checkpoint file)")
+    data = apply_overrides(load_yaml(args.config), args.overrides)
+    section = data.get("compress")
     if section is None:
         print(f"edgegen compress: {args.config} has no compress section (prune and/or ptq)", file=sys.stderr)
         return 2
-    result = compress_from(args.source, section, args.run_dir)
-    print(json.dumps(result, indent=2, default=str))
+    tracking = from_dict(TrackingConfig, data["tracking"], "tracking") if isinstance(data.get("tracking"), dict) \
+        else None
+    if args.run_dir:
+        prepare_run_dir(args.run_dir, "--run-dir")
+
+    def tracker(cfg, out_dir):
+        t = make_tracker(tracking or cfg.tracking, cfg.name, out_dir)
+        if getattr(t, "run_id", None):
+            print(f"edgegen compress: MLflow run {t.run_id} in {t.uri} (experiment {t.experiment!r}); run folder "
+                  f"{out_dir}", file=sys.stderr)
+        return t
+
+    result = compress_from(args.source, section, args.run_dir, tracker=tracker)
+    _print_json(result)
     return 0
 
 
 def _train(args, require_compress: bool) -> int:
-    from edgegen.tracking import make_tracker
+    from edgegen.tracking import NullTracker, make_tracker
     from edgegen.train import load_experiment
-    from edgegen.train.loop import check_run_dir_free, default_run_dir, train_experiment
+    from edgegen.train.loop import check_run_dir_free, default_run_dir, prepare_run_dir, train_experiment
 
+    main_rank = _rank() == 0
     cfg = load_experiment(args.config, args.preset, args.overrides,
-                          report=lambda line: print(f"edgegen {args.command}: {line}", file=sys.stderr))
+                          report=lambda line: main_rank and print(f"edgegen {args.command}: {line}", file=sys.stderr))
     if require_compress and cfg.compress is None:
         print(f"edgegen compress: {args.config} has no compress section (prune, qat and/or ptq); without one, "
               "use edgegen train", file=sys.stderr)
@@ -176,7 +238,11 @@ def _train(args, require_compress: bool) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     if not args.resume:
         check_run_dir_free(run_dir)  # before a tracker replaces the folder's MLflow link
-    tracker = make_tracker(cfg.tracking, cfg.name, run_dir, resume=args.resume)
+    # A folder that cannot be written fails here, before a tracker or a model is built.
+    prepare_run_dir(run_dir, "--run-dir" if args.run_dir else "output_dir")
+    args.resume_dir = run_dir  # for the command that resumes an interrupted run
+    # Under torchrun only rank 0 opens the MLflow run, writes its link and prints the result.
+    tracker = make_tracker(cfg.tracking, cfg.name, run_dir, resume=args.resume) if main_rank else NullTracker()
     if getattr(tracker, "run_id", None):
         print(f"edgegen {args.command}: MLflow run {tracker.run_id} in {tracker.uri} (experiment "
               f"{tracker.experiment!r}); run folder {run_dir}", file=sys.stderr)
@@ -185,10 +251,33 @@ def _train(args, require_compress: bool) -> int:
         result = train_experiment(cfg, run_dir, tracker, resume=args.resume,
                                   progress=False if args.no_progress else None)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracker.finish(status)
-    print(json.dumps(result, indent=2, default=str))
+    if main_rank:
+        _print_json(result)
     return 0
+
+
+def _resume_command(args) -> str | None:
+    """The command that continues an interrupted train / compress / sweep, None for the others."""
+    if args.command in ("train", "compress") and getattr(args, "resume_dir", None) is not None:
+        cmd = ["edgegen", args.command, args.config]
+    elif args.command == "sweep":
+        cmd = ["edgegen", "sweep", args.config, "--seeds", *map(str, args.seeds)]
+        if args.only:
+            cmd += ["--only", *args.only]
+    else:
+        return None
+    if args.preset:
+        cmd += ["--preset", args.preset]
+    for text in args.overrides:
+        cmd += ["--set", text]
+    if args.command != "sweep":
+        cmd += ["--run-dir", str(args.resume_dir)]
+    return shlex.join(cmd + ["--resume"])
 
 
 def main(argv=None) -> int:
@@ -224,6 +313,16 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"edgegen {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a disk that is full or a folder that became unwritable mid-run
+        print(f"edgegen {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"edgegen {args.command}: interrupted", file=sys.stderr)
+        again = _resume_command(args)
+        if again is not None:
+            where = f"the run folder is {args.resume_dir}; " if getattr(args, "resume_dir", None) else ""
+            print(f"edgegen {args.command}: {where}continue with: {again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -689,8 +689,9 @@ def compare_runs(results: list[dict], out_dir: str | os.PathLike | None = None) 
     w.writerows([["" if v is None else v for v in row] for row in rows])
     paths = {}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        from edgegen.train.loop import prepare_run_dir
+
+        out = prepare_run_dir(out_dir, "out_dir")
         (out / "compare.md").write_text(markdown, encoding="utf-8")
         (out / "compare.csv").write_text(buf.getvalue(), encoding="utf-8")
         paths = {"markdown": str(out / "compare.md"), "csv": str(out / "compare.csv")}

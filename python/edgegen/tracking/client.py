@@ -27,6 +27,9 @@ class NullTracker:
     def log_params(self, params: dict) -> None:
         pass
 
+    def start_local_log(self, step=None, validated: bool = False) -> None:
+        pass
+
     def log_metrics(self, metrics: dict, step: int) -> None:
         pass
 
@@ -75,6 +78,46 @@ def _read_run_file(run_dir) -> dict | None:
 def _write_run_file(run_dir, **info) -> None:
     """The run folder's MLflow link, written atomically."""
     atomic.write_text(Path(run_dir) / RUN_FILE, json.dumps(info))
+
+
+LOCAL_LOG = "metrics.jsonl"
+
+
+def start_local_log(run_dir, step: int | None = None, validated: bool = False) -> Path | None:
+    """Make ``<run_dir>/metrics.jsonl`` fit the run about to start there, so that a run never adds
+    its records to another's. A fresh run (``step`` None) moves an earlier file aside as
+    ``metrics.<time>.jsonl`` (kept, never deleted; returned). A run resuming from a checkpoint at
+    ``step`` drops the records logged after that step (the steps it will train again), and at that
+    step the end-of-run records (``final/*``, logged again at the end) and, unless the checkpoint
+    holds that step's validation (``validated``), the validation records."""
+    path = Path(run_dir) / LOCAL_LOG
+    if not path.is_file():
+        return None
+    if step is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+        dest, n = path.with_name(f"metrics.{stamp}.jsonl"), 1
+        while dest.exists():
+            dest, n = path.with_name(f"metrics.{stamp}-{n}.jsonl"), n + 1
+        path.rename(dest)
+        return dest
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            at = int(rec["step"])
+        except (ValueError, TypeError, KeyError):  # a line cut short when the process died
+            continue
+        names = [k for k in rec if k not in ("step", "time")]
+        if at > step:
+            continue
+        if at == step and names:
+            if names[0].startswith(("final/", "final_float/")):
+                continue
+            if not validated and not names[0].startswith("train/"):
+                continue
+        kept.append(line)
+    atomic.write_text(path, "".join(line + "\n" for line in kept))
+    return None
 
 
 def _metric_name(name: str) -> str:
@@ -147,7 +190,7 @@ class MLflowTracker:
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.run_dir / LOCAL_LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     # --------------------------------------------------------------- logging
@@ -175,6 +218,11 @@ class MLflowTracker:
 
     def set_tags(self, tags: dict) -> None:
         self._record("tags", tags, "set tags")
+
+    def start_local_log(self, step: int | None = None, validated: bool = False) -> None:
+        """See :func:`start_local_log` (nothing without a run folder)."""
+        if self.run_dir is not None:
+            start_local_log(self.run_dir, step, validated)
 
     def log_config(self, cfg) -> None:
         """The resolved config as params (dotted keys) and config.yaml, the system info and seed

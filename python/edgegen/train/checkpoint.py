@@ -60,7 +60,7 @@ def load(path: str | os.PathLike) -> dict:
 _ARCH = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
 
 
-def load_gpt2(section):
+def load_gpt2(section, key: str = "model.init_from"):
     """The GPT-2 of a model section (a GPT2Config). With ``init_from`` (a Hugging Face GPT-2
     folder, an edgegen run checkpoint, or a bare state dict) the architecture is the checkpoint's:
     a section may name just ``kind`` and ``init_from``; sizes it sets away from the GPT2Config
@@ -74,6 +74,9 @@ def load_gpt2(section):
     from edgegen.prune.masks import load_pruned_state_dict
 
     p = Path(section.init_from)
+    if not p.exists():
+        raise FileNotFoundError(f"{key}: {p} does not exist (expected an edgegen checkpoint or a Hugging Face "
+                                "GPT-2 folder; train the teacher first, or fix the path)")
     if p.is_dir():
         model = GPT2.from_pretrained(p)
     else:
@@ -82,7 +85,7 @@ def load_gpt2(section):
             task = (snap.get("config") or {}).get("task")
             kind = ((snap.get("config") or {}).get("model") or {}).get("kind")
             if "model" not in snap["modules"] or kind != "gpt2":
-                raise ValueError(f"init_from: {p} is a {task!r} run's checkpoint (model {kind!r}), not a GPT-2's")
+                raise ValueError(f"{key}: {p} is a {task!r} run's checkpoint (model {kind!r}), not a GPT-2's")
             state = snap["modules"]["model"]
             model = replace(experiment_config(snap).model, init_from=None).build()
         else:
@@ -90,13 +93,13 @@ def load_gpt2(section):
         try:
             load_pruned_state_dict(model, state)
         except (RuntimeError, KeyError) as exc:
-            raise ValueError(f"init_from: {p} does not load into a GPT-2 {section.n_layer}L/{section.n_embd}: "
+            raise ValueError(f"{key}: {p} does not load into a GPT-2 {section.n_layer}L/{section.n_embd}: "
                              f"{str(exc).splitlines()[0]}") from exc
     defaults = GPT2Config()
     declared = {k: getattr(section, k) for k in _ARCH if getattr(section, k) != getattr(defaults, k)}
     actual = {k: getattr(model.config, k) for k in _ARCH}
     conflict = {k: v for k, v in declared.items() if v != actual[k]}
     if conflict:
-        warnings.warn(f"init_from: {p} holds a GPT-2 with {actual}; the section's {conflict} is ignored",
+        warnings.warn(f"{key}: {p} holds a GPT-2 with {actual}; the section's {conflict} is ignored",
                       UserWarning, stacklevel=2)
     return model

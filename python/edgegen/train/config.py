@@ -353,7 +353,23 @@ def preset_changes(data: dict, preset: str) -> tuple[dict, list[str]]:
             elif k in written and written[k] != v:
                 replaced.append(f"{prefix}{k}: {written[k]!r} -> {v!r}")
     walk(data, layer, "")
-    return merge(data, layer), replaced
+    out = merge(data, layer)
+    stages = (data.get("distill") or {}).get("stages") if isinstance(data.get("distill"), dict) else None
+    sizes = {k: v for k, v in layer.get("model", {}).items() if k in ("n_layer", "n_embd", "n_head", "n_positions")}
+    if sizes and isinstance(stages, list):
+        # An intermediate student keeps the recipe's place in the chain at the preset's scale: a
+        # full-size stage between a shrunk teacher and a shrunk student would be larger than both.
+        scaled = []
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, dict):
+                scaled.append(stage)
+                continue
+            for k, v in sizes.items():
+                if k in stage and stage[k] != v:
+                    replaced.append(f"distill.stages[{i}].{k}: {stage[k]!r} -> {v!r}")
+            scaled.append({**stage, **sizes})
+        out["distill"]["stages"] = scaled
+    return out, replaced
 
 
 def load_experiment(source: str | dict, preset: str | None = None, overrides=(), *,

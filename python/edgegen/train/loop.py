@@ -57,6 +57,28 @@ def check_run_dir_free(run_dir) -> None:
                               "--resume) or choose another folder")
 
 
+def prepare_run_dir(run_dir, what: str = "run_dir") -> Path:
+    """Create ``run_dir`` (with its parents) and check that files can be written in it, before
+    anything is trained: a path that is a file, lies under a file or cannot be written is a
+    ValueError naming ``what`` (the argument or config key the path came from)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{what}: {run_dir} is a file, expected a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot create the folder {run_dir} ({exc.strerror or exc}); expected a "
+                         "writable folder") from None
+    probe = run_dir / f".edgegen-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot write in {run_dir} ({exc.strerror or exc}); expected a writable "
+                         "folder") from None
+    return run_dir
+
+
 class Trainer:
     """``Trainer(cfg, run_dir=None, tracker=None, callbacks=())``; ``fit(resume=False)``.
 
@@ -164,11 +186,18 @@ class Trainer:
         """Train to the end (or resume from ``checkpoints/last.pt`` first); returns the final
         validation metrics and the paths written."""
         last = self.checkpoint_dir / "last.pt"
-        if resume and last.is_file():
+        resumed = resume and last.is_file()
+        if resumed:
             self.load(last)
         elif not resume:
             check_run_dir_free(self.run_dir)
+        prepare_run_dir(self.run_dir)  # an unwritable folder fails now, not after the first epoch
         cfg, st = self.cfg, self.state
+        if self.rank == 0 and hasattr(self.tracker, "start_local_log"):
+            # metrics.jsonl holds this run's records only: an earlier run's file (one that died
+            # before its first checkpoint) is moved aside; a resumed run drops what it trains again.
+            self.tracker.start_local_log(st.step if resumed else None,
+                                         validated=bool(st.history) and st.history[-1].get("step") == st.step)
         # The config goes into every record this run opens: at the first step, or when a resumed
         # run had to open a new one (a reattached record has it already).
         if not getattr(self.tracker, "reattached", False) and self.rank == 0:
@@ -204,20 +233,30 @@ class Trainer:
                         cb(self, metrics)
                 # At the end of an epoch, or where max_steps stops training inside one: the
                 # final metrics are always those of the model as it stands.
-                val = self.task.validate(self.batches.val_batches())
-                val["epoch"], val["step"] = st.epoch, st.step
-                st.history.append(val)
-                self.tracker.log_metrics({k: v for k, v in val.items() if k not in HISTORY_KEYS}, st.step)
-                if st.batch_in_epoch >= self.steps_per_epoch:  # epoch complete
-                    st.epoch += 1
-                    st.batch_in_epoch = 0
-                if val["val_loss"] < st.best_val:
-                    st.best_val = val["val_loss"]
-                    self.save("best.pt")
-                self.save()
+                val = self._validate()
+            # A run resumed from a checkpoint written at its last step (then interrupted before
+            # its final validation) has no steps left: it is validated here.
+            if not st.history or st.history[-1].get("step") != st.step:
+                val = self._validate()
         finally:
             bar.close()
         return self._finish(val)
+
+    def _validate(self) -> dict:
+        """Validate the model as it stands, record it, keep best.pt and write last.pt."""
+        st = self.state
+        val = self.task.validate(self.batches.val_batches())
+        val["epoch"], val["step"] = st.epoch, st.step
+        st.history.append(val)
+        self.tracker.log_metrics({k: v for k, v in val.items() if k not in HISTORY_KEYS}, st.step)
+        if st.batch_in_epoch >= self.steps_per_epoch:  # epoch complete
+            st.epoch += 1
+            st.batch_in_epoch = 0
+        if val["val_loss"] < st.best_val:
+            st.best_val = val["val_loss"]
+            self.save("best.pt")
+        self.save()
+        return val
 
     def _calibration_inputs(self):
         """Model inputs for static quantization: the validation batches (images, or token ids)."""

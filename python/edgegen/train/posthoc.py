@@ -35,7 +35,9 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     ``<source>-<tag>``) with ``checkpoints/last.pt`` (the source config with this compress section,
     the pruned float weights), the shipped model (``model-shipped.pt``) and the standard-format
     artifact (``model-ptq.safetensors`` from save_quantized, or ``model-sparse.safetensors`` from
-    save_sparse). Returns the paths and what was done."""
+    save_sparse). Returns the paths and what was done. ``tracker``: a tracker to log the new run
+    into, or a callable ``(config, run_dir) -> tracker`` that opens one once the run is written
+    (closed here)."""
     from edgegen.config import from_dict
     from edgegen.eval.runs import MAIN_MODULE, load_run
     from edgegen.train.config import CompressConfig
@@ -61,6 +63,9 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     except FileExistsError:
         raise FileExistsError(f"run_dir: {out_dir} already holds a run; choose another folder or delete it "
                               "first") from None
+    from edgegen.train.loop import prepare_run_dir
+
+    prepare_run_dir(out_dir)  # before the model is compressed
     model = copy.deepcopy(run.model).eval()
     done, artifacts = [], {}
     if cc.prune is not None:
@@ -100,11 +105,20 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     snap = {"version": 1, "config": cfg.to_dict(), "state": {}, "modules": {MAIN_MODULE[cfg.task]: float_state},
             "source": str(run.checkpoint), "posthoc": done, "posthoc_tag": _tag(cc)}
     artifacts["checkpoint"] = str(ckpt.save_atomic(snap, out_dir / "checkpoints" / "last.pt"))
+    opened = callable(tracker) and not hasattr(tracker, "log_config")
+    if opened:
+        tracker = tracker(cfg, out_dir)
     if tracker is not None:
-        tracker.log_config(cfg)
-        tracker.set_tags({"edgegen.compressed_from": str(run.checkpoint)})
-        for p in artifacts.values():
-            tracker.log_artifact(p)
+        status = "FAILED"
+        try:
+            tracker.log_config(cfg)
+            tracker.set_tags({"edgegen.compressed_from": str(run.checkpoint)})
+            for p in artifacts.values():
+                tracker.log_artifact(p)
+            status = "FINISHED"
+        finally:
+            if opened:
+                tracker.finish(status)
     return {"run_dir": str(out_dir), "source": str(run.checkpoint), "steps": done, "artifacts": artifacts}
 
 

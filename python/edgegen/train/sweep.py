@@ -25,22 +25,48 @@ from edgegen.train.config import load_experiment
 _SWEEP_KEYS = {"name", "metric", "baseline", "base", "variants", "alpha"}
 
 
+def _mapping_or_none(value, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected a mapping of config keys (or nothing), got {type(value).__name__} "
+                         f"{value!r}")
+    return value
+
+
 def _parse(source) -> dict:
     data = load_yaml(source) if not isinstance(source, dict) else dict(source)
     if "variants" not in data:
-        return {"name": data.get("name", "experiment"), "metric": "val_loss", "baseline": "base", "alpha": 0.05,
+        name = data.get("name", "experiment")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name: expected a non-empty string, got {name!r}")
+        return {"name": name, "metric": "val_loss", "baseline": "base", "alpha": 0.05,
                 "base": data, "variants": {"base": {}}}
     unknown = sorted(set(data) - _SWEEP_KEYS)
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown key in a sweep file (expected {sorted(_SWEEP_KEYS)})")
     if not isinstance(data["variants"], dict) or not data["variants"]:
         raise ValueError("variants: expected a mapping of variant name -> config overrides")
+    variants = {v: _mapping_or_none(o, f"variants.{v}") for v, o in data["variants"].items()}
+    for key, default in (("name", "sweep"), ("metric", "val_loss")):
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{key}: expected a non-empty string, got {value!r}")
     base = data.get("base", {})
     if isinstance(base, str):
-        base = load_yaml(base)
+        path = Path(base)
+        if not path.is_absolute() and not isinstance(source, dict):
+            # beside the sweep file; a path that only exists from the working directory still works
+            beside = Path(source).parent / path
+            path = beside if beside.is_file() or not path.is_file() else path
+        base = load_yaml(path)
+    base = _mapping_or_none(base, "base")
+    alpha = data.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"alpha: expected a number strictly between 0 and 1, got {alpha!r}")
     out = {"name": data.get("name", "sweep"), "metric": data.get("metric", "val_loss"),
-           "baseline": data.get("baseline", next(iter(data["variants"]))), "alpha": float(data.get("alpha", 0.05)),
-           "base": base, "variants": data["variants"]}
+           "baseline": data.get("baseline", next(iter(variants))), "alpha": float(alpha),
+           "base": base, "variants": variants}
     if out["baseline"] not in out["variants"]:
         raise ValueError(f"baseline: {out['baseline']!r} is not one of the variants {sorted(out['variants'])}")
     if not 0 < out["alpha"] < 1:
@@ -98,6 +124,13 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             data = merge(merge(sw["base"], sw["variants"][variant] or {}),
                          {"name": f"{sw['name']}-{variant}", "train": {"seed": seed}})
             configs[(variant, seed)] = load_experiment(data, preset, overrides, report=report)
+    from edgegen.train.tasks import TASKS
+
+    for (variant, _), cfg in configs.items():  # a misspelt metric fails now, not after every run
+        names = TASKS[cfg.task].val_metrics
+        if sw["metric"] not in names:
+            raise ValueError(f"metric: {sw['metric']!r} is not a validation metric of variant {variant!r} (task "
+                             f"{cfg.task!r}: {', '.join(names)})")
     first = next(iter(configs.values()))
     out_dir = Path(first.output_dir) / sw["name"]
     if not resume:
@@ -109,12 +142,16 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             except FileExistsError as exc:
                 raise FileExistsError(f"output_dir: the sweep's folder {out_dir} already holds runs ({exc}); resume "
                                       "them (--resume) or give the sweep another name or output_dir") from None
+    from edgegen.train.loop import prepare_run_dir
+
+    prepare_run_dir(out_dir, "output_dir")  # before anything is trained
     parent = make_tracker(first.tracking, sw["name"], out_dir, resume=resume)
     parent.log_params({"sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
     # Tags, not params: a resumed sweep (--only a failed variant) may run another selection.
     parent.set_tags({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds))})
     results: dict[str, dict[int, float]] = {v: {} for v in variants}  # variant -> seed -> value
     failures: dict[str, str] = {}
+    store = _Results(out_dir, sw["metric"], log)
     total = len(configs)
     for i, ((variant, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = out_dir / variant / f"seed{seed}"
@@ -129,16 +166,24 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             if not math.isfinite(value):
                 raise FloatingPointError(f"metric: the final {sw['metric']} is {value} (the run diverged)")
             results[variant][seed] = value
+            store.put(variant, seed, value=value)
             child.finish("FINISHED")
         except Exception as exc:  # noqa: BLE001 - one failing variant must not discard the others
             msg = f"{type(exc).__name__}: {exc}"
             failures.setdefault(variant, f"seed {seed}: {msg}")
+            store.put(variant, seed, error=msg)
             child.set_tags({"error": msg[:4000], "error.traceback": traceback.format_exc()[-4000:]})
             child.finish("FAILED")
             log(f"  FAILED: {msg.splitlines()[0]}")
+    # The summary covers every finished run of the sweep: this selection's and those an earlier
+    # selection (--only) left on disk.
+    ran_failures = failures
+    results, failures, all_seeds = store.merged(list(sw["variants"]))
+    shown = [v for v in sw["variants"] if v in results]
+    seeds = all_seeds or seeds
     rows = []
     base_by_seed = results.get(sw["baseline"], {})
-    for variant in variants:
+    for variant in shown:
         by_seed = results[variant]
         vals = [by_seed[s] for s in seeds if s in by_seed]
         # the paired test compares the same seeds only (a seed that failed on either side is left out)
@@ -199,7 +244,72 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             if r["std"] is not None:
                 m[f"{r['metric_name']}/std"] = r["std"]
             parent.log_metrics(m, 0)
-    if failures:
-        parent.set_tags({"failed_variants": ",".join(failures)})
-    parent.finish("FAILED" if failures else "FINISHED")
-    return {"rows": rows, "markdown": text, "dir": str(out_dir), "failed": sorted(failures)}
+    if ran_failures:
+        parent.set_tags({"failed_variants": ",".join(ran_failures)})
+    parent.finish("FAILED" if ran_failures else "FINISHED")
+    return {"rows": rows, "markdown": text, "dir": str(out_dir), "failed": sorted(ran_failures)}
+
+
+class _Results:
+    """``<sweep folder>/results.json``: the final metric (or the error) of every run the sweep
+    did, whichever selection ran it, rewritten after each run so that an interrupted sweep keeps
+    what it measured. Earlier runs whose folder no longer holds a checkpoint are left out."""
+
+    FILE = "results.json"
+
+    def __init__(self, out_dir: Path, metric: str, log):
+        self.out_dir, self.metric = out_dir, metric
+        self.runs: dict[str, dict[str, dict]] = {}
+        self.now: set[tuple[str, str]] = set()  # the runs this sweep did (the others are checked on disk)
+        path = out_dir / self.FILE
+        if path.is_file():
+            import json
+
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+                    raise ValueError("expected an object with metric and runs")
+            except ValueError as exc:
+                log(f"  {path}: not readable ({exc}); the summary covers this selection only")
+                return
+            if data.get("metric") != metric:
+                log(f"  {path}: earlier runs compared {data.get('metric')!r}, not {metric!r}; the summary covers "
+                    "this selection only")
+                return
+            self.runs = {str(v): dict(by_seed) for v, by_seed in data["runs"].items() if isinstance(by_seed, dict)}
+
+    def put(self, variant, seed: int, **entry) -> None:
+        import json
+
+        from edgegen import _atomic as atomic
+
+        self.runs.setdefault(str(variant), {})[str(seed)] = entry
+        self.now.add((str(variant), str(seed)))
+        atomic.write_text(self.out_dir / self.FILE, json.dumps({"metric": self.metric, "runs": self.runs},
+                                                                indent=1))
+
+    def _on_disk(self, variant, seed: str, finished: bool) -> bool:
+        run = self.out_dir / str(variant) / f"seed{seed}"
+        if not finished:  # a failed run may have died before its first checkpoint
+            return run.is_dir()
+        return (run / "checkpoints" / "last.pt").is_file() or any(run.glob("stage*/checkpoints/last.pt"))
+
+    def merged(self, variants: list) -> tuple[dict, dict[str, str], list[int]]:
+        """variant -> seed -> value (every variant with a run, in the file's order), variant -> its
+        first failed seed's error, and every seed."""
+        values: dict = {}
+        errors: dict[str, str] = {}
+        seeds: set[int] = set()
+        for variant in variants:
+            by_seed = self.runs.get(str(variant), {})
+            for seed in sorted(by_seed, key=int):
+                entry = by_seed[seed]
+                if (str(variant), seed) not in self.now and not self._on_disk(variant, seed, "value" in entry):
+                    continue  # the run was deleted since
+                values.setdefault(variant, {})
+                seeds.add(int(seed))
+                if "value" in entry:
+                    values[variant][int(seed)] = float(entry["value"])
+                else:
+                    errors.setdefault(variant, f"seed {seed}: {entry.get('error', 'failed')}")
+        return values, errors, sorted(seeds)

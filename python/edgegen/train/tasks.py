@@ -79,6 +79,8 @@ class Task:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, object] = {}
 
+    val_metrics: tuple[str, ...] = ("val_loss",)  # what validate returns (a sweep's metric is one of them)
+
     def main_model(self) -> nn.Module:
         return self.modules["model"]
 
@@ -95,6 +97,7 @@ class Task:
 
     @torch.no_grad()
     def validate(self, batches) -> dict[str, float]:
+        """The validation metrics: the names in ``val_metrics`` (``val_loss`` first)."""
         raise NotImplementedError
 
     def optimize(self, name: str, micro_batches, loss_fn) -> dict[str, float]:
@@ -138,6 +141,7 @@ class Task:
 
 
 class GANTask(Task):
+    val_metrics = ("val_loss", "val_examples")
     def __init__(self, cfg, device, total_steps):
         super().__init__(cfg, device, total_steps)
         g, d = cfg.model.build()
@@ -198,6 +202,7 @@ class GANTask(Task):
 
 
 class VAETask(Task):
+    val_metrics = ("val_loss", "val_examples")
     def __init__(self, cfg, device, total_steps):
         super().__init__(cfg, device, total_steps)
         self.modules = {"model": cfg.model.build().to(device)}
@@ -235,6 +240,7 @@ class VAETask(Task):
 
 
 class LMTask(Task):
+    val_metrics = ("val_loss", "val_perplexity", "val_tokens")
     def __init__(self, cfg, device, total_steps):
         super().__init__(cfg, device, total_steps)
         self.modules = {"model": load_gpt2(cfg.model).to(device)}
@@ -263,6 +269,7 @@ class LMTask(Task):
 
 
 class DistillTask(LMTask):
+    val_metrics = LMTask.val_metrics + ("val_teacher_kl",)
     """The student (``model``) learns from frozen teachers with the fused KD loss at temperature
     T (plus cross-entropy on the data, weight 1 - alpha); optionally matching the teacher's final
     hidden states through a learned linear projection (``feature_weight``)."""
@@ -271,8 +278,8 @@ class DistillTask(LMTask):
         super().__init__(cfg, device, total_steps)
         dc = cfg.distill
         self.teachers = []
-        for tc in dc.teachers:
-            t = load_gpt2(tc).to(device).eval()
+        for i, tc in enumerate(dc.teachers):
+            t = load_gpt2(tc, f"distill.teachers[{i}].init_from").to(device).eval()
             for p in t.parameters():
                 p.requires_grad_(False)
             if t.config.vocab_size != cfg.model.vocab_size:

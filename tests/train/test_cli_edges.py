@@ -1,0 +1,260 @@
+"""The CLI and the training loop on the inputs and accidents a user meets: non-zero torchrun
+ranks, a run resumed after its last checkpoint, compress --from with training flags, run folders
+that cannot be written, malformed sweep files, sweeps run in selections, Ctrl-C."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgegen.cli.main import main
+from edgegen.config import to_dict
+from edgegen.train import Trainer
+from edgegen.train import checkpoint as ckpt
+from edgegen.train.sweep import run_sweep
+from tests.train.helpers import tiny
+
+
+def strict_json(text):
+    """json.loads refusing Infinity / NaN (Python's json reads them, other readers do not)."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def write_config(tmp_path, cfg, name="c.yaml", **changes):
+    data = to_dict(cfg)
+    data.update(changes)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def tracked(tmp_path):
+    return {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "edges"}
+
+
+def mlflow_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("edges")
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+# --------------------------------------------------------------------------- torchrun ranks
+def test_a_non_zero_rank_opens_no_mlflow_run_and_prints_nothing(tmp_path, monkeypatch, capsys):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 2})
+    path = write_config(tmp_path, cfg, tracking=tracked(tmp_path))
+    # What rank 1 of a torchrun job sees (WORLD_SIZE 1 here so that no process group is started).
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "MLflow run" not in err
+    assert not (tmp_path / "run" / "mlflow_run.json").exists()
+    assert mlflow_runs(tmp_path) == []
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", path, "--run-dir", str(tmp_path / "run0"), "--no-progress"]) == 0
+    assert strict_json(capsys.readouterr().out)["steps"] == 2
+    assert (tmp_path / "run0" / "mlflow_run.json").is_file() and len(mlflow_runs(tmp_path)) == 1
+
+
+# --------------------------------------------------------------------------- resume at the last step
+def test_resume_after_a_checkpoint_at_the_last_step_validates_and_writes_best(tmp_path, capsys):
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 4, "checkpoint_every": 4})
+
+    def interrupt(trainer, metrics):  # right after the step-4 checkpoint, before the final validation
+        if trainer.state.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "run", progress=False, callbacks=[interrupt]).fit()
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["state"]["step"] == 4
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    path = write_config(tmp_path, cfg)
+    assert main(["train", path, "--run-dir", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
+    out = strict_json(capsys.readouterr().out)
+    assert out["steps"] == 4 and out["final"]["step"] == 4 and out["best_val_loss"] == out["final"]["val_loss"]
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    state = ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["state"]
+    assert [h["step"] for h in state["history"]] == [4] and state["epoch"] == 1
+
+
+def test_printed_results_are_strict_json():
+    from edgegen.cli.main import _json
+
+    assert _json({"a": float("inf"), "b": [float("nan"), 1.5], "c": "x"}) == {"a": None, "b": [None, 1.5], "c": "x"}
+
+
+# --------------------------------------------------------------------------- compress --from
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("src")
+    cfg = tiny("vae", tmp, train={"steps_per_epoch": 1})
+    Trainer(cfg, tmp / "src", progress=False).fit()
+    return tmp / "src"
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--preset", "cpu-smoke"], "--preset"),
+    (["--resume"], "--resume"),
+    (["--set", "train.epochs=3"], "--set 'train.epochs=3'"),
+])
+def test_compress_from_refuses_flags_it_would_ignore(tmp_path, trained, capsys, flags, named):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"compress": {"ptq": {"kind": "Int8DynamicConfig"}},
+                                    "tracking": {"enabled": False}}))
+    assert main(["compress", str(path), "--from", str(trained), "--run-dir", str(tmp_path / "out"), *flags]) == 2
+    assert f"edgegen compress: {named}:" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_compress_from_applies_set_names_from_and_is_tracked(tmp_path, trained, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"compress": {"ptq": {"kind": "Int8DynamicConfig"}},
+                                    "tracking": tracked(tmp_path)}))
+    assert main(["compress", str(path), "--from", str(tmp_path / "nope")]) == 2
+    assert "--from: " in capsys.readouterr().err
+    assert main(["compress", str(path), "--from", str(trained), "--run-dir", str(tmp_path / "fp16"),
+                 "--set", "compress.ptq.kind=Fp16Config"]) == 0
+    out = strict_json(capsys.readouterr().out)
+    assert out["steps"] == ["post-training Fp16Config"]
+    runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["edgegen.compressed_from"].endswith("last.pt")
+    assert json.loads((tmp_path / "fp16" / "mlflow_run.json").read_text())["run_id"] == runs[0].info.run_id
+
+
+# --------------------------------------------------------------------------- run folders
+def test_a_run_dir_that_is_a_file_or_under_one_is_named_before_training(tmp_path, monkeypatch, capsys):
+    import edgegen.train.loop as loop
+
+    built = []
+    monkeypatch.setattr(loop, "train_experiment", lambda *a, **k: built.append(1))
+    path = write_config(tmp_path, tiny("vae", tmp_path))
+    assert main(["train", path, "--run-dir", path, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir: {path} is a file, expected a folder" in err and "Traceback" not in err
+    assert main(["train", path, "--run-dir", str(Path(path) / "run"), "--no-progress"]) == 2
+    assert "--run-dir: cannot create the folder" in capsys.readouterr().err
+    cfg = tiny("vae", tmp_path)
+    blocked = write_config(tmp_path, cfg, "b.yaml", output_dir=str(Path(path) / "runs"))
+    assert main(["train", blocked, "--no-progress"]) == 2
+    assert "output_dir: cannot create the folder" in capsys.readouterr().err
+    assert built == []
+
+
+def test_an_unwritable_run_dir_is_named_before_training(tmp_path, monkeypatch, capsys):
+    # chmod does not stop root from writing, so the refusal of the file system is simulated.
+    real = Path.write_bytes
+
+    def refuse(self, data):
+        if self.name.startswith(".edgegen-write-test"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    import edgegen.train.loop as loop
+
+    built = []
+    monkeypatch.setattr(loop, "train_experiment", lambda *a, **k: built.append(1))
+    path = write_config(tmp_path, tiny("vae", tmp_path))
+    assert main(["train", path, "--run-dir", str(tmp_path / "ro"), "--no-progress"]) == 2
+    assert "--run-dir: cannot write in" in capsys.readouterr().err and built == []
+    with pytest.raises(ValueError, match="run_dir: cannot write in"):
+        Trainer(tiny("vae", tmp_path), tmp_path / "ro2", progress=False).fit()
+
+
+def test_an_os_error_during_a_run_is_one_line(tmp_path, monkeypatch, capsys):
+    import edgegen.train.loop as loop
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "train_experiment", full)
+    path = write_config(tmp_path, tiny("vae", tmp_path))
+    assert main(["train", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert "edgegen train: [Errno 28] No space left on device" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_names_the_folder_and_the_resume_command(tmp_path, monkeypatch, capsys):
+    import edgegen.train.loop as loop
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_experiment", interrupted)
+    path = write_config(tmp_path, tiny("vae", tmp_path))
+    run = tmp_path / "run"
+    assert main(["train", path, "--set", "optim.lr=0.01", "--run-dir", str(run), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert f"the run folder is {run}" in err
+    assert f"edgegen train {path} --set optim.lr=0.01 --run-dir {run} --resume" in err
+
+
+# --------------------------------------------------------------------------- sweeps
+def _sweep(tmp_path, variants, **extra):
+    base = to_dict(tiny("vae", tmp_path, train={"steps_per_epoch": 1}))
+    return {"name": "sw", "metric": "val_loss", "base": base, "variants": variants, **extra}
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"variants": {"a": [1]}}, r"variants\.a: expected a mapping of config keys \(or nothing\), got list"),
+    ({"variants": {"a": 5}}, r"variants\.a: expected a mapping .* got int 5"),
+    ({"base": [1]}, r"base: expected a mapping .* got list"),
+    ({"alpha": "abc"}, r"alpha: expected a number strictly between 0 and 1, got 'abc'"),
+    ({"name": ["x"]}, r"name: expected a non-empty string, got \['x'\]"),
+    ({"metric": 3}, r"metric: expected a non-empty string, got 3"),
+    ({"metric": "val_los"}, r"metric: 'val_los' is not a validation metric of variant 'a' \(task 'vae': val_loss"),
+], ids=["variant-list", "variant-int", "base-list", "alpha-text", "name-list", "metric-int", "metric-typo"])
+def test_malformed_sweep_files_name_the_key_before_training(tmp_path, monkeypatch, change, match):
+    import edgegen.train.loop as loop
+
+    built = []
+    monkeypatch.setattr(loop, "train_experiment", lambda *a, **k: built.append(1))
+    with pytest.raises(ValueError, match=match):
+        run_sweep({**_sweep(tmp_path, {"a": {}}), **change}, [0], log=lambda m: None)
+    assert built == [] and not (tmp_path / "runs" / "sw").exists()
+
+
+def test_a_sweep_base_file_is_read_beside_the_sweep_file(tmp_path, monkeypatch):
+    sub = tmp_path / "sweeps"
+    sub.mkdir()
+    (sub / "base.yaml").write_text(yaml.safe_dump(to_dict(tiny("vae", tmp_path, train={"steps_per_epoch": 1}))))
+    (sub / "sweep.yaml").write_text(yaml.safe_dump({"name": "sw", "base": "base.yaml", "variants": {"a": {}}}))
+    monkeypatch.chdir(tmp_path)  # not the sweep file's folder
+    out = run_sweep(str(sub / "sweep.yaml"), [0], log=lambda m: None, progress=False)
+    assert out["rows"][0]["n"] == 1
+
+
+def test_the_summary_covers_every_finished_run_of_the_sweep(tmp_path):
+    sw = _sweep(tmp_path, {"a": {}, "b": {"optim": {"lr": 1e-2}}})
+    run_sweep(sw, [0], only=["a"], log=lambda m: None, progress=False)
+    out = run_sweep(sw, [0], only=["b"], log=lambda m: None, progress=False)
+    assert [r["variant"] for r in out["rows"]] == ["a", "b"]
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "sw" / "summary.csv")))
+    assert [(r["variant"], r["n"]) for r in rows] == [("a", "1"), ("b", "1")]
+    assert "| a | 1 |" in (tmp_path / "runs" / "sw" / "summary.md").read_text()
+
+
+
+# --------------------------------------------------------------------------- presets and teachers
+def test_a_preset_scales_the_intermediate_students_too():
+    from edgegen.train import load_experiment
+
+    lines = []
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_experiment(root / "experiments" / "gpt2_progressive.yaml", "cpu-smoke", report=lines.append)
+    stage, student = cfg.distill.stages[0], cfg.model
+    assert (stage.n_layer, stage.n_embd, stage.n_head) == (student.n_layer, student.n_embd, student.n_head)
+    assert "preset cpu-smoke replaces distill.stages[0].n_layer: 9 -> 1" in lines
+
+
+def test_a_missing_teacher_names_its_key(tmp_path):
+    cfg = tiny("lm", tmp_path, task="distill", distill={"teachers": [{"init_from": str(tmp_path / "no.pt")}]})
+    with pytest.raises(FileNotFoundError, match=r"distill\.teachers\[0\]\.init_from: .*no\.pt does not exist"):
+        Trainer(cfg, tmp_path / "run", progress=False)
