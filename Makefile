@@ -107,13 +107,15 @@ SEEDS ?= 0 1 2
 reproduce: build
 	$(VENV)/bin/edgegen reproduce all --preset $(PRESET) --seeds $(SEEDS) --out reproduce
 
-# The kernel and instrument benchmarks (each against its best peer, ratios printed).
+# The kernel and instrument benchmarks (each against its best peer, ratios printed). BENCH_ARGS
+# goes to every script, so only the options they all take: --quick, --threads N (e.g.
+# `make bench BENCH_ARGS="--quick --threads 2"`).
 bench: build $(VENV)/.bench-ready
-	$(PYTHON) benchmarks/bench_kd_loss.py
-	$(PYTHON) benchmarks/bench_prune.py
-	$(PYTHON) benchmarks/bench_quant.py
-	$(PYTHON) benchmarks/bench_attention.py
-	$(PYTHON) benchmarks/bench_eval.py
+	$(PYTHON) benchmarks/bench_kd_loss.py $(BENCH_ARGS)
+	$(PYTHON) benchmarks/bench_prune.py $(BENCH_ARGS)
+	$(PYTHON) benchmarks/bench_quant.py $(BENCH_ARGS)
+	$(PYTHON) benchmarks/bench_attention.py $(BENCH_ARGS)
+	$(PYTHON) benchmarks/bench_eval.py $(BENCH_ARGS)
 
 # The lightweight methods on GPT-2: low-rank factorization, dynamic precision, and every reduction,
 # dynamic precision and early exit on a GPT-2 trained on WikiText-2 (bench_methods trains it first,

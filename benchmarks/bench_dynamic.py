@@ -65,7 +65,7 @@ def main():
     prompts = prompts[: 2 if args.quick else 4]
     print(f"model trained on {'OpenWebText (staged)' if real else 'generated tokens (no staged OpenWebText)'}; "
           f"{len(prompts)} prompts of 32 tokens, 64 new tokens each, greedy, batch 1")
-    n_new, repeats = 64, 3
+    n_new, repeats = 64, harness.MIN_REPEATS
 
     def timed(fn):  # (median seconds, output): greedy generation gives the same output every call
         out = fn()  # doubles as the warm-up

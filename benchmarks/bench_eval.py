@@ -17,7 +17,14 @@
 
 The student is randomly initialised (speed does not depend on the weights; its perplexity is
 therefore near the vocabulary size and is not a quality number). Prints a table, writes
-benchmarks/results/eval.csv. Usage: python benchmarks/bench_eval.py [--max-tokens N]
+benchmarks/results/eval.csv (--out, or its older name --csv). The perplexity and FID rows time one
+pass over all their data: their CSV column is total_ms (the sum over the blocks), not p50_ms; the
+SSIM rows are p20/p50/p80 of repeated calls. None of it runs an edgegen kernel (the metrics and
+the models are PyTorch ops): kernel_path says so.
+
+    python benchmarks/bench_eval.py                     # the whole test split, 1,000 FID images
+    python benchmarks/bench_eval.py --quick             # 16,384 tokens, 200 FID images
+    python benchmarks/bench_eval.py --only perplexity --max-tokens 4096
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ import harness  # noqa: E402
 
 import edgegen  # noqa: E402,F401
 from edgegen.eval import perplexity, ssim  # noqa: E402
+
+KERNEL_PATH = "none (PyTorch ops only)"
+QUICK_TOKENS, QUICK_FID_IMAGES = 16384, 200
 
 
 def _tokens(max_tokens):
@@ -88,7 +98,8 @@ def bench_perplexity(rows, max_tokens, threads):
           "(target <= 10%)")
     for name, sec in (("bare-forward", bare), ("edgegen.eval.perplexity", metric)):
         rows.append(dict(op="perplexity", provider=name, shape=f"{scored} tokens ctx{context} s{stride}",
-                         dtype="float32", mode="eval", p50_ms=f"{sec * 1e3:.0f}", threads=threads))
+                         dtype="float32", mode=f"eval, one pass, {windows} windows", total_ms=round(sec * 1e3, 1),
+                         threads=threads, kernel_path=KERNEL_PATH))
 
 
 def bench_ssim(rows, threads):
@@ -99,15 +110,16 @@ def bench_ssim(rows, threads):
     x = torch.rand(64, 3, 64, 64) * 2 - 1  # the VAE's [-1, 1] images
     with torch.no_grad():
         recon = vae(x)["recon"]
-        _, fwd, _ = harness.time_ms(lambda: vae(x), repeats=5)
+        fwd = harness.time_ms(lambda: vae(x), repeats=harness.MIN_REPEATS)
     a, b = (recon + 1) / 2, (x + 1) / 2  # SSIM on [0, 1]
-    _, metric, _ = harness.time_ms(lambda: ssim(a, b), repeats=5)
-    print(f"SSIM of 64 x 3 x 64 x 64: {metric:.1f} ms; the Beta-VAE forward on them {fwd:.1f} ms "
-          f"({100 * metric / fwd:.0f}% of it)")
-    rows.append(dict(op="ssim", provider="edgegen.eval.ssim", shape="64x3x64x64", dtype="float64", mode="eval",
-                     p50_ms=f"{metric:.2f}", threads=threads))
-    rows.append(dict(op="ssim", provider="beta-vae-forward", shape="64x3x64x64", dtype="float32", mode="eval",
-                     p50_ms=f"{fwd:.2f}", threads=threads))
+    metric = harness.time_ms(lambda: ssim(a, b), repeats=harness.MIN_REPEATS)
+    print(f"SSIM of 64 x 3 x 64 x 64: {metric[1]:.1f} ms; the Beta-VAE forward on them {fwd[1]:.1f} ms "
+          f"({100 * metric[1] / fwd[1]:.0f}% of it)")
+    for name, dtype, (p20, p50, p80) in (("edgegen.eval.ssim", "float64", metric),
+                                         ("beta-vae-forward", "float32", fwd)):
+        rows.append(dict(op="ssim", provider=name, shape="64x3x64x64", dtype=dtype, mode="eval",
+                         p20_ms=round(p20, 2), p50_ms=round(p50, 2), p80_ms=round(p80, 2), threads=threads,
+                         kernel_path=KERNEL_PATH))
 
 
 def bench_fid(rows, n_images, threads):
@@ -144,28 +156,55 @@ def bench_fid(rows, n_images, threads):
               f"overhead {100 * overhead:+.1f}% (target <= 10%)")
         for name, sec in (("bare-forward", bare), ("edgegen.eval.image_statistics", metric)):
             rows.append(dict(op=f"fid-features {label}", provider=name, shape=f"{n_images}x3x64x64 (per 1000: "
-                             f"{sec * per_k * 1e3:.0f} ms)", dtype="float32", mode="eval", p50_ms=f"{sec * 1e3:.0f}",
-                             threads=threads))
+                             f"{sec * per_k * 1e3:.0f} ms)", dtype="float32",
+                             mode=f"eval, one pass, batches of {batch}",
+                             total_ms=round(sec * 1e3, 1), threads=threads, kernel_path=KERNEL_PATH))
+
+
+def token_count(text: str) -> int:
+    """--max-tokens: 0 (the whole split) or at least 2 (one window scores a token given the one before)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value != 0 and value < 2:
+        raise argparse.ArgumentTypeError(f"expected 0 (the whole split) or an integer >= 2, got {text!r}")
+    return value
+
+
+def arguments(ap):
+    ap.add_argument("--max-tokens", type=token_count, default=None,
+                    help=f"evaluate a prefix of the test split, >= 2 tokens (0: the whole split; default: 0, "
+                         f"{QUICK_TOKENS} with --quick)")
+    ap.add_argument("--only", choices=["perplexity", "ssim", "fid"], default=None)
+    ap.add_argument("--fid-images", type=harness.positive_int, default=None,
+                    help=f"images for the FID feature benchmark, >= 1 (default: 1000, {QUICK_FID_IMAGES} with --quick)")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--max-tokens", type=int, default=0, help="evaluate a prefix (0: the whole split)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["perplexity", "ssim", "fid"], default=None)
-    ap.add_argument("--fid-images", type=int, default=1000, help="images for the FID feature benchmark")
-    ap.add_argument("--csv", default=str(harness.RESULTS / "eval.csv"))
-    args = ap.parse_args()
+    args = harness.cli(__doc__, "eval.csv", quick_help=f"the first {QUICK_TOKENS} test tokens and {QUICK_FID_IMAGES} "
+                       "FID images (unless --max-tokens / --fid-images say otherwise)", add_arguments=arguments,
+                       out_aliases=("--csv",))
+    max_tokens = args.max_tokens if args.max_tokens is not None else (QUICK_TOKENS if args.quick else 0)
+    fid_images = args.fid_images or (QUICK_FID_IMAGES if args.quick else 1000)
     torch.set_num_threads(args.threads)
-    print(f"machine: {harness.machine()}; {harness.versions()}; {args.threads} threads")
+    machine, versions = harness.header(args.threads)
+    print(f"# kernel path: {KERNEL_PATH}; CPU flags: {harness.cpu_flags()}")
     rows = []
+    common = dict(machine=machine, versions=versions, threads=args.threads)
     if args.only in (None, "perplexity"):
-        bench_perplexity(rows, args.max_tokens, args.threads)
+        try:
+            bench_perplexity(rows, max_tokens, args.threads)
+        except (FileNotFoundError, NotADirectoryError) as exc:  # no staged WikiText-2 / GPT-2 tokenizer
+            print(f"perplexity: ERROR {exc} (the data root: $EDGEGEN_DATA_DIR, else ../shared/data)")
+            rows.append(dict(op="perplexity", provider="edgegen.eval.perplexity", error=str(exc)))
+        harness.save(rows, args.out, final=False, **common)
     if args.only in (None, "ssim"):
         bench_ssim(rows, args.threads)
+        harness.save(rows, args.out, final=False, **common)
     if args.only in (None, "fid"):
-        bench_fid(rows, args.fid_images, args.threads)
-    harness.save(rows, args.csv, lead="", machine=harness.machine(), versions=harness.versions())
+        bench_fid(rows, fid_images, args.threads)
+    harness.save(rows, args.out, lead="", **common)
 
 
 if __name__ == "__main__":

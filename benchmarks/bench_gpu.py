@@ -12,8 +12,10 @@
 Times are medians of CUDA-event timings after warm-up. peak = the most memory allocated during
 one call above what was allocated before it, with the previous call's gradients still held (each
 call releases and replaces them): for fwd+bwd rows, 0 means nothing beyond the new gradients. Writes
-benchmarks/results/gpu.csv (or --csv) in the shared schema and prints a table with ratios.
-Usage: python benchmarks/bench_gpu.py [--quick] [--csv PATH]
+benchmarks/results/gpu.csv (or --out, alias --csv) in the shared schema and prints a table with
+ratios; kernel_path names what each edgegen row ran: edgegen's CUDA kernel (row or cluster KD
+kernel, default or cp.async-pipelined attention) or, without one, the fallback's PyTorch ops.
+Usage: python benchmarks/bench_gpu.py [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -79,7 +81,27 @@ def kd_composite(s, t, y, temperature=2.0, alpha=0.5):
     return alpha * temperature**2 * kl + (1 - alpha) * ce
 
 
-def bench_kd(rows, dtype, n, vocab, bw, quick):
+def kd_paths(native: bool, major: int) -> dict[str, str]:
+    """kernel_path of the KD rows: the CUDA row or cluster kernel (the cluster one needs sm_90), or
+    the fallback's PyTorch ops where the extension has no CUDA kernel."""
+    if not native:
+        return {"edgegen": "fallback (PyTorch ops, no CUDA kernel)",
+                "edgegen-cluster": "fallback (PyTorch ops, no CUDA kernel)"}
+    return {"edgegen": "cuda row kernel",
+            "edgegen-cluster": ("cuda cluster kernel" if major >= 9
+                                else "cuda row kernel (the cluster kernel needs sm_90)")}
+
+
+def attention_paths(native: bool) -> dict[str, str]:
+    """kernel_path of the attention rows: the CUDA kernels (default or cp.async pipelined), or the
+    fallback's PyTorch ops."""
+    if not native:
+        return {"edgegen": "fallback (PyTorch ops, no CUDA kernel)",
+                "edgegen-pipelined": "fallback (PyTorch ops, no CUDA kernel)"}
+    return {"edgegen": "cuda", "edgegen-pipelined": "cuda, cp.async pipelined"}
+
+
+def bench_kd(rows, dtype, n, vocab, bw, quick, paths):
     s = torch.randn(n, vocab, device="cuda", dtype=dtype, requires_grad=True)
     t = torch.randn(n, vocab, device="cuda", dtype=dtype)
     y = torch.randint(0, vocab, (n,), device="cuda")
@@ -105,7 +127,7 @@ def bench_kd(rows, dtype, n, vocab, bw, quick):
         out[name] = p50
         rows.append(dict(op="kd_loss", provider=name, shape=f"{n}x{vocab}", dtype=str(dtype).split(".")[-1],
                          mode="fwd+bwd", p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}", p80_ms=f"{p80:.3f}",
-                         peak_mb=f"{mb:.0f}", gbps=f"{gbps:.0f}"))
+                         peak_mb=f"{mb:.0f}", gbps=f"{gbps:.0f}", kernel_path=paths.get(name, "")))
         print(f"kd_loss {str(dtype):15s} {name:15s} {p50:8.3f} ms  peak {mb:7.0f} MB  {gbps:6.0f} GB/s "
               f"({100 * gbps / bw:.0f}% of copy)", flush=True)
     os.environ.pop("EDGEGEN_CUDA_KD_CLUSTER", None)
@@ -147,7 +169,7 @@ def visible_pairs(n, window, num_global, causal):
     return total
 
 
-def bench_attention(rows, n, window, num_global, quick, d=64, causal=True):
+def bench_attention(rows, n, window, num_global, quick, paths, d=64, causal=True):
     H, dtype = 12, torch.bfloat16
     q, k, v = (torch.randn(1, H, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     go = torch.randn(1, H, n, d, device="cuda", dtype=dtype)
@@ -180,7 +202,8 @@ def bench_attention(rows, n, window, num_global, quick, d=64, causal=True):
             times[(mode, name)] = p50
             rows.append(dict(op="sliding_window_attention", provider=name, shape=shape,
                              dtype="bfloat16", mode=mode, p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}",
-                             p80_ms=f"{p80:.3f}", peak_mb=f"{mb:.0f}", gflops=f"{flops / (p50 * 1e-3) / 1e9:.0f}"))
+                             p80_ms=f"{p80:.3f}", peak_mb=f"{mb:.0f}", gflops=f"{flops / (p50 * 1e-3) / 1e9:.0f}",
+                             kernel_path=paths.get(name, "")))
             print(f"attention n={n:6d} d={d:3d}{'' if causal else ' bidir'} {mode:8s} {name:17s} {p50:8.3f} ms  "
                   f"peak {mb:7.0f} MB  "
                   f"{flops / (p50 * 1e-3) / 1e12:6.1f} TFLOP/s useful", flush=True)
@@ -208,14 +231,15 @@ def bench_int8(rows, m, k, n):
             p20, p50, p80 = gpu_time_ms(fn, repeats=20)
         rows.append(dict(op="int8_linear", provider=name, shape=f"{m}x{k}x{n}", dtype="", mode="fwd",
                          p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}", p80_ms=f"{p80:.3f}",
-                         gflops=f"{2 * m * k * n / (p50 * 1e-3) / 1e9:.0f}"))
+                         gflops=f"{2 * m * k * n / (p50 * 1e-3) / 1e9:.0f}",
+                         kernel_path="torch._int_mm (integer tensor cores)" if name == "edgegen-int8" else ""))
         print(f"linear {m}x{k}x{n} {name:13s} {p50:8.3f} ms", flush=True)
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no n = 65536")
-    ap.add_argument("--csv", default=str(harness.RESULTS / "gpu.csv"))
+    ap.add_argument("--out", "--csv", dest="out", default=str(harness.RESULTS / "gpu.csv"))
     ap.add_argument("--only", choices=["kd", "attention", "int8"], default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -225,31 +249,34 @@ def main():
     native = {op: torch._C._dispatch_has_kernel_for_dispatch_key(f"edgegen::{op}", "CUDA")
               for op in ("kd_loss", "sliding_window_attention")}
     bw = copy_gbps()
+    major = torch.cuda.get_device_capability()[0]
+    kd_path, attention_path = kd_paths(native["kd_loss"], major), attention_paths(native["sliding_window_attention"])
     print(f"device: {name}; torch {torch.__version__}; native CUDA kernels: {native}; "
           f"device-to-device copy {bw:.0f} GB/s (read + write)", flush=True)
+    print(f"# kernel paths: KD {kd_path}; attention {attention_path}", flush=True)
     rows = []
 
-    def save():  # after every section: a run cut short (a device's time limit) keeps what it measured
-        harness.save(rows, args.csv, lead="", machine=f"{name}; host {harness.machine()}",
+    def save(final=False):  # after every section: a run cut short (a device's time limit) keeps what it measured
+        harness.save(rows, args.out, lead="", final=final, machine=f"{name}; host {harness.machine()}",
                      versions=harness.versions(), threads="")
 
     if args.only in (None, "kd"):
         for dtype in (torch.float32, torch.bfloat16):
-            bench_kd(rows, dtype, 8192, 50257, bw, args.quick)
+            bench_kd(rows, dtype, 8192, 50257, bw, args.quick, kd_path)
         save()
     if args.only in (None, "attention"):
         for n in (4096, 16384) + (() if args.quick else (65536,)):
-            bench_attention(rows, n, 256, 4, args.quick)
+            bench_attention(rows, n, 256, 4, args.quick, attention_path)
         # head_dim 128 (the dK/dV pass spills there: see docs/gpu.md), at the target's length
-        bench_attention(rows, 16384, 256, 4, args.quick, d=128)
+        bench_attention(rows, 16384, 256, 4, args.quick, attention_path, d=128)
         # not causal: the global queries see every key (their tiles split over blocks, forward and dQ)
-        bench_attention(rows, 16384, 256, 4, args.quick, causal=False)
+        bench_attention(rows, 16384, 256, 4, args.quick, attention_path, causal=False)
         save()
     if args.only in (None, "int8"):
-        # a decode step, a short prefill, the issue's shape and a long prefill (GPT-2 MLP)
+        # a decode step, a short prefill, the GPT-2 MLP shape and a long prefill
         for m in (1, 64, 512, 4096):
             bench_int8(rows, m, 768, 3072)
-        save()
+    save(final=True)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def latency(model, mode: str, repeats: int) -> float:
     return harness.time_ms(harness.gpt2_call(model, mode), repeats=repeats, warmup=2)[1]
 
 
-def per_token_ms(generate, new_tokens: int = 32, repeats: int = 3) -> float:
+def per_token_ms(generate, new_tokens: int = 32, repeats: int = harness.MIN_REPEATS) -> float:
     return harness.time_ms(generate, repeats=repeats, warmup=1)[1] / new_tokens
 
 
@@ -273,7 +273,8 @@ def teacher_section(student, student_cfg, prompt, add) -> None:
 
 def main():
     def arguments(ap):
-        ap.add_argument("--sections", default="123456", help="which sections to run, e.g. 34 (default: all)")
+        ap.add_argument("--sections", default="123456", type=harness.section_digits("123456"),
+                        help="which sections to run, digits of 1-6, e.g. 34 (default: all)")
         ap.add_argument("--only", default="", help="section 1: only the rows whose name contains this (and the "
                         "dense baseline), e.g. INT4")
 
@@ -311,6 +312,9 @@ def main():
                          dtype=dtype, mode=mode + extra, p50_ms=None if p50 is None else round(p50, 4),
                          kernel_path=path))
 
+    def checkpoint():  # after every section: a later failure keeps what was measured
+        harness.save(rows, args.out, final=False, threads=args.threads, machine=machine, versions=versions)
+
     # (1) every reduction alone and combined
     if "1" in args.sections:
         variants, plan = reductions(dense, cfg, valid, s["tune_steps"])
@@ -337,6 +341,8 @@ def main():
             points.append((name, size, q, dc))
         print_pareto(points)
 
+    checkpoint()
+
     # (2) dynamic precision: INT8 / fp32 per token
     if "2" in args.sections:
         print(f"\n## 2. Dynamic precision (INT8 dynamic / fp32 per token by the top-1 probability of the previous step; "
@@ -357,6 +363,8 @@ def main():
                   f"{ms:9.3f} {ref_ms / ms:6.2f}x", flush=True)
             add("methods_dynamic_precision", f"DPS top1 >= {th}", f"low steps {r['low_fraction']:.4f}; ppl {r['ppl']:.2f} "
                 f"({change:+.2f}%); generation low steps {gen_low:.4f}", ms)
+
+    checkpoint()
 
     # (3) early exit
     if "3" in args.sections:
@@ -396,6 +404,8 @@ def main():
             add("methods_early_exit", f"early exit > {th}", f"blocks/token {float(lay.mean()):.3f} of {n}; left early "
                 f"{left:.4f}; ppl {q:.2f} ({change:+.2f}%); generation blocks/token {gen_blocks:.3f}", ms)
 
+    checkpoint()
+
     # (4) rank sweep and trade-off fit
     if "4" in args.sections:
         print("\n## 4. Low-rank rank sweep over the blocks' Linear layers: trade-off fit Q(C) (perplexity) and E(C) "
@@ -423,9 +433,13 @@ def main():
         except (RuntimeError, ValueError) as e:
             print(f"fit: failed ({e})")
 
+    checkpoint()
+
     # (5) the teacher's size and speed (untrained) and early exit's ceiling
     if "5" in args.sections:
         teacher_section(dense, cfg, prompt, add)
+
+    checkpoint()
 
     # (6) the cited figures beside ours
     if "6" in args.sections:

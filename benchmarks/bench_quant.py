@@ -24,6 +24,15 @@
 Medians after warm-up, each (provider, case) in its own process, at the machine's full thread
 count (ONNX Runtime gets the same intra-op thread count). Results: benchmarks/results/quant.csv.
 Needs requirements-bench.txt for the ONNX Runtime rows (skipped, with a message, without it).
+
+Correctness: every edgegen row's output is checked once, in its timing process and outside the
+timed loop (section 4: in its process, before the rounds). max_err = max |out - ref| / max |ref|.
+Layers (sections 1, 2, 4) against the dequantized eager layer (float64 x @ W_deq^T + b: what the
+kernel computes save for the activations' own quantization): tolerance 0.06 where activations are
+quantized to int8 (INT8, W4A8), 1e-4 for INT4 weight-only (float activations). Models (sections
+3, 4) against the same fp32 model on the same inputs: tolerance 0.2 for INT8, 0.5 for INT4
+(seeded untrained weights, 4-bit embedding table included; what these bounds catch is a broken
+kernel, not a quality loss). A row over its tolerance fails the run.
 """
 
 from __future__ import annotations
@@ -37,6 +46,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 SHAPES = [(768, 2304), (768, 3072), (3072, 768)]
+
+# Tolerances of the checks (see the docstring): layers against the dequantized layer, models
+# against the fp32 model.
+LAYER_TOL = {"int8": 0.06, "int4": 1e-4, "int4a8": 0.06}
+MODEL_TOL = {"int8": 0.2, "int4": 0.5, "int4a8": 0.5}
+
+
+def rel_error(out, ref) -> float:
+    """max |out - ref| / max |ref| (ref in float64)."""
+    return float((out.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
+
+
+def layer_check(q, lin, x, out, kind: str) -> dict:
+    """A quantized layer's output ``out`` on ``x`` against its dequantized weights in float64."""
+    import torch.nn.functional as F
+
+    ref = F.linear(x.double(), q.dequantized_weight().double(), lin.bias.detach().double())
+    return harness.check_result(rel_error(out, ref), LAYER_TOL[kind])
+
+
+def logits(out):
+    """A model's output tensor (GPT-2 with a cache returns (logits, past))."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def model_check(spec: dict, out) -> dict:
+    """A quantized model's output against the same model in fp32 on the same inputs."""
+    import torch
+
+    ref_f, _ = e2e_case({**spec, "provider": "fp32"})
+    with torch.no_grad():
+        ref = logits(ref_f()).double()
+    kind = "int8" if spec["provider"].startswith("int8") else spec["provider"]
+    return harness.check_result(rel_error(logits(out), ref), MODEL_TOL[kind])
 
 
 def ort_session(lin, threads: int, quantized: bool):
@@ -112,8 +155,11 @@ def linear_worker(spec: dict) -> dict:
     else:
         raise ValueError(p)
     with torch.no_grad():
-        f()
-        return harness.measure(spec, f, warmup=3)
+        out = f()
+        check = {}
+        if p.startswith("edgegen") and spec["measure"] == "time":  # edgegen's layers, once, outside the timed loop
+            check = layer_check(q, lin, x, out, p.replace("edgegen-", "").split("[")[0])
+        return {**harness.measure(spec, f, warmup=3), **check}
 
 
 def cold_worker(spec: dict) -> dict:
@@ -126,8 +172,11 @@ def cold_worker(spec: dict) -> dict:
     k, n = spec["k"], spec["n"]
     copies = max(2, (256 << 20) // (4 * k * n))
     layers = []
+    first = None
     for _ in range(copies):
         lin = nn.Linear(k, n)
+        if first is None:
+            first = lin  # the float layer of layers[0], the one checked
         if spec["provider"] in ("edgegen-int4", "edgegen-int4a8"):
             lin = int4_layer(lin, spec["provider"], 64)
         elif spec["provider"] == "edgegen-int8":
@@ -142,9 +191,13 @@ def cold_worker(spec: dict) -> dict:
         return layers[next(it) % copies](x)
 
     with torch.no_grad():
-        for _ in range(copies):
+        out = f()  # layers[0]
+        check = {}
+        if spec["provider"] != "fp32" and spec["measure"] == "time":
+            check = layer_check(layers[0], first, x, out, spec["provider"].replace("edgegen-", ""))
+        for _ in range(copies - 1):
             f()
-        return harness.measure(spec, f, warmup=copies, repeats=max(60, 2 * copies))
+        return {**harness.measure(spec, f, warmup=copies, repeats=max(60, 2 * copies)), **check}
 
 
 def e2e_worker(spec: dict) -> dict:
@@ -153,8 +206,18 @@ def e2e_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     f, size = e2e_case(spec)
     with torch.no_grad():
-        f()
-        return {**harness.measure(spec, f, warmup=2), "bytes": size}
+        out = f()
+    check = {}
+    if spec["provider"] != "fp32" and spec["measure"] == "time":  # once, outside the timed loop
+        check = model_check(spec, out)
+    del out
+    with torch.no_grad():
+        return {**harness.measure(spec, f, warmup=2), "bytes": size, **check}
+
+
+# What each end-to-end model runs on (the shape column of its rows).
+E2E_SHAPES = {"prefill": "batch=1, 128 tokens", "decode": "batch=1, 1 token after 128 cached",
+              "batch64": "batch=64"}
 
 
 def e2e_case(spec: dict):
@@ -222,7 +285,8 @@ def worker(spec: dict) -> dict:
 
 def main():
     args = harness.cli(__doc__, "quant.csv", worker, add_arguments=lambda ap: ap.add_argument(
-        "--sections", default="1234", help="which sections to run, e.g. 23 (default: all)"))
+        "--sections", default="1234", type=harness.section_digits("1234"),
+        help="which sections to run, digits of 1-4, e.g. 23 (default: all)"))
     try:
         import onnxruntime  # noqa: F401
         have_ort = True
@@ -239,6 +303,8 @@ def main():
     def record(op, provider, shape, res, mode="", flops=None, path=None):
         if "error" in res:
             print(f"{op} {provider} {shape} ERROR {res['error']}")
+            rows.append(dict(op=op, provider=provider, shape=shape, dtype="float32 in/out", mode=mode,
+                             kernel_path=path or "", error=harness.error_text(res)))
             return None
         row = dict(op=op, provider=provider, shape=shape, dtype="float32 in/out", mode=mode, kernel_path=path or "",
                    **harness.measured(res, 4))
@@ -287,6 +353,9 @@ def main():
             pct = (f"; {2 * m * k * n / (e * 1e-3) / 1e12 / ceiling * 100:.0f}% of {ceiling:.2f} TOPS"
                    if m >= 64 and ceiling == ceiling else "")
             print(f"{m:4d} {f'{k}x{n}':>11s} {cells}   {vs}{pct}")
+    save = lambda: harness.save(rows, args.out, final=False, threads=args.threads, machine=machine,  # noqa: E731
+                                versions=versions)
+    save()
 
     int4 = ("edgegen-int4", "edgegen-int4a8")
     if "2" in args.sections:
@@ -318,6 +387,7 @@ def main():
                     print(f"{m:3d} {f'{k}x{n}':>11s} {'cold' if cold else 'hot':5s} {res['fp32']:9.4f} "
                           f"{res['edgegen-int8']:9.4f} {res['edgegen-int4']:9.4f} {a8:9.4f} "
                           f"{res['fp32'] / a8:12.2f}x / {res['edgegen-int4'] / a8:.2f}x / {res['edgegen-int8'] / a8:.2f}x")
+        save()
 
     if "3" in args.sections:
         int4_paths = {"int4": kp["int4"], "int4a8": kp["int4_a8"]}
@@ -340,7 +410,8 @@ def main():
                 spec = dict(op="e2e", model=model, mode=mode, provider=p, threads=args.threads,
                             repeats=50 if mode == "decode" else 10, isa=isa)
                 r = harness.run_worker(__file__, spec)
-                row = record(f"e2e_{model}", p, mode, r, mode=f"{r.get('bytes', '')} bytes", path=path)
+                shape = E2E_SHAPES[mode] + (f"; {r['bytes']} bytes on disk" if "bytes" in r else "")
+                row = record(f"e2e_{model}", p, shape, r, mode=mode, path=path)
                 if row:
                     res[p] = r
                     if p == "fp32":
@@ -349,6 +420,7 @@ def main():
                 f, q = res["fp32"], res[quant]
                 print(f"{model:18s} {mode:8s} {quant:17s} {f['p50_ms']:9.2f} {q['p50_ms']:9.2f} "
                       f"{f['p50_ms'] / q['p50_ms']:8.2f}x {f['bytes'] / 1e6:8.1f} {q['bytes'] / 1e6:8.1f}")
+        save()
     if "4" in args.sections:
         interleaved_paths(args, levels, shapes, ms, rows)
     harness.save(rows, args.out, threads=args.threads, machine=machine, versions=versions)
@@ -370,7 +442,7 @@ def interleaved_paths(args, levels, shapes, ms, rows):
 
     torch.set_num_threads(args.threads)
     paths = harness.above_scalar(levels)
-    rounds = 3 if args.quick else 7
+    rounds = harness.MIN_REPEATS if args.quick else 7
 
     def compare(fns: dict, calls: int) -> dict:
         per = {p: [] for p in fns}
@@ -393,24 +465,49 @@ def interleaved_paths(args, levels, shapes, ms, rows):
           f"the {paths[0]} path's time to each path's")
     print(f"{'case':34s} " + " ".join(f"{p:>20s}" for p in paths))
 
-    def report(op, case, res, quant="int8"):
+    def checks(f, paths, error, tol):
+        """Each path's error(output of f()) under its cap, once, before the rounds."""
+        out = {}
+        with torch.no_grad():
+            for p in paths:
+                with edgegen.max_isa(p):
+                    out[p] = harness.measured(harness.check_result(error(f()), tol))
+        return out
+
+    def report(op, case, res, checked, quant="int8"):
         b = next(iter(res))  # the lowest path: the ratios are its time over each path's
         print(f"{case:34s} " + " ".join(f"{t:9.3f} ({res[b] / t:5.2f}x)" for t in res.values()))
         for p, t in res.items():
             rows.append(dict(op=op, provider=f"edgegen-{quant}[{p}]", shape=case, dtype="float32 in/out",
-                             mode=f"interleaved, {rounds} rounds", kernel_path=p, p50_ms=round(t, 4)))
+                             mode=f"interleaved, {rounds} rounds", kernel_path=p, p50_ms=round(t, 4), **checked[p]))
+
+    def layer_error(layer, lin, x):
+        import torch.nn.functional as F
+
+        ref = F.linear(x.double(), layer.dequantized_weight().double(), lin.bias.detach().double())
+        return lambda out: rel_error(out, ref)
+
+    def model_error(spec):
+        ref_f, _ = e2e_case({**spec, "provider": "fp32"})
+        with torch.no_grad():
+            ref = logits(ref_f()).double()
+        return lambda out: rel_error(logits(out), ref)
 
     for k, n in shapes:
         for m in ms:
             torch.manual_seed(0)
-            layer, x = Int8Linear.from_float(nn.Linear(k, n)), torch.randn(m, k)
+            lin = nn.Linear(k, n)
+            layer, x = Int8Linear.from_float(lin), torch.randn(m, k)
+            checked = checks(lambda: layer(x), paths, layer_error(layer, lin, x), LAYER_TOL["int8"])
             res = compare({p: (lambda: layer(x)) for p in paths}, 31 if m <= 8 else 9)
-            report("int8_linear", f"linear M={m} K={k} N={n}", res)
+            report("int8_linear", f"linear M={m} K={k} N={n}", res, checked)
     models = [("gpt2-student", "prefill"), ("beta-vae-decoder", "batch64"), ("dcgan-generator", "batch64"),
               ("dcgan-discriminator", "batch64")]
     for model, mode in models[:1] if args.quick else models:
-        f, _ = e2e_case(dict(model=model, mode=mode, provider="int8", threads=args.threads))
-        report(f"e2e_{model}", f"{model} {mode}", compare({p: f for p in paths}, 3))
+        spec = dict(model=model, mode=mode, provider="int8", threads=args.threads)
+        f, _ = e2e_case(spec)
+        checked = checks(f, paths, model_error(spec), MODEL_TOL["int8"])
+        report(f"e2e_{model}", f"{model} {mode}", compare({p: f for p in paths}, 3), checked)
 
     # The W4A8 INT4 rows (int4_a8 family) likewise: one layer at decode sizes, and a decode step.
     paths = harness.above_scalar(harness.kernel_levels("int4_a8"))
@@ -419,11 +516,15 @@ def interleaved_paths(args, levels, shapes, ms, rows):
     for k, n in shapes[:1] if args.quick else shapes:
         for m in (1, 8):
             torch.manual_seed(0)
-            layer, x = int4_layer(nn.Linear(k, n), "edgegen-int4a8", 64), torch.randn(m, k)
+            lin = nn.Linear(k, n)
+            layer, x = int4_layer(lin, "edgegen-int4a8", 64), torch.randn(m, k)
+            checked = checks(lambda: layer(x), paths, layer_error(layer, lin, x), LAYER_TOL["int4a8"])
             report("int4a8_linear", f"W4A8 M={m} K={k} N={n}", compare({p: (lambda: layer(x)) for p in paths}, 31),
-                   "int4a8")
-    f, _ = e2e_case(dict(model="gpt2-student", mode="decode", provider="int4a8", threads=args.threads))
-    report("e2e_gpt2-student", "gpt2-student decode, W4A8", compare({p: f for p in paths}, 15), "int4a8")
+                   checked, "int4a8")
+    spec = dict(model="gpt2-student", mode="decode", provider="int4a8", threads=args.threads)
+    f, _ = e2e_case(spec)
+    checked = checks(f, paths, model_error(spec), MODEL_TOL["int4a8"])
+    report("e2e_gpt2-student", "gpt2-student decode, W4A8", compare({p: f for p in paths}, 15), checked, "int4a8")
 
 
 if __name__ == "__main__":

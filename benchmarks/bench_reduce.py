@@ -114,6 +114,8 @@ def main():
                                                   repeats=10 if mode == "prefill" else 30))
             if "error" in r:
                 print(f"{provider:18s} {mode} ERROR {r['error']}")
+                rows.append(dict(op=f"gpt2_student_{mode}", provider=provider, shape="batch=1, 128 tokens",
+                                 error=harness.error_text(r)))
                 continue
             res[mode] = r
             if provider == "dense":

@@ -10,6 +10,13 @@ compiled code and allocator caches never colour another's numbers:
     memory. The peak is the kernel's resettable high-water mark (write 5 to
     /proc/self/clear_refs, run once, read VmHWM), reported as the increase over the resident set
     before the run.
+
+Correctness: where a script checks a result against a reference (once per case, in the timing
+worker, outside the timed loop), the row's ``max_err`` is the largest error it found (the script's
+docstring says in which unit) and ``check`` says "ok" or "FAILED" against the tolerance; a failed
+check is printed when it happens and again at the end, and the script then exits with status 1.
+A case that fails to run (an exception, a worker past its time limit) becomes a row with its
+``error``; a run in which no case was measured writes nothing and exits with status 1.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,7 +37,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "peak_mb",
     "gbps", "gflops", "threads", "machine", "versions", "kernel_path", "cpu_flags",
+    "max_err", "check", "error", "total_ms",
 ]
+
+# The fewest timed runs behind any p20/p50/p80 (time_ms raises smaller requests to it).
+MIN_REPEATS = 5
 
 # The instruction-set flags the kernels choose between, as /proc/cpuinfo names them.
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni",
@@ -62,8 +74,10 @@ def peak_extra_mb(fn: Callable[[], object]) -> float:
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
             setup: Callable[[], object] | None = None) -> tuple[float, float, float]:
-    """p20/p50/p80 in ms of ``fn()``; ``setup()`` (untimed) runs before every call, for ops that
-    consume their inputs (in-place pruning, re-parametrisation)."""
+    """p20/p50/p80 in ms of ``fn()`` over ``max(repeats, MIN_REPEATS)`` timed calls; ``setup()``
+    (untimed) runs before every call, for ops that consume their inputs (in-place pruning,
+    re-parametrisation)."""
+    repeats = max(repeats, MIN_REPEATS)
     for _ in range(warmup):
         if setup:
             setup()
@@ -78,14 +92,21 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
     return quantiles(samples)
 
 
+def percentile(samples: list[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) of ``samples``, linearly interpolated between the two
+    nearest ranks (numpy.percentile's default, "linear")."""
+    if not samples:
+        raise ValueError("samples: expected at least one timing, got none")
+    xs = sorted(samples)
+    pos = (len(xs) - 1) * p / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
 def quantiles(samples: list[float]) -> tuple[float, float, float]:
-    """p20/p50/p80 of timing samples (nearest rank)."""
-    samples = sorted(samples)
-
-    def q(p):
-        return samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]
-
-    return q(0.2), q(0.5), q(0.8)
+    """p20/p50/p80 of timing samples (linear interpolation, as numpy.percentile)."""
+    return percentile(samples, 20), percentile(samples, 50), percentile(samples, 80)
 
 
 def measure(spec: dict, fn: Callable[[], object], warmup: int = 1, setup: Callable[[], object] | None = None,
@@ -155,11 +176,20 @@ def print_paths(family: str, levels: list[str], note: str = "") -> None:
 
 
 def versions() -> str:
+    """torch, numpy, onnxruntime (or "onnxruntime absent") and edgegen with its best ISA level."""
+    import numpy
     import torch
 
     import edgegen
 
-    return f"torch {torch.__version__}; edgegen {edgegen.__version__} ({edgegen.cpu_isa()})"
+    try:
+        import onnxruntime
+
+        ort = f"onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort = "onnxruntime absent"
+    return (f"torch {torch.__version__}; numpy {numpy.__version__}; {ort}; "
+            f"edgegen {edgegen.__version__} ({edgegen.cpu_isa()})")
 
 
 def copy_bandwidth_gbps(threads: int, mbytes: int = 512) -> float:
@@ -189,10 +219,34 @@ def header(threads: int, note: str = "") -> tuple[str, str]:
     return m, v
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def section_digits(valid: str) -> Callable[[str], str]:
+    """argparse type for --sections: one or more of the digits in ``valid`` (e.g. "1234")."""
+    def parse(text: str) -> str:
+        if not text or any(c not in valid for c in text):
+            raise argparse.ArgumentTypeError(
+                f"expected one or more of the section numbers {', '.join(valid)} (e.g. {valid[-2:]}), got {text!r}")
+        return text
+    return parse
+
+
 def cli(doc: str, csv_name: str, worker: Callable[[dict], dict] | None = None, quick_help: str | None = None,
-        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """The command line of a CPU benchmark script: --quick, --threads (default: every core), the
-    script's own arguments (``add_arguments``), --out (default results/<csv_name>).
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        out_aliases: tuple[str, ...] = (), default_threads: int | None = None,
+        argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of a CPU benchmark script: --quick, --threads (an integer >= 1; default:
+    every core), the script's own arguments (``add_arguments``), --out (default
+    results/<csv_name>; ``out_aliases`` are other names for it).
 
     Started by run_worker as ``script --worker '<json spec>'``, it prints ``worker(spec)`` as one
     JSON line and exits instead of returning (scripts that measure in one process pass no worker)."""
@@ -200,27 +254,37 @@ def cli(doc: str, csv_name: str, worker: Callable[[dict], dict] | None = None, q
     if worker is not None:
         ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help=quick_help)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=positive_int, default=default_threads or os.cpu_count(),
+                    help="intra-op threads of every provider (default: %(default)s)")
     if add_arguments:
         add_arguments(ap)
-    ap.add_argument("--out", default=str(RESULTS / csv_name))
-    args = ap.parse_args()
+    ap.add_argument("--out", *out_aliases, default=str(RESULTS / csv_name),
+                    help="the CSV to write (default: %(default)s)")
+    args = ap.parse_args(argv)
     if worker is not None and args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         sys.exit(0)
     return args
 
 
-def run_once(script: str, spec: dict, env: dict | None = None, timeout: int = 3600) -> dict:
+def run_once(script: str, spec: dict, env: dict | None = None, timeout: float = 3600) -> dict:
     """``script --worker '<json spec>'`` in a fresh process with ``env`` added to the environment:
-    the JSON line it prints last, or {"error": [its last line of output]}."""
-    r = subprocess.run(
-        [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, timeout=timeout,
-    )
+    the JSON line it prints last, or {"error": [why]} (its last line of output, or that it ran
+    past ``timeout`` seconds and was stopped)."""
+    try:
+        r = subprocess.run(
+            [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": [f"timed out: the worker ran past {timeout:g} s and was stopped"]}
     if r.returncode != 0:
-        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"failed (exit status {r.returncode})"]}
+    lines = r.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"error": [f"the worker printed no result line: {lines[-1] if lines else '(nothing)'}"]}
 
 
 def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
@@ -236,9 +300,33 @@ def run_worker(script: str, spec: dict, timeout: int = 3600) -> dict:
     return mem if "error" in mem else {**res, **mem}
 
 
+def check_result(err: float, tol: float) -> dict:
+    """A worker's correctness result: the largest error ``err`` against the reference and the
+    tolerance ``tol`` it must not exceed (``measured`` turns them into the max_err/check columns)."""
+    return {"max_err": float(err), "tol": float(tol)}
+
+
+def verdict(err: float, tol: float) -> str:
+    """The check column: "ok (<= tol)" or "FAILED (> tol)" (a NaN error fails)."""
+    return f"ok (<= {tol:g})" if err <= tol else f"FAILED (> {tol:g})"
+
+
 def measured(res: dict, digits: int = 3) -> dict:
-    """The CSV columns among a worker's results, rounded."""
-    return {k: round(v, digits) for k, v in res.items() if k in CSV_FIELDS}
+    """The CSV columns among a worker's results, rounded; with a check (``check_result``), its
+    max_err (3 significant digits) and verdict, printed loudly when it failed."""
+    out = {k: round(v, digits) for k, v in res.items() if k in CSV_FIELDS and k not in ("max_err", "check")}
+    if "max_err" in res:
+        err, tol = res["max_err"], res["tol"]
+        out["max_err"] = float(f"{err:.3g}")
+        out["check"] = verdict(err, tol)
+        if out["check"].startswith("FAILED"):
+            print(f"!!! CHECK FAILED: error {err:.3g} against the reference, tolerance {tol:g}", flush=True)
+    return out
+
+
+def error_text(res: dict) -> str:
+    """A worker's error (``{"error": [lines]}``) as one line for the CSV's error column."""
+    return " | ".join(str(e) for e in res["error"]) or "failed"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -251,11 +339,39 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({**{k: r.get(k, "") for k in CSV_FIELDS}, "cpu_flags": r.get("cpu_flags") or flags})
 
 
-def save(rows: list[dict], out: str, lead: str = "\n", **common) -> None:
-    """Writes ``rows`` to the CSV ``out``, each given ``common``'s values for the columns it lacks,
-    and prints where."""
+def has_timing(row: dict) -> bool:
+    return any(row.get(k) not in (None, "") for k in ("p50_ms", "total_ms"))
+
+
+def save(rows: list[dict], out: str, lead: str = "\n", final: bool = True, **common) -> None:
+    """Writes ``rows`` to the CSV ``out``, each given ``common``'s values for the columns it lacks.
+
+    Scripts save after every section (``final=False``: nothing is written while no case has been
+    measured) and at the end (``final=True``), which prints where, lists the cases that failed
+    to run, and exits with status 1, leaving ``out`` as it was, when no case was measured, or
+    after writing it when a correctness check failed."""
+    if not any(has_timing(r) for r in rows):
+        if final:
+            print(f"{lead}error: no case was measured; {out} was not written", file=sys.stderr)
+            sys.exit(1)
+        return
     write_csv([{**common, **r} for r in rows], Path(out))
+    if not final:
+        print(f"# {len(rows)} rows so far in {out}", flush=True)
+        return
     print(f"{lead}wrote {out}")
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        print(f"{len(errors)} case(s) failed to run (the CSV's error column):")
+        for r in errors:
+            print(f"  {r.get('op')} {r.get('provider')} {r.get('shape')} {r.get('mode')}: {r['error']}")
+    failed = [r for r in rows if str(r.get("check", "")).startswith("FAILED")]
+    if failed:
+        print(f"!!! {len(failed)} row(s) FAILED the correctness check:", file=sys.stderr)
+        for r in failed:
+            print(f"!!!   {r.get('op')} {r.get('provider')} {r.get('shape')} {r.get('dtype')} {r.get('mode')}: "
+                  f"max_err {r.get('max_err')} {r['check']}", file=sys.stderr)
+        sys.exit(1)
 
 
 def gpt2_call(model, mode: str, tokens: int = 128):
