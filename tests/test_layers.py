@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "edgegen"
 
 # Lowest first. A module belongs to the longest prefix listed.
 LAYERS = [
-    ("ops", ["edgegen._C", "edgegen._extension", "edgegen.ops", "edgegen.isa", "edgegen.memory"]),
+    ("ops", ["edgegen._C", "edgegen._extension", "edgegen._atomic", "edgegen.ops", "edgegen.isa", "edgegen.memory"]),
     ("base", ["edgegen.config", "edgegen.transform", "edgegen.tensor_files"]),
     ("transforms", ["edgegen.prune", "edgegen.quant", "edgegen.distill", "edgegen.attention", "edgegen.reduce"]),
     ("models", ["edgegen.models"]),
