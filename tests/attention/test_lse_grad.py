@@ -95,3 +95,13 @@ def test_bf16_lse_gradient_is_close_to_float32():
     for a, b in zip(got, want):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b, rtol=3e-2, atol=3e-2)
+
+
+def test_float64_lse_gradient_keeps_float64_precision():
+    q, k, v = _qkv(n=20)
+    _, lse = op(q, k, v, 6, 1, True, None, 0, None, 0)
+    _, rl = sliding_window_attention_reference(q, k, v, 6, 1, True, None, 0, None, 0)
+    got = torch.autograd.grad(lse.sum(), (q, k))
+    want = torch.autograd.grad(rl.sum(), (q, k))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

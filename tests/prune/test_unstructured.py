@@ -253,3 +253,20 @@ def test_loading_masks_into_a_masked_model_and_changing_dtype():
     b = b.to(torch.float64)
     torch.testing.assert_close(b(x.double()), a(x).double(), rtol=1e-5, atol=1e-6)
     assert bool((b[0].weight[~get_mask(b[0])] == 0).all())
+
+
+def test_two_parameters_over_one_memory_count_as_a_tied_weight():
+    """Distinct Parameters viewing the same memory (load_state_dict(assign=True) of a state with
+    tied entries) are skipped like one Parameter shared by two layers, not refused as a whole."""
+    from edgegen.prune.masks import prunable_weights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False), nn.Linear(6, 3))
+    w = torch.randn(6, 6)
+    model[0].weight = nn.Parameter(w)
+    model[1].weight = nn.Parameter(w.view(6, 6))  # another Parameter, the same memory
+    assert model[0].weight is not model[1].weight
+    assert [name for name, _ in prunable_weights(model)] == ["2"]
+    before = w.clone()
+    prune_(model, MagnitudeConfig(0.5))
+    assert torch.equal(w, before) and int((model[2].weight == 0).sum()) == 9

@@ -140,3 +140,31 @@ OPCHECK = [(torch.ops.edgegen.int8_conv2d, _conv_args), (torch.ops.edgegen.int8_
 def test_opcheck_with_gradients(op, make):
     torch.manual_seed(5)
     torch.library.opcheck(op, make())
+
+
+def test_one_dimensional_input_and_op_names():
+    """A single vector through a quantized linear layer gets its input and bias gradients; the
+    scale refusal names the op that was called."""
+    q = Int4Linear.from_float(nn.Linear(64, 8), group_size=64, activations="int8")
+    x = torch.randn(64, requires_grad=True)
+    bias = q.bias.detach().clone().requires_grad_()
+    y = torch.ops.edgegen.int4_linear_dynamic(x, q.packed_weight, q.scale, q.zero_point, bias, 64)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(bias.grad, g)
+    torch.testing.assert_close(x.grad, g @ q.dequantized_weight(), rtol=1e-5, atol=1e-5)
+    scale = q.scale.detach().clone().requires_grad_()
+    y = torch.ops.edgegen.int4_linear_dynamic(torch.randn(64), q.packed_weight, scale, q.zero_point, None, 64)
+    with pytest.raises(RuntimeError, match="edgegen::int4_linear_dynamic: scale:"):
+        y.sum().backward()
+
+
+def test_no_input_gradient_wanted_keeps_nothing_for_backward():
+    """Training only the bias of a static layer: the input is not kept and no mask is computed."""
+    q = Int8Linear.from_float(nn.Linear(8, 4), STATIC)
+    bias = q.bias.detach().clone().requires_grad_()
+    y = torch.ops.edgegen.int8_linear_static(torch.randn(3, 8), *STATIC, q.packed_weight, q.weight_row_sum,
+                                             q.weight_scale, bias, 4, 8)
+    assert y.grad_fn.saved_tensors[0] is None
+    y.sum().backward()
+    torch.testing.assert_close(bias.grad, torch.full((4,), 3.0))

@@ -241,6 +241,18 @@ def test_the_summary_covers_every_finished_run_of_the_sweep(tmp_path):
     assert "| a | 1 |" in (tmp_path / "runs" / "sw" / "summary.md").read_text()
 
 
+def test_runs_finished_without_a_results_file_are_named_as_missing(tmp_path):
+    """A run finished by an edgegen that kept no results.json has no known metric: the summary
+    names it instead of leaving it out silently."""
+    sw = _sweep(tmp_path, {"a": {}, "b": {"optim": {"lr": 1e-2}}})
+    run_sweep(sw, [0], only=["a"], log=lambda m: None, progress=False)
+    (tmp_path / "runs" / "sw" / "results.json").unlink()  # as an older sweep left its folder
+    lines = []
+    out = run_sweep(sw, [0], only=["b"], log=lines.append, progress=False)
+    assert [r["variant"] for r in out["rows"]] == ["b"]
+    assert any("not in the summary: a/seed0" in line and "--resume" in line for line in lines), lines
+
+
 
 # --------------------------------------------------------------------------- presets and teachers
 def test_a_preset_scales_the_intermediate_students_too():

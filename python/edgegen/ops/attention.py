@@ -63,12 +63,13 @@ def lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offs
     d lse_i / d k_j = s * p_ij q_i: the value gradient of the backward for grad_out = g * q. The
     masks, windows, offsets and empty rows are those of the op itself."""
     s = q.shape[-1] ** -0.5 if scale is None else scale
-    g = grad_lse.unsqueeze(-1).float() * s
+    acc = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+    g = grad_lse.unsqueeze(-1).to(acc) * s
     pk, _ = torch.ops.edgegen.sliding_window_attention(q, k, k, window, num_global, causal, scale, q_offset,
                                                        block_layout, block_size)
-    dq = (g * pk.float()).to(q.dtype)
+    dq = (g * pk.to(acc)).to(q.dtype)
     _, _, dk = torch.ops.edgegen.sliding_window_attention_backward(
-        (g * q.float()).to(q.dtype), q, k, k, pk, lse, window, num_global, causal, scale, q_offset, block_layout,
+        (g * q.to(acc)).to(q.dtype), q, k, k, pk, lse, window, num_global, causal, scale, q_offset, block_layout,
         block_size)
     return dq, dk
 

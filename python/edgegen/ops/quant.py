@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -223,63 +225,73 @@ def _int8_matrix(packed: Tensor, row_sum: Tensor, weight_scale: Tensor, n: int, 
     return _unpacked(packed, row_sum, n, k).float() * weight_scale.float()[:, None]
 
 
-def _save(ctx, x: Tensor, bias: Tensor | None, mask: Tensor | None, *tensors: Tensor) -> None:
-    ctx.save_for_backward(mask, *tensors)
+def _save(ctx, x: Tensor, bias: Tensor | None, static: tuple[float, int] | None, *tensors: Tensor) -> None:
+    """Keep what backward needs. The input itself only for a static activation range (the clamp
+    mask is computed in backward: nothing is added to the forward pass) and only when its gradient
+    is wanted."""
+    keep_x = static is not None and static[0] > 0 and ctx.needs_input_grad[0]
+    ctx.save_for_backward(x if keep_x else None, *tensors)
+    ctx.static_act = static if keep_x else None
     ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _finish(ctx, grad_x: Tensor | None, mask: Tensor | None, grad_out: Tensor, bias_dims) -> tuple:
+def _finish(ctx, grad_x: Tensor | None, x: Tensor | None, grad_out: Tensor, bias_index: int, channel_dim: int
+            ) -> tuple:
     if grad_x is not None:
+        mask = _static_pass(x, *ctx.static_act) if x is not None else None
         grad_x = (grad_x if mask is None else grad_x * mask).to(ctx.x_dtype)
-    grad_b = grad_out.float().sum(dim=bias_dims).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    grad_b = None
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[bias_index]:
+        g = grad_out.float().movedim(channel_dim, -1)
+        grad_b = g.reshape(-1, g.shape[-1]).sum(0).to(ctx.bias_dtype)
     return grad_x, grad_b
 
 
 def _linear_setup(ctx, inputs, output):
     static = len(inputs) == 9
-    x, a_scale, a_zp = (inputs[0], inputs[1], inputs[2]) if static else (inputs[0], 0.0, 0)
+    x = inputs[0]
     packed, row_sum, ws, bias, n, k = inputs[-6:]
-    _save(ctx, x, bias, _static_pass(x, a_scale, a_zp) if ctx.needs_input_grad[0] else None, packed, row_sum, ws)
+    _save(ctx, x, bias, (inputs[1], inputs[2]) if static else None, packed, row_sum, ws)
     ctx.static, ctx.nk = static, (n, k)
 
 
 def _linear_backward(ctx, grad_out):
-    mask, packed, row_sum, ws = ctx.saved_tensors
+    x, packed, row_sum, ws = ctx.saved_tensors
     off = 2 if ctx.static else 0
     op = "int8_linear_static" if ctx.static else "int8_linear_dynamic"
     _no_grad_for(ctx, op, weight_scale=3 + off)
     n, k = ctx.nk
     grad_x = grad_out.float() @ _int8_matrix(packed, row_sum, ws, n, k) if ctx.needs_input_grad[0] else None
-    grad_x, grad_b = _finish(ctx, grad_x, mask, grad_out, tuple(range(grad_out.dim() - 1)))
+    grad_x, grad_b = _finish(ctx, grad_x, x, grad_out, 4 + off, -1)
     rest = (None, None, None, grad_b, None, None)
     return (grad_x, None, None, *rest) if ctx.static else (grad_x, *rest)
 
 
-def _int4_setup(ctx, inputs, output):
+def _int4_setup(ctx, inputs, output, op: str):
     x, packed, scale, zp, bias, group_size = inputs
     _save(ctx, x, bias, None, packed, scale, zp)
-    ctx.group_size = group_size
+    ctx.group_size, ctx.op = group_size, op
 
 
 def _int4_backward(ctx, grad_out):
     _, packed, scale, zp = ctx.saved_tensors
-    _no_grad_for(ctx, "int4_linear", scale=2, zero_point=3)
+    _no_grad_for(ctx, ctx.op, scale=2, zero_point=3)
     grad_x = None
     if ctx.needs_input_grad[0]:
         grad_x = grad_out.float() @ torch.ops.edgegen.int4_dequantize(packed, scale, zp, ctx.group_size).float()
-    grad_x, grad_b = _finish(ctx, grad_x, None, grad_out, tuple(range(grad_out.dim() - 1)))
+    grad_x, grad_b = _finish(ctx, grad_x, None, grad_out, 4, -1)
     return grad_x, None, None, None, grad_b, None
 
 
 def _conv_setup(ctx, inputs, output):
     x, packed, row_sum, ws, bias, out_channels, kernel_size, stride, padding, dilation, a_scale, a_zp = inputs
-    _save(ctx, x, bias, _static_pass(x, a_scale, a_zp) if ctx.needs_input_grad[0] else None, packed, row_sum, ws)
+    _save(ctx, x, bias, (a_scale, a_zp), packed, row_sum, ws)
     ctx.geometry = (out_channels, list(kernel_size), list(stride), list(padding), list(dilation))
 
 
 def _conv_backward(ctx, grad_out):
-    mask, packed, row_sum, ws = ctx.saved_tensors
+    x, packed, row_sum, ws = ctx.saved_tensors
     _no_grad_for(ctx, "int8_conv2d", weight_scale=3)
     co, (kh, kw), stride, padding, dilation = ctx.geometry
     grad_x = None
@@ -288,14 +300,13 @@ def _conv_backward(ctx, grad_out):
         cp = (ci + 3) // 4 * 4  # the direct convolution's tap-major layout, channels padded to 4
         w = _int8_matrix(packed, row_sum, ws, co, kh * kw * cp).reshape(co, kh, kw, cp)[..., :ci].permute(0, 3, 1, 2)
         grad_x = torch.nn.grad.conv2d_input(list(ctx.x_shape), w, grad_out.float(), stride, padding, dilation)
-    grad_x, grad_b = _finish(ctx, grad_x, mask, grad_out, (0, 2, 3))
+    grad_x, grad_b = _finish(ctx, grad_x, x, grad_out, 4, 1)
     return (grad_x, None, None, None, grad_b) + (None,) * 7
 
 
 def _conv_transpose_setup(ctx, inputs, output):
     x, packed, row_sums, ws, bias, out_channels, phase_info, stride, padding, output_size, a_scale, a_zp = inputs
-    mask = _static_pass(x, a_scale, a_zp) if ctx.needs_input_grad[0] else None
-    _save(ctx, x, bias, mask, ws, *packed, *row_sums)
+    _save(ctx, x, bias, (a_scale, a_zp), ws, *packed, *row_sums)
     ctx.geometry = (out_channels, list(phase_info), list(stride), list(padding), len(packed))
 
 
@@ -318,7 +329,7 @@ def _conv_transpose_weight(ci: int, co: int, phase_info: list[int], stride: list
 
 
 def _conv_transpose_backward(ctx, grad_out):
-    mask, ws, *rest = ctx.saved_tensors
+    x, ws, *rest = ctx.saved_tensors
     _no_grad_for(ctx, "int8_conv_transpose2d", weight_scale=3)
     co, phase_info, stride, padding, phases = ctx.geometry
     grad_x = None
@@ -328,14 +339,15 @@ def _conv_transpose_backward(ctx, grad_out):
         # The adjoint of a transposed convolution is the convolution with the same weight; rows and
         # columns past the input's size come only from output_padding and carry no input.
         grad_x = torch.nn.functional.conv2d(grad_out.float(), weight, stride=stride, padding=padding)[..., :h, :w]
-    grad_x, grad_b = _finish(ctx, grad_x, mask, grad_out, (0, 2, 3))
+    grad_x, grad_b = _finish(ctx, grad_x, x, grad_out, 4, 1)
     return (grad_x, [None] * phases, [None] * phases, None, grad_b) + (None,) * 7
 
 
 for _op in ("int8_linear_static", "int8_linear_dynamic"):
     torch.library.register_autograd(f"edgegen::{_op}", _linear_backward, setup_context=_linear_setup)
 for _op in ("int4_linear", "int4_linear_dynamic"):
-    torch.library.register_autograd(f"edgegen::{_op}", _int4_backward, setup_context=_int4_setup)
+    torch.library.register_autograd(f"edgegen::{_op}", _int4_backward,
+                                    setup_context=functools.partial(_int4_setup, op=_op))
 torch.library.register_autograd("edgegen::int8_conv2d", _conv_backward, setup_context=_conv_setup)
 torch.library.register_autograd("edgegen::int8_conv_transpose2d", _conv_transpose_backward,
                                 setup_context=_conv_transpose_setup)

@@ -147,16 +147,26 @@ def load_pruned_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tr
     return model.load_state_dict(state_dict, strict=strict)
 
 
+def _memory_key(p: torch.Tensor):
+    """What makes two parameters the same weight: the same object, or the same view of one memory
+    (distinct Parameters over one storage, e.g. after ``load_state_dict(assign=True)`` of a state
+    with tied entries). Meta and empty tensors have no memory to compare."""
+    if p.device.type == "meta" or p.numel() == 0:
+        return id(p)
+    return (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), tuple(p.stride()), p.dtype)
+
+
 def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
                      ) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of the Linear/Conv/ConvTranspose layers whose weight may be pruned:
     selected by ``filter_fn(module, name)`` when given, and never a weight shared with another
-    module (such as GPT-2's output head, tied to the token embedding)."""
-    owners: dict[int, int] = {}
+    module (such as GPT-2's output head, tied to the token embedding), whether the modules hold one
+    Parameter or two over the same memory."""
+    owners: dict = {}
     for module in model.modules():
         for p in module._parameters.values():
             if p is not None:
-                owners[id(p)] = owners.get(id(p), 0) + 1
+                owners[_memory_key(p)] = owners.get(_memory_key(p), 0) + 1
     out = []
     for name, module in model.named_modules():
         if not isinstance(module, PRUNABLE):
@@ -167,7 +177,7 @@ def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
             raw = raw_parameter(module, "weight")
         except ValueError as exc:
             raise ValueError(f"model: layer {name!r}: {exc}") from None
-        if owners.get(id(raw), 0) > 1:
+        if owners.get(_memory_key(raw), 0) > 1:
             continue
         out.append((name, module))
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -69,10 +70,11 @@ def prepare_run_dir(run_dir, what: str = "run_dir") -> Path:
     except OSError as exc:
         raise ValueError(f"{what}: cannot create the folder {run_dir} ({exc.strerror or exc}); expected a "
                          "writable folder") from None
-    probe = run_dir / f".edgegen-write-test-{os.getpid()}"
+    # A name of this call's own: ranks on other hosts sharing the folder may have the same pid.
+    probe = run_dir / f".edgegen-write-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         raise ValueError(f"{what}: cannot write in {run_dir} ({exc.strerror or exc}); expected a writable "
                          "folder") from None

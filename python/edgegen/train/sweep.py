@@ -258,7 +258,7 @@ class _Results:
     FILE = "results.json"
 
     def __init__(self, out_dir: Path, metric: str, log):
-        self.out_dir, self.metric = out_dir, metric
+        self.out_dir, self.metric, self.log = out_dir, metric, log
         self.runs: dict[str, dict[str, dict]] = {}
         self.now: set[tuple[str, str]] = set()  # the runs this sweep did (the others are checked on disk)
         path = out_dir / self.FILE
@@ -300,6 +300,13 @@ class _Results:
         values: dict = {}
         errors: dict[str, str] = {}
         seeds: set[int] = set()
+        unknown = [f"{variant}/{run.name}" for variant in variants
+                   for run in sorted((self.out_dir / str(variant)).glob("seed*"))
+                   if run.name[4:].isdigit() and run.name[4:] not in self.runs.get(str(variant), {})
+                   and self._on_disk(variant, run.name[4:], True)]
+        if unknown:  # finished by an edgegen that kept no results.json: their metric is not known here
+            self.log(f"  not in the summary: {', '.join(unknown)} (trained before {self.FILE} was kept; run the "
+                     "sweep again with --resume and without --only to add them: finished runs are not trained again)")
         for variant in variants:
             by_seed = self.runs.get(str(variant), {})
             for seed in sorted(by_seed, key=int):

@@ -269,10 +269,11 @@ class LMTask(Task):
 
 
 class DistillTask(LMTask):
-    val_metrics = LMTask.val_metrics + ("val_teacher_kl",)
     """The student (``model``) learns from frozen teachers with the fused KD loss at temperature
     T (plus cross-entropy on the data, weight 1 - alpha); optionally matching the teacher's final
     hidden states through a learned linear projection (``feature_weight``)."""
+
+    val_metrics = LMTask.val_metrics + ("val_teacher_kl",)
 
     def __init__(self, cfg, device, total_steps):
         super().__init__(cfg, device, total_steps)
