@@ -270,3 +270,42 @@ def test_a_missing_teacher_names_its_key(tmp_path):
     cfg = tiny("lm", tmp_path, task="distill", distill={"teachers": [{"init_from": str(tmp_path / "no.pt")}]})
     with pytest.raises(FileNotFoundError, match=r"distill\.teachers\[0\]\.init_from: .*no\.pt does not exist"):
         Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_an_interrupted_sweep_closes_its_mlflow_runs_as_killed(tmp_path, monkeypatch):
+    import edgegen.tracking as tracking
+    import edgegen.train.loop as loop
+
+    finished = []
+
+    class Recording(tracking.NullTracker):
+        def __init__(self, name):
+            self.name = name
+
+        def finish(self, status="FINISHED"):
+            finished.append((self.name, status))
+
+    monkeypatch.setattr(tracking, "make_tracker", lambda cfg, name, run_dir, **kw: Recording(name))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_sweep(tmp_path, {"a": {}}), [0], log=lambda m: None, progress=False)
+    assert finished == [("a/seed0", "KILLED"), ("sw", "KILLED")]
+
+
+def test_reproduce_reports_progress_on_stderr_and_the_report_on_stdout(tmp_path, monkeypatch, capsys):
+    import edgegen.reproduce as rep
+    from edgegen.cli.main import main
+
+    def fake(table, preset, seeds, out, log=print, **kw):
+        log("[size] model size")
+        return {"tables": {"size": {"error": None}}, "report": str(tmp_path / "REPORT.md"), "minutes": 0.1}
+
+    monkeypatch.setattr(rep, "reproduce", fake)
+    assert main(["reproduce", "size", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"report: {tmp_path / 'REPORT.md'} (0.1 min)"
+    assert "[size] model size" in err

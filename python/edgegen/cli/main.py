@@ -292,8 +292,10 @@ def main(argv=None) -> int:
         if args.command == "reproduce":
             from edgegen.reproduce import reproduce
 
+            # Progress to stderr, as sweep and train report theirs; the report's path is the result.
             res = reproduce(args.table, args.preset, args.seeds, args.out, force=args.force, data_root=args.data_root,
-                            track=not args.no_log, download=args.download)
+                            track=not args.no_log, download=args.download,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
             failed = [n for n, t in res["tables"].items() if t["error"]]
             print(f"report: {res['report']} ({res['minutes']:.1f} min)")
             if failed:

@@ -168,6 +168,10 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             results[variant][seed] = value
             store.put(variant, seed, value=value)
             child.finish("FINISHED")
+        except KeyboardInterrupt:  # the records say where it stopped: neither run stays RUNNING
+            child.finish("KILLED")
+            parent.finish("KILLED")
+            raise
         except Exception as exc:  # noqa: BLE001 - one failing variant must not discard the others
             msg = f"{type(exc).__name__}: {exc}"
             failures.setdefault(variant, f"seed {seed}: {msg}")
