@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -92,21 +91,14 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
     return quantiles(samples)
 
 
-def percentile(samples: list[float], p: float) -> float:
-    """The ``p``-th percentile (0-100) of ``samples``, linearly interpolated between the two
-    nearest ranks (numpy.percentile's default, "linear")."""
-    if not samples:
-        raise ValueError("samples: expected at least one timing, got none")
-    xs = sorted(samples)
-    pos = (len(xs) - 1) * p / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def quantiles(samples: list[float]) -> tuple[float, float, float]:
     """p20/p50/p80 of timing samples (linear interpolation, as numpy.percentile)."""
-    return percentile(samples, 20), percentile(samples, 50), percentile(samples, 80)
+    import numpy as np
+
+    if not samples:
+        raise ValueError("samples: expected at least one timing, got none")
+    p20, p50, p80 = np.percentile(samples, [20, 50, 80])
+    return float(p20), float(p50), float(p80)
 
 
 def measure(spec: dict, fn: Callable[[], object], warmup: int = 1, setup: Callable[[], object] | None = None,

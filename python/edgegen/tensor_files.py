@@ -16,13 +16,19 @@ from edgegen._atomic import replacing
 ALIASES = "edgegen_aliases"
 
 
+def storage_key(t: torch.Tensor) -> tuple:
+    """What makes two tensors the same data: the same view (offset, shape, strides, dtype) of one
+    storage. Tied weights, and distinct Parameters over one memory, share it."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
 def dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors stored once, {alias: name}) for a state dict whose tensors may share storage."""
     seen: dict[tuple, str] = {}
     out, aliases = {}, {}
     for k, v in state.items():
         v = v.detach().cpu()
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        key = storage_key(v)
         if v.numel() and key in seen:
             aliases[k] = seen[key]
             continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -172,14 +171,6 @@ def _print_json(obj) -> None:
     print(json.dumps(_json(obj), indent=2, default=str, allow_nan=False))
 
 
-def _rank() -> int:
-    """This process's rank under torchrun (0 alone writes the MLflow link and prints the result)."""
-    try:
-        return int(os.environ.get("RANK", "0") or 0)
-    except ValueError:
-        return 0
-
-
 def _compress_from(args) -> int:
     from edgegen.config import apply_overrides, from_dict, load_yaml
     from edgegen.tracking import make_tracker
@@ -228,7 +219,9 @@ def _train(args, require_compress: bool) -> int:
     from edgegen.train import load_experiment
     from edgegen.train.loop import check_run_dir_free, default_run_dir, prepare_run_dir, train_experiment
 
-    main_rank = _rank() == 0
+    from edgegen.train.distributed import env_rank
+
+    main_rank = env_rank() == 0  # rank 0 alone writes the MLflow link and prints the result
     cfg = load_experiment(args.config, args.preset, args.overrides,
                           report=lambda line: main_rank and print(f"edgegen {args.command}: {line}", file=sys.stderr))
     if require_compress and cfg.compress is None:

@@ -12,6 +12,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from edgegen._atomic import replacing
+
 
 def file_digest(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
@@ -24,22 +26,15 @@ def file_digest(path: Path, algorithm: str) -> str:
 def fetch(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None) -> Path:
     """Download ``url`` to ``dest`` through a temporary file in the same folder, verify the
     checksum, then rename into place: ``dest`` either is the verified file or does not exist."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+    with replacing(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             for block in iter(lambda: resp.read(1 << 20), b""):
                 out.write(block)
         for algorithm, expected in (("md5", md5), ("sha256", sha256)):
             if expected and file_digest(tmp, algorithm) != expected:
                 raise OSError(f"{url}: {algorithm} mismatch (expected {expected}); the download is "
                               "corrupt or not the official file")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return Path(dest)
 
 
 def _inside(root: Path, name: str) -> bool:

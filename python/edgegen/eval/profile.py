@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgegen.eval.flops import count_flops
+from edgegen.tensor_files import storage_key
 
 __all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules", "rapl_energy_between",
            "GenerationProfile", "profile_generation"]
@@ -76,7 +77,7 @@ def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
     total = nonzero = 0
     seen = set()
     for name, t in model.state_dict(keep_vars=False).items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        key = storage_key(t)
         if key in seen:  # a tied tensor (GPT-2's head shares the embedding's int8 table): once
             continue
         seen.add(key)

@@ -397,19 +397,13 @@ class _NativeAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        from edgegen.ops.attention import lse_gradients
+        from edgegen.ops.attention import attention_backward
 
         q, k, v, out, lse = ctx.saved_tensors
         window, num_global, causal, scale, q_offset = ctx.args
         with torch._C._AutoDispatchBelowAutograd():
-            if grad_out is None:
-                dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), None
-            else:
-                dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
-                    grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, None, 0)
-            if grad_lse is not None:
-                eq, ek = lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offset, None, 0)
-                dq, dk = dq + eq, dk + ek
+            dq, dk, dv = attention_backward(grad_out, grad_lse, q, k, v, out, lse, window, num_global, causal,
+                                            scale, q_offset, None, 0)
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -74,6 +74,21 @@ def lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offs
     return dq, dk
 
 
+def attention_backward(grad_out, grad_lse, q, k, v, out, lse, window, num_global, causal, scale, q_offset,
+                       block_layout, block_size):
+    """(dq, dk, dv) for the gradients of both outputs; either may be None (that output unused)."""
+    if grad_out is None:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), None
+    else:
+        dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
+            grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout, block_size)
+    if grad_lse is not None:
+        eq, ek = lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offset, block_layout,
+                               block_size)
+        dq, dk = dq + eq, dk + ek
+    return dq, dk, dv
+
+
 def _swa_setup(ctx, inputs, output):
     q, k, v, window, num_global, causal, scale, q_offset, block_layout, block_size = inputs
     out, lse = output
@@ -85,15 +100,8 @@ def _swa_setup(ctx, inputs, output):
 def _swa_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, block_layout = ctx.saved_tensors
     window, num_global, causal, scale, q_offset, block_size = ctx.args
-    if grad_out is None:
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), None
-    else:
-        dq, dk, dv = torch.ops.edgegen.sliding_window_attention_backward(
-            grad_out, q, k, v, out, lse, window, num_global, causal, scale, q_offset, block_layout, block_size)
-    if grad_lse is not None:
-        eq, ek = lse_gradients(grad_lse, q, k, lse, window, num_global, causal, scale, q_offset, block_layout,
-                               block_size)
-        dq, dk = dq + eq, dk + ek
+    dq, dk, dv = attention_backward(grad_out, grad_lse, q, k, v, out, lse, window, num_global, causal, scale,
+                                    q_offset, block_layout, block_size)
     return dq, dk, dv, None, None, None, None, None, None, None
 
 

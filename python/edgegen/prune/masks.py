@@ -151,9 +151,11 @@ def _memory_key(p: torch.Tensor):
     """What makes two parameters the same weight: the same object, or the same view of one memory
     (distinct Parameters over one storage, e.g. after ``load_state_dict(assign=True)`` of a state
     with tied entries). Meta and empty tensors have no memory to compare."""
+    from edgegen.tensor_files import storage_key
+
     if p.device.type == "meta" or p.numel() == 0:
         return id(p)
-    return (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), tuple(p.stride()), p.dtype)
+    return storage_key(p)
 
 
 def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None

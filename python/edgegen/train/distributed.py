@@ -21,6 +21,11 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (RANK; 0 outside torchrun)."""
+    return int(os.environ.get("RANK") or 0)
+
+
 class Processes:
     """This process's place in the run: ``world`` processes (WORLD_SIZE), this one ``rank``
     (RANK), on ``device``. With several processes the process group is started (gloo on CPU,
@@ -28,7 +33,7 @@ class Processes:
 
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = env_rank()
         self.device = device
         if self.world > 1:
             import torch.distributed as dist

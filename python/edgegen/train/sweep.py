@@ -149,8 +149,7 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     parent.log_params({"sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
     # Tags, not params: a resumed sweep (--only a failed variant) may run another selection.
     parent.set_tags({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds))})
-    results: dict[str, dict[int, float]] = {v: {} for v in variants}  # variant -> seed -> value
-    failures: dict[str, str] = {}
+    ran_failures: dict[str, str] = {}  # variant -> its first failed seed, of the runs this command did
     store = _Results(out_dir, sw["metric"], log)
     total = len(configs)
     for i, ((variant, seed), cfg) in enumerate(configs.items(), 1):
@@ -165,7 +164,6 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             value = float(final[sw["metric"]])
             if not math.isfinite(value):
                 raise FloatingPointError(f"metric: the final {sw['metric']} is {value} (the run diverged)")
-            results[variant][seed] = value
             store.put(variant, seed, value=value)
             child.finish("FINISHED")
         except KeyboardInterrupt:  # the records say where it stopped: neither run stays RUNNING
@@ -174,14 +172,13 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
             raise
         except Exception as exc:  # noqa: BLE001 - one failing variant must not discard the others
             msg = f"{type(exc).__name__}: {exc}"
-            failures.setdefault(variant, f"seed {seed}: {msg}")
+            ran_failures.setdefault(variant, f"seed {seed}: {msg}")
             store.put(variant, seed, error=msg)
             child.set_tags({"error": msg[:4000], "error.traceback": traceback.format_exc()[-4000:]})
             child.finish("FAILED")
             log(f"  FAILED: {msg.splitlines()[0]}")
     # The summary covers every finished run of the sweep: this selection's and those an earlier
     # selection (--only) left on disk.
-    ran_failures = failures
     results, failures, all_seeds = store.merged(list(sw["variants"]))
     shown = [v for v in sw["variants"] if v in results]
     seeds = all_seeds or seeds
