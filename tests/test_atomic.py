@@ -1,10 +1,13 @@
 """Replacing files atomically: the temporary file is the writer's own, removed on failure, renamed
-on success, and created with the usual permissions."""
+on success, and created with the usual permissions; JSON for other readers is strict."""
 
+import json
 import os
 import stat
 
+import numpy as np
 import pytest
+import torch
 
 from edgegen import _atomic as atomic
 
@@ -41,3 +44,33 @@ def test_the_file_gets_the_umask_permissions_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def _strict(text):
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), np.float32("nan"),
+                                   np.float64("inf"), torch.tensor(float("nan")), np.array(float("-inf"))],
+                         ids=["nan", "inf", "-inf", "np32-nan", "np64-inf", "tensor-nan", "np0d-inf"])
+def test_json_text_writes_a_non_finite_number_as_null(value):
+    text = atomic.json_text({"x": value, "nested": [1, {"y": value}], "t": (value, 2.5)})
+    assert _strict(text) == {"x": None, "nested": [1, {"y": None}], "t": [None, 2.5]}
+
+
+def test_json_text_keeps_finite_numbers_exactly_and_leaves_other_values_to_default(tmp_path):
+    obj = {"f": 0.1, "np": np.float32(0.5), "t": torch.tensor(3), "i": 7, "b": True, "n": None, "s": "a",
+           "p": tmp_path}
+    back = _strict(atomic.json_text(obj, default=str))
+    assert back == {"f": 0.1, "np": 0.5, "t": 3, "i": 7, "b": True, "n": None, "s": "a", "p": str(tmp_path)}
+    assert type(back["t"]) is int and type(back["b"]) is bool
+    with pytest.raises(TypeError, match="Path"):  # without default an unknown type is still refused
+        atomic.json_text({"p": tmp_path})
+
+
+def test_write_json_is_atomic_and_strict(tmp_path):
+    path = atomic.write_json(tmp_path / "r.json", {"ppl": float("inf")}, indent=1)
+    assert _strict(path.read_text()) == {"ppl": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -609,3 +609,15 @@ def test_compare_profile_can_be_turned_off():
     assert parse(["compare", "a"]).profile is True
     assert parse(["compare", "a", "--no-profile"]).profile is False
     assert parse(["eval", "a"]).profile is False and parse(["eval", "a", "--profile"]).profile is True
+
+
+def test_a_saved_evaluation_is_strict_json_with_null_for_a_number_that_is_not_finite(tmp_path):
+    from edgegen.eval.runs import save_eval
+
+    path = save_eval({"eval_id": "last-shipped", "metrics": {"perplexity": float("inf"), "loss": 2.5},
+                      "checkpoint": tmp_path}, tmp_path)
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "eval_id": "last-shipped", "metrics": {"perplexity": None, "loss": 2.5}, "checkpoint": str(tmp_path)}

@@ -14,6 +14,10 @@ from tests.data.test_cifar import make_cifar
 from tests.data.test_text import make_wikitext, tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 
+def _refuse(token):
+    raise ValueError(f"not strict JSON: {token}")
+
+
 def test_paper_data_covers_every_table():
     papers = load_papers()
     assert set(papers["tables"]) == set(TABLES)
@@ -164,7 +168,7 @@ def test_smoke_run_fills_every_table_and_resumes(data, tmp_path):
     runs = {r.data.params.get("table"): r for r in client.search_runs([exp.experiment_id])
             if "table" in r.data.params}
     assert set(runs) == set(TABLES)
-    saved = json.loads((out / "results.json").read_text())
+    saved = json.loads((out / "results.json").read_text(), parse_constant=_refuse)  # strict JSON
     for name in TABLES:
         metrics = runs[name].data.metrics
         for row in saved["tables"][name]["rows"]:

@@ -4,6 +4,7 @@ that cannot be written, malformed sweep files, sweeps run in selections, Ctrl-C.
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -82,10 +83,11 @@ def test_resume_after_a_checkpoint_at_the_last_step_validates_and_writes_best(tm
     assert [h["step"] for h in state["history"]] == [4] and state["epoch"] == 1
 
 
-def test_printed_results_are_strict_json():
-    from edgegen.cli.main import _json
+def test_printed_results_are_strict_json(capsys):
+    from edgegen.cli.main import _print_json
 
-    assert _json({"a": float("inf"), "b": [float("nan"), 1.5], "c": "x"}) == {"a": None, "b": [None, 1.5], "c": "x"}
+    _print_json({"a": float("inf"), "b": [float("nan"), 1.5], "c": Path("x")})
+    assert strict_json(capsys.readouterr().out) == {"a": None, "b": [None, 1.5], "c": "x"}
 
 
 # --------------------------------------------------------------------------- compress --from
@@ -309,3 +311,18 @@ def test_reproduce_reports_progress_on_stderr_and_the_report_on_stdout(tmp_path,
     out, err = capsys.readouterr()
     assert out.strip() == f"report: {tmp_path / 'REPORT.md'} (0.1 min)"
     assert "[size] model size" in err
+
+
+def test_a_metric_that_is_not_finite_is_kept_as_strict_json_and_read_back_as_nan(tmp_path):
+    from edgegen.train.sweep import _Results
+
+    store = _Results(tmp_path, "val_loss", log=lambda m: None)
+    for variant in ("a", "b"):
+        (tmp_path / variant / "seed0" / "checkpoints").mkdir(parents=True)
+        (tmp_path / variant / "seed0" / "checkpoints" / "last.pt").write_bytes(b"")
+    store.put("a", 0, value=float("nan"))
+    store.put("b", 0, value=1.25)
+    saved = strict_json((tmp_path / "results.json").read_text())
+    assert saved["runs"] == {"a": {"0": {"value": None}}, "b": {"0": {"value": 1.25}}}
+    values, errors, seeds = _Results(tmp_path, "val_loss", log=lambda m: None).merged(["a", "b"])
+    assert math.isnan(values["a"][0]) and values["b"][0] == 1.25 and not errors and seeds == [0]

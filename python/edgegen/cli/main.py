@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -156,19 +154,10 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _json(obj):
-    """``obj`` with every non-finite float as None: the printed result is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json(v) for v in obj]
-    return obj
-
-
 def _print_json(obj) -> None:
-    print(json.dumps(_json(obj), indent=2, default=str, allow_nan=False))
+    from edgegen import _atomic
+
+    print(_atomic.json_text(obj, indent=2, default=str))
 
 
 def _compress_from(args) -> int:

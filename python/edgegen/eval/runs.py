@@ -788,4 +788,4 @@ def eval_file(result: dict) -> str:
 def save_eval(result: dict, run_dir: str | os.PathLike) -> Path:
     """Write the result into the run folder as :func:`eval_file` names it (atomically; an
     evaluation of another checkpoint or form keeps its own file) and return its path."""
-    return atomic.write_text(Path(run_dir) / eval_file(result), json.dumps(result, indent=2, default=str))
+    return atomic.write_json(Path(run_dir) / eval_file(result), result, indent=2, default=str)

@@ -176,8 +176,8 @@ class Context:
         self.log(f"  training {key} (seed {seed}, preset {self.preset}){' - resumed' if resume else ''}")
         t0 = time.perf_counter()
         res = train_experiment(cfg, run_dir, progress=False, resume=resume)
-        marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "final": res.get("final")},
-                                     default=float), encoding="utf-8")
+        atomic.write_text(marker, json.dumps({"seconds": round(time.perf_counter() - t0, 1),
+                                              "final": res.get("final")}, default=float))
         self.built.add(("model", str(run_dir)))
         return run_dir
 
@@ -800,9 +800,9 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
               "(a proxy network, not Inception), FID-nonstandard (Inception with weights other than the official ones).\n\nFigures: `figures/`. Every number is also in `results.json` "
               "and the MLflow runs under experiment `edgegen-reproduce`.\n\n")
     report = out / "REPORT.md"
-    report.write_text(header + "\n".join(sections), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "tables": results},
-                                                 indent=1, default=float), encoding="utf-8")
+    atomic.write_text(report, header + "\n".join(sections))
+    atomic.write_json(out / "results.json", {"preset": preset, "seeds": seeds, "tables": results},
+                      indent=1, default=float)
     if tracker is not None:
         tracker.log_artifact(report)
         tracker.finish("FINISHED")

@@ -280,14 +280,11 @@ class _Results:
             self.runs = {str(v): dict(by_seed) for v, by_seed in data["runs"].items() if isinstance(by_seed, dict)}
 
     def put(self, variant, seed: int, **entry) -> None:
-        import json
-
         from edgegen import _atomic as atomic
 
         self.runs.setdefault(str(variant), {})[str(seed)] = entry
         self.now.add((str(variant), str(seed)))
-        atomic.write_text(self.out_dir / self.FILE, json.dumps({"metric": self.metric, "runs": self.runs},
-                                                                indent=1))
+        atomic.write_json(self.out_dir / self.FILE, {"metric": self.metric, "runs": self.runs}, indent=1)
 
     def _on_disk(self, variant, seed: str, finished: bool) -> bool:
         run = self.out_dir / str(variant) / f"seed{seed}"
@@ -317,7 +314,8 @@ class _Results:
                 values.setdefault(variant, {})
                 seeds.add(int(seed))
                 if "value" in entry:
-                    values[variant][int(seed)] = float(entry["value"])
+                    value = entry["value"]  # None: a metric that was not finite (strict JSON has no NaN)
+                    values[variant][int(seed)] = float("nan") if value is None else float(value)
                 else:
                     errors.setdefault(variant, f"seed {seed}: {entry.get('error', 'failed')}")
         return values, errors, sorted(seeds)
