@@ -243,6 +243,21 @@ def test_the_summary_covers_every_finished_run_of_the_sweep(tmp_path):
     assert "| a | 1 |" in (tmp_path / "runs" / "sw" / "summary.md").read_text()
 
 
+def test_a_later_selection_moves_the_earlier_summary_records_aside(tmp_path):
+    """The sweep folder's metrics.jsonl holds the summary of the last command, over every run,
+    once: the earlier command's records are kept beside it, not repeated in it."""
+    sw = _sweep(tmp_path, {"a": {}, "b": {"optim": {"lr": 1e-2}}})
+    sw["base"]["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'm.db'}"}
+    run_sweep(sw, [0], only=["a"], log=lambda m: None, progress=False)
+    run_sweep(sw, [0], only=["b"], log=lambda m: None, progress=False)
+    folder = tmp_path / "runs" / "sw"
+    names = [[k for k in json.loads(line) if k not in ("step", "time")]
+             for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert names == [["a/mean"], ["b/mean"]]
+    earlier = list(folder.glob("metrics.*.jsonl"))
+    assert len(earlier) == 1 and "a/mean" in earlier[0].read_text()
+
+
 def test_runs_finished_without_a_results_file_are_named_as_missing(tmp_path):
     """A run finished by an edgegen that kept no results.json has no known metric: the summary
     names it instead of leaving it out silently."""

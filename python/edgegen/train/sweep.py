@@ -18,6 +18,7 @@ import csv
 import math
 from pathlib import Path
 
+from edgegen import _atomic as atomic
 from edgegen.analysis.stats import paired_ttest, summarize
 from edgegen.config import load_yaml, merge
 from edgegen.train.config import load_experiment
@@ -146,6 +147,9 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
 
     prepare_run_dir(out_dir, "output_dir")  # before anything is trained
     parent = make_tracker(first.tracking, sw["name"], out_dir, resume=resume)
+    # The summary logged at the end covers every run, earlier selections' too: an earlier
+    # command's summary records are moved aside (metrics.<time>.jsonl) rather than repeated.
+    parent.start_local_log(None)
     parent.log_params({"sweep.metric": sw["metric"], "sweep.baseline": sw["baseline"]})
     # Tags, not params: a resumed sweep (--only a failed variant) may run another selection.
     parent.set_tags({"sweep.variants": ",".join(variants), "sweep.seeds": ",".join(map(str, seeds))})
@@ -207,7 +211,7 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = ["variant", "metric_name", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline",
               "paired_seeds", "t", "p", "significant", "values", "error"]
-    with open(out_dir / "summary.csv", "w", newline="") as f:
+    with atomic.replacing(out_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
@@ -236,7 +240,7 @@ def run_sweep(source, seeds, preset=None, overrides=(), resume: bool = False, pr
     if failures:
         md += ["", "Failed: " + "; ".join(f"{v}: {e.splitlines()[0][:300]}" for v, e in failures.items())]
     text = "\n".join(md) + "\n"
-    (out_dir / "summary.md").write_text(text, encoding="utf-8")
+    atomic.write_text(out_dir / "summary.md", text)
     parent.log_artifact(out_dir / "summary.csv")
     parent.log_artifact(out_dir / "summary.md")
     for r in rows:
@@ -280,8 +284,6 @@ class _Results:
             self.runs = {str(v): dict(by_seed) for v, by_seed in data["runs"].items() if isinstance(by_seed, dict)}
 
     def put(self, variant, seed: int, **entry) -> None:
-        from edgegen import _atomic as atomic
-
         self.runs.setdefault(str(variant), {})[str(seed)] = entry
         self.now.add((str(variant), str(seed)))
         atomic.write_json(self.out_dir / self.FILE, {"metric": self.metric, "runs": self.runs}, indent=1)
