@@ -1,6 +1,7 @@
 """edgegen.tensor_files: a missing, truncated or damaged safetensors file is an error that names
 the path (ValueError / FileNotFoundError), never the library's bare SafetensorError."""
 
+import json
 import re
 
 import pytest
@@ -35,3 +36,27 @@ def test_a_damaged_file_is_a_value_error_naming_it(good, tmp_path, cut, reader):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'nope.safetensors'}: no such file")):
         read_safetensors(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("writer", ["dense", "sparse"])
+def test_tied_tensors_are_stored_once_even_when_the_copy_to_the_cpu_makes_new_storage(tmp_path, monkeypatch,
+                                                                                        writer):
+    """A GPU model's tied weights share one storage on the GPU; each ``.cpu()`` copy has its own.
+    The tie is found before the copy (simulated here by a ``.cpu()`` that always copies)."""
+    from edgegen.prune.export import save_sparse
+
+    table = torch.arange(48.0).reshape(6, 8)
+    table[:3] = 0  # sparse enough for the bitmask encoding
+    state = {"wte.weight": table, "head.weight": table, "other": table.clone()}
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: self.clone())
+    path = tmp_path / f"{writer}.safetensors"
+    save_sparse(state, path) if writer == "sparse" else write_safetensors(state, path)
+    assert json.loads(read_safetensors_metadata(path)["edgegen_aliases"]) == {"head.weight": "wte.weight"}
+
+
+def test_storage_key_tells_devices_apart():
+    from edgegen.tensor_files import storage_key
+
+    t = torch.ones(4)
+    assert storage_key(t) == storage_key(t.view(4)) and storage_key(t)[0] == torch.device("cpu")
+    assert storage_key(t) != storage_key(t[1:]) and storage_key(t) != storage_key(t.view(2, 2))

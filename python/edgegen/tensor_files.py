@@ -18,8 +18,10 @@ ALIASES = "edgegen_aliases"
 
 def storage_key(t: torch.Tensor) -> tuple:
     """What makes two tensors the same data: the same view (offset, shape, strides, dtype) of one
-    storage. Tied weights, and distinct Parameters over one memory, share it."""
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    storage on one device. Tied weights, and distinct Parameters over one memory, share it. Take
+    it before copying to another device: each copy has a storage of its own."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+            t.dtype)
 
 
 def dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -27,13 +29,12 @@ def dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     seen: dict[tuple, str] = {}
     out, aliases = {}, {}
     for k, v in state.items():
-        v = v.detach().cpu()
-        key = storage_key(v)
+        key = storage_key(v)  # on the tensor's own device: a GPU model's tied weights are one storage there
         if v.numel() and key in seen:
             aliases[k] = seen[key]
             continue
         seen[key] = k
-        out[k] = v.contiguous()
+        out[k] = v.detach().cpu().contiguous()
     return out, aliases
 
 

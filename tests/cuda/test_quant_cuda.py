@@ -4,6 +4,8 @@ function without falling back to float weights."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 import edgegen  # noqa: F401
@@ -94,3 +96,18 @@ def test_observers_and_scalar_qparams_on_cuda():
     for u, v in zip(a.calculate_qparams(), b.calculate_qparams()):
         torch.testing.assert_close(v.cpu(), u)
     torch.testing.assert_close(fake_quantize(x.to(DEV), 0.05, 3, -128, 127).cpu(), fake_quantize(x, 0.05, 3, -128, 127))
+
+
+def test_a_gpu_models_tied_weights_are_stored_once(tmp_path):
+    """GPT-2's head shares the embedding table: found on the GPU, before the copy to the CPU."""
+    from edgegen.prune.export import save_sparse
+    from edgegen.tensor_files import read_safetensors_metadata, write_safetensors
+
+    model = GPT2(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16))
+    cpu_size = write_safetensors(model.state_dict(), tmp_path / "cpu.safetensors")
+    model = model.to(DEV)
+    assert write_safetensors(model.state_dict(), tmp_path / "gpu.safetensors") == cpu_size
+    save_sparse(model, tmp_path / "sparse.safetensors")
+    for name in ("gpu", "sparse"):
+        aliases = read_safetensors_metadata(tmp_path / f"{name}.safetensors")["edgegen_aliases"]
+        assert json.loads(aliases) == {"lm_head.weight": "wte.weight"}, name

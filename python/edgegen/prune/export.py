@@ -27,7 +27,7 @@ def _state_dict(obj) -> dict[str, torch.Tensor]:
         obj = finalize_(copy.deepcopy(obj)).state_dict()
     if not isinstance(obj, dict):
         raise TypeError(f"model: expected an nn.Module or a state dict, got {type(obj).__name__}")
-    return {k: v.detach().cpu() for k, v in obj.items()}
+    return {k: v.detach() for k, v in obj.items()}  # dedupe copies to the CPU after finding the ties
 
 
 def save_sparse(model, path: str | os.PathLike, min_sparsity: float = 0.25) -> int:
