@@ -53,6 +53,17 @@ void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n
   TORCH_CHECK_VALUE(row_sum.scalar_type() == at::kInt && row_sum.dim() == 1 && row_sum.size(0) == n &&
                         row_sum.is_contiguous(),
                     rname, ": expected a contiguous int32 tensor of shape [", n, "]");
+  // The last panel's rows past n are padding and hold zeros; a weight packed for more output
+  // features (same panel count) would otherwise have its last rows silently dropped.
+  const int64_t kp = KQ::packed_k(k), last = KQ::packed_panels(n) - 1, first_pad = n - last * KQ::kPanel;
+  const int8_t* w = packed.const_data_ptr<int8_t>();
+  for (int64_t g = 0; g < kp / 4; ++g) {
+    const int8_t* blk = w + (last * (kp / 4) + g) * KQ::kPanel * 4;
+    for (int64_t r = first_pad * 4; r < KQ::kPanel * 4; ++r) {
+      TORCH_CHECK_VALUE(blk[r] == 0, pname, ": was packed for more output features than n=", n,
+                        " (a non-zero weight in row ", last * KQ::kPanel + r / 4, ")");
+    }
+  }
 }
 
 // The packed weight's columns that the call does not use (`unused(col)`) must hold zeros: a weight
@@ -169,6 +180,13 @@ at::Tensor int8_linear_static_cpu(const at::Tensor& input, double a_scale, int64
   return int8_linear_impl(input, a_scale, a_zero_point, packed, row_sum, weight_scale, bias, n, k);
 }
 
+constexpr int64_t kMaxSide = int64_t(1) << 24;  // far beyond any image; keeps the index sums small
+
+void check_pair(at::IntArrayRef v, const char* name, int64_t lo, int64_t hi) {
+  TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo && v[0] <= hi && v[1] <= hi, name,
+                    ": expected two values in [", lo, ", ", hi, "], got ", v);
+}
+
 at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& row_sum,
                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, int64_t out_channels,
                            at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -176,13 +194,14 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, co
   check_cpu(input, "input");
   TORCH_CHECK_TYPE(input.is_floating_point(), "input: expected a floating-point tensor, got ", input.scalar_type());
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected [N, C, H, W], got ", input.sizes());
-  auto pair = [](at::IntArrayRef v, const char* name, int64_t lo) {
-    TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo, name, ": expected two values >= ", lo, ", got ", v);
-  };
-  pair(kernel, "kernel_size", 1);
-  pair(stride, "stride", 1);
-  pair(padding, "padding", 0);
-  pair(dilation, "dilation", 1);
+  // Bounded so that every size product below fits int64 (dilation * (kernel - 1), kernel taps x
+  // channels): an unbounded value wrapped around, passed the checks and read out of bounds.
+  check_pair(kernel, "kernel_size", 1, 1024);
+  check_pair(stride, "stride", 1, 1 << 16);
+  check_pair(padding, "padding", 0, kMaxSide);
+  check_pair(dilation, "dilation", 1, 1 << 16);
+  TORCH_CHECK_VALUE(input.size(2) <= kMaxSide && input.size(3) <= kMaxSide, "input: spatial size ", input.sizes(),
+                    " exceeds ", kMaxSide);
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
   const int64_t cp = (c + 3) / 4 * 4;
   // The last window start: negative when the (padded) input is smaller than the dilated kernel.
@@ -229,14 +248,9 @@ at::Tensor int8_conv_transpose2d_cpu(const at::Tensor& input, at::TensorList pac
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected [N, C, H, W], got ", input.sizes());
   TORCH_CHECK_VALUE(phase_info.size() == 4 * packed.size() && row_sums.size() == packed.size() && !packed.empty(),
                     "phase_info: expected 4 values per phase and one packed weight and row sum per phase");
-  constexpr int64_t kMaxSide = int64_t(1) << 24;  // far beyond any image; keeps the index sums small
-  auto pair = [](at::IntArrayRef v, const char* name, int64_t lo, int64_t hi) {
-    TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo && v[0] <= hi && v[1] <= hi, name,
-                      ": expected two values in [", lo, ", ", hi, "], got ", v);
-  };
-  pair(stride, "stride", 1, 1 << 16);
-  pair(padding, "padding", 0, kMaxSide);
-  pair(output_size, "output_size", 1, kMaxSide);
+  check_pair(stride, "stride", 1, 1 << 16);
+  check_pair(padding, "padding", 0, kMaxSide);
+  check_pair(output_size, "output_size", 1, kMaxSide);
   TORCH_CHECK_VALUE(input.size(2) <= kMaxSide && input.size(3) <= kMaxSide, "input: spatial size ", input.sizes(),
                     " exceeds ", kMaxSide);
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -190,12 +191,18 @@ std::tuple<at::Tensor, at::Tensor> observe_minmax_cpu(const at::Tensor& input, s
   return {lo, hi};
 }
 
+// Calibration bounds: finite as float32, the kernels' type (1e39 would become infinity there).
+void check_bounds(double lo, double hi) {
+  const double max = double(std::numeric_limits<float>::max());
+  TORCH_CHECK_VALUE(std::abs(lo) <= max && std::abs(hi) <= max && lo <= hi,
+                    "lo/hi: expected finite lo <= hi within float32's range, got [", lo, ", ", hi, "]");
+}
+
 at::Tensor observe_histogram_cpu(const at::Tensor& input, int64_t bins, double lo, double hi) {
   check_cpu(input, "input");
   const K::DType dt = float_dtype(input.scalar_type(), "input");
   TORCH_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), "bins: expected a value in [1, 2^24], got ", bins);
-  TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "lo/hi: expected finite lo <= hi, got [", lo,
-                    ", ", hi, "]");
+  check_bounds(lo, hi);
   const at::Tensor x = input.contiguous();
   at::Tensor counts = at::empty({bins}, x.options().dtype(at::kLong));
   check_no_nan(KQ::observe_histogram(x.const_data_ptr(), dt, x.numel(), bins, float(lo), float(hi),
@@ -208,8 +215,7 @@ std::tuple<double, double> mse_clip_range_cpu(const at::Tensor& input, double lo
   check_cpu(input, "input");
   const K::DType dt = float_dtype(input.scalar_type(), "input");
   TORCH_CHECK_VALUE(steps >= 1 && steps <= 4096, "steps: expected a value in [1, 4096], got ", steps);
-  TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "lo/hi: expected finite lo <= hi, got [", lo,
-                    ", ", hi, "]");
+  check_bounds(lo, hi);
   check_range(quant_min, quant_max, INT32_MIN, INT32_MAX, "the quantized range");
   // No values, no error to minimise: the range would be arbitrary.
   TORCH_CHECK_VALUE(input.numel() > 0, "input: expected a non-empty tensor");

@@ -111,6 +111,114 @@ def test_mse_observer_needs_real_nan_free_data():
 
 
 
+@pytest.mark.parametrize("qmin, qmax", [(0, 2**31 - 1), (-2**31, 0), (-2**31, 2**31 - 1)],
+                         ids=["u31", "negative-half", "int32"])
+def test_mse_observer_on_the_widest_integer_ranges(qmin, qmax):
+    """With 2^31 levels rounding costs nothing: the best range is the whole one (the width
+    qmax - qmin and the clamp bounds once overflowed int32 and gave a hundredth of it)."""
+    x = torch.linspace(-1, 1, 1000)
+    assert ops.mse_clip_range(x, -1.0, 1.0, qmin, qmax, 100) == (-1.0, 1.0)
+
+
+def test_mse_observer_over_many_chunks_equals_a_float64_search_on_any_thread_count():
+    torch.manual_seed(1)
+    x = torch.randn(20 * 65536 + 123)
+    lo, hi, steps = float(x.min()), float(x.max()), 24
+    errs = []
+    xd = x.double()
+    for s in range(steps):
+        f = (s + 1) / steps
+        a, b = min(lo * f, 0.0), max(hi * f, 0.0)
+        scale = torch.tensor((b - a) / 255, dtype=torch.float32).double()
+        zp = float(torch.clamp(-128 - torch.round(torch.tensor(a, dtype=torch.float32) / scale.float()), -128, 127))
+        q = torch.clamp(torch.round(x * (1 / scale.float())) + zp, -128, 127).double()
+        errs.append(float(((xd - (q - zp) * scale) ** 2).sum()))
+    best = min(range(steps), key=lambda s: errs[s])
+    want = (lo * (best + 1) / steps, hi * (best + 1) / steps)
+    old = torch.get_num_threads()
+    try:
+        got = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got.append(ops.mse_clip_range(x, lo, hi, -128, 127, steps))
+    finally:
+        torch.set_num_threads(old)
+    assert got[0] == got[1]
+    assert got[0] == pytest.approx(want, rel=1e-6)
+
+
+def test_histogram_over_many_chunks_counts_every_value_once_on_any_thread_count():
+    x = torch.randn(5 * 65536 + 7, dtype=torch.float64)
+    x[::1000] = float("inf")
+    # float64 positions of the float32 values, the outside ones (and infinities) in the end bins
+    pos = torch.floor((x.float().double() + 2) / 0.0625).clamp(0, 63).long()
+    want = torch.bincount(pos, minlength=64)
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(ops.observe_histogram(x, 64, -2.0, 2.0), want)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("lo, hi", [(-1e39, 0.0), (0.0, 1e39), (float("nan"), 1.0)], ids=["low", "high", "nan"])
+@pytest.mark.parametrize("route", ["cpu", "other-devices"])
+def test_observer_bounds_must_be_finite_float32(lo, hi, route):
+    """1e39 is a finite double but infinity as float32, the type the bins are computed in."""
+    from contextlib import nullcontext
+
+    from tests.ops.test_dispatch import OtherDeviceKernels
+
+    with OtherDeviceKernels() if route == "other-devices" else nullcontext():
+        with pytest.raises(ValueError, match=r"lo/hi: expected finite lo <= hi within float32's range"):
+            ops.observe_histogram(torch.tensor([-5.0, 3.0]), 4, lo, hi)
+    with pytest.raises(ValueError, match=r"lo/hi: expected finite lo <= hi within float32's range"):
+        ops.mse_clip_range(torch.tensor([-5.0, 3.0]), lo, hi, -128, 127, 4)
+
+
+def test_dequantize_with_an_extreme_zero_point_matches_the_float64_reference():
+    q = torch.tensor([0, 5, 127, -128], dtype=torch.int8)
+    for zp in (-2**31, 2**31 - 1):
+        got = ops.dequantize_affine(q, torch.tensor(1.0), torch.tensor(zp), None, torch.float32)
+        assert torch.equal(got, (q.double() - zp).float()), zp
+
+
+@pytest.mark.parametrize("route", ["cpu", "other-devices"])
+@pytest.mark.parametrize("arg, value", [("kernel_size", [2**62 + 1, 1]), ("kernel_size", [1025, 1]),
+                                        ("dilation", [2**62, 1]), ("stride", [1, 2**17])],
+                         ids=["kernel-wraps", "kernel-1025", "dilation-wraps", "stride"])
+def test_int8_conv2d_bounds_its_geometry(route, arg, value):
+    """Unbounded sizes wrapped around in the size products, passed every check and read out of
+    bounds (a crash); now each is an error naming the argument."""
+    from contextlib import nullcontext
+
+    from tests.ops.test_dispatch import OtherDeviceKernels
+
+    p, rs = int8_pack_weight(torch.randint(-3, 3, (4, 4), dtype=torch.int8))
+    geometry = {"kernel_size": [1, 1], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], arg: value}
+    with OtherDeviceKernels() if route == "other-devices" else nullcontext():
+        with pytest.raises(ValueError, match=rf"{arg}: expected two values in \[1, \d+\]"):
+            ops.int8_conv2d(torch.randn(1, 4, 5, 5), p, rs, torch.ones(4), None, 4, geometry["kernel_size"],
+                            geometry["stride"], geometry["padding"], geometry["dilation"], 0.0, 0)
+
+
+@pytest.mark.parametrize("route", ["cpu", "other-devices"])
+def test_a_weight_packed_for_more_output_features_is_refused(route):
+    """20 output rows and 17 share a panel count: the last three rows were silently dropped."""
+    from contextlib import nullcontext
+
+    from tests.ops.test_dispatch import OtherDeviceKernels
+
+    p, rs = int8_pack_weight(torch.ones(20, 16, dtype=torch.int8))
+    with OtherDeviceKernels() if route == "other-devices" else nullcontext():
+        with pytest.raises(ValueError, match=r"packed_weight: was packed for more output features than n=17 "
+                                             r"\(a non-zero weight in row 17\)"):
+            ops.int8_linear_dynamic(torch.randn(2, 16), p, rs[:17].contiguous(), torch.ones(17), None, 17, 16)
+        out = ops.int8_linear_dynamic(torch.randn(2, 16), p, rs, torch.ones(20), None, 20, 16)
+    assert out.shape == (2, 20)
+
+
 def test_integer_arguments_refuse_bools_of_every_kind_and_values_beyond_int64():
     import numpy as np
 

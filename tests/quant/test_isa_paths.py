@@ -154,3 +154,15 @@ def test_a_misspelt_amx_switch_is_a_clear_error(name, value, message):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert message in r.stderr
+
+
+@pytest.mark.parametrize("layer", sorted(k for k in LAYERS if not k.startswith("int4")))
+def test_int8_layers_are_bit_identical_on_every_path(isa, layer):
+    """The float epilogue multiplies, then adds the bias (two roundings) on every path: no fused
+    multiply-add on the vector paths only, so no output depends on the ISA or on its column."""
+    module, x = LAYERS[layer]
+    with torch.no_grad():
+        got = module(x)
+        with OtherDeviceKernels():
+            want = module(x)
+    assert torch.equal(got, want)

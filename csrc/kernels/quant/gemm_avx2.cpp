@@ -105,7 +105,8 @@ void tile_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* panel, int
 namespace edgegen::kernels::quant {
 
 // Epilogue of a full-width tile (16 columns): zero-point compensation, then int32 out, or float
-// out = acc * a_scale * w_scale[j] (+ bias[j]), 8 columns at a time.
+// out = acc * a_scale * w_scale[j] (+ bias[j]), 8 columns at a time; multiply, then add (two
+// roundings, as the scalar epilogue and the reference: no FMA, whatever the path).
 void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const int32_t* row_sum, const GemmOutput& out,
                      int64_t n, int64_t i, int64_t j0) {
   const __m256i zp = _mm256_set1_epi32(a_zero_point);
@@ -122,7 +123,7 @@ void store_tile_avx2(const int32_t* acc, int rows, int32_t a_zero_point, const i
                                          comp);
       const int64_t o = (i + r) * n + j;
       if (out.out_i32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.out_i32 + o), v);
-      else _mm256_storeu_ps(out.out_f32 + o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), scale, bias));
+      else _mm256_storeu_ps(out.out_f32 + o, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), scale), bias));
     }
   }
 }

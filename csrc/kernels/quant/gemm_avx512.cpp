@@ -96,7 +96,7 @@ void tile_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* pan
 }
 
 // Zero-point compensation, then int32 out or float out = acc * a_scale * w_scale[j] (+ bias[j]);
-// 16 columns at a time, the last ones masked.
+// 16 columns at a time, the last ones masked; multiply, then add (rounded as the scalar epilogue).
 void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t cols, int32_t a_zero_point,
                        const int32_t* row_sum, const GemmOutput& out, int64_t n, int64_t i, int64_t j0) {
   const __m512i zp = _mm512_set1_epi32(a_zero_point);
@@ -114,7 +114,7 @@ void store_tile_avx512(const int32_t* acc, int64_t acc_ld, int rows, int64_t col
       const __m512i v = _mm512_sub_epi32(_mm512_loadu_si512(acc + r * acc_ld + c0), comp);
       const int64_t o = (i + r) * n + j;
       if (out.out_i32) _mm512_mask_storeu_epi32(out.out_i32 + o, m, v);
-      else _mm512_mask_storeu_ps(out.out_f32 + o, m, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), scale, bias));
+      else _mm512_mask_storeu_ps(out.out_f32 + o, m, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), scale), bias));
     }
   }
 }

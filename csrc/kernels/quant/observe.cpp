@@ -51,18 +51,23 @@ int64_t observe_minmax(const void* x, DType dtype, Layout l, float* lo, float* h
 
 int64_t observe_histogram(const void* x, DType dtype, int64_t n, int64_t bins, float lo, float hi, int64_t* counts,
                           int num_threads) {
+  // One histogram per thread over a contiguous block of the input (counts are integers, so the
+  // sum does not depend on the split); the first thread's is `counts` itself. Scratch is
+  // (threads - 1) x bins, never proportional to the input.
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<int64_t> part(size_t(chunks * bins), 0), nans(size_t(chunks), 0);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(num_threads, chunks));
+  std::vector<int64_t> extra(size_t((parts - 1) * bins), 0), nans(size_t(parts), 0);
+  std::fill(counts, counts + bins, int64_t(0));
   const double width = (double(hi) - double(lo)) / double(bins);
   dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
-    parallel_for(chunks, num_threads, [&](int64_t c) {
-      int64_t* h = part.data() + c * bins;
-      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+    parallel_for(parts, int(parts), [&](int64_t t) {
+      int64_t* h = t == 0 ? counts : extra.data() + (t - 1) * bins;
+      for (int64_t i = std::min(n, chunks * t / parts * kChunk); i < std::min(n, chunks * (t + 1) / parts * kChunk); ++i) {
         const double v = double(to_float(in[i]));
         if (v != v) {
-          ++nans[size_t(c)];
+          ++nans[size_t(t)];
           continue;
         }
         // Clamped in double before the cast: values below lo (or -inf) count in the first bin,
@@ -72,11 +77,10 @@ int64_t observe_histogram(const void* x, DType dtype, int64_t n, int64_t bins, f
       }
     });
   });
-  int64_t nan = 0;
-  for (int64_t b = 0; b < bins; ++b) counts[b] = 0;
-  for (int64_t c = 0; c < chunks; ++c) {
-    for (int64_t b = 0; b < bins; ++b) counts[b] += part[size_t(c * bins + b)];
-    nan += nans[size_t(c)];
+  int64_t nan = nans[0];
+  for (int64_t t = 1; t < parts; ++t) {
+    for (int64_t b = 0; b < bins; ++b) counts[b] += extra[size_t((t - 1) * bins + b)];
+    nan += nans[size_t(t)];
   }
   return nan;
 }
@@ -84,11 +88,13 @@ int64_t observe_histogram(const void* x, DType dtype, int64_t n, int64_t bins, f
 void affine_qparams(float lo, float hi, int32_t qmin, int32_t qmax, float* scale, int32_t* zero_point) {
   lo = std::min(lo, 0.0f);
   hi = std::max(hi, 0.0f);
-  float s = (hi - lo) / float(qmax - qmin);
+  // The width in double (qmax - qmin overflows int32 for the widest ranges) and the clamp too
+  // (float(2^31 - 1) rounds to 2^31, out of int32's range); the arithmetic itself stays float.
+  float s = (hi - lo) / float(double(qmax) - double(qmin));
   if (!(s > 0.0f) || !std::isfinite(s)) s = 1.0f;
   const float z = float(qmin) - std::nearbyint(lo / s);
   *scale = s;
-  *zero_point = int32_t(std::min(float(qmax), std::max(float(qmin), z)));
+  *zero_point = int32_t(std::min(double(qmax), std::max(double(qmin), double(z))));
 }
 
 double mse_clip_range(const void* x, DType dtype, int64_t n, float lo, float hi, int32_t qmin, int32_t qmax,
@@ -100,28 +106,41 @@ double mse_clip_range(const void* x, DType dtype, int64_t n, float lo, float hi,
     affine_qparams(lo * f, hi * f, qmin, qmax, &scale[size_t(s)], &zp[size_t(s)]);
     inv[size_t(s)] = 1.0f / scale[size_t(s)];
   }
+  // Per-chunk errors, added to the totals in chunk order (the result does not depend on the
+  // thread count), a wave of chunks at a time so that the scratch stays wave x steps.
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> err(size_t(chunks * steps), 0.0);
+  const int64_t wave = std::max<int64_t>(1, int64_t(num_threads)) * 4;
+  std::vector<double> err(size_t(std::min(chunks, wave) * steps)), total(size_t(steps), 0.0);
+  // In double: the clamp bounds and zero points of the widest int32 ranges are not floats.
+  const double dmin = double(qmin), dmax = double(qmax);
   dispatch_float(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(x);
-    parallel_for(chunks, num_threads, [&](int64_t c) {
-      double* e = err.data() + c * steps;
-      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-        const float v = float(to_float(in[i]));
-        for (int s = 0; s < steps; ++s) {
-          const float q = std::min(float(qmax), std::max(float(qmin), std::nearbyint(v * inv[size_t(s)]) + float(zp[size_t(s)])));
-          const double d = double(v) - double((q - float(zp[size_t(s)])) * scale[size_t(s)]);
-          e[s] += d * d;
+    for (int64_t c0 = 0; c0 < chunks; c0 += wave) {
+      const int64_t m = std::min(wave, chunks - c0);
+      std::fill(err.begin(), err.end(), 0.0);
+      parallel_for(m, num_threads, [&](int64_t j) {
+        double* e = err.data() + j * steps;
+        const int64_t c = c0 + j;
+        for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+          const float v = float(to_float(in[i]));
+          for (int s = 0; s < steps; ++s) {
+            const double z = double(zp[size_t(s)]);
+            const double q = std::min(dmax, std::max(dmin, double(std::nearbyint(v * inv[size_t(s)])) + z));
+            const double d = double(v) - double(float(q - z) * scale[size_t(s)]);
+            e[s] += d * d;
+          }
         }
+      });
+      for (int64_t j = 0; j < m; ++j) {
+        for (int s = 0; s < steps; ++s) total[size_t(s)] += err[size_t(j * steps + s)];  // chunk order
       }
-    });
+    }
   });
   int best = steps - 1;
   double best_err = std::numeric_limits<double>::infinity();
   for (int s = 0; s < steps; ++s) {
-    double t = 0.0;
-    for (int64_t c = 0; c < chunks; ++c) t += err[size_t(c * steps + s)];  // chunk order: deterministic
+    const double t = total[size_t(s)];
     if (t < best_err) {
       best_err = t;
       best = s;

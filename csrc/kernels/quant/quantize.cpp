@@ -54,7 +54,7 @@ void dequantize(const void* q, bool is_unsigned, Layout l, const float* scale, c
     T* o = static_cast<T*>(out);
     for_rows(l, num_threads, [&](int64_t c, int64_t b, int64_t e) {
       const float s = scale[c];
-      const int32_t zp = zero_point[c];
+      const int64_t zp = zero_point[c];  // int64: v - zp overflows int32 for extreme zero points
       for (int64_t i = b; i < e; ++i) {
         const int32_t v = is_unsigned ? int32_t(static_cast<const uint8_t*>(q)[i]) : int32_t(static_cast<const int8_t*>(q)[i]);
         store_float(o + i, float(v - zp) * s);

@@ -21,6 +21,7 @@ from torch import Tensor
 from edgegen.ops import _reference as ref
 
 _PANEL = 16
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _MAX_K = 65000  # the CPU kernels' limit on the reduction length: K * 255 * 128 < 2^31 (exact int32 sums)
 
 
@@ -211,12 +212,17 @@ def observe_minmax_fallback(input, axis):
     return x.amin(dim=dims).float(), x.amax(dim=dims).float()
 
 
+def _check_bounds(lo: float, hi: float) -> None:
+    """Calibration bounds: finite as float32 (the kernels' type; 1e39 would become infinity)."""
+    if not (abs(lo) <= _FLOAT32_MAX and abs(hi) <= _FLOAT32_MAX and lo <= hi):
+        raise ValueError(f"lo/hi: expected finite lo <= hi within float32's range, got [{lo}, {hi}]")
+
+
 def observe_histogram_fallback(input, bins, lo, hi):
     _kernel_float(input.dtype, "input")
     if not 1 <= bins <= (1 << 24):
         raise ValueError(f"bins: expected a value in [1, 2^24], got {bins}")
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise ValueError(f"lo/hi: expected finite lo <= hi, got [{lo}, {hi}]")
+    _check_bounds(lo, hi)
     _no_nan(input)
     # The CPU kernel's binning: float32 bounds, positions in float64, outside values (and
     # infinities) in the end bins.
@@ -265,13 +271,19 @@ def _check_packed(packed: Tensor, row_sum: Tensor, n: int, k: int, pname: str = 
 
 
 def _unpacked(packed: Tensor, row_sum: Tensor, n: int, k: int, cols: int | None = None,
-              pname: str = "packed_weight", rname: str = "weight_row_sum") -> Tensor:
-    """The [n, cols] int8 matrix a packed weight holds (cols defaults to k), its layout checked."""
+              pname: str = "packed_weight", rname: str = "weight_row_sum", padding: bool = True) -> Tensor:
+    """The [n, cols] int8 matrix a packed weight holds (cols defaults to k), its layout checked
+    and (``padding``) its padding rows too: a data-dependent check, left out where the forward
+    pass has made it already (a backward formula, which may be traced)."""
     cols = k if cols is None else cols
     _check_packed(packed, row_sum, n, k, pname, rname)
     panels, kp = -(-n // _PANEL), -(-k // 4) * 4
-    w = packed.reshape(panels, kp // 4, _PANEL, 4).permute(0, 2, 1, 3).reshape(panels * _PANEL, kp)[:n]
-    return w[:, :cols]
+    w = packed.reshape(panels, kp // 4, _PANEL, 4).permute(0, 2, 1, 3).reshape(panels * _PANEL, kp)
+    bad = (w[n:] != 0).any(dim=1).nonzero() if padding else None  # the last panel's rows past n hold zeros
+    if bad is not None and bad.numel():
+        raise ValueError(f"{pname}: was packed for more output features than n={n} (a non-zero weight in row "
+                         f"{n + int(bad[0, 0])})")
+    return w[:n, :cols]
 
 
 def _unused_zero(w_full: Tensor, used: Tensor, what: str) -> None:
@@ -493,10 +505,10 @@ def int8_conv2d_fallback(input, packed_weight, weight_row_sum, weight_scale, bia
         raise ValueError(f"input: expected [N, C, H, W], got {list(input.shape)}")
     if out_channels < 1:
         raise ValueError(f"out_channels: expected a value >= 1, got {out_channels}")
-    _pair(kernel_size, "kernel_size", 1)
-    _pair(stride, "stride", 1)
+    _pair(kernel_size, "kernel_size", 1, 1024)  # the CPU kernel's bounds: its size products fit int64
+    _pair(stride, "stride", 1, 1 << 16)
     _pair(padding, "padding", 0)
-    _pair(dilation, "dilation", 1)
+    _pair(dilation, "dilation", 1, 1 << 16)
     h, w_in = input.shape[2], input.shape[3]
     ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     wo = (w_in + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1

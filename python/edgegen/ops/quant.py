@@ -222,7 +222,7 @@ def _int8_matrix(packed: Tensor, row_sum: Tensor, weight_scale: Tensor, n: int, 
     """The float32 [n, k] weight a packed INT8 weight stands for."""
     from edgegen.ops._fallback_quant import _unpacked
 
-    return _unpacked(packed, row_sum, n, k).float() * weight_scale.float()[:, None]
+    return _unpacked(packed, row_sum, n, k, padding=False).float() * weight_scale.float()[:, None]
 
 
 def _save(ctx, x: Tensor, bias: Tensor | None, static: tuple[float, int] | None, *tensors: Tensor) -> None:
