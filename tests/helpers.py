@@ -56,3 +56,19 @@ def seeded_gpt2(config, seed: int = 0):
 
     torch.manual_seed(seed)
     return GPT2(config).eval()
+
+
+def figure_texts(monkeypatch) -> dict:
+    """{file name: [title, x label, y label of each axis]} of every figure edgegen.analysis.plots
+    saves from now on in this test (the figures are still written)."""
+    from edgegen.analysis import plots
+
+    texts: dict = {}
+    real_save = plots._save
+
+    def spy(fig, path):
+        texts[path.name] = [t for ax in fig.axes for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return texts

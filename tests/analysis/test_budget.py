@@ -2,6 +2,7 @@
 against a brute-force walk over the same ladders; the fidelity score; bad budgets."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -117,7 +118,13 @@ def test_a_latency_budget_walks_the_same_way_on_measured_latencies(monkeypatch):
     (dict(max_latency_ms=-1.0), "max_latency_ms: expected a positive number"),
     (dict(max_params=10, ladders={"attention": []}), "ladders.attention: unknown group"),
     (dict(max_params=10, ladders={"heads": [HeadConfig(0.5)]}), r"max_params: 10 is below the cheapest plan"),
-], ids=["none", "both", "zero-params", "negative-latency", "unknown-group", "unreachable"])
+    (dict(max_params=10, ladders={"rank": None}), "ladders.rank: expected a list of settings from mild to strong, "
+                                                  "got None"),
+    (dict(max_latency_ms=1e-6, latency_repeats=0), "latency_repeats: expected an int >= 1, got 0"),
+    (dict(max_params=10, score=lambda m: math.nan), r"score: expected a finite number \(higher is better\), got nan "
+                                                    "for the unreduced model"),
+], ids=["none", "both", "zero-params", "negative-latency", "unknown-group", "unreachable", "ladder-none",
+        "zero-repeats", "nan-score"])
 def test_bad_budgets_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_reduction(model(), **kwargs)
@@ -168,3 +175,11 @@ def test_a_rung_that_changes_nothing_never_reaches_the_returned_plan(monkeypatch
     assert all(s.config is None or "heads" not in s.config.groups() for s in plan.steps)
     assert plan.config.groups() == ["ffn"]
     reduce_(copy.deepcopy(two_heads), plan.config)  # accepted (was: "heads: nothing to reduce")
+
+
+def test_a_score_that_turns_nan_on_a_reduced_model_is_named():
+    m = model()
+    base = m.num_parameters()
+    with pytest.raises(ValueError, match=r"score: expected a finite number \(higher is better\), got nan for the "
+                                         r"plan MPRFConfig\("):
+        plan_reduction(m, max_params=int(0.6 * base), score=lambda c: 0.0 if c.num_parameters() == base else math.nan)

@@ -62,3 +62,19 @@ def test_bad_input():
         paired_ttest([float("nan"), 2], [1, 3])
     with pytest.raises(ValueError, match="alpha"):
         paired_ttest([1, 2], [2, 4], alpha=5)
+
+
+def test_two_seeds_print_no_interval():
+    two = summarize([1.0, 2.0])
+    assert str(two) == "1.5 +- 0.71 (n=2: no interval)"  # std sqrt(0.5); t on 1 degree of freedom: no CI shown
+    half = 4.302652729911275 * math.sqrt(7 / 3) / math.sqrt(3)  # t_{0.975, 2} x std / sqrt(n); std^2 = 7/3
+    assert str(summarize([1.0, 2.0, 4.0])) == f"2.333 +- 1.5 (95% CI {7 / 3 - half:.4g} .. {7 / 3 + half:.4g}, n=3)"
+
+
+@pytest.mark.parametrize("values, kind", [("123", "str"), (b"12", "bytes"), ({"1.5": 0, "2.5": 0}, "dict")],
+                         ids=["str", "bytes", "dict"])
+def test_strings_and_mappings_are_not_values(values, kind):
+    with pytest.raises(ValueError, match=f"^values: expected a sequence of numbers, got a {kind}$"):
+        summarize(values)
+    with pytest.raises(ValueError, match=f"^baseline: expected a sequence of numbers, got a {kind}$"):
+        paired_ttest(values, [1.0, 2.0])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgegen.analysis.tradeoff import atei, fit_tradeoff, optimal_complexity, pareto_front, pareto_scores, utility
+from tests.helpers import figure_texts
 
 
 def test_fit_recovers_known_parameters():
@@ -95,7 +96,9 @@ def test_optimum_is_monotone_in_lambda():
     (dict(alpha=0.0), "alpha: expected a finite value > 0"),
     (dict(lam=1.5), r"lam: expected a value in \[0, 1\]"),
     (dict(c_min=5.0, c_max=1.0), "c_min, c_max: expected 0 <= c_min < c_max"),
-], ids=["alpha", "lam", "range"])
+    (dict(c_min="1"), "c_min: expected a number \\(a complexity\\), got '1'"),
+    (dict(c_max=None), "c_max: expected a number \\(a complexity\\), got None"),
+], ids=["alpha", "lam", "range", "c_min-str", "c_max-none"])
 def test_optimum_bad_input(kw, match):
     args = dict(alpha=1.0, beta=1.0, gamma=1.0, lam=0.5, c_min=0.0, c_max=1.0)
     args.update(kw)
@@ -130,6 +133,19 @@ def test_pareto_front_small_cases_and_bad_input():
         pareto_front([1, 2, 3], [True])
     with pytest.raises(ValueError, match="points: contains NaN"):
         pareto_front([[1, float("nan")]], [True, True])
+    with pytest.raises(ValueError, match=r"points: expected a non-empty 2-D array \[n, d\] of numbers \("):
+        pareto_front([[1, 2], [2]], [True, True])  # ragged
+    assert pareto_front([[1, 2], [2, 1]], np.array([True, False])).tolist() == [0]  # numpy bools are bools
+
+
+@pytest.mark.parametrize("minimize", [["False", "True"], "tt", [1, 0], True],
+                         ids=["strings", "string", "ints", "scalar"])
+def test_minimize_flags_must_be_bools(minimize):
+    # ["False", "True"] used to become [True, True]: each string is truthy
+    with pytest.raises(ValueError, match="^minimize: expected a list of bools \\(one per column\\), got "):
+        pareto_front([[1, 2], [2, 1]], minimize)
+    with pytest.raises(ValueError, match="^minimize: expected a list of bools"):
+        pareto_scores([[1, 2], [2, 1]], minimize)
 
 
 def test_pareto_scores_by_hand():
@@ -171,3 +187,17 @@ def test_plots_are_written(tmp_path):
     for p in paths:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_the_utility_figures_name_the_quality(tmp_path, monkeypatch):
+    from edgegen.analysis import plots
+
+    texts = figure_texts(monkeypatch)
+    c = np.array([1e5, 3e5, 1e6, 3e6])
+    fit = fit_tradeoff(c, [300.0, 200.0, 150.0, 130.0], [1.0, 2.0, 5.0, 9.0], True, True)
+    plots.plot_utility(fit, [0.5], 1e5, 3e6, tmp_path / "u.png", quality_name="1/FID-proxy")
+    plots.plot_optimal_lambda(fit, 1e5, 3e6, tmp_path / "cstar.png", points=5, quality_name="1/FID-proxy")
+    assert texts["u.png"] == ["utility and its maximum C* (dots), Q = 1/FID-proxy", "complexity (parameters)",
+                              "utility F(C) = lambda Q/Qmax + (1-lambda) E\nQ = 1/FID-proxy"]
+    assert texts["cstar.png"] == ["optimal complexity against lambda, Q = 1/FID-proxy",
+                                  "lambda (weight of quality, Q = 1/FID-proxy)", "C* (parameters)"]

@@ -3,7 +3,9 @@ smoke run on fixture data in the real formats fills every table, writes the figu
 REPORT.md whose numbers equal the MLflow metrics, and a rerun skips every finished step."""
 
 import json
+import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from edgegen.reproduce.runner import load_papers, load_recipes, metric_key
 from tests.data.test_celeba import make_celeba
 from tests.data.test_cifar import make_cifar
 from tests.data.test_text import make_wikitext, tiny_tokenizer_dir  # noqa: F401  (fixture)
+from tests.helpers import figure_texts
 
 
 def _refuse(token):
@@ -361,3 +364,249 @@ def test_unfittable_seed_keeps_the_sweep_rows(tmp_path, monkeypatch):
     assert rows["fit/q_max"].label == "FID-proxy" and rows["cstar/lambda_0.5"].label == "FID-proxy"
     assert rows["fit/beta"].label == "measured"  # the latency curve does not depend on the proxy
     assert "seed 0: no convergence" in ctx.table_notes["tradeoff"][0]
+
+
+def test_unfittable_value_error_for_one_seed_keeps_the_others_fits_and_labels_the_figures(tmp_path, monkeypatch):
+    from edgegen.reproduce import runner
+
+    def points(seed):  # seed 1 measured a FID-proxy of 0 once: its reciprocal cannot be fitted
+        return {"points": [{"ratio": r, "params": 1000 * (10 - i),
+                            "fid_proxy": 0.0 if seed and i == 3 else 50.0 + 3 * i, "latency_ms_p50": 10.0 - 0.8 * i,
+                            "bytes_on_disk": 4000 * (10 - i), "energy_j_estimated": 0.1 - 0.008 * i}
+                           for i, r in enumerate((0.0,) + runner.SWEEP)]}
+
+    texts = figure_texts(monkeypatch)
+    ctx = runner.Context("cpu-smoke", [0, 1], tmp_path, False, None, lambda m: None, load_recipes())
+    monkeypatch.setattr(ctx, "step", lambda name, fn: points(int(name[-1])))
+    rows = {r.key: r for r in runner._tradeoff(ctx)}
+    assert len(rows["sweep_30%/fid_proxy"].values) == 2 and rows["sweep_30%/fid_proxy"].values[1] == 0.0
+    assert len(rows["fit/alpha"].values) == 1 and "fitted for 1 of 2 seeds" in rows["fit/alpha"].note
+    assert "seed 1: quality: lower-is-better values must be > 0" in ctx.table_notes["tradeoff"][0]
+    # the figures drawn from the quality measure say which one it is
+    assert texts["tradeoff_utility.png"][0] == "utility and its maximum C* (dots), Q = 1/FID-proxy"
+    assert texts["tradeoff_cstar.png"][0] == "optimal complexity against lambda, Q = 1/FID-proxy"
+
+
+class _Tracker:
+    """An MLflow stand-in: what each table's run was given."""
+
+    def __init__(self):
+        self.metrics = {}
+
+    def child(self, name, run_dir):
+        self.name = name
+        return self
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step):
+        self.metrics[self.name] = dict(metrics)
+
+    def set_tags(self, tags):
+        pass
+
+    def log_artifact(self, path):
+        pass
+
+    def finish(self, status="FINISHED"):
+        pass
+
+
+def test_a_value_that_is_not_finite_is_na_and_a_failing_table_leaves_the_others(tmp_path, monkeypatch):
+    from edgegen.analysis.tradeoff import fit_tradeoff
+    from edgegen.reproduce import runner
+
+    r2 = fit_tradeoff([1e5, 2e5, 4e5, 8e5], [50.0] * 4, [10, 20, 40, 80], True, True).r2_quality  # quality flat
+    assert math.isnan(r2)
+
+    def boom(ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "TABLES", ("size", "latency", "memory"))
+    monkeypatch.setitem(runner.BUILDERS, "size", lambda ctx: [
+        runner.Row("fit/r2_quality", [r2, r2, r2], "FID-proxy"),
+        runner.Row("part/x", [1.0, float("nan"), 3.0], "measured"), runner.Row("ok/row", [1.0, 2.0, 3.0], "measured")])
+    monkeypatch.setitem(runner.BUILDERS, "latency", boom)
+    monkeypatch.setitem(runner.BUILDERS, "memory", lambda ctx: [runner.Row("ok/other", [2.0, 2.0, 2.0], "measured")])
+    tracker = _Tracker()
+    monkeypatch.setattr(runner, "_tracker", lambda ctx: tracker)
+    out = tmp_path / "rep"
+    res = reproduce("all", "cpu-smoke", seeds=[0, 1, 2], out_dir=out, log=lambda m: None)
+    report = (out / "REPORT.md").read_text(encoding="utf-8")
+    assert "| fit/r2_quality | - | n/a (no finite value) | 0 | FID-proxy | no finite value for 3 of 3 seeds" in report
+    assert "| part/x | - | 2 +- 1.414 (n = 2: no interval) | 2 | measured | no finite value for 1 of 3 seeds" in report
+    assert "## latency" in report and "**Not filled**: RuntimeError: boom" in report
+    assert "| ok/other | - | 2 +- 0 [95% CI 2, 2] | 3 | measured |" in report
+    saved = json.loads((out / "results.json").read_text(), parse_constant=_refuse)  # strict JSON
+    size = {r["key"]: r for r in saved["tables"]["size"]["rows"]}
+    assert size["fit/r2_quality"]["values"] == [None] * 3 and size["fit/r2_quality"]["mean"] is None
+    assert size["part/x"]["values"] == [1.0, None, 3.0] and size["part/x"]["mean"] == 2.0 and size["part/x"]["n"] == 2
+    assert res["tables"]["latency"]["error"] == "RuntimeError: boom"
+    # MLflow gets the finite means only
+    assert tracker.metrics == {"size": {"part/x": 2.0, "ok/row": 2.0}, "latency": {}, "memory": {"ok/other": 2.0}}
+
+
+def test_a_quantity_some_seeds_lack_is_kept_and_noted(tmp_path):
+    from edgegen.reproduce.runner import Context, _rows_from, _table_markdown
+
+    results = [{"a": 1.0, "b": None}, {"a": 3.0, "b": 2.0}, {"a": 2.0}]
+    rows = _rows_from(results, [("x/a", lambda r: r.get("a"), "measured", ""),
+                                ("x/b", lambda r: r.get("b"), "measured", "from b"),
+                                ("x/c", lambda r: r.get("c"), "measured", "")])
+    assert [(r.key, r.values) for r in rows] == [("x/a", [1.0, 3.0, 2.0]), ("x/b", [None, 2.0, None])]  # c: nowhere
+    papers = load_papers()
+    ctx = Context("cpu-smoke", [0, 1, 2], tmp_path, False, None, lambda m: None, load_recipes())
+    md = _table_markdown("size", papers["tables"]["size"], rows, ctx, None, papers)
+    assert "| x/b | - | 2 (n = 1: no spread) | 1 | measured | from b; no finite value for 2 of 3 seeds (left out" in md
+    assert "| x/a | - | 2 +- 1 [95% CI" in md
+
+
+def test_the_data_root_in_effect_keys_the_trained_models(tmp_path, monkeypatch):
+    import edgegen.train.loop as loop
+    from edgegen.reproduce.runner import Context
+
+    roots = []
+
+    def fake_train(cfg, run_dir, progress=None, **kw):
+        roots.append(cfg.data.root)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return {"final": {}}
+
+    monkeypatch.setattr(loop, "train_experiment", fake_train)
+    dirs = []
+    for env, given in (("/data/old", None), ("/data/new", None), ("/data/old", None), (None, "/data/new")):
+        if env is None:
+            monkeypatch.delenv("EDGEGEN_DATA_DIR")
+        else:
+            monkeypatch.setenv("EDGEGEN_DATA_DIR", env)
+        dirs.append(Context("cpu-smoke", [0], tmp_path, False, given, lambda m: None, load_recipes()).trained(
+            "vae-celeba", 0))
+    # another $EDGEGEN_DATA_DIR trains anew; the same root, from the environment or --data-root, is reused
+    assert roots == ["/data/old", "/data/new"]
+    assert dirs[0] != dirs[1] and dirs[2] == dirs[0] and dirs[3] == dirs[1]
+
+
+def _versioned_trainer(monkeypatch):
+    """A trainer whose every run writes a new checkpoint: v1, v2, ..."""
+    import itertools
+
+    import edgegen.train.loop as loop
+
+    version = itertools.count(1)
+
+    def fake_train(cfg, run_dir, progress=None, **kw):
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints" / "last.pt").write_text(f"v{next(version)}")
+        return {"final": {}}
+
+    monkeypatch.setattr(loop, "train_experiment", fake_train)
+
+
+def test_steps_measured_on_a_model_rebuilt_since_are_measured_again(tmp_path, monkeypatch):
+    from edgegen.reproduce.runner import Context
+
+    _versioned_trainer(monkeypatch)
+    kill = []
+
+    def run(force, tables):
+        ctx = Context("cpu-smoke", [0], tmp_path, force, None, lambda m: None, load_recipes())
+
+        def measure():
+            weights = (ctx.trained("vae-celeba", 0) / "checkpoints" / "last.pt").read_text()
+            if kill:
+                raise KeyboardInterrupt
+            return {"weights": weights}
+
+        return {t: ctx.step(f"cpu-smoke/{t}/seed0", measure)["weights"] for t in tables}
+
+    assert run(False, ["quality"]) == {"quality": "v1"}
+    kill.append(1)
+    with pytest.raises(KeyboardInterrupt):  # a forced run killed after retraining, inside the first step
+        run(True, ["quality", "lightweight"])
+    kill.clear()
+    assert run(False, ["quality", "lightweight"]) == {"quality": "v2", "lightweight": "v2"}  # not v1 beside v2
+    assert run(False, ["quality"]) == {"quality": "v2"}  # and kept from then on
+
+
+def test_compressed_models_follow_a_rebuilt_source(tmp_path, monkeypatch):
+    import edgegen.train.posthoc as posthoc
+    from edgegen.reproduce.runner import Context, _compressed
+
+    _versioned_trainer(monkeypatch)
+
+    def fake_compress(src, spec, dest):
+        (dest / "checkpoints").mkdir(parents=True)
+        (dest / "checkpoints" / "last.pt").write_text("int8 of " + (src / "checkpoints" / "last.pt").read_text())
+
+    monkeypatch.setattr(posthoc, "compress_from", fake_compress)
+    spec = {"ptq": {"kind": "Int8DynamicConfig"}}
+
+    def ctx(force):
+        return Context("cpu-smoke", [0], tmp_path, force, None, lambda m: None, load_recipes())
+
+    first = ctx(False)
+    assert (Path(_compressed(first, first.trained("vae-celeba", 0), spec, "int8")) / "checkpoints" / "last.pt"
+            ).read_text() == "int8 of v1"
+    ctx(True).trained("vae-celeba", 0)  # a forced run killed after retraining, before compressing
+    again = ctx(False)
+    assert (Path(_compressed(again, again.trained("vae-celeba", 0), spec, "int8")) / "checkpoints" / "last.pt"
+            ).read_text() == "int8 of v2"
+
+
+@pytest.mark.parametrize("bases, where, cycle", [
+    ({"vae-celeba": "vae-celeba"}, "vae-celeba", "vae-celeba -> vae-celeba"),
+    ({"dcgan-cifar10": "dcgan-celeba"}, "dcgan-celeba", "dcgan-cifar10 -> dcgan-celeba -> dcgan-cifar10"),
+], ids=["self", "two"])
+def test_a_cycle_of_bases_is_named(bases, where, cycle):
+    import copy
+
+    from edgegen.reproduce.runner import check_recipes
+
+    recipes = copy.deepcopy(load_recipes())
+    for name, base in bases.items():
+        recipes["models"][name]["base"] = base
+    with pytest.raises(ValueError, match=f"^recipes: models.{where}.base: expected a chain of bases that ends, "
+                                         f"got the cycle {cycle}$"):
+        check_recipes(recipes)
+
+
+def test_one_table_is_merged_into_the_results_of_the_others(tmp_path, monkeypatch):
+    from edgegen.reproduce import runner
+
+    runs = []
+
+    def size(ctx):
+        ctx.table_notes.setdefault("size", []).append("a note of the size table")
+        return [runner.Row("a/size_row", [1.0], "measured")]
+
+    def latency(ctx):
+        runs.append(1)
+        return [runner.Row("a/latency_row", [float(len(runs))], "measured")]
+
+    monkeypatch.setattr(runner, "TABLES", ("size", "latency"))
+    monkeypatch.setitem(runner.BUILDERS, "size", size)
+    monkeypatch.setitem(runner.BUILDERS, "latency", latency)
+    out = tmp_path / "rep"
+
+    def run(table, seeds):
+        res = reproduce(table, "cpu-smoke", seeds=seeds, out_dir=out, track=False, log=lambda m: None)
+        saved = json.loads((out / "results.json").read_text())
+        tables = {n: [(r["key"], r["values"]) for r in t["rows"]] for n, t in saved["tables"].items()}
+        return res, tables, (out / "REPORT.md").read_text(encoding="utf-8")
+
+    run("all", [0])
+    res, tables, report = run("latency", [0])
+    assert list(res["tables"]) == ["latency"]  # this run's tables
+    assert tables == {"size": [("a/size_row", [1.0])], "latency": [("a/latency_row", [2.0])]}
+    assert report.startswith("# edgegen reproduction: size, latency\n")
+    assert "Kept from an earlier run into this folder (same preset, seeds, recipes and data root): size; this run " \
+           "rebuilt latency." in report
+    assert "## size" in report and "| a/size_row | - | 1 (n = 1: no spread)" in report
+    assert "- a note of the size table" in report  # the size table's departures too
+    assert "| a/latency_row | - | 2 (n = 1: no spread)" in report
+    # other seeds: the earlier tables are not mixed in, and the report says they were replaced
+    res, tables, report = run("latency", [1])
+    assert tables == {"latency": [("a/latency_row", [3.0])]} and "## size" not in report
+    assert "The earlier results.json in this folder (preset cpu-smoke, seeds [0]) came from other settings " \
+           "(preset, seeds, recipes or data root): replaced, not merged." in report

@@ -135,10 +135,17 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
     if max_latency_ms is not None and (isinstance(max_latency_ms, bool) or not isinstance(max_latency_ms, (int, float))
                                        or not max_latency_ms > 0):
         raise ValueError(f"max_latency_ms: expected a positive number, got {max_latency_ms!r}")
+    if isinstance(latency_repeats, bool) or not isinstance(latency_repeats, int) or latency_repeats < 1:
+        raise ValueError(f"latency_repeats: expected an int >= 1, got {latency_repeats!r}")
     ladders = default_ladders(model) if ladders is None else ladders
+    if not isinstance(ladders, dict):
+        raise ValueError(f"ladders: expected a mapping group -> list of settings, got {type(ladders).__name__}")
     unknown = sorted(set(ladders) - set(GROUPS))
     if unknown:
         raise ValueError(f"ladders.{unknown[0]}: unknown group (expected some of {', '.join(GROUPS)})")
+    for g, rungs in ladders.items():
+        if not isinstance(rungs, (list, tuple)):
+            raise ValueError(f"ladders.{g}: expected a list of settings from mild to strong, got {rungs!r}")
     ladders = {g: list(ladders.get(g, [])) for g in GROUPS}
     if example_inputs is None:
         if not callable(getattr(model, "example_inputs", None)):
@@ -170,8 +177,16 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
                 cfg = MPRFConfig(**kept) if kept else None
         return PlanStep(cfg, cost_of(m), float(score(m)), False), changed
 
+    def scored(step: PlanStep) -> PlanStep:
+        """``step`` if its score is a number the walk can compare (outside the ValueErrors of plans
+        that cannot be applied, which are recorded, not raised)."""
+        if not math.isfinite(step.score):
+            what = "the unreduced model" if step.config is None else f"the plan {step.config}"
+            raise ValueError(f"score: expected a finite number (higher is better), got {step.score} for {what}")
+        return step
+
     levels = {g: 0 for g in GROUPS}
-    current, _ = evaluate(levels)
+    current = scored(evaluate(levels)[0])
     current.taken = True
     base = current
     steps = [current]
@@ -186,7 +201,7 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
                 except ValueError as e:  # a group this model has no layers for, or a setting it cannot take
                     steps.append(PlanStep(_config(trial, ladders), math.nan, math.nan, False, str(e)))
                     continue
-                steps.append(step)
+                steps.append(scored(step))
                 candidates.append((g, trial, step))
                 applied = applied or changed
         if not candidates:

@@ -54,8 +54,9 @@ def plot_fit(fit, complexity, quality, efficiency, path, quality_name: str = "qu
     return _save(fig, path)
 
 
-def plot_utility(fit, lams: Sequence[float], c_min: float, c_max: float, path) -> str:
-    """F(C) for several lambda, C* marked on each curve."""
+def plot_utility(fit, lams: Sequence[float], c_min: float, c_max: float, path, quality_name: str = "quality") -> str:
+    """F(C) for several lambda, C* marked on each curve; ``quality_name`` (as in :func:`plot_fit`)
+    says what Q is, with its label (e.g. 1/FID-proxy)."""
     plt = _plt()
     grid = np.linspace(c_min, c_max, 400)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -64,21 +65,22 @@ def plot_utility(fit, lams: Sequence[float], c_min: float, c_max: float, path) -
         cs = fit.optimal(lam, c_min, c_max)
         ax.plot([cs], [fit.utility(cs, lam)], "o", color=line.get_color())
     ax.set_xlabel(f"complexity ({fit.complexity_unit})")
-    ax.set_ylabel("utility F(C) = lambda Q/Qmax + (1-lambda) E")
-    ax.set_title("utility and its maximum C* (dots)")
+    ax.set_ylabel(f"utility F(C) = lambda Q/Qmax + (1-lambda) E\nQ = {quality_name}", fontsize=8)
+    ax.set_title(f"utility and its maximum C* (dots), Q = {quality_name}")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def plot_optimal_lambda(fit, c_min: float, c_max: float, path, points: int = 51) -> str:
-    """C*(lambda) over [0, 1]."""
+def plot_optimal_lambda(fit, c_min: float, c_max: float, path, points: int = 51,
+                        quality_name: str = "quality") -> str:
+    """C*(lambda) over [0, 1]; ``quality_name`` as in :func:`plot_utility`."""
     plt = _plt()
     lams = np.linspace(0, 1, points)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.plot(lams, [fit.optimal(float(l), c_min, c_max) for l in lams])
-    ax.set_xlabel("lambda (weight of quality)")
+    ax.set_xlabel(f"lambda (weight of quality, Q = {quality_name})")
     ax.set_ylabel(f"C* ({fit.complexity_unit})")
-    ax.set_title("optimal complexity against lambda")
+    ax.set_title(f"optimal complexity against lambda, Q = {quality_name}")
     return _save(fig, path)
 
 

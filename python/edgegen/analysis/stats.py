@@ -4,6 +4,7 @@ paired t-tests between a baseline and an optimised variant run on the same seeds
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -11,7 +12,8 @@ from typing import Sequence
 @dataclass
 class SeedSummary:
     """Mean, sample standard deviation and the t confidence interval of one metric over ``n``
-    seeds (the interval is NaN for a single seed)."""
+    seeds (the interval is NaN for a single seed; printed from 3 seeds on, as the sweep's and the
+    reproduction's tables do: two values say too little about the spread)."""
 
     n: int
     mean: float
@@ -23,6 +25,8 @@ class SeedSummary:
     def __str__(self) -> str:
         if self.n == 1:
             return f"{self.mean:.4g} (n=1: no spread)"
+        if self.n == 2:
+            return f"{self.mean:.4g} +- {self.std:.2g} (n=2: no interval)"
         return (f"{self.mean:.4g} +- {self.std:.2g} ({self.confidence * 100:g}% CI {self.ci_low:.4g} .. "
                 f"{self.ci_high:.4g}, n={self.n})")
 
@@ -55,6 +59,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
 
 
 def _finite(values, name: str) -> list:
+    if isinstance(values, (str, bytes, Mapping)):  # iterable, but not a sequence of numbers
+        raise ValueError(f"{name}: expected a sequence of numbers, got a {type(values).__name__}")
     try:
         vals = [float(v) for v in values]
     except (TypeError, ValueError) as exc:

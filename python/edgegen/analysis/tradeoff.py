@@ -172,6 +172,9 @@ def optimal_complexity(alpha: float, beta: float, gamma: float, lam: float, c_mi
     from scipy.optimize import brentq
 
     _check_params(alpha, beta, gamma, lam)
+    for name, v in (("c_min", c_min), ("c_max", c_max)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name}: expected a number (a complexity), got {v!r}")
     if not (math.isfinite(c_min) and math.isfinite(c_max) and 0 <= c_min < c_max):
         raise ValueError(f"c_min, c_max: expected 0 <= c_min < c_max, finite; got {c_min!r}, {c_max!r}")
 
@@ -198,12 +201,18 @@ def pareto_front(points, minimize) -> np.ndarray:
         >>> pareto_front([[1.0, 5.0], [2.0, 3.0], [3.0, 4.0], [4.0, 1.0]], minimize=[True, True]).tolist()
         [0, 1, 3]
     """
-    p = np.asarray(points, dtype=np.float64)
+    try:
+        p = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as exc:  # rows of different lengths, or something not a number
+        raise ValueError(f"points: expected a non-empty 2-D array [n, d] of numbers ({exc})") from None
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"points: expected a non-empty 2-D array [n, d], got shape {p.shape}")
     if not np.isfinite(p).all():
         raise ValueError("points: contains NaN or infinite values")
-    m = np.asarray(minimize, dtype=bool).reshape(-1)
+    flags = list(minimize) if isinstance(minimize, (list, tuple, np.ndarray)) else None
+    if flags is None or not all(isinstance(f, (bool, np.bool_)) for f in flags):  # "False" would count as True
+        raise ValueError(f"minimize: expected a list of bools (one per column), got {minimize!r}")
+    m = np.asarray(flags, dtype=bool).reshape(-1)
     if m.size != p.shape[1]:
         raise ValueError(f"minimize: expected {p.shape[1]} flags (one per column), got {m.size}")
     cost = np.where(m, p, -p)  # everything to be minimised

@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -61,6 +63,8 @@ def check_recipes(recipes) -> dict:
         base = spec.get("base")
         need(base is None or base in recipes["models"], f"models.{name}.base",
              f"one of the recipes' models, got {base!r}")
+    for name in recipes["models"]:
+        _bases(recipes["models"], name)
     for name, spec in recipes["presets"].items():
         need(isinstance(spec, dict), f"presets.{name}", "a mapping with 'models' and 'eval'")
         need(isinstance(spec.get("models", {}), dict), f"presets.{name}.models", "a mapping of model -> changes")
@@ -71,6 +75,18 @@ def check_recipes(recipes) -> dict:
         missing = [k for k in EVAL_KEYS if k not in ev]
         need(not missing, f"presets.{name}.eval", f"the keys {', '.join(EVAL_KEYS)}; missing {', '.join(missing)}")
     return recipes
+
+
+def _bases(models: dict, key: str) -> list:
+    """``key`` and the recipes it is based on, nearest first; a ValueError naming the base that
+    leads back to a recipe already on the chain, and the cycle."""
+    chain = [key]
+    while (base := models[chain[-1]].get("base")) is not None:
+        if base in chain:
+            raise ValueError(f"recipes: models.{chain[-1]}.base: expected a chain of bases that ends, got the cycle "
+                             + " -> ".join(chain[chain.index(base):] + [base]))
+        chain.append(base)
+    return chain
 
 
 def check_seeds(seeds) -> list:
@@ -102,12 +118,17 @@ class Context:
     # model once, not again each time another table asks for it.
     built: set = field(default_factory=set)
     table_notes: dict = field(default_factory=dict)  # table -> departures found while building it
+    reading: list = field(default_factory=list)  # per step being computed: model folder -> _identity
+
+    @property
+    def data_dir(self) -> str:
+        """The data root in effect: ``data_root``, else $EDGEGEN_DATA_DIR ("" when neither is set)."""
+        return self.data_root or os.environ.get("EDGEGEN_DATA_DIR", "")
 
     @property
     def fingerprint(self) -> str:
         """Cached steps are valid only for the same recipes and data root."""
-        blob = json.dumps([self.recipes, self.data_root or os.environ.get("EDGEGEN_DATA_DIR", "")], sort_keys=True,
-                          default=str)
+        blob = json.dumps([self.recipes, self.data_dir], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     @property
@@ -115,19 +136,39 @@ class Context:
         return self.recipes["presets"][self.preset]["eval"]
 
     def step(self, name: str, fn: Callable[[], dict]) -> dict:
-        """``fn()``'s JSON result, computed once: kept in ``steps/<name>.json``."""
+        """``fn()``'s JSON result, computed once: kept in ``steps/<name>.json`` with the identity of
+        every model folder ``fn`` read (:meth:`trained`, :func:`_compressed`).
+
+        A kept result is reused only while each of those models is still the one it measured. A
+        model is rebuilt by ``force``, and a forced run killed half-way leaves some models rebuilt
+        and the steps measured on their predecessors behind; checking the models each step read
+        finds exactly those steps, in this run or any later one, whatever rebuilt the model, where
+        dropping the cached steps at the start of a forced run would miss a model rebuilt by a
+        forced run of another table and recompute every table's steps."""
         path = self.out / "steps" / self.fingerprint / f"{name}.json"
         if path.is_file() and (not self.force or ("step", name) in self.built):
-            self.skipped_steps.append(name)
-            return json.loads(path.read_text(encoding="utf-8"))
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if all(_identity(d) == ident for d, ident in kept.pop("_models", {}).items()):
+                self.skipped_steps.append(name)
+                return kept
+            self.log(f"  {name}: a model it measured was rebuilt since: measured again")
         t0 = time.perf_counter()
-        result = fn()
+        self.reading.append({})
+        try:
+            result = fn()
+        finally:
+            models = self.reading.pop()
         result["_seconds"] = round(time.perf_counter() - t0, 2)
-        atomic.write_text(path, json.dumps(result, default=float))
+        atomic.write_text(path, json.dumps(dict(result, _models=models), default=float))
         self.built.add(("step", name))
         self.done_steps.append(name)
         self.log(f"  {name}: {result['_seconds']:.1f} s")
         return result
+
+    def read(self, run_dir) -> None:
+        """Record that the steps being computed read the model in ``run_dir``."""
+        for models in self.reading:
+            models[str(run_dir)] = _identity(run_dir)
 
     # ------------------------------------------------------------------ models
     def model_config(self, key: str, seed: int) -> dict:
@@ -136,17 +177,12 @@ class Context:
         models = self.recipes["models"]
         if key not in models:
             raise ValueError(f"model: unknown recipe {key!r}")
-        chain, k = [], key
-        while k is not None:
-            spec = dict(models[k])
-            chain.append(spec)
-            k = spec.pop("base", None)
         data: dict = {}
-        for spec in reversed(chain):
-            data = merge(data, {k: v for k, v in spec.items() if k != "base"})
+        for k in reversed(_bases(models, key)):
+            data = merge(data, {n: v for n, v in models[k].items() if n != "base"})
         data = merge(data, self.recipes["presets"][self.preset]["models"].get(key, {}))
-        if self.data_root:
-            data = merge(data, {"data": {"root": self.data_root}})
+        if self.data_dir:  # in the config, so in the run folder's digest: another data root trains anew
+            data = merge(data, {"data": {"root": self.data_dir}})
         data = merge(data, {"name": key, "train": {"seed": seed}, "tracking": {"enabled": False}})
         return data
 
@@ -161,6 +197,7 @@ class Context:
         run_dir = self.out / "models" / self.preset / f"{key}-{digest}" / f"seed{seed}"
         marker = run_dir / "done.json"
         if marker.is_file() and (not self.force or ("model", str(run_dir)) in self.built):
+            self.read(run_dir)
             return run_dir
         from edgegen.train import load_experiment
         from edgegen.train.loop import train_experiment
@@ -177,9 +214,17 @@ class Context:
         t0 = time.perf_counter()
         res = train_experiment(cfg, run_dir, progress=False, resume=resume)
         atomic.write_text(marker, json.dumps({"seconds": round(time.perf_counter() - t0, 1),
-                                              "final": res.get("final")}, default=float))
+                                              "final": res.get("final"), "build": uuid.uuid4().hex}, default=float))
         self.built.add(("model", str(run_dir)))
+        self.read(run_dir)
         return run_dir
+
+
+def _identity(run_dir) -> str:
+    """Which build of a model folder is there: a digest of its ``done.json`` (each build writes a
+    new id into it); "" when it has none."""
+    marker = Path(run_dir) / "done.json"
+    return hashlib.sha256(marker.read_bytes()).hexdigest()[:16] if marker.is_file() else ""
 
 
 # ----------------------------------------------------------------------------------- measurements
@@ -271,10 +316,20 @@ class Row:
     note: str = ""
 
 
+def _is_finite(v) -> bool:
+    """Whether a seed's value is a number to average (None: the seed has none)."""
+    return v is not None and math.isfinite(v)
+
+
 def _stat(values: list) -> dict:
+    """Mean, std, n and 95% interval over the seeds with a finite value (a seed without one, None
+    or NaN, is left out: n counts the others; no value at all gives mean None, n/a)."""
     from edgegen.analysis.stats import summarize
 
-    s = summarize(values)
+    vals = [v for v in values if _is_finite(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0, "ci": None}
+    s = summarize(vals)
     return {"mean": s.mean, "std": s.std if s.n > 1 else None, "n": s.n,
             "ci": [s.ci_low, s.ci_high] if s.n >= 3 else None}
 
@@ -286,6 +341,8 @@ def _fmt(v) -> str:
 
 
 def _ours(st: dict) -> str:
+    if st["n"] == 0:
+        return "n/a (no finite value)"
     if st["n"] == 1:
         return f"{_fmt(st['mean'])} (n = 1: no spread)"
     if st["n"] == 2:
@@ -298,17 +355,14 @@ def _per_seed(ctx: Context, fn: Callable[[int], dict]) -> list:
 
 
 def _rows_from(results: list, spec: list) -> list:
-    """Rows from per-seed result dicts: spec items (row key, path into the dict, label, note)."""
+    """Rows from per-seed result dicts: spec items (row key, path into the dict, label, note). A
+    quantity no result has is left out; one that only some have is kept, None for the others (the
+    report's note says how many seeds lack it)."""
     rows = []
     for key, getter, label, note in spec:
-        vals = []
-        for r in results:
-            v = getter(r)
-            if v is None:
-                break
-            vals.append(float(v))
-        else:
-            rows.append(Row(key, vals, label, note))
+        vals = [getter(r) for r in results]
+        if any(v is not None for v in vals):
+            rows.append(Row(key, [None if v is None else float(v) for v in vals], label, note))
     return rows
 
 
@@ -396,17 +450,22 @@ def _headline(ctx: Context) -> list:
 
 def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
     """The run folder of ``src`` compressed after training by ``spec`` (built once per reproduction,
-    shared by the tables that need it)."""
+    shared by the tables that need it; built again when ``src`` was rebuilt since)."""
     from edgegen.train.posthoc import compress_from
 
     dest = Path(f"{src}-{tag}")
-    if not (dest / "checkpoints" / "last.pt").is_file() or (ctx.force and ("compressed", str(dest)) not in ctx.built):
-        if dest.exists():  # forced, or left half-written by a killed run: built again from scratch
+    marker = dest / "done.json"
+    stale = not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")).get("source") != _identity(src)
+    if stale or not (dest / "checkpoints" / "last.pt").is_file() or (ctx.force and ("compressed", str(dest))
+                                                                     not in ctx.built):
+        if dest.exists():  # forced, left half-written by a killed run, or from an earlier build of src: rebuilt
             import shutil
 
             shutil.rmtree(dest)
         compress_from(src, spec, dest)
+        atomic.write_text(marker, json.dumps({"source": _identity(src), "build": uuid.uuid4().hex}))
         ctx.built.add(("compressed", str(dest)))
+    ctx.read(dest)
     return str(dest)
 
 
@@ -574,7 +633,8 @@ def _tradeoff(ctx: Context) -> list:
         try:
             fit = fit_tradeoff([p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
                                quality_lower_is_better=True, efficiency_lower_is_better=True)
-        except RuntimeError as exc:  # scipy found no fit: that seed's sweep rows still stand
+        except (RuntimeError, ValueError) as exc:  # no fit (scipy), or a sweep it cannot take (a FID of 0, a
+            # singular least-squares start): that seed's sweep rows and the other seeds' fits still stand
             unfitted.append(f"seed {seed}: {exc}")
             ctx.log(f"  the trade-off curves could not be fitted to seed {seed}'s sweep ({exc})")
             fits.append(None)
@@ -592,8 +652,8 @@ def _tradeoff(ctx: Context) -> list:
         fit, c_lo, c_hi = fits[0]
         plots.plot_fit(fit, [p["params"] for p in pts], [p[qkey] for p in pts], [p["latency_ms_p50"] for p in pts],
                        figs / "tradeoff_fit.png", quality_name=f"1/{qname}", efficiency_name="1/latency (normalised)")
-        plots.plot_utility(fit, LAMBDAS, c_lo, c_hi, figs / "tradeoff_utility.png")
-        plots.plot_optimal_lambda(fit, c_lo, c_hi, figs / "tradeoff_cstar.png")
+        plots.plot_utility(fit, LAMBDAS, c_lo, c_hi, figs / "tradeoff_utility.png", quality_name=f"1/{qname}")
+        plots.plot_optimal_lambda(fit, c_lo, c_hi, figs / "tradeoff_cstar.png", quality_name=f"1/{qname}")
     plots.plot_pareto([[p["latency_ms_p50"], p[qkey]] for p in pts],
                       pareto_front([[p["latency_ms_p50"], p[qkey]] for p in pts], [True, True]), names,
                       ["latency, median (ms, measured)", f"{qname} (lower is better)"], figs / "tradeoff_pareto.png",
@@ -651,9 +711,9 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
              "Measured on this machine's CPU (" + _cpu() + "); the papers used their own devices; edge figures are "
              "roofline projections."]
     if table in ("size", "latency", "memory", "power", "headline"):
-        ours = next((r.values for r in rows if r.key == "dcgan_generator/params"), None)
-        if ours and table == "size":
-            notes.append(f"Our DCGAN generator (nz 100, ngf 64, 64x64 output) has {ours[0] / 1e6:.2f} M parameters; "
+        ours = next((v for r in rows if r.key == "dcgan_generator/params" for v in r.values if _is_finite(v)), None)
+        if ours is not None and table == "size":
+            notes.append(f"Our DCGAN generator (nz 100, ngf 64, 64x64 output) has {ours / 1e6:.2f} M parameters; "
                          "the paper reports 4.2 M (its exact layer widths are not given).")
         notes.append("Efficiency tables use the paper-size architectures with random weights at every preset.")
     if table in ("quality", "lightweight", "tradeoff"):
@@ -663,7 +723,7 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
         if any(r.label == "FID-proxy" for r in rows):
             notes.append("Without the standard Inception weights ($EDGEGEN_FID_WEIGHTS) image quality is FID-proxy, "
                          "not comparable with published FID.")
-        notes.append(f"Data: the datasets under {ctx.data_root or os.environ.get('EDGEGEN_DATA_DIR') or 'the data root'}"
+        notes.append(f"Data: the datasets under {ctx.data_dir or 'the data root'}"
                      " (on the development machines, staged subsets: CIFAR-10 5,085 train / 1,017 test images, "
                      "CelebA 4,000 images, OpenWebText about 0.5 MB, WikiText-2 test); the row labels give the "
                      "sample counts used. CIFAR-10 has no validation split: its test split also served to pick "
@@ -691,7 +751,10 @@ def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str 
         st = _stat(r.values)
         pv = beside.get(r.key)
         paper = "-" if pv is None else (_fmt(pv["value"]) + (f" +- {_fmt(pv['std'])}" if pv.get("std") else ""))
-        note = r.note + (f"; published: {pv['source']}" if pv is not None else "")
+        lacking = len(r.values) - st["n"]
+        note = "; ".join(filter(None, (r.note, f"no finite value for {lacking} of {len(r.values)} seeds (left out of "
+                                               "the mean)" if lacking else "")))
+        note += f"; published: {pv['source']}" if pv is not None else ""
         lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {note} |")
     missing = [k for k, pv in published.items() if pv.get("row", k) not in {r.key for r in rows}]
     body = "\n".join(lines) + "\n"
@@ -746,13 +809,35 @@ def metric_key(key: str, label: str = "measured") -> str:
     return _metric_name(name)
 
 
+def _earlier_tables(ctx: Context, names: list) -> tuple[dict, str]:
+    """The tables of ``results.json`` in the output folder that this run does not rebuild, when
+    the earlier run had the same preset, seeds, recipes and data root; else none, and a sentence
+    for the report saying that the earlier results were replaced."""
+    path = ctx.out / "results.json"
+    if not path.is_file():
+        return {}, ""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        same = (old["preset"], old["seeds"], old.get("fingerprint")) == (ctx.preset, ctx.seeds, ctx.fingerprint)
+        held = {n: t for n, t in old["tables"].items() if n in TABLES and n not in names}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {}, f"The earlier results.json in this folder could not be read ({exc}): replaced, not merged. "
+    if not same:
+        return {}, (f"The earlier results.json in this folder (preset {old['preset']}, seeds {old['seeds']}) came "
+                    "from other settings (preset, seeds, recipes or data root): replaced, not merged. ")
+    return held, ""
+
+
 def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), out_dir="reproduce",
               force: bool = False, data_root: str | None = None, log: Callable[[str], None] = print,
               track: bool = True, recipes: dict | None = None, download: bool = False) -> dict:
     """Rebuild ``table`` (one of :data:`TABLES`, or "all") at ``preset``; returns
-    ``{"report": path, "tables": {name: {"rows": [...], "error": ...}}, "steps_done", "steps_skipped"}``.
-    ``recipes`` replaces ``recipes.yaml`` (same layout), e.g. to try other model sizes; ``download``
-    first fetches the datasets that can be fetched (:func:`fetch_data`)."""
+    ``{"report": path, "tables": {name: {"rows": [...], "error": ..., "notes": [...]}}, "steps_done",
+    "steps_skipped"}`` (the tables of this run). ``results.json`` and the report keep the other
+    tables an earlier run into ``out_dir`` left, when it had the same preset, seeds, recipes and
+    data root (else they are replaced, and the report says so). ``recipes`` replaces
+    ``recipes.yaml`` (same layout), e.g. to try other model sizes; ``download`` first fetches the
+    datasets that can be fetched (:func:`fetch_data`)."""
     papers = load_papers()
     names = list(TABLES) if table == "all" else [table]
     unknown = [n for n in names if n not in TABLES]
@@ -770,39 +855,55 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
     ctx = Context(preset, seeds, out, force, data_root, log, recipes)
     t0 = time.perf_counter()
     tracker = _tracker(ctx) if track else None
-    results, sections = {}, []
+    held, replaced = _earlier_tables(ctx, names)
+    if replaced:
+        log(replaced.strip())
+    results = {}
     for name in names:
         log(f"[{name}] {papers['tables'][name]['title']}")
-        error, rows = None, []
+        error = None
         try:
             rows = BUILDERS[name](ctx)
+            # A value that is not a finite number (an R^2 of a quality that did not vary) is null:
+            # n/a in the report, left out of the mean and of MLflow.
+            entry = {"rows": [{"key": r.key, "values": [v if _is_finite(v) else None for v in r.values],
+                               "label": r.label, "note": r.note, **_stat(r.values)} for r in rows], "error": None}
         except FileNotFoundError as exc:  # a missing dataset: this table cannot be filled, the others can
             error = f"{exc}"
         except Exception as exc:  # noqa: BLE001 - recorded in the report and the run, the other tables go on
             error = f"{type(exc).__name__}: {exc}"
             log(traceback.format_exc())
-        results[name] = {"rows": [{"key": r.key, "values": r.values, "label": r.label, "note": r.note,
-                                   **_stat(r.values)} for r in rows], "error": error}
-        sections.append(_table_markdown(name, papers["tables"][name], rows, ctx, error, papers))
+        if error:
+            entry = {"rows": [], "error": error}
+        results[name] = dict(entry, notes=ctx.table_notes.get(name, []))
         if tracker is not None:
             child = tracker.child(name, None)
             child.log_params({"table": name, "preset": preset, "seeds": ",".join(map(str, seeds))})
-            child.log_metrics({metric_key(r.key, r.label): _stat(r.values)["mean"] for r in rows}, 0)
+            child.log_metrics({metric_key(r["key"], r["label"]): r["mean"] for r in entry["rows"]
+                               if r["mean"] is not None}, 0)
             child.set_tags({"error": error[:4000]} if error else {"error": ""})
             child.finish("FAILED" if error else "FINISHED")
         if error:
             log(f"  not filled: {error.splitlines()[0]}")
     minutes = (time.perf_counter() - t0) / 60
-    header = (f"# edgegen reproduction: {', '.join(names)}\n\nPreset `{preset}`, seeds {seeds}, machine: {_cpu()}; "
+    tables = {n: results[n] if n in results else held[n] for n in TABLES if n in results or n in held}
+    ctx.table_notes.update({n: t.get("notes", []) for n, t in held.items()})
+    sections = [_table_markdown(n, papers["tables"][n], [Row(r["key"], r["values"], r["label"], r["note"])
+                                                         for r in t["rows"]], ctx, t["error"], papers)
+                for n, t in tables.items()]
+    kept = (f"Kept from an earlier run into this folder (same preset, seeds, recipes and data root): "
+            f"{', '.join(held)}; this run rebuilt {', '.join(names)}. " if held else "")
+    header = (f"# edgegen reproduction: {', '.join(tables)}\n\nPreset `{preset}`, seeds {seeds}, machine: {_cpu()}; "
               f"torch {torch.__version__}. This run: {minutes:.1f} min ({len(ctx.done_steps)} steps computed, "
-              f"{len(set(ctx.skipped_steps) - set(ctx.done_steps))} reused from an earlier run). Labels: measured (this machine), estimated "
+              f"{len(set(ctx.skipped_steps) - set(ctx.done_steps))} reused from an earlier run). {kept}{replaced}"
+              "Labels: measured (this machine), estimated "
               "(no meter: CPU time x a stated power), projected (roofline from public device figures), FID-proxy "
               "(a proxy network, not Inception), FID-nonstandard (Inception with weights other than the official ones).\n\nFigures: `figures/`. Every number is also in `results.json` "
               "and the MLflow runs under experiment `edgegen-reproduce`.\n\n")
     report = out / "REPORT.md"
     atomic.write_text(report, header + "\n".join(sections))
-    atomic.write_json(out / "results.json", {"preset": preset, "seeds": seeds, "tables": results},
-                      indent=1, default=float)
+    atomic.write_json(out / "results.json", {"preset": preset, "seeds": seeds, "fingerprint": ctx.fingerprint,
+                                             "tables": tables}, indent=1, default=float)
     if tracker is not None:
         tracker.log_artifact(report)
         tracker.finish("FINISHED")
