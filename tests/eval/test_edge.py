@@ -38,10 +38,14 @@ def test_memory_bound_and_precision():
     assert p.bound == "memory" and p.latency_ms_projected == pytest.approx(1.0)
     q = project(_record(flops=472_000_000), "jetson-nano", precision="fp16", efficiency=1.0)
     assert q.compute_ms_projected == pytest.approx(1.0)
-    # A quantized model's record is projected at int8 unless told otherwise.
-    r = project(_record(flops=10**9, fmt="edgegen quantized safetensors"), "pixel6")
-    assert r.precision == "int8"
-    assert project(_record(flops=10**9), "pixel6").precision == "fp32"
+    # The record's compute precision (profile() infers it from the layer types) unless told
+    # otherwise; the disk format does not decide it, and a record without one is fp32.
+    r = project(SimpleNamespace(flops=10**9, bytes_on_disk=0, compute_precision="int8",
+                                compute_precision_basis="INT8 layers"), "pixel6")
+    assert r.precision == "int8" and "int8 inferred from the model's layers: INT8 layers" in r.label
+    bare = project(_record(flops=10**9, fmt="edgegen quantized safetensors"), "pixel6")
+    assert bare.precision == "fp32" and "fp32 assumed: the record states no compute precision" in bare.label
+    assert "fp16 given by the caller" in q.label
 
 
 def test_label_names_the_assumed_efficiency():
@@ -71,6 +75,8 @@ def test_bad_arguments(kwargs, match):
 def test_bad_record_and_bad_device_file(tmp_path):
     with pytest.raises(ValueError, match="record: expected a profile record"):
         project(SimpleNamespace(flops=None, bytes_on_disk=0), "rpi4")
+    with pytest.raises(ValueError, match="record: expected compute_precision one of .*, got 'int4'"):
+        project(SimpleNamespace(flops=1, bytes_on_disk=0, compute_precision="int4"), "rpi4")
     bad = tmp_path / "devices.yaml"
     bad.write_text("x:\n  name: X\n  peak_gflops: {fp32: {value: 1, kind: guess, source: s}}\n")
     with pytest.raises(ValueError, match="x.peak_gflops.fp32: expected a positive value, kind spec"):
@@ -78,3 +84,47 @@ def test_bad_record_and_bad_device_file(tmp_path):
     bad.write_text("x:\n  name: X\n  peak_gflops: {fp32: {value: 1, kind: spec, source: s}}\n")
     with pytest.raises(ValueError, match="device 'x' lacks 'fp16'"):
         device_profiles(bad)
+
+
+def _layers_profile(config):
+    import copy
+
+    import torch
+    from torch import nn
+
+    from edgegen.eval import profile
+    from edgegen.quant import (Bf16Config, Fp16Config, Int4DynamicConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
+                               Int8StaticConfig, quantize_)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 128)).eval()
+    x = torch.randn(8, 128)
+    configs = {"int8-dynamic": Int8DynamicConfig(), "int8-static": Int8StaticConfig(),
+               "int4-weight-only": Int4WeightOnlyConfig(group_size=64), "int4-w4a8": Int4DynamicConfig(group_size=64),
+               "fp16": Fp16Config(), "bf16": Bf16Config()}
+    if config != "float":
+        model = copy.deepcopy(model)
+        quantize_(model, configs[config], calibration=[x] if config == "int8-static" else None)
+    return profile(model, x, repeats=1, warmup=0, measure_memory=False)
+
+
+@pytest.mark.parametrize("config, compute, projected, basis", [
+    ("float", "fp32", "fp32", "no quantized or 16-bit layers"),
+    ("int8-dynamic", "int8", "int8", "INT8 layers (int8 arithmetic)"),
+    ("int8-static", "int8", "int8", "INT8 layers (int8 arithmetic)"),
+    ("int4-weight-only", "fp32", "fp32", "INT4 weight-only layers (weights dequantised into fp32 arithmetic)"),
+    ("int4-w4a8", "int8", "int8", "INT4 W4A8 layers (int8 arithmetic)"),
+    ("fp16", "fp16", "fp16", "fp16 layers (fp16 arithmetic)"),
+    ("bf16", "bf16", "fp16", "bf16 assumed to run at the device's fp16 rate (no bf16 figure)"),
+], ids=["float", "int8-dynamic", "int8-static", "int4-weight-only", "int4-w4a8", "fp16", "bf16"])
+def test_projection_precision_follows_the_layer_types(config, compute, projected, basis):
+    """INT4 weight-only layers do float arithmetic (int8 rate would be 4x too fast on the Pixel 6);
+    16-bit layers are found (LowPrecision lives in edgegen.quant.api) and projected at the fp16
+    rate, bf16 by a stated assumption."""
+    rec = _layers_profile(config)
+    assert rec.compute_precision == compute
+    p = project(rec, "pixel6")
+    dev = device_profiles()["pixel6"]
+    assert p.precision == projected and basis in p.label and p.label.startswith("projected for")
+    assert p.compute_ms_projected == pytest.approx(rec.flops / (dev.peak_gflops[projected].value * 1e9 * 0.3) * 1e3)
+    assert (rec.disk_format == "safetensors") == (config == "float")

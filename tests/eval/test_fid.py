@@ -247,25 +247,78 @@ def test_max_samples_takes_a_prefix():
     assert res.value == pytest.approx(fid(g[:12], r[:12], ext).value, rel=1e-6)
 
 
-def test_collapsed_generator_is_flagged_unreliable():
-    """40 identical generated images: their features have covariance 0, S1 S2 is singular and the
-    distance is taken with eps on the diagonals. With S1 = 0 the exact distance is
-    ||mu1 - mu2||^2 + tr(S2); the regularised value is near it but the result must say it is
-    approximate."""
+def test_collapsed_generator_gets_the_exact_distance():
+    """40 identical generated images: their features have covariance exactly 0, so S1 S2 = 0 and
+    its root 0 is exact (scipy warns that the product is singular; that alone is no reason to
+    regularise). The distance is the exact ||mu1 - mu2||^2 + tr(S2), and reliable."""
     ext = _extractor()
     g = torch.full((40, 3, 8, 8), 0.5)
     r = torch.rand(50, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     fg, fr = _ref_features(ext, g), _ref_features(ext, r)
     exact = float(((fg.mean(0) - fr.mean(0)) ** 2).sum() + np.trace(np.cov(fr, rowvar=False)))
-    with pytest.warns(RuntimeWarning, match="product of the covariances is singular") as caught:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         res = fid(g, r, ext)
-    assert "reliable=False" in str(caught[0].message)
-    assert not res.reliable and "added to their diagonals" in res.unreliable_reason
-    assert res.value == pytest.approx(exact, rel=5e-2)
-    # The count condition alone is not the reason here: 40 and 50 samples of 6 features.
-    assert "unreliable at this size" not in res.unreliable_reason
-    ok = fid(torch.rand(40, 3, 8, 8), r, ext)
-    assert ok.reliable and ok.unreliable_reason == ""
+    assert res.reliable and res.unreliable_reason == ""
+    assert res.value == pytest.approx(exact, rel=1e-9)
+
+
+class _DeadUnits(nn.Module):
+    """Features relu(4 x - 2) of the first 16 pixels: unit i fires only where pixel i is above
+    0.5; units 0 and 1 are also zeroed on every image (dead on both sides)."""
+
+    def forward(self, x):
+        f = torch.relu(x.flatten(1)[:, :16] * 4 - 2)
+        f[:, :2] = 0
+        return f
+
+
+@pytest.mark.parametrize("dark_generated", [False, True], ids=["dead-both-sides", "dead-generated-side-too"])
+def test_dead_feature_units_keep_fid_exact_and_reliable(dark_generated):
+    """A ReLU unit that never fires gives a zero-variance feature: S1 S2 is singular and scipy
+    warns, but its root is exact. fid() equals scipy's float64 value and stays reliable, on one
+    side (pixel 2 dark on every generated image) or both (units 0 and 1)."""
+    from scipy import linalg
+
+    ext = FeatureExtractor(_DeadUnits(), "dead-units", "FID-proxy", 16, {})
+    gen = torch.Generator().manual_seed(0)
+    g, r = torch.rand(500, 3, 8, 8, generator=gen), torch.rand(500, 3, 8, 8, generator=gen)
+    if dark_generated:
+        g.view(500, -1)[:, 2] *= 0.5  # unit 2 never fires on the generated images
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fid(g, r, ext)
+    fg, fr = _ref_features(ext, g), _ref_features(ext, r)
+    assert (fg[:, 2] == 0).all() == dark_generated and (fr[:, 2] > 0).any()
+    m1, s1, m2, s2 = fg.mean(0), np.cov(fg, rowvar=False), fr.mean(0), np.cov(fr, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = np.real(linalg.sqrtm(s1 @ s2))
+    expected = float((m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root))
+    assert res.reliable and res.unreliable_reason == ""
+    assert res.value == pytest.approx(expected, rel=1e-9)  # float64 statistics streamed in batches
+
+
+def test_statistics_without_a_root_are_flagged_unreliable():
+    """Covariances whose product has no square root (S1 S2 = [[0, 0], [1e-9, 0]], nilpotent; S2
+    PSD up to rounding): scipy's root is not finite, the distance is taken with eps on the
+    diagonals, and the reason says what was detected."""
+    ext = FeatureExtractor(nn.Identity(), "two-features", "FID-proxy", 2, {})
+
+    def stats(cov):
+        return GaussianStats.from_state_dict({"count": 100, "mean": np.zeros(2), "comoment": cov * 99})
+
+    from scipy import linalg
+
+    a, b = stats(np.diag([0.0, 1.0])), stats(np.array([[1.0, 1e-9], [1e-9, 0.0]]))
+    with pytest.warns(RuntimeWarning, match="reliable=False"):
+        res = fid(a, b, ext)
+    assert not res.reliable
+    assert res.unreliable_reason == ("scipy's square root of the product of the covariances is not finite: FID-proxy "
+                                     "was computed with 1e-06 added to their diagonals and is approximate")
+    s1, s2 = a.covariance + 1e-6 * np.eye(2), b.covariance + 1e-6 * np.eye(2)
+    expected = float(np.trace(a.covariance) + np.trace(b.covariance) - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2))))
+    assert res.value == pytest.approx(expected, rel=1e-12)
 
 
 def test_small_samples_warn_unreliable():
@@ -305,6 +358,20 @@ def test_bad_arguments():
         fid(x, stats, _extractor(dim=4))
     with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
         fid(x, x, ext, batch_size=0)
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    (1.5, TypeError, "max_samples: expected an integer, got 1.5"),
+    ("10", TypeError, "max_samples: expected an integer, got '10'"),
+    (True, TypeError, "max_samples: expected an integer, got a bool"),
+    (0, ValueError, "max_samples: expected None or an int >= 2, got 0"),
+    (-5, ValueError, "max_samples: expected None or an int >= 2, got -5"),
+    (1, ValueError, "max_samples: expected None or an int >= 2, got 1"),
+], ids=["float", "str", "bool", "zero", "negative", "one"])
+def test_bad_max_samples_is_named(bad, err, match):
+    x = torch.rand(5, 3, 8, 8)
+    with pytest.raises(err, match=match):
+        fid(x, x, _extractor(), max_samples=bad)
 
 
 # ----------------------------------------------------------------------------- the proxy

@@ -4,6 +4,7 @@ the one-shot ones for any split; bad input named."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from scipy import linalg
 
 from edgegen.eval import GaussianStats, frechet_distance, frechet_distance_stats, kid
+from edgegen.eval.frechet import frechet_distance_checked
 
 
 def _spd(d, rng, scale=1.0):
@@ -76,18 +78,78 @@ def test_stats_distance_and_small_sample_warning():
         frechet_distance_stats(GaussianStats().update(x[:3]), GaussianStats().update(y))
 
 
-def test_singular_covariance_gets_eps_with_a_warning():
+def _scipy_reference(m1, s1, m2, s2):
+    """The textbook float64 computation: scipy's sqrtm of S1 S2, its real part."""
+    diff = m1 - m2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2))))
+
+
+def _symmetric_reference(m1, s1, m2, s2):
+    """tr (S1 S2)^(1/2) = tr (S1^(1/2) S2 S1^(1/2))^(1/2), by symmetric eigendecompositions."""
+    w, v = np.linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = r1 @ s2 @ r1
+    diff = m1 - m2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2)
+                 - 2 * np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+
+
+def _relu_features(dead_generated, dead_real, n=2000, d=64):
+    rng = np.random.default_rng(0)
+    a = np.maximum(rng.standard_normal((n, d)), 0)
+    b = np.maximum(rng.standard_normal((n, d)) + 0.1, 0)
+    a[:, :dead_generated] = 0.0  # ReLU units that never fire on these samples
+    b[:, :dead_real] = 0.0
+    return a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+
+
+@pytest.mark.parametrize("dead_generated, dead_real", [(1, 0), (0, 1), (3, 3)],
+                         ids=["dead-generated-side", "dead-real-side", "dead-both-sides"])
+def test_dead_units_keep_the_exact_root(dead_generated, dead_real):
+    """A feature constant on one side makes S1 S2 singular and scipy warns, but its root is exact
+    (residual ~1e-14): the distance is scipy's float64 value, not regularised."""
+    m1, s1, m2, s2 = _relu_features(dead_generated, dead_real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither a RuntimeWarning nor scipy's LinAlgWarning escapes
+        v, regularised = frechet_distance_checked(m1, s1, m2, s2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        expected = _scipy_reference(m1, s1, m2, s2)
+    assert not regularised
+    assert v == pytest.approx(expected, rel=1e-12)
+    assert v == pytest.approx(_symmetric_reference(m1, s1, m2, s2), rel=1e-10)
+
+
+def test_rank_deficient_covariances_with_an_exact_root_are_not_regularised():
     d = 5
     s1 = np.zeros((d, d))
     s1[0, 0] = 1.0  # rank 1
     s2 = np.eye(d)
     s2[4, 4] = 0.0
-    with pytest.warns(RuntimeWarning, match="singular"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
         v = frechet_distance(np.zeros(d), s1, np.zeros(d), s2)
-    # With eps on both diagonals the exact value is computable: both matrices are diagonal.
-    e1, e2 = np.diag(s1) + 1e-6, np.diag(s2) + 1e-6
-    expected = float(np.diag(s1).sum() + np.diag(s2).sum() - 2 * np.sqrt(e1 * e2).sum())
-    assert v == pytest.approx(expected, abs=1e-5)
+    # (S1 S2)^(1/2) = diag(1, 0, 0, 0, 0): 1 + 4 - 2.
+    assert v == 3.0
+
+
+@pytest.mark.parametrize("s1, s2, match", [
+    (np.diag([0.0, 1.0]), np.array([[1.0, 1e-9], [1e-9, 0.0]]), "is not finite"),
+    (np.diag([1e-18, 1.0]), np.array([[1.0, 1e-9], [1e-9, 0.0]]), "has an imaginary part of 0.618 of its largest"),
+], ids=["nilpotent-not-finite", "complex-root"])
+def test_degenerate_products_get_eps_with_a_warning(s1, s2, match):
+    """S2 is PSD up to rounding (eigenvalues 1 and -1e-18). With S1 = diag(0, 1), S1 S2 =
+    [[0, 0], [1e-9, 0]] is nilpotent: no square root, scipy's is not finite. With S1 =
+    diag(1e-18, 1), scipy's root is complex, its imaginary part 0.6 of its real one (the root of a
+    product of covariances is real). Either way the root is taken again with eps on both
+    diagonals, and the warning says what was detected."""
+    eps = 1e-6
+    with pytest.warns(RuntimeWarning, match=f"{match}.*; adding 1e-06 to their diagonals"):
+        v = frechet_distance(np.zeros(2), s1, np.zeros(2), s2, eps)
+    offset = np.eye(2) * eps
+    expected = float(np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(linalg.sqrtm((s1 + offset) @ (s2 + offset)))))
+    assert v == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance_checked(np.zeros(2), s1, np.zeros(2), s2, eps) == (v, True)
 
 
 def test_invalid_covariance_is_an_error():
@@ -108,6 +170,14 @@ def test_bad_input_names_the_argument():
         GaussianStats().update(np.zeros((4, 3))).update(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="at least 2 samples"):
         GaussianStats().update(np.zeros((1, 3))).covariance
+
+
+def test_state_of_an_empty_accumulator_is_a_clear_error():
+    with pytest.raises(ValueError, match="state: expected the statistics of an accumulator that knows its feature "
+                                         "count, got mean None"):
+        GaussianStats.from_state_dict(GaussianStats().state_dict())
+    empty = GaussianStats.from_state_dict(GaussianStats(3).state_dict())  # the feature count is known
+    assert (empty.dim, empty.count) == (3, 0)
 
 
 def _kid_direct(x, y):

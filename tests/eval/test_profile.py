@@ -105,6 +105,52 @@ def test_attention_flops_count_visible_pairs_only():
     assert count_flops(Blocks(), q.clone().requires_grad_(), backward=True) == (4 + 10) * 16 * pairs * 2 * 3
 
 
+def _small_gpt2(**kw):
+    from edgegen.models.gpt2 import GPT2Config
+
+    torch.manual_seed(0)
+    return GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4, **kw).build().eval()
+
+
+@pytest.mark.parametrize("cached", [0, 32], ids=["causal-sdpa", "masked-sdpa-after-a-cache"])
+def test_gpt2_attention_flops_are_counted_on_cpu(cached):
+    """GPT-2's attention runs F.scaled_dot_product_attention, on CPU torch's
+    _scaled_dot_product_flash_attention_for_cpu (is_causal without a cache, a boolean mask after
+    one). Hand count: 2 FLOPs per multiply-add of the linear layers and the head, plus 4 d per
+    (query, key) pair, every pair of the T x (cached + T) scores counted, as torch counts sdpa."""
+    model = _small_gpt2()
+    d, layers, vocab, t = 64, 2, 1000, 128 - cached
+    past = None
+    if cached:
+        with torch.no_grad():
+            _, past = model(torch.randint(0, vocab, (1, cached)), use_cache=True)
+    idx = torch.randint(0, vocab, (1, t))
+    linear = layers * (2 * t * d * 3 * d + 2 * t * d * d + 2 * t * d * 4 * d * 2) + 2 * t * d * vocab
+    attention = layers * 4 * t * (cached + t) * d
+    assert count_flops(lambda i: model(i, past_key_values=past, use_cache=bool(cached)), idx) == linear + attention
+    if not cached:
+        assert linear + attention == 49938432
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["is-causal", "bool-mask"])
+def test_cpu_sdpa_backward_flops_follow_torch_formulas(masked):
+    """Forward 4 d per (query, key) pair, backward 10 d (torch's sdpa formulas: scores recomputed,
+    dP, dV, dQ, dK), every pair counted."""
+    import torch.nn.functional as F
+
+    b, h, nq, nk, d = 2, 3, 16, 24, 8
+    q = torch.randn(b, h, nq, d, requires_grad=True)
+    k, v = (torch.randn(b, h, nk, d, requires_grad=True) for _ in range(2))
+    mask = torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq)
+
+    def attn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if masked else \
+            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    assert count_flops(attn, (q, k, v)) == 4 * d * nq * nk * b * h
+    assert count_flops(attn, (q, k, v), backward=True) == (4 + 10) * d * nq * nk * b * h
+
+
 def test_profile_record_sizes_and_counts():
     from edgegen.prune.export import saved_bytes
     from edgegen.quant import save_quantized
@@ -128,6 +174,27 @@ def test_profile_record_sizes_and_counts():
     assert q.disk_format == "edgegen quantized safetensors" and q.flops == r.flops
     assert q.params == 256 * 256 + 256 + 256 * 64 + 64 and q.peak_memory_bytes is None
     assert model_bytes_on_disk(model)[0] == q.bytes_on_disk
+
+
+@pytest.mark.parametrize("config", ["int8-dynamic", "int4-weight-only"], ids=["int8-dynamic", "int4-weight-only"])
+def test_quantized_gpt2_counts_the_float_models_parameters(config):
+    """A GPT-2 with a factorized embedding (table [V, r] @ proj [r, d], proj a plain Parameter):
+    every stored weight counts once (the tied head once, int8 values, INT4 nibbles, float
+    parameters such as proj), so the quantized model counts the float model's parameters."""
+    import copy
+
+    from edgegen.quant import Int4WeightOnlyConfig
+
+    model = _small_gpt2(embedding_rank=32)
+    assert dict(model.named_parameters())["wte.proj"].shape == (32, 64)
+    n_float = sum(p.numel() for p in model.parameters())
+    cfg = Int8DynamicConfig() if config == "int8-dynamic" else Int4WeightOnlyConfig(group_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # INT4: the rank-32 head input stays in floating point
+        q = quantize_(copy.deepcopy(model), cfg)
+    r = profile(q, torch.randint(0, 1000, (1, 16)), repeats=1, warmup=0, measure_memory=False)
+    assert r.disk_format == "edgegen quantized safetensors" and r.notes
+    assert r.params == n_float
 
 
 def _fake_rapl(root, joules, package=0, range_uj=1000 * 10**6):
@@ -286,3 +353,8 @@ def test_generation_profile_runs_the_cache_and_checks_its_arguments(monkeypatch)
         profile_generation(model, new_tokens=0)
     with pytest.raises(TypeError, match="causal LM"):
         profile_generation(nn.Linear(3, 3))
+    threads = torch.get_num_threads()
+    for bad in (0, -1, "2", 1.5):
+        with pytest.raises(ValueError, match=f"threads: expected None or an int >= 1, got {bad!r}"):
+            profile_generation(model, prompt_tokens=4, new_tokens=2, threads=bad)
+        assert torch.get_num_threads() == threads

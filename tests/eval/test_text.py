@@ -94,6 +94,16 @@ def test_perplexity_bad_input(hf_model):
         perplexity(hf_model, ids.float(), context=32, stride=16)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32],
+                         ids=["uint8", "int8", "int16", "int32"])
+def test_perplexity_accepts_any_integer_dtype(hf_model, dtype):
+    ids = torch.randint(0, 97, (50,), generator=torch.Generator().manual_seed(0))
+    assert perplexity(hf_model, ids.to(dtype), context=32, stride=16) == perplexity(hf_model, ids, context=32,
+                                                                                     stride=16)
+    with pytest.raises(TypeError, match="tokens: expected integer token ids .* got torch.bool"):
+        perplexity(hf_model, ids > 40, context=32, stride=16)
+
+
 class _FixedLogits(torch.nn.Module):
     """Logits that are all zero (uniform over ``vocab``), optionally with a NaN at one position;
     counts its calls."""

@@ -67,6 +67,12 @@ def test_ffn_sweeps_shrink_the_model():
     ffn = 2 * (32 * 128 + 128 + 128 * 32)  # both blocks' c_fc and c_proj weights and c_fc bias
     assert dense["params"] - half["params"] == ffn // 2  # was: unchanged (masks baked in only)
     assert half["flops"] < dense["flops"]
+    # The attention is counted too, as by every other edgegen measurement: torch's sdpa formula,
+    # 4 d per (query, key) pair, all 8 x 8 of them (causal ones included, torch's convention), for
+    # 2 layers x 4 heads of width 8, beside the matrix products of the linear layers and the head.
+    linear = 2 * 8 * 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 2 * 8 * 32 * 64
+    attention = 2 * 4 * (8 * 8) * 4 * 8
+    assert dense["flops"] == linear + attention
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64],

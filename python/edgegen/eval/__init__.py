@@ -13,7 +13,7 @@ the functions that need them).
 from edgegen.eval.edge import DeviceProfile, Projection, device_profiles, project
 from edgegen.eval.fid import FeatureExtractor, FIDResult, fid, get_extractor, image_statistics, real_statistics, \
     train_proxy_extractor
-from edgegen.eval.flops import count_flops, visible_pairs
+from edgegen.ops.flops import count_flops, visible_pairs
 from edgegen.eval.inception import FIDInceptionV3, download_fid_weights, load_fid_inception
 from edgegen.eval.frechet import GaussianStats, KIDResult, frechet_distance, frechet_distance_stats, kid
 from edgegen.eval.image import psnr, ssim

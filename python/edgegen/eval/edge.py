@@ -94,9 +94,20 @@ class Projection:
         return {prefix + k: v for k, v in asdict(self).items()}
 
 
-def _infer_precision(record) -> str:
-    fmt = getattr(record, "disk_format", "") or ""
-    return "int8" if "quantized" in fmt else "fp32"
+def _infer_precision(record) -> tuple[str, str, bool]:
+    """(precision to project at, what it rests on, whether that is an assumption) from the
+    record's ``compute_precision`` (set by :func:`~edgegen.eval.profile` from the layer types; a
+    record without one is assumed fp32). The device figures have no bf16 rate: bf16 layers are
+    projected at the fp16 rate, an assumption the label states."""
+    found = getattr(record, "compute_precision", None)
+    if found is None:
+        return "fp32", "fp32 assumed: the record states no compute precision", True
+    basis = f"inferred from the model's layers: {getattr(record, 'compute_precision_basis', '') or found}"
+    if found == "bf16":
+        return "fp16", f"fp16 {basis}; bf16 assumed to run at the device's fp16 rate (no bf16 figure)", True
+    if found not in PRECISIONS:
+        raise ValueError(f"record: expected compute_precision one of {PRECISIONS + ('bf16',)}, got {found!r}")
+    return found, f"{found} {basis}", False
 
 
 def project(record, device: str, precision: str | None = None, efficiency: float | None = None,
@@ -104,7 +115,11 @@ def project(record, device: str, precision: str | None = None, efficiency: float
     """Project ``record`` (a :class:`~edgegen.eval.ProfileRecord`: its ``flops`` per call and
     ``bytes_on_disk``) onto ``device`` (a key of :func:`device_profiles`: rpi4, jetson-nano, pixel6).
 
-    ``precision``: fp32, fp16 or int8 (default: int8 for a quantized model's record, else fp32).
+    ``precision``: fp32, fp16 or int8 (default: the record's ``compute_precision``, inferred from
+    the layer types: int8 for INT8 and INT4 W4A8 layers, fp32 for INT4 weight-only layers, whose
+    arithmetic is float, fp16 for fp16 layers and, an assumption stated in the label, for bf16
+    ones; fp32 without quantized layers, and, assumed, for a record without a compute precision).
+    The label says what the precision rests on.
     ``bytes_moved``: memory traffic per call (default: the model's bytes on disk, i.e. every weight
     read once; activations not counted, so memory-bound layers are projected optimistically).
     ``efficiency``: the fraction of the roofline reached (default: the device profile's stated one).
@@ -113,7 +128,10 @@ def project(record, device: str, precision: str | None = None, efficiency: float
     if device not in profiles:
         raise ValueError(f"device: expected one of {sorted(profiles)}, got {device!r}")
     dev = profiles[device]
-    precision = precision or _infer_precision(record)
+    if precision is None:
+        precision, basis, assumed = _infer_precision(record)
+    else:
+        basis, assumed = f"{precision} given by the caller", False
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     flops = getattr(record, "flops", None)
@@ -132,9 +150,9 @@ def project(record, device: str, precision: str | None = None, efficiency: float
     figures = [dev.peak_gflops[precision], dev.memory_gbps, dev.power_w]
     if efficiency is None:  # the device profile's efficiency is a figure too (an assumption, so far)
         figures.append(dev.efficiency)
-    kinds = sorted({f.kind for f in figures})
+    kinds = sorted({f.kind for f in figures} | ({"assumption"} if assumed else set()))
     eff_kind = dev.efficiency.kind if efficiency is None else "given by the caller"
-    label = (f"projected for {dev.name} ({precision}): roofline at {eff:g} of peak (efficiency: {eff_kind}) from "
+    label = (f"projected for {dev.name} ({basis}): roofline at {eff:g} of peak (efficiency: {eff_kind}) from "
              f"sourced figures ({', '.join(kinds)}); not measured on the device")
     return Projection(device, precision, latency, compute_ms, memory_ms,
                       "compute" if compute_ms >= memory_ms else "memory", energy, float(eff), label)

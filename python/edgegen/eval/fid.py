@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen._atomic import replacing
-from edgegen.eval.frechet import GaussianStats, KIDResult, frechet_distance_checked, kid as _kid
+from edgegen.eval.frechet import GaussianStats, KIDResult, _frechet, kid as _kid
+from edgegen.ops._args import as_int
 
 __all__ = ["FeatureExtractor", "FIDResult", "ProxyNet", "get_extractor", "train_proxy_extractor", "image_statistics",
            "real_statistics", "fid", "PROXY_DATASETS", "METRIC_KEYS"]
@@ -328,6 +329,15 @@ def _normalise(x, name: str, lo: float, hi: float) -> Tensor:
     return x
 
 
+def _check_max_samples(max_samples, lo: int) -> int | None:
+    if max_samples is None:
+        return None
+    n = as_int(max_samples, "max_samples")
+    if n < lo:
+        raise ValueError(f"max_samples: expected None or an int >= {lo}, got {max_samples!r}")
+    return n
+
+
 def _batches(source, name: str, batch_size: int) -> Iterable:
     if isinstance(source, Tensor):
         for i in range(0, source.shape[0], batch_size):
@@ -352,6 +362,7 @@ def image_statistics(images, extractor: FeatureExtractor, batch_size: int = 50, 
     lo, hi = _check_range(value_range)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    max_samples = _check_max_samples(max_samples, 1)
     stats, kept, seen = GaussianStats(extractor.dim), [], 0
     for batch in _batches(images, name, batch_size):
         x = _normalise(batch, name, lo, hi)
@@ -411,10 +422,12 @@ def real_statistics(dataset: str, extractor: FeatureExtractor, split: str = "tra
 class FIDResult:
     """``value``: the Frechet distance; ``metric``: "FID", "FID-nonstandard" or "FID-proxy";
     ``label``: the full description (extractor, its held-out accuracy or weights digest);
-    ``reliable``: False when a side has no more samples than features, or when the product of the
-    covariances was singular and the distance was taken with ``eps`` on the diagonals (an
-    approximation: e.g. a collapsed generator whose images give identical features);
-    ``unreliable_reason`` says which; ``kid``: KID on the same features, if asked."""
+    ``reliable``: False when a side has no more samples than features, or when scipy's square root
+    of the product of the covariances was not finite, not real or not a root (see
+    :func:`~edgegen.eval.frechet_distance`) and the distance was taken with ``eps`` on the
+    diagonals (an approximation; a singular product with an exact root, e.g. from a feature that
+    is constant on every image, is not one); ``unreliable_reason`` says which; ``kid``: KID on the
+    same features, if asked."""
 
     value: float
     metric: str
@@ -456,6 +469,7 @@ def fid(generated, real, extractor: FeatureExtractor | None = None, batch_size: 
     if not isinstance(extractor, FeatureExtractor):
         raise TypeError(f"extractor: expected a FeatureExtractor (edgegen.eval.get_extractor), got "
                         f"{type(extractor).__name__}")
+    max_samples = _check_max_samples(max_samples, 2)  # FID needs 2 samples a side
     sides, feats = [], []
     for name, src in (("generated", generated), ("real", real)):
         if isinstance(src, GaussianStats):
@@ -477,12 +491,10 @@ def fid(generated, real, extractor: FeatureExtractor | None = None, batch_size: 
         reasons.append(f"{sides[0].count} generated and {sides[1].count} real images for {extractor.dim} features: "
                        f"the covariance is singular and {extractor.metric} is unreliable at this size")
     eps = 1e-6
-    value, regularised = frechet_distance_checked(sides[0].mean, sides[0].covariance, sides[1].mean,
-                                                  sides[1].covariance, eps)
+    value, regularised, why = _frechet(sides[0].mean, sides[0].covariance, sides[1].mean, sides[1].covariance, eps)
     if regularised:
-        why = "too few samples" if reasons else "constant or identical features, e.g. a collapsed generator"
-        reasons.append(f"the product of the covariances is singular ({why}): {extractor.metric} was computed with "
-                       f"{eps:g} added to their diagonals and is approximate")
+        reasons.append(f"scipy's square root of the product of the covariances {why}: {extractor.metric} was "
+                       f"computed with {eps:g} added to their diagonals and is approximate")
     reason = "; ".join(reasons)
     if reason:
         warnings.warn(f"fid: {reason} (reliable=False)", RuntimeWarning, stacklevel=2)

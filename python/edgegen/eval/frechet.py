@@ -105,6 +105,9 @@ class GaussianStats:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "GaussianStats":
+        if state.get("mean") is None:
+            raise ValueError("state: expected the statistics of an accumulator that knows its feature count, got "
+                             "mean None (an empty GaussianStats() without dim: nothing to restore)")
         s = cls(int(np.asarray(state["mean"]).shape[0]))
         s.count = int(state["count"])
         s._mean = np.asarray(state["mean"], dtype=np.float64)
@@ -112,41 +115,83 @@ class GaussianStats:
         return s
 
 
-def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(S1 S2)^(1/2) and whether scipy found the product singular (it warns, and the root may be
-    inaccurate or non-finite)."""
+#: Largest accepted relative residual ||R R - S1 S2||_F / ||S1 S2||_F of the square root R.
+#: scipy's float64 roots of covariance products leave residuals near 1e-14 (also when a feature is
+#: constant on one or both sides, e.g. a ReLU unit that never fires, when scipy warns that the
+#: product is singular); a residual above 1e-8 means R is not a root of S1 S2 to the precision the
+#: distance needs, and the root is taken again with ``eps`` on the diagonals.
+SQRTM_RESIDUAL_TOL = 1e-8
+#: Largest imaginary part of the root, relative to its largest real entry, taken as rounding. The
+#: root of a product of two covariances is real; a larger imaginary part in the first root (e.g.
+#: fewer samples than features, many eigenvalues rounded around 0) is regularised, and after
+#: ``eps`` is an error (the inputs are not covariances).
+SQRTM_IMAG_TOL = 1e-3
+
+
+def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[np.ndarray, str]:
+    """(S1 S2)^(1/2) and what is wrong with it: "" when it is finite, real up to
+    :data:`SQRTM_IMAG_TOL` and its relative residual is at most :data:`SQRTM_RESIDUAL_TOL`, else a
+    description. scipy's LinAlgWarning (a singular product) alone is no defect: a product with a
+    zero eigenvalue can have an exact root."""
     from scipy import linalg
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    product = sigma1 @ sigma2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
         with np.errstate(all="ignore"):
-            root = linalg.sqrtm(sigma1 @ sigma2)
+            root = linalg.sqrtm(product)
     if isinstance(root, tuple):  # older scipy returned (root, error estimate)
         root = root[0]
-    singular = any(issubclass(w.category, linalg.LinAlgWarning) for w in caught) or not np.isfinite(root).all()
-    return root, singular
+    if not np.isfinite(root).all():
+        return root, "is not finite"
+    imag = _relative_imag(root)
+    if imag > SQRTM_IMAG_TOL:
+        return root, f"has an imaginary part of {imag:.3g} of its largest real entry (above {SQRTM_IMAG_TOL:g})"
+    with np.errstate(all="ignore"):
+        scale = np.linalg.norm(product)
+        error = np.linalg.norm(root @ root - product)
+    residual = error / scale if scale > 0 else error  # a zero product: its root must be zero
+    if not residual <= SQRTM_RESIDUAL_TOL:
+        return root, (f"has a relative residual ||R R - S1 S2|| / ||S1 S2|| of {residual:.3g} (above "
+                      f"{SQRTM_RESIDUAL_TOL:g})")
+    return root, ""
+
+
+def _relative_imag(root: np.ndarray) -> float:
+    if not np.iscomplexobj(root):
+        return 0.0
+    return float(np.abs(root.imag).max() / max(np.abs(root.real).max(), 1e-300))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
 
-    Inputs are numpy arrays or tensors. When the product of the covariances is singular (fewer
-    samples than features, constant features), the square root is taken again with ``eps`` added
-    to both diagonals, with a warning. An imaginary
-    part of the root that is not negligible (above 1e-3 of the largest entry) is an error;
-    a negligible one (rounding) is discarded.
+    Inputs are numpy arrays or tensors. When scipy's square root R of the product of the
+    covariances is not finite, not real (imaginary part above :data:`SQRTM_IMAG_TOL` of the
+    largest real entry) or not a root (relative residual ||R R - S1 S2|| / ||S1 S2|| above
+    :data:`SQRTM_RESIDUAL_TOL`), it is taken again with ``eps`` added to both diagonals, with a
+    warning saying which. A singular product alone (constant features, fewer samples than
+    features) is not regularised when its root is exact. An imaginary part that is still not
+    negligible after that is an error; a negligible one (rounding) is discarded.
     """
-    value, regularised = frechet_distance_checked(mu1, sigma1, mu2, sigma2, eps)
+    value, regularised, why = _frechet(mu1, sigma1, mu2, sigma2, eps)
     if regularised:
-        warnings.warn(f"frechet_distance: the product of the covariances is singular; adding {eps:g} to their "
-                      "diagonals (the distance is then approximate)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"frechet_distance: scipy's square root of the product of the covariances {why}; adding {eps:g} "
+                      "to their diagonals (the distance is then approximate)", RuntimeWarning, stacklevel=2)
     return value
 
 
 def frechet_distance_checked(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> tuple[float, bool]:
     """(:func:`frechet_distance`, whether ``eps`` had to be added to the diagonals because the
-    product of the covariances is singular), without the warning: for callers that report the
-    approximation themselves (:func:`edgegen.eval.fid` sets ``reliable=False``)."""
+    square root of the product of the covariances was not finite or not accurate), without the
+    warning: for callers that report the approximation themselves (:func:`edgegen.eval.fid` sets
+    ``reliable=False``)."""
+    value, regularised, _ = _frechet(mu1, sigma1, mu2, sigma2, eps)
+    return value, regularised
+
+
+def _frechet(mu1, sigma1, mu2, sigma2, eps: float) -> tuple[float, bool, str]:
+    """(distance, whether ``eps`` was added, what was detected in the first square root)."""
     m1 = np.atleast_1d(_as_vector(mu1, "mu1"))
     m2 = np.atleast_1d(_as_vector(mu2, "mu2"))
     s1 = _as_square(sigma1, "sigma1", m1.shape[0])
@@ -156,19 +201,19 @@ def frechet_distance_checked(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> tup
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps: expected a finite value > 0, got {eps}")
     diff = m1 - m2
-    root, singular = _sqrtm_product(s1, s2)
-    if singular:
+    root, why = _sqrtm_product(s1, s2)
+    if why:
         offset = np.eye(s1.shape[0]) * eps
         root, _ = _sqrtm_product(s1 + offset, s2 + offset)
     if np.iscomplexobj(root):
         imag = np.abs(root.imag).max()
         scale = max(np.abs(root.real).max(), 1e-300)
-        if imag > 1e-3 * scale:
+        if imag > SQRTM_IMAG_TOL * scale:
             raise ValueError(f"frechet_distance: the matrix square root has an imaginary part of {imag:.3g} "
                              f"(relative {imag / scale:.3g}); the covariances are not valid (symmetric positive "
                              "semi-definite) or too ill-conditioned")
         root = root.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(root)), singular
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(root)), bool(why), why
 
 
 def frechet_distance_stats(stats1: GaussianStats, stats2: GaussianStats, eps: float = 1e-6) -> float:

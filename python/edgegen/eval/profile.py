@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgegen.eval.flops import count_flops
+from edgegen.ops.flops import count_flops
 from edgegen.tensor_files import storage_key
 
 __all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules", "rapl_energy_between",
@@ -36,7 +36,9 @@ class ProfileRecord:
     """What :func:`profile` measured: parameters (all, non-zero), FLOPs and MACs (edgegen's ops
     counted), bytes on disk in the shipped format, peak memory and how it was measured, latency
     percentiles and throughput at ``batch_size``, energy per call (``energy_j`` measured through
-    RAPL, or ``energy_j_estimated`` and labelled so), threads and notes."""
+    RAPL, or ``energy_j_estimated`` and labelled so), threads, notes, and the precision of the
+    matrix products inferred from the layer types (``compute_precision``: fp32, fp16, bf16 or
+    int8, with ``compute_precision_basis``), which :func:`edgegen.eval.project` projects at."""
 
     params: int
     nonzero_params: int
@@ -55,6 +57,8 @@ class ProfileRecord:
     energy_method: str = ""
     threads: int = 1
     notes: list[str] = field(default_factory=list)
+    compute_precision: str = "fp32"
+    compute_precision_basis: str = ""
 
     def as_dict(self) -> dict:
         """Flat, MLflow-ready (units in the names; absent values left out)."""
@@ -65,15 +69,50 @@ class ProfileRecord:
 
 def _is_quantized(model: nn.Module) -> bool:
     from edgegen.quant import modules as qm
+    from edgegen.quant.api import LowPrecision
 
-    kinds = tuple(getattr(qm, n) for n in ("Int8Linear", "Int8Conv2d", "Int8ConvTranspose2d", "Int4Linear",
-                                          "Int8Embedding", "Int4Embedding", "LowPrecision") if hasattr(qm, n))
+    kinds = (qm.Int8Linear, qm.Int8Conv2d, qm.Int8ConvTranspose2d, qm.Int4Linear, qm.Int8Embedding, qm.Int4Embedding,
+             LowPrecision)
     return any(isinstance(m, kinds) for m in model.modules())
 
 
+_RATE_ORDER = ("fp32", "bf16", "fp16", "int8")  # slowest first
+
+
+def _compute_precision(model: nn.Module) -> tuple[str, str]:
+    """(arithmetic precision of the model's matrix products, what it rests on), from the types of
+    edgegen's quantized layers (embedding lookups do no arithmetic): INT8 layers and INT4 W4A8
+    (int8 activations) run int8 dot products; INT4 weight-only layers dequantise their weights into
+    float32 arithmetic; LowPrecision layers compute in their 16-bit dtype. Several kinds: the
+    slowest of them, stated. No quantized layer: fp32."""
+    from edgegen.quant import modules as qm
+    from edgegen.quant.api import LowPrecision
+
+    found = {}
+    for m in model.modules():
+        if isinstance(m, (qm.Int8Linear, qm.Int8Conv2d, qm.Int8ConvTranspose2d)):
+            found.setdefault("int8", "INT8 layers (int8 arithmetic)")
+        elif isinstance(m, qm.Int4Linear) and m.activations == "int8":
+            found.setdefault("int8", "INT4 W4A8 layers (int8 arithmetic)")
+        elif isinstance(m, qm.Int4Linear):
+            found.setdefault("fp32", "INT4 weight-only layers (weights dequantised into fp32 arithmetic)")
+        elif isinstance(m, LowPrecision) and m.dtype in (torch.float16, torch.bfloat16):
+            kind = "fp16" if m.dtype == torch.float16 else "bf16"
+            found.setdefault(kind, f"{kind} layers ({kind} arithmetic)")
+    if not found:
+        return "fp32", "no quantized or 16-bit layers (fp32 arithmetic)"
+    slowest = min(found, key=_RATE_ORDER.index)
+    if len(found) == 1:
+        return slowest, found[slowest]
+    return slowest, f"{'; '.join(found.values())}: the slowest, {slowest}, taken for all"
+
+
 def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
-    """(weights, non-zero weights) of a quantized model from its state dict: int8 weights, INT4
-    nibbles (two per packed byte), and float weights and biases."""
+    """(weights, non-zero weights) of a quantized model from its state dict: every floating-point
+    parameter (a factorized embedding's projection, 16-bit layers' weights, ...), the float
+    weights and biases quantized layers keep as buffers, int8 weights and INT4 nibbles (two per
+    packed byte); a tied tensor once. Scales and zero points are not weights."""
+    params = {storage_key(p) for p in model.parameters() if p.is_floating_point()}
     total = nonzero = 0
     seen = set()
     for name, t in model.state_dict(keep_vars=False).items():
@@ -88,7 +127,7 @@ def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
         elif leaf == "packed_weight" and t.dtype == torch.uint8:
             total += 2 * t.numel()
             nonzero += 2 * t.numel()
-        elif leaf in ("weight", "bias") and t.is_floating_point():
+        elif t.is_floating_point() and (key in params or leaf in ("weight", "bias")):
             total += t.numel()
             nonzero += int(torch.count_nonzero(t))
     return total, nonzero
@@ -213,7 +252,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
     Latency: median and p90 of ``repeats`` timed calls after ``warmup`` (more calls until
     ``min_time_s`` seconds have passed, if set); throughput = batch size
     (the first input's leading dimension) / median latency. FLOPs: torch's counter with edgegen's
-    ops (see edgegen.eval.flops). Size: :func:`model_bytes_on_disk`. Peak memory: one call in a
+    ops (see edgegen.ops.flops). Size: :func:`model_bytes_on_disk`. Peak memory: one call in a
     fresh process (CPU models); ``None`` with the reason in ``peak_memory_method`` where that is not
     possible. Energy per call: RAPL over the timed calls when readable (each package's counter
     corrected for its own wrap), else estimated as the process's CPU time x ``watts_per_core``;
@@ -252,6 +291,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
         flops = count_flops(model, inputs)
         size, disk_format = model_bytes_on_disk(model)
+        precision, precision_basis = _compute_precision(model)
 
         device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
         with torch.no_grad():
@@ -312,7 +352,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             disk_format=disk_format, peak_memory_bytes=peak, peak_memory_method=peak_method,
             latency_ms_p50=p50, latency_ms_p90=p90, throughput_per_s=batch / (p50 * 1e-3) if p50 > 0 else math.inf,
             batch_size=batch, energy_j=energy, energy_j_estimated=estimated, energy_method=method,
-            threads=used_threads, notes=notes)
+            threads=used_threads, notes=notes, compute_precision=precision, compute_precision_basis=precision_basis)
     finally:
         model.train(was_training)
         torch.set_num_threads(previous_threads)
@@ -356,6 +396,8 @@ def profile_generation(model: nn.Module, prompt_tokens: int = 128, new_tokens: i
     if prompt_tokens + new_tokens > n_positions:
         raise ValueError(f"prompt_tokens + new_tokens: expected at most the model's n_positions ({n_positions}), got "
                          f"{prompt_tokens + new_tokens}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -52,9 +52,9 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
 
     ``model`` maps token ids [1, T] to logits [1, T, V] (a tuple/list, or an object with
     ``.logits``, is accepted and its first element / logits used). ``tokens``: 1-D (or [1, T])
-    int64 ids in [0, V) (V from ``model.config.vocab_size`` or the input embedding when the model
-    has them, checked before it runs; else from the first window's logits, before any token is
-    scored). ``max_tokens`` evaluates only that prefix (the
+    ids of any integer dtype (taken as int64) in [0, V) (V from ``model.config.vocab_size`` or the
+    input embedding when the model has them, checked before it runs; else from the first window's
+    logits, before any token is scored). ``max_tokens`` evaluates only that prefix (the
     result's label says so). Logits that make a scored token's log-likelihood NaN or infinite are
     an error naming the model's output, never a NaN perplexity.
     """
@@ -63,8 +63,8 @@ def perplexity(model: Callable[[Tensor], Tensor], tokens: Tensor, context: int =
     ids = tokens.reshape(-1) if tokens.dim() == 2 and tokens.shape[0] == 1 else tokens
     if ids.dim() != 1:
         raise ValueError(f"tokens: expected a 1-D sequence of ids (or [1, T]), got shape {tuple(tokens.shape)}")
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"tokens: expected integer token ids, got {ids.dtype}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"tokens: expected integer token ids (any integer dtype), got {ids.dtype}")
     if not isinstance(context, int) or context < 2:
         raise ValueError(f"context: expected an int >= 2, got {context!r}")
     if not isinstance(stride, int) or not 1 <= stride <= context:

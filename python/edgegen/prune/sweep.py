@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from edgegen.ops.flops import count_flops
 from edgegen.prune.api import prune_
 from edgegen.prune.export import saved_bytes
 from edgegen.prune.masks import finalize_
@@ -16,18 +15,16 @@ from edgegen.prune.structured import _as_tuple, shrink
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def count_flops(model: nn.Module, example_inputs) -> int:
-    """FLOPs of one forward pass as executed (dense), counted by torch.utils.flop_counter (2 per
-    multiply-add; convolutions, matmuls and attention)."""
-    inputs = _as_tuple(example_inputs)
+def _eval_flops(model: nn.Module, example_inputs) -> int:
+    """FLOPs of one forward pass in eval mode as executed (dense): :func:`edgegen.ops.flops.count_flops`,
+    the counter every edgegen measurement uses (2 per multiply-add; convolutions, matmuls,
+    attention and edgegen's own ops)."""
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(*inputs)
+        return count_flops(model, _as_tuple(example_inputs))
     finally:
         model.train(was)
-    return int(fc.get_total_flops())
 
 
 def sweep_ratios(build_model: Callable[[], nn.Module], config_for: Callable[[float], object], example_inputs,
@@ -53,7 +50,7 @@ def sweep_ratios(build_model: Callable[[], nn.Module], config_for: Callable[[flo
         nonzero = sum(int((p != 0).sum()) for p in model.parameters())
         rows.append({
             "ratio": ratio, "config": None if config is None else config.to_dict(), "params": params,
-            "nonzero_params": nonzero, "flops": count_flops(model, inputs), "bytes_dense": saved_bytes(model),
+            "nonzero_params": nonzero, "flops": _eval_flops(model, inputs), "bytes_dense": saved_bytes(model),
             "bytes_sparse": saved_bytes(model, sparse=True), "metric": None if evaluate is None else evaluate(model),
         })
     return rows

@@ -10,6 +10,10 @@ papers mix the two). Registered formulas:
   transposed one, as torch counts them);
 * sliding-window / block-sparse attention: only the visible (query, key) pairs, 4 d per pair
   forward (Q K^T and P V), 10 d per pair backward (scores recomputed, dP, dS->dQ, dK, dV);
+* torch's CPU kernel of ``F.scaled_dot_product_attention``
+  (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward), which the counter has
+  no formula for: torch's own sdpa formulas, as for the CUDA kernels, so every (query, key) pair is
+  counted, causal or masked ones included (torch's convention for sdpa);
 * the KD losses: no matrix products (the fused-linear form's head GEMMs are its own; not
   counted), so 0, like torch's softmax.
 """
@@ -123,7 +127,27 @@ def _register() -> None:
           *args, **kwargs):
         return attention_flops(q, k, window, num_global, causal, q_offset, block_layout, block_size, 10)
 
+    _register_cpu_sdpa()
     _REGISTERED = True
+
+
+def _register_cpu_sdpa() -> None:
+    """torch's sdpa formulas for the CPU flash kernel and its backward, where this torch has the
+    kernel and the formulas and has not registered them itself (guarded: older and newer torch)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and hasattr(fc, "sdpa_flop_count") and fwd not in fc.flop_registry:
+        @fc.register_flop_formula(fwd)
+        def _(query, key, value, *args, out_shape=None, **kwargs):  # dropout_p, is_causal, attn_mask, scale
+            return fc.sdpa_flop_count(query, key, value)
+
+    if bwd is not None and hasattr(fc, "sdpa_backward_flop_count") and bwd not in fc.flop_registry:
+        @fc.register_flop_formula(bwd)
+        def _(grad_out, query, key, value, *args, out_shape=None, **kwargs):  # out, logsumexp, ...
+            return fc.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
 def count_flops(model, example_inputs, backward: bool = False) -> int:
