@@ -161,3 +161,43 @@ def test_choose_window_bad_input():
                          (dict(latency_budget_ms=1, seq_len=10, layers=0), "layers")]:
         with pytest.raises(ValueError, match=name):
             choose_window(**kwargs, measure=lambda w, g: 0.0)
+
+
+def test_choose_window_times_each_window_on_enough_tokens(monkeypatch):
+    """Every candidate ran on min(seq_len, calibration_length) tokens: a window larger than that
+    was timed as a smaller one (a window of 8192 at 16x less than its cost at 512 tokens)."""
+    import edgegen.attention.chooser as chooser
+
+    seen = []
+    real = chooser.sliding_window_attention
+
+    def recording(q, k, v, window, num_global, **kwargs):
+        seen.append((window, num_global, q.shape[-2]))
+        return real(q, k, v, window, num_global, **kwargs)
+
+    monkeypatch.setattr(chooser, "sliding_window_attention", recording)
+    c = choose_window(1e9, 100, heads=1, head_dim=8, windows=(8, 64, 512), num_globals=(0, 4),
+                      calibration_length=16, repeats=1)
+    # min(seq_len, max(calibration_length, window + num_global)); 512 > seq_len runs as 100
+    lengths = {(8, 0): 16, (8, 4): 16, (64, 0): 64, (64, 4): 68, (100, 0): 100, (100, 4): 100}
+    assert {(w, g, n) for w, g, n in seen} == {(w, g, n) for (w, g), n in lengths.items()}
+    assert [(r["window"], r["num_global"], r["length"]) for r in c.measurements] == [
+        (w, g, n) for (w, g), n in lengths.items()]
+    assert (c.window, c.num_global, c.calibration_length) == (100, 4, 100)
+
+
+def test_choose_window_global_tokens_beyond_the_calibration_length():
+    """num_global above calibration_length (but within seq_len) failed in the kernel: more global
+    tokens than keys."""
+    c = choose_window(1e9, 8, heads=1, head_dim=8, windows=(2,), num_globals=(0, 4), calibration_length=2,
+                      repeats=1)
+    assert (c.window, c.num_global, c.fits) == (2, 4, True)
+    assert [r["length"] for r in c.measurements] == [2, 6]
+
+
+@pytest.mark.parametrize("num_globals", [(0.7, 2.9), (0, 2.0), (True,), ("1",)],
+                         ids=["fractions", "integral-float", "bool", "str"])
+def test_choose_window_num_globals_must_be_ints(num_globals):
+    """They went through int(): 0.7 and 2.9 were measured as 0 and 2, True as 1."""
+    with pytest.raises(ValueError, match=r"num_globals: expected ints >= 0, got \["):
+        choose_window(1.0, 64, windows=(16,), num_globals=num_globals, measure=lambda w, g: 0.0)

@@ -189,3 +189,53 @@ def test_bf16_layers_are_refused_by_name(tmp_path):
         export_onnx(bf, (torch.randn(2, 8),), tmp_path / "bf.onnx")  # was: ONNX Runtime NOT_IMPLEMENTED (Gemm)
     fp = quantize_(torch.nn.Sequential(torch.nn.Linear(8, 8)).eval(), Fp16Config())
     assert export_onnx(fp, (torch.randn(2, 8),), tmp_path / "fp.onnx").max_abs_diff < 1e-2  # fp16 runs in ORT
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "vae", "gpt2"])
+@pytest.mark.parametrize("mode", ["eval", "train", "mixed"])
+def test_export_restores_every_module_mode(kind, mode, tmp_path):
+    """GPT-2 and the VAE (exported through a wrapper) came back in training mode: dropout on,
+    greedy generation no longer repeatable."""
+    model = _models()[kind].train(mode != "eval")
+    if mode == "mixed":  # a training model with one frozen part
+        next(m for m in model.modules() if m is not model).eval()
+    before = [m.training for m in model.modules()]
+    export_onnx(model, path=tmp_path / f"{kind}.onnx")
+    assert [m.training for m in model.modules()] == before
+
+
+def test_early_exit_models_are_refused(tmp_path):
+    """The trace recorded the example's exits: ONNX Runtime then ran those layers for every input
+    (off by 0.125 on a token that exits elsewhere), and the check on the example passed."""
+    from edgegen.models import EarlyExitConfig, add_early_exits
+
+    torch.manual_seed(0)
+    ee = add_early_exits(GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=4, n_head=2)).eval(),
+                         EarlyExitConfig(layers=(1,), threshold=0.5))
+    with pytest.raises(ValueError, match=r"model: an EarlyExitGPT2 .*data-dependent control flow.*model.model"):
+        export_onnx(ee, (torch.randint(0, 50, (1, 16)),), tmp_path / "ee.onnx")
+    assert not (tmp_path / "ee.onnx").exists()
+
+
+def test_data_dependent_branches_are_not_hidden(tmp_path):
+    """The tracer's warning that the file holds the example's branch used to be silenced."""
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x * 3
+
+    with pytest.warns(torch.jit.TracerWarning, match="Converting a tensor to a Python boolean"):
+        export_onnx(Branchy().eval(), (torch.ones(2, 3),), tmp_path / "b.onnx")
+
+
+def test_sliding_window_attention_is_refused_up_front(tmp_path):
+    """It failed deep in the exporter (no ONNX edgegen::sliding_window_attention) after printing
+    the whole graph."""
+    from edgegen.attention import SparseAttentionConfig, sparsify_attention_
+
+    model = _models()["gpt2"].eval()
+    sparsify_attention_(model, SparseAttentionConfig(window=None))  # dense: exports as before
+    assert export_onnx(model, path=tmp_path / "dense.onnx").max_abs_diff < 1e-3
+    sparsify_attention_(model, SparseAttentionConfig(window=4, num_global=1))
+    with pytest.raises(ValueError, match=r"model: holds sliding-window attention \('h.0.attn.attention': window=4, "
+                                         r"num_global=1\) .*no ONNX form"):
+        export_onnx(model, path=tmp_path / "sparse.onnx")

@@ -159,6 +159,137 @@ def test_loads_pytorch_model_bin(tmp_path):
         torch.testing.assert_close(loaded(idx), m(idx))
 
 
+
+@pytest.mark.parametrize("extra,match", [
+    (dict(tie_word_embeddings=False), r"config.json: tie_word_embeddings is False \(an output head separate"),
+    (dict(scale_attn_weights=False), r"config.json: scale_attn_weights is False \(attention scores not scaled"),
+    (dict(scale_attn_by_inverse_layer_idx=True), r"config.json: scale_attn_by_inverse_layer_idx is True"),
+], ids=["untied-head", "unscaled-attention", "inverse-layer-scaling"])
+def test_hugging_face_variants_it_cannot_represent_are_refused(extra, match, tmp_path):
+    """Each loaded without an error and computed other logits than transformers (by up to 27 for
+    the untied head)."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    hf_cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, **extra)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    if not hf_cfg.tie_word_embeddings:
+        with torch.no_grad():
+            hf.lm_head.weight.normal_()
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        GPT2.from_pretrained(tmp_path)
+
+
+def test_an_untied_lm_head_weight_is_refused(tmp_path):
+    m = GPT2(TINY).eval()
+    m.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    # The tied head stored beside wte (as pytorch_model.bin files have it) loads ...
+    save_file(dict(state, **{"lm_head.weight": state["transformer.wte.weight"].clone()}),
+              str(tmp_path / "model.safetensors"))
+    idx = torch.randint(0, 97, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT2.from_pretrained(tmp_path).eval()(idx), m(idx))
+    # ... a different one was dropped silently.
+    save_file(dict(state, **{"lm_head.weight": torch.randn(97, 32)}), str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"lm_head.weight differs from the token embedding wte.weight"):
+        GPT2.from_pretrained(tmp_path)
+    # Saving such a model would drop its head the same way.
+    m.lm_head.weight = torch.nn.Parameter(torch.randn(97, 32))
+    with pytest.raises(ValueError, match=r"model: lm_head.weight differs from the token embedding wte.weight"):
+        m.save_pretrained(tmp_path / "untied")
+    assert not (tmp_path / "untied" / "model.safetensors").exists()
+
+
+def test_save_pretrained_bakes_in_pruning_masks(tmp_path):
+    """The masks were written as parametrizations...original / ...mask: edgegen could not reload
+    the folder and transformers initialised the missing weights at random."""
+    from edgegen.prune import MagnitudeConfig, prune_
+
+    torch.manual_seed(0)
+    m = prune_(GPT2(TINY).eval(), MagnitudeConfig(amount=0.5))
+    m.save_pretrained(tmp_path)
+    assert torch.nn.utils.parametrize.is_parametrized(m.h[0].attn.c_attn)  # the model keeps its masks
+    idx = torch.randint(0, 97, (2, 16))
+    loaded = GPT2.from_pretrained(tmp_path).eval()
+    for a, b in zip(loaded.h, m.h):  # the masked weights, pruned entries exact zeros
+        assert torch.equal(a.mlp.c_fc.weight, b.mlp.c_fc.weight) and (a.mlp.c_fc.weight == 0).any()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), m(idx))
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    hf, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(hf.eval()(idx).logits, m(idx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["Int8DynamicConfig", "Fp16Config"], ids=["int8", "fp16"])
+def test_save_pretrained_refuses_quantized_models(config, tmp_path):
+    import warnings
+
+    import edgegen.quant
+
+    m = GPT2(TINY).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp16: the tied table is converted once, with a warning
+        edgegen.quant.quantize_(m, getattr(edgegen.quant, config)())
+    with pytest.raises(ValueError, match=r"model: holds quantized layers \(.*\) that Hugging Face's "
+                                         r"GPT2LMHeadModel cannot hold; .*save_quantized"):
+        m.save_pretrained(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_save_pretrained_refuses_sliding_window_attention(tmp_path):
+    """Hugging Face would run the weights with dense attention: silently another model."""
+    from edgegen.attention import SparseAttentionConfig, sparsify_attention_
+
+    m = sparsify_attention_(GPT2(TINY).eval(), SparseAttentionConfig(window=4, num_global=1))
+    with pytest.raises(ValueError, match=r"model: holds sliding-window attention \('h\.0\.attn\.attention': window=4, "
+                                         r"num_global=1\), which Hugging Face's GPT2LMHeadModel"):
+        m.save_pretrained(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    dense = sparsify_attention_(GPT2(TINY).eval(), SparseAttentionConfig(window=None))
+    dense.save_pretrained(tmp_path)  # dense attention through edgegen's module is what GPT2LMHeadModel runs
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_save_pretrained_checks_the_config_before_writing(tmp_path):
+    """The weights used to be written before the config was refused: the folder then held the
+    new weights beside the old config.json."""
+    m = GPT2(TINY).eval()
+    m.save_pretrained(tmp_path)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    pruned = GPT2(GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, inner_sizes=(64, 96)))
+    with pytest.raises(ValueError, match="inner_sizes: a feed-forward-pruned GPT-2"):
+        pruned.save_pretrained(tmp_path)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    idx = torch.randint(0, 97, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT2.from_pretrained(tmp_path).eval()(idx), m(idx))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("dropout", 1.5, r"dropout: expected a number in \[0, 1\), got 1.5"),
+    ("dropout", -0.1, r"dropout: expected a number in \[0, 1\), got -0.1"),
+    ("dropout", 1.0, r"dropout: expected a number in \[0, 1\), got 1.0"),
+    ("dropout", float("nan"), r"dropout: expected a number in \[0, 1\), got nan"),
+    ("layer_norm_epsilon", -1.0, r"layer_norm_epsilon: expected a finite number > 0, got -1.0"),
+    ("layer_norm_epsilon", 0.0, r"layer_norm_epsilon: expected a finite number > 0, got 0.0"),
+    ("layer_norm_epsilon", float("inf"), r"layer_norm_epsilon: expected a finite number > 0, got inf"),
+    ("layer_norm_epsilon", "1e-5", r"layer_norm_epsilon: expected a finite number > 0, got '1e-5'"),
+], ids=["dropout-above-1", "dropout-negative", "dropout-1", "dropout-nan", "epsilon-negative", "epsilon-0",
+        "epsilon-inf", "epsilon-str"])
+def test_config_rates_and_epsilon_are_checked(key, value, match):
+    """dropout=1.5 failed later, inside nn.Dropout; layer_norm_epsilon=-1 gave non-finite logits."""
+    with pytest.raises(ValueError, match=match):
+        GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=1, **{key: value})
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):  # finite: read from data too
+        with pytest.raises(ValueError, match=match):
+            GPT2Config.from_dict({"kind": "gpt2", key: value})
+
+
 # ------------------------------------------------------------------ generation arguments, nucleus
 PROMPT = torch.zeros(1, 3, dtype=torch.long)
 

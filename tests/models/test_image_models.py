@@ -37,6 +37,7 @@ def test_lightweight_variants_keep_shapes(kind, se):
     v = BetaVAE(BetaVAEConfig(conv=kind, squeeze_excite=se))
     assert v(torch.rand(2, 3, 64, 64) * 2 - 1)["recon"].shape == (2, 3, 64, 64)
     if kind == "depthwise_separable" and not se:
+        assert parameter_count(g) == 1_008_704  # docs/models.md: 1.01M instead of 3.58M
         assert parameter_count(g) < parameter_count(DCGANGenerator()) / 3
         assert parameter_count(v) < parameter_count(BetaVAE())
 
@@ -112,3 +113,18 @@ def test_vae_sample_follows_the_model_dtype_and_allows_zero():
     for config in (Fp16Config(), Bf16Config()):  # 16-bit layers cast their inputs: images stay float32
         q = quantize_(BetaVAE(BetaVAEConfig(latent_dim=8)).eval(), config)
         assert q.sample(2, generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["bfloat16", "float64"])
+def test_sampling_and_example_inputs_follow_a_model_moved_to_another_dtype(dtype):
+    """A bfloat16 VAE drew float32 latents and failed in its first layer (Float and BFloat16)."""
+    torch.manual_seed(0)
+    v = BetaVAE(BetaVAEConfig(latent_dim=8)).to(dtype).eval()
+    images = v.sample(2, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    assert images.dtype == dtype and torch.equal(images, v.decode(z))
+    assert v.example_inputs(2)[0].dtype == dtype and v(*v.example_inputs(2))["loss"].dtype == dtype
+    g, d = (m.to(dtype).eval() for m in DCGANConfig(nz=8, ngf=4, ndf=4).build())
+    for model in (g, d):
+        ex = model.example_inputs(2)
+        assert ex[0].dtype == dtype and model(*ex).dtype == dtype

@@ -21,7 +21,9 @@ _MODES = ("forward", "train", "decode")
 @dataclass
 class WindowChoice:
     """The chosen ``window`` / ``num_global``, their cost (milliseconds per token, all
-    ``layers`` together), whether that fits ``budget_ms``, and every measured candidate."""
+    ``layers`` together), whether that fits ``budget_ms``, the length they were timed at
+    (``calibration_length``; 'decode' times one token after ``seq_len`` keys), and every measured
+    candidate (each with its ``length``)."""
 
     window: int
     num_global: int
@@ -44,8 +46,10 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _measurer(mode: str, seq_len: int, length: int, batch: int, heads: int, head_dim: int, dtype, repeats: int,
-              generator: torch.Generator):
+def _measurer(mode: str, seq_len: int, length: Callable[[int, int], int], batch: int, heads: int, head_dim: int,
+              dtype, repeats: int, generator: torch.Generator):
+    """``measure(window, num_global)`` timing the kernel; 'forward' and 'train' run it on
+    ``length(window, num_global)`` tokens (inputs made once per length)."""
     def make(n: int, grad: bool):
         return [torch.randn(batch, heads, n, head_dim, generator=generator).to(dtype).requires_grad_(grad)
                 for _ in range(3)]
@@ -61,10 +65,15 @@ def _measurer(mode: str, seq_len: int, length: int, batch: int, heads: int, head
             return _median_ms(step, repeats)  # one token
         return measure
 
-    q, k, v = make(length, mode == "train")
-    grad_out = torch.randn(batch, heads, length, head_dim, generator=generator).to(dtype)
+    inputs: dict[int, tuple] = {}
 
     def measure(window: int, num_global: int) -> float:
+        n = length(window, num_global)
+        if n not in inputs:
+            inputs[n] = (*make(n, mode == "train"),
+                         torch.randn(batch, heads, n, head_dim, generator=generator).to(dtype))
+        q, k, v, grad_out = inputs[n]
+
         def run():
             if mode == "train":
                 out = sliding_window_attention(q, k, v, window, num_global)
@@ -72,7 +81,7 @@ def _measurer(mode: str, seq_len: int, length: int, batch: int, heads: int, head
             else:
                 with torch.no_grad():
                     sliding_window_attention(q, k, v, window, num_global)
-        return _median_ms(run, repeats) / length
+        return _median_ms(run, repeats) / n
     return measure
 
 
@@ -88,8 +97,9 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
     ``mode``: 'forward' (prefill / inference over ``seq_len`` tokens), 'train' (forward and
     backward) or 'decode' (one new token with a cache of ``seq_len`` keys). The cost per token is
     measured once per candidate on random [batch, heads, L, head_dim] inputs, with
-    L = min(seq_len, calibration_length) (the sliding-window cost per token does not grow with
-    the length, so a short run stands for a long one), times ``layers``. Windows are tried from
+    L = min(seq_len, max(calibration_length, window + num_global)) (the sliding-window cost per
+    token does not grow with the length once it exceeds the window, so a short run stands for a
+    long one; a shorter one would time a smaller window), times ``layers``. Windows are tried from
     small to large and measuring stops at the first window that no longer fits; windows above
     ``seq_len`` are dropped (``window = seq_len`` is already dense causal attention).
     ``measure(window, num_global) -> ms per token for one layer`` replaces the built-in timing
@@ -111,11 +121,14 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
     if not windows or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in windows):
         raise ValueError(f"windows: expected ints >= 1, got {windows!r}")
     cands = sorted({w for w in windows if w <= seq_len} | ({seq_len} if max(windows) >= seq_len else set()))
-    globals_ = sorted({int(g) for g in num_globals})
-    if not globals_ or any(g < 0 for g in globals_):
-        raise ValueError(f"num_globals: expected ints >= 0, got {list(num_globals)!r}")
-    globals_ = [g for g in globals_ if g <= seq_len] or [0]
-    length = min(seq_len, calibration_length)
+    globals_ = list(num_globals)
+    if not globals_ or any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in globals_):
+        raise ValueError(f"num_globals: expected ints >= 0, got {globals_!r}")
+    globals_ = [g for g in sorted(set(globals_)) if g <= seq_len] or [0]
+
+    def length(window: int, num_global: int) -> int:
+        return min(seq_len, max(calibration_length, window + num_global))
+
     if measure is None:
         gen = torch.Generator().manual_seed(0)
         measure = _measurer(mode, seq_len, length, batch, heads, head_dim, dtype, repeats, gen)
@@ -127,7 +140,7 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
         for g in globals_:
             ms = float(measure(w, g)) * layers
             fits = ms <= latency_budget_ms
-            rows.append({"window": w, "num_global": g, "ms_per_token": ms, "fits": fits})
+            rows.append({"window": w, "num_global": g, "ms_per_token": ms, "fits": fits, "length": length(w, g)})
             if fits:
                 fitted_any = True
                 best = (w, g, ms)
@@ -138,5 +151,6 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
         warnings.warn(f"choose_window: even window={first['window']} costs {first['ms_per_token']:.4g} ms per token, "
                       f"over the budget of {latency_budget_ms} ms", stacklevel=2)
         return WindowChoice(first["window"], first["num_global"], first["ms_per_token"], float(latency_budget_ms),
-                            False, mode, seq_len, length, rows)
-    return WindowChoice(best[0], best[1], best[2], float(latency_budget_ms), True, mode, seq_len, length, rows)
+                            False, mode, seq_len, first["length"], rows)
+    return WindowChoice(best[0], best[1], best[2], float(latency_budget_ms), True, mode, seq_len,
+                        length(best[0], best[1]), rows)

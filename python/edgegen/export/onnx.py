@@ -121,6 +121,22 @@ def _check_exportable(model: nn.Module) -> nn.Module:
         raise ValueError("model: holds bfloat16 layers (LowPrecision, e.g. from Bf16Config) that ONNX Runtime's "
                          "CPU provider cannot run (no bfloat16 convolution or matrix-product kernels); export the "
                          "float model instead")
+    from edgegen.models.early_exit import EarlyExitGPT2
+
+    if any(isinstance(m, EarlyExitGPT2) for m in model.modules()):
+        # Tracing records the exits the example inputs take: other inputs would run the same layers.
+        raise ValueError("model: an EarlyExitGPT2 chooses per token, from the confidence of its exits, how many "
+                         "blocks run (data-dependent control flow) and has no fixed ONNX graph; export its GPT-2 "
+                         "(model.model) instead")
+    from edgegen.attention.modules import SparseSelfAttention
+
+    sparse = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseSelfAttention) and m.window is not None]
+    if sparse:
+        name, m = sparse[0]
+        raise ValueError(f"model: holds sliding-window attention ({name!r}: window={m.window}, "
+                         f"num_global={m.num_global}) that runs as edgegen's own kernel "
+                         "(edgegen::sliding_window_attention) and has no ONNX form; export the model with dense "
+                         "attention (SparseAttentionConfig(window=None))")
     if any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules()):
         from edgegen.prune import finalize_
 
@@ -175,7 +191,11 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
     """Export ``model`` (eval mode, no gradients) to ``path``; with ``check``, load it in ONNX
     Runtime and require its outputs on ``example_inputs`` to match PyTorch's within
     ``atol + rtol * |expected|`` (a mismatch raises). ``example_inputs`` default: those of
-    :func:`onnx_target` (which also picks the module for edgegen's model kinds)."""
+    :func:`onnx_target` (which also picks the module for edgegen's model kinds). Every module's
+    training mode is restored afterwards. Models with no ONNX form are refused up front:
+    edgegen's integer, QAT and bfloat16 layers, sliding-window attention, and early-exit GPT-2
+    (which branches on its data). PyTorch's TracerWarnings reach the caller: one from the model's
+    computation (not an argument check) means the file holds the example inputs' branch."""
     _require_ort()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -193,17 +213,23 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
         raise ValueError(f"input_names: expected {len(inputs)} names (one per input), got {input_names}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
+    # Every module's own mode, restored after: the export target may be a wrapper (GPT-2's
+    # _LogitsOnly, the VAE's _Decoder) around the caller's model, in whatever mode each part was.
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     dynamic = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on Python-level checks, exporter deprecation notes
+            # The exporter's deprecation notes only: a TracerWarning can mean that the model branches on
+            # its data and the file holds the example's path, so those reach the caller.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
             expected = model(*inputs)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     abs_diff = rel_diff = None
     if check:
         got = run_onnx(path, inputs)

@@ -4,6 +4,7 @@ papers compare against plain convolutions: depthwise-separable convolutions (How
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 CONV_KINDS = ("standard", "depthwise_separable")
@@ -45,6 +46,16 @@ def require_positive_ints(config, *names: str) -> None:
 def require_conv_kind(kind: str) -> None:
     if kind not in CONV_KINDS:
         raise ValueError(f"conv: expected one of {CONV_KINDS}, got {kind!r}")
+
+
+def input_dtype(first: nn.Module) -> torch.dtype:
+    """The dtype a model's floating-point inputs (latents, images) must have, from its first
+    layer ``first``: the weight's dtype for a plain Linear or convolution (a model moved to
+    float64 or bfloat16 with ``.to``), else the default dtype (layers quantized by edgegen cast
+    their inputs themselves and take what the float model took)."""
+    if isinstance(first, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and first.weight.is_floating_point():
+        return first.weight.dtype
+    return torch.get_default_dtype()
 
 
 def parameter_count(module: nn.Module) -> int:

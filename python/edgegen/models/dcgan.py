@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.models.config import ModelConfig
-from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
+from edgegen.models.blocks import SqueezeExcite, conv, input_dtype, require_conv_kind, require_positive_ints
 
 
 @dataclass
@@ -71,8 +71,9 @@ class DCGANGenerator(nn.Module):
         dcgan_init_(self)
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
-        """Inputs for tracing (e.g. edgegen.prune): latents of shape [batch, nz]."""
-        return (torch.randn(batch, self.config.nz, device=next(self.parameters()).device),)
+        """Inputs for tracing (e.g. edgegen.prune): latents of shape [batch, nz], in the model's dtype."""
+        return (torch.randn(batch, self.config.nz, device=next(self.parameters()).device,
+                            dtype=input_dtype(self.net[0])),)
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() == 2:
@@ -99,8 +100,9 @@ class DCGANDiscriminator(nn.Module):
         dcgan_init_(self)
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
-        """Inputs for tracing (e.g. edgegen.prune): images of shape [batch, nc, 64, 64]."""
-        return (torch.randn(batch, self.config.nc, 64, 64, device=next(self.parameters()).device),)
+        """Inputs for tracing (e.g. edgegen.prune): images of shape [batch, nc, 64, 64], in the model's dtype."""
+        return (torch.randn(batch, self.config.nc, 64, 64, device=next(self.parameters()).device,
+                            dtype=input_dtype(self.net[0])),)
 
     def forward(self, x: Tensor) -> Tensor:
         """One real/fake logit per image, shape [B]."""

@@ -11,6 +11,7 @@ what ``edgegen.distill.fused_linear_kd_loss`` consumes.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
@@ -53,6 +54,11 @@ class GPT2Config(ModelConfig, kind="gpt2"):
         require_positive_ints(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if not _is_real(self.layer_norm_epsilon) or not (math.isfinite(self.layer_norm_epsilon)
+                                                        and self.layer_norm_epsilon > 0):
+            raise ValueError(f"layer_norm_epsilon: expected a finite number > 0, got {self.layer_norm_epsilon!r}")
         if self.head_counts is not None:
             self.head_counts = tuple(self.head_counts)
             if len(self.head_counts) != self.n_layer or not all(
@@ -115,6 +121,15 @@ class GPT2Config(ModelConfig, kind="gpt2"):
         act = d.get("activation_function", "gelu_new")
         if act != "gelu_new":
             raise ValueError(f"config.json: activation_function {act!r} is not GPT-2's 'gelu_new'")
+        # Variants of GPT2LMHeadModel that edgegen's GPT2 (tied head, scores scaled by 1/sqrt(head_dim)
+        # only) would load without an error but compute differently.
+        for key, default, meaning in (
+                ("tie_word_embeddings", True, "an output head separate from the token embedding"),
+                ("scale_attn_weights", True, "attention scores not scaled by 1/sqrt(head_dim)"),
+                ("scale_attn_by_inverse_layer_idx", False, "attention scores also scaled by 1/(layer + 1)")):
+            if d.get(key, default) != default:
+                raise ValueError(f"config.json: {key} is {d[key]!r} ({meaning}), which edgegen's GPT2 cannot "
+                                 f"represent; expected {default!r}")
         return cls(vocab_size=d["vocab_size"], n_positions=d.get("n_positions", d.get("n_ctx", 1024)),
                    n_embd=d["n_embd"], n_layer=d["n_layer"], n_head=d["n_head"],
                    layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
@@ -440,11 +455,14 @@ class GPT2(nn.Module):
                              "dense GPT2 and factorize it with reduce_(model, EmbeddingFactorConfig(...))")
         own = dict(self.state_dict())
         own.pop("lm_head.weight")  # tied to wte
-        converted = {}
+        converted, head = {}, None
         for name, t in state.items():
             local = self._hf_to_local(name)
-            if local.endswith((".attn.bias", ".attn.masked_bias")) or local == "lm_head.weight":
-                continue  # causal-mask buffers of older checkpoints; the tied head
+            if local.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # causal-mask buffers of older checkpoints
+            if local == "lm_head.weight":
+                head = t  # the tied head: checked against wte below
+                continue
             if local.endswith(self._CONV1D):
                 t = t.t()
             converted[local] = t
@@ -456,19 +474,55 @@ class GPT2(nn.Module):
         for name, t in converted.items():
             if t.shape != own[name].shape:
                 raise ValueError(f"{source}: {name} has shape {tuple(t.shape)}, expected {tuple(own[name].shape)}")
+        if head is not None and not torch.equal(head, converted["wte.weight"]):
+            raise ValueError(f"{source}: lm_head.weight differs from the token embedding wte.weight (an untied "
+                             "output head), which edgegen's GPT2 (head tied to wte) cannot represent")
         self.load_state_dict(converted, strict=False)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors in Hugging Face's GPT2LMHeadModel layout."""
+        """Write config.json and model.safetensors in Hugging Face's GPT2LMHeadModel layout. The
+        model is checked before anything is written: a model GPT2LMHeadModel cannot represent
+        (factorized embedding, per-layer head counts or MLP widths, quantized layers, sliding-window
+        attention) is refused.
+        A magnitude-pruned model is written with its masks baked in (the model keeps them). Each
+        file is replaced atomically."""
+        from edgegen._atomic import write_text
+        from edgegen.quant import (Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding,
+                                   Int8Linear, LowPrecision, QATModule, SwitchablePrecision)
         from edgegen.tensor_files import write_safetensors
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        hf_config = self.config.to_hf()
+        kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding, LowPrecision,
+                 QATModule, SwitchablePrecision)
+        found = sorted({type(m).__name__ for m in self.modules() if isinstance(m, kinds)})
+        if found:
+            raise ValueError(f"model: holds quantized layers ({', '.join(found)}) that Hugging Face's "
+                             "GPT2LMHeadModel cannot hold; save the float model, or this one with "
+                             "edgegen.quant.save_quantized")
+        from edgegen.attention.modules import SparseSelfAttention
+
+        sparse = [(n, m) for n, m in self.named_modules() if isinstance(m, SparseSelfAttention) and m.window is not None]
+        if sparse:  # GPT2LMHeadModel would run the weights with dense attention: another model
+            name, m = sparse[0]
+            raise ValueError(f"model: holds sliding-window attention ({name!r}: window={m.window}, num_global="
+                             f"{m.num_global}), which Hugging Face's GPT2LMHeadModel (dense attention) cannot "
+                             "hold; save it with edgegen (torch.save of the state dict) or restore dense attention")
+        model = self
+        if any(torch.nn.utils.parametrize.is_parametrized(m) for m in self.modules()):
+            from edgegen.prune import finalize_
+
+            model = finalize_(copy.deepcopy(self))  # masks baked in: pruned weights are exact zeros
+        own = model.state_dict()
         state = {}
-        for name, t in self.state_dict().items():
+        for name, t in own.items():
             if name == "lm_head.weight":
+                if not torch.equal(t, own["wte.weight"]):
+                    raise ValueError("model: lm_head.weight differs from the token embedding wte.weight (an untied "
+                                     "output head), which Hugging Face's GPT2LMHeadModel (tied head) cannot hold")
                 continue  # tied: Hugging Face restores it from wte
             t = t.t() if name.endswith(self._CONV1D) else t
             state["transformer." + name] = t.detach().contiguous().cpu()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
         write_safetensors(state, path / "model.safetensors", {"format": "pt"})
-        (path / "config.json").write_text(json.dumps(self.config.to_hf(), indent=2))
+        write_text(path / "config.json", json.dumps(hf_config, indent=2))

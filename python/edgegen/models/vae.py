@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.models.config import ModelConfig
-from edgegen.models.blocks import SqueezeExcite, conv, require_conv_kind, require_positive_ints
+from edgegen.models.blocks import SqueezeExcite, conv, input_dtype, require_conv_kind, require_positive_ints
 
 
 @dataclass
@@ -74,8 +74,9 @@ class BetaVAE(nn.Module):
         self.decoder = nn.Sequential(*dec, nn.Tanh())
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor]:
-        """Inputs for tracing (e.g. edgegen.prune): images of shape [batch, nc, 64, 64]."""
-        return (torch.rand(batch, self.config.nc, 64, 64, device=next(self.parameters()).device) * 2 - 1,)
+        """Inputs for tracing (e.g. edgegen.prune): images of shape [batch, nc, 64, 64], in the model's dtype."""
+        return (torch.rand(batch, self.config.nc, 64, 64, device=next(self.parameters()).device,
+                           dtype=input_dtype(self.encoder[0])) * 2 - 1,)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1:] != (self.config.nc, 64, 64):
@@ -123,13 +124,14 @@ class BetaVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` images decoded from standard normal latents: float64 for a float64 model, else
-        the default dtype (float32), as ``forward`` gives for float32 images (layers quantized to
-        16 bits cast their inputs themselves)."""
+        """``n`` images decoded from standard normal latents in the model's dtype: that of the
+        decoder's first layer (float64 or bfloat16 for a model moved there with ``.to``), or the
+        default dtype (float32) when that layer is quantized, as ``forward`` gives for float32
+        images (layers quantized to 16 bits cast their inputs themselves)."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"n: expected an int >= 0, got {n!r}")
         params = list(self.parameters())
-        dtype = torch.float64 if all(q.dtype == torch.float64 for q in params) else torch.get_default_dtype()
+        dtype = input_dtype(self.decoder[0])
         z = torch.randn(int(n), self.config.latent_dim, generator=generator, device=params[0].device, dtype=dtype)
         return self.decode(z)
 
