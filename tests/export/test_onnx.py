@@ -239,3 +239,17 @@ def test_sliding_window_attention_is_refused_up_front(tmp_path):
     with pytest.raises(ValueError, match=r"model: holds sliding-window attention \('h.0.attn.attention': window=4, "
                                          r"num_global=1\) .*no ONNX form"):
         export_onnx(model, path=tmp_path / "sparse.onnx")
+
+
+def test_input_checks_add_no_tracer_warnings():
+    """The models' input checks are skipped while tracing (the exporter checks its example), so the
+    TracerWarnings an export passes on point at computation, not at validation."""
+    import warnings
+
+    from edgegen.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+
+    for model in (DCGANGenerator(DCGANConfig()).eval(), DCGANDiscriminator(DCGANConfig()).eval()):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.jit.trace(model, model.example_inputs())
+        assert [str(w.message)[:60] for w in caught if w.category is torch.jit.TracerWarning] == []

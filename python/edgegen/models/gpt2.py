@@ -378,10 +378,13 @@ class GPT2(nn.Module):
         if idx.dtype != torch.long or idx.dim() != 2:
             raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} {tuple(idx.shape)}")
         T = idx.shape[1]
-        if offset + T > self.config.n_positions:
-            raise ValueError(f"idx: {offset + T} positions exceed the context of {self.config.n_positions}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
+        # Checks of the input, not the model's computation: skipped while tracing (an ONNX export
+        # checks its example before), where each would be a warning about baked-in control flow.
+        if not torch.jit.is_tracing():
+            if offset + T > self.config.n_positions:
+                raise ValueError(f"idx: {offset + T} positions exceed the context of {self.config.n_positions}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+                raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
         pos = torch.arange(offset, offset + T, device=idx.device)
         return self.drop(self.wte(idx) + self.wpe(pos))
 
@@ -501,7 +504,8 @@ class GPT2(nn.Module):
                              "edgegen.quant.save_quantized")
         from edgegen.attention.modules import SparseSelfAttention
 
-        sparse = [(n, m) for n, m in self.named_modules() if isinstance(m, SparseSelfAttention) and m.window is not None]
+        sparse = [(n, m) for n, m in self.named_modules()
+                  if isinstance(m, SparseSelfAttention) and m.window is not None]
         if sparse:  # GPT2LMHeadModel would run the weights with dense attention: another model
             name, m = sparse[0]
             raise ValueError(f"model: holds sliding-window attention ({name!r}: window={m.window}, num_global="
