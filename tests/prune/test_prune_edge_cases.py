@@ -20,6 +20,7 @@ from edgegen.prune import (
     load_sparse,
     prune_,
     save_sparse,
+    sparsity,
     sweep_ratios,
 )
 
@@ -112,3 +113,25 @@ def test_weight_norm_layers_are_named_not_crashed_on(config):
         prune_(model, config)
     prune_(model, config, filter_fn=lambda m, n: n == "1")  # excluded: the rest prunes
     assert float((model[1].weight == 0).float().mean()) == 0.5
+
+
+@pytest.mark.parametrize("config", [MagnitudeConfig(0.5), NMConfig(2, 4)], ids=["magnitude", "n:m"])
+@pytest.mark.parametrize("hook", ["spectral_norm", "weight_norm"])
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+def test_weights_recomputed_by_a_hook_are_refused_before_any_weight_changes(hook, config):
+    """The hook-based torch.nn.utils.spectral_norm / weight_norm make .weight a plain attribute
+    recomputed before each forward: no mask could hold on it. Refused, naming the layer, with every
+    weight of the model as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(getattr(torch.nn.utils, hook)(nn.Linear(16, 16)), nn.ReLU(), nn.Linear(16, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model: layer '0': Linear\.weight: not a Parameter .*forward pre-hook"):
+        prune_(model, config)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m.parametrizations for m in model.modules() if hasattr(m, "parametrizations"))
+    prune_(model, config, filter_fn=lambda m, n: n == "2")  # excluded: the rest prunes
+    assert float((model[2].weight == 0).float().mean()) == 0.5
+    model.eval()(torch.randn(2, 16))  # the hook computes the layer's weight
+    zeros = int((model[0].weight == 0).sum()) + int((model[2].weight == 0).sum())
+    assert sparsity(model) == zeros / (16 * 16 + 16 * 4)  # measured over both layers, the hooked one included

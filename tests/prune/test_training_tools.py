@@ -73,6 +73,34 @@ def test_gradual_pruning_during_training_follows_the_schedule():
         GradualPruner(model, object(), sched)
 
 
+def _dcgan_channels():
+    g = DCGANGenerator(DCGANConfig(nz=16, ngf=16)).eval()
+    return g, ChannelConfig(0.1), g.example_inputs()
+
+
+def _gpt2_heads():
+    from edgegen.prune import HeadConfig
+
+    return GPT2(GPT2Config(vocab_size=300, n_positions=32, n_embd=64, n_layer=2, n_head=4)), HeadConfig(0.1), None
+
+
+@pytest.mark.parametrize("make", [_dcgan_channels, _gpt2_heads], ids=["dcgan-channels", "gpt2-heads"])
+def test_gradual_pruner_reports_the_measured_sparsity(make):
+    """Channel pruning also zeroes the consumers' inputs and head pruning leaves the MLPs dense:
+    the schedule's amount (0.5) is not the model's sparsity, which is what step() reports."""
+    torch.manual_seed(0)
+    model, config, example = make()
+    pruner = GradualPruner(model, config, CubicSchedule(0.0, 0.5, 0, 10, 5), example_inputs=example)
+    assert pruner.step(3) is None
+    for step in (0, 5, 10):
+        reported = pruner.step(step)
+        weights = [m.weight for n, m in model.named_modules()
+                   if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and n != "lm_head"]  # not the tied head
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        assert reported == pytest.approx(zeros / sum(w.numel() for w in weights), abs=1e-12)
+    assert abs(reported - 0.5) > 0.1  # was: the amount, 0.5
+
+
 def test_lottery_ticket_rewinds_survivors_and_keeps_pruned_zero():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 2))

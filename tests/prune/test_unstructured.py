@@ -171,6 +171,39 @@ def test_deep_copy_of_a_masked_model_is_independent():
     assert get_mask(model[0]) is not None
 
 
+def _seq_then_channels():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), torch.randn(2, 8)
+    return model, x, lambda m: prune_(m, ChannelConfig(0.5), example_inputs=(x,)), lambda m: m[0]
+
+
+def _gpt2_then_ffn():
+    from edgegen.prune import FFNConfig
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=1, n_head=2)).eval()
+    return model, torch.randint(0, 100, (1, 5)), lambda m: prune_(m, FFNConfig(0.5)), lambda m: m.h[0].mlp.c_fc
+
+
+@pytest.mark.parametrize("make", [_seq_then_channels, _gpt2_then_ffn], ids=["channels-sequential", "ffn-gpt2"])
+def test_masking_a_new_tensor_of_a_deep_copy_leaves_the_original_working(make):
+    """A deep copy shares the parametrized class of each masked layer with the original; masking a
+    tensor only the copy has masked so far (a bias, by channel or FFN pruning) must not reach the
+    original's class."""
+    model, x, prune_more, layer = make()
+    prune_(model, MagnitudeConfig(0.3))
+    ref = model(x)
+    twin = copy.deepcopy(model)
+    prune_more(twin)
+    assert get_mask(layer(twin), "bias") is not None and get_mask(layer(model), "bias") is None
+    assert torch.equal(model(x), ref)  # was: KeyError 'bias'
+    out = twin(x)
+    for m in (model, twin):  # the true original class comes back, and computes the same
+        finalize_(m)
+        assert type(layer(m)) is nn.Linear
+    assert torch.equal(model(x), ref) and torch.equal(twin(x), out)
+
+
 def test_torch_compile_of_a_masked_model():
     model = small_net()
     prune_(model, MagnitudeConfig(0.5))

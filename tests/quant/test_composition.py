@@ -146,3 +146,116 @@ def test_save_quantized_refuses_layers_it_cannot_store(tmp_path):
         save_quantized(qat, tmp_path / "q.safetensors")
     assert not list(tmp_path.iterdir())
     assert isinstance(qat[0], QATModule)
+
+
+def _pruned_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                         nn.Flatten(), nn.Linear(8 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+@pytest.mark.parametrize("config", ["int8", "static", "int4", "bf16"])
+def test_a_pruned_then_quantized_model_saves_and_loads(tmp_path, config):
+    """Layers left in floating point (the depthwise convolution under INT8, the convolutions under
+    INT4) keep their pruning masks in memory; the file holds them baked in, once, and loads into a
+    fresh model."""
+    from edgegen.prune import MagnitudeConfig, finalize_, get_mask, prune_
+    from edgegen.quant import Bf16Config, Int4WeightOnlyConfig, Int8StaticConfig, load_quantized
+    from edgegen.tensor_files import read_safetensors
+
+    model, x = _pruned_net(), torch.randn(2, 4, 8, 8)
+    prune_(model, MagnitudeConfig(0.5))
+    cfg = {"int8": Int8DynamicConfig(), "static": Int8StaticConfig(batches=1), "int4": Int4WeightOnlyConfig(64),
+           "bf16": Bf16Config()}[config]
+    quantize_(model, cfg, calibration=[x] if config == "static" else None)
+    masked = [n for n, m in model.named_modules() if get_mask(m) is not None]
+    assert masked  # the case: float layers still masked
+    size = save_quantized(model, tmp_path / "q.safetensors")
+    assert all(get_mask(model.get_submodule(n)) is not None for n in masked)  # the model itself keeps its masks
+    state, _ = read_safetensors(tmp_path / "q.safetensors")
+    assert not any("parametrizations" in k for k in state)
+    assert size == save_quantized(finalize_(copy.deepcopy(model)), tmp_path / "ref.safetensors")  # masks baked in
+    fresh = load_quantized(_pruned_net(), tmp_path / "q.safetensors")
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_a_training_run_that_prunes_then_quantizes_writes_a_loadable_file(tmp_path):
+    from edgegen.prune import MagnitudeConfig, get_mask, sparsity
+    from edgegen.quant import load_quantized
+    from edgegen.train.compression import Compression
+    from edgegen.train.config import CompressConfig
+
+    model, x = _pruned_net(), torch.randn(2, 4, 8, 8)
+    comp = Compression(CompressConfig(prune=MagnitudeConfig(0.5), prune_begin=0, prune_end=4, prune_frequency=2,
+                                      ptq=Int8DynamicConfig()), model, total_steps=8)
+    for step in range(6):
+        comp.after_step(step)
+    assert sparsity(model) == pytest.approx(0.5, abs=1e-3)
+    path = comp.quantize(model, tmp_path, lambda: [x])
+    fresh = load_quantized(_pruned_net(), path)  # was: missing "2.weight", unexpected "2.parametrizations..."
+    assert torch.equal(fresh(x), model(x))
+    assert not bool(get_mask(model[2]).all()) and torch.equal(fresh[2].weight, model[2].weight)  # float, pruned
+
+
+_CONVERSIONS = {"float": (lambda m: m.float(), torch.float32), "half": (lambda m: m.half(), torch.float16),
+                "to-bf16": (lambda m: m.to(torch.bfloat16), torch.bfloat16),
+                "to-f64": (lambda m: m.to(torch.float64), torch.float64)}
+
+
+@pytest.mark.parametrize("conversion", list(_CONVERSIONS))
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_keeps_its_dtype_through_model_conversions(low, conversion):
+    """The 16 bits are the quantization: a model conversion leaves the wrapped layer in them (as
+    the integer modules keep their float32 scales), and the converted model runs."""
+    import torch.nn.functional as F
+
+    from edgegen.quant import Bf16Config
+
+    convert, dtype = _CONVERSIONS[conversion]
+    torch.manual_seed(0)
+    model = quantize_(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)),
+                      Fp16Config() if low == torch.float16 else Bf16Config())
+    convert(model)
+    assert all(p.dtype == low for p in model.parameters()) and model[0].dtype == low
+    x = torch.randn(3, 16, dtype=dtype)
+    a, b = model[0].module, model[2].module
+    ref = F.linear(F.relu(F.linear(x.to(low), a.weight, a.bias).to(dtype)).to(low), b.weight, b.bias).to(dtype)
+    out = model(x)  # was: "mat1 and mat2 must have the same dtype"
+    assert out.dtype == dtype and torch.equal(out, ref)
+
+
+def test_fp16_gpt2_keeps_its_tied_table_through_model_float():
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)).eval()
+    idx = torch.randint(0, 64, (2, 6))
+    with pytest.warns(UserWarning, match="shares its weight"):
+        quantize_(model, Fp16Config())
+    out = model(idx)
+    model.float()
+    assert model.lm_head.module.weight is model.wte.weight and model.wte.weight.dtype == torch.float16
+    assert torch.equal(model(idx), out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=["bf16", "fp16", "f64"])
+@pytest.mark.parametrize("config", ["int8", "int4"])
+def test_quantized_embeddings_follow_a_model_dtype_conversion(config, dtype):
+    """Int8Embedding / Int4Embedding rows come out in the model's dtype, as nn.Embedding's would;
+    the scales stay float32, so the rows are the float32 rows cast."""
+    from edgegen.quant import Int4Embedding, Int4WeightOnlyConfig, Int8Embedding
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=100, n_positions=16, n_embd=64, n_layer=1, n_head=2)).eval()
+    idx = torch.randint(0, 100, (2, 6))
+    quantize_(model, Int8DynamicConfig() if config == "int8" else Int4WeightOnlyConfig(64))
+    emb = model.wte
+    assert isinstance(emb, Int8Embedding if config == "int8" else Int4Embedding)
+    rows, ref = emb(idx), model(idx)
+    assert rows.dtype == torch.float32
+    model.to(dtype)
+    assert torch.equal(emb(idx), rows.to(dtype))
+    assert (emb.weight_scale if config == "int8" else emb.scale).dtype == torch.float32
+    out = model(idx)  # was: "mixed dtype (CPU): expect parameter to have scalar type of Float"
+    assert out.dtype == dtype
+    assert torch.nn.functional.cosine_similarity(out.double().flatten(), ref.double().flatten(), dim=0) > 0.999
+    half = nn.Embedding(10, 64).to(torch.bfloat16)  # a table quantized in bf16 gives bf16 rows
+    assert type(emb).from_float(half)(torch.tensor([1, 2])).dtype == torch.bfloat16

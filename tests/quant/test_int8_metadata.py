@@ -141,3 +141,16 @@ def _conv(v):
     with torch.no_grad():
         m.weight[1, 2, 0, 0] = v
     return m
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Conv2d(3, 4, 3, padding=1), lambda: nn.ConvTranspose2d(3, 4, 4, 2, 1)],
+                         ids=["conv", "conv-transpose"])
+def test_unbatched_input_is_taken_as_the_float_layer_takes_it(make):
+    torch.manual_seed(0)
+    conv = make()
+    q = (Int8Conv2d if isinstance(conv, nn.Conv2d) else Int8ConvTranspose2d).from_float(conv)
+    x = torch.randn(3, 6, 6)
+    out = q(x)  # was: "expected [N, 3, H, W]"
+    assert out.shape == conv(x).shape and torch.equal(out, q(x[None])[0])
+    with pytest.raises(ValueError, match=r"input: expected \[N, 3, H, W\] .*\[3, H, W\] unbatched.*got shape \(6, 6\)"):
+        q(torch.randn(6, 6))

@@ -289,3 +289,77 @@ def test_int8_embedding_and_tied_head_share_storage(tmp_path):
     keep = small_gpt2()
     quantize_(keep, Int8DynamicConfig(embeddings=False))
     assert isinstance(keep.wte, nn.Embedding)
+
+
+def test_mixed_precision_keeps_a_tied_head_with_its_embedding():
+    """The tied head is quantized together with its table, as quantize_ does: one int8 table
+    shared by both, not an int8 copy for the head beside an fp32 table."""
+    from edgegen.prune import saved_bytes
+    from edgegen.quant import Int8Embedding
+
+    model = small_gpt2()
+    idx = torch.randint(0, 256, (2, 8))
+
+    def loss(m):
+        with torch.no_grad():
+            return float(m(idx).pow(2).mean())
+
+    mixed = copy.deepcopy(model)
+    report = quantize_mixed_(mixed, Int8DynamicConfig(), loss, keep_fraction=0.0)
+    assert isinstance(mixed.wte, Int8Embedding) and mixed.lm_head.weight_int8 is mixed.wte.weight_int8
+    ref = quantize_(copy.deepcopy(model), Int8DynamicConfig(), filter_fn=lambda m, n: n != "wpe")  # the same layers
+    with torch.no_grad():
+        assert torch.equal(mixed(idx), ref(idx))
+    assert report["bytes"] == saved_bytes(ref) < 0.3 * saved_bytes(model)
+    head = quantize_(copy.deepcopy(model), Int8DynamicConfig(), filter_fn=lambda m, n: n in ("lm_head", "wte"))
+    assert report["sensitivity"]["lm_head"] == pytest.approx(loss(head) - loss(model))
+
+
+@pytest.mark.parametrize("config", [QATConfig(activation="ema"), Bf16Config(), "dynamic"], ids=["qat", "bf16", "dynamic"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_wrappers_take_the_mode_of_the_layer_they_replace(config, training):
+    from edgegen.quant import DynamicPrecisionConfig
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).train(training)
+    quantize_(model, DynamicPrecisionConfig() if config == "dynamic" else config)
+    assert all(m.training == training for m in model.modules())
+
+
+def test_an_eval_mode_qat_model_does_not_move_its_observers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    prepare_qat_(model, QATConfig(activation="ema"))
+    x = torch.randn(4, 8)
+    model(x)  # the first batch sets the range
+    assert float(model[0].observer.max_val) == float(x.max())
+    model(torch.randn(4, 8) * 100)
+    assert float(model[0].observer.max_val) == float(x.max())  # was: moved by an eval forward
+    model.train()
+    model(torch.randn(4, 8) * 100)
+    assert float(model[0].observer.max_val) > float(x.max())
+
+
+def test_static_calibration_restores_each_modules_own_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)).train()
+    model[1].eval()  # a BatchNorm frozen while the rest fine-tunes
+    quantize_(model, Int8StaticConfig(batches=1), filter_fn=lambda m, n: n == "2", calibration=[torch.randn(4, 8)])
+    assert [m.training for m in model] == [True, False, True]  # was: the BatchNorm training again
+    assert model.training
+
+
+def test_static_calibration_names_a_layer_it_never_reached():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.aux = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.a(x)
+
+    model = Model()
+    with pytest.raises(ValueError, match="calibration: the batches never reached layer 'aux'"):
+        quantize_(model, Int8StaticConfig(batches=1), calibration=[torch.randn(2, 8)])
+    assert isinstance(model.a, nn.Linear)  # refused before any layer was replaced
+    quantize_(model, Int8StaticConfig(batches=1), filter_fn=lambda m, n: n != "aux", calibration=[torch.randn(2, 8)])
+    assert isinstance(model.a, Int8Linear)

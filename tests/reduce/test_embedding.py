@@ -156,3 +156,25 @@ def test_int8_quantizes_both_sides_of_the_factorized_tie_once():
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
     with pytest.raises(ValueError, match="head_operands .* needs the float head"):
         m.head_operands(torch.randn(1, 48))
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_16_bit_quantization_of_the_factorized_tie_runs(low):
+    """A 16-bit head converts the table it shares (as GPT-2's dense tied head does); the embedding
+    then looks up 16-bit rows and projects them in the projection's dtype."""
+    from edgegen.quant import Bf16Config, Fp16Config, quantize_
+
+    m = reduce_(model(), EmbeddingFactorConfig(rank=16))
+    idx = torch.randint(0, 211, (2, 12))
+    rounded = copy.deepcopy(m)  # the reference: the float model with its table rounded to 16 bits
+    with torch.no_grad():
+        rounded.wte.table.weight.copy_(rounded.wte.table.weight.to(low).float())
+        ref = rounded(idx)
+    with pytest.warns(UserWarning, match="shares its weight"):
+        quantize_(m, Fp16Config() if low == torch.float16 else Bf16Config())
+    assert m.lm_head.out.module.weight is m.wte.table.weight and m.wte.table.weight.dtype == low
+    with torch.no_grad():
+        assert torch.equal(m.wte(idx), rounded.wte(idx))
+        out = m(idx)  # was: "expected m1 and m2 to have the same dtype"
+    assert out.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999

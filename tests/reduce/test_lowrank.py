@@ -240,3 +240,36 @@ def test_non_finite_weights_outside_the_plan_do_not_matter():
         model[0].weight[0, 0] = float("nan")
     reduce_(model, LowRankConfig(ranks={"1": 4}))  # layer 0 is not in the plan
     assert type(model[0]) is nn.Linear and model[1].rank == 4
+
+
+def _qat(m):
+    from edgegen.quant import QATConfig, quantize_
+
+    quantize_(m, QATConfig())
+
+
+def _switchable(m):
+    from edgegen.quant import Int8DynamicConfig, enable_precision_switch_
+
+    enable_precision_switch_(m, Int8DynamicConfig())
+
+
+def _bf16(m):
+    from edgegen.quant import Bf16Config, quantize_
+
+    quantize_(m, Bf16Config())
+
+
+@pytest.mark.parametrize("wrap,wrapper", [(_qat, "QATModule"), (_switchable, "SwitchablePrecision"),
+                                          (_bf16, "LowPrecision")], ids=["qat", "switchable", "bf16"])
+def test_layers_inside_quantization_wrappers_are_refused(wrap, wrapper):
+    """A wrapper reads its layer's weight (QAT), or holds a quantized twin the factorization would
+    not change (switchable precision): refused, naming the layer, before anything changes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    wrap(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"model: layer '0\.\w+' is inside a {wrapper} \('0'\)"):
+        reduce_(model, LowRankConfig(rank=4))
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

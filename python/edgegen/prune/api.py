@@ -52,11 +52,12 @@ def _prune_magnitude_(model: nn.Module, config: MagnitudeConfig, filter_fn: Filt
                 raise ValueError(f"importance: 'taylor' needs gradients; {name}.weight has no .grad (run a "
                                  "backward pass before pruning)")
             grads.append(w.grad)
+    # Every mask first, no weight changed yet: apply_mask_ zeroes the pruned entries as it masks each layer.
     if config.scope == "global":
         total = sum(w.numel() for w in weights)
-        masks = ops.magnitude_prune_(weights, round(config.amount * total), grads)
+        masks = ops.magnitude_mask(weights, round(config.amount * total), grads)
     else:
-        masks = [ops.magnitude_prune_([w], round(config.amount * w.numel()), None if grads is None else [grads[i]])[0]
+        masks = [ops.magnitude_mask([w], round(config.amount * w.numel()), None if grads is None else [grads[i]])[0]
                  for i, w in enumerate(weights)]
     for (_, module), mask in zip(layers, masks):
         apply_mask_(module, "weight", mask)

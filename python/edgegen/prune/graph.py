@@ -15,6 +15,7 @@ model outputs, so an unknown pattern costs pruning opportunities, never correctn
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -393,6 +394,30 @@ def _as_tuple(example_inputs) -> tuple:
     raise TypeError(f"example_inputs: expected a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Every module of ``model`` in eval mode inside the block, then each module's own training flag
+    back (``model.train(flag)`` would give every module the model's flag, and a BatchNorm kept in
+    eval mode while the rest fine-tunes would train again)."""
+    training = training_flags(model)
+    try:
+        model.eval()
+        yield model
+    finally:
+        restore_training_flags(training)
+
+
+def training_flags(model: nn.Module) -> dict:
+    """Each module's own training flag, for :func:`restore_training_flags` (where a ``with``
+    block of :func:`eval_mode` does not fit)."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_training_flags(flags: dict) -> None:
+    for m, flag in flags.items():
+        m.training = flag
+
+
 def find_channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     """All channel groups of ``model`` (prunable or not), found by tracing one forward pass of
     ``example_inputs`` in eval mode under no_grad (buffers are not updated). The model must not be
@@ -402,7 +427,6 @@ def find_channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("model: trace an unparametrized model (edgegen.prune.finalize_ a copy first)")
     inputs = _as_tuple(example_inputs)
-    training = {m: m.training for m in model.modules()}
     tracer = _Tracer(_owners(model))
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
@@ -414,16 +438,13 @@ def find_channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
 
     hooks = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
     try:
-        model.eval()
-        with torch.no_grad(), tracer:
+        with eval_mode(model), torch.no_grad(), tracer:
             out = model(*inputs)
         for t in _tensors(out):
             tracer.freeze(t, "reaches the model output")
     finally:
         for h in hooks:
             h.remove()
-        for m, flag in training.items():
-            m.training = flag
     roots = []
     for s in tracer.spaces:
         if s.parent is None:

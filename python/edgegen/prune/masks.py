@@ -69,7 +69,21 @@ def raw_parameter(module: nn.Module, name: str = "weight") -> Tensor:
                              "parametrization with torch.nn.utils.parametrize.remove_parametrizations, or exclude "
                              "the layer with filter_fn)")
         return plist.original
+    if name not in module._parameters and name not in module._buffers:  # e.g. the old hook-based spectral_norm
+        raise ValueError(f"{type(module).__name__}.{name}: not a Parameter but an attribute that a forward pre-hook "
+                         f"recomputes from {sorted(module._parameters)} (torch.nn.utils.spectral_norm / weight_norm); "
+                         "pruning and factorization need a plain weight (remove the hook with "
+                         "torch.nn.utils.remove_spectral_norm / remove_weight_norm, or exclude the layer with filter_fn)")
     return getattr(module, name)
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own (same base, same properties). Parametrizing
+    a new tensor adds a property to the module's class, and a deep copy shares that class with
+    the original, which would then look for a parametrization it does not have."""
+    cls = type(module)
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 @torch.no_grad()
@@ -82,6 +96,8 @@ def apply_mask_(module: nn.Module, name: str, mask: Tensor) -> None:
         mask = mask.expand(param.shape)
     existing = _mask_module(module, name)
     if existing is None:
+        if parametrize.is_parametrized(module) and not parametrize.is_parametrized(module, name):
+            _own_class(module)  # the new property must not reach a deep copy's (or original's) class
         parametrize.register_parametrization(module, name, WeightMask(mask.clone(memory_format=torch.contiguous_format),
                                                                       param.dtype), unsafe=True)
     else:
@@ -158,12 +174,14 @@ def _memory_key(p: torch.Tensor):
     return storage_key(p)
 
 
-def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
+def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None, maskable: bool = True
                      ) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of the Linear/Conv/ConvTranspose layers whose weight may be pruned:
     selected by ``filter_fn(module, name)`` when given, and never a weight shared with another
     module (such as GPT-2's output head, tied to the token embedding), whether the modules hold one
-    Parameter or two over the same memory."""
+    Parameter or two over the same memory. A selected weight that cannot take a mask (parametrized
+    over several tensors, or recomputed by a hook) is an error naming the layer; with
+    ``maskable=False`` (measuring, not pruning) it is listed like the others."""
     owners: dict = {}
     for module in model.modules():
         for p in module._parameters.values():
@@ -178,7 +196,9 @@ def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
         try:
             raw = raw_parameter(module, "weight")
         except ValueError as exc:
-            raise ValueError(f"model: layer {name!r}: {exc}") from None
+            if maskable:
+                raise ValueError(f"model: layer {name!r}: {exc}") from None
+            raw = module.weight
         if owners.get(_memory_key(raw), 0) > 1:
             continue
         out.append((name, module))
@@ -189,7 +209,7 @@ def prunable_weights(model: nn.Module, filter_fn: FilterFn | None = None
 def sparsity(model: nn.Module, filter_fn: FilterFn | None = None) -> float:
     """Fraction of exactly-zero entries over the prunable weights (as the modules see them)."""
     zeros = total = 0
-    for _, module in prunable_weights(model, filter_fn):
+    for _, module in prunable_weights(model, filter_fn, maskable=False):
         w = module.weight
         zeros += int((w == 0).sum())
         total += w.numel()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from edgegen.config import Config
+from edgegen.prune.masks import sparsity
 from edgegen.transform import FilterFn
 
 
@@ -84,13 +85,15 @@ class GradualPruner:
         self.filter_fn, self.example_inputs = filter_fn, example_inputs
 
     def step(self, step: int) -> float | None:
-        """Prune if ``step`` is a pruning step; returns the sparsity applied (None otherwise)."""
+        """Prune if ``step`` is a pruning step; returns the model's sparsity measured afterwards
+        (:func:`~edgegen.prune.sparsity`, the zero fraction of all prunable weights: channel
+        pruning also zeroes the consumers' inputs, head pruning leaves the MLPs dense, so it is not
+        the schedule's amount), None on other steps."""
         if not self.schedule.is_pruning_step(step):
             return None
         from edgegen.prune.api import prune_
 
         amount = self.schedule.sparsity(step)
-        if amount <= 0.0:
-            return 0.0
-        prune_(self.model, replace(self.config, amount=amount), self.filter_fn, example_inputs=self.example_inputs)
-        return amount
+        if amount > 0.0:
+            prune_(self.model, replace(self.config, amount=amount), self.filter_fn, example_inputs=self.example_inputs)
+        return sparsity(self.model)

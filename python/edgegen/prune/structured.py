@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 
 from edgegen.ops import prune as ops
 from edgegen.prune.config import ChannelConfig
-from edgegen.prune.graph import ChannelGroup, Slice, _as_tuple, _tensors, find_channel_groups
+from edgegen.prune.graph import ChannelGroup, Slice, _as_tuple, _tensors, eval_mode, find_channel_groups
 from edgegen.prune.masks import apply_mask_, finalize_, raw_parameter
 from edgegen.transform import FilterFn
 
@@ -171,15 +171,9 @@ def _refresh_shape_attributes(module: nn.Module) -> None:
 
 
 def _run(model: nn.Module, inputs: tuple, seed: int):
-    training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return model(*inputs)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model(*inputs)
 
 
 def shrink(model: nn.Module, example_inputs=None, check: bool = True, atol: float = 1e-5,

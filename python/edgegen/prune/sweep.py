@@ -9,6 +9,7 @@ from torch import nn
 from edgegen.ops.flops import count_flops
 from edgegen.prune.api import prune_
 from edgegen.prune.export import saved_bytes
+from edgegen.prune.graph import eval_mode
 from edgegen.prune.masks import finalize_
 from edgegen.prune.structured import _as_tuple, shrink
 
@@ -19,12 +20,8 @@ def _eval_flops(model: nn.Module, example_inputs) -> int:
     """FLOPs of one forward pass in eval mode as executed (dense): :func:`edgegen.ops.flops.count_flops`,
     the counter every edgegen measurement uses (2 per multiply-add; convolutions, matmuls,
     attention and edgegen's own ops)."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return count_flops(model, _as_tuple(example_inputs))
-    finally:
-        model.train(was)
 
 
 def sweep_ratios(build_model: Callable[[], nn.Module], config_for: Callable[[float], object], example_inputs,

@@ -34,7 +34,9 @@ def register_quantize_handler(config_type: type):
 
 class LowPrecision(nn.Module):
     """Runs ``module`` in ``dtype``: its parameters are stored in it, inputs are cast in and
-    outputs cast back to the input's dtype."""
+    outputs cast back to the input's dtype. The precision is the quantization: ``model.float()``
+    / ``.half()`` / ``.to(dtype)`` leave the wrapped layer in ``dtype`` (as the integer modules
+    keep their float32 scales); devices still change."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype):
         super().__init__()
@@ -42,6 +44,12 @@ class LowPrecision(nn.Module):
         # is converted for both, and stored once (quantize_ warns when that happens).
         self.module = module.to(dtype)
         self.dtype = dtype
+        self.training = module.training  # the mode of the layer it replaces
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.module.to(self.dtype)  # in place again, a shared Parameter included
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.module(x.to(self.dtype)).to(x.dtype)
@@ -189,22 +197,22 @@ def _retie(model: nn.Module, tied: list[tuple[str, str]]) -> None:
 
 
 def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_fn: FilterFn | None) -> dict[str, tuple]:
+    from edgegen.prune.graph import eval_mode
     from edgegen.quant.observers import OBSERVERS
 
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, _INT8_KINDS) and n and filter_fn(m, n)]
-    observers, hooks = {}, []
+    observers, hooks, reached = {}, [], set()
     for name, m in targets:
         obs = OBSERVERS[config.observer](quant_min=0, quant_max=127)
         observers[name] = obs
-        def record(mod, args, obs=obs) -> None:  # returns None: the inputs pass unchanged
+        def record(mod, args, obs=obs, name=name) -> None:  # returns None: the inputs pass unchanged
             obs(args[0])
+            reached.add(name)
 
         hooks.append(m.register_forward_pre_hook(record))
-    was_training = model.training
-    model.eval()
     seen = 0
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # each module's own mode back afterwards
             # islice: a generator is never asked for a batch beyond the ones used
             for batch in itertools.islice(calibration, config.batches or config.DEFAULT_BATCHES):
                 model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
@@ -212,9 +220,12 @@ def _calibrate(model: nn.Module, config: Int8StaticConfig, calibration, filter_f
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     if seen == 0:
         raise ValueError("calibration: yielded no batches")
+    missed = [name for name in observers if name not in reached]
+    if missed:
+        raise ValueError(f"calibration: the batches never reached layer {missed[0]!r} ({len(missed)} selected layer(s) "
+                         "unused by the forward pass have no activation range); exclude it with filter_fn")
     out = {}
     for name, obs in observers.items():
         scale, zp = obs.calculate_qparams()

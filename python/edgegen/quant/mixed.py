@@ -43,15 +43,25 @@ def _candidates(model: nn.Module, config, filter_fn: FilterFn | None) -> list[st
     return [n for n, m in model.named_modules() if n and ok(m, n)]
 
 
+def _with_tied(model: nn.Module, names) -> set[str]:
+    """``names`` plus the embedding tied to any head among them (GPT-2's ``wte`` for ``lm_head``):
+    quantize_ then quantizes the pair together and keeps the tie (one table in the file), rather
+    than giving the head its own copy beside a float table."""
+    tied = {head: emb for emb, head in _tied_heads(model)}
+    return set(names) | {tied[n] for n in names if n in tied}
+
+
 def layer_sensitivity(model: nn.Module, config, evaluate: Callable[[nn.Module], float],
                       filter_fn: FilterFn | None = None) -> dict[str, float]:
     """For every candidate layer: ``evaluate`` (a loss: lower is better) of a copy of the model
-    with only that layer quantized, minus ``evaluate`` of the unquantized model."""
+    with only that layer quantized (with the embedding tied to it, if any), minus ``evaluate`` of
+    the unquantized model."""
     base = float(evaluate(model))
     out = {}
     for name in _candidates(model, config, filter_fn):
         m = copy.deepcopy(model)
-        quantize_(m, config, filter_fn=lambda mod, n, name=name: n == name)
+        chosen = _with_tied(m, [name])
+        quantize_(m, config, filter_fn=lambda mod, n, chosen=chosen: n in chosen)
         out[name] = float(evaluate(m)) - base
     return out
 
@@ -72,7 +82,7 @@ def quantize_mixed_(model: nn.Module, config, evaluate: Callable[[nn.Module], fl
         raise ValueError("model: nothing to quantize (no candidate layer)")
     k = math.ceil(keep_fraction * len(sens)) if keep_fraction > 0 else 0
     kept = sorted(sens, key=lambda n: sens[n], reverse=True)[:k]
-    rest = set(sens) - set(kept)
+    rest = _with_tied(model, set(sens) - set(kept))
     if rest:
         quantize_(model, config, filter_fn=lambda m, n: n in rest)
     if kept and keep_config is not None:
@@ -93,6 +103,8 @@ class SwitchablePrecision(nn.Module):
         quantize_(holder, config)
         self.low = holder[0]
         self.quantized = True
+        self.training = module.training  # the mode of the layer it replaces
+        self.low.train(module.training)
 
     def forward(self, x: Tensor, quantized: bool | None = None) -> Tensor:
         use_low = self.quantized if quantized is None else quantized
@@ -163,7 +175,9 @@ def _layout(model: nn.Module) -> dict[str, dict]:
 
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> int:
     """Write the quantized model's state dict (int8/int4 weights, scales) and its layout to a
-    safetensors file, atomically. Returns the file size in bytes.
+    safetensors file, atomically. Returns the file size in bytes. Pruning masks of layers left in
+    floating point are baked in (saved from a :func:`~edgegen.prune.finalize_`-d copy): the file
+    holds each such weight once, with its pruned entries zero, and loads into a fresh model.
 
     Examples:
         >>> import tempfile, torch
@@ -178,7 +192,14 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> int:
         >>> torch.equal(fresh(x), model(x))
         True
     """
-    return write_safetensors(model.state_dict(), path, {"edgegen_quant_layout": json.dumps(_layout(model))})
+    from torch.nn.utils import parametrize
+
+    from edgegen.prune.masks import finalize_
+
+    layout = _layout(model)  # refuses wrappers before anything is copied
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        model = finalize_(copy.deepcopy(model))
+    return write_safetensors(model.state_dict(), path, {"edgegen_quant_layout": json.dumps(layout)})
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:

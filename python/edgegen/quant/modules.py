@@ -137,9 +137,9 @@ def _finite_weight(w: Tensor, what: str) -> Tensor:
 
 
 def _check_channels(x: Tensor, in_channels: int, layer: str) -> None:
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"input: expected [N, {in_channels}, H, W] for this {layer} (built for {in_channels} input "
-                         f"channels), got shape {tuple(x.shape)}")
+    if x.dim() not in (3, 4) or x.shape[-3] != in_channels:
+        raise ValueError(f"input: expected [N, {in_channels}, H, W] for this {layer} (or [{in_channels}, H, W] "
+                         f"unbatched; built for {in_channels} input channels), got shape {tuple(x.shape)}")
 
 
 def _nhwc_weight(w: Tensor) -> Tensor:
@@ -185,6 +185,8 @@ class Int8Conv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_channels(x, self.in_channels, "Int8Conv2d")
+        if x.dim() == 3:  # unbatched, as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         g = self.gemm
         act = (float(g.act_scale), int(g.act_zero_point)) if g.static else None
         return _int8_conv(x, g, g.bias, self.out_channels, self.kernel_size, self.stride, self.padding,
@@ -268,6 +270,8 @@ class Int8ConvTranspose2d(_Float32Params):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_channels(x, self.in_channels, "Int8ConvTranspose2d")
+        if x.dim() == 3:  # unbatched, as nn.ConvTranspose2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         b, c, h, w = x.shape
         (kh, kw), (sy, sx), (py, px) = self.kernel_size, self.stride, self.padding
         ho = (h - 1) * sy - 2 * py + self.dilation[0] * (kh - 1) + self.output_padding[0] + 1
@@ -374,7 +378,19 @@ def _rows(table: Tensor, idx: Tensor) -> Tensor:
         raise IndexError(f"idx: ids must lie in [0, {table.shape[0]})") from None
 
 
-class Int8Embedding(_Float32Params):
+class _QuantizedEmbedding(_Float32Params):
+    """An embedding's rows come out in ``output_dtype``: the float embedding's dtype, then whatever
+    ``module.half()`` / ``.to(dtype)`` makes of it (the scales stay float32), as the float table would."""
+
+    output_dtype: torch.dtype = torch.float32
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.output_dtype = fn(torch.empty(0, dtype=self.output_dtype)).dtype
+        return out
+
+
+class Int8Embedding(_QuantizedEmbedding):
     """Embedding table stored as int8 rows (symmetric per row, [-127, 127]) with float32 scales;
     a lookup dequantises only the rows it gathers."""
 
@@ -397,16 +413,17 @@ class Int8Embedding(_Float32Params):
         q.weight_int8.copy_(quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.int64), 0,
                                                  torch.int8, -127, 127))
         q.weight_scale.copy_(scales)
+        q.output_dtype = emb.weight.dtype
         return q
 
     def forward(self, idx: Tensor) -> Tensor:
-        return _rows(self.weight_int8, idx).float() * _rows(self.weight_scale[:, None], idx)
+        return (_rows(self.weight_int8, idx).float() * _rows(self.weight_scale[:, None], idx)).to(self.output_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
-class Int4Embedding(_Float32Params):
+class Int4Embedding(_QuantizedEmbedding):
     """Embedding table stored as 4-bit rows in :class:`Int4Linear`'s packing and quantization (one
     float32 scale and 4-bit zero point per ``group_size`` features); a lookup dequantises only the
     rows it gathers. A tied output head quantized alike shares its buffers (``quantize_`` ties
@@ -432,13 +449,14 @@ class Int4Embedding(_Float32Params):
             raise ValueError("emb: max_norm and sparse embeddings are not supported")
         q = cls(emb.num_embeddings, emb.embedding_dim, group_size)
         _int4_quantize_into(q, emb.weight, group_size, "emb.weight")
+        q.output_dtype = emb.weight.dtype
         return q
 
     def forward(self, idx: Tensor) -> Tensor:
         flat = idx.reshape(-1)
         rows = torch.ops.edgegen.int4_dequantize(_rows(self.packed_weight, flat), _rows(self.scale, flat),
                                                  _rows(self.zero_point, flat), self.group_size)
-        return rows.view(*idx.shape, self.embedding_dim)
+        return rows.view(*idx.shape, self.embedding_dim).to(self.output_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, group_size={self.group_size}"

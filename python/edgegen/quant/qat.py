@@ -50,6 +50,11 @@ class QATModule(nn.Module):
             self.observer = MovingAverageMinMaxObserver(averaging_constant=config.averaging_constant,
                                                         quant_min=A_MIN, quant_max=A_MAX)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # In the wrapped layer's mode: in an eval-mode model the observer records the first batch only.
+        self.training = module.training
+        for child in self.children():
+            if child is not module:
+                child.train(module.training)
 
     def refresh_grad_factor(self) -> None:
         """LSQ's weight-scale gradient factor 1 / sqrt(weights per channel * W_MAX), from the

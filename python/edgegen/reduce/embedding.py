@@ -50,7 +50,9 @@ class FactorizedEmbedding(nn.Module):
         return self.table.weight @ self.proj
 
     def forward(self, idx: Tensor) -> Tensor:
-        return self.table(idx) @ self.proj
+        # The table may be stored in another precision than proj: a tied head quantized to 16 bits
+        # converts the shared table (as GPT-2's dense embedding then looks up 16-bit rows).
+        return self.table(idx).to(self.proj.dtype) @ self.proj
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"

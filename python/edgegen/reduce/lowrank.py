@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.prune.masks import prunable_weights
+from edgegen.quant.api import check_not_wrapped
 from edgegen.reduce.config import LowRankConfig
 from edgegen.transform import FilterFn, weight_read_by_parent
 
@@ -154,6 +155,7 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
             continue
         if any(name.startswith(f + ".") for f in factorized):  # a factor of an earlier reduction: left as it is
             continue
+        check_not_wrapped(model, name)  # a QAT / precision wrapper reads its layer's weight: refused, named
         n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
             continue

@@ -37,7 +37,8 @@ class Compression:
         return bool(self.cc.qat or self.cc.ptq)
 
     def after_step(self, step: int) -> dict[str, float]:
-        """Metrics of this step's compression (``sparsity`` when the schedule pruned)."""
+        """Metrics of this step's compression (``sparsity`` when the schedule pruned: the model's
+        measured sparsity, see :meth:`GradualPruner.step`)."""
         if self.pruner is None:
             return {}
         sparsity = self.pruner.step(step)
