@@ -358,3 +358,22 @@ def test_generation_profile_runs_the_cache_and_checks_its_arguments(monkeypatch)
         with pytest.raises(ValueError, match=f"threads: expected None or an int >= 1, got {bad!r}"):
             profile_generation(model, prompt_tokens=4, new_tokens=2, threads=bad)
         assert torch.get_num_threads() == threads
+
+
+def test_measurements_restore_each_modules_own_mode():
+    """A BatchNorm kept in eval mode while the rest trains stays so after a measurement
+    (``model.train(flag)`` used to give every module the model's flag)."""
+    from edgegen.analysis.budget import _eval_call
+    from edgegen.eval import profile
+    from edgegen.eval.vae import vae_metrics
+    from edgegen.models.vae import BetaVAE, BetaVAEConfig
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).train()
+    model[1].eval()
+    profile(model, torch.randn(3, 4), warmup=0, repeats=1, measure_memory=False)
+    _eval_call(model, (torch.randn(3, 4),))
+    assert model.training and model[0].training and not model[1].training
+    vae = BetaVAE(BetaVAEConfig(latent_dim=4)).train()
+    frozen = list(vae.modules())[1].eval()  # a submodule kept in eval mode
+    vae_metrics(vae, torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert vae.training and not frozen.training

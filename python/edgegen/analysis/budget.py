@@ -92,13 +92,11 @@ def _logits(model: nn.Module, inputs: tuple, what: str) -> torch.Tensor:
 
 
 def _eval_call(model: nn.Module, inputs: tuple):
-    """``model(*inputs)`` in eval mode without gradients, the model's mode restored afterwards."""
-    was = model.training
-    try:
-        with torch.no_grad():
-            return model.eval()(*inputs)
-    finally:
-        model.train(was)
+    """``model(*inputs)`` in eval mode without gradients, each module's mode restored afterwards."""
+    from edgegen.prune.graph import eval_mode
+
+    with torch.no_grad(), eval_mode(model):
+        return model(*inputs)
 
 
 def _config(levels: dict[str, int], ladders: dict[str, list]) -> MPRFConfig | None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgegen.ops.flops import count_flops
+from edgegen.prune.graph import restore_training_flags, training_flags
 from edgegen.tensor_files import storage_key
 
 __all__ = ["ProfileRecord", "profile", "model_bytes_on_disk", "read_rapl_joules", "rapl_energy_between",
@@ -278,7 +279,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
         torch.set_num_threads(threads)
     used_threads = torch.get_num_threads()
-    was_training = model.training
+    flags = training_flags(model)  # each module's own: model.train(flag) would overwrite a frozen BatchNorm's
     model.eval()
     notes = []
     try:
@@ -354,7 +355,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
             batch_size=batch, energy_j=energy, energy_j_estimated=estimated, energy_method=method,
             threads=used_threads, notes=notes, compute_precision=precision, compute_precision_basis=precision_basis)
     finally:
-        model.train(was_training)
+        restore_training_flags(flags)
         torch.set_num_threads(previous_threads)
 
 
@@ -401,7 +402,7 @@ def profile_generation(model: nn.Module, prompt_tokens: int = 128, new_tokens: i
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    was_training = model.training
+    flags = training_flags(model)  # each module's own: model.train(flag) would overwrite a frozen BatchNorm's
     model.eval()
     try:
         device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
@@ -429,7 +430,7 @@ def profile_generation(model: nn.Module, prompt_tokens: int = 128, new_tokens: i
         return GenerationProfile(prompt_tokens, new_tokens, batch_size, p50_prefill, p50, p90,
                                  batch_size / (p50 * 1e-3), torch.get_num_threads())
     finally:
-        model.train(was_training)
+        restore_training_flags(flags)
         torch.set_num_threads(previous_threads)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.eval.image import psnr, ssim
+from edgegen.prune.graph import restore_training_flags, training_flags
 
 __all__ = ["vae_metrics"]
 
@@ -29,7 +30,7 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
     beta = float(model.config.beta)
     batches = [images] if isinstance(images, Tensor) else images
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    was_training = model.training
+    flags = training_flags(model)  # each module's own: model.train(flag) would overwrite a frozen BatchNorm's
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)
     sums = dict.fromkeys(("elbo_reconstruction", "elbo_kl", "recon_mse", "recon_ssim", "recon_psnr_db"), 0.0)
@@ -71,7 +72,7 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
             if max_images is not None and n >= max_images:
                 break
     finally:
-        model.train(was_training)
+        restore_training_flags(flags)
     if n == 0:
         raise ValueError("images: no images to evaluate")
     out = {k: v / n for k, v in sums.items()}
