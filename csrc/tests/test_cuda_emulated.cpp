@@ -504,6 +504,25 @@ TEST_P(CudaEmulatedAttention, SplitGlobalQueryTiles) {
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
+// More (batch, head) pairs, or batches, than the device's grid.y holds (CUDA's: 65,535; lowered
+// here to 3 so that the test stays small): launched in parts, each its own (batch, head) range
+// (was: every launch past the limit failed with cudaErrorInvalidConfiguration, which the emulator
+// now reports as CUDA does). Splits of global tiles (forward, dK/dV, dQ) and the delta pass
+// (grid.y = B) included.
+TEST_F(CudaEmulated, AttentionWithMoreHeadsThanAGridAxisHolds) {
+  EXPECT_EQ(E::launch(nothing_kernel, dim3(1, 65536), dim3(32), 0, nullptr, 0), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(E::launch(nothing_kernel, dim3(1, 1, 65536), dim3(32), 0, nullptr, 0), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(E::launch(nothing_kernel, dim3(1, 65535), dim3(32), 0, nullptr, 0), cudaSuccess);
+  E::Device small;
+  small.max_grid_y = 3;
+  E::set_device(small);
+  AttnCase a;
+  a.c.B = 4, a.c.H = 2, a.c.nq = 70, a.c.nk = 70, a.c.d = 32, a.c.window = 8, a.c.num_global = 2;
+  check_attention(a, kTol, rel_for(a.dtype));
+  a.c.causal = false, a.c.nq = 30, a.c.nk = 1050, a.c.num_global = 100, a.c.H = 1, a.c.B = 5;  // split tiles
+  check_attention(a, kTol, rel_for(a.dtype));
+}
+
 // The splits stop at about 8 blocks per SM over all heads: with more heads the other blocks
 // already outlast a global tile's walk.
 TEST_F(CudaEmulated, AttentionSplitsFollowTheHeads) {
@@ -627,6 +646,8 @@ struct KdCase {
   int64_t student_pad = 0, teacher_pad = 0;  // row stride = vocab + pad (misaligned rows)
   bool grad = true, in_place = false, row_scale = false;
   KC::KDCudaKernel kernel = KC::KDCudaKernel::Rows;
+  int64_t teacher_nan_at = -1;      // >= 0: teacher 0's element there in row 0 is NaN
+  bool last_teacher_row0_inf = false;  // the last teacher's row 0 all -inf
 };
 
 // Element i of a buffer of dtype t: its size, a store (rounded to t) and a load, through the
@@ -676,7 +697,10 @@ void check_kd(const KdCase& kc) {
     void* t = teachers[size_t(k)].data() + (kc.teacher_pad ? eb * size_t(k + 1) % 16 : 0);
     for (int64_t r = 0; r < kc.rows; ++r)
       for (int64_t v = 0; v < V; ++v) {
-        put(kc.dtype, t, r * ts + v, nd(rng));
+        double x = nd(rng);
+        if (r == 0 && k == 0 && v == kc.teacher_nan_at) x = std::nan("");
+        if (r == 0 && k == kc.teachers - 1 && kc.last_teacher_row0_inf) x = -INFINITY;
+        put(kc.dtype, t, r * ts + v, x);
         t64[size_t(k)][size_t(r * V + v)] = get(kc.dtype, t, r * ts + v);
       }
     tp.push_back(t);
@@ -718,7 +742,13 @@ void check_kd(const KdCase& kc) {
 
   ASSERT_EQ(KC::kd_loss_rows_cuda(p, nullptr, kc.kernel), 0) << E::last_fault();
   const double lrel = kc.dtype == K::DType::F64 ? 1e-12 : 1e-5;
-  for (int64_t i = 0; i < kc.rows; ++i) ASSERT_NEAR(loss[size_t(i)], rloss[size_t(i)], lrel * (1 + std::fabs(rloss[size_t(i)]))) << "row " << i;
+  for (int64_t i = 0; i < kc.rows; ++i) {
+    if (std::isnan(rloss[size_t(i)])) {  // a NaN teacher logit, or a teacher row all -inf
+      EXPECT_TRUE(std::isnan(loss[size_t(i)])) << "row " << i << ": " << loss[size_t(i)];
+      continue;
+    }
+    ASSERT_NEAR(loss[size_t(i)], rloss[size_t(i)], lrel * (1 + std::fabs(rloss[size_t(i)]))) << "row " << i;
+  }
   if (!kc.grad) return;
   const double round = kc.dtype == K::DType::BF16 ? 1.0 / 256 : (kc.dtype == K::DType::F16 ? 1.0 / 1024 : 0.0);
   const double comp = kc.dtype == K::DType::F64 ? 1e-12 : 1e-5;
@@ -727,6 +757,10 @@ void check_kd(const KdCase& kc) {
     for (int64_t v = 0; v < V; ++v) big = std::max(big, std::fabs(rgrad[size_t(i * V + v)]));
     for (int64_t v = 0; v < V; ++v) {
       const double want = rgrad[size_t(i * V + v)], got = get(kc.dtype, p.grad, i * ss + v);
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(got)) << "row " << i << " element " << v << ": " << got;
+        continue;
+      }
       ASSERT_NEAR(got, want, round * std::fabs(want) + comp * big + 1e-30) << "row " << i << " element " << v;
     }
   }
@@ -886,6 +920,23 @@ TEST_F(CudaEmulated, KdLossClusterKernelAlignmentInPlaceAndGridStride) {
 
 // Below compute capability 9, or with a build whose code for the device is not sm_90 (the
 // compute_80 PTX compiled when loaded), the Rows kernel runs.
+// A NaN teacher logit (first or second of its 16-byte vector) or a teacher row all -inf makes the
+// row's loss NaN, as on the CPU and in eager PyTorch (was: the vector's maximum skipped a NaN in its
+// first lane, and a NaN teacher probability dropped out of the KL sum: a finite loss over NaN or
+// wrong gradients); on both kernels.
+TEST_F(CudaEmulated, KdLossNanTeachersMakeTheLossNan) {
+  for (KC::KDCudaKernel kernel : {KC::KDCudaKernel::Rows, KC::KDCudaKernel::Cluster}) {
+    for (int64_t at : {int64_t(20), int64_t(21), int64_t(999)}) {
+      KdCase kc;
+      kc.kernel = kernel, kc.teacher_nan_at = at;
+      check_kd(kc);
+    }
+    KdCase kc;
+    kc.kernel = kernel, kc.teachers = 3, kc.last_teacher_row0_inf = true;
+    check_kd(kc);
+  }
+}
+
 TEST_F(CudaEmulated, KdLossClusterKernelNeedsSm90) {
   E::Device d;
   d.compute_major = 8;

@@ -193,3 +193,9 @@ def test_bad_input_names_the_argument():
         torch.ops.edgegen.sliding_window_attention(q, q, q, 4, 9, True, None, 0, None, 0)
     with pytest.raises(RuntimeError, match="device"):
         sliding_window_attention(q, q.cpu(), q, 4)
+
+
+def test_more_batch_heads_than_a_grid_axis_holds():
+    """B x H above CUDA's grid.y limit (65,535): the launches are split (was: invalid configuration)."""
+    q64, k64, v64 = _qkv(2, 32769, 3, 32, torch.bfloat16)
+    _check(q64, k64, v64, torch.bfloat16, window=2, num_global=1, causal=True)

@@ -158,3 +158,19 @@ def test_bad_input_names_the_argument():
         torch.ops.edgegen.kd_loss(s, [s], [], torch.tensor([1, 2, 3, 3], device=DEV), 2.0, 0.5, -100, "avg", True)
     with pytest.raises(ValueError, match="temperature"):
         kd_loss(s, s, torch.tensor([1, 2, 3, 3], device=DEV), temperature=-1.0)
+
+
+@pytest.mark.parametrize("choice", ["0", "1"], ids=["rows", "cluster"])
+@pytest.mark.parametrize("where", ["lane0", "lane1", "row-all-inf"])
+def test_a_nan_teacher_makes_the_loss_nan_as_on_the_cpu(choice, where, monkeypatch):
+    """A NaN teacher logit (first or second of its 16-byte vector) or a teacher row all -inf: the
+    loss is NaN as on the CPU and in eager PyTorch, not a finite number over wrong gradients."""
+    monkeypatch.setenv("EDGEGEN_CUDA_KD_CLUSTER", choice)
+    s, ts, y = _case(3, 50257, torch.float32, teachers=2)
+    if where == "row-all-inf":
+        ts[1][0] = -float("inf")
+    else:
+        ts[0][0, 20 if where == "lane0" else 21] = float("nan")
+    cpu = kd_loss(s, ts, y)
+    got = kd_loss(s.to(DEV), [t.to(DEV) for t in ts], y.to(DEV))
+    assert torch.isnan(cpu) and torch.isnan(got.cpu()), (cpu, got)

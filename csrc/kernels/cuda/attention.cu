@@ -311,6 +311,7 @@ struct Args {
   int64_t splits = 1;
   int64_t heavy_q = 0;       // query tiles holding non-causal global queries (split when splits_q > 1)
   int64_t splits_q = 1;
+  int64_t y_base = 0;        // the grid's y (batch x head, or batch) of blockIdx.y = 0: see launch()
 };
 
 constexpr int64_t kMaxSplits = 64;  // blocks per split tile
@@ -389,7 +390,7 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
   T* sQ = reinterpret_cast<T*>(smem);
   auto slot_k = [&](int slot) { return sQ + kTile * LD * (1 + 2 * slot); };
   const Pattern& P = A.pat;
-  const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
+  const int64_t bh = A.y_base + blockIdx.y, b = bh / A.H, h = bh % A.H;
   const BlockTile bt = query_block<kSplit>(A);
   const int64_t i0 = bt.tile * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -488,7 +489,7 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const Args A) {
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_forward_combine_kernel(const Args A) {
   const Pattern& P = A.pat;
-  const int64_t qt = blockIdx.x, bh = blockIdx.y;
+  const int64_t qt = blockIdx.x, bh = A.y_base + blockIdx.y;
   const float* ws = A.workspace + (bh * A.heavy_q + qt) * A.splits_q * kForwardPartial<D>;
   T* out = static_cast<T*>(A.out) + bh * P.nq * D;
   float* lse = A.lse + bh * P.nq;
@@ -530,7 +531,7 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dq_kernel(const Args A
   T* sO = sQ + kTile * LD;  // dO
   auto slot_k = [&](int slot) { return sQ + kTile * LD * (2 + 2 * slot); };
   const Pattern& P = A.pat;
-  const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
+  const int64_t bh = A.y_base + blockIdx.y, b = bh / A.H, h = bh % A.H;
   const BlockTile bt = query_block<kSplit>(A);
   const int64_t i0 = bt.tile * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -615,7 +616,7 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
   auto slot_q = [&](int slot) { return sV + kTile * LD * (1 + 2 * slot); };
   float* sLD = reinterpret_cast<float*>(sK + kTile * LD * (2 + 2 * kSlots));
   const Pattern& P = A.pat;
-  const int64_t bh = blockIdx.y, b = bh / A.H, h = bh % A.H;
+  const int64_t bh = A.y_base + blockIdx.y, b = bh / A.H, h = bh % A.H;
   // Blocks [0, key tiles) take one key tile each (split 0); the tiles holding global keys, which
   // every query sees, are also spread over A.splits blocks that take every splits-th query tile
   // and leave float32 partial sums for attn_backward_reduce_kernel (a fixed-order sum).
@@ -718,7 +719,7 @@ __global__ void __launch_bounds__(kThreads) attn_backward_dkv_kernel(const Args 
 // dK, dV of the split key tiles: the float32 partials summed in split order.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_backward_reduce_kernel(const Args A) {
-  const int64_t kt = blockIdx.x, bh = blockIdx.y;
+  const int64_t kt = blockIdx.x, bh = A.y_base + blockIdx.y;
   const float* ws = A.workspace + (bh * A.heavy_tiles + kt) * A.splits * 2 * kTile * D;
   T* dk = static_cast<T*>(A.dk) + bh * A.pat.nk * D;
   T* dv = static_cast<T*>(A.dv) + bh * A.pat.nk * D;
@@ -738,7 +739,7 @@ __global__ void __launch_bounds__(kThreads) attn_backward_reduce_kernel(const Ar
 // dQ of the split query tiles: the float32 partials summed in split order.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attn_backward_dq_reduce_kernel(const Args A) {
-  const int64_t qt = blockIdx.x, bh = blockIdx.y;
+  const int64_t qt = blockIdx.x, bh = A.y_base + blockIdx.y;
   const float* ws = A.workspace + (bh * A.heavy_q + qt) * A.splits_q * kTile * D;
   T* dq = static_cast<T*>(A.dq) + bh * A.pat.nq * D;
   for (int idx = threadIdx.x; idx < kTile * D; idx += kThreads) {
@@ -757,7 +758,7 @@ __global__ void __launch_bounds__(kThreads) attn_delta_kernel(const Args A, Attn
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= A.H * P.nq) return;
-  const int64_t b = blockIdx.y, h = row / P.nq, i = row % P.nq;
+  const int64_t b = A.y_base + blockIdx.y, h = row / P.nq, i = row % P.nq;
   const T* go = head_ptr<T>(A.dout, b, h) + i * A.dout.sn;
   const T* o = head_ptr<T>(out, b, h) + i * out.sn;
   float acc = 0.0f;
@@ -768,6 +769,16 @@ __global__ void __launch_bounds__(kThreads) attn_delta_kernel(const Args A, Attn
   if (lane == 0) delta[(b * A.H + h) * P.nq + i] = acc;
 }
 
+// The device's largest grid.y (CUDA's is 65,535): a grid.y (batch x head, or batch) beyond it runs
+// as several launches of at most that many, each told its first y (Args::y_base).
+unsigned max_grid_y() {
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&value, cudaDevAttrMaxGridDimY, device) != cudaSuccess ||
+      value <= 0)
+    return 65535;
+  return unsigned(value);
+}
+
 template <class Kernel>
 int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t stream) {
   if (grid.x == 0 || grid.y == 0) return 0;
@@ -775,8 +786,15 @@ int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t st
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return int(e);
   }
-  EDGEGEN_LAUNCH(kernel, grid, kThreads, smem, stream, a);
-  return int(cudaGetLastError());
+  const unsigned most = max_grid_y();
+  for (unsigned y0 = 0; y0 < grid.y; y0 += most) {
+    Args part = a;
+    part.y_base = y0;
+    EDGEGEN_LAUNCH(kernel, dim3(grid.x, std::min(most, grid.y - y0)), kThreads, smem, stream, part);
+    const int e = int(cudaGetLastError());
+    if (e) return e;
+  }
+  return 0;
 }
 
 Args make_args(const AttnProblem& p) {
@@ -824,9 +842,12 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
   a.delta = delta;
   {
     const dim3 grid(unsigned((p.H * p.nq + kWarps - 1) / kWarps), unsigned(p.B));
-    if (grid.x > 0 && grid.y > 0) {
+    const unsigned most = max_grid_y();
+    for (unsigned y0 = 0; grid.x > 0 && y0 < grid.y; y0 += most) {  // see launch()
       auto kernel = attn_delta_kernel<T, D>;
-      EDGEGEN_LAUNCH(kernel, grid, kThreads, 0, stream, a, out, delta);
+      Args part = a;
+      part.y_base = y0;
+      EDGEGEN_LAUNCH(kernel, dim3(grid.x, std::min(most, grid.y - y0)), kThreads, 0, stream, part, out, delta);
       const int e = int(cudaGetLastError());
       if (e) return e;
     }

@@ -66,6 +66,13 @@ __device__ __forceinline__ A rescale(A from, A to, A c) {
   return from == A(-INFINITY) ? A(0) : ex((from - to) * c);
 }
 
+// The larger of a and b, NaN if either is: a NaN logit makes its row's maximum NaN, so the row's
+// sum and loss are NaN as on the CPU (skipping it would give a finite loss and wrong gradients).
+template <class A>
+__device__ __forceinline__ A nan_max(A a, A b) {
+  return (a > b || a != a) ? a : b;
+}
+
 // Merge b into a (same scale c).
 template <class A>
 __device__ __forceinline__ void merge(Running<A>& a, const Running<A>& b, A c) {
@@ -160,8 +167,8 @@ template <class A, int N>
 __device__ __forceinline__ void add_student(Sweep1<A>& st, const A (&x)[N], A invT, int use_ce, int tmode) {
   A mx = x[0];
 #pragma unroll
-  for (int u = 1; u < N; ++u) mx = x[u] > mx ? x[u] : mx;
-  if (mx > st.sT.m) {
+  for (int u = 1; u < N; ++u) mx = nan_max(x[u], mx);
+  if (mx > st.sT.m || mx != mx) {
     st.sT.z *= rescale(st.sT.m, mx, invT);
     st.zs1 *= rescale(st.sT.m, mx, A(1));
     st.sT.m = mx;
@@ -180,8 +187,8 @@ template <class A, int N>
 __device__ __forceinline__ void add_teacher(Running<A>& r, const A (&x)[N], A invT) {
   A mx = x[0];
 #pragma unroll
-  for (int u = 1; u < N; ++u) mx = x[u] > mx ? x[u] : mx;
-  if (mx > r.m) {
+  for (int u = 1; u < N; ++u) mx = nan_max(x[u], mx);
+  if (mx > r.m || mx != mx) {
     r.z *= rescale(r.m, mx, invT);
     r.m = mx;
   }
@@ -269,7 +276,9 @@ __device__ __forceinline__ A element_grad(const RowStats<A>& rs, A sv, const A* 
         if (k < rs.K) pt += rs.wz[k] * ex((tv[k] - rs.m_t[k]) * rs.invT);
       logpt = lg(pt);
     }
-    if (pt > A(0)) kl += pt * (logpt - (ds * rs.invT - rs.log_zsT));
+    // pt == 0 (a teacher at -inf) adds nothing (0 * inf would be NaN); a NaN pt (a NaN teacher
+    // logit, or a teacher row all -inf) is added: the loss is NaN, as on the CPU.
+    if (!(pt <= A(0))) kl += pt * (logpt - (ds * rs.invT - rs.log_zsT));
     gv += rs.ca * (eT * rs.inv_zsT - pt);
   }
   if (rs.use_ce) {
@@ -412,7 +421,10 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
       if (g) *reinterpret_cast<uint4*>(g + v) = gv;
     }
     A loss = A(0);
-    if (K > 0) loss += A(p.alpha * p.temperature * p.temperature) * block_sum(kl, scratch[3]);
+    if (K > 0) {
+      const A kl_row = block_sum(kl, scratch[3]);
+      loss += A(p.alpha * p.temperature * p.temperature) * (kl_row < A(0) ? A(0) : kl_row);  // rounding only: KL >= 0
+    }
     if (p.use_ce) loss += A(1.0 - p.alpha) * (lg(zs1_total) - (s_target - rs.ms));
     if (tid == 0) p.row_loss[row] = double(loss);
     __syncthreads();  // the cache, s_target and scratch are reused by the next row
@@ -635,7 +647,7 @@ __global__ void __launch_bounds__(kClusterThreads, sizeof(T) == 8 ? 2 : kCluster
       if (K > 0) {
         A kl_row = A(0);
         for (unsigned r = 0; r < C; ++r) kl_row += cluster_map(mine, r)->kl;
-        loss += A(p.alpha * p.temperature * p.temperature) * kl_row;
+        loss += A(p.alpha * p.temperature * p.temperature) * (kl_row < A(0) ? A(0) : kl_row);  // rounding only
       }
       if (p.use_ce) loss += A(1.0 - p.alpha) * (lg(zs1) - (s_target - ms));
       p.row_loss[row] = double(loss);

@@ -538,6 +538,8 @@ int run_grid(const void* kernel, dim3 grid, dim3 blk, size_t smem, unsigned clus
   const uint64_t threads = uint64_t(blk.x) * blk.y * blk.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > uint64_t(kMaxThreads))
     return result(cudaErrorInvalidConfiguration);
+  if (grid.x > 2147483647u || grid.y > unsigned(gl.device.max_grid_y) || grid.z > unsigned(gl.device.max_grid_z))
+    return result(cudaErrorInvalidConfiguration);  // the grid limits
   if (cluster == 0 || cluster > 8 || grid.x % cluster != 0) return result(cudaErrorInvalidClusterSize);
   if (cluster > 1 && gl.device.compute_major < 9) return result(cudaErrorNotSupported);
   const auto allowed = gl.max_dynamic_shared.find(kernel);
@@ -610,6 +612,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrComputeCapabilityMajor: *value = d.compute_major; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = d.max_shared_per_sm; return cudaSuccess;
     case cudaDevAttrReservedSharedMemoryPerBlock: *value = d.reserved_shared_per_block; return cudaSuccess;
+    case cudaDevAttrMaxGridDimY: *value = d.max_grid_y; return cudaSuccess;
+    case cudaDevAttrMaxGridDimZ: *value = d.max_grid_z; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }

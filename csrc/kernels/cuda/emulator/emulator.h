@@ -29,8 +29,9 @@
 // that exits with cp.async copies it never waited for; a cluster barrier that not every thread of
 // the cluster reaches, or that comes after a thread of the cluster exited; a cluster_map of an
 // address outside the block's dynamic shared memory, to a rank outside the cluster or into a block
-// whose threads all exited. Launch errors as CUDA gives them: a block of more than 1024 threads or
-// an empty grid (cudaErrorInvalidConfiguration), more dynamic shared memory than 48 KiB without
+// whose threads all exited. Launch errors as CUDA gives them: a block of more than 1024 threads, an
+// empty grid or one beyond the device's limits (x < 2^31, y and z <= 65,535 unless a test sets
+// others; cudaErrorInvalidConfiguration), more dynamic shared memory than 48 KiB without
 // cudaFuncSetAttribute allowing it, or than the device has (cudaErrorInvalidValue), a cluster of
 // more than 8 blocks or not dividing the grid (cudaErrorInvalidClusterSize); a cluster launch on a
 // device below compute capability 9 gives cudaErrorNotSupported (an assumption: the kernels never
@@ -79,6 +80,8 @@ enum cudaError_t : int {
 };
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr : int {
+  cudaDevAttrMaxGridDimY = 6,
+  cudaDevAttrMaxGridDimZ = 7,
   cudaDevAttrMultiProcessorCount = 16,
   cudaDevAttrComputeCapabilityMajor = 75,
   cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
@@ -139,6 +142,7 @@ struct Device {
   int max_shared_per_sm = 228 * 1024;
   int reserved_shared_per_block = 1024;
   int ptx_version = 90;  // what cudaFuncGetAttributes reports (80: a build without sm_90 code)
+  int max_grid_y = 65535, max_grid_z = 65535;  // CUDA's; a test may lower them to exercise launch splitting
 };
 void set_device(const Device& d);
 const Device& device();
