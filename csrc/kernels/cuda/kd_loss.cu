@@ -403,7 +403,9 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const Params p) {
     // ---- sweep 2: KL terms and the gradient
     A kl = A(0);
     auto scalar2 = [&](int64_t v) {
-      const A sv = kCache ? as_c(cache[v + pad]) : A(load_c(s + v));
+      // A plain load: the gradient may be written in place of the student (ld.global.nc, __ldg,
+      // is only for memory the kernel does not write).
+      const A sv = kCache ? as_c(cache[v + pad]) : A(as_c(s[v]));
       A tv[kKDMaxTeachers];
 #pragma unroll
       for (int k = 0; k < kKDMaxTeachers; ++k) tv[k] = k < K ? A(load_c(t[k] + v)) : A(0);
