@@ -6,8 +6,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -40,6 +42,37 @@ std::tuple<at::Tensor, at::Tensor> int8_pack_weight_cpu(const at::Tensor& weight
   return {packed, row_sum};
 }
 
+// The last panel's rows past n are padding and hold zeros; a weight packed for more output
+// features (same panel count) would otherwise have its last rows silently dropped. The scan reads
+// (16 - n % 16) x k bytes, more than a small layer's GEMM costs, so each thread remembers the last
+// weights it found clean (same memory, tensor, version counter and n, k) and does not scan those
+// again: a layer's weight is scanned on its first call only; a weight written in place since (its
+// version moves) or a new tensor is scanned again.
+void check_padding_rows_zero(const at::Tensor& packed, int64_t n, int64_t k, const std::string& pname) {
+  if (n % KQ::kPanel == 0) return;
+  struct Seen {
+    const void* data = nullptr;
+    const void* impl = nullptr;
+    int64_t version = -1, n = 0, k = 0;
+  };
+  thread_local std::array<Seen, 32> seen{};
+  thread_local size_t next = 0;
+  const Seen key{packed.const_data_ptr(), packed.unsafeGetTensorImpl(), int64_t(packed._version()), n, k};
+  for (const Seen& s : seen) {
+    if (s.data == key.data && s.impl == key.impl && s.version == key.version && s.n == n && s.k == k) return;
+  }
+  const int64_t kp = KQ::packed_k(k), last = KQ::packed_panels(n) - 1, first_pad = n - last * KQ::kPanel;
+  const int8_t* w = packed.const_data_ptr<int8_t>();
+  for (int64_t g = 0; g < kp / 4; ++g) {
+    const int8_t* blk = w + (last * (kp / 4) + g) * KQ::kPanel * 4;
+    for (int64_t r = first_pad * 4; r < KQ::kPanel * 4; ++r) {
+      TORCH_CHECK_VALUE(blk[r] == 0, pname, ": was packed for more output features than n=", n,
+                        " (a non-zero weight in row ", last * KQ::kPanel + r / 4, ")");
+    }
+  }
+  seen[next++ % seen.size()] = key;
+}
+
 void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n, int64_t k,
                   const std::string& pname = "packed_weight", const std::string& rname = "weight_row_sum") {
   check_cpu(packed, pname);
@@ -53,17 +86,7 @@ void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n
   TORCH_CHECK_VALUE(row_sum.scalar_type() == at::kInt && row_sum.dim() == 1 && row_sum.size(0) == n &&
                         row_sum.is_contiguous(),
                     rname, ": expected a contiguous int32 tensor of shape [", n, "]");
-  // The last panel's rows past n are padding and hold zeros; a weight packed for more output
-  // features (same panel count) would otherwise have its last rows silently dropped.
-  const int64_t kp = KQ::packed_k(k), last = KQ::packed_panels(n) - 1, first_pad = n - last * KQ::kPanel;
-  const int8_t* w = packed.const_data_ptr<int8_t>();
-  for (int64_t g = 0; g < kp / 4; ++g) {
-    const int8_t* blk = w + (last * (kp / 4) + g) * KQ::kPanel * 4;
-    for (int64_t r = first_pad * 4; r < KQ::kPanel * 4; ++r) {
-      TORCH_CHECK_VALUE(blk[r] == 0, pname, ": was packed for more output features than n=", n,
-                        " (a non-zero weight in row ", last * KQ::kPanel + r / 4, ")");
-    }
-  }
+  check_padding_rows_zero(packed, n, k, pname);
 }
 
 // The packed weight's columns that the call does not use (`unused(col)`) must hold zeros: a weight

@@ -201,3 +201,16 @@ def test_choose_window_num_globals_must_be_ints(num_globals):
     """They went through int(): 0.7 and 2.9 were measured as 0 and 2, True as 1."""
     with pytest.raises(ValueError, match=r"num_globals: expected ints >= 0, got \["):
         choose_window(1.0, 64, windows=(16,), num_globals=num_globals, measure=lambda w, g: 0.0)
+
+
+def test_choose_window_takes_numpy_integers():
+    """np.arange gives numpy integers: accepted as ints (and numpy's bool_ is not)."""
+    import numpy as np
+
+    seen = []
+    c = choose_window(1e9, 64, windows=np.array([8, 16]), num_globals=np.arange(0, 8, 4),
+                      measure=lambda w, g: seen.append((w, g)) or 0.0)
+    assert sorted(seen) == [(8, 0), (8, 4), (16, 0), (16, 4)] and all(type(v) is int for p in seen for v in p)
+    assert c.fits
+    with pytest.raises(ValueError, match=r"num_globals: expected ints >= 0"):
+        choose_window(1.0, 64, windows=(16,), num_globals=[np.bool_(True)], measure=lambda w, g: 0.0)

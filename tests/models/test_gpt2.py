@@ -253,6 +253,10 @@ def test_save_pretrained_refuses_sliding_window_attention(tmp_path):
     dense = sparsify_attention_(GPT2(TINY).eval(), SparseAttentionConfig(window=None))
     dense.save_pretrained(tmp_path)  # dense attention through edgegen's module is what GPT2LMHeadModel runs
     assert sorted(f.name for f in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    # A window covering the whole context is dense causal attention too.
+    whole = sparsify_attention_(GPT2(TINY).eval(), SparseAttentionConfig(window=TINY.n_positions, num_global=1))
+    whole.save_pretrained(tmp_path / "whole")
+    assert GPT2.from_pretrained(tmp_path / "whole").config.n_positions == TINY.n_positions
 
 
 def test_save_pretrained_checks_the_config_before_writing(tmp_path):

@@ -128,3 +128,16 @@ def test_sampling_and_example_inputs_follow_a_model_moved_to_another_dtype(dtype
     for model in (g, d):
         ex = model.example_inputs(2)
         assert ex[0].dtype == dtype and model(*ex).dtype == dtype
+
+
+def test_sampling_follows_the_dtype_of_a_factorized_first_layer():
+    """A float64 VAE whose decoder starts with a low-rank layer samples float64 (the dtype came
+    from plain Linear / convolution layers only, so the default float32 was fed to float64
+    weights)."""
+    from edgegen.reduce import LowRankConfig, reduce_
+
+    m = BetaVAE(BetaVAEConfig()).double().eval()
+    reduce_(m, LowRankConfig(rank=8), filter_fn=lambda mod, name: name == "decoder.0")
+    assert type(m.decoder[0]).__name__ == "LowRankLinear"
+    assert m.sample(2).dtype == torch.float64
+    assert m(*m.example_inputs())["recon"].dtype == torch.float64

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -18,6 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DenseAttention", "HeadLayout", "HeadPrunable"]
+
+
+def _no_cache(q: Tensor, k: Tensor, q_offset) -> bool:
+    """Whether the queries start at position 0 and are as long as the keys (no KV cache). A trace
+    records the answer for its example: an ONNX export of GPT-2 has a fixed sequence length and no
+    cache, so the answer holds for every input it takes, and its TracerWarning would only bury the
+    warnings that matter."""
+    if not torch.jit.is_tracing():
+        return q_offset == 0 and q.shape[-2] == k.shape[-2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return bool(q_offset == 0) and bool(q.shape[-2] == k.shape[-2])
 
 
 class DenseAttention(nn.Module):
@@ -30,7 +43,7 @@ class DenseAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
         p = self.dropout if self.training else 0.0
-        if q_offset == 0 and q.shape[-2] == k.shape[-2]:
+        if _no_cache(q, k, q_offset):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         tq, tk = q.shape[-2], k.shape[-2]
         mask = torch.arange(tk, device=q.device)[None, :] <= (q_offset + torch.arange(tq, device=q.device))[:, None]

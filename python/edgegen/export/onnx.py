@@ -194,8 +194,9 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
     :func:`onnx_target` (which also picks the module for edgegen's model kinds). Every module's
     training mode is restored afterwards. Models with no ONNX form are refused up front:
     edgegen's integer, QAT and bfloat16 layers, sliding-window attention, and early-exit GPT-2
-    (which branches on its data). PyTorch's TracerWarnings reach the caller: one from the model's
-    computation (not an argument check) means the file holds the example inputs' branch."""
+    (which branches on its data). PyTorch's TracerWarnings reach the caller; edgegen's own models
+    export without any (their input checks are skipped while tracing), so one means the model
+    branches on its data and the file holds the example inputs' branch."""
     _require_ort()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")

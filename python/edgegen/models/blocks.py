@@ -50,12 +50,15 @@ def require_conv_kind(kind: str) -> None:
 
 def input_dtype(first: nn.Module) -> torch.dtype:
     """The dtype a model's floating-point inputs (latents, images) must have, from its first
-    layer ``first``: the weight's dtype for a plain Linear or convolution (a model moved to
-    float64 or bfloat16 with ``.to``), else the default dtype (layers quantized by edgegen cast
-    their inputs themselves and take what the float model took)."""
-    if isinstance(first, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and first.weight.is_floating_point():
-        return first.weight.dtype
-    return torch.get_default_dtype()
+    layer ``first``: the dtype of its first floating-point parameter (a model moved to float64 or
+    bfloat16 with ``.to``; a factorized layer's too), else the default dtype. Layers quantized by
+    edgegen cast their inputs themselves and take what the float model took, so their float
+    scales and biases do not count."""
+    from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear, LowPrecision
+
+    if isinstance(first, (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, LowPrecision)):
+        return torch.get_default_dtype()
+    return next((p.dtype for p in first.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -504,8 +504,9 @@ class GPT2(nn.Module):
                              "edgegen.quant.save_quantized")
         from edgegen.attention.modules import SparseSelfAttention
 
-        sparse = [(n, m) for n, m in self.named_modules()
-                  if isinstance(m, SparseSelfAttention) and m.window is not None]
+        # A window covering the whole context is dense causal attention: GPT2LMHeadModel's.
+        sparse = [(n, m) for n, m in self.named_modules() if isinstance(m, SparseSelfAttention)
+                  and m.window is not None and m.window < self.config.n_positions]
         if sparse:  # GPT2LMHeadModel would run the weights with dense attention: another model
             name, m = sparse[0]
             raise ValueError(f"model: holds sliding-window attention ({name!r}: window={m.window}, num_global="

@@ -89,7 +89,9 @@ class BetaVAE(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Images [B, nc, 64, 64] from latents ``z`` [B, latent_dim]."""
-        if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.config.latent_dim:
+        # An input check, skipped while tracing (the exporter checks its example).
+        if not torch.jit.is_tracing() and (not isinstance(z, Tensor) or z.dim() != 2
+                                           or z.shape[1] != self.config.latent_dim):
             got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"z: expected latents of shape [B, {self.config.latent_dim}], got {got}")
         if not z.is_floating_point():

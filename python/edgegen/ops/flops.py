@@ -20,6 +20,7 @@ papers mix the two). Registered formulas:
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor
 __all__ = ["count_flops", "visible_pairs"]
 
 _REGISTERED = False
+_LOCK = threading.Lock()
 
 
 def visible_pairs(nq: int, nk: int, window: int, num_global: int = 0, causal: bool = True, q_offset: int = 0,
@@ -70,9 +72,18 @@ def visible_pairs(nq: int, nk: int, window: int, num_global: int = 0, causal: bo
 
 
 def _register() -> None:
+    """The formulas below into torch's counter, once per process; threads that count at the same
+    time wait for the first (torch refuses a second registration of an op)."""
     global _REGISTERED
     if _REGISTERED:
         return
+    with _LOCK:
+        if not _REGISTERED:
+            _register_formulas()
+            _REGISTERED = True
+
+
+def _register_formulas() -> None:
     from torch.utils.flop_counter import register_flop_formula
 
     ops = torch.ops.edgegen
@@ -128,7 +139,6 @@ def _register() -> None:
         return attention_flops(q, k, window, num_global, causal, q_offset, block_layout, block_size, 10)
 
     _register_cpu_sdpa()
-    _REGISTERED = True
 
 
 def _register_cpu_sdpa() -> None:
