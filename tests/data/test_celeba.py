@@ -119,3 +119,15 @@ def test_non_utf8_lists_name_the_file(tmp_path, name):
     (folder / name).write_bytes(b"\xff\xfe0\x001\x00")  # UTF-16, not UTF-8
     with pytest.raises(ValueError, match=f"celeba/{name}: expected UTF-8 text"):
         CelebA(tmp_path, split="all", cache_dir=tmp_path / "c")
+
+
+def test_split_without_rows_names_the_partition_file_and_split(tmp_path):
+    folder = make_celeba(tmp_path, parts=(0, 0, 2))  # a subset listing no valid image
+    with pytest.raises(ValueError, match=r"celeba/list_eval_partition.txt: no rows of the valid split "
+                                         r"\(partition 1\); expected '<file> <0\|1\|2>' lines"):
+        CelebA(tmp_path, split="valid", cache_dir=tmp_path / "c")
+    (folder / "list_eval_partition.txt").write_bytes(b"\r\n")  # no rows at all
+    for split in ("all", "train"):
+        with pytest.raises(ValueError, match=r"celeba/list_eval_partition.txt: no rows"):
+            CelebA(tmp_path, split=split, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # no empty array cached

@@ -18,9 +18,11 @@ from tests.data.test_text import tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
 
-# The tiny fixture tokenizer is not OpenAI's yet uses the official file names: the warning that says
-# so is expected here (tests/data/test_text.py checks it).
-pytestmark = pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")
+# The tiny fixture tokenizer is not OpenAI's yet uses the official file names, and the WikiText-2
+# fixtures are not the published files: the warnings that say so are expected here
+# (tests/data/test_text.py checks them).
+pytestmark = [pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning"),
+              pytest.mark.filterwarnings(r"ignore:.*wiki\..*\.raw. SHA-256 differs from the published:UserWarning")]
 
 
 def sha256(path: Path) -> str:
@@ -154,13 +156,20 @@ def test_interrupted_wikitext_download_is_fetched_again(tmp_path, monkeypatch):
     assert "".join(w.lines) == texts["test"] and len(w.lines) == 50
 
 
-def test_wikitext_download_names_a_member_that_is_not_the_published_one(tmp_path, monkeypatch):
-    texts = {split: f" = {split} = \n text \n" for split in ("train", "valid", "test")}
+def _published_wikitext(tmp_path, monkeypatch, texts: dict) -> dict:
+    """A local archive of ``texts`` (split -> text) standing in for the published one, with its
+    members' SHA-256 as the published ones (returned)."""
     archive = _wikitext_zip(tmp_path / "wikitext-2-raw-v1.zip", texts)
     monkeypatch.setattr(wikitext_mod, "ARCHIVE_URL", archive.as_uri())
     monkeypatch.setattr(wikitext_mod, "ARCHIVE_SHA256", sha256(archive))
     members = {split: hashlib.sha256(t.encode()).hexdigest() for split, t in texts.items()}
     monkeypatch.setattr(wikitext_mod, "SHA256", members)
+    return members
+
+
+def test_wikitext_download_names_a_member_that_is_not_the_published_one(tmp_path, monkeypatch):
+    members = _published_wikitext(tmp_path, monkeypatch, {split: f" = {split} = \n text \n"
+                                                          for split in ("train", "valid", "test")})
     root = tmp_path / "root"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -169,3 +178,34 @@ def test_wikitext_download_names_a_member_that_is_not_the_published_one(tmp_path
     (root / "wikitext-2-raw" / "wiki.valid.raw").write_text(" = valid = \n", encoding="utf-8")  # cut short
     with pytest.warns(UserWarning, match=r"wiki.valid.raw: SHA-256 differs from the published " + members["valid"]):
         WikiText2(root, split="valid", download=True)
+
+
+def test_wikitext_download_keeps_the_splits_already_present(tmp_path, monkeypatch):
+    texts = {split: f" = official {split} = \n" for split in ("train", "valid", "test")}
+    members = _published_wikitext(tmp_path, monkeypatch, texts)
+    folder = tmp_path / "root" / "wikitext-2-raw"
+    folder.mkdir(parents=True)
+    (folder / "wiki.test.raw").write_text(" = my edited test = \n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train = WikiText2(tmp_path / "root", split="train", download=True)  # fetched: it was absent
+    assert (folder / "wiki.test.raw").read_text(encoding="utf-8") == " = my edited test = \n"  # kept
+    assert (folder / "wiki.valid.raw").read_text(encoding="utf-8") == texts["valid"]  # absent: added
+    assert train.official
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    with pytest.warns(UserWarning, match=r"wiki.test.raw: SHA-256 differs from the published " + members["test"]):
+        assert not WikiText2(tmp_path / "root", split="test", download=True).official  # kept, and named
+
+
+def test_extract_can_keep_the_files_already_there(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("pkg/one.txt", "archived one\n")
+        z.writestr("pkg/two.txt", "archived two\n")
+    dest = tmp_path / "dest"
+    (dest / "pkg").mkdir(parents=True)
+    (dest / "pkg" / "one.txt").write_text("mine", encoding="utf-8")
+    extract(archive, dest, keep_existing=True)
+    files = {str(p.relative_to(dest)): p.read_text(encoding="utf-8") for p in dest.rglob("*") if p.is_file()}
+    assert files == {"pkg/one.txt": "mine", "pkg/two.txt": "archived two\n"}
+    assert sorted(p.name for p in dest.iterdir()) == ["pkg"]

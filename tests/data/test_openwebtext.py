@@ -122,3 +122,57 @@ def test_two_writers_of_one_token_cache_each_write_their_own_file(tmp_path, tiny
     outer = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
     assert outer.tokens.tolist() == expected
     assert [p.name for p in (tmp_path / "c").iterdir()] == [outer.path.name]  # no temporary left
+
+
+def _empty_folder(tmp_path, tokenizer_dir):
+    """(the tiny tokenizer, a new empty openwebtext/ folder under tmp_path)."""
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    return GPT2Tokenizer.from_dir(tokenizer_dir), folder
+
+
+def test_documents_without_text_are_skipped(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    tok, folder = _empty_folder(tmp_path, tiny_tokenizer_dir[0])
+    (folder / "a.txt").write_text("", encoding="utf-8")
+    (folder / "b.txt").write_text("hel wo", encoding="utf-8")
+    (folder / "c.jsonl").write_text(json.dumps({"text": ""}) + "\n" + json.dumps({"text": "x"}) + "\n",
+                                    encoding="utf-8")
+    (folder / "d.txt").write_text(" \n\n", encoding="utf-8")
+    ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c", batch_docs=1)
+    eot = tok.eot_id
+    assert ds.tokens.tolist() == tok.encode("hel wo") + [eot] + tok.encode("x") + [eot]  # no lone end-of-text
+    assert ds.num_documents == 2
+
+
+def test_folder_of_empty_documents_names_it_and_caches_nothing(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    tok, folder = _empty_folder(tmp_path, tiny_tokenizer_dir[0])
+    (folder / "a.txt").write_text("", encoding="utf-8")
+    (folder / "b.jsonl").write_text("\n", encoding="utf-8")
+    for _ in range(2):  # and again: no empty token file left behind to fail on
+        with pytest.raises(ValueError, match=r"openwebtext: no text to tokenise in a.txt, b.jsonl \(every document "
+                                             r"is empty or whitespace only\)"):
+            OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+        assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_an_empty_token_file_in_the_cache_is_rebuilt(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    (tmp_path / "openwebtext").mkdir()
+    (tmp_path / "openwebtext" / "a.txt").write_text("hel wo", encoding="utf-8")
+    ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    ds.path.write_bytes(b"")  # as an interrupted or refused tokenisation once left it
+    again = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert again.path == ds.path and again.tokens.tolist() == tok.encode("hel wo") + [tok.eot_id]
+
+
+def test_block_longer_than_the_stream_names_the_data(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    (tmp_path / "openwebtext").mkdir()
+    (tmp_path / "openwebtext" / "a.txt").write_text("hel", encoding="utf-8")  # one token and end-of-text
+    ds = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert len(ds) == 2
+    with pytest.raises(ValueError, match=r"block_size: expected an int in \[1, 1\] \(the token stream of "
+                                         r".*openwebtext holds 2 tokens\), got 2"):
+        ds.get_batch(1, 2)
+    x, y = ds.get_batch(1, 1)
+    assert x.tolist() == [[tok.encode("hel")[0]]] and y.tolist() == [[tok.eot_id]]

@@ -20,9 +20,11 @@ needs_gpt2 = pytest.mark.skipif(not (REAL / "gpt2" / "encoder.json").is_file(),
 needs_wikitext = pytest.mark.skipif(not (REAL / "wikitext-2-raw" / "wiki.test.raw").is_file(),
                                     reason="EDGEGEN_DATA_DIR does not hold wikitext-2-raw/")
 
-# The tiny fixture tokenizer is not OpenAI's yet uses the official file names: the warning that says
-# so is expected here (its own tests below check it).
-pytestmark = pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")
+# The tiny fixture tokenizer is not OpenAI's yet uses the official file names, and the WikiText-2
+# fixtures are not the published files: the warnings that say so are expected here (their own tests
+# below check them).
+pytestmark = [pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning"),
+              pytest.mark.filterwarnings(r"ignore:.*wiki\..*\.raw. SHA-256 differs from the published:UserWarning")]
 
 
 def byte_alphabet() -> list[str]:
@@ -63,6 +65,15 @@ def test_data_root_precedence(tmp_path, monkeypatch):
     assert data_root() == Path("~/.cache/edgegen/data").expanduser()
     with pytest.raises(FileNotFoundError, match="expected .*wikitext-2-raw"):
         dataset_dir("wikitext-2-raw", tmp_path)
+
+
+def test_empty_root_counts_as_not_given(tmp_path, monkeypatch):
+    # As an empty $EDGEGEN_DATA_DIR falls back to the default, an empty root falls back to the
+    # variable, then the default (not to the working directory).
+    monkeypatch.setenv("EDGEGEN_DATA_DIR", str(tmp_path / "env"))
+    assert data_root("") == tmp_path / "env"
+    monkeypatch.setenv("EDGEGEN_DATA_DIR", "")
+    assert data_root("") == data_root() == Path("~/.cache/edgegen/data").expanduser()
 
 
 def test_fixture_encodings(tiny_tokenizer_dir):
@@ -178,6 +189,49 @@ def test_wikitext_lines_end_at_newlines_only(tmp_path):
     (d / "wiki.test.raw").write_bytes(b" caf\xe9 \n")  # Latin-1, not UTF-8
     with pytest.raises(ValueError, match="wiki.test.raw: expected UTF-8 text"):
         WikiText2(tmp_path, split="test")
+
+
+@pytest.mark.parametrize("content", ["", " \n \n", "\n\n\n"], ids=["empty", "spaces", "newlines"])
+def test_wikitext_without_text_names_the_file(tmp_path, content):
+    d = tmp_path / "wikitext-2-raw"
+    d.mkdir()
+    (d / "wiki.test.raw").write_text(content, encoding="utf-8", newline="")
+    with pytest.raises(ValueError, match=r"wikitext-2-raw/wiki.test.raw: expected WikiText-2 text, the file is "
+                                         r"empty or holds only whitespace"):
+        WikiText2(tmp_path, split="test")
+
+
+def test_wikitext_that_is_not_the_published_file_is_named_and_flagged(tmp_path, monkeypatch):
+    import hashlib
+
+    import edgegen.data.wikitext as wikitext_mod
+
+    path = make_wikitext(tmp_path) / "wiki.test.raw"
+    published = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(wikitext_mod, "SHA256", dict(wikitext_mod.SHA256, test=published))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = WikiText2(tmp_path, split="test")  # the "published" file: no warning, flagged official
+    assert w.official and w.sha256 == published
+    path.write_text(" \n = Title = \n", encoding="utf-8", newline="")  # cut short
+    cut = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.warns(UserWarning, match=r"wiki.test.raw: SHA-256 differs from the published " + published
+                      + r" \(this file: " + cut + r"\); a partial or modified copy\?") as record:
+        w = WikiText2(tmp_path, split="test")
+    assert len(record) == 1 and not w.official and w.sha256 == cut
+
+
+@needs_wikitext
+def test_real_wikitext_is_official_and_a_truncated_copy_is_not(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert WikiText2(REAL, split="test").official
+    d = tmp_path / "wikitext-2-raw"
+    d.mkdir()
+    lines = (REAL / "wikitext-2-raw" / "wiki.test.raw").read_bytes().split(b"\n")
+    (d / "wiki.test.raw").write_bytes(b"\n".join(lines[:500]) + b"\n")
+    with pytest.warns(UserWarning, match=r"wiki.test.raw: SHA-256 differs from the published 173c87a5"):
+        assert not WikiText2(tmp_path, split="test").official
 
 
 def test_import_edgegen_data_is_cheap():

@@ -19,6 +19,7 @@ from edgegen.quant.modules import Int8ConvTranspose2d
 from edgegen.train.loop import Trainer
 from edgegen.train.posthoc import compress_from
 from tests.data.test_cifar import make_cifar
+from tests.data.test_text import make_wikitext, tiny_tokenizer_dir  # noqa: F401  (fixture)
 from tests.train.helpers import tiny
 
 REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
@@ -181,10 +182,49 @@ def test_lm_run_perplexity_prefix_and_text(tmp_path):
     assert "first 300 tokens" in res["labels"]["wikitext2_ppl_prefix"]
     from edgegen.eval.runs import _lm_tokens
 
-    tokens, _ = _lm_tokens(_opts(data_root=str(REAL)))
+    tokens, _, text = _lm_tokens(_opts(data_root=str(REAL)))
+    assert text.official
     ref = perplexity(run.model, tokens, context=64, stride=32, max_tokens=300)
     assert m["wikitext2_ppl_prefix"] == pytest.approx(ref.perplexity, rel=1e-9)
     assert 0.0 <= m["distinct_2"] <= 1.0 and 0.0 <= m["bleu"] <= 100.0
+
+
+@pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")  # the fixture tokenizer
+def test_lm_eval_of_a_wikitext_file_that_is_not_the_official_one_says_so(env, tiny_tokenizer_dir,
+                                                                        monkeypatch):  # noqa: F811
+    import hashlib
+    import warnings
+
+    import edgegen.data.wikitext as wikitext_mod
+
+    path = make_wikitext(env / "data") / "wiki.test.raw"
+    (env / "data" / "gpt2").mkdir()
+    for name in ("encoder.json", "vocab.bpe"):
+        (env / "data" / "gpt2" / name).write_bytes((tiny_tokenizer_dir[0] / name).read_bytes())
+    run = load_run(_train(tiny("lm", env, model={"vocab_size": 260, "n_positions": 64}), env, "lm"))
+    opts = _opts(metrics=("ppl", "bleu", "text"), text_prompts=2, text_new_tokens=4)
+    with pytest.warns(UserWarning, match=r"wiki.test.raw: SHA-256 differs from the published"):
+        res = evaluate_run(run, opts)
+    m, labels = res["metrics"], res["labels"]
+    assert "wikitext2_ppl" not in m and "wikitext2_ppl_nonstandard" in m and "wikitext2_ppl_nonstandard_tokens" in m
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert labels["wikitext2_ppl_nonstandard"].startswith(
+        f"WikiText-2-nonstandard ({path}, sha256 {digest[:16]}..., not the official test split 173c87a53759e020...")
+    assert labels["wikitext2_ppl_nonstandard"].endswith("tokens scored (full)")
+    assert all("WikiText-2-nonstandard" in labels[k] for k in ("text", "bleu"))
+    assert "wikitext2_ppl_nonstandard" in compare_runs([res])["columns"]
+    with pytest.warns(UserWarning, match=r"wiki.test.raw: SHA-256 differs from the published"):
+        prefix = evaluate_run(run, _opts(metrics=("ppl",), max_tokens=20))["metrics"]
+    assert set(prefix) == {"wikitext2_ppl_prefix_nonstandard", "wikitext2_ppl_prefix_nonstandard_tokens"}
+    # The same file as the published one: the standard name and label, no warning.
+    monkeypatch.setattr(wikitext_mod, "SHA256", dict(wikitext_mod.SHA256, test=digest))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", r".*wiki\.test\.raw", UserWarning)
+        official = evaluate_run(run, opts)
+    assert official["metrics"]["wikitext2_ppl"] == m["wikitext2_ppl_nonstandard"]
+    assert official["labels"]["wikitext2_ppl"].startswith("WikiText-2 raw test, sliding window context 64 stride 32, ")
+    assert official["labels"]["text"].endswith("from 32-token WikiText-2 test prompts")
+    assert "wikitext2_ppl_nonstandard" not in official["metrics"]
 
 
 def test_compare_table(env):
@@ -495,6 +535,7 @@ def test_cli_names_a_damaged_safetensors_file(env, capsys):
     assert f"edgegen eval: {art}: not a readable safetensors file (truncated or damaged?)" in err
 
 
+@pytest.mark.filterwarnings(r"ignore:.*wiki\.test\.raw. SHA-256 differs from the published:UserWarning")  # a fixture
 def test_lm_eval_never_downloads_and_names_the_missing_folder(env, monkeypatch):
     import edgegen.data.download as download
 

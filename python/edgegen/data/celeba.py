@@ -107,6 +107,9 @@ class CelebA(torch.utils.data.Dataset):
                 raise FileNotFoundError(f"{needed}: missing from the CelebA folder {folder}")
         rows = read_partition(partition)
         self.files = [images / name for name, part in rows if split == "all" or part == SPLITS[split]]
+        if not self.files:
+            which = "no rows" if split == "all" else f"no rows of the {split} split (partition {SPLITS[split]})"
+            raise ValueError(f"{partition}: {which}; expected '<file> <0|1|2>' lines listing its images")
         missing = [f for f in self.files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} images listed in {partition} are missing, "

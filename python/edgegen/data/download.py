@@ -42,19 +42,21 @@ def _inside(root: Path, name: str) -> bool:
     return target == root or root in target.parents
 
 
-def _move_into(src: Path, dst: Path) -> None:
+def _move_into(src: Path, dst: Path, keep_existing: bool = False) -> None:
     """Rename ``src`` to ``dst``; where both are folders, move ``src``'s entries into ``dst`` one
-    by one (each an atomic rename that replaces what was there)."""
+    by one (each an atomic rename that replaces what was there, or, with ``keep_existing``,
+    leaves what is there as it is)."""
     if src.is_dir() and dst.is_dir():
         for child in sorted(src.iterdir()):
-            _move_into(child, dst / child.name)
-    else:
+            _move_into(child, dst / child.name, keep_existing)
+    elif not (keep_existing and dst.exists()):
         os.replace(src, dst)
 
 
-def extract(archive: Path, dest: Path) -> None:
+def extract(archive: Path, dest: Path, keep_existing: bool = False) -> None:
     """Extract a tar or zip archive into ``dest``, refusing members that would land outside it
-    or that are links or devices.
+    or that are links or devices. A member already in ``dest`` is replaced, or, with
+    ``keep_existing``, kept as it is.
 
     Members are written into a temporary folder inside ``dest`` and renamed into place only once
     all of them are complete (a new top-level folder in one rename): an interrupted extraction
@@ -83,17 +85,18 @@ def extract(archive: Path, dest: Path) -> None:
                 except TypeError:
                     tar.extractall(tmp)
         for entry in sorted(tmp.iterdir()):
-            _move_into(entry, dest / entry.name)
+            _move_into(entry, dest / entry.name, keep_existing)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_and_extract(url: str, dest: Path, *, md5: str | None = None,
-                         sha256: str | None = None) -> None:
-    """Fetch an archive beside ``dest``, verify it, extract it into ``dest``, delete it."""
+                         sha256: str | None = None, keep_existing: bool = False) -> None:
+    """Fetch an archive beside ``dest``, verify it, extract it into ``dest`` (see :func:`extract`
+    for ``keep_existing``), delete it."""
     dest = Path(dest)
     archive = fetch(url, dest / (url.rsplit("/", 1)[-1] + ".download"), md5=md5, sha256=sha256)
     try:
-        extract(archive, dest)
+        extract(archive, dest, keep_existing)
     finally:
         archive.unlink(missing_ok=True)

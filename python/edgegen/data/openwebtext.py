@@ -4,7 +4,8 @@
 ``.jsonl`` files (one JSON object per line with a ``text`` field), and/or Hugging Face
 ``datasets`` folders written by ``save_to_disk`` (``state.json`` listing Arrow stream files with
 a ``text`` column; read with pyarrow). They are tokenised once, in sorted file order, into a
-uint16 token file with ``<|endoftext|>`` after every document; later
+uint16 token file with ``<|endoftext|>`` after every document (a document without text, or of
+whitespace only, is skipped; a folder with none left is an error naming it); later
 runs memory-map it. Training draws random contiguous blocks.
 """
 
@@ -101,6 +102,9 @@ class OpenWebText:
             h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         h.update(tokenizer.fingerprint().encode())
         path = cache_dir_for(folder, cache_dir) / f"openwebtext.{h.hexdigest()[:16]}.u16.bin"
+        self.folder = folder
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()  # an empty token file (written before empty streams were refused) is no cache
         if not path.is_file():
             self._tokenize(path, batch_docs)
         self.path = path
@@ -113,6 +117,7 @@ class OpenWebText:
         with replacing(path) as tmp:
             with open(tmp, "wb") as out:
                 batch: list[str] = []
+                written = 0
 
                 def flush():
                     for ids in self.tokenizer.encode_batch(batch, allowed_special=False):
@@ -120,10 +125,18 @@ class OpenWebText:
                     batch.clear()
 
                 for doc in iter_documents(self.files):
+                    if not doc.strip():  # no text: not a document (it would be a lone end-of-text)
+                        continue
                     batch.append(doc)
+                    written += 1
                     if len(batch) >= batch_docs:
                         flush()
                 flush()
+            if not written:
+                names = [str(p.relative_to(self.folder)) for p in self.files]
+                listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                raise ValueError(f"{self.folder}: no text to tokenise in {listed} (every document is empty or "
+                                 "whitespace only); expected at least one document with text")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -139,7 +152,8 @@ class OpenWebText:
     def get_batch(self, batch_size: int, block_size: int, generator: torch.Generator | None = None):
         """(x, y) int64 [batch_size, block_size]: random contiguous blocks, y shifted by one."""
         if not isinstance(block_size, int) or not 1 <= block_size < len(self.tokens):
-            raise ValueError(f"block_size: expected an int in [1, {len(self.tokens) - 1}], got {block_size!r}")
+            raise ValueError(f"block_size: expected an int in [1, {len(self.tokens) - 1}] (the token stream of "
+                             f"{self.folder} holds {len(self.tokens)} tokens), got {block_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         starts = torch.randint(0, len(self.tokens) - block_size, (batch_size,), generator=generator)

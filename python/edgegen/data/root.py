@@ -12,8 +12,9 @@ DEFAULT_CACHE = Path("~/.cache/edgegen/cache")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """``root`` if given, else ``$EDGEGEN_DATA_DIR``, else ``~/.cache/edgegen/data``."""
-    if root is None:
+    """``root`` if given, else ``$EDGEGEN_DATA_DIR``, else ``~/.cache/edgegen/data``. An empty
+    string counts as not given, as an empty ``$EDGEGEN_DATA_DIR`` does."""
+    if root is None or root == "":
         root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
     return Path(root).expanduser()
 

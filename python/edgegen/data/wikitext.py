@@ -32,22 +32,19 @@ SHA256 = {
 
 
 class WikiText2:
-    """``WikiText2(root=None, split="test")``: the raw text of one split and its GPT-2 tokens."""
+    """``WikiText2(root=None, split="test")``: the raw text of one split and its GPT-2 tokens.
+
+    ``sha256``: the file's SHA-256; ``official``: whether it is the published member of the
+    official archive (a file that is not is read, with a UserWarning naming it)."""
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "test",
                  download: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-        if download:
-            member = data_root(root) / FOLDER / f"wiki.{split}.raw"
-            if not member.is_file():
-                download_and_extract(ARCHIVE_URL, data_root(root), sha256=ARCHIVE_SHA256)
-            elif file_digest(member, "sha256") != SHA256[split]:
-                # Present files are kept (downloads fetch what is absent); one that is not the
-                # published member is named rather than used silently.
-                warnings.warn(f"{member}: SHA-256 differs from the published {SHA256[split]}; a partial or "
-                              "modified copy? Delete it and pass download=True to fetch the official file",
-                              UserWarning, stacklevel=2)
+        if download and not (data_root(root) / FOLDER / f"wiki.{split}.raw").is_file():
+            # Present files are kept (downloads fetch what is absent, other splits included); one
+            # that is not the published member is named below rather than used silently.
+            download_and_extract(ARCHIVE_URL, data_root(root), sha256=ARCHIVE_SHA256, keep_existing=True)
         folder = dataset_dir(
             FOLDER, root,
             f"Download and unpack {ARCHIVE_URL} (SHA-256 {ARCHIVE_SHA256}) there, or pass "
@@ -62,9 +59,21 @@ class WikiText2:
                 self.lines = list(f)
         except UnicodeDecodeError as exc:
             raise ValueError(f"{self.path}: expected UTF-8 text ({exc})") from None
+        if not any(line.strip() for line in self.lines):
+            raise ValueError(f"{self.path}: expected WikiText-2 text, the file is empty or holds only whitespace")
+        # Hashed on every load (a few MB): a partial or modified split is named, and the results
+        # of one are labelled as not the official split.
+        self.sha256 = file_digest(self.path, "sha256")
+        self.official = self.sha256 == SHA256[split]
+        if not self.official:
+            warnings.warn(f"{self.path}: SHA-256 differs from the published {SHA256[split]} (this file: "
+                          f"{self.sha256}); a partial or modified copy? Its results are not comparable with "
+                          "published ones. Delete it and pass download=True to fetch the official file",
+                          UserWarning, stacklevel=2)
 
     def verify(self) -> None:
-        """Raise ValueError unless the split's file has the published SHA-256."""
+        """Raise ValueError unless the split's file has the published SHA-256 (``official`` is
+        the same check made when the file was read, which warns instead)."""
         digest = file_digest(self.path, "sha256")
         if digest != SHA256[self.split]:
             raise ValueError(f"{self.path}: SHA-256 {digest} differs from the published "

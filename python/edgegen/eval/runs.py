@@ -365,7 +365,8 @@ def _vae_metrics(run: LoadedRun, opts: EvalOptions, out: dict, labels: dict) -> 
 
 
 def _lm_tokens(opts: EvalOptions, cfg=None) -> tuple:
-    """WikiText-2 raw test as GPT-2 token ids, and the tokenizer. Never downloads: a missing
+    """WikiText-2 raw test as GPT-2 token ids, the tokenizer, and the ``WikiText2`` read (its
+    ``official`` says whether the file is the published one). Never downloads: a missing
     folder is a FileNotFoundError naming it and how to get it."""
     from edgegen.data.root import data_root
     from edgegen.data.tokenizer import GPT2Tokenizer
@@ -380,10 +381,22 @@ def _lm_tokens(opts: EvalOptions, cfg=None) -> tuple:
         raise FileNotFoundError(f"{exc}; fetch them with edgegen.data.download_gpt2_tokenizer({str(data_root(root))!r}) "
                                 "(evaluation never downloads)") from None
     ids = text.tokens(tok)
-    return torch.from_numpy(np.array(ids, dtype=np.int64)), tok
+    return torch.from_numpy(np.array(ids, dtype=np.int64)), tok, text
 
 
-def _ppl_metrics(run: LoadedRun, opts: EvalOptions, tokens, out: dict, labels: dict) -> None:
+def _wikitext_name(text) -> tuple[str, str]:
+    """The metric-name suffix and the description of the evaluation text: "" and "WikiText-2 raw
+    test" for the official file; otherwise "_nonstandard" and a description naming the file and
+    its SHA-256 (as FID-nonstandard names non-standard Inception weights)."""
+    if text.official:
+        return "", "WikiText-2 raw test"
+    from edgegen.data.wikitext import SHA256
+
+    return "_nonstandard", (f"WikiText-2-nonstandard ({text.path}, sha256 {text.sha256[:16]}..., not the official "
+                            f"test split {SHA256['test'][:16]}...; not comparable with published perplexities)")
+
+
+def _ppl_metrics(run: LoadedRun, opts: EvalOptions, tokens, text, out: dict, labels: dict) -> None:
     from edgegen.eval.text import perplexity
 
     n_pos = run.model.config.n_positions
@@ -391,14 +404,16 @@ def _ppl_metrics(run: LoadedRun, opts: EvalOptions, tokens, out: dict, labels: d
     stride = opts.stride or max(1, context // 2)
     res = perplexity(run.model, tokens, context=context, stride=stride, max_tokens=opts.max_tokens,
                      progress=opts.progress)
-    key = "wikitext2_ppl" if res.label == "full" else "wikitext2_ppl_prefix"
+    suffix, what = _wikitext_name(text)
+    key = ("wikitext2_ppl" if res.label == "full" else "wikitext2_ppl_prefix") + suffix
     out[key] = res.perplexity
     out[key + "_tokens"] = float(res.tokens_scored)
-    labels[key] = (f"WikiText-2 raw test, sliding window context {context} stride {stride}, "
+    labels[key] = (f"{what}, sliding window context {context} stride {stride}, "
                    f"{res.tokens_scored} tokens scored ({res.label})")
 
 
-def _text_metrics(run: LoadedRun, opts: EvalOptions, tokens, tok, want_bleu: bool, out: dict, labels: dict) -> None:
+def _text_metrics(run: LoadedRun, opts: EvalOptions, tokens, tok, text, want_bleu: bool, out: dict,
+                  labels: dict) -> None:
     from edgegen.eval.text import bleu, distinct_n, repetition_rate
 
     prompt_len, new = 32, opts.text_new_tokens
@@ -416,11 +431,12 @@ def _text_metrics(run: LoadedRun, opts: EvalOptions, tokens, tok, want_bleu: boo
         refs.append(tok.decode(tokens[s + prompt_len:s + span].tolist()))
     out["distinct_2"] = distinct_n(samples, 2)
     out["repetition_rate_4"] = repetition_rate(samples, 4)
+    note = "" if text.official else f" of {_wikitext_name(text)[1]}"
     labels["text"] = (f"{len(samples)} continuations of {new} tokens (top-k 50, T=1, seed {opts.seed}) from "
-                      f"{prompt_len}-token WikiText-2 test prompts")
+                      f"{prompt_len}-token WikiText-2 test prompts{note}")
     if want_bleu:
         out["bleu"] = bleu(hyps, refs)
-        labels["bleu"] = "sacreBLEU of the sampled continuations against the true WikiText-2 continuations"
+        labels["bleu"] = f"sacreBLEU of the sampled continuations against the true WikiText-2 continuations{note}"
 
 
 def _wanted(run: LoadedRun, metrics) -> list[str]:
@@ -511,7 +527,8 @@ def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None
     """Quality (and, with ``options.profile``, efficiency) of one run: a dict with ``run``,
     ``name``, ``kind``, ``form``, ``eval_id`` (checkpoint and requested form: "last-shipped",
     "last-float", ...), ``metrics`` (flat numbers, units and labels in the names: fid,
-    fid_nonstandard or fid_proxy, wikitext2_ppl or wikitext2_ppl_prefix, *_ms, *_bytes, energy_j or
+    fid_nonstandard or fid_proxy, wikitext2_ppl or wikitext2_ppl_prefix (``_nonstandard`` added where
+    the test file is not the official one), *_ms, *_bytes, energy_j or
     energy_j_estimated, *_projected), ``labels`` (what each number is) and ``seconds``. Every
     option is checked (:func:`check_options`) before the first metric. With ``options.onnx``, an
     export that fails is recorded in ``labels["onnx"]`` with its reason, and the other metrics
@@ -528,11 +545,11 @@ def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None
     if "vae" in names or "ssim" in names:
         _vae_metrics(run, opts, metrics, labels)
     if {"ppl", "bleu", "text"} & set(names):
-        tokens, tok = _lm_tokens(opts, run.config)
+        tokens, tok, text = _lm_tokens(opts, run.config)
         if "ppl" in names:
-            _ppl_metrics(run, opts, tokens, metrics, labels)
+            _ppl_metrics(run, opts, tokens, text, metrics, labels)
         if "bleu" in names or "text" in names:
-            _text_metrics(run, opts, tokens, tok, "bleu" in names, metrics, labels)
+            _text_metrics(run, opts, tokens, tok, text, "bleu" in names, metrics, labels)
     if opts.profile or opts.device_profiles:
         _profile(run, opts, metrics, labels)
     if opts.onnx:
@@ -623,7 +640,8 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
 
 # ------------------------------------------------------------------------------------ comparison
 COLUMNS = ("fid", "fid_nonstandard", "fid_proxy", "kid", "kid_nonstandard", "kid_proxy", "vae_recon_ssim",
-           "vae_recon_psnr_db", "vae_neg_elbo", "wikitext2_ppl", "wikitext2_ppl_prefix", "bleu", "distinct_2",
+           "vae_recon_psnr_db", "vae_neg_elbo", "wikitext2_ppl", "wikitext2_ppl_prefix", "wikitext2_ppl_nonstandard",
+           "wikitext2_ppl_prefix_nonstandard", "bleu", "distinct_2",
            "bytes_on_disk", "params", "sparsity", "flops", "latency_ms_p50", "peak_memory_bytes", "energy_j",
            "energy_j_estimated", "decode_ms_per_token_p50", "onnxruntime_fp32_latency_ms_p50",
            "onnxruntime_int8_dynamic_latency_ms_p50")
@@ -744,7 +762,7 @@ def _row_ids(results: list[dict]) -> list[str]:
 
 def _plot(results: list[dict], ids: list[str], path: Path) -> str | None:
     quality = next((q for q in ("fid", "fid_nonstandard", "fid_proxy", "wikitext2_ppl", "wikitext2_ppl_prefix",
-                                "vae_neg_elbo")
+                                "wikitext2_ppl_nonstandard", "wikitext2_ppl_prefix_nonstandard", "vae_neg_elbo")
                     if all(q in r["metrics"] for r in results)), None)
     if quality is None or not all("latency_ms_p50" in r["metrics"] for r in results):
         return None
