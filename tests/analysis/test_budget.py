@@ -177,9 +177,31 @@ def test_a_rung_that_changes_nothing_never_reaches_the_returned_plan(monkeypatch
     reduce_(copy.deepcopy(two_heads), plan.config)  # accepted (was: "heads: nothing to reduce")
 
 
-def test_a_score_that_turns_nan_on_a_reduced_model_is_named():
+def test_a_score_that_turns_nan_on_every_reduced_model_is_named():
     m = model()
     base = m.num_parameters()
     with pytest.raises(ValueError, match=r"score: expected a finite number \(higher is better\), got nan for the "
-                                         r"plan MPRFConfig\("):
+                                         r"plan MPRFConfig\(.*, and for every other plan one step from the unreduced "
+                                         r"model: none left to take"):
         plan_reduction(m, max_params=int(0.6 * base), score=lambda c: 0.0 if c.num_parameters() == base else math.nan)
+
+
+def test_a_plan_whose_score_is_not_finite_is_recorded_and_never_taken():
+    """Minus a validation loss that overflowed on the most aggressive plans: those plans are
+    recorded with the reason and passed over; the best finite plan is returned (was: the whole
+    search aborted with a ValueError)."""
+    m = model()
+    full = m.num_parameters()
+
+    def score(c):
+        n = c.num_parameters()
+        return -math.inf if n < 0.8 * full else -(full - n) / full
+
+    plan = plan_reduction(m, max_params=int(0.85 * full), score=score)
+    assert math.isfinite(plan.score) and 0.8 * full <= plan.cost <= 0.85 * full
+    assert reduce_(copy.deepcopy(m), plan.config).num_parameters() == plan.cost
+    overflowed = [s for s in plan.steps if s.score == -math.inf]
+    assert overflowed and all(not s.taken and s.config is not None and s.cost < 0.8 * full for s in overflowed)
+    assert all(s.error.startswith("score: expected a finite number (higher is better), got -inf for the plan "
+                                  "MPRFConfig(") for s in overflowed)
+    assert all(not s.error for s in plan.steps if s.taken)

@@ -1,6 +1,9 @@
 """Low-rank factorization (reduce_ with LowRankConfig): SVD against float64 references, the
 physically reduced GPT-2 against the dense one, save/load/export round trips, bad configs."""
 
+import copy
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -254,22 +257,42 @@ def _switchable(m):
     enable_precision_switch_(m, Int8DynamicConfig())
 
 
-def _bf16(m):
-    from edgegen.quant import Bf16Config, quantize_
-
-    quantize_(m, Bf16Config())
-
-
-@pytest.mark.parametrize("wrap,wrapper", [(_qat, "QATModule"), (_switchable, "SwitchablePrecision"),
-                                          (_bf16, "LowPrecision")], ids=["qat", "switchable", "bf16"])
-def test_layers_inside_quantization_wrappers_are_refused(wrap, wrapper):
+@pytest.mark.parametrize("wrap,wrapper,why", [
+    (_qat, "QATModule", "which fake-quantizes the layer's weight: factorize the float model first, then prepare it "
+                        "for QAT"),
+    (_switchable, "SwitchablePrecision", "whose quantized copy of the layer the factorization would not change: "
+                                         "factorize the float model first, then enable_precision_switch_"),
+], ids=["qat", "switchable"])
+def test_layers_inside_quantization_wrappers_are_refused(wrap, wrapper, why):
     """A wrapper reads its layer's weight (QAT), or holds a quantized twin the factorization would
-    not change (switchable precision): refused, naming the layer, before anything changes."""
+    not change (switchable precision): refused, naming the layer and what to do for that wrapper,
+    before anything changes."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
     wrap(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=rf"model: layer '0\.\w+' is inside a {wrapper} \('0'\)"):
+    with pytest.raises(ValueError, match=rf"^model: layer '0\.\w+' is inside a {wrapper} \('0'\), {re.escape(why)}$"):
         reduce_(model, LowRankConfig(rank=4))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_layers_inside_a_16_bit_wrapper_are_factorized_in_its_precision():
+    """LowPrecision only casts its layer and input: fp16 then low-rank factorizes the wrapped layer
+    (in float16) and computes what low-rank then fp16 does, to fp16 rounding (was: refused)."""
+    from edgegen.quant import Fp16Config, quantize_
+    from edgegen.quant.api import LowPrecision
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
+    x = torch.randn(4, 64)
+    half_first = quantize_(copy.deepcopy(base), Fp16Config())
+    reduce_(half_first, LowRankConfig(rank=8))
+    low_first = reduce_(copy.deepcopy(base), LowRankConfig(rank=8))
+    quantize_(low_first, Fp16Config())
+    for i in (0, 2):
+        assert type(half_first[i]) is LowPrecision and type(half_first[i].module) is LowRankLinear
+        assert half_first[i].module.rank == 8 and half_first[i].module.down.weight.dtype == torch.float16
+    y = half_first(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, low_first(x), rtol=1e-2, atol=2e-3)

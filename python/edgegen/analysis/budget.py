@@ -45,7 +45,7 @@ class PlanStep:
     cost: float
     score: float
     taken: bool
-    error: str = ""  # why the plan could not be applied (cost and score are then NaN)
+    error: str = ""  # why it was not a candidate: not applicable (cost, score NaN), or a score not finite
 
 
 @dataclass
@@ -118,11 +118,12 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
     each candidate plan to a copy of ``model`` and takes the one saving the most cost per unit of
     ``score`` lost (a move that loses nothing wins outright); when some candidates meet the budget,
     it takes the best-scoring of those and stops. A candidate that cannot be applied (a group the
-    model has no layers for, such as heads in a convolutional model) is recorded with its error and
-    not taken. ``score(model) -> float``,
-    higher is better (for example minus the validation loss); by default :func:`fidelity_score` on
-    ``example_inputs`` (or ``model.example_inputs()``), which needs logits (a model with other
-    outputs, such as the Beta-VAE, must pass ``score``). ``model`` is not changed. A ValueError
+    model has no layers for, such as heads in a convolutional model), or whose score is not a finite
+    number, is recorded with its error and not taken (the unreduced model's score must be finite).
+    ``score(model) -> float``, higher is better (for example minus the validation loss); by default
+    :func:`fidelity_score` on ``example_inputs`` (or ``model.example_inputs()``), which needs logits
+    (a model with other outputs, such as the Beta-VAE, must pass ``score``). ``model`` is not
+    changed. A ValueError
     naming the budget when no plan on the ladders meets it, or naming ``model`` (with the first
     group's error) when no group applies to the model at all (a DCGAN has no heads, FFN, Linear
     ranks or embedding)."""
@@ -175,22 +176,23 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
                 cfg = MPRFConfig(**kept) if kept else None
         return PlanStep(cfg, cost_of(m), float(score(m)), False), changed
 
-    def scored(step: PlanStep) -> PlanStep:
-        """``step`` if its score is a number the walk can compare (outside the ValueErrors of plans
-        that cannot be applied, which are recorded, not raised)."""
-        if not math.isfinite(step.score):
-            what = "the unreduced model" if step.config is None else f"the plan {step.config}"
-            raise ValueError(f"score: expected a finite number (higher is better), got {step.score} for {what}")
-        return step
+    def unscored(step: PlanStep) -> str:
+        """Why the walk cannot compare ``step``'s score ("" when it can)."""
+        if math.isfinite(step.score):
+            return ""
+        what = "the unreduced model" if step.config is None else f"the plan {step.config}"
+        return f"score: expected a finite number (higher is better), got {step.score} for {what}"
 
     levels = {g: 0 for g in GROUPS}
-    current = scored(evaluate(levels)[0])
+    current = evaluate(levels)[0]
+    if unscored(current):  # every move is measured against it
+        raise ValueError(unscored(current))
     current.taken = True
     base = current
     steps = [current]
     applied = False  # whether any plan on the ladders changed the model at all
     while current.cost > budget:
-        candidates = []
+        candidates, not_finite = [], []
         for g in GROUPS:
             if levels[g] < len(ladders[g]):
                 trial = dict(levels, **{g: levels[g] + 1})
@@ -199,9 +201,16 @@ def plan_reduction(model: nn.Module, max_params: int | None = None, max_latency_
                 except ValueError as e:  # a group this model has no layers for, or a setting it cannot take
                     steps.append(PlanStep(_config(trial, ladders), math.nan, math.nan, False, str(e)))
                     continue
-                steps.append(scored(step))
-                candidates.append((g, trial, step))
+                steps.append(step)
                 applied = applied or changed
+                step.error = unscored(step)
+                if step.error:  # recorded and never taken (a loss that overflowed on one plan), as above
+                    not_finite.append(step)
+                    continue
+                candidates.append((g, trial, step))
+        if not candidates and not_finite:
+            raise ValueError(f"{not_finite[0].error}, and for every other plan one step from "
+                             f"{current.config or 'the unreduced model'}: none left to take")
         if not candidates:
             errors = [s.error for s in steps if s.error]
             if not applied and any(ladders[g] for g in GROUPS):

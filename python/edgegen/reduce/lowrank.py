@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.prune.masks import prunable_weights
-from edgegen.quant.api import check_not_wrapped
 from edgegen.reduce.config import LowRankConfig
 from edgegen.transform import FilterFn, weight_read_by_parent
 
@@ -145,6 +144,27 @@ def _check_finite(name: str, weight: Tensor) -> None:
                          "ones")
 
 
+def _check_not_wrapped(model: nn.Module, name: str) -> None:
+    """A ValueError when the layer ``name`` sits inside a wrapper that a factorization of the layer
+    would break: a ``QATModule`` (it fake-quantizes its layer's ``.weight``) or a
+    ``SwitchablePrecision`` (its quantized twin would keep the dense weight). A ``LowPrecision``
+    wrapper only casts its layer and input, so the layer is factorized in its dtype inside it."""
+    from edgegen.quant.mixed import SwitchablePrecision
+    from edgegen.quant.qat import QATModule
+
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        where = ".".join(parts[:i])
+        outer = model.get_submodule(where)
+        if isinstance(outer, QATModule):
+            raise ValueError(f"model: layer {name!r} is inside a QATModule ({where!r}), which fake-quantizes the "
+                             "layer's weight: factorize the float model first, then prepare it for QAT")
+        if isinstance(outer, SwitchablePrecision):
+            raise ValueError(f"model: layer {name!r} is inside a SwitchablePrecision ({where!r}), whose quantized "
+                             "copy of the layer the factorization would not change: factorize the float model "
+                             "first, then enable_precision_switch_")
+
+
 def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> dict[str, tuple[int, tuple | None]]:
     """{layer name: (rank, the weight's SVD when the energy rule computed it, else None)}."""
     plan = {}
@@ -155,7 +175,7 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
             continue
         if any(name.startswith(f + ".") for f in factorized):  # a factor of an earlier reduction: left as it is
             continue
-        check_not_wrapped(model, name)  # a QAT / precision wrapper reads its layer's weight: refused, named
+        _check_not_wrapped(model, name)
         n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
             continue

@@ -25,6 +25,11 @@ DEVICES = ("rpi4", "jetson-nano", "pixel6")
 LAMBDAS = (0.25, 0.5, 0.75)
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 HERE = Path(__file__).resolve().parent
+# The version of what the steps measure and how their files are laid out, part of the fingerprint
+# that keys the cached steps (and the results.json merge): bump it when a step's measurement
+# definition changes (2: FLOP counting includes CPU attention; step files record the builds of the
+# models they read in "_models"), so that no step file of an earlier definition is reused.
+STEPS_VERSION = 2
 
 
 def _yaml(name: str) -> dict:
@@ -127,8 +132,8 @@ class Context:
 
     @property
     def fingerprint(self) -> str:
-        """Cached steps are valid only for the same recipes and data root."""
-        blob = json.dumps([self.recipes, self.data_dir], sort_keys=True, default=str)
+        """Cached steps are valid only for the same recipes, data root and :data:`STEPS_VERSION`."""
+        blob = json.dumps([STEPS_VERSION, self.recipes, self.data_dir], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     @property
@@ -137,7 +142,8 @@ class Context:
 
     def step(self, name: str, fn: Callable[[], dict]) -> dict:
         """``fn()``'s JSON result, computed once: kept in ``steps/<name>.json`` with the identity of
-        every model folder ``fn`` read (:meth:`trained`, :func:`_compressed`).
+        every model folder ``fn`` read (:meth:`trained`, :func:`_compressed`), named relative to
+        ``out`` (the output folder can be moved).
 
         A kept result is reused only while each of those models is still the one it measured. A
         model is rebuilt by ``force``, and a forced run killed half-way leaves some models rebuilt
@@ -148,10 +154,12 @@ class Context:
         path = self.out / "steps" / self.fingerprint / f"{name}.json"
         if path.is_file() and (not self.force or ("step", name) in self.built):
             kept = json.loads(path.read_text(encoding="utf-8"))
-            if all(_identity(d) == ident for d, ident in kept.pop("_models", {}).items()):
+            read = kept.pop("_models", None)  # None: no record of the models it read, so not trusted
+            if read is not None and all(_identity(self.out / d) == ident for d, ident in read.items()):
                 self.skipped_steps.append(name)
                 return kept
-            self.log(f"  {name}: a model it measured was rebuilt since: measured again")
+            self.log(f"  {name}: " + ("a model it measured was rebuilt since" if read is not None else
+                                      "its file does not record which models it measured") + ": measured again")
         t0 = time.perf_counter()
         self.reading.append({})
         try:
@@ -166,9 +174,13 @@ class Context:
         return result
 
     def read(self, run_dir) -> None:
-        """Record that the steps being computed read the model in ``run_dir``."""
+        """Record that the steps being computed read the model in ``run_dir`` (by its path relative
+        to ``out`` when it lies inside, else its absolute path)."""
+        where = os.path.relpath(os.path.abspath(run_dir), os.path.abspath(self.out))
+        if where == os.pardir or where.startswith(os.pardir + os.sep):
+            where = os.path.abspath(run_dir)
         for models in self.reading:
-            models[str(run_dir)] = _identity(run_dir)
+            models[where] = _identity(run_dir)
 
     # ------------------------------------------------------------------ models
     def model_config(self, key: str, seed: int) -> dict:
@@ -535,11 +547,10 @@ def _quality(ctx: Context) -> list:
             spec.append((f"{key}/{m}", lambda r, k=key, m=m: r[k]["metrics"].get(m), "measured",
                          res[0][key]["labels"].get("vae", "")))
     for key in ("gpt2-teacher", "gpt2-student", "gpt2-student-int8"):
-        spec.append((f"{key}/{pplkey}", lambda r, k=key: r[k]["metrics"].get(pplkey),
-                     "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)",
+        spec.append((f"{key}/{pplkey}", lambda r, k=key: r[k]["metrics"].get(pplkey), _ppl_label(pplkey),
                      res[0][key]["labels"].get(pplkey, "")))
     rows = _rows_from(res, spec)
-    plabel = "measured" if pplkey == "wikitext2_ppl" else "measured (prefix)"
+    plabel = _ppl_label(pplkey)
     for base, var, metric, label in (
             ("dcgan-cifar10", "dcgan-cifar10-pruned50", fidkey, flabel),
             ("dcgan-celeba", "dcgan-celeba-pruned50", fidkey, flabel),
@@ -794,7 +805,15 @@ def _tracker(ctx: Context):
 
 
 _LABEL_SUFFIX = {"projected": "_projected", "estimated": "_estimated", "FID-proxy": "_proxy",
-                 "FID-nonstandard": "_nonstandard"}
+                 "FID-nonstandard": "_nonstandard", "WikiText-2-nonstandard": "_nonstandard"}
+
+
+def _ppl_label(key: str) -> str:
+    """The report label of a perplexity metric: on the published WikiText-2 file "measured" (its
+    first tokens only: "(prefix)"); on another file (edited, truncated: evaluation names it
+    ``*_nonstandard``) "WikiText-2-nonstandard"."""
+    label = "WikiText-2-nonstandard" if key.endswith("_nonstandard") else "measured"
+    return label + (" (prefix)" if "_prefix" in key else "")
 
 
 def metric_key(key: str, label: str = "measured") -> str:
@@ -811,20 +830,26 @@ def metric_key(key: str, label: str = "measured") -> str:
 
 def _earlier_tables(ctx: Context, names: list) -> tuple[dict, str]:
     """The tables of ``results.json`` in the output folder that this run does not rebuild, when
-    the earlier run had the same preset, seeds, recipes and data root; else none, and a sentence
+    the earlier run had the same preset, seeds and fingerprint (recipes, data root,
+    :data:`STEPS_VERSION`); else none, and a sentence
     for the report saying that the earlier results were replaced."""
     path = ctx.out / "results.json"
     if not path.is_file():
         return {}, ""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-        same = (old["preset"], old["seeds"], old.get("fingerprint")) == (ctx.preset, ctx.seeds, ctx.fingerprint)
+        same = (old["preset"], old["seeds"]) == (ctx.preset, ctx.seeds)
         held = {n: t for n, t in old["tables"].items() if n in TABLES and n not in names}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return {}, f"The earlier results.json in this folder could not be read ({exc}): replaced, not merged. "
-    if not same:
+    if same and "fingerprint" not in old:
+        return {}, (f"The earlier results.json in this folder (preset {old['preset']}, seeds {old['seeds']}) was "
+                    "written without a fingerprint of its recipes, data root and measurement definitions (by an "
+                    "earlier edgegen): replaced, not merged. ")
+    if not same or old["fingerprint"] != ctx.fingerprint:
         return {}, (f"The earlier results.json in this folder (preset {old['preset']}, seeds {old['seeds']}) came "
-                    "from other settings (preset, seeds, recipes or data root): replaced, not merged. ")
+                    "from other settings (preset, seeds, recipes, data root or edgegen's measurement definitions): "
+                    "replaced, not merged. ")
     return held, ""
 
 
@@ -861,7 +886,6 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
     results = {}
     for name in names:
         log(f"[{name}] {papers['tables'][name]['title']}")
-        error = None
         try:
             rows = BUILDERS[name](ctx)
             # A value that is not a finite number (an R^2 of a quality that did not vary) is null:
@@ -869,12 +893,11 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
             entry = {"rows": [{"key": r.key, "values": [v if _is_finite(v) else None for v in r.values],
                                "label": r.label, "note": r.note, **_stat(r.values)} for r in rows], "error": None}
         except FileNotFoundError as exc:  # a missing dataset: this table cannot be filled, the others can
-            error = f"{exc}"
+            entry = {"rows": [], "error": str(exc) or repr(exc)}
         except Exception as exc:  # noqa: BLE001 - recorded in the report and the run, the other tables go on
-            error = f"{type(exc).__name__}: {exc}"
+            entry = {"rows": [], "error": f"{type(exc).__name__}: {exc}"}
             log(traceback.format_exc())
-        if error:
-            entry = {"rows": [], "error": error}
+        error = entry["error"]
         results[name] = dict(entry, notes=ctx.table_notes.get(name, []))
         if tracker is not None:
             child = tracker.child(name, None)
@@ -898,7 +921,7 @@ def reproduce(table: str = "all", preset: str = "cpu-smoke", seeds=(0, 1, 2), ou
               f"{len(set(ctx.skipped_steps) - set(ctx.done_steps))} reused from an earlier run). {kept}{replaced}"
               "Labels: measured (this machine), estimated "
               "(no meter: CPU time x a stated power), projected (roofline from public device figures), FID-proxy "
-              "(a proxy network, not Inception), FID-nonstandard (Inception with weights other than the official ones).\n\nFigures: `figures/`. Every number is also in `results.json` "
+              "(a proxy network, not Inception), FID-nonstandard (Inception with weights other than the official ones), WikiText-2-nonstandard (a WikiText-2 file other than the published one).\n\nFigures: `figures/`. Every number is also in `results.json` "
               "and the MLflow runs under experiment `edgegen-reproduce`.\n\n")
     report = out / "REPORT.md"
     atomic.write_text(report, header + "\n".join(sections))
