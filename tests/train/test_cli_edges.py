@@ -46,20 +46,48 @@ def mlflow_runs(tmp_path):
 
 
 # --------------------------------------------------------------------------- torchrun ranks
-def test_a_non_zero_rank_opens_no_mlflow_run_and_prints_nothing(tmp_path, monkeypatch, capsys):
+@pytest.mark.integration
+def test_a_non_zero_rank_opens_no_mlflow_run_and_prints_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 2, "threads": 1})
+    path = write_config(tmp_path, cfg, tracking=tracked(tmp_path))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_addr", "127.0.0.1", "--master_port", "0", "--rdzv_backend", "c10d",
+                        "--rdzv_endpoint", "127.0.0.1:0", "-m", "edgegen", "train", path, "--run-dir",
+                        str(tmp_path / "run"), "--no-progress"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # Rank 0's result alone (one JSON document), one MLflow run, one link.
+    assert strict_json(r.stdout)["steps"] == 2
+    assert r.stderr.count("MLflow run") == 1
+    assert len(mlflow_runs(tmp_path)) == 1 and (tmp_path / "run" / "mlflow_run.json").is_file()
+
+
+def test_a_stray_rank_without_a_world_size_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
     cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 2})
     path = write_config(tmp_path, cfg, tracking=tracked(tmp_path))
-    # What rank 1 of a torchrun job sees (WORLD_SIZE 1 here so that no process group is started).
+    # RANK left in the environment, WORLD_SIZE unset: one process that would train and write nothing.
     monkeypatch.setenv("RANK", "1")
-    assert main(["train", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="RANK: 1 with WORLD_SIZE 1 .*expected 0 <= RANK < WORLD_SIZE"):
+        Trainer(cfg, tmp_path / "r", progress=False)
+    assert main(["train", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "MLflow run" not in err
-    assert not (tmp_path / "run" / "mlflow_run.json").exists()
-    assert mlflow_runs(tmp_path) == []
+    assert out == "" and "RANK: 1 with WORLD_SIZE 1" in err
+    assert not (tmp_path / "run").exists() and mlflow_runs(tmp_path) == []
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE: expected an integer"):
+        Trainer(cfg, tmp_path / "r", progress=False)
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
     assert main(["train", path, "--run-dir", str(tmp_path / "run0"), "--no-progress"]) == 0
     assert strict_json(capsys.readouterr().out)["steps"] == 2
-    assert (tmp_path / "run0" / "mlflow_run.json").is_file() and len(mlflow_runs(tmp_path)) == 1
+    assert (tmp_path / "run0" / "checkpoints" / "last.pt").is_file() and len(mlflow_runs(tmp_path)) == 1
 
 
 # --------------------------------------------------------------------------- resume at the last step

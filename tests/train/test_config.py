@@ -217,3 +217,32 @@ def test_distillation_sections_are_gpt2s():
 def test_training_schedules_only_configs_with_an_amount():
     with pytest.raises(ValueError, match="prune: training ramps the pruned amount.*NMConfig has no amount"):
         from_dict(ExperimentConfig, {**IMAGES, "compress": {"prune": {"kind": "NMConfig", "n": 2, "m": 4}}})
+
+
+@pytest.mark.parametrize("key, past", [("prune_begin", 0), ("prune_end", 1)], ids=["begin", "end"])
+def test_a_pruning_schedule_that_would_not_end_within_the_run_is_refused(tmp_path, key, past):
+    from edgegen.prune import sparsity
+    from edgegen.train import Trainer
+    from tests.train.helpers import tiny
+
+    prune = {"prune": {"kind": "MagnitudeConfig", "amount": 0.5}}
+
+    # prune_begin at the last step, or prune_end one after it: a model that would ship under-pruned.
+    def refused(steps):
+        return (f"compress.{key}: {steps + past} is (not before|after) the run's last optimizer step "
+                f"\\({steps} in all\\)")
+
+    # Steps the train section states (6, or max_steps 4): refused when the config is loaded ...
+    with pytest.raises(ValueError, match=refused(6)):
+        tiny("vae", tmp_path, train={"steps_per_epoch": 6}, compress={**prune, key: 6 + past})
+    with pytest.raises(ValueError, match=refused(4)):
+        tiny("vae", tmp_path, train={"steps_per_epoch": 6, "max_steps": 4}, compress={**prune, key: 4 + past})
+    # ... steps counted from the data (88 training images in batches of 8: 11): when the Trainer is built.
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": None}, compress={**prune, key: 11 + past})
+    with pytest.raises(ValueError, match=refused(11)):
+        Trainer(cfg, tmp_path / "r", progress=False)
+    # A schedule ending at the last step ships the configured sparsity.
+    cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 6}, compress={**prune, "prune_end": 6})
+    trainer = Trainer(cfg, tmp_path / "ok", progress=False)
+    trainer.fit()
+    assert sparsity(trainer.task.main_model()) == pytest.approx(0.5, abs=0.01)

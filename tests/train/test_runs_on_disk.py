@@ -116,12 +116,87 @@ def test_a_checkpoint_of_other_random_streams_warns_on_resume(tmp_path):
     t.fit()
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     snap = ckpt.load(last)
-    assert snap["streams"] == 2
+    assert snap["streams"] == 3
     del snap["streams"]  # as written before the stream version was recorded
     snap["state"]["epoch"], snap["state"]["step"] = 1, 2
     ckpt.save_atomic(snap, last)
-    with pytest.warns(UserWarning, match="stream version 1, now 2"):
+    with pytest.warns(UserWarning, match="stream version 1, now 3"):
         Trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)
+    # Version 3 changed only token batches past a stream's batches per epoch: an image run of
+    # version 2 resumes on the batches it would have seen, without a warning.
+    snap["streams"] = 2
+    ckpt.save_atomic(snap, last)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def cb(trainer, metrics):
+        if trainer.state.step == step:
+            raise _Stop()
+    return cb
+
+
+def test_an_epoch_longer_than_the_token_stream_draws_fresh_batches_and_resumes_exactly(tmp_path):
+    # 600 tokens: 3 batches of 8 x 16 per pass over the training part, 6 steps per epoch.
+    cfg = tiny("lm", tmp_path, data={"limit": 600}, train={"epochs": 2, "steps_per_epoch": 6, "checkpoint_every": 2})
+    full = Trainer(cfg, tmp_path / "full", progress=False)
+    assert full.batches.batches_per_epoch == 3
+    seen, draw = [], full.batches.train_batch
+
+    def recorded(epoch, index):
+        seen.append(draw(epoch, index))
+        return seen[-1]
+    full.batches.train_batch = recorded
+    full.fit()
+    assert len(seen) == 12
+    for epoch in (seen[:6], seen[6:]):  # every batch of an epoch its own draw (they came round again)
+        assert not any(torch.equal(a[0], b[0]) for k, a in enumerate(epoch) for b in epoch[k + 1:])
+    # Stopped after step 8 (epoch 1, batch 2: past the stream's 3 batches) and resumed: bit for
+    # bit the unbroken run.
+    with pytest.raises(_Stop):
+        Trainer(cfg, tmp_path / "split", progress=False, callbacks=[_stop_at(8)]).fit()
+    split = Trainer(cfg, tmp_path / "split", progress=False)
+    split.fit(resume=True)
+    a = ckpt.load(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = ckpt.load(tmp_path / "split" / "checkpoints" / "last.pt")
+    for key, t in a["modules"]["model"].items():
+        assert torch.equal(t, b["modules"]["model"][key]), key
+    for i, state in a["optimizers"]["model"]["state"].items():
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizers"]["model"]["state"][i][k]))
+                   for k, v in state.items())
+    assert a["state"]["curve"] == b["state"]["curve"] and a["state"]["history"] == b["state"]["history"]
+    # A version-2 checkpoint of such a run was drawing other batches: resuming it says so.
+    snap = ckpt.load(tmp_path / "split" / "checkpoints" / "last.pt")
+    snap["streams"], snap["state"]["step"], snap["state"]["epoch"], snap["state"]["batch_in_epoch"] = 2, 8, 1, 2
+    ckpt.save_atomic(snap, tmp_path / "split" / "checkpoints" / "last.pt")
+    with pytest.warns(UserWarning, match="stream version 2, now 3"):
+        Trainer(cfg, tmp_path / "split", progress=False).fit(resume=True)
+
+
+def test_temporary_files_a_killed_checkpoint_write_left_are_removed_at_the_next_start(tmp_path):
+    cfg = tiny("vae", tmp_path, train={"epochs": 2, "steps_per_epoch": 2})
+    with pytest.raises(_Stop):
+        Trainer(cfg, tmp_path / "run", progress=False, callbacks=[_stop_at(3)]).fit()
+    # What a process killed while writing leaves: temporary files named after its pid.
+    stale = [tmp_path / "run" / "checkpoints" / ".last.4242-0123456789ab.tmp.pt",
+             tmp_path / "run" / "checkpoints" / ".best.4242-0123456789ab.tmp.pt",
+             tmp_path / "run" / ".model.4242-0123456789ab.tmp.pt"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    other = tmp_path / "run" / "checkpoints" / "notes.tmp.pt"  # not ours: kept
+    other.write_bytes(b"")
+    Trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)
+    assert not any(p.exists() for p in stale) and other.exists()
+    left = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert left == ["best.pt", "last.pt", "notes.tmp.pt"]
 
 
 def test_the_cli_refuses_a_taken_folder_before_touching_its_mlflow_link(tmp_path, monkeypatch, capsys):
@@ -160,3 +235,46 @@ def test_a_resumed_training_does_not_take_over_an_evaluations_mlflow_run(tmp_pat
         tracker = make_tracker(TrackingConfig(uri=uri, experiment="x"), "t", run_dir, resume=True)
     assert not tracker.reattached and tracker.run_id != "0" * 32
     tracker.finish("FINISHED")
+
+
+def test_a_resumed_progressive_distillation_logs_into_its_stages_runs_again(tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from edgegen.tracking import make_tracker
+    from edgegen.train.loop import train_experiment
+
+    Trainer(tiny("lm", tmp_path, name="t", train={"steps_per_epoch": 2}), tmp_path / "t", progress=False).fit()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gpt = {"kind": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 32}
+    cfg = tiny("lm", tmp_path, task="distill", name="p", tracking={"enabled": True, "uri": uri, "experiment": "prog"},
+               train={"steps_per_epoch": 4, "checkpoint_every": 1},
+               distill={"teachers": [{**gpt, "init_from": str(tmp_path / "t" / "checkpoints" / "last.pt")}],
+                        "stages": [gpt]})
+    calls = []
+
+    def kill_in_stage1(trainer, metrics):  # stage 0's 4 steps, then stage 1's first 2 (checkpointed)
+        calls.append(trainer.state.step)
+        if len(calls) == 6:
+            raise _Stop()
+
+    # Killed in stage 1, then resumed as `edgegen train --resume` does.
+    tracker = make_tracker(cfg.tracking, "p", tmp_path / "p")
+    with pytest.raises(_Stop):
+        train_experiment(cfg, tmp_path / "p", tracker, progress=False, callbacks=(kill_in_stage1,))
+    tracker.finish("KILLED")
+    tracker = make_tracker(cfg.tracking, "p", tmp_path / "p", resume=True)
+    train_experiment(cfg, tmp_path / "p", tracker, resume=True, progress=False)
+    tracker.finish()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("prog").experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    # One run per stage (none opened again), each with every training step once, and the stage
+    # folder's link naming it.
+    assert len(runs) == 3 and sorted(children) == ["stage0-1L", "stage1-1L"]
+    for i, name in enumerate(sorted(children)):
+        r = children[name]
+        assert r.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/loss")) == [1, 2, 3, 4]
+        assert json.loads((tmp_path / "p" / f"stage{i}" / "mlflow_run.json").read_text())["run_id"] == r.info.run_id

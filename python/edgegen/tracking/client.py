@@ -39,7 +39,7 @@ class NullTracker:
     def set_tags(self, tags: dict) -> None:
         pass
 
-    def child(self, name: str, run_dir=None) -> "NullTracker":
+    def child(self, name: str, run_dir=None, resume: bool = False) -> "NullTracker":
         return NullTracker()
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -253,7 +253,13 @@ class MLflowTracker:
     def log_artifact(self, path) -> None:
         self._record("artifact", str(path), "log an artifact")
 
-    def child(self, name: str, run_dir=None) -> "MLflowTracker":
+    def child(self, name: str, run_dir=None, resume: bool = False) -> "MLflowTracker":
+        """A nested run; with ``resume``, the training run ``run_dir`` names (``mlflow_run.json``)
+        again where there is one (see :func:`make_tracker`)."""
+        info = _training_run(run_dir) if resume and run_dir is not None else None
+        if info is not None:
+            return MLflowTracker(info["uri"], info.get("experiment", self.experiment), name, run_dir,
+                                 run_id=info["run_id"])
         return MLflowTracker(self.uri, self.experiment, name, run_dir, parent=self)
 
     # --------------------------------------------------------------- the end
@@ -314,6 +320,20 @@ def attach_tracker(run_dir, uri: str | None = None, experiment: str = "edgegen",
     return tracker
 
 
+def _training_run(run_dir) -> dict | None:
+    """The MLflow link of the training run in ``run_dir`` (None where there is none, with a
+    warning where the file names none: damaged, or an evaluation's run)."""
+    try:
+        info = _read_run_file(run_dir)
+        if info is not None and info.get("opened_by") == "eval":  # an evaluation's record, not the training's
+            raise ValueError("the run named there was opened by an evaluation")
+    except ValueError as exc:
+        info = None
+        warnings.warn(f"edgegen.tracking: {Path(run_dir) / RUN_FILE} names no training run to continue ({exc}); "
+                      "the resumed run gets a new MLflow run", RuntimeWarning, stacklevel=3)
+    return info
+
+
 def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None, resume: bool = False):
     """The tracker a run's ``tracking`` section asks for. With ``resume``, a run folder that
     names its MLflow run (``mlflow_run.json``) logs into that run again, so a resumed training
@@ -321,14 +341,7 @@ def make_tracker(tracking_cfg, run_name: str, run_dir=None, parent=None, resume:
     if not tracking_cfg.enabled:
         return NullTracker()
     if resume and run_dir is not None:
-        try:
-            info = _read_run_file(run_dir)
-            if info is not None and info.get("opened_by") == "eval":  # an evaluation's record, not the training's
-                raise ValueError("the run named there was opened by an evaluation")
-        except ValueError as exc:
-            info = None
-            warnings.warn(f"edgegen.tracking: {Path(run_dir) / RUN_FILE} names no training run to continue ({exc}); "
-                          "the resumed run gets a new MLflow run", RuntimeWarning, stacklevel=2)
+        info = _training_run(run_dir)
         if info is not None:
             return MLflowTracker(info["uri"], info.get("experiment", tracking_cfg.experiment), run_name, run_dir,
                                  run_id=info["run_id"])

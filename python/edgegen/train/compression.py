@@ -12,7 +12,7 @@ from typing import Callable
 from torch import nn
 
 from edgegen.train import checkpoint as ckpt
-from edgegen.train.config import CompressConfig
+from edgegen.train.config import CompressConfig, check_prune_steps
 
 
 class Compression:
@@ -25,6 +25,7 @@ class Compression:
         if cc.prune is not None:
             from edgegen.prune import CubicSchedule, GradualPruner
 
+            check_prune_steps(cc, total_steps)
             pc = cc.prune
             end = cc.prune_end if cc.prune_end is not None else max(cc.prune_begin + 1, (3 * total_steps) // 4)
             freq = cc.prune_frequency if cc.prune_frequency is not None else max(1, (end - cc.prune_begin) // 20)

@@ -151,11 +151,13 @@ class DistillConfig:
 class CompressConfig:
     """Compression during training: ``prune`` (a pruning config, e.g. {kind: MagnitudeConfig,
     amount: 0.5}) ramped along a cubic schedule over ``prune_begin``..``prune_end`` steps (by
-    default the first three quarters of the run, so the schedule scales with the preset); ``qat``
+    default the first three quarters of the run, so the schedule scales with the preset; a
+    schedule that would end after the run's last step is an error, not an under-pruned model); ``qat``
     (fake quantization throughout training, LSQ, converted to integer modules at the end); ``ptq``
     (post-training quantization of the trained model, after pruning: a quantization config, e.g.
-    {kind: Int8DynamicConfig}; static INT8 calibrates on the validation batches). The run's final
-    metrics are those of the quantized model (the float model's are kept as ``final_float``)."""
+    {kind: Int8DynamicConfig}; static INT8 calibrates on the validation batches, a DCGAN generator
+    on seeded latents). The run's final metrics are those of the quantized model (the float
+    model's are kept as ``final_float``)."""
 
     prune: Optional[PruneConfig] = None
     prune_begin: int = 0
@@ -279,11 +281,6 @@ class ExperimentConfig(Config, kind="experiment"):
                                     for m in distill[key]]
             data = {**data, "distill": distill}
         return data
-
-    @property
-    def vocab_size(self) -> int | None:
-        """The token vocabulary the data is read with (text tasks: the GPT-2 model's), else None."""
-        return self.model.vocab_size if self.data.is_text else None
 
     def __post_init__(self):
         kinds = _MODEL_KIND
@@ -412,3 +409,26 @@ def _check_sections_used(cfg: "ExperimentConfig") -> None:
     c = cfg.compress
     if c is not None and c.prune is None and not c.qat and c.ptq is None:
         raise ValueError("compress: expected prune, qat: true and/or ptq; without them the section does nothing")
+    t = cfg.train
+    # The run's optimizer steps where the train section fixes them (at most max_steps; the whole
+    # data per epoch is counted when the Trainer reads it, which checks again).
+    steps = t.epochs * t.steps_per_epoch if t.steps_per_epoch else None
+    if t.max_steps:
+        steps = min(steps, t.max_steps) if steps else t.max_steps
+    if c is not None and steps is not None:
+        check_prune_steps(c, steps)
+
+
+def check_prune_steps(cc: CompressConfig, total_steps: int) -> None:
+    """A ValueError naming ``compress.prune_begin`` / ``compress.prune_end`` when the pruning
+    schedule would not end within the run's ``total_steps`` optimizer steps: the model would ship
+    short of its ``prune.amount``."""
+    if cc.prune is None:
+        return
+    if cc.prune_begin >= total_steps:
+        raise ValueError(f"compress.prune_begin: {cc.prune_begin} is not before the run's last optimizer step "
+                         f"({total_steps} in all): nothing would be pruned; expected a step < {total_steps}")
+    if cc.prune_end is not None and cc.prune_end > total_steps:
+        raise ValueError(f"compress.prune_end: {cc.prune_end} is after the run's last optimizer step ({total_steps} "
+                         f"in all): the model would ship short of prune.amount {cc.prune.amount}; expected a step "
+                         f"<= {total_steps} (or leave it out: 3/4 of the run)")

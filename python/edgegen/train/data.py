@@ -48,6 +48,9 @@ class ImageBatches:
         return torch.stack([self.dataset[int(i)][0] for i in indices])
 
     def train_batch(self, epoch: int, index: int) -> Tensor:
+        """Batch ``index`` of the epoch's permutation; an epoch longer than the data
+        (``train.steps_per_epoch``) goes round it again from index ``batches_per_epoch`` on."""
+        index %= self.batches_per_epoch
         if self._perm_epoch != epoch:
             self._perm = torch.randperm(self.n_train, generator=_generator(self.seed, epoch))
             self._perm_epoch = epoch
@@ -66,8 +69,9 @@ class ImageBatches:
 
 class TokenBatches:
     """(x, y) int64 [B, L] blocks of a token stream, y shifted by one. Training blocks start at
-    random positions of the first part of the stream (a fresh draw per (epoch, index)); the
-    validation blocks tile the held-out end of the stream."""
+    random positions of the first part of the stream (a fresh draw per (epoch, index), also past
+    ``batches_per_epoch``: an epoch of more steps never repeats a batch); the validation blocks tile
+    the held-out end of the stream."""
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, val_batches: int,
                  limit: int | None = None, val_tokens: np.ndarray | None = None, val_limit: int | None = None):

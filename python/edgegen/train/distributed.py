@@ -21,9 +21,31 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name) or str(default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer (as torchrun sets it), got {value!r}") from None
+
+
+def env_world() -> int:
+    """The number of processes as torchrun sets it (WORLD_SIZE; 1 outside torchrun)."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE: expected >= 1, got {world}")
+    return world
+
+
 def env_rank() -> int:
-    """This process's rank as torchrun sets it (RANK; 0 outside torchrun)."""
-    return int(os.environ.get("RANK") or 0)
+    """This process's rank as torchrun sets it (RANK; 0 outside torchrun). A RANK outside
+    0 .. WORLD_SIZE - 1 (a stray RANK left in the environment of a one-process run, WORLD_SIZE
+    unset) is a ValueError naming both: such a process would train but write nothing."""
+    rank, world = _env_int("RANK", 0), env_world()
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK: {rank} with WORLD_SIZE {world} (unset means 1); expected 0 <= RANK < WORLD_SIZE: "
+                         "unset RANK for a one-process run, or launch with torchrun")
+    return rank
 
 
 class Processes:
@@ -32,7 +54,7 @@ class Processes:
     NCCL on GPU, one GPU per LOCAL_RANK)."""
 
     def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = env_world()
         self.rank = env_rank()
         self.device = device
         if self.world > 1:

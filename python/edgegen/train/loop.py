@@ -26,7 +26,8 @@ from edgegen.train.tasks import TASKS
 CHECKPOINT_VERSION = 1
 # The training batches' and per-step noise's random streams; bumped when their draws change (a
 # checkpoint of another version resumes on other batches than an uninterrupted run would see).
-STREAMS_VERSION = 2
+# Version 3: token batches past the stream's batches per epoch are fresh draws (they repeated).
+STREAMS_VERSION = 3
 HISTORY_KEYS = ("epoch", "step")  # where a validation was taken: kept in the history, not logged as metrics
 
 
@@ -109,11 +110,21 @@ class Trainer:
         if tc.batch_size % (self.world * cfg.optim.grad_accum):
             raise ValueError(f"train.batch_size: {tc.batch_size} must divide evenly into {self.world} processes x "
                              f"{cfg.optim.grad_accum} accumulation steps")
-        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, cfg.vocab_size)
+        # The model first: the token data is read with its vocabulary (a GPT-2 from init_from has
+        # its checkpoint's, whatever the section says).
+        self.task = TASKS[cfg.task](cfg, self.device, None)
+        self.batches = build_batches(cfg.data, tc.batch_size, tc.seed, self.task.vocab_size)
         self.steps_per_epoch = steps_in_epoch(self.batches, tc.steps_per_epoch)
         total = tc.epochs * self.steps_per_epoch
-        self.total_steps = min(total, tc.max_steps) if tc.max_steps else total
-        self.task = TASKS[cfg.task](cfg, self.device, self.total_steps)
+        self.total_steps = self.task.total_steps = min(total, tc.max_steps) if tc.max_steps else total
+        if cfg.optim.grad_accum > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                            for mod in self.task.modules.values() for m in mod.modules()):
+            import warnings
+
+            warnings.warn(f"optim.grad_accum: {cfg.optim.grad_accum} micro-batches with a BatchNorm model "
+                          f"({cfg.model.kind}): BatchNorm normalises each micro-batch with its own statistics, so "
+                          "the update is not the full batch's (set grad_accum: 1 for that)", UserWarning,
+                          stacklevel=2)
         self.compression = None
         if cfg.compress is not None:
             from edgegen.train.compression import Compression
@@ -150,11 +161,15 @@ class Trainer:
         snap = ckpt.load(path)
         if snap.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {snap.get('version')}, expected {CHECKPOINT_VERSION}")
-        if snap.get("streams", 1) != STREAMS_VERSION:
+        streams = snap.get("streams", 1)
+        # Version 3 changed only the token batches past batches_per_epoch: a run that draws none is as it was.
+        unchanged = streams == 2 and not (self.cfg.data.is_text and
+                                          self.steps_per_epoch > self.batches.batches_per_epoch)
+        if streams != STREAMS_VERSION and not unchanged:
             import warnings
 
             warnings.warn(f"{path}: written by an edgegen whose training batches or per-step noise were drawn "
-                          f"differently (stream version {snap.get('streams', 1)}, now {STREAMS_VERSION}): the resumed "
+                          f"differently (stream version {streams}, now {STREAMS_VERSION}): the resumed "
                           "run goes on, but not on the batches an uninterrupted run would have seen", UserWarning,
                           stacklevel=2)
         saved, now = ckpt.experiment_config(snap).to_dict(), self.cfg.to_dict()
@@ -194,6 +209,8 @@ class Trainer:
         elif not resume:
             check_run_dir_free(self.run_dir)
         prepare_run_dir(self.run_dir)  # an unwritable folder fails now, not after the first epoch
+        if self.rank == 0:
+            self._remove_stale_temporary_files()
         cfg, st = self.cfg, self.state
         if self.rank == 0 and hasattr(self.tracker, "start_local_log"):
             # metrics.jsonl holds this run's records only: an earlier run's file (one that died
@@ -212,7 +229,7 @@ class Trainer:
         try:
             while st.epoch < cfg.train.epochs and st.step < self.total_steps:
                 while st.batch_in_epoch < self.steps_per_epoch and st.step < self.total_steps:
-                    batch = self.batches.train_batch(st.epoch, st.batch_in_epoch % self.batches.batches_per_epoch)
+                    batch = self.batches.train_batch(st.epoch, st.batch_in_epoch)
                     local = shard(batch, self.rank, self.world)
                     metrics = self.task.train_step(local, st.step, rank_rows=self.procs.rows(),
                                                    global_batch=cfg.train.batch_size)
@@ -244,6 +261,14 @@ class Trainer:
             bar.close()
         return self._finish(val)
 
+    def _remove_stale_temporary_files(self) -> None:
+        """The temporary files of checkpoint writes a killed process left (``.last.<pid>-<id>.tmp.pt``
+        and the like: never renamed, never to be); none of this run's own exist yet."""
+        for folder, stems in ((self.checkpoint_dir, ("last", "best")), (self.run_dir, ("model",))):
+            for stem in stems:
+                for tmp in folder.glob(f".{stem}.*-*.tmp.pt"):
+                    tmp.unlink(missing_ok=True)
+
     def _validate(self) -> dict:
         """Validate the model as it stands, record it, keep best.pt and write last.pt."""
         st = self.state
@@ -261,9 +286,11 @@ class Trainer:
         return val
 
     def _calibration_inputs(self):
-        """Model inputs for static quantization: the validation batches (images, or token ids)."""
-        return [b.to(self.device) if not isinstance(b, tuple) else (b[0].to(self.device),)
-                for b in self.batches.val_batches()]
+        """Model inputs for static quantization, as post-hoc compression takes them: the validation
+        batches (images, or token ids); seeded latents for a DCGAN generator."""
+        from edgegen.train.posthoc import calibration_inputs
+
+        return [b.to(self.device) for b in calibration_inputs(self.cfg, self.batches)]
 
     def _finish(self, val: dict) -> dict:
         out = {"final": val, "best_val_loss": self.state.best_val, "steps": self.state.step,

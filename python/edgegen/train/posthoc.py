@@ -123,17 +123,25 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
 
 
 def _calibration(run) -> list:
-    """Static INT8 calibration inputs: the source run's validation batches (images) or token
-    blocks; latents for a DCGAN generator."""
-    cfg = run.config
+    """Static INT8 calibration inputs for a trained run (see :func:`calibration_inputs`); token
+    blocks are read with the trained model's vocabulary."""
+    cfg, batches = run.config, None
+    if cfg.model.kind != "dcgan":
+        from edgegen.train.data import build_batches
+
+        vocab = run.model.config.vocab_size if cfg.data.is_text else None
+        batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, vocab)
+    return calibration_inputs(cfg, batches)
+
+
+def calibration_inputs(cfg, batches) -> list:
+    """Static INT8 calibration inputs: the validation batches of ``batches`` (images, or token
+    blocks' inputs); seeded latents for a DCGAN generator (``batches`` unused)."""
     if cfg.model.kind == "dcgan":
         g = torch.Generator().manual_seed(0)
         return [torch.randn(32, cfg.model.nz, generator=g) for _ in range(4)]
-    from edgegen.train.data import build_batches
-
-    batches = build_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, cfg.vocab_size)
     out = [b[0] if isinstance(b, tuple) else b for b in batches.val_batches()]
     if not out:
-        raise ValueError("compress.ptq: static INT8 needs calibration batches; the source run's data has no "
-                         "validation batches")
+        raise ValueError("compress.ptq: static INT8 needs calibration batches; the run's data has no validation "
+                         "batches")
     return out

@@ -1,6 +1,7 @@
 """Progressive distillation: teacher -> stage 0 -> stage 1 -> ... -> the final student, each
 stage distilled from the previous one's last checkpoint (``<run_dir>/stage<i>``), each a nested
-tracking run. Only the final stage gets the experiment's compress section."""
+tracking run (a resumed chain logs into the stages' runs again). Only the final stage gets the
+experiment's compress section."""
 
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ def train_progressive(cfg: ExperimentConfig, run_dir: str | os.PathLike, tracker
                             distill=replace(dc, teachers=[teacher], teacher_weights=[], stages=[]),
                             compress=cfg.compress if final else None)
         stage_dir = run_dir / f"stage{i}"
-        child = tracker.child(f"stage{i}-{student.n_layer}L", stage_dir)
+        # Resumed: the stage's own run again where its folder names one (a new one where not).
+        child = tracker.child(f"stage{i}-{student.n_layer}L", stage_dir, resume=resume)
         status = "FAILED"
         try:
-            res = Trainer(stage_cfg, stage_dir, child, callbacks=callbacks, progress=progress).fit(resume=resume)
+            trainer = Trainer(stage_cfg, stage_dir, child, callbacks=callbacks, progress=progress)
+            res = trainer.fit(resume=resume)
             status = "FINISHED"
         finally:
             child.finish(status)
-        stages.append({"stage": i, "n_layer": student.n_layer, "n_embd": student.n_embd, **res})
+        arch = trainer.task.main_model().config  # a stage from init_from has its checkpoint's sizes
+        stages.append({"stage": i, "n_layer": arch.n_layer, "n_embd": arch.n_embd, **res})
         teacher = replace(student, init_from=res["checkpoint"])
     out = dict(stages[-1])
     out["stages"] = stages

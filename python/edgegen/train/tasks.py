@@ -73,7 +73,9 @@ class Task:
     (:meth:`optimize`: zero the gradients, accumulate over micro-batches, clip, step) and
     evaluation mode (:meth:`evaluating`); a task says what its loss is."""
 
-    def __init__(self, cfg: ExperimentConfig, device: torch.device, total_steps: int):
+    def __init__(self, cfg: ExperimentConfig, device: torch.device, total_steps: int | None):
+        # total_steps (what the LR schedules span) may be set later, before build_optimizers: the
+        # loop knows it once the data is read, which needs the model's vocabulary.
         self.cfg, self.device, self.total_steps = cfg, device, total_steps
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -83,6 +85,11 @@ class Task:
 
     def main_model(self) -> nn.Module:
         return self.modules["model"]
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The token vocabulary the data is read with (None: images)."""
+        return None
 
     def trainable_parameters(self) -> list:
         return list(self.modules["model"].parameters())
@@ -245,15 +252,21 @@ class LMTask(Task):
         super().__init__(cfg, device, total_steps)
         self.modules = {"model": load_gpt2(cfg.model).to(device)}
 
+    @property
+    def vocab_size(self) -> int:
+        """The model's own (from ``init_from``, the checkpoint's, whatever the section says)."""
+        return self.modules["model"].config.vocab_size
+
     def loss(self, model, x, y):
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def train_step(self, batch, step, rank_rows=None, global_batch=None):
         model = self.wrapped["model"]
+        lr = self.optimizers["model"].param_groups[0]["lr"]  # the rate this step uses (optimize steps the schedule)
         out = self.optimize("model", _micro(self.to(batch), self.cfg.optim.grad_accum),
                             lambda x, y: {"loss": self.loss(model, x, y)})
-        return {"loss": out["loss"], "lr": self.optimizers["model"].param_groups[0]["lr"]}
+        return {"loss": out["loss"], "lr": lr}
 
     @torch.no_grad()
     def validate(self, batches):
@@ -283,9 +296,9 @@ class DistillTask(LMTask):
             t = load_gpt2(tc, f"distill.teachers[{i}].init_from").to(device).eval()
             for p in t.parameters():
                 p.requires_grad_(False)
-            if t.config.vocab_size != cfg.model.vocab_size:
+            if t.config.vocab_size != self.vocab_size:
                 raise ValueError(f"distill.teachers: vocabulary {t.config.vocab_size} differs from the student's "
-                                 f"{cfg.model.vocab_size}")
+                                 f"{self.vocab_size}")
             self.teachers.append(t)
         if dc.fused and len(self.teachers) > 1:
             raise ValueError("distill.fused: the fused hidden-state loss takes one teacher; set fused: false to mix "
@@ -299,7 +312,7 @@ class DistillTask(LMTask):
                                      f"{len(student.h)}-block student and a {len(teacher.h)}-block teacher")
             n = max(1, len(self.feature_pairs))
             self.modules["projection"] = nn.ModuleList(
-                nn.Linear(cfg.model.n_embd, teacher.config.n_embd, bias=False) for _ in range(n)).to(device)
+                nn.Linear(student.config.n_embd, teacher.config.n_embd, bias=False) for _ in range(n)).to(device)
 
     def trainable_parameters(self):
         params = list(self.modules["model"].parameters())
@@ -341,14 +354,20 @@ class DistillTask(LMTask):
 
     @torch.no_grad()
     def teacher_kl(self, batches) -> float:
-        """Mean KL(teacher || student) at T=1 over the batches (the distance distillation closes)."""
+        """Mean KL(teacher || student) at T=1 over the batches (the distance distillation closes);
+        with several teachers the teacher is their mixture (``teacher_weights``, normalised;
+        default uniform), the distribution the KD loss mixes."""
         student = self.modules["model"]
+        weights = self.cfg.distill.teacher_weights or [1.0] * len(self.teachers)
+        log_w = torch.tensor([w / sum(weights) for w in weights], dtype=torch.float64).log().tolist()
         total, count = 0.0, 0
         with self.evaluating(student):
             for x, _ in batches:
                 x = self.to(x)
                 ls = F.log_softmax(student(x), -1)
-                lt = F.log_softmax(self.teachers[0](x), -1)
+                lts = [F.log_softmax(t(x), -1) for t in self.teachers]
+                lt = lts[0] if len(lts) == 1 else torch.logsumexp(
+                    torch.stack([lp + w for lp, w in zip(lts, log_w)]), 0)
                 total += F.kl_div(ls, lt, log_target=True, reduction="sum").item()
                 count += x.shape[0] * x.shape[1]  # per token, whatever the batch size
         return total / max(count, 1)
