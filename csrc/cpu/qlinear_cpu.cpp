@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -43,34 +42,26 @@ std::tuple<at::Tensor, at::Tensor> int8_pack_weight_cpu(const at::Tensor& weight
 }
 
 // The last panel's rows past n are padding and hold zeros; a weight packed for more output
-// features (same panel count) would otherwise have its last rows silently dropped. The scan reads
-// (16 - n % 16) x k bytes, more than a small layer's GEMM costs, so each thread remembers the last
-// weights it found clean (same memory, tensor, version counter and n, k) and does not scan those
-// again: a layer's weight is scanned on its first call only; a weight written in place since (its
-// version moves) or a new tensor is scanned again.
+// features (same panel count) would otherwise have its last rows silently dropped. Checked on
+// every call as one branch-free OR over the padding bytes ((16 - n % 16) x k of them, contiguous
+// per 4-column group), then located only when something is set.
 void check_padding_rows_zero(const at::Tensor& packed, int64_t n, int64_t k, const std::string& pname) {
   if (n % KQ::kPanel == 0) return;
-  struct Seen {
-    const void* data = nullptr;
-    const void* impl = nullptr;
-    int64_t version = -1, n = 0, k = 0;
-  };
-  thread_local std::array<Seen, 32> seen{};
-  thread_local size_t next = 0;
-  const Seen key{packed.const_data_ptr(), packed.unsafeGetTensorImpl(), int64_t(packed._version()), n, k};
-  for (const Seen& s : seen) {
-    if (s.data == key.data && s.impl == key.impl && s.version == key.version && s.n == n && s.k == k) return;
-  }
   const int64_t kp = KQ::packed_k(k), last = KQ::packed_panels(n) - 1, first_pad = n - last * KQ::kPanel;
-  const int8_t* w = packed.const_data_ptr<int8_t>();
+  const int8_t* w = packed.const_data_ptr<int8_t>() + last * (kp / 4) * KQ::kPanel * 4;
+  uint8_t any = 0;
   for (int64_t g = 0; g < kp / 4; ++g) {
-    const int8_t* blk = w + (last * (kp / 4) + g) * KQ::kPanel * 4;
+    const int8_t* blk = w + g * KQ::kPanel * 4;
+    for (int64_t r = first_pad * 4; r < KQ::kPanel * 4; ++r) any |= uint8_t(blk[r]);
+  }
+  if (any == 0) return;
+  for (int64_t g = 0; g < kp / 4; ++g) {
+    const int8_t* blk = w + g * KQ::kPanel * 4;
     for (int64_t r = first_pad * 4; r < KQ::kPanel * 4; ++r) {
       TORCH_CHECK_VALUE(blk[r] == 0, pname, ": was packed for more output features than n=", n,
                         " (a non-zero weight in row ", last * KQ::kPanel + r / 4, ")");
     }
   }
-  seen[next++ % seen.size()] = key;
 }
 
 void check_packed(const at::Tensor& packed, const at::Tensor& row_sum, int64_t n, int64_t k,

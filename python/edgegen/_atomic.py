@@ -49,7 +49,7 @@ def finite_or_none(obj):
         return obj
     if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):  # numpy / torch scalar
         return finite_or_none(obj.item())
-    if isinstance(obj, float) or isinstance(obj, numbers.Real):
+    if isinstance(obj, numbers.Real):  # float, numpy floats
         value = float(obj)
         return value if math.isfinite(value) else None
     return obj

@@ -219,22 +219,6 @@ def test_a_weight_packed_for_more_output_features_is_refused(route):
     assert out.shape == (2, 20)
 
 
-def test_the_padding_check_runs_again_after_an_in_place_change():
-    """The CPU op scans a weight's padding rows once per weight (the scan costs more than a small
-    layer's GEMM); a weight written in place since, or another tensor, is scanned again."""
-    p, rs = int8_pack_weight(torch.ones(17, 16, dtype=torch.int8))
-    x, ones = torch.randn(2, 16), torch.ones(17)
-    first = ops.int8_linear_dynamic(x, p, rs, ones, None, 17, 16)
-    assert torch.equal(ops.int8_linear_dynamic(x, p, rs, ones, None, 17, 16), first)  # remembered: same answer
-    bad = p.clone()
-    bad.view(-1)[-1] = 1  # a padding row of the last panel
-    with pytest.raises(ValueError, match=r"packed_weight: was packed for more output features than n=17"):
-        ops.int8_linear_dynamic(x, bad, rs, ones, None, 17, 16)
-    p.view(-1)[-1] = 1  # the remembered weight, written in place: its version moves
-    with pytest.raises(ValueError, match=r"packed_weight: was packed for more output features than n=17"):
-        ops.int8_linear_dynamic(x, p, rs, ones, None, 17, 16)
-
-
 def test_integer_arguments_refuse_bools_of_every_kind_and_values_beyond_int64():
     import numpy as np
 

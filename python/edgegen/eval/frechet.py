@@ -128,11 +128,12 @@ SQRTM_RESIDUAL_TOL = 1e-8
 SQRTM_IMAG_TOL = 1e-3
 
 
-def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[np.ndarray, str]:
+def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray, diagnose: bool = True) -> tuple[np.ndarray, str]:
     """(S1 S2)^(1/2) and what is wrong with it: "" when it is finite, real up to
     :data:`SQRTM_IMAG_TOL` and its relative residual is at most :data:`SQRTM_RESIDUAL_TOL`, else a
     description. scipy's LinAlgWarning (a singular product) alone is no defect: a product with a
-    zero eigenvalue can have an exact root."""
+    zero eigenvalue can have an exact root. ``diagnose=False`` skips the checks (the root of the
+    regularised product, which is used as it is: no second residual product)."""
     from scipy import linalg
 
     product = sigma1 @ sigma2
@@ -142,6 +143,8 @@ def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[np.ndarray, 
             root = linalg.sqrtm(product)
     if isinstance(root, tuple):  # older scipy returned (root, error estimate)
         root = root[0]
+    if not diagnose:
+        return root, ""
     if not np.isfinite(root).all():
         return root, "is not finite"
     imag = _relative_imag(root)
@@ -204,15 +207,13 @@ def _frechet(mu1, sigma1, mu2, sigma2, eps: float) -> tuple[float, bool, str]:
     root, why = _sqrtm_product(s1, s2)
     if why:
         offset = np.eye(s1.shape[0]) * eps
-        root, _ = _sqrtm_product(s1 + offset, s2 + offset)
-    if np.iscomplexobj(root):
-        imag = np.abs(root.imag).max()
-        scale = max(np.abs(root.real).max(), 1e-300)
-        if imag > SQRTM_IMAG_TOL * scale:
-            raise ValueError(f"frechet_distance: the matrix square root has an imaginary part of {imag:.3g} "
-                             f"(relative {imag / scale:.3g}); the covariances are not valid (symmetric positive "
-                             "semi-definite) or too ill-conditioned")
-        root = root.real
+        root, _ = _sqrtm_product(s1 + offset, s2 + offset, diagnose=False)
+    imag = _relative_imag(root)
+    if imag > SQRTM_IMAG_TOL:
+        raise ValueError(f"frechet_distance: the matrix square root has an imaginary part of {imag:.3g} of its "
+                         "largest real entry; the covariances are not valid (symmetric positive semi-definite) or "
+                         "too ill-conditioned")
+    root = root.real
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(root)), bool(why), why
 
 

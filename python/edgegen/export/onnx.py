@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edgegen.prune.graph import restore_training_flags, training_flags
+
 __all__ = ["OnnxExport", "export_onnx", "onnx_target", "quantize_onnx", "onnx_latency", "run_onnx",
            "quantized_weights"]
 
@@ -216,7 +218,7 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
     path.parent.mkdir(parents=True, exist_ok=True)
     # Every module's own mode, restored after: the export target may be a wrapper (GPT-2's
     # _LogitsOnly, the VAE's _Decoder) around the caller's model, in whatever mode each part was.
-    modes = [(m, m.training) for m in model.modules()]
+    modes = training_flags(model)
     model.eval()
     dynamic = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
     try:
@@ -229,8 +231,7 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
                               output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
             expected = model(*inputs)
     finally:
-        for m, training in modes:
-            m.training = training
+        restore_training_flags(modes)
     abs_diff = rel_diff = None
     if check:
         got = run_onnx(path, inputs)

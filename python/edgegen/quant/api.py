@@ -68,15 +68,24 @@ def _wrappers() -> tuple:
     return (LowPrecision, QATModule, SwitchablePrecision)
 
 
-def check_not_wrapped(model: nn.Module, name: str, wrappers: tuple | None = None) -> None:
-    """A ValueError when the layer ``name`` sits inside one of edgegen's quantization wrappers."""
+def check_not_wrapped(model: nn.Module, name: str, wrappers: tuple | None = None,
+                      reasons: dict[type, str] | None = None) -> None:
+    """A ValueError when the layer ``name`` sits inside one of edgegen's quantization wrappers
+    (``wrappers``, default all). ``reasons`` ({wrapper type: why and what to do}) names the
+    wrappers instead, each with its own message (a transform that only some wrappers break)."""
+    kinds = tuple(reasons) if reasons else (wrappers or _wrappers())
     parts = name.split(".")
     for i in range(1, len(parts)):
-        outer = model.get_submodule(".".join(parts[:i]))
-        if isinstance(outer, wrappers or _wrappers()):
-            raise ValueError(f"model: layer {name!r} is inside a {type(outer).__name__} ({'.'.join(parts[:i])!r}): "
-                             "the model was prepared or quantized before; start from the float model (after "
-                             "prepare_qat_, convert with QATConfig(step='convert') / convert_)")
+        where = ".".join(parts[:i])
+        outer = model.get_submodule(where)
+        if not isinstance(outer, kinds):
+            continue
+        if reasons:
+            why = next(r for t, r in reasons.items() if isinstance(outer, t))
+            raise ValueError(f"model: layer {name!r} is inside a {type(outer).__name__} ({where!r}), {why}")
+        raise ValueError(f"model: layer {name!r} is inside a {type(outer).__name__} ({where!r}): the model was "
+                         "prepared or quantized before; start from the float model (after prepare_qat_, convert "
+                         "with QATConfig(step='convert') / convert_)")
 
 
 def _replace_all(model: nn.Module, stages: list[tuple[tuple, Callable[[nn.Module], nn.Module], FilterFn | None]]

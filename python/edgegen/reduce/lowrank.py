@@ -145,24 +145,18 @@ def _check_finite(name: str, weight: Tensor) -> None:
 
 
 def _check_not_wrapped(model: nn.Module, name: str) -> None:
-    """A ValueError when the layer ``name`` sits inside a wrapper that a factorization of the layer
-    would break: a ``QATModule`` (it fake-quantizes its layer's ``.weight``) or a
-    ``SwitchablePrecision`` (its quantized twin would keep the dense weight). A ``LowPrecision``
-    wrapper only casts its layer and input, so the layer is factorized in its dtype inside it."""
+    """The wrappers a factorization of the layer would break: a ``QATModule`` (it fake-quantizes
+    its layer's ``.weight``) or a ``SwitchablePrecision`` (its quantized twin would keep the dense
+    weight). A ``LowPrecision`` wrapper only casts its layer and input, so the layer is factorized
+    in its dtype inside it."""
+    from edgegen.quant.api import check_not_wrapped
     from edgegen.quant.mixed import SwitchablePrecision
     from edgegen.quant.qat import QATModule
 
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        where = ".".join(parts[:i])
-        outer = model.get_submodule(where)
-        if isinstance(outer, QATModule):
-            raise ValueError(f"model: layer {name!r} is inside a QATModule ({where!r}), which fake-quantizes the "
-                             "layer's weight: factorize the float model first, then prepare it for QAT")
-        if isinstance(outer, SwitchablePrecision):
-            raise ValueError(f"model: layer {name!r} is inside a SwitchablePrecision ({where!r}), whose quantized "
-                             "copy of the layer the factorization would not change: factorize the float model "
-                             "first, then enable_precision_switch_")
+    check_not_wrapped(model, name, reasons={
+        QATModule: "which fake-quantizes the layer's weight: factorize the float model first, then prepare it for QAT",
+        SwitchablePrecision: "whose quantized copy of the layer the factorization would not change: factorize the "
+                             "float model first, then enable_precision_switch_"})
 
 
 def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -> dict[str, tuple[int, tuple | None]]:
@@ -175,10 +169,10 @@ def _plan(model: nn.Module, config: LowRankConfig, filter_fn: FilterFn | None) -
             continue
         if any(name.startswith(f + ".") for f in factorized):  # a factor of an earlier reduction: left as it is
             continue
-        _check_not_wrapped(model, name)
         n_in, n_out, weight = dims
         if config.ranks is not None and name not in config.ranks:
             continue
+        _check_not_wrapped(model, name)  # only a layer that would be factorized
         limit = min(n_in, n_out)
         if config.ranks is not None or config.rank is not None:
             r = config.ranks[name] if config.ranks is not None else config.rank

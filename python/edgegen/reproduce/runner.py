@@ -467,7 +467,8 @@ def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
 
     dest = Path(f"{src}-{tag}")
     marker = dest / "done.json"
-    stale = not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")).get("source") != _identity(src)
+    source = _identity(src)
+    stale = not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")).get("source") != source
     if stale or not (dest / "checkpoints" / "last.pt").is_file() or (ctx.force and ("compressed", str(dest))
                                                                      not in ctx.built):
         if dest.exists():  # forced, left half-written by a killed run, or from an earlier build of src: rebuilt
@@ -475,7 +476,7 @@ def _compressed(ctx: Context, src: Path, spec: dict, tag: str) -> str:
 
             shutil.rmtree(dest)
         compress_from(src, spec, dest)
-        atomic.write_text(marker, json.dumps({"source": _identity(src), "build": uuid.uuid4().hex}))
+        atomic.write_text(marker, json.dumps({"source": source, "build": uuid.uuid4().hex}))
         ctx.built.add(("compressed", str(dest)))
     ctx.read(dest)
     return str(dest)

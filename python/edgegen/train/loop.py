@@ -212,7 +212,7 @@ class Trainer:
         if self.rank == 0:
             self._remove_stale_temporary_files()
         cfg, st = self.cfg, self.state
-        if self.rank == 0 and hasattr(self.tracker, "start_local_log"):
+        if self.rank == 0:
             # metrics.jsonl holds this run's records only: an earlier run's file (one that died
             # before its first checkpoint) is moved aside; a resumed run drops what it trains again.
             self.tracker.start_local_log(st.step if resumed else None,

@@ -357,17 +357,15 @@ class DistillTask(LMTask):
         """Mean KL(teacher || student) at T=1 over the batches (the distance distillation closes);
         with several teachers the teacher is their mixture (``teacher_weights``, normalised;
         default uniform), the distribution the KD loss mixes."""
+        from edgegen.ops._reference import _teacher_log_probs  # the KD loss's own mixture
+
         student = self.modules["model"]
-        weights = self.cfg.distill.teacher_weights or [1.0] * len(self.teachers)
-        log_w = torch.tensor([w / sum(weights) for w in weights], dtype=torch.float64).log().tolist()
         total, count = 0.0, 0
         with self.evaluating(student):
             for x, _ in batches:
                 x = self.to(x)
                 ls = F.log_softmax(student(x), -1)
-                lts = [F.log_softmax(t(x), -1) for t in self.teachers]
-                lt = lts[0] if len(lts) == 1 else torch.logsumexp(
-                    torch.stack([lp + w for lp, w in zip(lts, log_w)]), 0)
+                lt = _teacher_log_probs([t(x) for t in self.teachers], self.cfg.distill.teacher_weights, 1.0, ls.dtype)
                 total += F.kl_div(ls, lt, log_target=True, reduction="sum").item()
                 count += x.shape[0] * x.shape[1]  # per token, whatever the batch size
         return total / max(count, 1)
