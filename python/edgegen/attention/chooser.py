@@ -5,7 +5,6 @@ latency budget."""
 from __future__ import annotations
 
 import math
-import numbers
 import statistics
 import time
 import warnings
@@ -15,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from edgegen.attention.functional import sliding_window_attention
+from edgegen.ops._args import is_int
 
 _MODES = ("forward", "train", "decode")
 
@@ -86,11 +86,6 @@ def _measurer(mode: str, seq_len: int, length: Callable[[int, int], int], batch:
     return measure
 
 
-def _is_int(v) -> bool:
-    """An integer, Python's or numpy's (np.arange gives those), not a bool and not 2.0."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy's bool_ is not Integral
-
-
 def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forward", batch: int = 1,
                   heads: int = 12, head_dim: int = 64, layers: int = 1,
                   windows: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024, 2048),
@@ -124,12 +119,12 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
     if mode not in _MODES:
         raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
     windows = list(windows)
-    if not windows or any(not _is_int(w) or w < 1 for w in windows):
+    if not windows or any(not is_int(w) or w < 1 for w in windows):
         raise ValueError(f"windows: expected ints >= 1, got {windows!r}")
     windows = [int(w) for w in windows]
     cands = sorted({w for w in windows if w <= seq_len} | ({seq_len} if max(windows) >= seq_len else set()))
     globals_ = list(num_globals)
-    if not globals_ or any(not _is_int(g) or g < 0 for g in globals_):
+    if not globals_ or any(not is_int(g) or g < 0 for g in globals_):
         raise ValueError(f"num_globals: expected ints >= 0, got {globals_!r}")
     globals_ = [g for g in sorted({int(g) for g in globals_}) if g <= seq_len] or [0]
 

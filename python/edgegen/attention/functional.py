@@ -10,13 +10,12 @@ O(n^2) memory). The dispatcher chooses, from the device of the inputs.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 
 import torch
 from torch import Tensor
 
-from edgegen.ops._args import INT64_MAX
+from edgegen.ops._args import INT64_MAX, is_int
 from edgegen.ops._reference import block_layout_mask, sliding_window_mask
 
 __all__ = ["sliding_window_attention", "block_sparse_attention", "sliding_window_mask", "block_layout_mask"]
@@ -37,7 +36,7 @@ def _integer_entries(value) -> bool:
     count as ints; NumPy's bool_ is no numbers.Integral)."""
     if isinstance(value, (list, tuple)):
         return all(_integer_entries(v) for v in value)
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return is_int(value)
 
 
 def _layout(block_layout) -> Tensor:

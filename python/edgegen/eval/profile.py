@@ -72,9 +72,7 @@ def _is_quantized(model: nn.Module) -> bool:
     from edgegen.quant import modules as qm
     from edgegen.quant.api import LowPrecision
 
-    kinds = (qm.Int8Linear, qm.Int8Conv2d, qm.Int8ConvTranspose2d, qm.Int4Linear, qm.Int8Embedding, qm.Int4Embedding,
-             LowPrecision)
-    return any(isinstance(m, kinds) for m in model.modules())
+    return any(isinstance(m, (*qm.INTEGER_LAYERS, LowPrecision)) for m in model.modules())
 
 
 _RATE_ORDER = ("fp32", "bf16", "fp16", "int8")  # slowest first

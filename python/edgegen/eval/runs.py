@@ -569,11 +569,9 @@ def _onnx_source(run: LoadedRun) -> tuple[nn.Module, str]:
     """The model to export and what it is. edgegen's integer layers and QAT's fake quantization
     have no ONNX form, bf16 layers none that ONNX Runtime's CPU provider runs, and ONNX Runtime
     quantizes the float model itself: such runs export their float weights, QAT wrappers removed."""
-    from edgegen.quant import (Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear,
-                               LowPrecision, QATModule)
+    from edgegen.quant import INTEGER_LAYERS, LowPrecision, QATModule
 
-    integer = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
-    found = {type(m).__name__ for m in run.model.modules() if isinstance(m, (*integer, LowPrecision, QATModule))}
+    found = {type(m).__name__ for m in run.model.modules() if isinstance(m, (*INTEGER_LAYERS, LowPrecision, QATModule))}
     if not found:
         return run.model, f"the {run.form} model"
     model = load_run(run.checkpoint, form="float").model

@@ -102,16 +102,13 @@ def onnx_target(model: nn.Module, batch: int = 1, seq_len: int | None = None) ->
 
 
 def _check_exportable(model: nn.Module) -> nn.Module:
-    from edgegen.quant import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
-
-    kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
-    from edgegen.quant.qat import QATModule
+    from edgegen.quant import INTEGER_LAYERS, QATModule
 
     if any(isinstance(m, QATModule) for m in model.modules()):
         raise ValueError("model: holds QATModule layers (fake quantization for training) that have no ONNX form; "
                          "convert them first (edgegen.quant.convert_) and quantize the float export with "
                          "edgegen.export.quantize_onnx, or export the float model")
-    found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, kinds)})
+    found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, INTEGER_LAYERS)})
     if found:
         raise ValueError(f"model: holds edgegen integer layers ({', '.join(found)}) that run as edgegen's own "
                          "kernels and have no ONNX form; export the float model and quantize the file with "

@@ -54,9 +54,9 @@ def input_dtype(first: nn.Module) -> torch.dtype:
     bfloat16 with ``.to``; a factorized layer's too), else the default dtype. Layers quantized by
     edgegen cast their inputs themselves and take what the float model took, so their float
     scales and biases do not count."""
-    from edgegen.quant import Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Linear, LowPrecision
+    from edgegen.quant import INTEGER_LAYERS, LowPrecision
 
-    if isinstance(first, (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, LowPrecision)):
+    if isinstance(first, (*INTEGER_LAYERS, LowPrecision)):
         return torch.get_default_dtype()
     return next((p.dtype for p in first.parameters() if p.is_floating_point()), torch.get_default_dtype())
 

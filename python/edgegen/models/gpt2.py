@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from edgegen.attention.dense import DenseAttention, HeadLayout
 from edgegen.models.config import ModelConfig
 from edgegen.models.blocks import require_positive_ints
+from edgegen.ops._args import is_int, is_real
 from edgegen.reduce.embedding import FactorizedEmbedding, TiedFactorizedHead
 
 
@@ -54,9 +54,9 @@ class GPT2Config(ModelConfig, kind="gpt2"):
         require_positive_ints(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+        if not is_real(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
-        if not _is_real(self.layer_norm_epsilon) or not (math.isfinite(self.layer_norm_epsilon)
+        if not is_real(self.layer_norm_epsilon) or not (math.isfinite(self.layer_norm_epsilon)
                                                         and self.layer_norm_epsilon > 0):
             raise ValueError(f"layer_norm_epsilon: expected a finite number > 0, got {self.layer_norm_epsilon!r}")
         if self.head_counts is not None:
@@ -205,27 +205,19 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), present
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_sampling(greedy: bool, temperature: float, top_p: float | None, top_k: int | None = None) -> None:
     """ValueError naming the argument unless the sampling settings are usable: ``temperature`` a
     finite number >= 0, and > 0 when sampling (0 is not an alias of ``greedy``: pass
     ``greedy=True`` for the argmax, which ignores the temperature); ``top_k`` None or an int >= 1;
     ``top_p`` None or a number in (0, 1] (1 keeps every token)."""
-    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+    if not is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
     if temperature == 0 and not greedy:
         raise ValueError(f"temperature: expected > 0 when sampling (or greedy=True for the argmax), "
                          f"got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
 
 
@@ -239,7 +231,7 @@ def check_generation(idx, max_new_tokens, n_positions: int | None) -> int:
         raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {got}")
     if idx.shape[1] < 1:
         raise ValueError(f"idx: expected a prompt of at least one token per row, got shape {tuple(idx.shape)}")
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     max_new_tokens = int(max_new_tokens)
     T = idx.shape[1]
@@ -490,13 +482,11 @@ class GPT2(nn.Module):
         A magnitude-pruned model is written with its masks baked in (the model keeps them). Each
         file is replaced atomically."""
         from edgegen._atomic import write_text
-        from edgegen.quant import (Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding,
-                                   Int8Linear, LowPrecision, QATModule, SwitchablePrecision)
+        from edgegen.quant import INTEGER_LAYERS, LowPrecision, QATModule, SwitchablePrecision
         from edgegen.tensor_files import write_safetensors
 
         hf_config = self.config.to_hf()
-        kinds = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding, LowPrecision,
-                 QATModule, SwitchablePrecision)
+        kinds = (*INTEGER_LAYERS, LowPrecision, QATModule, SwitchablePrecision)
         found = sorted({type(m).__name__ for m in self.modules() if isinstance(m, kinds)})
         if found:
             raise ValueError(f"model: holds quantized layers ({', '.join(found)}) that Hugging Face's "

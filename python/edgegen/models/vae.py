@@ -10,7 +10,6 @@ separately.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from edgegen.models.config import ModelConfig
 from edgegen.models.blocks import SqueezeExcite, conv, input_dtype, require_conv_kind, require_positive_ints
+from edgegen.ops._args import is_int, is_real
 
 
 @dataclass
@@ -33,8 +33,7 @@ class BetaVAEConfig(ModelConfig, kind="vae"):
 
     def __post_init__(self):
         require_positive_ints(self, "latent_dim", "nc")
-        if (isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real)
-                or not math.isfinite(self.beta) or not self.beta >= 0):
+        if not is_real(self.beta) or not math.isfinite(self.beta) or not self.beta >= 0:
             raise ValueError(f"beta: expected a finite number >= 0, got {self.beta!r}")
         require_conv_kind(self.conv)
 
@@ -130,7 +129,7 @@ class BetaVAE(nn.Module):
         decoder's first layer (float64 or bfloat16 for a model moved there with ``.to``), or the
         default dtype (float32) when that layer is quantized, as ``forward`` gives for float32
         images (layers quantized to 16 bits cast their inputs themselves)."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"n: expected an int >= 0, got {n!r}")
         params = list(self.parameters())
         dtype = input_dtype(self.decoder[0])

@@ -8,10 +8,21 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["as_int", "check_real", "check_writable"]
+__all__ = ["as_int", "check_real", "check_writable", "is_int", "is_real"]
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of the ops' int arguments
+
+
+def is_int(v) -> bool:
+    """An integer by type, Python's or NumPy's (``np.arange`` gives those), not a bool (NumPy's
+    bool_ is no numbers.Integral) and not an integral float such as 2.0."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    """A real number by type (int, float, NumPy scalars), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def as_int(v, name: str) -> int:

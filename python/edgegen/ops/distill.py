@@ -22,11 +22,10 @@ derivative would silently leave out the KD loss.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from edgegen.ops._args import INT64_MAX, INT64_MIN
+from edgegen.ops._args import INT64_MAX, INT64_MIN, is_real
 from edgegen.ops._fake import register_fake
 from torch import Tensor
 
@@ -110,7 +109,7 @@ def _real(value, name: str) -> float:
             raise TypeError(f"{name}: expected a real number (a tensor must hold exactly one real value), "
                             f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
         return float(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's bool_ is no Real
+    if is_real(value):
         return float(value)
     raise TypeError(f"{name}: expected a real number (int, float, NumPy scalar or one-element tensor), "
                     f"got {type(value).__name__} {value!r}")

@@ -14,7 +14,8 @@ from edgegen.quant.config import (
     QuantConfig,
     config_from_dict,
 )
-from edgegen.quant.modules import Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding, Int8Linear
+from edgegen.quant.modules import (INTEGER_LAYERS, Int4Embedding, Int4Linear, Int8Conv2d, Int8ConvTranspose2d, Int8Embedding,
+                                   Int8Linear)
 from edgegen.quant.mixed import (
     SwitchablePrecision,
     enable_precision_switch_,
@@ -46,4 +47,4 @@ __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_qu
            "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver", "qparams_from_range",
            "QATConfig", "QATModule", "prepare_qat_", "convert_", "layer_sensitivity", "quantize_mixed_",
            "SwitchablePrecision", "enable_precision_switch_", "set_precision_", "save_quantized", "load_quantized", "Int8Embedding",
-           "Int4Embedding"]
+           "Int4Embedding", "INTEGER_LAYERS"]

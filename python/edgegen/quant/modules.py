@@ -467,3 +467,7 @@ Int8ConvTranspose2d._float32_buffers = ("act_scale",)
 Int4Linear._float32_buffers = ("scale",)
 Int8Embedding._float32_buffers = ("weight_scale",)
 Int4Embedding._float32_buffers = ("scale",)
+
+
+# edgegen's integer layers: they run edgegen's own kernels and have no ONNX or Hugging Face form.
+INTEGER_LAYERS = (Int8Linear, Int8Conv2d, Int8ConvTranspose2d, Int4Linear, Int8Embedding, Int4Embedding)
