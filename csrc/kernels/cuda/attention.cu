@@ -779,8 +779,9 @@ unsigned max_grid_y() {
   return unsigned(value);
 }
 
-template <class Kernel>
-int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t stream) {
+// `kernel(Args, extra...)` over `grid`, split along y where the device needs it (see max_grid_y).
+template <class Kernel, class... Extra>
+int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t stream, const Extra&... extra) {
   if (grid.x == 0 || grid.y == 0) return 0;
   if (smem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -790,7 +791,7 @@ int launch(Kernel kernel, dim3 grid, size_t smem, const Args& a, cudaStream_t st
   for (unsigned y0 = 0; y0 < grid.y; y0 += most) {
     Args part = a;
     part.y_base = y0;
-    EDGEGEN_LAUNCH(kernel, dim3(grid.x, std::min(most, grid.y - y0)), kThreads, smem, stream, part);
+    EDGEGEN_LAUNCH(kernel, dim3(grid.x, std::min(most, grid.y - y0)), kThreads, smem, stream, part, extra...);
     const int e = int(cudaGetLastError());
     if (e) return e;
   }
@@ -840,18 +841,9 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
   a.dout = dout;
   a.lse = const_cast<float*>(lse);
   a.delta = delta;
-  {
-    const dim3 grid(unsigned((p.H * p.nq + kWarps - 1) / kWarps), unsigned(p.B));
-    const unsigned most = max_grid_y();
-    for (unsigned y0 = 0; grid.x > 0 && y0 < grid.y; y0 += most) {  // see launch()
-      auto kernel = attn_delta_kernel<T, D>;
-      Args part = a;
-      part.y_base = y0;
-      EDGEGEN_LAUNCH(kernel, dim3(grid.x, std::min(most, grid.y - y0)), kThreads, 0, stream, part, out, delta);
-      const int e = int(cudaGetLastError());
-      if (e) return e;
-    }
-  }
+  int e = launch(attn_delta_kernel<T, D>, dim3(unsigned((p.H * p.nq + kWarps - 1) / kWarps), unsigned(p.B)), 0, a,
+                 stream, out, delta);
+  if (e) return e;
   a.dq = dq;
   a.dk = dk;
   a.dv = dv;
@@ -860,7 +852,7 @@ int backward_typed(const AttnProblem& p, const AttnTensor& dout, const AttnTenso
   constexpr int kSlots = kPipe ? 2 : 1;
   const size_t tiles = tile_bytes<T, D>(2 + 2 * kSlots);
   const int64_t n_kt = (p.nk + kTile - 1) / kTile;
-  int e = launch(attn_backward_dkv_kernel<T, D, kPipe>,
+  e = launch(attn_backward_dkv_kernel<T, D, kPipe>,
                  dim3(unsigned(n_kt + a.heavy_tiles * (a.splits - 1)), unsigned(p.B * p.H)),
                  tiles + 2 * kSlots * kTile * sizeof(float), a, stream);
   if (e) return e;
