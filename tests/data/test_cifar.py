@@ -90,6 +90,27 @@ def test_bad_files(tmp_path):
         CIFAR10(tmp_path, split="test", image_size=4)
 
 
+class _Touches:
+    """Unpickling this would create ``marker``: a batch file that runs code when read."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_batch_naming_code_is_refused_without_running_it(tmp_path):
+    make_cifar(tmp_path)
+    marker = tmp_path / "code-ran"
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"labels": [1], b"data": np.zeros((1, 3072), np.uint8), b"x": _Touches(marker)}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"test_batch: not a readable CIFAR-10 batch pickle \(names [\w.]+, which "
+                                         r"a CIFAR-10 file does not hold"):
+        CIFAR10(tmp_path, split="test", cache_dir=tmp_path / "c")
+    assert not marker.exists()
+
+
 def test_download_verifies_checksum(tmp_path, monkeypatch):
     src = tmp_path / "src"
     make_cifar(src)

@@ -54,6 +54,53 @@ def test_damaged_and_foreign_checkpoints_are_named(tmp_path):
         Trainer(lm, tmp_path / "lm", progress=False)
 
 
+class _RunsCode:
+    """Unpickling this calls ``Path.touch`` on ``marker``: a file that would run code when read."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_checkpoints_are_read_without_running_code_from_them(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"modules": {"model": {"w": torch.ones(2)}}, "extra": _RunsCode(marker)}, evil)
+    with pytest.raises(ValueError, match=r"evil.pt: holds objects other than tensors and plain data, which edgegen "
+                                         r"does not unpickle .*(Unsupported global|not an allowed global)"):
+        ckpt.load(evil)
+    assert not marker.exists()
+    lm = tiny("lm", tmp_path, model={"init_from": str(evil)})  # a user-supplied file takes the same road
+    with pytest.raises(ValueError, match="evil.pt: holds objects other than tensors"):
+        Trainer(lm, tmp_path / "lm", progress=False)
+    assert not marker.exists()
+
+
+def test_rng_state_is_plain_data_and_older_numpy_state_still_resumes(tmp_path):
+    import random
+
+    import numpy as np
+
+    ckpt.seed_everything(3)
+    state = ckpt.rng_state()
+    ahead = (torch.rand(3), random.random(), np.random.rand(3))
+    path = tmp_path / "rng.pt"
+    ckpt.save_atomic({"rng": state}, path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []  # nothing but tensors and plain data
+    older = tmp_path / "older.pt"  # NumPy's state as np.random.get_state() gives it, as earlier versions wrote it
+    ckpt.seed_everything(3)
+    torch.save({"rng": {**state, "numpy": np.random.get_state()}}, older)
+    for f in (path, older):
+        ckpt.seed_everything(99)
+        ckpt.set_rng_state(ckpt.load(f)["rng"])
+        again = (torch.rand(3), random.random(), np.random.rand(3))
+        assert torch.equal(again[0], ahead[0]) and again[1] == ahead[1] and np.array_equal(again[2], ahead[2])
+
+
 def test_post_hoc_compression_keeps_its_own_folder(tmp_path):
     from edgegen.train.posthoc import compress_from
 

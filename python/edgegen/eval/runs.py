@@ -118,7 +118,9 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
     ``which``: "last" or "best" checkpoint. ``form``: "shipped" (the run's quantized artifact if it
     has one; else a pruned model with its masks baked in and, for channel/head pruning, physically
     shrunk; else the float model) or "float" (the trained weights before quantization, masks baked
-    in). The model is returned in eval mode on ``device``.
+    in). The model is returned in eval mode on ``device``. Checkpoints and safetensors artifacts
+    are read as tensors and plain data only; the whole-model artifacts (``model-shrunk.pt``,
+    ``model-shipped.pt``) are pickles: load the shipped form only of run folders you trust.
     """
     from edgegen.train import checkpoint as ckpt
 

@@ -14,7 +14,11 @@ from edgegen.tensor_files import save_atomic  # noqa: F401  (checkpoints are wri
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every generator's state as tensors and plain data (NumPy's key array as an int64 tensor), so
+    that a checkpoint loads with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -23,7 +27,10 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((name, keys, *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -42,17 +49,40 @@ def experiment_config(snap: dict):
     return ExperimentConfig.from_dict(dict(snap["config"]), missing_version=1)
 
 
+def _numpy_array_globals() -> list:
+    """What a pickled NumPy array names: checkpoints written before the RNG state was stored as
+    tensors hold NumPy's key array."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load(path: str | os.PathLike) -> dict:
+    """A run checkpoint (or a bare state dict), read without running code from the file: tensors
+    and plain data only (``torch.load(weights_only=True)``), NumPy arrays allowed for checkpoints
+    written by earlier versions. A file that names anything else is refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there")
-    # Our own files: model/optimizer states, RNG states (numpy arrays, tuples), plain config.
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text and ("Unsupported global" in text or "not an allowed global" in text):
+            named = next((ln.strip() for ln in text.splitlines() if "global" in ln.lower() and "GLOBAL" in ln), "")
+            raise ValueError(f"{path}: holds objects other than tensors and plain data, which edgegen does not "
+                             f"unpickle (it would run code from the file){': ' + named if named else ''}; "
+                             "an edgegen checkpoint or a state dict saved with torch.save(model.state_dict()) "
+                             "loads") from exc
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged?): "
+                         f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from exc
     except (AttributeError, ImportError) as exc:  # a class the file names is not where it was
         raise ValueError(f"{path}: refers to code this edgegen does not have (written by another version?): "
                          f"{type(exc).__name__}: {exc}") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged?): "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
