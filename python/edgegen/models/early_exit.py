@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgegen.config import Config
-from edgegen.models.gpt2 import GPT2, _sample_next, check_generation, check_sampling
+from edgegen.models.gpt2 import GPT2, EosStop, _sample_next, check_eos, check_generation, check_sampling
 
 
 def _check_threshold(value, name: str = "threshold") -> float:
@@ -158,26 +158,31 @@ class EarlyExitGPT2(nn.Module):
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, threshold: float | None = None, greedy: bool = True,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> tuple[Tensor, ExitStats]:
+                 use_cache: bool = True, generator: torch.Generator | None = None,
+                 eos_token_id: int | None = None) -> tuple[Tensor, ExitStats]:
         """(``idx`` with ``max_new_tokens`` tokens appended, :class:`ExitStats` of the generated
         tokens' steps, [B, max_new_tokens]). Without the cache every step reruns the whole sequence
-        with the same exit rule; the tokens are the same. The arguments are checked as
-        :meth:`GPT2.generate` checks them, before the first token (the prompt plus
+        with the same exit rule; the tokens are the same. ``eos_token_id`` ends rows and generation
+        as in :meth:`GPT2.generate` (the statistics then cover the steps run). The arguments are
+        checked as :meth:`GPT2.generate` checks them, before the first token (the prompt plus
         ``max_new_tokens`` must fit ``n_positions``)."""
         check_sampling(greedy, temperature, top_p, top_k)
         max_new_tokens = check_generation(idx, max_new_tokens, self.model.config.n_positions)
+        stop = EosStop(idx, check_eos(eos_token_id, self.model.config.vocab_size))
         if threshold is not None:
             threshold = _check_threshold(threshold)
         past, used = None, []
         for _ in range(max_new_tokens):
+            if stop.finished():
+                break
             if use_cache:
                 logits, past, stats = self(idx if past is None else idx[:, -1:], past_key_values=past,
                                            use_cache=True, threshold=threshold, return_stats=True)
             else:
                 logits, stats = self(idx, threshold=threshold, return_stats=True)  # fits: checked above
             used.append(stats.layers[:, -1])
-            idx = torch.cat([idx, _sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p,
-                                              generator)], dim=1)
+            idx = torch.cat([idx, stop(_sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p,
+                                                   generator))], dim=1)
         layers = torch.stack(used, 1) if used else torch.empty(idx.shape[0], 0, dtype=torch.long, device=idx.device)
         return idx, ExitStats(layers, self.model.config.n_layer)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from edgegen.models.gpt2 import _sample_next, check_generation, check_sampling
+from edgegen.models.gpt2 import EosStop, _sample_next, check_eos, check_generation, check_sampling
 from edgegen.quant.config import DynamicPrecisionConfig
 from edgegen.quant.mixed import SwitchablePrecision, set_precision_
 
@@ -30,26 +30,31 @@ def _n_positions(model: nn.Module) -> int | None:
 @torch.no_grad()
 def generate_dynamic(model: nn.Module, idx: Tensor, max_new_tokens: int, config: DynamicPrecisionConfig,
                      greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+                     top_p: float | None = None, generator: torch.Generator | None = None,
+                     eos_token_id: int | None = None) -> tuple[Tensor, dict]:
     """(``idx`` with ``max_new_tokens`` tokens appended, statistics) for a model prepared with
     ``quantize_(model, config)``. Step t runs the low-precision layers when step t-1's
     distribution was confident by ``config``'s rule (the prompt's step: only when every
     distribution counts as confident), else full precision; the KV cache holds each step's keys
     and values as that step computed them. Statistics: ``steps``, ``low_steps``,
     ``low_fraction`` and ``precision`` (per step, True = low). The model is left in full
-    precision. The arguments are checked as ``GPT2.generate`` checks them, before the first
-    token (the prompt plus ``max_new_tokens`` must fit the model's ``n_positions``)."""
+    precision. ``eos_token_id`` ends rows and generation as in ``GPT2.generate`` (the statistics
+    then count the steps run). The arguments are checked as ``GPT2.generate`` checks them, before
+    the first token (the prompt plus ``max_new_tokens`` must fit the model's ``n_positions``)."""
     switches = _switches(model, config)
     check_sampling(greedy, temperature, top_p, top_k)
     max_new_tokens = check_generation(idx, max_new_tokens, _n_positions(model))
+    stop = EosStop(idx, check_eos(eos_token_id, getattr(getattr(model, "config", None), "vocab_size", None)))
     low, past, used = config.always_low, None, []
     try:
         for _ in range(max_new_tokens):
+            if stop.finished():
+                break
             set_precision_(switches, low)
             used.append(low)
             logits, past = model(idx if past is None else idx[:, -1:], past_key_values=past, use_cache=True)
             logits = logits[:, -1, :].float()
-            idx = torch.cat([idx, _sample_next(logits, greedy, temperature, top_k, top_p, generator)], dim=1)
+            idx = torch.cat([idx, stop(_sample_next(logits, greedy, temperature, top_k, top_p, generator))], dim=1)
             low = config.confident(logits)
     finally:
         set_precision_(switches, False)

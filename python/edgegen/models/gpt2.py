@@ -245,6 +245,38 @@ def check_generation(idx, max_new_tokens, n_positions: int | None) -> int:
     return max_new_tokens
 
 
+def check_eos(eos_token_id, vocab_size: int | None) -> int | None:
+    """``eos_token_id`` checked: None (generate every token asked for) or a token id in
+    [0, vocab_size)."""
+    if eos_token_id is None:
+        return None
+    if not is_int(eos_token_id) or eos_token_id < 0 or (vocab_size is not None and eos_token_id >= vocab_size):
+        bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise ValueError(f"eos_token_id: expected None or a token id in {bound}, got {eos_token_id!r}")
+    return int(eos_token_id)
+
+
+class EosStop:
+    """End-of-sequence bookkeeping shared by the generation loops: a row that has produced
+    ``eos_token_id`` is continued with it (padding), and generation ends once every row has
+    (at once for a batch of no rows). ``eos_token_id`` None: never ends early."""
+
+    def __init__(self, idx: Tensor, eos_token_id: int | None):
+        self.eos = eos_token_id
+        self.done = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)
+
+    def finished(self) -> bool:
+        return self.eos is not None and bool(self.done.all())
+
+    def __call__(self, nxt: Tensor) -> Tensor:
+        """``nxt`` [B, 1] with the finished rows' tokens replaced by the end-of-sequence token."""
+        if self.eos is None:
+            return nxt
+        nxt = nxt.masked_fill(self.done, self.eos)
+        self.done |= nxt == self.eos
+        return nxt
+
+
 def nucleus_filter(logits: Tensor, top_p: float) -> Tensor:
     """``logits`` [..., V] with the tokens outside the nucleus set to -inf (Holtzman et al. 2020):
     with the tokens sorted by probability, a token is dropped when those before it already hold
@@ -402,22 +434,28 @@ class GPT2(nn.Module):
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
+                 use_cache: bool = True, generator: torch.Generator | None = None,
+                 eos_token_id: int | None = None) -> Tensor:
         """Append ``max_new_tokens`` tokens: greedy, or sampled at ``temperature`` with optional
         top-k and nucleus (top-p) filtering. With and without the cache the tokens are the same.
-        Everything is checked before the first token (:func:`check_sampling`,
-        :func:`check_generation`): the prompt plus ``max_new_tokens`` must fit ``n_positions``."""
+        With ``eos_token_id``, a row that produces it is padded with it from then on, and
+        generation stops early once every row has (the result is then shorter). Everything is
+        checked before the first token (:func:`check_sampling`, :func:`check_generation`,
+        :func:`check_eos`): the prompt plus ``max_new_tokens`` must fit ``n_positions``."""
         check_sampling(greedy, temperature, top_p, top_k)
         max_new_tokens = check_generation(idx, max_new_tokens, self.config.n_positions)
+        stop = EosStop(idx, check_eos(eos_token_id, self.config.vocab_size))
         past = None
         for _ in range(max_new_tokens):
+            if stop.finished():
+                break
             if use_cache:
                 inp = idx if past is None else idx[:, -1:]
                 logits, past = self(inp, past_key_values=past, use_cache=True)
             else:
                 logits = self(idx)  # fits: checked above, so no prefix is ever cropped
             nxt = _sample_next(logits[:, -1, :].float(), greedy, temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, nxt], dim=1)
+            idx = torch.cat([idx, stop(nxt)], dim=1)
         return idx
 
     # ------------------------------------------------------------------ Hugging Face format
