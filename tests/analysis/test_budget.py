@@ -2,6 +2,7 @@
 against a brute-force walk over the same ladders; the fidelity score; bad budgets."""
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -53,6 +54,75 @@ def test_each_step_takes_the_move_with_the_best_saving_per_score_lost():
     taken = [s for s in plan.steps if s.taken]
     assert len(taken) == 3 and taken[1].config.groups() == [max(merit, key=merit.get)]
     assert plan.config.groups() == ["ffn", "embedding"] and plan.cost <= budget
+
+
+def test_the_last_move_takes_the_best_score_within_budget_not_the_largest_saving():
+    """Both single moves meet the budget; the embedding saves more, the FFN loses less: FFN wins."""
+    m = model()
+    inputs = m.example_inputs()
+    ladders = {"ffn": [FFNConfig(0.5)], "embedding": [EmbeddingFactorConfig(rank=8)]}
+    score = fidelity_score(m, inputs)
+    ffn = reduce_(copy.deepcopy(m), MPRFConfig(ffn=FFNConfig(0.5)))
+    emb = reduce_(copy.deepcopy(m), MPRFConfig(embedding=EmbeddingFactorConfig(rank=8)))
+    assert emb.num_parameters() < ffn.num_parameters() and score(ffn) > score(emb)  # the case this test needs
+    plan = plan_reduction(m, max_params=m.num_parameters() - 1, ladders=ladders, example_inputs=inputs)
+    assert plan.config == MPRFConfig(ffn=FFNConfig(0.5))
+    assert plan.cost == ffn.num_parameters() and plan.score == pytest.approx(score(ffn), rel=1e-12)
+
+
+BRUTE_LADDERS = {"ffn": [FFNConfig(0.25), FFNConfig(0.5)], "rank": [LowRankConfig(fraction=1 / 2)],
+                 "embedding": [EmbeddingFactorConfig(rank=16), EmbeddingFactorConfig(rank=8)]}
+
+
+def _config(levels):
+    chosen = {g: BRUTE_LADDERS[g][k - 1] for g, k in zip(BRUTE_LADDERS, levels) if k}
+    return MPRFConfig(**chosen) if chosen else None
+
+
+@pytest.fixture(scope="module")
+def every_plan():
+    """The model, its inputs, and (parameters, fidelity score) of every combination of rungs on
+    BRUTE_LADDERS, each applied by reduce_ to a copy of the model."""
+    m = model()
+    inputs = m.example_inputs()
+    score = fidelity_score(m, inputs)
+    table = {}
+    for levels in itertools.product(*[range(len(r) + 1) for r in BRUTE_LADDERS.values()]):
+        r = m if _config(levels) is None else reduce_(copy.deepcopy(m), _config(levels))
+        table[levels] = (r.num_parameters(), score(r))
+    return m, inputs, table
+
+
+def _brute_walk(table, budget):
+    """The walk the docstring describes, over the table: from the unreduced model, one rung up the
+    group with the largest saving per score lost, until some move meets the budget; of those, the
+    best-scoring. The levels taken, the unreduced model's first."""
+    levels = (0,) * len(BRUTE_LADDERS)
+    path = [levels]
+    while table[levels][0] > budget:
+        moves = [levels[:i] + (levels[i] + 1,) + levels[i + 1:] for i, rungs in enumerate(BRUTE_LADDERS.values())
+                 if levels[i] < len(rungs)]
+        within = [c for c in moves if table[c][0] <= budget]
+        if within:
+            path.append(max(within, key=lambda c: table[c][1]))
+            break
+        cost, sc = table[levels]
+        levels = max(moves, key=lambda c: (math.inf if sc - table[c][1] <= 0 < cost - table[c][0]
+                                           else (cost - table[c][0]) / max(sc - table[c][1], 1e-12)))
+        path.append(levels)
+    return path
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.75, 0.55, 0.45], ids=["90pct", "75pct", "55pct", "45pct"])
+def test_the_plan_equals_a_brute_force_walk_over_the_same_ladders(every_plan, fraction):
+    m, inputs, table = every_plan
+    budget = int(fraction * m.num_parameters())
+    path = _brute_walk(table, budget)
+    cost, score = table[path[-1]]
+    plan = plan_reduction(m, max_params=budget, ladders=BRUTE_LADDERS, example_inputs=inputs)
+    assert [s.config for s in plan.steps if s.taken] == [_config(levels) for levels in path]
+    assert plan.config == _config(path[-1]) and plan.cost == cost <= budget
+    assert plan.score == pytest.approx(score, rel=1e-12)
 
 
 def test_groups_a_model_lacks_are_recorded_and_never_taken():

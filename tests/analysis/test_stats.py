@@ -42,6 +42,17 @@ def test_paired_ttest_matches_the_formula():
     assert same["p"] == 1.0 and not same["significant"]
 
 
+def test_constant_nonzero_difference_is_significant_with_infinite_t():
+    """Every pair differs by the same amount: no spread, so t is infinite with the sign of the
+    difference and p is 0 (whatever alpha)."""
+    up = paired_ttest([1, 2, 3], [2, 3, 4])
+    assert up == {"t": math.inf, "p": 0.0, "mean_diff": 1.0, "significant": True}
+    down = paired_ttest([1.0, 2.0, 3.0], [0.5, 1.5, 2.5], alpha=1e-9)
+    assert down == {"t": -math.inf, "p": 0.0, "mean_diff": -0.5, "significant": True}
+    same = paired_ttest([1.0, 2.0], [1.0, 2.0])
+    assert math.isnan(same["t"]) and same["p"] == 1.0 and same["mean_diff"] == 0.0 and not same["significant"]
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="values"):
         summarize([])

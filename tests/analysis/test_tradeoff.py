@@ -39,6 +39,28 @@ def test_fit_with_noise_and_lower_is_better_metrics():
     assert "reciprocal" in fit.quality_transform and "reciprocal" in fit.efficiency_transform
 
 
+def test_fit_standard_errors_match_a_direct_least_squares_fit():
+    """alpha_se, q_max_se, beta_se, gamma_se: sqrt(diag(pcov)) of scipy's curve_fit run here on
+    the raw complexity (no rescaling), on Q = 1/FID and E = (1/latency) / max(1/latency)."""
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(0)
+    alpha, q_max, beta, gamma = 1e-6, 0.05, 2e-6, 1.0
+    c = np.geomspace(2e5, 8e6, 12)
+    fid_values = 1 / (q_max * (1 - np.exp(-alpha * c))) * (1 + 0.01 * rng.standard_normal(12))
+    latency = (beta * c + gamma) * (1 + 0.01 * rng.standard_normal(12))
+    fit = fit_tradeoff(c, fid_values, latency, quality_lower_is_better=True, efficiency_lower_is_better=True)
+    q = 1 / fid_values
+    e = (1 / latency) / (1 / latency).max()
+    (a, qm), qcov = curve_fit(lambda x, a, qm: qm * (1 - np.exp(-a * x)), c, q, p0=[alpha, q_max], method="lm")
+    (b, g), ecov = curve_fit(lambda x, b, g: 1 / (b * x + g), c, e, p0=[beta, gamma], method="lm")
+    assert (fit.alpha, fit.q_max, fit.beta, fit.gamma) == (pytest.approx(a, rel=1e-6), pytest.approx(qm, rel=1e-6),
+                                                           pytest.approx(b, rel=1e-6), pytest.approx(g, rel=1e-6))
+    qse, ese = np.sqrt(np.diag(qcov)), np.sqrt(np.diag(ecov))
+    assert fit.alpha_se == pytest.approx(qse[0], rel=1e-4) and fit.q_max_se == pytest.approx(qse[1], rel=1e-4)
+    assert fit.beta_se == pytest.approx(ese[0], rel=1e-4) and fit.gamma_se == pytest.approx(ese[1], rel=1e-4)
+
+
 @pytest.mark.parametrize("args, match", [
     (([1, 2], [1, 2], [1, 2]), "complexity: expected at least 3 points"),
     (([1, 1, 1], [1, 2, 3], [1, 2, 3]), "at least 2 distinct"),

@@ -1,9 +1,12 @@
 """Download paths, exercised offline through file:// URLs: checksums, atomicity, safe extraction."""
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import tarfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -74,6 +77,27 @@ def test_extract_refuses_escaping_members(tmp_path):
         extract(evil, tmp_path / "dest")
     assert not (tmp_path / "outside.txt").exists()
     assert list((tmp_path / "dest").glob("*")) == []  # the temporary folder is gone too
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE],
+                         ids=["symlink", "hardlink", "device"])
+def test_extract_refuses_tar_links_and_devices(tmp_path, kind):
+    """A link pointing inside the archive is refused all the same; nothing is extracted, not even
+    the plain file before it."""
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = b"plain member\n"
+        info = tarfile.TarInfo("pkg/one.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        special = tarfile.TarInfo("pkg/link")
+        special.type = kind
+        special.linkname = "pkg/one.txt" if kind == tarfile.LNKTYPE else "one.txt"
+        tar.addfile(special)
+    dest = tmp_path / "dest"
+    with pytest.raises(OSError, match=f"^{re.escape(str(archive))}: member 'pkg/link' is not a plain file$"):
+        extract(archive, dest)
+    assert list(dest.iterdir()) == []  # neither members nor the temporary folder
 
 
 def test_openwebtext_from_saved_dataset_folder(tmp_path, tiny_tokenizer_dir):  # noqa: F811

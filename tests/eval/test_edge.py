@@ -48,6 +48,19 @@ def test_memory_bound_and_precision():
     assert "fp16 given by the caller" in q.label
 
 
+def test_bytes_moved_replaces_the_bytes_on_disk():
+    # Jetson Nano: 25.6 GB/s (data sheet) at efficiency 1, so 51.2 MB moved take two milliseconds,
+    # whatever the size on disk; the 10 W power mode gives the energy.
+    p = project(_record(flops=10, size=0), "jetson-nano", efficiency=1.0, bytes_moved=51_200_000)
+    assert p.memory_ms_projected == pytest.approx(51_200_000 / 25.6e9 * 1e3, rel=1e-12)
+    assert p.bound == "memory" and p.latency_ms_projected == pytest.approx(2.0, rel=1e-12)
+    assert p.energy_j_projected == pytest.approx(2e-3 * 10.0, rel=1e-12)
+    # No traffic given: nothing to wait for on memory even with a large file on disk.
+    q = project(_record(flops=236_000_000, size=25_600_000), "jetson-nano", efficiency=1.0, bytes_moved=0)
+    assert q.memory_ms_projected == 0.0 and q.bound == "compute"
+    assert q.latency_ms_projected == pytest.approx(1.0, rel=1e-12)  # 236 GFLOPS fp32
+
+
 def test_label_names_the_assumed_efficiency():
     # Jetson Nano fp16: peak, bandwidth and power are all vendor specifications; the 0.3
     # efficiency is an assumption, and the label must say so.

@@ -376,15 +376,27 @@ def test_bad_max_samples_is_named(bad, err, match):
 
 # ----------------------------------------------------------------------------- the proxy
 def test_proxy_is_trained_once_cached_and_labelled(tmp_path, monkeypatch):
-    make_cifar(tmp_path / "data", n=24)
+    from edgegen.data.cifar import CIFAR10
+
+    batches = make_cifar(tmp_path / "data", n=24)
     monkeypatch.delenv(FID_WEIGHTS_ENV, raising=False)
     kw = dict(root=tmp_path / "data", epochs=1, cache_dir=tmp_path / "cache")
     with pytest.warns(RuntimeWarning, match="labelled FID-proxy"):
         ext = get_extractor("auto", proxy_dataset="cifar10", **kw)
     assert ext.metric == "FID-proxy" and ext.dim == 256
     info = ext.info
-    assert info["heldout_n"] == 24 and 0.0 <= info["heldout_accuracy"] <= 1.0 and info["train_n"] == 120
-    assert "FID-proxy" in ext.label and "held-out top-1 accuracy" in ext.label and "not comparable" in ext.label
+    assert info["heldout_n"] == 24 and info["train_n"] == 120
+    # Held-out top-1 accuracy: the trained classifier's argmax against the test batch's labels,
+    # on the test images at the proxy's 64x64 scaled to [0, 1].
+    test_images = CIFAR10(tmp_path / "data", "test", image_size=64, cache_dir=tmp_path / "c").images
+    with torch.no_grad():
+        logits = ext.net.classify(torch.from_numpy(np.array(test_images)).float() / 255.0)
+    labels = np.array(batches["test_batch"][b"labels"])
+    hits = int((logits.argmax(1).numpy() == labels).sum())
+    assert info["heldout_accuracy"] == pytest.approx(hits / 24, abs=1e-12)
+    assert hits != int((logits.argmin(1).numpy() == labels).sum())  # so argmin hits would not pass the check
+    assert "FID-proxy" in ext.label and f"held-out top-1 accuracy {hits / 24:.3f} on 24 images" in ext.label
+    assert "not comparable" in ext.label
     cached = list((tmp_path / "cache" / "fid-proxy").glob("proxy-v1-cifar10-*.pt"))
     assert len(cached) == 1
     again = train_proxy_extractor("cifar10", **kw)  # from the cache: same weights, same name

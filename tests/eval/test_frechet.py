@@ -206,6 +206,26 @@ def test_kid_matches_the_direct_formula_and_is_unbiased_near_zero():
     assert kid(a, b, subsets=5, subset_size=50, seed=7) == kid(a, b, subsets=5, subset_size=50, seed=7)
 
 
+def test_kid_value_and_standard_error_from_the_subsets():
+    """Mean and standard error (sample std, ddof=1, over sqrt(subsets)) of the per-subset estimates,
+    recomputed pair by pair on the same draws: one index set from each side per subset, seeded rng."""
+    import statistics
+
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((25, 4)), rng.standard_normal((18, 4)) + 0.3
+    subsets, m = 8, 10
+    draw = np.random.default_rng(5)
+    per_subset = []
+    for _ in range(subsets):
+        ia = draw.choice(len(a), m, replace=False)
+        ib = draw.choice(len(b), m, replace=False)
+        per_subset.append(_kid_direct(a[ia], b[ib]))
+    r = kid(a, b, subsets=subsets, subset_size=m, seed=5)
+    assert (r.subsets, r.subset_size) == (subsets, m)
+    assert r.value == pytest.approx(statistics.fmean(per_subset), rel=1e-10)
+    assert r.std_error == pytest.approx(statistics.stdev(per_subset) / math.sqrt(subsets), rel=1e-10)
+
+
 def test_kid_bad_input():
     with pytest.raises(ValueError, match="features2"):
         kid(np.zeros((5, 3)), np.zeros((5, 4)))

@@ -33,7 +33,7 @@ def _skimage_ssim(x, y, data_range):
 
 @pytest.mark.parametrize("shape", [(2, 1, 11, 11), (3, 3, 32, 32), (1, 3, 64, 48), (2, 1, 28, 40)],
                          ids=["smallest", "rgb32", "rgb64x48", "gray28x40"])
-@pytest.mark.parametrize("data_range", [1.0, 255.0])
+@pytest.mark.parametrize("data_range", [1.0, 255.0], ids=["range1", "range255"])
 def test_ssim_matches_scikit_image(shape, data_range):
     x, y = _pair(*shape, data_range=data_range)
     got = ssim(x, y, data_range, reduction="none")

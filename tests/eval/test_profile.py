@@ -227,6 +227,20 @@ def test_energy_is_measured_from_rapl_or_labelled_estimated(tmp_path, monkeypatc
     assert profile(model, x, repeats=4, warmup=0, measure_memory=False).energy_j == pytest.approx(1.0)
 
 
+def test_estimated_energy_is_cpu_time_times_watts_per_call(tmp_path, monkeypatch):
+    """Without RAPL: the timed window's process CPU time x watts per core, divided by the calls."""
+    import time
+    import types
+
+    profile_module = sys.modules["edgegen.eval.profile"]
+    cpu_clock = iter([3.0, 5.5])  # 2.5 s of CPU time over the timed calls
+    monkeypatch.setattr(profile_module, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
+                                                                      process_time=lambda: next(cpu_clock)))
+    rec = profile(nn.Linear(8, 8), torch.randn(2, 8), repeats=5, warmup=1, rapl_root=str(tmp_path / "none"),
+                  measure_memory=False, watts_per_core=6.0)
+    assert rec.energy_j is None and rec.energy_j_estimated == pytest.approx(2.5 * 6.0 / 5, rel=1e-12)
+
+
 def test_read_rapl_files(tmp_path):
     from edgegen.eval.profile import read_rapl_joules
 

@@ -1,6 +1,7 @@
 """The edgegen CLI: --help, smoke runs of train / compress / sweep, errors naming the key."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -209,4 +210,7 @@ def test_paired_test_uses_the_seeds_both_sides_have(tmp_path, monkeypatch):
     var = next(r for r in out["rows"] if r["variant"] == "var")
     assert var["paired_seeds"] == 3  # seeds 0, 2, 4
     assert var["diff_vs_baseline"] == pytest.approx(1.0)  # each pair differs by exactly 1
+    # a constant non-zero difference has no spread: t is +inf (variant above baseline), p is 0
+    assert var["p"] == 0.0 and var["significant"] is True
+    assert var["t"] == math.inf
     assert out["failed"] == ["base", "var"]

@@ -306,6 +306,17 @@ def test_the_logged_learning_rate_is_the_one_the_step_used(tmp_path):
     assert logged == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 5.5e-4], rel=1e-9)
 
 
+def test_a_constant_schedule_warms_up_then_holds(tmp_path):
+    cfg = tiny("lm", tmp_path, optim={"schedule": "constant", "warmup_steps": 3, "lr": 1e-3},
+               train={"steps_per_epoch": 6})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    logged = []
+    trainer.callbacks.append(lambda t, m: logged.append(m["lr"]))
+    trainer.fit()
+    # Steps 1-3 warm up (1/3 .. 3/3 of lr), then lr itself to the end.
+    assert logged == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3], rel=1e-9)
+
+
 def test_gradient_accumulation_with_batchnorm_warns(tmp_path):
     import warnings
 
