@@ -28,6 +28,8 @@ def test_paper_data_covers_every_table():
         assert t["paper"] in papers["papers"] and t["table"] and t["title"]
         for key, v in (t["values"] or {}).items():
             assert "/" in key and isinstance(v["value"], (int, float)) and len(v["source"]) > 10
+            assert v.get("cited_from", t["paper"]) in papers["papers"]
+            assert set(v) <= {"value", "std", "source", "row", "cited_from"}, key
     headline = papers["tables"]["headline"]["values"]
     assert headline["quantization/latency_reduction_pct"] == {
         "value": 70.3, "std": 3.2, "source": "lrg abstract: latency -70.3 +- 3.2% from quantization"}
@@ -349,6 +351,25 @@ def test_published_power_sits_beside_our_energy_row(tmp_path):
     assert "Published but not measured" not in md
     md = _table_markdown("headline", papers["tables"]["headline"], rows[:1], ctx, None, papers)
     assert "Published but not measured here: quantization/power_reduction_pct" in md
+
+
+def test_figures_of_another_paper_are_marked_cited_and_name_it(tmp_path):
+    from edgegen.reproduce.runner import Context, Row, _table_markdown
+
+    papers = load_papers()
+    ctx = Context("cpu-smoke", [0], tmp_path, False, None, lambda m: None, load_recipes())
+    spec = papers["tables"]["lightweight"]
+    assert {v.get("cited_from") for v in spec["values"].values()} == {"oged"}
+    md = _table_markdown("lightweight", spec, [Row("int8_ptq/size_reduction_pct", [74.0], "measured")], ctx, None,
+                         papers)
+    oged = papers["papers"]["oged"]
+    assert f"The paper column's cells marked (cited) are figures of {oged}, not of this table's paper." in md
+    line = next(x for x in md.splitlines() if x.startswith("| int8_ptq/size_reduction_pct |"))
+    assert "| 73.5 (cited) |" in line and f"cited from {oged}, not a value of this table's paper" in line
+    assert "published:" not in line
+    size = _table_markdown("size", papers["tables"]["size"], [Row("dcgan_generator/params", [3.58e6], "measured")],
+                           ctx, None, papers)
+    assert "(cited)" not in size and "; published: lrg: the DCGAN generator has 4.2 M parameters" in size
 
 
 def test_unfittable_seed_keeps_the_sweep_rows(tmp_path, monkeypatch):

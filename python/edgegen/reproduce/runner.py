@@ -241,7 +241,7 @@ def _identity(run_dir) -> str:
 
 # ----------------------------------------------------------------------------------- measurements
 def _paper_architectures(ctx: Context, seed: int) -> dict:
-    """The paper-size models (random weights, seeded) in each form the efficiency tables compare."""
+    """The full-size models (random weights, seeded) in each form the efficiency tables compare."""
     from edgegen.config import from_dict
     from edgegen.prune import ChannelConfig, prune_, shrink
     from edgegen.quant import Int8DynamicConfig, quantize_
@@ -379,8 +379,8 @@ def _rows_from(results: list, spec: list) -> list:
 
 
 # ----------------------------------------------------------------------------------- tables
-ARCH_NOTE = ("paper architecture with random weights (size, FLOPs and speed do not depend on the values); measured on "
-             "this machine's CPU, not the paper's devices")
+ARCH_NOTE = ("full-size architecture with random weights (size, FLOPs and speed do not depend on the values); measured "
+             "on this machine's CPU, not the paper's devices")
 
 
 def _size_latency_memory_power(ctx: Context, table: str) -> list:
@@ -713,7 +713,10 @@ BUILDERS = {"size": lambda c: _size_latency_memory_power(c, "size"),
 PRESET_NOTES = {"cpu-smoke": "models scaled down and trained for a few steps on subsets: quality numbers are real "
                              "measurements of barely trained models",
                 "cpu-small": "models scaled down and trained briefly on the CPU",
-                "paper": "the published recipe"}
+                "paper": "edgegen's full-scale recipe: the published settings where quoted (batch 32 for images and 8 "
+                          "for text, learning rate 2e-4, 100 epochs for the image models and 3 for GPT-2, T = 2), "
+                          "edgegen's choices for the rest (optimizer details, schedules, widths, sample counts: "
+                          "recipes.yaml)"}
 
 
 def _departures(ctx: Context, table: str, rows: list) -> list:
@@ -726,8 +729,9 @@ def _departures(ctx: Context, table: str, rows: list) -> list:
         ours = next((v for r in rows if r.key == "dcgan_generator/params" for v in r.values if _is_finite(v)), None)
         if ours is not None and table == "size":
             notes.append(f"Our DCGAN generator (nz 100, ngf 64, 64x64 output) has {ours / 1e6:.2f} M parameters; "
-                         "the paper reports 4.2 M (its exact layer widths are not given).")
-        notes.append("Efficiency tables use the paper-size architectures with random weights at every preset.")
+                         "the paper reports 4.2 M (edgegen's record of the paper does not give the widths behind it).")
+        notes.append("Efficiency tables use the full-size architectures (edgegen's: DCGAN nz 100 / ngf 64, Beta-VAE "
+                     "with 32 latents, GPT-2 student 6L/384) with random weights at every preset.")
     if table in ("quality", "lightweight", "tradeoff"):
         if any(r.label == "FID-nonstandard" for r in rows):
             notes.append("The Inception weights given ($EDGEGEN_FID_WEIGHTS) are not the official FID weights: image "
@@ -750,8 +754,11 @@ def _cpu() -> str:
 
 
 def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str | None, papers: dict) -> str:
+    cited = sorted({pv["cited_from"] for pv in (spec.get("values") or {}).values() if pv.get("cited_from")})
     head = (f"## {name}: {spec['title']}\n\n{papers['papers'][spec['paper']]}, {spec['table']}. Preset "
-            f"`{ctx.preset}`, seeds {ctx.seeds}.\n\n")
+            f"`{ctx.preset}`, seeds {ctx.seeds}."
+            + "".join(f" The paper column's cells marked (cited) are figures of {papers['papers'][c]}, not of this "
+                      "table's paper." for c in cited) + "\n\n")
     if error:
         return head + f"**Not filled**: {error}\n"
     lines = ["| quantity | paper | ours (mean +- std over seeds) | n | label | note |", "|---|---|---|---|---|---|"]
@@ -766,7 +773,11 @@ def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str 
         lacking = len(r.values) - st["n"]
         note = "; ".join(filter(None, (r.note, f"no finite value for {lacking} of {len(r.values)} seeds (left out of "
                                                "the mean)" if lacking else "")))
-        note += f"; published: {pv['source']}" if pv is not None else ""
+        if pv is not None and pv.get("cited_from"):
+            paper += " (cited)"
+            note += f"; cited from {papers['papers'][pv['cited_from']]}, not a value of this table's paper: {pv['source']}"
+        elif pv is not None:
+            note += f"; published: {pv['source']}"
         lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {note} |")
     missing = [k for k, pv in published.items() if pv.get("row", k) not in {r.key for r in rows}]
     body = "\n".join(lines) + "\n"
