@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from edgegen.distill import FusedLinearKDLoss, fused_linear_kd_loss, kd_loss
+from edgegen.ops import fused_linear_kd_loss_reference
 from tests.helpers import assert_grad_close, assert_loss_close, make_target
 
 
@@ -57,6 +58,43 @@ def test_matches_materialised(dtype, chunk_size, reduction, bias):
             torch.testing.assert_close(got.double(), exp, rtol=5e-2, atol=5e-2 * exp.abs().max().item())
         else:
             assert_grad_close(got, exp, torch.float32 if dtype == torch.float32 else dtype)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=2.0, alpha=0.5, reduction="mean", chunk_size=0, grad_in_forward=True),
+    dict(temperature=3.5, alpha=0.3, reduction="sum", chunk_size=4, grad_in_forward=True),
+    dict(temperature=1.0, alpha=1.0, reduction="mean", chunk_size=5, grad_in_forward=False),
+    dict(temperature=0.7, alpha=0.0, reduction="sum", chunk_size=3, grad_in_forward=True),
+    dict(temperature=1.5, alpha=0.8, reduction="none", chunk_size=6, grad_in_forward=False),
+], ids=["mean", "sum-chunked", "kd-only-recompute", "ce-only", "none"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_op_equals_its_pure_pytorch_twin(settings, bias, dtype):
+    """The C++ op against fused_linear_kd_loss_reference (materialised logits, float64): loss and
+    the student's gradients, with a custom ignore_index and a random upstream gradient."""
+    n, vocab, ignore = 17, 53, 7
+    h_s, w_s, b_s, h_t, w_t, b_t = make(n, 12, 20, vocab, dtype, bias)
+    y = make_target((n,), vocab, "none")
+    y[::4] = ignore
+    kw = {k: v for k, v in settings.items() if k in ("temperature", "alpha", "reduction")}
+    loss = fused_linear_kd_loss(h_s, w_s, h_t, w_t, y, ignore_index=ignore, student_bias=b_s, teacher_bias=b_t,
+                                chunk_size=settings["chunk_size"], grad_in_forward=settings["grad_in_forward"], **kw)
+    up = torch.rand(loss.shape, dtype=torch.float64) + 0.5
+    loss.backward(up.to(dtype))
+    leaves = [None if x is None else x.detach().double().requires_grad_() for x in (h_s, w_s, b_s)]
+    ref = fused_linear_kd_loss_reference(leaves[0], leaves[1], h_t.double(), w_t.double(), y, ignore_index=ignore,
+                                         student_bias=leaves[2], teacher_bias=None if b_t is None else b_t.double(),
+                                         **kw)
+    ref.backward(up)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
+    assert loss.dtype == dtype and loss.shape == ref.shape
+    torch.testing.assert_close(loss.double(), ref.detach(), **tol)
+    for got, want in zip((h_s.grad, w_s.grad, None if b_s is None else b_s.grad), leaves):
+        if want is None:
+            assert got is None
+            continue
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want.grad, **tol)
 
 
 def test_three_dimensional_hidden_states_and_all_ignored():

@@ -46,6 +46,38 @@ def test_extremes_equal_fixed_precision_generation(rule, threshold, expect, low)
     assert stats["low_fraction"] == (1.0 if expect == "low" else 0.0) and stats["steps"] == 16
 
 
+def confident_reference(logits: torch.Tensor, rule: str, threshold: float) -> bool:
+    """float64: every row's top-1 probability >= threshold, or every row's entropy / log V <= threshold."""
+    p = torch.softmax(logits.double(), -1)
+    if rule == "top1":
+        return bool((p.max(-1).values >= threshold).all())
+    entropy = -(p * p.log()).sum(-1) / torch.log(torch.tensor(float(logits.shape[-1]), dtype=torch.float64))
+    return bool((entropy <= threshold).all())
+
+
+PEAKED = torch.tensor([[0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # p_max 0.742, entropy / log 8: 0.517
+UNIFORM = torch.zeros(1, 8)  # p_max 0.125, entropy / log 8: 1
+ROWS = {"peaked": PEAKED, "uniform": UNIFORM, "mixed": torch.cat([PEAKED, UNIFORM]),
+        "two-peaked": torch.cat([PEAKED, PEAKED.roll(3, -1)])}
+
+
+@pytest.mark.parametrize("rule,threshold,expect", [
+    ("top1", 0.5, dict(peaked=True, uniform=False, mixed=False)),
+    ("top1", 0.8, dict(peaked=False, uniform=False, mixed=False)),
+    ("top1", 0.1, dict(peaked=True, uniform=True, mixed=True)),
+    ("entropy", 0.6, dict(peaked=True, uniform=False, mixed=False)),  # 0.517 of log 8, 1.07 nats
+    ("entropy", 0.4, dict(peaked=False, uniform=False, mixed=False)),
+], ids=["top1-0.5", "top1-0.8", "top1-0.1", "entropy-0.6", "entropy-0.4"])
+@pytest.mark.parametrize("rows", list(ROWS), ids=list(ROWS))
+def test_confident_at_intermediate_thresholds_equals_a_float64_reference(rule, threshold, expect, rows):
+    logits = ROWS[rows]
+    want = confident_reference(logits, rule, threshold)
+    assert want == expect["peaked" if rows == "two-peaked" else rows]  # the reference itself, by hand
+    cfg = DynamicPrecisionConfig(rule=rule, threshold=threshold)
+    assert cfg.confident(logits) is want
+    assert cfg.confident(logits.to(torch.bfloat16)) is want  # far from the thresholds: bf16 logits agree
+
+
 @dataclass
 class Alternating(DynamicPrecisionConfig, kind="test-alternating-precision"):
     """Confident on every other step: exercises the switching and its bookkeeping."""

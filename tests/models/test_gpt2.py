@@ -410,3 +410,53 @@ def test_nucleus_matches_a_float64_reference_on_the_gpt2_vocabulary(top_p, scale
         assert expected.all()
         sample_next(logits)
         assert torch.equal(seen[-2], seen[-1])
+
+
+def tempered_top_k_reference(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    """[B, V] float64: softmax(logits / temperature) renormalised over the top_k largest logits
+    of each row (all of them for None), 0 elsewhere."""
+    z = logits.double() / temperature
+    keep = torch.ones_like(z, dtype=torch.bool)
+    if top_k is not None:
+        keep = torch.zeros_like(keep).scatter_(-1, z.argsort(-1, descending=True)[:, :top_k], True)
+    p = torch.exp(z - z.max(-1, keepdim=True).values) * keep
+    return p / p.sum(-1, keepdim=True)
+
+
+def _capture_multinomial(monkeypatch) -> list:
+    seen = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial",
+                        lambda p, n, generator=None: seen.append(p) or real(p, n, generator=generator))
+    return seen
+
+
+SAMPLING = [(0.5, None), (2.0, None), (0.7, 3), (1.5, 7), (1.0, 4)]
+SAMPLING_IDS = ["T0.5", "T2", "T0.7-k3", "T1.5-k7", "T1-k4"]
+
+
+@pytest.mark.parametrize("temperature, top_k", SAMPLING, ids=SAMPLING_IDS)
+def test_sampling_distribution_is_the_tempered_top_k_softmax(temperature, top_k, monkeypatch):
+    logits = torch.randn(4, 97, generator=torch.Generator().manual_seed(7)) * 3
+    seen = _capture_multinomial(monkeypatch)
+    sample_next(logits, temperature=temperature, top_k=top_k)
+    want = tempered_top_k_reference(logits, temperature, top_k)
+    assert (seen[-1] > 0).sum(-1).tolist() == [top_k or 97] * 4
+    assert torch.equal(seen[-1] > 0, want > 0)
+    torch.testing.assert_close(seen[-1].double(), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature, top_k", SAMPLING, ids=SAMPLING_IDS)
+def test_generate_samples_from_the_tempered_top_k_softmax(temperature, top_k, monkeypatch):
+    m = GPT2(TINY).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(20)  # tied with wte: logits spread enough that temperature shows
+    prompt = torch.randint(0, 97, (2, 5))
+    with torch.no_grad():
+        logits = m(prompt)[:, -1, :]
+    seen = _capture_multinomial(monkeypatch)
+    m.generate(prompt, 1, temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(0))
+    want = tempered_top_k_reference(logits, temperature, top_k)
+    assert len(seen) == 1 and (seen[0] > 0).sum(-1).tolist() == [top_k or 97] * 2
+    assert torch.equal(seen[0] > 0, want > 0)
+    torch.testing.assert_close(seen[0].double(), want, rtol=1e-4, atol=1e-6)

@@ -53,12 +53,52 @@ def test_qat_lsq_gradients_equal_torch_reference():
     wq = torch._fake_quantize_learnable_per_channel_affine(w, ws, wz, 0, -127, 127, 1.0 / (12 * 127) ** 0.5)
     ref = F.linear(xq, wq, b)
     ref.backward(g)
+    _assert_matches_reference(q, out, ref, w, b, ws, a_s, a_z)
+
+
+def _assert_matches_reference(q, out, ref, w, b, ws, a_s, a_z):
+    """The QAT layer's output and every gradient (weights, bias, the learned scales and zero
+    point) equal the reference's."""
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(q.module.weight.grad, w.grad)
     torch.testing.assert_close(q.module.bias.grad, b.grad)
     torch.testing.assert_close(q.weight_scale.grad, ws.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(q.act_scale.grad, a_s.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(q.act_zero_point.grad, a_z.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, axis", [
+    (lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1), 0),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1), 1),
+], ids=["conv2d", "conv-transpose2d"])
+def test_qat_lsq_gradients_of_convolutions_equal_torch_reference(make, axis):
+    # LSQ's gradient factors 1 / sqrt(n * qmax): n = the weights per output channel (C_in * kh * kw,
+    # the weight's output-channel axis is 1 for ConvTranspose2d) and the features per sample (C * H * W).
+    torch.manual_seed(0)
+    conv = make()
+    q = QATModule(copy.deepcopy(conv), QATConfig("lsq", "lsq"))
+    x = torch.randn(2, conv.in_channels, 7, 6)
+    out = q(x)  # initialises the activation scale from this batch
+    g = torch.randn_like(out)
+    out.backward(g)
+    c_in, c_out, kh, kw = conv.in_channels, conv.out_channels, *conv.kernel_size
+    w_factor = 1.0 / (c_in * kh * kw * 127) ** 0.5
+    a_factor = 1.0 / (conv.in_channels * 7 * 6 * 127) ** 0.5
+    w = conv.weight.detach().clone().requires_grad_()
+    b = conv.bias.detach().clone().requires_grad_()
+    ws = q.weight_scale.detach().clone().requires_grad_()
+    assert ws.shape == (c_out,)
+    wz = torch.zeros(c_out)
+    a_s = q.act_scale.detach().clone().requires_grad_()
+    a_z = q.act_zero_point.detach().clone().requires_grad_()
+    xq = torch._fake_quantize_learnable_per_tensor_affine(x, a_s, a_z, 0, 127, a_factor)
+    wq = torch._fake_quantize_learnable_per_channel_affine(w, ws, wz, axis, -127, 127, w_factor)
+    if axis == 0:
+        ref = F.conv2d(xq, wq, b, conv.stride, conv.padding)
+    else:
+        ref = F.conv_transpose2d(xq, wq, b, conv.stride, conv.padding, conv.output_padding)
+    ref.backward(g)
+    _assert_matches_reference(q, out, ref, w, b, ws, a_s, a_z)
 
 
 def test_qat_ste_gradients_equal_torch_reference():

@@ -43,6 +43,27 @@ def test_minmax_ops_and_observers_match_torch():
         assert lo.item() == x.to(dtype).min().float().item() and hi.item() == x.to(dtype).max().float().item()
 
 
+@pytest.mark.parametrize("axis", [None, 1], ids=["per-tensor", "per-channel"])
+def test_moving_average_observer_follows_the_ema_of_the_batch_extremes(axis):
+    # c = 0.1 weights the newest batch by c and the running value by 1 - c (asymmetric, unlike
+    # c = 0.5); the first batch initialises the averages.
+    c = 0.1
+    batches = [torch.randn(6, 5, 4), torch.randn(6, 5, 4) * 4 + 1, torch.randn(6, 5, 4) * 0.5 - 2]
+    dims = (0, 1, 2) if axis is None else (0, 2)
+    ema = MovingAverageMinMaxObserver(averaging_constant=c, axis=axis)
+    want_lo = want_hi = None
+    for x in batches:
+        ema(x)
+        xd = x.double()
+        lo, hi = xd.amin(dim=dims).reshape(-1), xd.amax(dim=dims).reshape(-1)  # per tensor: shape (1,)
+        if want_lo is None:
+            want_lo, want_hi = lo, hi
+        else:
+            want_lo, want_hi = (1 - c) * want_lo + c * lo, (1 - c) * want_hi + c * hi
+        torch.testing.assert_close(ema.min_val.double(), want_lo, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ema.max_val.double(), want_hi, rtol=1e-6, atol=1e-6)
+
+
 def test_histogram_equals_torch_histc():
     x = torch.randn(100_000)
     counts = torch.ops.edgegen.observe_histogram(x, 64, -2.0, 2.0)
@@ -57,6 +78,11 @@ def test_qparams_conventions():
     assert torch.allclose(s, torch.tensor([3.0 / 127])) and z.item() == 0
     s, z = qparams_from_range(torch.tensor([0.5]), torch.tensor([2.0]), 0, 127)  # the range always includes 0
     assert z.item() == 0 and torch.allclose(s, torch.tensor([2.0 / 127]))
+    # Symmetric on an unsigned range: the zero point in the middle, (qmin + qmax + 1) // 2.
+    s, z = qparams_from_range(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 255, symmetric=True)
+    assert torch.allclose(s, torch.tensor([3.0 / 127.5])) and z.item() == 128
+    s, z = qparams_from_range(torch.tensor([-2.0, 0.0]), torch.tensor([1.0, 0.5]), 0, 127, symmetric=True)
+    assert torch.allclose(s, torch.tensor([2.0, 0.5]) / 63.5) and z.tolist() == [64, 64]
 
 
 def test_percentile_and_mse_observers_clip_outliers():
@@ -82,6 +108,83 @@ def test_percentile_and_mse_observers_clip_outliers():
     assert e_mse < e_mm  # strictly: clipping the outliers pays here
 
 
+def test_percentile_observer_rebins_a_straddling_bin_by_its_centre():
+    # 4 bins over [-3, 1] (width 1), then [-3, 2.6] (width 1.4): the old bin [-2, -1) straddles the
+    # new edge -1.6; its centre -1.5 (and its 20 values at -1.3) lie in the new bin [-1.6, -0.2).
+    # Below -1.6: 1 of 100 values, then 21: lower = -1.6; [1.2, 2.6] holds the last 78: upper = 2.6.
+    obs = PercentileObserver(percentile=90.0, bins=4)  # quant range [0, 127]
+    obs(torch.cat([torch.tensor([-3.0, 1.0]), torch.full((20,), -1.3)]))
+    obs(torch.cat([torch.tensor([2.6]), torch.full((77,), 2.0)]))
+    assert obs.histogram.tolist() == [1.0, 20.0, 1.0, 78.0]
+    s, z = obs.calculate_qparams()
+    assert s.item() == pytest.approx(4.2 / 127, rel=1e-5)  # 2.6 - (-1.6)
+    assert z.item() == round(1.6 / (4.2 / 127))  # 48
+
+
+def _percentile_clip_range(obs, sign):
+    """The observer's (lower, upper) clip bound read back from its qparams: with data of one sign
+    the range's other end is 0, so scale * (qmax - qmin) is the bound itself."""
+    s, z = obs.calculate_qparams()
+    assert z.item() == (obs.quant_min if sign > 0 else obs.quant_max)
+    return s.double().item() * (obs.quant_max - obs.quant_min)
+
+
+@pytest.mark.parametrize("sign", [1, -1], ids=["upper", "lower"])
+def test_percentile_observer_clips_within_one_bin_of_the_float64_quantile(sign):
+    # Upper bound: the right edge of the bin holding the q-quantile, so in [quantile, quantile + w];
+    # lower bound: the left edge of the bin holding the (1 - q)-quantile, in [quantile - w, quantile].
+    torch.manual_seed(3)
+    x = sign * (torch.randn(60_000).abs() + 0.25)
+    x[:20] = sign * 12.0  # a few outliers beyond the percentile
+    obs = PercentileObserver(percentile=99.0, bins=512, quant_min=0, quant_max=255)
+    obs(x)
+    xd = x.double()
+    w = (xd.max() - xd.min()).item() / 512
+    slack = 1e-5 * xd.abs().max().item()  # float32 bounds and scale
+    if sign > 0:
+        q = torch.quantile(xd, 0.99).item()
+        upper = _percentile_clip_range(obs, sign)
+        assert q - slack <= upper <= q + w + slack
+    else:
+        q = torch.quantile(xd, 0.01).item()
+        lower = -_percentile_clip_range(obs, sign)
+        assert q - w - slack <= lower <= q + slack
+
+
+def test_percentile_observer_on_mixed_signs_spans_the_quantiles_within_two_bins():
+    torch.manual_seed(4)
+    x = torch.randn(60_000) * 2 + 0.5
+    x[:30] = -15.0
+    x[30:60] = 20.0
+    obs = PercentileObserver(percentile=99.5, bins=1024, quant_min=0, quant_max=255)
+    obs(x)
+    xd = x.double()
+    w = (xd.max() - xd.min()).item() / 1024
+    width = (torch.quantile(xd, 0.995) - torch.quantile(xd, 0.005)).item()
+    s = obs.calculate_qparams()[0].double().item() * 255
+    assert width - 1e-4 <= s <= width + 2 * w + 1e-4
+
+
+def test_percentile_observer_rebins_a_growing_range_exactly():
+    # The range doubles twice around 0 (16 bins over [-1, 1], [-2, 2], [-4, 4]): each re-binning
+    # merges neighbouring pairs, so the final histogram is the one of all 1000 values over [-4, 4]
+    # (bin width 0.5). Below -1.5: 2 values (-4, -2); in [-1.5, -1): the 150 at -1.3, cumulative
+    # 0.152 >= 0.1, so lower = -1.5. Below 0.5: 847 values (0.847 < 0.9); [0.5, 1) adds the 150 at
+    # 0.8 and the 1 (0.998 >= 0.9), so upper = 1.0.
+    def batch(*pairs):
+        return torch.cat([torch.full((n,), v) for v, n in pairs])
+
+    obs = PercentileObserver(percentile=90.0, bins=16)  # quant range [0, 127]
+    obs(batch((-1.0, 1), (1.0, 1), (0.8, 150), (0.05, 48)))
+    obs(batch((-2.0, 1), (2.0, 1), (-1.3, 150), (0.05, 248)))
+    obs(batch((-4.0, 1), (4.0, 1), (0.05, 398)))
+    assert obs.histogram.sum().item() == 1000
+    assert obs.min_val.item() == -4.0 and obs.max_val.item() == 4.0
+    s, z = obs.calculate_qparams()
+    assert s.item() == pytest.approx(2.5 / 127, rel=1e-6)  # upper - lower = 1.0 - (-1.5)
+    assert z.item() == round(1.5 / (2.5 / 127))  # 76: lower = -z * scale
+
+
 def test_mse_clip_range_is_the_argmin():
     x = torch.randn(5000)
     lo, hi = torch.ops.edgegen.mse_clip_range(x, -4.0, 4.0, 0, 127, 20)
@@ -91,6 +194,31 @@ def test_mse_clip_range_is_the_argmin():
         errs.append(((fake_quantize(x, sc, zp.int(), 0, 127) - x).double().pow(2).sum().item(), s))
     best = min(errs)[1]
     assert lo == pytest.approx(-4.0 * best / 20) and hi == pytest.approx(4.0 * best / 20)
+
+
+@pytest.mark.parametrize("qmin, qmax, mid", [(0, 255, 128), (-127, 127, 0)], ids=["u8", "s8-narrow"])
+def test_symmetric_mse_observer_equals_a_float64_search_over_plus_minus_amax(qmin, qmax, mid):
+    # Skewed data (mostly positive, max 6, min about -0.9): the candidates are [-amax, amax] * s /
+    # steps, not [min, max] * s / steps (whose best choice here is the whole range).
+    torch.manual_seed(5)
+    x = torch.randn(8000) * 0.5 + 1.0
+    x[:2] = 6.0
+    steps = 40
+    obs = MSEObserver(steps=steps, symmetric=True, quant_min=qmin, quant_max=qmax)
+    obs(x[:4000])
+    obs(x[4000:])
+    xd = x.double()
+    amax = max(-xd.min().item(), xd.max().item())
+    errs = []
+    for k in range(1, steps + 1):
+        scale = amax * k / steps / ((qmax - qmin) / 2)
+        q = torch.clamp(torch.round(xd / scale) + mid, qmin, qmax)
+        errs.append(((q - mid) * scale - xd).pow(2).sum().item())
+    best = min(range(steps), key=lambda k: errs[k]) + 1
+    assert best < steps  # an interior optimum: the outliers are clipped
+    s, z = obs.calculate_qparams()
+    assert z.item() == mid
+    assert s.item() == pytest.approx(amax * best / steps / ((qmax - qmin) / 2), rel=1e-5)
 
 
 @pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1), dict(k=4, s=2, p=1), dict(k=1, s=1, p=0), dict(k=3, s=2, p=0, d=2)])
