@@ -82,7 +82,7 @@ def test_quantized_training_run_loads_as_shipped(env):
 def test_channel_pruning_run_saves_and_loads_the_shrunk_model(env):
     cfg = tiny("vae", env, compress={"prune": {"kind": "ChannelConfig", "amount": 0.5}})
     run_dir = _train(cfg, env, "chan")
-    assert (run_dir / "model-shrunk.pt").is_file()
+    assert (run_dir / "model-shrunk.safetensors").is_file()
     shipped, flt = load_run(run_dir), load_run(run_dir, form="float")
     assert shipped.form == "pruned, shrunk" and flt.form == "float, pruned (masks baked in)"
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -90,6 +90,63 @@ def test_channel_pruning_run_saves_and_loads_the_shrunk_model(env):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(shipped.model.reconstruct(x), flt.model.reconstruct(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """torch.load that refuses to unpickle (weights_only=False): loading must never need it."""
+    real = torch.load
+
+    def load(*args, **kwargs):
+        assert kwargs.get("weights_only", True) is True, "a run folder file was unpickled"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+
+
+def test_the_shrunk_model_is_rebuilt_from_the_checkpoint_and_takes_the_files_tensors(env, no_unpickling):
+    from edgegen.tensor_files import read_safetensors, write_safetensors
+
+    cfg = tiny("vae", env, compress={"prune": {"kind": "ChannelConfig", "amount": 0.5}})
+    run_dir = _train(cfg, env, "chan")
+    art = run_dir / "model-shrunk.safetensors"
+    assert not list(run_dir.glob("model-shrunk.pt"))
+    state, _ = read_safetensors(art)
+    shipped = load_run(run_dir)
+    assert shipped.source[-1] == str(art)
+    assert {k: v.shape for k, v in shipped.model.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
+    state[name] = state[name] * 2  # the shipped tensors are the file's
+    write_safetensors(state, art)
+    torch.testing.assert_close(load_run(run_dir).model.state_dict()[name], state[name], rtol=0, atol=0)
+    state[name] = state[name][:1]  # a file from another run: shapes the checkpoint does not shrink to
+    write_safetensors(state, art)
+    with pytest.raises(ValueError, match=f"model-shrunk.safetensors: does not match the model the run's checkpoint "
+                                         f"shrinks to \\(first differing tensors: {re.escape(name)}"):
+        load_run(run_dir)
+
+
+def test_compress_from_ships_tensors_only_and_refuses_an_earlier_pickle(env, no_unpickling):
+    src = _train(tiny("vae", env), env, "vae")
+    out = Path(compress_from(src, {"prune": {"kind": "ChannelConfig", "amount": 0.5},
+                                   "ptq": {"kind": "Int8DynamicConfig"}})["run_dir"])
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == []
+    run, flt = load_run(out), load_run(out, form="float")
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert any(isinstance(m, Int8Linear) for m in run.model.modules()) and n(run.model) < n(flt.model)
+    shrunk = Path(compress_from(src, {"prune": {"kind": "ChannelConfig", "amount": 0.5}}, env / "shrunk")["run_dir"])
+    small = load_run(shrunk)
+    assert small.form == "compressed after training: channel0.5" and n(small.model) < n(flt.model)
+    assert small.source[-1] == str(shrunk / "model-shrunk.safetensors")
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(small.model.reconstruct(x), flt.model.reconstruct(x), atol=1e-4, rtol=1e-4)
+    # A folder an earlier edgegen wrote: the quantized model only as a pickled module.
+    (out / "model-ptq.safetensors").rename(out / "model-shipped.pt")
+    with pytest.raises(ValueError, match="holds its compressed model only as model-shipped.pt, a pickle written by an "
+                                         "earlier edgegen, which is not loaded"):
+        load_run(out)
+    assert load_run(out, form="float").form == "float"
 
 
 def test_unstructured_pruning_run_saves_sparse(env):

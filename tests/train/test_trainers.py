@@ -288,7 +288,9 @@ def test_a_gan_with_static_ptq_calibrates_its_generator_on_latents_and_ships(tmp
     # The generator post-hoc static quantization makes of the run's float checkpoint (calibrated
     # on the same seeded latents).
     post = compress_from(tmp_path / "run", {"ptq": {"kind": "Int8StaticConfig"}}, tmp_path / "post")
-    shipped = torch.load(post["artifacts"]["shipped"], weights_only=False).eval()
+    from edgegen.eval.runs import load_run
+
+    shipped = load_run(tmp_path / "post").model
     z = torch.randn(4, cfg.model.nz, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(g(z), shipped(z))

@@ -6,8 +6,9 @@ table.
 A run folder is what ``edgegen train``/``compress``/``sweep`` write: ``checkpoints/{last,best}.pt``
 (config, module states with pruning masks), and the shipped artifacts beside them:
 ``model-ptq.safetensors`` / ``model-int8.safetensors`` (quantized, ``save_quantized``),
-``model-shrunk.pt`` (a channel/head-pruned model physically shrunk), ``model-sparse.safetensors``
-(unstructured sparsity, ``save_sparse``).
+``model-shrunk.safetensors`` (a channel/head-pruned model physically shrunk: its tensors, the
+architecture being what ``shrink`` makes of the checkpoint), ``model-sparse.safetensors``
+(unstructured sparsity, ``save_sparse``). Nothing in a run folder is unpickled.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ MAIN_MODULE = {"gan": "generator", "vae": "model", "lm": "model", "distill": "mo
 QUANTIZED_ARTIFACTS = ("model-int8.safetensors", "model-ptq.safetensors")
 # What wrote each quantized artifact: QAT converted at the end of training, or post-training quantization.
 ARTIFACT_ORIGIN = {"model-int8.safetensors": "qat", "model-ptq.safetensors": "ptq"}
-SHRUNK_ARTIFACT = "model-shrunk.pt"
+SHRUNK_ARTIFACT = "model-shrunk.safetensors"
+PICKLED_SHIPPED = "model-shipped.pt"  # earlier versions of compress --from; not loaded
 KIND_METRICS = {"dcgan": ("fid",), "vae": ("vae", "fid"), "gpt2": ("ppl", "text")}
 ALL_METRICS = ("fid", "kid", "vae", "ssim", "ppl", "bleu", "text")
 
@@ -118,9 +120,10 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
     ``which``: "last" or "best" checkpoint. ``form``: "shipped" (the run's quantized artifact if it
     has one; else a pruned model with its masks baked in and, for channel/head pruning, physically
     shrunk; else the float model) or "float" (the trained weights before quantization, masks baked
-    in). The model is returned in eval mode on ``device``. Checkpoints and safetensors artifacts
-    are read as tensors and plain data only; the whole-model artifacts (``model-shrunk.pt``,
-    ``model-shipped.pt``) are pickles: load the shipped form only of run folders you trust.
+    in). The model is returned in eval mode on ``device``. Everything is read as tensors and plain
+    data (nothing in the folder is unpickled): the architecture comes from the checkpoint's config
+    (shrunk by ``shrink`` where channel/head pruning shrinks it, deterministically), the shipped
+    tensors from the artifact.
     """
     from edgegen.train import checkpoint as ckpt
 
@@ -138,7 +141,8 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
     if state is None:
         raise ValueError(f"run_dir: {ck} holds no '{key}' module")
     sources = [str(ck)]
-    artifacts = [a for a in ("model-shipped.pt", *QUANTIZED_ARTIFACTS, SHRUNK_ARTIFACT) if (run_dir / a).is_file()]
+    posthoc = "posthoc_tag" in snap  # written by compress --from: the state is pruned and baked, not masked
+    artifacts = [a for a in (*QUANTIZED_ARTIFACTS, SHRUNK_ARTIFACT) if (run_dir / a).is_file()]
     # On the checkpoint actually resolved: a path to checkpoints/best.pt must not get around it.
     from_last = ck.resolve() == (run_dir / "checkpoints" / "last.pt").resolve()
     if form == "shipped" and artifacts and not from_last:
@@ -146,23 +150,23 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
         raise ValueError(f"{arg}: the shipped artifacts of {run_dir} ({', '.join(artifacts)}) were made from the last "
                          f"checkpoint (checkpoints/last.pt), not from {ck.name}; use which='last', or form='float' "
                          f"for the float weights of {ck.name}")
+    posthoc_form = "compressed after training: " + str(snap.get("posthoc_tag"))
+    # Its quantized model (unlike a pruned one, which the checkpoint rebuilds) is in that file alone.
+    if form == "shipped" and posthoc and not artifacts and (run_dir / PICKLED_SHIPPED).is_file() and \
+            cfg.compress.ptq is not None:
+        raise ValueError(f"run_dir: {run_dir} holds its compressed model only as {PICKLED_SHIPPED}, a pickle written "
+                         "by an earlier edgegen, which is not loaded (unpickling runs code from the file); compress "
+                         f"the source run again (edgegen compress --from {snap.get('source')}), or use form='float'")
     if form == "shipped":
-        shipped = run_dir / "model-shipped.pt"  # written by edgegen compress --from
-        if shipped.is_file():
-            model = torch.load(shipped, map_location="cpu", weights_only=False)
-            what = "compressed after training: " + str(snap.get("posthoc_tag", "?"))
-            return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, what, sources + [str(shipped)], form)
         for art in QUANTIZED_ARTIFACTS:
             if (run_dir / art).is_file():
                 from edgegen.quant import load_quantized
 
-                what = f"{quantized_form(run_dir / art)} ({ARTIFACT_ORIGIN[art]})"
-                model = load_quantized(_plain_float(cfg, state), run_dir / art)
+                what = posthoc_form if posthoc else f"{quantized_form(run_dir / art)} ({ARTIFACT_ORIGIN[art]})"
+                # compress --from quantizes the shrunk model; training quantizes the full architecture.
+                base = _shrunk(_build_float(cfg, state)) if posthoc and _structured(cfg) else _plain_float(cfg, state)
+                model = load_quantized(base, run_dir / art)
                 return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, what, sources + [str(run_dir / art)], form)
-        if (run_dir / SHRUNK_ARTIFACT).is_file():
-            model = torch.load(run_dir / SHRUNK_ARTIFACT, map_location="cpu", weights_only=False)
-            return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, "pruned, shrunk",
-                             sources + [str(run_dir / SHRUNK_ARTIFACT)], form)
     model = _build_float(cfg, state)
     from edgegen.prune.masks import finalize_
 
@@ -174,12 +178,39 @@ def load_run(path, which: str = "last", form: str = "shipped", device: str | tor
         form_name = "float (QAT-trained, fake quantization kept)"
     else:
         form_name = "float, pruned (masks baked in)" if pruned else "float"
-    if pruned and form == "shipped" and _structured(cfg):
-        from edgegen.prune import shrink
-
-        model = shrink(model.eval(), model.example_inputs(1))
+    if (pruned or posthoc) and form == "shipped" and _structured(cfg):
+        model = _shrunk(model)
         form_name = "pruned, shrunk"
+        if (run_dir / SHRUNK_ARTIFACT).is_file():
+            _load_tensors(model, run_dir / SHRUNK_ARTIFACT)
+            sources.append(str(run_dir / SHRUNK_ARTIFACT))
+    if posthoc and form == "shipped":
+        form_name = posthoc_form
     return LoadedRun(model.to(device).eval(), cfg, run_dir, ck, form_name, sources, form)
+
+
+def _shrunk(model: nn.Module) -> nn.Module:
+    """The physically smaller model a pruned float model (masks or baked zeros) ships as: what
+    training and compress --from wrote, rebuilt (``shrink`` removes the same channels and heads)."""
+    from edgegen.prune import shrink
+    from edgegen.prune.masks import finalize_
+
+    model = finalize_(model).eval()
+    return shrink(model, model.example_inputs(1))
+
+
+def _load_tensors(model: nn.Module, path: Path) -> None:
+    """The tensors of a shipped safetensors file into ``model``, whose architecture was rebuilt
+    from the checkpoint: names and shapes must match exactly (a file from another run is refused)."""
+    from edgegen.tensor_files import read_safetensors
+
+    state, _ = read_safetensors(path)
+    want = model.state_dict()
+    wrong = sorted(set(want) ^ set(state)) or sorted(k for k in want if tuple(want[k].shape) != tuple(state[k].shape))
+    if wrong:
+        raise ValueError(f"{path}: does not match the model the run's checkpoint shrinks to (first differing tensors: "
+                         f"{', '.join(wrong[:3])}); the file and the checkpoint come from different runs?")
+    model.load_state_dict(state)
 
 
 _LOW_PRECISION_NAMES = {"float16": "fp16", "bfloat16": "bf16"}

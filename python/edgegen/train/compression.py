@@ -11,8 +11,9 @@ from typing import Callable
 
 from torch import nn
 
-from edgegen.train import checkpoint as ckpt
 from edgegen.train.config import CompressConfig, check_prune_steps
+
+SHRUNK_FILE = "model-shrunk.safetensors"  # a channel/head-pruned model's tensors, physically shrunk
 
 
 class Compression:
@@ -69,13 +70,17 @@ class Compression:
 
     def save_pruned(self, model: nn.Module, run_dir: Path) -> Path:
         """The pruned model as it would be shipped, beside the masked checkpoint: channel/head
-        pruning physically shrunk (``model-shrunk.pt``, the whole module), unstructured or N:M
-        sparsity compressed (``model-sparse.safetensors``, bitmask + non-zeros)."""
+        pruning physically shrunk (``model-shrunk.safetensors``, the small model's tensors; its
+        architecture is what ``shrink`` makes of the checkpoint), unstructured or N:M sparsity
+        compressed (``model-sparse.safetensors``, bitmask + non-zeros)."""
         from edgegen.prune import finalize_, save_sparse, shrink
+        from edgegen.tensor_files import write_safetensors
 
         model = finalize_(copy.deepcopy(model).eval().cpu())
         if self.cc.prune.shrinks:
-            return ckpt.save_atomic(shrink(model, model.example_inputs(1)), run_dir / "model-shrunk.pt")
+            path = run_dir / SHRUNK_FILE
+            write_safetensors(shrink(model, model.example_inputs(1)).state_dict(), path)
+            return path
         path = run_dir / "model-sparse.safetensors"
         save_sparse(model, path)
         return path

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 
 from edgegen.train import checkpoint as ckpt
+from edgegen.train.compression import SHRUNK_FILE
 
-__all__ = ["compress_from", "SHIPPED_MODULE"]
-
-SHIPPED_MODULE = "model-shipped.pt"
+__all__ = ["compress_from"]
 
 
 def _tag(compress) -> str:
@@ -33,9 +32,12 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
     """Apply the ``compress`` section (``prune`` and/or ``ptq``, as in an experiment config) to the
     trained model of ``source`` (a run folder or checkpoint). Writes ``run_dir`` (default
     ``<source>-<tag>``) with ``checkpoints/last.pt`` (the source config with this compress section,
-    the pruned float weights), the shipped model (``model-shipped.pt``) and the standard-format
-    artifact (``model-ptq.safetensors`` from save_quantized, or ``model-sparse.safetensors`` from
-    save_sparse). Returns the paths and what was done. ``tracker``: a tracker to log the new run
+    the pruned float weights) and the shipped model as tensors: ``model-ptq.safetensors`` (from
+    save_quantized; of the shrunk model when channel/head pruning shrinks it),
+    ``model-shrunk.safetensors`` (pruned and shrunk, not quantized) or ``model-sparse.safetensors``
+    (unstructured pruning, from save_sparse). ``load_run`` rebuilds the shipped architecture from
+    the checkpoint (pruning shrinks deterministically) and reads the tensors into it: nothing is
+    unpickled. Returns the paths and what was done. ``tracker``: a tracker to log the new run
     into, or a callable ``(config, run_dir) -> tracker`` that opens one once the run is written
     (closed here)."""
     from edgegen.config import from_dict
@@ -92,15 +94,19 @@ def compress_from(source, compress: dict, run_dir: str | os.PathLike | None = No
                 config = replace(config, batches=len(calib))
         quantize_(shipped, config, calibration=calib)
         done.append(f"post-training {cc.ptq.kind}")
-        if shipped is model:  # the full architecture: the standard format load_quantized reads
-            save_quantized(shipped, out_dir / "model-ptq.safetensors")
-            artifacts["quantized"] = str(out_dir / "model-ptq.safetensors")
+        # load_quantized reads it into the float model of the checkpoint, shrunk first if it was.
+        save_quantized(shipped, out_dir / "model-ptq.safetensors")
+        artifacts["quantized"] = str(out_dir / "model-ptq.safetensors")
+    elif shipped is not model:
+        from edgegen.tensor_files import write_safetensors
+
+        write_safetensors(shipped.state_dict(), out_dir / SHRUNK_FILE)
+        artifacts["shrunk"] = str(out_dir / SHRUNK_FILE)
     elif cc.prune is not None:
         from edgegen.prune import save_sparse
 
         save_sparse(shipped, out_dir / "model-sparse.safetensors")
         artifacts["sparse"] = str(out_dir / "model-sparse.safetensors")
-    artifacts["shipped"] = str(ckpt.save_atomic(shipped, out_dir / SHIPPED_MODULE))
     cfg = replace(run.config, name=f"{run.config.name}-{_tag(cc)}", compress=cc)
     snap = {"version": 1, "config": cfg.to_dict(), "state": {}, "modules": {MAIN_MODULE[cfg.task]: float_state},
             "source": str(run.checkpoint), "posthoc": done, "posthoc_tag": _tag(cc)}
