@@ -43,15 +43,36 @@ def test_tied_tensors_are_stored_once_even_when_the_copy_to_the_cpu_makes_new_st
                                                                                         writer):
     """A GPU model's tied weights share one storage on the GPU; each ``.cpu()`` copy has its own.
     The tie is found before the copy (simulated here by a ``.cpu()`` that always copies)."""
-    from edgegen.prune.export import save_sparse
+    from edgegen.prune.export import load_sparse, save_sparse
 
     table = torch.arange(48.0).reshape(6, 8)
     table[:3] = 0  # sparse enough for the bitmask encoding
+    expected = table.clone()
     state = {"wte.weight": table, "head.weight": table, "other": table.clone()}
-    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: self.clone())
-    path = tmp_path / f"{writer}.safetensors"
-    save_sparse(state, path) if writer == "sparse" else write_safetensors(state, path)
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.Tensor, "cpu", lambda self, *a, **k: self.clone())
+        path = tmp_path / f"{writer}.safetensors"
+        save_sparse(state, path) if writer == "sparse" else write_safetensors(state, path)
     assert json.loads(read_safetensors_metadata(path)["edgegen_aliases"]) == {"head.weight": "wte.weight"}
+    # reading points the alias at its tensor again: the tie comes back
+    back = load_sparse(path) if writer == "sparse" else read_safetensors(path)[0]
+    assert sorted(back) == ["head.weight", "other", "wte.weight"]
+    assert back["head.weight"] is back["wte.weight"]
+    for name in ("wte.weight", "head.weight", "other"):
+        assert torch.equal(back[name], expected)
+
+
+def test_reading_without_aliases_leaves_them_to_restore_aliases(tmp_path):
+    from edgegen.tensor_files import restore_aliases
+
+    table = torch.arange(12.0).reshape(3, 4)
+    path = tmp_path / "tied.safetensors"
+    write_safetensors({"wte.weight": table, "head.weight": table}, path)
+    state, meta = read_safetensors(path, with_aliases=False)
+    assert sorted(state) == ["wte.weight"]
+    restore_aliases(state, meta)
+    assert sorted(state) == ["head.weight", "wte.weight"] and state["head.weight"] is state["wte.weight"]
+    assert torch.equal(state["head.weight"], table)
 
 
 def test_storage_key_tells_devices_apart():

@@ -53,6 +53,49 @@ def _zero_first_row(model, config, filter_fn):
     return 1
 
 
+@dataclass
+class LayerMagnitudeConfig(MagnitudeConfig, kind="test-layer-magnitude"):
+    """No handler of its own: pruned as a MagnitudeConfig."""
+
+    scope: str = "layer"
+
+
+@dataclass
+class FirstRowMagnitudeConfig(MagnitudeConfig, kind="test-first-row-magnitude"):
+    pass
+
+
+@register_prune_handler(FirstRowMagnitudeConfig)
+def _first_row_magnitude(model, config, filter_fn):
+    return _zero_first_row(model, config, filter_fn)
+
+
+@dataclass
+class FirstRowMagnitudeChildConfig(FirstRowMagnitudeConfig, kind="test-first-row-magnitude-child"):
+    pass
+
+
+def test_a_subclass_is_handled_by_its_nearest_registered_base():
+    import copy
+
+    import torch.nn.utils.prune as tprune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    ref = copy.deepcopy(model)
+    prune_(model, LayerMagnitudeConfig(0.5))  # MagnitudeConfig's handler: each layer's smallest |w|
+    for mine, theirs in ((model[0], ref[0]), (model[2], ref[2])):
+        tprune.l1_unstructured(theirs, "weight", amount=0.5)
+        assert torch.equal(mine.weight, theirs.weight)
+    assert sparsity(model) == 0.5
+    # a handler registered for a subclass is nearer than MagnitudeConfig's, for its own subclasses too
+    for config in (FirstRowMagnitudeConfig(0.5), FirstRowMagnitudeChildConfig(0.5)):
+        model = nn.Sequential(nn.Linear(8, 8))
+        w = model[0].weight.detach().clone()
+        prune_(model, config)
+        assert bool((model[0].weight[0] == 0).all()) and torch.equal(model[0].weight[1:], w[1:])
+
+
 def test_a_config_defined_outside_plugs_into_the_verbs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))

@@ -144,6 +144,55 @@ def test_choose_window_picks_the_largest_window_that_fits():
     assert (c.window, c.fits) == (32, False)
 
 
+def test_choose_window_nothing_fits_returns_the_cheapest_first_candidate():
+    def cost(window, num_global):
+        return 0.001 * window + 0.002 * num_global
+
+    with pytest.warns(UserWarning, match=r"even window=32 costs 0.032 ms per token, over the budget of 0.001 ms"):
+        c = choose_window(0.001, 4096, windows=(32, 64), num_globals=(0, 4), calibration_length=512, measure=cost)
+    assert (c.window, c.num_global, c.fits) == (32, 0, False)
+    assert c.ms_per_token == pytest.approx(0.032) and c.calibration_length == 512
+    # window 32 missed with either number of global tokens: 64 was never measured
+    assert [(r["window"], r["num_global"], r["fits"]) for r in c.measurements] == [(32, 0, False), (32, 4, False)]
+
+
+def test_choose_window_stops_measuring_at_the_first_miss():
+    calls = []
+    costs = {32: 0.05, 64: 0.5, 128: 0.09}  # 64 misses, 128 would fit again (a noisy measurement)
+
+    def cost(window, num_global):
+        calls.append((window, num_global))
+        return costs[window]
+
+    c = choose_window(0.1, 4096, windows=(32, 64, 128), num_globals=(0,), measure=cost)
+    assert (c.window, c.num_global, c.fits) == (32, 0, True)
+    assert calls == [(32, 0), (64, 0)]
+    assert [r["window"] for r in c.measurements] == [32, 64]
+
+
+@pytest.mark.parametrize("mode", ["forward", "train", "decode"])
+def test_choose_window_reports_milliseconds_per_token_times_layers(mode, monkeypatch):
+    """With a clock that advances 64 ms per reading, every timed run takes 64 ms: 'forward' and
+    'train' run 128 tokens (0.5 ms per token), 'decode' one token."""
+    import types
+
+    import edgegen.attention.chooser as chooser
+
+    ticks = []
+
+    def perf_counter():
+        ticks.append(None)
+        return 0.064 * len(ticks)
+
+    monkeypatch.setattr(chooser, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    c = choose_window(1e9, 256, mode=mode, heads=1, head_dim=8, layers=3, windows=(64,), num_globals=(0,),
+                      calibration_length=128, repeats=1)
+    per_token = 64.0 if mode == "decode" else 64.0 / 128
+    assert ticks  # the chooser read this clock
+    assert c.ms_per_token == pytest.approx(3 * per_token, rel=1e-9)
+    assert [r["ms_per_token"] for r in c.measurements] == [pytest.approx(3 * per_token, rel=1e-9)]
+
+
 @pytest.mark.parametrize("mode", ["forward", "train", "decode"])
 def test_choose_window_measures_the_kernel(mode):
     c = choose_window(1e6, 256, mode=mode, heads=2, head_dim=16, windows=(16, 64), num_globals=(0, 2),

@@ -85,6 +85,26 @@ def test_pruning_masks_are_baked_in(tmp_path):
     assert max(float((w == 0).mean()) for w in init) >= 0.49  # the zeros travel into the file
 
 
+def test_a_file_that_differs_from_pytorch_raises(tmp_path):
+    class Drifts(torch.nn.Module):
+        """Adds how often it ran before: the traced file holds 0, the check's PyTorch run adds 1."""
+
+        calls = 0
+
+        def forward(self, x):
+            out = x + self.calls
+            self.calls += 1
+            return out
+
+    with pytest.raises(RuntimeError, match=r"export_onnx: ONNX Runtime differs from PyTorch by up to 1 "
+                                           r"\(atol 0.0001, rtol 0.001\) on .*drifts.onnx"):
+        export_onnx(Drifts().eval(), (torch.zeros(2, 3),), tmp_path / "drifts.onnx")
+    # without the check the file is written and its difference is not measured
+    res = export_onnx(Drifts().eval(), (torch.zeros(2, 3),), tmp_path / "unchecked.onnx", check=False)
+    assert res.max_abs_diff is None and res.bytes > 0
+    np.testing.assert_array_equal(run_onnx(res.path, (torch.zeros(2, 3),))[0], np.zeros((2, 3), np.float32))
+
+
 def test_latency_and_explicit_inputs(tmp_path):
     lin = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
     x = torch.randn(2, 8)
@@ -241,7 +261,7 @@ def test_sliding_window_attention_is_refused_up_front(tmp_path):
         export_onnx(model, path=tmp_path / "sparse.onnx")
 
 
-@pytest.mark.parametrize("kind", ["dcgan-generator", "dcgan-discriminator", "vae", "gpt2"])
+@pytest.mark.parametrize("kind", ["dcgan-generator", "dcgan-discriminator", "vae", "gpt2", "gpt2-own-inputs"])
 def test_the_built_in_models_export_without_tracer_warnings(kind, tmp_path):
     """The models' input checks are skipped while tracing (the exporter checks its example) and
     dense attention takes its explicit mask there, so an export of a built-in model passes on no
@@ -255,8 +275,13 @@ def test_the_built_in_models_export_without_tracer_warnings(kind, tmp_path):
     model = {"dcgan-generator": lambda: DCGANGenerator(DCGANConfig()),
              "dcgan-discriminator": lambda: DCGANDiscriminator(DCGANConfig()),
              "vae": lambda: BetaVAE(BetaVAEConfig()),
-             "gpt2": lambda: GPT2(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16))}[kind]()
+             "gpt2": lambda: GPT2(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)),
+             "gpt2-own-inputs": lambda: GPT2(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                                        n_positions=16))}[kind]()
+    # The caller's token block instead of the default target's: GPT-2 is still exported as logits of
+    # idx alone (its keyword flags would otherwise be traced as tensors).
+    inputs = (torch.randint(0, 100, (2, 8)),) if kind == "gpt2-own-inputs" else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        export_onnx(model.eval(), None, tmp_path / "m.onnx")
+        export_onnx(model.eval(), inputs, tmp_path / "m.onnx")
     assert [f"{w.filename}:{w.lineno}" for w in caught if w.category is torch.jit.TracerWarning] == []

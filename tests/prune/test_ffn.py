@@ -6,7 +6,6 @@ import torch
 
 from edgegen.models import GPT2, GPT2Config
 from edgegen.prune import FFNConfig, PruneConfig, prune_, shrink, sparsity
-from edgegen.prune.ffn import unit_importance
 
 CFG = GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=3, n_head=4)
 
@@ -16,9 +15,21 @@ def model():
     return GPT2(CFG).eval()
 
 
+def reference_unit_importance(block):
+    """Per hidden unit: sqrt(|input row|^2 + bias^2 + |output column|^2), in float64."""
+    w_in = block.c_fc.weight.detach().double()
+    b_in = block.c_fc.bias.detach().double()
+    w_out = block.c_proj.weight.detach().double()
+    return (w_in.pow(2).sum(1) + b_in.pow(2) + w_out.pow(2).sum(0)).sqrt()
+
+
 def test_layer_scope_masks_the_least_important_units_of_each_block():
     m = model()
-    imps = [unit_importance(b.mlp).clone() for b in m.h]
+    with torch.no_grad():
+        for b in m.h:  # non-zero biases and uneven output columns, so every term of the score counts
+            b.mlp.c_fc.bias.normal_(0, 0.5)
+            b.mlp.c_proj.weight.mul_(torch.rand(1, 128) * 4)
+    imps = [reference_unit_importance(b.mlp) for b in m.h]
     prune_(m, FFNConfig(0.25))
     for b, imp in zip(m.h, imps):
         w = b.mlp.c_proj.weight  # the masked weight the block uses
@@ -27,6 +38,7 @@ def test_layer_scope_masks_the_least_important_units_of_each_block():
         # the removed ones are exactly the 32 smallest by the float64 reference
         ref = torch.sort(imp, stable=True).indices[:32]
         assert set(torch.nonzero(~alive).flatten().tolist()) == set(ref.tolist())
+        assert float(imp[~alive].max()) < float(imp[alive].min())
         assert bool((b.mlp.c_fc.weight[~alive] == 0).all()) and bool((b.mlp.c_fc.bias[~alive] == 0).all())
 
 
@@ -75,12 +87,19 @@ def test_uniform_widths_round_trip_through_hugging_face_and_uneven_ones_are_refu
 
 def test_shrunk_model_exports_to_onnx(tmp_path):
     pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
-    from edgegen.export import export_onnx
+    from edgegen.export import export_onnx, run_onnx
 
     m = model()
     prune_(m, FFNConfig(0.5))
     idx = torch.randint(0, 101, (1, 16))
-    export_onnx(shrink(m, (idx,)), (idx,), tmp_path / "ffn.onnx")  # checked against PyTorch inside
+    small = shrink(m, (idx,))
+    res = export_onnx(small, (idx,), tmp_path / "ffn.onnx")
+    other = torch.randint(0, 101, (2, 16))  # another batch than the export's example
+    with torch.no_grad():
+        expected = small(other)
+    got = torch.from_numpy(run_onnx(res.path, (other,))[0])
+    assert got.shape == (2, 16, 101)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("make,exc,match", [

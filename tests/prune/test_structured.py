@@ -346,6 +346,43 @@ def test_gpt2_head_pruning_physical_equals_masked(scope):
                        small.generate(prompt, 6, greedy=True, use_cache=False))
 
 
+def reference_head_importance(attn, n_head, head_dim):
+    """Per head: the L2 norm of its rows in each of the q, k and v blocks of c_attn (weights and
+    biases) and of its columns of c_proj, in float64."""
+    E = n_head * head_dim
+    w = attn.c_attn.weight.detach().double()
+    b = attn.c_attn.bias.detach().double()
+    proj = attn.c_proj.weight.detach().double()
+    scores = []
+    for h in range(n_head):
+        rows = slice(h * head_dim, (h + 1) * head_dim)
+        sq = sum(w[part * E:(part + 1) * E][rows].pow(2).sum() + b[part * E:(part + 1) * E][rows].pow(2).sum()
+                 for part in range(3))
+        scores.append(float((sq + proj[:, rows].pow(2).sum()).sqrt()))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def test_layer_scope_masks_the_least_important_heads():
+    torch.manual_seed(0)
+    model = small_gpt2()
+    with torch.no_grad():
+        for block in model.h:  # every head's q, k, v rows, biases and c_proj columns scaled differently
+            block.attn.c_attn.weight.mul_(torch.rand(3 * 48, 1) * 3)
+            block.attn.c_attn.bias.normal_(0, 0.5)
+            block.attn.c_proj.weight.mul_(torch.rand(1, 48) * 3)
+    imps = [reference_head_importance(block.attn, 6, 8) for block in model.h]
+    prune_(model, HeadConfig(0.5))
+    for block, imp in zip(model.h, imps):
+        masked = ~block.attn.c_proj.weight.view(48, 6, 8).ne(0).any(2).any(0)
+        expect = torch.zeros(6, dtype=torch.bool)
+        expect[torch.sort(imp, stable=True).indices[:3]] = True
+        assert torch.equal(masked, expect)
+        assert float(imp[masked].max()) < float(imp[~masked].min())
+        rows = masked.repeat_interleave(8).repeat(3)  # q, k and v rows of the masked heads
+        assert bool((block.attn.c_attn.weight[rows] == 0).all()) and bool((block.attn.c_attn.bias[rows] == 0).all())
+        assert bool(block.attn.c_attn.weight[~rows].ne(0).all())
+
+
 def test_global_head_pruning_gives_different_counts_per_layer():
     model = small_gpt2()
     with torch.no_grad():

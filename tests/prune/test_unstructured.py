@@ -220,13 +220,22 @@ def test_torch_compile_of_a_masked_model():
 
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
 def test_nm_every_group_along_the_input_dimension(n, m):
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ConvTranspose2d(16, 8, 2), nn.Flatten(), nn.Linear(8, 16))
+    before = [model[i].weight.detach().clone() for i in (0, 1, 3)]
     prune_(model, NMConfig(n, m), filter_fn=lambda mod, name: not isinstance(mod, nn.Linear) or mod.in_features % m == 0)
-    for layer, in_dim in ((model[0], 1), (model[1], 0), (model[3], 1)):
+    for layer, in_dim, w0 in zip((model[0], model[1], model[3]), (1, 0, 1), before):
         w = layer.weight
         groups = (w != 0).movedim(in_dim, -1).reshape(-1, m)
         assert bool((groups.sum(1) <= n).all())
         assert bool((get_mask(layer).movedim(in_dim, -1).reshape(-1, m).sum(1) == n).all())
+        # the n largest |w| of every m consecutive input entries (random weights: no ties)
+        moved = w0.movedim(in_dim, -1)
+        top = moved.abs().reshape(-1, m).topk(n, dim=1).indices
+        expect = torch.zeros(moved.numel() // m, m, dtype=torch.bool).scatter_(1, top, True)
+        expect = expect.reshape(moved.shape).movedim(-1, in_dim)
+        assert torch.equal(get_mask(layer), expect)
+        assert torch.equal(w.detach(), torch.where(expect, w0, torch.zeros_like(w0)))
 
 
 def test_nm_rejects_a_layer_whose_input_is_not_a_multiple_of_m():

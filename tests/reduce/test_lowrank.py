@@ -120,6 +120,32 @@ def test_only_layers_that_get_smaller_are_factorized():
     assert "1" not in plan_ranks(model, LowRankConfig(energy=0.99))  # 64 -> 4: r * 68 >= 256 for r = 4
 
 
+def test_layers_inside_pytorch_attention_are_left_dense():
+    """nn.MultiheadAttention (in nn.TransformerEncoderLayer) reads its projections' .weight
+    itself: only the plain Linear after it is factorized."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True, dtype=torch.float64),
+                          linear(64, 64)).eval()
+    encoder = copy.deepcopy(model[0])
+    w, b = model[1].weight.detach().clone(), model[1].bias.detach().clone()
+    assert plan_ranks(model, LowRankConfig(rank=4)) == {"1": 4}
+    reduce_(model, LowRankConfig(rank=4))
+    assert lowrank_layout(model) == {"1": 4} and isinstance(model[1], LowRankLinear)
+    for name, m in model[0].named_modules():
+        if isinstance(m, nn.Linear):
+            assert type(m) is type(encoder.get_submodule(name))
+            assert torch.equal(m.weight, encoder.get_submodule(name).weight)
+    # the reduced model runs: the encoder as before, then the rank-4 truncated SVD of the Linear
+    x = torch.randn(2, 5, 64, dtype=torch.float64)
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    w4 = u[:, :4] @ torch.diag(sv[:4]) @ vh[:4]
+    with torch.no_grad():
+        out = model(x)
+        expected = encoder(x) @ w4.T + b
+    assert out.shape == (2, 5, 64)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("make,exc,match", [
     (lambda: LowRankConfig(rank=0), ValueError, "rank: expected an int >= 1"),
     (lambda: LowRankConfig(energy=0.0), ValueError, "energy"),

@@ -44,3 +44,26 @@ def test_a_resumed_run_drops_what_it_trains_again(tmp_path):
     start_local_log(tmp_path, step=2, validated=False)  # the checkpoint came before step 2's validation
     assert records(path) == lines[:2]
     assert start_local_log(tmp_path / "none", step=None) is None  # nothing to move
+
+
+def test_earlier_files_with_the_same_time_are_all_kept(tmp_path):
+    """Three fresh runs over files last written in the same second: each is moved aside under its
+    own name, none overwritten."""
+    import os
+    import time
+
+    from edgegen.tracking.client import start_local_log
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1_000_000_000))
+    moved = []
+    for i in (1, 2, 3):
+        path = tmp_path / "metrics.jsonl"
+        path.write_text(json.dumps({"step": i, "time": 0, "train/loss": float(i)}) + "\n")
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+        moved.append(start_local_log(tmp_path))
+        assert not path.exists()
+    names = [f"metrics.{stamp}.jsonl", f"metrics.{stamp}-1.jsonl", f"metrics.{stamp}-2.jsonl"]
+    assert moved == [tmp_path / n for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    for i, name in enumerate(names, 1):
+        assert records(tmp_path / name) == [{"step": i, "time": 0, "train/loss": float(i)}]

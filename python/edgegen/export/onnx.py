@@ -207,6 +207,10 @@ def export_onnx(model: nn.Module, example_inputs=None, path: str | os.PathLike =
     else:
         in_default, out_default = None, ["output"]
     inputs = _as_inputs(example_inputs)
+    from edgegen.models.gpt2 import GPT2
+
+    if isinstance(model, GPT2) and len(inputs) == 1:  # logits of idx: forward's flags would be traced as tensors
+        model = _LogitsOnly(model)
     input_names = list(input_names or in_default or [f"input{i}" for i in range(len(inputs))])
     output_names = list(output_names or out_default)
     if len(input_names) != len(inputs):
