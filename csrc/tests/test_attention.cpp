@@ -116,8 +116,11 @@ void check_case(const Case& c, int threads, double tol, int isa = kDispatched, d
   p.v = input(vs, c.nk);
   p.num_threads = threads;
   using L = std::conditional_t<std::is_same_v<T, double>, double, float>;  // lse's type
-  std::vector<T> out(qt.size()), dq(qt.size()), dk(kt.size()), dv(vt.size());
-  std::vector<L> lse(c.B * c.H * c.nq);
+  // NaN before the calls: every output, lse and gradient entry must be written (rows and keys
+  // that see nothing included).
+  const T poison = from_double<T>(NAN);
+  std::vector<T> out(qt.size(), poison), dq(qt.size(), poison), dk(kt.size(), poison), dv(vt.size(), poison);
+  std::vector<L> lse(c.B * c.H * c.nq, L(NAN));
   if (isa == kAmxModel) KA::forward_amx_model(p, out.data(), lse.data());
   else if (isa < 0) KA::forward(p, out.data(), lse.data());
   else KA::forward_isa(K::Isa(isa), p, out.data(), lse.data());
@@ -163,6 +166,27 @@ TEST(SlidingWindowAttention, CausalWindowsAroundTheTileSize) {
     c.window = w;
     check_case<float>(c, 2, 2e-5);
     check_case<double>(c, 1, 1e-12);
+  }
+}
+
+// Windows whose edge falls just inside or just outside a key tile, no global tokens: causal 127,
+// 135, 191, 199 (a query tile's oldest key one position in or out of a tile); non-causal 2, 63,
+// 66, 130 (the newest visible key the first or last of a tile, or the tile's farthest key one
+// past the window).
+TEST(SlidingWindowAttention, WindowEdgesAtKeyTileBoundaries) {
+  for (bool causal : {true, false}) {
+    const std::vector<int64_t> windows = causal ? std::vector<int64_t>{127, 135, 191, 199}
+                                                : std::vector<int64_t>{2, 63, 66, 130};
+    for (int64_t w : windows) {
+      SCOPED_TRACE(testing::Message() << (causal ? "causal" : "non-causal") << " window " << w);
+      Case c;
+      c.nq = c.nk = 200;
+      c.d = 16;
+      c.window = w;
+      c.causal = causal;
+      check_case<float>(c, 2, 2e-5);
+      check_case<double>(c, 1, 1e-12);
+    }
   }
 }
 

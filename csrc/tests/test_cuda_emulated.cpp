@@ -426,6 +426,14 @@ TEST_P(CudaEmulatedAttention, WindowsGlobalsAndHeadSizes) {
   check_attention(a, kTol, rel_for(a.dtype));
 }
 
+// Non-causal, no global tokens, window 66: the newest key the first query tile sees (63 + 65 =
+// 128) is the first of a key tile.
+TEST_P(CudaEmulatedAttention, NonCausalWindowEndingOnAKeyTile) {
+  AttnCase a = make();
+  a.c.H = 1, a.c.nq = a.c.nk = 200, a.c.d = 64, a.c.window = 66, a.c.num_global = 0, a.c.causal = false;
+  check_attention(a, kTol, rel_for(a.dtype));
+}
+
 // The other head sizes with kernels: 32, 80 (5 k-steps of 16: an odd count) and 96; one a size
 // without them is refused.
 TEST_P(CudaEmulatedAttention, OtherHeadSizes) {

@@ -4,7 +4,6 @@
 
 #include <cfloat>
 #include <cmath>
-#include <iostream>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -112,14 +111,29 @@ std::vector<float> randn(size_t n, uint32_t seed, float spread = 2.0f) {
 }
 
 using Runner = void (*)(const K::KDLossProblem&);
+using Exp = void (*)(const float*, float*, int64_t, bool);
 
-std::vector<Runner> runners() {
-  std::vector<Runner> r{&K::kd_loss_rows_scalar};
+// A level's kernel and exponential (null where the build has none of its own).
+Runner runner_for(K::Isa isa) {
+  switch (isa) {
+    case K::Isa::Scalar: return &K::kd_loss_rows_scalar;
 #ifdef EDGEGEN_HAVE_AVX2
-  if (K::cpu_supports(K::Isa::Avx2)) r.push_back(&K::kd_loss_rows_avx2);
-  if (K::cpu_supports(K::Isa::Avx512)) r.push_back(&K::kd_loss_rows_avx512);
+    case K::Isa::Avx2: return &K::kd_loss_rows_avx2;
+    case K::Isa::Avx512: return &K::kd_loss_rows_avx512;
 #endif
-  return r;
+    default: return nullptr;
+  }
+}
+
+Exp exp_for(K::Isa isa) {
+  switch (isa) {
+    case K::Isa::Scalar: return &K::kd_exp_nonpos_scalar;
+#ifdef EDGEGEN_HAVE_AVX2
+    case K::Isa::Avx2: return &K::kd_exp_nonpos_avx2;
+    case K::Isa::Avx512: return &K::kd_exp_nonpos_avx512;
+#endif
+    default: return nullptr;
+  }
 }
 
 // Random problem, run through `run`, checked row by row against the reference on the decoded
@@ -144,7 +158,11 @@ void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, 
   std::vector<int64_t> ts(nteach, V);
   for (int k = 0; k < nteach; ++k) tp[k] = t[k].data();
   std::vector<double> loss(rows, -1.0);
-  std::vector<T> grad(rows * V);
+  // NaN before the call: every entry, the ignored rows' zeros included, must be written.
+  std::vector<T> grad(rows * V, encode<T>(NAN));
+  // Per-row gradient scales (times grad_scale): a different one for every row.
+  std::vector<double> row_scale(rows);
+  for (int64_t i = 0; i < rows; ++i) row_scale[i] = 0.25 + 0.375 * double(i);
 
   K::KDLossProblem p;
   p.rows = rows;
@@ -163,6 +181,7 @@ void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, 
   p.grad = grad.data();
   p.grad_row_stride = V;
   p.grad_scale = 0.5;
+  p.grad_row_scale = row_scale.data();
   p.num_threads = 2;
   run(p);
 
@@ -170,7 +189,8 @@ void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, 
   for (int64_t i = 0; i < rows; ++i) {
     if (y[i] == -100) {
       EXPECT_EQ(loss[i], 0.0);
-      for (int64_t v = 0; v < V; ++v) EXPECT_EQ(K::to_float(grad[i * V + v]), 0.0f);
+      for (int64_t v = 0; v < V; ++v)
+        ASSERT_EQ(K::to_float(grad[i * V + v]), 0.0f) << "ignored row " << i << " v " << v;
       continue;
     }
     std::vector<double> sd(V);
@@ -179,7 +199,7 @@ void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, 
       sd[v] = K::to_float(s[i * V + v]);
       for (int k = 0; k < nteach; ++k) td[k][v] = K::to_float(t[k][i * V + v]);
     }
-    const RefRow r = reference_row(sd, td, w, y[i], temp, alpha, 0.5);
+    const RefRow r = reference_row(sd, td, w, y[i], temp, alpha, 0.5 * row_scale[i]);
     // fp32 accumulation inside the kernel bounds the loss error whatever the input dtype.
     const double loss_tol = std::is_same<T, double>::value ? 1e-10 : 2e-5;
     EXPECT_NEAR(loss[i], r.loss, loss_tol * (1.0 + std::abs(r.loss))) << "row " << i;
@@ -193,59 +213,79 @@ void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, 
 
 }  // namespace
 
-TEST(KDLoss, HandWorkedTwoClassCase) {
+namespace edgegen::kernels {
+void PrintTo(Isa isa, std::ostream* os);  // test_quant.cpp
+}  // namespace edgegen::kernels
+
+// Every KD-loss path of the build (scalar, AVX2, AVX-512), each run on this CPU when it can
+// (skipped by name when not).
+class KDLossPath : public ::testing::TestWithParam<K::Isa> {
+ protected:
+  void SetUp() override {
+    if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
+    run = runner_for(GetParam());
+    exp = exp_for(GetParam());
+    if (!run || !exp) GTEST_SKIP() << "no KD-loss path of its own at " << K::isa_name(GetParam());
+  }
+  Runner run = nullptr;
+  Exp exp = nullptr;
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, KDLossPath, ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512),
+                         [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
+
+TEST_P(KDLossPath, HandWorkedTwoClassCase) {
   // s = [0, 0], t = [0, ln 3] at T = 1: p_s = [1/2, 1/2], p_t = [1/4, 3/4].
   const float s[2] = {0.0f, 0.0f};
   const float t[2] = {0.0f, float(std::log(3.0))};
   const int64_t y[1] = {0};
-  for (Runner run : runners()) {
-    double loss = 0;
-    float grad[2];
-    OneTeacher prob(s, t, 1, 2, y, &loss);
-    K::KDLossProblem& p = prob.p;
-    p.temperature = 1.0;
-    p.alpha = 1.0;  // KL only: 1/4 ln(1/2) + 3/4 ln(3/2)
-    run(p);
-    EXPECT_NEAR(loss, 0.25 * std::log(0.5) + 0.75 * std::log(1.5), 1e-7);
-    p.alpha = 0.0;  // CE only: ln 2
-    run(p);
-    EXPECT_NEAR(loss, std::log(2.0), 1e-7);
-    // alpha = 1/2: 0.5 (p_s - p_t) + 0.5 (p_s - e_0) = [-0.125, 0.125]; loss the average.
-    p.alpha = 0.5;
-    p.grad = grad;
-    run(p);
-    EXPECT_NEAR(loss, 0.5 * (0.25 * std::log(0.5) + 0.75 * std::log(1.5)) + 0.5 * std::log(2.0),
-                1e-7);
-    EXPECT_NEAR(grad[0], -0.125f, 1e-7);
-    EXPECT_NEAR(grad[1], 0.125f, 1e-7);
-    // Temperature 2 doubles into T^2 KL: s/2 = [0,0], t/2 = [0, ln 3 / 2].
-    p.alpha = 1.0;
-    p.temperature = 2.0;
-    p.grad = nullptr;
-    run(p);
-    const double q = 1.0 / (1.0 + std::sqrt(3.0));  // p_t(0) at T = 2
-    const double kl = q * std::log(2 * q) + (1 - q) * std::log(2 * (1 - q));
-    EXPECT_NEAR(loss, 4.0 * kl, 1e-6);
-  }
+  double loss = 0;
+  float grad[2];
+  OneTeacher prob(s, t, 1, 2, y, &loss);
+  K::KDLossProblem& p = prob.p;
+  p.temperature = 1.0;
+  p.alpha = 1.0;  // KL only: 1/4 ln(1/2) + 3/4 ln(3/2)
+  run(p);
+  EXPECT_NEAR(loss, 0.25 * std::log(0.5) + 0.75 * std::log(1.5), 1e-7);
+  p.alpha = 0.0;  // CE only: ln 2
+  run(p);
+  EXPECT_NEAR(loss, std::log(2.0), 1e-7);
+  // alpha = 1/2: 0.5 (p_s - p_t) + 0.5 (p_s - e_0) = [-0.125, 0.125]; loss the average.
+  p.alpha = 0.5;
+  p.grad = grad;
+  run(p);
+  EXPECT_NEAR(loss, 0.5 * (0.25 * std::log(0.5) + 0.75 * std::log(1.5)) + 0.5 * std::log(2.0),
+              1e-7);
+  EXPECT_NEAR(grad[0], -0.125f, 1e-7);
+  EXPECT_NEAR(grad[1], 0.125f, 1e-7);
+  // Temperature 2 doubles into T^2 KL: s/2 = [0,0], t/2 = [0, ln 3 / 2].
+  p.alpha = 1.0;
+  p.temperature = 2.0;
+  p.grad = nullptr;
+  run(p);
+  const double q = 1.0 / (1.0 + std::sqrt(3.0));  // p_t(0) at T = 2
+  const double kl = q * std::log(2 * q) + (1 - q) * std::log(2 * (1 - q));
+  EXPECT_NEAR(loss, 4.0 * kl, 1e-6);
 }
 
-TEST(KDLoss, RandomAgainstReferenceAllDtypesAndIsas) {
+TEST_P(KDLossPath, RandomAgainstReferenceAllDtypes) {
   uint32_t seed = 1;
-  for (Runner run : runners()) {
-    for (int64_t V : {1, 7, 8, 9, 33, 4099}) {
-      for (double temp : {1.0, 2.0, 0.7}) {
-        for (double alpha : {0.0, 0.3, 1.0}) {
-          for (int nt : {1, 3}) {
-            SCOPED_TRACE(testing::Message() << "V=" << V << " T=" << temp << " alpha=" << alpha
-                                            << " teachers=" << nt);
-            check_random<float>(run, 6, V, nt, temp, alpha, seed++);
-            check_random<K::bf16_t>(run, 6, V, nt, temp, alpha, seed++);
-            check_random<K::fp16_t>(run, 6, V, nt, temp, alpha, seed++);
-          }
+  for (int64_t V : {1, 7, 8, 9, 33, 4099}) {
+    for (double temp : {1.0, 2.0, 0.7}) {
+      for (double alpha : {0.0, 0.3, 1.0}) {
+        for (int nt : {1, 3}) {
+          SCOPED_TRACE(testing::Message() << "V=" << V << " T=" << temp << " alpha=" << alpha
+                                          << " teachers=" << nt);
+          check_random<float>(run, 6, V, nt, temp, alpha, seed++);
+          check_random<K::bf16_t>(run, 6, V, nt, temp, alpha, seed++);
+          check_random<K::fp16_t>(run, 6, V, nt, temp, alpha, seed++);
         }
       }
     }
   }
+}
+
+TEST(KDLoss, Float64AgainstReference) {
   // float64 always runs the scalar policy.
   check_random<double>(&K::kd_loss_rows, 5, 300, 1, 2.0, 0.5, 99);
   check_random<double>(&K::kd_loss_rows, 5, 300, 2, 1.5, 0.25, 98);
@@ -255,15 +295,7 @@ TEST(KDLoss, RandomAgainstReferenceAllDtypesAndIsas) {
 // (3e-6 for the coarse one of 16-bit logits) where the result is a normal float; below FLT_MIN
 // (AVX-512 rounds to a subnormal, AVX2 flushes to 0) off by less than FLT_MIN; -inf and far below
 // give exactly 0, 0 gives 1 (exactly, except the coarse fit's 1 - 8e-7), NaN NaN.
-TEST(KDLoss, ExponentialOfDifferencesToTheMaximum) {
-  using Exp = void (*)(const float*, float*, int64_t, bool);
-  std::vector<std::pair<const char*, Exp>> paths{{"scalar", &K::kd_exp_nonpos_scalar}};
-#ifdef EDGEGEN_HAVE_AVX2
-  if (K::cpu_supports(K::Isa::Avx2)) paths.push_back({"avx2", &K::kd_exp_nonpos_avx2});
-  else std::cout << "[  SKIPPED ] avx2 exponential: this CPU lacks AVX2\n";
-  if (K::cpu_supports(K::Isa::Avx512)) paths.push_back({"avx512", &K::kd_exp_nonpos_avx512});
-  else std::cout << "[  SKIPPED ] avx512 exponential: this CPU lacks AVX-512\n";
-#endif
+TEST_P(KDLossPath, ExponentialOfDifferencesToTheMaximum) {
   std::vector<float> x;
   for (int i = 0; i <= 2000000; ++i) x.push_back(-120.0f * float(i) / 2000000.0f);  // 0 .. -120
   for (float v : {1e-7f, 0.25f, 0.3465736f, -0.3465736f, -87.3365f, -87.34f, -103.2f, -103.3f, -104.0f,
@@ -272,37 +304,33 @@ TEST(KDLoss, ExponentialOfDifferencesToTheMaximum) {
   const size_t special = x.size();
   x.push_back(-INFINITY);
   x.push_back(NAN);
-  for (const auto& [name, exp] : paths) {
-    for (bool coarse : {false, true}) {
-      SCOPED_TRACE(testing::Message() << name << (coarse ? " coarse" : ""));
-      std::vector<float> y(x.size(), -1.0f);
-      exp(x.data(), y.data(), int64_t(x.size()), coarse);
-      double worst = 0;
-      for (size_t i = 0; i < special; ++i) {
-        const double ref = std::exp(double(x[i]));
-        if (ref >= FLT_MIN) {
-          worst = std::max(worst, std::abs(double(y[i]) - ref) / ref);
-        } else {
-          ASSERT_LT(std::abs(double(y[i]) - ref), double(FLT_MIN)) << "x = " << x[i];
-          ASSERT_GE(y[i], 0.0f) << "x = " << x[i];
-        }
+  for (bool coarse : {false, true}) {
+    SCOPED_TRACE(testing::Message() << (coarse ? "coarse" : "fine"));
+    std::vector<float> y(x.size(), -1.0f);
+    exp(x.data(), y.data(), int64_t(x.size()), coarse);
+    double worst = 0;
+    for (size_t i = 0; i < special; ++i) {
+      const double ref = std::exp(double(x[i]));
+      if (ref >= FLT_MIN) {
+        worst = std::max(worst, std::abs(double(y[i]) - ref) / ref);
+      } else {
+        ASSERT_LT(std::abs(double(y[i]) - ref), double(FLT_MIN)) << "x = " << x[i];
+        ASSERT_GE(y[i], 0.0f) << "x = " << x[i];
       }
-      EXPECT_LT(worst, coarse ? 3e-6 : 1.5e-7);
-      EXPECT_NEAR(y[0], 1.0f, coarse ? 1e-6f : 0.0f);            // x = 0
-      EXPECT_NEAR(y[special - 1], 1.0f, coarse ? 1e-6f : 0.0f);  // x = -0
-      EXPECT_EQ(y[special - 2], 0.0f);                           // -FLT_MAX
-      EXPECT_EQ(y[special - 3], 0.0f);                           // -1e30
-      EXPECT_EQ(y[special], 0.0f);                               // -inf
-      EXPECT_TRUE(std::isnan(y[special + 1]));
     }
+    EXPECT_LT(worst, coarse ? 3e-6 : 1.5e-7);
+    EXPECT_NEAR(y[0], 1.0f, coarse ? 1e-6f : 0.0f);            // x = 0
+    EXPECT_NEAR(y[special - 1], 1.0f, coarse ? 1e-6f : 0.0f);  // x = -0
+    EXPECT_EQ(y[special - 2], 0.0f);                           // -FLT_MAX
+    EXPECT_EQ(y[special - 3], 0.0f);                           // -1e30
+    EXPECT_EQ(y[special], 0.0f);                               // -inf
+    EXPECT_TRUE(std::isnan(y[special + 1]));
   }
 }
 
-TEST(KDLoss, LargeLogitsStayAccurate) {
-  for (Runner run : runners()) {
-    check_random<float>(run, 4, 1000, 1, 2.0, 0.5, 7, /*spread=*/1e4);
-    check_random<float>(run, 4, 1000, 2, 2.0, 0.5, 8, /*spread=*/1e4);
-  }
+TEST_P(KDLossPath, LargeLogitsStayAccurate) {
+  check_random<float>(run, 4, 1000, 1, 2.0, 0.5, 7, /*spread=*/1e4);
+  check_random<float>(run, 4, 1000, 2, 2.0, 0.5, 8, /*spread=*/1e4);
 }
 
 // The gradient written over one of the logit buffers (the student's: in place; the teacher's) must
@@ -310,36 +338,34 @@ TEST(KDLoss, LargeLogitsStayAccurate) {
 // it is read. V = 37 and 100: rows shorter and longer than one vector, tails included.
 // V = 4100: three blocks of the one-pass sweep; T = 0.7 with a CE term is the case whose gradient
 // sweep reads the student row it overwrites.
-static void expect_aliased_gradient_is_exact(bool over_teacher) {
+static void expect_aliased_gradient_is_exact(Runner run, bool over_teacher) {
   const int64_t rows = 4;
   for (int64_t V : {int64_t(37), int64_t(100), int64_t(4100)}) {
     for (double temp : {2.0, 0.7}) {
       const std::vector<float> s = randn(rows * V, 3), t = randn(rows * V, 4);
       const std::vector<int64_t> y = {0, 5, 36, 2};
-      for (Runner run : runners()) {
-        std::vector<double> l1(rows), l2(rows);
-        std::vector<float> g(rows * V), buf = over_teacher ? t : s;
-        OneTeacher separate(s.data(), t.data(), rows, V, y.data(), l1.data());
-        separate.p.grad = g.data();
-        separate.p.temperature = temp;
-        run(separate.p);
-        OneTeacher aliased(over_teacher ? s.data() : buf.data(), over_teacher ? buf.data() : t.data(), rows, V,
-                           y.data(), l2.data());
-        aliased.p.grad = buf.data();
-        aliased.p.temperature = temp;
-        run(aliased.p);
-        EXPECT_EQ(l1, l2) << "V " << V << " T " << temp;
-        EXPECT_EQ(0, std::memcmp(g.data(), buf.data(), g.size() * sizeof(float))) << "V " << V << " T " << temp;
-      }
+      std::vector<double> l1(rows), l2(rows);
+      std::vector<float> g(rows * V), buf = over_teacher ? t : s;
+      OneTeacher separate(s.data(), t.data(), rows, V, y.data(), l1.data());
+      separate.p.grad = g.data();
+      separate.p.temperature = temp;
+      run(separate.p);
+      OneTeacher aliased(over_teacher ? s.data() : buf.data(), over_teacher ? buf.data() : t.data(), rows, V,
+                         y.data(), l2.data());
+      aliased.p.grad = buf.data();
+      aliased.p.temperature = temp;
+      run(aliased.p);
+      EXPECT_EQ(l1, l2) << "V " << V << " T " << temp;
+      EXPECT_EQ(0, std::memcmp(g.data(), buf.data(), g.size() * sizeof(float))) << "V " << V << " T " << temp;
     }
   }
 }
 
-TEST(KDLoss, GradientMayOverwriteStudent) { expect_aliased_gradient_is_exact(false); }
+TEST_P(KDLossPath, GradientMayOverwriteStudent) { expect_aliased_gradient_is_exact(run, false); }
 
-TEST(KDLoss, GradientMayOverwriteTeacher) { expect_aliased_gradient_is_exact(true); }
+TEST_P(KDLossPath, GradientMayOverwriteTeacher) { expect_aliased_gradient_is_exact(run, true); }
 
-TEST(KDLoss, NegativeInfinityEntries) {
+TEST_P(KDLossPath, NegativeInfinityEntries) {
   // Entries 0..2 are -inf in both models (a masked vocabulary); entry 3 only in the teacher.
   const int64_t V = 11;
   std::vector<float> s(V), t(V);
@@ -350,36 +376,34 @@ TEST(KDLoss, NegativeInfinityEntries) {
   std::vector<double> sd(s.begin() + 3, s.end()), td(t.begin() + 3, t.end());
   td[0] = -INFINITY;
   const RefRow r = reference_row(sd, {td}, {1.0}, 5 - 3, 2.0, 0.5, 1.0);
-  for (Runner run : runners()) {
-    double loss;
-    std::vector<float> g(V);
-    OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
-    K::KDLossProblem& p = prob.p;
-    p.grad = g.data();
-    run(p);
-    ASSERT_TRUE(std::isfinite(loss));
-    EXPECT_NEAR(loss, r.loss, 1e-6);
-    for (int v = 0; v < 3; ++v) EXPECT_EQ(g[v], 0.0f);
-    for (int64_t v = 3; v < V; ++v) EXPECT_NEAR(g[v], r.grad[v - 3], 1e-6);
-    // The student -inf where the teacher has mass: KL is +inf, honestly.
-    std::vector<float> s2 = s;
-    s2[4] = -INFINITY;
-    p.student = s2.data();
-    p.grad = nullptr;
-    run(p);
-    EXPECT_TRUE(std::isinf(loss) && loss > 0);
-    // ... unless the KL term has weight 0: then it is skipped, not 0 * inf = NaN.
-    p.alpha = 0.0;
-    run(p);
-    EXPECT_TRUE(std::isfinite(loss));
-  }
+  double loss;
+  std::vector<float> g(V);
+  OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
+  K::KDLossProblem& p = prob.p;
+  p.grad = g.data();
+  run(p);
+  ASSERT_TRUE(std::isfinite(loss));
+  EXPECT_NEAR(loss, r.loss, 1e-6);
+  for (int v = 0; v < 3; ++v) EXPECT_EQ(g[v], 0.0f);
+  for (int64_t v = 3; v < V; ++v) EXPECT_NEAR(g[v], r.grad[v - 3], 1e-6);
+  // The student -inf where the teacher has mass: KL is +inf, honestly.
+  std::vector<float> s2 = s;
+  s2[4] = -INFINITY;
+  p.student = s2.data();
+  p.grad = nullptr;
+  run(p);
+  EXPECT_TRUE(std::isinf(loss) && loss > 0);
+  // ... unless the KL term has weight 0: then it is skipped, not 0 * inf = NaN.
+  p.alpha = 0.0;
+  run(p);
+  EXPECT_TRUE(std::isfinite(loss));
 }
 
 // The one-teacher path sums each block of 2048 entries against its own maximum and merges the
 // blocks against the row's: blocks whose maxima lie far apart (60 below the row's, so their
 // factors e^((m_b - M)/T) are tiny but not 0), a block masked to -inf in both models (factor 0),
 // the row maximum in a short last block, the target in a low block.
-TEST(KDLoss, BlocksWithFarApartMaxima) {
+TEST_P(KDLossPath, BlocksWithFarApartMaxima) {
   const int64_t V = 3 * 2048 + 6;
   std::mt19937 gen(11);
   std::normal_distribution<float> nd(0.f, 2.f);
@@ -399,21 +423,19 @@ TEST(KDLoss, BlocksWithFarApartMaxima) {
         const RefRow r = reference_row(sd, {td}, {1.0}, y, temp, alpha, 1.0);
         double gmax = 0;
         for (double g : r.grad) gmax = std::max(gmax, std::abs(g));
-        for (Runner run : runners()) {
-          double loss = -1;
-          std::vector<float> g(V, 1.0f);
-          OneTeacher prob(s.data(), t.data(), 1, V, &y, &loss);
-          prob.p.temperature = temp;
-          prob.p.alpha = alpha;
-          prob.p.grad = g.data();
-          run(prob.p);
-          EXPECT_NEAR(loss, r.loss, 2e-5 * (1.0 + std::abs(r.loss)));
-          for (int64_t v = 0; v < V; ++v) {
-            if (v >= 2048 && v < 4096) {
-              ASSERT_EQ(g[v], 0.0f) << "v " << v;  // masked entries: exactly no gradient
-            } else {
-              ASSERT_NEAR(g[v], r.grad[v], 2e-5 * gmax + 1e-30) << "v " << v;
-            }
+        double loss = -1;
+        std::vector<float> g(V, 1.0f);
+        OneTeacher prob(s.data(), t.data(), 1, V, &y, &loss);
+        prob.p.temperature = temp;
+        prob.p.alpha = alpha;
+        prob.p.grad = g.data();
+        run(prob.p);
+        EXPECT_NEAR(loss, r.loss, 2e-5 * (1.0 + std::abs(r.loss)));
+        for (int64_t v = 0; v < V; ++v) {
+          if (v >= 2048 && v < 4096) {
+            ASSERT_EQ(g[v], 0.0f) << "v " << v;  // masked entries: exactly no gradient
+          } else {
+            ASSERT_NEAR(g[v], r.grad[v], 2e-5 * gmax + 1e-30) << "v " << v;
           }
         }
       }
@@ -424,7 +446,7 @@ TEST(KDLoss, BlocksWithFarApartMaxima) {
 // A NaN logit makes the loss NaN (never a finite number): in the last lane of a block (where the
 // block maximum itself may come back NaN), in the scalar tail, in the teacher only. The only
 // finite case is a NaN teacher under alpha = 0, where the teacher is not read.
-TEST(KDLoss, NaNLogitsGiveNaNLoss) {
+TEST_P(KDLossPath, NaNLogitsGiveNaNLoss) {
   const int64_t V = 2048 + 16 + 5;  // one block, then 16 + 5: a vector and a scalar tail
   const int64_t y[1] = {7};
   for (int64_t where : {int64_t(2047), int64_t(2048 + 16 + 4), int64_t(3)}) {
@@ -434,18 +456,16 @@ TEST(KDLoss, NaNLogitsGiveNaNLoss) {
                                         << alpha);
         std::vector<float> s = randn(V, 21), t = randn(V, 22);
         (in_teacher ? t : s)[where] = NAN;
-        for (Runner run : runners()) {
-          for (bool with_grad : {false, true}) {
-            double loss = 0;
-            std::vector<float> g(V);
-            OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
-            prob.p.alpha = alpha;
-            prob.p.temperature = 0.7;
-            prob.p.grad = with_grad ? g.data() : nullptr;
-            run(prob.p);
-            if (in_teacher && alpha == 0.0) EXPECT_TRUE(std::isfinite(loss));
-            else EXPECT_TRUE(std::isnan(loss)) << "loss " << loss;
-          }
+        for (bool with_grad : {false, true}) {
+          double loss = 0;
+          std::vector<float> g(V);
+          OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
+          prob.p.alpha = alpha;
+          prob.p.temperature = 0.7;
+          prob.p.grad = with_grad ? g.data() : nullptr;
+          run(prob.p);
+          if (in_teacher && alpha == 0.0) EXPECT_TRUE(std::isfinite(loss));
+          else EXPECT_TRUE(std::isnan(loss)) << "loss " << loss;
         }
       }
     }
@@ -455,25 +475,23 @@ TEST(KDLoss, NaNLogitsGiveNaNLoss) {
 // Identical student and teacher at the same temperature, KL only: the true gradient is 0, and
 // each entry may differ from it by the rounding of one product (a wrong block factor would show
 // as errors of the size of the probabilities themselves).
-TEST(KDLoss, IdenticalModelsGiveAlmostNoGradient) {
+TEST_P(KDLossPath, IdenticalModelsGiveAlmostNoGradient) {
   const int64_t V = 5000;
   std::vector<float> s = randn(V, 31);
   for (int64_t v = 2048; v < 4096; ++v) s[v] -= 30.0f;  // blocks with maxima far apart
   const int64_t y[1] = {1};
-  for (Runner run : runners()) {
-    for (double temp : {1.0, 2.0, 0.7}) {
-      double loss = -1;
-      std::vector<float> g(V);
-      OneTeacher prob(s.data(), s.data(), 1, V, y, &loss);
-      prob.p.alpha = 1.0;
-      prob.p.temperature = temp;
-      prob.p.grad = g.data();
-      run(prob.p);
-      EXPECT_NEAR(loss, 0.0, 1e-6) << "T " << temp;
-      float worst = 0;
-      for (float v : g) worst = std::max(worst, std::abs(v));
-      EXPECT_LT(worst, 1e-7f) << "T " << temp;
-    }
+  for (double temp : {1.0, 2.0, 0.7}) {
+    double loss = -1;
+    std::vector<float> g(V);
+    OneTeacher prob(s.data(), s.data(), 1, V, y, &loss);
+    prob.p.alpha = 1.0;
+    prob.p.temperature = temp;
+    prob.p.grad = g.data();
+    run(prob.p);
+    EXPECT_NEAR(loss, 0.0, 1e-6) << "T " << temp;
+    float worst = 0;
+    for (float v : g) worst = std::max(worst, std::abs(v));
+    EXPECT_LT(worst, 1e-7f) << "T " << temp;
   }
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "isa_capped.h"
 #include "kernels/prune/prune.h"
 
 namespace K = edgegen::kernels;
@@ -82,27 +83,13 @@ void PrintTo(Isa isa, std::ostream* os);  // test_quant.cpp
 
 // Every path of the float32 sweeps (baseline, AVX-512), each run on this CPU when it can (skipped
 // by name when not), under the ISA cap set for the test and restored after it.
-class PrunePath : public ::testing::TestWithParam<K::Isa> {
- protected:
-  void SetUp() override {
-    if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
-    previous_ = K::max_isa();
-    K::set_max_isa(GetParam());
-    capped_ = true;
-    if (KP::prune_isa() != GetParam())
-      GTEST_SKIP() << "no pruning path of its own at " << K::isa_name(GetParam());
-  }
-  void TearDown() override {
-    if (capped_) K::set_max_isa(previous_);
-  }
-
- private:
-  K::Isa previous_ = K::Isa::Scalar;
-  bool capped_ = false;
+class PrunePath : public K::testing::IsaCappedTest {
+  K::Isa family_isa() const override { return KP::prune_isa(); }
+  const char* family_name() const override { return "pruning"; }
 };
 
 INSTANTIATE_TEST_SUITE_P(Isa, PrunePath, ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512),
-                         [](const ::testing::TestParamInfo<K::Isa>& i) { return std::string(K::isa_name(i.param)); });
+                         K::testing::isa_param_name);
 
 TEST_P(PrunePath, MatchesStableSortAcrossSourcesThreadsAndTies) {
   // Sizes straddle the 65536-element chunk; 'distinct' makes heavy ties (incl. many zeros).

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <ostream>
@@ -11,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "isa_capped.h"
 #include "kernels/quant/quantize.h"
 
 namespace K = edgegen::kernels;
@@ -194,6 +196,54 @@ TEST(Int8AmxModel, FloatOutputEqualsScalarPath) {
   KQ::gemm_u8s8_isa(K::Isa::Scalar, a.data(), lda, m, n, k, 60, packed.data(), row_sum.data(),
                     {nullptr, want.data(), 0.02f, scale.data(), bias.data()}, 2);
   EXPECT_EQ(got, want);
+}
+
+// The float epilogue on every path equals the scalar path's bit for bit: acc * (a_scale * w_scale[j]),
+// rounded, then + bias[j], rounded (no FMA on any path). n = 16 and 48: whole 16-feature panels
+// (the vector epilogues); 45: a partial last panel. 7-bit activations (the AVX2 path's vpmaddubsw
+// tiles) and 8-bit ones (its exact tiles); 1 and 3 threads.
+TEST_P(Int8Path, FloatOutputWithScalesAndBiasEqualsScalarPath) {
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> ws(0.0005f, 0.03f), bs(-3.0f, 3.0f);
+  for (int64_t n : {45, 16, 48}) {
+    for (int bits : {7, 8}) {
+      SCOPED_TRACE(testing::Message() << "n=" << n << " activations of " << bits << " bits");
+      const int64_t m = 37, k = 100, lda = KQ::packed_k(k);
+      std::vector<int8_t> w(size_t(n * k)), packed(size_t(KQ::packed_panels(n) * lda * KQ::kPanel));
+      std::vector<uint8_t> a(size_t(m * lda), 0);
+      std::vector<float> scale(static_cast<size_t>(n)), bias(static_cast<size_t>(n));
+      std::vector<float> got(size_t(m * n), NAN), want(size_t(m * n), NAN), nobias(size_t(m * n), NAN);
+      std::vector<int32_t> row_sum(static_cast<size_t>(n)), acc(size_t(m * n));
+      for (auto& v : w) v = int8_t(int(rng() % 256) - 128);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t kk = 0; kk < k; ++kk) a[size_t(i * lda + kk)] = uint8_t(rng() % (bits == 7 ? 128 : 256));
+      for (auto& v : scale) v = ws(rng);
+      for (auto& v : bias) v = bs(rng);
+      KQ::pack_weight_s8(w.data(), n, k, packed.data(), row_sum.data());
+      const float a_scale = 0.0173f;
+      const int32_t zp = 61;
+      for (int threads : {1, 3}) {
+        KQ::gemm_u8s8_isa(GetParam(), a.data(), lda, m, n, k, zp, packed.data(), row_sum.data(),
+                          {nullptr, got.data(), a_scale, scale.data(), bias.data()}, threads);
+        KQ::gemm_u8s8_isa(K::Isa::Scalar, a.data(), lda, m, n, k, zp, packed.data(), row_sum.data(),
+                          {nullptr, want.data(), a_scale, scale.data(), bias.data()}, threads);
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float))) << threads << " threads";
+        KQ::gemm_u8s8_isa(GetParam(), a.data(), lda, m, n, k, zp, packed.data(), row_sum.data(),
+                          {nullptr, nobias.data(), a_scale, scale.data(), nullptr}, threads);
+        KQ::gemm_u8s8_isa(GetParam(), a.data(), lda, m, n, k, zp, packed.data(), row_sum.data(),
+                          {acc.data(), nullptr, 0.0f, nullptr, nullptr}, threads);
+        // The documented formula, written out: two roundings.
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            const size_t e = size_t(i * n + j);
+            const float s = a_scale * scale[size_t(j)];
+            const float product = float(acc[e]) * s;
+            ASSERT_EQ(nobias[e], product) << i << "," << j;
+            ASSERT_EQ(got[e], product + bias[size_t(j)]) << i << "," << j;
+          }
+      }
+    }
+  }
 }
 
 #include <cstdio>
@@ -413,24 +463,28 @@ TEST_P(Int4Path, WeightOnlyGemvMatchesDequantizedLoop) {
   SCOPED_TRACE(testing::Message() << "k=" << k << " group=" << group);
   const int64_t n = 13, groups = k / group;
   std::vector<uint8_t> q(size_t(n * k)), packed(size_t(n * k / 2)), zero(size_t(n * groups));
-  std::vector<float> scale(size_t(n * groups)), x(size_t(6 * k)), out(size_t(6 * n));
+  std::vector<float> scale(size_t(n * groups)), x(size_t(6 * k)), out(size_t(6 * n)), bias(static_cast<size_t>(n));
   for (auto& v : q) v = uint8_t(rng() % 16);
   for (auto& v : zero) v = uint8_t(rng() % 16);
   for (auto& v : scale) v = 0.01f + float(rng() % 100) / 1000.0f;
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 500.0f;
+  for (auto& v : bias) v = float(int(rng() % 201) - 100) / 25.0f;
   KQ::pack_int4(q.data(), n, k, packed.data());
   for (int64_t m : {1, 2, 3, 4, 6}) {
-    KQ::int4_gemv_isa(GetParam(), x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group, nullptr,
-                      out.data(), 2);
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t r = 0; r < n; ++r) {
-        double want = 0;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          const int64_t g = r * groups + kk / group;
-          want += (double(q[size_t(r * k + kk)]) - zero[size_t(g)]) * scale[size_t(g)] * x[size_t(i * k + kk)];
+    for (bool with_bias : {false, true}) {
+      KQ::int4_gemv_isa(GetParam(), x.data(), m, n, k, packed.data(), scale.data(), zero.data(), group,
+                        with_bias ? bias.data() : nullptr, out.data(), 2);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t r = 0; r < n; ++r) {
+          double want = with_bias ? bias[size_t(r)] : 0.0;
+          for (int64_t kk = 0; kk < k; ++kk) {
+            const int64_t g = r * groups + kk / group;
+            want += (double(q[size_t(r * k + kk)]) - zero[size_t(g)]) * scale[size_t(g)] * x[size_t(i * k + kk)];
+          }
+          ASSERT_NEAR(out[size_t(i * n + r)], want, 1e-4 * (1.0 + std::fabs(want)))
+              << m << " " << i << " " << r << (with_bias ? " with bias" : "");
         }
-        ASSERT_NEAR(out[size_t(i * n + r)], want, 1e-4 * (1.0 + std::fabs(want))) << m << " " << i << " " << r;
-      }
+    }
   }
   }
 }
@@ -440,11 +494,13 @@ using ConvFn = std::function<void(const uint8_t*, KQ::ConvGeometry, int64_t, int
 
 // A direct convolution against int64 loops: batch 2, c input channels (padded to cp), an h x w
 // input with 1 pixel of padding, a k x k kernel at stride s and dilation dl, co output channels;
-// activations 7-bit (with 127s), weights over the whole int8 range.
+// activations 7-bit (with 127s), weights over the whole int8 range. With `epilogue`, an activation
+// scale other than 1, per-channel weight scales and a bias: each output is then the documented
+// float(sum) * (a_scale * w_scale[c]) + bias[c], two roundings, bit for bit.
 static void expect_conv_exact(const ConvFn& conv, int64_t c, int64_t cp, int64_t h, int64_t w, int64_t k, int64_t s,
-                              int64_t dl, int64_t co, uint32_t seed) {
+                              int64_t dl, int64_t co, uint32_t seed, bool epilogue = false) {
   SCOPED_TRACE(testing::Message() << "c=" << c << " cp=" << cp << " " << h << "x" << w << " k=" << k << " s=" << s
-                                  << " dilation=" << dl << " co=" << co);
+                                  << " dilation=" << dl << " co=" << co << (epilogue ? " scaled, with bias" : ""));
   std::mt19937 rng(seed);
   const int64_t b = 2, pad = 1;
   const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = (hp - dl * (k - 1) - 1) / s + 1,
@@ -460,10 +516,18 @@ static void expect_conv_exact(const ConvFn& conv, int64_t c, int64_t cp, int64_t
   std::vector<int8_t> packed(size_t(KQ::packed_panels(co) * kp * KQ::kPanel));
   std::vector<int32_t> row_sum(static_cast<size_t>(co) + 0);
   KQ::pack_weight_s8(wt.data(), co, kp, packed.data(), row_sum.data());
-  std::vector<float> scale(size_t(co), 1.0f), out(size_t(b * co * ho * wo));
+  std::vector<float> scale(size_t(co), 1.0f), bias(size_t(co), 0.0f), out(size_t(b * co * ho * wo), NAN);
+  float a_scale = 1.0f;
+  if (epilogue) {
+    std::uniform_real_distribution<float> ws(0.0005f, 0.03f), bs(-3.0f, 3.0f);
+    a_scale = 0.0173f;
+    for (auto& v : scale) v = ws(rng);
+    for (auto& v : bias) v = bs(rng);
+  }
   const int64_t os[4] = {co * ho * wo, ho * wo, wo, 1};
   KQ::ConvGeometry g{b, hp, wp, cp, k, k, s, s, dl, dl, ho, wo};
-  conv(in.data(), g, co, zp, packed.data(), row_sum.data(), 1.0f, scale.data(), nullptr, out.data(), os, 2);
+  conv(in.data(), g, co, zp, packed.data(), row_sum.data(), a_scale, scale.data(), epilogue ? bias.data() : nullptr,
+       out.data(), os, 2);
   for (int64_t n = 0; n < b; ++n)
     for (int64_t o = 0; o < co; ++o)
       for (int64_t y = 0; y < ho; ++y)
@@ -474,8 +538,9 @@ static void expect_conv_exact(const ConvFn& conv, int64_t c, int64_t cp, int64_t
               for (int64_t ch = 0; ch < cp; ++ch)
                 want += (int64_t(in[size_t(((n * hp + y * s + i * dl) * wp + x * s + j * dl) * cp + ch)]) - zp) *
                         wt[size_t((o * k * k + i * k + j) * cp + ch)];
-          ASSERT_EQ(out[size_t(n * os[0] + o * os[1] + y * os[2] + x)], float(want)) << n << " " << o << " " << y
-                                                                                    << " " << x;
+          const float expected = epilogue ? float(want) * (a_scale * scale[size_t(o)]) + bias[size_t(o)] : float(want);
+          ASSERT_EQ(out[size_t(n * os[0] + o * os[1] + y * os[2] + x)], expected) << n << " " << o << " " << y << " "
+                                                                                   << x;
         }
 }
 
@@ -491,6 +556,7 @@ TEST_P(Int8Path, DirectConvolutionMatchesIntegerLoops) {
   expect_conv_exact(conv, 5, 8, 7, 46, 3, 2, 1, 37, 11);
   expect_conv_exact(conv, 12, 12, 5, 13, 3, 1, 1, 64, 15);
   expect_conv_exact(conv, 12, 12, 5, 13, 3, 1, 1, 112, 16);
+  expect_conv_exact(conv, 5, 8, 7, 46, 3, 2, 1, 37, 17, true);
 }
 
 // The AMX path's convolution block on the software tile model, on any CPU: one K segment per tap
@@ -505,4 +571,112 @@ TEST(Int8AmxModel, DirectConvolutionMatchesIntegerLoops) {
   expect_conv_exact(model, 100, 100, 5, 9, 4, 2, 1, 48, 14);
   expect_conv_exact(model, 3, 4, 6, 15, 1, 1, 1, 16, 15);
   expect_conv_exact(model, 128, 128, 2, 17, 1, 1, 1, 64, 16);
+  expect_conv_exact(model, 70, 72, 3, 70, 3, 1, 2, 20, 18, true);
+}
+
+// Every path of the INT8 layers' activation pass (finite check, min/max, 7-bit codes), each run
+// on this CPU when it can (skipped by name when not), under the ISA cap set for the test and
+// restored after it.
+class Int8ActPath : public K::testing::IsaCappedTest {
+  K::Isa family_isa() const override { return KQ::int8_act_isa(); }
+  const char* family_name() const override { return "activation-quantization"; }
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, Int8ActPath, ::testing::Values(K::Isa::Scalar, K::Isa::Avx2, K::Isa::Avx512),
+                         K::testing::isa_param_name);
+
+// Codes clamp(nearbyint(x / scale) + zero_point, 0, 127): halves round to even (0.5 -> 0, 1.5 -> 2,
+// 2.5 -> 2, -1.5 -> -2), row lengths 1..40 (whole vectors and every tail), the row padding zeroed.
+TEST_P(Int8ActPath, StaticCodesRoundHalvesToEven) {
+  const KQ::ActQuant q{0.25f, 3};  // 1 / 0.25 = 4 exactly: x = (t + 0.5) / 4 is a tie
+  {
+    const std::vector<float> x{0.125f, 0.375f, 0.625f, -0.375f, -0.125f, 0.875f, 100.0f, -100.0f};
+    std::vector<uint8_t> a(8, 0xAB);
+    KQ::quantize_activations_static_u7(x.data(), 1, 8, q, a.data(), 8, 1);
+    EXPECT_EQ(a, (std::vector<uint8_t>{3, 5, 5, 1, 3, 7, 127, 0}));
+  }
+  std::mt19937 rng(23);
+  for (int64_t k = 1; k <= 40; ++k) {
+    const int64_t m = 3, lda = KQ::packed_k(k) + 4;
+    std::vector<float> x(size_t(m * k));
+    for (size_t e = 0; e < x.size(); ++e)
+      x[e] = e % 3 == 2 ? float(int(rng() % 400) - 100) / 7.0f : (float(int(rng() % 160) - 30) + 0.5f) / 4.0f;
+    std::vector<uint8_t> a(size_t(m * lda), 0xAB);
+    KQ::quantize_activations_static_u7(x.data(), m, k, q, a.data(), lda, 1);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < lda; ++j) {
+        int want = 0;
+        if (j < k) {
+          const float v = std::nearbyint(x[size_t(i * k + j)] * 4.0f) + 3.0f;
+          want = int(std::min(127.0f, std::max(0.0f, v)));
+        }
+        ASSERT_EQ(int(a[size_t(i * lda + j)]), want) << "k " << k << " at " << i << "," << j;
+      }
+  }
+}
+
+// The range of dynamic quantization (extended to include 0) and the finiteness check see every
+// value: the minimum, the maximum, a NaN or an infinity only at the last index, for n = 1..40.
+TEST_P(Int8ActPath, DynamicRangeAndFinitenessSeeTheLastValue) {
+  std::mt19937 rng(29);
+  for (int64_t n = 1; n <= 40; ++n) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = float(int(rng() % 1000)) / 1000.0f;  // in [0, 1)
+    for (float last : {-7.5f, 30.0f, -0.25f}) {
+      x[size_t(n - 1)] = last;
+      float lo = 0.0f, hi = 0.0f;
+      for (float v : x) lo = std::min(lo, v), hi = std::max(hi, v);
+      const float scale = hi > lo ? (hi - lo) / 127.0f : 1.0f;
+      const int32_t zp = int32_t(std::min(127.0f, std::max(0.0f, std::nearbyint(-lo / scale))));
+      KQ::ActQuant q{-1.0f, -1};
+      ASSERT_TRUE(KQ::dynamic_act_params_u7(x.data(), n, &q, 1)) << "n " << n;
+      EXPECT_EQ(q.scale, scale) << "n " << n << " last " << last;
+      EXPECT_EQ(q.zero_point, zp) << "n " << n << " last " << last;
+      EXPECT_TRUE(KQ::all_finite(x.data(), n, 1));
+    }
+    for (float last : {NAN, INFINITY, -INFINITY}) {
+      x[size_t(n - 1)] = last;
+      KQ::ActQuant q{-1.0f, -1};
+      EXPECT_FALSE(KQ::dynamic_act_params_u7(x.data(), n, &q, 1)) << "n " << n << " last " << last;
+      EXPECT_EQ(q.scale, -1.0f);  // untouched
+      EXPECT_FALSE(KQ::all_finite(x.data(), n, 1)) << "n " << n << " last " << last;
+    }
+  }
+}
+
+#include "kernels/quant/observe.h"
+
+// Bins [lo + b w, lo + (b + 1) w): a value on an edge counts in the bin above it (hi itself in the
+// last), values below lo (and -inf) in the first, above hi (and +inf) in the last, NaNs apart.
+TEST(Observe, HistogramEdgesOutOfRangeAndNaN) {
+  const std::vector<float> x{0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 0.5f, 2.999f, -1.0f, 5.0f, -INFINITY, INFINITY, NAN, 1.0f};
+  std::vector<int64_t> counts(4, -1);
+  for (int threads : {1, 3}) {
+    EXPECT_EQ(KQ::observe_histogram(x.data(), K::DType::F32, int64_t(x.size()), 4, 0.0f, 4.0f, counts.data(), threads),
+              1);
+    // 0: {0, 0.5, -1, -inf}; 1: {1, 1}; 2: {2, 2.999}; 3: {3, 4, 5, +inf}
+    EXPECT_EQ(counts, (std::vector<int64_t>{4, 2, 2, 4})) << threads << " threads";
+  }
+}
+
+// scale = (hi - lo) / (qmax - qmin) over the range extended to 0, zero_point = clamp(qmin -
+// round(lo / scale), qmin, qmax); an empty range gives scale 1.
+TEST(Observe, AffineQparamsOfPositiveAndEmptyRanges) {
+  float scale = 0.0f;
+  int32_t zp = 99;
+  KQ::affine_qparams(2.0f, 6.0f, -128, 127, &scale, &zp);  // lo > 0: the range becomes [0, 6]
+  EXPECT_EQ(scale, 6.0f / 255.0f);
+  EXPECT_EQ(zp, -128);
+  KQ::affine_qparams(-6.0f, -2.0f, 0, 255, &scale, &zp);  // hi < 0: [-6, 0]
+  EXPECT_EQ(scale, 6.0f / 255.0f);
+  EXPECT_EQ(zp, 255);
+  KQ::affine_qparams(-1.0f, 3.0f, 0, 255, &scale, &zp);
+  EXPECT_EQ(scale, 4.0f / 255.0f);
+  EXPECT_EQ(zp, 64);  // 0 - round(-1 / (4 / 255)) = 0 - round(-63.75)
+  KQ::affine_qparams(0.0f, 0.0f, -128, 127, &scale, &zp);  // empty
+  EXPECT_EQ(scale, 1.0f);
+  EXPECT_EQ(zp, -128);
+  KQ::affine_qparams(0.0f, 0.0f, 0, 255, &scale, &zp);
+  EXPECT_EQ(scale, 1.0f);
+  EXPECT_EQ(zp, 0);
 }
