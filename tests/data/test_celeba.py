@@ -83,6 +83,54 @@ def test_bad_images_and_files(tmp_path):
         CelebA(tmp_path / "nowhere")
 
 
+def make_coded_celeba(root: Path) -> np.ndarray:
+    """One image whose pixels say where they are (red: the row, blue: the column, green: 1-px
+    vertical stripes); returns the decoded JPEG as [218, 178, 3] (JPEG is lossy: the reference)."""
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    arr = np.zeros((218, 178, 3), np.uint8)
+    arr[..., 0] = np.arange(218)[:, None]
+    arr[..., 1] = (np.arange(178)[None, :] % 2) * 255
+    arr[..., 2] = np.arange(178)[None, :]
+    path = folder / "img_align_celeba" / "000001.jpg"
+    Image.fromarray(arr).save(path, quality=100, subsampling=0)
+    (folder / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+# (crop, top, left): the centered window of a 178x218 image, (218 - crop) // 2 and (178 - crop) // 2
+@pytest.mark.parametrize("crop, top, left", [(148, 35, 15), (140, 39, 19)], ids=["crop148", "crop140"])
+def test_crop_is_the_centered_window_of_the_decoded_image(tmp_path, crop, top, left):
+    decoded = make_coded_celeba(tmp_path)
+    got = CelebA(tmp_path, split="all", crop=crop, image_size=crop, cache_dir=tmp_path / "c").images[0]
+    expected = decoded[top:top + crop, left:left + crop].transpose(2, 0, 1)
+    assert got.shape == (3, crop, crop)
+    np.testing.assert_array_equal(got, expected)
+    # the fixture's codes survive JPEG to within a few levels: first and last row, first and last column
+    assert abs(int(got[0, 0, 0]) - top) <= 3 and abs(int(got[0, -1, 0]) - (top + crop - 1)) <= 3
+    assert abs(int(got[2, 0, 0]) - left) <= 3 and abs(int(got[2, 0, -1]) - (left + crop - 1)) <= 3
+
+
+def test_resize_is_bilinear_on_the_cropped_window(tmp_path):
+    decoded = make_coded_celeba(tmp_path)
+    got = CelebA(tmp_path, split="all", cache_dir=tmp_path / "c").images[0]  # crop 148, image_size 64
+    window = Image.fromarray(np.ascontiguousarray(decoded[35:183, 15:163]))
+    expected = np.asarray(window.resize((64, 64), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, expected)
+    # 1-px stripes average out when 148 columns become 64 (nearest neighbour would keep 0 and 255)
+    green = got[1].astype(np.float64)
+    assert green.std() < 40 and 60 < green.mean() < 195
+
+
+@pytest.mark.parametrize("crop", [300, 179, 7], ids=["crop300", "crop179", "crop7"])
+def test_crop_outside_the_image_is_refused(tmp_path, crop):
+    make_coded_celeba(tmp_path)
+    with pytest.raises(ValueError, match=rf"crop: expected an int in \[8, 178\], got {crop}$"):
+        CelebA(tmp_path, split="all", crop=crop, image_size=8, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.skipif(not (REAL / "celeba" / "list_eval_partition.txt").is_file(),
                     reason="EDGEGEN_DATA_DIR does not hold celeba/")
 def test_real_celeba_subset(tmp_path):

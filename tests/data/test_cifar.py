@@ -69,6 +69,25 @@ def test_resize_to_64_cached_once(tmp_path):
     assert torch.all(c[0][0] == 51 / 127.5 - 1) and c.classes[3] == "class_3"
 
 
+def test_upsampling_is_bilinear_with_half_pixel_centers(tmp_path):
+    # Red: a ramp 0, 8, ..., 248 along each row; green: the same ramp down each column; blue: constant.
+    ramp = np.arange(32, dtype=np.uint8) * 8
+    img = np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.full((32, 32), 51, np.uint8)])
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"labels": [0], b"data": img.reshape(1, 3072)}, f, protocol=2)
+    out = np.asarray(CIFAR10(tmp_path, split="test", cache_dir=tmp_path / "c").images[0])
+    # Output pixel i sits at input coordinate i/2 - 1/4 (clamped to [0, 31]): the edges repeat 0 and 248,
+    # in between each pair of inputs 8k, 8k + 8 gives 8k + 2 and 8k + 6.
+    expected = [0] + [8 * (i // 2) + (2 if i % 2 else -2) for i in range(1, 63)] + [248]
+    assert expected[:8] == [0, 2, 6, 10, 14, 18, 22, 26] and expected[-3:] == [242, 246, 248]
+    assert out.shape == (3, 64, 64)
+    assert all(out[0, r].tolist() == expected for r in range(64))
+    assert all(out[1, :, c].tolist() == expected for c in range(64))
+    assert np.all(out[2] == 51)
+
+
 def test_bad_files(tmp_path):
     make_cifar(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"

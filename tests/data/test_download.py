@@ -7,12 +7,14 @@ import os
 import re
 import shutil
 import tarfile
+import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
 
+import edgegen.data.download as download_mod
 import edgegen.data.tokenizer as tokenizer_mod
 import edgegen.data.wikitext as wikitext_mod
 from edgegen.data import GPT2Tokenizer, OpenWebText, WikiText2, download_gpt2_tokenizer
@@ -67,6 +69,35 @@ def test_tokenizer_download(tmp_path, monkeypatch, tiny_tokenizer_dir):  # noqa:
     monkeypatch.setattr(tokenizer_mod, "OFFICIAL_FILES", files)
     folder = download_gpt2_tokenizer(tmp_path / "root")
     assert GPT2Tokenizer.from_dir(folder).encode("hel") == GPT2Tokenizer.from_dir(src).encode("hel")
+
+
+def test_a_download_cut_off_mid_stream_leaves_no_file(tmp_path, monkeypatch):
+    src = tmp_path / "big.bin"
+    data = bytes(range(256)) * (12 << 10)  # 3 MiB: several blocks
+    src.write_bytes(data)
+    reads = []
+
+    class CutOff:  # serves the first block, then the connection drops
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            reads.append(n)
+            if len(reads) == 2:
+                raise ConnectionResetError("simulated: connection reset by peer")
+            return data[:n]
+
+    dest = tmp_path / "gpt2" / "encoder.json"
+    with monkeypatch.context() as m:
+        m.setattr(urllib.request, "urlopen", lambda url, timeout=None: CutOff())
+        with pytest.raises(ConnectionResetError, match="simulated: connection reset by peer"):
+            download_mod.fetch(src.as_uri(), dest, sha256=sha256(src))
+    assert len(reads) == 2 and 0 < reads[0] < len(data)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []  # no partial file, no temporary file
+    assert download_mod.fetch(src.as_uri(), dest, sha256=sha256(src)) == dest and dest.read_bytes() == data
 
 
 def test_extract_refuses_escaping_members(tmp_path):

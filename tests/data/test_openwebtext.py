@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgegen.data import GPT2Tokenizer, OpenWebText
-from tests.data.test_text import tiny_tokenizer_dir  # noqa: F401  (fixture)
+from tests.data.test_text import _copy_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
 
@@ -176,3 +176,34 @@ def test_block_longer_than_the_stream_names_the_data(tmp_path, tiny_tokenizer_di
         ds.get_batch(1, 2)
     x, y = ds.get_batch(1, 1)
     assert x.tolist() == [[tok.encode("hel")[0]]] and y.tolist() == [[tok.eot_id]]
+
+
+
+def test_an_edited_document_is_tokenised_again(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    src, vocab = tiny_tokenizer_dir
+    tok = GPT2Tokenizer.from_dir(src)
+    (tmp_path / "openwebtext").mkdir()
+    doc = tmp_path / "openwebtext" / "a.txt"
+    doc.write_text("hel wo", encoding="utf-8")
+    first = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert first.tokens.tolist() == [vocab["hel"], vocab["Ġw"], vocab["o"], tok.eot_id]
+    # The same file name, other text (another size, a later modification time), the same cache folder.
+    old = doc.stat().st_mtime_ns
+    doc.write_text("hel wo, abc", encoding="utf-8")
+    os.utime(doc, ns=(old + 10**9, old + 10**9))
+    edited = OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert edited.tokens.tolist() == [vocab["hel"], vocab["Ġw"], vocab["o"], vocab[","], vocab["Ġ"], vocab["a"],
+                                      vocab["b"], vocab["c"], tok.eot_id]
+
+
+def test_another_tokenizer_gets_its_own_token_stream(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    src, vocab = tiny_tokenizer_dir
+    full = GPT2Tokenizer.from_dir(src)
+    fewer = GPT2Tokenizer.from_dir(_copy_tokenizer(src, tmp_path / "fewer", drop_last_merge=True))  # no ' w' merge
+    (tmp_path / "openwebtext").mkdir()
+    (tmp_path / "openwebtext" / "a.txt").write_text("hel wo", encoding="utf-8")
+    eot = vocab["<|endoftext|>"]
+    for tok, expected in [(full, [vocab["hel"], vocab["Ġw"], vocab["o"], eot]),
+                          (fewer, [vocab["hel"], vocab["Ġ"], vocab["w"], vocab["o"], eot]),
+                          (full, [vocab["hel"], vocab["Ġw"], vocab["o"], eot])]:
+        assert OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c").tokens.tolist() == expected

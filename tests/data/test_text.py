@@ -162,6 +162,28 @@ def test_wikitext_fixture_and_token_cache(tmp_path, tiny_tokenizer_dir):
         WikiText2(tmp_path, split="valid")
 
 
+def test_rewritten_wikitext_file_is_tokenised_again(tmp_path, tiny_tokenizer_dir):
+    # Texts without "he" or " w": the tiny vocabulary encodes them byte by byte (id = byte value).
+    d = tmp_path / "wikitext-2-raw"
+    d.mkdir()
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    (d / "wiki.test.raw").write_text(" = A = \n", encoding="utf-8", newline="")
+    assert WikiText2(tmp_path).tokens(tok, cache_dir=tmp_path / "cache").tolist() == list(b" = A = \n")
+    (d / "wiki.test.raw").write_text(" = B , edited = \n", encoding="utf-8", newline="")
+    again = WikiText2(tmp_path).tokens(tok, cache_dir=tmp_path / "cache")
+    assert again.tolist() == list(b" = B , edited = \n")
+
+
+def test_wikitext_quoting_the_end_of_text_marker_gets_no_special_token(tmp_path, tiny_tokenizer_dir):
+    d = tmp_path / "wikitext-2-raw"
+    d.mkdir()
+    (d / "wiki.test.raw").write_text(" a <|endoftext|> b \n", encoding="utf-8", newline="")
+    path, vocab = tiny_tokenizer_dir
+    ids = WikiText2(tmp_path).tokens(GPT2Tokenizer.from_dir(path), cache_dir=tmp_path / "cache").tolist()
+    assert ids == list(b" a <|endoftext|> b \n")  # the marker's 13 bytes, one id each
+    assert vocab["<|endoftext|>"] not in ids
+
+
 @needs_wikitext
 @needs_gpt2
 def test_real_wikitext2_tokens(tmp_path):

@@ -157,6 +157,18 @@ def test_compress_from_applies_set_names_from_and_is_tracked(tmp_path, trained, 
     assert json.loads((tmp_path / "fp16" / "mlflow_run.json").read_text())["run_id"] == runs[0].info.run_id
 
 
+def test_compress_from_accepts_set_for_the_tracking_section(tmp_path, trained, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"compress": {"ptq": {"kind": "Int8DynamicConfig"}},
+                                    "tracking": tracked(tmp_path)}))
+    assert main(["compress", str(path), "--from", str(trained), "--run-dir", str(tmp_path / "int8"),
+                 "--set", "tracking.enabled=false"]) == 0
+    assert strict_json(capsys.readouterr().out)["steps"] == ["post-training Int8DynamicConfig"]
+    # tracking off: no MLflow store created, no run linked from the folder
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "int8" / "mlflow_run.json").exists()
+    assert (tmp_path / "int8").is_dir()
+
+
 # --------------------------------------------------------------------------- run folders
 def test_a_run_dir_that_is_a_file_or_under_one_is_named_before_training(tmp_path, monkeypatch, capsys):
     import edgegen.train.loop as loop
@@ -210,7 +222,8 @@ def test_an_os_error_during_a_run_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- Ctrl-C
-def test_ctrl_c_names_the_folder_and_the_resume_command(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("extra", [["--set", "optim.lr=0.01"], ["--preset", "cpu-smoke"]], ids=["set", "preset"])
+def test_ctrl_c_names_the_folder_and_the_resume_command(tmp_path, monkeypatch, capsys, extra):
     import edgegen.train.loop as loop
 
     def interrupted(*a, **k):
@@ -219,11 +232,26 @@ def test_ctrl_c_names_the_folder_and_the_resume_command(tmp_path, monkeypatch, c
     monkeypatch.setattr(loop, "train_experiment", interrupted)
     path = write_config(tmp_path, tiny("vae", tmp_path))
     run = tmp_path / "run"
-    assert main(["train", path, "--set", "optim.lr=0.01", "--run-dir", str(run), "--no-progress"]) == 130
+    assert main(["train", path, *extra, "--run-dir", str(run), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
     assert f"the run folder is {run}" in err
-    assert f"edgegen train {path} --set optim.lr=0.01 --run-dir {run} --resume" in err
+    assert f"continue with: edgegen train {path} {' '.join(extra)} --run-dir {run} --resume\n" in err
+
+
+def test_ctrl_c_in_a_sweep_names_its_seeds_selection_and_preset(tmp_path, monkeypatch, capsys):
+    import edgegen.train.sweep as sweep
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump(_sweep(tmp_path, {"a": {}, "b": {}})))
+    assert main(["sweep", str(path), "--preset", "cpu-smoke", "--seeds", "3", "4", "--only", "b",
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with: edgegen sweep {path} --seeds 3 4 --only b --preset cpu-smoke --resume\n" in err
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -354,6 +382,21 @@ def test_reproduce_reports_progress_on_stderr_and_the_report_on_stdout(tmp_path,
     out, err = capsys.readouterr()
     assert out.strip() == f"report: {tmp_path / 'REPORT.md'} (0.1 min)"
     assert "[size] model size" in err
+
+
+def test_reproduce_exits_1_naming_the_tables_it_could_not_fill(tmp_path, monkeypatch, capsys):
+    import edgegen.reproduce as rep
+    from edgegen.cli.main import main
+
+    def fake(table, preset, seeds, out, log=print, **kw):
+        return {"tables": {"size": {"error": None}, "quality": {"error": "no CelebA data"}},
+                "report": str(tmp_path / "REPORT.md"), "minutes": 0.2}
+
+    monkeypatch.setattr(rep, "reproduce", fake)
+    assert main(["reproduce", "all", "--out", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip() == f"report: {tmp_path / 'REPORT.md'} (0.2 min)"
+    assert "edgegen reproduce: not filled: quality (reasons in the report)" in err
 
 
 def test_a_metric_that_is_not_finite_is_kept_as_strict_json_and_read_back_as_nan(tmp_path):
