@@ -74,3 +74,58 @@ def test_write_json_is_atomic_and_strict(tmp_path):
     path = atomic.write_json(tmp_path / "r.json", {"ppl": float("inf")}, indent=1)
     assert _strict(path.read_text()) == {"ppl": None}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize("writer", ["write_text", "write_json"])
+def test_a_failure_mid_write_keeps_the_old_file_and_leaves_no_temporary(writer, tmp_path, monkeypatch):
+    import pathlib
+
+    path = tmp_path / "out.json"
+    atomic.write_text(path, '{"old": 1}')
+    seen = []
+
+    def half_then_fail(self, text, encoding=None):
+        seen.append(self)
+        with open(self, "w", encoding=encoding) as f:
+            f.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="No space left on device"):
+        if writer == "write_text":
+            atomic.write_text(path, '{"new": 22222222}')
+        else:
+            atomic.write_json(path, {"new": 22222222})
+    monkeypatch.undo()
+    assert len(seen) == 1 and seen[0] != path and seen[0].parent == path.parent  # a temporary beside it
+    assert path.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_save_atomic_fsyncs_the_file_before_the_rename_then_the_folder(tmp_path, monkeypatch):
+    """tensor_files.save_atomic (checkpoints, through replacing): the data is flushed to disk
+    before it is renamed over the old file, and the folder after, so the rename is durable."""
+    from edgegen import tensor_files
+
+    path = tmp_path / "ckpt" / "last.pt"
+    tensor_files.save_atomic({"step": 1}, path)
+    old_inode = path.stat().st_ino
+    calls = []
+    real = os.fsync
+
+    def recording(fd):
+        st = os.fstat(fd)
+        calls.append((stat.S_ISDIR(st.st_mode), st.st_ino, st.st_size, path.stat().st_ino))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    tensor_files.save_atomic({"step": 2, "w": torch.arange(1000.0)}, path)
+    monkeypatch.undo()
+    new = path.stat()
+    assert torch.load(path)["step"] == 2
+    assert [c[0] for c in calls] == [False, True]  # the file, then the folder
+    (_, file_ino, file_size, at_file_sync), (_, dir_ino, _, at_dir_sync) = calls
+    assert file_ino == new.st_ino and file_size == new.st_size  # the whole new file, synced ...
+    assert at_file_sync == old_inode  # ... while the old one was still in place
+    assert dir_ino == path.parent.stat().st_ino and at_dir_sync == new.st_ino  # the folder, after the rename
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from edgegen.analysis import fidelity_score, plan_reduction
+from edgegen.analysis import default_ladders, fidelity_score, plan_reduction
 from edgegen.models import GPT2Config
 from edgegen.prune import FFNConfig, HeadConfig
 from edgegen.reduce import EmbeddingFactorConfig, LowRankConfig, MPRFConfig, reduce_
@@ -275,3 +275,29 @@ def test_a_plan_whose_score_is_not_finite_is_recorded_and_never_taken():
     assert all(s.error.startswith("score: expected a finite number (higher is better), got -inf for the plan "
                                   "MPRFConfig(") for s in overflowed)
     assert all(not s.error for s in plan.steps if s.taken)
+
+
+def _dcgan():
+    from edgegen.models import DCGANConfig, DCGANGenerator
+
+    return DCGANGenerator(DCGANConfig(nz=16, ngf=8))  # a config without n_embd
+
+
+@pytest.mark.parametrize("make", [lambda: None, lambda: torch.nn.Sequential(torch.nn.Linear(8, 8)), _dcgan],
+                         ids=["none", "no-config", "dcgan-config"])
+def test_default_ladders_without_n_embd_use_energy_rungs_for_the_embedding(make):
+    ladders = default_ladders(make())
+    assert list(ladders) == ["heads", "ffn", "rank", "embedding"]
+    assert ladders["embedding"] == [EmbeddingFactorConfig(energy=0.9), EmbeddingFactorConfig(energy=0.75),
+                                    EmbeddingFactorConfig(energy=0.5)]
+    assert [(c.energy, c.rank) for c in ladders["embedding"]] == [(0.9, None), (0.75, None), (0.5, None)]
+    assert ladders["heads"] == [HeadConfig(0.25), HeadConfig(0.5), HeadConfig(0.75)]
+    assert ladders["ffn"] == [FFNConfig(0.25), FFNConfig(0.5), FFNConfig(0.75)]
+    assert [c.fraction for c in ladders["rank"]] == [pytest.approx(1 / 2), pytest.approx(1 / 3), pytest.approx(1 / 4)]
+    assert all(c.rank is None and c.ranks is None for c in ladders["rank"])
+
+
+def test_default_ladders_with_n_embd_use_ranks_d_over_2_4_8():
+    ladders = default_ladders(model())  # n_embd = 48
+    assert ladders["embedding"] == [EmbeddingFactorConfig(rank=24), EmbeddingFactorConfig(rank=12),
+                                    EmbeddingFactorConfig(rank=6)]

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edgegen.analysis.tradeoff import atei, fit_tradeoff, optimal_complexity, pareto_front, pareto_scores, utility
+from edgegen.analysis.tradeoff import (atei, fit_tradeoff, optimal_complexity, pareto_front, pareto_scores,
+                                      to_higher_is_better, utility)
 from tests.helpers import figure_texts
 
 
@@ -223,3 +224,31 @@ def test_the_utility_figures_name_the_quality(tmp_path, monkeypatch):
                               "utility F(C) = lambda Q/Qmax + (1-lambda) E\nQ = 1/FID-proxy"]
     assert texts["cstar.png"] == ["optimal complexity against lambda, Q = 1/FID-proxy",
                                   "lambda (weight of quality, Q = 1/FID-proxy)", "C* (parameters)"]
+
+
+def test_a_higher_is_better_quality_is_kept_as_measured():
+    bleu = [12.5, 30.0, 21.0]
+    v, how = to_higher_is_better(bleu, lower_is_better=False, name="quality")
+    assert v.dtype == np.float64 and v.tolist() == [12.5, 30.0, 21.0] and "higher is better" in how
+    v, how = to_higher_is_better([20.0, 40.0, 5.0], lower_is_better=True, name="quality")
+    assert v.tolist() == [1 / 20.0, 1 / 40.0, 1 / 5.0] and "reciprocal" in how
+
+
+def test_atei_with_a_higher_is_better_quality_ranks_the_best_bleu_first():
+    """BLEU (higher better), latency (lower better): Q = (bleu - min) / (max - min),
+    E = (max - lat) / (max - lat_min), ATEI = 0.4 Q + 0.3 E + 0.3 D."""
+    bleu = np.array([12.0, 30.0, 21.0, 27.0])
+    latency = np.array([3.0, 9.0, 5.0, 4.0])
+    deploy = np.array([0.2, 0.9, 0.5, 0.7])
+    q = (bleu - bleu.min()) / (bleu.max() - bleu.min())
+    e = (latency.max() - latency) / (latency.max() - latency.min())
+    expected = 0.4 * q + 0.3 * e + 0.3 * deploy
+    v = atei(bleu, latency, deploy, quality_lower_is_better=False)
+    np.testing.assert_allclose(v, expected, rtol=1e-12, atol=1e-15)
+    assert v[1] == pytest.approx(0.4 * 1 + 0.3 * 0 + 0.3 * 0.9)  # best BLEU, slowest
+    assert v[0] == pytest.approx(0.4 * 0 + 0.3 * 1 + 0.3 * 0.2)  # worst BLEU, fastest
+    # equal latency and deployment: the higher BLEU scores higher (lower_is_better=True would invert it)
+    same = atei([10.0, 20.0], [2.0, 2.0], [0.5, 0.5], quality_lower_is_better=False)
+    assert same[1] > same[0] and same[1] - same[0] == pytest.approx(0.4)
+    flipped = atei([10.0, 20.0], [2.0, 2.0], [0.5, 0.5])
+    assert flipped[0] - flipped[1] == pytest.approx(0.4)

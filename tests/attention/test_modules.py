@@ -194,11 +194,61 @@ def test_choose_window_reports_milliseconds_per_token_times_layers(mode, monkeyp
 
 
 @pytest.mark.parametrize("mode", ["forward", "train", "decode"])
+def test_choose_window_a_cost_equal_to_the_budget_fits(mode, monkeypatch):
+    """A clock that advances 1/16 s per reading: every timed run takes exactly 62.5 ms, so the
+    cost per token (62.5 / 128 tokens, or 62.5 for one decoded token, times 2 layers) is exact. A
+    budget equal to it fits (cost <= budget); the next float below it does not."""
+    import types
+
+    import edgegen.attention.chooser as chooser
+
+    ticks = []
+
+    def perf_counter():
+        ticks.append(None)
+        return 0.0625 * len(ticks)
+
+    monkeypatch.setattr(chooser, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    cost = 2 * (62.5 if mode == "decode" else 62.5 / 128)
+    kwargs = dict(mode=mode, heads=1, head_dim=8, layers=2, windows=(32, 64), num_globals=(0,),
+                  calibration_length=128, repeats=1)
+    c = choose_window(cost, 256, **kwargs)
+    assert (c.window, c.num_global, c.fits, c.ms_per_token, c.budget_ms) == (64, 0, True, cost, cost)
+    assert [(r["window"], r["ms_per_token"], r["fits"]) for r in c.measurements] == [(32, cost, True),
+                                                                                     (64, cost, True)]
+    below = math.nextafter(cost, 0.0)
+    with pytest.warns(UserWarning, match="over the budget"):
+        c = choose_window(below, 256, **kwargs)
+    assert (c.window, c.fits) == (32, False) and [r["fits"] for r in c.measurements] == [False]
+
+
+@pytest.mark.parametrize("calibration_length", [16, 128, 4096])
+def test_choose_window_decode_times_one_token_after_seq_len_keys(calibration_length, monkeypatch):
+    """'decode' runs the kernel on one query at position seq_len - 1 over seq_len keys, whatever
+    calibration_length is; the cost is that of the one token (no division by a length)."""
+    import edgegen.attention.chooser as chooser
+
+    seen = []
+    real = chooser.sliding_window_attention
+
+    def recording(q, k, v, window, num_global, **kwargs):
+        seen.append((window, num_global, q.shape[-2], k.shape[-2], v.shape[-2], kwargs.get("q_offset")))
+        return real(q, k, v, window, num_global, **kwargs)
+
+    monkeypatch.setattr(chooser, "sliding_window_attention", recording)
+    choose_window(1e9, 96, mode="decode", heads=1, head_dim=8, windows=(8, 32), num_globals=(0, 2),
+                  calibration_length=calibration_length, repeats=1)
+    assert sorted(set(seen)) == [(8, 0, 1, 96, 96, 95), (8, 2, 1, 96, 96, 95), (32, 0, 1, 96, 96, 95),
+                                 (32, 2, 1, 96, 96, 95)]
+
+
+@pytest.mark.parametrize("mode", ["forward", "train", "decode"])
 def test_choose_window_measures_the_kernel(mode):
     c = choose_window(1e6, 256, mode=mode, heads=2, head_dim=16, windows=(16, 64), num_globals=(0, 2),
                       calibration_length=128, repeats=1)
-    assert c.fits and c.window == 64 and c.num_global == 2 and c.calibration_length == 128
-    assert len(c.measurements) == 4 and all(m["ms_per_token"] > 0 for m in c.measurements)
+    timed = 256 if mode == "decode" else 128  # decode: one token over all 256 cached keys
+    assert c.fits and c.window == 64 and c.num_global == 2 and c.calibration_length == timed
+    assert len(c.measurements) == 4 and all(m["ms_per_token"] > 0 and m["length"] == timed for m in c.measurements)
 
 
 def test_choose_window_bad_input():

@@ -68,6 +68,33 @@ def test_streaming_equals_one_shot(splits):
     np.testing.assert_allclose(c.mean, a.mean)
 
 
+@pytest.mark.parametrize("parts", [[40], [25, 15], [1, 30, 9]], ids=["one", "two", "three"])
+def test_merging_into_an_empty_accumulator_equals_the_merged_data(parts):
+    """GaussianStats() (dim None) takes the dimension, count, mean and covariance of what is
+    merged into it: those of all the rows together, in float64."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((sum(parts), 5)) * np.array([1.0, 2.0, 0.5, 3.0, 1.5]) + np.arange(5.0)
+    x32 = x.astype(np.float32)  # float32 features: the statistics are still float64
+    acc = GaussianStats()
+    start = 0
+    for n in parts:
+        acc.merge(GaussianStats().update(torch.from_numpy(x32[start:start + n])))
+        start += n
+    ref = x32.astype(np.float64)
+    assert (acc.dim, acc.count) == (5, sum(parts))
+    assert acc.mean.dtype == np.float64 and acc.covariance.dtype == np.float64
+    np.testing.assert_allclose(acc.mean, ref.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(acc.covariance, np.cov(ref, rowvar=False), rtol=1e-10, atol=1e-12)
+    # merging an empty accumulator changes nothing; later updates continue from the merged state
+    acc.merge(GaussianStats()).merge(GaussianStats(5))
+    assert acc.count == sum(parts)
+    extra = rng.standard_normal((7, 5))
+    acc.update(extra)
+    both = np.concatenate([ref, extra])
+    np.testing.assert_allclose(acc.mean, both.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(acc.covariance, np.cov(both, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
 def test_stats_distance_and_small_sample_warning():
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((500, 4)), rng.standard_normal((400, 4)) + 1.0

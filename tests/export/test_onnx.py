@@ -114,6 +114,37 @@ def test_latency_and_explicit_inputs(tmp_path):
     assert lat["latency_ms_p50"] > 0 and lat["threads"] == 1
 
 
+def test_a_fixed_batch_export_keeps_the_example_batch_and_reports_the_relative_difference(tmp_path):
+    """dynamic_batch=False: every input and output of the graph has the example's batch (2) as a
+    fixed dimension, ONNX Runtime refuses a batch of 3, and max_abs_diff / max_rel_diff are
+    max |ort - torch| and max |ort - torch| / |torch| on the example."""
+    import onnx
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.LayerNorm(32),
+                                torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(2, 16)
+    res = export_onnx(model, (x,), tmp_path / "fixed.onnx", dynamic_batch=False)
+    graph = onnx.load(res.path).graph
+    dims = [[(d.dim_value, d.dim_param) for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]]
+    assert dims == [[(2, ""), (16, "")], [(2, ""), (8, "")]]
+    with pytest.raises(InvalidArgument, match=r"invalid dimensions for input: input0\s+.*\s+index: 0 Got: 3 "
+                                              r"Expected: 2"):
+        run_onnx(res.path, (torch.randn(3, 16),))
+    got = run_onnx(res.path, (x,))[0].astype(np.float64)
+    with torch.no_grad():
+        expected = model(x).double().numpy()
+    diff = np.abs(got - expected)
+    assert diff.max() > 0  # a difference to measure, not an identical graph
+    assert res.max_abs_diff == pytest.approx(float(diff.max()), rel=1e-6)
+    assert res.max_rel_diff == pytest.approx(float((diff / np.abs(expected)).max()), rel=1e-4)
+    # the default export of the same model takes any batch
+    dyn = export_onnx(model, (x,), tmp_path / "dynamic.onnx")
+    assert [d.dim_param for d in onnx.load(dyn.path).graph.input[0].type.tensor_type.shape.dim] == ["batch", ""]
+    assert run_onnx(dyn.path, (torch.randn(3, 16),))[0].shape == (3, 8)
+
+
 def test_bad_input(tmp_path):
     from edgegen.quant import Int8DynamicConfig, quantize_
 

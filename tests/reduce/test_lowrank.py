@@ -233,6 +233,39 @@ def test_fraction_sets_each_layers_rank_from_its_own_width():
         LowRankConfig(rank=2, fraction=0.5)
 
 
+def _decaying(i, o, decay, seed):
+    """nn.Linear(i, o) (float32) whose weight has singular values decay ** k, k = 0 .. min - 1."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(i, o)
+    u = torch.linalg.qr(torch.randn(o, n, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(i, n, generator=g, dtype=torch.float64))[0]
+    lin = nn.Linear(i, o)
+    with torch.no_grad():
+        lin.weight.copy_(u @ torch.diag(decay ** torch.arange(n, dtype=torch.float64)) @ v.T)
+    return lin
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.8, 0.9, 0.97], ids=["50pct", "80pct", "90pct", "97pct"])
+def test_energy_plans_the_smallest_rank_keeping_that_energy(energy):
+    """Each layer's rank: the smallest r with sum(s[:r]^2) >= energy * sum(s^2), s the float64
+    singular values of its weight; layers where r (in + out) >= in * out are left out."""
+    model = nn.Sequential(_decaying(64, 48, 0.8, 0), nn.ReLU(), _decaying(48, 40, 0.9, 1), nn.ReLU(),
+                          _decaying(40, 8, 0.97, 2), nn.ReLU(), linear(32, 24, seed=3, dtype=torch.float32))
+    expected = {}
+    for name in ("0", "2", "4", "6"):
+        w = model.get_submodule(name).weight.detach().double()
+        sq = torch.linalg.svdvals(w).pow(2)
+        share = [float(sq[:r].sum() / sq.sum()) for r in range(1, len(sq) + 1)]
+        assert min(abs(f - energy) for f in share) > 1e-6  # no rank on the boundary
+        r = next(r for r, f in enumerate(share, 1) if f >= energy)
+        if r * (w.shape[0] + w.shape[1]) < w.shape[0] * w.shape[1]:
+            expected[name] = r
+    assert {"0", "2"} <= set(expected)  # the decaying layers are factorized at every energy here
+    assert plan_ranks(model, LowRankConfig(energy=energy)) == expected
+    reduce_(model, LowRankConfig(energy=energy))
+    assert lowrank_layout(model) == expected
+
+
 def test_a_second_reduction_leaves_the_factors_alone():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))

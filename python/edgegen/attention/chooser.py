@@ -100,7 +100,8 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
     measured once per candidate on random [batch, heads, L, head_dim] inputs, with
     L = min(seq_len, max(calibration_length, window + num_global)) (the sliding-window cost per
     token does not grow with the length once it exceeds the window, so a short run stands for a
-    long one; a shorter one would time a smaller window), times ``layers``. Windows are tried from
+    long one; a shorter one would time a smaller window), times ``layers``; 'decode' times one
+    token after ``seq_len`` keys (its recorded length is ``seq_len``). Windows are tried from
     small to large and measuring stops at the first window that no longer fits; windows above
     ``seq_len`` are dropped (``window = seq_len`` is already dense causal attention).
     ``measure(window, num_global) -> ms per token for one layer`` replaces the built-in timing
@@ -129,6 +130,8 @@ def choose_window(latency_budget_ms: float, seq_len: int, *, mode: str = "forwar
     globals_ = [g for g in sorted({int(g) for g in globals_}) if g <= seq_len] or [0]
 
     def length(window: int, num_global: int) -> int:
+        if mode == "decode":  # one token over the whole cache: calibration_length plays no part
+            return seq_len
         return min(seq_len, max(calibration_length, window + num_global))
 
     if measure is None:
