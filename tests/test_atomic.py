@@ -102,9 +102,11 @@ def test_a_failure_mid_write_keeps_the_old_file_and_leaves_no_temporary(writer, 
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-def test_save_atomic_fsyncs_the_file_before_the_rename_then_the_folder(tmp_path, monkeypatch):
-    """tensor_files.save_atomic (checkpoints, through replacing): the data is flushed to disk
-    before it is renamed over the old file, and the folder after, so the rename is durable."""
+@pytest.mark.parametrize("writer", ["save_atomic", "write_text"])
+def test_writes_fsync_the_file_before_the_rename_then_the_folder(writer, tmp_path, monkeypatch):
+    """Every replacing write (checkpoints through tensor_files.save_atomic, results and caches
+    through _atomic.write_text): the data is flushed to disk before it is renamed over the old
+    file, and the folder after, so the rename is durable."""
     from edgegen import tensor_files
 
     path = tmp_path / "ckpt" / "last.pt"
@@ -119,10 +121,16 @@ def test_save_atomic_fsyncs_the_file_before_the_rename_then_the_folder(tmp_path,
         return real(fd)
 
     monkeypatch.setattr(os, "fsync", recording)
-    tensor_files.save_atomic({"step": 2, "w": torch.arange(1000.0)}, path)
+    if writer == "save_atomic":
+        tensor_files.save_atomic({"step": 2, "w": torch.arange(1000.0)}, path)
+    else:
+        atomic.write_text(path, "step 2 " * 1000)
     monkeypatch.undo()
     new = path.stat()
-    assert torch.load(path)["step"] == 2
+    if writer == "save_atomic":
+        assert torch.load(path)["step"] == 2
+    else:
+        assert path.read_text() == "step 2 " * 1000
     assert [c[0] for c in calls] == [False, True]  # the file, then the folder
     (_, file_ino, file_size, at_file_sync), (_, dir_ino, _, at_dir_sync) = calls
     assert file_ino == new.st_ino and file_size == new.st_size  # the whole new file, synced ...

@@ -16,18 +16,33 @@ from pathlib import Path
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same folder, same suffix, a name no other writer
-    uses); when the block ends cleanly it is renamed over ``path``, otherwise removed. Two
-    processes writing the same cache at once each write their own temporary file and the last
-    rename wins: ``path`` is always one writer's whole file. The temporary file is created by the
-    writer itself, so it gets the usual permissions (umask), unlike ``tempfile.mkstemp``'s 0600."""
+    uses); when the block ends cleanly it is flushed to disk, renamed over ``path`` and the
+    folder flushed too (a crash at any point leaves the previous file or the new one, never a
+    torn or empty one), otherwise removed. Two processes writing the same cache at once each
+    write their own temporary file and the last rename wins: ``path`` is always one writer's
+    whole file. The temporary file is created by the writer itself, so it gets the usual
+    permissions (umask), unlike ``tempfile.mkstemp``'s 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        try:  # the rename itself; some filesystems cannot sync a folder
+            _fsync(path.parent)
+        except OSError:
+            pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

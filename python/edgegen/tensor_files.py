@@ -98,19 +98,9 @@ def restore_aliases(state: dict[str, torch.Tensor], metadata: dict[str, str]) ->
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, flushed to disk, then renamed over
-    ``path``: a crash at any point leaves either the previous file or the new one, never a torn
-    one."""
+    ``path`` (:func:`edgegen._atomic.replacing`): a crash at any point leaves either the previous
+    file or the new one, never a torn one."""
     path = Path(path)
     with replacing(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
     return path
