@@ -179,3 +179,57 @@ def test_split_without_rows_names_the_partition_file_and_split(tmp_path):
         with pytest.raises(ValueError, match=r"celeba/list_eval_partition.txt: no rows"):
             CelebA(tmp_path, split=split, cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()  # no empty array cached
+
+
+# list_eval_partition.txt in name order, the splits interleaved: valid and test hold as many images
+# each, so only their names tell them apart.
+INTERLEAVED = (2, 0, 1, 0, 2, 1, 0)
+
+
+@pytest.mark.parametrize("split, names", [
+    ("train", ["000002.jpg", "000004.jpg", "000007.jpg"]),
+    ("valid", ["000003.jpg", "000006.jpg"]),
+    ("test", ["000001.jpg", "000005.jpg"]),
+    ("all", ["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg", "000005.jpg", "000006.jpg", "000007.jpg"]),
+], ids=["train", "valid", "test", "all"])
+def test_each_split_holds_the_files_its_partition_lists_in_file_order(tmp_path, split, names):
+    folder = make_celeba(tmp_path, parts=INTERLEAVED)
+    ds = CelebA(tmp_path, split=split, cache_dir=tmp_path / "c")
+    assert ds.files == [folder / "img_align_celeba" / n for n in names]
+    assert len(ds) == len(names)
+    # make_celeba's attribute rows: odd-numbered images 1, -1, 1; even-numbered ones -1, 1, -1
+    odd, even = [1, 0, 1], [0, 1, 0]
+    assert ds.attributes.tolist() == [odd if int(n[:6]) % 2 else even for n in names]
+    assert ds[len(names) - 1][1].tolist() == (odd if int(names[-1][:6]) % 2 else even)
+
+
+def _write_attributes(folder: Path, rows: list) -> Path:
+    """list_attr_celeba.txt as published: a count line, 40 names, then '<file>' and 40 values."""
+    names = [f"Attribute_{k}" for k in range(40)]
+    path = folder / "list_attr_celeba.txt"
+    path.write_bytes((f"{len(rows)}\r\n{' '.join(names)}\r\n" + "".join(r + "\r\n" for r in rows)).encode())
+    return path
+
+
+def test_an_attribute_file_without_a_row_for_a_listed_image_names_the_count_and_the_first(tmp_path):
+    folder = make_celeba(tmp_path)  # images 1, 2, 3 train, 4 valid, 5 test
+    values = " ".join(["1", "-1"] * 20)
+    _write_attributes(folder, [f"{i:06d}.jpg {values}" for i in (1, 3, 5)])  # none for 2 and 4
+    with pytest.raises(ValueError, match=r"celeba/list_attr_celeba.txt: no row for 2 images, first 000002.jpg$"):
+        CelebA(tmp_path, split="all", cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"celeba/list_attr_celeba.txt: no row for 1 images, first 000002.jpg$"):
+        CelebA(tmp_path, split="train", cache_dir=tmp_path / "c")
+    test = CelebA(tmp_path, split="test", cache_dir=tmp_path / "c")  # image 5 has its row
+    assert test.attributes.tolist() == [[1, 0] * 20] and len(test.attr_names) == 40
+
+
+@pytest.mark.parametrize("bad", [" ".join(["1"] * 39), " ".join(["1"] * 39 + ["0"]), " ".join(["1"] * 41)],
+                         ids=["39-values", "value-0", "41-values"])
+def test_a_malformed_attribute_line_names_the_file_and_line(tmp_path, bad):
+    folder = make_celeba(tmp_path)
+    good = " ".join(["-1"] * 40)
+    # lines 1-2 are the header: image 3's row is line 5
+    _write_attributes(folder, [f"000001.jpg {good}", f"000002.jpg {good}", f"000003.jpg {bad}",
+                               f"000004.jpg {good}", f"000005.jpg {good}"])
+    with pytest.raises(ValueError, match=r"celeba/list_attr_celeba.txt:5: expected '<file>' and 40 values of 1/-1$"):
+        CelebA(tmp_path, split="test", cache_dir=tmp_path / "c")

@@ -100,6 +100,26 @@ def test_a_download_cut_off_mid_stream_leaves_no_file(tmp_path, monkeypatch):
     assert download_mod.fetch(src.as_uri(), dest, sha256=sha256(src)) == dest and dest.read_bytes() == data
 
 
+# md5sum / sha256sum of b"the official file\n"
+OFFICIAL_MD5 = "51cc551488c527d88d9106432ce27611"
+OFFICIAL_SHA256 = "915f9eea6bba342f124414f20c87673c9af34ea55a5b6599d0c2f7bcdcb7776e"
+
+
+@pytest.mark.parametrize("wrong", ["md5", "sha256"])
+def test_fetch_given_both_checksums_verifies_both(tmp_path, wrong):
+    """A file that matches one of the two checksums and not the other is refused, naming the
+    other, and leaves nothing at ``dest``."""
+    src = tmp_path / "file.bin"
+    src.write_bytes(b"the official file\n")
+    right = {"md5": OFFICIAL_MD5, "sha256": OFFICIAL_SHA256}
+    sums = dict(right, **{wrong: "0" * len(right[wrong])})
+    dest = tmp_path / "out" / "file.bin"
+    with pytest.raises(OSError, match=f"^{re.escape(src.as_uri())}: {wrong} mismatch \\(expected {sums[wrong]}\\)"):
+        download_mod.fetch(src.as_uri(), dest, **sums)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []  # nothing left, no temporary file
+    assert download_mod.fetch(src.as_uri(), dest, **right) == dest and dest.read_bytes() == b"the official file\n"
+
+
 def test_extract_refuses_escaping_members(tmp_path):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from edgegen.data import GPT2Tokenizer, OpenWebText
-from tests.data.test_text import _copy_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixture)
+from tests.data.test_text import _copy_tokenizer, byte_alphabet, tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 REAL = Path(os.environ.get("EDGEGEN_DATA_DIR", "/nonexistent"))
 
@@ -207,3 +208,65 @@ def test_another_tokenizer_gets_its_own_token_stream(tmp_path, tiny_tokenizer_di
                           (fewer, [vocab["hel"], vocab["Ġ"], vocab["w"], vocab["o"], eot]),
                           (full, [vocab["hel"], vocab["Ġw"], vocab["o"], eot])]:
         assert OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c").tokens.tolist() == expected
+
+
+def _saved_dataset(tmp_path, data: bytes | dict) -> Path:
+    """openwebtext/hf_train/ as save_to_disk writes it: state.json naming one data file, which
+    holds ``data`` (an Arrow stream of these columns, or raw bytes). Returns the data file."""
+    folder = tmp_path / "openwebtext" / "hf_train"
+    folder.mkdir(parents=True)
+    path = folder / "data-00000-of-00001.arrow"
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+        table = pa.table(data)
+        with pa.OSFile(str(path), "wb") as sink:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": path.name}]}))
+    return path
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"body": ["hel wo"], "id": [1]}, r": no 'text' column \(columns: \['body', 'id'\]\)$"),
+    (b"not an arrow stream\n", r": not an Arrow stream file \("),
+], ids=["no-text-column", "not-arrow"])
+def test_a_dataset_folder_without_text_names_its_data_file(tmp_path, tiny_tokenizer_dir, data, match):  # noqa: F811
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
+    path = _saved_dataset(tmp_path, data)
+    with pytest.raises(ValueError, match="^" + re.escape(str(path)) + match):
+        OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []  # no token file, no temporary file
+
+
+@pytest.mark.parametrize("line", ['{"text": 5}', '{"text": null}', '{"text": ["hel", "wo"]}', '["text", "hel"]',
+                                  '"hel wo"'],
+                         ids=["number", "null", "list", "array", "string"])
+def test_a_jsonl_line_whose_text_is_not_a_string_names_the_line(tmp_path, tiny_tokenizer_dir, line):  # noqa: F811
+    tok, folder = _empty_folder(tmp_path, tiny_tokenizer_dir[0])
+    (folder / "d.jsonl").write_text('{"text": "hel"}\n\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"openwebtext/d.jsonl:3: expected an object with a string 'text' field$"):
+        OpenWebText(tmp_path, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def _tokenizer_of_size(n: int) -> GPT2Tokenizer:
+    """The 256 byte symbols, filler tokens, and <|endoftext|> last: ``n`` ids, 0 .. n - 1."""
+    vocab = {sym: i for i, sym in enumerate(byte_alphabet())}
+    for k in range(n - 257):
+        vocab[f"filler{k}"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return GPT2Tokenizer(vocab, [])
+
+
+def test_a_vocabulary_that_does_not_fit_uint16_is_refused(tmp_path):
+    (tmp_path / "openwebtext").mkdir()
+    (tmp_path / "openwebtext" / "a.txt").write_text("hi", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^tokenizer: ids must fit uint16 \(vocabulary of at most 65,536\)$"):
+        OpenWebText(tmp_path, tokenizer=_tokenizer_of_size(65537), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    # 65,536 ids fit: the last one, end-of-text, is 65535
+    ds = OpenWebText(tmp_path, tokenizer=_tokenizer_of_size(65536), cache_dir=tmp_path / "c")
+    assert ds.tokens.tolist() == [ord("h"), ord("i"), 65535]

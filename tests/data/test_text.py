@@ -76,6 +76,17 @@ def test_empty_root_counts_as_not_given(tmp_path, monkeypatch):
     assert data_root("") == data_root() == Path("~/.cache/edgegen/data").expanduser()
 
 
+def test_home_in_the_root_and_in_the_variable_is_expanded(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("EDGEGEN_DATA_DIR", "~/from-env")
+    assert data_root() == home / "from-env"
+    assert data_root("~/from-arg") == home / "from-arg"
+    assert data_root(Path("~") / "as-path") == home / "as-path"
+    (home / "from-arg" / "wikitext-2-raw").mkdir(parents=True)
+    assert dataset_dir("wikitext-2-raw", "~/from-arg") == home / "from-arg" / "wikitext-2-raw"
+
+
 def test_fixture_encodings(tiny_tokenizer_dir):
     path, vocab = tiny_tokenizer_dir
     tok = GPT2Tokenizer.from_dir(path)

@@ -187,3 +187,78 @@ def test_git_commit_of_a_checkout_or_of_the_build(tmp_path):
     assert git_commit(repo / "python" / "edgegen") == head
     (repo / "f.txt").write_text("y")
     assert git_commit(repo / "python" / "edgegen") == head + "-dirty"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("prune-50+qat", "prune-50_qat"),
+    ("prune-50+qat-int8/mean", "prune-50_qat-int8/mean"),
+    ("eval/last-shipped/fid_proxy", "eval/last-shipped/fid_proxy"),
+    ("a b.c:d/e-f_g9", "a b.c:d/e-f_g9"),
+    ("val loss (nats)", "val loss _nats_"),
+    ("x@y#z%,w=1;", "x_y_z__w_1_"),
+    ("tab\there", "tab_here"),
+    (7, "7"),
+], ids=["plus", "plus-nested", "allowed-path", "allowed-all", "parens", "punctuation", "tab", "int"])
+def test_metric_names_keep_what_mlflow_accepts_and_replace_the_rest(name, expected):
+    from edgegen.tracking import _metric_name
+
+    assert _metric_name(name) == expected
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"{not json", r"Expecting property name enclosed in double quotes: line 1 column 2 \(char 1\)"),
+    (b"[]", "expected an object with run_id and uri"),
+    (b'{"run_id": 5, "uri": "sqlite:///x.db"}', "expected an object with run_id and uri"),
+    (b'{"run_id": "abc"}', "expected an object with run_id and uri"),
+    (b"\xff\xfe{", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+], ids=["not-json", "list", "id-not-text", "no-uri", "not-utf8"])
+def test_a_damaged_run_link_is_named_and_opens_no_run(tmp_path, content, why):
+    import re
+
+    from edgegen.tracking import attach_tracker
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "mlflow_run.json").write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(run_dir / 'mlflow_run.json'))}: not an MLflow run "
+                                         f"link \\({why}\\)$"):
+        attach_tracker(run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}", "e", "run-eval")
+    assert (run_dir / "mlflow_run.json").read_bytes() == content  # left as it was
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_attach_tracker_logs_into_the_folders_run_or_opens_and_links_one(tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from edgegen.tracking import attach_tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trained = tmp_path / "trained"
+    training = MLflowTracker(uri, "exp", "train-run", trained)  # a training run writes the folder's link
+    training.finish()
+    assert json.loads((trained / "mlflow_run.json").read_text()) == {"run_id": training.run_id, "uri": uri,
+                                                                     "experiment": "exp"}
+    again = attach_tracker(trained, None, "other", "train-run-eval")  # the link's store and experiment
+    assert again.reattached and (again.run_id, again.uri, again.experiment) == (training.run_id, uri, "exp")
+    again.log_metrics({"eval/last-shipped/prune-50+qat": 1.5}, 0)
+    assert not again.failed
+    client = MlflowClient(uri)
+    assert client.get_run(training.run_id).data.metrics == {"eval/last-shipped/prune-50_qat": 1.5}
+    # A folder without a link: a new run named run_name, tagged with the folder, and linked.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    first = attach_tracker(bare, uri, "exp", "bare-eval")
+    assert not first.reattached and not first.failed and first.run_id != training.run_id
+    assert json.loads((bare / "mlflow_run.json").read_text()) == {"run_id": first.run_id, "uri": uri,
+                                                                  "experiment": "exp", "opened_by": "eval"}
+    first.finish()
+    run = client.get_run(first.run_id)
+    assert run.info.run_name == "bare-eval" and run.info.status == "FINISHED"
+    assert run.data.tags["edgegen.run_dir"] == str(bare.resolve())
+    second = attach_tracker(bare, uri, "exp", "bare-eval")  # a later evaluation: the same run
+    assert second.reattached and second.run_id == first.run_id
+    exp_id = client.get_experiment_by_name("exp").experiment_id
+    assert sorted(r.info.run_name for r in client.search_runs([exp_id])) == ["bare-eval", "train-run"]
+    assert client.get_experiment_by_name("other") is None

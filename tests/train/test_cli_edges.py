@@ -221,6 +221,56 @@ def test_an_os_error_during_a_run_is_one_line(tmp_path, monkeypatch, capsys):
     assert "edgegen train: [Errno 28] No space left on device" in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------- command-line errors
+def test_an_import_error_from_a_command_is_one_line_with_status_2(tmp_path, monkeypatch, capsys):
+    import edgegen.train.loop as loop
+
+    def needs_an_extra(*a, **k):
+        raise ImportError("reading a Hugging Face dataset folder needs pyarrow (pip install pyarrow)")
+
+    monkeypatch.setattr(loop, "train_experiment", needs_an_extra)
+    path = write_config(tmp_path, tiny("vae", tmp_path))
+    assert main(["train", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "edgegen train: reading a Hugging Face dataset folder needs pyarrow (pip install pyarrow)\n"
+
+
+def test_train_of_a_missing_config_file_names_it(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["train", str(missing), "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"edgegen train: {missing}: config file not found\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_values_are_yaml_and_reach_the_config(tmp_path, monkeypatch, capsys):
+    import edgegen.train.loop as loop
+
+    seen = []
+    monkeypatch.setattr(loop, "train_experiment", lambda cfg, *a, **k: seen.append(cfg) or {"steps": 0})
+    path = write_config(tmp_path, tiny("vae", tmp_path))  # betas 0.9, 0.999 in the file
+    assert main(["train", path, "--set", "optim.betas=[0.9,0.95]", "--set", "train.epochs=3",
+                 "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    (cfg,) = seen
+    assert cfg.optim.betas == (0.9, 0.95) and [type(b) for b in cfg.optim.betas] == [float, float]
+    assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.95] and cfg.train.epochs == 3
+    assert strict_json(capsys.readouterr().out) == {"steps": 0}
+
+
+def test_set_below_a_key_that_is_not_a_section_is_named(tmp_path, monkeypatch, capsys):
+    import edgegen.train.loop as loop
+
+    built = []
+    monkeypatch.setattr(loop, "train_experiment", lambda *a, **k: built.append(1))
+    path = write_config(tmp_path, tiny("vae", tmp_path))  # optim.lr is a number
+    assert main(["train", path, "--set", "optim.lr.scale=2", "--run-dir", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "edgegen train: --set 'optim.lr.scale=2': lr is not a section\n"
+    assert built == [] and not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 @pytest.mark.parametrize("extra", [["--set", "optim.lr=0.01"], ["--preset", "cpu-smoke"]], ids=["set", "preset"])
 def test_ctrl_c_names_the_folder_and_the_resume_command(tmp_path, monkeypatch, capsys, extra):

@@ -78,6 +78,28 @@ def test_overrides_are_parsed_as_yaml_and_checked():
         from_dict(ExperimentConfig, apply_overrides(IMAGES, ["optim.nope=1"]))
 
 
+def test_set_below_a_value_that_is_not_a_section_is_refused():
+    data = {"optim": {"lr": 1.0, "betas": [0.5, 0.999]}, **IMAGES}
+    with pytest.raises(ValueError, match=r"^--set 'optim\.lr\.scale=2': lr is not a section$"):
+        apply_overrides(data, ["optim.lr.scale=2"])
+    with pytest.raises(ValueError, match=r"^--set 'data\.name\.x=1': name is not a section$"):
+        apply_overrides(data, ["data.name.x=1"])
+    with pytest.raises(ValueError, match=r"^--set 'optim\.betas\.0=0\.9': betas is not a section$"):
+        apply_overrides(data, ["optim.betas.0=0.9"])
+    assert data == {"optim": {"lr": 1.0, "betas": [0.5, 0.999]}, **IMAGES}  # the input is left as it was
+    # a section written empty (`compress:` alone, null in YAML) or absent is created
+    assert apply_overrides({"compress": None}, ["compress.qat=true", "train.epochs=2"]) == \
+        {"compress": {"qat": True}, "train": {"epochs": 2}}
+
+
+def test_set_lists_are_yaml_flow_sequences():
+    assert parse_override("optim.betas=[0.9,0.95]") == (["optim", "betas"], [0.9, 0.95])
+    assert parse_override("optim.betas=[1, 0]") == (["optim", "betas"], [1, 0])
+    data = apply_overrides({"optim": {"betas": [0.5, 0.999]}, **IMAGES}, ["optim.betas=[0.9,0.95]"])
+    assert data["optim"]["betas"] == [0.9, 0.95]
+    assert from_dict(ExperimentConfig, data).optim.betas == (0.9, 0.95)
+
+
 def test_presets_win_over_the_file_and_set_wins_over_presets(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("task: vae\nmodel: {kind: vae}\ndata: {name: synthetic-images}\n"
