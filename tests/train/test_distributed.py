@@ -52,3 +52,20 @@ def test_two_process_ddp_equals_single_process(tmp_path, task):
     # gradient is near 0. A wrong shard or a missing average would move weights by ~1e-3.
     for k, v in single.task.modules["model"].state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=2e-5, msg=lambda m, k=k: f"{k} differs: {m}")
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["no-cuda", "cuda"])
+def test_pick_device_names_train_device_for_what_it_cannot_give(monkeypatch, cuda):
+    from edgegen.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert pick_device("auto") == torch.device("cuda" if cuda else "cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        if cuda:
+            assert pick_device(name) == torch.device(name)
+        else:
+            with pytest.raises(ValueError, match=f"^train.device: '{name}' asked for, but no CUDA device is available$"):
+                pick_device(name)
+    with pytest.raises(ValueError, match="^train.device: .*gpu0"):
+        pick_device("gpu0")
