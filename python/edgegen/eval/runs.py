@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edgegen import _atomic as atomic
+from edgegen.train.compression import SHRUNK_FILE as SHRUNK_ARTIFACT
 __all__ = ["LoadedRun", "load_run", "EvalOptions", "evaluate_run", "check_options", "compare_runs", "save_eval",
            "eval_file", "MAIN_MODULE", "QUANTIZED_ARTIFACTS"]
 
@@ -34,7 +35,6 @@ MAIN_MODULE = {"gan": "generator", "vae": "model", "lm": "model", "distill": "mo
 QUANTIZED_ARTIFACTS = ("model-int8.safetensors", "model-ptq.safetensors")
 # What wrote each quantized artifact: QAT converted at the end of training, or post-training quantization.
 ARTIFACT_ORIGIN = {"model-int8.safetensors": "qat", "model-ptq.safetensors": "ptq"}
-SHRUNK_ARTIFACT = "model-shrunk.safetensors"
 PICKLED_SHIPPED = "model-shipped.pt"  # earlier versions of compress --from; not loaded
 KIND_METRICS = {"dcgan": ("fid",), "vae": ("vae", "fid"), "gpt2": ("ppl", "text")}
 ALL_METRICS = ("fid", "kid", "vae", "ssim", "ppl", "bleu", "text")

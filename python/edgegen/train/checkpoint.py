@@ -70,13 +70,16 @@ def load(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        try:  # what the file names, read without running it
+            allowed = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_array_globals()}
+            named = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+        except Exception:  # noqa: BLE001  (a damaged file: reported as such below)
+            named = []
+        if named:
+            raise ValueError(f"{path}: holds objects other than tensors and plain data ({', '.join(named)}), which "
+                             "edgegen does not unpickle (it would run code from the file); an edgegen checkpoint or "
+                             "a state dict saved with torch.save(model.state_dict()) loads") from exc
         text = str(exc)
-        if "Weights only load failed" in text and ("Unsupported global" in text or "not an allowed global" in text):
-            named = next((ln.strip() for ln in text.splitlines() if "global" in ln.lower() and "GLOBAL" in ln), "")
-            raise ValueError(f"{path}: holds objects other than tensors and plain data, which edgegen does not "
-                             f"unpickle (it would run code from the file){': ' + named if named else ''}; "
-                             "an edgegen checkpoint or a state dict saved with torch.save(model.state_dict()) "
-                             "loads") from exc
         raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged?): "
                          f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from exc
     except (AttributeError, ImportError) as exc:  # a class the file names is not where it was
