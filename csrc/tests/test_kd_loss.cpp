@@ -114,25 +114,20 @@ using Runner = void (*)(const K::KDLossProblem&);
 using Exp = void (*)(const float*, float*, int64_t, bool);
 
 // A level's kernel and exponential (null where the build has none of its own).
-Runner runner_for(K::Isa isa) {
-  switch (isa) {
-    case K::Isa::Scalar: return &K::kd_loss_rows_scalar;
-#ifdef EDGEGEN_HAVE_AVX2
-    case K::Isa::Avx2: return &K::kd_loss_rows_avx2;
-    case K::Isa::Avx512: return &K::kd_loss_rows_avx512;
-#endif
-    default: return nullptr;
-  }
-}
+// The row runner and the exp routine an ISA has its own of; both null where it has none.
+struct KDPathFns {
+  Runner run = nullptr;
+  Exp exp = nullptr;
+};
 
-Exp exp_for(K::Isa isa) {
+KDPathFns path_for(K::Isa isa) {
   switch (isa) {
-    case K::Isa::Scalar: return &K::kd_exp_nonpos_scalar;
+    case K::Isa::Scalar: return {&K::kd_loss_rows_scalar, &K::kd_exp_nonpos_scalar};
 #ifdef EDGEGEN_HAVE_AVX2
-    case K::Isa::Avx2: return &K::kd_exp_nonpos_avx2;
-    case K::Isa::Avx512: return &K::kd_exp_nonpos_avx512;
+    case K::Isa::Avx2: return {&K::kd_loss_rows_avx2, &K::kd_exp_nonpos_avx2};
+    case K::Isa::Avx512: return {&K::kd_loss_rows_avx512, &K::kd_exp_nonpos_avx512};
 #endif
-    default: return nullptr;
+    default: return {};
   }
 }
 
@@ -223,8 +218,9 @@ class KDLossPath : public ::testing::TestWithParam<K::Isa> {
  protected:
   void SetUp() override {
     if (!K::cpu_supports(GetParam())) GTEST_SKIP() << "this CPU lacks " << K::isa_name(GetParam());
-    run = runner_for(GetParam());
-    exp = exp_for(GetParam());
+    const KDPathFns fns = path_for(GetParam());
+    run = fns.run;
+    exp = fns.exp;
     if (!run || !exp) GTEST_SKIP() << "no KD-loss path of its own at " << K::isa_name(GetParam());
   }
   Runner run = nullptr;
