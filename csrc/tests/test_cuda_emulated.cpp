@@ -1,7 +1,7 @@
 // The CUDA kernels' device code (kernels/cuda) run on the host emulator (kernels/cuda/emulator), on
 // any machine: first the emulator itself against the PTX ISA's documented fragment layouts and its
 // fault checks, then the sliding-window attention against the dense double reference and the KD
-// loss against the CPU kernel in float64. What this cannot show — speed, the real tensor cores'
+// loss against the double formula (kd_reference.h). What this cannot show — speed, the real tensor cores'
 // rounding, memory-model effects between blocks — stays for scripts/gpu-check.sh on a GPU.
 #include <gtest/gtest.h>
 
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "attention_reference.h"
+#include "kd_reference.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/kd_loss_cuda.h"
 #include "kernels/distill/kd_loss.h"
@@ -678,7 +679,7 @@ double get(K::DType t, const void* base, int64_t i) {
   return v;
 }
 
-// The emulated CUDA kernel against the CPU kernel in float64 on the same (rounded) values: the
+// The emulated CUDA kernel against the double reference (kd_reference.h) on the same (rounded) values: the
 // loss within rel 1e-5 (float compute) or 1e-12 (double), each gradient value within its type's
 // rounding plus the float compute's error relative to the row's largest gradient.
 void check_kd(const KdCase& kc) {
@@ -698,8 +699,7 @@ void check_kd(const KdCase& kc) {
       s64[size_t(r * V + v)] = get(kc.dtype, s, r * ss + v);
     }
   std::vector<const void*> tp;
-  std::vector<const void*> tp64;
-  std::vector<int64_t> tstride(size_t(kc.teachers), ts), tstride64(size_t(kc.teachers), V);
+  std::vector<int64_t> tstride(size_t(kc.teachers), ts);
   std::vector<double> w(size_t(kc.teachers), 1.0 / kc.teachers);
   for (int k = 0; k < kc.teachers; ++k) {
     void* t = teachers[size_t(k)].data() + (kc.teacher_pad ? eb * size_t(k + 1) % 16 : 0);
@@ -712,7 +712,6 @@ void check_kd(const KdCase& kc) {
         t64[size_t(k)][size_t(r * V + v)] = get(kc.dtype, t, r * ts + v);
       }
     tp.push_back(t);
-    tp64.push_back(t64[size_t(k)].data());
   }
   std::vector<int64_t> target(size_t(kc.rows));
   for (int64_t r = 0; r < kc.rows; ++r) target[size_t(r)] = (r * 7919 + 13) % V;
@@ -737,16 +736,19 @@ void check_kd(const KdCase& kc) {
     p.grad = kc.in_place ? s : static_cast<void*>(grad.data() + (s == student.data() ? 0 : eb));
     p.grad_row_stride = ss;
   }
-  // The reference first: in place, the kernel overwrites the student.
-  K::KDLossProblem r = p;
-  r.dtype = K::DType::F64;
-  r.student = s64.data(), r.student_row_stride = V;
-  r.teachers = tp64.data(), r.teacher_row_strides = tstride64.data();
+  // The reference first (in place, the kernel overwrites the student): the formula in double on
+  // the rounded values, row by row.
   std::vector<double> rloss(size_t(kc.rows)), rgrad(s64.size());
-  r.row_loss = rloss.data();
-  r.grad = rgrad.data(), r.grad_row_stride = V;
-  r.num_threads = 1;
-  K::kd_loss_rows_scalar(r);
+  for (int64_t i = 0; i < kc.rows; ++i) {
+    std::vector<double> srow(s64.begin() + i * V, s64.begin() + (i + 1) * V);
+    std::vector<std::vector<double>> trows;
+    for (int k = 0; k < kc.teachers; ++k)
+      trows.emplace_back(t64[size_t(k)].begin() + i * V, t64[size_t(k)].begin() + (i + 1) * V);
+    const double scale = p.grad_scale * (kc.row_scale ? row_scale[size_t(i)] : 1.0);
+    const kd_reference::Row ref = kd_reference::row(srow, trows, w, target[size_t(i)], kc.T, kc.alpha, scale);
+    rloss[size_t(i)] = ref.loss;
+    std::copy(ref.grad.begin(), ref.grad.end(), rgrad.begin() + i * V);
+  }
 
   ASSERT_EQ(KC::kd_loss_rows_cuda(p, nullptr, kc.kernel), 0) << E::last_fault();
   const double lrel = kc.dtype == K::DType::F64 ? 1e-12 : 1e-5;
@@ -832,7 +834,7 @@ TEST_F(CudaEmulated, KdLossAlignmentInPlaceAndGridStride) {
 
 // ------------------------------------------------------------------------------ KD loss, clusters
 
-// The cluster kernel against the CPU kernel; `cluster`: the cluster size the launcher must pick
+// The cluster kernel against the double reference; `cluster`: the cluster size the launcher must pick
 // (0: the Rows kernel must run instead).
 void check_kd_cluster(KdCase kc, int cluster) {
   kc.kernel = KC::KDCudaKernel::Cluster;

@@ -1,4 +1,4 @@
-// GoogleTest of the torch-free KD-loss kernel against a double-precision scalar reference.
+// GoogleTest of the torch-free KD-loss kernel against the double-precision reference (kd_reference.h).
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
@@ -8,54 +8,13 @@
 #include <random>
 #include <vector>
 
+#include "kd_reference.h"
 #include "kernels/cpu_features.h"
 #include "kernels/distill/kd_loss.h"
 
 namespace K = edgegen::kernels;
 
 namespace {
-
-// Straightforward per-row formula in double: log-softmax, mixture, KL, CE, gradient.
-struct RefRow {
-  double loss;
-  std::vector<double> grad;
-};
-
-RefRow reference_row(const std::vector<double>& s, const std::vector<std::vector<double>>& ts,
-                     const std::vector<double>& w, int64_t y, double T, double alpha,
-                     double scale) {
-  const size_t V = s.size();
-  auto log_softmax = [&](const std::vector<double>& x, double temp) {
-    double m = -INFINITY;
-    for (double v : x) m = std::max(m, v / temp);
-    double z = 0;
-    for (double v : x) z += std::exp(v / temp - m);
-    std::vector<double> out(V);
-    for (size_t i = 0; i < V; ++i) out[i] = x[i] / temp - m - std::log(z);
-    return out;
-  };
-  const auto lps = log_softmax(s, T), lps1 = log_softmax(s, 1.0);
-  std::vector<double> pt(V, 0.0);
-  for (size_t k = 0; k < ts.size(); ++k) {
-    const auto lpt = log_softmax(ts[k], T);
-    for (size_t i = 0; i < V; ++i) pt[i] += w[k] * std::exp(lpt[i]);
-  }
-  double kl = 0;
-  for (size_t i = 0; i < V; ++i)
-    if (pt[i] > 0) kl += pt[i] * (std::log(pt[i]) - lps[i]);
-  RefRow r;
-  r.loss = 0;
-  if (alpha > 0) r.loss += alpha * T * T * kl;
-  if (alpha < 1) r.loss += (1 - alpha) * (-lps1[y]);
-  r.grad.resize(V);
-  for (size_t i = 0; i < V; ++i) {
-    double g = 0;
-    if (alpha > 0) g += alpha * T * (std::exp(lps[i]) - pt[i]);
-    if (alpha < 1) g += (1 - alpha) * (std::exp(lps1[i]) - (int64_t(i) == y ? 1.0 : 0.0));
-    r.grad[i] = scale * g;
-  }
-  return r;
-}
 
 template <typename T> T encode(double v);
 template <> float encode<float>(double v) { return float(v); }
@@ -194,7 +153,7 @@ void check_random(Runner run, int64_t rows, int64_t V, int nteach, double temp, 
       sd[v] = K::to_float(s[i * V + v]);
       for (int k = 0; k < nteach; ++k) td[k][v] = K::to_float(t[k][i * V + v]);
     }
-    const RefRow r = reference_row(sd, td, w, y[i], temp, alpha, 0.5 * row_scale[i]);
+    const kd_reference::Row r = kd_reference::row(sd, td, w, y[i], temp, alpha, 0.5 * row_scale[i]);
     // fp32 accumulation inside the kernel bounds the loss error whatever the input dtype.
     const double loss_tol = std::is_same<T, double>::value ? 1e-10 : 2e-5;
     EXPECT_NEAR(loss[i], r.loss, loss_tol * (1.0 + std::abs(r.loss))) << "row " << i;
@@ -371,7 +330,7 @@ TEST_P(KDLossPath, NegativeInfinityEntries) {
   const int64_t y[1] = {5};
   std::vector<double> sd(s.begin() + 3, s.end()), td(t.begin() + 3, t.end());
   td[0] = -INFINITY;
-  const RefRow r = reference_row(sd, {td}, {1.0}, 5 - 3, 2.0, 0.5, 1.0);
+  const kd_reference::Row r = kd_reference::row(sd, {td}, {1.0}, 5 - 3, 2.0, 0.5, 1.0);
   double loss;
   std::vector<float> g(V);
   OneTeacher prob(s.data(), t.data(), 1, V, y, &loss);
@@ -416,7 +375,7 @@ TEST_P(KDLossPath, BlocksWithFarApartMaxima) {
     for (double temp : {1.0, 2.0, 0.7}) {
       for (double alpha : {0.0, 0.5, 1.0}) {
         SCOPED_TRACE(testing::Message() << "y=" << y << " T=" << temp << " alpha=" << alpha);
-        const RefRow r = reference_row(sd, {td}, {1.0}, y, temp, alpha, 1.0);
+        const kd_reference::Row r = kd_reference::row(sd, {td}, {1.0}, y, temp, alpha, 1.0);
         double gmax = 0;
         for (double g : r.grad) gmax = std::max(gmax, std::abs(g));
         double loss = -1;
@@ -536,7 +495,7 @@ TEST(KDLoss, RowsBeyondTwoToThe31Elements) {
       sd[v] = i == 0 ? K::to_float(K::to_bf16(0.1f * float(v))) : K::to_float(K::to_bf16(-0.05f * float(v)));
       td[v] = K::to_float(t[i * V + v]);
     }
-    const RefRow r = reference_row(sd, {td}, {1.0}, y[i], 2.0, 0.5, 1.0);
+    const kd_reference::Row r = kd_reference::row(sd, {td}, {1.0}, y[i], 2.0, 0.5, 1.0);
     EXPECT_NEAR(loss[i], r.loss, 1e-5);
     EXPECT_NEAR(K::to_float(base[i * stride + 5]), r.grad[5], 1e-2 * std::abs(r.grad[5]) + 1e-6);
   }
