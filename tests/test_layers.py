@@ -17,7 +17,7 @@ LAYERS = [
     ("models", ["edgegen.models"]),
     ("data", ["edgegen.data"]),
     ("measurement", ["edgegen.eval", "edgegen.analysis", "edgegen.export"]),
-    ("training", ["edgegen.train", "edgegen.tracking", "edgegen.eval.runs"]),
+    ("training", ["edgegen.train", "edgegen.tracking", "edgegen.eval.runs", "edgegen.eval.run_samples"]),
     ("applications", ["edgegen.reproduce", "edgegen.cli", "edgegen.__main__"]),
 ]
 

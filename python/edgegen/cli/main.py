@@ -90,7 +90,66 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the shipped model (quantized / shrunk) or the float weights")
         p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("sample", help="draw samples of trained runs side by side: image grids from shared seeded "
+                                      "latents, text continuations of the same prompts",
+                       description="Load each run as it ships (or --form float), draw --n images from latents seeded "
+                                   "with --seed (the same latents for every run of one latent size) or continue the "
+                                   "prompts, and write OUT/<run>.png or .md, side_by_side-*.png, samples.md and "
+                                   "samples.json.")
+    p.add_argument("runs", nargs="+", help="run folders (or checkpoint files inside them)")
+    p.add_argument("--out", default="samples", help="output folder (default ./samples)")
+    p.add_argument("--n", type=int, default=64, help="images per image run (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents and of the text sampler (default 0)")
+    p.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint")
+    p.add_argument("--form", choices=["shipped", "float"], default="shipped",
+                   help="the shipped model (quantized / shrunk) or the float weights")
+    p.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
+                   help="a text prompt for GPT-2-vocabulary runs (repeatable; default <|endoftext|>: unconditional)")
+    p.add_argument("--prompt-ids", action="append", metavar="IDS",
+                   help="a prompt as token ids separated by spaces or commas, e.g. '464 2068' (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="new tokens per prompt (default 40)")
+    p.add_argument("--greedy", action="store_true", help="take the most likely token instead of sampling")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50; 0: all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: the most likely tokens holding this mass")
+    p.add_argument("--data-root", help="datasets folder holding gpt2/ (the tokenizer; default $EDGEGEN_DATA_DIR)")
     return ap
+
+
+def _prompt_ids(texts):
+    """--prompt-ids values as lists of ints, or a ValueError naming the flag."""
+    if not texts:
+        return None
+    out = []
+    for text in texts:
+        parts = text.replace(",", " ").split()
+        try:
+            out.append([int(t) for t in parts])
+        except ValueError:
+            raise ValueError(f"--prompt-ids: expected token ids separated by spaces or commas, got {text!r}") from None
+        if not out[-1]:
+            raise ValueError(f"--prompt-ids: expected at least one token id, got {text!r}")
+    return out
+
+
+def _sample(args) -> int:
+    from edgegen.eval.run_samples import sample_runs
+
+    if args.top_k is not None and args.top_k < 0:
+        raise ValueError(f"--top-k: expected an int >= 0 (0: no top-k filter), got {args.top_k}")
+    res = sample_runs(args.runs, args.out, n=args.n, seed=args.seed, which=args.which, form=args.form,
+                      prompts=args.prompts, prompt_ids=_prompt_ids(args.prompt_ids),
+                      max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
+                      top_k=args.top_k or None, top_p=args.top_p, data_root=args.data_root)
+    for r in res["runs"]:
+        print(f"{r['name']} ({r['form']}): {Path(args.out) / r['files'][0]}")
+        if r.get("non_finite"):
+            print(f"edgegen sample: {r['run_dir']} produced {r['non_finite']} non-finite values (drawn black)",
+                  file=sys.stderr)
+    for path in res["side_by_side"]:
+        print(f"side by side: {path}")
+    print(f"index: {res['index']}")
+    return 0
 
 
 def _eval_options(args):
@@ -271,6 +330,8 @@ def main(argv=None) -> int:
             return _train(args, args.command == "compress")
         if args.command in ("eval", "compare"):
             return _evaluate(args)
+        if args.command == "sample":
+            return _sample(args)
         if args.command == "reproduce":
             from edgegen.reproduce import reproduce
 

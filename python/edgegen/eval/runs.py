@@ -340,22 +340,9 @@ def _real_images(cfg, opts: EvalOptions) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(np.array(imgs[:n])), f"{what}, first {n} images"
 
 
-def _generated(model, kind: str, n: int, batch: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    for i in range(0, n, batch):
-        k = min(batch, n - i)
-        with torch.no_grad():
-            if kind == "dcgan":
-                z = torch.randn(k, model.config.nz, generator=g).to(device)
-                yield model(z).float().cpu()
-            else:
-                z = torch.randn(k, model.config.latent_dim, generator=g).to(device)
-                yield model.decode(z).float().cpu()
-
-
 def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, labels: dict) -> None:
     from edgegen.eval.fid import fid, get_extractor
+    from edgegen.eval.samples import generate_images
 
     proxy_ds = "celeba" if run.config.data.name == "celeba" else "cifar10"
     with warnings.catch_warnings():
@@ -372,7 +359,7 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
         # The same images, their statistics cached per extractor and data (a digest of the images).
         real = real_statistics(run.config.data.name, ext, split="test", limit=n_real,
                                root=_data_root(run.config, opts))
-    res = fid(_generated(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
+    res = fid(generate_images(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
               batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
               kid_subset_size=_kid_subset(opts.samples, n_real), seed=opts.seed)
     out.update(res.as_metrics())
