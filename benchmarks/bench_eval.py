@@ -14,6 +14,11 @@
   statistics) as a share of the forward. Target: at most 10%. For the FID Inception-v3 network
   (randomly initialised here: the standard weights are not on this machine, and the compute does
   not depend on them) and for the FID-proxy CNN. Interleaved per batch of 50.
+* Precision / recall / density / coverage (edgegen.eval.manifold_metrics, float64, blocked)
+  against the metric authors' package (prdc, float32 on scikit-learn's pairwise distances, the
+  whole [N, M] matrix at once), on the same random features: 2,048-d (Inception) and 256-d
+  (FID-proxy), N = M = 2,000 (500 with --quick). Both give the same four numbers on these
+  features (checked here); the ratio is edgegen's time over prdc's.
 
 The student is randomly initialised (speed does not depend on the weights; its perplexity is
 therefore near the vocabulary size and is not a quality number). Prints a table, writes
@@ -44,7 +49,7 @@ import edgegen  # noqa: E402,F401
 from edgegen.eval import perplexity, ssim  # noqa: E402
 
 KERNEL_PATH = "none (PyTorch ops only)"
-QUICK_TOKENS, QUICK_FID_IMAGES = 16384, 200
+QUICK_TOKENS, QUICK_FID_IMAGES, QUICK_PRDC = 16384, 200, 500
 
 
 def _tokens(max_tokens):
@@ -161,6 +166,46 @@ def bench_fid(rows, n_images, threads):
                              total_ms=round(sec * 1e3, 1), threads=threads, kernel_path=KERNEL_PATH))
 
 
+def bench_prdc(rows, n, threads):
+    import contextlib
+    import io
+
+    import numpy as np
+
+    from edgegen.eval.manifold import manifold_metrics
+
+    try:
+        from prdc import compute_prdc
+    except ImportError as exc:  # a benchmark peer (requirements-dev.txt)
+        print(f"prdc: ERROR {exc}; pip install -r requirements-dev.txt torch==2.13.0")
+        rows.append(dict(op="prdc", provider="prdc", error=str(exc)))
+        return
+    rng = np.random.default_rng(0)
+    for dim in (2048, 256):
+        real = rng.normal(size=(n, dim)).astype(np.float32)
+        gen = (rng.normal(size=(n, dim)) * 1.1 + 0.05).astype(np.float32)
+        ours = manifold_metrics(real, gen, k=5)
+        with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sample counts
+            theirs = compute_prdc(real, gen, nearest_k=5)
+        same = all(abs(getattr(ours, m) - float(theirs[m])) < 1e-9 for m in ("precision", "recall", "density",
+                                                                            "coverage"))
+        times = {}
+        for name, fn in (("edgegen.eval.manifold_metrics", lambda: manifold_metrics(real, gen, k=5)),
+                         ("prdc.compute_prdc", lambda: compute_prdc(real, gen, nearest_k=5))):
+            with contextlib.redirect_stdout(io.StringIO()):
+                times[name] = harness.time_ms(fn, repeats=harness.MIN_REPEATS)
+        ratio = times["edgegen.eval.manifold_metrics"][1] / times["prdc.compute_prdc"][1]
+        print(f"precision/recall/density/coverage, {n} x {n} samples of {dim} features, k = 5: edgegen "
+              f"{times['edgegen.eval.manifold_metrics'][1]:.0f} ms (float64), prdc "
+              f"{times['prdc.compute_prdc'][1]:.0f} ms (float32): {ratio:.2f}x prdc's time; same numbers: "
+              f"{'yes' if same else 'NO'}")
+        for name, dtype in (("edgegen.eval.manifold_metrics", "float64"), ("prdc.compute_prdc", "float32")):
+            p20, p50, p80 = times[name]
+            rows.append(dict(op="prdc", provider=name, shape=f"{n}x{n}x{dim}", dtype=dtype, mode="k=5",
+                             p20_ms=round(p20, 1), p50_ms=round(p50, 1), p80_ms=round(p80, 1), threads=threads,
+                             kernel_path=KERNEL_PATH, check="same" if same else "DIFFERENT"))
+
+
 def token_count(text: str) -> int:
     """--max-tokens: 0 (the whole split) or at least 2 (one window scores a token given the one before)."""
     try:
@@ -176,7 +221,7 @@ def arguments(ap):
     ap.add_argument("--max-tokens", type=token_count, default=None,
                     help=f"evaluate a prefix of the test split, >= 2 tokens (0: the whole split; default: 0, "
                          f"{QUICK_TOKENS} with --quick)")
-    ap.add_argument("--only", choices=["perplexity", "ssim", "fid"], default=None)
+    ap.add_argument("--only", choices=["perplexity", "ssim", "fid", "prdc"], default=None)
     ap.add_argument("--fid-images", type=harness.positive_int, default=None,
                     help=f"images for the FID feature benchmark, >= 1 (default: 1000, {QUICK_FID_IMAGES} with --quick)")
 
@@ -204,6 +249,9 @@ def main():
         harness.save(rows, args.out, final=False, **common)
     if args.only in (None, "fid"):
         bench_fid(rows, fid_images, args.threads)
+        harness.save(rows, args.out, final=False, **common)
+    if args.only in (None, "prdc"):
+        bench_prdc(rows, QUICK_PRDC if args.quick else 2000, args.threads)
     harness.save(rows, args.out, lead="", **common)
 
 

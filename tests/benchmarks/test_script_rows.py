@@ -93,6 +93,17 @@ def test_eval_one_pass_rows_are_totals_not_medians(tmp_path):
     assert all(r["kernel_path"] == bench_eval.KERNEL_PATH for r in rows)
 
 
+def test_prdc_rows_compare_with_the_peer_on_the_same_numbers():
+    import bench_eval
+
+    rows = []
+    bench_eval.bench_prdc(rows, 12, 1)
+    assert [(r["provider"], r["shape"]) for r in rows] == [
+        ("edgegen.eval.manifold_metrics", "12x12x2048"), ("prdc.compute_prdc", "12x12x2048"),
+        ("edgegen.eval.manifold_metrics", "12x12x256"), ("prdc.compute_prdc", "12x12x256")]
+    assert all(r["check"] == "same" and r["p50_ms"] > 0 for r in rows)
+
+
 @pytest.mark.parametrize("native,major,cluster", [(True, 9, "cuda cluster kernel"),
                                                   (True, 8, "cuda row kernel (the cluster kernel needs sm_90)"),
                                                   (False, 9, "fallback (PyTorch ops, no CUDA kernel)")],

@@ -239,6 +239,40 @@ def test_kid_beside_fid_uses_the_same_features():
     assert {"kid_proxy", "kid_proxy_std_error"} <= set(res.as_metrics())
 
 
+@pytest.mark.parametrize("metric, suffix", [("FID-proxy", "_proxy"), ("FID", ""), ("FID-nonstandard", "_nonstandard")],
+                         ids=["proxy", "standard", "nonstandard"])
+def test_precision_recall_beside_fid_use_the_same_features_and_its_name(metric, suffix):
+    from edgegen.eval.manifold import manifold_metrics
+
+    ext = _extractor(metric=metric)
+    g, r = torch.rand(30, 3, 8, 8), torch.rand(35, 3, 8, 8) * 0.9
+    res = fid(g, r, ext, batch_size=8, manifold=True, manifold_k=4)
+    # The real side's balls against the generated side: the arguments in that order.
+    ref = manifold_metrics(_ref_features(ext, r), _ref_features(ext, g), k=4)
+    for name in ("precision", "recall", "density", "coverage"):
+        assert getattr(res.manifold, name) == pytest.approx(getattr(ref, name), abs=1e-12)
+    assert (res.manifold.n_real, res.manifold.n_generated, res.manifold.k) == (35, 30, 4)
+    m = res.as_metrics()
+    assert {f"precision{suffix}", f"recall{suffix}", f"density{suffix}", f"coverage{suffix}"} <= set(m)
+    assert m[f"recall{suffix}"] == res.manifold.recall
+    assert not ({"precision", "recall"} & set(m)) or suffix == ""  # a proxy is never named plainly
+
+
+def test_precision_recall_need_features_and_a_valid_k_before_any_image_is_read():
+    ext = _extractor()
+    r = torch.rand(20, 3, 8, 8)
+    stats, _ = image_statistics(r, ext)
+    with pytest.raises(ValueError, match="real: precision/recall needs the features, not precomputed statistics"):
+        fid(torch.rand(20, 3, 8, 8), stats, ext, manifold=True)
+
+    def never():
+        raise AssertionError("an image was read before the arguments were checked")
+        yield
+
+    with pytest.raises(ValueError, match="manifold_k: expected an int >= 1"):
+        fid(never(), r, ext, manifold=True, manifold_k=0)
+
+
 def test_max_samples_takes_a_prefix():
     ext = _extractor()
     g, r = torch.rand(30, 3, 8, 8), torch.rand(30, 3, 8, 8)

@@ -67,6 +67,26 @@ def test_gan_fid_proxy_equals_the_metric_applied_by_hand(env):
     assert m["fid_proxy"] == pytest.approx(fid(fake, real, ext, value_range=(-1, 1)).value, rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:fid.*unreliable at this size:RuntimeWarning")  # 24 images, 256 features
+def test_prdc_of_a_gan_run_equals_the_metric_on_the_same_images(env):
+    from edgegen.train.data import SyntheticImages
+
+    run = load_run(_train(tiny("gan", env), env, "gan-prdc"))
+    res = evaluate_run(run, _opts(metrics=("prdc",), samples=24, batch_size=16))
+    m = res["metrics"]
+    assert {"precision_proxy", "recall_proxy", "density_proxy", "coverage_proxy", "fid_proxy"} <= set(m)
+    assert not {"precision", "recall", "density", "coverage"} & set(m)  # a proxy network: never named plainly
+    assert "k = 5" in res["labels"]["prdc"] and "FID-proxy network" in res["labels"]["prdc"]
+    ext = get_extractor("proxy", root=env / "data", epochs=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        fake = run.model(torch.randn(24, 8, generator=g))
+    real = ((SyntheticImages(96, seed=1234).images[:24].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    ref = fid(fake, real, ext, value_range=(-1, 1), manifold=True, manifold_k=5).manifold
+    for name in ("precision", "recall", "density", "coverage"):
+        assert m[f"{name}_proxy"] == pytest.approx(getattr(ref, name), abs=1e-9)
+
+
 def test_quantized_training_run_loads_as_shipped(env):
     cfg = tiny("gan", env, compress={"ptq": {"kind": "Int8DynamicConfig"}})
     run_dir = _train(cfg, env, "ptq")
@@ -642,7 +662,8 @@ def test_an_explicit_data_root_beats_the_recorded_one(env, monkeypatch, capsys):
     ({"batch_size": 0}, r"batch_size: expected an int >= 1"),
     ({"fid_extractor": "bogus"}, r"fid_extractor: expected 'auto', 'inception' or 'proxy'"),
     ({"profile": True, "profile_repeats": 0}, r"profile_repeats: expected an int >= 1"),
-], ids=["samples-1", "samples-negative", "device", "batch", "extractor", "repeats"])
+    ({"metrics": ("prdc",), "samples": 5}, r"samples: expected an int >= 6 \(--samples; prdc's balls need more"),
+], ids=["samples-1", "samples-negative", "device", "batch", "extractor", "repeats", "prdc-samples"])
 def test_options_are_checked_before_any_metric(env, monkeypatch, kw, match):
     import edgegen.eval.runs as runs
 
@@ -653,7 +674,7 @@ def test_options_are_checked_before_any_metric(env, monkeypatch, kw, match):
 
     monkeypatch.setattr(runs, "_fid_metrics", measured)
     with pytest.raises(ValueError, match=match):
-        evaluate_run(run, _opts(metrics=("fid",), **kw))
+        evaluate_run(run, _opts(**{"metrics": ("fid",), **kw}))
 
 
 def test_cli_rejects_bad_options_before_any_metric(env, monkeypatch, capsys):

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("runs", nargs="+", help="run folders")
             p.add_argument("--out", help="write compare.md / compare.csv / compare.png here")
         p.add_argument("--metrics", default="",
-                       help="comma-separated: fid, kid, vae (ELBO, SSIM/PSNR of reconstructions), ssim, ppl, bleu, "
-                            "text (default: those of the model kind)")
+                       help="comma-separated: fid, kid, prdc (precision, recall, density, coverage), vae (ELBO, "
+                            "SSIM/PSNR of reconstructions), ssim, ppl, bleu, text (default: those of the model kind)")
         p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=name == "compare",
                        help="measure parameters, FLOPs, size, latency, memory, energy" +
                             (" (on by default here; --no-profile: off)" if name == "compare" else ""))

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from edgegen._atomic import replacing
 from edgegen.eval.frechet import GaussianStats, KIDResult, _frechet, kid as _kid
-from edgegen.ops._args import as_int
+from edgegen.eval.manifold import ManifoldResult, manifold_metrics
+from edgegen.ops._args import as_int, is_int
 
 __all__ = ["FeatureExtractor", "FIDResult", "ProxyNet", "get_extractor", "train_proxy_extractor", "image_statistics",
            "real_statistics", "fid", "PROXY_DATASETS", "METRIC_KEYS"]
@@ -438,6 +439,7 @@ class FIDResult:
     reliable: bool
     kid: KIDResult | None = None
     unreliable_reason: str = ""
+    manifold: ManifoldResult | None = None
 
     @property
     def key(self) -> str:
@@ -447,41 +449,51 @@ class FIDResult:
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """Flat, labelled metrics for MLflow: ``fid`` (official Inception weights only),
         ``fid_nonstandard`` or ``fid_proxy`` (and ``kid``/``kid_nonstandard``/``kid_proxy`` with
-        ``*_std_error``), never an unlabelled proxy."""
+        ``*_std_error``; ``precision``, ``recall``, ``density``, ``coverage`` with the same suffix),
+        never an unlabelled proxy."""
         key, k = METRIC_KEYS[self.metric]
         out = {prefix + key: self.value, prefix + key + "_n_generated": float(self.n_generated)}
         if self.kid is not None:
             out[prefix + k] = self.kid.value
             out[prefix + k + "_std_error"] = self.kid.std_error
+        if self.manifold is not None:
+            suffix = key[len("fid"):]  # "", "_proxy" or "_nonstandard": named after the network as FID is
+            for name in ("precision", "recall", "density", "coverage"):
+                out[prefix + name + suffix] = getattr(self.manifold, name)
         return out
 
 
 def fid(generated, real, extractor: FeatureExtractor | None = None, batch_size: int = 50, value_range=(0.0, 1.0),
         max_samples: int | None = None, kid: bool = False, kid_subsets: int = 100, kid_subset_size: int = 1000,
-        seed: int = 0) -> FIDResult:
+        seed: int = 0, manifold: bool = False, manifold_k: int = 5) -> FIDResult:
     """FID (or FID-proxy, by the extractor) between ``generated`` and ``real``.
 
     Each side: an image tensor, an iterable of batches, or GaussianStats computed with the same
     extractor. ``extractor`` defaults to :func:`get_extractor` ("auto"). ``kid=True`` also computes
-    KID (unbiased, standard error over ``kid_subsets``); it needs images on both sides."""
+    KID (unbiased, standard error over ``kid_subsets``); ``manifold=True`` precision, recall,
+    density and coverage with ``manifold_k`` neighbours (:func:`~edgegen.eval.manifold_metrics`)
+    on the same features. Both need images on both sides."""
     if extractor is None:
         extractor = get_extractor("auto")
     if not isinstance(extractor, FeatureExtractor):
         raise TypeError(f"extractor: expected a FeatureExtractor (edgegen.eval.get_extractor), got "
                         f"{type(extractor).__name__}")
     max_samples = _check_max_samples(max_samples, 2)  # FID needs 2 samples a side
+    if manifold and (not is_int(manifold_k) or manifold_k < 1):  # before any image is read
+        raise ValueError(f"manifold_k: expected an int >= 1, got {manifold_k!r}")
     sides, feats = [], []
     for name, src in (("generated", generated), ("real", real)):
         if isinstance(src, GaussianStats):
-            if kid:
-                raise ValueError(f"{name}: KID needs the features, not precomputed statistics")
+            if kid or manifold:
+                what = "KID" if kid else "precision/recall"
+                raise ValueError(f"{name}: {what} needs the features, not precomputed statistics")
             if src.dim != extractor.dim:
                 raise ValueError(f"{name}: statistics of {src.dim} features, expected {extractor.dim} "
                                  f"({extractor.name})")
             st, f = src, None
         else:
-            st, f = image_statistics(src, extractor, batch_size, value_range, max_samples, keep_features=kid,
-                                     name=name)
+            st, f = image_statistics(src, extractor, batch_size, value_range, max_samples,
+                                     keep_features=kid or manifold, name=name)
         if st.count < 2:
             raise ValueError(f"{name}: FID needs at least 2 images, got {st.count}")
         sides.append(st)
@@ -499,5 +511,6 @@ def fid(generated, real, extractor: FeatureExtractor | None = None, batch_size: 
     if reason:
         warnings.warn(f"fid: {reason} (reliable=False)", RuntimeWarning, stacklevel=2)
     kid_result = _kid(feats[0], feats[1], kid_subsets, kid_subset_size, seed) if kid else None
+    manifold_result = manifold_metrics(feats[1], feats[0], manifold_k) if manifold else None
     return FIDResult(value, extractor.metric, extractor.label, extractor.name, sides[0].count, sides[1].count,
-                     not reasons, kid_result, reason)
+                     not reasons, kid_result, reason, manifold_result)

@@ -37,7 +37,8 @@ QUANTIZED_ARTIFACTS = ("model-int8.safetensors", "model-ptq.safetensors")
 ARTIFACT_ORIGIN = {"model-int8.safetensors": "qat", "model-ptq.safetensors": "ptq"}
 PICKLED_SHIPPED = "model-shipped.pt"  # earlier versions of compress --from; not loaded
 KIND_METRICS = {"dcgan": ("fid",), "vae": ("vae", "fid"), "gpt2": ("ppl", "text")}
-ALL_METRICS = ("fid", "kid", "vae", "ssim", "ppl", "bleu", "text")
+ALL_METRICS = ("fid", "kid", "prdc", "vae", "ssim", "ppl", "bleu", "text")
+MANIFOLD_K = 5  # neighbours of precision / recall / density / coverage (Naeem et al.)
 
 
 @dataclass
@@ -277,8 +278,9 @@ def _structured(cfg) -> bool:
 class EvalOptions:
     """What ``evaluate_run`` measures and how much of it.
 
-    ``metrics``: names from fid, kid, vae (ELBO terms + SSIM/PSNR of reconstructions), ssim (alias
-    of vae), ppl, bleu, text (distinct-n, repetition); empty: the defaults for the model kind.
+    ``metrics``: names from fid, kid, prdc (precision, recall, density, coverage on the FID
+    features), vae (ELBO terms + SSIM/PSNR of reconstructions), ssim (alias of vae), ppl, bleu,
+    text (distinct-n, repetition); empty: the defaults for the model kind.
     ``samples``: generated images for FID (and real images, capped by the held-out split).
     ``fid_extractor``: auto / inception / proxy. ``max_tokens``: perplexity on a labelled prefix.
     ``profile``: efficiency record (+ generation latency for GPT-2); ``device_profiles``: edge
@@ -340,7 +342,8 @@ def _real_images(cfg, opts: EvalOptions) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(np.array(imgs[:n])), f"{what}, first {n} images"
 
 
-def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, labels: dict) -> None:
+def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, with_manifold: bool, out: dict,
+                 labels: dict) -> None:
     from edgegen.eval.fid import fid, get_extractor
     from edgegen.eval.samples import generate_images
 
@@ -353,7 +356,9 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
     n_real = len(real)
     if n_real < 2:  # --samples >= 2 is checked up front: this is the data's own size
         raise ValueError(f"metrics: the held-out split has {n_real} images; FID needs at least 2")
-    if not with_kid and run.config.data.name in ("cifar10", "celeba"):
+    if with_manifold and n_real <= MANIFOLD_K:
+        raise ValueError(f"metrics: the held-out split has {n_real} images; prdc needs more than {MANIFOLD_K}")
+    if not (with_kid or with_manifold) and run.config.data.name in ("cifar10", "celeba"):
         from edgegen.eval.fid import real_statistics
 
         # The same images, their statistics cached per extractor and data (a digest of the images).
@@ -361,10 +366,15 @@ def _fid_metrics(run: LoadedRun, opts: EvalOptions, with_kid: bool, out: dict, l
                                root=_data_root(run.config, opts))
     res = fid(generate_images(run.model, run.kind, opts.samples, opts.batch_size, opts.seed), real, ext,
               batch_size=opts.batch_size, value_range=(-1, 1), kid=with_kid,
-              kid_subset_size=_kid_subset(opts.samples, n_real), seed=opts.seed)
+              kid_subset_size=_kid_subset(opts.samples, n_real), seed=opts.seed, manifold=with_manifold,
+              manifold_k=MANIFOLD_K)
     out.update(res.as_metrics())
     labels[res.key] = f"{res.label}; {res.n_generated} generated vs {what}" + (
         "" if res.reliable else f"; UNRELIABLE: {res.unreliable_reason}")
+    if with_manifold:
+        labels["prdc"] = (f"precision, recall, density, coverage (Naeem et al. 2020; k = {MANIFOLD_K}) on the "
+                          f"{res.metric} network's features, {res.n_generated} generated vs {what}; biased at "
+                          "small sample counts, comparable only at equal counts")
 
 
 def _kid_subset(n_generated: int, n_real: int) -> int:
@@ -464,7 +474,7 @@ def _wanted(run: LoadedRun, metrics) -> list[str]:
     bad = [m for m in names if m not in ALL_METRICS]
     if bad:
         raise ValueError(f"metrics: unknown {bad}; expected names from {ALL_METRICS}")
-    image = {"fid", "kid", "vae", "ssim"}
+    image = {"fid", "kid", "prdc", "vae", "ssim"}
     if run.kind == "gpt2" and image & set(names):
         raise ValueError(f"metrics: {sorted(image & set(names))} are image metrics; {run.name} is a GPT-2 run")
     if run.kind != "gpt2" and {"ppl", "bleu", "text"} & set(names):
@@ -511,7 +521,10 @@ def check_options(run, options: EvalOptions | None = None) -> list[str]:
     if not isinstance(opts, EvalOptions):
         raise TypeError(f"options: expected an EvalOptions, got {type(opts).__name__}")
     names = _wanted(run, opts.metrics)
-    images = {"fid", "kid"} & set(names)
+    images = {"fid", "kid", "prdc"} & set(names)
+    if "prdc" in names:
+        _int_at_least(opts, "samples", MANIFOLD_K + 1,
+                      f"--samples; prdc's balls need more than k = {MANIFOLD_K} generated images")
     _int_at_least(opts, "samples", 2 if images else 1,
                   "--samples; FID/KID compare two sets of at least 2 images" if images else "--samples")
     for name in ("batch_size", "proxy_epochs", "text_prompts", "text_new_tokens", "profile_repeats"):
@@ -560,8 +573,8 @@ def evaluate_run(run: LoadedRun | str | os.PathLike, options: EvalOptions | None
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
     labels: dict[str, str] = {}
-    if "fid" in names or "kid" in names:
-        _fid_metrics(run, opts, "kid" in names, metrics, labels)
+    if {"fid", "kid", "prdc"} & set(names):
+        _fid_metrics(run, opts, "kid" in names, "prdc" in names, metrics, labels)
     if "vae" in names or "ssim" in names:
         _vae_metrics(run, opts, metrics, labels)
     if {"ppl", "bleu", "text"} & set(names):
@@ -657,7 +670,9 @@ def _onnx_metrics(run: LoadedRun, opts: EvalOptions, metrics: dict, labels: dict
 
 
 # ------------------------------------------------------------------------------------ comparison
-COLUMNS = ("fid", "fid_nonstandard", "fid_proxy", "kid", "kid_nonstandard", "kid_proxy", "vae_recon_ssim",
+COLUMNS = ("fid", "fid_nonstandard", "fid_proxy", "kid", "kid_nonstandard", "kid_proxy",
+           *(f"{m}{s}" for m in ("precision", "recall", "coverage") for s in ("", "_nonstandard", "_proxy")),
+           "vae_recon_ssim",
            "vae_recon_psnr_db", "vae_neg_elbo", "wikitext2_ppl", "wikitext2_ppl_prefix", "wikitext2_ppl_nonstandard",
            "wikitext2_ppl_prefix_nonstandard", "bleu", "distinct_2",
            "bytes_on_disk", "params", "sparsity", "flops", "latency_ms_p50", "peak_memory_bytes", "energy_j",
