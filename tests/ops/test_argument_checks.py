@@ -233,3 +233,14 @@ def test_integer_arguments_refuse_bools_of_every_kind_and_values_beyond_int64():
     assert [as_int(v, "n") for v in (3, 3.0, np.int16(3), torch.tensor(3), 2**63 - 1)] == [3, 3, 3, 3, 2**63 - 1]
     with pytest.raises(TypeError, match="num_prune: expected an integer, got a bool"):
         P.magnitude_prune_([torch.randn(4)], torch.tensor(True))
+
+
+def test_integer_weight_is_refused_by_the_python_check():
+    with pytest.raises(TypeError, match="weight: expected a real floating-point tensor, got torch.int64"):
+        P.magnitude_scores(torch.randint(-5, 5, (4, 8)))
+
+
+def test_float_tensor_integers_are_refused():
+    with pytest.raises(TypeError, match="n: expected an integer"):
+        P.nm_mask(torch.randn(4, 8), torch.tensor(2.5), 4)
+    assert torch.equal(P.nm_mask(torch.ones(4, 8), torch.tensor(2), 4), P.nm_mask(torch.ones(4, 8), 2, 4))
