@@ -159,6 +159,16 @@ def test_smoke_run_fills_every_table_and_resumes(data, tmp_path):
     quality = {r["key"]: r for r in res["tables"]["quality"]["rows"]}
     assert "dcgan-cifar10/fid_proxy" in quality and quality["dcgan-cifar10/fid_proxy"]["label"] == "FID-proxy"
     assert not any(k.endswith("/fid") for k in quality)
+    # precision / recall beside FID, named and labelled after its network; the recall a
+    # compressed variant lost, paired by seed
+    for key in ("dcgan-celeba-pruned50/precision_proxy", "vae-celeba-int8/recall_proxy",
+                "dcgan-cifar10-pruned50/diff_vs_dcgan-cifar10_recall_proxy"):
+        assert quality[key]["label"] == "FID-proxy" and 0.0 <= abs(quality[key]["mean"]) <= 1.0
+    assert not any(k.endswith(("/precision", "/recall")) for k in quality)
+    # samples of each model beside its compressed variant, named in the table's notes
+    for base in ("dcgan-cifar10", "dcgan-celeba", "vae-celeba"):
+        side = next((out / "figures" / "samples" / base).glob("side_by_side-*.png"))
+        assert side.relative_to(out).as_posix() in report
     # the WikiText-2 fixture is not the published file: its perplexity is named and labelled so
     ppl = quality["gpt2-student-int8/wikitext2_ppl_prefix_nonstandard"]
     assert ppl["label"] == "WikiText-2-nonstandard (prefix)"

@@ -515,27 +515,69 @@ def _paired(results: list, baseline: str, variant: str, metric: str, label: str)
     return Row(f"{variant}/diff_vs_{baseline}_{metric}", diffs, label, note)
 
 
+# Image models of the quality table, each beside the compressed variant it is paired with.
+IMAGE_PAIRS = (("dcgan-cifar10", "dcgan-cifar10-pruned50"), ("dcgan-celeba", "dcgan-celeba-pruned50"),
+               ("vae-celeba", "vae-celeba-int8"))
+SAMPLE_IMAGES = 36  # per grid of the samples figures
+
+
+def _quality_runs(ctx: Context, seed: int) -> dict:
+    """The run folder of each model the quality table measures, for one seed."""
+    runs = {key: ctx.trained(key, seed) for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba",
+                                                    "dcgan-celeba-pruned50", "vae-celeba", "gpt2-teacher",
+                                                    "gpt2-student")}
+    int8 = {"ptq": {"kind": "Int8DynamicConfig"}}
+    runs["vae-celeba-int8"] = _compressed(ctx, runs["vae-celeba"], int8, "int8")
+    runs["gpt2-student-int8"] = _compressed(ctx, runs["gpt2-student"], int8, "int8")
+    return runs
+
+
+def _samples(ctx: Context, runs: dict) -> None:
+    """Samples of each image pair (baseline and compressed variant, the first seed's runs in
+    ``runs``, key -> run folder) from the same latents, side by side under figures/samples/;
+    where they are is a note of the table."""
+    from edgegen.eval.run_samples import sample_runs
+
+    seed = ctx.seeds[0]
+    made, failed = [], []
+    for base, variant in IMAGE_PAIRS:
+        if base not in runs or variant not in runs:
+            continue
+        try:
+            res = sample_runs([runs[base], runs[variant]], ctx.out / "figures" / "samples" / base, n=SAMPLE_IMAGES,
+                              seed=seed)
+        except (ValueError, OSError, RuntimeError) as exc:  # the table's numbers stand without the pictures
+            failed.append(f"{base}: {exc}")
+            continue
+        made += [Path(p).relative_to(ctx.out).as_posix() for p in res["side_by_side"]]
+    note = (f"Samples (seed {seed}'s runs, {SAMPLE_IMAGES} images each from the same latents for a model and its "
+            "compressed variant, image i beside image i): " + ", ".join(made) + "." if made else "")
+    if failed:
+        note += " Samples not drawn: " + "; ".join(failed) + "."
+    if note:
+        ctx.table_notes.setdefault("quality", []).append(note.strip())
+
+
 def _quality(ctx: Context) -> list:
     def one(seed):
         def compute():
+            runs = _quality_runs(ctx, seed)
             out = {}
             for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba", "dcgan-celeba-pruned50"):
-                out[key] = _eval(ctx, ctx.trained(key, seed), ("fid",))
-            vae = ctx.trained("vae-celeba", seed)
-            out["vae-celeba"] = _eval(ctx, vae, ("fid", "vae"))
-            out["vae-celeba-int8"] = _eval(ctx, _compressed(ctx, vae, {"ptq": {"kind": "Int8DynamicConfig"}}, "int8"),
-                                           ("fid", "vae"))
-            out["gpt2-teacher"] = _eval(ctx, ctx.trained("gpt2-teacher", seed), ("ppl",))
-            student = ctx.trained("gpt2-student", seed)
-            out["gpt2-student"] = _eval(ctx, student, ("ppl",))
-            out["gpt2-student-int8"] = _eval(ctx, _compressed(ctx, student, {"ptq": {"kind": "Int8DynamicConfig"}},
-                                                              "int8"), ("ppl",))
+                out[key] = _eval(ctx, runs[key], ("fid", "prdc"))
+            for key in ("vae-celeba", "vae-celeba-int8"):
+                out[key] = _eval(ctx, runs[key], ("fid", "vae", "prdc"))
+            for key in ("gpt2-teacher", "gpt2-student", "gpt2-student-int8"):
+                out[key] = _eval(ctx, runs[key], ("ppl",))
+            out["runs"] = {k: str(v) for k, v in runs.items()}  # for the samples figures
             return out
 
-        return ctx.step(f"{ctx.preset}/quality/seed{seed}", compute)
+        # Named for what it measures: a step of an earlier version (without prdc) is not reused.
+        return ctx.step(f"{ctx.preset}/quality-fid-prdc-ppl/seed{seed}", compute)
 
     res = _per_seed(ctx, one)
     fidkey, flabel = _fid_key(res[0]["dcgan-cifar10"]["metrics"])
+    suffix = fidkey[len("fid"):]  # precision / recall carry the network's name as FID does
     pplkey = next(k for k in res[0]["gpt2-teacher"]["metrics"] if k.startswith("wikitext2_ppl") and
                   not k.endswith("_tokens"))
     spec = []
@@ -543,6 +585,9 @@ def _quality(ctx: Context) -> list:
                 "vae-celeba-int8"):
         spec.append((f"{key}/{fidkey}", lambda r, k=key: r[k]["metrics"].get(fidkey),
                      flabel, res[0][key]["labels"].get(fidkey, "")))
+        for m in ("precision", "recall"):
+            spec.append((f"{key}/{m}{suffix}", lambda r, k=key, m=m: r[k]["metrics"].get(m + suffix), flabel,
+                         res[0][key]["labels"].get("prdc", "")))
     for key in ("vae-celeba", "vae-celeba-int8"):
         for m in ("vae_recon_ssim", "vae_neg_elbo"):
             spec.append((f"{key}/{m}", lambda r, k=key, m=m: r[k]["metrics"].get(m), "measured",
@@ -552,16 +597,15 @@ def _quality(ctx: Context) -> list:
                      res[0][key]["labels"].get(pplkey, "")))
     rows = _rows_from(res, spec)
     plabel = _ppl_label(pplkey)
-    for base, var, metric, label in (
-            ("dcgan-cifar10", "dcgan-cifar10-pruned50", fidkey, flabel),
-            ("dcgan-celeba", "dcgan-celeba-pruned50", fidkey, flabel),
-            ("vae-celeba", "vae-celeba-int8", fidkey, flabel),
-            ("vae-celeba", "vae-celeba-int8", "vae_recon_ssim", "measured"),
-            ("gpt2-teacher", "gpt2-student", pplkey, plabel),
-            ("gpt2-student", "gpt2-student-int8", pplkey, plabel)):
+    pairs = [(base, var, metric, flabel) for base, var in IMAGE_PAIRS for metric in (fidkey, "recall" + suffix)]
+    pairs += [("vae-celeba", "vae-celeba-int8", "vae_recon_ssim", "measured"),
+              ("gpt2-teacher", "gpt2-student", pplkey, plabel),
+              ("gpt2-student", "gpt2-student-int8", pplkey, plabel)]
+    for base, var, metric, label in pairs:
         row = _paired(res, base, var, metric, label)
         if row is not None:
             rows.append(row)
+    _samples(ctx, res[0].get("runs", {}))
     return rows
 
 
