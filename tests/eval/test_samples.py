@@ -327,6 +327,18 @@ def test_a_synthetic_vocabulary_takes_token_ids_only(lm_runs, tmp_path):
     assert not res["runs"][0]["decoded"] and "not_decoded" not in res["runs"][0]
 
 
+@pytest.mark.filterwarnings("ignore:.*differs from OpenAI's published:UserWarning")
+def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_are_written_as_ids(lm_runs):
+    from edgegen.data.tokenizer import GPT2Tokenizer
+    from edgegen.eval.run_samples import _decode
+
+    _, root = lm_runs
+    tok = GPT2Tokenizer.from_dir(root / "gpt2")
+    he = tok.encode("he")
+    assert _decode(tok, he + [300] + he + [260, 301]) == "he<|id 300|>he<|id 260|><|id 301|>"
+    assert _decode(tok, he) == tok.decode(he) and _decode(tok, []) == ""
+
+
 def test_text_prompts_without_the_tokenizer_name_the_download(lm_runs, tmp_path, monkeypatch):
     runs, _ = lm_runs
     monkeypatch.setenv("EDGEGEN_DATA_DIR", str(tmp_path / "empty"))

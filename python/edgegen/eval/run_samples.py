@@ -46,6 +46,23 @@ def _end_token(vocab: int, tok) -> int | None:
     return GPT2_EOT if vocab == GPT2_VOCAB else None
 
 
+def _decode(tok, ids: list[int]) -> str:
+    """``ids`` as text; an id the tokenizer does not have (a model whose vocabulary is padded
+    beyond it) is written ``<|id N|>`` in its place rather than failing the whole sample."""
+    out, run = [], []
+    for t in ids:
+        if t < tok.vocab_size:
+            run.append(t)
+            continue
+        if run:
+            out.append(tok.decode(run))
+            run = []
+        out.append(f"<|id {t}|>")
+    if run:
+        out.append(tok.decode(run))
+    return "".join(out)
+
+
 def _check(n, seed, max_new_tokens, prompts, prompt_ids, greedy, temperature, top_k, top_p) -> None:
     from edgegen.models.gpt2 import check_sampling
 
@@ -87,8 +104,9 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
     continuations of a GPT-2 run (``max_new_tokens`` each, sampled at ``temperature`` with
     ``top_k`` / ``top_p``, or ``greedy``; stopped at ``<|endoftext|>``). The tokenizer is GPT-2's
     from ``<data root>/gpt2``; a model whose vocabulary holds all its ids takes text ``prompts``
-    and its samples are decoded (without the tokenizer files, a model of GPT-2's vocabulary gets
-    token ids only, and the index says why). Prompts: ``prompts`` (text) or ``prompt_ids``; by
+    and its samples are decoded (an id beyond the tokenizer's, in a padded vocabulary, as
+    ``<|id N|>``; without the tokenizer files, a model of GPT-2's vocabulary gets token ids only,
+    and the index says why). Prompts: ``prompts`` (text) or ``prompt_ids``; by
     default ``<|endoftext|>`` alone (unconditional samples), or token 0 for a model without an
     end-of-text token (a synthetic vocabulary). Two or more image runs of one kind and
     latent size (which share their latents) get ``side_by_side-<kind>-z<size>.png``: their grids in
@@ -158,7 +176,7 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
             vocab = run.model.config.vocab_size
             conts = sample_text(run.model, ids, max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, eos_token_id=_end_token(vocab, tok))
-            decode = tok.decode if _speaks(vocab, tok) else None
+            decode = (lambda ids: _decode(tok, ids)) if _speaks(vocab, tok) else None
             texts = [{"prompt_ids": p, "continuation_ids": c,
                       **({"prompt": decode(p), "continuation": decode(c)} if decode else {})}
                      for p, c in zip(ids, conts)]

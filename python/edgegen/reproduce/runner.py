@@ -519,6 +519,8 @@ def _paired(results: list, baseline: str, variant: str, metric: str, label: str)
 IMAGE_PAIRS = (("dcgan-cifar10", "dcgan-cifar10-pruned50"), ("dcgan-celeba", "dcgan-celeba-pruned50"),
                ("vae-celeba", "vae-celeba-int8"))
 SAMPLE_IMAGES = 36  # per grid of the samples figures
+TEXT_MODELS = ("gpt2-teacher", "gpt2-student", "gpt2-student-int8")
+SAMPLE_TOKENS = 30  # per continuation of <|endoftext|> (fits any context of 32 tokens or more)
 
 
 def _quality_runs(ctx: Context, seed: int) -> dict:
@@ -534,8 +536,8 @@ def _quality_runs(ctx: Context, seed: int) -> dict:
 
 def _samples(ctx: Context, runs: dict) -> None:
     """Samples of each image pair (baseline and compressed variant, the first seed's runs in
-    ``runs``, key -> run folder) from the same latents, side by side under figures/samples/;
-    where they are is a note of the table."""
+    ``runs``, key -> run folder) from the same latents, side by side under figures/samples/, and
+    unconditional text samples of the GPT-2s; where they are is a note of the table."""
     from edgegen.eval.run_samples import sample_runs
 
     seed = ctx.seeds[0]
@@ -550,8 +552,20 @@ def _samples(ctx: Context, runs: dict) -> None:
             failed.append(f"{base}: {exc}")
             continue
         made += [Path(p).relative_to(ctx.out).as_posix() for p in res["side_by_side"]]
+    texts = []
+    if all(k in runs for k in TEXT_MODELS):
+        try:
+            res = sample_runs([runs[k] for k in TEXT_MODELS], ctx.out / "figures" / "samples" / "gpt2",
+                              max_new_tokens=SAMPLE_TOKENS, seed=seed)
+            texts = [(ctx.out / "figures" / "samples" / "gpt2" / r["files"][0]).relative_to(ctx.out).as_posix()
+                     for r in res["runs"]]
+        except (ValueError, OSError, RuntimeError) as exc:
+            failed.append(f"gpt2: {exc}")
     note = (f"Samples (seed {seed}'s runs, {SAMPLE_IMAGES} images each from the same latents for a model and its "
             "compressed variant, image i beside image i): " + ", ".join(made) + "." if made else "")
+    if texts:
+        note += (f" Text samples of the teacher, the student and the INT8 student ({SAMPLE_TOKENS} tokens sampled "
+                 "after <|endoftext|>, seed " + str(seed) + "): " + ", ".join(texts) + ".")
     if failed:
         note += " Samples not drawn: " + "; ".join(failed) + "."
     if note:
