@@ -224,11 +224,11 @@ def observe_histogram_fallback(input, bins, lo, hi):
         raise ValueError(f"bins: expected a value in [1, 2^24], got {bins}")
     _check_bounds(lo, hi)
     _no_nan(input)
-    # The CPU kernel's binning: float32 bounds, positions in float64, outside values (and
-    # infinities) in the end bins.
+    # The CPU kernel's binning: float32 bounds, each value as it is (exact in float64, float64
+    # values unrounded), positions in float64, outside values (and infinities) in the end bins.
     lo32, hi32 = float(torch.tensor(lo, dtype=torch.float32)), float(torch.tensor(hi, dtype=torch.float32))
     width = (hi32 - lo32) / bins
-    v = input.detach().reshape(-1).to(torch.float32).to(torch.float64)
+    v = input.detach().reshape(-1).to(torch.float64)
     pos = torch.floor((v - lo32) / width) if width > 0 else torch.zeros_like(v)
     idx = pos.clamp(0, bins - 1).to(torch.int64)
     return torch.bincount(idx, minlength=bins)
