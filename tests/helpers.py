@@ -72,3 +72,21 @@ def figure_texts(monkeypatch) -> dict:
 
     monkeypatch.setattr(plots, "_save", spy)
     return texts
+
+
+def record_tracker_finishes(monkeypatch) -> list:
+    """Replace ``edgegen.tracking.make_tracker`` by trackers that do nothing but record ``(run
+    name, status)`` when finished; returns that list."""
+    import edgegen.tracking as tracking
+
+    finished: list[tuple[str, str]] = []
+
+    class Recording(tracking.NullTracker):
+        def __init__(self, name):
+            self.name = name
+
+        def finish(self, status="FINISHED"):
+            finished.append((self.name, status))
+
+    monkeypatch.setattr(tracking, "make_tracker", lambda cfg, name, run_dir, **kw: Recording(name))
+    return finished

@@ -15,6 +15,7 @@ from edgegen.config import to_dict
 from edgegen.train import Trainer
 from edgegen.train import checkpoint as ckpt
 from edgegen.train.sweep import run_sweep
+from tests.helpers import record_tracker_finishes
 from tests.train.helpers import tiny
 
 
@@ -396,19 +397,9 @@ def test_a_missing_teacher_names_its_key(tmp_path):
 
 
 def test_an_interrupted_sweep_closes_its_mlflow_runs_as_killed(tmp_path, monkeypatch):
-    import edgegen.tracking as tracking
     import edgegen.train.loop as loop
 
-    finished = []
-
-    class Recording(tracking.NullTracker):
-        def __init__(self, name):
-            self.name = name
-
-        def finish(self, status="FINISHED"):
-            finished.append((self.name, status))
-
-    monkeypatch.setattr(tracking, "make_tracker", lambda cfg, name, run_dir, **kw: Recording(name))
+    finished = record_tracker_finishes(monkeypatch)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
