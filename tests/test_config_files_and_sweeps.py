@@ -6,7 +6,6 @@ summaries (one seed, difference direction, alpha, duplicate seeds, the parent ru
 default baseline, earlier results, progressive runs on disk, deleted and failed runs)."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -7,12 +7,11 @@ file shows and how it was made; ``samples.json`` holds the same in machine-reada
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 from edgegen import _atomic
-from edgegen.ops._args import is_int, is_real
+from edgegen.ops._args import is_int
 
 __all__ = ["sample_runs", "GPT2_VOCAB", "GPT2_EOT"]
 
@@ -22,15 +21,12 @@ GPT2_EOT = 50256  # <|endoftext|>: the default prompt (unconditional samples) an
 
 def _tokenizer(root):
     """GPT-2's tokenizer from ``<data root>/gpt2``, or (None, the reason) when its files are not there."""
-    from edgegen.data.root import data_root
-    from edgegen.data.tokenizer import GPT2Tokenizer
+    from edgegen.eval.runs import gpt2_tokenizer
 
-    folder = data_root(root) / "gpt2"
     try:
-        return GPT2Tokenizer.from_dir(folder), None
+        return gpt2_tokenizer(root), None
     except FileNotFoundError as exc:
-        return None, (f"{exc}; fetch them with edgegen.data.download_gpt2_tokenizer({str(data_root(root))!r}) "
-                      "(sampling never downloads)")
+        return None, str(exc)
 
 
 def _speaks(vocab: int, tok) -> bool:

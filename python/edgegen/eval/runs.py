@@ -394,22 +394,28 @@ def _vae_metrics(run: LoadedRun, opts: EvalOptions, out: dict, labels: dict) -> 
     labels["vae"] = f"{n} held-out images ({what}); ELBO terms with one posterior sample per image (seed {opts.seed})"
 
 
+def gpt2_tokenizer(root=None):
+    """GPT-2's tokenizer from ``<data root>/gpt2``. Never downloads: missing files are a
+    FileNotFoundError naming the folder and the call that fetches them."""
+    from edgegen.data.root import data_root
+    from edgegen.data.tokenizer import GPT2Tokenizer
+
+    try:
+        return GPT2Tokenizer.from_dir(data_root(root) / "gpt2")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; fetch them with edgegen.data.download_gpt2_tokenizer({str(data_root(root))!r}) "
+                                "(edgegen's evaluation and sampling never download)") from None
+
+
 def _lm_tokens(opts: EvalOptions, cfg=None) -> tuple:
     """WikiText-2 raw test as GPT-2 token ids, the tokenizer, and the ``WikiText2`` read (its
     ``official`` says whether the file is the published one). Never downloads: a missing
     folder is a FileNotFoundError naming it and how to get it."""
-    from edgegen.data.root import data_root
-    from edgegen.data.tokenizer import GPT2Tokenizer
     from edgegen.data.wikitext import WikiText2
 
     root = _data_root(cfg, opts)
     text = WikiText2(root, "test")  # its error names the folder expected and the archive to unpack there
-    folder = data_root(root) / "gpt2"
-    try:
-        tok = GPT2Tokenizer.from_dir(folder)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}; fetch them with edgegen.data.download_gpt2_tokenizer({str(data_root(root))!r}) "
-                                "(evaluation never downloads)") from None
+    tok = gpt2_tokenizer(root)
     ids = text.tokens(tok)
     return torch.from_numpy(np.array(ids, dtype=np.int64)), tok, text
 

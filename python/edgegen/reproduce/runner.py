@@ -518,6 +518,7 @@ def _paired(results: list, baseline: str, variant: str, metric: str, label: str)
 # Image models of the quality table, each beside the compressed variant it is paired with.
 IMAGE_PAIRS = (("dcgan-cifar10", "dcgan-cifar10-pruned50"), ("dcgan-celeba", "dcgan-celeba-pruned50"),
                ("vae-celeba", "vae-celeba-int8"))
+IMAGE_MODELS = tuple(key for pair in IMAGE_PAIRS for key in pair)
 SAMPLE_IMAGES = 36  # per grid of the samples figures
 TEXT_MODELS = ("gpt2-teacher", "gpt2-student", "gpt2-student-int8")
 SAMPLE_TOKENS = 30  # per continuation of <|endoftext|> (fits any context of 32 tokens or more)
@@ -577,11 +578,9 @@ def _quality(ctx: Context) -> list:
         def compute():
             runs = _quality_runs(ctx, seed)
             out = {}
-            for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba", "dcgan-celeba-pruned50"):
-                out[key] = _eval(ctx, runs[key], ("fid", "prdc"))
-            for key in ("vae-celeba", "vae-celeba-int8"):
-                out[key] = _eval(ctx, runs[key], ("fid", "vae", "prdc"))
-            for key in ("gpt2-teacher", "gpt2-student", "gpt2-student-int8"):
+            for key in IMAGE_MODELS:
+                out[key] = _eval(ctx, runs[key], ("fid", "vae", "prdc") if key.startswith("vae") else ("fid", "prdc"))
+            for key in TEXT_MODELS:
                 out[key] = _eval(ctx, runs[key], ("ppl",))
             out["runs"] = {k: str(v) for k, v in runs.items()}  # for the samples figures
             return out
@@ -595,8 +594,7 @@ def _quality(ctx: Context) -> list:
     pplkey = next(k for k in res[0]["gpt2-teacher"]["metrics"] if k.startswith("wikitext2_ppl") and
                   not k.endswith("_tokens"))
     spec = []
-    for key in ("dcgan-cifar10", "dcgan-cifar10-pruned50", "dcgan-celeba", "dcgan-celeba-pruned50", "vae-celeba",
-                "vae-celeba-int8"):
+    for key in IMAGE_MODELS:
         spec.append((f"{key}/{fidkey}", lambda r, k=key: r[k]["metrics"].get(fidkey),
                      flabel, res[0][key]["labels"].get(fidkey, "")))
         for m in ("precision", "recall"):
@@ -606,7 +604,7 @@ def _quality(ctx: Context) -> list:
         for m in ("vae_recon_ssim", "vae_neg_elbo"):
             spec.append((f"{key}/{m}", lambda r, k=key, m=m: r[k]["metrics"].get(m), "measured",
                          res[0][key]["labels"].get("vae", "")))
-    for key in ("gpt2-teacher", "gpt2-student", "gpt2-student-int8"):
+    for key in TEXT_MODELS:
         spec.append((f"{key}/{pplkey}", lambda r, k=key: r[k]["metrics"].get(pplkey), _ppl_label(pplkey),
                      res[0][key]["labels"].get(pplkey, "")))
     rows = _rows_from(res, spec)
