@@ -56,6 +56,11 @@ def test_generated_images_are_the_models_outputs_on_those_latents():
     z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(torch.cat(list(generate_images(vae, "vae", 3))), vae.decode(z))
+    # A model moved to float64 gets the same latents in float64 (not a dtype error).
+    vae64 = vae.to(torch.float64)
+    with torch.no_grad():
+        got = torch.cat(list(generate_images(vae64, "vae", 3)))
+        assert got.dtype == torch.float32 and torch.equal(got, vae64.decode(z.double()).float())
     with pytest.raises(ValueError, match="kind: expected one of"):
         next(generate_images(gen, "gpt2", 1))
     with pytest.raises(ValueError, match="model: expected a Beta-VAE whose config names its latent size"):

@@ -50,12 +50,17 @@ def image_latents(size: int, n: int, seed: int = 0, batch: int = 64) -> Iterator
 def generate_images(model: nn.Module, kind: str, n: int, batch: int = 64, seed: int = 0) -> Iterator[Tensor]:
     """Batches of ``n`` generated images, float32 on the CPU: a DCGAN generator's output
     (``kind`` "dcgan") or a Beta-VAE's decoding of prior samples ("vae"), from
-    :func:`image_latents` (moved to the model's device), without gradients."""
+    :func:`image_latents` (moved to the model's device and its input dtype), without gradients."""
+    from edgegen.models.blocks import input_dtype
+
     size = _latent_size(model, kind)
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    # The latents in the dtype the model's first layer takes (a model moved to float64 or
+    # bfloat16 with .to), drawn in float32 first so every dtype starts from the same values.
+    dtype = input_dtype(model.net[0] if kind == "dcgan" else model.decoder[0])
     for z in image_latents(size, n, seed, batch):
         with torch.no_grad():
-            z = z.to(device)
+            z = z.to(device, dtype)
             yield (model(z) if kind == "dcgan" else model.decode(z)).float().cpu()
 
 
