@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -31,3 +33,21 @@ def isa(request):
         pytest.skip(f"{level} is above the cap {cap} (EDGEGEN_MAX_ISA)")
     with edgegen.max_isa(level):
         yield level
+
+
+def pytest_configure(config):
+    """What the readers derive (decoded images, token files, FID statistics) goes to a cache folder
+    of this test session, removed at its end, unless EDGEGEN_CACHE_DIR is set: the many fixture
+    datasets the tests build would otherwise pile up in the user's ~/.cache/edgegen. Set once by
+    the controlling process, so pytest-xdist's workers (started after this hook) share it."""
+    if hasattr(config, "workerinput") or os.environ.get("EDGEGEN_CACHE_DIR"):
+        return
+    config._edgegen_cache_dir = tempfile.mkdtemp(prefix="edgegen-test-cache-")
+    os.environ["EDGEGEN_CACHE_DIR"] = config._edgegen_cache_dir
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_edgegen_cache_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("EDGEGEN_CACHE_DIR", None)

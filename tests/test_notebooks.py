@@ -39,9 +39,30 @@ def test_notebooks_are_stripped_and_carry_cell_ids():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, tmp_path):
-    r = subprocess.run([sys.executable, str(RUNNER), str(path)], cwd=tmp_path, env=dict(os.environ),
+    """... and cleans up after itself: nothing is left in the temporary folder, neither by the
+    notebook (its last cell removes its scratch folder) nor by the runner."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run([sys.executable, str(RUNNER), str(path)], cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp)},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{path.name} failed:\n{r.stderr[-3000:]}"
+    assert "run-notebook: the notebook left" not in r.stderr, r.stderr[-2000:]
+    assert sorted(os.listdir(tmp)) == []
+
+
+def test_the_runner_removes_what_a_failing_notebook_leaves(tmp_path):
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "a", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": ["import tempfile\n", "open(tempfile.mkdtemp() + '/x', 'w').write('x')\n", "raise SystemExit(3)"]}]}
+    path = tmp_path / "leaky.ipynb"
+    path.write_text(json.dumps(nb))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run([sys.executable, str(RUNNER), str(path)], cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert "run-notebook: the notebook left 1 entries in its temporary folder: tmp" in r.stderr
+    assert sorted(os.listdir(tmp)) == []
 
 
 def test_every_notebook_draws_what_it_measures():
