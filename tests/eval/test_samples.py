@@ -13,7 +13,8 @@ import torch
 from edgegen.cli import main
 from edgegen.eval.run_samples import sample_runs
 from edgegen.eval.runs import load_run
-from edgegen.eval.samples import generate_images, image_grid, image_latents, labelled_panels, sample_text, save_png
+from edgegen.eval.samples import (generate_images, image_grid, image_latents, labelled_panels, reconstruct_images,
+                                   sample_text, save_png)
 from edgegen.models import GPT2, GPT2Config
 from edgegen.train.loop import Trainer
 from tests.data.test_text import tiny_tokenizer_dir  # noqa: F401  (fixture)
@@ -206,6 +207,70 @@ def test_text_checks_every_prompt_before_the_first_token(monkeypatch):
     assert calls == []
 
 
+def test_reconstructions_are_the_posterior_mean_decoded_in_eval_mode_whatever_the_batch():
+    from edgegen.models import BetaVAE, BetaVAEConfig
+
+    vae = BetaVAE(BetaVAEConfig(latent_dim=4))
+    x = torch.rand(5, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        want = vae.decode(vae.encode(x)[0])
+    vae.train()
+    vae.decoder[1].eval()  # one module's own flag, which must come back as it was
+    flags = {m: m.training for m in vae.modules()}
+    seen = []
+    hook = vae.decoder[0].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    got = reconstruct_images(vae, x, batch=2)
+    hook.remove()
+    assert seen == [False, False, False]  # three batches, each in eval mode
+    assert {m: m.training for m in vae.modules()} == flags
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(reconstruct_images(vae, x, batch=5), got, rtol=0, atol=1e-5)
+    # uint8 images are read as [0, 255] -> [-1, 1].
+    u8 = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    torch.testing.assert_close(reconstruct_images(vae, u8), reconstruct_images(vae, u8.float() / 127.5 - 1))
+    # A float64 model takes float64 images and still returns float32.
+    got64 = reconstruct_images(vae.double(), x.double())
+    assert got64.dtype == torch.float32
+    torch.testing.assert_close(got64, want, rtol=0, atol=1e-4)
+
+
+def test_generated_images_do_not_depend_on_the_training_flag_and_leave_it_alone():
+    from edgegen.models import DCGANConfig, DCGANGenerator
+
+    torch.manual_seed(3)
+    gen = DCGANGenerator(DCGANConfig(nz=8))
+    bns = [m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for m in bns:  # running statistics unlike a batch's, so batch statistics would change the images
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+    gen.eval()
+    want = torch.cat(list(generate_images(gen, "dcgan", 6, batch=6, seed=1)))
+    gen.train()
+    got = torch.cat(list(generate_images(gen, "dcgan", 6, batch=4, seed=1)))
+    assert all(m.training for m in gen.modules())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model, images, kwargs, exc, match", [
+    ("linear", "ok", {}, TypeError, "model: expected an edgegen BetaVAE"),
+    ("vae", "3d", {}, ValueError, r"images: expected at least one image as \[N, C, h, w\], got \(3, 64, 64\)"),
+    ("vae", "empty", {}, ValueError, "images: expected at least one image"),
+    ("vae", "int", {}, TypeError, "images: expected floating-point or uint8 values, got torch.int64"),
+    ("vae", "nan", {}, ValueError, "images: expected finite values, got 1 NaN"),
+    ("vae", "ok", {"batch": 0}, ValueError, "batch: expected an int >= 1, got 0"),
+], ids=["not-vae", "3d", "empty", "int64", "nan", "batch0"])
+def test_reconstruction_bad_input_is_named(model, images, kwargs, exc, match):
+    from edgegen.models import BetaVAE, BetaVAEConfig
+
+    m = torch.nn.Linear(2, 2) if model == "linear" else BetaVAE(BetaVAEConfig(latent_dim=4))
+    x = torch.zeros(2, 3, 64, 64)
+    x = {"ok": x, "3d": x[0], "empty": x[:0], "int": x.long(), "nan": x.clone().index_put_((torch.tensor(0),) * 4,
+                                                                                         torch.tensor(float("nan")))}[images]
+    with pytest.raises(exc, match=match):
+        reconstruct_images(m, x, **kwargs)
+
+
 # ------------------------------------------------------------------------------------- run level
 
 
@@ -213,8 +278,8 @@ def test_text_checks_every_prompt_before_the_first_token(monkeypatch):
 def image_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("image-runs")
     runs = {}
-    for name, base, extra in (("gan", "gan", {}), ("gan-ptq", "gan", {"compress": {"ptq": {"kind": "Int8DynamicConfig"}}}),
-                              ("vae", "vae", {})):
+    ptq = {"compress": {"ptq": {"kind": "Int8DynamicConfig"}}}
+    for name, base, extra in (("gan", "gan", {}), ("gan-ptq", "gan", ptq), ("vae", "vae", {}), ("vae-ptq", "vae", ptq)):
         runs[name] = tmp / name
         Trainer(tiny(base, tmp, name=name, train={"steps_per_epoch": 2}, **extra), runs[name], progress=False).fit()
     return runs
@@ -238,7 +303,8 @@ def test_runs_get_grids_of_shared_latents_an_index_and_one_side_by_side_per_kind
     assert "side_by_side" not in res["runs"][2]
     index = (out / "samples.md").read_text()
     assert "seeded with 2" in index and "![side_by_side-dcgan-z8.png](side_by_side-dcgan-z8.png)" in index
-    assert "no other run of its kind and latent size" in index.splitlines()[-3]
+    vae_row = next(line for line in index.splitlines() if line.startswith("| vae |"))
+    assert "no other run of its kind and latent size" in vae_row
     saved = json.loads((out / "samples.json").read_text())
     assert saved["settings"]["seed"] == 2 and [r["label"] for r in saved["runs"]] == [r["label"] for r in res["runs"]]
 
@@ -278,6 +344,88 @@ def test_everything_is_checked_before_anything_is_written(image_runs, tmp_path):
     with pytest.raises(ValueError, match="top_k"):
         sample_runs([image_runs["gan"]], out, top_k=0)
     assert not out.exists()
+
+
+def test_vae_runs_reconstruct_the_same_held_out_images_side_by_side(image_runs, tmp_path):
+    from PIL import Image
+
+    from edgegen.eval.image import ssim
+    from edgegen.eval.runs import EvalOptions, _real_images
+
+    out = tmp_path / "out"
+    res = sample_runs([image_runs["vae"], image_runs["vae-ptq"], image_runs["gan"]], out, n=5, seed=0)
+    real, what = _real_images(load_run(image_runs["vae"]).config, EvalOptions(samples=5))
+    assert real.dtype == torch.uint8 and real.shape == (5, 3, 64, 64)
+    grids = []
+    for entry, key in zip(res["runs"][:2], ("vae", "vae-ptq")):
+        run = load_run(image_runs[key])
+        rec = reconstruct_images(run.model, real)
+        want, bad = image_grid(rec)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / entry["reconstructions"])), want)
+        grids.append(want)
+        assert entry["files"] == [f"{entry['label']}.png", f"{entry['label']}-reconstructions.png"]
+        assert entry["reconstructed"] == 5 and entry["recon_non_finite"] == bad == 0
+        score = float(ssim((rec.clamp(-1, 1) + 1) / 2, real.float() / 255, data_range=1.0))
+        assert entry["recon_ssim_shown"] == pytest.approx(score, abs=1e-12)
+        assert entry["reconstructions_side_by_side"] == "reconstructions-synthetic-images.png"
+    assert res["runs"][1]["form"].startswith("int8")
+    # The DCGAN reconstructs nothing.
+    assert "reconstructions" not in res["runs"][2] and "no_reconstructions" not in res["runs"][2]
+    # One panel image: the held-out images, then both runs' reconstructions, under their labels.
+    assert [p.rsplit("/", 1)[1] for p in res["reconstructions"]] == ["reconstructions-synthetic-images.png"]
+    panel = np.asarray(Image.open(res["reconstructions"][0]))
+    names = [f"held out: {what}"] + [f"{r['name']} ({r['form']})" for r in res["runs"][:2]]
+    want = labelled_panels([image_grid(real)[0], *grids], names)
+    np.testing.assert_array_equal(panel, want)
+    index = (out / "samples.md").read_text()
+    assert "Reconstructions: each Beta-VAE run encodes the first held-out images" in index
+    row = next(line for line in index.splitlines() if line.startswith("| vae |"))
+    assert f"of 5 held-out images, SSIM {res['runs'][0]['recon_ssim_shown']:.3f}" in row
+    assert "![reconstructions-synthetic-images.png]" in index
+    saved = json.loads((out / "samples.json").read_text())
+    assert saved["reconstructions"] == [{"file": "reconstructions-synthetic-images.png", "images": what,
+                                         "runs": [str(image_runs["vae"]), str(image_runs["vae-ptq"])]}]
+    assert "_grid" not in saved["runs"][0]
+
+
+def test_different_held_out_images_get_a_panel_each(image_runs, tmp_path, monkeypatch):
+    import edgegen.eval.runs as runs_mod
+
+    real = runs_mod._real_images
+
+    def per_run(cfg, opts):  # the same dataset name, different pixels for the PTQ run
+        images, what = real(cfg, opts)
+        return (255 - images, what + " (inverted)") if cfg.name == "vae-ptq" else (images, what)
+
+    monkeypatch.setattr(runs_mod, "_real_images", per_run)
+    res = sample_runs([image_runs["vae"], image_runs["vae-ptq"], image_runs["vae"]], tmp_path / "o", n=2)
+    names = [p.rsplit("/", 1)[1] for p in res["reconstructions"]]
+    assert names == ["reconstructions-synthetic-images.png", "reconstructions-synthetic-images-2.png"]
+    assert [r["reconstructions_side_by_side"] for r in res["runs"]] == [names[0], names[1], names[0]]
+    saved = json.loads((tmp_path / "o" / "samples.json").read_text())["reconstructions"]
+    assert saved[1]["images"].endswith("(inverted)") and len(saved[0]["runs"]) == 2
+
+
+def test_reconstructions_off_required_or_noted_where_the_data_is_missing(image_runs, tmp_path, monkeypatch):
+    res = sample_runs([image_runs["vae"]], tmp_path / "off", n=2, reconstructions=False)
+    assert res["reconstructions"] == [] and "reconstructions" not in res["runs"][0]
+    assert sorted(p.name for p in (tmp_path / "off").iterdir()) == sorted([f"{res['runs'][0]['label']}.png",
+                                                                             "samples.json", "samples.md"])
+    import edgegen.eval.runs as runs_mod
+
+    def missing(cfg, opts):
+        raise FileNotFoundError("celeba: no such folder /nowhere")
+
+    monkeypatch.setattr(runs_mod, "_real_images", missing)
+    with pytest.raises(FileNotFoundError, match="reconstructions: the held-out images of .* cannot be read: celeba"):
+        sample_runs([image_runs["vae"]], tmp_path / "required", n=2, reconstructions=True)
+    assert not any((tmp_path / "required").glob("*.png"))
+    res = sample_runs([image_runs["vae"]], tmp_path / "auto", n=2)
+    assert res["reconstructions"] == [] and "reconstructions" not in res["runs"][0]
+    assert res["runs"][0]["no_reconstructions"] == "no held-out images to reconstruct: celeba: no such folder /nowhere"
+    assert "no held-out images to reconstruct: celeba" in (tmp_path / "auto" / "samples.md").read_text()
+    with pytest.raises(ValueError, match="reconstructions: expected None"):
+        sample_runs([image_runs["vae"]], tmp_path / "bad", reconstructions="yes")
 
 
 @pytest.fixture
@@ -374,6 +522,25 @@ def test_cli_writes_the_samples_and_prints_where(image_runs, tmp_path, capsys):
     assert f"side by side: {tmp_path / 's' / 'side_by_side-dcgan-z8.png'}" in out
     assert f"index: {tmp_path / 's' / 'samples.md'}" in out
     assert json.loads((tmp_path / "s" / "samples.json").read_text())["settings"]["n"] == 4
+
+
+def test_cli_prints_reconstructions_and_why_there_are_none(image_runs, tmp_path, capsys, monkeypatch):
+    rc = main(["sample", str(image_runs["vae"]), "--out", str(tmp_path / "s"), "--n", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"reconstructions: {tmp_path / 's' / 'reconstructions-synthetic-images.png'}" in out
+    assert "-reconstructions.png" in out.splitlines()[0]
+    rc = main(["sample", str(image_runs["vae"]), "--out", str(tmp_path / "n"), "--n", "2", "--reconstructions", "no"])
+    assert rc == 0 and "reconstructions" not in capsys.readouterr().out
+    import edgegen.eval.runs as runs_mod
+
+    def missing(cfg, opts):
+        raise FileNotFoundError("celeba: absent")
+
+    monkeypatch.setattr(runs_mod, "_real_images", missing)
+    rc = main(["sample", str(image_runs["vae"]), "--out", str(tmp_path / "m"), "--n", "2"])
+    assert rc == 0 and "no held-out images to reconstruct: celeba: absent" in capsys.readouterr().err
+    rc = main(["sample", str(image_runs["vae"]), "--out", str(tmp_path / "r"), "--n", "2", "--reconstructions", "yes"])
+    assert rc != 0 and "reconstructions: the held-out images of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [

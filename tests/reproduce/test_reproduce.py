@@ -169,6 +169,8 @@ def test_smoke_run_fills_every_table_and_resumes(data, tmp_path):
     for base in ("dcgan-cifar10", "dcgan-celeba", "vae-celeba"):
         side = next((out / "figures" / "samples" / base).glob("side_by_side-*.png"))
         assert side.relative_to(out).as_posix() in report
+    recon = out / "figures" / "samples" / "vae-celeba" / "reconstructions-celeba.png"
+    assert recon.is_file() and recon.relative_to(out).as_posix() in report
     texts = sorted((out / "figures" / "samples" / "gpt2").glob("*.md"))
     assert len(texts) == 4 and all(p.relative_to(out).as_posix() in report for p in texts if p.name != "samples.md")
     # the WikiText-2 fixture is not the published file: its perplexity is named and labelled so

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50; 0: all)")
     p.add_argument("--top-p", type=float, help="nucleus sampling: the most likely tokens holding this mass")
-    p.add_argument("--data-root", help="datasets folder holding gpt2/ (the tokenizer; default $EDGEGEN_DATA_DIR)")
+    p.add_argument("--data-root", help="datasets folder holding gpt2/ (the tokenizer) and the Beta-VAE runs' held-out "
+                                       "images (default $EDGEGEN_DATA_DIR, else the run's own)")
+    p.add_argument("--reconstructions", choices=["auto", "yes", "no"], default="auto",
+                   help="Beta-VAE reconstructions of held-out images: where the data is (auto), required, or none")
     return ap
 
 
@@ -140,14 +143,22 @@ def _sample(args) -> int:
     res = sample_runs(args.runs, args.out, n=args.n, seed=args.seed, which=args.which, form=args.form,
                       prompts=args.prompts, prompt_ids=_prompt_ids(args.prompt_ids),
                       max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
-                      top_k=args.top_k or None, top_p=args.top_p, data_root=args.data_root)
+                      top_k=args.top_k or None, top_p=args.top_p, data_root=args.data_root,
+                      reconstructions={"auto": None, "yes": True, "no": False}[args.reconstructions])
     for r in res["runs"]:
-        print(f"{r['name']} ({r['form']}): {Path(args.out) / r['files'][0]}")
+        print(f"{r['name']} ({r['form']}): " + ", ".join(str(Path(args.out) / f) for f in r["files"]))
         if r.get("non_finite"):
             print(f"edgegen sample: {r['run_dir']} produced {r['non_finite']} non-finite values (drawn black)",
                   file=sys.stderr)
+        if r.get("recon_non_finite"):
+            print(f"edgegen sample: {r['run_dir']} reconstructed with {r['recon_non_finite']} non-finite values "
+                  "(drawn black)", file=sys.stderr)
+        if r.get("no_reconstructions"):
+            print(f"edgegen sample: {r['run_dir']}: {r['no_reconstructions']}", file=sys.stderr)
     for path in res["side_by_side"]:
         print(f"side by side: {path}")
+    for path in res["reconstructions"]:
+        print(f"reconstructions: {path}")
     print(f"index: {res['index']}")
     return 0
 

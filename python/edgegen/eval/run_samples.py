@@ -93,7 +93,7 @@ def _labels(runs) -> list[str]:
 def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0, which: str = "last",
                 form: str = "shipped", prompts: list[str] | None = None, prompt_ids: list[list[int]] | None = None,
                 max_new_tokens: int = 40, greedy: bool = False, temperature: float = 1.0, top_k: int | None = 50,
-                top_p: float | None = None, data_root=None) -> dict:
+                top_p: float | None = None, data_root=None, reconstructions: bool | None = None) -> dict:
     """Samples of each run in ``paths`` (run folders or checkpoints) written to ``out_dir``:
     ``<label>.png``, a grid of ``n`` images (DCGAN generator; Beta-VAE decoder on prior samples)
     from latents drawn by a CPU ``torch.Generator`` seeded with ``seed``; ``<label>.md``, the
@@ -108,11 +108,19 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
     latent size (which share their latents) get ``side_by_side-<kind>-z<size>.png``: their grids in
     a row, each under its run's name and form.
 
+    Beta-VAE runs also reconstruct the first ``n`` held-out images of their dataset (the split
+    ``edgegen eval`` scores; ``data_root`` as there): each image encoded to its posterior mean and
+    decoded, ``<label>-reconstructions.png``, with the SSIM of those images; and
+    ``reconstructions-<dataset>.png`` sets the held-out images beside every such run's
+    reconstructions of them. ``reconstructions``: None draws them where the held-out images can be
+    read (the index says why not elsewhere), True requires them (missing data is an error before
+    anything is written), False draws none.
+
     The arguments, every run's config and the output folder are checked before any model is
     loaded, and every run is loaded and its prompts checked before anything is generated or
-    written. Returns ``{"index", "json", "side_by_side": [paths], "runs": [...]}``; each run's entry
-    names its files, its form (as ``load_run`` reports it) and, for images, how many non-finite
-    values the model produced (drawn black)."""
+    written. Returns ``{"index", "json", "side_by_side": [paths], "reconstructions": [paths],
+    "runs": [...]}``; each run's entry names its files, its form (as ``load_run`` reports it) and,
+    for images, how many non-finite values the model produced (drawn black)."""
     from edgegen.eval.runs import load_run, run_config
     from edgegen.eval.samples import IMAGE_KINDS, generate_images, image_grid, labelled_panels, save_png, \
         sample_text
@@ -124,6 +132,8 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
     if not paths:
         raise ValueError("paths: expected at least one run folder or checkpoint")
     _check(n, seed, max_new_tokens, prompts, prompt_ids, greedy, temperature, top_k, top_p)
+    if reconstructions not in (None, True, False):
+        raise ValueError(f"reconstructions: expected None (where the data is), True or False, got {reconstructions!r}")
     configs = [run_config(p, which) for p in paths]  # every run readable before any model is built
     kinds = [c.model.kind for c in configs]
     for name, given in (("prompts", prompts), ("prompt_ids", prompt_ids)):
@@ -155,9 +165,10 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
         if outside:
             raise ValueError(f"prompt_ids: {outside[:5]} outside the vocabulary [0, {vocab}) of {run.run_dir}")
         run_prompts.append(ids)
+    held, no_held = _held_out(runs, n, data_root, reconstructions)
 
     results, grids, grid_rows = [], [], []
-    for run, label, ids in zip(runs, labels, run_prompts):
+    for i, (run, label, ids) in enumerate(zip(runs, labels, run_prompts)):
         entry = {"run_dir": str(run.run_dir), "name": run.name, "kind": run.kind, "form": run.form,
                  "checkpoint": str(run.checkpoint), "label": label}
         if ids is None:
@@ -168,6 +179,11 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
             entry.update(files=[f"{label}.png"], images=n, latent_size=size, non_finite=bad)
             grids.append((run.kind, size, grid))
             grid_rows.append(len(results))
+            if i in held:
+                entry.update(_reconstruct(run, held[i][1], out, label))
+                entry["files"].append(entry["reconstructions"])
+            elif i in no_held:
+                entry["no_reconstructions"] = no_held[i]
         else:
             vocab = run.model.config.vocab_size
             conts = sample_text(run.model, ids, max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
@@ -197,12 +213,88 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
         for j in (grid_rows[i] for i in members):
             results[j]["side_by_side"] = name
         side.append(name)
+    recon = _reconstruction_panels(held, results, out)
     settings = {"n": n, "seed": seed, "which": which, "form": form, "max_new_tokens": max_new_tokens,
-                "greedy": greedy, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-    index = {"settings": settings, "runs": results, "side_by_side": side}
+                "greedy": greedy, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "reconstructions": reconstructions}
+    index = {"settings": settings, "runs": results, "side_by_side": side, "reconstructions": recon}
     json_path = _atomic.write_json(out / "samples.json", index, indent=2)
     md = _atomic.write_text(out / "samples.md", _index_page(index, bool(grids)))
-    return {"index": str(md), "json": str(json_path), "side_by_side": [str(out / f) for f in side], "runs": results}
+    return {"index": str(md), "json": str(json_path), "side_by_side": [str(out / f) for f in side],
+            "reconstructions": [str(out / r["file"]) for r in recon], "runs": results}
+
+
+def _held_out(runs, n: int, data_root, required: bool | None) -> tuple[dict, dict]:
+    """For each Beta-VAE run (by position): (what they are, the first ``n`` held-out images as
+    uint8 [k, 3, 64, 64], the dataset's name) in the first dict, or why they cannot be read in the second. Read
+    before anything is generated; ``required`` (True) makes a missing dataset an error, False
+    reads nothing."""
+    from edgegen.eval.runs import EvalOptions, _real_images
+
+    held, why = {}, {}
+    if required is False:
+        return held, why
+    for i, run in enumerate(runs):
+        if run.kind != "vae":
+            continue
+        try:
+            images, what = _real_images(run.config, EvalOptions(samples=n, data_root=data_root))
+        except (OSError, ValueError) as exc:
+            if required:
+                raise type(exc)(f"reconstructions: the held-out images of {run.run_dir} cannot be read: {exc}") \
+                    from None
+            why[i] = f"no held-out images to reconstruct: {exc}"
+            continue
+        held[i] = (what, images, run.config.data.name)
+    return held, why
+
+
+def _reconstruct(run, images, out, label: str) -> dict:
+    """``run``'s reconstructions of ``images`` (uint8) saved as ``<label>-reconstructions.png``;
+    the entry's fields: the file, how many images, their mean SSIM (on [0, 1], None where the
+    model produced non-finite values) and the count of non-finite values (drawn black)."""
+    from edgegen.eval.image import ssim
+    from edgegen.eval.samples import image_grid, reconstruct_images, save_png
+
+    rec = reconstruct_images(run.model, images)
+    grid, bad = image_grid(rec)
+    name = f"{label}-reconstructions.png"
+    save_png(grid, out / name)
+    score = None if bad else float(ssim((rec.clamp(-1, 1) + 1) / 2, images.float() / 255.0, data_range=1.0))
+    return {"reconstructions": name, "reconstructed": len(images), "recon_ssim_shown": score,
+            "recon_non_finite": bad, "_grid": grid}
+
+
+def _reconstruction_panels(held: dict, results: list, out) -> list[dict]:
+    """One ``reconstructions-<dataset>.png`` per set of held-out images (the same pixels): the
+    images, then each run's reconstructions of them, labelled. Takes the grids out of the
+    entries."""
+    import hashlib
+
+    from edgegen.eval.runs import _slug
+    from edgegen.eval.samples import image_grid, labelled_panels, save_png
+
+    groups: dict[str, list[int]] = {}
+    for i, (what, images, _) in held.items():
+        key = what + hashlib.sha256(images.numpy().tobytes()).hexdigest()
+        groups.setdefault(key, []).append(i)
+    made, names = [], set()
+    for members in groups.values():
+        what, images, dataset = held[members[0]]
+        base = f"reconstructions-{_slug(dataset)}"
+        name, k = f"{base}.png", 2
+        while name in names:
+            name, k = f"{base}-{k}.png", k + 1
+        names.add(name)
+        panels = [image_grid(images)[0]] + [results[i]["_grid"] for i in members]
+        labels = [f"held out: {what}"] + [f"{results[i]['name']} ({results[i]['form']})" for i in members]
+        save_png(labelled_panels(panels, labels), out / name)
+        for i in members:
+            results[i]["reconstructions_side_by_side"] = name
+        made.append({"file": name, "images": what, "runs": [results[i]["run_dir"] for i in members]})
+    for r in results:
+        r.pop("_grid", None)
+    return made
 
 
 def _text_page(entry) -> str:
@@ -228,6 +320,10 @@ def _index_page(index: dict, images: bool) -> str:
         lines.append(f"Images: {st['n']} per run from standard normal latents drawn by a CPU torch.Generator seeded "
                      f"with {st['seed']}; runs of one kind and latent size get the same latents, image i of one grid "
                      "beside image i of another (left to right, top to bottom).")
+    if index["reconstructions"]:
+        lines.append("Reconstructions: each Beta-VAE run encodes the first held-out images of its dataset (the split "
+                     "`edgegen eval` scores) to the posterior mean and decodes them; the SSIM in the notes is over "
+                     "those images only (on [0, 1]); `edgegen eval --metrics vae` scores more.")
     if any(r["kind"] == "gpt2" for r in index["runs"]):
         how = "greedy" if st["greedy"] else (f"sampled at temperature {st['temperature']}, top-k {st['top_k']}, "
                                              f"top-p {st['top_p']}, seed {st['seed']}")
@@ -242,8 +338,15 @@ def _index_page(index: dict, images: bool) -> str:
             notes.append("token ids only (no tokenizer)")
         if images and r["kind"] != "gpt2" and not r.get("side_by_side"):
             notes.append("no other run of its kind and latent size to set beside it")
+        if r.get("reconstructions"):
+            score = r["recon_ssim_shown"]
+            notes.append(f"[reconstructions]({r['reconstructions']}) of {r['reconstructed']} held-out images, "
+                         + (f"SSIM {score:.3f}" if score is not None else
+                            f"{r['recon_non_finite']} non-finite values drawn black, no SSIM"))
+        if r.get("no_reconstructions"):
+            notes.append(" ".join(r["no_reconstructions"].replace("|", "/").split()))
         lines.append(f"| {r['name']} | `{r['run_dir']}` | {r['kind']} | {r['form']} | [{r['files'][0]}]"
                      f"({r['files'][0]}) | {'; '.join(notes)} |")
-    for name in index["side_by_side"]:
+    for name in index["side_by_side"] + [r["file"] for r in index["reconstructions"]]:
         lines += ["", f"![{name}]({name})"]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from edgegen.models.gpt2 import check_generation, check_sampling
 from edgegen.ops._args import is_int
 
-__all__ = ["image_latents", "generate_images", "image_grid", "labelled_panels", "save_png", "sample_text"]
+__all__ = ["image_latents", "generate_images", "reconstruct_images", "image_grid", "labelled_panels", "save_png",
+           "sample_text"]
 
 IMAGE_KINDS = ("dcgan", "vae")
 
@@ -50,8 +51,10 @@ def image_latents(size: int, n: int, seed: int = 0, batch: int = 64) -> Iterator
 def generate_images(model: nn.Module, kind: str, n: int, batch: int = 64, seed: int = 0) -> Iterator[Tensor]:
     """Batches of ``n`` generated images, float32 on the CPU: a DCGAN generator's output
     (``kind`` "dcgan") or a Beta-VAE's decoding of prior samples ("vae"), from
-    :func:`image_latents` (moved to the model's device and its input dtype), without gradients."""
+    :func:`image_latents` (moved to the model's device and its input dtype), in eval mode (each
+    module's training flag restored after each batch), without gradients."""
     from edgegen.models.blocks import input_dtype
+    from edgegen.prune.graph import eval_mode
 
     size = _latent_size(model, kind)
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
@@ -59,9 +62,43 @@ def generate_images(model: nn.Module, kind: str, n: int, batch: int = 64, seed: 
     # bfloat16 with .to), drawn in float32 first so every dtype starts from the same values.
     dtype = input_dtype(model.net[0] if kind == "dcgan" else model.decoder[0])
     for z in image_latents(size, n, seed, batch):
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # batch statistics would make image i depend on its batch
             z = z.to(device, dtype)
-            yield (model(z) if kind == "dcgan" else model.decode(z)).float().cpu()
+            out = (model(z) if kind == "dcgan" else model.decode(z)).float().cpu()
+        yield out
+
+
+def reconstruct_images(model: nn.Module, images: Tensor, batch: int = 64) -> Tensor:
+    """A Beta-VAE's reconstructions of ``images`` [N, C, h, w] (float in [-1, 1], or uint8 in
+    [0, 255], mapped to [-1, 1]): each image encoded to its posterior mean and decoded, as the
+    reconstruction metrics score them (:func:`edgegen.eval.vae_metrics`), deterministic; in
+    batches of at most ``batch``, in the model's device and input dtype, in eval mode, without
+    gradients. Returns float32 on the CPU, as the decoder produced it (not clipped)."""
+    from edgegen.models.blocks import input_dtype
+    from edgegen.prune.graph import eval_mode
+
+    if not all(callable(getattr(model, a, None)) for a in ("encode", "decode")) or not hasattr(model, "encoder"):
+        raise TypeError(f"model: expected an edgegen BetaVAE (encode/decode), got {type(model).__name__}")
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 1:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images: expected at least one image as [N, C, h, w], got {got}")
+    if images.dtype == torch.uint8:
+        images = images.float() / 127.5 - 1.0
+    elif not images.is_floating_point():
+        raise TypeError(f"images: expected floating-point or uint8 values, got {images.dtype}")
+    elif not torch.isfinite(images).all():
+        raise ValueError(f"images: expected finite values, got {int((~torch.isfinite(images)).sum())} NaN or "
+                         "infinite values")
+    if not is_int(batch) or batch < 1:
+        raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    dtype = input_dtype(model.encoder[0])
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, images.shape[0], batch):
+            x = images[i:i + batch].to(device, dtype)
+            out.append(model.decode(model.encode(x)[0]).float().cpu())
+    return torch.cat(out)
 
 
 def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2,

@@ -542,17 +542,18 @@ def _samples(ctx: Context, runs: dict) -> None:
     from edgegen.eval.run_samples import sample_runs
 
     seed = ctx.seeds[0]
-    made, failed = [], []
+    made, recon, failed = [], [], []
     for base, variant in IMAGE_PAIRS:
         if base not in runs or variant not in runs:
             continue
         try:
             res = sample_runs([runs[base], runs[variant]], ctx.out / "figures" / "samples" / base, n=SAMPLE_IMAGES,
-                              seed=seed)
+                              seed=seed, data_root=ctx.data_root)
         except (ValueError, OSError, RuntimeError) as exc:  # the table's numbers stand without the pictures
             failed.append(f"{base}: {exc}")
             continue
         made += [Path(p).relative_to(ctx.out).as_posix() for p in res["side_by_side"]]
+        recon += [Path(p).relative_to(ctx.out).as_posix() for p in res["reconstructions"]]
     texts = []
     if all(k in runs for k in TEXT_MODELS):
         try:
@@ -564,6 +565,9 @@ def _samples(ctx: Context, runs: dict) -> None:
             failed.append(f"gpt2: {exc}")
     note = (f"Samples (seed {seed}'s runs, {SAMPLE_IMAGES} images each from the same latents for a model and its "
             "compressed variant, image i beside image i): " + ", ".join(made) + "." if made else "")
+    if recon:
+        note += (f" Reconstructions of the first {SAMPLE_IMAGES} held-out images by each Beta-VAE and its compressed "
+                 "variant, beside the images: " + ", ".join(recon) + ".")
     if texts:
         note += (f" Text samples of the teacher, the student and the INT8 student ({SAMPLE_TOKENS} tokens sampled "
                  "after <|endoftext|>, seed " + str(seed) + "): " + ", ".join(texts) + ".")
