@@ -35,6 +35,20 @@ def test_terms_equal_the_models_own_loss(vae):
     assert m["images"] == 6
 
 
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-5), (torch.bfloat16, 3e-2)], ids=["float64", "bfloat16"])
+def test_a_model_in_another_dtype_reads_its_own_dtype_and_scores_the_same(vae, dtype, rel):
+    """float32 images into a VAE moved to float64 / bfloat16: cast to the model's dtype for it,
+    compared with the images as given; float64 reproduces float32's numbers (to float32 rounding), bfloat16 near them."""
+    import copy
+
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    want = vae_metrics(vae, x, seed=1)
+    got = vae_metrics(copy.deepcopy(vae).to(dtype), x, seed=1)
+    for k in ("recon_mse", "recon_ssim", "recon_psnr_db", "elbo_reconstruction"):
+        assert got[k] == pytest.approx(want[k], rel=rel), k
+    assert got["images"] == 4
+
+
 def test_batches_and_prefix(vae):
     x = torch.rand(7, 3, 64, 64) * 2 - 1
     whole = vae_metrics(vae, x)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from edgegen.eval.image import psnr, ssim
+from edgegen.models.blocks import input_dtype
 from edgegen.prune.graph import restore_training_flags, training_flags
 
 __all__ = ["vae_metrics"]
@@ -33,6 +34,9 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
     flags = training_flags(model)  # each module's own: model.train(flag) would overwrite a frozen BatchNorm's
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)
+    in_dtype = input_dtype(model.encoder[0]) if isinstance(getattr(model, "encoder", None), nn.Sequential) \
+        else torch.get_default_dtype()
+    work = torch.promote_types(in_dtype, torch.float32)
     sums = dict.fromkeys(("elbo_reconstruction", "elbo_kl", "recon_mse", "recon_ssim", "recon_psnr_db"), 0.0)
     n = 0
     try:
@@ -52,12 +56,16 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
                 x = x[:max(0, max_images - n)]
             if x.shape[0] == 0:
                 continue
+            # The model reads its input dtype (a VAE moved to float64 or bfloat16); the images
+            # stay as given for the comparisons, made in float32 or wider.
             x = x.to(device)
-            mu, logvar = model.encode(x)
-            z = mu + torch.randn(mu.shape, generator=g, device=device, dtype=mu.dtype) * torch.exp(0.5 * logvar)
-            rec = (model.decode(z) - x).pow(2).flatten(1).sum(1)
+            mu, logvar = model.encode(x.to(in_dtype))
+            mu, logvar = mu.to(work), logvar.to(work)
+            z = mu + torch.randn(mu.shape, generator=g, device=device, dtype=work) * torch.exp(0.5 * logvar)
+            x = x.to(work)
+            rec = (model.decode(z.to(in_dtype)).to(work) - x).pow(2).flatten(1).sum(1)
             kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-            mean_recon = model.decode(mu)
+            mean_recon = model.decode(mu.to(in_dtype)).to(work)
             if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all() and torch.isfinite(mean_recon).all()):
                 raise ValueError("model: its encoder or decoder returned NaN or infinite values for finite images "
                                  "(the metrics would be NaN)")
