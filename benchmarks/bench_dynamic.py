@@ -43,8 +43,9 @@ def train(steps: int, threads: int):
         "optim": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "grad_clip": 1.0},
         "train": {"batch_size": 8, "epochs": 1, "steps_per_epoch": steps, "threads": threads},
         "tracking": {"enabled": False}})
-    trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run", progress=False)
-    trainer.fit()
+    with tempfile.TemporaryDirectory() as work:  # the trained model is kept in memory
+        trainer = Trainer(cfg, Path(work) / "run", progress=False)
+        trainer.fit()
     prompts = [x[:1, :32] for x, _ in trainer.batches.val_batches()]
     return trainer.task.main_model().eval(), prompts, real
 

@@ -38,6 +38,7 @@ kernel, not a quality loss). A row over its tolerance fails the run.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -108,7 +109,9 @@ def ort_session(lin, threads: int, quantized: bool):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    shutil.rmtree(d)  # the session holds the model in memory
+    return session
 
 
 def int4_layer(lin, provider: str, group: int):

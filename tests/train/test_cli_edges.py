@@ -56,7 +56,8 @@ def test_a_non_zero_rank_opens_no_mlflow_run_and_prints_nothing(tmp_path):
     cfg = tiny("vae", tmp_path, train={"steps_per_epoch": 2, "threads": 1})
     path = write_config(tmp_path, cfg, tracking=tracked(tmp_path))
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path)}  # torchrun's log folders, removed with the test's
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_addr", "127.0.0.1", "--master_port", "0", "--rdzv_backend", "c10d",
                         "--rdzv_endpoint", "127.0.0.1:0", "-m", "edgegen", "train", path, "--run-dir",

@@ -34,7 +34,8 @@ def test_two_process_ddp_equals_single_process(tmp_path, task):
     cfg = tiny(task, tmp_path, train={"steps_per_epoch": 4, "batch_size": 8, "threads": 1})
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path)}  # torchrun's log folders, removed with the test's
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_addr", "127.0.0.1", "--master_port", "0", "--rdzv_backend", "c10d",
                         "--rdzv_endpoint", "127.0.0.1:0", str(script), json.dumps(to_dict(cfg)),

@@ -184,13 +184,15 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> int:
         >>> from torch import nn
         >>> from edgegen.quant import Int8DynamicConfig, quantize_
         >>> model = quantize_(nn.Sequential(nn.Linear(64, 64)), Int8DynamicConfig())
-        >>> path = tempfile.mkdtemp() + "/model.safetensors"
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = folder.name + "/model.safetensors"
         >>> save_quantized(model, path) < 64 * 64 * 4      # int8 weights: about a quarter of fp32
         True
         >>> fresh = load_quantized(nn.Sequential(nn.Linear(64, 64)), path)
         >>> x = torch.randn(3, 64)
         >>> torch.equal(fresh(x), model(x))
         True
+        >>> folder.cleanup()
     """
     from torch.nn.utils import parametrize
 
