@@ -197,6 +197,28 @@ def test_quantized_gpt2_counts_the_float_models_parameters(config):
     assert r.params == n_float
 
 
+def test_int4_zeros_are_counted_as_zeros():
+    """Magnitude-pruned weights stay exactly zero through INT4 (a zero weight lands on its group's
+    zero point): the non-zero count is the dequantized weight's, pruned entries and an all-zero
+    group included, and the total is every stored value."""
+    from edgegen.quant import Int4WeightOnlyConfig
+
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 96)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.05] = 0  # unstructured zeros
+        lin.weight[:, 64:] = 0                    # whole groups of 64 columns
+        lin.weight[3] = 0                         # a row
+        lin.bias[:10] = 0
+    model = quantize_(nn.Sequential(lin), Int4WeightOnlyConfig(group_size=64))
+    layer = model[0]
+    want = int(torch.count_nonzero(layer.dequantized_weight())) + int(torch.count_nonzero(layer.bias))
+    assert want < 96 * 128 // 2
+    r = profile(model, torch.randn(2, 128), repeats=1, warmup=0, measure_memory=False)
+    assert r.params == 96 * 128 + 96
+    assert r.nonzero_params == want
+
+
 def _fake_rapl(root, joules, package=0, range_uj=1000 * 10**6):
     dom = root / f"intel-rapl:{package}"
     dom.mkdir(parents=True, exist_ok=True)

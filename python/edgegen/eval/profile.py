@@ -110,8 +110,10 @@ def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
     """(weights, non-zero weights) of a quantized model from its state dict: every floating-point
     parameter (a factorized embedding's projection, 16-bit layers' weights, ...), the float
     weights and biases quantized layers keep as buffers, int8 weights and INT4 nibbles (two per
-    packed byte); a tied tensor once. Scales and zero points are not weights."""
+    packed byte; non-zero where the code is not its group's zero point); a tied tensor once.
+    Scales and zero points are not weights."""
     params = {storage_key(p) for p in model.parameters() if p.is_floating_point()}
+    modules = dict(model.named_modules())
     total = nonzero = 0
     seen = set()
     for name, t in model.state_dict(keep_vars=False).items():
@@ -125,11 +127,27 @@ def _stored_weight_counts(model: nn.Module) -> tuple[int, int]:
             nonzero += int(torch.count_nonzero(t))
         elif leaf == "packed_weight" and t.dtype == torch.uint8:
             total += 2 * t.numel()
-            nonzero += 2 * t.numel()
+            nonzero += _int4_nonzero(modules.get(name[:-len("packed_weight")].rstrip(".")), t)
         elif t.is_floating_point() and (key in params or leaf in ("weight", "bias")):
             total += t.numel()
             nonzero += int(torch.count_nonzero(t))
     return total, nonzero
+
+
+def _int4_nonzero(module: nn.Module | None, packed: torch.Tensor) -> int:
+    """Non-zero weights of an INT4 layer's ``packed`` codes: those that dequantize to a value
+    other than zero (a code other than its group's zero point; a zero weight always lands on it),
+    a few thousand rows at a time. A layout without scales and zero points: every value."""
+    scale, zero = getattr(module, "scale", None), getattr(module, "zero_point", None)
+    group = getattr(module, "group_size", None)
+    if not (isinstance(scale, torch.Tensor) and isinstance(zero, torch.Tensor) and isinstance(group, int)):
+        return 2 * packed.numel()
+    count = 0
+    for r in range(0, packed.shape[0], 4096):
+        rows = slice(r, r + 4096)
+        w = torch.ops.edgegen.int4_dequantize(packed[rows], scale[rows], zero[rows], group)
+        count += int(torch.count_nonzero(w))
+    return count
 
 
 def model_bytes_on_disk(model: nn.Module) -> tuple[int, str]:
@@ -284,7 +302,7 @@ def profile(model: nn.Module, example_inputs, repeats: int = 20, warmup: int = 3
         if _is_quantized(model):
             params, nonzero = _stored_weight_counts(model)
             notes.append("params counted from the stored weights (integer weights of quantized layers, padding of "
-                         "packed layouts included; INT4 values all counted as non-zero)")
+                         "packed layouts included)")
         else:
             params = sum(p.numel() for p in model.parameters())
             nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
