@@ -65,6 +65,9 @@ def _load(path: str) -> dict[str, DeviceProfile]:
             out[key] = DeviceProfile(key, str(d["name"]), peaks,
                                      *(_figure(d[f], f"{path}: {key}.{f}")
                                        for f in ("memory_gbps", "power_w", "efficiency")))
+            if out[key].efficiency.value > 1:
+                raise ValueError(f"{path}: {key}.efficiency: expected a fraction of the roofline in (0, 1], got "
+                                 f"{out[key].efficiency.value}")
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: device {key!r} lacks {exc} (expected name, peak_gflops for "
                              f"{PRECISIONS}, memory_gbps, power_w, efficiency)") from None
@@ -137,9 +140,15 @@ def project(record, device: str, precision: str | None = None, efficiency: float
     flops = getattr(record, "flops", None)
     if not isinstance(flops, int) or flops < 0:
         raise ValueError(f"record: expected a profile record with integer flops >= 0, got {flops!r}")
-    moved = record.bytes_on_disk if bytes_moved is None else bytes_moved
-    if not isinstance(moved, int) or moved < 0:
-        raise ValueError(f"bytes_moved: expected an int >= 0, got {moved!r}")
+    if bytes_moved is None:
+        moved = getattr(record, "bytes_on_disk", None)
+        if not isinstance(moved, int) or moved < 0:
+            raise ValueError(f"record: expected a profile record with integer bytes_on_disk >= 0 (or bytes_moved "
+                             f"given), got {moved!r}")
+    else:
+        moved = bytes_moved
+        if not isinstance(moved, int) or moved < 0:
+            raise ValueError(f"bytes_moved: expected an int >= 0, got {moved!r}")
     eff = dev.efficiency.value if efficiency is None else efficiency
     if not (isinstance(eff, (int, float)) and 0 < eff <= 1):
         raise ValueError(f"efficiency: expected a value in (0, 1], got {efficiency!r}")

@@ -168,8 +168,9 @@ def model_bytes_on_disk(model: nn.Module) -> tuple[int, str]:
 
 def read_rapl_joules(root: str = _RAPL_ROOT) -> dict[str, tuple[float, float]] | None:
     """{package domain: (energy counter in J, counter range in J)} for each readable top-level RAPL
-    package domain (``intel-rapl:0``, ``intel-rapl:1``, ...), or None where there are none (no
-    powercap, or not readable). Kept per package: each counter wraps at its own range, so a sum
+    package domain (``intel-rapl:0``, ``intel-rapl:1``, ... whose ``name`` is ``package-N``; a
+    ``psys`` platform zone, which holds the packages, is left out), or None where there are none
+    (no powercap, or not readable). Kept per package: each counter wraps at its own range, so a sum
     cannot be corrected for a wrap (see :func:`rapl_energy_between`)."""
     base = Path(root)
     if not base.is_dir():
@@ -177,6 +178,14 @@ def read_rapl_joules(root: str = _RAPL_ROOT) -> dict[str, tuple[float, float]] |
     out = {}
     for dom in sorted(base.glob("intel-rapl:*")):
         if dom.name.count(":") != 1:  # sub-domains (core, dram) are inside the package's count
+            continue
+        try:
+            name = (dom / "name").read_text().strip()
+        except OSError:
+            name = None
+        # A top-level zone that is not a package (psys on Intel client machines: the whole
+        # platform, the packages included) would count the packages' energy twice.
+        if name is not None and not name.startswith("package"):
             continue
         try:
             energy = int((dom / "energy_uj").read_text()) / 1e6
@@ -444,7 +453,7 @@ def profile_generation(model: nn.Module, prompt_tokens: int = 128, new_tokens: i
         p50_prefill, _ = _quantiles(prefill)
         p50, p90 = _quantiles(steps)
         return GenerationProfile(prompt_tokens, new_tokens, batch_size, p50_prefill, p50, p90,
-                                 batch_size / (p50 * 1e-3), torch.get_num_threads())
+                                 batch_size / (p50 * 1e-3) if p50 > 0 else math.inf, torch.get_num_threads())
     finally:
         restore_training_flags(flags)
         torch.set_num_threads(previous_threads)
