@@ -492,6 +492,19 @@ def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_are_written_as_ids(lm_r
     assert _decode(tok, he) == tok.decode(he) and _decode(tok, []) == ""
 
 
+def test_a_prompt_beyond_a_models_context_fails_before_any_file_is_written(lm_runs, image_runs, tmp_path):
+    """The image run listed first is not drawn: every LM prompt plus max_new_tokens is checked
+    against its model's context (32 positions here) before anything is generated."""
+    runs, _ = lm_runs
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=r"prompt_ids\[1\]: .*synthetic: max_new_tokens: the prompt length \(20\) plus "
+                                         r"max_new_tokens \(20\) is 40, beyond the model's context n_positions \(32\)"):
+        sample_runs([image_runs["gan"], runs["synthetic"]], out, prompt_ids=[[1], [2] * 20], max_new_tokens=20)
+    assert list(out.iterdir()) == []  # created and checked writable, nothing in it
+    res = sample_runs([image_runs["gan"], runs["synthetic"]], out, prompt_ids=[[1], [2] * 12], max_new_tokens=20)
+    assert [len(s["prompt_ids"]) for s in res["runs"][1]["samples"]] == [1, 12]
+
+
 def test_text_prompts_without_the_tokenizer_name_the_download(lm_runs, tmp_path, monkeypatch):
     runs, _ = lm_runs
     monkeypatch.setenv("EDGEGEN_DATA_DIR", str(tmp_path / "empty"))

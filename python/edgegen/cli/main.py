@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "latents, text continuations of the same prompts",
                        description="Load each run as it ships (or --form float), draw --n images from latents seeded "
                                    "with --seed (the same latents for every run of one latent size) or continue the "
-                                   "prompts, and write OUT/<run>.png or .md, side_by_side-*.png, samples.md and "
+                                   "prompts, and write OUT/<label>.png or .md (label: config, folder, checkpoint and "
+                                   "form), side_by_side-*.png, the Beta-VAEs' reconstructions, samples.md and "
                                    "samples.json.")
     p.add_argument("runs", nargs="+", help="run folders (or checkpoint files inside them)")
     p.add_argument("--out", default="samples", help="output folder (default ./samples)")

@@ -122,6 +122,7 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
     "runs": [...]}``; each run's entry names its files, its form (as ``load_run`` reports it) and,
     for images, how many non-finite values the model produced (drawn black)."""
     from edgegen.eval.runs import load_run, run_config
+    from edgegen.models.gpt2 import check_generation
     from edgegen.eval.samples import IMAGE_KINDS, generate_images, image_grid, labelled_panels, save_png, \
         sample_text
     from edgegen.train.loop import prepare_run_dir
@@ -164,6 +165,12 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
         outside = [t for p in ids for t in p if t >= vocab]
         if outside:
             raise ValueError(f"prompt_ids: {outside[:5]} outside the vocabulary [0, {vocab}) of {run.run_dir}")
+        flag = "prompts" if prompts else "prompt_ids"
+        for k, p in enumerate(ids):  # each prompt plus max_new_tokens within this model's context
+            try:
+                check_generation(torch.tensor([p], dtype=torch.long), max_new_tokens, run.model.config.n_positions)
+            except ValueError as exc:
+                raise ValueError(f"{flag}[{k}]: {run.run_dir}: {exc}") from None
         run_prompts.append(ids)
     held, no_held = _held_out(runs, n, data_root, reconstructions)
 
