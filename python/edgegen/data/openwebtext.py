@@ -45,8 +45,16 @@ def _arrow_documents(state: Path):
                 raise ValueError(f"{path}: not an Arrow stream file ({exc})") from exc
             if "text" not in reader.schema.names:
                 raise ValueError(f"{path}: no 'text' column (columns: {reader.schema.names})")
+            kind = reader.schema.field("text").type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise ValueError(f"{path}: expected a string 'text' column, got {kind}")
+            row = 0
             for batch in reader:
-                yield from batch.column(batch.schema.get_field_index("text")).to_pylist()
+                for text in batch.column(batch.schema.get_field_index("text")).to_pylist():
+                    if text is None:  # as a .jsonl line without a string 'text' is refused
+                        raise ValueError(f"{path}: row {row}: expected a string 'text', got null")
+                    row += 1
+                    yield text
 
 
 def _jsonl_documents(path: Path):

@@ -37,7 +37,7 @@ def cache_dir_for(folder: Path, override: str | os.PathLike | None = None) -> Pa
     ``~/.cache/edgegen/cache``). Never inside the data folder itself: data is often shared or
     read-only, and as root a read-only mode bit would not stop the write."""
     if override is not None:
-        return Path(override)
+        return Path(override).expanduser()
     import hashlib
 
     base = Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE).expanduser()
