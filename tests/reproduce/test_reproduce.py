@@ -381,9 +381,13 @@ def test_figures_of_another_paper_are_marked_cited_and_name_it(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("| int8_ptq/size_reduction_pct |"))
     assert "| 73.5 (cited) |" in line and f"cited from {oged}, not a value of this table's paper" in line
     assert "published:" not in line
+    assert f"| measured | cited from {oged}" in line  # a row without a note of its own: no stray separator
     size = _table_markdown("size", papers["tables"]["size"], [Row("dcgan_generator/params", [3.58e6], "measured")],
                            ctx, None, papers)
-    assert "(cited)" not in size and "; published: lrg: the DCGAN generator has 4.2 M parameters" in size
+    assert "(cited)" not in size and "| measured | published: lrg: the DCGAN generator has 4.2 M parameters" in size
+    size = _table_markdown("size", papers["tables"]["size"],
+                           [Row("dcgan_generator/params", [3.58e6], "measured", "random weights")], ctx, None, papers)
+    assert "| measured | random weights; published: lrg: the DCGAN generator has 4.2 M parameters" in size
 
 
 def test_unfittable_seed_keeps_the_sweep_rows(tmp_path, monkeypatch):

@@ -770,8 +770,8 @@ BUILDERS = {"size": lambda c: _size_latency_memory_power(c, "size"),
 
 
 # ----------------------------------------------------------------------------------- report
-PRESET_NOTES = {"cpu-smoke": "models scaled down and trained for a few steps on subsets: quality numbers are real "
-                             "measurements of barely trained models",
+PRESET_NOTES = {"cpu-smoke": "models scaled down and trained for a few steps on subsets (the Beta-VAE 300, the "
+                             "others 12): quality numbers are real measurements of barely trained models",
                 "cpu-small": "models scaled down and trained briefly on the CPU",
                 "paper": "edgegen's full-scale recipe: the published settings where quoted (batch 32 for images and 8 "
                           "for text, learning rate 2e-4, 100 epochs for the image models and 3 for GPT-2, T = 2), "
@@ -835,9 +835,10 @@ def _table_markdown(name: str, spec: dict, rows: list, ctx: Context, error: str 
                                                "the mean)" if lacking else "")))
         if pv is not None and pv.get("cited_from"):
             paper += " (cited)"
-            note += f"; cited from {papers['papers'][pv['cited_from']]}, not a value of this table's paper: {pv['source']}"
+            note = "; ".join(filter(None, (note, f"cited from {papers['papers'][pv['cited_from']]}, not a value of "
+                                                 f"this table's paper: {pv['source']}")))
         elif pv is not None:
-            note += f"; published: {pv['source']}"
+            note = "; ".join(filter(None, (note, f"published: {pv['source']}")))
         lines.append(f"| {r.key} | {paper} | {_ours(st)} | {st['n']} | {r.label} | {note} |")
     missing = [k for k, pv in published.items() if pv.get("row", k) not in {r.key for r in rows}]
     body = "\n".join(lines) + "\n"
