@@ -521,6 +521,8 @@ def test_gpt2_vocabulary_without_the_tokenizer_gives_ids_and_says_why(tmp_path, 
     entry = res["runs"][0]
     assert entry["samples"][0]["prompt_ids"] == [50256] and "continuation" not in entry["samples"][0]
     assert "download_gpt2_tokenizer" in entry["not_decoded"]
+    page = (tmp_path / "o" / entry["files"][0]).read_text()
+    assert f"- token ids only: {entry['not_decoded']}" in page
     assert "token ids only (no tokenizer)" in (tmp_path / "o" / "samples.md").read_text()
 
 

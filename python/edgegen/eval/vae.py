@@ -69,7 +69,8 @@ def vae_metrics(model: nn.Module, images, seed: int = 0, max_images: int | None 
             if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all() and torch.isfinite(mean_recon).all()):
                 raise ValueError("model: its encoder or decoder returned NaN or infinite values for finite images "
                                  "(the metrics would be NaN)")
-            a, b = (mean_recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2
+            # The images within the tolerance checked above, clipped to [-1, 1] as the SSIM needs.
+            a, b = (mean_recon.clamp(-1, 1) + 1) / 2, (x.clamp(-1, 1) + 1) / 2
             k = x.shape[0]
             sums["elbo_reconstruction"] += rec.double().sum().item()
             sums["elbo_kl"] += kl.double().sum().item()
