@@ -42,8 +42,31 @@ def pytest_configure(config):
     the controlling process, so pytest-xdist's workers (started after this hook) share it."""
     if hasattr(config, "workerinput") or os.environ.get("EDGEGEN_CACHE_DIR"):
         return
-    config._edgegen_cache_dir = tempfile.mkdtemp(prefix="edgegen-test-cache-")
+    _remove_caches_of_dead_sessions()
+    config._edgegen_cache_dir = tempfile.mkdtemp(prefix=f"{_CACHE_PREFIX}{os.getpid()}-")
     os.environ["EDGEGEN_CACHE_DIR"] = config._edgegen_cache_dir
+
+
+_CACHE_PREFIX = "edgegen-test-cache-"
+
+
+def _remove_caches_of_dead_sessions() -> None:
+    """A session killed before its end (a timeout, a signal) leaves its cache folder behind; the
+    folder names the session's process, so the next session removes the folders of processes that
+    are gone."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(_CACHE_PREFIX):
+            continue
+        pid = name[len(_CACHE_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except OSError:  # alive, owned by someone else
+            pass
 
 
 def pytest_unconfigure(config):
