@@ -35,6 +35,9 @@ def isa(request):
         yield level
 
 
+_CACHE_PREFIX = "edgegen-test-cache-"
+
+
 def pytest_configure(config):
     """What the readers derive (decoded images, token files, FID statistics) goes to a cache folder
     of this test session, removed at its end, unless EDGEGEN_CACHE_DIR is set: the many fixture
@@ -45,9 +48,6 @@ def pytest_configure(config):
     _remove_caches_of_dead_sessions()
     config._edgegen_cache_dir = tempfile.mkdtemp(prefix=f"{_CACHE_PREFIX}{os.getpid()}-")
     os.environ["EDGEGEN_CACHE_DIR"] = config._edgegen_cache_dir
-
-
-_CACHE_PREFIX = "edgegen-test-cache-"
 
 
 def _remove_caches_of_dead_sessions() -> None:

@@ -211,7 +211,8 @@ def test_bad_batches_meta(tmp_path):
         CIFAR10(tmp_path, split="test", image_size=32, cache_dir=tmp_path / "c")
 
 
-def test_interrupted_download_is_fetched_again(tmp_path, monkeypatch):
+def cifar_archive(tmp_path, monkeypatch) -> dict:
+    """A local stand-in for the official archive (URL and MD5 pointed at it); returns its batches."""
     src = tmp_path / "src"
     batches = make_cifar(src)
     archive = tmp_path / "cifar-10-python.tar.gz"
@@ -219,6 +220,11 @@ def test_interrupted_download_is_fetched_again(tmp_path, monkeypatch):
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     monkeypatch.setattr(cifar, "URL", archive.as_uri())
     monkeypatch.setattr(cifar, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    return batches
+
+
+def test_interrupted_download_is_fetched_again(tmp_path, monkeypatch):
+    batches = cifar_archive(tmp_path, monkeypatch)
     copy, calls = tarfile.copyfileobj, []
 
     def disk_full_on_third_member(src, dst, length=None, *args, **kwargs):

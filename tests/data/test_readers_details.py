@@ -24,7 +24,7 @@ from edgegen.data import CIFAR10, CelebA, GPT2Tokenizer, OpenWebText, WikiText2,
 from edgegen.data.download import extract
 from edgegen.data.root import cache_dir_for
 from tests.data.test_celeba import make_celeba, make_coded_celeba
-from tests.data.test_cifar import NAMES, make_cifar
+from tests.data.test_cifar import NAMES, cifar_archive, make_cifar
 from tests.data.test_text import byte_alphabet, tiny_tokenizer_dir  # noqa: F401  (fixture)
 
 # The tiny fixture tokenizer is not OpenAI's yet uses the official file names: the warning that says so
@@ -202,20 +202,8 @@ def test_a_batch_file_replaced_by_another_size_with_its_time_kept_is_read_again(
     assert len(ds) == 9 and np.all(np.asarray(ds.images) == 90) and np.asarray(ds.labels).tolist() == [2] * 9
 
 
-def _cifar_archive(tmp_path, monkeypatch) -> dict:
-    """A local stand-in for the official archive (URL and MD5 pointed at it); returns its batches."""
-    src = tmp_path / "src"
-    batches = make_cifar(src)
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(cifar_mod, "URL", archive.as_uri())
-    monkeypatch.setattr(cifar_mod, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
-    return batches
-
-
 def test_download_fetches_the_archive_when_batches_meta_is_missing(tmp_path, monkeypatch):
-    _cifar_archive(tmp_path, monkeypatch)
+    cifar_archive(tmp_path, monkeypatch)
     folder = tmp_path / "root" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     with open(folder / "test_batch", "wb") as f:  # the split is there, batches.meta is not
@@ -226,7 +214,7 @@ def test_download_fetches_the_archive_when_batches_meta_is_missing(tmp_path, mon
 
 
 def test_download_fetches_the_archive_when_only_some_train_batches_are_present(tmp_path, monkeypatch):
-    batches = _cifar_archive(tmp_path, monkeypatch)
+    batches = cifar_archive(tmp_path, monkeypatch)
     folder = tmp_path / "root" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     (folder / "data_batch_1").write_bytes((tmp_path / "src" / "cifar-10-batches-py" / "data_batch_1").read_bytes())
@@ -426,30 +414,23 @@ def torch_generator(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def test_a_document_edited_to_text_of_the_same_length_is_tokenised_again(tmp_path, tiny_tokenizer_dir):  # noqa: F811
-    src, vocab = tiny_tokenizer_dir
-    tok = GPT2Tokenizer.from_dir(src)
+@pytest.mark.parametrize("text, later", [("abc de", True), ("abc, de", False)],
+                         ids=["same-size-later-time", "other-size-same-time"])
+def test_a_replaced_document_is_tokenised_again(tmp_path, tiny_tokenizer_dir, text, later):  # noqa: F811
+    """The token cache is keyed on each document's size and time: new text of the same size with a
+    later time, or of another size with the time kept (as an archive restores it), is read again."""
+    tok = GPT2Tokenizer.from_dir(tiny_tokenizer_dir[0])
     (tmp_path / "openwebtext").mkdir()
     doc = tmp_path / "openwebtext" / "a.txt"
     doc.write_text("hel wo", encoding="utf-8")
-    assert _owt(tmp_path, tok).tokens.tolist() == [vocab["hel"], vocab["Ġw"], vocab["o"], tok.eot_id]
+    first = _owt(tmp_path, tok).tokens.tolist()
     old = doc.stat().st_mtime_ns
-    doc.write_text("abc de", encoding="utf-8")  # 6 bytes, like before
-    os.utime(doc, ns=(old + 10**9, old + 10**9))
-    assert _owt(tmp_path, tok).tokens.tolist() == list(b"abc de") + [tok.eot_id]
-
-
-def test_a_document_replaced_with_its_time_kept_is_tokenised_again(tmp_path, tiny_tokenizer_dir):  # noqa: F811
-    src, vocab = tiny_tokenizer_dir
-    tok = GPT2Tokenizer.from_dir(src)
-    (tmp_path / "openwebtext").mkdir()
-    doc = tmp_path / "openwebtext" / "a.txt"
-    doc.write_text("hel wo", encoding="utf-8")
-    assert _owt(tmp_path, tok).tokens.tolist() == [vocab["hel"], vocab["Ġw"], vocab["o"], tok.eot_id]
-    old = doc.stat().st_mtime_ns
-    doc.write_text("abc, de", encoding="utf-8")  # 7 bytes
-    os.utime(doc, ns=(old, old))
-    assert _owt(tmp_path, tok).tokens.tolist() == list(b"abc, de") + [tok.eot_id]
+    doc.write_text(text, encoding="utf-8")
+    assert (doc.stat().st_size == 6) == later
+    stamp = old + 10**9 if later else old
+    os.utime(doc, ns=(stamp, stamp))
+    assert first != list(text.encode()) + [tok.eot_id]
+    assert _owt(tmp_path, tok).tokens.tolist() == list(text.encode()) + [tok.eot_id]
 
 
 def test_a_renamed_document_is_tokenised_again_in_its_new_place(tmp_path, tiny_tokenizer_dir):  # noqa: F811

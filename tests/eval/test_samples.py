@@ -388,6 +388,19 @@ def test_vae_runs_reconstruct_the_same_held_out_images_side_by_side(image_runs, 
     assert "_grid" not in saved["runs"][0]
 
 
+def test_required_reconstructions_name_the_run_whatever_the_reader_raised(image_runs, tmp_path, monkeypatch):
+    """An error type that cannot be built from a message alone (UnicodeDecodeError, a ValueError)
+    still becomes the ValueError naming the run, not a TypeError from rebuilding it."""
+    import edgegen.eval.runs as runs_mod
+
+    def undecodable(cfg, opts):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(runs_mod, "_real_images", undecodable)
+    with pytest.raises(ValueError, match="reconstructions: the held-out images of .* cannot be read: 'utf-8' codec"):
+        sample_runs([image_runs["vae"]], tmp_path / "o", n=2, reconstructions=True)
+
+
 def test_different_held_out_images_get_a_panel_each(image_runs, tmp_path, monkeypatch):
     import edgegen.eval.runs as runs_mod
 

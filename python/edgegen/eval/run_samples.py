@@ -233,8 +233,8 @@ def sample_runs(paths, out_dir: str | os.PathLike, *, n: int = 64, seed: int = 0
 
 def _held_out(runs, n: int, data_root, required: bool | None) -> tuple[dict, dict]:
     """For each Beta-VAE run (by position): (what they are, the first ``n`` held-out images as
-    uint8 [k, 3, 64, 64], the dataset's name) in the first dict, or why they cannot be read in the second. Read
-    before anything is generated; ``required`` (True) makes a missing dataset an error, False
+    uint8 [k, 3, 64, 64], the dataset's name) in the first dict, or why they cannot be read in the
+    second. Read before anything is generated; ``required`` (True) makes a missing dataset an error, False
     reads nothing."""
     from edgegen.eval.runs import EvalOptions, _real_images
 
@@ -247,9 +247,9 @@ def _held_out(runs, n: int, data_root, required: bool | None) -> tuple[dict, dic
         try:
             images, what = _real_images(run.config, EvalOptions(samples=n, data_root=data_root))
         except (OSError, ValueError) as exc:
-            if required:
-                raise type(exc)(f"reconstructions: the held-out images of {run.run_dir} cannot be read: {exc}") \
-                    from None
+            if required:  # FileNotFoundError for missing data, ValueError for unreadable data
+                kind = FileNotFoundError if isinstance(exc, OSError) else ValueError
+                raise kind(f"reconstructions: the held-out images of {run.run_dir} cannot be read: {exc}") from exc
             why[i] = f"no held-out images to reconstruct: {exc}"
             continue
         held[i] = (what, images, run.config.data.name)

@@ -77,8 +77,8 @@ def reconstruct_images(model: nn.Module, images: Tensor, batch: int = 64) -> Ten
     from edgegen.models.blocks import input_dtype
     from edgegen.prune.graph import eval_mode
 
-    if not all(callable(getattr(model, a, None)) for a in ("encode", "decode")) or not hasattr(model, "encoder"):
-        raise TypeError(f"model: expected an edgegen BetaVAE (encode/decode), got {type(model).__name__}")
+    if not callable(getattr(model, "reconstruct", None)) or not hasattr(model, "encoder"):
+        raise TypeError(f"model: expected an edgegen BetaVAE (reconstruct, encoder), got {type(model).__name__}")
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 1:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images: expected at least one image as [N, C, h, w], got {got}")
@@ -97,7 +97,7 @@ def reconstruct_images(model: nn.Module, images: Tensor, batch: int = 64) -> Ten
     with eval_mode(model), torch.no_grad():
         for i in range(0, images.shape[0], batch):
             x = images[i:i + batch].to(device, dtype)
-            out.append(model.decode(model.encode(x)[0]).float().cpu())
+            out.append(model.reconstruct(x).float().cpu())  # the posterior mean, decoded
     return torch.cat(out)
 
 
